@@ -1,0 +1,23 @@
+"""dctps: Dense for the Price of Sparse (Price & Tanner, ICML 2021).
+
+Every Linear/Conv2d weight becomes ``W = alpha * D + S``: ``D`` a fixed truncated DCT, ``S`` sparse
+and trainable on a random support, ``alpha`` a trainable scalar. Start with :func:`sparsify`.
+"""
+
+from dctps._version import __version__
+from dctps.allocation import budgets
+from dctps.errors import DctpsError, PruningFailed
+from dctps.layers import DCTpSConv2d, DCTpSLinear
+from dctps.sparsify import Counts, count, sparsify
+
+__all__ = [
+    "__version__",
+    "DctpsError",
+    "PruningFailed",
+    "DCTpSLinear",
+    "DCTpSConv2d",
+    "budgets",
+    "sparsify",
+    "count",
+    "Counts",
+]

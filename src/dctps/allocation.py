@@ -1,0 +1,145 @@
+"""Layer-wise budgets: how many trainable non-zeros each layer gets for a global density.
+
+For layers ``l = 1..L`` with ``N_l`` weights and a global density ``d``, the total is
+``T = round(d * sum_l N_l)`` and every method returns integers ``n_l <= N_l`` with ``sum n_l = T``
+exactly, and ``n_l >= 1`` for every layer whenever ``T >= L``.
+
+All methods are one weighted water-filling: ``n_l = min(N_l, lam * w_l)`` with the level ``lam``
+chosen so that the sum is ``T`` (a capped layer's surplus is thereby redistributed over the others):
+
+=========  =====================================  =========================================
+method     weight ``w_l``                         meaning
+=========  =====================================  =========================================
+uniform    ``N_l``                                the same density ``d`` in every layer
+epl        ``1``                                  equal per layer (DCTpS paper, Section 4)
+epf        ``out_l`` (filters / output neurons)   equal per filter (Appendix A.2)
+erk        ``sum(shape_l)``                       Erdos-Renyi-Kernel (Evci et al., 2020)
+=========  =====================================  =========================================
+
+``epl_ref`` reproduces the authors' code: ``floor(T / L)`` per layer capped at ``N_l`` and all the
+leftover given to the last layer only (capped), so some networks end below ``d`` (VGG19 at 1%
+ends near 0.92%). Use it only to reproduce their figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from dctps.errors import DctpsError, check_density, unknown_name
+
+__all__ = ["budgets", "names", "filter_counts", "layer_weights"]
+
+_METHODS = ("uniform", "epl", "epf", "erk", "epl_ref")
+
+
+def names() -> list[str]:
+    """The allocation methods :func:`budgets` accepts."""
+    return list(_METHODS)
+
+
+def layer_weights(shape: Sequence[int], method: str) -> float:
+    """The water-filling weight ``w_l`` of a layer whose weight has ``shape`` (see module doc)."""
+    numel = math.prod(shape)
+    if method == "uniform":
+        return float(numel)
+    if method in ("epl", "epl_ref"):
+        return 1.0
+    if method == "epf":
+        return float(shape[0])
+    if method == "erk":
+        return float(sum(shape))
+    raise unknown_name("allocation", method, _METHODS)
+
+
+def _water_fill(caps: Sequence[int], weights: Sequence[float], total: int) -> list[int]:
+    """Integers ``n_l <= caps_l`` summing to ``total``, proportional to ``weights`` below the caps.
+
+    Finds the level ``lam`` with ``sum min(cap_l, lam w_l) = total`` by walking the layers in
+    order of the level at which they fill (``cap_l / w_l``), then rounds by largest remainder.
+    """
+    order = sorted(range(len(caps)), key=lambda i: caps[i] / weights[i])
+    remaining, wsum = float(total), float(sum(weights))
+    real = [0.0] * len(caps)
+    for pos, i in enumerate(order):
+        lam = remaining / wsum if wsum > 0 else 0.0
+        if lam * weights[i] >= caps[i]:
+            real[i] = float(caps[i])
+            remaining -= caps[i]
+            wsum -= weights[i]
+        else:
+            for j in order[pos:]:
+                real[j] = lam * weights[j]
+            break
+    counts = [min(caps[i], math.floor(real[i] + 1e-9)) for i in range(len(caps))]
+    short = total - sum(counts)
+    # Largest remainder; ties broken by layer index so the result is deterministic.
+    by_rem = sorted(range(len(caps)), key=lambda i: (-(real[i] - counts[i]), i))
+    for i in by_rem:
+        if short <= 0:
+            break
+        if counts[i] < caps[i]:
+            counts[i] += 1
+            short -= 1
+    return counts
+
+
+def _at_least_one(counts: list[int]) -> list[int]:
+    """Give every empty layer one weight, taken from the largest layers (only when ``T >= L``)."""
+    if sum(counts) < len(counts):
+        return counts
+    for i, c in enumerate(counts):
+        if c == 0:
+            j = max(range(len(counts)), key=lambda k: (counts[k], -k))
+            counts[j] -= 1
+            counts[i] = 1
+    return counts
+
+
+def budgets(
+    weight_shapes: Sequence[Sequence[int]], density: float, method: str = "epl"
+) -> list[int]:
+    """Per-layer non-zero counts for a global ``density`` (see the module doc for the math).
+
+    Args:
+        weight_shapes: each layer's weight shape, e.g. ``(out, in)`` or ``(out, in/g, kh, kw)``.
+        density: fraction of all weights that are trainable non-zeros, in (0, 1].
+        method: ``uniform``, ``epl``, ``epf``, ``erk`` or ``epl_ref``.
+
+    Returns:
+        ``n_l`` per layer; ``sum == round(density * total)`` except for ``epl_ref``.
+    """
+    d = check_density(density)
+    if method not in _METHODS:
+        raise unknown_name("allocation", method, _METHODS)
+    shapes = [tuple(int(s) for s in shape) for shape in weight_shapes]
+    if not shapes:
+        raise DctpsError("budgets needs at least one layer shape, got none")
+    caps = [math.prod(s) for s in shapes]
+    if min(caps) < 1:
+        raise DctpsError(f"every layer needs at least one weight, got shapes {shapes}")
+    total = round(d * sum(caps))
+    if method == "epl_ref":
+        share = total // len(caps)
+        counts = [min(c, share) for c in caps]
+        counts[-1] = min(caps[-1], counts[-1] + total - sum(counts))
+        return counts
+    counts = _water_fill(caps, [layer_weights(s, method) for s in shapes], total)
+    return _at_least_one(counts)
+
+
+def filter_counts(shape: Sequence[int], nnz: int) -> torch.Tensor:
+    """Split a layer's ``nnz`` over its ``out = shape[0]`` filters as evenly as possible (EPF).
+
+    Returns an int64 tensor of length ``out`` whose entries differ by at most one, sum to ``nnz``
+    and never exceed the filter size ``prod(shape[1:])``.
+    """
+    out, fan = int(shape[0]), math.prod(shape[1:])
+    if not 0 <= nnz <= out * fan:
+        raise DctpsError(f"nnz={nnz} does not fit a layer of shape {tuple(shape)}")
+    base, extra = divmod(nnz, out)
+    counts = torch.full((out,), base, dtype=torch.int64)
+    counts[:extra] += 1
+    return counts

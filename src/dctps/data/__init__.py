@@ -1,0 +1,247 @@
+"""Data sets as in-memory uint8 tensors, a seeded validation hold-out, and a fast batch loader.
+
+``build(name, root)`` loads a data set and returns :class:`Splits` (train / seeded validation
+hold-out / test, uint8 ``(N, C, H, W)`` images and int64 labels); :class:`Loader` turns one split
+into normalised, optionally augmented float32 batches on a device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dctps.data.augment import (
+    default_augment,
+    hflip_with_mask,
+    normalize,
+    random_crop,
+    random_hflip,
+)
+from dctps.data.loader import Loader
+from dctps.data.split import holdout
+from dctps.errors import DctpsError, unknown_name
+
+__all__ = [
+    "DatasetInfo",
+    "Loader",
+    "Splits",
+    "build",
+    "default_augment",
+    "get_info",
+    "hflip_with_mask",
+    "holdout",
+    "names",
+    "normalize",
+    "random_crop",
+    "random_hflip",
+]
+
+DATA_ENV = "DCTPS_DATA"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a data set.
+
+    Attributes:
+        name: registry name.
+        num_classes: number of classes.
+        in_channels: image channels (3 for RGB, 1 for digits).
+        image_size: images are ``image_size x image_size``.
+        mean, std: per-channel normalisation constants, in [0, 1] pixel units.
+        test_is_labelled: the test split has labels (True for all of ours; Tiny ImageNet's labelled
+            val split serves as test).
+        select_on_test_forbidden: report the best validation accuracy and never select a model on
+            the test set (Tiny ImageNet, as in the paper's Appendix E.5).
+        crop_padding: training augmentation: random crop of ``image_size`` after zero padding by
+            this many pixels (0: no crop).
+        hflip: training augmentation: random horizontal flip with probability 0.5.
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    test_is_labelled: bool
+    select_on_test_forbidden: bool
+    crop_padding: int = 0
+    hflip: bool = False
+
+
+@dataclass
+class Splits:
+    """A loaded data set: uint8 ``(N, C, H, W)`` images and int64 ``(N,)`` labels per split.
+
+    ``val_*`` is a seeded hold-out from the original training set (never augmented by convention);
+    ``test_*`` is the official test split (Tiny ImageNet: its labelled val split).
+    """
+
+    info: DatasetInfo
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+_INFOS: dict[str, DatasetInfo] = {
+    # Constants of the reference code (Table E.3 set-up): RandomCrop(32, padding=4) + flip.
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2023, 0.1994, 0.2010),
+        test_is_labelled=True,
+        select_on_test_forbidden=False,
+        crop_padding=4,
+        hflip=True,
+    ),
+    "cifar100": DatasetInfo(
+        name="cifar100",
+        num_classes=100,
+        in_channels=3,
+        image_size=32,
+        mean=(0.5071, 0.4867, 0.4408),
+        std=(0.2675, 0.2565, 0.2761),
+        test_is_labelled=True,
+        select_on_test_forbidden=False,
+        crop_padding=4,
+        hflip=True,
+    ),
+    # The reference code uses RandomCrop(64, padding=4) + flip for Tiny ImageNet.
+    "tiny_imagenet": DatasetInfo(
+        name="tiny_imagenet",
+        num_classes=200,
+        in_channels=3,
+        image_size=64,
+        mean=(0.4802, 0.4481, 0.3975),
+        std=(0.2302, 0.2265, 0.2262),
+        test_is_labelled=True,
+        select_on_test_forbidden=True,
+        crop_padding=4,
+        hflip=True,
+    ),
+    # Mean/std of all 1438 non-test digits (the fixed seed-0 80%), pixels round(v * 255 / 16) / 255;
+    # computed once so the constants do not depend on the run's split seed. No crop or flip: on
+    # 8x8 digits a 4-pixel shift destroys the digit and a mirror changes its meaning.
+    "digits": DatasetInfo(
+        name="digits",
+        num_classes=10,
+        in_channels=1,
+        image_size=8,
+        mean=(0.3057,),
+        std=(0.3759,),
+        test_is_labelled=True,
+        select_on_test_forbidden=False,
+        crop_padding=0,
+        hflip=False,
+    ),
+}
+
+
+def names() -> list[str]:
+    """Registry names of the supported data sets."""
+    return list(_INFOS)
+
+
+def get_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name`` without loading any data."""
+    if name not in _INFOS:
+        raise unknown_name("dataset", name, names())
+    return _INFOS[name]
+
+
+def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
+    if root is None:
+        env = os.environ.get(DATA_ENV)
+        if not env:
+            raise DctpsError(
+                f"no data root for dataset {name!r}: pass root=... (CLI: --data-root) or set "
+                f"the environment variable {DATA_ENV}"
+            )
+        root = env
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DctpsError(f"data root {path} does not exist or is not a folder")
+    return path
+
+
+def _check_subset(subset: object) -> int | None:
+    if subset is None:
+        return None
+    if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
+        raise DctpsError(f"subset must be a positive integer or None, got {subset!r}")
+    return subset
+
+
+def build(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    subset: int | None = None,
+) -> Splits:
+    """Load data set ``name`` and hold a seeded validation set out of its training set.
+
+    Args:
+        name: one of :func:`names`.
+        root: data root folder (``None``: the ``DCTPS_DATA`` environment variable). Ignored for
+            ``digits``. Expected layouts: CIFAR-10 ``<root>/cifar-10-batches-py/...``, CIFAR-100
+            ``<root>/cifar-100-python/...``, Tiny ImageNet ``<root>/tiny-imagenet-200/...``.
+        val_fraction: fraction of the training set held out, in [0, 1); the first
+            ``round(val_fraction * N)`` indices of a permutation seeded with ``split_seed``.
+        split_seed: seed of the hold-out permutation.
+        subset: keep only the first ``subset`` training examples after the split (a random subset,
+            since training indices are in permutation order) and the first ``min(subset, len)`` of
+            validation and test; for quick runs.
+
+    Returns:
+        :class:`Splits` with uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``.
+
+    Raises:
+        DctpsError: unknown name, missing root/folder/file, or a corrupt file (the message names the
+            path and the expected layout).
+    """
+    info = get_info(name)
+    subset = _check_subset(subset)
+    if name == "digits":
+        from dctps.data.digits import load_digits
+
+        tr_x, tr_y, te_x, te_y = load_digits()
+    elif name in ("cifar10", "cifar100"):
+        from dctps.data.cifar import load_cifar10, load_cifar100
+
+        path = _resolve_root(name, root)
+        tr_x, tr_y, te_x, te_y = (load_cifar10 if name == "cifar10" else load_cifar100)(path)
+    else:  # tiny_imagenet
+        from dctps.data.tiny_imagenet import load_tiny_imagenet
+
+        path = _resolve_root(name, root)
+        tr_x, tr_y, te_x, te_y, k = load_tiny_imagenet(path)
+        if k != info.num_classes:  # a reduced copy (fewer wnids): report its true class count
+            info = dataclasses.replace(info, num_classes=k)
+
+    train_idx, val_idx = holdout(int(tr_x.shape[0]), val_fraction, split_seed)
+    if subset is not None:
+        train_idx, val_idx = train_idx[:subset], val_idx[:subset]
+        # clone: a slice would keep the whole test set alive through its storage
+        te_x, te_y = te_x[:subset].clone(), te_y[:subset].clone()
+    return Splits(
+        info=info,
+        train_x=tr_x[train_idx],
+        train_y=tr_y[train_idx],
+        val_x=tr_x[val_idx],
+        val_y=tr_y[val_idx],
+        test_x=te_x,
+        test_y=te_y,
+    )

@@ -1,0 +1,115 @@
+"""Batched, vectorised augmentation on image tensors (no per-image Python loops).
+
+Crop and flip work on any dtype and are meant to run on uint8 batches before :func:`normalize`,
+so the zero padding is a black pixel, as in torchvision's ``RandomCrop(padding=4)`` placed before
+``ToTensor``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dctps.errors import DctpsError
+
+
+def _gen_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    # Random numbers must be drawn on the generator's own device; move them to the data afterwards.
+    return generator.device if generator is not None else fallback
+
+
+def crop_with_offsets(
+    x: torch.Tensor, size: int | tuple[int, int], padding: int, offsets: torch.Tensor
+) -> torch.Tensor:
+    """Zero-pad ``x`` by ``padding`` on every side and cut one window per image at given offsets.
+
+    Args:
+        x: ``(N, C, H, W)`` batch, any dtype.
+        size: output size ``s`` or ``(sh, sw)``.
+        padding: zero padding added on each side (>= 0).
+        offsets: integer ``(N, 2)`` tensor of ``(top, left)`` offsets into the padded image, each in
+            ``[0, H + 2*padding - sh]`` resp. ``[0, W + 2*padding - sw]``.
+
+    Returns:
+        ``(N, C, sh, sw)`` tensor with ``out[n] = padded[n, :, top:top+sh, left:left+sw]``.
+    """
+    sh, sw = (size, size) if isinstance(size, int) else size
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    if sh > hp or sw > wp:
+        raise DctpsError(f"crop size {(sh, sw)} exceeds padded image size {(hp, wp)}")
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    offsets = offsets.to(device=x.device, dtype=torch.int64)
+    rows = offsets[:, 0:1] + torch.arange(sh, device=x.device)  # (N, sh)
+    cols = offsets[:, 1:2] + torch.arange(sw, device=x.device)  # (N, sw)
+    # Two gathers (rows, then columns) give a contiguous result without building an (N, C, sh, sw)
+    # index for every element.
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, sh, wp))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, sh, sw))
+
+
+def random_crop(
+    x: torch.Tensor,
+    size: int | tuple[int, int],
+    padding: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random crop per image: zero-pad by ``padding``, cut a ``size`` window at a random offset.
+
+    With ``size`` equal to the image size the offsets are uniform in ``[0, 2*padding]`` per axis, so
+    the output is the input shifted by up to ``padding`` pixels, filled with zeros.
+
+    Args:
+        x: ``(N, C, H, W)`` batch, any dtype, any device.
+        size: output size ``s`` or ``(sh, sw)``.
+        padding: zero padding on each side.
+        generator: source of the offsets (``None``: torch's global generator).
+
+    Returns:
+        ``(N, C, sh, sw)`` tensor of ``x``'s dtype on ``x``'s device.
+    """
+    sh, sw = (size, size) if isinstance(size, int) else size
+    n, _, h, w = x.shape
+    dev = _gen_device(generator, x.device)
+    top = torch.randint(0, h + 2 * padding - sh + 1, (n,), generator=generator, device=dev)
+    left = torch.randint(0, w + 2 * padding - sw + 1, (n,), generator=generator, device=dev)
+    return crop_with_offsets(x, (sh, sw), padding, torch.stack([top, left], dim=1))
+
+
+def hflip_with_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip left-right each image of ``x`` ``(N, C, H, W)`` whose bool ``mask`` ``(N,)`` is set."""
+    mask = mask.to(device=x.device, dtype=torch.bool)
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image of ``x`` (``(N, C, H, W)``) left-right with probability 0.5."""
+    dev = _gen_device(generator, x.device)
+    mask = torch.rand(x.shape[0], generator=generator, device=dev) < 0.5
+    return hflip_with_mask(x, mask)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Map uint8 pixels to ``(x / 255 - mean) / std`` per channel, as float32.
+
+    Args:
+        x: uint8 ``(N, C, H, W)`` or ``(C, H, W)``.
+        mean, std: ``C`` values each, in [0, 1] pixel units.
+
+    Returns:
+        float32 tensor of ``x``'s shape on ``x``'s device.
+    """
+    c = x.shape[-3]
+    if len(mean) != c or len(std) != c:
+        raise DctpsError(f"normalize: {c} channels but {len(mean)} means and {len(std)} stds")
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(c, 1, 1)
+    return (x.to(torch.float32) / 255.0 - m) / s
+
+
+def default_augment(info: Any) -> bool:
+    """Whether ``info`` (a ``DatasetInfo``) asks for any training augmentation (crop or flip)."""
+    return bool(info.crop_padding > 0 or info.hflip)

@@ -1,0 +1,146 @@
+"""CIFAR-10 / CIFAR-100 from the original python-pickle layout, as uint8 tensors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dctps.errors import DctpsError
+
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR100_DIR = "cifar-100-python"
+
+CIFAR10_LAYOUT = (
+    f"<root>/{CIFAR10_DIR}/{{data_batch_1 .. data_batch_5, test_batch, batches.meta}}, each a "
+    "pickle of a dict with 'data' (uint8 N x 3072) and 'labels' (N ints in 0..9)"
+)
+CIFAR100_LAYOUT = (
+    f"<root>/{CIFAR100_DIR}/{{train, test, meta}}, each a pickle of a dict with 'data' "
+    "(uint8 N x 3072) and 'fine_labels' (N ints in 0..99)"
+)
+
+
+def _unpickle(path: Path, layout: str) -> dict[str, object]:
+    """Load one CIFAR pickle and return it with ``str`` keys, or raise naming the path."""
+    if not path.is_file():
+        raise DctpsError(f"missing file {path}; expected layout: {layout}")
+    try:
+        with open(path, "rb") as f:
+            # latin1 decodes the Python-2 str keys of the official files to str and leaves the
+            # numpy payload intact (the torchvision convention).
+            obj = pickle.load(f, encoding="latin1")
+    except Exception as e:  # truncated / not a pickle / unknown globals: all mean "corrupt"
+        raise DctpsError(
+            f"cannot read {path} ({type(e).__name__}: {e}); is it truncated or corrupt? "
+            f"expected layout: {layout}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DctpsError(
+            f"{path} holds a {type(obj).__name__}, not a dict; expected layout: {layout}"
+        )
+    # Pickles written by Python 3 with bytes keys come back as bytes: accept both spellings.
+    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+def _read_batch(
+    path: Path, label_key: str, num_classes: int, layout: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one batch file into ``x`` uint8 ``(N, 3, 32, 32)`` and ``y`` int64 ``(N,)``.
+
+    Each row of ``data`` is 1024 red, then 1024 green, then 1024 blue values, each plane row-major
+    32x32, so a plain reshape to ``(N, 3, 32, 32)`` gives ``[c, h, w]`` indexing.
+    """
+    d = _unpickle(path, layout)
+    missing = [k for k in ("data", label_key) if k not in d]
+    if missing:
+        raise DctpsError(
+            f"{path} lacks key(s) {missing} (has {sorted(d)}); expected layout: {layout}"
+        )
+    data = d["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        desc = (
+            f"{data.dtype} array of shape {data.shape}"
+            if isinstance(data, np.ndarray)
+            else type(data).__name__
+        )
+        raise DctpsError(f"{path}: 'data' is a {desc}, expected uint8 N x 3072; layout: {layout}")
+    if data.shape[1] != 3 * 32 * 32:
+        raise DctpsError(
+            f"{path}: 'data' has shape {data.shape}, expected (N, 3072); layout: {layout}"
+        )
+    try:
+        labels = np.asarray(d[label_key], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DctpsError(f"{path}: '{label_key}' is not a list of integers ({e})") from None
+    if labels.shape != (data.shape[0],):
+        raise DctpsError(
+            f"{path}: '{label_key}' has shape {labels.shape}, expected ({data.shape[0]},) "
+            f"to match 'data'; layout: {layout}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DctpsError(
+            f"{path}: '{label_key}' has values in [{labels.min()}, {labels.max()}], "
+            f"expected 0..{num_classes - 1}"
+        )
+    x = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, 32, 32).copy())
+    return x, torch.from_numpy(labels.copy())
+
+
+def _check_meta(path: Path, names_key: str, num_classes: int, layout: str) -> None:
+    """Check the meta file lists ``num_classes`` class names (catches a swapped CIFAR folder)."""
+    meta = _unpickle(path, layout)
+    names = meta.get(names_key)
+    if not isinstance(names, (list, tuple)) or len(names) != num_classes:
+        got = len(names) if isinstance(names, (list, tuple)) else None
+        raise DctpsError(
+            f"{path}: '{names_key}' should list {num_classes} class names, got "
+            f"{got if got is not None else 'no such key'}; expected layout: {layout}"
+        )
+
+
+def _folder(root: str | os.PathLike, sub: str, layout: str) -> Path:
+    folder = Path(root) / sub
+    if not folder.is_dir():
+        raise DctpsError(f"missing folder {folder}; expected layout: {layout}")
+    return folder
+
+
+def load_cifar10(
+    root: str | os.PathLike,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Load CIFAR-10 from ``<root>/cifar-10-batches-py``.
+
+    Returns:
+        ``(train_x, train_y, test_x, test_y)``: uint8 ``(50000, 3, 32, 32)``, int64 ``(50000,)``,
+        uint8 ``(10000, 3, 32, 32)``, int64 ``(10000,)`` for the real data set (any N is accepted,
+        so small fakes load too). Train batches are concatenated in order 1..5.
+    """
+    folder = _folder(root, CIFAR10_DIR, CIFAR10_LAYOUT)
+    _check_meta(folder / "batches.meta", "label_names", 10, CIFAR10_LAYOUT)
+    parts = [
+        _read_batch(folder / f"data_batch_{i}", "labels", 10, CIFAR10_LAYOUT) for i in range(1, 6)
+    ]
+    test_x, test_y = _read_batch(folder / "test_batch", "labels", 10, CIFAR10_LAYOUT)
+    train_x = torch.cat([p[0] for p in parts])
+    train_y = torch.cat([p[1] for p in parts])
+    return train_x, train_y, test_x, test_y
+
+
+def load_cifar100(
+    root: str | os.PathLike,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Load CIFAR-100 (fine labels) from ``<root>/cifar-100-python``.
+
+    Returns:
+        ``(train_x, train_y, test_x, test_y)``: uint8 ``(50000, 3, 32, 32)``, int64 ``(50000,)``,
+        uint8 ``(10000, 3, 32, 32)``, int64 ``(10000,)`` for the real data set.
+    """
+    folder = _folder(root, CIFAR100_DIR, CIFAR100_LAYOUT)
+    _check_meta(folder / "meta", "fine_label_names", 100, CIFAR100_LAYOUT)
+    train_x, train_y = _read_batch(folder / "train", "fine_labels", 100, CIFAR100_LAYOUT)
+    test_x, test_y = _read_batch(folder / "test", "fine_labels", 100, CIFAR100_LAYOUT)
+    return train_x, train_y, test_x, test_y

@@ -1,0 +1,136 @@
+"""Tiny ImageNet (200 classes, 64x64) from the official folder layout, as uint8 tensors.
+
+The official test split has no labels, so the labelled ``val`` split is returned as our test set;
+the caller holds validation out of the training set and must never select a model on this test
+set.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dctps.errors import DctpsError
+
+TINY_DIR = "tiny-imagenet-200"
+IMAGE_SIZE = 64
+LAYOUT = (
+    f"<root>/{TINY_DIR}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
+    "val/val_annotations.txt}} (one wnid per line in wnids.txt; val_annotations.txt lines "
+    "'<file>\\t<wnid>\\t...'; 64x64 images)"
+)
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Decode one JPEG to uint8 ``(64, 64, 3)`` RGB (a few Tiny ImageNet images are grayscale)."""
+    from PIL import Image  # imported lazily: only Tiny ImageNet needs Pillow
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # truncated / not an image
+        raise DctpsError(
+            f"cannot decode image {path} ({type(e).__name__}: {e}); expected layout: {LAYOUT}"
+        ) from None
+    if arr.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise DctpsError(
+            f"image {path} has size {arr.shape[1]}x{arr.shape[0]}, expected "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE}"
+        )
+    return arr
+
+
+def _decode_all(paths: list[Path]) -> torch.Tensor:
+    """Decode ``paths`` into uint8 ``(N, 3, 64, 64)``, on a thread pool (PIL releases the GIL)."""
+    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = _decode(paths[i])
+
+    workers = min(16, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # list() re-raises the first worker exception (a DctpsError naming the bad file).
+        list(pool.map(work, range(len(paths)), chunksize=256))
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_wnids(folder: Path) -> list[str]:
+    path = folder / "wnids.txt"
+    if not path.is_file():
+        raise DctpsError(f"missing file {path}; expected layout: {LAYOUT}")
+    wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not wnids:
+        raise DctpsError(f"{path} lists no class ids; expected layout: {LAYOUT}")
+    if len(set(wnids)) != len(wnids):
+        raise DctpsError(f"{path} lists a class id twice")
+    return wnids
+
+
+def load_tiny_imagenet(
+    root: str | os.PathLike,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Load Tiny ImageNet from ``<root>/tiny-imagenet-200``.
+
+    Class ``i`` is the ``i``-th wnid in sorted order (torchvision ``ImageFolder``'s convention).
+
+    Returns:
+        ``(train_x, train_y, test_x, test_y, num_classes)``: uint8 ``(100000, 3, 64, 64)``, int64
+        ``(100000,)``, and the labelled val split as test: uint8 ``(10000, 3, 64, 64)``, int64
+        ``(10000,)``; ``num_classes`` is the number of wnids (200 for the real data set).
+    """
+    folder = Path(root) / TINY_DIR
+    if not folder.is_dir():
+        raise DctpsError(f"missing folder {folder}; expected layout: {LAYOUT}")
+    wnids = sorted(_read_wnids(folder))
+    label_of = {w: i for i, w in enumerate(wnids)}
+
+    train_paths: list[Path] = []
+    train_labels: list[int] = []
+    for w in wnids:
+        img_dir = folder / "train" / w / "images"
+        if not img_dir.is_dir():
+            raise DctpsError(
+                f"missing class folder {img_dir} for wnid {w!r} listed in "
+                f"{folder / 'wnids.txt'}; expected layout: {LAYOUT}"
+            )
+        files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
+        if not files:
+            raise DctpsError(f"class folder {img_dir} holds no .JPEG images")
+        train_paths += files
+        train_labels += [label_of[w]] * len(files)
+
+    ann = folder / "val" / "val_annotations.txt"
+    if not ann.is_file():
+        raise DctpsError(f"missing file {ann}; expected layout: {LAYOUT}")
+    val_paths: list[Path] = []
+    val_labels: list[int] = []
+    for lineno, line in enumerate(ann.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 2:
+            raise DctpsError(f"{ann}:{lineno}: expected '<file>\\t<wnid>\\t...', got {line!r}")
+        name, w = fields[0].strip(), fields[1].strip()
+        if w not in label_of:
+            raise DctpsError(f"{ann}:{lineno}: wnid {w!r} is not listed in wnids.txt")
+        p = folder / "val" / "images" / name
+        if not p.is_file():
+            raise DctpsError(f"missing file {p} (named in {ann}:{lineno})")
+        val_paths.append(p)
+        val_labels.append(label_of[w])
+    if not val_paths:
+        raise DctpsError(f"{ann} lists no images; expected layout: {LAYOUT}")
+
+    train_x = _decode_all(train_paths)
+    test_x = _decode_all(val_paths)
+    return (
+        train_x,
+        torch.tensor(train_labels, dtype=torch.int64),
+        test_x,
+        torch.tensor(val_labels, dtype=torch.int64),
+        len(wnids),
+    )

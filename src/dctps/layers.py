@@ -1,0 +1,291 @@
+"""DCTpS layers: ``W = alpha * D + S`` (Price & Tanner, ICML 2021, Section 4).
+
+``D`` is the fixed truncated DCT of :mod:`dctps.dct` (never trained, never saved: it is a function of
+the layer's shape); ``S`` is sparse and trainable, stored as ``values`` (a Parameter of length
+``nnz``, initialised to 0) at the flat positions ``indices`` (a sorted buffer of distinct positions in
+the weight tensor, drawn uniformly at random); ``alpha`` is one trainable scalar (init 1.0).
+
+The forward pass materialises ``W`` and runs ONE ``F.linear`` / ``F.conv2d`` (the authors' code runs
+two dense convolutions per layer, one for ``alpha*D`` and one for ``S``: twice the cost).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dctps.allocation import filter_counts
+from dctps.dct import conv_dct_basis, dct_basis
+from dctps.errors import DctpsError
+
+__all__ = ["DCTpSLinear", "DCTpSConv2d", "DCTpSLayer", "draw_indices", "make_generator"]
+
+
+def make_generator(seed: int | None) -> torch.Generator | None:
+    """A CPU generator seeded with ``seed``, or ``None`` (use torch's global RNG) for ``None``."""
+    if seed is None:
+        return None
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _distinct(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``k`` distinct integers drawn uniformly from ``[0, n)``, in random order.
+
+    For ``k << n`` it draws with replacement and de-duplicates (memory ``O(k)``, not ``O(n)``, so an
+    8192x8192 layer needs no 67M-entry permutation); a uniform ``k``-subset of a uniform random set
+    is a uniform ``k``-subset.
+    """
+    if k * 4 >= n:
+        return torch.randperm(n, generator=generator)[:k]
+    picked = torch.empty(0, dtype=torch.int64)
+    while picked.numel() < k:
+        draw = torch.randint(0, n, (int(k * 1.2) + 16,), generator=generator)
+        picked = torch.unique(torch.cat([picked, draw]))
+    return picked[torch.randperm(picked.numel(), generator=generator)[:k]]
+
+
+def draw_indices(
+    shape: tuple[int, ...],
+    nnz: int,
+    generator: torch.Generator | None = None,
+    per_filter: bool = False,
+) -> torch.Tensor:
+    """Sorted, distinct flat positions (int64) of ``nnz`` entries in a weight of ``shape``.
+
+    Uniform over all ``prod(shape)`` positions, or with ``per_filter=True`` (EPF, Appendix A.2) an
+    equal count per output filter (rows of the ``(out, fan_in)`` view), uniform within each filter.
+    """
+    numel = math.prod(shape)
+    if not 0 <= nnz <= numel:
+        raise DctpsError(f"nnz must be in [0, {numel}] for a weight of shape {shape}, got {nnz}")
+    if not per_filter:
+        return torch.sort(_distinct(numel, nnz, generator)).values
+    fan = numel // shape[0]
+    parts = [
+        row * fan + _distinct(fan, int(c), generator)
+        for row, c in enumerate(filter_counts(shape, nnz).tolist())
+        if c
+    ]
+    flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+    return torch.sort(flat).values
+
+
+class DCTpSLayer(nn.Module):
+    """Shared state and math of the DCTpS layers; subclasses set the weight shape and the op."""
+
+    weight_shape: tuple[int, ...]
+    indices: torch.Tensor
+    D: torch.Tensor
+
+    def _init_sparse(
+        self,
+        nnz: int,
+        alpha: float,
+        seed: int | None,
+        indices: torch.Tensor | None,
+        per_filter: bool,
+        train_alpha: bool,
+        dtype: torch.dtype | None,
+        device: Any,
+    ) -> None:
+        numel = math.prod(self.weight_shape)
+        if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= numel:
+            raise DctpsError(
+                f"nnz must be an integer in [0, {numel}] for a weight of shape "
+                f"{self.weight_shape}, got {nnz!r}"
+            )
+        if indices is None:
+            indices = draw_indices(self.weight_shape, nnz, make_generator(seed), per_filter)
+        else:
+            indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
+            if indices.numel() != nnz:
+                raise DctpsError(f"got {indices.numel()} indices for nnz={nnz}")
+            indices = torch.sort(indices).values
+            if nnz and (indices[0] < 0 or indices[-1] >= numel or (indices.diff() == 0).any()):
+                raise DctpsError(f"indices must be distinct positions in [0, {numel})")
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        self.alpha = nn.Parameter(torch.tensor(float(alpha), **factory), requires_grad=train_alpha)
+        self.values = nn.Parameter(torch.zeros(nnz, **factory))
+        self.register_buffer("indices", indices.to(device))
+        self.register_buffer("D", self._basis().to(**factory), persistent=False)
+
+    def _basis(self) -> torch.Tensor:
+        """The fixed offset matrix in ``weight_shape``, computed in float64 (cast by the caller)."""
+        raise NotImplementedError
+
+    @property
+    def nnz(self) -> int:
+        """Number of trainable non-zeros of ``S``."""
+        return self.values.numel()
+
+    @property
+    def density(self) -> float:
+        """``nnz / prod(weight_shape)``."""
+        return self.nnz / math.prod(self.weight_shape)
+
+    def sparse_weight(self) -> torch.Tensor:
+        """``S`` as a dense tensor of ``weight_shape`` (differentiable in ``values``)."""
+        flat = self.values.new_zeros(math.prod(self.weight_shape))
+        return flat.index_put((self.indices,), self.values).view(self.weight_shape)
+
+    def dense_weight(self) -> torch.Tensor:
+        """``W = alpha * D + S`` as a dense tensor of ``weight_shape`` (differentiable)."""
+        w = (self.alpha * self.D).flatten()
+        return w.index_put((self.indices,), self.values, accumulate=True).view(self.weight_shape)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The materialised ``W``, so code that reads ``module.weight`` (e.g. attention) works."""
+        return self.dense_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # values/indices may have another length than this layer's freshly drawn support
+        # (a checkpoint is the truth): resize before the default loader copies into them.
+        key_v, key_i = prefix + "values", prefix + "indices"
+        if key_v in state_dict and key_i in state_dict:
+            n = state_dict[key_v].numel()
+            if n != self.values.numel():
+                self.values = nn.Parameter(
+                    self.values.new_zeros(n), requires_grad=self.values.requires_grad
+                )
+                self.indices = torch.zeros(n, dtype=torch.int64, device=self.indices.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class DCTpSLinear(DCTpSLayer):
+    """A Linear layer with ``W = alpha * D + S``, ``D = C_N[:out, :in]``, ``N = max(in, out)``.
+
+    Args:
+        in_features, out_features: as ``nn.Linear``; the weight has shape ``(out, in)``.
+        nnz: number of trainable entries of ``S`` (distinct, uniform at random).
+        bias: add a trainable bias (initialised as ``nn.Linear`` does).
+        alpha: initial value of the scalar offset scale (paper: 1.0).
+        seed: seed for the support; ``None`` uses torch's global RNG.
+        indices: explicit flat support positions (overrides ``seed``).
+        per_filter: draw the same count per output neuron (EPF).
+        train_alpha: ``False`` fixes ``alpha`` (Appendix A.4).
+
+    Shapes: ``x (..., in) -> (..., out)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        nnz: int,
+        bias: bool = True,
+        alpha: float = 1.0,
+        seed: int | None = None,
+        *,
+        indices: torch.Tensor | None = None,
+        per_filter: bool = False,
+        train_alpha: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DctpsError(f"{name} must be a positive integer, got {v!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_shape = (out_features, in_features)
+        self._init_sparse(nnz, alpha, seed, indices, per_filter, train_alpha, dtype, device)
+        if bias:
+            bound = 1 / math.sqrt(in_features)
+            b = torch.empty(out_features, dtype=self.values.dtype, device=device)
+            self.bias: nn.Parameter | None = nn.Parameter(b.uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+
+    def _basis(self) -> torch.Tensor:
+        return dct_basis(self.out_features, self.in_features, torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dense_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}"
+        )
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class DCTpSConv2d(DCTpSLayer):
+    """A Conv2d with ``W = alpha * D + S``, ``D`` from :func:`dctps.dct.conv_dct_basis`.
+
+    ``D[o, c, h, w] = C_N[o, (h*kw + w)*C + c]`` with ``C = in/groups``, ``N = max(out, kh*kw*C)``:
+    each output channel computes one DCT frequency of the ``(h, w, c)``-flattened input patch
+    (Appendix B). Grouped and depthwise convs use the same rule on the weight's ``(out, fan_in)``
+    matrix, so a depthwise filter ``o`` gets the first ``kh*kw`` entries of DCT frequency ``o``
+    (the authors' choice); see :func:`dctps.dct.conv_dct_basis`.
+
+    Args are those of ``nn.Conv2d`` (``padding_mode='zeros'`` only) plus ``nnz``, ``alpha``, ``seed``,
+    ``indices``, ``per_filter`` and ``train_alpha`` as in :class:`DCTpSLinear`.
+    Shapes: ``x (B, in, H, W) -> (B, out, H', W')`` as ``nn.Conv2d``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        nnz: int,
+        alpha: float = 1.0,
+        seed: int | None = None,
+        indices: torch.Tensor | None = None,
+        per_filter: bool = False,
+        train_alpha: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise DctpsError(
+                f"in_channels={in_channels} and out_channels={out_channels} must be divisible "
+                f"by groups={groups}"
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride, self.dilation = _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.groups = groups
+        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._init_sparse(nnz, alpha, seed, indices, per_filter, train_alpha, dtype, device)
+        if bias:
+            bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
+            b = torch.empty(out_channels, dtype=self.values.dtype, device=device)
+            self.bias: nn.Parameter | None = nn.Parameter(b.uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+
+    def _basis(self) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        return conv_dct_basis(
+            self.out_channels, self.in_channels, kh, kw, self.groups, torch.float64
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(
+            x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
+            f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}"
+        )

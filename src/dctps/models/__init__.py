@@ -1,0 +1,76 @@
+"""The paper's six architectures, built by name.
+
+``build(name, num_classes, in_channels, image_size)`` returns a dense, initialised ``nn.Module``;
+``names()`` lists the valid names. To add an architecture, write one file with a constructor of the
+same signature and add one line to ``_REGISTRY``.
+
+Parameter counts with 10 classes (Table E.1 of the supplement; "weights" are the ``.weight`` of
+every Conv2d and Linear, "other" is every other parameter, i.e. biases, BN and Fixup scalars):
+
+=================  ===========  ======
+name               weights      other
+=================  ===========  ======
+lenet5                  61,510       0
+resnet18            11,164,352   9,610
+resnet50            23,467,712  53,130
+vgg19               20,024,000  11,018
+mobilenetv2          2,261,824  35,098
+fixup_resnet110      1,719,856     282
+=================  ===========  ======
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from dctps.errors import DctpsError, unknown_name
+from dctps.models.fixup_resnet import ZERO_INIT_ATTR, fixup_resnet110
+from dctps.models.lenet import lenet5
+from dctps.models.mobilenetv2 import mobilenetv2
+from dctps.models.resnet import kaiming_init_, resnet18, resnet50
+from dctps.models.vgg import vgg19
+
+__all__ = ["ZERO_INIT_ATTR", "build", "kaiming_init_", "names"]
+
+Constructor = Callable[[int, int, int], nn.Module]
+
+_REGISTRY: dict[str, Constructor] = {
+    "lenet5": lenet5,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vgg19": vgg19,
+    "mobilenetv2": mobilenetv2,
+    "fixup_resnet110": fixup_resnet110,
+}
+
+
+def names() -> list[str]:
+    """The valid model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _check_int(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DctpsError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def build(
+    name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
+) -> nn.Module:
+    """Build the dense model ``name`` for ``num_classes`` outputs on square inputs of
+    ``in_channels`` x ``image_size`` x ``image_size``.
+
+    Raises :class:`DctpsError` for an unknown name (with a did-you-mean), for a non-integer or
+    too-small ``num_classes`` (< 2), ``in_channels`` (< 1) or ``image_size`` (< 1), and for an
+    ``image_size`` the architecture cannot take (LeNet-5 and VGG19 need at least 32).
+    """
+    constructor = _REGISTRY.get(name) if isinstance(name, str) else None
+    if constructor is None:
+        raise unknown_name("model", name, names())
+    num_classes = _check_int(num_classes, "num_classes", 2)
+    in_channels = _check_int(in_channels, "in_channels", 1)
+    image_size = _check_int(image_size, "image_size", 1)
+    return constructor(num_classes, in_channels, image_size)

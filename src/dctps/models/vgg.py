@@ -1,0 +1,70 @@
+"""VGG19 with batch normalisation, in the CIFAR form of FORCE (naver/force) and the DCTpS paper.
+
+Architecture (Simonyan & Zisserman, 2015, configuration E): sixteen 3x3 bias-free convs, each
+followed by BN and ReLU, widths 64x2, 128x2, 256x4, 512x4, 512x4, with a 2x2 max-pool after each
+group (five pools), then global average pooling and a single ``Linear(512, num_classes)`` with bias.
+The classifier bias is what makes the "bias & BN" count exact (11,008 BN parameters + 10 biases).
+
+Five 2x2 max-pools need inputs of at least 32x32; smaller sizes raise :class:`DctpsError`. After the
+pools the map is 1x1 at 32x32 and 2x2 at 64x64; the adaptive average pool makes the classifier input
+512 either way, so the weights do not depend on the input size.
+
+Table E.1 (10 classes), weights / other parameters: 20,024,000 / 11,018.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dctps.errors import DctpsError
+from dctps.models.resnet import kaiming_init_
+
+_CFG_19: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+    512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+)  # fmt: skip
+
+
+class VGG(nn.Module):
+    """VGG with BN from a layer configuration (ints are conv widths, ``"M"`` a 2x2 max-pool)."""
+
+    def __init__(
+        self,
+        cfg: tuple[int | str, ...] = _CFG_19,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+    ):
+        super().__init__()
+        pools = sum(1 for c in cfg if c == "M")
+        if image_size < 2**pools:
+            raise DctpsError(
+                f"VGG with {pools} max-pools needs inputs of at least {2**pools}x{2**pools}, "
+                f"got image_size={image_size}"
+            )
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for c in cfg:
+            if c == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                assert isinstance(c, int)
+                layers += [
+                    nn.Conv2d(cin, c, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c),
+                    nn.ReLU(inplace=True),
+                ]
+                cin = c
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, num_classes)
+        kaiming_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def vgg19(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> VGG:
+    """VGG19 with BN; ``image_size`` must be at least 32 (five max-pools)."""
+    return VGG(_CFG_19, num_classes, in_channels, image_size)

@@ -1,0 +1,246 @@
+"""Public entry points: turn any model into a DCTpS network, and count what it trains.
+
+``sparsify`` finds every ``nn.Linear`` and ``nn.Conv2d`` (and the packed input projection of
+``nn.MultiheadAttention``), computes per-layer budgets with :func:`dctps.allocation.budgets`, and
+replaces each layer in place by a :class:`~dctps.layers.DCTpSLinear` /
+:class:`~dctps.layers.DCTpSConv2d` with ``W = alpha * D + S`` (Section 4 of the paper).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dctps.allocation import budgets
+from dctps.errors import DctpsError, check_density
+from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
+
+__all__ = ["sparsify", "count", "Counts", "DCTpSMultiheadAttention", "prunable_layers"]
+
+
+class DCTpSMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` whose packed ``in_proj`` (``3E x E``) and ``out_proj`` are DCTpS.
+
+    PyTorch packs the query/key/value projections into one ``in_proj_weight`` Parameter, not a
+    Linear; this module holds it as ``in_proj`` (a :class:`DCTpSLinear` ``E -> 3E``) and exposes
+    ``in_proj_weight`` / ``in_proj_bias`` / ``out_proj`` as the materialised tensors, so it is a
+    drop-in for ``nn.MultiheadAttention`` (also inside ``nn.TransformerEncoderLayer``).
+    Only ``kdim == vdim == embed_dim`` is supported; ``bias_k``/``bias_v`` stay dense (they are biases).
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention, in_nnz: int, out_nnz: int, seed: int | None):
+        super().__init__()
+        if not mha._qkv_same_embed_dim:
+            raise DctpsError("DCTpSMultiheadAttention needs kdim == vdim == embed_dim")
+        e = mha.embed_dim
+        self.embed_dim, self.num_heads, self.dropout = e, mha.num_heads, mha.dropout
+        self.batch_first, self.head_dim = mha.batch_first, mha.head_dim
+        self._qkv_same_embed_dim = True
+        self.kdim = self.vdim = e
+        self.in_proj = DCTpSLinear(e, 3 * e, in_nnz, bias=mha.in_proj_bias is not None, seed=seed)
+        if mha.in_proj_bias is not None:
+            self.in_proj.bias.data.copy_(mha.in_proj_bias.data)  # type: ignore[union-attr]
+        self.out_proj = _replace(mha.out_proj, out_nnz, None if seed is None else seed + 1)
+        self.bias_k, self.bias_v = mha.bias_k, mha.bias_v
+        self.add_zero_attn = mha.add_zero_attn
+        self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
+
+    # TransformerEncoderLayer's inference fast path calls this; it only reads shapes and heads.
+    merge_masks = nn.MultiheadAttention.merge_masks
+
+    @property
+    def in_proj_weight(self) -> torch.Tensor:
+        return self.in_proj.dense_weight()
+
+    @property
+    def in_proj_bias(self) -> torch.Tensor | None:
+        return self.in_proj.bias
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):  # fmt: skip
+        if self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads,
+            self.in_proj_weight, self.in_proj_bias, self.bias_k, self.bias_v,
+            self.add_zero_attn, self.dropout, self.out_proj.dense_weight(), self.out_proj.bias,
+            training=self.training, key_padding_mask=key_padding_mask,
+            need_weights=need_weights, attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights, is_causal=is_causal,
+        )  # fmt: skip
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def prunable_layers(
+    model: nn.Module, exclude: Iterable[str] = ()
+) -> Iterator[tuple[str, nn.Module, tuple[int, ...]]]:
+    """``(name, module, weight_shape)`` of every dense Linear/Conv2d/MHA-in-projection, in order.
+
+    A ``MultiheadAttention`` yields two entries: ``name + '.in_proj'`` with the packed
+    ``(3E, E)`` shape, and its ``out_proj`` Linear. Names matching an ``exclude`` glob are skipped.
+    """
+    exclude = list(exclude)
+    for name, module in model.named_modules():
+        if _matches(name, exclude):
+            continue
+        if isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
+            yield f"{name}.in_proj", module, tuple(module.in_proj_weight.shape)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            yield name, module, tuple(module.weight.shape)
+
+
+def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
+    """A DCTpS twin of a dense Linear/Conv2d with the same hyperparameters and bias values."""
+    factory = {"dtype": module.weight.dtype, "device": module.weight.device}
+    if getattr(module, "_dctps_zero_init", False):
+        kw["alpha"] = 0.0  # Fixup zero-initialises this layer: W must start at zero.
+    new: DCTpSLayer
+    if isinstance(module, nn.Linear):
+        new = DCTpSLinear(
+            module.in_features, module.out_features, nnz, module.bias is not None,
+            seed=seed, **kw, **factory,
+        )  # fmt: skip
+    elif isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise DctpsError(f"padding_mode={module.padding_mode!r} is not supported; use 'zeros'")
+        new = DCTpSConv2d(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride,
+            module.padding, module.dilation, module.groups, module.bias is not None,
+            nnz=nnz, seed=seed, **kw, **factory,
+        )  # fmt: skip
+    else:
+        raise DctpsError(f"cannot make a DCTpS layer from {type(module).__name__}")
+    if module.bias is not None:
+        new.bias.data.copy_(module.bias.data)  # type: ignore[union-attr]
+    return new
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def sparsify(
+    model: nn.Module,
+    density: float,
+    allocation: str = "epl",
+    seed: int | None = 0,
+    exclude: Iterable[str] | str | None = None,
+    train_alpha: bool = True,
+) -> nn.Module:
+    """Replace every Linear/Conv2d of ``model`` in place by a DCTpS layer; return ``model``.
+
+    ``W = alpha * D + S`` with ``alpha = 1`` (0 for layers marked ``_dctps_zero_init``, e.g. Fixup's
+    zero-initialised convs), ``S = 0`` on a uniformly random support whose size per layer comes from
+    ``budgets(shapes, density, allocation)``: the total trainable non-zeros are exactly
+    ``round(density * total_weights)``. Biases are kept (with their values); BN is untouched.
+
+    Args:
+        model: any ``nn.Module``; the packed attention projection of ``nn.MultiheadAttention``
+            (``kdim == vdim == embed_dim``) is handled too.
+        density: fraction of weights that are trainable, in (0, 1].
+        allocation: ``epl`` (paper default), ``epf``, ``erk``, ``uniform`` or ``epl_ref``.
+        seed: seed of the random supports (layer ``i`` uses ``seed + i``); ``None`` = global RNG.
+        exclude: module-name globs (``fnmatch``) to leave dense, e.g. ``["fc", "*.downsample.*"]``.
+        train_alpha: ``False`` fixes ``alpha`` (Appendix A.4).
+    """
+    d = check_density(density)
+    if not isinstance(model, nn.Module):
+        raise DctpsError(f"sparsify needs an nn.Module, got {type(model).__name__}")
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    layers = list(prunable_layers(model, exclude or ()))
+    if not layers:
+        raise DctpsError(
+            f"{type(model).__name__} has no nn.Linear / nn.Conv2d layers to sparsify "
+            "(after exclusions); DCTpS replaces exactly those"
+        )
+    counts = budgets([shape for _, _, shape in layers], d, allocation)
+    per_filter = allocation == "epf"
+    i = 0
+    while i < len(layers):
+        name, module, _ = layers[i]
+        lseed = None if seed is None else seed + i
+        if isinstance(module, nn.MultiheadAttention):
+            # The next entry is this attention's out_proj; both go into one module.
+            mha_name = name.rsplit(".", 1)[0]
+            if i + 1 >= len(layers) or layers[i + 1][0] != f"{mha_name}.out_proj":
+                raise DctpsError(
+                    f"exclude both or neither of {mha_name}'s projections (in_proj, out_proj)"
+                )
+            new: nn.Module = DCTpSMultiheadAttention(module, counts[i], counts[i + 1], lseed)
+            _set_submodule(model, mha_name, new)
+            i += 2
+            continue
+        new = _replace(module, counts[i], lseed, per_filter=per_filter, train_alpha=train_alpha)
+        _set_submodule(model, name, new)
+        i += 1
+    return model
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a model trains.
+
+    Attributes:
+        weights: entries of all Linear/Conv2d (and attention-projection) weights, dense or not.
+        nonzeros: trainable weight entries: ``nnz`` of DCTpS layers, unmasked entries of pruned
+            layers, all entries of dense layers.
+        alphas: DCTpS offset scales (trainable or fixed).
+        other: every other parameter (biases, BatchNorm, Fixup scalars).
+    """
+
+    weights: int
+    nonzeros: int
+    alphas: int
+    other: int
+
+    @property
+    def density(self) -> float:
+        return self.nonzeros / self.weights if self.weights else 0.0
+
+    @property
+    def trainable(self) -> int:
+        """Non-zeros + alphas + other: the parameters an optimizer updates."""
+        return self.nonzeros + self.alphas + self.other
+
+
+def count(model: nn.Module) -> Counts:
+    """Count weights, trainable non-zeros, alphas and other parameters of ``model`` (see Counts)."""
+    weights = nonzeros = alphas = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, DCTpSLayer):
+            weights += math.prod(module.weight_shape)
+            nonzeros += module.nnz
+            alphas += 1
+            seen.update(id(p) for p in (module.alpha, module.values))
+        elif isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
+            w = module.in_proj_weight
+            weights += w.numel()
+            nonzeros += _unmasked(module, "in_proj_weight")
+            seen.add(id(getattr(module, "in_proj_weight_orig", w)))
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            weights += module.weight.numel()
+            nonzeros += _unmasked(module, "weight")
+            seen.add(id(getattr(module, "weight_orig", module.weight)))
+    other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
+    return Counts(weights, nonzeros, alphas, other)
+
+
+def _unmasked(module: nn.Module, name: str) -> int:
+    mask = getattr(module, name + "_mask", None)
+    return int(mask.count_nonzero()) if mask is not None else getattr(module, name).numel()

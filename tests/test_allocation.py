@@ -1,0 +1,90 @@
+"""Budgets: exact totals, caps and redistribution, against direct computations."""
+
+import math
+
+import pytest
+
+from dctps.allocation import budgets, filter_counts
+from dctps.errors import DctpsError
+
+VGGISH = [(64, 3, 3, 3), (64, 64, 3, 3), (128, 64, 3, 3), (256, 128, 3, 3), (512, 256, 3, 3),
+          (10, 512)]  # fmt: skip
+TINY_FIRST = [(2, 1, 1, 1), (256, 256, 3, 3), (512, 256, 3, 3), (100, 512)]
+METHODS = ["uniform", "epl", "epf", "erk"]
+DENSITIES = [1.0, 0.5, 0.1, 0.01, 1e-3, 1e-4, 1e-5]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("shapes", [VGGISH, TINY_FIRST], ids=["vggish", "tiny_first"])
+def test_sum_exact_and_capped(method, density, shapes):
+    caps = [math.prod(s) for s in shapes]
+    counts = budgets(shapes, density, method)
+    total = round(density * sum(caps))
+    assert sum(counts) == total
+    assert all(0 <= c <= cap for c, cap in zip(counts, caps, strict=True))
+    if total >= len(shapes):
+        assert min(counts) >= 1
+
+
+def test_epl_redistributes_a_small_layer():
+    counts = budgets(TINY_FIRST, 0.01, "epl")
+    total = round(0.01 * sum(math.prod(s) for s in TINY_FIRST))
+    assert counts[0] == 2  # the 2-weight layer is full
+    # The rest share equally (within 1 from rounding).
+    rest = counts[1:]
+    assert max(rest) - min(rest) <= 1
+    assert sum(rest) == total - 2
+
+
+def test_uniform_gives_each_layer_the_density():
+    counts = budgets(VGGISH, 0.1, "uniform")
+    for c, s in zip(counts, VGGISH, strict=True):
+        assert abs(c - 0.1 * math.prod(s)) <= 1
+
+
+def test_erk_proportional_to_sum_over_prod():
+    shapes = [(256, 256, 3, 3), (512, 256, 3, 3), (512, 512, 3, 3)]
+    counts = budgets(shapes, 0.01, "erk")
+    dens = [c / math.prod(s) for c, s in zip(counts, shapes, strict=True)]
+    raw = [sum(s) / math.prod(s) for s in shapes]
+    for d, r in zip(dens, raw, strict=True):
+        assert d / r == pytest.approx(dens[0] / raw[0], rel=1e-3)
+
+
+def test_erk_caps_dense_layers_and_redistributes():
+    shapes = [(8, 3, 3, 3), (512, 512, 3, 3), (10, 512)]
+    counts = budgets(shapes, 0.3, "erk")
+    assert counts[0] == 8 * 27  # would exceed density 1: made dense
+    assert sum(counts) == round(0.3 * sum(math.prod(s) for s in shapes))
+
+
+def test_epf_equal_per_filter():
+    counts = budgets(VGGISH, 0.01, "epf")
+    per_filter = [c / s[0] for c, s in zip(counts, VGGISH, strict=True)]
+    assert max(per_filter) - min(per_filter) <= 1.0
+
+
+def test_epl_ref_gives_leftover_only_to_last_layer():
+    shapes = [(10, 3), (1000, 1000), (1000, 1000), (5, 5)]
+    counts = budgets(shapes, 0.01, "epl_ref")
+    share = round(0.01 * sum(math.prod(s) for s in shapes)) // 4
+    assert counts[:3] == [30, share, share]
+    assert counts[3] == 25  # capped: the reference code ends below the requested density
+    assert sum(counts) < round(0.01 * sum(math.prod(s) for s in shapes))
+
+
+def test_filter_counts_even_split():
+    fc = filter_counts((4, 3, 3, 3), 10)
+    assert fc.tolist() == [3, 3, 2, 2]
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), "abc", None])
+def test_bad_density(bad):
+    with pytest.raises(DctpsError, match="density"):
+        budgets(VGGISH, bad, "epl")
+
+
+def test_unknown_method_suggests():
+    with pytest.raises(DctpsError, match="Did you mean 'epl'"):
+        budgets(VGGISH, 0.1, "elp")

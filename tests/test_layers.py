@@ -1,0 +1,158 @@
+"""DCTpS layers: the materialised weight, the conv against an independent patch matmul, training
+state, and bad input."""
+
+import io
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+import torch.nn.functional as F
+
+from dctps import DCTpSConv2d, DCTpSLinear, DctpsError
+from dctps.layers import draw_indices
+
+
+def scipy_c(n):
+    return torch.from_numpy(scipy.fft.dct(np.eye(n), norm="ortho", axis=0))
+
+
+def test_linear_weight_is_alpha_d_plus_s():
+    layer = DCTpSLinear(7, 12, nnz=20, seed=0, dtype=torch.float64)
+    with torch.no_grad():
+        layer.alpha.fill_(0.7)
+        layer.values.copy_(torch.randn(20, dtype=torch.float64))
+    s = torch.zeros(12 * 7, dtype=torch.float64)
+    s[layer.indices] = layer.values.detach()
+    expected = 0.7 * scipy_c(12)[:12, :7] + s.view(12, 7)
+    torch.testing.assert_close(layer.dense_weight().detach(), expected)
+    torch.testing.assert_close(layer.sparse_weight().detach(), s.view(12, 7))
+    x = torch.randn(5, 7, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ expected.T + layer.bias.detach())
+
+
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,pad,dil,groups",
+    [(3, 8, 3, 1, 1, 1, 1), (4, 6, 5, 2, 2, 1, 1), (16, 4, 1, 1, 0, 1, 1), (6, 9, 3, 1, 1, 2, 3),
+     (12, 12, 3, 1, 1, 1, 12), (2, 40, 3, 1, 0, 1, 1)],
+)  # fmt: skip
+def test_conv_equals_hwc_patch_matmul(cin, cout, k, stride, pad, dil, groups):
+    layer = DCTpSConv2d(cin, cout, k, stride, pad, dil, groups, nnz=5, seed=1, dtype=torch.float64)
+    with torch.no_grad():
+        layer.values.normal_()
+        layer.alpha.fill_(1.3)
+    x = torch.randn(2, cin, 9, 10, dtype=torch.float64)
+    y = layer(x)
+    # 1) the same conv on the materialised weight
+    w = layer.dense_weight().detach()
+    torch.testing.assert_close(y, F.conv2d(x, w, layer.bias, stride, pad, dil, groups))
+    # 2) an independent lowering: unfold, reorder each group's patch to (h, w, c), multiply by
+    #    the scipy DCT matrix (plus S in the same order)
+    cg, og = cin // groups, cout // groups
+    fan = k * k * cg
+    m = 1.3 * scipy_c(max(cout, fan))[:cout, :fan]
+    s_hwc = layer.sparse_weight().detach().permute(0, 2, 3, 1).reshape(cout, fan)
+    mat = m + s_hwc
+    cols = F.unfold(x, k, dilation=dil, padding=pad, stride=stride)  # (B, cin*k*k, L), c slowest
+    b, _, L = cols.shape
+    cols = cols.view(b, groups, cg, k * k, L).transpose(2, 3).reshape(b, groups, fan, L)
+    outs = [mat[g * og : (g + 1) * og] @ cols[:, g] for g in range(groups)]
+    ref = torch.cat(outs, dim=1) + layer.bias.detach().view(1, -1, 1)
+    torch.testing.assert_close(y.flatten(2), ref)
+
+
+def test_only_alpha_values_bias_trainable_and_receive_grads():
+    layer = DCTpSConv2d(3, 8, 3, padding=1, nnz=10, seed=0)
+    names = {n for n, p in layer.named_parameters() if p.requires_grad}
+    assert names == {"alpha", "values", "bias"}
+    layer(torch.randn(2, 3, 6, 6)).square().sum().backward()
+    for n in names:
+        assert getattr(layer, n).grad is not None and getattr(layer, n).grad.abs().sum() > 0
+    assert not layer.D.requires_grad and layer.D.grad is None
+
+
+def test_state_dict_has_no_d_and_round_trips():
+    a = DCTpSLinear(30, 20, nnz=15, seed=3)
+    with torch.no_grad():
+        a.values.normal_()
+        a.alpha.fill_(0.5)
+    sd = a.state_dict()
+    assert set(sd) == {"alpha", "values", "indices", "bias"}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    b = DCTpSLinear(30, 20, nnz=15, seed=99)  # different support, replaced on load
+    b.load_state_dict(torch.load(buf))
+    x = torch.randn(4, 30)
+    assert torch.equal(a(x), b(x))
+    assert torch.equal(a.indices, b.indices)
+
+
+def test_load_resizes_support():
+    a = DCTpSLinear(10, 10, nnz=7, seed=0)
+    b = DCTpSLinear(10, 10, nnz=3, seed=0)
+    b.load_state_dict(a.state_dict())
+    assert b.nnz == 7 and torch.equal(a.indices, b.indices)
+
+
+def test_indices_distinct_sorted_and_seeded():
+    a = DCTpSLinear(100, 50, nnz=400, seed=5)
+    assert a.nnz == 400 and a.indices.unique().numel() == 400
+    assert torch.equal(a.indices, a.indices.sort().values)
+    assert torch.equal(a.indices, DCTpSLinear(100, 50, nnz=400, seed=5).indices)
+    assert not torch.equal(a.indices, DCTpSLinear(100, 50, nnz=400, seed=6).indices)
+    assert a.values.abs().sum() == 0 and a.alpha.item() == 1.0
+
+
+def test_per_filter_indices():
+    idx = draw_indices((8, 3, 3, 3), 20, torch.Generator().manual_seed(0), per_filter=True)
+    rows = torch.bincount(idx // 27, minlength=8)
+    assert rows.tolist() == [3, 3, 3, 3, 2, 2, 2, 2]
+
+
+def test_large_sparse_draw_is_uniformish():
+    idx = draw_indices((1000, 1000), 5000, torch.Generator().manual_seed(0))
+    assert idx.unique().numel() == 5000
+    # Rows hit roughly uniformly: a chi-square-ish sanity bound on 10 row blocks.
+    counts = torch.bincount(idx // 100_000, minlength=10).float()
+    assert (counts - 500).abs().max() < 100
+
+
+def test_fixed_alpha():
+    layer = DCTpSLinear(4, 4, nnz=2, train_alpha=False)
+    assert not layer.alpha.requires_grad
+
+
+def test_extra_repr_shows_density():
+    r = repr(DCTpSLinear(10, 10, nnz=5))
+    assert "nnz=5" in r and "density=0.05" in r
+
+
+@pytest.mark.parametrize("nnz", [-1, 101, 2.5, "3"])
+def test_bad_nnz(nnz):
+    with pytest.raises(DctpsError, match="nnz"):
+        DCTpSLinear(10, 10, nnz=nnz)
+
+
+def test_bad_groups():
+    with pytest.raises(DctpsError, match="groups"):
+        DCTpSConv2d(3, 8, 3, groups=2, nnz=1)
+
+
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        DCTpSConv2d(3, 8, 3, padding=1, nnz=30, seed=0),
+        torch.nn.ReLU(),
+        DCTpSConv2d(8, 8, 3, padding=1, groups=8, nnz=20, seed=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        DCTpSLinear(8, 5, nnz=10, seed=2),
+    )
+    with torch.no_grad():
+        for m in model:
+            if hasattr(m, "values"):
+                m.values.normal_()
+    x = torch.randn(2, 3, 8, 8)
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,159 @@
+"""sparsify() on arbitrary models and on the paper's architectures."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import dctps
+from dctps import DCTpSConv2d, DCTpSLinear, DctpsError
+from dctps.models import build, names
+from dctps.sparsify import DCTpSMultiheadAttention
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                         nn.Linear(128, 10))  # fmt: skip
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+
+
+def test_mlp_exact_count_and_trains():
+    torch.manual_seed(0)
+    model = mlp()
+    weights = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    biases = [m.bias.detach().clone() for m in model if isinstance(m, nn.Linear)]
+    dctps.sparsify(model, 0.05)
+    c = dctps.count(model)
+    assert c.weights == weights and c.nonzeros == round(0.05 * weights) and c.alphas == 3
+    assert c.other == 128 + 128 + 10
+    assert all(isinstance(m, DCTpSLinear) for m in model if not isinstance(m, nn.ReLU))
+    # biases kept with their values
+    for b, m in zip(biases, [m for m in model if isinstance(m, DCTpSLinear)], strict=True):
+        assert torch.equal(b, m.bias.detach())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == c.trainable
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    x, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    first = nn.functional.cross_entropy(model(x), y).item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < first * 0.8
+
+
+def test_cnn_with_depthwise_and_bn():
+    model = dctps.sparsify(cnn(), 0.2, allocation="epf")
+    assert isinstance(model[3], DCTpSConv2d) and model[3].groups == 16
+    assert isinstance(model[1], nn.BatchNorm2d)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_exclude_by_pattern():
+    model = dctps.sparsify(mlp(), 0.1, exclude=["4"])
+    assert isinstance(model[4], nn.Linear) and not isinstance(model[4], DCTpSLinear)
+    assert dctps.count(model).nonzeros == round(0.1 * (64 * 128 + 128 * 128)) + 128 * 10
+
+
+def test_transformer_encoder_packed_attention():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    total = sum(p.numel() for n, p in enc.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    dctps.sparsify(enc, 0.1)
+    attn = enc.layers[0].self_attn
+    assert isinstance(attn, DCTpSMultiheadAttention)
+    assert attn.in_proj.weight_shape == (96, 32)
+    c = dctps.count(enc)
+    assert c.weights == total and c.nonzeros == round(0.1 * total)
+    assert not any(p.dim() == 2 for p in enc.parameters())  # no dense weight matrix is left
+    x = torch.randn(3, 5, 32)
+    out = enc(x)
+    out.sum().backward()
+    assert attn.in_proj.values.grad is not None
+    # The replacement computes what nn.MultiheadAttention computes with the materialised weights.
+    ref = nn.MultiheadAttention(32, 4, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(attn.in_proj_weight)
+        ref.in_proj_bias.copy_(attn.in_proj_bias)
+        ref.out_proj.weight.copy_(attn.out_proj.dense_weight())
+        ref.out_proj.bias.copy_(attn.out_proj.bias)
+    torch.testing.assert_close(attn(x, x, x)[0], ref(x, x, x)[0])
+    enc.eval()  # inference fast path of TransformerEncoderLayer
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), out.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_seed_controls_supports():
+    a = dctps.sparsify(mlp(), 0.1, seed=1)
+    b = dctps.sparsify(mlp(), 0.1, seed=1)
+    c = dctps.sparsify(mlp(), 0.1, seed=2)
+    assert torch.equal(a[0].indices, b[0].indices)
+    assert not torch.equal(a[0].indices, c[0].indices)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.01, float("nan"), "x"])
+def test_bad_density(bad):
+    with pytest.raises(DctpsError, match="density"):
+        dctps.sparsify(mlp(), bad)
+
+
+def test_unknown_allocation():
+    with pytest.raises(DctpsError, match="allocation"):
+        dctps.sparsify(mlp(), 0.1, allocation="nope")
+
+
+def test_model_without_layers():
+    with pytest.raises(DctpsError, match="no nn.Linear"):
+        dctps.sparsify(nn.Sequential(nn.ReLU()), 0.1)
+
+
+def _weights(model):
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+@pytest.mark.parametrize("name", names())
+@pytest.mark.parametrize("density", [0.01, 0.001, 0.0001])
+def test_paper_models_exact_nonzeros(name, density):
+    torch.manual_seed(0)
+    model = build(name, num_classes=10)
+    weights = _weights(model)
+    dctps.sparsify(model, density)
+    c = dctps.count(model)
+    assert c.weights == weights and c.nonzeros == round(density * weights)
+    if density == 0.01:
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_fixup_branches_zero_after_sparsify():
+    model = dctps.sparsify(build("fixup_resnet110"), 0.01)
+    zero_alpha = [m for m in model.modules() if isinstance(m, (DCTpSConv2d, DCTpSLinear))
+                  and m.alpha.item() == 0.0]  # fmt: skip
+    assert len(zero_alpha) == 54 + 1  # every block's conv2 and the classifier
+    blocks = [m for m in model.modules() if hasattr(m, "branch") and hasattr(m, "shortcut")]
+    assert len(blocks) == 54
+    x = torch.randn(2, 16, 32, 32)
+    assert torch.count_nonzero(blocks[0].branch(x)) == 0
+    torch.testing.assert_close(blocks[0](x), blocks[0].shortcut(x))
+    assert torch.count_nonzero(model(torch.randn(2, 3, 32, 32))) == 0
+
+
+def test_budgets_total_equals_count():
+    model = build("vgg19")
+    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for alloc in ["epl", "epf", "erk", "uniform"]:
+        m = dctps.sparsify(build("vgg19"), 0.001, allocation=alloc)
+        assert dctps.count(m).nonzeros == sum(dctps.budgets(shapes, 0.001, alloc))
+        per_layer = [x.nnz for x in m.modules() if isinstance(x, (DCTpSConv2d, DCTpSLinear))]
+        assert per_layer == dctps.budgets(shapes, 0.001, alloc)
+    assert math.isclose(sum(dctps.budgets(shapes, 0.01, "epl_ref")) / _weights(model), 0.0092,
+                        abs_tol=5e-4)  # fmt: skip
