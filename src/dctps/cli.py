@@ -53,6 +53,32 @@ def demo(
     run_demo(epochs=epochs, seed=seed, threads=threads)
 
 
+@app.command("budgets")
+def budgets_cmd(
+    model: str = typer.Argument(..., help="Architecture name (see `dctps.models.names()`)."),
+    density: float = typer.Option(..., "--density", "-d", help="Global density in (0, 1]."),
+    allocation: str = typer.Option("epl", help="uniform | epl | epf | erk | epl_ref."),
+    classes: int = typer.Option(10, "--classes", help="Number of output classes."),
+    plot: str = typer.Option("", help="Also draw the per-layer bar chart (PNG + PDF) here."),
+    compare: bool = typer.Option(False, help="Plot EPL and EPF side by side (Figure A.2)."),
+) -> None:
+    """Per-layer budget table (layer, shape, weights, non-zeros, density) and totals."""
+    from dctps.budgets_report import budget_rows, format_rows
+
+    rows = budget_rows(model, density, allocation, classes)
+    typer.echo(f"{model}, {classes} classes, density {density:g}, allocation {allocation}")
+    typer.echo(format_rows(rows))
+    if plot:
+        from dctps.results.plots import plot_allocation
+
+        series = {allocation: [r.nonzeros for r in rows]}
+        if compare:
+            series = {a: [r.nonzeros for r in budget_rows(model, density, a, classes)]
+                      for a in ("epl", "epf")}  # fmt: skip
+        paths = plot_allocation(series, f"{model}, density {density:g}", plot)
+        typer.echo("wrote " + ", ".join(map(str, paths)))
+
+
 # --- commands added by other modules go below; keep each a thin wrapper ---
 
 

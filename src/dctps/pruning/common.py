@@ -1,0 +1,366 @@
+"""Shared machinery of the pruning-at-initialisation methods (see ``BASELINES.md`` §0).
+
+* :func:`targets` lists the prunable weights: the ``.weight`` of every ``nn.Conv2d`` and
+  ``nn.Linear`` (first and last layers, 1x1 shortcuts and depthwise convs included) and the packed
+  ``in_proj_weight`` of ``nn.MultiheadAttention``. Biases and BatchNorm are never pruned.
+* :func:`top_k_mask` keeps EXACTLY ``k`` entries: the ``k`` largest scores, ties broken by the
+  smaller flat index (the order of a stable sort on ``(score desc, index asc)``). The references
+  keep every score ``>= tau`` (FORCE, density can overshoot) or ``> tau`` (SynFlow, undershoot).
+* :func:`schedule` is the density schedule of the iterative methods: exponential
+  ``d_t = d^(t/T)`` or linear ``d_t = 1 - t(1 - d)/T`` for ``t = 1..T`` (§0), with
+  ``k_t = round(N d_t)`` weights kept at step ``t`` and ``d_T = d`` exactly.
+* :func:`check_scores` turns the references' silent failures into :class:`PruningFailed`: a step
+  whose scores are not all finite, or that has fewer than ``k_t`` strictly positive scores (the
+  FORCE code's ``tau = 0`` case, which keeps every weight and trains a dense network, §3).
+* :func:`average_gradients` is ``g = (1/B) sum_b dL_b/dW`` over ``B`` fresh batches (§3 step 1).
+* :func:`apply_masks` applies the final masks with ``torch.nn.utils.prune.custom_from_mask`` (the
+  module gets ``weight_orig`` and a ``weight_mask`` buffer, ``weight = weight_orig * weight_mask``,
+  so the gradient of ``weight_orig`` is masked by the product rule) and zeroes the pruned entries
+  of ``weight_orig``, so they stay exactly 0 under SGD/Adam/weight decay.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from dctps.errors import DctpsError, PruningFailed, unknown_name
+from dctps.sparsify import prunable_layers
+
+__all__ = [
+    "Context",
+    "Target",
+    "BatchStream",
+    "targets",
+    "weights_of",
+    "top_k_mask",
+    "global_masks",
+    "schedule",
+    "step_counts",
+    "check_scores",
+    "average_gradients",
+    "loss_fn",
+    "apply_masks",
+    "density_of",
+    "model_device",
+    "LOSSES",
+    "SCHEDULES",
+]
+
+SCHEDULES = ("exp", "linear")
+LOSSES = ("cross_entropy", "nll_raw")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prunable weight: ``getattr(module, attr)`` (``attr`` is ``weight`` or ``in_proj_weight``)."""
+
+    name: str
+    module: nn.Module
+    attr: str
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.attr)
+
+
+def targets(model: nn.Module) -> list[Target]:
+    """The prunable weights of ``model`` in module order (see module doc).
+
+    Raises :class:`DctpsError` when there is none, or when one is already pruned (a
+    ``weight_orig`` exists): call ``torch.nn.utils.prune.remove`` first.
+    """
+    out: list[Target] = []
+    for name, module, _ in prunable_layers(model):
+        attr = "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
+        if hasattr(module, attr + "_orig"):
+            raise DctpsError(
+                f"layer {name!r} is already pruned ({attr}_orig exists); call "
+                "torch.nn.utils.prune.remove(module, name) first"
+            )
+        out.append(Target(name, module, attr))
+    if not out:
+        raise DctpsError(
+            "the model has no dense Linear/Conv2d weights to prune (DCTpS layers cannot be pruned)"
+        )
+    return out
+
+
+def weights_of(model: nn.Module) -> list[torch.Tensor]:
+    """The prunable weight Parameters of ``model`` (same order as :func:`targets`)."""
+    return [t.weight for t in targets(model)]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- top-k and schedule
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest entries of the 1-D ``scores``, exactly ``k`` of them.
+
+    Ties at the threshold are broken by the smaller index, i.e. the result equals taking the first
+    ``k`` of a stable sort by descending score. ``O(N)``: the threshold ``tau`` is the ``k``-th
+    largest value (``kthvalue``), every score ``> tau`` is kept, and the remaining slots go to the
+    first entries equal to ``tau``. ``scores`` must be free of NaN (see :func:`check_scores`).
+    """
+    n = scores.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=scores.device)
+    tau = torch.kthvalue(scores.flatten(), n - k + 1).values
+    mask = scores.flatten() > tau
+    need = k - int(mask.sum())
+    if need > 0:
+        ties = torch.nonzero(scores.flatten() == tau).flatten()[:need]
+        mask[ties] = True
+    return mask
+
+
+def global_masks(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Per-layer boolean masks keeping the ``k`` globally largest scores (see :func:`top_k_mask`).
+
+    Layers are concatenated in order, so ties are broken by (layer index, flat index in layer).
+    """
+    dtype = torch.promote_types(scores[0].dtype, torch.float32)
+    flat = torch.cat([s.detach().flatten().to(dtype) for s in scores])
+    keep = top_k_mask(flat, k)
+    return [m.view_as(s) for m, s in zip(keep.split([s.numel() for s in scores]), scores)]
+
+
+def schedule(density: float, steps: int, mode: str = "exp") -> list[float]:
+    """Densities ``d_1..d_T`` of an iterative pruning run (``BASELINES.md`` §0).
+
+    ``exp``: ``d_t = d^(t/T)`` (each step keeps the same fraction ``d^(1/T)`` of what remains);
+    ``linear``: ``d_t = 1 - t(1 - d)/T``. The last entry is exactly ``density``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DctpsError(f"steps must be an integer >= 1, got {steps!r}")
+    if mode == "exp":
+        out = [density ** (t / steps) for t in range(1, steps + 1)]
+    elif mode == "linear":
+        out = [1.0 - t * (1.0 - density) / steps for t in range(1, steps + 1)]
+    else:
+        raise unknown_name("pruning schedule", mode, SCHEDULES)
+    out[-1] = density
+    return out
+
+
+def step_counts(density: float, steps: int, mode: str, total: int, k: int) -> list[int]:
+    """``k_t = round(N d_t)`` for each step of :func:`schedule`, non-increasing, ending at ``k``."""
+    counts = [min(total, max(k, round(total * d))) for d in schedule(density, steps, mode)]
+    counts[-1] = k
+    return counts
+
+
+def check_scores(
+    scores: Sequence[torch.Tensor],
+    k: int,
+    *,
+    method: str,
+    step: int,
+    steps: int,
+    reached: float,
+    require_positive: bool = True,
+) -> None:
+    """Raise :class:`PruningFailed` when the scores of a step cannot choose ``k`` weights.
+
+    * any NaN/inf score (e.g. SynFlow's float32 overflow on deep nets, §5);
+    * ``require_positive``: fewer than ``k`` scores ``> 0``. The FORCE code then has ``tau = 0`` and
+      keeps every weight, i.e. returns a dense network (§3 "collapse to dense"; App. D); SynFlow's
+      code prunes everything (§5). Either way the saliency gives no basis for the choice;
+    * otherwise (signed scores, GraSP): every score zero.
+
+    ``reached`` is the density before this step (1.0 before the first).
+    """
+    where = f"{method}: step {step}/{steps}"
+    finite = all(bool(torch.isfinite(s).all()) for s in scores)
+    if not finite:
+        raise PruningFailed(f"{where}: non-finite saliency scores (NaN/inf)", reached=reached)
+    if require_positive:
+        positive = sum(int((s > 0).sum()) for s in scores)
+        if positive < k:
+            total = sum(s.numel() for s in scores)
+            raise PruningFailed(
+                f"{where}: only {positive} of {total} saliency scores are > 0 but {k} weights must "
+                "be kept (all-zero saliency / throughput collapse; the reference would return a "
+                "dense network)",
+                reached=reached,
+            )
+    elif not any(bool((s != 0).any()) for s in scores):
+        raise PruningFailed(f"{where}: all saliency scores are zero", reached=reached)
+
+
+# --------------------------------------------------------------------------- data and gradients
+
+
+class BatchStream:
+    """Draws ``(x, y)`` batches one at a time from ``batches``, moved to ``device``.
+
+    ``batches`` is an iterable (list, ``DataLoader``, :class:`dctps.data.Loader`) or a zero-argument
+    callable returning an iterator. Each :meth:`next` returns the next batch of the current pass and
+    starts a new pass (``iter(batches)`` / ``batches()``) when one ends, so successive steps see
+    fresh batches; with a shuffling loader this draws what the reference's ``next(iter(loader))``
+    draws, without restarting the loader for every batch.
+    """
+
+    def __init__(self, batches: Iterable[Any] | Callable[[], Iterator[Any]], device: torch.device):
+        self._source = batches
+        self._device = device
+        self._it: Iterator[Any] | None = None
+        self.drawn = 0
+
+    def _fresh(self) -> Iterator[Any]:
+        src = self._source
+        return iter(src() if callable(src) and not hasattr(src, "__iter__") else src)  # type: ignore[operator,arg-type]
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(2):
+            if self._it is None:
+                self._it = self._fresh()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                continue
+            self.drawn += 1
+            return self._unpack(batch)
+        raise DctpsError(
+            f"batches ran out after {self.drawn} batch(es) and yielded nothing when restarted; pass "
+            "a re-iterable (list, DataLoader) or a zero-argument callable returning an iterator"
+        )
+
+    def _unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise DctpsError(f"each batch must be an (x, y) pair, got {type(batch).__name__}")
+        x, y = batch[0], batch[1]
+        if not (torch.is_tensor(x) and torch.is_tensor(y)):
+            raise DctpsError("each batch must be a pair of tensors (x, y)")
+        if not x.is_floating_point():
+            raise DctpsError(f"batch inputs must be floating point, got {x.dtype}")
+        return x.to(self._device), y.to(self._device)
+
+
+def loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``cross_entropy`` (the papers' intent) or ``nll_raw``: the reference code's
+    ``F.nll_loss(logits, y) = -mean_i z_{i, y_i}`` on RAW logits (no log-softmax, §3)."""
+    if name == "cross_entropy":
+        return F.cross_entropy
+    if name == "nll_raw":
+        return F.nll_loss
+    raise unknown_name("loss", name, LOSSES)
+
+
+def average_gradients(
+    model: nn.Module,
+    weights: Sequence[torch.Tensor],
+    stream: BatchStream,
+    num_batches: int,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> list[torch.Tensor]:
+    """``g = (1/B) sum_{b=1..B} dL(f(x_b), y_b)/dW`` for each tensor of ``weights``, over ``B``
+    fresh batches of ``stream`` (``BASELINES.md`` §3 step 1). Unused weights get zero gradient."""
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise DctpsError(f"num_batches must be an integer >= 1, got {num_batches!r}")
+    total: list[torch.Tensor] = [torch.zeros_like(w) for w in weights]
+    for _ in range(num_batches):
+        x, y = stream.next()
+        out = model(x)
+        grads = torch.autograd.grad(loss(out, y), list(weights), allow_unused=True)
+        for acc, g in zip(total, grads):
+            if g is not None:
+                acc.add_(g)
+    return [g.div_(num_batches) for g in total]
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> None:
+    """Prune each target in ``torch.nn.utils.prune`` convention with its boolean ``mask``.
+
+    After this, ``module.weight_orig`` is the Parameter (pruned entries set to exactly 0),
+    ``module.weight_mask`` the float buffer and ``module.weight = weight_orig * weight_mask``.
+    """
+    for t, mask in zip(targets_, masks):
+        w = t.weight
+        m = mask.to(device=w.device, dtype=w.dtype).view_as(w)
+        torch_prune.custom_from_mask(t.module, t.attr, m)
+        orig = getattr(t.module, t.attr + "_orig")
+        with torch.no_grad():
+            orig.mul_(m)
+        # The pre-hook recomputes it at every forward; refresh it so it is current already.
+        setattr(t.module, t.attr, orig * getattr(t.module, t.attr + "_mask"))
+
+
+def density_of(masks: Sequence[torch.Tensor]) -> float:
+    total = sum(m.numel() for m in masks)
+    return sum(int(m.sum()) for m in masks) / total if total else 0.0
+
+
+def numel(shapes: Iterable[torch.Size | tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes)
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass
+class Context:
+    """What a pruning method gets from :func:`dctps.pruning.prune`.
+
+    Attributes:
+        model: the caller's model (never modified by a method: methods score a copy).
+        targets: its prunable weights (:func:`targets`).
+        density: the requested density ``d`` in (0, 1].
+        total: ``N``, the number of prunable weights.
+        k: ``round(d N)``, the number of weights to keep.
+        batches: the caller's ``batches`` (``None`` for data-free calls).
+        allocation: the caller's ``allocation`` (only ``random`` uses it).
+    """
+
+    model: nn.Module
+    targets: list[Target]
+    density: float
+    total: int
+    k: int
+    batches: Any = None
+    allocation: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def stream(self) -> BatchStream:
+        if self.batches is None:
+            raise DctpsError("this pruning method needs data: pass batches=...")
+        return BatchStream(self.batches, self.device)
+
+    def working_copy(
+        self, *, train: bool, dtype: torch.dtype | None = None
+    ) -> tuple[nn.Module, list[torch.Tensor]]:
+        """A deep copy of the model for the scoring iterations, in train or eval mode, optionally
+        cast to ``dtype``; only its prunable weights require grad. Returns ``(copy, weights)``."""
+        net = copy.deepcopy(self.model)
+        if dtype is not None:
+            net = net.to(dtype)
+        net.train(train)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        weights = weights_of(net)
+        for w in weights:
+            w.requires_grad_(True)
+        return net, weights

@@ -1,0 +1,576 @@
+"""Typed run configuration: one schema for YAML files, CLI flags and the config hash.
+
+A :class:`RunConfig` has four sections (``model``, ``data``, ``sparsity``, ``optim``) and a few
+top-level fields. Every field carries its help text and CLI flag in ``field(metadata=...)``:
+
+* ``help``: the text shown by ``dctps train --help``;
+* ``flag``: the CLI flag name (default: the field name with ``-`` for ``_``);
+* ``identity``: ``False`` for fields that do not change the experiment (data root, device, eval
+  batch size); they are left out of :meth:`RunConfig.config_hash`;
+* ``invert``: the flag sets the negation of the field (``--fixed-alpha`` sets ``train_alpha=False``).
+
+Fields left at ``None`` are filled by :meth:`RunConfig.resolve` from the named recipe (Table E.3 of
+the supplement) and the sparsity method; any field given explicitly overrides the recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dctps.errors import DctpsError, check_density, unknown_name
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RECIPES",
+    "Recipe",
+    "RunConfig",
+    "SparsityConfig",
+    "CliField",
+    "cli_fields",
+    "cli_parameters",
+    "config_from_cli",
+    "load_config",
+    "save_config",
+]
+
+
+def _f(default: Any = None, help: str = "", **meta: Any) -> Any:
+    """A dataclass field with help text and CLI metadata."""
+    meta["help"] = help
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass
+class ModelConfig:
+    """Which architecture to build (``dctps.models.names()``)."""
+
+    name: str = _f("resnet18", "Architecture: " + "lenet5|resnet18|resnet50|vgg19|mobilenetv2|"
+                   "fixup_resnet110.", flag="model")  # fmt: skip
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where it lives, and how the validation hold-out is drawn."""
+
+    dataset: str = _f("cifar10", "Data set: cifar10|cifar100|tiny_imagenet|digits.")
+    root: str | None = _f(
+        None,
+        "Data root folder (default: env DCTPS_DATA). Not part of the run's identity.",
+        flag="data-root",
+        identity=False,
+    )
+    val_fraction: float = _f(0.1, "Fraction of the training set held out for validation.")
+    subset: int | None = _f(
+        None, "Use only this many training (and val/test) examples: quick runs."
+    )
+    split_seed: int = _f(0, "Seed of the validation hold-out permutation.")
+
+
+@dataclass
+class SparsityConfig:
+    """How the network is made sparse."""
+
+    method: str = _f(
+        "dctps",
+        "dense | dctps | a pruning-at-init method (random, snip, iter_snip, force, synflow, "
+        "grasp).",
+    )
+    density: float | None = _f(
+        None, "Fraction of weights that are trainable, in (0, 1] (e.g. 0.001 = 0.1%)."
+    )
+    allocation: str | None = _f(
+        None,
+        "Per-layer budget: epl|epf|erk|uniform (default: epl for dctps, uniform for random, "
+        "erk for random+RigL; ignored by score-based pruning methods).",
+    )
+    rigl: bool = _f(False, "Dynamic sparse training of the support with RigL.")
+    rigl_delta_t: int | None = _f(None, "RigL: steps between support updates (default 100).")
+    rigl_alpha: float | None = _f(None, "RigL: initial fraction dropped/grown (default 0.3).")
+    rigl_t_end: float | None = _f(
+        None, "RigL: fraction of training after which the support is fixed (default 0.75)."
+    )
+    train_alpha: bool = _f(
+        True, "DCTpS: fix alpha = 1 instead of training it (Appendix A.4).", flag="fixed-alpha",
+        invert=True,
+    )  # fmt: skip
+    options: dict[str, Any] = _f(
+        {},
+        "Extra options of the method as key=value (repeatable), e.g. steps=60, or "
+        "exclude=fc for dctps.",
+        flag="option",
+    )
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule; ``None`` fields come from the recipe."""
+
+    recipe: str | None = _f(
+        None, "Named preset from Table E.3: adam|sgd|lenet (default: lenet for lenet5, else adam)."
+    )
+    optimizer: str | None = _f(None, "adam | sgd (default: the recipe's).")
+    lr: float | None = _f(None, "Base learning rate (sgd recipe: 0.1, or 0.03 for dctps).")
+    momentum: float | None = _f(None, "SGD momentum (sgd recipe: 0.9).")
+    weight_decay: float | None = _f(None, "L2 weight decay (recipes: 5e-4).")
+    batch_size: int | None = _f(None, "Global batch size (128; lenet: 64).")
+    epochs: int | None = _f(None, "Training epochs (200; lenet: 160).")
+    milestones: list[int] | None = _f(
+        None,
+        "Epochs at which the LR is multiplied by gamma, e.g. 120,160 (sgd recipe: at 60% and "
+        "80% of the epochs).",
+    )
+    gamma: float | None = _f(None, "LR decay factor at each milestone (0.1).")
+    decay_all: bool = _f(
+        False,
+        "Apply weight decay to every parameter, including alpha, biases and BN (the reference "
+        "code's behaviour); by default 1-D parameters are not decayed.",
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training preset (Table E.3). Milestones are fractions of the epochs."""
+
+    optimizer: str
+    lr: float
+    momentum: float | None
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    milestone_fractions: tuple[float, ...] = ()
+    gamma: float = 0.1
+    dctps_lr: float | None = None  # base LR used instead of ``lr`` for DCTpS networks
+
+
+RECIPES: dict[str, Recipe] = {
+    "adam": Recipe("adam", 1e-3, None, 5e-4, 128, 200),
+    "sgd": Recipe("sgd", 0.1, 0.9, 5e-4, 128, 200, (0.6, 0.8), 0.1, dctps_lr=0.03),
+    "lenet": Recipe("adam", 1e-3, None, 5e-4, 64, 160),
+}
+
+SCORE_FREE_METHODS = ("dense", "dctps")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one training run; see the module docstring."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = _f(0, "Seed of initialisation, sparse supports, pruning batches and shuffling.")
+    device: str = _f(
+        "auto", "auto | cpu | cuda | cuda:N. Not part of the run's identity.", identity=False
+    )
+    eval_batch_size: int = _f(
+        1000, "Batch size for validation/test evaluation. Not part of the identity.",
+        identity=False,
+    )  # fmt: skip
+
+    # -------------------------------------------------------------- conversion
+    def to_dict(self) -> dict[str, Any]:
+        """A nested plain dict (YAML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, source: str = "config") -> RunConfig:
+        """Build from a nested dict, rejecting unknown keys and ill-typed values."""
+        return _from_dict(cls, d or {}, source, "")
+
+    # -------------------------------------------------------------- resolution
+    def resolve(self) -> RunConfig:
+        """A copy with the recipe and method defaults applied and every value validated.
+
+        Order: explicit fields win; ``None`` fields take the recipe's value; fields that do not
+        apply to the method (allocation of score methods, RigL settings without RigL) become
+        ``None`` so they do not split the config hash.
+        """
+        c = copy.deepcopy(self)
+        _resolve_model_data(c)
+        _resolve_sparsity(c.sparsity)
+        _resolve_optim(c)
+        if isinstance(c.seed, bool) or not isinstance(c.seed, int):
+            raise DctpsError(f"seed must be an integer, got {c.seed!r}")
+        _positive_int(c.eval_batch_size, "eval_batch_size")
+        if not isinstance(c.device, str) or not (
+            c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")
+        ):
+            raise DctpsError(f"device must be auto, cpu, cuda or cuda:N, got {c.device!r}")
+        return c
+
+    def identity(self) -> dict[str, Any]:
+        """The resolved config as a dict without the non-identity fields."""
+        return _strip_non_identity(self.resolve())
+
+    def config_hash(self) -> str:
+        """First 16 hex chars of sha256 of the canonical JSON of :meth:`identity`."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def summary(self) -> str:
+        """One line: model/dataset/method@density, recipe, seed."""
+        s, o = self.sparsity, self.optim
+        dens = "" if s.density is None else f"@{s.density:g}"
+        extra = " +rigl" if s.rigl else ""
+        return (
+            f"{self.model.name}/{self.data.dataset} {s.method}{dens}{extra} "
+            f"recipe={o.recipe} seed={self.seed}"
+        )
+
+
+# ----------------------------------------------------------------------------- typed parsing
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to type ``tp`` or raise a DctpsError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    bad = DctpsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad
+        return dict(value)
+    if tp is Any:
+        return value
+    raise bad  # pragma: no cover - schema error
+
+
+def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        where = prefix.rstrip(".") or "top level"
+        raise DctpsError(f"{source}: {where} must be a mapping, got {type(d).__name__}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in d if k not in fields]
+    if unknown:
+        valid = ", ".join(prefix + k for k in fields)
+        raise DctpsError(
+            f"{source}: unknown key {prefix + str(unknown[0])!r}; valid keys: {valid}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, value if value is not None else {}, source,
+                                      f"{prefix}{name}.")  # fmt: skip
+        else:
+            kwargs[name] = _coerce(value, tp, f"{source}: {prefix}{name}")
+    return cls(**kwargs)
+
+
+def _strip_non_identity(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("identity", True) is False:
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = _strip_non_identity(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- resolution
+def _positive_int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise DctpsError(f"{name} must be a positive integer, got {v!r}")
+    return v
+
+
+def _resolve_model_data(c: RunConfig) -> None:
+    from dctps import data as _data
+    from dctps import models as _models
+
+    if c.model.name not in _models.names():
+        raise unknown_name("model", c.model.name, _models.names())
+    if c.data.dataset not in _data.names():
+        raise unknown_name("dataset", c.data.dataset, _data.names())
+    vf = c.data.val_fraction
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0.0 <= vf < 1.0:
+        raise DctpsError(f"val_fraction must be in [0, 1), got {vf!r}")
+    c.data.val_fraction = float(vf)
+    if c.data.subset is not None:
+        _positive_int(c.data.subset, "subset")
+    if isinstance(c.data.split_seed, bool) or not isinstance(c.data.split_seed, int):
+        raise DctpsError(f"split_seed must be an integer, got {c.data.split_seed!r}")
+
+
+def pruning_methods() -> list[str]:
+    """Names of the pruning-at-initialisation methods (empty if ``dctps.pruning`` is missing)."""
+    try:
+        from dctps import pruning
+    except ImportError:
+        return []
+    return list(pruning.names())
+
+
+def _resolve_sparsity(s: SparsityConfig) -> None:
+    from dctps.allocation import names as allocation_names
+
+    allocations = allocation_names()
+    valid = list(SCORE_FREE_METHODS) + pruning_methods()
+    if s.method not in valid:
+        raise unknown_name("sparsity method", s.method, valid)
+    if s.method == "dense":
+        if s.density is not None and float(s.density) != 1.0:
+            raise DctpsError(f"method dense trains every weight: density must be 1, got {s.density}")
+        if s.rigl:
+            raise DctpsError("RigL needs a sparse network: use --method dctps or --method random")
+        if not s.train_alpha:
+            raise DctpsError("--fixed-alpha applies only to --method dctps")
+        if s.options:
+            raise DctpsError(f"method dense takes no options, got {sorted(s.options)}")
+        s.density, s.allocation = 1.0, None
+    else:
+        if s.density is None:
+            raise DctpsError(f"method {s.method} needs a density (--density, e.g. 0.001)")
+        s.density = check_density(s.density)
+        if s.method == "dctps":
+            s.allocation = s.allocation or "epl"
+            bad = set(s.options) - {"exclude"}
+            if bad:
+                raise DctpsError(
+                    f"unknown option(s) {sorted(bad)} for method dctps; valid: exclude"
+                )
+        elif s.method == "random":
+            s.allocation = s.allocation or ("erk" if s.rigl else "uniform")
+        else:
+            s.allocation = None  # score-based methods choose their own allocation
+        if s.allocation is not None and s.allocation not in allocations:
+            raise unknown_name("allocation", s.allocation, allocations)
+        if s.method != "dctps" and not s.train_alpha:
+            raise DctpsError("--fixed-alpha applies only to --method dctps")
+    if s.rigl:
+        s.rigl_delta_t = _positive_int(
+            100 if s.rigl_delta_t is None else s.rigl_delta_t, "rigl_delta_t"
+        )
+        s.rigl_alpha = float(0.3 if s.rigl_alpha is None else s.rigl_alpha)
+        s.rigl_t_end = float(0.75 if s.rigl_t_end is None else s.rigl_t_end)
+        if not 0.0 < s.rigl_alpha <= 1.0 or not 0.0 < s.rigl_t_end <= 1.0:
+            raise DctpsError("rigl_alpha and rigl_t_end must be in (0, 1]")
+    else:
+        s.rigl_delta_t = s.rigl_alpha = s.rigl_t_end = None
+
+
+def _resolve_optim(c: RunConfig) -> None:
+    o = c.optim
+    if o.recipe is None:
+        o.recipe = "lenet" if c.model.name == "lenet5" else "adam"
+    if o.recipe not in RECIPES:
+        raise unknown_name("recipe", o.recipe, RECIPES)
+    r = RECIPES[o.recipe]
+    o.optimizer = o.optimizer or r.optimizer
+    if o.optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", o.optimizer, OPTIMIZERS)
+    if o.lr is None:
+        o.lr = r.dctps_lr if (r.dctps_lr is not None and c.sparsity.method == "dctps") else r.lr
+    o.weight_decay = r.weight_decay if o.weight_decay is None else o.weight_decay
+    o.batch_size = _positive_int(r.batch_size if o.batch_size is None else o.batch_size,
+                                 "batch_size")  # fmt: skip
+    o.epochs = _positive_int(r.epochs if o.epochs is None else o.epochs, "epochs")
+    if o.milestones is None:
+        o.milestones = sorted({round(f * o.epochs) for f in r.milestone_fractions})
+    o.gamma = r.gamma if o.gamma is None else o.gamma
+    if o.optimizer == "sgd":
+        o.momentum = (r.momentum if r.momentum is not None else 0.9) if o.momentum is None \
+            else o.momentum  # fmt: skip
+    elif o.momentum is not None:
+        raise DctpsError("momentum applies only to --optimizer sgd (Adam uses its betas)")
+    for name in ("lr", "weight_decay", "gamma") + (("momentum",) if o.momentum is not None else ()):
+        v = getattr(o, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DctpsError(f"{name} must be a finite number, got {v!r}")
+        setattr(o, name, float(v))
+    if o.lr <= 0:
+        raise DctpsError(f"lr must be > 0, got {o.lr}")
+    if o.weight_decay < 0 or o.gamma <= 0 or (o.momentum is not None and o.momentum < 0):
+        raise DctpsError("weight_decay and momentum must be >= 0, gamma > 0")
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in o.milestones):
+        raise DctpsError(f"milestones must be positive epoch numbers, got {o.milestones!r}")
+    o.milestones = sorted(o.milestones)
+
+
+# ----------------------------------------------------------------------------- YAML
+def load_config(path: str | os.PathLike) -> RunConfig:
+    """Read a YAML run config; unknown keys or ill-typed values raise :class:`DctpsError`."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise DctpsError(f"cannot read config {p}: {e.strerror or e}") from None
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DctpsError(f"{p} is not valid YAML: {e}") from None
+    return RunConfig.from_dict(d, source=str(p))
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML (the format :func:`load_config` reads)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- CLI schema
+@dataclass(frozen=True)
+class CliField:
+    """One config field exposed as a CLI flag."""
+
+    flag: str  # without the leading --
+    path: tuple[str, ...]  # e.g. ("sparsity", "density")
+    type: Any
+    help: str
+    invert: bool = False
+
+    @property
+    def param(self) -> str:
+        """Python identifier of the flag (``--data-root`` -> ``data_root``)."""
+        return self.flag.replace("-", "_")
+
+
+def cli_fields() -> list[CliField]:
+    """Every leaf field of :class:`RunConfig` with its flag, dotted path, type and help."""
+    out: list[CliField] = []
+
+    def walk(cls: type, prefix: tuple[str, ...]) -> None:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, prefix + (f.name,))
+                continue
+            flag = f.metadata.get("flag", f.name.replace("_", "-"))
+            out.append(
+                CliField(flag, prefix + (f.name,), tp, f.metadata.get("help", ""),
+                         bool(f.metadata.get("invert", False)))  # fmt: skip
+            )
+
+    walk(RunConfig, ())
+    return out
+
+
+def _parse_option(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise DctpsError(f"--option expects key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Apply CLI flag values (keyed by :attr:`CliField.param`; ``None`` = not given) to ``base``."""
+    d = (base or RunConfig()).to_dict()
+    for cf in cli_fields():
+        v = values.get(cf.param)
+        if v is None or (isinstance(v, (list, tuple)) and not v and cf.flag == "option"):
+            continue
+        if cf.invert:
+            v = not v
+        if cf.flag == "option":
+            opts = dict(d["sparsity"]["options"])
+            opts.update(_parse_option(str(item)) for item in v)
+            v = opts
+        target = d
+        for part in cf.path[:-1]:
+            target = target[part]
+        target[cf.path[-1]] = v
+    return RunConfig.from_dict(d, source="command line")
+
+
+def cli_parameters() -> list[inspect.Parameter]:
+    """Typer options for every :func:`cli_fields` entry (all default to ``None`` = not given)."""
+    import typer
+
+    params = []
+    for cf in cli_fields():
+        inner = [a for a in typing.get_args(cf.type) if a is not type(None)] or [cf.type]
+        base = inner[0]
+        if base is bool:
+            neg = "train-alpha" if cf.flag == "fixed-alpha" else f"no-{cf.flag}"
+            opt = typer.Option(None, f"--{cf.flag}/--{neg}", help=cf.help)
+            ann: Any = typing.Optional[bool]  # noqa: UP045 - typer reads typing.Optional
+        elif cf.flag == "option":
+            opt = typer.Option(None, "--option", help=cf.help)
+            ann = typing.Optional[list[str]]  # noqa: UP045
+        elif typing.get_origin(base) is list:
+            opt = typer.Option(None, f"--{cf.flag}", help=cf.help)
+            ann = typing.Optional[str]  # noqa: UP045
+        else:
+            opt = typer.Option(None, f"--{cf.flag}", help=cf.help)
+            ann = typing.Optional[base]  # noqa: UP045
+        params.append(
+            inspect.Parameter(cf.param, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
+        )
+    return params

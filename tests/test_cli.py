@@ -1,0 +1,55 @@
+"""The command line: tables equal the library's numbers, bad input is one line and exit 2."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import dctps
+from dctps.cli import app
+from dctps.models import build
+
+runner = CliRunner()
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "dctps.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_version():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and dctps.__version__ in r.output
+
+
+def test_budgets_totals_equal_count(tmp_path):
+    r = runner.invoke(app, ["budgets", "resnet18", "--density", "0.001", "--allocation", "erk",
+                            "--plot", str(tmp_path / "b.png"), "--compare"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    total_line = [ln for ln in r.output.splitlines() if ln.startswith("total")][0]
+    weights, nnz = (int(t.replace(",", "")) for t in total_line.split()[1:3])
+    model = dctps.sparsify(build("resnet18"), 0.001, allocation="erk")
+    c = dctps.count(model)
+    assert (weights, nnz) == (c.weights, c.nonzeros)
+    assert (tmp_path / "b.png").stat().st_size > 0 and (tmp_path / "b.pdf").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["budgets", "resnet18", "--density", "0"], "density"),
+        (["budgets", "resnet18", "--density", "1.5"], "density"),
+        (["budgets", "resnet18", "--density", "nan"], "density"),
+        (["budgets", "resnet81", "--density", "0.1"], "Did you mean 'resnet18'"),
+        (["budgets", "resnet18", "--density", "0.1", "--allocation", "epx"], "allocation"),
+        (["budgets", "resnet18", "--density", "0.1", "--classes", "1"], "num_classes"),
+        (["demo", "--epochs", "0"], "epochs"),
+    ],
+)
+def test_bad_input_one_line_exit_2(args, needle):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
