@@ -1,6 +1,6 @@
 """``dctps demo``: DCTpS against random pruning at equal density, on the embedded digits data.
 
-A 3-layer MLP (64 -> 1024 -> 1024 -> 10, 1.1M weights) is trained dense, as DCTpS at 10% and 1%
+A 4-layer MLP (64 -> 256 -> 256 -> 256 -> 10, 150k weights) is trained dense, as DCTpS at 10% and 1%
 density, and randomly pruned at the same densities with the same per-layer budgets (EPL), so the
 only difference between the sparse rows is the DCT offset ``alpha * D``. Each network is trained
 with Adam; the best-validation epoch is evaluated on the held-out test set.
@@ -30,11 +30,11 @@ class DemoRow:
     seconds: float
 
 
-def demo_model(width: int = 1024) -> nn.Module:
-    """The demo's MLP on flattened 8x8 digits."""
+def demo_model(width: int = 256) -> nn.Module:
+    """The demo's MLP on flattened 8x8 digits: 64 -> 256 -> 256 -> 256 -> 10."""
     return nn.Sequential(
         nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-        nn.Linear(width, 10),
+        nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10),
     )  # fmt: skip
 
 
@@ -102,7 +102,7 @@ def format_table(rows: list[DemoRow]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(epochs: int = 30, seed: int = 0, threads: int = 0) -> list[DemoRow]:
+def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]:
     """Train the five networks, print the table and a one-line verdict; return the rows."""
     if epochs < 1:
         raise dctps.DctpsError(f"--epochs must be >= 1, got {epochs}")
