@@ -6,7 +6,9 @@ and trainable on a random support, ``alpha`` a trainable scalar. Start with :fun
 
 from dctps._version import __version__
 from dctps.allocation import budgets
+from dctps.checkpoint_io import inspect, load, save, to_dense
 from dctps.errors import DctpsError, PruningFailed
+from dctps.fast import set_mode
 from dctps.layers import DCTpSConv2d, DCTpSLinear
 from dctps.sparsify import Counts, count, sparsify
 
@@ -20,4 +22,9 @@ __all__ = [
     "sparsify",
     "count",
     "Counts",
+    "set_mode",
+    "save",
+    "load",
+    "inspect",
+    "to_dense",
 ]

@@ -40,7 +40,7 @@ def _root(
 
 @app.command()
 def demo(
-    epochs: int = typer.Option(30, help="Training epochs per network."),
+    epochs: int = typer.Option(20, help="Training epochs per network."),
     seed: int = typer.Option(0, help="Seed for data split, initialisation and supports."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
 ) -> None:
@@ -80,6 +80,129 @@ def budgets_cmd(
 
 
 # --- commands added by other modules go below; keep each a thin wrapper ---
+
+
+@app.command("sweep")
+def sweep_cmd(
+    config: str = typer.Argument(..., help="Sweep YAML (see configs/): base + grid lists."),
+    out: str = typer.Option("results", "--out", help="Output folder (results.db, runs/)."),
+    db: str = typer.Option(None, "--db", help="Results database (default: OUT/results.db)."),
+    workers: int = typer.Option(None, "--workers", help="Parallel runs (default 1; slurm: all)."),
+    executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run failed runs."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded runs and exit."),
+    data_root: str = typer.Option(None, "--data-root", help="Data root for every run."),
+    epochs: int = typer.Option(None, "--epochs", help="Override the epochs of every run."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N] for every run."),
+    sets: list[str] = typer.Option([], "--set", help="Override a field, e.g. optim.lr=0.01."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Expand a YAML grid to runs; train those not done yet (crashed ones resume)."""
+    from dctps.results.sweep import sweep_command
+
+    rep = sweep_command(config, out, db, workers, executor, retry_failed, dry_run, data_root,
+                        epochs, device, sets, wait, quiet, echo=typer.echo)  # fmt: skip
+    if rep is not None and rep.errors:
+        raise typer.Exit(1)
+
+
+@app.command("figure")
+def figure_cmd(
+    name: str = typer.Argument(None, help="Figure name (see --list)."),
+    list_: bool = typer.Option(False, "--list", help="List the figures and exit."),
+    quick: bool = typer.Option(False, "--quick", help="2 epochs, 2,000 images, 1%/0.1%, 1 seed."),
+    executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
+    workers: int = typer.Option(None, "--workers", help="Parallel runs (default 1)."),
+    out: str = typer.Option("results", "--out", help="Output folder (results.db, figures/)."),
+    data_root: str = typer.Option(None, "--data-root", help="Data root for every run."),
+    model: list[str] = typer.Option([], "--model", help="Replace the figure's models."),
+    dataset: list[str] = typer.Option([], "--dataset", help="Replace the figure's data sets."),
+    density: list[float] = typer.Option([], "--density", help="Replace the densities."),
+    seeds: int = typer.Option(None, "--seeds", help="Number of seeds (0..N-1)."),
+    epochs: int = typer.Option(None, "--epochs", help="Override the epochs of every run."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N] for every run."),
+    sets: list[str] = typer.Option([], "--set", help="Override a field, e.g. optim.lr=0.01."),
+    config: str = typer.Option(None, "--config", help="Use this sweep YAML as the grid."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run failed runs."),
+    plot_only: bool = typer.Option(False, "--plot-only", help="Draw from the store; run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs and exit."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the grid as YAML."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run (or resume) the sweep behind a paper figure, then draw it (PNG + PDF + JSON)."""
+    from dctps.results import figures
+
+    if list_ or not name:
+        typer.echo(figures.list_figures())
+        return
+    if print_config:
+        typer.echo(figures.grid_yaml(name))
+        return
+    figures.run_figure(
+        name, out, quick=quick, executor=executor, workers=workers, data_root=data_root,
+        models=model or None, datasets=dataset or None, densities=density or None, seeds=seeds,
+        epochs=epochs, device=device, sets=sets, config=config, retry_failed=retry_failed,
+        plot_only=plot_only,
+        dry_run=dry_run, progress=not quiet, echo=typer.echo,
+    )  # fmt: skip
+
+
+@app.command("plot")
+def plot_cmd(
+    db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
+    where: list[str] = typer.Option([], "--where", help="Filter key=value (repeatable)."),
+    x: str = typer.Option("density", "--x", help="density | nonzeros."),
+    metric: str = typer.Option("auto", "--metric", help="auto | test_acc | val_acc."),
+    out: str = typer.Option("plot.png", "--out", help="Figure path (PNG + PDF + JSON)."),
+    title: str = typer.Option(None, "--title", help="Figure title."),
+) -> None:
+    """Accuracy vs density of any subset of a results database (one panel per model/data)."""
+    from dctps.results.plots import plot_command
+
+    data = plot_command(db, where, out, x, metric, title)
+    typer.echo(data.table())
+    typer.echo(f"wrote {', '.join(map(str, data.paths))}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    ckpt: str = typer.Argument(..., help="A checkpoint written by dctps.save."),
+) -> None:
+    """Print a sparse checkpoint's per-layer non-zeros, shapes, density and the file size."""
+    from dctps.checkpoint_io import inspect
+
+    typer.echo(inspect(ckpt).table())
+
+
+@app.command("bench")
+def bench_cmd(
+    name: str = typer.Argument("all", help="linear | conv | step | ckpt | memory | all"),
+    quick: bool = typer.Option(False, "--quick", help="Smaller batches, fewer repetitions."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch's default)."),
+) -> None:
+    """Benchmark the DCTpS fast paths, checkpoints and memory against dense (prints ratios)."""
+    from dctps.bench import run
+
+    run(name, quick=quick, device=device, echo=typer.echo, threads=threads)
+
+
+from dctps.train import train_command as _train_command  # noqa: E402
+
+app.command("train")(_train_command)
+
+
+@app.command("results")
+def results_cmd(
+    db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
+    where: list[str] = typer.Option([], "--where", help="Filter key=value (repeatable)."),
+    csv: str = typer.Option(None, "--csv", help="Also write the rows to this CSV file."),
+) -> None:
+    """Print the runs in a results database as a table (accuracies in %)."""
+    from dctps.results.store import print_results
+
+    print_results(db, where, csv, echo=typer.echo)
 
 
 def main() -> None:

@@ -1,12 +1,18 @@
 """DCTpS layers: ``W = alpha * D + S`` (Price & Tanner, ICML 2021, Section 4).
 
-``D`` is the fixed truncated DCT of :mod:`dctps.dct` (never trained, never saved: it is a function of
-the layer's shape); ``S`` is sparse and trainable, stored as ``values`` (a Parameter of length
-``nnz``, initialised to 0) at the flat positions ``indices`` (a sorted buffer of distinct positions in
-the weight tensor, drawn uniformly at random); ``alpha`` is one trainable scalar (init 1.0).
+``D`` is the fixed truncated DCT of :mod:`dctps.dct` (never trained, never saved: it is a function
+of the layer's shape); ``S`` is sparse and trainable, stored as ``values`` (a Parameter of length
+``nnz``, initialised to 0) at the flat positions ``indices`` (a sorted buffer of distinct positions
+in the weight tensor, drawn uniformly at random); ``alpha`` is one trainable scalar (init 1.0).
 
-The forward pass materialises ``W`` and runs ONE ``F.linear`` / ``F.conv2d`` (the authors' code runs
-two dense convolutions per layer, one for ``alpha*D`` and one for ``S``: twice the cost).
+The default forward pass (``mode='dense'``) materialises ``W`` and runs ONE ``F.linear`` /
+``F.conv2d`` (the authors' code runs two dense convolutions per layer, one for ``alpha*D`` and one
+for ``S``: twice the cost). ``mode='fast'`` applies ``D`` with an O(n log n) DCT and ``S`` as a
+sparse product, never forming ``D`` or ``W``; convs also have ``mode='factor'`` (a complex 1x1 conv
+plus a depthwise conv); ``mode='auto'`` times the candidates once per input signature and keeps the
+fastest (:mod:`dctps.fast`). ``D`` is built lazily, only when a dense path or
+:meth:`DCTpSLayer.dense_weight` needs it, and is then cached as a non-persistent buffer (so it
+follows ``.to()``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,14 @@ from torch import nn
 from dctps.allocation import filter_counts
 from dctps.dct import conv_dct_basis, dct_basis
 from dctps.errors import DctpsError
+from dctps.fast import (
+    auto_generation,
+    check_mode,
+    choose,
+    factor_conv2d,
+    fast_conv2d,
+    fast_linear,
+)
 
 __all__ = ["DCTpSLinear", "DCTpSConv2d", "DCTpSLayer", "draw_indices", "make_generator"]
 
@@ -74,12 +88,32 @@ def draw_indices(
     return torch.sort(flat).values
 
 
+class _FusedWeight(torch.autograd.Function):
+    """``W = alpha * D + S`` (flat) with a lean backward: no temporaries of ``D``'s size."""
+
+    @staticmethod
+    def forward(ctx, alpha, values, d, indices):  # type: ignore[override]
+        w = torch.mul(d, alpha).view(-1)
+        w.index_add_(0, indices, values)  # distinct indices: one plain add each
+        ctx.save_for_backward(d, indices)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        d, indices = ctx.saved_tensors
+        g = grad.reshape(-1)
+        dalpha = torch.dot(g, d.reshape(-1)).view(()) if ctx.needs_input_grad[0] else None
+        dvalues = g[indices] if ctx.needs_input_grad[1] else None
+        return dalpha, dvalues, None, None
+
+
 class DCTpSLayer(nn.Module):
     """Shared state and math of the DCTpS layers; subclasses set the weight shape and the op."""
 
     weight_shape: tuple[int, ...]
     indices: torch.Tensor
-    D: torch.Tensor
+    _D: torch.Tensor | None
+    _mode: str = "dense"
 
     def _init_sparse(
         self,
@@ -111,11 +145,78 @@ class DCTpSLayer(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(alpha), **factory), requires_grad=train_alpha)
         self.values = nn.Parameter(torch.zeros(nnz, **factory))
         self.register_buffer("indices", indices.to(device))
-        self.register_buffer("D", self._basis().to(**factory), persistent=False)
+        self.register_buffer("_D", None, persistent=False)
 
     def _basis(self) -> torch.Tensor:
         """The fixed offset matrix in ``weight_shape``, computed in float64 (cast by the caller)."""
         raise NotImplementedError
+
+    @property
+    def D(self) -> torch.Tensor:
+        """The fixed basis ``D`` (``weight_shape``), built on first use and cached as a buffer.
+
+        Never built by ``mode='fast'``; rebuilt if the cached copy's device/dtype differ from
+        ``alpha``'s.
+        """
+        d = self._D
+        a = self.alpha
+        if d is None or d.device != a.device or d.dtype != a.dtype:
+            d = self._basis().to(device=a.device, dtype=a.dtype)
+            self._D = d
+        return d
+
+    def _drop_basis(self) -> None:
+        """Free the cached ``D`` (it is rebuilt from the shape when needed)."""
+        self._D = None
+
+    @property
+    def basis_built(self) -> bool:
+        """Whether ``D`` is currently materialised (stays ``False`` under ``mode='fast'``)."""
+        return self._D is not None
+
+    @property
+    def mode(self) -> str:
+        """Forward path: ``'dense'`` (one op on the materialised ``W``, default), ``'fast'``
+        (O(n log n) DCT + sparse product, no ``D``), ``'factor'`` (convs: a complex 1x1 conv, a
+        depthwise conv and a sparse shifted sum, no ``D``; Linear layers treat it as ``'fast'``),
+        or ``'auto'`` (the fastest, measured once per input signature); see :mod:`dctps.fast`.
+        All compute the same function."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._mode = check_mode(value)
+        if self._mode in ("fast", "factor"):
+            self._drop_basis()
+
+    #: forward paths of this layer type: name -> method (see :mod:`dctps.fast`)
+    _PATHS: dict[str, str] = {"dense": "_dense_forward", "fast": "_fast_forward"}
+
+    def _path(self, x: torch.Tensor) -> str:
+        """The path this call takes: ``'dense'`` inside ``torch.compile``, else by ``mode``
+        (``'auto'`` asks :func:`dctps.fast.choose`, which measures once per input signature)."""
+        mode = self._mode
+        if mode == "dense" or torch.compiler.is_compiling():
+            return "dense"
+        if mode == "auto":
+            # per-layer memo of the global decision (dctps.fast.choose): one dict lookup per call
+            key = (x.shape, x.dtype, x.device, torch.is_grad_enabled(), auto_generation())
+            memo = self.__dict__.setdefault("_dctps_auto", {})
+            path = memo.get(key)
+            if path is None:
+                paths = {k: getattr(self, v) for k, v in self._PATHS.items()}
+                path = memo[key] = choose(self, x, paths)
+            return path
+        return mode if mode in self._PATHS else "fast"
+
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self._PATHS[self._path(x)])(x)
 
     @property
     def nnz(self) -> int:
@@ -133,9 +234,19 @@ class DCTpSLayer(nn.Module):
         return flat.index_put((self.indices,), self.values).view(self.weight_shape)
 
     def dense_weight(self) -> torch.Tensor:
-        """``W = alpha * D + S`` as a dense tensor of ``weight_shape`` (differentiable)."""
-        w = (self.alpha * self.D).flatten()
-        return w.index_put((self.indices,), self.values, accumulate=True).view(self.weight_shape)
+        """``W = alpha * D + S`` as a dense tensor of ``weight_shape`` (differentiable).
+
+        On CPU one pass over ``D`` forward (multiply, then add the non-zeros in place) and one
+        backward (``d alpha = <dW, D>``, ``d values = dW[indices]``), via :class:`_FusedWeight`;
+        on accelerators, where the passes are cheap and kernel launches and Python are not, the
+        same with built-in differentiable ops.
+        """
+        d = self.D
+        if d.device.type == "cpu":
+            w = _FusedWeight.apply(self.alpha, self.values, d, self.indices)
+        else:
+            w = torch.mul(d, self.alpha).view(-1).index_add(0, self.indices, self.values)
+        return w.view(self.weight_shape)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -168,6 +279,7 @@ class DCTpSLinear(DCTpSLayer):
         indices: explicit flat support positions (overrides ``seed``).
         per_filter: draw the same count per output neuron (EPF).
         train_alpha: ``False`` fixes ``alpha`` (Appendix A.4).
+        mode: ``'dense'`` (default), ``'fast'`` or ``'auto'``; see :attr:`DCTpSLayer.mode`.
 
     Shapes: ``x (..., in) -> (..., out)``.
     """
@@ -184,10 +296,12 @@ class DCTpSLinear(DCTpSLayer):
         indices: torch.Tensor | None = None,
         per_filter: bool = False,
         train_alpha: bool = True,
+        mode: str = "dense",
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self._mode = check_mode(mode)
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DctpsError(f"{name} must be a positive integer, got {v!r}")
@@ -204,13 +318,17 @@ class DCTpSLinear(DCTpSLayer):
     def _basis(self) -> torch.Tensor:
         return dct_basis(self.out_features, self.in_features, torch.float64)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dense_weight(), self.bias)
+
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_linear(self, x)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}"
+            f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}, "
+            f"mode={self._mode!r}"
         )
 
 
@@ -227,8 +345,8 @@ class DCTpSConv2d(DCTpSLayer):
     matrix, so a depthwise filter ``o`` gets the first ``kh*kw`` entries of DCT frequency ``o``
     (the authors' choice); see :func:`dctps.dct.conv_dct_basis`.
 
-    Args are those of ``nn.Conv2d`` (``padding_mode='zeros'`` only) plus ``nnz``, ``alpha``, ``seed``,
-    ``indices``, ``per_filter`` and ``train_alpha`` as in :class:`DCTpSLinear`.
+    Args are those of ``nn.Conv2d`` (``padding_mode='zeros'`` only) plus ``nnz``, ``alpha``,
+    ``seed``, ``indices``, ``per_filter``, ``train_alpha`` and ``mode`` as in :class:`DCTpSLinear`.
     Shapes: ``x (B, in, H, W) -> (B, out, H', W')`` as ``nn.Conv2d``.
     """
 
@@ -249,10 +367,12 @@ class DCTpSConv2d(DCTpSLayer):
         indices: torch.Tensor | None = None,
         per_filter: bool = False,
         train_alpha: bool = True,
+        mode: str = "dense",
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self._mode = check_mode(mode)
         if in_channels % groups or out_channels % groups:
             raise DctpsError(
                 f"in_channels={in_channels} and out_channels={out_channels} must be divisible "
@@ -278,14 +398,23 @@ class DCTpSConv2d(DCTpSLayer):
             self.out_channels, self.in_channels, kh, kw, self.groups, torch.float64
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
             x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups
         )
+
+    _PATHS = {"dense": "_dense_forward", "fast": "_fast_forward", "factor": "_factor_forward"}
+
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_conv2d(self, x)
+
+    def _factor_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return factor_conv2d(self, x)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
-            f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}"
+            f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}, "
+            f"mode={self._mode!r}"
         )

@@ -46,6 +46,7 @@ __all__ = [
     "schedule",
     "step_counts",
     "check_scores",
+    "any_positive",
     "average_gradients",
     "loss_fn",
     "apply_masks",
@@ -61,7 +62,7 @@ LOSSES = ("cross_entropy", "nll_raw")
 
 @dataclass(frozen=True)
 class Target:
-    """One prunable weight: ``getattr(module, attr)`` (``attr`` is ``weight`` or ``in_proj_weight``)."""
+    """One prunable weight ``getattr(module, attr)`` (``weight`` or ``in_proj_weight``)."""
 
     name: str
     module: nn.Module
@@ -138,7 +139,9 @@ def global_masks(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
     dtype = torch.promote_types(scores[0].dtype, torch.float32)
     flat = torch.cat([s.detach().flatten().to(dtype) for s in scores])
     keep = top_k_mask(flat, k)
-    return [m.view_as(s) for m, s in zip(keep.split([s.numel() for s in scores]), scores)]
+    return [
+        m.view_as(s) for m, s in zip(keep.split([s.numel() for s in scores]), scores, strict=True)
+    ]
 
 
 def schedule(density: float, steps: int, mode: str = "exp") -> list[float]:
@@ -175,33 +178,44 @@ def check_scores(
     steps: int,
     reached: float,
     require_positive: bool = True,
-) -> None:
-    """Raise :class:`PruningFailed` when the scores of a step cannot choose ``k`` weights.
+    final: bool = True,
+) -> bool:
+    """Check the scores of one step; raise :class:`PruningFailed` when they cannot choose ``k``.
 
-    * any NaN/inf score (e.g. SynFlow's float32 overflow on deep nets, §5);
-    * ``require_positive``: fewer than ``k`` scores ``> 0``. The FORCE code then has ``tau = 0`` and
-      keeps every weight, i.e. returns a dense network (§3 "collapse to dense"; App. D); SynFlow's
-      code prunes everything (§5). Either way the saliency gives no basis for the choice;
-    * otherwise (signed scores, GraSP): every score zero.
+    * any NaN/inf score (e.g. SynFlow's float32 overflow on deep nets, §5): raise;
+    * ``require_positive`` and fewer than ``k`` scores ``> 0`` (a "shortfall": the FORCE code then
+      has ``tau = 0`` and keeps every weight, §3; SynFlow's code keeps fewer than ``k``, §5):
+      raise if ``final`` (the reference would return a dense network, App. D), else return
+      ``False`` and let the method continue as its reference does;
+    * signed scores (``require_positive=False``, GraSP): raise if every score is zero.
 
-    ``reached`` is the density before this step (1.0 before the first).
+    Returns ``True`` when the scores can choose ``k`` weights. ``reached`` (recorded in the error)
+    is the density reached before this step (1.0 before the first).
     """
     where = f"{method}: step {step}/{steps}"
     finite = all(bool(torch.isfinite(s).all()) for s in scores)
     if not finite:
         raise PruningFailed(f"{where}: non-finite saliency scores (NaN/inf)", reached=reached)
-    if require_positive:
-        positive = sum(int((s > 0).sum()) for s in scores)
-        if positive < k:
-            total = sum(s.numel() for s in scores)
-            raise PruningFailed(
-                f"{where}: only {positive} of {total} saliency scores are > 0 but {k} weights must "
-                "be kept (all-zero saliency / throughput collapse; the reference would return a "
-                "dense network)",
-                reached=reached,
-            )
-    elif not any(bool((s != 0).any()) for s in scores):
-        raise PruningFailed(f"{where}: all saliency scores are zero", reached=reached)
+    if not require_positive:
+        if not any(bool((s != 0).any()) for s in scores):
+            raise PruningFailed(f"{where}: all saliency scores are zero", reached=reached)
+        return True
+    positive = sum(int((s > 0).sum()) for s in scores)
+    if positive >= k:
+        return True
+    if final:
+        total = sum(s.numel() for s in scores)
+        raise PruningFailed(
+            f"{where}: only {positive} of {total} saliency scores are > 0 but {k} weights must "
+            "be kept (all-zero saliency / throughput collapse; the reference would return a "
+            "dense network)",
+            reached=reached,
+        )
+    return False
+
+
+def any_positive(scores: Sequence[torch.Tensor]) -> bool:
+    return any(bool((s > 0).any()) for s in scores)
 
 
 # --------------------------------------------------------------------------- data and gradients
@@ -239,8 +253,9 @@ class BatchStream:
             self.drawn += 1
             return self._unpack(batch)
         raise DctpsError(
-            f"batches ran out after {self.drawn} batch(es) and yielded nothing when restarted; pass "
-            "a re-iterable (list, DataLoader) or a zero-argument callable returning an iterator"
+            f"batches ran out after {self.drawn} batch(es) and yielded nothing when restarted; "
+            "pass a re-iterable (list, DataLoader) or a zero-argument callable returning an "
+            "iterator"
         )
 
     def _unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,7 +295,7 @@ def average_gradients(
         x, y = stream.next()
         out = model(x)
         grads = torch.autograd.grad(loss(out, y), list(weights), allow_unused=True)
-        for acc, g in zip(total, grads):
+        for acc, g in zip(total, grads, strict=True):
             if g is not None:
                 acc.add_(g)
     return [g.div_(num_batches) for g in total]
@@ -295,15 +310,16 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
     After this, ``module.weight_orig`` is the Parameter (pruned entries set to exactly 0),
     ``module.weight_mask`` the float buffer and ``module.weight = weight_orig * weight_mask``.
     """
-    for t, mask in zip(targets_, masks):
+    for t, mask in zip(targets_, masks, strict=True):
         w = t.weight
         m = mask.to(device=w.device, dtype=w.dtype).view_as(w)
         torch_prune.custom_from_mask(t.module, t.attr, m)
         orig = getattr(t.module, t.attr + "_orig")
         with torch.no_grad():
             orig.mul_(m)
-        # The pre-hook recomputes it at every forward; refresh it so it is current already.
-        setattr(t.module, t.attr, orig * getattr(t.module, t.attr + "_mask"))
+            # The pre-hook recomputes it (with grad) at every forward. A graph-free value here
+            # keeps the freshly pruned model deep-copyable (a non-leaf tensor attribute is not).
+            setattr(t.module, t.attr, orig * getattr(t.module, t.attr + "_mask"))
 
 
 def density_of(masks: Sequence[torch.Tensor]) -> float:

@@ -33,7 +33,7 @@ def random_masks(ctx: Context, *, seed: int | None = None) -> list[torch.Tensor]
     counts = budgets(shapes, ctx.density, allocation)
     gen = make_generator(seed)
     masks = []
-    for shape, n in zip(shapes, counts):
+    for shape, n in zip(shapes, counts, strict=True):
         idx = draw_indices(shape, n, gen, per_filter=allocation == "epf")
         mask = torch.zeros(math.prod(shape), dtype=torch.bool)
         mask[idx] = True

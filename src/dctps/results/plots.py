@@ -1,15 +1,28 @@
 """Matplotlib figures read from results (never from a live run): allocation bar charts (Figure A.2,
-C.10) and accuracy-vs-density curves."""
+C.10) and accuracy-vs-density curves.
+
+The accuracy plots follow the paper: density on a log x axis (in %), per curve the mean over seeds
+with a min-max band, points where every seed failed (a pruning method that could not reach the
+density) drawn dashed at chance, points where some seeds failed averaged over the successful ones,
+dense training as a horizontal line. Every plot function returns the data it drew (:class:`Point`
+per curve and density), so tests check numbers, not pixels.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from dctps.errors import DctpsError  # noqa: E402
 
 
 def save(fig, path: str | Path) -> list[Path]:
@@ -44,3 +57,428 @@ def plot_allocation(
     ax.set_title(title)
     ax.legend()
     return save(fig, path)
+
+
+def plot_allocation_panels(
+    panels: Sequence[tuple[str, Mapping[str, Sequence[int]]]],
+    path: str | Path,
+    log: bool = True,
+    suptitle: str | None = None,
+) -> dict[str, dict[str, list[int]]]:
+    """One bar chart per panel (``(title, {label: counts per layer})``), side by side groups of
+    bars per layer; returns ``{title: {label: counts}}``, the data drawn. Writes PNG and PDF."""
+    panels = list(panels)
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    width_layers = max(len(v) for _, s in panels for v in s.values())
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * max(5.0, 0.12 * width_layers), 3.2 * nrows), squeeze=False
+    )
+    data: dict[str, dict[str, list[int]]] = {}
+    for ax, (title, series) in zip(axes.flat, panels, strict=False):
+        k = len(series)
+        width = 0.8 / max(k, 1)
+        for i, (label, counts) in enumerate(series.items()):
+            xs = [j + (i - (k - 1) / 2) * width for j in range(len(counts))]
+            ax.bar(xs, counts, width=width, label=label)
+        ax.set_xlabel("prunable layer")
+        ax.set_ylabel("trainable non-zeros")
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        data[title] = {label: [int(c) for c in counts] for label, counts in series.items()}
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    save(fig, path)
+    return data
+
+
+# ----------------------------------------------------------------------------- accuracy vs density
+# Curve labels. The DCTpS paper's "FORCE" is Iter-SNIP (BASELINES.md); the published FORCE is
+# drawn as its own curve.
+METHOD_LABELS = {
+    "dense": "Dense",
+    "dctps": "DCTpS",
+    "random": "Random",
+    "snip": "SNIP",
+    "iter_snip": "FORCE (paper's) = Iter-SNIP",
+    "force": "FORCE (published)",
+    "synflow": "SynFlow",
+    "grasp": "GraSP",
+}
+METHOD_ORDER = ("dense", "dctps", "random", "snip", "iter_snip", "force", "synflow", "grasp")
+# Config entries that never split a curve (they vary along it, or do not change the experiment).
+_NOT_A_VARIANT = {"seed", "sparsity.density", "data.root", "device", "eval_batch_size"}
+
+
+class Point(NamedTuple):
+    """One plotted point: accuracy over the seeds of one (curve, density).
+
+    ``mean``/``min``/``max`` are over the successful seeds only (as the supplement's footnote to
+    Figure A.1 does); ``failed`` is True when every seed failed, and then mean = min = max =
+    chance (drawn dashed). Accuracies are fractions (the plot shows %). ``x`` is the plotted x
+    value: the density, or the mean number of trainable weights for ``x='nonzeros'``.
+    """
+
+    density: float
+    mean: float
+    min: float
+    max: float
+    failed: bool
+    n_ok: int
+    n_failed: int
+    x: float
+
+
+@dataclass
+class Panel:
+    """The data of one accuracy-vs-density panel (one model on one data set)."""
+
+    model: str
+    dataset: str
+    title: str
+    chance: float
+    metric: str  # test_acc | val_acc | mixed
+    series: dict[str, list[Point]] = field(default_factory=dict)
+    dense: dict[str, Point] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "dataset": self.dataset, "title": self.title,
+            "chance": self.chance, "metric": self.metric,
+            "series": {k: [p._asdict() for p in v] for k, v in self.series.items()},
+            "dense": {k: p._asdict() for k, p in self.dense.items()},
+        }  # fmt: skip
+
+
+@dataclass
+class FigureData:
+    """What a figure function drew (``panels``) and where it wrote it (``paths``)."""
+
+    panels: list[Panel]
+    paths: list[Path]
+    runs: int = 0  # store rows read
+    missing: int = 0  # runs of the grid with no finished row yet
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "panels": [p.to_dict() for p in self.panels], "paths": [str(p) for p in self.paths],
+            "runs": self.runs, "missing": self.missing,
+        }  # fmt: skip
+
+    def table(self) -> str:
+        """Plain text: one line per plotted point (accuracies in %)."""
+        lines = []
+        for p in self.panels:
+            lines.append(f"{p.title} ({p.metric}, chance {100 * p.chance:.2f}%)")
+            for label, pt in p.dense.items():
+                lines.append(f"  {label:<34} {'':>8} {_pt(pt)}")
+            for label, pts in p.series.items():
+                for pt in pts:
+                    lines.append(f"  {label:<34} {_pct(pt.density):>8} {_pt(pt)}")
+        return "\n".join(lines)
+
+
+def _pt(p: Point) -> str:
+    if p.failed:
+        return f"failed ({p.n_failed} of {p.n_failed} seeds): drawn at chance"
+    extra = f", {p.n_failed} failed" if p.n_failed else ""
+    return (f"{100 * p.mean:6.2f}  [{100 * p.min:.2f}, {100 * p.max:.2f}]  "
+            f"({p.n_ok} seed{'s' if p.n_ok != 1 else ''}{extra})")  # fmt: skip
+
+
+def _pct(d: float) -> str:
+    return f"{100 * d:g}%"
+
+
+def row_config(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config stored with a run row (``config_json``), as a dict."""
+    raw = row.get("config_json")
+    return json.loads(raw) if raw else {}
+
+
+def default_label(cfg: Mapping[str, Any]) -> str:
+    """A curve label for a run config: the method, plus what differs from its defaults."""
+    s = cfg.get("sparsity", {})
+    m = s.get("method")
+    alloc = s.get("allocation")
+    rigl = bool(s.get("rigl"))
+    if m == "random" and rigl:
+        label = f"RigL ({(alloc or 'erk').upper()})"
+    else:
+        label = METHOD_LABELS.get(m, str(m)) + ("+RigL" if rigl else "")
+        default_alloc = {"dctps": "epl", "random": "uniform"}.get(m)
+        if alloc and default_alloc and alloc != default_alloc:
+            label += f" ({alloc.upper() if alloc != 'uniform' else 'uniform'})"
+    if s.get("train_alpha") is False:
+        label += ", fixed α = 1"
+    return label
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and k != "options":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+    return out
+
+
+# A varying recipe explains its varying defaults (lr, epochs, ...): name only the recipe.
+_PRIMARY = ("optim.recipe", "optim.optimizer")
+
+
+def _key(flat: Mapping[str, Any], k: str) -> str:
+    return json.dumps(flat.get(k), sort_keys=True)
+
+
+def _explained(flats: Sequence[Mapping[str, Any]], varying: list[str]) -> list[str]:
+    """``varying`` without the keys that are a function of a varying primary key."""
+    prim = [p for p in _PRIMARY if p in varying]
+    keep = []
+    for k in varying:
+        if k in prim:
+            if k == prim[0] or not _function_of(flats, prim[0], k):
+                keep.append(k)
+        elif not any(_function_of(flats, p, k) for p in prim):
+            keep.append(k)
+    return keep
+
+
+def _function_of(flats: Sequence[Mapping[str, Any]], p: str, k: str) -> bool:
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(_key(f, p), _key(f, k)) == _key(f, k) for f in flats)
+
+
+def _metric(row: Mapping[str, Any], metric: str) -> tuple[float | None, str | None]:
+    if metric == "auto":
+        if row.get("test_acc") is not None:
+            return row["test_acc"], "test_acc"
+        return row.get("val_acc"), "val_acc"
+    return row.get(metric), metric
+
+
+def _chance(dataset: str) -> float:
+    from dctps import data
+
+    try:
+        return 1.0 / data.get_info(dataset).num_classes
+    except Exception:  # an unknown data set name in an old store
+        return float("nan")
+
+
+def panel_title(model: str, dataset: str) -> str:
+    names = {"lenet5": "LeNet-5", "resnet18": "ResNet18", "resnet50": "ResNet50",
+             "vgg19": "VGG19", "mobilenetv2": "MobileNetV2", "fixup_resnet110": "FixupResNet110",
+             "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny_imagenet": "Tiny ImageNet",
+             "digits": "digits"}  # fmt: skip
+    return f"{names.get(model, model)}, {names.get(dataset, dataset)}"
+
+
+def aggregate(
+    rows: Sequence[Mapping[str, Any]],
+    label: Callable[[Mapping[str, Any]], str] = default_label,
+    metric: str = "auto",
+    x: str = "density",
+) -> list[Panel]:
+    """Group store rows into panels (model, data set) and curves (``label`` of the run config).
+
+    Rows other than ``done``/``failed`` (running) and done rows without the metric are ignored.
+    Within one curve, runs that differ in more than seed and density (e.g. two recipes) are split
+    into curves whose labels name the difference. ``metric``: ``auto`` (test accuracy, or
+    validation accuracy where there is no test score, e.g. Tiny ImageNet), ``test_acc`` or
+    ``val_acc``. ``x``: ``density`` or ``nonzeros``.
+    """
+    if x not in ("density", "nonzeros"):
+        raise DctpsError(f"x must be density or nonzeros, got {x!r}")
+    if metric not in ("auto", "test_acc", "val_acc"):
+        raise DctpsError(f"metric must be auto, test_acc or val_acc, got {metric!r}")
+    usable = []
+    for r in rows:
+        if r.get("status") == "failed" or (
+            r.get("status") == "done" and _metric(r, metric)[0] is not None
+        ):
+            usable.append(r)
+    by_panel: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in usable:
+        by_panel.setdefault((r["model"], r["dataset"]), []).append(r)
+    panels = []
+    for (model, dataset), prs in by_panel.items():
+        chance = _chance(dataset)
+        groups: dict[str, list[tuple[Mapping[str, Any], dict[str, Any]]]] = {}
+        for r in prs:
+            cfg = row_config(r)
+            groups.setdefault(label(cfg), []).append((r, cfg))
+        curves: dict[str, list[Mapping[str, Any]]] = {}
+        order: dict[str, tuple[int, int]] = {}
+        for lab, members in groups.items():
+            flats = [_flatten(c) for _, c in members]
+            keys = sorted({k for f in flats for k in f} - _NOT_A_VARIANT)
+            varying = _explained(flats, [k for k in keys if len({_key(f, k) for f in flats}) > 1])
+            for (r, _), f in zip(members, flats, strict=True):
+                name = lab
+                if varying:
+                    name += (
+                        " [" + ", ".join(f"{k.split('.')[-1]}={f.get(k)}" for k in varying) + "]"
+                    )
+                curves.setdefault(name, []).append(r)
+                m = r.get("method")
+                rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
+                order.setdefault(name, (rank, len(order)))  # method, then first appearance
+        used = {_metric(r, metric)[1] for r in prs if r.get("status") == "done"}
+        panel = Panel(model, dataset, panel_title(model, dataset), chance,
+                      used.pop() if len(used) == 1 else ("mixed" if used else metric))  # fmt: skip
+        for name in sorted(curves, key=lambda n: order[n]):
+            pts = _points(curves[name], metric, chance, x)
+            if curves[name][0].get("method") == "dense":
+                if pts:
+                    panel.dense[name] = pts[0]
+            else:
+                panel.series[name] = pts
+        panels.append(panel)
+    return panels
+
+
+def _points(rows: Sequence[Mapping[str, Any]], metric: str, chance: float, x: str) -> list[Point]:
+    by_d: dict[float, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by_d.setdefault(float(r["density"]), []).append(r)
+    pts = []
+    for d in sorted(by_d):
+        rs = by_d[d]
+        ok = [float(_metric(r, metric)[0]) for r in rs if r["status"] == "done"]  # type: ignore[arg-type]
+        n_failed = sum(r["status"] == "failed" for r in rs)
+        nnz = [r["nonzeros"] for r in rs if r.get("nonzeros") is not None]
+        xv = d if x == "density" else (sum(nnz) / len(nnz) if nnz else float("nan"))
+        if ok:
+            pts.append(Point(d, sum(ok) / len(ok), min(ok), max(ok), False, len(ok), n_failed, xv))
+        else:
+            pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv))
+    return pts
+
+
+def plot_accuracy(
+    panels: Sequence[Panel],
+    path: str | Path,
+    title: str | None = None,
+    x: str = "density",
+) -> list[Path]:
+    """Accuracy vs density (log x, in %) per panel: mean line and min-max band per curve, failed
+    points dashed at chance, dense as a horizontal line. Writes PNG and PDF; returns the paths."""
+    panels = list(panels)
+    if not panels:
+        raise DctpsError("nothing to plot: no finished or failed runs match")
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = list(dict.fromkeys(k for p in panels for k in p.series))
+    colour = {lab: colours[i % len(colours)] for i, lab in enumerate(labels)}
+    for ax, p in zip(axes.flat, panels, strict=False):
+        xs_all: set[float] = set()
+        for lab, pts in p.series.items():
+            c = colour[lab]
+            xs = [pt.x * (100 if x == "density" else 1) for pt in pts]
+            xs_all.update(xs)
+            ys = [100 * pt.mean for pt in pts]
+            ok_y = [y if not pt.failed else float("nan") for y, pt in zip(ys, pts, strict=True)]
+            lo = [100 * pt.min if not pt.failed else float("nan") for pt in pts]
+            hi = [100 * pt.max if not pt.failed else float("nan") for pt in pts]
+            ax.plot(xs, ok_y, "-o", color=c, ms=4, label=lab)
+            ax.fill_between(xs, lo, hi, color=c, alpha=0.18, linewidth=0)
+            for i in range(len(pts) - 1):  # segments touching a failed point: dashed
+                if pts[i].failed or pts[i + 1].failed:
+                    ax.plot(xs[i : i + 2], ys[i : i + 2], "--", color=c)
+            fx = [xv for xv, pt in zip(xs, pts, strict=True) if pt.failed]
+            if fx:
+                ax.plot(fx, [100 * p.chance] * len(fx), "o", mfc="none", color=c, ms=5)
+        for lab, pt in p.dense.items():
+            ax.axhline(100 * pt.mean, color="k", lw=1.2, label=lab)
+            if pt.max > pt.min:
+                ax.axhspan(100 * pt.min, 100 * pt.max, color="k", alpha=0.08, linewidth=0)
+        if p.chance == p.chance:  # not NaN
+            ax.axhline(100 * p.chance, color="0.5", lw=0.8, ls=":", label="chance")
+        ax.set_xscale("log")
+        if x == "density":
+            ticks = sorted(xs_all)
+            ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("density (trainable weights, %)")
+        else:
+            ax.set_xlabel("trainable weights")
+        ax.set_ylabel({"test_acc": "test accuracy (%)", "val_acc": "validation accuracy (%)"}
+                      .get(p.metric, "accuracy (%)"))  # fmt: skip
+        ax.set_title(p.title, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    handles, labs = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labs:
+                handles.append(h)
+                labs.append(lab)
+    if any(pt.failed for p in panels for pts in p.series.values() for pt in pts):
+        handles.append(Line2D([], [], color="0.3", ls="--", marker="o", mfc="none"))
+        labs.append("failed: drawn at chance")
+    fig.legend(handles, labs, loc="lower center", ncol=min(4, len(labs)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * (len(labs) // 4)))  # fmt: skip
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_runs(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    title: str | None = None,
+    label: Callable[[Mapping[str, Any]], str] = default_label,
+    metric: str = "auto",
+    x: str = "density",
+    panel_order: Sequence[tuple[str, str]] | None = None,
+) -> FigureData:
+    """Aggregate store ``rows`` (:func:`aggregate`) and draw them (:func:`plot_accuracy`).
+
+    Returns the :class:`FigureData` drawn, also written as JSON beside the figure.
+    """
+    panels = aggregate(rows, label=label, metric=metric, x=x)
+    if panel_order:
+        rank = {k: i for i, k in enumerate(panel_order)}
+        panels.sort(key=lambda p: rank.get((p.model, p.dataset), len(rank)))
+    paths = plot_accuracy(panels, path, title=title, x=x)
+    out = FigureData(panels, paths, runs=len(rows))
+    write_json(out.to_dict(), Path(path).with_suffix(".json"))
+    return out
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    """Write ``data`` as indented JSON (the numbers behind a figure)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str))
+    return path
+
+
+def plot_command(
+    db: str,
+    where: Sequence[str] = (),
+    out: str = "plot.png",
+    x: str = "density",
+    metric: str = "auto",
+    title: str | None = None,
+) -> FigureData:
+    """``dctps plot``: draw the matching runs of a results database (accuracy vs density)."""
+    from dctps.results.store import Store, parse_where, resolve_db_path
+
+    path = resolve_db_path(db)
+    if not path.is_file():
+        raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
+    rows = Store(path).query(parse_where(where))
+    return plot_runs(rows, out, title=title, metric=metric, x=x)

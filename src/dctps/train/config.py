@@ -7,7 +7,7 @@ top-level fields. Every field carries its help text and CLI flag in ``field(meta
 * ``flag``: the CLI flag name (default: the field name with ``-`` for ``_``);
 * ``identity``: ``False`` for fields that do not change the experiment (data root, device, eval
   batch size); they are left out of :meth:`RunConfig.config_hash`;
-* ``invert``: the flag sets the negation of the field (``--fixed-alpha`` sets ``train_alpha=False``).
+* ``invert``: the flag sets the negated field (``--fixed-alpha`` sets ``train_alpha=False``).
 
 Fields left at ``None`` are filled by :meth:`RunConfig.resolve` from the named recipe (Table E.3 of
 the supplement) and the sparsity method; any field given explicitly overrides the recipe.
@@ -61,8 +61,11 @@ def _f(default: Any = None, help: str = "", **meta: Any) -> Any:
 class ModelConfig:
     """Which architecture to build (``dctps.models.names()``)."""
 
-    name: str = _f("resnet18", "Architecture: " + "lenet5|resnet18|resnet50|vgg19|mobilenetv2|"
-                   "fixup_resnet110.", flag="model")  # fmt: skip
+    name: str = _f(
+        "resnet18",
+        "Architecture: " + "lenet5|resnet18|resnet50|vgg19|mobilenetv2|fixup_resnet110.",
+        flag="model",
+    )
 
 
 @dataclass
@@ -107,9 +110,11 @@ class SparsityConfig:
         None, "RigL: fraction of training after which the support is fixed (default 0.75)."
     )
     train_alpha: bool = _f(
-        True, "DCTpS: fix alpha = 1 instead of training it (Appendix A.4).", flag="fixed-alpha",
+        True,
+        "DCTpS: fix alpha = 1 instead of training it (Appendix A.4).",
+        flag="fixed-alpha",
         invert=True,
-    )  # fmt: skip
+    )
     options: dict[str, Any] = _f(
         {},
         "Extra options of the method as key=value (repeatable), e.g. steps=60, or "
@@ -182,9 +187,10 @@ class RunConfig:
         "auto", "auto | cpu | cuda | cuda:N. Not part of the run's identity.", identity=False
     )
     eval_batch_size: int = _f(
-        1000, "Batch size for validation/test evaluation. Not part of the identity.",
+        1000,
+        "Batch size for validation/test evaluation. Not part of the identity.",
         identity=False,
-    )  # fmt: skip
+    )
 
     # -------------------------------------------------------------- conversion
     def to_dict(self) -> dict[str, Any]:
@@ -316,15 +322,14 @@ def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
     unknown = [k for k in d if k not in fields]
     if unknown:
         valid = ", ".join(prefix + k for k in fields)
-        raise DctpsError(
-            f"{source}: unknown key {prefix + str(unknown[0])!r}; valid keys: {valid}"
-        )
+        raise DctpsError(f"{source}: unknown key {prefix + str(unknown[0])!r}; valid keys: {valid}")
     kwargs: dict[str, Any] = {}
     for name, value in d.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _from_dict(tp, value if value is not None else {}, source,
-                                      f"{prefix}{name}.")  # fmt: skip
+            kwargs[name] = _from_dict(
+                tp, value if value is not None else {}, source, f"{prefix}{name}."
+            )
         else:
             kwargs[name] = _coerce(value, tp, f"{source}: {prefix}{name}")
     return cls(**kwargs)
@@ -383,7 +388,9 @@ def _resolve_sparsity(s: SparsityConfig) -> None:
         raise unknown_name("sparsity method", s.method, valid)
     if s.method == "dense":
         if s.density is not None and float(s.density) != 1.0:
-            raise DctpsError(f"method dense trains every weight: density must be 1, got {s.density}")
+            raise DctpsError(
+                f"method dense trains every weight: density must be 1, got {s.density}"
+            )
         if s.rigl:
             raise DctpsError("RigL needs a sparse network: use --method dctps or --method random")
         if not s.train_alpha:
@@ -435,15 +442,17 @@ def _resolve_optim(c: RunConfig) -> None:
     if o.lr is None:
         o.lr = r.dctps_lr if (r.dctps_lr is not None and c.sparsity.method == "dctps") else r.lr
     o.weight_decay = r.weight_decay if o.weight_decay is None else o.weight_decay
-    o.batch_size = _positive_int(r.batch_size if o.batch_size is None else o.batch_size,
-                                 "batch_size")  # fmt: skip
+    o.batch_size = _positive_int(
+        r.batch_size if o.batch_size is None else o.batch_size, "batch_size"
+    )
     o.epochs = _positive_int(r.epochs if o.epochs is None else o.epochs, "epochs")
     if o.milestones is None:
         o.milestones = sorted({round(f * o.epochs) for f in r.milestone_fractions})
     o.gamma = r.gamma if o.gamma is None else o.gamma
     if o.optimizer == "sgd":
-        o.momentum = (r.momentum if r.momentum is not None else 0.9) if o.momentum is None \
-            else o.momentum  # fmt: skip
+        o.momentum = (
+            (r.momentum if r.momentum is not None else 0.9) if o.momentum is None else o.momentum
+        )
     elif o.momentum is not None:
         raise DctpsError("momentum applies only to --optimizer sgd (Adam uses its betas)")
     for name in ("lr", "weight_decay", "gamma") + (("momentum",) if o.momentum is not None else ()):
@@ -510,8 +519,13 @@ def cli_fields() -> list[CliField]:
                 continue
             flag = f.metadata.get("flag", f.name.replace("_", "-"))
             out.append(
-                CliField(flag, prefix + (f.name,), tp, f.metadata.get("help", ""),
-                         bool(f.metadata.get("invert", False)))  # fmt: skip
+                CliField(
+                    flag,
+                    prefix + (f.name,),
+                    tp,
+                    f.metadata.get("help", ""),
+                    bool(f.metadata.get("invert", False)),
+                )
             )
 
     walk(RunConfig, ())
@@ -560,16 +574,16 @@ def cli_parameters() -> list[inspect.Parameter]:
         if base is bool:
             neg = "train-alpha" if cf.flag == "fixed-alpha" else f"no-{cf.flag}"
             opt = typer.Option(None, f"--{cf.flag}/--{neg}", help=cf.help)
-            ann: Any = typing.Optional[bool]  # noqa: UP045 - typer reads typing.Optional
+            ann: Any = bool | None
         elif cf.flag == "option":
             opt = typer.Option(None, "--option", help=cf.help)
-            ann = typing.Optional[list[str]]  # noqa: UP045
+            ann = list[str] | None
         elif typing.get_origin(base) is list:
             opt = typer.Option(None, f"--{cf.flag}", help=cf.help)
-            ann = typing.Optional[str]  # noqa: UP045
+            ann = str | None
         else:
             opt = typer.Option(None, f"--{cf.flag}", help=cf.help)
-            ann = typing.Optional[base]  # noqa: UP045
+            ann = base | None
         params.append(
             inspect.Parameter(cf.param, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
         )

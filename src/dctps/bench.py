@@ -1,0 +1,474 @@
+"""Benchmarks of the DCTpS fast paths, sparse checkpoints and memory (``dctps bench``).
+
+Each benchmark measures DCTpS and its dense counterpart side by side in one run (interleaved
+repetitions, after warm-up), prints a table with the ratios, and returns its rows:
+
+``linear``  forward+backward at batch 128 of square Linear layers 1024/4096/8192 at 0.1% density:
+            ``DCTpSLinear(mode='fast')`` vs ``nn.Linear``.
+``conv``    forward+backward at batch 128 of every distinct conv of ResNet18 and VGG19 at CIFAR
+            sizes (nnz from the EPL allocation at 0.1%): every DCTpS path, ``mode='auto'``,
+            ``nn.Conv2d`` and the reference code's two-conv scheme.
+``step``    a whole ResNet18 training step (SGD), DCTpS at 0.1% with ``mode='auto'`` vs dense.
+``ckpt``    checkpoint bytes of ResNet50 at 1% / 0.1% / 0.01%: ``dctps.save`` vs
+            ``torch.save(dense.state_dict())``.
+``memory``  peak memory of a training step of the 8192 Linear, fast DCTpS vs dense, each in a
+            fresh subprocess (``ru_maxrss`` growth on CPU, ``torch.cuda.max_memory_allocated``
+            on CUDA).
+
+Times are wall-clock; ratios use the best of the interleaved repetitions (the least disturbed
+run, robust on a shared machine); medians are printed too. ``--quick`` shrinks batches and
+repetitions so everything runs in a few minutes on 2 CPU cores; each table says what it ran.
+The scripts in ``benchmarks/`` call :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dctps.errors import DctpsError, unknown_name
+
+__all__ = ["NAMES", "run", "main", "timeit"]
+
+NAMES = ("linear", "conv", "step", "ckpt", "memory")
+Echo = Callable[[str], Any]
+
+
+@dataclass
+class Timing:
+    best: float
+    median: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fns: dict[str, Callable[[], Any]], reps: int, device: torch.device,
+           warmup: int = 2) -> dict[str, Timing]:  # fmt: skip
+    """Time each zero-argument callable ``reps`` times, interleaved, after ``warmup`` calls each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {k: Timing(min(v), statistics.median(v)) for k, v in times.items()}
+
+
+def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        y = module(x)
+        y.backward(torch.ones_like(y))
+
+    return step
+
+
+def _env(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"device cuda ({torch.cuda.get_device_name(device)}), torch {torch.__version__}"
+    return f"device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _ms(t: float) -> str:
+    return f"{t * 1e3:.2f}"
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) Linear
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_linear(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, Any]]:
+    from dctps.layers import DCTpSLinear
+
+    batch, density = 128, 0.001
+    reps = 3 if quick else 10
+    targets = {4096: 0.15, 8192: 0.08}
+    echo(f"== linear: forward+backward, batch {batch}, density {density:.1%}, best of {reps}; "
+         f"{_env(device)}")  # fmt: skip
+    echo(f"{'size':>6} {'nnz':>8} {'nn.Linear ms':>13} {'DCTpS fast ms':>14} {'ratio':>7} "
+         f"{'median ratio':>13} {'target':>7}")  # fmt: skip
+    rows = []
+    for n in (1024, 4096, 8192):
+        torch.manual_seed(0)
+        x = torch.randn(batch, n, device=device, requires_grad=True)
+        dense = nn.Linear(n, n, device=device)
+        nnz = round(density * n * n)
+        fast = DCTpSLinear(n, n, nnz, seed=0, mode="fast", device=device)
+        t = timeit({"dense": _fwd_bwd(dense, x), "fast": _fwd_bwd(fast, x)}, reps, device)
+        ratio = t["fast"].best / t["dense"].best
+        med = t["fast"].median / t["dense"].median
+        tgt = targets.get(n)
+        echo(f"{n:>6} {nnz:>8} {_ms(t['dense'].best):>13} {_ms(t['fast'].best):>14} "
+             f"{ratio:>7.3f} {med:>13.3f} {'<=' + str(tgt) if tgt else '-':>7}")  # fmt: skip
+        rows.append({"size": n, "nnz": nnz, "dense_s": t["dense"].best,
+                     "fast_s": t["fast"].best, "ratio": ratio, "median_ratio": med,
+                     "target": tgt, "D_built": fast.basis_built})  # fmt: skip
+        del dense, fast, x
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) Conv
+# ------------------------------------------------------------------------------------------------
+
+
+def conv_shapes(names: tuple[str, ...] = ("resnet18", "vgg19"), density: float = 0.001):
+    """Distinct convs of the models at 32x32: ``(model, cin, cout, k, stride, pad, H, nnz)``.
+
+    ``nnz`` is the layer's EPL budget at ``density`` (the first occurrence of each shape).
+    """
+    from dctps.models import build
+    from dctps.sparsify import sparsify
+
+    seen: dict[tuple, tuple] = {}
+    for name in names:
+        model = sparsify(build(name, num_classes=10), density, seed=0)
+        sizes: dict[str, int] = {}
+
+        def hook(mod: nn.Module, inp: tuple, out: Any, sizes: dict = sizes) -> None:
+            sizes[mod.dctps_bench_name] = inp[0].shape[-1]
+
+        hooks = []
+        for mname, m in model.named_modules():
+            if hasattr(m, "kernel_size") and hasattr(m, "values"):
+                m.dctps_bench_name = mname
+                hooks.append(m.register_forward_hook(hook))
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 32, 32))
+        for h in hooks:
+            h.remove()
+        for mname, m in model.named_modules():
+            if mname in sizes:
+                key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0],
+                       m.padding[0], m.groups, sizes[mname])  # fmt: skip
+                if key not in seen:
+                    seen[key] = (name, *key, m.nnz)
+    return list(seen.values())
+
+
+class TwoConv(nn.Module):
+    """The reference code's scheme: a conv with ``alpha * D`` plus a conv with a masked ``S``."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("D", layer.D.detach().clone())
+        self.register_buffer("mask", (layer.sparse_weight() != 0).to(layer.D.dtype) + 0.0)
+        self.weight = nn.Parameter(layer.sparse_weight().detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lay = self.layer
+        a = F.conv2d(x, lay.alpha * self.D, None, lay.stride, lay.padding, lay.dilation,
+                     lay.groups)  # fmt: skip
+        b = F.conv2d(x, self.weight * self.mask, None, lay.stride, lay.padding, lay.dilation,
+                     lay.groups)  # fmt: skip
+        return a + b
+
+
+def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, Any]]:
+    from dctps import fast as fastmod
+    from dctps.layers import DCTpSConv2d
+
+    batch = 32 if quick else 128
+    reps = 3 if quick else 5
+    density = 0.001
+    echo(f"== conv: forward+backward, batch {batch}, CIFAR 32x32 inputs, nnz = EPL budget at "
+         f"{density:.1%}, best of {reps}; {_env(device)}")  # fmt: skip
+    echo(
+        "   times in ms; ratios vs nn.Conv2d; '-' = path ruled out by the cost model "
+        "(dctps.fast.candidates)"
+    )
+    head = (f"{'model':<9} {'conv':<22} {'H':>3} {'nnz':>6} {'nn.Conv2d':>10} {'two-conv':>9} "
+            f"{'dense':>7} {'fft':>7} {'factor':>7} {'auto':>7} {'auto path':>9}")  # fmt: skip
+    echo(head)
+    rows = []
+    for name, cin, cout, k, stride, pad, groups, h, nnz in conv_shapes(density=density):
+        torch.manual_seed(0)
+        x = torch.randn(batch, cin, h, h, device=device, requires_grad=True)
+        conv = nn.Conv2d(cin, cout, k, stride, pad, bias=False, groups=groups, device=device)
+
+        geom = {"kernel_size": k, "stride": stride, "padding": pad, "groups": groups, "nnz": nnz}
+
+        def make(mode: str, geom: dict = geom, cin: int = cin, cout: int = cout) -> DCTpSConv2d:
+            lay = DCTpSConv2d(cin, cout, **geom, bias=False, seed=0, mode=mode, device=device)
+            with torch.no_grad():
+                lay.values.normal_(0, 0.01)
+            return lay
+
+        dense = make("dense")
+        cands = fastmod.candidates(dense)
+        fns = {"conv": _fwd_bwd(conv, x), "two": _fwd_bwd(TwoConv(dense), x),
+               "dense": _fwd_bwd(dense, x)}  # fmt: skip
+        if "fast" in cands:
+            fns["fft"] = _fwd_bwd(make("fast"), x)
+        if "factor" in cands:
+            fns["factor"] = _fwd_bwd(make("factor"), x)
+        auto = make("auto")
+        fastmod.clear_auto_cache()
+        fns["auto"] = _fwd_bwd(auto, x)  # the first (warm-up) call runs the micro-benchmark
+        t = timeit(fns, reps, device)
+        path = next(iter(fastmod.auto_cache().values()))[0]
+        base = t["conv"].best
+        r = {k: v.best / base for k, v in t.items()}
+
+        def cell(key: str, r: dict[str, float] = r) -> str:
+            return f"{r[key]:.2f}" if key in r else "-"
+
+        desc = f"{cin}->{cout} k{k} s{stride}" + (f" g{groups}" if groups > 1 else "")
+        echo(f"{name:<9} {desc:<22} {h:>3} {nnz:>6} {_ms(base):>10} {cell('two'):>9} "
+             f"{cell('dense'):>7} {cell('fft'):>7} {cell('factor'):>7} {cell('auto'):>7} "
+             f"{path:>9}")  # fmt: skip
+        rows.append({"model": name, "cin": cin, "cout": cout, "k": k, "stride": stride, "H": h,
+                     "nnz": nnz, "conv_s": base, "ratios": r, "auto_path": path,
+                     "median_auto_ratio": t["auto"].median / t["conv"].median})  # fmt: skip
+    wins = [row for row in rows if row["auto_path"] != "dense"]
+    worst = max(rows, key=lambda row: row["ratios"]["auto"])
+    echo(f"auto picked a transform path in {len(wins)} of {len(rows)} shapes:")
+    for row in wins:
+        echo(f"  {row['model']} {row['cin']}->{row['cout']} k{row['k']} s{row['stride']} "
+             f"H={row['H']}: {row['auto_path']} at {row['ratios']['auto']:.2f}x nn.Conv2d "
+             f"(dense DCTpS {row['ratios']['dense']:.2f}x)")  # fmt: skip
+    echo(f"worst auto ratio: {worst['ratios']['auto']:.2f}x ({worst['cin']}->{worst['cout']} "
+         f"k{worst['k']} H={worst['H']}); target <= 1.10x")  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) Training step
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_step(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, Any]]:
+    from dctps import fast as fastmod
+    from dctps.models import build
+    from dctps.sparsify import sparsify
+
+    batch = 32 if quick else 128
+    reps = 3 if quick else 5
+    density = 0.001
+    echo(f"== step: ResNet18 training step (forward, backward, SGD momentum 0.9), batch {batch}, "
+         f"CIFAR 32x32, DCTpS at {density:.1%} mode='auto' vs dense; best of {reps}; "
+         f"{_env(device)}")  # fmt: skip
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    target = torch.randint(0, 10, (batch,), device=device)
+    dense = build("resnet18").to(device)
+    sparse = sparsify(build("resnet18"), density, seed=0).to(device)
+    fastmod.set_mode(sparse, "auto")
+    fastmod.clear_auto_cache()
+
+    def stepper(model: nn.Module) -> Callable[[], None]:
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+                              momentum=0.9)  # fmt: skip
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), target).backward()
+            opt.step()
+
+        return step
+
+    t0 = time.perf_counter()
+    s_step = stepper(sparse)
+    s_step()  # auto's micro-benchmarks run here
+    tune = time.perf_counter() - t0
+    t = timeit({"dense": stepper(dense), "dctps": s_step}, reps, device)
+    ratio = t["dctps"].best / t["dense"].best
+    paths: dict[str, int] = {}
+    for path, _ in fastmod.auto_cache().values():
+        paths[path] = paths.get(path, 0) + 1
+    echo(f"{'dense ms':>10} {'DCTpS ms':>10} {'ratio':>7} {'median ratio':>13} {'target':>7}")
+    echo(f"{_ms(t['dense'].best):>10} {_ms(t['dctps'].best):>10} {ratio:>7.3f} "
+         f"{t['dctps'].median / t['dense'].median:>13.3f} {'<=1.05':>7}")  # fmt: skip
+    echo(f"auto decisions (distinct layer signatures): {paths}; first step incl. "
+         f"micro-benchmarks: {tune:.1f} s")  # fmt: skip
+    return [{"batch": batch, "dense_s": t["dense"].best, "dctps_s": t["dctps"].best,
+             "ratio": ratio, "paths": paths, "tune_s": tune}]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# (d) Checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_ckpt(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, Any]]:
+    from dctps.checkpoint_io import save
+    from dctps.models import build
+    from dctps.sparsify import sparsify
+
+    echo(
+        "== ckpt: ResNet50 (10 classes) checkpoint bytes; dense = torch.save(state_dict); "
+        "DCTpS = dctps.save (values float32 + int32 indices + alphas + BN/bias)"
+    )
+    buf = io.BytesIO()
+    torch.save(build("resnet50").state_dict(), buf)
+    dense_bytes = buf.tell()
+    echo(f"{'density':>8} {'nnz':>10} {'DCTpS bytes':>12} {'torch.save(DCTpS sd)':>21} "
+         f"{'dense bytes':>12} {'dense/DCTpS':>12}")  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in (0.01, 0.001, 0.0001):
+            model = sparsify(build("resnet50"), d, seed=0)
+            path = os.path.join(tmp, "m.dctps")
+            save(model, path, arch={"name": "resnet50", "num_classes": 10})
+            size = os.path.getsize(path)
+            b2 = io.BytesIO()
+            torch.save(model.state_dict(), b2)
+            nnz = sum(m.nnz for m in model.modules() if hasattr(m, "nnz"))
+            echo(f"{d:>8.2%} {nnz:>10,} {size:>12,} {b2.tell():>21,} {dense_bytes:>12,} "
+                 f"{dense_bytes / size:>11.1f}x")  # fmt: skip
+            rows.append({"density": d, "nnz": nnz, "bytes": size, "sd_bytes": b2.tell(),
+                         "dense_bytes": dense_bytes, "ratio": dense_bytes / size})  # fmt: skip
+    echo("target at 0.1%: dense/DCTpS >= 150")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# (e) Memory
+# ------------------------------------------------------------------------------------------------
+
+
+def _memory_child(variant: str, device_name: str, batch: int, n: int) -> dict[str, Any]:
+    """One training step of the ``n x n`` layer in this (fresh) process; the peak memory growth."""
+    import resource
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    x = torch.randn(batch, n, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.max_memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if variant == "dense":
+        layer: nn.Module = nn.Linear(n, n, device=device)
+    else:
+        from dctps.layers import DCTpSLinear
+
+        layer = DCTpSLinear(n, n, round(0.001 * n * n), seed=0, mode="fast", device=device)
+    opt = torch.optim.SGD(layer.parameters(), lr=1e-3, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        layer(x).square().mean().backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    built = bool(getattr(layer, "basis_built", False))
+    return {"variant": variant, "bytes": peak - base, "D_built": built}
+
+
+def bench_memory(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, Any]]:
+    batch, n = 128, 8192
+    what = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "ru_maxrss growth"
+    echo(f"== memory: peak memory of 2 training steps (SGD momentum) of Linear {n}x{n}, batch "
+         f"{batch}, each in a fresh subprocess ({what}, counting parameters, gradients, "
+         f"optimizer state and activations); {_env(device)}")  # fmt: skip
+    res = {}
+    for variant in ("dense", "fast"):
+        cmd = [sys.executable, "-m", "dctps.bench", "_memory_child", variant, str(device),
+               str(batch), str(n)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise DctpsError(f"memory benchmark child failed: {out.stderr.strip()[-500:]}")
+        res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = res["fast"]["bytes"] / res["dense"]["bytes"]
+    echo(f"{'dense MB':>10} {'DCTpS fast MB':>14} {'ratio':>7} {'target':>7} {'D built':>8}")
+    echo(f"{res['dense']['bytes'] / 2**20:>10.1f} {res['fast']['bytes'] / 2**20:>14.1f} "
+         f"{ratio:>7.3f} {'<=0.25':>7} {str(res['fast']['D_built']):>8}")  # fmt: skip
+    return [{"dense_bytes": res["dense"]["bytes"], "fast_bytes": res["fast"]["bytes"],
+             "ratio": ratio, "D_built": res["fast"]["D_built"]}]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------
+
+_BENCHES = {
+    "linear": bench_linear,
+    "conv": bench_conv,
+    "step": bench_step,
+    "ckpt": bench_ckpt,
+    "memory": bench_memory,
+}
+
+
+def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo = print,
+        threads: int = 0) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Run benchmark ``name`` (one of :data:`NAMES`, or ``'all'``); return its rows by name.
+
+    ``threads > 0`` sets ``torch.set_num_threads`` first (1 thread gives the steadiest CPU numbers
+    on a machine shared with other jobs).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if name != "all" and name not in _BENCHES:
+        raise unknown_name("benchmark", name, [*NAMES, "all"])
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DctpsError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DctpsError("--device cuda requested but CUDA is not available")
+    names = list(_BENCHES) if name == "all" else [name]
+    out = {}
+    for n in names:
+        t0 = time.perf_counter()
+        out[n] = _BENCHES[n](dev, quick, echo)
+        echo(f"({n}: {time.perf_counter() - t0:.0f} s{', --quick' if quick else ''})\n")
+    return out
+
+
+def main(argv: list[str] | None = None, default: str = "all") -> None:
+    """``python benchmarks/bench_X.py [--quick] [--device cuda] [--threads N] [--json FILE]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_memory_child"]:
+        _, variant, device, batch, n = argv
+        print(json.dumps(_memory_child(variant, device, int(batch), int(n))))
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("name", nargs="?", default=default, help=f"{' | '.join(NAMES)} | all")
+    p.add_argument("--quick", action="store_true", help="smaller batches / fewer repetitions")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    a = p.parse_args(argv)
+    try:
+        rows = run(a.name, a.quick, a.device, threads=a.threads)
+    except DctpsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""RigL dynamic sparse training (Evci et al., ICML 2020) as an optimizer-step hook.
+
+``BASELINES.md`` §7 (rigl-torch 0.5.2 as adapted in DCTpS), with the fixes listed there. Usage::
+
+    rigl = RigL(model, optimizer, total_steps=epochs * len(loader))
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        if rigl.step():          # False on update iterations: their optimizer step is skipped,
+            optimizer.step()     # as in the TF reference
+
+Schedule: ``t`` counts :meth:`RigL.step` calls from 1. An update happens when ``t % delta_t == 0``
+and ``t < T_end = int(t_end * total_steps)``. Each update, for every sparse layer with ``n`` active
+weights, drops ``n_d = floor(n f(t))`` of them, with the cosine drop fraction
+
+    ``f(t) = alpha / 2 * (1 + cos(pi t / T_end))``   (``f(0) = alpha``, ``f(T_end) = 0``)
+
+1. **drop**: keep the ``n - n_d`` active weights of largest ``|W|`` (ties: smaller flat index);
+2. **grow**: activate the ``n_d`` positions of largest ``|dL/dW|`` (the DENSE gradient of the
+   layer's effective weight on this iteration's batch, captured by a tensor hook) among the
+   positions not kept in 1. (ties: smaller flat index);
+3. newly activated weights start at exactly 0 and their optimizer state (any state tensor of the
+   parameter's shape: SGD ``momentum_buffer``, Adam ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``,
+   ...) is reset to 0 at those positions (the TF reference's ``initial_acc_scale=0``; rigl-torch
+   does not reset Adam's moments, which DCTpS inherited). A position dropped in 1. and regrown in
+   2. keeps its value and state (TF ``reinit_when_same=False``).
+
+So every layer keeps exactly its number of non-zeros. Sparse layers are
+
+* masked layers in ``torch.nn.utils.prune`` convention (``weight_orig`` + ``weight_mask``, e.g.
+  from ``dctps.pruning.prune(model, d, 'random', allocation='erk')``, the paper's RigL set-up):
+  ``|W| = |weight_orig * weight_mask|``; dropped and new entries of ``weight_orig`` are zeroed and
+  ``weight_mask`` is rewritten in place;
+* DCTpS layers (``W = alpha D + S``): RigL moves the support of ``S``: drop smallest ``|values|``,
+  grow at the largest ``|dL/dW|`` outside ``indices``; ``indices`` (kept sorted) and ``values`` (new
+  entries 0) are rewritten in place (the optimizer holds the ``values`` Parameter) and the
+  optimizer state is permuted to follow the entries. ``alpha`` and ``D`` are untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dctps.errors import DctpsError
+from dctps.layers import DCTpSLayer
+from dctps.pruning.common import top_k_mask
+
+__all__ = ["RigL"]
+
+
+class _Sparse:
+    """One sparse layer: captures its dense gradient while armed and rewrites its support."""
+
+    def __init__(self, name: str, module: nn.Module):
+        self.name = name
+        self.module = module
+        self.grad: torch.Tensor | None = None
+        self.armed = False
+
+    def _accumulate(self, g: torch.Tensor) -> None:
+        g = g.detach()
+        self.grad = g.clone() if self.grad is None else self.grad + g
+
+    def capture(self, w: torch.Tensor) -> None:
+        if self.armed and w.requires_grad:
+            w.register_hook(self._accumulate)
+
+    def arm(self) -> None:
+        self.armed, self.grad = True, None
+
+    def disarm(self) -> None:
+        self.armed, self.grad = False, None
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def nnz(self) -> int:
+        raise NotImplementedError
+
+    def update(self, fraction: float, state: Callable[[nn.Parameter], dict[str, Any]]) -> int:
+        raise NotImplementedError
+
+
+def _plan(
+    active: torch.Tensor, magnitude: torch.Tensor, grad: torch.Tensor, n_drop: int
+) -> torch.Tensor:
+    """New flat support: keep the ``n - n_drop`` active entries of largest ``magnitude``, add the
+    ``n_drop`` entries of largest ``|grad|`` among the rest (exact counts, ties by index)."""
+    n = int(active.sum())
+    neg = torch.tensor(-math.inf, dtype=magnitude.dtype, device=magnitude.device)
+    keep = top_k_mask(torch.where(active, magnitude, neg), n - n_drop)
+    g = grad.abs().to(magnitude.dtype)
+    grow = top_k_mask(torch.where(keep, neg, g), n_drop)
+    return keep | grow
+
+
+class _Masked(_Sparse):
+    """A layer pruned with ``torch.nn.utils.prune`` (``<attr>_orig`` and ``<attr>_mask``)."""
+
+    def __init__(self, name: str, module: nn.Module, attr: str):
+        super().__init__(name, module)
+        self.attr = attr
+        # Runs after torch.prune's pre-hook (registered earlier), which recomputes the weight.
+        self.handle = module.register_forward_pre_hook(self._pre_hook)
+
+    def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        if self.armed and torch.is_grad_enabled():
+            self.capture(getattr(module, self.attr))
+
+    @property
+    def orig(self) -> nn.Parameter:
+        return getattr(self.module, self.attr + "_orig")
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return getattr(self.module, self.attr + "_mask")
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [self.orig]
+
+    def nnz(self) -> int:
+        return int(self.mask.count_nonzero())
+
+    def update(self, fraction: float, state: Callable[[nn.Parameter], dict[str, Any]]) -> int:
+        assert self.grad is not None
+        orig, mask = self.orig, self.mask
+        old = mask.detach().flatten() != 0
+        n_drop = math.floor(int(old.sum()) * fraction)
+        if n_drop == 0:
+            return 0
+        with torch.no_grad():
+            magnitude = (orig * mask).abs().flatten()
+            new = _plan(old, magnitude, self.grad.flatten(), n_drop)
+            stay = (new & old).view_as(orig).to(orig.dtype)
+            orig.mul_(stay)  # dropped and newly grown entries are exactly 0
+            mask.copy_(new.view_as(mask).to(mask.dtype))
+            for value in state(orig).values():
+                if torch.is_tensor(value) and value.shape == orig.shape:
+                    value.mul_(stay)
+            setattr(self.module, self.attr, orig * mask)  # refreshed with grad at next forward
+        orig.grad = None
+        return int((new & ~old).sum())
+
+
+class _DCT(_Sparse):
+    """The sparse part ``S`` of a DCTpS layer (``values`` at flat positions ``indices``)."""
+
+    def __init__(self, name: str, module: DCTpSLayer):
+        super().__init__(name, module)
+        self.layer = module
+
+    def arm(self) -> None:
+        super().arm()
+        bound = type(self.layer).dense_weight
+
+        def dense_weight() -> torch.Tensor:
+            w = bound(self.layer)
+            if torch.is_grad_enabled():
+                self.capture(w)
+            return w
+
+        # An instance attribute shadows the method while armed (the forward and the attention
+        # wrapper both call it), so the gradient of the materialised W is captured.
+        object.__setattr__(self.layer, "dense_weight", dense_weight)
+
+    def disarm(self) -> None:
+        super().disarm()
+        self.layer.__dict__.pop("dense_weight", None)
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [self.layer.values]
+
+    def nnz(self) -> int:
+        return self.layer.nnz
+
+    def update(self, fraction: float, state: Callable[[nn.Parameter], dict[str, Any]]) -> int:
+        assert self.grad is not None
+        layer = self.layer
+        values, indices = layer.values, layer.indices
+        n = values.numel()
+        n_drop = math.floor(n * fraction)
+        if n_drop == 0:
+            return 0
+        numel = math.prod(layer.weight_shape)
+        dev = indices.device
+        with torch.no_grad():
+            old = torch.zeros(numel, dtype=torch.bool, device=dev)
+            old[indices] = True
+            magnitude = torch.full((numel,), -math.inf, dtype=values.dtype, device=dev)
+            magnitude[indices] = values.detach().abs()
+            new = _plan(old, magnitude, self.grad.flatten(), n_drop)
+            new_idx = torch.nonzero(new).flatten()  # sorted
+            slot = torch.full((numel,), -1, dtype=torch.int64, device=dev)
+            slot[indices] = torch.arange(n, device=dev)
+            src = slot[new_idx]
+            has = src >= 0
+
+            def moved(t: torch.Tensor) -> torch.Tensor:
+                out = torch.zeros_like(t)
+                out[has] = t[src[has]]
+                return out
+
+            for value in state(values).values():
+                if torch.is_tensor(value) and value.shape == values.shape:
+                    value.copy_(moved(value))
+            values.data.copy_(moved(values.data))
+            indices.copy_(new_idx)
+        values.grad = None
+        return int((~has).sum())
+
+
+class RigL:
+    """RigL on every sparse layer of ``model`` (module doc, ``BASELINES.md`` §7).
+
+    Args:
+        model: a model with masked layers (``torch.nn.utils.prune``) and/or DCTpS layers. Dense
+            layers are left alone.
+        optimizer: the optimizer that trains ``model`` (its per-entry state is reset / permuted).
+        total_steps: number of training iterations (``step`` calls) planned.
+        delta_t: update every ``delta_t`` iterations (100).
+        alpha: initial drop fraction (0.3).
+        t_end: stop updating after this fraction of ``total_steps`` (0.75).
+
+    Attributes:
+        t: number of :meth:`step` calls so far.
+        T_end: ``int(t_end * total_steps)``.
+        history: ``(t, f(t), weights regrown)`` of every update.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        delta_t: int = 100,
+        alpha: float = 0.3,
+        t_end: float = 0.75,
+    ) -> None:
+        for name, v in (("total_steps", total_steps), ("delta_t", delta_t)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DctpsError(f"{name} must be an integer >= 1, got {v!r}")
+        if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise DctpsError(f"alpha must be in [0, 1], got {alpha!r}")
+        if not isinstance(t_end, (int, float)) or not 0.0 <= t_end <= 1.0:
+            raise DctpsError(f"t_end must be in [0, 1], got {t_end!r}")
+        self.model, self.optimizer = model, optimizer
+        self.total_steps, self.delta_t, self.alpha = total_steps, delta_t, float(alpha)
+        self.T_end = int(t_end * total_steps)
+        self.t = 0
+        self.history: list[tuple[int, float, int]] = []
+        self.layers: list[_Sparse] = []
+        for name, module in model.named_modules():
+            if isinstance(module, DCTpSLayer):
+                self.layers.append(_DCT(name, module))
+                continue
+            for attr in ("weight", "in_proj_weight"):
+                if hasattr(module, attr + "_orig") and hasattr(module, attr + "_mask"):
+                    self.layers.append(_Masked(name, module, attr))
+        if not self.layers:
+            raise DctpsError(
+                "RigL found no sparse layer: prune the model first (e.g. dctps.pruning.prune(model,"
+                " d, 'random', allocation='erk')) or use DCTpS layers (dctps.sparsify)"
+            )
+        self._rearm()
+
+    def drop_fraction(self, t: int) -> float:
+        """``f(t) = alpha / 2 * (1 + cos(pi t / T_end))`` (0 when ``T_end = 0``)."""
+        if self.T_end <= 0:
+            return 0.0
+        return self.alpha / 2 * (1 + math.cos(math.pi * t / self.T_end))
+
+    def is_update(self, t: int) -> bool:
+        """Whether the ``t``-th :meth:`step` call (1-based) updates the supports."""
+        return t % self.delta_t == 0 and t < self.T_end
+
+    def nonzeros(self) -> dict[str, int]:
+        """Active weights per sparse layer (constant during training)."""
+        return {layer.name: layer.nnz() for layer in self.layers}
+
+    def _rearm(self) -> None:
+        armed = self.is_update(self.t + 1)
+        for layer in self.layers:
+            layer.arm() if armed else layer.disarm()
+
+    def step(self) -> bool:
+        """Call after ``loss.backward()``; returns whether to call ``optimizer.step()`` now.
+
+        On an update iteration it moves the supports (module doc) and returns ``False``.
+        Raises :class:`DctpsError` if no dense gradient was captured on an update iteration
+        (``step`` called without a forward/backward in between).
+        """
+        self.t += 1
+        if not self.is_update(self.t):
+            self._rearm()
+            return True
+        if all(layer.grad is None for layer in self.layers):
+            raise DctpsError(
+                f"RigL update at step {self.t}: no gradient was captured; call step() once per "
+                "iteration, after loss.backward()"
+            )
+        fraction = self.drop_fraction(self.t)
+        grown = 0
+        for layer in self.layers:
+            if layer.grad is not None:  # a layer unused on this batch keeps its support
+                if not bool(torch.isfinite(layer.grad).all()):
+                    raise DctpsError(f"RigL: non-finite gradient in layer {layer.name!r}")
+                grown += layer.update(fraction, self._state)
+        self.history.append((self.t, fraction, grown))
+        self._rearm()
+        return False
+
+    def _state(self, p: nn.Parameter) -> dict[str, Any]:
+        return self.optimizer.state.get(p, {})
+
+    def remove(self) -> None:
+        """Detach the hooks (the model keeps its current supports)."""
+        for layer in self.layers:
+            layer.disarm()
+            if isinstance(layer, _Masked):
+                layer.handle.remove()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"t": self.t}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.t = int(state["t"])
+        self._rearm()

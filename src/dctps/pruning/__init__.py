@@ -1,0 +1,160 @@
+"""Pruning at initialisation: the DCTpS paper's baselines (``BASELINES.md``, DCTpS Table E.2).
+
+``prune(model, density, method, batches=None, allocation=None, **options)`` scores the prunable
+weights (the ``.weight`` of every Conv2d and Linear, first/last layers included; biases and BN are
+never pruned) on a deep copy of ``model``, chooses EXACTLY ``k = round(density * N)`` of the ``N``
+weights globally (ties broken by index), and applies the mask to ``model``'s own initial weights
+in ``torch.nn.utils.prune`` convention (``weight_orig`` + ``weight_mask``; pruned entries of
+``weight_orig`` are zeroed and receive no gradient). It never prints; time it from the caller.
+
+=============  ====================================================  ==========  =================
+method         score (BASELINES.md section)                          data        defaults
+=============  ====================================================  ==========  =================
+``random``     uniformly random, per-layer counts from ``budgets``   no          uniform (§1)
+``snip``       ``|W * g|``, one shot (§2)                            yes         1 batch
+``iter_snip``  ``|W * g|`` at ``W0*m``, pruned stay pruned (§3) =    yes         60 steps, exp
+               the DCTpS paper's "FORCE"
+``force``      ``|W0 * g(W0*m)|``, pruned can return (§4)            yes         60 steps, exp
+``synflow``    ``|theta * dR/dtheta|``, all-ones input (§5)          shape only  100 iters, exp,
+                                                                                 float64
+``grasp``      ``theta * Hg``, signed (§6)                           yes         1 batch, T=200
+=============  ====================================================  ==========  =================
+
+Failure: when a method cannot reach the density (all-zero, non-finite, or fewer than ``k_t``
+positive scores at some step, e.g. FORCE/SynFlow on FixupResNet110, App. D.2), ``prune`` raises
+:class:`~dctps.errors.PruningFailed` with ``reached`` = the density reached before the failing step,
+and leaves ``model`` unchanged; it never returns a dense network under a sparse label.
+
+To add a method: write one file with ``def my_masks(ctx: Context, *, option=default, ...)``
+returning one boolean mask per ``ctx.targets`` entry, and add one line to ``_REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dctps.allocation import budgets
+from dctps.allocation import names as allocation_names
+from dctps.errors import DctpsError, check_density, unknown_name
+from dctps.pruning.common import Context, apply_masks, targets
+from dctps.pruning.force import force_masks, iter_snip_masks
+from dctps.pruning.grasp import grasp_masks
+from dctps.pruning.random import random_masks
+from dctps.pruning.snip import snip_masks
+from dctps.pruning.synflow import synflow_masks
+
+__all__ = ["prune", "names", "default_batches", "Context", "Method"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: ``masks(ctx, **options)``; ``needs_data``: ``batches`` is required."""
+
+    masks: Callable[..., list[torch.Tensor]]
+    needs_data: bool
+
+
+_REGISTRY: dict[str, Method] = {
+    "random": Method(random_masks, needs_data=False),
+    "snip": Method(snip_masks, needs_data=True),
+    "iter_snip": Method(iter_snip_masks, needs_data=True),
+    "force": Method(force_masks, needs_data=True),
+    "synflow": Method(synflow_masks, needs_data=False),
+    "grasp": Method(grasp_masks, needs_data=True),
+}
+
+# DCTpS Table E.2: batches (of 128) per FORCE/Iter-SNIP gradient. "digits" is not in the paper.
+_DEFAULT_BATCHES = {"cifar10": 1, "cifar100": 10, "tiny_imagenet": 20, "digits": 1}
+
+
+def names() -> list[str]:
+    """The pruning methods :func:`prune` accepts, sorted."""
+    return sorted(_REGISTRY)
+
+
+def default_batches(dataset_name: str) -> int:
+    """Batches per gradient for ``iter_snip``/``force`` (Table E.2): CIFAR-10 1, CIFAR-100 10,
+    Tiny ImageNet 20 (``digits``, not in the paper: 1)."""
+    if dataset_name not in _DEFAULT_BATCHES:
+        raise unknown_name("data set", dataset_name, _DEFAULT_BATCHES)
+    return _DEFAULT_BATCHES[dataset_name]
+
+
+def _check_options(method: str, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+    valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    for key in options:
+        if key not in valid:
+            err = unknown_name(f"option for pruning method {method!r}:", key, valid)
+            raise DctpsError(str(err))
+
+
+def prune(
+    model: nn.Module,
+    density: float,
+    method: str,
+    batches: Iterable[Any] | Callable[[], Iterator[Any]] | None = None,
+    allocation: str | None = None,
+    **method_options: Any,
+) -> nn.Module:
+    """Prune ``model`` in place at initialisation to ``density``; return ``model``.
+
+    Args:
+        model: a dense model (Linear/Conv2d weights not yet pruned).
+        density: fraction of prunable weights kept, in (0, 1]; exactly ``round(density * N)`` are.
+        method: one of :func:`names` (see the module table).
+        batches: ``(x, y)`` float batches: an iterable (list, DataLoader, ``dctps.data.Loader``)
+            or a zero-argument callable returning an iterator. Iterative methods draw fresh
+            batches at every step, restarting the iterable when it ends. Required by ``snip``,
+            ``iter_snip``, ``force``, ``grasp``; ``synflow`` only reads the input shape from it
+            (or takes ``input_shape=``); ``random`` ignores it.
+        allocation: per-layer budgets for ``random`` (``uniform`` default, ``epl``, ``epf``,
+            ``erk``, ``epl_ref``); the score-based methods allocate globally and reject it.
+        **method_options: the keyword options of the method's function, e.g. ``steps``,
+            ``num_batches``, ``loss`` (``iter_snip``/``force``), ``iterations``,
+            ``synflow_dtype`` (``synflow``), ``seed`` (``random``).
+
+    Raises:
+        DctpsError: bad density, method, option or allocation, missing batches, a density that
+            keeps no weight, an already pruned model.
+        PruningFailed: the method cannot reach the density (``model`` is left unchanged).
+    """
+    d = check_density(density)
+    entry = _REGISTRY.get(method) if isinstance(method, str) else None
+    if entry is None:
+        raise unknown_name("pruning method", method, names())
+    _check_options(method, entry.masks, method_options)
+    if entry.needs_data and batches is None:
+        raise DctpsError(f"pruning method {method!r} needs data: pass batches=...")
+    if allocation is not None:
+        if method != "random":
+            raise DctpsError(
+                f"allocation={allocation!r} applies only to method 'random'; {method!r} "
+                "allocates globally by score"
+            )
+        if allocation not in allocation_names():
+            raise unknown_name("allocation", allocation, allocation_names())
+    layers = targets(model)
+    total = sum(t.weight.numel() for t in layers)
+    k = round(d * total)
+    if k < 1:
+        raise DctpsError(f"density {d:g} keeps round({d:g} * {total}) = 0 weights")
+    ctx = Context(model, layers, d, total, k, batches, allocation)
+    if k == total:
+        masks = [torch.ones_like(t.weight, dtype=torch.bool) for t in layers]
+    else:
+        with torch.enable_grad():
+            masks = entry.masks(ctx, **method_options)
+    expected = k
+    if allocation == "epl_ref":
+        expected = sum(budgets([tuple(t.weight.shape) for t in layers], d, allocation))
+    kept = sum(int(m.sum()) for m in masks)
+    if kept != expected:  # an internal invariant: every method selects exactly k
+        raise RuntimeError(f"{method} kept {kept} weights, expected {expected}")
+    apply_masks(layers, masks)
+    return model

@@ -1,0 +1,499 @@
+"""One spec per figure of the paper's supplement (and the main paper's density sweeps).
+
+A training figure is a grid (the same YAML format as ``dctps sweep``, see
+:mod:`dctps.results.sweep`; ``configs/<name>.yaml`` holds each one for editing) and a plot that
+reads only the results store, restricted to the runs of that grid. ``dctps figure NAME`` runs the
+grid (skipping what is done, resuming what crashed) and draws it; ``--quick`` shrinks it so it runs
+on a CPU in minutes (2 epochs, 2,000 training images, densities 1% and 0.1%, one seed, short
+pruning schedules). ``A.2`` and ``C.10`` train nothing: they draw per-layer budgets.
+
+Labels: the DCTpS paper's "FORCE" is Iter-SNIP (``iter_snip``, see ``BASELINES.md``); the
+published FORCE (``force``) is drawn as an extra curve where the grid has it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dctps.errors import DctpsError, PruningFailed, unknown_name
+from dctps.results.plots import (
+    FigureData,
+    default_label,
+    panel_title,
+    plot_allocation_panels,
+    plot_runs,
+    write_json,
+)
+from dctps.results.sweep import (
+    _merge,
+    cli_overrides,
+    describe_plan,
+    expand_grid,
+    load_grid,
+    plan,
+    run_sweep,
+)
+from dctps.train.config import RunConfig
+
+__all__ = [
+    "FIGURES",
+    "FigureSpec",
+    "draw",
+    "figure_configs",
+    "figure_grid",
+    "get",
+    "grid_yaml",
+    "list_figures",
+    "names",
+    "quick_grid",
+    "run_figure",
+    "synflow_allocation",
+]
+
+SEEDS = [0, 1, 2]
+DENSITIES = [0.1, 0.05, 0.01, 0.001, 0.0001]  # 10%, 5%, 1%, 0.1%, 0.01%
+# The main paper's methods: PaI baselines, RigL on a masked ERK net, DCTpS(+RigL), and the
+# published FORCE as an extra curve.
+MAIN_METHODS: list[Any] = [
+    "dense", "dctps", "random", "snip", "iter_snip", "synflow",
+    {"method": "random", "rigl": True}, {"method": "dctps", "rigl": True}, "force",
+]  # fmt: skip
+SGD_METHODS: list[Any] = ["dense", "dctps", "random", "snip", "iter_snip"]  # A.4/A.5 (no SynFlow)
+CIFAR = ["cifar10", "cifar100"]
+BIG = ["resnet50", "vgg19"]
+
+# --quick: the run shrinks, the figure's structure stays.
+QUICK_EPOCHS = 2
+QUICK_SUBSET = 2000
+QUICK_DENSITIES = [0.01, 0.001]
+QUICK_SEEDS = [0]
+QUICK_OPTIONS: dict[str, dict[str, Any]] = {
+    "iter_snip": {"steps": 5, "num_batches": 1},
+    "force": {"steps": 5, "num_batches": 1},
+    "synflow": {"iterations": 10},
+    "snip": {"num_batches": 1},
+    "grasp": {"num_batches": 1},
+}
+QUICK_RIGL_DELTA_T = 4
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure: its training grid (``None`` when it trains nothing), title, curve labels.
+
+    ``allocation``: for figures without training, ``fn(pairs, densities, quick) -> panels``
+    with ``pairs`` the (model, data set) pairs and panels ``(title, {label: counts per layer})``.
+    """
+
+    name: str
+    description: str
+    title: str
+    grid: Mapping[str, Any] | None = None
+    label: Callable[[Mapping[str, Any]], str] = default_label
+    allocation: Callable[..., list[tuple[str, dict[str, list[int]]]]] | None = None
+    pairs: tuple[tuple[str, str], ...] = ()  # allocation figures: default (model, data set) pairs
+    densities: tuple[float, ...] = ()  # allocation figures: default densities
+
+
+# ----------------------------------------------------------------------------- labels
+def _alloc_label(cfg: Mapping[str, Any]) -> str:
+    s = cfg.get("sparsity", {})
+    if s.get("method") != "dctps":
+        return default_label(cfg)
+    a = s.get("allocation") or "epl"
+    return f"DCTpS ({a.upper() if a != 'uniform' else 'uniform'})"
+
+
+def _alpha_label(cfg: Mapping[str, Any]) -> str:
+    s = cfg.get("sparsity", {})
+    if s.get("method") != "dctps":
+        return default_label(cfg)
+    return "DCTpS, trainable α" if s.get("train_alpha", True) else "DCTpS, fixed α = 1"
+
+
+# ----------------------------------------------------------------------------- allocation figures
+def _info(dataset: str) -> Any:
+    from dctps import data
+
+    return data.get_info(dataset)
+
+
+def _a2_panels(pairs: Sequence[tuple[str, str]], densities: Sequence[float], quick: bool
+               ) -> list[tuple[str, dict[str, list[int]]]]:  # fmt: skip
+    from dctps.budgets_report import budget_rows
+
+    out = []
+    for model, dataset in pairs:
+        k = _info(dataset).num_classes
+        for d in densities:
+            series = {a.upper(): [r.nonzeros for r in budget_rows(model, d, a, k)]
+                      for a in ("epl", "epf")}  # fmt: skip
+            out.append((f"{panel_title(model, dataset)} ({k} classes), density {100 * d:g}%",
+                        series))  # fmt: skip
+    return out
+
+
+def synflow_allocation(
+    model: str, dataset: str, density: float, iterations: int = 100, seed: int = 0
+) -> dict[str, Any]:
+    """Prune a freshly initialised ``model`` (for ``dataset``'s classes and image size) with
+    SynFlow and count the non-zeros per prunable layer, beside EPL's budgets (Figure C.10).
+
+    Returns ``{"layers": names, "SynFlow": counts or None, "EPL": counts, "reason": None or why
+    SynFlow failed}``.
+    """
+    import torch
+
+    from dctps import models, pruning
+    from dctps.allocation import budgets
+    from dctps.sparsify import prunable_layers
+
+    info = _info(dataset)
+    torch.manual_seed(seed)
+    net = models.build(model, num_classes=info.num_classes, in_channels=info.in_channels,
+                       image_size=info.image_size)  # fmt: skip
+    layers = list(prunable_layers(net))
+    epl = budgets([s for _, _, s in layers], density, "epl")
+    out: dict[str, Any] = {"layers": [n for n, _, _ in layers], "EPL": [int(c) for c in epl],
+                           "SynFlow": None, "reason": None}  # fmt: skip
+    try:
+        pruning.prune(net, density, "synflow", iterations=iterations,
+                      input_shape=(info.in_channels, info.image_size, info.image_size))  # fmt: skip
+    except PruningFailed as e:
+        out["reason"] = str(e)
+        return out
+    mods = dict(net.named_modules())
+    out["SynFlow"] = [int(mods[n].weight_mask.sum()) for n in out["layers"]]
+    return out
+
+
+def _c10_panels(pairs: Sequence[tuple[str, str]], densities: Sequence[float], quick: bool
+                ) -> list[tuple[str, dict[str, list[int]]]]:  # fmt: skip
+    out = []
+    for model, dataset in pairs:
+        for d in densities:
+            r = synflow_allocation(model, dataset, d, iterations=10 if quick else 100)
+            title = (f"{panel_title(model, dataset)} ({_info(dataset).num_classes} classes), "
+                     f"density {100 * d:g}%")  # fmt: skip
+            series = {"EPL": r["EPL"]}
+            if r["SynFlow"] is None:
+                title += f"\nSynFlow failed: {r['reason'][:60]}"
+            else:
+                series = {"SynFlow": r["SynFlow"], "EPL": r["EPL"]}
+            out.append((title, series))
+    return out
+
+
+# ----------------------------------------------------------------------------- the figures
+def _grid(
+    models: list[str],
+    datasets: list[str],
+    methods: list[Any],
+    base: dict[str, Any] | None = None,
+    densities: list[float] | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    return {
+        "description": description,
+        "base": base or {},
+        "models": models,
+        "datasets": datasets,
+        "methods": methods,
+        "densities": list(densities or DENSITIES),
+        "seeds": list(SEEDS),
+    }
+
+
+def _specs() -> dict[str, FigureSpec]:
+    specs = [
+        FigureSpec(
+            "A.1", "Tiny ImageNet, ResNet18: DCTpS vs SynFlow, FORCE (paper's = Iter-SNIP) and "
+            "the published FORCE (validation accuracy)",
+            "Figure A.1: DCTpS vs SynFlow and FORCE, Tiny ImageNet",
+            _grid(["resnet18"], ["tiny_imagenet"], ["dense", "dctps", "synflow", "iter_snip",
+                                                    "force"],
+                  densities=[0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001]),
+        ),
+        FigureSpec(
+            "A.2", "EPL vs EPF: trainable weights per layer, ResNet50 and VGG19, 10 classes "
+            "(no training)",
+            "Figure A.2: EPL vs EPF per-layer budgets",
+            allocation=_a2_panels, pairs=(("resnet50", "cifar10"), ("vgg19", "cifar10")),
+            densities=(0.01,),
+        ),
+        FigureSpec(
+            "A.3", "EPL vs EPF accuracy of DCTpS networks, ResNet50/VGG19 on CIFAR-10/100",
+            "Figure A.3: EPL vs EPF (DCTpS)",
+            _grid(BIG, CIFAR, ["dense", {"method": "dctps", "allocation": "epl"},
+                               {"method": "dctps", "allocation": "epf"}]),
+            label=_alloc_label,
+        ),
+        FigureSpec(
+            "A.4", "SGD recipe: ResNet50/VGG19 on CIFAR-10/100 (dense, DCTpS, random, SNIP, "
+            "FORCE = Iter-SNIP)",
+            "Figure A.4: SGD with momentum, ResNet50 and VGG19",
+            _grid(BIG, CIFAR, SGD_METHODS, base={"optim": {"recipe": "sgd"}}),
+        ),
+        FigureSpec(
+            "A.5", "SGD recipe: MobileNetV2 and FixupResNet110 on CIFAR-10 (FORCE cannot prune "
+            "Fixup: drawn at chance)",
+            "Figure A.5: SGD with momentum, MobileNetV2 and FixupResNet110",
+            _grid(["mobilenetv2", "fixup_resnet110"], ["cifar10"], SGD_METHODS,
+                  base={"optim": {"recipe": "sgd"}}),
+        ),
+        FigureSpec(
+            "A.6", "Trainable vs fixed alpha (train_alpha=False), ResNet50/VGG19 on CIFAR-10/100",
+            "Figure A.6: trainable vs fixed α",
+            _grid(BIG, CIFAR, ["dense", "dctps", {"method": "dctps", "train_alpha": False}]),
+            label=_alpha_label,
+        ),
+        FigureSpec(
+            "A.7", "Layer-wise budgets uniform/EPL/EPF/ERK for DCTpS, ResNet50/VGG19 on "
+            "CIFAR-10/100",
+            "Figure A.7: uniform vs EPL vs EPF vs ERK (DCTpS)",
+            _grid(BIG, CIFAR, ["dense"] + [{"method": "dctps", "allocation": a}
+                                           for a in ("uniform", "epl", "epf", "erk")]),
+            label=_alloc_label,
+        ),
+        FigureSpec(
+            "C.10", "SynFlow's per-layer non-zeros beside EPL's budgets (ResNet50, VGG19, "
+            "ResNet18, MobileNetV2; no training)",
+            "Figure C.10: SynFlow's allocation vs EPL",
+            allocation=_c10_panels,
+            pairs=(("resnet50", "cifar10"), ("vgg19", "cifar100"), ("resnet18", "tiny_imagenet"),
+                   ("mobilenetv2", "cifar10")),
+            densities=(0.01, 0.001),
+        ),
+    ]  # fmt: skip
+    for model, dataset in DENSITY_SWEEPS:
+        specs.append(
+            FigureSpec(
+                f"density-{model}-{dataset}",
+                f"Main paper: accuracy vs density, {panel_title(model, dataset)} (all methods)",
+                f"Accuracy vs density: {panel_title(model, dataset)}",
+                _grid([model], [dataset], MAIN_METHODS),
+            )
+        )
+    return {s.name: s for s in specs}
+
+
+DENSITY_SWEEPS = (
+    ("lenet5", "cifar10"), ("resnet18", "cifar10"), ("resnet18", "cifar100"),
+    ("resnet50", "cifar10"), ("resnet50", "cifar100"), ("vgg19", "cifar10"), ("vgg19", "cifar100"),
+    ("mobilenetv2", "cifar10"), ("mobilenetv2", "cifar100"), ("fixup_resnet110", "cifar10"),
+)  # fmt: skip
+FIGURES: dict[str, FigureSpec] = _specs()
+
+
+def names() -> list[str]:
+    """Figure names in display order."""
+    return list(FIGURES)
+
+
+def get(name: str) -> FigureSpec:
+    if name not in FIGURES:
+        raise unknown_name("figure", name, FIGURES)
+    return FIGURES[name]
+
+
+def list_figures() -> str:
+    """One line per figure: name and description."""
+    w = max(len(n) for n in FIGURES)
+    return "\n".join(f"{n:<{w}}  {s.description}" for n, s in FIGURES.items())
+
+
+# ----------------------------------------------------------------------------- grids
+def quick_grid(grid: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``--quick`` version of a grid (module doc): same models, data sets and methods."""
+    g = copy.deepcopy(dict(grid))
+    quick = {"optim": {"epochs": QUICK_EPOCHS}, "data": {"subset": QUICK_SUBSET}}
+    g["base"] = _merge(g.get("base") or {}, quick)
+    g["densities"] = list(QUICK_DENSITIES)
+    g["seeds"] = list(QUICK_SEEDS)
+    methods = []
+    for m in g.get("methods", []):
+        entry = {"method": m} if isinstance(m, str) else dict(m)
+        entry.pop("densities", None)
+        opts = QUICK_OPTIONS.get(entry["method"])
+        if opts:
+            entry["options"] = {**dict(entry.get("options") or {}), **opts}
+        if entry.get("rigl"):
+            entry["rigl_delta_t"] = QUICK_RIGL_DELTA_T
+        methods.append(entry if len(entry) > 1 else entry["method"])
+    g["methods"] = methods
+    g["description"] = (g.get("description") or "") + " (quick)"
+    return g
+
+
+def figure_grid(
+    name: str,
+    quick: bool = False,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    densities: Sequence[float] | None = None,
+    seeds: int | Sequence[int] | None = None,
+    grid: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The grid of figure ``name`` (quick or full), with the lists replaced where given.
+
+    ``grid``: use this grid (e.g. an edited ``configs/<name>.yaml``) instead of the built-in one.
+    """
+    spec = get(name)
+    if spec.grid is None:
+        raise DctpsError(f"figure {name} trains nothing (it draws per-layer budgets)")
+    g = {"name": name, "description": spec.description}
+    g.update({k: copy.deepcopy(v) for k, v in (grid or spec.grid).items() if k not in g})
+    if quick:
+        g = quick_grid(g)
+    if models:
+        g["models"] = list(models)
+    if datasets:
+        g["datasets"] = list(datasets)
+    if densities:
+        g["densities"] = list(densities)
+        g["methods"] = [({k: v for k, v in m.items() if k != "densities"} if isinstance(m, dict)
+                         else m) for m in g["methods"]]  # fmt: skip
+    if seeds is not None:
+        g["seeds"] = seeds if isinstance(seeds, int) else list(seeds)
+    return g
+
+
+def figure_configs(name: str, overrides: Mapping[str, Any] | None = None, **kw: Any
+                   ) -> list[RunConfig]:  # fmt: skip
+    """The resolved run configs of figure ``name`` (:func:`figure_grid` options in ``kw``)."""
+    return expand_grid(figure_grid(name, **kw), f"figure {name}", overrides)
+
+
+def grid_yaml(name: str) -> str:
+    """The full grid of figure ``name`` as sweep YAML (what ``configs/<name>.yaml`` holds)."""
+    g = figure_grid(name)
+    head = (f"# Figure {name}: {get(name).description}\n"
+            f"# Run: dctps sweep configs/{name}.yaml --data-root DIR [--workers N] "
+            f"[--executor slurm]\n"
+            f"# Draw: dctps figure {name} --config configs/{name}.yaml --plot-only\n")  # fmt: skip
+    return head + yaml.safe_dump(g, sort_keys=False, allow_unicode=True, width=100)
+
+
+# ----------------------------------------------------------------------------- drawing
+def _store_rows(store: Any, hashes: Sequence[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for i in range(0, len(hashes), 500):
+        rows += store.query({"hash": list(hashes[i : i + 500])})
+    return rows
+
+
+def draw(name: str, store: Any, configs: Sequence[RunConfig], path: str | Path) -> FigureData:
+    """Draw training figure ``name`` from the rows of ``store`` whose hash is one of ``configs``'
+    (nothing else is read). Returns the data drawn; also writes ``path`` as PNG, PDF and JSON."""
+    spec = get(name)
+    hashes = [c.config_hash() for c in configs]
+    rank = {h: i for i, h in enumerate(hashes)}
+    rows = sorted(_store_rows(store, hashes), key=lambda r: rank[r["hash"]])  # grid order
+    finished = {r["hash"] for r in rows if r["status"] in ("done", "failed")}
+    order = list(dict.fromkeys((c.model.name, c.data.dataset) for c in configs))
+    data = plot_runs(rows, path, title=spec.title, label=spec.label, panel_order=order)
+    data.missing = len(set(hashes) - finished)
+    write_json(data.to_dict(), Path(path).with_suffix(".json"))
+    return data
+
+
+def draw_allocation(
+    name: str,
+    path: str | Path,
+    quick: bool = False,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    densities: Sequence[float] | None = None,
+) -> dict[str, dict[str, list[int]]]:
+    """Draw a figure without training (A.2, C.10); returns ``{panel title: {label: counts}}``."""
+    spec = get(name)
+    assert spec.allocation is not None
+    if models:
+        dss = list(datasets) if datasets else ["cifar10"]
+        pairs = [(m, d) for m in models for d in dss]
+    elif datasets:
+        pairs = [(m, d) for m, _ in spec.pairs for d in datasets]
+    else:
+        pairs = list(spec.pairs)
+    dens = list(densities) if densities else list(spec.densities[:1] if quick else spec.densities)
+    panels = spec.allocation(pairs, dens, quick)
+    data = plot_allocation_panels(panels, path, suptitle=spec.title)
+    write_json(data, Path(path).with_suffix(".json"))
+    return data
+
+
+def run_figure(
+    name: str,
+    out: str | Path = "results",
+    *,
+    quick: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    db: str | Path | None = None,
+    data_root: str | None = None,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    densities: Sequence[float] | None = None,
+    seeds: int | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    sets: Sequence[str] = (),
+    config: str | Path | None = None,
+    retry_failed: bool = False,
+    plot_only: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    path: str | Path | None = None,
+    echo: Callable[[str], Any] = print,
+) -> Any:
+    """``dctps figure NAME``: run (or resume) the figure's sweep, then draw it from the store.
+
+    Returns the :class:`~dctps.results.plots.FigureData` drawn (a dict of per-layer counts for
+    A.2/C.10; ``None`` for a dry run). The figure goes to ``out/figures/NAME[-quick].png`` (+ PDF
+    and the plotted numbers as JSON) unless ``path`` is given. ``config``: a sweep YAML to use
+    instead of the figure's built-in grid (an edited ``configs/NAME.yaml``).
+    """
+    from dctps.results.store import Store, resolve_db_path
+
+    spec = get(name)
+    out = Path(out)
+    fig_path = Path(path) if path else out / "figures" / f"{name}{'-quick' if quick else ''}.png"
+    if spec.grid is None:
+        if dry_run:
+            echo(f"figure {name} trains nothing; it would draw {fig_path}")
+            return None
+        data = draw_allocation(name, fig_path, quick, models, datasets, densities)
+        for title, series in data.items():
+            totals = ", ".join(f"{k} {sum(v):,}" for k, v in series.items())
+            echo(f"{title.splitlines()[0]}: {len(next(iter(series.values())))} layers, {totals}")
+        echo(f"wrote {fig_path} (+ .pdf, .json)")
+        return data
+    configs = figure_configs(
+        name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,
+        datasets=datasets, densities=densities, seeds=seeds,
+        grid=load_grid(config) if config else None,
+    )  # fmt: skip
+    db_path = resolve_db_path(db if db is not None else out)
+    if dry_run:
+        echo(describe_plan(plan(configs, out, db_path, retry_failed)))
+        return None
+    if not plot_only:
+        report = run_sweep(configs, out, db=db_path, executor=executor, workers=workers,
+                           retry_failed=retry_failed, progress=progress)  # fmt: skip
+        echo(report.summary())
+        for e in report.errors:
+            echo(f"error in {e['hash']}: {e.get('reason')}")
+    if not db_path.is_file():
+        raise DctpsError(f"no results database at {db_path}: run the figure without --plot-only")
+    data = draw(name, Store(db_path), configs, fig_path)
+    echo(data.table())
+    if data.missing:
+        echo(f"{data.missing} of {len(configs)} runs have no result yet")
+    echo(f"wrote {fig_path} (+ .pdf, .json)")
+    return data

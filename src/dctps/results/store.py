@@ -1,0 +1,491 @@
+"""SQLite results store: one row per run (keyed by config hash), one row per epoch.
+
+Many processes (sweep workers, SLURM jobs) may write to one ``results.db``: the database runs in WAL
+mode with a busy timeout, every write is one short ``BEGIN IMMEDIATE`` transaction, and a
+``database is locked`` error is retried with jittered exponential backoff until ``timeout`` seconds
+have passed (then a :class:`DctpsError`, never a raw ``sqlite3.OperationalError``). Each process
+holds one connection per database file.
+
+WAL needs a local file system (or one with working POSIX locks and shared memory); on NFS put
+``results.db`` on a local disk or give each job its own database.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dctps.errors import DctpsError
+
+__all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
+
+DB_NAME = "results.db"
+BUSY_SECONDS = 1.0  # SQLite's own wait for a lock; then our backoff loop takes over
+
+RUN_COLUMNS: dict[str, str] = {
+    "hash": "TEXT PRIMARY KEY",
+    "model": "TEXT",
+    "dataset": "TEXT",
+    "method": "TEXT",
+    "density": "REAL",
+    "allocation": "TEXT",
+    "recipe": "TEXT",
+    "seed": "INTEGER",
+    "rigl": "INTEGER",
+    "config_json": "TEXT",
+    "status": "TEXT",  # running | done | failed
+    "reason": "TEXT",
+    "val_acc": "REAL",
+    "test_acc": "REAL",
+    "best_epoch": "INTEGER",
+    "weights": "INTEGER",
+    "nonzeros": "INTEGER",
+    "trainable": "INTEGER",
+    "prune_seconds": "REAL",
+    "wall_seconds": "REAL",
+    "created": "TEXT",
+    "updated": "TEXT",
+}
+EPOCH_COLUMNS: dict[str, str] = {
+    "hash": "TEXT NOT NULL",
+    "epoch": "INTEGER NOT NULL",
+    "train_loss": "REAL",
+    "train_acc": "REAL",
+    "val_loss": "REAL",
+    "val_acc": "REAL",
+    "lr": "REAL",
+    "seconds": "REAL",
+}
+METRIC_COLUMNS = (
+    "val_acc",
+    "test_acc",
+    "best_epoch",
+    "weights",
+    "nonzeros",
+    "trainable",
+    "prune_seconds",
+    "wall_seconds",
+)
+STATUSES = ("running", "done", "failed")
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS runs ("
+    + ", ".join(f"{k} {v}" for k, v in RUN_COLUMNS.items())
+    + ")",
+    "CREATE TABLE IF NOT EXISTS epochs ("
+    + ", ".join(f"{k} {v}" for k, v in EPOCH_COLUMNS.items())
+    + ", PRIMARY KEY (hash, epoch))",
+    "CREATE INDEX IF NOT EXISTS runs_by_setting ON runs (model, dataset, method, density)",
+]
+
+T = TypeVar("T")
+
+# One connection per (process, database); a lock serialises threads on it.
+_CONNECTIONS: dict[tuple[int, str], tuple[sqlite3.Connection, threading.RLock]] = {}
+_CONN_LOCK = threading.Lock()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg
+
+
+def resolve_db_path(path: str | os.PathLike | None) -> Path:
+    """``path`` itself, or ``path/results.db`` when it is a folder (``None``: ./results.db)."""
+    p = Path(path if path is not None else DB_NAME).expanduser()
+    if p.is_dir() or (not p.suffix and not p.exists()):
+        p = p / DB_NAME
+    return p
+
+
+class Store:
+    """The results database.
+
+    Args:
+        path: the ``.db`` file, or a folder (then ``folder/results.db``); created if missing.
+        timeout: seconds to keep retrying a locked database before raising :class:`DctpsError`.
+
+    Run rows have the columns of :data:`RUN_COLUMNS`; epoch rows those of :data:`EPOCH_COLUMNS`.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, timeout: float = 600.0):
+        self.path = resolve_db_path(path).resolve()
+        self.timeout = float(timeout)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DctpsError(f"cannot create folder for {self.path}: {e.strerror or e}") from None
+        self._retry(self._init_schema)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ plumbing
+    def _connection(self) -> tuple[sqlite3.Connection, threading.RLock]:
+        key = (os.getpid(), str(self.path))
+        with _CONN_LOCK:
+            entry = _CONNECTIONS.get(key)
+            if entry is None:
+                try:
+                    conn = sqlite3.connect(
+                        str(self.path),
+                        timeout=BUSY_SECONDS,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                except sqlite3.Error as e:
+                    raise DctpsError(f"cannot open results database {self.path}: {e}") from None
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+                entry = (conn, threading.RLock())
+                _CONNECTIONS[key] = entry
+            return entry
+
+    def _retry(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)``, retrying on a locked/busy database with jittered backoff."""
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
+            conn, lock = self._connection()
+            try:
+                with lock:
+                    return fn(conn)
+            except sqlite3.OperationalError as e:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if not _is_busy(e):
+                    raise DctpsError(f"results database {self.path}: {e}") from None
+                if time.monotonic() > deadline:
+                    raise DctpsError(
+                        f"results database {self.path} stayed locked for {self.timeout:.0f} s"
+                    ) from None
+                time.sleep(min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))
+                attempt += 1
+            except sqlite3.DatabaseError as e:
+                raise DctpsError(f"results database {self.path} is unusable: {e}") from None
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside one short ``BEGIN IMMEDIATE`` transaction (retried when locked)."""
+
+        def tx(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return out
+
+        return self._retry(tx)
+
+    @staticmethod
+    def _init_schema(conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # e.g. a read-only or in-memory database
+            pass
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA:
+                conn.execute(stmt)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this process's connection to the database (reopened on the next call)."""
+        key = (os.getpid(), str(self.path))
+        with _CONN_LOCK:
+            entry = _CONNECTIONS.pop(key, None)
+        if entry is not None:
+            entry[0].close()
+
+    # ------------------------------------------------------------------ runs
+    def start(self, hash: str, config: Mapping[str, Any]) -> None:
+        """Insert run ``hash`` as ``running`` (or mark an existing row running again).
+
+        ``config`` is the resolved config as a nested dict (``RunConfig.to_dict()``); the
+        descriptive columns (model, dataset, method, ...) are taken from it.
+        """
+        s, o = config.get("sparsity", {}), config.get("optim", {})
+        row = {
+            "hash": hash,
+            "model": config.get("model", {}).get("name"),
+            "dataset": config.get("data", {}).get("dataset"),
+            "method": s.get("method"),
+            "density": s.get("density"),
+            "allocation": s.get("allocation"),
+            "recipe": o.get("recipe"),
+            "seed": config.get("seed"),
+            "rigl": int(bool(s.get("rigl"))),
+            "config_json": json.dumps(config, sort_keys=True),
+            "status": "running",
+            "reason": None,
+            "created": _now(),
+            "updated": _now(),
+        }
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        keep = ("hash", "created")
+        update = ", ".join(f"{k} = excluded.{k}" for k in row if k not in keep)
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO runs ({cols}) VALUES ({marks}) "
+                f"ON CONFLICT(hash) DO UPDATE SET {update}",
+                tuple(row.values()),
+            )
+
+        self._write(fn)
+
+    def _update(self, hash: str, values: Mapping[str, Any]) -> None:
+        bad = [k for k in values if k not in RUN_COLUMNS or k == "hash"]
+        if bad:
+            raise DctpsError(f"unknown run column(s) {bad}; valid: {', '.join(RUN_COLUMNS)}")
+        values = {**values, "updated": _now()}
+        sets = ", ".join(f"{k} = ?" for k in values)
+
+        def fn(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(f"UPDATE runs SET {sets} WHERE hash = ?", (*values.values(), hash))
+            if cur.rowcount == 0:
+                raise DctpsError(f"no run {hash!r} in {self.path}; call start() first")
+
+        self._write(fn)
+
+    def update(self, hash: str, **metrics: Any) -> None:
+        """Set columns of run ``hash`` (e.g. ``weights=...``, ``prune_seconds=...``)."""
+        self._update(hash, metrics)
+
+    def finish(self, hash: str, **metrics: Any) -> None:
+        """Mark run ``hash`` ``done`` and record its metrics (columns of :data:`METRIC_COLUMNS`)."""
+        self._update(hash, {"status": "done", "reason": None, **metrics})
+
+    def fail(self, hash: str, reason: str, **metrics: Any) -> None:
+        """Mark run ``hash`` ``failed`` with a short ``reason``."""
+        self._update(hash, {"status": "failed", "reason": str(reason), **metrics})
+
+    def get(self, hash: str) -> dict[str, Any] | None:
+        """The run row of ``hash`` as a dict, or ``None``."""
+
+        def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            r = conn.execute("SELECT * FROM runs WHERE hash = ?", (hash,)).fetchone()
+            return dict(r) if r is not None else None
+
+        return self._retry(fn)
+
+    def delete(self, hash: str) -> None:
+        """Remove run ``hash`` and its epochs."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM epochs WHERE hash = ?", (hash,))
+            conn.execute("DELETE FROM runs WHERE hash = ?", (hash,))
+
+        self._write(fn)
+
+    # ------------------------------------------------------------------ epochs
+    def log_epoch(self, hash: str, epoch: int, **metrics: Any) -> None:
+        """Insert or replace the row ``(hash, epoch)`` with ``metrics`` (epoch columns)."""
+        bad = [k for k in metrics if k not in EPOCH_COLUMNS or k in ("hash", "epoch")]
+        if bad:
+            raise DctpsError(
+                f"unknown epoch column(s) {bad}; valid: {', '.join(list(EPOCH_COLUMNS)[2:])}"
+            )
+        row = {"hash": hash, "epoch": int(epoch), **metrics}
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        update = ", ".join(f"{k} = excluded.{k}" for k in row if k not in ("hash", "epoch"))
+        sql = f"INSERT INTO epochs ({cols}) VALUES ({marks}) ON CONFLICT(hash, epoch) DO " + (
+            f"UPDATE SET {update}" if update else "NOTHING"
+        )
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, tuple(row.values()))
+            conn.execute("UPDATE runs SET updated = ? WHERE hash = ?", (_now(), hash))
+
+        self._write(fn)
+
+    def epochs(self, hash: str) -> list[dict[str, Any]]:
+        """All epoch rows of run ``hash``, by epoch."""
+
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute("SELECT * FROM epochs WHERE hash = ? ORDER BY epoch", (hash,))
+            return [dict(r) for r in rows]
+
+        return self._retry(fn)
+
+    # ------------------------------------------------------------------ queries
+    def query(
+        self,
+        where: Mapping[str, Any] | str | None = None,
+        params: Sequence[Any] = (),
+        order_by: str = "model, dataset, method, density, allocation, rigl, seed, hash",
+    ) -> list[dict[str, Any]]:
+        """Run rows matching ``where``.
+
+        ``where`` is either a dict of ``column: value`` (equality; a list/tuple value means
+        ``IN``, ``None`` means ``IS NULL``), or a SQL condition string such as
+        ``"density < 0.01 AND status = 'done'"`` (with ``?`` placeholders filled from ``params``).
+        """
+        sql, args = "SELECT * FROM runs", list(params)
+        if isinstance(where, Mapping) and where:
+            conds = []
+            for k, v in where.items():
+                if k not in RUN_COLUMNS:
+                    raise DctpsError(f"unknown column {k!r}; valid: {', '.join(RUN_COLUMNS)}")
+                if v is None:
+                    conds.append(f"{k} IS NULL")
+                elif isinstance(v, (list, tuple, set)):
+                    v = list(v)
+                    conds.append(f"{k} IN ({', '.join('?' for _ in v)})")
+                    args.extend(v)
+                else:
+                    conds.append(f"{k} = ?")
+                    args.append(v)
+            sql += " WHERE " + " AND ".join(conds)
+        elif isinstance(where, str) and where.strip():
+            sql += f" WHERE {where}"
+        elif where is not None and not isinstance(where, (Mapping, str)):
+            raise DctpsError(f"where must be a dict or a SQL string, got {type(where).__name__}")
+        if order_by:
+            sql += f" ORDER BY {order_by}"
+
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            try:
+                return [dict(r) for r in conn.execute(sql, args)]
+            except sqlite3.OperationalError as e:
+                if _is_busy(e):
+                    raise
+                raise DctpsError(f"bad query {sql!r}: {e}") from None
+
+        return self._retry(fn)
+
+    def to_csv(
+        self,
+        path: str | os.PathLike,
+        where: Mapping[str, Any] | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> int:
+        """Write the matching run rows to a CSV file; return the number of rows."""
+        rows = self.query(where)
+        cols = list(columns or RUN_COLUMNS)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        return len(rows)
+
+
+# ----------------------------------------------------------------------------- CLI helpers
+def _parse_value(raw: str) -> Any:
+    low = raw.lower()
+    if low in ("true", "false"):
+        return int(low == "true")
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parse_where(items: Iterable[str]) -> dict[str, Any]:
+    """``["method=dctps", "density=0.001"]`` -> ``{"method": "dctps", "density": 0.001}``.
+
+    A comma-separated value means any of them (``method=dctps,snip``).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise DctpsError(f"--where expects key=value, got {item!r}")
+        if key not in RUN_COLUMNS:
+            raise DctpsError(f"unknown column {key!r} in --where; valid: {', '.join(RUN_COLUMNS)}")
+        vals = [_parse_value(v.strip()) for v in raw.split(",")]
+        out[key] = vals if len(vals) > 1 else vals[0]
+    return out
+
+
+TABLE_COLUMNS = (
+    "hash",
+    "model",
+    "dataset",
+    "method",
+    "density",
+    "allocation",
+    "rigl",
+    "recipe",
+    "seed",
+    "status",
+    "val_acc",
+    "test_acc",
+    "best_epoch",
+    "nonzeros",
+    "wall_seconds",
+    "reason",
+)
+
+
+def _cell(v: Any, col: str) -> str:
+    if v is None:
+        return "-"
+    if col in ("val_acc", "test_acc") and isinstance(v, float):
+        return f"{100 * v:.2f}"
+    if col == "wall_seconds" and isinstance(v, (int, float)):
+        return f"{v:.0f}"
+    if col == "rigl":
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """A plain-text table of ``rows`` (accuracies in %)."""
+    header = [c if c not in ("val_acc", "test_acc") else c + "%" for c in columns]
+    body = [[_cell(r.get(c), c) for c in columns] for r in rows]
+    widths = [
+        max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
+    return "\n".join(lines)
+
+
+def print_results(
+    db: str | os.PathLike | None,
+    where: Iterable[str] = (),
+    csv_path: str | os.PathLike | None = None,
+    echo: Callable[[str], Any] = print,
+) -> list[dict[str, Any]]:
+    """``dctps results``: print the matching runs as a table, optionally write them to CSV."""
+    path = resolve_db_path(db)
+    if not path.is_file():
+        raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
+    store = Store(path)
+    rows = store.query(parse_where(where))
+    echo(format_table(rows) if rows else f"no runs in {path} match")
+    if csv_path is not None:
+        n = store.to_csv(csv_path, parse_where(where))
+        echo(f"wrote {n} rows to {csv_path}")
+    return rows

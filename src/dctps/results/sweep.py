@@ -1,0 +1,663 @@
+"""Sweeps: a YAML grid of runs, expanded to :class:`RunConfig` objects and trained by an executor.
+
+A grid file (see ``configs/*.yaml``)::
+
+    name: lenet5_cifar10              # optional
+    description: one line             # optional
+    base:                             # RunConfig fields shared by every run (as in `dctps train
+      data: {dataset: cifar10}        #   --config`); unknown keys are rejected
+      optim: {epochs: 160}
+    models: [lenet5]                  # default: base.model.name
+    datasets: [cifar10]               # default: base.data.dataset
+    methods:                          # a method name, or a mapping of sparsity fields plus
+      - dense                         #   `densities:` to override the grid's densities
+      - dctps
+      - {method: dctps, rigl: true}
+      - {method: iter_snip, options: {steps: 60}}
+    densities: [0.01, 0.001, 1e-4]    # floats, or strings such as "0.1%"
+    seeds: [0, 1, 2]                  # a list, or an integer n for seeds 0..n-1
+    variants:                         # optional: partial RunConfigs, one copy of the grid each
+      - {}
+      - {optim: {recipe: sgd}}
+    slurm: {timeout_min: 2880, slurm_partition: gpu, gpus_per_node: 1}   # submitit parameters
+
+The runs are ``variants x models x datasets x methods x densities x seeds``; ``dense`` runs are not
+multiplied by densities, and runs whose resolved configs are equal are kept once.
+
+:func:`run_sweep` skips runs already ``done`` in the results store, resumes crashed ones (``fit``
+resumes from the run's checkpoint), leaves ``failed`` ones (e.g. a ``PruningFailed``) alone unless
+``retry_failed``, and trains the rest with one of three executors:
+
+* ``local``: ``workers`` processes on this machine (``workers=1``: in this process);
+* ``submitit-local``: one ``submitit`` local job (a subprocess) per run, ``workers`` at a time;
+* ``slurm``: one SLURM job per run, submitted as a ``submitit`` job array.
+
+A run that raises an unexpected exception (a missing data set, a bug) is reported as an ``error``
+and left as it is in the store, so the next sweep tries it again; one run's error never stops the
+others.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dctps.errors import DctpsError, unknown_name
+from dctps.train.config import RunConfig, SparsityConfig
+
+__all__ = [
+    "EXECUTORS",
+    "GRID_KEYS",
+    "PlannedRun",
+    "SweepReport",
+    "apply_sets",
+    "expand_grid",
+    "load_grid",
+    "parse_density",
+    "plan",
+    "run_one",
+    "run_sweep",
+    "sweep_command",
+]
+
+EXECUTORS = ("local", "submitit-local", "slurm")
+GRID_KEYS = (
+    "name", "description", "base", "models", "datasets", "methods", "densities", "seeds",
+    "variants", "slurm",
+)  # fmt: skip
+METHOD_KEYS = tuple(f.name for f in dataclasses.fields(SparsityConfig) if f.name != "density") + (
+    "densities",
+)
+# submitit parameters of a local job: a generous timeout (submitit's default is 2 minutes)
+LOCAL_SUBMITIT = {"timeout_min": 7 * 24 * 60}
+
+
+# ----------------------------------------------------------------------------- grid
+def parse_density(value: Any, where: str = "density") -> float:
+    """``0.001``, ``"1e-3"`` or ``"0.1%"`` -> ``0.001`` (checked to lie in (0, 1])."""
+    raw = value
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            value = float(s[:-1]) / 100 if s.endswith("%") else float(s)
+        except ValueError:
+            raise DctpsError(f"{where}: not a density: {raw!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DctpsError(f"{where}: not a density: {raw!r}")
+    if not 0.0 < float(value) <= 1.0:
+        raise DctpsError(f"{where}: density must be in (0, 1] (0.01 = 1%), got {raw!r}")
+    return float(value)
+
+
+def _as_list(value: Any, where: str) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if value is None or isinstance(value, Mapping):
+        raise DctpsError(f"{where}: expected a list, got {value!r}")
+    return [value]
+
+
+def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``b`` replaces ``a``'s."""
+    out = copy.deepcopy(dict(a))
+    for k, v in b.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise DctpsError(f"{where}: the number of seeds must be >= 1, got {value}")
+        return list(range(value))
+    out = []
+    for s in _as_list(value, where):
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise DctpsError(f"{where}: seeds must be integers, got {s!r}")
+        out.append(s)
+    return out
+
+
+def _method_entry(entry: Any, where: str) -> tuple[dict[str, Any], list[float] | None]:
+    """A ``methods:`` item -> (sparsity fields, its own densities or None)."""
+    if isinstance(entry, str):
+        return {"method": entry}, None
+    if not isinstance(entry, Mapping):
+        raise DctpsError(f"{where}: expected a method name or a mapping, got {entry!r}")
+    bad = [k for k in entry if k not in METHOD_KEYS]
+    if bad:
+        raise DctpsError(
+            f"{where}: unknown key {bad[0]!r} in a method entry; valid: {', '.join(METHOD_KEYS)}"
+        )
+    if "method" not in entry:
+        raise DctpsError(f"{where}: a method entry needs `method:`")
+    fields = {k: copy.deepcopy(v) for k, v in entry.items() if k != "densities"}
+    dens = None
+    if "densities" in entry:
+        dens = [parse_density(d, f"{where}.densities") for d in _as_list(entry["densities"], where)]
+    return fields, dens
+
+
+def load_grid(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a grid YAML file (checked by :func:`expand_grid`); unknown top-level keys raise."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise DctpsError(f"cannot read sweep config {p}: {e.strerror or e}") from None
+    try:
+        grid = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DctpsError(f"{p} is not valid YAML: {e}") from None
+    _check_grid(grid, str(p))
+    return grid
+
+
+def _check_grid(grid: Any, source: str) -> None:
+    if not isinstance(grid, Mapping):
+        raise DctpsError(
+            f"{source}: a sweep config must be a mapping with keys {', '.join(GRID_KEYS)}"
+        )
+    bad = [k for k in grid if k not in GRID_KEYS]
+    if bad:
+        raise DctpsError(f"{source}: unknown key {bad[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
+
+
+def apply_sets(items: Iterable[str]) -> dict[str, Any]:
+    """``["optim.epochs=20", "data.subset=2000"]`` -> a nested override dict (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise DctpsError(f"--set expects section.field=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise DctpsError(f"--set {item!r} conflicts with another --set")
+        target[parts[-1]] = value
+    return out
+
+
+def expand_grid(
+    grid: Mapping[str, Any],
+    source: str = "sweep config",
+    overrides: Mapping[str, Any] | None = None,
+) -> list[RunConfig]:
+    """The resolved :class:`RunConfig` of every run of ``grid`` (module doc), in grid order.
+
+    ``overrides`` (a partial RunConfig dict, e.g. ``{"optim": {"epochs": 2}}``) is merged over every
+    run last. Unknown keys anywhere raise :class:`DctpsError` naming the key.
+    """
+    _check_grid(grid, source)
+    base = grid.get("base") or {}
+    RunConfig.from_dict(base, source=f"{source}: base")  # names a bad key in `base` itself
+    base_cfg = RunConfig.from_dict(base)
+    models = _as_list(grid.get("models", [base_cfg.model.name]), f"{source}: models")
+    datasets = _as_list(grid.get("datasets", [base_cfg.data.dataset]), f"{source}: datasets")
+    methods = [
+        _method_entry(m, f"{source}: methods[{i}]")
+        for i, m in enumerate(_as_list(grid.get("methods", [base_cfg.sparsity.method]),
+                                       f"{source}: methods"))
+    ]  # fmt: skip
+    if "densities" in grid:
+        densities: list[float | None] = [
+            parse_density(d, f"{source}: densities")
+            for d in _as_list(grid["densities"], f"{source}: densities")
+        ]
+    else:
+        densities = [base_cfg.sparsity.density]
+    seeds = _seeds(grid.get("seeds", [base_cfg.seed]), f"{source}: seeds")
+    variants = _as_list(grid.get("variants", [{}]), f"{source}: variants")
+    for i, v in enumerate(variants):
+        RunConfig.from_dict(v or {}, source=f"{source}: variants[{i}]")
+    overrides = dict(overrides or {})
+    if overrides:
+        RunConfig.from_dict(overrides, source="overrides")
+
+    out: list[RunConfig] = []
+    seen: set[str] = set()
+    for vi, variant in enumerate(variants):
+        for model in models:
+            for dataset in datasets:
+                for mi, (fields, own) in enumerate(methods):
+                    dens = [None] if fields["method"] == "dense" else (own or densities)
+                    for density in dens:
+                        for seed in seeds:
+                            d = _merge(base, variant or {})
+                            d = _merge(d, {"model": {"name": model}, "data": {"dataset": dataset},
+                                           "sparsity": fields, "seed": seed})  # fmt: skip
+                            d["sparsity"]["density"] = density
+                            d = _merge(d, overrides)
+                            where = (f"{source}: run (variant {vi}, {model}, {dataset}, "
+                                     f"methods[{mi}], density {density}, seed {seed})")  # fmt: skip
+                            try:
+                                cfg = RunConfig.from_dict(d, source=where).resolve()
+                            except DctpsError as e:
+                                if str(e).startswith(source):
+                                    raise
+                                raise DctpsError(f"{where}: {e}") from None
+                            h = cfg.config_hash()
+                            if h not in seen:
+                                seen.add(h)
+                                out.append(cfg)
+    return out
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass
+class PlannedRun:
+    """One run of a sweep and what the sweep does with it.
+
+    ``action``: ``new`` (no row), ``resume`` (a ``running`` row with a checkpoint), ``restart``
+    (a ``running`` row without one), ``retry`` (``failed``, with ``retry_failed``), ``skip-done``,
+    ``skip-failed``.
+    """
+
+    cfg: RunConfig
+    hash: str
+    action: str
+    status: str | None = None  # the store's status before the sweep
+
+    @property
+    def runs(self) -> bool:
+        return not self.action.startswith("skip")
+
+
+def plan(
+    configs: Sequence[RunConfig],
+    out: str | os.PathLike,
+    db: str | os.PathLike | None = None,
+    retry_failed: bool = False,
+) -> list[PlannedRun]:
+    """What :func:`run_sweep` would do with each config (reads the store, runs nothing)."""
+    from dctps.results.store import Store, resolve_db_path
+    from dctps.train import checkpoint as ckpt_io
+    from dctps.train.loop import RUNS_DIR
+
+    out = Path(out)
+    path = resolve_db_path(db if db is not None else out)
+    hashes = [c.config_hash() for c in configs]
+    rows: dict[str, dict[str, Any]] = {}
+    if path.is_file() and hashes:
+        store = Store(path)
+        for i in range(0, len(hashes), 500):
+            for r in store.query({"hash": hashes[i : i + 500]}, order_by=""):
+                rows[r["hash"]] = r
+    planned = []
+    for cfg, h in zip(configs, hashes, strict=True):
+        status = rows[h]["status"] if h in rows else None
+        if status == "done":
+            action = "skip-done"
+        elif status == "failed":
+            action = "retry" if retry_failed else "skip-failed"
+        elif status is None:
+            action = "new"
+        else:
+            action = "resume" if ckpt_io.exists(out / RUNS_DIR / h) else "restart"
+        planned.append(PlannedRun(cfg, h, action, status))
+    return planned
+
+
+# ----------------------------------------------------------------------------- one run
+def _init_worker(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_one(
+    cfg: dict[str, Any] | RunConfig,
+    out: str,
+    db: str | None = None,
+    restart: bool = False,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one run (in a worker process or job); never raises for a failing run.
+
+    Returns ``{hash, status, reason, val_acc, test_acc, resumed_from, skipped, wall_seconds}``
+    with ``status`` ``done`` / ``failed`` (recorded in the store by ``fit``) or ``error`` (an
+    exception: the run is left as it is in the store; ``reason`` names it, ``traceback`` has it).
+    """
+    from dctps.train.loop import fit
+
+    _init_worker(threads)
+    h = None
+    try:
+        c = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+        h = c.config_hash()
+        r = fit(c, out, store=db, progress=False, resume=False if restart else None)
+    except Exception as e:  # one run's error must not stop the sweep
+        return {
+            "hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+        }  # fmt: skip
+    keys = ("hash", "status", "reason", "val_acc", "test_acc", "resumed_from", "skipped",
+            "wall_seconds")  # fmt: skip
+    return {k: r.get(k) for k in keys}
+
+
+# ----------------------------------------------------------------------------- report
+@dataclass
+class SweepReport:
+    """What a sweep planned and what its runs returned (``results[hash]``)."""
+
+    planned: list[PlannedRun]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    submitted: dict[str, str] = field(default_factory=dict)  # hash -> job id (slurm, no wait)
+
+    def outcome(self, h: str) -> str:
+        """``done`` / ``failed`` / ``error`` / ``submitted`` / ``skip-done`` / ``skip-failed``."""
+        if h in self.results:
+            return str(self.results[h]["status"])
+        if h in self.submitted:
+            return "submitted"
+        p = next(p for p in self.planned if p.hash == h)
+        return p.action if not p.runs else "not run"
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.planned:
+            k = self.outcome(p.hash)
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [r for r in self.results.values() if r["status"] == "error"]
+
+    def summary(self) -> str:
+        """A few lines: counts, then one line per failed or errored run."""
+        by = {p.hash: p for p in self.planned}
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts().items()))
+        lines = [f"{len(self.planned)} runs: {counts}"]
+        for h, r in self.results.items():
+            if r["status"] in ("failed", "error"):
+                lines.append(f"  {r['status']:<6} {h} {by[h].cfg.summary()}: {r.get('reason')}")
+        for h, job in self.submitted.items():
+            lines.append(f"  submitted {h} {by[h].cfg.summary()}: job {job}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- executors
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
+
+
+def _tick(bar: Any, report: SweepReport, cfg: RunConfig) -> None:
+    if bar is None:
+        return
+    c = report.counts()
+    bar.set_postfix_str(
+        f"done {c.get('done', 0)} failed {c.get('failed', 0)} error {c.get('error', 0)} | "
+        f"last: {cfg.summary()}",
+        refresh=False,
+    )
+    bar.update(1)
+
+
+def _threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
+def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: SweepReport,
+               bar: Any) -> None:  # fmt: skip
+    by = {p.hash: p for p in todo}
+    if workers <= 1:
+        for p in todo:
+            report.results[p.hash] = run_one(p.cfg, out, db, p.action == "retry")
+            report.results[p.hash].setdefault("hash", p.hash)
+            _tick(bar, report, p.cfg)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = list(todo)
+    deaths: dict[str, int] = {}
+    while pending:
+        broken: list[PlannedRun] = []
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn"),
+            initializer=_init_worker, initargs=(_threads(workers),),
+        ) as pool:  # fmt: skip
+            futs = {
+                pool.submit(run_one, p.cfg.to_dict(), out, db, p.action == "retry"): p.hash
+                for p in pending
+            }
+            for fut in as_completed(futs):
+                h = futs[fut]
+                try:
+                    res = fut.result()
+                except BrokenProcessPool:
+                    broken.append(by[h])
+                    continue
+                except Exception as e:  # pragma: no cover - pickling problems and the like
+                    res = {"hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}"}
+                res["hash"] = h
+                report.results[h] = res
+                _tick(bar, report, by[h])
+        pending = []
+        for p in broken:  # a worker died (killed, out of memory): try its runs once more
+            deaths[p.hash] = deaths.get(p.hash, 0) + 1
+            if deaths[p.hash] >= 2:
+                report.results[p.hash] = {
+                    "hash": p.hash, "status": "error",
+                    "reason": "the worker process died (killed or out of memory) twice",
+                }  # fmt: skip
+                _tick(bar, report, p.cfg)
+            else:
+                pending.append(p)
+
+
+def _submitit_executor(kind: str, folder: Path, params: Mapping[str, Any]) -> Any:
+    try:
+        import submitit
+    except ImportError as e:  # pragma: no cover - submitit is a dependency
+        raise DctpsError(f"the {kind} executor needs submitit ({e})") from None
+    cluster = "local" if kind == "submitit-local" else "slurm"
+    try:
+        ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    except (RuntimeError, ValueError) as e:
+        raise DctpsError(f"cannot start the {kind} executor: {e}") from None
+    base = dict(LOCAL_SUBMITIT) if cluster == "local" else {"timeout_min": 3 * 24 * 60}
+    try:
+        ex.update_parameters(**{**base, **dict(params)})
+    except (NameError, ValueError, TypeError) as e:
+        raise DctpsError(f"bad submitit parameters {dict(params)}: {e}") from None
+    return ex
+
+
+def _job_result(job: Any, h: str) -> dict[str, Any]:
+    try:
+        res = job.result()
+    except Exception as e:  # the job itself died (timeout, node failure, killed)
+        msg = str(e).strip().splitlines()
+        return {"hash": h, "status": "error", "reason": f"job {job.job_id}: "
+                f"{type(e).__name__}: {msg[-1] if msg else ''}"}  # fmt: skip
+    res["hash"] = h
+    return res
+
+
+def _run_submitit(
+    kind: str, todo: list[PlannedRun], out: str, db: str, workers: int | None,
+    params: Mapping[str, Any], wait: bool, report: SweepReport, bar: Any, poll: float,
+) -> None:  # fmt: skip
+    folder = Path(out) / "submitit"
+    ex = _submitit_executor(kind, folder, params)
+    threads = params.get("cpus_per_task") or (_threads(workers or 1) if kind != "slurm" else None)
+    args = [(p.cfg.to_dict(), out, db, p.action == "retry", threads) for p in todo]
+    by = {p.hash: p for p in todo}
+    if kind == "slurm":
+        if workers:
+            ex.update_parameters(slurm_array_parallelism=workers)
+        try:
+            jobs = ex.map_array(run_one, *zip(*args, strict=True))
+        except Exception as e:
+            raise DctpsError(f"SLURM submission failed: {type(e).__name__}: {e}") from None
+        inflight = {j: p.hash for j, p in zip(jobs, todo, strict=True)}
+        if not wait:
+            report.submitted.update({h: j.job_id for j, h in inflight.items()})
+            return
+        queue: list[int] = []
+    else:
+        inflight = {}
+        queue = list(range(len(todo)))
+    limit = max(1, workers or 1)
+    while inflight or queue:
+        while queue and len(inflight) < limit and kind != "slurm":
+            i = queue.pop(0)
+            inflight[ex.submit(run_one, *args[i])] = todo[i].hash
+        finished = [j for j in inflight if j.done()]
+        if not finished:
+            time.sleep(poll)
+            continue
+        for j in finished:
+            h = inflight.pop(j)
+            report.results[h] = _job_result(j, h)
+            _tick(bar, report, by[h].cfg)
+
+
+def run_sweep(
+    configs: Sequence[RunConfig],
+    out: str | os.PathLike,
+    *,
+    db: str | os.PathLike | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    slurm: Mapping[str, Any] | None = None,
+    wait: bool = True,
+    poll: float = 1.0,
+) -> SweepReport:
+    """Train every config of ``configs`` not yet done (module doc) and return the report.
+
+    Args:
+        configs: the runs (e.g. from :func:`expand_grid`).
+        out: output folder: ``out/runs/<hash>/`` checkpoints, ``out/results.db``,
+            ``out/submitit/`` job logs.
+        db: the results database (default ``out/results.db``).
+        executor: ``local``, ``submitit-local`` or ``slurm``.
+        workers: parallel runs (local: processes, default 1; submitit-local: jobs at a time,
+            default 1; slurm: the job array's parallelism, default unlimited).
+        retry_failed: run ``failed`` runs again (from scratch).
+        progress: an overall tqdm bar over the runs to train.
+        slurm: submitit parameters (``timeout_min``, ``gpus_per_node``, ``cpus_per_task``,
+            ``mem_gb``, ``slurm_partition``, ...), merged over the executor's defaults.
+        wait: slurm only: wait for the jobs (``False``: submit and return their ids).
+        poll: seconds between checks of submitit jobs.
+    """
+    from dctps.results.store import resolve_db_path
+
+    if executor not in EXECUTORS:
+        raise unknown_name("executor", executor, EXECUTORS)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):  # fmt: skip
+        raise DctpsError(f"workers must be a positive integer, got {workers!r}")
+    out_p = Path(out).resolve()
+    db_p = resolve_db_path(db if db is not None else out_p).resolve()
+    planned = plan(configs, out_p, db_p, retry_failed)
+    report = SweepReport(planned)
+    todo = [p for p in planned if p.runs]
+    if not todo:
+        return report
+    out_p.mkdir(parents=True, exist_ok=True)
+    bar = _bar(len(todo), progress)
+    try:
+        if executor == "local":
+            _run_local(todo, str(out_p), str(db_p), workers or 1, report, bar)
+        else:
+            _run_submitit(executor, todo, str(out_p), str(db_p), workers, slurm or {}, wait,
+                          report, bar, poll)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    return report
+
+
+def describe_plan(planned: Sequence[PlannedRun]) -> str:
+    """The dry-run listing: one line per run (hash, action, summary) and a count line."""
+    lines = []
+    for p in planned:
+        s = p.cfg.sparsity
+        extra = f" allocation={s.allocation}" if s.allocation else ""
+        extra += f" options={s.options}" if s.options else ""
+        extra += "" if s.train_alpha else " fixed-alpha"
+        extra += f" subset={p.cfg.data.subset}" if p.cfg.data.subset else ""
+        lines.append(f"{p.hash}  {p.action:<11} {p.cfg.summary()} epochs={p.cfg.optim.epochs}"
+                     + extra)  # fmt: skip
+    n = sum(p.runs for p in planned)
+    lines.append(f"{len(planned)} runs, {n} to train, {len(planned) - n} skipped")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+def cli_overrides(
+    data_root: str | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    sets: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The override dict of the common sweep/figure flags (``--set`` last, so it wins)."""
+    o: dict[str, Any] = {}
+    if data_root:
+        o = _merge(o, {"data": {"root": str(data_root)}})
+    if epochs is not None:
+        o = _merge(o, {"optim": {"epochs": epochs}})
+    if device:
+        o = _merge(o, {"device": device})
+    return _merge(o, apply_sets(sets))
+
+
+def sweep_command(
+    config: str,
+    out: str = "results",
+    db: str | None = None,
+    workers: int | None = None,
+    executor: str = "local",
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    data_root: str | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    sets: Sequence[str] = (),
+    wait: bool = True,
+    quiet: bool = False,
+    echo: Callable[[str], Any] = print,
+) -> SweepReport | None:
+    """``dctps sweep``: expand ``config``, then print the plan (dry run) or run it."""
+    grid = load_grid(config)
+    configs = expand_grid(grid, str(config), cli_overrides(data_root, epochs, device, sets))
+    if dry_run:
+        echo(describe_plan(plan(configs, out, db, retry_failed)))
+        return None
+    report = run_sweep(
+        configs, out, db=db, executor=executor, workers=workers, retry_failed=retry_failed,
+        progress=not quiet, slurm=grid.get("slurm") or {}, wait=wait,
+    )  # fmt: skip
+    echo(report.summary())
+    return report

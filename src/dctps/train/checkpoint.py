@@ -1,0 +1,180 @@
+"""Atomic, resumable training checkpoints.
+
+A run folder holds ``last.pt`` (the newest checkpoint) and ``prev.pt`` (the one before). Writing
+rotates ``last.pt`` to ``prev.pt`` and then writes the new ``last.pt`` through a temporary file in
+the same folder (``fsync`` + ``os.replace``), so a crash at any moment leaves at least one complete
+checkpoint. Loading tries ``last.pt`` and falls back to ``prev.pt`` (with a warning) when it is
+missing or unreadable.
+
+A checkpoint is a dict of tensors and plain Python values (loaded with ``weights_only=True``):
+``format``, ``version``, ``config_hash``, ``config``, ``epoch`` (completed epochs), ``model`` (the
+model's ``state_dict``: sparse for DCTpS layers, ``weight_orig``/``weight_mask`` for pruned ones),
+``optimizer``, ``scheduler``, ``rng`` (torch CPU/CUDA and loader generator states), ``best``
+(``state``, ``epoch``, ``val_acc``, ``val_loss``), ``history`` (per-epoch metrics), ``rigl``, and
+``elapsed`` (seconds trained so far), ``prune_seconds``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from dctps.errors import DctpsError
+
+__all__ = [
+    "FORMAT",
+    "LAST",
+    "PREV",
+    "atomic_save",
+    "exists",
+    "load_checkpoint",
+    "prepare_pruned_structure",
+    "save_checkpoint",
+]
+
+FORMAT = "dctps-train-checkpoint"
+VERSION = 1
+LAST = "last.pt"
+PREV = "prev.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder + fsync + replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike) -> Path:
+    """Write ``state`` as ``folder/last.pt``, keeping the previous ``last.pt`` as ``prev.pt``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    last = folder / LAST
+    state = {"format": FORMAT, "version": VERSION, **state}
+    if last.exists():
+        os.replace(last, folder / PREV)
+    atomic_save(state, last)
+    return last
+
+
+def exists(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a ``last.pt`` or ``prev.pt``."""
+    folder = Path(folder)
+    return (folder / LAST).exists() or (folder / PREV).exists()
+
+
+def _read(path: Path) -> dict[str, Any]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError("not a dctps training checkpoint")
+    for key in ("config_hash", "epoch", "model"):
+        if key not in obj:
+            raise ValueError(f"missing key {key!r}")
+    return obj
+
+
+def load_checkpoint(
+    folder: str | os.PathLike, config_hash: str | None, quarantine: bool = True
+) -> dict[str, Any] | None:
+    """The newest readable checkpoint in ``folder`` (``None`` if there is none).
+
+    Falls back from ``last.pt`` to ``prev.pt`` with a warning when ``last.pt`` is unreadable; with
+    ``quarantine`` the unreadable file is renamed to ``last.pt.corrupt`` so the next
+    :func:`save_checkpoint` keeps the good ``prev.pt`` instead of rotating the broken file over it.
+
+    Raises:
+        DctpsError: a checkpoint belongs to another config (hash mismatch; the message names the
+            file), or checkpoint files exist but none can be read.
+    """
+    folder = Path(folder)
+    errors = []
+    for name in (LAST, PREV):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            obj = _read(path)
+        except Exception as e:  # truncated, corrupt, not ours: try the older one
+            errors.append(f"{path}: {type(e).__name__}: {e}")
+            warnings.warn(
+                f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                + ("falling back to " + str(folder / PREV) if name == LAST else "giving up"),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            if quarantine and name == LAST and (folder / PREV).exists():
+                try:
+                    os.replace(path, folder / (LAST + ".corrupt"))
+                except OSError:
+                    pass
+            continue
+        if config_hash is not None and obj["config_hash"] != config_hash:
+            raise DctpsError(
+                f"checkpoint {path} belongs to config {obj['config_hash']}, not {config_hash}; "
+                "use another --out folder or delete the file"
+            )
+        obj["path"] = str(path)
+        return obj
+    if errors:
+        raise DctpsError("no readable checkpoint: " + "; ".join(errors))
+    return None
+
+
+def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Give ``model`` the ``torch.nn.utils.prune`` structure that ``state_dict`` was saved with.
+
+    For every ``<module>.<attr>_orig`` key with a matching ``<module>.<attr>_mask`` key, applies
+    ``prune.identity(module, attr)`` (an all-ones mask) unless the module is already pruned, so that
+    ``model.load_state_dict(state_dict)`` then restores the real masks. Returns the pruned names.
+    """
+    done = []
+    for key in state_dict:
+        if not key.endswith("_orig"):
+            continue
+        stem = key[: -len("_orig")]
+        if stem + "_mask" not in state_dict:
+            continue
+        mod_name, _, attr = stem.rpartition(".")
+        try:
+            module = model.get_submodule(mod_name) if mod_name else model
+        except AttributeError:
+            raise DctpsError(
+                f"checkpoint has pruned weight {key!r} but the model has no module {mod_name!r}"
+            ) from None
+        if not hasattr(module, attr + "_orig"):
+            torch_prune.identity(module, attr)
+        done.append(stem)
+    return done

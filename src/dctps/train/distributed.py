@@ -1,0 +1,117 @@
+"""Data-parallel training under ``torchrun`` (DDP): process group, device, and small collectives.
+
+``dctps train`` started as ``torchrun --nproc_per_node N -m dctps.cli train ...`` sees the
+``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` environment variables, joins a process group (``nccl``
+on CUDA, ``gloo`` on CPU), trains a ``DistributedDataParallel`` model on its shard of each global
+batch (per-rank batch = global batch / world size), and only rank 0 writes the results store and
+checkpoints. Without those variables everything here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dctps.errors import DctpsError
+
+__all__ = ["DistContext", "setup", "teardown"]
+
+
+@dataclass
+class DistContext:
+    """Where this process stands: ``rank`` of ``world_size``, its ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this module created the process group (and destroys it)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ collectives
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` wrapped in DDP when distributed (parameters broadcast from rank 0)."""
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over ranks (in place; returned)."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def any(self, flag: bool | torch.Tensor) -> bool:
+        """True on every rank if ``flag`` is true on any rank."""
+        t = torch.as_tensor(flag, dtype=torch.float32, device=self.device).reshape(1).clone()
+        return bool(self.all_reduce_sum(t).item() > 0)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
+
+
+def _pick_device(pref: str, local_rank: int) -> torch.device:
+    if pref == "cpu":
+        return torch.device("cpu")
+    if pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DctpsError(f"device {pref!r} requested but CUDA is not available")
+        return torch.device(pref if ":" in pref else f"cuda:{local_rank}")
+    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def setup(device: str = "auto") -> DistContext:
+    """Join the ``torchrun`` process group if ``WORLD_SIZE > 1``, else one local process.
+
+    ``device`` (``auto | cpu | cuda | cuda:N``) picks the device; under ``torchrun`` CUDA ranks use
+    ``cuda:LOCAL_RANK`` and the ``nccl`` backend, CPU ranks ``gloo``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if world <= 1:
+        return DistContext(device=_pick_device(device, 0))
+    dev = _pick_device("cuda" if device.startswith("cuda") else device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kw: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, **kw)
+        owns = True
+    return DistContext(rank, world, local, dev, owns)
+
+
+def teardown(ctx: DistContext) -> None:
+    """Destroy the process group if :func:`setup` created it."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+        ctx.owns_group = False

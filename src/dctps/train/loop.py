@@ -1,0 +1,633 @@
+"""Train one run end to end: ``fit(cfg, out_dir)``.
+
+Data -> model -> sparsity -> epochs of training (validation after each, best-val model kept,
+checkpoint after each) -> the best-val model evaluated on test -> one row in the results store.
+
+Layout of ``out_dir``::
+
+    out_dir/results.db                 the results store (unless another one is given)
+    out_dir/runs/<hash>/config.yaml    the resolved config
+    out_dir/runs/<hash>/last.pt        checkpoint after the newest epoch (prev.pt: the one before)
+    out_dir/runs/<hash>/best.pt        the best-validation model of a finished run
+
+A run is identified by :meth:`RunConfig.config_hash`. Running a finished config again returns its
+stored result and trains nothing; running a config whose folder holds a checkpoint resumes from it
+and ends with exactly the metrics of an uninterrupted run (bit-exact on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dctps.errors import DctpsError, PruningFailed
+from dctps.train import checkpoint as ckpt_io
+from dctps.train import setup as su
+from dctps.train.config import RunConfig, save_config
+from dctps.train.distributed import DistContext, setup, teardown
+
+__all__ = ["EpochStats", "evaluate", "fit", "train_one_epoch"]
+
+RUNS_DIR = "runs"
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch did (summed over ranks)."""
+
+    loss: float
+    acc: float
+    samples: int
+    steps: int
+    seconds: float
+    data_seconds: float  # time spent waiting for the loader (gather, augment, normalise)
+    failed: str | None = None  # reason when a non-finite loss/gradient stopped the epoch
+
+    @property
+    def images_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _grad_sum(params: list[nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.stack([g.sum() for g in grads]).sum()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epoch: int,
+    rigl: Any = None,
+    ctx: DistContext | None = None,
+    bar: Any = None,
+    check_every: int | None = None,
+) -> EpochStats:
+    """One pass over ``loader`` with cross-entropy; stops early on a non-finite loss or gradient.
+
+    The check runs after ``backward`` (so under DDP every rank sees the same all-reduced gradient
+    and the ranks stop together) and before ``optimizer.step``. ``check_every`` (default: every
+    step on CPU, every 20 on CUDA, to avoid a sync per step) sets how often flags are read.
+    """
+    if ctx is None:  # one process, on the model's device
+        p0 = next(model.parameters(), None)
+        ctx = DistContext(device=p0.device if p0 is not None else torch.device("cpu"))
+    model.train()
+    device = ctx.device
+    if check_every is None:  # RigL itself rejects a non-finite gradient: check before it
+        check_every = 20 if device.type == "cuda" and rigl is None else 1
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    flags: list[torch.Tensor] = []
+    data_s = 0.0
+    t0 = time.perf_counter()
+    it: Iterator[Any] = iter(loader)
+    step = 0
+    failed = None
+    while True:
+        td = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        data_s += time.perf_counter() - td
+        step += 1
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        ld = loss.detach()
+        flags.append(torch.stack([~torch.isfinite(ld), ~torch.isfinite(_grad_sum(params))]))
+        if len(flags) >= check_every:
+            failed = _first_bad(flags, step, epoch, ctx)
+            flags = []
+            if failed:
+                break
+        if rigl is None or rigl.step():
+            optimizer.step()
+        bs = y.shape[0]
+        loss_sum += ld.double() * bs
+        correct += (out.detach().argmax(1) == y).sum()
+        n += bs
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0 or step == 1:
+                bar.set_postfix_str(f"loss {loss_sum.item() / n:.3f}", refresh=False)
+    if failed is None and flags:
+        failed = _first_bad(flags, step, epoch, ctx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    tot = torch.stack(
+        [loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)]
+    )
+    ctx.all_reduce_sum(tot)
+    samples = int(tot[2].item())
+    return EpochStats(
+        loss=float(tot[0] / max(samples, 1)),
+        acc=float(tot[1] / max(samples, 1)),
+        samples=samples,
+        steps=step,
+        seconds=seconds,
+        data_seconds=data_s,
+        failed=failed,
+    )
+
+
+def _first_bad(
+    flags: list[torch.Tensor], last_step: int, epoch: int, ctx: DistContext
+) -> str | None:
+    f = torch.stack(flags)  # (k, 2): non-finite loss, non-finite gradient
+    if ctx.enabled:
+        f = f.to(torch.float32)
+        ctx.all_reduce_sum(f)
+        f = f > 0
+    bad = f.any(1).nonzero()
+    if bad.numel() == 0:
+        return None
+    i = int(bad[0, 0])
+    step = last_step - len(flags) + 1 + i
+    what = "loss" if bool(f[i, 0]) else "gradient"
+    return f"non-finite {what} (NaN/Inf) at epoch {epoch}, step {step}"
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Any, ctx: DistContext | None = None
+) -> tuple[float | None, float | None]:
+    """``(mean cross-entropy, accuracy)`` of ``model`` over ``loader`` (summed over ranks)."""
+    if loader is None:
+        return None, None
+    if ctx is None:
+        p0 = next(model.parameters(), None)
+        ctx = DistContext(device=p0.device if p0 is not None else torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    for x, y in loader:
+        out = model(x)
+        sums[0] += F.cross_entropy(out, y, reduction="sum").double()
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += y.shape[0]
+    model.train(was_training)
+    ctx.all_reduce_sum(sums)
+    if sums[2] == 0:
+        return None, None
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+
+# ----------------------------------------------------------------------------- helpers
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _rng_state(loader: Any) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "loader": loader.state_dict()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError, IndexError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+    loader.load_state_dict(state["loader"])
+
+
+@contextlib.contextmanager
+def _run_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder/.lock`` (released when the process dies, even by SIGKILL)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    f = open(path, "a+")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - Windows: no lock
+            pass
+        except OSError:
+            raise DctpsError(
+                f"run {folder.name} is already being trained by another process (lock {path})"
+            ) from None
+        yield
+    finally:
+        f.close()
+
+
+def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any]:
+    keys = (
+        "hash",
+        "status",
+        "reason",
+        "val_acc",
+        "test_acc",
+        "best_epoch",
+        "weights",
+        "nonzeros",
+        "trainable",
+        "prune_seconds",
+        "wall_seconds",
+    )
+    out = {k: row.get(k) for k in keys}
+    hist = store.epochs(row["hash"]) if store is not None else []
+    out.update(
+        history=hist, epochs=len(hist), run_dir=str(run_dir), skipped=True, resumed_from=None
+    )
+    return out
+
+
+def _open_store(store: Any, out: Path) -> Any:
+    from dctps.results.store import Store
+
+    if store is None:
+        return Store(out)
+    if isinstance(store, (str, os.PathLike)):
+        return Store(store)
+    return store
+
+
+def _bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=True
+    )
+
+
+# ----------------------------------------------------------------------------- fit
+def fit(
+    cfg: RunConfig,
+    out_dir: str | os.PathLike,
+    store: Any = None,
+    progress: bool = True,
+    resume: bool | None = None,
+) -> dict[str, Any]:
+    """Train the run ``cfg`` into ``out_dir`` and record it in the results store.
+
+    Args:
+        cfg: the run config (resolved here: recipe defaults, validation).
+        out_dir: output folder; the run lives in ``out_dir/runs/<config hash>``.
+        store: a :class:`dctps.results.Store`, a path to a database, or ``None`` for
+            ``out_dir/results.db``.
+        progress: show a tqdm bar (rank 0 only).
+        resume: ``None``: resume from a checkpoint if one exists; ``True``: a checkpoint must
+            exist (else :class:`DctpsError`); ``False``: ignore checkpoints and start over.
+
+    Returns:
+        A dict with ``hash``, ``status`` (``done`` / ``failed``), ``reason``, ``val_acc`` (best
+        validation accuracy), ``test_acc`` (of the best-val model; ``None`` where selecting on
+        test is forbidden, e.g. Tiny ImageNet), ``best_epoch``, ``weights``, ``nonzeros``,
+        ``trainable``, ``prune_seconds``, ``wall_seconds``, ``history`` (per-epoch dicts),
+        ``epochs``, ``run_dir``, ``resumed_from`` (epoch or ``None``) and ``skipped`` (the run was
+        already done).
+
+    Raises:
+        DctpsError: bad config, missing data, a checkpoint of another config, or ``resume=True``
+            without a checkpoint. A pruning failure or a non-finite loss is not raised: the run is
+            recorded ``failed`` and returned with its reason.
+    """
+    if not isinstance(cfg, RunConfig):
+        raise DctpsError(f"fit needs a RunConfig, got {type(cfg).__name__}")
+    cfg = cfg.resolve()
+    ctx = setup(cfg.device)
+    try:
+        return _fit(cfg, Path(out_dir), store, progress, resume, ctx)
+    finally:
+        teardown(ctx)
+
+
+def _fit(
+    cfg: RunConfig,
+    out: Path,
+    store_arg: Any,
+    progress: bool,
+    resume: bool | None,
+    ctx: DistContext,
+) -> dict[str, Any]:
+    from dctps import data as data_mod
+    from dctps.sparsify import count
+
+    h = cfg.config_hash()
+    run_dir = out / RUNS_DIR / h
+    store = _open_store(store_arg, out) if ctx.is_main else None
+
+    # ---- already done? (rank 0 decides for everyone)
+    row = store.get(h) if store is not None else None
+    done = ctx.broadcast(row is not None and row["status"] == "done")
+    if done:
+        return _row_result(row, run_dir, store) if row is not None else {"hash": h, "skipped": True}
+
+    lock = _run_lock(run_dir) if ctx.is_main else contextlib.nullcontext()
+    with lock:
+        # ---- checkpoint (rank 0 first: it may quarantine a corrupt last.pt)
+        ck = None
+        if resume is not False:
+            if ctx.is_main:
+                ck = ckpt_io.load_checkpoint(run_dir, h)
+            ctx.barrier()
+            if not ctx.is_main:
+                ck = ckpt_io.load_checkpoint(run_dir, h, quarantine=False)
+        if resume is True and ck is None:
+            raise DctpsError(f"--resume: no checkpoint in {run_dir} for config {h}")
+
+        # ---- data
+        splits = data_mod.build(
+            cfg.data.dataset,
+            cfg.data.root,
+            val_fraction=cfg.data.val_fraction,
+            split_seed=cfg.data.split_seed,
+            subset=cfg.data.subset,
+        )
+        info = splits.info
+        o = cfg.optim
+        assert o.batch_size is not None and o.epochs is not None
+        if o.batch_size % ctx.world_size:
+            raise DctpsError(
+                f"batch_size {o.batch_size} is not divisible by the {ctx.world_size} processes"
+            )
+        per_rank = o.batch_size // ctx.world_size
+        dev, rk, ws = ctx.device, ctx.rank, ctx.world_size
+        train_loader = data_mod.Loader(
+            splits.train_x,
+            splits.train_y,
+            per_rank,
+            shuffle=True,
+            augment=data_mod.default_augment(info),
+            info=info,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            drop_last=ctx.enabled,
+            device=dev,
+            rank=rk,
+            world_size=ws,
+        )
+        if len(train_loader) == 0:
+            raise DctpsError(
+                f"the training set ({splits.train_x.shape[0]} images) gives no batch of {per_rank}"
+            )
+
+        def eval_loader(x: torch.Tensor, y: torch.Tensor) -> Any:
+            if x.shape[0] == 0:
+                return None
+            return data_mod.Loader(
+                x,
+                y,
+                cfg.eval_batch_size,
+                shuffle=False,
+                augment=False,
+                info=info,
+                device=dev,
+                rank=rk,
+                world_size=ws,
+            )
+
+        val_loader = eval_loader(splits.val_x, splits.val_y)
+        test_loader = eval_loader(splits.test_x, splits.test_y)
+        no_test = bool(getattr(info, "select_on_test_forbidden", False))
+
+        # ---- model and sparsity
+        model = su.build_model(cfg, info).to(dev)
+        prune_s: float | None = None
+        if ck is not None:
+            su.restore_structure(model, cfg, ck["model"])
+            model.load_state_dict(ck["model"])
+            model.to(dev)
+            prune_s = ck.get("prune_seconds")
+        else:
+            prune_batches = data_mod.Loader(
+                splits.train_x,
+                splits.train_y,
+                o.batch_size,
+                shuffle=True,
+                augment=data_mod.default_augment(info),
+                info=info,
+                generator=torch.Generator().manual_seed(cfg.seed + 7919),
+                device=dev,
+            )
+            try:
+                prune_s = su.apply_sparsity(model, cfg, prune_batches)
+            except PruningFailed as e:
+                if store is not None:
+                    store.start(h, cfg.to_dict())
+                    store.fail(h, e.reason)
+                return {
+                    "hash": h,
+                    "status": "failed",
+                    "reason": e.reason,
+                    "val_acc": None,
+                    "test_acc": None,
+                    "best_epoch": None,
+                    "history": [],
+                    "epochs": 0,
+                    "run_dir": str(run_dir),
+                    "resumed_from": None,
+                    "skipped": False,
+                    "prune_seconds": None,
+                    "wall_seconds": None,
+                }
+            model.to(dev)
+        counts = count(model)
+        if store is not None:
+            store.start(h, cfg.to_dict())
+            store.update(
+                h,
+                weights=counts.weights,
+                nonzeros=counts.nonzeros,
+                trainable=counts.trainable,
+                prune_seconds=prune_s,
+            )
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+
+        # ---- optimisation state
+        optimizer = su.make_optimizer(model, o)
+        scheduler = su.make_scheduler(optimizer, o)
+        steps_per_epoch = len(train_loader)
+        rigl = su.make_rigl(model, optimizer, cfg, steps_per_epoch * o.epochs)
+        history: list[dict[str, Any]] = []
+        best: dict[str, Any] = {"state": None, "epoch": None, "val_acc": None, "val_loss": None}
+        start_epoch, elapsed = 0, 0.0
+        if ck is not None:
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            if rigl is not None and ck.get("rigl") is not None and hasattr(rigl, "load_state_dict"):
+                rigl.load_state_dict(ck["rigl"])
+            _set_rng_state(ck["rng"], train_loader)
+            history = list(ck["history"])
+            best = dict(ck["best"])
+            start_epoch = int(ck["epoch"])
+            elapsed = float(ck.get("elapsed", 0.0))
+        net = ctx.wrap(model)
+
+        # ---- epochs
+        t_session = time.perf_counter()
+        bar = _bar(
+            steps_per_epoch * o.epochs,
+            steps_per_epoch * start_epoch,
+            progress and ctx.is_main,
+            cfg.summary(),
+        )
+        try:
+            for epoch in range(start_epoch + 1, o.epochs + 1):
+                lr = float(optimizer.param_groups[0]["lr"])
+                if bar is not None:
+                    bar.set_description(f"epoch {epoch}/{o.epochs}")
+                st = train_one_epoch(
+                    net, train_loader, optimizer, epoch=epoch, rigl=rigl, ctx=ctx, bar=bar
+                )
+                if st.failed:
+                    if store is not None:
+                        store.fail(
+                            h, st.failed, wall_seconds=elapsed + time.perf_counter() - t_session
+                        )
+                    return {
+                        "hash": h,
+                        "status": "failed",
+                        "reason": st.failed,
+                        "val_acc": None,
+                        "test_acc": None,
+                        "best_epoch": None,
+                        "history": history,
+                        "epochs": len(history),
+                        "run_dir": str(run_dir),
+                        "resumed_from": start_epoch or None,
+                        "skipped": False,
+                        "prune_seconds": prune_s,
+                        "weights": counts.weights,
+                        "nonzeros": counts.nonzeros,
+                        "trainable": counts.trainable,
+                        "wall_seconds": elapsed + time.perf_counter() - t_session,
+                    }
+                scheduler.step()
+                val_loss, val_acc = evaluate(model, val_loader, ctx)
+                rec = {
+                    "epoch": epoch,
+                    "train_loss": st.loss,
+                    "train_acc": st.acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "lr": lr,
+                    "seconds": st.seconds,
+                }
+                history.append(rec)
+                better = val_acc is not None and (
+                    best["val_acc"] is None or val_acc > best["val_acc"]
+                )
+                if better or val_acc is None:  # without validation the last epoch is "best"
+                    best = {
+                        "state": _cpu_state(model),
+                        "epoch": epoch,
+                        "val_acc": val_acc,
+                        "val_loss": val_loss,
+                    }
+                if bar is not None:
+                    va = "-" if val_acc is None else f"{100 * val_acc:.2f}%"
+                    bar.set_postfix_str(
+                        f"loss {st.loss:.3f} acc {100 * st.acc:.1f}% val {va} "
+                        f"{st.images_per_second:.0f} img/s"
+                    )
+                if ctx.is_main:
+                    assert store is not None
+                    store.log_epoch(h, epoch, **{k: v for k, v in rec.items() if k != "epoch"})
+                    ckpt_io.save_checkpoint(
+                        {
+                            "config_hash": h,
+                            "config": cfg.to_dict(),
+                            "epoch": epoch,
+                            "model": _cpu_state(model),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "rng": _rng_state(train_loader),
+                            "best": best,
+                            "history": history,
+                            "rigl": rigl.state_dict() if hasattr(rigl, "state_dict") else None,
+                            "elapsed": elapsed + time.perf_counter() - t_session,
+                            "prune_seconds": prune_s,
+                        },
+                        run_dir,
+                    )
+        finally:
+            if bar is not None:
+                bar.close()
+
+        # ---- final: best-val model on test
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+        test_acc = None
+        if not no_test:
+            _, test_acc = evaluate(model, test_loader, ctx)
+        wall = elapsed + time.perf_counter() - t_session
+        result = {
+            "hash": h,
+            "status": "done",
+            "reason": None,
+            "val_acc": best["val_acc"],
+            "test_acc": test_acc,
+            "best_epoch": best["epoch"],
+            "weights": counts.weights,
+            "nonzeros": counts.nonzeros,
+            "trainable": counts.trainable,
+            "prune_seconds": prune_s,
+            "wall_seconds": wall,
+            "history": history,
+            "epochs": len(history),
+            "run_dir": str(run_dir),
+            "resumed_from": start_epoch or None,
+            "skipped": False,
+        }
+        if ctx.is_main:
+            assert store is not None
+            ckpt_io.atomic_save(
+                {
+                    "config_hash": h,
+                    "config": cfg.to_dict(),
+                    "epoch": best["epoch"],
+                    "model": best["state"],
+                },
+                run_dir / "best.pt",
+            )
+            store.finish(
+                h,
+                val_acc=best["val_acc"],
+                test_acc=test_acc,
+                best_epoch=best["epoch"],
+                wall_seconds=wall,
+            )
+        ctx.barrier()
+        return result
+
+
+def _fmt_acc(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line about a finished (or skipped / failed) run."""
+    if result.get("status") == "failed":
+        return f"run {result['hash']} failed: {result.get('reason')}"
+    pre = "already done" if result.get("skipped") else "done"
+    return (
+        f"run {result['hash']} {pre}: val {_fmt_acc(result.get('val_acc'))} "
+        f"(epoch {result.get('best_epoch')}), test {_fmt_acc(result.get('test_acc'))}, "
+        f"{result.get('nonzeros')} of {result.get('weights')} weights trainable"
+    )

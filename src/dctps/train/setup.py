@@ -1,0 +1,186 @@
+"""Build the model, make it sparse, and build its optimizer, LR schedule and RigL from a RunConfig.
+
+``apply_sparsity`` implements the ``sparsity`` section:
+
+* ``dense``: nothing;
+* ``dctps``: :func:`dctps.sparsify` (``W = alpha * D + S``) with ``allocation``, seed = run seed;
+* any pruning method: :func:`dctps.pruning.prune` on batches of the training set (FORCE/Iter-SNIP
+  use Table E.2's batch counts unless ``num_batches`` is given); the time it takes is returned.
+
+``restore_structure`` gives a freshly built model the module structure of a saved one (DCTpS
+layers, or ``torch.nn.utils.prune`` masks) so that ``load_state_dict`` can restore it without
+re-running a pruning method.
+
+Weight decay: by default only weight tensors are decayed (the ``values`` of DCTpS layers, the
+weights / ``weight_orig`` of Conv2d and Linear layers, every parameter with ``ndim >= 2``); alphas,
+biases, BatchNorm and Fixup scalars (1-D or 0-D) are not. ``decay_all`` decays everything, as the
+reference code did.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dctps.errors import DctpsError
+from dctps.layers import DCTpSLayer
+from dctps.train.checkpoint import prepare_pruned_structure
+from dctps.train.config import OptimConfig, RunConfig
+
+__all__ = [
+    "apply_sparsity",
+    "build_model",
+    "make_optimizer",
+    "make_rigl",
+    "make_scheduler",
+    "param_groups",
+    "restore_structure",
+]
+
+# Methods whose gradient is averaged over Table E.2's per-dataset batch counts.
+TABLE_E2_BATCHES = ("iter_snip", "force")
+
+
+def build_model(cfg: RunConfig, info: Any) -> nn.Module:
+    """The dense model of ``cfg`` for data set ``info``, initialised under ``torch.manual_seed``."""
+    from dctps import models
+
+    torch.manual_seed(cfg.seed)
+    return models.build(
+        cfg.model.name,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        image_size=info.image_size,
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pruning_options(cfg: RunConfig) -> dict[str, Any]:
+    """The method options passed to ``dctps.pruning.prune`` (Table E.2 defaults filled in)."""
+    s = cfg.sparsity
+    opts = dict(s.options)
+    if s.method in TABLE_E2_BATCHES and "num_batches" not in opts:
+        from dctps import pruning
+
+        opts["num_batches"] = pruning.default_batches(cfg.data.dataset)
+    return opts
+
+
+def apply_sparsity(
+    model: nn.Module, cfg: RunConfig, batches: Iterable[Any] | None = None
+) -> float | None:
+    """Make ``model`` sparse in place per ``cfg.sparsity`` (resolved); return pruning seconds.
+
+    Returns ``None`` for ``dense`` and ``dctps`` (no pruning step). Raises
+    :class:`~dctps.errors.PruningFailed` when a pruning method cannot reach the density.
+    """
+    s = cfg.sparsity
+    if s.method == "dense":
+        return None
+    if s.method == "dctps":
+        from dctps.sparsify import sparsify
+
+        sparsify(
+            model,
+            s.density,
+            s.allocation,
+            seed=cfg.seed,
+            exclude=s.options.get("exclude"),
+            train_alpha=s.train_alpha,
+        )
+        return None
+    from dctps import pruning
+
+    device = next(model.parameters()).device
+    _sync(device)
+    t0 = time.perf_counter()
+    pruning.prune(
+        model, s.density, s.method, batches, allocation=s.allocation, **pruning_options(cfg)
+    )
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def restore_structure(
+    model: nn.Module, cfg: RunConfig, state_dict: dict[str, torch.Tensor]
+) -> None:
+    """Give a fresh dense ``model`` the structure of the sparse model saved in ``state_dict``.
+
+    DCTpS: the same :func:`dctps.sparsify` call (``load_state_dict`` then restores the saved
+    supports and values). Pruning methods: ``prune.identity`` on every layer saved with
+    ``weight_orig``/``weight_mask`` (the masks come from ``state_dict``, the method is not re-run).
+    """
+    s = cfg.sparsity
+    if s.method == "dctps":
+        apply_sparsity(model, cfg)
+    elif s.method != "dense":
+        pruned = prepare_pruned_structure(model, state_dict)
+        if not pruned:
+            raise DctpsError(f"the checkpoint of this {s.method} run holds no pruning masks")
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:
+    """Two parameter groups, ``decay`` and ``no_decay`` (see module doc); frozen params skipped."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if decay_all or p.ndim >= 2 or (isinstance(module, DCTpSLayer) and name == "values"):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def make_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay, as the reference) or SGD with momentum, per resolved ``o``."""
+    assert o.lr is not None and o.weight_decay is not None
+    groups = param_groups(model, o.weight_decay, o.decay_all)
+    if not any(g["params"] for g in groups):
+        raise DctpsError("the model has no trainable parameters")
+    if o.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=o.lr)
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum or 0.0)
+    raise DctpsError(f"unknown optimizer {o.optimizer!r}; valid: adam, sgd")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, o: OptimConfig) -> Any:
+    """Step decay by ``gamma`` at each milestone epoch (constant LR when there is none)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(o.milestones or []), o.gamma)
+
+
+def make_rigl(
+    model: nn.Module, optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int
+) -> Any:
+    """A ``dctps.dst.rigl.RigL`` for the run, or ``None`` without ``rigl``."""
+    s = cfg.sparsity
+    if not s.rigl:
+        return None
+    try:
+        from dctps.dst.rigl import RigL
+    except ImportError as e:
+        raise DctpsError(f"RigL is not available ({e})") from None
+    return RigL(
+        model,
+        optimizer,
+        total_steps,
+        delta_t=s.rigl_delta_t,
+        alpha=s.rigl_alpha,
+        t_end=s.rigl_t_end,
+    )

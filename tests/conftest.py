@@ -1,0 +1,43 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_fake_cifar10(root: Path, n_per_batch: int = 64, n_test: int = 64, seed: int = 0) -> Path:
+    """A tiny, learnable CIFAR-10 in the official pickle layout under ``root``; returns ``root``.
+
+    Each class has its own mean colour plus noise, so a small net learns it in a few epochs.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = rng.integers(40, 216, size=(10, 3))
+
+    def batch(n: int) -> tuple[np.ndarray, list[int]]:
+        y = rng.integers(0, 10, n)
+        x = colours[y][:, :, None] + rng.normal(0, 30, size=(n, 3, 1024))
+        return np.clip(x, 0, 255).astype(np.uint8).reshape(n, 3072), [int(v) for v in y]
+
+    names = "airplane automobile bird cat deer dog frog horse ship truck".split()
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names}, f, protocol=2)
+    for i in range(1, 6):
+        x, y = batch(n_per_batch)
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": x, "labels": y}, f, protocol=2)
+    x, y = batch(n_test)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": x, "labels": y}, f, protocol=2)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def fake_cifar10(tmp_path_factory) -> Path:
+    """Data root holding a tiny learnable fake CIFAR-10 (320 train, 64 test images)."""
+    return write_fake_cifar10(tmp_path_factory.mktemp("fake_cifar10"))

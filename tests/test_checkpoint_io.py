@@ -1,0 +1,208 @@
+"""Sparse checkpoints (dctps.save / load / inspect), export to plain PyTorch (to_dense), and the
+errors for damaged or foreign files."""
+
+import json
+import zlib
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import dctps
+from dctps import DctpsError, checkpoint_io
+from dctps.cli import app
+from dctps.layers import DCTpSLayer
+from dctps.models import build
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=2),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32),  # depthwise
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+def trained(model, x):
+    """Random non-zeros and alphas, and BN statistics moved by two training-mode passes."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, DCTpSLayer):
+                m.values.copy_(torch.randn(m.nnz, generator=g) * 0.1)
+                m.alpha.fill_(0.9)
+    model.train()
+    model(x)
+    model(x * 2)
+    return model.eval()
+
+
+def stored_tensors(path):
+    header, _, _ = checkpoint_io._read(path)
+    return header
+
+
+def test_small_cnn_round_trip_into_fresh_dense_model(tmp_path):
+    x = torch.randn(4, 3, 8, 8)
+    model = trained(dctps.sparsify(small_cnn(), 0.05, seed=3), x)
+    dctps.set_mode(model, "auto")
+    ref = model(x)
+    path = dctps.save(model, tmp_path / "cnn.dctps")
+    with pytest.raises(DctpsError, match="no architecture spec"):
+        dctps.load(path)
+    loaded = dctps.load(path, model=small_cnn()).eval()
+    assert torch.equal(loaded(x), ref)
+    assert loaded[0].mode == "auto"
+    # also into an already sparsified model with another support: the file is the truth
+    other = dctps.sparsify(small_cnn(), 0.2, seed=9)
+    dctps.load(path, model=other)
+    assert torch.equal(other.eval()(x), ref)
+
+
+def test_file_holds_only_nonzeros_alphas_biases_and_bn(tmp_path):
+    model = dctps.sparsify(small_cnn(), 0.05, seed=3)
+    path = dctps.save(model, tmp_path / "cnn.dctps")
+    header = stored_tensors(path)
+    nnz = {n: m.nnz for n, m in model.named_modules() if isinstance(m, DCTpSLayer)}
+    small = 0
+    for e in header["tensors"]:
+        layer, _, leaf = e["key"].rpartition(".")
+        numel = torch.Size(e["shape"]).numel()
+        if leaf in ("values", "indices"):
+            assert numel == nnz[layer], e
+            if leaf == "indices":
+                assert e["dtype"] == "int32"
+        elif leaf == "alpha":
+            assert numel == 1
+        else:  # biases and BatchNorm: one entry per channel at most
+            assert leaf in ("bias", "weight", "running_mean", "running_var", "num_batches_tracked")
+            assert numel <= 32, e
+            small += numel
+    assert "D" not in json.dumps(header["tensors"]).replace('"dtype"', "")
+    expected = sum(nnz.values()) * 2 + len(nnz) + small
+    assert sum(torch.Size(e["shape"]).numel() for e in header["tensors"]) == expected
+
+
+def test_resnet18_round_trip_without_the_model_class(tmp_path):
+    x = torch.randn(2, 3, 32, 32)
+    model = trained(dctps.sparsify(build("resnet18"), 0.001, seed=0), x)
+    ref = model(x)
+    path = dctps.save(model, tmp_path / "r18.dctps", arch={"name": "resnet18", "num_classes": 10})
+    loaded = dctps.load(path).eval()
+    assert torch.equal(loaded(x), ref)
+    assert dctps.count(loaded) == dctps.count(model)
+    info = dctps.inspect(path)
+    assert info.arch == {"name": "resnet18", "num_classes": 10}
+    assert info.nnz == dctps.count(model).nonzeros and len(info.rows) == 21
+    assert info.file_bytes == path.stat().st_size
+    # a model carrying its spec needs no arch= argument
+    model.dctps_arch = {"name": "resnet18", "num_classes": 10}
+    path2 = dctps.save(model, tmp_path / "r18b.dctps")
+    assert torch.equal(dctps.load(path2).eval()(x), ref)
+
+
+def test_to_dense_gives_plain_layers_and_same_outputs():
+    x = torch.randn(4, 3, 8, 8)
+    model = trained(dctps.sparsify(small_cnn(), 0.05, seed=3), x)
+    dense = checkpoint_io.to_dense(model)
+    assert not any(isinstance(m, DCTpSLayer) for m in dense.modules())
+    assert isinstance(dense[0], nn.Conv2d) and isinstance(dense[9], nn.Linear)
+    assert dense[3].groups == 2 and dense[6].groups == 32
+    torch.testing.assert_close(dense(x), model(x), atol=1e-6, rtol=1e-6)
+    assert isinstance(model[0], DCTpSLayer)  # the original is untouched
+
+
+def test_to_dense_multihead_attention():
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    dctps.sparsify(enc, 0.1, seed=0)
+    for m in enc.modules():
+        if isinstance(m, DCTpSLayer):
+            with torch.no_grad():
+                m.values.normal_()
+    enc.eval()
+    x = torch.randn(2, 5, 16)
+    dense = dctps.to_dense(enc)
+    assert type(dense.self_attn) is nn.MultiheadAttention
+    torch.testing.assert_close(dense(x), enc(x), atol=1e-5, rtol=1e-5)
+
+
+def test_multihead_attention_round_trip(tmp_path):
+    def fresh():
+        torch.manual_seed(0)
+        return nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+
+    enc = dctps.sparsify(fresh(), 0.1, seed=0).eval()
+    for m in enc.modules():
+        if isinstance(m, DCTpSLayer):
+            with torch.no_grad():
+                m.values.normal_()
+    x = torch.randn(2, 5, 16)
+    path = dctps.save(enc, tmp_path / "enc.dctps")
+    loaded = dctps.load(path, model=fresh()).eval()
+    assert torch.equal(loaded(x), enc(x))
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    return dctps.save(dctps.sparsify(small_cnn(), 0.05, seed=3), tmp_path / "cnn.dctps")
+
+
+def test_truncated_file(saved):
+    data = saved.read_bytes()
+    for cut in (len(data) - 3, len(data) // 2, 12, 3):
+        saved.write_bytes(data[:cut])
+        with pytest.raises(DctpsError, match=r"cnn\.dctps.*(truncated|magic)"):
+            dctps.load(saved, model=small_cnn())
+
+
+def test_corrupted_file(saved):
+    data = bytearray(saved.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    with pytest.raises(DctpsError, match=r"cnn\.dctps.*checksum"):
+        dctps.inspect(saved)
+
+
+def test_foreign_files(tmp_path):
+    sd = tmp_path / "plain.pt"
+    torch.save(small_cnn().state_dict(), sd)
+    with pytest.raises(DctpsError, match=r"plain\.pt is not a dctps checkpoint.*torch\.load"):
+        dctps.load(sd, model=small_cnn())
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    with pytest.raises(DctpsError, match="not a dctps checkpoint"):
+        dctps.inspect(txt)
+    with pytest.raises(DctpsError, match="does not exist"):
+        dctps.load(tmp_path / "missing.dctps")
+    # right container, wrong format field
+    head = zlib.compress(json.dumps({"format": "other"}).encode())
+    body = checkpoint_io._HEAD.pack(checkpoint_io.MAGIC, len(head)) + head
+    total = len(body) + checkpoint_io._TRAILER.size
+    crc = zlib.crc32(b"", zlib.crc32(head))
+    bad = tmp_path / "other.dctps"
+    bad.write_bytes(body + checkpoint_io._TRAILER.pack(crc, total, checkpoint_io.END))
+    with pytest.raises(DctpsError, match="format field"):
+        dctps.inspect(bad)
+
+
+def test_wrong_model(saved):
+    wrong = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(DctpsError, match="weight shape|does not have"):
+        dctps.load(saved, model=wrong)
+
+
+def test_cli_inspect(saved):
+    res = CliRunner().invoke(app, ["inspect", str(saved)])
+    assert res.exit_code == 0, res.output
+    assert "DCTpSConv2d" in res.output and "file size" in res.output
+    assert f"{saved.stat().st_size:,}" in res.output

@@ -1,0 +1,87 @@
+"""`dctps train` under torchrun: 2 gloo CPU ranks train like 1 process on the same global batch."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+
+from dctps.results import Store
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+
+
+def _train(out, root, nproc: int) -> subprocess.CompletedProcess:
+    # LeNet-5 has no BatchNorm, so per-rank batch statistics cannot make the runs differ.
+    # 288 training images, global batch 32: 9 steps per epoch, 16 images per rank and step.
+    args = [
+        "train",
+        "--model",
+        "lenet5",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        str(root),
+        "--method",
+        "dctps",
+        "--density",
+        "0.05",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "-q",
+    ]
+    launcher = [sys.executable, "-m", "dctps.cli"]
+    if nproc > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "dctps.cli",
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_gloo_ranks_match_one_process(fake_cifar10, tmp_path):
+    one = _train(tmp_path / "one", fake_cifar10, 1)
+    assert one.returncode == 0, one.stderr
+    two = _train(tmp_path / "two", fake_cifar10, 2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count(" done: val") == 1  # only rank 0 reports
+
+    rows = {}
+    for name in ("one", "two"):
+        s = Store(tmp_path / name)
+        (run,) = s.query()  # exactly one run row: only rank 0 writes the store
+        rows[name] = (run, s.epochs(run["hash"]))
+    (r1, e1), (r2, e2) = rows["one"], rows["two"]
+    assert r1["hash"] == r2["hash"] and r2["status"] == "done"
+    assert [e["epoch"] for e in e2] == [1, 2]
+    for a, b in zip(e1, e2, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-4), (key, a[key], b[key])
+        assert abs(a["train_acc"] - b["train_acc"]) <= 1 / 288 + 1e-12
+    assert abs(r1["val_acc"] - r2["val_acc"]) <= 1 / 32 + 1e-12
+    assert r1["nonzeros"] == r2["nonzeros"]
+    run_dir = tmp_path / "two" / "runs" / r2["hash"]
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
+        "best.pt",
+        "config.yaml",
+        "last.pt",
+        "prev.pt",
+    ]

@@ -1,0 +1,229 @@
+"""The fast DCTpS paths (dctps.fast): exact agreement with the materialised W = alpha*D + S in
+float64 (outputs and every gradient), no dense D/W in fast mode, mode='auto', torch.compile."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dctps import DCTpSConv2d, DctpsError, DCTpSLinear, set_mode, sparsify
+from dctps import fast as fastmod
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+F64 = torch.float64
+TOL = {"atol": 1e-10, "rtol": 1e-10}
+
+
+def _randomise(layer, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.values.copy_(torch.randn(layer.nnz, generator=g, dtype=layer.values.dtype))
+        layer.alpha.fill_(0.75)
+        if layer.bias is not None:
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=layer.bias.dtype))
+    return layer
+
+
+def _run(layer, x, path):
+    """Output and gradients (x, alpha, values, bias) of ``layer`` on ``x`` through ``path``."""
+    layer.zero_grad(set_to_none=True)
+    xi = x.detach().clone().requires_grad_(True)
+    y = getattr(layer, layer._PATHS[path])(xi)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+    (y * gy).sum().backward()
+    dvalues = layer.values.grad
+    if dvalues is None and layer.nnz == 0:  # no support: nothing to differentiate
+        dvalues = torch.zeros_like(layer.values)
+    grads = [xi.grad, layer.alpha.grad, dvalues]
+    if layer.bias is not None:
+        grads.append(layer.bias.grad)
+    return [y.detach()] + [g.clone() for g in grads]
+
+
+def _assert_paths_equal(layer, x, paths):
+    ref = _run(layer, x, "dense")
+    names = ["output", "dx", "dalpha", "dvalues", "dbias"]
+    for path in paths:
+        got = _run(layer, x, path)
+        for name, a, b in zip(names, got, ref, strict=False):
+            torch.testing.assert_close(a, b, **TOL, msg=lambda m, p=path, n=name: f"{p} {n}: {m}")
+
+
+@pytest.fixture(params=["auto", "csr", "gather"])
+def sparse_backend(request):
+    old = fastmod._BACKEND["sparse"]
+    fastmod._BACKEND["sparse"] = request.param
+    yield request.param
+    fastmod._BACKEND["sparse"] = old
+
+
+@pytest.mark.parametrize(
+    "inp,out,nnz,bias,lead",
+    [(16, 16, 20, True, (5,)), (7, 12, 30, True, (3, 4)), (12, 7, 30, False, (6,)),
+     (33, 5, 40, True, (4,)), (5, 33, 1, True, (4,)), (64, 9, 0, True, (2,)),
+     (9, 64, 200, False, (3,)), (31, 31, 961, True, (2,)), (1, 6, 3, True, (3,))],
+)  # fmt: skip
+def test_fast_linear_equals_materialised(inp, out, nnz, bias, lead, sparse_backend):
+    layer = _randomise(DCTpSLinear(inp, out, nnz, bias=bias, seed=3, dtype=F64))
+    x = torch.randn(*lead, inp, dtype=F64)
+    _assert_paths_equal(layer, x, ["fast"])
+
+
+CONVS = [
+    # cin, cout, k, stride, padding, dilation, groups, bias, H, W
+    (3, 8, 3, 1, 1, 1, 1, True, 9, 10),
+    (4, 6, 5, 2, 2, 1, 1, False, 11, 9),
+    (16, 4, 1, 1, 0, 1, 1, True, 5, 6),  # fan > out
+    (2, 40, 3, 1, 0, 1, 1, True, 8, 8),  # out > fan: zero padded transform
+    (6, 9, 3, 1, 1, 2, 3, True, 9, 10),  # grouped, dilated
+    (12, 12, 3, 1, 1, 1, 12, False, 7, 7),  # depthwise
+    (8, 16, 3, 2, 1, 1, 8, True, 8, 8),  # depthwise multiplier 2, strided
+    (4, 4, 3, 1, "same", 2, 1, True, 7, 9),
+    (4, 6, (2, 3), 1, "same", (1, 2), 2, True, 7, 8),  # asymmetric 'same' padding
+    (4, 6, (2, 3), (2, 1), (0, 1), (1, 2), 2, False, 9, 7),
+    (5, 7, 3, 3, "valid", 1, 1, True, 10, 11),
+]
+
+
+@pytest.mark.parametrize("cfg", CONVS, ids=[str(i) for i in range(len(CONVS))])
+@pytest.mark.parametrize("nnz", [0, 1, 17])
+def test_conv_paths_equal_materialised(cfg, nnz):
+    cin, cout, k, s, p, d, g, bias, h, w = cfg
+    layer = DCTpSConv2d(cin, cout, k, s, p, d, g, bias, nnz=nnz, seed=2, dtype=F64)
+    _randomise(layer)
+    x = torch.randn(3, cin, h, w, dtype=F64)
+    _assert_paths_equal(layer, x, ["fast", "factor"])
+
+
+def test_conv_fast_unbatched_input():
+    layer = _randomise(DCTpSConv2d(3, 5, 3, padding=1, nnz=9, seed=0, dtype=F64))
+    x = torch.randn(3, 6, 6, dtype=F64)
+    ref = layer._dense_forward(x)
+    torch.testing.assert_close(layer._fast_forward(x), ref, **TOL)
+    torch.testing.assert_close(layer._factor_forward(x), ref, **TOL)
+
+
+def test_conv_fast_float32_close():
+    layer = _randomise(DCTpSConv2d(16, 32, 3, padding=1, nnz=50, seed=0))
+    x = torch.randn(2, 16, 8, 8)
+    ref = layer._dense_forward(x)
+    for path in ("fast", "factor"):
+        torch.testing.assert_close(getattr(layer, layer._PATHS[path])(x), ref, atol=1e-4, rtol=1e-4)
+
+
+class _NoBigTensors(TorchDispatchMode):
+    """Records the largest tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("inp,out", [(300, 256), (256, 300), (384, 384)])
+def test_fast_linear_never_builds_in_x_out(inp, out):
+    layer = DCTpSLinear(inp, out, nnz=100, seed=0, mode="fast")
+    assert not layer.basis_built  # D is lazy
+    x = torch.randn(8, inp, requires_grad=True)
+    with _NoBigTensors() as mode:
+        layer(x).square().sum().backward()
+    assert not layer.basis_built
+    assert mode.largest < inp * out, f"a tensor of {mode.largest} >= {inp * out} elements appeared"
+    assert layer.values.grad is not None and layer.alpha.grad is not None
+    # the dense path does build D (and W): the check above is meaningful
+    layer.mode = "dense"
+    with _NoBigTensors() as mode:
+        layer(x).sum().backward()
+    assert layer.basis_built and mode.largest >= inp * out
+    layer.mode = "fast"
+    assert not layer.basis_built  # switching to fast frees D
+
+
+@pytest.mark.parametrize("path", ["fast", "factor"])
+def test_conv_fast_paths_build_no_basis(path):
+    layer = DCTpSConv2d(8, 16, 3, padding=1, nnz=30, seed=0, mode=path)
+    layer(torch.randn(2, 8, 6, 6, requires_grad=True)).sum().backward()
+    assert not layer.basis_built
+    assert layer.values.grad is not None
+
+
+def test_lazy_basis_follows_to_and_dense_weight():
+    layer = DCTpSLinear(6, 4, nnz=3, seed=0)
+    assert not layer.basis_built
+    w = layer.dense_weight()
+    assert layer.basis_built and w.dtype == torch.float32
+    layer.to(F64)
+    assert layer.D.dtype == F64 and layer.dense_weight().dtype == F64
+    assert "D" not in layer.state_dict() and "_D" not in layer.state_dict()
+
+
+def test_mode_validation_and_set_mode():
+    with pytest.raises(DctpsError, match="mode must be one of"):
+        DCTpSLinear(4, 4, 2, mode="fastest")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+    model(torch.zeros(1, 3, 5, 5))
+    sparsify(model, 0.5)
+    set_mode(model, "factor")
+    assert model[0].mode == "factor" and model[2].mode == "factor"
+    assert model[2]._path(torch.zeros(1, 36)) == "fast"  # Linear: factor means fast
+    with pytest.raises(DctpsError):
+        set_mode(model, "sparse")
+
+
+def test_auto_matches_other_modes_and_leaves_grads_alone():
+    fastmod.clear_auto_cache()
+    torch.manual_seed(0)
+    lin = _randomise(DCTpSLinear(512, 512, nnz=300, seed=0, dtype=F64))
+    conv = _randomise(DCTpSConv2d(64, 64, 3, padding=1, nnz=40, seed=0, dtype=F64))
+    for layer, x in ((lin, torch.randn(16, 512, dtype=F64)),
+                     (conv, torch.randn(2, 64, 4, 4, dtype=F64))):  # fmt: skip
+        assert len(fastmod.candidates(layer)) > 1  # auto really measures something
+        ref = _run(layer, x, "dense")
+        layer.mode = "auto"
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi)  # first call: micro-benchmark, then the chosen path
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+        (y * gy).sum().backward()
+        got = [y.detach(), xi.grad, layer.alpha.grad, layer.values.grad, layer.bias.grad]
+        for a, b in zip(got, ref, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), ref[0], **TOL)
+    cache = fastmod.auto_cache()
+    assert len(cache) == 4  # (linear, conv) x (grad, no grad)
+    for path, times in cache.values():
+        assert path in ("dense", "fast", "factor") and set(times) >= {"dense"}
+
+
+def test_auto_cost_model_skips_hopeless_layers():
+    depthwise = DCTpSConv2d(32, 32, 3, padding=1, groups=32, nnz=10, seed=0)
+    assert fastmod.candidates(depthwise) == ["dense"]
+    assert fastmod.candidates(DCTpSLinear(512, 10, nnz=10)) == ["dense"]
+    assert "factor" not in fastmod.candidates(DCTpSConv2d(64, 128, 1, nnz=10))
+
+
+def test_compile_with_auto_and_fast_modes_uses_dense_path():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        DCTpSConv2d(3, 8, 3, padding=1, nnz=30, seed=0),
+        nn.ReLU(),
+        nn.Flatten(),
+        DCTpSLinear(8 * 36, 5, nnz=40, seed=1),
+    )
+    for m in (model[0], model[3]):
+        _randomise(m)
+    set_mode(model, "auto")
+    x = torch.randn(2, 3, 6, 6)
+    eager = model(x)
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(x), eager, atol=1e-5, rtol=1e-5)
+    set_mode(model, "fast")
+    torch.testing.assert_close(model(x), eager, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,208 @@
+"""Figures: specs and their YAML configs agree, quick grids, plotted data equal the store's rows,
+failed points are drawn at chance, allocation figures (A.2, C.10), `dctps plot`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dctps.cli import app
+from dctps.errors import DctpsError
+from dctps.results import Store
+from dctps.results import figures as F
+from dctps.results.plots import aggregate, plot_runs
+from dctps.results.sweep import expand_grid, load_grid
+from dctps.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_figure_list_names_every_supplement_figure():
+    r = runner.invoke(app, ["figure", "--list"])
+    assert r.exit_code == 0, r.output
+    names = [ln.split()[0] for ln in r.output.strip().splitlines()]
+    for n in ("A.1", "A.2", "A.3", "A.4", "A.5", "A.6", "A.7", "C.10"):
+        assert n in names
+    assert "density-lenet5-cifar10" in names and "density-resnet50-cifar100" in names
+    assert names == F.names()
+
+
+def hashes(cfgs) -> set[str]:
+    return {c.config_hash() for c in cfgs}
+
+
+@pytest.mark.parametrize("name", [n for n, s in F.FIGURES.items() if s.grid is not None])
+def test_config_files_equal_figure_specs(name):
+    path = REPO / "configs" / f"{name}.yaml"
+    from_file = expand_grid(load_grid(path), str(path))
+    assert hashes(from_file) == hashes(F.figure_configs(name))
+
+
+def test_figure_contents():
+    a1 = F.figure_configs("A.1")
+    assert {c.sparsity.method for c in a1} == {"dense", "dctps", "synflow", "iter_snip", "force"}
+    assert {c.data.dataset for c in a1} == {"tiny_imagenet"} and len({c.seed for c in a1}) == 3
+    a4 = F.figure_configs("A.4")
+    assert {c.optim.recipe for c in a4} == {"sgd"} and {c.optim.optimizer for c in a4} == {"sgd"}
+    assert {c.optim.lr for c in a4 if c.sparsity.method == "dctps"} == {0.03}
+    a6 = F.figure_configs("A.6")
+    assert {c.sparsity.train_alpha for c in a6 if c.sparsity.method == "dctps"} == {True, False}
+    a7 = F.figure_configs("A.7")
+    assert {c.sparsity.allocation for c in a7 if c.sparsity.method == "dctps"} == {
+        "uniform", "epl", "epf", "erk"}  # fmt: skip
+    dens = F.figure_configs("density-vgg19-cifar100")
+    kinds = {(c.sparsity.method, c.sparsity.rigl, c.sparsity.allocation) for c in dens}
+    assert ("random", True, "erk") in kinds and ("dctps", True, "epl") in kinds
+    assert {c.sparsity.density for c in dens} == {1.0, 0.1, 0.05, 0.01, 0.001, 0.0001}
+    lenet = expand_grid(load_grid(REPO / "configs" / "lenet5_cifar10.yaml"))
+    assert len(lenet) == 3 + 6 * 3 * 3  # dense x 3 seeds; 6 methods x 3 densities x 3 seeds
+    assert hashes(lenet) <= hashes(F.figure_configs("density-lenet5-cifar10"))
+
+
+def test_quick_grid_shrinks_runs_not_structure():
+    full = F.figure_configs("density-resnet18-cifar10")
+    quick = F.figure_configs("density-resnet18-cifar10", quick=True)
+    assert {c.sparsity.density for c in quick} == {1.0, 0.01, 0.001}
+    assert {c.seed for c in quick} == {0} and {c.optim.epochs for c in quick} == {2}
+    assert {c.data.subset for c in quick} == {2000}
+    meth = lambda cs: {(c.sparsity.method, c.sparsity.rigl) for c in cs}  # noqa: E731
+    assert meth(quick) == meth(full)
+    opts = {c.sparsity.method: c.sparsity.options for c in quick if not c.sparsity.rigl}
+    assert opts["iter_snip"] == {"steps": 5, "num_batches": 1} and opts["synflow"]["iterations"]
+    assert {c.sparsity.rigl_delta_t for c in quick if c.sparsity.rigl} == {4}
+    with pytest.raises(DctpsError, match="unknown figure"):
+        F.get("A.9")
+
+
+# ----------------------------------------------------------------------------- plotted data
+def stats(values):
+    return sum(values) / len(values), min(values), max(values)
+
+
+def test_a3_quick_cli_plots_the_store(fake_cifar10, tmp_path):
+    out = tmp_path / "res"
+    args = ["figure", "A.3", "--quick", "--model", "lenet5", "--dataset", "cifar10",
+            "--data-root", str(fake_cifar10), "--out", str(out), "--seeds", "2", "-q"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    png = out / "figures" / "A.3-quick.png"
+    assert png.stat().st_size > 0 and png.with_suffix(".pdf").exists()
+    data = json.loads(png.with_suffix(".json").read_text())
+    (panel,) = data["panels"]
+    assert panel["title"] == "LeNet-5, CIFAR-10" and panel["metric"] == "test_acc"
+    assert set(panel["series"]) == {"DCTpS (EPL)", "DCTpS (EPF)"}
+    # the same numbers straight from the store
+    rows = Store(out).query({"status": "done"})
+    assert len(rows) == 2 + 2 * 2 * 2  # dense x 2 seeds + 2 allocations x 2 densities x 2 seeds
+    for label, alloc in (("DCTpS (EPL)", "epl"), ("DCTpS (EPF)", "epf")):
+        pts = panel["series"][label]
+        assert [p["density"] for p in pts] == [0.001, 0.01]
+        for p in pts:
+            accs = [r["test_acc"] for r in rows
+                    if r["allocation"] == alloc and r["density"] == p["density"]]  # fmt: skip
+            assert len(accs) == 2 and p["n_ok"] == 2 and not p["failed"]
+            assert (p["mean"], p["min"], p["max"]) == pytest.approx(stats(accs))
+    dense = [r["test_acc"] for r in rows if r["method"] == "dense"]
+    d = panel["dense"]["Dense"]
+    assert (d["mean"], d["min"], d["max"]) == pytest.approx(stats(dense))
+    # a second call trains nothing; --plot-only draws the same data
+    r = runner.invoke(app, [*args, "--plot-only"])
+    assert r.exit_code == 0 and json.loads(png.with_suffix(".json").read_text()) == data
+    r = runner.invoke(app, args)
+    assert "10 runs: 10 skip-done" in r.output
+
+
+def cfg(method, density=None, seed=0, optim=None, **sp):
+    return RunConfig(
+        model=ModelConfig("lenet5"),
+        data=DataConfig("cifar10"),
+        sparsity=SparsityConfig(method, density, **sp),
+        optim=OptimConfig(**(optim or {})),
+        seed=seed,
+    ).resolve()
+
+
+def record(store, c, acc=None, reason=None):
+    h = c.config_hash()
+    store.start(h, c.to_dict())
+    if reason:
+        store.fail(h, reason)
+    else:
+        store.finish(h, test_acc=acc, val_acc=acc, nonzeros=1)
+    return h
+
+
+def test_failed_points_are_drawn_dashed_at_chance(tmp_path):
+    store = Store(tmp_path)
+    record(store, cfg("dense"), 0.6)
+    record(store, cfg("dense", seed=1), 0.7)
+    for s in range(3):  # all seeds failed at 0.01%: drawn at chance
+        record(store, cfg("iter_snip", 1e-4, s), reason="iter_snip: all-zero saliency")
+    record(store, cfg("iter_snip", 1e-3, 0), 0.3)  # one of three failed: average the other two
+    record(store, cfg("iter_snip", 1e-3, 1), 0.5)
+    record(store, cfg("iter_snip", 1e-3, 2), reason="iter_snip: shortfall")
+    record(store, cfg("iter_snip", 1e-2, 0), 0.55)
+    running = cfg("iter_snip", 1e-2, 1)  # a running row is ignored
+    store.start(running.config_hash(), running.to_dict())
+    data = plot_runs(store.query({}), tmp_path / "p.png")
+    assert (tmp_path / "p.png").exists() and (tmp_path / "p.pdf").exists()
+    (panel,) = data.panels
+    assert panel.chance == pytest.approx(0.1)
+    pts = panel.series["FORCE (paper's) = Iter-SNIP"]
+    assert [(p.density, p.failed, p.n_ok, p.n_failed) for p in pts] == [
+        (1e-4, True, 0, 3), (1e-3, False, 2, 1), (1e-2, False, 1, 0)]  # fmt: skip
+    assert (pts[0].mean, pts[0].min, pts[0].max) == (0.1, 0.1, 0.1)
+    assert (pts[1].mean, pts[1].min, pts[1].max) == pytest.approx((0.4, 0.3, 0.5))
+    dense = panel.dense["Dense"]
+    assert (dense.mean, dense.min, dense.max) == pytest.approx((0.65, 0.6, 0.7))
+    assert "drawn at chance" in data.table()
+
+
+def test_curves_split_by_what_differs(tmp_path):
+    store = Store(tmp_path)
+    record(store, cfg("dctps", 0.01, optim={"recipe": "sgd"}), 0.5)
+    record(store, cfg("dctps", 0.01), 0.4)
+    record(store, cfg("dctps", 0.01, train_alpha=False), 0.3)
+    record(store, cfg("random", 0.01, rigl=True), 0.2)
+    (panel,) = aggregate(store.query({}))
+    assert set(panel.series) == {
+        "DCTpS [recipe=lenet]", "DCTpS [recipe=sgd]", "DCTpS, fixed α = 1", "RigL (ERK)"}  # fmt: skip
+
+
+def test_cli_plot_where(tmp_path):
+    store = Store(tmp_path)
+    record(store, cfg("dctps", 0.01), 0.4)
+    record(store, cfg("snip", 0.01), 0.2)
+    out = tmp_path / "sub.png"
+    r = runner.invoke(app, ["plot", "--db", str(tmp_path), "--where", "method=snip",
+                            "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (panel,) = json.loads(out.with_suffix(".json").read_text())["panels"]
+    assert list(panel["series"]) == ["SNIP"] and panel["series"]["SNIP"][0]["mean"] == 0.4 / 2
+    r = runner.invoke(app, ["plot", "--db", str(tmp_path), "--where", "method=grasp",
+                            "--out", str(out)])  # fmt: skip
+    assert isinstance(r.exception, DctpsError) and "nothing to plot" in str(r.exception)
+
+
+# ----------------------------------------------------------------------------- allocation figures
+def test_a2_and_c10_allocation_figures(tmp_path):
+    from dctps.budgets_report import budget_rows
+
+    data = F.run_figure("A.2", tmp_path, models=["lenet5"], densities=[0.01], echo=lambda s: None)
+    (series,) = data.values()
+    epl = [r.nonzeros for r in budget_rows("lenet5", 0.01, "epl")]
+    assert series["EPL"] == epl and sum(series["EPF"]) == sum(epl) == round(0.01 * 61510)
+    assert (tmp_path / "figures" / "A.2.png").exists()
+
+    data = F.run_figure("C.10", tmp_path, quick=True, models=["lenet5", "fixup_resnet110"],
+                        echo=lambda s: None)  # fmt: skip
+    lenet, fixup = data.values()
+    assert sum(lenet["SynFlow"]) == round(0.01 * 61510) and lenet["EPL"] == epl
+    assert list(fixup) == ["EPL"]  # SynFlow cannot prune Fixup (App. D.2): only EPL drawn
+    title = [t for t in data if t.startswith("FixupResNet110")][0]
+    assert "SynFlow failed" in title
+    assert (tmp_path / "figures" / "C.10-quick.png").exists()

@@ -1,0 +1,202 @@
+"""Tests for dctps.dst.RigL: schedule, constant counts, drop/grow against an independent
+computation, optimizer-state reset, and DCTpS layers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dctps
+from dctps.dst import RigL
+from dctps.errors import DctpsError
+from dctps.layers import DCTpSLinear
+from dctps.pruning import prune
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these are many small CPU ops, and on a shared 2-core runner (or under
+    ``pytest -n 2``) two threads per process oversubscribe the cores and run several times slower.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(),
+                         nn.Linear(16, 4))  # fmt: skip
+
+
+def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + i)
+    return torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)
+
+
+def _linears(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, DCTpSLinear))]
+
+
+def _stable_top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Independent top-k: first k of a stable sort by descending score."""
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep[torch.sort(-scores.double(), stable=True).indices[:k]] = True
+    return keep
+
+
+def _expected_support(active, magnitude, grad, fraction):
+    n = int(active.sum())
+    n_drop = math.floor(n * fraction)
+    keep = _stable_top(torch.where(active, magnitude, torch.tensor(-math.inf)), n - n_drop)
+    grow = _stable_top(torch.where(keep, torch.tensor(-math.inf), grad.abs()), n_drop)
+    return keep | grow
+
+
+def _dense_grads(layers, weights, x, y) -> list[torch.Tensor]:
+    """dL/dW of the MLP computed functionally from the given effective weights."""
+    ws = [w.detach().clone().requires_grad_() for w in weights]
+    h = x
+    for i, (m, w) in enumerate(zip(layers, ws, strict=True)):
+        h = F.linear(h, w, m.bias.detach())
+        h = torch.relu(h) if i < len(layers) - 1 else h
+    return list(torch.autograd.grad(F.cross_entropy(h, y), ws))
+
+
+def _run(model, opt, rigl, steps, start=0, check=None):
+    for i in range(start, start + steps):
+        x, y = _batch(i)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        if rigl.step():
+            opt.step()
+        if check is not None:
+            check()
+
+
+def test_drop_fraction_cosine_schedule():
+    rigl = RigL(prune(_mlp(), 0.3, "random", seed=0), None, total_steps=1000, alpha=0.3)
+    assert rigl.T_end == 750
+    assert rigl.drop_fraction(0) == pytest.approx(0.3)
+    assert rigl.drop_fraction(375) == pytest.approx(0.15)
+    assert rigl.drop_fraction(750) == pytest.approx(0.0, abs=1e-12)
+    assert rigl.drop_fraction(100) == pytest.approx(0.15 * (1 + math.cos(math.pi * 100 / 750)))
+    assert [t for t in range(1, 1001) if rigl.is_update(t)] == list(range(100, 750, 100))
+
+
+def test_masked_counts_constant_and_no_update_after_t_end():
+    model = prune(_mlp(), 0.3, "random", allocation="erk", seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    rigl = RigL(model, opt, total_steps=40, delta_t=5, alpha=0.5)  # T_end = 30
+    counts = rigl.nonzeros()
+
+    def check():
+        assert rigl.nonzeros() == counts
+        for m in _linears(model):  # masked weights stay exactly zero
+            assert torch.all(m.weight_orig.detach()[m.weight_mask == 0] == 0)
+
+    _run(model, opt, rigl, 29, check=check)
+    assert [h[0] for h in rigl.history] == [5, 10, 15, 20, 25]
+    assert all(h[2] > 0 for h in rigl.history[:3])
+    masks = [m.weight_mask.clone() for m in _linears(model)]
+    _run(model, opt, rigl, 11, start=29, check=check)  # t = 30..40 >= T_end: no update
+    assert len(rigl.history) == 5
+    assert all(torch.equal(a, m.weight_mask) for a, m in zip(masks, _linears(model), strict=True))
+
+
+def test_masked_update_matches_independent_drop_grow_and_resets_adam_state():
+    model = prune(_mlp(), 0.25, "random", seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=5e-4)
+    rigl = RigL(model, opt, total_steps=100, delta_t=10, alpha=0.3)
+    _run(model, opt, rigl, 9)  # t = 1..9: plain training, Adam state populated
+    layers = _linears(model)
+    before = [(m.weight_mask.clone().bool(), m.weight_orig.detach().clone()) for m in layers]
+    states = [{k: v.clone() for k, v in opt.state[m.weight_orig].items()} for m in layers]
+
+    # Independent dense gradient of the effective weights on the update batch (t = 10).
+    x, y = _batch(9)
+    grads = _dense_grads(layers, [w0 * m0 for m0, w0 in before], x, y)
+
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert rigl.step() is False  # t = 10 is an update: skip the optimizer step
+    f = rigl.drop_fraction(10)
+    for m, (mask0, w0), g, st in zip(layers, before, grads, states, strict=True):
+        new = _expected_support(mask0.flatten(), (w0 * mask0).abs().flatten(), g.flatten(), f)
+        new = new.view_as(mask0)
+        assert torch.equal(m.weight_mask.bool(), new)
+        assert int(new.sum()) == int(mask0.sum())
+        grown, stay = new & ~mask0, new & mask0
+        assert grown.any()
+        w = m.weight_orig.detach()
+        assert torch.all(w[grown] == 0) and torch.all(w[~new] == 0)
+        assert torch.equal(w[stay], w0[stay])
+        for key in ("exp_avg", "exp_avg_sq"):
+            s = opt.state[m.weight_orig][key]
+            assert torch.all(s[grown] == 0) and torch.all(s[~new] == 0)
+            assert torch.equal(s[stay], st[key][stay])
+
+
+def test_dctps_layers_move_support_keep_count_and_offset():
+    torch.manual_seed(0)
+    model = dctps.sparsify(_mlp(), 0.2, allocation="epl", seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rigl = RigL(model, opt, total_steps=40, delta_t=5)
+    layers = _linears(model)
+    nnz = [m.nnz for m in layers]
+    _run(model, opt, rigl, 4)
+    snap = [(m.indices.clone(), m.values.detach().clone(), m.alpha.detach().clone(), m.D.clone(),
+             {k: v.clone() for k, v in opt.state[m.values].items()}) for m in layers]  # fmt: skip
+    values_params = [m.values for m in layers]
+
+    # Independent dense gradient dL/dW of W = alpha * D + S on the update batch (t = 5).
+    x, y = _batch(4)
+    grads = _dense_grads(layers, [m.dense_weight() for m in layers], x, y)
+
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert rigl.step() is False
+    f = rigl.drop_fraction(5)
+    changed = False
+    for m, (idx, vals, alpha, D, st), g, p in zip(layers, snap, grads, values_params, strict=True):
+        numel = math.prod(m.weight_shape)
+        active = torch.zeros(numel, dtype=torch.bool)
+        active[idx] = True
+        magnitude = torch.zeros(numel)
+        magnitude[idx] = vals.abs()
+        new = _expected_support(active, magnitude, g.flatten(), f)
+        assert torch.equal(m.indices, torch.nonzero(new).flatten())  # sorted, as expected
+        assert m.nnz == len(idx)
+        changed |= not torch.equal(m.indices, idx)
+        assert m.values is p  # the optimizer's Parameter, updated in place
+        assert torch.equal(m.alpha.detach(), alpha) and torch.equal(m.D, D)
+        # Entries follow their positions; new positions start at 0 with zero Adam moments.
+        old_slot = {int(i): j for j, i in enumerate(idx)}
+        for j, pos in enumerate(m.indices.tolist()):
+            src = old_slot.get(pos)
+            want = vals[src] if src is not None else torch.tensor(0.0)
+            assert m.values.detach()[j] == want
+            for key in ("exp_avg", "exp_avg_sq"):
+                sw = st[key][src] if src is not None else torch.tensor(0.0)
+                assert opt.state[m.values][key][j] == sw
+    assert changed
+    _run(model, opt, rigl, 35, start=5)
+    assert [m.nnz for m in layers] == nnz
+    assert dctps.count(model).nonzeros == sum(nnz)
+    assert len(rigl.history) == 5  # t = 5, 10, ..., 25 < T_end = 30
+
+
+def test_errors():
+    with pytest.raises(DctpsError, match="no sparse layer"):
+        RigL(_mlp(), None, total_steps=10)
+    model = prune(_mlp(), 0.3, "random", seed=0)
+    with pytest.raises(DctpsError, match="total_steps"):
+        RigL(model, None, total_steps=0)
+    rigl = RigL(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=10, delta_t=1)
+    with pytest.raises(DctpsError, match="no gradient was captured"):
+        rigl.step()

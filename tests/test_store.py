@@ -1,0 +1,181 @@
+"""The SQLite results store: rows, upserts, queries, CSV, and many concurrent writers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dctps.errors import DctpsError
+from dctps.results.store import RUN_COLUMNS, Store, format_table, parse_where
+
+
+def cfg(method="dctps", density=0.01, seed=0, model="lenet5"):
+    return {
+        "model": {"name": model},
+        "data": {"dataset": "cifar10"},
+        "sparsity": {"method": method, "density": density, "allocation": "epl", "rigl": False},
+        "optim": {"recipe": "adam"},
+        "seed": seed,
+    }
+
+
+def test_run_lifecycle_and_epochs(tmp_path):
+    s = Store(tmp_path)  # a folder -> folder/results.db
+    assert s.path == (tmp_path / "results.db").resolve()
+    assert s.get("h1") is None
+    s.start("h1", cfg())
+    row = s.get("h1")
+    assert row["status"] == "running" and row["model"] == "lenet5" and row["density"] == 0.01
+    assert json.loads(row["config_json"])["seed"] == 0 and row["rigl"] == 0
+    s.log_epoch("h1", 1, train_loss=2.0, val_acc=0.1, lr=1e-3, seconds=1.5)
+    s.log_epoch("h1", 2, train_loss=1.5, val_acc=0.2, lr=1e-3, seconds=1.5)
+    s.log_epoch("h1", 2, train_loss=1.4, val_acc=0.3, lr=1e-3, seconds=1.5)  # upsert
+    eps = s.epochs("h1")
+    assert [(e["epoch"], e["train_loss"], e["val_acc"]) for e in eps] == [
+        (1, 2.0, 0.1),
+        (2, 1.4, 0.3),
+    ]
+    s.finish("h1", val_acc=0.3, test_acc=0.25, best_epoch=2, weights=10, nonzeros=1)
+    row = s.get("h1")
+    assert row["status"] == "done" and row["test_acc"] == 0.25 and row["reason"] is None
+    created = row["created"]
+    s.start("h1", cfg())  # restart keeps 'created'
+    assert s.get("h1")["created"] == created and s.get("h1")["status"] == "running"
+    s.fail("h1", "non-finite loss at epoch 3, step 7")
+    assert s.get("h1")["reason"].startswith("non-finite")
+    with pytest.raises(DctpsError, match="unknown epoch column"):
+        s.log_epoch("h1", 3, accuracy=1.0)
+    with pytest.raises(DctpsError, match="no run"):
+        s.finish("nope", val_acc=1.0)
+    mode = sqlite3.connect(s.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode.lower() == "wal"
+
+
+def test_query_where_and_csv(tmp_path):
+    s = Store(tmp_path / "x.db")
+    for i, (m, d) in enumerate([("dctps", 0.01), ("dctps", 0.001), ("snip", 0.01)]):
+        s.start(f"h{i}", cfg(m, d, seed=i))
+        s.finish(f"h{i}", val_acc=0.5 + i / 10)
+    assert [r["hash"] for r in s.query({"method": "dctps"})] == ["h1", "h0"]  # by density
+    assert [r["hash"] for r in s.query({"method": ["snip"], "density": 0.01})] == ["h2"]
+    assert len(s.query("val_acc > ?", params=[0.55])) == 2
+    assert len(s.query()) == 3
+    with pytest.raises(DctpsError, match="unknown column"):
+        s.query({"acc": 1})
+    with pytest.raises(DctpsError, match="bad query"):
+        s.query("no_such_column = 1")
+    assert parse_where(["method=dctps,snip", "density=0.01", "rigl=false"]) == {
+        "method": ["dctps", "snip"],
+        "density": 0.01,
+        "rigl": 0,
+    }
+    with pytest.raises(DctpsError, match="key=value"):
+        parse_where(["method"])
+    n = s.to_csv(tmp_path / "o.csv", {"method": "dctps"})
+    rows = list(csv.DictReader(open(tmp_path / "o.csv")))
+    assert (
+        n == 2 and [r["hash"] for r in rows] == ["h1", "h0"] and list(rows[0]) == list(RUN_COLUMNS)
+    )
+    table = format_table(s.query())
+    assert "val_acc%" in table and "60.00" in table and len(table.splitlines()) == 4
+
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    from dctps.results.store import Store
+
+    path, wid, seconds, go = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    s = Store(path)
+    print("ready", flush=True)
+    while not os.path.exists(go):  # all writers start together
+        time.sleep(0.01)
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        h = f"w{wid}-{n}"
+        s.start(h, {"model": {"name": "m"}, "sparsity": {"method": "dctps"}, "seed": n})
+        s.log_epoch(h, 1, train_loss=1.0)
+        s.log_epoch(h, 2, train_loss=0.5)
+        s.finish(h, val_acc=0.5)
+        s.log_epoch("shared", n % 7, train_loss=float(wid))  # contended upserts of the same keys
+        n += 1
+    print(n)
+    """
+)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    db = tmp_path / "results.db"
+    Store(db).start("shared", {"model": {"name": "m"}})
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(db), str(w), "3", str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(4)
+    ]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+    go.touch()
+    counts = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "locked" not in err
+        counts.append(int(out.strip()))
+    assert all(c > 0 for c in counts)
+    s = Store(db)
+    runs = s.query("hash LIKE 'w%'")
+    assert len(runs) == sum(counts) == len({r["hash"] for r in runs})
+    assert all(r["status"] == "done" and r["val_acc"] == 0.5 for r in runs)
+    con = sqlite3.connect(db)
+    n_epochs = con.execute("SELECT COUNT(*) FROM epochs WHERE hash LIKE 'w%'").fetchone()[0]
+    assert n_epochs == 2 * sum(counts)
+    dup = con.execute(
+        "SELECT COUNT(*) FROM (SELECT hash, epoch FROM epochs GROUP BY hash, epoch "
+        "HAVING COUNT(*) > 1)"
+    ).fetchone()[0]
+    assert dup == 0
+    assert len(s.epochs("shared")) == min(7, max(counts))
+
+
+def test_locked_database_is_retried_not_raised(tmp_path):
+    """A writer holding the lock longer than SQLite's busy timeout: the store waits it out."""
+    import threading
+    import time
+
+    s = Store(tmp_path / "r.db")
+    s.start("a", cfg())
+    other = sqlite3.connect(s.path, isolation_level=None, timeout=0.1, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(2.5, lambda: other.execute("COMMIT"))
+    release.start()
+    t0 = time.monotonic()
+    try:
+        s.finish("a", val_acc=0.9)  # blocks past SQLite's 1 s busy timeout, then succeeds
+    finally:
+        release.join()
+    assert time.monotonic() - t0 >= 2.0
+    assert s.get("a")["val_acc"] == 0.9
+    other.close()
+    with pytest.raises(DctpsError, match="stayed locked"):
+        short = Store(tmp_path / "r.db", timeout=0.5)
+        lock = sqlite3.connect(s.path, isolation_level=None, timeout=0.1, check_same_thread=False)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            short.finish("a", val_acc=0.1)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()

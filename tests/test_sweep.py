@@ -1,0 +1,260 @@
+"""Sweeps: grid expansion, skip-done, resume of a killed sweep, failures, executors, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dctps.cli import app
+from dctps.errors import DctpsError
+from dctps.results import Store
+from dctps.results.sweep import (
+    apply_sets,
+    expand_grid,
+    load_grid,
+    parse_density,
+    plan,
+    run_sweep,
+)
+
+runner = CliRunner()
+
+
+def small_grid(root: Path, **kw) -> dict:
+    """LeNet-5 on the fake CIFAR-10, one epoch, batch 32."""
+    g = {
+        "base": {
+            "data": {"root": str(root)},
+            "optim": {"epochs": kw.pop("epochs", 1), "batch_size": 32},
+            "device": "cpu",
+        },
+        "models": ["lenet5"],
+        "datasets": ["cifar10"],
+        "methods": ["dense", "dctps"],
+        "densities": [0.05],
+        "seeds": [0],
+    }
+    g.update(kw)
+    return g
+
+
+def key(cfg) -> tuple:
+    s = cfg.sparsity
+    return (cfg.model.name, s.method, s.density, s.allocation, s.rigl, cfg.optim.recipe, cfg.seed)
+
+
+# ----------------------------------------------------------------------------- expansion
+def test_grid_expands_to_expected_run_set():
+    grid = {
+        "base": {"optim": {"epochs": 3}},
+        "models": ["lenet5"],
+        "datasets": ["cifar10"],
+        "methods": [
+            "dense",
+            "dctps",
+            {"method": "random", "rigl": True},
+            {"method": "snip", "densities": ["50%"]},
+            "dctps",  # a duplicate: kept once
+        ],
+        "densities": [0.1, "1%"],
+        "seeds": 2,
+        "variants": [{}, {"optim": {"recipe": "sgd"}}],
+    }
+    cfgs = expand_grid(grid)
+    # per variant and seed: dense 1 + dctps 2 + RigL 2 + snip 1 = 6 runs
+    assert len(cfgs) == 2 * 6 * 2
+    assert len({c.config_hash() for c in cfgs}) == len(cfgs)
+    expected = set()
+    for recipe in ("lenet", "sgd"):
+        for seed in (0, 1):
+            expected.add(("lenet5", "dense", 1.0, None, False, recipe, seed))
+            expected.add(("lenet5", "snip", 0.5, None, False, recipe, seed))
+            for d in (0.1, 0.01):
+                expected.add(("lenet5", "dctps", d, "epl", False, recipe, seed))
+                expected.add(("lenet5", "random", d, "erk", True, recipe, seed))
+    assert {key(c) for c in cfgs} == expected
+    assert all(c.optim.epochs == 3 for c in cfgs)
+    # overrides win over everything
+    cfgs = expand_grid(grid, overrides={"optim": {"epochs": 7}, "data": {"root": "/x"}})
+    assert {c.optim.epochs for c in cfgs} == {7} and {c.data.root for c in cfgs} == {"/x"}
+
+
+@pytest.mark.parametrize(
+    "grid,needle",
+    [
+        ({"modls": ["lenet5"]}, "unknown key 'modls'"),
+        ({"base": {"optim": {"epoch": 3}}}, "unknown key 'optim.epoch'"),
+        ({"methods": [{"method": "dctps", "alocation": "epl"}]}, "unknown key 'alocation'"),
+        ({"variants": [{"sparsity": {"dens": 1}}]}, "unknown key 'sparsity.dens'"),
+        ({"methods": ["dcpts"], "densities": [0.1]}, "Did you mean 'dctps'"),
+        ({"methods": ["dctps"], "densities": ["2%%"]}, "not a density"),
+        ({"methods": ["dctps"], "densities": [0]}, "density must be in"),
+        ({"methods": [{"rigl": True}]}, "needs `method:`"),
+    ],
+)
+def test_bad_grids_are_rejected(grid, needle):
+    with pytest.raises(DctpsError, match=needle):
+        expand_grid(grid, "g.yaml")
+
+
+def test_load_grid_rejects_unknown_key_and_parses_helpers(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text("models: [lenet5]\nextra: 1\n")
+    with pytest.raises(DctpsError, match=f"{p}: unknown key 'extra'"):
+        load_grid(p)
+    assert parse_density("0.1%") == pytest.approx(0.001) and parse_density("1e-4") == 1e-4
+    assert apply_sets(["optim.epochs=3", "data.subset=100", "device=cpu"]) == {
+        "optim": {"epochs": 3},
+        "data": {"subset": 100},
+        "device": "cpu",
+    }
+
+
+# ----------------------------------------------------------------------------- running
+def test_sweep_skips_done_and_failed_and_retries(fake_cifar10, tmp_path):
+    """SynFlow cannot prune FixupResNet110 (App. D.2): that run fails, the LeNet one trains."""
+    grid = small_grid(
+        fake_cifar10,
+        models=["lenet5", "fixup_resnet110"],
+        methods=[{"method": "synflow", "options": {"iterations": 2}}],
+    )
+    cfgs = expand_grid(grid)
+    out = tmp_path / "out"
+    rep = run_sweep(cfgs, out, workers=2, progress=False)
+    assert rep.counts() == {"done": 1, "failed": 1}, rep.summary()
+    store = Store(out)
+    rows = {r["model"]: r for r in store.query({})}
+    assert rows["lenet5"]["status"] == "done" and rows["lenet5"]["test_acc"] is not None
+    assert rows["fixup_resnet110"]["status"] == "failed"
+    assert "synflow" in rows["fixup_resnet110"]["reason"].lower()
+    # a second invocation runs nothing
+    rep2 = run_sweep(cfgs, out, progress=False)
+    assert rep2.results == {} and rep2.counts() == {"skip-done": 1, "skip-failed": 1}
+    # --retry-failed re-runs only the failed one (and it fails again)
+    rep3 = run_sweep(cfgs, out, retry_failed=True, progress=False)
+    assert list(rep3.results) == [rows["fixup_resnet110"]["hash"]]
+    assert rep3.counts() == {"skip-done": 1, "failed": 1}
+
+
+def test_error_in_one_run_does_not_stop_the_others(fake_cifar10, tmp_path):
+    """An exception (here: CIFAR-100 missing under the data root) is an `error`, not `failed`:
+    it is left out of the store's failed runs so the next sweep tries it again."""
+    cfgs = expand_grid(small_grid(fake_cifar10, datasets=["cifar100", "cifar10"], methods=["dense"]))
+    rep = run_sweep(cfgs, tmp_path, progress=False)
+    assert rep.counts() == {"error": 1, "done": 1}
+    (err,) = rep.errors
+    assert "cifar-100" in err["reason"] and err["hash"] == cfgs[0].config_hash()
+    assert Store(tmp_path).get(cfgs[0].config_hash()) is None
+    assert [p.action for p in plan(cfgs, tmp_path)] == ["new", "skip-done"]
+
+
+def test_running_row_with_checkpoint_is_resumed(fake_cifar10, tmp_path):
+    cfgs = expand_grid(small_grid(fake_cifar10, methods=["dctps"], epochs=2))
+    (cfg,) = cfgs
+    h = cfg.config_hash()
+    rep = run_sweep(cfgs, tmp_path, progress=False)
+    assert rep.counts() == {"done": 1}
+    # simulate a crash after the last checkpoint: the row says running, the checkpoint is there
+    Store(tmp_path).update(h, status="running")
+    assert [p.action for p in plan(cfgs, tmp_path)] == ["resume"]
+    rep = run_sweep(cfgs, tmp_path, progress=False)
+    assert rep.results[h]["status"] == "done" and rep.results[h]["resumed_from"] == 2
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, yaml
+    from dctps.results.sweep import expand_grid, run_sweep
+    from dctps.train import checkpoint
+
+    real = checkpoint.save_checkpoint
+
+    def save_then_die(state, folder):
+        path = real(state, folder)
+        if state["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # killed right after the first checkpoint
+        return path
+
+    checkpoint.save_checkpoint = save_then_die
+    grid = yaml.safe_load(open(sys.argv[1]))
+    run_sweep(expand_grid(grid), sys.argv[2], progress=False)
+    """
+)
+
+
+def test_killed_sweep_resumes(fake_cifar10, tmp_path):
+    grid = small_grid(fake_cifar10, methods=["dctps"], seeds=[0, 1], epochs=2)
+    gpath = tmp_path / "grid.yaml"
+    gpath.write_text(yaml.safe_dump(grid))
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(script), str(gpath), str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    cfgs = expand_grid(grid)
+    first, second = (c.config_hash() for c in cfgs)
+    assert Store(out).get(first)["status"] == "running" and Store(out).get(second) is None
+    assert [p.action for p in plan(cfgs, out)] == ["resume", "new"]
+    rep = run_sweep(cfgs, out, progress=False)
+    assert rep.results[first]["resumed_from"] == 1 and rep.results[second]["resumed_from"] is None
+    assert rep.counts() == {"done": 2}
+    assert [e["epoch"] for e in Store(out).epochs(first)] == [1, 2]
+
+
+def test_submitit_local_executor_completes_two_runs(fake_cifar10, tmp_path):
+    cfgs = expand_grid(small_grid(fake_cifar10))
+    assert len(cfgs) == 2
+    rep = run_sweep(cfgs, tmp_path, executor="submitit-local", workers=2, progress=False,
+                    poll=0.2)  # fmt: skip
+    assert rep.counts() == {"done": 2}, rep.summary()
+    rows = Store(tmp_path).query({})
+    assert sorted(r["hash"] for r in rows) == sorted(c.config_hash() for c in cfgs)
+    assert all(r["status"] == "done" and r["test_acc"] is not None for r in rows)
+    assert any((tmp_path / "submitit").rglob("*_log.out"))
+
+
+def test_bad_executor_and_workers(tmp_path):
+    with pytest.raises(DctpsError, match="unknown executor"):
+        run_sweep([], tmp_path, executor="ray")
+    with pytest.raises(DctpsError, match="workers"):
+        run_sweep([], tmp_path, workers=0)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_sweep_dry_run_then_run_then_noop(fake_cifar10, tmp_path):
+    gpath = tmp_path / "grid.yaml"
+    gpath.write_text(yaml.safe_dump(small_grid("/nonexistent", densities=[0.05, 0.01])))
+    out = str(tmp_path / "out")
+    common = ["sweep", str(gpath), "--out", out, "--data-root", str(fake_cifar10), "-q"]
+    r = runner.invoke(app, [*common, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert lines[-1] == "3 runs, 3 to train, 0 skipped"
+    assert sum(" new " in ln for ln in lines) == 3 and "dctps@0.01" in r.output
+    r = runner.invoke(app, common)
+    assert r.exit_code == 0, r.output
+    assert "3 runs: 3 done" in r.output
+    r = runner.invoke(app, common)
+    assert r.exit_code == 0 and "3 runs: 3 skip-done" in r.output
+    # --epochs changes the runs (a new hash), --set too
+    r = runner.invoke(app, [*common, "--dry-run", "--epochs", "2", "--set", "optim.lr=0.01"])
+    assert r.output.strip().splitlines()[-1] == "3 runs, 3 to train, 0 skipped"
+
+
+def test_cli_sweep_bad_config_is_one_line(tmp_path):
+    gpath = tmp_path / "bad.yaml"
+    gpath.write_text("models: [lenet5]\nseeds: [0]\nnope: 1\n")
+    r = subprocess.run([sys.executable, "-m", "dctps.cli", "sweep", str(gpath)],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "'nope'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

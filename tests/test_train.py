@@ -1,0 +1,618 @@
+"""Training runs: config schema and recipes, fit, store rows, checkpoints, resume, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import dctps.data
+import dctps.models
+from dctps.errors import DctpsError, PruningFailed
+from dctps.results import Store
+from dctps.sparsify import sparsify
+from dctps.train import checkpoint as ckpt_io
+from dctps.train import fit, loop
+from dctps.train.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SparsityConfig,
+    cli_fields,
+    config_from_cli,
+    load_config,
+    save_config,
+)
+from dctps.train.setup import make_optimizer, param_groups
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_cfg(root: Path, **kw) -> RunConfig:
+    """LeNet-5 on the fake CIFAR-10: 288 train / 32 val / 64 test images, batch 32."""
+    method = kw.pop("method", "dctps")
+    density = kw.pop("density", 0.05 if method != "dense" else None)
+    return RunConfig(
+        model=ModelConfig("lenet5"),
+        data=DataConfig("cifar10", root=str(root)),
+        sparsity=SparsityConfig(method, density, **kw.pop("sparsity", {})),
+        optim=OptimConfig(epochs=kw.pop("epochs", 2), batch_size=32, **kw.pop("optim", {})),
+        seed=kw.pop("seed", 0),
+        device="cpu",
+    )
+
+
+def metrics(result: dict) -> dict:
+    """Everything a run measured except wall-clock times."""
+    hist = [{k: v for k, v in h.items() if k not in ("seconds", "hash")} for h in result["history"]]
+    keys = ("val_acc", "test_acc", "best_epoch", "weights", "nonzeros", "status")
+    return {"history": hist, **{k: result[k] for k in keys}}
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- config
+def test_recipes_match_table_e3():
+    def res(model="resnet18", method="dctps", recipe=None, **optim):
+        dens = None if method == "dense" else 0.01
+        return (
+            RunConfig(
+                model=ModelConfig(model),
+                sparsity=SparsityConfig(method, dens),
+                optim=OptimConfig(recipe=recipe, **optim),
+            )
+            .resolve()
+            .optim
+        )
+
+    o = res(method="dense")
+    assert (o.recipe, o.optimizer, o.epochs, o.batch_size, o.lr, o.weight_decay) == (
+        "adam",
+        "adam",
+        200,
+        128,
+        1e-3,
+        5e-4,
+    )
+    assert o.milestones == [] and o.momentum is None
+    o = res(method="dense", recipe="sgd")
+    assert (o.optimizer, o.epochs, o.batch_size, o.lr, o.momentum) == ("sgd", 200, 128, 0.1, 0.9)
+    assert (o.milestones, o.gamma, o.weight_decay) == ([120, 160], 0.1, 5e-4)
+    assert res(method="dctps", recipe="sgd").lr == 0.03  # Table E.3 note
+    assert res(method="dctps", recipe="sgd", lr=0.05).lr == 0.05  # explicit wins
+    assert res(method="dctps").lr == 1e-3  # adam: same LR for DCTpS
+    o = res(model="lenet5")
+    assert (o.recipe, o.optimizer, o.lr, o.batch_size, o.epochs, o.weight_decay) == (
+        "lenet",
+        "adam",
+        1e-3,
+        64,
+        160,
+        5e-4,
+    )
+    # Overriding the epochs of the sgd recipe scales its milestones (60% / 80%).
+    assert res(method="dense", recipe="sgd", epochs=50).milestones == [30, 40]
+    with pytest.raises(DctpsError, match="recipe"):
+        res(recipe="adamw")
+    with pytest.raises(DctpsError, match="momentum"):
+        res(momentum=0.9)  # adam has no momentum
+
+
+def test_method_defaults_and_validation():
+    def sp(method, density=0.01, **kw):
+        return RunConfig(sparsity=SparsityConfig(method, density, **kw)).resolve().sparsity
+
+    assert sp("dctps").allocation == "epl"
+    assert sp("random").allocation == "uniform"
+    assert sp("random", rigl=True).allocation == "erk"
+    assert sp("snip", allocation="erk").allocation is None  # ignored by score methods
+    assert sp("dense", None).density == 1.0
+    s = sp("dctps", rigl=True)
+    assert (s.rigl_delta_t, s.rigl_alpha, s.rigl_t_end) == (100, 0.3, 0.75)
+    assert sp("dctps").rigl_delta_t is None
+    for bad, match in [
+        (dict(method="dctps", density=None), "density"),
+        (dict(method="dctps", density=0.0), "density"),
+        (dict(method="dense", density=0.5), "dense"),
+        (dict(method="dense", density=None, rigl=True), "RigL"),
+        (dict(method="snip", density=0.1, train_alpha=False), "fixed-alpha"),
+        (dict(method="sniip", density=0.1), "snip"),
+        (dict(method="dctps", density=0.1, allocation="epx"), "allocation"),
+        (dict(method="dctps", density=0.1, options={"steps": 3}), "option"),
+    ]:
+        with pytest.raises(DctpsError, match=match):
+            RunConfig(sparsity=SparsityConfig(**bad)).resolve()
+    with pytest.raises(DctpsError, match="resnet18"):
+        RunConfig(model=ModelConfig("resnet19"), sparsity=SparsityConfig("dense")).resolve()
+
+
+def test_unknown_yaml_key_rejected(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("model: {name: lenet5}\nsparsity: {method: dctps, densty: 0.01}\n")
+    with pytest.raises(DctpsError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "sparsity.densty" in msg and "sparsity.density" in msg and str(p) in msg
+    p.write_text("epochs: 3\n")
+    with pytest.raises(DctpsError, match="unknown key 'epochs'.*optim"):
+        load_config(p)
+    p.write_text("optim: {lr: fast}\n")
+    with pytest.raises(DctpsError, match="optim.lr"):
+        load_config(p)
+
+
+def test_yaml_roundtrip_and_cli_schema(tmp_path):
+    p = tmp_path / "run.yaml"
+    # YAML 1.1 reads 1e-3 as a string; float fields accept it.
+    p.write_text(
+        "model: {name: lenet5}\nsparsity: {method: dctps, density: 1e-3}\n"
+        "optim: {lr: 1e-3, milestones: [3, 5]}\nseed: 4\n"
+    )
+    cfg = load_config(p)
+    assert cfg.sparsity.density == 0.001 and cfg.optim.lr == 0.001 and cfg.seed == 4
+    save_config(cfg, tmp_path / "back.yaml")
+    assert load_config(tmp_path / "back.yaml") == cfg
+    flags = {f.flag for f in cli_fields()}
+    assert {
+        "model",
+        "dataset",
+        "method",
+        "density",
+        "allocation",
+        "recipe",
+        "epochs",
+        "seed",
+        "data-root",
+        "rigl",
+        "fixed-alpha",
+        "decay-all",
+        "lr",
+        "batch-size",
+        "subset",
+    } <= flags
+    # Flags override the YAML; --fixed-alpha inverts train_alpha; --option parses values.
+    cli = config_from_cli(
+        {
+            "density": 0.01,
+            "fixed_alpha": True,
+            "milestones": "10,20",
+            "option": ["exclude=fc"],
+            "data_root": "/data",
+            "epochs": 7,
+        },
+        base=cfg,
+    )
+    assert cli.sparsity.density == 0.01 and cli.sparsity.train_alpha is False
+    assert cli.optim.milestones == [10, 20] and cli.optim.epochs == 7
+    assert cli.sparsity.options == {"exclude": "fc"} and cli.data.root == "/data"
+    assert cli.model.name == "lenet5" and cli.seed == 4  # kept from the YAML
+
+
+def test_config_hash():
+    base = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.01))
+    h = base.config_hash()
+    assert len(h) == 16 and h == base.config_hash()
+    assert h == RunConfig.from_dict(base.to_dict()).config_hash()
+    # explicit recipe values hash like the implicit ones
+    explicit = dataclasses.replace(base, optim=OptimConfig(recipe="lenet", lr=1e-3, epochs=160))
+    assert explicit.config_hash() == h
+    # non-identity fields do not change it
+    assert dataclasses.replace(base, data=DataConfig(root="/x"), device="cuda").config_hash() == h
+    assert dataclasses.replace(base, eval_batch_size=7).config_hash() == h
+    # identity fields do
+    assert dataclasses.replace(base, seed=1).config_hash() != h
+    assert dataclasses.replace(base, sparsity=SparsityConfig("dctps", 0.001)).config_hash() != h
+    assert dataclasses.replace(base, optim=OptimConfig(lr=0.01)).config_hash() != h
+
+
+def test_weight_decay_groups():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)
+    )
+    sparsify(net, 0.1, seed=0)
+    names = {id(p): n for n, p in net.named_parameters()}
+    groups = param_groups(net, 5e-4, decay_all=False)
+    decay = {names[id(p)] for p in groups[0]["params"]}
+    no_decay = {names[id(p)] for p in groups[1]["params"]}
+    assert decay == {"0.values", "3.values"}
+    assert no_decay == {"0.alpha", "0.bias", "1.weight", "1.bias", "3.alpha", "3.bias"}
+    assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0.0
+    groups = param_groups(net, 5e-4, decay_all=True)
+    assert len(groups[0]["params"]) == len(list(net.parameters())) and not groups[1]["params"]
+    # through the optimizer built from a config; a fixed alpha is not optimised at all
+    cfg = RunConfig(sparsity=SparsityConfig("dctps", 0.1)).resolve()
+    opt = make_optimizer(net, cfg.optim)
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
+    net[0].alpha.requires_grad_(False)
+    ids = {id(p) for g in make_optimizer(net, cfg.optim).param_groups for p in g["params"]}
+    assert id(net[0].alpha) not in ids
+
+
+# ----------------------------------------------------------------------------- fit
+def test_two_epoch_run_and_rerun_is_noop(fake_cifar10, tmp_path):
+    cfg = small_cfg(fake_cifar10)
+    r = fit(cfg, tmp_path, progress=False)
+    assert r["status"] == "done" and not r["skipped"] and r["epochs"] == 2
+    store = Store(tmp_path)
+    row = store.get(r["hash"])
+    assert row["status"] == "done" and row["model"] == "lenet5" and row["method"] == "dctps"
+    assert row["density"] == 0.05 and row["allocation"] == "epl" and row["recipe"] == "lenet"
+    assert 0 <= row["val_acc"] <= 1 and 0 <= row["test_acc"] <= 1 and row["best_epoch"] in (1, 2)
+    assert row["weights"] == 61510 and row["nonzeros"] == round(0.05 * 61510)
+    assert row["val_acc"] == max(e["val_acc"] for e in r["history"])
+    eps = store.epochs(r["hash"])
+    assert [e["epoch"] for e in eps] == [1, 2]
+    assert all(e["train_loss"] > 0 and e["lr"] == 1e-3 for e in eps)
+    run_dir = tmp_path / "runs" / r["hash"]
+    assert (run_dir / "last.pt").exists() and (run_dir / "prev.pt").exists()
+    assert load_config(run_dir / "config.yaml").config_hash() == r["hash"]
+    # the DCTpS checkpoint is sparse: no dense weight / D tensor is stored
+    state = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    assert not any(k.endswith(".D") or k.endswith(".weight") for k in state)
+    mtime = (run_dir / "last.pt").stat().st_mtime_ns
+    # re-running the finished config does nothing
+    again = fit(cfg, tmp_path, progress=False)
+    assert again["skipped"] and again["val_acc"] == r["val_acc"] and again["epochs"] == 2
+    assert store.get(r["hash"]) == row and len(store.epochs(r["hash"])) == 2
+    assert (run_dir / "last.pt").stat().st_mtime_ns == mtime
+    # same config into another folder: bit-identical metrics
+    assert metrics(fit(cfg, tmp_path / "b", progress=False)) == metrics(r)
+
+
+def test_select_on_test_forbidden(fake_cifar10, tmp_path, monkeypatch):
+    real = dctps.data.build
+
+    def build(*a, **kw):
+        s = real(*a, **kw)
+        s.info = dataclasses.replace(s.info, select_on_test_forbidden=True)
+        return s
+
+    monkeypatch.setattr(dctps.data, "build", build)
+    r = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
+    assert r["status"] == "done" and r["test_acc"] is None and r["val_acc"] is not None
+    assert Store(tmp_path).get(r["hash"])["test_acc"] is None
+
+
+def test_nan_loss_marks_run_failed(fake_cifar10, tmp_path):
+    cfg = small_cfg(fake_cifar10, method="dense", optim={"optimizer": "sgd", "lr": 1e10})
+    r = fit(cfg, tmp_path, progress=False)
+    assert r["status"] == "failed"
+    assert "non-finite" in r["reason"] and "epoch 1, step" in r["reason"]
+    row = Store(tmp_path).get(r["hash"])
+    assert row["status"] == "failed" and row["reason"] == r["reason"]
+
+
+def test_nan_from_injected_hook_names_epoch_and_step():
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            out = self.lin(x)
+            return out * float("nan") if self.calls == 3 else out
+
+    net = Boom()
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(6)]
+    st = loop.train_one_epoch(net, batches, torch.optim.SGD(net.parameters(), 0.1), epoch=4)
+    assert st.failed == "non-finite loss (NaN/Inf) at epoch 4, step 3"
+    assert torch.isfinite(net.lin.weight).all()  # the bad step was not applied
+
+
+def test_pruning_failure_recorded_without_training(fake_cifar10, tmp_path, monkeypatch):
+    import dctps.pruning
+
+    def fail(*a, **kw):
+        raise PruningFailed("iter_snip: step 7/60: all-zero saliency", reached=0.3)
+
+    monkeypatch.setattr(dctps.pruning, "prune", fail)
+    r = fit(small_cfg(fake_cifar10, method="iter_snip"), tmp_path, progress=False)
+    assert r["status"] == "failed" and "all-zero saliency" in r["reason"]
+    store = Store(tmp_path)
+    assert store.get(r["hash"])["status"] == "failed" and store.epochs(r["hash"]) == []
+
+
+def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monkeypatch):
+    """A pruned model resumes (masks restored via prune.identity) with identical results."""
+    cfg = small_cfg(
+        fake_cifar10,
+        method="random",
+        density=0.1,
+        epochs=3,
+        optim={"optimizer": "sgd", "recipe": "sgd"},
+    )
+    ref = fit(cfg, tmp_path / "ref", progress=False)
+    assert ref["status"] == "done" and ref["nonzeros"] == round(0.1 * 61510)
+    assert ref["prune_seconds"] is not None and ref["prune_seconds"] >= 0
+    real = loop.train_one_epoch
+
+    def interrupt(*a, **kw):
+        if kw["epoch"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "run", progress=False)
+    assert Store(tmp_path / "run").get(ref["hash"])["status"] == "running"
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    r = fit(cfg, tmp_path / "run", progress=False)
+    assert r["resumed_from"] == 1 and metrics(r) == metrics(ref)
+
+    def best(out):
+        return torch.load(out / "runs" / ref["hash"] / "best.pt", weights_only=True)["model"]
+
+    assert states_equal(best(tmp_path / "ref"), best(tmp_path / "run"))
+    assert any(k.endswith("weight_mask") for k in best(tmp_path / "run"))
+
+
+def test_dctps_rigl_run_resumes_exactly(fake_cifar10, tmp_path, monkeypatch):
+    """RigL moves the DCTpS supports; resuming restores them, the optimizer and RigL's clock."""
+    cfg = small_cfg(fake_cifar10, epochs=3, sparsity={"rigl": True, "rigl_delta_t": 4})
+    ref = fit(cfg, tmp_path / "ref", progress=False)
+    assert ref["status"] == "done"
+    real = loop.train_one_epoch
+
+    def interrupt(*a, **kw):
+        if kw["epoch"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "run", progress=False)
+    ck = torch.load(tmp_path / "run" / "runs" / ref["hash"] / "last.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["rigl"] == {"t": 18}
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    r = fit(cfg, tmp_path / "run", progress=False)
+    assert r["resumed_from"] == 2 and metrics(r) == metrics(ref)
+
+    def last(out):
+        return torch.load(out / "runs" / ref["hash"] / "last.pt", weights_only=True)["model"]
+
+    a, b = last(tmp_path / "ref"), last(tmp_path / "run")
+    assert states_equal(a, b)
+    # the supports really moved: they differ from a fresh DCTpS model's
+    fresh = small_cfg(fake_cifar10, epochs=3).resolve()
+    net = sparsify(dctps.models.build("lenet5"), 0.05, "epl", seed=fresh.seed)
+    assert any(not torch.equal(v, a[k]) for k, v in net.state_dict().items() if "indices" in k)
+
+
+def test_resume_flag_needs_checkpoint(fake_cifar10, tmp_path):
+    with pytest.raises(DctpsError, match="no checkpoint"):
+        fit(small_cfg(fake_cifar10), tmp_path, progress=False, resume=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_corrupt_last_falls_back_to_prev(fake_cifar10, tmp_path):
+    cfg = small_cfg(fake_cifar10, epochs=3)
+    ref = fit(cfg, tmp_path / "ref", progress=False)
+    out = tmp_path / "run"
+    fit(cfg, out, progress=False)
+    run_dir = out / "runs" / ref["hash"]
+    (run_dir / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        ck = ckpt_io.load_checkpoint(run_dir, ref["hash"], quarantine=False)
+    assert ck["epoch"] == 2 and ck["path"].endswith("prev.pt")
+    # Forget the result and run again: resumes from prev.pt (epoch 2), same final metrics.
+    Store(out).delete(ref["hash"])
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        r = fit(cfg, out, progress=False)
+    assert r["resumed_from"] == 2 and metrics(r) == metrics(ref)
+    assert (run_dir / "last.pt.corrupt").exists()
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_checkpoint_of_other_config_is_rejected(fake_cifar10, tmp_path):
+    a = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
+    other = small_cfg(fake_cifar10, epochs=1, seed=5)
+    h = other.config_hash()
+    (tmp_path / "runs" / h).mkdir(parents=True)
+    src = tmp_path / "runs" / a["hash"] / "last.pt"
+    (tmp_path / "runs" / h / "last.pt").write_bytes(src.read_bytes())
+    with pytest.raises(DctpsError, match=f"runs/{h}/last.pt.*belongs to config {a['hash']}"):
+        fit(other, tmp_path, progress=False)
+
+
+def test_atomic_save_leaves_no_temp_files(tmp_path):
+    for i in range(3):
+        ckpt_io.save_checkpoint({"config_hash": "x", "epoch": i, "model": {}}, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]
+    assert ckpt_io.load_checkpoint(tmp_path, "x")["epoch"] == 2
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from dctps.train import loop
+    from dctps import cli
+
+    marker = Path(sys.argv[1])
+    real = loop.train_one_epoch
+
+    def slow_epoch(model, loader, *a, **kw):
+        if kw["epoch"] != 2:
+            return real(model, loader, *a, **kw)
+
+        def batches():
+            for i, b in enumerate(loader):
+                if i == 3:
+                    marker.write_text("in epoch 2")
+                    time.sleep(600)  # killed here, in the middle of epoch 2
+                yield b
+
+        return real(model, batches(), *a, **kw)
+
+    loop.train_one_epoch = slow_epoch
+    sys.argv = ["dctps"] + sys.argv[2:]
+    cli.main()
+    """
+)
+
+
+def test_killed_run_resumes_bit_exact(fake_cifar10, tmp_path):
+    args = [
+        "train",
+        "--model",
+        "lenet5",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        str(fake_cifar10),
+        "--method",
+        "dctps",
+        "--density",
+        "0.05",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "32",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "-q",
+    ]
+    cfg = config_from_cli(
+        {
+            "model": "lenet5",
+            "dataset": "cifar10",
+            "data_root": str(fake_cifar10),
+            "method": "dctps",
+            "density": 0.05,
+            "epochs": 3,
+            "batch_size": 32,
+            "seed": 3,
+            "device": "cpu",
+        }
+    )
+    h = cfg.config_hash()
+    # The uninterrupted reference: the same command in the same environment (thread count and
+    # so float summation order included).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dctps.cli", *args, "--out", str(tmp_path / "ref")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    ref = fit(cfg, tmp_path / "ref", progress=False)
+    assert ref["skipped"]
+    out = tmp_path / "run"
+    script = tmp_path / "kill_me.py"
+    script.write_text(KILL_SCRIPT)
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(marker), *args, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the run never reached epoch 2"
+            time.sleep(0.05)
+        assert (out / "runs" / h / "last.pt").exists()  # the epoch-1 checkpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert Store(out).get(h)["status"] == "running"
+    assert torch.load(out / "runs" / h / "last.pt", weights_only=True)["epoch"] == 1
+    # run the same command again: it resumes by itself; --resume asks for it explicitly
+    res = subprocess.run(
+        [sys.executable, "-m", "dctps.cli", *args, "--out", str(out), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"run {h} done" in res.stdout
+    store = Store(out)
+    row = store.get(h)
+    assert row["status"] == "done"
+    assert (row["val_acc"], row["test_acc"], row["best_epoch"]) == (
+        ref["val_acc"],
+        ref["test_acc"],
+        ref["best_epoch"],
+    )
+    hist = [{k: v for k, v in e.items() if k not in ("seconds", "hash")} for e in store.epochs(h)]
+    assert hist == metrics(ref)["history"]
+    for name in ("best.pt", "last.pt"):
+        a = torch.load(tmp_path / "ref" / "runs" / h / name, weights_only=True)["model"]
+        b = torch.load(out / "runs" / h / name, weights_only=True)["model"]
+        assert states_equal(a, b), name
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_train_results_and_errors(fake_cifar10, tmp_path):
+    from typer.testing import CliRunner
+
+    from dctps.cli import app
+
+    runner = CliRunner()
+    yaml_path = tmp_path / "run.yaml"
+    save_config(small_cfg(fake_cifar10, epochs=1), yaml_path)
+    res = runner.invoke(app, ["train", "--config", str(yaml_path), "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "done: val" in res.output
+    res = runner.invoke(app, ["train", "--config", str(yaml_path), "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0 and "already done" in res.output
+    csv = tmp_path / "runs.csv"
+    res = runner.invoke(
+        app, ["results", "--db", str(tmp_path), "--where", "method=dctps", "--csv", str(csv)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "lenet5" in res.output and "done" in res.output
+    assert len(csv.read_text().strip().splitlines()) == 2
+    res = runner.invoke(app, ["results", "--db", str(tmp_path), "--where", "method=snip"])
+    assert "no runs" in res.output
+    # bad input: one line on stderr, exit status 2
+    env = {**os.environ, "DCTPS_DATA": str(fake_cifar10)}
+    for bad, needle in [
+        (["--method", "snipp", "--density", "0.1"], "snip"),
+        (["--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
+        (["--density", "2"], "density"),
+    ]:
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dctps.cli",
+                "train",
+                "--model",
+                "lenet5",
+                "--out",
+                str(tmp_path),
+                *bad,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 2, (bad, p.stderr)
+        assert needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
