@@ -169,8 +169,8 @@ def test_curves_split_by_what_differs(tmp_path):
     record(store, cfg("dctps", 0.01, train_alpha=False), 0.3)
     record(store, cfg("random", 0.01, rigl=True), 0.2)
     (panel,) = aggregate(store.query({}))
-    assert set(panel.series) == {
-        "DCTpS [recipe=lenet]", "DCTpS [recipe=sgd]", "DCTpS, fixed α = 1", "RigL (ERK)"}  # fmt: skip
+    expected = {"DCTpS [recipe=lenet]", "DCTpS [recipe=sgd]", "DCTpS, fixed α = 1", "RigL (ERK)"}
+    assert set(panel.series) == expected
 
 
 def test_cli_plot_where(tmp_path):

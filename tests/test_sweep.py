@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,9 @@ def test_sweep_skips_done_and_failed_and_retries(fake_cifar10, tmp_path):
 def test_error_in_one_run_does_not_stop_the_others(fake_cifar10, tmp_path):
     """An exception (here: CIFAR-100 missing under the data root) is an `error`, not `failed`:
     it is left out of the store's failed runs so the next sweep tries it again."""
-    cfgs = expand_grid(small_grid(fake_cifar10, datasets=["cifar100", "cifar10"], methods=["dense"]))
+    cfgs = expand_grid(
+        small_grid(fake_cifar10, datasets=["cifar100", "cifar10"], methods=["dense"])
+    )
     rep = run_sweep(cfgs, tmp_path, progress=False)
     assert rep.counts() == {"error": 1, "done": 1}
     (err,) = rep.errors
@@ -258,3 +261,32 @@ def test_cli_sweep_bad_config_is_one_line(tmp_path):
                        env={**os.environ, "COLUMNS": "200"})  # fmt: skip
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "'nope'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_slurm_path_as_a_job_array(fake_cifar10, tmp_path, monkeypatch):
+    """The slurm executor's job-array code, run by submitit's local cluster (no SLURM here)."""
+    import dctps.results.sweep as sweep_mod
+
+    real = sweep_mod._submitit_executor
+    seen = {}
+
+    def local_instead(kind, folder, params):
+        seen["kind"], seen["params"] = kind, dict(params)
+        return real("submitit-local", folder, {})
+
+    monkeypatch.setattr(sweep_mod, "_submitit_executor", local_instead)
+    cfgs = expand_grid(small_grid(fake_cifar10))
+    rep = run_sweep(cfgs, tmp_path, executor="slurm", workers=2, progress=False, poll=0.2,
+                    slurm={"slurm_partition": "gpu"})  # fmt: skip
+    assert seen == {"kind": "slurm", "params": {"slurm_partition": "gpu"}}
+    assert rep.counts() == {"done": 2}, rep.summary()
+    # --no-wait: submit and return the job ids; the jobs finish on their own
+    more = expand_grid(small_grid(fake_cifar10, seeds=[1]))
+    rep = run_sweep(more, tmp_path, executor="slurm", progress=False, wait=False)
+    assert set(rep.submitted) == {c.config_hash() for c in more}
+    assert rep.counts() == {"submitted": 2} and "submitted" in rep.summary()
+    store = Store(tmp_path)
+    deadline = time.monotonic() + 180
+    while sum(r["status"] == "done" for r in store.query({})) < 4:
+        assert time.monotonic() < deadline, store.query({})
+        time.sleep(0.5)

@@ -24,6 +24,7 @@ The scripts in ``benchmarks/`` call :func:`main`.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -61,19 +62,30 @@ def _sync(device: torch.device) -> None:
 
 def timeit(fns: dict[str, Callable[[], Any]], reps: int, device: torch.device,
            warmup: int = 2) -> dict[str, Timing]:  # fmt: skip
-    """Time each zero-argument callable ``reps`` times, interleaved, after ``warmup`` calls each."""
+    """Time each zero-argument callable ``reps`` times, interleaved, after ``warmup`` calls each.
+
+    The garbage collector is off while timing (as in :mod:`timeit`): a collection triggered by
+    one path's Python objects must not land in another path's measurement.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     _sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(reps):
+            for name, fn in fns.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        if enabled:
+            gc.enable()
     return {k: Timing(min(v), statistics.median(v)) for k, v in times.items()}
 
 

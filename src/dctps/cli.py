@@ -139,13 +139,15 @@ def figure_cmd(
     if print_config:
         typer.echo(figures.grid_yaml(name))
         return
-    figures.run_figure(
+    data = figures.run_figure(
         name, out, quick=quick, executor=executor, workers=workers, data_root=data_root,
         models=model or None, datasets=dataset or None, densities=density or None, seeds=seeds,
         epochs=epochs, device=device, sets=sets, config=config, retry_failed=retry_failed,
         plot_only=plot_only,
         dry_run=dry_run, progress=not quiet, echo=typer.echo,
     )  # fmt: skip
+    if getattr(data, "errors", None):
+        raise typer.Exit(1)  # some runs raised (listed above); the figure shows the rest
 
 
 @app.command("plot")

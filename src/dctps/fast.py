@@ -2,40 +2,43 @@
 
 A DCTpS weight ``W = alpha * D + S`` (``D`` = truncated orthonormal DCT-II, ``S`` sparse) can be
 applied in ``O(N log N + nnz)`` per sample instead of ``O(out * in)``: ``D x`` is a DCT of ``x``
-zero-padded to ``N = max(in, out)`` and truncated to ``out`` (:func:`dctps.dct.dct`, one real FFT),
-and ``S x`` is a sparse product on the ``values`` / ``indices`` of the layer.
+zero-padded to ``N = max(in, out)`` and truncated to ``out`` (one real FFT, as
+:func:`dctps.dct.dct`), and ``S x`` is a sparse product on the layer's ``values`` / ``indices``.
 
-Three forward modes per layer (``layer.mode``, or :func:`set_mode` for a whole model):
+Forward modes per layer (``layer.mode``, or :func:`set_mode` for a whole model):
 
 ``'dense'``
     Materialise ``W`` and run one ``F.linear`` / ``F.conv2d`` (the default; the only path taken
     inside ``torch.compile``).
 ``'fast'``
-    The transform path of this module. Linear: :class:`FastDCTpSFunction` on ``x``. Conv2d: the
-    input is unfolded into patches, each patch reordered to the ``(h, w, c)`` order of
-    :func:`dctps.dct.conv_dct_basis`, and the same function is applied to the patch matrix. No
-    tensor of ``out * in`` elements is built, forward or backward, and ``D`` is never built.
+    The transform path, :class:`FastDCTpSFunction`. Linear: on ``x``. Conv2d: on the
+    ``F.unfold`` patches, whose rows are gathered into ``(h, w, c)`` patch order (the order of
+    :func:`dctps.dct.conv_dct_basis`) and Makhoul's FFT order in one pass. No tensor of
+    ``out * in`` elements is built, forward or backward, and ``D`` is never built.
+``'factor'`` (convs)
+    :func:`factor_conv2d`: ``D`` factorises into a complex 1x1 conv and a depthwise conv (see the
+    comment above it); ``S`` runs as :class:`SparseConv2dFunction`. No ``D``, no unfold.
 ``'auto'``
-    Per layer and per input signature (weight shape, stride, padding, dilation, groups, nnz,
-    batch shape, device, dtype, grad mode), time both paths once on the first call
-    (:func:`choose`) and cache the faster; a cost model (:func:`transform_hopeless`) skips the
-    measurement where the transform cannot win (grouped convs, small fan-in). Both paths compute
-    the same function, so ``auto`` only changes speed (outputs agree to float rounding).
+    Per input signature (weight shape, nnz, stride, padding, dilation, groups, input shape,
+    device, dtype, grad mode) the paths that :func:`candidates` (a cost model) allows are timed
+    once on the first call (:func:`choose`) and the fastest is kept. All paths compute the same
+    function, so ``auto`` changes speed only (outputs agree to float rounding).
 
-The hand-written backward (:class:`FastDCTpSFunction`) uses the DCT-III (:func:`dctps.dct.dct_t`,
-the transpose) for ``dx = alpha * D^T g + S^T g``; ``d alpha = <g, D x> = <D^T g, x>`` reuses the
-``D^T g`` already computed for ``dx`` (so ``D x`` need not be stored); ``d values[j] =
+The hand-written backward of :class:`FastDCTpSFunction` uses the DCT-III (the transpose, as
+:func:`dctps.dct.dct_t`) for ``dx = alpha * D^T g + S^T g``; ``d alpha = <g, D x> = <D^T g, x>``
+reuses the ``D^T g`` computed for ``dx`` (so ``D x`` need not be stored); ``d values[j] =
 sum_b g[b, row_j] * x[b, col_j]`` is a sampled product on the support only.
 
-The sparse products use ``torch.sparse`` CSR matrices (MKL on CPU, cuSPARSE on CUDA) built on the
-fly from cached index structures (:class:`SparsePlan`); on other devices/dtypes they fall back to a
-gather + ``index_add_`` formulation. On 2 CPU cores with batch 128 and an 8192x8192 layer at 0.1%
-density, CSR took ~1.3 ms for ``S x`` against ~20 ms for gather + ``index_add_`` (measured with
-``benchmarks/bench_linear.py``'s set-up; see benchmarks/RESULTS.md).
+Sparse products: for Linear layers with ``nnz >= N/4``, ``torch.sparse`` CSR matrices (MKL on
+CPU, cuSPARSE on CUDA) built per call from cached index structures (:class:`SparsePlan`); on one
+CPU thread, batch 128, 8192x8192 at 0.1%, ``S x`` took ~1.3 ms this way against ~20 ms for
+gather + ``index_add_``. Elsewhere (convs, where ``nnz`` is small against the patch length) a
+gather of the needed rows and ``index_add_``.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import warnings
@@ -70,6 +73,7 @@ __all__ = [
 MODES = ("dense", "fast", "factor", "auto")
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta state.*")
+warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
 
 
 def check_mode(mode: object) -> str:
@@ -82,7 +86,7 @@ def check_mode(mode: object) -> str:
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
     """Set the forward mode (one of :data:`MODES`) of every DCTpS layer of ``model``.
 
-    Returns ``model``. Switching to ``'fast'`` frees any cached ``D``.
+    Returns ``model``. Switching to ``'fast'`` or ``'factor'`` frees any cached ``D``.
     """
     check_mode(mode)
     for m in model.modules():
@@ -862,6 +866,8 @@ def choose(layer: nn.Module, x: torch.Tensor, paths: dict[str, Callable], reps: 
     saved = dict(layer.named_parameters(recurse=False))
     times: dict[str, float] = {}
     had_basis = getattr(layer, "basis_built", True)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection must not land in one path's timing
     try:
         for n, p in saved.items():  # detached twins: timing must not touch the real .grad
             setattr(layer, n, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
@@ -874,6 +880,8 @@ def choose(layer: nn.Module, x: torch.Tensor, paths: dict[str, Callable], reps: 
     finally:
         for n, p in saved.items():
             setattr(layer, n, p)
+        if gc_was_enabled:
+            gc.enable()
     path = min(times, key=times.__getitem__)
     if path != "dense" and times[path] > AUTO_MARGIN * times["dense"]:
         path = "dense"

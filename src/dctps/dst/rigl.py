@@ -223,7 +223,8 @@ class RigL:
     Args:
         model: a model with masked layers (``torch.nn.utils.prune``) and/or DCTpS layers. Dense
             layers are left alone.
-        optimizer: the optimizer that trains ``model`` (its per-entry state is reset / permuted).
+        optimizer: the optimizer that trains ``model`` (its per-entry state is reset / permuted;
+            ``None``: no state to maintain).
         total_steps: number of training iterations (``step`` calls) planned.
         delta_t: update every ``delta_t`` iterations (100).
         alpha: initial drop fraction (0.3).
@@ -238,7 +239,7 @@ class RigL:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         total_steps: int,
         delta_t: int = 100,
         alpha: float = 0.3,
@@ -318,7 +319,7 @@ class RigL:
         return False
 
     def _state(self, p: nn.Parameter) -> dict[str, Any]:
-        return self.optimizer.state.get(p, {})
+        return {} if self.optimizer is None else self.optimizer.state.get(p, {})
 
     def remove(self) -> None:
         """Detach the hooks (the model keeps its current supports)."""

@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dctps.errors import DctpsError
 from dctps.pruning.common import Context, check_scores, global_masks
 
 __all__ = ["grasp_masks"]
+
+
+def _accumulate(into: list[torch.Tensor], grads: tuple[torch.Tensor | None, ...]) -> None:
+    for acc, g in zip(into, grads, strict=True):
+        if g is not None:
+            acc.add_(g)
 
 
 def grasp_masks(
@@ -38,21 +45,18 @@ def grasp_masks(
     stream = ctx.stream()
     data = [stream.next() for _ in range(num_batches)]
     g_s = [torch.zeros_like(w) for w in weights]
-    for x, y in data:
-        loss = F.cross_entropy(net(x) / temperature, y)
-        for acc, g in zip(g_s, torch.autograd.grad(loss, weights, allow_unused=True), strict=True):
-            if g is not None:
-                acc.add_(g)
     hg = [torch.zeros_like(w) for w in weights]
-    for x, y in data:
-        loss = F.cross_entropy(net(x) / temperature, y)
-        grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
-        z = sum((g * s).sum() for g, s in zip(grads, g_s, strict=True) if g is not None)
-        if not (torch.is_tensor(z) and z.requires_grad):
-            continue
-        for acc, h in zip(hg, torch.autograd.grad(z, weights, allow_unused=True), strict=True):
-            if h is not None:
-                acc.add_(h)
+    # The math attention kernel: the fused ones have no double backward.
+    with sdpa_kernel(SDPBackend.MATH):
+        for x, y in data:
+            loss = F.cross_entropy(net(x) / temperature, y)
+            _accumulate(g_s, torch.autograd.grad(loss, weights, allow_unused=True))
+        for x, y in data:
+            loss = F.cross_entropy(net(x) / temperature, y)
+            grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+            z = sum((g * s).sum() for g, s in zip(grads, g_s, strict=True) if g is not None)
+            if torch.is_tensor(z) and z.requires_grad:
+                _accumulate(hg, torch.autograd.grad(z, weights, allow_unused=True))
     with torch.no_grad():
         scores = [w.detach() * h for w, h in zip(weights, hg, strict=True)]
     check_scores(

@@ -77,6 +77,8 @@ def synflow_masks(
         train_mode: score in train mode (the reference's ``--prune-train-mode``); BN on a single
             constant image then gives degenerate scores.
     """
+    if isinstance(synflow_dtype, str):  # "float32" / "float64" from a config file or CLI
+        synflow_dtype = getattr(torch, synflow_dtype, synflow_dtype)  # type: ignore[assignment]
     if not (isinstance(synflow_dtype, torch.dtype) and synflow_dtype.is_floating_point):
         raise DctpsError(f"synflow_dtype must be a floating torch.dtype, got {synflow_dtype!r}")
     shape = _input_shape(ctx, input_shape)

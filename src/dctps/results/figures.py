@@ -474,24 +474,26 @@ def run_figure(
             echo(f"{title.splitlines()[0]}: {len(next(iter(series.values())))} layers, {totals}")
         echo(f"wrote {fig_path} (+ .pdf, .json)")
         return data
+    grid = load_grid(config) if config else None
     configs = figure_configs(
         name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,
-        datasets=datasets, densities=densities, seeds=seeds,
-        grid=load_grid(config) if config else None,
+        datasets=datasets, densities=densities, seeds=seeds, grid=grid,
     )  # fmt: skip
     db_path = resolve_db_path(db if db is not None else out)
     if dry_run:
         echo(describe_plan(plan(configs, out, db_path, retry_failed)))
         return None
+    errors: list[dict[str, Any]] = []
     if not plot_only:
         report = run_sweep(configs, out, db=db_path, executor=executor, workers=workers,
-                           retry_failed=retry_failed, progress=progress)  # fmt: skip
+                           retry_failed=retry_failed, progress=progress,
+                           slurm=(grid or {}).get("slurm") or {})  # fmt: skip
         echo(report.summary())
-        for e in report.errors:
-            echo(f"error in {e['hash']}: {e.get('reason')}")
+        errors = report.errors
     if not db_path.is_file():
         raise DctpsError(f"no results database at {db_path}: run the figure without --plot-only")
     data = draw(name, Store(db_path), configs, fig_path)
+    data.errors = errors
     echo(data.table())
     if data.missing:
         echo(f"{data.missing} of {len(configs)} runs have no result yet")

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dctps.errors import DctpsError  # noqa: E402
 
@@ -82,6 +83,7 @@ def plot_allocation_panels(
             xs = [j + (i - (k - 1) / 2) * width for j in range(len(counts))]
             ax.bar(xs, counts, width=width, label=label)
         ax.set_xlabel("prunable layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("trainable non-zeros")
         if log:
             ax.set_yscale("log")
@@ -163,6 +165,7 @@ class FigureData:
     paths: list[Path]
     runs: int = 0  # store rows read
     missing: int = 0  # runs of the grid with no finished row yet
+    errors: list[dict[str, Any]] = field(default_factory=list)  # runs that raised (dctps figure)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -376,7 +379,9 @@ def plot_accuracy(
         raise DctpsError("nothing to plot: no finished or failed runs match")
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows + 0.6), squeeze=False, layout="constrained"
+    )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = list(dict.fromkeys(k for p in panels for k in p.series))
     colour = {lab: colours[i % len(colours)] for i, lab in enumerate(labels)}
@@ -427,11 +432,9 @@ def plot_accuracy(
     if any(pt.failed for p in panels for pts in p.series.values() for pt in pts):
         handles.append(Line2D([], [], color="0.3", ls="--", marker="o", mfc="none"))
         labs.append("failed: drawn at chance")
-    fig.legend(handles, labs, loc="lower center", ncol=min(4, len(labs)), fontsize=8,
-               bbox_to_anchor=(0.5, -0.02 - 0.035 * (len(labs) // 4)))  # fmt: skip
+    fig.legend(handles, labs, loc="outside lower center", ncol=min(4, len(labs)), fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return save(fig, path)
 
 

@@ -503,11 +503,9 @@ def _job_result(job: Any, h: str) -> dict[str, Any]:
 
 
 def _run_submitit(
-    kind: str, todo: list[PlannedRun], out: str, db: str, workers: int | None,
+    ex: Any, kind: str, todo: list[PlannedRun], out: str, db: str, workers: int | None,
     params: Mapping[str, Any], wait: bool, report: SweepReport, bar: Any, poll: float,
 ) -> None:  # fmt: skip
-    folder = Path(out) / "submitit"
-    ex = _submitit_executor(kind, folder, params)
     threads = params.get("cpus_per_task") or (_threads(workers or 1) if kind != "slurm" else None)
     args = [(p.cfg.to_dict(), out, db, p.action == "retry", threads) for p in todo]
     by = {p.hash: p for p in todo}
@@ -586,12 +584,15 @@ def run_sweep(
     if not todo:
         return report
     out_p.mkdir(parents=True, exist_ok=True)
+    ex = None
+    if executor != "local":  # fails here, before any bar, when e.g. SLURM is not available
+        ex = _submitit_executor(executor, out_p / "submitit", slurm or {})
     bar = _bar(len(todo), progress)
     try:
         if executor == "local":
             _run_local(todo, str(out_p), str(db_p), workers or 1, report, bar)
         else:
-            _run_submitit(executor, todo, str(out_p), str(db_p), workers, slurm or {}, wait,
+            _run_submitit(ex, executor, todo, str(out_p), str(db_p), workers, slurm or {}, wait,
                           report, bar, poll)  # fmt: skip
     finally:
         if bar is not None:
