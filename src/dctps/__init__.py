@@ -10,6 +10,7 @@ from dctps.checkpoint_io import inspect, load, save, to_dense
 from dctps.errors import DctpsError, PruningFailed
 from dctps.fast import set_mode
 from dctps.layers import DCTpSConv2d, DCTpSLinear
+from dctps.pruning import prune
 from dctps.sparsify import Counts, count, sparsify
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "budgets",
     "sparsify",
     "count",
+    "prune",
     "Counts",
     "set_mode",
     "save",

@@ -24,6 +24,7 @@ ends near 0.92%). Use it only to reproduce their figures.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -98,6 +99,30 @@ def _at_least_one(counts: list[int]) -> list[int]:
     return counts
 
 
+def _check_shapes(weight_shapes: object) -> list[tuple[int, ...]]:
+    """``weight_shapes`` as tuples of ints, or a DctpsError naming the first bad shape."""
+    if isinstance(weight_shapes, (str, bytes)) or not hasattr(weight_shapes, "__iter__"):
+        raise DctpsError(
+            f"weight_shapes must be a list of weight shapes such as [(64, 3, 3, 3), (10, 512)], "
+            f"got {weight_shapes!r}"
+        )
+    shapes = []
+    for i, shape in enumerate(weight_shapes):  # type: ignore[attr-defined]
+        ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) > 0
+        if ok:
+            try:
+                dims = tuple(operator.index(s) for s in shape)
+            except TypeError:
+                ok = False
+        if not ok:
+            raise DctpsError(
+                f"weight shape {i} must be a non-empty tuple of integers such as (64, 3, 3, 3), "
+                f"got {shape!r}"
+            )
+        shapes.append(dims)
+    return shapes
+
+
 def budgets(
     weight_shapes: Sequence[Sequence[int]], density: float, method: str = "epl"
 ) -> list[int]:
@@ -114,7 +139,7 @@ def budgets(
     d = check_density(density)
     if method not in _METHODS:
         raise unknown_name("allocation", method, _METHODS)
-    shapes = [tuple(int(s) for s in shape) for shape in weight_shapes]
+    shapes = _check_shapes(weight_shapes)
     if not shapes:
         raise DctpsError("budgets needs at least one layer shape, got none")
     caps = [math.prod(s) for s in shapes]

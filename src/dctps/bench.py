@@ -440,6 +440,8 @@ def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo 
     ``threads > 0`` sets ``torch.set_num_threads`` first (1 thread gives the steadiest CPU numbers
     on a machine shared with other jobs).
     """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise DctpsError(f"--threads must be >= 0 (0 = torch's default), got {threads!r}")
     if threads:
         torch.set_num_threads(threads)
     if name != "all" and name not in _BENCHES:

@@ -207,16 +207,42 @@ def results_cmd(
     print_results(db, where, csv, echo=typer.echo)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main() -> None:
-    """Entry point: run the app, turning every DctpsError into one line on stderr and exit 2."""
+    """Entry point: run the app, turning every DctpsError and every usage error (a bad flag or
+    flag value) into one line on stderr and exit status 2."""
     try:
-        app()
+        try:
+            from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        except ImportError:  # typer < 0.22 uses click itself
+            from click.exceptions import ClickException
+
+            NoArgsIsHelpError = ()  # noqa: N806
+        try:
+            rv = app(standalone_mode=False)
+        except NoArgsIsHelpError as e:  # `dctps` alone: the help text, as before
+            typer.echo(e.format_message(), err=True)
+            sys.exit(2)
+        except ClickException as e:  # usage errors: no such option, not a valid float, ...
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {_one_line(e.format_message())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
     except DctpsError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:
+        if type(e).__name__ != "Abort":
+            raise
+        typer.echo("aborted", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

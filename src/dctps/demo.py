@@ -106,6 +106,8 @@ def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]
     """Train the five networks, print the table and a one-line verdict; return the rows."""
     if epochs < 1:
         raise dctps.DctpsError(f"--epochs must be >= 1, got {epochs}")
+    if threads < 0:
+        raise dctps.DctpsError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
     if threads:
         torch.set_num_threads(threads)
     plan = [("dense", 1.0), ("dctps", 0.1), ("random", 0.1), ("dctps", 0.01), ("random", 0.01)]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import operator
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class DctpsError(ValueError):
@@ -32,7 +35,9 @@ class PruningFailed(DctpsError):
 
 def check_density(density: object, name: str = "density") -> float:
     """Return ``density`` as a float in (0, 1], or raise :class:`DctpsError` naming the bad value."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)):
+    if isinstance(density, bool):  # float(True) == 1.0 would silently mean "dense"
+        raise DctpsError(f"{name} must be a number in (0, 1], got {density!r}")
+    if not isinstance(density, (int, float)):
         try:
             density = float(density)  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -48,6 +53,40 @@ def check_density(density: object, name: str = "density") -> float:
 def unknown_name(kind: str, name: object, valid: Iterable[str]) -> DctpsError:
     """An error for an unknown registry name, with a did-you-mean suggestion and the valid names."""
     valid = sorted(valid)
-    hint = difflib.get_close_matches(str(name), valid, n=1)
-    guess = f" Did you mean {hint[0]!r}?" if hint else ""
+    lower = {v.lower(): v for v in valid}  # case-insensitive: 'a.1' -> 'A.1'
+    hint = difflib.get_close_matches(str(name).lower(), list(lower), n=1)
+    guess = f" Did you mean {lower[hint[0]]!r}?" if hint else ""
     return DctpsError(f"unknown {kind} {name!r}.{guess} Valid: {', '.join(valid)}")
+
+
+def check_seed(seed: object, name: str = "seed") -> int | None:
+    """Return ``seed`` as an ``int`` (``None`` stays ``None``), or raise naming the bad value."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool):
+        raise DctpsError(f"{name} must be an integer or None, got {seed!r}")
+    try:
+        return operator.index(seed)  # int, numpy / torch integers; not floats or strings
+    except TypeError:
+        raise DctpsError(f"{name} must be an integer or None, got {seed!r}") from None
+
+
+def yaml_problem(e: Exception) -> str:
+    """A one-line description of a ``yaml.YAMLError`` (its own text spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or type(e).__name__
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(e, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+def cannot_write(what: str, path: str | os.PathLike, e: OSError) -> DctpsError:
+    """A one-line error for a failed write of ``path`` (names a parent that is a file, not a folder;
+    a full disk; a read-only folder)."""
+    p = Path(path)
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return DctpsError(f"cannot write {what} {p}: {parent} is a file, not a folder")
+            break
+    return DctpsError(f"cannot write {what} {p}: {e.strerror or e}")

@@ -26,7 +26,7 @@ from torch import nn
 
 from dctps.allocation import filter_counts
 from dctps.dct import conv_dct_basis, dct_basis
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, check_seed
 from dctps.fast import (
     auto_generation,
     check_mode,
@@ -41,9 +41,10 @@ __all__ = ["DCTpSLinear", "DCTpSConv2d", "DCTpSLayer", "draw_indices", "make_gen
 
 def make_generator(seed: int | None) -> torch.Generator | None:
     """A CPU generator seeded with ``seed``, or ``None`` (use torch's global RNG) for ``None``."""
+    seed = check_seed(seed)
     if seed is None:
         return None
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(seed)
 
 
 def _distinct(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:

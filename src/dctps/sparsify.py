@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dctps.allocation import budgets
-from dctps.errors import DctpsError, check_density
+from dctps.errors import DctpsError, check_density, check_seed
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 
 __all__ = ["sparsify", "count", "Counts", "DCTpSMultiheadAttention", "prunable_layers"]
@@ -160,8 +160,19 @@ def sparsify(
     d = check_density(density)
     if not isinstance(model, nn.Module):
         raise DctpsError(f"sparsify needs an nn.Module, got {type(model).__name__}")
+    seed = check_seed(seed)
     if isinstance(exclude, str):
         exclude = [exclude]
+    if exclude is not None:
+        try:
+            exclude = list(exclude)
+        except TypeError:
+            exclude = [exclude]
+        bad = [e for e in exclude if not isinstance(e, str)]
+        if bad:
+            raise DctpsError(
+                f"exclude must be module-name globs (strings), got {bad[0]!r}; e.g. exclude=['fc']"
+            )
     layers = list(prunable_layers(model, exclude or ()))
     if not layers:
         raise DctpsError(
@@ -220,6 +231,8 @@ class Counts:
 
 def count(model: nn.Module) -> Counts:
     """Count weights, trainable non-zeros, alphas and other parameters of ``model`` (see Counts)."""
+    if not isinstance(model, nn.Module):
+        raise DctpsError(f"count needs an nn.Module, got {type(model).__name__}")
     weights = nonzeros = alphas = 0
     seen: set[int] = set()
     for module in model.modules():

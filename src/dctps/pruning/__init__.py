@@ -148,8 +148,15 @@ def prune(
     if k == total:
         masks = [torch.ones_like(t.weight, dtype=torch.bool) for t in layers]
     else:
-        with torch.enable_grad():
-            masks = entry.masks(ctx, **method_options)
+        try:
+            with torch.enable_grad():
+                masks = entry.masks(ctx, **method_options)
+        except (RuntimeError, IndexError) as e:  # the model cannot run on the given batches
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DctpsError(
+                f"pruning method {method!r} could not run the model on the batches: {first} "
+                "(check the input shape and that labels lie in 0..classes-1)"
+            ) from e
     expected = k
     if allocation == "epl_ref":
         expected = sum(budgets([tuple(t.weight.shape) for t in layers], d, allocation))

@@ -23,19 +23,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from dctps.errors import DctpsError  # noqa: E402
+from dctps.errors import DctpsError, cannot_write  # noqa: E402
 
 
 def save(fig, path: str | Path) -> list[Path]:
     """Save ``fig`` at ``path`` and, beside it, the other of PNG/PDF; return both paths."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = [path]
     twin = path.with_suffix(".pdf" if path.suffix.lower() != ".pdf" else ".png")
     out.append(twin)
-    for p in out:
-        fig.savefig(p, bbox_inches="tight", dpi=150)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for p in out:
+            fig.savefig(p, bbox_inches="tight", dpi=150)
+    except OSError as e:
+        raise cannot_write("figure", path, e) from None
+    except ValueError as e:  # e.g. an unknown image format (file suffix)
+        raise DctpsError(f"cannot write figure {path}: {e}") from None
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -464,8 +470,11 @@ def plot_runs(
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON (the numbers behind a figure)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, default=str))
+    except OSError as e:
+        raise cannot_write("figure data", path, e) from None
     return path
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, cannot_write
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
 
@@ -111,6 +111,20 @@ def resolve_db_path(path: str | os.PathLike | None) -> Path:
     return p
 
 
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse an existing file that is not a SQLite database (SQLite would turn a small one, e.g.
+    a stray ``notes.txt`` passed as ``--db``, into a database, destroying it)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise DctpsError(f"cannot read results database {path}: {e.strerror or e}") from None
+    if head != b"SQLite format 3\x00":
+        raise DctpsError(f"{path} is not a results database (not a SQLite file); left untouched")
+
+
 class Store:
     """The results database.
 
@@ -127,7 +141,8 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise DctpsError(f"cannot create folder for {self.path}: {e.strerror or e}") from None
+            raise cannot_write("results database", self.path, e) from None
+        _check_sqlite_file(self.path)
         self._retry(self._init_schema)
 
     def __repr__(self) -> str:
@@ -386,10 +401,13 @@ class Store:
         """Write the matching run rows to a CSV file; return the number of rows."""
         rows = self.query(where)
         cols = list(columns or RUN_COLUMNS)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        try:
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+        except OSError as e:
+            raise cannot_write("CSV file", path, e) from None
         return len(rows)
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from dctps.errors import DctpsError, unknown_name
+from dctps.errors import DctpsError, cannot_write, unknown_name, yaml_problem
 from dctps.train.config import RunConfig, SparsityConfig
 
 __all__ = [
@@ -160,7 +160,7 @@ def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     try:
         grid = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise DctpsError(f"{p} is not valid YAML: {e}") from None
+        raise DctpsError(f"{p} is not valid YAML: {yaml_problem(e)}") from None
     _check_grid(grid, str(p))
     return grid
 
@@ -173,6 +173,12 @@ def _check_grid(grid: Any, source: str) -> None:
     bad = [k for k in grid if k not in GRID_KEYS]
     if bad:
         raise DctpsError(f"{source}: unknown key {bad[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
+    slurm = grid.get("slurm")
+    if slurm is not None and not isinstance(slurm, Mapping):
+        raise DctpsError(
+            f"{source}: slurm must be a mapping of submitit parameters (e.g. "
+            f"{{timeout_min: 2880, slurm_partition: gpu}}), got {slurm!r}"
+        )
 
 
 def apply_sets(items: Iterable[str]) -> dict[str, Any]:
@@ -569,7 +575,7 @@ def run_sweep(
         wait: slurm only: wait for the jobs (``False``: submit and return their ids).
         poll: seconds between checks of submitit jobs.
     """
-    from dctps.results.store import resolve_db_path
+    from dctps.results.store import Store, resolve_db_path
 
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
@@ -583,7 +589,11 @@ def run_sweep(
     todo = [p for p in planned if p.runs]
     if not todo:
         return report
-    out_p.mkdir(parents=True, exist_ok=True)
+    try:
+        out_p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write("sweep output folder", out_p, e) from None
+    Store(db_p)  # an unusable database fails here, once, not in every run
     ex = None
     if executor != "local":  # fails here, before any bar, when e.g. SLURM is not available
         ex = _submitit_executor(executor, out_p / "submitit", slurm or {})

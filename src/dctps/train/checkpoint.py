@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, cannot_write
 
 __all__ = [
     "FORMAT",
@@ -58,17 +58,61 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` through a temporary file in the same folder + fsync + replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _remove_stale_temps(folder: Path, name: str) -> None:
+    """Delete temporary files a killed writer of ``folder/name`` left behind (the run lock makes
+    this process the folder's only writer)."""
+    for p in folder.glob(f".{name}.*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _write_temp(obj: Any, path: Path) -> str:
+    """``torch.save(obj)`` to a complete, fsynced temporary file beside ``path``; its name.
+
+    Raises :class:`DctpsError` (naming ``path``) when the write fails, e.g. on a full disk; no
+    temporary file is left then.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise cannot_write("checkpoint", path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise cannot_write("checkpoint", path, e) from None
+        raise
+    return tmp
+
+
+def _replace(src: str | Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        raise cannot_write("checkpoint", dst, e) from None
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder + fsync + replace.
+
+    ``path`` holds either its old content or the complete new one at every moment; a failed
+    write (a full disk) raises :class:`DctpsError` and leaves the old ``path`` as it was.
+    """
+    path = Path(path)
+    tmp = _write_temp(obj, path)
+    try:
+        _replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -79,14 +123,26 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike) -> Path:
-    """Write ``state`` as ``folder/last.pt``, keeping the previous ``last.pt`` as ``prev.pt``."""
+    """Write ``state`` as ``folder/last.pt``, keeping the previous ``last.pt`` as ``prev.pt``.
+
+    The new checkpoint is written completely (temp file + fsync) before anything is rotated, so
+    a crash or a full disk at any moment leaves the two newest complete checkpoints in place.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     last = folder / LAST
     state = {"format": FORMAT, "version": VERSION, **state}
-    if last.exists():
-        os.replace(last, folder / PREV)
-    atomic_save(state, last)
+    tmp = _write_temp(state, last)
+    try:
+        if last.exists():
+            _replace(last, folder / PREV)
+        _replace(tmp, last)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
     return last
 
 
@@ -128,9 +184,10 @@ def load_checkpoint(
         try:
             obj = _read(path)
         except Exception as e:  # truncated, corrupt, not ours: try the older one
-            errors.append(f"{path}: {type(e).__name__}: {e}")
+            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            errors.append(f"{path}: {why}")
             warnings.warn(
-                f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                f"checkpoint {path} is unreadable ({why}); "
                 + ("falling back to " + str(folder / PREV) if name == LAST else "giving up"),
                 RuntimeWarning,
                 stacklevel=2,
@@ -149,7 +206,10 @@ def load_checkpoint(
         obj["path"] = str(path)
         return obj
     if errors:
-        raise DctpsError("no readable checkpoint: " + "; ".join(errors))
+        raise DctpsError(
+            "no readable checkpoint: " + "; ".join(errors) + f"; delete {folder} to start the "
+            "run over"
+        )
     return None
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from dctps.errors import DctpsError, check_density, unknown_name
+from dctps.errors import DctpsError, check_density, unknown_name, yaml_problem
 
 __all__ = [
     "DataConfig",
@@ -480,7 +480,7 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     try:
         d = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise DctpsError(f"{p} is not valid YAML: {e}") from None
+        raise DctpsError(f"{p} is not valid YAML: {yaml_problem(e)}") from None
     return RunConfig.from_dict(d, source=str(p))
 
 
