@@ -73,4 +73,10 @@ def build(
     num_classes = _check_int(num_classes, "num_classes", 2)
     in_channels = _check_int(in_channels, "in_channels", 1)
     image_size = _check_int(image_size, "image_size", 1)
-    return constructor(num_classes, in_channels, image_size)
+    model = constructor(num_classes, in_channels, image_size)
+    # Lets dctps.save record the architecture, so dctps.load can rebuild it without the class.
+    model.dctps_arch = {
+        "name": name, "num_classes": num_classes, "in_channels": in_channels,
+        "image_size": image_size,
+    }  # fmt: skip
+    return model
