@@ -20,15 +20,21 @@ train = Loader(data.train_x, data.train_y, 64, shuffle=True, augment=False, info
 test = Loader(data.test_x, data.test_y, 512, shuffle=False, augment=False, info=data.info)
 
 model = nn.Sequential(  # any model: its Linear/Conv2d layers are replaced in place
-    nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-    nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-    nn.Flatten(), nn.Linear(32 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, 10),
-)  # fmt: skip
+    nn.Conv2d(1, 32, 3, padding=1),
+    nn.ReLU(),
+    nn.Conv2d(32, 32, 3, padding=1),
+    nn.ReLU(),
+    nn.AvgPool2d(2),
+    nn.Flatten(),
+    nn.Linear(32 * 4 * 4, 256),
+    nn.ReLU(),
+    nn.Linear(256, 10),
+)
 dctps.sparsify(model, density=0.01)  # W = alpha * D + S; 1% of the weights are trainable
 print(dctps.count(model))
 
 opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-for epoch in range(10):
+for _ in range(10):
     for x, y in train:
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()

@@ -1,8 +1,8 @@
 """DCTpS on a small Transformer encoder, trained on a generated sequence task.
 
-Task ("pointer"): a sequence of 16 tokens from a vocabulary of 16; the first token is a position
-``p`` in ``1..15``, and the label is the token at position ``p``. Bag-of-words cannot solve it
-(chance: 1/16 = 6%); attention can. ``dctps.sparsify`` replaces every Linear layer, including the
+Task ("pointer"): a sequence of 8 tokens from a vocabulary of 8; the first token is a position
+``p`` in ``1..7``, and the label is the token at position ``p``. Bag-of-words cannot solve it
+(chance: 1/8 = 12.5%); attention can. ``dctps.sparsify`` replaces every Linear layer, including the
 packed query/key/value projection of each ``nn.MultiheadAttention``, by ``W = alpha * D + S`` at 10%
 density; embeddings and LayerNorms stay dense. Runs in well under a minute on a CPU.
 """
@@ -15,7 +15,7 @@ from torch import nn
 
 import dctps
 
-VOCAB, LENGTH, WIDTH = 16, 16, 64
+VOCAB, LENGTH, WIDTH = 8, 8, 32
 
 
 def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,17 +45,17 @@ class PointerNet(nn.Module):
 def main() -> float:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    train_x, train_y = make_data(20000, gen)
-    test_x, test_y = make_data(2000, gen)
+    train_x, train_y = make_data(8000, gen)
+    test_x, test_y = make_data(1000, gen)
 
     model = PointerNet()
     dctps.sparsify(model, density=0.1)
     c = dctps.count(model)
     print(f"{c.nonzeros:,} of {c.weights:,} weights trainable ({c.density:.0%}), {c.alphas} alphas")
 
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     start = time.perf_counter()
-    for epoch in range(8):
+    for _ in range(5):
         perm = torch.randperm(len(train_x))
         for i in range(0, len(perm), 128):
             idx = perm[i : i + 128]
@@ -65,11 +65,11 @@ def main() -> float:
     model.eval()
     with torch.no_grad():
         accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
-    print(f"test accuracy: {accuracy:.1%} (chance: {1 / VOCAB:.0%}), "
+    print(f"test accuracy: {accuracy:.1%} (chance: {1 / VOCAB:.1%}), "
           f"trained in {time.perf_counter() - start:.0f} s")  # fmt: skip
     return accuracy
 
 
 if __name__ == "__main__":
     acc = main()
-    assert acc > 0.5, f"expected far above chance (6%), got {acc:.1%}"
+    assert acc > 0.8, f"expected far above chance (12.5%), got {acc:.1%}"

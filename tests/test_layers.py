@@ -9,7 +9,7 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from dctps import DCTpSConv2d, DCTpSLinear, DctpsError
+from dctps import DCTpSConv2d, DctpsError, DCTpSLinear
 from dctps.layers import draw_indices
 
 

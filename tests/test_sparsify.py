@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import dctps
-from dctps import DCTpSConv2d, DCTpSLinear, DctpsError
+from dctps import DCTpSConv2d, DctpsError, DCTpSLinear
 from dctps.models import build, names
 from dctps.sparsify import DCTpSMultiheadAttention
 
@@ -68,7 +68,9 @@ def test_transformer_encoder_packed_attention():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
     enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-    total = sum(p.numel() for n, p in enc.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    total = sum(
+        p.numel() for n, p in enc.named_parameters() if n.endswith("weight") and p.dim() == 2
+    )
     dctps.sparsify(enc, 0.1)
     attn = enc.layers[0].self_attn
     assert isinstance(attn, DCTpSMultiheadAttention)
@@ -149,7 +151,9 @@ def test_fixup_branches_zero_after_sparsify():
 
 def test_budgets_total_equals_count():
     model = build("vgg19")
-    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    shapes = [
+        tuple(m.weight.shape) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     for alloc in ["epl", "epf", "erk", "uniform"]:
         m = dctps.sparsify(build("vgg19"), 0.001, allocation=alloc)
         assert dctps.count(m).nonzeros == sum(dctps.budgets(shapes, 0.001, alloc))

@@ -23,6 +23,7 @@ class BudgetRow:
 
     @property
     def density(self) -> float:
+        """``nonzeros / weights`` of this layer."""
         return self.nonzeros / self.weights
 
 

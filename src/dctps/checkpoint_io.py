@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dctps import offsets
 from dctps._version import __version__
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, cannot_write
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention
 
@@ -68,6 +69,18 @@ _DTYPES = {
 # ------------------------------------------------------------------------------------------------
 
 
+def _offset_config(m: DCTpSLayer) -> dict[str, Any]:
+    """A non-default offset / alpha scope (absent for the paper's, so older files compare equal).
+
+    A random offset's seed is the layer's ``offset_seed`` buffer, stored with the tensors."""
+    out: dict[str, Any] = {}
+    if getattr(m, "offset", "dct") != "dct":
+        out["offset"] = m.offset
+    if getattr(m, "alpha_scope", "layer") != "layer":
+        out["alpha"] = m.alpha_scope
+    return out
+
+
 def _layer_config(m: nn.Module) -> dict[str, Any]:
     """The constructor arguments that re-create a DCTpS module's structure (not its values)."""
     if isinstance(m, DCTpSLinear):
@@ -80,6 +93,7 @@ def _layer_config(m: nn.Module) -> dict[str, Any]:
             "train_alpha": m.alpha.requires_grad,
             "mode": m.mode,
             "shape": list(m.weight_shape),
+            **_offset_config(m),
         }
     if isinstance(m, DCTpSConv2d):
         return {
@@ -96,9 +110,11 @@ def _layer_config(m: nn.Module) -> dict[str, Any]:
             "train_alpha": m.alpha.requires_grad,
             "mode": m.mode,
             "shape": list(m.weight_shape),
+            **_offset_config(m),
         }
     if isinstance(m, DCTpSMultiheadAttention):
         return {
+            **_offset_config(m.in_proj),
             "type": "DCTpSMultiheadAttention",
             "embed_dim": m.embed_dim,
             "num_heads": m.num_heads,
@@ -138,14 +154,18 @@ def _factory(like: nn.Module | None) -> dict[str, Any]:
 
 def _build_layer(cfg: dict[str, Any], old: nn.Module | None, state: dict[str, torch.Tensor],
                  prefix: str) -> nn.Module:  # fmt: skip
-    """A DCTpS module from its stored config (support taken from the stored indices)."""
+    """A DCTpS module from its stored config (support taken from the stored indices; a random
+    offset's seed is restored with the ``offset_seed`` buffer by the state-dict load)."""
     kind = cfg.get("type")
     fac = _factory(old)
+    off = {"offset": cfg.get("offset", "dct"), "alpha": cfg.get("alpha", "layer")}
+    if offsets.needs_seed(off["offset"]):
+        off["offset_seed"] = 0  # placeholder: overwritten by the stored buffer
     if kind == "DCTpSLinear":
         m: nn.Module = DCTpSLinear(
             cfg["in_features"], cfg["out_features"], cfg["nnz"], cfg["bias"],
             indices=state[prefix + "indices"], train_alpha=cfg.get("train_alpha", True),
-            mode=cfg.get("mode", "dense"), **fac,
+            mode=cfg.get("mode", "dense"), **off, **fac,
         )  # fmt: skip
         return m
     if kind == "DCTpSConv2d":
@@ -155,7 +175,7 @@ def _build_layer(cfg: dict[str, Any], old: nn.Module | None, state: dict[str, to
             tuple(cfg["stride"]), pad if isinstance(pad, str) else tuple(pad),
             tuple(cfg["dilation"]), cfg["groups"], cfg["bias"], nnz=cfg["nnz"],
             indices=state[prefix + "indices"], train_alpha=cfg.get("train_alpha", True),
-            mode=cfg.get("mode", "dense"), **fac,
+            mode=cfg.get("mode", "dense"), **off, **fac,
         )  # fmt: skip
     if kind == "DCTpSMultiheadAttention":
         if not isinstance(old, nn.MultiheadAttention):
@@ -164,7 +184,7 @@ def _build_layer(cfg: dict[str, Any], old: nn.Module | None, state: dict[str, to
                 add_bias_kv=cfg["add_bias_kv"], add_zero_attn=cfg["add_zero_attn"],
                 batch_first=cfg["batch_first"], **fac,
             )  # fmt: skip
-        return DCTpSMultiheadAttention(old, cfg["in_nnz"], cfg["out_nnz"], seed=0)
+        return DCTpSMultiheadAttention(old, cfg["in_nnz"], cfg["out_nnz"], seed=0, **off)
     raise DctpsError(f"unknown layer type {kind!r} in the checkpoint")
 
 
@@ -249,8 +269,11 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
             f.write(_TRAILER.pack(crc, total, END))
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DctpsError(f"cannot write checkpoint {path}: {e}") from e
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. a parent that is a file: there is no temporary file to remove
+            pass
+        raise cannot_write("checkpoint", path, e) from None
     return path
 
 
@@ -439,6 +462,7 @@ class LayerRow:
 
     @property
     def density(self) -> float:
+        """``nnz / weights`` of this layer."""
         return self.nnz / self.weights if self.weights else 0.0
 
 
@@ -459,14 +483,17 @@ class CheckpointInfo:
 
     @property
     def nnz(self) -> int:
+        """Non-zeros of ``S`` over all DCTpS layers of the checkpoint."""
         return sum(r.nnz for r in self.rows)
 
     @property
     def weights(self) -> int:
+        """Weight entries (dense size) of all DCTpS layers of the checkpoint."""
         return sum(r.weights for r in self.rows)
 
     @property
     def density(self) -> float:
+        """``nnz / weights`` over all DCTpS layers."""
         return self.nnz / self.weights if self.weights else 0.0
 
     def table(self) -> str:
@@ -542,7 +569,7 @@ def _dense_twin(m: nn.Module) -> nn.Module:
     fac = _factory(m)
     with torch.no_grad():
         if isinstance(m, DCTpSLinear):
-            new: nn.Module = nn.Linear(m.in_features, m.out_features, m.bias is not None, **fac)
+            new: Any = nn.Linear(m.in_features, m.out_features, m.bias is not None, **fac)
             new.weight.copy_(m.dense_weight())
         elif isinstance(m, DCTpSConv2d):
             new = nn.Conv2d(

@@ -218,9 +218,9 @@ def main() -> None:
         try:
             from typer._click.exceptions import ClickException, NoArgsIsHelpError
         except ImportError:  # typer < 0.22 uses click itself
-            from click.exceptions import ClickException
+            from click.exceptions import ClickException  # type: ignore[no-redef]
 
-            NoArgsIsHelpError = ()  # noqa: N806
+            NoArgsIsHelpError = ()  # type: ignore[misc,assignment]  # noqa: N806
         try:
             rv = app(standalone_mode=False)
         except NoArgsIsHelpError as e:  # `dctps` alone: the help text, as before

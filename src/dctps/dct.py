@@ -6,8 +6,9 @@ with rows indexed by frequency ``k`` and columns by position ``j``::
     C_N[k, j] = sqrt(2 / N) * s_k * cos(pi * k * (2 j + 1) / (2 N)),   s_0 = 1/sqrt(2), s_k = 1
 
 so ``C_N @ x`` is ``scipy.fft.dct(x, norm='ortho')`` and ``C_N.T = C_N^{-1}`` (the DCT-III).
-A layer ``in -> out`` uses ``D = C_N[:out, :in]`` with ``N = max(in, out)``: multiplying by ``D`` is a
-DCT of the input zero-padded to ``N`` with the output truncated to ``out`` (Appendix B, Linear layers).
+A layer ``in -> out`` uses ``D = C_N[:out, :in]`` with ``N = max(in, out)``: multiplying by ``D``
+is a DCT of the input zero-padded to ``N`` with the output truncated to ``out`` (Appendix B, Linear
+layers).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.from_numpy(c).to(dtype)
 
 
-def dct_basis(out_features: int, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dct_basis(
+    out_features: int, in_features: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The truncated DCT ``D = C_N[:out, :in]``, ``N = max(in, out)``; shape ``(out, in)``.
 
     Only the needed rows are evaluated, so the cost is ``O(out * in)``, not ``O(N^2)``.
@@ -64,9 +67,9 @@ def conv_dct_basis(
         D[o, c, h, w] = M[o, (h * kw + w) * (in/groups) + c]
 
     Grouped and depthwise convs use the same rule on the ``(out, fan_in)`` matrix of the weight:
-    filter ``o`` is DCT frequency ``o`` restricted to its group's patch. For a depthwise 3x3 conv with
-    ``C`` channels this is row ``o`` of ``C_max(C, 9)`` truncated to its first 9 entries, which is what
-    the authors' code does (their "first 9 entries of row o of a C x C DCT" for ``C >= 9``).
+    filter ``o`` is DCT frequency ``o`` restricted to its group's patch. For a depthwise 3x3 conv
+    with ``C`` channels this is row ``o`` of ``C_max(C, 9)`` truncated to its first 9 entries, which
+    is what the authors' code does (their "first 9 entries of row o of a C x C DCT" for ``C >= 9``).
     """
     if in_channels % groups or out_channels % groups:
         raise ValueError(
@@ -100,7 +103,7 @@ def _dct2_ortho(x: torch.Tensor) -> torch.Tensor:
 
 
 def _dct3_ortho(y: torch.Tensor) -> torch.Tensor:
-    """Orthonormal DCT-III (the inverse and transpose of :func:`_dct2_ortho`) via one inverse rFFT."""
+    """Orthonormal DCT-III (inverse and transpose of :func:`_dct2_ortho`) via one inverse rFFT."""
     n = y.shape[-1]
     y = y * math.sqrt(n / 2.0)
     y = torch.cat([y[..., :1] * math.sqrt(2.0), y[..., 1:]], dim=-1)
@@ -131,7 +134,8 @@ def dct(x: torch.Tensor, n: int) -> torch.Tensor:
 def dct_t(y: torch.Tensor, m: int) -> torch.Tensor:
     """The transpose ``C_N[:n, :m]^T @ y`` along the last dim of ``y`` (length ``n``).
 
-    Zero-pads ``y`` to ``N = max(m, n)``, takes an O(N log N) DCT-III, keeps the first ``m`` entries.
+    Zero-pads ``y`` to ``N = max(m, n)``, takes an O(N log N) DCT-III, keeps the first ``m``
+    entries.
     Shape ``(..., n) -> (..., m)``; the adjoint of :func:`dct` (used in its backward pass).
     """
     n = y.shape[-1]

@@ -93,6 +93,7 @@ def train_one(method: str, density: float, epochs: int, seed: int, bar: tqdm) ->
 
 
 def format_table(rows: list[DemoRow]) -> str:
+    """The demo's plain-text table: method, density, trainable weights, test accuracy, time."""
     lines = [f"{'method':<8} {'density':>8} {'trainable weights':>18} {'test acc':>9} {'time':>7}"]
     for r in rows:
         lines.append(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 class DctpsError(ValueError):
-    """A bad input or an unusable file, with a message that names the bad value and what is valid."""
+    """A bad input or an unusable file; the message names the bad value and what is valid."""
 
 
 class PruningFailed(DctpsError):
@@ -34,16 +34,14 @@ class PruningFailed(DctpsError):
 
 
 def check_density(density: object, name: str = "density") -> float:
-    """Return ``density`` as a float in (0, 1], or raise :class:`DctpsError` naming the bad value."""
+    """``density`` as a float in (0, 1], or a :class:`DctpsError` naming the bad value."""
     if isinstance(density, bool):  # float(True) == 1.0 would silently mean "dense"
         raise DctpsError(f"{name} must be a number in (0, 1], got {density!r}")
     if not isinstance(density, (int, float)):
         try:
             density = float(density)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise DctpsError(
-                f"{name} must be a number in (0, 1], got {density!r}"
-            ) from None
+            raise DctpsError(f"{name} must be a number in (0, 1], got {density!r}") from None
     d = float(density)
     if math.isnan(d) or not (0.0 < d <= 1.0):
         raise DctpsError(f"{name} must be in (0, 1] (e.g. 0.01 for 1%), got {density!r}")
@@ -66,7 +64,7 @@ def check_seed(seed: object, name: str = "seed") -> int | None:
     if isinstance(seed, bool):
         raise DctpsError(f"{name} must be an integer or None, got {seed!r}")
     try:
-        return operator.index(seed)  # int, numpy / torch integers; not floats or strings
+        return operator.index(seed)  # type: ignore[arg-type]  # ints, numpy/torch ints
     except TypeError:
         raise DctpsError(f"{name} must be an integer or None, got {seed!r}") from None
 

@@ -24,6 +24,13 @@ Forward modes per layer (``layer.mode``, or :func:`set_mode` for a whole model):
     once on the first call (:func:`choose`) and the fastest is kept. All paths compute the same
     function, so ``auto`` changes speed only (outputs agree to float rounding).
 
+Other offsets (:mod:`dctps.offsets`) reuse the same machinery: ``dct_permuted`` is a different
+gather into the FFT buffer (free), ``dct_signflip`` multiplies the input rows (and, for ``S``, the
+values) by the seeded signs first (``O(n)``), ``hadamard`` replaces the FFT by a fast
+Walsh-Hadamard transform on a buffer of the next power of two (``O(M log M)``); ``gaussian`` has no
+fast path, and only ``dct`` has the ``'factor'`` path. A per-channel ``alpha`` (``alpha='channel'``)
+scales the transform's output rows; its gradient is ``sum(g * D x)`` per row.
+
 The hand-written backward of :class:`FastDCTpSFunction` uses the DCT-III (the transpose, as
 :func:`dctps.dct.dct_t`) for ``dx = alpha * D^T g + S^T g``; ``d alpha = <g, D x> = <D^T g, x>``
 reuses the ``D^T g`` computed for ``dx`` (so ``D x`` need not be stored); ``d values[j] =
@@ -50,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dctps import offsets as _offsets
 from dctps.errors import DctpsError
 
 __all__ = [
@@ -72,6 +80,10 @@ __all__ = [
 
 MODES = ("dense", "fast", "factor", "auto")
 
+#: The ``layer`` argument of the paths below: a :class:`dctps.layers.DCTpSLayer` (Linear or Conv2d).
+#: ``Any`` because :mod:`dctps.layers` imports this module, and the paths read subclass attributes.
+Layer = Any
+
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta state.*")
 warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
 
@@ -91,7 +103,7 @@ def set_mode(model: nn.Module, mode: str) -> nn.Module:
     check_mode(mode)
     for m in model.modules():
         if hasattr(m, "weight_shape") and hasattr(m, "values") and hasattr(m, "mode"):
-            m.mode = mode
+            m.mode = mode  # type: ignore[assignment]  # a DCTpSLayer's mode property
     return model
 
 
@@ -117,7 +129,8 @@ class TransformSpec:
     ``dest[r]`` is the row of ``v`` that input row ``r`` lands in: the Makhoul position of its
     ``(h, w, c)`` patch index (:func:`dctps.dct.conv_dct_basis`'s order) inside its group's block
     of ``N = max(out, fan)`` rows. ``src`` is the inverse permutation when every row of ``v`` is an
-    input row (no zero padding, ``fan >= out``), else ``None``.
+    input row (no zero padding, ``fan >= out``), else ``None``. ``kind``: ``'dct'`` (FFT) or
+    ``'hadamard'`` (natural order, ``N`` the next power of two; fast Walsh-Hadamard transform).
     """
 
     out: int
@@ -125,34 +138,66 @@ class TransformSpec:
     groups: int
     dest: torch.Tensor
     src: torch.Tensor | None
+    kind: str = "dct"
 
     @property
     def width(self) -> int:
+        """Rows of the FFT buffer: ``groups * N``."""
         return self.groups * self.n
 
 
 def _spec(
-    out: int, fan: int, groups: int, hwc: torch.Tensor, device: torch.device
+    out: int,
+    fan: int,
+    groups: int,
+    hwc: torch.Tensor,
+    device: torch.device,
+    kind: str = "dct",
+    perm: torch.Tensor | None = None,
 ) -> TransformSpec:
-    """``hwc[r]``: the ``(h, w, c)`` patch index (within its group) of input row ``r``."""
-    n = max(out, fan)
+    """``hwc[r]``: the ``(h, w, c)`` patch index (within its group) of input row ``r``.
+
+    ``perm``: a column permutation of the offset (``D[:, j] = C[:, perm[j]]``), so patch index
+    ``j`` reads the transform's input ``perm[j]``.
+    """
+    if perm is not None:
+        hwc = perm[hwc]
     group = torch.arange(hwc.numel()) // fan
-    dest = group * n + _makhoul_pos(n)[hwc]
+    if kind == "hadamard":
+        n = _offsets.hadamard_size(out, fan)
+        dest = group * n + hwc
+    else:
+        n = max(out, fan)
+        dest = group * n + _makhoul_pos(n)[hwc]
     src = torch.argsort(dest).to(device) if fan == n else None
-    return TransformSpec(out, n, groups, dest.to(device), src)
+    return TransformSpec(out, n, groups, dest.to(device), src, kind)
 
 
-def linear_spec(out: int, inp: int, device: torch.device) -> TransformSpec:
+def linear_spec(
+    out: int, inp: int, device: torch.device, kind: str = "dct", perm: torch.Tensor | None = None
+) -> TransformSpec:
     """The :class:`TransformSpec` of a Linear ``in -> out``."""
-    return _spec(out, inp, 1, torch.arange(inp), device)
+    return _spec(out, inp, 1, torch.arange(inp), device, kind, perm)
 
 
-def conv_spec(weight_shape: tuple[int, ...], groups: int, device: torch.device) -> TransformSpec:
+def conv_spec(
+    weight_shape: tuple[int, ...],
+    groups: int,
+    device: torch.device,
+    kind: str = "dct",
+    perm: torch.Tensor | None = None,
+) -> TransformSpec:
     """The :class:`TransformSpec` of a Conv2d; input rows are ``F.unfold``'s ``(c, h, w)`` order."""
+    out, cg, kh, kw = weight_shape
+    return _spec(out, cg * kh * kw, groups, _conv_hwc(weight_shape, groups), device, kind, perm)
+
+
+def _conv_hwc(weight_shape: tuple[int, ...], groups: int) -> torch.Tensor:
+    """The ``(h, w, c)`` patch index (within its group) of every ``F.unfold`` row."""
     out, cg, kh, kw = weight_shape
     kk = kh * kw
     rem = torch.arange(groups * cg * kk) % (cg * kk)  # unfold row (g*cg + c)*kk + hw
-    return _spec(out, cg * kk, groups, (rem % kk) * cg + rem // kk, device)
+    return (rem % kk) * cg + rem // kk
 
 
 def _to_v(spec: TransformSpec, x: torch.Tensor) -> torch.Tensor:
@@ -275,12 +320,50 @@ def _dct_band_t(g: torch.Tensor, band: _Band) -> torch.Tensor:
     return torch.fft.irfft(z, n=n, dim=1)
 
 
+def _fwht_rows(v: torch.Tensor) -> torch.Tensor:
+    """Unnormalised fast Walsh-Hadamard transform along dim 1 of ``(B, M, L)`` (natural order)."""
+    b, m, ln = v.shape
+    h = 1
+    while h < m:
+        t = v.reshape(b, m // (2 * h), 2, h, ln)
+        a, c = t[:, :, 0], t[:, :, 1]
+        v = torch.stack((a + c, a - c), dim=2)
+        h *= 2
+    return v.reshape(b, m, ln)
+
+
+def _hadamard(v: torch.Tensor, spec: TransformSpec, alpha: torch.Tensor) -> torch.Tensor:
+    """``alpha * H_M[rows of each group, :] v`` on the buffer ``(B, groups * M, L)``."""
+    out, n, groups = spec.out, spec.n, spec.groups
+    og = out // groups
+    parts = [
+        _fwht_rows(v[:, g * n : (g + 1) * n])[:, g * og : (g + 1) * og] for g in range(groups)
+    ]
+    y = parts[0] if groups == 1 else torch.cat(parts, dim=1)
+    return y * (alpha / math.sqrt(n))
+
+
+def _hadamard_t(g: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
+    """The transpose of :func:`_hadamard` (``alpha = 1``): ``(B, out, L) -> (B, groups * M, L)``."""
+    out, n, groups = spec.out, spec.n, spec.groups
+    og = out // groups
+    parts = []
+    for k in range(groups):
+        z = g.new_zeros(g.shape[0], n, g.shape[2])
+        z[:, k * og : (k + 1) * og] = g[:, k * og : (k + 1) * og]
+        parts.append(_fwht_rows(z))
+    res = parts[0] if groups == 1 else torch.cat(parts, dim=1)
+    return res.mul_(1.0 / math.sqrt(n))
+
+
 def _transform(v: torch.Tensor, spec: TransformSpec, alpha: torch.Tensor) -> torch.Tensor:
     """``alpha * D v`` on the FFT buffer ``(B, groups * N, L)``: ``(B, out, L)``.
 
     Group ``g`` produces output rows (= DCT frequencies) ``[g * out_g, (g + 1) * out_g)`` from its
     block of ``v``; a Linear or ungrouped conv is the single band ``[0, out)``.
     """
+    if spec.kind == "hadamard":
+        return _hadamard(v, spec, alpha)
     out, n, groups = spec.out, spec.n, spec.groups
     y = v.new_empty(v.shape[0], out, v.shape[2])
     og = out // groups
@@ -292,6 +375,8 @@ def _transform(v: torch.Tensor, spec: TransformSpec, alpha: torch.Tensor) -> tor
 
 def _transform_t(g: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
     """``D^T g`` onto the FFT buffer: ``(B, out, L) -> (B, groups * N, L)``."""
+    if spec.kind == "hadamard":
+        return _hadamard_t(g, spec)
     out, n, groups = spec.out, spec.n, spec.groups
     if groups == 1:
         return _dct_band_t(g, _band(n, 0, out, g.device, g.dtype))
@@ -358,38 +443,125 @@ class SparsePlan:
 
     @property
     def nnz(self) -> int:
+        """Number of stored non-zeros."""
         return self.rows.numel()
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
+        """``S`` (``shape``) as a CSR tensor holding ``values`` (given in ``indices`` order)."""
         v = values if self.perm is None else values[self.perm]
         return torch.sparse_csr_tensor(self.crow, self.col, v, self.shape, check_invariants=False)
 
     def csr_t(self, values: torch.Tensor) -> torch.Tensor:
+        """``S^T`` as a CSR tensor holding ``values`` (given in ``indices`` order)."""
         return torch.sparse_csr_tensor(
             self.crow_t, self.col_t, values[self.perm_t], self.shape[::-1], check_invariants=False
         )
 
 
-def _plan(layer: nn.Module) -> SparsePlan:
-    """The layer's cached :class:`SparsePlan`, rebuilt when ``indices`` changed or moved."""
+def _offset_key(layer: Layer) -> tuple:
+    """What a layer's offset structures depend on: its name and the seed buffer's identity."""
+    buf = getattr(layer, "offset_seed", None)
+    off = getattr(layer, "offset", "dct")
+    return (off,) if buf is None else (off, id(buf), buf._version)
+
+
+def _offset_parts(layer: Layer) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
+    """``(kind, perm, signs)`` of the layer's offset (CPU tensors), cached per offset key.
+
+    ``kind``: the transform (``'dct'`` or ``'hadamard'``); ``perm``: the column permutation of
+    ``dct_permuted``; ``signs``: the float64 column signs of ``dct_signflip``.
+    """
+    key = _offset_key(layer)
+    cached = layer.__dict__.get("_dctps_offset")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    off = key[0]
+    if not _offsets.has_fast_path(off):
+        raise DctpsError(
+            f"offset {off!r} has no fast path: use mode='dense' (or 'auto', which takes the "
+            "dense path for it)"
+        )
+    fan = math.prod(layer.weight_shape[1:])
+    seed = layer.offset_seed_value if key[1:] else None
+    kind = "hadamard" if off == "hadamard" else "dct"
+    perm = _offsets.permutation(fan, seed) if off == "dct_permuted" else None
+    signs = _offsets.signs(fan, seed) if off == "dct_signflip" else None
+    res = (kind, perm, signs)
+    layer.__dict__["_dctps_offset"] = (key, res)
+    return res
+
+
+def _plan(layer: Layer) -> SparsePlan:
+    """The layer's cached :class:`SparsePlan`, rebuilt when ``indices`` or the offset changed."""
     idx = layer.indices
+    okey = _offset_key(layer)
     cached = layer.__dict__.get("_dctps_plan")
-    if cached is not None and cached[0] is idx and cached[1] == idx._version:
+    if (
+        cached is not None
+        and cached[0] is idx
+        and cached[1] == idx._version
+        and cached[3] == okey
+    ):
         return cached[2]
+    kind, perm, _ = _offset_parts(layer)
     shape = tuple(layer.weight_shape)
     fan = math.prod(shape[1:])
     rows, within = idx // fan, idx % fan
     if len(shape) == 2:
-        plan = SparsePlan.build(linear_spec(shape[0], shape[1], idx.device), rows, within)
+        spec = linear_spec(shape[0], shape[1], idx.device, kind, perm)
+        plan = SparsePlan.build(spec, rows, within)
     else:
         groups = layer.groups
-        spec = conv_spec(shape, groups, idx.device)
+        spec = conv_spec(shape, groups, idx.device, kind, perm)
         # flat (o, c, h, w) -> unfold row (g * cg + c) * kk + hw, g = o's group
         kk = shape[2] * shape[3]
         in_rows = (rows // (shape[0] // groups) * shape[1] + within // kk) * kk + within % kk
         plan = SparsePlan.build(spec, rows, in_rows)
-    layer.__dict__["_dctps_plan"] = (idx, idx._version, plan)
+    layer.__dict__["_dctps_plan"] = (idx, idx._version, plan, okey)
     return plan
+
+
+def _sign_parts(
+    layer: Layer, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For ``dct_signflip``: the sign of every input row (Linear: feature; conv: ``F.unfold``
+    row) and of every non-zero of ``S`` (its column's sign), or ``None`` for other offsets.
+
+    ``W x = alpha D diag(s) x + S x = alpha D (s * x) + (S diag(s)) (s * x)``, so the signs go on
+    the input rows and on the values, and the transform path runs unchanged.
+    """
+    _, _, signs = _offset_parts(layer)
+    if signs is None:
+        return None
+    idx = layer.indices
+    key = (_offset_key(layer), id(idx), idx._version, str(device), dtype)
+    cached = layer.__dict__.get("_dctps_signs")
+    if cached is not None and cached[0] == key and cached[1] is idx:
+        return cached[2]
+    shape = tuple(layer.weight_shape)
+    fan = math.prod(shape[1:])
+    within = idx.cpu() % fan
+    if len(shape) == 2:
+        rows_sign, vals_sign = signs, signs[within]
+    else:
+        out, cg, kh, kw = shape
+        kk = kh * kw
+        rows_sign = signs[_conv_hwc(shape, layer.groups)]
+        vals_sign = signs[(within % kk) * cg + within // kk]  # (c, h, w) flat -> (h, w, c)
+    res = (rows_sign.to(device=device, dtype=dtype), vals_sign.to(device=device, dtype=dtype))
+    layer.__dict__["_dctps_signs"] = (key, idx, res)
+    return res
+
+
+def _apply_signs(
+    layer: Layer, x: torch.Tensor, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s * x, values * s[col])`` for ``dct_signflip`` (differentiable); else unchanged."""
+    parts = _sign_parts(layer, x.device, x.dtype)
+    if parts is None:
+        return x, values
+    rows_sign, vals_sign = parts
+    return x * rows_sign.view(1, -1, 1), values * vals_sign.to(values.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -493,24 +665,37 @@ class FastDCTpSFunction(torch.autograd.Function):
         plan: SparsePlan,
     ) -> torch.Tensor:
         v = _to_v(plan.spec, x)
-        y = _transform(v, plan.spec, alpha)
+        dv = None
+        if alpha.dim() == 0:
+            y = _transform(v, plan.spec, alpha)
+        else:  # one alpha per output row: keep D v for d alpha
+            dv = _transform(v, plan.spec, alpha.new_ones(()))
+            y = dv * alpha.view(-1, 1)
         if plan.nnz:
             _sparse_add(plan, values, v, y)
         if bias is not None:
             y.add_(bias.view(-1, 1))
-        ctx.save_for_backward(v, alpha, values)
+        ctx.save_for_backward(v, alpha, values, dv)
         ctx.plan = plan
         ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        v, alpha, values = ctx.saved_tensors
+        v, alpha, values, dv = ctx.saved_tensors
         plan: SparsePlan = ctx.plan
         need_x, need_a, need_v, need_b = ctx.needs_input_grad[:4]
         g = grad.contiguous()
         dx = dalpha = dvalues = dbias = None
-        if need_x or need_a:
+        if dv is not None:  # per-row alpha
+            if need_a:
+                dalpha = (g * dv).sum((0, 2))
+            if need_x:
+                vbar = _transform_t(g * alpha.view(-1, 1), plan.spec)
+                if plan.nnz:
+                    _sparse_add_t(plan, values, g, vbar)
+                dx = _from_v(plan.spec, vbar)
+        elif need_x or need_a:
             dtg = _transform_t(g, plan.spec)
             if need_a:
                 dalpha = torch.dot(dtg.flatten(), v.flatten()).view_as(alpha)
@@ -534,16 +719,18 @@ def _work(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.compiler.disable
-def fast_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def fast_linear(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The fast path of a :class:`~dctps.layers.DCTpSLinear`: ``(..., in) -> (..., out)``."""
     out, inp = layer.weight_shape
     lead = x.shape[:-1]
+    plan = _plan(layer)
     x3 = _work(x.reshape(-1, inp), layer.values).unsqueeze(2)
-    y = FastDCTpSFunction.apply(x3, layer.alpha, layer.values, layer.bias, _plan(layer))
+    x3, values = _apply_signs(layer, x3, layer.values)
+    y = FastDCTpSFunction.apply(x3, layer.alpha, values, layer.bias, plan)
     return y.to(x.dtype).view(*lead, out)
 
 
-def _explicit_padding(layer: nn.Module) -> tuple[int, int, int, int]:
+def _explicit_padding(layer: Layer) -> tuple[int, int, int, int]:
     """``(left, right, top, bottom)`` padding of the layer, resolving ``'same'`` / ``'valid'``."""
     pad = layer.padding
     if isinstance(pad, str):
@@ -557,7 +744,7 @@ def _explicit_padding(layer: nn.Module) -> tuple[int, int, int, int]:
     return (pad[1], pad[1], pad[0], pad[0])
 
 
-def conv_unfold(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+def conv_unfold(layer: Layer, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """``F.unfold`` of ``x`` with the layer's geometry: ``(B, C*kh*kw, H'*W')``, and ``(H', W')``.
 
     Handles ``padding='same'``/``'valid'`` (asymmetric 'same' padding is applied with ``F.pad``).
@@ -577,7 +764,7 @@ def conv_unfold(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int, i
 
 
 @torch.compiler.disable
-def fast_conv2d(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def fast_conv2d(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The transform path of a :class:`~dctps.layers.DCTpSConv2d`: ``F.unfold`` the patches and
     apply :class:`FastDCTpSFunction` (which reorders each patch to ``(h, w, c)`` and Makhoul order
     in the same gather); the ``(B, out, L)`` result is the conv output's layout."""
@@ -585,8 +772,10 @@ def fast_conv2d(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if unbatched:
         x = x.unsqueeze(0)
     xw = x if x.dtype in (torch.float32, torch.float64) else _work(x, layer.values)
+    plan = _plan(layer)
     cols, ho, wo = conv_unfold(layer, xw)
-    y = FastDCTpSFunction.apply(cols, layer.alpha, layer.values, layer.bias, _plan(layer))
+    cols, values = _apply_signs(layer, cols, layer.values)
+    y = FastDCTpSFunction.apply(cols, layer.alpha, values, layer.bias, plan)
     y = y.view(x.shape[0], -1, ho, wo).to(x.dtype)
     return y.squeeze(0) if unbatched else y
 
@@ -604,7 +793,7 @@ def fast_conv2d(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # fewer for a 3x3 stride-1 conv, all of it in cuDNN/oneDNN kernels.
 
 
-def _factor_weights(layer: nn.Module, device: torch.device, dtype: torch.dtype):
+def _factor_weights(layer: Layer, device: torch.device, dtype: torch.dtype):
     """The fixed 1x1 weight ``(2 out, C_g, 1, 1)`` and depthwise weight ``(2 out, 1, kh, kw)``."""
     key = (str(device), dtype)
     cached = layer.__dict__.get("_dctps_factors")
@@ -642,7 +831,7 @@ class ConvSparsePlan:
     offsets: list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _conv_sparse_plan(layer: nn.Module) -> ConvSparsePlan:
+def _conv_sparse_plan(layer: Layer) -> ConvSparsePlan:
     idx = layer.indices
     cached = layer.__dict__.get("_dctps_cplan")
     if cached is not None and cached[0] is idx and cached[1] == idx._version:
@@ -662,7 +851,7 @@ def _conv_sparse_plan(layer: nn.Module) -> ConvSparsePlan:
     return plan
 
 
-def _window(t: torch.Tensor, h: int, w: int, layer: nn.Module, ho: int, wo: int) -> torch.Tensor:
+def _window(t: torch.Tensor, h: int, w: int, layer: Layer, ho: int, wo: int) -> torch.Tensor:
     """The strided view of a padded ``(B, C, Hp, Wp)`` tensor read by kernel offset ``(h, w)``."""
     dh, dw = layer.dilation
     sh, sw = layer.stride
@@ -678,7 +867,7 @@ class SparseConv2dFunction(torch.autograd.Function):
     Cost ``O(nnz * B * H * W)``; nothing of the weight's size is formed."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, layer: nn.Module,  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, layer: Layer,  # type: ignore[override]
                 plan: ConvSparsePlan, ho: int, wo: int) -> torch.Tensor:  # fmt: skip
         left, right, top, bottom = _explicit_padding(layer)
         xp = F.pad(x, (left, right, top, bottom)) if (left or right or top or bottom) else x
@@ -717,10 +906,15 @@ class SparseConv2dFunction(torch.autograd.Function):
 
 
 @torch.compiler.disable
-def factor_conv2d(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def factor_conv2d(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The factorised path of a :class:`~dctps.layers.DCTpSConv2d` (see the comment above):
     ``alpha * D x`` as a 1x1 conv to ``2 out`` channels plus a depthwise conv, ``S x`` as
     :class:`SparseConv2dFunction`. ``D`` and ``W`` are never formed."""
+    if getattr(layer, "offset", "dct") != "dct":
+        raise DctpsError(
+            f"offset {layer.offset!r} has no factor path (only 'dct' factorises): use "
+            "mode='fast', 'dense' or 'auto'"
+        )
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
@@ -728,7 +922,11 @@ def factor_conv2d(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     xw = x if x.dtype == e.dtype else x.to(e.dtype)
     out = layer.weight_shape[0]
     z = F.conv2d(xw, e, None, 1, 0, 1, layer.groups)
-    q = F.conv2d(z, k * layer.alpha, None, layer.stride, layer.padding, layer.dilation, 2 * out)
+    alpha = layer.alpha
+    if alpha.dim():  # per channel: the depthwise channels are (group, Re/Im, filter in group)
+        g = layer.groups
+        alpha = alpha.view(g, 1, out // g).expand(g, 2, out // g).reshape(2 * out, 1, 1, 1)
+    q = F.conv2d(z, k * alpha, None, layer.stride, layer.padding, layer.dilation, 2 * out)
     b, _, ho, wo = q.shape
     y = q.view(b, layer.groups, 2, out // layer.groups, ho, wo).sum(2).view(b, out, ho, wo)
     if layer.nnz:
@@ -770,7 +968,7 @@ def clear_auto_cache() -> None:
     _GENERATION[0] += 1
 
 
-def candidates(layer: nn.Module) -> list[str]:
+def candidates(layer: Layer) -> list[str]:
     """The paths ``mode='auto'`` times for ``layer``: ``'dense'`` plus those the cost model allows.
 
     Per output position the dense product costs ``out * fan`` multiply-adds (``fan`` = in, or
@@ -789,12 +987,15 @@ def candidates(layer: nn.Module) -> list[str]:
     fan = math.prod(layer.weight_shape[1:])
     dense = out * fan
     res = ["dense"]
+    offset = getattr(layer, "offset", "dct")
+    if not _offsets.has_fast_path(offset):  # e.g. 'gaussian': dense only
+        return res
     groups = getattr(layer, "groups", 1)
-    n = max(out, fan)
+    n = _offsets.hadamard_size(out, fan) if offset == "hadamard" else max(out, fan)
     if groups == 1 and 5.0 * n * math.log2(max(n, 2)) < 0.5 * dense:
         res.append("fast")
     kernel = getattr(layer, "kernel_size", None)
-    if kernel is not None and kernel[0] * kernel[1] > 1:
+    if offset == "dct" and kernel is not None and kernel[0] * kernel[1] > 1:
         cg = layer.weight_shape[1]
         sh, sw = layer.stride
         factor = 2 * out * cg * sh * sw + 2 * out * kernel[0] * kernel[1]
@@ -803,7 +1004,7 @@ def candidates(layer: nn.Module) -> list[str]:
     return res
 
 
-def _key(layer: nn.Module, x: torch.Tensor) -> tuple:
+def _key(layer: Layer, x: torch.Tensor) -> tuple:
     conv = getattr(layer, "kernel_size", None) is not None
     geometry: tuple = (
         (layer.stride, layer.padding, layer.dilation, layer.groups, tuple(x.shape))
@@ -814,6 +1015,8 @@ def _key(layer: nn.Module, x: torch.Tensor) -> tuple:
         "conv" if conv else "linear",
         tuple(layer.weight_shape),
         layer.nnz,
+        getattr(layer, "offset", "dct"),
+        layer.alpha.numel(),
         *geometry,
         str(x.device),
         x.dtype,
@@ -842,7 +1045,7 @@ def _run_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad:
 AUTO_MARGIN = 0.95
 
 
-def choose(layer: nn.Module, x: torch.Tensor, paths: dict[str, Callable], reps: int = 3) -> str:
+def choose(layer: Layer, x: torch.Tensor, paths: dict[str, Callable], reps: int = 3) -> str:
     """The path ``mode='auto'`` takes for ``layer`` on inputs like ``x`` (cached per signature).
 
     The signature is the layer's weight shape, nnz, stride/padding/dilation/groups, the input

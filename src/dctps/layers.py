@@ -3,7 +3,12 @@
 ``D`` is the fixed truncated DCT of :mod:`dctps.dct` (never trained, never saved: it is a function
 of the layer's shape); ``S`` is sparse and trainable, stored as ``values`` (a Parameter of length
 ``nnz``, initialised to 0) at the flat positions ``indices`` (a sorted buffer of distinct positions
-in the weight tensor, drawn uniformly at random); ``alpha`` is one trainable scalar (init 1.0).
+in the weight tensor, drawn uniformly at random); ``alpha`` is one trainable scalar (init 1.0), or
+with ``alpha='channel'`` one per output channel.
+
+``offset=`` picks the fixed matrix (:mod:`dctps.offsets`): ``'dct'`` (the paper's, default),
+``'dct_signflip'``, ``'dct_permuted'``, ``'hadamard'`` or ``'gaussian'``. A random offset's seed is
+a persistent int64 buffer ``offset_seed``, so a saved and loaded layer rebuilds the same ``D``.
 
 The default forward pass (``mode='dense'``) materialises ``W`` and runs ONE ``F.linear`` /
 ``F.conv2d`` (the authors' code runs two dense convolutions per layer, one for ``alpha*D`` and one
@@ -24,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dctps import offsets as _offsets
 from dctps.allocation import filter_counts
-from dctps.dct import conv_dct_basis, dct_basis
-from dctps.errors import DctpsError, check_seed
+from dctps.errors import DctpsError, check_seed, unknown_name
 from dctps.fast import (
     auto_generation,
     check_mode,
@@ -36,7 +41,65 @@ from dctps.fast import (
     fast_linear,
 )
 
-__all__ = ["DCTpSLinear", "DCTpSConv2d", "DCTpSLayer", "draw_indices", "make_generator"]
+__all__ = [
+    "ALPHA_SCOPES",
+    "DCTpSLinear",
+    "DCTpSConv2d",
+    "DCTpSLayer",
+    "draw_indices",
+    "kaiming_alpha",
+    "make_generator",
+]
+
+#: ``alpha='layer'``: one scalar per layer (the paper); ``'channel'``: one per output channel.
+ALPHA_SCOPES = ("layer", "channel")
+
+
+def kaiming_alpha(row_norms: torch.Tensor, scope: str) -> torch.Tensor:
+    """``alpha`` such that ``alpha * D`` has the row scale of a Kaiming-normal (fan_in, ReLU) init.
+
+    Kaiming-normal draws ``W_ij ~ N(0, 2 / fan_in)``, so every row has expected squared norm
+    ``fan_in * 2 / fan_in = 2``, whatever the shape. ``alpha * D`` matches that when
+    ``||alpha_o D_o||^2 = 2``: per channel ``alpha_o = sqrt(2) / ||D_o||``; for one scalar per layer
+    the mean squared row norm is matched, ``alpha = sqrt(2 * out / ||D||_F^2)``. With orthonormal
+    rows (the DCT variants and ``gaussian`` when ``out <= fan_in``) both give ``sqrt(2)``; when
+    ``out > fan_in`` the DCT's columns are orthonormal, ``||D||_F^2 = fan_in`` and the scalar is
+    ``sqrt(2 out / fan_in)``; the truncated Hadamard matrix has row norms ``sqrt(fan_in / M)``.
+    A zero row (none of the built-in offsets has one) gets ``sqrt(2)``.
+    """
+    r = row_norms.to(torch.float64)
+    if scope == "layer":
+        total = float((r * r).sum())
+        a = math.sqrt(2.0 * r.numel() / total) if total > 0 else math.sqrt(2.0)
+        return torch.tensor(a, dtype=torch.float64)
+    safe = torch.where(r > 0, r, torch.ones_like(r))
+    return torch.where(r > 0, math.sqrt(2.0) / safe, torch.full_like(r, math.sqrt(2.0)))
+
+
+def _alpha_settings(alpha: object, alpha_init: object) -> tuple[str, float | str]:
+    """``(scope, init)`` from a layer's ``alpha`` / ``alpha_init`` arguments.
+
+    ``alpha`` is the scope (``'layer'`` / ``'channel'``), or, as before, a number: the initial value
+    of a per-layer alpha (then ``alpha_init`` must not also be given).
+    """
+    if isinstance(alpha, str):
+        if alpha not in ALPHA_SCOPES:
+            raise unknown_name("alpha scope", alpha, ALPHA_SCOPES)
+        scope, init = alpha, 1.0 if alpha_init is None else alpha_init
+    elif isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        if alpha_init is not None and float(alpha) != 1.0:
+            raise DctpsError("give the initial alpha once: alpha=<number> or alpha_init=...")
+        scope, init = "layer", float(alpha) if alpha_init is None else alpha_init
+    else:
+        raise DctpsError(f"alpha must be 'layer', 'channel' or a number, got {alpha!r}")
+    if isinstance(init, str):
+        if init != "kaiming":
+            raise DctpsError(f"alpha_init must be a number or 'kaiming', got {init!r}")
+    elif isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
+        raise DctpsError(f"alpha_init must be a finite number or 'kaiming', got {init!r}")
+    else:
+        init = float(init)
+    return scope, init
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:
@@ -90,20 +153,30 @@ def draw_indices(
 
 
 class _FusedWeight(torch.autograd.Function):
-    """``W = alpha * D + S`` (flat) with a lean backward: no temporaries of ``D``'s size."""
+    """``W = alpha * D + S`` (flat) with a lean backward: no temporaries of ``D``'s size.
+
+    ``alpha`` is a scalar or a per-output-channel tensor already viewed to broadcast over ``D``.
+    """
 
     @staticmethod
     def forward(ctx, alpha, values, d, indices):  # type: ignore[override]
-        w = torch.mul(d, alpha).view(-1)
+        w = torch.mul(d, alpha).reshape(-1)
         w.index_add_(0, indices, values)  # distinct indices: one plain add each
         ctx.save_for_backward(d, indices)
+        ctx.alpha_shape = alpha.shape
         return w
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         d, indices = ctx.saved_tensors
         g = grad.reshape(-1)
-        dalpha = torch.dot(g, d.reshape(-1)).view(()) if ctx.needs_input_grad[0] else None
+        dalpha = None
+        if ctx.needs_input_grad[0]:
+            if math.prod(ctx.alpha_shape) == 1:
+                dalpha = torch.dot(g, d.reshape(-1)).view(ctx.alpha_shape)
+            else:
+                rows = d.shape[0]
+                dalpha = (g.view(rows, -1) * d.reshape(rows, -1)).sum(1).view(ctx.alpha_shape)
         dvalues = g[indices] if ctx.needs_input_grad[1] else None
         return dalpha, dvalues, None, None
 
@@ -115,18 +188,36 @@ class DCTpSLayer(nn.Module):
     indices: torch.Tensor
     _D: torch.Tensor | None
     _mode: str = "dense"
+    offset: str = "dct"
+    alpha_scope: str = "layer"
 
     def _init_sparse(
         self,
         nnz: int,
-        alpha: float,
+        alpha: float | str,
         seed: int | None,
         indices: torch.Tensor | None,
         per_filter: bool,
         train_alpha: bool,
         dtype: torch.dtype | None,
         device: Any,
+        alpha_init: float | str | None = None,
+        offset: str = "dct",
+        offset_seed: int | None = None,
     ) -> None:
+        self.offset = _offsets.check_offset(offset)
+        self.alpha_scope, init = _alpha_settings(alpha, alpha_init)
+        offset_seed = check_seed(offset_seed, "offset_seed")
+        if _offsets.needs_seed(self.offset):
+            if offset_seed is None:
+                seed = check_seed(seed)
+                offset_seed = (
+                    seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+                )
+            buf = torch.tensor(int(offset_seed), dtype=torch.int64, device=device)
+            self.register_buffer("offset_seed", buf)
+        elif offset_seed is not None:
+            raise DctpsError(f"offset {self.offset!r} is not random: it takes no offset_seed")
         numel = math.prod(self.weight_shape)
         if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= numel:
             raise DctpsError(
@@ -143,14 +234,66 @@ class DCTpSLayer(nn.Module):
             if nnz and (indices[0] < 0 or indices[-1] >= numel or (indices.diff() == 0).any()):
                 raise DctpsError(f"indices must be distinct positions in [0, {numel})")
         factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
-        self.alpha = nn.Parameter(torch.tensor(float(alpha), **factory), requires_grad=train_alpha)
+        out = self.weight_shape[0]
+        if init == "kaiming":
+            fan = numel // out
+            norms = _offsets.row_norms(self.offset, out, fan, self.offset_seed_value)
+            a = kaiming_alpha(norms, self.alpha_scope)
+        else:
+            a = torch.full((out,) if self.alpha_scope == "channel" else (), float(init))
+        self.alpha = nn.Parameter(a.to(**factory), requires_grad=train_alpha)
         self.values = nn.Parameter(torch.zeros(nnz, **factory))
         self.register_buffer("indices", indices.to(device))
         self.register_buffer("_D", None, persistent=False)
 
+    @property
+    def offset_seed_value(self) -> int | None:
+        """The seed of a random offset (``None`` for ``dct`` and ``hadamard``)."""
+        buf = getattr(self, "offset_seed", None)
+        return None if buf is None else int(buf)
+
+    @property
+    def n_alphas(self) -> int:
+        """Number of offset scales: 1 (``alpha='layer'``) or the output channels (``'channel'``)."""
+        return self.alpha.numel()
+
+    def alpha_view(self) -> torch.Tensor:
+        """``alpha`` shaped to broadcast over ``weight_shape`` (a 0-d tensor for one scalar)."""
+        a = self.alpha
+        if a.dim() == 0:
+            return a
+        return a.view(-1, *([1] * (len(self.weight_shape) - 1)))
+
+    def offset_matrix(self) -> torch.Tensor:
+        """The ``(out, fan_in)`` float64 offset matrix (:func:`dctps.offsets.matrix`)."""
+        out = self.weight_shape[0]
+        fan = math.prod(self.weight_shape) // out
+        return _offsets.matrix(self.offset, out, fan, self.offset_seed_value)
+
     def _basis(self) -> torch.Tensor:
         """The fixed offset matrix in ``weight_shape``, computed in float64 (cast by the caller)."""
         raise NotImplementedError
+
+    def _path_available(self, path: str) -> bool:
+        """Whether this layer's offset has the forward ``path``."""
+        if path == "dense":
+            return True
+        if path == "factor" and len(self.weight_shape) == 4:
+            return self.offset == "dct"
+        return _offsets.has_fast_path(self.offset)
+
+    def _check_path(self, mode: str) -> str:
+        if mode in ("fast", "factor") and not self._path_available(mode):
+            if not _offsets.has_fast_path(self.offset):
+                raise DctpsError(
+                    f"offset {self.offset!r} has no fast path: use mode='dense' (or 'auto', "
+                    "which takes the dense path for it)"
+                )
+            raise DctpsError(
+                f"offset {self.offset!r} has no factor path (only 'dct' factorises): use "
+                "mode='fast', 'dense' or 'auto'"
+            )
+        return mode
 
     @property
     def D(self) -> torch.Tensor:
@@ -186,7 +329,7 @@ class DCTpSLayer(nn.Module):
 
     @mode.setter
     def mode(self, value: str) -> None:
-        self._mode = check_mode(value)
+        self._mode = self._check_path(check_mode(value))
         if self._mode in ("fast", "factor"):
             self._drop_basis()
 
@@ -205,7 +348,11 @@ class DCTpSLayer(nn.Module):
             memo = self.__dict__.setdefault("_dctps_auto", {})
             path = memo.get(key)
             if path is None:
-                paths = {k: getattr(self, v) for k, v in self._PATHS.items()}
+                paths = {
+                    k: getattr(self, v)
+                    for k, v in self._PATHS.items()
+                    if self._path_available(k)
+                }
                 path = memo[key] = choose(self, x, paths)
             return path
         return mode if mode in self._PATHS else "fast"
@@ -244,9 +391,9 @@ class DCTpSLayer(nn.Module):
         """
         d = self.D
         if d.device.type == "cpu":
-            w = _FusedWeight.apply(self.alpha, self.values, d, self.indices)
+            w = _FusedWeight.apply(self.alpha_view(), self.values, d, self.indices)
         else:
-            w = torch.mul(d, self.alpha).view(-1).index_add(0, self.indices, self.values)
+            w = torch.mul(d, self.alpha_view()).reshape(-1).index_add(0, self.indices, self.values)
         return w.view(self.weight_shape)
 
     @property
@@ -266,6 +413,10 @@ class DCTpSLayer(nn.Module):
                 )
                 self.indices = torch.zeros(n, dtype=torch.int64, device=self.indices.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # a loaded offset_seed may differ from the one D and the fast-path plans were built for
+        self._drop_basis()
+        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
+            self.__dict__.pop(key, None)
 
 
 class DCTpSLinear(DCTpSLayer):
@@ -275,12 +426,18 @@ class DCTpSLinear(DCTpSLayer):
         in_features, out_features: as ``nn.Linear``; the weight has shape ``(out, in)``.
         nnz: number of trainable entries of ``S`` (distinct, uniform at random).
         bias: add a trainable bias (initialised as ``nn.Linear`` does).
-        alpha: initial value of the scalar offset scale (paper: 1.0).
-        seed: seed for the support; ``None`` uses torch's global RNG.
+        alpha: ``'layer'`` (one trainable scalar, the paper) or ``'channel'`` (one per output
+            channel, shape ``(out,)``); a number is accepted as the initial value of a per-layer
+            alpha (the older signature).
+        seed: seed for the support (and of a random offset); ``None`` uses torch's global RNG.
         indices: explicit flat support positions (overrides ``seed``).
         per_filter: draw the same count per output neuron (EPF).
         train_alpha: ``False`` fixes ``alpha`` (Appendix A.4).
         mode: ``'dense'`` (default), ``'fast'`` or ``'auto'``; see :attr:`DCTpSLayer.mode`.
+        alpha_init: initial alpha, a number (default 1.0) or ``'kaiming'`` (see
+            :func:`kaiming_alpha`).
+        offset: the fixed matrix ``D`` (:mod:`dctps.offsets`), default ``'dct'``.
+        offset_seed: seed of a random offset (default: ``seed``, or drawn from torch's RNG).
 
     Shapes: ``x (..., in) -> (..., out)``.
     """
@@ -291,24 +448,31 @@ class DCTpSLinear(DCTpSLayer):
         out_features: int,
         nnz: int,
         bias: bool = True,
-        alpha: float = 1.0,
+        alpha: float | str = "layer",
         seed: int | None = None,
         *,
         indices: torch.Tensor | None = None,
         per_filter: bool = False,
         train_alpha: bool = True,
         mode: str = "dense",
+        alpha_init: float | str | None = None,
+        offset: str = "dct",
+        offset_seed: int | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self._mode = check_mode(mode)
+        mode = check_mode(mode)
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DctpsError(f"{name} must be a positive integer, got {v!r}")
         self.in_features, self.out_features = in_features, out_features
         self.weight_shape = (out_features, in_features)
-        self._init_sparse(nnz, alpha, seed, indices, per_filter, train_alpha, dtype, device)
+        self._init_sparse(
+            nnz, alpha, seed, indices, per_filter, train_alpha, dtype, device,
+            alpha_init, offset, offset_seed,
+        )  # fmt: skip
+        self._mode = self._check_path(mode)
         if bias:
             bound = 1 / math.sqrt(in_features)
             b = torch.empty(out_features, dtype=self.values.dtype, device=device)
@@ -317,7 +481,7 @@ class DCTpSLinear(DCTpSLayer):
             self.register_parameter("bias", None)
 
     def _basis(self) -> torch.Tensor:
-        return dct_basis(self.out_features, self.in_features, torch.float64)
+        return self.offset_matrix()
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dense_weight(), self.bias)
@@ -329,11 +493,20 @@ class DCTpSLinear(DCTpSLayer):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}, "
-            f"mode={self._mode!r}"
+            f"mode={self._mode!r}{_extra(self)}"
         )
 
 
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+def _extra(layer: DCTpSLayer) -> str:
+    out = ""
+    if layer.offset != "dct":
+        out += f", offset={layer.offset!r}"
+    if layer.alpha_scope != "layer":
+        out += f", alpha={layer.alpha_scope!r}"
+    return out
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
@@ -347,7 +520,9 @@ class DCTpSConv2d(DCTpSLayer):
     (the authors' choice); see :func:`dctps.dct.conv_dct_basis`.
 
     Args are those of ``nn.Conv2d`` (``padding_mode='zeros'`` only) plus ``nnz``, ``alpha``,
-    ``seed``, ``indices``, ``per_filter``, ``train_alpha`` and ``mode`` as in :class:`DCTpSLinear`.
+    ``seed``, ``indices``, ``per_filter``, ``train_alpha``, ``mode``, ``alpha_init``, ``offset``
+    and ``offset_seed`` as in :class:`DCTpSLinear`; an offset is laid out over the
+    ``(h, w, c)``-flattened patch exactly as the DCT.
     Shapes: ``x (B, in, H, W) -> (B, out, H', W')`` as ``nn.Conv2d``.
     """
 
@@ -355,25 +530,28 @@ class DCTpSConv2d(DCTpSLayer):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
         *,
         nnz: int,
-        alpha: float = 1.0,
+        alpha: float | str = "layer",
         seed: int | None = None,
         indices: torch.Tensor | None = None,
         per_filter: bool = False,
         train_alpha: bool = True,
         mode: str = "dense",
+        alpha_init: float | str | None = None,
+        offset: str = "dct",
+        offset_seed: int | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self._mode = check_mode(mode)
+        mode = check_mode(mode)
         if in_channels % groups or out_channels % groups:
             raise DctpsError(
                 f"in_channels={in_channels} and out_channels={out_channels} must be divisible "
@@ -385,7 +563,11 @@ class DCTpSConv2d(DCTpSLayer):
         self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.groups = groups
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self._init_sparse(nnz, alpha, seed, indices, per_filter, train_alpha, dtype, device)
+        self._init_sparse(
+            nnz, alpha, seed, indices, per_filter, train_alpha, dtype, device,
+            alpha_init, offset, offset_seed,
+        )  # fmt: skip
+        self._mode = self._check_path(mode)
         if bias:
             bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
             b = torch.empty(out_channels, dtype=self.values.dtype, device=device)
@@ -394,10 +576,10 @@ class DCTpSConv2d(DCTpSLayer):
             self.register_parameter("bias", None)
 
     def _basis(self) -> torch.Tensor:
-        kh, kw = self.kernel_size
-        return conv_dct_basis(
-            self.out_channels, self.in_channels, kh, kw, self.groups, torch.float64
-        )
+        # (out, fan) over the (h, w, c) patch -> PyTorch's (out, c, h, w), as conv_dct_basis
+        out, cg, kh, kw = self.weight_shape
+        m = self.offset_matrix()
+        return m.reshape(out, kh, kw, cg).permute(0, 3, 1, 2).contiguous()
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
@@ -417,5 +599,5 @@ class DCTpSConv2d(DCTpSLayer):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
             f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}, "
-            f"mode={self._mode!r}"
+            f"mode={self._mode!r}{_extra(self)}"
         )

@@ -12,6 +12,7 @@ import fnmatch
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,8 @@ from torch import nn
 
 from dctps.allocation import budgets
 from dctps.errors import DctpsError, check_density, check_seed
-from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
+from dctps.layers import ALPHA_SCOPES, DCTpSConv2d, DCTpSLayer, DCTpSLinear, _alpha_settings
+from dctps.offsets import check_offset
 
 __all__ = ["sparsify", "count", "Counts", "DCTpSMultiheadAttention", "prunable_layers"]
 
@@ -31,10 +33,11 @@ class DCTpSMultiheadAttention(nn.Module):
     Linear; this module holds it as ``in_proj`` (a :class:`DCTpSLinear` ``E -> 3E``) and exposes
     ``in_proj_weight`` / ``in_proj_bias`` / ``out_proj`` as the materialised tensors, so it is a
     drop-in for ``nn.MultiheadAttention`` (also inside ``nn.TransformerEncoderLayer``).
-    Only ``kdim == vdim == embed_dim`` is supported; ``bias_k``/``bias_v`` stay dense (they are biases).
+    Only ``kdim == vdim == embed_dim`` is supported; ``bias_k``/``bias_v`` stay dense (biases).
     """
 
-    def __init__(self, mha: nn.MultiheadAttention, in_nnz: int, out_nnz: int, seed: int | None):
+    def __init__(self, mha: nn.MultiheadAttention, in_nnz: int, out_nnz: int, seed: int | None,
+                 **kw: Any):  # fmt: skip
         super().__init__()
         if not mha._qkv_same_embed_dim:
             raise DctpsError("DCTpSMultiheadAttention needs kdim == vdim == embed_dim")
@@ -43,10 +46,12 @@ class DCTpSMultiheadAttention(nn.Module):
         self.batch_first, self.head_dim = mha.batch_first, mha.head_dim
         self._qkv_same_embed_dim = True
         self.kdim = self.vdim = e
-        self.in_proj = DCTpSLinear(e, 3 * e, in_nnz, bias=mha.in_proj_bias is not None, seed=seed)
+        self.in_proj = DCTpSLinear(
+            e, 3 * e, in_nnz, bias=mha.in_proj_bias is not None, seed=seed, **kw
+        )
         if mha.in_proj_bias is not None:
             self.in_proj.bias.data.copy_(mha.in_proj_bias.data)  # type: ignore[union-attr]
-        self.out_proj = _replace(mha.out_proj, out_nnz, None if seed is None else seed + 1)
+        self.out_proj = _replace(mha.out_proj, out_nnz, None if seed is None else seed + 1, **kw)
         self.bias_k, self.bias_v = mha.bias_k, mha.bias_v
         self.add_zero_attn = mha.add_zero_attn
         self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
@@ -56,10 +61,12 @@ class DCTpSMultiheadAttention(nn.Module):
 
     @property
     def in_proj_weight(self) -> torch.Tensor:
+        """The packed ``(3E, E)`` query/key/value weight ``alpha * D + S``, materialised."""
         return self.in_proj.dense_weight()
 
     @property
     def in_proj_bias(self) -> torch.Tensor | None:
+        """The packed ``(3E,)`` query/key/value bias, or ``None``."""
         return self.in_proj.bias
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
@@ -103,9 +110,9 @@ def prunable_layers(
 
 def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
     """A DCTpS twin of a dense Linear/Conv2d with the same hyperparameters and bias values."""
-    factory = {"dtype": module.weight.dtype, "device": module.weight.device}
+    factory: dict[str, Any] = {"dtype": module.weight.dtype, "device": module.weight.device}
     if getattr(module, "_dctps_zero_init", False):
-        kw["alpha"] = 0.0  # Fixup zero-initialises this layer: W must start at zero.
+        kw["alpha_init"] = 0.0  # Fixup zero-initialises this layer: W must start at zero.
     new: DCTpSLayer
     if isinstance(module, nn.Linear):
         new = DCTpSLinear(
@@ -140,6 +147,11 @@ def sparsify(
     seed: int | None = 0,
     exclude: Iterable[str] | str | None = None,
     train_alpha: bool = True,
+    *,
+    offset: str = "dct",
+    alpha: str = "layer",
+    alpha_init: float | str = 1.0,
+    charge_alpha: bool = True,
 ) -> nn.Module:
     """Replace every Linear/Conv2d of ``model`` in place by a DCTpS layer; return ``model``.
 
@@ -147,6 +159,11 @@ def sparsify(
     zero-initialised convs), ``S = 0`` on a uniformly random support whose size per layer comes from
     ``budgets(shapes, density, allocation)``: the total trainable non-zeros are exactly
     ``round(density * total_weights)``. Biases are kept (with their values); BN is untouched.
+
+    With ``alpha='channel'`` and ``charge_alpha=True`` (default) each layer's ``S`` gets
+    ``out - 1`` fewer non-zeros, so that alphas + non-zeros equal those of the ``'layer'``
+    configuration (``1 + budget`` per layer): the comparison is at equal trainable parameters. A
+    layer whose budget is smaller than ``out - 1`` raises :class:`DctpsError`.
 
     Args:
         model: any ``nn.Module``; the packed attention projection of ``nn.MultiheadAttention``
@@ -156,8 +173,21 @@ def sparsify(
         seed: seed of the random supports (layer ``i`` uses ``seed + i``); ``None`` = global RNG.
         exclude: module-name globs (``fnmatch``) to leave dense, e.g. ``["fc", "*.downsample.*"]``.
         train_alpha: ``False`` fixes ``alpha`` (Appendix A.4).
+        offset: the fixed matrix ``D`` (:func:`dctps.offsets.names`): ``'dct'`` (paper),
+            ``'dct_signflip'``, ``'dct_permuted'``, ``'hadamard'``, ``'gaussian'``. Random offsets
+            take the layer's seed (``seed + i``) and store it in the layer's ``offset_seed`` buffer.
+        alpha: ``'layer'`` (one scalar per layer, paper) or ``'channel'`` (one per output channel).
+        alpha_init: the initial alpha, a number or ``'kaiming'`` (Kaiming-normal row scale, see
+            :func:`dctps.layers.kaiming_alpha`).
+        charge_alpha: charge the extra alphas of ``alpha='channel'`` to the budget (see above).
     """
     d = check_density(density)
+    offset = check_offset(offset)
+    if alpha not in ALPHA_SCOPES:
+        _alpha_settings(alpha, None)  # raises the error naming the valid scopes
+        raise DctpsError(f"alpha must be 'layer' or 'channel' in sparsify, got {alpha!r}")
+    _alpha_settings(alpha, alpha_init)
+    kw: dict[str, Any] = {"offset": offset, "alpha": alpha, "alpha_init": alpha_init}
     if not isinstance(model, nn.Module):
         raise DctpsError(f"sparsify needs an nn.Module, got {type(model).__name__}")
     seed = check_seed(seed)
@@ -167,7 +197,7 @@ def sparsify(
         try:
             exclude = list(exclude)
         except TypeError:
-            exclude = [exclude]
+            exclude = [exclude]  # type: ignore[list-item]  # reported as not a string below
         bad = [e for e in exclude if not isinstance(e, str)]
         if bad:
             raise DctpsError(
@@ -180,6 +210,18 @@ def sparsify(
             "(after exclusions); DCTpS replaces exactly those"
         )
     counts = budgets([shape for _, _, shape in layers], d, allocation)
+    if alpha == "channel" and charge_alpha:
+        counts = list(counts)
+        for j, (name, _, shape) in enumerate(layers):
+            extra = shape[0] - 1
+            if counts[j] < extra:
+                raise DctpsError(
+                    f"layer {name!r} {tuple(shape)} has a budget of {counts[j]} non-zeros at "
+                    f"density {d:g}: too few to pay for its {extra} extra per-channel alphas. "
+                    "Use a higher density, alpha='layer', or charge_alpha=False (then the model "
+                    "trains more parameters than the 'layer' configuration)"
+                )
+            counts[j] -= extra
     per_filter = allocation == "epf"
     i = 0
     while i < len(layers):
@@ -192,11 +234,15 @@ def sparsify(
                 raise DctpsError(
                     f"exclude both or neither of {mha_name}'s projections (in_proj, out_proj)"
                 )
-            new: nn.Module = DCTpSMultiheadAttention(module, counts[i], counts[i + 1], lseed)
+            new: nn.Module = DCTpSMultiheadAttention(
+                module, counts[i], counts[i + 1], lseed, **kw
+            )
             _set_submodule(model, mha_name, new)
             i += 2
             continue
-        new = _replace(module, counts[i], lseed, per_filter=per_filter, train_alpha=train_alpha)
+        new = _replace(
+            module, counts[i], lseed, per_filter=per_filter, train_alpha=train_alpha, **kw
+        )
         _set_submodule(model, name, new)
         i += 1
     return model
@@ -210,8 +256,12 @@ class Counts:
         weights: entries of all Linear/Conv2d (and attention-projection) weights, dense or not.
         nonzeros: trainable weight entries: ``nnz`` of DCTpS layers, unmasked entries of pruned
             layers, all entries of dense layers.
-        alphas: DCTpS offset scales (trainable or fixed).
+        alphas: DCTpS offset scales (trainable or fixed): one per layer, or one per output
+            channel with ``alpha='channel'``.
         other: every other parameter (biases, BatchNorm, Fixup scalars).
+
+    The sparse budget of a DCTpS model is ``nonzeros + alphas`` (trainable = non-zeros + alphas,
+    plus ``other``).
     """
 
     weights: int
@@ -221,6 +271,7 @@ class Counts:
 
     @property
     def density(self) -> float:
+        """``nonzeros / weights`` (0 for a model without weights)."""
         return self.nonzeros / self.weights if self.weights else 0.0
 
     @property
@@ -239,7 +290,7 @@ def count(model: nn.Module) -> Counts:
         if isinstance(module, DCTpSLayer):
             weights += math.prod(module.weight_shape)
             nonzeros += module.nnz
-            alphas += 1
+            alphas += module.alpha.numel()
             seen.update(id(p) for p in (module.alpha, module.values))
         elif isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
             w = module.in_proj_weight

@@ -329,8 +329,11 @@ class RigL:
                 layer.handle.remove()
 
     def state_dict(self) -> dict[str, int]:
+        """The schedule position ``{'t': calls so far}`` (masks are in the model, moments in the
+        optimizer)."""
         return {"t": self.t}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume the schedule at ``state['t']`` (from :meth:`state_dict`)."""
         self.t = int(state["t"])
         self._rearm()

@@ -75,7 +75,7 @@ def build(
     image_size = _check_int(image_size, "image_size", 1)
     model = constructor(num_classes, in_channels, image_size)
     # Lets dctps.save record the architecture, so dctps.load can rebuild it without the class.
-    model.dctps_arch = {
+    model.dctps_arch = {  # type: ignore[assignment]
         "name": name, "num_classes": num_classes, "in_channels": in_channels,
         "image_size": image_size,
     }  # fmt: skip

@@ -60,10 +60,12 @@ class FixupBasicBlock(nn.Module):
         self.pad_channels = cout - cin
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual branch ``conv2(relu(conv1(x + b1a) + b1b) + b2a) * scale + b2b``."""
         out = torch.relu(self.conv1(x + self.bias1a) + self.bias1b)
         return self.conv2(out + self.bias2a) * self.scale + self.bias2b
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity, or (stride/width change) average-pool subsampling plus zero-padded channels."""
         if self.downsample is None:
             return x
         # The authors' option-A shortcut: subsample, then zero-pad the new channels.
@@ -72,6 +74,7 @@ class FixupBasicBlock(nn.Module):
         return torch.cat((out, pad), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, cin, H, W) -> (B, cout, H/stride, W/stride)``: ``relu(branch + shortcut)``."""
         return torch.relu(self.branch(x) + self.shortcut(x))
 
 
@@ -108,6 +111,7 @@ class FixupResNet(nn.Module):
         _mark_zero_init(self.fc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> logits ``(B, num_classes)``."""
         x = self.blocks(torch.relu(self.conv1(x) + self.bias1))
         return self.fc(torch.flatten(self.pool(x), 1) + self.bias2)
 

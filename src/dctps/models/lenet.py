@@ -45,6 +45,7 @@ class LeNet5(nn.Module):
         kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` (``H, W >= 32``) -> logits ``(B, num_classes)``."""
         return self.classifier(torch.flatten(self.features(x), 1))
 
 

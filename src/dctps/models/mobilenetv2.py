@@ -54,6 +54,7 @@ class InvertedResidual(nn.Module):
             self.shortcut = nn.Identity() if cin == cout else nn.Sequential(*_conv_bn(cin, cout, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``branch(x)``, plus ``shortcut(x)`` when the block has one (stride 1)."""
         out = self.branch(x)
         return out if self.shortcut is None else out + self.shortcut(x)
 
@@ -76,6 +77,7 @@ class MobileNetV2(nn.Module):
         kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> logits ``(B, num_classes)``."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 

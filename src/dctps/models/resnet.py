@@ -57,6 +57,7 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, cin, H, W) -> (B, planes, H/stride, W/stride)``: ``relu(branch + shortcut)``."""
         return torch.relu(self.branch(x) + self.shortcut(x))
 
 
@@ -80,6 +81,7 @@ class Bottleneck(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, cin, H, W) -> (B, 4*planes, H/stride, W/stride)``: ``relu(branch + shortcut)``."""
         return torch.relu(self.branch(x) + self.shortcut(x))
 
 
@@ -107,6 +109,7 @@ class ResNet(nn.Module):
         kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> logits ``(B, num_classes)``."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 

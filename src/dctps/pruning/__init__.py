@@ -151,6 +151,8 @@ def prune(
         try:
             with torch.enable_grad():
                 masks = entry.masks(ctx, **method_options)
+        except torch.OutOfMemoryError:
+            raise  # a resource problem, not bad input: keep torch's own error
         except (RuntimeError, IndexError) as e:  # the model cannot run on the given batches
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise DctpsError(

@@ -70,6 +70,7 @@ class Target:
 
     @property
     def weight(self) -> torch.Tensor:
+        """The target's current weight tensor (``module.<attr>``)."""
         return getattr(self.module, self.attr)
 
 
@@ -101,6 +102,7 @@ def weights_of(model: nn.Module) -> list[torch.Tensor]:
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
@@ -215,6 +217,7 @@ def check_scores(
 
 
 def any_positive(scores: Sequence[torch.Tensor]) -> bool:
+    """Whether any score in any layer is strictly positive."""
     return any(bool((s > 0).any()) for s in scores)
 
 
@@ -242,6 +245,7 @@ class BatchStream:
         return iter(src() if callable(src) and not hasattr(src, "__iter__") else src)  # type: ignore[operator,arg-type]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``(x, y)`` batch, restarting the source once when it is exhausted."""
         for _ in range(2):
             if self._it is None:
                 self._it = self._fresh()
@@ -323,11 +327,13 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
 
 
 def density_of(masks: Sequence[torch.Tensor]) -> float:
+    """Fraction of ``True`` entries over all ``masks``."""
     total = sum(m.numel() for m in masks)
     return sum(int(m.sum()) for m in masks) / total if total else 0.0
 
 
 def numel(shapes: Iterable[torch.Size | tuple[int, ...]]) -> int:
+    """Total number of entries of tensors of the given ``shapes``."""
     return sum(math.prod(s) for s in shapes)
 
 
@@ -358,9 +364,11 @@ class Context:
 
     @property
     def device(self) -> torch.device:
+        """The device of the model being pruned."""
         return model_device(self.model)
 
     def stream(self) -> BatchStream:
+        """A :class:`BatchStream` over ``batches`` (:class:`DctpsError` if the method got none)."""
         if self.batches is None:
             raise DctpsError("this pruning method needs data: pass batches=...")
         return BatchStream(self.batches, self.device)

@@ -7,6 +7,10 @@ grid (skipping what is done, resuming what crashed) and draws it; ``--quick`` sh
 on a CPU in minutes (2 epochs, 2,000 training images, densities 1% and 0.1%, one seed, short
 pruning schedules). ``A.2`` and ``C.10`` train nothing: they draw per-layer budgets.
 
+``offsets`` goes beyond the paper: the offset variants of :mod:`dctps.offsets` and per-channel /
+Kaiming-scaled alphas, at equal trainable parameters (non-zeros + alphas), on LeNet-5 (BN-free)
+and ResNet18 (BN) on CIFAR-10; see ``docs/results/offsets.md``.
+
 Labels: the DCTpS paper's "FORCE" is Iter-SNIP (``iter_snip``, see ``BASELINES.md``); the
 published FORCE (``force``) is drawn as an extra curve where the grid has it.
 """
@@ -36,6 +40,7 @@ from dctps.results.sweep import (
     describe_plan,
     expand_grid,
     load_grid,
+    parse_density,
     plan,
     run_sweep,
 )
@@ -66,6 +71,20 @@ MAIN_METHODS: list[Any] = [
 ]  # fmt: skip
 SGD_METHODS: list[Any] = ["dense", "dctps", "random", "snip", "iter_snip"]  # A.4/A.5 (no SynFlow)
 CIFAR = ["cifar10", "cifar100"]
+# Offsets and alpha scalings (docs/results/offsets.md). Per-channel alphas charged to the budget
+# fit only where every layer's budget holds out - 1 extra alphas: at 1% (LeNet-5's 120-channel
+# conv has a budget of 123 there, 12 at 0.1%), so that entry runs at 1% only; the uncharged entry
+# (out - 1 more trainable scalars per layer) runs everywhere and is labelled "+alphas".
+OFFSET_METHODS: list[Any] = [
+    "dense", "dctps",
+    {"method": "dctps", "offset": "dct_signflip"},
+    {"method": "dctps", "offset": "dct_permuted"},
+    {"method": "dctps", "offset": "hadamard"},
+    {"method": "dctps", "offset": "gaussian"},
+    {"method": "dctps", "alpha": "channel", "densities": [0.01]},
+    {"method": "dctps", "alpha": "channel", "charge_alpha": False},
+    {"method": "dctps", "alpha_init": "kaiming"},
+]  # fmt: skip
 BIG = ["resnet50", "vgg19"]
 
 # --quick: the run shrinks, the figure's structure stays.
@@ -115,6 +134,24 @@ def _alpha_label(cfg: Mapping[str, Any]) -> str:
     if s.get("method") != "dctps":
         return default_label(cfg)
     return "DCTpS, trainable α" if s.get("train_alpha", True) else "DCTpS, fixed α = 1"
+
+
+def _offset_label(cfg: Mapping[str, Any]) -> str:
+    s = cfg.get("sparsity", {})
+    if s.get("method") != "dctps":
+        return default_label(cfg)
+    off = s.get("offset", "dct")
+    label = "DCTpS (dct, paper)" if off == "dct" else f"DCTpS, {off}"
+    if s.get("alpha", "layer") == "channel":
+        label += ", α per channel" + ("" if s.get("charge_alpha", True) else " (+alphas)")
+    init = s.get("alpha_init", 1.0)
+    if init == "kaiming":
+        label += ", α init Kaiming"
+    elif init not in (1, 1.0, None):
+        label += f", α init {init}"
+    if s.get("train_alpha") is False:
+        label += ", fixed α"
+    return label
 
 
 # ----------------------------------------------------------------------------- allocation figures
@@ -280,6 +317,19 @@ def _specs() -> dict[str, FigureSpec]:
                 _grid([model], [dataset], MAIN_METHODS),
             )
         )
+    specs.append(
+        FigureSpec(
+            "offsets",
+            "Beyond the paper: offsets (dct, sign flips, permuted, Hadamard, Gaussian) and α "
+            "per channel / Kaiming init at equal trainable parameters, LeNet-5 and ResNet18 on "
+            "CIFAR-10",
+            "Offsets and α scalings at equal trainable parameters (non-zeros + alphas)",
+            _grid(["lenet5", "resnet18"], ["cifar10"], OFFSET_METHODS,
+                  densities=[0.01, 0.001, 0.0001],
+                  description="offset variants and alpha scalings"),
+            label=_offset_label,
+        )
+    )  # fmt: skip
     return {s.name: s for s in specs}
 
 
@@ -297,6 +347,7 @@ def names() -> list[str]:
 
 
 def get(name: str) -> FigureSpec:
+    """The :class:`FigureSpec` called ``name``; :class:`DctpsError` if there is none."""
     if name not in FIGURES:
         raise unknown_name("figure", name, FIGURES)
     return FIGURES[name]
@@ -318,8 +369,12 @@ def quick_grid(grid: Mapping[str, Any]) -> dict[str, Any]:
     g["seeds"] = list(QUICK_SEEDS)
     methods = []
     for m in g.get("methods", []):
-        entry = {"method": m} if isinstance(m, str) else dict(m)
-        entry.pop("densities", None)
+        entry: dict[str, Any] = {"method": m} if isinstance(m, str) else dict(m)
+        own = entry.pop("densities", None)
+        if own is not None:  # a method restricted to some densities keeps those of the quick run
+            keep = [d for d in own if parse_density(d) in QUICK_DENSITIES]
+            if keep:
+                entry["densities"] = keep
         opts = QUICK_OPTIONS.get(entry["method"])
         if opts:
             entry["options"] = {**dict(entry.get("options") or {}), **opts}
@@ -347,7 +402,7 @@ def figure_grid(
     spec = get(name)
     if spec.grid is None:
         raise DctpsError(f"figure {name} trains nothing (it draws per-layer budgets)")
-    g = {"name": name, "description": spec.description}
+    g: dict[str, Any] = {"name": name, "description": spec.description}
     g.update({k: copy.deepcopy(v) for k, v in (grid or spec.grid).items() if k not in g})
     if quick:
         g = quick_grid(g)
@@ -468,12 +523,12 @@ def run_figure(
         if dry_run:
             echo(f"figure {name} trains nothing; it would draw {fig_path}")
             return None
-        data = draw_allocation(name, fig_path, quick, models, datasets, densities)
-        for title, series in data.items():
+        budgets = draw_allocation(name, fig_path, quick, models, datasets, densities)
+        for title, series in budgets.items():
             totals = ", ".join(f"{k} {sum(v):,}" for k, v in series.items())
             echo(f"{title.splitlines()[0]}: {len(next(iter(series.values())))} layers, {totals}")
         echo(f"wrote {fig_path} (+ .pdf, .json)")
-        return data
+        return budgets
     grid = load_grid(config) if config else None
     configs = figure_configs(
         name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,

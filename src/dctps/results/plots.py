@@ -155,6 +155,7 @@ class Panel:
     dense: dict[str, Point] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The panel as plain JSON values (what ``write_json`` stores beside the figure)."""
         return {
             "model": self.model, "dataset": self.dataset, "title": self.title,
             "chance": self.chance, "metric": self.metric,
@@ -174,6 +175,7 @@ class FigureData:
     errors: list[dict[str, Any]] = field(default_factory=list)  # runs that raised (dctps figure)
 
     def to_dict(self) -> dict[str, Any]:
+        """The figure's panels, paths and counts as plain JSON values."""
         return {
             "panels": [p.to_dict() for p in self.panels], "paths": [str(p) for p in self.paths],
             "runs": self.runs, "missing": self.missing,
@@ -265,7 +267,7 @@ def _function_of(flats: Sequence[Mapping[str, Any]], p: str, k: str) -> bool:
     return all(seen.setdefault(_key(f, p), _key(f, k)) == _key(f, k) for f in flats)
 
 
-def _metric(row: Mapping[str, Any], metric: str) -> tuple[float | None, str | None]:
+def _metric(row: Mapping[str, Any], metric: str) -> tuple[float | None, str]:
     if metric == "auto":
         if row.get("test_acc") is not None:
             return row["test_acc"], "test_acc"
@@ -283,6 +285,7 @@ def _chance(dataset: str) -> float:
 
 
 def panel_title(model: str, dataset: str) -> str:
+    """``'ResNet18, CIFAR-10'``-style title from registry names (unknown names pass through)."""
     names = {"lenet5": "LeNet-5", "resnet18": "ResNet18", "resnet50": "ResNet50",
              "vgg19": "VGG19", "mobilenetv2": "MobileNetV2", "fixup_resnet110": "FixupResNet110",
              "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny_imagenet": "Tiny ImageNet",

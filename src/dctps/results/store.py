@@ -111,6 +111,16 @@ def resolve_db_path(path: str | os.PathLike | None) -> Path:
     return p
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already done so; never raise (the
+    caller re-raises the error that caused it, which must not be masked)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 def _check_sqlite_file(path: Path) -> None:
     """Refuse an existing file that is not a SQLite database (SQLite would turn a small one, e.g.
     a stray ``notes.txt`` passed as ``--db``, into a database, destroying it)."""
@@ -203,7 +213,7 @@ class Store:
             try:
                 out = fn(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)  # SQLite may have rolled back already (e.g. on a full disk)
                 raise
             conn.execute("COMMIT")
             return out
@@ -221,7 +231,7 @@ class Store:
             for stmt in _SCHEMA:
                 conn.execute(stmt)
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         conn.execute("COMMIT")
 

@@ -285,6 +285,7 @@ class PlannedRun:
 
     @property
     def runs(self) -> bool:
+        """Whether this run will be (re)started, i.e. its action is not a skip."""
         return not self.action.startswith("skip")
 
 
@@ -381,6 +382,7 @@ class SweepReport:
         return p.action if not p.runs else "not run"
 
     def counts(self) -> dict[str, int]:
+        """Number of planned runs per outcome (``done``, ``failed``, ``error``, ``skip ...``)."""
         out: dict[str, int] = {}
         for p in self.planned:
             k = self.outcome(p.hash)
@@ -389,6 +391,7 @@ class SweepReport:
 
     @property
     def errors(self) -> list[dict[str, Any]]:
+        """Result rows of the runs that raised an exception (status ``error``)."""
         return [r for r in self.results.values() if r["status"] == "error"]
 
     def summary(self) -> str:
@@ -465,7 +468,7 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
                     res = {"hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}"}
                 res["hash"] = h
                 report.results[h] = res
-                _tick(bar, report, by[h])
+                _tick(bar, report, by[h].cfg)
         pending = []
         for p in broken:  # a worker died (killed, out of memory): try its runs once more
             deaths[p.hash] = deaths.get(p.hash, 0) + 1

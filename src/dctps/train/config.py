@@ -7,7 +7,9 @@ top-level fields. Every field carries its help text and CLI flag in ``field(meta
 * ``flag``: the CLI flag name (default: the field name with ``-`` for ``_``);
 * ``identity``: ``False`` for fields that do not change the experiment (data root, device, eval
   batch size); they are left out of :meth:`RunConfig.config_hash`;
-* ``invert``: the flag sets the negated field (``--fixed-alpha`` sets ``train_alpha=False``).
+* ``invert``: the flag sets the negated field (``--fixed-alpha`` sets ``train_alpha=False``);
+* ``omit_default``: the field is left out of the hash while it holds its default, so fields added
+  later (e.g. ``sparsity.offset``) do not change the hash of configs that existed before them.
 
 Fields left at ``None`` are filled by :meth:`RunConfig.resolve` from the named recipe (Table E.3 of
 the supplement) and the sparsity method; any field given explicitly overrides the recipe.
@@ -52,7 +54,7 @@ def _f(default: Any = None, help: str = "", **meta: Any) -> Any:
     """A dataclass field with help text and CLI metadata."""
     meta["help"] = help
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -120,6 +122,28 @@ class SparsityConfig:
         "Extra options of the method as key=value (repeatable), e.g. steps=60, or "
         "exclude=fc for dctps.",
         flag="option",
+    )
+    offset: str = _f(
+        "dct",
+        "DCTpS: the fixed matrix D: dct (paper) | dct_signflip | dct_permuted | hadamard | "
+        "gaussian (see dctps.offsets).",
+        omit_default=True,
+    )
+    alpha: str = _f(
+        "layer",
+        "DCTpS: offset scale per layer (paper) or per output channel: layer | channel.",
+        omit_default=True,
+    )
+    alpha_init: str | float = _f(
+        1.0,
+        "DCTpS: initial alpha, a number or 'kaiming' (Kaiming-normal row scale).",
+        omit_default=True,
+    )
+    charge_alpha: bool = _f(
+        True,
+        "DCTpS with --alpha channel: take the out-1 extra alphas per layer from the sparse budget "
+        "(equal trainable parameters); --no-charge-alpha trains them on top.",
+        omit_default=True,
     )
 
 
@@ -237,6 +261,10 @@ class RunConfig:
         s, o = self.sparsity, self.optim
         dens = "" if s.density is None else f"@{s.density:g}"
         extra = " +rigl" if s.rigl else ""
+        for name in ("offset", "alpha", "alpha_init", "charge_alpha"):  # non-default only
+            v = getattr(s, name)
+            if v != SparsityConfig.__dataclass_fields__[name].default:
+                extra += f" {name}={v}"
         return (
             f"{self.model.name}/{self.data.dataset} {s.method}{dens}{extra} "
             f"recipe={o.recipe} seed={self.seed}"
@@ -260,7 +288,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        first: DctpsError | None = None
+        for alt in inner:  # e.g. str | float: the first member that accepts the value
+            try:
+                return _coerce(value, alt, key)
+            except DctpsError as e:
+                first = first or e
+        assert first is not None
+        raise first
     bad = DctpsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
@@ -326,7 +361,7 @@ def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in d.items():
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = _from_dict(
                 tp, value if value is not None else {}, source, f"{prefix}{name}."
             )
@@ -341,6 +376,8 @@ def _strip_non_identity(cfg: Any) -> dict[str, Any]:
         if f.metadata.get("identity", True) is False:
             continue
         v = getattr(cfg, f.name)
+        if f.metadata.get("omit_default") and v == f.default:
+            continue
         out[f.name] = _strip_non_identity(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
     return out
 
@@ -397,6 +434,7 @@ def _resolve_sparsity(s: SparsityConfig) -> None:
             raise DctpsError("--fixed-alpha applies only to --method dctps")
         if s.options:
             raise DctpsError(f"method dense takes no options, got {sorted(s.options)}")
+        _dctps_only(s)
         s.density, s.allocation = 1.0, None
     else:
         if s.density is None:
@@ -417,6 +455,10 @@ def _resolve_sparsity(s: SparsityConfig) -> None:
             raise unknown_name("allocation", s.allocation, allocations)
         if s.method != "dctps" and not s.train_alpha:
             raise DctpsError("--fixed-alpha applies only to --method dctps")
+        if s.method == "dctps":
+            _resolve_offset(s)
+        else:
+            _dctps_only(s)
     if s.rigl:
         s.rigl_delta_t = _positive_int(
             100 if s.rigl_delta_t is None else s.rigl_delta_t, "rigl_delta_t"
@@ -427,6 +469,40 @@ def _resolve_sparsity(s: SparsityConfig) -> None:
             raise DctpsError("rigl_alpha and rigl_t_end must be in (0, 1]")
     else:
         s.rigl_delta_t = s.rigl_alpha = s.rigl_t_end = None
+
+
+def _dctps_only(s: SparsityConfig) -> None:
+    """Offset / alpha settings away from their defaults apply only to method dctps."""
+    for name in ("offset", "alpha", "alpha_init", "charge_alpha"):
+        f = SparsityConfig.__dataclass_fields__[name]
+        if getattr(s, name) != f.default:
+            flag = "--" + name.replace("_", "-")
+            raise DctpsError(f"{flag} applies only to --method dctps (got {getattr(s, name)!r})")
+
+
+def _resolve_offset(s: SparsityConfig) -> None:
+    from dctps.layers import ALPHA_SCOPES
+    from dctps.offsets import check_offset
+
+    s.offset = check_offset(s.offset)
+    if s.alpha not in ALPHA_SCOPES:
+        raise unknown_name("alpha scope", s.alpha, ALPHA_SCOPES)
+    init = s.alpha_init
+    if isinstance(init, str):
+        if init.strip().lower() == "kaiming":
+            init = "kaiming"
+        else:
+            try:
+                init = float(init)
+            except ValueError:
+                raise DctpsError(f"alpha_init must be a number or 'kaiming', got {init!r}") from None
+    if not isinstance(init, str):
+        if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
+            raise DctpsError(f"alpha_init must be a finite number or 'kaiming', got {init!r}")
+        init = float(init)
+    s.alpha_init = init
+    if s.alpha == "layer":
+        s.charge_alpha = True  # nothing to charge: keep one hash for the same experiment
 
 
 def _resolve_optim(c: RunConfig) -> None:
@@ -514,7 +590,7 @@ def cli_fields() -> list[CliField]:
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
-            if dataclasses.is_dataclass(tp):
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
                 walk(tp, prefix + (f.name,))
                 continue
             flag = f.metadata.get("flag", f.name.replace("_", "-"))
@@ -547,7 +623,7 @@ def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> Ru
     """Apply CLI flag values (keyed by :attr:`CliField.param`; ``None`` = not given) to ``base``."""
     d = (base or RunConfig()).to_dict()
     for cf in cli_fields():
-        v = values.get(cf.param)
+        v: Any = values.get(cf.param)
         if v is None or (isinstance(v, (list, tuple)) and not v and cf.flag == "option"):
             continue
         if cf.invert:

@@ -34,10 +34,12 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
+        """True when running with more than one process (DDP)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the rank that writes checkpoints, the store and progress."""
         return self.rank == 0
 
     # ------------------------------------------------------------------ collectives
@@ -70,6 +72,7 @@ class DistContext:
         return box[0]
 
     def barrier(self) -> None:
+        """Wait for every rank (a no-op without DDP)."""
         if self.enabled:
             if self.device.type == "cuda":
                 dist.barrier(device_ids=[self.device.index])

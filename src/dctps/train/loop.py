@@ -55,6 +55,7 @@ class EpochStats:
 
     @property
     def images_per_second(self) -> float:
+        """Training throughput of the epoch (``nan`` if it took no measurable time)."""
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 

@@ -3,7 +3,8 @@
 ``apply_sparsity`` implements the ``sparsity`` section:
 
 * ``dense``: nothing;
-* ``dctps``: :func:`dctps.sparsify` (``W = alpha * D + S``) with ``allocation``, seed = run seed;
+* ``dctps``: :func:`dctps.sparsify` (``W = alpha * D + S``) with ``allocation``, ``offset``,
+  ``alpha`` (scope), ``alpha_init`` and ``charge_alpha``, seed = run seed;
 * any pruning method: :func:`dctps.pruning.prune` on batches of the training set (FORCE/Iter-SNIP
   use Table E.2's batch counts unless ``num_batches`` is given); the time it takes is returned.
 
@@ -88,6 +89,7 @@ def apply_sparsity(
     if s.method == "dctps":
         from dctps.sparsify import sparsify
 
+        assert s.density is not None and s.allocation is not None  # set by RunConfig.resolve()
         sparsify(
             model,
             s.density,
@@ -95,6 +97,10 @@ def apply_sparsity(
             seed=cfg.seed,
             exclude=s.options.get("exclude"),
             train_alpha=s.train_alpha,
+            offset=s.offset,
+            alpha=s.alpha,
+            alpha_init=s.alpha_init,
+            charge_alpha=s.charge_alpha,
         )
         return None
     from dctps import pruning
@@ -102,6 +108,7 @@ def apply_sparsity(
     device = next(model.parameters()).device
     _sync(device)
     t0 = time.perf_counter()
+    assert s.density is not None  # set by RunConfig.resolve()
     pruning.prune(
         model, s.density, s.method, batches, allocation=s.allocation, **pruning_options(cfg)
     )
@@ -162,6 +169,7 @@ def make_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, o: OptimConfig) -> Any:
     """Step decay by ``gamma`` at each milestone epoch (constant LR when there is none)."""
+    assert o.gamma is not None  # set by RunConfig.resolve()
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(o.milestones or []), o.gamma)
 
 
@@ -176,6 +184,8 @@ def make_rigl(
         from dctps.dst.rigl import RigL
     except ImportError as e:
         raise DctpsError(f"RigL is not available ({e})") from None
+    # set by RunConfig.resolve()
+    assert s.rigl_delta_t is not None and s.rigl_alpha is not None and s.rigl_t_end is not None
     return RigL(
         model,
         optimizer,

@@ -1,0 +1,474 @@
+"""Bad input at every entry point, table-driven.
+
+Every case is one call of the library (``dctps.sparsify``, ``dctps.prune``, ``dctps.budgets``,
+``dctps.load``, configs, ``fit``, sweeps, the store), one ``dctps`` command in process (typer's
+``CliRunner``: the command must raise :class:`DctpsError`, which ``dctps.cli.main`` prints as one
+line), or one real ``python -m dctps.cli`` process (exit status != 0, exactly one line on stderr,
+no traceback). Each message must name the bad value (``needle``, a regex) and fit on one line, and
+no case may change a finished run, its checkpoints or its store row (checked after every case).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from typer.testing import CliRunner
+
+import dctps
+import dctps.data
+import dctps.models
+from dctps.cli import app
+from dctps.errors import DctpsError
+from dctps.pruning import prune
+from dctps.results import Store
+from dctps.results.sweep import expand_grid, run_sweep
+from dctps.train import fit
+from dctps.train.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SparsityConfig,
+    load_config,
+    save_config,
+)
+
+runner = CliRunner()
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def batch(x_features: int = 4, label: int = 1) -> list:
+    return [(torch.randn(2, x_features), torch.tensor([0, label]))]
+
+
+def cfg(root: Any, **kw) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(kw.pop("model", "lenet5")),
+        data=DataConfig(kw.pop("dataset", "cifar10"), root=str(root)),
+        sparsity=SparsityConfig("dctps", kw.pop("density", 0.05)),
+        optim=OptimConfig(epochs=1, batch_size=32),
+        seed=kw.pop("seed", 0),
+        device="cpu",
+    )
+
+
+YAMLS = {
+    "bad.yaml": "model: {name: lenet5\nseed: 0\n",
+    "run_unknown.yaml": "model: {name: lenet5}\nsparsity: {method: dctps, density: 0.1, foo: 1}\n",
+    "run_list.yaml": "- 1\n- 2\n",
+    "run_seed_float.yaml": "seed: 1.5\n",
+    "unknown_top.yaml": "models: [lenet5]\nmodles: [vgg19]\n",
+    "unknown_base.yaml": "base: {optim: {epoch: 3}}\n",
+    "method_key.yaml": "methods: [{method: dctps, allocaton: epl}]\ndensities: [0.1]\n",
+    "neg_density.yaml": "methods: [dctps]\ndensities: [-0.1]\n",
+    "nan_density.yaml": "methods: [dctps]\ndensities: [.nan]\n",
+    "str_density.yaml": "methods: [dctps]\ndensities: [ten]\n",
+    "slurm_bad.yaml": "methods: [dctps]\ndensities: [0.1]\nslurm: 5\n",
+    "seeds_bad.yaml": "methods: [dctps]\ndensities: [0.1]\nseeds: [a]\n",
+}
+
+
+@pytest.fixture(scope="module")
+def env(fake_cifar10, tmp_path_factory) -> SimpleNamespace:
+    """Files for the cases: a finished run to protect, YAMLs, corrupt and foreign files."""
+    tmp = tmp_path_factory.mktemp("bad_input")
+    y = tmp / "y"
+    y.mkdir()
+    for name, text in YAMLS.items():
+        (y / name).write_text(text)
+    file = tmp / "file.txt"  # a regular file where a folder is expected
+    file.write_text("not a folder\n")
+    notdb = tmp / "notes.txt"  # small: SQLite would silently turn it into a database
+    notdb.write_text("my notes")
+    # a finished run: no case may touch it
+    good = tmp / "good"
+    good_cfg = cfg(fake_cifar10)
+    r = fit(good_cfg, good, progress=False)
+    assert r["status"] == "done"
+    save_config(good_cfg, y / "good.yaml")
+    grid = {"base": {"data": {"root": str(fake_cifar10)}, "optim": {"epochs": 1, "batch_size": 32},
+                     "device": "cpu"},
+            "models": ["lenet5"], "methods": ["dctps"], "densities": [0.05]}  # fmt: skip
+    (y / "good_grid.yaml").write_text(yaml.safe_dump(grid))
+    # another config's run folder holding the good run's checkpoint
+    foreign = tmp / "foreign"
+    other = cfg(fake_cifar10, seed=7)
+    (foreign / "runs" / other.config_hash()).mkdir(parents=True)
+    shutil.copy(good / "runs" / r["hash"] / "last.pt",
+                foreign / "runs" / other.config_hash() / "last.pt")  # fmt: skip
+    # sparse checkpoints: good, truncated, a torch.save file
+    ck = dctps.save(dctps.sparsify(dctps.models.build("lenet5"), 0.05), tmp / "lenet.dctps")
+    trunc_ck = tmp / "trunc.dctps"
+    trunc_ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+    torch_file = tmp / "state.pt"
+    torch.save(mlp().state_dict(), torch_file)
+    # CIFAR-10 with a truncated pickle
+    trunc_cifar = tmp / "trunc_cifar"
+    shutil.copytree(fake_cifar10, trunc_cifar)
+    b3 = trunc_cifar / "cifar-10-batches-py" / "data_batch_3"
+    b3.write_bytes(b3.read_bytes()[:1000])
+    # Tiny ImageNet whose wnids.txt lists a class without a train folder
+    tiny = tmp / "tiny"
+    t = tiny / "tiny-imagenet-200"
+    (t / "train" / "n02000000" / "images").mkdir(parents=True)
+    (t / "wnids.txt").write_text("n02000000\nn01000000\n")
+    paths = {
+        "data": str(fake_cifar10), "tmp": str(tmp), "y": str(y), "file": str(file),
+        "notdb": str(notdb), "good": str(good), "ck": str(ck), "trunc_ck": str(trunc_ck),
+        "torch_file": str(torch_file), "trunc_cifar": str(trunc_cifar), "tiny": str(tiny),
+    }  # fmt: skip
+    return SimpleNamespace(
+        **{k: Path(v) for k, v in paths.items()},
+        paths=paths,
+        good_cfg=good_cfg,
+        good_hash=r["hash"],
+        other_cfg=other,
+    )
+
+
+def snapshot(env: SimpleNamespace) -> tuple:
+    """The finished run as stored: its row, epochs and every file of its folder; the notes."""
+    s = Store(env.good)
+    files = {p.name: p.read_bytes() for p in (env.good / "runs" / env.good_hash).iterdir()
+             if p.name != ".lock"}  # fmt: skip
+    return s.get(env.good_hash), s.epochs(env.good_hash), files, env.notdb.read_bytes()
+
+
+@dataclass(frozen=True)
+class Case:
+    """``how``: ``lib`` (``what(env)`` raises), ``cli`` (in process) or ``proc`` (subprocess);
+    ``what``: a callable (lib) or the command's arguments with ``{placeholders}`` of env.paths."""
+
+    id: str
+    how: str
+    what: Callable[[SimpleNamespace], Any] | tuple[str, ...]
+    needle: str
+
+
+def L(id: str, needle: str, fn: Callable[[SimpleNamespace], Any]) -> Case:  # noqa: N802
+    return Case(id, "lib", fn, needle)
+
+
+def C(id: str, needle: str, *args: str) -> Case:  # noqa: N802
+    return Case(id, "cli", args, needle)
+
+
+def P(id: str, needle: str, *args: str) -> Case:  # noqa: N802
+    return Case(id, "proc", args, needle)
+
+
+NAN = float("nan")
+TRAIN = ("train", "--model", "lenet5", "--dataset", "cifar10", "--density", "0.05",
+         "--epochs", "1", "--batch-size", "32", "--device", "cpu", "-q")  # fmt: skip
+TRAIN_AT = (*TRAIN, "--data-root", "{data}", "--out", "{tmp}/out")
+
+
+def _pruned(e):
+    return prune(mlp(), 0.5, "random")
+
+
+CASES = [
+    # ------------------------------------------------------------------ dctps.sparsify
+    L("sparsify-density-0", r"density must be in \(0, 1\].*got 0$",
+      lambda e: dctps.sparsify(mlp(), 0)),
+    L("sparsify-density-negative", r"got -0\.01", lambda e: dctps.sparsify(mlp(), -0.01)),
+    L("sparsify-density-above-1", r"got 1\.01", lambda e: dctps.sparsify(mlp(), 1.01)),
+    L("sparsify-density-nan", r"got nan", lambda e: dctps.sparsify(mlp(), NAN)),
+    L("sparsify-density-inf", r"got inf", lambda e: dctps.sparsify(mlp(), math.inf)),
+    L("sparsify-density-string", r"got 'ten'", lambda e: dctps.sparsify(mlp(), "ten")),
+    L("sparsify-density-bool", r"got True", lambda e: dctps.sparsify(mlp(), True)),
+    L("sparsify-density-none", r"got None", lambda e: dctps.sparsify(mlp(), None)),
+    L("sparsify-allocation-typo", r"unknown allocation 'elp'\. Did you mean 'epl'\?",
+      lambda e: dctps.sparsify(mlp(), 0.1, allocation="elp")),
+    L("sparsify-allocation-case", r"Did you mean 'epf'\?",
+      lambda e: dctps.sparsify(mlp(), 0.1, allocation="EPF")),
+    L("sparsify-empty-model", r"Sequential has no nn\.Linear / nn\.Conv2d",
+      lambda e: dctps.sparsify(nn.Sequential(nn.ReLU()), 0.1)),
+    L("sparsify-not-a-module", r"needs an nn\.Module, got str",
+      lambda e: dctps.sparsify("resnet18", 0.1)),
+    L("sparsify-seed-string", r"seed must be an integer or None, got 'x'",
+      lambda e: dctps.sparsify(mlp(), 0.1, seed="x")),
+    L("sparsify-seed-float", r"seed must be an integer or None, got 1\.5",
+      lambda e: dctps.sparsify(mlp(), 0.1, seed=1.5)),
+    L("sparsify-exclude-int", r"exclude must be module-name globs .*got 3",
+      lambda e: dctps.sparsify(mlp(), 0.1, exclude=3)),
+    L("sparsify-exclude-everything", r"no nn\.Linear / nn\.Conv2d layers .*after exclusions",
+      lambda e: dctps.sparsify(mlp(), 0.1, exclude="*")),
+    # ------------------------------------------------------------------ dctps.prune
+    L("prune-density-0", r"density must be in .*got 0$", lambda e: prune(mlp(), 0, "random")),
+    L("prune-density-nan", r"got nan", lambda e: prune(mlp(), NAN, "random")),
+    L("prune-density-string", r"got '1%'", lambda e: prune(mlp(), "1%", "random")),
+    L("prune-method-typo", r"unknown pruning method 'snp'\. Did you mean 'snip'\?",
+      lambda e: prune(mlp(), 0.1, "snp")),
+    L("prune-method-case", r"Did you mean 'synflow'\?", lambda e: prune(mlp(), 0.1, "SynFlow")),
+    L("prune-needs-data", r"'snip' needs data", lambda e: prune(mlp(), 0.1, "snip")),
+    L("prune-wrong-input-shape", r"could not run the model on the batches: .*2x5",
+      lambda e: prune(mlp(), 0.1, "snip", batch(x_features=5))),
+    L("prune-label-out-of-range", r"could not run the model .*Target 7 is out of bounds",
+      lambda e: prune(mlp(), 0.1, "grasp", batch(label=7))),
+    L("prune-batch-not-a-pair", r"each batch must be an \(x, y\) pair, got int",
+      lambda e: prune(mlp(), 0.1, "snip", [1, 2])),
+    L("prune-empty-model", r"no dense Linear/Conv2d weights",
+      lambda e: prune(nn.Sequential(nn.ReLU()), 0.1, "random")),
+    L("prune-unknown-option", r"'sed'\. Did you mean 'seed'\?",
+      lambda e: prune(mlp(), 0.1, "random", sed=1)),
+    L("prune-seed-string", r"seed must be an integer or None, got 'x'",
+      lambda e: prune(mlp(), 0.1, "random", seed="x")),
+    L("prune-keeps-no-weight", r"density 1e-06 keeps round\(1e-06 \* 56\) = 0 weights",
+      lambda e: prune(mlp(), 1e-6, "random")),
+    L("prune-already-pruned", r"layer '0' is already pruned",
+      lambda e: prune(_pruned(e), 0.5, "random")),
+    L("prune-allocation-of-score-method", r"allocation='erk' applies only to method 'random'",
+      lambda e: prune(mlp(), 0.1, "snip", batch(), allocation="erk")),
+    # ------------------------------------------------------------------ dctps.budgets, count
+    L("budgets-density-0", r"got 0$", lambda e: dctps.budgets([(8, 4)], 0)),
+    L("budgets-density-string", r"got 'half'", lambda e: dctps.budgets([(8, 4)], "half")),
+    L("budgets-method-typo", r"unknown allocation 'epfx'\. Did you mean 'epf'\?",
+      lambda e: dctps.budgets([(8, 4)], 0.1, "epfx")),
+    L("budgets-no-layers", r"at least one layer shape", lambda e: dctps.budgets([], 0.1)),
+    L("budgets-shape-of-strings", r"weight shape 0 must be .*got 'ab'",
+      lambda e: dctps.budgets(["ab"], 0.1)),
+    L("budgets-shape-int", r"weight shape 1 must be .*got 5",
+      lambda e: dctps.budgets([(8, 4), 5], 0.1)),
+    L("budgets-shape-float", r"got \(2\.5, 4\)", lambda e: dctps.budgets([(2.5, 4)], 0.1)),
+    L("budgets-shape-empty", r"got \(\)", lambda e: dctps.budgets([()], 0.1)),
+    L("budgets-shape-zero", r"at least one weight, got shapes \[\(0, 4\)\]",
+      lambda e: dctps.budgets([(0, 4)], 0.1)),
+    L("budgets-shapes-none", r"weight_shapes must be a list .*got None",
+      lambda e: dctps.budgets(None, 0.1)),
+    L("count-not-a-module", r"count needs an nn\.Module, got str", lambda e: dctps.count("x")),
+    # ------------------------------------------------------------------ sparse checkpoints
+    L("load-truncated", r"trunc\.dctps is truncated or corrupt", lambda e: dctps.load(e.trunc_ck)),
+    L("load-torch-save-file", r"state\.pt is not a dctps checkpoint.*torch\.save zip",
+      lambda e: dctps.load(e.torch_file)),
+    L("load-missing", r"nope\.dctps does not exist", lambda e: dctps.load(e.tmp / "nope.dctps")),
+    L("load-other-architecture", r"lenet\.dctps: layer 'features\.0' has weight shape",
+      lambda e: dctps.load(e.ck, model=dctps.models.build("vgg19"))),
+    L("inspect-text-file", r"file\.txt is not a dctps checkpoint: bad magic",
+      lambda e: dctps.inspect(e.file)),
+    L("save-under-a-file", r"cannot write checkpoint .*file\.txt/m\.dctps",
+      lambda e: dctps.save(dctps.sparsify(mlp(), 0.5), e.file / "m.dctps")),
+    # ------------------------------------------------------------------ run configs
+    L("config-unknown-key", r"unknown key 'optim\.lrr'; valid keys: optim\.recipe",
+      lambda e: RunConfig.from_dict({"optim": {"lrr": 0.1}})),
+    L("config-yaml-unknown-key", r"run_unknown\.yaml: unknown key 'sparsity\.foo'",
+      lambda e: load_config(e.y / "run_unknown.yaml")),
+    L("config-yaml-not-a-mapping", r"run_list\.yaml: top level must be a mapping, got list",
+      lambda e: load_config(e.y / "run_list.yaml")),
+    L("config-yaml-seed-float", r"seed: expected int, got 1\.5",
+      lambda e: load_config(e.y / "run_seed_float.yaml")),
+    L("config-yaml-syntax", r"bad\.yaml is not valid YAML: line 2, column 5",
+      lambda e: load_config(e.y / "bad.yaml")),
+    L("config-yaml-missing", r"cannot read config .*missing\.yaml",
+      lambda e: load_config(e.y / "missing.yaml")),
+    L("config-density-above-1", r"density must be in .*got 1\.5",
+      lambda e: cfg(e.data, density=1.5).resolve()),
+    L("config-model-typo", r"unknown model 'lenet'\. Did you mean 'lenet5'\?",
+      lambda e: cfg(e.data, model="lenet").resolve()),
+    # ------------------------------------------------------------------ fit: data and files
+    L("fit-not-a-config", r"fit needs a RunConfig, got dict", lambda e: fit({}, e.tmp / "o")),
+    L("fit-data-root-missing", r"data root .*nope does not exist",
+      lambda e: fit(cfg(e.tmp / "nope"), e.tmp / "o1", progress=False)),
+    L("fit-cifar-truncated", r"data_batch_3 .*truncated or corrupt",
+      lambda e: fit(cfg(e.trunc_cifar), e.tmp / "o2", progress=False)),
+    L("fit-tiny-imagenet-missing-class",
+      r"missing class folder .*n01000000/images for wnid 'n01000000' listed in .*wnids\.txt",
+      lambda e: fit(cfg(e.tiny, model="resnet18", dataset="tiny_imagenet"), e.tmp / "o3",
+                    progress=False)),  # fmt: skip
+    L("fit-out-under-a-file", r"file\.txt is a file, not a folder",
+      lambda e: fit(cfg(e.data), e.file / "out", progress=False)),
+    L("fit-foreign-checkpoint", r"last\.pt belongs to config [0-9a-f]{16}, not [0-9a-f]{16}",
+      lambda e: fit(e.other_cfg, e.tmp / "foreign", progress=False)),
+    L("fit-resume-without-checkpoint", r"--resume: no checkpoint",
+      lambda e: fit(cfg(e.data, seed=3), e.good, progress=False, resume=True)),
+    # ------------------------------------------------------------------ sweeps and the store
+    L("grid-unknown-key", r"g\.yaml: unknown key 'modles'",
+      lambda e: expand_grid({"modles": ["lenet5"]}, "g.yaml")),
+    L("grid-unknown-base-key", r"base: unknown key 'optim\.epoch'",
+      lambda e: expand_grid({"base": {"optim": {"epoch": 3}}}, "g.yaml")),
+    L("grid-unknown-method-key", r"unknown key 'allocaton' in a method entry",
+      lambda e: expand_grid({"methods": [{"method": "dctps", "allocaton": "epl"}]}, "g.yaml")),
+    L("grid-density-typo", r"not a density: '1%%'",
+      lambda e: expand_grid({"methods": ["dctps"], "densities": ["1%%"]}, "g.yaml")),
+    L("grid-slurm-not-a-mapping", r"slurm must be a mapping .*got 5",
+      lambda e: expand_grid({"slurm": 5}, "g.yaml")),
+    L("sweep-workers-0", r"workers must be a positive integer, got 0",
+      lambda e: run_sweep([], e.tmp / "s", workers=0)),
+    L("sweep-executor-typo", r"unknown executor 'slrum'\. Did you mean 'slurm'\?",
+      lambda e: run_sweep([], e.tmp / "s", executor="slrum")),
+    L("store-not-sqlite", r"notes\.txt is not a results database", lambda e: Store(e.notdb)),
+    L("store-under-a-file", r"file\.txt is a file, not a folder",
+      lambda e: Store(e.file / "r.db")),
+    L("data-unknown-dataset", r"unknown dataset 'cifar-10'\. Did you mean 'cifar10'\?",
+      lambda e: dctps.data.build("cifar-10", e.data)),
+    L("models-unknown", r"unknown model 'resnet-18'.*Did you mean 'resnet18'\?",
+      lambda e: dctps.models.build("resnet-18")),
+    # ------------------------------------------------------------------ CLI, in process
+    C("demo-threads-negative", r"--threads must be >= 0.*got -1", "demo", "--threads", "-1"),
+    C("budgets-density-negative", r"got -0\.5", "budgets", "lenet5", "--density", "-0.5"),
+    C("budgets-allocation-case", r"Did you mean 'erk'\?",
+      "budgets", "resnet18", "--density", "0.01", "--allocation", "ERK"),
+    C("budgets-model-typo", r"unknown model 'vgg16'.*Did you mean 'vgg19'\?",
+      "budgets", "vgg16", "--density", "0.01"),
+    C("budgets-plot-under-a-file", r"cannot write figure .*file\.txt is a file, not a folder",
+      "budgets", "lenet5", "--density", "0.1", "--plot", "{file}/b.png"),
+    C("budgets-plot-format", r"b\.xyz: Format 'xyz' is not supported",
+      "budgets", "lenet5", "--density", "0.1", "--plot", "{tmp}/b.xyz"),
+    C("train-density-nan", r"density must be in .*got nan", *TRAIN_AT, "--density", "nan"),
+    C("train-density-0", r"got 0\.0", *TRAIN_AT, "--density", "0"),
+    C("train-data-root-missing", r"data root .*nope does not exist",
+      *TRAIN, "--data-root", "{tmp}/nope", "--out", "{tmp}/out"),
+    C("train-out-under-a-file", r"file\.txt is a file, not a folder",
+      *TRAIN, "--data-root", "{data}", "--out", "{file}/sub"),
+    C("train-config-syntax", r"bad\.yaml is not valid YAML: line 2, column 5", "train",
+      "--config", "{y}/bad.yaml"),
+    C("train-config-unknown-key", r"unknown key 'sparsity\.foo'",
+      "train", "--config", "{y}/run_unknown.yaml"),
+    C("train-model-typo", r"Did you mean 'lenet5'\?", *TRAIN_AT, "--model", "lenet"),
+    C("train-method-typo", r"unknown sparsity method 'dctp'\. Did you mean 'dctps'\?",
+      *TRAIN_AT, "--method", "dctp"),
+    C("train-random-seed-option", r"seed must be an integer or None, got 'x'",
+      *TRAIN_AT, "--method", "random", "--option", "seed=x"),
+    C("train-option-without-value", r"--option expects key=value, got 'exclude'",
+      *TRAIN_AT, "--option", "exclude"),
+    C("train-epochs-0", r"epochs must be a positive integer, got 0", *TRAIN_AT, "--epochs", "0"),
+    C("train-lr-negative", r"lr must be > 0, got -1", *TRAIN_AT, "--lr", "-1"),
+    C("train-device-typo", r"device must be auto, cpu, cuda or cuda:N, got 'gpu'",
+      *TRAIN_AT, "--device", "gpu"),
+    C("train-truncated-cifar", r"data_batch_3 .*truncated or corrupt",
+      *TRAIN, "--data-root", "{trunc_cifar}", "--out", "{tmp}/out"),
+    C("train-into-good-bad-density", r"density must be in", "train", "--config",
+      "{y}/good.yaml", "--out", "{good}", "--density", "0"),
+    C("train-into-good-resume-other", r"--resume: no checkpoint", "train", "--config",
+      "{y}/good.yaml", "--out", "{good}", "--seed", "5", "--resume", "-q"),
+    C("results-not-a-database", r"notes\.txt is not a results database",
+      "results", "--db", "{notdb}"),
+    C("results-missing-db", r"no results database at .*none\.db", "results", "--db",
+      "{tmp}/none.db"),
+    C("results-unknown-column", r"unknown column 'foo' in --where",
+      "results", "--db", "{good}", "--where", "foo=1"),
+    C("results-where-without-value", r"--where expects key=value, got 'method'",
+      "results", "--db", "{good}", "--where", "method"),
+    C("results-csv-under-a-file", r"cannot write CSV file .*file\.txt is a file, not a folder",
+      "results", "--db", "{good}", "--csv", "{file}/r.csv"),
+    C("sweep-unknown-key", r"unknown_top\.yaml: unknown key 'modles'", "sweep",
+      "{y}/unknown_top.yaml"),
+    C("sweep-unknown-base-key", r"unknown key 'optim\.epoch'", "sweep", "{y}/unknown_base.yaml"),
+    C("sweep-unknown-method-key", r"unknown key 'allocaton'", "sweep", "{y}/method_key.yaml"),
+    C("sweep-density-negative", r"densities: density must be in .*got -0\.1", "sweep",
+      "{y}/neg_density.yaml"),
+    C("sweep-density-nan", r"got nan", "sweep", "{y}/nan_density.yaml"),
+    C("sweep-density-string", r"not a density: 'ten'", "sweep", "{y}/str_density.yaml"),
+    C("sweep-seeds-strings", r"seeds must be integers, got 'a'", "sweep", "{y}/seeds_bad.yaml"),
+    C("sweep-slurm-not-a-mapping", r"slurm must be a mapping", "sweep", "{y}/slurm_bad.yaml"),
+    C("sweep-config-missing", r"cannot read sweep config .*nope\.yaml", "sweep",
+      "{y}/nope.yaml"),
+    C("sweep-out-under-a-file", r"file\.txt is a file, not a folder", "sweep",
+      "{y}/good_grid.yaml", "--out", "{file}/x", "-q"),
+    C("sweep-db-under-a-file", r"file\.txt is a file, not a folder", "sweep",
+      "{y}/good_grid.yaml", "--out", "{tmp}/sweep_db", "--db", "{file}/r.db", "-q"),
+    C("sweep-cli-workers-0", r"workers must be a positive integer, got 0", "sweep",
+      "{y}/good_grid.yaml", "--out", "{tmp}/s0", "--workers", "0", "-q"),
+    C("sweep-set-unknown-key", r"overrides: unknown key 'optim\.foo'", "sweep",
+      "{y}/good_grid.yaml", "--set", "optim.foo=1", "--dry-run"),
+    C("sweep-into-good-bad-density", r"density must be in .*got 2", "sweep",
+      "{y}/good_grid.yaml", "--out", "{good}", "--set", "sparsity.density=2", "-q"),
+    C("figure-name-case", r"unknown figure 'a1'\. Did you mean 'A\.1'\?", "figure", "a1"),
+    C("figure-density", r"density must be in .*got 2\.0", "figure", "A.1", "--density", "2",
+      "--dry-run"),
+    C("figure-model-typo", r"unknown model 'resnet81'\. Did you mean 'resnet18'\?", "figure",
+      "A.1", "--model", "resnet81", "--dry-run"),
+    C("figure-seeds-0", r"number of seeds must be >= 1, got 0", "figure", "A.1", "--seeds", "0",
+      "--dry-run"),
+    C("figure-plot-only-no-db", r"no results database at .*empty", "figure", "A.1",
+      "--plot-only", "--out", "{tmp}/empty"),
+    C("plot-x", r"x must be density or nonzeros, got 'foo'", "plot", "--db", "{good}", "--x",
+      "foo"),
+    C("plot-metric", r"metric must be auto, test_acc or val_acc, got 'foo'", "plot", "--db",
+      "{good}", "--metric", "foo"),
+    C("plot-out-under-a-file", r"file\.txt is a file, not a folder", "plot", "--db", "{good}",
+      "--out", "{file}/x.png"),
+    C("plot-not-a-database", r"notes\.txt is not a results database", "plot", "--db", "{notdb}"),
+    C("inspect-truncated", r"trunc\.dctps is truncated or corrupt", "inspect", "{trunc_ck}"),
+    C("inspect-torch-file", r"torch\.save zip file", "inspect", "{torch_file}"),
+    C("inspect-folder", r"cannot read checkpoint .*Is a directory", "inspect", "{tmp}"),
+    C("bench-name-typo", r"unknown benchmark 'lineer'\. Did you mean 'linear'\?", "bench",
+      "lineer"),
+    C("bench-device", r"--device must be 'cpu' or 'cuda', got 'tpu'", "bench", "linear",
+      "--device", "tpu"),
+    C("bench-threads-negative", r"--threads must be >= 0", "bench", "linear", "--threads", "-1"),
+    # ------------------------------------------------------------------ CLI, real processes
+    P("proc-float-flag-not-a-number", r"Invalid value for '--density'", "budgets", "resnet18",
+      "--density", "abc"),
+    P("proc-unknown-flag", r"No such option: --densty", "budgets", "resnet18", "--densty", "0.1"),
+    P("proc-unknown-command", r"No such command 'trian'", "trian"),
+    P("proc-demo-threads", r"--threads must be >= 0", "demo", "--threads", "-2"),
+    P("proc-train-yaml-syntax", r"bad\.yaml is not valid YAML: line 2, column 5", "train",
+      "--config", "{y}/bad.yaml"),
+    P("proc-train-out-under-a-file", r"file\.txt is a file, not a folder",
+      *TRAIN, "--data-root", "{data}", "--out", "{file}/sub"),
+    P("proc-train-into-good", r"density must be in", "train", "--config", "{y}/good.yaml",
+      "--out", "{good}", "--density", "0"),
+    P("proc-sweep-slurm", r"slurm must be a mapping", "sweep", "{y}/slurm_bad.yaml"),
+    P("proc-results-not-a-database", r"notes\.txt is not a results database", "results",
+      "--db", "{notdb}"),
+    P("proc-inspect-truncated", r"truncated or corrupt", "inspect", "{trunc_ck}"),
+    P("proc-figure-case", r"Did you mean 'A\.1'\?", "figure", "a1"),
+]  # fmt: skip
+
+
+def _args(case: Case, env: SimpleNamespace) -> list[str]:
+    return [a.format(**env.paths) for a in case.what]  # type: ignore[union-attr]
+
+
+def _message(case: Case, env: SimpleNamespace) -> str:
+    if case.how == "lib":
+        with pytest.raises(DctpsError) as info:
+            case.what(env)  # type: ignore[operator]
+        return str(info.value)
+    if case.how == "cli":
+        res = runner.invoke(app, _args(case, env))
+        assert res.exit_code != 0
+        assert isinstance(res.exception, DctpsError), (res.exception, res.output)
+        return str(res.exception)
+    p = subprocess.run([sys.executable, "-m", "dctps.cli", *_args(case, env)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode != 0, p.stdout
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, env):
+    before = snapshot(env)
+    msg = _message(case, env)
+    assert re.search(case.needle, msg), msg
+    assert "\n" not in msg and len(msg) < 600, msg
+    assert snapshot(env) == before, "a bad input changed the finished run"
+
+
+def test_table_size():
+    """The issue asks for at least 40 cases; count them by kind (recorded in RELIABILITY.md)."""
+    kinds = {k: sum(c.how == k for c in CASES) for k in ("lib", "cli", "proc")}
+    assert len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 40 and kinds["proc"] >= 10
+    print(f"\nRELIABILITY bad input: {len(CASES)} cases ({kinds['lib']} library, "
+          f"{kinds['cli']} CLI in process, {kinds['proc']} CLI processes)")  # fmt: skip

@@ -1,0 +1,105 @@
+"""The engineering habits, enforced: lint, formatting, types, a wheel that installs, a changelog.
+
+CI runs the test suite, so a lint error, an unformatted file, a type error, a broken wheel or a
+version bump without a changelog entry fails CI. Each check is skipped (with the reason) only
+when its tool is not installed; ``pip install -e ".[test]"`` installs them all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+import dctps
+
+ROOT = Path(__file__).resolve().parents[1]
+LINTED = ["src", "tests", "examples", "benchmarks"]
+
+
+def _need(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
+
+
+def _run(args: list[str], cwd: Path = ROOT, timeout: float = 300, **kw) -> str:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{out[-6000:]}"
+    return out
+
+
+def test_ruff_check():
+    _need("ruff")
+    _run([sys.executable, "-m", "ruff", "check", *LINTED])
+
+
+def test_ruff_format():
+    _need("ruff")
+    _run([sys.executable, "-m", "ruff", "format", "--check", *LINTED])
+
+
+def test_mypy():
+    _need("mypy")
+    _run([sys.executable, "-m", "mypy", "src/dctps"])
+
+
+def test_changelog_top_version_is_the_package_version():
+    text = (ROOT / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## \[(\d+\.\d+\.\d+[^\]]*)\]", text, re.M)
+    assert versions, "CHANGELOG.md has no '## [X.Y.Z] - DATE' section"
+    assert versions[0] == dctps.__version__, (
+        f"CHANGELOG.md's latest release is {versions[0]}, the package is {dctps.__version__} "
+        "(src/dctps/_version.py): add a changelog section for the new version"
+    )
+
+
+def test_wheel_builds_and_installs_into_a_fresh_venv(tmp_path: Path):
+    """Build the wheel offline (``--no-isolation``: no build dependencies are downloaded), install
+    it with ``--no-deps`` into a fresh virtual environment that sees this environment's packages
+    (torch, ...) and run the installed ``dctps`` from there, not from the source tree."""
+    _need("build")
+    _need("setuptools")
+    src = tmp_path / "src_copy"  # build a copy: the build writes build/ and *.egg-info beside it
+    shutil.copytree(ROOT / "src", src / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
+    dist = tmp_path / "dist"
+    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
+          str(src)], env=env)  # fmt: skip
+    wheels = list(dist.glob("dctps-*.whl"))
+    assert len(wheels) == 1, wheels
+    assert f"dctps-{dctps.__version__}-" in wheels[0].name
+
+    # A fresh venv. This interpreter may itself be a venv, whose packages --system-site-packages
+    # would not show; so expose them with a .pth file. The .pth files *inside* that folder (such
+    # as an editable install of dctps) are not processed, and the venv's own site-packages comes
+    # first, so `import dctps` must find the installed wheel.
+    target = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False, system_site_packages=True).create(target)
+    bindir = target / ("Scripts" if os.name == "nt" else "bin")
+    py = bindir / ("python.exe" if os.name == "nt" else "python")
+    site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                env=env).strip().splitlines()[-1]  # fmt: skip
+    Path(site, "_outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheels[0])],
+         env=env)  # fmt: skip
+
+    where = _run([str(py), "-c", "import dctps; print(dctps.__file__, dctps.__version__)"],
+                 cwd=tmp_path, env=env)  # fmt: skip
+    path, version = where.split()[-2:]
+    assert Path(path).resolve().is_relative_to(target.resolve()), f"imported from {path}"
+    assert version == dctps.__version__
+    out = _run([str(bindir / "dctps"), "demo", "--help"], cwd=tmp_path, env=env)
+    assert "digits" in out
+    assert dctps.__version__ in _run([str(bindir / "dctps"), "--version"], cwd=tmp_path, env=env)
