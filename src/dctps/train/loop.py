@@ -478,6 +478,13 @@ def _fit(
             best = dict(ck["best"])
             start_epoch = int(ck["epoch"])
             elapsed = float(ck.get("elapsed", 0.0))
+            if store is not None and ctx.is_main:
+                # The checkpoint is the truth: re-log its epochs, so a store that lost writes
+                # (killed mid-transaction, restored from backup) is whole again after a resume.
+                for rec in history:
+                    store.log_epoch(
+                        h, rec["epoch"], **{k: v for k, v in rec.items() if k != "epoch"}
+                    )
         net = ctx.wrap(model)
 
         # ---- epochs
