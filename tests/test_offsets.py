@@ -316,7 +316,7 @@ def test_charge_that_a_layer_cannot_absorb_raises():
 def test_state_dict_rebuilds_the_same_random_offset():
     a = _randomise(DCTpSConv2d(3, 6, 5, nnz=9, seed=4, offset="dct_signflip", dtype=F64))
     b = DCTpSConv2d(3, 6, 5, nnz=9, seed=99, offset="dct_signflip", dtype=F64)
-    b.D  # built for the other seed, must be rebuilt after the load
+    assert b.D.shape == (6, 3, 5, 5)  # built for the other seed: must be rebuilt by the load
     assert int(b.offset_seed) == 99
     b.load_state_dict(a.state_dict())
     assert int(b.offset_seed) == 4
@@ -380,8 +380,9 @@ def test_config_fields_keep_old_hashes_and_reach_sparsify():
     s = cli.sparsity
     assert (s.offset, s.alpha, s.alpha_init, s.charge_alpha) == ("dct_signflip", "channel",
                                                                  "kaiming", True)  # fmt: skip
-    assert config_from_cli({"density": 0.01, "alpha_init": "0.5"}).resolve().sparsity.alpha_init \
-        == 0.5
+    assert (
+        config_from_cli({"density": 0.01, "alpha_init": "0.5"}).resolve().sparsity.alpha_init == 0.5
+    )
     with pytest.raises(DctpsError, match="applies only to --method dctps"):
         RunConfig.from_dict({"sparsity": {"method": "random", "density": 0.01,
                                           "offset": "hadamard"}}).resolve()  # fmt: skip

@@ -336,9 +336,7 @@ def _hadamard(v: torch.Tensor, spec: TransformSpec, alpha: torch.Tensor) -> torc
     """``alpha * H_M[rows of each group, :] v`` on the buffer ``(B, groups * M, L)``."""
     out, n, groups = spec.out, spec.n, spec.groups
     og = out // groups
-    parts = [
-        _fwht_rows(v[:, g * n : (g + 1) * n])[:, g * og : (g + 1) * og] for g in range(groups)
-    ]
+    parts = [_fwht_rows(v[:, g * n : (g + 1) * n])[:, g * og : (g + 1) * og] for g in range(groups)]
     y = parts[0] if groups == 1 else torch.cat(parts, dim=1)
     return y * (alpha / math.sqrt(n))
 
@@ -482,7 +480,7 @@ def _offset_parts(layer: Layer) -> tuple[str, torch.Tensor | None, torch.Tensor 
             "dense path for it)"
         )
     fan = math.prod(layer.weight_shape[1:])
-    seed = layer.offset_seed_value if key[1:] else None
+    seed = int(layer.offset_seed_value) if key[1:] else 0
     kind = "hadamard" if off == "hadamard" else "dct"
     perm = _offsets.permutation(fan, seed) if off == "dct_permuted" else None
     signs = _offsets.signs(fan, seed) if off == "dct_signflip" else None
@@ -496,12 +494,7 @@ def _plan(layer: Layer) -> SparsePlan:
     idx = layer.indices
     okey = _offset_key(layer)
     cached = layer.__dict__.get("_dctps_plan")
-    if (
-        cached is not None
-        and cached[0] is idx
-        and cached[1] == idx._version
-        and cached[3] == okey
-    ):
+    if cached is not None and cached[0] is idx and cached[1] == idx._version and cached[3] == okey:
         return cached[2]
     kind, perm, _ = _offset_parts(layer)
     shape = tuple(layer.weight_shape)
@@ -893,7 +886,7 @@ class SparseConv2dFunction(torch.autograd.Function):
             dvalues = torch.empty_like(values)
         for h, w, sel, rows, chans in plan.offsets:
             gs = g.index_select(1, rows)
-            if need_v:
+            if dvalues is not None:  # i.e. need_v
                 win = _window(xp.index_select(1, chans), h, w, layer, ho, wo)
                 dvalues[sel] = (gs * win).sum((0, 2, 3))
             if dxp is not None:

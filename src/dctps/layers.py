@@ -349,9 +349,7 @@ class DCTpSLayer(nn.Module):
             path = memo.get(key)
             if path is None:
                 paths = {
-                    k: getattr(self, v)
-                    for k, v in self._PATHS.items()
-                    if self._path_available(k)
+                    k: getattr(self, v) for k, v in self._PATHS.items() if self._path_available(k)
                 }
                 path = memo[key] = choose(self, x, paths)
             return path

@@ -234,9 +234,7 @@ def sparsify(
                 raise DctpsError(
                     f"exclude both or neither of {mha_name}'s projections (in_proj, out_proj)"
                 )
-            new: nn.Module = DCTpSMultiheadAttention(
-                module, counts[i], counts[i + 1], lseed, **kw
-            )
+            new: nn.Module = DCTpSMultiheadAttention(module, counts[i], counts[i + 1], lseed, **kw)
             _set_submodule(model, mha_name, new)
             i += 2
             continue

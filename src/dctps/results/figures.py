@@ -141,17 +141,17 @@ def _offset_label(cfg: Mapping[str, Any]) -> str:
     if s.get("method") != "dctps":
         return default_label(cfg)
     off = s.get("offset", "dct")
-    label = "DCTpS (dct, paper)" if off == "dct" else f"DCTpS, {off}"
+    parts = [] if off == "dct" else [off]
     if s.get("alpha", "layer") == "channel":
-        label += ", α per channel" + ("" if s.get("charge_alpha", True) else " (+alphas)")
+        parts.append("α per channel" + ("" if s.get("charge_alpha", True) else " (+alphas)"))
     init = s.get("alpha_init", 1.0)
     if init == "kaiming":
-        label += ", α init Kaiming"
+        parts.append("α init Kaiming")
     elif init not in (1, 1.0, None):
-        label += f", α init {init}"
+        parts.append(f"α init {init}")
     if s.get("train_alpha") is False:
-        label += ", fixed α"
-    return label
+        parts.append("fixed α")
+    return "DCTpS, " + ", ".join(parts) if parts else "DCTpS (dct, paper)"
 
 
 # ----------------------------------------------------------------------------- allocation figures

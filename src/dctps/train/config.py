@@ -495,7 +495,9 @@ def _resolve_offset(s: SparsityConfig) -> None:
             try:
                 init = float(init)
             except ValueError:
-                raise DctpsError(f"alpha_init must be a number or 'kaiming', got {init!r}") from None
+                raise DctpsError(
+                    f"alpha_init must be a number or 'kaiming', got {init!r}"
+                ) from None
     if not isinstance(init, str):
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise DctpsError(f"alpha_init must be a finite number or 'kaiming', got {init!r}")
