@@ -235,19 +235,9 @@ def _run_lock(folder: Path) -> Iterator[None]:
 
 
 def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any]:
-    keys = (
-        "hash",
-        "status",
-        "reason",
-        "val_acc",
-        "test_acc",
-        "best_epoch",
-        "weights",
-        "nonzeros",
-        "trainable",
-        "prune_seconds",
-        "wall_seconds",
-    )
+    from dctps.results.store import METRIC_COLUMNS
+
+    keys = ("hash", "status", "reason", *METRIC_COLUMNS)
     out = {k: row.get(k) for k in keys}
     hist = store.epochs(row["hash"]) if store is not None else []
     out.update(
