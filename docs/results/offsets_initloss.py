@@ -28,7 +28,7 @@ STD = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
 
 def main() -> None:
     torch.set_num_threads(1)
-    root = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data"
+    root = sys.argv[1] if len(sys.argv) > 1 else None  # None: $DCTPS_DATA
     sp = data.build("cifar10", root, subset=512)
     x = (sp.train_x.float() / 255 - MEAN) / STD
     y = sp.train_y
