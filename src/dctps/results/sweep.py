@@ -49,10 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from dctps.errors import DctpsError, cannot_write, unknown_name, yaml_problem
-from dctps.train.config import RunConfig, SparsityConfig
+from dctps.errors import DctpsError, cannot_write, unknown_name
+from dctps.train.config import RunConfig, SparsityConfig, parse_assignment, read_yaml
 
 __all__ = [
     "EXECUTORS",
@@ -153,14 +151,7 @@ def _method_entry(entry: Any, where: str) -> tuple[dict[str, Any], list[float] |
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     """Read a grid YAML file (checked by :func:`expand_grid`); unknown top-level keys raise."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise DctpsError(f"cannot read sweep config {p}: {e.strerror or e}") from None
-    try:
-        grid = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise DctpsError(f"{p} is not valid YAML: {yaml_problem(e)}") from None
+    grid = read_yaml(p, "sweep config")
     _check_grid(grid, str(p))
     return grid
 
@@ -185,14 +176,7 @@ def apply_sets(items: Iterable[str]) -> dict[str, Any]:
     """``["optim.epochs=20", "data.subset=2000"]`` -> a nested override dict (YAML values)."""
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise DctpsError(f"--set expects section.field=value, got {item!r}")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+        key, value = parse_assignment(item, "--set", "section.field=value")
         parts = key.split(".")
         target = out
         for part in parts[:-1]:

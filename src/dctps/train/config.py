@@ -551,15 +551,21 @@ def _resolve_optim(c: RunConfig) -> None:
 def load_config(path: str | os.PathLike) -> RunConfig:
     """Read a YAML run config; unknown keys or ill-typed values raise :class:`DctpsError`."""
     p = Path(path)
+    return RunConfig.from_dict(read_yaml(p, "config"), source=str(p))
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """The parsed YAML file ``path``; an unreadable file or a syntax error is one-line DctpsError
+    naming ``what`` (e.g. ``config``, ``sweep config``), the path and the line/column."""
+    p = Path(path)
     try:
         text = p.read_text()
     except OSError as e:
-        raise DctpsError(f"cannot read config {p}: {e.strerror or e}") from None
+        raise DctpsError(f"cannot read {what} {p}: {e.strerror or e}") from None
     try:
-        d = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise DctpsError(f"{p} is not valid YAML: {yaml_problem(e)}") from None
-    return RunConfig.from_dict(d, source=str(p))
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
@@ -610,15 +616,20 @@ def cli_fields() -> list[CliField]:
     return out
 
 
-def _parse_option(item: str) -> tuple[str, Any]:
+def parse_assignment(
+    item: str, flag: str = "--option", expect: str = "key=value"
+) -> tuple[str, Any]:
+    """``'key=value'`` -> ``(key, value)`` with ``value`` read as YAML (``3`` an int, ``a`` a str);
+    a missing ``=`` or key is a DctpsError naming ``flag`` and the ``expect``-ed form."""
     key, sep, raw = item.partition("=")
+    key = key.strip()
     if not sep or not key:
-        raise DctpsError(f"--option expects key=value, got {item!r}")
+        raise DctpsError(f"{flag} expects {expect}, got {item!r}")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    return key, value
 
 
 def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
@@ -632,7 +643,7 @@ def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> Ru
             v = not v
         if cf.flag == "option":
             opts = dict(d["sparsity"]["options"])
-            opts.update(_parse_option(str(item)) for item in v)
+            opts.update(parse_assignment(str(item)) for item in v)
             v = opts
         target = d
         for part in cf.path[:-1]:
