@@ -28,9 +28,10 @@ LABEL_NAMES = "airplane automobile bird cat deer dog frog horse ship truck".spli
 
 
 def balanced_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``n`` examples, ``n // 10`` (+1 for the first ``n % 10`` classes) per class.
+    """Sorted indices of ``n`` examples: ``n // k`` per class, one more for the first ``n % k``.
 
-    Within each class the examples are a uniform draw from ``numpy.random.default_rng(seed)``.
+    ``k`` is the number of classes; within each class the examples are a uniform draw from
+    ``numpy.random.default_rng(seed)``.
     """
     classes = np.unique(y)
     if n > len(y):
@@ -38,7 +39,7 @@ def balanced_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     per = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
     picked = []
-    for c, k in zip(classes, per):
+    for c, k in zip(classes, per, strict=True):
         idx = np.flatnonzero(y == c)
         if k > len(idx):
             raise SystemExit(f"class {c} has {len(idx)} examples, {k} asked for")
@@ -73,7 +74,7 @@ def decode_one(data: bytes) -> np.ndarray:
 def decode(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Inverse of :func:`encode`: uint8 ``(N, 3072)``."""
     raw = blob.tobytes()
-    rows = [decode_one(raw[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+    rows = [decode_one(raw[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     return np.stack(rows) if rows else np.zeros((0, 3072), np.uint8)
 
 

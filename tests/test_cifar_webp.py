@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_fake_cifar10
 
 from dctps.data.cifar import load_cifar10
-
-from conftest import write_fake_cifar10
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cifar_webp.py"
 

@@ -67,8 +67,8 @@ def test_quick_grid_shrinks_runs_not_structure():
     full = F.figure_configs("density-resnet18-cifar10")
     quick = F.figure_configs("density-resnet18-cifar10", quick=True)
     assert {c.sparsity.density for c in quick} == {1.0, 0.01, 0.001}
-    assert {c.seed for c in quick} == {0} and {c.optim.epochs for c in quick} == {2}
-    assert {c.data.subset for c in quick} == {2000}
+    assert {c.seed for c in quick} == {0} and {c.optim.epochs for c in quick} == {1}
+    assert {c.data.subset for c in quick} == {256}  # a large net: 1 epoch of 256 images
     meth = lambda cs: {(c.sparsity.method, c.sparsity.rigl) for c in cs}  # noqa: E731
     assert meth(quick) == meth(full)
     opts = {c.sparsity.method: c.sparsity.options for c in quick if not c.sparsity.rigl}
@@ -76,6 +76,21 @@ def test_quick_grid_shrinks_runs_not_structure():
     assert {c.sparsity.rigl_delta_t for c in quick if c.sparsity.rigl} == {4}
     with pytest.raises(DctpsError, match="unknown figure"):
         F.get("A.9")
+
+
+def test_quick_sizes_are_per_model_and_overrides_win():
+    lenet = F.figure_configs("density-lenet5-cifar10", quick=True)
+    assert {(c.optim.epochs, c.data.subset) for c in lenet} == {(2, 2000)}
+    mixed = F.figure_configs("A.7", quick=True, models=["resnet18", "lenet5"])
+    sizes = {(c.model.name, c.optim.epochs, c.data.subset) for c in mixed}
+    assert sizes == {("resnet18", 1, 256), ("lenet5", 2, 2000)}
+    one = F.figure_configs("A.7", quick=True, models=["resnet18"])
+    per_model = {c.config_hash() for c in mixed if c.model.name == "resnet18"}
+    assert per_model == {c.config_hash() for c in one}  # splitting does not change a run
+    assert len(mixed) == len({c.config_hash() for c in mixed})
+    over = F.figure_configs("A.7", {"data": {"subset": 500}, "optim": {"epochs": 3}}, quick=True,
+                            models=["resnet18", "lenet5"])  # fmt: skip
+    assert {(c.optim.epochs, c.data.subset) for c in over} == {(3, 500)}
 
 
 # ----------------------------------------------------------------------------- plotted data

@@ -22,7 +22,7 @@ import pytest
 import dctps
 
 ROOT = Path(__file__).resolve().parents[1]
-LINTED = ["src", "tests", "examples", "benchmarks"]
+LINTED = ["src", "tests", "examples", "benchmarks", "scripts"]
 
 
 def _need(module: str) -> None:

@@ -111,7 +111,9 @@ def sweep_cmd(
 def figure_cmd(
     name: str = typer.Argument(None, help="Figure name (see --list)."),
     list_: bool = typer.Option(False, "--list", help="List the figures and exit."),
-    quick: bool = typer.Option(False, "--quick", help="2 epochs, 2,000 images, 1%/0.1%, 1 seed."),
+    quick: bool = typer.Option(
+        False, "--quick", help="CPU-minutes run: 1%/0.1%, 1 seed, 1-2 epochs, 256-2,000 images."
+    ),
     executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
     workers: int = typer.Option(None, "--workers", help="Parallel runs (default 1)."),
     out: str = typer.Option("results", "--out", help="Output folder (results.db, figures/)."),
