@@ -179,3 +179,33 @@ def test_locked_database_is_retried_not_raised(tmp_path):
         finally:
             lock.execute("ROLLBACK")
             lock.close()
+
+
+def _count_rows_elsewhere(path) -> int:
+    """Count run rows from a fresh process (its connection closes at exit)."""
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "print(c.execute('SELECT COUNT(*) FROM runs').fetchone()[0]); c.close()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+def test_reopening_the_store_in_a_writing_process_loses_nothing(tmp_path):
+    """A sweep with one worker trains its runs one after another in one process, and each run
+    opens ``Store(db)`` again. Reading the file's header with ``open()``/``close()`` there would
+    drop all of that process's POSIX locks on the file (a ``close`` releases every lock the
+    process holds on it). A reader in another process would then think it was the last
+    connection, checkpoint and delete the WAL, and every later write of the sweep would go to
+    the deleted WAL, invisible to everyone else and lost (seen on a real sweep)."""
+    s = Store(tmp_path)
+    s.start("h1", cfg())
+    Store(tmp_path)  # the next run of the in-process sweep
+    assert _count_rows_elsewhere(s.path) == 1  # a `dctps results` while the sweep runs
+    s.start("h2", cfg(seed=1))
+    Store(tmp_path).start("h3", cfg(seed=2))
+    assert _count_rows_elsewhere(s.path) == 3
+    Store(tmp_path).close()
+    assert _count_rows_elsewhere(s.path) == 3  # and after it reopens its connection

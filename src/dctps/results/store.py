@@ -152,7 +152,12 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise cannot_write("results database", self.path, e) from None
-        _check_sqlite_file(self.path)
+        if (os.getpid(), str(self.path)) not in _CONNECTIONS:
+            # Only before this process connects: once it holds a connection, closing any other
+            # descriptor of the file (as the header check does) drops all of the process's
+            # POSIX locks on it; another process could then take itself for the last connection
+            # and delete the WAL that this one still writes to, losing those writes.
+            _check_sqlite_file(self.path)
         self._retry(self._init_schema)
 
     def __repr__(self) -> str:
