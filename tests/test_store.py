@@ -209,3 +209,19 @@ def test_reopening_the_store_in_a_writing_process_loses_nothing(tmp_path):
     assert _count_rows_elsewhere(s.path) == 3
     Store(tmp_path).close()
     assert _count_rows_elsewhere(s.path) == 3  # and after it reopens its connection
+
+
+def test_database_of_an_older_version_gains_new_columns(tmp_path):
+    path = tmp_path / "old.db"
+    old_cols = {k: v for k, v in RUN_COLUMNS.items() if k != "alphas"}
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE runs (" + ", ".join(f"{k} {v}" for k, v in old_cols.items()) + ")")
+    conn.execute("INSERT INTO runs (hash, status, nonzeros) VALUES ('old', 'done', 7)")
+    conn.commit()
+    conn.close()
+    s = Store(path)
+    assert s.get("old")["nonzeros"] == 7 and s.get("old")["alphas"] is None
+    s.start("new", cfg())
+    s.finish("new", nonzeros=3, alphas=5)
+    assert s.get("new")["alphas"] == 5
+    assert "alphas" in format_table(s.query()).splitlines()[0]

@@ -252,6 +252,7 @@ def test_two_epoch_run_and_rerun_is_noop(fake_cifar10, tmp_path):
     assert row["density"] == 0.05 and row["allocation"] == "epl" and row["recipe"] == "lenet"
     assert 0 <= row["val_acc"] <= 1 and 0 <= row["test_acc"] <= 1 and row["best_epoch"] in (1, 2)
     assert row["weights"] == 61510 and row["nonzeros"] == round(0.05 * 61510)
+    assert row["alphas"] == 5 and r["alphas"] == 5  # one per DCTpS layer of LeNet-5
     assert row["val_acc"] == max(e["val_acc"] for e in r["history"])
     eps = store.epochs(r["hash"])
     assert [e["epoch"] for e in eps] == [1, 2]
@@ -270,6 +271,18 @@ def test_two_epoch_run_and_rerun_is_noop(fake_cifar10, tmp_path):
     assert (run_dir / "last.pt").stat().st_mtime_ns == mtime
     # same config into another folder: bit-identical metrics
     assert metrics(fit(cfg, tmp_path / "b", progress=False)) == metrics(r)
+
+
+def test_per_channel_alphas_are_recorded_and_charged(fake_cifar10, tmp_path):
+    layer = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
+    chan = fit(small_cfg(fake_cifar10, epochs=1, sparsity={"alpha": "channel"}), tmp_path,
+               progress=False)  # fmt: skip
+    rows = {r["hash"]: r for r in Store(tmp_path).query()}
+    a, b = rows[layer["hash"]], rows[chan["hash"]]
+    assert a["alphas"] == 5 and b["alphas"] > 5
+    assert b["nonzeros"] + b["alphas"] == a["nonzeros"] + a["alphas"]  # equal trainable budget
+    assert b["trainable"] == a["trainable"]
+    assert f"(+ {b['alphas']} alphas)" in loop.describe(chan)
 
 
 def test_select_on_test_forbidden(fake_cifar10, tmp_path, monkeypatch):

@@ -54,6 +54,8 @@ RUN_COLUMNS: dict[str, str] = {
     "wall_seconds": "REAL",
     "created": "TEXT",
     "updated": "TEXT",
+    # Added after 0.1.0: ALTERed into older databases on open (see Store._init_schema).
+    "alphas": "INTEGER",  # DCTpS offset scales: one per layer, or per channel
 }
 EPOCH_COLUMNS: dict[str, str] = {
     "hash": "TEXT NOT NULL",
@@ -71,6 +73,7 @@ METRIC_COLUMNS = (
     "best_epoch",
     "weights",
     "nonzeros",
+    "alphas",
     "trainable",
     "prune_seconds",
     "wall_seconds",
@@ -235,6 +238,11 @@ class Store:
         try:
             for stmt in _SCHEMA:
                 conn.execute(stmt)
+            for table, columns in (("runs", RUN_COLUMNS), ("epochs", EPOCH_COLUMNS)):
+                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                for name, sql_type in columns.items():
+                    if name not in have:  # a database written by an older version
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
         except BaseException:
             _rollback(conn)
             raise
@@ -474,6 +482,7 @@ TABLE_COLUMNS = (
     "test_acc",
     "best_epoch",
     "nonzeros",
+    "alphas",
     "wall_seconds",
     "reason",
 )

@@ -444,6 +444,7 @@ def _fit(
                 h,
                 weights=counts.weights,
                 nonzeros=counts.nonzeros,
+                alphas=counts.alphas,
                 trainable=counts.trainable,
                 prune_seconds=prune_s,
             )
@@ -513,6 +514,7 @@ def _fit(
                         "prune_seconds": prune_s,
                         "weights": counts.weights,
                         "nonzeros": counts.nonzeros,
+                        "alphas": counts.alphas,
                         "trainable": counts.trainable,
                         "wall_seconds": elapsed + time.perf_counter() - t_session,
                     }
@@ -584,6 +586,7 @@ def _fit(
             "best_epoch": best["epoch"],
             "weights": counts.weights,
             "nonzeros": counts.nonzeros,
+            "alphas": counts.alphas,
             "trainable": counts.trainable,
             "prune_seconds": prune_s,
             "wall_seconds": wall,
@@ -628,4 +631,5 @@ def describe(result: dict[str, Any]) -> str:
         f"run {result['hash']} {pre}: val {_fmt_acc(result.get('val_acc'))} "
         f"(epoch {result.get('best_epoch')}), test {_fmt_acc(result.get('test_acc'))}, "
         f"{result.get('nonzeros')} of {result.get('weights')} weights trainable"
+        + (f" (+ {result['alphas']} alphas)" if result.get("alphas") else "")
     )
