@@ -45,7 +45,7 @@ from dctps.results.sweep import (
     plan,
     run_sweep,
 )
-from dctps.train.config import RunConfig
+from dctps.train.config import ModelConfig, RunConfig
 
 __all__ = [
     "FIGURES",
@@ -382,7 +382,7 @@ def quick_grid(grid: Mapping[str, Any]) -> dict[str, Any]:
     grid by size, so expand a quick grid of mixed models with that function.
     """
     g = copy.deepcopy(dict(grid))
-    sizes = {quick_size(m) for m in _as_list(g.get("models") or ["resnet18"])}
+    sizes = _models_by_quick_size(g)
     if len(sizes) == 1:
         ((epochs, subset),) = sizes
         g["base"] = _merge(g.get("base") or {}, _size_override(epochs, subset))
@@ -450,25 +450,25 @@ def figure_configs(name: str, overrides: Mapping[str, Any] | None = None, **kw: 
     g = figure_grid(name, **kw)
     if not kw.get("quick"):
         return expand_grid(g, f"figure {name}", overrides)
-    groups: dict[tuple[int, int], list[str]] = {}
-    for m in _as_list(g.get("models") or ["resnet18"]):
-        groups.setdefault(quick_size(m), []).append(m)
-    if len(groups) == 1:  # quick_grid already put the size into base
-        return expand_grid(g, f"figure {name}", overrides)
     configs: list[RunConfig] = []
-    for (epochs, subset), group in groups.items():
+    for (epochs, subset), group in _models_by_quick_size(g).items():
         part = dict(g, models=group)
         part["base"] = _merge(g.get("base") or {}, _size_override(epochs, subset))
         configs += expand_grid(part, f"figure {name}", overrides)
     return configs
 
 
+def _models_by_quick_size(grid: Mapping[str, Any]) -> dict[tuple[int, int], list[str]]:
+    """The grid's models (default: ``ModelConfig``'s) grouped by :func:`quick_size`, in order."""
+    models = grid.get("models") or [ModelConfig().name]
+    groups: dict[tuple[int, int], list[str]] = {}
+    for m in models if isinstance(models, (list, tuple)) else [models]:
+        groups.setdefault(quick_size(m), []).append(m)
+    return groups
+
+
 def _size_override(epochs: int, subset: int) -> dict[str, Any]:
     return {"optim": {"epochs": epochs}, "data": {"subset": subset}}
-
-
-def _as_list(v: Any) -> list[Any]:
-    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def grid_yaml(name: str) -> str:
