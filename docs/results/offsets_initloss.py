@@ -1,7 +1,11 @@
-"""Initial loss of LeNet-5 on 512 real CIFAR-10 training images for each offset / scaling at 1%
-(``S = 0``: every layer is exactly ``alpha * D``); see docs/results/offsets.md.
+"""Initial loss on 512 real CIFAR-10 training images for each offset / scaling (``S`` is nearly
+empty at these densities, so every layer is about ``alpha * D``); see docs/results/offsets.md.
 
-    OMP_NUM_THREADS=1 python docs/results/offsets_initloss.py [DATA_ROOT]
+    OMP_NUM_THREADS=1 python docs/results/offsets_initloss.py [DATA_ROOT]              # LeNet-5, 1%
+    OMP_NUM_THREADS=1 python docs/results/offsets_initloss.py DATA_ROOT resnet18 0.001  # BN net
+
+The model is in training mode (BatchNorm normalises with the batch's statistics, as in the first
+training step).
 """
 
 import sys
@@ -21,6 +25,7 @@ VARIANTS = [
     ("gaussian", {"offset": "gaussian"}),
     ("α per channel", {"alpha": "channel", "charge_alpha": False}),
     ("α init Kaiming", {"alpha_init": "kaiming"}),
+    ("dct, last layer left dense", {"exclude": "LAST"}),
 ]
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
@@ -29,6 +34,9 @@ STD = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
 def main() -> None:
     torch.set_num_threads(1)
     root = sys.argv[1] if len(sys.argv) > 1 else None  # None: $DCTPS_DATA
+    model = sys.argv[2] if len(sys.argv) > 2 else "lenet5"
+    density = float(sys.argv[3]) if len(sys.argv) > 3 else 0.01
+    print(f"{model}, density {density:g}")
     sp = data.build("cifar10", root, subset=512)
     x = (sp.train_x.float() / 255 - MEAN) / STD
     y = sp.train_y
@@ -38,9 +46,13 @@ def main() -> None:
         losses, modal = [], []
         for seed in range(3):
             torch.manual_seed(seed)
-            m = models.build("lenet5", num_classes=10)
+            m = models.build(model, num_classes=10)
+            if kw is not None and kw.get("exclude") == "LAST":  # the classifier's nn.Linear
+                last = [n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)][-1]
+                kw = {"exclude": [last]}
             if kw is not None:
-                dctps.sparsify(m, 0.01, seed=seed, **kw)
+                dctps.sparsify(m, density, seed=seed, **kw)
+            m.train()
             with torch.no_grad():
                 out = m(x)
             pred = out.argmax(1)
