@@ -81,6 +81,18 @@ def _offset_config(m: DCTpSLayer) -> dict[str, Any]:
     return out
 
 
+def _shared_fields(m: DCTpSLinear | DCTpSConv2d) -> dict[str, Any]:
+    """The constructor arguments that every DCTpS layer shares."""
+    return {
+        "bias": m.bias is not None,
+        "nnz": m.nnz,
+        "train_alpha": m.alpha.requires_grad,
+        "mode": m.mode,
+        "shape": list(m.weight_shape),
+        **_offset_config(m),
+    }
+
+
 def _layer_config(m: nn.Module) -> dict[str, Any]:
     """The constructor arguments that re-create a DCTpS module's structure (not its values)."""
     if isinstance(m, DCTpSLinear):
@@ -88,12 +100,7 @@ def _layer_config(m: nn.Module) -> dict[str, Any]:
             "type": "DCTpSLinear",
             "in_features": m.in_features,
             "out_features": m.out_features,
-            "bias": m.bias is not None,
-            "nnz": m.nnz,
-            "train_alpha": m.alpha.requires_grad,
-            "mode": m.mode,
-            "shape": list(m.weight_shape),
-            **_offset_config(m),
+            **_shared_fields(m),
         }
     if isinstance(m, DCTpSConv2d):
         return {
@@ -105,12 +112,7 @@ def _layer_config(m: nn.Module) -> dict[str, Any]:
             "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
             "dilation": list(m.dilation),
             "groups": m.groups,
-            "bias": m.bias is not None,
-            "nnz": m.nnz,
-            "train_alpha": m.alpha.requires_grad,
-            "mode": m.mode,
-            "shape": list(m.weight_shape),
-            **_offset_config(m),
+            **_shared_fields(m),
         }
     if isinstance(m, DCTpSMultiheadAttention):
         return {

@@ -68,6 +68,14 @@ def _remove_stale_temps(folder: Path, name: str) -> None:
             pass
 
 
+def _unlink_quietly(path: str | os.PathLike) -> None:
+    """Remove a temporary file that a failed write leaves, hiding nothing but its own failure."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _write_temp(obj: Any, path: Path) -> str:
     """``torch.save(obj)`` to a complete, fsynced temporary file beside ``path``; its name.
 
@@ -86,10 +94,7 @@ def _write_temp(obj: Any, path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         if isinstance(e, OSError):
             raise cannot_write("checkpoint", path, e) from None
         raise
@@ -114,10 +119,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         _replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
     _fsync_dir(path.parent)
 
@@ -137,10 +139,7 @@ def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike) -> Path:
             _replace(last, folder / PREV)
         _replace(tmp, last)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
     _fsync_dir(folder)
     return last
