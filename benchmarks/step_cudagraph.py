@@ -23,12 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from dctps import fast as fastmod
+from dctps.batched import batch_rebuild
 from dctps.models import build
 from dctps.sparsify import sparsify
 
 
 def make_step(kind: str, device: torch.device, batch: int) -> Callable[[], None]:
-    """One SGD step of ResNet18 on fixed random data: ``dense``, ``auto`` or ``dctps-dense``."""
+    """One SGD step of ResNet18 on fixed random data: ``dense``, ``auto``, ``dctps-dense`` or
+    ``batched`` (``dctps-dense`` under :func:`dctps.batch_rebuild`, what ``dctps train`` runs on
+    CUDA)."""
     torch.manual_seed(0)
     if kind == "dense":
         model = build("resnet18")
@@ -37,6 +40,8 @@ def make_step(kind: str, device: torch.device, batch: int) -> Callable[[], None]
     model = model.to(device)
     if kind != "dense":
         fastmod.set_mode(model, "auto" if kind == "auto" else "dense")
+    if kind == "batched":
+        batch_rebuild(model)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -103,7 +108,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
     print(f"ResNet18 SGD step, batch {a.batch}, DCTpS at 0.1%; {name}, torch {torch.__version__}")
-    kinds = ("dense", "auto", "dctps-dense")
+    kinds = ("dense", "auto", "dctps-dense", "batched")
     eager = {k: make_step(k, device, a.batch) for k in kinds}
     t_eager = per_step(eager, a.reps, a.steps, device)
     rows = [("eager", t_eager)]
@@ -116,16 +121,18 @@ def main() -> None:
                 print(f"graph capture failed for {k}: {type(e).__name__}: {e}")
         if "dense" in graphs:
             rows.append(("CUDA graph", per_step(graphs, a.reps, a.steps, device)))
-    head = f"{'dense ms':>9} {'auto ms':>9} {'ratio':>6} {'dense-mode ms':>14} {'ratio':>6}"
-    print(f"{'':>11} {head}")
+    print(
+        f"{'':>11} {'dense ms':>9}" + "".join(f" {k + ' ms':>15} {'ratio':>6}" for k in kinds[1:])
+    )
     for label, t in rows:
         d = t["dense"]
-        cells = []
-        for k in ("auto", "dctps-dense"):
+        line = f"{label:>11} {1e3 * d:>9.2f}"
+        for k in kinds[1:]:
             v = t.get(k)
-            cells.append(("-", "-") if v is None else (f"{1e3 * v:.2f}", f"{v / d:.3f}"))
-        print(f"{label:>11} {1e3 * d:>9.2f} {cells[0][0]:>9} {cells[0][1]:>6} "
-              f"{cells[1][0]:>14} {cells[1][1]:>6}")  # fmt: skip
+            line += " " + (
+                f"{'-':>15} {'-':>6}" if v is None else f"{1e3 * v:>15.2f} {v / d:>6.3f}"
+            )
+        print(line)
 
 
 if __name__ == "__main__":

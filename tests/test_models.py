@@ -161,3 +161,19 @@ def test_bad_arguments_raise_naming_the_value(kwargs, bad):
     (what,) = kwargs
     with pytest.raises(DctpsError, match=f"{what} .*got {bad}"):
         build("resnet18", **kwargs)
+
+
+def test_resnet_width_scales_every_layer_and_keeps_the_structure():
+    from dctps.models.resnet import BasicBlock, ResNet
+
+    def weights(m: nn.Module) -> list[tuple[int, ...]]:
+        return [tuple(x.weight.shape) for x in m.modules() if isinstance(x, (nn.Conv2d, nn.Linear))]
+
+    paper, narrow = weights(build("resnet18")), weights(ResNet(BasicBlock, (2, 2, 2, 2), width=4))
+    assert len(narrow) == len(paper) == 21
+    for p, n in zip(paper, narrow, strict=True):
+        # every channel count divides by 16; the image channels, kernels and classes do not
+        want = (p[0] // 16 if len(p) == 4 else p[0], p[1] if p[1] == 3 else p[1] // 16, *p[2:])
+        assert n == want
+    with pytest.raises(DctpsError, match="width must be a positive integer.*got 0"):
+        ResNet(BasicBlock, (2, 2, 2, 2), width=0)

@@ -142,9 +142,12 @@ def test_masked_update_matches_independent_drop_grow_and_resets_adam_state():
             assert torch.equal(s[stay], st[key][stay])
 
 
-def test_dctps_layers_move_support_keep_count_and_offset():
+@pytest.mark.parametrize("batched", [False, True], ids=["per-layer", "batched-rebuild"])
+def test_dctps_layers_move_support_keep_count_and_offset(batched):
     torch.manual_seed(0)
     model = dctps.sparsify(_mlp(), 0.2, allocation="epl", seed=0)
+    if batched:  # RigL's capture of dL/dW must see the batched weights, and its new supports
+        dctps.batch_rebuild(model, segmented=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     rigl = RigL(model, opt, total_steps=40, delta_t=5)
     layers = _linears(model)
@@ -189,6 +192,13 @@ def test_dctps_layers_move_support_keep_count_and_offset():
     assert [m.nnz for m in layers] == nnz
     assert dctps.count(model).nonzeros == sum(nnz)
     assert len(rigl.history) == 5  # t = 5, 10, ..., 25 < T_end = 30
+    # the model computes with its current supports (outside a forward, W is rebuilt per layer)
+    x, _ = _batch(99)
+    h = x
+    for i, m in enumerate(layers):
+        h = F.linear(h, m.dense_weight(), m.bias)
+        h = torch.relu(h) if i < len(layers) - 1 else h
+    torch.testing.assert_close(model(x), h)
 
 
 def test_errors():

@@ -406,6 +406,36 @@ def test_dctps_rigl_run_resumes_exactly(fake_cifar10, tmp_path, monkeypatch):
     assert any(not torch.equal(v, a[k]) for k, v in net.state_dict().items() if "indices" in k)
 
 
+def test_batched_rebuild_trains_the_same_run(fake_cifar10, tmp_path, monkeypatch):
+    """``batched_rebuild='on'`` (the CUDA default) on the CPU: the same run (hash) and, up to float
+    rounding of the alpha gradients, the same weights, RigL supports included."""
+    import dctps.batched
+
+    calls = []
+    real = dctps.batched.batch_rebuild
+    monkeypatch.setattr(dctps.batched, "batch_rebuild", lambda m: calls.append(m) or real(m))
+    sp = {"rigl": True, "rigl_delta_t": 4}
+    off = small_cfg(fake_cifar10, sparsity=sp)
+    on = dataclasses.replace(off, batched_rebuild="on")
+    assert on.config_hash() == off.config_hash()
+    a = fit(off, tmp_path / "off", progress=False)
+    assert not calls  # auto on the CPU: off
+    b = fit(on, tmp_path / "on", progress=False)
+    assert len(calls) == 1 and b["status"] == "done"
+    sa, sb = (
+        torch.load(tmp_path / d / "runs" / a["hash"] / "last.pt", weights_only=True)["model"]
+        for d in ("off", "on")
+    )
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if "indices" in k:
+            assert torch.equal(sa[k], sb[k]), k
+        else:
+            torch.testing.assert_close(sb[k], sa[k], atol=1e-4, rtol=1e-4, msg=k)
+    with pytest.raises(DctpsError, match="batched_rebuild must be one of auto, on, off"):
+        dataclasses.replace(off, batched_rebuild="yes").resolve()
+
+
 def test_resume_flag_needs_checkpoint(fake_cifar10, tmp_path):
     with pytest.raises(DctpsError, match="no checkpoint"):
         fit(small_cfg(fake_cifar10), tmp_path, progress=False, resume=True)

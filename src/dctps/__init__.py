@@ -6,6 +6,7 @@ and trainable on a random support, ``alpha`` a trainable scalar. Start with :fun
 
 from dctps._version import __version__
 from dctps.allocation import budgets
+from dctps.batched import batch_rebuild
 from dctps.checkpoint_io import inspect, load, save, to_dense
 from dctps.errors import DctpsError, PruningFailed
 from dctps.fast import set_mode
@@ -20,6 +21,7 @@ __all__ = [
     "DCTpSLinear",
     "DCTpSConv2d",
     "budgets",
+    "batch_rebuild",
     "sparsify",
     "count",
     "prune",

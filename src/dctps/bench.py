@@ -8,7 +8,9 @@ repetitions, after warm-up), prints a table with the ratios, and returns its row
 ``conv``    forward+backward at batch 128 of every distinct conv of ResNet18 and VGG19 at CIFAR
             sizes (nnz from the EPL allocation at 0.1%): every DCTpS path, ``mode='auto'``,
             ``nn.Conv2d`` and the reference code's two-conv scheme.
-``step``    a whole ResNet18 training step (SGD), DCTpS at 0.1% with ``mode='auto'`` vs dense.
+``step``    a whole ResNet18 training step (SGD), DCTpS at 0.1% with ``mode='auto'`` vs dense, and
+            the DCTpS model under :func:`dctps.batch_rebuild`; with the ATen operators each
+            step dispatches (a GPU's kernel launches).
 ``ckpt``    checkpoint bytes of ResNet50 at 1% / 0.1% / 0.01%: ``dctps.save`` vs
             ``torch.save(dense.state_dict())``.
 ``memory``  peak memory of a training step of the 8192 Linear, fast DCTpS vs dense, each in a
@@ -280,9 +282,35 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
 # ------------------------------------------------------------------------------------------------
 
 
+def aten_ops(fn: Callable[[], Any]) -> int | None:
+    """Number of ATen operators ``fn()`` dispatches, views excluded: on a GPU each one is a kernel
+    launch (or a host-side op), the cost that bounds a small eager step. ``None`` where this torch
+    lacks the (private) dispatch-mode hook."""
+    try:
+        from torch.utils._python_dispatch import TorchDispatchMode
+    except ImportError:  # pragma: no cover - every supported torch has it
+        return None
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if not func.is_view and func.overloadpacket.__name__ != "detach":
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as c:
+        fn()
+    return c.n
+
+
 def bench_step(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, Any]]:
-    """``step`` (module doc): one ResNet18 SGD step, DCTpS at 0.1% (``auto``) vs dense."""
+    """``step`` (module doc): one ResNet18 SGD step, DCTpS at 0.1% (``auto``) vs dense, and the
+    same DCTpS model with :func:`dctps.batch_rebuild` (one batched weight rebuild per step)."""
+    import copy
+
     from dctps import fast as fastmod
+    from dctps.batched import batch_rebuild
     from dctps.models import build
     from dctps.sparsify import sparsify
 
@@ -315,18 +343,28 @@ def bench_step(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
     s_step = stepper(sparse)
     s_step()  # auto's micro-benchmarks run here
     tune = time.perf_counter() - t0
-    t = timeit({"dense": stepper(dense), "dctps": s_step}, reps, device)
+    batched = copy.deepcopy(sparse)  # with auto's decisions: the dense-path layers are batched
+    batch_rebuild(batched)
+    steps = {"dense": stepper(dense), "dctps": s_step, "batched": stepper(batched)}
+    t = timeit(steps, reps, device)
+    ops = {k: aten_ops(f) for k, f in steps.items()}
     ratio = t["dctps"].best / t["dense"].best
+    ratio_b = t["batched"].best / t["dense"].best
     paths: dict[str, int] = {}
     for path, _ in fastmod.auto_cache().values():
         paths[path] = paths.get(path, 0) + 1
-    echo(f"{'dense ms':>10} {'DCTpS ms':>10} {'ratio':>7} {'median ratio':>13} {'target':>7}")
-    echo(f"{_ms(t['dense'].best):>10} {_ms(t['dctps'].best):>10} {ratio:>7.3f} "
-         f"{t['dctps'].median / t['dense'].median:>13.3f} {'<=1.05':>7}")  # fmt: skip
+    echo(f"{'':>17} {'ms':>9} {'ratio':>7} {'median ratio':>13} {'aten ops':>9} {'target':>7}")
+    for key, label in (("dense", "dense"), ("dctps", "DCTpS"), ("batched", "DCTpS batched")):
+        med = t[key].median / t["dense"].median
+        r = t[key].best / t["dense"].best
+        n_ops = "-" if ops[key] is None else str(ops[key])
+        goal = "" if key == "dense" else "<=1.05"
+        echo(f"{label:>17} {_ms(t[key].best):>9} {r:>7.3f} {med:>13.3f} {n_ops:>9} {goal:>7}")
     echo(f"auto decisions (distinct layer signatures): {paths}; first step incl. "
          f"micro-benchmarks: {tune:.1f} s")  # fmt: skip
     return [{"batch": batch, "dense_s": t["dense"].best, "dctps_s": t["dctps"].best,
-             "ratio": ratio, "paths": paths, "tune_s": tune}]  # fmt: skip
+             "batched_s": t["batched"].best, "ratio": ratio, "batched_ratio": ratio_b,
+             "aten_ops": ops, "paths": paths, "tune_s": tune}]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------

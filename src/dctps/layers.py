@@ -181,6 +181,24 @@ class _FusedWeight(torch.autograd.Function):
         return dalpha, dvalues, None, None
 
 
+def cpu_rebuild(
+    d: torch.Tensor, alpha: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Flat ``alpha * D + S`` through :class:`_FusedWeight` (one pass over ``D`` each way)."""
+    return _FusedWeight.apply(alpha, values, d, indices)
+
+
+def op_rebuild(
+    d: torch.Tensor, alpha: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Flat ``alpha * D + S`` with built-in differentiable ops (accelerators: no Python backward).
+
+    Per call: forward ``mul`` and ``index_add``; backward ``mul`` and ``sum`` (for ``alpha``) and
+    ``index_select`` (for ``values``): the 5 operators per layer that :mod:`dctps.batched` removes.
+    """
+    return torch.mul(d, alpha).reshape(-1).index_add(0, indices, values)
+
+
 class DCTpSLayer(nn.Module):
     """Shared state and math of the DCTpS layers; subclasses set the weight shape and the op."""
 
@@ -385,14 +403,15 @@ class DCTpSLayer(nn.Module):
         On CPU one pass over ``D`` forward (multiply, then add the non-zeros in place) and one
         backward (``d alpha = <dW, D>``, ``d values = dW[indices]``), via :class:`_FusedWeight`;
         on accelerators, where the passes are cheap and kernel launches and Python are not, the
-        same with built-in differentiable ops.
+        same with built-in differentiable ops. Inside the forward of a model under
+        :func:`dctps.batched.batch_rebuild`, the weight that hook computed for this layer.
         """
+        w = self.__dict__.get("_dctps_w")
+        if w is not None:
+            return w
         d = self.D
-        if d.device.type == "cpu":
-            w = _FusedWeight.apply(self.alpha_view(), self.values, d, self.indices)
-        else:
-            w = torch.mul(d, self.alpha_view()).reshape(-1).index_add(0, self.indices, self.values)
-        return w.view(self.weight_shape)
+        rebuild = cpu_rebuild if d.device.type == "cpu" else op_rebuild
+        return rebuild(d, self.alpha_view(), self.indices, self.values).view(self.weight_shape)
 
     @property
     def weight(self) -> torch.Tensor:

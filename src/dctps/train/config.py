@@ -195,6 +195,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 SCORE_FREE_METHODS = ("dense", "dctps")
+BATCHED_REBUILD = ("auto", "on", "off")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -213,6 +214,13 @@ class RunConfig:
     eval_batch_size: int = _f(
         1000,
         "Batch size for validation/test evaluation. Not part of the identity.",
+        identity=False,
+    )
+    batched_rebuild: str = _f(
+        "auto",
+        "auto | on | off: rebuild all DCTpS weights in one batched pass per step "
+        "(dctps.batch_rebuild: a few kernel launches per step instead of a few per layer). "
+        "auto: on for CUDA, off on the CPU. Not part of the identity.",
         identity=False,
     )
 
@@ -241,6 +249,11 @@ class RunConfig:
         if isinstance(c.seed, bool) or not isinstance(c.seed, int):
             raise DctpsError(f"seed must be an integer, got {c.seed!r}")
         _positive_int(c.eval_batch_size, "eval_batch_size")
+        if c.batched_rebuild not in BATCHED_REBUILD:
+            raise DctpsError(
+                f"batched_rebuild must be one of {', '.join(BATCHED_REBUILD)}, "
+                f"got {c.batched_rebuild!r}"
+            )
         if not isinstance(c.device, str) or not (
             c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")
         ):

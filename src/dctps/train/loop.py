@@ -451,6 +451,8 @@ def _fit(
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
 
+        su.maybe_batch_rebuild(model, cfg, dev)
+
         # ---- optimisation state
         optimizer = su.make_optimizer(model, o)
         scheduler = su.make_scheduler(optimizer, o)

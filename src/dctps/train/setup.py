@@ -38,6 +38,7 @@ __all__ = [
     "make_optimizer",
     "make_rigl",
     "make_scheduler",
+    "maybe_batch_rebuild",
     "param_groups",
     "restore_structure",
 ]
@@ -114,6 +115,23 @@ def apply_sparsity(
     )
     _sync(device)
     return time.perf_counter() - t0
+
+
+def maybe_batch_rebuild(model: nn.Module, cfg: RunConfig, device: torch.device) -> bool:
+    """Put :func:`dctps.batch_rebuild` on a DCTpS ``model`` per ``cfg.batched_rebuild``.
+
+    ``auto`` turns it on for CUDA only: there a step is bound by kernel launches, which batching
+    cuts; on the CPU the per-layer rebuild is bound by memory bandwidth and batching does not help.
+    Returns whether it was put on.
+    """
+    if cfg.sparsity.method != "dctps" or cfg.batched_rebuild == "off":
+        return False
+    if cfg.batched_rebuild == "auto" and device.type != "cuda":
+        return False
+    from dctps.batched import batch_rebuild
+
+    batch_rebuild(model)
+    return True
 
 
 def restore_structure(
