@@ -332,6 +332,8 @@ CASES = [
       "budgets", "lenet5", "--density", "0.1", "--plot", "{tmp}/b.xyz"),
     C("train-density-nan", r"density must be in .*got nan", *TRAIN_AT, "--density", "nan"),
     C("train-density-0", r"got 0\.0", *TRAIN_AT, "--density", "0"),
+    C("train-batched-rebuild", r"batched_rebuild must be one of auto, on, off, got 'yes'",
+      *TRAIN_AT, "--batched-rebuild", "yes"),
     C("train-data-root-missing", r"data root .*nope does not exist",
       *TRAIN, "--data-root", "{tmp}/nope", "--out", "{tmp}/out"),
     C("train-out-under-a-file", r"file\.txt is a file, not a folder",

@@ -343,3 +343,27 @@ def test_the_batched_step_dispatches_a_fixed_number_of_extra_operators(monkeypat
         assert counts["per-layer"] - counts["dense"] >= 4 * n_layers, (name, counts)
         extra[name] = counts["batched"] - counts["dense"]
     assert extra["r18"] == extra["r50"] <= 12, extra
+
+
+def test_a_layer_used_twice_and_attention_projections():
+    """Weight sharing (one layer called twice per forward) and ``nn.MultiheadAttention``, whose
+    packed projection is read through ``in_proj_weight`` rather than called."""
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = DCTpSLinear(6, 16, nnz=20, seed=0)
+            self.block = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.twice = DCTpSLinear(16, 16, nnz=30, seed=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.block(self.embed(x))
+            return self.twice(torch.tanh(self.twice(h)))
+
+    torch.manual_seed(0)
+    model = sparsify(Shared(), 0.1, seed=0, exclude=["embed", "twice"])
+    assert type(model.block.self_attn).__name__ == "DCTpSMultiheadAttention"
+    ref, bat, handle = _pair(model)
+    _assert_same(ref, bat, torch.randn(2, 5, 6, dtype=torch.float64))
+    (plan,) = next(iter(handle._plans.values()))
+    assert len(plan.layers) == 6  # embed, in_proj, out_proj, two feed-forward layers, twice
