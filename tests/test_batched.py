@@ -367,3 +367,23 @@ def test_a_layer_used_twice_and_attention_projections():
     _assert_same(ref, bat, torch.randn(2, 5, 6, dtype=torch.float64))
     (plan,) = next(iter(handle._plans.values()))
     assert len(plan.layers) == 6  # embed, in_proj, out_proj, two feed-forward layers, twice
+
+
+@pytest.mark.parametrize("scope", ["layer", "channel"])
+def test_the_accelerators_per_layer_rebuild_matches_the_cpu_one(scope):
+    """``op_rebuild`` (built-in ops, what a GPU runs per layer) against ``cpu_rebuild`` (the fused
+    autograd Function): the same ``W`` and the same gradients of ``alpha`` and ``values``."""
+    from dctps.layers import cpu_rebuild, op_rebuild
+
+    layer = _randomise(DCTpSConv2d(6, 10, 3, nnz=70, seed=0, alpha=scope).double())
+    g = torch.randn(layer.weight_shape, dtype=torch.float64)
+    results = []
+    for rebuild in (cpu_rebuild, op_rebuild):
+        layer.zero_grad(set_to_none=True)
+        w = rebuild(layer.D, layer.alpha_view(), layer.indices, layer.values).view(g.shape)
+        (w * g).sum().backward()
+        results.append((w.detach(), layer.alpha.grad, layer.values.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, **TOL)
+    expected = layer.alpha.detach().view(-1, *([1] * 3)) * layer.D + layer.sparse_weight().detach()
+    torch.testing.assert_close(results[1][0], expected, **TOL)
