@@ -6,14 +6,20 @@ bound by them (see ``step_cudagraph.py``), so their count is what the rebuild of
 ResNet18 and ResNet50: dense, DCTpS rebuilt layer by layer, and DCTpS under
 :func:`dctps.batch_rebuild`. The per-layer DCTpS row uses the code path that accelerators run
 (``--path gpu``, default) or the CPU's fused one (``--path cpu``). Counts do not depend on the
-widths, so the networks are built narrow (``--width 4``) and the count runs on the CPU:
+widths, so the networks are built narrow (``--width 4``) and the count runs on the CPU.
 
-    python benchmarks/step_ops.py [--path gpu|cpu] [--width 4]
+It also times the steps on one CPU thread. With so little arithmetic, that is a stand-in for the
+host-side cost of a GPU step: the dispatch, Python and autograd work around each operator, though
+not the launch itself.
+
+    python benchmarks/step_ops.py [--path gpu|cpu] [--width 4] [--steps 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,8 +33,9 @@ from dctps.sparsify import sparsify
 NETS = {"ResNet18": (BasicBlock, (2, 2, 2, 2)), "ResNet50": (Bottleneck, (3, 4, 6, 3))}
 
 
-def count(net: str, kind: str, width: int) -> tuple[int, int]:
-    """(operators per step, DCTpS layers) of ``net`` as ``dense``, ``per-layer`` or ``batched``."""
+def make_step(net: str, kind: str, width: int) -> tuple[Callable[[], None], int]:
+    """(one SGD step, number of Linear/Conv2d layers) of ``net`` as ``dense``, ``per-layer`` or
+    ``batched``."""
     torch.manual_seed(0)
     block, blocks = NETS[net]
     model: nn.Module = ResNet(block, blocks, width=width)
@@ -46,28 +53,47 @@ def count(net: str, kind: str, width: int) -> tuple[int, int]:
         opt.step()
 
     step()  # momentum buffers and plans exist from here on
-    n = aten_ops(step)
-    assert n is not None, "this torch has no dispatch-mode hook"
-    return n, n_layers
+    return step, n_layers
+
+
+def best_seconds(steps: dict[str, Callable[[], None]], n: int, rounds: int = 7) -> dict[str, float]:
+    """Best seconds per step of each callable over ``rounds`` interleaved rounds of ``n`` steps."""
+    best = {k: float("inf") for k in steps}
+    for _ in range(rounds):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step()
+            best[k] = min(best[k], (time.perf_counter() - t0) / n)
+    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--path", choices=("gpu", "cpu"), default="gpu")
     ap.add_argument("--width", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=100, help="steps per timing round")
     a = ap.parse_args()
+    torch.set_num_threads(1)
     if a.path == "gpu":
         layers.cpu_rebuild = layers.op_rebuild  # type: ignore[assignment]  # accelerators' path
-    print(f"ATen operators per SGD step (views excluded); per-layer path: {a.path}; "
-          f"torch {torch.__version__}")  # fmt: skip
-    print(f"{'net':>9} {'layers':>7} {'dense':>6} {'per-layer':>10} {'extra':>6} "
-          f"{'batched':>8} {'extra':>6}")  # fmt: skip
+    print(f"Per SGD step: ATen operators (views excluded) and host ms (batch 2, 8x8 images, width "
+          f"{a.width}, 1 thread, best of 7 interleaved rounds of {a.steps} steps); per-layer "
+          f"path: {a.path}; torch {torch.__version__}")  # fmt: skip
+    print(f"{'':>18} {'dense':>7} {'per-layer':>10} {'extra':>7} {'batched':>8} {'extra':>7}")
     for net in NETS:
-        dense, n_layers = count(net, "dense", a.width)
-        per, _ = count(net, "per-layer", a.width)
-        bat, _ = count(net, "batched", a.width)
-        print(f"{net:>9} {n_layers:>7} {dense:>6} {per:>10} {per - dense:>+6} {bat:>8} "
-              f"{bat - dense:>+6}")  # fmt: skip
+        made = {k: make_step(net, k, a.width) for k in ("dense", "per-layer", "batched")}
+        steps = {k: v[0] for k, v in made.items()}
+        n_layers = made["dense"][1]
+        ops = {k: aten_ops(f) for k, f in steps.items()}
+        ms = {k: v * 1e3 for k, v in best_seconds(steps, a.steps).items()}
+        label = f"{net} ({n_layers})"
+        print(f"{label + ' ops':>18} {ops['dense']:>7} {ops['per-layer']:>10} "
+              f"{ops['per-layer'] - ops['dense']:>+7} {ops['batched']:>8} "
+              f"{ops['batched'] - ops['dense']:>+7}")  # fmt: skip
+        print(f"{label + ' ms':>18} {ms['dense']:>7.2f} {ms['per-layer']:>10.2f} "
+              f"{ms['per-layer'] - ms['dense']:>+7.2f} {ms['batched']:>8.2f} "
+              f"{ms['batched'] - ms['dense']:>+7.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

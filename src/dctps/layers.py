@@ -375,13 +375,21 @@ class DCTpSLayer(nn.Module):
             return path
         return mode if mode in self._PATHS else "fast"
 
-    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _with_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The layer's op (``F.linear`` / ``F.conv2d``) with the materialised weight ``w``."""
         raise NotImplementedError
+
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._with_weight(x, self.dense_weight())
 
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if "_dctps_w" in self.__dict__:
+            # dctps.batched built this forward's weight (only dense-path layers get one);
+            # dense_weight() returns it, through RigL's capture when that is armed
+            return self._with_weight(x, self.dense_weight())
         return getattr(self, self._PATHS[self._path(x)])(x)
 
     @property
@@ -502,8 +510,8 @@ class DCTpSLinear(DCTpSLayer):
     def _basis(self) -> torch.Tensor:
         return self.offset_matrix()
 
-    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dense_weight(), self.bias)
+    def _with_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w, self.bias)
 
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         return fast_linear(self, x)
@@ -600,10 +608,8 @@ class DCTpSConv2d(DCTpSLayer):
         m = self.offset_matrix()
         return m.reshape(out, kh, kw, cg).permute(0, 3, 1, 2).contiguous()
 
-    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(
-            x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
+    def _with_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     _PATHS = {"dense": "_dense_forward", "fast": "_fast_forward", "factor": "_factor_forward"}
 
