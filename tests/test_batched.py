@@ -19,7 +19,7 @@ import dctps
 from dctps.batched import WEIGHT_KEY, BatchedRebuild, alpha_grads, batch_rebuild
 from dctps.errors import DctpsError
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
-from dctps.models import build
+from dctps.models import build, names
 from dctps.sparsify import sparsify
 
 TOL = {"atol": 1e-10, "rtol": 1e-10}
@@ -124,9 +124,12 @@ def test_fixed_alpha_and_frozen_values_get_no_gradient():
     assert bat.c1.alpha.grad is None and bat.fc.values.grad is None
 
 
-def test_paper_resnet18_step_matches():
+@pytest.mark.parametrize("name", names())
+def test_every_registry_architecture_matches(name):
+    """The paper's six networks: grouped and depthwise convs (MobileNetV2), Fixup's scalar
+    biases and zero-initialised layers, bottlenecks, and VGG's Linear head."""
     torch.manual_seed(0)
-    ref, bat, _ = _pair(sparsify(build("resnet18"), 0.01, seed=0))
+    ref, bat, _ = _pair(sparsify(build(name, num_classes=10), 0.01, seed=0))
     _assert_same(ref, bat, torch.randn(2, 3, 32, 32, dtype=torch.float64))
 
 
