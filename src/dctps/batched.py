@@ -43,12 +43,12 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.hooks import RemovableHandle
 
 from dctps.errors import DctpsError
-from dctps.layers import DCTpSLayer
+from dctps.layers import BATCHED_WEIGHT, DCTpSLayer
 
 __all__ = ["BatchedRebuild", "batch_rebuild", "takes_dense_path"]
 
 #: attribute of a layer's ``__dict__`` holding its batched ``W`` during a forward
-WEIGHT_KEY = "_dctps_w"
+WEIGHT_KEY = BATCHED_WEIGHT
 
 
 def takes_dense_path(layer: DCTpSLayer) -> bool:
@@ -92,10 +92,6 @@ class _Plan:
     n_alphas: tuple[int, ...]
     shapes: tuple[tuple[int, ...], ...]
     alpha_shapes: tuple[torch.Size, ...]
-
-    @property
-    def total(self) -> int:
-        return self.d.numel()
 
 
 def _alpha_values(params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,6 +54,10 @@ __all__ = [
 #: ``alpha='layer'``: one scalar per layer (the paper); ``'channel'``: one per output channel.
 ALPHA_SCOPES = ("layer", "channel")
 
+#: key of a layer's ``__dict__`` where :mod:`dctps.batched` puts the weight it built for the
+#: current forward (absent outside a batched model's forward)
+BATCHED_WEIGHT = "_dctps_w"
+
 
 def kaiming_alpha(row_norms: torch.Tensor, scope: str) -> torch.Tensor:
     """``alpha`` such that ``alpha * D`` has the row scale of a Kaiming-normal (fan_in, ReLU) init.
@@ -386,7 +390,7 @@ class DCTpSLayer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if "_dctps_w" in self.__dict__:
+        if BATCHED_WEIGHT in self.__dict__:
             # dctps.batched built this forward's weight (only dense-path layers get one);
             # dense_weight() returns it, through RigL's capture when that is armed
             return self._with_weight(x, self.dense_weight())
@@ -416,7 +420,7 @@ class DCTpSLayer(nn.Module):
         same with built-in differentiable ops. Inside the forward of a model under
         :func:`dctps.batched.batch_rebuild`, the weight that hook computed for this layer.
         """
-        w = self.__dict__.get("_dctps_w")
+        w = self.__dict__.get(BATCHED_WEIGHT)
         if w is not None:
             return w
         d = self.D
