@@ -99,9 +99,9 @@ def test_outputs_and_every_gradient_equal_the_per_layer_rebuild(segmented):
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
     _assert_same(ref, bat, x)
     assert seen == [True] * 6  # every layer the forward ran used the batched weight
-    (plan,) = next(iter(handle._plans.values()))
+    (plan,) = handle._plans
     _assert_same(ref, bat, x)  # second step: the cached plan
-    assert next(iter(handle._plans.values()))[0] is plan
+    assert handle._plans[0] is plan
     assert len(plan.layers) == 7  # the skipped layer is built too (the hook cannot know)
 
 
@@ -136,7 +136,7 @@ def test_every_registry_architecture_matches(name):
 def test_alpha_reductions_agree_with_float64_sums():
     ref, bat, handle = _pair(Net())
     bat(torch.randn(1, 3, 8, 8, dtype=torch.float64))
-    (plan,) = next(iter(handle._plans.values()))
+    (plan,) = handle._plans
     g = torch.randn(plan.d.numel(), dtype=torch.float64)
     expected = []
     for m, seg in zip(plan.layers, g.split(plan.sizes), strict=True):
@@ -189,7 +189,7 @@ def test_dtype_and_mode_changes_are_picked_up():
 def test_the_layers_basis_shares_the_plans_memory():
     _, bat, handle = _pair(Net())
     bat(torch.randn(1, 3, 8, 8, dtype=torch.float64))
-    (plan,) = next(iter(handle._plans.values()))
+    (plan,) = handle._plans
     base = plan.d.untyped_storage().data_ptr()
     for m in plan.layers:
         assert m._D.untyped_storage().data_ptr() == base
@@ -368,7 +368,7 @@ def test_a_layer_used_twice_and_attention_projections():
     assert type(model.block.self_attn).__name__ == "DCTpSMultiheadAttention"
     ref, bat, handle = _pair(model)
     _assert_same(ref, bat, torch.randn(2, 5, 6, dtype=torch.float64))
-    (plan,) = next(iter(handle._plans.values()))
+    (plan,) = handle._plans
     assert len(plan.layers) == 6  # embed, in_proj, out_proj, two feed-forward layers, twice
 
 

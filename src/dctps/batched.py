@@ -257,13 +257,13 @@ class BatchedRebuild:
     device (segmented off the CPU).
     """
 
-    #: distinct sets of member layers whose plans are kept (members change only with modes)
-    MAX_PLANS = 4
-
     def __init__(self, model: nn.Module, segmented: bool | None = None):
         self.segmented = segmented
         self._layers: list[DCTpSLayer] | None = None
-        self._plans: dict[tuple[int, ...], list[_Plan]] = {}
+        # one set of plans at a time: building a plan points its layers' D at the new D_cat,
+        # which invalidates any other plan holding those layers
+        self._plans: list[_Plan] = []
+        self._key: tuple[int, ...] = ()
         self._active: list[list[DCTpSLayer]] = []
         self._handles: list[RemovableHandle] = [
             model.register_forward_pre_hook(self._before),
@@ -272,13 +272,13 @@ class BatchedRebuild:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_layers=None, _plans={}, _active=[])
+        state.update(_layers=None, _plans=[], _key=(), _active=[])
         return state
 
     def refresh(self) -> None:
         """Find the model's DCTpS layers again at the next forward, and drop the cached plans."""
         self._layers = None
-        self._plans.clear()
+        self._plans, self._key = [], ()
 
     def remove(self) -> None:
         """Take the hooks off; the layers rebuild their own weights again."""
@@ -288,13 +288,10 @@ class BatchedRebuild:
 
     def _plans_for(self, members: list[DCTpSLayer]) -> list[_Plan]:
         key = tuple(map(id, members))
-        plans = self._plans.get(key)
-        if plans is None or not all(map(_valid, plans)):
-            self._plans.pop(key, None)  # free the old D_cat before building the new one
-            if len(self._plans) >= self.MAX_PLANS:
-                self._plans.clear()
-            plans = self._plans[key] = _build_plans(members)
-        return plans
+        if key != self._key or not all(map(_valid, self._plans)):
+            self._plans, self._key = [], ()  # free the old D_cat before building the new one
+            self._plans, self._key = _build_plans(members), key
+        return self._plans
 
     def _before(self, module: nn.Module, args: Any) -> None:
         if torch.compiler.is_compiling():
