@@ -29,7 +29,8 @@ A forward pre-hook on the model computes the weights. Each layer's
 forward, and a forward hook, run even when the forward raises, removes them. A layer called
 outside the model's forward, or under ``torch.compile``, rebuilds its own weight as before.
 Members are the layers that take the dense path: ``mode='dense'``, or ``'auto'`` once every
-signature it has measured chose ``'dense'``.
+signature it has measured chose ``'dense'`` (such a layer then keeps the dense path for new input
+shapes too, without measuring them: every path computes the same function).
 """
 
 from __future__ import annotations
