@@ -374,9 +374,12 @@ def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monke
     assert any(k.endswith("weight_mask") for k in best(tmp_path / "run"))
 
 
-def test_dctps_rigl_run_resumes_exactly(fake_cifar10, tmp_path, monkeypatch):
-    """RigL moves the DCTpS supports; resuming restores them, the optimizer and RigL's clock."""
+@pytest.mark.parametrize("batched", ["off", "on"])
+def test_dctps_rigl_run_resumes_exactly(fake_cifar10, tmp_path, monkeypatch, batched):
+    """RigL moves the DCTpS supports; resuming restores them, the optimizer and RigL's clock.
+    With the batched rebuild (the CUDA default), too: the resumed run rebuilds its plans."""
     cfg = small_cfg(fake_cifar10, epochs=3, sparsity={"rigl": True, "rigl_delta_t": 4})
+    cfg = dataclasses.replace(cfg, batched_rebuild=batched)
     ref = fit(cfg, tmp_path / "ref", progress=False)
     assert ref["status"] == "done"
     real = loop.train_one_epoch
