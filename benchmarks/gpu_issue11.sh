@@ -8,7 +8,8 @@
 #   1. tests/test_cuda.py (numbers on CUDA; the batched rebuild never synchronises the host)
 #   2. dctps bench step: ResNet18 step, dense vs DCTpS auto vs DCTpS batched, with operator counts
 #   3. benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched
-#   4. dctps bench conv, linear, memory: the per-layer tables of RESULTS.md
+#   4. benchmarks/train_throughput.py: images/s of real training epochs (batched DCTpS on CUDA)
+#   5. dctps bench conv, linear, memory: the per-layer tables of RESULTS.md
 set -u
 OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda}
@@ -33,6 +34,11 @@ stamp "step_cudagraph"
 if [ -n "$QUICK" ]; then GRAPH_ARGS="--batch 32 --reps 2 --steps 2"; else GRAPH_ARGS="--batch 128 --reps 5 --steps 20"; fi
 timeout 150 $PY benchmarks/step_cudagraph.py $GRAPH_ARGS > "$OUT/step_cudagraph.log" 2>&1
 stamp "step_cudagraph exit $?"; cat "$OUT/step_cudagraph.log"
+
+stamp "train_throughput"
+if [ -n "$QUICK" ]; then TP_ARGS="--lenet-images 512 --resnet-images 128 --repeats 1"; else TP_ARGS="--lenet-images 20000 --resnet-images 12800 --repeats 2"; fi
+timeout 200 $PY benchmarks/train_throughput.py --device "$DEVICE" $TP_ARGS > "$OUT/train_throughput.log" 2>&1
+stamp "train_throughput exit $?"; cat "$OUT/train_throughput.log"
 
 for b in conv linear memory; do
   stamp "bench $b"
