@@ -6,7 +6,9 @@ replayed as a CUDA graph (``benchmarks/RESULTS.md``). In ``mode='dense'`` each D
 own kernels and autograd nodes to every step: the forward ``alpha * D`` and the scatter of ``S``,
 and the backward ``<dW, D>`` and ``dW[indices]``. :func:`batch_rebuild` does the same arithmetic
 for all such layers of a model at once: 9 operators and one autograd node per (device, dtype)
-and step, where the per-layer rebuild dispatches 5 operators and about 4 autograd nodes per layer:
+and step, where the per-layer rebuild dispatches 5 operators and about 4 autograd nodes per layer
+(with the segmented reduction below, the default off the CPU; on the CPU ``d alpha`` is one
+``sum`` per layer, see :func:`alpha_grads`):
 
     forward   W = copy of D_cat;  W_l = W[o_l : o_l + n_l].view(shape_l)
               W_l *= alpha_l  (one foreach call);  W[g] += cat_l values_l
@@ -18,11 +20,11 @@ and step, where the per-layer rebuild dispatches 5 operators and about 4 autogra
 ``D_cat`` is the concatenation of the layers' flattened bases. Each layer's cached ``D`` becomes a
 view of it, so ``D`` is not held twice. ``g`` holds every layer's ``indices`` shifted by the layer's
 offset ``o_l``. An alpha is one scalar per layer, or with ``alpha='channel'`` one per output row.
-No alpha is read back to the host, so nothing waits for the GPU. The foreach call scales tensors
-of different shapes, so PyTorch runs its per-tensor loop: one small kernel per layer, but launched
-from C++, with no Python and no autograd node per layer. (``repeat_interleave`` would expand the
-alphas in one kernel, but its CUDA kernel gives each repeated entry one warp: one warp for a
-layer's 2.4M weights.)
+No alpha is read back to the host, so nothing waits for the GPU. In the foreach call each alpha
+broadcasts over its weight (the shapes within a pair differ), so PyTorch runs its per-tensor
+loop: one small kernel per layer, but launched from C++, with no Python and no autograd node per
+layer. (``repeat_interleave`` would expand the alphas in one kernel, but its CUDA kernel gives
+each repeated entry one warp: one warp for a layer's 2.4M weights.)
 
 A forward pre-hook on the model computes the weights. Each layer's
 :meth:`~dctps.layers.DCTpSLayer.dense_weight` returns its batched ``W`` for the rest of that
@@ -323,8 +325,9 @@ class BatchedRebuild:
 def batch_rebuild(model: nn.Module, segmented: bool | None = None) -> BatchedRebuild:
     """Rebuild all DCTpS weights of ``model`` in one batched pass per forward (see module doc).
 
-    Same outputs and gradients as the per-layer rebuild, with a fixed number of kernels per step
-    instead of a few per layer: for eager GPU training, where those launches dominate. On the CPU
+    The same outputs as the per-layer rebuild, and the same gradients up to float rounding
+    (``d alpha`` is summed in another order), with a fixed number of operators per step instead of
+    5 per layer: for eager GPU training, where those launches dominate. On the CPU
     it is correct but not faster (the rebuild there is bound by memory bandwidth, not launches).
     Returns the :class:`BatchedRebuild`; call its ``remove()`` to undo. Calling it again on the
     same model returns the existing one.

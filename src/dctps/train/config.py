@@ -218,9 +218,9 @@ class RunConfig:
     )
     batched_rebuild: str = _f(
         "auto",
-        "auto | on | off: rebuild all DCTpS weights in one batched pass per step "
-        "(dctps.batch_rebuild: a few kernel launches per step instead of a few per layer). "
-        "auto: on for CUDA, off on the CPU. Not part of the identity.",
+        "auto | on | off: rebuild all dense-path DCTpS weights in one batched pass per step "
+        "(dctps.batch_rebuild: a fixed number of operators per step instead of 5 per layer). "
+        "Default auto: on for CUDA, off on the CPU. Not part of the identity.",
         identity=False,
     )
 
