@@ -390,3 +390,168 @@ def test_the_accelerators_per_layer_rebuild_matches_the_cpu_one(scope):
         torch.testing.assert_close(b, a, **TOL)
     expected = layer.alpha.detach().view(-1, *([1] * 3)) * layer.D + layer.sparse_weight().detach()
     torch.testing.assert_close(results[1][0], expected, **TOL)
+
+
+# ---------------------------------------------------------------- edge cases found in review
+
+
+def test_a_keyboard_interrupt_mid_forward_leaves_nothing_stale():
+    """PyTorch skips forward hooks on a KeyboardInterrupt; the next forward must not reuse the
+    interrupted forward's weights (here after an optimizer-like update)."""
+
+    class Stops(Net):
+        stop = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = super().forward(x)
+            if self.stop:
+                raise KeyboardInterrupt
+            return y
+
+    ref, bat, _ = _pair(Stops())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    bat.stop = True
+    with pytest.raises(KeyboardInterrupt):
+        bat(x)
+    bat.stop = False
+    with torch.no_grad():
+        for m in (ref, bat):
+            m.c1.values.add_(1.0)
+    _assert_same(ref, bat, x)
+
+
+def test_checkpointed_blocks_inside_the_model():
+    """Reentrant checkpointing of a block inside a batched model gives the reference gradients;
+    the non-reentrant form fails loudly (documented), never silently."""
+    import torch.utils.checkpoint as cp
+
+    class Checkpointed(Net):
+        reentrant = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = cp.checkpoint(self.c1, x, use_reentrant=self.reentrant)
+            x = torch.relu(self.c2(torch.relu(x)))
+            h = torch.relu(self.fc(self.c4(self.c3(x)).mean((2, 3))))
+            return self.head(h)
+
+    ref, bat, _ = _pair(Checkpointed())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    _assert_same(ref, bat, x)
+    bat.reentrant = False
+    with pytest.raises(Exception, match="checkpoint|[Rr]ecomput"):
+        bat(x).sum().backward()
+
+
+def test_one_layer_leaves_the_callers_gradient_untouched():
+    """With one layer the backward has nothing to concatenate; it must not scale the incoming
+    gradient in place (a hook on W, or the caller's tensor, would see it change)."""
+
+    class One(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = DCTpSLinear(6, 4, nnz=5, seed=0)
+            self.seen: list[torch.Tensor] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = self.layer.weight
+            w.register_hook(self.seen.append)
+            return F.linear(x, w)
+
+    ref, bat, _ = _pair(One())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    g = torch.randn(3, 4, dtype=torch.float64)
+    expected = g.t() @ x  # dL/dW of F.linear
+    for m in (ref, bat):
+        m(x).backward(g.clone())
+        torch.testing.assert_close(m.seen[0], expected, **TOL)
+    torch.testing.assert_close(bat.layer.values.grad, ref.layer.values.grad, **TOL)
+    torch.testing.assert_close(bat.layer.alpha.grad, ref.layer.alpha.grad, **TOL)
+
+
+def test_frozen_layers_record_no_graph():
+    ref, bat, handle = _pair(Net())
+    for m in (ref, bat):
+        for layer in (m.c1, m.c2):
+            layer.requires_grad_(False)
+    out: dict[str, torch.Tensor] = {}
+    bat.c2.register_forward_hook(lambda mod, i, o: out.update(c2=o))  # returns None
+    _assert_same(ref, bat, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    assert not out["c2"].requires_grad  # nothing before c2 trains: no graph through it
+    assert {p.trainable for p in handle._plans} == {True, False}
+    for m in (ref, bat):  # unfreezing is picked up
+        m.c1.requires_grad_(True)
+    _assert_same(ref, bat, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+
+
+def test_replicas_transforms_and_tracing_rebuild_per_layer(monkeypatch):
+    from dctps import layers
+
+    # the CPU's fused per-layer Function has no functorch rules; the accelerators' ops have
+    monkeypatch.setattr(layers, "cpu_rebuild", layers.op_rebuild)
+    ref, bat, handle = _pair(Net())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    bat._is_replica = True  # what nn.DataParallel marks its per-device copies with
+    torch.testing.assert_close(bat(x), ref(x), **TOL)
+    assert not handle._plans
+    del bat._is_replica
+    # torch.func.grad of a functional call, forward-mode AD, and jit tracing
+    from torch.func import functional_call, grad
+
+    def loss(model: nn.Module):
+        def f(params: dict) -> torch.Tensor:
+            return functional_call(model, params, (x,)).square().sum()
+
+        return f
+
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+    g_ref, g_bat = grad(loss(ref))(params), grad(loss(bat))(params)
+    for k in g_ref:
+        torch.testing.assert_close(g_bat[k], g_ref[k], **TOL, msg=k)
+    traced = torch.jit.trace(bat, (x,), check_trace=False)
+    torch.testing.assert_close(traced(x), ref(x), **TOL)
+
+
+def test_a_plan_built_in_inference_mode_still_trains():
+    ref, bat, _ = _pair(Net())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.inference_mode():
+        torch.testing.assert_close(bat(x), ref(x), **TOL)
+    assert not bat.c1.D.is_inference()
+    _assert_same(ref, bat, x)
+
+
+def test_layers_leaving_the_batch_free_the_old_buffer():
+    _, bat, handle = _pair(Net())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    bat(x)
+    (old,) = handle._plans
+    old_ptr = old.d.untyped_storage().data_ptr()
+    dctps.set_mode(bat.fc, "auto")  # not a member until auto has measured it; keeps its D
+    bat(x)
+    assert bat.fc.D.untyped_storage().data_ptr() != old_ptr
+    assert all(p.d.untyped_storage().data_ptr() != old_ptr for p in handle._plans)
+    dctps.set_mode(bat, "auto")
+    dctps.fast.clear_auto_cache()  # no members until auto has measured again: no plan, no D_cat
+    bat(x)
+    assert not handle._plans
+
+
+def test_a_reshaped_alpha_is_picked_up():
+    ref, bat, _ = _pair(Net())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    _assert_same(ref, bat, x)
+    for m in (ref, bat):
+        m.fc.alpha = nn.Parameter(torch.linspace(0.5, 2, 12, dtype=torch.float64))
+    _assert_same(ref, bat, x)
+
+
+def test_to_dense_and_copies_of_a_batched_model():
+    ref, bat, handle = _pair(Net())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    dense = dctps.to_dense(bat)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in dense.modules())
+    torch.testing.assert_close(dense(x), ref(x), **TOL)
+    twin = copy.deepcopy(bat)
+    batch_rebuild(twin).remove()  # the copy's own hooks, not the original's
+    assert bat._forward_pre_hooks and not twin._forward_pre_hooks
+    _assert_same(ref, bat, x)

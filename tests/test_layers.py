@@ -156,3 +156,17 @@ def test_torch_compile_matches_eager():
     x = torch.randn(2, 3, 8, 8)
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_basis_first_built_in_inference_mode_still_trains():
+    """D is built lazily and cached; built under torch.inference_mode it must not become an
+    inference tensor, or every later training step would fail."""
+    layer = DCTpSConv2d(3, 8, 3, padding=1, nnz=30, seed=0)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.inference_mode():
+        expected = layer(x)
+    assert not layer.D.is_inference()
+    out = layer(x)
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected)
+    assert layer.values.grad is not None

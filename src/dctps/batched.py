@@ -28,8 +28,15 @@ each repeated entry one warp: one warp for a layer's 2.4M weights.)
 
 A forward pre-hook on the model computes the weights. Each layer's
 :meth:`~dctps.layers.DCTpSLayer.dense_weight` returns its batched ``W`` for the rest of that
-forward, and a forward hook, run even when the forward raises, removes them. A layer called
-outside the model's forward, or under ``torch.compile``, rebuilds its own weight as before.
+forward, and a forward hook, run even when the forward raises, removes them. (On a
+``KeyboardInterrupt`` PyTorch skips that hook; the next forward of the model clears what the
+interrupted one left.) A layer called outside the model's forward rebuilds its own weight as
+before, and so does every layer under ``torch.compile``, ``torch.jit.trace``, ``torch.func``
+transforms, forward-mode AD and ``nn.DataParallel`` replicas. Layers without a trainable
+parameter are rebuilt under ``no_grad``, so a frozen part of a model records no graph.
+``torch.utils.checkpoint`` around parts of the model needs ``use_reentrant=True``: the
+non-reentrant form recomputes after the forward, without the batched weights, and PyTorch then
+refuses the different saved tensors (checkpointing the whole model works either way).
 Members are the layers that take the dense path: ``mode='dense'``, or ``'auto'`` once every
 signature it has measured chose ``'dense'`` (such a layer then keeps the dense path for new input
 shapes too, without measuring them: every path computes the same function).
@@ -46,9 +53,10 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.hooks import RemovableHandle
 
 from dctps.errors import DctpsError
+from dctps.fast import auto_generation
 from dctps.layers import BATCHED_WEIGHT, DCTpSLayer
 
-__all__ = ["BatchedRebuild", "batch_rebuild", "takes_dense_path"]
+__all__ = ["BatchedRebuild", "batch_rebuild", "strip", "takes_dense_path"]
 
 #: attribute of a layer's ``__dict__`` holding its batched ``W`` during a forward
 WEIGHT_KEY = BATCHED_WEIGHT
@@ -56,13 +64,16 @@ WEIGHT_KEY = BATCHED_WEIGHT
 
 def takes_dense_path(layer: DCTpSLayer) -> bool:
     """Whether ``layer``'s forward reads ``dense_weight()``: ``mode='dense'``, or ``'auto'`` once
-    every input signature it has measured chose the dense path."""
+    every input signature it has measured (since the last :func:`dctps.fast.clear_auto_cache`)
+    chose the dense path."""
     mode = layer.mode
     if mode == "dense":
         return True
     if mode == "auto":
         memo = layer.__dict__.get("_dctps_auto") or {}
-        return bool(memo) and all(p == "dense" for p in memo.values())
+        gen = auto_generation()
+        paths = [p for key, p in memo.items() if key[-1] == gen]  # the memo key ends with it
+        return bool(paths) and all(p == "dense" for p in paths)
     return False
 
 
@@ -76,12 +87,15 @@ class _Plan:
     - ``row_offsets``: start of each output row in ``D_cat``, plus the end (rows + 1,);
       ``alpha_row_offsets``: first row of each alpha entry, plus the row count (n_alpha + 1,).
     - per layer: ``sizes`` (numel), ``nnzs``, ``n_alphas``, ``shapes``, ``alpha_shapes``.
+    - ``trainable``: whether the layers have a parameter that requires grad (a plan holds
+      trainable layers only, or frozen ones only).
     - ``views`` (each layer's ``D``, a view of ``d``) and ``supports`` (each layer's ``indices``
       tensor and its version counter when the plan was built) tell whether the plan still holds
       (:func:`_valid`).
     """
 
     layers: tuple[DCTpSLayer, ...]
+    trainable: bool
     views: tuple[torch.Tensor, ...]
     supports: tuple[tuple[torch.Tensor, int], ...]
     d: torch.Tensor
@@ -97,38 +111,58 @@ class _Plan:
     alpha_shapes: tuple[torch.Size, ...]
 
 
-def _alpha_values(params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def _alpha_values(m: DCTpSLayer) -> tuple[torch.Tensor, torch.Tensor]:
     # the Parameter dict directly: nn.Module.__getattr__ costs a microsecond per layer and step
-    return params["alpha"], params["values"]
+    p = m._parameters
+    return p["alpha"], p["values"]  # type: ignore[return-value]
+
+
+def _trainable(m: DCTpSLayer) -> bool:
+    a, v = _alpha_values(m)
+    return a.requires_grad or v.requires_grad
 
 
 def _valid(plan: _Plan) -> bool:
     """Whether ``plan`` still describes its layers.
 
     A new support (``load_state_dict`` replaces ``indices``, RigL rewrites it in place) or a new
-    ``D`` (``.to()``, ``load_state_dict`` and a mode switch drop or replace the cached basis) or
-    a moved or re-typed ``alpha`` each need a new plan.
+    ``D`` (``.to()``, ``load_state_dict`` and a mode switch drop or replace the cached basis), a
+    moved, re-typed or re-shaped ``alpha``, or a layer frozen or unfrozen each need a new plan.
     """
     d = plan.d
-    for m, v, (idx, version) in zip(plan.layers, plan.views, plan.supports, strict=True):
+    rows = zip(plan.layers, plan.views, plan.supports, plan.alpha_shapes, strict=True)
+    for m, v, (idx, version), shape in rows:
         b = m._buffers
         if b["_D"] is not v or b["indices"] is not idx or idx._version != version:
             return False
-        a = m._parameters["alpha"]
-        if a is None or a.dtype is not d.dtype or a.device != d.device:
+        a, vals = _alpha_values(m)
+        if a.dtype is not d.dtype or a.device != d.device or a.shape != shape:
+            return False
+        if (a.requires_grad or vals.requires_grad) != plan.trainable:
             return False
     return True
 
 
 def _build_plans(layers: list[DCTpSLayer]) -> list[_Plan]:
-    """One :class:`_Plan` per (device, dtype) of the layers' ``alpha``."""
+    """One :class:`_Plan` per (device, dtype, trainable) of the layers."""
     groups: dict[tuple, list[DCTpSLayer]] = {}
     for m in layers:
-        groups.setdefault((m.alpha.device, m.alpha.dtype), []).append(m)
-    return [_build_plan(g) for g in groups.values()]
+        groups.setdefault((m.alpha.device, m.alpha.dtype, _trainable(m)), []).append(m)
+    with torch.inference_mode(False):  # D_cat becomes the layers' D: never an inference tensor
+        return [_build_plan(g, trainable) for (_, _, trainable), g in groups.items()]
 
 
-def _build_plan(layers: list[DCTpSLayer]) -> _Plan:
+def _release(plans: list[_Plan], keep: set[int]) -> None:
+    """Give every layer of ``plans`` not in ``keep`` (ids) a ``D`` of its own, so the plans'
+    ``D_cat`` can be freed."""
+    with torch.inference_mode(False):
+        for plan in plans:
+            for m, v in zip(plan.layers, plan.views, strict=True):
+                if id(m) not in keep and m._buffers.get("_D") is v:
+                    m._D = v.clone()
+
+
+def _build_plan(layers: list[DCTpSLayer], trainable: bool) -> _Plan:
     """Concatenate the layers' bases and supports (once per structure, not per step)."""
     device = layers[0].alpha.device
     basis = [m.D.reshape(-1) for m in layers]
@@ -164,6 +198,7 @@ def _build_plan(layers: list[DCTpSLayer]) -> _Plan:
 
     return _Plan(
         layers=tuple(layers),
+        trainable=trainable,
         views=tuple(views),
         supports=tuple((m.indices, m.indices._version) for m in layers),
         d=d,
@@ -223,17 +258,23 @@ class _BatchedWeights(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
         plan: _Plan = ctx.plan
-        if all(gr is not None for gr in grads):
-            g = _flatten_dense_tensors(grads)  # one cat, in C++
+        if len(grads) == 1:  # no cat: g is the caller's gradient, so it must not be changed
+            (gr,) = grads
+            g = plan.d.new_zeros(plan.d.shape) if gr is None else gr.reshape(-1)
+            gd = g * plan.d
         else:
-            g = torch.cat(
-                [
-                    plan.d.new_zeros(n) if gr is None else gr.reshape(-1)
-                    for gr, n in zip(grads, plan.sizes, strict=True)
-                ]
-            )
+            if all(gr is not None for gr in grads):
+                g = _flatten_dense_tensors(grads)  # one cat, in C++
+            else:
+                g = torch.cat(
+                    [
+                        plan.d.new_zeros(n) if gr is None else gr.reshape(-1)
+                        for gr, n in zip(grads, plan.sizes, strict=True)
+                    ]
+                )
+            gd = None
         dv = g.index_select(0, plan.gidx).split(plan.nnzs)
-        da = alpha_grads(g.mul_(plan.d), plan, ctx.segmented)
+        da = alpha_grads(g.mul_(plan.d) if gd is None else gd, plan, ctx.segmented)
         if plan.scalar_alphas:
             das: Any = da.unbind(0)
         else:
@@ -248,21 +289,37 @@ class _BatchedWeights(torch.autograd.Function):
         return tuple(out)
 
 
+def _skip(module: nn.Module) -> bool:
+    """Whether this forward must rebuild per layer: under ``torch.compile`` (it fuses the rebuild
+    itself), ``torch.jit.trace``, a ``torch.func`` transform or forward-mode AD (the batched
+    Function has no tracing, vmap or jvp rules), or in an ``nn.DataParallel`` replica (whose
+    threads would share this hook's state)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    if getattr(module, "_is_replica", False):
+        return True
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    if peek is not None and peek() is not None:
+        return True
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
 class BatchedRebuild:
     """The hooks :func:`batch_rebuild` put on a model; :meth:`remove` takes them off.
 
-    Holds no reference to the model: the hooks receive it. The DCTpS layers are found once, at the
-    first forward; call :meth:`refresh` after adding or replacing layers (until then a new layer
+    The DCTpS layers are found at the first forward (and again whenever the hooks see another
+    module); call :meth:`refresh` after adding or replacing layers (until then a new layer
     rebuilds its own weight, and a removed one is still rebuilt, uselessly). The plans (see
-    :class:`_Plan`) are rebuilt whenever a layer's support, basis, device or dtype changes. A
-    ``copy.deepcopy`` or pickle of the model carries the hooks without their caches.
-    ``segmented``: how ``d alpha`` is reduced (see :func:`alpha_grads`); ``None`` picks by
-    device (segmented off the CPU).
+    :class:`_Plan`) are rebuilt whenever a layer's support, basis, device, dtype, alpha shape or
+    trainability changes. A ``copy.deepcopy`` or pickle of the model carries the hooks without
+    their caches. ``segmented``: how ``d alpha`` is reduced (see :func:`alpha_grads`); ``None``
+    picks by device (segmented off the CPU).
     """
 
     def __init__(self, model: nn.Module, segmented: bool | None = None):
         self.segmented = segmented
-        self._layers: list[DCTpSLayer] | None = None
+        self._root: nn.Module | None = None
+        self._layers: list[DCTpSLayer] = []
         # one set of plans at a time: building a plan points its layers' D at the new D_cat,
         # which invalidates any other plan holding those layers
         self._plans: list[_Plan] = []
@@ -275,12 +332,13 @@ class BatchedRebuild:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_layers=None, _plans=[], _key=(), _active=[])
+        state.update(_root=None, _layers=[], _plans=[], _key=(), _active=[])
         return state
 
     def refresh(self) -> None:
         """Find the model's DCTpS layers again at the next forward, and drop the cached plans."""
-        self._layers = None
+        self._clear_active()
+        self._root, self._layers = None, []
         self._plans, self._key = [], ()
 
     def remove(self) -> None:
@@ -289,37 +347,59 @@ class BatchedRebuild:
             h.remove()
         self.refresh()
 
+    def _clear_active(self) -> None:
+        while self._active:
+            for m in self._active.pop():
+                m.__dict__.pop(WEIGHT_KEY, None)
+
     def _plans_for(self, members: list[DCTpSLayer]) -> list[_Plan]:
         key = tuple(map(id, members))
         if key != self._key or not all(map(_valid, self._plans)):
-            self._plans, self._key = [], ()  # free the old D_cat before building the new one
+            old, self._plans, self._key = self._plans, [], ()
+            _release(old, set(key))  # layers leaving the batch keep a D of their own
+            del old  # free the old D_cat before building the new one
             self._plans, self._key = _build_plans(members), key
         return self._plans
 
     def _before(self, module: nn.Module, args: Any) -> None:
-        if torch.compiler.is_compiling():
+        if _skip(module):
             return
+        if self._active:  # the last forward never reached _after (a KeyboardInterrupt)
+            self._clear_active()
         done: list[DCTpSLayer] = []
         self._active.append(done)  # first: _after pops it even if what follows raises
-        layers = self._layers
-        if layers is None:
-            layers = self._layers = [m for m in module.modules() if isinstance(m, DCTpSLayer)]
+        if module is not self._root:
+            self._root = module
+            self._layers = [m for m in module.modules() if isinstance(m, DCTpSLayer)]
         # a layer already holding a weight belongs to an enclosing batched model's forward
-        members = [m for m in layers if WEIGHT_KEY not in m.__dict__ and takes_dense_path(m)]
+        members = [m for m in self._layers if WEIGHT_KEY not in m.__dict__ and takes_dense_path(m)]
         if not members:
+            _release(self._plans, set())
+            self._plans, self._key = [], ()
             return
         for plan in self._plans_for(members):
             seg = self.segmented if self.segmented is not None else plan.d.device.type != "cpu"
-            params = [t for m in plan.layers for t in _alpha_values(m._parameters)]
-            for m, w in zip(plan.layers, _BatchedWeights.apply(plan, seg, *params), strict=True):
+            params = [t for m in plan.layers for t in _alpha_values(m)]
+            # a frozen plan's inputs need no grad, so its weights record no graph
+            weights = _BatchedWeights.apply(plan, seg, *params)
+            for m, w in zip(plan.layers, weights, strict=True):
                 m.__dict__[WEIGHT_KEY] = w
                 done.append(m)
 
     def _after(self, module: nn.Module, args: Any, output: Any) -> None:
-        if torch.compiler.is_compiling() or not self._active:
+        if _skip(module) or not self._active:
             return
         for m in self._active.pop():
             m.__dict__.pop(WEIGHT_KEY, None)
+
+
+def strip(model: nn.Module) -> None:
+    """Take every :func:`batch_rebuild` hook off ``model`` and its submodules."""
+    for m in model.modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, BatchedRebuild):
+                owner.remove()
 
 
 def batch_rebuild(model: nn.Module, segmented: bool | None = None) -> BatchedRebuild:

@@ -40,6 +40,7 @@ from torch import nn
 
 from dctps import offsets
 from dctps._version import __version__
+from dctps.batched import strip
 from dctps.errors import DctpsError, cannot_write
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention
@@ -612,6 +613,7 @@ def to_dense(model: nn.Module) -> nn.Module:
     if isinstance(model, (DCTpSLayer, DCTpSMultiheadAttention)):
         return _dense_twin(model)
     out = copy.deepcopy(model)
+    strip(out)  # no dctps hook may stay on the plain model
     for name, m in _dctps_modules(out):
         _set_submodule(out, name, _dense_twin(m))
     return out

@@ -329,7 +329,9 @@ class DCTpSLayer(nn.Module):
         d = self._D
         a = self.alpha
         if d is None or d.device != a.device or d.dtype != a.dtype:
-            d = self._basis().to(device=a.device, dtype=a.dtype)
+            # a D first needed under inference_mode must still serve later training
+            with torch.inference_mode(False):
+                d = self._basis().to(device=a.device, dtype=a.dtype)
             self._D = d
         return d
 
