@@ -53,3 +53,16 @@ def test_bad_input_one_line_exit_2(args, needle):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_import_is_light_and_exposes_the_subpackages():
+    """`import dctps` must not import torch._dynamo (about a second of every command's start-up;
+    the fast paths disable tracing lazily) and must expose dctps.models / dctps.data as the
+    README's library table uses them."""
+    code = (
+        "import sys, dctps; "
+        "print('torch._dynamo' in sys.modules, callable(dctps.models.build), "
+        "callable(dctps.data.build))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"], out

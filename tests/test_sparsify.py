@@ -161,3 +161,10 @@ def test_budgets_total_equals_count():
         assert per_layer == dctps.budgets(shapes, 0.001, alloc)
     assert math.isclose(sum(dctps.budgets(shapes, 0.01, "epl_ref")) / _weights(model), 0.0092,
                         abs_tol=5e-4)  # fmt: skip
+
+
+def test_a_density_that_keeps_no_weight_is_refused():
+    model = nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))  # 5,500 weights
+    with pytest.raises(DctpsError, match=r"density 1e-05 gives 0 of the 5,500 weights.*0.00018"):
+        dctps.sparsify(model, 1e-5)
+    assert dctps.count(dctps.sparsify(model, 0.00018)).nonzeros == 1

@@ -662,3 +662,52 @@ def test_cli_train_results_and_errors(fake_cifar10, tmp_path):
         )
         assert p.returncode == 2, (bad, p.stderr)
         assert needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_folder(tmp_path):
+    cfg = RunConfig(
+        model=ModelConfig("lenet5"),
+        data=DataConfig("digits"),
+        sparsity=SparsityConfig("dctps", 0.05),
+        optim=OptimConfig(epochs=1),
+        device="cpu",
+    )
+    with pytest.raises(DctpsError, match="LeNet-5 needs 32x32 inputs"):
+        fit(cfg, tmp_path, progress=False)
+    assert not any((tmp_path / "runs").iterdir())  # no run folder holding only its .lock
+
+
+def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
+    """`dctps inspect` reads what `dctps train` writes, and `dctps export` turns a run's best.pt
+    into a sparse checkpoint that loads (without the config) into the same function."""
+    from typer.testing import CliRunner
+
+    from dctps.checkpoint_io import load
+    from dctps.cli import app
+
+    r = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
+    run = tmp_path / "runs" / r["hash"]
+    mode = (run / "config.yaml").stat().st_mode & 0o777
+    assert all((run / f).stat().st_mode & 0o777 == mode for f in ("best.pt", "last.pt"))
+    cli = CliRunner()
+    shown = cli.invoke(app, ["inspect", str(run / "best.pt")])
+    assert shown.exit_code == 0, shown.output
+    assert f"dctps train checkpoint of run {r['hash']}, epoch 1" in shown.output
+    total = next(line for line in shown.output.splitlines() if line.startswith("total DCTpS"))
+    assert total.split()[2:4] == ["5", f"{r['nonzeros']:,}"]  # LeNet-5: 5 DCTpS layers
+    out = tmp_path / "lenet.dctps"
+    done = cli.invoke(app, ["export", str(run / "best.pt"), str(out)])
+    assert done.exit_code == 0 and f"{r['nonzeros']:,} non-zeros in 5 DCTpS layers" in done.output
+    model, _ = ckpt_io.model_from_checkpoint(run / "best.pt")
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(load(out).eval()(x), model.eval()(x))
+    # a pruning run has no DCTpS layers: inspect summarises, export refuses
+    p = fit(small_cfg(fake_cifar10, method="random", epochs=1), tmp_path, progress=False)
+    best = tmp_path / "runs" / p["hash"] / "best.pt"
+    shown = cli.invoke(app, ["inspect", str(best)])
+    assert f"{p['nonzeros']:,} of 61,510 weights non-zero" in shown.output
+    refused = cli.invoke(app, ["export", str(best), str(tmp_path / "x.dctps")])
+    assert refused.exit_code != 0 and "method 'random'" in str(refused.exception or refused.output)
+    with pytest.raises(DctpsError, match="not a dctps train checkpoint"):
+        torch.save({"model": {}}, tmp_path / "other.pt")
+        ckpt_io.model_from_checkpoint(tmp_path / "other.pt")

@@ -4,6 +4,7 @@ Every Linear/Conv2d weight becomes ``W = alpha * D + S``: ``D`` a fixed truncate
 and trainable on a random support, ``alpha`` a trainable scalar. Start with :func:`sparsify`.
 """
 
+from dctps import data, models  # so dctps.models.build / dctps.data.build work after `import dctps`
 from dctps._version import __version__
 from dctps.allocation import budgets
 from dctps.batched import batch_rebuild
@@ -16,6 +17,8 @@ from dctps.sparsify import Counts, count, sparsify
 
 __all__ = [
     "__version__",
+    "data",
+    "models",
     "DctpsError",
     "PruningFailed",
     "DCTpSLinear",

@@ -362,6 +362,10 @@ def bench_step(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
         echo(f"{label:>17} {_ms(t[key].best):>9} {r:>7.3f} {med:>13.3f} {n_ops:>9} {goal:>7}")
     echo(f"auto decisions (distinct layer signatures): {paths}; first step incl. "
          f"micro-benchmarks: {tune:.1f} s")  # fmt: skip
+    if set(paths) - {"dense"}:
+        echo("the batched model batches only the layers on the dense path; the fast and factor "
+             "paths dispatch many operators of their own. benchmarks/step_ops.py counts with "
+             "every layer batched.")  # fmt: skip
     return [{"batch": batch, "dense_s": t["dense"].best, "dctps_s": t["dctps"].best,
              "batched_s": t["batched"].best, "ratio": ratio, "batched_ratio": ratio_b,
              "aten_ops": ops, "paths": paths, "tune_s": tune}]  # fmt: skip

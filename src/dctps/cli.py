@@ -1,5 +1,5 @@
 """The ``dctps`` command line: ``dctps demo | train | results | sweep | figure | plot | budgets |
-inspect | bench``.
+inspect | export | bench``.
 
 Each command is a thin wrapper over a library function; bad input raises :class:`DctpsError`, which
 :func:`main` prints as one line (no traceback) with exit status 2.
@@ -171,12 +171,76 @@ def plot_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    ckpt: str = typer.Argument(..., help="A checkpoint written by dctps.save."),
+    ckpt: str = typer.Argument(
+        ..., help="A file written by dctps.save / dctps export, or a run's best.pt / last.pt."
+    ),
 ) -> None:
-    """Print a sparse checkpoint's per-layer non-zeros, shapes, density and the file size."""
+    """Print a sparse checkpoint's per-layer non-zeros, shapes, density and the file size.
+
+    A `dctps train` checkpoint (RUN/best.pt, last.pt) is shown as `dctps export` would write it.
+    """
+    import zipfile
+
     from dctps.checkpoint_io import inspect
 
-    typer.echo(inspect(ckpt).table())
+    if not zipfile.is_zipfile(ckpt):  # torch.save writes zip files; dctps.save does not
+        typer.echo(inspect(ckpt).table())
+        return
+    import tempfile
+    from pathlib import Path
+
+    from dctps.checkpoint_io import save
+    from dctps.sparsify import count
+    from dctps.train.checkpoint import model_from_checkpoint
+
+    model, obj = model_from_checkpoint(ckpt)
+    size = Path(ckpt).stat().st_size
+    method = obj["config"].get("sparsity", {}).get("method")
+    if method != "dctps":
+        c = count(model)
+        typer.echo(
+            f"{ckpt}: dctps train checkpoint of run {obj.get('config_hash')} (method {method}), "
+            f"epoch {obj.get('epoch')}, {size:,} bytes: {c.nonzeros:,} of {c.weights:,} weights "
+            f"non-zero, {c.other:,} other parameters. Not a DCTpS model: no per-layer table."
+        )
+        return
+    typer.echo(
+        f"{ckpt}: dctps train checkpoint of run {obj.get('config_hash')}, epoch "
+        f"{obj.get('epoch')}, {size:,} bytes (a last.pt also holds the optimizer state and "
+        "history). As `dctps export` writes it:"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model.dctps"
+        save(model, out)
+        typer.echo(inspect(out).table())
+
+
+@app.command("export")
+def export_cmd(
+    ckpt: str = typer.Argument(..., help="A dctps train checkpoint: a run's best.pt or last.pt."),
+    out: str = typer.Argument(..., help="Where to write the sparse checkpoint (dctps.save)."),
+) -> None:
+    """Write the model of a `dctps train` checkpoint as a sparse checkpoint (dctps.save).
+
+    The result holds only the non-zeros, alphas, biases and BatchNorm; `dctps.load(OUT)` rebuilds
+    the model without the run's config, and `dctps.to_dense` turns it into plain PyTorch.
+    """
+    from dctps.checkpoint_io import inspect, save
+    from dctps.train.checkpoint import model_from_checkpoint
+
+    model, obj = model_from_checkpoint(ckpt)
+    method = obj["config"].get("sparsity", {}).get("method")
+    if method != "dctps":
+        raise DctpsError(
+            f"{ckpt} is a run of method {method!r}: dctps export writes DCTpS models only "
+            "(its masked dense layers are in torch.load(CKPT)['model'])"
+        )
+    save(model, out)
+    info = inspect(out)
+    typer.echo(
+        f"wrote {out}: {info.nnz:,} non-zeros in {len(info.rows)} DCTpS layers, "
+        f"{info.file_bytes:,} bytes"
+    )
 
 
 @app.command("bench")

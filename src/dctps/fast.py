@@ -45,6 +45,7 @@ gather of the needed rows and ``index_add_``.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
@@ -79,6 +80,22 @@ __all__ = [
 ]
 
 MODES = ("dense", "fast", "factor", "auto")
+
+
+def _not_traced(fn: Callable) -> Callable:
+    """``torch.compiler.disable(fn)``, applied at the first call: the decorator imports
+    ``torch._dynamo`` (about a second), which every ``dctps`` command would otherwise pay at
+    start-up. (Under ``torch.compile`` the layers take the dense path and never call these.)"""
+    disabled: list[Callable] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return wrapper
+
 
 #: The ``layer`` argument of the paths below: a :class:`dctps.layers.DCTpSLayer` (Linear or Conv2d).
 #: ``Any`` because :mod:`dctps.layers` imports this module, and the paths read subclass attributes.
@@ -711,7 +728,7 @@ def _work(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-@torch.compiler.disable
+@_not_traced
 def fast_linear(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The fast path of a :class:`~dctps.layers.DCTpSLinear`: ``(..., in) -> (..., out)``."""
     out, inp = layer.weight_shape
@@ -756,7 +773,7 @@ def conv_unfold(layer: Layer, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return cols, ho, wo
 
 
-@torch.compiler.disable
+@_not_traced
 def fast_conv2d(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The transform path of a :class:`~dctps.layers.DCTpSConv2d`: ``F.unfold`` the patches and
     apply :class:`FastDCTpSFunction` (which reorders each patch to ``(h, w, c)`` and Makhoul order
@@ -898,7 +915,7 @@ class SparseConv2dFunction(torch.autograd.Function):
         return dx, dvalues, None, None, None, None
 
 
-@torch.compiler.disable
+@_not_traced
 def factor_conv2d(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The factorised path of a :class:`~dctps.layers.DCTpSConv2d` (see the comment above):
     ``alpha * D x`` as a 1x1 conv to ``2 out`` channels plus a depthwise conv, ``S x`` as

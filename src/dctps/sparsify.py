@@ -210,6 +210,13 @@ def sparsify(
             "(after exclusions); DCTpS replaces exactly those"
         )
     counts = budgets([shape for _, _, shape in layers], d, allocation)
+    if sum(counts) == 0:
+        total = sum(math.prod(shape) for _, _, shape in layers)
+        raise DctpsError(
+            f"density {d:g} gives 0 of the {total:,} weights (round(density * weights) = 0): "
+            f"nothing would train but the offset scales. Density {1 / total:.2g} keeps one "
+            "weight"
+        )
     if alpha == "channel" and charge_alpha:
         counts = list(counts)
         for j, (name, _, shape) in enumerate(layers):

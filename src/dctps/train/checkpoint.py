@@ -30,6 +30,8 @@ from dctps.errors import DctpsError, cannot_write
 
 __all__ = [
     "FORMAT",
+    "model_from_checkpoint",
+    "read_run_checkpoint",
     "LAST",
     "PREV",
     "atomic_save",
@@ -76,6 +78,15 @@ def _unlink_quietly(path: str | os.PathLike) -> None:
         pass
 
 
+def _umask_mode(fd: int) -> None:
+    """Give a ``mkstemp`` file (created 0600) the mode ``open`` would: 0666 less the umask, so a
+    checkpoint reads like the run's other files (``config.yaml``, the results database)."""
+    if hasattr(os, "fchmod"):  # POSIX
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
+
+
 def _write_temp(obj: Any, path: Path) -> str:
     """``torch.save(obj)`` to a complete, fsynced temporary file beside ``path``; its name.
 
@@ -89,6 +100,7 @@ def _write_temp(obj: Any, path: Path) -> str:
     except OSError as e:
         raise cannot_write("checkpoint", path, e) from None
     try:
+        _umask_mode(fd)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -159,6 +171,39 @@ def _read(path: Path) -> dict[str, Any]:
         if key not in obj:
             raise ValueError(f"missing key {key!r}")
     return obj
+
+
+def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``dctps train`` checkpoint (a run's ``best.pt``, ``last.pt`` or ``prev.pt``) as a dict.
+
+    Raises:
+        DctpsError: ``path`` cannot be read, or holds no run config and model state.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, not ours
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise DctpsError(f"cannot read {path} as a dctps train checkpoint: {why}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict) or "model" not in obj:
+        raise DctpsError(f"{path} is not a dctps train checkpoint (it has no run config and model)")
+    return obj
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The model saved in a ``dctps train`` checkpoint, rebuilt from the run config it holds
+    (the architecture, then its DCTpS layers or pruning masks), with the saved state loaded; and
+    the checkpoint dict. Needs no data: only the data set's name and shape, from the config."""
+    from dctps import data
+    from dctps.train.config import RunConfig
+    from dctps.train.setup import build_model, restore_structure
+
+    obj = read_run_checkpoint(path)
+    cfg = RunConfig.from_dict(obj["config"], source=str(path)).resolve()
+    model = build_model(cfg, data.get_info(cfg.data.dataset))
+    restore_structure(model, cfg, obj["model"])
+    model.load_state_dict(obj["model"])
+    return model, obj
 
 
 def load_checkpoint(

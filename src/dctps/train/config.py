@@ -65,7 +65,8 @@ class ModelConfig:
 
     name: str = _f(
         "resnet18",
-        "Architecture: " + "lenet5|resnet18|resnet50|vgg19|mobilenetv2|fixup_resnet110.",
+        "Architecture: lenet5 | resnet18 | resnet50 | vgg19 | mobilenetv2 | fixup_resnet110 "
+        "(digits, 8x8 images: resnet18, resnet50, mobilenetv2 or fixup_resnet110).",
         flag="model",
     )
 
@@ -74,7 +75,7 @@ class ModelConfig:
 class DataConfig:
     """Which data set, where it lives, and how the validation hold-out is drawn."""
 
-    dataset: str = _f("cifar10", "Data set: cifar10|cifar100|tiny_imagenet|digits.")
+    dataset: str = _f("cifar10", "Data set: cifar10 | cifar100 | tiny_imagenet | digits.")
     root: str | None = _f(
         None,
         "Data root folder (default: env DCTPS_DATA). Not part of the run's identity.",
@@ -102,7 +103,7 @@ class SparsityConfig:
     )
     allocation: str | None = _f(
         None,
-        "Per-layer budget: epl|epf|erk|uniform (default: epl for dctps, uniform for random, "
+        "Per-layer budget: epl | epf | erk | uniform (default: epl for dctps, uniform for random, "
         "erk for random+RigL; ignored by score-based pruning methods).",
     )
     rigl: bool = _f(False, "Dynamic sparse training of the support with RigL.")
@@ -152,7 +153,8 @@ class OptimConfig:
     """Optimiser and schedule; ``None`` fields come from the recipe."""
 
     recipe: str | None = _f(
-        None, "Named preset from Table E.3: adam|sgd|lenet (default: lenet for lenet5, else adam)."
+        None,
+        "Named preset from Table E.3: adam | sgd | lenet (default: lenet for lenet5, else adam).",
     )
     optimizer: str | None = _f(None, "adam | sgd (default: the recipe's).")
     lr: float | None = _f(None, "Base learning rate (sgd recipe: 0.1, or 0.03 for dctps).")

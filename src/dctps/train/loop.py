@@ -229,7 +229,17 @@ def _run_lock(folder: Path) -> Iterator[None]:
             raise DctpsError(
                 f"run {folder.name} is already being trained by another process (lock {path})"
             ) from None
-        yield
+        try:
+            yield
+        finally:
+            # a run that wrote nothing (it failed before its first checkpoint, or pruning failed)
+            # leaves no folder behind; removed while the lock is still held
+            try:
+                if [p.name for p in folder.iterdir()] == [".lock"]:
+                    path.unlink()
+                    folder.rmdir()
+            except OSError:
+                pass
     finally:
         f.close()
 
@@ -602,6 +612,8 @@ def _fit(
             assert store is not None
             ckpt_io.atomic_save(
                 {
+                    "format": ckpt_io.FORMAT,
+                    "version": ckpt_io.VERSION,
                     "config_hash": h,
                     "config": cfg.to_dict(),
                     "epoch": best["epoch"],
