@@ -66,3 +66,19 @@ def test_import_is_light_and_exposes_the_subpackages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True", "True"], out
+
+
+def test_readme_command_table_matches_the_cli():
+    """The README's command table names every command, in `dctps --help`'s order."""
+    from pathlib import Path
+
+    import typer.main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = [
+        line.split("`")[1].split()[1]
+        for line in readme.splitlines()
+        if line.startswith("| `dctps ") and line.split("`")[1].split()[1:2]
+    ]
+    group = typer.main.get_command(app)
+    assert table == list(group.commands)  # type: ignore[attr-defined]

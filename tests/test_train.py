@@ -708,6 +708,6 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     assert f"{p['nonzeros']:,} of 61,510 weights non-zero" in shown.output
     refused = cli.invoke(app, ["export", str(best), str(tmp_path / "x.dctps")])
     assert refused.exit_code != 0 and "method 'random'" in str(refused.exception or refused.output)
-    with pytest.raises(DctpsError, match="not a dctps train checkpoint"):
+    with pytest.raises(DctpsError, match="torch.save file, not a dctps train checkpoint"):
         torch.save({"model": {}}, tmp_path / "other.pt")
         ckpt_io.model_from_checkpoint(tmp_path / "other.pt")

@@ -53,33 +53,21 @@ def demo(
     run_demo(epochs=epochs, seed=seed, threads=threads)
 
 
-@app.command("budgets")
-def budgets_cmd(
-    model: str = typer.Argument(..., help="Architecture name (see `dctps.models.names()`)."),
-    density: float = typer.Option(..., "--density", "-d", help="Global density in (0, 1]."),
-    allocation: str = typer.Option("epl", help="uniform | epl | epf | erk | epl_ref."),
-    classes: int = typer.Option(10, "--classes", help="Number of output classes."),
-    plot: str = typer.Option("", help="Also draw the per-layer bar chart (PNG + PDF) here."),
-    compare: bool = typer.Option(False, help="Plot EPL and EPF side by side (Figure A.2)."),
+from dctps.train import train_command as _train_command  # noqa: E402
+
+app.command("train")(_train_command)
+
+
+@app.command("results")
+def results_cmd(
+    db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
+    where: list[str] = typer.Option([], "--where", help="Filter key=value (repeatable)."),
+    csv: str = typer.Option(None, "--csv", help="Also write the rows to this CSV file."),
 ) -> None:
-    """Per-layer budget table (layer, shape, weights, non-zeros, density) and totals."""
-    from dctps.budgets_report import budget_rows, format_rows
+    """Print the runs in a results database as a table (accuracies in %)."""
+    from dctps.results.store import print_results
 
-    rows = budget_rows(model, density, allocation, classes)
-    typer.echo(f"{model}, {classes} classes, density {density:g}, allocation {allocation}")
-    typer.echo(format_rows(rows))
-    if plot:
-        from dctps.results.plots import plot_allocation
-
-        series = {allocation: [r.nonzeros for r in rows]}
-        if compare:
-            series = {a: [r.nonzeros for r in budget_rows(model, density, a, classes)]
-                      for a in ("epl", "epf")}  # fmt: skip
-        paths = plot_allocation(series, f"{model}, density {density:g}", plot)
-        typer.echo("wrote " + ", ".join(map(str, paths)))
-
-
-# --- commands added by other modules go below; keep each a thin wrapper ---
+    print_results(db, where, csv, echo=typer.echo)
 
 
 @app.command("sweep")
@@ -167,6 +155,35 @@ def plot_cmd(
     data = plot_command(db, where, out, x, metric, title)
     typer.echo(data.table())
     typer.echo(f"wrote {', '.join(map(str, data.paths))}")
+
+
+@app.command("budgets")
+def budgets_cmd(
+    model: str = typer.Argument(..., help="Architecture name (see `dctps.models.names()`)."),
+    density: float = typer.Option(..., "--density", "-d", help="Global density in (0, 1]."),
+    allocation: str = typer.Option("epl", help="uniform | epl | epf | erk | epl_ref."),
+    classes: int = typer.Option(10, "--classes", help="Number of output classes."),
+    plot: str = typer.Option("", help="Also draw the per-layer bar chart (PNG + PDF) here."),
+    compare: bool = typer.Option(False, help="Plot EPL and EPF side by side (Figure A.2)."),
+) -> None:
+    """Per-layer budget table (layer, shape, weights, non-zeros, density) and totals."""
+    from dctps.budgets_report import budget_rows, format_rows
+
+    rows = budget_rows(model, density, allocation, classes)
+    typer.echo(f"{model}, {classes} classes, density {density:g}, allocation {allocation}")
+    typer.echo(format_rows(rows))
+    if plot:
+        from dctps.results.plots import plot_allocation
+
+        series = {allocation: [r.nonzeros for r in rows]}
+        if compare:
+            series = {a: [r.nonzeros for r in budget_rows(model, density, a, classes)]
+                      for a in ("epl", "epf")}  # fmt: skip
+        paths = plot_allocation(series, f"{model}, density {density:g}", plot)
+        typer.echo("wrote " + ", ".join(map(str, paths)))
+
+
+# --- commands added by other modules go below; keep each a thin wrapper ---
 
 
 @app.command("inspect")
@@ -263,23 +280,6 @@ def bench_cmd(
     from dctps.bench import run
 
     run(name, quick=quick, device=device, echo=typer.echo, threads=threads)
-
-
-from dctps.train import train_command as _train_command  # noqa: E402
-
-app.command("train")(_train_command)
-
-
-@app.command("results")
-def results_cmd(
-    db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
-    where: list[str] = typer.Option([], "--where", help="Filter key=value (repeatable)."),
-    csv: str = typer.Option(None, "--csv", help="Also write the rows to this CSV file."),
-) -> None:
-    """Print the runs in a results database as a table (accuracies in %)."""
-    from dctps.results.store import print_results
-
-    print_results(db, where, csv, echo=typer.echo)
 
 
 def _one_line(text: str) -> str:

@@ -186,7 +186,10 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         why = (str(e).strip().splitlines() or [""])[0]
         raise DctpsError(f"cannot read {path} as a dctps train checkpoint: {why}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict) or "model" not in obj:
-        raise DctpsError(f"{path} is not a dctps train checkpoint (it has no run config and model)")
+        raise DctpsError(
+            f"{path} is a torch.save file, not a dctps train checkpoint (it has no run config "
+            "and model state)"
+        )
     return obj
 
 
