@@ -7,8 +7,8 @@ own kernels and autograd nodes to every step: the forward ``alpha * D`` and the 
 and the backward ``<dW, D>`` and ``dW[indices]``. :func:`batch_rebuild` does the same arithmetic
 for all such layers of a model at once: 9 operators and one autograd node per (device, dtype)
 and step, where the per-layer rebuild dispatches 5 operators and about 4 autograd nodes per layer
-(with the segmented reduction below, the default off the CPU; on the CPU ``d alpha`` is one
-``sum`` per layer, see :func:`alpha_grads`):
+(with the segmented reduction below, the default on CUDA; elsewhere ``d alpha`` is one ``sum``
+per layer, see :func:`alpha_grads`):
 
     forward   W = copy of D_cat;  W_l = W[o_l : o_l + n_l].view(shape_l)
               W_l *= alpha_l  (one foreach call);  W[g] += cat_l values_l
@@ -220,10 +220,10 @@ def _build_plan(layers: list[DCTpSLayer], trainable: bool) -> _Plan:
 def alpha_grads(g: torch.Tensor, plan: _Plan, segmented: bool) -> torch.Tensor:
     """``d alpha`` for every alpha entry from ``g = G * D_cat`` (total,) -> (n_alpha,).
 
-    ``segmented=True`` (accelerators): two segmented sums, over each output row and then over each
+    ``segmented=True`` (CUDA): two segmented sums, over each output row and then over each
     alpha's rows (a fixed number of kernels; each row sum is short, so float error stays at the
-    level of a row). ``False`` (CPU, where launches are free and ``segment_reduce`` runs each
-    segment sequentially): one pairwise ``sum`` per layer.
+    level of a row). ``False`` (the CPU, where launches are cheap and ``segment_reduce`` runs each
+    segment sequentially, and other devices): one pairwise ``sum`` per layer.
     """
     if segmented:
         rows = torch.segment_reduce(g, "sum", offsets=plan.row_offsets, unsafe=True)
@@ -313,7 +313,8 @@ class BatchedRebuild:
     :class:`_Plan`) are rebuilt whenever a layer's support, basis, device, dtype, alpha shape or
     trainability changes. A ``copy.deepcopy`` or pickle of the model carries the hooks without
     their caches. ``segmented``: how ``d alpha`` is reduced (see :func:`alpha_grads`); ``None``
-    picks by device (segmented off the CPU).
+    picks by device (segmented on CUDA, where ``segment_reduce`` is one CUB call; a per-layer
+    ``sum`` elsewhere, e.g. on MPS, which lacks ``segment_reduce``).
     """
 
     def __init__(self, model: nn.Module, segmented: bool | None = None):
@@ -378,7 +379,7 @@ class BatchedRebuild:
             self._plans, self._key = [], ()
             return
         for plan in self._plans_for(members):
-            seg = self.segmented if self.segmented is not None else plan.d.device.type != "cpu"
+            seg = self.segmented if self.segmented is not None else plan.d.device.type == "cuda"
             params = [t for m in plan.layers for t in _alpha_values(m)]
             # a frozen plan's inputs need no grad, so its weights record no graph
             weights = _BatchedWeights.apply(plan, seg, *params)
