@@ -168,3 +168,11 @@ def test_a_density_that_keeps_no_weight_is_refused():
     with pytest.raises(DctpsError, match=r"density 1e-05 gives 0 of the 5,500 weights.*0.00018"):
         dctps.sparsify(model, 1e-5)
     assert dctps.count(dctps.sparsify(model, 0.00018)).nonzeros == 1
+
+
+def test_per_channel_alphas_that_use_up_every_budget_are_refused():
+    model = nn.Sequential(nn.Linear(20, 10), nn.Linear(10, 10), nn.Linear(10, 10))  # 400 weights
+    # EPL at 27/400 gives 9 per layer: exactly the 9 extra alphas of each 10-channel layer
+    with pytest.raises(DctpsError, match="per-channel alphas use up every layer's budget"):
+        dctps.sparsify(model, 27 / 400, alpha="channel")
+    assert dctps.count(dctps.sparsify(model, 27 / 400)).nonzeros == 27  # per-layer alphas: fine

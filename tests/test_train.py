@@ -711,3 +711,66 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     with pytest.raises(DctpsError, match="torch.save file, not a dctps train checkpoint"):
         torch.save({"model": {}}, tmp_path / "other.pt")
         ckpt_io.model_from_checkpoint(tmp_path / "other.pt")
+    # clear refusals: a truncated run checkpoint, a sparse file, the run's own checkpoint
+    best = run / "best.pt"
+    (tmp_path / "trunc.pt").write_bytes(best.read_bytes()[:2000])
+    for args, needle in (
+        (["inspect", str(tmp_path / "trunc.pt")], "trunc.pt as a dctps train checkpoint (trunc"),
+        (["export", str(out), str(tmp_path / "y.dctps")], "is a sparse checkpoint (dctps.save)"),
+        (["export", str(best), str(best)], "would overwrite a run checkpoint"),
+    ):
+        res = cli.invoke(app, args)
+        assert res.exit_code != 0 and needle in str(res.exception), (args, res.exception)
+    assert best.read_bytes()[:4] == b"PK\x03\x04"  # untouched
+
+
+def test_run_lock_survives_the_empty_folder_cleanup_race(tmp_path, monkeypatch):
+    """A run that wrote nothing removes its folder and `.lock` on exit. A process that opened
+    that `.lock` just before must not end up holding a lock on the removed file beside a third
+    process holding the new one; nor crash when the folder vanishes under it."""
+    import builtins
+
+    folder = tmp_path / "runs" / "h"
+    real_open = builtins.open
+
+    def once(action):
+        fired = []
+
+        def hooked(*a, **k):
+            if not fired:
+                fired.append(True)
+                return action(*a, **k)
+            return real_open(*a, **k)
+
+        return hooked
+
+    # race 1: B opens the old .lock, then A (which wrote nothing) exits and removes it
+    a = loop._run_lock(folder)
+    a.__enter__()
+
+    def open_then_a_exits(*args, **kw):
+        f = real_open(*args, **kw)
+        a.__exit__(None, None, None)
+        return f
+
+    monkeypatch.setattr(loop, "open", once(open_then_a_exits), raising=False)
+    b = loop._run_lock(folder)
+    b.__enter__()
+    assert (folder / ".lock").exists()  # B holds the lock on the file the path names
+    with pytest.raises(DctpsError, match="already being trained"):
+        loop._run_lock(folder).__enter__()  # so a third process is refused
+    b.__exit__(None, None, None)
+    assert not folder.exists()
+    # race 2: A exits (removing the folder) between B's mkdir and B's open
+    a = loop._run_lock(folder)
+    a.__enter__()
+
+    def a_exits_then_open(*args, **kw):
+        a.__exit__(None, None, None)
+        return real_open(*args, **kw)
+
+    monkeypatch.setattr(loop, "open", once(a_exits_then_open), raising=False)
+    b = loop._run_lock(folder)
+    b.__enter__()
+    assert (folder / ".lock").exists()
+    b.__exit__(None, None, None)

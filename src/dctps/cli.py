@@ -186,6 +186,15 @@ def budgets_cmd(
 # --- commands added by other modules go below; keep each a thin wrapper ---
 
 
+def _starts_with(path: str, magic: bytes) -> bool:
+    """Whether ``path`` is a readable file that starts with ``magic`` (even if truncated)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 @app.command("inspect")
 def inspect_cmd(
     ckpt: str = typer.Argument(
@@ -196,11 +205,9 @@ def inspect_cmd(
 
     A `dctps train` checkpoint (RUN/best.pt, last.pt) is shown as `dctps export` would write it.
     """
-    import zipfile
-
     from dctps.checkpoint_io import inspect
 
-    if not zipfile.is_zipfile(ckpt):  # torch.save writes zip files; dctps.save does not
+    if not _starts_with(ckpt, b"PK\x03\x04"):  # torch.save writes zip files; dctps.save does not
         typer.echo(inspect(ckpt).table())
         return
     import tempfile
@@ -242,9 +249,18 @@ def export_cmd(
     The result holds only the non-zeros, alphas, biases and BatchNorm; `dctps.load(OUT)` rebuilds
     the model without the run's config, and `dctps.to_dense` turns it into plain PyTorch.
     """
+    from pathlib import Path
+
     from dctps.checkpoint_io import inspect, save
     from dctps.train.checkpoint import model_from_checkpoint
 
+    if Path(out).name in ("best.pt", "last.pt", "prev.pt") or (
+        Path(out).exists() and Path(out).resolve() == Path(ckpt).resolve()
+    ):
+        raise DctpsError(
+            f"{out} would overwrite a run checkpoint (resuming needs last.pt / prev.pt): write "
+            "the export elsewhere, e.g. model.dctps"
+        )
     model, obj = model_from_checkpoint(ckpt)
     method = obj["config"].get("sparsity", {}).get("method")
     if method != "dctps":

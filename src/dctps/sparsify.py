@@ -210,14 +210,15 @@ def sparsify(
             "(after exclusions); DCTpS replaces exactly those"
         )
     counts = budgets([shape for _, _, shape in layers], d, allocation)
+    charged = alpha == "channel" and charge_alpha
     if sum(counts) == 0:
         total = sum(math.prod(shape) for _, _, shape in layers)
         raise DctpsError(
             f"density {d:g} gives 0 of the {total:,} weights (round(density * weights) = 0): "
-            f"nothing would train but the offset scales. Density {1 / total:.2g} keeps one "
-            "weight"
+            "nothing would train but the offset scales. "
+            + ("Use a higher density" if charged else f"Density {1 / total:.2g} keeps one weight")
         )
-    if alpha == "channel" and charge_alpha:
+    if charged:
         counts = list(counts)
         for j, (name, _, shape) in enumerate(layers):
             extra = shape[0] - 1
@@ -229,6 +230,11 @@ def sparsify(
                     "trains more parameters than the 'layer' configuration)"
                 )
             counts[j] -= extra
+        if sum(counts) == 0:
+            raise DctpsError(
+                f"at density {d:g} the per-channel alphas use up every layer's budget: no "
+                "weight would train. Use a higher density, alpha='layer', or charge_alpha=False"
+            )
     per_filter = allocation == "epf"
     i = 0
     while i < len(layers):

@@ -17,7 +17,7 @@ model's ``state_dict``: sparse for DCTpS layers, ``weight_orig``/``weight_mask``
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,13 +78,18 @@ def _unlink_quietly(path: str | os.PathLike) -> None:
         pass
 
 
-def _umask_mode(fd: int) -> None:
-    """Give a ``mkstemp`` file (created 0600) the mode ``open`` would: 0666 less the umask, so a
-    checkpoint reads like the run's other files (``config.yaml``, the results database)."""
-    if hasattr(os, "fchmod"):  # POSIX
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file beside ``path``: its descriptor and name.
+
+    Like ``tempfile.mkstemp`` but created with mode 0666 less the umask (as ``open`` would), not
+    0600: a checkpoint reads like the run's other files (``config.yaml``, the results database).
+    """
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - a 48-bit name collision
+            continue
 
 
 def _write_temp(obj: Any, path: Path) -> str:
@@ -96,11 +101,10 @@ def _write_temp(obj: Any, path: Path) -> str:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path.parent, path.name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as e:
         raise cannot_write("checkpoint", path, e) from None
     try:
-        _umask_mode(fd)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -180,11 +184,22 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         DctpsError: ``path`` cannot be read, or holds no run config and model state.
     """
     path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head == b"DCTPSCK1":  # dctps.checkpoint_io.MAGIC: already a sparse checkpoint
+            raise DctpsError(
+                f"{path} is a sparse checkpoint (dctps.save), not a dctps train checkpoint: "
+                "read it with dctps.load or dctps inspect"
+            )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, not ours
-        why = (str(e).strip().splitlines() or [""])[0]
-        raise DctpsError(f"cannot read {path} as a dctps train checkpoint: {why}") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        why = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise DctpsError(
+            f"cannot read {path} as a dctps train checkpoint (truncated or not one): {why}"
+        ) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict) or "model" not in obj:
         raise DctpsError(
             f"{path} is a torch.save file, not a dctps train checkpoint (it has no run config "

@@ -214,26 +214,45 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
 
 @contextlib.contextmanager
 def _run_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder/.lock`` (released when the process dies, even by SIGKILL)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """An exclusive lock on ``folder/.lock`` (released when the process dies, even by SIGKILL).
+
+    A run that writes nothing leaves no folder behind: on exit, a folder holding only ``.lock`` is
+    removed, while the lock is still held. Another process may have opened that ``.lock`` just
+    before; so after locking, a process checks that the path still names the file it locked (same
+    inode), and starts over if not.
+    """
     path = folder / ".lock"
-    f = open(path, "a+")
-    try:
+    f = None
+    for _ in range(100):
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            f = open(path, "a+")
+        except FileNotFoundError:  # the folder was removed between mkdir and open
+            continue
         try:
             import fcntl
 
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # pragma: no cover - Windows: no lock
-            pass
+            break
         except OSError:
+            f.close()
             raise DctpsError(
                 f"run {folder.name} is already being trained by another process (lock {path})"
             ) from None
         try:
+            if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                break  # the lock is on the file the path names
+        except FileNotFoundError:
+            pass
+        f.close()  # locked a .lock that its owner removed meanwhile: try again
+        f = None
+    if f is None:  # pragma: no cover - 100 lost races in a row
+        raise DctpsError(f"could not lock {path}: it keeps being removed")
+    try:
+        try:
             yield
         finally:
-            # a run that wrote nothing (it failed before its first checkpoint, or pruning failed)
-            # leaves no folder behind; removed while the lock is still held
             try:
                 if [p.name for p in folder.iterdir()] == [".lock"]:
                     path.unlink()
