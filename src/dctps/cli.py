@@ -183,9 +183,6 @@ def budgets_cmd(
         typer.echo("wrote " + ", ".join(map(str, paths)))
 
 
-# --- commands added by other modules go below; keep each a thin wrapper ---
-
-
 def _starts_with(path: str, magic: bytes) -> bool:
     """Whether ``path`` is a readable file that starts with ``magic`` (even if truncated)."""
     try:
@@ -219,7 +216,7 @@ def inspect_cmd(
 
     model, obj = model_from_checkpoint(ckpt)
     size = Path(ckpt).stat().st_size
-    method = obj["config"].get("sparsity", {}).get("method")
+    method = obj["method"]
     if method != "dctps":
         c = count(model)
         typer.echo(
@@ -262,7 +259,7 @@ def export_cmd(
             "the export elsewhere, e.g. model.dctps"
         )
     model, obj = model_from_checkpoint(ckpt)
-    method = obj["config"].get("sparsity", {}).get("method")
+    method = obj["method"]
     if method != "dctps":
         raise DctpsError(
             f"{ckpt} is a run of method {method!r}: dctps export writes DCTpS models only "

@@ -183,11 +183,13 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         DctpsError: ``path`` cannot be read, or holds no run config and model state.
     """
+    from dctps.checkpoint_io import MAGIC
+
     path = Path(path)
     if path.is_file():
         with open(path, "rb") as f:
-            head = f.read(8)
-        if head == b"DCTPSCK1":  # dctps.checkpoint_io.MAGIC: already a sparse checkpoint
+            head = f.read(len(MAGIC))
+        if head == MAGIC:
             raise DctpsError(
                 f"{path} is a sparse checkpoint (dctps.save), not a dctps train checkpoint: "
                 "read it with dctps.load or dctps inspect"
@@ -211,13 +213,15 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """The model saved in a ``dctps train`` checkpoint, rebuilt from the run config it holds
     (the architecture, then its DCTpS layers or pruning masks), with the saved state loaded; and
-    the checkpoint dict. Needs no data: only the data set's name and shape, from the config."""
+    the checkpoint dict, with the run's sparsity ``method`` added. Needs no data: only the data
+    set's name and shape, from the config."""
     from dctps import data
     from dctps.train.config import RunConfig
     from dctps.train.setup import build_model, restore_structure
 
     obj = read_run_checkpoint(path)
     cfg = RunConfig.from_dict(obj["config"], source=str(path)).resolve()
+    obj["method"] = cfg.sparsity.method
     model = build_model(cfg, data.get_info(cfg.data.dataset))
     restore_structure(model, cfg, obj["model"])
     model.load_state_dict(obj["model"])
