@@ -44,6 +44,7 @@ shapes too, without measuring them: every path computes the same function).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,7 @@ def takes_dense_path(layer: DCTpSLayer) -> bool:
 
 @dataclass(eq=False)
 class _Plan:
-    """The fixed structure of one (device, dtype) group of layers.
+    """The fixed structure of one (device, dtype, trainable) group of layers.
 
     - ``d``: ``D_cat`` (total,); ``gidx``: global flat positions of all non-zeros (nnz_total,).
     - ``alpha_bcast``: per layer, the shape that broadcasts its alpha over its weight (``None``
@@ -135,10 +136,10 @@ def _valid(plan: _Plan) -> bool:
         b = m._buffers
         if b["_D"] is not v or b["indices"] is not idx or idx._version != version:
             return False
-        a, vals = _alpha_values(m)
-        if a.dtype is not d.dtype or a.device != d.device or a.shape != shape:
+        a = m._parameters["alpha"]
+        if a is None or a.dtype is not d.dtype or a.device != d.device or a.shape != shape:
             return False
-        if (a.requires_grad or vals.requires_grad) != plan.trainable:
+        if _trainable(m) != plan.trainable:
             return False
     return True
 
@@ -169,9 +170,7 @@ def _build_plan(layers: list[DCTpSLayer], trainable: bool) -> _Plan:
     d = torch.cat(basis)
     sizes = tuple(b.numel() for b in basis)
     del basis
-    starts = [0]
-    for n in sizes[:-1]:
-        starts.append(starts[-1] + n)
+    starts = list(itertools.accumulate(sizes[:-1], initial=0))
     views = []
     for m, o, n in zip(layers, starts, sizes, strict=True):
         v = d[o : o + n].view(m.weight_shape)
