@@ -347,10 +347,14 @@ class BatchedRebuild:
             h.remove()
         self.refresh()
 
+    def _pop_active(self) -> None:
+        """Take the weights of the innermost running forward off its layers."""
+        for m in self._active.pop():
+            m.__dict__.pop(WEIGHT_KEY, None)
+
     def _clear_active(self) -> None:
         while self._active:
-            for m in self._active.pop():
-                m.__dict__.pop(WEIGHT_KEY, None)
+            self._pop_active()
 
     def _plans_for(self, members: list[DCTpSLayer]) -> list[_Plan]:
         key = tuple(map(id, members))
@@ -389,17 +393,20 @@ class BatchedRebuild:
     def _after(self, module: nn.Module, args: Any, output: Any) -> None:
         if _skip(module) or not self._active:
             return
-        for m in self._active.pop():
-            m.__dict__.pop(WEIGHT_KEY, None)
+        self._pop_active()
+
+
+def _owners(module: nn.Module) -> list[BatchedRebuild]:
+    """The :class:`BatchedRebuild` objects whose hooks are on ``module`` itself."""
+    owners = (getattr(h, "__self__", None) for h in module._forward_pre_hooks.values())
+    return [o for o in owners if isinstance(o, BatchedRebuild)]
 
 
 def strip(model: nn.Module) -> None:
     """Take every :func:`batch_rebuild` hook off ``model`` and its submodules."""
     for m in model.modules():
-        for hook in list(m._forward_pre_hooks.values()):
-            owner = getattr(hook, "__self__", None)
-            if isinstance(owner, BatchedRebuild):
-                owner.remove()
+        for owner in _owners(m):
+            owner.remove()
 
 
 def batch_rebuild(model: nn.Module, segmented: bool | None = None) -> BatchedRebuild:
@@ -414,10 +421,9 @@ def batch_rebuild(model: nn.Module, segmented: bool | None = None) -> BatchedReb
     """
     if not isinstance(model, nn.Module):
         raise DctpsError(f"batch_rebuild needs an nn.Module, got {type(model).__name__}")
-    for hook in model._forward_pre_hooks.values():
-        owner = getattr(hook, "__self__", None)
-        if isinstance(owner, BatchedRebuild):
-            return owner
+    existing = _owners(model)
+    if existing:
+        return existing[0]
     if not any(isinstance(m, DCTpSLayer) for m in model.modules()):
         raise DctpsError(
             "batch_rebuild: the model has no DCTpS layers (call dctps.sparsify(model, density) "
