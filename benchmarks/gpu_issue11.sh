@@ -10,6 +10,7 @@
 #   3. benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched
 #   4. benchmarks/train_throughput.py: images/s of real training epochs (batched DCTpS on CUDA)
 #   5. dctps bench conv, linear, memory: the per-layer tables of RESULTS.md
+#   6. step_cudagraph.py --compile: dense vs DCTpS under torch.compile (last: compiling takes minutes)
 set -u
 OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda}
@@ -45,4 +46,8 @@ for b in conv linear memory; do
   timeout 120 $PY -m dctps.cli bench "$b" --device "$DEVICE" $QUICK > "$OUT/bench_$b.log" 2>&1
   stamp "bench $b exit $?"; tail -4 "$OUT/bench_$b.log"
 done
+stamp "step_cudagraph --compile"
+if [ -n "$QUICK" ]; then COMPILE_ARGS="--model lenet5 --batch 8 --reps 2 --steps 2"; else COMPILE_ARGS="--batch 128 --reps 5 --steps 20"; fi
+timeout 240 $PY benchmarks/step_cudagraph.py $COMPILE_ARGS --compile > "$OUT/step_compile.log" 2>&1
+stamp "step_cudagraph --compile exit $?"; cat "$OUT/step_compile.log"
 stamp "done"

@@ -6,7 +6,11 @@ and Python work to a step that is bound by kernel launches. A CUDA graph of the 
 (forward, backward, SGD) replays the kernels without the CPU. This prints both ratios, measured
 side by side in one run (``best`` of ``--reps`` interleaved timings of ``--steps`` steps each):
 
-    python benchmarks/step_cudagraph.py [--batch 128] [--reps 5] [--steps 20]
+    python benchmarks/step_cudagraph.py [--batch 128] [--reps 5] [--steps 20] [--compile]
+
+``--compile`` adds a row for ``torch.compile``'d models (dense and ``dctps-dense``: inside
+``torch.compile`` every DCTpS layer takes the dense path, so ``auto`` and ``batched`` compile to
+the same program), to see whether fusing the rebuild closes the gap that eager leaves.
 
 Graph capture follows PyTorch's whole-network recipe: warm-up steps on a side stream, gradients
 set to ``None`` before capture, static input and target tensors. Without CUDA only the eager rows
@@ -28,15 +32,17 @@ from dctps.models import build
 from dctps.sparsify import sparsify
 
 
-def make_step(kind: str, device: torch.device, batch: int) -> Callable[[], None]:
-    """One SGD step of ResNet18 on fixed random data: ``dense``, ``auto``, ``dctps-dense`` or
-    ``batched`` (``dctps-dense`` under :func:`dctps.batch_rebuild`, what ``dctps train`` runs on
-    CUDA)."""
+def make_step(
+    kind: str, device: torch.device, batch: int, model_name: str = "resnet18", compile: bool = False
+) -> Callable[[], None]:
+    """One SGD step of ``model_name`` on fixed random data: ``dense``, ``auto``, ``dctps-dense``
+    or ``batched`` (``dctps-dense`` under :func:`dctps.batch_rebuild`, what ``dctps train`` runs
+    on CUDA); with ``compile``, through ``torch.compile`` of the model."""
     torch.manual_seed(0)
     if kind == "dense":
-        model = build("resnet18")
+        model = build(model_name)
     else:
-        model = sparsify(build("resnet18"), 0.001, seed=0)
+        model = sparsify(build(model_name), 0.001, seed=0)
     model = model.to(device)
     if kind != "dense":
         fastmod.set_mode(model, "auto" if kind == "auto" else "dense")
@@ -46,9 +52,10 @@ def make_step(kind: str, device: torch.device, batch: int) -> Callable[[], None]
     y = torch.randint(0, 10, (batch,), device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    net = torch.compile(model) if compile else model
 
     def step() -> None:
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(net(x), y).backward()
         opt.step()
 
     def eager() -> None:
@@ -104,23 +111,37 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--model", default="resnet18", help="a dctps.models name")
+    ap.add_argument("--compile", action="store_true", help="add a torch.compile row")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
-    print(f"ResNet18 SGD step, batch {a.batch}, DCTpS at 0.1%; {name}, torch {torch.__version__}")
+    print(
+        f"{a.model} SGD step, batch {a.batch}, DCTpS at 0.1%; {name}, torch {torch.__version__}",
+        flush=True,
+    )
     kinds = ("dense", "auto", "dctps-dense", "batched")
-    eager = {k: make_step(k, device, a.batch) for k in kinds}
+    eager = {k: make_step(k, device, a.batch, a.model) for k in kinds}
     t_eager = per_step(eager, a.reps, a.steps, device)
     rows = [("eager", t_eager)]
     if device.type == "cuda":
         graphs = {}
         for k in kinds:
             try:
-                graphs[k] = graphed(make_step(k, device, a.batch))
+                graphs[k] = graphed(make_step(k, device, a.batch, a.model))
             except Exception as e:  # a path that cannot be captured is reported, not hidden
                 print(f"graph capture failed for {k}: {type(e).__name__}: {e}")
         if "dense" in graphs:
             rows.append(("CUDA graph", per_step(graphs, a.reps, a.steps, device)))
+    if a.compile:
+        t0 = time.perf_counter()
+        compiled = {
+            k: make_step(k, device, a.batch, a.model, True) for k in ("dense", "dctps-dense")
+        }
+        for fn in compiled.values():  # compile (forward and backward) outside the timing
+            fn()
+        print(f"torch.compile of both models: {time.perf_counter() - t0:.0f} s", flush=True)
+        rows.append(("compiled", per_step(compiled, a.reps, a.steps, device)))
     print(
         f"{'':>11} {'dense ms':>9}" + "".join(f" {k + ' ms':>15} {'ratio':>6}" for k in kinds[1:])
     )
