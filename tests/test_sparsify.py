@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import dctps
@@ -176,3 +177,96 @@ def test_per_channel_alphas_that_use_up_every_budget_are_refused():
     with pytest.raises(DctpsError, match="per-channel alphas use up every layer's budget"):
         dctps.sparsify(model, 27 / 400, alpha="channel")
     assert dctps.count(dctps.sparsify(model, 27 / 400)).nonzeros == 27  # per-layer alphas: fine
+
+
+def test_a_layer_registered_twice_is_replaced_under_both_names_and_counted_once():
+    shared = nn.Linear(32, 32)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    dctps.sparsify(model, 0.01)
+    assert isinstance(model[0], DCTpSLinear) and model[2] is model[0]
+    c = dctps.count(model)
+    assert (c.weights, c.nonzeros) == (32 * 32, round(0.01 * 32 * 32))
+    x = torch.randn(4, 32)
+    w = model[0].dense_weight()
+    expected = F.linear(F.relu(F.linear(x, w, model[0].bias)), w, model[0].bias)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_tied_weights_are_refused_before_anything_changes():
+    a, b = nn.Linear(8, 8), nn.Linear(8, 8)
+    b.weight = a.weight
+    model = nn.Sequential(a, nn.ReLU(), b, nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(DctpsError, match=r"tied weights.*exclude=\['0', '2'\]"):
+        dctps.sparsify(model, 0.5)
+    assert [type(model[i]) for i in (0, 2, 4)] == [nn.Linear] * 3
+    dctps.sparsify(model, 0.5, exclude=["0", "2"])  # the suggested way out works
+    assert model[2].weight is model[0].weight and isinstance(model[4], DCTpSLinear)
+    emb = nn.Embedding(10, 8)
+    head = nn.Linear(8, 10, bias=False)
+    head.weight = emb.weight  # language-model style tying with a non-prunable module
+    lm = nn.ModuleDict({"emb": emb, "head": head, "mid": nn.Linear(8, 8)})
+    with pytest.raises(DctpsError, match="'head' is also 'emb.weight'"):
+        dctps.sparsify(lm, 0.5)
+    assert type(lm["head"]) is nn.Linear and type(lm["mid"]) is nn.Linear
+
+
+def test_an_unsupported_layer_leaves_the_whole_model_unchanged():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 2),
+    )
+    before = [type(m) for m in model]
+    with pytest.raises(DctpsError, match=r"layer '1' has padding_mode='reflect'.*exclude=\['1'\]"):
+        dctps.sparsify(model, 0.1)
+    assert [type(m) for m in model] == before
+    dctps.sparsify(model, 0.1, exclude=["1"])
+    assert [type(m) for m in model] == [DCTpSConv2d, nn.Conv2d, nn.Flatten, DCTpSLinear]
+
+
+def test_exclude_covers_everything_inside_a_module_and_a_typo_is_an_error():
+    model = nn.ModuleDict(
+        {"body": nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), "fc": nn.Linear(8, 2)}
+    )
+    dctps.sparsify(model, 0.5, exclude=["body"])
+    assert [type(m) for m in model["body"]] == [nn.Linear, nn.Linear]
+    assert isinstance(model["fc"], DCTpSLinear)
+    with pytest.raises(DctpsError, match="'fcc' matches no module.*body, fc"):
+        dctps.sparsify(nn.ModuleDict({"body": nn.Linear(8, 8), "fc": nn.Linear(8, 2)}), 0.5,
+                       exclude=["fcc"])  # fmt: skip
+
+
+def test_excluding_an_attention_module_excludes_both_projections():
+    model = nn.ModuleDict({"attn": nn.MultiheadAttention(16, 2), "fc": nn.Linear(16, 4)})
+    dctps.sparsify(model, 0.1, exclude=["attn"])
+    assert type(model["attn"]) is nn.MultiheadAttention
+    assert type(model["attn"].out_proj) is not DCTpSLinear
+    assert isinstance(model["fc"], DCTpSLinear)
+
+
+def test_attention_with_other_key_and_value_sizes_is_refused():
+    model = nn.ModuleDict({"attn": nn.MultiheadAttention(16, 2, kdim=8, vdim=8)})
+    model["fc"] = nn.Linear(16, 4)
+    with pytest.raises(DctpsError, match=r"'attn' has kdim=8, vdim=8 != embed_dim=16.*exclude"):
+        dctps.sparsify(model, 0.1)
+    dctps.sparsify(model, 0.1, exclude=["attn"])
+    assert isinstance(model["fc"], DCTpSLinear)
+
+
+def test_attention_projections_follow_dtype_train_alpha_and_epf():
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0).double()
+    dctps.sparsify(layer, 0.3, allocation="epf", train_alpha=False)
+    attn = layer.self_attn
+    assert attn.in_proj.values.dtype == torch.float64
+    assert not attn.in_proj.alpha.requires_grad and not attn.out_proj.alpha.requires_grad
+    per_row = torch.bincount(attn.in_proj.indices // 16, minlength=48)
+    assert int(per_row.max() - per_row.min()) <= 1  # EPF: equal per filter (row)
+    x = torch.randn(5, 3, 16, dtype=torch.float64)
+    assert layer(x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("flag", ["train_alpha", "charge_alpha"])
+def test_boolean_flags_must_be_booleans(flag):
+    with pytest.raises(DctpsError, match=f"{flag} must be True or False, got 'no'"):
+        dctps.sparsify(mlp(), 0.1, **{flag: "no"})

@@ -46,9 +46,11 @@ class DCTpSMultiheadAttention(nn.Module):
         self.batch_first, self.head_dim = mha.batch_first, mha.head_dim
         self._qkv_same_embed_dim = True
         self.kdim = self.vdim = e
+        w = mha.in_proj_weight
         self.in_proj = DCTpSLinear(
-            e, 3 * e, in_nnz, bias=mha.in_proj_bias is not None, seed=seed, **kw
-        )
+            e, 3 * e, in_nnz, bias=mha.in_proj_bias is not None, seed=seed,
+            dtype=w.dtype, device=w.device, **kw,
+        )  # fmt: skip
         if mha.in_proj_bias is not None:
             self.in_proj.bias.data.copy_(mha.in_proj_bias.data)  # type: ignore[union-attr]
         self.out_proj = _replace(mha.out_proj, out_nnz, None if seed is None else seed + 1, **kw)
@@ -87,7 +89,11 @@ class DCTpSMultiheadAttention(nn.Module):
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    """Whether ``name`` or one of its ancestors (``a`` and ``a.b`` for ``a.b.c``) matches a glob:
+    excluding a module excludes everything inside it."""
+    parts = name.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))] if name else [name]
+    return any(fnmatch.fnmatchcase(p, pat) for p in prefixes for pat in patterns)
 
 
 def prunable_layers(
@@ -96,7 +102,9 @@ def prunable_layers(
     """``(name, module, weight_shape)`` of every dense Linear/Conv2d/MHA-in-projection, in order.
 
     A ``MultiheadAttention`` yields two entries: ``name + '.in_proj'`` with the packed
-    ``(3E, E)`` shape, and its ``out_proj`` Linear. Names matching an ``exclude`` glob are skipped.
+    ``(3E, E)`` shape, and its ``out_proj`` Linear. Modules matching an ``exclude`` glob, and
+    everything inside them, are skipped. A module registered under several names is yielded once,
+    under its first name.
     """
     exclude = list(exclude)
     for name, module in model.named_modules():
@@ -120,8 +128,6 @@ def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
             seed=seed, **kw, **factory,
         )  # fmt: skip
     elif isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros":
-            raise DctpsError(f"padding_mode={module.padding_mode!r} is not supported; use 'zeros'")
         new = DCTpSConv2d(
             module.in_channels, module.out_channels, module.kernel_size, module.stride,
             module.padding, module.dilation, module.groups, module.bias is not None,
@@ -138,6 +144,79 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def _check_convertible(
+    model: nn.Module, layers: list[tuple[str, nn.Module, tuple[int, ...]]], exclude: list[str]
+) -> None:
+    """Refuse, before anything is changed, what sparsify cannot convert faithfully.
+
+    ``padding_mode`` other than ``'zeros'``; a ``MultiheadAttention`` with ``kdim``/``vdim`` other
+    than ``embed_dim`` (separate q/k/v weights, which would stay dense yet look sparse in
+    :func:`count`); half of an attention's projections excluded; a weight Parameter shared with
+    another module (tied weights: DCTpS gives each layer its own offset and support, which would
+    silently untie them).
+    """
+    names = [n for n, _, _ in layers]
+    for name, module, _ in layers:
+        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+            raise DctpsError(
+                f"layer {name!r} has padding_mode={module.padding_mode!r}; DCTpS convs support "
+                f"only 'zeros'. Leave it dense with exclude=[{name!r}]"
+            )
+        if isinstance(module, nn.MultiheadAttention):
+            mha = name.rsplit(".", 1)[0]
+            if f"{mha}.out_proj" not in names:
+                raise DctpsError(
+                    f"exclude both or neither of {mha}'s projections (in_proj, out_proj)"
+                )
+    in_proj_owners = {n.rsplit(".", 1)[0] for n in names if n.endswith(".in_proj")}
+    for name in names:
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        if name.endswith(".out_proj") and owner not in in_proj_owners:
+            try:
+                parent = model.get_submodule(owner)
+            except AttributeError:
+                continue
+            if isinstance(parent, nn.MultiheadAttention) and parent._qkv_same_embed_dim:
+                raise DctpsError(
+                    f"exclude both or neither of {owner}'s projections (in_proj, out_proj)"
+                )
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.MultiheadAttention)
+            and not module._qkv_same_embed_dim
+            and not _matches(name, exclude)
+        ):
+            raise DctpsError(
+                f"attention {name!r} has kdim={module.kdim}, vdim={module.vdim} != "
+                f"embed_dim={module.embed_dim} (separate q/k/v weights), which DCTpS does not "
+                f"support. Leave it dense with exclude=[{name!r}]"
+            )
+    # every name under which each weight Parameter is reachable
+    where: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        where.setdefault(id(p), []).append(pname)
+    owners = _aliases(model)
+    for name, module, _ in layers:
+        attr = "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
+        own = {f"{a}.{attr}" if a else attr for a in owners[id(module)]}
+        others = [n for n in where.get(id(getattr(module, attr)), []) if n not in own]
+        if others:
+            layer = name.removesuffix(".in_proj")
+            raise DctpsError(
+                f"the weight of {layer!r} is also {others[0]!r} (tied weights); DCTpS would give "
+                f"the two their own offsets and supports and silently untie them. Untie them, or "
+                f"leave them dense with exclude=[{layer!r}, {others[0].rsplit('.', 1)[0]!r}]"
+            )
+
+
+def _aliases(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of each submodule (one module may be registered under several names)."""
+    out: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        out.setdefault(id(module), []).append(name)
+    return out
 
 
 def sparsify(
@@ -159,6 +238,8 @@ def sparsify(
     zero-initialised convs), ``S = 0`` on a uniformly random support whose size per layer comes from
     ``budgets(shapes, density, allocation)``: the total trainable non-zeros are exactly
     ``round(density * total_weights)``. Biases are kept (with their values); BN is untouched.
+    A layer registered under several names (used twice in a forward) is replaced under all of
+    them and counted once. On any error the model is left unchanged.
 
     With ``alpha='channel'`` and ``charge_alpha=True`` (default) each layer's ``S`` gets
     ``out - 1`` fewer non-zeros, so that alphas + non-zeros equal those of the ``'layer'``
@@ -171,7 +252,8 @@ def sparsify(
         density: fraction of weights that are trainable, in (0, 1].
         allocation: ``epl`` (paper default), ``epf``, ``erk``, ``uniform`` or ``epl_ref``.
         seed: seed of the random supports (layer ``i`` uses ``seed + i``); ``None`` = global RNG.
-        exclude: module-name globs (``fnmatch``) to leave dense, e.g. ``["fc", "*.downsample.*"]``.
+        exclude: module-name globs (``fnmatch``) to leave dense, with everything inside them, e.g.
+            ``["fc", "*.downsample"]``. A glob that matches no module is an error (a typo).
         train_alpha: ``False`` fixes ``alpha`` (Appendix A.4).
         offset: the fixed matrix ``D`` (:func:`dctps.offsets.names`): ``'dct'`` (paper),
             ``'dct_signflip'``, ``'dct_permuted'``, ``'hadamard'``, ``'gaussian'``. Random offsets
@@ -187,6 +269,9 @@ def sparsify(
         _alpha_settings(alpha, None)  # raises the error naming the valid scopes
         raise DctpsError(f"alpha must be 'layer' or 'channel' in sparsify, got {alpha!r}")
     _alpha_settings(alpha, alpha_init)
+    for flag, value in (("train_alpha", train_alpha), ("charge_alpha", charge_alpha)):
+        if not isinstance(value, bool):
+            raise DctpsError(f"{flag} must be True or False, got {value!r}")
     kw: dict[str, Any] = {"offset": offset, "alpha": alpha, "alpha_init": alpha_init}
     if not isinstance(model, nn.Module):
         raise DctpsError(f"sparsify needs an nn.Module, got {type(model).__name__}")
@@ -203,12 +288,23 @@ def sparsify(
             raise DctpsError(
                 f"exclude must be module-name globs (strings), got {bad[0]!r}; e.g. exclude=['fc']"
             )
-    layers = list(prunable_layers(model, exclude or ()))
+    exclude = exclude or []
+    all_names = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
+    for pattern in exclude:
+        if not any(_matches(n, [pattern]) for n in all_names):
+            near = [n for n in all_names if "." not in n][:6]
+            raise DctpsError(
+                f"exclude pattern {pattern!r} matches no module of {type(model).__name__} "
+                f"(top-level modules: {', '.join(near) or 'none'}; nested names are dotted, "
+                "e.g. 'layer1.0.conv1')"
+            )
+    layers = list(prunable_layers(model, exclude))
     if not layers:
         raise DctpsError(
             f"{type(model).__name__} has no nn.Linear / nn.Conv2d layers to sparsify "
             "(after exclusions); DCTpS replaces exactly those"
         )
+    _check_convertible(model, layers, exclude)
     counts = budgets([shape for _, _, shape in layers], d, allocation)
     charged = alpha == "channel" and charge_alpha
     if sum(counts) == 0:
@@ -235,27 +331,25 @@ def sparsify(
                 f"at density {d:g} the per-channel alphas use up every layer's budget: no "
                 "weight would train. Use a higher density, alpha='layer', or charge_alpha=False"
             )
-    per_filter = allocation == "epf"
+    kw.update(per_filter=allocation == "epf", train_alpha=train_alpha)
+    # Build every new layer first, then swap them in: an error leaves the model untouched.
+    swaps: list[tuple[nn.Module, nn.Module]] = []
     i = 0
     while i < len(layers):
         name, module, _ = layers[i]
         lseed = None if seed is None else seed + i
         if isinstance(module, nn.MultiheadAttention):
-            # The next entry is this attention's out_proj; both go into one module.
-            mha_name = name.rsplit(".", 1)[0]
-            if i + 1 >= len(layers) or layers[i + 1][0] != f"{mha_name}.out_proj":
-                raise DctpsError(
-                    f"exclude both or neither of {mha_name}'s projections (in_proj, out_proj)"
-                )
+            # The next entry is this attention's out_proj (checked above); both go into one module.
             new: nn.Module = DCTpSMultiheadAttention(module, counts[i], counts[i + 1], lseed, **kw)
-            _set_submodule(model, mha_name, new)
             i += 2
-            continue
-        new = _replace(
-            module, counts[i], lseed, per_filter=per_filter, train_alpha=train_alpha, **kw
-        )
-        _set_submodule(model, name, new)
-        i += 1
+        else:
+            new = _replace(module, counts[i], lseed, **kw)
+            i += 1
+        swaps.append((module, new))
+    names = _aliases(model)
+    for old, new in swaps:
+        for alias in names[id(old)]:
+            _set_submodule(model, alias, new)
     return model
 
 
