@@ -206,3 +206,30 @@ def test_cli_inspect(saved):
     assert res.exit_code == 0, res.output
     assert "DCTpSConv2d" in res.output and "file size" in res.output
     assert f"{saved.stat().st_size:,}" in res.output
+
+
+@pytest.mark.parametrize(
+    ("saved_kw", "target_kw"),
+    [
+        ({"offset": "hadamard"}, {}),
+        ({}, {"offset": "hadamard"}),
+        ({"offset": "gaussian"}, {}),
+        ({"alpha": "channel", "charge_alpha": False}, {}),
+        ({}, {"alpha": "channel", "charge_alpha": False}),
+    ],
+)
+def test_load_into_a_sparsified_model_takes_the_files_offset_and_alpha(
+    tmp_path, saved_kw, target_kw
+):
+    x = torch.randn(4, 3, 8, 8)
+    model = trained(dctps.sparsify(small_cnn(), 0.3, **saved_kw), x)
+    path = tmp_path / "m.dctps"
+    dctps.save(model, path)
+    target = dctps.sparsify(small_cnn(), 0.3, seed=5, **target_kw)
+    loaded = dctps.load(path, model=target).eval()
+    for name, m in model.named_modules():
+        if isinstance(m, DCTpSLayer):
+            got = loaded.get_submodule(name)
+            assert (got.offset, got.alpha_scope) == (m.offset, m.alpha_scope)
+            torch.testing.assert_close(got.dense_weight(), m.dense_weight(), rtol=0, atol=0)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -407,13 +407,22 @@ def load(
     return model
 
 
+#: values of the optional layer-config keys when absent (see :func:`_offset_config`)
+_CONFIG_DEFAULTS = {"offset": "dct", "alpha": "layer"}
+
+
 def _same_structure(m: nn.Module, cfg: dict[str, Any]) -> bool:
+    """Whether layer ``m`` can take the stored tensors as is: same type, shape and offset/alpha
+    options (keys absent on either side mean the defaults: a ``'hadamard'`` file loaded into a
+    ``'dct'`` layer rebuilds the layer). ``nnz``/``mode``/``train_alpha`` follow the file."""
     try:
         mine = _layer_config(m)
     except DctpsError:
         return False
-    keys = set(mine) - {"nnz", "in_nnz", "out_nnz", "mode", "train_alpha"}
-    return all(mine.get(k) == cfg.get(k) for k in keys)
+    keys = (set(mine) | set(_CONFIG_DEFAULTS)) - {"nnz", "in_nnz", "out_nnz", "mode", "train_alpha"}
+    return all(
+        mine.get(k, _CONFIG_DEFAULTS.get(k)) == cfg.get(k, _CONFIG_DEFAULTS.get(k)) for k in keys
+    )
 
 
 def _check_compatible(old: nn.Module, cfg: dict[str, Any], path: Any) -> None:
