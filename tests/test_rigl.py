@@ -210,3 +210,72 @@ def test_errors():
     rigl = RigL(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=10, delta_t=1)
     with pytest.raises(DctpsError, match="no gradient was captured"):
         rigl.step()
+
+
+@pytest.mark.parametrize("mode", ["fast", "factor"])
+def test_a_dctps_layer_off_the_dense_path_is_refused_not_skipped(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)
+    )
+    dctps.sparsify(model, 0.2)
+    model[0].mode = mode  # one layer off the dense path, one on it
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigl = RigL(model, opt, total_steps=100, delta_t=2)
+    x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 4, (4,))
+    F.cross_entropy(model(x), y).backward()
+    assert rigl.step()
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(DctpsError, match=rf"layer '0' runs mode='{mode}'.*set_mode"):
+        rigl.step()
+
+
+def _ddp_rigl_rank(rank: int, world: int, init: str, out: str) -> None:
+    """One DDP rank of the test below: its half of each global batch, RigL every 2 steps."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.save(_rigl_supports(world, rank, DDP), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _rigl_supports(world: int, rank: int, wrap=None) -> list[torch.Tensor]:
+    model = dctps.sparsify(_mlp(), 0.2, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rigl = RigL(model, opt, total_steps=40, delta_t=2)
+    net = model if wrap is None else wrap(model)
+    for i in range(6):
+        x, y = _batch(i)  # the global batch of 16; this rank's share of it
+        x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        if rigl.step():
+            opt.step()
+    assert len(rigl.history) == 3
+    return [m.indices.clone() for m in _linears(model)] + [
+        m.values.detach().clone() for m in _linears(model)
+    ]
+
+
+def test_rigl_under_ddp_plans_on_the_averaged_gradient(tmp_path):
+    """2 gloo ranks, each with half of every batch, move the supports exactly as one process on
+    the whole batch (each rank alone would grow by its local gradient and the ranks diverge)."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_ddp_rigl_rank, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    alone = _rigl_supports(1, 0)
+    n = len(alone) // 2
+    for a, b, ref in zip(ranks[0][:n], ranks[1][:n], alone[:n], strict=True):
+        assert torch.equal(a, b) and torch.equal(a, ref)
+    for a, b, ref in zip(ranks[0][n:], ranks[1][n:], alone[n:], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-6)

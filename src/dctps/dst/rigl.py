@@ -25,7 +25,12 @@ weights, drops ``n_d = floor(n f(t))`` of them, with the cosine drop fraction
    does not reset Adam's moments, which DCTpS inherited). A position dropped in 1. and regrown in
    2. keeps its value and state (TF ``reinit_when_same=False``).
 
-So every layer keeps exactly its number of non-zeros. Sparse layers are
+So every layer keeps exactly its number of non-zeros. Under ``torch.distributed`` (DDP) the
+captured gradients are averaged over the ranks before planning, so every rank moves the same
+support, as one process on the global batch would. DCTpS layers must run the dense path
+(``mode='dense'``, the default): the fast paths never form ``dL/dW`` and are refused.
+
+Sparse layers are
 
 * masked layers in ``torch.nn.utils.prune`` convention (``weight_orig`` + ``weight_mask``, e.g.
   from ``dctps.pruning.prune(model, d, 'random', allocation='erk')``, the paper's RigL set-up):
@@ -302,6 +307,8 @@ class RigL:
         if not self.is_update(self.t):
             self._rearm()
             return True
+        self._check_dense_paths()
+        self._average_across_ranks()
         if all(layer.grad is None for layer in self.layers):
             raise DctpsError(
                 f"RigL update at step {self.t}: no gradient was captured; call step() once per "
@@ -317,6 +324,49 @@ class RigL:
         self.history.append((self.t, fraction, grown))
         self._rearm()
         return False
+
+    def _check_dense_paths(self) -> None:
+        """Refuse DCTpS layers whose forward does not materialise ``W``: RigL grows by the dense
+        gradient ``dL/dW``, which the ``'fast'``/``'factor'`` paths never form, so such a layer
+        would silently keep its support (static DCTpS reported as DCTpS+RigL)."""
+        for layer in self.layers:
+            if isinstance(layer, _DCT) and layer.grad is None and layer.layer.mode != "dense":
+                raise DctpsError(
+                    f"RigL needs the dense gradient of each DCTpS layer's weight, but layer "
+                    f"{layer.name!r} runs mode={layer.layer.mode!r}, which never forms it; use "
+                    "dctps.set_mode(model, 'dense') with RigL"
+                )
+
+    def _average_across_ranks(self) -> None:
+        """Under ``torch.distributed`` (DDP), average the captured gradients over the ranks.
+
+        The hooks see each rank's local gradient, before DDP's all-reduce; planning on those
+        would grow different positions on each rank (and DDP then broadcasts rank 0's masks and
+        indices over the other ranks' differently rewritten weights). The averaged gradient is
+        the one DDP trains with, so every rank plans the same support, as one process would.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        layers = self.layers
+        ref = next((layer.params[0] for layer in layers), None)
+        assert ref is not None
+        has = torch.tensor(
+            [int(layer.grad is not None) for layer in layers], dtype=torch.int32, device=ref.device
+        )
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)  # a layer unused on one rank: zeros there
+        world = dist.get_world_size()
+        for layer, used in zip(layers, has.tolist(), strict=True):
+            if not used:
+                continue
+            if layer.grad is None:
+                shape = (
+                    layer.layer.weight_shape if isinstance(layer, _DCT) else layer.params[0].shape
+                )
+                layer.grad = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+            dist.all_reduce(layer.grad)
+            layer.grad.div_(world)
 
     def _state(self, p: nn.Parameter) -> dict[str, Any]:
         return {} if self.optimizer is None else self.optimizer.state.get(p, {})
