@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dctps.errors import DctpsError
@@ -74,10 +75,28 @@ def test_resnet_takes_small_images():
         assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "vgg19"])
-def test_small_images_rejected_where_the_architecture_needs_32(name):
-    with pytest.raises(DctpsError, match="image_size=28"):
-        build(name, image_size=28)
+@pytest.mark.parametrize(("name", "size"), [("lenet5", 28), ("vgg19", 12)])
+def test_small_images_rejected_where_the_architecture_needs_them(name, size):
+    with pytest.raises(DctpsError, match=f"image_size={size}"):
+        build(name, image_size=size)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_vgg19_is_forces_four_pools_then_an_average(size):
+    """FORCE's VGG19 (the paper's, E.2): max-pools between the five conv groups only, then the
+    average of the final map (2x2 on CIFAR, 4x4 on Tiny ImageNet), then the classifier."""
+    torch.manual_seed(0)
+    model = build("vgg19", image_size=size).eval()
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 4
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        h = x
+        for m in model.features:  # independent forward: convs, BN, ReLU and the pools in order
+            h = m(h)
+        assert h.shape[-2:] == (size // 16, size // 16)
+        expected = F.linear(h.mean(dim=(2, 3)), model.classifier.weight, model.classifier.bias)
+        torch.testing.assert_close(model(x), expected)
+        assert not isinstance(model.features[-1], nn.MaxPool2d)
 
 
 def test_dense_init_is_kaiming_fan_in():

@@ -1,13 +1,16 @@
 """VGG19 with batch normalisation, in the CIFAR form of FORCE (naver/force) and the DCTpS paper.
 
 Architecture (Simonyan & Zisserman, 2015, configuration E): sixteen 3x3 bias-free convs, each
-followed by BN and ReLU, widths 64x2, 128x2, 256x4, 512x4, 512x4, with a 2x2 max-pool after each
-group (five pools), then global average pooling and a single ``Linear(512, num_classes)`` with bias.
-The classifier bias is what makes the "bias & BN" count exact (11,008 BN parameters + 10 biases).
+followed by BN and ReLU, widths 64x2, 128x2, 256x4, 512x4, 512x4, with a 2x2 max-pool between the
+groups (four pools; none after the last group), then an average pool over the whole map and a
+single ``Linear(512, num_classes)`` with bias. This is FORCE's ``VGG`` (``defaultcfg[19]``, then
+``AvgPool2d(2)`` for CIFAR's 2x2 map and ``AvgPool2d(4)`` for Tiny ImageNet's 4x4 map), which
+the paper uses (Appendix E.2). The classifier bias is what makes the "bias & BN" count exact
+(11,008 BN parameters + 10 biases).
 
-Five 2x2 max-pools need inputs of at least 32x32; smaller sizes raise :class:`DctpsError`. After the
-pools the map is 1x1 at 32x32 and 2x2 at 64x64; the adaptive average pool makes the classifier input
-512 either way, so the weights do not depend on the input size.
+Four 2x2 max-pools need inputs of at least 16x16; smaller sizes raise :class:`DctpsError`. The
+adaptive average pool makes the classifier input 512 at any input size, so the weights do not
+depend on it.
 
 Table E.1 (10 classes), weights / other parameters: 20,024,000 / 11,018.
 """
@@ -22,7 +25,7 @@ from dctps.models.resnet import kaiming_init_
 
 _CFG_19: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-    512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+    512, 512, 512, 512, "M", 512, 512, 512, 512,
 )  # fmt: skip
 
 
@@ -62,10 +65,10 @@ class VGG(nn.Module):
         kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` (``H, W >= 32``) -> logits ``(B, num_classes)``."""
+        """Images ``(B, C, H, W)`` (``H, W >= 16``) -> logits ``(B, num_classes)``."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
 def vgg19(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> VGG:
-    """VGG19 with BN; ``image_size`` must be at least 32 (five max-pools)."""
+    """VGG19 with BN; ``image_size`` must be at least 16 (four max-pools)."""
     return VGG(_CFG_19, num_classes, in_channels, image_size)
