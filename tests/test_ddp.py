@@ -1,5 +1,6 @@
 """`dctps train` under torchrun: 2 gloo CPU ranks train like 1 process on the same global batch
-(the ranks with the batched rebuild, the one process without)."""
+(the ranks with the batched rebuild, the one process without), and report the accuracy of the
+model they save."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import sys
 import pytest
 import torch.distributed as dist
 
+import dctps.data
 from dctps.results import Store
+from dctps.train.checkpoint import model_from_checkpoint
+from dctps.train.loop import evaluate
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -19,7 +23,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 def _train(out, root, nproc: int, *extra: str) -> subprocess.CompletedProcess:
     # LeNet-5 has no BatchNorm, so per-rank batch statistics cannot make the runs differ.
     # 288 training images, global batch 32: 9 steps per epoch, 16 images per rank and step.
-    args = [
+    return _launch(
+        nproc,
         "train",
         "--model",
         "lenet5",
@@ -41,7 +46,11 @@ def _train(out, root, nproc: int, *extra: str) -> subprocess.CompletedProcess:
         str(out),
         "-q",
         *extra,
-    ]
+    )
+
+
+def _launch(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    """``dctps ARGS`` in one process, or under torchrun with ``nproc`` gloo ranks."""
     launcher = [sys.executable, "-m", "dctps.cli"]
     if nproc > 1:
         launcher = [
@@ -89,3 +98,35 @@ def test_two_gloo_ranks_match_one_process(fake_cifar10, tmp_path):
         "last.pt",
         "prev.pt",
     ]
+
+
+def test_reported_val_is_that_of_the_saved_model(tmp_path):
+    # ResNet18 has BatchNorm. DDP copies rank 0's running statistics to the other ranks only at
+    # the start of a training forward, so after an epoch every rank holds statistics updated by
+    # its own last batch; evaluated with them, the ranks would together report a model that was
+    # never saved. 128 training digits, global batch 32: 4 steps per epoch; 128 validation digits,
+    # 64 per rank. The reported numbers must be those of a one-process evaluation of best.pt.
+    out = tmp_path / "bn"
+    two = _launch(2, "train", "--model", "resnet18", "--dataset", "digits", "--method", "dctps",
+                  "--density", "0.05", "--epochs", "2", "--batch-size", "32", "--subset", "128",
+                  "--device", "cpu", "--out", str(out), "-q")  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    store = Store(out)
+    (run,) = store.query()
+    epochs = {e["epoch"]: e for e in store.epochs(run["hash"])}
+    model, saved = model_from_checkpoint(out / "runs" / run["hash"] / "best.pt")
+    assert saved["epoch"] == run["best_epoch"]
+    d = saved["config"]["data"]
+    splits = dctps.data.build(
+        d["dataset"], val_fraction=d["val_fraction"], split_seed=d["split_seed"], subset=d["subset"]
+    )
+
+    def one_process(x, y):  # the saved model only, all of the split in one process
+        loader = dctps.data.Loader(x, y, 1000, shuffle=False, augment=False, info=splits.info)
+        return evaluate(model, loader)
+
+    loss, acc = one_process(splits.val_x, splits.val_y)
+    assert acc == run["val_acc"]
+    reported = epochs[run["best_epoch"]]["val_loss"]
+    assert math.isclose(loss, reported, rel_tol=1e-5), (loss, reported)
+    assert one_process(splits.test_x, splits.test_y)[1] == run["test_acc"]

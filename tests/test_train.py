@@ -19,6 +19,7 @@ import dctps.data
 import dctps.models
 from dctps.errors import DctpsError, PruningFailed
 from dctps.results import Store
+from dctps.results.store import format_table
 from dctps.sparsify import sparsify
 from dctps.train import checkpoint as ckpt_io
 from dctps.train import fit, loop
@@ -217,6 +218,21 @@ def test_config_hash():
     assert dataclasses.replace(base, optim=OptimConfig(lr=0.01)).config_hash() != h
 
 
+def test_a_model_revision_splits_the_hash_and_revision_1_does_not(monkeypatch):
+    """Results of an architecture whose function changed (models.REVISIONS) are not reused."""
+    from dctps import models
+
+    vgg = RunConfig(model=ModelConfig("vgg19"), sparsity=SparsityConfig("dctps", 0.01))
+    assert vgg.identity()["model"]["revision"] == models.REVISIONS["vgg19"] == 2
+    monkeypatch.setitem(models.REVISIONS, "vgg19", 1)
+    assert "revision" not in vgg.identity()["model"]
+    old = vgg.config_hash()
+    monkeypatch.setitem(models.REVISIONS, "vgg19", 2)
+    assert vgg.config_hash() != old
+    lenet = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.01))
+    assert "revision" not in lenet.identity()["model"]
+
+
 def test_weight_decay_groups():
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -285,18 +301,141 @@ def test_per_channel_alphas_are_recorded_and_charged(fake_cifar10, tmp_path):
     assert f"(+ {b['alphas']} alphas)" in loop.describe(chan)
 
 
-def test_select_on_test_forbidden(fake_cifar10, tmp_path, monkeypatch):
+def write_fake_tiny(root: Path, n_train: int = 40, n_val: int = 30) -> Path:
+    """A learnable 3-class Tiny ImageNet (64x64 JPEGs, class colour + noise) in the official
+    layout under ``root``: ``n_train`` training images per class, ``n_val`` val images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = root / "tiny-imagenet-200"
+    wnids = ["n01000000", "n02000000", "n03000000"]
+    colours = rng.integers(40, 216, size=(len(wnids), 3))
+
+    def image(k: int) -> Image.Image:
+        x = colours[k] + rng.normal(0, 40, size=(64, 64, 3))
+        return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
+
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for k, w in enumerate(wnids):
+        (folder / "train" / w / "images").mkdir(parents=True)
+        for j in range(n_train):
+            image(k).save(folder / "train" / w / "images" / f"{w}_{j}.JPEG", quality=95)
+    ann = []
+    for j in range(n_val):
+        k = int(rng.integers(0, len(wnids)))
+        image(k).save(folder / "val" / "images" / f"val_{j}.JPEG", quality=95)
+        ann.append(f"val_{j}.JPEG\t{wnids[k]}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fake_tiny(tmp_path_factory) -> Path:
+    return write_fake_tiny(tmp_path_factory.mktemp("fake_tiny"))
+
+
+def tiny_cfg(root: Path, val_fraction: float = 0.0) -> RunConfig:
+    """LeNet-5, dense, on the fake Tiny ImageNet: 3 epochs of 4 steps (batch 32)."""
+    return RunConfig(
+        model=ModelConfig("lenet5"),
+        data=DataConfig("tiny_imagenet", root=str(root), val_fraction=val_fraction),
+        sparsity=SparsityConfig("dense"),
+        optim=OptimConfig(epochs=3, batch_size=32, recipe="adam"),
+        device="cpu",
+    )
+
+
+def official_val_eval(run_dir: Path, root: Path) -> tuple[float, float]:
+    """``(loss, accuracy)`` of a dense LeNet-5 run's ``best.pt`` on Tiny ImageNet's official val
+    split, read straight from the files (not through ``dctps.data.build``)."""
+    from dctps.data.tiny_imagenet import load_tiny_imagenet
+
+    *_, val_x, val_y, k = load_tiny_imagenet(root)
+    # not ckpt_io.model_from_checkpoint: it builds the 200 classes of the real data set
+    info = dataclasses.replace(dctps.data.get_info("tiny_imagenet"), num_classes=k)
+    model = dctps.models.build("lenet5", k, 3, 64)
+    model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True)["model"])
+    loader = dctps.data.Loader(val_x, val_y, 1000, shuffle=False, augment=False, info=info)
+    loss, acc = loop.evaluate(model, loader)
+    assert loss is not None and acc is not None
+    return loss, acc
+
+
+def test_tiny_imagenet_reports_max_official_val(fake_tiny, tmp_path, monkeypatch):
+    """Appendix E.5: Tiny ImageNet trains on all its training images, validates on its official
+    val split every epoch and reports the maximum; the store says so and has no test accuracy."""
+    seen = []
     real = dctps.data.build
 
-    def build(*a, **kw):
-        s = real(*a, **kw)
-        s.info = dataclasses.replace(s.info, select_on_test_forbidden=True)
-        return s
+    def spy(*a, **kw):
+        seen.append(real(*a, **kw))
+        return seen[-1]
 
-    monkeypatch.setattr(dctps.data, "build", build)
-    r = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
-    assert r["status"] == "done" and r["test_acc"] is None and r["val_acc"] is not None
-    assert Store(tmp_path).get(r["hash"])["test_acc"] is None
+    monkeypatch.setattr(dctps.data, "build", spy)
+    r = fit(tiny_cfg(fake_tiny), tmp_path, progress=False)
+    assert r["status"] == "done" and r["epochs"] == 3
+    assert len(seen[0].train_y) == 120 and len(seen[0].val_y) == 30  # every image; official val
+    hist = [e["val_acc"] for e in r["history"]]
+    assert r["val_acc"] == max(hist) and r["best_epoch"] == hist.index(max(hist)) + 1
+    # the reported number is the saved model's accuracy on the official val split
+    loss, acc = official_val_eval(Path(r["run_dir"]), fake_tiny)
+    assert acc == r["val_acc"]
+    assert abs(loss - r["history"][r["best_epoch"] - 1]["val_loss"]) < 1e-5
+    assert r["test_acc"] is None and r["reason"] == loop.MAX_VAL_NOTE
+    row = Store(tmp_path).get(r["hash"])
+    assert (row["status"], row["val_acc"], row["test_acc"]) == ("done", r["val_acc"], None)
+    assert row["reason"] == loop.MAX_VAL_NOTE
+    table = format_table([row])
+    assert "max over epochs on the official val split" in table
+    assert "max over epochs" in loop.describe(r)
+    again = fit(tiny_cfg(fake_tiny), tmp_path, progress=False)  # stored: the note comes back
+    assert again["skipped"] and "max over epochs" in loop.describe(again)
+
+
+def test_val_fraction_defaults_to_the_papers_protocol():
+    """Appendix E.5: CIFAR holds 10% out, Tiny ImageNet nothing. The resolved fraction enters the
+    hash: CIFAR hashes are those of the old fixed 0.1 default, and Tiny ImageNet runs of that old
+    default (trained on 90%) are not reused for the new protocol."""
+    c10, ti = (RunConfig(data=DataConfig(d), sparsity=SparsityConfig("dctps", 0.01))
+               for d in ("cifar10", "tiny_imagenet"))  # fmt: skip
+    assert c10.resolve().data.val_fraction == 0.1 and ti.resolve().data.val_fraction == 0.0
+    # the hashes these configs had while val_fraction was a fixed 0.1 default
+    assert c10.config_hash() == "b773aa1e8d532134"
+    old_ti = dataclasses.replace(ti, data=DataConfig("tiny_imagenet", val_fraction=0.1))
+    assert old_ti.config_hash() == "4547af65eb2c5443" != ti.config_hash()
+
+
+def test_tiny_imagenet_with_a_hold_out_tests_on_official_val(fake_tiny, tmp_path):
+    """An explicit hold-out is another experiment (another hash): the model is selected on the
+    hold-out and the official val split is its test set."""
+    r = fit(tiny_cfg(fake_tiny, val_fraction=0.25), tmp_path, progress=False)
+    assert r["hash"] != tiny_cfg(fake_tiny).config_hash()
+    assert r["status"] == "done" and r["reason"] is None
+    _, acc = official_val_eval(Path(r["run_dir"]), fake_tiny)
+    assert r["test_acc"] == acc
+    assert Store(tmp_path).get(r["hash"])["test_acc"] == acc
+
+
+def test_tiny_imagenet_run_resumes_exactly(fake_tiny, tmp_path, monkeypatch):
+    cfg = tiny_cfg(fake_tiny)
+    ref = fit(cfg, tmp_path / "ref", progress=False)
+    real = loop.train_one_epoch
+
+    def interrupt(*a, **kw):
+        if kw["epoch"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    r = fit(cfg, tmp_path / "run", progress=False)
+    assert r["resumed_from"] == 2 and metrics(r) == metrics(ref)
+    assert r["reason"] == loop.MAX_VAL_NOTE
+    assert Store(tmp_path / "run").get(r["hash"])["reason"] == loop.MAX_VAL_NOTE
 
 
 def test_nan_loss_marks_run_failed(fake_cifar10, tmp_path):

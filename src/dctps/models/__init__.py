@@ -32,7 +32,7 @@ from dctps.models.mobilenetv2 import mobilenetv2
 from dctps.models.resnet import kaiming_init_, resnet18, resnet50
 from dctps.models.vgg import vgg19
 
-__all__ = ["ZERO_INIT_ATTR", "build", "kaiming_init_", "names"]
+__all__ = ["REVISIONS", "ZERO_INIT_ATTR", "build", "kaiming_init_", "names"]
 
 Constructor = Callable[[int, int, int], nn.Module]
 
@@ -44,6 +44,13 @@ _REGISTRY: dict[str, Constructor] = {
     "mobilenetv2": mobilenetv2,
     "fixup_resnet110": fixup_resnet110,
 }
+
+
+#: Architectures whose computed function changed after runs of them were recorded: the revision
+#: enters a training run's config hash (``RunConfig.identity``), so results of the old function
+#: are never reused for the new one. Absent means revision 1 (hashes unchanged).
+#: vgg19 2: four max-pools then the average, as FORCE's VGG (revision 1 had a fifth max-pool).
+REVISIONS: dict[str, int] = {"vgg19": 2}
 
 
 def names() -> list[str]:

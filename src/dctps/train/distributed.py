@@ -71,6 +71,33 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    @torch.no_grad()
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Overwrite every rank's saved buffers of ``model`` with rank 0's (a no-op without DDP).
+
+        DDP copies rank 0's buffers (BatchNorm running statistics) to the other ranks only at the
+        start of a training forward, so after the last step of an epoch each rank holds statistics
+        updated by its own batch. An evaluation summed over ranks would then report a mixture of
+        models, none of them the one rank 0 saves. Only buffers in ``state_dict`` are sent: the
+        non-persistent ones (a DCTpS layer's cached basis ``_D``) are rebuilt from the shape, the
+        same on every rank, and can be large.
+        """
+        if not self.enabled:
+            return
+        saved = set(model.state_dict().keys())
+        bufs = [b for name, b in model.named_buffers() if name in saved]
+        # one broadcast per dtype and device instead of one per buffer (ResNet50: 160 buffers)
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for b in bufs:
+            groups.setdefault((b.dtype, b.device), []).append(b)
+        for group in groups.values():
+            flat = torch.cat([b.reshape(-1) for b in group])
+            dist.broadcast(flat, src=0)
+            offset = 0
+            for b in group:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+
     def barrier(self) -> None:
         """Wait for every rank (a no-op without DDP)."""
         if self.enabled:
