@@ -71,3 +71,17 @@ def test_fast_dct_gradient_is_the_transpose():
     x = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: dct(t, 5), (x,))
     assert torch.autograd.gradcheck(lambda t: dct_t(t, 13), (x,))
+
+
+@pytest.mark.parametrize("shape,n", [((0, 5), 3), ((2, 0, 7), 9), ((3, 0), 4), ((0, 4), 6)])
+def test_fast_dct_of_an_empty_batch(shape, n):
+    """An FFT of a zero-size batch fails on MKL; the transforms return the empty result."""
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    y, z = dct(x, n), dct_t(x, n)
+    m = shape[-1]
+    c = torch.from_numpy(scipy_c(max(m, n))[:n, :m]) if m else torch.zeros(n, 0, dtype=x.dtype)
+    torch.testing.assert_close(y, x.detach() @ c.T, atol=0, rtol=0)
+    ct = torch.from_numpy(scipy_c(max(m, n))[:m, :n]) if m else torch.zeros(0, n, dtype=x.dtype)
+    torch.testing.assert_close(z, x.detach() @ ct, atol=0, rtol=0)
+    (y.sum() + z.sum()).backward()
+    assert x.grad is not None and x.grad.shape == x.shape

@@ -170,3 +170,62 @@ def test_a_basis_first_built_in_inference_mode_still_trains():
     out.sum().backward()
     torch.testing.assert_close(out.detach(), expected)
     assert layer.values.grad is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"kernel_size": 0}, r"kernel_size must be an integer >= 1 .* got 0"),
+        ({"kernel_size": (3, 3, 3)}, r"kernel_size must be .* a pair .* got \(3, 3, 3\)"),
+        ({"kernel_size": 2.5}, r"kernel_size must be an integer"),
+        ({"padding": (1, 2, 3, 4)}, r"padding must be an integer >= 0 .* got \(1, 2, 3, 4\)"),
+        ({"padding": -1}, r"padding must be an integer >= 0"),
+        ({"padding": "full"}, r"unknown padding 'full'\. Valid: same, valid"),
+        ({"padding": "SAME"}, r"unknown padding 'SAME'\. Did you mean 'same'\?"),
+        ({"padding": "same", "stride": 2}, r"padding='same' needs stride 1"),
+        ({"stride": 0}, r"stride must be an integer >= 1"),
+        ({"stride": (1, 0)}, r"stride must be an integer >= 1"),
+        ({"dilation": 0}, r"dilation must be an integer >= 1"),
+        ({"groups": 0}, r"groups must be a positive integer, got 0"),
+        ({"in_channels": 0}, r"in_channels must be a positive integer, got 0"),
+        ({"out_channels": -2}, r"out_channels must be a positive integer, got -2"),
+        ({"in_channels": True}, r"in_channels must be a positive integer, got True"),
+    ],
+)
+def test_bad_conv_arguments(kwargs, match):
+    args = {"in_channels": 4, "out_channels": 8, "kernel_size": 3, **kwargs}
+    with pytest.raises(DctpsError, match=match):
+        DCTpSConv2d(**args, nnz=0)
+
+
+def test_conv_arguments_as_nn_conv2d_takes_them():
+    layer = DCTpSConv2d(4, 6, [3, 2], stride=(2, 1), padding=[1, 0], dilation=np.int64(1), nnz=3)
+    assert layer.kernel_size == (3, 2) and layer.stride == (2, 1) and layer.padding == (1, 0)
+    assert layer.dilation == (1, 1) and layer.weight_shape == (6, 4, 3, 2)
+    assert DCTpSConv2d(4, 6, 3, stride=2, padding="valid", nnz=1).padding == "valid"
+    assert DCTpSConv2d(4, 6, 3, padding="same", nnz=1).padding == "same"
+
+
+def test_basis_is_rebuilt_in_the_new_dtype_after_to():
+    """A cached D converted by .double() kept float32 accuracy, and .half() then .float() kept
+    fp16 rounding: D must always be the float64 DCT rounded once to the current dtype."""
+    ref = scipy_c(48)
+    layer = DCTpSLinear(48, 48, nnz=5, seed=0)
+    layer(torch.randn(2, 48))  # builds D in float32
+    layer.double()
+    torch.testing.assert_close(layer.D, ref, atol=1e-13, rtol=0)  # float32 would be ~1e-8 off
+    y = layer(torch.eye(48, dtype=torch.float64))
+    torch.testing.assert_close(y, ref.T + layer.bias.detach(), atol=1e-13, rtol=0)
+    for forward_in_half in (False, True):
+        layer.float()
+        layer.D  # noqa: B018  (built in float32)
+        layer.half()
+        if forward_in_half:
+            layer(torch.randn(2, 48, dtype=torch.half))
+        layer.float()
+        # one float32 rounding (<= 1.5e-8 here), not fp16's (~1e-4)
+        torch.testing.assert_close(layer.D, ref.float(), atol=3e-8, rtol=0)
+    layer.to("cpu")  # a move that keeps the dtype keeps the cached D
+    d = layer.D
+    layer.to("cpu")
+    assert layer.D is d

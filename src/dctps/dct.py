@@ -125,6 +125,8 @@ def dct(x: torch.Tensor, n: int) -> torch.Tensor:
     Shape ``(..., m) -> (..., n)``. Works in float32 and float64 and is differentiable.
     """
     m = x.shape[-1]
+    if x.numel() == 0:
+        return _empty(x, n)
     big = max(m, n)
     if big > m:
         x = torch.nn.functional.pad(x, (0, big - m))
@@ -139,7 +141,15 @@ def dct_t(y: torch.Tensor, m: int) -> torch.Tensor:
     Shape ``(..., n) -> (..., m)``; the adjoint of :func:`dct` (used in its backward pass).
     """
     n = y.shape[-1]
+    if y.numel() == 0:
+        return _empty(y, m)
     big = max(m, n)
     if big > n:
         y = torch.nn.functional.pad(y, (0, big - n))
     return _dct3_ortho(y)[..., :m]
+
+
+def _empty(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The transform of an empty ``x`` (a zero-size batch, or length 0): zeros of shape
+    ``(..., n)``, still in ``x``'s graph. (An FFT of an empty batch fails on some backends.)"""
+    return x.sum(-1, keepdim=True).expand(*x.shape[:-1], n).clone()

@@ -36,6 +36,13 @@ The hand-written backward of :class:`FastDCTpSFunction` uses the DCT-III (the tr
 reuses the ``D^T g`` computed for ``dx`` (so ``D x`` need not be stored); ``d values[j] =
 sum_b g[b, row_j] * x[b, col_j]`` is a sampled product on the support only.
 
+Precision: a half-precision layer's fast paths compute in float32 (the FFT and sparse kernels
+need it) and return the layer's dtype; under ``torch.autocast`` they compute in float32 and return
+autocast's dtype, as ``F.linear`` / ``F.conv2d`` would (``'auto'`` takes the dense path there). An
+input of another dtype, or of the wrong shape, is a :class:`~dctps.errors.DctpsError`, as the dense
+path would refuse it. Second derivatives (``create_graph=True``) are exact: the custom backward
+then differentiates a recompute of the forward from the saved input.
+
 Sparse products: for Linear layers with ``nnz >= N/4``, ``torch.sparse`` CSR matrices (MKL on
 CPU, cuSPARSE on CUDA) built per call from cached index structures (:class:`SparsePlan`); on one
 CPU thread, batch 128, 8192x8192 at 0.1%, ``S x`` took ~1.3 ms this way against ~20 ms for
@@ -45,6 +52,7 @@ gather of the needed rows and ``index_add_``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import math
@@ -77,6 +85,9 @@ __all__ = [
     "auto_cache",
     "clear_auto_cache",
     "auto_generation",
+    "autocast_dtype",
+    "check_linear_input",
+    "check_conv_input",
 ]
 
 MODES = ("dense", "fast", "factor", "auto")
@@ -93,6 +104,18 @@ def _not_traced(fn: Callable) -> Callable:
         if not disabled:
             disabled.append(torch.compiler.disable(fn))
         return disabled[0](*args, **kwargs)
+
+    return wrapper
+
+
+def _outside_inference(fn: Callable) -> Callable:
+    """Run a cache builder with inference mode off: what it builds is reused by later calls, which
+    may train, and a tensor made under ``torch.inference_mode`` can never be saved for backward."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
 
     return wrapper
 
@@ -118,6 +141,8 @@ def set_mode(model: nn.Module, mode: str) -> nn.Module:
     Returns ``model``. Switching to ``'fast'`` or ``'factor'`` frees any cached ``D``.
     """
     check_mode(mode)
+    if not isinstance(model, nn.Module):
+        raise DctpsError(f"set_mode needs an nn.Module, got {type(model).__name__}")
     for m in model.modules():
         if hasattr(m, "weight_shape") and hasattr(m, "values") and hasattr(m, "mode"):
             m.mode = mode  # type: ignore[assignment]  # a DCTpSLayer's mode property
@@ -270,6 +295,13 @@ def _band(n: int, k0: int, k1: int, device: torch.device, dtype: torch.dtype) ->
     hit = _BANDS.get(key)
     if hit is not None:
         return hit
+    band = _make_band(n, k0, k1, device, dtype)
+    _BANDS[key] = band
+    return band
+
+
+@_outside_inference
+def _make_band(n: int, k0: int, k1: int, device: torch.device, dtype: torch.dtype) -> _Band:
     h = n // 2 + 1
     scale = math.sqrt(2.0 / n)
     f64 = torch.float64
@@ -295,12 +327,10 @@ def _band(n: int, k0: int, k1: int, device: torch.device, dtype: torch.dtype) ->
         return t.to(device=device, dtype=dtype).view(-1, 1)
 
     wl, wh = edge_weight(k), edge_weight(j)
-    band = _Band(
+    return _Band(
         n, k0, lo_end, cast(a_lo), cast(b_lo), cast(a_lo * wl), cast(b_lo * wl),
         j0, j1, cast(a_hi), cast(b_hi), cast(a_hi * wh), cast(b_hi * wh),
     )  # fmt: skip
-    _BANDS[key] = band
-    return band
 
 
 def _dct_band(v: torch.Tensor, band: _Band, y: torch.Tensor, alpha: torch.Tensor) -> None:
@@ -377,6 +407,8 @@ def _transform(v: torch.Tensor, spec: TransformSpec, alpha: torch.Tensor) -> tor
     Group ``g`` produces output rows (= DCT frequencies) ``[g * out_g, (g + 1) * out_g)`` from its
     block of ``v``; a Linear or ungrouped conv is the single band ``[0, out)``.
     """
+    if v.numel() == 0:  # an FFT of an empty batch fails on some backends (MKL); nothing to do
+        return v.new_zeros(v.shape[0], spec.out, v.shape[2])
     if spec.kind == "hadamard":
         return _hadamard(v, spec, alpha)
     out, n, groups = spec.out, spec.n, spec.groups
@@ -390,6 +422,8 @@ def _transform(v: torch.Tensor, spec: TransformSpec, alpha: torch.Tensor) -> tor
 
 def _transform_t(g: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
     """``D^T g`` onto the FFT buffer: ``(B, out, L) -> (B, groups * N, L)``."""
+    if g.numel() == 0:  # as in _transform
+        return g.new_zeros(g.shape[0], spec.width, g.shape[2])
     if spec.kind == "hadamard":
         return _hadamard_t(g, spec)
     out, n, groups = spec.out, spec.n, spec.groups
@@ -490,6 +524,15 @@ def _offset_parts(layer: Layer) -> tuple[str, torch.Tensor | None, torch.Tensor 
     cached = layer.__dict__.get("_dctps_offset")
     if cached is not None and cached[0] == key:
         return cached[1]
+    res = _make_offset_parts(layer, key)
+    layer.__dict__["_dctps_offset"] = (key, res)
+    return res
+
+
+@_outside_inference
+def _make_offset_parts(
+    layer: Layer, key: tuple
+) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
     off = key[0]
     if not _offsets.has_fast_path(off):
         raise DctpsError(
@@ -501,9 +544,7 @@ def _offset_parts(layer: Layer) -> tuple[str, torch.Tensor | None, torch.Tensor 
     kind = "hadamard" if off == "hadamard" else "dct"
     perm = _offsets.permutation(fan, seed) if off == "dct_permuted" else None
     signs = _offsets.signs(fan, seed) if off == "dct_signflip" else None
-    res = (kind, perm, signs)
-    layer.__dict__["_dctps_offset"] = (key, res)
-    return res
+    return kind, perm, signs
 
 
 def _plan(layer: Layer) -> SparsePlan:
@@ -513,6 +554,13 @@ def _plan(layer: Layer) -> SparsePlan:
     cached = layer.__dict__.get("_dctps_plan")
     if cached is not None and cached[0] is idx and cached[1] == idx._version and cached[3] == okey:
         return cached[2]
+    plan = _make_plan(layer, idx)
+    layer.__dict__["_dctps_plan"] = (idx, idx._version, plan, okey)
+    return plan
+
+
+@_outside_inference
+def _make_plan(layer: Layer, idx: torch.Tensor) -> SparsePlan:
     kind, perm, _ = _offset_parts(layer)
     shape = tuple(layer.weight_shape)
     fan = math.prod(shape[1:])
@@ -527,7 +575,6 @@ def _plan(layer: Layer) -> SparsePlan:
         kk = shape[2] * shape[3]
         in_rows = (rows // (shape[0] // groups) * shape[1] + within // kk) * kk + within % kk
         plan = SparsePlan.build(spec, rows, in_rows)
-    layer.__dict__["_dctps_plan"] = (idx, idx._version, plan, okey)
     return plan
 
 
@@ -548,6 +595,15 @@ def _sign_parts(
     cached = layer.__dict__.get("_dctps_signs")
     if cached is not None and cached[0] == key and cached[1] is idx:
         return cached[2]
+    res = _make_sign_parts(layer, signs, idx, device, dtype)
+    layer.__dict__["_dctps_signs"] = (key, idx, res)
+    return res
+
+
+@_outside_inference
+def _make_sign_parts(
+    layer: Layer, signs: torch.Tensor, idx: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     shape = tuple(layer.weight_shape)
     fan = math.prod(shape[1:])
     within = idx.cpu() % fan
@@ -558,9 +614,7 @@ def _sign_parts(
         kk = kh * kw
         rows_sign = signs[_conv_hwc(shape, layer.groups)]
         vals_sign = signs[(within % kk) * cg + within // kk]  # (c, h, w) flat -> (h, w, c)
-    res = (rows_sign.to(device=device, dtype=dtype), vals_sign.to(device=device, dtype=dtype))
-    layer.__dict__["_dctps_signs"] = (key, idx, res)
-    return res
+    return rows_sign.to(device=device, dtype=dtype), vals_sign.to(device=device, dtype=dtype)
 
 
 def _apply_signs(
@@ -661,8 +715,12 @@ class FastDCTpSFunction(torch.autograd.Function):
     Backward: ``D^T g`` is one inverse real FFT of a weighted spectrum (the DCT-III, i.e.
     :func:`dctps.dct.dct_t`), ``dx = gather(alpha * D^T g + S^T g)``, ``d alpha = <D^T g, v>``
     (``= <g, D x>``, so ``D x`` is not stored), ``d values`` a sampled product of ``g`` and ``v``
-    on the support, ``d bias = sum g``. Saved for backward: ``v`` (for a conv, the patches).
-    Nothing of ``out * fan`` elements is ever allocated.
+    on the support, ``d bias = sum g``. Saved for backward: the input ``x`` (``v`` is gathered
+    from it again). Nothing of ``out * fan`` elements is ever allocated.
+
+    Double backward (``create_graph=True``): the backward then recomputes ``y`` from the saved
+    input with built-in differentiable ops (:func:`_differentiable_forward`, the same FFT and
+    sparse products) and differentiates that, so second derivatives are exact, in ``x`` too.
     """
 
     @staticmethod
@@ -685,18 +743,30 @@ class FastDCTpSFunction(torch.autograd.Function):
             _sparse_add(plan, values, v, y)
         if bias is not None:
             y.add_(bias.view(-1, 1))
-        ctx.save_for_backward(v, alpha, values, dv)
+        # x, not v: an input keeps its autograd history when unpacked, which double backward
+        # needs (v, made here without grad, would cut x out of the second derivative)
+        ctx.save_for_backward(x, alpha, values, dv)
         ctx.plan = plan
         ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        v, alpha, values, dv = ctx.saved_tensors
+        x, alpha, values, dv = ctx.saved_tensors
         plan: SparsePlan = ctx.plan
         need_x, need_a, need_v, need_b = ctx.needs_input_grad[:4]
+        dbias = grad.sum((0, 2)) if need_b and ctx.has_bias else None
+        if torch.is_grad_enabled():  # create_graph=True: these gradients must be differentiable
+            dx, dalpha, dvalues = _recompute_grads(
+                lambda t, a, s: _differentiable_forward(t, a, s, plan),
+                (x, alpha, values),
+                ctx.needs_input_grad[:3],
+                grad,
+            )
+            return dx, dalpha, dvalues, dbias, None
         g = grad.contiguous()
-        dx = dalpha = dvalues = dbias = None
+        dx = dalpha = dvalues = None
+        v = _to_v(plan.spec, x) if need_v or (need_a and dv is None) else None
         if dv is not None:  # per-row alpha
             if need_a:
                 dalpha = (g * dv).sum((0, 2))
@@ -708,6 +778,7 @@ class FastDCTpSFunction(torch.autograd.Function):
         elif need_x or need_a:
             dtg = _transform_t(g, plan.spec)
             if need_a:
+                assert v is not None
                 dalpha = torch.dot(dtg.flatten(), v.flatten()).view_as(alpha)
             if need_x:
                 vbar = dtg.mul_(alpha)
@@ -715,29 +786,202 @@ class FastDCTpSFunction(torch.autograd.Function):
                     _sparse_add_t(plan, values, g, vbar)
                 dx = _from_v(plan.spec, vbar)
         if need_v:
+            assert v is not None
             dvalues = _sampled(plan, g, v) if plan.nnz else torch.zeros_like(values)
-        if need_b and ctx.has_bias:
-            dbias = g.sum((0, 2))
         return dx, dalpha, dvalues, dbias, None
 
 
-def _work(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``x`` contiguous, in a dtype the FFT path supports (half/bfloat16 computed in float32)."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.to(like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32)
-    return x.contiguous()
+def _recompute_grads(
+    fn: Callable[..., torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    needs: tuple[bool, ...],
+    grad: torch.Tensor,
+) -> list[torch.Tensor | None]:
+    """The vector-Jacobian product ``grad^T d fn(*inputs)`` with a graph, for double backward.
+
+    ``fn`` recomputes a custom Function's output from its saved inputs with differentiable ops;
+    saved inputs unpack with their autograd history, so the result is differentiable in them
+    (and in ``grad``). Returns one gradient per input, ``None`` where ``needs`` is false.
+    """
+    wanted = [t for t, n in zip(inputs, needs, strict=True) if n]
+    if not wanted:  # e.g. only the bias trains: autograd.grad refuses an empty input list
+        return [None] * len(inputs)
+    with torch.enable_grad():
+        y = fn(*inputs)
+    got = iter(torch.autograd.grad(y, wanted, grad, create_graph=True, allow_unused=True))
+    res = [next(got) if n else None for n in needs]
+    # an input the recompute did not reach (e.g. values when nnz=0) has a zero gradient
+    return [
+        torch.zeros_like(t) if n and r is None else r
+        for t, n, r in zip(inputs, needs, res, strict=True)
+    ]
+
+
+def _dct_rows(v: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
+    """``D v`` (``alpha = 1``) like :func:`_transform`, with out-of-place differentiable ops."""
+    out, n, groups = spec.out, spec.n, spec.groups
+    og = out // groups
+    parts = []
+    for g in range(groups):
+        band = _band(n, g * og, (g + 1) * og, v.device, v.dtype)
+        ur = torch.view_as_real(torch.fft.rfft(v[:, g * n : (g + 1) * n], dim=1))
+        if band.lo_end > band.k0:
+            sl = ur[:, band.k0 : band.lo_end]
+            parts.append(sl[..., 0] * band.a_lo + sl[..., 1] * band.b_lo)
+        if band.j1 > band.j0:
+            sl = ur[:, band.j0 : band.j1]
+            parts.append((sl[..., 0] * band.a_hi + sl[..., 1] * band.b_hi).flip(1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _differentiable_forward(
+    x: torch.Tensor, alpha: torch.Tensor, values: torch.Tensor, plan: SparsePlan
+) -> torch.Tensor:
+    """:class:`FastDCTpSFunction`'s ``alpha * D x + S x`` (no bias) with built-in differentiable
+    ops only: the recompute its double backward differentiates. ``O(N log N + nnz)`` per column,
+    like the forward; no ``out * fan`` tensor."""
+    spec = plan.spec
+    b, _, ln = x.shape
+    if spec.src is not None:
+        v = x.index_select(1, spec.src)
+    else:
+        v = x.new_zeros(b, spec.width, ln).index_copy(1, spec.dest, x)
+    if v.numel() == 0:  # an FFT of an empty batch fails on some backends; the result is empty
+        dv = v.new_zeros(b, spec.out, ln)
+    elif spec.kind == "hadamard":
+        dv = _hadamard(v, spec, alpha.new_ones(()))
+    else:
+        dv = _dct_rows(v, spec)
+    y = dv * (alpha if alpha.dim() == 0 else alpha.view(-1, 1))
+    if plan.nnz:
+        y = y.index_add(1, plan.rows, v.index_select(1, plan.cols) * values[:, None])
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# What the fast paths accept: shapes and dtypes checked as the dense path would, half computed in
+# float32, autocast honoured
+# ------------------------------------------------------------------------------------------------
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast gives a Linear / conv output on ``x``'s device, or ``None`` when autocast
+    is off there."""
+    dev = x.device.type
+    try:
+        if not torch.is_autocast_enabled(dev):
+            return None
+    except RuntimeError:  # a device type autocast does not know (e.g. 'meta'): no autocast there
+        return None
+    return torch.get_autocast_dtype(dev)
+
+
+@dataclass
+class _Precision:
+    """How a fast path computes: in ``work`` (float32 for a half layer: the FFTs and sparse
+    kernels need it), returning ``out`` (the layer's dtype, or autocast's), with autocast switched
+    off inside (``autocast``) so it does not recast the intermediate products."""
+
+    work: torch.dtype
+    out: torch.dtype
+    autocast: bool
+
+    def scope(self, x: torch.Tensor) -> Any:
+        """A context that turns autocast off on ``x``'s device when it was on."""
+        if self.autocast:
+            return torch.autocast(x.device.type, enabled=False)
+        return contextlib.nullcontext()
+
+
+def _precision(layer: Layer, x: torch.Tensor) -> _Precision:
+    """The :class:`_Precision` of a fast path on ``x``, or a :class:`DctpsError` where the dense
+    path would fail on the dtypes (it never silently casts an input to another precision)."""
+    p = layer.alpha.dtype
+    work = torch.float32 if p in _HALF else p
+    cast = autocast_dtype(x) if p != torch.float64 else None
+    if cast is not None and x.dtype in (torch.float32, *_HALF):
+        return _Precision(work, cast, True)
+    if x.dtype != p:
+        raise DctpsError(
+            f"input dtype {x.dtype} differs from the layer's {p} (the dense path refuses it "
+            f"too): give a {p} input (x.to({p})) or convert the layer (layer.to({x.dtype}))"
+        )
+    return _Precision(work, p, False)
+
+
+def _params(
+    layer: Layer, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``alpha``, ``values`` and ``bias`` in ``dtype`` (differentiable casts; no copy when they
+    already are)."""
+    bias = layer.bias
+    return (
+        layer.alpha.to(dtype),
+        layer.values.to(dtype),
+        None if bias is None else bias.to(dtype),
+    )
+
+
+def check_linear_input(layer: Layer, x: torch.Tensor) -> None:
+    """A :class:`DctpsError` unless ``x`` is ``(..., in_features)`` for the Linear ``layer``."""
+    out, inp = layer.weight_shape
+    if x.dim() == 0 or x.shape[-1] != inp:
+        raise DctpsError(
+            f"DCTpSLinear(in_features={inp}, out_features={out}) expects an input of shape "
+            f"(..., {inp}), got shape {tuple(x.shape)}"
+        )
+
+
+def check_conv_input(layer: Layer, x: torch.Tensor) -> tuple[int, int]:
+    """The output size ``(H', W')`` of the conv ``layer`` on ``x``, or a :class:`DctpsError`
+    naming what is wrong with ``x`` (dimensions, channel count, a kernel larger than the padded
+    input), in the words of ``nn.Conv2d``."""
+    out, cg, kh, kw = layer.weight_shape
+    groups = layer.groups
+    cin = cg * groups
+    if x.dim() not in (3, 4):
+        raise DctpsError(
+            f"DCTpSConv2d expects a 3-D (C, H, W) or 4-D (B, C, H, W) input, got shape "
+            f"{tuple(x.shape)}"
+        )
+    if x.shape[-3] != cin:
+        raise DctpsError(
+            f"DCTpSConv2d: given groups={groups}, weight of size {list(layer.weight_shape)}, "
+            f"expected input{list(x.shape)} to have {cin} channels, but got {x.shape[-3]} channels"
+        )
+    left, right, top, bottom = _explicit_padding(layer)
+    h, w = x.shape[-2] + top + bottom, x.shape[-1] + left + right
+    dh, dw = layer.dilation
+    sh, sw = layer.stride
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if h < eh or w < ew:
+        raise DctpsError(
+            f"DCTpSConv2d: the padded input is {h}x{w} but the (dilated) kernel is {eh}x{ew}: "
+            "the kernel can't be larger than the input"
+        )
+    return (h - eh) // sh + 1, (w - ew) // sw + 1
 
 
 @_not_traced
 def fast_linear(layer: Layer, x: torch.Tensor) -> torch.Tensor:
-    """The fast path of a :class:`~dctps.layers.DCTpSLinear`: ``(..., in) -> (..., out)``."""
+    """The fast path of a :class:`~dctps.layers.DCTpSLinear`: ``(..., in) -> (..., out)``.
+
+    A half-precision layer computes in float32 and returns its dtype; under ``torch.autocast`` the
+    output has autocast's dtype, as ``F.linear``'s would.
+    """
+    check_linear_input(layer, x)
+    prec = _precision(layer, x)
     out, inp = layer.weight_shape
     lead = x.shape[:-1]
     plan = _plan(layer)
-    x3 = _work(x.reshape(-1, inp), layer.values).unsqueeze(2)
-    x3, values = _apply_signs(layer, x3, layer.values)
-    y = FastDCTpSFunction.apply(x3, layer.alpha, values, layer.bias, plan)
-    return y.to(x.dtype).view(*lead, out)
+    alpha, values, bias = _params(layer, prec.work)
+    with prec.scope(x):
+        x3 = x.reshape(-1, inp).to(prec.work).contiguous().unsqueeze(2)
+        x3, values = _apply_signs(layer, x3, values)
+        y = FastDCTpSFunction.apply(x3, alpha, values, bias, plan)
+    return y.to(prec.out).view(*lead, out)
 
 
 def _explicit_padding(layer: Layer) -> tuple[int, int, int, int]:
@@ -777,16 +1021,20 @@ def conv_unfold(layer: Layer, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 def fast_conv2d(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The transform path of a :class:`~dctps.layers.DCTpSConv2d`: ``F.unfold`` the patches and
     apply :class:`FastDCTpSFunction` (which reorders each patch to ``(h, w, c)`` and Makhoul order
-    in the same gather); the ``(B, out, L)`` result is the conv output's layout."""
+    in the same gather); the ``(B, out, L)`` result is the conv output's layout. Dtypes as
+    :func:`fast_linear`."""
+    check_conv_input(layer, x)
+    prec = _precision(layer, x)
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
-    xw = x if x.dtype in (torch.float32, torch.float64) else _work(x, layer.values)
     plan = _plan(layer)
-    cols, ho, wo = conv_unfold(layer, xw)
-    cols, values = _apply_signs(layer, cols, layer.values)
-    y = FastDCTpSFunction.apply(cols, layer.alpha, values, layer.bias, plan)
-    y = y.view(x.shape[0], -1, ho, wo).to(x.dtype)
+    alpha, values, bias = _params(layer, prec.work)
+    with prec.scope(x):
+        cols, ho, wo = conv_unfold(layer, x.to(prec.work))
+        cols, values = _apply_signs(layer, cols, values)
+        y = FastDCTpSFunction.apply(cols, alpha, values, bias, plan)
+    y = y.view(x.shape[0], layer.weight_shape[0], ho, wo).to(prec.out)
     return y.squeeze(0) if unbatched else y
 
 
@@ -809,6 +1057,15 @@ def _factor_weights(layer: Layer, device: torch.device, dtype: torch.dtype):
     cached = layer.__dict__.get("_dctps_factors")
     if cached is not None and cached[0] == key:
         return cached[1]
+    res = _make_factor_weights(layer, device, dtype)
+    layer.__dict__["_dctps_factors"] = (key, res)
+    return res
+
+
+@_outside_inference
+def _make_factor_weights(
+    layer: Layer, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     out, cg, kh, kw = layer.weight_shape
     groups = layer.groups
     og = out // groups
@@ -828,9 +1085,7 @@ def _factor_weights(layer: Layer, device: torch.device, dtype: torch.dtype):
     # Re[P Z] = s cos(psi) Re Z + s sin(psi) Im Z  with P = s exp(-i psi)
     k = torch.stack([scale[:, None] * torch.cos(psi), scale[:, None] * torch.sin(psi)], 0)
     k = k.view(2, groups, og, kh * kw).transpose(0, 1).reshape(2 * out, 1, kh, kw)
-    res = (e.to(device=device, dtype=dtype), k.to(device=device, dtype=dtype))
-    layer.__dict__["_dctps_factors"] = (key, res)
-    return res
+    return e.to(device=device, dtype=dtype), k.to(device=device, dtype=dtype)
 
 
 @dataclass
@@ -846,6 +1101,13 @@ def _conv_sparse_plan(layer: Layer) -> ConvSparsePlan:
     cached = layer.__dict__.get("_dctps_cplan")
     if cached is not None and cached[0] is idx and cached[1] == idx._version:
         return cached[2]
+    plan = _make_conv_sparse_plan(layer, idx)
+    layer.__dict__["_dctps_cplan"] = (idx, idx._version, plan)
+    return plan
+
+
+@_outside_inference
+def _make_conv_sparse_plan(layer: Layer, idx: torch.Tensor) -> ConvSparsePlan:
     out, cg, kh, kw = layer.weight_shape
     kk = kh * kw
     o = idx // (cg * kk)
@@ -856,9 +1118,7 @@ def _conv_sparse_plan(layer: Layer) -> ConvSparsePlan:
     for k in torch.unique(hw).tolist():
         sel = torch.nonzero(hw == k).flatten()
         offsets.append((k // kw, k % kw, sel, o[sel], c[sel]))
-    plan = ConvSparsePlan(offsets)
-    layer.__dict__["_dctps_cplan"] = (idx, idx._version, plan)
-    return plan
+    return ConvSparsePlan(offsets)
 
 
 def _window(t: torch.Tensor, h: int, w: int, layer: Layer, ho: int, wo: int) -> torch.Tensor:
@@ -870,34 +1130,58 @@ def _window(t: torch.Tensor, h: int, w: int, layer: Layer, ho: int, wo: int) -> 
     ]
 
 
+def _sparse_conv(
+    x: torch.Tensor, values: torch.Tensor, layer: Layer, plan: ConvSparsePlan, ho: int, wo: int
+) -> torch.Tensor:
+    """``conv2d(x, S)`` by shifted sums (see :class:`SparseConv2dFunction`) with out-of-place,
+    differentiable ops: the recompute its double backward differentiates."""
+    left, right, top, bottom = _explicit_padding(layer)
+    xp = F.pad(x, (left, right, top, bottom))
+    y = x.new_zeros(x.shape[0], layer.weight_shape[0], ho, wo)
+    for h, w, sel, rows, chans in plan.offsets:
+        win = _window(xp.index_select(1, chans), h, w, layer, ho, wo)
+        y = y.index_add(1, rows, win * values[sel].view(-1, 1, 1))
+    return y
+
+
 class SparseConv2dFunction(torch.autograd.Function):
     """``y = conv2d(x, S)`` for a sparse ``S`` without unfolding: for each kernel offset, gather
     the input channels its non-zeros read (whole padded planes, contiguous), take the offset's
     strided window, scale by the values and ``index_add`` into the output channels.
-    Cost ``O(nnz * B * H * W)``; nothing of the weight's size is formed."""
+    Cost ``O(nnz * B * H * W)``; nothing of the weight's size is formed. Saved for backward: the
+    input (padded again there). Double backward differentiates :func:`_sparse_conv`."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, layer: Layer,  # type: ignore[override]
                 plan: ConvSparsePlan, ho: int, wo: int) -> torch.Tensor:  # fmt: skip
-        left, right, top, bottom = _explicit_padding(layer)
-        xp = F.pad(x, (left, right, top, bottom)) if (left or right or top or bottom) else x
-        xp = xp.contiguous()
+        xp = _padded(x, layer)
         y = x.new_zeros(x.shape[0], layer.weight_shape[0], ho, wo)
         for h, w, sel, rows, chans in plan.offsets:
             win = _window(xp.index_select(1, chans), h, w, layer, ho, wo)
             y.index_add_(1, rows, win * values[sel].view(-1, 1, 1))
-        ctx.save_for_backward(xp, values)
-        ctx.layer, ctx.plan, ctx.geom = layer, plan, (ho, wo, top, left, x.shape)
+        # x, not xp: an input keeps its autograd history when unpacked, which double backward needs
+        ctx.save_for_backward(x, values)
+        ctx.layer, ctx.plan, ctx.geom = layer, plan, (ho, wo)
         return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):  # type: ignore[override]
-        xp, values = ctx.saved_tensors
+        x, values = ctx.saved_tensors
         layer, plan = ctx.layer, ctx.plan
-        ho, wo, top, left, shape = ctx.geom
+        ho, wo = ctx.geom
+        need_x, need_v = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # create_graph=True: these gradients must be differentiable
+            dx, dvalues = _recompute_grads(
+                lambda t, s: _sparse_conv(t, s, layer, plan, ho, wo),
+                (x, values),
+                (need_x, need_v),
+                g,
+            )
+            return dx, dvalues, None, None, None, None
+        left, _, top, _ = _explicit_padding(layer)
+        xp = _padded(x, layer)
         g = g.contiguous()
         dx = dvalues = None
-        need_x, need_v = ctx.needs_input_grad[:2]
         dxp = torch.zeros_like(xp) if need_x else None
         if need_v:
             dvalues = torch.empty_like(values)
@@ -911,41 +1195,50 @@ class SparseConv2dFunction(torch.autograd.Function):
                 torch.mul(gs, values[sel].view(-1, 1, 1), out=_window(buf, h, w, layer, ho, wo))
                 dxp.index_add_(1, chans, buf)
         if dxp is not None:
-            dx = dxp[:, :, top : top + shape[2], left : left + shape[3]]
+            dx = dxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
         return dx, dvalues, None, None, None, None
+
+
+def _padded(x: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """``x`` zero padded by the layer's padding, contiguous."""
+    left, right, top, bottom = _explicit_padding(layer)
+    xp = F.pad(x, (left, right, top, bottom)) if (left or right or top or bottom) else x
+    return xp.contiguous()
 
 
 @_not_traced
 def factor_conv2d(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The factorised path of a :class:`~dctps.layers.DCTpSConv2d` (see the comment above):
     ``alpha * D x`` as a 1x1 conv to ``2 out`` channels plus a depthwise conv, ``S x`` as
-    :class:`SparseConv2dFunction`. ``D`` and ``W`` are never formed."""
+    :class:`SparseConv2dFunction`. ``D`` and ``W`` are never formed. Dtypes as
+    :func:`fast_linear`."""
     if getattr(layer, "offset", "dct") != "dct":
         raise DctpsError(
             f"offset {layer.offset!r} has no factor path (only 'dct' factorises): use "
             "mode='fast', 'dense' or 'auto'"
         )
+    check_conv_input(layer, x)
+    prec = _precision(layer, x)
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
-    e, k = _factor_weights(layer, x.device, layer.alpha.dtype)
-    xw = x if x.dtype == e.dtype else x.to(e.dtype)
-    out = layer.weight_shape[0]
-    z = F.conv2d(xw, e, None, 1, 0, 1, layer.groups)
-    alpha = layer.alpha
-    if alpha.dim():  # per channel: the depthwise channels are (group, Re/Im, filter in group)
-        g = layer.groups
-        alpha = alpha.view(g, 1, out // g).expand(g, 2, out // g).reshape(2 * out, 1, 1, 1)
-    q = F.conv2d(z, k * alpha, None, layer.stride, layer.padding, layer.dilation, 2 * out)
-    b, _, ho, wo = q.shape
-    y = q.view(b, layer.groups, 2, out // layer.groups, ho, wo).sum(2).view(b, out, ho, wo)
-    if layer.nnz:
-        y = y + SparseConv2dFunction.apply(
-            xw, layer.values, layer, _conv_sparse_plan(layer), ho, wo
-        )
-    if layer.bias is not None:
-        y = y + layer.bias.view(-1, 1, 1)
-    y = y.to(x.dtype)
+    e, k = _factor_weights(layer, x.device, prec.work)
+    alpha, values, bias = _params(layer, prec.work)
+    out, groups = layer.weight_shape[0], layer.groups
+    with prec.scope(x):
+        xw = x.to(prec.work)
+        z = F.conv2d(xw, e, None, 1, 0, 1, groups)
+        if alpha.dim():  # per channel: the depthwise channels are (group, Re/Im, filter in group)
+            alpha = alpha.view(groups, 1, -1).expand(groups, 2, out // groups).reshape(-1, 1, 1, 1)
+        q = F.conv2d(z, k * alpha, None, layer.stride, layer.padding, layer.dilation, 2 * out)
+        b, _, ho, wo = q.shape
+        y = q.view(b, groups, 2, out // groups, ho, wo).sum(2).view(b, out, ho, wo)
+        if layer.nnz:
+            plan = _conv_sparse_plan(layer)
+            y = y + SparseConv2dFunction.apply(xw, values, layer, plan, ho, wo)
+        if bias is not None:
+            y = y + bias.view(-1, 1, 1)
+    y = y.to(prec.out)
     return y.squeeze(0) if unbatched else y
 
 
@@ -1092,7 +1385,9 @@ def choose(layer: Layer, x: torch.Tensor, paths: dict[str, Callable], reps: int 
                 times[name] = min(times.get(name, math.inf), t)
     finally:
         for n, p in saved.items():
-            setattr(layer, n, p)
+            # straight into the dict: under torch.func.functional_call p is a plain tensor, which
+            # nn.Module.__setattr__ refuses for a parameter's name
+            layer._parameters[n] = p
         if gc_was_enabled:
             gc.enable()
     path = min(times, key=times.__getitem__)

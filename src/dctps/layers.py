@@ -23,6 +23,7 @@ follows ``.to()``).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -34,6 +35,9 @@ from dctps.allocation import filter_counts
 from dctps.errors import DctpsError, check_seed, unknown_name
 from dctps.fast import (
     auto_generation,
+    autocast_dtype,
+    check_conv_input,
+    check_linear_input,
     check_mode,
     choose,
     factor_conv2d,
@@ -324,7 +328,9 @@ class DCTpSLayer(nn.Module):
         """The fixed basis ``D`` (``weight_shape``), built on first use and cached as a buffer.
 
         Never built by ``mode='fast'``; rebuilt if the cached copy's device/dtype differ from
-        ``alpha``'s.
+        ``alpha``'s, and dropped by a ``.to()`` / ``.double()`` / ``.half()`` that changes its
+        dtype (see :meth:`_apply`), so it is always computed in float64 and rounded once to the
+        layer's current dtype.
         """
         d = self._D
         a = self.alpha
@@ -339,6 +345,16 @@ class DCTpSLayer(nn.Module):
         """Free the cached ``D`` (it is rebuilt from the shape when needed)."""
         self._D = None
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:  # type: ignore[override]
+        before = self._D
+        res = super()._apply(fn, recurse)
+        d = self._D
+        if before is not None and d is not None and d.dtype != before.dtype:
+            # a converted D carries the old dtype's rounding (float32 -> float64 keeps float32
+            # accuracy; .half().float() keeps fp16's): rebuild it from the shape instead
+            self._D = None
+        return res
+
     @property
     def basis_built(self) -> bool:
         """Whether ``D`` is currently materialised (stays ``False`` under ``mode='fast'``)."""
@@ -350,7 +366,16 @@ class DCTpSLayer(nn.Module):
         (O(n log n) DCT + sparse product, no ``D``), ``'factor'`` (convs: a complex 1x1 conv, a
         depthwise conv and a sparse shifted sum, no ``D``; Linear layers treat it as ``'fast'``),
         or ``'auto'`` (the fastest, measured once per input signature); see :mod:`dctps.fast`.
-        All compute the same function."""
+        All compute the same function.
+
+        ``'auto'`` measures with timed forward (and backward) passes inside the first call of a
+        signature, so some calls take the dense path without measuring (and without caching
+        that): under ``torch.autocast`` on the input's device (the paths would differ in output
+        precision), on an empty input (the fast path if it needs no ``D``), and while
+        saved-tensor hooks are active (non-reentrant ``torch.utils.checkpoint``,
+        ``save_on_cpu``: the measuring passes would run under the user's hooks, and checkpoint's
+        recompute must see the same saved tensors). A signature measured before is reused there.
+        """
         return self._mode
 
     @mode.setter
@@ -364,22 +389,37 @@ class DCTpSLayer(nn.Module):
 
     def _path(self, x: torch.Tensor) -> str:
         """The path this call takes: ``'dense'`` inside ``torch.compile``, else by ``mode``
-        (``'auto'`` asks :func:`dctps.fast.choose`, which measures once per input signature)."""
+        (``'auto'`` asks :func:`dctps.fast.choose`, which measures once per input signature;
+        see :attr:`mode` for the calls it does not measure)."""
         mode = self._mode
         if mode == "dense" or torch.compiler.is_compiling():
             return "dense"
         if mode == "auto":
-            # per-layer memo of the global decision (dctps.fast.choose): one dict lookup per call
-            key = (x.shape, x.dtype, x.device, torch.is_grad_enabled(), auto_generation())
+            if autocast_dtype(x) is not None:
+                return "dense"
+            # per-layer memo of the global decision (dctps.fast.choose): one dict lookup per call;
+            # nnz is in it because a load_state_dict may resize the support (the last entry must
+            # stay the generation: dctps.batched reads it)
+            key = (x.shape, x.dtype, x.device, torch.is_grad_enabled(), self.nnz, auto_generation())
             memo = self.__dict__.setdefault("_dctps_auto", {})
             path = memo.get(key)
             if path is None:
+                if x.numel() == 0:  # nothing to time; the fast path needs no D
+                    fast = self._path_available("fast") and not self.basis_built
+                    return "fast" if fast else "dense"
+                if _saved_tensor_hooks_active():
+                    return "dense"
+                self._check_input(x)
                 paths = {
                     k: getattr(self, v) for k, v in self._PATHS.items() if self._path_available(k)
                 }
                 path = memo[key] = choose(self, x, paths)
             return path
         return mode if mode in self._PATHS else "fast"
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """A :class:`DctpsError` for an input of the wrong shape (before ``'auto'`` times it)."""
+        raise NotImplementedError
 
     def _with_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """The layer's op (``F.linear`` / ``F.conv2d``) with the materialised weight ``w``."""
@@ -522,12 +562,27 @@ class DCTpSLinear(DCTpSLayer):
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         return fast_linear(self, x)
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_linear_input(self, x)
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}, "
             f"mode={self._mode!r}{_extra(self)}"
         )
+
+
+def _saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks (non-reentrant ``torch.utils.checkpoint``, ``save_on_cpu``) are
+    active on this thread; ``False`` where this torch cannot tell."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:
+        return False
+    try:
+        return top(False) is not None
+    except (RuntimeError, TypeError):
+        return False
 
 
 def _extra(layer: DCTpSLayer) -> str:
@@ -539,8 +594,32 @@ def _extra(layer: DCTpSLayer) -> str:
     return out
 
 
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _int(v: object) -> int | None:
+    """``v`` as an int if it is an integer (Python, numpy or 0-d torch; not a bool), else None."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _pair(v: object, name: str, low: int) -> tuple[int, int]:
+    """``v`` (an int or a pair of ints, each ``>= low``) as a pair, as ``nn.Conv2d`` takes it, or a
+    :class:`DctpsError` naming the bad value (a longer tuple is not silently cut to two)."""
+    if isinstance(v, (tuple, list, torch.Size)):
+        h, w = (_int(v[0]), _int(v[1])) if len(v) == 2 else (None, None)
+    else:
+        h = w = _int(v)
+    if h is None or w is None or h < low or w < low:
+        raise DctpsError(
+            f"{name} must be an integer >= {low} or a pair of them (height, width), got {v!r}"
+        )
+    return h, w
+
+
+#: the padding strings ``nn.Conv2d`` accepts
+_PADDING_STRINGS = ("same", "valid")
 
 
 class DCTpSConv2d(DCTpSLayer):
@@ -585,15 +664,35 @@ class DCTpSConv2d(DCTpSLayer):
     ) -> None:
         super().__init__()
         mode = check_mode(mode)
+        for name, v in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("groups", groups),
+        ):
+            if _int(v) is None or v < 1:  # type: ignore[operator]
+                raise DctpsError(f"{name} must be a positive integer, got {v!r}")
+        in_channels, out_channels, groups = int(in_channels), int(out_channels), int(groups)
         if in_channels % groups or out_channels % groups:
             raise DctpsError(
                 f"in_channels={in_channels} and out_channels={out_channels} must be divisible "
                 f"by groups={groups}"
             )
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride, self.dilation = _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.dilation = _pair(dilation, "dilation", 1)
+        self.padding: tuple[int, int] | str
+        if isinstance(padding, str):
+            if padding not in _PADDING_STRINGS:
+                raise unknown_name("padding", padding, _PADDING_STRINGS)
+            if padding == "same" and self.stride != (1, 1):
+                raise DctpsError(
+                    f"padding='same' needs stride 1 (as in nn.Conv2d), got stride={stride!r}: "
+                    "give an explicit padding or padding='valid'"
+                )
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding", 0)
         self.groups = groups
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._init_sparse(
@@ -621,6 +720,9 @@ class DCTpSConv2d(DCTpSLayer):
 
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         return fast_conv2d(self, x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_conv_input(self, x)
 
     def _factor_forward(self, x: torch.Tensor) -> torch.Tensor:
         return factor_conv2d(self, x)

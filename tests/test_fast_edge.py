@@ -1,0 +1,442 @@
+"""The fast paths at their edges, each against an independent computation: second derivatives
+(create_graph=True), inputs of the wrong shape or dtype, empty batches, half precision and
+autocast, caches first built under inference_mode, and mode='auto' under torch.func,
+torch.utils.checkpoint and a support that changes size.
+
+The reference is ``W = alpha * D + S`` materialised with ``D`` from scipy's DCT matrix and run
+through ``F.linear`` / ``F.conv2d`` in float64."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
+
+import dctps.layers as layers_mod
+from dctps import DCTpSConv2d, DctpsError, DCTpSLinear, set_mode
+from dctps import fast as fastmod
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+F64 = torch.float64
+TOL = {"atol": 1e-10, "rtol": 1e-10}
+
+
+def scipy_d(m: int, n: int) -> torch.Tensor:
+    """``C_N[:m, :n]``, ``N = max(m, n)``, from scipy (independent of dctps)."""
+    c = scipy.fft.dct(np.eye(max(m, n)), norm="ortho", axis=0)[:m, :n]
+    return torch.from_numpy(np.ascontiguousarray(c))
+
+
+def ref_weight(layer, alpha, values):
+    """``alpha * D + S`` in float64 from scipy's D, differentiable in ``alpha`` and ``values``."""
+    shp = layer.weight_shape
+    d = scipy_d(shp[0], math.prod(shp[1:]))
+    if len(shp) == 4:  # the patch is flattened in (h, w, c) order
+        o, cg, kh, kw = shp
+        d = d.reshape(o, kh, kw, cg).permute(0, 3, 1, 2)
+    a = alpha.to(F64)
+    a = a if a.dim() == 0 else a.view(-1, *([1] * (len(shp) - 1)))
+    v = values.to(F64)
+    s = v.new_zeros(math.prod(shp)).index_put((layer.indices,), v).view(shp)
+    return a * d + s
+
+
+def ref_forward(layer, x, alpha, values, bias):
+    w = ref_weight(layer, alpha, values)
+    b = None if bias is None else bias.to(F64)
+    if len(layer.weight_shape) == 2:
+        return F.linear(x.to(F64), w, b)
+    return F.conv2d(x.to(F64), w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def randomise(layer, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.values.copy_(torch.randn(layer.nnz, generator=g).to(layer.values.dtype))
+        layer.alpha.copy_((torch.rand(layer.alpha.shape, generator=g) + 0.5).to(layer.alpha.dtype))
+        if layer.bias is not None:
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g).to(layer.bias.dtype))
+    return layer
+
+
+def params(layer):
+    return [p for p in (layer.alpha, layer.values, layer.bias) if p is not None]
+
+
+def path_fn(layer, path):
+    return getattr(layer, layer._PATHS[path])
+
+
+@pytest.fixture(params=["csr", "gather"])
+def sparse_backend(request):
+    old = fastmod._BACKEND["sparse"]
+    fastmod._BACKEND["sparse"] = request.param
+    yield request.param
+    fastmod._BACKEND["sparse"] = old
+
+
+# ------------------------------------------------------------------------------------------------
+# second derivatives
+# ------------------------------------------------------------------------------------------------
+
+
+def second_order(forward, x, ps):
+    """``d/d(x, params)`` of ``sum ||dL/dt||^2`` over ``t in (x, params)``, with ``L`` quadratic in
+    the output (so the incoming gradient of the first backward itself has a graph)."""
+    x = x.detach().clone().requires_grad_(True)
+    y = forward(x)
+    c = torch.linspace(-1, 1, y.numel(), dtype=F64).view(y.shape)
+    loss = (c * y * y).sum() + (c.flip(0) * y).sum()
+    grads = torch.autograd.grad(loss, [x, *ps], create_graph=True)
+    z = sum((g * g).sum() for g in grads)
+    return torch.autograd.grad(z, [x, *ps])
+
+
+LINEARS = [  # inp, out, nnz, alpha, bias
+    (16, 6, 20, "layer", True),
+    (5, 12, 30, "channel", True),  # out > in: zero-padded transform
+    (24, 24, 0, "layer", False),
+]
+
+
+@pytest.mark.parametrize("cfg", LINEARS, ids=[str(c) for c in LINEARS])
+def test_fast_linear_second_derivatives_equal_materialised(cfg, sparse_backend):
+    inp, out, nnz, alpha, bias = cfg
+    layer = randomise(DCTpSLinear(inp, out, nnz, bias=bias, alpha=alpha, seed=1, dtype=F64))
+    ps = params(layer)
+    x = torch.randn(3, 2, inp, dtype=F64)
+    ref = second_order(
+        lambda t: ref_forward(layer, t, layer.alpha, layer.values, layer.bias), x, ps
+    )
+    got = second_order(path_fn(layer, "fast"), x, ps)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+CONVS = [  # cin, cout, k, stride, padding, groups, alpha, nnz
+    (4, 6, 3, 1, 1, 1, "layer", 20),
+    (4, 6, 3, 2, 0, 2, "channel", 15),
+    (3, 40, 3, 1, "same", 1, "layer", 9),  # out > fan
+]
+
+
+@pytest.mark.parametrize("path", ["fast", "factor"])
+@pytest.mark.parametrize("cfg", CONVS, ids=[str(c) for c in CONVS])
+def test_conv_second_derivatives_equal_materialised(cfg, path):
+    cin, cout, k, s, p, g, alpha, nnz = cfg
+    layer = DCTpSConv2d(cin, cout, k, s, p, 1, g, nnz=nnz, alpha=alpha, seed=2, dtype=F64)
+    randomise(layer)
+    ps = params(layer)
+    x = torch.randn(2, cin, 6, 7, dtype=F64)
+    ref = second_order(
+        lambda t: ref_forward(layer, t, layer.alpha, layer.values, layer.bias), x, ps
+    )
+    got = second_order(path_fn(layer, path), x, ps)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_hessian_vector_product_through_an_upstream_layer():
+    """GraSP's Hessian-gradient product: before the fix, the fast path dropped the dependence of
+    d alpha / d values on the upstream weight (a silently wrong second derivative)."""
+    torch.manual_seed(0)
+    up = torch.nn.Linear(10, 16).double()
+    layer = randomise(DCTpSLinear(16, 6, 20, seed=2, dtype=F64))
+    x = torch.randn(5, 10, dtype=F64)
+    c = torch.randn(5, 6, dtype=F64)
+    weights = [up.weight, layer.alpha, layer.values]
+    s = [torch.randn_like(w) for w in weights]
+
+    def hg(forward):
+        loss = (forward(torch.tanh(up(x))) * c).sum()
+        grads = torch.autograd.grad(loss, weights, create_graph=True)
+        return torch.autograd.grad(
+            sum((g * v).sum() for g, v in zip(grads, s, strict=True)), weights
+        )
+
+    ref = hg(lambda t: ref_forward(layer, t, layer.alpha, layer.values, layer.bias))
+    got = hg(path_fn(layer, "fast"))
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("offset", ["hadamard", "dct_signflip", "dct_permuted"])
+def test_second_derivatives_of_other_offsets(offset):
+    """No scipy reference for these offsets: gradgradcheck against finite differences."""
+    lin = randomise(DCTpSLinear(9, 7, 12, seed=0, offset=offset, mode="fast", dtype=F64))
+    conv = DCTpSConv2d(2, 5, 3, padding=1, nnz=8, seed=0, offset=offset, mode="fast", dtype=F64)
+    randomise(conv)
+    for layer, x in (
+        (lin, torch.randn(3, 9, dtype=F64)),
+        (conv, torch.randn(1, 2, 4, 4, dtype=F64)),
+    ):
+        a = layer.alpha.detach().clone().requires_grad_(True)
+        v = layer.values.detach().clone().requires_grad_(True)
+
+        def f(t, a, v, layer=layer):
+            return functional_call(layer, {"alpha": a, "values": v}, (t,))
+
+        assert torch.autograd.gradgradcheck(f, (x.requires_grad_(True), a, v))
+
+
+# ------------------------------------------------------------------------------------------------
+# bad inputs
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["fast", "factor", "auto"])
+@pytest.mark.parametrize(
+    "cin,cout,groups,xc", [(4, 3, 1, 6), (4, 3, 1, 3), (4, 64, 1, 6), (4, 4, 2, 6), (4, 4, 4, 8)]
+)
+def test_conv_wrong_channel_count_is_an_error(cin, cout, groups, xc, mode):
+    conv = DCTpSConv2d(cin, cout, 3, groups=groups, nnz=5, seed=0, mode=mode)
+    with pytest.raises(
+        DctpsError, match=rf"expected input\[.*to have {cin} channels, but got {xc}"
+    ):
+        conv(torch.randn(1, xc, 8, 8))
+
+
+@pytest.mark.parametrize("mode", ["fast", "auto"])
+@pytest.mark.parametrize("shape", [(4, 4), (2, 16), (16,), (3, 12)])
+def test_linear_wrong_feature_count_is_an_error(shape, mode):
+    lin = DCTpSLinear(8, 5, 4, seed=0, mode=mode)
+    with pytest.raises(DctpsError, match=r"expects an input of shape \(\.\.\., 8\)"):
+        lin(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("path", ["fast", "factor"])
+def test_conv_kernel_larger_than_input_is_an_error(path):
+    conv = DCTpSConv2d(2, 4, 5, nnz=3, seed=0, mode=path)
+    with pytest.raises(DctpsError, match="kernel can't be larger"):
+        conv(torch.randn(1, 2, 3, 8))
+
+
+@pytest.mark.parametrize("backend", ["csr", "gather"])
+@pytest.mark.parametrize("kind,path", [("linear", "fast"), ("conv", "fast"), ("conv", "factor")])
+def test_float32_layer_refuses_other_input_dtypes(kind, path, backend, monkeypatch):
+    monkeypatch.setitem(fastmod._BACKEND, "sparse", backend)
+    if kind == "linear":
+        layer, x = DCTpSLinear(40, 30, 50, seed=0, mode=path), torch.randn(3, 40)
+    else:
+        layer, x = DCTpSConv2d(4, 6, 3, nnz=20, seed=0, mode=path), torch.randn(1, 4, 6, 6)
+    for dtype in (torch.float64, torch.bfloat16):
+        with pytest.raises(DctpsError, match=rf"input dtype {dtype} differs from the layer's"):
+            layer(x.to(dtype))
+
+
+def test_set_mode_needs_a_module():
+    with pytest.raises(DctpsError, match="set_mode needs an nn.Module, got NoneType"):
+        set_mode(None, "fast")
+
+
+# ------------------------------------------------------------------------------------------------
+# empty batches
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["dense", "fast", "factor", "auto"])
+@pytest.mark.parametrize(
+    "kind,shape",
+    [
+        ("linear", (0, 512)),
+        ("linear", (4, 0, 512)),
+        ("conv", (0, 16, 8, 8)),
+        ("conv", (0, 16, 3, 5)),
+    ],
+)
+def test_empty_input_in_every_mode(kind, shape, mode):
+    fastmod.clear_auto_cache()
+    if kind == "linear":
+        layer = DCTpSLinear(512, 256, 300, seed=0, mode=mode, dtype=F64)
+    else:
+        layer = DCTpSConv2d(16, 32, 3, padding=1, nnz=100, seed=0, mode=mode, dtype=F64)
+    randomise(layer)
+    x = torch.randn(*shape, dtype=F64, requires_grad=True)
+    y = layer(x)
+    ref = ref_forward(layer, x.detach(), layer.alpha, layer.values, layer.bias)
+    assert y.shape == ref.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    for p in params(layer):  # an empty batch contributes nothing
+        assert p.grad is None or not p.grad.any()
+    assert fastmod.auto_cache() == {}  # nothing measured on an empty input
+
+
+# ------------------------------------------------------------------------------------------------
+# half precision and autocast
+# ------------------------------------------------------------------------------------------------
+
+HALF_TOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10}
+
+
+def _half_case(kind, dtype):
+    if kind == "linear":
+        layer, x = DCTpSLinear(64, 64, 400, seed=0), torch.randn(8, 64)
+    else:
+        layer, x = DCTpSConv2d(8, 16, 3, padding=1, nnz=60, seed=0), torch.randn(2, 8, 6, 6)
+    return randomise(layer).to(dtype), x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind,mode", [("linear", "fast"), ("conv", "fast"), ("conv", "factor")])
+def test_half_layers_compute_in_float32(kind, mode, dtype, sparse_backend):
+    layer, x = _half_case(kind, dtype)
+    layer.mode = mode
+    xi = x.clone().requires_grad_(True)
+    y = layer(xi)
+    assert y.dtype == dtype
+    y.float().square().sum().backward()
+    for p in (xi, *params(layer)):
+        assert p.grad is not None and p.grad.dtype == dtype
+    # computed in float32 from the half values, rounded once to the half output
+    ref = ref_forward(layer, x, layer.alpha, layer.values, layer.bias).detach()
+    tol = HALF_TOL[dtype] * float(ref.abs().max())
+    torch.testing.assert_close(y.to(F64), ref, atol=tol, rtol=HALF_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_half_layers_in_auto_mode(kind, dtype):
+    fastmod.clear_auto_cache()
+    layer, x = _half_case(kind, dtype)
+    layer.mode = "auto"
+    assert len(fastmod.candidates(layer)) > 1  # the fast paths are timed (that crashed)
+    y = layer(x.clone().requires_grad_(True))
+    y.float().sum().backward()
+    assert y.dtype == dtype and layer.values.grad.dtype == dtype
+    ref = ref_forward(layer, x, layer.alpha, layer.values, layer.bias).detach()
+    # the dense path may win, which rounds W to half as well
+    torch.testing.assert_close(y.to(F64), ref, atol=0.05 * float(ref.abs().max()), rtol=0.05)
+
+
+@pytest.mark.parametrize("kind,mode", [("linear", "fast"), ("conv", "fast"), ("conv", "factor")])
+def test_autocast_output_dtype_of_explicit_fast_paths(kind, mode):
+    if kind == "linear":
+        layer, x = DCTpSLinear(70, 30, 40, seed=0, mode=mode), torch.randn(8, 70)
+    else:
+        layer, x = (
+            DCTpSConv2d(8, 16, 3, padding=1, nnz=30, seed=0, mode=mode),
+            torch.randn(2, 8, 5, 5),
+        )
+    randomise(layer)
+    for xin in (x, x.to(torch.bfloat16)):  # autocast feeds layers float32 and bfloat16 inputs
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xin)
+        assert y.dtype == torch.bfloat16  # as nn.Linear / nn.Conv2d under autocast
+        ref = ref_forward(layer, xin, layer.alpha, layer.values, layer.bias).detach()
+        tol = HALF_TOL[torch.bfloat16] * float(ref.abs().max())
+        torch.testing.assert_close(y.to(F64), ref, atol=tol, rtol=HALF_TOL[torch.bfloat16])
+        y.float().sum().backward()
+        assert layer.alpha.grad is not None and layer.alpha.grad.dtype == torch.float32
+
+
+def test_auto_takes_the_dense_path_under_autocast_without_measuring():
+    fastmod.clear_auto_cache()
+    layer = randomise(DCTpSLinear(700, 300, 400, seed=0, mode="auto"))
+    assert len(fastmod.candidates(layer)) > 1
+    x = torch.randn(8, 700)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        ref = F.linear(x, layer.dense_weight(), layer.bias)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, ref)
+    assert fastmod.auto_cache() == {}
+
+
+# ------------------------------------------------------------------------------------------------
+# caches first built under inference_mode
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind,mode,offset",
+    [("conv", "factor", "dct"), ("conv", "fast", "dct_signflip"),
+     ("linear", "fast", "dct_signflip"), ("linear", "fast", "dct")],
+)  # fmt: skip
+def test_caches_first_built_in_inference_mode_still_train(kind, mode, offset):
+    # sizes no other test uses, so the module-level transform cache is built here, in inference
+    if kind == "linear":
+        layer, x = DCTpSLinear(37, 53, 40, seed=0, offset=offset, dtype=F64), torch.randn(4, 37)
+    else:
+        layer = DCTpSConv2d(3, 47, 3, padding=1, nnz=30, seed=0, offset=offset, dtype=F64)
+        x = torch.randn(2, 3, 5, 5)
+    randomise(layer)
+    layer.mode = mode
+    x = x.to(F64)
+    with torch.inference_mode():
+        expected = layer(x)
+    # a training step, and a second-order one (which saves the cached coefficients), against the
+    # materialised W (the dense path: W = alpha * D + S with the offset's D)
+    got = second_order(layer, x, params(layer))
+    layer.mode = "dense"
+    ref = second_order(layer, x, params(layer))
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(expected, layer(x).detach(), **TOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# mode='auto' under torch.func, checkpoint, and a resized support
+# ------------------------------------------------------------------------------------------------
+
+
+def test_auto_under_functional_call():
+    fastmod.clear_auto_cache()
+    layer = DCTpSLinear(600, 300, 500, seed=0, mode="auto", dtype=F64)
+    assert len(fastmod.candidates(layer)) > 1
+    before = dict(layer.named_parameters())
+    new = {k: torch.randn_like(v) for k, v in before.items()}
+    x = torch.randn(4, 600, dtype=F64)
+    y = functional_call(layer, new, (x,))
+    torch.testing.assert_close(
+        y, ref_forward(layer, x, new["alpha"], new["values"], new["bias"]), **TOL
+    )
+    for k, p in layer.named_parameters():  # the layer's own parameters are back, untouched
+        assert p is before[k] and isinstance(p, torch.nn.Parameter)
+    assert len(fastmod.auto_cache()) == 1
+
+
+def test_auto_inside_non_reentrant_checkpoint():
+    fastmod.clear_auto_cache()
+    layer = randomise(DCTpSLinear(700, 300, 400, seed=0, mode="auto", dtype=F64))
+    assert len(fastmod.candidates(layer)) > 1
+    x = torch.randn(8, 700, dtype=F64, requires_grad=True)
+    y = checkpoint(layer, x, use_reentrant=False)
+    y.square().sum().backward()
+    got = [x.grad, *(p.grad for p in params(layer))]
+    xr = x.detach().clone().requires_grad_(True)
+    ps = [p.detach().clone().requires_grad_(True) for p in params(layer)]
+    yr = ref_forward(layer, xr, *ps)
+    yr.square().sum().backward()
+    torch.testing.assert_close(y.detach(), yr.detach(), **TOL)
+    for a, b in zip(got, [xr.grad, *(p.grad for p in ps)], strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    assert fastmod.auto_cache() == {}  # not measured under the checkpoint's hooks
+    # outside them it measures as usual
+    with torch.no_grad():
+        layer(x)
+    assert len(fastmod.auto_cache()) == 1
+
+
+def test_auto_memo_remeasures_when_nnz_changes(monkeypatch):
+    calls = []
+    real = layers_mod.choose
+
+    def counting(layer, x, paths):
+        calls.append(layer.nnz)
+        return real(layer, x, paths)
+
+    monkeypatch.setattr(layers_mod, "choose", counting)
+    fastmod.clear_auto_cache()
+    layer = DCTpSLinear(64, 64, 10, seed=0, mode="auto")
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        layer(x)
+        layer(x)
+        layer.load_state_dict(DCTpSLinear(64, 64, 40, seed=1).state_dict())
+        layer(x)
+    assert calls == [10, 40]
