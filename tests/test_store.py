@@ -86,6 +86,41 @@ def test_query_where_and_csv(tmp_path):
     assert "val_acc%" in table and "60.00" in table and len(table.splitlines()) == 4
 
 
+def test_where_values_take_their_columns_type():
+    """The table prints rigl as yes/no, and hashes may look like numbers: both must select."""
+    s_rows = parse_where(["rigl=yes", "hash=0123456789012345,1234e56789012345", "seed=3"])
+    assert s_rows == {"rigl": 1, "hash": ["0123456789012345", "1234e56789012345"], "seed": 3}
+    assert parse_where(["rigl=no"]) == {"rigl": 0}
+    with pytest.raises(DctpsError, match="rigl takes yes or no, got 'maybe'"):
+        parse_where(["rigl=maybe"])
+    with pytest.raises(DctpsError, match="density takes a number, got 'high'"):
+        parse_where(["density=high"])
+
+
+def test_hash_that_looks_like_a_number_is_found(tmp_path):
+    s = Store(tmp_path / "x.db")
+    for h in ("0123456789012345", "1234e56789012345", "abcdef0123456789"):
+        s.start(h, cfg(seed=len(s.query())))
+    for h in ("0123456789012345", "1234e56789012345"):
+        assert [r["hash"] for r in s.query(parse_where([f"hash={h}"]))] == [h]
+
+
+def test_csv_never_overwrites_a_database(tmp_path):
+    s = Store(tmp_path / "results.db")
+    s.start("h0", cfg())
+    with pytest.raises(DctpsError, match="is an SQLite database.*refusing"):
+        s.to_csv(tmp_path / "results.db")
+    assert [r["hash"] for r in Store(tmp_path / "results.db").query()] == ["h0"]
+    (tmp_path / "old.csv").write_text("previous\n")
+    with pytest.raises(DctpsError, match="cannot write CSV file"):
+        s.to_csv(tmp_path / "missing" / "x.csv")
+    assert s.to_csv(tmp_path / "old.csv") == 1  # an earlier CSV is replaced
+    assert "previous" not in (tmp_path / "old.csv").read_text()
+    assert sorted(
+        p.name for p in tmp_path.iterdir() if p.suffix != ".db" and "-" not in p.name
+    ) == ["old.csv"]  # no temporary file left behind
+
+
 WRITER = textwrap.dedent(
     """
     import os, sys, time

@@ -857,10 +857,15 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
         (["inspect", str(tmp_path / "trunc.pt")], "trunc.pt as a dctps train checkpoint (trunc"),
         (["export", str(out), str(tmp_path / "y.dctps")], "is a sparse checkpoint (dctps.save)"),
         (["export", str(best), str(best)], "would overwrite a run checkpoint"),
+        (["export", str(best), str(tmp_path / "results.db")], "is not a dctps sparse checkpoint"),
+        (["export", str(best), str(run / "config.yaml")], "is not a dctps sparse checkpoint"),
     ):
         res = cli.invoke(app, args)
         assert res.exit_code != 0 and needle in str(res.exception), (args, res.exception)
     assert best.read_bytes()[:4] == b"PK\x03\x04"  # untouched
+    assert len(Store(tmp_path / "results.db").query()) == 2  # both runs' rows survive
+    again = cli.invoke(app, ["export", str(best), str(out)])  # an earlier export is replaced
+    assert again.exit_code == 0, again.output
 
 
 def test_run_lock_survives_the_empty_folder_cleanup_race(tmp_path, monkeypatch):

@@ -248,7 +248,7 @@ def export_cmd(
     """
     from pathlib import Path
 
-    from dctps.checkpoint_io import inspect, save
+    from dctps.checkpoint_io import MAGIC, inspect, save
     from dctps.train.checkpoint import model_from_checkpoint
 
     if Path(out).name in ("best.pt", "last.pt", "prev.pt") or (
@@ -257,6 +257,12 @@ def export_cmd(
         raise DctpsError(
             f"{out} would overwrite a run checkpoint (resuming needs last.pt / prev.pt): write "
             "the export elsewhere, e.g. model.dctps"
+        )
+    if Path(out).exists() and not _starts_with(out, MAGIC):
+        # only an earlier export may be replaced: not a results.db, a config.yaml, ...
+        raise DctpsError(
+            f"{out} exists and is not a dctps sparse checkpoint; refusing to overwrite it. "
+            "Write the export elsewhere, e.g. model.dctps"
         )
     model, obj = model_from_checkpoint(ckpt)
     method = obj["method"]

@@ -12,6 +12,7 @@ WAL needs a local file system (or one with working POSIX locks and shared memory
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import json
@@ -421,32 +422,72 @@ class Store:
         where: Mapping[str, Any] | str | None = None,
         columns: Sequence[str] | None = None,
     ) -> int:
-        """Write the matching run rows to a CSV file; return the number of rows."""
+        """Write the matching run rows to a CSV file; return the number of rows.
+
+        Refuses to overwrite an SQLite file (this store or another: a results database given
+        as the CSV path by mistake would lose every run). The file is written to a temporary
+        sibling and renamed, so a failure leaves any previous CSV intact.
+        """
+        target = Path(path)
+        if _is_sqlite(target):
+            raise DctpsError(
+                f"{target} is an SQLite database (a results store?); refusing to overwrite it "
+                "with CSV. Give another path, e.g. results.csv"
+            )
         rows = self.query(where)
         cols = list(columns or RUN_COLUMNS)
+        # a device or pipe (e.g. /dev/stdout) is written directly, not replaced
+        direct = target.exists() and not target.is_file()
+        tmp = target if direct else target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            with open(path, "w", newline="") as f:
+            with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
+            if not direct:
+                os.replace(tmp, target)
         except OSError as e:
+            if not direct:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             raise cannot_write("CSV file", path, e) from None
         return len(rows)
 
 
+def _is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is an existing file that starts with SQLite's header."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
 # ----------------------------------------------------------------------------- CLI helpers
-def _parse_value(raw: str) -> Any:
+def _parse_value(raw: str, key: str) -> Any:
+    """A ``--where`` value converted to the type of column ``key`` (:data:`RUN_COLUMNS`): TEXT
+    stays text (a hash like ``0123456789012345`` is not a number), ``rigl`` takes the table's
+    ``yes``/``no`` as well as ``true``/``false``/``1``/``0``."""
     low = raw.lower()
-    if low in ("true", "false"):
-        return int(low == "true")
     if low in ("none", "null"):
         return None
-    for conv in (int, float):
+    kind = RUN_COLUMNS[key].split()[0]
+    if key == "rigl":
+        if low in ("yes", "true", "1"):
+            return 1
+        if low in ("no", "false", "0"):
+            return 0
+        raise DctpsError(f"--where rigl takes yes or no, got {raw!r}")
+    if kind == "TEXT":
+        return raw
+    if low in ("true", "false"):
+        return int(low == "true")
+    for conv in (int, float) if kind == "INTEGER" else (float,):
         try:
             return conv(raw)
         except ValueError:
             pass
-    return raw
+    raise DctpsError(f"--where {key} takes a number, got {raw!r}")
 
 
 def parse_where(items: Iterable[str]) -> dict[str, Any]:
@@ -462,7 +503,7 @@ def parse_where(items: Iterable[str]) -> dict[str, Any]:
             raise DctpsError(f"--where expects key=value, got {item!r}")
         if key not in RUN_COLUMNS:
             raise DctpsError(f"unknown column {key!r} in --where; valid: {', '.join(RUN_COLUMNS)}")
-        vals = [_parse_value(v.strip()) for v in raw.split(",")]
+        vals = [_parse_value(v.strip(), key) for v in raw.split(",")]
         out[key] = vals if len(vals) > 1 else vals[0]
     return out
 
