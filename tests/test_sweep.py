@@ -112,6 +112,10 @@ def test_load_grid_rejects_unknown_key_and_parses_helpers(tmp_path):
     with pytest.raises(DctpsError, match=f"{p}: unknown key 'extra'"):
         load_grid(p)
     assert parse_density("0.1%") == pytest.approx(0.001) and parse_density("1e-4") == 1e-4
+    # a percentage is exactly the decimal it names (float("0.7") / 100 == 0.006999...), so the
+    # run hashes like --density 0.007 and --where density=0.007 finds it
+    for pct, dec in (("0.7%", 0.007), ("0.07%", 0.0007), ("1e-3%", 1e-5), ("12.5%", 0.125)):
+        assert parse_density(pct) == dec
     assert apply_sets(["optim.epochs=3", "data.subset=100", "device=cpu"]) == {
         "optim": {"epochs": 3},
         "data": {"subset": 100},

@@ -46,6 +46,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,10 @@ def parse_density(value: Any, where: str = "density") -> float:
     if isinstance(value, str):
         s = value.strip()
         try:
-            value = float(s[:-1]) / 100 if s.endswith("%") else float(s)
-        except ValueError:
+            # "0.7%" is the decimal 0.007 scaled exactly (float("0.7") / 100 is 0.006999...),
+            # so it hashes like --density 0.007 and --where density=0.007 finds it
+            value = float(Decimal(s[:-1]).scaleb(-2)) if s.endswith("%") else float(s)
+        except (ValueError, ArithmeticError):
             raise DctpsError(f"{where}: not a density: {raw!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DctpsError(f"{where}: not a density: {raw!r}")
