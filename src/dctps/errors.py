@@ -64,9 +64,16 @@ def check_seed(seed: object, name: str = "seed") -> int | None:
     if isinstance(seed, bool):
         raise DctpsError(f"{name} must be an integer or None, got {seed!r}")
     try:
-        return operator.index(seed)  # type: ignore[arg-type]  # ints, numpy/torch ints
+        value = operator.index(seed)  # type: ignore[arg-type]  # ints, numpy/torch ints
     except TypeError:
         raise DctpsError(f"{name} must be an integer or None, got {seed!r}") from None
+    if not 0 <= value < SEED_LIMIT:  # torch's generators and SQLite take 64-bit integers
+        raise DctpsError(f"{name} must be in [0, 2**63), got {seed!r}")
+    return value
+
+
+#: seeds are below this (torch generators and SQLite INTEGER columns hold 64-bit values)
+SEED_LIMIT = 2**63
 
 
 def yaml_problem(e: Exception) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from dctps.errors import DctpsError, check_density, unknown_name, yaml_problem
+from dctps.errors import DctpsError, check_density, check_seed, unknown_name, yaml_problem
 
 __all__ = [
     "DataConfig",
@@ -255,6 +255,7 @@ class RunConfig:
         _resolve_optim(c)
         if isinstance(c.seed, bool) or not isinstance(c.seed, int):
             raise DctpsError(f"seed must be an integer, got {c.seed!r}")
+        check_seed(c.seed)  # the range
         _positive_int(c.eval_batch_size, "eval_batch_size")
         if c.batched_rebuild not in BATCHED_REBUILD:
             raise DctpsError(

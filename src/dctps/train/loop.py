@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dctps.errors import DctpsError, PruningFailed
+from dctps.errors import DctpsError, PruningFailed, cannot_write
 from dctps.train import checkpoint as ckpt_io
 from dctps.train import setup as su
 from dctps.train.config import RunConfig, save_config
@@ -242,11 +242,16 @@ def _run_lock(folder: Path) -> Iterator[None]:
     path = folder / ".lock"
     f = None
     for _ in range(100):
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # --out under a file, read-only, ... (with --db elsewhere)
+            raise cannot_write("run folder", folder, e) from None
         try:
             f = open(path, "a+")
         except FileNotFoundError:  # the folder was removed between mkdir and open
             continue
+        except OSError as e:
+            raise cannot_write("run lock", path, e) from None
         try:
             import fcntl
 
