@@ -82,3 +82,23 @@ def test_readme_command_table_matches_the_cli():
     ]
     group = typer.main.get_command(app)
     assert table == list(group.commands)  # type: ignore[attr-defined]
+
+
+def test_train_help_names_the_config_defaults():
+    """The train flags default to "not given" (so a --config value stands); the help must still
+    say what an omitted flag means: the RunConfig defaults."""
+    from dctps.train.config import RunConfig
+
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}, terminal_width=300)
+    assert r.exit_code == 0
+    c = RunConfig()
+    help_text = " ".join(r.output.split())
+    for flag, value in (
+        ("Architecture:", c.model.name),
+        ("Data set:", c.data.dataset),
+        ("dense | dctps |", c.sparsity.method),
+        ("Seed of initialisation", c.seed),
+    ):
+        start = help_text.index(flag)
+        assert f"(default: {value})" in help_text[start : start + 400], flag
+    assert "(default: --no-rigl)" in help_text and "(default: --train-alpha)" in help_text

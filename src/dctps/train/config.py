@@ -459,7 +459,9 @@ def _resolve_sparsity(s: SparsityConfig) -> None:
                 f"method dense trains every weight: density must be 1, got {s.density}"
             )
         if s.rigl:
-            raise DctpsError("RigL needs a sparse network: use --method dctps or --method random")
+            raise DctpsError(
+                "RigL needs a sparse network: use --method dctps, random or another pruning method"
+            )
         if not s.train_alpha:
             raise DctpsError("--fixed-alpha applies only to --method dctps")
         if s.options:
@@ -613,6 +615,7 @@ class CliField:
     type: Any
     help: str
     invert: bool = False
+    default: Any = None  # the dataclass default (None: none, or a factory's)
 
     @property
     def param(self) -> str:
@@ -639,6 +642,7 @@ def cli_fields() -> list[CliField]:
                     tp,
                     f.metadata.get("help", ""),
                     bool(f.metadata.get("invert", False)),
+                    None if f.default is dataclasses.MISSING else f.default,
                 )
             )
 
@@ -690,18 +694,27 @@ def cli_parameters() -> list[inspect.Parameter]:
     for cf in cli_fields():
         inner = [a for a in typing.get_args(cf.type) if a is not type(None)] or [cf.type]
         base = inner[0]
+        # The options default to None (= not given, so a --config file's value stands): name the
+        # config's own default in the help instead, as typer would for a plain default.
+        shown = cf.help
+        if cf.default is not None and "default" not in cf.help:
+            value = cf.default
+            if base is bool:
+                neg = "train-alpha" if cf.flag == "fixed-alpha" else f"no-{cf.flag}"
+                value = f"--{neg}" if bool(cf.default) == cf.invert else f"--{cf.flag}"
+            shown = f"{cf.help} (default: {value})"
         if base is bool:
             neg = "train-alpha" if cf.flag == "fixed-alpha" else f"no-{cf.flag}"
-            opt = typer.Option(None, f"--{cf.flag}/--{neg}", help=cf.help)
+            opt = typer.Option(None, f"--{cf.flag}/--{neg}", help=shown)
             ann: Any = bool | None
         elif cf.flag == "option":
-            opt = typer.Option(None, "--option", help=cf.help)
+            opt = typer.Option(None, "--option", help=shown)
             ann = list[str] | None
         elif typing.get_origin(base) is list:
-            opt = typer.Option(None, f"--{cf.flag}", help=cf.help)
+            opt = typer.Option(None, f"--{cf.flag}", help=shown)
             ann = str | None
         else:
-            opt = typer.Option(None, f"--{cf.flag}", help=cf.help)
+            opt = typer.Option(None, f"--{cf.flag}", help=shown)
             ann = base | None
         params.append(
             inspect.Parameter(cf.param, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
