@@ -51,7 +51,17 @@ def _train(**kw: Any) -> None:
     resume, quiet = kw.pop("resume"), kw.pop("quiet")
     base = load_config(config) if config else None
     cfg = config_from_cli(kw, base)
-    result = fit(cfg, out, store=db, progress=not quiet, resume=True if resume else None)
+    try:
+        result = fit(cfg, out, store=db, progress=not quiet, resume=True if resume else None)
+    except KeyboardInterrupt:
+        # typer would exit 130 without a word; say what survives and how to go on
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(
+                "\ninterrupted: the run keeps its last completed epoch's checkpoint; run the same "
+                "command again to resume from it",
+                err=True,
+            )
+        raise typer.Exit(130) from None
     if os.environ.get("RANK", "0") == "0":
         typer.echo(describe(result))
     if result.get("status") == "failed":

@@ -111,10 +111,26 @@ def _write_temp(obj: Any, path: Path) -> str:
             os.fsync(f.fileno())
     except BaseException as e:
         _unlink_quietly(tmp)
+        if _interrupted(e):
+            # Ctrl-C inside torch.save surfaces as torch's RuntimeError from its zip writer's
+            # cleanup ("unexpected pos ..."): report it as the interrupt it is
+            raise KeyboardInterrupt from None
         if isinstance(e, OSError):
             raise cannot_write("checkpoint", path, e) from None
         raise
     return tmp
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is, or was raised while handling, a ``KeyboardInterrupt``."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__context__
+    return False
 
 
 def _replace(src: str | Path, dst: Path) -> None:
