@@ -330,6 +330,8 @@ CASES = [
       "budgets", "vgg16", "--density", "0.01"),
     C("budgets-plot-under-a-file", r"cannot write figure .*file\.txt is a file, not a folder",
       "budgets", "lenet5", "--density", "0.1", "--plot", "{file}/b.png"),
+    C("budgets-compare-without-plot", r"--compare draws EPL and EPF.*give --plot",
+      "budgets", "lenet5", "--density", "0.1", "--compare"),
     C("budgets-plot-format", r"b\.xyz: Format 'xyz' is not supported",
       "budgets", "lenet5", "--density", "0.1", "--plot", "{tmp}/b.xyz"),
     C("train-density-nan", r"density must be in .*got nan", *TRAIN_AT, "--density", "nan"),

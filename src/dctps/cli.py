@@ -164,11 +164,15 @@ def budgets_cmd(
     allocation: str = typer.Option("epl", help="uniform | epl | epf | erk | epl_ref."),
     classes: int = typer.Option(10, "--classes", help="Number of output classes."),
     plot: str = typer.Option("", help="Also draw the per-layer bar chart (PNG + PDF) here."),
-    compare: bool = typer.Option(False, help="Plot EPL and EPF side by side (Figure A.2)."),
+    compare: bool = typer.Option(
+        False, help="Plot EPL and EPF side by side (Figure A.2); needs --plot."
+    ),
 ) -> None:
     """Per-layer budget table (layer, shape, weights, non-zeros, density) and totals."""
     from dctps.budgets_report import budget_rows, format_rows
 
+    if compare and not plot:
+        raise DctpsError("--compare draws EPL and EPF side by side: give --plot FILE.png too")
     rows = budget_rows(model, density, allocation, classes)
     typer.echo(f"{model}, {classes} classes, density {density:g}, allocation {allocation}")
     typer.echo(format_rows(rows))
