@@ -370,3 +370,73 @@ def test_density_one_keeps_everything_and_prune_is_silent(capsys):
     assert count(model).nonzeros == 6 * 5 + 5 * 3
     assert capsys.readouterr().out == ""
     assert not math.isnan(count(model).density)
+
+
+class _AttnNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("method", ["random", "snip"])
+def test_attention_out_proj_stays_live_after_pruning(method):
+    """F.multi_head_attention_forward reads out_proj.weight without calling out_proj, so the mask's
+    pre-hook must run from the attention's forward: the projection trains and follows
+    weight_orig, and RigL can capture its gradient."""
+    from dctps.dst import RigL
+
+    model = _AttnNet()
+    x, y = torch.randn(6, 5, 8), torch.randint(0, 3, (6,))
+    prune(model, 0.5, method, [(x, y)])
+    out_proj = model.attn.out_proj
+    F.cross_entropy(model(x), y).backward()
+    g = out_proj.weight_orig.grad
+    assert g is not None and float(g.abs().sum()) > 0
+    assert torch.all(g[out_proj.weight_mask == 0] == 0)
+    with torch.no_grad():
+        before = model(x)
+        out_proj.weight_orig.mul_(2)
+        assert not torch.allclose(model(x), before)  # the forward uses the current weight_orig
+    model.zero_grad()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigl = RigL(model, opt, total_steps=10, delta_t=1)
+    old = out_proj.weight_mask.clone()
+    F.cross_entropy(model(x), y).backward()
+    assert not rigl.step()
+    assert int(out_proj.weight_mask.sum()) == int(old.sum())
+    assert not torch.equal(out_proj.weight_mask, old)  # its support moved
+
+
+def test_tied_weights_and_mixed_models_are_refused():
+    a, b = nn.Linear(6, 6), nn.Linear(6, 6)
+    b.weight = a.weight
+    model = nn.Sequential(a, nn.ReLU(), b)
+    with pytest.raises(DctpsError, match="'0' is also '2.weight' \\(tied weights\\)"):
+        prune(model, 0.5, "random")
+    assert not hasattr(a, "weight_orig") and not hasattr(b, "weight_orig")
+    import dctps
+
+    mixed = dctps.sparsify(nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2)), 0.5,
+                           exclude=["2"])  # fmt: skip
+    with pytest.raises(DctpsError, match="mixes DCTpS layers"):
+        prune(mixed, 0.5, "random")
+    pruned = prune(_mlp([6, 6, 2]), 0.5, "random")
+    with pytest.raises(DctpsError, match="is pruned .*sparsify would drop its mask"):
+        dctps.sparsify(pruned, 0.5)
+
+
+def test_a_pruned_model_deep_copies_and_exports_after_a_forward():
+    import dctps
+
+    model = prune(_mlp([6, 8, 3]), 0.5, "random")
+    x = torch.randn(4, 6)
+    model(x).sum().backward()  # the pre-hook leaves a non-leaf weight behind
+    dense = dctps.to_dense(model)
+    torch.testing.assert_close(dense(x), model(x))
+    model(x).sum().backward()
+    torch.testing.assert_close(dctps.to_dense(model)(x), model(x))

@@ -621,6 +621,10 @@ def to_dense(model: nn.Module) -> nn.Module:
         raise DctpsError(f"to_dense needs an nn.Module, got {type(model).__name__}")
     if isinstance(model, (DCTpSLayer, DCTpSMultiheadAttention)):
         return _dense_twin(model)
+    from dctps.pruning.common import detach_pruned_weights
+
+    # a pruned layer's weight is a non-leaf tensor after a forward with grad: not deep-copyable
+    detach_pruned_weights(model.modules())
     out = copy.deepcopy(model)
     strip(out)  # no dctps hook may stay on the plain model
     for name, m in _dctps_modules(out):

@@ -23,7 +23,14 @@ from dctps.errors import DctpsError, check_density, check_seed
 from dctps.layers import ALPHA_SCOPES, DCTpSConv2d, DCTpSLayer, DCTpSLinear, _alpha_settings
 from dctps.offsets import check_offset
 
-__all__ = ["sparsify", "count", "Counts", "DCTpSMultiheadAttention", "prunable_layers"]
+__all__ = [
+    "sparsify",
+    "count",
+    "Counts",
+    "DCTpSMultiheadAttention",
+    "prunable_layers",
+    "tied_weight",
+]
 
 
 class DCTpSMultiheadAttention(nn.Module):
@@ -193,7 +200,31 @@ def _check_convertible(
                 f"embed_dim={module.embed_dim} (separate q/k/v weights), which DCTpS does not "
                 f"support. Leave it dense with exclude=[{name!r}]"
             )
-    # every name under which each weight Parameter is reachable
+    for name, module, _ in layers:
+        if any(hasattr(module, a + "_orig") for a in ("weight", "in_proj_weight")):
+            raise DctpsError(
+                f"layer {name!r} is pruned (torch.nn.utils.prune: weight_orig and weight_mask); "
+                "sparsify would drop its mask. Call torch.nn.utils.prune.remove on it first, or "
+                "sparsify the unpruned model"
+            )
+    tied = tied_weight(model, layers)
+    if tied is not None:
+        layer, other = tied
+        raise DctpsError(
+            f"the weight of {layer!r} is also {other!r} (tied weights); DCTpS would give "
+            f"the two their own offsets and supports and silently untie them. Untie them, or "
+            f"leave them dense with exclude=[{layer!r}, {other.rsplit('.', 1)[0]!r}]"
+        )
+
+
+def tied_weight(
+    model: nn.Module, layers: list[tuple[str, nn.Module, tuple[int, ...]]]
+) -> tuple[str, str] | None:
+    """The first ``(layer name, other parameter name)`` where a layer's weight Parameter is also
+    reachable under another module's name (tied weights), or ``None``.
+
+    A module registered under several names is not tied to itself. Converting or masking such a
+    weight layer by layer would silently untie it (or mask the shared tensor twice)."""
     where: dict[int, list[str]] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
         where.setdefault(id(p), []).append(pname)
@@ -203,12 +234,8 @@ def _check_convertible(
         own = {f"{a}.{attr}" if a else attr for a in owners[id(module)]}
         others = [n for n in where.get(id(getattr(module, attr)), []) if n not in own]
         if others:
-            layer = name.removesuffix(".in_proj")
-            raise DctpsError(
-                f"the weight of {layer!r} is also {others[0]!r} (tied weights); DCTpS would give "
-                f"the two their own offsets and supports and silently untie them. Untie them, or "
-                f"leave them dense with exclude=[{layer!r}, {others[0].rsplit('.', 1)[0]!r}]"
-            )
+            return name.removesuffix(".in_proj"), others[0]
+    return None
 
 
 def _aliases(model: nn.Module) -> dict[int, list[str]]:

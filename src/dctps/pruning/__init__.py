@@ -155,9 +155,15 @@ def prune(
             raise  # a resource problem, not bad input: keep torch's own error
         except (RuntimeError, IndexError) as e:  # the model cannot run on the given batches
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+            hint = (
+                f"batches must have the model's dtype, {dtype}"
+                if "dtype" in first.lower() or "scalar type" in first.lower()
+                else "check the input shape and that labels lie in 0..classes-1"
+            )
             raise DctpsError(
                 f"pruning method {method!r} could not run the model on the batches: {first} "
-                "(check the input shape and that labels lie in 0..classes-1)"
+                f"({hint})"
             ) from e
     expected = k
     if allocation == "epl_ref":

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from dctps.errors import DctpsError, PruningFailed, unknown_name
-from dctps.sparsify import prunable_layers
+from dctps.sparsify import prunable_layers, tied_weight
 
 __all__ = [
     "Context",
@@ -50,6 +50,7 @@ __all__ = [
     "average_gradients",
     "loss_fn",
     "apply_masks",
+    "detach_pruned_weights",
     "density_of",
     "model_device",
     "LOSSES",
@@ -62,11 +63,17 @@ LOSSES = ("cross_entropy", "nll_raw")
 
 @dataclass(frozen=True)
 class Target:
-    """One prunable weight ``getattr(module, attr)`` (``weight`` or ``in_proj_weight``)."""
+    """One prunable weight ``getattr(module, attr)`` (``weight`` or ``in_proj_weight``).
+
+    ``reader``: a module that reads ``module.<attr>`` directly instead of calling ``module``
+    (an ``nn.MultiheadAttention`` and its ``out_proj``), so ``module``'s forward pre-hooks (the
+    mask's recompute, RigL's capture) must run from ``reader``'s forward (:func:`apply_masks`).
+    """
 
     name: str
     module: nn.Module
     attr: str
+    reader: nn.Module | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -80,18 +87,41 @@ def targets(model: nn.Module) -> list[Target]:
     Raises :class:`DctpsError` when there is none, or when one is already pruned (a
     ``weight_orig`` exists): call ``torch.nn.utils.prune.remove`` first.
     """
+    from dctps.layers import DCTpSLayer
+
     out: list[Target] = []
-    for name, module, _ in prunable_layers(model):
+    layers = list(prunable_layers(model))
+    for name, module, _ in layers:
         attr = "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
         if hasattr(module, attr + "_orig"):
             raise DctpsError(
                 f"layer {name!r} is already pruned ({attr}_orig exists); call "
                 "torch.nn.utils.prune.remove(module, name) first"
             )
-        out.append(Target(name, module, attr))
+        reader = None
+        if name.endswith(".out_proj"):
+            parent = model.get_submodule(name.rsplit(".", 1)[0])
+            if isinstance(parent, nn.MultiheadAttention):
+                reader = parent
+        out.append(Target(name, module, attr, reader))
     if not out:
         raise DctpsError(
             "the model has no dense Linear/Conv2d weights to prune (DCTpS layers cannot be pruned)"
+        )
+    dctps_layers = [n for n, m in model.named_modules() if isinstance(m, DCTpSLayer)]
+    if dctps_layers:
+        raise DctpsError(
+            f"the model mixes DCTpS layers ({dctps_layers[0]!r}, ...) with dense ones "
+            f"({out[0].name!r}, ...); pruning would prune only the dense ones, to a density "
+            "counted over them alone. Prune the dense model, or sparsify it entirely"
+        )
+    tied = tied_weight(model, layers)
+    if tied is not None:
+        layer, other = tied
+        raise DctpsError(
+            f"the weight of {layer!r} is also {other!r} (tied weights); pruning layer by layer "
+            "would mask the shared tensor once per layer and the tied modules would no longer "
+            "share their weights. Untie them before pruning"
         )
     return out
 
@@ -321,9 +351,42 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
         orig = getattr(t.module, t.attr + "_orig")
         with torch.no_grad():
             orig.mul_(m)
-            # The pre-hook recomputes it (with grad) at every forward. A graph-free value here
-            # keeps the freshly pruned model deep-copyable (a non-leaf tensor attribute is not).
-            setattr(t.module, t.attr, orig * getattr(t.module, t.attr + "_mask"))
+        if t.reader is not None and not hasattr(t.reader, _RUNS_HOOKS):
+            # attention reads out_proj.weight without calling out_proj: without this, the
+            # masked weight would be computed once, never again, and never train
+            t.reader.register_forward_pre_hook(_run_out_proj_hooks)
+            setattr(t.reader, _RUNS_HOOKS, True)
+    detach_pruned_weights(t.module for t in targets_)
+
+
+#: marks an attention module whose forward runs its out_proj's forward pre-hooks
+_RUNS_HOOKS = "_dctps_runs_out_proj_hooks"
+
+
+def _run_out_proj_hooks(attn: nn.Module, args: Any) -> None:
+    """Forward pre-hook of an ``nn.MultiheadAttention``: run ``out_proj``'s forward pre-hooks
+    (torch.prune's ``weight = weight_orig * weight_mask``, RigL's gradient capture), since
+    ``F.multi_head_attention_forward`` reads ``out_proj.weight`` without calling ``out_proj``."""
+    out_proj = attn.out_proj
+    assert isinstance(out_proj, nn.Module)
+    for hook in list(out_proj._forward_pre_hooks.values()):
+        hook(out_proj, ())
+
+
+def detach_pruned_weights(modules: Iterable[nn.Module]) -> None:
+    """Set each pruned ``module.<attr>`` to a graph-free ``<attr>_orig * <attr>_mask``.
+
+    The prune pre-hook recomputes it (with grad) at every forward; between forwards it is a
+    non-leaf tensor, which ``copy.deepcopy`` refuses. A graph-free value makes the model
+    deep-copyable again and changes nothing else.
+    """
+    with torch.no_grad():
+        for module in modules:
+            for attr in ("weight", "in_proj_weight"):
+                orig = getattr(module, attr + "_orig", None)
+                mask = getattr(module, attr + "_mask", None)
+                if orig is not None and mask is not None:
+                    setattr(module, attr, orig * mask)
 
 
 def density_of(masks: Sequence[torch.Tensor]) -> float:
