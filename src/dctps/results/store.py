@@ -429,11 +429,7 @@ class Store:
         sibling and renamed, so a failure leaves any previous CSV intact.
         """
         target = Path(path)
-        if _is_sqlite(target):
-            raise DctpsError(
-                f"{target} is an SQLite database (a results store?); refusing to overwrite it "
-                "with CSV. Give another path, e.g. results.csv"
-            )
+        _check_csv_target(target)
         rows = self.query(where)
         cols = list(columns or RUN_COLUMNS)
         # a device or pipe (e.g. /dev/stdout) is written directly, not replaced
@@ -452,6 +448,14 @@ class Store:
                     tmp.unlink()
             raise cannot_write("CSV file", path, e) from None
         return len(rows)
+
+
+def _check_csv_target(target: Path) -> None:
+    if _is_sqlite(target):
+        raise DctpsError(
+            f"{target} is an SQLite database (a results store?); refusing to overwrite it "
+            "with CSV. Give another path, e.g. results.csv"
+        )
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -565,6 +569,8 @@ def print_results(
     path = resolve_db_path(db)
     if not path.is_file():
         raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
+    if csv_path is not None:
+        _check_csv_target(Path(csv_path))  # before printing: the table would hide the error
     store = Store(path)
     rows = store.query(parse_where(where))
     echo(format_table(rows) if rows else f"no runs in {path} match")

@@ -65,8 +65,8 @@ class ModelConfig:
 
     name: str = _f(
         "resnet18",
-        "Architecture: lenet5 | resnet18 | resnet50 | vgg19 | mobilenetv2 | fixup_resnet110 "
-        "(digits, 8x8 images: resnet18, resnet50, mobilenetv2 or fixup_resnet110).",
+        "Architecture: {models} (digits, 8x8 images: resnet18, resnet50, mobilenetv2 or "
+        "fixup_resnet110).",
         flag="model",
     )
 
@@ -75,7 +75,7 @@ class ModelConfig:
 class DataConfig:
     """Which data set, where it lives, and how the validation hold-out is drawn."""
 
-    dataset: str = _f("cifar10", "Data set: cifar10 | cifar100 | tiny_imagenet | digits.")
+    dataset: str = _f("cifar10", "Data set: {datasets}.")
     root: str | None = _f(
         None,
         "Data root folder (default: env DCTPS_DATA). Not part of the run's identity.",
@@ -100,16 +100,15 @@ class SparsityConfig:
 
     method: str = _f(
         "dctps",
-        "dense | dctps | a pruning-at-init method (random, snip, iter_snip, force, synflow, "
-        "grasp).",
+        "dense | dctps | a pruning-at-init method ({pruning}).",
     )
     density: float | None = _f(
         None, "Fraction of weights that are trainable, in (0, 1] (e.g. 0.001 = 0.1%)."
     )
     allocation: str | None = _f(
         None,
-        "Per-layer budget: epl | epf | erk | uniform (default: epl for dctps, uniform for random, "
-        "erk for random+RigL; ignored by score-based pruning methods).",
+        "Per-layer budget: {allocations} (default: epl for dctps, uniform for random, erk for "
+        "random+RigL; ignored by score-based pruning methods).",
     )
     rigl: bool = _f(False, "Dynamic sparse training of the support with RigL.")
     rigl_delta_t: int | None = _f(None, "RigL: steps between support updates (default 100).")
@@ -176,7 +175,8 @@ class OptimConfig:
     decay_all: bool = _f(
         False,
         "Apply weight decay to every parameter, including alpha, biases and BN (the reference "
-        "code's behaviour); by default 1-D parameters are not decayed.",
+        "code's behaviour); by default alphas, biases, BN and Fixup scalars are not decayed "
+        "(S's values are).",
     )
 
 
@@ -623,6 +623,17 @@ class CliField:
         return self.flag.replace("-", "_")
 
 
+def _fill_names(text: str) -> str:
+    """``text`` with ``{models}``, ``{datasets}``, ``{pruning}`` and ``{allocations}`` replaced by
+    the registries' names, so the help lists what a newly registered entry adds."""
+    if "{" not in text:
+        return text
+    from dctps import allocation, data, models, pruning
+
+    lists = {"models": models, "datasets": data, "pruning": pruning, "allocations": allocation}
+    return text.format(**{k: " | ".join(m.names()) for k, m in lists.items()})
+
+
 def cli_fields() -> list[CliField]:
     """Every leaf field of :class:`RunConfig` with its flag, dotted path, type and help."""
     out: list[CliField] = []
@@ -640,7 +651,7 @@ def cli_fields() -> list[CliField]:
                     flag,
                     prefix + (f.name,),
                     tp,
-                    f.metadata.get("help", ""),
+                    _fill_names(f.metadata.get("help", "")),
                     bool(f.metadata.get("invert", False)),
                     None if f.default is dataclasses.MISSING else f.default,
                 )
