@@ -163,8 +163,7 @@ def test_names_and_info():
     c10, c100, ti = D.get_info("cifar10"), D.get_info("cifar100"), D.get_info("tiny_imagenet")
     assert c10.mean == (0.4914, 0.4822, 0.4465) and c10.std == (0.2023, 0.1994, 0.2010)
     assert c100.mean == (0.5071, 0.4867, 0.4408) and c100.std == (0.2675, 0.2565, 0.2761)
-    # Tiny ImageNet: the constants of the authors' code (neither the supplement nor NOTES.md
-    # gives them)
+    # Tiny ImageNet: the constants of the authors' code (the supplement does not give them)
     assert ti.mean == (0.4802, 0.4481, 0.3975) and ti.std == (0.2770, 0.2691, 0.2821)
     assert (c10.num_classes, c100.num_classes, ti.num_classes) == (10, 100, 200)
     # Appendix E.5: 10% withheld on CIFAR; none on Tiny ImageNet, whose test labels are not public

@@ -440,3 +440,35 @@ def test_a_pruned_model_deep_copies_and_exports_after_a_forward():
     torch.testing.assert_close(dense(x), model(x))
     model(x).sum().backward()
     torch.testing.assert_close(dctps.to_dense(model)(x), model(x))
+
+
+def test_synflow_never_revives_a_weight_pruned_at_an_earlier_step(monkeypatch):
+    """When a step has fewer positive scores than it keeps, the rest are filled with zero scores;
+    weights pruned at an earlier step also score 0 and must not be among them (the masks of
+    successive steps are nested). Heavy-tailed weights on a narrow MLP make steps cut paths."""
+    import dctps.pruning.synflow as sf
+
+    steps: list[list[torch.Tensor]] = []
+    real = sf.global_masks
+
+    def spy(scores, k):
+        masks = real(scores, k)
+        steps.append([m.clone() for m in masks])
+        return masks
+
+    monkeypatch.setattr(sf, "global_masks", spy)
+    torch.manual_seed(0)
+    widths = [4, 3, 3, 2]
+    g = torch.Generator().manual_seed(392)
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:], strict=False):
+        lin = nn.Linear(a, b, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(torch.exp(3 * torch.randn(lin.weight.shape, generator=g)))
+        layers += [lin, nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    prune(model, 0.1, "synflow", input_shape=(4,), iterations=8)
+    assert len(steps) == 8
+    for before, after in zip(steps, steps[1:], strict=False):
+        for b, a in zip(before, after, strict=True):
+            assert not bool((a & ~b).any())

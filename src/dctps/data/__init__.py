@@ -133,9 +133,9 @@ _INFOS: dict[str, DatasetInfo] = {
         crop_padding=4,
         hflip=True,
     ),
-    # The reference code uses RandomCrop(64, padding=4) + flip for Tiny ImageNet. Neither the
-    # supplement nor NOTES.md gives its normalisation constants, so mean and std are those of the
-    # authors' code (we reproduce their experiments). val_fraction 0: Appendix E.5 withholds
+    # The reference code uses RandomCrop(64, padding=4) + flip for Tiny ImageNet. The supplement
+    # does not give its normalisation constants, so mean and std are those of the authors' code
+    # (we reproduce their experiments). val_fraction 0: Appendix E.5 withholds
     # validation data only on CIFAR; on Tiny ImageNet it reports the max official-val accuracy.
     "tiny_imagenet": DatasetInfo(
         name="tiny_imagenet",

@@ -1,6 +1,7 @@
 """RigL dynamic sparse training (Evci et al., ICML 2020) as an optimizer-step hook.
 
-``BASELINES.md`` §7 (rigl-torch 0.5.2 as adapted in DCTpS), with the fixes listed there. Usage::
+``docs/BASELINES.md`` §7 (rigl-torch 0.5.2 as adapted in DCTpS), with the fixes listed there.
+Usage::
 
     rigl = RigL(model, optimizer, total_steps=epochs * len(loader))
     for x, y in loader:
@@ -223,7 +224,7 @@ class _DCT(_Sparse):
 
 
 class RigL:
-    """RigL on every sparse layer of ``model`` (module doc, ``BASELINES.md`` §7).
+    """RigL on every sparse layer of ``model`` (module doc, ``docs/BASELINES.md`` §7).
 
     Args:
         model: a model with masked layers (``torch.nn.utils.prune``) and/or DCTpS layers. Dense

@@ -1,4 +1,4 @@
-"""Pruning at initialisation: the DCTpS paper's baselines (``BASELINES.md``, DCTpS Table E.2).
+"""Pruning at initialisation: the DCTpS paper's baselines (``docs/BASELINES.md``, DCTpS Table E.2).
 
 ``prune(model, density, method, batches=None, allocation=None, **options)`` scores the prunable
 weights (the ``.weight`` of every Conv2d and Linear, first/last layers included; biases and BN are
@@ -8,7 +8,7 @@ in ``torch.nn.utils.prune`` convention (``weight_orig`` + ``weight_mask``; prune
 ``weight_orig`` are zeroed and receive no gradient). It never prints; time it from the caller.
 
 =============  ====================================================  ==========  =================
-method         score (BASELINES.md section)                          data        defaults
+method         score (docs/BASELINES.md section)                     data        defaults
 =============  ====================================================  ==========  =================
 ``random``     uniformly random, per-layer counts from ``budgets``   no          uniform (§1)
 ``snip``       ``|W * g|``, one shot (§2)                            yes         1 batch

@@ -1,4 +1,4 @@
-"""Shared machinery of the pruning-at-initialisation methods (see ``BASELINES.md`` §0).
+"""Shared machinery of the pruning-at-initialisation methods (see ``docs/BASELINES.md`` §0).
 
 * :func:`targets` lists the prunable weights: the ``.weight`` of every ``nn.Conv2d`` and
   ``nn.Linear`` (first and last layers, 1x1 shortcuts and depthwise convs included) and the packed
@@ -177,7 +177,7 @@ def global_masks(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
 
 
 def schedule(density: float, steps: int, mode: str = "exp") -> list[float]:
-    """Densities ``d_1..d_T`` of an iterative pruning run (``BASELINES.md`` §0).
+    """Densities ``d_1..d_T`` of an iterative pruning run (``docs/BASELINES.md`` §0).
 
     ``exp``: ``d_t = d^(t/T)`` (each step keeps the same fraction ``d^(1/T)`` of what remains);
     ``linear``: ``d_t = 1 - t(1 - d)/T``. The last entry is exactly ``density``.
@@ -321,7 +321,8 @@ def average_gradients(
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> list[torch.Tensor]:
     """``g = (1/B) sum_{b=1..B} dL(f(x_b), y_b)/dW`` for each tensor of ``weights``, over ``B``
-    fresh batches of ``stream`` (``BASELINES.md`` §3 step 1). Unused weights get zero gradient."""
+    fresh batches of ``stream`` (``docs/BASELINES.md`` §3 step 1). Unused weights get zero
+    gradient."""
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise DctpsError(f"num_batches must be an integer >= 1, got {num_batches!r}")
     total: list[torch.Tensor] = [torch.zeros_like(w) for w in weights]

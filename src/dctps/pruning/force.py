@@ -1,5 +1,5 @@
 """Gradient-saliency pruning: Iter-SNIP (the DCTpS paper's "FORCE") and FORCE (de Jorge et al.,
-ICLR 2021). ``BASELINES.md`` §3 and §4.
+ICLR 2021). ``docs/BASELINES.md`` §3 and §4.
 
 Both work on a deep copy of the network (train mode: BN uses batch statistics) with the mask
 ``m = 1`` and, for ``t = 1..T`` with ``d_t`` from :func:`~dctps.pruning.common.schedule`:
@@ -113,7 +113,7 @@ def iter_snip_masks(
     train_mode: bool = True,
     shortfall: str = "keep_all",
 ) -> list[torch.Tensor]:
-    """Iter-SNIP, ``BASELINES.md`` §3 (what the DCTpS paper calls FORCE).
+    """Iter-SNIP, ``docs/BASELINES.md`` §3 (what the DCTpS paper calls FORCE).
 
     Args (defaults: DCTpS Table E.2):
         steps: ``T`` pruning steps (60).
@@ -144,7 +144,7 @@ def force_masks(
     train_mode: bool = True,
     shortfall: str = "keep_all",
 ) -> list[torch.Tensor]:
-    """FORCE as published (ICLR 2021), ``BASELINES.md`` §4: ``s = |W0 * dL/dW (W0 * m)|``.
+    """FORCE as published (ICLR 2021), ``docs/BASELINES.md`` §4: ``s = |W0 * dL/dW (W0 * m)|``.
 
     Same arguments as :func:`iter_snip_masks`.
     """

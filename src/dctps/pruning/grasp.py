@@ -1,4 +1,4 @@
-"""GraSP (Wang et al., ICLR 2020), SynFlow-repository version, ``BASELINES.md`` §6.
+"""GraSP (Wang et al., ICLR 2020), SynFlow-repository version, ``docs/BASELINES.md`` §6.
 
 With the loss ``L = CE(f(x) / T_temp, y)`` (``T_temp = 200``) on ``B`` batches:
 

@@ -1,4 +1,4 @@
-"""Random pruning at initialisation (``BASELINES.md`` §1; the DCTpS paper's "Random" row).
+"""Random pruning at initialisation (``docs/BASELINES.md`` §1; the DCTpS paper's "Random" row).
 
 Each layer ``l`` keeps exactly ``n_l`` weights at uniformly random positions, with
 ``n = budgets(shapes, d, allocation)`` from :func:`dctps.allocation.budgets` (default

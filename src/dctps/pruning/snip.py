@@ -1,4 +1,4 @@
-"""SNIP (Lee et al., ICLR 2019), ``BASELINES.md`` §2: one shot, ``s = |W * g|`` with ``g`` the
+"""SNIP (Lee et al., ICLR 2019), ``docs/BASELINES.md`` §2: one shot, ``s = |W * g|`` with ``g`` the
 gradient of the loss averaged over ``B`` batches, keep the global top ``k = round(d N)``.
 
 This is Iter-SNIP with ``T = 1`` (as in the FORCE repository); one-shot SNIP is known to empty

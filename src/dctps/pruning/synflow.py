@@ -1,4 +1,4 @@
-"""SynFlow (Tanaka et al., NeurIPS 2020), ``BASELINES.md`` §5: iterative, data-free.
+"""SynFlow (Tanaka et al., NeurIPS 2020), ``docs/BASELINES.md`` §5: iterative, data-free.
 
 On a deep copy of the network in eval mode, linearised by replacing every floating tensor of the
 ``state_dict`` (weights, biases, BN affine parameters AND BN running statistics) by its absolute
@@ -108,6 +108,12 @@ def synflow_masks(
                 scores, k_t, method="synflow", step=t, steps=iterations, reached=reached,
                 final=final,
             )  # fmt: skip
+            if masks is not None:
+                # On a shortfall the k_t kept weights include zero scores, ranked by index; a
+                # weight pruned earlier also scores 0 and must not come back in that fill, so it
+                # ranks below every live one (the reference keeps only positive scores).
+                for s_, m in zip(scores, masks, strict=True):
+                    s_.masked_fill_(~m, -1.0)
             masks = global_masks(scores, k_t)
             for w, w_init, m in zip(weights, w0, masks, strict=True):
                 w.copy_(w_init * m)

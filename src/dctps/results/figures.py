@@ -12,7 +12,7 @@ nothing: they draw per-layer budgets.
 Kaiming-scaled alphas, at equal trainable parameters (non-zeros + alphas), on LeNet-5 (BN-free)
 and ResNet18 (BN) on CIFAR-10; see ``docs/results/offsets.md``.
 
-Labels: the DCTpS paper's "FORCE" is Iter-SNIP (``iter_snip``, see ``BASELINES.md``); the
+Labels: the DCTpS paper's "FORCE" is Iter-SNIP (``iter_snip``, see ``docs/BASELINES.md``); the
 published FORCE (``force``) is drawn as an extra curve where the grid has it.
 """
 

@@ -106,7 +106,7 @@ def plot_allocation_panels(
 
 
 # ----------------------------------------------------------------------------- accuracy vs density
-# Curve labels. The DCTpS paper's "FORCE" is Iter-SNIP (BASELINES.md); the published FORCE is
+# Curve labels. The DCTpS paper's "FORCE" is Iter-SNIP (docs/BASELINES.md); the published FORCE is
 # drawn as its own curve.
 METHOD_LABELS = {
     "dense": "Dense",
