@@ -221,3 +221,27 @@ def test_a2_and_c10_allocation_figures(tmp_path):
     title = [t for t in data if t.startswith("FixupResNet110")][0]
     assert "SynFlow failed" in title
     assert (tmp_path / "figures" / "C.10-quick.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "kw"),
+    [
+        ([], {}),
+        (["--quick", "--seeds", "1"], {"quick": True, "seeds": 1}),
+        (["--quick", "--model", "resnet18"], {"quick": True, "models": ["resnet18"]}),
+        (["--density", "0.01", "--seeds", "2"], {"densities": [0.01], "seeds": 2}),
+    ],
+)
+def test_print_config_prints_the_grid_the_flags_run(tmp_path, args, kw):
+    """`--print-config` with --quick/--model/--seeds/--density is the grid `dctps figure` with
+    the same flags would run (it used to print the full grid whatever the flags)."""
+    import yaml
+
+    from dctps.results.sweep import expand_grid
+
+    name = "density-lenet5-cifar10"
+    r = CliRunner().invoke(app, ["figure", name, "--print-config", *args])
+    assert r.exit_code == 0, r.output
+    printed = yaml.safe_load(r.output)
+    runs = {c.config_hash() for c in expand_grid(printed)}
+    assert runs == {c.config_hash() for c in F.figure_configs(name, **kw)}

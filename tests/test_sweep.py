@@ -294,3 +294,39 @@ def test_slurm_path_as_a_job_array(fake_cifar10, tmp_path, monkeypatch):
     while sum(r["status"] == "done" for r in store.query({})) < 4:
         assert time.monotonic() < deadline, store.query({})
         time.sleep(0.5)
+
+
+def test_ctrl_c_stops_a_parallel_sweep_without_training_the_queue(fake_cifar10, tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C) while 2 workers train: the queued runs
+    must not be trained, the command exits 130 promptly and says how to go on."""
+    grid = small_grid(fake_cifar10, methods=["dctps"], seeds=[0, 1, 2, 3, 4, 5], epochs=500)
+    gpath = tmp_path / "grid.yaml"
+    gpath.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dctps.cli", "sweep", str(gpath), "--out", str(out),
+         "--workers", "2", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # both workers have started a run
+            db = out / "results.db"
+            if db.is_file() and len(Store(out).query({"status": "running"})) == 2:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the two workers never started")
+        t0 = time.time()
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output
+    assert time.time() - t0 < 30
+    assert "interrupted" in output and "run the same `dctps sweep` again" in output
+    rows = Store(out).query()
+    assert len(rows) <= 4 and not [r for r in rows if r["status"] == "done"]

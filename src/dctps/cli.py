@@ -7,7 +7,9 @@ Each command is a thin wrapper over a library function; bad input raises :class:
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import typer
 
@@ -70,6 +72,20 @@ def results_cmd(
     print_results(db, where, csv, echo=typer.echo)
 
 
+@contextlib.contextmanager
+def _resume_hint(command: str) -> Iterator[None]:
+    """Ctrl-C in a sweep: say what is kept and how to go on (typer would exit 130 silently)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(
+            f"\ninterrupted: finished runs are in the results store; run the same `dctps "
+            f"{command}` again to go on (interrupted runs resume from their checkpoints)",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+
+
 @app.command("sweep")
 def sweep_cmd(
     config: str = typer.Argument(..., help="Sweep YAML (see configs/): base + grid lists."),
@@ -89,8 +105,9 @@ def sweep_cmd(
     """Expand a YAML grid to runs; train those not done yet (crashed ones resume)."""
     from dctps.results.sweep import sweep_command
 
-    rep = sweep_command(config, out, db, workers, executor, retry_failed, dry_run, data_root,
-                        epochs, device, sets, wait, quiet, echo=typer.echo)  # fmt: skip
+    with _resume_hint("sweep"):
+        rep = sweep_command(config, out, db, workers, executor, retry_failed, dry_run, data_root,
+                            epochs, device, sets, wait, quiet, echo=typer.echo)  # fmt: skip
     if rep is not None and rep.errors:
         raise typer.Exit(1)
 
@@ -127,15 +144,20 @@ def figure_cmd(
         typer.echo(figures.list_figures())
         return
     if print_config:
-        typer.echo(figures.grid_yaml(name))
+        typer.echo(
+            figures.grid_yaml(
+                name, quick, model or None, dataset or None, density or None, seeds, config
+            )  # fmt: skip
+        )
         return
-    data = figures.run_figure(
-        name, out, quick=quick, executor=executor, workers=workers, data_root=data_root,
-        models=model or None, datasets=dataset or None, densities=density or None, seeds=seeds,
-        epochs=epochs, device=device, sets=sets, config=config, retry_failed=retry_failed,
-        plot_only=plot_only,
-        dry_run=dry_run, progress=not quiet, echo=typer.echo,
-    )  # fmt: skip
+    with _resume_hint("figure"):
+        data = figures.run_figure(
+            name, out, quick=quick, executor=executor, workers=workers, data_root=data_root,
+            models=model or None, datasets=dataset or None, densities=density or None,
+            seeds=seeds, epochs=epochs, device=device, sets=sets, config=config,
+            retry_failed=retry_failed, plot_only=plot_only,
+            dry_run=dry_run, progress=not quiet, echo=typer.echo,
+        )  # fmt: skip
     if getattr(data, "errors", None):
         raise typer.Exit(1)  # some runs raised (listed above); the figure shows the rest
 

@@ -471,9 +471,20 @@ def _size_override(epochs: int, subset: int) -> dict[str, Any]:
     return {"optim": {"epochs": epochs}, "data": {"subset": subset}}
 
 
-def grid_yaml(name: str) -> str:
-    """The full grid of figure ``name`` as sweep YAML (what ``configs/<name>.yaml`` holds)."""
-    g = figure_grid(name)
+def grid_yaml(
+    name: str,
+    quick: bool = False,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    densities: Sequence[float] | None = None,
+    seeds: int | None = None,
+    config: str | Path | None = None,
+) -> str:
+    """The grid of figure ``name`` as sweep YAML: the full one (what ``configs/<name>.yaml``
+    holds), or with the same ``quick`` / list replacements / ``config`` grid as
+    :func:`run_figure` takes, so that it prints what ``dctps figure`` with those flags runs."""
+    grid = load_grid(config) if config else None
+    g = figure_grid(name, quick, models, datasets, densities, seeds, grid=grid)
     head = (f"# Figure {name}: {get(name).description}\n"
             f"# Run: dctps sweep configs/{name}.yaml --data-root DIR [--workers N] "
             f"[--executor slurm]\n"

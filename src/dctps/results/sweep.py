@@ -319,6 +319,26 @@ def _init_worker(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+# Set in a pool worker by its SIGINT handler (a signal handler can only reach module state). A
+# terminal's Ctrl-C reaches every worker of the process group once: the run it is training stops,
+# and the calls already queued to it must return at once instead of training to the end.
+_worker_interrupted = False
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global _worker_interrupted
+    _worker_interrupted = True
+    raise KeyboardInterrupt
+
+
+def _init_pool_worker(threads: int | None) -> None:
+    """Initializer of the local process pool's workers (see :data:`_worker_interrupted`)."""
+    import signal
+
+    signal.signal(signal.SIGINT, _on_sigint)
+    _init_worker(threads)
+
+
 def run_one(
     cfg: dict[str, Any] | RunConfig,
     out: str,
@@ -336,6 +356,8 @@ def run_one(
 
     _init_worker(threads)
     h = None
+    if _worker_interrupted:  # Ctrl-C: the sweep is stopping, do not start another run
+        return {"hash": h, "status": "error", "reason": "interrupted (Ctrl-C)"}
     try:
         c = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
         h = c.config_hash()
@@ -419,6 +441,26 @@ def _threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(workers, 1))
 
 
+def _collect(futs: dict[Any, str], by: dict[str, PlannedRun], report: SweepReport, bar: Any,
+             broken: list[PlannedRun]) -> None:  # fmt: skip
+    """Record the pool's results as they complete; runs of a dead worker go to ``broken``."""
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    for fut in as_completed(futs):
+        h = futs[fut]
+        try:
+            res = fut.result()
+        except BrokenProcessPool:
+            broken.append(by[h])
+            continue
+        except Exception as e:  # pragma: no cover - pickling problems and the like
+            res = {"hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}"}
+        res["hash"] = h
+        report.results[h] = res
+        _tick(bar, report, by[h].cfg)
+
+
 def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: SweepReport,
                bar: Any) -> None:  # fmt: skip
     by = {p.hash: p for p in todo}
@@ -429,8 +471,7 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
             _tick(bar, report, p.cfg)
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures import ProcessPoolExecutor
 
     pending = list(todo)
     deaths: dict[str, int] = {}
@@ -438,24 +479,19 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
         broken: list[PlannedRun] = []
         with ProcessPoolExecutor(
             max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn"),
-            initializer=_init_worker, initargs=(_threads(workers),),
+            initializer=_init_pool_worker, initargs=(_threads(workers),),
         ) as pool:  # fmt: skip
             futs = {
                 pool.submit(run_one, p.cfg.to_dict(), out, db, p.action == "retry"): p.hash
                 for p in pending
             }
-            for fut in as_completed(futs):
-                h = futs[fut]
-                try:
-                    res = fut.result()
-                except BrokenProcessPool:
-                    broken.append(by[h])
-                    continue
-                except Exception as e:  # pragma: no cover - pickling problems and the like
-                    res = {"hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}"}
-                res["hash"] = h
-                report.results[h] = res
-                _tick(bar, report, by[h].cfg)
+            try:
+                _collect(futs, by, report, bar, broken)
+            except KeyboardInterrupt:
+                # Ctrl-C: drop the queued runs (the running ones stop in their workers and
+                # resume from their checkpoints on the next `dctps sweep`)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         pending = []
         for p in broken:  # a worker died (killed, out of memory): try its runs once more
             deaths[p.hash] = deaths.get(p.hash, 0) + 1
