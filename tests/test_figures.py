@@ -188,6 +188,44 @@ def test_curves_split_by_what_differs(tmp_path):
     assert set(panel.series) == expected
 
 
+def test_curves_do_not_split_on_non_identity_fields_or_keys_older_rows_lack(tmp_path):
+    """One experiment is one curve: a seed run with --batched-rebuild on (not part of a run's
+    identity), or stored by an older version whose config lacks a newer field, joins it."""
+    import dataclasses
+
+    store = Store(tmp_path)
+    record(store, cfg("dctps", 0.01, seed=0), 0.4)
+    record(store, dataclasses.replace(cfg("dctps", 0.01, seed=1), batched_rebuild="on"), 0.5)
+    old = cfg("dctps", 0.01, seed=2)
+    d = old.to_dict()
+    del d["batched_rebuild"], d["sparsity"]["offset"]  # as an older version stored it
+    store.start(old.config_hash(), d)
+    store.finish(old.config_hash(), test_acc=0.6, val_acc=0.6, nonzeros=1)
+    (panel,) = aggregate(store.query({}))
+    assert list(panel.series) == ["DCTpS"]
+    (pt,) = panel.series["DCTpS"]
+    assert pt.n_ok == 3 and pt.mean == pytest.approx(0.5)
+
+
+def test_an_incomplete_figure_says_so_and_names_the_missing_runs(tmp_path):
+    configs = [cfg("dctps", 0.01, seed=s) for s in range(3)]
+    store = Store(tmp_path)
+    for c in configs[:2]:
+        record(store, c, 0.5)
+    data = F.draw("density-lenet5-cifar10", store, configs, tmp_path / "f.png")
+    assert data.missing == 1 and data.missing_runs == [configs[2].summary()]
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert saved["missing_runs"] == [configs[2].summary()]
+
+
+def test_plot_out_without_a_suffix_writes_and_reports_png(tmp_path):
+    store = Store(tmp_path)
+    record(store, cfg("dctps", 0.01), 0.4)
+    data = plot_runs(store.query({}), tmp_path / "fig")
+    assert [p.name for p in data.paths] == ["fig.png", "fig.pdf"]
+    assert all(p.is_file() for p in data.paths)
+
+
 def test_cli_plot_where(tmp_path):
     store = Store(tmp_path)
     record(store, cfg("dctps", 0.01), 0.4)

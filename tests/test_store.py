@@ -91,6 +91,9 @@ def test_where_values_take_their_columns_type():
     s_rows = parse_where(["rigl=yes", "hash=0123456789012345,1234e56789012345", "seed=3"])
     assert s_rows == {"rigl": 1, "hash": ["0123456789012345", "1234e56789012345"], "seed": 3}
     assert parse_where(["rigl=no"]) == {"rigl": 0}
+    assert parse_where(["method=dctps", "method=random,snip"]) == {
+        "method": ["dctps", "random", "snip"]
+    }
     with pytest.raises(DctpsError, match="rigl takes yes or no, got 'maybe'"):
         parse_where(["rigl=maybe"])
     with pytest.raises(DctpsError, match="density takes a number, got 'high'"):

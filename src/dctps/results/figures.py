@@ -509,8 +509,13 @@ def draw(name: str, store: Any, configs: Sequence[RunConfig], path: str | Path) 
     rows = sorted(_store_rows(store, hashes), key=lambda r: rank[r["hash"]])  # grid order
     finished = {r["hash"] for r in rows if r["status"] in ("done", "failed")}
     order = list(dict.fromkeys((c.model.name, c.data.dataset) for c in configs))
-    data = plot_runs(rows, path, title=spec.title, label=spec.label, panel_order=order)
-    data.missing = len(set(hashes) - finished)
+    missing = [c.summary() for c, h in zip(configs, hashes, strict=True) if h not in finished]
+    # a curve or point without its runs must not look complete
+    note = (
+        f"incomplete: {len(missing)} of {len(configs)} runs have no result yet" if missing else None
+    )
+    data = plot_runs(rows, path, title=spec.title, label=spec.label, panel_order=order, note=note)
+    data.missing, data.missing_runs = len(missing), missing
     write_json(data.to_dict(), Path(path).with_suffix(".json"))
     return data
 
@@ -608,6 +613,10 @@ def run_figure(
     data.errors = errors
     echo(data.table())
     if data.missing:
-        echo(f"{data.missing} of {len(configs)} runs have no result yet")
+        echo(f"{data.missing} of {len(configs)} runs have no result yet (noted on the figure):")
+        for summary in data.missing_runs[:10]:
+            echo(f"  {summary}")
+        if data.missing > 10:
+            echo(f"  ... and {data.missing - 10} more (`--dry-run` lists every run)")
     echo(f"wrote {fig_path} (+ .pdf, .json)")
     return data

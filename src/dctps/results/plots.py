@@ -29,6 +29,8 @@ from dctps.errors import DctpsError, cannot_write  # noqa: E402
 def save(fig, path: str | Path) -> list[Path]:
     """Save ``fig`` at ``path`` and, beside it, the other of PNG/PDF; return both paths."""
     path = Path(path)
+    if not path.suffix:  # matplotlib would add .png itself, and the reported path would not exist
+        path = path.with_suffix(".png")
     out = [path]
     twin = path.with_suffix(".pdf" if path.suffix.lower() != ".pdf" else ".png")
     out.append(twin)
@@ -172,13 +174,14 @@ class FigureData:
     paths: list[Path]
     runs: int = 0  # store rows read
     missing: int = 0  # runs of the grid with no finished row yet
+    missing_runs: list[str] = field(default_factory=list)  # their summaries
     errors: list[dict[str, Any]] = field(default_factory=list)  # runs that raised (dctps figure)
 
     def to_dict(self) -> dict[str, Any]:
         """The figure's panels, paths and counts as plain JSON values."""
         return {
             "panels": [p.to_dict() for p in self.panels], "paths": [str(p) for p in self.paths],
-            "runs": self.runs, "missing": self.missing,
+            "runs": self.runs, "missing": self.missing, "missing_runs": self.missing_runs,
         }  # fmt: skip
 
     def table(self) -> str:
@@ -228,6 +231,19 @@ def default_label(cfg: Mapping[str, Any]) -> str:
     if s.get("train_alpha") is False:
         label += ", fixed α = 1"
     return label
+
+
+def _comparable(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stored run config as the identity its hash was made of: resolved with today's defaults
+    (a key an older row lacks takes its default) and without the non-identity fields
+    (``batched_rebuild``, ``device``, ...), so that two rows of one experiment never split a
+    curve. A config this version cannot read is compared as stored."""
+    from dctps.train.config import RunConfig
+
+    try:
+        return RunConfig.from_dict(dict(cfg), source="results store").identity()
+    except Exception:  # an older or foreign config: compare the raw dict
+        return cfg
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -330,7 +346,7 @@ def aggregate(
         curves: dict[str, list[Mapping[str, Any]]] = {}
         order: dict[str, tuple[int, int]] = {}
         for lab, members in groups.items():
-            flats = [_flatten(c) for _, c in members]
+            flats = [_flatten(_comparable(c)) for _, c in members]
             keys = sorted({k for f in flats for k in f} - _NOT_A_VARIANT)
             varying = _explained(flats, [k for k in keys if len({_key(f, k) for f in flats}) > 1])
             for (r, _), f in zip(members, flats, strict=True):
@@ -380,9 +396,11 @@ def plot_accuracy(
     path: str | Path,
     title: str | None = None,
     x: str = "density",
+    note: str | None = None,
 ) -> list[Path]:
     """Accuracy vs density (log x, in %) per panel: mean line and min-max band per curve, failed
-    points dashed at chance, dense as a horizontal line. Writes PNG and PDF; returns the paths."""
+    points dashed at chance, dense as a horizontal line. ``note``: a line under the title (e.g.
+    how many runs have no result yet). Writes PNG and PDF; returns the paths."""
     panels = list(panels)
     if not panels:
         raise DctpsError("nothing to plot: no finished or failed runs match")
@@ -412,8 +430,13 @@ def plot_accuracy(
             fx = [xv for xv, pt in zip(xs, pts, strict=True) if pt.failed]
             if fx:
                 ax.plot(fx, [100 * p.chance] * len(fx), "o", mfc="none", color=c, ms=5)
-        for lab, pt in p.dense.items():
-            ax.axhline(100 * pt.mean, color="k", lw=1.2, label=lab)
+        dense_styles = ["-", "-.", (0, (5, 1)), (0, (1, 1))]
+        for i, (lab, pt) in enumerate(p.dense.items()):
+            if pt.failed:  # every seed failed: at chance and dashed, never a solid result line
+                ax.axhline(100 * p.chance, color="k", lw=1.2, ls="--", label=f"{lab} (failed)")
+            else:  # several dense curves (variants) must stay apart in the legend
+                style = dense_styles[i % len(dense_styles)]
+                ax.axhline(100 * pt.mean, color="k", lw=1.2, ls=style, label=lab)
             if pt.max > pt.min:
                 ax.axhspan(100 * pt.min, 100 * pt.max, color="k", alpha=0.08, linewidth=0)
         if p.chance == p.chance:  # not NaN
@@ -442,8 +465,8 @@ def plot_accuracy(
         handles.append(Line2D([], [], color="0.3", ls="--", marker="o", mfc="none"))
         labs.append("failed: drawn at chance")
     fig.legend(handles, labs, loc="outside lower center", ncol=min(4, len(labs)), fontsize=8)
-    if title:
-        fig.suptitle(title)
+    if title or note:
+        fig.suptitle("\n".join(t for t in (title, note) if t))
     return save(fig, path)
 
 
@@ -455,6 +478,7 @@ def plot_runs(
     metric: str = "auto",
     x: str = "density",
     panel_order: Sequence[tuple[str, str]] | None = None,
+    note: str | None = None,
 ) -> FigureData:
     """Aggregate store ``rows`` (:func:`aggregate`) and draw them (:func:`plot_accuracy`).
 
@@ -464,7 +488,7 @@ def plot_runs(
     if panel_order:
         rank = {k: i for i, k in enumerate(panel_order)}
         panels.sort(key=lambda p: rank.get((p.model, p.dataset), len(rank)))
-    paths = plot_accuracy(panels, path, title=title, x=x)
+    paths = plot_accuracy(panels, path, title=title, x=x, note=note)
     out = FigureData(panels, paths, runs=len(rows))
     write_json(out.to_dict(), Path(path).with_suffix(".json"))
     return out

@@ -497,7 +497,8 @@ def _parse_value(raw: str, key: str) -> Any:
 def parse_where(items: Iterable[str]) -> dict[str, Any]:
     """``["method=dctps", "density=0.001"]`` -> ``{"method": "dctps", "density": 0.001}``.
 
-    A comma-separated value means any of them (``method=dctps,snip``).
+    A comma-separated value means any of them (``method=dctps,snip``), and so does a repeated
+    key (``method=dctps``, ``method=snip``).
     """
     out: dict[str, Any] = {}
     for item in items:
@@ -508,6 +509,9 @@ def parse_where(items: Iterable[str]) -> dict[str, Any]:
         if key not in RUN_COLUMNS:
             raise DctpsError(f"unknown column {key!r} in --where; valid: {', '.join(RUN_COLUMNS)}")
         vals = [_parse_value(v.strip(), key) for v in raw.split(",")]
+        if key in out:  # a repeated key means any of its values, as a comma list does
+            prev = out[key]
+            vals = [*(prev if isinstance(prev, list) else [prev]), *vals]
         out[key] = vals if len(vals) > 1 else vals[0]
     return out
 
