@@ -99,6 +99,8 @@ def test_grid_expands_to_expected_run_set():
         ({"methods": ["dctps"], "densities": ["2%%"]}, "not a density"),
         ({"methods": ["dctps"], "densities": [0]}, "density must be in"),
         ({"methods": [{"rigl": True}]}, "needs `method:`"),
+        ({"methods": []}, "methods: the list is empty"),
+        ({"models": [], "methods": ["dense"]}, "models: the list is empty"),
     ],
 )
 def test_bad_grids_are_rejected(grid, needle):

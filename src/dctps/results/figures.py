@@ -36,6 +36,7 @@ from dctps.results.plots import (
     write_json,
 )
 from dctps.results.sweep import (
+    EXECUTORS,
     _merge,
     cli_overrides,
     describe_plan,
@@ -591,6 +592,8 @@ def run_figure(
             echo(f"{title.splitlines()[0]}: {len(next(iter(series.values())))} layers, {totals}")
         echo(f"wrote {fig_path} (+ .pdf, .json)")
         return budgets
+    if executor not in EXECUTORS:  # also on a dry run, which would otherwise accept a typo
+        raise unknown_name("executor", executor, EXECUTORS)
     grid = load_grid(config) if config else None
     configs = figure_configs(
         name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,

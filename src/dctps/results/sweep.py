@@ -101,6 +101,8 @@ def parse_density(value: Any, where: str = "density") -> float:
 
 def _as_list(value: Any, where: str) -> list[Any]:
     if isinstance(value, (list, tuple)):
+        if not value:  # an empty axis empties the whole grid: "0 runs" would hide the mistake
+            raise DctpsError(f"{where}: the list is empty; leave the key out for the default")
         return list(value)
     if value is None or isinstance(value, Mapping):
         raise DctpsError(f"{where}: expected a list, got {value!r}")
@@ -687,6 +689,8 @@ def sweep_command(
     echo: Callable[[str], Any] = print,
 ) -> SweepReport | None:
     """``dctps sweep``: expand ``config``, then print the plan (dry run) or run it."""
+    if executor not in EXECUTORS:  # also on a dry run, which would otherwise accept a typo
+        raise unknown_name("executor", executor, EXECUTORS)
     grid = load_grid(config)
     configs = expand_grid(grid, str(config), cli_overrides(data_root, epochs, device, sets))
     if dry_run:
