@@ -327,8 +327,10 @@ def test_ctrl_c_stops_a_parallel_sweep_without_training_the_queue(fake_cifar10, 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    took = time.time() - t0
     assert proc.returncode == 130, output
-    assert time.time() - t0 < 30
-    assert "interrupted" in output and "run the same `dctps sweep` again" in output
+    assert took < 60, (took, output)
+    assert "interrupted" in output and "run the same `dctps sweep` again" in output, output
     rows = Store(out).query()
-    assert len(rows) <= 4 and not [r for r in rows if r["status"] == "done"]
+    statuses = [r["status"] for r in rows]
+    assert len(rows) <= 4 and "done" not in statuses, (statuses, output)
