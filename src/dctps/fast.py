@@ -138,14 +138,23 @@ def check_mode(mode: object) -> str:
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
     """Set the forward mode (one of :data:`MODES`) of every DCTpS layer of ``model``.
 
-    Returns ``model``. Switching to ``'fast'`` or ``'factor'`` frees any cached ``D``.
+    Returns ``model``. Switching to ``'fast'`` or ``'factor'`` frees any cached ``D``. A model
+    without DCTpS layers is a :class:`DctpsError` (most likely ``dctps.sparsify`` was not called;
+    setting nothing would hide that).
     """
     check_mode(mode)
     if not isinstance(model, nn.Module):
         raise DctpsError(f"set_mode needs an nn.Module, got {type(model).__name__}")
+    found = False
     for m in model.modules():
         if hasattr(m, "weight_shape") and hasattr(m, "values") and hasattr(m, "mode"):
             m.mode = mode  # type: ignore[assignment]  # a DCTpSLayer's mode property
+            found = True
+    if not found:
+        raise DctpsError(
+            f"{type(model).__name__} has no DCTpS layers to set to mode {mode!r}: "
+            "call dctps.sparsify(model, density) first"
+        )
     return model
 
 
