@@ -418,20 +418,26 @@ def test_tiny_imagenet_with_a_hold_out_tests_on_official_val(fake_tiny, tmp_path
     assert Store(tmp_path).get(r["hash"])["test_acc"] == acc
 
 
-def test_tiny_imagenet_run_resumes_exactly(fake_tiny, tmp_path, monkeypatch):
-    cfg = tiny_cfg(fake_tiny)
-    ref = fit(cfg, tmp_path / "ref", progress=False)
+def _interrupted_fit(cfg, out, monkeypatch, epoch: int) -> None:
+    """``fit`` interrupted by Ctrl-C at the start of ``epoch`` (the previous one checkpointed);
+    the real epoch function is back in place afterwards."""
     real = loop.train_one_epoch
 
     def interrupt(*a, **kw):
-        if kw["epoch"] == 3:
+        if kw["epoch"] == epoch:
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(loop, "train_one_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "run", progress=False)
-    monkeypatch.setattr(loop, "train_one_epoch", real)
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train_one_epoch", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, out, progress=False)
+
+
+def test_tiny_imagenet_run_resumes_exactly(fake_tiny, tmp_path, monkeypatch):
+    cfg = tiny_cfg(fake_tiny)
+    ref = fit(cfg, tmp_path / "ref", progress=False)
+    _interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=3)
     r = fit(cfg, tmp_path / "run", progress=False)
     assert r["resumed_from"] == 2 and metrics(r) == metrics(ref)
     assert r["reason"] == loop.MAX_VAL_NOTE
@@ -491,18 +497,8 @@ def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monke
     ref = fit(cfg, tmp_path / "ref", progress=False)
     assert ref["status"] == "done" and ref["nonzeros"] == round(0.1 * 61510)
     assert ref["prune_seconds"] is not None and ref["prune_seconds"] >= 0
-    real = loop.train_one_epoch
-
-    def interrupt(*a, **kw):
-        if kw["epoch"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(loop, "train_one_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "run", progress=False)
+    _interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=2)
     assert Store(tmp_path / "run").get(ref["hash"])["status"] == "running"
-    monkeypatch.setattr(loop, "train_one_epoch", real)
     r = fit(cfg, tmp_path / "run", progress=False)
     assert r["resumed_from"] == 1 and metrics(r) == metrics(ref)
 
@@ -521,19 +517,9 @@ def test_dctps_rigl_run_resumes_exactly(fake_cifar10, tmp_path, monkeypatch, bat
     cfg = dataclasses.replace(cfg, batched_rebuild=batched)
     ref = fit(cfg, tmp_path / "ref", progress=False)
     assert ref["status"] == "done"
-    real = loop.train_one_epoch
-
-    def interrupt(*a, **kw):
-        if kw["epoch"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(loop, "train_one_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "run", progress=False)
+    _interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=3)
     ck = torch.load(tmp_path / "run" / "runs" / ref["hash"] / "last.pt", weights_only=True)
     assert ck["epoch"] == 2 and ck["rigl"] == {"t": 18}
-    monkeypatch.setattr(loop, "train_one_epoch", real)
     r = fit(cfg, tmp_path / "run", progress=False)
     assert r["resumed_from"] == 2 and metrics(r) == metrics(ref)
 
