@@ -3,6 +3,7 @@ failed points are drawn at chance, allocation figures (A.2, C.10), `dctps plot`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -283,3 +284,18 @@ def test_print_config_prints_the_grid_the_flags_run(tmp_path, args, kw):
     printed = yaml.safe_load(r.output)
     runs = {c.config_hash() for c in expand_grid(printed)}
     assert runs == {c.config_hash() for c in F.figure_configs(name, **kw)}
+
+
+def test_rows_of_a_changed_computation_are_not_averaged_with_todays(tmp_path):
+    """A VGG19 row recorded before revision 2 has the same stored config as today's but another
+    hash: it must form its own curve, not be averaged with today's runs."""
+    from dctps.train.config import ModelConfig as MC
+
+    store = Store(tmp_path)
+    new = dataclasses.replace(cfg("dctps", 0.01), model=MC("vgg19"))
+    record(store, new, 0.9)
+    store.start("0123456789abcdef", new.to_dict())  # the old hash of the same stored config
+    store.finish("0123456789abcdef", test_acc=0.3, val_acc=0.3, nonzeros=1)
+    (panel,) = aggregate(store.query({}))
+    assert sorted(panel.series) == ["DCTpS", "DCTpS [recorded_by=an older dctps]"]
+    assert panel.series["DCTpS"][0].mean == pytest.approx(0.9)

@@ -472,3 +472,55 @@ def test_synflow_never_revives_a_weight_pruned_at_an_earlier_step(monkeypatch):
     for before, after in zip(steps, steps[1:], strict=False):
         for b, a in zip(before, after, strict=True):
             assert not bool((a & ~b).any())
+
+
+def test_root_attention_reloaded_structure_and_user_hooks_with_a_pruned_out_proj():
+    """The attention runs its pruned out_proj's weight hooks also when it is the model itself,
+    after the pruned structure is rebuilt for loading (resume), and never runs other user
+    hooks (which expect the module's real inputs)."""
+    from dctps.train.checkpoint import prepare_pruned_structure
+
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    seen = []
+    attn.out_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    prune(attn, 0.5, "random")
+    x = torch.randn(3, 4, 8)
+    attn(x, x, x)[0].sum().backward()
+    assert attn.out_proj.weight_orig.grad is not None and seen == []
+    state = attn.state_dict()
+    fresh = nn.MultiheadAttention(8, 2, batch_first=True)
+    prepare_pruned_structure(fresh, state)
+    fresh.load_state_dict(state)
+    opt = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    for _ in range(2):  # trains (an in-place update of weight_orig used to break the graph)
+        opt.zero_grad()
+        fresh(x, x, x)[0].sum().backward()
+        opt.step()
+    w = fresh.out_proj.weight_orig
+    with torch.no_grad():
+        fresh(x, x, x)  # the forward recomputes the weight from the updated weight_orig
+    torch.testing.assert_close(fresh.out_proj.weight, w * fresh.out_proj.weight_mask)
+    assert not torch.equal(w, state["out_proj.weight_orig"])
+
+
+def test_rigl_distributed_false_does_not_average(tmp_path, monkeypatch):
+    """RigL(distributed=False) never touches torch.distributed, even with a group initialised;
+    distributed=True without one is a clear error."""
+    import torch.distributed as dist
+
+    from dctps.dst import RigL
+
+    model = prune(_mlp([6, 8, 3]), 0.5, "random")
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda *a, **k: pytest.fail("all_reduce called"))
+    rigl = RigL(model, None, total_steps=10, delta_t=1, distributed=False)
+    F.cross_entropy(model(x), y).backward()
+    assert not rigl.step()  # updated, with the local gradient
+    monkeypatch.undo()
+    rigl = RigL(model, None, total_steps=10, delta_t=1, distributed=True)
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(DctpsError, match="needs an initialised torch.distributed"):
+        rigl.step()

@@ -270,3 +270,13 @@ def test_attention_projections_follow_dtype_train_alpha_and_epf():
 def test_boolean_flags_must_be_booleans(flag):
     with pytest.raises(DctpsError, match=f"{flag} must be True or False, got 'no'"):
         dctps.sparsify(mlp(), 0.1, **{flag: "no"})
+
+
+def test_excluding_one_name_of_a_shared_module_is_refused():
+    shared = nn.Linear(8, 8)
+    model = nn.ModuleDict({"a": shared, "b": shared, "head": nn.Linear(8, 2)})
+    with pytest.raises(DctpsError, match="exclude all its names or none"):
+        dctps.sparsify(model, 0.5, exclude=["b"])
+    assert type(model["a"]) is nn.Linear
+    dctps.sparsify(model, 0.5, exclude=["a", "b"])
+    assert type(model["b"]) is nn.Linear and isinstance(model["head"], DCTpSLinear)

@@ -752,16 +752,17 @@ class FastDCTpSFunction(torch.autograd.Function):
             _sparse_add(plan, values, v, y)
         if bias is not None:
             y.add_(bias.view(-1, 1))
-        # x, not v: an input keeps its autograd history when unpacked, which double backward
-        # needs (v, made here without grad, would cut x out of the second derivative)
-        ctx.save_for_backward(x, alpha, values, dv)
+        # x too: an input keeps its autograd history when unpacked, which double backward needs
+        # (v, made here without grad, would cut x out of the second derivative); v spares the
+        # first-order backward a second gather
+        ctx.save_for_backward(x, alpha, values, dv, v)
         ctx.plan = plan
         ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        x, alpha, values, dv = ctx.saved_tensors
+        x, alpha, values, dv, v = ctx.saved_tensors
         plan: SparsePlan = ctx.plan
         need_x, need_a, need_v, need_b = ctx.needs_input_grad[:4]
         dbias = grad.sum((0, 2)) if need_b and ctx.has_bias else None
@@ -775,7 +776,6 @@ class FastDCTpSFunction(torch.autograd.Function):
             return dx, dalpha, dvalues, dbias, None
         g = grad.contiguous()
         dx = dalpha = dvalues = None
-        v = _to_v(plan.spec, x) if need_v or (need_a and dv is None) else None
         if dv is not None:  # per-row alpha
             if need_a:
                 dalpha = (g * dv).sum((0, 2))

@@ -374,7 +374,8 @@ class DCTpSLayer(nn.Module):
         precision), on an empty input (the fast path if it needs no ``D``), and while
         saved-tensor hooks are active (non-reentrant ``torch.utils.checkpoint``,
         ``save_on_cpu``: the measuring passes would run under the user's hooks, and checkpoint's
-        recompute must see the same saved tensors). A signature measured before is reused there.
+        recompute must see the same saved tensors). Under autocast the dense path is always
+        taken; in the other two cases a signature measured before is reused.
         """
         return self._mode
 

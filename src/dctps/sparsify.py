@@ -320,10 +320,23 @@ def sparsify(
     for pattern in exclude:
         if not any(_matches(n, [pattern]) for n in all_names):
             near = [n for n in all_names if "." not in n][:6]
+            layer_names = [n for n, _, _ in prunable_layers(model)]
+            nested = f", e.g. {layer_names[-1]!r}" if layer_names else ""
             raise DctpsError(
                 f"exclude pattern {pattern!r} matches no module of {type(model).__name__} "
-                f"(top-level modules: {', '.join(near) or 'none'}; nested names are dotted, "
-                "e.g. 'layer1.0.conv1')"
+                f"(top-level modules: {', '.join(near) or 'none'}; nested names are "
+                f"dotted{nested})"
+            )
+    aliases = _aliases(model)
+    for module in model.modules():
+        names_ = [n for n in aliases[id(module)] if n]
+        hit = [n for n in names_ if _matches(n, exclude)]
+        if hit and len(hit) < len(names_):
+            raise DctpsError(
+                f"module {names_[0]!r} is also registered as "
+                f"{', '.join(repr(n) for n in names_[1:])}; exclude matches {hit[0]!r} but not "
+                f"{[n for n in names_ if n not in hit][0]!r}. One module is either dense or "
+                "DCTpS: exclude all its names or none"
             )
     layers = list(prunable_layers(model, exclude))
     if not layers:

@@ -54,7 +54,7 @@ from torch import nn
 
 from dctps.errors import DctpsError
 from dctps.layers import DCTpSLayer
-from dctps.pruning.common import top_k_mask
+from dctps.pruning.common import connect_attention, top_k_mask
 
 __all__ = ["RigL"]
 
@@ -108,6 +108,10 @@ def _plan(
 
 class _Masked(_Sparse):
     """A layer pruned with ``torch.nn.utils.prune`` (``<attr>_orig`` and ``<attr>_mask``)."""
+
+    #: its pre-hook watches the weight: an attention runs it for its out_proj
+    #: (:func:`dctps.pruning.common.connect_attention`)
+    _dctps_weight_hook = True
 
     def __init__(self, name: str, module: nn.Module, attr: str):
         super().__init__(name, module)
@@ -235,6 +239,10 @@ class RigL:
         delta_t: update every ``delta_t`` iterations (100).
         alpha: initial drop fraction (0.3).
         t_end: stop updating after this fraction of ``total_steps`` (0.75).
+        distributed: average the captured gradients over the ranks of ``torch.distributed``
+            before each update, as DDP training needs (module doc). ``None`` (default): when a
+            process group of more than one rank is initialised. Pass ``False`` when the ranks
+            train independent models (a group shared for something else).
 
     Attributes:
         t: number of :meth:`step` calls so far.
@@ -250,6 +258,7 @@ class RigL:
         delta_t: int = 100,
         alpha: float = 0.3,
         t_end: float = 0.75,
+        distributed: bool | None = None,
     ) -> None:
         for name, v in (("total_steps", total_steps), ("delta_t", delta_t)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -258,6 +267,9 @@ class RigL:
             raise DctpsError(f"alpha must be in [0, 1], got {alpha!r}")
         if not isinstance(t_end, (int, float)) or not 0.0 <= t_end <= 1.0:
             raise DctpsError(f"t_end must be in [0, 1], got {t_end!r}")
+        if distributed is not None and not isinstance(distributed, bool):
+            raise DctpsError(f"distributed must be True, False or None, got {distributed!r}")
+        self.distributed = distributed
         self.model, self.optimizer = model, optimizer
         self.total_steps, self.delta_t, self.alpha = total_steps, delta_t, float(alpha)
         self.T_end = int(t_end * total_steps)
@@ -276,6 +288,7 @@ class RigL:
                 "RigL found no sparse layer: prune the model first (e.g. dctps.pruning.prune(model,"
                 " d, 'random', allocation='erk')) or use DCTpS layers (dctps.sparsify)"
             )
+        connect_attention(model)  # a pruned attention out_proj: its gradient is captured too
         self._rearm()
 
     def drop_fraction(self, t: int) -> float:
@@ -348,7 +361,13 @@ class RigL:
         """
         import torch.distributed as dist
 
+        if self.distributed is False:
+            return
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            if self.distributed:
+                raise DctpsError(
+                    "RigL(distributed=True) needs an initialised torch.distributed process group"
+                )
             return
         layers = self.layers
         ref = next((layer.params[0] for layer in layers), None)

@@ -72,7 +72,7 @@ def build(
 
     Raises :class:`DctpsError` for an unknown name (with a did-you-mean), for a non-integer or
     too-small ``num_classes`` (< 2), ``in_channels`` (< 1) or ``image_size`` (< 1), and for an
-    ``image_size`` the architecture cannot take (LeNet-5 and VGG19 need at least 32).
+    ``image_size`` the architecture cannot take (LeNet-5 needs at least 32, VGG19 16).
     """
     constructor = _REGISTRY.get(name) if isinstance(name, str) else None
     if constructor is None:

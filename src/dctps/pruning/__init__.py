@@ -42,7 +42,7 @@ from torch import nn
 from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
 from dctps.errors import DctpsError, check_density, unknown_name
-from dctps.pruning.common import Context, apply_masks, targets
+from dctps.pruning.common import Context, apply_masks, connect_attention, targets
 from dctps.pruning.force import force_masks, iter_snip_masks
 from dctps.pruning.grasp import grasp_masks
 from dctps.pruning.random import random_masks
@@ -176,4 +176,5 @@ def prune(
     if kept != expected:  # an internal invariant: every method selects exactly k
         raise RuntimeError(f"{method} kept {kept} weights, expected {expected}")
     apply_masks(layers, masks)
+    connect_attention(model)
     return model

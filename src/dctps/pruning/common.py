@@ -50,6 +50,7 @@ __all__ = [
     "average_gradients",
     "loss_fn",
     "apply_masks",
+    "connect_attention",
     "detach_pruned_weights",
     "density_of",
     "model_device",
@@ -63,17 +64,11 @@ LOSSES = ("cross_entropy", "nll_raw")
 
 @dataclass(frozen=True)
 class Target:
-    """One prunable weight ``getattr(module, attr)`` (``weight`` or ``in_proj_weight``).
-
-    ``reader``: a module that reads ``module.<attr>`` directly instead of calling ``module``
-    (an ``nn.MultiheadAttention`` and its ``out_proj``), so ``module``'s forward pre-hooks (the
-    mask's recompute, RigL's capture) must run from ``reader``'s forward (:func:`apply_masks`).
-    """
+    """One prunable weight ``getattr(module, attr)`` (``weight`` or ``in_proj_weight``)."""
 
     name: str
     module: nn.Module
     attr: str
-    reader: nn.Module | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -98,12 +93,7 @@ def targets(model: nn.Module) -> list[Target]:
                 f"layer {name!r} is already pruned ({attr}_orig exists); call "
                 "torch.nn.utils.prune.remove(module, name) first"
             )
-        reader = None
-        if name.endswith(".out_proj"):
-            parent = model.get_submodule(name.rsplit(".", 1)[0])
-            if isinstance(parent, nn.MultiheadAttention):
-                reader = parent
-        out.append(Target(name, module, attr, reader))
+        out.append(Target(name, module, attr))
     if not out:
         raise DctpsError(
             "the model has no dense Linear/Conv2d weights to prune (DCTpS layers cannot be pruned)"
@@ -352,26 +342,49 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
         orig = getattr(t.module, t.attr + "_orig")
         with torch.no_grad():
             orig.mul_(m)
-        if t.reader is not None and not hasattr(t.reader, _RUNS_HOOKS):
-            # attention reads out_proj.weight without calling out_proj: without this, the
-            # masked weight would be computed once, never again, and never train
-            t.reader.register_forward_pre_hook(_run_out_proj_hooks)
-            setattr(t.reader, _RUNS_HOOKS, True)
     detach_pruned_weights(t.module for t in targets_)
 
 
-#: marks an attention module whose forward runs its out_proj's forward pre-hooks
+#: marks an attention module whose forward runs its out_proj's weight hooks
 _RUNS_HOOKS = "_dctps_runs_out_proj_hooks"
 
 
+def connect_attention(model: nn.Module) -> None:
+    """Make every ``nn.MultiheadAttention`` of ``model`` whose ``out_proj`` is pruned run that
+    ``out_proj``'s weight hooks at the start of its own forward (once per module; idempotent).
+
+    ``F.multi_head_attention_forward`` reads ``out_proj.weight`` without calling ``out_proj``, so
+    ``out_proj``'s forward pre-hooks never run: the masked weight would be computed once, never
+    again, and never train (nor would RigL see its gradient). Called by
+    :func:`dctps.pruning.prune`, when a pruned structure is rebuilt for loading
+    (:func:`dctps.train.checkpoint.prepare_pruned_structure`) and by :class:`dctps.dst.RigL`.
+    """
+    for module in model.modules():
+        if (
+            isinstance(module, nn.MultiheadAttention)
+            and hasattr(module.out_proj, "weight_orig")
+            and not hasattr(module, _RUNS_HOOKS)
+        ):
+            module.register_forward_pre_hook(_run_out_proj_hooks)
+            setattr(module, _RUNS_HOOKS, True)
+
+
+def _is_weight_hook(hook: Any) -> bool:
+    """A hook that recomputes or watches a layer's weight: torch.prune's mask application, or a
+    hook whose owner sets ``_dctps_weight_hook`` (RigL's gradient capture). Other user hooks
+    expect the module's real inputs and are not run on the attention's behalf."""
+    return isinstance(hook, torch_prune.BasePruningMethod) or getattr(
+        getattr(hook, "__self__", None), "_dctps_weight_hook", False
+    )
+
+
 def _run_out_proj_hooks(attn: nn.Module, args: Any) -> None:
-    """Forward pre-hook of an ``nn.MultiheadAttention``: run ``out_proj``'s forward pre-hooks
-    (torch.prune's ``weight = weight_orig * weight_mask``, RigL's gradient capture), since
-    ``F.multi_head_attention_forward`` reads ``out_proj.weight`` without calling ``out_proj``."""
+    """Forward pre-hook of an ``nn.MultiheadAttention`` (see :func:`connect_attention`)."""
     out_proj = attn.out_proj
     assert isinstance(out_proj, nn.Module)
     for hook in list(out_proj._forward_pre_hooks.values()):
-        hook(out_proj, ())
+        if _is_weight_hook(hook):
+            hook(out_proj, ())
 
 
 def detach_pruned_weights(modules: Iterable[nn.Module]) -> None:

@@ -233,17 +233,24 @@ def default_label(cfg: Mapping[str, Any]) -> str:
     return label
 
 
-def _comparable(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+def _comparable(cfg: Mapping[str, Any], run_hash: str | None = None) -> Mapping[str, Any]:
     """A stored run config as the identity its hash was made of: resolved with today's defaults
     (a key an older row lacks takes its default) and without the non-identity fields
     (``batched_rebuild``, ``device``, ...), so that two rows of one experiment never split a
-    curve. A config this version cannot read is compared as stored."""
+    curve. When that identity no longer hashes to the row's ``run_hash``, the row was recorded by
+    an older version of a computation that changed since (e.g. VGG19 before revision 2,
+    :data:`dctps.models.REVISIONS`): it is marked so, and never averaged with today's runs. A
+    config this version cannot read is compared as stored."""
     from dctps.train.config import RunConfig
 
     try:
-        return RunConfig.from_dict(dict(cfg), source="results store").identity()
+        c = RunConfig.from_dict(dict(cfg), source="results store")
+        ident = c.identity()
     except Exception:  # an older or foreign config: compare the raw dict
         return cfg
+    if run_hash is not None and c.config_hash() != run_hash:
+        ident = {**ident, "recorded_by": "an older dctps"}
+    return ident
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -346,15 +353,15 @@ def aggregate(
         curves: dict[str, list[Mapping[str, Any]]] = {}
         order: dict[str, tuple[int, int]] = {}
         for lab, members in groups.items():
-            flats = [_flatten(_comparable(c)) for _, c in members]
+            flats = [_flatten(_comparable(c, r.get("hash"))) for r, c in members]
             keys = sorted({k for f in flats for k in f} - _NOT_A_VARIANT)
             varying = _explained(flats, [k for k in keys if len({_key(f, k) for f in flats}) > 1])
             for (r, _), f in zip(members, flats, strict=True):
                 name = lab
-                if varying:
-                    name += (
-                        " [" + ", ".join(f"{k.split('.')[-1]}={f.get(k)}" for k in varying) + "]"
-                    )
+                # a key this row lacks (e.g. recorded_by on today's rows) is not named
+                named = [f"{k.split('.')[-1]}={f[k]}" for k in varying if k in f]
+                if named:
+                    name += " [" + ", ".join(named) + "]"
                 curves.setdefault(name, []).append(r)
                 m = r.get("method")
                 rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)

@@ -319,4 +319,8 @@ def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tenso
         if not hasattr(module, attr + "_orig"):
             torch_prune.identity(module, attr)
         done.append(stem)
+    if done:
+        from dctps.pruning.common import connect_attention
+
+        connect_attention(model)  # a pruned attention out_proj must follow weight_orig
     return done

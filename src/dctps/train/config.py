@@ -125,7 +125,7 @@ class SparsityConfig:
     options: dict[str, Any] = _f(
         {},
         "Extra options of the method as key=value (repeatable), e.g. steps=60, or "
-        "exclude=fc for dctps.",
+        "exclude=classifier for dctps (module-name globs to leave dense).",
         flag="option",
     )
     offset: str = _f(
@@ -227,7 +227,7 @@ class RunConfig:
         "auto",
         "auto | on | off: rebuild all dense-path DCTpS weights in one batched pass per step "
         "(dctps.batch_rebuild: a fixed number of operators per step instead of 5 per layer). "
-        "Default auto: on for CUDA, off on the CPU. Not part of the identity.",
+        "auto: on for CUDA, off on the CPU. Not part of the identity.",
         identity=False,
     )
 
