@@ -208,6 +208,8 @@ CASES = [
       lambda e: dctps.sparsify(mlp(), 0.1, seed=1.5)),
     L("set-mode-dense-model", r"Sequential has no DCTpS layers to set to mode 'fast'",
       lambda e: dctps.set_mode(mlp(), "fast")),
+    L("sparsify-root-layer", r"the model is itself a Linear.*nn\.Sequential\(model\)",
+      lambda e: dctps.sparsify(nn.Linear(8, 8), 0.5)),
     L("sparsify-seed-2-64", r"seed must be in \[0, 2\*\*63\), got 18446744073709551616",
       lambda e: dctps.sparsify(mlp(), 0.1, seed=2**64)),
     L("sparsify-exclude-int", r"exclude must be module-name globs .*got 3",

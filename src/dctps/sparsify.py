@@ -338,6 +338,13 @@ def sparsify(
                 f"{[n for n in names_ if n not in hit][0]!r}. One module is either dense or "
                 "DCTpS: exclude all its names or none"
             )
+    if isinstance(model, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
+        # sparsify swaps submodules in place; the object the caller holds cannot be swapped
+        raise DctpsError(
+            f"the model is itself a {type(model).__name__}, which sparsify cannot replace in "
+            "place: wrap it (model = nn.Sequential(model)) or build a dctps.DCTpSLinear / "
+            "DCTpSConv2d directly"
+        )
     layers = list(prunable_layers(model, exclude))
     if not layers:
         raise DctpsError(
