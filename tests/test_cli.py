@@ -22,6 +22,9 @@ def run_cli(*args):
 def test_version():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and dctps.__version__ in r.output
+    m = subprocess.run([sys.executable, "-m", "dctps", "--version"], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert m.returncode == 0 and dctps.__version__ in m.stdout  # python -m dctps works too
 
 
 def test_budgets_totals_equal_count(tmp_path):

@@ -854,6 +854,15 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     assert again.exit_code == 0, again.output
 
 
+def test_an_out_folder_whose_name_has_a_dot(fake_cifar10, tmp_path):
+    """--out exp.v2 is a folder to create, not a database file named exp.v2."""
+    out = tmp_path / "exp.v2"
+    r = fit(small_cfg(fake_cifar10, epochs=1), out, progress=False)
+    assert r["status"] == "done" and out.is_dir()
+    assert [row["hash"] for row in Store(out).query()] == [r["hash"]]
+    assert (out / "results.db").is_file() and (out / "runs" / r["hash"]).is_dir()
+
+
 def test_run_lock_survives_the_empty_folder_cleanup_race(tmp_path, monkeypatch):
     """A run that wrote nothing removes its folder and `.lock` on exit. A process that opened
     that `.lock` just before must not end up holding a lock on the removed file beside a third

@@ -88,7 +88,11 @@ def _resume_hint(command: str) -> Iterator[None]:
 
 @app.command("sweep")
 def sweep_cmd(
-    config: str = typer.Argument(..., help="Sweep YAML (see configs/): base + grid lists."),
+    config: str = typer.Argument(
+        ...,
+        help="Sweep YAML: base + grid lists (the repository's configs/, or write one with "
+        "`dctps figure NAME --print-config > grid.yaml`).",
+    ),
     out: str = typer.Option("results", "--out", help="Output folder (results.db, runs/)."),
     db: str = typer.Option(None, "--db", help="Results database (default: OUT/results.db)."),
     workers: int = typer.Option(None, "--workers", help="Parallel runs (default 1; slurm: all)."),
@@ -320,7 +324,7 @@ def bench_cmd(
     step    ResNet18 SGD step: dense, DCTpS 'auto', DCTpS batched rebuild
     ckpt    ResNet50 checkpoint bytes: dctps.save vs torch.save (dense)
     memory  peak memory of a Linear 8192 training step: 'fast' vs dense
-    Recorded results and commands: benchmarks/RESULTS.md.
+    Recorded results and commands: benchmarks/RESULTS.md in the repository.
     """
     from dctps.bench import run
 
