@@ -952,3 +952,68 @@ def test_ctrl_c_in_train_says_how_to_resume(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["train", "--model", "lenet5", "--out", str(tmp_path), "-q"])
     assert r.exit_code == 130
     assert "interrupted" in r.output and "run the same command again to resume" in r.output
+
+
+def test_a_disk_filling_up_inside_torch_save_is_a_clear_error(tmp_path, monkeypatch):
+    """On a real full disk torch's zip writer turns the OSError into a RuntimeError ("unexpected
+    pos") with the OSError as its context: still the one-line error, the old checkpoint intact."""
+    import errno
+
+    ckpt_io.save_checkpoint({"epoch": 1}, tmp_path)
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def full_disk(obj, f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos") from None
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(DctpsError, match="cannot write checkpoint .*No space left on device"):
+        ckpt_io.save_checkpoint({"epoch": 2}, tmp_path)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_run_config_is_written_atomically(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from dctps.train.config import save_config
+
+    cfg = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.01))
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    before = path.read_text()
+    real = Path.write_text
+
+    def half_then_full(self, text, *a, **k):
+        real(self, text[:10], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(DctpsError, match="cannot write run config .*No space left"):
+        save_config(dataclasses.replace(cfg, seed=3), path)
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.yaml"
+    ]
+
+
+def test_only_pruning_runs_build_a_pruning_loader(fake_cifar10, tmp_path, monkeypatch):
+    """On CUDA every Loader holds a copy of its split: dense and dctps runs, which prune
+    nothing, must not keep a second copy of the training set."""
+    real = dctps.data.Loader
+    sizes: list[int] = []
+
+    def counting(x, *a, **k):
+        sizes.append(len(x))
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(dctps.data, "Loader", counting)
+    made = {}
+    for method in ("dctps", "random"):
+        sizes.clear()
+        fit(small_cfg(fake_cifar10, method=method, epochs=1), tmp_path / method, progress=False)
+        made[method] = list(sizes)
+    n_train = max(made["random"])
+    assert made["random"].count(n_train) == 2  # training + pruning batches
+    assert made["dctps"].count(n_train) == 1  # training only

@@ -111,26 +111,27 @@ def _write_temp(obj: Any, path: Path) -> str:
             os.fsync(f.fileno())
     except BaseException as e:
         _unlink_quietly(tmp)
-        if _interrupted(e):
-            # Ctrl-C inside torch.save surfaces as torch's RuntimeError from its zip writer's
-            # cleanup ("unexpected pos ..."): report it as the interrupt it is
+        # Ctrl-C or a full disk inside torch.save surface as torch's RuntimeError from its zip
+        # writer's cleanup ("unexpected pos ..."), the real cause in its context: report that
+        if _cause(e, KeyboardInterrupt) is not None:
             raise KeyboardInterrupt from None
-        if isinstance(e, OSError):
-            raise cannot_write("checkpoint", path, e) from None
+        os_error = _cause(e, OSError)
+        if os_error is not None:
+            raise cannot_write("checkpoint", path, os_error) from None
         raise
     return tmp
 
 
-def _interrupted(e: BaseException) -> bool:
-    """Whether ``e`` is, or was raised while handling, a ``KeyboardInterrupt``."""
+def _cause(e: BaseException, kind: type[BaseException]) -> Any:
+    """``e``, or the exception it was raised while handling, that is a ``kind``; else ``None``."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
-        if isinstance(cur, KeyboardInterrupt):
-            return True
+        if isinstance(cur, kind):
+            return cur
         seen.add(id(cur))
         cur = cur.__context__
-    return False
+    return None
 
 
 def _replace(src: str | Path, dst: Path) -> None:

@@ -17,6 +17,7 @@ the supplement) and the sparsity method; any field given explicitly overrides th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -31,7 +32,14 @@ from typing import Any
 
 import yaml
 
-from dctps.errors import DctpsError, check_density, check_seed, unknown_name, yaml_problem
+from dctps.errors import (
+    DctpsError,
+    cannot_write,
+    check_density,
+    check_seed,
+    unknown_name,
+    yaml_problem,
+)
 
 __all__ = [
     "DataConfig",
@@ -601,8 +609,17 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
-    """Write ``cfg`` as YAML (the format :func:`load_config` reads)."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``cfg`` as YAML (the format :func:`load_config` reads), atomically: a temporary file
+    beside ``path`` replaces it, so a failure (a full disk) leaves the old file whole."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        os.replace(tmp, target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise cannot_write("run config", target, e) from None
 
 
 # ----------------------------------------------------------------------------- CLI schema

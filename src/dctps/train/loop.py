@@ -459,16 +459,20 @@ def _fit(
             model.to(dev)
             prune_s = ck.get("prune_seconds")
         else:
-            prune_batches = data_mod.Loader(
-                splits.train_x,
-                splits.train_y,
-                o.batch_size,
-                shuffle=True,
-                augment=data_mod.default_augment(info),
-                info=info,
-                generator=torch.Generator().manual_seed(cfg.seed + 7919),
-                device=dev,
-            )
+            # only pruning methods read batches; on CUDA a Loader holds its own copy of the
+            # training set, so dense and dctps runs do not build one, and it goes after pruning
+            prune_batches = None
+            if cfg.sparsity.method not in ("dense", "dctps"):
+                prune_batches = data_mod.Loader(
+                    splits.train_x,
+                    splits.train_y,
+                    o.batch_size,
+                    shuffle=True,
+                    augment=data_mod.default_augment(info),
+                    info=info,
+                    generator=torch.Generator().manual_seed(cfg.seed + 7919),
+                    device=dev,
+                )
             try:
                 prune_s = su.apply_sparsity(model, cfg, prune_batches)
             except PruningFailed as e:
@@ -490,6 +494,7 @@ def _fit(
                     "prune_seconds": None,
                     "wall_seconds": None,
                 }
+            del prune_batches
             model.to(dev)
         counts = count(model)
         if store is not None:
