@@ -164,31 +164,24 @@ def _check_convertible(
     another module (tied weights: DCTpS gives each layer its own offset and support, which would
     silently untie them).
     """
-    names = [n for n, _, _ in layers]
     for name, module, _ in layers:
         if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
             raise DctpsError(
                 f"layer {name!r} has padding_mode={module.padding_mode!r}; DCTpS convs support "
                 f"only 'zeros'. Leave it dense with exclude=[{name!r}]"
             )
-        if isinstance(module, nn.MultiheadAttention):
-            mha = name.rsplit(".", 1)[0]
-            if f"{mha}.out_proj" not in names:
-                raise DctpsError(
-                    f"exclude both or neither of {mha}'s projections (in_proj, out_proj)"
-                )
-    in_proj_owners = {n.rsplit(".", 1)[0] for n in names if n.endswith(".in_proj")}
-    for name in names:
-        owner = name.rsplit(".", 1)[0] if "." in name else ""
-        if name.endswith(".out_proj") and owner not in in_proj_owners:
-            try:
-                parent = model.get_submodule(owner)
-            except AttributeError:
-                continue
+    # an attention whose in_proj is converted but not its out_proj, or the other way round
+    in_owners = {n.rpartition(".")[0] for n, m, _ in layers if isinstance(m, nn.MultiheadAttention)}
+    out_owners = set()
+    for name, _, _ in layers:
+        owner, _, leaf = name.rpartition(".")
+        if leaf == "out_proj":
+            parent = model.get_submodule(owner)
             if isinstance(parent, nn.MultiheadAttention) and parent._qkv_same_embed_dim:
-                raise DctpsError(
-                    f"exclude both or neither of {owner}'s projections (in_proj, out_proj)"
-                )
+                out_owners.add(owner)
+    half = sorted(in_owners ^ out_owners)
+    if half:
+        raise DctpsError(f"exclude both or neither of {half[0]}'s projections (in_proj, out_proj)")
     for name, module in model.named_modules():
         if (
             isinstance(module, nn.MultiheadAttention)
