@@ -233,3 +233,24 @@ def test_load_into_a_sparsified_model_takes_the_files_offset_and_alpha(
             assert (got.offset, got.alpha_scope) == (m.offset, m.alpha_scope)
             torch.testing.assert_close(got.dense_weight(), m.dense_weight(), rtol=0, atol=0)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_file_of_another_model_revision_does_not_load_silently(tmp_path, monkeypatch):
+    """VGG19 revision 2 changed the network (dctps.models.REVISIONS): a file saved from the old
+    network must not load into the new one, with or without a model given."""
+    from dctps import models
+
+    model = dctps.sparsify(build("vgg19"), 0.001)
+    assert model.dctps_arch["revision"] == 2
+    path = tmp_path / "vgg.dctps"
+    dctps.save(model, path)
+    dctps.load(path)  # today's file loads
+    monkeypatch.setitem(models.REVISIONS, "vgg19", 3)  # as if the network changed again
+    with pytest.raises(DctpsError, match="vgg19 of revision 2, but this dctps builds revision 3"):
+        dctps.load(path)
+    with pytest.raises(DctpsError, match="revision 2, but this dctps builds revision 3"):
+        dctps.load(path, model=build("vgg19"))
+    lenet = tmp_path / "lenet.dctps"
+    dctps.save(dctps.sparsify(build("lenet5"), 0.01), lenet)
+    assert "revision" not in checkpoint_io._read(lenet)[0]["arch"]
+    dctps.load(lenet)  # models without a revision are unaffected

@@ -208,6 +208,10 @@ def test_tied_weights_are_refused_before_anything_changes():
     with pytest.raises(DctpsError, match="'head' is also 'emb.weight'"):
         dctps.sparsify(lm, 0.5)
     assert type(lm["head"]) is nn.Linear and type(lm["mid"]) is nn.Linear
+    c, d = nn.Linear(8, 8), nn.Linear(8, 8)
+    d.bias = c.bias  # a shared bias would be copied apart too
+    with pytest.raises(DctpsError, match="'0' is also '1.bias' \\(tied weights\\)"):
+        dctps.sparsify(nn.Sequential(c, d, nn.Linear(8, 2)), 0.5)
 
 
 def test_an_unsupported_layer_leaves_the_whole_model_unchanged():

@@ -114,7 +114,7 @@ def test_csv_never_overwrites_a_database(tmp_path):
     with pytest.raises(DctpsError, match="is an SQLite database.*refusing"):
         s.to_csv(tmp_path / "results.db")
     assert [r["hash"] for r in Store(tmp_path / "results.db").query()] == ["h0"]
-    (tmp_path / "old.csv").write_text("previous\n")
+    (tmp_path / "old.csv").write_text("hash,model\nprevious,x\n")  # an earlier export
     with pytest.raises(DctpsError, match="cannot write CSV file"):
         s.to_csv(tmp_path / "missing" / "x.csv")
     assert s.to_csv(tmp_path / "old.csv") == 1  # an earlier CSV is replaced
@@ -122,6 +122,13 @@ def test_csv_never_overwrites_a_database(tmp_path):
     assert sorted(
         p.name for p in tmp_path.iterdir() if p.suffix != ".db" and "-" not in p.name
     ) == ["old.csv"]  # no temporary file left behind
+    for other in ("config.yaml", "best.pt"):  # anything else that exists is left alone
+        (tmp_path / other).write_bytes(b"PK\x03\x04 not a csv")
+        with pytest.raises(DctpsError, match="is not a CSV written by `dctps results`"):
+            s.to_csv(tmp_path / other)
+        assert (tmp_path / other).read_bytes() == b"PK\x03\x04 not a csv"
+    (tmp_path / "empty.csv").touch()  # an empty file may be written over
+    assert s.to_csv(tmp_path / "empty.csv") == 1
 
 
 WRITER = textwrap.dedent(

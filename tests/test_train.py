@@ -854,6 +854,19 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     assert again.exit_code == 0, again.output
 
 
+def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_path):
+    """A checkpoint whose config hashes differently today (its model changed since, e.g. VGG19
+    revision 2) holds weights of the old network: export/inspect must refuse it."""
+    r = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
+    best = tmp_path / "runs" / r["hash"] / "best.pt"
+    obj = torch.load(best, weights_only=False)
+    obj["config_hash"] = "0123456789abcdef"  # what an older dctps hashed the same config to
+    torch.save(obj, tmp_path / "old.pt")
+    with pytest.raises(DctpsError, match="written by an older dctps for run 0123456789abcdef"):
+        ckpt_io.model_from_checkpoint(tmp_path / "old.pt")
+    ckpt_io.model_from_checkpoint(best)  # today's loads
+
+
 def test_an_out_folder_whose_name_has_a_dot(fake_cifar10, tmp_path):
     """--out exp.v2 is a folder to create, not a database file named exp.v2."""
     out = tmp_path / "exp.v2"

@@ -366,13 +366,24 @@ def load(
                 f"checkpoint {path} has no architecture spec (it was saved from a model not built "
                 "by dctps.models.build, without arch=...); pass model=<a fresh instance>"
             )
-        from dctps.models import build
+        from dctps.models import build, check_revision
 
-        kwargs = {k: v for k, v in arch.items() if k != "name"}
+        check_revision(arch, f"checkpoint {path}")
+        kwargs = {k: v for k, v in arch.items() if k not in ("name", "revision")}
         model = build(arch["name"], **kwargs)
         model.dctps_arch = dict(arch)  # type: ignore[assignment]
     elif not isinstance(model, nn.Module):
         raise DctpsError(f"load needs model=None or an nn.Module, got {type(model).__name__}")
+    else:
+        mine, saved = getattr(model, "dctps_arch", None), header.get("arch")
+        if (
+            isinstance(mine, dict)
+            and isinstance(saved, dict)
+            and mine.get("name") == saved.get("name")
+        ):
+            from dctps.models import check_revision
+
+            check_revision(saved, f"checkpoint {path}")
     for cfg in header.get("layers", []):
         name = cfg["name"]
         try:
@@ -616,7 +627,9 @@ def to_dense(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in plain PyTorch: every DCTpS layer becomes ``nn.Linear`` /
     ``nn.Conv2d`` holding the fused ``W = alpha * D + S`` (and a DCTpSMultiheadAttention an
     ``nn.MultiheadAttention``), so it runs and exports (ONNX, TorchScript) without dctps and gives
-    the same outputs. ``model`` is not modified."""
+    the same outputs. ``model`` is not modified. A model pruned with ``dctps.pruning.prune``
+    keeps its ``torch.nn.utils.prune`` structure (masks and their hooks, including the one that
+    lets an attention recompute its pruned ``out_proj``); ``prune.remove`` makes it plain."""
     if not isinstance(model, nn.Module):
         raise DctpsError(f"to_dense needs an nn.Module, got {type(model).__name__}")
     if isinstance(model, (DCTpSLayer, DCTpSMultiheadAttention)):

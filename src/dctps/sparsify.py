@@ -213,8 +213,8 @@ def _check_convertible(
 def tied_weight(
     model: nn.Module, layers: list[tuple[str, nn.Module, tuple[int, ...]]]
 ) -> tuple[str, str] | None:
-    """The first ``(layer name, other parameter name)`` where a layer's weight Parameter is also
-    reachable under another module's name (tied weights), or ``None``.
+    """The first ``(layer name, other parameter name)`` where a layer's weight (or bias) Parameter
+    is also reachable under another module's name (tied weights), or ``None``.
 
     A module registered under several names is not tied to itself. Converting or masking such a
     weight layer by layer would silently untie it (or mask the shared tensor twice)."""
@@ -223,11 +223,16 @@ def tied_weight(
         where.setdefault(id(p), []).append(pname)
     owners = _aliases(model)
     for name, module, _ in layers:
-        attr = "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
-        own = {f"{a}.{attr}" if a else attr for a in owners[id(module)]}
-        others = [n for n in where.get(id(getattr(module, attr)), []) if n not in own]
-        if others:
-            return name.removesuffix(".in_proj"), others[0]
+        mha = isinstance(module, nn.MultiheadAttention)
+        # the bias too: the new layer gets a copy of it, which would untie a shared bias
+        for attr in ("in_proj_weight", "in_proj_bias") if mha else ("weight", "bias"):
+            param = getattr(module, attr, None)
+            if param is None:
+                continue
+            own = {f"{a}.{attr}" if a else attr for a in owners[id(module)]}
+            others = [n for n in where.get(id(param), []) if n not in own]
+            if others:
+                return name.removesuffix(".in_proj"), others[0]
     return None
 
 

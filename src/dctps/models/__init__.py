@@ -32,7 +32,7 @@ from dctps.models.mobilenetv2 import mobilenetv2
 from dctps.models.resnet import kaiming_init_, resnet18, resnet50
 from dctps.models.vgg import vgg19
 
-__all__ = ["REVISIONS", "ZERO_INIT_ATTR", "build", "kaiming_init_", "names"]
+__all__ = ["REVISIONS", "ZERO_INIT_ATTR", "build", "check_revision", "kaiming_init_", "names"]
 
 Constructor = Callable[[int, int, int], nn.Module]
 
@@ -82,8 +82,25 @@ def build(
     image_size = _check_int(image_size, "image_size", 1)
     model = constructor(num_classes, in_channels, image_size)
     # Lets dctps.save record the architecture, so dctps.load can rebuild it without the class.
-    model.dctps_arch = {  # type: ignore[assignment]
+    arch: dict[str, object] = {
         "name": name, "num_classes": num_classes, "in_channels": in_channels,
         "image_size": image_size,
     }  # fmt: skip
+    if REVISIONS.get(name, 1) > 1:  # a file of another revision must not load silently
+        arch["revision"] = REVISIONS[name]
+    model.dctps_arch = arch  # type: ignore[assignment]
     return model
+
+
+def check_revision(arch: dict, source: str) -> None:
+    """A :class:`DctpsError` when ``arch`` (a saved architecture spec, ``revision`` absent = 1)
+    names another revision of its model than this version builds (:data:`REVISIONS`): its
+    weights would load into a network that computes another function."""
+    name = arch.get("name")
+    saved, now = int(arch.get("revision", 1)), REVISIONS.get(str(name), 1)
+    if saved != now:
+        raise DctpsError(
+            f"{source} holds a {name} of revision {saved}, but this dctps builds revision {now} "
+            "(the network changed; see dctps.models.REVISIONS and the CHANGELOG): its weights "
+            "would compute another function. Use the dctps version that wrote it"
+        )

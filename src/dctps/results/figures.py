@@ -577,7 +577,7 @@ def run_figure(
     and the plotted numbers as JSON) unless ``path`` is given. ``config``: a sweep YAML to use
     instead of the figure's built-in grid (an edited ``configs/NAME.yaml``).
     """
-    from dctps.results.store import Store, resolve_db_path
+    from dctps.results.store import Store, out_db_path
 
     spec = get(name)
     out = Path(out)
@@ -599,7 +599,7 @@ def run_figure(
         name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,
         datasets=datasets, densities=densities, seeds=seeds, grid=grid,
     )  # fmt: skip
-    db_path = resolve_db_path(db if db is not None else out)
+    db_path = out_db_path(out, db)
     if dry_run:
         echo(describe_plan(plan(configs, out, db_path, retry_failed)))
         return None

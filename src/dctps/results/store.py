@@ -115,6 +115,13 @@ def resolve_db_path(path: str | os.PathLike | None) -> Path:
     return p
 
 
+def out_db_path(out: str | os.PathLike, db: str | os.PathLike | None = None) -> Path:
+    """The results database of an ``--out`` folder: ``db`` when given (see
+    :func:`resolve_db_path`), else ``out/results.db``. ``out`` is always a folder, also before it
+    exists and when its name has a dot (``exp.v2``)."""
+    return resolve_db_path(db) if db is not None else Path(out).expanduser() / DB_NAME
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     """Roll back the open transaction, if SQLite has not already done so; never raise (the
     caller re-raises the error that caused it, which must not be masked)."""
@@ -451,11 +458,26 @@ class Store:
 
 
 def _check_csv_target(target: Path) -> None:
+    """Refuse to overwrite an existing file that is not an earlier CSV of this command (a results
+    database, a run checkpoint or config given as the CSV path by mistake)."""
     if _is_sqlite(target):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
             "with CSV. Give another path, e.g. results.csv"
         )
+    if target.is_file() and target.stat().st_size and not _starts_with_text(target, "hash,"):
+        raise DctpsError(
+            f"{target} exists and is not a CSV written by `dctps results`; refusing to "
+            "overwrite it. Give another path, e.g. results.csv"
+        )
+
+
+def _starts_with_text(path: Path, prefix: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix.encode()
+    except OSError:
+        return False
 
 
 def _is_sqlite(path: Path) -> bool:

@@ -285,12 +285,12 @@ def plan(
     retry_failed: bool = False,
 ) -> list[PlannedRun]:
     """What :func:`run_sweep` would do with each config (reads the store, runs nothing)."""
-    from dctps.results.store import Store, resolve_db_path
+    from dctps.results.store import Store, out_db_path
     from dctps.train import checkpoint as ckpt_io
     from dctps.train.loop import RUNS_DIR
 
     out = Path(out)
-    path = resolve_db_path(db if db is not None else out)
+    path = out_db_path(out, db)
     hashes = [c.config_hash() for c in configs]
     rows: dict[str, dict[str, Any]] = {}
     if path.is_file() and hashes:
@@ -603,7 +603,7 @@ def run_sweep(
         wait: slurm only: wait for the jobs (``False``: submit and return their ids).
         poll: seconds between checks of submitit jobs.
     """
-    from dctps.results.store import Store, resolve_db_path
+    from dctps.results.store import Store, out_db_path
 
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
@@ -611,7 +611,7 @@ def run_sweep(
                                 or workers < 1):  # fmt: skip
         raise DctpsError(f"workers must be a positive integer, got {workers!r}")
     out_p = Path(out).resolve()
-    db_p = resolve_db_path(db if db is not None else out_p).resolve()
+    db_p = out_db_path(out_p, db).resolve()
     planned = plan(configs, out_p, db_p, retry_failed)
     report = SweepReport(planned)
     todo = [p for p in planned if p.runs]

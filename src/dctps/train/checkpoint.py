@@ -238,6 +238,14 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 
     obj = read_run_checkpoint(path)
     cfg = RunConfig.from_dict(obj["config"], source=str(path)).resolve()
+    if obj.get("config_hash") not in (None, cfg.config_hash()):
+        # the same config hashes differently today: a computation it names changed since (e.g.
+        # VGG19 revision 2, dctps.models.REVISIONS); its weights belong to the old network
+        raise DctpsError(
+            f"{path} was written by an older dctps for run {obj['config_hash']}; this version "
+            f"computes that config differently (run {cfg.config_hash()}: {cfg.model.name} "
+            "changed, see dctps.models.REVISIONS). Use the dctps version that wrote it"
+        )
     obj["method"] = cfg.sparsity.method
     model = build_model(cfg, data.get_info(cfg.data.dataset))
     restore_structure(model, cfg, obj["model"])

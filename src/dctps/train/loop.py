@@ -299,10 +299,10 @@ def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any
 
 
 def _open_store(store: Any, out: Path) -> Any:
-    from dctps.results.store import DB_NAME, Store
+    from dctps.results.store import Store, out_db_path
 
     if store is None:  # the file inside the --out folder, even when the name has a dot
-        return Store(out / DB_NAME)
+        return Store(out_db_path(out))
     if isinstance(store, (str, os.PathLike)):
         return Store(store)
     return store
