@@ -460,31 +460,23 @@ class Store:
 def _check_csv_target(target: Path) -> None:
     """Refuse to overwrite an existing file that is not an earlier CSV of this command (a results
     database, a run checkpoint or config given as the CSV path by mistake)."""
-    if _is_sqlite(target):
+    if _starts_with(target, b"SQLite format 3\x00"):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
             "with CSV. Give another path, e.g. results.csv"
         )
-    if target.is_file() and target.stat().st_size and not _starts_with_text(target, "hash,"):
+    if target.is_file() and target.stat().st_size and not _starts_with(target, b"hash,"):
         raise DctpsError(
             f"{target} exists and is not a CSV written by `dctps results`; refusing to "
             "overwrite it. Give another path, e.g. results.csv"
         )
 
 
-def _starts_with_text(path: Path, prefix: str) -> bool:
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    """Whether ``path`` is a readable file that starts with ``prefix``."""
     try:
         with open(path, "rb") as f:
-            return f.read(len(prefix)) == prefix.encode()
-    except OSError:
-        return False
-
-
-def _is_sqlite(path: Path) -> bool:
-    """Whether ``path`` is an existing file that starts with SQLite's header."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(16) == b"SQLite format 3\x00"
+            return f.read(len(prefix)) == prefix
     except OSError:
         return False
 
