@@ -154,7 +154,10 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _check_convertible(
-    model: nn.Module, layers: list[tuple[str, nn.Module, tuple[int, ...]]], exclude: list[str]
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module, tuple[int, ...]]],
+    exclude: list[str],
+    aliases: dict[int, list[str]],
 ) -> None:
     """Refuse, before anything is changed, what sparsify cannot convert faithfully.
 
@@ -200,7 +203,7 @@ def _check_convertible(
                 "sparsify would drop its mask. Call torch.nn.utils.prune.remove on it first, or "
                 "sparsify the unpruned model"
             )
-    tied = tied_weight(model, layers)
+    tied = tied_weight(model, layers, aliases)
     if tied is not None:
         layer, other = tied
         raise DctpsError(
@@ -211,17 +214,20 @@ def _check_convertible(
 
 
 def tied_weight(
-    model: nn.Module, layers: list[tuple[str, nn.Module, tuple[int, ...]]]
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module, tuple[int, ...]]],
+    aliases: dict[int, list[str]] | None = None,
 ) -> tuple[str, str] | None:
     """The first ``(layer name, other parameter name)`` where a layer's weight (or bias) Parameter
     is also reachable under another module's name (tied weights), or ``None``.
 
     A module registered under several names is not tied to itself. Converting or masking such a
-    weight layer by layer would silently untie it (or mask the shared tensor twice)."""
+    weight layer by layer would silently untie it (or mask the shared tensor twice). ``aliases``:
+    :func:`_aliases` of ``model`` when the caller has it already."""
     where: dict[int, list[str]] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
         where.setdefault(id(p), []).append(pname)
-    owners = _aliases(model)
+    owners = aliases if aliases is not None else _aliases(model)
     for name, module, _ in layers:
         mha = isinstance(module, nn.MultiheadAttention)
         # the bias too: the new layer gets a copy of it, which would untie a shared bias
@@ -314,6 +320,7 @@ def sparsify(
                 f"exclude must be module-name globs (strings), got {bad[0]!r}; e.g. exclude=['fc']"
             )
     exclude = exclude or []
+    aliases = _aliases(model)  # every name of every module; the model is unchanged until the swap
     all_names = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
     for pattern in exclude:
         if not any(_matches(n, [pattern]) for n in all_names):
@@ -325,7 +332,6 @@ def sparsify(
                 f"(top-level modules: {', '.join(near) or 'none'}; nested names are "
                 f"dotted{nested})"
             )
-    aliases = _aliases(model)
     for module in model.modules():
         names_ = [n for n in aliases[id(module)] if n]
         hit = [n for n in names_ if _matches(n, exclude)]
@@ -349,7 +355,7 @@ def sparsify(
             f"{type(model).__name__} has no nn.Linear / nn.Conv2d layers to sparsify "
             "(after exclusions); DCTpS replaces exactly those"
         )
-    _check_convertible(model, layers, exclude)
+    _check_convertible(model, layers, exclude, aliases)
     counts = budgets([shape for _, _, shape in layers], d, allocation)
     charged = alpha == "channel" and charge_alpha
     if sum(counts) == 0:
@@ -391,9 +397,8 @@ def sparsify(
             new = _replace(module, counts[i], lseed, **kw)
             i += 1
         swaps.append((module, new))
-    names = _aliases(model)
     for old, new in swaps:
-        for alias in names[id(old)]:
+        for alias in aliases[id(old)]:
             _set_submodule(model, alias, new)
     return model
 
