@@ -241,14 +241,13 @@ def _comparable(cfg: Mapping[str, Any], run_hash: str | None = None) -> Mapping[
     an older version of a computation that changed since (e.g. VGG19 before revision 2,
     :data:`dctps.models.REVISIONS`): it is marked so, and never averaged with today's runs. A
     config this version cannot read is compared as stored."""
-    from dctps.train.config import RunConfig
+    from dctps.train.config import RunConfig, identity_hash
 
     try:
-        c = RunConfig.from_dict(dict(cfg), source="results store")
-        ident = c.identity()
+        ident = RunConfig.from_dict(dict(cfg), source="results store").identity()
     except Exception:  # an older or foreign config: compare the raw dict
         return cfg
-    if run_hash is not None and c.config_hash() != run_hash:
+    if run_hash is not None and identity_hash(ident) != run_hash:
         ident = {**ident, "recorded_by": "an older dctps"}
     return ident
 

@@ -43,6 +43,7 @@ from dctps.errors import (
 
 __all__ = [
     "DataConfig",
+    "identity_hash",
     "ModelConfig",
     "OptimConfig",
     "RECIPES",
@@ -289,8 +290,7 @@ class RunConfig:
 
     def config_hash(self) -> str:
         """First 16 hex chars of sha256 of the canonical JSON of :meth:`identity`."""
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return identity_hash(self.identity())
 
     def summary(self) -> str:
         """One line: model/dataset/method@density, recipe, seed."""
@@ -305,6 +305,13 @@ class RunConfig:
             f"{self.model.name}/{self.data.dataset} {s.method}{dens}{extra} "
             f"recipe={o.recipe} seed={self.seed}"
         )
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """The run hash of an :meth:`RunConfig.identity` dict (for a caller that has the identity
+    already: resolving a config again costs more than hashing it)."""
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- typed parsing
