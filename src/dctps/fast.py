@@ -943,10 +943,9 @@ def check_linear_input(layer: Layer, x: torch.Tensor) -> None:
         )
 
 
-def check_conv_input(layer: Layer, x: torch.Tensor) -> tuple[int, int]:
-    """The output size ``(H', W')`` of the conv ``layer`` on ``x``, or a :class:`DctpsError`
-    naming what is wrong with ``x`` (dimensions, channel count, a kernel larger than the padded
-    input), in the words of ``nn.Conv2d``."""
+def check_conv_input(layer: Layer, x: torch.Tensor) -> None:
+    """A :class:`DctpsError` naming what is wrong with ``x`` for the conv ``layer`` (dimensions,
+    channel count, a kernel larger than the padded input), in the words of ``nn.Conv2d``."""
     out, cg, kh, kw = layer.weight_shape
     groups = layer.groups
     cin = cg * groups
@@ -963,14 +962,12 @@ def check_conv_input(layer: Layer, x: torch.Tensor) -> tuple[int, int]:
     left, right, top, bottom = _explicit_padding(layer)
     h, w = x.shape[-2] + top + bottom, x.shape[-1] + left + right
     dh, dw = layer.dilation
-    sh, sw = layer.stride
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     if h < eh or w < ew:
         raise DctpsError(
             f"DCTpSConv2d: the padded input is {h}x{w} but the (dilated) kernel is {eh}x{ew}: "
             "the kernel can't be larger than the input"
         )
-    return (h - eh) // sh + 1, (w - ew) // sw + 1
 
 
 @_not_traced
