@@ -3,51 +3,60 @@
 #
 #   bash benchmarks/gpu_issue11.sh            # on the GPU machine; logs to $OUT (default gpu-out)
 #   DEVICE=cpu QUICK=--quick bash benchmarks/gpu_issue11.sh   # dry run of the script on a CPU
+#   PARTS="step graph" bash benchmarks/gpu_issue11.sh          # only some parts
 #
-# In order, each under its own time limit so one slow part cannot eat the others:
-#   1. tests/test_cuda.py (numbers on CUDA; the batched rebuild never synchronises the host)
-#   2. dctps bench step: ResNet18 step, dense vs DCTpS auto vs DCTpS batched, with operator counts
-#   3. benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched
-#   4. benchmarks/train_throughput.py: images/s of real training epochs (batched DCTpS on CUDA)
-#   5. dctps bench conv, linear, memory: the per-layer tables of RESULTS.md
-#   6. step_cudagraph.py --compile: dense vs DCTpS under torch.compile (last: compiling takes minutes)
+# Parts, most important first, each under its own time limit so one slow part cannot eat the
+# others (about 7 minutes in all on an H100):
+#   tests    tests/test_cuda.py (numbers on CUDA; the batched rebuild never synchronises the host)
+#   step     dctps bench step: ResNet18 step, dense vs DCTpS auto vs DCTpS batched, operator counts
+#   graph    benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched
+#   profile  benchmarks/profile_step.py: wall vs GPU kernel time per step, the costliest kernels
+#   layer    benchmarks/profile_layer.py: a lone conv's latency, loop time and kernels, per rebuild
+#   conv     dctps bench conv: the per-layer table of RESULTS.md (b)
+#   compile  step_cudagraph.py --compile: dense vs DCTpS under torch.compile (compiling takes minutes)
+#   train    benchmarks/train_throughput.py: images/s of real training epochs
+#   linear, memory: dctps bench linear / memory
 set -u
 OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-}
 PY=${PYTHON:-python3}
+PARTS=${PARTS:-tests step graph profile layer conv compile train linear memory}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+part() {  # part NAME TIMEOUT CMD...: run CMD, log to $OUT/NAME.log, print the log
+  local name=$1 limit=$2; shift 2
+  want "$name" || return 0
+  stamp "$name"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  stamp "$name exit $?"
+  grep -v "^USDT\|^STAGE:" "$OUT/$name.log" | tail -60
+}
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/env.txt"
 
-stamp "test_cuda"
-timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1
-stamp "test_cuda exit $?"; tail -1 "$OUT/test_cuda.log"
-
-stamp "bench step"
-timeout 150 $PY -m dctps.cli bench step --device "$DEVICE" $QUICK > "$OUT/bench_step.log" 2>&1
-stamp "bench step exit $?"; cat "$OUT/bench_step.log"
-
-stamp "step_cudagraph"
-if [ -n "$QUICK" ]; then GRAPH_ARGS="--batch 32 --reps 2 --steps 2"; else GRAPH_ARGS="--batch 128 --reps 5 --steps 20"; fi
-timeout 150 $PY benchmarks/step_cudagraph.py $GRAPH_ARGS > "$OUT/step_cudagraph.log" 2>&1
-stamp "step_cudagraph exit $?"; cat "$OUT/step_cudagraph.log"
-
-stamp "train_throughput"
-if [ -n "$QUICK" ]; then TP_ARGS="--lenet-images 512 --resnet-images 128 --repeats 1"; else TP_ARGS="--lenet-images 20000 --resnet-images 12800 --repeats 2"; fi
-timeout 200 $PY benchmarks/train_throughput.py --device "$DEVICE" $TP_ARGS > "$OUT/train_throughput.log" 2>&1
-stamp "train_throughput exit $?"; cat "$OUT/train_throughput.log"
-
-for b in conv linear memory; do
-  stamp "bench $b"
-  timeout 120 $PY -m dctps.cli bench "$b" --device "$DEVICE" $QUICK > "$OUT/bench_$b.log" 2>&1
-  stamp "bench $b exit $?"; tail -4 "$OUT/bench_$b.log"
-done
-stamp "step_cudagraph --compile"
-if [ -n "$QUICK" ]; then COMPILE_ARGS="--model lenet5 --batch 8 --reps 2 --steps 2"; else COMPILE_ARGS="--batch 128 --reps 5 --steps 20"; fi
-timeout 240 $PY benchmarks/step_cudagraph.py $COMPILE_ARGS --compile > "$OUT/step_compile.log" 2>&1
-stamp "step_cudagraph --compile exit $?"; cat "$OUT/step_compile.log"
+if [ -n "$QUICK" ]; then
+  GRAPH_ARGS="--batch 32 --reps 2 --steps 2"; PROF_ARGS="--batch 8 --steps 2 --model lenet5"
+  COMPILE_ARGS="--model lenet5 --batch 8 --reps 2 --steps 2"
+  TP_ARGS="--lenet-images 512 --resnet-images 128 --repeats 1"
+else
+  GRAPH_ARGS="--batch 128 --reps 5 --steps 20"; PROF_ARGS="--batch 128 --steps 10"
+  COMPILE_ARGS="--batch 128 --reps 5 --steps 20"
+  TP_ARGS="--lenet-images 20000 --resnet-images 12800 --repeats 2"
+fi
+part tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+part step 150 $PY -m dctps.cli bench step --device "$DEVICE" $QUICK
+part graph 150 $PY benchmarks/step_cudagraph.py $GRAPH_ARGS
+part profile 90 $PY benchmarks/profile_step.py $PROF_ARGS
+if [ -n "$QUICK" ]; then LAYER_ARGS="--batch 8 --reps 2 --calls 2"; else LAYER_ARGS=""; fi
+part layer 90 $PY benchmarks/profile_layer.py $LAYER_ARGS
+part conv 120 $PY -m dctps.cli bench conv --device "$DEVICE" $QUICK
+# torch 2.11's static CUDA launcher failed on an H100 ("CUDA driver error: invalid argument")
+TORCHINDUCTOR_USE_STATIC_CUDA_LAUNCHER=0 part compile 240 $PY benchmarks/step_cudagraph.py $COMPILE_ARGS --compile
+part train 200 $PY benchmarks/train_throughput.py --device "$DEVICE" $TP_ARGS
+part linear 120 $PY -m dctps.cli bench linear --device "$DEVICE" $QUICK
+part memory 120 $PY -m dctps.cli bench memory --device "$DEVICE" $QUICK
 stamp "done"

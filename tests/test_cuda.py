@@ -93,3 +93,31 @@ def test_batched_rebuild_on_cuda_matches_cpu_and_never_syncs():
     torch.testing.assert_close(out.cpu(), cpu(x), atol=1e-9, rtol=1e-9)
     for (name, a), (_, b) in zip(cpu.named_parameters(), gpu.named_parameters(), strict=True):
         torch.testing.assert_close(b.grad.cpu(), a.grad, atol=1e-9, rtol=1e-9, msg=name)
+
+
+def test_torch_compile_of_a_fresh_model_on_cuda_matches_eager():
+    """Compiled before any forward: D is built by the move to CUDA, not traced into the graph
+    (torch 2.11's Inductor crashed on the traced construction: a CPU tensor in a Triton
+    kernel), and the whole forward is one graph."""
+    torch.manual_seed(0)
+    # float64: no TF32, whose convolutions differed by 4e-4 between cuDNN and Inductor (H100)
+    model = dctps.sparsify(build("lenet5"), 0.05, seed=0).cuda().double()
+    layers = [m for m in model.modules() if isinstance(m, (DCTpSConv2d, DCTpSLinear))]
+    assert layers and all(m.basis_built for m in layers)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._inductor.compile(gm, example_inputs)
+
+    x = torch.randn(4, 3, 32, 32, device="cuda", dtype=torch.float64)
+    out = torch.compile(model, backend=backend)(x)
+    out.square().sum().backward()
+    grads = [m.values.grad.clone() for m in layers]
+    model.zero_grad()
+    ref = model(x)
+    ref.square().sum().backward()
+    assert len(graphs) == 1
+    torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-9)
+    for g, m in zip(grads, layers):
+        torch.testing.assert_close(g, m.values.grad, atol=1e-9, rtol=1e-9)

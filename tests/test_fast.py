@@ -227,3 +227,19 @@ def test_compile_with_auto_and_fast_modes_uses_dense_path():
     torch.testing.assert_close(compiled(x), eager, atol=1e-5, rtol=1e-5)
     set_mode(model, "fast")
     torch.testing.assert_close(model(x), eager, atol=1e-5, rtol=1e-5)
+
+
+def test_bench_timeit_times_back_to_back_calls_per_synchronisation():
+    from dctps.bench import timeit
+    from dctps.errors import DctpsError
+
+    counts = {"a": 0}
+
+    def fn():
+        counts["a"] += 1
+
+    t = timeit({"a": fn}, reps=3, device=torch.device("cpu"), warmup=2, calls=4)
+    assert counts["a"] == 2 + 3 * 4
+    assert 0 < t["a"].best <= t["a"].median
+    with pytest.raises(DctpsError, match="calls must be at least 1, got 0"):
+        timeit({"a": fn}, reps=1, device=torch.device("cpu"), calls=0)

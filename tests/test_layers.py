@@ -158,6 +158,57 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+def _graph_recorder():
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    return graphs, backend
+
+
+def _small_dctps_model():
+    return torch.nn.Sequential(
+        DCTpSConv2d(3, 8, 3, padding=1, nnz=30, seed=0),
+        torch.nn.Flatten(),
+        DCTpSLinear(8 * 36, 5, nnz=10, seed=2),
+    )
+
+
+def test_torch_compile_builds_the_basis_outside_the_graph():
+    """A model compiled before its first forward must not trace the float64 construction of D
+    into its graph: on an H100 (torch 2.11) Inductor fused that CPU tensor into a CUDA kernel
+    and crashed, and D was recomputed inside the graph instead of cached."""
+    model = _small_dctps_model()
+    x = torch.randn(2, 3, 6, 6)
+    graphs, backend = _graph_recorder()
+    y = torch.compile(model, backend=backend)(x)
+    assert graphs
+    for gm in graphs:
+        f64 = [
+            n.target
+            for n in gm.graph.nodes
+            if getattr(n.meta.get("example_value"), "dtype", None) == torch.float64
+        ]
+        assert not f64, f"the basis was traced into a graph: {f64}"
+    assert model[0].basis_built and model[2].basis_built
+    torch.testing.assert_close(y, model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_after_the_basis_exists_is_one_graph():
+    model = _small_dctps_model()
+    x = torch.randn(2, 3, 6, 6)
+    eager = model(x)  # builds D, as moving the model to an accelerator does
+    graphs, backend = _graph_recorder()
+    compiled = torch.compile(model, backend=backend)
+    out = compiled(x)
+    out.sum().backward()
+    assert len(graphs) == 1
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    assert model[0].values.grad is not None and model[0].alpha.grad is not None
+
+
 def test_a_basis_first_built_in_inference_mode_still_trains():
     """D is built lazily and cached; built under torch.inference_mode it must not become an
     inference tensor, or every later training step would fail."""

@@ -18,7 +18,10 @@ repetitions, after warm-up), prints a table with the ratios, and returns its row
             on CUDA).
 
 Times are wall-clock; ratios use the best of the interleaved repetitions (the least disturbed
-run, robust on a shared machine); medians are printed too. ``--quick`` shrinks batches and
+run, robust on a shared machine); medians are printed too. On CUDA one timing of ``conv`` and
+``step`` is :data:`LOOP_CALLS` back-to-back calls, the cost of a call inside a training loop, where
+the host queues kernels while the GPU runs earlier ones; ``conv`` also prints ``auto``'s ratio with
+every call synchronised (its latency, which a lone small layer's host work dominates). ``--quick`` shrinks batches and
 repetitions so everything runs in a few minutes on 2 CPU cores; each table says what it ran.
 The scripts in ``benchmarks/`` call :func:`main`.
 """
@@ -48,6 +51,8 @@ from dctps.errors import DctpsError, unknown_name
 __all__ = ["NAMES", "run", "main", "timeit"]
 
 NAMES = ("linear", "conv", "step", "ckpt", "memory")
+#: back-to-back calls per timing on CUDA (on a CPU each call is synchronous, and one suffices)
+LOOP_CALLS = 10
 Echo = Callable[[str], Any]
 
 
@@ -63,12 +68,19 @@ def _sync(device: torch.device) -> None:
 
 
 def timeit(fns: dict[str, Callable[[], Any]], reps: int, device: torch.device,
-           warmup: int = 2) -> dict[str, Timing]:  # fmt: skip
+           warmup: int = 2, calls: int = 1) -> dict[str, Timing]:  # fmt: skip
     """Time each zero-argument callable ``reps`` times, interleaved, after ``warmup`` calls each.
+
+    One timing is ``calls`` back-to-back calls between two device synchronisations, divided by
+    ``calls``. With ``calls=1`` that is a call's latency; on a GPU, where the host queues kernels
+    ahead, more calls give the time a call costs inside a loop (a training loop never waits for
+    each layer or step), in which the host's work overlaps the GPU's.
 
     The garbage collector is off while timing (as in :mod:`timeit`): a collection triggered by
     one path's Python objects must not land in another path's measurement.
     """
+    if calls < 1:
+        raise DctpsError(f"calls must be at least 1, got {calls}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -82,9 +94,10 @@ def timeit(fns: dict[str, Callable[[], Any]], reps: int, device: torch.device,
             for name, fn in fns.items():
                 _sync(device)
                 t0 = time.perf_counter()
-                fn()
+                for _ in range(calls):
+                    fn()
                 _sync(device)
-                times[name].append(time.perf_counter() - t0)
+                times[name].append((time.perf_counter() - t0) / calls)
     finally:
         if enabled:
             gc.enable()
@@ -224,6 +237,10 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
     )
     head = (f"{'model':<9} {'conv':<22} {'H':>3} {'nnz':>6} {'nn.Conv2d':>10} {'two-conv':>9} "
             f"{'dense':>7} {'fft':>7} {'factor':>7} {'auto':>7} {'auto path':>9}")  # fmt: skip
+    if device.type == "cuda":
+        echo(f"   each timing: {LOOP_CALLS} back-to-back calls; 'auto sync': auto's ratio with "
+             "every call synchronised")
+        head += f" {'auto sync':>10}"
     echo(head)
     rows = []
     for name, cin, cout, k, stride, pad, groups, h, nnz in conv_shapes(density=density):
@@ -250,10 +267,15 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
         auto = make("auto")
         fastmod.clear_auto_cache()
         fns["auto"] = _fwd_bwd(auto, x)  # the first (warm-up) call runs the micro-benchmark
-        t = timeit(fns, reps, device)
+        cuda = device.type == "cuda"
+        t = timeit(fns, reps, device, calls=LOOP_CALLS if cuda else 1)
         path = next(iter(fastmod.auto_cache().values()))[0]
         base = t["conv"].best
         r = {k: v.best / base for k, v in t.items()}
+        sync_ratio = None
+        if cuda:
+            lat = timeit({k: fns[k] for k in ("conv", "auto")}, reps, device)
+            sync_ratio = lat["auto"].best / lat["conv"].best
 
         def cell(key: str, r: dict[str, float] = r) -> str:
             return f"{r[key]:.2f}" if key in r else "-"
@@ -261,10 +283,11 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
         desc = f"{cin}->{cout} k{k} s{stride}" + (f" g{groups}" if groups > 1 else "")
         echo(f"{name:<9} {desc:<22} {h:>3} {nnz:>6} {_ms(base):>10} {cell('two'):>9} "
              f"{cell('dense'):>7} {cell('fft'):>7} {cell('factor'):>7} {cell('auto'):>7} "
-             f"{path:>9}")  # fmt: skip
+             f"{path:>9}" + ("" if sync_ratio is None else f" {sync_ratio:>10.2f}"))  # fmt: skip
         rows.append({"model": name, "cin": cin, "cout": cout, "k": k, "stride": stride, "H": h,
                      "nnz": nnz, "conv_s": base, "ratios": r, "auto_path": path,
-                     "median_auto_ratio": t["auto"].median / t["conv"].median})  # fmt: skip
+                     "median_auto_ratio": t["auto"].median / t["conv"].median,
+                     "auto_sync_ratio": sync_ratio})  # fmt: skip
     wins = [row for row in rows if row["auto_path"] != "dense"]
     worst = max(rows, key=lambda row: row["ratios"]["auto"])
     echo(f"auto picked a transform path in {len(wins)} of {len(rows)} shapes:")
@@ -346,7 +369,10 @@ def bench_step(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
     batched = copy.deepcopy(sparse)  # with auto's decisions: the dense-path layers are batched
     batch_rebuild(batched)
     steps = {"dense": stepper(dense), "dctps": s_step, "batched": stepper(batched)}
-    t = timeit(steps, reps, device)
+    calls = LOOP_CALLS if device.type == "cuda" else 1
+    if calls > 1:
+        echo(f"each timing: {calls} back-to-back steps")
+    t = timeit(steps, reps, device, calls=calls)
     ops = {k: aten_ops(f) for k, f in steps.items()}
     ratio = t["dctps"].best / t["dense"].best
     ratio_b = t["batched"].best / t["dense"].best

@@ -209,6 +209,20 @@ def op_rebuild(
     return torch.mul(d, alpha).reshape(-1).index_add(0, indices, values)
 
 
+@torch.compiler.disable
+def _build_basis(layer: DCTpSLayer, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``layer``'s basis ``D`` in float64, rounded once to ``dtype`` on ``device``.
+
+    Always eager: under ``torch.compile`` the float64 construction on the CPU would otherwise be
+    traced into the first compiled graph, where Inductor fused the CPU tensor into a CUDA kernel
+    (an H100 with torch 2.11 failed with "Pointer argument cannot be accessed from Triton"), and
+    the basis would be computed inside the model's graph instead of cached once.
+    """
+    # a D first needed under inference_mode must still serve later training
+    with torch.inference_mode(False):
+        return layer._basis().to(device=device, dtype=dtype)
+
+
 class DCTpSLayer(nn.Module):
     """Shared state and math of the DCTpS layers; subclasses set the weight shape and the op."""
 
@@ -330,14 +344,15 @@ class DCTpSLayer(nn.Module):
         Never built by ``mode='fast'``; rebuilt if the cached copy's device/dtype differ from
         ``alpha``'s, and dropped by a ``.to()`` / ``.double()`` / ``.half()`` that changes its
         dtype (see :meth:`_apply`), so it is always computed in float64 and rounded once to the
-        layer's current dtype.
+        layer's current dtype. Moving a ``'dense'`` or ``'auto'`` layer to an accelerator builds
+        it at once (its first forward would), so that a ``torch.compile`` of the moved model
+        finds it cached; under ``torch.compile`` a missing ``D`` is built eagerly, outside the
+        graph (a graph break at that layer).
         """
         d = self._D
         a = self.alpha
         if d is None or d.device != a.device or d.dtype != a.dtype:
-            # a D first needed under inference_mode must still serve later training
-            with torch.inference_mode(False):
-                d = self._basis().to(device=a.device, dtype=a.dtype)
+            d = _build_basis(self, a.device, a.dtype)
             self._D = d
         return d
 
@@ -353,6 +368,17 @@ class DCTpSLayer(nn.Module):
             # a converted D carries the old dtype's rounding (float32 -> float64 keeps float32
             # accuracy; .half().float() keeps fp16's): rebuild it from the shape instead
             self._D = None
+        a = self._parameters.get("alpha")
+        if (
+            self._D is None
+            and self._mode in ("dense", "auto")
+            and a is not None
+            and a.device.type not in ("cpu", "meta")
+        ):
+            # on an accelerator the first forward builds D anyway; building it here keeps it out
+            # of a torch.compile of the moved model (see _build_basis), which then traces one
+            # graph instead of breaking at every layer
+            self._D = _build_basis(self, a.device, a.dtype)
         return res
 
     @property

@@ -1,0 +1,88 @@
+"""Issue 11 (b) on a GPU: what a lone DCTpS conv adds to ``nn.Conv2d``, host and kernels apart.
+
+For a few conv shapes of ResNet18 at CIFAR sizes this times forward+backward of ``nn.Conv2d`` and
+of ``DCTpSConv2d(mode='dense')`` with each rebuild of ``W = alpha * D + S``: ``ops`` (built-in
+differentiable operators, what accelerators use: :func:`dctps.layers.op_rebuild`) and ``fused``
+(one autograd Function, what the CPU uses: :func:`dctps.layers.cpu_rebuild`). Per call it prints
+the latency (each call synchronised), the time inside a loop (``--calls`` back-to-back calls per
+synchronisation), and from :mod:`torch.profiler` the GPU kernel time and kernel count. A layer
+whose latency ratio is far above its loop ratio pays in host work, not in GPU work.
+
+    python benchmarks/profile_layer.py [--batch 128] [--reps 10] [--calls 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from dctps import layers
+from dctps.bench import timeit
+from dctps.layers import DCTpSConv2d
+
+SHAPES = [(3, 64, 1, 32), (64, 64, 1, 16), (256, 256, 1, 8), (512, 512, 1, 4)]  # cin, cout, s, H
+
+
+def fwd_bwd(module: nn.Module, x: torch.Tensor, rebuild: Callable | None) -> Callable[[], None]:
+    def step() -> None:
+        if rebuild is not None:
+            layers.op_rebuild = rebuild  # dense_weight() looks the name up per call
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        y = module(x)
+        y.backward(torch.ones_like(y))
+
+    return step
+
+
+def kernels(fn: Callable[[], None], n: int, cuda: bool) -> tuple[float, float]:
+    """(GPU kernel microseconds, kernels) per call of ``fn``, over ``n`` profiled calls."""
+    if not cuda:
+        return float("nan"), float("nan")
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    ev = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    return sum(e.self_device_time_total for e in ev) / n, sum(e.count for e in ev) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--calls", type=int, default=10)
+    a = ap.parse_args()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    original = layers.op_rebuild
+    print(f"device {torch.cuda.get_device_name(0) if cuda else 'CPU'}, torch {torch.__version__}")
+    print(f"{'conv':>16} {'variant':>8} {'sync us':>8} {'ratio':>6} {'loop us':>8} {'ratio':>6} "
+          f"{'kernel us':>9} {'kernels':>7}")  # fmt: skip
+    for cin, cout, s, h in SHAPES:
+        torch.manual_seed(0)
+        x = torch.randn(a.batch, cin, h, h, device=device, requires_grad=True)
+        conv = nn.Conv2d(cin, cout, 3, s, 1, bias=False, device=device)
+        lay = DCTpSConv2d(cin, cout, 3, s, 1, bias=False, nnz=532, seed=0, device=device)
+        fns = {
+            "conv": fwd_bwd(conv, x, None),
+            "ops": fwd_bwd(lay, x, original),
+            "fused": fwd_bwd(lay, x, layers.cpu_rebuild),
+        }
+        lat = timeit(fns, a.reps, device)
+        loop = timeit(fns, a.reps, device, calls=a.calls)
+        for k, fn in fns.items():
+            us, n = kernels(fn, 5, cuda)
+            print(f"{f'{cin}->{cout} H{h}':>16} {k:>8} {1e6 * lat[k].best:>8.1f} "
+                  f"{lat[k].best / lat['conv'].best:>6.2f} {1e6 * loop[k].best:>8.1f} "
+                  f"{loop[k].best / loop['conv'].best:>6.2f} {us:>9.1f} {n:>7.1f}")  # fmt: skip
+        layers.op_rebuild = original
+
+
+if __name__ == "__main__":
+    main()
