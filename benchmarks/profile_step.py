@@ -56,8 +56,8 @@ def main() -> None:
         gpu = sum(e.self_device_time_total for e in kernels) / a.steps / 1e3 if cuda else math.nan
         n_ops = sum(e.count for e in events if e.key.startswith("aten::")) / a.steps
         print(
-            f"\n== {kind}: wall {1e3 * wall:.2f} ms/step (profiled), GPU kernels {gpu:.2f} ms/step, "
-            f"{n_ops:.0f} aten calls/step"
+            f"\n== {kind}: wall {1e3 * wall:.2f} ms/step (profiled), "
+            f"GPU kernels {gpu:.2f} ms/step, {n_ops:.0f} aten calls/step"
         )
         print(events.table(sort_by=sort, row_limit=a.top, max_name_column_width=60))
 

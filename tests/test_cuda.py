@@ -119,5 +119,5 @@ def test_torch_compile_of_a_fresh_model_on_cuda_matches_eager():
     ref.square().sum().backward()
     assert len(graphs) == 1
     torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-9)
-    for g, m in zip(grads, layers):
+    for g, m in zip(grads, layers, strict=True):
         torch.testing.assert_close(g, m.values.grad, atol=1e-9, rtol=1e-9)

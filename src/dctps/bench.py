@@ -21,8 +21,9 @@ Times are wall-clock; ratios use the best of the interleaved repetitions (the le
 run, robust on a shared machine); medians are printed too. On CUDA one timing of ``conv`` and
 ``step`` is :data:`LOOP_CALLS` back-to-back calls, the cost of a call inside a training loop, where
 the host queues kernels while the GPU runs earlier ones; ``conv`` also prints ``auto``'s ratio with
-every call synchronised (its latency, which a lone small layer's host work dominates). ``--quick`` shrinks batches and
-repetitions so everything runs in a few minutes on 2 CPU cores; each table says what it ran.
+every call synchronised (its latency, which a lone small layer's host work dominates).
+``--quick`` shrinks batches and repetitions so everything runs in a few minutes on 2 CPU cores;
+each table says what it ran.
 The scripts in ``benchmarks/`` call :func:`main`.
 """
 
