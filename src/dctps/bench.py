@@ -239,8 +239,10 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
     head = (f"{'model':<9} {'conv':<22} {'H':>3} {'nnz':>6} {'nn.Conv2d':>10} {'two-conv':>9} "
             f"{'dense':>7} {'fft':>7} {'factor':>7} {'auto':>7} {'auto path':>9}")  # fmt: skip
     if device.type == "cuda":
-        echo(f"   each timing: {LOOP_CALLS} back-to-back calls; 'auto sync': auto's ratio with "
-             "every call synchronised")
+        echo(
+            f"   each timing: {LOOP_CALLS} back-to-back calls; 'auto sync': auto's ratio with "
+            "every call synchronised"
+        )
         head += f" {'auto sync':>10}"
     echo(head)
     rows = []
