@@ -209,14 +209,14 @@ def op_rebuild(
     return torch.mul(d, alpha).reshape(-1).index_add(0, indices, values)
 
 
-@torch.compiler.disable
 def _build_basis(layer: DCTpSLayer, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``layer``'s basis ``D`` in float64, rounded once to ``dtype`` on ``device``.
 
-    Always eager: under ``torch.compile`` the float64 construction on the CPU would otherwise be
-    traced into the first compiled graph, where Inductor fused the CPU tensor into a CUDA kernel
-    (an H100 with torch 2.11 failed with "Pointer argument cannot be accessed from Triton"), and
-    the basis would be computed inside the model's graph instead of cached once.
+    Always eager (:meth:`DCTpSLayer.D` calls it through ``torch.compiler.disable`` while
+    compiling): traced, the float64 construction on the CPU became part of the first compiled
+    graph, where Inductor fused the CPU tensor into a CUDA kernel (an H100 with torch 2.11 failed
+    with "Pointer argument cannot be accessed from Triton"), and the basis was computed inside
+    the model's graph instead of cached once.
     """
     # a D first needed under inference_mode must still serve later training
     with torch.inference_mode(False):
@@ -352,7 +352,12 @@ class DCTpSLayer(nn.Module):
         d = self._D
         a = self.alpha
         if d is None or d.device != a.device or d.dtype != a.dtype:
-            d = _build_basis(self, a.device, a.dtype)
+            build = _build_basis
+            if torch.compiler.is_compiling():
+                # wrapped here, not at import: decorating imports torch._dynamo (a second of
+                # start-up for every dctps command)
+                build = torch.compiler.disable(_build_basis)
+            d = build(self, a.device, a.dtype)
             self._D = d
         return d
 
