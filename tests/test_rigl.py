@@ -239,6 +239,9 @@ def _ddp_rigl_rank(rank: int, world: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         torch.save(_rigl_supports(world, rank, DDP), f"{out}/rank{rank}.pt")
+        # both ranks done with gloo before either tears down its connections (without it a
+        # rank was once killed by SIGABRT at teardown on a loaded machine)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
