@@ -989,23 +989,37 @@ def test_a_disk_filling_up_inside_torch_save_is_a_clear_error(tmp_path, monkeypa
 
 
 def test_run_config_is_written_atomically(tmp_path, monkeypatch):
-    from pathlib import Path
-
     from dctps.train.config import save_config
 
     cfg = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.01))
     path = tmp_path / "config.yaml"
     save_config(cfg, path)
     before = path.read_text()
-    real = Path.write_text
+    real_fdopen = os.fdopen
 
-    def half_then_full(self, text, *a, **k):
-        real(self, text[:10], *a, **k)
-        raise OSError(28, "No space left on device")
+    class HalfThenFull:
+        """The temporary file of dctps.atomic: the disk fills after 10 characters."""
 
-    monkeypatch.setattr(Path, "write_text", half_then_full)
+        def __init__(self, *a, **k):
+            self.f = real_fdopen(*a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, text):
+            self.f.write(text[:10])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", HalfThenFull)
     with pytest.raises(DctpsError, match="cannot write run config .*No space left"):
         save_config(dataclasses.replace(cfg, seed=3), path)
+    monkeypatch.undo()
     assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == [
         "config.yaml"
     ]

@@ -40,8 +40,9 @@ from torch import nn
 
 from dctps import offsets
 from dctps._version import __version__
+from dctps.atomic import atomic_write
 from dctps.batched import strip
-from dctps.errors import DctpsError, cannot_write
+from dctps.errors import DctpsError
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention
 
@@ -263,20 +264,11 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     crc = zlib.crc32(payload, zlib.crc32(head))
     total = _HEAD.size + len(head) + len(payload) + _TRAILER.size
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_HEAD.pack(MAGIC, len(head)))
-            f.write(head)
-            f.write(payload)
-            f.write(_TRAILER.pack(crc, total, END))
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # e.g. a parent that is a file: there is no temporary file to remove
-            pass
-        raise cannot_write("checkpoint", path, e) from None
+    with atomic_write(path, "checkpoint", "wb") as f:
+        f.write(_HEAD.pack(MAGIC, len(head)))
+        f.write(head)
+        f.write(payload)
+        f.write(_TRAILER.pack(crc, total, END))
     return path
 
 

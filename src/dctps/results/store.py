@@ -12,7 +12,6 @@ WAL needs a local file system (or one with working POSIX locks and shared memory
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as _dt
 import json
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dctps.atomic import atomic_write
 from dctps.errors import DctpsError, cannot_write
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
@@ -441,18 +441,16 @@ class Store:
         cols = list(columns or RUN_COLUMNS)
         # a device or pipe (e.g. /dev/stdout) is written directly, not replaced
         direct = target.exists() and not target.is_file()
-        tmp = target if direct else target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "w", newline="") as f:
+            with (
+                open(target, "w", newline="")
+                if direct
+                else atomic_write(target, "CSV file", newline="")
+            ) as f:
                 w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
-            if not direct:
-                os.replace(tmp, target)
         except OSError as e:
-            if not direct:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
             raise cannot_write("CSV file", path, e) from None
         return len(rows)
 

@@ -17,7 +17,6 @@ model's ``state_dict``: sparse for DCTpS layers, ``weight_orig``/``weight_mask``
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from dctps.atomic import create_temp, unlink_quietly
 from dctps.errors import DctpsError, cannot_write
 
 __all__ = [
@@ -70,28 +70,6 @@ def _remove_stale_temps(folder: Path, name: str) -> None:
             pass
 
 
-def _unlink_quietly(path: str | os.PathLike) -> None:
-    """Remove a temporary file that a failed write leaves, hiding nothing but its own failure."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _create_temp(path: Path) -> tuple[int, str]:
-    """A new, empty temporary file beside ``path``: its descriptor and name.
-
-    Like ``tempfile.mkstemp`` but created with mode 0666 less the umask (as ``open`` would), not
-    0600: a checkpoint reads like the run's other files (``config.yaml``, the results database).
-    """
-    while True:
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:  # pragma: no cover - a 48-bit name collision
-            continue
-
-
 def _write_temp(obj: Any, path: Path) -> str:
     """``torch.save(obj)`` to a complete, fsynced temporary file beside ``path``; its name.
 
@@ -101,7 +79,7 @@ def _write_temp(obj: Any, path: Path) -> str:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path.parent, path.name)
-        fd, tmp = _create_temp(path)
+        fd, tmp = create_temp(path)
     except OSError as e:
         raise cannot_write("checkpoint", path, e) from None
     try:
@@ -110,7 +88,7 @@ def _write_temp(obj: Any, path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
     except BaseException as e:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         # Ctrl-C or a full disk inside torch.save surface as torch's RuntimeError from its zip
         # writer's cleanup ("unexpected pos ..."), the real cause in its context: report that
         if _cause(e, KeyboardInterrupt) is not None:
@@ -152,7 +130,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         _replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     _fsync_dir(path.parent)
 
@@ -172,7 +150,7 @@ def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike) -> Path:
             _replace(last, folder / PREV)
         _replace(tmp, last)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     _fsync_dir(folder)
     return last

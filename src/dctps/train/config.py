@@ -17,7 +17,6 @@ the supplement) and the sparsity method; any field given explicitly overrides th
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -32,9 +31,9 @@ from typing import Any
 
 import yaml
 
+from dctps.atomic import atomic_write
 from dctps.errors import (
     DctpsError,
-    cannot_write,
     check_density,
     check_seed,
     unknown_name,
@@ -618,15 +617,8 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML (the format :func:`load_config` reads), atomically: a temporary file
     beside ``path`` replaces it, so a failure (a full disk) leaves the old file whole."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        os.replace(tmp, target)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise cannot_write("run config", target, e) from None
+    with atomic_write(path, "run config") as f:
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ----------------------------------------------------------------------------- CLI schema

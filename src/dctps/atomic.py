@@ -1,0 +1,72 @@
+"""Atomic file writes: a temporary sibling, flushed and fsynced, then renamed over the target.
+
+A failure at any moment (a full disk, Ctrl-C, an exception while writing) leaves the target as it
+was, the old file or none, never a partial one, and removes the temporary file. Only a hard kill
+can leave a temporary file behind; it is named ``.NAME.<random>.tmp``, next to ``NAME``, so a
+later writer can find and remove it (as :mod:`dctps.train.checkpoint` does).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from dctps.errors import cannot_write
+
+__all__ = ["atomic_write", "create_temp", "unlink_quietly"]
+
+
+def create_temp(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file beside ``path``: its descriptor and name.
+
+    Like ``tempfile.mkstemp`` but created with mode 0666 less the umask (as ``open`` would), not
+    0600: the file reads like the run's other files once it replaces ``path``. The random part of
+    the name keeps concurrent writers of the same target apart.
+    """
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - a 48-bit name collision
+            continue
+
+
+def unlink_quietly(path: str | os.PathLike) -> None:
+    """Remove a temporary file that a failed write leaves, hiding nothing but its own failure."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+@contextmanager
+def atomic_write(
+    path: str | os.PathLike, what: str, mode: str = "w", **open_kw: Any
+) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` (``mode``: ``"w"`` or ``"wb"``; ``open_kw`` as for
+    :func:`open`, e.g. ``newline=""``) whose contents replace ``path`` when the block ends.
+
+    An :class:`OSError`, in the block or in the replace, becomes a :class:`DctpsError` that names
+    ``what`` and ``path`` (:func:`dctps.errors.cannot_write`); any other exception, Ctrl-C
+    included, propagates. Either way the temporary file is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    try:
+        fd, tmp = create_temp(target)
+    except OSError as e:
+        raise cannot_write(what, target, e) from None
+    try:
+        with os.fdopen(fd, mode, **open_kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise cannot_write(what, target, e) from None
+        raise

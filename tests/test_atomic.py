@@ -1,0 +1,85 @@
+"""Atomic writes (dctps.atomic): the target is replaced whole or not at all, and no temporary
+file is left behind, whatever stops the write."""
+
+import os
+import stat
+
+import pytest
+import torch
+
+import dctps
+from dctps import checkpoint_io
+from dctps.atomic import atomic_write
+from dctps.errors import DctpsError
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_success_replaces_the_target_with_the_usual_file_mode(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with atomic_write(target, "test file") as f:
+        f.write("new")
+        assert target.read_text() == "old"  # nothing visible before the block ends
+    assert target.read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_an_exception_in_the_block_keeps_the_old_file(tmp_path, exc):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(type(exc)):
+        with atomic_write(target, "test file", "wb") as f:
+            f.write(b"partial")
+            raise exc
+    assert target.read_bytes() == b"old"
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_os_error_becomes_a_clear_error_naming_the_file(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(DctpsError, match=r"cannot write test file .*out\.txt: No space left"):
+        with atomic_write(target, "test file"):
+            raise OSError(28, "No space left on device")
+    assert not target.exists() and _leftovers(tmp_path) == []
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(DctpsError, match="is a file, not a folder"):
+        with atomic_write(blocker / "out.txt", "test file"):
+            pass
+
+
+def test_concurrent_writers_of_one_target_do_not_share_a_temporary_file(tmp_path):
+    target = tmp_path / "out.txt"
+    with atomic_write(target, "test file") as a, atomic_write(target, "test file") as b:
+        assert a.name != b.name
+        a.write("a")
+        b.write("b")
+    assert target.read_text() == "a"  # b finished first, a replaced it
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_interrupted_dctps_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """dctps.save removed its temporary file only on an OSError: Ctrl-C left 'x.dctps.tmp'."""
+    model = dctps.sparsify(torch.nn.Sequential(torch.nn.Linear(8, 4)), 0.5, seed=0)
+    path = tmp_path / "m.dctps"
+    dctps.save(model, path)
+    before = path.read_bytes()
+
+    class Interrupting:
+        size = checkpoint_io._TRAILER.size
+
+        def pack(self, *a):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_io, "_TRAILER", Interrupting())
+    with pytest.raises(KeyboardInterrupt):
+        dctps.save(model, path)
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path) == []
