@@ -74,10 +74,14 @@ def main() -> None:
             "ops": fwd_bwd(lay, x, original),
             "fused": fwd_bwd(lay, x, layers.cpu_rebuild),
         }
-        lat = timeit(fns, a.reps, device)
-        loop = timeit(fns, a.reps, device, calls=a.calls)
-        for k, fn in fns.items():
-            us, n = kernels(fn, 5, cuda)
+        try:
+            lat = timeit(fns, a.reps, device)
+            loop = timeit(fns, a.reps, device, calls=a.calls)
+            counted = {k: kernels(fn, 5, cuda) for k, fn in fns.items()}
+        finally:
+            layers.op_rebuild = original
+        for k in fns:
+            us, n = counted[k]
             print(f"{f'{cin}->{cout} H{h}':>16} {k:>8} {1e6 * lat[k].best:>8.1f} "
                   f"{lat[k].best / lat['conv'].best:>6.2f} {1e6 * loop[k].best:>8.1f} "
                   f"{loop[k].best / loop['conv'].best:>6.2f} {us:>9.1f} {n:>7.1f}")  # fmt: skip

@@ -176,22 +176,77 @@ def _small_dctps_model():
     )
 
 
-def test_torch_compile_builds_the_basis_outside_the_graph():
-    """A model compiled before its first forward must not trace the float64 construction of D
-    into its graph: on an H100 (torch 2.11) Inductor fused that CPU tensor into a CUDA kernel
-    and crashed, and D was recomputed inside the graph instead of cached."""
+def _float64_nodes(gm):
+    return [
+        n.target
+        for n in gm.graph.nodes
+        if getattr(n.meta.get("example_value"), "dtype", None) == torch.float64
+    ]
+
+
+def test_torch_compile_fullgraph_of_a_fresh_model_on_cpu_caches_the_basis():
+    """On the CPU the first compiled call traces the construction of D (float64) and caches it;
+    the model then recompiles once, to a graph that reads the cached D. fullgraph=True works."""
     model = _small_dctps_model()
     x = torch.randn(2, 3, 6, 6)
     graphs, backend = _graph_recorder()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    for _ in range(3):
+        y = compiled(x)
+    assert model[0].basis_built and model[2].basis_built
+    assert len(graphs) == 2 and _float64_nodes(graphs[0]) and not _float64_nodes(graphs[1])
+    torch.testing.assert_close(y, model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def cpu_as_accelerator(monkeypatch):
+    """Let the CPU stand in for a GPU in dctps.layers' device test (CI has no GPU)."""
+    from dctps import layers as layers_mod
+
+    monkeypatch.setattr(layers_mod, "_is_accelerator", lambda device: device.type == "cpu")
+
+
+def test_on_an_accelerator_the_basis_is_built_ahead_of_use(cpu_as_accelerator):
+    """Built at creation, after a .to() that drops it, and on a switch back from 'fast', so a
+    torch.compile finds it cached; never for 'fast', nor for a random offset (to_empty leaves
+    its seed uninitialised)."""
+    assert DCTpSConv2d(3, 8, 3, nnz=10, seed=0).basis_built
+    assert DCTpSLinear(16, 8, nnz=10, seed=0, mode="auto").basis_built
+    fast = DCTpSLinear(16, 8, nnz=10, seed=0, mode="fast")
+    assert not fast.basis_built
+    fast.mode = "dense"
+    assert fast.basis_built
+    assert not DCTpSLinear(16, 8, nnz=10, seed=0, offset="gaussian").basis_built
+    layer = DCTpSLinear(16, 8, nnz=10, seed=0).double()
+    assert layer.basis_built and layer.D.dtype == torch.float64
+    ref = DCTpSLinear(16, 8, nnz=10, seed=0, dtype=torch.float64)
+    torch.testing.assert_close(layer.D, ref.D, rtol=0, atol=0)  # rebuilt, not converted
+
+
+def test_auto_frees_a_prebuilt_basis_when_it_picks_a_path_without_it(cpu_as_accelerator):
+    from dctps import fast as fastmod
+
+    fastmod.clear_auto_cache()
+    layer = DCTpSLinear(2048, 2048, nnz=100, seed=0, mode="auto")
+    assert layer.basis_built
+    layer(torch.randn(8, 2048))
+    path = next(iter(fastmod.auto_cache().values()))[0]
+    assert path == "fast"  # about 0.05x the dense product at this size
+    assert not layer.basis_built
+
+
+def test_torch_compile_on_an_accelerator_builds_a_missing_basis_outside_the_graph(
+    cpu_as_accelerator,
+):
+    """Traced there, Inductor fused the CPU construction of D into a CUDA kernel and crashed (an
+    H100, torch 2.11); a D still missing under compile is built eagerly instead."""
+    model = _small_dctps_model()
+    for m in (model[0], model[2]):
+        m._drop_basis()
+    x = torch.randn(2, 3, 6, 6)
+    graphs, backend = _graph_recorder()
     y = torch.compile(model, backend=backend)(x)
-    assert graphs
-    for gm in graphs:
-        f64 = [
-            n.target
-            for n in gm.graph.nodes
-            if getattr(n.meta.get("example_value"), "dtype", None) == torch.float64
-        ]
-        assert not f64, f"the basis was traced into a graph: {f64}"
+    assert graphs and not any(_float64_nodes(g) for g in graphs)
     assert model[0].basis_built and model[2].basis_built
     torch.testing.assert_close(y, model(x), atol=1e-5, rtol=1e-5)
 

@@ -69,6 +69,11 @@ from torch import nn
 from dctps import offsets as _offsets
 from dctps.errors import DctpsError
 
+#: ``layer.__dict__`` key marking a ``D`` that a layer built ahead of use on an accelerator
+#: (:meth:`dctps.layers.DCTpSLayer._prebuild_basis`); :func:`choose` frees it when it picks a
+#: path without ``D``, as it frees one built only for its timing
+PREBUILT = "_dctps_prebuilt_basis"
+
 __all__ = [
     "MODES",
     "check_mode",
@@ -1377,7 +1382,8 @@ def choose(layer: Layer, x: torch.Tensor, paths: dict[str, Callable], reps: int 
     grad = torch.is_grad_enabled()
     saved = dict(layer.named_parameters(recurse=False))
     times: dict[str, float] = {}
-    had_basis = getattr(layer, "basis_built", True)
+    # a D built ahead of use (dctps.layers.PREBUILT) is freed like one built for the timing
+    had_basis = getattr(layer, "basis_built", True) and not layer.__dict__.get(PREBUILT)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection must not land in one path's timing
     try:
@@ -1403,4 +1409,6 @@ def choose(layer: Layer, x: torch.Tensor, paths: dict[str, Callable], reps: int 
     _AUTO_TIMES[key] = times
     if path != "dense" and not had_basis and hasattr(layer, "_drop_basis"):
         layer._drop_basis()
+    elif path == "dense":
+        layer.__dict__.pop(PREBUILT, None)  # in use now: no later choice frees it
     return path

@@ -34,6 +34,7 @@ from dctps import offsets as _offsets
 from dctps.allocation import filter_counts
 from dctps.errors import DctpsError, check_seed, unknown_name
 from dctps.fast import (
+    PREBUILT,
     auto_generation,
     autocast_dtype,
     check_conv_input,
@@ -210,17 +211,19 @@ def op_rebuild(
 
 
 def _build_basis(layer: DCTpSLayer, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``layer``'s basis ``D`` in float64, rounded once to ``dtype`` on ``device``.
-
-    Always eager (:meth:`DCTpSLayer.D` calls it through ``torch.compiler.disable`` while
-    compiling): traced, the float64 construction on the CPU became part of the first compiled
-    graph, where Inductor fused the CPU tensor into a CUDA kernel (an H100 with torch 2.11 failed
-    with "Pointer argument cannot be accessed from Triton"), and the basis was computed inside
-    the model's graph instead of cached once.
-    """
+    """``layer``'s basis ``D`` in float64, rounded once to ``dtype`` on ``device``."""
     # a D first needed under inference_mode must still serve later training
     with torch.inference_mode(False):
         return layer._basis().to(device=device, dtype=dtype)
+
+
+def _is_accelerator(device: torch.device) -> bool:
+    """Where ``D`` is built ahead of use and never inside a compiled graph: any device but the
+    CPU (and ``meta``). On an H100 with torch 2.11, Inductor fused the traced float64 CPU
+    construction of ``D`` into a CUDA kernel and failed ("Pointer argument cannot be accessed
+    from Triton"); on the CPU the traced construction is correct, and a compiled model
+    recompiles once, without it, after its first call has cached ``D``."""
+    return device.type not in ("cpu", "meta")
 
 
 class DCTpSLayer(nn.Module):
@@ -344,18 +347,18 @@ class DCTpSLayer(nn.Module):
         Never built by ``mode='fast'``; rebuilt if the cached copy's device/dtype differ from
         ``alpha``'s, and dropped by a ``.to()`` / ``.double()`` / ``.half()`` that changes its
         dtype (see :meth:`_apply`), so it is always computed in float64 and rounded once to the
-        layer's current dtype. Moving a ``'dense'`` or ``'auto'`` layer to an accelerator builds
-        it at once (its first forward would), so that a ``torch.compile`` of the moved model
-        finds it cached; under ``torch.compile`` a missing ``D`` is built eagerly, outside the
-        graph (a graph break at that layer).
+        layer's current dtype. On an accelerator a ``'dense'`` or ``'auto'`` layer builds it when
+        created or moved there (see :meth:`_prebuild_basis`), so a ``torch.compile`` finds it
+        cached; a ``D`` still missing under ``torch.compile`` is built eagerly there, outside the
+        graph (a graph break, which ``fullgraph=True`` refuses).
         """
         d = self._D
         a = self.alpha
         if d is None or d.device != a.device or d.dtype != a.dtype:
             build = _build_basis
-            if torch.compiler.is_compiling():
-                # wrapped here, not at import: decorating imports torch._dynamo (a second of
-                # start-up for every dctps command)
+            if torch.compiler.is_compiling() and _is_accelerator(a.device):
+                # eager, outside the graph (a graph break); wrapped here, not at import, since
+                # decorating imports torch._dynamo (a second of start-up for every command)
                 build = torch.compiler.disable(_build_basis)
             d = build(self, a.device, a.dtype)
             self._D = d
@@ -364,6 +367,27 @@ class DCTpSLayer(nn.Module):
     def _drop_basis(self) -> None:
         """Free the cached ``D`` (it is rebuilt from the shape when needed)."""
         self._D = None
+        self.__dict__.pop(PREBUILT, None)
+
+    def _prebuild_basis(self) -> None:
+        """Build ``D`` now if this layer is on an accelerator in a mode that uses it.
+
+        Its first forward would build it anyway; built here, at creation and after every
+        ``.to()``, it is cached before a ``torch.compile`` traces the model, which then needs no
+        graph break. Random offsets (``offset_seed``) wait for their first use: ``to_empty``
+        leaves their seed uninitialised until a state dict is loaded. ``mode='auto'`` frees a
+        prebuilt ``D`` when it picks a path without it (:func:`dctps.fast.choose`).
+        """
+        a = self._parameters.get("alpha")
+        if (
+            self._D is None
+            and self._mode in ("dense", "auto")
+            and a is not None
+            and _is_accelerator(a.device)
+            and not _offsets.needs_seed(self.offset)
+        ):
+            self._D = _build_basis(self, a.device, a.dtype)
+            self.__dict__[PREBUILT] = True
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:  # type: ignore[override]
         before = self._D
@@ -373,17 +397,7 @@ class DCTpSLayer(nn.Module):
             # a converted D carries the old dtype's rounding (float32 -> float64 keeps float32
             # accuracy; .half().float() keeps fp16's): rebuild it from the shape instead
             self._D = None
-        a = self._parameters.get("alpha")
-        if (
-            self._D is None
-            and self._mode in ("dense", "auto")
-            and a is not None
-            and a.device.type not in ("cpu", "meta")
-        ):
-            # on an accelerator the first forward builds D anyway; building it here keeps it out
-            # of a torch.compile of the moved model (see _build_basis), which then traces one
-            # graph instead of breaking at every layer
-            self._D = _build_basis(self, a.device, a.dtype)
+        self._prebuild_basis()
         return res
 
     @property
@@ -415,6 +429,8 @@ class DCTpSLayer(nn.Module):
         self._mode = self._check_path(check_mode(value))
         if self._mode in ("fast", "factor"):
             self._drop_basis()
+        else:
+            self._prebuild_basis()
 
     #: forward paths of this layer type: name -> method (see :mod:`dctps.fast`)
     _PATHS: dict[str, str] = {"dense": "_dense_forward", "fast": "_fast_forward"}
@@ -578,6 +594,7 @@ class DCTpSLinear(DCTpSLayer):
             alpha_init, offset, offset_seed,
         )  # fmt: skip
         self._mode = self._check_path(mode)
+        self._prebuild_basis()
         if bias:
             bound = 1 / math.sqrt(in_features)
             b = torch.empty(out_features, dtype=self.values.dtype, device=device)
@@ -732,6 +749,7 @@ class DCTpSConv2d(DCTpSLayer):
             alpha_init, offset, offset_seed,
         )  # fmt: skip
         self._mode = self._check_path(mode)
+        self._prebuild_basis()
         if bias:
             bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
             b = torch.empty(out_channels, dtype=self.values.dtype, device=device)
