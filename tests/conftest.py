@@ -52,3 +52,38 @@ def write_fake_cifar10(root: Path, n_per_batch: int = 64, n_test: int = 64, seed
 def fake_cifar10(tmp_path_factory) -> Path:
     """Data root holding a tiny learnable fake CIFAR-10 (320 train, 64 test images)."""
     return write_fake_cifar10(tmp_path_factory.mktemp("fake_cifar10"))
+
+
+@pytest.fixture
+def disk_full_after(monkeypatch):
+    """``disk_full_after(n)``: from now on, files that :mod:`dctps.atomic` writes (through
+    ``os.fdopen``) take ``n`` bytes or characters, then fail with ENOSPC as a full disk would.
+    Call ``monkeypatch.undo()`` (or leave the test) to end it."""
+    import errno
+
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, limit, *a, **kw):
+            self.f, self.limit = real_fdopen(*a, **kw), limit
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):  # flush, fileno, tell, ...
+            return getattr(self.f, name)
+
+        def write(self, data):
+            room = self.limit - self.f.tell()
+            if len(data) > room:
+                self.f.write(data[: max(room, 0)])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+    def start(limit: int) -> None:
+        monkeypatch.setattr(os, "fdopen", lambda *a, **kw: Full(limit, *a, **kw))
+
+    return start

@@ -670,38 +670,15 @@ def test_disk_full_store_write_keeps_rows(tmp_path):
     assert Store(tmp_path / "r.db").get("good")["status"] == "done"
 
 
-def test_disk_full_sparse_checkpoint_keeps_the_old_file(tmp_path, monkeypatch):
+def test_disk_full_sparse_checkpoint_keeps_the_old_file(tmp_path, monkeypatch, disk_full_after):
     m = dctps.sparsify(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)), 0.2)
     path = dctps.save(m, tmp_path / "m.dctps")
     good = path.read_bytes()
 
-    real_fdopen = os.fdopen
-
-    class Full:
-        """The temporary file of dctps.atomic, on a disk that fills after 64 bytes."""
-
-        def __init__(self, *a, **kw):
-            self.f = real_fdopen(*a, **kw)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def __getattr__(self, name):  # flush, fileno, ...
-            return getattr(self.f, name)
-
-        def write(self, data):
-            if self.f.tell() + len(data) > 64:
-                _enospc()
-            return self.f.write(data)
-
     new_model = dctps.sparsify(nn.Sequential(nn.Linear(16, 8)), 0.5)
-    monkeypatch.setattr(os, "fdopen", Full)
+    disk_full_after(64)
     with pytest.raises(DctpsError, match=r"cannot write checkpoint .*m\.dctps.*No space left"):
         dctps.save(new_model, path)
-    monkeypatch.undo()
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["m.dctps"]
     monkeypatch.undo()
     dctps.load(path, model=nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)))

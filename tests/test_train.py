@@ -988,35 +988,14 @@ def test_a_disk_filling_up_inside_torch_save_is_a_clear_error(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_run_config_is_written_atomically(tmp_path, monkeypatch):
+def test_run_config_is_written_atomically(tmp_path, monkeypatch, disk_full_after):
     from dctps.train.config import save_config
 
     cfg = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.01))
     path = tmp_path / "config.yaml"
     save_config(cfg, path)
     before = path.read_text()
-    real_fdopen = os.fdopen
-
-    class HalfThenFull:
-        """The temporary file of dctps.atomic: the disk fills after 10 characters."""
-
-        def __init__(self, *a, **k):
-            self.f = real_fdopen(*a, **k)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def write(self, text):
-            self.f.write(text[:10])
-            raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fdopen", HalfThenFull)
+    disk_full_after(10)
     with pytest.raises(DctpsError, match="cannot write run config .*No space left"):
         save_config(dataclasses.replace(cfg, seed=3), path)
     monkeypatch.undo()
