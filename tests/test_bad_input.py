@@ -190,6 +190,8 @@ CASES = [
     L("sparsify-density-negative", r"got -0\.01", lambda e: dctps.sparsify(mlp(), -0.01)),
     L("sparsify-density-above-1", r"got 1\.01", lambda e: dctps.sparsify(mlp(), 1.01)),
     L("sparsify-density-nan", r"got nan", lambda e: dctps.sparsify(mlp(), NAN)),
+    L("sparsify-twice", r"Sequential is already sparsified .*sparsify the original dense model",
+      lambda e: dctps.sparsify(dctps.sparsify(mlp(), 0.5), 0.5)),
     L("sparsify-density-inf", r"got inf", lambda e: dctps.sparsify(mlp(), math.inf)),
     L("sparsify-density-string", r"got 'ten'", lambda e: dctps.sparsify(mlp(), "ten")),
     L("sparsify-density-bool", r"got True", lambda e: dctps.sparsify(mlp(), True)),
@@ -340,6 +342,8 @@ CASES = [
       "budgets", "lenet5", "--density", "0.1", "--plot", "{tmp}/b.xyz"),
     C("train-density-nan", r"density must be in .*got nan", *TRAIN_AT, "--density", "nan"),
     C("train-density-0", r"got 0\.0", *TRAIN_AT, "--density", "0"),
+    C("train-rigl-flag-without-rigl", r"--rigl-t-end applies only with --rigl \(got "
+      r"rigl_t_end=0\.5\)", *TRAIN_AT, "--rigl-t-end", "0.5"),
     C("train-batched-rebuild", r"batched_rebuild must be one of auto, on, off, got 'yes'",
       *TRAIN_AT, "--batched-rebuild", "yes"),
     C("train-data-root-missing", r"data root .*nope does not exist",

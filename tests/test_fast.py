@@ -243,3 +243,33 @@ def test_bench_timeit_times_back_to_back_calls_per_synchronisation():
     assert 0 < t["a"].best <= t["a"].median
     with pytest.raises(DctpsError, match="calls must be at least 1, got 0"):
         timeit({"a": fn}, reps=1, device=torch.device("cpu"), calls=0)
+
+
+def test_bench_memory_child_resets_the_peak_and_reports_growth():
+    """The import of torch left a high-water mark above a small step's peak, so ru_maxrss growth
+    once read 0.0 MB for the fast layer; the peak is now reset before the step (Linux)."""
+    import sys
+
+    from dctps.bench import _memory_child
+
+    r = _memory_child("dense", "cpu", 4, 512)
+    if sys.platform.startswith("linux"):
+        assert r["how"] == "VmHWM"
+        assert r["bytes"] >= 3 * 4 * 512 * 512  # weight, gradient and momentum at least
+
+
+def test_bench_memory_refuses_implausible_readings(monkeypatch):
+    import json
+    import subprocess
+
+    from dctps import bench
+    from dctps.errors import DctpsError
+
+    def fake_run(cmd, **kw):
+        reading = {"variant": cmd[4], "bytes": 118 * 2**20 if cmd[4] == "dense" else 0,
+                   "D_built": False, "how": "ru_maxrss"}  # fmt: skip
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(reading) + "\n", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    with pytest.raises(DctpsError, match=r"implausible readings .*dense 118\.0 MB .* 768\.0 MB"):
+        bench.bench_memory(torch.device("cpu"), quick=False, echo=lambda s: None)

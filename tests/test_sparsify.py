@@ -284,3 +284,21 @@ def test_excluding_one_name_of_a_shared_module_is_refused():
     assert type(model["a"]) is nn.Linear
     dctps.sparsify(model, 0.5, exclude=["a", "b"])
     assert type(model["b"]) is nn.Linear and isinstance(model["head"], DCTpSLinear)
+
+
+def test_count_with_fixed_alphas_counts_only_what_trains():
+    """A new user read '(+ 21 alphas)' after 'trainable' for a --fixed-alpha run: fixed alphas
+    stay in the budget (alphas) but not in what an optimizer updates (trainable)."""
+    from dctps.train.loop import describe
+
+    model = dctps.sparsify(mlp(), 0.05, train_alpha=False)
+    c = dctps.count(model)
+    assert c.alphas == 3 and c.fixed_alphas == 3
+    assert c.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    line = describe(
+        {"hash": "h", "val_acc": 0.5, "test_acc": 0.5, "best_epoch": 1, "weights": c.weights,
+         "nonzeros": c.nonzeros, "alphas": c.alphas, "fixed_alphas": c.fixed_alphas}
+    )  # fmt: skip
+    assert "(+ 3 alphas, fixed)" in line
+    trained = dctps.count(dctps.sparsify(mlp(), 0.05))
+    assert trained.fixed_alphas == 0 and trained.trainable == c.trainable + 3

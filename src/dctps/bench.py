@@ -14,8 +14,8 @@ repetitions, after warm-up), prints a table with the ratios, and returns its row
 ``ckpt``    checkpoint bytes of ResNet50 at 1% / 0.1% / 0.01%: ``dctps.save`` vs
             ``torch.save(dense.state_dict())``.
 ``memory``  peak memory of a training step of the 8192 Linear, fast DCTpS vs dense, each in a
-            fresh subprocess (``ru_maxrss`` growth on CPU, ``torch.cuda.max_memory_allocated``
-            on CUDA).
+            fresh subprocess (on CPU the growth of the resident-memory peak, reset before the
+            step on Linux; ``torch.cuda.max_memory_allocated`` on CUDA).
 
 Times are wall-clock; ratios use the best of the interleaved repetitions (the least disturbed
 run, robust on a shared machine); medians are printed too. On CUDA one timing of ``conv`` and
@@ -444,18 +444,52 @@ def bench_ckpt(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
 # ------------------------------------------------------------------------------------------------
 
 
+def _proc_status_bytes(key: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status`` in bytes (Linux), or
+    ``None`` where there is no such file."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's resident-memory high-water mark (``VmHWM``) to its current size, as
+    ``echo 5 > /proc/self/clear_refs`` does (Linux 4.0+); whether that worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _proc_status_bytes("VmHWM") is not None
+
+
 def _memory_child(variant: str, device_name: str, batch: int, n: int) -> dict[str, Any]:
-    """One training step of the ``n x n`` layer in this (fresh) process; the peak memory growth."""
+    """One training step of the ``n x n`` layer in this (fresh) process; the peak memory growth.
+
+    On the CPU the peak is the resident-memory high-water mark, reset before the step where Linux
+    allows it: otherwise the mark that importing torch left can exceed a small step's own peak
+    (a fast DCTpS step once measured 0.0 MB). Elsewhere ``ru_maxrss`` growth, an underestimate
+    for such steps (reported as ``peak``)."""
     import resource
 
     device = torch.device(device_name)
     torch.manual_seed(0)
     x = torch.randn(batch, n, device=device)
+    how = "cuda"
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.max_memory_allocated()
+    elif _reset_peak_rss():
+        how = "VmHWM"
+        base = _proc_status_bytes("VmRSS") or 0
     else:
+        how = "ru_maxrss"
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if variant == "dense":
         layer: nn.Module = nn.Linear(n, n, device=device)
@@ -468,19 +502,25 @@ def _memory_child(variant: str, device_name: str, batch: int, n: int) -> dict[st
         opt.zero_grad(set_to_none=True)
         layer(x).square().mean().backward()
         opt.step()
-    if device.type == "cuda":
+    if how == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
+    elif how == "VmHWM":
+        peak = _proc_status_bytes("VmHWM") or 0
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     built = bool(getattr(layer, "basis_built", False))
-    return {"variant": variant, "bytes": peak - base, "D_built": built}
+    return {"variant": variant, "bytes": peak - base, "D_built": built, "how": how}
 
 
 def bench_memory(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, Any]]:
     """``memory`` (module doc): peak memory of a training step, fast DCTpS vs dense Linear."""
     batch, n = 128, 8192
-    what = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "ru_maxrss growth"
+    what = (
+        "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "growth of the resident-memory peak, reset before the step on Linux"
+    )
     echo(f"== memory: peak memory of 2 training steps (SGD momentum) of Linear {n}x{n}, batch "
          f"{batch}, each in a fresh subprocess ({what}, counting parameters, gradients, "
          f"optimizer state and activations); {_env(device)}")  # fmt: skip
@@ -492,6 +532,16 @@ def bench_memory(device: torch.device, quick: bool, echo: Echo) -> list[dict[str
         if out.returncode != 0:
             raise DctpsError(f"memory benchmark child failed: {out.stderr.strip()[-500:]}")
         res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    # the dense step holds at least its weight, gradient and momentum (float32): a reading below
+    # that means the measurement failed, and its ratio must not pass for a result
+    floor = 3 * 4 * n * n
+    if res["dense"]["bytes"] < floor or res["fast"]["bytes"] <= 0:
+        raise DctpsError(
+            f"memory benchmark: implausible readings ({res['dense']['how']}): dense "
+            f"{res['dense']['bytes'] / 2**20:.1f} MB (its parameters, gradients and momentum "
+            f"alone take {floor / 2**20:.1f} MB), DCTpS fast {res['fast']['bytes'] / 2**20:.1f} "
+            "MB; run it again on an idle machine"
+        )
     ratio = res["fast"]["bytes"] / res["dense"]["bytes"]
     echo(f"{'dense MB':>10} {'DCTpS fast MB':>14} {'ratio':>7} {'target':>7} {'D built':>8}")
     echo(f"{res['dense']['bytes'] / 2**20:>10.1f} {res['fast']['bytes'] / 2**20:>14.1f} "

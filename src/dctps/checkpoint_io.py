@@ -529,8 +529,9 @@ class CheckpointInfo:
             f"{self.weights:>12,} {self.density:>8.4%}"
         )
         lines.append(
-            f"other tensors (biases, BatchNorm, dense layers): {self.other_tensors} tensors, "
-            f"{self.other_elements:,} elements, {self.other_bytes:,} bytes"
+            f"outside the DCTpS layers (BatchNorm, dense layers; a DCTpS layer's bias is "
+            f"stored with the layer): {self.other_tensors} tensors, {self.other_elements:,} "
+            f"elements, {self.other_bytes:,} bytes"
         )
         arch = json.dumps(self.arch) if self.arch else "none (load needs model=...)"
         lines.append(f"architecture: {arch}")

@@ -350,6 +350,11 @@ def sparsify(
             "DCTpSConv2d directly"
         )
     layers = list(prunable_layers(model, exclude))
+    if not layers and any(isinstance(m, DCTpSLayer) for m in model.modules()):
+        raise DctpsError(
+            f"{type(model).__name__} is already sparsified (its Linear/Conv2d layers are DCTpS "
+            "layers): to change its density, sparsify the original dense model"
+        )
     if not layers:
         raise DctpsError(
             f"{type(model).__name__} has no nn.Linear / nn.Conv2d layers to sparsify "
@@ -414,15 +419,17 @@ class Counts:
         alphas: DCTpS offset scales (trainable or fixed): one per layer, or one per output
             channel with ``alpha='channel'``.
         other: every other parameter (biases, BatchNorm, Fixup scalars).
+        fixed_alphas: the alphas that are not trained (``train_alpha=False``).
 
-    The sparse budget of a DCTpS model is ``nonzeros + alphas`` (trainable = non-zeros + alphas,
-    plus ``other``).
+    The sparse budget of a DCTpS model is ``nonzeros + alphas``, fixed alphas included (the
+    paper's counts, Table E.1).
     """
 
     weights: int
     nonzeros: int
     alphas: int
     other: int
+    fixed_alphas: int = 0
 
     @property
     def density(self) -> float:
@@ -431,21 +438,22 @@ class Counts:
 
     @property
     def trainable(self) -> int:
-        """Non-zeros + alphas + other: the parameters an optimizer updates."""
-        return self.nonzeros + self.alphas + self.other
+        """Non-zeros + trained alphas + other: the parameters an optimizer updates."""
+        return self.nonzeros + self.alphas - self.fixed_alphas + self.other
 
 
 def count(model: nn.Module) -> Counts:
     """Count weights, trainable non-zeros, alphas and other parameters of ``model`` (see Counts)."""
     if not isinstance(model, nn.Module):
         raise DctpsError(f"count needs an nn.Module, got {type(model).__name__}")
-    weights = nonzeros = alphas = 0
+    weights = nonzeros = alphas = fixed = 0
     seen: set[int] = set()
     for module in model.modules():
         if isinstance(module, DCTpSLayer):
             weights += math.prod(module.weight_shape)
             nonzeros += module.nnz
             alphas += module.alpha.numel()
+            fixed += 0 if module.alpha.requires_grad else module.alpha.numel()
             seen.update(id(p) for p in (module.alpha, module.values))
         elif isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
             w = module.in_proj_weight
@@ -457,7 +465,7 @@ def count(model: nn.Module) -> Counts:
             nonzeros += _unmasked(module, "weight")
             seen.add(id(getattr(module, "weight_orig", module.weight)))
     other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
-    return Counts(weights, nonzeros, alphas, other)
+    return Counts(weights, nonzeros, alphas, other, fixed)
 
 
 def _unmasked(module: nn.Module, name: str) -> int:

@@ -57,8 +57,8 @@ def _train(**kw: Any) -> None:
         # typer would exit 130 without a word; say what survives and how to go on
         if os.environ.get("RANK", "0") == "0":
             typer.echo(
-                "\ninterrupted: the run keeps its last completed epoch's checkpoint; run the same "
-                "command again to resume from it",
+                "\ninterrupted: run the same command again to resume from the last completed "
+                "epoch's checkpoint (a run stopped before its first epoch ended starts over)",
                 err=True,
             )
         raise typer.Exit(130) from None

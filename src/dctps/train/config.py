@@ -126,7 +126,8 @@ class SparsityConfig:
     )
     train_alpha: bool = _f(
         True,
-        "DCTpS: fix alpha = 1 instead of training it (Appendix A.4).",
+        "DCTpS: keep alpha at its initial value (--alpha-init, 1 by default) instead of "
+        "training it (Appendix A.4).",
         flag="fixed-alpha",
         invert=True,
     )
@@ -514,7 +515,15 @@ def _resolve_sparsity(s: SparsityConfig) -> None:
         if not 0.0 < s.rigl_alpha <= 1.0 or not 0.0 < s.rigl_t_end <= 1.0:
             raise DctpsError("rigl_alpha and rigl_t_end must be in (0, 1]")
     else:
-        s.rigl_delta_t = s.rigl_alpha = s.rigl_t_end = None
+        given = [
+            n for n in ("rigl_delta_t", "rigl_alpha", "rigl_t_end") if getattr(s, n) is not None
+        ]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            verb = "applies" if len(given) == 1 else "apply"
+            raise DctpsError(
+                f"{flags} {verb} only with --rigl (got {given[0]}={getattr(s, given[0])!r})"
+            )
 
 
 def _dctps_only(s: SparsityConfig) -> None:
