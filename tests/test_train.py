@@ -797,9 +797,12 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_folder(tmp_path):
         optim=OptimConfig(epochs=1),
         device="cpu",
     )
+    out = tmp_path / "out"
     with pytest.raises(DctpsError, match="LeNet-5 needs 32x32 inputs"):
-        fit(cfg, tmp_path, progress=False)
-    assert not any((tmp_path / "runs").iterdir())  # no run folder holding only its .lock
+        fit(cfg, out, progress=False)
+    # checked before the results store and the run folder exist (a new user found an empty
+    # results.db and runs/ after such an error)
+    assert not out.exists()
 
 
 def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):

@@ -5,7 +5,10 @@ weights (the ``.weight`` of every Conv2d and Linear, first/last layers included;
 never pruned) on a deep copy of ``model``, chooses EXACTLY ``k = round(density * N)`` of the ``N``
 weights globally (ties broken by index), and applies the mask to ``model``'s own initial weights
 in ``torch.nn.utils.prune`` convention (``weight_orig`` + ``weight_mask``; pruned entries of
-``weight_orig`` are zeroed and receive no gradient). It never prints; time it from the caller.
+``weight_orig`` are zeroed and receive no gradient). It never prints unless asked to: with
+``progress=True`` it shows a tqdm bar of the method's iterations on stderr (a one-line status for
+the one-shot methods), closed when pruning ends or fails; ``progress=callback`` gets
+``callback(step, steps)`` instead (:mod:`dctps.pruning.progress`). Time it from the caller.
 
 =============  ====================================================  ==========  =================
 method         score (docs/BASELINES.md section)                     data        defaults
@@ -26,7 +29,8 @@ positive scores at some step, e.g. FORCE/SynFlow on FixupResNet110, App. D.2), `
 and leaves ``model`` unchanged; it never returns a dense network under a sparse label.
 
 To add a method: write one file with ``def my_masks(ctx: Context, *, option=default, ...)``
-returning one boolean mask per ``ctx.targets`` entry, and add one line to ``_REGISTRY``.
+returning one boolean mask per ``ctx.targets`` entry (reporting its steps with ``ctx.report(t, T)``,
+``t = 0..T``, for ``progress``), and add one line to ``_REGISTRY``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from dctps.errors import DctpsError, check_density, unknown_name
 from dctps.pruning.common import Context, apply_masks, connect_attention, targets
 from dctps.pruning.force import force_masks, iter_snip_masks
 from dctps.pruning.grasp import grasp_masks
+from dctps.pruning.progress import ProgressFn, PruneBar
 from dctps.pruning.random import random_masks
 from dctps.pruning.snip import snip_masks
 from dctps.pruning.synflow import synflow_masks
@@ -104,6 +109,8 @@ def prune(
     method: str,
     batches: Iterable[Any] | Callable[[], Iterator[Any]] | None = None,
     allocation: str | None = None,
+    *,
+    progress: bool | ProgressFn | None = None,
     **method_options: Any,
 ) -> nn.Module:
     """Prune ``model`` in place at initialisation to ``density``; return ``model``.
@@ -119,6 +126,11 @@ def prune(
             (or takes ``input_shape=``); ``random`` ignores it.
         allocation: per-layer budgets for ``random`` (``uniform`` default, ``epl``, ``epf``,
             ``erk``, ``epl_ref``); the score-based methods allocate globally and reject it.
+        progress: ``None``/``False`` (default): silent. ``True``: a tqdm bar on stderr,
+            ``pruning <method> to density <d>: t/T``, one tick per iteration (SynFlow) or step
+            (FORCE, Iter-SNIP); a one-line status for ``snip``/``grasp``/``random``. A callable:
+            called as ``progress(step, steps)``, once with ``step=0`` when the method starts, then
+            after each of its ``steps`` steps.
         **method_options: the keyword options of the method's function, e.g. ``steps``,
             ``num_batches``, ``loss`` (``iter_snip``/``force``), ``iterations``,
             ``synflow_dtype`` (``synflow``), ``seed`` (``random``).
@@ -133,6 +145,10 @@ def prune(
     if entry is None:
         raise unknown_name("pruning method", method, names())
     _check_options(method, entry.masks, method_options)
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise DctpsError(
+            f"progress must be True, False, None or a callable(step, steps), got {progress!r}"
+        )
     if entry.needs_data and batches is None:
         raise DctpsError(f"pruning method {method!r} needs data: pass batches=...")
     if allocation is not None:
@@ -148,13 +164,17 @@ def prune(
     k = round(d * total)
     if k < 1:
         raise DctpsError(f"density {d:g} keeps round({d:g} * {total}) = 0 weights")
-    ctx = Context(model, layers, d, total, k, batches, allocation)
+    bar = PruneBar(method, d) if progress is True else None
+    report = bar if bar is not None else progress if callable(progress) else None
+    ctx = Context(model, layers, d, total, k, batches, allocation, report)
     if k == total:
         masks = [torch.ones_like(t.weight, dtype=torch.bool) for t in layers]
     else:
+        ok = False
         try:
             with torch.enable_grad():
                 masks = entry.masks(ctx, **method_options)
+            ok = True
         except torch.OutOfMemoryError:
             raise  # a resource problem, not bad input: keep torch's own error
         except (RuntimeError, IndexError) as e:  # the model cannot run on the given batches
@@ -169,6 +189,9 @@ def prune(
                 f"pruning method {method!r} could not run the model on the batches: {first} "
                 f"({hint})"
             ) from e
+        finally:
+            if bar is not None:
+                bar.close(failed=not ok)
     expected = k
     if allocation == "epl_ref":
         expected = sum(budgets([tuple(t.weight.shape) for t in layers], d, allocation))

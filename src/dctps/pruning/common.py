@@ -429,6 +429,7 @@ class Context:
         k: ``round(d N)``, the number of weights to keep.
         batches: the caller's ``batches`` (``None`` for data-free calls).
         allocation: the caller's ``allocation`` (only ``random`` uses it).
+        progress: ``progress(step, steps)`` callback, or ``None`` (see :meth:`report`).
     """
 
     model: nn.Module
@@ -438,6 +439,14 @@ class Context:
     k: int
     batches: Any = None
     allocation: str | None = None
+    progress: Callable[[int, int], None] | None = None
+
+    def report(self, step: int, steps: int) -> None:
+        """Report progress to ``progress`` (a no-op without one): a method calls
+        ``report(0, T)`` when its loop of ``T`` steps starts and ``report(t, T)`` after step
+        ``t`` (``T = 1`` for a one-shot method); see :mod:`dctps.pruning.progress`."""
+        if self.progress is not None:
+            self.progress(step, steps)
 
     @property
     def device(self) -> torch.device:

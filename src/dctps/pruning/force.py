@@ -73,6 +73,7 @@ def gradient_saliency_masks(
     masks = [torch.ones_like(w, dtype=torch.bool) for w in weights]
     dense = True  # the current mask is all ones
     reached = 1.0
+    ctx.report(0, steps)
     for t, k_t in enumerate(counts, 1):
         grads = average_gradients(net, weights, stream, num_batches, lossf)
         with torch.no_grad():
@@ -100,6 +101,7 @@ def gradient_saliency_masks(
                     w.copy_(w_init * m)
                 else:
                     w.mul_(m)
+        ctx.report(t, steps)
     return masks
 
 

@@ -41,6 +41,7 @@ def grasp_masks(
         raise DctpsError(f"num_batches must be an integer >= 1, got {num_batches!r}")
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise DctpsError(f"temperature must be > 0, got {temperature!r}")
+    ctx.report(0, 1)
     net, weights = ctx.working_copy(train=train_mode)
     stream = ctx.stream()
     data = [stream.next() for _ in range(num_batches)]
@@ -62,4 +63,6 @@ def grasp_masks(
     check_scores(
         scores, ctx.k, method="grasp", step=1, steps=1, reached=1.0, require_positive=False
     )
-    return global_masks(scores, ctx.k)
+    masks = global_masks(scores, ctx.k)
+    ctx.report(1, 1)
+    return masks

@@ -32,10 +32,12 @@ def random_masks(ctx: Context, *, seed: int | None = None) -> list[torch.Tensor]
     shapes = [tuple(t.weight.shape) for t in ctx.targets]
     counts = budgets(shapes, ctx.density, allocation)
     gen = make_generator(seed)
+    ctx.report(0, 1)
     masks = []
     for shape, n in zip(shapes, counts, strict=True):
         idx = draw_indices(shape, n, gen, per_filter=allocation == "epf")
         mask = torch.zeros(math.prod(shape), dtype=torch.bool)
         mask[idx] = True
         masks.append(mask.view(shape).to(ctx.device))
+    ctx.report(1, 1)
     return masks

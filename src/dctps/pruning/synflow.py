@@ -92,6 +92,7 @@ def synflow_masks(
     x = torch.ones((1, *shape), dtype=synflow_dtype, device=ctx.device)
     masks: list[torch.Tensor] | None = None
     reached = 1.0
+    ctx.report(0, iterations)
     for t, k_t in enumerate(counts, 1):
         out = net(x)
         grads = torch.autograd.grad(out.sum(), weights, allow_unused=True)
@@ -119,5 +120,6 @@ def synflow_masks(
                 w.copy_(w_init * m)
         if ok:
             reached = density_of(masks)
+        ctx.report(t, iterations)
     assert masks is not None
     return masks

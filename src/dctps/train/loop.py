@@ -23,6 +23,7 @@ and ends with exactly the metrics of an uninterrupted run (bit-exact on CPU).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -295,6 +296,12 @@ def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any
     out.update(
         history=hist, epochs=len(hist), run_dir=str(run_dir), skipped=True, resumed_from=None
     )
+    try:  # the row keeps no count of fixed alphas; its config says whether alpha trained
+        sparsity = json.loads(row.get("config") or "{}").get("sparsity", {})
+        fixed = sparsity.get("train_alpha") is False
+    except (TypeError, ValueError, AttributeError):
+        fixed = False
+    out["fixed_alphas"] = out.get("alphas") if fixed else 0
     return out
 
 
@@ -333,7 +340,8 @@ def fit(
         out_dir: output folder; the run lives in ``out_dir/runs/<config hash>``.
         store: a :class:`dctps.results.Store`, a path to a database, or ``None`` for
             ``out_dir/results.db``.
-        progress: show a tqdm bar (rank 0 only).
+        progress: show tqdm bars on stderr (rank 0 only): the pruning method's iterations, then
+            the training steps.
         resume: ``None``: resume from a checkpoint if one exists; ``True``: a checkpoint must
             exist (else :class:`DctpsError`); ``False``: ignore checkpoints and start over.
 
@@ -375,6 +383,10 @@ def _fit(
 
     h = cfg.config_hash()
     run_dir = out / RUNS_DIR / h
+    # a model that cannot take the data set (LeNet-5 on 8x8 digits) fails here, on the meta
+    # device (no memory, milliseconds), before a results store or run folder is created
+    with torch.device("meta"):
+        su.build_model(cfg, data_mod.get_info(cfg.data.dataset))
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)
@@ -474,7 +486,9 @@ def _fit(
                     device=dev,
                 )
             try:
-                prune_s = su.apply_sparsity(model, cfg, prune_batches)
+                prune_s = su.apply_sparsity(
+                    model, cfg, prune_batches, progress=progress and ctx.is_main
+                )
             except PruningFailed as e:
                 if store is not None:
                     store.start(h, cfg.to_dict())
@@ -576,6 +590,7 @@ def _fit(
                         "weights": counts.weights,
                         "nonzeros": counts.nonzeros,
                         "alphas": counts.alphas,
+                        "fixed_alphas": counts.fixed_alphas,
                         "trainable": counts.trainable,
                         "wall_seconds": elapsed + time.perf_counter() - t_session,
                     }
@@ -646,6 +661,7 @@ def _fit(
             "weights": counts.weights,
             "nonzeros": counts.nonzeros,
             "alphas": counts.alphas,
+            "fixed_alphas": counts.fixed_alphas,
             "trainable": counts.trainable,
             "prune_seconds": prune_s,
             "wall_seconds": wall,
@@ -693,7 +709,11 @@ def describe(result: dict[str, Any]) -> str:
         f"run {result['hash']} {pre}: val {_fmt_acc(result.get('val_acc'))} "
         f"(epoch {result.get('best_epoch')}), test {_fmt_acc(result.get('test_acc'))}, "
         f"{result.get('nonzeros')} of {result.get('weights')} weights trainable"
-        + (f" (+ {result['alphas']} alphas)" if result.get("alphas") else "")
+        + (
+            f" (+ {result['alphas']} alphas{', fixed' if result.get('fixed_alphas') else ''})"
+            if result.get("alphas")
+            else ""
+        )
         # a done run's reason says how to read val/test (Tiny ImageNet: MAX_VAL_NOTE)
         + (f"; {result['reason']}" if result.get("reason") else "")
     )

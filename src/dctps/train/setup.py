@@ -7,6 +7,7 @@
   ``alpha`` (scope), ``alpha_init`` and ``charge_alpha``, seed = run seed;
 * any pruning method: :func:`dctps.pruning.prune` on batches of the training set (FORCE/Iter-SNIP
   use Table E.2's batch counts unless ``num_batches`` is given); the time it takes is returned.
+  With ``progress=True`` the method's iterations show as a tqdm bar on stderr.
 
 ``restore_structure`` gives a freshly built model the module structure of a saved one (DCTpS
 layers, or ``torch.nn.utils.prune`` masks) so that ``load_state_dict`` can restore it without
@@ -77,9 +78,15 @@ def pruning_options(cfg: RunConfig) -> dict[str, Any]:
 
 
 def apply_sparsity(
-    model: nn.Module, cfg: RunConfig, batches: Iterable[Any] | None = None
+    model: nn.Module,
+    cfg: RunConfig,
+    batches: Iterable[Any] | None = None,
+    progress: bool = False,
 ) -> float | None:
     """Make ``model`` sparse in place per ``cfg.sparsity`` (resolved); return pruning seconds.
+
+    ``progress``: show the pruning method's iterations as a tqdm bar on stderr (``fit`` passes
+    its own ``progress`` on the main rank only); off by default.
 
     Returns ``None`` for ``dense`` and ``dctps`` (no pruning step). Raises
     :class:`~dctps.errors.PruningFailed` when a pruning method cannot reach the density.
@@ -111,7 +118,13 @@ def apply_sparsity(
     t0 = time.perf_counter()
     assert s.density is not None  # set by RunConfig.resolve()
     pruning.prune(
-        model, s.density, s.method, batches, allocation=s.allocation, **pruning_options(cfg)
+        model,
+        s.density,
+        s.method,
+        batches,
+        allocation=s.allocation,
+        progress=progress,
+        **pruning_options(cfg),
     )
     _sync(device)
     return time.perf_counter() - t0
