@@ -105,9 +105,14 @@ def test_a3_quick_cli_plots_the_store(fake_cifar10, tmp_path):
             "--data-root", str(fake_cifar10), "--out", str(out), "--seeds", "2", "-q"]  # fmt: skip
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    png = out / "figures" / "A.3-quick.png"
+    png = out / "figures" / "A.3-quick-lenet5-cifar10.png"  # not the paper's A.3 (ResNet50/VGG19)
     assert png.stat().st_size > 0 and png.with_suffix(".pdf").exists()
+    assert not (out / "figures" / "A.3-quick.png").exists()
     data = json.loads(png.with_suffix(".json").read_text())
+    assert data["title"] == (
+        "Figure A.3: EPL vs EPF (DCTpS)\nnot the paper's setting: model resnet50, vgg19 → lenet5; "
+        "data set cifar10, cifar100 → cifar10"
+    )
     (panel,) = data["panels"]
     assert panel["title"] == "LeNet-5, CIFAR-10" and panel["metric"] == "test_acc"
     assert set(panel["series"]) == {"DCTpS (EPL)", "DCTpS (EPF)"}
@@ -250,7 +255,8 @@ def test_a2_and_c10_allocation_figures(tmp_path):
     (series,) = data.values()
     epl = [r.nonzeros for r in budget_rows("lenet5", 0.01, "epl")]
     assert series["EPL"] == epl and sum(series["EPF"]) == sum(epl) == round(0.01 * 61510)
-    assert (tmp_path / "figures" / "A.2.png").exists()
+    assert (tmp_path / "figures" / "A.2-lenet5-cifar10.png").exists()  # not the paper's A.2
+    assert not (tmp_path / "figures" / "A.2.png").exists()
 
     data = F.run_figure("C.10", tmp_path, quick=True, models=["lenet5", "fixup_resnet110"],
                         echo=lambda s: None)  # fmt: skip
@@ -259,7 +265,7 @@ def test_a2_and_c10_allocation_figures(tmp_path):
     assert list(fixup) == ["EPL"]  # SynFlow cannot prune Fixup (App. D.2): only EPL drawn
     title = [t for t in data if t.startswith("FixupResNet110")][0]
     assert "SynFlow failed" in title
-    assert (tmp_path / "figures" / "C.10-quick.png").exists()
+    assert (tmp_path / "figures" / "C.10-quick-lenet5+fixup_resnet110-cifar10.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -299,3 +305,105 @@ def test_rows_of_a_changed_computation_are_not_averaged_with_todays(tmp_path):
     (panel,) = aggregate(store.query({}))
     assert sorted(panel.series) == ["DCTpS", "DCTpS [recorded_by=an older dctps]"]
     assert panel.series["DCTpS"][0].mean == pytest.approx(0.9)
+
+
+# ----------------------------------------------------------------------------- overridden figures
+def test_a_figure_names_the_data_set_and_model_it_ran_not_the_papers():
+    """`dctps figure density-resnet18-cifar10 --quick --dataset digits` trains on digits: its title
+    and file name must not claim ResNet18 on CIFAR-10 (they used to)."""
+    name = "density-resnet18-cifar10"
+    paper = F.figure_setup(name, F.figure_configs(name, quick=True))
+    assert paper.is_paper and paper.title() == "Accuracy vs density: ResNet18, CIFAR-10"
+    assert paper.stem(quick=True) == "density-resnet18-cifar10-quick"
+    digits = F.figure_setup(name, F.figure_configs(name, quick=True, datasets=["digits"]))
+    assert not digits.is_paper
+    assert digits.title() == ("Accuracy vs density: ResNet18, digits\n"
+                              "not the paper's setting: data set cifar10 → digits")  # fmt: skip
+    assert "CIFAR-10" not in digits.title()
+    assert digits.stem(quick=True) == "density-resnet18-cifar10-quick-resnet18-digits"
+    # the same data set set with --set, or the paper's own data set named again
+    via_set = F.figure_setup(name, F.figure_configs(name, {"data": {"dataset": "digits"}}))
+    assert via_set.title() == digits.title() and via_set.stem() == digits.stem()
+    same = F.figure_setup(name, F.figure_configs(name, datasets=["cifar10"], models=["resnet18"]))
+    assert same.is_paper and same.stem() == name
+    # a model override has the same problem; different overrides never share a file
+    lenet = F.figure_setup(name, F.figure_configs(name, models=["lenet5"]))
+    assert lenet.title().startswith("Accuracy vs density: LeNet-5, CIFAR-10\n")
+    assert "model resnet18 → lenet5" in lenet.title()
+    stems = {
+        F.figure_setup(name, F.figure_configs(name, models=m, datasets=d)).stem()
+        for m, d in [(None, ["digits"]), (["lenet5"], None), (["lenet5"], ["digits"]),
+                     (None, ["cifar100"]), (None, ["cifar10", "cifar100"]), (None, None)]
+    }  # fmt: skip
+    assert len(stems) == 6
+
+
+def test_overriding_what_the_title_names_beyond_model_and_data_set():
+    """A.4's title says "SGD with momentum": another optimizer or recipe must show in the title
+    and file name; A.1's title names its data set."""
+    a4 = F.figure_setup("A.4")
+    assert a4.title() == "Figure A.4: SGD with momentum, ResNet50 and VGG19" and a4.is_paper
+    adam = F.figure_setup("A.4", F.figure_configs("A.4", {"optim": {"optimizer": "adam"}}))
+    assert adam.title().startswith("Figure A.4: Adam, ResNet50 and VGG19\n")
+    assert "optim.optimizer sgd → adam" in adam.title() and adam.stem() == "A.4-optimizer=adam"
+    lenet = F.figure_setup("A.4", F.figure_configs("A.4", {"optim": {"recipe": "lenet"}}))
+    assert "optim.recipe sgd → lenet" in lenet.title() and "SGD" not in lenet.title()
+    a1 = F.figure_setup("A.1", F.figure_configs("A.1", quick=True, datasets=["cifar10"]))
+    assert a1.title().startswith("Figure A.1: DCTpS vs SynFlow and FORCE, CIFAR-10\n")
+    assert "Tiny ImageNet" not in a1.title() and a1.stem(True) == "A.1-quick-resnet18-cifar10"
+    a2 = F.figure_setup("A.2", pairs=F.allocation_pairs("A.2", None, ["cifar100"]))
+    assert "data set cifar10 → cifar100" in a2.title()
+    assert a2.stem() == "A.2-resnet50+vgg19-cifar100"
+    assert F.figure_setup("A.2").stem() == "A.2" and F.figure_setup("A.2").is_paper
+
+
+def test_dry_run_and_print_config_name_what_runs(tmp_path):
+    name = "density-lenet5-cifar10"
+    args = ["figure", name, "--quick", "--dataset", "digits", "--density", "0.01", "--seeds", "1"]
+    r = runner.invoke(app, [*args, "--dry-run", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    png = tmp_path / "figures" / "density-lenet5-cifar10-quick-lenet5-digits.png"
+    assert r.output.strip().splitlines()[-1] == (
+        f"it would draw {png}: Accuracy vs density: LeNet-5, digits — not the paper's setting: "
+        "data set cifar10 → digits")  # fmt: skip
+    r = runner.invoke(app, [*args, "--print-config"])
+    assert r.exit_code == 0, r.output
+    head = r.output.splitlines()[:3]
+    assert head[0] == (f"# Figure {name}: Accuracy vs density: LeNet-5, digits (quick) — not the "
+                       "paper's setting: data set cifar10 → digits")  # fmt: skip
+    assert "CIFAR-10" not in r.output and f"configs/{name}.yaml" not in r.output
+    assert head[2] == (f"# Draw: dctps figure {name} --config grid.yaml --quick --dataset digits "
+                       "--density 0.01 --seeds 1 --plot-only")  # fmt: skip
+    r = runner.invoke(app, ["figure", "A.2", "--dataset", "cifar100", "--dry-run",
+                            "--out", str(tmp_path)])  # fmt: skip
+    assert f"{tmp_path / 'figures' / 'A.2-resnet50+vgg19-cifar100.png'}:" in r.output
+
+
+def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(tmp_path):
+    name = "density-lenet5-cifar10"
+    kw = {"quick": True, "datasets": ["digits"], "densities": [0.01], "seeds": 1}
+    store = Store(tmp_path)
+    for c in F.figure_configs(name, **kw)[:2]:
+        record(store, c, 0.5)
+    data = F.run_figure(name, tmp_path, plot_only=True, echo=lambda s: None, **kw)
+    png = tmp_path / "figures" / "density-lenet5-cifar10-quick-lenet5-digits.png"
+    assert data.paths[0] == png and png.is_file()
+    assert not (tmp_path / "figures" / "density-lenet5-cifar10-quick.png").exists()
+    saved = json.loads(png.with_suffix(".json").read_text())
+    assert saved["title"].startswith("Accuracy vs density: LeNet-5, digits\n")
+    assert [p["title"] for p in saved["panels"]] == ["LeNet-5, digits"]
+
+
+def test_a_fixed_alpha_label_names_the_value_it_keeps():
+    """--fixed-alpha keeps alpha at --alpha-init: a Kaiming-initialised run was labelled
+    'fixed α = 1'."""
+    from dctps.results.plots import default_label
+
+    def cfg(**s):
+        return {"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"},
+                "sparsity": {"method": "dctps", "density": 0.01, **s}}  # fmt: skip
+
+    assert default_label(cfg(train_alpha=False)).endswith("fixed α = 1")
+    assert default_label(cfg(train_alpha=False, alpha_init="kaiming")).endswith("fixed α = Kaiming")
+    assert default_label(cfg(train_alpha=False, alpha_init=0.5)).endswith("fixed α = 0.5")
+    assert "fixed" not in default_label(cfg(alpha_init="kaiming"))

@@ -12,6 +12,11 @@ nothing: they draw per-layer budgets.
 Kaiming-scaled alphas, at equal trainable parameters (non-zeros + alphas), on LeNet-5 (BN-free)
 and ResNet18 (BN) on CIFAR-10; see ``docs/results/offsets.md``.
 
+A figure run with other models or data sets (``--model``, ``--dataset``, an edited ``--config``
+grid, ``--set model.name=...``) or with a setting its paper version fixes changed (A.4/A.5's SGD
+recipe) is not the paper's figure: its title names what ran plus a line saying what differs, and
+its file name gets a suffix naming it (:class:`Setup`).
+
 Labels: the DCTpS paper's "FORCE" is Iter-SNIP (``iter_snip``, see ``docs/BASELINES.md``); the
 published FORCE (``force``) is drawn as an extra curve where the grid has it.
 """
@@ -19,8 +24,9 @@ published FORCE (``force``) is drawn as an extra curve where the grid has it.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,8 @@ from dctps.errors import DctpsError, PruningFailed, unknown_name
 from dctps.results.plots import (
     FigureData,
     default_label,
+    display_name,
+    fixed_alpha_label,
     panel_title,
     plot_allocation_panels,
     plot_runs,
@@ -51,13 +59,16 @@ from dctps.train.config import ModelConfig, RunConfig
 __all__ = [
     "FIGURES",
     "FigureSpec",
+    "Setup",
     "draw",
     "figure_configs",
     "figure_grid",
+    "figure_setup",
     "get",
     "grid_yaml",
     "list_figures",
     "names",
+    "paper_pairs",
     "quick_grid",
     "run_figure",
     "synflow_allocation",
@@ -88,6 +99,7 @@ OFFSET_METHODS: list[Any] = [
     {"method": "dctps", "alpha_init": "kaiming"},
 ]  # fmt: skip
 BIG = ["resnet50", "vgg19"]
+SGD_CLAIMS = (("optim.optimizer", "sgd"),)  # A.4/A.5's titles say "SGD with momentum"
 
 # --quick: the run shrinks, the figure's structure stays. Sizes are per model, so that a quick
 # figure takes minutes on one CPU core: LeNet-5 (0.65 MFLOPs an image) affords 2 epochs of 2,000
@@ -114,6 +126,12 @@ QUICK_RIGL_DELTA_T = 4
 class FigureSpec:
     """A figure: its training grid (``None`` when it trains nothing), title, curve labels.
 
+    ``title`` is a template: ``{what}`` (the (model, data set) pairs drawn, e.g. ``ResNet18,
+    CIFAR-10``), ``{models}``, ``{datasets}`` and ``{optimizer}`` are filled in from the runs
+    actually drawn (:meth:`Setup.title`). ``claims``: resolved run fields (dotted, e.g.
+    ``optim.optimizer``) the title names; with the grid's ``base`` they are the settings whose
+    change makes the figure not the paper's.
+
     ``allocation``: for figures without training, ``fn(pairs, densities, quick) -> panels``
     with ``pairs`` the (model, data set) pairs and panels ``(title, {label: counts per layer})``.
     """
@@ -126,6 +144,7 @@ class FigureSpec:
     allocation: Callable[..., list[tuple[str, dict[str, list[int]]]]] | None = None
     pairs: tuple[tuple[str, str], ...] = ()  # allocation figures: default (model, data set) pairs
     densities: tuple[float, ...] = ()  # allocation figures: default densities
+    claims: tuple[tuple[str, Any], ...] = ()  # (dotted run field, the paper's value)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -141,7 +160,9 @@ def _alpha_label(cfg: Mapping[str, Any]) -> str:
     s = cfg.get("sparsity", {})
     if s.get("method") != "dctps":
         return default_label(cfg)
-    return "DCTpS, trainable α" if s.get("train_alpha", True) else "DCTpS, fixed α = 1"
+    if s.get("train_alpha", True):
+        return "DCTpS, trainable α"
+    return "DCTpS, " + fixed_alpha_label(s.get("alpha_init", 1.0))
 
 
 def _offset_label(cfg: Mapping[str, Any]) -> str:
@@ -260,7 +281,7 @@ def _specs() -> dict[str, FigureSpec]:
         FigureSpec(
             "A.1", "Tiny ImageNet, ResNet18: DCTpS vs SynFlow, FORCE (paper's = Iter-SNIP) and "
             "the published FORCE (validation accuracy)",
-            "Figure A.1: DCTpS vs SynFlow and FORCE, Tiny ImageNet",
+            "Figure A.1: DCTpS vs SynFlow and FORCE, {datasets}",
             _grid(["resnet18"], ["tiny_imagenet"], ["dense", "dctps", "synflow", "iter_snip",
                                                     "force"],
                   densities=[0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001]),
@@ -282,15 +303,17 @@ def _specs() -> dict[str, FigureSpec]:
         FigureSpec(
             "A.4", "SGD recipe: ResNet50/VGG19 on CIFAR-10/100 (dense, DCTpS, random, SNIP, "
             "FORCE = Iter-SNIP)",
-            "Figure A.4: SGD with momentum, ResNet50 and VGG19",
+            "Figure A.4: {optimizer}, {models}",
             _grid(BIG, CIFAR, SGD_METHODS, base={"optim": {"recipe": "sgd"}}),
+            claims=SGD_CLAIMS,
         ),
         FigureSpec(
             "A.5", "SGD recipe: MobileNetV2 and FixupResNet110 on CIFAR-10 (FORCE cannot prune "
             "Fixup: drawn at chance)",
-            "Figure A.5: SGD with momentum, MobileNetV2 and FixupResNet110",
+            "Figure A.5: {optimizer}, {models}",
             _grid(["mobilenetv2", "fixup_resnet110"], ["cifar10"], SGD_METHODS,
                   base={"optim": {"recipe": "sgd"}}),
+            claims=SGD_CLAIMS,
         ),
         FigureSpec(
             "A.6", "Trainable vs fixed alpha (train_alpha=False), ResNet50/VGG19 on CIFAR-10/100",
@@ -321,7 +344,7 @@ def _specs() -> dict[str, FigureSpec]:
             FigureSpec(
                 f"density-{model}-{dataset}",
                 f"Main paper: accuracy vs density, {panel_title(model, dataset)} (all methods)",
-                f"Accuracy vs density: {panel_title(model, dataset)}",
+                "Accuracy vs density: {what}",
                 _grid([model], [dataset], MAIN_METHODS),
             )
         )
@@ -483,14 +506,181 @@ def grid_yaml(
 ) -> str:
     """The grid of figure ``name`` as sweep YAML: the full one (what ``configs/<name>.yaml``
     holds), or with the same ``quick`` / list replacements / ``config`` grid as
-    :func:`run_figure` takes, so that it prints what ``dctps figure`` with those flags runs."""
+    :func:`run_figure` takes, so that it prints what ``dctps figure`` with those flags runs.
+
+    A grid that is not the paper's figure (other models or data sets, see :class:`Setup`) gets a
+    description naming what it runs, and the comment lines say how to run and draw this grid, not
+    ``configs/<name>.yaml``."""
     grid = load_grid(config) if config else None
     g = figure_grid(name, quick, models, datasets, densities, seeds, grid=grid)
-    head = (f"# Figure {name}: {get(name).description}\n"
-            f"# Run: dctps sweep configs/{name}.yaml --data-root DIR [--workers N] "
-            f"[--executor slurm]\n"
-            f"# Draw: dctps figure {name} --config configs/{name}.yaml --plot-only\n")  # fmt: skip
+    configs = figure_configs(name, quick=quick, models=models, datasets=datasets,
+                             densities=densities, seeds=seeds, grid=grid)  # fmt: skip
+    setup = figure_setup(name, configs)
+    if not setup.is_paper:
+        title, changed = setup.title().split("\n", 1)
+        g["description"] = f"{title}{' (quick)' if quick else ''} — {changed}"
+    if quick or models or datasets or densities or seeds is not None or config:
+        flags = "".join(
+            [" --quick"] * quick + [f" --model {m}" for m in models or ()]
+            + [f" --dataset {d}" for d in datasets or ()]
+            + [f" --density {d:g}" for d in densities or ()]
+            + ([f" --seeds {seeds}"] if seeds is not None else [])
+        )  # fmt: skip
+        src, save = "grid.yaml", "save this as grid.yaml, then: "
+    else:
+        src, flags, save = f"configs/{name}.yaml", "", ""
+    head = (f"# Figure {name}: {g['description']}\n"
+            f"# Run: {save}dctps sweep {src} --data-root DIR [--workers N] [--executor slurm]\n"
+            f"# Draw: dctps figure {name} --config {src}{flags} --plot-only\n")  # fmt: skip
     return head + yaml.safe_dump(g, sort_keys=False, allow_unicode=True, width=100)
+
+
+# ----------------------------------------------------------------------------- what a figure shows
+Pair = tuple[str, str]
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
+
+
+def paper_pairs(name: str) -> list[Pair]:
+    """The (model, data set) pairs of the paper's figure ``name``, in grid order."""
+    spec = get(name)
+    if spec.grid is None:
+        return list(spec.pairs)
+    return [(m, d) for m in spec.grid["models"] for d in spec.grid["datasets"]]
+
+
+def _unique(items: Any) -> list[Any]:
+    return list(dict.fromkeys(items))
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _split(pairs: Sequence[Pair]) -> tuple[list[str], list[str], bool]:
+    """The pairs' models and data sets (in order), and whether the pairs are all their products."""
+    ms, ds = _unique(m for m, _ in pairs), _unique(d for _, d in pairs)
+    return ms, ds, len(set(pairs)) == len(ms) * len(ds)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _field(cfg: RunConfig, dotted: str) -> Any:
+    value: Any = cfg.to_dict()
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+@dataclass
+class Setup:
+    """What a figure shows: the (model, data set) ``pairs`` drawn and the runs behind them
+    (none for the figures that train nothing), set against the paper's figure ``name``.
+
+    Use :func:`figure_setup` to build one.
+    """
+
+    name: str
+    pairs: list[Pair]
+    configs: list[RunConfig] = field(default_factory=list)
+
+    def _fixed(self) -> list[tuple[str, Any, list[Any]]]:
+        """``(field, the paper's value, the values of the runs)`` of each setting the paper's
+        figure fixes (its grid's ``base`` and the title's ``claims``)."""
+        spec = get(self.name)
+        fixed = _flat((spec.grid or {}).get("base") or {})
+        fixed.update(dict(spec.claims))
+        if not self.configs:
+            return []
+        return [(k, v, _unique(_field(c, k) for c in self.configs)) for k, v in fixed.items()]
+
+    def changes(self) -> list[str]:
+        """What differs from the paper's figure, e.g. ``['data set cifar10 -> digits']``; empty
+        for the paper's figure itself."""
+        ref = paper_pairs(self.name)
+        out = []
+        if set(self.pairs) != set(ref):
+            rm, rd, _ = _split(ref)
+            am, ad, _ = _split(self.pairs)
+            if set(am) != set(rm):
+                out.append(f"model {', '.join(rm)} → {', '.join(am)}")
+            if set(ad) != set(rd):
+                out.append(f"data set {', '.join(rd)} → {', '.join(ad)}")
+            if set(am) == set(rm) and set(ad) == set(rd):
+                out.append("(model, data set) " + ", ".join("/".join(p) for p in ref) + " → "
+                           + ", ".join("/".join(p) for p in self.pairs))  # fmt: skip
+        for key, want, got in self._fixed():
+            if got != [want]:
+                out.append(f"{key} {want} → {', '.join(str(v) for v in got)}")
+        return out
+
+    @property
+    def is_paper(self) -> bool:
+        """Whether this is the paper's figure (nothing defining overridden)."""
+        return not self.changes()
+
+    def title(self) -> str:
+        """The figure's title, naming what was run; a second line says what differs from the
+        paper's figure, if anything."""
+        ms, ds, product = _split(self.pairs)
+        if len(self.pairs) == 1:
+            what = panel_title(*self.pairs[0])
+        elif product:
+            what = f"{_and([display_name(m) for m in ms])} on {_and([display_name(d) for d in ds])}"
+        else:
+            what = "; ".join(panel_title(m, d) for m, d in self.pairs)
+        opts = _unique((c.optim.optimizer, bool(c.optim.momentum)) for c in self.configs)
+        optimizer = _and([
+            OPTIMIZER_NAMES.get(o, o) + (" with momentum" if o == "sgd" and mom else "")
+            for o, mom in opts
+        ]) if opts else "?"  # fmt: skip
+        title = get(self.name).title.format(
+            what=what, models=_and([display_name(m) for m in ms]),
+            datasets=_and([display_name(d) for d in ds]), optimizer=optimizer,
+        )  # fmt: skip
+        changes = self.changes()
+        return title + ("\nnot the paper's setting: " + "; ".join(changes) if changes else "")
+
+    def one_line(self) -> str:
+        """:meth:`title` on one line."""
+        return self.title().replace("\n", " — ")
+
+    def stem(self, quick: bool = False) -> str:
+        """The figure's file name without suffix: ``NAME[-quick]`` for the paper's figure;
+        otherwise a suffix names what differs, e.g. ``density-resnet18-cifar10-quick-resnet18-
+        digits`` (models ``+``-joined, ``-``, data sets ``+``-joined; or ``model-dataset`` pairs
+        ``+``-joined where they are not all combinations) and ``field=value`` for a changed
+        setting, so that different overrides never share a file."""
+        parts = [self.name + ("-quick" if quick else "")]
+        if set(self.pairs) != set(paper_pairs(self.name)):
+            ms, ds, product = _split(self.pairs)
+            parts.append(f"{'+'.join(ms)}-{'+'.join(ds)}" if product
+                         else "+".join(f"{m}-{d}" for m, d in self.pairs))  # fmt: skip
+        for key, want, got in self._fixed():
+            if got != [want]:
+                parts.append(f"{key.rsplit('.', 1)[-1]}={'+'.join(str(v) for v in got)}")
+        return re.sub(r"[^\w+=.-]", "_", "-".join(parts))
+
+
+def figure_setup(
+    name: str,
+    configs: Sequence[RunConfig] | None = None,
+    pairs: Sequence[Pair] | None = None,
+) -> Setup:
+    """The :class:`Setup` of figure ``name`` drawn from ``configs`` (a training figure; default:
+    the paper's grid) or of ``pairs`` (a figure that trains nothing; default: the paper's)."""
+    spec = get(name)
+    if spec.grid is None:
+        return Setup(name, list(pairs) if pairs is not None else paper_pairs(name))
+    cfgs = list(configs) if configs is not None else figure_configs(name)
+    return Setup(name, _unique((c.model.name, c.data.dataset) for c in cfgs), cfgs)
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -515,10 +705,25 @@ def draw(name: str, store: Any, configs: Sequence[RunConfig], path: str | Path) 
     note = (
         f"incomplete: {len(missing)} of {len(configs)} runs have no result yet" if missing else None
     )
-    data = plot_runs(rows, path, title=spec.title, label=spec.label, panel_order=order, note=note)
+    title = figure_setup(name, configs).title()
+    data = plot_runs(rows, path, title=title, label=spec.label, panel_order=order, note=note)
     data.missing, data.missing_runs = len(missing), missing
     write_json(data.to_dict(), Path(path).with_suffix(".json"))
     return data
+
+
+def allocation_pairs(
+    name: str, models: Sequence[str] | None = None, datasets: Sequence[str] | None = None
+) -> list[Pair]:
+    """The (model, data set) pairs a figure without training draws: ``models`` x ``datasets``
+    (default CIFAR-10), the paper's models x ``datasets``, or the paper's pairs."""
+    spec = get(name)
+    if models:
+        dss = list(datasets) if datasets else ["cifar10"]
+        return [(m, d) for m in models for d in dss]
+    if datasets:
+        return _unique((m, d) for m, _ in spec.pairs for d in datasets)
+    return list(spec.pairs)
 
 
 def draw_allocation(
@@ -532,16 +737,11 @@ def draw_allocation(
     """Draw a figure without training (A.2, C.10); returns ``{panel title: {label: counts}}``."""
     spec = get(name)
     assert spec.allocation is not None
-    if models:
-        dss = list(datasets) if datasets else ["cifar10"]
-        pairs = [(m, d) for m in models for d in dss]
-    elif datasets:
-        pairs = [(m, d) for m, _ in spec.pairs for d in datasets]
-    else:
-        pairs = list(spec.pairs)
+    pairs = allocation_pairs(name, models, datasets)
     dens = list(densities) if densities else list(spec.densities[:1] if quick else spec.densities)
     panels = spec.allocation(pairs, dens, quick)
-    data = plot_allocation_panels(panels, path, suptitle=spec.title)
+    title = figure_setup(name, pairs=pairs).title()
+    data = plot_allocation_panels(panels, path, suptitle=title)
     write_json(data, Path(path).with_suffix(".json"))
     return data
 
@@ -574,17 +774,19 @@ def run_figure(
 
     Returns the :class:`~dctps.results.plots.FigureData` drawn (a dict of per-layer counts for
     A.2/C.10; ``None`` for a dry run). The figure goes to ``out/figures/NAME[-quick].png`` (+ PDF
-    and the plotted numbers as JSON) unless ``path`` is given. ``config``: a sweep YAML to use
-    instead of the figure's built-in grid (an edited ``configs/NAME.yaml``).
+    and the plotted numbers as JSON) unless ``path`` is given; a figure whose models, data sets
+    or fixed settings were overridden gets a suffix naming them (:meth:`Setup.stem`). ``config``:
+    a sweep YAML to use instead of the figure's built-in grid (an edited ``configs/NAME.yaml``).
     """
     from dctps.results.store import Store, out_db_path
 
     spec = get(name)
     out = Path(out)
-    fig_path = Path(path) if path else out / "figures" / f"{name}{'-quick' if quick else ''}.png"
     if spec.grid is None:
+        setup = figure_setup(name, pairs=allocation_pairs(name, models, datasets))
+        fig_path = Path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
         if dry_run:
-            echo(f"figure {name} trains nothing; it would draw {fig_path}")
+            echo(f"figure {name} trains nothing; it would draw {fig_path}: {setup.one_line()}")
             return None
         budgets = draw_allocation(name, fig_path, quick, models, datasets, densities)
         for title, series in budgets.items():
@@ -599,9 +801,12 @@ def run_figure(
         name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,
         datasets=datasets, densities=densities, seeds=seeds, grid=grid,
     )  # fmt: skip
+    setup = figure_setup(name, configs)
+    fig_path = Path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
     db_path = out_db_path(out, db)
     if dry_run:
         echo(describe_plan(plan(configs, out, db_path, retry_failed)))
+        echo(f"it would draw {fig_path}: {setup.one_line()}")
         return None
     errors: list[dict[str, Any]] = []
     if not plot_only:

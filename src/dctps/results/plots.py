@@ -176,11 +176,13 @@ class FigureData:
     missing: int = 0  # runs of the grid with no finished row yet
     missing_runs: list[str] = field(default_factory=list)  # their summaries
     errors: list[dict[str, Any]] = field(default_factory=list)  # runs that raised (dctps figure)
+    title: str | None = None  # the figure's title (what ran; see dctps.results.figures.Setup)
 
     def to_dict(self) -> dict[str, Any]:
-        """The figure's panels, paths and counts as plain JSON values."""
+        """The figure's title, panels, paths and counts as plain JSON values."""
         return {
-            "panels": [p.to_dict() for p in self.panels], "paths": [str(p) for p in self.paths],
+            "title": self.title, "panels": [p.to_dict() for p in self.panels],
+            "paths": [str(p) for p in self.paths],
             "runs": self.runs, "missing": self.missing, "missing_runs": self.missing_runs,
         }  # fmt: skip
 
@@ -215,6 +217,18 @@ def row_config(row: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def fixed_alpha_label(init: Any) -> str:
+    """``fixed α = 1`` / ``fixed α = Kaiming`` / ``fixed α = 0.5``: a fixed alpha keeps its
+    ``alpha_init``."""
+    if init in (None, 1, 1.0):
+        value = "1"
+    elif init == "kaiming":
+        value = "Kaiming"
+    else:
+        value = f"{init:g}" if isinstance(init, float | int) else str(init)
+    return f"fixed α = {value}"
+
+
 def default_label(cfg: Mapping[str, Any]) -> str:
     """A curve label for a run config: the method, plus what differs from its defaults."""
     s = cfg.get("sparsity", {})
@@ -229,7 +243,7 @@ def default_label(cfg: Mapping[str, Any]) -> str:
         if alloc and default_alloc and alloc != default_alloc:
             label += f" ({alloc.upper() if alloc != 'uniform' else 'uniform'})"
     if s.get("train_alpha") is False:
-        label += ", fixed α = 1"
+        label += ", " + fixed_alpha_label(s.get("alpha_init", 1.0))
     return label
 
 
@@ -306,13 +320,22 @@ def _chance(dataset: str) -> float:
         return float("nan")
 
 
+DISPLAY_NAMES = {
+    "lenet5": "LeNet-5", "resnet18": "ResNet18", "resnet50": "ResNet50", "vgg19": "VGG19",
+    "mobilenetv2": "MobileNetV2", "fixup_resnet110": "FixupResNet110", "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100", "tiny_imagenet": "Tiny ImageNet", "digits": "digits",
+}  # fmt: skip
+
+
+def display_name(name: str) -> str:
+    """``'ResNet18'`` for ``'resnet18'``: a model or data set as figures name it (unknown names
+    pass through)."""
+    return DISPLAY_NAMES.get(name, name)
+
+
 def panel_title(model: str, dataset: str) -> str:
     """``'ResNet18, CIFAR-10'``-style title from registry names (unknown names pass through)."""
-    names = {"lenet5": "LeNet-5", "resnet18": "ResNet18", "resnet50": "ResNet50",
-             "vgg19": "VGG19", "mobilenetv2": "MobileNetV2", "fixup_resnet110": "FixupResNet110",
-             "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny_imagenet": "Tiny ImageNet",
-             "digits": "digits"}  # fmt: skip
-    return f"{names.get(model, model)}, {names.get(dataset, dataset)}"
+    return f"{display_name(model)}, {display_name(dataset)}"
 
 
 def aggregate(
@@ -495,7 +518,7 @@ def plot_runs(
         rank = {k: i for i, k in enumerate(panel_order)}
         panels.sort(key=lambda p: rank.get((p.model, p.dataset), len(rank)))
     paths = plot_accuracy(panels, path, title=title, x=x, note=note)
-    out = FigureData(panels, paths, runs=len(rows))
+    out = FigureData(panels, paths, runs=len(rows), title=title)
     write_json(out.to_dict(), Path(path).with_suffix(".json"))
     return out
 
