@@ -248,11 +248,14 @@ def test_bench_timeit_times_back_to_back_calls_per_synchronisation():
 def test_bench_memory_child_resets_the_peak_and_reports_growth():
     """The import of torch left a high-water mark above a small step's peak, so ru_maxrss growth
     once read 0.0 MB for the fast layer; the peak is now reset before the step (Linux)."""
+    import json
+    import subprocess
     import sys
 
-    from dctps.bench import _memory_child
-
-    r = _memory_child("dense", "cpu", 4, 512)
+    # a fresh process, as the benchmark runs it (in this one, freed memory would be reused)
+    cmd = [sys.executable, "-m", "dctps.bench", "_memory_child", "dense", "cpu", "4", "512"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
     if sys.platform.startswith("linux"):
         assert r["how"] == "VmHWM"
         assert r["bytes"] >= 3 * 4 * 512 * 512  # weight, gradient and momentum at least

@@ -126,8 +126,7 @@ class SparsityConfig:
     )
     train_alpha: bool = _f(
         True,
-        "DCTpS: keep alpha at its initial value (--alpha-init, 1 by default) instead of "
-        "training it (Appendix A.4).",
+        "DCTpS: do not train alpha; it keeps its --alpha-init value (Appendix A.4).",
         flag="fixed-alpha",
         invert=True,
     )
