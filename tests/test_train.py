@@ -498,9 +498,13 @@ def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monke
     assert ref["status"] == "done" and ref["nonzeros"] == round(0.1 * 61510)
     assert ref["prune_seconds"] is not None and ref["prune_seconds"] >= 0
     _interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=2)
-    assert Store(tmp_path / "run").get(ref["hash"])["status"] == "running"
+    row = Store(tmp_path / "run").get(ref["hash"])
+    # still 'running' (the same command resumes it), saying why it stopped
+    assert row["status"] == "running"
+    assert row["reason"] == "interrupted after epoch 1 of 3; run the same command again to resume"
     r = fit(cfg, tmp_path / "run", progress=False)
     assert r["resumed_from"] == 1 and metrics(r) == metrics(ref)
+    assert Store(tmp_path / "run").get(ref["hash"])["reason"] is None
 
     def best(out):
         return torch.load(out / "runs" / ref["hash"] / "best.pt", weights_only=True)["model"]
@@ -1026,3 +1030,16 @@ def test_only_pruning_runs_build_a_pruning_loader(fake_cifar10, tmp_path, monkey
     n_train = max(made["random"])
     assert made["random"].count(n_train) == 2  # training + pruning batches
     assert made["dctps"].count(n_train) == 1  # training only
+
+
+def test_a_fixed_alpha_run_reports_its_alphas_as_fixed_done_or_skipped(fake_cifar10, tmp_path):
+    cfg = small_cfg(fake_cifar10, epochs=1, sparsity={"train_alpha": False})
+    first = fit(cfg, tmp_path, progress=False)
+    again = fit(cfg, tmp_path, progress=False)  # already done: read back from the store
+    assert again["skipped"]
+    for r in (first, again):
+        assert r["fixed_alphas"] == r["alphas"] == 5
+        assert "(+ 5 alphas, fixed)" in loop.describe(r)
+    assert first["trainable"] == Store(tmp_path).get(first["hash"])["trainable"]
+    trained = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
+    assert trained["fixed_alphas"] == 0 and trained["trainable"] == first["trainable"] + 5

@@ -297,7 +297,7 @@ def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any
         history=hist, epochs=len(hist), run_dir=str(run_dir), skipped=True, resumed_from=None
     )
     try:  # the row keeps no count of fixed alphas; its config says whether alpha trained
-        sparsity = json.loads(row.get("config") or "{}").get("sparsity", {})
+        sparsity = json.loads(row.get("config_json") or "{}").get("sparsity", {})
         fixed = sparsity.get("train_alpha") is False
     except (TypeError, ValueError, AttributeError):
         fixed = False
@@ -642,6 +642,16 @@ def _fit(
                         },
                         run_dir,
                     )
+        except KeyboardInterrupt:
+            # the row stays 'running' (the same command resumes it), but says why it stopped
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    store.update(
+                        h,
+                        reason=f"interrupted after epoch {len(history)} of {o.epochs}; run the "
+                        "same command again to resume",
+                    )
+            raise
         finally:
             if bar is not None:
                 bar.close()
