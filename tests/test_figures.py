@@ -407,3 +407,19 @@ def test_a_fixed_alpha_label_names_the_value_it_keeps():
     assert default_label(cfg(train_alpha=False, alpha_init="kaiming")).endswith("fixed α = Kaiming")
     assert default_label(cfg(train_alpha=False, alpha_init=0.5)).endswith("fixed α = 0.5")
     assert "fixed" not in default_label(cfg(alpha_init="kaiming"))
+
+
+def test_print_config_repeats_the_flags_that_apply_on_top_of_the_grid():
+    """--set / --epochs / --device / --data-root are not part of the printed grid: --print-config
+    ignored them, so the printed recipe ran something else than `dctps figure` with them."""
+    from typer.testing import CliRunner
+
+    from dctps.cli import app
+
+    r = CliRunner().invoke(app, ["figure", "A.3", "--quick", "--epochs", "1", "--set",
+                                 "optim.lr=0.01", "--print-config"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    run, draw = [ln for ln in r.output.splitlines() if ln.startswith(("# Run:", "# Draw:"))]
+    for line in (run, draw):
+        assert "--epochs 1 --set optim.lr=0.01" in line
+    assert "--data-root DIR" in run

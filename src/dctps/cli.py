@@ -148,9 +148,21 @@ def figure_cmd(
         typer.echo(figures.list_figures())
         return
     if print_config:
+        # flags that apply on top of every run, not part of the grid: repeated in its comments
+        run_flags = [*(["--data-root", data_root] if data_root else []),
+                     *(["--epochs", str(epochs)] if epochs is not None else []),
+                     *(["--device", device] if device else []),
+                     *(f for s in sets for f in ("--set", s))]  # fmt: skip
         typer.echo(
             figures.grid_yaml(
-                name, quick, model or None, dataset or None, density or None, seeds, config
+                name,
+                quick,
+                model or None,
+                dataset or None,
+                density or None,
+                seeds,
+                config,
+                run_flags=run_flags,
             )  # fmt: skip
         )
         return

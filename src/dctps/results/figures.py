@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -503,10 +504,15 @@ def grid_yaml(
     densities: Sequence[float] | None = None,
     seeds: int | None = None,
     config: str | Path | None = None,
+    run_flags: Sequence[str] = (),
 ) -> str:
     """The grid of figure ``name`` as sweep YAML: the full one (what ``configs/<name>.yaml``
     holds), or with the same ``quick`` / list replacements / ``config`` grid as
     :func:`run_figure` takes, so that it prints what ``dctps figure`` with those flags runs.
+
+    ``run_flags`` (e.g. ``["--epochs", "2", "--set", "optim.lr=0.01"]``) apply on top of every
+    run of the grid, in ``dctps sweep`` as in ``dctps figure``; the YAML does not hold them, so
+    the comment lines that say how to run and draw the grid repeat them.
 
     A grid that is not the paper's figure (other models or data sets, see :class:`Setup`) gets a
     description naming what it runs, and the comment lines say how to run and draw this grid, not
@@ -529,9 +535,11 @@ def grid_yaml(
         src, save = "grid.yaml", "save this as grid.yaml, then: "
     else:
         src, flags, save = f"configs/{name}.yaml", "", ""
+    extra = "".join(f" {shlex.quote(str(f))}" for f in run_flags)
+    root = "" if "--data-root" in run_flags else " --data-root DIR"
     head = (f"# Figure {name}: {g['description']}\n"
-            f"# Run: {save}dctps sweep {src} --data-root DIR [--workers N] [--executor slurm]\n"
-            f"# Draw: dctps figure {name} --config {src}{flags} --plot-only\n")  # fmt: skip
+            f"# Run: {save}dctps sweep {src}{root}{extra} [--workers N] [--executor slurm]\n"
+            f"# Draw: dctps figure {name} --config {src}{flags}{extra} --plot-only\n")  # fmt: skip
     return head + yaml.safe_dump(g, sort_keys=False, allow_unicode=True, width=100)
 
 
