@@ -270,3 +270,37 @@ def test_database_of_an_older_version_gains_new_columns(tmp_path):
     s.finish("new", nonzeros=3, alphas=5)
     assert s.get("new")["alphas"] == 5
     assert "alphas" in format_table(s.query()).splitlines()[0]
+
+
+def test_results_table_names_what_tells_otherwise_equal_runs_apart(tmp_path):
+    """A new user saw runs with --epochs 2 and 6 (or with and without --fixed-alpha) as
+    duplicate rows: the table now has a 'variant' column when the rows differ in fields that no
+    other column shows, as `dctps plot` names them in brackets."""
+    from dctps.results.store import print_results
+    from dctps.train.config import ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+    def run(epochs, train_alpha=True, seed=0):
+        sparsity = SparsityConfig("dctps", 0.01, train_alpha=train_alpha)
+        return RunConfig(
+            model=ModelConfig("lenet5"),
+            seed=seed,
+            optim=OptimConfig(epochs=epochs),
+            sparsity=sparsity,
+        )
+
+    s = Store(tmp_path / "r.db")
+    for i, c in enumerate([run(2), run(6), run(6, train_alpha=False), run(6, seed=1)]):
+        s.start(f"h{i}", c.to_dict())
+    out: list[str] = []
+    print_results(tmp_path / "r.db", echo=out.append)
+    lines = out[0].splitlines()
+    assert "variant" in lines[0].split()
+    rows = {ln.split()[0]: ln for ln in lines[1:]}
+    assert "epochs=2, train_alpha=True" in rows["h0"]
+    assert "epochs=6, train_alpha=False" in rows["h2"]
+    assert "epochs=6, train_alpha=True" in rows["h1"]
+    assert "epochs" not in rows["h3"]  # its seed column already tells it apart
+    # rows that only the shown columns (here the seed) tell apart get no column
+    out.clear()
+    print_results(tmp_path / "r.db", where=["hash=h1", "hash=h3"], echo=out.append)
+    assert "variant" not in out[0].splitlines()[0]

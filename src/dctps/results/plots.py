@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dctps.errors import DctpsError, cannot_write  # noqa: E402
+from dctps.results.variants import flatten, named_differences, varying_keys  # noqa: E402
 
 
 def save(fig, path: str | Path) -> list[Path]:
@@ -122,7 +123,6 @@ METHOD_LABELS = {
 }
 METHOD_ORDER = ("dense", "dctps", "random", "snip", "iter_snip", "force", "synflow", "grasp")
 # Config entries that never split a curve (they vary along it, or do not change the experiment).
-_NOT_A_VARIANT = {"seed", "sparsity.density", "data.root", "device", "eval_batch_size"}
 
 
 class Point(NamedTuple):
@@ -266,43 +266,6 @@ def _comparable(cfg: Mapping[str, Any], run_hash: str | None = None) -> Mapping[
     return ident
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and k != "options":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
-    return out
-
-
-# A varying recipe explains its varying defaults (lr, epochs, ...): name only the recipe.
-_PRIMARY = ("optim.recipe", "optim.optimizer")
-
-
-def _key(flat: Mapping[str, Any], k: str) -> str:
-    return json.dumps(flat.get(k), sort_keys=True)
-
-
-def _explained(flats: Sequence[Mapping[str, Any]], varying: list[str]) -> list[str]:
-    """``varying`` without the keys that are a function of a varying primary key."""
-    prim = [p for p in _PRIMARY if p in varying]
-    keep = []
-    for k in varying:
-        if k in prim:
-            if k == prim[0] or not _function_of(flats, prim[0], k):
-                keep.append(k)
-        elif not any(_function_of(flats, p, k) for p in prim):
-            keep.append(k)
-    return keep
-
-
-def _function_of(flats: Sequence[Mapping[str, Any]], p: str, k: str) -> bool:
-    seen: dict[str, str] = {}
-    return all(seen.setdefault(_key(f, p), _key(f, k)) == _key(f, k) for f in flats)
-
-
 def _metric(row: Mapping[str, Any], metric: str) -> tuple[float | None, str]:
     if metric == "auto":
         if row.get("test_acc") is not None:
@@ -375,13 +338,11 @@ def aggregate(
         curves: dict[str, list[Mapping[str, Any]]] = {}
         order: dict[str, tuple[int, int]] = {}
         for lab, members in groups.items():
-            flats = [_flatten(_comparable(c, r.get("hash"))) for r, c in members]
-            keys = sorted({k for f in flats for k in f} - _NOT_A_VARIANT)
-            varying = _explained(flats, [k for k in keys if len({_key(f, k) for f in flats}) > 1])
+            flats = [flatten(_comparable(c, r.get("hash"))) for r, c in members]
+            varying = varying_keys(flats)
             for (r, _), f in zip(members, flats, strict=True):
                 name = lab
-                # a key this row lacks (e.g. recorded_by on today's rows) is not named
-                named = [f"{k.split('.')[-1]}={f[k]}" for k in varying if k in f]
+                named = named_differences(f, varying)
                 if named:
                     name += " [" + ", ".join(named) + "]"
                 curves.setdefault(name, []).append(r)

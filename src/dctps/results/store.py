@@ -575,6 +575,55 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = TAB
     return "\n".join(lines)
 
 
+#: the run fields that :data:`TABLE_COLUMNS` already show (flattened config keys)
+SHOWN_FIELDS = (
+    "model.name",
+    "data.dataset",
+    "sparsity.method",
+    "sparsity.density",
+    "sparsity.allocation",
+    "sparsity.rigl",
+    "optim.recipe",
+    "seed",
+)
+
+
+def _identity(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's config as its run identity (today's defaults filled in, non-identity fields such
+    as the device dropped), or as stored where this version cannot read it."""
+    from dctps.train.config import RunConfig
+
+    try:
+        cfg = json.loads(row.get("config_json") or "{}")
+    except ValueError:
+        return {}
+    try:
+        return RunConfig.from_dict(dict(cfg), source="results store").identity()
+    except Exception:  # an older or foreign config: compare it as stored
+        return cfg if isinstance(cfg, dict) else {}
+
+
+def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per row, what tells it apart from the rows that the table's columns show alike: the
+    config fields that differ among them, as ``"epochs=6, train_alpha=False"`` (what ``dctps
+    plot`` puts in brackets); ``""`` for a row no other row looks like."""
+    from dctps.results.variants import flatten, named_differences, varying_keys
+
+    flats = [flatten(_identity(r)) for r in rows]
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(flats):
+        shown = json.dumps([f.get(k) for k in SHOWN_FIELDS], sort_keys=True, default=str)
+        groups.setdefault(shown, []).append(i)
+    out = [""] * len(rows)
+    for members in groups.values():
+        if len(members) > 1:
+            group = [flats[i] for i in members]
+            varying = varying_keys(group, shown=SHOWN_FIELDS)
+            for i in members:
+                out[i] = ", ".join(named_differences(flats[i], varying))
+    return out
+
+
 def print_results(
     db: str | os.PathLike | None,
     where: Iterable[str] = (),
@@ -589,7 +638,16 @@ def print_results(
         _check_csv_target(Path(csv_path))  # before printing: the table would hide the error
     store = Store(path)
     rows = store.query(parse_where(where))
-    echo(format_table(rows) if rows else f"no runs in {path} match")
+    if rows:
+        variants = variant_column(rows)
+        columns: Sequence[str] = TABLE_COLUMNS
+        if any(variants):  # runs the other columns cannot tell apart (e.g. --epochs 2 vs 6)
+            i = TABLE_COLUMNS.index("seed") + 1
+            columns = (*TABLE_COLUMNS[:i], "variant", *TABLE_COLUMNS[i:])
+        shown = [{**r, "variant": v or None} for r, v in zip(rows, variants, strict=True)]
+        echo(format_table(shown, columns))
+    else:
+        echo(f"no runs in {path} match")
     if csv_path is not None:
         n = store.to_csv(csv_path, parse_where(where))
         echo(f"wrote {n} rows to {csv_path}")

@@ -1,0 +1,69 @@
+"""What tells runs apart beyond the obvious columns: the config fields that vary among them.
+
+``dctps plot`` names them in curve labels (``DCTpS [epochs=6]``) and ``dctps results`` in its
+``variant`` column, so two runs that differ only in, say, their epochs never look like one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["NOT_A_VARIANT", "flatten", "named_differences", "varying_keys"]
+
+#: fields that never make a variant: each curve spans them (seed, density) or they do not
+#: change what is computed (where the data lives, the device, the evaluation batch)
+NOT_A_VARIANT = frozenset({"seed", "sparsity.density", "data.root", "device", "eval_batch_size"})
+
+# A varying recipe explains its varying defaults (lr, epochs, ...): name only the recipe.
+_PRIMARY = ("optim.recipe", "optim.optimizer")
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"optim.epochs": 6, ...}``; ``options`` and lists stay one value (as
+    JSON text)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and k != "options":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+    return out
+
+
+def _key(flat: Mapping[str, Any], k: str) -> str:
+    return json.dumps(flat.get(k), sort_keys=True)
+
+
+def _function_of(flats: Sequence[Mapping[str, Any]], p: str, k: str) -> bool:
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(_key(f, p), _key(f, k)) == _key(f, k) for f in flats)
+
+
+def _explained(flats: Sequence[Mapping[str, Any]], varying: list[str]) -> list[str]:
+    """``varying`` without the keys that are a function of a varying primary key."""
+    prim = [p for p in _PRIMARY if p in varying]
+    keep = []
+    for k in varying:
+        if k in prim:
+            if k == prim[0] or not _function_of(flats, prim[0], k):
+                keep.append(k)
+        elif not any(_function_of(flats, p, k) for p in prim):
+            keep.append(k)
+    return keep
+
+
+def varying_keys(flats: Sequence[Mapping[str, Any]], shown: Iterable[str] = ()) -> list[str]:
+    """The flattened keys whose value differs among ``flats``, sorted, without
+    :data:`NOT_A_VARIANT`, the keys in ``shown`` (already on display) and the keys a varying
+    recipe or optimizer explains."""
+    keys = sorted({k for f in flats for k in f} - NOT_A_VARIANT - set(shown))
+    return _explained(flats, [k for k in keys if len({_key(f, k) for f in flats}) > 1])
+
+
+def named_differences(flat: Mapping[str, Any], varying: Sequence[str]) -> list[str]:
+    """``["epochs=6", ...]``: this run's values of the ``varying`` keys (a key it lacks, e.g. one
+    an older version did not record, is not named)."""
+    return [f"{k.split('.')[-1]}={flat[k]}" for k in varying if k in flat]
