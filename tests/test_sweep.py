@@ -334,3 +334,24 @@ def test_ctrl_c_stops_a_parallel_sweep_without_training_the_queue(fake_cifar10, 
     rows = Store(out).query()
     statuses = [r["status"] for r in rows]
     assert len(rows) <= 4 and "done" not in statuses, (statuses, output)
+
+
+def test_a_sequential_sweep_bar_names_the_run_in_progress(
+    fake_cifar10, tmp_path, monkeypatch, capsys
+):
+    """The bar moved only when a run ended; during a long run (FORCE pruning at paper settings
+    takes minutes) it said nothing about what was running."""
+    from dctps.results import sweep as sweep_mod
+
+    cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense", "dctps"]))
+    seen = []
+
+    def fake_run_one(cfg, out, db, restart=False):
+        seen.append(capsys.readouterr().err)
+        return {"hash": cfg.config_hash(), "status": "done"}
+
+    monkeypatch.setattr(sweep_mod, "run_one", fake_run_one)
+    run_sweep(cfgs, tmp_path, progress=True)
+    assert len(seen) == 2
+    for text, cfg in zip(seen, cfgs, strict=True):
+        assert f"running: {cfg.summary()}" in text

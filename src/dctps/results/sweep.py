@@ -468,6 +468,12 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
     by = {p.hash: p for p in todo}
     if workers <= 1:
         for p in todo:
+            if bar is not None:  # a run can take hours (FORCE's pruning alone, minutes): say which
+                c = report.counts()
+                bar.set_postfix_str(
+                    f"done {c.get('done', 0)} failed {c.get('failed', 0)} error "
+                    f"{c.get('error', 0)} | running: {p.cfg.summary()}"
+                )
             report.results[p.hash] = run_one(p.cfg, out, db, p.action == "retry")
             report.results[p.hash].setdefault("hash", p.hash)
             _tick(bar, report, p.cfg)
