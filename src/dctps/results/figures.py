@@ -55,6 +55,7 @@ from dctps.results.sweep import (
     plan,
     run_sweep,
 )
+from dctps.results.variants import flat_value, flatten
 from dctps.train.config import ModelConfig, RunConfig
 
 __all__ = [
@@ -570,16 +571,6 @@ def _split(pairs: Sequence[Pair]) -> tuple[list[str], list[str], bool]:
     return ms, ds, len(set(pairs)) == len(ms) * len(ds)
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _field(cfg: RunConfig, dotted: str) -> Any:
     value: Any = cfg.to_dict()
     for key in dotted.split("."):
@@ -603,11 +594,14 @@ class Setup:
         """``(field, the paper's value, the values of the runs)`` of each setting the paper's
         figure fixes (its grid's ``base`` and the title's ``claims``)."""
         spec = get(self.name)
-        fixed = _flat((spec.grid or {}).get("base") or {})
+        fixed = flatten((spec.grid or {}).get("base") or {}, atomic=())
         fixed.update(dict(spec.claims))
         if not self.configs:
             return []
-        return [(k, v, _unique(_field(c, k) for c in self.configs)) for k, v in fixed.items()]
+        return [
+            (k, v, _unique(flat_value(_field(c, k)) for c in self.configs))
+            for k, v in fixed.items()
+        ]
 
     def changes(self) -> list[str]:
         """What differs from the paper's figure, e.g. ``['data set cifar10 -> digits']``; empty

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["NOT_A_VARIANT", "flatten", "named_differences", "varying_keys"]
+__all__ = ["NOT_A_VARIANT", "flat_value", "flatten", "named_differences", "varying_keys"]
 
 #: fields that never make a variant: each curve spans them (seed, density) or they do not
 #: change what is computed (where the data lives, the device, the evaluation batch)
@@ -20,17 +20,24 @@ NOT_A_VARIANT = frozenset({"seed", "sparsity.density", "data.root", "device", "e
 _PRIMARY = ("optim.recipe", "optim.optimizer")
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``{"optim.epochs": 6, ...}``; ``options`` and lists stay one value (as
-    JSON text)."""
+def flatten(
+    d: Mapping[str, Any], prefix: str = "", atomic: Iterable[str] = ("options",)
+) -> dict[str, Any]:
+    """A nested config as ``{"optim.epochs": 6, ...}``; a mapping under a key in ``atomic`` (a
+    method's ``options``) and lists stay one value, as JSON text."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and k != "options":
-            out.update(flatten(v, key + "."))
+        if isinstance(v, Mapping) and k not in atomic:
+            out.update(flatten(v, key + ".", atomic))
         else:
-            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+            out[key] = flat_value(v)
     return out
+
+
+def flat_value(v: Any) -> Any:
+    """A config value as :func:`flatten` stores it: a list or mapping as its JSON text."""
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
 
 
 def _key(flat: Mapping[str, Any], k: str) -> str:
