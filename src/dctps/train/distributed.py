@@ -9,6 +9,7 @@ checkpoints. Without those variables everything here is a no-op for one process.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -143,5 +144,10 @@ def setup(device: str = "auto") -> DistContext:
 def teardown(ctx: DistContext) -> None:
     """Destroy the process group if :func:`setup` created it."""
     if ctx.owns_group and dist.is_initialized():
+        # DDP's reducer keeps the process group alive; in a reference cycle it is freed only at
+        # interpreter exit, where destroying gloo's worker threads aborted a rank now and then
+        # ("terminate called without an active exception", after the run had finished): free it
+        # while the interpreter still runs
+        gc.collect()
         dist.destroy_process_group()
         ctx.owns_group = False
