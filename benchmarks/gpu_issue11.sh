@@ -9,7 +9,8 @@
 # others (about 7 minutes in all on an H100):
 #   tests    tests/test_cuda.py (numbers on CUDA; the batched rebuild never synchronises the host)
 #   step     dctps bench step: ResNet18 step, dense vs DCTpS auto vs DCTpS batched, operator counts
-#   graph    benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched
+#   graph    benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched,
+#            also in channels_last (cuDNN's layout conversions took 12% of an H100 step)
 #   profile  benchmarks/profile_step.py: wall vs GPU kernel time per step, the costliest kernels
 #   layer    benchmarks/profile_layer.py: a lone conv's latency, loop time and kernels, per rebuild
 #   conv     dctps bench conv: the per-layer table of RESULTS.md (b)
@@ -39,11 +40,11 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/env.txt"
 
 if [ -n "$QUICK" ]; then
-  GRAPH_ARGS="--batch 32 --reps 2 --steps 2"; PROF_ARGS="--batch 8 --steps 2 --model lenet5"
+  GRAPH_ARGS="--batch 32 --reps 2 --steps 2 --channels-last"; PROF_ARGS="--batch 8 --steps 2 --model lenet5"
   COMPILE_ARGS="--model lenet5 --batch 8 --reps 2 --steps 2"
   TP_ARGS="--lenet-images 512 --resnet-images 128 --repeats 1"
 else
-  GRAPH_ARGS="--batch 128 --reps 5 --steps 20"; PROF_ARGS="--batch 128 --steps 10"
+  GRAPH_ARGS="--batch 128 --reps 5 --steps 20 --channels-last"; PROF_ARGS="--batch 128 --steps 10"
   COMPILE_ARGS="--batch 128 --reps 5 --steps 20"
   TP_ARGS="--lenet-images 20000 --resnet-images 12800 --repeats 2"
 fi
