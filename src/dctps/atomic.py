@@ -4,6 +4,7 @@ A failure at any moment (a full disk, Ctrl-C, an exception while writing) leaves
 was, the old file or none, never a partial one, and removes the temporary file. Only a hard kill
 can leave a temporary file behind; it is named ``.NAME.<random>.tmp``, next to ``NAME``, so a
 later writer can find and remove it (as :mod:`dctps.train.checkpoint` does).
+:func:`starts_with` tells a writer whether the file it would replace is one of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import IO, Any
 
 from dctps.errors import cannot_write
 
-__all__ = ["atomic_write", "create_temp", "unlink_quietly"]
+__all__ = ["atomic_write", "create_temp", "starts_with", "unlink_quietly"]
 
 
 def create_temp(path: Path) -> tuple[int, str]:
@@ -33,6 +34,16 @@ def create_temp(path: Path) -> tuple[int, str]:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:  # pragma: no cover - a 48-bit name collision
             continue
+
+
+def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
+    """Whether ``path`` is a readable file whose first bytes are ``magic`` (even if it is
+    truncated after them): what a writer checks before replacing a file it may not own."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def unlink_quietly(path: str | os.PathLike) -> None:

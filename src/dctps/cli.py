@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import typer
 
 from dctps._version import __version__
+from dctps.atomic import starts_with
 from dctps.errors import DctpsError
 
 app = typer.Typer(
@@ -225,15 +226,6 @@ def budgets_cmd(
         typer.echo("wrote " + ", ".join(map(str, paths)))
 
 
-def _starts_with(path: str, magic: bytes) -> bool:
-    """Whether ``path`` is a readable file that starts with ``magic`` (even if truncated)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(magic)) == magic
-    except OSError:
-        return False
-
-
 @app.command("inspect")
 def inspect_cmd(
     ckpt: str = typer.Argument(
@@ -246,7 +238,7 @@ def inspect_cmd(
     """
     from dctps.checkpoint_io import inspect
 
-    if not _starts_with(ckpt, b"PK\x03\x04"):  # torch.save writes zip files; dctps.save does not
+    if not starts_with(ckpt, b"PK\x03\x04"):  # torch.save writes zip files; dctps.save does not
         typer.echo(inspect(ckpt).table())
         return
     import tempfile
@@ -300,7 +292,7 @@ def export_cmd(
             f"{out} would overwrite a run checkpoint (resuming needs last.pt / prev.pt): write "
             "the export elsewhere, e.g. model.dctps"
         )
-    if Path(out).exists() and not _starts_with(out, MAGIC):
+    if Path(out).exists() and not starts_with(out, MAGIC):
         # only an earlier export may be replaced: not a results.db, a config.yaml, ...
         raise DctpsError(
             f"{out} exists and is not a dctps sparse checkpoint; refusing to overwrite it. "

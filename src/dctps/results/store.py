@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dctps.atomic import atomic_write
+from dctps.atomic import atomic_write, starts_with
 from dctps.errors import DctpsError, cannot_write
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
@@ -458,25 +458,16 @@ class Store:
 def _check_csv_target(target: Path) -> None:
     """Refuse to overwrite an existing file that is not an earlier CSV of this command (a results
     database, a run checkpoint or config given as the CSV path by mistake)."""
-    if _starts_with(target, b"SQLite format 3\x00"):
+    if starts_with(target, b"SQLite format 3\x00"):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
             "with CSV. Give another path, e.g. results.csv"
         )
-    if target.is_file() and target.stat().st_size and not _starts_with(target, b"hash,"):
+    if target.is_file() and target.stat().st_size and not starts_with(target, b"hash,"):
         raise DctpsError(
             f"{target} exists and is not a CSV written by `dctps results`; refusing to "
             "overwrite it. Give another path, e.g. results.csv"
         )
-
-
-def _starts_with(path: Path, prefix: bytes) -> bool:
-    """Whether ``path`` is a readable file that starts with ``prefix``."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(prefix)) == prefix
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------- CLI helpers
