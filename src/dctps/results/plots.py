@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dctps.errors import DctpsError, cannot_write  # noqa: E402
+from dctps.results.store import row_config  # noqa: E402
 from dctps.results.variants import flatten, named_differences, varying_keys  # noqa: E402
 
 
@@ -209,12 +210,6 @@ def _pt(p: Point) -> str:
 
 def _pct(d: float) -> str:
     return f"{100 * d:g}%"
-
-
-def row_config(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved config stored with a run row (``config_json``), as a dict."""
-    raw = row.get("config_json")
-    return json.loads(raw) if raw else {}
 
 
 def fixed_alpha_label(init: Any) -> str:

@@ -579,13 +579,19 @@ SHOWN_FIELDS = (
 )
 
 
+def row_config(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config stored with a run row (``config_json``), as a dict."""
+    raw = row.get("config_json")
+    return json.loads(raw) if raw else {}
+
+
 def _identity(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row's config as its run identity (today's defaults filled in, non-identity fields such
     as the device dropped), or as stored where this version cannot read it."""
     from dctps.train.config import RunConfig
 
     try:
-        cfg = json.loads(row.get("config_json") or "{}")
+        cfg = row_config(row)
     except ValueError:
         return {}
     try:

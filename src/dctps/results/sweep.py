@@ -430,13 +430,14 @@ def _bar(total: int, enabled: bool) -> Any:
 def _tick(bar: Any, report: SweepReport, cfg: RunConfig) -> None:
     if bar is None:
         return
-    c = report.counts()
-    bar.set_postfix_str(
-        f"done {c.get('done', 0)} failed {c.get('failed', 0)} error {c.get('error', 0)} | "
-        f"last: {cfg.summary()}",
-        refresh=False,
-    )
+    bar.set_postfix_str(_postfix(report, f"last: {cfg.summary()}"), refresh=False)
     bar.update(1)
+
+
+def _postfix(report: SweepReport, what: str) -> str:
+    """The sweep bar's counts so far, then ``what`` (the run that ended or is running)."""
+    c = report.counts()
+    return f"done {c.get('done', 0)} failed {c.get('failed', 0)} error {c.get('error', 0)} | {what}"
 
 
 def _threads(workers: int) -> int:
@@ -469,11 +470,7 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
     if workers <= 1:
         for p in todo:
             if bar is not None:  # a run can take hours (FORCE's pruning alone, minutes): say which
-                c = report.counts()
-                bar.set_postfix_str(
-                    f"done {c.get('done', 0)} failed {c.get('failed', 0)} error "
-                    f"{c.get('error', 0)} | running: {p.cfg.summary()}"
-                )
+                bar.set_postfix_str(_postfix(report, f"running: {p.cfg.summary()}"))
             report.results[p.hash] = run_one(p.cfg, out, db, p.action == "retry")
             report.results[p.hash].setdefault("hash", p.hash)
             _tick(bar, report, p.cfg)

@@ -23,7 +23,6 @@ and ends with exactly the metrics of an uninterrupted run (bit-exact on CPU).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -288,7 +287,7 @@ def _run_lock(folder: Path) -> Iterator[None]:
 
 
 def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any]:
-    from dctps.results.store import METRIC_COLUMNS
+    from dctps.results.store import METRIC_COLUMNS, row_config
 
     keys = ("hash", "status", "reason", *METRIC_COLUMNS)
     out = {k: row.get(k) for k in keys}
@@ -297,7 +296,7 @@ def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any
         history=hist, epochs=len(hist), run_dir=str(run_dir), skipped=True, resumed_from=None
     )
     try:  # the row keeps no count of fixed alphas; its config says whether alpha trained
-        sparsity = json.loads(row.get("config_json") or "{}").get("sparsity", {})
+        sparsity = row_config(row).get("sparsity", {})
         fixed = sparsity.get("train_alpha") is False
     except (TypeError, ValueError, AttributeError):
         fixed = False
