@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from dctps.errors import DctpsError
-from dctps.results.store import RUN_COLUMNS, Store, format_table, parse_where
+from dctps.results.store import RUN_COLUMNS, Store, format_table, parse_where, print_results
 
 
 def cfg(method="dctps", density=0.01, seed=0, model="lenet5"):
@@ -129,6 +129,23 @@ def test_csv_never_overwrites_a_database(tmp_path):
         assert (tmp_path / other).read_bytes() == b"PK\x03\x04 not a csv"
     (tmp_path / "empty.csv").touch()  # an empty file may be written over
     assert s.to_csv(tmp_path / "empty.csv") == 1
+
+
+def test_results_command_creates_the_csv_folder(tmp_path):
+    """`dctps results --csv DIR/x.csv` creates DIR, as every command does for its outputs (the
+    library's Store.to_csv refuses a missing folder, as above); a parent that is a file is named
+    before the table is printed."""
+    s = Store(tmp_path / "results.db")
+    s.start("h0", cfg())
+    printed: list[str] = []
+    target = tmp_path / "tables" / "new" / "runs.csv"
+    print_results(tmp_path, csv_path=target, echo=printed.append)
+    assert target.read_text().splitlines()[1].startswith("h0,")
+    (tmp_path / "file.txt").write_text("x")
+    printed.clear()
+    with pytest.raises(DctpsError, match=r"cannot write CSV file .*file\.txt is a file, not a"):
+        print_results(tmp_path, csv_path=tmp_path / "file.txt" / "r.csv", echo=printed.append)
+    assert printed == []  # refused before the table
 
 
 WRITER = textwrap.dedent(

@@ -859,6 +859,11 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     assert len(Store(tmp_path / "results.db").query()) == 2  # both runs' rows survive
     again = cli.invoke(app, ["export", str(best), str(out)])  # an earlier export is replaced
     assert again.exit_code == 0, again.output
+    # like every command's output, a missing folder is created (the library's save refuses it)
+    nested = tmp_path / "exports" / "v1" / "lenet.dctps"
+    made = cli.invoke(app, ["export", str(best), str(nested)])
+    assert made.exit_code == 0, made.output
+    torch.testing.assert_close(load(nested).eval()(x), model.eval()(x))
 
 
 def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_path):

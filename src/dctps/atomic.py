@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from dctps.errors import cannot_write
 
-__all__ = ["atomic_write", "create_temp", "starts_with", "unlink_quietly"]
+__all__ = ["atomic_write", "create_temp", "make_parent", "starts_with", "unlink_quietly"]
 
 
 def create_temp(path: Path) -> tuple[int, str]:
@@ -44,6 +44,18 @@ def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
             return f.read(len(magic)) == magic
     except OSError:
         return False
+
+
+def make_parent(path: str | os.PathLike, what: str) -> None:
+    """Create the folder that will hold ``path`` (and its parents), as every ``dctps`` command
+    does for its outputs; a failure (a parent that is a file, a read-only folder) becomes a
+    :class:`DctpsError` naming ``what`` and ``path``. The library's own writers
+    (:func:`dctps.save`, :meth:`~dctps.results.store.Store.to_csv`) do not call it: like
+    ``torch.save``, they refuse a missing folder."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(what, path, e) from None
 
 
 def unlink_quietly(path: str | os.PathLike) -> None:

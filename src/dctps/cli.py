@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import typer
 
 from dctps._version import __version__
-from dctps.atomic import starts_with
+from dctps.atomic import make_parent, starts_with
 from dctps.errors import DctpsError
 
 app = typer.Typer(
@@ -305,6 +305,7 @@ def export_cmd(
             f"{ckpt} is a run of method {method!r}: dctps export writes DCTpS models only "
             "(its masked dense layers are in torch.load(CKPT)['model'])"
         )
+    make_parent(out, "checkpoint")
     save(model, out)
     info = inspect(out)
     typer.echo(

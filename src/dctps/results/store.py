@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dctps.atomic import atomic_write, starts_with
+from dctps.atomic import atomic_write, make_parent, starts_with
 from dctps.errors import DctpsError, cannot_write
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
@@ -633,6 +633,7 @@ def print_results(
         raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
     if csv_path is not None:
         _check_csv_target(Path(csv_path))  # before printing: the table would hide the error
+        make_parent(csv_path, "CSV file")  # as every command does for its outputs
     store = Store(path)
     rows = store.query(parse_where(where))
     if rows:
