@@ -91,8 +91,44 @@ def test_state_dict_has_no_d_and_round_trips():
 def test_load_resizes_support():
     a = DCTpSLinear(10, 10, nnz=7, seed=0)
     b = DCTpSLinear(10, 10, nnz=3, seed=0)
+    values = b.values
+    opt = torch.optim.SGD(b.parameters(), lr=0.1)
     b.load_state_dict(a.state_dict())
     assert b.nnz == 7 and torch.equal(a.indices, b.indices)
+    # resized in place, as PyTorch's loader copies in place: an optimizer made before still trains
+    assert b.values is values and b.values.requires_grad
+    b(torch.randn(2, 10)).sum().backward()
+    opt.step()
+    assert not torch.equal(b.values.detach(), a.values.detach())
+
+
+@pytest.mark.parametrize("mode", ["dense", "fast", "auto"])
+def test_load_refuses_a_support_of_another_layer(mode):
+    """Indices out of the weight's range (a bigger layer's checkpoint), unsorted or repeated
+    ones, or a values/indices length mismatch are refused before anything is copied: the fast
+    path would read out of bounds (an abort, in review), the dense one scatter wrongly."""
+    big = DCTpSLinear(64, 64, nnz=410, seed=0, bias=False).state_dict()
+    small = DCTpSLinear(16, 16, nnz=20, seed=1, bias=False, mode=mode)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    ok = small.state_dict()
+    bad = {
+        r"holds positions \d+\.\.4\d{3}, outside this layer's weight of shape \(16, 16\)": big,
+        "must be sorted, distinct": {**ok, "indices": ok["indices"].flip(0)},
+        "must be sorted, distinct ": {
+            **ok,
+            "indices": torch.cat([ok["indices"][:1], ok["indices"][:-1]]),
+        },
+        "has 20 entries but values has 19": {**ok, "values": ok["values"][:-1]},
+        "must be an integer tensor": {**ok, "indices": ok["indices"].float()},
+        "must be 1-D": {**ok, "indices": ok["indices"].view(4, 5)},
+    }
+    for needle, sd in bad.items():
+        with pytest.raises(DctpsError, match=needle.strip()):
+            small.load_state_dict(sd)
+        after = small.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in before.items()), needle
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(small(x), x @ small.dense_weight().T)  # still works
 
 
 def test_indices_distinct_sorted_and_seeded():

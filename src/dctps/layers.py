@@ -210,6 +210,42 @@ def op_rebuild(
     return torch.mul(d, alpha).reshape(-1).index_add(0, indices, values)
 
 
+def _check_loaded_support(layer: DCTpSLayer, indices: Any, values: Any, prefix: str) -> None:
+    """A :class:`DctpsError` for a state dict whose support cannot belong to ``layer``: indices
+    that are not sorted, distinct flat positions in ``[0, prod(weight_shape))`` (a checkpoint of
+    a larger layer, or a hand-made one), or a ``values`` of another length. Checked before
+    anything is copied, so a refused load leaves the layer as it was; the fast path would read
+    out of bounds with such indices."""
+    numel = math.prod(layer.weight_shape)
+    where = f"load_state_dict: {prefix}indices"
+    if (
+        not isinstance(indices, torch.Tensor)
+        or indices.dtype.is_floating_point
+        or (indices.dtype.is_complex or indices.dtype == torch.bool)
+    ):
+        kind = indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise DctpsError(f"{where} must be an integer tensor, got {kind}")
+    if indices.dim() != 1:
+        raise DctpsError(f"{where} must be 1-D, got shape {tuple(indices.shape)}")
+    if isinstance(values, torch.Tensor) and values.numel() != indices.numel():
+        raise DctpsError(
+            f"{where} has {indices.numel()} entries but {prefix}values has {values.numel()}"
+        )
+    if indices.numel() == 0 or indices.device.type == "meta":
+        return
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo < 0 or hi >= numel:
+        raise DctpsError(
+            f"{where} holds positions {lo}..{hi}, outside this layer's weight of shape "
+            f"{layer.weight_shape} ([0, {numel})): a checkpoint of a layer of another shape?"
+        )
+    if indices.numel() > 1 and not bool((indices.diff() > 0).all()):
+        raise DctpsError(
+            f"{where} must be sorted, distinct positions (as every dctps layer keeps them); "
+            "sort them and their values together, without duplicates"
+        )
+
+
 def _build_basis(layer: DCTpSLayer, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``layer``'s basis ``D`` in float64, rounded once to ``dtype`` on ``device``."""
     # a D first needed under inference_mode must still serve later training
@@ -526,12 +562,15 @@ class DCTpSLayer(nn.Module):
         # values/indices may have another length than this layer's freshly drawn support
         # (a checkpoint is the truth): resize before the default loader copies into them.
         key_v, key_i = prefix + "values", prefix + "indices"
+        if key_i in state_dict:
+            _check_loaded_support(self, state_dict[key_i], state_dict.get(key_v), prefix)
         if key_v in state_dict and key_i in state_dict:
             n = state_dict[key_v].numel()
             if n != self.values.numel():
-                self.values = nn.Parameter(
-                    self.values.new_zeros(n), requires_grad=self.values.requires_grad
-                )
+                # resized in place: an optimizer built before the load keeps this Parameter
+                # (its old per-parameter state then fails loudly at the next step)
+                with torch.no_grad():
+                    self.values.data = self.values.new_zeros(n)
                 self.indices = torch.zeros(n, dtype=torch.int64, device=self.indices.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         # a loaded offset_seed may differ from the one D and the fast-path plans were built for
