@@ -183,12 +183,15 @@ def test_synflow_float32_overflows_on_deep_net_float64_does_not():
 
 
 def test_layer_collapse_vgg19_snip_empties_a_layer_synflow_does_not():
-    """At 0.1% on VGG19 one-shot SNIP prunes whole layers (layer collapse, Tanaka et al. 2020);
-    iterative SynFlow keeps every layer non-empty."""
+    """At 0.1% on VGG19 one-shot SNIP prunes whole layers (layer collapse, Tanaka et al. 2020):
+    VGG has no shortcut, so no path is left and ``prune`` raises instead of returning the
+    disconnected network; iterative SynFlow keeps every layer non-empty."""
     batches = _batches(1, b=8)
     torch.manual_seed(0)
-    snipped = prune(build("vgg19"), 1e-3, "snip", batches=batches)
-    assert min(int(m.weight_mask.sum()) for m in _masked(snipped)) == 0
+    model = build("vgg19")
+    with pytest.raises(PruningFailed, match=r"snip: .*no path .*layer collapse: layers features"):
+        prune(model, 1e-3, "snip", batches=batches)
+    assert not torch_prune.is_pruned(model)
     torch.manual_seed(0)
     flowed = prune(build("vgg19"), 1e-3, "synflow", batches=batches, iterations=10)
     assert min(int(m.weight_mask.sum()) for m in _masked(flowed)) > 0
@@ -196,14 +199,36 @@ def test_layer_collapse_vgg19_snip_empties_a_layer_synflow_does_not():
 
 # ----------------------------------------------------------------------------- every method
 
-# Fewer steps than the paper's defaults keep the CPU time down (FORCE needs ~10 steps not to
-# collapse at 0.1% on ResNet18; SynFlow ~5).
-FAST = {"iter_snip": {"steps": 3}, "force": {"steps": 3}, "synflow": {"iterations": 3}}
+# Fewer steps than the paper's defaults keep the CPU time down (FORCE needs ~10 steps to keep
+# positive scores at 0.1% on ResNet18, 5 to keep a path at 1% and ~20 at 0.1%; SynFlow ~5).
+FAST = {"iter_snip": {"steps": 3}, "force": {"steps": 5}, "synflow": {"iterations": 3}}
 FAST_001 = {"iter_snip": {"steps": 3}, "force": {"steps": 10}, "synflow": {"iterations": 5}}
+
+# (model, method, density) whose final mask here leaves no input-output path, so that prune
+# raises PruningFailed (layer collapse; dctps.pruning.connectivity). Each is a true
+# disconnection: with the check switched off, the returned network's output is the same for
+# every input. LeNet-5 at 0.1%: one-shot SNIP's and uniform random's kept weights do not line
+# up, GraSP empties features.6; ResNet18 at 0.1%: SNIP and 10-step FORCE empty every conv of
+# the first block of the last stage (both branch convs and its 1x1 shortcut, features.8), and of
+# the blocks around it. These runs check the failure instead of the counts.
+COLLAPSES = {
+    ("lenet5", "grasp", 1e-3),
+    ("lenet5", "random", 1e-3),
+    ("lenet5", "snip", 1e-3),
+    ("resnet18", "force", 1e-3),
+    ("resnet18", "snip", 1e-3),
+}
 
 
 def _fast(method: str, density: float) -> dict:
     return (FAST_001 if density < 5e-3 else FAST).get(method, {})
+
+
+def _collapses(model: nn.Module, density: float, method: str, batches) -> None:
+    with pytest.raises(PruningFailed, match=rf"{method}: the pruned network has no path") as info:
+        prune(model, density, method, batches=batches, **_fast(method, density))
+    assert info.value.reached == density
+    assert not torch_prune.is_pruned(model)
 
 
 def _check_pruned(model: nn.Module, k: int) -> None:
@@ -234,6 +259,9 @@ def test_lenet5_every_method_exact_count_and_masked_weights_stay_zero(method, de
     torch.manual_seed(0)
     model = build("lenet5")
     batches = _batches(2, b=16)
+    if ("lenet5", method, density) in COLLAPSES:
+        _collapses(model, density, method, batches)
+        return
     prune(model, density, method, batches=batches, **_fast(method, density))
     k = round(density * 61_510)
     _check_pruned(model, k)
@@ -249,12 +277,15 @@ def test_resnet18_every_method_exact_count(method, density):
     batches = _batches(2, b=4)
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     stats = bn.running_var.clone(), int(bn.num_batches_tracked)
-    prune(model, density, method, batches=batches, **_fast(method, density))
-    k = round(density * 11_164_352)
-    _check_pruned(model, k)
+    if ("resnet18", method, density) in COLLAPSES:
+        _collapses(model, density, method, batches)
+    else:
+        prune(model, density, method, batches=batches, **_fast(method, density))
+        _check_pruned(model, round(density * 11_164_352))
     # Scoring ran on a copy: the caller's BN statistics are untouched.
     assert torch.equal(bn.running_var, stats[0]) and int(bn.num_batches_tracked) == stats[1]
-    if method == "snip" and density == 1e-3:  # (every method is trained on LeNet-5 above)
+    if method == "iter_snip" and density == 1e-3:  # (every method is trained on LeNet-5 above)
+        k = round(density * 11_164_352)
         _train_adam(model, _batches(2, size=8, b=2, seed=3), steps=10)
         _check_pruned(model, k)
 

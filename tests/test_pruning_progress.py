@@ -84,6 +84,32 @@ def test_bar_closed_and_marked_when_pruning_fails(capsys):
     assert not hasattr(m[1], "weight_orig")
 
 
+def test_bar_says_interrupted_on_ctrl_c(capsys):
+    """A Ctrl-C during pruning is not a failure of the method: the bar says so."""
+    batches, drawn = _batches(), []
+
+    def stream():  # the third batch drawn is a Ctrl-C
+        for b in batches:
+            drawn.append(b)
+            if len(drawn) == 3:
+                raise KeyboardInterrupt
+            yield b
+
+    m = _net()
+    with pytest.raises(KeyboardInterrupt):
+        prune(m, 0.3, "iter_snip", stream, steps=5, progress=True)
+    last = capsys.readouterr().err.rsplit("\r", 1)[-1]
+    assert "interrupted" in last and "failed" not in last
+    assert not hasattr(m[1], "weight_orig")
+
+
+def test_prune_refuses_a_meta_model():
+    with torch.device("meta"):
+        m = _net()
+    with pytest.raises(DctpsError, match="meta device .*to_empty"):
+        prune(m, 0.3, "random")
+
+
 def test_bar_closed_when_the_model_cannot_run(capsys):
     bad = [(torch.randn(4, 5), torch.randint(0, 3, (4,)))]  # wrong input width
     before = set(tqdm._instances)

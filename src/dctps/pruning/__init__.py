@@ -23,10 +23,23 @@ method         score (docs/BASELINES.md section)                     data       
 ``grasp``      ``theta * Hg``, signed (§6)                           yes         1 batch, T=200
 =============  ====================================================  ==========  =================
 
-Failure: when a method cannot reach the density (all-zero, non-finite, or fewer than ``k_t``
-positive scores at some step, e.g. FORCE/SynFlow on FixupResNet110, App. D.2), ``prune`` raises
-:class:`~dctps.errors.PruningFailed` with ``reached`` = the density reached before the failing step,
-and leaves ``model`` unchanged; it never returns a dense network under a sparse label.
+Failure: ``prune`` raises :class:`~dctps.errors.PruningFailed` and leaves ``model`` unchanged
+(nothing is applied); it never returns a dense or a disconnected network under a sparse label:
+
+* when a method cannot reach the density: all-zero, non-finite, or fewer than ``k_t`` positive
+  scores at some step (e.g. FORCE/SynFlow on FixupResNet110, App. D.2), or, for GraSP's signed
+  scores, a ``k``-th largest score of exactly 0 with zero scores left out, so that the kept
+  weights would be chosen by index among the zeros (GraSP on FixupResNet110); ``reached`` = the
+  density reached before the failing step;
+* when the final masks of any method (``random`` included) leave no path of kept weights from
+  the input to the output (layer collapse: SNIP/GraSP on LeNet-5 at 0.1%; Iter-SNIP/FORCE/SynFlow
+  on an MLP with biases, which keep the last layer's scores positive), found by one SynFlow-like
+  forward of a linearised copy (:mod:`dctps.pruning.connectivity`); ``reached`` = the density;
+  the message names the layers that keep no weight. The check runs on models built only from
+  the layer types of :data:`~dctps.pruning.connectivity.SAFE_LEAVES` (all six of
+  :mod:`dctps.models`; not a model with a LayerNorm, GroupNorm or attention) whose input shape
+  is known (from ``batches``, SynFlow's ``input_shape``, or :func:`dctps.models.build`); other
+  models are not checked, nor is any with ``require_path=False``.
 
 To add a method: write one file with ``def my_masks(ctx: Context, *, option=default, ...)``
 returning one boolean mask per ``ctx.targets`` entry (reporting its steps with ``ctx.report(t, T)``,
@@ -36,6 +49,7 @@ returning one boolean mask per ``ctx.targets`` entry (reporting its steps with `
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +61,7 @@ from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
 from dctps.errors import DctpsError, check_density, unknown_name
 from dctps.pruning.common import Context, apply_masks, connect_attention, targets
+from dctps.pruning.connectivity import check_connected, input_shape_of
 from dctps.pruning.force import force_masks, iter_snip_masks
 from dctps.pruning.grasp import grasp_masks
 from dctps.pruning.progress import ProgressFn, PruneBar
@@ -111,6 +126,7 @@ def prune(
     allocation: str | None = None,
     *,
     progress: bool | ProgressFn | None = None,
+    require_path: bool = True,
     **method_options: Any,
 ) -> nn.Module:
     """Prune ``model`` in place at initialisation to ``density``; return ``model``.
@@ -131,6 +147,9 @@ def prune(
             (FORCE, Iter-SNIP); a one-line status for ``snip``/``grasp``/``random``. A callable:
             called as ``progress(step, steps)``, once with ``step=0`` when the method starts, then
             after each of its ``steps`` steps.
+        require_path: check that the final masks leave a path of kept weights from the input to
+            the output (module doc, Failure); ``False`` skips the check, e.g. for a mask that
+            dynamic sparse training (RigL) will change, which can grow such a path back.
         **method_options: the keyword options of the method's function, e.g. ``steps``,
             ``num_batches``, ``loss`` (``iter_snip``/``force``), ``iterations``,
             ``synflow_dtype`` (``synflow``), ``seed`` (``random``).
@@ -138,7 +157,8 @@ def prune(
     Raises:
         DctpsError: bad density, method, option or allocation, missing batches, a density that
             keeps no weight, an already pruned model.
-        PruningFailed: the method cannot reach the density (``model`` is left unchanged).
+        PruningFailed: the method cannot reach the density, or its masks leave no path from
+            input to output (``model`` is left unchanged).
     """
     d = check_density(density)
     entry = _REGISTRY.get(method) if isinstance(method, str) else None
@@ -160,6 +180,11 @@ def prune(
         if allocation not in allocation_names():
             raise unknown_name("allocation", allocation, allocation_names())
     layers = targets(model)
+    if any(t.weight.device.type == "meta" for t in layers):
+        raise DctpsError(
+            "prune needs the model's weights: it is on the meta device (no values to score). "
+            "Materialise it first (model.to_empty(device=...) and initialise or load it)"
+        )
     total = sum(t.weight.numel() for t in layers)
     k = round(d * total)
     if k < 1:
@@ -174,6 +199,9 @@ def prune(
         try:
             with torch.enable_grad():
                 masks = entry.masks(ctx, **method_options)
+            if require_path:
+                shape = input_shape_of(model, ctx.input_shape, batches)
+                check_connected(model, layers, masks, method=method, density=d, input_shape=shape)
             ok = True
         except torch.OutOfMemoryError:
             raise  # a resource problem, not bad input: keep torch's own error
@@ -191,7 +219,8 @@ def prune(
             ) from e
         finally:
             if bar is not None:
-                bar.close(failed=not ok)
+                stopped = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+                bar.close(None if ok else "interrupted" if stopped else "failed")
     expected = k
     if allocation == "epl_ref":
         expected = sum(budgets([tuple(t.weight.shape) for t in layers], d, allocation))

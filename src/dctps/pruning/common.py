@@ -11,7 +11,9 @@
   ``k_t = round(N d_t)`` weights kept at step ``t`` and ``d_T = d`` exactly.
 * :func:`check_scores` turns the references' silent failures into :class:`PruningFailed`: a step
   whose scores are not all finite, or that has fewer than ``k_t`` strictly positive scores (the
-  FORCE code's ``tau = 0`` case, which keeps every weight and trains a dense network, §3).
+  FORCE code's ``tau = 0`` case, which keeps every weight and trains a dense network, §3); for
+  signed scores (GraSP), all-zero scores or a ``k``-th largest score of exactly 0 with zero
+  scores left out (the kept set would be chosen by index among the zeros).
 * :func:`average_gradients` is ``g = (1/B) sum_b dL_b/dW`` over ``B`` fresh batches (§3 step 1).
 * :func:`apply_masks` applies the final masks with ``torch.nn.utils.prune.custom_from_mask`` (the
   module gets ``weight_orig`` and a ``weight_mask`` buffer, ``weight = weight_orig * weight_mask``,
@@ -209,7 +211,11 @@ def check_scores(
       has ``tau = 0`` and keeps every weight, §3; SynFlow's code keeps fewer than ``k``, §5):
       raise if ``final`` (the reference would return a dense network, App. D), else return
       ``False`` and let the method continue as its reference does;
-    * signed scores (``require_positive=False``, GraSP): raise if every score is zero.
+    * signed scores (``require_positive=False``, GraSP): raise if every score is zero, or if the
+      ``k``-th largest score is exactly 0 while some zero scores are left out (fewer than ``k``
+      positive, more than ``k`` non-negative): which weights are kept would then be decided by
+      index order among the zeros (e.g. GraSP on FixupResNet110, whose zero-initialised layers
+      give almost every weight a zero score), not by saliency.
 
     Returns ``True`` when the scores can choose ``k`` weights. ``reached`` (recorded in the error)
     is the density reached before this step (1.0 before the first).
@@ -221,6 +227,17 @@ def check_scores(
     if not require_positive:
         if not any(bool((s != 0).any()) for s in scores):
             raise PruningFailed(f"{where}: all saliency scores are zero", reached=reached)
+        positive = sum(int((s > 0).sum()) for s in scores)
+        nonnegative = sum(int((s >= 0).sum()) for s in scores)
+        if positive < k < nonnegative:  # the k-th largest score is 0, and so are excluded ones
+            nonzero = sum(int((s != 0).sum()) for s in scores)
+            total = sum(s.numel() for s in scores)
+            raise PruningFailed(
+                f"{where}: only {nonzero} of {total} saliency scores are nonzero ({positive} > 0) "
+                f"but {k} weights must be kept: the other {k - positive} would be chosen among "
+                f"the {nonnegative - positive} zero scores by index order, not by saliency",
+                reached=reached,
+            )
         return True
     positive = sum(int((s > 0).sum()) for s in scores)
     if positive >= k:
@@ -251,12 +268,19 @@ class BatchStream:
     callable returning an iterator. Each :meth:`next` returns the next batch of the current pass and
     starts a new pass (``iter(batches)`` / ``batches()``) when one ends, so successive steps see
     fresh batches; with a shuffling loader this draws what the reference's ``next(iter(loader))``
-    draws, without restarting the loader for every batch.
+    draws, without restarting the loader for every batch. ``on_input`` (optional) is called with
+    the shape of each batch's inputs without the batch dimension.
     """
 
-    def __init__(self, batches: Iterable[Any] | Callable[[], Iterator[Any]], device: torch.device):
+    def __init__(
+        self,
+        batches: Iterable[Any] | Callable[[], Iterator[Any]],
+        device: torch.device,
+        on_input: Callable[[tuple[int, ...]], None] | None = None,
+    ):
         self._source = batches
         self._device = device
+        self._on_input = on_input
         self._it: Iterator[Any] | None = None
         self.drawn = 0
 
@@ -290,6 +314,8 @@ class BatchStream:
             raise DctpsError("each batch must be a pair of tensors (x, y)")
         if not x.is_floating_point():
             raise DctpsError(f"batch inputs must be floating point, got {x.dtype}")
+        if self._on_input is not None:
+            self._on_input(tuple(x.shape[1:]))
         return x.to(self._device), y.to(self._device)
 
 
@@ -430,6 +456,9 @@ class Context:
         batches: the caller's ``batches`` (``None`` for data-free calls).
         allocation: the caller's ``allocation`` (only ``random`` uses it).
         progress: ``progress(step, steps)`` callback, or ``None`` (see :meth:`report`).
+        input_shape: the shape of one input without the batch dimension, once known: set by
+            :meth:`stream` when a batch is drawn, or by a method told it (SynFlow's
+            ``input_shape``); ``prune`` checks the final masks' connectivity on it.
     """
 
     model: nn.Module
@@ -440,6 +469,7 @@ class Context:
     batches: Any = None
     allocation: str | None = None
     progress: Callable[[int, int], None] | None = None
+    input_shape: tuple[int, ...] | None = None
 
     def report(self, step: int, steps: int) -> None:
         """Report progress to ``progress`` (a no-op without one): a method calls
@@ -457,7 +487,11 @@ class Context:
         """A :class:`BatchStream` over ``batches`` (:class:`DctpsError` if the method got none)."""
         if self.batches is None:
             raise DctpsError("this pruning method needs data: pass batches=...")
-        return BatchStream(self.batches, self.device)
+        return BatchStream(self.batches, self.device, on_input=self._see_input)
+
+    def _see_input(self, shape: tuple[int, ...]) -> None:
+        if self.input_shape is None:
+            self.input_shape = shape
 
     def working_copy(
         self, *, train: bool, dtype: torch.dtype | None = None

@@ -27,8 +27,8 @@ class PruneBar:
     """A tqdm bar for one pruning run, usable as a :data:`ProgressFn`.
 
     It is created at the first call (when the method knows its number of steps), written to
-    ``sys.stderr`` as it is at that moment, and left on screen by :meth:`close`. ``failed=True``
-    marks it ``failed`` before closing.
+    ``sys.stderr`` as it is at that moment, and left on screen by :meth:`close`, which can mark
+    how it ended (``failed``, ``interrupted``).
     """
 
     def __init__(self, method: str, density: float) -> None:
@@ -54,11 +54,12 @@ class PruneBar:
         if step > self._bar.n:
             self._bar.update(step - self._bar.n)
 
-    def close(self, failed: bool = False) -> None:
-        """Close the bar (if it was ever shown); ``failed``: say so on it first."""
+    def close(self, ending: str | None = None) -> None:
+        """Close the bar (if it was ever shown); ``ending`` (e.g. ``"failed"``, ``"interrupted"``):
+        say so on it first."""
         if self._bar is None:
             return
-        if failed:
-            self._bar.set_postfix_str("failed", refresh=False)
+        if ending:
+            self._bar.set_postfix_str(ending, refresh=False)
         self._bar.close()
         self._bar = None

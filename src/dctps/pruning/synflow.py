@@ -47,6 +47,7 @@ def _input_shape(ctx: Context, input_shape: Sequence[int] | None) -> tuple[int, 
         shape = tuple(int(s) for s in input_shape)
         if not shape or min(shape) < 1:
             raise DctpsError(f"input_shape must be positive sizes (C, H, W), got {input_shape!r}")
+        ctx.input_shape = shape
         return shape
     if ctx.batches is None:
         raise DctpsError(

@@ -124,6 +124,8 @@ def apply_sparsity(
         batches,
         allocation=s.allocation,
         progress=progress,
+        # RigL regrows weights by gradient and can reconnect a start without a path
+        require_path=not s.rigl,
         **pruning_options(cfg),
     )
     _sync(device)
