@@ -1,6 +1,8 @@
 """sparsify() on arbitrary models and on the paper's architectures."""
 
+import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -102,6 +104,43 @@ def test_seed_controls_supports():
     c = dctps.sparsify(mlp(), 0.1, seed=2)
     assert torch.equal(a[0].indices, b[0].indices)
     assert not torch.equal(a[0].indices, c[0].indices)
+
+
+def test_consecutive_seeds_share_no_support():
+    """Each layer's support seed is derived from (seed, layer) with numpy's SeedSequence. With
+    ``seed + i`` (before), seed 1's layer i had seed 0's layer i+1 support: 8 of ResNet18's 21
+    layers at 1% (same shape and size) repeated across seeds 0 and 1."""
+    from dctps.sparsify import layer_seed
+
+    def supports(seed: int) -> set[bytes]:
+        torch.manual_seed(0)
+        m = dctps.sparsify(build("resnet18"), 0.01, seed=seed)
+        layers = [l for l in m.modules() if isinstance(l, (DCTpSLinear, DCTpSConv2d))]
+        # EPL fills the first conv (1,728 weights) completely: every seed's support is all of it
+        return {l.indices.numpy().tobytes() for l in layers if l.density < 1}
+
+    assert supports(0).isdisjoint(supports(1))
+    seeds = {layer_seed(s, i) for s in range(50) for i in range(60)}
+    assert len(seeds) == 50 * 60  # no two (seed, layer) pairs share a stream
+
+
+def test_a_seeded_sparsify_leaves_the_global_rng_alone():
+    """With an explicit seed nothing is drawn from torch's global RNG (each new layer drew a
+    bias, then overwritten by the dense one's): a dense and a DCTpS run started from the same
+    torch.manual_seed see the same data order and later initialisations."""
+    torch.manual_seed(0)
+    model = mlp()  # has biases
+    dense_biases = [m.bias.detach().clone() for m in model if isinstance(m, nn.Linear)]
+    state = torch.get_rng_state()
+    sparse = dctps.sparsify(model, 0.1, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    new = [m.bias for m in sparse if isinstance(m, DCTpSLinear)]
+    assert len(new) == 3 and all(map(torch.equal, new, dense_biases))
+    a = DCTpSLinear(8, 4, nnz=3, seed=5)
+    b = DCTpSLinear(8, 4, nnz=3, seed=5)
+    assert torch.equal(a.bias, b.bias) and a.bias.abs().max() <= 8**-0.5  # PyTorch's bound
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(DCTpSLinear(8, 4, nnz=3, seed=6).bias, a.bias)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.01, float("nan"), "x"])
@@ -302,3 +341,74 @@ def test_count_with_fixed_alphas_counts_only_what_trains():
     assert "(+ 3 alphas, fixed)" in line
     trained = dctps.count(dctps.sparsify(mlp(), 0.05))
     assert trained.fixed_alphas == 0 and trained.trainable == c.trainable + 3
+
+
+@pytest.mark.parametrize("offset", ["dct", "gaussian"])
+def test_a_meta_model_materialised_with_to_empty(offset):
+    """``sparsify`` of a model on the meta device, then ``to_empty``: the layers refuse to run on
+    their uninitialised support (the fast path read out of bounds and crashed the process)
+    until ``reset_parameters()``, which draws what an eager ``sparsify`` with the same seed
+    drew, or a ``load_state_dict``. The batched rebuild refuses too."""
+    from dctps.batched import batch_rebuild
+
+    eager = dctps.sparsify(mlp(), 0.1, seed=4, offset=offset, alpha_init="kaiming")
+    with torch.device("meta"):
+        meta = mlp()
+    meta = dctps.sparsify(meta, 0.1, seed=4, offset=offset, alpha_init="kaiming")
+    meta.to_empty(device="cpu")
+    x = torch.randn(3, 64)
+    for mode in ("dense", "fast") if offset == "dct" else ("dense",):
+        dctps.set_mode(meta, mode)
+        with pytest.raises(DctpsError, match=r"materialised with to_empty\(\).*reset_parameters"):
+            meta(x)
+    handle = batch_rebuild(meta)
+    with pytest.raises(DctpsError, match="materialised with to_empty"):
+        meta(x)
+    handle.remove()
+    loaded = copy.deepcopy(meta)
+    loaded.load_state_dict(eager.state_dict())  # a state dict gives it a support too
+    torch.testing.assert_close(loaded(x), eager(x))
+    for m in meta.modules():
+        if isinstance(m, DCTpSLinear):
+            m.reset_parameters()
+    for a, b in zip(eager, meta, strict=True):
+        if isinstance(a, DCTpSLinear):
+            assert torch.equal(a.indices, b.indices) and torch.equal(a.alpha, b.alpha)
+            assert torch.equal(b.values, torch.zeros_like(b.values))
+            if offset == "gaussian":
+                assert torch.equal(a.offset_seed, b.offset_seed)
+            torch.testing.assert_close(a.D, b.D)
+    y = meta(x)  # runs now (biases are fresh draws, as after nn.Linear.reset_parameters)
+    assert torch.isfinite(y).all()
+
+
+def test_reset_parameters_restarts_a_trained_layer():
+    layer = DCTpSConv2d(4, 6, 3, nnz=20, seed=2, alpha_init=0.5)
+    fresh = DCTpSConv2d(4, 6, 3, nnz=20, seed=2, alpha_init=0.5)
+    with torch.no_grad():
+        layer.values.normal_()
+        layer.alpha.fill_(3.0)
+        layer.bias.zero_()
+    values = layer.values
+    layer.reset_parameters()
+    assert layer.values is values  # in place: optimizers keep their parameters
+    for name, t in fresh.state_dict().items():
+        assert torch.equal(layer.state_dict()[name], t), name
+
+
+def test_convolutions_without_a_dctps_version_are_named_and_counted_dense():
+    """Conv1d/Conv3d/ConvTranspose2d have no DCTpS layer: sparsify leaves them dense with a
+    warning naming them (silenced by exclude), and count() counts their weights as dense
+    trainable weights (it filed them under 'other', reporting 0.9% density for a model that
+    trained 89% of its weights)."""
+    model = nn.Sequential(nn.Conv1d(8, 16, 5), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4, 10))
+    with pytest.warns(UserWarning, match=r"0 \(Conv1d, 640 weights\).*exclude=\['0'\]"):
+        dctps.sparsify(model, 0.1, seed=0)
+    c = dctps.count(model)
+    assert c.weights == 640 + 640 and c.nonzeros == 640 + 64
+    assert c.other == 16 + 10  # the biases
+    quiet = nn.Sequential(nn.ConvTranspose2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 25, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dctps.sparsify(quiet, 0.1, seed=0, exclude=["0"])
+    assert dctps.count(quiet).weights == 3 * 4 * 9 + 1000

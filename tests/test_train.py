@@ -31,6 +31,7 @@ from dctps.train.config import (
     SparsityConfig,
     cli_fields,
     config_from_cli,
+    identity_hash,
     load_config,
     save_config,
 )
@@ -401,10 +402,28 @@ def test_val_fraction_defaults_to_the_papers_protocol():
     c10, ti = (RunConfig(data=DataConfig(d), sparsity=SparsityConfig("dctps", 0.01))
                for d in ("cifar10", "tiny_imagenet"))  # fmt: skip
     assert c10.resolve().data.val_fraction == 0.1 and ti.resolve().data.val_fraction == 0.0
-    # the hashes these configs had while val_fraction was a fixed 0.1 default
-    assert c10.config_hash() == "b773aa1e8d532134"
+
+    # the hashes these configs had while val_fraction was a fixed 0.1 default (and before the
+    # support seeding changed, dctps.sparsify.SUPPORT_REVISION, which has its own test)
+    def old_hash(c: RunConfig) -> str:
+        ident = c.identity()
+        assert ident["sparsity"].pop("support_revision") == 2
+        return identity_hash(ident)
+
+    assert old_hash(c10) == "b773aa1e8d532134"
     old_ti = dataclasses.replace(ti, data=DataConfig("tiny_imagenet", val_fraction=0.1))
-    assert old_ti.config_hash() == "4547af65eb2c5443" != ti.config_hash()
+    assert old_hash(old_ti) == "4547af65eb2c5443" != old_hash(ti)
+    assert old_ti.config_hash() != ti.config_hash()
+
+
+def test_dctps_runs_of_the_old_support_seeding_are_not_reused():
+    """Supports were seeded ``seed + i`` per layer (seeds s and s+1 shared supports); DCTpS run
+    identities name the new scheme, so a results store never reuses or averages the old runs.
+    Pruning baselines draw no DCTpS support: their hashes are unchanged."""
+    dct = RunConfig(sparsity=SparsityConfig("dctps", 0.01))
+    assert dct.identity()["sparsity"]["support_revision"] == 2
+    rnd = RunConfig(sparsity=SparsityConfig("random", 0.01))
+    assert "support_revision" not in rnd.identity()["sparsity"]
 
 
 def test_tiny_imagenet_with_a_hold_out_tests_on_official_val(fake_tiny, tmp_path):

@@ -148,6 +148,7 @@ def _build_plans(layers: list[DCTpSLayer]) -> list[_Plan]:
     """One :class:`_Plan` per (device, dtype, trainable) of the layers."""
     groups: dict[tuple, list[DCTpSLayer]] = {}
     for m in layers:
+        m._check_initialised()  # to_empty() without reset_parameters(): no support to gather
         groups.setdefault((m.alpha.device, m.alpha.dtype, _trainable(m)), []).append(m)
     with torch.inference_mode(False):  # D_cat becomes the layers' D: never an inference tensor
         return [_build_plan(g, trainable) for (_, _, trainable), g in groups.items()]

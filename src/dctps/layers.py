@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -109,6 +110,27 @@ def _alpha_settings(alpha: object, alpha_init: object) -> tuple[str, float | str
     else:
         init = float(init)
     return scope, init
+
+
+#: a layer's ``__dict__`` key set while ``to_empty()`` has left its support uninitialised
+UNINITIALISED = "_dctps_uninitialised"
+
+
+@dataclass(frozen=True)
+class _InitSpec:
+    """How a layer was initialised, for :meth:`DCTpSLayer.reset_parameters`: the support's
+    ``seed`` (``None``: torch's global RNG) and ``per_filter``, the initial ``alpha`` (a number
+    or ``'kaiming'``), a random offset's seed, and whether the support was given explicitly."""
+
+    seed: int | None
+    per_filter: bool
+    alpha: float | str
+    offset_seed: int | None
+    given_indices: bool
+
+
+#: offset of a seeded layer's bias stream from its support's (any constant that keeps them apart)
+_BIAS_STREAM = 0x5EED_B1A5
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:
@@ -305,6 +327,7 @@ class DCTpSLayer(nn.Module):
                 f"nnz must be an integer in [0, {numel}] for a weight of shape "
                 f"{self.weight_shape}, got {nnz!r}"
             )
+        given = indices is not None
         if indices is None:
             indices = draw_indices(self.weight_shape, nnz, make_generator(seed), per_filter)
         else:
@@ -315,17 +338,90 @@ class DCTpSLayer(nn.Module):
             if nnz and (indices[0] < 0 or indices[-1] >= numel or (indices.diff() == 0).any()):
                 raise DctpsError(f"indices must be distinct positions in [0, {numel})")
         factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
-        out = self.weight_shape[0]
-        if init == "kaiming":
-            fan = numel // out
-            norms = _offsets.row_norms(self.offset, out, fan, self.offset_seed_value)
-            a = kaiming_alpha(norms, self.alpha_scope)
-        else:
-            a = torch.full((out,) if self.alpha_scope == "channel" else (), float(init))
-        self.alpha = nn.Parameter(a.to(**factory), requires_grad=train_alpha)
+        # what reset_parameters() draws again (after to_empty(), as PyTorch's layers do)
+        self._init_spec = _InitSpec(
+            seed=seed,
+            per_filter=per_filter,
+            alpha=init,
+            offset_seed=None if offset_seed is None else int(offset_seed),
+            given_indices=given,
+        )
+        self.alpha = nn.Parameter(self._initial_alpha().to(**factory), requires_grad=train_alpha)
         self.values = nn.Parameter(torch.zeros(nnz, **factory))
         self.register_buffer("indices", indices.to(device))
         self.register_buffer("_D", None, persistent=False)
+
+    def _initial_alpha(self) -> torch.Tensor:
+        """The alpha this layer starts from (float64 CPU): the ``alpha_init`` number, or the
+        Kaiming row scale (:func:`kaiming_alpha`), one entry per output row for ``'channel'``."""
+        init, out = self._init_spec.alpha, self.weight_shape[0]
+        if init == "kaiming":
+            fan = math.prod(self.weight_shape) // out
+            norms = _offsets.row_norms(self.offset, out, fan, self._init_spec.offset_seed)
+            return kaiming_alpha(norms, self.alpha_scope)
+        return torch.full((out,) if self.alpha_scope == "channel" else (), float(init))
+
+    def _draw_bias(self) -> torch.Tensor:
+        """A bias as PyTorch's Linear/Conv2d draw it, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+        with ``values``' dtype and device. With a ``seed``, from a generator of its own (``seed``
+        offset by a constant, apart from the support's stream), so a seeded layer leaves torch's
+        global RNG where it was (:func:`dctps.sparsify`, which overwrites the bias with the
+        dense layer's, must not change the data order and initialisations that follow it)."""
+        bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
+        out, seed, ref = self.weight_shape[0], self._init_spec.seed, self.values
+        if seed is None:
+            return torch.empty(out, dtype=ref.dtype, device=ref.device).uniform_(-bound, bound)
+        gen = torch.Generator().manual_seed((int(seed) + _BIAS_STREAM) % 2**63)
+        b = torch.empty(out, dtype=torch.float64).uniform_(-bound, bound, generator=gen)
+        return b.to(dtype=ref.dtype, device=ref.device)
+
+    def _init_bias(self, bias: bool) -> None:
+        if bias:
+            self.bias: nn.Parameter | None = nn.Parameter(self._draw_bias())
+        else:
+            self.register_parameter("bias", None)
+
+    def reset_parameters(self) -> None:
+        """Initialise the layer again as its constructor did, in place: the same support (drawn
+        again from the layer's ``seed``; a random draw without one), ``S = 0``, the initial
+        alpha, a fresh bias, and a random offset's seed. As PyTorch's ``reset_parameters``, for a
+        model materialised with ``to_empty()`` (e.g. ``dctps.sparsify`` of a model on the
+        ``meta`` device), whose layers refuse to run until this or ``load_state_dict``."""
+        spec = self._init_spec
+        dev = self.values.device
+        if spec.given_indices and self.__dict__.get(UNINITIALISED):
+            raise DctpsError(
+                "reset_parameters: this layer was built from explicit indices, which to_empty() "
+                "did not keep: load a state dict instead (load_state_dict)"
+            )
+        with torch.no_grad():
+            if not spec.given_indices:
+                idx = draw_indices(
+                    self.weight_shape, self.nnz, make_generator(spec.seed), spec.per_filter
+                )
+                self.indices = idx.to(dev)
+            buf = self._buffers.get("offset_seed")
+            if spec.offset_seed is not None and buf is not None:
+                buf.fill_(spec.offset_seed)
+            self.values.zero_()
+            self.alpha.copy_(self._initial_alpha())
+            if self.bias is not None:
+                self.bias.copy_(self._draw_bias())
+        self.__dict__.pop(UNINITIALISED, None)
+        self._drop_basis()
+        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
+            self.__dict__.pop(key, None)
+        self._prebuild_basis()
+
+    def _check_initialised(self) -> None:
+        """A :class:`DctpsError` for a layer that ``to_empty()`` left without a support."""
+        if UNINITIALISED in self.__dict__:
+            raise DctpsError(
+                f"{type(self).__name__}{tuple(self.weight_shape)} was materialised with "
+                "to_empty(): its support (indices) is uninitialised memory. Call "
+                "reset_parameters() on it (or on the model's DCTpS layers) or load a state dict "
+                "first"
+            )
 
     @property
     def offset_seed_value(self) -> int | None:
@@ -427,7 +523,13 @@ class DCTpSLayer(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:  # type: ignore[override]
         before = self._D
+        was_meta = self.indices.device.type == "meta"
         res = super()._apply(fn, recurse)
+        if was_meta and self.indices.device.type != "meta":
+            # only to_empty() leaves meta (a .to() refuses): the support is garbage memory now,
+            # and so is a D cached on meta
+            self.__dict__[UNINITIALISED] = True
+            self._drop_basis()
         d = self._D
         if before is not None and d is not None and d.dtype != before.dtype:
             # a converted D carries the old dtype's rounding (float32 -> float64 keeps float32
@@ -516,6 +618,8 @@ class DCTpSLayer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if UNINITIALISED in self.__dict__:
+            self._check_initialised()
         if BATCHED_WEIGHT in self.__dict__:
             # dctps.batched built this forward's weight (only dense-path layers get one);
             # dense_weight() returns it, through RigL's capture when that is armed
@@ -573,6 +677,8 @@ class DCTpSLayer(nn.Module):
                     self.values.data = self.values.new_zeros(n)
                 self.indices = torch.zeros(n, dtype=torch.int64, device=self.indices.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if key_i in state_dict:
+            self.__dict__.pop(UNINITIALISED, None)
         # a loaded offset_seed may differ from the one D and the fast-path plans were built for
         self._drop_basis()
         for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
@@ -634,12 +740,7 @@ class DCTpSLinear(DCTpSLayer):
         )  # fmt: skip
         self._mode = self._check_path(mode)
         self._prebuild_basis()
-        if bias:
-            bound = 1 / math.sqrt(in_features)
-            b = torch.empty(out_features, dtype=self.values.dtype, device=device)
-            self.bias: nn.Parameter | None = nn.Parameter(b.uniform_(-bound, bound))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias)
 
     def _basis(self) -> torch.Tensor:
         return self.offset_matrix()
@@ -789,12 +890,7 @@ class DCTpSConv2d(DCTpSLayer):
         )  # fmt: skip
         self._mode = self._check_path(mode)
         self._prebuild_basis()
-        if bias:
-            bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
-            b = torch.empty(out_channels, dtype=self.values.dtype, device=device)
-            self.bias: nn.Parameter | None = nn.Parameter(b.uniform_(-bound, bound))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias)
 
     def _basis(self) -> torch.Tensor:
         # (out, fan) over the (h, w, c) patch -> PyTorch's (out, c, h, w), as conv_dct_basis

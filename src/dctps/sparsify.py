@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from dctps.allocation import budgets
 from dctps.errors import DctpsError, check_density, check_seed
@@ -31,6 +34,24 @@ __all__ = [
     "prunable_layers",
     "tied_weight",
 ]
+
+
+#: How :func:`sparsify` seeds each layer's support; part of a DCTpS run's identity
+#: (:meth:`dctps.train.config.RunConfig.identity`), so runs recorded under another scheme are never
+#: reused or averaged with today's. 1: layer ``i`` used ``seed + i``, so the models of seeds ``s``
+#: and ``s + 1`` shared every support of equal shape and size, shifted by one layer (8 of
+#: ResNet18's 21 layers at 1%). 2: :func:`layer_seed`.
+SUPPORT_REVISION = 2
+
+
+def layer_seed(seed: int, i: int) -> int:
+    """The seed of layer ``i``'s support under model seed ``seed``: numpy's ``SeedSequence(seed,
+    spawn_key=(i,))``, the standard derivation of independent child streams, as a 32-bit int.
+
+    Distinct ``(seed, i)`` pairs give unrelated supports (``seed + i`` gave seed ``s + 1``'s layer
+    ``i`` the support of seed ``s``'s layer ``i + 1``)."""
+    seq = np.random.SeedSequence(check_seed(seed), spawn_key=(i,))
+    return int(seq.generate_state(1, dtype=np.uint32)[0])
 
 
 class DCTpSMultiheadAttention(nn.Module):
@@ -60,7 +81,8 @@ class DCTpSMultiheadAttention(nn.Module):
         )  # fmt: skip
         if mha.in_proj_bias is not None:
             self.in_proj.bias.data.copy_(mha.in_proj_bias.data)  # type: ignore[union-attr]
-        self.out_proj = _replace(mha.out_proj, out_nnz, None if seed is None else seed + 1, **kw)
+        out_seed = None if seed is None else layer_seed(seed, 1)
+        self.out_proj = _replace(mha.out_proj, out_nnz, out_seed, **kw)
         self.bias_k, self.bias_v = mha.bias_k, mha.bias_v
         self.add_zero_attn = mha.add_zero_attn
         self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
@@ -282,13 +304,15 @@ def sparsify(
             (``kdim == vdim == embed_dim``) is handled too.
         density: fraction of weights that are trainable, in (0, 1].
         allocation: ``epl`` (paper default), ``epf``, ``erk``, ``uniform`` or ``epl_ref``.
-        seed: seed of the random supports (layer ``i`` uses ``seed + i``); ``None`` = global RNG.
+        seed: seed of the random supports (layer ``i`` uses :func:`layer_seed` ``(seed, i)``);
+            ``None`` = global RNG.
         exclude: module-name globs (``fnmatch``) to leave dense, with everything inside them, e.g.
             ``["fc", "*.downsample"]``. A glob that matches no module is an error (a typo).
         train_alpha: ``False`` fixes ``alpha`` (Appendix A.4).
         offset: the fixed matrix ``D`` (:func:`dctps.offsets.names`): ``'dct'`` (paper),
             ``'dct_signflip'``, ``'dct_permuted'``, ``'hadamard'``, ``'gaussian'``. Random offsets
-            take the layer's seed (``seed + i``) and store it in the layer's ``offset_seed`` buffer.
+            take the layer's seed (:func:`layer_seed`) and store it in the layer's ``offset_seed``
+            buffer.
         alpha: ``'layer'`` (one scalar per layer, paper) or ``'channel'`` (one per output channel).
         alpha_init: the initial alpha, a number or ``'kaiming'`` (Kaiming-normal row scale, see
             :func:`dctps.layers.kaiming_alpha`).
@@ -393,7 +417,7 @@ def sparsify(
     i = 0
     while i < len(layers):
         name, module, _ = layers[i]
-        lseed = None if seed is None else seed + i
+        lseed = None if seed is None else layer_seed(seed, i)
         if isinstance(module, nn.MultiheadAttention):
             # The next entry is this attention's out_proj (checked above); both go into one module.
             new: nn.Module = DCTpSMultiheadAttention(module, counts[i], counts[i + 1], lseed, **kw)
@@ -405,7 +429,30 @@ def sparsify(
     for old, new in swaps:
         for alias in aliases[id(old)]:
             _set_submodule(model, alias, new)
+    _warn_left_dense(model, exclude)
     return model
+
+
+def _warn_left_dense(model: nn.Module, exclude: list[str]) -> None:
+    """Warn about convolutions ``sparsify`` has no DCTpS version of (Conv1d, Conv3d, transposed):
+    they stay dense and train every weight, which the user may not expect of a "sparse" model
+    (:func:`count` counts them as dense weights). Excluding them silences it."""
+    dense = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, _ConvNd) and not isinstance(m, nn.Conv2d) and not _matches(name, exclude)
+    ]
+    if not dense:
+        return
+    listed = ", ".join(f"{n} ({type(m).__name__}, {m.weight.numel():,} weights)" for n, m in dense)
+    warnings.warn(
+        f"sparsify: {len(dense)} convolution(s) stay dense (DCTpS layers exist for Linear and "
+        f"Conv2d only): {listed}. They train every weight, and dctps.count counts them as dense "
+        f"weights. Pass exclude={[n for n, _ in dense]!r} to keep them dense without this "
+        "warning",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass(frozen=True)
@@ -413,7 +460,8 @@ class Counts:
     """What a model trains.
 
     Attributes:
-        weights: entries of all Linear/Conv2d (and attention-projection) weights, dense or not.
+        weights: entries of all Linear and convolution (Conv1d/2d/3d, transposed) weights, and
+            attention projections, dense or not.
         nonzeros: trainable weight entries: ``nnz`` of DCTpS layers, unmasked entries of pruned
             layers, all entries of dense layers.
         alphas: DCTpS offset scales (trainable or fixed): one per layer, or one per output
@@ -460,7 +508,7 @@ def count(model: nn.Module) -> Counts:
             weights += w.numel()
             nonzeros += _unmasked(module, "in_proj_weight")
             seen.add(id(getattr(module, "in_proj_weight_orig", w)))
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+        elif isinstance(module, (nn.Linear, _ConvNd)):  # convolutions of any kind
             weights += module.weight.numel()
             nonzeros += _unmasked(module, "weight")
             seen.add(id(getattr(module, "weight_orig", module.weight)))

@@ -278,13 +278,18 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The resolved config as a dict without the non-identity fields, plus the model's
-        revision where it is above 1 (:data:`dctps.models.REVISIONS`)."""
+        revision where it is above 1 (:data:`dctps.models.REVISIONS`) and, for DCTpS runs, how
+        their supports are seeded (:data:`dctps.sparsify.SUPPORT_REVISION`)."""
         from dctps.models import REVISIONS
 
         out = _strip_non_identity(self.resolve())
         revision = REVISIONS.get(self.model.name, 1)
         if revision > 1:
             out["model"]["revision"] = revision
+        if self.sparsity.method == "dctps":
+            from dctps.sparsify import SUPPORT_REVISION
+
+            out["sparsity"]["support_revision"] = SUPPORT_REVISION
         return out
 
     def config_hash(self) -> str:
