@@ -254,3 +254,26 @@ def test_a_file_of_another_model_revision_does_not_load_silently(tmp_path, monke
     dctps.save(dctps.sparsify(build("lenet5"), 0.01), lenet)
     assert "revision" not in checkpoint_io._read(lenet)[0]["arch"]
     dctps.load(lenet)  # models without a revision are unaffected
+
+
+def test_a_layer_shared_under_two_names_round_trips(tmp_path):
+    """sparsify replaces a module registered twice under both names; save stores it once (with
+    its other names) and load puts one new layer under every name, into a fresh dense model
+    too (it replaced only the first name, and the strict load then failed)."""
+
+    def make() -> nn.Module:
+        lin = nn.Linear(8, 8)
+        return nn.Sequential(lin, nn.ReLU(), lin)
+
+    model = dctps.sparsify(make(), 0.2, seed=0)
+    with torch.no_grad():
+        model[0].values.normal_()
+    path = tmp_path / "shared.dctps"
+    dctps.save(model, path)
+    info = dctps.inspect(path)
+    assert [r.name for r in info.rows] == ["0"] and info.other_tensors == 0
+    for fresh in (make(), dctps.sparsify(make(), 0.2, seed=5)):
+        loaded = dctps.load(path, model=fresh)
+        assert loaded[0] is loaded[2] and isinstance(loaded[2], dctps.DCTpSLinear)
+        x = torch.randn(4, 8)
+        torch.testing.assert_close(loaded(x), model(x))

@@ -149,6 +149,14 @@ def _dctps_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def _all_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of every module (id -> names, in ``named_modules`` order), shared ones too."""
+    out: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        out.setdefault(id(m), []).append(name)
+    return out
+
+
 def _factory(like: nn.Module | None) -> dict[str, Any]:
     if like is None:
         return {}
@@ -228,9 +236,14 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
         arch = json.loads(json.dumps(arch))  # plain JSON values only
     layers = []
     index_keys: set[str] = set()
+    names = _all_names(model)
+    alias_prefixes: list[str] = []
     for name, m in _dctps_modules(model):
         cfg = _layer_config(m)
-        layers.append({"name": name, **cfg})
+        aliases = [n for n in names[id(m)] if n != name]
+        # one module under several names (weight sharing): stored once, under its first name
+        layers.append({"name": name, **cfg, **({"aliases": aliases} if aliases else {})})
+        alias_prefixes.extend(f"{n}." for n in aliases)
         subs = [""] if isinstance(m, DCTpSLayer) else ["in_proj.", "out_proj."]
         prefix = f"{name}." if name else ""
         index_keys.update(prefix + s + "indices" for s in subs)
@@ -238,6 +251,8 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     chunks: list[bytes] = []
     offset = 0
     for key, t in model.state_dict().items():
+        if any(key.startswith(p) for p in alias_prefixes):
+            continue  # the same tensors as under the layer's first name
         if not isinstance(t, torch.Tensor):
             raise DctpsError(f"state_dict entry {key!r} is not a tensor ({type(t).__name__})")
         if key in index_keys and (t.numel() == 0 or int(t.max()) < 2**31 - 1):
@@ -394,10 +409,16 @@ def load(
         if not name:
             raise DctpsError(f"checkpoint {path}: cannot replace the root module")
         new = _build_layer(cfg, old, state, prefix)
-        _set_submodule(model, name, new)
+        for n in [name, *cfg.get("aliases", [])]:
+            _set_submodule(model, n, new)
     for key, t in state.items():
         if key.endswith("indices") and t.dtype == torch.int32:
             state[key] = t.long()
+    for cfg in header.get("layers", []):  # a shared layer's other names: the same tensors
+        prefix = f"{cfg['name']}." if cfg["name"] else ""
+        for alias in cfg.get("aliases", []):
+            for key in [k for k in state if k.startswith(prefix)]:
+                state[f"{alias}.{key[len(prefix) :]}"] = state[key]
     missing, unexpected = _load_state(model, state, path)
     if missing or unexpected:
         raise DctpsError(
