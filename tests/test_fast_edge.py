@@ -225,8 +225,12 @@ def test_float32_layer_refuses_other_input_dtypes(kind, path, backend, monkeypat
     else:
         layer, x = DCTpSConv2d(4, 6, 3, nnz=20, seed=0, mode=path), torch.randn(1, 4, 6, 6)
     for dtype in (torch.float64, torch.bfloat16):
-        with pytest.raises(DctpsError, match=rf"input dtype {dtype} differs from the layer's"):
+        with pytest.raises(DctpsError, match=rf"input dtype {dtype} differs from the layer's.*"
+                           rf"convert the layer \(layer.to\({dtype}\)\)"):  # fmt: skip
             layer(x.to(dtype))
+    # an integer input: cast the input; converting the layer to int64 is no advice
+    with pytest.raises(DctpsError, match=r"torch.int64 differs .*x.to\(torch.float32\)\)$"):
+        layer(x.long())
 
 
 def test_set_mode_needs_a_module():

@@ -918,9 +918,13 @@ def _precision(layer: Layer, x: torch.Tensor) -> _Precision:
     if cast is not None and x.dtype in (torch.float32, *_HALF):
         return _Precision(work, cast, True)
     if x.dtype != p:
+        # converting the layer only makes sense to another floating type
+        layer_fix = (
+            f" or convert the layer (layer.to({x.dtype}))" if x.dtype.is_floating_point else ""
+        )
         raise DctpsError(
             f"input dtype {x.dtype} differs from the layer's {p} (the dense path refuses it "
-            f"too): give a {p} input (x.to({p})) or convert the layer (layer.to({x.dtype}))"
+            f"too): give a {p} input (x.to({p})){layer_fix}"
         )
     return _Precision(work, p, False)
 
