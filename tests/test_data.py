@@ -315,6 +315,12 @@ def test_tiny_imagenet_errors(tmp_path):
     cls.rename(folder / "train" / "moved")
     with pytest.raises(DctpsError, match=r"missing class folder .*n01000000.*wnids\.txt"):
         D.build("tiny_imagenet", tmp_path)
+    with pytest.raises(DctpsError) as missing:  # no data at all: the layout is spelled out
+        (tmp_path / "empty").mkdir()
+        D.build("tiny_imagenet", tmp_path / "empty")
+    layout = str(missing.value)
+    assert "{wnids.txt, train/" in layout and "val_annotations.txt} (one wnid" in layout
+    assert layout.count("{") == layout.count("}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+README = ROOT / "README.md"
 START, END = "# --- readme start ---\n", "# --- readme end ---\n"
 
 
@@ -35,6 +36,13 @@ def test_example_runs(path: Path, tmp_path: Path):
     )  # fmt: skip
     assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout}\n{proc.stderr}"
     assert proc.stdout.strip(), f"{path.name} printed nothing"
+    if path.name == "sparsify_mlp.py":  # the README shows what it prints
+        shown = re.search(r"^Output:\n\n```text\n(.*?)^```", README.read_text(), re.S | re.M)
+        assert shown, "the README lost the example's Output block"
+        printed, readme = proc.stdout.splitlines(), shown.group(1).splitlines()
+        assert printed[0] == readme[0]  # the counts are exact
+        pct = [float(re.search(r"([\d.]+)%", line).group(1)) for line in (printed[1], readme[1])]
+        assert abs(pct[0] - pct[1]) <= 1.0, (printed[1], readme[1])  # float order may vary
 
 
 def _readme_regions() -> dict[str, str]:

@@ -228,8 +228,23 @@ def test_plot_out_without_a_suffix_writes_and_reports_png(tmp_path):
     store = Store(tmp_path)
     record(store, cfg("dctps", 0.01), 0.4)
     data = plot_runs(store.query({}), tmp_path / "fig")
-    assert [p.name for p in data.paths] == ["fig.png", "fig.pdf"]
+    assert [p.name for p in data.paths] == ["fig.png", "fig.pdf", "fig.json"]
     assert all(p.is_file() for p in data.paths)
+
+
+def test_cli_plot_out_folder_writes_plot_png_inside(tmp_path):
+    """`--out figs/` (or an existing folder) is a folder, as for train/sweep/figure: it wrote
+    ./figs.png, ./figs.pdf and ./figs.json instead. The "wrote" line names all three files."""
+    store = Store(tmp_path)
+    record(store, cfg("dctps", 0.01), 0.4)
+    for out in (f"{tmp_path / 'figs'}/", str(tmp_path)):
+        r = runner.invoke(app, ["plot", "--db", str(tmp_path), "--out", out])
+        assert r.exit_code == 0, r.output
+        folder = Path(out)
+        names = ("plot.png", "plot.pdf", "plot.json")
+        assert all((folder / n).is_file() for n in names)
+        assert r.output.splitlines()[-1] == "wrote " + ", ".join(str(folder / n) for n in names)
+    assert not (tmp_path / "figs.png").exists()
 
 
 def test_cli_plot_where(tmp_path):
@@ -305,6 +320,13 @@ def test_rows_of_a_changed_computation_are_not_averaged_with_todays(tmp_path):
     (panel,) = aggregate(store.query({}))
     assert sorted(panel.series) == ["DCTpS", "DCTpS [recorded_by=an older dctps]"]
     assert panel.series["DCTpS"][0].mean == pytest.approx(0.9)
+    # the results table tells them apart the same way (it showed two identical-looking rows)
+    from dctps.results.store import variant_column
+
+    rows = store.query({})
+    marks = dict(zip([r["hash"] for r in rows], variant_column(rows), strict=True))
+    assert marks["0123456789abcdef"] == "recorded_by=an older dctps"
+    assert marks[new.config_hash()] == ""  # today's run needs no mark
 
 
 # ----------------------------------------------------------------------------- overridden figures

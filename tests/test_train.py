@@ -896,6 +896,27 @@ def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_
     with pytest.raises(DctpsError, match="written by an older dctps for run 0123456789abcdef"):
         ckpt_io.model_from_checkpoint(tmp_path / "old.pt")
     ckpt_io.model_from_checkpoint(best)  # today's loads
+    # a DCTpS run of the old support seeding (seed + i) holds its support: it still loads
+    cfg = RunConfig.from_dict(obj["config"]).resolve()
+    ident = cfg.identity()
+    assert ident["sparsity"].pop("support_revision") == 2
+    obj["config_hash"] = identity_hash(ident)
+    torch.save(obj, tmp_path / "old_seeding.pt")
+    model, _ = ckpt_io.model_from_checkpoint(tmp_path / "old_seeding.pt")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(x), ckpt_io.model_from_checkpoint(best)[0].eval()(x))
+
+
+def test_a_file_that_is_not_a_run_checkpoint_gets_a_plain_error(tmp_path):
+    """A YAML (or any non-torch file) is named as not a checkpoint; a torch file holding objects
+    a weights-only load refuses does not pass on torch's advice to load it unsafely."""
+    (tmp_path / "config.yaml").write_text("model: {name: lenet5}\n")
+    with pytest.raises(DctpsError, match="is not a dctps train checkpoint \\(not a torch.save"):
+        ckpt_io.read_run_checkpoint(tmp_path / "config.yaml")
+    torch.save({"config": {}, "model": object()}, tmp_path / "odd.pt")
+    with pytest.raises(DctpsError, match="holds objects other than tensors") as e:
+        ckpt_io.read_run_checkpoint(tmp_path / "odd.pt")
+    assert "weights_only" not in str(e.value)
 
 
 def test_an_out_folder_whose_name_has_a_dot(fake_cifar10, tmp_path):
@@ -1067,3 +1088,36 @@ def test_a_fixed_alpha_run_reports_its_alphas_as_fixed_done_or_skipped(fake_cifa
     assert first["trainable"] == Store(tmp_path).get(first["hash"])["trainable"]
     trained = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
     assert trained["fixed_alphas"] == 0 and trained["trainable"] == first["trainable"] + 5
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(fake_cifar10, tmp_path):
+    """SIGTERM (timeout, docker stop, a scheduler's pre-emption) is handled like Ctrl-C: a
+    message saying how to resume, exit status 143, and the row saying where the run stopped (it
+    died silently and its row said nothing)."""
+    args = ["train", "--model", "lenet5", "--dataset", "cifar10", "--data-root",
+            str(fake_cifar10), "--method", "dctps", "--density", "0.05", "--epochs", "3",
+            "--batch-size", "32", "--device", "cpu", "-q"]  # fmt: skip
+    script, marker, out = tmp_path / "kill_me.py", tmp_path / "marker", tmp_path / "run"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(marker), *args, "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the run never reached epoch 2"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM): run the same command again to resume" in err
+    (row,) = Store(out).query()
+    assert row["status"] == "running"
+    assert row["reason"] == "interrupted after epoch 1 of 3; run the same command again to resume"

@@ -185,7 +185,9 @@ def plot_cmd(
     where: list[str] = typer.Option([], "--where", help="Filter key=value (repeatable)."),
     x: str = typer.Option("density", "--x", help="density | nonzeros."),
     metric: str = typer.Option("auto", "--metric", help="auto | test_acc | val_acc."),
-    out: str = typer.Option("plot.png", "--out", help="Figure path (PNG + PDF + JSON)."),
+    out: str = typer.Option(
+        "plot.png", "--out", help="Figure path (PNG + PDF + JSON); a folder: plot.png in it."
+    ),
     title: str = typer.Option(None, "--title", help="Figure title."),
 ) -> None:
     """Accuracy vs density of any subset of a results database (one panel per model/data)."""

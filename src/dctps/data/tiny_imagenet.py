@@ -20,7 +20,7 @@ TINY_DIR = "tiny-imagenet-200"
 IMAGE_SIZE = 64
 LAYOUT = (
     f"<root>/{TINY_DIR}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
-    "val/val_annotations.txt}} (one wnid per line in wnids.txt; val_annotations.txt lines "
+    "val/val_annotations.txt} (one wnid per line in wnids.txt; val_annotations.txt lines "
     "'<file>\\t<wnid>\\t...'; 64x64 images)"
 )
 

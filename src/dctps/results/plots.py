@@ -11,6 +11,7 @@ per curve and density), so tests check numbers, not pixels.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dctps.errors import DctpsError, cannot_write  # noqa: E402
-from dctps.results.store import row_config  # noqa: E402
+from dctps.results.store import row_config, run_identity  # noqa: E402
 from dctps.results.variants import flatten, named_differences, varying_keys  # noqa: E402
 
 
@@ -242,25 +243,6 @@ def default_label(cfg: Mapping[str, Any]) -> str:
     return label
 
 
-def _comparable(cfg: Mapping[str, Any], run_hash: str | None = None) -> Mapping[str, Any]:
-    """A stored run config as the identity its hash was made of: resolved with today's defaults
-    (a key an older row lacks takes its default) and without the non-identity fields
-    (``batched_rebuild``, ``device``, ...), so that two rows of one experiment never split a
-    curve. When that identity no longer hashes to the row's ``run_hash``, the row was recorded by
-    an older version of a computation that changed since (e.g. VGG19 before revision 2,
-    :data:`dctps.models.REVISIONS`): it is marked so, and never averaged with today's runs. A
-    config this version cannot read is compared as stored."""
-    from dctps.train.config import RunConfig, identity_hash
-
-    try:
-        ident = RunConfig.from_dict(dict(cfg), source="results store").identity()
-    except Exception:  # an older or foreign config: compare the raw dict
-        return cfg
-    if run_hash is not None and identity_hash(ident) != run_hash:
-        ident = {**ident, "recorded_by": "an older dctps"}
-    return ident
-
-
 def _metric(row: Mapping[str, Any], metric: str) -> tuple[float | None, str]:
     if metric == "auto":
         if row.get("test_acc") is not None:
@@ -333,7 +315,7 @@ def aggregate(
         curves: dict[str, list[Mapping[str, Any]]] = {}
         order: dict[str, tuple[int, int]] = {}
         for lab, members in groups.items():
-            flats = [flatten(_comparable(c, r.get("hash"))) for r, c in members]
+            flats = [flatten(run_identity(r)) for r, _ in members]
             varying = varying_keys(flats)
             for (r, _), f in zip(members, flats, strict=True):
                 name = lab
@@ -475,7 +457,7 @@ def plot_runs(
         panels.sort(key=lambda p: rank.get((p.model, p.dataset), len(rank)))
     paths = plot_accuracy(panels, path, title=title, x=x, note=note)
     out = FigureData(panels, paths, runs=len(rows), title=title)
-    write_json(out.to_dict(), Path(path).with_suffix(".json"))
+    out.paths.append(write_json(out.to_dict(), paths[0].with_suffix(".json")))
     return out
 
 
@@ -505,4 +487,7 @@ def plot_command(
     if not path.is_file():
         raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
     rows = Store(path).query(parse_where(where))
-    return plot_runs(rows, out, title=title, metric=metric, x=x)
+    target = Path(out)
+    if str(out).endswith(("/", os.sep)) or target.is_dir():
+        target = target / "plot.png"  # a folder, as --out is for train/sweep/figure
+    return plot_runs(rows, target, title=title, metric=metric, x=x)

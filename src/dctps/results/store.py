@@ -585,19 +585,29 @@ def row_config(row: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def _identity(row: Mapping[str, Any]) -> dict[str, Any]:
+def run_identity(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row's config as its run identity (today's defaults filled in, non-identity fields such
-    as the device dropped), or as stored where this version cannot read it."""
-    from dctps.train.config import RunConfig
+    as the device dropped), or as stored where this version cannot read it.
+
+    When that identity no longer hashes to the row's ``hash``, the row was recorded by an older
+    version of a computation that changed since (VGG19 before revision 2,
+    :data:`dctps.models.REVISIONS`; DCTpS supports seeded ``seed + i``,
+    :data:`dctps.sparsify.SUPPORT_REVISION`): it gets ``recorded_by = "an older dctps"``, so
+    the results table and the plots tell it apart and never average it with today's runs."""
+    from dctps.train.config import RunConfig, identity_hash
 
     try:
         cfg = row_config(row)
     except ValueError:
         return {}
     try:
-        return RunConfig.from_dict(dict(cfg), source="results store").identity()
+        ident = RunConfig.from_dict(dict(cfg), source="results store").identity()
     except Exception:  # an older or foreign config: compare it as stored
         return cfg if isinstance(cfg, dict) else {}
+    run_hash = row.get("hash")
+    if run_hash is not None and identity_hash(ident) != run_hash:
+        ident = {**ident, "recorded_by": "an older dctps"}
+    return ident
 
 
 def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -606,7 +616,7 @@ def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     plot`` puts in brackets); ``""`` for a row no other row looks like."""
     from dctps.results.variants import flatten, named_differences, varying_keys
 
-    flats = [flatten(_identity(r)) for r in rows]
+    flats = [flatten(run_identity(r)) for r in rows]
     groups: dict[str, list[int]] = {}
     for i, f in enumerate(flats):
         shown = json.dumps([f.get(k) for k in SHOWN_FIELDS], sort_keys=True, default=str)

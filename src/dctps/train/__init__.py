@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from dctps.train.config import (
@@ -42,9 +45,36 @@ __all__ = [
 ]
 
 
-def _train(**kw: Any) -> None:
-    import os
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during ``dctps train`` (``timeout``, ``docker stop``, a scheduler's pre-emption):
+    handled as a Ctrl-C is (the run's row says where it stopped; the same command resumes)."""
 
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a single-process ``dctps train`` runs.
+
+    Not under ``torchrun``, which stops its workers with SIGTERM itself, and only in the main
+    thread (where Python runs signal handlers); the previous handler comes back afterwards.
+    """
+    import signal
+    import threading
+
+    if "RANK" in os.environ or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    before = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _train(**kw: Any) -> None:
     import typer
 
     config, out, db = kw.pop("config"), kw.pop("out"), kw.pop("db")
@@ -52,16 +82,19 @@ def _train(**kw: Any) -> None:
     base = load_config(config) if config else None
     cfg = config_from_cli(kw, base)
     try:
-        result = fit(cfg, out, store=db, progress=not quiet, resume=True if resume else None)
-    except KeyboardInterrupt:
+        with _sigterm_as_interrupt():
+            result = fit(cfg, out, store=db, progress=not quiet, resume=True if resume else None)
+    except KeyboardInterrupt as e:
         # typer would exit 130 without a word; say what survives and how to go on
+        term = isinstance(e, Terminated)
         if os.environ.get("RANK", "0") == "0":
             typer.echo(
-                "\ninterrupted: run the same command again to resume from the last completed "
-                "epoch's checkpoint (a run stopped before its first epoch ended starts over)",
+                f"\n{'terminated (SIGTERM)' if term else 'interrupted'}: run the same command "
+                "again to resume from the last completed epoch's checkpoint (a run stopped "
+                "before its first epoch ended starts over)",
                 err=True,
             )
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if term else 130) from None
     if os.environ.get("RANK", "0") == "0":
         typer.echo(describe(result))
     if result.get("status") == "failed":

@@ -91,8 +91,9 @@ def _write_temp(obj: Any, path: Path) -> str:
         unlink_quietly(tmp)
         # Ctrl-C or a full disk inside torch.save surface as torch's RuntimeError from its zip
         # writer's cleanup ("unexpected pos ..."), the real cause in its context: report that
-        if _cause(e, KeyboardInterrupt) is not None:
-            raise KeyboardInterrupt from None
+        stop = _cause(e, KeyboardInterrupt)
+        if stop is not None:
+            raise type(stop)() from None  # Ctrl-C, or SIGTERM (dctps.train.Terminated)
         os_error = _cause(e, OSError)
         if os_error is not None:
             raise cannot_write("checkpoint", path, os_error) from None
@@ -183,16 +184,25 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_file():
         with open(path, "rb") as f:
-            head = f.read(len(MAGIC))
-        if head == MAGIC:
+            head = f.read(max(len(MAGIC), 4))
+        if head.startswith(MAGIC):
             raise DctpsError(
                 f"{path} is a sparse checkpoint (dctps.save), not a dctps train checkpoint: "
                 "read it with dctps.load or dctps inspect"
+            )
+        # torch.save writes a zip file (a pickle before torch 1.6); a text file is neither
+        if head and not head.startswith((b"PK\x03\x04", b"\x80")):
+            raise DctpsError(
+                f"{path} is not a dctps train checkpoint (not a torch.save file): give a run's "
+                "best.pt or last.pt"
             )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, not ours
         first = (str(e).strip().splitlines() or [""])[0]
+        if "weights only load failed" in first.lower():
+            # torch's own advice (weights_only=False) would run arbitrary code from the file
+            first = "it holds objects other than tensors and plain values"
         why = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise DctpsError(
             f"cannot read {path} as a dctps train checkpoint (truncated or not one): {why}"
@@ -203,6 +213,18 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "and model state)"
         )
     return obj
+
+
+def _old_seeding_hash(cfg: Any) -> str | None:
+    """The hash ``cfg`` had before DCTpS supports were seeded per layer by ``SeedSequence``
+    (:data:`dctps.sparsify.SUPPORT_REVISION`): such a checkpoint holds its own support, so its
+    model is still exactly the one that was trained."""
+    from dctps.train.config import identity_hash
+
+    ident = cfg.identity()
+    if ident["sparsity"].pop("support_revision", None) is None:
+        return None
+    return identity_hash(ident)
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
@@ -216,7 +238,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 
     obj = read_run_checkpoint(path)
     cfg = RunConfig.from_dict(obj["config"], source=str(path)).resolve()
-    if obj.get("config_hash") not in (None, cfg.config_hash()):
+    if obj.get("config_hash") not in (None, cfg.config_hash(), _old_seeding_hash(cfg)):
         # the same config hashes differently today: a computation it names changed since (e.g.
         # VGG19 revision 2, dctps.models.REVISIONS); its weights belong to the old network
         raise DctpsError(
