@@ -165,6 +165,21 @@ def test_error_in_one_run_does_not_stop_the_others(fake_cifar10, tmp_path):
     assert [p.action for p in plan(cfgs, tmp_path)] == ["new", "skip-done"]
 
 
+def test_a_missing_data_root_stops_the_sweep_before_any_run(tmp_path, monkeypatch):
+    """No data root (no --data-root, no DCTPS_DATA) is one error before anything starts, not the
+    same error once per run of the grid (17 lines for a quick figure, in review)."""
+    monkeypatch.delenv("DCTPS_DATA", raising=False)
+    grid = small_grid(tmp_path)
+    del grid["base"]["data"]
+    cfgs = expand_grid(grid)
+    with pytest.raises(DctpsError, match="no data root for dataset 'cifar10'"):
+        run_sweep(cfgs, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    grid["base"]["data"] = {"root": str(tmp_path / "nowhere")}
+    with pytest.raises(DctpsError, match="nowhere does not exist"):
+        run_sweep(expand_grid(grid), tmp_path / "out", progress=False)
+
+
 def test_running_row_with_checkpoint_is_resumed(fake_cifar10, tmp_path):
     cfgs = expand_grid(small_grid(fake_cifar10, methods=["dctps"], epochs=2))
     (cfg,) = cfgs

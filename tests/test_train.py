@@ -1121,3 +1121,23 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(fake_cifar10, tmp_path):
     (row,) = Store(out).query()
     assert row["status"] == "running"
     assert row["reason"] == "interrupted after epoch 1 of 3; run the same command again to resume"
+
+
+def test_a_subset_as_large_as_the_data_set_is_no_subset():
+    """--subset at least the data set's size changes nothing: the same run (hash) as without,
+    so it is not trained and listed twice. The sizes are the real splits' (digits loaded here;
+    CIFAR-10's is checked against the real files where they are present)."""
+    digits = dctps.data.build("digits")
+    n_train = len(digits.train_y) + len(digits.val_y)
+    assert dctps.data.get_info("digits").sizes == (n_train, len(digits.test_y))
+    base = RunConfig(data=DataConfig("digits"), sparsity=SparsityConfig("dctps", 0.01))
+    big = dataclasses.replace(base, data=DataConfig("digits", subset=n_train))
+    small = dataclasses.replace(base, data=DataConfig("digits", subset=n_train - 1))
+    assert big.resolve().data.subset is None and big.config_hash() == base.config_hash()
+    assert small.resolve().data.subset == n_train - 1
+    assert small.config_hash() != base.config_hash()
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if (root / "cifar-10-batches-py").is_dir():
+        c10 = dctps.data.build("cifar10", root)
+        sizes = (len(c10.train_y) + len(c10.val_y), len(c10.test_y))
+        assert dctps.data.get_info("cifar10").sizes == sizes

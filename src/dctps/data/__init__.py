@@ -37,6 +37,7 @@ __all__ = [
     "Loader",
     "Splits",
     "build",
+    "check_root",
     "default_augment",
     "get_info",
     "hflip_with_mask",
@@ -70,6 +71,8 @@ class DatasetInfo:
         crop_padding: training augmentation: random crop of ``image_size`` after zero padding by
             this many pixels (0: no crop).
         hflip: training augmentation: random horizontal flip with probability 0.5.
+        sizes: images in the official (train, test) splits; a ``subset`` of at least the larger
+            changes nothing (``RunConfig`` then drops it from the run's identity).
     """
 
     name: str
@@ -82,6 +85,7 @@ class DatasetInfo:
     val_fraction: float = 0.1
     crop_padding: int = 0
     hflip: bool = False
+    sizes: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -113,6 +117,7 @@ _INFOS: dict[str, DatasetInfo] = {
     # Constants of the reference code (Table E.3 set-up): RandomCrop(32, padding=4) + flip.
     "cifar10": DatasetInfo(
         name="cifar10",
+        sizes=(50000, 10000),
         num_classes=10,
         in_channels=3,
         image_size=32,
@@ -124,6 +129,7 @@ _INFOS: dict[str, DatasetInfo] = {
     ),
     "cifar100": DatasetInfo(
         name="cifar100",
+        sizes=(50000, 10000),
         num_classes=100,
         in_channels=3,
         image_size=32,
@@ -139,6 +145,7 @@ _INFOS: dict[str, DatasetInfo] = {
     # validation data only on CIFAR; on Tiny ImageNet it reports the max official-val accuracy.
     "tiny_imagenet": DatasetInfo(
         name="tiny_imagenet",
+        sizes=(100000, 10000),
         num_classes=200,
         in_channels=3,
         image_size=64,
@@ -154,6 +161,7 @@ _INFOS: dict[str, DatasetInfo] = {
     # 8x8 digits a 4-pixel shift destroys the digit and a mirror changes its meaning.
     "digits": DatasetInfo(
         name="digits",
+        sizes=(1438, 359),
         num_classes=10,
         in_channels=1,
         image_size=8,
@@ -191,6 +199,15 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
     if not path.is_dir():
         raise DctpsError(f"data root {path} does not exist or is not a folder")
     return path
+
+
+def check_root(name: str, root: str | os.PathLike | None) -> None:
+    """Raise the :class:`DctpsError` :func:`build` would raise for a missing data root of
+    ``name`` (none given and no ``DCTPS_DATA``, or not a folder), without reading any data; the
+    embedded ``digits`` need none. Sweeps call it once before their first run."""
+    get_info(name)
+    if name != "digits":
+        _resolve_root(name, root)
 
 
 def _check_subset(subset: object) -> int | None:

@@ -620,6 +620,12 @@ def run_sweep(
     todo = [p for p in planned if p.runs]
     if not todo:
         return report
+    if executor != "slurm":  # a cluster's nodes may see data the submitting host does not
+        from dctps.data import check_root
+
+        # once, before any run: not the same error from every run of the grid
+        for name, root in sorted({(p.cfg.data.dataset, p.cfg.data.root) for p in todo}, key=str):
+            check_root(name, root)
     try:
         out_p.mkdir(parents=True, exist_ok=True)
     except OSError as e:

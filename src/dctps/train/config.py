@@ -97,7 +97,9 @@ class DataConfig:
         "max over epochs).",
     )
     subset: int | None = _f(
-        None, "Use only this many training (and val/test) examples: quick runs."
+        None,
+        "Use only this many training (and val/test) examples: quick runs. At least the data "
+        "set's size: all of it (the same run as without).",
     )
     split_seed: int = _f(0, "Seed of the validation hold-out permutation.")
 
@@ -452,6 +454,8 @@ def _resolve_model_data(c: RunConfig) -> None:
     c.data.val_fraction = float(vf)
     if c.data.subset is not None:
         _positive_int(c.data.subset, "subset")
+        if c.data.subset >= max(_data.get_info(c.data.dataset).sizes):
+            c.data.subset = None  # all of every split: the same run as without a subset
     if isinstance(c.data.split_seed, bool) or not isinstance(c.data.split_seed, int):
         raise DctpsError(f"split_seed must be an integer, got {c.data.split_seed!r}")
 
