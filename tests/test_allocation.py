@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from dctps.allocation import budgets, filter_counts
 from dctps.errors import DctpsError
@@ -75,8 +76,19 @@ def test_epl_ref_gives_leftover_only_to_last_layer():
 
 
 def test_filter_counts_even_split():
-    fc = filter_counts((4, 3, 3, 3), 10)
-    assert fc.tolist() == [3, 3, 2, 2]
+    fc = filter_counts((4, 3, 3, 3), 10, torch.Generator().manual_seed(0))
+    assert sorted(fc.tolist()) == [2, 2, 3, 3] and int(fc.sum()) == 10
+
+
+def test_filter_counts_spread_the_remainder_over_random_filters():
+    """EPF's ``nnz mod out`` extra weights go to random filters (they always went to the first:
+    at under one weight per filter, every seed trained the same filters)."""
+    shape, n = (64, 64, 3, 3), 15  # fewer weights than filters: 15 filters get one
+    picks = [filter_counts(shape, n, torch.Generator().manual_seed(s)) for s in range(400)]
+    assert all(sorted(p.tolist()) == [0] * 49 + [1] * 15 for p in picks)
+    assert len({tuple(p.nonzero().flatten().tolist()) for p in picks}) == 400
+    freq = torch.stack(picks).float().mean(0)  # each filter: 15/64 = 0.234 expected
+    assert float(freq.min()) > 0.15 and float(freq.max()) < 0.33
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), "abc", None])

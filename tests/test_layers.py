@@ -143,7 +143,7 @@ def test_indices_distinct_sorted_and_seeded():
 def test_per_filter_indices():
     idx = draw_indices((8, 3, 3, 3), 20, torch.Generator().manual_seed(0), per_filter=True)
     rows = torch.bincount(idx // 27, minlength=8)
-    assert rows.tolist() == [3, 3, 3, 3, 2, 2, 2, 2]
+    assert sorted(rows.tolist()) == [2, 2, 2, 2, 3, 3, 3, 3]  # which rows get 3: random
 
 
 def test_large_sparse_draw_is_uniformish():

@@ -35,7 +35,7 @@ from dctps.train.config import (
     load_config,
     save_config,
 )
-from dctps.train.setup import make_optimizer, param_groups
+from dctps.train.setup import make_optimizer, make_scheduler, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,6 +256,42 @@ def test_weight_decay_groups():
     net[0].alpha.requires_grad_(False)
     ids = {id(p) for g in make_optimizer(net, cfg.optim).param_groups for p in g["params"]}
     assert id(net[0].alpha) not in ids
+
+
+def test_fixup_scalars_train_at_a_tenth_of_the_learning_rate():
+    """Fixup's recipe (and the DCTpS authors' optimiser for fixup_resnet*): parameters named
+    *bias* or *scale* (the scalar biases and multipliers, the classifier bias) at lr/10; the
+    schedule scales every group alike; the factors are part of the run's identity."""
+    torch.manual_seed(0)
+    net = dctps.models.build("fixup_resnet110")
+    sparsify(net, 0.01, seed=0)
+    cfg = RunConfig(
+        model=ModelConfig("fixup_resnet110"),
+        sparsity=SparsityConfig("dctps", 0.01),
+        optim=OptimConfig(recipe="sgd", epochs=10, milestones=[5]),
+    ).resolve()
+    opt = make_optimizer(net, cfg.optim, dctps.models.lr_factors("fixup_resnet110"))
+    names = {id(p): n for n, p in net.named_parameters()}
+    lrs = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert opt.param_groups[0]["lr"] == cfg.optim.lr == 0.03  # what the trainer logs
+    slow = {n for n, lr in lrs.items() if lr == pytest.approx(0.1 * cfg.optim.lr)}
+    assert slow == {n for n in lrs if "bias" in n or "scale" in n}
+    assert len(slow) == 54 * 5 + 2 + 1  # block scalars, bias1/bias2, the classifier's bias
+    assert all(lr == cfg.optim.lr for n, lr in lrs.items() if n not in slow)
+    sched = make_scheduler(opt, cfg.optim)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(
+        [0.1 * g["lr_factor"] * cfg.optim.lr for g in opt.param_groups]
+    )
+    assert cfg.identity()["optim"]["lr_factors"] == {"bias": 0.1, "scale": 0.1}
+    resnet = RunConfig(sparsity=SparsityConfig("dctps", 0.01)).resolve()
+    assert "lr_factors" not in resnet.identity()["optim"]
+    assert [g["name"] for g in make_optimizer(net, resnet.optim).param_groups] == [
+        "decay",
+        "no_decay",
+    ]
 
 
 # ----------------------------------------------------------------------------- fit

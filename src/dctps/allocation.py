@@ -155,16 +155,23 @@ def budgets(
     return _at_least_one(counts)
 
 
-def filter_counts(shape: Sequence[int], nnz: int) -> torch.Tensor:
-    """Split a layer's ``nnz`` over its ``out = shape[0]`` filters as evenly as possible (EPF).
+def filter_counts(
+    shape: Sequence[int], nnz: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Split a layer's ``nnz`` over its ``out = shape[0]`` filters as evenly as possible (EPF,
+    Appendix A.2: "divided equally between all convolutional filters").
 
     Returns an int64 tensor of length ``out`` whose entries differ by at most one, sum to ``nnz``
-    and never exceed the filter size ``prod(shape[1:])``.
+    and never exceed the filter size ``prod(shape[1:])``. The ``nnz mod out`` filters that get
+    one more are drawn uniformly at random (``generator``; ``None``: torch's global RNG): always
+    the first ones would put every seed's extra weights, and at densities under one weight per
+    filter all of them, on the same filters (in a DCTpS layer, the lowest DCT frequencies).
     """
     out, fan = int(shape[0]), math.prod(shape[1:])
     if not 0 <= nnz <= out * fan:
         raise DctpsError(f"nnz={nnz} does not fit a layer of shape {tuple(shape)}")
     base, extra = divmod(nnz, out)
     counts = torch.full((out,), base, dtype=torch.int64)
-    counts[:extra] += 1
+    if extra:
+        counts[torch.randperm(out, generator=generator)[:extra]] += 1
     return counts

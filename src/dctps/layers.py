@@ -176,7 +176,7 @@ def draw_indices(
     fan = numel // shape[0]
     parts = [
         row * fan + _distinct(fan, int(c), generator)
-        for row, c in enumerate(filter_counts(shape, nnz).tolist())
+        for row, c in enumerate(filter_counts(shape, nnz, generator).tolist())
         if c
     ]
     flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)

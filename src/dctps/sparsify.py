@@ -40,7 +40,9 @@ __all__ = [
 #: (:meth:`dctps.train.config.RunConfig.identity`), so runs recorded under another scheme are never
 #: reused or averaged with today's. 1: layer ``i`` used ``seed + i``, so the models of seeds ``s``
 #: and ``s + 1`` shared every support of equal shape and size, shifted by one layer (8 of
-#: ResNet18's 21 layers at 1%). 2: :func:`layer_seed`.
+#: ResNet18's 21 layers at 1%), and EPF gave the ``nnz mod out`` extra weights to the first
+#: filters. 2: :func:`layer_seed`, and EPF's extra weights on random filters
+#: (:func:`dctps.allocation.filter_counts`; random pruning with EPF is marked too).
 SUPPORT_REVISION = 2
 
 

@@ -26,13 +26,22 @@ from collections.abc import Callable
 from torch import nn
 
 from dctps.errors import DctpsError, unknown_name
+from dctps.models.fixup_resnet import LR_FACTORS as FIXUP_LR_FACTORS
 from dctps.models.fixup_resnet import ZERO_INIT_ATTR, fixup_resnet110
 from dctps.models.lenet import lenet5
 from dctps.models.mobilenetv2 import mobilenetv2
 from dctps.models.resnet import kaiming_init_, resnet18, resnet50
 from dctps.models.vgg import vgg19
 
-__all__ = ["REVISIONS", "ZERO_INIT_ATTR", "build", "check_revision", "kaiming_init_", "names"]
+__all__ = [
+    "REVISIONS",
+    "ZERO_INIT_ATTR",
+    "build",
+    "check_revision",
+    "kaiming_init_",
+    "lr_factors",
+    "names",
+]
 
 Constructor = Callable[[int, int, int], nn.Module]
 
@@ -51,6 +60,17 @@ _REGISTRY: dict[str, Constructor] = {
 #: are never reused for the new one. Absent means revision 1 (hashes unchanged).
 #: vgg19 2: four max-pools then the average, as FORCE's VGG (revision 1 had a fifth max-pool).
 REVISIONS: dict[str, int] = {"vgg19": 2}
+
+
+#: Per-architecture learning-rate factors of its training recipe: parameter-name substring ->
+#: factor of the run's learning rate (the first matching substring applies). Part of a run's
+#: identity (:meth:`dctps.train.config.RunConfig.identity`).
+_LR_FACTORS: dict[str, dict[str, float]] = {"fixup_resnet110": FIXUP_LR_FACTORS}
+
+
+def lr_factors(name: str) -> dict[str, float]:
+    """The learning-rate factors of architecture ``name``'s recipe (empty: one learning rate)."""
+    return dict(_LR_FACTORS.get(name, {}))
 
 
 def names() -> list[str]:

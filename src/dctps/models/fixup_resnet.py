@@ -34,6 +34,11 @@ from torch import nn
 
 ZERO_INIT_ATTR = "_dctps_zero_init"
 
+#: Fixup's training recipe (Zhang et al. 2019, their CIFAR code; the DCTpS authors' optimiser
+#: for ``fixup_resnet*``): every parameter whose name contains ``bias`` (the scalar biases and the
+#: classifier's bias) or ``scale`` (the scalar multipliers) trains at a tenth of the learning rate.
+LR_FACTORS: dict[str, float] = {"bias": 0.1, "scale": 0.1}
+
 
 def _scalar(value: float) -> nn.Parameter:
     return nn.Parameter(torch.full((1,), value))

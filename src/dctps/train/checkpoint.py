@@ -215,16 +215,25 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
-def _old_seeding_hash(cfg: Any) -> str | None:
-    """The hash ``cfg`` had before DCTpS supports were seeded per layer by ``SeedSequence``
-    (:data:`dctps.sparsify.SUPPORT_REVISION`): such a checkpoint holds its own support, so its
+def _training_only_hashes(cfg: Any) -> set[str]:
+    """The hashes ``cfg`` had before changes that altered how runs train but not the model a
+    checkpoint holds: DCTpS supports seeded per layer by ``SeedSequence``
+    (:data:`dctps.sparsify.SUPPORT_REVISION`; a checkpoint holds its own support) and an
+    architecture's learning-rate factors (:func:`dctps.models.lr_factors`). Such a checkpoint's
     model is still exactly the one that was trained."""
     from dctps.train.config import identity_hash
 
     ident = cfg.identity()
-    if ident["sparsity"].pop("support_revision", None) is None:
-        return None
-    return identity_hash(ident)
+    markers = [("sparsity", "support_revision"), ("optim", "lr_factors")]
+    present = [(sec, key) for sec, key in markers if key in ident[sec]]
+    out = set()
+    for mask in range(1, 2 ** len(present)):  # every non-empty subset of the markers dropped
+        trimmed = {sec: dict(v) if isinstance(v, dict) else v for sec, v in ident.items()}
+        for i, (sec, key) in enumerate(present):
+            if mask >> i & 1:
+                del trimmed[sec][key]
+        out.add(identity_hash(trimmed))
+    return out
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
@@ -238,7 +247,8 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 
     obj = read_run_checkpoint(path)
     cfg = RunConfig.from_dict(obj["config"], source=str(path)).resolve()
-    if obj.get("config_hash") not in (None, cfg.config_hash(), _old_seeding_hash(cfg)):
+    known = {None, cfg.config_hash(), *_training_only_hashes(cfg)}
+    if obj.get("config_hash") not in known:
         # the same config hashes differently today: a computation it names changed since (e.g.
         # VGG19 revision 2, dctps.models.REVISIONS); its weights belong to the old network
         raise DctpsError(

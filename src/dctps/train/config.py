@@ -280,18 +280,23 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The resolved config as a dict without the non-identity fields, plus the model's
-        revision where it is above 1 (:data:`dctps.models.REVISIONS`) and, for DCTpS runs, how
-        their supports are seeded (:data:`dctps.sparsify.SUPPORT_REVISION`)."""
-        from dctps.models import REVISIONS
+        revision where it is above 1 (:data:`dctps.models.REVISIONS`), for DCTpS runs how their
+        supports are seeded (:data:`dctps.sparsify.SUPPORT_REVISION`), and the architecture's
+        learning-rate factors where it has any (:func:`dctps.models.lr_factors`)."""
+        from dctps.models import REVISIONS, lr_factors
 
         out = _strip_non_identity(self.resolve())
         revision = REVISIONS.get(self.model.name, 1)
         if revision > 1:
             out["model"]["revision"] = revision
-        if self.sparsity.method == "dctps":
+        s = self.sparsity
+        if s.method == "dctps" or (s.method == "random" and out["sparsity"]["allocation"] == "epf"):
             from dctps.sparsify import SUPPORT_REVISION
 
             out["sparsity"]["support_revision"] = SUPPORT_REVISION
+        factors = lr_factors(self.model.name)
+        if factors:  # runs trained before the recipe's factors were applied are other runs
+            out["optim"]["lr_factors"] = factors
         return out
 
     def config_hash(self) -> str:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dctps.errors import DctpsError, PruningFailed, cannot_write
+from dctps.models import lr_factors
 from dctps.train import checkpoint as ckpt_io
 from dctps.train import setup as su
 from dctps.train.config import RunConfig, save_config
@@ -526,7 +527,7 @@ def _fit(
         su.maybe_batch_rebuild(model, cfg, dev)
 
         # ---- optimisation state
-        optimizer = su.make_optimizer(model, o)
+        optimizer = su.make_optimizer(model, o, lr_factors(cfg.model.name))
         scheduler = su.make_scheduler(optimizer, o)
         steps_per_epoch = len(train_loader)
         rigl = su.make_rigl(model, optimizer, cfg, steps_per_epoch * o.epochs)

@@ -17,12 +17,16 @@ Weight decay: by default only weight tensors are decayed (the ``values`` of DCTp
 weights / ``weight_orig`` of Conv2d and Linear layers, every parameter with ``ndim >= 2``); alphas,
 biases, BatchNorm and Fixup scalars (1-D or 0-D) are not. ``decay_all`` decays everything, as the
 reference code did.
+
+Learning rate: one for every parameter, except where the architecture's recipe scales some
+(:func:`dctps.models.lr_factors`): FixupResNet110's scalar biases, scales and classifier bias
+train at a tenth of it, as in Fixup's and the DCTpS authors' code.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -167,32 +171,59 @@ def restore_structure(
             raise DctpsError(f"the checkpoint of this {s.method} run holds no pruning masks")
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:
-    """Two parameter groups, ``decay`` and ``no_decay`` (see module doc); frozen params skipped."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    decay_all: bool,
+    lr_factors: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Parameter groups by weight decay (``decay``/``no_decay``, module doc) and learning-rate
+    factor: a parameter whose full name contains a key of ``lr_factors`` (the first that
+    matches) gets ``lr_factor`` = its value (e.g. Fixup's scalars, 0.1), others 1. Groups with
+    factor 1 come first (``decay``, then ``no_decay``, both always present); frozen params are
+    skipped."""
+    factors = dict(lr_factors or {})
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     seen: set[int] = set()
-    for module in model.modules():
+    for mname, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            if decay_all or p.ndim >= 2 or (isinstance(module, DCTpSLayer) and name == "values"):
-                decay.append(p)
-            else:
-                no_decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
+            decayed = (
+                decay_all or p.ndim >= 2 or (isinstance(module, DCTpSLayer) and name == "values")
+            )
+            full = f"{mname}.{name}" if mname else name
+            factor = next((f for key, f in factors.items() if key in full), 1.0)
+            groups.setdefault((decayed, float(factor)), []).append(p)
+    out = []
+    for (decayed, factor), params in groups.items():
+        if not params and factor != 1.0:
+            continue
+        label = "decay" if decayed else "no_decay"
+        out.append(
+            {
+                "params": params,
+                "weight_decay": weight_decay if decayed else 0.0,
+                "name": label if factor == 1.0 else f"{label}_lr_x{factor:g}",
+                "lr_factor": factor,
+            }
+        )
+    return out
 
 
-def make_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
-    """Adam (L2 weight decay, as the reference) or SGD with momentum, per resolved ``o``."""
+def make_optimizer(
+    model: nn.Module, o: OptimConfig, lr_factors: Mapping[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay, as the reference) or SGD with momentum, per resolved ``o``; the
+    groups of :func:`param_groups`, each at ``o.lr`` times its ``lr_factor`` (the LR schedule
+    then scales every group alike)."""
     assert o.lr is not None and o.weight_decay is not None
-    groups = param_groups(model, o.weight_decay, o.decay_all)
+    groups = param_groups(model, o.weight_decay, o.decay_all, lr_factors)
     if not any(g["params"] for g in groups):
         raise DctpsError("the model has no trainable parameters")
+    for g in groups:
+        g["lr"] = o.lr * g["lr_factor"]
     if o.optimizer == "adam":
         return torch.optim.Adam(groups, lr=o.lr)
     if o.optimizer == "sgd":
