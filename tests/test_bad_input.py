@@ -344,6 +344,10 @@ CASES = [
     C("train-density-0", r"got 0\.0", *TRAIN_AT, "--density", "0"),
     C("train-rigl-flag-without-rigl", r"--rigl-t-end applies only with --rigl \(got "
       r"rigl_t_end=0\.5\)", *TRAIN_AT, "--rigl-t-end", "0.5"),
+    C("train-no-charge-alpha-without-channel", r"--no-charge-alpha applies only with --alpha "
+      r"channel .*got alpha 'layer'", *TRAIN_AT, "--method", "dctps", "--no-charge-alpha"),
+    C("train-milestone-past-the-end", r"--milestones 50 is not below the run's epochs \(1\)",
+      *TRAIN_AT, "--milestones", "50"),
     C("train-batched-rebuild", r"batched_rebuild must be one of auto, on, off, got 'yes'",
       *TRAIN_AT, "--batched-rebuild", "yes"),
     C("train-data-root-missing", r"data root .*nope does not exist",

@@ -192,12 +192,12 @@ def test_yaml_roundtrip_and_cli_schema(tmp_path):
             "milestones": "10,20",
             "option": ["exclude=fc"],
             "data_root": "/data",
-            "epochs": 7,
+            "epochs": 27,
         },
         base=cfg,
     )
     assert cli.sparsity.density == 0.01 and cli.sparsity.train_alpha is False
-    assert cli.optim.milestones == [10, 20] and cli.optim.epochs == 7
+    assert cli.optim.milestones == [10, 20] and cli.optim.epochs == 27
     assert cli.sparsity.options == {"exclude": "fc"} and cli.data.root == "/data"
     assert cli.model.name == "lenet5" and cli.seed == 4  # kept from the YAML
 

@@ -732,7 +732,28 @@ def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> Ru
         for part in cf.path[:-1]:
             target = target[part]
         target[cf.path[-1]] = v
-    return RunConfig.from_dict(d, source="command line")
+    cfg = RunConfig.from_dict(d, source="command line")
+    _check_cli_flags(values, cfg)
+    return cfg
+
+
+def _check_cli_flags(values: dict[str, Any], cfg: RunConfig) -> None:
+    """Refuse flags typed on the command line that would have no effect (a config file or
+    sweep may carry them for other runs; the resolved config then ignores them quietly)."""
+    if values.get("charge_alpha") is False and cfg.sparsity.alpha != "channel":
+        raise DctpsError(
+            "--no-charge-alpha applies only with --alpha channel (with one alpha per layer there "
+            f"are no extra alphas to charge; got alpha {cfg.sparsity.alpha!r})"
+        )
+    given = values.get("milestones")
+    if given:
+        epochs = cfg.resolve().optim.epochs
+        late = [m for m in cfg.optim.milestones or [] if m >= epochs]  # type: ignore[operator]
+        if late:
+            raise DctpsError(
+                f"--milestones {late[0]} is not below the run's epochs ({epochs}): the learning "
+                "rate would never decay there. Give milestones in 1..epochs-1"
+            )
 
 
 def cli_parameters() -> list[inspect.Parameter]:
