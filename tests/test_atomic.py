@@ -9,7 +9,7 @@ import torch
 
 import dctps
 from dctps import checkpoint_io
-from dctps.atomic import atomic_write
+from dctps.atomic import atomic_write, make_parent
 from dctps.errors import DctpsError
 
 
@@ -53,6 +53,22 @@ def test_an_os_error_becomes_a_clear_error_naming_the_file(tmp_path):
     with pytest.raises(DctpsError, match="is a file, not a folder"):
         with atomic_write(blocker / "out.txt", "test file"):
             pass
+
+
+def test_a_folder_is_not_a_file_target(tmp_path):
+    """`out/` (Path drops the slash) or an existing folder: named as a folder, nothing written
+    (a file called `out` was created, or the rename failed with a bare OSError)."""
+    (tmp_path / "existing").mkdir()
+    for target in (f"{tmp_path / 'new'}/", tmp_path / "existing"):
+        for step in ("make_parent", "atomic_write"):
+            with pytest.raises(DctpsError, match=r"that is a folder; give a file path in it, e\.g"):
+                if step == "make_parent":
+                    make_parent(target, "CSV file")
+                else:
+                    with atomic_write(target, "CSV file"):
+                        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    assert list((tmp_path / "existing").iterdir()) == []
 
 
 def test_concurrent_writers_of_one_target_do_not_share_a_temporary_file(tmp_path):

@@ -392,6 +392,9 @@ CASES = [
       "results", "--db", "{good}", "--where", "method"),
     C("results-csv-under-a-file", r"cannot write CSV file .*file\.txt is a file, not a folder",
       "results", "--db", "{good}", "--csv", "{file}/r.csv"),
+    C("results-csv-a-folder", r"cannot write CSV file .*/tables/: that is a folder; give a file "
+      r"path in it, e\.g\. .*tables/results\.csv", "results", "--db", "{good}", "--csv",
+      "{tmp}/tables/"),
     C("sweep-unknown-key", r"unknown_top\.yaml: unknown key 'modles'", "sweep",
       "{y}/unknown_top.yaml"),
     C("sweep-unknown-base-key", r"unknown key 'optim\.epoch'", "sweep", "{y}/unknown_base.yaml"),

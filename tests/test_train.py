@@ -1167,11 +1167,15 @@ def test_a_subset_as_large_as_the_data_set_is_no_subset():
     n_train = len(digits.train_y) + len(digits.val_y)
     assert dctps.data.get_info("digits").sizes == (n_train, len(digits.test_y))
     base = RunConfig(data=DataConfig("digits"), sparsity=SparsityConfig("dctps", 0.01))
-    big = dataclasses.replace(base, data=DataConfig("digits", subset=n_train))
-    small = dataclasses.replace(base, data=DataConfig("digits", subset=n_train - 1))
+    # the subset cuts each split after the hold-out: the largest, training, is what it must cover
+    largest = len(digits.train_y)
+    big = dataclasses.replace(base, data=DataConfig("digits", subset=largest))
+    small = dataclasses.replace(base, data=DataConfig("digits", subset=largest - 1))
     assert big.resolve().data.subset is None and big.config_hash() == base.config_hash()
-    assert small.resolve().data.subset == n_train - 1
+    assert small.resolve().data.subset == largest - 1
     assert small.config_hash() != base.config_hash()
+    cut = dctps.data.build("digits", subset=largest - 1)
+    assert len(cut.train_y) == largest - 1  # the subset below the cut-off does cut
     root = Path(__file__).resolve().parents[2] / "shared" / "data"
     if (root / "cifar-10-batches-py").is_dir():
         c10 = dctps.data.build("cifar10", root)

@@ -16,9 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from dctps.errors import cannot_write
+from dctps.errors import DctpsError, cannot_write
 
-__all__ = ["atomic_write", "create_temp", "make_parent", "starts_with", "unlink_quietly"]
+__all__ = [
+    "atomic_write",
+    "check_file_target",
+    "create_temp",
+    "make_parent",
+    "starts_with",
+    "unlink_quietly",
+]
 
 
 def create_temp(path: Path) -> tuple[int, str]:
@@ -46,12 +53,25 @@ def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
         return False
 
 
+def check_file_target(path: str | os.PathLike, what: str) -> None:
+    """A :class:`DctpsError` when ``path`` names a folder (an existing one, or a path ending in
+    a separator) where a file is to be written: ``Path("out/")`` is ``out``, and the write would
+    create a file called ``out`` (or fail on the folder)."""
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or Path(text).is_dir():
+        example = Path(text) / ("results.csv" if "CSV" in what else "model.dctps")
+        raise DctpsError(
+            f"cannot write {what} {text}: that is a folder; give a file path in it, e.g. {example}"
+        )
+
+
 def make_parent(path: str | os.PathLike, what: str) -> None:
     """Create the folder that will hold ``path`` (and its parents), as every ``dctps`` command
     does for its outputs; a failure (a parent that is a file, a read-only folder) becomes a
     :class:`DctpsError` naming ``what`` and ``path``. The library's own writers
     (:func:`dctps.save`, :meth:`~dctps.results.store.Store.to_csv`) do not call it: like
     ``torch.save``, they refuse a missing folder."""
+    check_file_target(path, what)
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -77,6 +97,7 @@ def atomic_write(
     ``what`` and ``path`` (:func:`dctps.errors.cannot_write`); any other exception, Ctrl-C
     included, propagates. Either way the temporary file is removed and ``path`` is untouched.
     """
+    check_file_target(path, what)
     target = Path(path)
     try:
         fd, tmp = create_temp(target)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import typer
 
 from dctps._version import __version__
-from dctps.atomic import make_parent, starts_with
+from dctps.atomic import check_file_target, make_parent, starts_with
 from dctps.errors import DctpsError
 
 app = typer.Typer(
@@ -287,6 +287,7 @@ def export_cmd(
     from dctps.checkpoint_io import MAGIC, inspect, save
     from dctps.train.checkpoint import model_from_checkpoint
 
+    check_file_target(out, "checkpoint")
     if Path(out).name in ("best.pt", "last.pt", "prev.pt") or (
         Path(out).exists() and Path(out).resolve() == Path(ckpt).resolve()
     ):

@@ -459,7 +459,9 @@ def _resolve_model_data(c: RunConfig) -> None:
     c.data.val_fraction = float(vf)
     if c.data.subset is not None:
         _positive_int(c.data.subset, "subset")
-        if c.data.subset >= max(_data.get_info(c.data.dataset).sizes):
+        n, n_test = _data.get_info(c.data.dataset).sizes
+        n_val = round(c.data.val_fraction * n)  # as dctps.data.holdout splits
+        if c.data.subset >= max(n - n_val, n_val, n_test):
             c.data.subset = None  # all of every split: the same run as without a subset
     if isinstance(c.data.split_seed, bool) or not isinstance(c.data.split_seed, int):
         raise DctpsError(f"split_seed must be an integer, got {c.data.split_seed!r}")
