@@ -277,3 +277,19 @@ def test_a_layer_shared_under_two_names_round_trips(tmp_path):
         assert loaded[0] is loaded[2] and isinstance(loaded[2], dctps.DCTpSLinear)
         x = torch.randn(4, 8)
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_reset_parameters_of_a_loaded_random_offset_keeps_its_offset(tmp_path):
+    """dctps.load builds a random-offset layer with a placeholder seed and loads the real one:
+    reset_parameters must restart from the loaded offset, not the placeholder's."""
+    model = dctps.sparsify(nn.Sequential(nn.Linear(16, 8)), 0.5, seed=3, offset="gaussian")
+    dctps.save(model, tmp_path / "m.dctps")
+    loaded = dctps.load(tmp_path / "m.dctps", model=nn.Sequential(nn.Linear(16, 8)))
+    layer = loaded[0]
+    with torch.no_grad():
+        layer.values.normal_()
+    layer.reset_parameters()
+    assert torch.equal(layer.offset_seed, model[0].offset_seed)
+    torch.testing.assert_close(layer.D, model[0].D)
+    assert torch.equal(layer.indices, model[0].indices)  # built from the file's support: kept
+    assert not layer.values.any()

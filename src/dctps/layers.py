@@ -22,6 +22,7 @@ follows ``.to()``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from dataclasses import dataclass
@@ -679,6 +680,10 @@ class DCTpSLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if key_i in state_dict:
             self.__dict__.pop(UNINITIALISED, None)
+        buf = self._buffers.get("offset_seed")
+        if prefix + "offset_seed" in state_dict and buf is not None and buf.device.type != "meta":
+            # the loaded offset is this layer's now (dctps.load builds with a placeholder seed)
+            self._init_spec = dataclasses.replace(self._init_spec, offset_seed=int(buf))
         # a loaded offset_seed may differ from the one D and the fast-path plans were built for
         self._drop_basis()
         for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
