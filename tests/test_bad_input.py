@@ -173,6 +173,18 @@ def P(id: str, needle: str, *args: str) -> Case:  # noqa: N802
     return Case(id, "proc", args, needle)
 
 
+def _rigl(model, optimizer):  # type: ignore[no-untyped-def]
+    from dctps.dst import RigL
+
+    return RigL(model, optimizer, 10)
+
+
+def _stale_optimizer_rigl():  # type: ignore[no-untyped-def]
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters())  # holds the dense weights sparsify replaces
+    return _rigl(dctps.sparsify(model, 0.1), opt)
+
+
 NAN = float("nan")
 TRAIN = ("train", "--model", "lenet5", "--dataset", "cifar10", "--density", "0.05",
          "--epochs", "1", "--batch-size", "32", "--device", "cpu", "-q")  # fmt: skip
@@ -219,6 +231,16 @@ CASES = [
     L("sparsify-exclude-everything", r"no nn\.Linear / nn\.Conv2d layers .*after exclusions",
       lambda e: dctps.sparsify(mlp(), 0.1, exclude="*")),
     # ------------------------------------------------------------------ dctps.prune
+    L("prune-not-a-module", r"prune needs an nn\.Module, got str",
+      lambda e: prune("model", 0.1, "random")),
+    L("rigl-not-a-module", r"RigL needs an nn\.Module, got str",
+      lambda e: _rigl("model", None)),
+    L("rigl-optimizer-a-string", r"optimizer must be a torch\.optim\.Optimizer .*got str",
+      lambda e: _rigl(dctps.sparsify(mlp(), 0.1), "adam")),
+    L("rigl-optimizer-built-before-sparsify", r"the optimizer does not hold the sparse "
+      r"parameters of 0, 2: build it after sparsify/prune", lambda e: _stale_optimizer_rigl()),
+    L("rigl-load-state-dict-bad", r"RigL\.load_state_dict needs \{'t': steps so far\}",
+      lambda e: _rigl(dctps.sparsify(mlp(), 0.1), None).load_state_dict({"step": 3})),
     L("prune-density-0", r"density must be in .*got 0$", lambda e: prune(mlp(), 0, "random")),
     L("prune-density-nan", r"got nan", lambda e: prune(mlp(), NAN, "random")),
     L("prune-density-string", r"got '1%'", lambda e: prune(mlp(), "1%", "random")),

@@ -293,3 +293,42 @@ def test_reset_parameters_of_a_loaded_random_offset_keeps_its_offset(tmp_path):
     torch.testing.assert_close(layer.D, model[0].D)
     assert torch.equal(layer.indices, model[0].indices)  # built from the file's support: kept
     assert not layer.values.any()
+
+
+def test_fixed_alphas_stay_fixed_through_save_and_load(tmp_path):
+    """train_alpha=False is part of the file: loading into an already sparsified model (whose
+    alphas train) or rebuilding an attention layer made every alpha trainable again."""
+
+    def make() -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.TransformerEncoderLayer(8, 2, 16))
+
+    model = dctps.sparsify(make(), 0.3, seed=0, train_alpha=False)
+    fixed = dctps.count(model).fixed_alphas
+    assert fixed == dctps.count(model).alphas > 0
+    dctps.save(model, tmp_path / "m.dctps")
+    for fresh in (make(), dctps.sparsify(make(), 0.3, seed=1)):
+        loaded = dctps.load(tmp_path / "m.dctps", model=fresh)
+        assert dctps.count(loaded).fixed_alphas == fixed
+
+
+def test_a_pruned_model_round_trips_through_save_and_load(tmp_path):
+    """dctps.save took a dctps.prune'd model but dctps.load could not read it back into a fresh
+    one ("missing 0.weight, unexpected 0.weight_orig"); it now gives the fresh model the pruning
+    structure first. A plain load_state_dict needs prepare_pruned_structure, now public."""
+    from dctps.pruning import prepare_pruned_structure, prune
+
+    def make() -> nn.Module:
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+
+    model = prune(make(), 0.2, "random", seed=0)
+    dctps.save(model, tmp_path / "pruned.dctps")
+    loaded = dctps.load(tmp_path / "pruned.dctps", model=make())
+    x = torch.randn(4, 20)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert torch.equal(loaded[0].weight_mask, model[0].weight_mask)
+    assert dctps.count(loaded).nonzeros == dctps.count(model).nonzeros == round(0.2 * 750)
+    fresh = make()
+    prepare_pruned_structure(fresh, model.state_dict())
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh(x), model(x))

@@ -509,7 +509,7 @@ def test_root_attention_reloaded_structure_and_user_hooks_with_a_pruned_out_proj
     """The attention runs its pruned out_proj's weight hooks also when it is the model itself,
     after the pruned structure is rebuilt for loading (resume), and never runs other user
     hooks (which expect the module's real inputs)."""
-    from dctps.train.checkpoint import prepare_pruned_structure
+    from dctps.pruning.common import prepare_pruned_structure
 
     torch.manual_seed(0)
     attn = nn.MultiheadAttention(8, 2, batch_first=True)

@@ -284,3 +284,36 @@ def test_rigl_under_ddp_plans_on_the_averaged_gradient(tmp_path):
     for a, b, ref in zip(ranks[0][n:], ranks[1][n:], alone[n:], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_copy_of_an_armed_dctps_model_is_its_own(tmp_path):
+    """On the step before an update RigL arms each DCTpS layer with a closure over that layer;
+    a deepcopy then (a best-model snapshot) computed with the original's weights as it trained
+    on, and pickling the model failed. Copies now drop the capture."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
+    m = dctps.sparsify(nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5)), 0.2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    rigl = RigL(m, opt, total_steps=100, delta_t=5)
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        if rigl.step():
+            opt.step()
+
+    for _ in range(4):  # the next step updates the support: the layers are armed now
+        step()
+    assert "dense_weight" in m[0].__dict__
+    snap = copy.deepcopy(m).eval()
+    torch.save(m, io.BytesIO())  # raised "Can't pickle local object" while armed
+    with torch.no_grad():
+        before = snap(x).clone()
+    for _ in range(3):
+        step()
+    with torch.no_grad():
+        assert torch.equal(snap(x), before)  # the original trained on; the copy did not
+    assert "dense_weight" not in snap[0].__dict__

@@ -129,6 +129,7 @@ def _layer_config(m: nn.Module) -> dict[str, Any]:
             "add_bias_kv": m.bias_k is not None,
             "in_nnz": m.in_proj.nnz,
             "out_nnz": m.out_proj.nnz,
+            "train_alpha": m.in_proj.alpha.requires_grad,
             "shape": [3 * m.embed_dim, m.embed_dim],
         }
     raise DctpsError(f"not a DCTpS module: {type(m).__name__}")
@@ -196,7 +197,10 @@ def _build_layer(cfg: dict[str, Any], old: nn.Module | None, state: dict[str, to
                 add_bias_kv=cfg["add_bias_kv"], add_zero_attn=cfg["add_zero_attn"],
                 batch_first=cfg["batch_first"], **fac,
             )  # fmt: skip
-        return DCTpSMultiheadAttention(old, cfg["in_nnz"], cfg["out_nnz"], seed=0, **off)
+        return DCTpSMultiheadAttention(
+            old, cfg["in_nnz"], cfg["out_nnz"], seed=0, train_alpha=cfg.get("train_alpha", True),
+            **off,
+        )  # fmt: skip
     raise DctpsError(f"unknown layer type {kind!r} in the checkpoint")
 
 
@@ -405,6 +409,10 @@ def load(
         if isinstance(old, (DCTpSLayer, DCTpSMultiheadAttention)) and _same_structure(old, cfg):
             if isinstance(old, DCTpSLayer) and "mode" in cfg:
                 old.mode = cfg["mode"]
+            if "train_alpha" in cfg:  # the file wins: a fixed alpha stays fixed
+                alphas = [old] if isinstance(old, DCTpSLayer) else [old.in_proj, old.out_proj]
+                for lay in alphas:
+                    lay.alpha.requires_grad_(bool(cfg["train_alpha"]))
             continue
         if not name:
             raise DctpsError(f"checkpoint {path}: cannot replace the root module")
@@ -414,6 +422,11 @@ def load(
     for key, t in state.items():
         if key.endswith("indices") and t.dtype == torch.int32:
             state[key] = t.long()
+    # a model pruned with dctps.prune (weight_orig + weight_mask): give the fresh model the same
+    # torch.nn.utils.prune structure, which the load then fills with the stored masks
+    from dctps.pruning.common import prepare_pruned_structure
+
+    prepare_pruned_structure(model, state)
     for cfg in header.get("layers", []):  # a shared layer's other names: the same tensors
         prefix = f"{cfg['name']}." if cfg["name"] else ""
         for alias in cfg.get("aliases", []):

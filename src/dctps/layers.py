@@ -414,6 +414,15 @@ class DCTpSLayer(nn.Module):
             self.__dict__.pop(key, None)
         self._prebuild_basis()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (deepcopy, pickle) is a layer of its own: not RigL's armed capture of this
+        # layer's weight (a closure over this layer: the copy computed with the original's
+        # weights) nor a batched weight of a forward in progress
+        state = dict(self.__dict__)
+        for key in ("dense_weight", BATCHED_WEIGHT):
+            state.pop(key, None)
+        return state
+
     def _check_initialised(self) -> None:
         """A :class:`DctpsError` for a layer that ``to_empty()`` left without a support."""
         if UNINITIALISED in self.__dict__:

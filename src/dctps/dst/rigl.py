@@ -10,6 +10,9 @@ Usage::
         if rigl.step():          # False on update iterations: their optimizer step is skipped,
             optimizer.step()     # as in the TF reference
 
+One ``step`` per optimizer step: with gradient accumulation, after the last micro-batch's
+``backward`` (the dense gradients captured on an update iteration add up over the micro-batches).
+
 Schedule: ``t`` counts :meth:`RigL.step` calls from 1. An update happens when ``t % delta_t == 0``
 and ``t < T_end = int(t_end * total_steps)``. Each update, for every sparse layer with ``n`` active
 weights, drops ``n_d = floor(n f(t))`` of them, with the cosine drop fraction
@@ -233,8 +236,12 @@ class RigL:
     Args:
         model: a model with masked layers (``torch.nn.utils.prune``) and/or DCTpS layers. Dense
             layers are left alone.
-        optimizer: the optimizer that trains ``model`` (its per-entry state is reset / permuted;
-            ``None``: no state to maintain).
+        optimizer: the optimizer that trains ``model``, built after ``sparsify``/``prune`` (it
+            must hold every sparse parameter: the ``values`` of DCTpS layers, the
+            ``weight_orig`` of pruned ones); its per-entry state is reset at regrown weights and
+            moved with a DCTpS layer's values when the support is re-sorted. ``None`` only for
+            an optimizer without per-parameter state (plain SGD): RigL cannot move state it
+            does not see, so Adam's or momentum's would stay on the old slots.
         total_steps: number of training iterations (``step`` calls) planned.
         delta_t: update every ``delta_t`` iterations (100).
         alpha: initial drop fraction (0.3).
@@ -269,6 +276,13 @@ class RigL:
             raise DctpsError(f"t_end must be in [0, 1], got {t_end!r}")
         if distributed is not None and not isinstance(distributed, bool):
             raise DctpsError(f"distributed must be True, False or None, got {distributed!r}")
+        if not isinstance(model, nn.Module):
+            raise DctpsError(f"RigL needs an nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise DctpsError(
+                f"optimizer must be a torch.optim.Optimizer (or None), got "
+                f"{type(optimizer).__name__}"
+            )
         self.distributed = distributed
         self.model, self.optimizer = model, optimizer
         self.total_steps, self.delta_t, self.alpha = total_steps, delta_t, float(alpha)
@@ -288,6 +302,19 @@ class RigL:
                 "RigL found no sparse layer: prune the model first (e.g. dctps.pruning.prune(model,"
                 " d, 'random', allocation='erk')) or use DCTpS layers (dctps.sparsify)"
             )
+        if optimizer is not None:
+            held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            missing = [
+                lay.name or "(model)"
+                for lay in self.layers
+                if any(p.requires_grad and id(p) not in held for p in lay.params)
+            ]
+            if missing:
+                raise DctpsError(
+                    f"the optimizer does not hold the sparse parameters of {', '.join(missing[:5])}"
+                    f"{' ...' if len(missing) > 5 else ''}: build it after sparsify/prune, "
+                    "from model.parameters()"
+                )
         connect_attention(model)  # a pruned attention out_proj: its gradient is captured too
         self._rearm()
 
@@ -405,5 +432,11 @@ class RigL:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume the schedule at ``state['t']`` (from :meth:`state_dict`)."""
-        self.t = int(state["t"])
+        t = state.get("t") if isinstance(state, dict) else None
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise DctpsError(
+                f"RigL.load_state_dict needs {{'t': steps so far}} (from RigL.state_dict()), got "
+                f"{state!r}"
+            )
+        self.t = t
         self._rearm()

@@ -60,7 +60,13 @@ from torch import nn
 from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
 from dctps.errors import DctpsError, check_density, unknown_name
-from dctps.pruning.common import Context, apply_masks, connect_attention, targets
+from dctps.pruning.common import (
+    Context,
+    apply_masks,
+    connect_attention,
+    prepare_pruned_structure,
+    targets,
+)
 from dctps.pruning.connectivity import check_connected, input_shape_of
 from dctps.pruning.force import force_masks, iter_snip_masks
 from dctps.pruning.grasp import grasp_masks
@@ -69,7 +75,7 @@ from dctps.pruning.random import random_masks
 from dctps.pruning.snip import snip_masks
 from dctps.pruning.synflow import synflow_masks
 
-__all__ = ["prune", "names", "default_batches", "Context", "Method"]
+__all__ = ["prune", "names", "default_batches", "prepare_pruned_structure", "Context", "Method"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ def prune(
         PruningFailed: the method cannot reach the density, or its masks leave no path from
             input to output (``model`` is left unchanged).
     """
+    if not isinstance(model, nn.Module):
+        raise DctpsError(f"prune needs an nn.Module, got {type(model).__name__}")
     d = check_density(density)
     entry = _REGISTRY.get(method) if isinstance(method, str) else None
     if entry is None:

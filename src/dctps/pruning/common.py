@@ -383,7 +383,7 @@ def connect_attention(model: nn.Module) -> None:
     ``out_proj``'s forward pre-hooks never run: the masked weight would be computed once, never
     again, and never train (nor would RigL see its gradient). Called by
     :func:`dctps.pruning.prune`, when a pruned structure is rebuilt for loading
-    (:func:`dctps.train.checkpoint.prepare_pruned_structure`) and by :class:`dctps.dst.RigL`.
+    (:func:`prepare_pruned_structure`) and by :class:`dctps.dst.RigL`.
     """
     for module in model.modules():
         if (
@@ -508,3 +508,32 @@ class Context:
         for w in weights:
             w.requires_grad_(True)
         return net, weights
+
+
+def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Give ``model`` the ``torch.nn.utils.prune`` structure that ``state_dict`` was saved with.
+
+    For every ``<module>.<attr>_orig`` key with a matching ``<module>.<attr>_mask`` key, applies
+    ``prune.identity(module, attr)`` (an all-ones mask) unless the module is already pruned, so that
+    ``model.load_state_dict(state_dict)`` then restores the real masks. Returns the pruned names.
+    """
+    done = []
+    for key in state_dict:
+        if not key.endswith("_orig"):
+            continue
+        stem = key[: -len("_orig")]
+        if stem + "_mask" not in state_dict:
+            continue
+        mod_name, _, attr = stem.rpartition(".")
+        try:
+            module = model.get_submodule(mod_name) if mod_name else model
+        except AttributeError:
+            raise DctpsError(
+                f"checkpoint has pruned weight {key!r} but the model has no module {mod_name!r}"
+            ) from None
+        if not hasattr(module, attr + "_orig"):
+            torch_prune.identity(module, attr)
+        done.append(stem)
+    if done:
+        connect_attention(model)  # a pruned attention out_proj must follow weight_orig
+    return done

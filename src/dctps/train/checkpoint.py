@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 from dctps.atomic import create_temp, unlink_quietly
 from dctps.errors import DctpsError, cannot_write
@@ -37,7 +36,6 @@ __all__ = [
     "atomic_save",
     "exists",
     "load_checkpoint",
-    "prepare_pruned_structure",
     "save_checkpoint",
 ]
 
@@ -312,34 +310,3 @@ def load_checkpoint(
             "run over"
         )
     return None
-
-
-def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Give ``model`` the ``torch.nn.utils.prune`` structure that ``state_dict`` was saved with.
-
-    For every ``<module>.<attr>_orig`` key with a matching ``<module>.<attr>_mask`` key, applies
-    ``prune.identity(module, attr)`` (an all-ones mask) unless the module is already pruned, so that
-    ``model.load_state_dict(state_dict)`` then restores the real masks. Returns the pruned names.
-    """
-    done = []
-    for key in state_dict:
-        if not key.endswith("_orig"):
-            continue
-        stem = key[: -len("_orig")]
-        if stem + "_mask" not in state_dict:
-            continue
-        mod_name, _, attr = stem.rpartition(".")
-        try:
-            module = model.get_submodule(mod_name) if mod_name else model
-        except AttributeError:
-            raise DctpsError(
-                f"checkpoint has pruned weight {key!r} but the model has no module {mod_name!r}"
-            ) from None
-        if not hasattr(module, attr + "_orig"):
-            torch_prune.identity(module, attr)
-        done.append(stem)
-    if done:
-        from dctps.pruning.common import connect_attention
-
-        connect_attention(model)  # a pruned attention out_proj must follow weight_orig
-    return done

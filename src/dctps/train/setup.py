@@ -34,7 +34,7 @@ from torch import nn
 
 from dctps.errors import DctpsError
 from dctps.layers import DCTpSLayer
-from dctps.train.checkpoint import prepare_pruned_structure
+from dctps.pruning.common import prepare_pruned_structure
 from dctps.train.config import OptimConfig, RunConfig
 
 __all__ = [
