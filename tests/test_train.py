@@ -918,6 +918,9 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     nested = tmp_path / "exports" / "v1" / "lenet.dctps"
     made = cli.invoke(app, ["export", str(best), str(nested)])
     assert made.exit_code == 0, made.output
+    folder = cli.invoke(app, ["export", str(best), f"{tmp_path / 'exports'}/"])  # not a file
+    assert "that is a folder; give a file path in it, e.g. " in str(folder.exception)
+    assert str(folder.exception).endswith("model.dctps") and (tmp_path / "exports").is_dir()
     torch.testing.assert_close(load(nested).eval()(x), model.eval()(x))
 
 

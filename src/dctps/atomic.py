@@ -53,25 +53,26 @@ def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
         return False
 
 
-def check_file_target(path: str | os.PathLike, what: str) -> None:
+def check_file_target(path: str | os.PathLike, what: str, example: str = "out.bin") -> None:
     """A :class:`DctpsError` when ``path`` names a folder (an existing one, or a path ending in
     a separator) where a file is to be written: ``Path("out/")`` is ``out``, and the write would
-    create a file called ``out`` (or fail on the folder)."""
+    create a file called ``out`` (or fail on the folder). ``example``: a file name to suggest."""
     text = os.fspath(path)
     if text.endswith(("/", os.sep)) or Path(text).is_dir():
-        example = Path(text) / ("results.csv" if "CSV" in what else "model.dctps")
         raise DctpsError(
-            f"cannot write {what} {text}: that is a folder; give a file path in it, e.g. {example}"
+            f"cannot write {what} {text}: that is a folder; give a file path in it, e.g. "
+            f"{Path(text) / example}"
         )
 
 
-def make_parent(path: str | os.PathLike, what: str) -> None:
+def make_parent(path: str | os.PathLike, what: str, example: str = "out.bin") -> None:
     """Create the folder that will hold ``path`` (and its parents), as every ``dctps`` command
     does for its outputs; a failure (a parent that is a file, a read-only folder) becomes a
     :class:`DctpsError` naming ``what`` and ``path``. The library's own writers
     (:func:`dctps.save`, :meth:`~dctps.results.store.Store.to_csv`) do not call it: like
-    ``torch.save``, they refuse a missing folder."""
-    check_file_target(path, what)
+    ``torch.save``, they refuse a missing folder. A folder given as ``path`` is refused
+    (:func:`check_file_target`, suggesting ``example``)."""
+    check_file_target(path, what, example)
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -287,7 +287,7 @@ def export_cmd(
     from dctps.checkpoint_io import MAGIC, inspect, save
     from dctps.train.checkpoint import model_from_checkpoint
 
-    check_file_target(out, "checkpoint")
+    check_file_target(out, "checkpoint", "model.dctps")
     if Path(out).name in ("best.pt", "last.pt", "prev.pt") or (
         Path(out).exists() and Path(out).resolve() == Path(ckpt).resolve()
     ):
@@ -308,7 +308,7 @@ def export_cmd(
             f"{ckpt} is a run of method {method!r}: dctps export writes DCTpS models only "
             "(its masked dense layers are in torch.load(CKPT)['model'])"
         )
-    make_parent(out, "checkpoint")
+    make_parent(out, "checkpoint", "model.dctps")
     save(model, out)
     info = inspect(out)
     typer.echo(

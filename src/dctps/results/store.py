@@ -643,7 +643,7 @@ def print_results(
         raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
     if csv_path is not None:
         _check_csv_target(Path(csv_path))  # before printing: the table would hide the error
-        make_parent(csv_path, "CSV file")  # as every command does for its outputs
+        make_parent(csv_path, "CSV file", "results.csv")  # as every command does for its outputs
     store = Store(path)
     rows = store.query(parse_where(where))
     if rows:
