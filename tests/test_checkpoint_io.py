@@ -332,3 +332,13 @@ def test_a_pruned_model_round_trips_through_save_and_load(tmp_path):
     prepare_pruned_structure(fresh, model.state_dict())
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_save_refuses_a_model_materialised_with_to_empty(tmp_path):
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(16, 8))
+    model = dctps.sparsify(model, 0.5, seed=0)
+    model.to_empty(device="cpu")
+    with pytest.raises(DctpsError, match="materialised with to_empty"):
+        dctps.save(model, tmp_path / "m.dctps")
+    assert not (tmp_path / "m.dctps").exists()

@@ -93,7 +93,9 @@ def test_load_resizes_support():
     b = DCTpSLinear(10, 10, nnz=3, seed=0)
     values = b.values
     opt = torch.optim.SGD(b.parameters(), lr=0.1)
+    b(torch.randn(2, 10)).sum().backward()  # a gradient of the old size: dropped by the resize
     b.load_state_dict(a.state_dict())
+    assert b.values.grad is None
     assert b.nnz == 7 and torch.equal(a.indices, b.indices)
     # resized in place, as PyTorch's loader copies in place: an optimizer made before still trains
     assert b.values is values and b.values.requires_grad
@@ -371,3 +373,22 @@ def test_basis_is_rebuilt_in_the_new_dtype_after_to():
     d = layer.D
     layer.to("cpu")
     assert layer.D is d
+
+
+def test_copies_of_a_compiled_or_old_pickled_layer():
+    """A layer.compile()'d layer pickles and deep-copies as nn.Module's do (the copy does not
+    call the original); a layer pickled by an older dctps (no init record) still loads a state
+    dict, and only reset_parameters, which needs the record, refuses with a clear error."""
+    import copy
+    import pickle
+
+    layer = DCTpSLinear(12, 6, nnz=10, seed=0, offset="gaussian")
+    layer.compile()
+    pickle.loads(pickle.dumps(layer))
+    twin = copy.deepcopy(layer)
+    assert "_compiled_call_impl" not in twin.__dict__ or twin._compiled_call_impl is None
+    old = DCTpSLinear(12, 6, nnz=10, seed=0, offset="gaussian")
+    del old.__dict__["_init_spec"]  # what unpickling a layer of the previous version gives
+    old.load_state_dict(DCTpSLinear(12, 6, nnz=10, seed=1, offset="gaussian").state_dict())
+    with pytest.raises(DctpsError, match="pickled by an older dctps"):
+        old.reset_parameters()

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from dctps import count
-from dctps.errors import PruningFailed
+from dctps.errors import DctpsError, PruningFailed
 from dctps.models import build, names
 from dctps.models.fixup_resnet import FixupResNet
 from dctps.models.resnet import BasicBlock, ResNet
@@ -256,3 +256,29 @@ def test_check_runs_on_the_models_device():
     _fails(model, 0.001, "snip", r"snip: .*no path", batches=batches)
     assert torch_prune.is_pruned(prune(model, 0.05, "snip", batches=batches))
     assert model.features[0].weight_mask.is_cuda
+
+
+def test_the_path_check_neither_reads_rng_nor_needs_a_copyable_model():
+    """random needs no data: the check may draw one batch for the input shape, but the global
+    RNG (which a shuffling loader seeds from) is as before; a model deepcopy cannot copy is left
+    unchecked rather than unprunable (the data methods, which must copy it, say why)."""
+    import threading
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    data = torch.utils.data.TensorDataset(torch.randn(64, 12), torch.randint(0, 3, (64,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True)
+    model = make()
+    state = torch.get_rng_state()
+    prune(model, 0.3, "random", loader, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    locked = make()
+    locked.lock = threading.Lock()  # type: ignore[attr-defined]
+    prune(locked, 0.3, "random", loader, seed=3)
+    assert hasattr(locked[0], "weight_mask")
+    locked2 = make()
+    locked2.lock = threading.Lock()  # type: ignore[attr-defined]
+    with pytest.raises(DctpsError, match="copy.deepcopy failed: TypeError"):
+        prune(locked2, 0.3, "snip", loader)

@@ -412,3 +412,14 @@ def test_convolutions_without_a_dctps_version_are_named_and_counted_dense():
         warnings.simplefilter("error")
         dctps.sparsify(quiet, 0.1, seed=0, exclude=["0"])
     assert dctps.count(quiet).weights == 3 * 4 * 9 + 1000
+
+
+def test_lazy_modules_are_refused_or_named():
+    """A LazyLinear has no shape to sparsify yet: a clear error, model untouched (a bare
+    RuntimeError before); a LazyConv1d, left dense anyway, is named in the warning."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.LazyLinear(10))
+    with pytest.raises(DctpsError, match="LazyLinear '1' has not created its weights yet"):
+        dctps.sparsify(model, 0.2, seed=0)
+    assert type(model[0]) is nn.Linear
+    with pytest.warns(UserWarning, match=r"0 \(LazyConv1d, weights not created yet\)"):
+        dctps.sparsify(nn.Sequential(nn.LazyConv1d(4, 3), nn.Flatten(), nn.Linear(24, 3)), 0.2)

@@ -944,6 +944,12 @@ def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_
     model, _ = ckpt_io.model_from_checkpoint(tmp_path / "old_seeding.pt")
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model.eval()(x), ckpt_io.model_from_checkpoint(best)[0].eval()(x))
+    # ... and so does one trained with a --subset as large as the data set, which now means none
+    obj["config"]["data"]["subset"] = 10**6
+    ident["data"]["subset"] = 10**6
+    obj["config_hash"] = identity_hash(ident)
+    torch.save(obj, tmp_path / "old_subset.pt")
+    ckpt_io.model_from_checkpoint(tmp_path / "old_subset.pt")
 
 
 def test_a_file_that_is_not_a_run_checkpoint_gets_a_plain_error(tmp_path):

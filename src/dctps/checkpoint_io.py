@@ -243,6 +243,9 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     names = _all_names(model)
     alias_prefixes: list[str] = []
     for name, m in _dctps_modules(model):
+        for layer in m.modules():
+            if isinstance(layer, DCTpSLayer):
+                layer._check_initialised()  # to_empty() garbage would be saved as a support
         cfg = _layer_config(m)
         aliases = [n for n in names[id(m)] if n != name]
         # one module under several names (weight sharing): stored once, under its first name

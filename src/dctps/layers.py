@@ -388,7 +388,12 @@ class DCTpSLayer(nn.Module):
         alpha, a fresh bias, and a random offset's seed. As PyTorch's ``reset_parameters``, for a
         model materialised with ``to_empty()`` (e.g. ``dctps.sparsify`` of a model on the
         ``meta`` device), whose layers refuse to run until this or ``load_state_dict``."""
-        spec = self._init_spec
+        spec = self.__dict__.get("_init_spec")
+        if spec is None:
+            raise DctpsError(
+                "reset_parameters: this layer was pickled by an older dctps, which did not keep "
+                "how it was initialised: build a new layer (or sparsify the dense model again)"
+            )
         dev = self.values.device
         if spec.given_indices and self.__dict__.get(UNINITIALISED):
             raise DctpsError(
@@ -418,7 +423,7 @@ class DCTpSLayer(nn.Module):
         # a copy (deepcopy, pickle) is a layer of its own: not RigL's armed capture of this
         # layer's weight (a closure over this layer: the copy computed with the original's
         # weights) nor a batched weight of a forward in progress
-        state = dict(self.__dict__)
+        state = dict(super().__getstate__())  # nn.Module's drops a compiled call, for one
         for key in ("dense_weight", BATCHED_WEIGHT):
             state.pop(key, None)
         return state
@@ -685,14 +690,21 @@ class DCTpSLayer(nn.Module):
                 # (its old per-parameter state then fails loudly at the next step)
                 with torch.no_grad():
                     self.values.data = self.values.new_zeros(n)
+                self.values.grad = None  # of the old size: the next backward would fail
                 self.indices = torch.zeros(n, dtype=torch.int64, device=self.indices.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if key_i in state_dict:
             self.__dict__.pop(UNINITIALISED, None)
         buf = self._buffers.get("offset_seed")
-        if prefix + "offset_seed" in state_dict and buf is not None and buf.device.type != "meta":
+        spec = self.__dict__.get("_init_spec")  # absent in a layer pickled by an older dctps
+        if (
+            spec is not None
+            and prefix + "offset_seed" in state_dict
+            and buf is not None
+            and buf.device.type != "meta"
+        ):
             # the loaded offset is this layer's now (dctps.load builds with a placeholder seed)
-            self._init_spec = dataclasses.replace(self._init_spec, offset_seed=int(buf))
+            self._init_spec = dataclasses.replace(spec, offset_seed=int(buf))
         # a loaded offset_seed may differ from the one D and the fast-path plans were built for
         self._drop_basis()
         for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.parameter import is_lazy
 
 from dctps.allocation import budgets
 from dctps.errors import DctpsError, check_density, check_seed
@@ -39,8 +40,8 @@ __all__ = [
 #: How :func:`sparsify` seeds each layer's support; part of a DCTpS run's identity
 #: (:meth:`dctps.train.config.RunConfig.identity`), so runs recorded under another scheme are never
 #: reused or averaged with today's. 1: layer ``i`` used ``seed + i``, so the models of seeds ``s``
-#: and ``s + 1`` shared every support of equal shape and size, shifted by one layer (8 of
-#: ResNet18's 21 layers at 1%), and EPF gave the ``nnz mod out`` extra weights to the first
+#: and ``s + 1`` shared every support of equal shape and size, shifted by one layer (7 of
+#: ResNet18's 20 sparse layers at 1%), and EPF gave the ``nnz mod out`` extra weights to the first
 #: filters. 2: :func:`layer_seed`, and EPF's extra weights on random filters
 #: (:func:`dctps.allocation.filter_counts`; random pruning with EPF is marked too).
 SUPPORT_REVISION = 2
@@ -144,6 +145,11 @@ def prunable_layers(
         if isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
             yield f"{name}.in_proj", module, tuple(module.in_proj_weight.shape)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            if is_lazy(module.weight):
+                raise DctpsError(
+                    f"{type(module).__name__} {name!r} has not created its weights yet (a lazy "
+                    "module): run one forward first, then sparsify or prune"
+                )
             yield name, module, tuple(module.weight.shape)
 
 
@@ -428,25 +434,30 @@ def sparsify(
             new = _replace(module, counts[i], lseed, **kw)
             i += 1
         swaps.append((module, new))
-    for old, new in swaps:
-        for alias in aliases[id(old)]:
-            _set_submodule(model, alias, new)
-    _warn_left_dense(model, exclude)
-    return model
-
-
-def _warn_left_dense(model: nn.Module, exclude: list[str]) -> None:
-    """Warn about convolutions ``sparsify`` has no DCTpS version of (Conv1d, Conv3d, transposed):
-    they stay dense and train every weight, which the user may not expect of a "sparse" model
-    (:func:`count` counts them as dense weights). Excluding them silences it."""
-    dense = [
+    left_dense = [
         (name, m)
         for name, m in model.named_modules()
         if isinstance(m, _ConvNd) and not isinstance(m, nn.Conv2d) and not _matches(name, exclude)
     ]
+    for old, new in swaps:
+        for alias in aliases[id(old)]:
+            _set_submodule(model, alias, new)
+    _warn_left_dense(left_dense)
+    return model
+
+
+def _warn_left_dense(dense: Sequence[tuple[str, _ConvNd]]) -> None:
+    """Warn about convolutions ``sparsify`` has no DCTpS version of (Conv1d, Conv3d, transposed):
+    they stay dense and train every weight, which the user may not expect of a "sparse" model
+    (:func:`count` counts them as dense weights). Excluding them silences it."""
     if not dense:
         return
-    listed = ", ".join(f"{n} ({type(m).__name__}, {m.weight.numel():,} weights)" for n, m in dense)
+
+    def size(m: _ConvNd) -> str:
+        w = m.weight
+        return "weights not created yet" if is_lazy(w) else f"{w.numel():,} weights"
+
+    listed = ", ".join(f"{n} ({type(m).__name__}, {size(m)})" for n, m in dense)
     warnings.warn(
         f"sparsify: {len(dense)} convolution(s) stay dense (DCTpS layers exist for Linear and "
         f"Conv2d only): {listed}. They train every weight, and dctps.count counts them as dense "
@@ -511,11 +522,21 @@ def count(model: nn.Module) -> Counts:
             nonzeros += _unmasked(module, "in_proj_weight")
             seen.add(id(getattr(module, "in_proj_weight_orig", w)))
         elif isinstance(module, (nn.Linear, _ConvNd)):  # convolutions of any kind
+            if is_lazy(module.weight):
+                raise DctpsError(
+                    f"count: {type(module).__name__} {module_name(model, module)!r} has not "
+                    "created its weights yet (a lazy module): run one forward first"
+                )
             weights += module.weight.numel()
             nonzeros += _unmasked(module, "weight")
             seen.add(id(getattr(module, "weight_orig", module.weight)))
     other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
     return Counts(weights, nonzeros, alphas, other, fixed)
+
+
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    """``module``'s name in ``model`` (its first, for a shared one)."""
+    return next((n for n, m in model.named_modules() if m is module), "?")
 
 
 def _unmasked(module: nn.Module, name: str) -> int:

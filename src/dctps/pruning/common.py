@@ -498,7 +498,14 @@ class Context:
     ) -> tuple[nn.Module, list[torch.Tensor]]:
         """A deep copy of the model for the scoring iterations, in train or eval mode, optionally
         cast to ``dtype``; only its prunable weights require grad. Returns ``(copy, weights)``."""
-        net = copy.deepcopy(self.model)
+        try:
+            net = copy.deepcopy(self.model)
+        except Exception as e:  # e.g. a module holding a lock or an open file
+            raise DctpsError(
+                f"pruning scores a deep copy of the model, and copy.deepcopy failed: "
+                f"{type(e).__name__}: {e}. Make the model copyable (keep locks, files and "
+                "handles outside it)"
+            ) from e
         if dtype is not None:
             net = net.to(dtype)
         net.train(train)

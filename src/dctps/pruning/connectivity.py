@@ -126,10 +126,14 @@ def input_shape_of(model: nn.Module, seen: Sequence[int] | None, batches: Any) -
         size = int(arch["image_size"])
         return (int(arch["in_channels"]), size, size)
     if batches is not None and not isinstance(batches, Iterator):
-        try:  # a method that drew no batch (``random`` ignores them): bad ones must not fail it
-            x, _ = BatchStream(batches, model_device(model)).next()
-        except DctpsError:
-            return ()
+        # a method that drew no batch (``random`` ignores them): bad ones must not fail it, and
+        # drawing one (a shuffling loader seeds itself from torch's RNG) must not change what
+        # is drawn after pruning
+        with torch.random.fork_rng(devices=[]):
+            try:
+                x, _ = BatchStream(batches, model_device(model)).next()
+            except DctpsError:
+                return ()
         return tuple(x.shape[1:])
     return ()
 
@@ -148,7 +152,10 @@ def path_flow(
     device = model_device(model)
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     with torch.no_grad():
-        net = copy.deepcopy(model).to(dtype).eval()
+        try:
+            net = copy.deepcopy(model).to(dtype).eval()
+        except Exception:  # e.g. a model holding a lock: no check rather than no pruning
+            return None
         kept = {id(t.weight): m for t, m in zip(targets(net), masks, strict=True)}
         for module in net.modules():
             for name, p in module.named_parameters(recurse=False):

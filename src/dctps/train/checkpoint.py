@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -213,24 +214,31 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
-def _training_only_hashes(cfg: Any) -> set[str]:
-    """The hashes ``cfg`` had before changes that altered how runs train but not the model a
-    checkpoint holds: DCTpS supports seeded per layer by ``SeedSequence``
-    (:data:`dctps.sparsify.SUPPORT_REVISION`; a checkpoint holds its own support) and an
-    architecture's learning-rate factors (:func:`dctps.models.lr_factors`). Such a checkpoint's
-    model is still exactly the one that was trained."""
+def _training_only_hashes(cfg: Any, stored: Mapping[str, Any]) -> set[str]:
+    """The hashes ``cfg`` (resolved from the ``stored`` config dict) had before changes that
+    altered how runs are identified or trained but not the model a checkpoint holds: DCTpS
+    supports seeded per layer by ``SeedSequence`` (:data:`dctps.sparsify.SUPPORT_REVISION`; a
+    checkpoint holds its own support), an architecture's learning-rate factors
+    (:func:`dctps.models.lr_factors`), and a ``subset`` as large as the data set, which now
+    resolves to none. Such a checkpoint's model is still exactly the one that was trained."""
     from dctps.train.config import identity_hash
 
     ident = cfg.identity()
     markers = [("sparsity", "support_revision"), ("optim", "lr_factors")]
     present = [(sec, key) for sec, key in markers if key in ident[sec]]
+    subsets = [ident["data"].get("subset")]
+    raw = (stored.get("data") or {}).get("subset")
+    if raw is not None and subsets[0] is None:
+        subsets.append(raw)
     out = set()
-    for mask in range(1, 2 ** len(present)):  # every non-empty subset of the markers dropped
-        trimmed = {sec: dict(v) if isinstance(v, dict) else v for sec, v in ident.items()}
-        for i, (sec, key) in enumerate(present):
-            if mask >> i & 1:
-                del trimmed[sec][key]
-        out.add(identity_hash(trimmed))
+    for subset in subsets:
+        for mask in range(2 ** len(present)):  # every subset of the markers dropped
+            trimmed = {sec: dict(v) if isinstance(v, dict) else v for sec, v in ident.items()}
+            trimmed["data"]["subset"] = subset
+            for i, (sec, key) in enumerate(present):
+                if mask >> i & 1:
+                    del trimmed[sec][key]
+            out.add(identity_hash(trimmed))
     return out
 
 
@@ -245,7 +253,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 
     obj = read_run_checkpoint(path)
     cfg = RunConfig.from_dict(obj["config"], source=str(path)).resolve()
-    known = {None, cfg.config_hash(), *_training_only_hashes(cfg)}
+    known = {None, cfg.config_hash(), *_training_only_hashes(cfg, obj["config"])}
     if obj.get("config_hash") not in known:
         # the same config hashes differently today: a computation it names changed since (e.g.
         # VGG19 revision 2, dctps.models.REVISIONS); its weights belong to the old network
