@@ -105,13 +105,14 @@ def test_a3_quick_cli_plots_the_store(fake_cifar10, tmp_path):
             "--data-root", str(fake_cifar10), "--out", str(out), "--seeds", "2", "-q"]  # fmt: skip
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    png = out / "figures" / "A.3-quick-lenet5-cifar10.png"  # not the paper's A.3 (ResNet50/VGG19)
+    # not the paper's A.3 (ResNet50/VGG19), nor its quick one (1 seed)
+    png = out / "figures" / "A.3-quick-lenet5-cifar10-seeds=0+1.png"
     assert png.stat().st_size > 0 and png.with_suffix(".pdf").exists()
     assert not (out / "figures" / "A.3-quick.png").exists()
     data = json.loads(png.with_suffix(".json").read_text())
     assert data["title"] == (
         "Figure A.3: EPL vs EPF (DCTpS)\nnot the paper's setting: model resnet50, vgg19 → lenet5; "
-        "data set cifar10, cifar100 → cifar10"
+        "data set cifar10, cifar100 → cifar10; seeds 0 → 0, 1"
     )
     (panel,) = data["panels"]
     assert panel["title"] == "LeNet-5, CIFAR-10" and panel["metric"] == "test_acc"
@@ -334,10 +335,12 @@ def test_a_figure_names_the_data_set_and_model_it_ran_not_the_papers():
     """`dctps figure density-resnet18-cifar10 --quick --dataset digits` trains on digits: its title
     and file name must not claim ResNet18 on CIFAR-10 (they used to)."""
     name = "density-resnet18-cifar10"
-    paper = F.figure_setup(name, F.figure_configs(name, quick=True))
+    paper = F.figure_setup(name, F.figure_configs(name, quick=True), quick=True)
     assert paper.is_paper and paper.title() == "Accuracy vs density: ResNet18, CIFAR-10"
     assert paper.stem(quick=True) == "density-resnet18-cifar10-quick"
-    digits = F.figure_setup(name, F.figure_configs(name, quick=True, datasets=["digits"]))
+    digits = F.figure_setup(
+        name, F.figure_configs(name, quick=True, datasets=["digits"]), quick=True
+    )
     assert not digits.is_paper
     assert digits.title() == ("Accuracy vs density: ResNet18, digits\n"
                               "not the paper's setting: data set cifar10 → digits")  # fmt: skip
@@ -370,7 +373,9 @@ def test_overriding_what_the_title_names_beyond_model_and_data_set():
     assert "optim.optimizer sgd → adam" in adam.title() and adam.stem() == "A.4-optimizer=adam"
     lenet = F.figure_setup("A.4", F.figure_configs("A.4", {"optim": {"recipe": "lenet"}}))
     assert "optim.recipe sgd → lenet" in lenet.title() and "SGD" not in lenet.title()
-    a1 = F.figure_setup("A.1", F.figure_configs("A.1", quick=True, datasets=["cifar10"]))
+    a1 = F.figure_setup(
+        "A.1", F.figure_configs("A.1", quick=True, datasets=["cifar10"]), quick=True
+    )
     assert a1.title().startswith("Figure A.1: DCTpS vs SynFlow and FORCE, CIFAR-10\n")
     assert "Tiny ImageNet" not in a1.title() and a1.stem(True) == "A.1-quick-resnet18-cifar10"
     a2 = F.figure_setup("A.2", pairs=F.allocation_pairs("A.2", None, ["cifar100"]))
@@ -384,15 +389,16 @@ def test_dry_run_and_print_config_name_what_runs(tmp_path):
     args = ["figure", name, "--quick", "--dataset", "digits", "--density", "0.01", "--seeds", "1"]
     r = runner.invoke(app, [*args, "--dry-run", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    png = tmp_path / "figures" / "density-lenet5-cifar10-quick-lenet5-digits.png"
+    png = tmp_path / "figures" / "density-lenet5-cifar10-quick-lenet5-digits-density=0.01.png"
     assert r.output.strip().splitlines()[-1] == (
         f"it would draw {png}: Accuracy vs density: LeNet-5, digits — not the paper's setting: "
-        "data set cifar10 → digits")  # fmt: skip
+        "data set cifar10 → digits; density 1%, 0.1% → 1%")  # fmt: skip
     r = runner.invoke(app, [*args, "--print-config"])
     assert r.exit_code == 0, r.output
     head = r.output.splitlines()[:3]
     assert head[0] == (f"# Figure {name}: Accuracy vs density: LeNet-5, digits (quick) — not the "
-                       "paper's setting: data set cifar10 → digits")  # fmt: skip
+                       "paper's setting: data set cifar10 → digits; "
+                       "density 1%, 0.1% → 1%")  # fmt: skip
     assert "CIFAR-10" not in r.output and f"configs/{name}.yaml" not in r.output
     assert head[2] == (f"# Draw: dctps figure {name} --config grid.yaml --quick --dataset digits "
                        "--density 0.01 --seeds 1 --plot-only")  # fmt: skip
@@ -408,12 +414,48 @@ def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(
     for c in F.figure_configs(name, **kw)[:2]:
         record(store, c, 0.5)
     data = F.run_figure(name, tmp_path, plot_only=True, echo=lambda s: None, **kw)
-    png = tmp_path / "figures" / "density-lenet5-cifar10-quick-lenet5-digits.png"
+    png = tmp_path / "figures" / "density-lenet5-cifar10-quick-lenet5-digits-density=0.01.png"
     assert data.paths[0] == png and png.is_file()
     assert not (tmp_path / "figures" / "density-lenet5-cifar10-quick.png").exists()
     saved = json.loads(png.with_suffix(".json").read_text())
     assert saved["title"].startswith("Accuracy vs density: LeNet-5, digits\n")
     assert [p["title"] for p in saved["panels"]] == ["LeNet-5, digits"]
+
+
+def test_a_quick_grid_of_mixed_quick_sizes_is_not_printed():
+    """offsets mixes LeNet-5 and ResNet18, whose quick sizes differ: the printed YAML had an
+    empty base, so its sweep trained every run at full size. Refused, with what to do."""
+    r = runner.invoke(app, ["figure", "offsets", "--quick", "--print-config"])
+    assert isinstance(r.exception, DctpsError)
+    assert "mixes models of different quick sizes (lenet5: 2 epochs" in str(r.exception)
+    one = runner.invoke(app, ["figure", "offsets", "--quick", "--model", "lenet5",
+                              "--print-config"])  # fmt: skip
+    assert one.exit_code == 0 and "subset: 2000" in one.output
+
+
+def test_quick_figures_say_so_and_overridden_lists_get_their_own_file(tmp_path):
+    """A quick figure notes its schedule (its accuracies are not the paper's); --density and
+    --seeds are overrides too: another file and a "not the paper's setting" line (they wrote
+    over the quick figure without a word)."""
+    name = "density-lenet5-cifar10"
+    store = Store(tmp_path)
+    quick = F.figure_configs(name, quick=True)
+    for c in quick:
+        record(store, c, 0.3)
+    data = F.run_figure(name, tmp_path, quick=True, plot_only=True, echo=lambda s: None)
+    assert data.paths[0].name == "density-lenet5-cifar10-quick.png"
+    assert data.note == (
+        "quick run, not the paper's schedule: LeNet-5 2 epochs on the first 2000 images of "
+        "each split; 1 seed"
+    )
+    assert json.loads(data.paths[2].read_text())["note"] == data.note
+    kw = {"quick": True, "densities": [0.001], "seeds": 3}
+    for c in F.figure_configs(name, **kw):
+        record(store, c, 0.2)
+    more = F.run_figure(name, tmp_path, plot_only=True, echo=lambda s: None, **kw)
+    assert more.paths[0].name == "density-lenet5-cifar10-quick-density=0.001-seeds=0+1+2.png"
+    assert more.title.endswith("density 1%, 0.1% → 0.1%; seeds 0 → 0, 1, 2")
+    assert more.note.endswith("; 3 seeds")
 
 
 def test_a_fixed_alpha_label_names_the_value_it_keeps():

@@ -520,9 +520,19 @@ def grid_yaml(
     ``configs/<name>.yaml``."""
     grid = load_grid(config) if config else None
     g = figure_grid(name, quick, models, datasets, densities, seeds, grid=grid)
+    sizes = _models_by_quick_size(g) if quick else {}
+    if len(sizes) > 1:  # quick sizes differ by model: one YAML base cannot hold them
+        listed = "; ".join(
+            f"{', '.join(ms)}: {e} epochs, {n} images" for (e, n), ms in sizes.items()
+        )
+        raise DctpsError(
+            f"the quick grid of figure {name} mixes models of different quick sizes ({listed}), "
+            "which one sweep YAML cannot hold (its runs would train at full size): run `dctps "
+            f"figure {name} --quick` itself, or print one size group with --model"
+        )
     configs = figure_configs(name, quick=quick, models=models, datasets=datasets,
                              densities=densities, seeds=seeds, grid=grid)  # fmt: skip
-    setup = figure_setup(name, configs)
+    setup = figure_setup(name, configs, quick=quick)
     if not setup.is_paper:
         title, changed = setup.title().split("\n", 1)
         g["description"] = f"{title}{' (quick)' if quick else ''} — {changed}"
@@ -589,6 +599,25 @@ class Setup:
     name: str
     pairs: list[Pair]
     configs: list[RunConfig] = field(default_factory=list)
+    quick: bool = False
+
+    def _grid_lists(self) -> list[tuple[str, list[Any], list[Any]]]:
+        """``(what, the paper's figure's values, the runs' values)`` for the sparse densities
+        and the seeds (of the quick figure when :attr:`quick`): lists the grid sets, which
+        ``--density`` and ``--seeds`` replace."""
+        if not self.configs or get(self.name).grid is None:
+            return []
+        ref = figure_configs(self.name, quick=self.quick)
+
+        def densities(cs: Sequence[RunConfig]) -> list[Any]:
+            return sorted({c.sparsity.density for c in cs if c.sparsity.method != "dense"},
+                          key=lambda d: -float(d or 0))  # fmt: skip
+
+        def seeds(cs: Sequence[RunConfig]) -> list[Any]:
+            return sorted({c.seed for c in cs})
+
+        return [(what, f(ref), f(self.configs))
+                for what, f in (("density", densities), ("seeds", seeds))]  # fmt: skip
 
     def _fixed(self) -> list[tuple[str, Any, list[Any]]]:
         """``(field, the paper's value, the values of the runs)`` of each setting the paper's
@@ -621,6 +650,9 @@ class Setup:
         for key, want, got in self._fixed():
             if got != [want]:
                 out.append(f"{key} {want} → {', '.join(str(v) for v in got)}")
+        for what, want, got in self._grid_lists():
+            if got != want:
+                out.append(f"{what} {', '.join(map(_fmt, want))} → {', '.join(map(_fmt, got))}")
         return out
 
     @property
@@ -668,6 +700,9 @@ class Setup:
         for key, want, got in self._fixed():
             if got != [want]:
                 parts.append(f"{key.rsplit('.', 1)[-1]}={'+'.join(str(v) for v in got)}")
+        for what, want, got in self._grid_lists():
+            if got != want:
+                parts.append(f"{what}={'+'.join(f'{v:g}' for v in got)}")
         return re.sub(r"[^\w+=.-]", "_", "-".join(parts))
 
 
@@ -675,14 +710,34 @@ def figure_setup(
     name: str,
     configs: Sequence[RunConfig] | None = None,
     pairs: Sequence[Pair] | None = None,
+    quick: bool = False,
 ) -> Setup:
     """The :class:`Setup` of figure ``name`` drawn from ``configs`` (a training figure; default:
-    the paper's grid) or of ``pairs`` (a figure that trains nothing; default: the paper's)."""
+    the paper's grid, quick or not) or of ``pairs`` (a figure that trains nothing; default: the
+    paper's). ``quick``: compare with the quick figure's densities and seeds."""
     spec = get(name)
     if spec.grid is None:
-        return Setup(name, list(pairs) if pairs is not None else paper_pairs(name))
-    cfgs = list(configs) if configs is not None else figure_configs(name)
-    return Setup(name, _unique((c.model.name, c.data.dataset) for c in cfgs), cfgs)
+        return Setup(name, list(pairs) if pairs is not None else paper_pairs(name), quick=quick)
+    cfgs = list(configs) if configs is not None else figure_configs(name, quick=quick)
+    return Setup(name, _unique((c.model.name, c.data.dataset) for c in cfgs), cfgs, quick)
+
+
+def _fmt(v: Any) -> str:
+    """A density as a percentage (``0.001`` -> ``0.1%``); anything else as is."""
+    return f"{100 * v:g}%" if isinstance(v, float) else str(v)
+
+
+def _quick_note(configs: Sequence[RunConfig]) -> str:
+    """What a quick figure's runs did, e.g. ``quick run: LeNet-5 2 epochs on the first 2000
+    images of each split; 1 seed`` (its accuracies are not the paper's)."""
+    sizes = _unique((c.model.name, c.optim.epochs, c.data.subset) for c in configs)
+    per = "; ".join(
+        f"{display_name(m)} {e} epoch{'s' * (e != 1)}"
+        + (f" on the first {n} images of each split" if n else "")
+        for m, e, n in sizes
+    )
+    k = len({c.seed for c in configs})
+    return f"quick run, not the paper's schedule: {per}; {k} seed{'s' * (k != 1)}"
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -693,9 +748,12 @@ def _store_rows(store: Any, hashes: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def draw(name: str, store: Any, configs: Sequence[RunConfig], path: str | Path) -> FigureData:
+def draw(
+    name: str, store: Any, configs: Sequence[RunConfig], path: str | Path, quick: bool = False
+) -> FigureData:
     """Draw training figure ``name`` from the rows of ``store`` whose hash is one of ``configs``'
-    (nothing else is read). Returns the data drawn; also writes ``path`` as PNG, PDF and JSON."""
+    (nothing else is read). Returns the data drawn; also writes ``path`` as PNG, PDF and JSON.
+    ``quick``: the runs are the quick figure's (compared with its settings, and noted)."""
     spec = get(name)
     hashes = [c.config_hash() for c in configs]
     rank = {h: i for i, h in enumerate(hashes)}
@@ -704,10 +762,11 @@ def draw(name: str, store: Any, configs: Sequence[RunConfig], path: str | Path) 
     order = list(dict.fromkeys((c.model.name, c.data.dataset) for c in configs))
     missing = [c.summary() for c, h in zip(configs, hashes, strict=True) if h not in finished]
     # a curve or point without its runs must not look complete
-    note = (
-        f"incomplete: {len(missing)} of {len(configs)} runs have no result yet" if missing else None
-    )
-    title = figure_setup(name, configs).title()
+    notes = [_quick_note(configs)] if quick else []
+    if missing:
+        notes.append(f"incomplete: {len(missing)} of {len(configs)} runs have no result yet")
+    note = "\n".join(notes) or None
+    title = figure_setup(name, configs, quick=quick).title()
     data = plot_runs(rows, path, title=title, label=spec.label, panel_order=order, note=note)
     data.missing, data.missing_runs = len(missing), missing
     write_json(data.to_dict(), Path(path).with_suffix(".json"))
@@ -803,7 +862,7 @@ def run_figure(
         name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,
         datasets=datasets, densities=densities, seeds=seeds, grid=grid,
     )  # fmt: skip
-    setup = figure_setup(name, configs)
+    setup = figure_setup(name, configs, quick=quick)
     fig_path = Path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
     db_path = out_db_path(out, db)
     if dry_run:
@@ -819,7 +878,7 @@ def run_figure(
         errors = report.errors
     if not db_path.is_file():
         raise DctpsError(f"no results database at {db_path}: run the figure without --plot-only")
-    data = draw(name, Store(db_path), configs, fig_path)
+    data = draw(name, Store(db_path), configs, fig_path, quick=quick)
     data.errors = errors
     echo(data.table())
     if data.missing:

@@ -179,11 +179,12 @@ class FigureData:
     missing_runs: list[str] = field(default_factory=list)  # their summaries
     errors: list[dict[str, Any]] = field(default_factory=list)  # runs that raised (dctps figure)
     title: str | None = None  # the figure's title (what ran; see dctps.results.figures.Setup)
+    note: str | None = None  # drawn under the title (a quick run's sizes, missing runs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The figure's title, panels, paths and counts as plain JSON values."""
+        """The figure's title, note, panels, paths and counts as plain JSON values."""
         return {
-            "title": self.title, "panels": [p.to_dict() for p in self.panels],
+            "title": self.title, "note": self.note, "panels": [p.to_dict() for p in self.panels],
             "paths": [str(p) for p in self.paths],
             "runs": self.runs, "missing": self.missing, "missing_runs": self.missing_runs,
         }  # fmt: skip
@@ -456,7 +457,7 @@ def plot_runs(
         rank = {k: i for i, k in enumerate(panel_order)}
         panels.sort(key=lambda p: rank.get((p.model, p.dataset), len(rank)))
     paths = plot_accuracy(panels, path, title=title, x=x, note=note)
-    out = FigureData(panels, paths, runs=len(rows), title=title)
+    out = FigureData(panels, paths, runs=len(rows), title=title, note=note)
     out.paths.append(write_json(out.to_dict(), paths[0].with_suffix(".json")))
     return out
 
