@@ -487,3 +487,23 @@ def test_print_config_repeats_the_flags_that_apply_on_top_of_the_grid():
     for line in (run, draw):
         assert "--epochs 1 --set optim.lr=0.01" in line
     assert "--data-root DIR" in run
+
+
+def test_an_emptied_layer_is_marked_on_a_budget_figure(tmp_path, monkeypatch):
+    """A layer with 0 non-zeros has no bar (nothing to draw on a log axis): it looked like
+    missing data in C.10, where SynFlow emptying layers is the point. It gets an x and a legend
+    entry in the series' colour."""
+    from dctps.results import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or [Path(path)])
+    plots.plot_allocation_panels(
+        [("panel", {"SynFlow": [5, 0, 3, 0], "EPL": [2, 2, 2, 2]})], tmp_path / "c10.png"
+    )
+    (ax,) = [a for a in drawn[0].axes if a.get_visible()]
+    labels = ax.get_legend_handles_labels()[1]
+    assert sorted(labels) == ["EPL", "SynFlow", "SynFlow: layer with 0 non-zeros"]
+    (marks,) = ax.collections
+    assert [round(x, 2) for x, _ in marks.get_offsets()] == [0.8, 2.8]  # layers 1 and 3
+    plots.plot_allocation({"EPL": [1, 2]}, "t", tmp_path / "a.png")
+    assert not drawn[1].axes[0].collections  # nothing empty, nothing marked

@@ -50,6 +50,20 @@ def save(fig, path: str | Path) -> list[Path]:
     return out
 
 
+def _mark_empty(ax: Any, xs: Sequence[float], counts: Sequence[int], bars: Any, label: str) -> None:
+    """Mark the layers a series leaves with 0 non-zeros: a bar of height 0 is invisible (and
+    has no place on a log axis), yet an emptied layer is what a budget figure must show (e.g.
+    SynFlow cutting the 1x1 shortcuts, Figure C.10). An ``x`` at the foot of the axis, in the
+    series' colour, with a legend entry."""
+    empty = [x for x, c in zip(xs, counts, strict=True) if c == 0]
+    if not empty:
+        return
+    color = bars.patches[0].get_facecolor() if bars.patches else None
+    ax.scatter(empty, [0.03] * len(empty), marker="x", color=color, s=18, zorder=3,
+               transform=ax.get_xaxis_transform(), clip_on=False,
+               label=f"{label}: layer with 0 non-zeros")  # fmt: skip
+
+
 def plot_allocation(
     series: Mapping[str, Sequence[int]], title: str, path: str | Path, log: bool = True
 ) -> list[Path]:
@@ -59,7 +73,8 @@ def plot_allocation(
     width = 0.8 / k
     for i, (label, counts) in enumerate(series.items()):
         xs = [j + (i - (k - 1) / 2) * width for j in range(len(counts))]
-        ax.bar(xs, counts, width=width, label=label)
+        bars = ax.bar(xs, counts, width=width, label=label)
+        _mark_empty(ax, xs, counts, bars, label)
     n = max(len(v) for v in series.values())
     ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=7)
     ax.set_xlabel("prunable layer")
@@ -92,7 +107,8 @@ def plot_allocation_panels(
         width = 0.8 / max(k, 1)
         for i, (label, counts) in enumerate(series.items()):
             xs = [j + (i - (k - 1) / 2) * width for j in range(len(counts))]
-            ax.bar(xs, counts, width=width, label=label)
+            bars = ax.bar(xs, counts, width=width, label=label)
+            _mark_empty(ax, xs, counts, bars, label)
         ax.set_xlabel("prunable layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("trainable non-zeros")
