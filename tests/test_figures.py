@@ -507,3 +507,21 @@ def test_an_emptied_layer_is_marked_on_a_budget_figure(tmp_path, monkeypatch):
     assert [round(x, 2) for x, _ in marks.get_offsets()] == [0.8, 2.8]  # layers 1 and 3
     plots.plot_allocation({"EPL": [1, 2]}, "t", tmp_path / "a.png")
     assert not drawn[1].axes[0].collections  # nothing empty, nothing marked
+
+
+def test_a_point_some_seeds_failed_says_so_on_the_figure(tmp_path, monkeypatch):
+    """A point averaged over the seeds that ran, some having failed, looked like any other
+    point (only the table and JSON told); it is annotated "k/n failed"."""
+    from dctps.results import plots
+
+    store = Store(tmp_path)
+    ok = cfg("snip", 0.01)
+    record(store, ok, 0.4)
+    bad = dataclasses.replace(ok, seed=1)
+    store.start(bad.config_hash(), bad.to_dict())
+    store.fail(bad.config_hash(), "snip: no path from input to output")
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or [Path(path)])
+    plots.plot_runs(store.query({}), tmp_path / "f.png")
+    texts = [t.get_text() for a in drawn[0].axes for t in a.texts]
+    assert texts == ["1/2 failed"]

@@ -414,6 +414,11 @@ def plot_accuracy(
             fx = [xv for xv, pt in zip(xs, pts, strict=True) if pt.failed]
             if fx:
                 ax.plot(fx, [100 * p.chance] * len(fx), "o", mfc="none", color=c, ms=5)
+            for xv, y, pt in zip(xs, ys, pts, strict=True):
+                if pt.n_failed and not pt.failed:  # averaged over the seeds that ran: say so
+                    ax.annotate(f"{pt.n_failed}/{pt.n_failed + pt.n_ok} failed", (xv, y),
+                                xytext=(4, 4), textcoords="offset points", fontsize=6,
+                                color=c)  # fmt: skip
         dense_styles = ["-", "-.", (0, (5, 1)), (0, (1, 1))]
         for i, (lab, pt) in enumerate(p.dense.items()):
             if pt.failed:  # every seed failed: at chance and dashed, never a solid result line
