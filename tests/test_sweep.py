@@ -152,17 +152,27 @@ def test_sweep_skips_done_and_failed_and_retries(fake_cifar10, tmp_path):
 
 
 def test_error_in_one_run_does_not_stop_the_others(fake_cifar10, tmp_path):
-    """An exception (here: CIFAR-100 missing under the data root) is an `error`, not `failed`:
-    it is left out of the store's failed runs so the next sweep tries it again."""
-    cfgs = expand_grid(
-        small_grid(fake_cifar10, datasets=["cifar100", "cifar10"], methods=["dense"])
-    )
+    """An exception (here: LeNet-5 cannot take the 8x8 digits) is an `error`, not `failed`: it
+    is left out of the store's failed runs so the next sweep tries it again."""
+    cfgs = expand_grid(small_grid(fake_cifar10, datasets=["digits", "cifar10"], methods=["dense"]))
     rep = run_sweep(cfgs, tmp_path, progress=False)
     assert rep.counts() == {"error": 1, "done": 1}
     (err,) = rep.errors
-    assert "cifar-100" in err["reason"] and err["hash"] == cfgs[0].config_hash()
+    assert "LeNet-5 needs 32x32" in err["reason"] and err["hash"] == cfgs[0].config_hash()
     assert Store(tmp_path).get(cfgs[0].config_hash()) is None
     assert [p.action for p in plan(cfgs, tmp_path)] == ["new", "skip-done"]
+
+
+def test_a_data_set_missing_under_the_root_stops_the_sweep_first(fake_cifar10, tmp_path):
+    """CIFAR-100 missing under a root that holds CIFAR-10: one error naming the folder and the
+    way out, before any run (A.1 without Tiny ImageNet printed the same error per run)."""
+    cfgs = expand_grid(
+        small_grid(fake_cifar10, datasets=["cifar100", "cifar10"], methods=["dense"])
+    )
+    with pytest.raises(DctpsError, match=r"missing folder .*cifar-100-python.*leave data set "
+                       r"'cifar100' out of the grid"):  # fmt: skip
+        run_sweep(cfgs, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_data_root_stops_the_sweep_before_any_run(tmp_path, monkeypatch):

@@ -203,11 +203,22 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
 
 def check_root(name: str, root: str | os.PathLike | None) -> None:
     """Raise the :class:`DctpsError` :func:`build` would raise for a missing data root of
-    ``name`` (none given and no ``DCTPS_DATA``, or not a folder), without reading any data; the
-    embedded ``digits`` need none. Sweeps call it once before their first run."""
+    ``name`` (none given and no ``DCTPS_DATA``, or not a folder) or a root without the data
+    set's folder (e.g. ``cifar-10-batches-py``), without reading any data; the embedded
+    ``digits`` need none. Sweeps call it once before their first run."""
     get_info(name)
-    if name != "digits":
-        _resolve_root(name, root)
+    if name == "digits":
+        return
+    path = _resolve_root(name, root)
+    from dctps.data import cifar, tiny_imagenet
+
+    sub, layout = {
+        "cifar10": (cifar.CIFAR10_DIR, cifar.CIFAR10_LAYOUT),
+        "cifar100": (cifar.CIFAR100_DIR, cifar.CIFAR100_LAYOUT),
+        "tiny_imagenet": (tiny_imagenet.TINY_DIR, tiny_imagenet.LAYOUT),
+    }[name]
+    if not (path / sub).is_dir():  # the loader's own first check, before any run starts
+        raise DctpsError(f"missing folder {path / sub}; expected layout: {layout}")
 
 
 def _check_subset(subset: object) -> int | None:

@@ -625,7 +625,13 @@ def run_sweep(
 
         # once, before any run: not the same error from every run of the grid
         for name, root in sorted({(p.cfg.data.dataset, p.cfg.data.root) for p in todo}, key=str):
-            check_root(name, root)
+            try:
+                check_root(name, root)
+            except DctpsError as e:
+                raise DctpsError(
+                    f"{e} (the sweep checks every data set before its first run: provide it, or "
+                    f"leave data set {name!r} out of the grid)"
+                ) from None
     try:
         out_p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
