@@ -525,3 +525,21 @@ def test_a_point_some_seeds_failed_says_so_on_the_figure(tmp_path, monkeypatch):
     plots.plot_runs(store.query({}), tmp_path / "f.png")
     texts = [t.get_text() for a in drawn[0].axes for t in a.texts]
     assert texts == ["1/2 failed"]
+
+
+def test_a_single_density_shows_the_seed_spread(tmp_path, monkeypatch):
+    """With one density the min-max band has no width: the spread over seeds was invisible."""
+    from matplotlib.container import ErrorbarContainer
+
+    from dctps.results import plots
+
+    store = Store(tmp_path)
+    for seed, acc in ((0, 0.3), (1, 0.5)):
+        record(store, cfg("snip", 0.01, seed=seed), acc)
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or [Path(path)])
+    plots.plot_runs(store.query({}), tmp_path / "f.png")
+    (ax,) = [a for a in drawn[0].axes if a.get_visible()]
+    (bar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    (segments,) = [seg.get_segments() for seg in bar.lines[2]]
+    assert [round(y, 6) for y in segments[0][:, 1]] == [30.0, 50.0]

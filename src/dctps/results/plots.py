@@ -408,6 +408,9 @@ def plot_accuracy(
             hi = [100 * pt.max if not pt.failed else float("nan") for pt in pts]
             ax.plot(xs, ok_y, "-o", color=c, ms=4, label=lab)
             ax.fill_between(xs, lo, hi, color=c, alpha=0.18, linewidth=0)
+            for xv, y, a, b in zip(xs, ok_y, lo, hi, strict=True):
+                if len(xs) == 1 and b > a:  # one density: a band has no width, show the spread
+                    ax.errorbar([xv], [y], yerr=[[y - a], [b - y]], color=c, capsize=3, lw=1)
             for i in range(len(pts) - 1):  # segments touching a failed point: dashed
                 if pts[i].failed or pts[i + 1].failed:
                     ax.plot(xs[i : i + 2], ys[i : i + 2], "--", color=c)
