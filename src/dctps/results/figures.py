@@ -647,13 +647,17 @@ class Setup:
             if set(am) == set(rm) and set(ad) == set(rd):
                 out.append("(model, data set) " + ", ".join("/".join(p) for p in ref) + " → "
                            + ", ".join("/".join(p) for p in self.pairs))  # fmt: skip
-        for key, want, got in self._fixed():
-            if got != [want]:
-                out.append(f"{key} {want} → {', '.join(str(v) for v in got)}")
-        for what, want, got in self._grid_lists():
-            if got != want:
-                out.append(f"{what} {', '.join(map(_fmt, want))} → {', '.join(map(_fmt, got))}")
+        for key, want, got, is_list in self._changed():
+            fmt = _fmt if is_list else str
+            out.append(f"{key} {', '.join(map(fmt, want))} → {', '.join(map(fmt, got))}")
         return out
+
+    def _changed(self) -> list[tuple[str, list[Any], list[Any], bool]]:
+        """``(setting, the paper's values, the runs' values, is a grid list)`` of every fixed
+        setting (:meth:`_fixed`) and grid list (:meth:`_grid_lists`) that the runs change."""
+        fixed = [(k, [want], got, False) for k, want, got in self._fixed() if got != [want]]
+        lists = [(k, want, got, True) for k, want, got in self._grid_lists() if got != want]
+        return fixed + lists
 
     @property
     def is_paper(self) -> bool:
@@ -697,12 +701,9 @@ class Setup:
             ms, ds, product = _split(self.pairs)
             parts.append(f"{'+'.join(ms)}-{'+'.join(ds)}" if product
                          else "+".join(f"{m}-{d}" for m, d in self.pairs))  # fmt: skip
-        for key, want, got in self._fixed():
-            if got != [want]:
-                parts.append(f"{key.rsplit('.', 1)[-1]}={'+'.join(str(v) for v in got)}")
-        for what, want, got in self._grid_lists():
-            if got != want:
-                parts.append(f"{what}={'+'.join(f'{v:g}' for v in got)}")
+        for key, _, got, is_list in self._changed():
+            shown = [f"{v:g}" if is_list else str(v) for v in got]
+            parts.append(f"{key.rsplit('.', 1)[-1]}={'+'.join(shown)}")
         return re.sub(r"[^\w+=.-]", "_", "-".join(parts))
 
 
