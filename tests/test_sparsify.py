@@ -421,5 +421,7 @@ def test_lazy_modules_are_refused_or_named():
     with pytest.raises(DctpsError, match="LazyLinear '1' has not created its weights yet"):
         dctps.sparsify(model, 0.2, seed=0)
     assert type(model[0]) is nn.Linear
+    with pytest.raises(DctpsError, match="LazyLinear '1' has not created .*, then count"):
+        dctps.count(model)
     with pytest.warns(UserWarning, match=r"0 \(LazyConv1d, weights not created yet\)"):
         dctps.sparsify(nn.Sequential(nn.LazyConv1d(4, 3), nn.Flatten(), nn.Linear(24, 3)), 0.2)

@@ -414,9 +414,7 @@ class DCTpSLayer(nn.Module):
             if self.bias is not None:
                 self.bias.copy_(self._draw_bias())
         self.__dict__.pop(UNINITIALISED, None)
-        self._drop_basis()
-        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
-            self.__dict__.pop(key, None)
+        self._forget_derived()
         self._prebuild_basis()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -515,6 +513,13 @@ class DCTpSLayer(nn.Module):
         """Free the cached ``D`` (it is rebuilt from the shape when needed)."""
         self._D = None
         self.__dict__.pop(PREBUILT, None)
+
+    def _forget_derived(self) -> None:
+        """Drop what was derived from the support and the offset (``D``, the fast path's plans),
+        after either changed (a state-dict load, :meth:`reset_parameters`)."""
+        self._drop_basis()
+        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
+            self.__dict__.pop(key, None)
 
     def _prebuild_basis(self) -> None:
         """Build ``D`` now if this layer is on an accelerator in a mode that uses it.
@@ -706,9 +711,7 @@ class DCTpSLayer(nn.Module):
             # the loaded offset is this layer's now (dctps.load builds with a placeholder seed)
             self._init_spec = dataclasses.replace(spec, offset_seed=int(buf))
         # a loaded offset_seed may differ from the one D and the fast-path plans were built for
-        self._drop_basis()
-        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
-            self.__dict__.pop(key, None)
+        self._forget_derived()
 
 
 class DCTpSLinear(DCTpSLayer):

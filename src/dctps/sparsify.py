@@ -145,12 +145,18 @@ def prunable_layers(
         if isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
             yield f"{name}.in_proj", module, tuple(module.in_proj_weight.shape)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
-            if is_lazy(module.weight):
-                raise DctpsError(
-                    f"{type(module).__name__} {name!r} has not created its weights yet (a lazy "
-                    "module): run one forward first, then sparsify or prune"
-                )
+            _check_not_lazy(module, name, "then sparsify or prune")
             yield name, module, tuple(module.weight.shape)
+
+
+def _check_not_lazy(module: nn.Module, name: str, then: str) -> None:
+    """A :class:`DctpsError` for a lazy module (``nn.LazyLinear``, ...) that has not created its
+    weight yet: it has no shape to count, sparsify or prune."""
+    if is_lazy(module.weight):  # type: ignore[arg-type]
+        raise DctpsError(
+            f"{type(module).__name__} {name!r} has not created its weights yet (a lazy module): "
+            f"run one forward first, {then}"
+        )
 
 
 def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
@@ -509,7 +515,7 @@ def count(model: nn.Module) -> Counts:
         raise DctpsError(f"count needs an nn.Module, got {type(model).__name__}")
     weights = nonzeros = alphas = fixed = 0
     seen: set[int] = set()
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, DCTpSLayer):
             weights += math.prod(module.weight_shape)
             nonzeros += module.nnz
@@ -522,21 +528,12 @@ def count(model: nn.Module) -> Counts:
             nonzeros += _unmasked(module, "in_proj_weight")
             seen.add(id(getattr(module, "in_proj_weight_orig", w)))
         elif isinstance(module, (nn.Linear, _ConvNd)):  # convolutions of any kind
-            if is_lazy(module.weight):
-                raise DctpsError(
-                    f"count: {type(module).__name__} {module_name(model, module)!r} has not "
-                    "created its weights yet (a lazy module): run one forward first"
-                )
+            _check_not_lazy(module, name, "then count")
             weights += module.weight.numel()
             nonzeros += _unmasked(module, "weight")
             seen.add(id(getattr(module, "weight_orig", module.weight)))
     other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
     return Counts(weights, nonzeros, alphas, other, fixed)
-
-
-def module_name(model: nn.Module, module: nn.Module) -> str:
-    """``module``'s name in ``model`` (its first, for a shared one)."""
-    return next((n for n, m in model.named_modules() if m is module), "?")
 
 
 def _unmasked(module: nn.Module, name: str) -> int:
