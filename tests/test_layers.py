@@ -109,7 +109,8 @@ def test_load_refuses_a_support_of_another_layer(mode):
     """Indices out of the weight's range (a bigger layer's checkpoint), unsorted or repeated
     ones, or a values/indices length mismatch are refused before anything is copied: the fast
     path would read out of bounds (an abort, in review), the dense one scatter wrongly."""
-    big = DCTpSLinear(64, 64, nnz=410, seed=0, bias=False).state_dict()
+    # a plain dict: without the saved shape (metadata), the range check is what catches it
+    big = dict(DCTpSLinear(64, 64, nnz=410, seed=0, bias=False).state_dict())
     small = DCTpSLinear(16, 16, nnz=20, seed=1, bias=False, mode=mode)
     before = {k: v.clone() for k, v in small.state_dict().items()}
     ok = small.state_dict()
@@ -131,6 +132,35 @@ def test_load_refuses_a_support_of_another_layer(mode):
         assert all(torch.equal(after[k], v) for k, v in before.items()), needle
     x = torch.randn(3, 16)
     torch.testing.assert_close(small(x), x @ small.dense_weight().T)  # still works
+
+
+@pytest.mark.parametrize(
+    ("saved", "target"),
+    [
+        (lambda: DCTpSLinear(16, 8, nnz=5, seed=0), lambda: DCTpSLinear(8, 16, nnz=5, seed=1)),
+        (lambda: DCTpSLinear(8, 8, nnz=5, seed=0), lambda: DCTpSLinear(16, 16, nnz=5, seed=1)),
+        (
+            lambda: DCTpSConv2d(3, 4, 3, nnz=9, seed=0),
+            lambda: DCTpSConv2d(4, 3, 3, nnz=9, seed=1),
+        ),
+    ],
+    ids=["transposed", "smaller", "conv-transposed"],
+)
+def test_load_refuses_a_state_dict_saved_from_another_shape(saved, target, tmp_path):
+    """A smaller or transposed layer's positions all fit: only the shape saved in the state
+    dict's metadata (kept through torch.save/torch.load) tells them apart."""
+    src, dst = saved(), target()
+    torch.save(torch.nn.Sequential(src).state_dict(), tmp_path / "sd.pt")
+    sd = torch.load(tmp_path / "sd.pt", weights_only=True)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    model = torch.nn.Sequential(dst)
+    with pytest.raises(DctpsError, match=r"'0' was saved from a layer with weight shape"):
+        model.load_state_dict(sd)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in before.items())
+    # the same shape loads, metadata and all
+    same = saved()
+    torch.nn.Sequential(same).load_state_dict(sd)
+    assert torch.equal(same.indices, src.indices)
 
 
 def test_indices_distinct_sorted_and_seeded():

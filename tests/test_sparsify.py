@@ -382,6 +382,23 @@ def test_a_meta_model_materialised_with_to_empty(offset):
     assert torch.isfinite(y).all()
 
 
+def test_to_empty_from_a_real_device_is_detected_and_a_move_is_not():
+    """``to_empty`` from a materialised layer (not only from ``meta``) hands back garbage
+    indices too: refused until ``reset_parameters()``. Moves and casts keep the support."""
+    model = dctps.sparsify(mlp(), 0.1, seed=3)
+    x = torch.randn(2, 64)
+    ref = model(x)
+    model.to("cpu").double().float().half().float().share_memory()
+    torch.testing.assert_close(model(x), ref, rtol=1e-2, atol=1e-2)  # via fp16: rounded
+    model.to_empty(device="cpu")
+    with pytest.raises(DctpsError, match=r"materialised with to_empty\(\)"):
+        model(x)
+    for m in model.modules():
+        if isinstance(m, DCTpSLinear):
+            m.reset_parameters()
+    assert torch.isfinite(model(x)).all()
+
+
 def test_reset_parameters_restarts_a_trained_layer():
     layer = DCTpSConv2d(4, 6, 3, nnz=20, seed=2, alpha_init=0.5)
     fresh = DCTpSConv2d(4, 6, 3, nnz=20, seed=2, alpha_init=0.5)

@@ -115,6 +115,8 @@ def _alpha_settings(alpha: object, alpha_init: object) -> tuple[str, float | str
 
 #: a layer's ``__dict__`` key set while ``to_empty()`` has left its support uninitialised
 UNINITIALISED = "_dctps_uninitialised"
+# key of a layer's weight shape in its state dict's per-module metadata
+SHAPE_METADATA = "dctps_weight_shape"
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,20 @@ def _build_basis(layer: DCTpSLayer, device: torch.device, dtype: torch.dtype) ->
     # a D first needed under inference_mode must still serve later training
     with torch.inference_mode(False):
         return layer._basis().to(device=device, dtype=dtype)
+
+
+_PROBE = 1877  # exact in every float dtype a cast could give it (integers up to 2048)
+
+
+def _allocates_garbage(fn: Any, device: torch.device) -> bool:
+    """Whether ``fn``, a function that ``nn.Module._apply`` maps over tensors, returns
+    uninitialised memory (``to_empty()``'s ``empty_like``) rather than the tensor's values
+    (``.to()``, ``.cuda()``, ``.half()``: the same or a copy). Probed on a one-element tensor."""
+    probe = torch.full((1,), _PROBE, dtype=torch.int64, device=device)
+    out = fn(probe)
+    if out is probe or not isinstance(out, torch.Tensor) or out.device.type == "meta":
+        return False
+    return out.numel() != 1 or int(out.reshape(()).item()) != _PROBE
 
 
 def _is_accelerator(device: torch.device) -> bool:
@@ -545,9 +561,11 @@ class DCTpSLayer(nn.Module):
         before = self._D
         was_meta = self.indices.device.type == "meta"
         res = super()._apply(fn, recurse)
-        if was_meta and self.indices.device.type != "meta":
-            # only to_empty() leaves meta (a .to() refuses): the support is garbage memory now,
-            # and so is a D cached on meta
+        if (was_meta and self.indices.device.type != "meta") or (
+            not was_meta and _allocates_garbage(fn, self.indices.device)
+        ):
+            # only to_empty() leaves meta (a .to() refuses) or hands back uninitialised
+            # memory: the support is garbage now, and so is a cached D
             self.__dict__[UNINITIALISED] = True
             self._drop_basis()
         d = self._D
@@ -682,10 +700,29 @@ class DCTpSLayer(nn.Module):
         """The materialised ``W``, so code that reads ``module.weight`` (e.g. attention) works."""
         return self.dense_weight()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # The shape rides in the state dict's per-module metadata (beside torch's "version"),
+        # not as a tensor: no new key for strict loads, safetensors or old checkpoints, and
+        # torch.save/torch.load(weights_only=True) keep it. A load then refuses the support of
+        # a layer of another shape, whose flat positions may all fit this one.
+        meta = getattr(destination, "_metadata", None)
+        if meta is not None and prefix[:-1] in meta:
+            meta[prefix[:-1]][SHAPE_METADATA] = list(self.weight_shape)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):  # type: ignore[override]
         # values/indices may have another length than this layer's freshly drawn support
         # (a checkpoint is the truth): resize before the default loader copies into them.
         key_v, key_i = prefix + "values", prefix + "indices"
+        saved_shape = (local_metadata or {}).get(SHAPE_METADATA)
+        if key_i in state_dict and saved_shape is not None:
+            if tuple(saved_shape) != tuple(self.weight_shape):
+                name = repr(prefix[:-1]) if prefix else "the layer"
+                raise DctpsError(
+                    f"load_state_dict: {name} was saved from a layer with weight shape "
+                    f"{tuple(saved_shape)}, but this layer's is {tuple(self.weight_shape)}; "
+                    "load it into a layer of the saved shape"
+                )
         if key_i in state_dict:
             _check_loaded_support(self, state_dict[key_i], state_dict.get(key_v), prefix)
         if key_v in state_dict and key_i in state_dict:
@@ -697,7 +734,7 @@ class DCTpSLayer(nn.Module):
                     self.values.data = self.values.new_zeros(n)
                 self.values.grad = None  # of the old size: the next backward would fail
                 self.indices = torch.zeros(n, dtype=torch.int64, device=self.indices.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
         if key_i in state_dict:
             self.__dict__.pop(UNINITIALISED, None)
         buf = self._buffers.get("offset_seed")
