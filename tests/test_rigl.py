@@ -317,3 +317,48 @@ def test_a_copy_of_an_armed_dctps_model_is_its_own(tmp_path):
     with torch.no_grad():
         assert torch.equal(snap(x), before)  # the original trained on; the copy did not
     assert "dense_weight" not in snap[0].__dict__
+
+
+@pytest.mark.parametrize("kind", ["pruned", "dctps"])
+def test_an_overflowing_update_is_skipped_with_a_loss_scaler_and_refused_without(kind):
+    """A loss scaler's overflow on an update iteration leaves every support as it was and lets
+    the scaler skip the optimizer step; without a scaler the non-finite gradient is an error,
+    checked in every layer before any moves (a partial update was possible before)."""
+    model = (
+        prune(_mlp(), 0.3, "random", seed=0)
+        if kind == "pruned"
+        else dctps.sparsify(_mlp(), 0.3, seed=0)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rigl = RigL(model, opt, total_steps=100, delta_t=2)
+
+    def state():
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows float32 gradients
+    _run(model, opt, rigl, 1)  # t = 1: no update
+    before = state()
+    x, y = _batch(1)
+    opt.zero_grad()
+    scaler.scale(F.cross_entropy(model(x), y) * 1e6).backward()  # as an fp16 overflow would
+    assert rigl.step(scaler) is True  # t = 2, an update iteration, overflowed: skipped
+    scaler.step(opt)
+    scaler.update()
+    assert rigl.skipped == [2] and rigl.history == []
+    after = state()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # nothing moved or stepped
+    assert scaler.get_scale() < 2.0**127
+
+    # without a scaler: refused, and a layer whose gradient is finite is not updated either
+    _run(model, opt, rigl, 1, start=2)  # t = 3
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    last = next(layer for layer in reversed(rigl.layers) if layer.grad is not None)
+    last.grad.view(-1)[0] = math.inf
+    before = state()
+    with pytest.raises(DctpsError, match=r"non-finite gradient in layer\(s\) '4'.*no support"):
+        rigl.step()
+    after = state()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    with pytest.raises(DctpsError, match="scaler must be a torch.amp.GradScaler"):
+        rigl.step("scaler")

@@ -12,6 +12,11 @@ Usage::
 
 One ``step`` per optimizer step: with gradient accumulation, after the last micro-batch's
 ``backward`` (the dense gradients captured on an update iteration add up over the micro-batches).
+With mixed precision, pass the loss scaler: ``if rigl.step(scaler): scaler.step(optimizer)``, then
+``scaler.update()``. An update iteration whose gradients overflowed then leaves the supports as
+they are (recorded in ``skipped``) and returns ``True``, so that the scaler skips the optimizer
+step and lowers its scale, as it does on any overflowing iteration. Without a scaler a non-finite
+gradient on an update iteration is an error (a diverged run), and no layer is changed.
 
 Schedule: ``t`` counts :meth:`RigL.step` calls from 1. An update happens when ``t % delta_t == 0``
 and ``t < T_end = int(t_end * total_steps)``. Each update, for every sparse layer with ``n`` active
@@ -255,6 +260,7 @@ class RigL:
         t: number of :meth:`step` calls so far.
         T_end: ``int(t_end * total_steps)``.
         history: ``(t, f(t), weights regrown)`` of every update.
+        skipped: the update iterations skipped because the loss scaler's gradients overflowed.
     """
 
     def __init__(
@@ -289,6 +295,7 @@ class RigL:
         self.T_end = int(t_end * total_steps)
         self.t = 0
         self.history: list[tuple[int, float, int]] = []
+        self.skipped: list[int] = []
         self.layers: list[_Sparse] = []
         for name, module in model.named_modules():
             if isinstance(module, DCTpSLayer):
@@ -337,13 +344,19 @@ class RigL:
         for layer in self.layers:
             layer.arm() if armed else layer.disarm()
 
-    def step(self) -> bool:
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> bool:
         """Call after ``loss.backward()``; returns whether to call ``optimizer.step()`` now.
 
         On an update iteration it moves the supports (module doc) and returns ``False``.
         Raises :class:`DctpsError` if no dense gradient was captured on an update iteration
-        (``step`` called without a forward/backward in between).
+        (``step`` called without a forward/backward in between), or if one is not finite and
+        no enabled ``scaler`` (``torch.amp.GradScaler``) says that overflow is expected: then
+        the update is skipped and ``True`` returned, for ``scaler.step(optimizer)`` to skip.
         """
+        if scaler is not None and not (hasattr(scaler, "is_enabled") and hasattr(scaler, "update")):
+            raise DctpsError(
+                f"scaler must be a torch.amp.GradScaler (or None), got {type(scaler).__name__}"
+            )
         self.t += 1
         if not self.is_update(self.t):
             self._rearm()
@@ -355,12 +368,27 @@ class RigL:
                 f"RigL update at step {self.t}: no gradient was captured; call step() once per "
                 "iteration, after loss.backward()"
             )
+        # every layer checked before any moves: a refused update changes nothing
+        bad = [
+            layer.name or "(model)"
+            for layer in self.layers
+            if layer.grad is not None and not bool(torch.isfinite(layer.grad).all())
+        ]
+        if bad:
+            if scaler is not None and scaler.is_enabled():
+                self.skipped.append(self.t)
+                self._rearm()
+                return True
+            raise DctpsError(
+                f"RigL update at step {self.t}: non-finite gradient in layer(s) "
+                f"{', '.join(repr(b) for b in bad[:5])}{' ...' if len(bad) > 5 else ''}; no "
+                "support was changed. With mixed precision, pass the loss scaler: "
+                "rigl.step(scaler)"
+            )
         fraction = self.drop_fraction(self.t)
         grown = 0
         for layer in self.layers:
             if layer.grad is not None:  # a layer unused on this batch keeps its support
-                if not bool(torch.isfinite(layer.grad).all()):
-                    raise DctpsError(f"RigL: non-finite gradient in layer {layer.name!r}")
                 grown += layer.update(fraction, self._state)
         self.history.append((self.t, fraction, grown))
         self._rearm()
