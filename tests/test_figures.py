@@ -543,3 +543,39 @@ def test_a_single_density_shows_the_seed_spread(tmp_path, monkeypatch):
     (bar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     (segments,) = [seg.get_segments() for seg in bar.lines[2]]
     assert [round(y, 6) for y in segments[0][:, 1]] == [30.0, 50.0]
+
+
+def test_a_method_keeps_its_colour_and_failing_curves_do_not_hide_each_other(tmp_path, monkeypatch):
+    """The colour of a curve came from its order in the plot, so `figure` and `plot` drew SNIP
+    in different colours; and two methods failing at one density drew their chance markers on
+    top of each other (one vanished)."""
+    from matplotlib.colors import to_hex
+
+    from dctps.results import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or [Path(path)])
+
+    def colours(methods):
+        store = Store(tmp_path / "-".join(methods))
+        for m in methods:
+            record(store, cfg(m, 0.01), 0.4)
+            record(store, cfg(m, 0.001), reason=f"{m}: no path from input to output")
+        plots.plot_runs(store.query({}), tmp_path / "f.png")
+        (ax,) = [a for a in drawn[-1].axes if a.get_visible()]
+        lines = {ln.get_label(): ln for ln in ax.lines if not ln.get_label().startswith("_")}
+        markers = [ln for ln in ax.lines if ln.get_marker() == "o" and ln.get_linestyle() == "None"]
+        return {lab: to_hex(ln.get_color()) for lab, ln in lines.items()}, markers
+
+    one, _ = colours(["snip", "synflow"])
+    two, markers = colours(["grasp", "synflow", "snip"])
+    assert one["SNIP"] == two["SNIP"] and one["SynFlow"] == two["SynFlow"]
+    assert len({two[k] for k in ("SNIP", "SynFlow", "GraSP")}) == 3
+    xs = sorted(float(m.get_xdata()[0]) for m in markers)  # three failed points at 0.1%
+    assert len(xs) == 3 and len(set(xs)) == 3
+    assert xs[0] < 0.1 < xs[2] and xs[1] == pytest.approx(0.1)
+    assert [float(m.get_ydata()[0]) for m in markers] == pytest.approx([10.0] * 3)
+    # labels without a colour of their own take the cycle's first free ones, never a method's
+    mixed = plots.series_colours(["DCTpS", "my variant", "DCTpS (ERK)"])
+    assert len(set(mixed.values())) == 3
+    assert mixed["DCTpS"] == plots.series_colours(["DCTpS"])["DCTpS"]

@@ -71,9 +71,10 @@ def plot_allocation(
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * max(len(v) for v in series.values())), 3.5))
     k = len(series)
     width = 0.8 / k
+    colour = series_colours(list(series))
     for i, (label, counts) in enumerate(series.items()):
         xs = [j + (i - (k - 1) / 2) * width for j in range(len(counts))]
-        bars = ax.bar(xs, counts, width=width, label=label)
+        bars = ax.bar(xs, counts, width=width, label=label, color=colour[label])
         _mark_empty(ax, xs, counts, bars, label)
     n = max(len(v) for v in series.values())
     ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=7)
@@ -102,12 +103,13 @@ def plot_allocation_panels(
         nrows, ncols, figsize=(ncols * max(5.0, 0.12 * width_layers), 3.2 * nrows), squeeze=False
     )
     data: dict[str, dict[str, list[int]]] = {}
+    colour = series_colours(list(dict.fromkeys(lab for _, s in panels for lab in s)))
     for ax, (title, series) in zip(axes.flat, panels, strict=False):
         k = len(series)
         width = 0.8 / max(k, 1)
         for i, (label, counts) in enumerate(series.items()):
             xs = [j + (i - (k - 1) / 2) * width for j in range(len(counts))]
-            bars = ax.bar(xs, counts, width=width, label=label)
+            bars = ax.bar(xs, counts, width=width, label=label, color=colour[label])
             _mark_empty(ax, xs, counts, bars, label)
         ax.set_xlabel("prunable layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -141,6 +143,29 @@ METHOD_LABELS = {
 }
 METHOD_ORDER = ("dense", "dctps", "random", "snip", "iter_snip", "force", "synflow", "grasp")
 # Config entries that never split a curve (they vary along it, or do not change the experiment).
+
+
+# Sparse methods keep one colour in every plot and figure (dense is drawn in black).
+METHOD_COLOURS = {
+    "DCTpS": "C0", "Random": "C1", "SNIP": "C2", "FORCE (paper's) = Iter-SNIP": "C3",
+    "FORCE (published)": "C4", "SynFlow": "C5", "GraSP": "C6", "RigL (ERK)": "C7",
+    "DCTpS+RigL": "C8",
+}  # fmt: skip
+# failed points at chance of the k-th of n failing curves sit at x * FAILED_DODGE**(k-(n-1)/2)
+FAILED_DODGE = 1.06
+
+
+def series_colours(labels: Sequence[str]) -> dict[str, str]:
+    """A colour per curve label: a method's own (:data:`METHOD_COLOURS`) where it has one and no
+    other label of the plot took it, else the first colour of matplotlib's cycle not yet used
+    in the plot (cycling once all are)."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fixed = {lab: cycle[int(c[1:]) % len(cycle)] for lab, c in METHOD_COLOURS.items()}
+    out = {lab: fixed[lab] for lab in labels if lab in fixed}
+    free = [c for c in cycle if c not in out.values()] or list(cycle)
+    for i, lab in enumerate(lab for lab in labels if lab not in out):
+        out[lab] = free[i % len(free)]
+    return out
 
 
 class Point(NamedTuple):
@@ -393,11 +418,10 @@ def plot_accuracy(
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows + 0.6), squeeze=False, layout="constrained"
     )
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    labels = list(dict.fromkeys(k for p in panels for k in p.series))
-    colour = {lab: colours[i % len(colours)] for i, lab in enumerate(labels)}
+    colour = series_colours(list(dict.fromkeys(k for p in panels for k in p.series)))
     for ax, p in zip(axes.flat, panels, strict=False):
         xs_all: set[float] = set()
+        failing = [lab for lab, pts in p.series.items() if any(pt.failed for pt in pts)]
         for lab, pts in p.series.items():
             c = colour[lab]
             xs = [pt.x * (100 if x == "density" else 1) for pt in pts]
@@ -415,8 +439,10 @@ def plot_accuracy(
                 if pts[i].failed or pts[i + 1].failed:
                     ax.plot(xs[i : i + 2], ys[i : i + 2], "--", color=c)
             fx = [xv for xv, pt in zip(xs, pts, strict=True) if pt.failed]
-            if fx:
-                ax.plot(fx, [100 * p.chance] * len(fx), "o", mfc="none", color=c, ms=5)
+            if fx:  # several curves failing at one density would hide each other: dodged
+                dodge = FAILED_DODGE ** (failing.index(lab) - (len(failing) - 1) / 2)
+                ax.plot([v * dodge for v in fx], [100 * p.chance] * len(fx), "o", mfc="none",
+                        color=c, ms=5)  # fmt: skip
             for xv, y, pt in zip(xs, ys, pts, strict=True):
                 if pt.n_failed and not pt.failed:  # averaged over the seeds that ran: say so
                     ax.annotate(f"{pt.n_failed}/{pt.n_failed + pt.n_ok} failed", (xv, y),
