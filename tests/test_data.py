@@ -298,6 +298,12 @@ def test_corrupt_cifar_files(tmp_path):
     _dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, batch)
     with pytest.raises(DctpsError, match="data_batch_3.*'labels'"):
         D.build("cifar10", tmp_path)
+    for labels, kind in (([0.7, 1.9], "float64"), ([True, False], "bool")):
+        # a cast truncated 1.9 to class 1 without a word
+        _dump({"data": np.zeros((2, 3072), np.uint8), "labels": labels}, batch)
+        needle = f"data_batch_3.*'labels' is not a list of integers.*{kind}"
+        with pytest.raises(DctpsError, match=needle):
+            D.build("cifar10", tmp_path)
     batch.unlink()
     with pytest.raises(DctpsError, match="missing file .*data_batch_3"):
         D.build("cifar10", tmp_path)
@@ -311,6 +317,22 @@ def test_tiny_imagenet_errors(tmp_path):
     with pytest.raises(DctpsError, match="val_2.JPEG"):
         D.build("tiny_imagenet", tmp_path)
     img.write_bytes(good)
+    ann = folder / "val" / "val_annotations.txt"
+    good_ann = ann.read_bytes()
+    first = good_ann.decode().splitlines()[0]
+    ann.write_text(good_ann.decode() + first + "\n")  # an image twice: counted twice
+    with pytest.raises(DctpsError, match=r"annotations\.txt:\d+: 'val_0\.JPEG' is listed again"):
+        D.build("tiny_imagenet", tmp_path)
+    ann.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DctpsError, match=r"cannot read .*val_annotations\.txt as text"):
+        D.build("tiny_imagenet", tmp_path)
+    ann.write_bytes(good_ann)
+    wnids = folder / "wnids.txt"
+    good_wnids = wnids.read_bytes()
+    wnids.write_bytes(b"\xff" + good_wnids)
+    with pytest.raises(DctpsError, match=r"cannot read .*wnids\.txt as text.*expected layout"):
+        D.build("tiny_imagenet", tmp_path)
+    wnids.write_bytes(good_wnids)
     cls = folder / "train" / "n01000000"
     cls.rename(folder / "train" / "moved")
     with pytest.raises(DctpsError, match=r"missing class folder .*n01000000.*wnids\.txt"):
@@ -398,6 +420,8 @@ def test_normalize():
         ref = (x[:, ch].double() / 255 - mean[ch]) / std[ch]
         assert torch.allclose(out[:, ch].double(), ref, atol=1e-5)
     assert torch.allclose(A.normalize(x[0], mean, std), out[0])
+    with pytest.raises(DctpsError, match="expected uint8 pixels in 0..255, got torch.float32"):
+        A.normalize(x.float() / 255, mean, std)  # would be divided by 255 twice
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,6 +102,11 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     Returns:
         float32 tensor of ``x``'s shape on ``x``'s device.
     """
+    if x.dtype != torch.uint8:  # float pixels in [0, 1] would be divided by 255 once more
+        raise DctpsError(
+            f"normalize: expected uint8 pixels in 0..255, got {x.dtype}; pass the images as "
+            "uint8 (e.g. (x * 255).round().to(torch.uint8) for floats in [0, 1])"
+        )
     c = x.shape[-3]
     if len(mean) != c or len(std) != c:
         raise DctpsError(f"normalize: {c} channels but {len(mean)} means and {len(std)} stds")

@@ -73,9 +73,16 @@ def _read_batch(
             f"{path}: 'data' has shape {data.shape}, expected (N, 3072); layout: {layout}"
         )
     try:
-        labels = np.asarray(d[label_key], dtype=np.int64)
+        raw = np.asarray(d[label_key])
     except (TypeError, ValueError) as e:
         raise DctpsError(f"{path}: '{label_key}' is not a list of integers ({e})") from None
+    if raw.size and (raw.dtype == np.bool_ or not np.issubdtype(raw.dtype, np.integer)):
+        # a cast would truncate 1.9 to class 1 without a word
+        raise DctpsError(
+            f"{path}: '{label_key}' is not a list of integers (its values are {raw.dtype}, "
+            f"e.g. {raw.reshape(-1)[0]!r}); layout: {layout}"
+        )
+    labels = raw.astype(np.int64)
     if labels.shape != (data.shape[0],):
         raise DctpsError(
             f"{path}: '{label_key}' has shape {labels.shape}, expected ({data.shape[0]},) "

@@ -1,8 +1,9 @@
 """Tiny ImageNet (200 classes, 64x64) from the official folder layout, as uint8 tensors.
 
-The official test split has no labels, so the labelled ``val`` split is returned as our test set;
-the caller holds validation out of the training set and must never select a model on this test
-set.
+The official test split has no labels, so the labelled ``val`` split is returned as the test
+split here. :func:`dctps.data.build` decides its role: by default (Appendix E.5, no hold-out) it
+is the validation set on which the max accuracy is reported, and there is no test set; with a
+``val_fraction`` it becomes the test set, and validation is held out of the training images.
 """
 
 from __future__ import annotations
@@ -58,11 +59,21 @@ def _decode_all(paths: list[Path]) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _read_wnids(folder: Path) -> list[str]:
-    path = folder / "wnids.txt"
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a text file of the layout, or a :class:`DctpsError` naming it."""
     if not path.is_file():
         raise DctpsError(f"missing file {path}; expected layout: {LAYOUT}")
-    wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DctpsError(
+            f"cannot read {path} as text ({type(e).__name__}: {e}); expected layout: {LAYOUT}"
+        ) from None
+
+
+def _read_wnids(folder: Path) -> list[str]:
+    path = folder / "wnids.txt"
+    wnids = [line.strip() for line in _read_lines(path) if line.strip()]
     if not wnids:
         raise DctpsError(f"{path} lists no class ids; expected layout: {LAYOUT}")
     if len(set(wnids)) != len(wnids):
@@ -104,11 +115,10 @@ def load_tiny_imagenet(
         train_labels += [label_of[w]] * len(files)
 
     ann = folder / "val" / "val_annotations.txt"
-    if not ann.is_file():
-        raise DctpsError(f"missing file {ann}; expected layout: {LAYOUT}")
     val_paths: list[Path] = []
     val_labels: list[int] = []
-    for lineno, line in enumerate(ann.read_text().splitlines(), start=1):
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(_read_lines(ann), start=1):
         if not line.strip():
             continue
         fields = line.split("\t") if "\t" in line else line.split()
@@ -117,6 +127,10 @@ def load_tiny_imagenet(
         name, w = fields[0].strip(), fields[1].strip()
         if w not in label_of:
             raise DctpsError(f"{ann}:{lineno}: wnid {w!r} is not listed in wnids.txt")
+        if name in first_line:  # a repeated image would count twice in the reported accuracy
+            raise DctpsError(f"{ann}:{lineno}: {name!r} is listed again (first on line "
+                             f"{first_line[name]})")  # fmt: skip
+        first_line[name] = lineno
         p = folder / "val" / "images" / name
         if not p.is_file():
             raise DctpsError(f"missing file {p} (named in {ann}:{lineno})")
