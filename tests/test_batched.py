@@ -483,11 +483,7 @@ def test_frozen_layers_record_no_graph():
     _assert_same(ref, bat, torch.randn(2, 3, 8, 8, dtype=torch.float64))
 
 
-def test_replicas_transforms_and_tracing_rebuild_per_layer(monkeypatch):
-    from dctps import layers
-
-    # the CPU's fused per-layer Function has no functorch rules; the accelerators' ops have
-    monkeypatch.setattr(layers, "cpu_rebuild", layers.op_rebuild)
+def test_replicas_transforms_and_tracing_rebuild_per_layer():
     ref, bat, handle = _pair(Net())
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     bat._is_replica = True  # what nn.DataParallel marks its per-device copies with

@@ -55,7 +55,7 @@ from torch.utils.hooks import RemovableHandle
 
 from dctps.errors import DctpsError
 from dctps.fast import auto_generation
-from dctps.layers import BATCHED_WEIGHT, DCTpSLayer
+from dctps.layers import BATCHED_WEIGHT, DCTpSLayer, builtin_ops_only
 
 __all__ = ["BatchedRebuild", "batch_rebuild", "strip", "takes_dense_path"]
 
@@ -298,10 +298,7 @@ def _skip(module: nn.Module) -> bool:
         return True
     if getattr(module, "_is_replica", False):
         return True
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    if peek is not None and peek() is not None:
-        return True
-    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+    return builtin_ops_only()
 
 
 class BatchedRebuild:

@@ -292,6 +292,16 @@ def _allocates_garbage(fn: Any, device: torch.device) -> bool:
     return out.numel() != 1 or int(out.reshape(()).item()) != _PROBE
 
 
+def builtin_ops_only() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) or forward-mode AD
+    is running: dctps's autograd Functions have no vmap or jvp rules, so every DCTpS weight is
+    then built with built-in differentiable ops (the dense path), which have them."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    if peek is not None and peek() is not None:
+        return True
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
 def _is_accelerator(device: torch.device) -> bool:
     """Where ``D`` is built ahead of use and never inside a compiled graph: any device but the
     CPU (and ``meta``). On an H100 with torch 2.11, Inductor fused the traced float64 CPU
@@ -587,7 +597,8 @@ class DCTpSLayer(nn.Module):
         (O(n log n) DCT + sparse product, no ``D``), ``'factor'`` (convs: a complex 1x1 conv, a
         depthwise conv and a sparse shifted sum, no ``D``; Linear layers treat it as ``'fast'``),
         or ``'auto'`` (the fastest, measured once per input signature); see :mod:`dctps.fast`.
-        All compute the same function.
+        All compute the same function. Inside ``torch.compile``, a ``torch.func`` transform
+        (``grad``, ``vmap``, ``jacrev``) or forward-mode AD every mode takes the dense path.
 
         ``'auto'`` measures with timed forward (and backward) passes inside the first call of a
         signature, so some calls take the dense path without measuring (and without caching
@@ -616,7 +627,7 @@ class DCTpSLayer(nn.Module):
         (``'auto'`` asks :func:`dctps.fast.choose`, which measures once per input signature;
         see :attr:`mode` for the calls it does not measure)."""
         mode = self._mode
-        if mode == "dense" or torch.compiler.is_compiling():
+        if mode == "dense" or torch.compiler.is_compiling() or builtin_ops_only():
             return "dense"
         if mode == "auto":
             if autocast_dtype(x) is not None:
@@ -692,7 +703,7 @@ class DCTpSLayer(nn.Module):
         if w is not None:
             return w
         d = self.D
-        rebuild = cpu_rebuild if d.device.type == "cpu" else op_rebuild
+        rebuild = cpu_rebuild if d.device.type == "cpu" and not builtin_ops_only() else op_rebuild
         return rebuild(d, self.alpha_view(), self.indices, self.values).view(self.weight_shape)
 
     @property
