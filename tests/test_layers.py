@@ -378,6 +378,24 @@ def test_conv_arguments_as_nn_conv2d_takes_them():
     assert layer.dilation == (1, 1) and layer.weight_shape == (6, 4, 3, 2)
     assert DCTpSConv2d(4, 6, 3, stride=2, padding="valid", nnz=1).padding == "valid"
     assert DCTpSConv2d(4, 6, 3, padding="same", nnz=1).padding == "same"
+    # nn.Conv2d's positional order, padding_mode included (only 'zeros' is supported)
+    same = DCTpSConv2d(4, 6, 3, 1, 1, 2, 2, False, "zeros", nnz=np.int64(3))
+    ref = torch.nn.Conv2d(4, 6, 3, 1, 1, 2, 2, False, "zeros")
+    assert (same.padding, same.dilation, same.groups, same.bias) == (
+        ref.padding,
+        ref.dilation,
+        2,
+        None,
+    )
+    assert "dilation=(2, 2)" in repr(same) and "dilation" not in repr(layer)
+    with pytest.raises(
+        DctpsError, match="padding_mode='reflect': DCTpS convs support only 'zeros'"
+    ):
+        DCTpSConv2d(4, 6, 3, padding_mode="reflect", nnz=1)
+    # numpy integers, as nn.Linear takes them
+    lin = DCTpSLinear(np.int64(3), np.int64(4), np.int64(2))
+    assert (lin.in_features, lin.out_features, lin.nnz) == (3, 4, 2)
+    assert type(lin.in_features) is int
 
 
 def test_basis_is_rebuilt_in_the_new_dtype_after_to():

@@ -222,6 +222,11 @@ def test_gaussian_has_no_fast_path_and_auto_uses_dense():
         layer.mode = "fast"
     with pytest.raises(DctpsError, match="no fast path"):
         dctps.set_mode(nn.Sequential(layer), "factor")
+    # set_mode checks every layer first, and names the one that refuses
+    model = nn.Sequential(DCTpSLinear(256, 256, 10, seed=1), layer)
+    with pytest.raises(DctpsError, match="layer '1': offset 'gaussian' has no fast path"):
+        dctps.set_mode(model, "fast")
+    assert [m.mode for m in model] == ["dense", "dense"]
     assert fastmod.candidates(layer) == ["dense"]
     layer.mode = "auto"
     x = torch.randn(8, 256)

@@ -442,3 +442,69 @@ def test_lazy_modules_are_refused_or_named():
         dctps.count(model)
     with pytest.warns(UserWarning, match=r"0 \(LazyConv1d, weights not created yet\)"):
         dctps.sparsify(nn.Sequential(nn.LazyConv1d(4, 3), nn.Flatten(), nn.Linear(24, 3)), 0.2)
+
+
+class _LoRALinear(nn.Linear):
+    """A Linear with an adapter: its own forward and parameters."""
+
+    def __init__(self, i: int, o: int) -> None:
+        super().__init__(i, o)
+        self.A = nn.Parameter(torch.randn(2, i))
+        self.B = nn.Parameter(torch.randn(o, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + x @ self.A.T @ self.B.T
+
+
+class _InitOnlyConv(nn.Conv2d):
+    """A Conv2d subclass that only changes its initialisation: nothing is lost, it converts."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (
+            lambda: _LoRALinear(8, 4),
+            r"'1' is a _LoRALinear, a subclass of Linear with its own forward and A, B",
+        ),
+        (
+            lambda: nn.utils.parametrizations.weight_norm(nn.Linear(8, 4)),
+            r"'1' has a parametrized weight \(e\.g\. weight_norm\)",
+        ),
+        (lambda: nn.Linear(8, 4).requires_grad_(False), r"'1' has a frozen weight"),
+    ],
+    ids=["subclass", "weight_norm", "frozen"],
+)
+def test_layers_sparsify_would_silently_change_are_refused(make, needle):
+    model = nn.Sequential(nn.Linear(6, 8), make(), nn.ReLU(), nn.Linear(4, 2))
+    before = [type(m) for m in model]
+    with pytest.raises(DctpsError, match=needle + r".*exclude=\['1'\]"):
+        dctps.sparsify(model, 0.5, seed=0)
+    assert [type(m) for m in model] == before  # nothing was swapped
+    dctps.sparsify(model, 0.5, seed=0, exclude=["1"])  # the advertised way out
+    assert isinstance(model[0], DCTpSLinear) and type(model[1]) is before[1]
+
+
+def test_a_subclass_changing_only_its_init_converts():
+    model = nn.Sequential(_InitOnlyConv(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 6, 6))
+    dctps.sparsify(model, 0.5, seed=0)
+    assert isinstance(model[0], DCTpSConv2d) and isinstance(model[2], DCTpSLinear)
+
+
+def test_hooks_follow_the_layer_sparsify_replaces():
+    model = mlp()
+    seen: list[str] = []
+    pre = model[0].register_forward_pre_hook(lambda m, args: seen.append("pre"))
+    model[0].register_forward_hook(lambda m, args, out: seen.append(f"post {tuple(out.shape)}"))
+    model[2].register_full_backward_hook(lambda m, gi, go: seen.append("backward"))
+    dctps.sparsify(model, 0.1, seed=0)
+    model(torch.randn(3, 64)).sum().backward()
+    assert seen == ["pre", "post (3, 128)", "backward"]
+    pre.remove()  # a handle taken before sparsify still removes its hook
+    seen.clear()
+    model(torch.randn(3, 64))
+    assert seen == ["post (3, 128)"]

@@ -150,12 +150,19 @@ def set_mode(model: nn.Module, mode: str) -> nn.Module:
     check_mode(mode)
     if not isinstance(model, nn.Module):
         raise DctpsError(f"set_mode needs an nn.Module, got {type(model).__name__}")
-    found = False
-    for m in model.modules():
-        if hasattr(m, "weight_shape") and hasattr(m, "values") and hasattr(m, "mode"):
-            m.mode = mode  # type: ignore[assignment]  # a DCTpSLayer's mode property
-            found = True
-    if not found:
+    layers = [
+        (name, m)
+        for name, m in model.named_modules()
+        if hasattr(m, "weight_shape") and hasattr(m, "values") and hasattr(m, "mode")
+    ]
+    for name, m in layers:  # every layer checked before any changes: a refusal changes nothing
+        try:
+            m._check_path(mode)  # type: ignore[operator]
+        except DctpsError as e:
+            raise DctpsError(f"layer {name!r}: {e}") from None
+    for _, m in layers:
+        m.mode = mode  # type: ignore[assignment]  # a DCTpSLayer's mode property
+    if not layers:
         raise DctpsError(
             f"{type(model).__name__} has no DCTpS layers to set to mode {mode!r}: "
             "call dctps.sparsify(model, density) first"

@@ -349,11 +349,13 @@ class DCTpSLayer(nn.Module):
         elif offset_seed is not None:
             raise DctpsError(f"offset {self.offset!r} is not random: it takes no offset_seed")
         numel = math.prod(self.weight_shape)
-        if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= numel:
+        n = _int(nnz)
+        if n is None or not 0 <= n <= numel:
             raise DctpsError(
                 f"nnz must be an integer in [0, {numel}] for a weight of shape "
                 f"{self.weight_shape}, got {nnz!r}"
             )
+        nnz = n
         given = indices is not None
         if indices is None:
             indices = draw_indices(self.weight_shape, nnz, make_generator(seed), per_filter)
@@ -807,8 +809,9 @@ class DCTpSLinear(DCTpSLayer):
         super().__init__()
         mode = check_mode(mode)
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if _int(v) is None or v < 1:  # type: ignore[operator]
                 raise DctpsError(f"{name} must be a positive integer, got {v!r}")
+        in_features, out_features = int(in_features), int(out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight_shape = (out_features, in_features)
         self._init_sparse(
@@ -914,6 +917,7 @@ class DCTpSConv2d(DCTpSLayer):
         dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         *,
         nnz: int,
         alpha: float | str = "layer",
@@ -938,6 +942,11 @@ class DCTpSConv2d(DCTpSLayer):
             if _int(v) is None or v < 1:  # type: ignore[operator]
                 raise DctpsError(f"{name} must be a positive integer, got {v!r}")
         in_channels, out_channels, groups = int(in_channels), int(out_channels), int(groups)
+        if padding_mode != "zeros":
+            raise DctpsError(
+                f"padding_mode={padding_mode!r}: DCTpS convs support only 'zeros' (pad the input "
+                "with F.pad first for another mode)"
+            )
         if in_channels % groups or out_channels % groups:
             raise DctpsError(
                 f"in_channels={in_channels} and out_channels={out_channels} must be divisible "
@@ -990,9 +999,10 @@ class DCTpSConv2d(DCTpSLayer):
         return factor_conv2d(self, x)
 
     def extra_repr(self) -> str:
+        dilation = f"dilation={self.dilation}, " if self.dilation != (1, 1) else ""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
+            f"stride={self.stride}, padding={self.padding}, {dilation}groups={self.groups}, "
             f"nnz={self.nnz}, density={self.density:.4g}, bias={self.bias is not None}, "
             f"mode={self._mode!r}{_extra(self)}"
         )

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
 
 from dctps.allocation import budgets
 from dctps.errors import DctpsError, check_density, check_seed
@@ -183,6 +185,25 @@ def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
     return new
 
 
+# the module hooks a user registers (forward, backward, and their pre- and kwargs variants)
+_HOOK_DICTS = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+    "_backward_hooks",
+)  # fmt: skip
+
+
+def _move_hooks(old: nn.Module, new: nn.Module) -> None:
+    """Give ``new`` the hooks registered on the module it replaces, as the same dicts: a
+    handle the caller holds (``handle.remove()``) then still removes its hook."""
+    for attr in _HOOK_DICTS:
+        hooks = getattr(old, attr, None)
+        if hooks and hasattr(new, attr):
+            setattr(new, attr, hooks)
+    if getattr(old, "_is_full_backward_hook", None) is not None:
+        new._is_full_backward_hook = old._is_full_backward_hook
+
+
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -233,6 +254,7 @@ def _check_convertible(
                 f"support. Leave it dense with exclude=[{name!r}]"
             )
     for name, module, _ in layers:
+        _check_plain(name, module)
         if any(hasattr(module, a + "_orig") for a in ("weight", "in_proj_weight")):
             raise DctpsError(
                 f"layer {name!r} is pruned (torch.nn.utils.prune: weight_orig and weight_mask); "
@@ -246,6 +268,48 @@ def _check_convertible(
             f"the weight of {layer!r} is also {other!r} (tied weights); DCTpS would give "
             f"the two their own offsets and supports and silently untie them. Untie them, or "
             f"leave them dense with exclude=[{layer!r}, {other.rsplit('.', 1)[0]!r}]"
+        )
+
+
+# the classes sparsify replaces, with the methods that define what they compute
+_PLAIN: dict[type, tuple[str, ...]] = {
+    nn.Linear: ("forward",),
+    NonDynamicallyQuantizableLinear: ("forward",),  # MultiheadAttention's out_proj
+    nn.Conv2d: ("forward", "_conv_forward"),
+}
+
+
+def _check_plain(name: str, module: nn.Module) -> None:
+    """A :class:`DctpsError` for a layer whose replacement would silently compute something
+    else: a subclass with its own forward or with parameters, buffers or submodules beyond
+    ``weight``/``bias`` (an adapter), a parametrized weight (``weight_norm``), or a frozen
+    weight (the new layer's freshly drawn ``W = alpha D + S`` would train or stay ``D``)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return
+    base = next(b for b in type(module).__mro__ if b in _PLAIN)
+    own = [m for m in _PLAIN[base] if getattr(type(module), m) is not getattr(base, m)]
+    extra = [n for n, _ in module.named_parameters(recurse=False) if n not in ("weight", "bias")]
+    extra += [n for n, _ in module.named_buffers(recurse=False)]
+    extra += [n for n, _ in module.named_children()]
+    why = None
+    if parametrize.is_parametrized(module):
+        why = "has a parametrized weight (e.g. weight_norm), which the DCTpS layer would drop"
+    elif own or extra:
+        what = f"its own {', '.join(own)}" if own else ""
+        what += (" and " if own and extra else "") + (f"{', '.join(extra)}" if extra else "")
+        why = (
+            f"is a {type(module).__name__}, a subclass of {base.__name__} with {what}, which "
+            "the DCTpS layer would drop"
+        )
+    elif not module.weight.requires_grad:
+        why = (
+            "has a frozen weight (requires_grad=False); its DCTpS layer would draw a new "
+            "W = alpha * D + S (nothing of the dense weight is kept)"
+        )
+    if why is not None:
+        raise DctpsError(
+            f"layer {name!r} {why}. Leave it dense with exclude=[{name!r}], or sparsify a model "
+            "of plain nn.Linear / nn.Conv2d layers"
         )
 
 
@@ -439,6 +503,7 @@ def sparsify(
         else:
             new = _replace(module, counts[i], lseed, **kw)
             i += 1
+        _move_hooks(module, new)
         swaps.append((module, new))
     left_dense = [
         (name, m)
