@@ -579,3 +579,20 @@ def test_a_method_keeps_its_colour_and_failing_curves_do_not_hide_each_other(tmp
     mixed = plots.series_colours(["DCTpS", "my variant", "DCTpS (ERK)"])
     assert len(set(mixed.values())) == 3
     assert mixed["DCTpS"] == plots.series_colours(["DCTpS"])["DCTpS"]
+
+
+def test_failed_points_on_a_nonzeros_axis_sit_at_their_budget_and_the_json_is_strict(tmp_path):
+    """With ``x='nonzeros'`` a failed point had x = NaN (a failed run records no non-zeros):
+    it vanished from the figure and its JSON held a bare NaN that strict parsers reject."""
+    store = Store(tmp_path)
+    record(store, cfg("snip", 0.01), 0.4)
+    h = cfg("snip", 0.001).config_hash()
+    store.start(h, cfg("snip", 0.001).to_dict())
+    store.fail(h, "snip: no path from input to output", weights=61_706)
+    data = plot_runs(store.query({}), tmp_path / "p.png", x="nonzeros")
+    (panel,) = data.panels
+    pts = panel.series["SNIP"]
+    assert [(p.failed, p.x) for p in pts] == [(True, 62), (False, 1)]  # round(0.001 * 61706)
+    text = (tmp_path / "p.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert "NaN" not in text

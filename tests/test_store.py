@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -100,6 +101,21 @@ def test_where_values_take_their_columns_type():
         parse_where(["density=high"])
 
 
+def test_where_takes_what_the_table_prints_and_a_miss_says_what_is_there(tmp_path):
+    assert parse_where(["density=0.1%", "allocation=-"]) == {"density": 0.001, "allocation": None}
+    with pytest.raises(DctpsError, match="density takes a number or a percentage, got 'x%'"):
+        parse_where(["density=x%"])
+    s = Store(tmp_path / "results.db")
+    s.start("h0", cfg("dctps", 0.01))
+    s.finish("h0", val_acc=0.5, test_acc=0.25)
+    printed: list[str] = []
+    print_results(tmp_path, ["method=DCTpS", "status=done"], echo=printed.append)
+    assert printed == [f"no runs in {tmp_path / 'results.db'} match; method holds: dctps"]
+    printed.clear()
+    print_results(tmp_path, ["test_acc=25"], echo=printed.append)
+    assert printed[0].endswith("test_acc holds: 0.25 (fractions, not %)")
+
+
 def test_hash_that_looks_like_a_number_is_found(tmp_path):
     s = Store(tmp_path / "x.db")
     for h in ("0123456789012345", "1234e56789012345", "abcdef0123456789"):
@@ -146,6 +162,31 @@ def test_results_command_creates_the_csv_folder(tmp_path):
     with pytest.raises(DctpsError, match=r"cannot write CSV file .*file\.txt is a file, not a"):
         print_results(tmp_path, csv_path=tmp_path / "file.txt" / "r.csv", echo=printed.append)
     assert printed == []  # refused before the table
+
+
+def test_results_csv_to_standard_output_or_a_pipe(tmp_path, capsys):
+    """`--csv -` (or /dev/stdout) prints the CSV alone, for a pipe; a FIFO is written directly.
+    Both hung or were refused: the target was read first (blocking on a pipe) and, when stdout
+    was a file, checked again after the table had been printed into it."""
+    import threading
+
+    s = Store(tmp_path / "results.db")
+    s.start("h0", cfg())
+    s.start("h1", cfg(seed=1))
+    print_results(tmp_path, csv_path="-")
+    out = capsys.readouterr().out
+    assert [r["hash"] for r in csv.DictReader(out.splitlines())] == ["h0", "h1"]
+    assert "wrote" not in out
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    printed: list[str] = []
+    print_results(tmp_path, csv_path=fifo, echo=printed.append)  # hung before
+    reader.join(timeout=10)
+    assert got and got[0].splitlines()[0].startswith("hash,")
+    assert printed[-1] == f"wrote 2 rows to {fifo}"
 
 
 WRITER = textwrap.dedent(

@@ -537,7 +537,13 @@ def test_pruning_failure_recorded_without_training(fake_cifar10, tmp_path, monke
     r = fit(small_cfg(fake_cifar10, method="iter_snip"), tmp_path, progress=False)
     assert r["status"] == "failed" and "all-zero saliency" in r["reason"]
     store = Store(tmp_path)
-    assert store.get(r["hash"])["status"] == "failed" and store.epochs(r["hash"]) == []
+    row = store.get(r["hash"])
+    assert row["status"] == "failed" and store.epochs(r["hash"]) == []
+    # the dense model's weight count, for plots against non-zeros (none are claimed trained)
+    from dctps.models import build as build_model
+
+    dense = dctps.count(build_model("lenet5", num_classes=10))
+    assert row["weights"] == dense.weights and row["nonzeros"] is None
 
 
 def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monkeypatch):
@@ -885,6 +891,7 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     out = tmp_path / "lenet.dctps"
     done = cli.invoke(app, ["export", str(run / "best.pt"), str(out)])
     assert done.exit_code == 0 and f"{r['nonzeros']:,} non-zeros in 5 DCTpS layers" in done.output
+    assert "the model of epoch 1 (best validation)" in done.output  # which model was exported
     model, _ = ckpt_io.model_from_checkpoint(run / "best.pt")
     x = torch.randn(4, 3, 32, 32)
     torch.testing.assert_close(load(out).eval()(x), model.eval()(x))

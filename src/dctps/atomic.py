@@ -46,6 +46,8 @@ def create_temp(path: Path) -> tuple[int, str]:
 def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
     """Whether ``path`` is a readable file whose first bytes are ``magic`` (even if it is
     truncated after them): what a writer checks before replacing a file it may not own."""
+    if not os.path.isfile(path):  # a FIFO or a terminal would block the read
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(len(magic)) == magic

@@ -307,7 +307,12 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
     if size < _HEAD.size or raw[:8] != MAGIC:
         hint = ""
         if raw[:2] == b"PK":
-            hint = " (it looks like a torch.save zip file: load it with torch.load)"
+            hint = (
+                " (it looks like a torch.save zip file: a `dctps train` checkpoint such as "
+                "best.pt becomes one with `dctps export CKPT OUT`, or "
+                "dctps.train.checkpoint.model_from_checkpoint(CKPT) gives its model; any other "
+                "torch.save file loads with torch.load)"
+            )
         elif raw[:1] == b"\x80":
             hint = " (it looks like a pickle: load it with torch.load)"
         raise DctpsError(f"{path} is not a dctps checkpoint: bad magic bytes{hint}")

@@ -65,7 +65,11 @@ app.command("train")(_train_command)
 def results_cmd(
     db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
     where: list[str] = typer.Option([], "--where", help="Filter key=value (repeatable)."),
-    csv: str = typer.Option(None, "--csv", help="Also write the rows to this CSV file."),
+    csv: str = typer.Option(
+        None,
+        "--csv",
+        help="Also write the rows to this CSV file ('-' or /dev/stdout: print only the CSV).",
+    ),
 ) -> None:
     """Print the runs in a results database as a table (accuracies in %)."""
     from dctps.results.store import print_results
@@ -274,7 +278,11 @@ def inspect_cmd(
 
 @app.command("export")
 def export_cmd(
-    ckpt: str = typer.Argument(..., help="A dctps train checkpoint: a run's best.pt or last.pt."),
+    ckpt: str = typer.Argument(
+        ...,
+        help="A dctps train checkpoint: a run's best.pt (the model of its best validation "
+        "epoch, whose accuracies `dctps results` reports) or last.pt (its last finished epoch).",
+    ),
     out: str = typer.Argument(..., help="Where to write the sparse checkpoint (dctps.save)."),
 ) -> None:
     """Write the model of a `dctps train` checkpoint as a sparse checkpoint (dctps.save).
@@ -311,9 +319,12 @@ def export_cmd(
     make_parent(out, "checkpoint", "model.dctps")
     save(model, out)
     info = inspect(out)
+    which = {"best.pt": " (best validation)", "last.pt": " (last finished)"}.get(
+        Path(ckpt).name, ""
+    )
     typer.echo(
-        f"wrote {out}: {info.nnz:,} non-zeros in {len(info.rows)} DCTpS layers, "
-        f"{info.file_bytes:,} bytes"
+        f"wrote {out}: the model of epoch {obj.get('epoch')}{which}, {info.nnz:,} non-zeros in "
+        f"{len(info.rows)} DCTpS layers, {info.file_bytes:,} bytes"
     )
 
 

@@ -254,13 +254,13 @@ def _check_convertible(
                 f"support. Leave it dense with exclude=[{name!r}]"
             )
     for name, module, _ in layers:
-        _check_plain(name, module)
         if any(hasattr(module, a + "_orig") for a in ("weight", "in_proj_weight")):
             raise DctpsError(
                 f"layer {name!r} is pruned (torch.nn.utils.prune: weight_orig and weight_mask); "
                 "sparsify would drop its mask. Call torch.nn.utils.prune.remove on it first, or "
                 "sparsify the unpruned model"
             )
+        _check_plain(name, module)
     tied = tied_weight(model, layers, aliases)
     if tied is not None:
         layer, other = tied
@@ -297,10 +297,9 @@ def _check_plain(name: str, module: nn.Module) -> None:
     elif own or extra:
         what = f"its own {', '.join(own)}" if own else ""
         what += (" and " if own and extra else "") + (f"{', '.join(extra)}" if extra else "")
-        why = (
-            f"is a {type(module).__name__}, a subclass of {base.__name__} with {what}, which "
-            "the DCTpS layer would drop"
-        )
+        kind = f"is a {type(module).__name__}, a subclass of {base.__name__} with"
+        kind = kind if type(module) is not base else "has"
+        why = f"{kind} {what}, which the DCTpS layer would drop"
     elif not module.weight.requires_grad:
         why = (
             "has a frozen weight (requires_grad=False); its DCTpS layer would draw a new "

@@ -11,6 +11,7 @@ per curve and density), so tests check numbers, not pixels.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -392,6 +393,8 @@ def _points(rows: Sequence[Mapping[str, Any]], metric: str, chance: float, x: st
         ok = [float(_metric(r, metric)[0]) for r in rs if r["status"] == "done"]  # type: ignore[arg-type]
         n_failed = sum(r["status"] == "failed" for r in rs)
         nnz = [r["nonzeros"] for r in rs if r.get("nonzeros") is not None]
+        if not nnz:  # pruning failed: the budget it missed, round(d N) of the N weights
+            nnz = [round(d * r["weights"]) for r in rs if r.get("weights") is not None]
         xv = d if x == "density" else (sum(nnz) / len(nnz) if nnz else float("nan"))
         if ok:
             pts.append(Point(d, sum(ok) / len(ok), min(ok), max(ok), False, len(ok), n_failed, xv))
@@ -512,12 +515,24 @@ def plot_runs(
     return out
 
 
+def _json_safe(data: Any) -> Any:
+    """``data`` with every NaN or infinite float as ``None`` (JSON has no NaN: ``json.dumps``
+    writes a bare ``NaN`` that strict parsers reject)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: _json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(v) for v in data]
+    return data
+
+
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON (the numbers behind a figure)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1, default=str))
+        path.write_text(json.dumps(_json_safe(data), indent=1, default=str, allow_nan=False))
     except OSError as e:
         raise cannot_write("figure data", path, e) from None
     return path

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -439,25 +440,46 @@ class Store:
         _check_csv_target(target)
         rows = self.query(where)
         cols = list(columns or RUN_COLUMNS)
-        # a device or pipe (e.g. /dev/stdout) is written directly, not replaced
-        direct = target.exists() and not target.is_file()
         try:
-            with (
-                open(target, "w", newline="")
-                if direct
-                else atomic_write(target, "CSV file", newline="")
-            ) as f:
-                w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+            if str(path) == "-":
+                _write_csv(sys.stdout, rows, cols)
+            elif _csv_stream(path):  # a device or pipe: written directly, never replaced
+                with open(target, "w", newline="") as f:
+                    _write_csv(f, rows, cols)
+            else:
+                with atomic_write(target, "CSV file", newline="") as f:
+                    _write_csv(f, rows, cols)
         except OSError as e:
             raise cannot_write("CSV file", path, e) from None
         return len(rows)
 
 
+def _write_csv(f: Any, rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> None:
+    w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+
+
+# where `--csv` means standard output: then the CSV is the command's only output
+STDOUT_PATHS = ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+def _csv_stream(path: str | os.PathLike) -> bool:
+    """Whether a CSV target is a stream rather than a file to replace: ``-`` (standard output),
+    a ``/dev/`` path (``/dev/stdout``, ``/dev/fd/N``), or an existing non-regular file (a FIFO).
+    Streams are written directly: never read first (that blocks on a pipe), never replaced."""
+    s = str(path)
+    if s in STDOUT_PATHS or s.startswith("/dev/"):
+        return True
+    p = Path(s)
+    return p.exists() and not p.is_file()
+
+
 def _check_csv_target(target: Path) -> None:
     """Refuse to overwrite an existing file that is not an earlier CSV of this command (a results
     database, a run checkpoint or config given as the CSV path by mistake)."""
+    if _csv_stream(target):
+        return
     if starts_with(target, b"SQLite format 3\x00"):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
@@ -476,9 +498,16 @@ def _parse_value(raw: str, key: str) -> Any:
     stays text (a hash like ``0123456789012345`` is not a number), ``rigl`` takes the table's
     ``yes``/``no`` as well as ``true``/``false``/``1``/``0``."""
     low = raw.lower()
-    if low in ("none", "null"):
+    if low in ("none", "null", "-"):  # "-": how the table prints an empty cell
         return None
     kind = RUN_COLUMNS[key].split()[0]
+    if key == "density" and raw.endswith("%"):  # as --density and sweep grids take it
+        try:
+            return float(raw[:-1]) / 100
+        except ValueError:
+            raise DctpsError(
+                f"--where density takes a number or a percentage, got {raw!r}"
+            ) from None
     if key == "rigl":
         if low in ("yes", "true", "1"):
             return 1
@@ -631,6 +660,24 @@ def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def _what_is_there(store: Store, where: Mapping[str, Any]) -> str:
+    """For a filter that matched nothing: the values the store holds for each filtered column
+    that no value of the filter matched (a typo, ``DCTpS`` for ``dctps``, ``10`` for ``0.1``)."""
+    rows = store.query()
+    if not rows:
+        return " (the database holds no runs)"
+    notes = []
+    for key, want in where.items():
+        wanted = want if isinstance(want, list) else [want]
+        present = sorted({r.get(key) for r in rows}, key=lambda v: (v is None, str(v)))
+        if not any(w in present for w in wanted):
+            shown = ", ".join("-" if v is None else _cell(v, "") for v in present[:12])
+            more = f", ... ({len(present)} values)" if len(present) > 12 else ""
+            unit = " (fractions, not %)" if key in ("val_acc", "test_acc") else ""
+            notes.append(f"{key} holds: {shown}{more}{unit}")
+    return "; " + "; ".join(notes) if notes else ""
+
+
 def print_results(
     db: str | os.PathLike | None,
     where: Iterable[str] = (),
@@ -643,9 +690,13 @@ def print_results(
         raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
     if csv_path is not None:
         _check_csv_target(Path(csv_path))  # before printing: the table would hide the error
-        make_parent(csv_path, "CSV file", "results.csv")  # as every command does for its outputs
+        if not _csv_stream(csv_path):
+            make_parent(csv_path, "CSV file", "results.csv")  # as every command does
     store = Store(path)
     rows = store.query(parse_where(where))
+    if csv_path is not None and str(csv_path) in STDOUT_PATHS:
+        store.to_csv(csv_path, parse_where(where))  # the CSV alone: e.g. for a pipe
+        return rows
     if rows:
         variants = variant_column(rows)
         columns: Sequence[str] = TABLE_COLUMNS
@@ -655,7 +706,7 @@ def print_results(
         shown = [{**r, "variant": v or None} for r, v in zip(rows, variants, strict=True)]
         echo(format_table(shown, columns))
     else:
-        echo(f"no runs in {path} match")
+        echo(f"no runs in {path} match" + _what_is_there(store, parse_where(where)))
     if csv_path is not None:
         n = store.to_csv(csv_path, parse_where(where))
         echo(f"wrote {n} rows to {csv_path}")

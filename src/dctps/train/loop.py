@@ -491,8 +491,9 @@ def _fit(
                 )
             except PruningFailed as e:
                 if store is not None:
+                    # the model is left dense: its weights place the point on a non-zeros axis
                     store.start(h, cfg.to_dict())
-                    store.fail(h, e.reason)
+                    store.fail(h, e.reason, weights=count(model).weights)
                 return {
                     "hash": h,
                     "status": "failed",
