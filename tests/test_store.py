@@ -116,6 +116,36 @@ def test_where_takes_what_the_table_prints_and_a_miss_says_what_is_there(tmp_pat
     assert printed[0].endswith("test_acc holds: 0.25 (fractions, not %)")
 
 
+def test_a_store_that_cannot_be_written_is_still_read(tmp_path, monkeypatch):
+    """An archived results folder on a read-only file system could not even be queried (the
+    schema check opens a write transaction); it opens read-only, and a write says why not.
+    (Simulated: the tests may run as root, whom permissions do not stop.)"""
+    import sqlite3
+
+    from dctps.results import store as store_mod
+
+    s = Store(tmp_path / "results.db")
+    s.start("h0", cfg())
+    s.finish("h0", val_acc=0.5)
+    s.close()
+
+    def refuse(conn):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(Store, "_init_schema", staticmethod(refuse))
+    with pytest.raises(DctpsError, match="readonly database"):  # a writable place: the error
+        Store(tmp_path / "results.db")
+    monkeypatch.setattr(store_mod, "_read_only_place", lambda path: True)
+    ro = Store(tmp_path / "results.db")
+    assert ro.readonly and [r["hash"] for r in ro.query()] == ["h0"]
+    printed: list[str] = []
+    print_results(tmp_path, echo=printed.append)
+    assert "h0" in printed[0]
+    with pytest.raises(DctpsError, match="is read-only .*queried and plotted, not written"):
+        ro.start("h1", cfg(seed=1))
+    ro.close()
+
+
 def test_hash_that_looks_like_a_number_is_found(tmp_path):
     s = Store(tmp_path / "x.db")
     for h in ("0123456789012345", "1234e56789012345", "abcdef0123456789"):

@@ -323,9 +323,42 @@ def test_slurm_path_as_a_job_array(fake_cifar10, tmp_path, monkeypatch):
         time.sleep(0.5)
 
 
-def test_ctrl_c_stops_a_parallel_sweep_without_training_the_queue(fake_cifar10, tmp_path):
-    """SIGINT to the process group (a terminal's Ctrl-C) while 2 workers train: the queued runs
-    must not be trained, the command exits 130 promptly and says how to go on."""
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:200]
+    except OSError:
+        return f"{pid} (gone)"
+
+
+def _session_members(sid: int) -> list[int]:
+    """The processes still alive in session ``sid`` (Linux ``/proc``)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # session id; not a zombie
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.parametrize(
+    ("sig", "whole_group", "code", "said"),
+    [
+        (signal.SIGINT, True, 130, "interrupted"),  # a terminal's Ctrl-C
+        (signal.SIGTERM, False, 143, "terminated (SIGTERM)"),  # timeout, docker stop, a scheduler
+        (signal.SIGKILL, False, -9, ""),  # out of memory: the workers must notice by themselves
+    ],
+    ids=["ctrl-c", "sigterm", "sigkill"],
+)
+def test_an_interrupt_stops_a_parallel_sweep_without_training_the_queue(
+    fake_cifar10, tmp_path, sig, whole_group, code, said
+):
+    """SIGINT to the process group (a terminal's Ctrl-C), or SIGTERM to the sweep alone, while
+    2 workers train: the queued runs must not be trained, the command exits promptly and says
+    how to go on, and no worker outlives it (after a SIGTERM the workers trained on and started
+    new runs alone); the interrupted runs say where they stopped."""
     grid = small_grid(fake_cifar10, methods=["dctps"], seeds=[0, 1, 2, 3, 4, 5], epochs=500)
     gpath = tmp_path / "grid.yaml"
     gpath.write_text(yaml.safe_dump(grid))
@@ -347,18 +380,28 @@ def test_ctrl_c_stops_a_parallel_sweep_without_training_the_queue(fake_cifar10, 
         else:
             pytest.fail("the two workers never started")
         t0 = time.time()
-        os.killpg(proc.pid, signal.SIGINT)
+        if whole_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         output, _ = proc.communicate(timeout=60)
+        deadline = time.time() + 15  # multiprocessing's resource tracker exits on its own
+        while (left := _session_members(proc.pid)) and time.time() < deadline:
+            time.sleep(0.5)
+        left = [_cmdline(p) for p in left]
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None or _session_members(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
     took = time.time() - t0
-    assert proc.returncode == 130, output
+    assert proc.returncode == code, output
     assert took < 60, (took, output)
-    assert "interrupted" in output and "run the same `dctps sweep` again" in output, output
+    if sig != signal.SIGKILL:
+        assert said in output and "run the same `dctps sweep` again" in output, output
+    assert left == [], f"worker processes outlived the sweep: {left}"
     rows = Store(out).query()
     statuses = [r["status"] for r in rows]
     assert len(rows) <= 4 and "done" not in statuses, (statuses, output)
+    assert all(r["reason"] and r["reason"].startswith("interrupted") for r in rows), rows
 
 
 def test_a_sequential_sweep_bar_names_the_run_in_progress(

@@ -489,6 +489,30 @@ def _interrupted_fit(cfg, out, monkeypatch, epoch: int) -> None:
             fit(cfg, out, progress=False)
 
 
+def test_an_interrupt_reason_counts_only_checkpointed_epochs(fake_cifar10, tmp_path, monkeypatch):
+    """An interrupt after an epoch ended but before its checkpoint was written said "after
+    epoch 2" (a rerun resumes after epoch 1); one in the first epoch said "after epoch 0"."""
+    cfg = small_cfg(fake_cifar10, epochs=3)
+    real = loop.ckpt_io.save_checkpoint
+    for stop_at, reason in (
+        (2, "interrupted after epoch 1 of 3; run the same command again to resume"),
+        (1, "interrupted before its first checkpoint (epoch 1 of 3); run the same command "
+            "again to start it over"),
+    ):  # fmt: skip
+
+        def save(obj, run_dir, stop_at=stop_at):
+            if obj["epoch"] == stop_at:
+                raise KeyboardInterrupt
+            return real(obj, run_dir)
+
+        out = tmp_path / str(stop_at)
+        with monkeypatch.context() as m:
+            m.setattr(loop.ckpt_io, "save_checkpoint", save)
+            with pytest.raises(KeyboardInterrupt):
+                fit(cfg, out, progress=False)
+        assert Store(out).get(cfg.resolve().config_hash())["reason"] == reason
+
+
 def test_tiny_imagenet_run_resumes_exactly(fake_tiny, tmp_path, monkeypatch):
     cfg = tiny_cfg(fake_tiny)
     ref = fit(cfg, tmp_path / "ref", progress=False)

@@ -79,16 +79,21 @@ def results_cmd(
 
 @contextlib.contextmanager
 def _resume_hint(command: str) -> Iterator[None]:
-    """Ctrl-C in a sweep: say what is kept and how to go on (typer would exit 130 silently)."""
+    """Ctrl-C or SIGTERM in a sweep: say what is kept and how to go on (typer would exit 130
+    silently, and SIGTERM killed the sweep outright, leaving its workers running)."""
+    from dctps.interrupts import Terminated, exit_code, sigterm_as_interrupt
+
     try:
-        yield
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():
+            yield
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         typer.echo(
-            f"\ninterrupted: finished runs are in the results store; run the same `dctps "
+            f"\n{what}: finished runs are in the results store; run the same `dctps "
             f"{command}` again to go on (interrupted runs resume from their checkpoints)",
             err=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_code(e)) from None
 
 
 @app.command("sweep")

@@ -166,6 +166,12 @@ def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
     factory: dict[str, Any] = {"dtype": module.weight.dtype, "device": module.weight.device}
     if getattr(module, "_dctps_zero_init", False):
         kw["alpha_init"] = 0.0  # Fixup zero-initialises this layer: W must start at zero.
+        if kw.get("train_alpha") is False:
+            raise DctpsError(
+                "this model zero-initialises some layers (Fixup): their alpha must start at 0, "
+                "and a fixed alpha would stay 0, so those layers would never use the offset "
+                "(plain random sparse layers under a DCTpS label). Train alpha with this model"
+            )
     new: DCTpSLayer
     if isinstance(module, nn.Linear):
         new = DCTpSLinear(

@@ -12,6 +12,7 @@ WAL needs a local file system (or one with working POSIX locks and shared memory
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import json
@@ -147,6 +148,15 @@ def _check_sqlite_file(path: Path) -> None:
         raise DctpsError(f"{path} is not a results database (not a SQLite file); left untouched")
 
 
+def _read_only_place(path: Path) -> bool:
+    """Whether ``path`` cannot be written, or its folder (where SQLite puts its WAL and lock
+    files) cannot: a read-only file system or missing permissions."""
+    with contextlib.suppress(OSError, AttributeError):
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+    return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+
+
 class Store:
     """The results database.
 
@@ -164,13 +174,23 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise cannot_write("results database", self.path, e) from None
+        self.readonly = False
         if (os.getpid(), str(self.path)) not in _CONNECTIONS:
             # Only before this process connects: once it holds a connection, closing any other
             # descriptor of the file (as the header check does) drops all of the process's
             # POSIX locks on it; another process could then take itself for the last connection
             # and delete the WAL that this one still writes to, losing those writes.
             _check_sqlite_file(self.path)
-        self._retry(self._init_schema)
+        try:
+            self._retry(self._init_schema)
+        except DctpsError:
+            if not (self.path.is_file() and _read_only_place(self.path)):
+                raise
+            # an archived or shared results folder (read-only file system or permissions):
+            # still queried and plotted; a write says why it cannot happen
+            self.close()
+            self.readonly = True
+            self._retry(lambda conn: conn.execute("SELECT count(*) FROM runs").fetchone())
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -181,12 +201,17 @@ class Store:
         with _CONN_LOCK:
             entry = _CONNECTIONS.get(key)
             if entry is None:
+                # read-only: immutable, as no lock or WAL index can be written there
+                target = (
+                    f"{self.path.as_uri()}?mode=ro&immutable=1" if self.readonly else str(self.path)
+                )
                 try:
                     conn = sqlite3.connect(
-                        str(self.path),
+                        target,
                         timeout=BUSY_SECONDS,
                         isolation_level=None,
                         check_same_thread=False,
+                        uri=self.readonly,
                     )
                 except sqlite3.Error as e:
                     raise DctpsError(f"cannot open results database {self.path}: {e}") from None
@@ -224,6 +249,12 @@ class Store:
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside one short ``BEGIN IMMEDIATE`` transaction (retried when locked)."""
+        if self.readonly:
+            raise DctpsError(
+                f"results database {self.path} is read-only (its file system or folder is not "
+                "writable): it can be queried and plotted, not written. Copy the folder to a "
+                "writable place to add runs"
+            )
 
         def tx(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")

@@ -39,6 +39,7 @@ others.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -325,20 +326,46 @@ def _init_worker(threads: int | None) -> None:
 # terminal's Ctrl-C reaches every worker of the process group once: the run it is training stops,
 # and the calls already queued to it must return at once instead of training to the end.
 _worker_interrupted = False
+# In a pool worker: the pid of its sweep (a worker outliving it exits, see _watch_parent).
+_pool_parent: int | None = None
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
     global _worker_interrupted
+    if _worker_interrupted:  # the terminal's Ctrl-C and the sweep's own: one is enough, and a
+        return  # second would cut short the run's recording of where it stopped
     _worker_interrupted = True
     raise KeyboardInterrupt
 
 
-def _init_pool_worker(threads: int | None) -> None:
-    """Initializer of the local process pool's workers (see :data:`_worker_interrupted`)."""
+def _init_pool_worker(threads: int | None, parent: int | None = None) -> None:
+    """Initializer of the local process pool's workers (see :data:`_worker_interrupted`); with
+    the sweep's ``parent`` pid, a watchdog that stops the worker if the sweep dies."""
+    import signal
+    import threading
+
+    global _pool_parent
+    signal.signal(signal.SIGINT, _on_sigint)
+    if parent is not None:
+        _pool_parent = parent
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    _init_worker(threads)
+
+
+def _watch_parent(parent: int, grace: float | None = None) -> None:
+    """Stop this pool worker once its sweep has died (SIGKILL, out of memory): interrupt the run
+    it trains, as Ctrl-C does, so that its row says where it stopped, then exit after
+    ``grace`` seconds. Without this a worker trained on, started the runs queued to it, and
+    then waited forever for work from a parent that was gone (the queue never reports EOF:
+    every worker holds its writing end too)."""
     import signal
 
-    signal.signal(signal.SIGINT, _on_sigint)
-    _init_worker(threads)
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    if not _worker_interrupted:
+        os.kill(os.getpid(), signal.SIGINT)  # handled by _on_sigint in the main thread
+    time.sleep(WORKER_GRACE_SECONDS if grace is None else grace)
+    os._exit(130)
 
 
 def run_one(
@@ -364,6 +391,10 @@ def run_one(
         c = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
         h = c.config_hash()
         r = fit(c, out, store=db, progress=False, resume=False if restart else None)
+    except KeyboardInterrupt:
+        if _pool_parent is not None and os.getppid() != _pool_parent:
+            os._exit(130)  # the sweep is gone: the run has recorded where it stopped
+        raise
     except Exception as e:  # one run's error must not stop the sweep
         return {
             "hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}",
@@ -440,6 +471,10 @@ def _postfix(report: SweepReport, what: str) -> str:
     return f"done {c.get('done', 0)} failed {c.get('failed', 0)} error {c.get('error', 0)} | {what}"
 
 
+# how long an interrupted sweep waits for its workers to record where their runs stopped
+WORKER_GRACE_SECONDS = 30.0
+
+
 def _threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(workers, 1))
 
@@ -464,6 +499,28 @@ def _collect(futs: dict[Any, str], by: dict[str, PlannedRun], report: SweepRepor
         _tick(bar, report, by[h].cfg)
 
 
+def _stop_workers(pool: Any, grace: float = WORKER_GRACE_SECONDS) -> None:
+    """Stop a local pool whose sweep is interrupted: cancel its queued runs and interrupt the
+    running ones as Ctrl-C does (a terminal's Ctrl-C reaches them already; a SIGTERM sent to
+    the sweep alone does not), so that each records where it stopped; a worker still alive
+    after ``grace`` seconds is terminated. No worker outlives the sweep."""
+    import signal
+
+    procs = list(getattr(pool, "_processes", {}).values())  # the executor's own worker table
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+
+
 def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: SweepReport,
                bar: Any) -> None:  # fmt: skip
     by = {p.hash: p for p in todo}
@@ -484,7 +541,7 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
         broken: list[PlannedRun] = []
         with ProcessPoolExecutor(
             max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn"),
-            initializer=_init_pool_worker, initargs=(_threads(workers),),
+            initializer=_init_pool_worker, initargs=(_threads(workers), os.getpid()),
         ) as pool:  # fmt: skip
             futs = {
                 pool.submit(run_one, p.cfg.to_dict(), out, db, p.action == "retry"): p.hash
@@ -493,9 +550,9 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
             try:
                 _collect(futs, by, report, bar, broken)
             except KeyboardInterrupt:
-                # Ctrl-C: drop the queued runs (the running ones stop in their workers and
+                # Ctrl-C or SIGTERM: drop the queued runs and stop the running ones (they
                 # resume from their checkpoints on the next `dctps sweep`)
-                pool.shutdown(wait=False, cancel_futures=True)
+                _stop_workers(pool)
                 raise
         pending = []
         for p in broken:  # a worker died (killed, out of memory): try its runs once more

@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
-from collections.abc import Iterator
 from typing import Any
 
+from dctps.interrupts import Terminated, exit_code, sigterm_as_interrupt
 from dctps.train.config import (
     RECIPES,
     DataConfig,
@@ -33,6 +32,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "SparsityConfig",
+    "Terminated",
     "cli_fields",
     "config_from_cli",
     "describe",
@@ -45,36 +45,6 @@ __all__ = [
 ]
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM during ``dctps train`` (``timeout``, ``docker stop``, a scheduler's pre-emption):
-    handled as a Ctrl-C is (the run's row says where it stopped; the same command resumes)."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while a single-process ``dctps train`` runs.
-
-    Not under ``torchrun``, which stops its workers with SIGTERM itself, and only in the main
-    thread (where Python runs signal handlers); the previous handler comes back afterwards.
-    """
-    import signal
-    import threading
-
-    if "RANK" in os.environ or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    before = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        # None: a handler installed from C, which Python cannot put back; the default then
-        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
-
-
 def _train(**kw: Any) -> None:
     import typer
 
@@ -83,7 +53,7 @@ def _train(**kw: Any) -> None:
     base = load_config(config) if config else None
     cfg = config_from_cli(kw, base)
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             result = fit(cfg, out, store=db, progress=not quiet, resume=True if resume else None)
     except KeyboardInterrupt as e:
         # typer would exit 130 without a word; say what survives and how to go on
@@ -95,7 +65,7 @@ def _train(**kw: Any) -> None:
                 "before its first epoch ended starts over)",
                 err=True,
             )
-        raise typer.Exit(143 if term else 130) from None
+        raise typer.Exit(exit_code(e)) from None
     if os.environ.get("RANK", "0") == "0":
         typer.echo(describe(result))
     if result.get("status") == "failed":

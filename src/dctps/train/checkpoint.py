@@ -1,10 +1,11 @@
 """Atomic, resumable training checkpoints.
 
 A run folder holds ``last.pt`` (the newest checkpoint) and ``prev.pt`` (the one before). Writing
-rotates ``last.pt`` to ``prev.pt`` and then writes the new ``last.pt`` through a temporary file in
-the same folder (``fsync`` + ``os.replace``), so a crash at any moment leaves at least one complete
-checkpoint. Loading tries ``last.pt`` and falls back to ``prev.pt`` (with a warning) when it is
-missing or unreadable.
+first writes the new checkpoint completely to a temporary file in the same folder (``fsync``),
+then rotates ``last.pt`` to ``prev.pt`` and renames the temporary file to ``last.pt``
+(``os.replace``), so a crash at any moment leaves at least one complete checkpoint (between the
+two renames only ``prev.pt``). Loading tries ``last.pt`` and falls back to ``prev.pt`` (with a
+warning) when it is missing or unreadable.
 
 A checkpoint is a dict of tensors and plain Python values (loaded with ``weights_only=True``):
 ``format``, ``version``, ``config_hash``, ``config``, ``epoch`` (completed epochs), ``model`` (the

@@ -465,6 +465,7 @@ def _resolve_model_data(c: RunConfig) -> None:
             c.data.subset = None  # all of every split: the same run as without a subset
     if isinstance(c.data.split_seed, bool) or not isinstance(c.data.split_seed, int):
         raise DctpsError(f"split_seed must be an integer, got {c.data.split_seed!r}")
+    check_seed(c.data.split_seed, "split_seed")  # the range, as the run's seed
 
 
 def pruning_methods() -> list[str]:
@@ -587,6 +588,14 @@ def _resolve_optim(c: RunConfig) -> None:
     o.optimizer = o.optimizer or r.optimizer
     if o.optimizer not in OPTIMIZERS:
         raise unknown_name("optimizer", o.optimizer, OPTIMIZERS)
+    if o.optimizer != r.optimizer and o.lr is None:
+        # the recipe's learning rate (and schedule) are tuned for its own optimizer
+        mine = next((n for n, x in RECIPES.items() if x.optimizer == o.optimizer), None)
+        raise DctpsError(
+            f"optimizer {o.optimizer!r} with recipe {o.recipe!r} (whose optimizer is "
+            f"{r.optimizer}) would train {o.optimizer} at that recipe's learning rate: use a "
+            f"recipe of {o.optimizer}" + (f" (--recipe {mine})" if mine else "") + ", or give --lr"
+        )
     if o.lr is None:
         o.lr = r.dctps_lr if (r.dctps_lr is not None and c.sparsity.method == "dctps") else r.lr
     o.weight_decay = r.weight_decay if o.weight_decay is None else o.weight_decay
@@ -595,7 +604,13 @@ def _resolve_optim(c: RunConfig) -> None:
     )
     o.epochs = _positive_int(r.epochs if o.epochs is None else o.epochs, "epochs")
     if o.milestones is None:
+        # with few epochs two fractions may round to one epoch: one decay there
         o.milestones = sorted({round(f * o.epochs) for f in r.milestone_fractions})
+    elif len(set(o.milestones)) != len(o.milestones):
+        raise DctpsError(
+            f"milestones {o.milestones!r} repeat an epoch (its decay would apply gamma twice): "
+            "give distinct epochs"
+        )
     o.gamma = r.gamma if o.gamma is None else o.gamma
     if o.optimizer == "sgd":
         o.momentum = (
@@ -746,6 +761,11 @@ def _check_cli_flags(values: dict[str, Any], cfg: RunConfig) -> None:
         raise DctpsError(
             "--no-charge-alpha applies only with --alpha channel (with one alpha per layer there "
             f"are no extra alphas to charge; got alpha {cfg.sparsity.alpha!r})"
+        )
+    if values.get("gamma") is not None and not cfg.resolve().optim.milestones:
+        raise DctpsError(
+            "--gamma applies at milestones, and this run has none (the adam and lenet recipes "
+            "keep a constant learning rate): give --milestones too, or leave --gamma out"
         )
     given = values.get("milestones")
     if given:

@@ -562,6 +562,7 @@ def _fit(
             progress and ctx.is_main,
             cfg.summary(),
         )
+        saved = start_epoch  # the last epoch with a checkpoint: where a rerun resumes
         try:
             for epoch in range(start_epoch + 1, o.epochs + 1):
                 lr = float(optimizer.param_groups[0]["lr"])
@@ -643,15 +644,19 @@ def _fit(
                         },
                         run_dir,
                     )
+                    saved = epoch
         except KeyboardInterrupt:
             # the row stays 'running' (the same command resumes it), but says why it stopped
             if store is not None:
+                reason = (
+                    f"interrupted after epoch {saved} of {o.epochs}; run the same command again "
+                    "to resume"
+                    if saved
+                    else f"interrupted before its first checkpoint (epoch 1 of {o.epochs}); run "
+                    "the same command again to start it over"
+                )
                 with contextlib.suppress(Exception):
-                    store.update(
-                        h,
-                        reason=f"interrupted after epoch {len(history)} of {o.epochs}; run the "
-                        "same command again to resume",
-                    )
+                    store.update(h, reason=reason)
             raise
         finally:
             if bar is not None:
