@@ -1,6 +1,8 @@
 """The fast DCTpS paths (dctps.fast): exact agreement with the materialised W = alpha*D + S in
 float64 (outputs and every gradient), no dense D/W in fast mode, mode='auto', torch.compile."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -241,8 +243,24 @@ def test_bench_timeit_times_back_to_back_calls_per_synchronisation():
     t = timeit({"a": fn}, reps=3, device=torch.device("cpu"), warmup=2, calls=4)
     assert counts["a"] == 2 + 3 * 4
     assert 0 < t["a"].best <= t["a"].median
-    with pytest.raises(DctpsError, match="calls must be at least 1, got 0"):
-        timeit({"a": fn}, reps=1, device=torch.device("cpu"), calls=0)
+    for calls, reps in ((0, 1), (1, 0)):  # reps=0 was a bare ValueError from min()
+        with pytest.raises(DctpsError, match=f"got calls={calls}, reps={reps}"):
+            timeit({"a": fn}, reps=reps, device=torch.device("cpu"), calls=calls)
+
+
+def test_bench_json_target_is_checked_before_the_run(tmp_path, capsys, monkeypatch):
+    """A bad --json path crashed with a traceback after the whole benchmark, losing its rows."""
+    from dctps import bench
+
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda *a, **k: ran.append(1) or {"ckpt": [{"x": 1}]})
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["ckpt", "--json", str(tmp_path / "file.txt" / "rows.json")])
+    assert exit_.value.code == 2 and ran == []
+    assert "cannot write benchmark rows" in capsys.readouterr().err
+    bench.main(["ckpt", "--json", str(tmp_path / "new" / "rows.json")])
+    assert json.loads((tmp_path / "new" / "rows.json").read_text()) == {"ckpt": [{"x": 1}]}
 
 
 def test_bench_memory_child_resets_the_peak_and_reports_growth():
@@ -253,12 +271,13 @@ def test_bench_memory_child_resets_the_peak_and_reports_growth():
     import sys
 
     # a fresh process, as the benchmark runs it (in this one, freed memory would be reused)
-    cmd = [sys.executable, "-m", "dctps.bench", "_memory_child", "dense", "cpu", "4", "512"]
+    cmd = [sys.executable, "-m", "dctps.bench", "_memory_child", "dense", "cpu", "4", "512", "1"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     if sys.platform.startswith("linux"):
         assert r["how"] == "VmHWM"
         assert r["bytes"] >= 3 * 4 * 512 * 512  # weight, gradient and momentum at least
+        assert r["total"] >= r["bytes"] + 50 * 2**20  # the whole process: torch's own memory too
 
 
 def test_bench_memory_refuses_implausible_readings(monkeypatch):

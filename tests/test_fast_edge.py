@@ -489,3 +489,31 @@ def test_auto_memo_remeasures_when_nnz_changes(monkeypatch):
         layer.load_state_dict(DCTpSLinear(64, 64, 40, seed=1).state_dict())
         layer(x)
     assert calls == [10, 40]
+
+
+def test_the_fast_path_does_not_load_the_compiler():
+    """Guarding the fast path against tracing imported ``torch._dynamo`` at its first call
+    (about a second and 64 MB resident, a third of the fast Linear 8192 step's memory in
+    ``dctps bench memory``); nothing can trace before that import, so it waits for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from dctps import DCTpSConv2d, DCTpSLinear\n"
+        "lin = DCTpSLinear(64, 32, 40, seed=0, mode='fast')\n"
+        "conv = DCTpSConv2d(3, 8, 3, padding=1, nnz=30, seed=0, mode='factor')\n"
+        "lin(torch.randn(4, 64)).sum().backward()\n"
+        "conv(torch.randn(2, 3, 6, 6)).sum().backward()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+    # once the compiler is loaded the guard applies, and a compiled model still computes right
+    layer = randomise(DCTpSLinear(40, 24, 30, seed=0, mode="fast", dtype=F64))
+    x = torch.randn(3, 40, dtype=F64)
+    compiled = torch.compile(torch.nn.Sequential(layer), backend="eager")
+    torch.testing.assert_close(
+        compiled(x), ref_forward(layer, x, layer.alpha, layer.values, layer.bias), **TOL
+    )
+    torch.testing.assert_close(layer(x), compiled(x), **TOL)

@@ -41,13 +41,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dctps.errors import DctpsError, unknown_name
+from dctps.atomic import atomic_write, check_file_target, make_parent
+from dctps.errors import DctpsError, cannot_write, unknown_name
 
 __all__ = ["NAMES", "run", "main", "timeit"]
 
@@ -80,8 +82,8 @@ def timeit(fns: dict[str, Callable[[], Any]], reps: int, device: torch.device,
     The garbage collector is off while timing (as in :mod:`timeit`): a collection triggered by
     one path's Python objects must not land in another path's measurement.
     """
-    if calls < 1:
-        raise DctpsError(f"calls must be at least 1, got {calls}")
+    if calls < 1 or reps < 1:
+        raise DctpsError(f"calls and reps must be at least 1, got calls={calls}, reps={reps}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -468,8 +470,11 @@ def _reset_peak_rss() -> bool:
     return _proc_status_bytes("VmHWM") is not None
 
 
-def _memory_child(variant: str, device_name: str, batch: int, n: int) -> dict[str, Any]:
-    """One training step of the ``n x n`` layer in this (fresh) process; the peak memory growth.
+def _memory_child(
+    variant: str, device_name: str, batch: int, n: int, threads: int = 0
+) -> dict[str, Any]:
+    """One training step of the ``n x n`` layer in this (fresh) process; the peak memory growth
+    (``bytes``) and the whole process's peak (``total``: with what importing torch holds).
 
     On the CPU the peak is the resident-memory high-water mark, reset before the step where Linux
     allows it: otherwise the mark that importing torch left can exceed a small step's own peak
@@ -477,6 +482,8 @@ def _memory_child(variant: str, device_name: str, batch: int, n: int) -> dict[st
     for such steps (reported as ``peak``)."""
     import resource
 
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.device(device_name)
     torch.manual_seed(0)
     x = torch.randn(batch, n, device=device)
@@ -510,7 +517,8 @@ def _memory_child(variant: str, device_name: str, batch: int, n: int) -> dict[st
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     built = bool(getattr(layer, "basis_built", False))
-    return {"variant": variant, "bytes": peak - base, "D_built": built, "how": how}
+    total = peak if how == "VmHWM" else None  # the others do not see the whole process
+    return {"variant": variant, "bytes": peak - base, "total": total, "D_built": built, "how": how}
 
 
 def bench_memory(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, Any]]:
@@ -527,7 +535,7 @@ def bench_memory(device: torch.device, quick: bool, echo: Echo) -> list[dict[str
     res = {}
     for variant in ("dense", "fast"):
         cmd = [sys.executable, "-m", "dctps.bench", "_memory_child", variant, str(device),
-               str(batch), str(n)]  # fmt: skip
+               str(batch), str(n), str(torch.get_num_threads())]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise DctpsError(f"memory benchmark child failed: {out.stderr.strip()[-500:]}")
@@ -543,11 +551,21 @@ def bench_memory(device: torch.device, quick: bool, echo: Echo) -> list[dict[str
             "MB; run it again on an idle machine"
         )
     ratio = res["fast"]["bytes"] / res["dense"]["bytes"]
-    echo(f"{'dense MB':>10} {'DCTpS fast MB':>14} {'ratio':>7} {'target':>7} {'D built':>8}")
-    echo(f"{res['dense']['bytes'] / 2**20:>10.1f} {res['fast']['bytes'] / 2**20:>14.1f} "
-         f"{ratio:>7.3f} {'<=0.25':>7} {str(res['fast']['D_built']):>8}")  # fmt: skip
-    return [{"dense_bytes": res["dense"]["bytes"], "fast_bytes": res["fast"]["bytes"],
-             "ratio": ratio, "D_built": res["fast"]["D_built"]}]  # fmt: skip
+    echo(f"{'':>22} {'dense MB':>10} {'DCTpS fast MB':>14} {'ratio':>7} {'target':>7} "
+         f"{'D built':>8}")  # fmt: skip
+    echo(f"{'the step (the target)':>22} {res['dense']['bytes'] / 2**20:>10.1f} "
+         f"{res['fast']['bytes'] / 2**20:>14.1f} {ratio:>7.3f} {'<=0.25':>7} "
+         f"{str(res['fast']['D_built']):>8}")  # fmt: skip
+    row = {"dense_bytes": res["dense"]["bytes"], "fast_bytes": res["fast"]["bytes"],
+           "ratio": ratio, "D_built": res["fast"]["D_built"]}  # fmt: skip
+    if res["dense"].get("total") and res["fast"].get("total"):
+        # the whole process, torch's own few hundred MB included in both: for reference
+        total = res["fast"]["total"] / res["dense"]["total"]
+        echo(f"{'the whole process':>22} {res['dense']['total'] / 2**20:>10.1f} "
+             f"{res['fast']['total'] / 2**20:>14.1f} {total:>7.3f}")  # fmt: skip
+        row.update(dense_total=res["dense"]["total"], fast_total=res["fast"]["total"],
+                   total_ratio=total)  # fmt: skip
+    return [row]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -582,6 +600,11 @@ def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo 
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DctpsError("--device cuda requested but CUDA is not available")
     names = list(_BENCHES) if name == "all" else [name]
+    if dev.type == "cpu" and not threads and torch.get_num_threads() > 1:
+        echo(f"note: {torch.get_num_threads()} threads (torch's default). On a machine shared "
+             "with other work the many small operators of the sparse paths can wait on a "
+             "preempted thread and run up to tens of times slower; --threads 1 gives the "
+             "steadiest ratios")  # fmt: skip
     out = {}
     for n in names:
         t0 = time.perf_counter()
@@ -594,8 +617,8 @@ def main(argv: list[str] | None = None, default: str = "all") -> None:
     """``python benchmarks/bench_X.py [--quick] [--device cuda] [--threads N] [--json FILE]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_memory_child"]:
-        _, variant, device, batch, n = argv
-        print(json.dumps(_memory_child(variant, device, int(batch), int(n))))
+        _, variant, device, batch, n, threads = argv
+        print(json.dumps(_memory_child(variant, device, int(batch), int(n), int(threads))))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("name", nargs="?", default=default, help=f"{' | '.join(NAMES)} | all")
@@ -605,13 +628,19 @@ def main(argv: list[str] | None = None, default: str = "all") -> None:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     a = p.parse_args(argv)
     try:
+        if a.json:  # before the run: a bad path must not cost the whole benchmark's rows
+            check_file_target(a.json, "benchmark rows", "rows.json")
+            make_parent(a.json, "benchmark rows", "rows.json")
         rows = run(a.name, a.quick, a.device, threads=a.threads)
+        if a.json:
+            try:
+                with atomic_write(Path(a.json), "benchmark rows") as f:
+                    json.dump(rows, f, indent=1, default=str)
+            except OSError as e:
+                raise cannot_write("benchmark rows", a.json, e) from None
     except DctpsError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ import contextlib
 import functools
 import gc
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -99,14 +100,17 @@ MODES = ("dense", "fast", "factor", "auto")
 
 
 def _not_traced(fn: Callable) -> Callable:
-    """``torch.compiler.disable(fn)``, applied at the first call: the decorator imports
-    ``torch._dynamo`` (about a second), which every ``dctps`` command would otherwise pay at
-    start-up. (Under ``torch.compile`` the layers take the dense path and never call these.)"""
+    """``torch.compiler.disable(fn)``, applied at the first call made once ``torch._dynamo`` is
+    loaded: the decorator imports it (about a second and 64 MB resident), which a process that
+    never compiles should not pay. Before that import nothing can be tracing the call. (Under
+    ``torch.compile`` the layers take the dense path and never call these.)"""
     disabled: list[Callable] = []
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not disabled:
+            if "torch._dynamo" not in sys.modules:
+                return fn(*args, **kwargs)
             disabled.append(torch.compiler.disable(fn))
         return disabled[0](*args, **kwargs)
 
