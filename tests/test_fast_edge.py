@@ -517,3 +517,48 @@ def test_the_fast_path_does_not_load_the_compiler():
         compiled(x), ref_forward(layer, x, layer.alpha, layer.values, layer.bias), **TOL
     )
     torch.testing.assert_close(layer(x), compiled(x), **TOL)
+    torch._dynamo.reset()  # leave no compiled Sequential.forward to other tests
+
+
+def test_export_jit_trace_and_a_compiled_inference_call_leave_the_model_trainable():
+    """Three ways a traced D or support stayed behind: ``torch.export`` (non-strict) cached a fake
+    D, after which the eager model returned fake tensors and never trained; a compiled first call
+    under ``inference_mode`` cached an inference D that training then refused; ``jit.trace`` of a
+    fast layer kept its support as constants (a later load changed nothing in the trace)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(DCTpSLinear(12, 16, 40, seed=0), torch.nn.ReLU(),
+                                DCTpSLinear(16, 4, 20, seed=1))  # fmt: skip
+    x = torch.randn(3, 12)
+    exported = torch.export.export(model, (x,))
+    assert not model[0].basis_built  # nothing traced is kept
+    y = model(x)
+    assert type(y) is torch.Tensor
+    torch.testing.assert_close(exported.module()(x), y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    y.square().sum().backward()
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+    fresh = torch.nn.Sequential(DCTpSLinear(12, 4, 20, seed=2))
+    compiled = torch.compile(fresh, backend="aot_eager")
+    with torch.inference_mode():
+        compiled.eval()(x)
+    compiled.train()  # drops the inference D the graph cached (a graph cannot check for one)
+    compiled(x).sum().backward()  # "Inference tensors cannot be saved for backward" before
+    assert fresh[0].values.grad is not None
+    with torch.inference_mode():
+        compiled.eval()(x)
+    fresh(x).sum().backward()  # an eager call rebuilds it by itself
+    torch._dynamo.reset()  # leave no compiled Sequential.forward to other tests
+
+    fast = DCTpSLinear(12, 4, 20, seed=3, mode="fast")
+    traced = torch.jit.trace(fast, (x,), check_trace=False)
+    other = DCTpSLinear(12, 4, 20, seed=4)
+    with torch.no_grad():
+        other.values.normal_()
+    fast.load_state_dict(other.state_dict())
+    torch.testing.assert_close(traced(x), fast(x))  # the trace took the dense path: no constants
+    with pytest.raises(DctpsError, match=r"casts integer tensors to torch\.float64.*\.double\(\)"):
+        fast.type(torch.float64)
+    assert fast.indices.dtype == torch.int64 and fast.alpha.dtype == torch.float32  # untouched

@@ -227,6 +227,9 @@ def test_torch_compile_matches_eager():
 
 
 def _graph_recorder():
+    # a fresh compiler state: other tests in this process may have compiled Sequential.forward
+    # up to dynamo's recompile limit, after which it runs eagerly and records no graph
+    torch._dynamo.reset()
     graphs = []
 
     def backend(gm, example_inputs):

@@ -336,21 +336,32 @@ def test_an_overflowing_update_is_skipped_with_a_loss_scaler_and_refused_without
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows float32 gradients
+
+    def scaled_step(i, blow_up=1.0):  # the documented loop
+        x, y = _batch(i)
+        opt.zero_grad()
+        scaler.scale(F.cross_entropy(model(x), y) * blow_up).backward()
+        stepped = rigl.step(scaler)
+        if stepped:
+            scaler.step(opt)
+            scaler.update()
+        return stepped
+
     _run(model, opt, rigl, 1)  # t = 1: no update
     before = state()
-    x, y = _batch(1)
-    opt.zero_grad()
-    scaler.scale(F.cross_entropy(model(x), y) * 1e6).backward()  # as an fp16 overflow would
-    assert rigl.step(scaler) is True  # t = 2, an update iteration, overflowed: skipped
-    scaler.step(opt)
-    scaler.update()
+    assert scaled_step(1, blow_up=1e6) is False  # t = 2, an update iteration, overflowed
     assert rigl.skipped == [2] and rigl.history == []
     after = state()
     assert all(torch.equal(after[k], v) for k, v in before.items())  # nothing moved or stepped
-    assert scaler.get_scale() < 2.0**127
+    assert scaler.get_scale() == 2.0**126  # lowered by the backoff factor, by RigL
+    # the same loop goes on: a plain iteration steps, a finite update iteration moves supports
+    scaler.update(2.0**10)
+    assert scaled_step(2) is True  # t = 3
+    assert scaled_step(3) is False and rigl.history and rigl.history[-1][0] == 4  # t = 4
 
     # without a scaler: refused, and a layer whose gradient is finite is not updated either
-    _run(model, opt, rigl, 1, start=2)  # t = 3
+    _run(model, opt, rigl, 1, start=4)  # t = 5
+    x, y = _batch(5)
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
     last = next(layer for layer in reversed(rigl.layers) if layer.grad is not None)

@@ -468,7 +468,8 @@ class _InitOnlyConv(nn.Conv2d):
     [
         (
             lambda: _LoRALinear(8, 4),
-            r"'1' is a _LoRALinear, a subclass of Linear with its own forward and A, B",
+            r"'1' is a test_sparsify\._LoRALinear, a subclass of Linear with its own forward "
+            r"and A, B",
         ),
         (
             lambda: nn.utils.parametrizations.weight_norm(nn.Linear(8, 4)),
@@ -486,6 +487,45 @@ def test_layers_sparsify_would_silently_change_are_refused(make, needle):
     assert [type(m) for m in model] == before  # nothing was swapped
     dctps.sparsify(model, 0.5, seed=0, exclude=["1"])  # the advertised way out
     assert isinstance(model[0], DCTpSLinear) and type(model[1]) is before[1]
+
+
+def test_attention_projections_patched_forwards_and_spectral_norm_are_refused_too():
+    """The plain-layer check skipped attention (a frozen in_proj became trainable; a subclass's
+    forward was lost; the advised exclude of one projection was itself refused), a forward
+    patched on the instance went unseen, and spectral_norm was called "pruned"."""
+    frozen = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 8))
+    frozen[0].in_proj_weight.requires_grad_(False)
+    with pytest.raises(DctpsError, match=r"'0\.in_proj' has a frozen weight.*exclude=\['0'\]"):
+        dctps.sparsify(frozen, 0.5, seed=0)
+    dctps.sparsify(frozen, 0.5, seed=0, exclude=["0"])  # the advice works
+    head = nn.Sequential(nn.MultiheadAttention(8, 2))
+    head[0].out_proj.weight.requires_grad_(False)
+    with pytest.raises(DctpsError, match=r"'0\.out_proj' has a frozen weight.*exclude=\['0'\]"):
+        dctps.sparsify(head, 0.5, seed=0)
+
+    class MyAttention(nn.MultiheadAttention):
+        def forward(self, *a, **k):  # type: ignore[override]
+            return super().forward(*a, **k)
+
+    with pytest.raises(DctpsError, match=r"MyAttention, a subclass of MultiheadAttention with its"):
+        dctps.sparsify(nn.Sequential(MyAttention(8, 2)), 0.5, seed=0)
+    patched = mlp()
+    patched[0].forward = lambda x: x  # as adapters patched onto an instance do
+    with pytest.raises(DctpsError, match=r"'0' has its own forward"):
+        dctps.sparsify(patched, 0.1, seed=0)
+    sn = nn.Sequential(nn.utils.spectral_norm(nn.Linear(8, 4)))
+    with pytest.raises(DctpsError, match=r"reparametrised weight \(weight_orig: spectral_norm"):
+        dctps.sparsify(sn, 0.5, seed=0)
+    # a frozen bias stays frozen; hooks on an attention's out_proj follow it (attention itself
+    # never calls out_proj as a module, so they fire only where the user calls it)
+    model = nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2))
+    model[0].bias.requires_grad_(False)
+    seen = []
+    model[1].out_proj.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    dctps.sparsify(model, 0.5, seed=0)
+    assert not model[0].bias.requires_grad and model[0].values.requires_grad
+    model[1].out_proj(torch.randn(3, 8))
+    assert seen == [(3, 8)]
 
 
 def test_a_subclass_changing_only_its_init_converts():

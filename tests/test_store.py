@@ -103,6 +103,7 @@ def test_where_values_take_their_columns_type():
 
 def test_where_takes_what_the_table_prints_and_a_miss_says_what_is_there(tmp_path):
     assert parse_where(["density=0.1%", "allocation=-"]) == {"density": 0.001, "allocation": None}
+    assert parse_where(["density=0.7%"]) == {"density": 0.007}  # not 0.7 / 100 = 0.006999...
     with pytest.raises(DctpsError, match="density takes a number or a percentage, got 'x%'"):
         parse_where(["density=x%"])
     s = Store(tmp_path / "results.db")
@@ -133,7 +134,7 @@ def test_a_store_that_cannot_be_written_is_still_read(tmp_path, monkeypatch):
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
     monkeypatch.setattr(Store, "_init_schema", staticmethod(refuse))
-    with pytest.raises(DctpsError, match="readonly database"):  # a writable place: the error
+    with pytest.raises(DctpsError, match="is read-only"):  # a writable place: the error
         Store(tmp_path / "results.db")
     monkeypatch.setattr(store_mod, "_read_only_place", lambda path: True)
     ro = Store(tmp_path / "results.db")
@@ -144,6 +145,10 @@ def test_a_store_that_cannot_be_written_is_still_read(tmp_path, monkeypatch):
     with pytest.raises(DctpsError, match="is read-only .*queried and plotted, not written"):
         ro.start("h1", cfg(seed=1))
     ro.close()
+    # runs still in the write-ahead log cannot be read there: refused, not silently missing
+    (tmp_path / "results.db-wal").write_bytes(b"x" * 100)
+    with pytest.raises(DctpsError, match="write-ahead log results.db-wal holds runs not yet"):
+        Store(tmp_path / "results.db")
 
 
 def test_hash_that_looks_like_a_number_is_found(tmp_path):
@@ -217,6 +222,18 @@ def test_results_csv_to_standard_output_or_a_pipe(tmp_path, capsys):
     reader.join(timeout=10)
     assert got and got[0].splitlines()[0].startswith("hash,")
     assert printed[-1] == f"wrote 2 rows to {fifo}"
+    # a descriptor's name appends (a file redirected with >> keeps what it held); any other
+    # path, one under /dev included, is a file: checked, and replaced atomically
+    from dctps.results.store import _csv_stream
+
+    log = tmp_path / "log.txt"
+    with open(log, "a") as f:
+        f.write("line0\n")
+        f.flush()
+        print_results(tmp_path, csv_path=f"/proc/self/fd/{f.fileno()}", echo=printed.append)
+    assert log.read_text().splitlines()[:2] == ["line0", next(iter(out.splitlines()))]
+    assert _csv_stream("/dev/stderr") and _csv_stream("/dev/fd/7") and _csv_stream("-")
+    assert not _csv_stream("/dev/shm/results.csv") and not _csv_stream(tmp_path / "r.csv")
 
 
 WRITER = textwrap.dedent(

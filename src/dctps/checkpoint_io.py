@@ -222,6 +222,17 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The model a ``torch.compile`` wrapper holds (its state dict names carry ``_orig_mod.``,
+    which a plain model's do not), else ``model``: one checkpoint for both."""
+    inner = model.__dict__.get("_modules", {}).get("_orig_mod")
+    return (
+        inner
+        if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule"
+        else model
+    )
+
+
 def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``path`` as a sparse DCTpS checkpoint; return the path.
 
@@ -233,6 +244,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     """
     if not isinstance(model, nn.Module):
         raise DctpsError(f"save needs an nn.Module, got {type(model).__name__}")
+    model = _uncompiled(model)
     arch = arch if arch is not None else getattr(model, "dctps_arch", None)
     if arch is not None:
         if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
@@ -378,6 +390,7 @@ def load(
     """
     header, payload, _ = _read(path)
     state = _tensors(header, payload, path)
+    given = model  # returned as given: a torch.compile wrapper too
     if model is None:
         arch = header.get("arch")
         if not arch:
@@ -394,6 +407,7 @@ def load(
     elif not isinstance(model, nn.Module):
         raise DctpsError(f"load needs model=None or an nn.Module, got {type(model).__name__}")
     else:
+        model = _uncompiled(model)
         mine, saved = getattr(model, "dctps_arch", None), header.get("arch")
         if (
             isinstance(mine, dict)
@@ -449,7 +463,7 @@ def load(
         )
     if map_location is not None:
         model.to(map_location)
-    return model
+    return given if given is not None else model
 
 
 #: values of the optional layer-config keys when absent (see :func:`_offset_config`)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,18 +279,31 @@ def _build_basis(layer: DCTpSLayer, device: torch.device, dtype: torch.dtype) ->
         return layer._basis().to(device=device, dtype=dtype)
 
 
-_PROBE = 1877  # exact in every float dtype a cast could give it (integers up to 2048)
+def _exporting() -> bool:
+    """Whether ``torch.export`` is tracing (``False`` where this torch cannot tell)."""
+    probe = getattr(torch.compiler, "is_exporting", None)
+    return bool(probe()) if probe is not None else False
 
 
 def _allocates_garbage(fn: Any, device: torch.device) -> bool:
     """Whether ``fn``, a function that ``nn.Module._apply`` maps over tensors, returns
     uninitialised memory (``to_empty()``'s ``empty_like``) rather than the tensor's values
-    (``.to()``, ``.cuda()``, ``.half()``: the same or a copy). Probed on a one-element tensor."""
-    probe = torch.full((1,), _PROBE, dtype=torch.int64, device=device)
+    (``.to()``, ``.cuda()``, ``.half()``: the same or a copy). Probed on a one-element integer
+    tensor holding a fresh random value (a caching allocator may hand back an earlier probe's
+    block, values and all). A :class:`DctpsError` for a ``fn`` that casts integer tensors
+    (``Module.type(dtype)``): the support's indices would become floats."""
+    value = int.from_bytes(os.urandom(7), "little")
+    probe = torch.full((1,), value, dtype=torch.int64, device=device)
     out = fn(probe)
     if out is probe or not isinstance(out, torch.Tensor) or out.device.type == "meta":
         return False
-    return out.numel() != 1 or int(out.reshape(()).item()) != _PROBE
+    if out.dtype != torch.int64:
+        raise DctpsError(
+            f"this conversion casts integer tensors to {out.dtype} (Module.type does): a DCTpS "
+            "layer's support indices must stay integers. Use .to(dtype), .half(), .float() or "
+            ".double(), which convert only floating-point tensors"
+        )
+    return out.numel() != 1 or int(out.reshape(()).item()) != value
 
 
 def builtin_ops_only() -> bool:
@@ -527,15 +541,34 @@ class DCTpSLayer(nn.Module):
         """
         d = self._D
         a = self.alpha
-        if d is None or d.device != a.device or d.dtype != a.dtype:
+        if (
+            d is None
+            or d.device != a.device
+            or d.dtype != a.dtype
+            # a D that a compiled graph built under inference_mode (the graph does not honour
+            # _build_basis's inference_mode(False)) cannot serve training; checked eagerly (a
+            # graph cannot ask) and by train()
+            or (
+                not torch.compiler.is_compiling()
+                and d.is_inference()
+                and not torch.is_inference_mode_enabled()
+            )
+        ):
             build = _build_basis
             if torch.compiler.is_compiling() and _is_accelerator(a.device):
                 # eager, outside the graph (a graph break); wrapped here, not at import, since
                 # decorating imports torch._dynamo (a second of start-up for every command)
                 build = torch.compiler.disable(_build_basis)
             d = build(self, a.device, a.dtype)
-            self._D = d
+            if not _exporting():  # torch.export traces with fake tensors: keep none of them
+                self._D = d
         return d
+
+    def train(self, mode: bool = True) -> DCTpSLayer:
+        d = self._D
+        if mode and d is not None and d.is_inference():  # see D: a compiled inference call's
+            self._D = None
+        return super().train(mode)
 
     def _drop_basis(self) -> None:
         """Free the cached ``D`` (it is rebuilt from the shape when needed)."""
@@ -572,10 +605,10 @@ class DCTpSLayer(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> Any:  # type: ignore[override]
         before = self._D
         was_meta = self.indices.device.type == "meta"
+        # probed first: a cast of integer tensors is refused before it touches the indices
+        garbage = not was_meta and _allocates_garbage(fn, self.indices.device)
         res = super()._apply(fn, recurse)
-        if (was_meta and self.indices.device.type != "meta") or (
-            not was_meta and _allocates_garbage(fn, self.indices.device)
-        ):
+        if (was_meta and self.indices.device.type != "meta") or garbage:
             # only to_empty() leaves meta (a .to() refuses) or hands back uninitialised
             # memory: the support is garbage now, and so is a cached D
             self.__dict__[UNINITIALISED] = True
@@ -629,7 +662,12 @@ class DCTpSLayer(nn.Module):
         (``'auto'`` asks :func:`dctps.fast.choose`, which measures once per input signature;
         see :attr:`mode` for the calls it does not measure)."""
         mode = self._mode
-        if mode == "dense" or torch.compiler.is_compiling() or builtin_ops_only():
+        if (
+            mode == "dense"
+            or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()  # a trace would keep the fast path's support as constants
+            or builtin_ops_only()
+        ):
             return "dense"
         if mode == "auto":
             if autocast_dtype(x) is not None:

@@ -86,8 +86,10 @@ class DCTpSMultiheadAttention(nn.Module):
         )  # fmt: skip
         if mha.in_proj_bias is not None:
             self.in_proj.bias.data.copy_(mha.in_proj_bias.data)  # type: ignore[union-attr]
+            self.in_proj.bias.requires_grad_(mha.in_proj_bias.requires_grad)  # type: ignore[union-attr]
         out_seed = None if seed is None else layer_seed(seed, 1)
         self.out_proj = _replace(mha.out_proj, out_nnz, out_seed, **kw)
+        _move_hooks(mha.out_proj, self.out_proj)
         self.bias_k, self.bias_v = mha.bias_k, mha.bias_v
         self.add_zero_attn = mha.add_zero_attn
         self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
@@ -188,6 +190,7 @@ def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
         raise DctpsError(f"cannot make a DCTpS layer from {type(module).__name__}")
     if module.bias is not None:
         new.bias.data.copy_(module.bias.data)  # type: ignore[union-attr]
+        new.bias.requires_grad_(module.bias.requires_grad)  # type: ignore[union-attr]
     return new
 
 
@@ -260,13 +263,23 @@ def _check_convertible(
                 f"support. Leave it dense with exclude=[{name!r}]"
             )
     for name, module, _ in layers:
-        if any(hasattr(module, a + "_orig") for a in ("weight", "in_proj_weight")):
+        if any(hasattr(module, a + "_mask") for a in ("weight", "in_proj_weight")):
             raise DctpsError(
                 f"layer {name!r} is pruned (torch.nn.utils.prune: weight_orig and weight_mask); "
                 "sparsify would drop its mask. Call torch.nn.utils.prune.remove on it first, or "
                 "sparsify the unpruned model"
             )
-        _check_plain(name, module)
+        if any(hasattr(module, a + "_orig") for a in ("weight", "in_proj_weight")):
+            raise DctpsError(
+                f"layer {name!r} has a reparametrised weight (weight_orig: spectral_norm or the "
+                "old weight_norm), which the DCTpS layer would drop. Remove it first "
+                f"(torch.nn.utils.remove_spectral_norm), or leave the layer dense with "
+                f"exclude=[{name!r}]"
+            )
+        owner, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(owner) if owner else model
+        in_attention = leaf in ("in_proj", "out_proj") and isinstance(parent, nn.MultiheadAttention)
+        _check_plain(name, module, owner if in_attention else name)
     tied = tied_weight(model, layers, aliases)
     if tied is not None:
         layer, other = tied
@@ -285,36 +298,48 @@ _PLAIN: dict[type, tuple[str, ...]] = {
 }
 
 
-def _check_plain(name: str, module: nn.Module) -> None:
+def _check_plain(name: str, module: nn.Module, leave_dense: str) -> None:
     """A :class:`DctpsError` for a layer whose replacement would silently compute something
-    else: a subclass with its own forward or with parameters, buffers or submodules beyond
-    ``weight``/``bias`` (an adapter), a parametrized weight (``weight_norm``), or a frozen
-    weight (the new layer's freshly drawn ``W = alpha D + S`` would train or stay ``D``)."""
-    if isinstance(module, nn.MultiheadAttention):
-        return
-    base = next(b for b in type(module).__mro__ if b in _PLAIN)
-    own = [m for m in _PLAIN[base] if getattr(type(module), m) is not getattr(base, m)]
-    extra = [n for n, _ in module.named_parameters(recurse=False) if n not in ("weight", "bias")]
-    extra += [n for n, _ in module.named_buffers(recurse=False)]
-    extra += [n for n, _ in module.named_children()]
+    else: a subclass with its own forward (or one patched on the instance) or with parameters,
+    buffers or submodules beyond ``weight``/``bias`` (an adapter), a parametrized weight
+    (``weight_norm``), or a frozen weight (the new layer's freshly drawn ``W = alpha D + S``
+    would train or stay ``D``). ``leave_dense``: the name to exclude (an attention's, for its
+    projections)."""
+    mha = isinstance(module, nn.MultiheadAttention)
+    base = nn.MultiheadAttention if mha else next(b for b in type(module).__mro__ if b in _PLAIN)
+    methods = ("forward",) if mha else _PLAIN[base]
+    own = [m for m in methods if getattr(type(module), m) is not getattr(base, m)]
+    own += [m for m in methods if m in module.__dict__ and m not in own]  # patched on the object
+    extra: list[str] = []
+    if not mha:  # an attention's own tensors and out_proj are what DCTpSMultiheadAttention takes
+        extra += [
+            n for n, _ in module.named_parameters(recurse=False) if n not in ("weight", "bias")
+        ]
+        extra += [n for n, _ in module.named_buffers(recurse=False)]
+        extra += [n for n, _ in module.named_children()]
+    weight = module.in_proj_weight if mha else module.weight
+    cls = type(module)
     why = None
     if parametrize.is_parametrized(module):
         why = "has a parametrized weight (e.g. weight_norm), which the DCTpS layer would drop"
     elif own or extra:
         what = f"its own {', '.join(own)}" if own else ""
         what += (" and " if own and extra else "") + (f"{', '.join(extra)}" if extra else "")
-        kind = f"is a {type(module).__name__}, a subclass of {base.__name__} with"
-        kind = kind if type(module) is not base else "has"
+        kind = (
+            f"is a {cls.__module__}.{cls.__qualname__}, a subclass of {base.__name__} with"
+            if cls is not base
+            else "has"
+        )
         why = f"{kind} {what}, which the DCTpS layer would drop"
-    elif not module.weight.requires_grad:
+    elif weight is not None and not weight.requires_grad:
         why = (
             "has a frozen weight (requires_grad=False); its DCTpS layer would draw a new "
             "W = alpha * D + S (nothing of the dense weight is kept)"
         )
     if why is not None:
         raise DctpsError(
-            f"layer {name!r} {why}. Leave it dense with exclude=[{name!r}], or sparsify a model "
-            "of plain nn.Linear / nn.Conv2d layers"
+            f"layer {name!r} {why}. Leave it dense with exclude=[{leave_dense!r}], or sparsify a "
+            "model of plain nn.Linear / nn.Conv2d layers"
         )
 
 

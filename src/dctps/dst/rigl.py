@@ -12,11 +12,17 @@ Usage::
 
 One ``step`` per optimizer step: with gradient accumulation, after the last micro-batch's
 ``backward`` (the dense gradients captured on an update iteration add up over the micro-batches).
-With mixed precision, pass the loss scaler: ``if rigl.step(scaler): scaler.step(optimizer)``, then
-``scaler.update()``. An update iteration whose gradients overflowed then leaves the supports as
-they are (recorded in ``skipped``) and returns ``True``, so that the scaler skips the optimizer
-step and lowers its scale, as it does on any overflowing iteration. Without a scaler a non-finite
-gradient on an update iteration is an error (a diverged run), and no layer is changed.
+With mixed precision, pass the loss scaler::
+
+        scaler.scale(loss).backward()
+        if rigl.step(scaler):
+            scaler.step(optimizer)
+            scaler.update()
+
+An update iteration whose scaled dense gradients overflowed then leaves the supports as they
+are (recorded in ``skipped``), lowers the scaler's scale by its backoff factor, and returns
+``False``: the iteration is skipped, as the scaler skips any overflowing one. Without a scaler a
+non-finite gradient on an update iteration is an error (a diverged run), and no layer is changed.
 
 Schedule: ``t`` counts :meth:`RigL.step` calls from 1. An update happens when ``t % delta_t == 0``
 and ``t < T_end = int(t_end * total_steps)``. Each update, for every sparse layer with ``n`` active
@@ -350,8 +356,8 @@ class RigL:
         On an update iteration it moves the supports (module doc) and returns ``False``.
         Raises :class:`DctpsError` if no dense gradient was captured on an update iteration
         (``step`` called without a forward/backward in between), or if one is not finite and
-        no enabled ``scaler`` (``torch.amp.GradScaler``) says that overflow is expected: then
-        the update is skipped and ``True`` returned, for ``scaler.step(optimizer)`` to skip.
+        no enabled ``scaler`` (``torch.amp.GradScaler``) says that overflow is expected: with
+        one, the update and the optimizer step are skipped and the scale lowered (module doc).
         """
         if scaler is not None and not (hasattr(scaler, "is_enabled") and hasattr(scaler, "update")):
             raise DctpsError(
@@ -376,9 +382,12 @@ class RigL:
         ]
         if bad:
             if scaler is not None and scaler.is_enabled():
+                # the scaler cannot see this overflow (it checks the optimizer's gradients, and
+                # those of the support may be finite): lower its scale here, and skip the step
+                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
                 self.skipped.append(self.t)
                 self._rearm()
-                return True
+                return False
             raise DctpsError(
                 f"RigL update at step {self.t}: non-finite gradient in layer(s) "
                 f"{', '.join(repr(b) for b in bad[:5])}{' ...' if len(bad) > 5 else ''}; no "

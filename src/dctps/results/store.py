@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import os
 import random
+import re
 import sqlite3
 import sys
 import threading
@@ -148,6 +149,13 @@ def _check_sqlite_file(path: Path) -> None:
         raise DctpsError(f"{path} is not a results database (not a SQLite file); left untouched")
 
 
+def _read_only_message(path: Path) -> str:
+    return (
+        f"results database {path} is read-only (its file system or folder is not writable): it "
+        "can be queried and plotted, not written. Copy the folder to a writable place to add runs"
+    )
+
+
 def _read_only_place(path: Path) -> bool:
     """Whether ``path`` cannot be written, or its folder (where SQLite puts its WAL and lock
     files) cannot: a read-only file system or missing permissions."""
@@ -186,6 +194,15 @@ class Store:
         except DctpsError:
             if not (self.path.is_file() and _read_only_place(self.path)):
                 raise
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.is_file() and wal.stat().st_size:
+                # rows committed there are not in the file yet, and reading them needs a
+                # writable folder: a read-only view without them would silently lack runs
+                raise DctpsError(
+                    f"results database {self.path} is on a read-only file system or folder, and "
+                    f"its write-ahead log {wal.name} holds runs not yet merged into it: copy the "
+                    "folder to a writable place to read them"
+                ) from None
             # an archived or shared results folder (read-only file system or permissions):
             # still queried and plotted; a write says why it cannot happen
             self.close()
@@ -236,6 +253,8 @@ class Store:
                         conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
+                if "readonly database" in str(e):
+                    raise DctpsError(_read_only_message(self.path)) from None
                 if not _is_busy(e):
                     raise DctpsError(f"results database {self.path}: {e}") from None
                 if time.monotonic() > deadline:
@@ -250,11 +269,7 @@ class Store:
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside one short ``BEGIN IMMEDIATE`` transaction (retried when locked)."""
         if self.readonly:
-            raise DctpsError(
-                f"results database {self.path} is read-only (its file system or folder is not "
-                "writable): it can be queried and plotted, not written. Copy the folder to a "
-                "writable place to add runs"
-            )
+            raise DctpsError(_read_only_message(self.path))
 
         def tx(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
@@ -472,10 +487,12 @@ class Store:
         rows = self.query(where)
         cols = list(columns or RUN_COLUMNS)
         try:
-            if str(path) == "-":
+            if str(path) in STDOUT_PATHS:  # through sys.stdout: appends, as `>>` asks
                 _write_csv(sys.stdout, rows, cols)
-            elif _csv_stream(path):  # a device or pipe: written directly, never replaced
-                with open(target, "w", newline="") as f:
+            elif _csv_stream(path):  # another descriptor, a FIFO or a device: never replaced
+                # appended: opening /dev/fd/N or /dev/stderr for writing would truncate a file
+                # that the shell redirected there with >>
+                with open(target, "a", newline="") as f:
                     _write_csv(f, rows, cols)
             else:
                 with atomic_write(target, "CSV file", newline="") as f:
@@ -491,16 +508,19 @@ def _write_csv(f: Any, rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -
     w.writerows(rows)
 
 
+_FD_PATH = re.compile(r"/(dev|proc/self)/fd/\d+")
 # where `--csv` means standard output: then the CSV is the command's only output
 STDOUT_PATHS = ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
 
 
 def _csv_stream(path: str | os.PathLike) -> bool:
-    """Whether a CSV target is a stream rather than a file to replace: ``-`` (standard output),
-    a ``/dev/`` path (``/dev/stdout``, ``/dev/fd/N``), or an existing non-regular file (a FIFO).
-    Streams are written directly: never read first (that blocks on a pipe), never replaced."""
+    """Whether a CSV target is a stream rather than a file to replace: ``-`` or another name of
+    a file descriptor (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``), or
+    an existing file that is not a regular one (a FIFO, a device). Streams are written
+    directly: never read first (that blocks on a pipe), never replaced by a rename (that would
+    replace the ``/dev`` link itself). Any other path, ``/dev/shm/x.csv`` included, is a file."""
     s = str(path)
-    if s in STDOUT_PATHS or s.startswith("/dev/"):
+    if s in STDOUT_PATHS or s == "/dev/stderr" or _FD_PATH.fullmatch(s):
         return True
     p = Path(s)
     return p.exists() and not p.is_file()
@@ -533,9 +553,11 @@ def _parse_value(raw: str, key: str) -> Any:
         return None
     kind = RUN_COLUMNS[key].split()[0]
     if key == "density" and raw.endswith("%"):  # as --density and sweep grids take it
+        from dctps.results.sweep import parse_density  # exact: 0.7% is 0.007, not 0.006999...
+
         try:
-            return float(raw[:-1]) / 100
-        except ValueError:
+            return parse_density(raw, "--where density")
+        except DctpsError:
             raise DctpsError(
                 f"--where density takes a number or a percentage, got {raw!r}"
             ) from None

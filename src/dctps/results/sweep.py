@@ -330,12 +330,17 @@ _worker_interrupted = False
 _pool_parent: int | None = None
 
 
+# In a pool worker: whether it is training a run (an interrupt outside one only stops the queue).
+_in_run = False
+
+
 def _on_sigint(signum: int, frame: Any) -> None:
     global _worker_interrupted
     if _worker_interrupted:  # the terminal's Ctrl-C and the sweep's own: one is enough, and a
         return  # second would cut short the run's recording of where it stopped
     _worker_interrupted = True
-    raise KeyboardInterrupt
+    if _in_run:  # an idle worker waits for the queue's end instead (no traceback)
+        raise KeyboardInterrupt
 
 
 def _init_pool_worker(threads: int | None, parent: int | None = None) -> None:
@@ -387,10 +392,15 @@ def run_one(
     h = None
     if _worker_interrupted:  # Ctrl-C: the sweep is stopping, do not start another run
         return {"hash": h, "status": "error", "reason": "interrupted (Ctrl-C)"}
+    global _in_run
     try:
         c = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
         h = c.config_hash()
-        r = fit(c, out, store=db, progress=False, resume=False if restart else None)
+        _in_run = True
+        try:
+            r = fit(c, out, store=db, progress=False, resume=False if restart else None)
+        finally:
+            _in_run = False
     except KeyboardInterrupt:
         if _pool_parent is not None and os.getppid() != _pool_parent:
             os._exit(130)  # the sweep is gone: the run has recorded where it stopped
