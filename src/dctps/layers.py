@@ -567,7 +567,8 @@ class DCTpSLayer(nn.Module):
     def train(self, mode: bool = True) -> DCTpSLayer:
         d = self._D
         if mode and d is not None and d.is_inference():  # see D: a compiled inference call's
-            self._D = None
+            self._drop_basis()
+            self._prebuild_basis()  # on an accelerator, at once, as after a move there
         return super().train(mode)
 
     def _drop_basis(self) -> None:
