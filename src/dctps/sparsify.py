@@ -84,9 +84,7 @@ class DCTpSMultiheadAttention(nn.Module):
             e, 3 * e, in_nnz, bias=mha.in_proj_bias is not None, seed=seed,
             dtype=w.dtype, device=w.device, **kw,
         )  # fmt: skip
-        if mha.in_proj_bias is not None:
-            self.in_proj.bias.data.copy_(mha.in_proj_bias.data)  # type: ignore[union-attr]
-            self.in_proj.bias.requires_grad_(mha.in_proj_bias.requires_grad)  # type: ignore[union-attr]
+        _take_bias(self.in_proj, mha.in_proj_bias)
         out_seed = None if seed is None else layer_seed(seed, 1)
         self.out_proj = _replace(mha.out_proj, out_nnz, out_seed, **kw)
         _move_hooks(mha.out_proj, self.out_proj)
@@ -188,10 +186,15 @@ def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
         )  # fmt: skip
     else:
         raise DctpsError(f"cannot make a DCTpS layer from {type(module).__name__}")
-    if module.bias is not None:
-        new.bias.data.copy_(module.bias.data)  # type: ignore[union-attr]
-        new.bias.requires_grad_(module.bias.requires_grad)  # type: ignore[union-attr]
+    _take_bias(new, module.bias)
     return new
+
+
+def _take_bias(layer: DCTpSLayer, bias: torch.Tensor | None) -> None:
+    """``layer``'s bias takes ``bias``'s values, and its ``requires_grad`` (frozen stays frozen)."""
+    if bias is not None:
+        layer.bias.data.copy_(bias.data)  # type: ignore[union-attr]
+        layer.bias.requires_grad_(bias.requires_grad)  # type: ignore[union-attr]
 
 
 # the module hooks a user registers (forward, backward, and their pre- and kwargs variants)

@@ -746,9 +746,10 @@ def print_results(
         if not _csv_stream(csv_path):
             make_parent(csv_path, "CSV file", "results.csv")  # as every command does
     store = Store(path)
-    rows = store.query(parse_where(where))
+    filters = parse_where(where)
+    rows = store.query(filters)
     if csv_path is not None and str(csv_path) in STDOUT_PATHS:
-        store.to_csv(csv_path, parse_where(where))  # the CSV alone: e.g. for a pipe
+        store.to_csv(csv_path, filters)  # the CSV alone: e.g. for a pipe
         return rows
     if rows:
         variants = variant_column(rows)
@@ -759,8 +760,8 @@ def print_results(
         shown = [{**r, "variant": v or None} for r, v in zip(rows, variants, strict=True)]
         echo(format_table(shown, columns))
     else:
-        echo(f"no runs in {path} match" + _what_is_there(store, parse_where(where)))
+        echo(f"no runs in {path} match" + _what_is_there(store, filters))
     if csv_path is not None:
-        n = store.to_csv(csv_path, parse_where(where))
+        n = store.to_csv(csv_path, filters)
         echo(f"wrote {n} rows to {csv_path}")
     return rows
