@@ -513,6 +513,30 @@ def test_an_interrupt_reason_counts_only_checkpointed_epochs(fake_cifar10, tmp_p
         assert Store(out).get(cfg.resolve().config_hash())["reason"] == reason
 
 
+def test_an_interrupt_after_the_last_epoch_says_so_and_the_rerun_finishes(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """An interrupt while testing or writing best.pt left the row 'running' with no reason."""
+    cfg = small_cfg(fake_cifar10, epochs=2)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(loop.ckpt_io, "atomic_save", stop)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, tmp_path, progress=False)
+    row = Store(tmp_path).get(cfg.resolve().config_hash())
+    assert row["status"] == "running"
+    assert row["reason"] == (
+        "interrupted after its last epoch (2 of 2), before testing its best model; run the "
+        "same command again to finish"
+    )
+    r = fit(cfg, tmp_path, progress=False)
+    assert r["status"] == "done" and r["resumed_from"] == 2
+    assert Store(tmp_path).get(r["hash"])["reason"] is None
+
+
 def test_tiny_imagenet_run_resumes_exactly(fake_tiny, tmp_path, monkeypatch):
     cfg = tiny_cfg(fake_tiny)
     ref = fit(cfg, tmp_path / "ref", progress=False)

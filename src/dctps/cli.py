@@ -17,6 +17,11 @@ from dctps._version import __version__
 from dctps.atomic import check_file_target, make_parent, starts_with
 from dctps.errors import DctpsError
 
+WHERE_HELP = (
+    "Filter column=value, exact matches (repeatable; a repeated column or a comma list means any "
+    "of its values; '-' or none: an empty cell; rigl: yes/no; density: 0.001 or 0.1%; "
+    "accuracies are stored as fractions, 0.5 not 50)."
+)
 app = typer.Typer(
     help="Dense for the Price of Sparse (DCTpS): sparse-from-the-start networks, their baselines, "
     "and the paper's experiments.",
@@ -64,7 +69,7 @@ app.command("train")(_train_command)
 @app.command("results")
 def results_cmd(
     db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
-    where: list[str] = typer.Option([], "--where", help="Filter key=value (repeatable)."),
+    where: list[str] = typer.Option([], "--where", help=WHERE_HELP),
     csv: str = typer.Option(
         None,
         "--csv",
@@ -191,7 +196,7 @@ def figure_cmd(
 @app.command("plot")
 def plot_cmd(
     db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
-    where: list[str] = typer.Option([], "--where", help="Filter key=value (repeatable)."),
+    where: list[str] = typer.Option([], "--where", help=WHERE_HELP),
     x: str = typer.Option("density", "--x", help="density | nonzeros."),
     metric: str = typer.Option("auto", "--metric", help="auto | test_acc | val_acc."),
     out: str = typer.Option(

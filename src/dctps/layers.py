@@ -472,7 +472,8 @@ class DCTpSLayer(nn.Module):
         """A :class:`DctpsError` for a layer that ``to_empty()`` left without a support."""
         if UNINITIALISED in self.__dict__:
             raise DctpsError(
-                f"{type(self).__name__}{tuple(self.weight_shape)} was materialised with "
+                f"{type(self).__name__} with weight shape {tuple(self.weight_shape)} was "
+                "materialised with "
                 "to_empty(): its support (indices) is uninitialised memory. Call "
                 "reset_parameters() on it (or on the model's DCTpS layers) or load a state dict "
                 "first"

@@ -724,7 +724,11 @@ def _what_is_there(store: Store, where: Mapping[str, Any]) -> str:
         wanted = want if isinstance(want, list) else [want]
         present = sorted({r.get(key) for r in rows}, key=lambda v: (v is None, str(v)))
         if not any(w in present for w in wanted):
-            shown = ", ".join("-" if v is None else _cell(v, "") for v in present[:12])
+            # floats in full: an exact filter must match the stored value, not its rounding
+            shown = ", ".join(
+                "-" if v is None else repr(v) if isinstance(v, float) else str(v)
+                for v in present[:12]
+            )
             more = f", ... ({len(present)} values)" if len(present) > 12 else ""
             unit = " (fractions, not %)" if key in ("val_acc", "test_acc") else ""
             notes.append(f"{key} holds: {shown}{more}{unit}")

@@ -663,51 +663,66 @@ def _fit(
                 bar.close()
 
         # ---- final: best-val model on test
-        if best["state"] is not None:
-            model.load_state_dict(best["state"])
-        _, test_acc = evaluate(model, test_loader, ctx)
-        wall = elapsed + time.perf_counter() - t_session
-        result = {
-            "hash": h,
-            "status": "done",
-            "reason": note,
-            "val_acc": best["val_acc"],
-            "test_acc": test_acc,
-            "best_epoch": best["epoch"],
-            "weights": counts.weights,
-            "nonzeros": counts.nonzeros,
-            "alphas": counts.alphas,
-            "fixed_alphas": counts.fixed_alphas,
-            "trainable": counts.trainable,
-            "prune_seconds": prune_s,
-            "wall_seconds": wall,
-            "history": history,
-            "epochs": len(history),
-            "run_dir": str(run_dir),
-            "resumed_from": start_epoch or None,
-            "skipped": False,
-        }
-        if ctx.is_main:
-            assert store is not None
-            ckpt_io.atomic_save(
-                {
-                    "format": ckpt_io.FORMAT,
-                    "version": ckpt_io.VERSION,
-                    "config_hash": h,
-                    "config": cfg.to_dict(),
-                    "epoch": best["epoch"],
-                    "model": best["state"],
-                },
-                run_dir / "best.pt",
-            )
-            store.finish(
-                h,
-                val_acc=best["val_acc"],
-                test_acc=test_acc,
-                best_epoch=best["epoch"],
-                wall_seconds=wall,
-                reason=note,
-            )
+        try:
+            if best["state"] is not None:
+                model.load_state_dict(best["state"])
+            _, test_acc = evaluate(model, test_loader, ctx)
+            wall = elapsed + time.perf_counter() - t_session
+            result = {
+                "hash": h,
+                "status": "done",
+                "reason": note,
+                "val_acc": best["val_acc"],
+                "test_acc": test_acc,
+                "best_epoch": best["epoch"],
+                "weights": counts.weights,
+                "nonzeros": counts.nonzeros,
+                "alphas": counts.alphas,
+                "fixed_alphas": counts.fixed_alphas,
+                "trainable": counts.trainable,
+                "prune_seconds": prune_s,
+                "wall_seconds": wall,
+                "history": history,
+                "epochs": len(history),
+                "run_dir": str(run_dir),
+                "resumed_from": start_epoch or None,
+                "skipped": False,
+            }
+            if ctx.is_main:
+                assert store is not None
+                ckpt_io.atomic_save(
+                    {
+                        "format": ckpt_io.FORMAT,
+                        "version": ckpt_io.VERSION,
+                        "config_hash": h,
+                        "config": cfg.to_dict(),
+                        "epoch": best["epoch"],
+                        "model": best["state"],
+                    },
+                    run_dir / "best.pt",
+                )
+                store.finish(
+                    h,
+                    val_acc=best["val_acc"],
+                    test_acc=test_acc,
+                    best_epoch=best["epoch"],
+                    wall_seconds=wall,
+                    reason=note,
+                )
+        except KeyboardInterrupt:
+            # every epoch is checkpointed: a rerun only tests and records (a done row is
+            # never touched: store.finish is the block's last step)
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    row = store.get(h)
+                    if row is not None and row.get("status") == "running":
+                        store.update(
+                            h,
+                            reason=f"interrupted after its last epoch ({saved} of {o.epochs}), "
+                            "before testing its best model; run the same command again to "
+                            "finish",
+                        )
+            raise
         ctx.barrier()
         return result
 
