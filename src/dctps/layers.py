@@ -473,8 +473,7 @@ class DCTpSLayer(nn.Module):
         if UNINITIALISED in self.__dict__:
             raise DctpsError(
                 f"{type(self).__name__} with weight shape {tuple(self.weight_shape)} was "
-                "materialised with "
-                "to_empty(): its support (indices) is uninitialised memory. Call "
+                "materialised with to_empty(): its support (indices) is uninitialised memory. Call "
                 "reset_parameters() on it (or on the model's DCTpS layers) or load a state dict "
                 "first"
             )
@@ -848,10 +847,8 @@ class DCTpSLinear(DCTpSLayer):
     ) -> None:
         super().__init__()
         mode = check_mode(mode)
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if _int(v) is None or v < 1:  # type: ignore[operator]
-                raise DctpsError(f"{name} must be a positive integer, got {v!r}")
-        in_features, out_features = int(in_features), int(out_features)
+        in_features = _positive_int(in_features, "in_features")
+        out_features = _positive_int(out_features, "out_features")
         self.in_features, self.out_features = in_features, out_features
         self.weight_shape = (out_features, in_features)
         self._init_sparse(
@@ -911,6 +908,15 @@ def _int(v: object) -> int | None:
         return operator.index(v)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def _positive_int(v: object, name: str) -> int:
+    """``v`` as an int if it is an integer >= 1 (Python, numpy or 0-d torch), else a
+    :class:`DctpsError` naming it."""
+    n = _int(v)
+    if n is None or n < 1:
+        raise DctpsError(f"{name} must be a positive integer, got {v!r}")
+    return n
 
 
 def _pair(v: object, name: str, low: int) -> tuple[int, int]:
@@ -974,14 +980,9 @@ class DCTpSConv2d(DCTpSLayer):
     ) -> None:
         super().__init__()
         mode = check_mode(mode)
-        for name, v in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("groups", groups),
-        ):
-            if _int(v) is None or v < 1:  # type: ignore[operator]
-                raise DctpsError(f"{name} must be a positive integer, got {v!r}")
-        in_channels, out_channels, groups = int(in_channels), int(out_channels), int(groups)
+        in_channels = _positive_int(in_channels, "in_channels")
+        out_channels = _positive_int(out_channels, "out_channels")
+        groups = _positive_int(groups, "groups")
         if padding_mode != "zeros":
             raise DctpsError(
                 f"padding_mode={padding_mode!r}: DCTpS convs support only 'zeros' (pad the input "

@@ -272,13 +272,6 @@ def _check_convertible(
                 "sparsify would drop its mask. Call torch.nn.utils.prune.remove on it first, or "
                 "sparsify the unpruned model"
             )
-        if any(hasattr(module, a + "_orig") for a in ("weight", "in_proj_weight")):
-            raise DctpsError(
-                f"layer {name!r} has a reparametrised weight (weight_orig: spectral_norm or the "
-                "old weight_norm), which the DCTpS layer would drop. Remove it first "
-                f"(torch.nn.utils.remove_spectral_norm), or leave the layer dense with "
-                f"exclude=[{name!r}]"
-            )
         owner, _, leaf = name.rpartition(".")
         parent = model.get_submodule(owner) if owner else model
         in_attention = leaf in ("in_proj", "out_proj") and isinstance(parent, nn.MultiheadAttention)
@@ -325,6 +318,11 @@ def _check_plain(name: str, module: nn.Module, leave_dense: str) -> None:
     why = None
     if parametrize.is_parametrized(module):
         why = "has a parametrized weight (e.g. weight_norm), which the DCTpS layer would drop"
+    elif any(hasattr(module, a + "_orig") for a in ("weight", "in_proj_weight")):
+        why = (
+            "has a reparametrised weight (weight_orig: spectral_norm or the old weight_norm), "
+            "which the DCTpS layer would drop (torch.nn.utils.remove_spectral_norm removes it)"
+        )
     elif own or extra:
         what = f"its own {', '.join(own)}" if own else ""
         what += (" and " if own and extra else "") + (f"{', '.join(extra)}" if extra else "")

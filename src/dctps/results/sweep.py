@@ -357,19 +357,19 @@ def _init_pool_worker(threads: int | None, parent: int | None = None) -> None:
     _init_worker(threads)
 
 
-def _watch_parent(parent: int, grace: float | None = None) -> None:
+def _watch_parent(parent: int) -> None:
     """Stop this pool worker once its sweep has died (SIGKILL, out of memory): interrupt the run
     it trains, as Ctrl-C does, so that its row says where it stopped, then exit after
-    ``grace`` seconds. Without this a worker trained on, started the runs queued to it, and
-    then waited forever for work from a parent that was gone (the queue never reports EOF:
-    every worker holds its writing end too)."""
+    :data:`WORKER_GRACE_SECONDS`. Without this a worker trained on, started the runs queued to
+    it, and then waited forever for work from a parent that was gone (the queue never reports
+    EOF: every worker holds its writing end too)."""
     import signal
 
     while os.getppid() == parent:
         time.sleep(1.0)
     if not _worker_interrupted:
         os.kill(os.getpid(), signal.SIGINT)  # handled by _on_sigint in the main thread
-    time.sleep(WORKER_GRACE_SECONDS if grace is None else grace)
+    time.sleep(WORKER_GRACE_SECONDS)
     os._exit(130)
 
 

@@ -646,17 +646,15 @@ def _fit(
                     )
                     saved = epoch
         except KeyboardInterrupt:
-            # the row stays 'running' (the same command resumes it), but says why it stopped
-            if store is not None:
-                reason = (
-                    f"interrupted after epoch {saved} of {o.epochs}; run the same command again "
-                    "to resume"
-                    if saved
-                    else f"interrupted before its first checkpoint (epoch 1 of {o.epochs}); run "
-                    "the same command again to start it over"
-                )
-                with contextlib.suppress(Exception):
-                    store.update(h, reason=reason)
+            _say_interrupted(
+                store,
+                h,
+                f"interrupted after epoch {saved} of {o.epochs}; run the same command again "
+                "to resume"
+                if saved
+                else f"interrupted before its first checkpoint (epoch 1 of {o.epochs}); run "
+                "the same command again to start it over",
+            )
             raise
         finally:
             if bar is not None:
@@ -710,21 +708,28 @@ def _fit(
                     reason=note,
                 )
         except KeyboardInterrupt:
-            # every epoch is checkpointed: a rerun only tests and records (a done row is
-            # never touched: store.finish is the block's last step)
-            if store is not None:
-                with contextlib.suppress(Exception):
-                    row = store.get(h)
-                    if row is not None and row.get("status") == "running":
-                        store.update(
-                            h,
-                            reason=f"interrupted after its last epoch ({saved} of {o.epochs}), "
-                            "before testing its best model; run the same command again to "
-                            "finish",
-                        )
+            # every epoch is checkpointed: a rerun only tests and records
+            _say_interrupted(
+                store,
+                h,
+                f"interrupted after its last epoch ({saved} of {o.epochs}), before testing its "
+                "best model; run the same command again to finish",
+            )
             raise
         ctx.barrier()
         return result
+
+
+def _say_interrupted(store: Any, h: str, reason: str) -> None:
+    """Record on an interrupted run's row why it stopped and how to go on; the row stays
+    ``running`` (the same command resumes it). Only a ``running`` row: a run interrupted after
+    ``store.finish`` is done, and its row is left alone. Never raises (the interrupt goes on)."""
+    if store is None:
+        return
+    with contextlib.suppress(Exception):
+        row = store.get(h)
+        if row is not None and row.get("status") == "running":
+            store.update(h, reason=reason)
 
 
 def _fmt_acc(v: float | None) -> str:
