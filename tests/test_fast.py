@@ -295,3 +295,25 @@ def test_bench_memory_refuses_implausible_readings(monkeypatch):
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
     with pytest.raises(DctpsError, match=r"implausible readings .*dense 118\.0 MB .* 768\.0 MB"):
         bench.bench_memory(torch.device("cpu"), quick=False, echo=lambda s: None)
+
+
+def test_bench_conv_shapes_time_each_model_with_its_own_budget():
+    """A VGG19 conv with a ResNet18 conv's geometry was timed once, with ResNet18's nnz."""
+    from dctps.bench import conv_shapes
+    from dctps.layers import DCTpSConv2d
+    from dctps.models import build
+    from dctps.sparsify import sparsify
+
+    rows = conv_shapes(density=0.001)
+    for name in ("resnet18", "vgg19"):
+        model = sparsify(build(name, num_classes=10), 0.001, seed=0)
+        budgets = {
+            (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.nnz)
+            for m in model.modules()
+            if isinstance(m, DCTpSConv2d)
+        }
+        listed = {(r[1], r[2], r[3], r[4], r[8]) for r in rows if r[0] == name}
+        assert listed == budgets  # every conv geometry of the model, with the model's own nnz
+    assert len(rows) == len(set(rows))
+    vgg_64 = [r for r in rows if r[0] == "vgg19" and r[1:3] == (64, 64)]
+    assert vgg_64 and all(r[8] != 532 for r in vgg_64)  # not ResNet18's budget

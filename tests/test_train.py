@@ -537,6 +537,28 @@ def test_an_interrupt_after_the_last_epoch_says_so_and_the_rerun_finishes(
     assert Store(tmp_path).get(r["hash"])["reason"] is None
 
 
+def test_an_interrupt_while_pruning_leaves_a_row_that_says_so(fake_cifar10, tmp_path, monkeypatch):
+    """Ctrl-C (or a sweep's SIGTERM) during a long pruning left no row in the store at all."""
+    cfg = small_cfg(fake_cifar10, method="snip", epochs=1)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(loop.su, "apply_sparsity", stop)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, tmp_path, progress=False)
+    row = Store(tmp_path).get(cfg.resolve().config_hash())
+    assert row is not None and row["status"] == "running" and row["method"] == "snip"
+    assert row["reason"] == (
+        "interrupted while pruning (snip), before its first epoch; run the same command again "
+        "to start it over"
+    )
+    r = fit(cfg, tmp_path, progress=False)
+    assert r["status"] == "done" and r["resumed_from"] is None
+    assert Store(tmp_path).get(r["hash"])["reason"] is None
+
+
 def test_tiny_imagenet_run_resumes_exactly(fake_tiny, tmp_path, monkeypatch):
     cfg = tiny_cfg(fake_tiny)
     ref = fit(cfg, tmp_path / "ref", progress=False)

@@ -489,6 +489,19 @@ def _fit(
                 prune_s = su.apply_sparsity(
                     model, cfg, prune_batches, progress=progress and ctx.is_main
                 )
+            except KeyboardInterrupt:
+                if store is not None:
+                    # a long pruning (SynFlow's, Iter-SNIP's iterations) stopped here left no
+                    # row at all: say so, as an interrupted epoch does
+                    with contextlib.suppress(Exception):
+                        store.start(h, cfg.to_dict())
+                    _say_interrupted(
+                        store,
+                        h,
+                        f"interrupted while pruning ({cfg.sparsity.method}), before its first "
+                        "epoch; run the same command again to start it over",
+                    )
+                raise
             except PruningFailed as e:
                 if store is not None:
                     # the model is left dense: its weights place the point on a non-zeros axis
