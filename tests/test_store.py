@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -359,6 +360,35 @@ def test_reopening_the_store_in_a_writing_process_loses_nothing(tmp_path):
     assert _count_rows_elsewhere(s.path) == 3
     Store(tmp_path).close()
     assert _count_rows_elsewhere(s.path) == 3  # and after it reopens its connection
+
+
+def test_a_store_opened_after_its_file_was_deleted_or_replaced_uses_the_new_file(tmp_path):
+    """The process's cached connection kept serving a deleted database: after `rm -r out`, a
+    rerun of `dctps train` found its old row "done" (and trained nothing), and new rows went to
+    the unlinked file, invisible to every other reader."""
+    import shutil
+
+    folder = tmp_path / "out"
+    s = Store(folder)
+    s.start("old", cfg())
+    s.finish("old", val_acc=0.5, test_acc=0.5, best_epoch=1, wall_seconds=1.0)
+    shutil.rmtree(folder)
+    s2 = Store(folder)
+    assert s2.get("old") is None and s2.query() == []
+    s2.start("new", cfg(seed=1))
+    assert _count_rows_elsewhere(s2.path) == 1  # on disk, where other readers look
+
+    # replaced by another database (a restored backup) while this process is connected
+    backup = tmp_path / "backup.db"
+    b = Store(backup)
+    b.start("b1", cfg(seed=2))
+    b.start("b2", cfg(seed=3))
+    b.close()
+    os.replace(backup, s2.path)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(str(s2.path) + suffix)
+    assert sorted(r["hash"] for r in Store(folder).query()) == ["b1", "b2"]
 
 
 def test_database_of_an_older_version_gains_new_columns(tmp_path):

@@ -96,9 +96,21 @@ _SCHEMA = [
 
 T = TypeVar("T")
 
-# One connection per (process, database); a lock serialises threads on it.
+# One connection per (process, database); a lock serialises threads on it. _FILE_IDS holds the
+# (device, inode) of the file each connection opened: a Store opened after that file was
+# deleted, moved or replaced must not reuse a connection to the old one.
 _CONNECTIONS: dict[tuple[int, str], tuple[sqlite3.Connection, threading.RLock]] = {}
+_FILE_IDS: dict[tuple[int, str], tuple[int, int] | None] = {}
 _CONN_LOCK = threading.Lock()
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``, or ``None`` where it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _now() -> str:
@@ -183,7 +195,14 @@ class Store:
         except OSError as e:
             raise cannot_write("results database", self.path, e) from None
         self.readonly = False
-        if (os.getpid(), str(self.path)) not in _CONNECTIONS:
+        key = (os.getpid(), str(self.path))
+        if key in _CONNECTIONS and _FILE_IDS.get(key) != _file_id(self.path):
+            # the database was deleted (rmtree of an --out folder), moved or replaced since this
+            # process connected: the cached connection still reads and writes the old file, so
+            # finished runs would be "done" and new rows lost. SQLite neither checkpoints nor
+            # deletes a WAL on closing a connection whose file has moved.
+            self.close()
+        if key not in _CONNECTIONS:
             # Only before this process connects: once it holds a connection, closing any other
             # descriptor of the file (as the header check does) drops all of the process's
             # POSIX locks on it; another process could then take itself for the last connection
@@ -191,6 +210,7 @@ class Store:
             _check_sqlite_file(self.path)
         try:
             self._retry(self._init_schema)
+            _FILE_IDS[key] = _file_id(self.path)
         except DctpsError:
             if not (self.path.is_file() and _read_only_place(self.path)):
                 raise
@@ -208,6 +228,7 @@ class Store:
             self.close()
             self.readonly = True
             self._retry(lambda conn: conn.execute("SELECT count(*) FROM runs").fetchone())
+            _FILE_IDS[key] = _file_id(self.path)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -308,6 +329,7 @@ class Store:
         key = (os.getpid(), str(self.path))
         with _CONN_LOCK:
             entry = _CONNECTIONS.pop(key, None)
+            _FILE_IDS.pop(key, None)
         if entry is not None:
             entry[0].close()
 
