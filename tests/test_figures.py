@@ -73,7 +73,11 @@ def test_quick_grid_shrinks_runs_not_structure():
     meth = lambda cs: {(c.sparsity.method, c.sparsity.rigl) for c in cs}  # noqa: E731
     assert meth(quick) == meth(full)
     opts = {c.sparsity.method: c.sparsity.options for c in quick if not c.sparsity.rigl}
-    assert opts["iter_snip"] == {"steps": 5, "num_batches": 1} and opts["synflow"]["iterations"]
+    # num_batches=1 is CIFAR-10's Table E.2 default, so the run's identity leaves it out
+    assert opts["iter_snip"] == {"steps": 5} and opts["synflow"]["iterations"]
+    tiny = F.figure_configs("density-resnet18-cifar100", quick=True)
+    force = [c.sparsity.options for c in tiny if c.sparsity.method == "force"]
+    assert force and all(o.get("num_batches") == 1 for o in force)
     assert {c.sparsity.rigl_delta_t for c in quick if c.sparsity.rigl} == {4}
     with pytest.raises(DctpsError, match="unknown figure"):
         F.get("A.9")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -217,6 +218,50 @@ def test_config_hash():
     assert dataclasses.replace(base, seed=1).config_hash() != h
     assert dataclasses.replace(base, sparsity=SparsityConfig("dctps", 0.001)).config_hash() != h
     assert dataclasses.replace(base, optim=OptimConfig(lr=0.01)).config_hash() != h
+
+
+def test_pruning_options_have_one_form_per_setting():
+    """`steps=60` (the default), `steps=60.0` and no option were three runs with three hashes
+    (three curves in a plot), and a misspelt option passed `--dry-run` and failed only after
+    each run of a sweep had loaded its data."""
+
+    def resolved(method, options, dataset="cifar10"):
+        cfg = RunConfig(
+            model=ModelConfig("resnet18"),
+            data=DataConfig(dataset),
+            sparsity=SparsityConfig(method, 0.01, options=options),
+        )
+        return cfg.resolve().sparsity.options, cfg.config_hash()
+
+    none = resolved("iter_snip", {})
+    assert none[0] == {}
+    # Table E.2's num_batches for the data set is the default as a run fills it in
+    for same in ({"steps": 60}, {"steps": 60.0}, {"num_batches": 1}, {"schedule": "exp"}):
+        assert resolved("iter_snip", same) == none, same
+    assert resolved("iter_snip", {"num_batches": 10}, "cifar100") == resolved(
+        "iter_snip", {}, "cifar100"
+    )
+    assert resolved("iter_snip", {"num_batches": 1}, "cifar100")[0] == {"num_batches": 1}
+    other = resolved("iter_snip", {"steps": 30.0})
+    assert other[0] == {"steps": 30} and type(other[0]["steps"]) is int and other[1] != none[1]
+    assert resolved("grasp", {"temperature": 200})[0] == {}
+    assert resolved("grasp", {"temperature": 100})[0] == {"temperature": 100.0}
+    assert resolved("synflow", {"synflow_dtype": "float64"})[0] == {}
+    as_name = resolved("synflow", {"synflow_dtype": "torch.float32"})[0]
+    assert as_name == {"synflow_dtype": "float32"}
+    for options, message in (
+        ({"stesp": 3}, "'stesp'. Did you mean 'steps'"),
+        (
+            {"steps": 60.5},
+            "option steps of pruning method 'iter_snip' must be an integer, got 60.5",
+        ),  # noqa: E501
+        ({"num_batches": True}, "must be an integer, got True"),
+        ({"train_mode": "yes"}, "must be true or false, got 'yes'"),
+    ):
+        with pytest.raises(DctpsError, match=re.escape(message)):
+            resolved("iter_snip", options)
+    with pytest.raises(DctpsError, match="must name a floating dtype"):
+        resolved("synflow", {"synflow_dtype": "int32"})
 
 
 def test_a_model_revision_splits_the_hash_and_revision_1_does_not(monkeypatch):

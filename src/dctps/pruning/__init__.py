@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,12 +116,83 @@ def default_batches(dataset_name: str) -> int:
     raise unknown_name("data set", dataset_name, data_names())
 
 
-def _check_options(method: str, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+def _check_options(method: str, fn: Callable[..., Any], options: Mapping[str, Any]) -> None:
     valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
     for key in options:
         if key not in valid:
             err = unknown_name(f"option for pruning method {method!r}:", key, valid)
             raise DctpsError(str(err))
+
+
+# Methods whose gradient is averaged over Table E.2's per-dataset batch counts (their
+# ``num_batches`` default, as a run fills it in, is :func:`default_batches` of its data set).
+TABLE_E2_BATCHES = ("iter_snip", "force")
+
+
+def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
+    """``value`` of option ``name`` as the type ``kind`` of its annotation holds it, or a
+    :class:`DctpsError` naming the option, the value and what would be valid."""
+    where = f"option {name} of pruning method {method!r}"
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise DctpsError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DctpsError(f"{where} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DctpsError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise DctpsError(f"{where} must be a string, got {value!r}")
+        return value
+    if kind is torch.dtype:
+        dtype = value
+        if isinstance(value, str):
+            dtype = getattr(torch, value.removeprefix("torch."), None)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise DctpsError(f"{where} must name a floating dtype (e.g. float32), got {value!r}")
+        return str(dtype).removeprefix("torch.")  # a config holds names, not torch objects
+    return value  # e.g. synflow's input_shape: checked by the method when it runs
+
+
+def canonical_options(
+    method: str, options: Mapping[str, Any], dataset: str | None = None
+) -> dict[str, Any]:
+    """``options`` of pruning ``method`` as a run's identity holds them: one form per setting.
+
+    Names are checked against the method's keyword options (an unknown one is a
+    :class:`DctpsError` with a did-you-mean, before any data is loaded); values take their
+    option's type (``steps: 60.0`` -> ``60``, ``temperature: 200`` -> ``200.0``; a wrong type is
+    refused); options equal to their default are left out, the default of ``num_batches`` for
+    :data:`TABLE_E2_BATCHES` being Table E.2's for ``dataset`` (:func:`default_batches`). So
+    ``steps=60``, ``steps=60.0`` and no option at all are one run, with one hash.
+    """
+    if method not in _REGISTRY:
+        raise unknown_name("pruning method", method, names())
+    fn = _REGISTRY[method].masks
+    _check_options(method, fn, options)
+    params = inspect.signature(fn, eval_str=True).parameters
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        p = params[name]
+        default = p.default
+        if name == "num_batches" and method in TABLE_E2_BATCHES and dataset is not None:
+            default = default_batches(dataset)
+        if value is None and default is None:
+            continue
+        value = _canonical_value(method, name, value, p.annotation)
+        if isinstance(default, torch.dtype):
+            default = str(default).removeprefix("torch.")
+        if type(value) is type(default) and value == default:
+            continue
+        out[name] = value
+    return out
 
 
 def prune(

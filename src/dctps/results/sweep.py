@@ -13,7 +13,7 @@ A grid file (see ``configs/*.yaml``)::
       - dense                         #   `densities:` to override the grid's densities
       - dctps
       - {method: dctps, rigl: true}
-      - {method: iter_snip, options: {steps: 60}}
+      - {method: iter_snip, options: {steps: 30}}
     densities: [0.01, 0.001, 1e-4]    # floats, or strings such as "0.1%"
     seeds: [0, 1, 2]                  # a list, or an integer n for seeds 0..n-1
     variants:                         # optional: partial RunConfigs, one copy of the grid each

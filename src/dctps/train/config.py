@@ -134,8 +134,9 @@ class SparsityConfig:
     )
     options: dict[str, Any] = _f(
         {},
-        "Extra options of the method as key=value (repeatable), e.g. steps=60, or "
-        "exclude=classifier for dctps (module-name globs to leave dense).",
+        "Extra options of the method as key=value (repeatable), e.g. steps=30 (the keyword "
+        "options of its dctps.pruning function; options at their default are left out of the "
+        "run's identity), or exclude=classifier for dctps (module-name globs to leave dense).",
         flag="option",
     )
     offset: str = _f(
@@ -261,7 +262,7 @@ class RunConfig:
         """
         c = copy.deepcopy(self)
         _resolve_model_data(c)
-        _resolve_sparsity(c.sparsity)
+        _resolve_sparsity(c.sparsity, c.data.dataset)
         _resolve_optim(c)
         if isinstance(c.seed, bool) or not isinstance(c.seed, int):
             raise DctpsError(f"seed must be an integer, got {c.seed!r}")
@@ -477,7 +478,7 @@ def pruning_methods() -> list[str]:
     return list(pruning.names())
 
 
-def _resolve_sparsity(s: SparsityConfig) -> None:
+def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
     from dctps.allocation import names as allocation_names
 
     allocations = allocation_names()
@@ -510,10 +511,16 @@ def _resolve_sparsity(s: SparsityConfig) -> None:
                 raise DctpsError(
                     f"unknown option(s) {sorted(bad)} for method dctps; valid: exclude"
                 )
-        elif s.method == "random":
-            s.allocation = s.allocation or ("erk" if s.rigl else "uniform")
         else:
-            s.allocation = None  # score-based methods choose their own allocation
+            from dctps.pruning import canonical_options
+
+            # one form per setting (defaults left out, types fixed), so that `steps=60`,
+            # `steps=60.0` and no option are one run; unknown names fail here, not after loading
+            s.options = canonical_options(s.method, s.options, dataset)
+            if s.method == "random":
+                s.allocation = s.allocation or ("erk" if s.rigl else "uniform")
+            else:
+                s.allocation = None  # score-based methods choose their own allocation
         if s.allocation is not None and s.allocation not in allocations:
             raise unknown_name("allocation", s.allocation, allocations)
         if s.method != "dctps" and not s.train_alpha:

@@ -48,9 +48,6 @@ __all__ = [
     "restore_structure",
 ]
 
-# Methods whose gradient is averaged over Table E.2's per-dataset batch counts.
-TABLE_E2_BATCHES = ("iter_snip", "force")
-
 
 def build_model(cfg: RunConfig, info: Any) -> nn.Module:
     """The dense model of ``cfg`` for data set ``info``, initialised under ``torch.manual_seed``."""
@@ -72,11 +69,11 @@ def _sync(device: torch.device) -> None:
 
 def pruning_options(cfg: RunConfig) -> dict[str, Any]:
     """The method options passed to ``dctps.pruning.prune`` (Table E.2 defaults filled in)."""
+    from dctps import pruning
+
     s = cfg.sparsity
     opts = dict(s.options)
-    if s.method in TABLE_E2_BATCHES and "num_batches" not in opts:
-        from dctps import pruning
-
+    if s.method in pruning.TABLE_E2_BATCHES and "num_batches" not in opts:
         opts["num_batches"] = pruning.default_batches(cfg.data.dataset)
     return opts
 
