@@ -623,3 +623,35 @@ def test_real_cifar10():
     mean = (s.train_x.float() / 255).mean(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.tensor(s.info.mean), atol=0.01)
     assert torch.bincount(s.test_y, minlength=10).tolist() == [1000] * 10
+
+
+def test_a_new_data_set_is_one_registry_entry(tmp_path, monkeypatch):
+    """Adding a data set needed a branch in build() and an entry in check_root's own table; one
+    without a branch was loaded as Tiny ImageNet, and check_root raised a bare KeyError."""
+    x = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8)
+    y = torch.arange(20) % 3
+    seen = []
+
+    def load(root):
+        seen.append(root)
+        if not (root / "toy").is_dir():
+            raise D.DctpsError("unreachable: check_root/build check the folder first")
+        return x, y, x[:5], y[:5]
+
+    toy = D.DatasetInfo(
+        "toy", 3, 1, 4, (0.5,), (0.25,), True, source=D.Source(load, "toy", "<root>/toy/...")
+    )
+    monkeypatch.setitem(D._INFOS, "toy", toy)
+    with pytest.raises(D.DctpsError, match=r"missing folder .*toy; expected layout: <root>/toy"):
+        D.check_root("toy", tmp_path)
+    (tmp_path / "toy").mkdir()
+    D.check_root("toy", tmp_path)
+    splits = D.build("toy", tmp_path, val_fraction=0.25)
+    assert seen == [tmp_path] and splits.info is toy
+    assert splits.train_x.shape[0] == 15 and splits.val_x.shape[0] == 5
+    assert torch.equal(splits.test_x, x[:5])
+
+    monkeypatch.setitem(D._INFOS, "bare", D.DatasetInfo("bare", 3, 1, 4, (0.5,), (0.25,), True))
+    for call in (lambda: D.build("bare", tmp_path), lambda: D.check_root("bare", tmp_path)):
+        with pytest.raises(D.DctpsError, match="data set 'bare' has no Source"):
+            call()

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from dctps.data import cifar, tiny_imagenet
 from dctps.data.augment import (
     default_augment,
     hflip_with_mask,
@@ -28,6 +30,7 @@ from dctps.data.augment import (
     random_crop,
     random_hflip,
 )
+from dctps.data.digits import load_digits
 from dctps.data.loader import Loader
 from dctps.data.split import holdout
 from dctps.errors import DctpsError, unknown_name
@@ -35,6 +38,7 @@ from dctps.errors import DctpsError, unknown_name
 __all__ = [
     "DatasetInfo",
     "Loader",
+    "Source",
     "Splits",
     "build",
     "check_root",
@@ -49,6 +53,30 @@ __all__ = [
 ]
 
 DATA_ENV = "DCTPS_DATA"
+
+#: what a :class:`Source` loader returns: ``(train_x, train_y, test_x, test_y)``, optionally
+#: followed by the number of classes actually found (a reduced copy of the data set)
+Loaded = tuple
+
+
+@dataclass(frozen=True)
+class Source:
+    """How :func:`build` reads a data set.
+
+    Attributes:
+        load: ``load(root) -> (train_x, train_y, test_x, test_y[, num_classes])``: uint8
+            ``(N, C, H, W)`` images and int64 ``(N,)`` labels of the official train and test
+            splits; ``root`` is the data root folder, or ``None`` where ``folder`` is ``None``.
+            A fifth value, where the loader returns one, is the class count it found (a reduced
+            copy of Tiny ImageNet with fewer classes), and replaces ``num_classes``.
+        folder: the sub-folder of the data root that ``load`` reads (``cifar-10-batches-py``);
+            ``None`` for data shipped with a package (``digits``: no root needed).
+        layout: the expected layout of ``folder``, for error messages.
+    """
+
+    load: Callable[..., Loaded]
+    folder: str | None = None
+    layout: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,8 @@ class DatasetInfo:
         hflip: training augmentation: random horizontal flip with probability 0.5.
         sizes: images in the official (train, test) splits; a ``subset`` of at least the larger
             changes nothing (``RunConfig`` then drops it from the run's identity).
+        source: how :func:`build` loads it (:class:`Source`); ``None`` for an info that only
+            describes tensors loaded elsewhere (a :class:`Loader`'s normalisation).
     """
 
     name: str
@@ -86,6 +116,7 @@ class DatasetInfo:
     crop_padding: int = 0
     hflip: bool = False
     sizes: tuple[int, int] = (0, 0)
+    source: Source | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -117,6 +148,7 @@ _INFOS: dict[str, DatasetInfo] = {
     # Constants of the reference code (Table E.3 set-up): RandomCrop(32, padding=4) + flip.
     "cifar10": DatasetInfo(
         name="cifar10",
+        source=Source(cifar.load_cifar10, cifar.CIFAR10_DIR, cifar.CIFAR10_LAYOUT),
         sizes=(50000, 10000),
         num_classes=10,
         in_channels=3,
@@ -129,6 +161,7 @@ _INFOS: dict[str, DatasetInfo] = {
     ),
     "cifar100": DatasetInfo(
         name="cifar100",
+        source=Source(cifar.load_cifar100, cifar.CIFAR100_DIR, cifar.CIFAR100_LAYOUT),
         sizes=(50000, 10000),
         num_classes=100,
         in_channels=3,
@@ -145,6 +178,9 @@ _INFOS: dict[str, DatasetInfo] = {
     # validation data only on CIFAR; on Tiny ImageNet it reports the max official-val accuracy.
     "tiny_imagenet": DatasetInfo(
         name="tiny_imagenet",
+        source=Source(
+            tiny_imagenet.load_tiny_imagenet, tiny_imagenet.TINY_DIR, tiny_imagenet.LAYOUT
+        ),
         sizes=(100000, 10000),
         num_classes=200,
         in_channels=3,
@@ -161,6 +197,7 @@ _INFOS: dict[str, DatasetInfo] = {
     # 8x8 digits a 4-pixel shift destroys the digit and a mirror changes its meaning.
     "digits": DatasetInfo(
         name="digits",
+        source=Source(lambda root: load_digits()),
         sizes=(1438, 359),
         num_classes=10,
         in_channels=1,
@@ -206,19 +243,21 @@ def check_root(name: str, root: str | os.PathLike | None) -> None:
     ``name`` (none given and no ``DCTPS_DATA``, or not a folder) or a root without the data
     set's folder (e.g. ``cifar-10-batches-py``), without reading any data; the embedded
     ``digits`` need none. Sweeps call it once before their first run."""
-    get_info(name)
-    if name == "digits":
+    src = _source(get_info(name))
+    if src.folder is None:
         return
     path = _resolve_root(name, root)
-    from dctps.data import cifar, tiny_imagenet
+    if not (path / src.folder).is_dir():  # the loader's own first check, before any run starts
+        raise DctpsError(f"missing folder {path / src.folder}; expected layout: {src.layout}")
 
-    sub, layout = {
-        "cifar10": (cifar.CIFAR10_DIR, cifar.CIFAR10_LAYOUT),
-        "cifar100": (cifar.CIFAR100_DIR, cifar.CIFAR100_LAYOUT),
-        "tiny_imagenet": (tiny_imagenet.TINY_DIR, tiny_imagenet.LAYOUT),
-    }[name]
-    if not (path / sub).is_dir():  # the loader's own first check, before any run starts
-        raise DctpsError(f"missing folder {path / sub}; expected layout: {layout}")
+
+def _source(info: DatasetInfo) -> Source:
+    if info.source is None:
+        raise DctpsError(
+            f"data set {info.name!r} has no Source (DatasetInfo.source): dctps.data.build "
+            "cannot load it"
+        )
+    return info.source
 
 
 def _check_subset(subset: object) -> int | None:
@@ -267,22 +306,12 @@ def build(
     subset = _check_subset(subset)
     if val_fraction is None:
         val_fraction = info.val_fraction
-    if name == "digits":
-        from dctps.data.digits import load_digits
-
-        tr_x, tr_y, te_x, te_y = load_digits()
-    elif name in ("cifar10", "cifar100"):
-        from dctps.data.cifar import load_cifar10, load_cifar100
-
-        path = _resolve_root(name, root)
-        tr_x, tr_y, te_x, te_y = (load_cifar10 if name == "cifar10" else load_cifar100)(path)
-    else:  # tiny_imagenet
-        from dctps.data.tiny_imagenet import load_tiny_imagenet
-
-        path = _resolve_root(name, root)
-        tr_x, tr_y, te_x, te_y, k = load_tiny_imagenet(path)
-        if k != info.num_classes:  # a reduced copy (fewer wnids): report its true class count
-            info = dataclasses.replace(info, num_classes=k)
+    src = _source(info)
+    loaded = src.load(None if src.folder is None else _resolve_root(name, root))
+    tr_x, tr_y, te_x, te_y = loaded[:4]
+    if len(loaded) > 4 and loaded[4] != info.num_classes:
+        # a reduced copy (Tiny ImageNet with fewer wnids): report its true class count
+        info = dataclasses.replace(info, num_classes=int(loaded[4]))
 
     train_idx, val_idx = holdout(int(tr_x.shape[0]), val_fraction, split_seed)
     if subset is not None:
