@@ -87,6 +87,23 @@ def test_readme_command_table_matches_the_cli():
     assert table == list(group.commands)  # type: ignore[attr-defined]
 
 
+def test_help_lists_come_from_the_registries(monkeypatch):
+    """`--offset`, `--recipe`, `--optimizer` and `dctps budgets --allocation` listed their
+    names by hand: a newly registered offset or allocation was missing from --help."""
+    from dctps import allocation, offsets
+    from dctps.train.config import OPTIMIZERS, RECIPES, fill_names
+
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}, terminal_width=300)
+    text = " ".join(r.output.split())
+    for names in (offsets.names(), list(RECIPES), list(OPTIMIZERS)):
+        assert " | ".join(names) in text, names
+    r = runner.invoke(app, ["budgets", "--help"], env={"COLUMNS": "300"}, terminal_width=300)
+    assert " | ".join(allocation.names()) in " ".join(r.output.split())
+    monkeypatch.setattr(offsets, "names", lambda: ["dct", "mine"])
+    monkeypatch.setattr(allocation, "names", lambda: ["epl", "sqrt"])
+    assert fill_names("{offsets}; {allocations}") == "dct | mine; epl | sqrt"
+
+
 def test_train_help_names_the_config_defaults():
     """The train flags default to "not given" (so a --config value stands); the help must still
     say what an omitted flag means: the RunConfig defaults."""

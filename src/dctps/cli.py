@@ -16,6 +16,7 @@ import typer
 from dctps._version import __version__
 from dctps.atomic import check_file_target, make_parent, starts_with
 from dctps.errors import DctpsError
+from dctps.train.config import fill_names
 
 WHERE_HELP = (
     "Filter column=value, exact matches (repeatable; a repeated column or a comma list means any "
@@ -216,7 +217,7 @@ def plot_cmd(
 def budgets_cmd(
     model: str = typer.Argument(..., help="Architecture name (see `dctps.models.names()`)."),
     density: float = typer.Option(..., "--density", "-d", help="Global density in (0, 1]."),
-    allocation: str = typer.Option("epl", help="uniform | epl | epf | erk | epl_ref."),
+    allocation: str = typer.Option("epl", help=fill_names("{allocations}.")),
     classes: int = typer.Option(10, "--classes", help="Number of output classes."),
     plot: str = typer.Option("", help="Also draw the per-layer bar chart (PNG + PDF) here."),
     compare: bool = typer.Option(

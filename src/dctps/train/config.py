@@ -73,8 +73,8 @@ class ModelConfig:
 
     name: str = _f(
         "resnet18",
-        "Architecture: {models} (digits, 8x8 images: resnet18, resnet50, mobilenetv2 or "
-        "fixup_resnet110).",
+        "Architecture: {models} (one too small for the data set's images, as lenet5 for 8x8 "
+        "digits, is refused before anything runs).",
         flag="model",
     )
 
@@ -141,8 +141,7 @@ class SparsityConfig:
     )
     offset: str = _f(
         "dct",
-        "DCTpS: the fixed matrix D: dct (paper) | dct_signflip | dct_permuted | hadamard | "
-        "gaussian (see dctps.offsets).",
+        "DCTpS: the fixed matrix D: {offsets} (dct: the paper's; see dctps.offsets).",
         omit_default=True,
     )
     alpha: str = _f(
@@ -169,9 +168,9 @@ class OptimConfig:
 
     recipe: str | None = _f(
         None,
-        "Named preset from Table E.3: adam | sgd | lenet (default: lenet for lenet5, else adam).",
+        "Named preset from Table E.3: {recipes} (default: lenet for lenet5, else adam).",
     )
-    optimizer: str | None = _f(None, "adam | sgd (default: the recipe's).")
+    optimizer: str | None = _f(None, "{optimizers} (default: the recipe's).")
     lr: float | None = _f(None, "Base learning rate (sgd recipe: 0.1, or 0.03 for dctps).")
     momentum: float | None = _f(None, "SGD momentum (sgd recipe: 0.9).")
     weight_decay: float | None = _f(None, "L2 weight decay (recipes: 5e-4).")
@@ -685,15 +684,19 @@ class CliField:
         return self.flag.replace("-", "_")
 
 
-def _fill_names(text: str) -> str:
-    """``text`` with ``{models}``, ``{datasets}``, ``{pruning}`` and ``{allocations}`` replaced by
-    the registries' names, so the help lists what a newly registered entry adds."""
+def fill_names(text: str) -> str:
+    """``text`` with ``{models}``, ``{datasets}``, ``{pruning}``, ``{allocations}``, ``{offsets}``,
+    ``{recipes}`` and ``{optimizers}`` replaced by the registries' names, so the help lists what a
+    newly registered entry adds."""
     if "{" not in text:
         return text
-    from dctps import allocation, data, models, pruning
+    from dctps import allocation, data, models, offsets, pruning
 
-    lists = {"models": models, "datasets": data, "pruning": pruning, "allocations": allocation}
-    return text.format(**{k: " | ".join(m.names()) for k, m in lists.items()})
+    lists = {"models": models, "datasets": data, "pruning": pruning, "allocations": allocation,
+             "offsets": offsets}  # fmt: skip
+    names = {k: list(m.names()) for k, m in lists.items()}
+    names |= {"recipes": list(RECIPES), "optimizers": list(OPTIMIZERS)}
+    return text.format(**{k: " | ".join(v) for k, v in names.items()})
 
 
 def cli_fields() -> list[CliField]:
@@ -713,7 +716,7 @@ def cli_fields() -> list[CliField]:
                     flag,
                     prefix + (f.name,),
                     tp,
-                    _fill_names(f.metadata.get("help", "")),
+                    fill_names(f.metadata.get("help", "")),
                     bool(f.metadata.get("invert", False)),
                     None if f.default is dataclasses.MISSING else f.default,
                 )
