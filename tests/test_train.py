@@ -220,6 +220,22 @@ def test_config_hash():
     assert dataclasses.replace(base, optim=OptimConfig(lr=0.01)).config_hash() != h
 
 
+def test_a_density_in_percent_is_one_run_with_its_decimal(tmp_path):
+    """Sweep grids took "0.1%", but a run config and --density refused it."""
+    from dctps.train.config import config_from_cli, load_config
+
+    decimal = RunConfig(sparsity=SparsityConfig("dctps", 0.007)).config_hash()
+    p = tmp_path / "run.yaml"
+    p.write_text("sparsity: {density: 0.7%}\n")
+    assert load_config(p).sparsity.density == 0.007
+    assert load_config(p).config_hash() == decimal
+    assert config_from_cli({"density": "0.7%"}).config_hash() == decimal
+    assert RunConfig(sparsity=SparsityConfig("dctps", "0.7%")).config_hash() == decimal  # type: ignore[arg-type]
+    for bad, message in (("150%", "must be in (0, 1]"), ("abc", "not a density: 'abc'")):
+        with pytest.raises(DctpsError, match=re.escape(message)):
+            config_from_cli({"density": bad})
+
+
 def test_pruning_options_have_one_form_per_setting():
     """`steps=60` (the default), `steps=60.0` and no option were three runs with three hashes
     (three curves in a plot), and a misspelt option passed `--dry-run` and failed only after

@@ -11,7 +11,9 @@ import math
 import operator
 import os
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 
 class DctpsError(ValueError):
@@ -95,3 +97,21 @@ def cannot_write(what: str, path: str | os.PathLike, e: OSError) -> DctpsError:
                 return DctpsError(f"cannot write {what} {p}: {parent} is a file, not a folder")
             break
     return DctpsError(f"cannot write {what} {p}: {e.strerror or e}")
+
+
+def parse_density(value: Any, where: str = "density") -> float:
+    """``0.001``, ``"1e-3"`` or ``"0.1%"`` -> ``0.001`` (checked to lie in (0, 1])."""
+    raw = value
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            # "0.7%" is the decimal 0.007 scaled exactly (float("0.7") / 100 is 0.006999...),
+            # so it hashes like --density 0.007 and --where density=0.007 finds it
+            value = float(Decimal(s[:-1]).scaleb(-2)) if s.endswith("%") else float(s)
+        except (ValueError, ArithmeticError):
+            raise DctpsError(f"{where}: not a density: {raw!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DctpsError(f"{where}: not a density: {raw!r}")
+    if not 0.0 < float(value) <= 1.0:
+        raise DctpsError(f"{where}: density must be in (0, 1] (0.01 = 1%), got {raw!r}")
+    return float(value)

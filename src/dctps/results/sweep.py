@@ -47,11 +47,10 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from dctps.errors import DctpsError, cannot_write, unknown_name
+from dctps.errors import DctpsError, cannot_write, parse_density, unknown_name
 from dctps.train.config import RunConfig, SparsityConfig, parse_assignment, read_yaml
 
 __all__ = [
@@ -82,24 +81,6 @@ LOCAL_SUBMITIT = {"timeout_min": 7 * 24 * 60}
 
 
 # ----------------------------------------------------------------------------- grid
-def parse_density(value: Any, where: str = "density") -> float:
-    """``0.001``, ``"1e-3"`` or ``"0.1%"`` -> ``0.001`` (checked to lie in (0, 1])."""
-    raw = value
-    if isinstance(value, str):
-        s = value.strip()
-        try:
-            # "0.7%" is the decimal 0.007 scaled exactly (float("0.7") / 100 is 0.006999...),
-            # so it hashes like --density 0.007 and --where density=0.007 finds it
-            value = float(Decimal(s[:-1]).scaleb(-2)) if s.endswith("%") else float(s)
-        except (ValueError, ArithmeticError):
-            raise DctpsError(f"{where}: not a density: {raw!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DctpsError(f"{where}: not a density: {raw!r}")
-    if not 0.0 < float(value) <= 1.0:
-        raise DctpsError(f"{where}: density must be in (0, 1] (0.01 = 1%), got {raw!r}")
-    return float(value)
-
-
 def _as_list(value: Any, where: str) -> list[Any]:
     if isinstance(value, (list, tuple)):
         if not value:  # an empty axis empties the whole grid: "0 runs" would hide the mistake

@@ -36,6 +36,7 @@ from dctps.errors import (
     DctpsError,
     check_density,
     check_seed,
+    parse_density,
     unknown_name,
     yaml_problem,
 )
@@ -113,7 +114,9 @@ class SparsityConfig:
         "dense | dctps | a pruning-at-init method ({pruning}).",
     )
     density: float | None = _f(
-        None, "Fraction of weights that are trainable, in (0, 1] (e.g. 0.001 = 0.1%)."
+        None,
+        "Fraction of weights that are trainable, in (0, 1] (e.g. 0.001, or 0.1%).",
+        coerce=parse_density,
     )
     allocation: str | None = _f(
         None,
@@ -410,8 +413,8 @@ def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in d if k not in fields]
     if unknown:
-        valid = ", ".join(prefix + k for k in fields)
-        raise DctpsError(f"{source}: unknown key {prefix + str(unknown[0])!r}; valid keys: {valid}")
+        err = unknown_name("key", prefix + str(unknown[0]), [prefix + k for k in fields])
+        raise DctpsError(f"{source}: {err}")
     kwargs: dict[str, Any] = {}
     for name, value in d.items():
         tp = hints[name]
@@ -419,6 +422,8 @@ def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
             kwargs[name] = _from_dict(
                 tp, value if value is not None else {}, source, f"{prefix}{name}."
             )
+        elif value is not None and "coerce" in fields[name].metadata:  # e.g. density "0.1%"
+            kwargs[name] = fields[name].metadata["coerce"](value, f"{source}: {prefix}{name}")
         else:
             kwargs[name] = _coerce(value, tp, f"{source}: {prefix}{name}")
     return cls(**kwargs)
@@ -502,6 +507,8 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
     else:
         if s.density is None:
             raise DctpsError(f"method {s.method} needs a density (--density, e.g. 0.001)")
+        if isinstance(s.density, str):  # "0.1%", as in a sweep grid
+            s.density = parse_density(s.density)
         s.density = check_density(s.density)
         if s.method == "dctps":
             s.allocation = s.allocation or "epl"
@@ -677,6 +684,7 @@ class CliField:
     help: str
     invert: bool = False
     default: Any = None  # the dataclass default (None: none, or a factory's)
+    coerce: bool = False  # the flag takes a string the field's own parser reads ("0.1%")
 
     @property
     def param(self) -> str:
@@ -719,6 +727,7 @@ def cli_fields() -> list[CliField]:
                     fill_names(f.metadata.get("help", "")),
                     bool(f.metadata.get("invert", False)),
                     None if f.default is dataclasses.MISSING else f.default,
+                    "coerce" in f.metadata,
                 )
             )
 
@@ -812,7 +821,7 @@ def cli_parameters() -> list[inspect.Parameter]:
         elif cf.flag == "option":
             opt = typer.Option(None, "--option", help=shown)
             ann = list[str] | None
-        elif typing.get_origin(base) is list:
+        elif typing.get_origin(base) is list or cf.coerce:  # parsed by config_from_cli
             opt = typer.Option(None, f"--{cf.flag}", help=shown)
             ann = str | None
         else:
