@@ -491,6 +491,32 @@ def test_auto_memo_remeasures_when_nnz_changes(monkeypatch):
     assert calls == [10, 40]
 
 
+def test_auto_measures_once_per_power_of_two_of_rows_not_per_sequence_length(monkeypatch):
+    """A model fed sequences of many lengths re-measured every path (four timed passes each) at
+    every new length, and the decision cache grew with each one."""
+    timed = []
+    real = fastmod._run_once
+
+    def counting(fn, x, grad):
+        timed.append(tuple(x.shape))
+        return real(fn, x, grad)
+
+    monkeypatch.setattr(fastmod, "_run_once", counting)
+    monkeypatch.setattr(layers_mod, "AUTO_MEMO_SIZE", 4)
+    fastmod.clear_auto_cache()
+    layer = DCTpSLinear(512, 512, 200, seed=0, mode="auto")
+    assert "fast" in fastmod.candidates(layer)  # so there is something to measure
+    ref = DCTpSLinear(512, 512, 200, seed=0, mode="dense")
+    for t in (33, 40, 64, 50, 65, 100, 128, 37, 90):  # rows 2*t: buckets 128 and 256
+        x = torch.randn(2, t, 512)
+        torch.testing.assert_close(layer(x), ref(x), atol=1e-4, rtol=1e-4)
+    shapes = {s[1] for s in timed}
+    assert shapes == {33, 65}  # the first input of each bucket was timed, nothing else
+    assert len(fastmod.auto_cache()) == 2
+    assert len(layer.__dict__["_dctps_auto"]) <= 4  # the per-layer memo is bounded
+    assert [fastmod.size_bucket(n) for n in (0, 1, 2, 3, 64, 65)] == [0, 1, 2, 4, 64, 128]
+
+
 def test_the_fast_path_does_not_load_the_compiler():
     """Guarding the fast path against tracing imported ``torch._dynamo`` at its first call
     (about a second and 64 MB resident, a third of the fast Linear 8192 step's memory in

@@ -19,7 +19,8 @@ Forward modes per layer (``layer.mode``, or :func:`set_mode` for a whole model):
     :func:`factor_conv2d`: ``D`` factorises into a complex 1x1 conv and a depthwise conv (see the
     comment above it); ``S`` runs as :class:`SparseConv2dFunction`. No ``D``, no unfold.
 ``'auto'``
-    Per input signature (weight shape, nnz, stride, padding, dilation, groups, input shape,
+    Per input signature (weight shape, nnz, stride, padding, dilation, groups, input shape with
+    its batch size, or a Linear's row count, rounded up to a power of two (:func:`size_bucket`),
     device, dtype, grad mode) the paths that :func:`candidates` (a cost model) allows are timed
     once on the first call (:func:`choose`) and the fastest is kept. All paths compute the same
     function, so ``auto`` changes speed only (outputs agree to float rounding).
@@ -1333,12 +1334,26 @@ def candidates(layer: Layer) -> list[str]:
     return res
 
 
+def size_bucket(n: int) -> int:
+    """``n`` rounded up to a power of two (0 stays 0): the batch size (conv) or row count
+    (Linear) that ``mode='auto'`` keys its decisions on. Every path's cost grows linearly in it,
+    so inputs within a factor of two share one measurement, and a model fed sequences of many
+    lengths measures O(log) times, not once per length."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def _key(layer: Layer, x: torch.Tensor) -> tuple:
     conv = getattr(layer, "kernel_size", None) is not None
     geometry: tuple = (
-        (layer.stride, layer.padding, layer.dilation, layer.groups, tuple(x.shape))
+        (
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            (size_bucket(math.prod(x.shape[:-3])), *x.shape[-3:]),
+        )
         if conv
-        else (math.prod(x.shape[:-1]),)
+        else (size_bucket(math.prod(x.shape[:-1])),)
     )
     return (
         "conv" if conv else "linear",
@@ -1377,14 +1392,14 @@ AUTO_MARGIN = 0.95
 def choose(layer: Layer, x: torch.Tensor, paths: dict[str, Callable], reps: int = 3) -> str:
     """The path ``mode='auto'`` takes for ``layer`` on inputs like ``x`` (cached per signature).
 
-    The signature is the layer's weight shape, nnz, stride/padding/dilation/groups, the input
-    shape, device, dtype and grad mode. Each path in :func:`candidates` runs on a detached copy of
-    ``x`` with detached copies of the layer's parameters (the user's graph, ``.grad`` and RNG are
+    The signature is the layer's weight shape, nnz, stride/padding/dilation/groups, the input shape
+    (its batch size, or a Linear's row count, rounded up to a power of two: :func:`size_bucket`),
+    device, dtype and grad mode. Each path in :func:`candidates` runs on a detached copy of ``x``
+    with detached copies of the layer's parameters (the user's graph, ``.grad`` and RNG are
     untouched), forward plus backward when grad is enabled; after one warm-up run each, ``reps``
-    interleaved rounds are timed and each path's best run counts. A non-dense path is chosen only
-    if it beats dense by :data:`AUTO_MARGIN` (noise and ties go to the dense path, the one
-    ``torch.compile`` uses). When the winner never needs ``D``, a ``D`` built for timing is
-    freed.
+    interleaved rounds are timed and each path's best run counts. A non-dense path is chosen only if
+    it beats dense by :data:`AUTO_MARGIN` (noise and ties go to the dense path, the one
+    ``torch.compile`` uses). When the winner never needs ``D``, a ``D`` built for timing is freed.
     """
     key = _key(layer, x)
     hit = _AUTO.get(key)

@@ -66,6 +66,10 @@ ALPHA_SCOPES = ("layer", "channel")
 #: current forward (absent outside a batched model's forward)
 BATCHED_WEIGHT = "_dctps_w"
 
+#: entries of a layer's memo of ``mode='auto'`` decisions (one per exact input shape) before it
+#: is emptied; the decisions themselves stay in :func:`dctps.fast.auto_cache`
+AUTO_MEMO_SIZE = 256
+
 
 def kaiming_alpha(row_norms: torch.Tensor, scope: str) -> torch.Tensor:
     """``alpha`` such that ``alpha * D`` has the row scale of a Kaiming-normal (fan_in, ReLU) init.
@@ -689,6 +693,8 @@ class DCTpSLayer(nn.Module):
                 paths = {
                     k: getattr(self, v) for k, v in self._PATHS.items() if self._path_available(k)
                 }
+                if len(memo) >= AUTO_MEMO_SIZE:  # inputs of ever new shapes (sequence lengths)
+                    memo.clear()
                 path = memo[key] = choose(self, x, paths)
             return path
         return mode if mode in self._PATHS else "fast"
