@@ -548,3 +548,171 @@ def test_hooks_follow_the_layer_sparsify_replaces():
     seen.clear()
     model(torch.randn(3, 64))
     assert seen == ["post (3, 128)"]
+
+
+# ----------------------------------------------------------------- a review of unusual models
+
+
+def test_unbatched_input_to_a_batch_first_attention():
+    """An unbatched (L, E) input was transposed as if it had a batch dimension: a crash for
+    L != E, a wrong output for L == E."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.MultiheadAttention(16, 4, batch_first=True))
+    dense = copy.deepcopy(model)
+    dctps.sparsify(model, 0.3, seed=0)
+    twin = dctps.to_dense(model)
+    for length in (16, 5):
+        x = torch.randn(length, 16)
+        out = model[0](x, x, x)[0]
+        assert out.shape == (length, 16)
+        torch.testing.assert_close(out, twin[0](x, x, x)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out, model[0](x[None], x[None], x[None])[0][0])
+        assert dense[0](x, x, x)[0].shape == out.shape
+
+
+def test_an_eval_model_stays_in_eval_after_sparsify_and_load(tmp_path):
+    """New layers were created in train mode: an eval model's attention ran its dropout."""
+    torch.manual_seed(0)
+
+    def make():
+        return nn.Sequential(nn.MultiheadAttention(16, 4, dropout=0.5), nn.Linear(16, 4)).eval()
+
+    model = dctps.sparsify(make(), 0.3, seed=0)
+    assert not any(m.training for m in model.modules())
+    x = torch.randn(3, 2, 16)
+    first = model[0](x, x, x)[0]
+    torch.testing.assert_close(model[0](x, x, x)[0], first)  # no dropout
+    dctps.save(model, tmp_path / "m.dctps")
+    loaded = dctps.load(tmp_path / "m.dctps", model=make())
+    assert not any(m.training for m in loaded.modules())
+    torch.testing.assert_close(loaded[0](x, x, x)[0], first)
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_to_empty_guard_covers_attention_weight_and_to_dense():
+    """Only DCTpSLayer.forward checked for a support left uninitialised by to_empty(): an
+    attention (through in_proj_weight), .weight and to_dense ran on garbage indices."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.MultiheadAttention(32, 4), nn.Linear(32, 4))
+    dctps.sparsify(model, 0.3, seed=0)
+    model.to_empty(device="cpu")
+    x = torch.randn(3, 2, 32)
+    for call in (
+        lambda: model[0](x, x, x),
+        lambda: model[1].weight,
+        lambda: dctps.to_dense(model),
+    ):
+        with pytest.raises(DctpsError, match="materialised with to_empty"):
+            call()
+    for m in model.modules():
+        if isinstance(m, dctps.DCTpSLinear):
+            m.reset_parameters()
+    model[0](x, x, x)  # runs again
+
+
+def test_to_dense_and_load_keep_the_models_hooks(tmp_path):
+    """to_dense promised the same outputs but dropped forward hooks; dctps.load into a fresh
+    model dropped the hooks registered on the layers it replaced."""
+    torch.manual_seed(0)
+
+    def make():
+        m = mlp()
+        m[2].register_forward_hook(lambda mod, inp, out: out * 0)
+        return m
+
+    model = dctps.sparsify(make(), 0.1, seed=0)
+    x = torch.randn(5, 64)
+    out = model(x)
+    assert torch.equal(model[2](torch.randn(2, 128)), torch.zeros(2, 128))
+    twin = dctps.to_dense(model)
+    assert len(twin[2]._forward_hooks) == 1
+    torch.testing.assert_close(twin(x), out, atol=1e-5, rtol=1e-5)
+    assert len(model[2]._forward_hooks) == 1  # the original keeps its hook
+    dctps.save(model, tmp_path / "m.dctps")
+    loaded = dctps.load(tmp_path / "m.dctps", model=make())
+    torch.testing.assert_close(loaded(x), out)
+
+
+@pytest.mark.parametrize("mode", ["fast", "factor", "auto"])
+def test_a_model_loaded_under_inference_mode_runs_every_path(tmp_path, mode):
+    """Layers built or loaded under torch.inference_mode have inference-tensor indices, which
+    keep no version counter: the fast paths' plan caches raised RuntimeError."""
+    torch.manual_seed(0)
+    model = dctps.sparsify(cnn(), 0.1, seed=0).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    dctps.save(model, tmp_path / "m.dctps")
+    with torch.inference_mode():
+        served = dctps.load(tmp_path / "m.dctps", model=cnn()).eval()
+        dctps.set_mode(served, mode)
+        torch.testing.assert_close(served(x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(served(x), ref, atol=1e-5, rtol=1e-5)  # cached plans
+
+
+def test_recurrent_embedding_and_bilinear_weights_are_named_and_counted_dense():
+    """An LSTM, an Embedding and a Bilinear stay dense without a word, and count() filed their
+    weights under 'other': a 1% model training 28,297 parameters reported 0.94% density."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(100, 32)
+            self.rnn = nn.LSTM(32, 64)
+            self.bil = nn.Bilinear(64, 64, 8)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, tokens):
+            h = self.rnn(self.emb(tokens))[0][-1]
+            return self.fc(self.bil(h, h))
+
+    model = Net()
+    rnn_w = sum(p.numel() for p in model.rnn.parameters() if p.dim() == 2)
+    dense = 3200 + rnn_w + model.bil.weight.numel()
+    with pytest.warns(UserWarning, match=r"3 layer\(s\) stay dense.*emb \(Embedding, 3,200 "
+                      r"weights\).*rnn \(LSTM, .*bil \(Bilinear, 32,768 weights\).*exclude="
+                      r"\['emb', 'rnn', 'bil'\]"):  # fmt: skip
+        dctps.sparsify(model, 0.1, seed=0)
+    c = dctps.count(model)
+    assert c.weights == dense + 40 and c.nonzeros == dense + 4
+    assert c.other == sum(p.numel() for p in model.rnn.parameters() if p.dim() == 1) + 8 + 5
+    assert c.trainable == sum(p.numel() for p in model.parameters())
+    model(torch.randint(0, 100, (7, 3))).sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dctps.sparsify(Net(), 0.1, seed=0, exclude=["emb", "rnn", "bil"])
+
+
+def test_sparsifying_in_two_calls_draws_new_supports():
+    """A second sparsify (the first excluded some layers) numbered its layers from 0 again and
+    gave them the supports of the first call's layers."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    dctps.sparsify(model, 0.1, seed=0, exclude=["2"])
+    dctps.sparsify(model, 0.1, seed=0)
+    assert not torch.equal(model[0].indices, model[2].indices)
+    once = dctps.sparsify(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)), 0.1,
+                          seed=0)  # fmt: skip
+    assert torch.equal(once[0].indices, model[0].indices)  # the first call is unchanged
+
+
+def test_a_parametrized_bias_is_named_as_such():
+    layer = nn.Linear(8, 4)
+    torch.nn.utils.parametrize.register_parametrization(layer, "bias", nn.Identity())
+    with pytest.raises(DctpsError, match=r"'0' has a parametrized bias \(e\.g\. weight_norm\)"):
+        dctps.sparsify(nn.Sequential(layer), 0.5)
+
+
+def test_batched_rebuild_of_a_model_built_under_inference_mode():
+    from dctps.batched import batch_rebuild
+
+    torch.manual_seed(0)
+    ref = dctps.sparsify(cnn(), 0.1, seed=0).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = ref(x)
+    with torch.inference_mode():
+        model = dctps.sparsify(cnn(), 0.1, seed=0).eval()
+        model.load_state_dict(ref.state_dict())
+        batch_rebuild(model)
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)

@@ -55,6 +55,7 @@ from torch.utils.hooks import RemovableHandle
 
 from dctps.errors import DctpsError
 from dctps.fast import auto_generation
+from dctps.fast import version as fast_version
 from dctps.layers import BATCHED_WEIGHT, DCTpSLayer, builtin_ops_only
 
 __all__ = ["BatchedRebuild", "batch_rebuild", "strip", "takes_dense_path"]
@@ -134,7 +135,7 @@ def _valid(plan: _Plan) -> bool:
     rows = zip(plan.layers, plan.views, plan.supports, plan.alpha_shapes, strict=True)
     for m, v, (idx, version), shape in rows:
         b = m._buffers
-        if b["_D"] is not v or b["indices"] is not idx or idx._version != version:
+        if b["_D"] is not v or b["indices"] is not idx or fast_version(idx) != version:
             return False
         a = m._parameters["alpha"]
         if a is None or a.dtype is not d.dtype or a.device != d.device or a.shape != shape:
@@ -200,7 +201,7 @@ def _build_plan(layers: list[DCTpSLayer], trainable: bool) -> _Plan:
         layers=tuple(layers),
         trainable=trainable,
         views=tuple(views),
-        supports=tuple((m.indices, m.indices._version) for m in layers),
+        supports=tuple((m.indices, fast_version(m.indices)) for m in layers),
         d=d,
         gidx=gidx,
         alpha_bcast=tuple(

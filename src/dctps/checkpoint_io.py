@@ -44,7 +44,7 @@ from dctps.atomic import atomic_write
 from dctps.batched import strip
 from dctps.errors import DctpsError
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
-from dctps.sparsify import DCTpSMultiheadAttention
+from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, set_submodule
 
 __all__ = ["save", "load", "inspect", "to_dense", "CheckpointInfo", "LayerRow", "FORMAT"]
 
@@ -202,12 +202,6 @@ def _build_layer(cfg: dict[str, Any], old: nn.Module | None, state: dict[str, to
             **off,
         )  # fmt: skip
     raise DctpsError(f"unknown layer type {kind!r} in the checkpoint")
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -439,8 +433,10 @@ def load(
         if not name:
             raise DctpsError(f"checkpoint {path}: cannot replace the root module")
         new = _build_layer(cfg, old, state, prefix)
+        move_hooks(old, new)  # as sparsify does: the model's hooks keep working
+        new.train(old.training)
         for n in [name, *cfg.get("aliases", [])]:
-            _set_submodule(model, n, new)
+            set_submodule(model, n, new)
     for key, t in state.items():
         if key.endswith("indices") and t.dtype == torch.int32:
             state[key] = t.long()
@@ -669,6 +665,7 @@ def _dense_twin(m: nn.Module) -> nn.Module:
         if isinstance(m, DCTpSLayer) and m.bias is not None:
             new.bias.copy_(m.bias)
     new.train(m.training)
+    move_hooks(m, new, copy=True)  # "the same outputs": a hook that changes them comes along
     return new
 
 
@@ -690,5 +687,5 @@ def to_dense(model: nn.Module) -> nn.Module:
     out = copy.deepcopy(model)
     strip(out)  # no dctps hook may stay on the plain model
     for name, m in _dctps_modules(out):
-        _set_submodule(out, name, _dense_twin(m))
+        set_submodule(out, name, _dense_twin(m))
     return out

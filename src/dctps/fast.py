@@ -138,6 +138,13 @@ warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in bet
 warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
 
 
+def version(t: torch.Tensor) -> int:
+    """``t``'s in-place version counter, keying caches derived from it; ``-1`` for an inference
+    tensor (a layer built or loaded under ``torch.inference_mode``), which has none and which
+    nothing outside inference mode can change in place."""
+    return -1 if t.is_inference() else t._version
+
+
 def check_mode(mode: object) -> str:
     """Return ``mode`` if it is one of :data:`MODES`, else raise :class:`DctpsError`."""
     if mode not in MODES:
@@ -537,7 +544,7 @@ def _offset_key(layer: Layer) -> tuple:
     """What a layer's offset structures depend on: its name and the seed buffer's identity."""
     buf = getattr(layer, "offset_seed", None)
     off = getattr(layer, "offset", "dct")
-    return (off,) if buf is None else (off, id(buf), buf._version)
+    return (off,) if buf is None else (off, id(buf), version(buf))
 
 
 def _offset_parts(layer: Layer) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
@@ -578,10 +585,10 @@ def _plan(layer: Layer) -> SparsePlan:
     idx = layer.indices
     okey = _offset_key(layer)
     cached = layer.__dict__.get("_dctps_plan")
-    if cached is not None and cached[0] is idx and cached[1] == idx._version and cached[3] == okey:
+    if cached is not None and cached[0] is idx and cached[1] == version(idx) and cached[3] == okey:
         return cached[2]
     plan = _make_plan(layer, idx)
-    layer.__dict__["_dctps_plan"] = (idx, idx._version, plan, okey)
+    layer.__dict__["_dctps_plan"] = (idx, version(idx), plan, okey)
     return plan
 
 
@@ -617,7 +624,7 @@ def _sign_parts(
     if signs is None:
         return None
     idx = layer.indices
-    key = (_offset_key(layer), id(idx), idx._version, str(device), dtype)
+    key = (_offset_key(layer), id(idx), version(idx), str(device), dtype)
     cached = layer.__dict__.get("_dctps_signs")
     if cached is not None and cached[0] == key and cached[1] is idx:
         return cached[2]
@@ -1126,10 +1133,10 @@ class ConvSparsePlan:
 def _conv_sparse_plan(layer: Layer) -> ConvSparsePlan:
     idx = layer.indices
     cached = layer.__dict__.get("_dctps_cplan")
-    if cached is not None and cached[0] is idx and cached[1] == idx._version:
+    if cached is not None and cached[0] is idx and cached[1] == version(idx):
         return cached[2]
     plan = _make_conv_sparse_plan(layer, idx)
-    layer.__dict__["_dctps_cplan"] = (idx, idx._version, plan)
+    layer.__dict__["_dctps_cplan"] = (idx, version(idx), plan)
     return plan
 
 

@@ -749,6 +749,8 @@ class DCTpSLayer(nn.Module):
         w = self.__dict__.get(BATCHED_WEIGHT)
         if w is not None:
             return w
+        if UNINITIALISED in self.__dict__:  # also for readers of .weight (attention, to_dense)
+            self._check_initialised()
         d = self.D
         rebuild = cpu_rebuild if d.device.type == "cpu" and not builtin_ops_only() else op_rebuild
         return rebuild(d, self.alpha_view(), self.indices, self.values).view(self.weight_shape)

@@ -87,7 +87,7 @@ class DCTpSMultiheadAttention(nn.Module):
         _take_bias(self.in_proj, mha.in_proj_bias)
         out_seed = None if seed is None else layer_seed(seed, 1)
         self.out_proj = _replace(mha.out_proj, out_nnz, out_seed, **kw)
-        _move_hooks(mha.out_proj, self.out_proj)
+        move_hooks(mha.out_proj, self.out_proj)
         self.bias_k, self.bias_v = mha.bias_k, mha.bias_v
         self.add_zero_attn = mha.add_zero_attn
         self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
@@ -107,7 +107,9 @@ class DCTpSMultiheadAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
                 attn_mask=None, average_attn_weights=True, is_causal=False):  # fmt: skip
-        if self.batch_first:
+        # as nn.MultiheadAttention: an unbatched (L, E) input has no batch dimension to move
+        batched = query.dim() == 3
+        if self.batch_first and batched:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         out, weights = F.multi_head_attention_forward(
             query, key, value, self.embed_dim, self.num_heads,
@@ -117,7 +119,7 @@ class DCTpSMultiheadAttention(nn.Module):
             need_weights=need_weights, attn_mask=attn_mask,
             average_attn_weights=average_attn_weights, is_causal=is_causal,
         )  # fmt: skip
-        if self.batch_first:
+        if self.batch_first and batched:
             out = out.transpose(0, 1)
         return out, weights
 
@@ -205,18 +207,20 @@ _HOOK_DICTS = (
 )  # fmt: skip
 
 
-def _move_hooks(old: nn.Module, new: nn.Module) -> None:
-    """Give ``new`` the hooks registered on the module it replaces, as the same dicts: a
-    handle the caller holds (``handle.remove()``) then still removes its hook."""
+def move_hooks(old: nn.Module, new: nn.Module, copy: bool = False) -> None:
+    """Give ``new`` the hooks registered on the module it replaces, as the same dicts (a handle
+    the caller holds, ``handle.remove()``, then still removes its hook), or, with ``copy``, as
+    copies of them (a new model beside the old one: :func:`dctps.to_dense` of a layer)."""
     for attr in _HOOK_DICTS:
         hooks = getattr(old, attr, None)
         if hooks and hasattr(new, attr):
-            setattr(new, attr, hooks)
+            setattr(new, attr, type(hooks)(hooks) if copy else hooks)
     if getattr(old, "_is_full_backward_hook", None) is not None:
         new._is_full_backward_hook = old._is_full_backward_hook
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted ``name`` of ``model``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -317,7 +321,8 @@ def _check_plain(name: str, module: nn.Module, leave_dense: str) -> None:
     cls = type(module)
     why = None
     if parametrize.is_parametrized(module):
-        why = "has a parametrized weight (e.g. weight_norm), which the DCTpS layer would drop"
+        what = ", ".join(getattr(module, "parametrizations", {}))
+        why = f"has a parametrized {what} (e.g. weight_norm), which the DCTpS layer would drop"
     elif any(hasattr(module, a + "_orig") for a in ("weight", "in_proj_weight")):
         why = (
             "has a reparametrised weight (weight_orig: spectral_norm or the old weight_norm), "
@@ -523,10 +528,13 @@ def sparsify(
     kw.update(per_filter=allocation == "epf", train_alpha=train_alpha)
     # Build every new layer first, then swap them in: an error leaves the model untouched.
     swaps: list[tuple[nn.Module, nn.Module]] = []
+    # layers sparsified by an earlier call (with exclude) took the first layer seeds: go on after
+    # them, or this call would draw their supports again (0 on a dense model, as always)
+    first = sum(isinstance(m, DCTpSLayer) for m in model.modules())
     i = 0
     while i < len(layers):
         name, module, _ = layers[i]
-        lseed = None if seed is None else layer_seed(seed, i)
+        lseed = None if seed is None else layer_seed(seed, first + i)
         if isinstance(module, nn.MultiheadAttention):
             # The next entry is this attention's out_proj (checked above); both go into one module.
             new: nn.Module = DCTpSMultiheadAttention(module, counts[i], counts[i + 1], lseed, **kw)
@@ -534,36 +542,47 @@ def sparsify(
         else:
             new = _replace(module, counts[i], lseed, **kw)
             i += 1
-        _move_hooks(module, new)
+        move_hooks(module, new)
+        new.train(module.training)  # an eval model's attention must not run its dropout
         swaps.append((module, new))
     left_dense = [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, _ConvNd) and not isinstance(m, nn.Conv2d) and not _matches(name, exclude)
+        if isinstance(m, _LEFT_DENSE)
+        and not isinstance(m, nn.Conv2d)
+        and not _matches(name, exclude)
     ]
     for old, new in swaps:
         for alias in aliases[id(old)]:
-            _set_submodule(model, alias, new)
+            set_submodule(model, alias, new)
     _warn_left_dense(left_dense)
     return model
 
 
-def _warn_left_dense(dense: Sequence[tuple[str, _ConvNd]]) -> None:
-    """Warn about convolutions ``sparsify`` has no DCTpS version of (Conv1d, Conv3d, transposed):
-    they stay dense and train every weight, which the user may not expect of a "sparse" model
-    (:func:`count` counts them as dense weights). Excluding them silences it."""
+#: layers with weight matrices that sparsify has no DCTpS version of (Conv2d excepted): they stay
+#: dense, and :func:`_warn_left_dense` says so
+_LEFT_DENSE = (_ConvNd, nn.RNNBase, nn.Bilinear, nn.Embedding, nn.EmbeddingBag)
+
+
+def _warn_left_dense(dense: Sequence[tuple[str, nn.Module]]) -> None:
+    """Warn about layers ``sparsify`` has no DCTpS version of (Conv1d, Conv3d, transposed convs,
+    recurrent layers, Bilinear, embeddings): they stay dense and train every weight, which the
+    user may not expect of a "sparse" model (:func:`count` counts them as dense weights).
+    Excluding them silences it."""
     if not dense:
         return
 
-    def size(m: _ConvNd) -> str:
-        w = m.weight
-        return "weights not created yet" if is_lazy(w) else f"{w.numel():,} weights"
+    def size(m: nn.Module) -> str:
+        params = [p for p in m.parameters(recurse=False) if is_lazy(p) or p.dim() >= 2]
+        if any(is_lazy(p) for p in params):
+            return "weights not created yet"
+        return f"{sum(p.numel() for p in params):,} weights"
 
     listed = ", ".join(f"{n} ({type(m).__name__}, {size(m)})" for n, m in dense)
     warnings.warn(
-        f"sparsify: {len(dense)} convolution(s) stay dense (DCTpS layers exist for Linear and "
-        f"Conv2d only): {listed}. They train every weight, and dctps.count counts them as dense "
-        f"weights. Pass exclude={[n for n, _ in dense]!r} to keep them dense without this "
+        f"sparsify: {len(dense)} layer(s) stay dense (DCTpS layers exist for Linear, Conv2d and "
+        f"attention only): {listed}. They train every weight, and dctps.count counts them as "
+        f"dense weights. Pass exclude={[n for n, _ in dense]!r} to keep them dense without this "
         "warning",
         UserWarning,
         stacklevel=3,
@@ -575,13 +594,15 @@ class Counts:
     """What a model trains.
 
     Attributes:
-        weights: entries of all Linear and convolution (Conv1d/2d/3d, transposed) weights, and
-            attention projections, dense or not.
+        weights: entries of all Linear and convolution (Conv1d/2d/3d, transposed) weights and
+            attention projections, dense or not, and of every other parameter with two or more
+            dimensions (recurrent, embedding and bilinear weights; dense).
         nonzeros: trainable weight entries: ``nnz`` of DCTpS layers, unmasked entries of pruned
             layers, all entries of dense layers.
         alphas: DCTpS offset scales (trainable or fixed): one per layer, or one per output
             channel with ``alpha='channel'``.
-        other: every other parameter (biases, BatchNorm, Fixup scalars).
+        other: every other parameter (biases, normalisation scales, Fixup scalars: parameters
+            of fewer than two dimensions).
         fixed_alphas: the alphas that are not trained (``train_alpha=False``).
 
     The sparse budget of a DCTpS model is ``nonzeros + alphas``, fixed alphas included (the
@@ -628,8 +649,12 @@ def count(model: nn.Module) -> Counts:
             weights += module.weight.numel()
             nonzeros += _unmasked(module, "weight")
             seen.add(id(getattr(module, "weight_orig", module.weight)))
-    other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
-    return Counts(weights, nonzeros, alphas, other, fixed)
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    # weight matrices of layers without a DCTpS version (LSTM, Embedding, Bilinear): dense
+    # weights, so that a "1%" model with a large dense LSTM does not report 1%
+    matrices = sum(p.numel() for p in rest if not is_lazy(p) and p.dim() >= 2)
+    other = sum(p.numel() for p in rest) - matrices
+    return Counts(weights + matrices, nonzeros + matrices, alphas, other, fixed)
 
 
 def _unmasked(module: nn.Module, name: str) -> int:
