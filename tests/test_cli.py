@@ -122,3 +122,15 @@ def test_train_help_names_the_config_defaults():
         start = help_text.index(flag)
         assert f"(default: {value})" in help_text[start : start + 400], flag
     assert "(default: --no-rigl)" in help_text and "(default: --train-alpha)" in help_text
+
+
+def test_train_threads_sets_torchs_threads(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    r = runner.invoke(app, ["train", "--threads", "3", "--model", "nosuch"])
+    assert calls == [3] and "unknown model 'nosuch'" in str(r.exception)
+    r = runner.invoke(app, ["train", "--threads", "-1"])
+    assert r.exit_code != 0 and calls == [3]
+    assert "--threads must be >= 0 (0 = torch's default), got -1" in str(r.exception)

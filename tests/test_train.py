@@ -620,6 +620,29 @@ def test_an_interrupt_while_pruning_leaves_a_row_that_says_so(fake_cifar10, tmp_
     assert Store(tmp_path).get(r["hash"])["reason"] is None
 
 
+def test_a_network_with_a_constant_output_is_noted_on_its_row(fake_cifar10, tmp_path, monkeypatch):
+    """Random pruning of LeNet-5 at 1% on CIFAR-10 leaves a connected network whose logits are
+    all 0: it never trains, and its 10% was recorded as a plain result."""
+    real = loop.su.build_model
+
+    class Dead(nn.Module):  # every path through a dead unit: the output ignores the input
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.bias = net, nn.Parameter(torch.zeros(10))
+
+        def forward(self, x):
+            return self.net(x) * 0 + self.bias
+
+    monkeypatch.setattr(loop.su, "build_model", lambda cfg, info: Dead(real(cfg, info)))
+    r = fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path / "dead", progress=False)
+    assert r["status"] == "done" and r["reason"] == loop.CONSTANT_NOTE
+    assert Store(tmp_path / "dead").get(r["hash"])["reason"] == loop.CONSTANT_NOTE
+    assert loop.CONSTANT_NOTE in loop.describe(r)
+    monkeypatch.setattr(loop.su, "build_model", real)
+    alive = fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path / "ok", progress=False)
+    assert alive["reason"] is None
+
+
 def test_tiny_imagenet_run_resumes_exactly(fake_tiny, tmp_path, monkeypatch):
     cfg = tiny_cfg(fake_tiny)
     ref = fit(cfg, tmp_path / "ref", progress=False)

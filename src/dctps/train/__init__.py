@@ -10,6 +10,7 @@ import inspect
 import os
 from typing import Any
 
+from dctps.errors import DctpsError
 from dctps.interrupts import Terminated, exit_code, sigterm_as_interrupt
 from dctps.train.config import (
     RECIPES,
@@ -49,7 +50,13 @@ def _train(**kw: Any) -> None:
     import typer
 
     config, out, db = kw.pop("config"), kw.pop("out"), kw.pop("db")
-    resume, quiet = kw.pop("resume"), kw.pop("quiet")
+    resume, quiet, threads = kw.pop("resume"), kw.pop("quiet"), kw.pop("threads")
+    if threads < 0:
+        raise DctpsError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     base = load_config(config) if config else None
     cfg = config_from_cli(kw, base)
     try:
@@ -119,6 +126,17 @@ def _make_train_command() -> Any:
             inspect.Parameter.KEYWORD_ONLY,
             default=typer.Option(False, "--quiet", "-q", help="No progress bar."),
             annotation=bool,
+        ),
+        inspect.Parameter(
+            "threads",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                0,
+                "--threads",
+                help="torch CPU threads (0 = torch's default). Not part of the run's identity; "
+                "the last bits of a CPU run's numbers can depend on it.",
+            ),
+            annotation=int,
         ),
     ]
     params = cli_parameters() + extra

@@ -678,6 +678,8 @@ def _fit(
             if best["state"] is not None:
                 model.load_state_dict(best["state"])
             _, test_acc = evaluate(model, test_loader, ctx)
+            if constant_output(model, val_loader):  # a true number, but not one of learning
+                note = f"{note}; {CONSTANT_NOTE}" if note else CONSTANT_NOTE
             wall = elapsed + time.perf_counter() - t_session
             result = {
                 "hash": h,
@@ -731,6 +733,33 @@ def _fit(
             raise
         ctx.barrier()
         return result
+
+
+#: reason recorded on a done run whose final model gives every input the same output
+CONSTANT_NOTE = (
+    "the network's output is the same for every input (to 1e-6 of its scale): it computes "
+    "nothing, and its accuracy is that of a constant guess"
+)
+
+
+def constant_output(model: nn.Module, loader: Any) -> bool:
+    """Whether ``model`` (in eval mode) gives every input of ``loader``'s first batch the same
+    output, to ``1e-6`` of the outputs' scale: a pruned network whose every path runs through a
+    dead ReLU (random pruning of LeNet-5 at 1%: a path exists, yet all logits are 0 or 1e-9).
+    Such a run never trained, and its chance accuracy must not read as a result of learning.
+    ``model`` is the unwrapped model (no DDP collectives)."""
+    first = next(iter(loader), None) if loader is not None else None
+    if first is None or first[0].shape[0] < 2:
+        return False
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(first[0]).float().flatten(1)
+    finally:
+        model.train(was)
+    spread = float((out.amax(0) - out.amin(0)).max())
+    return spread <= 1e-6 * max(1.0, float(out.abs().max()))
 
 
 def _say_interrupted(store: Any, h: str, reason: str) -> None:
