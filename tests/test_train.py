@@ -574,20 +574,25 @@ def test_an_interrupt_reason_counts_only_checkpointed_epochs(fake_cifar10, tmp_p
         assert Store(out).get(cfg.resolve().config_hash())["reason"] == reason
 
 
-def test_an_interrupt_after_the_last_epoch_says_so_and_the_rerun_finishes(
-    fake_cifar10, tmp_path, monkeypatch
-):
-    """An interrupt while testing or writing best.pt left the row 'running' with no reason."""
-    cfg = small_cfg(fake_cifar10, epochs=2)
+def _row_after_interrupt_in(owner, name, cfg, out, monkeypatch):
+    """The store row of ``fit(cfg, out)`` stopped by a Ctrl-C raised from ``owner.name``."""
 
     def stop(*a, **k):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(loop.ckpt_io, "atomic_save", stop)
+        m.setattr(owner, name, stop)
         with pytest.raises(KeyboardInterrupt):
-            fit(cfg, tmp_path, progress=False)
-    row = Store(tmp_path).get(cfg.resolve().config_hash())
+            fit(cfg, out, progress=False)
+    return Store(out).get(cfg.resolve().config_hash())
+
+
+def test_an_interrupt_after_the_last_epoch_says_so_and_the_rerun_finishes(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """An interrupt while testing or writing best.pt left the row 'running' with no reason."""
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    row = _row_after_interrupt_in(loop.ckpt_io, "atomic_save", cfg, tmp_path, monkeypatch)
     assert row["status"] == "running"
     assert row["reason"] == (
         "interrupted after its last epoch (2 of 2), before testing its best model; run the "
@@ -601,15 +606,7 @@ def test_an_interrupt_after_the_last_epoch_says_so_and_the_rerun_finishes(
 def test_an_interrupt_while_pruning_leaves_a_row_that_says_so(fake_cifar10, tmp_path, monkeypatch):
     """Ctrl-C (or a sweep's SIGTERM) during a long pruning left no row in the store at all."""
     cfg = small_cfg(fake_cifar10, method="snip", epochs=1)
-
-    def stop(*a, **k):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(loop.su, "apply_sparsity", stop)
-        with pytest.raises(KeyboardInterrupt):
-            fit(cfg, tmp_path, progress=False)
-    row = Store(tmp_path).get(cfg.resolve().config_hash())
+    row = _row_after_interrupt_in(loop.su, "apply_sparsity", cfg, tmp_path, monkeypatch)
     assert row is not None and row["status"] == "running" and row["method"] == "snip"
     assert row["reason"] == (
         "interrupted while pruning (snip), before its first epoch; run the same command again "
