@@ -134,3 +134,16 @@ def test_train_threads_sets_torchs_threads(monkeypatch):
     r = runner.invoke(app, ["train", "--threads", "-1"])
     assert r.exit_code != 0 and calls == [3]
     assert "--threads must be >= 0 (0 = torch's default), got -1" in str(r.exception)
+
+
+def test_figure_and_budgets_take_densities_in_percent():
+    """`dctps train --density 0.1%` worked, but `figure` and `budgets` refused percentages."""
+    pct = runner.invoke(app, ["budgets", "lenet5", "-d", "1%"])
+    dec = runner.invoke(app, ["budgets", "lenet5", "-d", "0.01"])
+    assert pct.exit_code == 0 and pct.output == dec.output and "615" in pct.output
+    r = runner.invoke(
+        app, ["figure", "density-lenet5-cifar10", "--quick", "--density", "0.5%", "--dry-run"]
+    )
+    assert r.exit_code == 0 and "@0.005 " in r.output and "@0.01 " not in r.output
+    bad = runner.invoke(app, ["budgets", "lenet5", "-d", "2x"])
+    assert bad.exit_code != 0 and "--density: not a density: '2x'" in str(bad.exception)

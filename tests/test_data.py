@@ -655,3 +655,15 @@ def test_a_new_data_set_is_one_registry_entry(tmp_path, monkeypatch):
     for call in (lambda: D.build("bare", tmp_path), lambda: D.check_root("bare", tmp_path)):
         with pytest.raises(D.DctpsError, match="data set 'bare' has no Source"):
             call()
+
+
+def test_data_set_infos_and_splits_pickle():
+    """DatasetInfo holds its Source: a lambda there made digits (and its Splits) unpicklable."""
+    import pickle as pkl
+
+    for name in D.names():
+        info = D.get_info(name)
+        assert pkl.loads(pkl.dumps(info)) == info
+    splits = D.build("digits", subset=8)
+    again = pkl.loads(pkl.dumps(splits))
+    assert again.info == splits.info and torch.equal(again.train_x, splits.train_x)

@@ -634,12 +634,15 @@ def test_to_dense_and_load_keep_the_models_hooks(tmp_path):
     torch.testing.assert_close(loaded(x), out)
 
 
-@pytest.mark.parametrize("mode", ["fast", "factor", "auto"])
-def test_a_model_loaded_under_inference_mode_runs_every_path(tmp_path, mode):
-    """Layers built or loaded under torch.inference_mode have inference-tensor indices, which
-    keep no version counter: the fast paths' plan caches raised RuntimeError."""
+@pytest.mark.parametrize(
+    ("mode", "offset"),
+    [("fast", "dct"), ("factor", "dct"), ("auto", "dct"), ("fast", "dct_signflip")],
+)
+def test_a_model_loaded_under_inference_mode_runs_every_path(tmp_path, mode, offset):
+    """Layers built or loaded under torch.inference_mode have inference-tensor indices (and
+    offset seeds), which keep no version counter: the fast paths' caches raised RuntimeError."""
     torch.manual_seed(0)
-    model = dctps.sparsify(cnn(), 0.1, seed=0).eval()
+    model = dctps.sparsify(cnn(), 0.1, seed=0, offset=offset).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         ref = model(x)
@@ -682,6 +685,28 @@ def test_recurrent_embedding_and_bilinear_weights_are_named_and_counted_dense():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dctps.sparsify(Net(), 0.1, seed=0, exclude=["emb", "rnn", "bil"])
+
+
+def test_free_standing_parameters_stay_other_and_recurrent_cells_are_warned():
+    """count() took every parameter of two or more dimensions for a dense weight: a ViT's
+    positional embedding and an attention's bias_k made a 1% model report 21%; an LSTMCell
+    stayed dense without a warning."""
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.zeros(1, 64, 32))
+            self.attn = nn.MultiheadAttention(32, 4, add_bias_kv=True)
+            self.fc = nn.Linear(32, 10)
+
+    model = dctps.sparsify(Tiny(), 0.01, seed=0)
+    c = dctps.count(model)
+    assert c.weights == 4 * 32 * 32 + 320 and c.density == pytest.approx(0.01, abs=5e-4)
+    assert c.other == 64 * 32 + 2 * 32 + 3 * 32 + 32 + 10  # pos, bias_k/v, biases
+    cell = nn.Sequential(nn.LSTMCell(16, 32), nn.Linear(32, 4))
+    with pytest.warns(UserWarning, match=r"0 \(LSTMCell, 6,144 weights\)"):
+        dctps.sparsify(cell, 0.1, seed=0)
+    assert dctps.count(cell).weights == 4 * 32 * (16 + 32) + 128
 
 
 def test_sparsifying_in_two_calls_draws_new_supports():

@@ -390,6 +390,13 @@ def test_a_store_opened_after_its_file_was_deleted_or_replaced_uses_the_new_file
             os.remove(str(s2.path) + suffix)
     assert sorted(r["hash"] for r in Store(folder).query()) == ["b1", "b2"]
 
+    # a connection reopened after close() knows its file too
+    s3 = Store(folder)
+    s3.close()
+    assert len(s3.query()) == 2  # reconnects
+    shutil.rmtree(folder)
+    assert Store(folder).query() == []
+
 
 def test_database_of_an_older_version_gains_new_columns(tmp_path):
     path = tmp_path / "old.db"

@@ -635,6 +635,9 @@ def test_a_network_with_a_constant_output_is_noted_on_its_row(fake_cifar10, tmp_
     assert r["status"] == "done" and r["reason"] == loop.CONSTANT_NOTE
     assert Store(tmp_path / "dead").get(r["hash"])["reason"] == loop.CONSTANT_NOTE
     assert loop.CONSTANT_NOTE in loop.describe(r)
+    no_val = small_cfg(fake_cifar10, method="dense", epochs=1)
+    no_val.data.val_fraction = 0.0  # no hold-out: the test set's first batch tells
+    assert fit(no_val, tmp_path / "no_val", progress=False)["reason"] == loop.CONSTANT_NOTE
     monkeypatch.setattr(loop.su, "build_model", real)
     alive = fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path / "ok", progress=False)
     assert alive["reason"] is None

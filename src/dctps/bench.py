@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dctps.atomic import atomic_write, check_file_target, make_parent
-from dctps.errors import DctpsError, cannot_write, unknown_name
+from dctps.errors import DctpsError, cannot_write, set_threads, unknown_name
 
 __all__ = ["NAMES", "run", "main", "timeit"]
 
@@ -590,10 +590,7 @@ def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo 
     ``threads > 0`` sets ``torch.set_num_threads`` first (1 thread gives the steadiest CPU numbers
     on a machine shared with other jobs).
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise DctpsError(f"--threads must be >= 0 (0 = torch's default), got {threads!r}")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if name != "all" and name not in _BENCHES:
         raise unknown_name("benchmark", name, [*NAMES, "all"])
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):

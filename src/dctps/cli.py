@@ -15,7 +15,7 @@ import typer
 
 from dctps._version import __version__
 from dctps.atomic import check_file_target, make_parent, starts_with
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, parse_density
 from dctps.train.config import fill_names
 
 WHERE_HELP = (
@@ -145,7 +145,9 @@ def figure_cmd(
     data_root: str = typer.Option(None, "--data-root", help="Data root for every run."),
     model: list[str] = typer.Option([], "--model", help="Replace the figure's models."),
     dataset: list[str] = typer.Option([], "--dataset", help="Replace the figure's data sets."),
-    density: list[float] = typer.Option([], "--density", help="Replace the densities."),
+    density: list[str] = typer.Option(
+        [], "--density", help="Replace the densities (0.001 or 0.1%; repeatable)."
+    ),
     seeds: int = typer.Option(None, "--seeds", help="Number of seeds (0..N-1)."),
     epochs: int = typer.Option(None, "--epochs", help="Override the epochs of every run."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N] for every run."),
@@ -160,6 +162,7 @@ def figure_cmd(
     """Run (or resume) the sweep behind a paper figure, then draw it (PNG + PDF + JSON)."""
     from dctps.results import figures
 
+    densities = [parse_density(d, "--density") for d in density] or None
     if list_ or not name:
         typer.echo(figures.list_figures())
         return
@@ -175,7 +178,7 @@ def figure_cmd(
                 quick,
                 model or None,
                 dataset or None,
-                density or None,
+                densities,
                 seeds,
                 config,
                 run_flags=run_flags,
@@ -185,7 +188,7 @@ def figure_cmd(
     with _resume_hint("figure"):
         data = figures.run_figure(
             name, out, quick=quick, executor=executor, workers=workers, data_root=data_root,
-            models=model or None, datasets=dataset or None, densities=density or None,
+            models=model or None, datasets=dataset or None, densities=densities,
             seeds=seeds, epochs=epochs, device=device, sets=sets, config=config,
             retry_failed=retry_failed, plot_only=plot_only,
             dry_run=dry_run, progress=not quiet, echo=typer.echo,
@@ -216,7 +219,9 @@ def plot_cmd(
 @app.command("budgets")
 def budgets_cmd(
     model: str = typer.Argument(..., help="Architecture name (see `dctps.models.names()`)."),
-    density: float = typer.Option(..., "--density", "-d", help="Global density in (0, 1]."),
+    density_arg: str = typer.Option(
+        ..., "--density", "-d", help="Global density in (0, 1]: 0.001 or 0.1%."
+    ),
     allocation: str = typer.Option("epl", help=fill_names("{allocations}.")),
     classes: int = typer.Option(10, "--classes", help="Number of output classes."),
     plot: str = typer.Option("", help="Also draw the per-layer bar chart (PNG + PDF) here."),
@@ -226,6 +231,8 @@ def budgets_cmd(
 ) -> None:
     """Per-layer budget table (layer, shape, weights, non-zeros, density) and totals."""
     from dctps.budgets_report import budget_rows, format_rows
+
+    density = parse_density(density_arg, "--density")
 
     if compare and not plot:
         raise DctpsError("--compare draws EPL and EPF side by side: give --plot FILE.png too")

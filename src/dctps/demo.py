@@ -19,7 +19,7 @@ from tqdm import tqdm
 import dctps
 from dctps.data import build as build_data
 from dctps.data.loader import Loader
-from dctps.errors import check_seed
+from dctps.errors import check_seed, set_threads
 
 
 @dataclass
@@ -108,11 +108,8 @@ def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]
     """Train the five networks, print the table and a one-line verdict; return the rows."""
     if epochs < 1:
         raise dctps.DctpsError(f"--epochs must be >= 1, got {epochs}")
-    if threads < 0:
-        raise dctps.DctpsError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
     check_seed(seed, "--seed")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     plan = [("dense", 1.0), ("dctps", 0.1), ("random", 0.1), ("dctps", 0.01), ("random", 0.01)]
     rows = []
     with tqdm(total=epochs * len(plan), desc="demo", unit="epoch") as bar:

@@ -115,3 +115,14 @@ def parse_density(value: Any, where: str = "density") -> float:
     if not 0.0 < float(value) <= 1.0:
         raise DctpsError(f"{where}: density must be in (0, 1] (0.01 = 1%), got {raw!r}")
     return float(value)
+
+
+def set_threads(threads: object, flag: str = "--threads") -> None:
+    """``torch.set_num_threads(threads)`` for ``threads > 0``; 0 keeps torch's default; anything
+    else (negative, not an integer) is a :class:`DctpsError` naming ``flag``."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise DctpsError(f"{flag} must be >= 0 (0 = torch's default), got {threads!r}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -418,8 +418,9 @@ def sparsify(
             (``kdim == vdim == embed_dim``) is handled too.
         density: fraction of weights that are trainable, in (0, 1].
         allocation: ``epl`` (paper default), ``epf``, ``erk``, ``uniform`` or ``epl_ref``.
-        seed: seed of the random supports (layer ``i`` uses :func:`layer_seed` ``(seed, i)``);
-            ``None`` = global RNG.
+        seed: seed of the random supports (layer ``i`` uses :func:`layer_seed` ``(seed, i)``,
+            ``i`` counted after the DCTpS layers the model holds already: a second call, or
+            hand-built layers); ``None`` = global RNG.
         exclude: module-name globs (``fnmatch``) to leave dense, with everything inside them, e.g.
             ``["fc", "*.downsample"]``. A glob that matches no module is an error (a typo).
         train_alpha: ``False`` fixes ``alpha`` (Appendix A.4).
@@ -561,7 +562,7 @@ def sparsify(
 
 #: layers with weight matrices that sparsify has no DCTpS version of (Conv2d excepted): they stay
 #: dense, and :func:`_warn_left_dense` says so
-_LEFT_DENSE = (_ConvNd, nn.RNNBase, nn.Bilinear, nn.Embedding, nn.EmbeddingBag)
+_LEFT_DENSE = (_ConvNd, nn.RNNBase, nn.RNNCellBase, nn.Bilinear, nn.Embedding, nn.EmbeddingBag)
 
 
 def _warn_left_dense(dense: Sequence[tuple[str, nn.Module]]) -> None:
@@ -595,14 +596,15 @@ class Counts:
 
     Attributes:
         weights: entries of all Linear and convolution (Conv1d/2d/3d, transposed) weights and
-            attention projections, dense or not, and of every other parameter with two or more
-            dimensions (recurrent, embedding and bilinear weights; dense).
+            attention projections, dense or not, and the weight matrices of recurrent,
+            embedding and bilinear layers (dense: sparsify leaves them so, with a warning).
         nonzeros: trainable weight entries: ``nnz`` of DCTpS layers, unmasked entries of pruned
             layers, all entries of dense layers.
         alphas: DCTpS offset scales (trainable or fixed): one per layer, or one per output
             channel with ``alpha='channel'``.
-        other: every other parameter (biases, normalisation scales, Fixup scalars: parameters
-            of fewer than two dimensions).
+        other: every other parameter (biases, normalisation scales, Fixup scalars, an
+            attention's ``bias_k``/``bias_v``, free-standing parameters such as a positional
+            embedding).
         fixed_alphas: the alphas that are not trained (``train_alpha=False``).
 
     The sparse budget of a DCTpS model is ``nonzeros + alphas``, fixed alphas included (the
@@ -649,11 +651,16 @@ def count(model: nn.Module) -> Counts:
             weights += module.weight.numel()
             nonzeros += _unmasked(module, "weight")
             seen.add(id(getattr(module, "weight_orig", module.weight)))
-    rest = [p for p in model.parameters() if id(p) not in seen]
-    # weight matrices of layers without a DCTpS version (LSTM, Embedding, Bilinear): dense
-    # weights, so that a "1%" model with a large dense LSTM does not report 1%
-    matrices = sum(p.numel() for p in rest if not is_lazy(p) and p.dim() >= 2)
-    other = sum(p.numel() for p in rest) - matrices
+    # weight matrices of the layers sparsify leaves dense with a warning (LSTM, Embedding,
+    # Bilinear): dense weights, so that a "1%" model with a large dense LSTM does not report 1%
+    matrices = 0
+    for module in model.modules():
+        if isinstance(module, _LEFT_DENSE) and not isinstance(module, _ConvNd):
+            for p in module.parameters(recurse=False):
+                if id(p) not in seen and not is_lazy(p) and p.dim() >= 2:
+                    matrices += p.numel()
+                    seen.add(id(p))
+    other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
     return Counts(weights + matrices, nonzeros + matrices, alphas, other, fixed)
 
 

@@ -144,6 +144,11 @@ class Splits:
     val_is_official: bool = False
 
 
+def _load_digits(root: Path | None) -> Loaded:
+    """The embedded digits (no root; a named function, so a DatasetInfo pickles)."""
+    return load_digits()
+
+
 _INFOS: dict[str, DatasetInfo] = {
     # Constants of the reference code (Table E.3 set-up): RandomCrop(32, padding=4) + flip.
     "cifar10": DatasetInfo(
@@ -197,7 +202,7 @@ _INFOS: dict[str, DatasetInfo] = {
     # 8x8 digits a 4-pixel shift destroys the digit and a mirror changes its meaning.
     "digits": DatasetInfo(
         name="digits",
-        source=Source(lambda root: load_digits()),
+        source=Source(_load_digits),
         sizes=(1438, 359),
         num_classes=10,
         in_channels=1,

@@ -257,6 +257,9 @@ class Store:
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
                 entry = (conn, threading.RLock())
                 _CONNECTIONS[key] = entry
+                # also after close(): each connection knows the file it opened (None until a
+                # new database is first written; __init__ records it after its schema)
+                _FILE_IDS[key] = _file_id(self.path)
             return entry
 
     def _retry(self, fn: Callable[[sqlite3.Connection], T]) -> T:

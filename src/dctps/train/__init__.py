@@ -10,7 +10,7 @@ import inspect
 import os
 from typing import Any
 
-from dctps.errors import DctpsError
+from dctps.errors import set_threads
 from dctps.interrupts import Terminated, exit_code, sigterm_as_interrupt
 from dctps.train.config import (
     RECIPES,
@@ -51,12 +51,7 @@ def _train(**kw: Any) -> None:
 
     config, out, db = kw.pop("config"), kw.pop("out"), kw.pop("db")
     resume, quiet, threads = kw.pop("resume"), kw.pop("quiet"), kw.pop("threads")
-    if threads < 0:
-        raise DctpsError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     base = load_config(config) if config else None
     cfg = config_from_cli(kw, base)
     try:

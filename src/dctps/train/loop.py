@@ -678,7 +678,8 @@ def _fit(
             if best["state"] is not None:
                 model.load_state_dict(best["state"])
             _, test_acc = evaluate(model, test_loader, ctx)
-            if constant_output(model, val_loader):  # a true number, but not one of learning
+            # a true number, but not one of learning (no hold-out: the test set's first batch)
+            if constant_output(model, val_loader or test_loader):
                 note = f"{note}; {CONSTANT_NOTE}" if note else CONSTANT_NOTE
             wall = elapsed + time.perf_counter() - t_session
             result = {
