@@ -100,3 +100,27 @@ def test_bad_density(bad):
 def test_unknown_method_suggests():
     with pytest.raises(DctpsError, match="Did you mean 'epl'"):
         budgets(VGGISH, 0.1, "elp")
+
+
+@pytest.mark.parametrize(
+    ("method", "weight"),
+    [("uniform", math.prod), ("erk", sum), ("epf", lambda s: s[0])],
+)
+def test_budgets_round_by_largest_remainder(method, weight):
+    """Only the total was checked: giving the leftover weights to the layers with the smallest
+    remainders moved ERK/uniform/EPF budgets by one in many layers unnoticed. Independent
+    computation with exact fractions, on shapes where no layer reaches its cap."""
+    from fractions import Fraction
+
+    shapes = [(10, 7), (13, 11), (17, 5), (3, 29), (40, 9), (6, 6)]
+    density = 0.13
+    total = round(density * sum(math.prod(s) for s in shapes))
+    ws = [Fraction(weight(s)) for s in shapes]
+    real = [total * w / sum(ws) for w in ws]
+    assert all(r < math.prod(s) for r, s in zip(real, shapes, strict=True))  # no cap binds
+    counts = [math.floor(r) for r in real]
+    leftover = total - sum(counts)
+    order = sorted(range(len(shapes)), key=lambda i: (-(real[i] - counts[i]), i))
+    for i in order[:leftover]:
+        counts[i] += 1
+    assert leftover > 0 and budgets(shapes, density, method) == counts

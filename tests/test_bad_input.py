@@ -179,6 +179,13 @@ def _rigl(model, optimizer):  # type: ignore[no-untyped-def]
     return RigL(model, optimizer, 10)
 
 
+def _rigl_alpha(alpha):  # type: ignore[no-untyped-def]
+    from dctps.dst import RigL
+
+    model = dctps.sparsify(mlp(), 0.1)
+    return RigL(model, torch.optim.SGD(model.parameters(), lr=0.1), 10, alpha=alpha)
+
+
 def _stale_optimizer_rigl():  # type: ignore[no-untyped-def]
     model = mlp()
     opt = torch.optim.Adam(model.parameters())  # holds the dense weights sparsify replaces
@@ -295,6 +302,20 @@ CASES = [
     L("save-under-a-file", r"cannot write checkpoint .*file\.txt/m\.dctps",
       lambda e: dctps.save(dctps.sparsify(mlp(), 0.5), e.file / "m.dctps")),
     # ------------------------------------------------------------------ run configs
+    L("config-gamma-0", r"gamma must be > 0 .*got 0\.0",
+      lambda e: RunConfig(sparsity=SparsityConfig("dctps", 0.01),
+                          optim=OptimConfig(recipe="sgd", gamma=0.0)).resolve()),
+    L("config-momentum-negative", r"momentum must be >= 0, got -0\.5",
+      lambda e: RunConfig(sparsity=SparsityConfig("dctps", 0.01),
+                          optim=OptimConfig(recipe="sgd", momentum=-0.5)).resolve()),
+    L("layer-index-past-the-end", r"indices must be distinct positions in \[0, 16\)",
+      lambda e: dctps.DCTpSLinear(4, 4, nnz=2, indices=torch.tensor([3, 16]))),
+    L("layer-offset-seed-not-random", r"offset 'dct' is not random: it takes no offset_seed",
+      lambda e: dctps.DCTpSLinear(4, 4, nnz=2, offset="dct", offset_seed=3)),
+    L("layer-same-padding-strided", r"padding='same' needs stride 1 .*got stride=\(1, 2\)",
+      lambda e: dctps.DCTpSConv2d(3, 4, 3, nnz=5, padding="same", stride=(1, 2))),
+    L("rigl-alpha-above-1", r"alpha must be in \[0, 1\], got 1\.5",
+      lambda e: _rigl_alpha(1.5)),
     L("config-unknown-key", r"unknown key 'optim\.lrr'\. Did you mean 'optim\.lr'\? Valid: optim\.",
       lambda e: RunConfig.from_dict({"optim": {"lrr": 0.1}})),
     L("config-yaml-unknown-key", r"run_unknown\.yaml: unknown key 'sparsity\.foo'",

@@ -362,3 +362,25 @@ def test_a_compiled_model_saves_and_loads_as_its_plain_model(tmp_path):
     assert dctps.load(tmp_path / "p.dctps", model=target) is target
     torch.testing.assert_close(target(x), plain(x))
     torch._dynamo.reset()  # leave no compiled Sequential.forward to other tests
+
+
+def test_conv_geometry_round_trips(tmp_path):
+    """Every conv hyperparameter comes back from the file (a lost dilation changed the output's
+    size unnoticed): the loaded layers are rebuilt from the file into a plain model."""
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=2, dilation=2, bias=False),
+            nn.Conv2d(8, 8, (3, 1), stride=(2, 1), padding=(1, 0), groups=4),
+            nn.Conv2d(8, 4, 2, padding="same"),
+        )
+
+    x = torch.randn(2, 3, 11, 11)
+    model = dctps.sparsify(make(), 0.3, seed=0)
+    ref = model(x)
+    loaded = dctps.load(dctps.save(model, tmp_path / "c.dctps"), model=make())
+    for a, b in zip(model, loaded, strict=True):
+        for attr in ("kernel_size", "stride", "padding", "dilation", "groups", "weight_shape"):
+            assert getattr(a, attr) == getattr(b, attr), attr
+    assert torch.equal(loaded(x), ref)

@@ -188,6 +188,21 @@ def test_failed_points_are_drawn_dashed_at_chance(tmp_path):
     assert "drawn at chance" in data.table()
 
 
+def test_failed_points_sit_at_the_data_sets_own_chance(tmp_path):
+    """Chance is 1/classes of the panel's data set: 1% on CIFAR-100, 0.5% on Tiny ImageNet."""
+    store = Store(tmp_path)
+    for dataset in ("cifar100", "tiny_imagenet"):
+        c = dataclasses.replace(cfg("iter_snip", 1e-4), data=DataConfig(dataset)).resolve()
+        record(store, c, reason="iter_snip: all-zero saliency")
+        record(store, dataclasses.replace(c, seed=1).resolve(), reason="shortfall")
+    data = plot_runs(store.query({}), tmp_path / "p.png")
+    chances = {p.dataset: p.chance for p in data.panels}
+    assert chances == pytest.approx({"cifar100": 0.01, "tiny_imagenet": 0.005})
+    for p in data.panels:
+        (pt,) = next(iter(p.series.values()))
+        assert pt.failed and pt.mean == pytest.approx(chances[p.dataset])
+
+
 def test_curves_split_by_what_differs(tmp_path):
     store = Store(tmp_path)
     record(store, cfg("dctps", 0.01, optim={"recipe": "sgd"}), 0.5)

@@ -2,6 +2,7 @@
 state, and bad input."""
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -143,8 +144,12 @@ def test_load_refuses_a_support_of_another_layer(mode):
             lambda: DCTpSConv2d(3, 4, 3, nnz=9, seed=0),
             lambda: DCTpSConv2d(4, 3, 3, nnz=9, seed=1),
         ),
+        (  # same out channels and numel: only the trailing dimensions differ
+            lambda: DCTpSConv2d(4, 8, 3, nnz=9, seed=0),
+            lambda: DCTpSConv2d(36, 8, 1, nnz=9, seed=1),
+        ),
     ],
-    ids=["transposed", "smaller", "conv-transposed"],
+    ids=["transposed", "smaller", "conv-transposed", "conv-kernel"],
 )
 def test_load_refuses_a_state_dict_saved_from_another_shape(saved, target, tmp_path):
     """A smaller or transposed layer's positions all fit: only the shape saved in the state
@@ -443,3 +448,21 @@ def test_copies_of_a_compiled_or_old_pickled_layer():
     old.load_state_dict(DCTpSLinear(12, 6, nnz=10, seed=1, offset="gaussian").state_dict())
     with pytest.raises(DctpsError, match="pickled by an older dctps"):
         old.reset_parameters()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DCTpSLinear(50, 2000, nnz=10, seed=0),
+        lambda: DCTpSConv2d(6, 2000, 3, nnz=10, seed=0),
+    ],  # fmt: skip
+    ids=["linear", "conv"],
+)
+def test_a_constructed_layers_bias_is_drawn_as_pytorchs(make):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as nn.Linear / nn.Conv2d: a bound from the whole
+    weight's size went unnoticed (sparsify overwrites the bias with the dense layer's)."""
+    layer = make()
+    bound = 1 / math.sqrt(math.prod(layer.weight_shape[1:]))
+    b = layer.bias.detach()
+    assert b.abs().max() <= bound and b.abs().max() > 0.95 * bound  # 2000 draws fill it
+    assert abs(float(b.mean())) < 0.1 * bound

@@ -1351,3 +1351,63 @@ def test_a_subset_as_large_as_the_data_set_is_no_subset():
         c10 = dctps.data.build("cifar10", root)
         sizes = (len(c10.train_y) + len(c10.val_y), len(c10.test_y))
         assert dctps.data.get_info("cifar10").sizes == sizes
+
+
+# ----------------------------------------------------------------- tests a mutation audit asked for
+
+
+def test_evaluate_matches_an_independent_computation():
+    """evaluate() was only compared with itself: argmin for argmax, or a count off by one in the
+    denominator, went unnoticed."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 4)
+    x, y = torch.randn(23, 5), torch.randint(0, 4, (23,))
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 23, 8)]  # uneven last batch
+    loss, acc = loop.evaluate(model, batches)
+    with torch.no_grad():
+        out = model(x)
+    assert acc == pytest.approx(float((out.argmax(1) == y).double().mean()), abs=1e-12)
+    assert loss == pytest.approx(float(nn.functional.cross_entropy(out.double(), y)), rel=1e-6)
+    assert 0 < acc < 1  # the check above could not pass by accident
+    assert loop.evaluate(model, []) == (None, None)
+
+
+def test_recipes_build_the_optimizers_of_table_e3():
+    """The SGD recipe's momentum was checked in the resolved config, not in the optimizer."""
+    from dctps.train import setup as su
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    sgd = RunConfig(sparsity=SparsityConfig("dense"), optim=OptimConfig(recipe="sgd")).resolve()
+    opt = su.make_optimizer(model, sgd.optim)
+    assert isinstance(opt, torch.optim.SGD)
+    assert [g["momentum"] for g in opt.param_groups] == [0.9] * len(opt.param_groups)
+    assert {g["lr"] for g in opt.param_groups} == {0.1}
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 5e-4]
+    adam = RunConfig(sparsity=SparsityConfig("dense"), optim=OptimConfig(recipe="adam")).resolve()
+    opt = su.make_optimizer(model, adam.optim)
+    assert isinstance(opt, torch.optim.Adam) and {g["lr"] for g in opt.param_groups} == {1e-3}
+
+
+def test_test_accuracy_is_that_of_the_best_validation_model(fake_cifar10, tmp_path, monkeypatch):
+    """test_acc must be the best-validation model's (best.pt), also when the best epoch is not
+    the last: skipping the reload of the best state went unnoticed."""
+    cfg = small_cfg(fake_cifar10, method="dense", epochs=3)
+    real = loop.evaluate
+    val_accs = iter([0.2, 0.9, 0.5])  # the epochs' validation: epoch 2 is the best
+
+    def fingerprint(state_or_model):
+        sd = state_or_model if isinstance(state_or_model, dict) else state_or_model.state_dict()
+        return float(sum(v.double().sum() for k, v in sd.items() if k.endswith("weight")))
+
+    def evaluate(model, loader, ctx=None):
+        loss, acc = real(model, loader, ctx)
+        # the epochs' validation, then the final test: report which weights it saw
+        return loss, next(val_accs, None) or fingerprint(model)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    r = fit(cfg, tmp_path, progress=False)
+    best = torch.load(Path(r["run_dir"]) / "best.pt", weights_only=True)
+    last = torch.load(Path(r["run_dir"]) / "last.pt", weights_only=False)
+    assert r["best_epoch"] == best["epoch"] == 2 and r["epochs"] == 3
+    assert r["test_acc"] == pytest.approx(fingerprint(best["model"]), rel=1e-12)
+    assert fingerprint(last["model"]) != pytest.approx(r["test_acc"], rel=1e-9)

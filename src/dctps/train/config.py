@@ -638,8 +638,14 @@ def _resolve_optim(c: RunConfig) -> None:
         setattr(o, name, float(v))
     if o.lr <= 0:
         raise DctpsError(f"lr must be > 0, got {o.lr}")
-    if o.weight_decay < 0 or o.gamma <= 0 or (o.momentum is not None and o.momentum < 0):
-        raise DctpsError("weight_decay and momentum must be >= 0, gamma > 0")
+    if o.weight_decay < 0:
+        raise DctpsError(f"weight_decay must be >= 0, got {o.weight_decay}")
+    if o.momentum is not None and o.momentum < 0:
+        raise DctpsError(f"momentum must be >= 0, got {o.momentum}")
+    if o.gamma <= 0:
+        raise DctpsError(
+            f"gamma must be > 0 (the LR is multiplied by it at each milestone), got {o.gamma}"
+        )
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in o.milestones):
         raise DctpsError(f"milestones must be positive epoch numbers, got {o.milestones!r}")
     o.milestones = sorted(o.milestones)
