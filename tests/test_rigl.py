@@ -373,3 +373,28 @@ def test_an_overflowing_update_is_skipped_with_a_loss_scaler_and_refused_without
     assert all(torch.equal(after[k], v) for k, v in before.items())
     with pytest.raises(DctpsError, match="scaler must be a torch.amp.GradScaler"):
         rigl.step("scaler")
+
+
+def test_micro_batches_of_an_update_step_add_up_their_dense_gradients():
+    """Documented: with gradient accumulation RigL grows by the dense gradient summed over the
+    micro-batches; keeping only the last micro-batch's went unnoticed."""
+
+    def supports(micro: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = dctps.sparsify(_mlp(), 0.2, seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rigl = RigL(model, opt, total_steps=40, delta_t=5)
+        _run(model, opt, rigl, 4)
+        (x1, y1), (x2, y2) = _batch(4), _batch(5)
+        opt.zero_grad()
+        if micro:  # two micro-batches, two backward passes
+            F.cross_entropy(model(x1), y1, reduction="sum").backward()
+            F.cross_entropy(model(x2), y2, reduction="sum").backward()
+        else:  # the same sum in one pass
+            x, y = torch.cat([x1, x2]), torch.cat([y1, y2])
+            F.cross_entropy(model(x), y, reduction="sum").backward()
+        assert rigl.step() is False  # t = 5: an update
+        return [m.indices.clone() for m in _linears(model)]
+
+    one, two = supports(False), supports(True)
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
