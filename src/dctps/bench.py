@@ -172,8 +172,9 @@ def conv_shapes(names: tuple[str, ...] = ("resnet18", "vgg19"), density: float =
     """Distinct convs of the models at 32x32: ``(model, cin, cout, k, stride, pad, groups, H,
     nnz)``, ``nnz`` the layer's EPL budget at ``density``.
 
-    Distinct by geometry *and* ``nnz``: a VGG19 conv with a ResNet18 conv's geometry is listed
-    again with VGG19's own budget, since the sparse paths' cost grows with ``nnz``.
+    Distinct by model and geometry (the first such layer's budget): a VGG19 conv with a ResNet18
+    conv's geometry is listed again with VGG19's own budget, since the sparse paths' cost grows
+    with ``nnz``.
     """
     from dctps.models import build
     from dctps.sparsify import sparsify
@@ -198,9 +199,9 @@ def conv_shapes(names: tuple[str, ...] = ("resnet18", "vgg19"), density: float =
         for mname, m in model.named_modules():
             if mname in sizes:
                 key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0],
-                       m.padding[0], m.groups, sizes[mname], m.nnz)  # fmt: skip
-                if key not in seen:
-                    seen[key] = (name, *key)
+                       m.padding[0], m.groups, sizes[mname])  # fmt: skip
+                if (name, key) not in seen:
+                    seen[(name, key)] = (name, *key, m.nnz)
     return list(seen.values())
 
 
