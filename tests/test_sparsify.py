@@ -531,8 +531,15 @@ def test_attention_projections_patched_forwards_and_spectral_norm_are_refused_to
 def test_a_subclass_changing_only_its_init_converts():
     model = nn.Sequential(_InitOnlyConv(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     model(torch.randn(1, 3, 6, 6))
+    biases = [model[0].bias.detach().clone(), model[2].bias.detach().clone()]
     dctps.sparsify(model, 0.5, seed=0)
     assert isinstance(model[0], DCTpSConv2d) and isinstance(model[2], DCTpSLinear)
+    # the same conv and linear ops on W = alpha D + S, with the dense layers' biases
+    assert torch.equal(model[0].bias, biases[0]) and torch.equal(model[2].bias, biases[1])
+    x = torch.randn(2, 3, 6, 6)
+    h = F.conv2d(x, model[0].dense_weight(), biases[0])
+    expected = F.linear(h.flatten(1), model[2].dense_weight(), biases[1])
+    torch.testing.assert_close(model(x), expected)
 
 
 def test_hooks_follow_the_layer_sparsify_replaces():
