@@ -1053,7 +1053,7 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     p = fit(small_cfg(fake_cifar10, method="random", epochs=1), tmp_path, progress=False)
     best = tmp_path / "runs" / p["hash"] / "best.pt"
     shown = cli.invoke(app, ["inspect", str(best)])
-    assert f"{p['nonzeros']:,} of 61,510 weights non-zero" in shown.output
+    assert f"{p['nonzeros']:,} of 61,510 weights trainable (in the masks" in shown.output
     refused = cli.invoke(app, ["export", str(best), str(tmp_path / "x.dctps")])
     assert refused.exit_code != 0 and "method 'random'" in str(refused.exception or refused.output)
     with pytest.raises(DctpsError, match="torch.save file, not a dctps train checkpoint"):

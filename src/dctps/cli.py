@@ -280,7 +280,8 @@ def inspect_cmd(
         typer.echo(
             f"{ckpt}: dctps train checkpoint of run {obj.get('config_hash')} (method {method}), "
             f"epoch {obj.get('epoch')}, {size:,} bytes: {c.nonzeros:,} of {c.weights:,} weights "
-            f"non-zero, {c.other:,} other parameters. Not a DCTpS model: no per-layer table."
+            f"trainable (in the masks; some may hold 0.0), {c.other:,} other parameters. Not a "
+            "DCTpS model: no per-layer table."
         )
         return
     typer.echo(

@@ -721,12 +721,16 @@ def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Per row, what tells it apart from the rows that the table's columns show alike: the
     config fields that differ among them, as ``"epochs=6, train_alpha=False"`` (what ``dctps
     plot`` puts in brackets); ``""`` for a row no other row looks like."""
-    from dctps.results.variants import flatten, named_differences, varying_keys
+    from dctps.results.variants import NOT_A_VARIANT, flatten, named_differences, varying_keys
 
     flats = [flatten(run_identity(r)) for r in rows]
+    # grouped as `dctps plot` groups curves: across seeds and densities, so that the runs of one
+    # setting carry one label whatever their seed (grouped per seed, a seed with a fixed-alpha
+    # run said "train_alpha=True" where the other seed's same runs said nothing)
+    grouping = [k for k in SHOWN_FIELDS if k not in NOT_A_VARIANT]
     groups: dict[str, list[int]] = {}
     for i, f in enumerate(flats):
-        shown = json.dumps([f.get(k) for k in SHOWN_FIELDS], sort_keys=True, default=str)
+        shown = json.dumps([f.get(k) for k in grouping], sort_keys=True, default=str)
         groups.setdefault(shown, []).append(i)
     out = [""] * len(rows)
     for members in groups.values():
