@@ -160,6 +160,10 @@ def test_error_in_one_run_does_not_stop_the_others(fake_cifar10, tmp_path):
     (err,) = rep.errors
     assert "LeNet-5 needs 32x32" in err["reason"] and err["hash"] == cfgs[0].config_hash()
     assert Store(tmp_path).get(cfgs[0].config_hash()) is None
+    # its traceback is kept, and the summary says where (it was captured and dropped)
+    tb = tmp_path / "errors" / f"{err['hash']}.txt"
+    assert "Traceback" in tb.read_text() and "LeNet-5 needs 32x32" in tb.read_text()
+    assert f"traceback: {tb}" in rep.summary()
     assert [p.action for p in plan(cfgs, tmp_path)] == ["new", "skip-done"]
 
 
@@ -423,3 +427,104 @@ def test_a_sequential_sweep_bar_names_the_run_in_progress(
     assert len(seen) == 2
     for text, cfg in zip(seen, cfgs, strict=True):
         assert f"running: {cfg.summary()}" in text
+
+
+def test_variants_and_sets_that_would_collapse_an_axis_are_refused():
+    """`variants: [{seed: 1}, {seed: 2}]` gave one run at the grid's seed, and `--set seed=5` on
+    a two-seed grid one run per setting: the axes replaced those values without a word."""
+    grid = {"models": ["lenet5"], "methods": ["dctps"], "densities": [0.05], "seeds": [0, 1]}
+    for variant, axis in (
+        ({"seed": 1}, "seeds"),
+        ({"sparsity": {"density": 0.2}}, "densities"),
+        ({"model": {"name": "resnet18"}}, "models"),
+        ({"data": {"dataset": "digits"}}, "datasets"),
+    ):
+        with pytest.raises(DctpsError, match=rf"variants\[1\] sets .* list the values in `{axis}"):
+            expand_grid({**grid, "variants": [{}, variant]})
+    with pytest.raises(DctpsError, match=r"--set sets seed=5, which the grid's seeds axis"):
+        expand_grid(grid, overrides=apply_sets(["seed=5"]))
+    # an axis of one value is replaced (a figure's data set), and other fields vary freely
+    runs = expand_grid(grid, overrides=apply_sets(["data.dataset=cifar100"]))
+    assert {c.data.dataset for c in runs} == {"cifar100"} and len(runs) == 2
+    runs = expand_grid({**grid, "variants": [{}, {"sparsity": {"allocation": "epf"}}]})
+    assert sorted(c.sparsity.allocation for c in runs) == ["epf", "epf", "epl", "epl"]
+
+
+def test_a_read_only_database_or_run_folder_stops_the_sweep_first(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """A read-only results.db failed once per run (the store opens it read-only for queries),
+    and so did a run folder that cannot be written."""
+    import dctps.results.store as store_mod
+
+    cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense"], seeds=[0, 1]))
+
+    class ReadOnly(store_mod.Store):  # as on a read-only file system (root ignores chmod)
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.readonly = True
+
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "Store", ReadOnly)
+        with pytest.raises(DctpsError, match=r"results\.db is read-only .* Give another --out"):
+            run_sweep(cfgs, tmp_path / "ro", progress=False)
+    (tmp_path / "rr").mkdir()
+    (tmp_path / "rr" / "runs").write_text("a file where the run folders go")
+    with pytest.raises(DctpsError, match=r"cannot write run folder .*runs"):
+        run_sweep(cfgs, tmp_path / "rr", progress=False)
+    assert Store(tmp_path / "rr").query() == []  # nothing ran
+
+
+def test_threads_per_run_follow_omp_num_threads_and_the_cpu_affinity(monkeypatch):
+    """Runs of a parallel or submitit sweep took os.cpu_count() // workers threads, ignoring
+    OMP_NUM_THREADS and a taskset/cgroup limit (32 threads per run on a node limited to 2)."""
+    import os
+
+    from dctps.results import sweep as sw
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert sw.available_cpus() == 6 and sw._threads(2) == 3 and sw._threads(12) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+        monkeypatch.setattr(os, "cpu_count", lambda: 64)
+        assert sw.available_cpus() == 4 and sw._threads(2) == 2
+
+
+def test_an_interrupted_submitit_local_sweep_stops_its_jobs(fake_cifar10, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM of a `--executor submitit-local` sweep left its jobs training, orphaned
+    (a rerun then found its runs "being trained by another process")."""
+    from dctps.results import sweep as sw
+
+    cancelled: list[int] = []
+
+    class Job:
+        def __init__(self, n):
+            self.n, self.stopped = n, False
+
+        def done(self):
+            return self.stopped
+
+        def cancel(self, check=True):
+            cancelled.append(self.n)
+            self.stopped = True
+
+    class Executor:
+        def __init__(self):
+            self.jobs = []
+
+        def submit(self, fn, *args):
+            self.jobs.append(Job(len(self.jobs)))
+            return self.jobs[-1]
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense"], seeds=[0, 1, 2]))
+    todo = [p for p in plan(cfgs, tmp_path) if p.runs]
+    ex = Executor()
+    monkeypatch.setattr(sw.time, "sleep", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        sw._run_submitit(ex, "submitit-local", todo, str(tmp_path), str(tmp_path / "r.db"), 2,
+                         {}, True, sw.SweepReport(todo), None, 0.01)  # fmt: skip
+    assert len(ex.jobs) == 2 and cancelled == [0, 1]  # the two in flight; the third never ran

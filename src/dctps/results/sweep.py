@@ -79,6 +79,9 @@ METHOD_KEYS = tuple(f.name for f in dataclasses.fields(SparsityConfig) if f.name
 # submitit parameters of a local job: a generous timeout (submitit's default is 2 minutes)
 LOCAL_SUBMITIT = {"timeout_min": 7 * 24 * 60}
 
+#: the folder of ``--out`` where a run that raised leaves its traceback (``<hash>.txt``)
+ERRORS_DIR = "errors"
+
 
 # ----------------------------------------------------------------------------- grid
 def _as_list(value: Any, where: str) -> list[Any]:
@@ -159,6 +162,34 @@ def _check_grid(grid: Any, source: str) -> None:
         )
 
 
+#: the grid's axes: the config field each one sets, and the grid key that lists its values
+_AXES = {
+    ("model", "name"): "models",
+    ("data", "dataset"): "datasets",
+    ("sparsity", "method"): "methods",
+    ("sparsity", "density"): "densities (or a method entry's own densities)",
+    ("seed",): "seeds",
+}
+
+
+def _refuse_axes(d: Mapping[str, Any], where: str, only: Iterable[tuple[str, ...]] | None = None
+                 ) -> None:  # fmt: skip
+    """A :class:`DctpsError` for a variant or ``--set`` that sets a field one of the grid's axes
+    sets for every run (``only``: of these axes): the axis replaced a variant's value silently
+    (``variants: [{seed: 1}, {seed: 2}]`` gave one run, at the grid's seed), and a ``--set`` of
+    an axis of several values collapsed them into one."""
+    axes = _AXES if only is None else {p: _AXES[p] for p in only}
+    for path, axis in axes.items():
+        node: Any = d
+        for part in path:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            raise DctpsError(
+                f"{where} sets {'.'.join(path)}={node!r}, which the grid's {axis.split()[0]} "
+                f"axis sets for every run: list the values in `{axis}` instead"
+            )
+
+
 def apply_sets(items: Iterable[str]) -> dict[str, Any]:
     """``["optim.epochs=20", "data.subset=2000"]`` -> a nested override dict (YAML values)."""
     out: dict[str, Any] = {}
@@ -206,9 +237,17 @@ def expand_grid(
     variants = _as_list(grid.get("variants", [{}]), f"{source}: variants")
     for i, v in enumerate(variants):
         RunConfig.from_dict(v or {}, source=f"{source}: variants[{i}]")
+        _refuse_axes(v or {}, f"{source}: variants[{i}]")
     overrides = dict(overrides or {})
     if overrides:
         RunConfig.from_dict(overrides, source="overrides")
+        # one value for an axis of one value replaces it (a figure's data set); an axis of
+        # several values would collapse into one run each, silently
+        n_dens = max([len(densities)] + [len(own) for _, own in methods if own])
+        sizes = {("model", "name"): len(models), ("data", "dataset"): len(datasets),
+                 ("sparsity", "method"): len(methods), ("seed",): len(seeds),
+                 ("sparsity", "density"): n_dens}  # fmt: skip
+        _refuse_axes(overrides, "--set", only=[p for p, n in sizes.items() if n > 1])
 
     out: list[RunConfig] = []
     seen: set[str] = set()
@@ -387,10 +426,16 @@ def run_one(
             os._exit(130)  # the sweep is gone: the run has recorded where it stopped
         raise
     except Exception as e:  # one run's error must not stop the sweep
-        return {
-            "hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(),
-        }  # fmt: skip
+        tb = traceback.format_exc()
+        res = {"hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}",
+               "traceback": tb}  # fmt: skip
+        if h is not None:  # kept where the summary can point (a job's own log may be gone)
+            with contextlib.suppress(OSError):
+                path = Path(out) / ERRORS_DIR / f"{h}.txt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(tb)
+                res["traceback_file"] = str(path)
+        return res
     keys = ("hash", "status", "reason", "val_acc", "test_acc", "resumed_from", "skipped",
             "wall_seconds")  # fmt: skip
     return {k: r.get(k) for k in keys}
@@ -435,6 +480,8 @@ class SweepReport:
         for h, r in self.results.items():
             if r["status"] in ("failed", "error"):
                 lines.append(f"  {r['status']:<6} {h} {by[h].cfg.summary()}: {r.get('reason')}")
+                if r.get("traceback_file"):
+                    lines.append(f"         traceback: {r['traceback_file']}")
         for h, job in self.submitted.items():
             lines.append(f"  submitted {h} {by[h].cfg.summary()}: job {job}")
         return "\n".join(lines)
@@ -466,8 +513,21 @@ def _postfix(report: SweepReport, what: str) -> str:
 WORKER_GRACE_SECONDS = 30.0
 
 
+def available_cpus() -> int:
+    """The CPUs this process may use: ``OMP_NUM_THREADS`` where set (a positive integer), else
+    the CPU affinity (a cgroup or ``taskset`` limit), else ``os.cpu_count()``."""
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+    """torch threads per run when ``workers`` runs share :func:`available_cpus`."""
+    return max(1, available_cpus() // max(workers, 1))
 
 
 def _collect(futs: dict[Any, str], by: dict[str, PlannedRun], report: SweepReport, bar: Any,
@@ -610,18 +670,41 @@ def _run_submitit(
         inflight = {}
         queue = list(range(len(todo)))
     limit = max(1, workers or 1)
-    while inflight or queue:
-        while queue and len(inflight) < limit and kind != "slurm":
-            i = queue.pop(0)
-            inflight[ex.submit(run_one, *args[i])] = todo[i].hash
-        finished = [j for j in inflight if j.done()]
-        if not finished:
-            time.sleep(poll)
-            continue
-        for j in finished:
-            h = inflight.pop(j)
-            report.results[h] = _job_result(j, h)
-            _tick(bar, report, by[h].cfg)
+    try:
+        while inflight or queue:
+            while queue and len(inflight) < limit and kind != "slurm":
+                i = queue.pop(0)
+                inflight[ex.submit(run_one, *args[i])] = todo[i].hash
+            finished = [j for j in inflight if j.done()]
+            if not finished:
+                time.sleep(poll)
+                continue
+            for j in finished:
+                h = inflight.pop(j)
+                report.results[h] = _job_result(j, h)
+                _tick(bar, report, by[h].cfg)
+    except KeyboardInterrupt:
+        if kind != "slurm":  # local jobs are this sweep's children: they stop with it
+            _stop_jobs(list(inflight))
+        raise
+
+
+def _stop_jobs(jobs: Sequence[Any], grace: float | None = None) -> None:
+    """Interrupt submitit-local ``jobs`` (``cancel`` sends SIGINT: each run records where it
+    stopped, as under Ctrl-C) and wait up to ``grace`` seconds for them to end; without this,
+    the jobs of a sweep stopped by Ctrl-C or SIGTERM went on training, orphaned."""
+    grace = WORKER_GRACE_SECONDS if grace is None else grace
+    for j in jobs:
+        with contextlib.suppress(Exception):
+            j.cancel(check=False)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if all(j.done() for j in jobs):
+                return
+        except Exception:
+            return
+        time.sleep(0.2)
 
 
 def run_sweep(
@@ -684,7 +767,21 @@ def run_sweep(
         out_p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise cannot_write("sweep output folder", out_p, e) from None
-    Store(db_p)  # an unusable database fails here, once, not in every run
+    # an unusable database or run folder fails here, once, not in every run
+    if Store(db_p).readonly:
+        raise DctpsError(
+            f"results database {db_p} is read-only (file or folder permissions, or a read-only "
+            "file system): a sweep writes a row per run. Give another --out or --db"
+        )
+    from dctps.train.loop import RUNS_DIR
+
+    runs_dir = out_p / RUNS_DIR
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write("run folder", runs_dir, e) from None
+    if not os.access(runs_dir, os.W_OK | os.X_OK):
+        raise DctpsError(f"cannot write run folder {runs_dir}: permission denied")
     ex = None
     if executor != "local":  # fails here, before any bar, when e.g. SLURM is not available
         ex = _submitit_executor(executor, out_p / "submitit", slurm or {})
