@@ -565,6 +565,12 @@ def sparsify(
 _LEFT_DENSE = (_ConvNd, nn.RNNBase, nn.RNNCellBase, nn.Bilinear, nn.Embedding, nn.EmbeddingBag)
 
 
+def _weight_matrices(m: nn.Module) -> list[torch.Tensor]:
+    """``m``'s own materialised parameters of two or more dimensions: the weights of a layer
+    sparsify leaves dense (what its warning reports and :func:`count` counts as weights)."""
+    return [p for p in m.parameters(recurse=False) if not is_lazy(p) and p.dim() >= 2]
+
+
 def _warn_left_dense(dense: Sequence[tuple[str, nn.Module]]) -> None:
     """Warn about layers ``sparsify`` has no DCTpS version of (Conv1d, Conv3d, transposed convs,
     recurrent layers, Bilinear, embeddings): they stay dense and train every weight, which the
@@ -574,10 +580,9 @@ def _warn_left_dense(dense: Sequence[tuple[str, nn.Module]]) -> None:
         return
 
     def size(m: nn.Module) -> str:
-        params = [p for p in m.parameters(recurse=False) if is_lazy(p) or p.dim() >= 2]
-        if any(is_lazy(p) for p in params):
+        if any(is_lazy(p) for p in m.parameters(recurse=False)):
             return "weights not created yet"
-        return f"{sum(p.numel() for p in params):,} weights"
+        return f"{sum(p.numel() for p in _weight_matrices(m)):,} weights"
 
     listed = ", ".join(f"{n} ({type(m).__name__}, {size(m)})" for n, m in dense)
     warnings.warn(
@@ -656,8 +661,8 @@ def count(model: nn.Module) -> Counts:
     matrices = 0
     for module in model.modules():
         if isinstance(module, _LEFT_DENSE) and not isinstance(module, _ConvNd):
-            for p in module.parameters(recurse=False):
-                if id(p) not in seen and not is_lazy(p) and p.dim() >= 2:
+            for p in _weight_matrices(module):
+                if id(p) not in seen:
                     matrices += p.numel()
                     seen.add(id(p))
     other = sum(p.numel() for p in model.parameters() if id(p) not in seen)

@@ -290,10 +290,15 @@ class Store:
             except sqlite3.DatabaseError as e:
                 raise DctpsError(f"results database {self.path} is unusable: {e}") from None
 
+    def check_writable(self, why: str = "") -> None:
+        """A :class:`DctpsError` if this store was opened read-only (see :attr:`readonly`), with
+        ``why`` (what the caller was about to write) appended to the message."""
+        if self.readonly:
+            raise DctpsError(_read_only_message(self.path) + (f". {why}" if why else ""))
+
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside one short ``BEGIN IMMEDIATE`` transaction (retried when locked)."""
-        if self.readonly:
-            raise DctpsError(_read_only_message(self.path))
+        self.check_writable()
 
         def tx(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
@@ -578,7 +583,7 @@ def _parse_value(raw: str, key: str) -> Any:
         return None
     kind = RUN_COLUMNS[key].split()[0]
     if key == "density" and raw.endswith("%"):  # as --density and sweep grids take it
-        from dctps.results.sweep import parse_density  # exact: 0.7% is 0.007, not 0.006999...
+        from dctps.errors import parse_density  # exact: 0.7% is 0.007, not 0.006999...
 
         try:
             return parse_density(raw, "--where density")

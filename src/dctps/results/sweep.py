@@ -768,11 +768,7 @@ def run_sweep(
     except OSError as e:
         raise cannot_write("sweep output folder", out_p, e) from None
     # an unusable database or run folder fails here, once, not in every run
-    if Store(db_p).readonly:
-        raise DctpsError(
-            f"results database {db_p} is read-only (file or folder permissions, or a read-only "
-            "file system): a sweep writes a row per run. Give another --out or --db"
-        )
+    Store(db_p).check_writable("Give another --out or --db: a sweep writes a row per run")
     from dctps.train.loop import RUNS_DIR
 
     runs_dir = out_p / RUNS_DIR
