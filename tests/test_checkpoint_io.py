@@ -329,7 +329,12 @@ def test_a_pruned_model_round_trips_through_save_and_load(tmp_path):
     x = torch.randn(4, 20)
     torch.testing.assert_close(loaded(x), model(x))
     assert torch.equal(loaded[0].weight_mask, model[0].weight_mask)
+    assert loaded[0].weight_mask.dtype == torch.float32  # back in prune's float buffer
     assert dctps.count(loaded).nonzeros == dctps.count(model).nonzeros == round(0.2 * 750)
+    # stored as bool: 1 byte per weight, not float32's 4
+    masks = [r for r in dctps.checkpoint_io._read(tmp_path / "pruned.dctps")[0]["tensors"]
+             if r["key"].endswith("_mask")]  # fmt: skip
+    assert [(r["dtype"], r["nbytes"]) for r in masks] == [("bool", 600), ("bool", 150)]
     fresh = make()
     prepare_pruned_structure(fresh, model.state_dict())
     fresh.load_state_dict(model.state_dict())

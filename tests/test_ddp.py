@@ -96,8 +96,7 @@ def test_two_gloo_ranks_match_one_process(fake_cifar10, tmp_path):
         "best.pt",
         "config.yaml",
         "last.pt",
-        "prev.pt",
-    ]
+    ]  # prev.pt: dropped once the run is done
 
 
 def test_reported_val_is_that_of_the_saved_model(tmp_path):

@@ -411,7 +411,9 @@ def test_dry_run_and_print_config_name_what_runs(tmp_path):
     name = "density-lenet5-cifar10"
     args = ["figure", name, "--quick", "--dataset", "digits", "--density", "0.01", "--seeds", "1"]
     r = runner.invoke(app, [*args, "--dry-run", "--out", str(tmp_path)])
-    assert r.exit_code == 0, r.output
+    # the plan and the figure's name are printed; then the dry run refuses, as the sweep would,
+    # a grid whose model cannot take its data set (LeNet-5 needs 32x32 images, digits are 8x8)
+    assert r.exit_code == 1 and "LeNet-5 needs 32x32" in str(r.exception), r.output
     png = tmp_path / "figures" / "density-lenet5-cifar10-quick-lenet5-digits-density=0.01.png"
     assert r.output.strip().splitlines()[-1] == (
         f"it would draw {png}: Accuracy vs density: LeNet-5, digits — not the paper's setting: "

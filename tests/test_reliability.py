@@ -527,10 +527,14 @@ def test_store_under_load_8_writers_and_a_killed_one(tmp_path):
 # =============================================================================================
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous(fake_cifar10, tmp_path):
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(
+    fake_cifar10, tmp_path, monkeypatch
+):
     cfg = small_cfg(fake_cifar10, epochs=3)
     ref = fit(cfg, tmp_path / "ref", progress=False)
     out = tmp_path / "run"
+    # as if killed after its last epoch, each time: prev.pt still there
+    monkeypatch.setattr(ckpt_io, "drop_backup", lambda folder: None)
     fit(cfg, out, progress=False)
     run_dir = out / "runs" / ref["hash"]
     last = run_dir / "last.pt"

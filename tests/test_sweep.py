@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,18 +152,28 @@ def test_sweep_skips_done_and_failed_and_retries(fake_cifar10, tmp_path):
     assert rep3.counts() == {"skip-done": 1, "failed": 1}
 
 
-def test_error_in_one_run_does_not_stop_the_others(fake_cifar10, tmp_path):
-    """An exception (here: LeNet-5 cannot take the 8x8 digits) is an `error`, not `failed`: it
-    is left out of the store's failed runs so the next sweep tries it again."""
-    cfgs = expand_grid(small_grid(fake_cifar10, datasets=["digits", "cifar10"], methods=["dense"]))
+def test_error_in_one_run_does_not_stop_the_others(fake_cifar10, tmp_path, monkeypatch):
+    """An exception in a run (here: injected into one run's `fit`) is an `error`, not `failed`:
+    it is left out of the store's failed runs so the next sweep tries it again."""
+    import dctps.train.loop as loop
+
+    cfgs = expand_grid(small_grid(fake_cifar10, seeds=[0, 1], methods=["dense"]))
+    real_fit = loop.fit
+
+    def fit(cfg, *a, **kw):
+        if cfg.seed == 0:
+            raise RuntimeError("injected failure of seed 0")
+        return real_fit(cfg, *a, **kw)
+
+    monkeypatch.setattr(loop, "fit", fit)
     rep = run_sweep(cfgs, tmp_path, progress=False)
     assert rep.counts() == {"error": 1, "done": 1}
     (err,) = rep.errors
-    assert "LeNet-5 needs 32x32" in err["reason"] and err["hash"] == cfgs[0].config_hash()
+    assert "injected failure of seed 0" in err["reason"] and err["hash"] == cfgs[0].config_hash()
     assert Store(tmp_path).get(cfgs[0].config_hash()) is None
     # its traceback is kept, and the summary says where (it was captured and dropped)
     tb = tmp_path / "errors" / f"{err['hash']}.txt"
-    assert "Traceback" in tb.read_text() and "LeNet-5 needs 32x32" in tb.read_text()
+    assert "Traceback" in tb.read_text() and "injected failure of seed 0" in tb.read_text()
     assert f"traceback: {tb}" in rep.summary()
     assert [p.action for p in plan(cfgs, tmp_path)] == ["new", "skip-done"]
 
@@ -205,6 +216,12 @@ def test_running_row_with_checkpoint_is_resumed(fake_cifar10, tmp_path):
     assert [p.action for p in plan(cfgs, tmp_path)] == ["resume"]
     rep = run_sweep(cfgs, tmp_path, progress=False)
     assert rep.results[h]["status"] == "done" and rep.results[h]["resumed_from"] == 2
+    # an interrupted row (Ctrl-C) resumes the same way; without its checkpoint it restarts
+    Store(tmp_path).update(h, status="interrupted")
+    assert [p.action for p in plan(cfgs, tmp_path)] == ["resume"]
+    for f in ("last.pt", "prev.pt"):
+        (tmp_path / "runs" / h / f).unlink(missing_ok=True)
+    assert [p.action for p in plan(cfgs, tmp_path)] == ["restart"]
 
 
 KILL_SCRIPT = textwrap.dedent(
@@ -313,7 +330,8 @@ def test_slurm_path_as_a_job_array(fake_cifar10, tmp_path, monkeypatch):
     cfgs = expand_grid(small_grid(fake_cifar10))
     rep = run_sweep(cfgs, tmp_path, executor="slurm", workers=2, progress=False, poll=0.2,
                     slurm={"slurm_partition": "gpu"})  # fmt: skip
-    assert seen == {"kind": "slurm", "params": {"slurm_partition": "gpu"}}
+    # every run is device: cpu, so no GPU is requested; the default time limit is kept
+    assert seen == {"kind": "slurm", "params": {"timeout_min": 4320, "slurm_partition": "gpu"}}
     assert rep.counts() == {"done": 2}, rep.summary()
     # --no-wait: submit and return the job ids; the jobs finish on their own
     more = expand_grid(small_grid(fake_cifar10, seeds=[1]))
@@ -406,6 +424,7 @@ def test_an_interrupt_stops_a_parallel_sweep_without_training_the_queue(
     statuses = [r["status"] for r in rows]
     assert len(rows) <= 4 and "done" not in statuses, (statuses, output)
     assert all(r["reason"] and r["reason"].startswith("interrupted") for r in rows), rows
+    assert set(statuses) == {"interrupted"}, rows  # not left "running", as if still training
 
 
 def test_a_sequential_sweep_bar_names_the_run_in_progress(
@@ -528,3 +547,85 @@ def test_an_interrupted_submitit_local_sweep_stops_its_jobs(fake_cifar10, tmp_pa
         sw._run_submitit(ex, "submitit-local", todo, str(tmp_path), str(tmp_path / "r.db"), 2,
                          {}, True, sw.SweepReport(todo), None, 0.01)  # fmt: skip
     assert len(ex.jobs) == 2 and cancelled == [0, 1]  # the two in flight; the third never ran
+
+
+# ----------------------------------------------------------------------------- preflight
+def test_slurm_jobs_ask_for_a_gpu_unless_every_run_is_on_cpu():
+    from dctps.results.sweep import slurm_overrides, slurm_parameters
+
+    cpu = expand_grid(small_grid(Path("/nowhere")))
+    auto = expand_grid({**small_grid(Path("/nowhere")), "base": {"optim": {"epochs": 1}}})
+    assert {c.device for c in auto} == {"auto"}
+    assert slurm_parameters(cpu, {}) == {"timeout_min": 4320}
+    assert slurm_parameters(auto, {}) == {"timeout_min": 4320, "gpus_per_node": 1}
+    # the user's own GPU request (any spelling submitit knows) replaces the default one
+    assert slurm_parameters(auto, {"slurm_gres": "gpu:a100:2"}) == {
+        "timeout_min": 4320, "slurm_gres": "gpu:a100:2"}  # fmt: skip
+    assert slurm_parameters(auto, {"gpus_per_node": 4, "timeout_min": 60}) == {
+        "timeout_min": 60, "gpus_per_node": 4}  # fmt: skip
+    # --slurm KEY=VALUE over the grid's slurm: mapping, values read as YAML
+    assert slurm_overrides({"slurm_partition": "gpu", "mem_gb": 16}, ["mem_gb=32", "name=x"]) == {
+        "slurm_partition": "gpu", "mem_gb": 32, "name": "x"}  # fmt: skip
+    with pytest.raises(DctpsError, match=r"--slurm expects a submitit parameter KEY=VALUE"):
+        slurm_overrides(None, ["mem_gb"])
+
+
+def test_preflight_finds_each_problem_once_for_the_grid(tmp_path, monkeypatch):
+    import torch
+
+    from dctps.results.sweep import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    grid = {"base": {"data": {"root": str(tmp_path / "none")}, "device": "cuda"},
+            "models": ["lenet5", "resnet18"], "datasets": ["digits", "cifar10"],
+            "methods": ["dctps"], "densities": [0.1], "seeds": [0, 1, 2]}  # fmt: skip
+    cfgs = expand_grid(grid)
+    problems = preflight(cfgs, "local")
+    assert len(problems) == 3, problems
+    assert re.search(r"LeNet-5 needs 32x32 .*got image_size=8 \(3 runs of model 'lenet5' on "
+                     r"'digits'\)", problems[0])  # fmt: skip
+    assert "cifar10" in problems[1] and "the sweep checks every data set" in problems[1]
+    assert "device 'cuda' requested but CUDA is not available on this host" in problems[2]
+    # on SLURM the nodes may have the data and the GPUs: only what no host could run, and typos
+    problems = preflight(cfgs, "slurm", {"slurm_partiton": "gpu", "mem_gb": 8})
+    assert len(problems) == 2 and "lenet5" in problems[0], problems
+    assert "unknown SLURM (submitit) parameter 'slurm_partiton'. Did you mean " \
+        "'slurm_partition'?" in problems[1]  # fmt: skip
+    ok = expand_grid({**grid, "models": ["resnet18"], "datasets": ["digits"], "base": {}})
+    assert preflight(ok, "local") == [] and preflight(ok, "slurm", {"mem_gb": 8}) == []
+
+
+def test_a_grid_that_cannot_run_fails_once_before_any_run(tmp_path):
+    cfgs = expand_grid({"base": {"data": {"dataset": "digits"}, "optim": {"epochs": 1}},
+                        "models": ["lenet5"], "methods": ["dense", "dctps"],
+                        "densities": [0.1], "seeds": [0, 1]})  # fmt: skip
+    with pytest.raises(DctpsError, match=r"LeNet-5 needs 32x32 .*\(4 runs of model 'lenet5'"):
+        run_sweep(cfgs, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing written: no store, no run folders
+
+
+def test_dry_run_prints_the_plan_then_refuses_what_the_sweep_would(tmp_path):
+    gpath = tmp_path / "g.yaml"
+    gpath.write_text("base: {data: {dataset: digits}, optim: {epochs: 1}}\n"
+                     "models: [lenet5, resnet18]\nmethods: [dctps]\n"
+                     "densities: [0.1]\n")  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200"}
+
+    def dry(*extra):
+        return subprocess.run([sys.executable, "-m", "dctps.cli", "sweep", str(gpath),
+                               "--dry-run", "--out", str(tmp_path / "o"), *extra],
+                              capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+
+    r = dry()
+    assert r.returncode == 2 and "2 runs, 2 to train" in r.stdout, r.stdout + r.stderr
+    assert "would stop before its first run: LeNet-5 needs 32x32" in r.stderr
+    gpath.write_text(gpath.read_text().replace("lenet5, ", ""))
+    r = dry("--executor", "slurm", "--slurm", "slurm_partition=gpu")
+    assert r.returncode == 0, r.stderr
+    assert ("SLURM jobs (submitit parameters): timeout_min=4320, gpus_per_node=1, "
+            "slurm_partition='gpu'") in r.stdout  # fmt: skip
+    r = dry("--executor", "slurm", "--slurm", "gpus_per_nod=2")
+    assert r.returncode == 2 and "Did you mean 'gpus_per_node'?" in r.stderr, r.stderr
+    r = dry("--workers", "0")
+    assert r.returncode == 2 and "workers must be a positive integer, got 0" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -372,7 +372,8 @@ def test_two_epoch_run_and_rerun_is_noop(fake_cifar10, tmp_path):
     assert [e["epoch"] for e in eps] == [1, 2]
     assert all(e["train_loss"] > 0 and e["lr"] == 1e-3 for e in eps)
     run_dir = tmp_path / "runs" / r["hash"]
-    assert (run_dir / "last.pt").exists() and (run_dir / "prev.pt").exists()
+    # prev.pt guarded last.pt while the run could resume; a done run drops it
+    assert (run_dir / "last.pt").exists() and not (run_dir / "prev.pt").exists()
     assert load_config(run_dir / "config.yaml").config_hash() == r["hash"]
     # the DCTpS checkpoint is sparse: no dense weight / D tensor is stored
     state = torch.load(run_dir / "last.pt", weights_only=True)["model"]
@@ -587,13 +588,47 @@ def _row_after_interrupt_in(owner, name, cfg, out, monkeypatch):
     return Store(out).get(cfg.resolve().config_hash())
 
 
+def test_an_interrupt_between_the_rows_start_and_the_first_epoch_is_recorded(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """Ctrl-C after the row was started but before the epochs (building the optimizer, or
+    resuming from a checkpoint) left a `running` row with no reason (a parallel sweep's review,
+    under load)."""
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    row = _row_after_interrupt_in(loop.su, "make_optimizer", cfg, tmp_path, monkeypatch)
+    assert row["status"] == "interrupted"
+    assert row["reason"] == (
+        "interrupted before its first checkpoint (epoch 1 of 2); run the same command again "
+        "to start it over"
+    )
+    # after one epoch's checkpoint, an interrupt while resuming keeps saying where to resume
+    real = loop.train_one_epoch
+    calls = []
+
+    def one_then_stop(*a, **k):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "train_one_epoch", one_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path, progress=False)
+    monkeypatch.undo()
+    row = _row_after_interrupt_in(loop.su, "make_scheduler", cfg, tmp_path, monkeypatch)
+    assert row["status"] == "interrupted"
+    assert row["reason"] == "interrupted after epoch 1 of 2; run the same command again to resume"
+    r = fit(cfg, tmp_path, progress=False)
+    assert r["status"] == "done" and r["resumed_from"] == 1
+
+
 def test_an_interrupt_after_the_last_epoch_says_so_and_the_rerun_finishes(
     fake_cifar10, tmp_path, monkeypatch
 ):
     """An interrupt while testing or writing best.pt left the row 'running' with no reason."""
     cfg = small_cfg(fake_cifar10, epochs=2)
     row = _row_after_interrupt_in(loop.ckpt_io, "atomic_save", cfg, tmp_path, monkeypatch)
-    assert row["status"] == "running"
+    assert row["status"] == "interrupted"
     assert row["reason"] == (
         "interrupted after its last epoch (2 of 2), before testing its best model; run the "
         "same command again to finish"
@@ -607,7 +642,7 @@ def test_an_interrupt_while_pruning_leaves_a_row_that_says_so(fake_cifar10, tmp_
     """Ctrl-C (or a sweep's SIGTERM) during a long pruning left no row in the store at all."""
     cfg = small_cfg(fake_cifar10, method="snip", epochs=1)
     row = _row_after_interrupt_in(loop.su, "apply_sparsity", cfg, tmp_path, monkeypatch)
-    assert row is not None and row["status"] == "running" and row["method"] == "snip"
+    assert row is not None and row["status"] == "interrupted" and row["method"] == "snip"
     assert row["reason"] == (
         "interrupted while pruning (snip), before its first epoch; run the same command again "
         "to start it over"
@@ -714,8 +749,8 @@ def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monke
     assert ref["prune_seconds"] is not None and ref["prune_seconds"] >= 0
     _interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=2)
     row = Store(tmp_path / "run").get(ref["hash"])
-    # still 'running' (the same command resumes it), saying why it stopped
-    assert row["status"] == "running"
+    # 'interrupted' (the same command resumes it), saying why it stopped
+    assert row["status"] == "interrupted"
     assert row["reason"] == "interrupted after epoch 1 of 3; run the same command again to resume"
     r = fit(cfg, tmp_path / "run", progress=False)
     assert r["resumed_from"] == 1 and metrics(r) == metrics(ref)
@@ -726,6 +761,18 @@ def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monke
 
     assert states_equal(best(tmp_path / "ref"), best(tmp_path / "run"))
     assert any(k.endswith("weight_mask") for k in best(tmp_path / "run"))
+    # the masks are stored as bool (a quarter of float32's bytes) in best.pt and last.pt, and
+    # come back as the float 0/1 buffers torch.nn.utils.prune uses
+    last = torch.load(tmp_path / "run" / "runs" / ref["hash"] / "last.pt", weights_only=True)
+    for state in (best(tmp_path / "run"), last["model"], last["best"]["state"]):
+        masks = {k: v for k, v in state.items() if k.endswith("_mask")}
+        assert masks and {v.dtype for v in masks.values()} == {torch.bool}
+    model = loop.su.build_model(cfg.resolve(), dctps.data.get_info("cifar10"))
+    loop.su.restore_structure(model, cfg.resolve(), last["model"])
+    model.load_state_dict(last["model"])
+    for k, v in model.state_dict().items():
+        if k.endswith("_mask"):
+            assert v.dtype == torch.float32 and torch.equal(v, last["model"][k].float())
 
 
 @pytest.mark.parametrize("batched", ["off", "on"])
@@ -789,11 +836,13 @@ def test_resume_flag_needs_checkpoint(fake_cifar10, tmp_path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def test_corrupt_last_falls_back_to_prev(fake_cifar10, tmp_path):
+def test_corrupt_last_falls_back_to_prev(fake_cifar10, tmp_path, monkeypatch):
     cfg = small_cfg(fake_cifar10, epochs=3)
     ref = fit(cfg, tmp_path / "ref", progress=False)
     out = tmp_path / "run"
-    fit(cfg, out, progress=False)
+    with monkeypatch.context() as m:  # as if killed after its last epoch: prev.pt still there
+        m.setattr(ckpt_io, "drop_backup", lambda folder: None)
+        fit(cfg, out, progress=False)
     run_dir = out / "runs" / ref["hash"]
     (run_dir / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(RuntimeWarning, match="falling back"):
@@ -1325,7 +1374,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(fake_cifar10, tmp_path):
     assert proc.returncode == 143, err
     assert "terminated (SIGTERM): run the same command again to resume" in err
     (row,) = Store(out).query()
-    assert row["status"] == "running"
+    assert row["status"] == "interrupted"
     assert row["reason"] == "interrupted after epoch 1 of 3; run the same command again to resume"
 
 

@@ -231,10 +231,11 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     """Write ``model`` to ``path`` as a sparse DCTpS checkpoint; return the path.
 
     Stored: every ``state_dict`` entry, with each DCTpS layer's ``indices`` as int32 (int64 only
-    for a layer with more than 2^31 weights), plus the DCTpS layers' configs and, when known, the
-    architecture spec ``arch`` (``{'name': ..., 'num_classes': ..., ...}``, the keyword arguments
-    of :func:`dctps.models.build`; taken from ``model.dctps_arch`` when not given) so that
-    :func:`load` can rebuild the model without its class. The write is atomic (temp file, rename).
+    for a layer with more than 2^31 weights) and the masks of a pruned model as ``bool``, plus
+    the DCTpS layers' configs and, when known, the architecture spec ``arch`` (``{'name': ...,
+    'num_classes': ..., ...}``, the keyword arguments of :func:`dctps.models.build`; taken from
+    ``model.dctps_arch`` when not given) so that :func:`load` can rebuild the model without its
+    class. The write is atomic (temp file, rename).
     """
     if not isinstance(model, nn.Module):
         raise DctpsError(f"save needs an nn.Module, got {type(model).__name__}")
@@ -263,7 +264,9 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     tensors = []
     chunks: list[bytes] = []
     offset = 0
-    for key, t in model.state_dict().items():
+    from dctps.pruning.common import compact_masks
+
+    for key, t in compact_masks(model.state_dict()).items():
         if any(key.startswith(p) for p in alias_prefixes):
             continue  # the same tensors as under the layer's first name
         if not isinstance(t, torch.Tensor):

@@ -102,6 +102,13 @@ def _resume_hint(command: str) -> Iterator[None]:
         raise typer.Exit(exit_code(e)) from None
 
 
+SLURM_HELP = (
+    "slurm: a submitit job parameter KEY=VALUE over the grid's `slurm:` (repeatable), e.g. "
+    "slurm_partition=gpu, cpus_per_task=8, mem_gb=32. Default: timeout_min=4320 and, unless "
+    "every run is --device cpu, gpus_per_node=1 (--dry-run prints them)."
+)
+
+
 @app.command("sweep")
 def sweep_cmd(
     config: str = typer.Argument(
@@ -120,6 +127,11 @@ def sweep_cmd(
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N] for every run."),
     sets: list[str] = typer.Option([], "--set", help="Override a field, e.g. optim.lr=0.01."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs."),
+    slurm: list[str] = typer.Option(
+        [],
+        "--slurm",
+        help=SLURM_HELP,
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Expand a YAML grid to runs; train those not done yet (crashed ones resume)."""
@@ -127,7 +139,8 @@ def sweep_cmd(
 
     with _resume_hint("sweep"):
         rep = sweep_command(config, out, db, workers, executor, retry_failed, dry_run, data_root,
-                            epochs, device, sets, wait, quiet, echo=typer.echo)  # fmt: skip
+                            epochs, device, sets, wait, quiet, echo=typer.echo,
+                            slurm=slurm)  # fmt: skip
     if rep is not None and rep.errors:
         raise typer.Exit(1)
 
@@ -157,6 +170,11 @@ def figure_cmd(
     plot_only: bool = typer.Option(False, "--plot-only", help="Draw from the store; run nothing."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs and exit."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the grid as YAML."),
+    slurm: list[str] = typer.Option(
+        [],
+        "--slurm",
+        help=SLURM_HELP,
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run (or resume) the sweep behind a paper figure, then draw it (PNG + PDF + JSON)."""
@@ -191,7 +209,7 @@ def figure_cmd(
             models=model or None, datasets=dataset or None, densities=densities,
             seeds=seeds, epochs=epochs, device=device, sets=sets, config=config,
             retry_failed=retry_failed, plot_only=plot_only,
-            dry_run=dry_run, progress=not quiet, echo=typer.echo,
+            dry_run=dry_run, progress=not quiet, echo=typer.echo, slurm=slurm,
         )  # fmt: skip
     if getattr(data, "errors", None):
         raise typer.Exit(1)  # some runs raised (listed above); the figure shows the rest

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -515,6 +515,19 @@ class Context:
         for w in weights:
             w.requires_grad_(True)
         return net, weights
+
+
+def compact_masks(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with each ``torch.nn.utils.prune`` mask (a ``<attr>_mask`` beside its
+    ``<attr>_orig``) of only 0s and 1s stored as ``bool``: a quarter of its float32 bytes (a
+    pruned ResNet18's masks are 45 MB as float, 11 MB as bool). ``load_state_dict`` copies a
+    ``bool`` mask back into the model's float buffer as 0.0 / 1.0, so loading is unchanged."""
+    out = dict(state_dict)
+    for key, t in state_dict.items():
+        if (key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state_dict
+                and t.is_floating_point() and bool(((t == 0) | (t == 1)).all())):  # fmt: skip
+            out[key] = t.to(torch.bool)
+    return out
 
 
 def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:

@@ -48,12 +48,12 @@ from dctps.results.sweep import (
     EXECUTORS,
     _merge,
     cli_overrides,
-    describe_plan,
+    dry_run_report,
     expand_grid,
     load_grid,
     parse_density,
-    plan,
     run_sweep,
+    slurm_overrides,
 )
 from dctps.results.variants import flat_value, flatten
 from dctps.train.config import ModelConfig, RunConfig
@@ -831,6 +831,7 @@ def run_figure(
     progress: bool = True,
     path: str | Path | None = None,
     echo: Callable[[str], Any] = print,
+    slurm: Sequence[str] = (),
 ) -> Any:
     """``dctps figure NAME``: run (or resume) the figure's sweep, then draw it from the store.
 
@@ -866,15 +867,23 @@ def run_figure(
     setup = figure_setup(name, configs, quick=quick)
     fig_path = Path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
     db_path = out_db_path(out, db)
+    params = slurm_overrides((grid or {}).get("slurm"), slurm)
     if dry_run:
-        echo(describe_plan(plan(configs, out, db_path, retry_failed)))
-        echo(f"it would draw {fig_path}: {setup.one_line()}")
+        dry_run_report(configs, out, db_path, retry_failed, executor, workers, params, echo,
+                       footer=f"it would draw {fig_path}: {setup.one_line()}")  # fmt: skip
         return None
     errors: list[dict[str, Any]] = []
     if not plot_only:
-        report = run_sweep(configs, out, db=db_path, executor=executor, workers=workers,
-                           retry_failed=retry_failed, progress=progress,
-                           slurm=(grid or {}).get("slurm") or {})  # fmt: skip
+        report = run_sweep(
+            configs,
+            out,
+            db=db_path,
+            executor=executor,
+            workers=workers,
+            retry_failed=retry_failed,
+            progress=progress,
+            slurm=params,
+        )
         echo(report.summary())
         errors = report.errors
     if not db_path.is_file():

@@ -46,7 +46,7 @@ RUN_COLUMNS: dict[str, str] = {
     "seed": "INTEGER",
     "rigl": "INTEGER",
     "config_json": "TEXT",
-    "status": "TEXT",  # running | done | failed
+    "status": "TEXT",  # running | interrupted | done | failed
     "reason": "TEXT",
     "val_acc": "REAL",
     "test_acc": "REAL",
@@ -82,7 +82,9 @@ METRIC_COLUMNS = (
     "prune_seconds",
     "wall_seconds",
 )
-STATUSES = ("running", "done", "failed")
+#: ``running``: started, not finished (or its process was killed: SIGKILL, a crash);
+#: ``interrupted``: stopped by Ctrl-C / SIGTERM, its reason says where; both resume on a rerun
+STATUSES = ("running", "interrupted", "done", "failed")
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS runs ("

@@ -283,9 +283,9 @@ def expand_grid(
 class PlannedRun:
     """One run of a sweep and what the sweep does with it.
 
-    ``action``: ``new`` (no row), ``resume`` (a ``running`` row with a checkpoint), ``restart``
-    (a ``running`` row without one), ``retry`` (``failed``, with ``retry_failed``), ``skip-done``,
-    ``skip-failed``.
+    ``action``: ``new`` (no row), ``resume`` (a ``running`` or ``interrupted`` row with a
+    checkpoint), ``restart`` (one without), ``retry`` (``failed``, with ``retry_failed``),
+    ``skip-done``, ``skip-failed``.
     """
 
     cfg: RunConfig
@@ -741,9 +741,7 @@ def run_sweep(
 
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):  # fmt: skip
-        raise DctpsError(f"workers must be a positive integer, got {workers!r}")
+    check_workers(workers)
     out_p = Path(out).resolve()
     db_p = out_db_path(out_p, db).resolve()
     planned = plan(configs, out_p, db_p, retry_failed)
@@ -751,18 +749,12 @@ def run_sweep(
     todo = [p for p in planned if p.runs]
     if not todo:
         return report
-    if executor != "slurm":  # a cluster's nodes may see data the submitting host does not
-        from dctps.data import check_root
-
-        # once, before any run: not the same error from every run of the grid
-        for name, root in sorted({(p.cfg.data.dataset, p.cfg.data.root) for p in todo}, key=str):
-            try:
-                check_root(name, root)
-            except DctpsError as e:
-                raise DctpsError(
-                    f"{e} (the sweep checks every data set before its first run: provide it, or "
-                    f"leave data set {name!r} out of the grid)"
-                ) from None
+    # once, before any run: not the same error from every run of the grid
+    problems = preflight([p.cfg for p in todo], executor, slurm)
+    if problems:
+        raise DctpsError("; ".join(problems))
+    if executor == "slurm":
+        slurm = slurm_parameters([p.cfg for p in todo], slurm or {})
     try:
         out_p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -792,6 +784,141 @@ def run_sweep(
         if bar is not None:
             bar.close()
     return report
+
+
+def check_workers(workers: int | None) -> None:
+    """``workers`` is ``None`` (the default) or a positive integer; else a DctpsError."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):  # fmt: skip
+        raise DctpsError(f"workers must be a positive integer, got {workers!r}")
+
+
+#: submitit parameters that ask SLURM for GPUs: given any, :func:`slurm_parameters` adds none
+GPU_PARAMETERS = ("gpus_per_node", "slurm_gres", "slurm_gpus_per_task", "slurm_num_gpus",
+                  "slurm_gpus_per_node", "slurm_mem_per_gpu", "slurm_cpus_per_gpu")  # fmt: skip
+#: submitit parameters of a SLURM job unless the grid's ``slurm:`` or ``--slurm`` set them
+SLURM_DEFAULTS = {"timeout_min": 3 * 24 * 60}
+
+
+def slurm_parameters(configs: Sequence[RunConfig], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The submitit parameters of the SLURM jobs of ``configs``: :data:`SLURM_DEFAULTS`, one GPU
+    per job (``gpus_per_node: 1``) unless every run is ``device: cpu`` or ``params`` asks for GPUs
+    itself (:data:`GPU_PARAMETERS`), then ``params``. Without the GPU a job's ``device: auto`` run
+    would train on the node's CPU for days, silently."""
+    base: dict[str, Any] = dict(SLURM_DEFAULTS)
+    if any(c.device != "cpu" for c in configs) and not any(k in params for k in GPU_PARAMETERS):
+        base["gpus_per_node"] = 1
+    return {**base, **params}
+
+
+def submitit_parameter_problems(params: Mapping[str, Any]) -> list[str]:
+    """The keys of ``params`` that submitit's SLURM executor would refuse (checked without a
+    cluster, so that a typo fails a dry run on a laptop, not the submission on the cluster)."""
+    try:
+        import submitit
+        from submitit.slurm.slurm import SlurmExecutor
+
+        valid = set(submitit.AutoExecutor._valid_parameters())
+        valid |= {"slurm_" + k for k in SlurmExecutor._valid_parameters()}
+    except Exception:  # pragma: no cover - submitit's private API moved: it checks at submission
+        return []
+    return [str(unknown_name("SLURM (submitit) parameter", k, valid)) for k in params
+            if k not in valid]  # fmt: skip
+
+
+def preflight(
+    configs: Sequence[RunConfig], executor: str = "local", slurm: Mapping[str, Any] | None = None
+) -> list[str]:
+    """What would make runs of ``configs`` fail before they train, found once for the grid
+    instead of the same error from each run: :func:`grid_problems`, and for the executors that
+    run on this host (``local``, ``submitit-local``) :func:`host_problems`. One message per
+    problem (empty: none found)."""
+    problems = grid_problems(configs, executor, slurm)
+    return problems + (host_problems(configs) if executor != "slurm" else [])
+
+
+def grid_problems(
+    configs: Sequence[RunConfig], executor: str = "local", slurm: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Problems of ``configs`` on any host (milliseconds: models are built on the meta device):
+    a model that cannot take its data set; with ``slurm``, a misspelt submitit parameter."""
+    import torch
+
+    from dctps.data import get_info
+    from dctps.train.setup import build_model
+
+    problems: list[str] = []
+    pairs: dict[tuple[str, str], list[RunConfig]] = {}
+    for c in configs:
+        pairs.setdefault((c.model.name, c.data.dataset), []).append(c)
+    for (model, dataset), cs in sorted(pairs.items()):
+        try:
+            with torch.device("meta"):
+                build_model(cs[0], get_info(dataset))
+        except DctpsError as e:
+            problems.append(f"{e} ({len(cs)} run{'s' * (len(cs) > 1)} of model {model!r} on "
+                            f"{dataset!r})")  # fmt: skip
+    if executor == "slurm":
+        problems += submitit_parameter_problems(slurm or {})
+    return problems
+
+
+def host_problems(configs: Sequence[RunConfig]) -> list[str]:
+    """Problems of ``configs`` on this host: a missing data set, a ``cuda`` device without CUDA
+    (a cluster's nodes may have the data and GPUs that the submitting host lacks)."""
+    import torch
+
+    from dctps.data import check_root
+
+    problems = []
+    for name, root in sorted({(c.data.dataset, c.data.root) for c in configs}, key=str):
+        try:
+            check_root(name, root)
+        except DctpsError as e:
+            problems.append(f"{e} (the sweep checks every data set before its first run: "
+                            f"provide it, or leave data set {name!r} out of the grid)")  # fmt: skip
+    cuda = sorted({c.device for c in configs if c.device.startswith("cuda")})
+    if cuda and not torch.cuda.is_available():
+        problems.append(f"device {', '.join(map(repr, cuda))} requested but CUDA is not "
+                        "available on this host (give --device cpu or auto)")  # fmt: skip
+    return problems
+
+
+def slurm_overrides(grid: Mapping[str, Any] | None, items: Iterable[str] = ()) -> dict[str, Any]:
+    """The grid's ``slurm:`` mapping with ``--slurm KEY=VALUE`` items (YAML values) over it."""
+    out = dict(grid or {})
+    for item in items:
+        key, value = parse_assignment(item, "--slurm", "a submitit parameter KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def dry_run_report(
+    configs: Sequence[RunConfig], out: str | os.PathLike, db: str | os.PathLike | None,
+    retry_failed: bool, executor: str, workers: int | None, slurm: Mapping[str, Any],
+    echo: Callable[[str], Any] = print, footer: str = "",
+) -> None:  # fmt: skip
+    """A sweep's ``--dry-run``: print the plan (:func:`describe_plan`), for ``slurm`` the jobs'
+    submitit parameters, ``footer``, and what would stop the sweep on this host
+    (:func:`host_problems`, as notes: the run may be meant for another host); then raise what
+    :func:`run_sweep` would refuse on any host (:func:`grid_problems`, a bad ``workers``) rather
+    than report a plan that cannot run."""
+    planned = plan(configs, out, db, retry_failed)
+    echo(describe_plan(planned))
+    todo = [p.cfg for p in planned if p.runs]
+    if executor == "slurm" and todo:
+        params = slurm_parameters(todo, slurm)
+        echo("SLURM jobs (submitit parameters): "
+             + ", ".join(f"{k}={v!r}" for k, v in params.items()))  # fmt: skip
+    if footer:
+        echo(footer)
+    if todo and executor != "slurm":
+        for problem in host_problems(todo):
+            echo(f"note: on this host the sweep would stop before its first run: {problem}")
+    check_workers(workers)
+    problems = grid_problems(todo, executor, slurm) if todo else []
+    if problems:
+        raise DctpsError("the sweep would stop before its first run: " + "; ".join(problems))
 
 
 def describe_plan(planned: Sequence[PlannedRun]) -> str:
@@ -843,18 +970,20 @@ def sweep_command(
     wait: bool = True,
     quiet: bool = False,
     echo: Callable[[str], Any] = print,
+    slurm: Sequence[str] = (),
 ) -> SweepReport | None:
     """``dctps sweep``: expand ``config``, then print the plan (dry run) or run it."""
     if executor not in EXECUTORS:  # also on a dry run, which would otherwise accept a typo
         raise unknown_name("executor", executor, EXECUTORS)
     grid = load_grid(config)
     configs = expand_grid(grid, str(config), cli_overrides(data_root, epochs, device, sets))
+    params = slurm_overrides(grid.get("slurm"), slurm)
     if dry_run:
-        echo(describe_plan(plan(configs, out, db, retry_failed)))
+        dry_run_report(configs, out, db, retry_failed, executor, workers, params, echo)
         return None
     report = run_sweep(
         configs, out, db=db, executor=executor, workers=workers, retry_failed=retry_failed,
-        progress=not quiet, slurm=grid.get("slurm") or {}, wait=wait,
+        progress=not quiet, slurm=params, wait=wait,
     )  # fmt: skip
     echo(report.summary())
     return report

@@ -12,7 +12,8 @@ Layout of ``out_dir``::
 
     out_dir/results.db                 the results store (unless another one is given)
     out_dir/runs/<hash>/config.yaml    the resolved config
-    out_dir/runs/<hash>/last.pt        checkpoint after the newest epoch (prev.pt: the one before)
+    out_dir/runs/<hash>/last.pt        checkpoint after the newest epoch (prev.pt: the one before,
+                                       removed once the run is done)
     out_dir/runs/<hash>/best.pt        the best-validation model of a finished run
 
 A run is identified by :meth:`RunConfig.config_hash`. Running a finished config again returns its
@@ -213,7 +214,12 @@ def evaluate(
 
 # ----------------------------------------------------------------------------- helpers
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A CPU copy of ``model``'s state, pruning masks as ``bool`` (``compact_masks``)."""
+    from dctps.pruning.common import compact_masks
+
+    return compact_masks(
+        {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    )
 
 
 def _rng_state(loader: Any) -> dict[str, Any]:
@@ -524,59 +530,66 @@ def _fit(
                 }
             del prune_batches
             model.to(dev)
-        counts = count(model)
-        if store is not None:
-            store.start(h, cfg.to_dict())
-            store.update(
-                h,
-                weights=counts.weights,
-                nonzeros=counts.nonzeros,
-                alphas=counts.alphas,
-                trainable=counts.trainable,
-                prune_seconds=prune_s,
-            )
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
-
-        su.maybe_batch_rebuild(model, cfg, dev)
-
-        # ---- optimisation state
-        optimizer = su.make_optimizer(model, o, lr_factors(cfg.model.name))
-        scheduler = su.make_scheduler(optimizer, o)
-        steps_per_epoch = len(train_loader)
-        rigl = su.make_rigl(model, optimizer, cfg, steps_per_epoch * o.epochs)
-        history: list[dict[str, Any]] = []
-        best: dict[str, Any] = {"state": None, "epoch": None, "val_acc": None, "val_loss": None}
-        start_epoch, elapsed = 0, 0.0
-        if ck is not None:
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            if rigl is not None and ck.get("rigl") is not None and hasattr(rigl, "load_state_dict"):
-                rigl.load_state_dict(ck["rigl"])
-            _set_rng_state(ck["rng"], train_loader)
-            history = list(ck["history"])
-            best = dict(ck["best"])
-            start_epoch = int(ck["epoch"])
-            elapsed = float(ck.get("elapsed", 0.0))
-            if store is not None and ctx.is_main:
-                # The checkpoint is the truth: re-log its epochs, so a store that lost writes
-                # (killed mid-transaction, restored from backup) is whole again after a resume.
-                for rec in history:
-                    store.log_epoch(
-                        h, rec["epoch"], **{k: v for k, v in rec.items() if k != "epoch"}
-                    )
-        net = ctx.wrap(model)
-
-        # ---- epochs
-        t_session = time.perf_counter()
-        bar = _bar(
-            steps_per_epoch * o.epochs,
-            steps_per_epoch * start_epoch,
-            progress and ctx.is_main,
-            cfg.summary(),
-        )
-        saved = start_epoch  # the last epoch with a checkpoint: where a rerun resumes
+        # where a rerun resumes: the last epoch with a checkpoint (an interrupt from here on
+        # leaves the row `interrupted`, saying so)
+        saved = int(ck["epoch"]) if ck is not None else 0
+        bar = None
         try:
+            counts = count(model)
+            if store is not None:
+                store.start(h, cfg.to_dict())
+                store.update(
+                    h,
+                    weights=counts.weights,
+                    nonzeros=counts.nonzeros,
+                    alphas=counts.alphas,
+                    trainable=counts.trainable,
+                    prune_seconds=prune_s,
+                )
+                run_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, run_dir / "config.yaml")
+
+            su.maybe_batch_rebuild(model, cfg, dev)
+
+            # ---- optimisation state
+            optimizer = su.make_optimizer(model, o, lr_factors(cfg.model.name))
+            scheduler = su.make_scheduler(optimizer, o)
+            steps_per_epoch = len(train_loader)
+            rigl = su.make_rigl(model, optimizer, cfg, steps_per_epoch * o.epochs)
+            history: list[dict[str, Any]] = []
+            best: dict[str, Any] = {"state": None, "epoch": None, "val_acc": None, "val_loss": None}
+            start_epoch, elapsed = 0, 0.0
+            if ck is not None:
+                optimizer.load_state_dict(ck["optimizer"])
+                scheduler.load_state_dict(ck["scheduler"])
+                if (
+                    rigl is not None
+                    and ck.get("rigl") is not None
+                    and hasattr(rigl, "load_state_dict")
+                ):
+                    rigl.load_state_dict(ck["rigl"])
+                _set_rng_state(ck["rng"], train_loader)
+                history = list(ck["history"])
+                best = dict(ck["best"])
+                start_epoch = int(ck["epoch"])
+                elapsed = float(ck.get("elapsed", 0.0))
+                if store is not None and ctx.is_main:
+                    # The checkpoint is the truth: re-log its epochs, so a store that lost writes
+                    # (killed mid-transaction, restored from backup) is whole again after a resume.
+                    for rec in history:
+                        store.log_epoch(
+                            h, rec["epoch"], **{k: v for k, v in rec.items() if k != "epoch"}
+                        )
+            net = ctx.wrap(model)
+
+            # ---- epochs
+            t_session = time.perf_counter()
+            bar = _bar(
+                steps_per_epoch * o.epochs,
+                steps_per_epoch * start_epoch,
+                progress and ctx.is_main,
+                cfg.summary(),
+            )
             for epoch in range(start_epoch + 1, o.epochs + 1):
                 lr = float(optimizer.param_groups[0]["lr"])
                 if bar is not None:
@@ -723,6 +736,7 @@ def _fit(
                     wall_seconds=wall,
                     reason=note,
                 )
+                ckpt_io.drop_backup(run_dir)
         except KeyboardInterrupt:
             # every epoch is checkpointed: a rerun only tests and records
             _say_interrupted(
@@ -764,15 +778,16 @@ def constant_output(model: nn.Module, loader: Any) -> bool:
 
 
 def _say_interrupted(store: Any, h: str, reason: str) -> None:
-    """Record on an interrupted run's row why it stopped and how to go on; the row stays
-    ``running`` (the same command resumes it). Only a ``running`` row: a run interrupted after
-    ``store.finish`` is done, and its row is left alone. Never raises (the interrupt goes on)."""
+    """Mark an interrupted run's row ``interrupted``, with why it stopped and how to go on in its
+    reason (the same command resumes it, as it does a ``running`` row). Only a ``running`` row:
+    a run interrupted after ``store.finish`` is done, and its row is left alone. Never raises
+    (the interrupt goes on)."""
     if store is None:
         return
     with contextlib.suppress(Exception):
         row = store.get(h)
         if row is not None and row.get("status") == "running":
-            store.update(h, reason=reason)
+            store.update(h, status="interrupted", reason=reason)
 
 
 def _fmt_acc(v: float | None) -> str:
