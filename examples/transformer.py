@@ -49,7 +49,8 @@ def main() -> float:
     test_x, test_y = make_data(1000, gen)
 
     model = PointerNet()
-    dctps.sparsify(model, density=0.1)
+    # the token embedding is a lookup table, not a matrix product: it stays dense (and counted)
+    dctps.sparsify(model, density=0.1, exclude=["tok"])
     c = dctps.count(model)
     print(f"{c.nonzeros:,} of {c.weights:,} weights trainable ({c.density:.0%}), {c.alphas} alphas")
 

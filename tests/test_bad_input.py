@@ -466,6 +466,9 @@ CASES = [
     C("sweep-slurm-not-a-mapping", r"slurm must be a mapping", "sweep", "{y}/slurm_bad.yaml"),
     C("sweep-config-missing", r"cannot read sweep config .*nope\.yaml", "sweep",
       "{y}/nope.yaml"),
+    C("sweep-config-of-a-figure-missing", r"cannot read sweep config .*A\.1\.yaml: no such file "
+      r"\(.*`dctps figure A\.1 --print-config > A\.1\.yaml` writes this grid\)", "sweep",
+      "{tmp}/configs/A.1.yaml"),
     C("sweep-out-under-a-file", r"file\.txt is a file, not a folder", "sweep",
       "{y}/good_grid.yaml", "--out", "{file}/x", "-q"),
     C("sweep-db-under-a-file", r"file\.txt is a file, not a folder", "sweep",

@@ -393,7 +393,12 @@ def test_overriding_what_the_title_names_beyond_model_and_data_set():
         "A.4", F.figure_configs("A.4", {"optim": {"optimizer": "adam", "lr": 0.001}})
     )
     assert adam.title().startswith("Figure A.4: Adam, ResNet50 and VGG19\n")
-    assert "optim.optimizer sgd → adam" in adam.title() and adam.stem() == "A.4-optimizer=adam"
+    assert (
+        "optim.optimizer sgd → adam" in adam.title()
+        and "optim.lr 0.03, 0.1 → 0.001" in adam.title()
+    )
+    assert "momentum" not in adam.title()  # follows from Adam: not a change of its own
+    assert adam.stem() == "A.4-optimizer=adam-lr=0.001"
     lenet = F.figure_setup("A.4", F.figure_configs("A.4", {"optim": {"recipe": "lenet"}}))
     assert "optim.recipe sgd → lenet" in lenet.title() and "SGD" not in lenet.title()
     a1 = F.figure_setup(
@@ -430,6 +435,31 @@ def test_dry_run_and_print_config_name_what_runs(tmp_path):
     r = runner.invoke(app, ["figure", "A.2", "--dataset", "cifar100", "--dry-run",
                             "--out", str(tmp_path)])  # fmt: skip
     assert f"{tmp_path / 'figures' / 'A.2-resnet50+vgg19-cifar100.png'}:" in r.output
+
+
+def test_a_figure_whose_runs_a_flag_changed_is_titled_and_filed_as_such(tmp_path):
+    """`--set optim.lr=0.01`, `--epochs 5` or `--set data.subset=500` trained other runs, yet
+    the figure was titled as the paper's and written over the paper's file."""
+    name = "density-lenet5-cifar10"
+
+    def drawn(*flags):
+        r = runner.invoke(app, ["figure", name, "--quick", "--dry-run", "--out", str(tmp_path),
+                                *flags])  # fmt: skip
+        (line,) = [ln for ln in r.output.splitlines() if ln.startswith("it would draw")]
+        return line.removeprefix(f"it would draw {tmp_path / 'figures'}/")
+
+    paper = "density-lenet5-cifar10-quick.png: Accuracy vs density: LeNet-5, CIFAR-10"
+    assert drawn() == paper
+    assert drawn("--device", "cpu") == paper  # not part of a run's identity: the same runs
+    assert drawn("--set", "optim.lr=0.01") == (
+        "density-lenet5-cifar10-quick-lr=0.01.png: Accuracy vs density: LeNet-5, CIFAR-10 — "
+        "not the paper's setting: optim.lr 0.001 → 0.01")  # fmt: skip
+    # the quick figure's own sizes are the reference; milestones that follow epochs go unsaid
+    assert drawn("--epochs", "5", "--set", "data.subset=500") == (
+        "density-lenet5-cifar10-quick-subset=500-epochs=5.png: Accuracy vs density: LeNet-5, "
+        "CIFAR-10 — not the paper's setting: data.subset 2000 → 500; optim.epochs 2 → 5"
+    )
+    assert drawn("--set", "optim.lr=0.001") == paper  # the figure's own value: no change
 
 
 def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(tmp_path):

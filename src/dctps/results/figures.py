@@ -24,10 +24,12 @@ published FORCE (``force``) is drawn as an extra curve where the grid has it.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -588,6 +590,15 @@ def _field(cfg: RunConfig, dotted: str) -> Any:
     return value
 
 
+#: ``(setting, what follows from it)``: a changed recipe brings its own optimizer settings, Adam
+#: has no momentum, milestones are fractions of the epochs; the title names the cause only
+_EXPLAINS = (
+    ("optim.recipe", "optim."),
+    ("optim.optimizer", "optim.momentum"),
+    ("optim.epochs", "optim.milestones"),
+)
+
+
 @dataclass
 class Setup:
     """What a figure shows: the (model, data set) ``pairs`` drawn and the runs behind them
@@ -654,10 +665,48 @@ class Setup:
 
     def _changed(self) -> list[tuple[str, list[Any], list[Any], bool]]:
         """``(setting, the paper's values, the runs' values, is a grid list)`` of every fixed
-        setting (:meth:`_fixed`) and grid list (:meth:`_grid_lists`) that the runs change."""
+        setting (:meth:`_fixed`), grid list (:meth:`_grid_lists`) and other run setting
+        (:meth:`_overridden`) that the runs change."""
         fixed = [(k, [want], got, False) for k, want, got in self._fixed() if got != [want]]
         lists = [(k, want, got, True) for k, want, got in self._grid_lists() if got != want]
-        return fixed + lists
+        return fixed + lists + [(k, want, got, False) for k, want, got in self._overridden]
+
+    @cached_property
+    def _overridden(self) -> list[tuple[str, list[Any], list[Any]]]:
+        """``(setting, the figure's values, the runs' values)`` of each setting of the runs'
+        identity (:meth:`RunConfig.identity`) whose values differ from those of the runs that
+        the figure itself trains for the same models, data sets, densities and seeds: what
+        ``--set``, ``--epochs`` or a ``--config`` grid changed (``--set optim.lr=0.01`` made a
+        figure titled and filed as the paper's). Settings that :meth:`_fixed` and the grid lists
+        cover are left to them, and settings that follow another changed one (:data:`_EXPLAINS`)."""
+        if not self.configs or get(self.name).grid is None:
+            return []
+        ms, ds, _ = _split(self.pairs)
+        lists = {k: got for k, want, got in self._grid_lists() if got != want}
+        try:
+            ref = figure_configs(
+                self.name, quick=self.quick, models=ms, datasets=ds,
+                densities=[float(d) for d in lists["density"]] if "density" in lists else None,
+                seeds=lists.get("seeds"),
+            )  # fmt: skip
+        except DctpsError:  # e.g. a --config grid's model the built-in grid cannot take
+            return []
+        skip = {"model.name", "data.dataset", "sparsity.density", "seed"}
+        skip |= {k for k, _, _ in self._fixed()}
+
+        def values(cs: Sequence[RunConfig]) -> dict[str, list[str]]:
+            flats = [flatten(c.identity()) for c in cs]
+            keys = set().union(*flats)
+            return {k: sorted({json.dumps(f.get(k), sort_keys=True) for f in flats}) for k in keys}
+
+        got, want = values(self.configs), values(ref)
+        out = [(k, [json.loads(v) for v in want.get(k, [])],
+                [json.loads(v) for v in got.get(k, [])])
+               for k in sorted(set(got) | set(want))
+               if k not in skip and got.get(k) != want.get(k)]  # fmt: skip
+        changed = {k for k, _, _ in out} | {k for k, want, got in self._fixed() if got != [want]}
+        return [o for o in out if not any(c in changed and o[0] != c and o[0].startswith(prefix)
+                                          for c, prefix in _EXPLAINS)]  # fmt: skip
 
     @property
     def is_paper(self) -> bool:

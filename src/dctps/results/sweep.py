@@ -141,6 +141,13 @@ def _method_entry(entry: Any, where: str) -> tuple[dict[str, Any], list[float] |
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     """Read a grid YAML file (checked by :func:`expand_grid`); unknown top-level keys raise."""
     p = Path(path)
+    if not p.exists():  # the repository's configs/ are not in the package: say how to get one
+        from dctps.results.figures import names as figure_names
+
+        hint = (f" (the repository's {p.parent.name}/ is not installed with the package: `dctps "
+                f"figure {p.stem} --print-config > {p.name}` writes this grid)"
+                if p.stem in figure_names() else "")  # fmt: skip
+        raise DctpsError(f"cannot read sweep config {p}: no such file{hint}")
     grid = read_yaml(p, "sweep config")
     _check_grid(grid, str(p))
     return grid
