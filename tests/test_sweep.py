@@ -629,3 +629,24 @@ def test_dry_run_prints_the_plan_then_refuses_what_the_sweep_would(tmp_path):
     r = dry("--workers", "0")
     assert r.returncode == 2 and "workers must be a positive integer, got 0" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_another_process_trains_is_busy_not_an_error(fake_cifar10, tmp_path):
+    """Two sweeps of one grid on one --out (or a sweep beside `dctps train`): the second met the
+    first's run lock and reported an error with a traceback, exiting 1. It is `busy` now: left
+    to the process that holds it, the sweep going on with its other runs."""
+    import fcntl
+
+    cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense"], seeds=[0, 1]))
+    held = tmp_path / "runs" / cfgs[0].config_hash()
+    held.mkdir(parents=True)
+    with open(held / ".lock", "a+") as f:  # as the other process's fit holds it
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rep = run_sweep(cfgs, tmp_path, progress=False)
+    assert rep.counts() == {"busy": 1, "done": 1} and rep.errors == []
+    summary = rep.summary()
+    assert "1 run busy: being trained by another process on the same --out" in summary
+    assert f"busy   {cfgs[0].config_hash()} " in summary and "traceback" not in summary
+    assert not (tmp_path / "errors").exists()
+    # once the other process is gone, the next sweep trains it
+    assert run_sweep(cfgs, tmp_path, progress=False).counts() == {"done": 1, "skip-done": 1}

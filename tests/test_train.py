@@ -763,7 +763,7 @@ def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monke
     assert any(k.endswith("weight_mask") for k in best(tmp_path / "run"))
     # the masks are stored as bool (a quarter of float32's bytes) in best.pt and last.pt, and
     # come back as the float 0/1 buffers torch.nn.utils.prune uses
-    last = torch.load(tmp_path / "run" / "runs" / ref["hash"] / "last.pt", weights_only=True)
+    last = ckpt_io.load_checkpoint(tmp_path / "run" / "runs" / ref["hash"], ref["hash"])
     for state in (best(tmp_path / "run"), last["model"], last["best"]["state"]):
         masks = {k: v for k, v in state.items() if k.endswith("_mask")}
         assert masks and {v.dtype for v in masks.values()} == {torch.bool}
@@ -866,6 +866,53 @@ def test_checkpoint_of_other_config_is_rejected(fake_cifar10, tmp_path):
     (tmp_path / "runs" / h / "last.pt").write_bytes(src.read_bytes())
     with pytest.raises(DctpsError, match=f"runs/{h}/last.pt.*belongs to config {a['hash']}"):
         fit(other, tmp_path, progress=False)
+
+
+def test_pack_sparse_round_trips_and_only_packs_mostly_zero_tensors():
+    """last.pt's optimizer state and best-model copy are stored as indices + values where at
+    most a quarter of a tensor is non-zero: equal values back (NaN included), other entries as
+    they were."""
+    g = torch.Generator().manual_seed(0)
+    sparse = torch.zeros(64, 128)
+    sparse.view(-1)[torch.randperm(8192, generator=g)[:80]] = torch.randn(80, generator=g)
+    sparse[0, 0], sparse[0, 1] = float("nan"), -0.0
+    dense = torch.randn(64, 128, generator=g)
+    mask = sparse != 0
+    obj = {"state": {0: {"exp_avg": sparse, "step": torch.tensor(3.0)}, 1: {"m": dense}},
+           "groups": [{"lr": 0.1, "params": [0, 1]}], "masks": (mask, torch.zeros(10)),
+           "small": torch.zeros(100), "ints": torch.zeros(5000, dtype=torch.int64)}  # fmt: skip
+    packed = ckpt_io.pack_sparse(obj)
+    p = packed["state"][0]["exp_avg"]
+    assert p[ckpt_io.PACKED] == 1 and p["index"].dtype == torch.int32 and len(p["index"]) == 81
+    assert packed["state"][1]["m"] is dense and packed["small"] is obj["small"]  # left as is
+    assert packed["masks"][0][ckpt_io.PACKED] == 1 and packed["masks"][0]["values"].all()
+    assert packed["ints"]["values"].numel() == 0  # all zero: nothing stored but the shape
+    back = ckpt_io.unpack_sparse(packed)
+    assert back["groups"] == obj["groups"] and isinstance(back["masks"], tuple)
+    got = back["state"][0]["exp_avg"]
+    assert got.shape == sparse.shape and torch.equal(got.nan_to_num(7.0), sparse.nan_to_num(7.0))
+    assert torch.equal(back["masks"][0], mask) and back["masks"][0].dtype == torch.bool
+    assert torch.equal(back["ints"], obj["ints"]) and back["ints"].dtype == torch.int64
+
+
+def test_a_pruned_runs_last_checkpoint_is_small_and_reads_back_whole(fake_cifar10, tmp_path):
+    """A pruned LeNet-5's last.pt held its optimizer state and best model dense (and its masks
+    as float); packed, it is a fraction of the dense run's, and reads back as plain tensors
+    (resuming from it exactly: test_random_pruning_run_and_interrupted_resume)."""
+    cfg = small_cfg(fake_cifar10, method="random", density=0.02, epochs=2)
+    dense = small_cfg(fake_cifar10, method="dense", epochs=2)
+    r, d = fit(cfg, tmp_path, progress=False), fit(dense, tmp_path, progress=False)
+    size = {k: (tmp_path / "runs" / x["hash"] / "last.pt").stat().st_size for k, x in
+            (("pruned", r), ("dense", d))}  # fmt: skip
+    # the pruned model's own state (weight_orig, bool masks) stays a plain state dict
+    assert size["pruned"] < 0.6 * size["dense"], size
+    raw = torch.load(tmp_path / "runs" / r["hash"] / "last.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in raw["model"].values())
+    assert ckpt_io.PACKED in str(raw["optimizer"]) and ckpt_io.PACKED in str(raw["best"])
+    ck = ckpt_io.load_checkpoint(tmp_path / "runs" / r["hash"], r["hash"])
+    assert all(isinstance(v, torch.Tensor) for v in ck["best"]["state"].values())
+    assert all(isinstance(v, torch.Tensor) for s in ck["optimizer"]["state"].values()
+               for v in s.values())  # fmt: skip
 
 
 def test_atomic_save_leaves_no_temp_files(tmp_path):

@@ -20,6 +20,11 @@ class DctpsError(ValueError):
     """A bad input or an unusable file; the message names the bad value and what is valid."""
 
 
+class RunBusy(DctpsError):
+    """The run is being trained by another process (its run folder's lock is held): a sweep
+    leaves it to that process and goes on with its other runs."""
+
+
 class PruningFailed(DctpsError):
     """A pruning method could not reach the requested density (all-zero or NaN saliency, ...).
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dctps.errors import DctpsError, cannot_write, parse_density, unknown_name
+from dctps.errors import DctpsError, RunBusy, cannot_write, parse_density, unknown_name
 from dctps.train.config import RunConfig, SparsityConfig, parse_assignment, read_yaml
 
 __all__ = [
@@ -432,6 +432,8 @@ def run_one(
         if _pool_parent is not None and os.getppid() != _pool_parent:
             os._exit(130)  # the sweep is gone: the run has recorded where it stopped
         raise
+    except RunBusy as e:  # another sweep (or `dctps train`) on the same --out trains it
+        return {"hash": h, "status": "busy", "reason": str(e)}
     except Exception as e:  # one run's error must not stop the sweep
         tb = traceback.format_exc()
         res = {"hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}",
@@ -458,7 +460,8 @@ class SweepReport:
     submitted: dict[str, str] = field(default_factory=dict)  # hash -> job id (slurm, no wait)
 
     def outcome(self, h: str) -> str:
-        """``done`` / ``failed`` / ``error`` / ``submitted`` / ``skip-done`` / ``skip-failed``."""
+        """``done`` / ``failed`` / ``error`` / ``busy`` (another process trains it) /
+        ``submitted`` / ``skip-done`` / ``skip-failed``."""
         if h in self.results:
             return str(self.results[h]["status"])
         if h in self.submitted:
@@ -489,6 +492,12 @@ class SweepReport:
                 lines.append(f"  {r['status']:<6} {h} {by[h].cfg.summary()}: {r.get('reason')}")
                 if r.get("traceback_file"):
                     lines.append(f"         traceback: {r['traceback_file']}")
+        busy = [h for h, r in self.results.items() if r["status"] == "busy"]
+        if busy:
+            lines.append(f"  {len(busy)} run{'s' * (len(busy) > 1)} busy: being trained by another "
+                         "process on the same --out, which records them (run the sweep again "
+                         "after it to see them done)")  # fmt: skip
+            lines += [f"  busy   {h} {by[h].cfg.summary()}" for h in busy]
         for h, job in self.submitted.items():
             lines.append(f"  submitted {h} {by[h].cfg.summary()}: job {job}")
         return "\n".join(lines)

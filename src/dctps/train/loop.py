@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dctps.errors import DctpsError, PruningFailed, cannot_write
+from dctps.errors import DctpsError, PruningFailed, RunBusy, cannot_write
 from dctps.models import lr_factors
 from dctps.train import checkpoint as ckpt_io
 from dctps.train import setup as su
@@ -267,7 +267,7 @@ def _run_lock(folder: Path) -> Iterator[None]:
             break
         except OSError:
             f.close()
-            raise DctpsError(
+            raise RunBusy(
                 f"run {folder.name} is already being trained by another process (lock {path})"
             ) from None
         try:
@@ -637,9 +637,12 @@ def _fit(
                 better = val_acc is not None and (
                     best["val_acc"] is None or val_acc > best["val_acc"]
                 )
+                # one copy per epoch: the best model and the checkpoint's model share it when
+                # this epoch is the best (torch.save then writes its tensors once)
+                state = _cpu_state(model)
                 if better or val_acc is None:  # without validation the last epoch is "best"
                     best = {
-                        "state": _cpu_state(model),
+                        "state": state,
                         "epoch": epoch,
                         "val_acc": val_acc,
                         "val_loss": val_loss,
@@ -658,7 +661,7 @@ def _fit(
                             "config_hash": h,
                             "config": cfg.to_dict(),
                             "epoch": epoch,
-                            "model": _cpu_state(model),
+                            "model": state,
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(),
                             "rng": _rng_state(train_loader),
