@@ -191,6 +191,13 @@ class OptimConfig:
         "code's behaviour); by default alphas, biases, BN and Fixup scalars are not decayed "
         "(S's values are).",
     )
+    fused: bool = _f(
+        False,
+        "Use torch's fused optimizer (one kernel over all parameters: an Adam step on a pruned "
+        "ResNet18 takes 6 ms instead of 38 on a CPU). Its rounding differs, so a fused run is "
+        "another run (its own hash).",
+        omit_default=True,
+    )
 
 
 @dataclass(frozen=True)

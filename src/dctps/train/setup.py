@@ -221,11 +221,24 @@ def make_optimizer(
         raise DctpsError("the model has no trainable parameters")
     for g in groups:
         g["lr"] = o.lr * g["lr_factor"]
-    if o.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=o.lr)
-    if o.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum or 0.0)
+    kw: dict[str, Any] = {"fused": True} if o.fused else {}
+    try:
+        if o.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=o.lr, **kw)
+        if o.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum or 0.0, **kw)
+    except RuntimeError as e:  # a torch without a fused kernel for this device or dtype
+        if not o.fused:
+            raise
+        where = f"torch {torch.__version__}, device {_params_device(groups)}"
+        raise DctpsError(
+            f"fused {o.optimizer} is not available here ({where}): {e}; leave out --fused"
+        ) from None
     raise DctpsError(f"unknown optimizer {o.optimizer!r}; valid: adam, sgd")
+
+
+def _params_device(groups: list[dict[str, Any]]) -> str:
+    return next((str(p.device) for g in groups for p in g["params"]), "?")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, o: OptimConfig) -> Any:
