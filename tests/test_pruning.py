@@ -270,6 +270,8 @@ def _check_pruned(model: nn.Module, k: int) -> None:
         assert isinstance(m.weight_orig, nn.Parameter)
         off = m.weight_mask == 0
         assert torch.all(m.weight_orig.detach()[off] == 0)
+        # +0.0 (no sign bit): a checkpoint packs these zeros away (checkpoint.pack_sparse)
+        assert not torch.signbit(m.weight_orig.detach()[off]).any()
         assert torch.all(m.weight.detach()[off] == 0)
     assert count(model).nonzeros == k
     assert sum(int(m.weight_mask.sum()) for m in _masked(model)) == k

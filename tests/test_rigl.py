@@ -136,10 +136,12 @@ def test_masked_update_matches_independent_drop_grow_and_resets_adam_state():
         assert grown.any()
         w = m.weight_orig.detach()
         assert torch.all(w[grown] == 0) and torch.all(w[~new] == 0)
+        assert not torch.signbit(w[~stay]).any()  # +0.0: packed away in a checkpoint
         assert torch.equal(w[stay], w0[stay])
         for key in ("exp_avg", "exp_avg_sq"):
             s = opt.state[m.weight_orig][key]
             assert torch.all(s[grown] == 0) and torch.all(s[~new] == 0)
+            assert not torch.signbit(s[~stay]).any()
             assert torch.equal(s[stay], st[key][stay])
 
 

@@ -203,6 +203,27 @@ def test_yaml_roundtrip_and_cli_schema(tmp_path):
     assert cli.model.name == "lenet5" and cli.seed == 4  # kept from the YAML
 
 
+def test_dctps_exclude_has_one_form_per_setting():
+    """`exclude=fc` and `exclude=[fc]`, an empty list and none, or the same names in another
+    order, trained identical models under different hashes (a reproducibility review)."""
+
+    def cfg(**options):
+        return RunConfig(model=ModelConfig("lenet5"),
+                         sparsity=SparsityConfig("dctps", 0.05, options=options))  # fmt: skip
+
+    def h(**options):
+        return cfg(**options).config_hash()
+
+    assert h(exclude="classifier.2") == h(exclude=["classifier.2"])
+    assert h(exclude=[]) == h()
+    assert h(exclude=["classifier.2", "classifier.0"]) == h(exclude=["classifier.0", "classifier.2",
+                                                                      "classifier.0"])  # fmt: skip
+    assert h(exclude=["classifier.2"]) != h()  # a real exclusion is another run
+    assert cfg(exclude="b").resolve().sparsity.options == {"exclude": ["b"]}
+    with pytest.raises(DctpsError, match=r"option exclude of method dctps takes layer names .*3"):
+        cfg(exclude=3).resolve()
+
+
 def test_config_hash():
     base = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.01))
     h = base.config_hash()
@@ -551,6 +572,31 @@ def _interrupted_fit(cfg, out, monkeypatch, epoch: int) -> None:
             fit(cfg, out, progress=False)
 
 
+def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, monkeypatch):
+    """A CPU run resumed with another torch thread count goes on as another trajectory (its sums
+    split differently; a reproducibility review measured 0.1-0.2 points of accuracy): the
+    checkpoint records the count, and such a resume says so."""
+    import warnings
+
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _interrupted_fit(cfg, tmp_path / "a", monkeypatch, epoch=2)
+        h = cfg.resolve().config_hash()
+        assert ckpt_io.load_checkpoint(tmp_path / "a" / "runs" / h, h)["threads"] == 1
+        torch.set_num_threads(2)
+        with pytest.warns(RuntimeWarning, match=r"resuming after epoch 1 with 2 torch thread\(s\); "
+                          r"the checkpoint was written with 1.*give --threads 1"):  # fmt: skip
+            fit(cfg, tmp_path / "a", progress=False)
+        _interrupted_fit(cfg, tmp_path / "b", monkeypatch, epoch=2)  # written with 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            assert fit(cfg, tmp_path / "b", progress=False)["resumed_from"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_an_interrupt_reason_counts_only_checkpointed_epochs(fake_cifar10, tmp_path, monkeypatch):
     """An interrupt after an epoch ended but before its checkpoint was written said "after
     epoch 2" (a rerun resumes after epoch 1); one in the first epoch said "after epoch 0"."""
@@ -883,7 +929,8 @@ def test_pack_sparse_round_trips_and_only_packs_mostly_zero_tensors():
            "small": torch.zeros(100), "ints": torch.zeros(5000, dtype=torch.int64)}  # fmt: skip
     packed = ckpt_io.pack_sparse(obj)
     p = packed["state"][0]["exp_avg"]
-    assert p[ckpt_io.PACKED] == 1 and p["index"].dtype == torch.int32 and len(p["index"]) == 81
+    # 80 values, the NaN and the -0.0 (kept: the same bits come back)
+    assert p[ckpt_io.PACKED] == 1 and p["index"].dtype == torch.int32 and len(p["index"]) == 82
     assert packed["state"][1]["m"] is dense and packed["small"] is obj["small"]  # left as is
     assert packed["masks"][0][ckpt_io.PACKED] == 1 and packed["masks"][0]["values"].all()
     assert packed["ints"]["values"].numel() == 0  # all zero: nothing stored but the shape
@@ -891,6 +938,7 @@ def test_pack_sparse_round_trips_and_only_packs_mostly_zero_tensors():
     assert back["groups"] == obj["groups"] and isinstance(back["masks"], tuple)
     got = back["state"][0]["exp_avg"]
     assert got.shape == sparse.shape and torch.equal(got.nan_to_num(7.0), sparse.nan_to_num(7.0))
+    assert torch.equal(torch.signbit(got), torch.signbit(sparse))
     assert torch.equal(back["masks"][0], mask) and back["masks"][0].dtype == torch.bool
     assert torch.equal(back["ints"], obj["ints"]) and back["ints"].dtype == torch.int64
 

@@ -162,12 +162,12 @@ class _Masked(_Sparse):
         with torch.no_grad():
             magnitude = (orig * mask).abs().flatten()
             new = _plan(old, magnitude, self.grad.flatten(), n_drop)
-            stay = (new & old).view_as(orig).to(orig.dtype)
-            orig.mul_(stay)  # dropped and newly grown entries are exactly 0
+            gone = ~(new & old).view_as(orig)
+            orig.masked_fill_(gone, 0.0)  # dropped and newly grown entries are exactly +0.0
             mask.copy_(new.view_as(mask).to(mask.dtype))
             for value in state(orig).values():
                 if torch.is_tensor(value) and value.shape == orig.shape:
-                    value.mul_(stay)
+                    value.masked_fill_(gone, 0.0)
             setattr(self.module, self.attr, orig * mask)  # refreshed with grad at next forward
         orig.grad = None
         return int((new & ~old).sum())

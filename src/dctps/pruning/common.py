@@ -367,7 +367,9 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
         torch_prune.custom_from_mask(t.module, t.attr, m)
         orig = getattr(t.module, t.attr + "_orig")
         with torch.no_grad():
-            orig.mul_(m)
+            # +0.0, not the -0.0 that multiplying a negative weight by 0 leaves: the pruned
+            # entries then stay +0.0 through training, and a checkpoint stores them as zeros
+            orig.masked_fill_(m == 0, 0.0)
     detach_pruned_weights(t.module for t in targets_)
 
 

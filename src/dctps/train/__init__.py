@@ -128,8 +128,9 @@ def _make_train_command() -> Any:
             default=typer.Option(
                 0,
                 "--threads",
-                help="torch CPU threads (0 = torch's default). Not part of the run's identity; "
-                "the last bits of a CPU run's numbers can depend on it.",
+                help="torch CPU threads (0 = torch's default). Not part of the run's identity, "
+                "yet a CPU run's numbers depend on it (float sums split differently): give the "
+                "same count to compare runs bit for bit; a resume with another count warns.",
             ),
             annotation=int,
         ),

@@ -449,6 +449,23 @@ def _strip_non_identity(cfg: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- resolution
+def _canonical_exclude(options: dict[str, Any]) -> dict[str, Any]:
+    """A DCTpS run's ``exclude`` option in one form per setting: the names (or patterns) sorted,
+    each once, and left out when there are none, as ``sparsify`` reads them in any order and a
+    string as a list of one; so ``exclude=fc`` and ``exclude=[fc]`` are one run, with one hash."""
+    if "exclude" not in options:
+        return options
+    ex = options["exclude"]
+    names = [ex] if isinstance(ex, str) else ex
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise DctpsError(
+            f"option exclude of method dctps takes layer names or patterns (a string or a list "
+            f"of strings), got {ex!r}"
+        )
+    out = {k: v for k, v in options.items() if k != "exclude"}
+    return {**out, "exclude": sorted(set(names))} if names else out
+
+
 def _positive_int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise DctpsError(f"{name} must be a positive integer, got {v!r}")
@@ -524,6 +541,7 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
                 raise DctpsError(
                     f"unknown option(s) {sorted(bad)} for method dctps; valid: exclude"
                 )
+            s.options = _canonical_exclude(s.options)
         else:
             from dctps.pruning import canonical_options
 

@@ -27,6 +27,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,21 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return compact_masks(
         {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     )
+
+
+def _warn_thread_change(saved: int | None, device: torch.device, epoch: int) -> None:
+    """Warn when a CPU run resumes with another number of torch threads than its checkpoint was
+    written with: its float sums now split differently, so it goes on as another trajectory
+    (weights, accuracy, RigL supports), not as the uninterrupted run would have."""
+    now = torch.get_num_threads()
+    if device.type == "cpu" and saved is not None and saved != now:
+        warnings.warn(
+            f"resuming after epoch {epoch} with {now} torch thread(s); the checkpoint was "
+            f"written with {saved}: the run goes on as another trajectory than with {saved} "
+            f"(give --threads {saved} to resume it bit for bit)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _rng_state(loader: Any) -> dict[str, Any]:
@@ -569,6 +585,7 @@ def _fit(
                 ):
                     rigl.load_state_dict(ck["rigl"])
                 _set_rng_state(ck["rng"], train_loader)
+                _warn_thread_change(ck.get("threads"), dev, int(ck["epoch"]))
                 history = list(ck["history"])
                 best = dict(ck["best"])
                 start_epoch = int(ck["epoch"])
@@ -670,6 +687,7 @@ def _fit(
                             "rigl": rigl.state_dict() if hasattr(rigl, "state_dict") else None,
                             "elapsed": elapsed + time.perf_counter() - t_session,
                             "prune_seconds": prune_s,
+                            "threads": torch.get_num_threads(),
                         },
                         run_dir,
                     )
