@@ -667,3 +667,20 @@ def test_data_set_infos_and_splits_pickle():
     splits = D.build("digits", subset=8)
     again = pkl.loads(pkl.dumps(splits))
     assert again.info == splits.info and torch.equal(again.train_x, splits.train_x)
+
+
+def test_fingerprint_tells_data_apart_and_not_copies():
+    """`Splits.fingerprint` (checked when a run resumes): equal for the same data loaded twice,
+    different for another hold-out, another subset, or one changed label or pixel."""
+    import dataclasses
+
+    a, b = D.build("digits"), D.build("digits")
+    assert a.fingerprint() == b.fingerprint() and len(a.fingerprint()) == 16
+    assert D.build("digits", split_seed=1).fingerprint() != a.fingerprint()
+    assert D.build("digits", subset=500).fingerprint() != a.fingerprint()
+    y = a.train_y.clone()
+    y[7] = (y[7] + 1) % 10
+    assert dataclasses.replace(a, train_y=y).fingerprint() != a.fingerprint()
+    x = a.val_x.clone()
+    x[0, 0, 0, 0] ^= 1  # the first validation image is among the sampled ones
+    assert dataclasses.replace(a, val_x=x).fingerprint() != a.fingerprint()

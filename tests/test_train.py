@@ -597,6 +597,35 @@ def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, mo
         torch.set_num_threads(before)
 
 
+def test_a_run_is_not_resumed_on_other_data(fake_cifar10, tmp_path, monkeypatch):
+    """The data root is not part of a run's identity, so a run interrupted on one copy of the
+    data resumed on another (fake data, then the real set) and mixed the two (a
+    reproducibility review): the checkpoint holds a fingerprint of the data, checked on
+    resume. Another root with the same data resumes."""
+    import shutil
+
+    from conftest import write_fake_cifar10
+
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    _interrupted_fit(cfg, tmp_path / "out", monkeypatch, epoch=2)
+    other = write_fake_cifar10(tmp_path / "other", seed=1)  # same layout, other pixels
+    moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(other)))
+    assert moved.config_hash() == cfg.config_hash()
+    h = cfg.resolve().config_hash()
+    with pytest.raises(
+        DctpsError,
+        match=rf"checkpoint of run {h} .* was trained on other data "
+        r".*data fingerprint [0-9a-f]{16}, now [0-9a-f]{16}.*Give another --out",
+    ):
+        fit(moved, tmp_path / "out", progress=False)  # fmt: skip
+    copy = shutil.copytree(fake_cifar10, tmp_path / "copy")  # the same data elsewhere
+    same = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(copy)))
+    r = fit(same, tmp_path / "out", progress=False)
+    assert r["resumed_from"] == 1 and r["status"] == "done"
+    best = torch.load(tmp_path / "out" / "runs" / h / "best.pt", weights_only=True)
+    assert best["data"] == ckpt_io.load_checkpoint(tmp_path / "out" / "runs" / h, h)["data"]
+
+
 def test_an_interrupt_reason_counts_only_checkpointed_epochs(fake_cifar10, tmp_path, monkeypatch):
     """An interrupt after an epoch ended but before its checkpoint was written said "after
     epoch 2" (a rerun resumes after epoch 1); one in the first epoch said "after epoch 0"."""

@@ -15,6 +15,7 @@ the reported result, so the model is selected on the split it is scored on
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,22 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     val_is_official: bool = False
+
+    def fingerprint(self) -> str:
+        """16 hex characters that tell these data from others: SHA-256 over the data set name,
+        each split's shapes and labels (all) and pixels (up to 64 images per split, evenly
+        spaced), in milliseconds. The data root is not part of a run's identity (one data set
+        may live at several paths); a run's checkpoint holds this instead, so that a run is
+        not resumed on other data (fake data, another copy, another version)."""
+        h = hashlib.sha256(self.info.name.encode())
+        for x, y in ((self.train_x, self.train_y), (self.val_x, self.val_y),
+                     (self.test_x, self.test_y)):  # fmt: skip
+            h.update(repr((tuple(x.shape), tuple(y.shape))).encode())
+            h.update(y.contiguous().numpy().tobytes())
+            if x.shape[0]:
+                pick = torch.linspace(0, x.shape[0] - 1, min(64, x.shape[0])).long()
+                h.update(x[pick].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 def _load_digits(root: Path | None) -> Loaded:

@@ -87,7 +87,8 @@ class DataConfig:
     dataset: str = _f("cifar10", "Data set: {datasets}.")
     root: str | None = _f(
         None,
-        "Data root folder (default: env DCTPS_DATA). Not part of the run's identity.",
+        "Data root folder (default: env DCTPS_DATA). Not part of the run's identity (one data "
+        "set may live at several paths); a resume checks that the data are the same.",
         flag="data-root",
         identity=False,
     )

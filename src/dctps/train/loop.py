@@ -439,6 +439,15 @@ def _fit(
             subset=cfg.data.subset,
         )
         info = splits.info
+        data_fp = splits.fingerprint()
+        if ck is not None and ck.get("data") not in (None, data_fp):
+            raise DctpsError(
+                f"the checkpoint of run {h} in {run_dir} was trained on other data than "
+                f"{cfg.data.dataset} at {cfg.data.root or 'DCTPS_DATA'} gives now (data "
+                f"fingerprint {ck['data']}, now {data_fp}; the data root is not part of a run's "
+                "identity): resuming would mix the two. Give another --out, or delete the run "
+                "folder to train it again on these data"
+            )
         o = cfg.optim
         assert o.batch_size is not None and o.epochs is not None
         if o.batch_size % ctx.world_size:
@@ -688,6 +697,7 @@ def _fit(
                             "elapsed": elapsed + time.perf_counter() - t_session,
                             "prune_seconds": prune_s,
                             "threads": torch.get_num_threads(),
+                            "data": data_fp,
                         },
                         run_dir,
                     )
@@ -746,6 +756,7 @@ def _fit(
                         "config": cfg.to_dict(),
                         "epoch": best["epoch"],
                         "model": best["state"],
+                        "data": data_fp,
                     },
                     run_dir / "best.pt",
                 )
