@@ -684,3 +684,15 @@ def test_fingerprint_tells_data_apart_and_not_copies():
     x = a.val_x.clone()
     x[0, 0, 0, 0] ^= 1  # the first validation image is among the sampled ones
     assert dataclasses.replace(a, val_x=x).fingerprint() != a.fingerprint()
+    before = torch.get_default_dtype()
+    try:  # positions picked with integers: not by the default float dtype's rounding
+        torch.set_default_dtype(torch.float64)
+        assert a.fingerprint() == b.fingerprint()
+        shade = (torch.arange(10000) % 251).to(torch.uint8)  # each image tells its index
+        big = dataclasses.replace(a, test_x=shade.view(-1, 1, 1, 1).expand(-1, 1, 8, 8),
+                                  test_y=torch.zeros(10000, dtype=torch.int64))  # fmt: skip
+        f64 = big.fingerprint()
+        torch.set_default_dtype(torch.float32)
+        assert big.fingerprint() == f64
+    finally:
+        torch.set_default_dtype(before)

@@ -460,6 +460,15 @@ def test_a_figure_whose_runs_a_flag_changed_is_titled_and_filed_as_such(tmp_path
         "CIFAR-10 — not the paper's setting: data.subset 2000 → 500; optim.epochs 2 → 5"
     )
     assert drawn("--set", "optim.lr=0.001") == paper  # the figure's own value: no change
+    # a value that only follows a changed setting goes unsaid; one set by hand beside it is
+    # named (a review: `--set optim.recipe=sgd --set optim.lr=0.5` shared the recipe's file)
+    recipe = drawn("--set", "optim.recipe=sgd")
+    assert recipe.startswith("density-lenet5-cifar10-quick-recipe=sgd.png: ") and "lr" not in recipe
+    assert drawn("--set", "optim.recipe=sgd", "--set", "optim.lr=0.5").startswith(
+        "density-lenet5-cifar10-quick-lr=0.5-recipe=sgd.png: "
+    )
+    assert "milestones=_1_" in drawn("--set", "optim.recipe=sgd", "--epochs", "6",
+                                     "--set", "optim.milestones=[1]")  # fmt: skip
 
 
 def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(tmp_path):

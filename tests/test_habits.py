@@ -130,7 +130,9 @@ def test_sdist_carries_what_its_tests_need(tmp_path: Path):
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     needed = {"tests/conftest.py", "CHANGELOG.md", "README.md", "LICENSE", "pyproject.toml"}
-    needed |= {n for n in tracked if n.startswith(("tests/", "examples/", "configs/", "docs/"))}
+    needed |= {
+        n for n in tracked if n.startswith(("tests/", "examples/", "configs/", "docs/", "scripts/"))
+    }
     assert needed <= names, sorted(needed - names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     (wheel,) = dist.glob("dctps-*.whl")

@@ -215,7 +215,7 @@ def test_dctps_exclude_has_one_form_per_setting():
         return cfg(**options).config_hash()
 
     assert h(exclude="classifier.2") == h(exclude=["classifier.2"])
-    assert h(exclude=[]) == h()
+    assert h(exclude=[]) == h() == h(exclude=None) == h(exclude="") == h(exclude=[""])
     assert h(exclude=["classifier.2", "classifier.0"]) == h(exclude=["classifier.0", "classifier.2",
                                                                       "classifier.0"])  # fmt: skip
     assert h(exclude=["classifier.2"]) != h()  # a real exclusion is another run
@@ -963,6 +963,10 @@ def test_pack_sparse_round_trips_and_only_packs_mostly_zero_tensors():
     assert packed["state"][1]["m"] is dense and packed["small"] is obj["small"]  # left as is
     assert packed["masks"][0][ckpt_io.PACKED] == 1 and packed["masks"][0]["values"].all()
     assert packed["ints"]["values"].numel() == 0  # all zero: nothing stored but the shape
+    from collections import namedtuple
+
+    pair = namedtuple("pair", "a b")(sparse, 1)  # public: any nested state, namedtuples too
+    assert ckpt_io.unpack_sparse(ckpt_io.pack_sparse(pair)).b == 1
     back = ckpt_io.unpack_sparse(packed)
     assert back["groups"] == obj["groups"] and isinstance(back["masks"], tuple)
     got = back["state"][0]["exp_avg"]

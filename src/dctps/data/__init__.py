@@ -156,7 +156,9 @@ class Splits:
             h.update(repr((tuple(x.shape), tuple(y.shape))).encode())
             h.update(y.contiguous().numpy().tobytes())
             if x.shape[0]:
-                pick = torch.linspace(0, x.shape[0] - 1, min(64, x.shape[0])).long()
+                n, k = int(x.shape[0]), min(64, int(x.shape[0]))
+                # integer positions: not the default float dtype's rounding of a linspace
+                pick = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)
                 h.update(x[pick].contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 

@@ -705,8 +705,35 @@ class Setup:
                for k in sorted(set(got) | set(want))
                if k not in skip and got.get(k) != want.get(k)]  # fmt: skip
         changed = {k for k, _, _ in out} | {k for k, want, got in self._fixed() if got != [want]}
-        return [o for o in out if not any(c in changed and o[0] != c and o[0].startswith(prefix)
-                                          for c, prefix in _EXPLAINS)]  # fmt: skip
+        # a setting that only follows a changed one (a recipe's lr, epochs' milestones) is not
+        # named: it is what the figure trains with that cause alone; a hand-set value is
+        for cause, prefix in _EXPLAINS:
+            if cause not in changed or len(got.get(cause, [])) != 1:
+                continue
+            # the cause with the other changes (Adam needs its own lr), none it could explain
+            given = [
+                k
+                for k in changed
+                if k == cause or (not k.startswith(prefix) and len(got.get(k, [])) == 1)
+            ]
+            override: dict[str, Any] = {}
+            for key in given:
+                node = override
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = json.loads(got[key][0])
+            try:
+                follows = values(figure_configs(
+                    self.name, override, quick=self.quick, models=ms, datasets=ds,
+                    densities=[float(d) for d in lists["density"]] if "density" in lists else None,
+                    seeds=lists.get("seeds"),
+                ))  # fmt: skip
+            except DctpsError:  # the cause alone is refused (Adam with SGD's lr): name all
+                continue
+            out = [o for o in out if o[0] == cause or not o[0].startswith(prefix)
+                   or got.get(o[0]) != follows.get(o[0])]  # fmt: skip
+        return out
 
     @property
     def is_paper(self) -> bool:

@@ -177,8 +177,15 @@ def pack_sparse(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: pack_sparse(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(pack_sparse(v) for v in obj)
+        return _same_sequence(obj, [pack_sparse(v) for v in obj])
     return obj
+
+
+def _same_sequence(like: list | tuple, items: list[Any]) -> Any:
+    """``items`` as ``like``'s type (a namedtuple takes them as arguments)."""
+    if hasattr(like, "_fields"):
+        return type(like)(*items)
+    return type(like)(items)
 
 
 def unpack_sparse(obj: Any) -> Any:
@@ -191,7 +198,7 @@ def unpack_sparse(obj: Any) -> Any:
             return out.reshape(obj["shape"])
         return {k: unpack_sparse(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(unpack_sparse(v) for v in obj)
+        return _same_sequence(obj, [unpack_sparse(v) for v in obj])
     return obj
 
 

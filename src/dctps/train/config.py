@@ -453,18 +453,20 @@ def _strip_non_identity(cfg: Any) -> dict[str, Any]:
 def _canonical_exclude(options: dict[str, Any]) -> dict[str, Any]:
     """A DCTpS run's ``exclude`` option in one form per setting: the names (or patterns) sorted,
     each once, and left out when there are none, as ``sparsify`` reads them in any order and a
-    string as a list of one; so ``exclude=fc`` and ``exclude=[fc]`` are one run, with one hash."""
+    string as a list of one (``None`` and ``""`` as none); so ``exclude=fc`` and ``exclude=[fc]``
+    are one run, with one hash."""
     if "exclude" not in options:
         return options
     ex = options["exclude"]
-    names = [ex] if isinstance(ex, str) else ex
+    names = [] if ex is None else [ex] if isinstance(ex, str) else ex
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise DctpsError(
             f"option exclude of method dctps takes layer names or patterns (a string or a list "
             f"of strings), got {ex!r}"
         )
+    names = sorted({n for n in names if n})  # "" names no layer
     out = {k: v for k, v in options.items() if k != "exclude"}
-    return {**out, "exclude": sorted(set(names))} if names else out
+    return {**out, "exclude": names} if names else out
 
 
 def _positive_int(v: Any, name: str) -> int:

@@ -594,7 +594,8 @@ def _fit(
                 ):
                     rigl.load_state_dict(ck["rigl"])
                 _set_rng_state(ck["rng"], train_loader)
-                _warn_thread_change(ck.get("threads"), dev, int(ck["epoch"]))
+                if ctx.is_main:
+                    _warn_thread_change(ck.get("threads"), dev, int(ck["epoch"]))
                 history = list(ck["history"])
                 best = dict(ck["best"])
                 start_epoch = int(ck["epoch"])
