@@ -18,6 +18,7 @@ from torch import nn
 
 import dctps.data
 import dctps.models
+from dctps._compat import TORCH_VERSION
 from dctps.errors import DctpsError, PruningFailed
 from dctps.results import Store
 from dctps.results.store import format_table
@@ -1565,6 +1566,9 @@ def test_recipes_build_the_optimizers_of_table_e3():
     assert isinstance(opt, torch.optim.Adam) and {g["lr"] for g in opt.param_groups} == {1e-3}
 
 
+@pytest.mark.skipif(
+    TORCH_VERSION < (2, 5), reason="needs torch >= 2.5: torch 2.3 has no fused Adam/SGD on the CPU"
+)
 @pytest.mark.parametrize("recipe", ["adam", "sgd"])
 def test_fused_optimizer_is_opt_in_its_own_run_and_steps_as_the_plain_one(recipe):
     """--fused: torch's one-kernel optimizer (4x faster Adam steps on a CPU ResNet18); runs
@@ -1590,6 +1594,17 @@ def test_fused_optimizer_is_opt_in_its_own_run_and_steps_as_the_plain_one(recipe
         states.append(model.state_dict())
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(TORCH_VERSION >= (2, 5), reason="this torch has fused CPU kernels")
+@pytest.mark.parametrize("recipe", ["adam", "sgd"])
+def test_fused_optimizer_without_a_kernel_is_a_clear_error(recipe):
+    """torch 2.3 refuses a fused CPU Adam, and builds a fused CPU SGD whose first step fails."""
+    from dctps.train import setup as su
+
+    cfg = RunConfig(sparsity=SparsityConfig("dense"), optim=OptimConfig(recipe=recipe, fused=True))
+    with pytest.raises(DctpsError, match="leave out --fused"):
+        su.make_optimizer(nn.Linear(4, 2), cfg.resolve().optim)
 
 
 def test_test_accuracy_is_that_of_the_best_validation_model(fake_cifar10, tmp_path, monkeypatch):

@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dctps import _compat
 from dctps import offsets as _offsets
 from dctps.errors import DctpsError
 
@@ -904,11 +905,11 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     is off there."""
     dev = x.device.type
     try:
-        if not torch.is_autocast_enabled(dev):
+        if not _compat.is_autocast_enabled(dev):
             return None
     except RuntimeError:  # a device type autocast does not know (e.g. 'meta'): no autocast there
         return None
-    return torch.get_autocast_dtype(dev)
+    return _compat.get_autocast_dtype(dev)
 
 
 @dataclass

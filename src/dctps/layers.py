@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dctps import _compat
 from dctps import offsets as _offsets
 from dctps.allocation import filter_counts
 from dctps.errors import DctpsError, check_seed, unknown_name
@@ -559,7 +560,9 @@ class DCTpSLayer(nn.Module):
             )
         ):
             build = _build_basis
-            if torch.compiler.is_compiling() and _is_accelerator(a.device):
+            if torch.compiler.is_compiling() and (
+                _is_accelerator(a.device) or not _compat.COMPILE_BUILDS_BASIS
+            ):
                 # eager, outside the graph (a graph break); wrapped here, not at import, since
                 # decorating imports torch._dynamo (a second of start-up for every command)
                 build = torch.compiler.disable(_build_basis)
@@ -647,7 +650,9 @@ class DCTpSLayer(nn.Module):
         saved-tensor hooks are active (non-reentrant ``torch.utils.checkpoint``,
         ``save_on_cpu``: the measuring passes would run under the user's hooks, and checkpoint's
         recompute must see the same saved tensors). Under autocast the dense path is always
-        taken; in the other two cases a signature measured before is reused.
+        taken; in the other two cases a signature measured before is reused. A torch that does
+        not expose its saved-tensor hooks (2.3 to 2.5 do not) cannot tell: there run one call
+        outside the checkpoint first, or use ``'dense'`` / ``'fast'`` inside it.
         """
         return self._mode
 

@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dctps._compat import OutOfMemoryError
 from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
 from dctps.errors import DctpsError, check_density, unknown_name
@@ -282,7 +283,7 @@ def prune(
                 shape = input_shape_of(model, ctx.input_shape, batches)
                 check_connected(model, layers, masks, method=method, density=d, input_shape=shape)
             ok = True
-        except torch.OutOfMemoryError:
+        except OutOfMemoryError:
             raise  # a resource problem, not bad input: keep torch's own error
         except (RuntimeError, IndexError) as e:  # the model cannot run on the given batches
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]

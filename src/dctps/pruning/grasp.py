@@ -56,7 +56,7 @@ def grasp_masks(
             loss = F.cross_entropy(net(x) / temperature, y)
             grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
             z = sum((g * s).sum() for g, s in zip(grads, g_s, strict=True) if g is not None)
-            if torch.is_tensor(z) and z.requires_grad:
+            if isinstance(z, torch.Tensor) and z.requires_grad:
                 _accumulate(hg, torch.autograd.grad(z, weights, allow_unused=True))
     with torch.no_grad():
         scores = [w.detach() * h for w, h in zip(weights, hg, strict=True)]

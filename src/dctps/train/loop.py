@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dctps import _compat
 from dctps.errors import DctpsError, PruningFailed, RunBusy, cannot_write
 from dctps.models import lr_factors
 from dctps.train import checkpoint as ckpt_io
@@ -586,7 +587,7 @@ def _fit(
             start_epoch, elapsed = 0, 0.0
             if ck is not None:
                 optimizer.load_state_dict(ck["optimizer"])
-                scheduler.load_state_dict(ck["scheduler"])
+                _compat.load_scheduler_state(scheduler, ck["scheduler"])
                 if (
                     rigl is not None
                     and ck.get("rigl") is not None
@@ -690,7 +691,7 @@ def _fit(
                             "epoch": epoch,
                             "model": state,
                             "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
+                            "scheduler": _compat.scheduler_state(scheduler),
                             "rng": _rng_state(train_loader),
                             "best": best,
                             "history": history,

@@ -224,17 +224,32 @@ def make_optimizer(
     kw: dict[str, Any] = {"fused": True} if o.fused else {}
     try:
         if o.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=o.lr, **kw)
-        if o.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum or 0.0, **kw)
-    except RuntimeError as e:  # a torch without a fused kernel for this device or dtype
+            opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=o.lr, **kw)
+        elif o.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum or 0.0, **kw)
+        else:
+            raise DctpsError(f"unknown optimizer {o.optimizer!r}; valid: adam, sgd")
+        if o.fused:  # torch 2.3 builds a fused CPU SGD whose first step has no kernel
+            _fused_probe(opt, groups)
+        return opt
+    except (RuntimeError, NotImplementedError) as e:  # no fused kernel for this device or dtype
         if not o.fused:
             raise
         where = f"torch {torch.__version__}, device {_params_device(groups)}"
+        why = str(e).strip().split(". ")[0].rstrip(".")  # not its kernel list
         raise DctpsError(
-            f"fused {o.optimizer} is not available here ({where}): {e}; leave out --fused"
+            f"fused {o.optimizer} is not available here ({where}): {why}; leave out --fused"
         ) from None
-    raise DctpsError(f"unknown optimizer {o.optimizer!r}; valid: adam, sgd")
+
+
+def _fused_probe(opt: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
+    """One step of ``opt``'s kind on a throwaway one-element parameter of the model's device and
+    dtype: a missing fused kernel raises here, not at the run's first step."""
+    p0 = next(p for g in groups for p in g["params"])
+    probe = torch.nn.Parameter(torch.zeros(1, device=p0.device, dtype=p0.dtype))
+    probe.grad = torch.ones_like(probe)
+    defaults = {k: v for k, v in opt.defaults.items() if k != "differentiable"}
+    type(opt)([probe], **defaults).step()
 
 
 def _params_device(groups: list[dict[str, Any]]) -> str:
