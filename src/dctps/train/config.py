@@ -239,9 +239,10 @@ class RunConfig:
     device: str = _f(
         "auto", "auto | cpu | cuda | cuda:N. Not part of the run's identity.", identity=False
     )
-    eval_batch_size: int = _f(
-        1000,
-        "Batch size for validation/test evaluation. Not part of the identity.",
+    eval_batch_size: int | None = _f(
+        None,
+        "Batch size for validation/test evaluation (default: 1000 on CUDA, 256 on the CPU, "
+        "where 1000 evaluated 40% slower). Not part of the identity.",
         identity=False,
     )
     batched_rebuild: str = _f(
@@ -277,7 +278,8 @@ class RunConfig:
         if isinstance(c.seed, bool) or not isinstance(c.seed, int):
             raise DctpsError(f"seed must be an integer, got {c.seed!r}")
         check_seed(c.seed)  # the range
-        _positive_int(c.eval_batch_size, "eval_batch_size")
+        if c.eval_batch_size is not None:
+            _positive_int(c.eval_batch_size, "eval_batch_size")
         if c.batched_rebuild not in BATCHED_REBUILD:
             raise DctpsError(
                 f"batched_rebuild must be one of {', '.join(BATCHED_REBUILD)}, "
