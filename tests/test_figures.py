@@ -469,6 +469,12 @@ def test_a_figure_whose_runs_a_flag_changed_is_titled_and_filed_as_such(tmp_path
     )
     assert "milestones=_1_" in drawn("--set", "optim.recipe=sgd", "--epochs", "6",
                                      "--set", "optim.milestones=[1]")  # fmt: skip
+    # a field left out of the identity at its default shows it; methods without the setting
+    # (snip's allocation) add no "None"
+    assert "optim.fused False → True" in drawn("--set", "optim.fused=true")
+    alloc = drawn("--set", "sparsity.allocation=uniform")
+    assert alloc.startswith("density-lenet5-cifar10-quick-allocation=uniform.png: ")
+    assert alloc.endswith("sparsity.allocation epl, erk, uniform → uniform")
 
 
 def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(tmp_path):

@@ -568,6 +568,13 @@ def test_slurm_jobs_ask_for_a_gpu_unless_every_run_is_on_cpu():
         "slurm_partition": "gpu", "mem_gb": 32, "name": "x"}  # fmt: skip
     with pytest.raises(DctpsError, match=r"--slurm expects a submitit parameter KEY=VALUE"):
         slurm_overrides(None, ["mem_gb"])
+    # --slurm with another executor would be ignored, typos and all: refused
+    with pytest.raises(DctpsError, match=r"--slurm .* needs --executor slurm, not 'local'"):
+        slurm_overrides(None, ["slurm_partiton=x"], "local")
+    assert slurm_overrides({"mem_gb": 4}, [], "local") == {"mem_gb": 4}  # the grid's: kept
+    # a GPU asked for through sbatch's own options is not asked for twice
+    extra = {"slurm_additional_parameters": {"gres": "gpu:1"}}
+    assert "gpus_per_node" not in slurm_parameters(auto, extra)
 
 
 def test_preflight_finds_each_problem_once_for_the_grid(tmp_path, monkeypatch):
@@ -637,6 +644,8 @@ def test_a_run_another_process_trains_is_busy_not_an_error(fake_cifar10, tmp_pat
     to the process that holds it, the sweep going on with its other runs."""
     import fcntl
 
+    import dctps.results.sweep as sweep_mod
+
     cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense"], seeds=[0, 1]))
     held = tmp_path / "runs" / cfgs[0].config_hash()
     held.mkdir(parents=True)
@@ -644,9 +653,17 @@ def test_a_run_another_process_trains_is_busy_not_an_error(fake_cifar10, tmp_pat
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         rep = run_sweep(cfgs, tmp_path, progress=False)
     assert rep.counts() == {"busy": 1, "done": 1} and rep.errors == []
+    assert "busy 1" in sweep_mod._postfix(rep, "x")
     summary = rep.summary()
     assert "1 run busy: being trained by another process on the same --out" in summary
     assert f"busy   {cfgs[0].config_hash()} " in summary and "traceback" not in summary
     assert not (tmp_path / "errors").exists()
     # once the other process is gone, the next sweep trains it
     assert run_sweep(cfgs, tmp_path, progress=False).counts() == {"done": 1, "skip-done": 1}
+    # a run found done when its turn came (another sweep finished it) was counted as trained
+    from dctps.results.sweep import SweepReport
+
+    rep = SweepReport(plan(cfgs, tmp_path / "elsewhere"))
+    rep.results = {cfgs[0].config_hash(): {"status": "done", "skipped": True},
+                   cfgs[1].config_hash(): {"status": "done", "skipped": False}}  # fmt: skip
+    assert rep.counts() == {"done": 1, "done-elsewhere": 1}

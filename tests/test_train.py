@@ -623,6 +623,32 @@ def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, mo
         torch.set_num_threads(before)
 
 
+def test_a_run_finished_by_another_process_while_waiting_for_its_lock_is_not_reopened(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """The store was read before the run lock was taken: a run another process finished in
+    between was resumed from its last checkpoint, marked running, tested again and its row's
+    wall time overwritten (a concurrency review)."""
+    import contextlib
+
+    cfg = small_cfg(fake_cifar10, epochs=1)
+    real_lock = loop._run_lock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_process(folder):
+        monkeypatch.setattr(loop, "_run_lock", real_lock)
+        other = fit(cfg, tmp_path, progress=False)  # finishes the run meanwhile
+        assert other["status"] == "done" and not other["skipped"]
+        with real_lock(folder):
+            yield
+
+    monkeypatch.setattr(loop, "_run_lock", lock_after_the_other_process)
+    r = fit(cfg, tmp_path, progress=False)
+    row = Store(tmp_path).get(r["hash"])
+    assert r["skipped"] and r["status"] == "done" and row["status"] == "done"
+    assert len(Store(tmp_path).epochs(r["hash"])) == 1
+
+
 def test_a_run_is_not_resumed_on_other_data(fake_cifar10, tmp_path, monkeypatch):
     """The data root is not part of a run's identity, so a run interrupted on one copy of the
     data resumed on another (fake data, then the real set) and mixed the two (a

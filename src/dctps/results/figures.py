@@ -24,6 +24,7 @@ published FORCE (``force``) is drawn as an extra curve where the grid has it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import shlex
@@ -590,6 +591,25 @@ def _field(cfg: RunConfig, dotted: str) -> Any:
     return value
 
 
+def _field_default(dotted: str) -> Any:
+    """The dataclass default of ``RunConfig`` field ``dotted`` (``None`` where it has none)."""
+    cls: Any = RunConfig
+    value: Any = None
+    for part in dotted.split("."):
+        fields = (
+            {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        )
+        if part not in fields:
+            return None
+        f = fields[part]
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        cls = type(value)
+    return value
+
+
 #: ``(setting, what follows from it)``: a changed recipe brings its own optimizer settings, Adam
 #: has no momentum, milestones are fractions of the epochs; the title names the cause only
 _EXPLAINS = (
@@ -700,9 +720,14 @@ class Setup:
             return {k: sorted({json.dumps(f.get(k), sort_keys=True) for f in flats}) for k in keys}
 
         got, want = values(self.configs), values(ref)
-        out = [(k, [json.loads(v) for v in want.get(k, [])],
-                [json.loads(v) for v in got.get(k, [])])
-               for k in sorted(set(got) | set(want))
+
+        def shown(vals: dict[str, list[str]], k: str) -> list[Any]:
+            # a field left out of the identity at its default (`fused`) shows that default; a
+            # None beside values is a method the setting does not apply to (snip's allocation)
+            vs = [json.loads(v) for v in vals.get(k, [])] or [_field_default(k)]
+            return [v for v in vs if v is not None] or vs
+
+        out = [(k, shown(want, k), shown(got, k)) for k in sorted(set(got) | set(want))
                if k not in skip and got.get(k) != want.get(k)]  # fmt: skip
         changed = {k for k, _, _ in out} | {k for k, want, got in self._fixed() if got != [want]}
         # a setting that only follows a changed one (a recipe's lr, epochs' milestones) is not
@@ -943,7 +968,7 @@ def run_figure(
     setup = figure_setup(name, configs, quick=quick)
     fig_path = Path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
     db_path = out_db_path(out, db)
-    params = slurm_overrides((grid or {}).get("slurm"), slurm)
+    params = slurm_overrides((grid or {}).get("slurm"), slurm, executor)
     if dry_run:
         dry_run_report(configs, out, db_path, retry_failed, executor, workers, params, echo,
                        footer=f"it would draw {fig_path}: {setup.one_line()}")  # fmt: skip

@@ -461,9 +461,14 @@ class SweepReport:
 
     def outcome(self, h: str) -> str:
         """``done`` / ``failed`` / ``error`` / ``busy`` (another process trains it) /
-        ``submitted`` / ``skip-done`` / ``skip-failed``."""
+        ``done-elsewhere`` (another process finished it meanwhile) / ``submitted`` /
+        ``skip-done`` / ``skip-failed``."""
         if h in self.results:
-            return str(self.results[h]["status"])
+            r = self.results[h]
+            # found done by another process (a sweep beside this one): not trained here
+            return (
+                "done-elsewhere" if r["status"] == "done" and r.get("skipped") else str(r["status"])
+            )
         if h in self.submitted:
             return "submitted"
         p = next(p for p in self.planned if p.hash == h)
@@ -522,7 +527,9 @@ def _tick(bar: Any, report: SweepReport, cfg: RunConfig) -> None:
 def _postfix(report: SweepReport, what: str) -> str:
     """The sweep bar's counts so far, then ``what`` (the run that ended or is running)."""
     c = report.counts()
-    return f"done {c.get('done', 0)} failed {c.get('failed', 0)} error {c.get('error', 0)} | {what}"
+    busy = f" busy {c['busy']}" if c.get("busy") else ""
+    return (f"done {c.get('done', 0)} failed {c.get('failed', 0)} error {c.get('error', 0)}"
+            f"{busy} | {what}")  # fmt: skip
 
 
 # how long an interrupted sweep waits for its workers to record where their runs stopped
@@ -819,10 +826,15 @@ SLURM_DEFAULTS = {"timeout_min": 3 * 24 * 60}
 def slurm_parameters(configs: Sequence[RunConfig], params: Mapping[str, Any]) -> dict[str, Any]:
     """The submitit parameters of the SLURM jobs of ``configs``: :data:`SLURM_DEFAULTS`, one GPU
     per job (``gpus_per_node: 1``) unless every run is ``device: cpu`` or ``params`` asks for GPUs
-    itself (:data:`GPU_PARAMETERS`), then ``params``. Without the GPU a job's ``device: auto`` run
+    itself (:data:`GPU_PARAMETERS`, or a ``gres``/``gpu*`` key of ``slurm_additional_parameters``),
+    then ``params``. Without the GPU a job's ``device: auto`` run
     would train on the node's CPU for days, silently."""
     base: dict[str, Any] = dict(SLURM_DEFAULTS)
-    if any(c.device != "cpu" for c in configs) and not any(k in params for k in GPU_PARAMETERS):
+    extra = params.get("slurm_additional_parameters")
+    asked = any(k in params for k in GPU_PARAMETERS) or (
+        isinstance(extra, Mapping) and any("gres" in str(k) or "gpu" in str(k) for k in extra)
+    )
+    if any(c.device != "cpu" for c in configs) and not asked:
         base["gpus_per_node"] = 1
     return {**base, **params}
 
@@ -900,8 +912,16 @@ def host_problems(configs: Sequence[RunConfig]) -> list[str]:
     return problems
 
 
-def slurm_overrides(grid: Mapping[str, Any] | None, items: Iterable[str] = ()) -> dict[str, Any]:
-    """The grid's ``slurm:`` mapping with ``--slurm KEY=VALUE`` items (YAML values) over it."""
+def slurm_overrides(
+    grid: Mapping[str, Any] | None, items: Iterable[str] = (), executor: str = "slurm"
+) -> dict[str, Any]:
+    """The grid's ``slurm:`` mapping with ``--slurm KEY=VALUE`` items (YAML values) over it;
+    ``--slurm`` with another ``executor`` is refused (it would be ignored, typos and all)."""
+    items = list(items)
+    if items and executor != "slurm":
+        raise DctpsError(
+            f"--slurm sets the SLURM jobs' parameters: it needs --executor slurm, not {executor!r}"
+        )
     out = dict(grid or {})
     for item in items:
         key, value = parse_assignment(item, "--slurm", "a submitit parameter KEY=VALUE")
@@ -993,7 +1013,7 @@ def sweep_command(
         raise unknown_name("executor", executor, EXECUTORS)
     grid = load_grid(config)
     configs = expand_grid(grid, str(config), cli_overrides(data_root, epochs, device, sets))
-    params = slurm_overrides(grid.get("slurm"), slurm)
+    params = slurm_overrides(grid.get("slurm"), slurm, executor)
     if dry_run:
         dry_run_report(configs, out, db, retry_failed, executor, workers, params, echo)
         return None

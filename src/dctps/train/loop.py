@@ -427,6 +427,15 @@ def _fit(
 
     lock = _run_lock(run_dir) if ctx.is_main else contextlib.nullcontext()
     with lock:
+        # done by another process between the first look and the lock (a sweep beside this
+        # one): reopening it would mark its row running and test it again
+        row = store.get(h) if store is not None else None
+        if ctx.broadcast(row is not None and row["status"] == "done"):
+            return (
+                _row_result(row, run_dir, store)
+                if row is not None
+                else {"hash": h, "skipped": True}
+            )
         # ---- checkpoint (rank 0 first: it may quarantine a corrupt last.pt)
         ck = None
         if resume is not False:
