@@ -598,6 +598,10 @@ def test_preflight_finds_each_problem_once_for_the_grid(tmp_path, monkeypatch):
     assert len(problems) == 2 and "lenet5" in problems[0], problems
     assert "unknown SLURM (submitit) parameter 'slurm_partiton'. Did you mean " \
         "'slurm_partition'?" in problems[1]  # fmt: skip
+    problems = preflight(cfgs, "slurm", {"gpus_per_node": "abc", "mem_gb": -1, "timeout_min": 60})
+    assert problems[1:] == ["SLURM parameter gpus_per_node must be a non-negative number, got "
+                            "'abc'", "SLURM parameter mem_gb must be a non-negative number, "
+                            "got -1"], problems  # fmt: skip
     ok = expand_grid({**grid, "models": ["resnet18"], "datasets": ["digits"], "base": {}})
     assert preflight(ok, "local") == [] and preflight(ok, "slurm", {"mem_gb": 8}) == []
 

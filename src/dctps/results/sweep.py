@@ -839,9 +839,22 @@ def slurm_parameters(configs: Sequence[RunConfig], params: Mapping[str, Any]) ->
     return {**base, **params}
 
 
+#: submitit parameters that are counts (of GPUs, CPUs, GB, minutes, nodes, jobs at a time)
+COUNT_PARAMETERS = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb", "nodes",
+                    "tasks_per_node", "slurm_array_parallelism", "slurm_cpus_per_gpu",
+                    "slurm_gpus_per_task", "slurm_num_gpus", "slurm_gpus_per_node")  # fmt: skip
+
+
 def submitit_parameter_problems(params: Mapping[str, Any]) -> list[str]:
-    """The keys of ``params`` that submitit's SLURM executor would refuse (checked without a
-    cluster, so that a typo fails a dry run on a laptop, not the submission on the cluster)."""
+    """The keys of ``params`` that submitit's SLURM executor would refuse, and counts
+    (:data:`COUNT_PARAMETERS`) that are not non-negative numbers: checked without a cluster, so
+    that a typo fails a dry run on a laptop, not the submission on the cluster."""
+    problems = [
+        f"SLURM parameter {k} must be a non-negative number, got {v!r}"
+        for k, v in params.items()
+        if k in COUNT_PARAMETERS
+        and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0)
+    ]
     try:
         import submitit
         from submitit.slurm.slurm import SlurmExecutor
@@ -849,9 +862,9 @@ def submitit_parameter_problems(params: Mapping[str, Any]) -> list[str]:
         valid = set(submitit.AutoExecutor._valid_parameters())
         valid |= {"slurm_" + k for k in SlurmExecutor._valid_parameters()}
     except Exception:  # pragma: no cover - submitit's private API moved: it checks at submission
-        return []
+        return problems
     return [str(unknown_name("SLURM (submitit) parameter", k, valid)) for k in params
-            if k not in valid]  # fmt: skip
+            if k not in valid] + problems  # fmt: skip
 
 
 def preflight(
