@@ -475,6 +475,20 @@ def test_a_figure_whose_runs_a_flag_changed_is_titled_and_filed_as_such(tmp_path
     alloc = drawn("--set", "sparsity.allocation=uniform")
     assert alloc.startswith("density-lenet5-cifar10-quick-allocation=uniform.png: ")
     assert alloc.endswith("sparsity.allocation epl, erk, uniform → uniform")
+    # some runs fused, some not: not filed or titled as all fused (a review)
+    from dctps.results import figures as F
+
+    plain = F.figure_configs(name, quick=True)
+    half = plain + F.figure_configs(name, {"optim": {"fused": True}}, quick=True)
+    mixed = F.figure_setup(name, half, quick=True)
+    assert "optim.fused False → False, True" in mixed.title()
+    assert "fused=False+True" in mixed.stem()
+    # runs of only the methods that have an allocation: no "allocation X → X" from the None of
+    # the others
+    some = F.figure_setup(name, [c for c in plain if c.sparsity.allocation is not None], quick=True)
+    changes = some.title().split("not the paper's setting: ", 1)[1].split("; ")
+    assert all(a != b for a, b in (c.split(" ", 1)[1].split(" → ") for c in changes)), changes
+    assert not any(c.startswith("sparsity.allocation") for c in changes), changes
 
 
 def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(tmp_path):

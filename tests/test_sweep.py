@@ -573,8 +573,14 @@ def test_slurm_jobs_ask_for_a_gpu_unless_every_run_is_on_cpu():
         slurm_overrides(None, ["slurm_partiton=x"], "local")
     assert slurm_overrides({"mem_gb": 4}, [], "local") == {"mem_gb": 4}  # the grid's: kept
     # a GPU asked for through sbatch's own options is not asked for twice
-    extra = {"slurm_additional_parameters": {"gres": "gpu:1"}}
-    assert "gpus_per_node" not in slurm_parameters(auto, extra)
+    for asked in ({"gres": "gpu:1"}, {"GRES": "gpu:a100:2"}, {"tres-per-task": "gres/gpu:1"},
+                  {"gpus": 2}):  # fmt: skip
+        assert "gpus_per_node" not in slurm_parameters(auto, {"slurm_additional_parameters": asked})
+    # options that only tune GPUs, or a gres of something else, allocate none: the default stays
+    for tuned in ({"gres_flags": "enforce-binding"}, {"gpu_bind": "closest"},
+                  {"gpu-freq": "high"}, {"gres": "tmpfs:10G"}):  # fmt: skip
+        params = slurm_parameters(auto, {"slurm_additional_parameters": tuned})
+        assert params["gpus_per_node"] == 1, tuned
 
 
 def test_preflight_finds_each_problem_once_for_the_grid(tmp_path, monkeypatch):

@@ -715,20 +715,26 @@ class Setup:
         skip |= {k for k, _, _ in self._fixed()}
 
         def values(cs: Sequence[RunConfig]) -> dict[str, list[str]]:
+            # a field left out of the identity at its default (`fused`) counts as that default,
+            # so that None only ever means "does not apply" (snip's allocation)
             flats = [flatten(c.identity()) for c in cs]
             keys = set().union(*flats)
-            return {k: sorted({json.dumps(f.get(k), sort_keys=True) for f in flats}) for k in keys}
+            return {k: sorted({json.dumps(f[k] if k in f else _field_default(k), sort_keys=True)
+                               for f in flats}) for k in keys}  # fmt: skip
 
         got, want = values(self.configs), values(ref)
 
         def shown(vals: dict[str, list[str]], k: str) -> list[Any]:
-            # a field left out of the identity at its default (`fused`) shows that default; a
-            # None beside values is a method the setting does not apply to (snip's allocation)
+            # a None beside values is a method the setting does not apply to
             vs = [json.loads(v) for v in vals.get(k, [])] or [_field_default(k)]
             return [v for v in vs if v is not None] or vs
 
-        out = [(k, shown(want, k), shown(got, k)) for k in sorted(set(got) | set(want))
-               if k not in skip and got.get(k) != want.get(k)]  # fmt: skip
+        out = [
+            (k, shown(want, k), shown(got, k))
+            for k in sorted(set(got) | set(want))
+            if k not in skip
+        ]
+        out = [o for o in out if o[1] != o[2]]  # as shown: not "X → X" from a None alone
         changed = {k for k, _, _ in out} | {k for k, want, got in self._fixed() if got != [want]}
         # a setting that only follows a changed one (a recipe's lr, epochs' milestones) is not
         # named: it is what the figure trains with that cause alone; a hand-set value is

@@ -528,6 +528,7 @@ def _postfix(report: SweepReport, what: str) -> str:
     """The sweep bar's counts so far, then ``what`` (the run that ended or is running)."""
     c = report.counts()
     busy = f" busy {c['busy']}" if c.get("busy") else ""
+    busy += f" done-elsewhere {c['done-elsewhere']}" if c.get("done-elsewhere") else ""
     return (f"done {c.get('done', 0)} failed {c.get('failed', 0)} error {c.get('error', 0)}"
             f"{busy} | {what}")  # fmt: skip
 
@@ -823,6 +824,19 @@ GPU_PARAMETERS = ("gpus_per_node", "slurm_gres", "slurm_gpus_per_task", "slurm_n
 SLURM_DEFAULTS = {"timeout_min": 3 * 24 * 60}
 
 
+#: sbatch options (``slurm_additional_parameters`` keys) that allocate GPUs by their name alone,
+#: and those that do when their value names a GPU (``gres: gpu:1``, not ``gres: tmpfs:10G``)
+_GPU_OPTIONS = ("gpus", "gpus_per_node", "gpus_per_task", "gpus_per_socket")
+_GPU_IF_VALUE = ("gres", "tres_per_node", "tres_per_task", "tres_per_socket")
+
+
+def _asks_for_gpus(key: object, value: object) -> bool:
+    """Whether sbatch option ``key: value`` allocates GPUs (``gpu_bind``, ``gres_flags`` and
+    ``gpu-freq`` only tune them)."""
+    k = str(key).lower().replace("-", "_")
+    return k in _GPU_OPTIONS or (k in _GPU_IF_VALUE and "gpu" in str(value).lower())
+
+
 def slurm_parameters(configs: Sequence[RunConfig], params: Mapping[str, Any]) -> dict[str, Any]:
     """The submitit parameters of the SLURM jobs of ``configs``: :data:`SLURM_DEFAULTS`, one GPU
     per job (``gpus_per_node: 1``) unless every run is ``device: cpu`` or ``params`` asks for GPUs
@@ -832,7 +846,7 @@ def slurm_parameters(configs: Sequence[RunConfig], params: Mapping[str, Any]) ->
     base: dict[str, Any] = dict(SLURM_DEFAULTS)
     extra = params.get("slurm_additional_parameters")
     asked = any(k in params for k in GPU_PARAMETERS) or (
-        isinstance(extra, Mapping) and any("gres" in str(k) or "gpu" in str(k) for k in extra)
+        isinstance(extra, Mapping) and any(_asks_for_gpus(k, v) for k, v in extra.items())
     )
     if any(c.device != "cpu" for c in configs) and not asked:
         base["gpus_per_node"] = 1
