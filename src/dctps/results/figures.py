@@ -703,12 +703,17 @@ class Setup:
             return []
         ms, ds, _ = _split(self.pairs)
         lists = {k: got for k, want, got in self._grid_lists() if got != want}
-        try:
-            ref = figure_configs(
-                self.name, quick=self.quick, models=ms, datasets=ds,
+
+        def trained(override: Mapping[str, Any] | None = None) -> list[RunConfig]:
+            """What the figure trains for the runs' models, data sets, densities and seeds."""
+            return figure_configs(
+                self.name, override, quick=self.quick, models=ms, datasets=ds,
                 densities=[float(d) for d in lists["density"]] if "density" in lists else None,
                 seeds=lists.get("seeds"),
             )  # fmt: skip
+
+        try:
+            ref = trained()
         except DctpsError:  # e.g. a --config grid's model the built-in grid cannot take
             return []
         skip = {"model.name", "data.dataset", "sparsity.density", "seed"}
@@ -755,11 +760,7 @@ class Setup:
                     node = node.setdefault(part, {})
                 node[leaf] = json.loads(got[key][0])
             try:
-                follows = values(figure_configs(
-                    self.name, override, quick=self.quick, models=ms, datasets=ds,
-                    densities=[float(d) for d in lists["density"]] if "density" in lists else None,
-                    seeds=lists.get("seeds"),
-                ))  # fmt: skip
+                follows = values(trained(override))
             except DctpsError:  # the cause alone is refused (Adam with SGD's lr): name all
                 continue
             out = [o for o in out if o[0] == cause or not o[0].startswith(prefix)

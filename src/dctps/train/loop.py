@@ -317,6 +317,15 @@ def _run_lock(folder: Path) -> Iterator[None]:
         f.close()
 
 
+def _done_result(store: Any, h: str, run_dir: Path, ctx: Any) -> dict[str, Any] | None:
+    """The stored result of run ``h`` if its row is ``done`` (rank 0 reads the store and decides
+    for every rank: all ranks call this), else ``None``."""
+    row = store.get(h) if store is not None else None
+    if not ctx.broadcast(row is not None and row["status"] == "done"):
+        return None
+    return _row_result(row, run_dir, store) if row is not None else {"hash": h, "skipped": True}
+
+
 def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any]:
     from dctps.results.store import METRIC_COLUMNS, row_config
 
@@ -420,22 +429,17 @@ def _fit(
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)
-    row = store.get(h) if store is not None else None
-    done = ctx.broadcast(row is not None and row["status"] == "done")
-    if done:
-        return _row_result(row, run_dir, store) if row is not None else {"hash": h, "skipped": True}
+    done = _done_result(store, h, run_dir, ctx)
+    if done is not None:
+        return done
 
     lock = _run_lock(run_dir) if ctx.is_main else contextlib.nullcontext()
     with lock:
         # done by another process between the first look and the lock (a sweep beside this
         # one): reopening it would mark its row running and test it again
-        row = store.get(h) if store is not None else None
-        if ctx.broadcast(row is not None and row["status"] == "done"):
-            return (
-                _row_result(row, run_dir, store)
-                if row is not None
-                else {"hash": h, "skipped": True}
-            )
+        done = _done_result(store, h, run_dir, ctx)
+        if done is not None:
+            return done
         # ---- checkpoint (rank 0 first: it may quarantine a corrupt last.pt)
         ck = None
         if resume is not False:
