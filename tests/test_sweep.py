@@ -581,6 +581,8 @@ def test_slurm_jobs_ask_for_a_gpu_unless_every_run_is_on_cpu():
                   {"gpu-freq": "high"}, {"gres": "tmpfs:10G"}):  # fmt: skip
         params = slurm_parameters(auto, {"slurm_additional_parameters": tuned})
         assert params["gpus_per_node"] == 1, tuned
+    assert slurm_parameters(auto, {"slurm_gres": "tmpfs:10G"})["gpus_per_node"] == 1
+    assert "gpus_per_node" not in slurm_parameters(auto, {"slurm_gres": "gpu:v100:1"})
 
 
 def test_preflight_finds_each_problem_once_for_the_grid(tmp_path, monkeypatch):

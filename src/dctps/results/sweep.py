@@ -817,37 +817,35 @@ def check_workers(workers: int | None) -> None:
         raise DctpsError(f"workers must be a positive integer, got {workers!r}")
 
 
-#: submitit parameters that ask SLURM for GPUs: given any, :func:`slurm_parameters` adds none
-GPU_PARAMETERS = ("gpus_per_node", "slurm_gres", "slurm_gpus_per_task", "slurm_num_gpus",
-                  "slurm_gpus_per_node", "slurm_mem_per_gpu", "slurm_cpus_per_gpu")  # fmt: skip
 #: submitit parameters of a SLURM job unless the grid's ``slurm:`` or ``--slurm`` set them
 SLURM_DEFAULTS = {"timeout_min": 3 * 24 * 60}
 
 
-#: sbatch options (``slurm_additional_parameters`` keys) that allocate GPUs by their name alone,
-#: and those that do when their value names a GPU (``gres: gpu:1``, not ``gres: tmpfs:10G``)
-_GPU_OPTIONS = ("gpus", "gpus_per_node", "gpus_per_task", "gpus_per_socket")
+#: sbatch options (submitit parameters without their ``slurm_`` prefix, or
+#: ``slurm_additional_parameters`` keys) that ask for GPUs by their name alone, and those that do
+#: when their value names a GPU (``gres: gpu:1``, not ``gres: tmpfs:10G``)
+_GPU_OPTIONS = ("gpus", "gpus_per_node", "gpus_per_task", "gpus_per_socket", "num_gpus",
+                "mem_per_gpu", "cpus_per_gpu")  # fmt: skip
 _GPU_IF_VALUE = ("gres", "tres_per_node", "tres_per_task", "tres_per_socket")
 
 
 def _asks_for_gpus(key: object, value: object) -> bool:
-    """Whether sbatch option ``key: value`` allocates GPUs (``gpu_bind``, ``gres_flags`` and
+    """Whether sbatch option ``key: value`` asks for GPUs (``gpu_bind``, ``gres_flags`` and
     ``gpu-freq`` only tune them)."""
-    k = str(key).lower().replace("-", "_")
+    k = str(key).lower().replace("-", "_").removeprefix("slurm_")
     return k in _GPU_OPTIONS or (k in _GPU_IF_VALUE and "gpu" in str(value).lower())
 
 
 def slurm_parameters(configs: Sequence[RunConfig], params: Mapping[str, Any]) -> dict[str, Any]:
     """The submitit parameters of the SLURM jobs of ``configs``: :data:`SLURM_DEFAULTS`, one GPU
     per job (``gpus_per_node: 1``) unless every run is ``device: cpu`` or ``params`` asks for GPUs
-    itself (:data:`GPU_PARAMETERS`, or a ``gres``/``gpu*`` key of ``slurm_additional_parameters``),
-    then ``params``. Without the GPU a job's ``device: auto`` run
+    itself (an option of :data:`_GPU_OPTIONS`, or a GPU ``gres``, also among
+    ``slurm_additional_parameters``), then ``params``. Without the GPU a job's ``device: auto`` run
     would train on the node's CPU for days, silently."""
     base: dict[str, Any] = dict(SLURM_DEFAULTS)
     extra = params.get("slurm_additional_parameters")
-    asked = any(k in params for k in GPU_PARAMETERS) or (
-        isinstance(extra, Mapping) and any(_asks_for_gpus(k, v) for k, v in extra.items())
-    )
+    options = {**(extra if isinstance(extra, Mapping) else {}), **params}
+    asked = any(_asks_for_gpus(k, v) for k, v in options.items())
     if any(c.device != "cpu" for c in configs) and not asked:
         base["gpus_per_node"] = 1
     return {**base, **params}
