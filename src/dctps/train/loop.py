@@ -685,10 +685,12 @@ def _fit(
                 better = val_acc is not None and (
                     best["val_acc"] is None or val_acc > best["val_acc"]
                 )
-                # one copy per epoch: the best model and the checkpoint's model share it when
-                # this epoch is the best (torch.save then writes its tensors once)
-                state = _cpu_state(model)
-                if better or val_acc is None:  # without validation the last epoch is "best"
+                keep = better or val_acc is None  # without validation the last epoch is "best"
+                # at most one copy per epoch, taken where it is used (the best model; rank 0's
+                # checkpoint): both share it when this epoch is the best, and torch.save then
+                # writes its tensors once
+                state = _cpu_state(model) if keep or ctx.is_main else None
+                if keep:
                     best = {
                         "state": state,
                         "epoch": epoch,
