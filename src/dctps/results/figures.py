@@ -56,6 +56,7 @@ from dctps.results.sweep import (
     load_grid,
     parse_density,
     run_sweep,
+    set_dotted,
     slurm_overrides,
 )
 from dctps.results.variants import flat_value, flatten
@@ -754,11 +755,7 @@ class Setup:
             ]
             override: dict[str, Any] = {}
             for key in given:
-                node = override
-                *parents, leaf = key.split(".")
-                for part in parents:
-                    node = node.setdefault(part, {})
-                node[leaf] = json.loads(got[key][0])
+                set_dotted(override, key, json.loads(got[key][0]))
             try:
                 follows = values(trained(override))
             except DctpsError:  # the cause alone is refused (Adam with SGD's lr): name all

@@ -197,18 +197,25 @@ def _refuse_axes(d: Mapping[str, Any], where: str, only: Iterable[tuple[str, ...
             )
 
 
+def set_dotted(target: dict[str, Any], key: str, value: Any) -> bool:
+    """Set ``target[a][b][c] = value`` for ``key`` ``'a.b.c'``, making the inner dicts; ``False``
+    (nothing set) where a non-dict value already stands on the way."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            return False
+    target[leaf] = value
+    return True
+
+
 def apply_sets(items: Iterable[str]) -> dict[str, Any]:
     """``["optim.epochs=20", "data.subset=2000"]`` -> a nested override dict (YAML values)."""
     out: dict[str, Any] = {}
     for item in items:
         key, value = parse_assignment(item, "--set", "section.field=value")
-        parts = key.split(".")
-        target = out
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise DctpsError(f"--set {item!r} conflicts with another --set")
-        target[parts[-1]] = value
+        if not set_dotted(out, key, value):
+            raise DctpsError(f"--set {item!r} conflicts with another --set")
     return out
 
 
