@@ -679,3 +679,25 @@ def test_a_run_another_process_trains_is_busy_not_an_error(fake_cifar10, tmp_pat
     rep.results = {cfgs[0].config_hash(): {"status": "done", "skipped": True},
                    cfgs[1].config_hash(): {"status": "done", "skipped": False}}  # fmt: skip
     assert rep.counts() == {"done": 1, "done-elsewhere": 1}
+
+
+def test_a_sweep_does_not_skip_runs_done_on_other_data(fake_cifar10, tmp_path):
+    """A sweep skipped every run found done whatever its data root: a grid rerun on the real
+    data set into an --out of fake-data runs reported the fake results. Refused at planning,
+    before any run, naming the run; the same data in another folder still skip."""
+    import shutil
+
+    from conftest import write_fake_cifar10
+
+    out = tmp_path / "out"
+    rep = run_sweep(expand_grid(small_grid(fake_cifar10, methods=["dense"])), out, progress=False)
+    assert rep.counts() == {"done": 1}
+    (h,) = rep.results
+    other = write_fake_cifar10(tmp_path / "other", seed=1)
+    moved = expand_grid(small_grid(other, methods=["dense"]))
+    assert [c.config_hash() for c in moved] == [h]
+    with pytest.raises(DctpsError, match=rf"run {h} \(done\) .* trained on other data"):
+        run_sweep(moved, out, progress=False)
+    copy = shutil.copytree(fake_cifar10, tmp_path / "copy")
+    again = run_sweep(expand_grid(small_grid(copy, methods=["dense"])), out, progress=False)
+    assert again.counts() == {"skip-done": 1}

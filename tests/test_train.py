@@ -678,6 +678,41 @@ def test_a_run_is_not_resumed_on_other_data(fake_cifar10, tmp_path, monkeypatch)
     assert best["data"] == ckpt_io.load_checkpoint(tmp_path / "out" / "runs" / h, h)["data"]
 
 
+def test_a_done_run_does_not_stand_for_other_data(fake_cifar10, tmp_path, monkeypatch):
+    """A done run was returned for any data root (only a resume checked the data): a run done
+    on fake data answered for the real set under the same hash. The row records the folder
+    and the data's fingerprint; another folder with other data is refused, a copy of the same
+    data reuses the result without loading it twice, and the same folder loads nothing."""
+    import shutil
+
+    from conftest import write_fake_cifar10
+
+    cfg = small_cfg(fake_cifar10, epochs=1)
+    first = fit(cfg, tmp_path / "out", progress=False)
+    row = Store(tmp_path / "out").get(first["hash"])
+    assert row["data_root"] == str(fake_cifar10.resolve())
+    assert row["data_fingerprint"] == dctps.data.build(
+        "cifar10", fake_cifar10, val_fraction=cfg.resolve().data.val_fraction
+    ).fingerprint()
+
+    other = write_fake_cifar10(tmp_path / "other", seed=1)
+    moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(other)))
+    with pytest.raises(DctpsError, match=rf"run {first['hash']} \(done\) in .* was trained on "
+                       rf"other data than cifar10 at {re.escape(str(other.resolve()))}"):
+        fit(moved, tmp_path / "out", progress=False)
+
+    copy = shutil.copytree(fake_cifar10, tmp_path / "copy")
+    same = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(copy)))
+    r = fit(same, tmp_path / "out", progress=False)
+    assert r["skipped"] and r["val_acc"] == first["val_acc"]
+
+    def no_load(*a, **k):
+        raise AssertionError("the data were loaded for a done run in its own folder")
+
+    monkeypatch.setattr(dctps.data, "build", no_load)
+    assert fit(cfg, tmp_path / "out", progress=False)["skipped"]
+
+
 def test_an_interrupt_reason_counts_only_checkpointed_epochs(fake_cifar10, tmp_path, monkeypatch):
     """An interrupt after an epoch ended but before its checkpoint was written said "after
     epoch 2" (a rerun resumes after epoch 1); one in the first epoch said "after epoch 0"."""

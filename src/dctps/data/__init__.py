@@ -51,6 +51,7 @@ __all__ = [
     "normalize",
     "random_crop",
     "random_hflip",
+    "root_of",
 ]
 
 DATA_ENV = "DCTPS_DATA"
@@ -260,6 +261,14 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
     if not path.is_dir():
         raise DctpsError(f"data root {path} does not exist or is not a folder")
     return path
+
+
+def root_of(name: str, root: str | os.PathLike | None) -> str | None:
+    """The absolute folder :func:`build` reads ``name`` from (``root``, else ``DCTPS_DATA``), or
+    ``None`` for embedded data (``digits``). A :class:`DctpsError` where there is none."""
+    if _source(get_info(name)).folder is None:
+        return None
+    return str(_resolve_root(name, root).resolve())
 
 
 def check_root(name: str, root: str | os.PathLike | None) -> None:

@@ -60,6 +60,10 @@ RUN_COLUMNS: dict[str, str] = {
     "updated": "TEXT",
     # Added after 0.1.0: ALTERed into older databases on open (see Store._init_schema).
     "alphas": "INTEGER",  # DCTpS offset scales: one per layer, or per channel
+    # where the run's data came from: the data root is not part of a run's identity, so a done
+    # run is reused for other data only if their fingerprints (Splits.fingerprint) agree
+    "data_root": "TEXT",
+    "data_fingerprint": "TEXT",
 }
 EPOCH_COLUMNS: dict[str, str] = {
     "hash": "TEXT NOT NULL",

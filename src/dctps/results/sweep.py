@@ -319,10 +319,13 @@ def plan(
     db: str | os.PathLike | None = None,
     retry_failed: bool = False,
 ) -> list[PlannedRun]:
-    """What :func:`run_sweep` would do with each config (reads the store, runs nothing)."""
+    """What :func:`run_sweep` would do with each config (reads the store, runs nothing).
+
+    A :class:`DctpsError` where a finished run it would skip was trained on other data than
+    its config now reads (:func:`dctps.train.loop.other_data`)."""
     from dctps.results.store import Store, out_db_path
     from dctps.train import checkpoint as ckpt_io
-    from dctps.train.loop import RUNS_DIR
+    from dctps.train.loop import RUNS_DIR, other_data
 
     out = Path(out)
     path = out_db_path(out, db)
@@ -333,9 +336,14 @@ def plan(
         for i in range(0, len(hashes), 500):
             for r in store.query({"hash": hashes[i : i + 500]}, order_by=""):
                 rows[r["hash"]] = r
-    planned = []
+    planned, problems = [], []
+    memo: dict[tuple[Any, ...], str] = {}  # one load per data setting, not per run
     for cfg, h in zip(configs, hashes, strict=True):
         status = rows[h]["status"] if h in rows else None
+        if status == "done" or (status == "failed" and not retry_failed):
+            why = other_data(rows[h], cfg.data, str(path), memo)
+            if why is not None:
+                problems.append(why)
         if status == "done":
             action = "skip-done"
         elif status == "failed":
@@ -345,6 +353,9 @@ def plan(
         else:
             action = "resume" if ckpt_io.exists(out / RUNS_DIR / h) else "restart"
         planned.append(PlannedRun(cfg, h, action, status))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DctpsError(problems[0] + more)
     return planned
 
 

@@ -317,11 +317,61 @@ def _run_lock(folder: Path) -> Iterator[None]:
         f.close()
 
 
-def _done_result(store: Any, h: str, run_dir: Path, ctx: Any) -> dict[str, Any] | None:
+def other_data(
+    row: dict[str, Any], data: Any, where: str, memo: dict[tuple[Any, ...], str] | None = None
+) -> str | None:
+    """Why the finished run ``row`` (a store row) must not stand for a run on ``data`` (a
+    :class:`~dctps.train.config.DataConfig`), or ``None`` if it may.
+
+    The data root is not part of a run's identity (one data set may live at several paths), so
+    the row records the folder it read (``data_root``) and its data's
+    :meth:`~dctps.data.Splits.fingerprint`. Same folder: reused as is. Another folder: its data
+    are loaded (once per setting, through ``memo``) and must have the same fingerprint. Rows
+    written before fingerprints were recorded, and data whose folder is missing now (nothing to
+    compare), are reused as before.
+    """
+    from dctps import data as data_mod
+
+    recorded = row.get("data_fingerprint")
+    if not recorded:
+        return None
+    try:
+        root = data_mod.root_of(data.dataset, data.root)
+    except DctpsError:
+        return None
+    if root == row.get("data_root"):
+        return None
+    key = (data.dataset, root, data.val_fraction, data.split_seed, data.subset)
+    memo = {} if memo is None else memo
+    if key not in memo:
+        memo[key] = data_mod.build(
+            data.dataset, root, val_fraction=data.val_fraction, split_seed=data.split_seed,
+            subset=data.subset,
+        ).fingerprint()  # fmt: skip
+    if memo[key] == recorded:
+        return None
+    return (
+        f"run {row['hash']} ({row.get('status')}) in {where} was trained on other data than "
+        f"{data.dataset} at {root} (data fingerprint {recorded} from {row.get('data_root')}, "
+        f"now {memo[key]}). The data root is not part of a run's identity, so its result "
+        "would stand for these data: give another --out (or --db) for them, or remove that "
+        "run from the store to train it again"
+    )
+
+
+def _done_result(
+    store: Any, h: str, run_dir: Path, ctx: Any, data: Any = None
+) -> dict[str, Any] | None:
     """The stored result of run ``h`` if its row is ``done`` (rank 0 reads the store and decides
-    for every rank: all ranks call this), else ``None``."""
+    for every rank: all ranks call this), else ``None``. A :class:`DctpsError` for a done row
+    trained on other data than ``data`` (:func:`other_data`)."""
     row = store.get(h) if store is not None else None
-    if not ctx.broadcast(row is not None and row["status"] == "done"):
+    done = row is not None and row["status"] == "done"
+    why = other_data(row, data, str(store.path)) if done and data is not None else None
+    why, done = ctx.broadcast((why, done))
+    if why is not None:
+        raise DctpsError(why)
+    if not done:
         return None
     return _row_result(row, run_dir, store) if row is not None else {"hash": h, "skipped": True}
 
@@ -429,7 +479,7 @@ def _fit(
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)
-    done = _done_result(store, h, run_dir, ctx)
+    done = _done_result(store, h, run_dir, ctx, cfg.data)
     if done is not None:
         return done
 
@@ -437,7 +487,7 @@ def _fit(
     with lock:
         # done by another process between the first look and the lock (a sweep beside this
         # one): reopening it would mark its row running and test it again
-        done = _done_result(store, h, run_dir, ctx)
+        done = _done_result(store, h, run_dir, ctx, cfg.data)
         if done is not None:
             return done
         # ---- checkpoint (rank 0 first: it may quarantine a corrupt last.pt)
@@ -461,6 +511,7 @@ def _fit(
         )
         info = splits.info
         data_fp = splits.fingerprint()
+        data_root = data_mod.root_of(cfg.data.dataset, cfg.data.root)
         if ck is not None and ck.get("data") not in (None, data_fp):
             raise DctpsError(
                 f"the checkpoint of run {h} in {run_dir} was trained on other data than "
@@ -558,7 +609,10 @@ def _fit(
                 if store is not None:
                     # the model is left dense: its weights place the point on a non-zeros axis
                     store.start(h, cfg.to_dict())
-                    store.fail(h, e.reason, weights=count(model).weights)
+                    store.fail(
+                        h, e.reason, weights=count(model).weights, data_root=data_root,
+                        data_fingerprint=data_fp,
+                    )  # fmt: skip
                 return {
                     "hash": h,
                     "status": "failed",
@@ -586,6 +640,8 @@ def _fit(
                 store.start(h, cfg.to_dict())
                 store.update(
                     h,
+                    data_root=data_root,
+                    data_fingerprint=data_fp,
                     weights=counts.weights,
                     nonzeros=counts.nonzeros,
                     alphas=counts.alphas,
