@@ -691,14 +691,20 @@ def test_a_done_run_does_not_stand_for_other_data(fake_cifar10, tmp_path, monkey
     first = fit(cfg, tmp_path / "out", progress=False)
     row = Store(tmp_path / "out").get(first["hash"])
     assert row["data_root"] == str(fake_cifar10.resolve())
-    assert row["data_fingerprint"] == dctps.data.build(
-        "cifar10", fake_cifar10, val_fraction=cfg.resolve().data.val_fraction
-    ).fingerprint()
+    assert (
+        row["data_fingerprint"]
+        == dctps.data.build(
+            "cifar10", fake_cifar10, val_fraction=cfg.resolve().data.val_fraction
+        ).fingerprint()
+    )
 
     other = write_fake_cifar10(tmp_path / "other", seed=1)
     moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(other)))
-    with pytest.raises(DctpsError, match=rf"run {first['hash']} \(done\) in .* was trained on "
-                       rf"other data than cifar10 at {re.escape(str(other.resolve()))}"):
+    with pytest.raises(
+        DctpsError,
+        match=rf"run {first['hash']} \(done\) in .* was trained on "
+        rf"other data than cifar10 at {re.escape(str(other.resolve()))}",
+    ):
         fit(moved, tmp_path / "out", progress=False)
 
     copy = shutil.copytree(fake_cifar10, tmp_path / "copy")

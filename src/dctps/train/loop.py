@@ -367,7 +367,9 @@ def _done_result(
     trained on other data than ``data`` (:func:`other_data`)."""
     row = store.get(h) if store is not None else None
     done = row is not None and row["status"] == "done"
-    why = other_data(row, data, str(store.path)) if done and data is not None else None
+    why = None
+    if row is not None and done and data is not None:
+        why = other_data(row, data, str(store.path))
     why, done = ctx.broadcast((why, done))
     if why is not None:
         raise DctpsError(why)
