@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -33,7 +33,16 @@ from dctps.errors import DctpsError, check_density, unknown_name
 
 __all__ = ["budgets", "names", "filter_counts", "layer_weights"]
 
-_METHODS = ("uniform", "epl", "epf", "erk", "epl_ref")
+#: each method's water-filling weight ``w_l`` of a layer whose weight has ``shape`` (module
+#: table); ``epl_ref`` shares ``epl``'s weight but rounds its own way (:func:`budgets`)
+_WEIGHTS: dict[str, Callable[[Sequence[int]], float]] = {
+    "uniform": lambda shape: float(math.prod(shape)),
+    "epl": lambda shape: 1.0,
+    "epf": lambda shape: float(shape[0]),
+    "erk": lambda shape: float(sum(shape)),
+    "epl_ref": lambda shape: 1.0,
+}
+_METHODS = tuple(_WEIGHTS)
 
 
 def names() -> list[str]:
@@ -43,16 +52,9 @@ def names() -> list[str]:
 
 def layer_weights(shape: Sequence[int], method: str) -> float:
     """The water-filling weight ``w_l`` of a layer whose weight has ``shape`` (see module doc)."""
-    numel = math.prod(shape)
-    if method == "uniform":
-        return float(numel)
-    if method in ("epl", "epl_ref"):
-        return 1.0
-    if method == "epf":
-        return float(shape[0])
-    if method == "erk":
-        return float(sum(shape))
-    raise unknown_name("allocation", method, _METHODS)
+    if method not in _WEIGHTS:
+        raise unknown_name("allocation", method, _METHODS)
+    return _WEIGHTS[method](shape)
 
 
 def _water_fill(caps: Sequence[int], weights: Sequence[float], total: int) -> list[int]:

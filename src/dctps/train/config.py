@@ -174,7 +174,11 @@ class OptimConfig:
         None,
         "Named preset from Table E.3: {recipes} (default: lenet for lenet5, else adam).",
     )
-    optimizer: str | None = _f(None, "{optimizers} (default: the recipe's).")
+    optimizer: str | None = _f(
+        None,
+        "{optimizers} (default: the recipe's). Another optimizer than the recipe's needs --lr; "
+        "the recipe's schedule (milestones, gamma), weight decay, batch size and epochs stay.",
+    )
     lr: float | None = _f(None, "Base learning rate (sgd recipe: 0.1, or 0.03 for dctps).")
     momentum: float | None = _f(None, "SGD momentum (sgd recipe: 0.9).")
     weight_decay: float | None = _f(None, "L2 weight decay (recipes: 5e-4).")
