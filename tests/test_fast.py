@@ -297,6 +297,30 @@ def test_bench_memory_refuses_implausible_readings(monkeypatch):
         bench.bench_memory(torch.device("cpu"), quick=False, echo=lambda s: None)
 
 
+def test_bench_memory_reads_maxrss_per_platform_and_refuses_where_it_cannot(monkeypatch):
+    """macOS reports ru_maxrss in bytes, Linux in kilobytes (the benchmark multiplied by 1024
+    everywhere); Windows has neither /proc nor `resource`, and the children failed with a
+    flattened traceback: refused up front, in one line."""
+    import resource
+    import sys
+
+    from dctps import bench
+    from dctps.errors import DctpsError
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    monkeypatch.setattr(sys, "platform", "darwin")
+    on_mac = bench._maxrss_bytes()
+    monkeypatch.setattr(sys, "platform", "linux")
+    on_linux = bench._maxrss_bytes()
+    assert kb <= on_mac < 2 * kb and on_linux >= 1024 * kb
+    monkeypatch.setitem(sys.modules, "resource", None)
+    monkeypatch.setattr(bench, "_proc_status_bytes", lambda key: None)
+    assert bench._maxrss_bytes() is None
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a child ran"))
+    with pytest.raises(DctpsError, match=r"cannot read a process's peak memory on this system"):
+        bench.bench_memory(torch.device("cpu"), quick=False, echo=lambda s: None)
+
+
 def test_bench_conv_shapes_time_each_model_with_its_own_budget():
     """A VGG19 conv with a ResNet18 conv's geometry was timed once, with ResNet18's nnz."""
     from dctps.bench import conv_shapes

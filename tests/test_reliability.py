@@ -811,3 +811,30 @@ def test_same_seed_same_bits_other_seed_other_run(fake_cifar10, tmp_path):
         sup = [k for k in ba if k.endswith(key) and k != "features.0.indices"]  # full at 5% EPL
         assert len(sup) >= 4 and all(not torch.equal(ba[k], bc[k]) for k in sup), method
         assert not math.isnan(ra["val_acc"])
+
+
+def test_yaml_is_utf8_whatever_the_locale(tmp_path):
+    """`--print-config` writes UTF-8 (an em dash in a title); read back under a C locale it
+    raised UnicodeDecodeError with a traceback (Windows' cp1252 would misread it). Text files
+    are read and written as UTF-8; a file that is not UTF-8 is a one-line DctpsError."""
+    import subprocess
+    import sys
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_bytes("title: 'a \u2014 b'\n".encode())
+    bad.write_bytes("title: 'caf\xe9'\n".encode("latin-1"))
+    script = (
+        "import sys, locale; from dctps.train.config import read_yaml; from dctps.errors import "
+        "DctpsError\nprint(locale.getpreferredencoding(False))\n"
+        f"print(ascii(read_yaml({str(good)!r}, 'x')['title']))\n"
+        f"try:\n    read_yaml({str(bad)!r}, 'sweep config')\nexcept DctpsError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    enc, title, refused = p.stdout.splitlines()
+    assert enc.lower().replace("-", "") != "utf8"  # the locale really is not UTF-8
+    assert title == "'a \\u2014 b'"
+    assert refused.startswith(f"refused: cannot read sweep config {bad}: not UTF-8 text")

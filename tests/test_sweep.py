@@ -701,3 +701,47 @@ def test_a_sweep_does_not_skip_runs_done_on_other_data(fake_cifar10, tmp_path):
     copy = shutil.copytree(fake_cifar10, tmp_path / "copy")
     again = run_sweep(expand_grid(small_grid(copy, methods=["dense"])), out, progress=False)
     assert again.counts() == {"skip-done": 1}
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_workers_die(tmp_path):
+    """Sweep workers are spawned (on every platform): each imports the main script. A script
+    that called run_sweep at its top level got every run reported "killed or out of memory"
+    and 276 lines of multiprocessing's bootstrapping text; a worker now refuses to start a
+    sweep of its own, saying why, and the summary names the guard."""
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys
+        from dctps.results.sweep import expand_grid, run_sweep
+        grid = {"base": {"optim": {"epochs": 1, "batch_size": 64}, "device": "cpu",
+                         "data": {"subset": 64}},
+                "models": ["resnet18"], "datasets": ["digits"], "methods": ["dense"],
+                "densities": [0.05], "seeds": [0, 1]}
+        print("SUMMARY", run_sweep(expand_grid(grid), sys.argv[1], workers=2,
+                                   progress=False).summary())
+    """)
+    )
+    p = subprocess.run([sys.executable, str(script), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    summary = p.stdout[p.stdout.index("SUMMARY") :]
+    assert "2 runs: 2 error" in summary
+    assert summary.count("a script that calls run_sweep must do so under `if __name__ ==") == 2
+    assert "run_sweep was called while a sweep worker was importing the main script" in p.stderr
+
+
+def test_a_failed_submitit_job_reports_its_error_not_its_log_path(tmp_path):
+    """A submitit-local job that failed outside run_one (on Windows: submitit's own SIGCONT)
+    was reported as the last line of submitit's message, the path of its .out log; the error
+    itself was dropped. A real failed job's message gives the error and the .err log."""
+    import submitit
+
+    from dctps.results.sweep import job_failure
+
+    ex = submitit.AutoExecutor(folder=str(tmp_path / "%j"), cluster="local")
+    ex.update_parameters(timeout_min=2)
+    job = ex.submit(int, "not a number")
+    with pytest.raises(Exception) as info:
+        job.result()
+    line = job_failure(info.value)
+    assert line.startswith("ValueError: invalid literal for int() with base 10: 'not a number'")
+    assert line.endswith("_log.err)") and "(log: " + str(tmp_path) in line

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import dctps.data
 import dctps.models
 from dctps._compat import TORCH_VERSION
-from dctps.errors import DctpsError, PruningFailed
+from dctps.errors import DctpsError, PruningFailed, RunBusy
 from dctps.results import Store
 from dctps.results.store import format_table
 from dctps.sparsify import sparsify
@@ -1404,6 +1405,34 @@ def test_an_out_folder_whose_name_has_a_dot(fake_cifar10, tmp_path):
     assert (out / "results.db").is_file() and (out / "runs" / r["hash"]).is_dir()
 
 
+def test_run_lock_without_fcntl_uses_msvcrt(tmp_path, monkeypatch):
+    """Without `fcntl` (Windows) the run lock was skipped: two processes trained one run into
+    one folder, each writing its epochs. It takes `msvcrt`'s byte lock there (faked here on
+    top of flock, which conflicts between two opens of one file as between two processes)."""
+    import fcntl
+    import sys
+    import types
+
+    calls = []
+
+    def locking(fd, mode, nbytes):
+        calls.append((mode, nbytes, os.lseek(fd, 0, os.SEEK_CUR)))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises OSError when held
+
+    fake = types.SimpleNamespace(LK_NBLCK=2, locking=locking)
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    folder = tmp_path / "runs" / "h"
+    with loop._run_lock(folder):
+        (folder / "x").write_text("kept")
+        with pytest.raises(RunBusy, match="already being trained by another process"):
+            with loop._run_lock(folder):
+                pass
+    assert calls[0] == (2, 1, 0)  # non-blocking, one byte, at the start of the file
+    with loop._run_lock(folder):  # released
+        pass
+
+
 def test_run_lock_survives_the_empty_folder_cleanup_race(tmp_path, monkeypatch):
     """A run that wrote nothing removes its folder and `.lock` on exit. A process that opened
     that `.lock` just before must not end up holding a lock on the removed file beside a third
@@ -1722,3 +1751,41 @@ def test_test_accuracy_is_that_of_the_best_validation_model(fake_cifar10, tmp_pa
     assert r["best_epoch"] == best["epoch"] == 2 and r["epochs"] == 3  # a tie keeps the first
     assert r["test_acc"] == pytest.approx(fingerprint(best["model"]), rel=1e-12)
     assert fingerprint(last["model"]) != pytest.approx(r["test_acc"], rel=1e-9)
+
+
+def test_a_tilde_path_means_the_home_folder_everywhere(fake_cifar10, tmp_path, monkeypatch):
+    """`--out '~/t'` (quoted, or `--out=~/t`: the shell expands neither) put results.db in
+    $HOME/t but the checkpoints in a folder called `~` under the working directory, so a rerun
+    from elsewhere started the run over; configs and grids with `~` were not found. Every path
+    now expands `~`."""
+    from typer.testing import CliRunner
+
+    from dctps.cli import app
+    from dctps.results.sweep import expand_grid, load_grid, run_sweep
+    from dctps.train.config import load_config, save_config
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    cfg = small_cfg(fake_cifar10, epochs=1)
+    save_config(cfg, home / "c.yaml")
+    assert load_config("~/c.yaml") == cfg
+    r = CliRunner().invoke(app, ["train", "--config", "~/c.yaml", "--out", "~/t", "-q"])
+    assert r.exit_code == 0, r.output
+    h = cfg.resolve().config_hash()
+    assert (home / "t" / "results.db").is_file() and (home / "t" / "runs" / h / "best.pt").is_file()
+    assert not (work / "~").exists()
+    r = CliRunner().invoke(app, ["export", f"~/t/runs/{h}/best.pt", "~/m.dctps"])
+    assert r.exit_code == 0 and (home / "m.dctps").is_file(), r.output
+    r = CliRunner().invoke(app, ["inspect", "~/m.dctps"])
+    assert r.exit_code == 0 and "file size: " in r.output, r.output
+
+    grid = {"base": {"data": {"root": str(fake_cifar10)}, "optim": {"epochs": 1, "batch_size": 32},
+            "device": "cpu"}, "models": ["lenet5"], "datasets": ["cifar10"],
+            "methods": ["dense"], "densities": [0.05]}  # fmt: skip
+    (home / "g.yaml").write_text(yaml.safe_dump(grid))
+    rep = run_sweep(expand_grid(load_grid("~/g.yaml")), "~/s", progress=False)
+    assert rep.counts() == {"done": 1}
+    assert Store("~/s").query({})[0]["status"] == "done" and (home / "s" / "runs").is_dir()
+    assert not (work / "~").exists()

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from dctps.errors import DctpsError, cannot_write
+from dctps.errors import DctpsError, cannot_write, user_path
 
 __all__ = [
     "atomic_write",
@@ -59,7 +59,7 @@ def check_file_target(path: str | os.PathLike, what: str, example: str = "out.bi
     """A :class:`DctpsError` when ``path`` names a folder (an existing one, or a path ending in
     a separator) where a file is to be written: ``Path("out/")`` is ``out``, and the write would
     create a file called ``out`` (or fail on the folder). ``example``: a file name to suggest."""
-    text = os.fspath(path)
+    text = os.path.expanduser(os.fspath(path))
     if text.endswith(("/", os.sep)) or Path(text).is_dir():
         raise DctpsError(
             f"cannot write {what} {text}: that is a folder; give a file path in it, e.g. "
@@ -76,7 +76,7 @@ def make_parent(path: str | os.PathLike, what: str, example: str = "out.bin") ->
     (:func:`check_file_target`, suggesting ``example``)."""
     check_file_target(path, what, example)
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        user_path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise cannot_write(what, path, e) from None
 
@@ -101,12 +101,14 @@ def atomic_write(
     included, propagates. Either way the temporary file is removed and ``path`` is untouched.
     """
     check_file_target(path, what)
-    target = Path(path)
+    target = user_path(path)
     try:
         fd, tmp = create_temp(target)
     except OSError as e:
         raise cannot_write(what, target, e) from None
     try:
+        if "b" not in mode:  # dctps's text files are UTF-8 whatever the locale (Windows: cp1252)
+            open_kw.setdefault("encoding", "utf-8")
         with os.fdopen(fd, mode, **open_kw) as f:
             yield f
             f.flush()

@@ -41,7 +41,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -473,6 +472,17 @@ def _reset_peak_rss() -> bool:
     return _proc_status_bytes("VmHWM") is not None
 
 
+def _maxrss_bytes() -> int | None:
+    """This process's ``ru_maxrss`` in bytes (Linux and the BSDs report kilobytes, macOS
+    bytes), or ``None`` without the ``resource`` module (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
 def _memory_child(
     variant: str, device_name: str, batch: int, n: int, threads: int = 0
 ) -> dict[str, Any]:
@@ -483,8 +493,6 @@ def _memory_child(
     allows it: otherwise the mark that importing torch left can exceed a small step's own peak
     (a fast DCTpS step once measured 0.0 MB). Elsewhere ``ru_maxrss`` growth, an underestimate
     for such steps (reported as ``peak``)."""
-    import resource
-
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -500,7 +508,7 @@ def _memory_child(
         base = _proc_status_bytes("VmRSS") or 0
     else:
         how = "ru_maxrss"
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = _maxrss_bytes() or 0
     if variant == "dense":
         layer: nn.Module = nn.Linear(n, n, device=device)
     else:
@@ -518,7 +526,7 @@ def _memory_child(
     elif how == "VmHWM":
         peak = _proc_status_bytes("VmHWM") or 0
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _maxrss_bytes() or 0
     built = bool(getattr(layer, "basis_built", False))
     total = peak if how == "VmHWM" else None  # the others do not see the whole process
     return {"variant": variant, "bytes": peak - base, "total": total, "D_built": built, "how": how}
@@ -535,6 +543,12 @@ def bench_memory(device: torch.device, quick: bool, echo: Echo) -> list[dict[str
     echo(f"== memory: peak memory of 2 training steps (SGD momentum) of Linear {n}x{n}, batch "
          f"{batch}, each in a fresh subprocess ({what}, counting parameters, gradients, "
          f"optimizer state and activations); {_env(device)}")  # fmt: skip
+    if device.type == "cpu" and _proc_status_bytes("VmRSS") is None and _maxrss_bytes() is None:
+        raise DctpsError(
+            "the memory benchmark cannot read a process's peak memory on this system (neither "
+            "/proc nor the resource module: Windows); run it on Linux or macOS, or with "
+            "--device cuda"
+        )
     res = {}
     for variant in ("dense", "fast"):
         cmd = [sys.executable, "-m", "dctps.bench", "_memory_child", variant, str(device),
@@ -634,7 +648,7 @@ def main(argv: list[str] | None = None, default: str = "all") -> None:
         rows = run(a.name, a.quick, a.device, threads=a.threads)
         if a.json:
             try:
-                with atomic_write(Path(a.json), "benchmark rows") as f:
+                with atomic_write(a.json, "benchmark rows") as f:
                     json.dump(rows, f, indent=1, default=str)
             except OSError as e:
                 raise cannot_write("benchmark rows", a.json, e) from None

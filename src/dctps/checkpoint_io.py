@@ -42,7 +42,7 @@ from dctps import offsets
 from dctps._version import __version__
 from dctps.atomic import atomic_write
 from dctps.batched import strip
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, set_submodule
 
@@ -294,7 +294,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     payload = b"".join(chunks)
     crc = zlib.crc32(payload, zlib.crc32(head))
     total = _HEAD.size + len(head) + len(payload) + _TRAILER.size
-    path = Path(path)
+    path = user_path(path)
     with atomic_write(path, "checkpoint", "wb") as f:
         f.write(_HEAD.pack(MAGIC, len(head)))
         f.write(head)
@@ -305,7 +305,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
     """Header, payload and file size of a checkpoint, or a DctpsError naming what is wrong."""
-    path = Path(path)
+    path = user_path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

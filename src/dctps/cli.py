@@ -8,6 +8,7 @@ Each command is a thin wrapper over a library function; bad input raises :class:
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -280,6 +281,7 @@ def inspect_cmd(
     """
     from dctps.checkpoint_io import inspect
 
+    ckpt = os.path.expanduser(ckpt)
     if not starts_with(ckpt, b"PK\x03\x04"):  # torch.save writes zip files; dctps.save does not
         typer.echo(inspect(ckpt).table())
         return
@@ -332,6 +334,7 @@ def export_cmd(
     from dctps.checkpoint_io import MAGIC, inspect, save
     from dctps.train.checkpoint import model_from_checkpoint
 
+    ckpt, out = os.path.expanduser(ckpt), os.path.expanduser(out)
     check_file_target(out, "checkpoint", "model.dctps")
     if Path(out).name in ("best.pt", "last.pt", "prev.pt") or (
         Path(out).exists() and Path(out).resolve() == Path(ckpt).resolve()

@@ -92,6 +92,13 @@ def yaml_problem(e: Exception) -> str:
     return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
+def user_path(path: str | os.PathLike) -> Path:
+    """``path`` as given by a user, with a leading ``~`` expanded: the shell leaves a quoted
+    ``'~/out'`` or ``--out=~/out`` alone, and every path dctps reads or writes (outputs,
+    databases, configs, data, checkpoints) must mean the same folder."""
+    return Path(path).expanduser()
+
+
 def cannot_write(what: str, path: str | os.PathLike, e: OSError) -> DctpsError:
     """A one-line error for a failed write of ``path`` (names a parent that is a file, not a folder;
     a full disk; a read-only folder)."""

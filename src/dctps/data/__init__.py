@@ -34,7 +34,7 @@ from dctps.data.augment import (
 from dctps.data.digits import load_digits
 from dctps.data.loader import Loader
 from dctps.data.split import holdout
-from dctps.errors import DctpsError, unknown_name
+from dctps.errors import DctpsError, unknown_name, user_path
 
 __all__ = [
     "DatasetInfo",
@@ -257,7 +257,7 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
                 f"the environment variable {DATA_ENV}"
             )
         root = env
-    path = Path(root).expanduser()
+    path = user_path(root)
     if not path.is_dir():
         raise DctpsError(f"data root {path} does not exist or is not a folder")
     return path

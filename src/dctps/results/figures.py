@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from dctps.errors import DctpsError, PruningFailed, unknown_name
+from dctps.errors import DctpsError, PruningFailed, unknown_name, user_path
 from dctps.results.plots import (
     FigureData,
     default_label,
@@ -949,10 +949,10 @@ def run_figure(
     from dctps.results.store import Store, out_db_path
 
     spec = get(name)
-    out = Path(out)
+    out = user_path(out)
     if spec.grid is None:
         setup = figure_setup(name, pairs=allocation_pairs(name, models, datasets))
-        fig_path = Path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
+        fig_path = user_path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
         if dry_run:
             echo(f"figure {name} trains nothing; it would draw {fig_path}: {setup.one_line()}")
             return None
@@ -970,7 +970,7 @@ def run_figure(
         datasets=datasets, densities=densities, seeds=seeds, grid=grid,
     )  # fmt: skip
     setup = figure_setup(name, configs, quick=quick)
-    fig_path = Path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
+    fig_path = user_path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
     db_path = out_db_path(out, db)
     params = slurm_overrides((grid or {}).get("slurm"), slurm, executor)
     if dry_run:

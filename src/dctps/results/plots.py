@@ -25,14 +25,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from dctps.errors import DctpsError, cannot_write  # noqa: E402
+from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
 from dctps.results.store import row_config, run_identity  # noqa: E402
 from dctps.results.variants import flatten, named_differences, varying_keys  # noqa: E402
 
 
 def save(fig, path: str | Path) -> list[Path]:
     """Save ``fig`` at ``path`` and, beside it, the other of PNG/PDF; return both paths."""
-    path = Path(path)
+    path = user_path(path)
     if not path.suffix:  # matplotlib would add .png itself, and the reported path would not exist
         path = path.with_suffix(".png")
     out = [path]
@@ -529,10 +529,13 @@ def _json_safe(data: Any) -> Any:
 
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON (the numbers behind a figure)."""
-    path = Path(path)
+    path = user_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_json_safe(data), indent=1, default=str, allow_nan=False))
+        path.write_text(
+            json.dumps(_json_safe(data), indent=1, default=str, allow_nan=False),
+            encoding="utf-8",
+        )
     except OSError as e:
         raise cannot_write("figure data", path, e) from None
     return path
@@ -553,7 +556,7 @@ def plot_command(
     if not path.is_file():
         raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
     rows = Store(path).query(parse_where(where))
-    target = Path(out)
+    target = user_path(out)
     if str(out).endswith(("/", os.sep)) or target.is_dir():
         target = target / "plot.png"  # a folder, as --out is for train/sweep/figure
     return plot_runs(rows, target, title=title, metric=metric, x=x)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dctps.atomic import atomic_write, make_parent, starts_with
-from dctps.errors import DctpsError, cannot_write
+from dctps.errors import DctpsError, cannot_write, user_path
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
 
@@ -130,7 +130,7 @@ def _is_busy(e: sqlite3.OperationalError) -> bool:
 
 def resolve_db_path(path: str | os.PathLike | None) -> Path:
     """``path`` itself, or ``path/results.db`` when it is a folder (``None``: ./results.db)."""
-    p = Path(path if path is not None else DB_NAME).expanduser()
+    p = user_path(path if path is not None else DB_NAME)
     if p.is_dir() or (not p.suffix and not p.exists()):
         p = p / DB_NAME
     return p
@@ -140,7 +140,7 @@ def out_db_path(out: str | os.PathLike, db: str | os.PathLike | None = None) -> 
     """The results database of an ``--out`` folder: ``db`` when given (see
     :func:`resolve_db_path`), else ``out/results.db``. ``out`` is always a folder, also before it
     exists and when its name has a dot (``exp.v2``)."""
-    return resolve_db_path(db) if db is not None else Path(out).expanduser() / DB_NAME
+    return resolve_db_path(db) if db is not None else user_path(out) / DB_NAME
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -518,7 +518,7 @@ class Store:
         as the CSV path by mistake would lose every run). The file is written to a temporary
         sibling and renamed, so a failure leaves any previous CSV intact.
         """
-        target = Path(path)
+        target = user_path(path)
         _check_csv_target(target)
         rows = self.query(where)
         cols = list(columns or RUN_COLUMNS)
@@ -528,7 +528,7 @@ class Store:
             elif _csv_stream(path):  # another descriptor, a FIFO or a device: never replaced
                 # appended: opening /dev/fd/N or /dev/stderr for writing would truncate a file
                 # that the shell redirected there with >>
-                with open(target, "a", newline="") as f:
+                with open(target, "a", newline="", encoding="utf-8") as f:
                     _write_csv(f, rows, cols)
             else:
                 with atomic_write(target, "CSV file", newline="") as f:

@@ -43,6 +43,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,7 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dctps.errors import DctpsError, RunBusy, cannot_write, parse_density, unknown_name
+from dctps.errors import (
+    DctpsError,
+    RunBusy,
+    cannot_write,
+    parse_density,
+    unknown_name,
+    user_path,
+)
 from dctps.train.config import RunConfig, SparsityConfig, parse_assignment, read_yaml
 
 __all__ = [
@@ -140,7 +148,7 @@ def _method_entry(entry: Any, where: str) -> tuple[dict[str, Any], list[float] |
 
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     """Read a grid YAML file (checked by :func:`expand_grid`); unknown top-level keys raise."""
-    p = Path(path)
+    p = user_path(path)
     if not p.exists():  # the repository's configs/ are not in the package: say how to get one
         from dctps.results.figures import names as figure_names
 
@@ -327,7 +335,7 @@ def plan(
     from dctps.train import checkpoint as ckpt_io
     from dctps.train.loop import RUNS_DIR, other_data
 
-    out = Path(out)
+    out = user_path(out)
     path = out_db_path(out, db)
     hashes = [c.config_hash() for c in configs]
     rows: dict[str, dict[str, Any]] = {}
@@ -460,7 +468,7 @@ def run_one(
             with contextlib.suppress(OSError):
                 path = Path(out) / ERRORS_DIR / f"{h}.txt"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(tb)
+                path.write_text(tb, encoding="utf-8")
                 res["traceback_file"] = str(path)
         return res
     keys = ("hash", "status", "reason", "val_acc", "test_acc", "resumed_from", "skipped",
@@ -653,11 +661,41 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
             if deaths[p.hash] >= 2:
                 report.results[p.hash] = {
                     "hash": p.hash, "status": "error",
-                    "reason": "the worker process died (killed or out of memory) twice",
+                    "reason": "the worker process died (killed or out of memory) twice"
+                    + _unguarded_script_hint(),
                 }  # fmt: skip
                 _tick(bar, report, p.cfg)
             else:
                 pending.append(p)
+
+
+def _unguarded_script_hint() -> str:
+    """Where the sweep was started by a Python script (not the ``dctps`` command), the likeliest
+    cause of workers that die at once: each spawned worker imports that script, and a script
+    that calls :func:`run_sweep` outside ``if __name__ == "__main__":`` cannot start them."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if not path or not str(path).endswith(".py") or (spec and spec.name.startswith("dctps")):
+        return ""
+    return (
+        f", or could not start: workers import {Path(path).name}, so a script that calls "
+        'run_sweep must do so under `if __name__ == "__main__":`'
+    )
+
+
+def _check_not_a_worker_import() -> None:
+    """A :class:`DctpsError` for :func:`run_sweep` called while a spawned worker imports the
+    main script (multiprocessing's bootstrapping phase): the script lacks its
+    ``if __name__ == "__main__":`` guard, and every worker would start a sweep of its own."""
+    import multiprocessing as mp
+
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise DctpsError(
+            "run_sweep was called while a sweep worker was importing the main script: sweep "
+            "workers are spawned processes that import it, so call run_sweep under "
+            '`if __name__ == "__main__":`'
+        )
 
 
 def _submitit_executor(kind: str, folder: Path, params: Mapping[str, Any]) -> Any:
@@ -678,13 +716,26 @@ def _submitit_executor(kind: str, folder: Path, params: Mapping[str, Any]) -> An
     return ex
 
 
+def job_failure(e: BaseException) -> str:
+    """One line for a submitit job that failed outside ``run_one`` (a timeout, a killed node,
+    an error in submitit's own start-up): ``FailedJobError``'s message is the job's traceback
+    then where its logs are; the line is the traceback's last (the error itself) and the
+    ``.err`` log, not the last line (the ``.out`` log's path)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines()]
+    end = next((i for i, ln in enumerate(lines) if ln.startswith("You can check full logs")),
+               len(lines))  # fmt: skip
+    body = [ln for ln in lines[:end] if ln and not set(ln) <= {"-"}]
+    what = body[-1] if body else type(e).__name__
+    err = next((ln.lstrip("- ") for ln in lines[end:] if ln.endswith(".err")), None)
+    return what + (f" (log: {err})" if err else "")
+
+
 def _job_result(job: Any, h: str) -> dict[str, Any]:
     try:
         res = job.result()
     except Exception as e:  # the job itself died (timeout, node failure, killed)
-        msg = str(e).strip().splitlines()
-        return {"hash": h, "status": "error", "reason": f"job {job.job_id}: "
-                f"{type(e).__name__}: {msg[-1] if msg else ''}"}  # fmt: skip
+        reason = f"job {job.job_id}: {type(e).__name__}: {job_failure(e)}"
+        return {"hash": h, "status": "error", "reason": reason}
     res["hash"] = h
     return res
 
@@ -771,7 +822,9 @@ def run_sweep(
         db: the results database (default ``out/results.db``).
         executor: ``local``, ``submitit-local`` or ``slurm``.
         workers: parallel runs (local: processes, default 1; submitit-local: jobs at a time,
-            default 1; slurm: the job array's parallelism, default unlimited).
+            default 1; slurm: the job array's parallelism, default unlimited). Local workers
+            are spawned processes, which import the main script: a script must call
+            ``run_sweep`` under ``if __name__ == "__main__":`` (else :class:`DctpsError`).
         retry_failed: run ``failed`` runs again (from scratch).
         progress: an overall tqdm bar over the runs to train.
         slurm: submitit parameters (``timeout_min``, ``gpus_per_node``, ``cpus_per_task``,
@@ -781,10 +834,11 @@ def run_sweep(
     """
     from dctps.results.store import Store, out_db_path
 
+    _check_not_a_worker_import()
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
-    out_p = Path(out).resolve()
+    out_p = user_path(out).resolve()
     db_p = out_db_path(out_p, db).resolve()
     planned = plan(configs, out_p, db_p, retry_failed)
     report = SweepReport(planned)
@@ -905,6 +959,11 @@ def preflight(
     run on this host (``local``, ``submitit-local``) :func:`host_problems`. One message per
     problem (empty: none found)."""
     problems = grid_problems(configs, executor, slurm)
+    if executor == "submitit-local" and sys.platform == "win32":
+        # submitit's local jobs signal themselves with SIGCONT, which Windows lacks: every
+        # job failed, reported as the path of its log
+        problems.append("--executor submitit-local does not run on Windows (submitit's local "
+                        "jobs need POSIX signals); use --executor local")  # fmt: skip
     return problems + (host_problems(configs) if executor != "slurm" else [])
 
 

@@ -26,7 +26,6 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -38,6 +37,7 @@ from dctps.errors import (
     check_seed,
     parse_density,
     unknown_name,
+    user_path,
     yaml_problem,
 )
 
@@ -688,18 +688,22 @@ def _resolve_optim(c: RunConfig) -> None:
 # ----------------------------------------------------------------------------- YAML
 def load_config(path: str | os.PathLike) -> RunConfig:
     """Read a YAML run config; unknown keys or ill-typed values raise :class:`DctpsError`."""
-    p = Path(path)
+    p = user_path(path)
     return RunConfig.from_dict(read_yaml(p, "config"), source=str(p))
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
     """The parsed YAML file ``path``; an unreadable file or a syntax error is one-line DctpsError
     naming ``what`` (e.g. ``config``, ``sweep config``), the path and the line/column."""
-    p = Path(path)
+    p = user_path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")  # as dctps writes them, whatever the locale
     except OSError as e:
         raise DctpsError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DctpsError(
+            f"cannot read {what} {p}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

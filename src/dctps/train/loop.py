@@ -24,6 +24,7 @@ and ends with exactly the metrics of an uninterrupted run (bit-exact on CPU).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 import time
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dctps import _compat
-from dctps.errors import DctpsError, PruningFailed, RunBusy, cannot_write
+from dctps.errors import DctpsError, PruningFailed, RunBusy, cannot_write, user_path
 from dctps.models import lr_factors
 from dctps.train import checkpoint as ckpt_io
 from dctps.train import setup as su
@@ -261,6 +262,27 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
     loader.load_state_dict(state["loader"])
 
 
+def _lock_now(f: Any) -> bool:
+    """Take an exclusive lock on the open file ``f`` without waiting; ``False`` if another
+    process holds it. POSIX: ``flock`` on the whole file; Windows (no ``fcntl``): ``msvcrt``'s
+    lock on its first byte. The system drops either when the process dies."""
+    try:
+        import fcntl
+    except ImportError:
+        msvcrt: Any = importlib.import_module("msvcrt")
+        f.seek(0)
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _run_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on ``folder/.lock`` (released when the process dies, even by SIGKILL).
@@ -283,13 +305,7 @@ def _run_lock(folder: Path) -> Iterator[None]:
             continue
         except OSError as e:
             raise cannot_write("run lock", path, e) from None
-        try:
-            import fcntl
-
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - Windows: no lock
-            break
-        except OSError:
+        if not _lock_now(f):
             f.close()
             raise RunBusy(
                 f"run {folder.name} is already being trained by another process (lock {path})"
@@ -456,7 +472,7 @@ def fit(
     cfg = cfg.resolve()
     ctx = setup(cfg.device)
     try:
-        return _fit(cfg, Path(out_dir), store, progress, resume, ctx)
+        return _fit(cfg, user_path(out_dir), store, progress, resume, ctx)
     finally:
         teardown(ctx)
 
