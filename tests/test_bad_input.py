@@ -250,7 +250,7 @@ CASES = [
       lambda e: _rigl(dctps.sparsify(mlp(), 0.1), None).load_state_dict({"step": 3})),
     L("prune-density-0", r"density must be in .*got 0$", lambda e: prune(mlp(), 0, "random")),
     L("prune-density-nan", r"got nan", lambda e: prune(mlp(), NAN, "random")),
-    L("prune-density-string", r"got '1%'", lambda e: prune(mlp(), "1%", "random")),
+    L("prune-density-string", r"got 'one percent'", lambda e: prune(mlp(), "one percent", "random")),
     L("prune-method-typo", r"unknown pruning method 'snp'\. Did you mean 'snip'\?",
       lambda e: prune(mlp(), 0.1, "snp")),
     L("prune-method-case", r"Did you mean 'synflow'\?", lambda e: prune(mlp(), 0.1, "SynFlow")),
@@ -299,13 +299,18 @@ CASES = [
       lambda e: dctps.load(e.ck, model=dctps.models.build("vgg19"))),
     L("inspect-text-file", r"file\.txt is not a dctps checkpoint: bad magic",
       lambda e: dctps.inspect(e.file)),
+    L("save-unknown-arch", r"unknown architecture \(arch\['name'\]\) 'resnet-18'\. Did you "
+      r"mean 'resnet18'\?", lambda e: dctps.save(dctps.sparsify(mlp(), 0.5), e.tmp / "m.dctps",
+                                                 arch={"name": "resnet-18"})),
+    C("demo-threads-huge", r"--threads 100000 is more than 4x this machine's \d+ CPUs",
+      "demo", "--threads", "100000"),
     L("save-under-a-file", r"cannot write checkpoint .*file\.txt/m\.dctps",
       lambda e: dctps.save(dctps.sparsify(mlp(), 0.5), e.file / "m.dctps")),
     # ------------------------------------------------------------------ run configs
     L("config-gamma-0", r"gamma must be > 0 .*got 0\.0",
       lambda e: RunConfig(sparsity=SparsityConfig("dctps", 0.01),
                           optim=OptimConfig(recipe="sgd", gamma=0.0)).resolve()),
-    L("config-momentum-negative", r"momentum must be >= 0, got -0\.5",
+    L("config-momentum-negative", r"momentum must be in \[0, 1\) .*got -0\.5",
       lambda e: RunConfig(sparsity=SparsityConfig("dctps", 0.01),
                           optim=OptimConfig(recipe="sgd", momentum=-0.5)).resolve()),
     L("layer-index-past-the-end", r"indices must be distinct positions in \[0, 16\)",
@@ -394,6 +399,17 @@ CASES = [
       *TRAIN_AT, "--milestones", "50"),
     C("train-milestones-repeated", r"milestones \[1, 1\] repeat an epoch .*give distinct",
       *TRAIN_AT, "--epochs", "3", "--milestones", "1,1"),
+    C("train-allocation-for-a-score-method", r"--allocation applies only to --method dctps "
+      r"and random: snip chooses its own", *TRAIN_AT, "--method", "snip", "--allocation", "erk"),
+    C("train-allocation-typo-for-a-score-method", r"unknown allocation 'ekr'.*Did you mean "
+      r"'erk'\?", *TRAIN_AT, "--method", "snip", "--allocation", "ekr"),
+    C("train-option-twice", r"--option steps given twice \(2 and 3\): give it once",
+      *TRAIN_AT, "--method", "synflow", "--option", "steps=2", "--option", "steps=3"),
+    C("train-momentum-2", r"momentum must be in \[0, 1\) .*got 2\.0",
+      *TRAIN_AT, "--recipe", "sgd", "--lr", "0.1", "--momentum", "2"),
+    C("train-rigl-t-end-above-1", r"--rigl-t-end \(the fraction of training after which the "
+      r"supports stay fixed\) must be in \(0, 1\], got 1\.5",
+      *TRAIN_AT, "--method", "dctps", "--rigl", "--rigl-t-end", "1.5"),
     C("train-gamma-without-milestones", r"--gamma applies at milestones, and this run has none",
       *TRAIN_AT, "--gamma", "0.5"),
     C("train-optimizer-of-another-recipe", r"optimizer 'sgd' with recipe 'lenet' \(whose "

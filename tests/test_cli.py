@@ -1,5 +1,6 @@
 """The command line: tables equal the library's numbers, bad input is one line and exit 2."""
 
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ from typer.testing import CliRunner
 
 import dctps
 from dctps.cli import app
+from dctps.errors import DctpsError
 from dctps.models import build
 
 runner = CliRunner()
@@ -147,3 +149,18 @@ def test_figure_and_budgets_take_densities_in_percent():
     assert r.exit_code == 0 and "@0.005 " in r.output and "@0.01 " not in r.output
     bad = runner.invoke(app, ["budgets", "lenet5", "-d", "2x"])
     assert bad.exit_code != 0 and "--density: not a density: '2x'" in str(bad.exception)
+
+
+def test_budgets_plot_into_a_folder_and_refusals(tmp_path):
+    """`budgets --plot figs/` wrote figs.png beside the folder; a density that keeps no weight
+    printed a table of zeros (train and sparsify refuse it)."""
+    (tmp_path / "figs").mkdir()
+    for target in (tmp_path / "figs", f"{tmp_path / 'new'}/"):
+        r = runner.invoke(app, ["budgets", "lenet5", "-d", "0.1", "--plot", str(target)])
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "figs" / "budgets_lenet5.png").is_file()
+    assert (tmp_path / "new" / "budgets_lenet5.pdf").is_file()
+    assert not (tmp_path / "figs.png").exists()
+    r = runner.invoke(app, ["budgets", "lenet5", "-d", "1e-9"])
+    assert isinstance(r.exception, DctpsError)
+    assert re.search(r"density 1e-09 gives 0 of lenet5's [\d,]+ weights", str(r.exception))

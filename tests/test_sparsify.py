@@ -748,3 +748,16 @@ def test_batched_rebuild_of_a_model_built_under_inference_mode():
         model.load_state_dict(ref.state_dict())
         batch_rebuild(model)
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_density_as_a_percent_string_as_the_cli_takes_it():
+    """`sparsify(m, "0.1")` was accepted but `"10%"` refused, though the CLI takes both."""
+    import dctps
+
+    def net():
+        return nn.Sequential(nn.Linear(40, 80))
+
+    assert dctps.sparsify(net(), "10%", seed=0)[0].nnz == 320 == round(0.1 * 40 * 80)
+    assert dctps.sparsify(net(), " 0.5% ", seed=0)[0].nnz == 16
+    with pytest.raises(DctpsError, match=r"density must be in \(0, 1\] .*got '150%'"):
+        dctps.sparsify(net(), "150%")

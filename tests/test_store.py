@@ -448,3 +448,19 @@ def test_results_table_names_what_tells_otherwise_equal_runs_apart(tmp_path):
     out.clear()
     print_results(tmp_path / "r.db", where=["hash=h1", "hash=h3"], echo=out.append)
     assert "variant" not in out[0].splitlines()[0]
+
+
+def test_reading_commands_leave_an_empty_file_alone(tmp_path):
+    """`dctps results --db EMPTY` and `dctps plot --db EMPTY` turned a 0-byte file into a 24 KB
+    database: a command that only reads changed the file."""
+    from dctps.errors import DctpsError
+    from dctps.results.plots import plot_command
+    from dctps.results.store import print_results
+
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for call in (lambda: print_results(empty, echo=lambda s: None),
+                 lambda: plot_command(str(empty), out=str(tmp_path / "p.png"))):  # fmt: skip
+        with pytest.raises(DctpsError, match=r"empty\.db is empty, not a results database"):
+            call()
+        assert empty.stat().st_size == 0

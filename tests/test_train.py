@@ -1789,3 +1789,22 @@ def test_a_tilde_path_means_the_home_folder_everywhere(fake_cifar10, tmp_path, m
     assert rep.counts() == {"done": 1}
     assert Store("~/s").query({})[0]["status"] == "done" and (home / "s" / "runs").is_dir()
     assert not (work / "~").exists()
+
+
+def test_a_last_batch_of_one_image_is_refused_before_training_a_batchnorm_model(tmp_path):
+    """ResNet18 on 33 digits at batch 32 trained a whole epoch, then raised torch's "Expected
+    more than 1 value per channel when training" (a traceback), left the row `running`, and
+    every resume failed the same way. Refused before any training."""
+    cfg = RunConfig(
+        model=ModelConfig("resnet18"),
+        data=DataConfig("digits", subset=33),
+        sparsity=SparsityConfig("dctps", 0.1),
+        optim=OptimConfig(epochs=1, batch_size=32),
+        device="cpu",
+    )
+    with pytest.raises(DctpsError, match=r"training set \(33 images\) leaves a last batch of 1 "
+                       r"image per epoch at batch size 32, and resnet18's BatchNorm"):  # fmt: skip
+        fit(cfg, tmp_path / "out", progress=False)
+    assert Store(tmp_path / "out").query({}) == []
+    ok = dataclasses.replace(cfg, data=DataConfig("digits", subset=34))
+    assert fit(ok, tmp_path / "out", progress=False)["status"] == "done"

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from dctps.allocation import budgets
-from dctps.errors import check_density
+from dctps.errors import DctpsError, check_density
 from dctps.sparsify import prunable_layers
 
 
@@ -36,6 +36,12 @@ def budget_rows(
     d = check_density(density)
     layers = list(prunable_layers(build(model_name, num_classes=num_classes)))
     counts = budgets([s for _, _, s in layers], d, allocation)
+    if sum(counts) == 0:  # as sparsify and train refuse it: a table of zeros is no answer
+        total = sum(math.prod(s) for _, _, s in layers)
+        raise DctpsError(
+            f"density {d:g} gives 0 of {model_name}'s {total:,} weights (round(density * "
+            f"weights) = 0); density {1 / total:.2g} keeps one weight"
+        )
     return [
         BudgetRow(name, shape, math.prod(shape), n)
         for (name, _, shape), n in zip(layers, counts, strict=True)

@@ -42,7 +42,7 @@ from dctps import offsets
 from dctps._version import __version__
 from dctps.atomic import atomic_write
 from dctps.batched import strip
-from dctps.errors import DctpsError, user_path
+from dctps.errors import DctpsError, unknown_name, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, set_submodule
 
@@ -244,6 +244,10 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     if arch is not None:
         if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
             raise DctpsError(f"arch must be a dict with a 'name' (e.g. 'resnet18'), got {arch!r}")
+        from dctps.models import names as model_names
+
+        if arch["name"] not in model_names():  # found now, not when the file is loaded
+            raise unknown_name("architecture (arch['name'])", arch["name"], model_names())
         arch = json.loads(json.dumps(arch))  # plain JSON values only
     layers = []
     index_keys: set[str] = set()

@@ -255,6 +255,9 @@ def budgets_cmd(
 
     if compare and not plot:
         raise DctpsError("--compare draws EPL and EPF side by side: give --plot FILE.png too")
+    if plot and (plot.endswith(("/", os.sep)) or os.path.isdir(os.path.expanduser(plot))):
+        # a folder, as --out is for train/sweep/figure/plot (it wrote FOLDER.png beside it)
+        plot = os.path.join(plot, f"budgets_{model}.png")
     rows = budget_rows(model, density, allocation, classes)
     typer.echo(f"{model}, {classes} classes, density {density:g}, allocation {allocation}")
     typer.echo(format_rows(rows))

@@ -41,7 +41,10 @@ class PruningFailed(DctpsError):
 
 
 def check_density(density: object, name: str = "density") -> float:
-    """``density`` as a float in (0, 1], or a :class:`DctpsError` naming the bad value."""
+    """``density`` (a number, or a string: ``"0.001"``, ``"0.1%"``) as a float in (0, 1], or a
+    :class:`DctpsError` naming the bad value."""
+    if isinstance(density, str) and density.strip().endswith("%"):  # "0.1%", as the CLI takes
+        return parse_density(density, name)
     if isinstance(density, bool):  # float(True) == 1.0 would silently mean "dense"
         raise DctpsError(f"{name} must be a number in (0, 1], got {density!r}")
     if not isinstance(density, (int, float)):
@@ -134,6 +137,12 @@ def set_threads(threads: object, flag: str = "--threads") -> None:
     else (negative, not an integer) is a :class:`DctpsError` naming ``flag``."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise DctpsError(f"{flag} must be >= 0 (0 = torch's default), got {threads!r}")
+    most = 4 * (os.cpu_count() or 1)
+    if threads > most:  # torch then fails to start its pool, with a traceback
+        raise DctpsError(
+            f"{flag} {threads} is more than 4x this machine's {os.cpu_count()} CPUs; give at "
+            f"most {most} (0 = torch's default)"
+        )
     if threads:
         import torch
 

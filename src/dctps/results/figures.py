@@ -946,7 +946,7 @@ def run_figure(
     or fixed settings were overridden gets a suffix naming them (:meth:`Setup.stem`). ``config``:
     a sweep YAML to use instead of the figure's built-in grid (an edited ``configs/NAME.yaml``).
     """
-    from dctps.results.store import Store, out_db_path
+    from dctps.results.store import Store, existing_db, out_db_path
 
     spec = get(name)
     out = user_path(out)
@@ -991,8 +991,7 @@ def run_figure(
         )
         echo(report.summary())
         errors = report.errors
-    if not db_path.is_file():
-        raise DctpsError(f"no results database at {db_path}: run the figure without --plot-only")
+    db_path = existing_db(db_path, "run the figure without --plot-only")
     data = draw(name, Store(db_path), configs, fig_path, quick=quick)
     data.errors = errors
     echo(data.table())

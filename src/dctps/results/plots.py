@@ -550,11 +550,9 @@ def plot_command(
     title: str | None = None,
 ) -> FigureData:
     """``dctps plot``: draw the matching runs of a results database (accuracy vs density)."""
-    from dctps.results.store import Store, parse_where, resolve_db_path
+    from dctps.results.store import Store, existing_db, parse_where
 
-    path = resolve_db_path(db)
-    if not path.is_file():
-        raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
+    path = existing_db(db)
     rows = Store(path).query(parse_where(where))
     target = user_path(out)
     if str(out).endswith(("/", os.sep)) or target.is_dir():

@@ -775,6 +775,19 @@ def _what_is_there(store: Store, where: Mapping[str, Any]) -> str:
     return "; " + "; ".join(notes) if notes else ""
 
 
+def existing_db(db: str | os.PathLike | None, hint: str = "") -> Path:
+    """The results database that a reading command (``results``, ``plot``, a figure's
+    ``--plot-only``) opens: :func:`resolve_db_path` of ``db``, which must be a non-empty file
+    (SQLite would make an empty one a database, changing a file the command only reads)."""
+    path = resolve_db_path(db)
+    hint = hint or "pass --db PATH or a run's --out folder"
+    if not path.is_file():
+        raise DctpsError(f"no results database at {path} ({hint})")
+    if path.stat().st_size == 0:
+        raise DctpsError(f"{path} is empty, not a results database ({hint}); left untouched")
+    return path
+
+
 def print_results(
     db: str | os.PathLike | None,
     where: Iterable[str] = (),
@@ -782,9 +795,7 @@ def print_results(
     echo: Callable[[str], Any] = print,
 ) -> list[dict[str, Any]]:
     """``dctps results``: print the matching runs as a table, optionally write them to CSV."""
-    path = resolve_db_path(db)
-    if not path.is_file():
-        raise DctpsError(f"no results database at {path} (pass --db PATH or a run's --out folder)")
+    path = existing_db(db)
     if csv_path is not None:
         _check_csv_target(Path(csv_path))  # before printing: the table would hide the error
         if not _csv_stream(csv_path):

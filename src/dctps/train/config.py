@@ -25,6 +25,7 @@ import json
 import math
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -536,6 +537,7 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
         if s.options:
             raise DctpsError(f"method dense takes no options, got {sorted(s.options)}")
         _dctps_only(s)
+        _check_allocation_name(s.allocation, allocations)
         s.density, s.allocation = 1.0, None
     else:
         if s.density is None:
@@ -560,9 +562,11 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
             if s.method == "random":
                 s.allocation = s.allocation or ("erk" if s.rigl else "uniform")
             else:
-                s.allocation = None  # score-based methods choose their own allocation
-        if s.allocation is not None and s.allocation not in allocations:
-            raise unknown_name("allocation", s.allocation, allocations)
+                # score-based methods choose their own allocation (a grid's base may set one
+                # for its dctps runs); a misspelt name is still refused
+                _check_allocation_name(s.allocation, allocations)
+                s.allocation = None
+        _check_allocation_name(s.allocation, allocations)
         if s.method != "dctps" and not s.train_alpha:
             raise DctpsError("--fixed-alpha applies only to --method dctps")
         if s.method == "dctps":
@@ -575,8 +579,15 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
         )
         s.rigl_alpha = float(0.3 if s.rigl_alpha is None else s.rigl_alpha)
         s.rigl_t_end = float(0.75 if s.rigl_t_end is None else s.rigl_t_end)
-        if not 0.0 < s.rigl_alpha <= 1.0 or not 0.0 < s.rigl_t_end <= 1.0:
-            raise DctpsError("rigl_alpha and rigl_t_end must be in (0, 1]")
+        for name in ("rigl_alpha", "rigl_t_end"):
+            v = getattr(s, name)
+            if not 0.0 < v <= 1.0:  # also NaN
+                what = (
+                    "the fraction of a layer's non-zeros moved at the first update"
+                    if name == "rigl_alpha"
+                    else "the fraction of training after which the supports stay fixed"
+                )
+                raise DctpsError(f"--{name.replace('_', '-')} ({what}) must be in (0, 1], got {v}")
     else:
         given = [
             n for n in ("rigl_delta_t", "rigl_alpha", "rigl_t_end") if getattr(s, n) is not None
@@ -587,6 +598,11 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
             raise DctpsError(
                 f"{flags} {verb} only with --rigl (got {given[0]}={getattr(s, given[0])!r})"
             )
+
+
+def _check_allocation_name(name: str | None, allocations: Sequence[str]) -> None:
+    if name is not None and name not in allocations:
+        raise unknown_name("allocation", name, allocations)
 
 
 def _dctps_only(s: SparsityConfig) -> None:
@@ -674,8 +690,11 @@ def _resolve_optim(c: RunConfig) -> None:
         raise DctpsError(f"lr must be > 0, got {o.lr}")
     if o.weight_decay < 0:
         raise DctpsError(f"weight_decay must be >= 0, got {o.weight_decay}")
-    if o.momentum is not None and o.momentum < 0:
-        raise DctpsError(f"momentum must be >= 0, got {o.momentum}")
+    if o.momentum is not None and not 0 <= o.momentum < 1:
+        raise DctpsError(
+            f"momentum must be in [0, 1) (at 1 and above the velocity never decays and "
+            f"training diverges), got {o.momentum}"
+        )
     if o.gamma <= 0:
         raise DctpsError(
             f"gamma must be > 0 (the LR is multiplied by it at each milestone), got {o.gamma}"
@@ -806,7 +825,15 @@ def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> Ru
             v = not v
         if cf.flag == "option":
             opts = dict(d["sparsity"]["options"])
-            opts.update(parse_assignment(str(item)) for item in v)
+            typed: dict[str, Any] = {}
+            for item in v:
+                key, value = parse_assignment(str(item))
+                if key in typed:
+                    raise DctpsError(
+                        f"--option {key} given twice ({typed[key]!r} and {value!r}): give it once"
+                    )
+                typed[key] = value
+            opts.update(typed)
             v = opts
         target = d
         for part in cf.path[:-1]:
@@ -829,6 +856,11 @@ def _check_cli_flags(values: dict[str, Any], cfg: RunConfig) -> None:
         raise DctpsError(
             "--gamma applies at milestones, and this run has none (the adam and lenet recipes "
             "keep a constant learning rate): give --milestones too, or leave --gamma out"
+        )
+    if values.get("allocation") is not None and cfg.resolve().sparsity.allocation is None:
+        raise DctpsError(
+            f"--allocation applies only to --method dctps and random: {cfg.sparsity.method} "
+            "chooses its own per-layer budgets (from its scores), so leave --allocation out"
         )
     given = values.get("milestones")
     if given:

@@ -493,7 +493,8 @@ def _fit(
     # a model that cannot take the data set (LeNet-5 on 8x8 digits) fails here, on the meta
     # device (no memory, milliseconds), before a results store or run folder is created
     with torch.device("meta"):
-        su.build_model(cfg, data_mod.get_info(cfg.data.dataset))
+        shape = su.build_model(cfg, data_mod.get_info(cfg.data.dataset))
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in shape.modules())
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)
@@ -559,9 +560,16 @@ def _fit(
             rank=rk,
             world_size=ws,
         )
+        n_train = int(splits.train_x.shape[0])
         if len(train_loader) == 0:
+            raise DctpsError(f"the training set ({n_train} images) gives no batch of {per_rank}")
+        if has_bn and not ctx.enabled and n_train % per_rank == 1:
+            # found here, not by torch's "Expected more than 1 value per channel" at the end
+            # of the first epoch (the run left `running`, and every resume failed the same way)
             raise DctpsError(
-                f"the training set ({splits.train_x.shape[0]} images) gives no batch of {per_rank}"
+                f"the training set ({n_train} images) leaves a last batch of 1 image per epoch "
+                f"at batch size {per_rank}, and {cfg.model.name}'s BatchNorm cannot train on one "
+                "image: choose a batch size or --subset that leaves no such batch"
             )
 
         def eval_loader(x: torch.Tensor, y: torch.Tensor) -> Any:
