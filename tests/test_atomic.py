@@ -3,6 +3,7 @@ file is left behind, whatever stops the write."""
 
 import os
 import stat
+import time
 
 import pytest
 import torch
@@ -99,3 +100,54 @@ def test_an_interrupted_dctps_save_leaves_the_old_file_and_no_temporary(tmp_path
         dctps.save(model, path)
     assert path.read_bytes() == before
     assert _leftovers(tmp_path) == []
+
+
+def test_a_failed_figure_write_leaves_the_previous_figure_whole(tmp_path, monkeypatch):
+    """`savefig` wrote straight to the target: a full disk left a truncated p.png beside the
+    old p.pdf and p.json (a fault-injection review). Each file is now replaced whole."""
+    import errno
+
+    import matplotlib.pyplot as plt
+
+    from dctps.results import plots
+
+    def figure(label):
+        fig, ax = plt.subplots()
+        ax.set_title(label)
+        return fig
+
+    plots.save(figure("old"), tmp_path / "p.png")
+    plots.write_json({"v": "old"}, tmp_path / "p.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith((".png", ".json")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(DctpsError, match=r"cannot write figure .*p\.png: No space left"):
+        plots.save(figure("new"), tmp_path / "p.png")
+    with pytest.raises(DctpsError, match=r"cannot write figure data .*p\.json: No space left"):
+        plots.write_json({"v": "new"}, tmp_path / "p.json")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_atomic_write_removes_a_killed_writers_old_temporary_files(tmp_path):
+    """A kill while writing config.yaml or a CSV left `.NAME.<random>.tmp` forever: a later
+    write removes those an hour old, not a concurrent writer's fresh one."""
+    from dctps.atomic import STALE_TEMP_SECONDS, atomic_write
+
+    target = tmp_path / "r.csv"
+    old, fresh = tmp_path / ".r.csv.0123456789ab.tmp", tmp_path / ".r.csv.ba9876543210.tmp"
+    other = tmp_path / ".other.csv.0123456789ab.tmp"
+    for p in (old, fresh, other):
+        p.write_text("partial")
+    past = time.time() - STALE_TEMP_SECONDS - 5
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    with atomic_write(target, "CSV file") as f:
+        f.write("a,b\n")
+    assert target.read_text() == "a,b\n"
+    assert not old.exists() and fresh.exists() and other.exists()

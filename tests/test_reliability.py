@@ -539,7 +539,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(
     run_dir = out / "runs" / ref["hash"]
     last = run_dir / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a torn write
-    with pytest.warns(RuntimeWarning, match=r"last\.pt is unreadable.*falling back"):
+    with pytest.warns(RuntimeWarning, match=r"last\.pt is unreadable.*resuming from"):
         ck = ckpt_io.load_checkpoint(run_dir, ref["hash"], quarantine=False)
     assert ck["epoch"] == 2
     Store(out).delete(ref["hash"])  # forget the result: the run resumes from prev.pt
@@ -621,7 +621,7 @@ def test_disk_full_checkpoint_write_keeps_the_good_ones(fake_cifar10, tmp_path, 
     assert torch.load(run_dir / "prev.pt", weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "config.yaml", "last.pt",
                                                           "prev.pt"]  # fmt: skip
-    assert Store(out).get(ref["hash"])["status"] == "running"
+    assert Store(out).get(ref["hash"])["status"] == "interrupted"  # saying why; resumable
     # space again: the run resumes from epoch 2 to the uninterrupted result
     monkeypatch.undo()
     r = fit(cfg, out, progress=False)

@@ -464,3 +464,24 @@ def test_reading_commands_leave_an_empty_file_alone(tmp_path):
         with pytest.raises(DctpsError, match=r"empty\.db is empty, not a results database"):
             call()
         assert empty.stat().st_size == 0
+
+
+def test_another_programs_sqlite_database_is_left_alone(tmp_path):
+    """`dctps results --db foreign.sqlite` printed "no runs" and left dctps's tables in the
+    file, switched to WAL mode for good."""
+    import sqlite3
+
+    from dctps.errors import DctpsError
+    from dctps.results.store import print_results
+
+    path = tmp_path / "foreign.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER, text TEXT)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    for call in (lambda: Store(path), lambda: print_results(path, echo=lambda s: None)):
+        with pytest.raises(DctpsError, match=r"foreign\.sqlite is a SQLite database of another "
+                           r"program \(tables: notes\), not a dctps results database"):  # fmt: skip
+            call()
+    assert path.read_bytes() == before and not (tmp_path / "foreign.sqlite-wal").exists()

@@ -176,6 +176,10 @@ def test_error_in_one_run_does_not_stop_the_others(fake_cifar10, tmp_path, monke
     assert "Traceback" in tb.read_text() and "injected failure of seed 0" in tb.read_text()
     assert f"traceback: {tb}" in rep.summary()
     assert [p.action for p in plan(cfgs, tmp_path)] == ["new", "skip-done"]
+    # once the run trains, its old traceback goes (it stayed, pointing at a fixed error)
+    monkeypatch.setattr(loop, "fit", real_fit)
+    assert run_sweep(cfgs, tmp_path, progress=False).counts() == {"done": 1, "skip-done": 1}
+    assert not tb.exists()
 
 
 def test_a_data_set_missing_under_the_root_stops_the_sweep_first(fake_cifar10, tmp_path):

@@ -1014,7 +1014,7 @@ def test_corrupt_last_falls_back_to_prev(fake_cifar10, tmp_path, monkeypatch):
         fit(cfg, out, progress=False)
     run_dir = out / "runs" / ref["hash"]
     (run_dir / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.warns(RuntimeWarning, match="falling back"):
+    with pytest.warns(RuntimeWarning, match="resuming from"):
         ck = ckpt_io.load_checkpoint(run_dir, ref["hash"], quarantine=False)
     assert ck["epoch"] == 2 and ck["path"].endswith("prev.pt")
     # Forget the result and run again: resumes from prev.pt (epoch 2), same final metrics.
@@ -1024,6 +1024,69 @@ def test_corrupt_last_falls_back_to_prev(fake_cifar10, tmp_path, monkeypatch):
     assert r["resumed_from"] == 2 and metrics(r) == metrics(ref)
     assert (run_dir / "last.pt.corrupt").exists()
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def _flip_a_tensor_byte(path):
+    """Flip one byte inside the largest tensor record of a torch.save zip archive."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    n, m = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    raw[info.header_offset + 30 + n + m + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_last_pt_is_caught_and_a_system_error_sets_nothing_aside(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """torch.load does not check a zip record's CRC: a last.pt with one flipped byte resumed
+    silently and finished with other accuracies (a fault-injection review). It is now found
+    unreadable (the CRC), set aside, and the run resumes from prev.pt to the same result. An
+    OSError while reading (too many open files) is the system's, not the file's: it set a
+    good last.pt aside; now it is an error and the file stays."""
+    import errno
+
+    cfg = small_cfg(fake_cifar10, epochs=3)
+    ref = fit(cfg, tmp_path / "ref", progress=False)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:  # as if killed after its last epoch: prev.pt still there
+        m.setattr(ckpt_io, "drop_backup", lambda folder: None)
+        fit(cfg, out, progress=False)
+    run_dir = out / "runs" / ref["hash"]
+    Store(out).delete(ref["hash"])
+
+    with monkeypatch.context() as m:
+
+        def no_files(*a, **k):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        m.setattr(ckpt_io.torch, "load", no_files)
+        with pytest.raises(DctpsError, match=r"cannot read checkpoint .*last\.pt now .*Too many "
+                           r"open files.*left as it is"):  # fmt: skip
+            fit(cfg, out, progress=False)
+    assert (run_dir / "last.pt").exists() and not (run_dir / "last.pt.corrupt").exists()
+
+    _flip_a_tensor_byte(run_dir / "last.pt")
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"last\.pt is unreadable \(ValueError: its record "
+        r".* fails its CRC check.*set aside as last\.pt\.corrupt; resuming from",
+    ):
+        r = fit(cfg, out, progress=False)
+    assert r["resumed_from"] == 2 and metrics(r) == metrics(ref)
+    with pytest.raises(DctpsError, match=r"CRC check"):
+        ckpt_io.read_run_checkpoint(_damaged_copy(run_dir, tmp_path))
+
+
+def _damaged_copy(run_dir, tmp_path):
+    import shutil
+
+    copy = shutil.copy(run_dir / "best.pt", tmp_path / "best_copy.pt")
+    _flip_a_tensor_byte(Path(copy))
+    return copy
 
 
 def test_checkpoint_of_other_config_is_rejected(fake_cifar10, tmp_path):
@@ -1808,3 +1871,44 @@ def test_a_last_batch_of_one_image_is_refused_before_training_a_batchnorm_model(
     assert Store(tmp_path / "out").query({}) == []
     ok = dataclasses.replace(cfg, data=DataConfig("digits", subset=34))
     assert fit(ok, tmp_path / "out", progress=False)["status"] == "done"
+
+
+def test_a_run_stopped_by_a_full_disk_says_so_in_its_row(fake_cifar10, tmp_path, monkeypatch):
+    """A full disk at the second epoch's checkpoint was a clear error, but the row stayed
+    `running` with no reason, as if a process were still training it. It is `interrupted`,
+    saying why and that the same command resumes; that command does, to the same result."""
+    import errno
+
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    ref = fit(cfg, tmp_path / "ref", progress=False)
+    real = loop.ckpt_io.save_checkpoint
+
+    def full_at_epoch_2(obj, run_dir):
+        if obj["epoch"] == 2:
+            raise DctpsError(f"cannot write checkpoint {run_dir}/last.pt: " + os.strerror(
+                errno.ENOSPC))  # fmt: skip
+        return real(obj, run_dir)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop.ckpt_io, "save_checkpoint", full_at_epoch_2)
+        with pytest.raises(DctpsError, match="No space left"):
+            fit(cfg, tmp_path / "out", progress=False)
+    row = Store(tmp_path / "out").get(ref["hash"])
+    assert row["status"] == "interrupted"
+    assert row["reason"].startswith("stopped after epoch 1 of 2 by an error (DctpsError: cannot "
+                                    "write checkpoint")  # fmt: skip
+    assert row["reason"].endswith("No space left on device); run the same command again to resume")
+    r = fit(cfg, tmp_path / "out", progress=False)
+    assert r["resumed_from"] == 1 and metrics(r) == metrics(ref)
+
+
+def test_a_done_run_found_with_its_backup_drops_it(fake_cifar10, tmp_path, monkeypatch):
+    """A run killed between its row's `done` and removing prev.pt kept prev.pt for good (every
+    rerun is a no-op): the next look at the done run removes it."""
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    with monkeypatch.context() as m:
+        m.setattr(ckpt_io, "drop_backup", lambda folder: None)
+        r = fit(cfg, tmp_path, progress=False)
+    prev = tmp_path / "runs" / r["hash"] / "prev.pt"
+    assert prev.exists()
+    assert fit(cfg, tmp_path, progress=False)["skipped"] and not prev.exists()

@@ -3,14 +3,18 @@
 A failure at any moment (a full disk, Ctrl-C, an exception while writing) leaves the target as it
 was, the old file or none, never a partial one, and removes the temporary file. Only a hard kill
 can leave a temporary file behind; it is named ``.NAME.<random>.tmp``, next to ``NAME``, so a
-later writer can find and remove it (as :mod:`dctps.train.checkpoint` does).
+later writer removes it (:func:`remove_stale_temps`: once an hour old, as a concurrent writer
+may own a fresh one; :mod:`dctps.train.checkpoint` at once, under its run lock).
 :func:`starts_with` tells a writer whether the file it would replace is one of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +27,7 @@ __all__ = [
     "check_file_target",
     "create_temp",
     "make_parent",
+    "remove_stale_temps",
     "starts_with",
     "unlink_quietly",
 ]
@@ -89,6 +94,24 @@ def unlink_quietly(path: str | os.PathLike) -> None:
         pass
 
 
+#: a temporary file of :func:`create_temp` untouched this long is a killed writer's leftover
+#: (a live writer's keeps changing; a concurrent writer of the same target may own a fresh one)
+STALE_TEMP_SECONDS = 3600.0
+
+
+def remove_stale_temps(path: Path, min_age: float = STALE_TEMP_SECONDS) -> None:
+    """Delete the temporary files of ``path`` (:func:`create_temp`'s ``.NAME.*.tmp``) that a
+    killed writer left, at least ``min_age`` seconds old; never raises."""
+    now = time.time()
+    try:
+        for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime >= min_age:
+                    p.unlink()
+    except OSError:
+        pass
+
+
 @contextmanager
 def atomic_write(
     path: str | os.PathLike, what: str, mode: str = "w", **open_kw: Any
@@ -102,6 +125,7 @@ def atomic_write(
     """
     check_file_target(path, what)
     target = user_path(path)
+    remove_stale_temps(target)
     try:
         fd, tmp = create_temp(target)
     except OSError as e:

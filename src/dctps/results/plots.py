@@ -10,6 +10,7 @@ per curve and density), so tests check numbers, not pixels.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from dctps.atomic import atomic_write  # noqa: E402
 from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
 from dctps.results.store import row_config, run_identity  # noqa: E402
 from dctps.results.variants import flatten, named_differences, varying_keys  # noqa: E402
@@ -40,8 +42,15 @@ def save(fig, path: str | Path) -> list[Path]:
     out.append(twin)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for p in out:
-            fig.savefig(p, bbox_inches="tight", dpi=150)
+        images = []
+        for p in out:  # both drawn before either is written
+            buf = io.BytesIO()
+            fig.savefig(buf, format=p.suffix[1:].lower(), bbox_inches="tight", dpi=150)
+            images.append(buf.getvalue())
+        for p, image in zip(out, images, strict=True):
+            # a full disk or a kill leaves the previous figure whole, not a truncated one
+            with atomic_write(p, "figure", "wb") as f:
+                f.write(image)
     except OSError as e:
         raise cannot_write("figure", path, e) from None
     except ValueError as e:  # e.g. an unknown image format (file suffix)
@@ -530,14 +539,13 @@ def _json_safe(data: Any) -> Any:
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON (the numbers behind a figure)."""
     path = user_path(path)
+    text = json.dumps(_json_safe(data), indent=1, default=str, allow_nan=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(_json_safe(data), indent=1, default=str, allow_nan=False),
-            encoding="utf-8",
-        )
     except OSError as e:
         raise cannot_write("figure data", path, e) from None
+    with atomic_write(path, "figure data") as f:
+        f.write(text)
     return path
 
 

@@ -165,6 +165,21 @@ def _check_sqlite_file(path: Path) -> None:
         raise DctpsError(f"cannot read results database {path}: {e.strerror or e}") from None
     if head != b"SQLite format 3\x00":
         raise DctpsError(f"{path} is not a results database (not a SQLite file); left untouched")
+    try:  # read-only: another program's database must not get our tables (nor WAL mode)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # locked, or damaged: the store's own open reports it
+    if tables and "runs" not in tables:
+        raise DctpsError(
+            f"{path} is a SQLite database of another program (tables: "
+            f"{', '.join(sorted(tables)[:5])}), not a dctps results database; left untouched"
+        )
 
 
 def _read_only_message(path: Path) -> str:
@@ -294,7 +309,11 @@ class Store:
                 time.sleep(min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))
                 attempt += 1
             except sqlite3.DatabaseError as e:
-                raise DctpsError(f"results database {self.path} is unusable: {e}") from None
+                raise DctpsError(
+                    f"results database {self.path} is unusable: {e}. Moved aside, it is rebuilt "
+                    "by the same `dctps train`/`dctps sweep` commands: a finished run's rows "
+                    "come back from its run folder's checkpoints without training"
+                ) from None
 
     def check_writable(self, why: str = "") -> None:
         """A :class:`DctpsError` if this store was opened read-only (see :attr:`readonly`), with

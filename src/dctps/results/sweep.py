@@ -471,6 +471,9 @@ def run_one(
                 path.write_text(tb, encoding="utf-8")
                 res["traceback_file"] = str(path)
         return res
+    if r.get("status") in ("done", "failed"):  # an earlier attempt's traceback is history now
+        with contextlib.suppress(OSError):
+            (Path(out) / ERRORS_DIR / f"{h}.txt").unlink(missing_ok=True)
     keys = ("hash", "status", "reason", "val_acc", "test_acc", "resumed_from", "skipped",
             "wall_seconds")  # fmt: skip
     return {k: r.get(k) for k in keys}

@@ -18,9 +18,11 @@ model's ``state_dict``: sparse for DCTpS layers, ``weight_orig``/``weight_mask``
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -240,7 +242,40 @@ def exists(folder: str | os.PathLike) -> bool:
     return (folder / LAST).exists() or (folder / PREV).exists()
 
 
+#: errors of the system, not of a file's contents: too many open files, no memory, an
+#: interrupted or refused read, a failing disk
+_SYSTEM_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.EIO,
+                  errno.EACCES, errno.EPERM}  # fmt: skip
+
+
+def _system_failure(e: BaseException) -> bool:
+    """Whether ``e`` says the system could not read a file now, rather than that the file is
+    damaged (a damaged zip archive can raise ``OSError(EINVAL)`` from a seek)."""
+    return isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno in _SYSTEM_ERRNOS)
+
+
+def check_archive(path: Path) -> None:
+    """A ``ValueError`` for a ``torch.save`` zip archive with a damaged record: ``torch.load``
+    does not check the records' CRC-32s, so a flipped byte in a tensor loaded silently (a run
+    resumed from such a ``last.pt`` finished with other accuracies and no warning). A file that
+    is not a zip archive (``torch.save``'s legacy pickle format) is left to ``torch.load``."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except OSError as e:
+        if _system_failure(e):
+            raise
+        raise ValueError(f"a damaged zip archive ({e})") from None  # a seek before its start
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"a damaged zip archive ({e})") from None
+    if bad is not None:
+        raise ValueError(f"its record {bad} fails its CRC check (the file is damaged)")
+
+
 def _read(path: Path) -> dict[str, Any]:
+    check_archive(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError("not a dctps training checkpoint")
@@ -274,8 +309,10 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 "best.pt or last.pt"
             )
     try:
+        if path.is_file():
+            check_archive(path)
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, not ours
+    except Exception as e:  # truncated, damaged, not a torch file, not ours
         first = (str(e).strip().splitlines() or [""])[0]
         if "weights only load failed" in first.lower():
             # torch's own advice (weights_only=False) would run arbitrary code from the file
@@ -368,20 +405,31 @@ def load_checkpoint(
             continue
         try:
             obj = _read(path)
-        except Exception as e:  # truncated, corrupt, not ours: try the older one
-            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-            errors.append(f"{path}: {why}")
+        except Exception as e:  # truncated, damaged, not ours: try the older one
+            if _system_failure(e):
+                # the system failed (too many open files, no memory), not the file: setting a
+                # good last.pt aside would cost an epoch and park the file for good
+                raise DctpsError(
+                    f"cannot read checkpoint {path} now ({type(e).__name__}: {e}); it is left "
+                    "as it is: run the same command again"
+                ) from None
+            first = (str(e).strip().splitlines() or [""])[0]
+            why = f"{type(e).__name__}: {first}" if first else (
+                f"{type(e).__name__}: an empty or truncated file")  # fmt: skip
+            fallback = name == LAST and (folder / PREV).exists()
+            where = path
+            if quarantine and fallback:
+                with contextlib.suppress(OSError):
+                    os.replace(path, folder / (LAST + ".corrupt"))
+                    where = folder / (LAST + ".corrupt")
+            errors.append(f"{where}: {why}")
+            moved = f", set aside as {where.name}" if where != path else ""
             warnings.warn(
-                f"checkpoint {path} is unreadable ({why}); "
-                + ("falling back to " + str(folder / PREV) if name == LAST else "giving up"),
+                f"checkpoint {path} is unreadable ({why}){moved}; "
+                + (f"resuming from {folder / PREV}" if fallback else "no older one to resume"),
                 RuntimeWarning,
                 stacklevel=2,
             )
-            if quarantine and name == LAST and (folder / PREV).exists():
-                try:
-                    os.replace(path, folder / (LAST + ".corrupt"))
-                except OSError:
-                    pass
             continue
         if config_hash is not None and obj["config_hash"] != config_hash:
             raise DctpsError(

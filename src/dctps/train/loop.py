@@ -500,6 +500,8 @@ def _fit(
     # ---- already done? (rank 0 decides for everyone)
     done = _done_result(store, h, run_dir, ctx, cfg.data)
     if done is not None:
+        if ctx.is_main:  # a run killed between its row's `done` and dropping prev.pt
+            ckpt_io.drop_backup(run_dir)
         return done
 
     lock = _run_lock(run_dir) if ctx.is_main else contextlib.nullcontext()
@@ -819,6 +821,16 @@ def _fit(
                 "the same command again to start it over",
             )
             raise
+        except Exception as e:
+            # a full disk (the checkpoint's write), a device error: the row said `running`, as
+            # if a process were still training it
+            where = (f"after epoch {saved} of {o.epochs}" if saved
+                     else f"before its first checkpoint (epoch 1 of {o.epochs})")  # fmt: skip
+            _say_interrupted(
+                store, h, f"stopped {where} by an error ({_one_line(e)}); run the same command "
+                "again to " + ("resume" if saved else "start it over"),
+            )  # fmt: skip
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -913,6 +925,11 @@ def constant_output(model: nn.Module, loader: Any) -> bool:
         model.train(was)
     spread = float((out.amax(0) - out.amin(0)).max())
     return spread <= 1e-6 * max(1.0, float(out.abs().max()))
+
+
+def _one_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _say_interrupted(store: Any, h: str, reason: str) -> None:
