@@ -696,3 +696,21 @@ def test_fingerprint_tells_data_apart_and_not_copies():
         assert big.fingerprint() == f64
     finally:
         torch.set_default_dtype(before)
+
+
+def test_fingerprint_samples_images_across_each_split_and_hashes_name_and_shapes():
+    """A mutation audit: only the first validation image was checked, so sampling one image
+    per split (or missing the last) passed. The fingerprint samples evenly to the last image,
+    and hashes the data set's name and the arrays' shapes."""
+    import dataclasses
+
+    a = D.build("digits")
+    n = a.train_x.shape[0]
+    for i in (n - 1, (n - 1) * 32 // 63):  # the last image, one in the middle of the sample
+        x = a.train_x.clone()
+        x[i] ^= 1
+        assert dataclasses.replace(a, train_x=x).fingerprint() != a.fingerprint(), i
+    renamed = dataclasses.replace(a, info=dataclasses.replace(a.info, name="other"))
+    assert renamed.fingerprint() != a.fingerprint()
+    flat = dataclasses.replace(a, train_x=a.train_x.reshape(n, -1, 1, 1))
+    assert flat.fingerprint() != a.fingerprint()

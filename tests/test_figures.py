@@ -469,6 +469,13 @@ def test_a_figure_whose_runs_a_flag_changed_is_titled_and_filed_as_such(tmp_path
     )
     assert "milestones=_1_" in drawn("--set", "optim.recipe=sgd", "--epochs", "6",
                                      "--set", "optim.milestones=[1]")  # fmt: skip
+    # a figure whose recipe has milestones (A.4, SGD): they follow --epochs, unsaid (a
+    # mutation audit: no test drew such a figure with other epochs)
+    r = runner.invoke(app, ["figure", "A.4", "--dry-run", "--epochs", "100", "--out",
+                            str(tmp_path)])  # fmt: skip
+    (a4,) = [ln for ln in r.output.splitlines() if ln.startswith("it would draw")]
+    assert a4.endswith("A.4-epochs=100.png: Figure A.4: SGD with momentum, ResNet50 and VGG19 — "
+                       "not the paper's setting: optim.epochs 200 → 100")  # fmt: skip
     # a field left out of the identity at its default shows it; methods without the setting
     # (snip's allocation) add no "None"
     assert "optim.fused False → True" in drawn("--set", "optim.fused=true")

@@ -613,3 +613,22 @@ def test_count_of_a_pruned_attention_is_the_sum_of_its_masks():
     assert c.nonzeros == sum(int(m.count_nonzero()) for m in masks)
     assert c.weights == 3 * 16 * 16 + 16 * 16 + 64
     model[0](x, x, x)
+
+
+def test_compact_masks_turns_only_binary_prune_masks_to_bool():
+    """A mutation audit: only real prune masks (a `*_mask` beside its `*_orig`, floating
+    point, all 0/1) may be stored as bool; a non-binary custom mask, a `*_mask` buffer of
+    another kind (an attention mask) and an integer mask keep their values and dtype."""
+    from dctps.pruning.common import compact_masks
+
+    w = torch.randn(3)
+    binary = compact_masks({"w_orig": w, "w_mask": torch.tensor([0.0, 1.0, 1.0])})
+    assert binary["w_mask"].dtype == torch.bool
+    assert binary["w_mask"].tolist() == [False, True, True]
+    for state, key, dtype in (
+        ({"w_orig": w, "w_mask": torch.tensor([0.0, 0.5, 1.0])}, "w_mask", torch.float32),
+        ({"attn_mask": torch.tensor([0.0, 1.0])}, "attn_mask", torch.float32),
+        ({"w_orig": w, "w_mask": torch.tensor([0, 1, 1])}, "w_mask", torch.int64),
+    ):
+        out = compact_masks(state)
+        assert out[key].dtype == dtype and torch.equal(out[key], state[key])

@@ -749,3 +749,45 @@ def test_a_failed_submitit_job_reports_its_error_not_its_log_path(tmp_path):
     line = job_failure(info.value)
     assert line.startswith("ValueError: invalid literal for int() with base 10: 'not a number'")
     assert line.endswith("_log.err)") and "(log: " + str(tmp_path) in line
+
+
+def test_slurm_gpu_requests_for_mixed_grids_and_every_spelling(monkeypatch):
+    """A mutation audit: only all-cpu and all-auto grids were tested. A grid with some cpu
+    runs still asks a GPU for its others, as does `device: cuda`; every way submitit or
+    sbatch spells a GPU request replaces the default; `gpus_per_node: 0` opts out; counts
+    refuse booleans; preflight checks this host for submitit-local too, and `cuda:1`."""
+    from dctps.results.sweep import (
+        _asks_for_gpus,
+        host_problems,
+        preflight,
+        slurm_parameters,
+        submitit_parameter_problems,
+    )
+
+    def grid(device, **base):
+        return expand_grid({"models": ["resnet18"], "datasets": ["digits"],
+                            "methods": ["dctps"], "densities": [0.1], "seeds": [0],
+                            "base": {"device": device, **base}})  # fmt: skip
+
+    cpu, auto, cuda, cuda1 = grid("cpu"), grid("auto"), grid("cuda"), grid("cuda:1")
+    assert slurm_parameters(cpu + auto, {})["gpus_per_node"] == 1
+    assert slurm_parameters(cuda, {})["gpus_per_node"] == 1
+    for asked in ({"slurm_gpus_per_task": 2}, {"slurm_mem_per_gpu": 8000},
+                  {"slurm_additional_parameters": {"gpus-per-task": 2}}):  # fmt: skip
+        assert "gpus_per_node" not in slurm_parameters(auto, asked), asked
+    assert _asks_for_gpus("gres", "GPU:1")
+    assert submitit_parameter_problems({"gpus_per_node": 0}) == []
+    assert slurm_parameters(auto, {"gpus_per_node": 0})["gpus_per_node"] == 0
+    assert any("mem_gb" in p for p in submitit_parameter_problems({"mem_gb": True}))
+    missing = expand_grid(
+        {
+            "models": ["lenet5"],
+            "datasets": ["cifar10"],
+            "methods": ["dense"],
+            "seeds": [0],
+            "base": {"device": "cpu", "data": {"root": "/nowhere"}},
+        }
+    )
+    assert any("/nowhere" in p for p in preflight(missing, "submitit-local"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert any("'cuda:1' requested but CUDA is not available" in p for p in host_problems(cuda1))

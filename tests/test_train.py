@@ -1912,3 +1912,65 @@ def test_a_done_run_found_with_its_backup_drops_it(fake_cifar10, tmp_path, monke
     prev = tmp_path / "runs" / r["hash"] / "prev.pt"
     assert prev.exists()
     assert fit(cfg, tmp_path, progress=False)["skipped"] and not prev.exists()
+
+
+def test_pack_sparse_boundaries_and_what_it_leaves_alone():
+    """A mutation audit: the size and density limits and the complex/sparse-layout guards were
+    untested. Packed from PACK_MIN_NUMEL elements and up to PACK_MAX_DENSITY non-zero; complex
+    and sparse-layout tensors are left as they are (a sparse one crashed the write)."""
+    n = ckpt_io.PACK_MIN_NUMEL
+    assert isinstance(ckpt_io.pack_sparse(torch.zeros(n)), dict)
+    assert torch.is_tensor(ckpt_io.pack_sparse(torch.zeros(n - 1)))
+
+    def with_density(frac):
+        t = torch.zeros(n)
+        t[: int(frac * n)] = 1.0
+        return ckpt_io.pack_sparse(t)
+
+    assert isinstance(with_density(ckpt_io.PACK_MAX_DENSITY), dict)
+    assert torch.is_tensor(with_density(ckpt_io.PACK_MAX_DENSITY + 0.05))
+    assert torch.is_tensor(ckpt_io.pack_sparse(torch.zeros(2 * n, dtype=torch.complex64)))
+    sparse = torch.zeros(2 * n).to_sparse()
+    assert ckpt_io.pack_sparse(sparse) is sparse
+
+
+def test_read_run_checkpoint_unpacks_a_last_pt(fake_cifar10, tmp_path):
+    """A mutation audit: `read_run_checkpoint` returning the packed dicts passed every test;
+    a reader of a pruned run's last.pt would have got {__dctps_packed__: 1, ...} for tensors."""
+    r = fit(small_cfg(fake_cifar10, method="random", density=0.02, epochs=1), tmp_path,
+            progress=False)  # fmt: skip
+    path = tmp_path / "runs" / r["hash"] / "last.pt"
+    assert ckpt_io.PACKED in str(torch.load(path, weights_only=True)["optimizer"])  # packed
+    obj = ckpt_io.read_run_checkpoint(path)
+    assert ckpt_io.PACKED not in str(obj["optimizer"]) and ckpt_io.PACKED not in str(obj["best"])
+    assert all(isinstance(v, torch.Tensor) for v in obj["best"]["state"].values())
+
+
+def test_drop_backup_never_raises(tmp_path, monkeypatch):
+    """The run is done when its prev.pt is dropped: a failing unlink (a read-only folder) must
+    not turn it into an error."""
+    (tmp_path / ckpt_io.PREV).write_bytes(b"x")
+
+    def refuse(self, *a, **k):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    ckpt_io.drop_backup(tmp_path)
+    assert (tmp_path / ckpt_io.PREV).exists()
+
+
+def test_evaluation_batches_come_from_the_devices_default(fake_cifar10, tmp_path, monkeypatch):
+    """A mutation audit: every loader's default evaluation batch could have been a constant
+    256 (CUDA's 1000 unseen on the CPU); it is `eval_batch_size(device)`."""
+    seen = []
+    real = loop.evaluate
+
+    def spy(model, loader, ctx=None):
+        if loader is not None:
+            seen.append(loader.batch_size)
+        return real(model, loader, ctx)
+
+    monkeypatch.setattr(loop, "eval_batch_size", lambda device: 40)
+    monkeypatch.setattr(loop, "evaluate", spy)
+    fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path, progress=False)
+    assert seen and set(seen) == {40}
