@@ -714,3 +714,32 @@ def test_fingerprint_samples_images_across_each_split_and_hashes_name_and_shapes
     assert renamed.fingerprint() != a.fingerprint()
     flat = dataclasses.replace(a, train_x=a.train_x.reshape(n, -1, 1, 1))
     assert flat.fingerprint() != a.fingerprint()
+
+
+def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    """CIFAR's pickles were read with `pickle.load`, which calls whatever function a file
+    names: a data folder from elsewhere could run code when loaded. Only numpy arrays and
+    plain values are built; the official layout written by Python 2 and 3 (protocols 2-5)
+    still loads."""
+    raw = make_fake_cifar10(tmp_path / "ok")
+    assert D.build("cifar10", tmp_path / "ok", val_fraction=0).train_x.shape[0] == 30
+    for proto in (3, 4, 5):  # the same arrays written by other protocols
+        p = tmp_path / "ok" / "cifar-10-batches-py" / "test_batch"
+        with open(p, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+        with open(p, "wb") as f:
+            pickle.dump(obj, f, protocol=proto)
+        got = D.build("cifar10", tmp_path / "ok", val_fraction=0).test_x
+        assert torch.equal(got.reshape(got.shape[0], -1), torch.from_numpy(raw["test"])), proto
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    make_fake_cifar10(tmp_path / "bad")
+    with open(tmp_path / "bad" / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({"data": Evil(), "labels": [0]}, f, protocol=2)
+    with pytest.raises(DctpsError, match=r"data_batch_3 \(UnpicklingError: it asks for "
+                       r"(posix|os|nt)\.system; a CIFAR file holds only numpy arrays"):  # fmt: skip
+        D.build("cifar10", tmp_path / "bad")
+    assert not (tmp_path / "pwned").exists()

@@ -24,6 +24,35 @@ CIFAR100_LAYOUT = (
 )
 
 
+#: the only globals a CIFAR pickle needs: numpy arrays, dtypes and scalars (numpy 1 and 2
+#: module names; protocols 2 to 5), and ``_codecs.encode`` (bytes in a protocol-2 pickle
+#: written by Python 3)
+_SAFE_GLOBALS = {
+    (m, n)
+    for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for n in ("_reconstruct", "scalar")
+} | {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """A pickle reader that builds only numpy arrays and plain values: a pickle can name any
+    function to call while loading, so a data folder from elsewhere could run code on load."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it asks for {module}.{name}; a CIFAR file holds only numpy arrays, lists and "
+                "strings, so it is not loaded"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, layout: str) -> dict[str, object]:
     """Load one CIFAR pickle and return it with ``str`` keys, or raise naming the path."""
     if not path.is_file():
@@ -32,7 +61,7 @@ def _unpickle(path: Path, layout: str) -> dict[str, object]:
         with open(path, "rb") as f:
             # latin1 decodes the Python-2 str keys of the official files to str and leaves the
             # numpy payload intact (the torchvision convention).
-            obj = pickle.load(f, encoding="latin1")
+            obj = _DataUnpickler(f, encoding="latin1").load()
     except Exception as e:  # truncated / not a pickle / unknown globals: all mean "corrupt"
         raise DctpsError(
             f"cannot read {path} ({type(e).__name__}: {e}); is it truncated or corrupt? "
