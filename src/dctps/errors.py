@@ -102,6 +102,13 @@ def user_path(path: str | os.PathLike) -> Path:
     return Path(path).expanduser()
 
 
+def one_line(e: BaseException, empty: str = "") -> str:
+    """``Type: first line of the message`` of ``e`` (``Type: empty``, or ``Type`` alone, where
+    it has no message): what a one-line error or a store row's reason quotes of a cause."""
+    first = (str(e).strip().splitlines() or [""])[0] or empty
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def cannot_write(what: str, path: str | os.PathLike, e: OSError) -> DctpsError:
     """A one-line error for a failed write of ``path`` (names a parent that is a file, not a folder;
     a full disk; a read-only folder)."""

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dctps.atomic import create_temp, unlink_quietly
-from dctps.errors import DctpsError, cannot_write
+from dctps.errors import DctpsError, cannot_write, one_line
 
 __all__ = [
     "FORMAT",
@@ -313,11 +313,10 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             check_archive(path)
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, damaged, not a torch file, not ours
-        first = (str(e).strip().splitlines() or [""])[0]
-        if "weights only load failed" in first.lower():
+        why = one_line(e)
+        if "weights only load failed" in why.lower():
             # torch's own advice (weights_only=False) would run arbitrary code from the file
-            first = "it holds objects other than tensors and plain values"
-        why = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            why = f"{type(e).__name__}: it holds objects other than tensors and plain values"
         raise DctpsError(
             f"cannot read {path} as a dctps train checkpoint (truncated or not one): {why}"
         ) from None
@@ -413,9 +412,7 @@ def load_checkpoint(
                     f"cannot read checkpoint {path} now ({type(e).__name__}: {e}); it is left "
                     "as it is: run the same command again"
                 ) from None
-            first = (str(e).strip().splitlines() or [""])[0]
-            why = f"{type(e).__name__}: {first}" if first else (
-                f"{type(e).__name__}: an empty or truncated file")  # fmt: skip
+            why = one_line(e, empty="an empty or truncated file")
             fallback = name == LAST and (folder / PREV).exists()
             where = path
             if quarantine and fallback:

@@ -39,7 +39,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dctps import _compat
-from dctps.errors import DctpsError, PruningFailed, RunBusy, cannot_write, user_path
+from dctps.errors import (
+    DctpsError,
+    PruningFailed,
+    RunBusy,
+    cannot_write,
+    one_line,
+    user_path,
+)
 from dctps.models import lr_factors
 from dctps.train import checkpoint as ckpt_io
 from dctps.train import setup as su
@@ -827,7 +834,7 @@ def _fit(
             where = (f"after epoch {saved} of {o.epochs}" if saved
                      else f"before its first checkpoint (epoch 1 of {o.epochs})")  # fmt: skip
             _say_interrupted(
-                store, h, f"stopped {where} by an error ({_one_line(e)}); run the same command "
+                store, h, f"stopped {where} by an error ({one_line(e)}); run the same command "
                 "again to " + ("resume" if saved else "start it over"),
             )  # fmt: skip
             raise
@@ -925,11 +932,6 @@ def constant_output(model: nn.Module, loader: Any) -> bool:
         model.train(was)
     spread = float((out.amax(0) - out.amin(0)).max())
     return spread <= 1e-6 * max(1.0, float(out.abs().max()))
-
-
-def _one_line(e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _say_interrupted(store: Any, h: str, reason: str) -> None:
