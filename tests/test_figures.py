@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -544,7 +545,7 @@ def test_quick_figures_say_so_and_overridden_lists_get_their_own_file(tmp_path):
     for c in F.figure_configs(name, **kw):
         record(store, c, 0.2)
     more = F.run_figure(name, tmp_path, plot_only=True, echo=lambda s: None, **kw)
-    assert more.paths[0].name == "density-lenet5-cifar10-quick-density=0.001-seeds=0+1+2.png"
+    assert more.paths[0].name == "density-lenet5-cifar10-quick-density=0.001-seeds=0..2.png"
     assert more.title.endswith("density 1%, 0.1% → 0.1%; seeds 0 → 0, 1, 2")
     assert more.note.endswith("; 3 seeds")
 
@@ -687,3 +688,24 @@ def test_failed_points_on_a_nonzeros_axis_sit_at_their_budget_and_the_json_is_st
     text = (tmp_path / "p.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert "NaN" not in text
+
+
+def test_long_figure_file_names_are_compacted_and_capped():
+    """`dctps figure --seeds 80` joined 80 seeds into the file name (over the file system's
+    255 bytes: the figure could never be written, after its whole sweep). Runs of integers
+    are ranges in the name and the title; a name still too long ends in a hash of the whole."""
+    from dctps.results import figures as F
+
+    name = "density-lenet5-cifar10"
+    seeds = F.figure_setup(name, F.figure_configs(name, quick=True, seeds=80), quick=True)
+    assert seeds.stem(True) == f"{name}-quick-seeds=0..79"
+    assert "seeds 0 → 0..79" in seeds.title()
+    assert F._int_ranges([5, 0, 1, 2, 7, 8]) == ["0..2", "5", "7", "8"]
+    many = [round(0.5 / 1.1**i, 6) for i in range(60)]
+    stems = set()
+    for extra in (0.9, 0.8):
+        cfgs = F.figure_configs(name, quick=True, densities=[extra, *many], seeds=3)
+        stem = F.figure_setup(name, cfgs, quick=True).stem(True)
+        assert len(stem) == F.MAX_STEM and re.fullmatch(r".*-[0-9a-f]{10}", stem), stem
+        stems.add(stem)
+    assert len(stems) == 2  # two grids, two files

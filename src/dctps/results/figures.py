@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import re
 import shlex
@@ -633,6 +634,7 @@ class Setup:
     configs: list[RunConfig] = field(default_factory=list)
     quick: bool = False
 
+    @cached_property
     def _grid_lists(self) -> list[tuple[str, list[Any], list[Any]]]:
         """``(what, the paper's figure's values, the runs' values)`` for the sparse densities
         and the seeds (of the quick figure when :attr:`quick`): lists the grid sets, which
@@ -680,16 +682,15 @@ class Setup:
                 out.append("(model, data set) " + ", ".join("/".join(p) for p in ref) + " → "
                            + ", ".join("/".join(p) for p in self.pairs))  # fmt: skip
         for key, want, got, is_list in self._changed():
-            fmt = _fmt if is_list else str
-            out.append(f"{key} {', '.join(map(fmt, want))} → {', '.join(map(fmt, got))}")
+            out.append(f"{key} {_listed(want, is_list)} → {_listed(got, is_list)}")
         return out
 
     def _changed(self) -> list[tuple[str, list[Any], list[Any], bool]]:
         """``(setting, the paper's values, the runs' values, is a grid list)`` of every fixed
-        setting (:meth:`_fixed`), grid list (:meth:`_grid_lists`) and other run setting
+        setting (:meth:`_fixed`), grid list (:attr:`_grid_lists`) and other run setting
         (:meth:`_overridden`) that the runs change."""
         fixed = [(k, [want], got, False) for k, want, got in self._fixed() if got != [want]]
-        lists = [(k, want, got, True) for k, want, got in self._grid_lists() if got != want]
+        lists = [(k, want, got, True) for k, want, got in self._grid_lists if got != want]
         return fixed + lists + [(k, want, got, False) for k, want, got in self._overridden]
 
     @cached_property
@@ -703,7 +704,7 @@ class Setup:
         if not self.configs or get(self.name).grid is None:
             return []
         ms, ds, _ = _split(self.pairs)
-        lists = {k: got for k, want, got in self._grid_lists() if got != want}
+        lists = {k: got for k, want, got in self._grid_lists if got != want}
 
         def trained(override: Mapping[str, Any] | None = None) -> list[RunConfig]:
             """What the figure trains for the runs' models, data sets, densities and seeds."""
@@ -807,9 +808,35 @@ class Setup:
             parts.append(f"{'+'.join(ms)}-{'+'.join(ds)}" if product
                          else "+".join(f"{m}-{d}" for m, d in self.pairs))  # fmt: skip
         for key, _, got, is_list in self._changed():
-            shown = [f"{v:g}" if is_list else str(v) for v in got]
+            shown = _int_ranges(got) if is_list else [str(v) for v in got]
             parts.append(f"{key.rsplit('.', 1)[-1]}={'+'.join(shown)}")
-        return re.sub(r"[^\w+=.-]", "_", "-".join(parts))
+        stem = re.sub(r"[^\w+=.-]", "_", "-".join(parts))
+        if len(stem) > MAX_STEM:  # file systems refuse names over 255 bytes
+            digest = hashlib.sha256(stem.encode()).hexdigest()[:10]
+            stem = f"{stem[: MAX_STEM - 11]}-{digest}"
+        return stem
+
+
+#: the longest figure file stem; a longer one ends in a hash of the whole (the figure's title
+#: and JSON say in full what differs)
+MAX_STEM = 200
+
+
+def _int_ranges(values: Sequence[Any]) -> list[str]:
+    """Grid values as they appear in a file name: numbers as ``%g``, and three or more
+    consecutive integers as one range (seeds ``0..79``, not 80 numbers joined)."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return [f"{v:g}" for v in values]
+    out: list[str] = []
+    ints = sorted(set(values))
+    i = 0
+    while i < len(ints):
+        j = i
+        while j + 1 < len(ints) and ints[j + 1] == ints[j] + 1:
+            j += 1
+        out += [f"{ints[i]}..{ints[j]}"] if j - i >= 2 else [str(v) for v in ints[i : j + 1]]
+        i = j + 1
+    return out
 
 
 def figure_setup(
@@ -826,6 +853,14 @@ def figure_setup(
         return Setup(name, list(pairs) if pairs is not None else paper_pairs(name), quick=quick)
     cfgs = list(configs) if configs is not None else figure_configs(name, quick=quick)
     return Setup(name, _unique((c.model.name, c.data.dataset) for c in cfgs), cfgs, quick)
+
+
+def _listed(values: Sequence[Any], is_list: bool) -> str:
+    """A setting's values in a title: densities as percentages, runs of integers as ranges
+    (``seeds 0..79``)."""
+    if is_list and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return ", ".join(_int_ranges(values))
+    return ", ".join(map(_fmt if is_list else str, values))
 
 
 def _fmt(v: Any) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -344,7 +345,9 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- typed parsing
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    # once per class: uncached, it was half the time of `dctps results` over 19,000 runs
     return typing.get_type_hints(cls)
 
 
