@@ -546,7 +546,7 @@ def test_quick_figures_say_so_and_overridden_lists_get_their_own_file(tmp_path):
         record(store, c, 0.2)
     more = F.run_figure(name, tmp_path, plot_only=True, echo=lambda s: None, **kw)
     assert more.paths[0].name == "density-lenet5-cifar10-quick-density=0.001-seeds=0..2.png"
-    assert more.title.endswith("density 1%, 0.1% → 0.1%; seeds 0 → 0, 1, 2")
+    assert more.title.endswith("density 1%, 0.1% → 0.1%; seeds 0 → 0..2")
     assert more.note.endswith("; 3 seeds")
 
 
