@@ -791,3 +791,21 @@ def test_slurm_gpu_requests_for_mixed_grids_and_every_spelling(monkeypatch):
     assert any("/nowhere" in p for p in preflight(missing, "submitit-local"))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert any("'cuda:1' requested but CUDA is not available" in p for p in host_problems(cuda1))
+
+
+def test_a_sweep_under_torchrun_refuses_parallel_workers(monkeypatch, tmp_path):
+    """Under torchrun the pool workers inherited RANK/WORLD_SIZE and joined the launcher's
+    process group: runs of different configs met in one DDP group and the sweep hung. Such a
+    sweep trains its runs one after the other (--workers 1, local); anything else is refused.
+    Its errors name the rank that prints them."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    for kw in ({"workers": 2}, {"executor": "submitit-local"}):
+        with pytest.raises(DctpsError, match=r"a sweep under torchrun \(2 processes\) trains its "
+                           r"runs one after the other"):  # fmt: skip
+            run_sweep([], tmp_path / "s", **kw)
+    assert run_sweep([], tmp_path / "s", workers=1).counts() == {}
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}
+    p = subprocess.run([sys.executable, "-m", "dctps.cli", "train", "--model", "resnet-18"],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    assert p.returncode == 2 and p.stderr.startswith("[rank 1] error: unknown model 'resnet-18'")

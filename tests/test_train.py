@@ -1974,3 +1974,37 @@ def test_evaluation_batches_come_from_the_devices_default(fake_cifar10, tmp_path
     monkeypatch.setattr(loop, "evaluate", spy)
     fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path, progress=False)
     assert seen and set(seen) == {40}
+
+
+def test_ddp_leftovers_world_size_on_resume_and_batches_of_one(fake_cifar10, tmp_path):
+    """A DDP review: a checkpoint of a 2-process run resumed in one process (or the reverse)
+    went on silently as a hybrid run: the checkpoint records the process count, and a resume
+    with another one warns. A BatchNorm model at one image per process failed at its first
+    step with torch's traceback: refused up front."""
+    cfg = small_cfg(fake_cifar10, epochs=1)
+    r = fit(cfg, tmp_path, progress=False)
+    last = tmp_path / "runs" / r["hash"] / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    assert ck["world_size"] == 1
+    ck["world_size"] = 2
+    torch.save(ck, last)
+    Store(tmp_path).delete(r["hash"])
+    with pytest.warns(RuntimeWarning, match=r"resuming after epoch 1 with 1 process\(es\); the "
+                      r"checkpoint was written by 2: .*torchrun --nproc_per_node 2"):  # fmt: skip
+        fit(cfg, tmp_path, progress=False)
+
+    bn = RunConfig(model=ModelConfig("resnet18"), data=DataConfig("digits", subset=64),
+                   sparsity=SparsityConfig("dctps", 0.1), optim=OptimConfig(epochs=1, batch_size=1),
+                   device="cpu")  # fmt: skip
+    with pytest.raises(DctpsError, match=r"a batch of 1 image per process \(batch size 1 over 1 "
+                       r"process\(es\)\): resnet18's BatchNorm"):  # fmt: skip
+        fit(bn, tmp_path / "bn", progress=False)
+
+
+def test_a_peer_gone_error_is_told_apart_from_the_runs_own():
+    """Under DDP the row of rank 0 quoted gloo's "Connection closed by peer" (another rank's
+    failure) as the run's error; such errors are recognised and named as another rank's."""
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed "
+                        "by peer [127.0.0.1]:29500")  # fmt: skip
+    assert loop._peer_gone(gloo)
+    assert not loop._peer_gone(ValueError("images of the wrong size"))

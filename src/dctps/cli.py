@@ -419,7 +419,7 @@ def main() -> None:
             sys.exit(e.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
     except DctpsError as e:
-        typer.echo(f"error: {_one_line(str(e))}", err=True)
+        typer.echo(f"{_rank_prefix()}error: {_one_line(str(e))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -429,6 +429,14 @@ def main() -> None:
             raise
         typer.echo("aborted", err=True)
         sys.exit(1)
+
+
+def _rank_prefix() -> str:
+    """``[rank N] `` under ``torchrun`` with several processes (each prints its own error: the
+    reader must tell which one failed first), else nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return f"[rank {os.environ.get('RANK', '?')}] "
+    return ""
 
 
 if __name__ == "__main__":

@@ -849,6 +849,15 @@ def run_sweep(
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and ((workers or 1) > 1 or executor != "local"):
+        # each worker or job would join the launcher's process group: runs of different
+        # configs met in one DDP group and the sweep hung
+        raise DctpsError(
+            f"a sweep under torchrun ({world} processes) trains its runs one after the other, "
+            f"each with DDP: give --workers 1 and --executor local (got --workers {workers}, "
+            f"--executor {executor}); or run the sweep without torchrun"
+        )
     out_p = user_path(out).resolve()
     db_p = out_db_path(out_p, db).resolve()
     planned = plan(configs, out_p, db_p, retry_failed)

@@ -254,6 +254,22 @@ def _warn_thread_change(saved: int | None, device: torch.device, epoch: int) -> 
         )
 
 
+def _warn_world_change(saved: int | None, now: int, epoch: int) -> None:
+    """Warn when a run resumes with another number of DDP processes than its checkpoint was
+    written with: each epoch then sees other batches (another split, other partial batches
+    dropped) and BatchNorm other statistics, so the result mixes two kinds of run (a review:
+    a 2-process run resumed in one process ended 21 points above the 2-process result)."""
+    if saved is not None and saved != now:
+        warnings.warn(
+            f"resuming after epoch {epoch} with {now} process(es); the checkpoint was written "
+            f"by {saved}: the run goes on as another run than with {saved} (launch it with "
+            f"{'torchrun --nproc_per_node ' + str(saved) if saved > 1 else 'one process'} to "
+            "resume it as it was)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def _rng_state(loader: Any) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "loader": loader.state_dict()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -572,6 +588,12 @@ def _fit(
         n_train = int(splits.train_x.shape[0])
         if len(train_loader) == 0:
             raise DctpsError(f"the training set ({n_train} images) gives no batch of {per_rank}")
+        if has_bn and per_rank == 1:
+            raise DctpsError(
+                f"a batch of 1 image per process (batch size {o.batch_size} over "
+                f"{ctx.world_size} process(es)): {cfg.model.name}'s BatchNorm cannot train on "
+                "one image; give a larger --batch-size"
+            )
         if has_bn and not ctx.enabled and n_train % per_rank == 1:
             # found here, not by torch's "Expected more than 1 value per channel" at the end
             # of the first epoch (the run left `running`, and every resume failed the same way)
@@ -708,6 +730,7 @@ def _fit(
                 _set_rng_state(ck["rng"], train_loader)
                 if ctx.is_main:
                     _warn_thread_change(ck.get("threads"), dev, int(ck["epoch"]))
+                    _warn_world_change(ck.get("world_size"), ctx.world_size, int(ck["epoch"]))
                 history = list(ck["history"])
                 best = dict(ck["best"])
                 start_epoch = int(ck["epoch"])
@@ -812,6 +835,7 @@ def _fit(
                             "elapsed": elapsed + time.perf_counter() - t_session,
                             "prune_seconds": prune_s,
                             "threads": torch.get_num_threads(),
+                            "world_size": ctx.world_size,
                             "data": data_fp,
                         },
                         run_dir,
@@ -833,9 +857,12 @@ def _fit(
             # if a process were still training it
             where = (f"after epoch {saved} of {o.epochs}" if saved
                      else f"before its first checkpoint (epoch 1 of {o.epochs})")  # fmt: skip
+            cause = one_line(e)
+            if ctx.enabled and _peer_gone(e):  # gloo's "Connection closed by peer": not ours
+                cause = "another process of this DDP run stopped; its own error says why"
             _say_interrupted(
-                store, h, f"stopped {where} by an error ({one_line(e)}); run the same command "
-                "again to " + ("resume" if saved else "start it over"),
+                store, h, f"stopped {where} by an error ({cause}); run the same command again "
+                "to " + ("resume" if saved else "start it over"),
             )  # fmt: skip
             raise
         finally:
@@ -932,6 +959,20 @@ def constant_output(model: nn.Module, loader: Any) -> bool:
         model.train(was)
     spread = float((out.amax(0) - out.amin(0)).max())
     return spread <= 1e-6 * max(1.0, float(out.abs().max()))
+
+
+def _peer_gone(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another DDP process exited (gloo:
+    "Connection closed by peer"; NCCL: a remote or closed connection)."""
+    text = str(e).lower()
+    return type(e).__name__ == "DistBackendError" or any(
+        s in text
+        for s in (
+            "connection closed by peer",
+            "connection reset by peer",
+            "remote process exited",
+        )  # fmt: skip
+    )
 
 
 def _say_interrupted(store: Any, h: str, reason: str) -> None:
