@@ -1005,14 +1005,20 @@ def test_resume_flag_needs_checkpoint(fake_cifar10, tmp_path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def test_corrupt_last_falls_back_to_prev(fake_cifar10, tmp_path, monkeypatch):
-    cfg = small_cfg(fake_cifar10, epochs=3)
+def _done_with_backup(cfg, tmp_path, monkeypatch):
+    """A reference run in tmp_path/ref, and the same run in tmp_path/run as if killed after its
+    last epoch (prev.pt still there): ``(reference result, out, run folder)``."""
     ref = fit(cfg, tmp_path / "ref", progress=False)
     out = tmp_path / "run"
-    with monkeypatch.context() as m:  # as if killed after its last epoch: prev.pt still there
+    with monkeypatch.context() as m:
         m.setattr(ckpt_io, "drop_backup", lambda folder: None)
         fit(cfg, out, progress=False)
-    run_dir = out / "runs" / ref["hash"]
+    return ref, out, out / "runs" / ref["hash"]
+
+
+def test_corrupt_last_falls_back_to_prev(fake_cifar10, tmp_path, monkeypatch):
+    cfg = small_cfg(fake_cifar10, epochs=3)
+    ref, out, run_dir = _done_with_backup(cfg, tmp_path, monkeypatch)
     (run_dir / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(RuntimeWarning, match="resuming from"):
         ck = ckpt_io.load_checkpoint(run_dir, ref["hash"], quarantine=False)
@@ -1050,12 +1056,7 @@ def test_a_damaged_last_pt_is_caught_and_a_system_error_sets_nothing_aside(
     import errno
 
     cfg = small_cfg(fake_cifar10, epochs=3)
-    ref = fit(cfg, tmp_path / "ref", progress=False)
-    out = tmp_path / "run"
-    with monkeypatch.context() as m:  # as if killed after its last epoch: prev.pt still there
-        m.setattr(ckpt_io, "drop_backup", lambda folder: None)
-        fit(cfg, out, progress=False)
-    run_dir = out / "runs" / ref["hash"]
+    ref, out, run_dir = _done_with_backup(cfg, tmp_path, monkeypatch)
     Store(out).delete(ref["hash"])
 
     with monkeypatch.context() as m:
