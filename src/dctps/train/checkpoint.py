@@ -254,6 +254,23 @@ def _system_failure(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno in _SYSTEM_ERRNOS)
 
 
+def _bad_record(z: zipfile.ZipFile) -> str | None:
+    """The first record of ``z`` whose data fail their CRC-32 (``zipfile`` checks it as a
+    record is read to its end), or ``None``. Records stored with a CRC of 0 are not checked:
+    ``torch.serialization.set_crc32_options(False)`` writes them so, and ``torch.load`` reads
+    them."""
+    for info in z.infolist():
+        if info.CRC == 0:
+            continue
+        try:
+            with z.open(info) as f:
+                while f.read(1 << 24):
+                    pass
+        except zipfile.BadZipFile:
+            return info.filename
+    return None
+
+
 def check_archive(path: Path) -> None:
     """A ``ValueError`` for a ``torch.save`` zip archive with a damaged record: ``torch.load``
     does not check the records' CRC-32s, so a flipped byte in a tensor loaded silently (a run
@@ -263,7 +280,7 @@ def check_archive(path: Path) -> None:
         return
     try:
         with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
+            bad = _bad_record(z)
     except OSError as e:
         if _system_failure(e):
             raise
@@ -408,9 +425,15 @@ def load_checkpoint(
             if _system_failure(e):
                 # the system failed (too many open files, no memory), not the file: setting a
                 # good last.pt aside would cost an epoch and park the file for good
+                denied = isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM)
                 raise DctpsError(
                     f"cannot read checkpoint {path} now ({type(e).__name__}: {e}); it is left "
-                    "as it is: run the same command again"
+                    "as it is: "
+                    + (
+                        "make it readable to this user, then run the same command again"
+                        if denied
+                        else "run the same command again"
+                    )  # fmt: skip
                 ) from None
             why = one_line(e, empty="an empty or truncated file")
             fallback = name == LAST and (folder / PREV).exists()

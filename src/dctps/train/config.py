@@ -861,9 +861,11 @@ def _check_cli_flags(values: dict[str, Any], cfg: RunConfig) -> None:
             "keep a constant learning rate): give --milestones too, or leave --gamma out"
         )
     if values.get("allocation") is not None and cfg.resolve().sparsity.allocation is None:
+        why = ("keeps every weight" if cfg.sparsity.method == "dense"
+               else "chooses its own per-layer budgets (from its scores)")  # fmt: skip
         raise DctpsError(
             f"--allocation applies only to --method dctps and random: {cfg.sparsity.method} "
-            "chooses its own per-layer budgets (from its scores), so leave --allocation out"
+            f"{why}, so leave --allocation out"
         )
     given = values.get("milestones")
     if given:

@@ -254,6 +254,26 @@ def _warn_thread_change(saved: int | None, device: torch.device, epoch: int) -> 
         )
 
 
+def _trains_on_one_image(model: nn.Module, info: Any) -> bool:
+    """Whether ``model`` (built on the meta device: no memory, no compute) takes a training
+    step's forward on a batch of one image of data set ``info``. BatchNorm cannot where a
+    layer sees a single value per channel (one image whose maps have shrunk to 1x1: ResNet18
+    on 8x8 digits, not on 32x32 CIFAR)."""
+    was = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, info.in_channels, info.image_size, info.image_size,
+                              device="meta"))  # fmt: skip
+    except ValueError as e:
+        if "more than 1 value per channel" in str(e):
+            return False
+        raise
+    finally:
+        model.train(was)
+    return True
+
+
 def _warn_world_change(saved: int | None, now: int, epoch: int) -> None:
     """Warn when a run resumes with another number of DDP processes than its checkpoint was
     written with: each epoch then sees other batches (another split, other partial batches
@@ -393,8 +413,9 @@ def other_data(
         f"run {row['hash']} ({row.get('status')}) in {where} was trained on other data than "
         f"{data.dataset} at {root} (data fingerprint {recorded} from {row.get('data_root')}, "
         f"now {memo[key]}). The data root is not part of a run's identity, so its result "
-        "would stand for these data: give another --out (or --db) for them, or remove that "
-        "run from the store to train it again"
+        "would stand for these data: give another --out (or --db) for them, or remove the run "
+        f"(its row: Store(db).delete('{row['hash']}'), and its folder runs/{row['hash']}) to "
+        "train it again"
     )
 
 
@@ -515,9 +536,10 @@ def _fit(
     run_dir = out / RUNS_DIR / h
     # a model that cannot take the data set (LeNet-5 on 8x8 digits) fails here, on the meta
     # device (no memory, milliseconds), before a results store or run folder is created
+    info0 = data_mod.get_info(cfg.data.dataset)
     with torch.device("meta"):
-        shape = su.build_model(cfg, data_mod.get_info(cfg.data.dataset))
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in shape.modules())
+        shape = su.build_model(cfg, info0)
+    one_image_fails = not _trains_on_one_image(shape, info0)
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)
@@ -588,19 +610,20 @@ def _fit(
         n_train = int(splits.train_x.shape[0])
         if len(train_loader) == 0:
             raise DctpsError(f"the training set ({n_train} images) gives no batch of {per_rank}")
-        if has_bn and per_rank == 1:
+        why_one = (f"{cfg.model.name}'s BatchNorm cannot train on one {info.image_size}x"
+                   f"{info.image_size} image (it sees a single value per channel)")  # fmt: skip
+        if one_image_fails and per_rank == 1:
             raise DctpsError(
                 f"a batch of 1 image per process (batch size {o.batch_size} over "
-                f"{ctx.world_size} process(es)): {cfg.model.name}'s BatchNorm cannot train on "
-                "one image; give a larger --batch-size"
+                f"{ctx.world_size} process(es)): {why_one}; give a larger --batch-size"
             )
-        if has_bn and not ctx.enabled and n_train % per_rank == 1:
+        if one_image_fails and not ctx.enabled and n_train % per_rank == 1:
             # found here, not by torch's "Expected more than 1 value per channel" at the end
             # of the first epoch (the run left `running`, and every resume failed the same way)
             raise DctpsError(
                 f"the training set ({n_train} images) leaves a last batch of 1 image per epoch "
-                f"at batch size {per_rank}, and {cfg.model.name}'s BatchNorm cannot train on one "
-                "image: choose a batch size or --subset that leaves no such batch"
+                f"at batch size {per_rank}, and {why_one}: choose a batch size or --subset "
+                "that leaves no such batch"
             )
 
         def eval_loader(x: torch.Tensor, y: torch.Tensor) -> Any:
