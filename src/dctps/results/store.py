@@ -311,7 +311,7 @@ class Store:
             except sqlite3.DatabaseError as e:
                 raise DctpsError(
                     f"results database {self.path} is unusable: {e}. Moved aside, it is rebuilt "
-                    "by the same `dctps train`/`dctps sweep` commands: a finished run's rows "
+                    "by the same `dctps train`/`dctps sweep` commands: a done run's rows "
                     "come back from its run folder's checkpoints without training"
                 ) from None
 
