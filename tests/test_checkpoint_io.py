@@ -389,3 +389,49 @@ def test_conv_geometry_round_trips(tmp_path):
         for attr in ("kernel_size", "stride", "padding", "dilation", "groups", "weight_shape"):
             assert getattr(a, attr) == getattr(b, attr), attr
     assert torch.equal(loaded(x), ref)
+
+
+def test_a_support_averaged_by_ema_is_refused_on_save_and_export(tmp_path):
+    """`AveragedModel(use_buffers=True)` averages every buffer, the integer `indices` too
+    (truncated: 6 -> 5, duplicates): `dctps.save` wrote the broken support and only `load`
+    refused it; `to_dense` exported another network. Both refuse it now, naming the cause."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    m = dctps.sparsify(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 36, 4)),
+                       0.2, seed=0)  # fmt: skip
+    ema = AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        m(torch.randn(2, 3, 8, 8)).sum().backward()
+        opt.step()
+        ema.update_parameters(m)
+    assert not torch.equal(ema.module[0].indices, m[0].indices)  # the averaging broke it
+    for call in (lambda: dctps.save(ema.module, tmp_path / "ema.dctps"),
+                 lambda: dctps.to_dense(ema.module)):  # fmt: skip
+        with pytest.raises(DctpsError, match=r"support is not a support any more .*"
+                           r"AveragedModel with use_buffers=True"):  # fmt: skip
+            call()
+    assert not (tmp_path / "ema.dctps").exists()
+
+
+def test_to_dense_keeps_a_module_registered_twice_one_module(tmp_path):
+    """`to_dense` replaced only the first name of a module used under two names: the second
+    stayed a DCTpS layer (the export needed dctps) and the two were untied."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(16, 16)
+            self.b = self.a
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    m = dctps.sparsify(Twice(), 0.2, seed=0)
+    plain = dctps.to_dense(m)
+    assert plain.a is plain.b and type(plain.a) is nn.Linear
+    x = torch.randn(3, 16)
+    assert torch.allclose(plain(x), m(x), atol=1e-6)
+    assert dctps.count(plain).weights == 256

@@ -134,8 +134,11 @@ def _valid(plan: _Plan) -> bool:
     d = plan.d
     rows = zip(plan.layers, plan.views, plan.supports, plan.alpha_shapes, strict=True)
     for m, v, (idx, version), shape in rows:
-        b = m._buffers
-        if b["_D"] is not v or b["indices"] is not idx or fast_version(idx) != version:
+        if (
+            m.__dict__.get("_D") is not v
+            or m._buffers["indices"] is not idx
+            or (fast_version(idx) != version)
+        ):
             return False
         a = m._parameters["alpha"]
         if a is None or a.dtype is not d.dtype or a.device != d.device or a.shape != shape:
@@ -161,7 +164,7 @@ def _release(plans: list[_Plan], keep: set[int]) -> None:
     with torch.inference_mode(False):
         for plan in plans:
             for m, v in zip(plan.layers, plan.views, strict=True):
-                if id(m) not in keep and m._buffers.get("_D") is v:
+                if id(m) not in keep and m.__dict__.get("_D") is v:
                     m._D = v.clone()
 
 

@@ -257,6 +257,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
         for layer in m.modules():
             if isinstance(layer, DCTpSLayer):
                 layer._check_initialised()  # to_empty() garbage would be saved as a support
+        _check_support(m)  # refused now, not when the file is loaded
         cfg = _layer_config(m)
         aliases = [n for n in names[id(m)] if n != name]
         # one module under several names (weight sharing): stored once, under its first name
@@ -693,6 +694,30 @@ def to_dense(model: nn.Module) -> nn.Module:
     detach_pruned_weights(model.modules())
     out = copy.deepcopy(model)
     strip(out)  # no dctps hook may stay on the plain model
-    for name, m in _dctps_modules(out):
-        set_submodule(out, name, _dense_twin(m))
+    names = _all_names(out)
+    for _, m in _dctps_modules(out):
+        _check_support(m)
+        twin = _dense_twin(m)
+        for alias in names[id(m)]:  # a module registered twice stays one module (tied)
+            set_submodule(out, alias, twin)
     return out
+
+
+def _check_support(m: nn.Module) -> None:
+    """A :class:`DctpsError` for a DCTpS module whose support is no longer one (sorted,
+    distinct, in range): ``AveragedModel(use_buffers=True)`` averages the integer ``indices``
+    like any buffer, and writing or exporting such a model silently used another support."""
+    from dctps.layers import _check_loaded_support
+
+    for layer in m.modules():
+        if not isinstance(layer, DCTpSLayer):
+            continue
+        layer._check_initialised()  # to_empty() garbage: that message, not this one
+        try:
+            _check_loaded_support(layer, layer.indices, layer.values, "")
+        except DctpsError as e:
+            raise DctpsError(
+                f"{type(layer).__name__}'s support is not a support any more ({e}); was its "
+                "integer `indices` buffer averaged or written (e.g. by AveragedModel with "
+                "use_buffers=True, which averages every buffer)?"
+            ) from None

@@ -397,7 +397,10 @@ class DCTpSLayer(nn.Module):
         self.alpha = nn.Parameter(self._initial_alpha().to(**factory), requires_grad=train_alpha)
         self.values = nn.Parameter(torch.zeros(nnz, **factory))
         self.register_buffer("indices", indices.to(device))
-        self.register_buffer("_D", None, persistent=False)
+        # a cache, not a buffer: a buffer that appears at the first forward changed the set of
+        # buffers() under EMA tools that pair two copies' buffers (AveragedModel crashed), and
+        # DDP would broadcast it at every forward
+        self._D = None
 
     def _initial_alpha(self) -> torch.Tensor:
         """The alpha this layer starts from (float64 CPU): the ``alpha_init`` number, or the
@@ -534,7 +537,8 @@ class DCTpSLayer(nn.Module):
 
     @property
     def D(self) -> torch.Tensor:
-        """The fixed basis ``D`` (``weight_shape``), built on first use and cached as a buffer.
+        """The fixed basis ``D`` (``weight_shape``), built on first use and cached (an attribute,
+        not a buffer: no ``state_dict`` entry, no change in ``buffers()``).
 
         Never built by ``mode='fast'``; rebuilt if the cached copy's device/dtype differ from
         ``alpha``'s, and dropped by a ``.to()`` / ``.double()`` / ``.half()`` that changes its
@@ -611,7 +615,6 @@ class DCTpSLayer(nn.Module):
             self.__dict__[PREBUILT] = True
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:  # type: ignore[override]
-        before = self._D
         was_meta = self.indices.device.type == "meta"
         # probed first: a cast of integer tensors is refused before it touches the indices
         garbage = not was_meta and _allocates_garbage(fn, self.indices.device)
@@ -621,10 +624,10 @@ class DCTpSLayer(nn.Module):
             # memory: the support is garbage now, and so is a cached D
             self.__dict__[UNINITIALISED] = True
             self._drop_basis()
-        d = self._D
-        if before is not None and d is not None and d.dtype != before.dtype:
-            # a converted D carries the old dtype's rounding (float32 -> float64 keeps float32
-            # accuracy; .half().float() keeps fp16's): rebuild it from the shape instead
+        d, a = self._D, self._parameters.get("alpha")
+        if d is not None and (a is None or d.device != a.device or d.dtype != a.dtype):
+            # moved or cast: rebuilt from the shape where it is next needed (a converted D
+            # would carry the old dtype's rounding: .half().float() keeps fp16's)
             self._D = None
         self._prebuild_basis()
         return res

@@ -80,8 +80,7 @@ class DistContext:
         start of a training forward, so after the last step of an epoch each rank holds statistics
         updated by its own batch. An evaluation summed over ranks would then report a mixture of
         models, none of them the one rank 0 saves. Only buffers in ``state_dict`` are sent: the
-        non-persistent ones (a DCTpS layer's cached basis ``_D``) are rebuilt from the shape, the
-        same on every rank, and can be large.
+        non-persistent ones are rebuilt or recomputed the same on every rank, and can be large.
         """
         if not self.enabled:
             return
