@@ -164,3 +164,10 @@ def test_budgets_plot_into_a_folder_and_refusals(tmp_path):
     r = runner.invoke(app, ["budgets", "lenet5", "-d", "1e-9"])
     assert isinstance(r.exception, DctpsError)
     assert re.search(r"density 1e-09 gives 0 of lenet5's [\d,]+ weights", str(r.exception))
+
+
+def test_export_of_a_missing_checkpoint_says_it_does_not_exist(tmp_path):
+    """`dctps export nothere.pt` called a missing file "truncated or not one"."""
+    r = runner.invoke(app, ["export", str(tmp_path / "nothere.pt"), str(tmp_path / "m.dctps")])
+    assert isinstance(r.exception, DctpsError)
+    assert str(r.exception) == f"checkpoint {tmp_path / 'nothere.pt'} does not exist"

@@ -485,3 +485,20 @@ def test_another_programs_sqlite_database_is_left_alone(tmp_path):
                            r"program \(tables: notes\), not a dctps results database"):  # fmt: skip
             call()
     assert path.read_bytes() == before and not (tmp_path / "foreign.sqlite-wal").exists()
+
+
+def test_a_full_data_run_beside_subset_runs_reads_subset_all(tmp_path):
+    """Beside `--subset 5000` runs, a full-data run's variant read `subset=None`."""
+    from dctps.results.store import print_results
+    from dctps.train.config import DataConfig, ModelConfig, RunConfig, SparsityConfig
+
+    s = Store(tmp_path / "r.db")
+    for h, subset in (("full", None), ("part", 5000)):
+        cfg = RunConfig(model=ModelConfig("lenet5"), data=DataConfig("cifar10", subset=subset),
+                        sparsity=SparsityConfig("dctps", 0.01))  # fmt: skip
+        s.start(h, cfg.to_dict())
+    out: list[str] = []
+    print_results(tmp_path / "r.db", echo=out.append)
+    rows = {ln.split()[0]: ln for ln in out[0].splitlines()[1:]}
+    assert "subset=all" in rows["full"] and "subset=5000" in rows["part"]
+    assert "None" not in out[0]

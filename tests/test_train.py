@@ -2036,3 +2036,17 @@ def test_a_peer_gone_error_is_told_apart_from_the_runs_own():
                         "by peer [127.0.0.1]:29500")  # fmt: skip
     assert loop._peer_gone(gloo)
     assert not loop._peer_gone(ValueError("images of the wrong size"))
+
+
+def test_rigl_that_would_never_update_is_refused(fake_cifar10, tmp_path):
+    """`--rigl` on a short run (`--epochs 1 --subset 5000`: 70 steps, updates every 100 until
+    step 52) made no update: the weights equalled the static run's, yet the row said RigL (a
+    README review). Refused, saying what would let it update; with a small enough delta_t
+    it runs."""
+    cfg = small_cfg(fake_cifar10, epochs=1, sparsity={"rigl": True})  # 9 steps, T_end 6
+    with pytest.raises(DctpsError, match=r"RigL would never update the supports: it updates "
+                       r"every 100 steps until step 6 \(0\.75 of this run's 9 steps\); give "
+                       r"--rigl-delta-t below 6"):  # fmt: skip
+        fit(cfg, tmp_path, progress=False)
+    ok = small_cfg(fake_cifar10, epochs=1, sparsity={"rigl": True, "rigl_delta_t": 3})
+    assert fit(ok, tmp_path, progress=False)["status"] == "done"

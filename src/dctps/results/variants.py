@@ -72,5 +72,10 @@ def varying_keys(flats: Sequence[Mapping[str, Any]], shown: Iterable[str] = ()) 
 
 def named_differences(flat: Mapping[str, Any], varying: Sequence[str]) -> list[str]:
     """``["epochs=6", ...]``: this run's values of the ``varying`` keys (a key it lacks, e.g. one
-    an older version did not record, is not named)."""
-    return [f"{k.split('.')[-1]}={flat[k]}" for k in varying if k in flat]
+    an older version did not record, is not named). ``data.subset`` left unset reads
+    ``subset=all`` (the whole split), not Python's ``None``."""
+    return [f"{k.split('.')[-1]}={_shown(k, flat[k])}" for k in varying if k in flat]
+
+
+def _shown(key: str, value: Any) -> Any:
+    return "all" if key == "data.subset" and value is None else value

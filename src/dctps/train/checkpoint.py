@@ -311,6 +311,8 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     from dctps.checkpoint_io import MAGIC
 
     path = Path(path)
+    if not path.exists():
+        raise DctpsError(f"checkpoint {path} does not exist")
     if path.is_file():
         with open(path, "rb") as f:
             head = f.read(max(len(MAGIC), 4))

@@ -275,7 +275,7 @@ def make_rigl(
         raise DctpsError(f"RigL is not available ({e})") from None
     # set by RunConfig.resolve()
     assert s.rigl_delta_t is not None and s.rigl_alpha is not None and s.rigl_t_end is not None
-    return RigL(
+    rigl = RigL(
         model,
         optimizer,
         total_steps,
@@ -283,3 +283,12 @@ def make_rigl(
         alpha=s.rigl_alpha,
         t_end=s.rigl_t_end,
     )
+    if rigl.delta_t >= rigl.T_end:
+        # a short run (--epochs 1 --subset 5000: 70 steps) trained as a static one, recorded
+        # as RigL: refused, not reported as a RigL result
+        raise DctpsError(
+            f"RigL would never update the supports: it updates every {rigl.delta_t} steps "
+            f"until step {rigl.T_end} ({s.rigl_t_end:g} of this run's {total_steps} steps); "
+            f"give --rigl-delta-t below {rigl.T_end}, or more epochs or data"
+        )
+    return rigl
