@@ -87,3 +87,19 @@ def disk_full_after(monkeypatch):
         monkeypatch.setattr(os, "fdopen", lambda *a, **kw: Full(limit, *a, **kw))
 
     return start
+
+
+def train_with_ema(model, use_buffers: bool, steps: int = 3):
+    """``steps`` SGD steps of ``model`` on random 3x8x8 images, each followed by an update of
+    an EMA (``AveragedModel``, decay 0.9) made before the first step; returns the EMA."""
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=use_buffers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        opt.step()
+        ema.update_parameters(model)
+    return ema

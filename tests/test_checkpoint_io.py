@@ -395,18 +395,12 @@ def test_a_support_averaged_by_ema_is_refused_on_save_and_export(tmp_path):
     """`AveragedModel(use_buffers=True)` averages every buffer, the integer `indices` too
     (truncated: 6 -> 5, duplicates): `dctps.save` wrote the broken support and only `load`
     refused it; `to_dense` exported another network. Both refuse it now, naming the cause."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from conftest import train_with_ema
 
     torch.manual_seed(0)
     m = dctps.sparsify(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 36, 4)),
                        0.2, seed=0)  # fmt: skip
-    ema = AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    for _ in range(3):
-        opt.zero_grad()
-        m(torch.randn(2, 3, 8, 8)).sum().backward()
-        opt.step()
-        ema.update_parameters(m)
+    ema = train_with_ema(m, use_buffers=True)
     assert not torch.equal(ema.module[0].indices, m[0].indices)  # the averaging broke it
     for call in (lambda: dctps.save(ema.module, tmp_path / "ema.dctps"),
                  lambda: dctps.to_dense(ema.module)):  # fmt: skip

@@ -483,8 +483,8 @@ def test_the_cached_basis_is_not_a_buffer_so_ema_tools_work():
     """`D` was a non-persistent buffer that appeared at the first forward: `buffers()` changed
     under tools that pair two copies' buffers, and `AveragedModel` (EMA) made before the first
     forward crashed with a size mismatch. It is a cached attribute: the buffers stay put."""
+    from conftest import train_with_ema
     from torch import nn
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     import dctps
 
@@ -492,13 +492,7 @@ def test_the_cached_basis_is_not_a_buffer_so_ema_tools_work():
     m = dctps.sparsify(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(),
                                      nn.Linear(8 * 36, 4)), 0.2, seed=0)  # fmt: skip
     names = [n for n, _ in m.named_buffers()]
-    ema = AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(0.9))
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    for _ in range(3):
-        opt.zero_grad()
-        m(torch.randn(2, 3, 8, 8)).sum().backward()
-        opt.step()
-        ema.update_parameters(m)
+    ema = train_with_ema(m, use_buffers=False)  # made before the first forward
     assert m[0].basis_built and [n for n, _ in m.named_buffers()] == names
     assert torch.equal(ema.module[0].indices, m[0].indices)
     x = torch.randn(2, 3, 8, 8)
