@@ -249,6 +249,12 @@ def test_evaluation_batches_default_to_what_is_fast_on_the_device(
     seen.clear()
     fit(dataclasses.replace(cfg, eval_batch_size=16), tmp_path / "b", progress=False)
     assert seen and set(seen) == {16}
+    # the default comes from eval_batch_size(device), not a constant that happens to be the
+    # CPU's (a mutation audit: `or 256` passed, CUDA's 1000 unseen here)
+    seen.clear()
+    monkeypatch.setattr(loop, "eval_batch_size", lambda device: 40)
+    fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path / "c", progress=False)
+    assert seen and set(seen) == {40}
 
 
 def test_config_hash():
@@ -1985,23 +1991,6 @@ def test_drop_backup_never_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "unlink", refuse)
     ckpt_io.drop_backup(tmp_path)
     assert (tmp_path / ckpt_io.PREV).exists()
-
-
-def test_evaluation_batches_come_from_the_devices_default(fake_cifar10, tmp_path, monkeypatch):
-    """A mutation audit: every loader's default evaluation batch could have been a constant
-    256 (CUDA's 1000 unseen on the CPU); it is `eval_batch_size(device)`."""
-    seen = []
-    real = loop.evaluate
-
-    def spy(model, loader, ctx=None):
-        if loader is not None:
-            seen.append(loader.batch_size)
-        return real(model, loader, ctx)
-
-    monkeypatch.setattr(loop, "eval_batch_size", lambda device: 40)
-    monkeypatch.setattr(loop, "evaluate", spy)
-    fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path, progress=False)
-    assert seen and set(seen) == {40}
 
 
 def test_ddp_leftovers_world_size_on_resume_and_batches_of_one(fake_cifar10, tmp_path):
