@@ -7,13 +7,14 @@
 #
 # Parts, most important first, each under its own time limit so one slow part cannot eat the
 # others (about 7 minutes in all on an H100):
-#   tests    tests/test_cuda.py (numbers on CUDA; the batched rebuild never synchronises the host)
+#   tests    tests/test_cuda.py (numbers on CUDA; the batched rebuild never synchronises the host;
+#            a CUDA-graph replay equals eager) and the pruning collapse check on the model's device
 #   step     dctps bench step: ResNet18 step, dense vs DCTpS auto vs DCTpS batched, operator counts
 #   graph    benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched,
 #            also in channels_last (cuDNN's layout conversions took 12% of an H100 step)
 #   profile  benchmarks/profile_step.py: wall vs GPU kernel time per step, the costliest kernels
 #   layer    benchmarks/profile_layer.py: a lone conv's latency, loop time and kernels, per rebuild
-#   conv     dctps bench conv: the per-layer table of RESULTS.md (b)
+#   conv     dctps bench conv: the per-layer table of RESULTS.md (b), eager and as CUDA graphs
 #   compile  step_cudagraph.py --compile: dense vs DCTpS under torch.compile (compiling takes minutes)
 #   train    benchmarks/train_throughput.py: images/s of real training epochs
 #   linear, memory: dctps bench linear / memory
@@ -48,7 +49,8 @@ else
   COMPILE_ARGS="--batch 128 --reps 5 --steps 20"
   TP_ARGS="--lenet-images 20000 --resnet-images 12800 --repeats 2"
 fi
-part tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+part tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+  tests/test_pruning_collapse.py::test_check_runs_on_the_models_device
 part step 150 $PY -m dctps.cli bench step --device "$DEVICE" $QUICK
 part graph 150 $PY benchmarks/step_cudagraph.py $GRAPH_ARGS
 part profile 90 $PY benchmarks/profile_step.py $PROF_ARGS

@@ -3,10 +3,11 @@
 For a few conv shapes of ResNet18 at CIFAR sizes this times forward+backward of ``nn.Conv2d`` and
 of ``DCTpSConv2d(mode='dense')`` with each rebuild of ``W = alpha * D + S``: ``ops`` (built-in
 differentiable operators, what accelerators use: :func:`dctps.layers.op_rebuild`) and ``fused``
-(one autograd Function, what the CPU uses: :func:`dctps.layers.cpu_rebuild`). Per call it prints
-the latency (each call synchronised), the time inside a loop (``--calls`` back-to-back calls per
-synchronisation), and from :mod:`torch.profiler` the GPU kernel time and kernel count. A layer
-whose latency ratio is far above its loop ratio pays in host work, not in GPU work.
+(one autograd Function, what the CPU and CUDA-graph captures use: :func:`dctps.layers.cpu_rebuild`).
+Per call it prints the latency (each call synchronised), the time inside a loop (``--calls``
+back-to-back calls per synchronisation), the time of a CUDA-graph replay of the call (GPU time
+without host work), and from :mod:`torch.profiler` the GPU kernel time and kernel count. A layer
+whose latency ratio is far above its graph ratio pays in host work, not in GPU work.
 
     python benchmarks/profile_layer.py [--batch 128] [--reps 10] [--calls 10]
 """
@@ -22,7 +23,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from dctps import layers
-from dctps.bench import timeit
+from dctps.bench import cuda_graph, timeit
 from dctps.layers import DCTpSConv2d
 
 SHAPES = [(3, 64, 1, 32), (64, 64, 1, 16), (256, 256, 1, 8), (512, 512, 1, 4)]  # cin, cout, s, H
@@ -30,8 +31,8 @@ SHAPES = [(3, 64, 1, 32), (64, 64, 1, 16), (256, 256, 1, 8), (512, 512, 1, 4)]  
 
 def fwd_bwd(module: nn.Module, x: torch.Tensor, rebuild: Callable | None) -> Callable[[], None]:
     def step() -> None:
-        if rebuild is not None:
-            layers.op_rebuild = rebuild  # dense_weight() looks the name up per call
+        if rebuild is not None:  # dense_weight() looks the names up per call
+            layers.op_rebuild = layers.cpu_rebuild = rebuild  # type: ignore[assignment]
         module.zero_grad(set_to_none=True)
         x.grad = None
         y = module(x)
@@ -60,10 +61,10 @@ def main() -> None:
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    original = layers.op_rebuild
+    original, fused = layers.op_rebuild, layers.cpu_rebuild
     print(f"device {torch.cuda.get_device_name(0) if cuda else 'CPU'}, torch {torch.__version__}")
     print(f"{'conv':>16} {'variant':>8} {'sync us':>8} {'ratio':>6} {'loop us':>8} {'ratio':>6} "
-          f"{'kernel us':>9} {'kernels':>7}")  # fmt: skip
+          f"{'graph us':>8} {'ratio':>6} {'kernel us':>9} {'kernels':>7}")  # fmt: skip
     for cin, cout, s, h in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(a.batch, cin, h, h, device=device, requires_grad=True)
@@ -72,20 +73,30 @@ def main() -> None:
         fns = {
             "conv": fwd_bwd(conv, x, None),
             "ops": fwd_bwd(lay, x, original),
-            "fused": fwd_bwd(lay, x, layers.cpu_rebuild),
+            "fused": fwd_bwd(lay, x, fused),
         }
         try:
             lat = timeit(fns, a.reps, device)
             loop = timeit(fns, a.reps, device, calls=a.calls)
             counted = {k: kernels(fn, 5, cuda) for k, fn in fns.items()}
+            graph = {}
+            if cuda:  # a fresh layer per capture: a graph holds its gradients' memory
+                lay_g = {v: DCTpSConv2d(cin, cout, 3, s, 1, bias=False, nnz=532, seed=0,
+                                        device=device) for v in ("ops", "fused")}  # fmt: skip
+                graph = timeit({k: cuda_graph(fwd_bwd(lay_g.get(k, conv), x, r))
+                                for k, r in (("conv", None), ("ops", original),
+                                             ("fused", fused))},
+                               a.reps, device, calls=a.calls)  # fmt: skip
         finally:
-            layers.op_rebuild = original
+            layers.op_rebuild, layers.cpu_rebuild = original, fused
         for k in fns:
             us, n = counted[k]
+            g_us = 1e6 * graph[k].best if graph else float("nan")
+            g_r = graph[k].best / graph["conv"].best if graph else float("nan")
             print(f"{f'{cin}->{cout} H{h}':>16} {k:>8} {1e6 * lat[k].best:>8.1f} "
                   f"{lat[k].best / lat['conv'].best:>6.2f} {1e6 * loop[k].best:>8.1f} "
-                  f"{loop[k].best / loop['conv'].best:>6.2f} {us:>9.1f} {n:>7.1f}")  # fmt: skip
-        layers.op_rebuild = original
+                  f"{loop[k].best / loop['conv'].best:>6.2f} {g_us:>8.1f} {g_r:>6.2f} "
+                  f"{us:>9.1f} {n:>7.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
