@@ -56,7 +56,7 @@ part graph 150 $PY benchmarks/step_cudagraph.py $GRAPH_ARGS
 part profile 90 $PY benchmarks/profile_step.py $PROF_ARGS
 if [ -n "$QUICK" ]; then LAYER_ARGS="--batch 8 --reps 2 --calls 2"; else LAYER_ARGS=""; fi
 part layer 90 $PY benchmarks/profile_layer.py $LAYER_ARGS
-part conv 120 $PY -m dctps.cli bench conv --device "$DEVICE" $QUICK
+part conv 180 $PY -m dctps.cli bench conv --device "$DEVICE" $QUICK
 # torch 2.11's static CUDA launcher failed on an H100 ("CUDA driver error: invalid argument")
 TORCHINDUCTOR_USE_STATIC_CUDA_LAUNCHER=0 part compile 240 $PY benchmarks/step_cudagraph.py $COMPILE_ARGS --compile
 part train 200 $PY benchmarks/train_throughput.py --device "$DEVICE" $TP_ARGS
