@@ -3,7 +3,7 @@
 For a few conv shapes of ResNet18 at CIFAR sizes this times forward+backward of ``nn.Conv2d`` and
 of ``DCTpSConv2d(mode='dense')`` with each rebuild of ``W = alpha * D + S``: ``ops`` (built-in
 differentiable operators, what accelerators use: :func:`dctps.layers.op_rebuild`) and ``fused``
-(one autograd Function, what the CPU and CUDA-graph captures use: :func:`dctps.layers.cpu_rebuild`).
+(one autograd Function, what the CPU uses: :func:`dctps.layers.cpu_rebuild`).
 Per call it prints the latency (each call synchronised), the time inside a loop (``--calls``
 back-to-back calls per synchronisation), the time of a CUDA-graph replay of the call (GPU time
 without host work), and from :mod:`torch.profiler` the GPU kernel time and kernel count. A layer

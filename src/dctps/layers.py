@@ -241,18 +241,6 @@ def op_rebuild(
     return torch.mul(d, alpha).reshape(-1).index_add(0, indices, values)
 
 
-def _capturing(d: torch.Tensor) -> bool:
-    """Whether a CUDA graph is being captured (``torch.cuda.graph``) while building ``W`` on
-    ``d``'s device: a replay costs no host work per operator, only GPU time, and there the fused
-    rebuild moves about half the bytes of :func:`op_rebuild` (forward: no copy of ``W``;
-    backward: one ``dot`` pass over ``dW`` and ``D``, no ``dW * D`` temporary)."""
-    return (
-        d.device.type == "cuda"
-        and not torch.compiler.is_compiling()  # Inductor's own CUDA graphs fuse the rebuild
-        and torch.cuda.is_current_stream_capturing()
-    )
-
-
 def _check_loaded_support(layer: DCTpSLayer, indices: Any, values: Any, prefix: str) -> None:
     """A :class:`DctpsError` for a state dict whose support cannot belong to ``layer``: indices
     that are not sorted, distinct flat positions in ``[0, prod(weight_shape))`` (a checkpoint of
@@ -763,10 +751,8 @@ class DCTpSLayer(nn.Module):
         On CPU one pass over ``D`` forward (multiply, then add the non-zeros in place) and one
         backward (``d alpha = <dW, D>``, ``d values = dW[indices]``), via :class:`_FusedWeight`;
         on accelerators, where the passes are cheap and kernel launches and Python are not, the
-        same with built-in differentiable ops, except while a CUDA graph is captured (replays
-        cost no Python: the fused Function's fewer bytes win there). Inside the forward of a
-        model under :func:`dctps.batched.batch_rebuild`, the weight that hook computed for this
-        layer.
+        same with built-in differentiable ops. Inside the forward of a model under
+        :func:`dctps.batched.batch_rebuild`, the weight that hook computed for this layer.
         """
         w = self.__dict__.get(BATCHED_WEIGHT)
         if w is not None:
@@ -774,8 +760,9 @@ class DCTpSLayer(nn.Module):
         if UNINITIALISED in self.__dict__:  # also for readers of .weight (attention, to_dense)
             self._check_initialised()
         d = self.D
-        fused = (d.device.type == "cpu" or _capturing(d)) and not builtin_ops_only()
-        rebuild = cpu_rebuild if fused else op_rebuild
+        # the same ops under CUDA-graph capture: a capture must run what its warm-up ran (the
+        # fused backward's cuBLAS dot, first called inside a capture, failed it on an H100)
+        rebuild = cpu_rebuild if d.device.type == "cpu" and not builtin_ops_only() else op_rebuild
         return rebuild(d, self.alpha_view(), self.indices, self.values).view(self.weight_shape)
 
     @property
