@@ -891,6 +891,38 @@ def test_nan_from_injected_hook_names_epoch_and_step():
     assert torch.isfinite(net.lin.weight).all()  # the bad step was not applied
 
 
+@pytest.mark.parametrize(
+    "bad, failed",
+    [
+        (float("nan"), True),
+        (float("inf"), True),
+        (-float("inf"), True),
+        (3e38, False),  # finite, near float32's largest: a finite gradient, not a failure
+    ],
+)
+def test_non_finite_gradient_with_a_finite_loss_stops_the_epoch(bad, failed):
+    """Only the bias gradient of step 2 is poisoned (the loss stays finite): the check reduces
+    all gradients together, so one bad entry among many parameters must still be found."""
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    calls = []
+
+    def poison(g):
+        calls.append(1)
+        if len(calls) == 2:
+            g = g.clone()
+            g[0] = bad
+        return g
+
+    net[2].bias.register_hook(poison)
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(4)]
+    st = loop.train_one_epoch(net, batches, torch.optim.SGD(net.parameters(), 0.1), epoch=2)
+    if failed:
+        assert st.failed == "non-finite gradient (NaN/Inf) at epoch 2, step 2"
+        assert torch.isfinite(net[2].bias).all()  # the bad step was not applied
+    else:
+        assert st.failed is None and st.steps == 4
+
+
 def test_pruning_failure_recorded_without_training(fake_cifar10, tmp_path, monkeypatch):
     import dctps.pruning
 
