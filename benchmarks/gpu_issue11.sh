@@ -17,13 +17,14 @@
 #   conv     dctps bench conv: the per-layer table of RESULTS.md (b), eager and as CUDA graphs
 #   compile  step_cudagraph.py --compile: dense vs DCTpS under torch.compile (compiling takes minutes)
 #   train    benchmarks/train_throughput.py: images/s of real training epochs
+#   breakdown benchmarks/step_breakdown.py: a training step's time and kernels, phase by phase
 #   linear, memory: dctps bench linear / memory
 set -u
 OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-}
 PY=${PYTHON:-python3}
-PARTS=${PARTS:-tests step graph profile layer conv compile train linear memory}
+PARTS=${PARTS:-tests step graph profile layer conv compile train breakdown linear memory}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 start=$(date +%s)
@@ -60,6 +61,8 @@ part conv 180 $PY -m dctps.cli bench conv --device "$DEVICE" $QUICK
 # torch 2.11's static CUDA launcher failed on an H100 ("CUDA driver error: invalid argument")
 TORCHINDUCTOR_USE_STATIC_CUDA_LAUNCHER=0 part compile 240 $PY benchmarks/step_cudagraph.py $COMPILE_ARGS --compile
 part train 200 $PY benchmarks/train_throughput.py --device "$DEVICE" $TP_ARGS
+if [ -n "$QUICK" ]; then BD_ARGS="--batch 8 --images 64"; else BD_ARGS=""; fi
+part breakdown 90 $PY benchmarks/step_breakdown.py $BD_ARGS
 part linear 120 $PY -m dctps.cli bench linear --device "$DEVICE" $QUICK
 part memory 120 $PY -m dctps.cli bench memory --device "$DEVICE" $QUICK
 stamp "done"
