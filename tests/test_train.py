@@ -923,6 +923,17 @@ def test_non_finite_gradient_with_a_finite_loss_stops_the_epoch(bad, failed):
         assert st.failed is None and st.steps == 4
 
 
+def test_gradient_check_without_gradients_stays_on_the_loss_device():
+    """No parameter got a gradient (all frozen after the optimizer was made): the check's zero
+    must live where the loss flag does, or stacking them fails on CUDA ('meta' stands in)."""
+    p = nn.Parameter(torch.ones(3))
+    z = loop._grad_sum([p], torch.device("meta"))
+    assert z.device.type == "meta"
+    torch.stack([torch.zeros((), device="meta"), z])
+    p.grad = torch.tensor([1.0, -2.0, float("nan")])
+    assert torch.isnan(loop._grad_sum([p]))
+
+
 def test_pruning_failure_recorded_without_training(fake_cifar10, tmp_path, monkeypatch):
     import dctps.pruning
 
