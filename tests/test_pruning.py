@@ -632,3 +632,26 @@ def test_compact_masks_turns_only_binary_prune_masks_to_bool():
     ):
         out = compact_masks(state)
         assert out[key].dtype == dtype and torch.equal(out[key], state[key])
+
+
+@pytest.mark.parametrize("method", ["snip", "iter_snip", "force", "grasp"])
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_models_are_scored_in_float32(method, half):
+    """A half model's masks are those of its (half-rounded) weights scored in float32, from the
+    same batches; float16 batches are cast too. GraSP in float16 used to fail with all-zero
+    scores (its Hessian-gradient product underflowed)."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(256, 10),
+    ).to(half).float()  # fmt: skip
+    model = copy.deepcopy(ref).to(half)
+    x, y = torch.randn(4, 64, 64).to(half).float(), torch.randint(0, 10, (4, 64))
+    opts = {} if method in ("snip", "grasp") else {"steps": 3}
+    prune(ref, 0.05, method, [(x[i], y[i]) for i in range(4)], **opts)
+    prune(model, 0.05, method, [(x[i].to(half), y[i]) for i in range(4)], **opts)
+    masks = [[m.weight_mask for m in net if hasattr(m, "weight_mask")] for net in (ref, model)]
+    assert len(masks[0]) == 3
+    for a, b in zip(*masks, strict=True):
+        assert torch.equal(a, b.float())
+    assert model[1].weight_orig.dtype == half  # the caller's model keeps its dtype

@@ -330,8 +330,9 @@ def test_pruning_options_have_one_form_per_setting():
     ):
         with pytest.raises(DctpsError, match=re.escape(message)):
             resolved("iter_snip", options)
-    with pytest.raises(DctpsError, match="must name a floating dtype"):
-        resolved("synflow", {"synflow_dtype": "int32"})
+    for bad in ("int32", "bfloat16", "float16"):
+        with pytest.raises(DctpsError, match=f"must name float32 or float64, got '{bad}'"):
+            resolved("synflow", {"synflow_dtype": bad})
 
 
 def test_a_model_revision_splits_the_hash_and_revision_1_does_not(monkeypatch):

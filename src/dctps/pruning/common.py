@@ -277,10 +277,12 @@ class BatchStream:
         batches: Iterable[Any] | Callable[[], Iterator[Any]],
         device: torch.device,
         on_input: Callable[[tuple[int, ...]], None] | None = None,
+        dtype: torch.dtype | None = None,
     ):
         self._source = batches
         self._device = device
         self._on_input = on_input
+        self._dtype = dtype  # inputs cast to the scored copy's dtype (see Context.working_copy)
         self._it: Iterator[Any] | None = None
         self.drawn = 0
 
@@ -316,7 +318,7 @@ class BatchStream:
             raise DctpsError(f"batch inputs must be floating point, got {x.dtype}")
         if self._on_input is not None:
             self._on_input(tuple(x.shape[1:]))
-        return x.to(self._device), y.to(self._device)
+        return x.to(self._device, self._dtype), y.to(self._device)
 
 
 def loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -461,6 +463,8 @@ class Context:
         input_shape: the shape of one input without the batch dimension, once known: set by
             :meth:`stream` when a batch is drawn, or by a method told it (SynFlow's
             ``input_shape``); ``prune`` checks the final masks' connectivity on it.
+        score_dtype: the dtype :meth:`working_copy` cast the scored copy to (``None``: the
+            model's own); :meth:`stream` casts the batches' inputs to it.
     """
 
     model: nn.Module
@@ -472,6 +476,7 @@ class Context:
     allocation: str | None = None
     progress: Callable[[int, int], None] | None = None
     input_shape: tuple[int, ...] | None = None
+    score_dtype: torch.dtype | None = None
 
     def report(self, step: int, steps: int) -> None:
         """Report progress to ``progress`` (a no-op without one): a method calls
@@ -489,7 +494,9 @@ class Context:
         """A :class:`BatchStream` over ``batches`` (:class:`DctpsError` if the method got none)."""
         if self.batches is None:
             raise DctpsError("this pruning method needs data: pass batches=...")
-        return BatchStream(self.batches, self.device, on_input=self._see_input)
+        return BatchStream(
+            self.batches, self.device, on_input=self._see_input, dtype=self.score_dtype
+        )
 
     def _see_input(self, shape: tuple[int, ...]) -> None:
         if self.input_shape is None:
@@ -498,8 +505,14 @@ class Context:
     def working_copy(
         self, *, train: bool, dtype: torch.dtype | None = None
     ) -> tuple[nn.Module, list[torch.Tensor]]:
-        """A deep copy of the model for the scoring iterations, in train or eval mode, optionally
-        cast to ``dtype``; only its prunable weights require grad. Returns ``(copy, weights)``."""
+        """A deep copy of the model for the scoring iterations, in train or eval mode, cast to
+        ``dtype`` if given; only its prunable weights require grad. Returns ``(copy, weights)``.
+
+        Without ``dtype`` a model with float16 or bfloat16 parameters is scored in a float32
+        copy (and :meth:`stream` casts the inputs to match): in half precision GraSP's
+        Hessian-gradient product underflowed to all-zero scores, FORCE cut every path at 0.5%,
+        and Iter-SNIP picked a thousand kept weights by index among scores tied at an fp16
+        subnormal. The masks then equal those of the same (half-rounded) weights in float32."""
         try:
             net = copy.deepcopy(self.model)
         except Exception as e:  # e.g. a module holding a lock or an open file
@@ -508,8 +521,13 @@ class Context:
                 f"{type(e).__name__}: {e}. Make the model copyable (keep locks, files and "
                 "handles outside it)"
             ) from e
+        if dtype is None and any(
+            p.dtype in (torch.float16, torch.bfloat16) for p in self.model.parameters()
+        ):
+            dtype = torch.float32
         if dtype is not None:
             net = net.to(dtype)
+        self.score_dtype = dtype
         net.train(train)
         for p in net.parameters():
             p.requires_grad_(False)

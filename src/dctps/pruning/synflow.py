@@ -80,8 +80,13 @@ def synflow_masks(
     """
     if isinstance(synflow_dtype, str):  # "float32" / "float64" from a config file or CLI
         synflow_dtype = getattr(torch, synflow_dtype, synflow_dtype)  # type: ignore[assignment]
-    if not (isinstance(synflow_dtype, torch.dtype) and synflow_dtype.is_floating_point):
-        raise DctpsError(f"synflow_dtype must be a floating torch.dtype, got {synflow_dtype!r}")
+    if synflow_dtype not in (torch.float64, torch.float32):
+        # half types overflow R at a few layers (float16: non-finite scores) or round a quarter
+        # of the mask away from float64's (bfloat16), silently
+        raise DctpsError(
+            f"synflow_dtype must be float64 (default) or float32 (the reference), got "
+            f"{synflow_dtype!r}"
+        )
     shape = _input_shape(ctx, input_shape)
     counts = step_counts(ctx.density, iterations, schedule, ctx.total, ctx.k)
     net, weights = ctx.working_copy(train=train_mode, dtype=synflow_dtype)
