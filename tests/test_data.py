@@ -424,6 +424,19 @@ def test_normalize():
         A.normalize(x.float() / 255, mean, std)  # would be divided by 255 twice
 
 
+def test_normalize_builds_its_constants_once_per_device(monkeypatch):
+    """On a GPU each ``torch.tensor(mean, device=cuda)`` is a host-to-device copy that waits for
+    the queued step: a loader's batches must reuse one pair of constants."""
+    A._channel_constants.cache_clear()
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    x = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    outs = [A.normalize(x, [0.1, 0.5, 0.9], (0.2, 0.3, 0.4)) for _ in range(5)]
+    assert len(made) == 2  # mean and std, once (a list or a tuple: the same constants)
+    assert all(torch.equal(o, outs[0]) for o in outs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loader
 

@@ -7,6 +7,7 @@ so the zero padding is a black pixel, as in torchvision's ``RandomCrop(padding=4
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,9 +110,21 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     c = x.shape[-3]
     if len(mean) != c or len(std) != c:
         raise DctpsError(f"normalize: {c} channels but {len(mean)} means and {len(std)} stds")
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(c, 1, 1)
+    m, s = _channel_constants(tuple(map(float, mean)), tuple(map(float, std)), x.device)
     return (x.to(torch.float32) / 255.0 - m) / s
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as ``(C, 1, 1)`` float32 tensors on ``device``, made once: building
+    them per batch copied host memory to the GPU each time, a copy that waits for the queued
+    training step (two host-device synchronisations per batch)."""
+    with torch.inference_mode(False):  # also serves batches drawn outside inference mode
+        m = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return m, s
 
 
 def default_augment(info: Any) -> bool:
