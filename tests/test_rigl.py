@@ -400,3 +400,32 @@ def test_micro_batches_of_an_update_step_add_up_their_dense_gradients():
 
     one, two = supports(False), supports(True)
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+def test_the_training_loop_reads_its_check_before_each_update_only(monkeypatch):
+    """With ``check_every=20`` (CUDA's default) and RigL, the loop reads its non-finite flags
+    before each update step (so a NaN there fails the run cleanly instead of RigL raising) and
+    otherwise every 20 steps: reading every step waited for each backward on a GPU."""
+    from dctps.train import loop
+
+    model = dctps.sparsify(_mlp(), 0.3, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigl = RigL(model, opt, total_steps=100, delta_t=5)
+    reads = []
+    real = loop._first_bad
+    monkeypatch.setattr(loop, "_first_bad", lambda f, s, *a: reads.append(s) or real(f, s, *a))
+    st = loop.train_one_epoch(
+        model, [_batch(i) for i in range(12)], opt, epoch=1, rigl=rigl, check_every=20
+    )
+    assert st.failed is None and reads == [5, 10, 12]  # updates at 5 and 10, the epoch's end
+    assert [t for t, *_ in rigl.history] == [5, 10]
+
+    hit = []
+    last = model[4].values
+    last.register_hook(lambda g: g * math.nan if len(hit.append(1) or hit) == 3 else g)
+    before = model[4].indices.clone()
+    st = loop.train_one_epoch(
+        model, [_batch(i) for i in range(12)], opt, epoch=2, rigl=rigl, check_every=20
+    )
+    assert st.failed == "non-finite gradient (NaN/Inf) at epoch 2, step 3"  # RigL's t = 15
+    assert torch.equal(model[4].indices, before)  # no update ran on the bad gradient

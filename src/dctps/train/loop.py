@@ -113,15 +113,16 @@ def train_one_epoch(
 
     The check runs after ``backward`` (so under DDP every rank sees the same all-reduced gradient
     and the ranks stop together) and before ``optimizer.step``. ``check_every`` (default: every
-    step on CPU, every 20 on CUDA, to avoid a sync per step) sets how often flags are read.
+    step on CPU, every 20 on CUDA, to avoid a sync per step) sets how often flags are read; with
+    ``rigl`` they are also read before each of its update steps.
     """
     if ctx is None:  # one process, on the model's device
         p0 = next(model.parameters(), None)
         ctx = DistContext(device=p0.device if p0 is not None else torch.device("cpu"))
     model.train()
     device = ctx.device
-    if check_every is None:  # RigL itself rejects a non-finite gradient: check before it
-        check_every = 20 if device.type == "cuda" and rigl is None else 1
+    if check_every is None:
+        check_every = 20 if device.type == "cuda" else 1
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -147,7 +148,10 @@ def train_one_epoch(
         ld = loss.detach()
         gsum = _grad_sum(params, ld.device)
         flags.append(torch.stack([~torch.isfinite(ld), ~torch.isfinite(gsum)]))
-        if len(flags) >= check_every:
+        # also before each RigL update, which would refuse a non-finite gradient itself (an
+        # error) where this check fails the run cleanly; reading every step under RigL waited
+        # for each backward on a GPU
+        if len(flags) >= check_every or (rigl is not None and rigl.is_update(rigl.t + 1)):
             failed = _first_bad(flags, step, epoch, ctx)
             flags = []
             if failed:
