@@ -498,3 +498,25 @@ def test_the_cached_basis_is_not_a_buffer_so_ema_tools_work():
     x = torch.randn(2, 3, 8, 8)
     ema.eval(), m.eval()
     assert not torch.equal(ema(x), m(x))  # an average, computed on the same support
+
+
+def test_unseeded_layers_draw_the_same_supports_on_every_device():
+    """Without ``seed`` the support and the bias come from torch's global CPU generator whatever
+    the device ('meta' stands in for a GPU): after each layer the generator is where it is on
+    the CPU, so the next layer draws the same support. The bias was drawn on the device's
+    generator, so on a GPU the CPU one did not advance and every later layer's support
+    differed."""
+
+    def states(device):
+        torch.manual_seed(0)
+        out = []
+        for make in (
+            lambda: DCTpSConv2d(8, 16, 3, nnz=40, bias=True, device=device),
+            lambda: DCTpSLinear(30, 20, nnz=50, bias=True, device=device),
+        ):
+            assert make().indices.device.type == device
+            out.append(torch.get_rng_state())
+        return out
+
+    for a, b in zip(states("cpu"), states("meta"), strict=True):
+        assert torch.equal(a, b)

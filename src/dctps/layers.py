@@ -354,6 +354,9 @@ class DCTpSLayer(nn.Module):
         offset: str = "dct",
         offset_seed: int | None = None,
     ) -> None:
+        if device is None:  # torch's default device (set_default_device, `with torch.device`)
+            # for every tensor of the layer: given indices elsewhere are moved, not left apart
+            device = torch.empty(0).device
         self.offset = _offsets.check_offset(offset)
         self.alpha_scope, init = _alpha_settings(alpha, alpha_init)
         offset_seed = check_seed(offset_seed, "offset_seed")
@@ -420,8 +423,11 @@ class DCTpSLayer(nn.Module):
         dense layer's, must not change the data order and initialisations that follow it)."""
         bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
         out, seed, ref = self.weight_shape[0], self._init_spec.seed, self.values
-        if seed is None:
-            return torch.empty(out, dtype=ref.dtype, device=ref.device).uniform_(-bound, bound)
+        if seed is None:  # from torch's global CPU generator on every device, as the support
+            # (drawn on the device's own generator, a GPU layer left the CPU one where it was,
+            # and the next layer's support differed from the same layer built on the CPU)
+            b = torch.empty(out, dtype=ref.dtype).uniform_(-bound, bound)
+            return b.to(ref.device)
         gen = torch.Generator().manual_seed((int(seed) + _BIAS_STREAM) % 2**63)
         b = torch.empty(out, dtype=torch.float64).uniform_(-bound, bound, generator=gen)
         return b.to(dtype=ref.dtype, device=ref.device)
