@@ -263,6 +263,27 @@ def test_bench_json_target_is_checked_before_the_run(tmp_path, capsys, monkeypat
     assert json.loads((tmp_path / "new" / "rows.json").read_text()) == {"ckpt": [{"x": 1}]}
 
 
+def test_bench_on_a_numbered_gpu_selects_it_and_refuses_one_that_does_not_exist(monkeypatch):
+    """``--device cuda:N``: the peak statistics, synchronisations and capture streams act on the
+    current device, so it is made current first (cuda:0 was measured instead); an index past
+    the machine's devices is refused, naming the valid ones."""
+    from dctps import bench
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setitem(bench._BENCHES, "ckpt", lambda dev, quick, echo: [dev])
+    with pytest.raises(DctpsError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\) "
+                       r"\(cuda:0..cuda:1\)"):  # fmt: skip
+        bench.run("ckpt", device="cuda:2", echo=lambda *a: None)
+    assert chosen == []
+    assert bench.run("ckpt", device="cuda:1", echo=lambda *a: None) == {
+        "ckpt": [torch.device("cuda:1")]
+    }
+    assert chosen == [torch.device("cuda:1")]
+
+
 def test_bench_memory_child_resets_the_peak_and_reports_growth():
     """The import of torch left a high-water mark above a small step's peak, so ru_maxrss growth
     once read 0.0 MB for the fast layer; the peak is now reset before the step (Linux)."""

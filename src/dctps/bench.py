@@ -554,6 +554,8 @@ def _memory_child(
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device_name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the peak statistics below read the current device
     torch.manual_seed(0)
     x = torch.randn(batch, n, device=device)
     how = "cuda"
@@ -671,6 +673,15 @@ def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DctpsError("--device cuda requested but CUDA is not available")
+    if dev.index is not None:
+        if dev.index >= torch.cuda.device_count():
+            raise DctpsError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+        # the memory statistics, synchronisations and graph-capture streams below act on the
+        # current device
+        torch.cuda.set_device(dev)
     names = list(_BENCHES) if name == "all" else [name]
     if dev.type == "cpu" and not threads and torch.get_num_threads() > 1:
         echo(f"note: {torch.get_num_threads()} threads (torch's default). On a machine shared "
