@@ -631,6 +631,34 @@ def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, mo
         torch.set_num_threads(before)
 
 
+def test_a_resume_on_another_device_warns_and_not_about_threads(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """A run written on a GPU and resumed on the CPU goes on as another trajectory: the
+    checkpoint records the device and such a resume says so, without the thread warning's
+    promise of a bit-for-bit resume (no thread count gives one across devices)."""
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with monkeypatch.context() as m:
+            m.setattr(loop, "_device_label", lambda dev: "cuda (Fake GPU)")
+            _interrupted_fit(cfg, tmp_path, monkeypatch, epoch=2)
+        h = cfg.resolve().config_hash()
+        assert ckpt_io.load_checkpoint(tmp_path / "runs" / h, h)["device"] == "cuda (Fake GPU)"
+        torch.set_num_threads(2)
+        with pytest.warns(RuntimeWarning) as got:
+            fit(cfg, tmp_path, progress=False)
+        said = [str(w.message) for w in got if issubclass(w.category, RuntimeWarning)]
+        assert any(
+            "resuming after epoch 1 on cpu; the checkpoint was written on cuda (Fake GPU)" in m
+            for m in said
+        ), said
+        assert not any("thread" in m for m in said), said
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_run_finished_by_another_process_while_waiting_for_its_lock_is_not_reopened(
     fake_cifar10, tmp_path, monkeypatch
 ):

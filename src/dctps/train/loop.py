@@ -251,11 +251,39 @@ def eval_batch_size(device: torch.device) -> int:
     return 1000 if device.type == "cuda" else 256
 
 
-def _warn_thread_change(saved: int | None, device: torch.device, epoch: int) -> None:
+def _device_label(device: torch.device) -> str:
+    """``'cpu'``, or ``'cuda (<GPU name>)'``: what a checkpoint records of where it was trained
+    (another kind of GPU rounds differently too)."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def _warn_device_change(saved: str | None, now: str, epoch: int) -> None:
+    """Warn when a run resumes on another device than its checkpoint was written on: its float
+    arithmetic differs (cuDNN's algorithms, TF32, reduction orders), so it goes on as another
+    trajectory than the uninterrupted run, under the same run identity."""
+    if saved is not None and saved != now:
+        warnings.warn(
+            f"resuming after epoch {epoch} on {now}; the checkpoint was written on {saved}: "
+            f"the run goes on as another trajectory than on {saved} (give --device to resume "
+            "it where it was trained)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _warn_thread_change(
+    saved: int | None, device: torch.device, epoch: int, saved_device: str | None = "cpu"
+) -> None:
     """Warn when a CPU run resumes with another number of torch threads than its checkpoint was
     written with: its float sums now split differently, so it goes on as another trajectory
-    (weights, accuracy, RigL supports), not as the uninterrupted run would have."""
+    (weights, accuracy, RigL supports), not as the uninterrupted run would have. Not for a
+    checkpoint written on another device (:func:`_warn_device_change` says it; no thread count
+    would make that resume bit for bit)."""
     now = torch.get_num_threads()
+    if saved_device not in (None, "cpu"):
+        return
     if device.type == "cpu" and saved is not None and saved != now:
         warnings.warn(
             f"resuming after epoch {epoch} with {now} torch thread(s); the checkpoint was "
@@ -764,7 +792,8 @@ def _fit(
                     rigl.load_state_dict(ck["rigl"])
                 _set_rng_state(ck["rng"], train_loader)
                 if ctx.is_main:
-                    _warn_thread_change(ck.get("threads"), dev, int(ck["epoch"]))
+                    _warn_device_change(ck.get("device"), _device_label(dev), int(ck["epoch"]))
+                    _warn_thread_change(ck.get("threads"), dev, int(ck["epoch"]), ck.get("device"))
                     _warn_world_change(ck.get("world_size"), ctx.world_size, int(ck["epoch"]))
                 history = list(ck["history"])
                 best = dict(ck["best"])
@@ -871,6 +900,7 @@ def _fit(
                             "prune_seconds": prune_s,
                             "threads": torch.get_num_threads(),
                             "world_size": ctx.world_size,
+                            "device": _device_label(dev),
                             "data": data_fp,
                         },
                         run_dir,
