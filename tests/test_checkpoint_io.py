@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import dctps
 from dctps import DctpsError, checkpoint_io
 from dctps.cli import app
-from dctps.layers import DCTpSLayer
+from dctps.layers import DCTpSConv2d, DCTpSLayer
 from dctps.models import build
 
 
@@ -429,3 +429,32 @@ def test_to_dense_keeps_a_module_registered_twice_one_module(tmp_path):
     x = torch.randn(3, 16)
     assert torch.allclose(plain(x), m(x), atol=1e-6)
     assert dctps.count(plain).weights == 256
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, "mixed"])
+def test_a_rebuilt_model_takes_the_stored_dtypes(tmp_path, dtype):
+    """``dctps.load(path)`` without ``model=`` builds the architecture in float32: it must then
+    take the dtypes the file stores (float64 came back rounded to float32, and refused float64
+    inputs), module by module (a float32 stem before a bfloat16 body stays so)."""
+    import dctps
+    from dctps.models import build
+
+    torch.manual_seed(0)
+    m = dctps.sparsify(build("lenet5"), 0.1, seed=0)
+    if dtype == "mixed":
+        m = m.to(torch.bfloat16)
+        first = next(mod for mod in m.modules() if isinstance(mod, DCTpSConv2d))
+        first.float()
+    else:
+        m = m.to(dtype)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    dctps.save(m, tmp_path / "m.dctps")
+    back = dctps.load(tmp_path / "m.dctps")
+    for (name, a), (_, b) in zip(m.state_dict().items(), back.state_dict().items(), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    if dtype != "mixed":  # (the mixed model takes no single input dtype)
+        m.eval(), back.eval()
+        x = torch.randn(2, 3, 32, 32, dtype=dtype)
+        assert torch.equal(m(x), back(x))

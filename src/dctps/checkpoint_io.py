@@ -26,6 +26,7 @@ rows; ``to_dense(model)`` returns a plain PyTorch copy with fused ``W = alpha * 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -387,7 +388,8 @@ def load(
     :func:`dctps.models.build` and its layers are replaced by DCTpS layers. With ``model`` (a
     fresh dense model of the same architecture, or a sparsified one), each stored DCTpS layer
     replaces the module at the same name (keeping its device and dtype) and every tensor is
-    loaded strictly. ``map_location``: device to move the result to (default: the model's
+    loaded strictly. A rebuilt model takes the stored tensors' floating dtypes, module by
+    module. ``map_location``: device to move the result to (default: the model's
     device, CPU for a rebuilt model).
     """
     header, payload, _ = _read(path)
@@ -458,6 +460,8 @@ def load(
         for alias in cfg.get("aliases", []):
             for key in [k for k in state if k.startswith(prefix)]:
                 state[f"{alias}.{key[len(prefix) :]}"] = state[key]
+    if given is None:
+        _take_stored_dtypes(model, state)
     missing, unexpected = _load_state(model, state, path)
     if missing or unexpected:
         raise DctpsError(
@@ -468,6 +472,31 @@ def load(
     if map_location is not None:
         model.to(map_location)
     return given if given is not None else model
+
+
+def _to_floating(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def _take_stored_dtypes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give each module of a model rebuilt from its architecture the floating dtype its stored
+    tensors have (a model saved in float64, bfloat16 or float16 came back float32: rounded, and
+    refusing inputs of its own dtype). Module by module, so a float32 stem before a bfloat16
+    body stays so; a module whose own stored tensors mix floating dtypes is left as built."""
+    for prefix, module in model.named_modules():
+        own = [*module._parameters.items(), *module._buffers.items()]
+        key = f"{prefix}." if prefix else ""
+        stored = {
+            state[key + n].dtype
+            for n, t in own
+            if t is not None and t.is_floating_point() and key + n in state
+        }
+        stored = {d for d in stored if d.is_floating_point}
+        if len(stored) != 1:
+            continue
+        (dtype,) = stored
+        if any(t is not None and t.is_floating_point() and t.dtype != dtype for _, t in own):
+            module._apply(functools.partial(_to_floating, dtype=dtype), recurse=False)
 
 
 #: values of the optional layer-config keys when absent (see :func:`_offset_config`)
