@@ -234,6 +234,11 @@ def test_float32_layer_refuses_other_input_dtypes(kind, path, backend, monkeypat
     # an integer input: cast the input; converting the layer to int64 is no advice
     with pytest.raises(DctpsError, match=r"torch.int64 differs .*x.to\(torch.float32\)\)$"):
         layer(x.long())
+    # a RuntimeError too, as the dense path's refusal is: one except clause catches every mode
+    for mode in ("dense", path):
+        layer.mode = mode
+        with pytest.raises(RuntimeError):
+            layer(x.double())
 
 
 def test_set_mode_needs_a_module():

@@ -20,6 +20,11 @@ class DctpsError(ValueError):
     """A bad input or an unusable file; the message names the bad value and what is valid."""
 
 
+class InputDtypeError(DctpsError, RuntimeError):
+    """An input whose dtype a DCTpS layer's fast paths cannot take: also a ``RuntimeError``, as
+    the dense path's (and ``nn.Linear``'s) refusal is, so code catching that catches both."""
+
+
 class RunBusy(DctpsError):
     """The run is being trained by another process (its run folder's lock is held): a sweep
     leaves it to that process and goes on with its other runs."""

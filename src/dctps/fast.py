@@ -70,7 +70,7 @@ from torch import nn
 
 from dctps import _compat
 from dctps import offsets as _offsets
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, InputDtypeError
 
 #: ``layer.__dict__`` key marking a ``D`` that a layer built ahead of use on an accelerator
 #: (:meth:`dctps.layers.DCTpSLayer._prebuild_basis`); :func:`choose` frees it when it picks a
@@ -942,7 +942,7 @@ def _precision(layer: Layer, x: torch.Tensor) -> _Precision:
         layer_fix = (
             f" or convert the layer (layer.to({x.dtype}))" if x.dtype.is_floating_point else ""
         )
-        raise DctpsError(
+        raise InputDtypeError(
             f"input dtype {x.dtype} differs from the layer's {p} (the dense path refuses it "
             f"too): give a {p} input (x.to({p})){layer_fix}"
         )
