@@ -2109,5 +2109,14 @@ def test_rigl_that_would_never_update_is_refused(fake_cifar10, tmp_path):
                        r"every 100 steps until step 6 \(0\.75 of this run's 9 steps\); give "
                        r"--rigl-delta-t below 6"):  # fmt: skip
         fit(cfg, tmp_path, progress=False)
+    # refused before anything is recorded (it left an `interrupted` row saying "run the same
+    # command again", which failed the same way), and without advice no value can follow
+    assert Store(tmp_path).query() == []
+    tiny = small_cfg(fake_cifar10, epochs=1,
+                     sparsity={"rigl": True, "rigl_delta_t": 1, "rigl_t_end": 0.1})  # fmt: skip
+    with pytest.raises(DctpsError, match=r"until step 0 .*; RigL needs more epochs or data \(or "
+                       r"a larger --rigl-t-end\) than this run's 9 step\(s\)$"):  # fmt: skip
+        fit(tiny, tmp_path, progress=False)
+    assert Store(tmp_path).query() == []
     ok = small_cfg(fake_cifar10, epochs=1, sparsity={"rigl": True, "rigl_delta_t": 3})
     assert fit(ok, tmp_path, progress=False)["status"] == "done"

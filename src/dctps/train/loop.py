@@ -666,6 +666,9 @@ def _fit(
                 "that leaves no such batch"
             )
 
+        # before the row is recorded (a refusal from make_rigl left an `interrupted` row)
+        su.check_rigl_schedule(cfg, len(train_loader) * o.epochs)
+
         def eval_loader(x: torch.Tensor, y: torch.Tensor) -> Any:
             if x.shape[0] == 0:
                 return None

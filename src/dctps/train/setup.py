@@ -44,6 +44,7 @@ __all__ = [
     "make_rigl",
     "make_scheduler",
     "maybe_batch_rebuild",
+    "check_rigl_schedule",
     "param_groups",
     "restore_structure",
 ]
@@ -283,12 +284,30 @@ def make_rigl(
         alpha=s.rigl_alpha,
         t_end=s.rigl_t_end,
     )
-    if rigl.delta_t >= rigl.T_end:
-        # a short run (--epochs 1 --subset 5000: 70 steps) trained as a static one, recorded
-        # as RigL: refused, not reported as a RigL result
-        raise DctpsError(
-            f"RigL would never update the supports: it updates every {rigl.delta_t} steps "
-            f"until step {rigl.T_end} ({s.rigl_t_end:g} of this run's {total_steps} steps); "
-            f"give --rigl-delta-t below {rigl.T_end}, or more epochs or data"
-        )
+    check_rigl_schedule(cfg, total_steps)
     return rigl
+
+
+def check_rigl_schedule(cfg: RunConfig, total_steps: int) -> None:
+    """A :class:`DctpsError` for a ``--rigl`` run that would never update its supports: RigL
+    updates at steps ``t`` with ``t % delta_t == 0`` and ``t < T_end = int(t_end * total_steps)``
+    (a short run, ``--epochs 1 --subset 5000``: 70 steps, trained as a static one but recorded
+    as RigL). Checked before the run is recorded or pruned, and by :func:`make_rigl`."""
+    s = cfg.sparsity
+    if not s.rigl:
+        return
+    assert s.rigl_delta_t is not None and s.rigl_t_end is not None  # set by resolve()
+    t_end = int(s.rigl_t_end * total_steps)
+    if s.rigl_delta_t < t_end:
+        return
+    if t_end <= 1:
+        fix = (
+            f"RigL needs more epochs or data (or a larger --rigl-t-end) than this run's "
+            f"{total_steps} step(s)"
+        )
+    else:
+        fix = f"give --rigl-delta-t below {t_end}, or more epochs or data"
+    raise DctpsError(
+        f"RigL would never update the supports: it updates every {s.rigl_delta_t} steps "
+        f"until step {t_end} ({s.rigl_t_end:g} of this run's {total_steps} steps); {fix}"
+    )
