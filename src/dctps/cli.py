@@ -30,6 +30,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: rich's option table left a 20-column help column at 80 columns and cut
+    # phrases with an ellipsis (and tagged every flag <bool>)
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 

@@ -124,7 +124,7 @@ class SparsityConfig:
     allocation: str | None = _f(
         None,
         "Per-layer budget: {allocations} (default: epl for dctps, uniform for random, erk for "
-        "random+RigL; ignored by score-based pruning methods).",
+        "random+RigL; refused for score-based pruning methods, which allocate globally).",
     )
     rigl: bool = _f(False, "Dynamic sparse training of the support with RigL.")
     rigl_delta_t: int | None = _f(None, "RigL: steps between support updates (default 100).")
@@ -141,13 +141,15 @@ class SparsityConfig:
     options: dict[str, Any] = _f(
         {},
         "Extra options of the method as key=value (repeatable), e.g. steps=30 (the keyword "
-        "options of its dctps.pruning function; options at their default are left out of the "
-        "run's identity), or exclude=classifier for dctps (module-name globs to leave dense).",
+        "options listed in docs/BASELINES.md per method; options at their default are left out "
+        "of the run's identity), or exclude=classifier for dctps (module-name globs to leave "
+        "dense).",
         flag="option",
     )
     offset: str = _f(
         "dct",
-        "DCTpS: the fixed matrix D: {offsets} (dct: the paper's; see dctps.offsets).",
+        "DCTpS: the fixed matrix D: {offsets} (dct: the paper's; the others are compared in "
+        "docs/results/offsets.md).",
         omit_default=True,
     )
     alpha: str = _f(
@@ -181,17 +183,20 @@ class OptimConfig:
         "{optimizers} (default: the recipe's). Another optimizer than the recipe's needs --lr; "
         "the recipe's schedule (milestones, gamma), weight decay, batch size and epochs stay.",
     )
-    lr: float | None = _f(None, "Base learning rate (sgd recipe: 0.1, or 0.03 for dctps).")
-    momentum: float | None = _f(None, "SGD momentum (sgd recipe: 0.9).")
-    weight_decay: float | None = _f(None, "L2 weight decay (recipes: 5e-4).")
-    batch_size: int | None = _f(None, "Global batch size (128; lenet: 64).")
-    epochs: int | None = _f(None, "Training epochs (200; lenet: 160).")
+    lr: float | None = _f(
+        None,
+        "Base learning rate (default: the recipe's; adam, lenet: 1e-3; sgd: 0.1, 0.03 for dctps).",
+    )
+    momentum: float | None = _f(None, "SGD momentum (default: the sgd recipe's 0.9).")
+    weight_decay: float | None = _f(None, "L2 weight decay (default: every recipe's 5e-4).")
+    batch_size: int | None = _f(None, "Global batch size (default: 128; lenet recipe: 64).")
+    epochs: int | None = _f(None, "Training epochs (default: 200; lenet recipe: 160).")
     milestones: list[int] | None = _f(
         None,
         "Epochs at which the LR is multiplied by gamma, e.g. 120,160 (sgd recipe: at 60% and "
-        "80% of the epochs).",
+        "80% of the epochs; adam and lenet: none).",
     )
-    gamma: float | None = _f(None, "LR decay factor at each milestone (0.1).")
+    gamma: float | None = _f(None, "LR decay factor at each milestone (default: 0.1).")
     decay_all: bool = _f(
         False,
         "Apply weight decay to every parameter, including alpha, biases and BN (the reference "
@@ -254,8 +259,8 @@ class RunConfig:
     batched_rebuild: str = _f(
         "auto",
         "auto | on | off: rebuild all dense-path DCTpS weights in one batched pass per step "
-        "(dctps.batch_rebuild: a fixed number of operators per step instead of 5 per layer). "
-        "auto: on for CUDA, off on the CPU. Not part of the identity.",
+        "(a fixed number of GPU kernels per step instead of 5 per layer). auto: on for CUDA, "
+        "off on the CPU. Not part of the identity.",
         identity=False,
     )
 
