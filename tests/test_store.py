@@ -181,6 +181,10 @@ def test_csv_never_overwrites_a_database(tmp_path):
         assert (tmp_path / other).read_bytes() == b"PK\x03\x04 not a csv"
     (tmp_path / "empty.csv").touch()  # an empty file may be written over
     assert s.to_csv(tmp_path / "empty.csv") == 1
+    # a folder is not a stream: refused by name (the CLI printed the table first)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DctpsError, match=r"CSV target .*out is a folder; give a file path"):
+        s.to_csv(tmp_path / "out")
 
 
 def test_results_command_creates_the_csv_folder(tmp_path):

@@ -578,7 +578,7 @@ def _csv_stream(path: str | os.PathLike) -> bool:
     if s in STDOUT_PATHS or s == "/dev/stderr" or _FD_PATH.fullmatch(s):
         return True
     p = Path(s)
-    return p.exists() and not p.is_file()
+    return p.exists() and not p.is_file() and not p.is_dir()
 
 
 def _check_csv_target(target: Path) -> None:
@@ -586,6 +586,8 @@ def _check_csv_target(target: Path) -> None:
     database, a run checkpoint or config given as the CSV path by mistake)."""
     if _csv_stream(target):
         return
+    if target.is_dir():  # refused before the table is printed
+        raise DctpsError(f"CSV target {target} is a folder; give a file path, e.g. {target}/results.csv")
     if starts_with(target, b"SQLite format 3\x00"):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
