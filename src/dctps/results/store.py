@@ -587,7 +587,9 @@ def _check_csv_target(target: Path) -> None:
     if _csv_stream(target):
         return
     if target.is_dir():  # refused before the table is printed
-        raise DctpsError(f"CSV target {target} is a folder; give a file path, e.g. {target}/results.csv")
+        raise DctpsError(
+            f"CSV target {target} is a folder; give a file path, e.g. {target}/results.csv"
+        )
     if starts_with(target, b"SQLite format 3\x00"):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
