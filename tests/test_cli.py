@@ -164,6 +164,11 @@ def test_budgets_plot_into_a_folder_and_refusals(tmp_path):
     r = runner.invoke(app, ["budgets", "lenet5", "-d", "1e-9"])
     assert isinstance(r.exception, DctpsError)
     assert re.search(r"density 1e-09 gives 0 of lenet5's [\d,]+ weights", str(r.exception))
+    # a path that is no image format: refused before the table (which hid the error)
+    r = runner.invoke(app, ["budgets", "lenet5", "-d", "0.1", "--plot", str(tmp_path / "b.txt")])
+    assert isinstance(r.exception, DctpsError) and r.output == ""
+    assert ".txt is not an image format; give one of" in str(r.exception)
+    assert not (tmp_path / "b.txt").exists()
 
 
 def test_export_of_a_missing_checkpoint_says_it_does_not_exist(tmp_path):
@@ -171,3 +176,12 @@ def test_export_of_a_missing_checkpoint_says_it_does_not_exist(tmp_path):
     r = runner.invoke(app, ["export", str(tmp_path / "nothere.pt"), str(tmp_path / "m.dctps")])
     assert isinstance(r.exception, DctpsError)
     assert str(r.exception) == f"checkpoint {tmp_path / 'nothere.pt'} does not exist"
+
+
+def test_a_folder_where_a_checkpoint_is_expected_is_named(tmp_path):
+    """`dctps inspect RUN/` and `dctps export RUN/ m.dctps` gave a raw IsADirectoryError."""
+    for args in (["inspect", str(tmp_path)], ["export", str(tmp_path), str(tmp_path / "m")]):
+        r = runner.invoke(app, args)
+        assert isinstance(r.exception, DctpsError), r.output
+        assert f"{tmp_path} is a folder, not a checkpoint" in str(r.exception)
+        assert f"{tmp_path}/best.pt" in str(r.exception)

@@ -294,6 +294,9 @@ def test_cli_sweep_dry_run_then_run_then_noop(fake_cifar10, tmp_path):
     gpath.write_text(yaml.safe_dump(small_grid("/nonexistent", densities=[0.05, 0.01])))
     out = str(tmp_path / "out")
     common = ["sweep", str(gpath), "--out", out, "--data-root", str(fake_cifar10), "-q"]
+    r = runner.invoke(app, [*common, "--dry-run", "--workers", "0"])  # refused before the plan
+    assert isinstance(r.exception, DctpsError) and r.output == ""
+    assert str(r.exception) == "workers must be a positive integer, got 0"
     r = runner.invoke(app, [*common, "--dry-run"])
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()

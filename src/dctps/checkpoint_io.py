@@ -316,6 +316,11 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DctpsError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise DctpsError(
+            f"{path} is a folder, not a checkpoint: give a file (a run's {path}/best.pt, or a "
+            "dctps.save file)"
+        ) from None
     except OSError as e:
         raise DctpsError(f"cannot read checkpoint {path}: {e}") from None
     size = len(raw)

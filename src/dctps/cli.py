@@ -262,6 +262,10 @@ def budgets_cmd(
     if plot and (plot.endswith(("/", os.sep)) or os.path.isdir(os.path.expanduser(plot))):
         # a folder, as --out is for train/sweep/figure/plot (it wrote FOLDER.png beside it)
         plot = os.path.join(plot, f"budgets_{model}.png")
+    if plot:
+        from dctps.results.plots import check_figure_path
+
+        check_figure_path(plot)  # before the table: it would hide the refusal
     rows = budget_rows(model, density, allocation, classes)
     typer.echo(f"{model}, {classes} classes, density {density:g}, allocation {allocation}")
     typer.echo(format_rows(rows))

@@ -32,6 +32,21 @@ from dctps.results.store import row_config, run_identity  # noqa: E402
 from dctps.results.variants import flatten, named_differences, varying_keys  # noqa: E402
 
 
+def check_figure_path(path: str | Path) -> None:
+    """A :class:`DctpsError` for a figure path whose suffix matplotlib cannot write (``out.txt``,
+    ``results.db``), so a command refuses it before its work and its printed table."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = user_path(path).suffix.lower().lstrip(".")
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in kinds:
+        raise DctpsError(
+            f"cannot write figure {path}: .{suffix} is not an image format; give one of "
+            f"{', '.join('.' + k for k in sorted(kinds))} (e.g. .png; the other of PNG/PDF is "
+            "written beside it)"
+        )
+
+
 def save(fig, path: str | Path) -> list[Path]:
     """Save ``fig`` at ``path`` and, beside it, the other of PNG/PDF; return both paths."""
     path = user_path(path)

@@ -1133,6 +1133,7 @@ def sweep_command(
     """``dctps sweep``: expand ``config``, then print the plan (dry run) or run it."""
     if executor not in EXECUTORS:  # also on a dry run, which would otherwise accept a typo
         raise unknown_name("executor", executor, EXECUTORS)
+    check_workers(workers)  # before a dry run's plan is printed
     grid = load_grid(config)
     configs = expand_grid(grid, str(config), cli_overrides(data_root, epochs, device, sets))
     params = slurm_overrides(grid.get("slurm"), slurm, executor)

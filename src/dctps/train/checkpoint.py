@@ -313,6 +313,8 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise DctpsError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise DctpsError(f"{path} is a folder, not a checkpoint: give a run's {path}/best.pt")
     if path.is_file():
         with open(path, "rb") as f:
             head = f.read(max(len(MAGIC), 4))
