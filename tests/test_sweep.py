@@ -812,3 +812,23 @@ def test_a_sweep_under_torchrun_refuses_parallel_workers(monkeypatch, tmp_path):
     p = subprocess.run([sys.executable, "-m", "dctps.cli", "train", "--model", "resnet-18"],
                        capture_output=True, text=True, env=env)  # fmt: skip
     assert p.returncode == 2 and p.stderr.startswith("[rank 1] error: unknown model 'resnet-18'")
+
+
+def test_a_run_config_and_a_sweep_grid_given_to_each_other_s_command_say_so(tmp_path):
+    """`dctps train --config GRID` failed on "unknown key 'name'", `dctps sweep RUN.yaml` on
+    "unknown key 'model'": each now names the other command."""
+    from dctps.results.sweep import GRID_KEYS
+    from dctps.train.config import GRID_ONLY_KEYS, RunConfig, load_config, save_config
+
+    assert set(GRID_KEYS) == GRID_ONLY_KEYS
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(small_grid("/nonexistent", densities=[0.05])))
+    with pytest.raises(DctpsError, match=rf"{grid} is a sweep grid \(keys .*\), not a run "
+                       rf"config: run it with `dctps sweep {grid}`"):  # fmt: skip
+        load_config(grid)
+    run = tmp_path / "config.yaml"
+    save_config(RunConfig(), run)
+    r = runner.invoke(app, ["sweep", str(run), "--dry-run"])
+    assert isinstance(r.exception, DctpsError)
+    assert "is a run config (keys model, data, sparsity" in str(r.exception)
+    assert f"train it with `dctps train --config {run}`" in str(r.exception)

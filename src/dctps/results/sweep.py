@@ -168,6 +168,12 @@ def _check_grid(grid: Any, source: str) -> None:
         )
     bad = [k for k in grid if k not in GRID_KEYS]
     if bad:
+        run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+        if set(grid) <= run_keys:  # `dctps sweep RUN.yaml`: a run's config.yaml, say
+            raise DctpsError(
+                f"{source} is a run config (keys {', '.join(map(str, grid))}), not a sweep grid: "
+                f"train it with `dctps train --config {source}`"
+            )
         raise DctpsError(f"{source}: unknown key {bad[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
     slurm = grid.get("slurm")
     if slurm is not None and not isinstance(slurm, Mapping):

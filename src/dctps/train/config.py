@@ -716,7 +716,21 @@ def _resolve_optim(c: RunConfig) -> None:
 def load_config(path: str | os.PathLike) -> RunConfig:
     """Read a YAML run config; unknown keys or ill-typed values raise :class:`DctpsError`."""
     p = user_path(path)
-    return RunConfig.from_dict(read_yaml(p, "config"), source=str(p))
+    raw = read_yaml(p, "config")
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+    if isinstance(raw, dict) and raw and not set(raw) & run_keys and set(raw) <= GRID_ONLY_KEYS:
+        # a sweep grid given to `dctps train --config` failed on "unknown key 'name'"
+        raise DctpsError(
+            f"{p} is a sweep grid (keys {', '.join(map(str, raw))}), not a run config: run it "
+            f"with `dctps sweep {p}`"
+        )
+    return RunConfig.from_dict(raw, source=str(p))
+
+
+#: the top-level keys of a sweep grid (:data:`dctps.results.sweep.GRID_KEYS`), none of which a
+#: run config has
+GRID_ONLY_KEYS = {"name", "description", "base", "models", "datasets", "methods", "densities",
+                  "seeds", "variants", "slurm"}  # fmt: skip
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
