@@ -241,11 +241,13 @@ def plot_cmd(
 
 @app.command("budgets")
 def budgets_cmd(
-    model: str = typer.Argument(..., help="Architecture name (see `dctps.models.names()`)."),
+    model: str = typer.Argument(..., help=fill_names("Architecture: {models}.")),
     density_arg: str = typer.Option(
         ..., "--density", "-d", help="Global density in (0, 1]: 0.001 or 0.1%."
     ),
-    allocation: str = typer.Option("epl", help=fill_names("{allocations}.")),
+    allocation: str = typer.Option(
+        "epl", help=fill_names("How the global density is split over the layers: {allocations}.")
+    ),
     classes: int = typer.Option(10, "--classes", help="Number of output classes."),
     plot: str = typer.Option("", help="Also draw the per-layer bar chart (PNG + PDF) here."),
     compare: bool = typer.Option(

@@ -323,7 +323,7 @@ def _specs() -> dict[str, FigureSpec]:
             claims=SGD_CLAIMS,
         ),
         FigureSpec(
-            "A.6", "Trainable vs fixed alpha (train_alpha=False), ResNet50/VGG19 on CIFAR-10/100",
+            "A.6", "Trainable vs fixed alpha (--fixed-alpha), ResNet50/VGG19 on CIFAR-10/100",
             "Figure A.6: trainable vs fixed α",
             _grid(BIG, CIFAR, ["dense", "dctps", {"method": "dctps", "train_alpha": False}]),
             label=_alpha_label,

@@ -89,8 +89,9 @@ class DataConfig:
     dataset: str = _f("cifar10", "Data set: {datasets}.")
     root: str | None = _f(
         None,
-        "Data root folder (default: env DCTPS_DATA). Not part of the run's identity (one data "
-        "set may live at several paths); a resume checks that the data are the same.",
+        "Data root folder (default: env DCTPS_DATA; digits is embedded and needs none). Not "
+        "part of the run's identity (one data set may live at several paths); a resume checks "
+        "that the data are the same.",
         flag="data-root",
         identity=False,
     )
