@@ -430,7 +430,8 @@ def test_an_interrupt_stops_a_parallel_sweep_without_training_the_queue(
     rows = Store(out).query()
     statuses = [r["status"] for r in rows]
     assert len(rows) <= 4 and "done" not in statuses, (statuses, output)
-    assert all(r["reason"] and r["reason"].startswith("interrupted") for r in rows), rows
+    why = [(r["status"], r["reason"]) for r in rows]
+    assert all(r["reason"] and r["reason"].startswith("interrupted") for r in rows), why
     assert set(statuses) == {"interrupted"}, rows  # not left "running", as if still training
 
 
