@@ -551,3 +551,22 @@ def test_to_dense_and_copies_of_a_batched_model():
     batch_rebuild(twin).remove()  # the copy's own hooks, not the original's
     assert bat._forward_pre_hooks and not twin._forward_pre_hooks
     _assert_same(ref, bat, x)
+
+
+def test_a_discarded_batched_model_is_freed_without_the_garbage_collector():
+    """The hooks' owner held the model strongly (its ``_root``): a cycle that kept a discarded
+    model and its concatenated ``D`` alive until ``gc.collect()`` (on a GPU, its memory)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        model = dctps.sparsify(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), 0.3,
+                               seed=0)  # fmt: skip
+        batch_rebuild(model)
+        model(torch.randn(2, 8)).sum().backward()
+        ref = weakref.ref(model)
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import math
+import weakref
 
 import pytest
 import torch
@@ -429,3 +430,27 @@ def test_the_training_loop_reads_its_check_before_each_update_only(monkeypatch):
     )
     assert st.failed == "non-finite gradient (NaN/Inf) at epoch 2, step 3"  # RigL's t = 15
     assert torch.equal(model[4].indices, before)  # no update ran on the bad gradient
+
+
+@pytest.mark.parametrize("kind", ["pruned", "dctps"])
+def test_a_discarded_rigl_model_is_freed_without_the_garbage_collector(kind):
+    """RigL's per-layer objects held their modules strongly while the modules' hooks (or an
+    armed ``dense_weight``) held them: a cycle that kept a discarded model alive until
+    ``gc.collect()``. RigL itself keeps its model alive while it lives."""
+    gc.disable()
+    try:
+        model = (
+            prune(_mlp(), 0.3, "random", seed=0)
+            if kind == "pruned"
+            else dctps.sparsify(_mlp(), 0.3, seed=0)
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rigl = RigL(model, opt, total_steps=100, delta_t=2)
+        _run(model, opt, rigl, 3)  # armed for the update at t = 4
+        refs = [weakref.ref(model), weakref.ref(model[0])]  # the model, and a sparse layer
+        del model, opt
+        assert all(r() is not None for r in refs)  # RigL holds them
+        del rigl
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()

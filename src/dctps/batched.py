@@ -45,6 +45,7 @@ shapes too, without measuring them: every path computes the same function).
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,7 +321,10 @@ class BatchedRebuild:
 
     def __init__(self, model: nn.Module, segmented: bool | None = None):
         self.segmented = segmented
-        self._root: nn.Module | None = None
+        # the model, weakly: its hooks hold this object, and a strong reference back made a
+        # cycle that kept a discarded model (and its D_cat, GPU memory too) alive until the
+        # garbage collector ran
+        self._root: weakref.ref[nn.Module] | None = None
         self._layers: list[DCTpSLayer] = []
         # one set of plans at a time: building a plan points its layers' D at the new D_cat,
         # which invalidates any other plan holding those layers
@@ -374,8 +378,8 @@ class BatchedRebuild:
             self._clear_active()
         done: list[DCTpSLayer] = []
         self._active.append(done)  # first: _after pops it even if what follows raises
-        if module is not self._root:
-            self._root = module
+        if self._root is None or self._root() is not module:
+            self._root = weakref.ref(module)
             self._layers = [m for m in module.modules() if isinstance(m, DCTpSLayer)]
         # a layer already holding a weight belongs to an enclosing batched model's forward
         members = [m for m in self._layers if WEIGHT_KEY not in m.__dict__ and takes_dense_path(m)]

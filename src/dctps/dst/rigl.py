@@ -60,6 +60,7 @@ Sparse layers are
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -78,9 +79,19 @@ class _Sparse:
 
     def __init__(self, name: str, module: nn.Module):
         self.name = name
-        self.module = module
+        # weakly: the module's hook (or, armed, its dense_weight) holds this object, and a
+        # strong reference back made a cycle that kept a discarded model (and its memory, GPU
+        # memory too) alive until the garbage collector ran; RigL holds the model itself
+        self._module = weakref.ref(module)
         self.grad: torch.Tensor | None = None
         self.armed = False
+
+    @property
+    def module(self) -> nn.Module:
+        m = self._module()
+        if m is None:
+            raise DctpsError(f"RigL: layer {self.name!r} no longer exists (its model was deleted)")
+        return m
 
     def _accumulate(self, g: torch.Tensor) -> None:
         g = g.detach()
@@ -176,9 +187,9 @@ class _Masked(_Sparse):
 class _DCT(_Sparse):
     """The sparse part ``S`` of a DCTpS layer (``values`` at flat positions ``indices``)."""
 
-    def __init__(self, name: str, module: DCTpSLayer):
-        super().__init__(name, module)
-        self.layer = module
+    @property
+    def layer(self) -> DCTpSLayer:
+        return self.module  # type: ignore[return-value]
 
     def arm(self) -> None:
         super().arm()
