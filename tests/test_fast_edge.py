@@ -605,3 +605,15 @@ def test_export_jit_trace_and_a_compiled_inference_call_leave_the_model_trainabl
     with pytest.raises(DctpsError, match=r"casts integer tensors to torch\.float64.*\.double\(\)"):
         fast.type(torch.float64)
     assert fast.indices.dtype == torch.int64 and fast.alpha.dtype == torch.float32  # untouched
+
+
+def test_the_band_cache_is_bounded(monkeypatch):
+    """The transform's bands (tensors on the layers' devices) were cached per shape forever: a
+    process building layers of ever new sizes grew it without bound."""
+    monkeypatch.setattr(fastmod, "_BANDS", {})
+    monkeypatch.setattr(fastmod, "BANDS_SIZE", 4)
+    for n in range(8, 20):
+        fastmod._band(n, 0, n // 2, torch.device("cpu"), torch.float32)
+        assert 1 <= len(fastmod._BANDS) <= 4
+    again = fastmod._band(19, 0, 9, torch.device("cpu"), torch.float32)
+    assert again is fastmod._band(19, 0, 9, torch.device("cpu"), torch.float32)  # still cached

@@ -322,6 +322,9 @@ class _Band:
 
 
 _BANDS: dict[tuple, _Band] = {}
+#: at most this many cached bands (tensors on the layers' devices): a process that builds
+#: layers of ever new shapes (a sweep over widths) starts the cache over, as the auto memo does
+BANDS_SIZE = 256
 
 
 def _band(n: int, k0: int, k1: int, device: torch.device, dtype: torch.dtype) -> _Band:
@@ -330,6 +333,8 @@ def _band(n: int, k0: int, k1: int, device: torch.device, dtype: torch.dtype) ->
     if hit is not None:
         return hit
     band = _make_band(n, k0, k1, device, dtype)
+    if len(_BANDS) >= BANDS_SIZE:
+        _BANDS.clear()
     _BANDS[key] = band
     return band
 
