@@ -506,3 +506,53 @@ def test_a_full_data_run_beside_subset_runs_reads_subset_all(tmp_path):
     rows = {ln.split()[0]: ln for ln in out[0].splitlines()[1:]}
     assert "subset=all" in rows["full"] and "subset=5000" in rows["part"]
     assert "None" not in out[0]
+
+
+def test_a_store_follows_its_file_and_says_when_it_was_deleted(tmp_path):
+    """A Store kept open (a notebook, a sweep) went on using a database file that had been
+    deleted or replaced: rows written were lost without an error (a leak review)."""
+    import shutil
+
+    from dctps.results import store as store_mod
+
+    s = Store(tmp_path / "a")
+    s.start("aaaa", cfg())
+    other = Store(tmp_path / "b")
+    other.start("bbbb", cfg(seed=1))
+    other.close()
+    shutil.rmtree(tmp_path / "a")  # the folder deleted, another process's made in its place
+    os.rename(tmp_path / "b", tmp_path / "a")
+    assert [r["hash"] for r in s.query()] == ["bbbb"]
+    s.start("cccc", cfg(seed=2))
+    assert sorted(r["hash"] for r in Store(tmp_path / "a").query()) == ["bbbb", "cccc"]
+    shutil.rmtree(tmp_path / "a")
+    with pytest.raises(DctpsError, match=r"results database .*a/results\.db was deleted or moved "
+                       r"while this process was using it"):  # fmt: skip
+        s.start("dddd", cfg(seed=3))
+    assert (os.getpid(), str(s.path)) not in store_mod._CONNECTIONS
+
+
+def test_cached_connections_are_bounded_and_dropped_for_deleted_files(tmp_path, monkeypatch):
+    """Each database a process opened kept 3 descriptors for the life of the process, even
+    after its folder was deleted (whose disk space they kept in use): ~340 folders exhausted a
+    1024-descriptor limit. Beyond MAX_CONNECTIONS the least recently used are closed (reopened
+    when used again), and those of deleted files first."""
+    import shutil
+
+    from dctps.results import store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAX_CONNECTIONS", 3)
+    pid = os.getpid()
+
+    def cached():
+        return {k[1] for k in store_mod._CONNECTIONS if k[0] == pid}
+
+    stores = [Store(tmp_path / f"s{i}") for i in range(5)]
+    for i, s in enumerate(stores):
+        s.start(f"h{i}", cfg(seed=i))
+    assert len(cached() & {str(s.path) for s in stores}) <= 3
+    assert str(stores[-1].path) in cached()
+    assert [r["hash"] for r in stores[0].query()] == ["h0"]  # closed, and reopened on use
+    shutil.rmtree(tmp_path / "s4")
+    Store(tmp_path / "s5").query()
+    assert str(stores[4].path) not in cached()  # its file is gone: closed

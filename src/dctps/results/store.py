@@ -108,6 +108,10 @@ T = TypeVar("T")
 _CONNECTIONS: dict[tuple[int, str], tuple[sqlite3.Connection, threading.RLock]] = {}
 _FILE_IDS: dict[tuple[int, str], tuple[int, int] | None] = {}
 _CONN_LOCK = threading.Lock()
+#: cached connections kept at most (3 descriptors each: the file, its WAL and shared memory);
+#: the least recently used beyond are closed (and reopened when used again): a notebook or a
+#: script that opened hundreds of results folders ran out of descriptors
+MAX_CONNECTIONS = 16
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -198,6 +202,27 @@ def _read_only_place(path: Path) -> bool:
     return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 
+def _close_least_recent(keep: tuple[int, str]) -> None:
+    """Close this process's least recently used connections beyond :data:`MAX_CONNECTIONS`,
+    and any whose file is gone (an ``rmtree`` of its folder: the descriptors kept its disk space
+    in use), except ``keep`` and any a thread is using. Called with ``_CONN_LOCK`` held."""
+    pid = os.getpid()
+    mine = [k for k in _CONNECTIONS if k[0] == pid and k != keep]
+    excess = len(mine) + 1 - MAX_CONNECTIONS
+    for i, k in enumerate(mine):
+        if i >= excess and _file_id(Path(k[1])) is not None:
+            continue
+        conn, lock = _CONNECTIONS[k]
+        if not lock.acquire(blocking=False):
+            continue
+        try:
+            del _CONNECTIONS[k]
+            _FILE_IDS.pop(k, None)
+            conn.close()
+        finally:
+            lock.release()
+
+
 class Store:
     """The results database.
 
@@ -258,7 +283,24 @@ class Store:
     def _connection(self) -> tuple[sqlite3.Connection, threading.RLock]:
         key = (os.getpid(), str(self.path))
         with _CONN_LOCK:
-            entry = _CONNECTIONS.get(key)
+            entry = _CONNECTIONS.pop(key, None)
+            if entry is not None:
+                _CONNECTIONS[key] = entry  # most recently used last
+                known = _FILE_IDS.get(key)
+                now = _file_id(self.path)
+                if known is not None and now != known:
+                    # deleted or replaced since this process connected: the connection still
+                    # reads and writes the old file, so a row written now would be lost
+                    del _CONNECTIONS[key]
+                    _FILE_IDS.pop(key, None)
+                    entry[0].close()
+                    entry = None
+                    if now is None:
+                        raise DctpsError(
+                            f"results database {self.path} was deleted or moved while this "
+                            "process was using it: nothing more can be recorded there (a new "
+                            "command creates a new one)"
+                        )
             if entry is None:
                 # read-only: immutable, as no lock or WAL index can be written there
                 target = (
@@ -278,6 +320,7 @@ class Store:
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
                 entry = (conn, threading.RLock())
                 _CONNECTIONS[key] = entry
+                _close_least_recent(keep=key)
                 # also after close(): each connection knows the file it opened (None until a
                 # new database is first written; __init__ records it after its schema)
                 _FILE_IDS[key] = _file_id(self.path)
