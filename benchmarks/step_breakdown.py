@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 from dctps import batch_rebuild, models, sparsify
 from dctps import data as D
 from dctps.train.config import OptimConfig, RunConfig, SparsityConfig
-from dctps.train.loop import _grad_sum, train_one_epoch
+from dctps.train.loop import _grad_max, train_one_epoch
 from dctps.train.setup import make_optimizer
 
 KINDS = ("dense", "batched", "per-layer")
@@ -68,12 +68,12 @@ def phases(m, opt, x, y) -> dict[str, Callable[[], object]]:
         out = m(x)
         loss = F.cross_entropy(out, y)
         loss.backward()
-        torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(_grad_sum(params))])
+        torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(_grad_max(params))])
         opt.step()
         (out.detach().argmax(1) == y).sum()
 
     def check() -> None:
-        torch.stack([~torch.isfinite(x.sum()), ~torch.isfinite(_grad_sum(params))])
+        torch.stack([~torch.isfinite(x.sum()), ~torch.isfinite(_grad_max(params))])
 
     return {"fwd+bwd": fwd_bwd, "+opt": with_opt, "loop body": body, "check": check,
             "opt": opt.step}  # fmt: skip

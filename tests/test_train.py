@@ -938,8 +938,7 @@ def test_non_finite_gradient_with_a_finite_loss_stops_the_epoch(bad, failed):
     def poison(g):
         calls.append(1)
         if len(calls) == 2:
-            g = g.clone()
-            g[0] = bad
+            g = torch.full_like(g, bad)  # 3e38 thrice: a sum would overflow; the max does not
         return g
 
     net[2].bias.register_hook(poison)
@@ -956,11 +955,32 @@ def test_gradient_check_without_gradients_stays_on_the_loss_device():
     """No parameter got a gradient (all frozen after the optimizer was made): the check's zero
     must live where the loss flag does, or stacking them fails on CUDA ('meta' stands in)."""
     p = nn.Parameter(torch.ones(3))
-    z = loop._grad_sum([p], torch.device("meta"))
+    z = loop._grad_max([p], torch.device("meta"))
     assert z.device.type == "meta"
     torch.stack([torch.zeros((), device="meta"), z])
     p.grad = torch.tensor([1.0, -2.0, float("nan")])
-    assert torch.isnan(loop._grad_sum([p]))
+    assert torch.isnan(loop._grad_max([p]))
+
+
+def test_gradient_check_of_half_empty_and_sparse_gradients():
+    """Finite float16 gradients whose L1 norm passes 65504 are finite (an L1 check failed the
+    run); a parameter without entries (a layer given no non-zeros) has nothing to check (an
+    inf-norm of it raises); sparse gradients (nn.Embedding(sparse=True)) are checked on their
+    values (the foreach norm has no sparse kernel)."""
+    half = nn.Parameter(torch.zeros(100, dtype=torch.float16))
+    half.grad = torch.full((100,), 60000.0, dtype=torch.float16)
+    empty = nn.Parameter(torch.zeros(0))
+    empty.grad = torch.zeros(0)
+    assert torch.isfinite(loop._grad_max([half, empty]))
+    emb = nn.Embedding(10, 4, sparse=True)
+    emb(torch.tensor([1, 3])).sum().backward()
+    assert emb.weight.grad.is_sparse and float(loop._grad_max([emb.weight, empty])) == 1.0
+    emb.weight.grad = torch.sparse_coo_tensor([[2]], [[0.0, float("nan"), 0.0, 0.0]], (10, 4))
+    assert torch.isnan(loop._grad_max([half, emb.weight]))
+    net = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(8, 3))
+    batches = [(torch.randint(0, 10, (5, 2)), torch.randint(0, 3, (5,))) for _ in range(3)]
+    st = loop.train_one_epoch(net, batches, torch.optim.SGD(net.parameters(), 0.1), epoch=1)
+    assert st.failed is None and st.steps == 3
 
 
 def test_pruning_failure_recorded_without_training(fake_cifar10, tmp_path, monkeypatch):
