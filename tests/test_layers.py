@@ -507,16 +507,24 @@ def test_unseeded_layers_draw_the_same_supports_on_every_device():
     generator, so on a GPU the CPU one did not advance and every later layer's support
     differed."""
 
-    def states(device):
+    def states(device, expect=None):
         torch.manual_seed(0)
         out = []
         for make in (
             lambda: DCTpSConv2d(8, 16, 3, nnz=40, bias=True, device=device),
             lambda: DCTpSLinear(30, 20, nnz=50, bias=True, device=device),
         ):
-            assert make().indices.device.type == device
+            lay = make()
+            kinds = {t.device.type for t in (*lay.parameters(), *lay.buffers())}
+            assert kinds == {expect or device}
             out.append(torch.get_rng_state())
         return out
 
     for a, b in zip(states("cpu"), states("meta"), strict=True):
         assert torch.equal(a, b)
+    # torch's default device set elsewhere (`set_default_device("cuda")`; meta stands in): the
+    # draws stay on the CPU generator, and the layer on the default device
+    cpu = states("cpu")
+    with torch.device("meta"):
+        for a, b in zip(cpu, states(None, expect="meta"), strict=True):
+            assert torch.equal(a, b)

@@ -173,7 +173,7 @@ def filter_counts(
     if not 0 <= nnz <= out * fan:
         raise DctpsError(f"nnz={nnz} does not fit a layer of shape {tuple(shape)}")
     base, extra = divmod(nnz, out)
-    counts = torch.full((out,), base, dtype=torch.int64)
+    counts = torch.full((out,), base, dtype=torch.int64, device="cpu")
     if extra:
-        counts[torch.randperm(out, generator=generator)[:extra]] += 1
+        counts[torch.randperm(out, generator=generator, device="cpu")[:extra]] += 1
     return counts

@@ -157,13 +157,16 @@ def _distinct(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor
     8192x8192 layer needs no 67M-entry permutation); a uniform ``k``-subset of a uniform random set
     is a uniform ``k``-subset.
     """
+    # on the CPU whatever torch's default device (set_default_device("cuda")): the same draws
+    # from the CPU generator everywhere
+    cpu = torch.device("cpu")
     if k * 4 >= n:
-        return torch.randperm(n, generator=generator)[:k]
-    picked = torch.empty(0, dtype=torch.int64)
+        return torch.randperm(n, generator=generator, device=cpu)[:k]
+    picked = torch.empty(0, dtype=torch.int64, device=cpu)
     while picked.numel() < k:
-        draw = torch.randint(0, n, (int(k * 1.2) + 16,), generator=generator)
+        draw = torch.randint(0, n, (int(k * 1.2) + 16,), generator=generator, device=cpu)
         picked = torch.unique(torch.cat([picked, draw]))
-    return picked[torch.randperm(picked.numel(), generator=generator)[:k]]
+    return picked[torch.randperm(picked.numel(), generator=generator, device=cpu)[:k]]
 
 
 def draw_indices(
@@ -188,7 +191,7 @@ def draw_indices(
         for row, c in enumerate(filter_counts(shape, nnz, generator).tolist())
         if c
     ]
-    flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+    flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device="cpu")
     return torch.sort(flat).values
 
 
@@ -364,7 +367,9 @@ class DCTpSLayer(nn.Module):
             if offset_seed is None:
                 seed = check_seed(seed)
                 offset_seed = (
-                    seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+                    seed
+                    if seed is not None
+                    else int(torch.randint(0, 2**31 - 1, (), device="cpu").item())
                 )
             buf = torch.tensor(int(offset_seed), dtype=torch.int64, device=device)
             self.register_buffer("offset_seed", buf)
@@ -426,10 +431,12 @@ class DCTpSLayer(nn.Module):
         if seed is None:  # from torch's global CPU generator on every device, as the support
             # (drawn on the device's own generator, a GPU layer left the CPU one where it was,
             # and the next layer's support differed from the same layer built on the CPU)
-            b = torch.empty(out, dtype=ref.dtype).uniform_(-bound, bound)
+            b = torch.empty(out, dtype=ref.dtype, device="cpu").uniform_(-bound, bound)
             return b.to(ref.device)
         gen = torch.Generator().manual_seed((int(seed) + _BIAS_STREAM) % 2**63)
-        b = torch.empty(out, dtype=torch.float64).uniform_(-bound, bound, generator=gen)
+        b = torch.empty(out, dtype=torch.float64, device="cpu").uniform_(
+            -bound, bound, generator=gen
+        )
         return b.to(dtype=ref.dtype, device=ref.device)
 
     def _init_bias(self, bias: bool) -> None:
