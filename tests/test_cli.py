@@ -169,6 +169,8 @@ def test_budgets_plot_into_a_folder_and_refusals(tmp_path):
     assert isinstance(r.exception, DctpsError) and r.output == ""
     assert ".txt is not an image format; give one of" in str(r.exception)
     assert not (tmp_path / "b.txt").exists()
+    r = runner.invoke(app, ["budgets", "lenet5", "-d", "0.1", "--plot", str(tmp_path / "B.PNG")])
+    assert r.exit_code == 0, r.output  # a suffix in capitals is still PNG
 
 
 def test_export_of_a_missing_checkpoint_says_it_does_not_exist(tmp_path):

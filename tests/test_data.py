@@ -435,6 +435,9 @@ def test_normalize_builds_its_constants_once_per_device(monkeypatch):
     outs = [A.normalize(x, [0.1, 0.5, 0.9], (0.2, 0.3, 0.4)) for _ in range(5)]
     assert len(made) == 2  # mean and std, once (a list or a tuple: the same constants)
     assert all(torch.equal(o, outs[0]) for o in outs)
+    # per device: the constants live where the batch does ('meta' stands in for a GPU)
+    out = A.normalize(x.to("meta"), [0.1, 0.5, 0.9], (0.2, 0.3, 0.4))
+    assert out.device.type == "meta" and len(made) == 4
 
 
 # ---------------------------------------------------------------------------------------------

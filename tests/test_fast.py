@@ -282,6 +282,9 @@ def test_bench_on_a_numbered_gpu_selects_it_and_refuses_one_that_does_not_exist(
         "ckpt": [torch.device("cuda:1")]
     }
     assert chosen == [torch.device("cuda:1")]
+    for bad in ("cuda:x", "cuda:-1"):  # torch.device's own RuntimeError was a traceback
+        with pytest.raises(DctpsError, match=rf"--device must be .*got '{bad}'"):
+            bench.run("ckpt", device=bad, echo=lambda *a: None)
 
 
 def test_bench_memory_child_resets_the_peak_and_reports_growth():

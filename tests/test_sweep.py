@@ -833,3 +833,9 @@ def test_a_run_config_and_a_sweep_grid_given_to_each_other_s_command_say_so(tmp_
     assert isinstance(r.exception, DctpsError)
     assert "is a run config (keys model, data, sparsity" in str(r.exception)
     assert f"train it with `dctps train --config {run}`" in str(r.exception)
+    # one key is thin evidence (a typo of a run-config key): the plain unknown-key error
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("models: {name: lenet5}\n")
+    with pytest.raises(DctpsError, match=r"unknown key 'models'") as e:
+        load_config(typo)
+    assert "sweep grid" not in str(e.value)

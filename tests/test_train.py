@@ -2140,3 +2140,46 @@ def test_rigl_that_would_never_update_is_refused(fake_cifar10, tmp_path):
     assert Store(tmp_path).query() == []
     ok = small_cfg(fake_cifar10, epochs=1, sparsity={"rigl": True, "rigl_delta_t": 3})
     assert fit(ok, tmp_path, progress=False)["status"] == "done"
+
+
+def test_small_helpers_of_the_loop_that_cpu_runs_do_not_reach():
+    """What a CUDA run and an old checkpoint take (a mutation audit: these survived): the flag
+    reads every 20 steps on CUDA, with RigL too; the device label names the GPU; a checkpoint
+    without a recorded device (written before it was recorded) resumes without a warning."""
+    import warnings
+
+    assert loop.default_check_every(torch.device("cuda")) == 20
+    assert loop.default_check_every(torch.device("cpu")) == 1
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.cuda, "get_device_name", lambda dev=None: "NVIDIA H100 80GB HBM3")
+        assert loop._device_label(torch.device("cuda:0")) == "cuda (NVIDIA H100 80GB HBM3)"
+    assert loop._device_label(torch.device("cpu")) == "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loop._warn_device_change(None, "cpu", 3)
+        loop._warn_device_change("cpu", "cpu", 3)
+    with pytest.warns(RuntimeWarning, match="on cpu; the checkpoint was written on cuda"):
+        loop._warn_device_change("cuda (X)", "cpu", 3)
+
+
+@pytest.mark.parametrize(
+    "delta_t, t_end, message",
+    [
+        (6, 0.75, r"until step 6 .*give --rigl-delta-t below 6"),  # delta_t == T_end: never
+        (1, 0.15, r"until step 1 .*RigL needs more epochs or data"),  # T_end 1: nothing to give
+        (5, 0.75, None),  # updates at step 5 < T_end 6
+    ],
+)
+def test_rigl_schedule_boundaries(delta_t, t_end, message):
+    """RigL updates at t % delta_t == 0 and t < T_end = int(t_end * steps): with delta_t equal
+    to T_end it never updates, and with T_end <= 1 no delta_t would help (9 steps here)."""
+    from dctps.train import setup
+
+    cfg = RunConfig(
+        sparsity=SparsityConfig("dctps", 0.1, rigl=True, rigl_delta_t=delta_t, rigl_t_end=t_end)
+    ).resolve()
+    if message is None:
+        setup.check_rigl_schedule(cfg, 9)
+    else:
+        with pytest.raises(DctpsError, match=message):
+            setup.check_rigl_schedule(cfg, 9)

@@ -670,7 +670,10 @@ def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo 
         raise unknown_name("benchmark", name, [*NAMES, "all"])
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise DctpsError(f"--device must be 'cpu' or 'cuda', got {device!r}")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # cuda:x, cuda:-1
+        raise DctpsError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DctpsError("--device cuda requested but CUDA is not available")
     if dev.index is not None:

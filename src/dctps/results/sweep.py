@@ -169,7 +169,8 @@ def _check_grid(grid: Any, source: str) -> None:
     bad = [k for k in grid if k not in GRID_KEYS]
     if bad:
         run_keys = {f.name for f in dataclasses.fields(RunConfig)}
-        if set(grid) <= run_keys:  # `dctps sweep RUN.yaml`: a run's config.yaml, say
+        # `dctps sweep RUN.yaml`: a run's config.yaml, say (one key may be a typo: model:)
+        if len(grid) >= 2 and set(grid) <= run_keys:
             raise DctpsError(
                 f"{source} is a run config (keys {', '.join(map(str, grid))}), not a sweep grid: "
                 f"train it with `dctps train --config {source}`"

@@ -719,7 +719,12 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     p = user_path(path)
     raw = read_yaml(p, "config")
     run_keys = {f.name for f in dataclasses.fields(RunConfig)}
-    if isinstance(raw, dict) and raw and not set(raw) & run_keys and set(raw) <= GRID_ONLY_KEYS:
+    if (
+        isinstance(raw, dict)
+        and len(set(raw) & GRID_ONLY_KEYS) >= 2  # one key may be a typo (models: for model:)
+        and not set(raw) & run_keys
+        and set(raw) <= GRID_ONLY_KEYS
+    ):
         # a sweep grid given to `dctps train --config` failed on "unknown key 'name'"
         raise DctpsError(
             f"{p} is a sweep grid (keys {', '.join(map(str, raw))}), not a run config: run it "
