@@ -59,7 +59,13 @@ from dctps.errors import (
     unknown_name,
     user_path,
 )
-from dctps.train.config import RunConfig, SparsityConfig, parse_assignment, read_yaml
+from dctps.train.config import (
+    GRID_KEYS,
+    RunConfig,
+    SparsityConfig,
+    parse_assignment,
+    read_yaml,
+)
 
 __all__ = [
     "EXECUTORS",
@@ -77,10 +83,6 @@ __all__ = [
 ]
 
 EXECUTORS = ("local", "submitit-local", "slurm")
-GRID_KEYS = (
-    "name", "description", "base", "models", "datasets", "methods", "densities", "seeds",
-    "variants", "slurm",
-)  # fmt: skip
 METHOD_KEYS = tuple(f.name for f in dataclasses.fields(SparsityConfig) if f.name != "density") + (
     "densities",
 )

@@ -721,9 +721,9 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     run_keys = {f.name for f in dataclasses.fields(RunConfig)}
     if (
         isinstance(raw, dict)
-        and len(set(raw) & GRID_ONLY_KEYS) >= 2  # one key may be a typo (models: for model:)
+        and len(set(raw) & set(GRID_KEYS)) >= 2  # one key may be a typo (models: for model:)
         and not set(raw) & run_keys
-        and set(raw) <= GRID_ONLY_KEYS
+        and set(raw) <= set(GRID_KEYS)
     ):
         # a sweep grid given to `dctps train --config` failed on "unknown key 'name'"
         raise DctpsError(
@@ -733,10 +733,12 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     return RunConfig.from_dict(raw, source=str(p))
 
 
-#: the top-level keys of a sweep grid (:data:`dctps.results.sweep.GRID_KEYS`), none of which a
-#: run config has
-GRID_ONLY_KEYS = {"name", "description", "base", "models", "datasets", "methods", "densities",
-                  "seeds", "variants", "slurm"}  # fmt: skip
+#: the top-level keys of a sweep grid (:mod:`dctps.results.sweep`), none of which a run config
+#: has
+GRID_KEYS = (
+    "name", "description", "base", "models", "datasets", "methods", "densities", "seeds",
+    "variants", "slurm",
+)  # fmt: skip
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
