@@ -123,7 +123,13 @@ def sweep_cmd(
     ),
     out: str = typer.Option("results", "--out", help="Output folder (results.db, runs/)."),
     db: str = typer.Option(None, "--db", help="Results database (default: OUT/results.db)."),
-    workers: int = typer.Option(None, "--workers", help="Parallel runs (default 1; slurm: all)."),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="Parallel runs (default 1; slurm: all). With N > 1 (or submitit-local) each run gets "
+        "CPUs // N torch threads (OMP_NUM_THREADS sets CPUs), else torch's default; a run's "
+        "float sums, so its numbers, depend on its thread count (docs/RELIABILITY.md).",
+    ),
     executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run failed runs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded runs and exit."),
