@@ -231,7 +231,11 @@ def plot_cmd(
     db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
     where: list[str] = typer.Option([], "--where", help=WHERE_HELP),
     x: str = typer.Option("density", "--x", help="density | nonzeros."),
-    metric: str = typer.Option("auto", "--metric", help="auto | test_acc | val_acc."),
+    metric: str = typer.Option(
+        "auto",
+        "--metric",
+        help="auto | test_acc | val_acc (auto: test_acc where recorded, else val_acc).",
+    ),
     out: str = typer.Option(
         "plot.png", "--out", help="Figure path (PNG + PDF + JSON); a folder: plot.png in it."
     ),
