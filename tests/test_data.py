@@ -759,3 +759,24 @@ def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path):
                        r"(posix|os|nt)\.system; a CIFAR file holds only numpy arrays"):  # fmt: skip
         D.build("cifar10", tmp_path / "bad")
     assert not (tmp_path / "pwned").exists()
+
+    # numpy's own globals, called as numpy never does: an array of any shape from a few bytes
+    # (a fuzzing review: a 60 KB folder loaded as 200,000 images of garbage)
+    from numpy import ndarray
+
+    reconstruct = pickle.loads(pickle.dumps(np.zeros(1))).__reduce__()[0]
+
+    class Hollow:
+        def __reduce__(self):
+            return (reconstruct, (ndarray, (4000, 3072), "u1"))
+
+    class Direct:
+        def __reduce__(self):
+            return (ndarray, ((4000, 3072),))
+
+    for evil, said in ((Hollow(), r"builds an array of shape \(4000, 3072\) without its data"),
+                       (Direct(), r"object is not callable|builds an array")):  # fmt: skip
+        with open(tmp_path / "bad" / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+            pickle.dump({"data": evil, "labels": [0] * 4000}, f, protocol=2)
+        with pytest.raises(DctpsError, match=said):
+            D.build("cifar10", tmp_path / "bad")
