@@ -1188,6 +1188,17 @@ def test_a_damaged_last_pt_is_caught_and_a_system_error_sets_nothing_aside(
         with pytest.raises(DctpsError, match=r"cannot read checkpoint .*last\.pt now .*Too many "
                            r"open files.*left as it is"):  # fmt: skip
             fit(cfg, out, progress=False)
+
+        def no_memory(*a, **k):  # torch's allocator says so with a RuntimeError
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate "
+                "memory: you tried to allocate 2000000000 bytes. Error code 12"
+            )
+
+        m.setattr(ckpt_io.torch, "load", no_memory)
+        with pytest.raises(DctpsError, match=r"cannot read checkpoint .*last\.pt now .*can't "
+                           r"allocate memory.*left as it is"):  # fmt: skip
+            fit(cfg, out, progress=False)
     assert (run_dir / "last.pt").exists() and not (run_dir / "last.pt.corrupt").exists()
 
     _flip_a_tensor_byte(run_dir / "last.pt")

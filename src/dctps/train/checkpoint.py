@@ -250,7 +250,14 @@ _SYSTEM_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.
 
 def _system_failure(e: BaseException) -> bool:
     """Whether ``e`` says the system could not read a file now, rather than that the file is
-    damaged (a damaged zip archive can raise ``OSError(EINVAL)`` from a seek)."""
+    damaged (a damaged zip archive can raise ``OSError(EINVAL)`` from a seek). torch's own
+    allocator raises a ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory", "CUDA out
+    of memory") where Python would raise ``MemoryError``: a good ``last.pt`` unpacked under a
+    memory limit was set aside as damaged."""
+    if isinstance(e, RuntimeError) and (
+        "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+    ):
+        return True
     return isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno in _SYSTEM_ERRNOS)
 
 
