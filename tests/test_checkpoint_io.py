@@ -1,6 +1,7 @@
 """Sparse checkpoints (dctps.save / load / inspect), export to plain PyTorch (to_dense), and the
 errors for damaged or foreign files."""
 
+import copy
 import json
 import zlib
 
@@ -458,3 +459,67 @@ def test_a_rebuilt_model_takes_the_stored_dtypes(tmp_path, dtype):
         m.eval(), back.eval()
         x = torch.randn(2, 3, 32, 32, dtype=dtype)
         assert torch.equal(m(x), back(x))
+
+
+def _rewrite(path, header=None, head=None):
+    """``path`` with another header (a dict, or raw compressed bytes), its CRC and sizes made
+    valid again: what a crafted or unluckily damaged file looks like to the reader."""
+    import struct
+
+    raw = path.read_bytes()
+    _, hlen = checkpoint_io._HEAD.unpack(raw[:16])
+    old_head = raw[16 : 16 + hlen]
+    payload = raw[16 + hlen : -checkpoint_io._TRAILER.size]
+    if header is not None:
+        head = zlib.compress(json.dumps(header).encode())
+    head = old_head if head is None else head
+    body = checkpoint_io._HEAD.pack(checkpoint_io.MAGIC, len(head)) + head + payload
+    crc = zlib.crc32(body[16:])
+    total = len(body) + checkpoint_io._TRAILER.size
+    out = path.with_name("x.dctps")
+    out.write_bytes(body + struct.pack("<IQ8s", crc, total, checkpoint_io.END))
+    return out
+
+
+def test_crafted_or_shifted_headers_are_refused(tmp_path):
+    """A fuzzing review: the CRC covers header and payload as one stream, so a header length off
+    by 2 kept it valid and shifted every tensor (a pruned model loaded as NaNs); a 433 KB
+    header expanded to 400 MB; malformed entries gave KeyError/TypeError tracebacks or were
+    taken as they were (`"aliases": "abc"` attached modules a, b and c)."""
+    p = tmp_path / "m.dctps"
+
+    def make():
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    torch.manual_seed(0)
+    dctps.save(dctps.sparsify(make(), 0.2, seed=0), p)
+    header, _, _ = checkpoint_io._read(p)
+
+    def refused(path, match):
+        with pytest.raises(DctpsError, match=match):
+            dctps.load(path, model=make())
+        with pytest.raises(DctpsError, match=match):
+            checkpoint_io.inspect(path)
+
+    raw = p.read_bytes()
+    _, hlen = checkpoint_io._HEAD.unpack(raw[:16])
+    for delta in (1, 2):  # the boundary moved into the payload by a flipped bit
+        refused(_rewrite(p, head=raw[16 : 16 + hlen + delta]), "does not end where the header")
+    refused(_rewrite(p, head=zlib.compress(b" " * (80 << 20))), "expands beyond")
+    bad = copy.deepcopy(header)
+    bad["tensors"][0]["offset"] = -8
+    refused(_rewrite(p, bad), "malformed tensor entry")
+    bad = copy.deepcopy(header)
+    bad["tensors"][1]["offset"] += 8
+    refused(_rewrite(p, bad), "bad extent for tensor")
+    bad = copy.deepcopy(header)
+    del bad["tensors"][-1]
+    refused(_rewrite(p, bad), r"its tensors take \d+ bytes, its payload has \d+")
+    for field, value in (("name", None), ("aliases", "abc"), ("train_alpha", "no")):
+        bad = copy.deepcopy(header)
+        if value is None:
+            del bad["layers"][0][field]
+        else:
+            bad["layers"][0][field] = value
+        refused(_rewrite(p, bad), "malformed layer entry")
+    assert dctps.load(_rewrite(p, header), model=make()) is not None  # a faithful rewrite

@@ -352,8 +352,16 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
     if zlib.crc32(payload, zlib.crc32(head)) != crc:
         raise DctpsError(f"checkpoint {path} is corrupt: checksum mismatch")
     try:
-        header = json.loads(zlib.decompress(head))
-    except (zlib.error, ValueError) as e:
+        d = zlib.decompressobj()
+        text = d.decompress(head, MAX_HEADER_BYTES)
+        if d.unconsumed_tail:
+            raise ValueError(f"it expands beyond {MAX_HEADER_BYTES} bytes")
+        if not d.eof or d.unused_data:
+            # the CRC covers header and payload as one stream: a header length off by a few
+            # bytes kept it valid and shifted every tensor (a pruned model loaded as NaNs)
+            raise ValueError("the compressed header does not end where the header length says")
+        header = json.loads(text)
+    except (zlib.error, ValueError, RecursionError) as e:
         raise DctpsError(f"checkpoint {path} is corrupt: unreadable header ({e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise DctpsError(f"{path} is not a dctps checkpoint (format field missing)")
@@ -362,7 +370,67 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
             f"checkpoint {path} has format version {header.get('version')!r}; this dctps "
             f"({__version__}) reads version {VERSION}"
         )
+    _check_layout(header, len(payload), path)
+    _check_layers(header, path)
     return header, payload, size
+
+
+def _check_layers(header: dict[str, Any], path: Any) -> None:
+    """A :class:`DctpsError` for a malformed layer entry (types of the fields every entry has
+    and of those a load acts on before the layer's constructor checks the rest)."""
+    layers = header.get("layers", [])
+    if not isinstance(layers, list):
+        raise DctpsError(f"checkpoint {path} is corrupt: its layers are not a list")
+    for cfg in layers:
+        ok = (
+            isinstance(cfg, dict)
+            and isinstance(cfg.get("name"), str)
+            and isinstance(cfg.get("type"), str)
+            and isinstance(cfg.get("shape"), list)
+            and all(_count(n) for n in cfg["shape"])
+            and isinstance(cfg.get("aliases", []), list)
+            and all(isinstance(a, str) for a in cfg.get("aliases", []))
+            and isinstance(cfg.get("train_alpha", True), bool)
+            and isinstance(cfg.get("mode", "dense"), str)
+        )
+        if not ok:
+            raise DctpsError(f"checkpoint {path} is corrupt: malformed layer entry {str(cfg)[:80]}")
+
+
+#: the most a checkpoint's header may expand to (a 433 KB file's expanded to 400 MB)
+MAX_HEADER_BYTES = 64 << 20
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_layout(header: dict[str, Any], payload_bytes: int, path: Any) -> None:
+    """A :class:`DctpsError` unless the header's tensor entries are well formed and lie back to
+    back, each padded to ``_ALIGN``, covering the payload exactly, as :func:`save` writes them."""
+    entries = header.get("tensors")
+    if not isinstance(entries, list):
+        raise DctpsError(f"checkpoint {path} is corrupt: its header lists no tensors")
+    end = 0
+    for e in entries:
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("key"), str)
+            and isinstance(e.get("dtype"), str)
+            and _count(e.get("offset"))
+            and _count(e.get("nbytes"))
+            and isinstance(e.get("shape"), list)
+            and all(_count(n) for n in e["shape"])
+        ):
+            raise DctpsError(f"checkpoint {path} is corrupt: malformed tensor entry {str(e)[:80]}")
+        if e["offset"] != end:
+            raise DctpsError(f"checkpoint {path} is corrupt: bad extent for tensor {e['key']!r}")
+        end += e["nbytes"] + (-e["nbytes"]) % _ALIGN
+    if end != payload_bytes:
+        raise DctpsError(
+            f"checkpoint {path} is corrupt: its tensors take {end} bytes, its payload has "
+            f"{payload_bytes}"
+        )
 
 
 def _tensors(header: dict[str, Any], payload: memoryview, path: Any) -> dict[str, torch.Tensor]:
