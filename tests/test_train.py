@@ -2194,3 +2194,33 @@ def test_rigl_schedule_boundaries(delta_t, t_end, message):
     else:
         with pytest.raises(DctpsError, match=message):
             setup.check_rigl_schedule(cfg, 9)
+
+
+def test_crafted_train_checkpoints_are_refused_by_name(fake_cifar10, tmp_path):
+    """A fuzzing review: a packed entry whose index lies outside its shape gave a raw
+    IndexError, one of a huge shape an allocator RuntimeError, and a model state that does not
+    match the config a multi-line RuntimeError from load_state_dict."""
+    from dctps.train.checkpoint import PACKED, model_from_checkpoint, unpack_sparse
+
+    with pytest.raises(ValueError, match=r"packed tensor of shape \[10\] whose entries"):
+        unpack_sparse({PACKED: 1, "shape": [10], "index": torch.tensor([12]),
+                       "values": torch.tensor([1.0])})  # fmt: skip
+    with pytest.raises(ValueError, match="packed tensor of shape '10'"):
+        unpack_sparse({PACKED: 1, "shape": "10", "index": torch.tensor([1]),
+                       "values": torch.tensor([1.0])})  # fmt: skip
+    r = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
+    best = Path(r["run_dir"]) / "best.pt"
+    obj = torch.load(best, weights_only=True)
+    bad = dict(obj, model=dict(obj["model"]))
+    bad["best_extra"] = {PACKED: 1, "shape": [4], "index": torch.tensor([9]),
+                         "values": torch.tensor([1.0])}  # fmt: skip
+    torch.save(bad, tmp_path / "packed.pt")
+    with pytest.raises(DctpsError, match=r"packed\.pt is not a usable dctps train checkpoint: "
+                       r"ValueError: a packed tensor"):  # fmt: skip
+        model_from_checkpoint(tmp_path / "packed.pt")
+    del bad["best_extra"]
+    bad["model"].pop(next(k for k in bad["model"] if k.endswith("alpha")))
+    torch.save(bad, tmp_path / "missing.pt")
+    with pytest.raises(DctpsError, match=r"missing\.pt: its model state does not match the "
+                       r"lenet5 its config describes \(.*Missing key"):  # fmt: skip
+        model_from_checkpoint(tmp_path / "missing.pt")

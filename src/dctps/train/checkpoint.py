@@ -194,10 +194,23 @@ def unpack_sparse(obj: Any) -> Any:
     """The inverse of :func:`pack_sparse` (plain objects come back as they are)."""
     if isinstance(obj, dict):
         if obj.get(PACKED) == 1 and isinstance(obj.get("values"), torch.Tensor):
-            values = obj["values"]
-            out = torch.zeros(int(math.prod(obj["shape"])), dtype=values.dtype)
-            out[obj["index"].long()] = values
-            return out.reshape(obj["shape"])
+            values, index = obj["values"], obj.get("index")
+            shape: Any = obj.get("shape")
+            ok_shape = isinstance(shape, (list, tuple)) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+            )
+            numel = math.prod(shape) if ok_shape else 0
+            if not (
+                ok_shape
+                and isinstance(index, torch.Tensor)
+                and not index.is_floating_point()
+                and index.shape == values.shape == (values.numel(),)
+                and (index.numel() == 0 or (int(index.min()) >= 0 and int(index.max()) < numel))
+            ):
+                raise ValueError(f"a packed tensor of shape {shape!r} whose entries do not fit it")
+            out = torch.zeros(numel, dtype=values.dtype)
+            out[index.long()] = values
+            return out.reshape(shape)
         return {k: unpack_sparse(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return _same_sequence(obj, [unpack_sparse(v) for v in obj])
@@ -353,7 +366,10 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is a torch.save file, not a dctps train checkpoint (it has no run config "
             "and model state)"
         )
-    return unpack_sparse(obj)
+    try:
+        return unpack_sparse(obj)
+    except (ValueError, RuntimeError, TypeError) as e:  # a crafted or mis-written entry
+        raise DctpsError(f"{path} is not a usable dctps train checkpoint: {one_line(e)}") from None
 
 
 def _training_only_hashes(cfg: Any, stored: Mapping[str, Any]) -> set[str]:
@@ -407,7 +423,14 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
     obj["method"] = cfg.sparsity.method
     model = build_model(cfg, data.get_info(cfg.data.dataset))
     restore_structure(model, cfg, obj["model"])
-    model.load_state_dict(obj["model"])
+    try:
+        model.load_state_dict(obj["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        lines = [s.strip() for s in str(e).strip().splitlines()]
+        raise DctpsError(
+            f"{path}: its model state does not match the {cfg.model.name} its config describes "
+            f"({' '.join(lines[:3])})"
+        ) from None
     return model, obj
 
 
