@@ -3,7 +3,9 @@ errors for damaged or foreign files."""
 
 import copy
 import json
+import os
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -523,3 +525,21 @@ def test_crafted_or_shifted_headers_are_refused(tmp_path):
             bad["layers"][0][field] = value
         refused(_rewrite(p, bad), "malformed layer entry")
     assert dctps.load(_rewrite(p, header), model=make()) is not None  # a faithful rewrite
+
+
+def test_special_and_foreign_files_are_refused_without_reading_them_whole(tmp_path, monkeypatch):
+    """`dctps inspect /dev/zero` ended in a MemoryError, a FIFO waited forever, and a 1 GB file of
+    another kind was read whole before its first 8 bytes were checked (a fuzzing review)."""
+    from dctps.train.checkpoint import read_run_checkpoint
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for reader in (checkpoint_io.inspect, dctps.load, read_run_checkpoint):
+        for special in ("/dev/zero", fifo):
+            with pytest.raises(DctpsError, match="is not a regular file"):
+                reader(special)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"PK\x03\x04" + b"\0" * 100_000)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read whole"))
+    with pytest.raises(DctpsError, match=r"bad magic bytes \(it looks like a torch.save zip"):
+        checkpoint_io.inspect(big)

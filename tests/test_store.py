@@ -556,3 +556,19 @@ def test_cached_connections_are_bounded_and_dropped_for_deleted_files(tmp_path, 
     shutil.rmtree(tmp_path / "s4")
     Store(tmp_path / "s5").query()
     assert str(stores[4].path) not in cached()  # its file is gone: closed
+
+
+def test_a_row_whose_config_nests_past_the_recursion_limit_is_shown(tmp_path):
+    """`dctps results` raised RecursionError on a row whose config_json nests deeply (a crafted
+    or damaged database; a fuzzing review); the row is shown with what it has."""
+    s = Store(tmp_path)
+    s.start("aaaa", cfg())
+    conn = sqlite3.connect(tmp_path / "results.db")
+    conn.execute(
+        "UPDATE runs SET config_json = ? WHERE hash = 'aaaa'", ("[" * 100_000 + "]" * 100_000,)
+    )
+    conn.commit()
+    conn.close()
+    said: list[str] = []
+    rows = print_results(tmp_path, echo=said.append)
+    assert [r["hash"] for r in rows] == ["aaaa"] and "aaaa" in "\n".join(said)

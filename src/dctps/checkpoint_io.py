@@ -34,7 +34,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -309,10 +309,32 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     return path
 
 
+def _refuse_magic(path: Path, head: bytes) -> NoReturn:
+    """The :class:`DctpsError` for a file that does not start with :data:`MAGIC`."""
+    hint = ""
+    if head[:2] == b"PK":
+        hint = (
+            " (it looks like a torch.save zip file: a `dctps train` checkpoint such as "
+            "best.pt becomes one with `dctps export CKPT OUT`, or "
+            "dctps.train.checkpoint.model_from_checkpoint(CKPT) gives its model; any other "
+            "torch.save file loads with torch.load)"
+        )
+    elif head[:1] == b"\x80":
+        hint = " (it looks like a pickle: load it with torch.load)"
+    raise DctpsError(f"{path} is not a dctps checkpoint: bad magic bytes{hint}")
+
+
 def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
     """Header, payload and file size of a checkpoint, or a DctpsError naming what is wrong."""
     path = user_path(path)
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            # a FIFO or a device: reading it would wait or never end (/dev/zero)
+            raise DctpsError(f"{path} is not a regular file, so not a dctps checkpoint")
+        with open(path, "rb") as f:  # the magic first: a large file of another kind is not read
+            if f.read(len(MAGIC)) != MAGIC:
+                f.seek(0)
+                _refuse_magic(path, f.read(_HEAD.size))
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DctpsError(f"checkpoint {path} does not exist") from None
@@ -325,17 +347,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
         raise DctpsError(f"cannot read checkpoint {path}: {e}") from None
     size = len(raw)
     if size < _HEAD.size or raw[:8] != MAGIC:
-        hint = ""
-        if raw[:2] == b"PK":
-            hint = (
-                " (it looks like a torch.save zip file: a `dctps train` checkpoint such as "
-                "best.pt becomes one with `dctps export CKPT OUT`, or "
-                "dctps.train.checkpoint.model_from_checkpoint(CKPT) gives its model; any other "
-                "torch.save file loads with torch.load)"
-            )
-        elif raw[:1] == b"\x80":
-            hint = " (it looks like a pickle: load it with torch.load)"
-        raise DctpsError(f"{path} is not a dctps checkpoint: bad magic bytes{hint}")
+        _refuse_magic(path, raw[: _HEAD.size])
     if size < _HEAD.size + _TRAILER.size or raw[-8:] != END:
         raise DctpsError(f"checkpoint {path} is truncated or corrupt: no end marker ({size} bytes)")
     crc, total, _ = _TRAILER.unpack(raw[-_TRAILER.size :])

@@ -782,7 +782,7 @@ def run_identity(row: Mapping[str, Any]) -> dict[str, Any]:
 
     try:
         cfg = row_config(row)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion limit
         return {}
     try:
         ident = RunConfig.from_dict(dict(cfg), source="results store").identity()

@@ -335,6 +335,8 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise DctpsError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise DctpsError(f"{path} is a folder, not a checkpoint: give a run's {path}/best.pt")
+    if not path.is_file():  # a FIFO or a device: reading it would wait or never end
+        raise DctpsError(f"{path} is not a regular file, so not a dctps train checkpoint")
     if path.is_file():
         with open(path, "rb") as f:
             head = f.read(max(len(MAGIC), 4))
