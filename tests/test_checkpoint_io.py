@@ -543,3 +543,16 @@ def test_special_and_foreign_files_are_refused_without_reading_them_whole(tmp_pa
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read whole"))
     with pytest.raises(DctpsError, match=r"bad magic bytes \(it looks like a torch.save zip"):
         checkpoint_io.inspect(big)
+
+
+def test_an_architecture_spec_that_does_not_build_is_named(tmp_path):
+    """A crafted spec (`width: 10**9`, an argument build does not take) gave a raw TypeError."""
+    from dctps.models import build
+
+    p = tmp_path / "m.dctps"
+    dctps.save(dctps.sparsify(build("lenet5"), 0.1, seed=0), p)
+    header, _, _ = checkpoint_io._read(p)
+    header["arch"]["width"] = 10**9
+    with pytest.raises(DctpsError, match=r"architecture spec .* does not build \(TypeError: "
+                       r".*unexpected keyword argument 'width'"):  # fmt: skip
+        dctps.load(_rewrite(p, header))

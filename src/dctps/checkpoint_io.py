@@ -43,7 +43,7 @@ from dctps import offsets
 from dctps._version import __version__
 from dctps.atomic import atomic_write
 from dctps.batched import strip
-from dctps.errors import DctpsError, unknown_name, user_path
+from dctps.errors import DctpsError, one_line, unknown_name, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, set_submodule
 
@@ -491,7 +491,15 @@ def load(
 
         check_revision(arch, f"checkpoint {path}")
         kwargs = {k: v for k, v in arch.items() if k not in ("name", "revision")}
-        model = build(arch["name"], **kwargs)
+        try:
+            model = build(arch["name"], **kwargs)
+        except DctpsError:
+            raise
+        except (TypeError, ValueError, RuntimeError, MemoryError) as e:  # crafted or foreign
+            raise DctpsError(
+                f"checkpoint {path}: its architecture spec {str(arch)[:120]} does not build "
+                f"({one_line(e)})"
+            ) from None
         model.dctps_arch = dict(arch)  # type: ignore[assignment]
     elif not isinstance(model, nn.Module):
         raise DctpsError(f"load needs model=None or an nn.Module, got {type(model).__name__}")
