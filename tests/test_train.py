@@ -2224,3 +2224,20 @@ def test_crafted_train_checkpoints_are_refused_by_name(fake_cifar10, tmp_path):
     with pytest.raises(DctpsError, match=r"missing\.pt: its model state does not match the "
                        r"lenet5 its config describes \(.*Missing key"):  # fmt: skip
         model_from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_damaged_archive_message_names_its_cause(tmp_path, monkeypatch):
+    """`a damaged zip archive ()` (an EOFError without a message) said nothing, and zipfile's
+    own KeyError escaped as a bare `KeyError: 88` (a fuzzing review)."""
+    import zipfile
+
+    p = tmp_path / "x.pt"
+    torch.save({"a": torch.ones(2)}, p)
+    for err in (EOFError(), KeyError(88)):
+
+        def broken(*a, err=err, **k):
+            raise err
+
+        monkeypatch.setattr(zipfile, "ZipFile", broken)
+        with pytest.raises(ValueError, match=rf"^a damaged zip archive \({type(err).__name__}"):
+            ckpt_io.check_archive(p)

@@ -304,9 +304,9 @@ def check_archive(path: Path) -> None:
     except OSError as e:
         if _system_failure(e):
             raise
-        raise ValueError(f"a damaged zip archive ({e})") from None  # a seek before its start
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"a damaged zip archive ({e})") from None
+        raise ValueError(f"a damaged zip archive ({one_line(e)})") from None  # a bad seek
+    except (zipfile.BadZipFile, EOFError, KeyError) as e:  # KeyError: zipfile's own, e.g. 88
+        raise ValueError(f"a damaged zip archive ({one_line(e)})") from None
     if bad is not None:
         raise ValueError(f"its record {bad} fails its CRC check (the file is damaged)")
 
