@@ -43,7 +43,7 @@ from dctps import offsets
 from dctps._version import __version__
 from dctps.atomic import atomic_write
 from dctps.batched import strip
-from dctps.errors import DctpsError, one_line, unknown_name, user_path
+from dctps.errors import DctpsError, is_count, one_line, unknown_name, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, set_submodule
 
@@ -399,7 +399,7 @@ def _check_layers(header: dict[str, Any], path: Any) -> None:
             and isinstance(cfg.get("name"), str)
             and isinstance(cfg.get("type"), str)
             and isinstance(cfg.get("shape"), list)
-            and all(_count(n) for n in cfg["shape"])
+            and all(is_count(n) for n in cfg["shape"])
             and isinstance(cfg.get("aliases", []), list)
             and all(isinstance(a, str) for a in cfg.get("aliases", []))
             and isinstance(cfg.get("train_alpha", True), bool)
@@ -411,10 +411,6 @@ def _check_layers(header: dict[str, Any], path: Any) -> None:
 
 #: the most a checkpoint's header may expand to (a 433 KB file's expanded to 400 MB)
 MAX_HEADER_BYTES = 64 << 20
-
-
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _check_layout(header: dict[str, Any], payload_bytes: int, path: Any) -> None:
@@ -429,10 +425,10 @@ def _check_layout(header: dict[str, Any], payload_bytes: int, path: Any) -> None
             isinstance(e, dict)
             and isinstance(e.get("key"), str)
             and isinstance(e.get("dtype"), str)
-            and _count(e.get("offset"))
-            and _count(e.get("nbytes"))
+            and is_count(e.get("offset"))
+            and is_count(e.get("nbytes"))
             and isinstance(e.get("shape"), list)
-            and all(_count(n) for n in e["shape"])
+            and all(is_count(n) for n in e["shape"])
         ):
             raise DctpsError(f"checkpoint {path} is corrupt: malformed tensor entry {str(e)[:80]}")
         if e["offset"] != end:

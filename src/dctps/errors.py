@@ -107,6 +107,12 @@ def user_path(path: str | os.PathLike) -> Path:
     return Path(path).expanduser()
 
 
+def is_count(v: object) -> bool:
+    """Whether ``v`` is a non-negative ``int`` (not a ``bool``): a size, offset or dimension
+    read from a file, checked before it is used."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def one_line(e: BaseException, empty: str = "") -> str:
     """``Type: first line of the message`` of ``e`` (``Type: empty``, or ``Type`` alone, where
     it has no message): what a one-line error or a store row's reason quotes of a cause."""

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dctps.atomic import create_temp, unlink_quietly
-from dctps.errors import DctpsError, cannot_write, one_line
+from dctps.errors import DctpsError, cannot_write, is_count, one_line
 
 __all__ = [
     "FORMAT",
@@ -196,9 +196,7 @@ def unpack_sparse(obj: Any) -> Any:
         if obj.get(PACKED) == 1 and isinstance(obj.get("values"), torch.Tensor):
             values, index = obj["values"], obj.get("index")
             shape: Any = obj.get("shape")
-            ok_shape = isinstance(shape, (list, tuple)) and all(
-                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
-            )
+            ok_shape = isinstance(shape, (list, tuple)) and all(map(is_count, shape))
             numel = math.prod(shape) if ok_shape else 0
             if not (
                 ok_shape
@@ -337,23 +335,21 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise DctpsError(f"{path} is a folder, not a checkpoint: give a run's {path}/best.pt")
     if not path.is_file():  # a FIFO or a device: reading it would wait or never end
         raise DctpsError(f"{path} is not a regular file, so not a dctps train checkpoint")
-    if path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(max(len(MAGIC), 4))
-        if head.startswith(MAGIC):
-            raise DctpsError(
-                f"{path} is a sparse checkpoint (dctps.save), not a dctps train checkpoint: "
-                "read it with dctps.load or dctps inspect"
-            )
-        # torch.save writes a zip file (a pickle before torch 1.6); a text file is neither
-        if head and not head.startswith((b"PK\x03\x04", b"\x80")):
-            raise DctpsError(
-                f"{path} is not a dctps train checkpoint (not a torch.save file): give a run's "
-                "best.pt or last.pt"
-            )
+    with open(path, "rb") as f:
+        head = f.read(max(len(MAGIC), 4))
+    if head.startswith(MAGIC):
+        raise DctpsError(
+            f"{path} is a sparse checkpoint (dctps.save), not a dctps train checkpoint: "
+            "read it with dctps.load or dctps inspect"
+        )
+    # torch.save writes a zip file (a pickle before torch 1.6); a text file is neither
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise DctpsError(
+            f"{path} is not a dctps train checkpoint (not a torch.save file): give a run's "
+            "best.pt or last.pt"
+        )
     try:
-        if path.is_file():
-            check_archive(path)
+        check_archive(path)
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, damaged, not a torch file, not ours
         why = one_line(e)
