@@ -307,6 +307,13 @@ def test_corrupt_cifar_files(tmp_path):
     batch.unlink()
     with pytest.raises(DctpsError, match="missing file .*data_batch_3"):
         D.build("cifar10", tmp_path)
+    batch.mkdir()  # not "missing" (a fuzzing review): it is there, as a folder
+    with pytest.raises(DctpsError, match="data_batch_3 is a folder, not a file; expected"):
+        D.build("cifar10", tmp_path)
+    batch.rmdir()
+    os.mkfifo(batch)  # opened, it would wait for a writer forever
+    with pytest.raises(DctpsError, match="data_batch_3 is not a regular file; expected"):
+        D.build("cifar10", tmp_path)
 
 
 def test_tiny_imagenet_errors(tmp_path):

@@ -2218,6 +2218,21 @@ def test_crafted_train_checkpoints_are_refused_by_name(fake_cifar10, tmp_path):
     with pytest.raises(DctpsError, match=r"packed\.pt is not a usable dctps train checkpoint: "
                        r"ValueError: a packed tensor"):  # fmt: skip
         model_from_checkpoint(tmp_path / "packed.pt")
+    # a shape no model tensor has (a crafted file of 42 KB declared 1.5 GB): refused before
+    # it is allocated, in both readers
+    bad["best_extra"] = {PACKED: 1, "shape": [2**40], "index": torch.tensor([1]),
+                         "values": torch.tensor([1.0])}  # fmt: skip
+    torch.save(bad, tmp_path / "huge.pt")
+    with pytest.raises(DctpsError, match=r"packed tensor of shape \[1099511627776\] that no "
+                       "tensor of its model has"):  # fmt: skip
+        model_from_checkpoint(tmp_path / "huge.pt")
+    (tmp_path / "run").mkdir()
+    torch.save(bad, tmp_path / "run" / "last.pt")
+    with (
+        pytest.raises(DctpsError, match="no tensor of its model has"),
+        pytest.warns(RuntimeWarning, match="unreadable"),
+    ):
+        ckpt_io.load_checkpoint(tmp_path / "run", None)
     del bad["best_extra"]
     bad["model"].pop(next(k for k in bad["model"] if k.endswith("alpha")))
     torch.save(bad, tmp_path / "missing.pt")

@@ -113,6 +113,16 @@ def is_count(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path``, which is not a regular file, cannot be read as one: ``missing file P``,
+    ``P is a folder, not a file``, or ``P is not a regular file`` (a FIFO or a device)."""
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    if path.exists():
+        return f"{path} is not a regular file"
+    return f"missing file {path}"
+
+
 def one_line(e: BaseException, empty: str = "") -> str:
     """``Type: first line of the message`` of ``e`` (``Type: empty``, or ``Type`` alone, where
     it has no message): what a one-line error or a store row's reason quotes of a cause."""

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, not_a_file
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
@@ -81,7 +81,7 @@ def _empty_reconstruct(reconstruct: Any, subtype: object, shape: Any, dtype: Any
 def _unpickle(path: Path, layout: str) -> dict[str, object]:
     """Load one CIFAR pickle and return it with ``str`` keys, or raise naming the path."""
     if not path.is_file():
-        raise DctpsError(f"missing file {path}; expected layout: {layout}")
+        raise DctpsError(f"{not_a_file(path)}; expected layout: {layout}")
     try:
         with open(path, "rb") as f:
             # latin1 decodes the Python-2 str keys of the official files to str and leaves the

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, not_a_file
 
 TINY_DIR = "tiny-imagenet-200"
 IMAGE_SIZE = 64
@@ -62,7 +62,7 @@ def _decode_all(paths: list[Path]) -> torch.Tensor:
 def _read_lines(path: Path) -> list[str]:
     """The lines of a text file of the layout, or a :class:`DctpsError` naming it."""
     if not path.is_file():
-        raise DctpsError(f"missing file {path}; expected layout: {LAYOUT}")
+        raise DctpsError(f"{not_a_file(path)}; expected layout: {LAYOUT}")
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -133,7 +133,7 @@ def load_tiny_imagenet(
         first_line[name] = lineno
         p = folder / "val" / "images" / name
         if not p.is_file():
-            raise DctpsError(f"missing file {p} (named in {ann}:{lineno})")
+            raise DctpsError(f"{not_a_file(p)} (named in {ann}:{lineno})")
         val_paths.append(p)
         val_labels.append(label_of[w])
     if not val_paths:

@@ -23,7 +23,7 @@ import math
 import os
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +190,12 @@ def _same_sequence(like: list | tuple, items: list[Any]) -> Any:
     return type(like)(items)
 
 
-def unpack_sparse(obj: Any) -> Any:
-    """The inverse of :func:`pack_sparse` (plain objects come back as they are)."""
+def unpack_sparse(obj: Any, shapes: Collection[tuple[int, ...]] | None = None) -> Any:
+    """The inverse of :func:`pack_sparse` (plain objects come back as they are).
+
+    With ``shapes``, a packed tensor must have one of them: a checkpoint packs only optimizer
+    states and model copies, which have the shapes of its model's tensors. A crafted entry
+    declaring a huge shape would otherwise allocate it (1.5 GB from a 42 KB file)."""
     if isinstance(obj, dict):
         if obj.get(PACKED) == 1 and isinstance(obj.get("values"), torch.Tensor):
             values, index = obj["values"], obj.get("index")
@@ -206,13 +210,26 @@ def unpack_sparse(obj: Any) -> Any:
                 and (index.numel() == 0 or (int(index.min()) >= 0 and int(index.max()) < numel))
             ):
                 raise ValueError(f"a packed tensor of shape {shape!r} whose entries do not fit it")
+            if shapes is not None and tuple(shape) not in shapes:
+                raise ValueError(
+                    f"a packed tensor of shape {list(shape)} that no tensor of its model has"
+                )
             out = torch.zeros(numel, dtype=values.dtype)
             out[index.long()] = values
             return out.reshape(shape)
-        return {k: unpack_sparse(v) for k, v in obj.items()}
+        return {k: unpack_sparse(v, shapes) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return _same_sequence(obj, [unpack_sparse(v) for v in obj])
+        return _same_sequence(obj, [unpack_sparse(v, shapes) for v in obj])
     return obj
+
+
+def _model_shapes(obj: Mapping[str, Any]) -> set[tuple[int, ...]]:
+    """The shapes of the tensors of a checkpoint's ``model`` state (never packed): the only
+    shapes its packed entries may have (:func:`unpack_sparse`)."""
+    model = obj.get("model")
+    if not isinstance(model, Mapping):
+        return set()
+    return {tuple(t.shape) for t in model.values() if isinstance(t, torch.Tensor)}
 
 
 def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike) -> Path:
@@ -317,7 +334,7 @@ def _read(path: Path) -> dict[str, Any]:
     for key in ("config_hash", "epoch", "model"):
         if key not in obj:
             raise ValueError(f"missing key {key!r}")
-    return unpack_sparse(obj)
+    return unpack_sparse(obj, _model_shapes(obj))
 
 
 def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -365,7 +382,7 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "and model state)"
         )
     try:
-        return unpack_sparse(obj)
+        return unpack_sparse(obj, _model_shapes(obj))
     except (ValueError, RuntimeError, TypeError) as e:  # a crafted or mis-written entry
         raise DctpsError(f"{path} is not a usable dctps train checkpoint: {one_line(e)}") from None
 
