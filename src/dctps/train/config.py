@@ -288,19 +288,21 @@ class RunConfig:
         _resolve_sparsity(c.sparsity, c.data.dataset)
         _resolve_optim(c)
         if isinstance(c.seed, bool) or not isinstance(c.seed, int):
-            raise DctpsError(f"seed must be an integer, got {c.seed!r}")
+            raise DctpsError(f"{_named('seed')} must be an integer, got {c.seed!r}")
         check_seed(c.seed)  # the range
         if c.eval_batch_size is not None:
             _positive_int(c.eval_batch_size, "eval_batch_size")
         if c.batched_rebuild not in BATCHED_REBUILD:
             raise DctpsError(
-                f"batched_rebuild must be one of {', '.join(BATCHED_REBUILD)}, "
+                f"{_named('batched_rebuild')} must be one of {', '.join(BATCHED_REBUILD)}, "
                 f"got {c.batched_rebuild!r}"
             )
         if not isinstance(c.device, str) or not (
             c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")
         ):
-            raise DctpsError(f"device must be auto, cpu, cuda or cuda:N, got {c.device!r}")
+            raise DctpsError(
+                f"{_named('device')} must be auto, cpu, cuda or cuda:N, got {c.device!r}"
+            )
         return c
 
     def identity(self) -> dict[str, Any]:
@@ -485,9 +487,16 @@ def _canonical_exclude(options: dict[str, Any]) -> dict[str, Any]:
     return {**out, "exclude": names} if names else out
 
 
+def _named(field: str) -> str:
+    """``field`` with its flag, ``batch_size (--batch-size)``: a resolved config cannot tell
+    whether a bad value came from a YAML key or a flag, so its errors name both."""
+    flag = next((f.flag for f in cli_fields() if f.path[-1] == field), None)
+    return f"{field} (--{flag})" if flag else field
+
+
 def _positive_int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise DctpsError(f"{name} must be a positive integer, got {v!r}")
+        raise DctpsError(f"{_named(name)} must be a positive integer, got {v!r}")
     return v
 
 
@@ -503,7 +512,7 @@ def _resolve_model_data(c: RunConfig) -> None:
     if vf is None:  # the paper's protocol for this data set (Appendix E.5); enters the hash
         vf = _data.get_info(c.data.dataset).val_fraction
     if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0.0 <= vf < 1.0:
-        raise DctpsError(f"val_fraction must be in [0, 1), got {vf!r}")
+        raise DctpsError(f"{_named('val_fraction')} must be in [0, 1), got {vf!r}")
     c.data.val_fraction = float(vf)
     if c.data.subset is not None:
         _positive_int(c.data.subset, "subset")
@@ -512,7 +521,7 @@ def _resolve_model_data(c: RunConfig) -> None:
         if c.data.subset >= max(n - n_val, n_val, n_test):
             c.data.subset = None  # all of every split: the same run as without a subset
     if isinstance(c.data.split_seed, bool) or not isinstance(c.data.split_seed, int):
-        raise DctpsError(f"split_seed must be an integer, got {c.data.split_seed!r}")
+        raise DctpsError(f"{_named('split_seed')} must be an integer, got {c.data.split_seed!r}")
     check_seed(c.data.split_seed, "split_seed")  # the range, as the run's seed
 
 
@@ -639,11 +648,13 @@ def _resolve_offset(s: SparsityConfig) -> None:
                 init = float(init)
             except ValueError:
                 raise DctpsError(
-                    f"alpha_init must be a number or 'kaiming', got {init!r}"
+                    f"{_named('alpha_init')} must be a number or 'kaiming', got {init!r}"
                 ) from None
     if not isinstance(init, str):
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
-            raise DctpsError(f"alpha_init must be a finite number or 'kaiming', got {init!r}")
+            raise DctpsError(
+                f"{_named('alpha_init')} must be a finite number or 'kaiming', got {init!r}"
+            )
         init = float(init)
     s.alpha_init = init
     if s.alpha == "layer":
@@ -693,23 +704,25 @@ def _resolve_optim(c: RunConfig) -> None:
     for name in ("lr", "weight_decay", "gamma") + (("momentum",) if o.momentum is not None else ()):
         v = getattr(o, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise DctpsError(f"{name} must be a finite number, got {v!r}")
+            raise DctpsError(f"{_named(name)} must be a finite number, got {v!r}")
         setattr(o, name, float(v))
     if o.lr <= 0:
-        raise DctpsError(f"lr must be > 0, got {o.lr}")
+        raise DctpsError(f"{_named('lr')} must be > 0, got {o.lr}")
     if o.weight_decay < 0:
-        raise DctpsError(f"weight_decay must be >= 0, got {o.weight_decay}")
+        raise DctpsError(f"{_named('weight_decay')} must be >= 0, got {o.weight_decay}")
     if o.momentum is not None and not 0 <= o.momentum < 1:
         raise DctpsError(
-            f"momentum must be in [0, 1) (at 1 and above the velocity never decays and "
+            f"{_named('momentum')} must be in [0, 1) (at 1 and above the velocity never decays and "
             f"training diverges), got {o.momentum}"
         )
     if o.gamma <= 0:
         raise DctpsError(
-            f"gamma must be > 0 (the LR is multiplied by it at each milestone), got {o.gamma}"
+            f"{_named('gamma')} must be > 0 (the LR is multiplied by it at each milestone), got {o.gamma}"
         )
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in o.milestones):
-        raise DctpsError(f"milestones must be positive epoch numbers, got {o.milestones!r}")
+        raise DctpsError(
+            f"{_named('milestones')} must be positive epoch numbers, got {o.milestones!r}"
+        )
     o.milestones = sorted(o.milestones)
 
 
