@@ -518,6 +518,44 @@ def test_threads_per_run_follow_omp_num_threads_and_the_cpu_affinity(monkeypatch
         assert sw.available_cpus() == 4 and sw._threads(2) == 2
 
 
+def test_threads_sets_each_runs_torch_threads_and_leaves_the_callers(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """`sweep --threads N` (a review: only `train` had it): each run trains with N torch
+    threads (its checkpoint records them), the sweep's own process gets its count back, and
+    parallel workers and submitit jobs take N over CPUs // workers."""
+    import torch
+
+    from dctps.results import sweep as sw
+
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense"]))
+    rep = run_sweep(cfgs, tmp_path, progress=False, threads=want)
+    assert not rep.errors and torch.get_num_threads() == before
+    (run,) = (tmp_path / "runs").iterdir()
+    assert torch.load(run / "last.pt", weights_only=True)["threads"] == want
+    with pytest.raises(DctpsError, match="threads must be >= 0 .*got -1"):
+        run_sweep(cfgs, tmp_path, progress=False, threads=-1)
+    with pytest.raises(DctpsError, match="--threads must be >= 0 .*got -2"):
+        sw.sweep_command("nothere.yaml", str(tmp_path), threads=-2)  # before the grid is read
+
+    calls = []
+
+    class Executor:  # submitit-local: the jobs' thread count
+        def submit(self, fn, *args):
+            calls.append(args)
+            return type("Job", (), {"done": lambda self: True, "result": lambda self: {}})()
+
+    todo = [p for p in plan(expand_grid(small_grid(fake_cifar10, seeds=[0, 1])), tmp_path / "b")]
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    for threads, expect in ((None, 4), (3, 3)):
+        calls.clear()
+        sw._run_submitit(Executor(), "submitit-local", todo, str(tmp_path), "r.db", 2, {}, True,
+                         sw.SweepReport(todo), None, 0.0, threads)  # fmt: skip
+        assert {c[-1] for c in calls} == {expect}
+
+
 def test_an_interrupted_submitit_local_sweep_stops_its_jobs(fake_cifar10, tmp_path, monkeypatch):
     """Ctrl-C or SIGTERM of a `--executor submitit-local` sweep left its jobs training, orphaned
     (a rerun then found its runs "being trained by another process")."""

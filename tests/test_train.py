@@ -1093,7 +1093,9 @@ def test_batched_rebuild_trains_the_same_run(fake_cifar10, tmp_path, monkeypatch
             assert torch.equal(sa[k], sb[k]), k
         else:
             torch.testing.assert_close(sb[k], sa[k], atol=1e-4, rtol=1e-4, msg=k)
-    with pytest.raises(DctpsError, match=r"batched_rebuild \(--batched-rebuild\) must be one of auto, on, off"):
+    with pytest.raises(
+        DctpsError, match=r"batched_rebuild \(--batched-rebuild\) must be one of auto, on, off"
+    ):
         dataclasses.replace(off, batched_rebuild="yes").resolve()
 
 

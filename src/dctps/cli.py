@@ -114,6 +114,12 @@ SLURM_HELP = (
 )
 
 
+SWEEP_THREADS_HELP = (
+    "torch CPU threads of each run (0: CPUs // --workers for parallel runs, a SLURM job's "
+    "cpus_per_task, else torch's default). Give the count of the runs you compare with."
+)
+
+
 @app.command("sweep")
 def sweep_cmd(
     config: str = typer.Argument(
@@ -130,6 +136,7 @@ def sweep_cmd(
         "CPUs // N torch threads (OMP_NUM_THREADS sets CPUs), else torch's default; a run's "
         "float sums, so its numbers, depend on its thread count (docs/RELIABILITY.md).",
     ),
+    threads: int = typer.Option(0, "--threads", help=SWEEP_THREADS_HELP),
     executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run failed runs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded runs and exit."),
@@ -151,7 +158,7 @@ def sweep_cmd(
     with _resume_hint("sweep"):
         rep = sweep_command(config, out, db, workers, executor, retry_failed, dry_run, data_root,
                             epochs, device, sets, wait, quiet, echo=typer.echo,
-                            slurm=slurm)  # fmt: skip
+                            slurm=slurm, threads=threads)  # fmt: skip
     if rep is not None and rep.errors:
         raise typer.Exit(1)
 
@@ -165,6 +172,7 @@ def figure_cmd(
     ),
     executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
     workers: int = typer.Option(None, "--workers", help="Parallel runs (default 1)."),
+    threads: int = typer.Option(0, "--threads", help=SWEEP_THREADS_HELP),
     out: str = typer.Option("results", "--out", help="Output folder (results.db, figures/)."),
     data_root: str = typer.Option(None, "--data-root", help="Data root for every run."),
     model: list[str] = typer.Option([], "--model", help="Replace the figure's models."),
@@ -220,7 +228,7 @@ def figure_cmd(
             models=model or None, datasets=dataset or None, densities=densities,
             seeds=seeds, epochs=epochs, device=device, sets=sets, config=config,
             retry_failed=retry_failed, plot_only=plot_only,
-            dry_run=dry_run, progress=not quiet, echo=typer.echo, slurm=slurm,
+            dry_run=dry_run, progress=not quiet, echo=typer.echo, slurm=slurm, threads=threads,
         )  # fmt: skip
     if getattr(data, "errors", None):
         raise typer.Exit(1)  # some runs raised (listed above); the figure shows the rest

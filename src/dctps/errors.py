@@ -160,9 +160,9 @@ def parse_density(value: Any, where: str = "density") -> float:
     return float(value)
 
 
-def set_threads(threads: object, flag: str = "--threads") -> None:
-    """``torch.set_num_threads(threads)`` for ``threads > 0``; 0 keeps torch's default; anything
-    else (negative, not an integer) is a :class:`DctpsError` naming ``flag``."""
+def check_threads(threads: object, flag: str = "--threads") -> int:
+    """``threads`` if it is a thread count torch can start: an integer from 0 (torch's default)
+    to 4x the CPUs; anything else is a :class:`DctpsError` naming ``flag``."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise DctpsError(f"{flag} must be >= 0 (0 = torch's default), got {threads!r}")
     most = 4 * (os.cpu_count() or 1)
@@ -171,7 +171,14 @@ def set_threads(threads: object, flag: str = "--threads") -> None:
             f"{flag} {threads} is more than 4x this machine's {os.cpu_count()} CPUs; give at "
             f"most {most} (0 = torch's default)"
         )
-    if threads:
+    return threads
+
+
+def set_threads(threads: object, flag: str = "--threads") -> None:
+    """``torch.set_num_threads(threads)`` for ``threads > 0``; 0 keeps torch's default; anything
+    else is a :class:`DctpsError` naming ``flag`` (:func:`check_threads`)."""
+    n = check_threads(threads, flag)
+    if n:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(n)

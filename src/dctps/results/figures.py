@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from dctps.errors import DctpsError, PruningFailed, unknown_name, user_path
+from dctps.errors import DctpsError, PruningFailed, check_threads, unknown_name, user_path
 from dctps.results.plots import (
     FigureData,
     default_label,
@@ -972,6 +972,7 @@ def run_figure(
     path: str | Path | None = None,
     echo: Callable[[str], Any] = print,
     slurm: Sequence[str] = (),
+    threads: int = 0,
 ) -> Any:
     """``dctps figure NAME``: run (or resume) the figure's sweep, then draw it from the store.
 
@@ -980,6 +981,7 @@ def run_figure(
     and the plotted numbers as JSON) unless ``path`` is given; a figure whose models, data sets
     or fixed settings were overridden gets a suffix naming them (:meth:`Setup.stem`). ``config``:
     a sweep YAML to use instead of the figure's built-in grid (an edited ``configs/NAME.yaml``).
+    ``threads``: torch threads of each run (0: as :func:`~dctps.results.sweep.run_sweep`).
     """
     from dctps.results.store import Store, existing_db, out_db_path
 
@@ -999,6 +1001,7 @@ def run_figure(
         return budgets
     if executor not in EXECUTORS:  # also on a dry run, which would otherwise accept a typo
         raise unknown_name("executor", executor, EXECUTORS)
+    check_threads(threads)
     grid = load_grid(config) if config else None
     configs = figure_configs(
         name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,
@@ -1023,6 +1026,7 @@ def run_figure(
             retry_failed=retry_failed,
             progress=progress,
             slurm=params,
+            threads=threads,
         )
         echo(report.summary())
         errors = report.errors

@@ -55,6 +55,7 @@ from dctps.errors import (
     DctpsError,
     RunBusy,
     cannot_write,
+    check_threads,
     parse_density,
     unknown_name,
     user_path,
@@ -643,15 +644,21 @@ def _stop_workers(pool: Any, grace: float = WORKER_GRACE_SECONDS) -> None:
 
 
 def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: SweepReport,
-               bar: Any) -> None:  # fmt: skip
+               bar: Any, threads: int | None = None) -> None:  # fmt: skip
     by = {p.hash: p for p in todo}
     if workers <= 1:
-        for p in todo:
-            if bar is not None:  # a run can take hours (FORCE's pruning alone, minutes): say which
-                bar.set_postfix_str(_postfix(report, f"running: {p.cfg.summary()}"))
-            report.results[p.hash] = run_one(p.cfg, out, db, p.action == "retry")
-            report.results[p.hash].setdefault("hash", p.hash)
-            _tick(bar, report, p.cfg)
+        import torch
+
+        before = torch.get_num_threads()  # the runs train in this process: leave it as it was
+        try:
+            for p in todo:
+                if bar is not None:  # a run can take hours (FORCE's pruning alone): say which
+                    bar.set_postfix_str(_postfix(report, f"running: {p.cfg.summary()}"))
+                report.results[p.hash] = run_one(p.cfg, out, db, p.action == "retry", threads)
+                report.results[p.hash].setdefault("hash", p.hash)
+                _tick(bar, report, p.cfg)
+        finally:
+            torch.set_num_threads(before)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -662,7 +669,8 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
         broken: list[PlannedRun] = []
         with ProcessPoolExecutor(
             max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn"),
-            initializer=_init_pool_worker, initargs=(_threads(workers), os.getpid()),
+            initializer=_init_pool_worker,
+            initargs=(threads or _threads(workers), os.getpid()),
         ) as pool:  # fmt: skip
             futs = {
                 pool.submit(run_one, p.cfg.to_dict(), out, db, p.action == "retry"): p.hash
@@ -763,8 +771,13 @@ def _job_result(job: Any, h: str) -> dict[str, Any]:
 def _run_submitit(
     ex: Any, kind: str, todo: list[PlannedRun], out: str, db: str, workers: int | None,
     params: Mapping[str, Any], wait: bool, report: SweepReport, bar: Any, poll: float,
+    threads: int | None = None,
 ) -> None:  # fmt: skip
-    threads = params.get("cpus_per_task") or (_threads(workers or 1) if kind != "slurm" else None)
+    threads = (
+        threads
+        or params.get("cpus_per_task")
+        or (_threads(workers or 1) if kind != "slurm" else None)
+    )
     args = [(p.cfg.to_dict(), out, db, p.action == "retry", threads) for p in todo]
     by = {p.hash: p for p in todo}
     if kind == "slurm":
@@ -832,6 +845,7 @@ def run_sweep(
     slurm: Mapping[str, Any] | None = None,
     wait: bool = True,
     poll: float = 1.0,
+    threads: int | None = None,
 ) -> SweepReport:
     """Train every config of ``configs`` not yet done (module doc) and return the report.
 
@@ -851,6 +865,9 @@ def run_sweep(
             ``mem_gb``, ``slurm_partition``, ...), merged over the executor's defaults.
         wait: slurm only: wait for the jobs (``False``: submit and return their ids).
         poll: seconds between checks of submitit jobs.
+        threads: torch threads of each run (``None`` or 0: :func:`available_cpus` // workers
+            for parallel local runs and submitit-local jobs, a SLURM job's ``cpus_per_task``,
+            else torch's default). A run's numbers depend on its thread count.
     """
     from dctps.results.store import Store, out_db_path
 
@@ -858,6 +875,7 @@ def run_sweep(
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
+    threads = check_threads(threads or 0, "threads") or None
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and ((workers or 1) > 1 or executor != "local"):
         # each worker or job would join the launcher's process group: runs of different
@@ -901,10 +919,10 @@ def run_sweep(
     bar = _bar(len(todo), progress)
     try:
         if executor == "local":
-            _run_local(todo, str(out_p), str(db_p), workers or 1, report, bar)
+            _run_local(todo, str(out_p), str(db_p), workers or 1, report, bar, threads)
         else:
             _run_submitit(ex, executor, todo, str(out_p), str(db_p), workers, slurm or {}, wait,
-                          report, bar, poll)  # fmt: skip
+                          report, bar, poll, threads)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -1138,11 +1156,13 @@ def sweep_command(
     quiet: bool = False,
     echo: Callable[[str], Any] = print,
     slurm: Sequence[str] = (),
+    threads: int = 0,
 ) -> SweepReport | None:
     """``dctps sweep``: expand ``config``, then print the plan (dry run) or run it."""
     if executor not in EXECUTORS:  # also on a dry run, which would otherwise accept a typo
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)  # before a dry run's plan is printed
+    check_threads(threads)
     grid = load_grid(config)
     configs = expand_grid(grid, str(config), cli_overrides(data_root, epochs, device, sets))
     params = slurm_overrides(grid.get("slurm"), slurm, executor)
@@ -1151,7 +1171,7 @@ def sweep_command(
         return None
     report = run_sweep(
         configs, out, db=db, executor=executor, workers=workers, retry_failed=retry_failed,
-        progress=not quiet, slurm=params, wait=wait,
+        progress=not quiet, slurm=params, wait=wait, threads=threads,
     )  # fmt: skip
     echo(report.summary())
     return report

@@ -717,7 +717,8 @@ def _resolve_optim(c: RunConfig) -> None:
         )
     if o.gamma <= 0:
         raise DctpsError(
-            f"{_named('gamma')} must be > 0 (the LR is multiplied by it at each milestone), got {o.gamma}"
+            f"{_named('gamma')} must be > 0 (the LR is multiplied by it at each milestone), "
+            f"got {o.gamma}"
         )
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in o.milestones):
         raise DctpsError(
