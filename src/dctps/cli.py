@@ -132,7 +132,7 @@ def sweep_cmd(
     workers: int = typer.Option(
         None,
         "--workers",
-        help="Parallel runs (default 1; slurm: all). With N > 1 (or submitit-local) each run gets "
+        help="Parallel runs (default: 1; slurm: all). With N > 1 (or submitit-local) each run gets "
         "CPUs // N torch threads (OMP_NUM_THREADS sets CPUs), else torch's default; a run's "
         "float sums, so its numbers, depend on its thread count (docs/RELIABILITY.md).",
     ),
@@ -171,7 +171,7 @@ def figure_cmd(
         False, "--quick", help="CPU-minutes run: 1%/0.1%, 1 seed, 1-2 epochs, 256-2,000 images."
     ),
     executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
-    workers: int = typer.Option(None, "--workers", help="Parallel runs (default 1)."),
+    workers: int = typer.Option(None, "--workers", help="Parallel runs (default: 1)."),
     threads: int = typer.Option(0, "--threads", help=SWEEP_THREADS_HELP),
     out: str = typer.Option("results", "--out", help="Output folder (results.db, figures/)."),
     data_root: str = typer.Option(None, "--data-root", help="Data root for every run."),

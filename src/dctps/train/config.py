@@ -128,10 +128,10 @@ class SparsityConfig:
         "random+RigL; refused for score-based pruning methods, which allocate globally).",
     )
     rigl: bool = _f(False, "Dynamic sparse training of the support with RigL.")
-    rigl_delta_t: int | None = _f(None, "RigL: steps between support updates (default 100).")
-    rigl_alpha: float | None = _f(None, "RigL: initial fraction dropped/grown (default 0.3).")
+    rigl_delta_t: int | None = _f(None, "RigL: steps between support updates (default: 100).")
+    rigl_alpha: float | None = _f(None, "RigL: initial fraction dropped/grown (default: 0.3).")
     rigl_t_end: float | None = _f(
-        None, "RigL: fraction of training after which the support is fixed (default 0.75)."
+        None, "RigL: fraction of training after which the support is fixed (default: 0.75)."
     )
     train_alpha: bool = _f(
         True,
