@@ -644,7 +644,17 @@ def test_disk_full_best_and_cli_are_one_line(fake_cifar10, tmp_path, monkeypatch
     with pytest.raises(DctpsError, match=r"cannot write checkpoint .*best\.pt: No space left"):
         fit(cfg, tmp_path, progress=False)
     monkeypatch.undo()
-    assert Store(tmp_path).get(cfg.config_hash())["status"] == "running"  # never "done" w/o best
+    # never "done" without best.pt; and not "running" with no process training it (a coverage
+    # review): "interrupted", saying why and that the same command finishes it
+    row = Store(tmp_path).get(cfg.config_hash())
+    assert row["status"] == "interrupted"
+    assert row["reason"].startswith("stopped after its last epoch (1 of 1) by an error "
+                                    "(DctpsError: cannot write checkpoint")  # fmt: skip
+    assert row["reason"].endswith("before its result was recorded; run the same command again "
+                                  "to finish")  # fmt: skip
+    r = fit(cfg, tmp_path, progress=False)
+    assert r["status"] == "done" and r["resumed_from"] == 1
+    assert Store(tmp_path).get(cfg.config_hash())["status"] == "done"
     monkeypatch.setattr(torch, "save", _enospc)
     args = ["train", "--model", "lenet5", "--dataset", "cifar10", "--data-root",
             str(fake_cifar10), "--density", "0.05", "--epochs", "1", "--batch-size", "32",

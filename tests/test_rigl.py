@@ -234,6 +234,37 @@ def test_a_dctps_layer_off_the_dense_path_is_refused_not_skipped(mode):
         rigl.step()
 
 
+@pytest.mark.parametrize("mode", ["auto", "fast"])
+def test_an_unused_layer_off_the_dense_path_keeps_its_support(mode):
+    """A layer the forward never ran was refused as if its mode hid its gradient ("runs
+    mode='auto', which never forms it", a coverage review); in mode 'dense' the same model
+    worked. Unused on the batch, it keeps its support in any mode; the used layers move."""
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(64, 32), nn.Linear(64, 32)
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    dctps.sparsify(model, 0.1)
+    dctps.set_mode(model.used, "dense")
+    model.unused.mode = mode
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigl = RigL(model, opt, total_steps=100, delta_t=2)
+    before = {n: m.indices.clone() for n, m in model.named_children()}
+    x, y = torch.randn(8, 64), torch.randint(0, 32, (8,))
+    F.cross_entropy(model(x), y).backward()
+    assert rigl.step()
+    F.cross_entropy(model(x), y).backward()
+    assert not rigl.step()  # the update ran
+    assert torch.equal(model.unused.indices, before["unused"])
+    assert not torch.equal(model.used.indices, before["used"])
+
+
 def _ddp_rigl_rank(rank: int, world: int, init: str, out: str) -> None:
     """One DDP rank of the test below: its half of each global batch, RigL every 2 steps."""
     import torch.distributed as dist
@@ -310,7 +341,7 @@ def test_a_copy_of_an_armed_dctps_model_is_its_own(tmp_path):
 
     for _ in range(4):  # the next step updates the support: the layers are armed now
         step()
-    assert "dense_weight" in m[0].__dict__
+    assert "dense_weight" in m[0].__dict__ and "forward" in m[0].__dict__
     snap = copy.deepcopy(m).eval()
     torch.save(m, io.BytesIO())  # raised "Can't pickle local object" while armed
     with torch.no_grad():
@@ -319,7 +350,7 @@ def test_a_copy_of_an_armed_dctps_model_is_its_own(tmp_path):
         step()
     with torch.no_grad():
         assert torch.equal(snap(x), before)  # the original trained on; the copy did not
-    assert "dense_weight" not in snap[0].__dict__
+    assert "dense_weight" not in snap[0].__dict__ and "forward" not in snap[0].__dict__
 
 
 @pytest.mark.parametrize("kind", ["pruned", "dctps"])

@@ -482,10 +482,10 @@ class DCTpSLayer(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         # a copy (deepcopy, pickle) is a layer of its own: not RigL's armed capture of this
-        # layer's weight (a closure over this layer: the copy computed with the original's
-        # weights) nor a batched weight of a forward in progress
+        # layer's weight and forward (closures over this layer: the copy computed with the
+        # original's weights) nor a batched weight of a forward in progress
         state = dict(super().__getstate__())  # nn.Module's drops a compiled call, for one
-        for key in ("dense_weight", BATCHED_WEIGHT):
+        for key in ("dense_weight", "forward", BATCHED_WEIGHT):
             state.pop(key, None)
         return state
 

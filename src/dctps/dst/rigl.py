@@ -191,8 +191,20 @@ class _DCT(_Sparse):
     def layer(self) -> DCTpSLayer:
         return self.module  # type: ignore[return-value]
 
+    #: whether the layer ran a forward with gradients while armed: one that did not is unused
+    #: on this batch and keeps its support, whatever its mode
+    ran = False
+
     def arm(self) -> None:
         super().arm()
+        self.ran = False
+        forward = type(self.layer).forward
+
+        def watched_forward(x: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled():
+                self.ran = True
+            return forward(self.layer, x)
+
         bound = type(self.layer).dense_weight
 
         def dense_weight() -> torch.Tensor:
@@ -204,10 +216,13 @@ class _DCT(_Sparse):
         # An instance attribute shadows the method while armed (the forward and the attention
         # wrapper both call it), so the gradient of the materialised W is captured.
         object.__setattr__(self.layer, "dense_weight", dense_weight)
+        # not a forward hook: a hook would be pickled and copied with the model
+        object.__setattr__(self.layer, "forward", watched_forward)
 
     def disarm(self) -> None:
         super().disarm()
         self.layer.__dict__.pop("dense_weight", None)
+        self.layer.__dict__.pop("forward", None)
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -419,7 +434,13 @@ class RigL:
         gradient ``dL/dW``, which the ``'fast'``/``'factor'`` paths never form, so such a layer
         would silently keep its support (static DCTpS reported as DCTpS+RigL)."""
         for layer in self.layers:
-            if isinstance(layer, _DCT) and layer.grad is None and layer.layer.mode != "dense":
+            # a layer that did not run on this batch keeps its support, in any mode
+            if (
+                isinstance(layer, _DCT)
+                and layer.grad is None
+                and layer.ran
+                and (layer.layer.mode != "dense")
+            ):
                 raise DctpsError(
                     f"RigL needs the dense gradient of each DCTpS layer's weight, but layer "
                     f"{layer.name!r} runs mode={layer.layer.mode!r}, which never forms it; use "

@@ -1020,6 +1020,17 @@ def _fit(
                 "best model; run the same command again to finish",
             )
             raise
+        except Exception as e:
+            # a full disk (best.pt's write), a test-set error: as in the epochs, the row must not
+            # say `running` with no process training it (a coverage review)
+            cause = one_line(e)
+            if ctx.enabled and _peer_gone(e):
+                cause = "another process of this DDP run stopped; its own error says why"
+            _say_interrupted(
+                store, h, f"stopped after its last epoch ({saved} of {o.epochs}) by an error "
+                f"({cause}) before its result was recorded; run the same command again to finish",
+            )  # fmt: skip
+            raise
         ctx.barrier()
         return result
 
