@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import dctps
@@ -187,3 +188,24 @@ def test_a_folder_where_a_checkpoint_is_expected_is_named(tmp_path):
         assert isinstance(r.exception, DctpsError), r.output
         assert f"{tmp_path} is a folder, not a checkpoint" in str(r.exception)
         assert f"{tmp_path}/best.pt" in str(r.exception)
+
+
+def test_a_dctps_warning_is_one_line_on_the_command_line(monkeypatch):
+    """A checkpoint-fallback warning printed Python's `loop.py:625: RuntimeWarning: ...` and
+    then the source line of the call (a coverage review): `dctps` writes its own warnings as
+    `warning: ...`; other packages' keep Python's format."""
+    import warnings
+
+    import dctps.train.loop as loop
+    from dctps import cli
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    monkeypatch.setattr(sys, "argv", ["dctps", "--version"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert warnings.formatwarning is cli._format_warning
+    fmt = warnings.formatwarning  # what Python's showwarning writes to stderr
+    w = fmt("checkpoint x is unreadable", RuntimeWarning, loop.__file__, 625, "ck = load()")
+    assert w == "warning: checkpoint x is unreadable\n"
+    w = fmt("a torch warning", UserWarning, torch.__file__, 7, "x = 1")
+    assert w.startswith(f"{torch.__file__}:7: UserWarning: a torch warning\n")

@@ -572,3 +572,23 @@ def test_a_row_whose_config_nests_past_the_recursion_limit_is_shown(tmp_path):
     said: list[str] = []
     rows = print_results(tmp_path, echo=said.append)
     assert [r["hash"] for r in rows] == ["aaaa"] and "aaaa" in "\n".join(said)
+
+
+def test_a_malformed_database_is_one_clear_error(tmp_path):
+    """A database whose pages are damaged: one line that names it and says what rebuilds it
+    (the path was untested; its wording said "Moved aside" of a file left in place)."""
+    s = Store(tmp_path / "r.db")
+    s.start("a", {"model": {"name": "m"}})
+    s.close()
+    db = tmp_path / "r.db"
+    b = bytearray(db.read_bytes())
+    for i in range(100, len(b), 7):  # past the 100-byte header: damaged pages
+        b[i] = (b[i] * 31 + 7) % 256
+    db.write_bytes(bytes(b))
+    for extra in ("r.db-wal", "r.db-shm"):
+        (tmp_path / extra).unlink(missing_ok=True)
+    needle = (r"r\.db is unusable: .*malformed\. Once you move it aside, the same "
+              r"`dctps train`/`dctps sweep` commands rebuild it")  # fmt: skip
+    with pytest.raises(DctpsError, match=needle):
+        Store(db).query()
+    assert db.read_bytes() == bytes(b)  # left as it was

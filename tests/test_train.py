@@ -1524,6 +1524,12 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     assert f"{p['nonzeros']:,} of 61,510 weights trainable (in the masks" in shown.output
     refused = cli.invoke(app, ["export", str(best), str(tmp_path / "x.dctps")])
     assert refused.exit_code != 0 and "method 'random'" in str(refused.exception or refused.output)
+    assert "its masked dense layers are in" in str(refused.exception)
+    d = fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path, progress=False)
+    refused = cli.invoke(app, ["export", str(tmp_path / "runs" / d["hash"] / "best.pt"),
+                               str(tmp_path / "x.dctps")])  # fmt: skip
+    # not "masked" (a coverage review): a dense run has no masks
+    assert "method 'dense'" in str(refused.exception) and "masked" not in str(refused.exception)
     with pytest.raises(DctpsError, match="torch.save file, not a dctps train checkpoint"):
         torch.save({"model": {}}, tmp_path / "other.pt")
         ckpt_io.model_from_checkpoint(tmp_path / "other.pt")
@@ -1540,7 +1546,7 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
         res = cli.invoke(app, args)
         assert res.exit_code != 0 and needle in str(res.exception), (args, res.exception)
     assert best.read_bytes()[:4] == b"PK\x03\x04"  # untouched
-    assert len(Store(tmp_path / "results.db").query()) == 2  # both runs' rows survive
+    assert len(Store(tmp_path / "results.db").query()) == 3  # the runs' rows survive
     again = cli.invoke(app, ["export", str(best), str(out)])  # an earlier export is replaced
     assert again.exit_code == 0, again.output
     # like every command's output, a missing folder is created (the library's save refuses it)

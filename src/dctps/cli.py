@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -385,7 +388,11 @@ def export_cmd(
     if method != "dctps":
         raise DctpsError(
             f"{ckpt} is a run of method {method!r}: dctps export writes DCTpS models only "
-            "(its masked dense layers are in torch.load(CKPT)['model'])"
+            + (
+                "(its dense weights are in torch.load(CKPT)['model'])"
+                if method == "dense"
+                else "(its masked dense layers are in torch.load(CKPT)['model'])"
+            )
         )
     make_parent(out, "checkpoint", "model.dctps")
     save(model, out)
@@ -425,9 +432,24 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _format_warning(message: Warning | str, category: type[Warning], filename: str,
+                    lineno: int, line: str | None = None, _default: Any = warnings.formatwarning,
+                    ) -> str:  # fmt: skip
+    """A dctps warning as ``warning: MESSAGE`` (Python's own format adds the file, line and
+    source line of the call: noise to a command-line user); others as Python writes them."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
+        return f"{_rank_prefix()}warning: {message}\n"
+    return str(_default(message, category, filename, lineno, line))
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
 def main() -> None:
     """Entry point: run the app, turning every DctpsError and every usage error (a bad flag or
-    flag value) into one line on stderr and exit status 2."""
+    flag value) into one line on stderr and exit status 2; dctps's own warnings are one
+    ``warning:`` line each."""
+    warnings.formatwarning = _format_warning
     try:
         try:
             from typer._click.exceptions import ClickException, NoArgsIsHelpError

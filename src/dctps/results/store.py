@@ -353,8 +353,8 @@ class Store:
                 attempt += 1
             except sqlite3.DatabaseError as e:
                 raise DctpsError(
-                    f"results database {self.path} is unusable: {e}. Moved aside, it is rebuilt "
-                    "by the same `dctps train`/`dctps sweep` commands: a done run's rows "
+                    f"results database {self.path} is unusable: {e}. Once you move it aside, "
+                    "the same `dctps train`/`dctps sweep` commands rebuild it: a done run's rows "
                     "come back from its run folder's checkpoints without training"
                 ) from None
 
