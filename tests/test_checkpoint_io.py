@@ -255,6 +255,11 @@ def test_a_file_of_another_model_revision_does_not_load_silently(tmp_path, monke
         dctps.load(path)
     with pytest.raises(DctpsError, match="revision 2, but this dctps builds revision 3"):
         dctps.load(path, model=build("vgg19"))
+    # inspect says so too (an upgrade review: it printed the table alone)
+    shown = checkpoint_io.inspect(path).table()
+    assert "note: the file holds a vgg19 of revision 2, but this dctps builds revision 3" in shown
+    monkeypatch.setitem(models.REVISIONS, "vgg19", 2)
+    assert "note:" not in checkpoint_io.inspect(path).table()
     lenet = tmp_path / "lenet.dctps"
     dctps.save(dctps.sparsify(build("lenet5"), 0.01), lenet)
     assert "revision" not in checkpoint_io._read(lenet)[0]["arch"]

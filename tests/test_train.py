@@ -1559,17 +1559,43 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
     torch.testing.assert_close(load(nested).eval()(x), model.eval()(x))
 
 
-def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_path):
-    """A checkpoint whose config hashes differently today (its model changed since, e.g. VGG19
-    revision 2) holds weights of the old network: export/inspect must refuse it."""
+def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_path, monkeypatch):
+    """A checkpoint whose config hashes differently today and whose model was revised since
+    (VGG19 revision 2) may hold weights of the old network: export/inspect must refuse it. An
+    architecture never revised loads, whatever else changed its run's hash (an upgrade review:
+    a run whose options were stored before their canonical form was refused, blaming LeNet-5)."""
+    from dctps import models
+
     r = fit(small_cfg(fake_cifar10, epochs=1), tmp_path, progress=False)
     best = tmp_path / "runs" / r["hash"] / "best.pt"
     obj = torch.load(best, weights_only=False)
     obj["config_hash"] = "0123456789abcdef"  # what an older dctps hashed the same config to
     torch.save(obj, tmp_path / "old.pt")
-    with pytest.raises(DctpsError, match="written by an older dctps for run 0123456789abcdef"):
-        ckpt_io.model_from_checkpoint(tmp_path / "old.pt")
-    ckpt_io.model_from_checkpoint(best)  # today's loads
+    x = torch.randn(2, 3, 32, 32)
+    today = ckpt_io.model_from_checkpoint(best)[0].eval()(x)
+    torch.testing.assert_close(ckpt_io.model_from_checkpoint(tmp_path / "old.pt")[0].eval()(x),
+                               today)  # fmt: skip
+    with monkeypatch.context() as m:  # as if LeNet-5 had been revised since
+        m.setitem(models.REVISIONS, "lenet5", 2)
+        for f in ("old.pt", best):
+            with pytest.raises(DctpsError, match=r"written by an older dctps for run .* of "
+                               r"lenet5 revision 2 \(dctps\.models\.REVISIONS\)"):  # fmt: skip
+                ckpt_io.model_from_checkpoint(tmp_path / f)
+        # options stored before their canonical form (exclude as a string): still today's run
+        raw = dict(
+            obj,
+            config={
+                **obj["config"],
+                "sparsity": {**obj["config"]["sparsity"], "options": {"exclude": ""}},
+            },
+        )
+        cfg = RunConfig.from_dict(raw["config"]).resolve()
+        ident = cfg.identity()
+        assert ident["sparsity"]["options"] == {}  # canonical: no layer excluded
+        ident["sparsity"]["options"] = {"exclude": ""}
+        raw["config_hash"] = identity_hash(ident)
+        torch.save(raw, tmp_path / "raw_options.pt")
+        ckpt_io.model_from_checkpoint(tmp_path / "raw_options.pt")
     # a DCTpS run of the old support seeding (seed + i) holds its support: it still loads
     cfg = RunConfig.from_dict(obj["config"]).resolve()
     ident = cfg.identity()
@@ -1577,7 +1603,6 @@ def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_
     obj["config_hash"] = identity_hash(ident)
     torch.save(obj, tmp_path / "old_seeding.pt")
     model, _ = ckpt_io.model_from_checkpoint(tmp_path / "old_seeding.pt")
-    x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model.eval()(x), ckpt_io.model_from_checkpoint(best)[0].eval()(x))
     # ... and so does one trained with a --subset as large as the data set, which now means none
     obj["config"]["data"]["subset"] = 10**6
@@ -2264,3 +2289,26 @@ def test_a_damaged_archive_message_names_its_cause(tmp_path, monkeypatch):
         monkeypatch.setattr(zipfile, "ZipFile", broken)
         with pytest.raises(ValueError, match=rf"^a damaged zip archive \({type(err).__name__}"):
             ckpt_io.check_archive(p)
+
+
+def test_a_checkpoint_of_a_newer_layout_is_refused_and_kept(fake_cifar10, tmp_path):
+    """An upgrade review: a `last.pt` whose `version` said 99 resumed silently (the reader never
+    looked at it), and the layout change of packed entries kept version 1. A newer layout is
+    refused by name, left in place (not set aside as damaged), and a run does not fall back to
+    its older `prev.pt`; today's files say version 2."""
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    r = fit(cfg, tmp_path, progress=False)
+    run = tmp_path / "runs" / r["hash"]
+    obj = torch.load(run / "last.pt", weights_only=True)
+    assert obj["version"] == ckpt_io.VERSION == 2
+    assert torch.load(run / "best.pt", weights_only=True)["version"] == 2
+    torch.save({**obj, "version": 99}, run / "last.pt")
+    torch.save(obj, run / "prev.pt")
+    newer = run / "last.pt"
+    before = newer.read_bytes()
+    with pytest.raises(DctpsError, match=r"last\.pt was written by a newer dctps \(train "
+                       r"checkpoint version 99; this dctps reads versions up to 2\)"):  # fmt: skip
+        ckpt_io.load_checkpoint(run, r["hash"])
+    assert newer.read_bytes() == before and not (run / "last.pt.corrupt").exists()
+    with pytest.raises(DctpsError, match="written by a newer dctps"):
+        ckpt_io.model_from_checkpoint(newer)

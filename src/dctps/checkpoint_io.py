@@ -713,6 +713,13 @@ class CheckpointInfo:
         )
         arch = json.dumps(self.arch) if self.arch else "none (load needs model=...)"
         lines.append(f"architecture: {arch}")
+        if isinstance(self.arch, dict):
+            from dctps.models import check_revision
+
+            try:
+                check_revision(self.arch, "the file")
+            except DctpsError as e:  # dctps.load refuses it: say so here already
+                lines.append(f"note: {e}")
         lines.append(f"file size: {self.file_bytes:,} bytes ({self.file_bytes / 1e6:.3f} MB)")
         return "\n".join(lines)
 

@@ -48,7 +48,9 @@ __all__ = [
 ]
 
 FORMAT = "dctps-train-checkpoint"
-VERSION = 1
+#: the layout of a train checkpoint: 1 the first; 2 its ``optimizer`` and ``best`` entries packed
+#: (:func:`pack_sparse`; a reader of 2 reads 1). A newer one is refused, not misread.
+VERSION = 2
 LAST = "last.pt"
 PREV = "prev.pt"
 
@@ -326,11 +328,23 @@ def check_archive(path: Path) -> None:
         raise ValueError(f"its record {bad} fails its CRC check (the file is damaged)")
 
 
+def _check_version(obj: Mapping[str, Any], path: Path) -> None:
+    """A :class:`DctpsError` for a checkpoint of a layout newer than :data:`VERSION`: written
+    by a newer dctps, it is not damaged and must be neither misread nor set aside."""
+    v = obj.get("version", 1)
+    if is_count(v) and v > VERSION:
+        raise DctpsError(
+            f"{path} was written by a newer dctps (train checkpoint version {v}; this dctps "
+            f"reads versions up to {VERSION}); it is left as it is: upgrade dctps to read it"
+        )
+
+
 def _read(path: Path) -> dict[str, Any]:
     check_archive(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError("not a dctps training checkpoint")
+    _check_version(obj, path)
     for key in ("config_hash", "epoch", "model"):
         if key not in obj:
             raise ValueError(f"missing key {key!r}")
@@ -381,6 +395,7 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is a torch.save file, not a dctps train checkpoint (it has no run config "
             "and model state)"
         )
+    _check_version(obj, path)
     try:
         return unpack_sparse(obj, _model_shapes(obj))
     except (ValueError, RuntimeError, TypeError) as e:  # a crafted or mis-written entry
@@ -393,7 +408,11 @@ def _training_only_hashes(cfg: Any, stored: Mapping[str, Any]) -> set[str]:
     supports seeded per layer by ``SeedSequence`` (:data:`dctps.sparsify.SUPPORT_REVISION`; a
     checkpoint holds its own support), an architecture's learning-rate factors
     (:func:`dctps.models.lr_factors`), and a ``subset`` as large as the data set, which now
-    resolves to none. Such a checkpoint's model is still exactly the one that was trained."""
+    resolves to none, and method options as stored before their canonical form (an option at
+    its default left out, ``exclude`` a sorted list). Such a checkpoint's model is still exactly
+    the one that was trained."""
+    import itertools
+
     from dctps.train.config import identity_hash
 
     ident = cfg.identity()
@@ -403,11 +422,16 @@ def _training_only_hashes(cfg: Any, stored: Mapping[str, Any]) -> set[str]:
     raw = (stored.get("data") or {}).get("subset")
     if raw is not None and subsets[0] is None:
         subsets.append(raw)
+    options = [ident["sparsity"].get("options")]
+    raw_options = (stored.get("sparsity") or {}).get("options")
+    if isinstance(raw_options, dict) and raw_options != options[0]:
+        options.append(raw_options)
     out = set()
-    for subset in subsets:
+    for subset, opts in itertools.product(subsets, options):
         for mask in range(2 ** len(present)):  # every subset of the markers dropped
             trimmed = {sec: dict(v) if isinstance(v, dict) else v for sec, v in ident.items()}
             trimmed["data"]["subset"] = subset
+            trimmed["sparsity"]["options"] = opts
             for i, (sec, key) in enumerate(present):
                 if mask >> i & 1:
                     del trimmed[sec][key]
@@ -421,19 +445,27 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
     the checkpoint dict, with the run's sparsity ``method`` added. Needs no data: only the data
     set's name and shape, from the config."""
     from dctps import data
+    from dctps.models import REVISIONS
     from dctps.train.config import RunConfig
     from dctps.train.setup import build_model, restore_structure
 
     obj = read_run_checkpoint(path)
     cfg = RunConfig.from_dict(obj["config"], source=str(path)).resolve()
-    known = {None, cfg.config_hash(), *_training_only_hashes(cfg, obj["config"])}
-    if obj.get("config_hash") not in known:
-        # the same config hashes differently today: a computation it names changed since (e.g.
-        # VGG19 revision 2, dctps.models.REVISIONS); its weights belong to the old network
+    revision = REVISIONS.get(cfg.model.name, 1)
+    if revision > 1 and obj.get("config_hash") not in {
+        None,
+        cfg.config_hash(),
+        *_training_only_hashes(cfg, obj["config"]),
+    }:
+        # a revised architecture (VGG19 revision 2) whose config hashes differently today: its
+        # weights may belong to the old network. An architecture never revised builds the
+        # network its weights were trained in, whatever else changed how runs are identified
+        # (an upgrade review: such checkpoints were refused, blaming a model that never changed)
         raise DctpsError(
             f"{path} was written by an older dctps for run {obj['config_hash']}; this version "
-            f"computes that config differently (run {cfg.config_hash()}: {cfg.model.name} "
-            "changed, see dctps.models.REVISIONS). Use the dctps version that wrote it"
+            f"identifies that config as run {cfg.config_hash()}, of {cfg.model.name} revision "
+            f"{revision} (dctps.models.REVISIONS), so its weights may be those of an earlier "
+            "revision. Use the dctps version that wrote it"
         )
     obj["method"] = cfg.sparsity.method
     model = build_model(cfg, data.get_info(cfg.data.dataset))
@@ -470,6 +502,8 @@ def load_checkpoint(
             continue
         try:
             obj = _read(path)
+        except DctpsError:  # a newer dctps's file: not damaged, and not to be resumed from
+            raise
         except Exception as e:  # truncated, damaged, not ours: try the older one
             if _system_failure(e):
                 # the system failed (too many open files, no memory), not the file: setting a
