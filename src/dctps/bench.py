@@ -662,10 +662,19 @@ def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo 
         threads: int = 0) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Run benchmark ``name`` (one of :data:`NAMES`, or ``'all'``); return its rows by name.
 
-    ``threads > 0`` sets ``torch.set_num_threads`` first (1 thread gives the steadiest CPU numbers
-    on a machine shared with other jobs).
+    ``threads > 0`` sets ``torch.set_num_threads`` for the run (1 thread gives the steadiest CPU
+    numbers on a machine shared with other jobs); the caller's count is restored after.
     """
+    before = torch.get_num_threads()
     set_threads(threads)
+    try:
+        return _run(name, quick, device, echo, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(name: str, quick: bool, device: str, echo: Echo, threads: int,
+         ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     if name != "all" and name not in _BENCHES:
         raise unknown_name("benchmark", name, [*NAMES, "all"])
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):

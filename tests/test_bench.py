@@ -1,0 +1,59 @@
+"""`dctps bench` (issue 11's benchmarks) measures what it says: the quick runs of the
+benchmarks whose numbers are not times, checked against independent counts. Their targets are
+the benchmarks' own business (benchmarks/RESULTS.md); times are never asserted here."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dctps import bench
+from dctps.models import build
+
+
+def test_ckpt_bytes_grow_by_a_value_and_an_index_per_non_zero():
+    """ResNet50's sparse checkpoint stores 4 + 4 bytes per non-zero (float32 value, int32
+    index) over a fixed rest (BatchNorm, biases, alphas, header); the dense reference is
+    torch.save of every float32 parameter and buffer."""
+    lines: list[str] = []
+    rows = bench.run("ckpt", quick=True, echo=lines.append)["ckpt"]
+    assert [r["density"] for r in rows] == [0.01, 0.001, 0.0001]
+    weights = sum(
+        m.weight.numel() for m in build("resnet50").modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )  # fmt: skip
+    sd = build("resnet50").state_dict()
+    dense_floor = sum(t.numel() * t.element_size() for t in sd.values())
+    for r in rows:
+        assert math.isclose(r["nnz"], r["density"] * weights, rel_tol=0.01)
+        assert dense_floor <= r["dense_bytes"] <= dense_floor * 1.01
+        assert r["ratio"] == r["dense_bytes"] / r["bytes"]
+    rest = [r["bytes"] - 8 * r["nnz"] for r in rows]
+    assert max(rest) - min(rest) < 0.02 * min(rest)  # the same rest at every density
+    assert any(f"{rows[1]['ratio']:.1f}x" in line for line in lines)  # what was printed
+
+
+def test_memory_readings_are_of_the_step_and_the_fast_path_builds_no_dense_matrix():
+    """The dense step holds its weight, gradient and momentum (3 x 8192^2 float32): a reading
+    below that would be a failed measurement, which the benchmark refuses; the fast layer's
+    step never built its dense DCT matrix, so it holds far less."""
+    (row,) = bench.run("memory", quick=True, echo=lambda s: None, threads=1)["memory"]
+    assert row["dense_bytes"] >= 3 * 4 * 8192**2
+    assert row["D_built"] is False
+    assert 0 < row["fast_bytes"] < 4 * 8192**2  # not even one dense float32 matrix
+
+
+def test_linear_rows_are_the_issues_sizes_with_no_dense_matrix_built():
+    rows = bench.run("linear", quick=True, echo=lambda s: None, threads=1)["linear"]
+    assert [(r["size"], r["nnz"]) for r in rows] == [
+        (n, round(0.001 * n * n)) for n in (1024, 4096, 8192)
+    ]
+    assert not any(r["D_built"] for r in rows)
+    assert all(r["ratio"] == r["fast_s"] / r["dense_s"] for r in rows)
+
+
+def test_threads_are_the_callers_again_after_a_run():
+    before = torch.get_num_threads()
+    bench.run("ckpt", quick=True, echo=lambda s: None, threads=before + 1)
+    assert torch.get_num_threads() == before
