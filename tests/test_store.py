@@ -592,3 +592,26 @@ def test_a_malformed_database_is_one_clear_error(tmp_path):
     with pytest.raises(DctpsError, match=needle):
         Store(db).query()
     assert db.read_bytes() == bytes(b)  # left as it was
+
+
+def test_a_database_of_0_1_0_gains_the_new_columns_in_place(tmp_path):
+    """0.1.0's `runs` table had no `alphas`, `data_root` nor `data_fingerprint`: opening it
+    adds them, and its rows keep their status and metrics (untested before a coverage review;
+    an upgrade review confirmed it on real 0.1.0-era files)."""
+    db = tmp_path / "r.db"
+    s = Store(db)
+    s.start("a", {"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"}})
+    s.finish("a", val_acc=0.5, test_acc=0.25)
+    s.close()
+    conn = sqlite3.connect(db)
+    for col in ("alphas", "data_root", "data_fingerprint"):
+        conn.execute(f"ALTER TABLE runs DROP COLUMN {col}")
+    conn.commit()
+    conn.close()
+    row = Store(db).get("a")
+    assert (row["status"], row["val_acc"], row["test_acc"]) == ("done", 0.5, 0.25)
+    assert {"alphas", "data_root", "data_fingerprint"} <= set(row)
+    conn = sqlite3.connect(db)
+    have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    conn.close()
+    assert {"alphas", "data_root", "data_fingerprint"} <= have

@@ -445,7 +445,7 @@ def test_a_sequential_sweep_bar_names_the_run_in_progress(
     cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense", "dctps"]))
     seen = []
 
-    def fake_run_one(cfg, out, db, restart=False):
+    def fake_run_one(cfg, out, db, restart=False, threads=None):
         seen.append(capsys.readouterr().err)
         return {"hash": cfg.config_hash(), "status": "done"}
 
