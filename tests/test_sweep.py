@@ -875,3 +875,33 @@ def test_a_run_config_and_a_sweep_grid_given_to_each_other_s_command_say_so(tmp_
     with pytest.raises(DctpsError, match=r"unknown key 'models'") as e:
         load_config(typo)
     assert "sweep grid" not in str(e.value)
+
+
+def test_a_pruned_run_recorded_before_the_path_check_is_not_reused(tmp_path):
+    """A docs review: a SNIP or random run recorded before `prune` checked its masks for a path
+    kept its hash, so a sweep into its store skipped it as done and averaged its chance
+    accuracy (a disconnected network trained) with today's runs, which fail instead. Pruned
+    runs' identities carry the check; their old rows are told apart and their configs re-run.
+    DCTpS, dense and RigL runs (whose prune skips the check) keep their hashes."""
+    from dctps.results.store import run_identity
+    from dctps.train.config import identity_hash
+
+    grid = small_grid(Path("/nowhere"), methods=["dense", "dctps", "random", "snip"])
+    cfgs = expand_grid(grid)
+    store = Store(tmp_path / "results.db")
+    for c in cfgs:
+        ident = c.identity()
+        marked = ident["sparsity"].pop("path_check", None)
+        assert (marked == 1) == (c.sparsity.method in ("random", "snip")), c.summary()
+        old = identity_hash(ident)  # the hash before the check
+        assert (old == c.config_hash()) == (marked is None)
+        store.start(old, c.to_dict())
+        store.finish(old, val_acc=0.1, test_acc=0.1)
+    actions = {p.cfg.sparsity.method: p.action for p in plan(cfgs, tmp_path)}
+    assert actions == {"dense": "skip-done", "dctps": "skip-done", "random": "new",
+                       "snip": "new"}  # fmt: skip
+    older = {r["method"]: run_identity(r).get("recorded_by") for r in store.query()}
+    assert older == {"dense": None, "dctps": None, "random": "an older dctps",
+                     "snip": "an older dctps"}  # fmt: skip
+    rigl = expand_grid({**grid, "methods": [{"method": "random", "rigl": True}]})
+    assert "path_check" not in rigl[0].identity()["sparsity"]

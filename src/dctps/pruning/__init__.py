@@ -77,7 +77,15 @@ from dctps.pruning.random import random_masks
 from dctps.pruning.snip import snip_masks
 from dctps.pruning.synflow import synflow_masks
 
-__all__ = ["prune", "names", "default_batches", "prepare_pruned_structure", "Context", "Method"]
+__all__ = ["prune", "names", "default_batches", "prepare_pruned_structure", "Context", "Method",
+           "PATH_CHECK"]  # fmt: skip
+
+#: Part of a pruned run's identity (:meth:`dctps.train.config.RunConfig.identity`, as
+#: ``sparsity.path_check``): :func:`prune` checks its final masks for an input-output path, so
+#: a run whose masks have none fails where a run recorded before the check trained a
+#: disconnected network to chance accuracy and was recorded ``done``. Such rows are never
+#: reused or averaged with today's (a run's hash changed with the check).
+PATH_CHECK = 1
 
 
 @dataclass(frozen=True)

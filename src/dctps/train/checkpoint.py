@@ -416,7 +416,8 @@ def _training_only_hashes(cfg: Any, stored: Mapping[str, Any]) -> set[str]:
     from dctps.train.config import identity_hash
 
     ident = cfg.identity()
-    markers = [("sparsity", "support_revision"), ("optim", "lr_factors")]
+    markers = [("sparsity", "support_revision"), ("sparsity", "path_check"),
+               ("optim", "lr_factors")]  # fmt: skip
     present = [(sec, key) for sec, key in markers if key in ident[sec]]
     subsets = [ident["data"].get("subset")]
     raw = (stored.get("data") or {}).get("subset")

@@ -308,8 +308,10 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """The resolved config as a dict without the non-identity fields, plus the model's
         revision where it is above 1 (:data:`dctps.models.REVISIONS`), for DCTpS runs how their
-        supports are seeded (:data:`dctps.sparsify.SUPPORT_REVISION`), and the architecture's
-        learning-rate factors where it has any (:func:`dctps.models.lr_factors`)."""
+        supports are seeded (:data:`dctps.sparsify.SUPPORT_REVISION`), for runs pruned at
+        initialisation that their masks are checked for a path
+        (:data:`dctps.pruning.PATH_CHECK`), and the architecture's learning-rate factors where
+        it has any (:func:`dctps.models.lr_factors`)."""
         from dctps.models import REVISIONS, lr_factors
 
         out = _strip_non_identity(self.resolve())
@@ -321,6 +323,10 @@ class RunConfig:
             from dctps.sparsify import SUPPORT_REVISION
 
             out["sparsity"]["support_revision"] = SUPPORT_REVISION
+        if s.method not in SCORE_FREE_METHODS and not s.rigl:  # RigL's prune skips the check
+            from dctps.pruning import PATH_CHECK
+
+            out["sparsity"]["path_check"] = PATH_CHECK
         factors = lr_factors(self.model.name)
         if factors:  # runs trained before the recipe's factors were applied are other runs
             out["optim"]["lr_factors"] = factors
