@@ -418,6 +418,35 @@ def test_a_support_averaged_by_ema_is_refused_on_save_and_export(tmp_path):
     assert not (tmp_path / "ema.dctps").exists()
 
 
+def test_an_averaged_support_that_is_still_sorted_is_refused_too(tmp_path):
+    """A docs review: the average of two sorted supports of one size is sorted and distinct,
+    so an EMA with use_buffers=True of a model whose supports RigL moved passed the check, and
+    `dctps.save`/`to_dense` wrote values at positions they never had (114 of 119). The
+    support dctps last set is recorded; any other is refused, and `note_support()` accepts a
+    support set on purpose. An EMA whose supports never moved is not affected."""
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    m = dctps.sparsify(nn.Sequential(nn.Linear(64, 32)), 0.1, seed=0)
+    ema = AveragedModel(m, use_buffers=True)
+    dctps.save(ema.module, tmp_path / "same.dctps")  # one support: its average is itself
+    moved = dctps.sparsify(nn.Sequential(nn.Linear(64, 32)), 0.1, seed=1)  # RigL's, say
+    ema.update_parameters(moved)
+    idx = ema.module[0].indices
+    assert bool((idx.diff() > 0).all()) and not torch.equal(idx, m[0].indices)  # passes as one
+    for call in (lambda: dctps.save(ema.module, tmp_path / "ema.dctps"),
+                 lambda: dctps.to_dense(ema.module)):  # fmt: skip
+        with pytest.raises(DctpsError, match=r"support is not the one dctps set .*"
+                           r"AveragedModel with use_buffers=True"):  # fmt: skip
+            call()
+    assert not (tmp_path / "ema.dctps").exists()
+    ema.module[0].note_support()  # set on purpose
+    dctps.save(ema.module, tmp_path / "ema.dctps")
+    back = dctps.load(tmp_path / "ema.dctps", model=nn.Sequential(nn.Linear(64, 32)))
+    assert torch.equal(back[0].indices, idx)  # a loaded support is one dctps set
+    dctps.to_dense(back)
+
+
 def test_to_dense_keeps_a_module_registered_twice_one_module(tmp_path):
     """`to_dense` replaced only the first name of a module used under two names: the second
     stayed a DCTpS layer (the export needed dctps) and the two were untied."""

@@ -357,7 +357,7 @@ def test_weight_decay_groups():
     )
     sparsify(net, 0.1, seed=0)
     names = {id(p): n for n, p in net.named_parameters()}
-    groups = param_groups(net, 5e-4, decay_all=False)
+    groups = param_groups(net, 5e-4)  # decay_all=False by default, as the README calls it
     decay = {names[id(p)] for p in groups[0]["params"]}
     no_decay = {names[id(p)] for p in groups[1]["params"]}
     assert decay == {"0.values", "3.values"}

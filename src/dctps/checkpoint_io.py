@@ -830,19 +830,31 @@ def to_dense(model: nn.Module) -> nn.Module:
 
 def _check_support(m: nn.Module) -> None:
     """A :class:`DctpsError` for a DCTpS module whose support is no longer one (sorted,
-    distinct, in range): ``AveragedModel(use_buffers=True)`` averages the integer ``indices``
-    like any buffer, and writing or exporting such a model silently used another support."""
-    from dctps.layers import _check_loaded_support
+    distinct, in range), or is another than dctps last set (:func:`support_fingerprint`):
+    ``AveragedModel(use_buffers=True)`` averages the integer ``indices`` like any buffer, and
+    writing or exporting such a model silently used another support. An average of sorted
+    supports is itself sorted and distinct (supports RigL moved, averaged by an EMA): only
+    the fingerprint tells it."""
+    from dctps.layers import SUPPORT_FINGERPRINT, _check_loaded_support, support_fingerprint
 
     for layer in m.modules():
         if not isinstance(layer, DCTpSLayer):
             continue
         layer._check_initialised()  # to_empty() garbage: that message, not this one
+        cause = (
+            "was its integer `indices` buffer averaged or written (e.g. by AveragedModel with "
+            "use_buffers=True, which averages every buffer; use its default use_buffers=False)?"
+        )
         try:
             _check_loaded_support(layer, layer.indices, layer.values, "")
         except DctpsError as e:
             raise DctpsError(
-                f"{type(layer).__name__}'s support is not a support any more ({e}); was its "
-                "integer `indices` buffer averaged or written (e.g. by AveragedModel with "
-                "use_buffers=True, which averages every buffer)?"
+                f"{type(layer).__name__}'s support is not a support any more ({e}); {cause}"
             ) from None
+        noted = layer.__dict__.get(SUPPORT_FINGERPRINT)
+        if noted is not None and noted != support_fingerprint(layer.indices):
+            raise DctpsError(
+                f"{type(layer).__name__}'s support is not the one dctps set (its values belong "
+                f"to other positions); {cause} A support you set on purpose: call the layer's "
+                "note_support() first"
+            )

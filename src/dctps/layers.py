@@ -121,6 +121,8 @@ def _alpha_settings(alpha: object, alpha_init: object) -> tuple[str, float | str
 
 #: a layer's ``__dict__`` key set while ``to_empty()`` has left its support uninitialised
 UNINITIALISED = "_dctps_uninitialised"
+#: a layer's attribute: :func:`support_fingerprint` of its support where dctps last set it
+SUPPORT_FINGERPRINT = "_dctps_support_fingerprint"
 # key of a layer's weight shape in its state dict's per-module metadata
 SHAPE_METADATA = "dctps_weight_shape"
 
@@ -167,6 +169,18 @@ def _distinct(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor
         draw = torch.randint(0, n, (int(k * 1.2) + 16,), generator=generator, device=cpu)
         picked = torch.unique(torch.cat([picked, draw]))
     return picked[torch.randperm(picked.numel(), generator=generator, device=cpu)[:k]]
+
+
+def support_fingerprint(indices: torch.Tensor) -> tuple[int, int, int] | None:
+    """``(n, sum_i idx_i, sum_i (idx_i mod p)(i mod p + 1))`` with ``p = 65521`` of a support
+    (``None`` on the meta device, which holds no values): what tells a support that dctps set
+    from one averaged or overwritten since. Each term of the weighted sum is below 2^32, so
+    the sum fits int64 for up to 2^31 entries; it depends on the order of the positions."""
+    if indices.device.type == "meta":
+        return None
+    idx = indices.detach().reshape(-1).to(torch.int64)
+    pos = torch.arange(idx.numel(), device=idx.device) % 65521 + 1
+    return (idx.numel(), int(idx.sum()), int(((idx % 65521) * pos).sum()))
 
 
 def draw_indices(
@@ -405,10 +419,18 @@ class DCTpSLayer(nn.Module):
         self.alpha = nn.Parameter(self._initial_alpha().to(**factory), requires_grad=train_alpha)
         self.values = nn.Parameter(torch.zeros(nnz, **factory))
         self.register_buffer("indices", indices.to(device))
+        self.note_support()
         # a cache, not a buffer: a buffer that appears at the first forward changed the set of
         # buffers() under EMA tools that pair two copies' buffers (AveragedModel crashed), and
         # DDP would broadcast it at every forward
         self._D = None
+
+    def note_support(self) -> None:
+        """Record the current support (``indices``) as one dctps set: after a change of the
+        support made outside dctps's own constructors, ``load_state_dict`` and RigL, call this,
+        or ``dctps.save``/``dctps.to_dense`` refuse the layer as one whose ``indices`` were
+        averaged (``AveragedModel(use_buffers=True)``) or overwritten."""
+        self.__dict__[SUPPORT_FINGERPRINT] = support_fingerprint(self.indices)
 
     def _initial_alpha(self) -> torch.Tensor:
         """The alpha this layer starts from (float64 CPU): the ``alpha_init`` number, or the
@@ -469,6 +491,7 @@ class DCTpSLayer(nn.Module):
                     self.weight_shape, self.nnz, make_generator(spec.seed), spec.per_filter
                 )
                 self.indices = idx.to(dev)
+                self.note_support()
             buf = self._buffers.get("offset_seed")
             if spec.offset_seed is not None and buf is not None:
                 buf.fill_(spec.offset_seed)
@@ -820,6 +843,7 @@ class DCTpSLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
         if key_i in state_dict:
             self.__dict__.pop(UNINITIALISED, None)
+            self.note_support()
         buf = self._buffers.get("offset_seed")
         spec = self.__dict__.get("_init_spec")  # absent in a layer pickled by an older dctps
         if (

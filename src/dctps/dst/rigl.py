@@ -263,6 +263,7 @@ class _DCT(_Sparse):
                     value.copy_(moved(value))
             values.data.copy_(moved(values.data))
             indices.copy_(new_idx)
+        layer.note_support()
         values.grad = None
         return int((~has).sum())
 

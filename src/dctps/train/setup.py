@@ -172,7 +172,7 @@ def restore_structure(
 def param_groups(
     model: nn.Module,
     weight_decay: float,
-    decay_all: bool,
+    decay_all: bool = False,
     lr_factors: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Parameter groups by weight decay (``decay``/``no_decay``, module doc) and learning-rate
