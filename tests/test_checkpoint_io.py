@@ -399,6 +399,16 @@ def test_conv_geometry_round_trips(tmp_path):
     assert torch.equal(loaded(x), ref)
 
 
+def _refused_by_save_and_export(model: nn.Module, path: Path, why: str) -> None:
+    """``dctps.save`` and ``dctps.to_dense`` both refuse ``model``, naming its averaged
+    support (``why``) and the likely cause; no file is written."""
+    for call in (lambda: dctps.save(model, path), lambda: dctps.to_dense(model)):
+        with pytest.raises(DctpsError, match=rf"support is {why} .*AveragedModel with "
+                           r"use_buffers=True"):  # fmt: skip
+            call()
+    assert not path.exists()
+
+
 def test_a_support_averaged_by_ema_is_refused_on_save_and_export(tmp_path):
     """`AveragedModel(use_buffers=True)` averages every buffer, the integer `indices` too
     (truncated: 6 -> 5, duplicates): `dctps.save` wrote the broken support and only `load`
@@ -410,12 +420,7 @@ def test_a_support_averaged_by_ema_is_refused_on_save_and_export(tmp_path):
                        0.2, seed=0)  # fmt: skip
     ema = train_with_ema(m, use_buffers=True)
     assert not torch.equal(ema.module[0].indices, m[0].indices)  # the averaging broke it
-    for call in (lambda: dctps.save(ema.module, tmp_path / "ema.dctps"),
-                 lambda: dctps.to_dense(ema.module)):  # fmt: skip
-        with pytest.raises(DctpsError, match=r"support is not a support any more .*"
-                           r"AveragedModel with use_buffers=True"):  # fmt: skip
-            call()
-    assert not (tmp_path / "ema.dctps").exists()
+    _refused_by_save_and_export(ema.module, tmp_path / "ema.dctps", "not a support any more")
 
 
 def test_an_averaged_support_that_is_still_sorted_is_refused_too(tmp_path):
@@ -434,12 +439,7 @@ def test_an_averaged_support_that_is_still_sorted_is_refused_too(tmp_path):
     ema.update_parameters(moved)
     idx = ema.module[0].indices
     assert bool((idx.diff() > 0).all()) and not torch.equal(idx, m[0].indices)  # passes as one
-    for call in (lambda: dctps.save(ema.module, tmp_path / "ema.dctps"),
-                 lambda: dctps.to_dense(ema.module)):  # fmt: skip
-        with pytest.raises(DctpsError, match=r"support is not the one dctps set .*"
-                           r"AveragedModel with use_buffers=True"):  # fmt: skip
-            call()
-    assert not (tmp_path / "ema.dctps").exists()
+    _refused_by_save_and_export(ema.module, tmp_path / "ema.dctps", "not the one dctps set")
     ema.module[0].note_support()  # set on purpose
     dctps.save(ema.module, tmp_path / "ema.dctps")
     back = dctps.load(tmp_path / "ema.dctps", model=nn.Sequential(nn.Linear(64, 32)))
