@@ -403,7 +403,7 @@ def _refused_by_save_and_export(model: nn.Module, path: Path, why: str) -> None:
     """``dctps.save`` and ``dctps.to_dense`` both refuse ``model``, naming its averaged
     support (``why``) and the likely cause; no file is written."""
     for call in (lambda: dctps.save(model, path), lambda: dctps.to_dense(model)):
-        with pytest.raises(DctpsError, match=rf"support is {why} .*AveragedModel with "
+        with pytest.raises(DctpsError, match=rf"support is {why}.*AveragedModel with "
                            r"use_buffers=True"):  # fmt: skip
             call()
     assert not path.exists()
@@ -440,11 +440,42 @@ def test_an_averaged_support_that_is_still_sorted_is_refused_too(tmp_path):
     idx = ema.module[0].indices
     assert bool((idx.diff() > 0).all()) and not torch.equal(idx, m[0].indices)  # passes as one
     _refused_by_save_and_export(ema.module, tmp_path / "ema.dctps", "not the one dctps set")
-    ema.module[0].note_support()  # set on purpose
+    dctps.note_supports(ema.module)  # set on purpose
     dctps.save(ema.module, tmp_path / "ema.dctps")
     back = dctps.load(tmp_path / "ema.dctps", model=nn.Sequential(nn.Linear(64, 32)))
     assert torch.equal(back[0].indices, idx)  # a loaded support is one dctps set
     dctps.to_dense(back)
+
+
+def test_supports_dctps_sets_pass_and_a_write_in_place_needs_note_supports(tmp_path):
+    """A diff review's mutants: a load of another support and an unseeded reset are supports
+    dctps set, so save and export take them; a support written in place (here one with the
+    same sum, which a sum alone would miss; a DDP broadcast or a `copy_` of a state dict
+    writes one too) is refused until `dctps.note_supports`."""
+    a = dctps.sparsify(nn.Sequential(nn.Linear(32, 16)), 0.1, seed=0)
+    b = dctps.sparsify(nn.Sequential(nn.Linear(32, 16)), 0.1, seed=1)
+    assert not torch.equal(a[0].indices, b[0].indices)
+    b.load_state_dict(a.state_dict())  # another support, loaded
+    dctps.to_dense(b)
+    dctps.save(b, tmp_path / "b.dctps")
+    c = nn.Sequential(dctps.DCTpSLinear(32, 16, nnz=51))  # unseeded: reset draws anew
+    before = c[0].indices.clone()
+    c[0].reset_parameters()
+    assert not torch.equal(c[0].indices, before)
+    dctps.to_dense(c)
+    idx = c[0].indices
+    with torch.no_grad():  # positions i < j with a gap: i+1, j-1 keep the sum and the order
+        gap = int(torch.nonzero(idx.diff() > 2)[0])
+        idx[gap] += 1
+        idx[gap + 1] -= 1
+    _refused_by_save_and_export(c, tmp_path / "c.dctps", "not the one dctps set")
+    assert dctps.note_supports(c) is c
+    dctps.to_dense(c)
+    for k, v in b.state_dict().items():  # a copy_ of a state dict: supports with their values
+        v.copy_(c.state_dict()[k])
+    with pytest.raises(DctpsError, match=r"not the one dctps set.*call dctps\.note_supports"):
+        dctps.to_dense(b)
+    dctps.to_dense(dctps.note_supports(b))
 
 
 def test_to_dense_keeps_a_module_registered_twice_one_module(tmp_path):

@@ -209,3 +209,6 @@ def test_a_dctps_warning_is_one_line_on_the_command_line(monkeypatch):
     assert w == "warning: checkpoint x is unreadable\n"
     w = fmt("a torch warning", UserWarning, torch.__file__, 7, "x = 1")
     assert w.startswith(f"{torch.__file__}:7: UserWarning: a torch warning\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: which process warned
+    monkeypatch.setenv("RANK", "1")
+    assert fmt("x", RuntimeWarning, loop.__file__, 1) == "[rank 1] warning: x\n"

@@ -266,6 +266,33 @@ def test_an_unused_layer_off_the_dense_path_keeps_its_support(mode):
     dctps.to_dense(model)  # a support RigL moved is one dctps set, not an averaged one
 
 
+def test_a_layer_run_only_without_gradients_counts_as_unused():
+    """A fast-path layer that ran only under `no_grad` on the update's batch (a monitoring
+    forward) formed no gradient by being unused for training: it keeps its support; the same
+    layer run with gradients is refused, and `ran` starts again at each arming."""
+    torch.manual_seed(0)
+    used, aux = nn.Linear(16, 8), nn.Linear(16, 8)
+    model = nn.ModuleDict({"used": used, "aux": aux})
+    dctps.sparsify(model, 0.2)
+    model["aux"].mode = "fast"
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigl = RigL(model, opt, total_steps=100, delta_t=2)
+    x, y = torch.randn(4, 16), torch.randint(0, 8, (4,))
+    before = model["aux"].indices.clone()
+    for _ in range(4):
+        F.cross_entropy(model["used"](x), y).backward()
+        with torch.no_grad():
+            model["aux"](x)
+        rigl.step()
+        opt.zero_grad()
+    assert torch.equal(model["aux"].indices, before) and len(rigl.history) == 2
+    F.cross_entropy(model["used"](x) + model["aux"](x), y).backward()
+    assert rigl.step()  # not an update step: nothing checked
+    F.cross_entropy(model["used"](x) + model["aux"](x), y).backward()
+    with pytest.raises(DctpsError, match="layer 'aux' runs mode='fast'"):
+        rigl.step()
+
+
 def _ddp_rigl_rank(rank: int, world: int, init: str, out: str) -> None:
     """One DDP rank of the test below: its half of each global batch, RigL every 2 steps."""
     import torch.distributed as dist

@@ -549,11 +549,69 @@ def test_threads_sets_each_runs_torch_threads_and_leaves_the_callers(
 
     todo = [p for p in plan(expand_grid(small_grid(fake_cifar10, seeds=[0, 1])), tmp_path / "b")]
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    # --threads over CPUs // workers, and over a SLURM job's cpus_per_task
+    for params, threads, expect in (({}, None, 4), ({}, 3, 3), ({"cpus_per_task": 5}, None, 5),
+                                    ({"cpus_per_task": 5}, 3, 3)):  # fmt: skip
+        calls.clear()
+        sw._run_submitit(Executor(), "submitit-local", todo, str(tmp_path), "r.db", 2, params,
+                         True, sw.SweepReport(todo), None, 0.0, threads)  # fmt: skip
+        assert {c[-1] for c in calls} == {expect}, (params, threads)
+
+    import concurrent.futures
+
+    class Pool:  # a parallel local sweep's workers: the initializer's thread count
+        def __init__(self, **kw):
+            calls.append(kw["initargs"][0])
+            raise RuntimeError("enough")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Pool)
     for threads, expect in ((None, 4), (3, 3)):
         calls.clear()
-        sw._run_submitit(Executor(), "submitit-local", todo, str(tmp_path), "r.db", 2, {}, True,
-                         sw.SweepReport(todo), None, 0.0, threads)  # fmt: skip
-        assert {c[-1] for c in calls} == {expect}
+        with pytest.raises(RuntimeError, match="enough"):
+            sw._run_local(todo, str(tmp_path), "r.db", 2, sw.SweepReport(todo), None, threads)
+        assert calls == [expect]
+
+
+def test_threads_reach_the_runs_from_the_command_line(fake_cifar10, tmp_path, monkeypatch):
+    """`dctps sweep --threads` and `dctps figure --threads` pass the count on (run_figure
+    also takes None, as run_sweep does); a SLURM sweep's runs are on other machines, so this
+    machine's CPUs do not bound it."""
+    from typer.testing import CliRunner
+
+    from dctps import cli
+    from dctps.results import figures
+    from dctps.results import sweep as sw
+
+    class Stop(Exception):
+        pass
+
+    seen: list = []
+
+    def capture(*a, **kw):
+        seen.append(kw["threads"])
+        raise Stop
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(small_grid(fake_cifar10, methods=["dense"])))
+    runner = CliRunner()
+    with monkeypatch.context() as m:
+        m.setattr(sw, "run_sweep", capture)
+        r = runner.invoke(cli.app, ["sweep", str(grid), "--out", str(tmp_path), "--threads", "2"])
+        assert isinstance(r.exception, Stop), r.output
+        m.setattr(figures, "run_figure", capture)
+        r = runner.invoke(cli.app, ["figure", "A.1", "--threads", "3"])
+        assert isinstance(r.exception, Stop), r.output
+    with monkeypatch.context() as m:
+        m.setattr(figures, "run_sweep", capture)
+        for threads in (None, 4):
+            with pytest.raises(Stop):
+                figures.run_figure("density-lenet5-cifar10", tmp_path, config=str(grid),
+                                   threads=threads, echo=lambda s: None)  # fmt: skip
+    assert seen == [2, 3, None, 4]
+    sw.sweep_command(str(grid), str(tmp_path), executor="slurm", threads=10**4, dry_run=True,
+                     echo=lambda s: None)  # fmt: skip
+    with pytest.raises(DctpsError, match="more than 4x this machine's"):
+        sw.sweep_command(str(grid), str(tmp_path), threads=10**4, dry_run=True)
 
 
 def test_an_interrupted_submitit_local_sweep_stops_its_jobs(fake_cifar10, tmp_path, monkeypatch):
@@ -905,3 +963,8 @@ def test_a_pruned_run_recorded_before_the_path_check_is_not_reused(tmp_path):
                      "snip": "an older dctps"}  # fmt: skip
     rigl = expand_grid({**grid, "methods": [{"method": "random", "rigl": True}]})
     assert "path_check" not in rigl[0].identity()["sparsity"]
+    from dctps import pruning
+
+    every = expand_grid({**grid, "methods": pruning.names()})
+    assert {c.sparsity.method for c in every} == set(pruning.names())
+    assert all(c.identity()["sparsity"]["path_check"] == pruning.PATH_CHECK for c in every)

@@ -1596,6 +1596,14 @@ def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_
         raw["config_hash"] = identity_hash(ident)
         torch.save(raw, tmp_path / "raw_options.pt")
         ckpt_io.model_from_checkpoint(tmp_path / "raw_options.pt")
+        # a pruned run recorded before the path check holds its own masks: it still loads
+        p = fit(small_cfg(fake_cifar10, method="random", epochs=1), tmp_path, progress=False)
+        pruned = torch.load(tmp_path / "runs" / p["hash"] / "best.pt", weights_only=False)
+        ident = RunConfig.from_dict(pruned["config"]).resolve().identity()
+        assert ident["sparsity"].pop("path_check") == 1
+        pruned["config_hash"] = identity_hash(ident)
+        torch.save(pruned, tmp_path / "before_check.pt")
+        ckpt_io.model_from_checkpoint(tmp_path / "before_check.pt")
     # a DCTpS run of the old support seeding (seed + i) holds its support: it still loads
     cfg = RunConfig.from_dict(obj["config"]).resolve()
     ident = cfg.identity()
@@ -2312,3 +2320,14 @@ def test_a_checkpoint_of_a_newer_layout_is_refused_and_kept(fake_cifar10, tmp_pa
     assert newer.read_bytes() == before and not (run / "last.pt.corrupt").exists()
     with pytest.raises(DctpsError, match="written by a newer dctps"):
         ckpt_io.model_from_checkpoint(newer)
+    torch.save({**obj, "version": 3}, newer)  # the next one is newer too
+    with pytest.raises(DctpsError, match="version 3; this dctps reads versions up to 2"):
+        ckpt_io.load_checkpoint(run, r["hash"])
+    torch.save({**obj, "version": 1}, newer)  # an older one reads
+    assert ckpt_io.load_checkpoint(run, r["hash"])["epoch"] == 2
+    torch.save({**obj, "version": "3"}, newer)  # not a version: damaged, prev.pt resumes
+    with pytest.warns(RuntimeWarning, match="its version '3' is not a version number"):
+        assert ckpt_io.load_checkpoint(run, r["hash"])["path"].endswith("prev.pt")
+    with pytest.raises(DctpsError, match=r"last\.pt\.corrupt is not a usable dctps train "
+                       r"checkpoint: ValueError: its version '3' is not a version"):  # fmt: skip
+        ckpt_io.model_from_checkpoint(run / "last.pt.corrupt")

@@ -8,7 +8,7 @@ from dctps import data, models  # so dctps.models.build / dctps.data.build work 
 from dctps._version import __version__
 from dctps.allocation import budgets
 from dctps.batched import batch_rebuild
-from dctps.checkpoint_io import inspect, load, save, to_dense
+from dctps.checkpoint_io import inspect, load, note_supports, save, to_dense
 from dctps.errors import DctpsError, PruningFailed
 from dctps.fast import set_mode
 from dctps.layers import DCTpSConv2d, DCTpSLinear
@@ -34,4 +34,5 @@ __all__ = [
     "load",
     "inspect",
     "to_dense",
+    "note_supports",
 ]

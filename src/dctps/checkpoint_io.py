@@ -47,7 +47,8 @@ from dctps.errors import DctpsError, is_count, one_line, unknown_name, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, set_submodule
 
-__all__ = ["save", "load", "inspect", "to_dense", "CheckpointInfo", "LayerRow", "FORMAT"]
+__all__ = ["save", "load", "inspect", "to_dense", "note_supports", "CheckpointInfo", "LayerRow",
+           "FORMAT"]  # fmt: skip
 
 FORMAT = "dctps-checkpoint"
 VERSION = 1
@@ -828,6 +829,22 @@ def to_dense(model: nn.Module) -> nn.Module:
     return out
 
 
+def note_supports(model: nn.Module) -> nn.Module:
+    """Record the current support of every DCTpS layer of ``model`` as one dctps set
+    (:meth:`~dctps.layers.DCTpSLayer.note_support`), and return ``model``.
+
+    :func:`save` and :func:`to_dense` refuse a layer whose ``indices`` buffer was written in
+    place since dctps set it (its constructor, ``load_state_dict``, ``reset_parameters``,
+    RigL), as an EMA writes it into positions its values do not belong to. Call this after a
+    write that brings each support with its own values: DDP's broadcast of rank 0's buffers
+    to an unseeded model, an in-place load (``torch.distributed.checkpoint``), a ``copy_`` of
+    a state dict. Not for an EMA's copy: its averaged values belong to no one support."""
+    for layer in model.modules():
+        if isinstance(layer, DCTpSLayer):
+            layer.note_support()
+    return model
+
+
 def _check_support(m: nn.Module) -> None:
     """A :class:`DctpsError` for a DCTpS module whose support is no longer one (sorted,
     distinct, in range), or is another than dctps last set (:func:`support_fingerprint`):
@@ -854,7 +871,12 @@ def _check_support(m: nn.Module) -> None:
         noted = layer.__dict__.get(SUPPORT_FINGERPRINT)
         if noted is not None and noted != support_fingerprint(layer.indices):
             raise DctpsError(
-                f"{type(layer).__name__}'s support is not the one dctps set (its values belong "
-                f"to other positions); {cause} A support you set on purpose: call the layer's "
-                "note_support() first"
+                f"{type(layer).__name__}'s support is not the one dctps set: its integer "
+                "`indices` buffer was written in place since. An EMA does that: AveragedModel "
+                "with use_buffers=True averages it into positions its values do not belong to, "
+                "and with use_buffers=False copies the live model's, whose RigL-moved support "
+                "its averaged values do not fit either: save the live model. A DDP broadcast, "
+                "an in-place load (torch.distributed.checkpoint) or a copy_ of a state dict "
+                "writes a support together with its values: then call "
+                "dctps.note_supports(model) first"
             )

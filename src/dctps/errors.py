@@ -160,13 +160,14 @@ def parse_density(value: Any, where: str = "density") -> float:
     return float(value)
 
 
-def check_threads(threads: object, flag: str = "--threads") -> int:
+def check_threads(threads: object, flag: str = "--threads", here: bool = True) -> int:
     """``threads`` if it is a thread count torch can start: an integer from 0 (torch's default)
-    to 4x the CPUs; anything else is a :class:`DctpsError` naming ``flag``."""
+    to 4x the CPUs (``here``: of this machine; not for runs on other machines, as a SLURM
+    sweep's); anything else is a :class:`DctpsError` naming ``flag``."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise DctpsError(f"{flag} must be >= 0 (0 = torch's default), got {threads!r}")
     most = 4 * (os.cpu_count() or 1)
-    if threads > most:  # torch then fails to start its pool, with a traceback
+    if here and threads > most:  # torch then fails to start its pool, with a traceback
         raise DctpsError(
             f"{flag} {threads} is more than 4x this machine's {os.cpu_count()} CPUs; give at "
             f"most {most} (0 = torch's default)"

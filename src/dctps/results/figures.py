@@ -972,7 +972,7 @@ def run_figure(
     path: str | Path | None = None,
     echo: Callable[[str], Any] = print,
     slurm: Sequence[str] = (),
-    threads: int = 0,
+    threads: int | None = 0,
 ) -> Any:
     """``dctps figure NAME``: run (or resume) the figure's sweep, then draw it from the store.
 
@@ -1001,7 +1001,7 @@ def run_figure(
         return budgets
     if executor not in EXECUTORS:  # also on a dry run, which would otherwise accept a typo
         raise unknown_name("executor", executor, EXECUTORS)
-    check_threads(threads)
+    check_threads(threads or 0, here=executor != "slurm")
     grid = load_grid(config) if config else None
     configs = figure_configs(
         name, cli_overrides(data_root, epochs, device, sets), quick=quick, models=models,

@@ -875,7 +875,7 @@ def run_sweep(
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
-    threads = check_threads(threads or 0, "threads") or None
+    threads = check_threads(threads or 0, "threads", here=executor != "slurm") or None
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and ((workers or 1) > 1 or executor != "local"):
         # each worker or job would join the launcher's process group: runs of different
@@ -1162,7 +1162,7 @@ def sweep_command(
     if executor not in EXECUTORS:  # also on a dry run, which would otherwise accept a typo
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)  # before a dry run's plan is printed
-    check_threads(threads)
+    check_threads(threads, here=executor != "slurm")
     grid = load_grid(config)
     configs = expand_grid(grid, str(config), cli_overrides(data_root, epochs, device, sets))
     params = slurm_overrides(grid.get("slurm"), slurm, executor)

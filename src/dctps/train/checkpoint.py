@@ -332,7 +332,9 @@ def _check_version(obj: Mapping[str, Any], path: Path) -> None:
     """A :class:`DctpsError` for a checkpoint of a layout newer than :data:`VERSION`: written
     by a newer dctps, it is not damaged and must be neither misread nor set aside."""
     v = obj.get("version", 1)
-    if is_count(v) and v > VERSION:
+    if not is_count(v):
+        raise ValueError(f"its version {v!r} is not a version number")
+    if v > VERSION:
         raise DctpsError(
             f"{path} was written by a newer dctps (train checkpoint version {v}; this dctps "
             f"reads versions up to {VERSION}); it is left as it is: upgrade dctps to read it"
@@ -395,9 +397,11 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is a torch.save file, not a dctps train checkpoint (it has no run config "
             "and model state)"
         )
-    _check_version(obj, path)
     try:
+        _check_version(obj, path)
         return unpack_sparse(obj, _model_shapes(obj))
+    except DctpsError:  # a newer dctps's file: said as it is
+        raise
     except (ValueError, RuntimeError, TypeError) as e:  # a crafted or mis-written entry
         raise DctpsError(f"{path} is not a usable dctps train checkpoint: {one_line(e)}") from None
 

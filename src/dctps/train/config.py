@@ -494,10 +494,11 @@ def _canonical_exclude(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _named(field: str) -> str:
-    """``field`` with its flag, ``batch_size (--batch-size)``: a resolved config cannot tell
-    whether a bad value came from a YAML key or a flag, so its errors name both."""
-    flag = next((f.flag for f in cli_fields() if f.path[-1] == field), None)
-    return f"{field} (--{flag})" if flag else field
+    """``field`` as its config key with its ``dctps train`` flag, ``optim.batch_size
+    (--batch-size)``: a resolved config cannot tell whether a bad value came from a YAML key,
+    a sweep's ``--set`` or a flag, so its errors name the key and the flag."""
+    found = next((f for f in cli_fields() if f.path[-1] == field), None)
+    return f"{'.'.join(found.path)} (--{found.flag})" if found else field
 
 
 def _positive_int(v: Any, name: str) -> int:
