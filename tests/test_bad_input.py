@@ -420,6 +420,9 @@ CASES = [
     L("sparsify-fixup-fixed-alpha", r"zero-initialises some layers \(Fixup\).*Train alpha",
       lambda e: dctps.sparsify(dctps.models.build("fixup_resnet110", num_classes=10), 0.01,
                                train_alpha=False)),
+    C("train-batched-rebuild-on-dense", r"--batched-rebuild on applies only to --method dctps "
+      r".*got --method dense", "train", "--model", "lenet5", "--dataset", "cifar10", "--method",
+      "dense", "--batched-rebuild", "on", "--data-root", "{data}", "--out", "{tmp}/out"),
     C("train-batched-rebuild",
       r"batched_rebuild \(--batched-rebuild\) must be one of auto, on, off, got 'yes'",
       *TRAIN_AT, "--batched-rebuild", "yes"),

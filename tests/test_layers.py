@@ -280,6 +280,43 @@ def test_torch_compile_fullgraph_of_a_fresh_model_on_cpu_caches_the_basis():
     torch.testing.assert_close(y, model(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(
+    TORCH_VERSION < (2, 6),
+    reason="needs torch >= 2.6: dynamo of torch 2.3-2.5 cannot trace a DCTpS layer's forward in "
+    "one graph (fullgraph=True fails; without it, graph breaks)",
+)
+@pytest.mark.parametrize("offset", ["dct_signflip", "dct_permuted", "hadamard"])
+def test_torch_compile_fullgraph_of_a_fast_layer_with_another_offset(offset):
+    """A combinations review: under torch.compile every layer takes the dense path, and a
+    'fast' layer had never built D; built in the trace, a random offset's torch.Generator
+    and Hadamard's data-dependent size failed with torch's own errors, or recompiled D's
+    frame to dynamo's limit. Such a D is built eagerly, outside the graph (one graph break);
+    with fullgraph=True it must exist first (`layer.D`), as the README says."""
+    import dctps
+
+    torch.manual_seed(0)
+    model = dctps.sparsify(torch.nn.Sequential(torch.nn.Linear(64, 32)), 0.1, offset=offset,
+                           seed=0)  # fmt: skip
+    dctps.set_mode(model, "fast")
+    x = torch.randn(4, 64)
+    eager = model(x)
+    assert not model[0].basis_built
+    graphs, backend = _graph_recorder()
+    compiled = torch.compile(model, backend=backend)
+    for _ in range(3):
+        out = compiled(x)
+    assert model[0].basis_built and len(graphs) <= 3
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert model[0].values.grad is not None
+    fresh = dctps.sparsify(torch.nn.Sequential(torch.nn.Linear(64, 32)), 0.1, offset=offset,
+                           seed=0)  # fmt: skip
+    dctps.set_mode(fresh, "fast")
+    assert fresh[0].D.shape == (32, 64)  # cached first: then one graph
+    out = torch.compile(fresh, backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(out, fresh(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.fixture
 def cpu_as_accelerator(monkeypatch):
     """Let the CPU stand in for a GPU in dctps.layers' device test (CI has no GPU)."""

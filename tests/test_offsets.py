@@ -312,6 +312,42 @@ def test_uncharged_channel_alphas_are_counted_on_top():
     assert c.nonzeros == round(0.001 * c.weights) and c.alphas == 234
 
 
+def test_fixed_channel_alphas_are_not_charged():
+    """A combinations review: `alpha='channel'` with fixed alphas still took `out - 1` entries
+    per layer from S (LeNet-5 at 5%: 2,847 trainable against 3,076 for fixed layer alphas),
+    and at 0.1% it was refused for alphas that train nothing. Fixed alphas cost no budget, and
+    such runs get a hash of their own (charge_alpha resolves to False), apart from the rows
+    recorded when they were charged."""
+    from dctps.train.config import RunConfig, identity_hash
+
+    for d in (0.05, 0.001):
+        layer = dctps.count(dctps.sparsify(lenet(), d, train_alpha=False))
+        chan = dctps.count(dctps.sparsify(lenet(), d, alpha="channel", train_alpha=False))
+        assert chan.nonzeros == layer.nonzeros == round(d * layer.weights)
+        assert chan.fixed_alphas == 234 and layer.fixed_alphas == 5
+    cfg = RunConfig.from_dict(
+        {
+            "model": {"name": "lenet5"},
+            "sparsity": {
+                "method": "dctps",
+                "density": 0.05,
+                "alpha": "channel",
+                "train_alpha": False,
+            },
+        }
+    )
+    s = cfg.resolve().sparsity
+    assert s.charge_alpha is False
+    ident = cfg.identity()
+    assert ident["sparsity"]["charge_alpha"] is False
+    del ident["sparsity"]["charge_alpha"]  # as the charged runs were identified
+    assert identity_hash(ident) != cfg.config_hash()
+    explicit = RunConfig.from_dict({"model": {"name": "lenet5"}, "sparsity": {
+        "method": "dctps", "density": 0.05, "alpha": "channel", "train_alpha": False,
+        "charge_alpha": False}})  # fmt: skip
+    assert explicit.config_hash() == cfg.config_hash()
+
+
 def test_charge_that_a_layer_cannot_absorb_raises():
     with pytest.raises(DctpsError, match="extra per-channel alphas.*charge_alpha=False"):
         dctps.sparsify(lenet(), 0.001, alpha="channel")

@@ -601,7 +601,12 @@ class DCTpSLayer(nn.Module):
         ):
             build = _build_basis
             if torch.compiler.is_compiling() and (
-                _is_accelerator(a.device) or not _compat.COMPILE_BUILDS_BASIS
+                _is_accelerator(a.device)
+                or not _compat.COMPILE_BUILDS_BASIS
+                # a random offset draws from a torch.Generator and Hadamard's size is data
+                # dependent: neither traces (a combinations review: fullgraph failed with
+                # torch's own error, and without it D's frame recompiled to dynamo's limit)
+                or self.offset != "dct"
             ):
                 # eager, outside the graph (a graph break); wrapped here, not at import, since
                 # decorating imports torch._dynamo (a second of start-up for every command)

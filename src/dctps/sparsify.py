@@ -411,7 +411,8 @@ def sparsify(
     With ``alpha='channel'`` and ``charge_alpha=True`` (default) each layer's ``S`` gets
     ``out - 1`` fewer non-zeros, so that alphas + non-zeros equal those of the ``'layer'``
     configuration (``1 + budget`` per layer): the comparison is at equal trainable parameters. A
-    layer whose budget is smaller than ``out - 1`` raises :class:`DctpsError`.
+    layer whose budget is smaller than ``out - 1`` raises :class:`DctpsError`. Fixed alphas
+    (``train_alpha=False``) train nothing and are not charged.
 
     Args:
         model: any ``nn.Module``; the packed attention projection of ``nn.MultiheadAttention``
@@ -501,7 +502,7 @@ def sparsify(
         )
     _check_convertible(model, layers, exclude, aliases)
     counts = budgets([shape for _, _, shape in layers], d, allocation)
-    charged = alpha == "channel" and charge_alpha
+    charged = alpha == "channel" and charge_alpha and train_alpha  # fixed alphas cost nothing
     if sum(counts) == 0:
         total = sum(math.prod(shape) for _, _, shape in layers)
         raise DctpsError(

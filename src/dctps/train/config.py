@@ -166,7 +166,8 @@ class SparsityConfig:
     charge_alpha: bool = _f(
         True,
         "DCTpS with --alpha channel: take the out-1 extra alphas per layer from the sparse budget "
-        "(equal trainable parameters); --no-charge-alpha trains them on top.",
+        "(equal trainable parameters); --no-charge-alpha trains them on top. Fixed alphas "
+        "(--fixed-alpha) train nothing and are never charged.",
         omit_default=True,
     )
 
@@ -666,6 +667,11 @@ def _resolve_offset(s: SparsityConfig) -> None:
     s.alpha_init = init
     if s.alpha == "layer":
         s.charge_alpha = True  # nothing to charge: keep one hash for the same experiment
+    elif not s.train_alpha:
+        # fixed alphas train nothing, so they cost no budget (dctps.sparsify charges only
+        # trainable ones); False also gives these runs another hash than those recorded when
+        # fixed per-channel alphas were charged, whose S had out-1 fewer entries per layer
+        s.charge_alpha = False
 
 
 def _resolve_optim(c: RunConfig) -> None:
@@ -902,6 +908,11 @@ def _check_cli_flags(values: dict[str, Any], cfg: RunConfig) -> None:
         raise DctpsError(
             "--no-charge-alpha applies only with --alpha channel (with one alpha per layer there "
             f"are no extra alphas to charge; got alpha {cfg.sparsity.alpha!r})"
+        )
+    if values.get("batched_rebuild") == "on" and cfg.sparsity.method != "dctps":
+        raise DctpsError(
+            "--batched-rebuild on applies only to --method dctps (it batches the rebuild of "
+            f"each layer's W = alpha*D + S; got --method {cfg.sparsity.method})"
         )
     if values.get("gamma") is not None and not cfg.resolve().optim.milestones:
         raise DctpsError(
