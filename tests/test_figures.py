@@ -350,6 +350,21 @@ def test_rows_of_a_changed_computation_are_not_averaged_with_todays(tmp_path):
     assert marks[new.config_hash()] == ""  # today's run needs no mark
 
 
+def test_a_method_option_names_its_pairs_and_the_default_run_reads_no_options(tmp_path):
+    """A combinations review: beside a run with `exclude`, the default DCTpS run was labelled
+    `DCTpS [options={}]` and its variant `options={}`."""
+    from dctps.results.store import variant_column
+
+    store = Store(tmp_path)
+    plain = record(store, cfg("dctps", 0.01), 0.5)
+    ex = record(store, cfg("dctps", 0.01, options={"exclude": ["fc3"]}), 0.4)
+    rows = store.query({})
+    marks = dict(zip([r["hash"] for r in rows], variant_column(rows), strict=True))
+    assert marks == {plain: "no options", ex: 'exclude=["fc3"]'}
+    (panel,) = aggregate(rows)
+    assert sorted(panel.series) == ['DCTpS [exclude=["fc3"]]', "DCTpS [no options]"]
+
+
 # ----------------------------------------------------------------------------- overridden figures
 def test_a_figure_names_the_data_set_and_model_it_ran_not_the_papers():
     """`dctps figure density-resnet18-cifar10 --quick --dataset digits` trains on digits: its title

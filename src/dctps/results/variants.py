@@ -74,7 +74,23 @@ def named_differences(flat: Mapping[str, Any], varying: Sequence[str]) -> list[s
     """``["epochs=6", ...]``: this run's values of the ``varying`` keys (a key it lacks, e.g. one
     an older version did not record, is not named). ``data.subset`` left unset reads
     ``subset=all`` (the whole split), not Python's ``None``."""
-    return [f"{k.split('.')[-1]}={_shown(k, flat[k])}" for k in varying if k in flat]
+    return [_named(k, flat[k]) for k in varying if k in flat]
+
+
+def _named(key: str, value: Any) -> str:
+    """``epochs=6``; a method's options as their own pairs (``exclude=["fc"]``), or ``no
+    options`` for none: ``options={}`` named the default run (a combinations review)."""
+    name = key.split(".")[-1]
+    if name == "options" and isinstance(value, str):
+        try:
+            opts = json.loads(value)
+        except ValueError:
+            opts = None
+        if isinstance(opts, dict):
+            if not opts:
+                return "no options"
+            return ", ".join(f"{k}={flat_value(v)}" for k, v in sorted(opts.items()))
+    return f"{name}={_shown(key, value)}"
 
 
 def _shown(key: str, value: Any) -> Any:
