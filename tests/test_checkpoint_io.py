@@ -621,3 +621,23 @@ def test_an_architecture_spec_that_does_not_build_is_named(tmp_path):
     with pytest.raises(DctpsError, match=r"architecture spec .* does not build \(TypeError: "
                        r".*unexpected keyword argument 'width'"):  # fmt: skip
         dctps.load(_rewrite(p, header))
+
+
+def test_inspect_counts_the_layers_offsets_alpha_scopes_and_fixed_alphas(tmp_path):
+    """A combinations review: `dctps inspect` showed none of a layer's offset, alpha scope or
+    fixed alpha, which `dctps.load` restores from the file."""
+    m = dctps.sparsify(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)), 0.1,
+                       alpha="channel", train_alpha=False, offset="dct_signflip", seed=0,
+                       exclude=[])  # fmt: skip
+    m[2].alpha.requires_grad_(True)  # one trained again
+    dctps.save(m, tmp_path / "m.dctps")
+    info = dctps.inspect(tmp_path / "m.dctps")
+    assert info.settings == {"offset": {"dct_signflip": 2}, "alpha": {"channel": 2},
+                             "fixed alpha": 1}  # fmt: skip
+    assert "DCTpS layers: offset dct_signflip (2); alpha per channel (2); 1 with alpha fixed" in (
+        info.table()
+    )
+    plain = dctps.sparsify(nn.Sequential(nn.Linear(16, 8)), 0.5, seed=0)
+    dctps.save(plain, tmp_path / "p.dctps")
+    assert dctps.inspect(tmp_path / "p.dctps").settings == {
+        "offset": {"dct": 1}, "alpha": {"layer": 1}, "fixed alpha": 0}  # fmt: skip

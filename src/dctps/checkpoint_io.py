@@ -32,6 +32,7 @@ import math
 import os
 import struct
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -674,6 +675,9 @@ class CheckpointInfo:
     dctps_version: str = ""
     model_class: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how many DCTpS layers have each setting: ``{"offset": {"dct": 5}, "alpha": {"layer": 5},
+    #: "fixed alpha": 0}``
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def nnz(self) -> int:
@@ -712,6 +716,11 @@ class CheckpointInfo:
             f"stored with the layer): {self.other_tensors} tensors, {self.other_elements:,} "
             f"elements, {self.other_bytes:,} bytes"
         )
+        if self.settings:
+            offsets = ", ".join(f"{k} ({n})" for k, n in self.settings["offset"].items())
+            scopes = ", ".join(f"per {k} ({n})" for k, n in self.settings["alpha"].items())
+            lines.append(f"DCTpS layers: offset {offsets}; alpha {scopes}; "
+                         f"{self.settings['fixed alpha']} with alpha fixed")  # fmt: skip
         arch = json.dumps(self.arch) if self.arch else "none (load needs model=...)"
         lines.append(f"architecture: {arch}")
         if isinstance(self.arch, dict):
@@ -749,6 +758,12 @@ def inspect(path: str | os.PathLike) -> CheckpointInfo:
                          tuple(shape), int(nnz), math.prod(shape), nbytes)
             )  # fmt: skip
     other = [e for k, e in by_key.items() if k not in used]
+    layers = header.get("layers", [])
+    settings = {
+        "offset": dict(Counter(str(c.get("offset", "dct")) for c in layers)),
+        "alpha": dict(Counter(str(c.get("alpha", "layer")) for c in layers)),
+        "fixed alpha": sum(c.get("train_alpha", True) is False for c in layers),
+    } if layers else {}  # fmt: skip
     return CheckpointInfo(
         path=str(path),
         file_bytes=size,
@@ -759,6 +774,7 @@ def inspect(path: str | os.PathLike) -> CheckpointInfo:
         other_bytes=sum(e["nbytes"] for e in other),
         dctps_version=header.get("dctps_version", ""),
         model_class=header.get("model_class", ""),
+        settings=settings,
     )
 
 
