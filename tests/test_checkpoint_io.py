@@ -637,6 +637,11 @@ def test_inspect_counts_the_layers_offsets_alpha_scopes_and_fixed_alphas(tmp_pat
     assert "DCTpS layers: offset dct_signflip (2); alpha per channel (2); 1 with alpha fixed" in (
         info.table()
     )
+    att = nn.ModuleDict({"att": nn.MultiheadAttention(16, 2), "fc": nn.Linear(16, 4)})
+    dctps.sparsify(att, 0.2, seed=0)
+    dctps.save(att, tmp_path / "a.dctps")
+    info = dctps.inspect(tmp_path / "a.dctps")  # an attention holds two DCTpS projections
+    assert len(info.rows) == 3 == sum(info.settings["offset"].values())
     plain = dctps.sparsify(nn.Sequential(nn.Linear(16, 8)), 0.5, seed=0)
     dctps.save(plain, tmp_path / "p.dctps")
     assert dctps.inspect(tmp_path / "p.dctps").settings == {

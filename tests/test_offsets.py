@@ -346,6 +346,25 @@ def test_fixed_channel_alphas_are_not_charged():
         "method": "dctps", "density": 0.05, "alpha": "channel", "train_alpha": False,
         "charge_alpha": False}})  # fmt: skip
     assert explicit.config_hash() == cfg.config_hash()
+    # labels: nothing trains "on top", and charge_alpha is not a choice shown for them
+    from dctps.results import figures
+
+    label = figures._offset_label(cfg.resolve().to_dict())
+    assert label == "DCTpS, α per channel, fixed α"
+    assert "charge_alpha" not in cfg.resolve().summary()
+    trained = RunConfig.from_dict(
+        {
+            "model": {"name": "lenet5"},
+            "sparsity": {
+                "method": "dctps",
+                "density": 0.05,
+                "alpha": "channel",
+                "charge_alpha": False,
+            },
+        }
+    )
+    assert figures._offset_label(trained.resolve().to_dict()) == "DCTpS, α per channel (+alphas)"
+    assert "charge_alpha=False" in trained.resolve().summary()
 
 
 def test_charge_that_a_layer_cannot_absorb_raises():

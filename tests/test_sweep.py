@@ -612,6 +612,17 @@ def test_threads_reach_the_runs_from_the_command_line(fake_cifar10, tmp_path, mo
                      echo=lambda s: None)  # fmt: skip
     with pytest.raises(DctpsError, match="more than 4x this machine's"):
         sw.sweep_command(str(grid), str(tmp_path), threads=10**4, dry_run=True)
+    figures.run_figure("density-lenet5-cifar10", tmp_path, config=str(grid), executor="slurm",
+                       threads=10**4, dry_run=True, echo=lambda s: None)  # fmt: skip
+    with monkeypatch.context() as m:  # run_sweep gets past its check for SLURM, to planning
+        m.setattr(sw, "plan", lambda *a, **kw: (_ for _ in ()).throw(Stop()))
+        with pytest.raises(Stop):
+            sw.run_sweep(expand_grid(yaml.safe_load(grid.read_text())), tmp_path,
+                         executor="slurm", threads=10**4)  # fmt: skip
+    # on the machine that runs it, an impossible count is the run's error, not a crash
+    (cfg,) = expand_grid(yaml.safe_load(grid.read_text()))
+    res = sw.run_one(cfg, str(tmp_path), str(tmp_path / "r.db"), threads=10**6)
+    assert res["status"] == "error" and "more than 4x this machine's" in res["reason"]
 
 
 def test_an_interrupted_submitit_local_sweep_stops_its_jobs(fake_cifar10, tmp_path, monkeypatch):

@@ -1097,6 +1097,11 @@ def test_batched_rebuild_trains_the_same_run(fake_cifar10, tmp_path, monkeypatch
         DctpsError, match=r"batched_rebuild \(--batched-rebuild\) must be one of auto, on, off"
     ):
         dataclasses.replace(off, batched_rebuild="yes").resolve()
+    # a config file or grid may carry `on` for every method: only the CLI flag is refused
+    random_on = dataclasses.replace(small_cfg(fake_cifar10, method="random", epochs=1),
+                                    batched_rebuild="on")  # fmt: skip
+    assert fit(random_on, tmp_path / "random", progress=False)["status"] == "done"
+    assert len(calls) == 1  # nothing to batch
 
 
 def test_resume_flag_needs_checkpoint(fake_cifar10, tmp_path):
@@ -1604,6 +1609,16 @@ def test_a_run_checkpoint_of_a_changed_computation_is_refused(fake_cifar10, tmp_
         pruned["config_hash"] = identity_hash(ident)
         torch.save(pruned, tmp_path / "before_check.pt")
         ckpt_io.model_from_checkpoint(tmp_path / "before_check.pt")
+        # fixed per-channel alphas, recorded when they were charged (charge_alpha at default)
+        fixed = small_cfg(fake_cifar10, epochs=1, sparsity={"alpha": "channel",
+                                                            "train_alpha": False})  # fmt: skip
+        f = fit(fixed, tmp_path, progress=False)
+        ck = torch.load(tmp_path / "runs" / f["hash"] / "best.pt", weights_only=False)
+        ident = RunConfig.from_dict(ck["config"]).resolve().identity()
+        assert ident["sparsity"].pop("charge_alpha") is False
+        ck["config_hash"] = identity_hash(ident)
+        torch.save(ck, tmp_path / "charged.pt")
+        ckpt_io.model_from_checkpoint(tmp_path / "charged.pt")
     # a DCTpS run of the old support seeding (seed + i) holds its support: it still loads
     cfg = RunConfig.from_dict(obj["config"]).resolve()
     ident = cfg.identity()
@@ -2318,13 +2333,16 @@ def test_a_checkpoint_of_a_newer_layout_is_refused_and_kept(fake_cifar10, tmp_pa
                        r"checkpoint version 99; this dctps reads versions up to 2\)"):  # fmt: skip
         ckpt_io.load_checkpoint(run, r["hash"])
     assert newer.read_bytes() == before and not (run / "last.pt.corrupt").exists()
-    with pytest.raises(DctpsError, match="written by a newer dctps"):
-        ckpt_io.model_from_checkpoint(newer)
+    with pytest.raises(DctpsError, match=r"^\S+last\.pt was written by a newer dctps"):
+        ckpt_io.model_from_checkpoint(newer)  # said as it is, not as "not usable: ..."
     torch.save({**obj, "version": 3}, newer)  # the next one is newer too
     with pytest.raises(DctpsError, match="version 3; this dctps reads versions up to 2"):
         ckpt_io.load_checkpoint(run, r["hash"])
     torch.save({**obj, "version": 1}, newer)  # an older one reads
     assert ckpt_io.load_checkpoint(run, r["hash"])["epoch"] == 2
+    torch.save({**obj, "version": 0}, newer)  # there never was a version 0: damaged
+    with pytest.warns(RuntimeWarning, match="its version 0 is not a version number"):
+        assert ckpt_io.load_checkpoint(run, r["hash"])["path"].endswith("prev.pt")
     torch.save({**obj, "version": "3"}, newer)  # not a version: damaged, prev.pt resumes
     with pytest.warns(RuntimeWarning, match="its version '3' is not a version number"):
         assert ckpt_io.load_checkpoint(run, r["hash"])["path"].endswith("prev.pt")

@@ -758,7 +758,9 @@ def inspect(path: str | os.PathLike) -> CheckpointInfo:
                          tuple(shape), int(nnz), math.prod(shape), nbytes)
             )  # fmt: skip
     other = [e for k, e in by_key.items() if k not in used]
-    layers = header.get("layers", [])
+    # an attention entry holds two DCTpS projections, counted as two rows above
+    layers = [c for c in header.get("layers", [])
+              for _ in range(2 if c["type"] == "DCTpSMultiheadAttention" else 1)]  # fmt: skip
     settings = {
         "offset": dict(Counter(str(c.get("offset", "dct")) for c in layers)),
         "alpha": dict(Counter(str(c.get("alpha", "layer")) for c in layers)),

@@ -179,7 +179,8 @@ def _offset_label(cfg: Mapping[str, Any]) -> str:
     off = s.get("offset", "dct")
     parts = [] if off == "dct" else [off]
     if s.get("alpha", "layer") == "channel":
-        parts.append("α per channel" + ("" if s.get("charge_alpha", True) else " (+alphas)"))
+        on_top = s.get("charge_alpha", True) is False and s.get("train_alpha") is not False
+        parts.append("α per channel" + (" (+alphas)" if on_top else ""))
     init = s.get("alpha_init", 1.0)
     if init == "kaiming":
         parts.append("α init Kaiming")

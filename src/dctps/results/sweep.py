@@ -451,7 +451,6 @@ def run_one(
     """
     from dctps.train.loop import fit
 
-    _init_worker(threads)
     h = None
     if _worker_interrupted:  # Ctrl-C: the sweep is stopping, do not start another run
         return {"hash": h, "status": "error", "reason": "interrupted (Ctrl-C)"}
@@ -459,6 +458,8 @@ def run_one(
     try:
         c = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
         h = c.config_hash()
+        # checked here, on the machine that runs it (a SLURM node): torch crashed on 100000
+        _init_worker(check_threads(threads or 0, "threads") or None)
         _in_run = True
         try:
             r = fit(c, out, store=db, progress=False, resume=False if restart else None)

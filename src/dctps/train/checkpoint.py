@@ -332,7 +332,7 @@ def _check_version(obj: Mapping[str, Any], path: Path) -> None:
     """A :class:`DctpsError` for a checkpoint of a layout newer than :data:`VERSION`: written
     by a newer dctps, it is not damaged and must be neither misread nor set aside."""
     v = obj.get("version", 1)
-    if not is_count(v):
+    if not is_count(v) or v < 1:
         raise ValueError(f"its version {v!r} is not a version number")
     if v > VERSION:
         raise DctpsError(
@@ -412,9 +412,10 @@ def _training_only_hashes(cfg: Any, stored: Mapping[str, Any]) -> set[str]:
     supports seeded per layer by ``SeedSequence`` (:data:`dctps.sparsify.SUPPORT_REVISION`; a
     checkpoint holds its own support), an architecture's learning-rate factors
     (:func:`dctps.models.lr_factors`), and a ``subset`` as large as the data set, which now
-    resolves to none, and method options as stored before their canonical form (an option at
-    its default left out, ``exclude`` a sorted list). Such a checkpoint's model is still exactly
-    the one that was trained."""
+    resolves to none, method options as stored before their canonical form (an option at
+    its default left out, ``exclude`` a sorted list), and fixed per-channel alphas charged to
+    ``S``'s budget (``charge_alpha`` left at its default). Such a checkpoint's model is still
+    exactly the one that was trained."""
     import itertools
 
     from dctps.train.config import identity_hash
@@ -441,6 +442,12 @@ def _training_only_hashes(cfg: Any, stored: Mapping[str, Any]) -> set[str]:
                 if mask >> i & 1:
                     del trimmed[sec][key]
             out.add(identity_hash(trimmed))
+            s = trimmed["sparsity"]
+            if s.get("charge_alpha") is False and s.get("train_alpha") is False:
+                # fixed per-channel alphas, charged to S before they were not: such a run's
+                # checkpoint holds its (smaller) support, which the load takes
+                out.add(identity_hash({**trimmed, "sparsity": {
+                    k: v for k, v in s.items() if k != "charge_alpha"}}))  # fmt: skip
     return out
 
 

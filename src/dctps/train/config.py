@@ -344,6 +344,8 @@ class RunConfig:
         extra = " +rigl" if s.rigl else ""
         for name in ("offset", "alpha", "alpha_init", "charge_alpha"):  # non-default only
             v = getattr(s, name)
+            if name == "charge_alpha" and not s.train_alpha:
+                continue  # fixed alphas are never charged: not a choice to show
             if v != SparsityConfig.__dataclass_fields__[name].default:
                 extra += f" {name}={v}"
         return (
