@@ -325,44 +325,26 @@ def test_fixed_channel_alphas_are_not_charged():
         chan = dctps.count(dctps.sparsify(lenet(), d, alpha="channel", train_alpha=False))
         assert chan.nonzeros == layer.nonzeros == round(d * layer.weights)
         assert chan.fixed_alphas == 234 and layer.fixed_alphas == 5
-    cfg = RunConfig.from_dict(
-        {
-            "model": {"name": "lenet5"},
-            "sparsity": {
-                "method": "dctps",
-                "density": 0.05,
-                "alpha": "channel",
-                "train_alpha": False,
-            },
-        }
-    )
+
+    def channel(**sp):
+        sp = {"method": "dctps", "density": 0.05, "alpha": "channel", **sp}
+        return RunConfig.from_dict({"model": {"name": "lenet5"}, "sparsity": sp})
+
+    cfg = channel(train_alpha=False)
     s = cfg.resolve().sparsity
     assert s.charge_alpha is False
     ident = cfg.identity()
     assert ident["sparsity"]["charge_alpha"] is False
     del ident["sparsity"]["charge_alpha"]  # as the charged runs were identified
     assert identity_hash(ident) != cfg.config_hash()
-    explicit = RunConfig.from_dict({"model": {"name": "lenet5"}, "sparsity": {
-        "method": "dctps", "density": 0.05, "alpha": "channel", "train_alpha": False,
-        "charge_alpha": False}})  # fmt: skip
-    assert explicit.config_hash() == cfg.config_hash()
+    assert channel(train_alpha=False, charge_alpha=False).config_hash() == cfg.config_hash()
     # labels: nothing trains "on top", and charge_alpha is not a choice shown for them
     from dctps.results import figures
 
     label = figures._offset_label(cfg.resolve().to_dict())
     assert label == "DCTpS, α per channel, fixed α"
     assert "charge_alpha" not in cfg.resolve().summary()
-    trained = RunConfig.from_dict(
-        {
-            "model": {"name": "lenet5"},
-            "sparsity": {
-                "method": "dctps",
-                "density": 0.05,
-                "alpha": "channel",
-                "charge_alpha": False,
-            },
-        }
-    )
+    trained = channel(charge_alpha=False)
     assert figures._offset_label(trained.resolve().to_dict()) == "DCTpS, α per channel (+alphas)"
     assert "charge_alpha=False" in trained.resolve().summary()
 
