@@ -2349,3 +2349,16 @@ def test_a_checkpoint_of_a_newer_layout_is_refused_and_kept(fake_cifar10, tmp_pa
     with pytest.raises(DctpsError, match=r"last\.pt\.corrupt is not a usable dctps train "
                        r"checkpoint: ValueError: its version '3' is not a version"):  # fmt: skip
         ckpt_io.model_from_checkpoint(run / "last.pt.corrupt")
+
+
+def test_a_dctps_budget_refusal_comes_before_any_output(fake_cifar10, tmp_path):
+    """A combinations review: `--alpha channel` at a density too low to pay for the alphas
+    was refused clearly, but after an empty results.db and runs/ were created. DCTpS's
+    sparsify runs first on the meta device (milliseconds), as the model's own check does."""
+    cfg = small_cfg(fake_cifar10, density=0.001, sparsity={"alpha": "channel"})
+    with pytest.raises(DctpsError, match="too few to pay for its 15 extra per-channel alphas"):
+        fit(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    ok = small_cfg(fake_cifar10, epochs=1, sparsity={"alpha": "channel", "offset": "hadamard",
+                                                     "alpha_init": "kaiming"})  # fmt: skip
+    assert fit(ok, tmp_path / "ok", progress=False)["status"] == "done"

@@ -602,6 +602,11 @@ def _fit(
     with torch.device("meta"):
         shape = su.build_model(cfg, info0)
     one_image_fails = not _trains_on_one_image(shape, info0)
+    if cfg.sparsity.method == "dctps":
+        # a budget that cannot pay for per-channel alphas, a bad exclude pattern: refused here
+        # too (milliseconds), not after an empty store and run folder were created
+        with torch.device("meta"):
+            su.apply_sparsity(shape, cfg)
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)
