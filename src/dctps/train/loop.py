@@ -952,9 +952,7 @@ def _fit(
             # if a process were still training it
             where = (f"after epoch {saved} of {o.epochs}" if saved
                      else f"before its first checkpoint (epoch 1 of {o.epochs})")  # fmt: skip
-            cause = one_line(e)
-            if ctx.enabled and _peer_gone(e):  # gloo's "Connection closed by peer": not ours
-                cause = "another process of this DDP run stopped; its own error says why"
+            cause = _stop_cause(e, ctx)
             _say_interrupted(
                 store, h, f"stopped {where} by an error ({cause}); run the same command again "
                 "to " + ("resume" if saved else "start it over"),
@@ -1028,9 +1026,7 @@ def _fit(
         except Exception as e:
             # a full disk (best.pt's write), a test-set error: as in the epochs, the row must not
             # say `running` with no process training it (a coverage review)
-            cause = one_line(e)
-            if ctx.enabled and _peer_gone(e):
-                cause = "another process of this DDP run stopped; its own error says why"
+            cause = _stop_cause(e, ctx)
             _say_interrupted(
                 store, h, f"stopped after its last epoch ({saved} of {o.epochs}) by an error "
                 f"({cause}) before its result was recorded; run the same command again to finish",
@@ -1065,6 +1061,14 @@ def constant_output(model: nn.Module, loader: Any) -> bool:
         model.train(was)
     spread = float((out.amax(0) - out.amin(0)).max())
     return spread <= 1e-6 * max(1.0, float(out.abs().max()))
+
+
+def _stop_cause(e: BaseException, ctx: DistContext) -> str:
+    """Why a run stopped, as its row's reason quotes it: ``e`` in one line, or, under DDP, that
+    another process stopped (gloo's "Connection closed by peer" is not this rank's error)."""
+    if ctx.enabled and _peer_gone(e):
+        return "another process of this DDP run stopped; its own error says why"
+    return one_line(e)
 
 
 def _peer_gone(e: BaseException) -> bool:
