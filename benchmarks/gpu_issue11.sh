@@ -7,7 +7,7 @@
 #
 # Parts, most important first, each under its own time limit so one slow part cannot eat the
 # others (about 7 minutes in all on an H100):
-#   tests    tests/test_cuda.py (numbers on CUDA; the batched rebuild never synchronises the host;
+#   tests    tests/test_cuda.py and tests/test_triton_rebuild.py (numbers on CUDA; the kernels; the batched rebuild never synchronises the host;
 #            a CUDA-graph replay equals eager) and the pruning collapse check on the model's device
 #   step     dctps bench step: ResNet18 step, dense vs DCTpS auto vs DCTpS batched, operator counts
 #   graph    benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched,
@@ -40,6 +40,7 @@ part() {  # part NAME TIMEOUT CMD...: run CMD, log to $OUT/NAME.log, print the l
 }
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/env.txt"
+$PY -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.txt"
 
 if [ -n "$QUICK" ]; then
   GRAPH_ARGS="--batch 32 --reps 2 --steps 2 --channels-last"; PROF_ARGS="--batch 8 --steps 2 --model lenet5"
@@ -50,7 +51,7 @@ else
   COMPILE_ARGS="--batch 128 --reps 5 --steps 20"
   TP_ARGS="--lenet-images 20000 --resnet-images 12800 --repeats 2"
 fi
-part tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+part tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_triton_rebuild.py \
   tests/test_pruning_collapse.py::test_check_runs_on_the_models_device
 part step 150 $PY -m dctps.cli bench step --device "$DEVICE" $QUICK
 part graph 150 $PY benchmarks/step_cudagraph.py $GRAPH_ARGS

@@ -1,9 +1,14 @@
 """Issue 11 (b) on a GPU: what a lone DCTpS conv adds to ``nn.Conv2d``, host and kernels apart.
 
 For a few conv shapes of ResNet18 at CIFAR sizes this times forward+backward of ``nn.Conv2d`` and
-of ``DCTpSConv2d(mode='dense')`` with each rebuild of ``W = alpha * D + S``: ``ops`` (built-in
-differentiable operators, what accelerators use: :func:`dctps.layers.op_rebuild`) and ``fused``
-(one autograd Function, what the CPU uses: :func:`dctps.layers.cpu_rebuild`).
+of ``DCTpSConv2d(mode='dense')`` with each rebuild of ``W = alpha * D + S``:
+
+- ``kernel``: one Triton kernel each way (:mod:`dctps.triton_rebuild`), what CUDA uses while a
+  graph is captured (here in every call);
+- ``ops``: built-in differentiable operators, what eager CUDA calls use (after the first, which
+  compile the kernels) and other accelerators (:func:`dctps.layers.op_rebuild`);
+- ``fused``: one autograd Function, what the CPU uses (:func:`dctps.layers.cpu_rebuild`).
+
 Per call it prints the latency (each call synchronised), the time inside a loop (``--calls``
 back-to-back calls per synchronisation), the time of a CUDA-graph replay of the call (GPU time
 without host work), and from :mod:`torch.profiler` the GPU kernel time and kernel count. A layer
@@ -22,23 +27,47 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from dctps import layers
+from dctps import layers, triton_rebuild
 from dctps.bench import cuda_graph, timeit
 from dctps.layers import DCTpSConv2d
 
 SHAPES = [(3, 64, 1, 32), (64, 64, 1, 16), (256, 256, 1, 8), (512, 512, 1, 4)]  # cin, cout, s, H
 
 
-def fwd_bwd(module: nn.Module, x: torch.Tensor, rebuild: Callable | None) -> Callable[[], None]:
+def fwd_bwd(module: nn.Module, x: torch.Tensor, rebuild: str | None) -> Callable[[], None]:
+    """One forward+backward of ``module``; a DCTpS layer rebuilds its weight as ``rebuild``
+    says (``dense_weight()`` looks these names up per call, so each call sets them)."""
+    chosen = {"ops": ORIGINAL[1], "fused": ORIGINAL[2]}.get(rebuild or "")
+
     def step() -> None:
-        if rebuild is not None:  # dense_weight() looks the names up per call
-            layers.op_rebuild = layers.cpu_rebuild = rebuild  # type: ignore[assignment]
+        if rebuild is not None:
+            kernel = rebuild == "kernel"
+            layers.kernel_rebuild_usable = ORIGINAL[0] if kernel else _never
+            layers.capturing = _always if kernel else ORIGINAL[3]
+            if chosen is not None:
+                layers.op_rebuild = layers.cpu_rebuild = chosen  # type: ignore[assignment]
         module.zero_grad(set_to_none=True)
         x.grad = None
         y = module(x)
         y.backward(torch.ones_like(y))
 
     return step
+
+
+def _never(*args: object) -> bool:
+    return False
+
+
+def _always(*args: object) -> bool:
+    return True
+
+
+ORIGINAL = (layers.kernel_rebuild_usable, layers.op_rebuild, layers.cpu_rebuild, layers.capturing)
+
+
+def _restore() -> None:
+    (layers.kernel_rebuild_usable, layers.op_rebuild, layers.cpu_rebuild,
+     layers.capturing) = ORIGINAL  # fmt: skip
 
 
 def kernels(fn: Callable[[], None], n: int, cuda: bool) -> tuple[float, float]:
@@ -61,20 +90,18 @@ def main() -> None:
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    original, fused = layers.op_rebuild, layers.cpu_rebuild
+    variants = ["ops", "fused"]
+    if cuda and triton_rebuild.available():
+        variants.append("kernel")
     print(f"device {torch.cuda.get_device_name(0) if cuda else 'CPU'}, torch {torch.__version__}")
-    print(f"{'conv':>16} {'variant':>8} {'sync us':>8} {'ratio':>6} {'loop us':>8} {'ratio':>6} "
+    print(f"{'conv':>16} {'variant':>10} {'sync us':>8} {'ratio':>6} {'loop us':>8} {'ratio':>6} "
           f"{'graph us':>8} {'ratio':>6} {'kernel us':>9} {'kernels':>7}")  # fmt: skip
     for cin, cout, s, h in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(a.batch, cin, h, h, device=device, requires_grad=True)
         conv = nn.Conv2d(cin, cout, 3, s, 1, bias=False, device=device)
         lay = DCTpSConv2d(cin, cout, 3, s, 1, bias=False, nnz=532, seed=0, device=device)
-        fns = {
-            "conv": fwd_bwd(conv, x, None),
-            "ops": fwd_bwd(lay, x, original),
-            "fused": fwd_bwd(lay, x, fused),
-        }
+        fns = {"conv": fwd_bwd(conv, x, None)} | {v: fwd_bwd(lay, x, v) for v in variants}
         try:
             lat = timeit(fns, a.reps, device)
             loop = timeit(fns, a.reps, device, calls=a.calls)
@@ -82,18 +109,20 @@ def main() -> None:
             graph = {}
             if cuda:  # a fresh layer per capture: a graph holds its gradients' memory
                 lay_g = {v: DCTpSConv2d(cin, cout, 3, s, 1, bias=False, nnz=532, seed=0,
-                                        device=device) for v in ("ops", "fused")}  # fmt: skip
-                graph = timeit({k: cuda_graph(fwd_bwd(lay_g.get(k, conv), x, r))
-                                for k, r in (("conv", None), ("ops", original),
-                                             ("fused", fused))},
-                               a.reps, device, calls=a.calls)  # fmt: skip
+                                        device=device) for v in variants}  # fmt: skip
+                graphs = {}
+                for k in fns:
+                    graphs[k] = cuda_graph(
+                        fwd_bwd(lay_g.get(k, conv), x, k if k in variants else None)
+                    )
+                graph = timeit(graphs, a.reps, device, calls=a.calls)
         finally:
-            layers.op_rebuild, layers.cpu_rebuild = original, fused
+            _restore()
         for k in fns:
             us, n = counted[k]
             g_us = 1e6 * graph[k].best if graph else float("nan")
             g_r = graph[k].best / graph["conv"].best if graph else float("nan")
-            print(f"{f'{cin}->{cout} H{h}':>16} {k:>8} {1e6 * lat[k].best:>8.1f} "
+            print(f"{f'{cin}->{cout} H{h}':>16} {k:>10} {1e6 * lat[k].best:>8.1f} "
                   f"{lat[k].best / lat['conv'].best:>6.2f} {1e6 * loop[k].best:>8.1f} "
                   f"{loop[k].best / loop['conv'].best:>6.2f} {g_us:>8.1f} {g_r:>6.2f} "
                   f"{us:>9.1f} {n:>7.1f}")  # fmt: skip

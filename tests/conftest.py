@@ -19,6 +19,12 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# dctps's Triton kernels (dctps.triton_rebuild) run where Triton is installed: compiled on CUDA,
+# and on a machine without one in Triton's interpreter, which reads this variable when the
+# kernels are defined, so before any test imports dctps
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def write_fake_cifar10(root: Path, n_per_batch: int = 64, n_test: int = 64, seed: int = 0) -> Path:
     """A tiny, learnable CIFAR-10 in the official pickle layout under ``root``; returns ``root``.

@@ -155,3 +155,62 @@ def test_cuda_graph_replay_of_a_layer_matches_eager(per_channel):
     torch.testing.assert_close(lay.values.grad, ref.values.grad, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(lay.alpha.grad, ref.alpha.grad, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(x.grad, xr.grad, atol=1e-10, rtol=1e-10)
+
+
+_CAPTURE_SCRIPT = r"""
+import torch
+from dctps import layers, triton_rebuild as tr
+from dctps.bench import cuda_graph
+from dctps.layers import DCTpSConv2d
+
+calls = []
+real = tr.rebuild
+tr.rebuild = lambda *a: calls.append(torch.cuda.is_current_stream_capturing()) or real(*a)
+for alpha in ("layer", "channel"):
+    kw = dict(nnz=300, seed=0, device="cuda", mode="dense", alpha=alpha)
+    lay = DCTpSConv2d(16, 32, 3, padding=1, **kw)
+    x = torch.randn(8, 16, 8, 8, device="cuda")
+    out = {}
+
+    def step():
+        lay.zero_grad(set_to_none=True)
+        out["y"] = y = lay(x)
+        y.square().sum().backward()
+
+    calls.clear()
+    replay = cuda_graph(step)  # 3 eager warm-up calls, then the capture
+    assert calls == [False, True], calls  # compiled by the first eager call, launched in capture
+    g = torch.Generator().manual_seed(1)
+    new = torch.sort(torch.randperm(32 * 16 * 9, generator=g)[:300]).values.cuda()
+    with torch.no_grad():  # an optimizer step and a RigL support change, in place
+        lay.values.normal_()
+        lay.alpha.mul_(1.7)
+        lay.indices.copy_(new)
+    replay()
+    ref = DCTpSConv2d(16, 32, 3, padding=1, **kw)
+    ref.load_state_dict(lay.state_dict())
+    yr = ref(x)
+    yr.square().sum().backward()
+    torch.testing.assert_close(out["y"], yr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lay.values.grad, ref.values.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(lay.alpha.grad, ref.alpha.grad, rtol=1e-5, atol=1e-3)
+print("ok")
+"""
+
+
+def test_a_cuda_graph_capture_takes_the_kernels_compiled_by_eager_calls(tmp_path):
+    """In a fresh process (no kernel compiled yet): the first eager call compiles the Triton
+    rebuild, the capture launches it, and a replay follows parameters and a support changed in
+    place (RigL's ``indices.copy_``): the rows' support ranges are searched in the graph."""
+    import os
+    import subprocess
+    import sys
+
+    from dctps import triton_rebuild
+
+    if not triton_rebuild.available():
+        pytest.skip("Triton is not installed")
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton"))  # compiled afresh
+    done = subprocess.run([sys.executable, "-c", _CAPTURE_SCRIPT], capture_output=True,
+                          text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

@@ -35,6 +35,7 @@ from torch import nn
 
 from dctps import _compat
 from dctps import offsets as _offsets
+from dctps import triton_rebuild as _triton
 from dctps.allocation import filter_counts
 from dctps.errors import DctpsError, check_seed, unknown_name
 from dctps.fast import (
@@ -66,6 +67,8 @@ ALPHA_SCOPES = ("layer", "channel")
 #: key of a layer's ``__dict__`` where :mod:`dctps.batched` puts the weight it built for the
 #: current forward (absent outside a batched model's forward)
 BATCHED_WEIGHT = "_dctps_w"
+#: key of a layer's ``__dict__`` holding the state of its Triton rebuild kernels (support-derived)
+KERNEL_STATE = "_dctps_kernel"
 
 #: entries of a layer's memo of ``mode='auto'`` decisions (one per exact input shape) before it
 #: is emptied; the decisions themselves stay in :func:`dctps.fast.auto_cache`
@@ -256,6 +259,28 @@ def op_rebuild(
     a view, and autograd's in-place-on-view handling costs 6 more operators.)
     """
     return torch.mul(d, alpha).reshape(-1).index_add(0, indices, values)
+
+
+def kernel_rebuild_usable(
+    d: torch.Tensor, alpha: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
+) -> bool:
+    """Whether :meth:`DCTpSLayer.dense_weight` may rebuild ``W`` with one Triton kernel each way
+    (:mod:`dctps.triton_rebuild`): on CUDA, with Triton installed, in eager autograd only. A
+    ``torch.compile``/``torch.export``/``torch.jit`` trace and the ``torch.func`` transforms
+    see the built-in operators of :func:`op_rebuild`, which they can trace and transform."""
+    return (
+        d.device.type == "cuda"
+        and _triton.usable(d, alpha, indices, values)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not _exporting()
+        and not builtin_ops_only()
+    )
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on ``device``'s current stream."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _check_loaded_support(layer: DCTpSLayer, indices: Any, values: Any, prefix: str) -> None:
@@ -508,7 +533,7 @@ class DCTpSLayer(nn.Module):
         # layer's weight and forward (closures over this layer: the copy computed with the
         # original's weights) nor a batched weight of a forward in progress
         state = dict(super().__getstate__())  # nn.Module's drops a compiled call, for one
-        for key in ("dense_weight", "forward", BATCHED_WEIGHT):
+        for key in ("dense_weight", "forward", BATCHED_WEIGHT, KERNEL_STATE):
             state.pop(key, None)
         return state
 
@@ -632,7 +657,7 @@ class DCTpSLayer(nn.Module):
         """Drop what was derived from the support and the offset (``D``, the fast path's plans),
         after either changed (a state-dict load, :meth:`reset_parameters`)."""
         self._drop_basis()
-        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
+        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs", KERNEL_STATE):
             self.__dict__.pop(key, None)
 
     def _prebuild_basis(self) -> None:
@@ -660,6 +685,8 @@ class DCTpSLayer(nn.Module):
         # probed first: a cast of integer tensors is refused before it touches the indices
         garbage = not was_meta and _allocates_garbage(fn, self.indices.device)
         res = super()._apply(fn, recurse)
+        # the kernels' state is per device (their bounds, counter and compiled code)
+        self.__dict__.pop(KERNEL_STATE, None)
         if (was_meta and self.indices.device.type != "meta") or garbage:
             # only to_empty() leaves meta (a .to() refuses) or hands back uninitialised
             # memory: the support is garbage now, and so is a cached D
@@ -792,7 +819,9 @@ class DCTpSLayer(nn.Module):
         On CPU one pass over ``D`` forward (multiply, then add the non-zeros in place) and one
         backward (``d alpha = <dW, D>``, ``d values = dW[indices]``), via :class:`_FusedWeight`;
         on accelerators, where the passes are cheap and kernel launches and Python are not, the
-        same with built-in differentiable ops. Inside the forward of a model under
+        same with built-in differentiable ops. On CUDA with Triton, one kernel each way
+        (:mod:`dctps.triton_rebuild`) while a CUDA graph is captured and in the first eager
+        calls, which compile them. Inside the forward of a model under
         :func:`dctps.batched.batch_rebuild`, the weight that hook computed for this layer.
         """
         w = self.__dict__.get(BATCHED_WEIGHT)
@@ -801,10 +830,23 @@ class DCTpSLayer(nn.Module):
         if UNINITIALISED in self.__dict__:  # also for readers of .weight (attention, to_dense)
             self._check_initialised()
         d = self.D
+        alpha = self.alpha_view()
+        if kernel_rebuild_usable(d, alpha, self.indices, self.values):
+            # the kernels while a CUDA graph is captured (its replays spend no host time per
+            # operator, and the kernels take less GPU time than the operators), and in eager
+            # calls until both have run, compiled and loaded (a capture could not do that);
+            # afterwards eager calls take the operators, which cost less host time
+            state = self.__dict__.get(KERNEL_STATE)
+            if state is None:
+                state = self.__dict__[KERNEL_STATE] = _triton.workspace()
+            grad = torch.is_grad_enabled() and (alpha.requires_grad or self.values.requires_grad)
+            if not state.warm(grad) or capturing(d.device):
+                w = _triton.rebuild(d, alpha, self.indices, self.values, state)
+                return w.view(self.weight_shape)
         # the same ops under CUDA-graph capture: a capture must run what its warm-up ran (the
         # fused backward's cuBLAS dot, first called inside a capture, failed it on an H100)
         rebuild = cpu_rebuild if d.device.type == "cpu" and not builtin_ops_only() else op_rebuild
-        return rebuild(d, self.alpha_view(), self.indices, self.values).view(self.weight_shape)
+        return rebuild(d, alpha, self.indices, self.values).view(self.weight_shape)
 
     @property
     def weight(self) -> torch.Tensor:
