@@ -286,7 +286,7 @@ def test_a_gpu_triton_fails_on_warns_once_and_keeps_the_operators(which, monkeyp
     torch.testing.assert_close(da, da0, rtol=1e-12, atol=1e-12)
     assert torch.equal(dv, dv0)
     assert not tr.usable(d, alpha, idx, vals)  # the device is marked: layers take the operators
-    assert "compute capability 6.0" in tr._FAILED[(DEVICE.type, DEVICE.index)]
+    assert "compute capability 6.0" in tr._FAILED[(d.device.type, d.device.index)]
 
 
 @pytest.mark.skipif(CUDA, reason="checks the gate of a machine without CUDA")
