@@ -979,3 +979,32 @@ def test_a_pruned_run_recorded_before_the_path_check_is_not_reused(tmp_path):
     every = expand_grid({**grid, "methods": pruning.names()})
     assert {c.sparsity.method for c in every} == set(pruning.names())
     assert all(c.identity()["sparsity"]["path_check"] == pruning.PATH_CHECK for c in every)
+
+
+def test_dry_run_lists_a_run_whose_budget_train_refuses_as_refused(fake_cifar10, tmp_path):
+    """A combinations review: `--alpha channel` at a density too low to pay for the alphas was
+    listed `new` by --dry-run, then reported as an error by the sweep. The dry run now finds it
+    as `dctps train` does (the meta device) and says why; the other densities stay `new`."""
+    g = small_grid(fake_cifar10, densities=[0.05, 0.001], methods=["dctps"])
+    g["base"]["sparsity"] = {"alpha": "channel"}
+    gpath = tmp_path / "grid.yaml"
+    gpath.write_text(yaml.safe_dump(g))
+    out = str(tmp_path / "out")
+    r = runner.invoke(app, ["sweep", str(gpath), "--out", out, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    refused = [i for i, ln in enumerate(lines) if ln.split()[1:2] == ["refused"]]
+    assert len(refused) == 1 and "dctps@0.001" in lines[refused[0]]
+    assert "too few to pay for its 15 extra per-channel alphas" in lines[refused[0] + 1]
+    assert sum(" new " in ln for ln in lines) == 1 and "dctps@0.05" in r.output
+    assert (
+        lines[-1]
+        == "2 runs, 1 to train, 0 skipped, 1 refused (the sweep would report it as an error)"
+    )
+    assert not Path(out).exists()  # a dry run writes nothing
+    # the sweep reports it as an error with the same reason (no row), and trains the other
+    r = runner.invoke(app, ["sweep", str(gpath), "--out", out, "-q"])
+    assert r.exit_code == 1 and "2 runs: 1 done, 1 error" in r.output
+    assert "too few to pay for its 15 extra per-channel alphas" in r.output
+    rows = Store(Path(out) / "results.db").query()
+    assert [(x["density"], x["status"]) for x in rows] == [(0.05, "done")]

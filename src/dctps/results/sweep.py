@@ -1090,7 +1090,7 @@ def dry_run_report(
     :func:`run_sweep` would refuse on any host (:func:`grid_problems`, a bad ``workers``) rather
     than report a plan that cannot run."""
     planned = plan(configs, out, db, retry_failed)
-    echo(describe_plan(planned))
+    echo(describe_plan(planned, budget_refusals([p.cfg for p in planned if p.runs])))
     todo = [p.cfg for p in planned if p.runs]
     if executor == "slurm" and todo:
         params = slurm_parameters(todo, slurm)
@@ -1107,8 +1107,11 @@ def dry_run_report(
         raise DctpsError("the sweep would stop before its first run: " + "; ".join(problems))
 
 
-def describe_plan(planned: Sequence[PlannedRun]) -> str:
-    """The dry-run listing: one line per run (hash, action, summary) and a count line."""
+def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | None = None) -> str:
+    """The dry-run listing: one line per run (hash, action, summary) and a count line. A run in
+    ``refusals`` (hash -> reason, :func:`budget_refusals`) is listed as ``refused``, its reason
+    on the next line: the sweep would report it as an error, with that reason."""
+    refusals = refusals or {}
     lines = []
     for p in planned:
         s = p.cfg.sparsity
@@ -1116,11 +1119,47 @@ def describe_plan(planned: Sequence[PlannedRun]) -> str:
         extra += f" options={s.options}" if s.options else ""
         extra += "" if s.train_alpha else " fixed-alpha"
         extra += f" subset={p.cfg.data.subset}" if p.cfg.data.subset else ""
-        lines.append(f"{p.hash}  {p.action:<11} {p.cfg.summary()} epochs={p.cfg.optim.epochs}"
+        why = refusals.get(p.hash) if p.runs else None
+        action = "refused" if why is not None else p.action
+        lines.append(f"{p.hash}  {action:<11} {p.cfg.summary()} epochs={p.cfg.optim.epochs}"
                      + extra)  # fmt: skip
+        if why is not None:
+            lines.append(f"    {why}")
     n = sum(p.runs for p in planned)
-    lines.append(f"{len(planned)} runs, {n} to train, {len(planned) - n} skipped")
+    r = sum(1 for p in planned if p.runs and p.hash in refusals)
+    count = f"{len(planned)} runs, {n - r} to train, {len(planned) - n} skipped"
+    if r:
+        how = "them as errors" if r > 1 else "it as an error"
+        count += f", {r} refused (the sweep would report {how})"
+    lines.append(count)
     return "\n".join(lines)
+
+
+def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
+    """The DCTpS runs among ``configs`` that ``dctps train`` refuses before training, found as it
+    finds them, on the meta device (milliseconds a model): a density whose budget cannot pay for
+    per-channel alphas, an ``exclude`` that matches no layer. Hash -> the refusal. A model that
+    cannot take its data set is left to :func:`grid_problems` (it stops the whole sweep)."""
+    import torch
+
+    from dctps.data import get_info
+    from dctps.train import setup as su
+
+    out: dict[str, str] = {}
+    for c in configs:
+        if c.sparsity.method != "dctps":
+            continue
+        try:
+            with torch.device("meta"):
+                model = su.build_model(c, get_info(c.data.dataset))
+        except DctpsError:
+            continue
+        try:
+            with torch.device("meta"):
+                su.apply_sparsity(model, c)
+        except DctpsError as e:
+            out[c.config_hash()] = str(e)
+    return out
 
 
 # ----------------------------------------------------------------------------- CLI
