@@ -580,6 +580,27 @@ def test_a_fixed_alpha_label_names_the_value_it_keeps():
     assert "fixed" not in default_label(cfg(alpha_init="kaiming"))
 
 
+def test_a_dctps_label_names_its_offset_and_alpha_scope_when_not_the_papers():
+    """A combinations review: a DCTpS(+RigL) curve of per-channel alphas was labelled as the
+    paper's layer alphas when no other variant sat beside it to be told apart from."""
+    from dctps.results.plots import default_label
+
+    def cfg(**s):
+        return {"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"},
+                "sparsity": {"method": "dctps", "density": 0.01, **s}}  # fmt: skip
+
+    assert default_label(cfg()) == "DCTpS"
+    assert default_label(cfg(rigl=True, alpha="channel")) == "DCTpS+RigL, α per channel"
+    assert default_label(cfg(offset="hadamard")) == "DCTpS, Hadamard offset"
+    assert (default_label(cfg(alpha="channel", charge_alpha=False))
+            == "DCTpS, α per channel (not charged)")  # fmt: skip
+    assert (
+        default_label(cfg(alpha="channel", train_alpha=False, charge_alpha=False))
+        == "DCTpS, α per channel, fixed α = 1"
+    )  # fixed alphas are never charged
+    assert default_label(cfg(offset="random", alpha="layer")) == "DCTpS, random offset"
+
+
 def test_print_config_repeats_the_flags_that_apply_on_top_of_the_grid():
     """--set / --epochs / --device / --data-root are not part of the printed grid: --print-config
     ignored them, so the printed recipe ran something else than `dctps figure` with them."""

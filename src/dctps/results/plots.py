@@ -305,9 +305,21 @@ def default_label(cfg: Mapping[str, Any]) -> str:
         default_alloc = {"dctps": "epl", "random": "uniform"}.get(m)
         if alloc and default_alloc and alloc != default_alloc:
             label += f" ({alloc.upper() if alloc != 'uniform' else 'uniform'})"
+    if m == "dctps":
+        offset = s.get("offset", "dct")
+        if offset not in (None, "dct"):
+            label += f", {OFFSET_LABELS.get(offset, offset)} offset"
+        if s.get("alpha") == "channel":
+            label += ", α per channel"
+            if s.get("charge_alpha") is False and s.get("train_alpha") is not False:
+                label += " (not charged)"
     if s.get("train_alpha") is False:
         label += ", " + fixed_alpha_label(s.get("alpha_init", 1.0))
     return label
+
+
+#: offsets as curve labels name them (``default_label``)
+OFFSET_LABELS = {"hadamard": "Hadamard", "random": "random"}
 
 
 def _metric(row: Mapping[str, Any], metric: str) -> tuple[float | None, str]:
