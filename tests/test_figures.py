@@ -365,6 +365,52 @@ def test_a_method_option_names_its_pairs_and_the_default_run_reads_no_options(tm
     assert sorted(panel.series) == ['DCTpS [exclude=["fc3"]]', "DCTpS [no options]"]
 
 
+def test_identities_resolved_once_per_setting_equal_those_resolved_row_by_row(tmp_path):
+    """`dctps results` and the plots resolve a config once for all its seeds (10,000 rows took
+    ~2 ms each): the identities must equal run_identity's, row by row, for today's rows, a row
+    of an older computation (another hash), a foreign config and undecodable JSON."""
+    from dctps.results.store import flat_identities, run_identity
+    from dctps.results.variants import flatten
+
+    store = Store(tmp_path)
+    today = set()
+    for seed in range(3):
+        for d in (0.01, 0.05):
+            today.add(record(store, cfg("dctps", d, seed), 0.5))
+        today.add(record(store, cfg("dense", None, seed, optim={"epochs": 2}), 0.6))
+    old = cfg("dctps", 0.01, 7)
+    store.start("0123456789abcdef", old.to_dict())  # the stored config of today, another hash
+    store.finish("0123456789abcdef", test_acc=0.3, val_acc=0.3, nonzeros=1)
+    rows = store.query({})
+    rows += [
+        {"hash": "f" * 16, "config_json": json.dumps({"seed": 3, "nope": {"x": 1}})},
+        {"hash": "e" * 16, "config_json": json.dumps({**old.to_dict(), "seed": "3"})},
+        {"hash": "d" * 16, "config_json": "{not json"},
+        {"hash": "c" * 16, "config_json": json.dumps({**old.to_dict(), "seed": -1})},
+    ]
+    got = flat_identities(rows)
+    assert got == [flatten(run_identity(r)) for r in rows]
+    marked = {r["hash"] for r, g in zip(rows, got, strict=True) if "recorded_by" in g}
+    assert "0123456789abcdef" in marked and not marked & today
+    seeds = [g["seed"] for r, g in zip(rows, got, strict=True) if r["hash"] in today]
+    assert sorted(seeds) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_varying_keys_tell_values_apart_as_their_json_does():
+    """`_key` skips JSON for plain scalars; it must still tell 1, 1.0 and True apart, and see
+    every NaN as the same value (JSON writes them alike)."""
+    from dctps.results.variants import varying_keys
+
+    nan = float("nan")
+    assert varying_keys([{"a": 1}, {"a": 1.0}]) == ["a"]
+    assert varying_keys([{"a": True}, {"a": 1}]) == ["a"]
+    assert varying_keys([{"a": "1"}, {"a": 1}]) == ["a"]
+    assert varying_keys([{"a": None}, {"a": "None"}]) == ["a"]
+    assert varying_keys([{"a": nan}, {"a": float("nan")}, {"a": nan}]) == []
+    assert varying_keys([{"a": -0.0}, {"a": 0.0}]) == ["a"]
+    assert varying_keys([{"a": 2, "b": "x"}, {"a": 2, "b": "x"}]) == []
+
+
 # ----------------------------------------------------------------------------- overridden figures
 def test_a_figure_names_the_data_set_and_model_it_ran_not_the_papers():
     """`dctps figure density-resnet18-cifar10 --quick --dataset digits` trains on digits: its title

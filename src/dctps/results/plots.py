@@ -28,8 +28,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dctps.atomic import atomic_write  # noqa: E402
 from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
-from dctps.results.store import row_config, run_identity  # noqa: E402
-from dctps.results.variants import flatten, named_differences, varying_keys  # noqa: E402
+from dctps.results.store import flat_identities, row_config  # noqa: E402
+from dctps.results.variants import named_differences, varying_keys  # noqa: E402
 
 
 def check_figure_path(path: str | Path) -> None:
@@ -394,7 +394,7 @@ def aggregate(
         curves: dict[str, list[Mapping[str, Any]]] = {}
         order: dict[str, tuple[int, int]] = {}
         for lab, members in groups.items():
-            flats = [flatten(run_identity(r)) for r, _ in members]
+            flats = flat_identities([r for r, _ in members])
             varying = varying_keys(flats)
             for (r, _), f in zip(members, flats, strict=True):
                 name = lab

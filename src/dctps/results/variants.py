@@ -40,8 +40,16 @@ def flat_value(v: Any) -> Any:
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
 
 
-def _key(flat: Mapping[str, Any], k: str) -> str:
-    return json.dumps(flat.get(k), sort_keys=True)
+def _key(flat: Mapping[str, Any], k: str) -> Any:
+    """``flat[k]`` as a set member that tells apart what its JSON text tells apart (``1``,
+    ``1.0`` and ``True``; every NaN alike), without writing JSON for the plain scalars of
+    :func:`flatten`'s values (10,000 rows: 180,000 dumps took 4 s)."""
+    v = flat.get(k)
+    if v is None or type(v) in (bool, int, str):
+        return (type(v), v)
+    if type(v) is float:
+        return (float, repr(v))
+    return (object, json.dumps(v, sort_keys=True))
 
 
 def _function_of(flats: Sequence[Mapping[str, Any]], p: str, k: str) -> bool:
