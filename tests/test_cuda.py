@@ -179,7 +179,8 @@ for alpha in ("layer", "channel"):
 
     calls.clear()
     replay = cuda_graph(step)  # 3 eager warm-up calls, then the capture
-    assert calls == [False, True], calls  # compiled by the first eager call, launched in capture
+    assert calls == [True], calls  # compiled by the first eager call, launched in capture only
+    assert lay.__dict__[layers.KERNEL_STATE].warm
     g = torch.Generator().manual_seed(1)
     new = torch.sort(torch.randperm(32 * 16 * 9, generator=g)[:300]).values.cuda()
     with torch.no_grad():  # an optimizer step and a RigL support change, in place
@@ -199,9 +200,10 @@ print("ok")
 
 
 def test_a_cuda_graph_capture_takes_the_kernels_compiled_by_eager_calls(tmp_path):
-    """In a fresh process (no kernel compiled yet): the first eager call compiles the Triton
-    rebuild, the capture launches it, and a replay follows parameters and a support changed in
-    place (RigL's ``indices.copy_``): the rows' support ranges are searched in the graph."""
+    """In a fresh process (no kernel compiled yet): the first eager call compiles and loads the
+    Triton rebuild (eager calls take torch's operators), the capture launches it, and a replay
+    follows parameters and a support changed in place (RigL's ``indices.copy_``): the rows'
+    support ranges are searched in the graph."""
     import os
     import subprocess
     import sys
@@ -214,3 +216,26 @@ def test_a_cuda_graph_capture_takes_the_kernels_compiled_by_eager_calls(tmp_path
     done = subprocess.run([sys.executable, "-c", _CAPTURE_SCRIPT], capture_output=True,
                           text=True, env=env, timeout=300)  # fmt: skip
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_scalar_d_alpha_of_the_kernels_is_bitwise_the_same_in_many_runs():
+    """The last program to finish adds the rows' partial sums in row order: on a GPU, where
+    programs run at once and finish in any order, 50 backward launches over 4096 rows must give
+    the same bits (a race in the counter or the partials' visibility would not)."""
+    from dctps import triton_rebuild as tr
+
+    if not tr.available():
+        pytest.skip("Triton is not installed")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    d = torch.randn(4096, 300, device="cuda", generator=g)
+    idx = torch.sort(torch.randperm(4096 * 300, device="cuda", generator=g)[:5000]).values
+    vals = torch.randn(5000, device="cuda", generator=g, requires_grad=True)
+    alpha = torch.tensor(1.3, device="cuda", requires_grad=True)
+    w = tr.rebuild(d, alpha, idx, vals, tr.workspace())
+    up = torch.randn(w.shape, device="cuda", generator=g)
+    first = torch.autograd.grad(w, (alpha, vals), up, retain_graph=True)
+    for _ in range(50):
+        again = torch.autograd.grad(w, (alpha, vals), up, retain_graph=True)
+        assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    exact = (up.double().view(4096, -1) * d.double()).sum()
+    assert abs(first[0].double().item() - exact.item()) <= 1e-4 * exact.abs().item() + 1e-3

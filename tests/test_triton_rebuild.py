@@ -101,7 +101,7 @@ def test_kernels_in_low_precision_stay_within_rounding(dtype, per_row):
     assert torch.equal(dv, dv0)
 
 
-def test_scalar_d_alpha_is_the_same_in_every_run_and_the_counter_is_left_at_zero():
+def test_scalar_d_alpha_is_the_same_in_every_run():
     d, alpha, idx, vals = _case(1100, 33, 900, False, torch.float32)
     ws = tr.workspace()
     w = tr.rebuild(d, alpha, idx, vals, ws)
@@ -109,7 +109,6 @@ def test_scalar_d_alpha_is_the_same_in_every_run_and_the_counter_is_left_at_zero
     first = torch.autograd.grad(w, alpha, g, retain_graph=True)[0]
     for _ in range(3):
         assert torch.equal(torch.autograd.grad(w, alpha, g, retain_graph=True)[0], first)
-    assert ws.count is not None and int(ws.count.item()) == 0
     # the fixed-order sum of float64 row sums, as an independent reference
     exact = (g.double().view(1100, 33) * d.double()).sum()
     assert abs(first.double().item() - exact.item()) <= 1e-5 * exact.abs().item() + 1e-5
@@ -169,14 +168,17 @@ def test_what_the_kernels_refuse():
         tr.rebuild(d, torch.ones(3, dtype=d.dtype, device=DEVICE), idx, vals, tr.workspace())
 
 
-def _kernels_here(monkeypatch):
-    """Let layers take the kernels on this device (on the CPU only the interpreter runs them)."""
+def _kernels_here(monkeypatch, capture=False):
+    """Let layers take the kernels on this device (on the CPU only the interpreter runs them);
+    ``capture``: as while a CUDA graph is captured, where they take the kernels in every call."""
     if not CUDA:
         monkeypatch.setattr(
             layers,
             "kernel_rebuild_usable",
             lambda d, a, i, v: tr.usable(d, a, i, v) and not layers.builtin_ops_only(),
         )
+    if capture:
+        monkeypatch.setattr(layers, "capturing", lambda device: True)
 
 
 @pytest.mark.parametrize(
@@ -202,9 +204,12 @@ def test_a_layer_on_the_kernels_equals_the_builtin_operators(make, monkeypatch):
     y0 = ref(x)
     y0.square().sum().backward()
     monkeypatch.undo()
-    _kernels_here(monkeypatch)
+    _kernels_here(monkeypatch, capture=True)
+    calls = []
+    real = tr.rebuild
+    monkeypatch.setattr(tr, "rebuild", lambda *a: calls.append(1) or real(*a))
     y = lay(x)
-    assert layers.KERNEL_STATE in lay.__dict__  # the kernels ran
+    assert calls == [1]  # the kernels ran
     y.square().sum().backward()
     torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
     for name in ("alpha", "values"):
@@ -213,10 +218,12 @@ def test_a_layer_on_the_kernels_equals_the_builtin_operators(make, monkeypatch):
     # a copy of the layer carries none of the kernels' state (it caches the support's rows)
     assert layers.KERNEL_STATE not in copy.deepcopy(lay).__dict__
     assert layers.KERNEL_STATE not in pickle.loads(pickle.dumps(lay)).__dict__
-    # a load_state_dict of another support drops it, and the next call uses the new support
+    # a load_state_dict of another support keeps it (a captured graph reads its bounds), and
+    # the next call uses the new support: the rows' ranges are searched in every call
+    state = lay.__dict__[layers.KERNEL_STATE]
     other = make().double().to(DEVICE)
     lay.load_state_dict(other.state_dict())
-    assert layers.KERNEL_STATE not in lay.__dict__
+    assert lay.__dict__[layers.KERNEL_STATE] is state
     other.mode = "dense"
     torch.testing.assert_close(lay(x), other(x), rtol=1e-12, atol=1e-12)
 
@@ -233,38 +240,72 @@ def test_traced_and_transformed_calls_take_the_builtin_operators(monkeypatch):
 
     grads = torch.func.grad(loss)(params)  # torch.func has no rule for the kernels' Function
     assert layers.KERNEL_STATE not in lay.__dict__
+    # a D built inside the transform is its wrapper: it must not be cached past it (the eager
+    # call below could not hand a dead wrapper to Triton)
+    assert lay._D is None or not torch._C._functorch.is_functorch_wrapped_tensor(lay._D)
     loss(params).backward()
     assert layers.KERNEL_STATE in lay.__dict__
     for k, g in grads.items():
         torch.testing.assert_close(g, params[k].grad, rtol=1e-12, atol=1e-12)
 
 
-def test_eager_calls_take_the_kernels_until_both_ran_and_captures_always(monkeypatch):
+def test_eager_calls_take_the_operators_after_loading_the_kernels_and_captures_the_kernels(
+    monkeypatch,
+):
+    """The first eager call compiles and loads both kernels on scratch outputs (nothing enters
+    autograd, so a checkpoint's recomputation sees the same saved tensors); every eager call
+    takes the operators, whose host time is lower; a capture takes the kernels."""
     _kernels_here(monkeypatch)
-    calls = []
-    real = tr.rebuild
+    calls, launched = [], []
+    real, launch = tr.rebuild, tr._launch
     monkeypatch.setattr(tr, "rebuild", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(tr, "_launch", lambda k, *a, **c: launched.append(k) or launch(k, *a, **c))
     lay = DCTpSConv2d(4, 6, 3, nnz=20, seed=0, mode="dense").double().to(DEVICE)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64, device=DEVICE)
     with torch.no_grad():
-        y0 = lay(x)  # the forward kernel runs (inference needs no backward)
-        lay(x)  # ... once
-    assert len(calls) == 1
-    lay(x).sum().backward()  # a differentiated call: the backward kernel has not run yet
-    assert len(calls) == 2 and lay.__dict__[layers.KERNEL_STATE].warm(True)
+        y0 = lay(x)
+    assert launched == [tr._forward_kernel, tr._backward_kernel] and not calls
+    assert lay.__dict__[layers.KERNEL_STATE].warm
+    lay(x).sum().backward()  # warm: no more launches
+    assert len(launched) == 2 and not calls
     grads = (lay.alpha.grad.clone(), lay.values.grad.clone())
     lay.zero_grad()
-    y = lay(x)  # warm: the built-in operators, which cost less host time eagerly
+    monkeypatch.setattr(layers, "capturing", lambda device: True)
+    y = lay(x)  # while a CUDA graph is captured: the kernels, whose GPU time is the shorter
     y.sum().backward()
-    assert len(calls) == 2
+    assert len(calls) == 1 and len(launched) == 4
     torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads, (lay.alpha.grad, lay.values.grad), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    monkeypatch.setattr(layers, "capturing", lambda device: True)
-    lay(x)  # while a CUDA graph is captured: the kernels, whose GPU time is the shorter
-    assert len(calls) == 3
-    lay.float()  # a move or cast starts over: the kernels' state is per device and dtype
+    lay.to(DEVICE)  # a move to where it is: the state stays (a captured graph reads it)
+    assert layers.KERNEL_STATE in lay.__dict__
+    lay.float()  # a cast starts over: the kernels' state is per device and dtype
     assert layers.KERNEL_STATE not in lay.__dict__
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointed_first_calls_recompute_what_they_saved(reentrant, monkeypatch):
+    """A review: the first calls took the kernels until both had run, so a non-reentrant
+    checkpoint's recomputation (after the backward kernel ran) took the operators and saved
+    other tensors: CheckpointError. Eager calls now always take the operators."""
+    from torch.utils.checkpoint import checkpoint
+
+    _kernels_here(monkeypatch)
+    torch.manual_seed(0)
+    ref = DCTpSLinear(8, 8, nnz=20, seed=0, mode="dense").double().to(DEVICE)
+    lay = copy.deepcopy(ref)
+    x = torch.randn(3, 8, dtype=torch.float64, device=DEVICE, requires_grad=True)
+
+    def two(m, x):  # one layer in two checkpointed regions, as a pipeline's micro-batches
+        h = checkpoint(m, x, use_reentrant=reentrant)
+        return checkpoint(m, h.tanh(), use_reentrant=reentrant)
+
+    two(lay, x).square().sum().backward()
+    monkeypatch.setattr(layers, "kernel_rebuild_usable", lambda *a: False)
+    two(ref, x).square().sum().backward()
+    for name in ("alpha", "values"):
+        torch.testing.assert_close(getattr(lay, name).grad, getattr(ref, name).grad,
+                                   rtol=1e-12, atol=1e-12)  # fmt: skip
 
 
 @pytest.mark.parametrize("which", ["_forward_kernel", "_backward_kernel"])

@@ -280,7 +280,12 @@ def kernel_rebuild_usable(
 
 def capturing(device: torch.device) -> bool:
     """Whether a CUDA graph is being captured on ``device``'s current stream."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if device.type != "cuda":
+        return False
+    if device.index is not None and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            return torch.cuda.is_current_stream_capturing()
+    return torch.cuda.is_current_stream_capturing()
 
 
 def _check_loaded_support(layer: DCTpSLayer, indices: Any, values: Any, prefix: str) -> None:
@@ -357,10 +362,15 @@ def builtin_ops_only() -> bool:
     """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) or forward-mode AD
     is running: dctps's autograd Functions have no vmap or jvp rules, so every DCTpS weight is
     then built with built-in differentiable ops (the dense path), which have them."""
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    if peek is not None and peek() is not None:
+    if _functorch_active():
         return True
     return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform is running (tensors made now are its wrappers)."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _is_accelerator(device: torch.device) -> bool:
@@ -637,7 +647,9 @@ class DCTpSLayer(nn.Module):
                 # decorating imports torch._dynamo (a second of start-up for every command)
                 build = torch.compiler.disable(_build_basis)
             d = build(self, a.device, a.dtype)
-            if not _exporting():  # torch.export traces with fake tensors: keep none of them
+            # torch.export traces with fake tensors, and a torch.func transform wraps what it
+            # makes (a cached wrapper outlived its transform: Triton then could not read it)
+            if not _exporting() and (torch.compiler.is_compiling() or not _functorch_active()):
                 self._D = d
         return d
 
@@ -657,7 +669,7 @@ class DCTpSLayer(nn.Module):
         """Drop what was derived from the support and the offset (``D``, the fast path's plans),
         after either changed (a state-dict load, :meth:`reset_parameters`)."""
         self._drop_basis()
-        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs", KERNEL_STATE):
+        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
             self.__dict__.pop(key, None)
 
     def _prebuild_basis(self) -> None:
@@ -684,9 +696,14 @@ class DCTpSLayer(nn.Module):
         was_meta = self.indices.device.type == "meta"
         # probed first: a cast of integer tensors is refused before it touches the indices
         garbage = not was_meta and _allocates_garbage(fn, self.indices.device)
+        before = self._parameters.get("alpha")
+        where = None if before is None else (before.device, before.dtype)
         res = super()._apply(fn, recurse)
-        # the kernels' state is per device (their bounds, counter and compiled code)
-        self.__dict__.pop(KERNEL_STATE, None)
+        after = self._parameters.get("alpha")
+        if after is None or where != (after.device, after.dtype):
+            # the kernels' state is per device and dtype; kept otherwise, since a captured
+            # CUDA graph reads its bounds (a no-op .to() must not free them)
+            self.__dict__.pop(KERNEL_STATE, None)
         if (was_meta and self.indices.device.type != "meta") or garbage:
             # only to_empty() leaves meta (a .to() refuses) or hands back uninitialised
             # memory: the support is garbage now, and so is a cached D
@@ -820,8 +837,8 @@ class DCTpSLayer(nn.Module):
         backward (``d alpha = <dW, D>``, ``d values = dW[indices]``), via :class:`_FusedWeight`;
         on accelerators, where the passes are cheap and kernel launches and Python are not, the
         same with built-in differentiable ops. On CUDA with Triton, one kernel each way
-        (:mod:`dctps.triton_rebuild`) while a CUDA graph is captured and in the first eager
-        calls, which compile them. Inside the forward of a model under
+        (:mod:`dctps.triton_rebuild`) while a CUDA graph is captured; the first eager call
+        compiles them. Inside the forward of a model under
         :func:`dctps.batched.batch_rebuild`, the weight that hook computed for this layer.
         """
         w = self.__dict__.get(BATCHED_WEIGHT)
@@ -832,17 +849,18 @@ class DCTpSLayer(nn.Module):
         d = self.D
         alpha = self.alpha_view()
         if kernel_rebuild_usable(d, alpha, self.indices, self.values):
-            # the kernels while a CUDA graph is captured (its replays spend no host time per
-            # operator, and the kernels take less GPU time than the operators), and in eager
-            # calls until both have run, compiled and loaded (a capture could not do that);
-            # afterwards eager calls take the operators, which cost less host time
+            # while a CUDA graph is captured, the Triton kernels (replays spend no host time per
+            # operator, and the kernels take less GPU time than the operators); eager calls
+            # take the operators, which cost less host time, the first after compiling and
+            # loading the kernels on scratch outputs, which a capture could not
             state = self.__dict__.get(KERNEL_STATE)
             if state is None:
                 state = self.__dict__[KERNEL_STATE] = _triton.workspace()
-            grad = torch.is_grad_enabled() and (alpha.requires_grad or self.values.requires_grad)
-            if not state.warm(grad) or capturing(d.device):
+            if capturing(d.device):
                 w = _triton.rebuild(d, alpha, self.indices, self.values, state)
                 return w.view(self.weight_shape)
+            if not state.warm:
+                _triton.warm_up(d, alpha, self.indices, self.values, state)
         # the same ops under CUDA-graph capture: a capture must run what its warm-up ran (the
         # fused backward's cuBLAS dot, first called inside a capture, failed it on an H100)
         rebuild = cpu_rebuild if d.device.type == "cpu" and not builtin_ops_only() else op_rebuild

@@ -14,15 +14,19 @@ the weight: 6-16% of a small conv's GPU time. Here each direction is one kernel:
   small kernel before it;
 - backward, one program per row: ``d values[j] = dW[indices[j]]`` for the row's entries, and the
   row's ``sum(dW[r, :] * D[r, :])``. With per-channel alphas that is ``d a_r``; with one alpha,
-  the rows' partial sums are added by the last program to finish (an atomic counter), in a
-  fixed order, so ``d alpha`` is the same in every run (no float atomics).
+  the rows' partial sums are added by the last program to finish (a counter zeroed for each
+  launch, counted up atomically), in row order, so ``d alpha`` is the same in every run (no
+  float atomics).
 
 Measured on an H100 (``benchmarks/RESULTS.md``, session 13), the kernels take less GPU time than
-the operators (a lone conv as CUDA graphs: 1.01-1.11x ``nn.Conv2d``, against 1.04-1.26x), but
+the operators (a lone conv as CUDA graphs: 1.02-1.12x ``nn.Conv2d``, against 1.04-1.26x), but
 more host time: a Python autograd Function and two Triton launches cost more than six built-in
-operators. So layers use them where host time is not spent per call, while a CUDA graph is
-captured (:meth:`dctps.layers.DCTpSLayer.dense_weight`), and in their first eager calls, which
-compile and load them (a capture must not) and make this module's state.
+operators. So layers use them where host time is not spent per call: while a CUDA graph is
+captured (:meth:`dctps.layers.DCTpSLayer.dense_weight`). Eager calls take the operators; the
+first of a layer compiles and loads the kernels by launching them once on scratch outputs
+(:func:`warm_up`: a capture can launch kernels but not load them), outside autograd, so what an
+eager call saves for backward never depends on the kernels (a checkpoint's recomputation saves
+what its forward saved).
 
 Triton is optional: without it (a CPU-only torch) :func:`available` is ``False`` and layers keep
 the built-in operators. ``TRITON_INTERPRET=1`` runs these kernels on the CPU, which is how the
@@ -31,6 +35,8 @@ tests check them without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import warnings
 from typing import Any
@@ -99,7 +105,7 @@ def _launch(kernel: Any, grid: int, device: torch.device, *args: Any, **consts: 
         warnings.warn(
             f"dctps: the Triton rebuild kernels failed on {device} ({type(e).__name__}: "
             f"{first[:200]}); DCTpS layers there use torch's built-in operators instead (the "
-            "same results; more GPU time under CUDA graphs)",
+            "same results up to float rounding; more GPU time under CUDA graphs)",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -154,7 +160,7 @@ if triton is not None:
                 out = a * d + v
             tl.store(w_ptr + i, out.to(w_ptr.dtype.element_ty), mask=m)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["need_alpha", "need_values"])
     def _backward_kernel(
         g_ptr,
         d_ptr,
@@ -166,16 +172,16 @@ if triton is not None:
         dalpha_ptr,
         fan,
         rows,
+        need_alpha,
+        need_values,
         PER_ROW: tl.constexpr,
-        NEED_ALPHA: tl.constexpr,
-        NEED_VALUES: tl.constexpr,
         BLOCK: tl.constexpr,
         SBLOCK: tl.constexpr,
         RBLOCK: tl.constexpr,
         ACC64: tl.constexpr,
     ):
         row = tl.program_id(0)
-        if NEED_VALUES:
+        if need_values != 0:  # runtime flags: one compiled kernel serves every combination
             s0 = tl.load(starts_ptr + row)
             s1 = tl.load(starts_ptr + row + 1)
             for k in range(s0, s1, SBLOCK):
@@ -183,7 +189,7 @@ if triton is not None:
                 m = j < s1
                 i = tl.load(idx_ptr + j, mask=m, other=0)
                 tl.store(dval_ptr + j, tl.load(g_ptr + i, mask=m, other=0.0), mask=m)
-        if NEED_ALPHA:
+        if need_alpha != 0:
             base = row.to(tl.int64) * fan
             if ACC64:
                 acc = tl.zeros([BLOCK], dtype=tl.float64)
@@ -212,28 +218,21 @@ if triton is not None:
                         got = tl.atomic_add(part_ptr + r, 0.0, mask=r < rows)
                         total += tl.where(r < rows, got, 0.0)  # masked lanes return garbage
                     tl.store(dalpha_ptr, tl.sum(total, axis=0).to(dalpha_ptr.dtype.element_ty))
-                    tl.atomic_xchg(count_ptr, 0)  # ready for the next launch
 
 
 class _Workspace:
-    """Per-layer state of the kernels, made by the eager calls that compile them so that a CUDA
-    graph's capture allocates and compiles nothing else: the rows' bounds ``r * fan``, the
-    backward's last-program counter, and whether each kernel has run (``forward_ran``,
-    ``backward_ran``)."""
+    """Per-layer state of the kernels, made by an eager call so that a CUDA graph's capture
+    finds it: the rows' bounds ``r * fan`` (a capture that made them would replay their
+    ``arange``) and whether :func:`warm_up` compiled and loaded the kernels (``warm``).
 
-    __slots__ = ("backward_ran", "bounds", "count", "forward_ran", "key")
+    The layer keeps it until its device or dtype changes: a captured graph reads ``bounds``."""
+
+    __slots__ = ("bounds", "key", "warm")
 
     def __init__(self) -> None:
         self.key: tuple[Any, ...] | None = None
         self.bounds: torch.Tensor | None = None
-        self.count: torch.Tensor | None = None
-        self.forward_ran = False
-        self.backward_ran = False
-
-    def warm(self, backward: bool) -> bool:
-        """Whether the kernels a call needs have run (``backward``: it will be differentiated);
-        a first launch compiles and loads a kernel, which a CUDA graph's capture cannot."""
-        return self.forward_ran and (self.backward_ran or not backward)
+        self.warm = False
 
     def row_starts(self, indices: torch.Tensor, rows: int, fan: int) -> torch.Tensor:
         """``starts[r]`` = the first ``j`` with ``indices[j] >= r * fan``, ``r = 0..rows``.
@@ -247,11 +246,61 @@ class _Workspace:
             self.bounds, self.key = bounds, key
         return torch.searchsorted(indices, self.bounds)
 
-    def counter(self, device: torch.device) -> torch.Tensor:
-        """The backward's int32 counter on ``device`` (zero between launches)."""
-        if self.count is None or self.count.device != device:
-            self.count = torch.zeros(1, dtype=torch.int32, device=device)
-        return self.count
+
+def _device(device: torch.device) -> Any:
+    """``torch.cuda.device(device)`` where ``device`` is a CUDA device other than the current
+    one (Triton launches on the current device and its stream), else nothing."""
+    if device.type == "cuda" and device.index is not None:
+        if device.index != torch.cuda.current_device():
+            return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def _forward(
+    d: torch.Tensor, alpha: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+    ws: _Workspace,
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """``(W flat, starts)`` by the forward kernel; ``None`` where Triton failed (warned)."""
+    rows = d.shape[0]
+    fan = d.numel() // rows
+    with _device(d.device):
+        starts = ws.row_starts(indices, rows, fan)
+        w = torch.empty(d.numel(), dtype=d.dtype, device=d.device)
+        ok = _launch(
+            _forward_kernel, rows, d.device, d, alpha, indices, values, starts, w, fan,
+            PER_ROW=alpha.numel() != 1, WIDE=d.dtype in (torch.float32, torch.float64),
+            BLOCK=_BLOCK, SBLOCK=_SBLOCK,
+        )  # fmt: skip
+    return (w, starts) if ok else None
+
+
+def _backward(
+    g: torch.Tensor, d: torch.Tensor, indices: torch.Tensor, starts: torch.Tensor,
+    alpha_shape: torch.Size, need_alpha: bool, need_values: bool,
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """``(d alpha, d values)`` by the backward kernel (each valid where asked for); ``None``
+    where Triton failed (warned)."""
+    rows = d.shape[0]
+    fan = d.numel() // rows
+    per_row = math.prod(alpha_shape) != 1
+    acc = torch.float64 if d.dtype == torch.float64 else torch.float32
+    with _device(d.device):
+        dvalues = torch.empty(indices.numel(), dtype=d.dtype, device=d.device)
+        dalpha = torch.empty(alpha_shape, dtype=d.dtype, device=d.device)
+        if per_row or not need_alpha:
+            part = count = dalpha  # not read
+        else:  # the rows' partial sums and the last-program counter, fresh each call (two
+            # launches, or two graphs replayed at once, never share them)
+            part = torch.empty(rows, dtype=acc, device=d.device)
+            count = torch.zeros(1, dtype=torch.int32, device=d.device)
+        ok = _launch(
+            _backward_kernel, rows, d.device,
+            g, d, indices, starts, dvalues, part, count, dalpha, fan, rows,
+            int(need_alpha), int(need_values),
+            PER_ROW=per_row, BLOCK=_BLOCK, SBLOCK=_SBLOCK,
+            RBLOCK=min(1024, triton.next_power_of_2(rows)), ACC64=acc == torch.float64,
+        )  # fmt: skip
+    return (dalpha, dvalues) if ok else None
 
 
 def _backward_ops(
@@ -279,25 +328,18 @@ class _TritonWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, alpha, values, d, indices, ws):  # type: ignore[override]
-        rows = d.shape[0]
-        fan = d.numel() // rows
-        starts = ws.row_starts(indices, rows, fan)
         d = d.contiguous()
-        w = torch.empty(d.numel(), dtype=d.dtype, device=d.device)
-        per_row = alpha.numel() != 1
-        ctx.fallback = not _launch(
-            _forward_kernel, rows, d.device, d, alpha, indices, values, starts, w, fan,
-            PER_ROW=per_row, WIDE=d.dtype in (torch.float32, torch.float64),
-            BLOCK=_BLOCK, SBLOCK=_SBLOCK,
-        )  # fmt: skip
-        if ctx.fallback:
+        done = _forward(d, alpha, indices, values, ws)
+        if done is None:
             w = torch.mul(d, alpha.view(-1, *[1] * (d.dim() - 1))).reshape(-1)
             w.index_add_(0, indices, values)
-        ws.forward_ran = True
+            starts = indices[:0]
+        else:
+            w, starts = done
+        ctx.fallback = done is None
         ctx.save_for_backward(d, indices, starts)
-        ctx.ws = ws
         ctx.alpha_shape = alpha.shape
-        ctx.per_row = per_row
+        ctx.per_row = alpha.numel() != 1
         return w
 
     @staticmethod
@@ -308,25 +350,12 @@ class _TritonWeight(torch.autograd.Function):
             return None, None, None, None, None
         if torch.is_grad_enabled() or ctx.fallback:
             return _backward_ops(ctx, grad, d, indices, need_alpha, need_values)
-        rows = d.shape[0]
-        fan = d.numel() // rows
-        g = grad.contiguous()
-        acc = torch.float64 if d.dtype == torch.float64 else torch.float32
-        dvalues = torch.empty(indices.numel(), dtype=d.dtype, device=d.device)
-        dalpha = torch.empty(ctx.alpha_shape, dtype=d.dtype, device=d.device)
-        per_row = ctx.per_row
-        part = (
-            dalpha if per_row or not need_alpha else torch.empty(rows, dtype=acc, device=d.device)
+        done = _backward(
+            grad.contiguous(), d, indices, starts, ctx.alpha_shape, need_alpha, need_values
         )
-        if not _launch(
-            _backward_kernel, rows, d.device,
-            g, d, indices, starts, dvalues, part, ctx.ws.counter(d.device), dalpha, fan, rows,
-            PER_ROW=per_row, NEED_ALPHA=need_alpha, NEED_VALUES=need_values,
-            BLOCK=_BLOCK, SBLOCK=_SBLOCK, RBLOCK=min(1024, triton.next_power_of_2(rows)),
-            ACC64=acc == torch.float64,
-        ):  # fmt: skip
+        if done is None:
             return _backward_ops(ctx, grad, d, indices, need_alpha, need_values)
-        ctx.ws.backward_ran = True
+        dalpha, dvalues = done
         return (
             dalpha if need_alpha else None,
             dvalues if need_values else None,
@@ -334,6 +363,28 @@ class _TritonWeight(torch.autograd.Function):
             None,
             None,
         )
+
+
+def warm_up(
+    d: torch.Tensor,
+    alpha: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    ws: _Workspace,
+) -> bool:
+    """Compile and load both kernels for this layer by launching each once on scratch outputs
+    (a CUDA graph's capture can launch kernels but not load them), and make ``ws``'s state;
+    nothing enters autograd. ``False`` where Triton failed on this device (warned; the layers
+    there keep the built-in operators)."""
+    with torch.no_grad():
+        d = d.contiguous()
+        done = _forward(d, alpha.detach(), indices, values.detach(), ws)
+        if done is not None:
+            w, starts = done
+            ok = _backward(w, d, indices, starts, alpha.shape, True, True) is not None
+            ws.warm = ok
+            return ok
+    return False
 
 
 def rebuild(
