@@ -116,6 +116,14 @@ def _launch(kernel: Any, grid: int, device: torch.device, *args: Any, **consts: 
 if triton is not None:
 
     @triton.jit
+    def _entries(idx_ptr, k, s1, SBLOCK: tl.constexpr):
+        """Support entries ``j = k .. k + SBLOCK - 1`` of a row whose entries end before ``s1``:
+        ``(j, mask, indices[j])``."""
+        j = k + tl.arange(0, SBLOCK)
+        m = j < s1
+        return j, m, tl.load(idx_ptr + j, mask=m, other=0)
+
+    @triton.jit
     def _forward_kernel(
         d_ptr,
         alpha_ptr,
@@ -148,9 +156,7 @@ if triton is not None:
         s0 = tl.load(starts_ptr + row)
         s1 = tl.load(starts_ptr + row + 1)
         for k in range(s0, s1, SBLOCK):
-            j = k + tl.arange(0, SBLOCK)
-            m = j < s1
-            i = tl.load(idx_ptr + j, mask=m, other=0)
+            j, m, i = _entries(idx_ptr, k, s1, SBLOCK)
             v = tl.load(val_ptr + j, mask=m, other=0.0)
             d = tl.load(d_ptr + i, mask=m, other=0.0)
             if not WIDE:
@@ -185,9 +191,7 @@ if triton is not None:
             s0 = tl.load(starts_ptr + row)
             s1 = tl.load(starts_ptr + row + 1)
             for k in range(s0, s1, SBLOCK):
-                j = k + tl.arange(0, SBLOCK)
-                m = j < s1
-                i = tl.load(idx_ptr + j, mask=m, other=0)
+                j, m, i = _entries(idx_ptr, k, s1, SBLOCK)
                 tl.store(dval_ptr + j, tl.load(g_ptr + i, mask=m, other=0.0), mask=m)
         if need_alpha != 0:
             base = row.to(tl.int64) * fan
