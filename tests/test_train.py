@@ -2362,3 +2362,18 @@ def test_a_dctps_budget_refusal_comes_before_any_output(fake_cifar10, tmp_path):
     ok = small_cfg(fake_cifar10, epochs=1, sparsity={"alpha": "channel", "offset": "hadamard",
                                                      "alpha_init": "kaiming"})  # fmt: skip
     assert fit(ok, tmp_path / "ok", progress=False)["status"] == "done"
+
+
+@pytest.mark.parametrize("scope", ["layer", "channel"])
+def test_kaiming_alphas_pass_the_budget_check_on_the_meta_device(fake_cifar10, tmp_path, scope):
+    """A review: the meta-device budget check (added so a refusal comes before any output)
+    computed a per-layer Kaiming alpha on the meta device and read it as a number: every
+    `--alpha-init kaiming` run with layer alphas failed with "Tensor.item() cannot be called on
+    meta tensors". The initial alpha is computed on the CPU, as its docstring says."""
+    from dctps.layers import DCTpSLinear
+
+    with torch.device("meta"):
+        lay = DCTpSLinear(30, 7, nnz=25, alpha="layer", alpha_init="kaiming")
+    assert lay.alpha.device.type == "meta"
+    cfg = small_cfg(fake_cifar10, epochs=1, sparsity={"alpha": scope, "alpha_init": "kaiming"})
+    assert fit(cfg, tmp_path / "out", progress=False)["status"] == "done"

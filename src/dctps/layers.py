@@ -471,11 +471,14 @@ class DCTpSLayer(nn.Module):
         """The alpha this layer starts from (float64 CPU): the ``alpha_init`` number, or the
         Kaiming row scale (:func:`kaiming_alpha`), one entry per output row for ``'channel'``."""
         init, out = self._init_spec.alpha, self.weight_shape[0]
-        if init == "kaiming":
-            fan = math.prod(self.weight_shape) // out
-            norms = _offsets.row_norms(self.offset, out, fan, self._init_spec.offset_seed)
-            return kaiming_alpha(norms, self.alpha_scope)
-        return torch.full((out,) if self.alpha_scope == "channel" else (), float(init))
+        # on the CPU whatever the ambient device: a model built under torch.device("meta")
+        # (dctps train's budget check) read a meta row norm as a number and failed
+        with torch.device("cpu"):
+            if init == "kaiming":
+                fan = math.prod(self.weight_shape) // out
+                norms = _offsets.row_norms(self.offset, out, fan, self._init_spec.offset_seed)
+                return kaiming_alpha(norms, self.alpha_scope)
+            return torch.full((out,) if self.alpha_scope == "channel" else (), float(init))
 
     def _draw_bias(self) -> torch.Tensor:
         """A bias as PyTorch's Linear/Conv2d draw it, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
