@@ -1008,3 +1008,21 @@ def test_dry_run_lists_a_run_whose_budget_train_refuses_as_refused(fake_cifar10,
     assert "too few to pay for its 15 extra per-channel alphas" in r.output
     rows = Store(Path(out) / "results.db").query()
     assert [(x["density"], x["status"]) for x in rows] == [(0.05, "done")]
+
+
+def test_dry_run_finds_refusals_once_per_setting_for_every_seed_and_lists_kaiming_runs(tmp_path):
+    """The refusal of a setting holds for each of its seeds (the dry run builds it once); a
+    per-layer Kaiming alpha, which the meta device could not compute (a review), is `new`."""
+    g = small_grid("/nonexistent", densities=[0.05, 0.001], methods=["dctps"], seeds=[0, 1, 2])
+    g["base"]["sparsity"] = {"alpha": "channel"}
+    g["variants"] = [{}, {"sparsity": {"alpha": "layer", "alpha_init": "kaiming"}}]
+    gpath = tmp_path / "grid.yaml"
+    gpath.write_text(yaml.safe_dump(g))
+    r = runner.invoke(app, ["sweep", str(gpath), "--out", str(tmp_path / "o"), "--dry-run"])
+    lines = r.output.strip().splitlines()
+    refused = [ln for ln in lines if ln.split()[1:2] == ["refused"]]
+    assert len(refused) == 3 and all("dctps@0.001 alpha=channel" in ln for ln in refused)
+    assert sum(ln.split()[1:2] == ["new"] for ln in lines) == 9, r.output
+    assert "12 runs, 9 to train, 0 skipped, 3 refused (the sweep would report them as errors)" in (
+        r.output
+    )

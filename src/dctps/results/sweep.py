@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -1137,28 +1138,40 @@ def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | N
 
 def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
     """The DCTpS runs among ``configs`` that ``dctps train`` refuses before training, found as it
-    finds them, on the meta device (milliseconds a model): a density whose budget cannot pay for
-    per-channel alphas, an ``exclude`` that matches no layer. Hash -> the refusal. A model that
-    cannot take its data set is left to :func:`grid_problems` (it stops the whole sweep)."""
+    finds them, on the meta device (10-100 ms a model, once a setting for all its seeds): a
+    density whose budget cannot pay for per-channel alphas, an ``exclude`` that matches no
+    layer. Hash -> the refusal. A model that cannot take its data set is left to
+    :func:`grid_problems` (it stops the whole sweep). Not found here: a RigL schedule too short
+    to update (it needs the training set's size)."""
     import torch
 
     from dctps.data import get_info
     from dctps.train import setup as su
 
     out: dict[str, str] = {}
+    seen: dict[str, str | None] = {}  # a refusal never depends on the seed: one build a setting
     for c in configs:
         if c.sparsity.method != "dctps":
             continue
+        setting = json.dumps({**c.to_dict(), "seed": None}, sort_keys=True, default=str)
+        if setting in seen:
+            why = seen[setting]
+            if why is not None:
+                out[c.config_hash()] = why
+            continue
+        seen[setting] = None
         try:
             with torch.device("meta"):
                 model = su.build_model(c, get_info(c.data.dataset))
-        except DctpsError:
+        except Exception:  # left to grid_problems
             continue
         try:
             with torch.device("meta"):
                 su.apply_sparsity(model, c)
         except DctpsError as e:
-            out[c.config_hash()] = str(e)
+            out[c.config_hash()] = seen[setting] = str(e)
+        except Exception:  # a limit of the meta device, not of the run: not known refused
+            pass
     return out
 
 
