@@ -79,7 +79,18 @@ def test_quick_grid_shrinks_runs_not_structure():
     tiny = F.figure_configs("density-resnet18-cifar100", quick=True)
     force = [c.sparsity.options for c in tiny if c.sparsity.method == "force"]
     assert force and all(o.get("num_batches") == 1 for o in force)
-    assert {c.sparsity.rigl_delta_t for c in quick if c.sparsity.rigl} == {4}
+    # 2 steps (256 images, batch 128): RigL may update at step 1 only (with delta_t 4, every
+    # quick RigL run of a large model was refused: "RigL would never update the supports")
+    rigl = {(c.sparsity.rigl_delta_t, c.sparsity.rigl_t_end) for c in quick if c.sparsity.rigl}
+    assert rigl == {(1, 1.0)}
+    lenet = F.figure_configs("density-lenet5-cifar10", quick=True)
+    assert {c.sparsity.rigl_delta_t for c in lenet if c.sparsity.rigl} == {4}
+    mixed = F.figure_configs("A.7", quick=True, models=["resnet18", "lenet5"])
+    from dctps.train.setup import check_rigl_schedule
+
+    for c in quick + lenet + mixed:  # the steps of their quick size, as dctps train counts them
+        if c.sparsity.rigl:
+            check_rigl_schedule(c, -(-c.data.subset // c.optim.batch_size) * c.optim.epochs)
     with pytest.raises(DctpsError, match="unknown figure"):
         F.get("A.9")
 
