@@ -648,14 +648,23 @@ def test_a_dctps_label_names_its_offset_and_alpha_scope_when_not_the_papers():
 
     assert default_label(cfg()) == "DCTpS"
     assert default_label(cfg(rigl=True, alpha="channel")) == "DCTpS+RigL, α per channel"
-    assert default_label(cfg(offset="hadamard")) == "DCTpS, Hadamard offset"
+    assert default_label(cfg(offset="hadamard")) == "DCTpS, hadamard"
     assert (default_label(cfg(alpha="channel", charge_alpha=False))
-            == "DCTpS, α per channel (not charged)")  # fmt: skip
+            == "DCTpS, α per channel (+alphas)")  # fmt: skip
     assert (
         default_label(cfg(alpha="channel", train_alpha=False, charge_alpha=False))
         == "DCTpS, α per channel, fixed α = 1"
     )  # fixed alphas are never charged
-    assert default_label(cfg(offset="random", alpha="layer")) == "DCTpS, random offset"
+    assert default_label(cfg(offset="dct_signflip", alpha_init="kaiming")) == (
+        "DCTpS, dct_signflip, α init Kaiming"
+    )
+    assert default_label(cfg(alpha_init=2.0)) == "DCTpS, α init 2.0"
+    # the offsets figure names them the same way (it adds the paper's own: "DCTpS (dct, paper)")
+    from dctps.results.figures import _offset_label
+
+    for s in ({"offset": "gaussian"}, {"alpha": "channel", "charge_alpha": False}, {}):
+        want = default_label(cfg(**s))
+        assert _offset_label(cfg(**s)) == (want if want != "DCTpS" else "DCTpS (dct, paper)")
 
 
 def test_print_config_repeats_the_flags_that_apply_on_top_of_the_grid():

@@ -40,6 +40,7 @@ import yaml
 from dctps.errors import DctpsError, PruningFailed, check_threads, unknown_name, user_path
 from dctps.results.plots import (
     FigureData,
+    dctps_setting_parts,
     default_label,
     display_name,
     fixed_alpha_label,
@@ -180,16 +181,7 @@ def _offset_label(cfg: Mapping[str, Any]) -> str:
     s = cfg.get("sparsity", {})
     if s.get("method") != "dctps":
         return default_label(cfg)
-    off = s.get("offset", "dct")
-    parts = [] if off == "dct" else [off]
-    if s.get("alpha", "layer") == "channel":
-        on_top = s.get("charge_alpha", True) is False and s.get("train_alpha") is not False
-        parts.append("α per channel" + (" (+alphas)" if on_top else ""))
-    init = s.get("alpha_init", 1.0)
-    if init == "kaiming":
-        parts.append("α init Kaiming")
-    elif init not in (1, 1.0, None):
-        parts.append(f"α init {init}")
+    parts = dctps_setting_parts(s)
     if s.get("train_alpha") is False:
         parts.append("fixed α")
     return "DCTpS, " + ", ".join(parts) if parts else "DCTpS (dct, paper)"

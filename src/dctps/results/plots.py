@@ -306,20 +306,31 @@ def default_label(cfg: Mapping[str, Any]) -> str:
         if alloc and default_alloc and alloc != default_alloc:
             label += f" ({alloc.upper() if alloc != 'uniform' else 'uniform'})"
     if m == "dctps":
-        offset = s.get("offset", "dct")
-        if offset not in (None, "dct"):
-            label += f", {OFFSET_LABELS.get(offset, offset)} offset"
-        if s.get("alpha") == "channel":
-            label += ", α per channel"
-            if s.get("charge_alpha") is False and s.get("train_alpha") is not False:
-                label += " (not charged)"
+        parts = dctps_setting_parts(s, name_init=s.get("train_alpha") is not False)
+        if parts:
+            label += ", " + ", ".join(parts)
     if s.get("train_alpha") is False:
         label += ", " + fixed_alpha_label(s.get("alpha_init", 1.0))
     return label
 
 
-#: offsets as curve labels name them (``default_label``)
-OFFSET_LABELS = {"hadamard": "Hadamard", "random": "random"}
+def dctps_setting_parts(s: Mapping[str, Any], name_init: bool = True) -> list[str]:
+    """What a DCTpS run's ``sparsity`` settings change from the paper's, as label parts: the
+    offset (``hadamard``), per-channel alphas (``α per channel``; ``(+alphas)`` where they train
+    on top of the budget), and with ``name_init`` the alpha it starts from (``α init Kaiming``).
+    Shared by the default curve labels and the ``offsets`` figure's."""
+    off = s.get("offset") or "dct"
+    parts = [] if off == "dct" else [str(off)]
+    if s.get("alpha", "layer") == "channel":
+        on_top = s.get("charge_alpha", True) is False and s.get("train_alpha") is not False
+        parts.append("α per channel" + (" (+alphas)" if on_top else ""))
+    if name_init:
+        init = s.get("alpha_init", 1.0)
+        if init == "kaiming":
+            parts.append("α init Kaiming")
+        elif init not in (1, 1.0, None):
+            parts.append(f"α init {init}")
+    return parts
 
 
 def _metric(row: Mapping[str, Any], metric: str) -> tuple[float | None, str]:
