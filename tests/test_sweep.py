@@ -1026,3 +1026,25 @@ def test_dry_run_finds_refusals_once_per_setting_for_every_seed_and_lists_kaimin
     assert "12 runs, 9 to train, 0 skipped, 3 refused (the sweep would report them as errors)" in (
         r.output
     )
+
+
+def test_dry_run_lists_a_rigl_run_that_would_never_update_as_refused(tmp_path):
+    """A review: `dctps train` refuses a RigL run whose schedule never updates the supports
+    (1 epoch of 64 images at batch 32: 2 steps, RigL every 100); the dry run listed it `new`.
+    It counts the steps from the data set's official size, as the loader would."""
+    from dctps.results.sweep import train_steps
+
+    g = small_grid("/nonexistent", methods=["dense", {"method": "dctps", "rigl": True}])
+    g["base"]["data"]["subset"] = 64
+    gpath = tmp_path / "grid.yaml"
+    gpath.write_text(yaml.safe_dump(g))
+    cfgs = expand_grid(load_grid(gpath))
+    assert {train_steps(c) for c in cfgs} == {2}
+    r = runner.invoke(app, ["sweep", str(gpath), "--out", str(tmp_path / "o"), "--dry-run"])
+    lines = r.output.strip().splitlines()
+    refused = [i for i, ln in enumerate(lines) if ln.split()[1:2] == ["refused"]]
+    assert len(refused) == 1 and "+rigl" in lines[refused[0]].lower()
+    assert "RigL would never update the supports" in lines[refused[0] + 1]
+    # without a subset: CIFAR-10's 45,000 training images after the hold-out, batch 32
+    full = [c for c in expand_grid({**g, "base": {**g["base"], "data": {"root": "/x"}}})]
+    assert {train_steps(c) for c in full} == {-(-45000 // 32)}

@@ -1137,12 +1137,17 @@ def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | N
 
 
 def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
-    """The DCTpS runs among ``configs`` that ``dctps train`` refuses before training, found as it
-    finds them, on the meta device (10-100 ms a model, once a setting for all its seeds): a
-    density whose budget cannot pay for per-channel alphas, an ``exclude`` that matches no
-    layer. Hash -> the refusal. A model that cannot take its data set is left to
-    :func:`grid_problems` (it stops the whole sweep). Not found here: a RigL schedule too short
-    to update (it needs the training set's size)."""
+    """The runs among ``configs`` that ``dctps train`` refuses before training, found as it
+    finds them: hash -> the refusal.
+
+    - DCTpS runs, on the meta device (10-100 ms a model, once a setting for all its seeds): a
+      density whose budget cannot pay for per-channel alphas, an ``exclude`` that matches no
+      layer;
+    - RigL runs whose schedule would never update the supports (:func:`check_rigl_schedule`),
+      with the steps of one process on the data set's official sizes (:func:`train_steps`).
+
+    A model that cannot take its data set is left to :func:`grid_problems` (it stops the whole
+    sweep)."""
     import torch
 
     from dctps.data import get_info
@@ -1151,6 +1156,12 @@ def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
     out: dict[str, str] = {}
     seen: dict[str, str | None] = {}  # a refusal never depends on the seed: one build a setting
     for c in configs:
+        if c.sparsity.rigl:
+            try:
+                su.check_rigl_schedule(c, train_steps(c))
+            except DctpsError as e:
+                out[c.config_hash()] = str(e)
+                continue
         if c.sparsity.method != "dctps":
             continue
         setting = json.dumps({**c.to_dict(), "seed": None}, sort_keys=True, default=str)
@@ -1173,6 +1184,22 @@ def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
         except Exception:  # a limit of the meta device, not of the run: not known refused
             pass
     return out
+
+
+def train_steps(cfg: RunConfig) -> int:
+    """The optimizer steps of ``cfg`` on one process: ``epochs * ceil(n / batch_size)``, ``n``
+    the training images of the data set's official size after the validation hold-out, or its
+    ``subset`` (the count ``dctps train`` takes from its loader, on the real data)."""
+    from dctps.data import get_info
+
+    c = cfg.resolve()  # the recipe's epochs and batch size, the data set's hold-out
+    epochs, batch = c.optim.epochs, c.optim.batch_size
+    assert epochs is not None and batch is not None  # set by resolve()
+    n, _ = get_info(c.data.dataset).sizes
+    n_train = n - round((c.data.val_fraction or 0.0) * n)  # as dctps.data.holdout splits
+    if c.data.subset is not None:
+        n_train = min(n_train, c.data.subset)
+    return epochs * -(-n_train // batch)
 
 
 # ----------------------------------------------------------------------------- CLI
