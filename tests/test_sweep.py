@@ -1032,7 +1032,7 @@ def test_dry_run_lists_a_rigl_run_that_would_never_update_as_refused(tmp_path):
     """A review: `dctps train` refuses a RigL run whose schedule never updates the supports
     (1 epoch of 64 images at batch 32: 2 steps, RigL every 100); the dry run listed it `new`.
     It counts the steps from the data set's official size, as the loader would."""
-    from dctps.results.sweep import train_steps
+    from dctps.train.setup import train_steps
 
     g = small_grid("/nonexistent", methods=["dense", {"method": "dctps", "rigl": True}])
     g["base"]["data"]["subset"] = 64

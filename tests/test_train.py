@@ -2377,3 +2377,14 @@ def test_kaiming_alphas_pass_the_budget_check_on_the_meta_device(fake_cifar10, t
     assert lay.alpha.device.type == "meta"
     cfg = small_cfg(fake_cifar10, epochs=1, sparsity={"alpha": scope, "alpha_init": "kaiming"})
     assert fit(cfg, tmp_path / "out", progress=False)["status"] == "done"
+
+
+def test_a_rigl_schedule_that_never_updates_is_refused_before_any_output(fake_cifar10, tmp_path):
+    """A review: the refusal came after the data were loaded, leaving an empty results.db and
+    runs/ behind. It is checked first on the official data's step count (never below the
+    loader's), as the dry run counts it."""
+    cfg = small_cfg(fake_cifar10, epochs=1, sparsity={"rigl": True})
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, subset=64))
+    with pytest.raises(DctpsError, match="RigL would never update the supports.*2 steps"):
+        fit(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -1144,7 +1144,8 @@ def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
       density whose budget cannot pay for per-channel alphas, an ``exclude`` that matches no
       layer;
     - RigL runs whose schedule would never update the supports (:func:`check_rigl_schedule`),
-      with the steps of one process on the data set's official sizes (:func:`train_steps`).
+      with the steps of one process on the data set's official sizes
+      (:func:`dctps.train.setup.train_steps`).
 
     A model that cannot take its data set is left to :func:`grid_problems` (it stops the whole
     sweep)."""
@@ -1158,7 +1159,7 @@ def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
     for c in configs:
         if c.sparsity.rigl:
             try:
-                su.check_rigl_schedule(c, train_steps(c))
+                su.check_rigl_schedule(c, su.train_steps(c))
             except DctpsError as e:
                 out[c.config_hash()] = str(e)
                 continue
@@ -1184,22 +1185,6 @@ def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
         except Exception:  # a limit of the meta device, not of the run: not known refused
             pass
     return out
-
-
-def train_steps(cfg: RunConfig) -> int:
-    """The optimizer steps of ``cfg`` on one process: ``epochs * ceil(n / batch_size)``, ``n``
-    the training images of the data set's official size after the validation hold-out, or its
-    ``subset`` (the count ``dctps train`` takes from its loader, on the real data)."""
-    from dctps.data import get_info
-
-    c = cfg.resolve()  # the recipe's epochs and batch size, the data set's hold-out
-    epochs, batch = c.optim.epochs, c.optim.batch_size
-    assert epochs is not None and batch is not None  # set by resolve()
-    n, _ = get_info(c.data.dataset).sizes
-    n_train = n - round((c.data.val_fraction or 0.0) * n)  # as dctps.data.holdout splits
-    if c.data.subset is not None:
-        n_train = min(n_train, c.data.subset)
-    return epochs * -(-n_train // batch)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -612,6 +612,9 @@ def _fit(
             raise
         except Exception:  # a limit of the meta device, not of the run: the real build checks
             pass
+    # a RigL schedule that never updates, on the official data's step count (never below the
+    # loader's): refused before any output too; the loader's own count is checked later
+    su.check_rigl_schedule(cfg, su.train_steps(cfg))
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)

@@ -288,6 +288,24 @@ def make_rigl(
     return rigl
 
 
+def train_steps(cfg: RunConfig) -> int:
+    """The optimizer steps of ``cfg`` on one process with the data set's official files:
+    ``epochs * ceil(n / batch_size)``, ``n`` its training images after the validation hold-out,
+    or its ``subset``. Never fewer than the loader of ``dctps train`` gives (smaller files, a
+    DDP shard and ``drop_last`` give fewer), so a schedule refused on this count is refused
+    there too."""
+    from dctps.data import get_info
+
+    c = cfg.resolve()  # the recipe's epochs and batch size, the data set's hold-out
+    epochs, batch = c.optim.epochs, c.optim.batch_size
+    assert epochs is not None and batch is not None  # set by resolve()
+    n, _ = get_info(c.data.dataset).sizes
+    n_train = n - round((c.data.val_fraction or 0.0) * n)  # as dctps.data.holdout splits
+    if c.data.subset is not None:
+        n_train = min(n_train, c.data.subset)
+    return epochs * -(-n_train // batch)
+
+
 def check_rigl_schedule(cfg: RunConfig, total_steps: int) -> None:
     """A :class:`DctpsError` for a ``--rigl`` run that would never update its supports: RigL
     updates at steps ``t`` with ``t % delta_t == 0`` and ``t < T_end = int(t_end * total_steps)``
