@@ -67,7 +67,7 @@ ALPHA_SCOPES = ("layer", "channel")
 #: key of a layer's ``__dict__`` where :mod:`dctps.batched` puts the weight it built for the
 #: current forward (absent outside a batched model's forward)
 BATCHED_WEIGHT = "_dctps_w"
-#: key of a layer's ``__dict__`` holding the state of its Triton rebuild kernels (support-derived)
+#: key of a layer's ``__dict__`` holding its Triton rebuild kernels' state (per device and dtype)
 KERNEL_STATE = "_dctps_kernel"
 
 #: entries of a layer's memo of ``mode='auto'`` decisions (one per exact input shape) before it
