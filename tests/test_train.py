@@ -2388,3 +2388,25 @@ def test_a_rigl_schedule_that_never_updates_is_refused_before_any_output(fake_ci
     with pytest.raises(DctpsError, match="RigL would never update the supports.*2 steps"):
         fit(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_done_rigl_run_recorded_before_the_schedule_refusal_stays_done(fake_cifar10, tmp_path):
+    """A review: the early refusal came before the "already done?" look, so a RigL run recorded
+    done by an older dctps (before the refusal existed) became an error in `dctps train`, while
+    the dry run and sweeps skip it as done."""
+    from dctps.train import setup as su
+
+    cfg = small_cfg(fake_cifar10, epochs=1, sparsity={"rigl": True})
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, subset=64))
+    out = tmp_path / "out"
+    real = su.check_rigl_schedule
+    try:  # an older dctps: no refusal
+        su.check_rigl_schedule = lambda *a: None
+        first = fit(cfg, out, progress=False)
+    finally:
+        su.check_rigl_schedule = real
+    assert first["status"] == "done"
+    again = fit(cfg, out, progress=False)
+    assert again["status"] == "done" and again["hash"] == first["hash"]
+    with pytest.raises(DctpsError, match="RigL would never update"):  # elsewhere: refused
+        fit(cfg, tmp_path / "fresh", progress=False)

@@ -1140,12 +1140,12 @@ def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
     """The runs among ``configs`` that ``dctps train`` refuses before training, found as it
     finds them: hash -> the refusal.
 
-    - DCTpS runs, on the meta device (10-100 ms a model, once a setting for all its seeds): a
-      density whose budget cannot pay for per-channel alphas, an ``exclude`` that matches no
-      layer;
+    - DCTpS runs, on the meta device (once a setting for all its seeds: 10 ms for LeNet-5, up
+      to 2 s for ResNet50 with EPF, which draws its supports): a density whose budget cannot
+      pay for per-channel alphas, an ``exclude`` that matches no layer;
     - RigL runs whose schedule would never update the supports (:func:`check_rigl_schedule`),
       with the steps of one process on the data set's official sizes
-      (:func:`dctps.train.setup.train_steps`).
+      (:func:`dctps.train.setup.train_steps`; ``torchrun``'s shards give fewer).
 
     A model that cannot take its data set is left to :func:`grid_problems` (it stops the whole
     sweep)."""

@@ -518,6 +518,17 @@ def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any
     return out
 
 
+def _store_exists(store: Any, out: Path) -> bool:
+    """Whether the results store :func:`_open_store` would open already exists."""
+    from dctps.results.store import out_db_path
+
+    if store is None:
+        return out_db_path(out).is_file()
+    if isinstance(store, (str, os.PathLike)):
+        return Path(store).is_file()
+    return True
+
+
 def _open_store(store: Any, out: Path) -> Any:
     from dctps.results.store import Store, out_db_path
 
@@ -613,8 +624,15 @@ def _fit(
         except Exception:  # a limit of the meta device, not of the run: the real build checks
             pass
     # a RigL schedule that never updates, on the official data's step count (never below the
-    # loader's): refused before any output too; the loader's own count is checked later
-    su.check_rigl_schedule(cfg, su.train_steps(cfg))
+    # loader's): refused before any output too, unless a store holds the run done (recorded
+    # before this refusal existed: it stays done); the loader's own count is checked later
+    never_updates = None
+    try:
+        su.check_rigl_schedule(cfg, su.train_steps(cfg))
+    except DctpsError as e:
+        never_updates = e
+        if not _store_exists(store_arg, out):
+            raise
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)
@@ -623,6 +641,8 @@ def _fit(
         if ctx.is_main:  # a run killed between its row's `done` and dropping prev.pt
             ckpt_io.drop_backup(run_dir)
         return done
+    if never_updates is not None:
+        raise never_updates
 
     lock = _run_lock(run_dir) if ctx.is_main else contextlib.nullcontext()
     with lock:
