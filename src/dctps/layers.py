@@ -282,10 +282,8 @@ def capturing(device: torch.device) -> bool:
     """Whether a CUDA graph is being captured on ``device``'s current stream."""
     if device.type != "cuda":
         return False
-    if device.index is not None and device.index != torch.cuda.current_device():
-        with torch.cuda.device(device):
-            return torch.cuda.is_current_stream_capturing()
-    return torch.cuda.is_current_stream_capturing()
+    with _triton.on_device(device):
+        return torch.cuda.is_current_stream_capturing()
 
 
 def _check_loaded_support(layer: DCTpSLayer, indices: Any, values: Any, prefix: str) -> None:

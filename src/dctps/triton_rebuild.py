@@ -251,9 +251,10 @@ class _Workspace:
         return torch.searchsorted(indices, self.bounds)
 
 
-def _device(device: torch.device) -> Any:
+def on_device(device: torch.device) -> Any:
     """``torch.cuda.device(device)`` where ``device`` is a CUDA device other than the current
-    one (Triton launches on the current device and its stream), else nothing."""
+    one, else nothing: Triton launches, and ``torch.cuda.is_current_stream_capturing`` looks,
+    on the current device and its stream."""
     if device.type == "cuda" and device.index is not None:
         if device.index != torch.cuda.current_device():
             return torch.cuda.device(device)
@@ -267,7 +268,7 @@ def _forward(
     """``(W flat, starts)`` by the forward kernel; ``None`` where Triton failed (warned)."""
     rows = d.shape[0]
     fan = d.numel() // rows
-    with _device(d.device):
+    with on_device(d.device):
         starts = ws.row_starts(indices, rows, fan)
         w = torch.empty(d.numel(), dtype=d.dtype, device=d.device)
         ok = _launch(
@@ -288,7 +289,7 @@ def _backward(
     fan = d.numel() // rows
     per_row = math.prod(alpha_shape) != 1
     acc = torch.float64 if d.dtype == torch.float64 else torch.float32
-    with _device(d.device):
+    with on_device(d.device):
         dvalues = torch.empty(indices.numel(), dtype=d.dtype, device=d.device)
         dalpha = torch.empty(alpha_shape, dtype=d.dtype, device=d.device)
         if per_row or not need_alpha:

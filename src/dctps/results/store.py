@@ -778,7 +778,7 @@ def run_identity(row: Mapping[str, Any]) -> dict[str, Any]:
     :data:`dctps.models.REVISIONS`; DCTpS supports seeded ``seed + i``,
     :data:`dctps.sparsify.SUPPORT_REVISION`): it gets ``recorded_by = "an older dctps"``, so
     the results table and the plots tell it apart and never average it with today's runs."""
-    from dctps.train.config import RunConfig, identity_hash
+    from dctps.train.config import RunConfig
 
     try:
         cfg = row_config(row)
@@ -788,10 +788,18 @@ def run_identity(row: Mapping[str, Any]) -> dict[str, Any]:
         ident = RunConfig.from_dict(dict(cfg), source="results store").identity()
     except Exception:  # an older or foreign config: compare it as stored
         return cfg if isinstance(cfg, dict) else {}
-    run_hash = row.get("hash")
-    if run_hash is not None and identity_hash(ident) != run_hash:
+    if _older(ident, row):
         ident = {**ident, "recorded_by": "an older dctps"}
     return ident
+
+
+def _older(ident: dict[str, Any], row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` was recorded by an older version of its computation: its hash is not
+    that of today's identity ``ident`` (:func:`run_identity`)."""
+    from dctps.train.config import identity_hash
+
+    run_hash = row.get("hash")
+    return run_hash is not None and identity_hash(ident) != run_hash
 
 
 def flat_identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -801,7 +809,7 @@ def flat_identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     of 10 settings one by one.)"""
     from dctps.errors import check_seed
     from dctps.results.variants import flatten
-    from dctps.train.config import RunConfig, identity_hash
+    from dctps.train.config import RunConfig
 
     memo: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {}
     out: list[dict[str, Any]] = []
@@ -828,8 +836,7 @@ def flat_identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             continue
         base, flat = known
         ident = {**flat, "seed": seed}
-        run_hash = r.get("hash")
-        if run_hash is not None and identity_hash({**base, "seed": seed}) != run_hash:
+        if _older({**base, "seed": seed}, r):
             ident["recorded_by"] = "an older dctps"
         out.append(ident)
     return out

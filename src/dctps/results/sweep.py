@@ -1140,9 +1140,9 @@ def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
     """The runs among ``configs`` that ``dctps train`` refuses before training, found as it
     finds them: hash -> the refusal.
 
-    - DCTpS runs, on the meta device (once a setting for all its seeds: 10 ms for LeNet-5, up
-      to 2 s for ResNet50 with EPF, which draws its supports): a density whose budget cannot
-      pay for per-channel alphas, an ``exclude`` that matches no layer;
+    - DCTpS runs, on the meta device (:func:`dctps.train.setup.check_budget_on_meta`, once a
+      setting for all its seeds): a density whose budget cannot pay for per-channel alphas, an
+      ``exclude`` that matches no layer;
     - RigL runs whose schedule would never update the supports (:func:`check_rigl_schedule`),
       with the steps of one process on the data set's official sizes
       (:func:`dctps.train.setup.train_steps`; ``torchrun``'s shards give fewer).
@@ -1178,12 +1178,9 @@ def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
         except Exception:  # left to grid_problems
             continue
         try:
-            with torch.device("meta"):
-                su.apply_sparsity(model, c)
+            su.check_budget_on_meta(model, c)
         except DctpsError as e:
             out[c.config_hash()] = seen[setting] = str(e)
-        except Exception:  # a limit of the meta device, not of the run: not known refused
-            pass
     return out
 
 

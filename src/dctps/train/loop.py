@@ -613,16 +613,9 @@ def _fit(
     with torch.device("meta"):
         shape = su.build_model(cfg, info0)
     one_image_fails = not _trains_on_one_image(shape, info0)
-    if cfg.sparsity.method == "dctps":
-        # a budget that cannot pay for per-channel alphas, a bad exclude pattern: refused here
-        # too (milliseconds), not after an empty store and run folder were created
-        try:
-            with torch.device("meta"):
-                su.apply_sparsity(shape, cfg)
-        except DctpsError:
-            raise
-        except Exception:  # a limit of the meta device, not of the run: the real build checks
-            pass
+    # a DCTpS budget that cannot pay for per-channel alphas, a bad exclude pattern: refused here
+    # too, not after an empty store and run folder were created
+    su.check_budget_on_meta(shape, cfg)
     # a RigL schedule that never updates, on the official data's step count (never below the
     # loader's): refused before any output too, unless a store holds the run done (recorded
     # before this refusal existed: it stays done); the loader's own count is checked later
