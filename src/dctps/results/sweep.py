@@ -1091,7 +1091,7 @@ def dry_run_report(
     :func:`run_sweep` would refuse on any host (:func:`grid_problems`, a bad ``workers``) rather
     than report a plan that cannot run."""
     planned = plan(configs, out, db, retry_failed)
-    echo(describe_plan(planned, budget_refusals([p.cfg for p in planned if p.runs])))
+    echo(describe_plan(planned, refusals_before_training([p.cfg for p in planned if p.runs])))
     todo = [p.cfg for p in planned if p.runs]
     if executor == "slurm" and todo:
         params = slurm_parameters(todo, slurm)
@@ -1110,8 +1110,8 @@ def dry_run_report(
 
 def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | None = None) -> str:
     """The dry-run listing: one line per run (hash, action, summary) and a count line. A run in
-    ``refusals`` (hash -> reason, :func:`budget_refusals`) is listed as ``refused``, its reason
-    on the next line: the sweep would report it as an error, with that reason."""
+    ``refusals`` (hash -> reason, :func:`refusals_before_training`) is listed as ``refused``,
+    its reason on the next line: the sweep would report it as an error, with that reason."""
     refusals = refusals or {}
     lines = []
     for p in planned:
@@ -1136,7 +1136,7 @@ def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | N
     return "\n".join(lines)
 
 
-def budget_refusals(configs: Sequence[RunConfig]) -> dict[str, str]:
+def refusals_before_training(configs: Sequence[RunConfig]) -> dict[str, str]:
     """The runs among ``configs`` that ``dctps train`` refuses before training, found as it
     finds them: hash -> the refusal.
 
