@@ -9,6 +9,11 @@ import torch
 from dctps.errors import DctpsError
 
 
+def holdout_size(n: int, fraction: float) -> int:
+    """The hold-out examples :func:`holdout` takes from ``n``: ``round(fraction * n)``."""
+    return round(fraction * n)
+
+
 def holdout(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``range(n)`` into a training and a hold-out part, reproducibly from ``seed``.
 
@@ -35,7 +40,7 @@ def holdout(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Ten
         raise DctpsError(f"val_fraction must be in [0, 1) (e.g. 0.1 for 10%), got {fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DctpsError(f"split seed must be an integer, got {seed!r}")
-    k = round(fraction * n)
+    k = holdout_size(n, fraction)
     g = torch.Generator()
     # manual_seed rejects negative seeds on some versions; fold them into the valid range.
     g.manual_seed(seed % (2**63))

@@ -513,6 +513,7 @@ def _positive_int(v: Any, name: str) -> int:
 def _resolve_model_data(c: RunConfig) -> None:
     from dctps import data as _data
     from dctps import models as _models
+    from dctps.data.split import holdout_size
 
     if c.model.name not in _models.names():
         raise unknown_name("model", c.model.name, _models.names())
@@ -527,7 +528,7 @@ def _resolve_model_data(c: RunConfig) -> None:
     if c.data.subset is not None:
         _positive_int(c.data.subset, "subset")
         n, n_test = _data.get_info(c.data.dataset).sizes
-        n_val = round(c.data.val_fraction * n)  # as dctps.data.holdout splits
+        n_val = holdout_size(n, c.data.val_fraction)
         if c.data.subset >= max(n - n_val, n_val, n_test):
             c.data.subset = None  # all of every split: the same run as without a subset
     if isinstance(c.data.split_seed, bool) or not isinstance(c.data.split_seed, int):

@@ -312,12 +312,13 @@ def train_steps(cfg: RunConfig) -> int:
     DDP shard and ``drop_last`` give fewer), so a schedule refused on this count is refused
     there too."""
     from dctps.data import get_info
+    from dctps.data.split import holdout_size
 
     c = cfg.resolve()  # the recipe's epochs and batch size, the data set's hold-out
     epochs, batch = c.optim.epochs, c.optim.batch_size
     assert epochs is not None and batch is not None  # set by resolve()
     n, _ = get_info(c.data.dataset).sizes
-    n_train = n - round((c.data.val_fraction or 0.0) * n)  # as dctps.data.holdout splits
+    n_train = n - holdout_size(n, c.data.val_fraction or 0.0)
     if c.data.subset is not None:
         n_train = min(n_train, c.data.subset)
     return epochs * -(-n_train // batch)
