@@ -2408,5 +2408,8 @@ def test_a_done_rigl_run_recorded_before_the_schedule_refusal_stays_done(fake_ci
     assert first["status"] == "done"
     again = fit(cfg, out, progress=False)
     assert again["status"] == "done" and again["hash"] == first["hash"]
+    # the store named as a folder (Store reads its results.db) or as the file: still done
+    for store in (str(out), str(out / "results.db")):
+        assert fit(cfg, tmp_path / "elsewhere", store=store, progress=False)["status"] == "done"
     with pytest.raises(DctpsError, match="RigL would never update"):  # elsewhere: refused
         fit(cfg, tmp_path / "fresh", progress=False)

@@ -518,25 +518,31 @@ def _row_result(row: dict[str, Any], run_dir: Path, store: Any) -> dict[str, Any
     return out
 
 
-def _store_exists(store: Any, out: Path) -> bool:
-    """Whether the results store :func:`_open_store` would open already exists."""
+def _store_path(store: Any, out: Path) -> Path | None:
+    """The file of the results store :func:`_open_store` opens (``None`` for a ``Store``)."""
     from dctps.results.store import out_db_path
 
-    if store is None:
-        return out_db_path(out).is_file()
+    if store is None:  # the file inside the --out folder, even when the name has a dot
+        return out_db_path(out)
     if isinstance(store, (str, os.PathLike)):
-        return Path(store).is_file()
-    return True
+        return Path(store)
+    return None
+
+
+def _store_exists(store: Any, out: Path) -> bool:
+    """Whether the results store :func:`_open_store` would open already exists (a folder given
+    as the store means its ``results.db``, as :class:`~dctps.results.store.Store` reads it)."""
+    from dctps.results.store import resolve_db_path
+
+    path = _store_path(store, out)
+    return path is None or resolve_db_path(path).is_file()
 
 
 def _open_store(store: Any, out: Path) -> Any:
-    from dctps.results.store import Store, out_db_path
+    from dctps.results.store import Store
 
-    if store is None:  # the file inside the --out folder, even when the name has a dot
-        return Store(out_db_path(out))
-    if isinstance(store, (str, os.PathLike)):
-        return Store(store)
-    return store
+    path = _store_path(store, out)
+    return store if path is None else Store(path)
 
 
 def _bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
