@@ -4,7 +4,8 @@ For a few conv shapes of ResNet18 at CIFAR sizes this times forward+backward of 
 of ``DCTpSConv2d(mode='dense')`` with each rebuild of ``W = alpha * D + S``:
 
 - ``kernel``: one Triton kernel each way (:mod:`dctps.triton_rebuild`), what CUDA uses while a
-  graph is captured (here in every call);
+  graph is captured (here in every call), computing the DCT's entries (none of ``D`` read);
+- ``kernel-read``: the same kernels reading ``D``, as they do for the other offsets;
 - ``ops``: built-in differentiable operators, what eager CUDA calls use (after the first, which
   compile the kernels) and other accelerators (:func:`dctps.layers.op_rebuild`);
 - ``fused``: one autograd Function, what the CPU uses (:func:`dctps.layers.cpu_rebuild`).
@@ -31,7 +32,12 @@ from dctps import layers, triton_rebuild
 from dctps.bench import cuda_graph, timeit
 from dctps.layers import DCTpSConv2d
 
-SHAPES = [(3, 64, 1, 32), (64, 64, 1, 16), (256, 256, 1, 8), (512, 512, 1, 4)]  # cin, cout, s, H
+#: cin, cout, kernel, stride, H: ResNet18's and, last, the two that were slowest as CUDA graphs in
+#: session 13 (VGG19's 512->512 at 2x2, ResNet18's 1x1 shortcut 256->512)
+SHAPES = [
+    (3, 64, 3, 1, 32), (64, 64, 3, 1, 16), (256, 256, 3, 1, 8), (512, 512, 3, 1, 4),
+    (512, 512, 3, 1, 2), (256, 512, 1, 2, 8),
+]  # fmt: skip
 
 
 def fwd_bwd(module: nn.Module, x: torch.Tensor, rebuild: str | None) -> Callable[[], None]:
@@ -41,7 +47,15 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, rebuild: str | None) -> Callable
 
     def step() -> None:
         if rebuild is not None:
-            kernel = rebuild == "kernel"
+            kernel = rebuild.startswith("kernel")
+            if kernel:  # the layer's kernel state, with or without the DCT's layout
+                state = module.__dict__.get(layers.KERNEL_STATE)
+                if state is None:
+                    state = module.__dict__[layers.KERNEL_STATE] = triton_rebuild.workspace()
+                shape = module.weight_shape  # type: ignore[union-attr]
+                state.layout = (
+                    None if rebuild == "kernel-read" else triton_rebuild.dct_layout(shape)
+                )
             layers.kernel_rebuild_usable = ORIGINAL[0] if kernel else _never
             layers.capturing = _always if kernel else ORIGINAL[3]
             if chosen is not None:
@@ -92,15 +106,16 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     variants = ["ops", "fused"]
     if cuda and triton_rebuild.available():
-        variants.append("kernel")
+        variants += ["kernel", "kernel-read"]
     print(f"device {torch.cuda.get_device_name(0) if cuda else 'CPU'}, torch {torch.__version__}")
-    print(f"{'conv':>16} {'variant':>10} {'sync us':>8} {'ratio':>6} {'loop us':>8} {'ratio':>6} "
+    print(f"{'conv':>16} {'variant':>11} {'sync us':>8} {'ratio':>6} {'loop us':>8} {'ratio':>6} "
           f"{'graph us':>8} {'ratio':>6} {'kernel us':>9} {'kernels':>7}")  # fmt: skip
-    for cin, cout, s, h in SHAPES:
+    for cin, cout, k, s, h in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(a.batch, cin, h, h, device=device, requires_grad=True)
-        conv = nn.Conv2d(cin, cout, 3, s, 1, bias=False, device=device)
-        lay = DCTpSConv2d(cin, cout, 3, s, 1, bias=False, nnz=532, seed=0, device=device)
+        pad = k // 2
+        conv = nn.Conv2d(cin, cout, k, s, pad, bias=False, device=device)
+        lay = DCTpSConv2d(cin, cout, k, s, pad, bias=False, nnz=532, seed=0, device=device)
         fns = {"conv": fwd_bwd(conv, x, None)} | {v: fwd_bwd(lay, x, v) for v in variants}
         try:
             lat = timeit(fns, a.reps, device)
@@ -108,23 +123,23 @@ def main() -> None:
             counted = {k: kernels(fn, 5, cuda) for k, fn in fns.items()}
             graph = {}
             if cuda:  # a fresh layer per capture: a graph holds its gradients' memory
-                lay_g = {v: DCTpSConv2d(cin, cout, 3, s, 1, bias=False, nnz=532, seed=0,
+                lay_g = {v: DCTpSConv2d(cin, cout, k, s, pad, bias=False, nnz=532, seed=0,
                                         device=device) for v in variants}  # fmt: skip
                 graphs = {}
-                for k in fns:
-                    graphs[k] = cuda_graph(
-                        fwd_bwd(lay_g.get(k, conv), x, k if k in variants else None)
+                for name in fns:
+                    graphs[name] = cuda_graph(
+                        fwd_bwd(lay_g.get(name, conv), x, name if name in variants else None)
                     )
                 graph = timeit(graphs, a.reps, device, calls=a.calls)
         finally:
             _restore()
-        for k in fns:
-            us, n = counted[k]
-            g_us = 1e6 * graph[k].best if graph else float("nan")
-            g_r = graph[k].best / graph["conv"].best if graph else float("nan")
-            print(f"{f'{cin}->{cout} H{h}':>16} {k:>10} {1e6 * lat[k].best:>8.1f} "
-                  f"{lat[k].best / lat['conv'].best:>6.2f} {1e6 * loop[k].best:>8.1f} "
-                  f"{loop[k].best / loop['conv'].best:>6.2f} {g_us:>8.1f} {g_r:>6.2f} "
+        for name in fns:
+            us, n = counted[name]
+            g_us = 1e6 * graph[name].best if graph else float("nan")
+            g_r = graph[name].best / graph["conv"].best if graph else float("nan")
+            print(f"{f'{cin}->{cout} k{k} H{h}':>16} {name:>11} {1e6 * lat[name].best:>8.1f} "
+                  f"{lat[name].best / lat['conv'].best:>6.2f} {1e6 * loop[name].best:>8.1f} "
+                  f"{loop[name].best / loop['conv'].best:>6.2f} {g_us:>8.1f} {g_r:>6.2f} "
                   f"{us:>9.1f} {n:>7.1f}")  # fmt: skip
 
 

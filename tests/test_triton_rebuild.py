@@ -10,13 +10,22 @@ which only a GPU exercises (``tests/test_cuda.py`` and these tests, run there).
 from __future__ import annotations
 
 import copy
+import inspect
+import json
+import math
+import os
+import pathlib
 import pickle
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
 from dctps import layers
 from dctps import triton_rebuild as tr
+from dctps.dct import conv_dct_basis, dct_basis
 from dctps.layers import DCTpSConv2d, DCTpSLinear, op_rebuild
 
 pytestmark = pytest.mark.skipif(
@@ -168,6 +177,201 @@ def test_what_the_kernels_refuse():
         tr.rebuild(d, torch.ones(3, dtype=d.dtype, device=DEVICE), idx, vals, tr.workspace())
 
 
+def _dct_reference(shape):
+    """``D`` of a DCTpS weight of ``shape`` in numpy's extended precision (x86's 80-bit long
+    double), straight from the definition with the angle reduced in integers: the kernels'
+    split angle sum is checked against it, not against itself."""
+    out, cin, window = shape[0], shape[1], math.prod(shape[2:])
+    fan = cin * window
+    n = max(out, fan)
+    o = np.arange(out, dtype=np.int64)[:, None]
+    j = np.arange(fan, dtype=np.int64)[None, :]  # (h, w, c)-flattened patch, channel fastest
+    m = (o * (2 * j + 1)) % (4 * n)
+    pi = np.longdouble("3.141592653589793238462643383279502884")
+    c = np.sqrt(np.longdouble(2) / n) * np.cos(pi * m.astype(np.longdouble) / (2 * n))
+    c[0] = np.sqrt(np.longdouble(1) / n)
+    if len(shape) == 4:
+        c = c.reshape(out, shape[2], shape[3], cin).transpose(0, 3, 1, 2)
+    return c.astype(np.float64), float(np.sqrt(2.0 / n))
+
+
+def _library_dct(shape, dtype):
+    if len(shape) == 4:
+        return conv_dct_basis(shape[0], shape[1], shape[2], shape[3], dtype=dtype)
+    return dct_basis(shape[0], shape[1], dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (8, 3, 3, 3),  # a 3->8 k3 conv (fan > out)
+        (6, 2, 3, 2),  # a non-square window
+        (16, 3, 1, 1),  # a 1x1 conv: a Linear's layout
+        (3, 2, 7, 7),  # a 7x7 stem's window
+        (70, 4, 3, 3),  # out > fan: truncated the other way
+        (5, 40),
+        (130, 70),  # rows past one tile's phase steps, out > fan
+        (7, 1),
+        (1, 1),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_the_kernels_compute_the_dct_within_a_few_roundings(shape, dtype):
+    """Where the offset is the DCT the kernels compute ``D`` instead of reading it: ``W`` for
+    ``alpha = 1`` and no support is ``D``, within a few roundings of the extended-precision
+    one (float64: 4e-16 of the largest entry), forward and backward."""
+    layout = tr.dct_layout(shape)
+    assert layout is not None and layout.n == max(shape[0], math.prod(shape[1:]))
+    ref, top = _dct_reference(shape)
+    d = _library_dct(shape, dtype).to(DEVICE)
+    alpha = torch.ones((), dtype=dtype, device=DEVICE, requires_grad=True)
+    empty = torch.zeros(0, dtype=torch.int64, device=DEVICE)
+    vals = torch.zeros(0, dtype=dtype, device=DEVICE)
+    w = tr.rebuild(d, alpha, empty, vals, tr.workspace(layout)).view(shape)
+    tol = {torch.float64: 4e-16, torch.float32: 4e-7, torch.bfloat16: 8e-3}[dtype] * top
+    err = (w.detach().double().cpu() - torch.from_numpy(ref)).abs().max().item()
+    assert err <= tol, f"{shape} {dtype}: |W - D| = {err:.3g} > {tol:.3g}"
+    # the cached D is read nowhere: a D of zeros gives the same W
+    w0 = tr.rebuild(torch.zeros_like(d), alpha, empty, vals, tr.workspace(layout))
+    assert torch.equal(w0, w.reshape(-1))
+    # d alpha = <dW, D>, D computed in the backward too
+    g = torch.randn(w.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    (da,) = torch.autograd.grad(w, alpha, g.to(DEVICE, dtype))
+    exact = (g.to(dtype).double() * torch.from_numpy(ref)).sum().item()
+    size = (g.abs() * torch.from_numpy(ref).abs()).sum().item()
+    # a few roundings of the float32 (float64) sum; a bfloat16 D and d alpha are rounded too
+    eps = torch.finfo(torch.float32 if dtype == torch.bfloat16 else dtype).eps
+    bound = 8 * eps * size + (torch.finfo(dtype).eps * size if dtype == torch.bfloat16 else 0)
+    assert abs(da.double().item() - exact) <= bound
+
+
+def test_the_computed_dct_stays_exact_where_the_angle_is_large():
+    """``N = 40000``: a direct ``cos(pi k (2 j + 1) / (2 N))`` in float64 loses ``1e-16`` of an
+    argument up to ``pi N``; the kernels reduce it in integers first."""
+    shape = (24, 40000)
+    layout = tr.dct_layout(shape)
+    ref, top = _dct_reference(shape)
+    alpha = torch.ones((), dtype=torch.float64, device=DEVICE)
+    empty = torch.zeros(0, dtype=torch.int64, device=DEVICE)
+    d = torch.zeros(shape, dtype=torch.float64, device=DEVICE)  # not read
+    w = tr.rebuild(d, alpha, empty, empty.double(), tr.workspace(layout)).view(shape)
+    assert (w.cpu() - torch.from_numpy(ref)).abs().max().item() <= 4e-16 * top
+
+
+def test_which_layers_compute_the_dct():
+    assert tr.dct_layout((64, 32, 3, 3)) == tr.DctLayout(n=288, q=9, sp=1, sq=32)
+    assert tr.dct_layout((10, 300)) == tr.DctLayout(n=300, q=64, sp=64, sq=1)
+    assert tr.dct_layout((8, 4, 1, 1)) == tr.DctLayout(n=8, q=64, sp=64, sq=1)
+    assert tr.dct_layout((8, 1, 33, 33)) is None  # a window too wide for one tile row: read D
+    assert tr.dct_layout((8, 4, 3)) is None  # not a Linear or Conv2d weight
+
+
+def _launch_record(monkeypatch):
+    """Record every kernel launch's ``(kernel, args, constants)`` (and still launch it)."""
+    seen = []
+    launch = tr._launch
+
+    def record(kernel, grid, device, *args, **consts):
+        seen.append((kernel, args, consts))
+        return launch(kernel, grid, device, *args, **consts)
+
+    monkeypatch.setattr(tr, "_launch", record)
+    return seen
+
+
+def _types(args):
+    """Triton's signature types of a launch's runtime arguments."""
+    names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+             torch.float64: "fp64", torch.int32: "i32", torch.int64: "i64"}  # fmt: skip
+    return [
+        "*" + names[a.dtype]
+        if isinstance(a, torch.Tensor)
+        else ("i64" if abs(a) >= 2**31 else "i32")
+        for a in args
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_fixed_alpha_launches_the_backward_warm_up_compiled(dtype, monkeypatch):
+    """A capture cannot load a kernel: every backward a capture may launch (d alpha asked for
+    or not) must have the argument types of the one :func:`warm_up` compiled."""
+    seen = _launch_record(monkeypatch)
+    d, alpha, idx, vals = _case(6, 27, 20, False, dtype)
+    ws = tr.workspace(tr.dct_layout((6, 3, 3, 3)))
+    assert tr.warm_up(d, alpha, idx, vals, ws)
+    warm = [(k, _types(a), c) for k, a, c in seen]
+    for need_alpha in (True, False):
+        seen.clear()
+        w = tr.rebuild(d, alpha.detach().requires_grad_(need_alpha), idx, vals, ws)
+        w.backward(torch.ones_like(w))
+        assert [(k, _types(a), c) for k, a, c in seen] == warm
+
+
+_PTXAS = (
+    pathlib.Path(tr.triton.__file__).parent / "backends/nvidia/bin/ptxas"
+    if tr.available()
+    else None
+)
+
+# Compiles each recorded launch in a fresh interpreter without TRITON_INTERPRET, where
+# triton.jit makes compilable kernels (the interpreter's wrappers cannot be compiled).
+_COMPILE = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from dctps import triton_rebuild as tr
+for name, signature, consts in json.loads(sys.stdin.read()):
+    for arch in (80, 90):
+        src = ASTSource(fn=getattr(tr, name), signature=signature, constexprs=consts)
+        cubin = triton.compile(src, target=GPUTarget("cuda", arch, 32)).asm["cubin"]
+        assert cubin[:4] == b"\\x7fELF", (name, arch)
+        print(name, arch, len(cubin))
+"""
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the other tests compile and run the kernels")
+@pytest.mark.skipif(
+    _PTXAS is None or not _PTXAS.exists(),
+    reason="Triton's NVIDIA backend (its ptxas) is not installed: the kernels cannot be compiled "
+    "for a GPU here",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_kernels_compile_for_gpus(dtype, monkeypatch, tmp_path):
+    """The interpreter runs the kernels as Python, so it accepts what a GPU compiler refuses
+    (a loop-carried value changing type, a layout it cannot convert): every launch a layer of
+    these shapes makes, with the computed-DCT and the read-D variants, one alpha or one per row,
+    is compiled for an A100 and an H100 (no GPU needed: Triton lowers to PTX and runs its
+    bundled ptxas)."""
+    seen = _launch_record(monkeypatch)
+    for shape in ((64, 32, 3, 3), (10, 300)):
+        for layout in (tr.dct_layout(shape), None):
+            for per_row in (False, True):
+                d = _library_dct(shape, dtype).to(DEVICE)
+                rows = shape[0]
+                g = torch.Generator().manual_seed(0)
+                idx = torch.sort(torch.randperm(d.numel(), generator=g)[:50]).values.to(DEVICE)
+                vals = torch.randn(50, generator=g).to(DEVICE, dtype)
+                alpha = torch.ones((rows, 1) if per_row else (), dtype=dtype, device=DEVICE)
+                assert tr.warm_up(d.view(rows, -1), alpha, idx, vals, tr.workspace(layout))
+    assert len(seen) == 16
+    jobs = []
+    for kernel, args, consts in seen:
+        fn = getattr(kernel, "fn", kernel)  # the Python function under the interpreter's wrapper
+        params = [p for p in inspect.signature(fn).parameters if p not in consts]
+        signature = dict(zip(params, _types(args), strict=True))
+        signature.update({k: "constexpr" for k in consts})
+        jobs.append((fn.__name__, signature, {k: v for k, v in consts.items()}))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE], input=json.dumps(jobs), env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(done.stdout.splitlines()) == 2 * len(jobs)
+
+
 def _kernels_here(monkeypatch, capture=False):
     """Let layers take the kernels on this device (on the CPU only the interpreter runs them);
     ``capture``: as while a CUDA graph is captured, where they take the kernels in every call."""
@@ -188,6 +392,7 @@ def _kernels_here(monkeypatch, capture=False):
         lambda: DCTpSConv2d(4, 6, (3, 2), stride=2, groups=2, nnz=15, seed=1),
         lambda: DCTpSLinear(30, 7, nnz=25, seed=2),  # truncating the other way
         lambda: DCTpSLinear(5, 40, nnz=25, seed=3, alpha="channel"),
+        lambda: DCTpSConv2d(4, 6, 3, padding=1, nnz=20, seed=4, offset="hadamard"),  # D read
     ],
 )
 def test_a_layer_on_the_kernels_equals_the_builtin_operators(make, monkeypatch):
@@ -221,6 +426,9 @@ def test_a_layer_on_the_kernels_equals_the_builtin_operators(make, monkeypatch):
     # a load_state_dict of another support keeps it (a captured graph reads its bounds), and
     # the next call uses the new support: the rows' ranges are searched in every call
     state = lay.__dict__[layers.KERNEL_STATE]
+    # the kernels compute D where the offset is the DCT, and read it for the others
+    assert state.layout == (tr.dct_layout(lay.weight_shape) if lay.offset == "dct" else None)
+    assert (state.layout is None) == (lay.offset == "hadamard")
     other = make().double().to(DEVICE)
     lay.load_state_dict(other.state_dict())
     assert lay.__dict__[layers.KERNEL_STATE] is state

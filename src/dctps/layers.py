@@ -856,7 +856,8 @@ class DCTpSLayer(nn.Module):
             # loading the kernels on scratch outputs, which a capture could not
             state = self.__dict__.get(KERNEL_STATE)
             if state is None:
-                state = self.__dict__[KERNEL_STATE] = _triton.workspace()
+                layout = _triton.dct_layout(self.weight_shape) if self.offset == "dct" else None
+                state = self.__dict__[KERNEL_STATE] = _triton.workspace(layout)
             if capturing(d.device):
                 w = _triton.rebuild(d, alpha, self.indices, self.values, state)
                 return w.view(self.weight_shape)

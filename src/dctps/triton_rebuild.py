@@ -7,20 +7,30 @@ for ``d alpha``, ``index_select`` for ``d values``), each 2-3 us of an H100's ti
 the weight: 6-16% of a small conv's GPU time. Here each direction is one kernel:
 
 - forward, one program per row ``r`` of ``W`` viewed as ``(rows, fan)`` (``rows`` the output
-  channels, ``fan`` the rest of ``weight_shape``): ``W[r, :] = a_r * D[r, :]``, then, after a block
-  barrier, ``W[i] = a_r * D[i] + values[j]`` for the support entries ``i = indices[j]`` in that row
-  (the barrier orders the second store after the first; ``indices`` are distinct, so each is
-  written once). The rows' first entries, ``starts = searchsorted(indices, r * fan)``, are one
-  small kernel before it;
+  channels, ``fan`` the rest of ``weight_shape``). It finds the row's range of the sorted support
+  (``starts[r]``, a ``K``-ary search of ``indices``, kept for the backward), writes
+  ``W[r, :] = a_r * D[r, :]``, then, after a block barrier, adds ``values[j]`` at the row's support
+  entries ``i = indices[j]`` (``W[i] += values[j]``, as ``index_add`` does; ``indices`` are
+  distinct, so each is written once). Program 0 also zeroes the backward's counter;
 - backward, one program per row: ``d values[j] = dW[indices[j]]`` for the row's entries, and the
   row's ``sum(dW[r, :] * D[r, :])``. With per-channel alphas that is ``d a_r``; with one alpha,
-  the rows' partial sums are added by the last program to finish (a counter zeroed for each
-  launch, counted up atomically), in row order, so ``d alpha`` is the same in every run (no
-  float atomics).
+  the rows' partial sums are added by the last program to finish (the forward's counter, counted
+  up atomically, then set back to zero), in row order, so ``d alpha`` is the same in every run
+  (no float atomics).
 
-Measured on an H100 (``benchmarks/RESULTS.md``, session 13), the kernels take less GPU time than
-the operators (a lone conv as CUDA graphs: 1.02-1.12x ``nn.Conv2d``, against 1.04-1.26x), but
-more host time: a Python autograd Function and two Triton launches cost more than six built-in
+Where the offset is the paper's DCT (a :class:`DctLayout`), neither kernel reads ``D``: its
+entries ``sqrt(2/N) cos(pi o (2 j + 1) / (2 N))`` are computed in the tiles (the angle split into
+a tile's column part and a per-row part, summed by ``cos(A + B) = cos A cos B - sin A sin B``,
+each part reduced in integers to ``[0, pi/4]`` before any float work), so the forward only writes
+the weight and the backward only reads ``dW``: half the bytes of reading ``D`` as well, at a
+few roundings of ``D``'s float type from the cached ``D`` (the tests bound it). Other offsets
+are read.
+
+Measured on an H100 (``benchmarks/RESULTS.md``, session 13, before the kernels computed ``D``,
+found the support themselves and zeroed their own counter: two more launches and twice the
+bytes), the kernels take less GPU time than the operators (a lone conv as CUDA graphs:
+1.02-1.12x ``nn.Conv2d``, against 1.04-1.26x), but more host time: a Python autograd Function
+and two Triton launches cost more than six built-in
 operators. So layers use them where host time is not spent per call: while a CUDA graph is
 captured (:meth:`dctps.layers.DCTpSLayer.dense_weight`). Eager calls take the operators; the
 first of a layer compiles and loads the kernels by launching them once on scratch outputs
@@ -36,6 +46,7 @@ tests check them without a GPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import warnings
@@ -50,11 +61,13 @@ except ImportError:  # pragma: no cover - depends on the installed torch
     triton = None
     tl = None
 
-__all__ = ["available", "rebuild", "usable"]
+__all__ = ["available", "DctLayout", "dct_layout", "rebuild", "usable", "workspace"]
 
-#: elements of a row handled per loop step, and support entries per loop step
-_BLOCK = 1024
+#: elements of a row per tile, support entries per loop step, and probes per round of the
+#: rows' support search
+_TILE = 1024
 _SBLOCK = 128
+_PROBES = 128
 #: dtypes the kernels are compiled for (float16/bfloat16 accumulate in float32)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -124,49 +137,180 @@ if triton is not None:
         return j, m, tl.load(idx_ptr + j, mask=m, other=0)
 
     @triton.jit
+    def _lower_bound(idx_ptr, nnz, t, iters, K: tl.constexpr):
+        """The first ``j`` in ``[0, nnz]`` with ``indices[j] >= t`` (``indices`` sorted).
+
+        A ``K``-ary search: each of ``iters`` rounds loads ``K`` evenly spaced probes of
+        ``[lo, hi)`` at once and keeps the gap where ``t`` falls, so a support of ``nnz`` entries
+        costs ``log_K(nnz)`` dependent loads (:func:`_search_rounds`), not ``log_2(nnz)``."""
+        lo = tl.program_id(0).to(tl.int64) * 0
+        hi = lo + nnz
+        ks = tl.arange(0, K).to(tl.int64)
+        for _ in range(iters):
+            step = (hi - lo + (K - 1)) // K
+            p = lo + ks * step
+            m = p < hi
+            v = tl.load(idx_ptr + p, mask=m, other=0)
+            below = tl.sum((m & (v < t)).to(tl.int64), axis=0)  # the probes below t: a prefix
+            new_lo = tl.where(below > 0, lo + (below - 1) * step + 1, lo)
+            hi = tl.minimum(lo + below * step, hi)
+            lo = new_lo
+        return lo
+
+    @triton.jit
+    def _cos_sin(m, n, F64: tl.constexpr):
+        """``cos`` and ``sin`` of ``pi * m / (2 n)`` for integers ``0 <= m < 4 n`` (int64), in
+        float64 if ``F64`` else float32.
+
+        The angle is reduced in integers (quadrant, then the octant's complement), so the
+        float work is on ``x = pi * r / (2 n)`` in ``[0, pi/4]`` only, by Taylor series to
+        ``x**18`` (remainder under ``1e-19`` there), with ``pi / (2 n)`` rounded once: a
+        rounding or two from exact for any ``n``, where ``cos(pi * k * (2 j + 1) / (2 N))``
+        evaluated directly loses ``1e-16`` of its argument, which grows to ``pi * N``."""
+        quad = (m >= n).to(tl.int32) + (m >= 2 * n).to(tl.int32) + (m >= 3 * n).to(tl.int32)
+        rem = m - quad * n  # comparisons, not a division: this runs once per tile
+        flip = 2 * rem > n
+        r = tl.where(flip, n - rem, rem)
+        step = 3.141592653589793 / (2.0 * n.to(tl.float64))
+        if F64:
+            x = r.to(tl.float64) * step
+        else:
+            x = r.to(tl.float32) * step.to(tl.float32)
+        x2 = x * x
+        # Horner's rule on the series; the literals are exact reciprocals in x's dtype
+        s = 1.0 - x2 * (1.0 / 342.0)
+        s = 1.0 - x2 * (1.0 / 272.0) * s
+        s = 1.0 - x2 * (1.0 / 210.0) * s
+        s = 1.0 - x2 * (1.0 / 156.0) * s
+        s = 1.0 - x2 * (1.0 / 110.0) * s
+        s = 1.0 - x2 * (1.0 / 72.0) * s
+        s = 1.0 - x2 * (1.0 / 42.0) * s
+        s = 1.0 - x2 * (1.0 / 20.0) * s
+        s = 1.0 - x2 * (1.0 / 6.0) * s
+        s = x * s
+        c = 1.0 - x2 * (1.0 / 306.0)
+        c = 1.0 - x2 * (1.0 / 240.0) * c
+        c = 1.0 - x2 * (1.0 / 182.0) * c
+        c = 1.0 - x2 * (1.0 / 132.0) * c
+        c = 1.0 - x2 * (1.0 / 90.0) * c
+        c = 1.0 - x2 * (1.0 / 56.0) * c
+        c = 1.0 - x2 * (1.0 / 30.0) * c
+        c = 1.0 - x2 * (1.0 / 12.0) * c
+        c = 1.0 - x2 * (1.0 / 2.0) * c
+        c, s = tl.where(flip, s, c), tl.where(flip, c, s)
+        cq = tl.where(quad == 0, c, tl.where(quad == 1, -s, tl.where(quad == 2, -c, s)))
+        sq = tl.where(quad == 0, s, tl.where(quad == 1, c, tl.where(quad == 2, -s, -c)))
+        return cq, sq
+
+    @triton.jit
+    def _dct_row(o, n, sp, sq, BP: tl.constexpr, QP: tl.constexpr, F64: tl.constexpr):
+        """What a row's tiles of the truncated DCT share (:class:`DctLayout`), for row ``o``:
+        the angle's ``q`` part ``2 q sq`` as ``scale * (cos, sin)``, the steps of its ``p`` part
+        ``2 p sp + 1`` across a tile (``i`` of ``BP``: ``i * 2 sp o``, as ``(cos, sin)``) and
+        between tiles (an integer phase, ``pi / (2 N)`` each)."""
+        n4 = 4 * n.to(tl.int64)
+        scale = _scale(o, n, F64)
+        q = tl.arange(0, QP).to(tl.int64)
+        ca, sa = _cos_sin((o * (2 * q * sq)) % n4, n, F64)
+        delta = (2 * sp * o) % n4
+        i = tl.arange(0, BP).to(tl.int64)
+        cd, sd = _cos_sin((i * delta) % n4, n, F64)
+        return scale * ca, scale * sa, cd, sd, (BP * delta) % n4
+
+    @triton.jit
+    def _dct_tile(phase, n, ca, sa, cd, sd, F64: tl.constexpr):
+        """``D[o, f]`` over a tile (``f = p Q + q``, ``p`` from the tile's first, whose phase
+        ``o * (2 p sp + 1) mod 4 N`` is ``phase``): ``scale * cos(A + B)`` by the angle sum,
+        from :func:`_dct_row`'s parts; a few roundings from exact."""
+        c0, s0 = _cos_sin(phase, n, F64)
+        cb = c0 * cd - s0 * sd
+        sb = s0 * cd + c0 * sd
+        return cb[:, None] * ca[None, :] - sb[:, None] * sa[None, :]
+
+    @triton.jit
+    def _scale(o, n, F64: tl.constexpr):
+        """``C_N``'s row scale: ``sqrt(1 / N)`` for row 0, ``sqrt(2 / N)`` for the others."""
+        nf = n.to(tl.float64)
+        s = tl.where(o == 0, tl.sqrt(1.0 / nf), tl.sqrt(2.0 / nf))
+        if F64:
+            return s
+        else:
+            return s.to(tl.float32)
+
+    @triton.jit(do_not_specialize=["nnz", "iters", "n", "sp", "sq"])
     def _forward_kernel(
         d_ptr,
         alpha_ptr,
         idx_ptr,
         val_ptr,
         starts_ptr,
+        count_ptr,
         w_ptr,
         fan,
+        rows,
+        nnz,
+        iters,
+        n,
+        sp,
+        sq,
         PER_ROW: tl.constexpr,
         WIDE: tl.constexpr,
-        BLOCK: tl.constexpr,
+        F64: tl.constexpr,
+        COMPUTED: tl.constexpr,
+        Q: tl.constexpr,
+        QP: tl.constexpr,
+        BP: tl.constexpr,
+        K: tl.constexpr,
         SBLOCK: tl.constexpr,
     ):
         row = tl.program_id(0)
+        o = row.to(tl.int64)
         if PER_ROW:
             a = tl.load(alpha_ptr + row)
         else:
             a = tl.load(alpha_ptr)
         if not WIDE:  # half types: the products in float32, rounded once
             a = a.to(tl.float32)
-        base = row.to(tl.int64) * fan
-        for k in range(0, fan, BLOCK):
-            offs = k + tl.arange(0, BLOCK)
-            m = offs < fan
-            d = tl.load(d_ptr + base + offs, mask=m, other=0.0)
+        base = o * fan
+        # the row's support range, kept for the backward; the d alpha counter zeroed for it
+        s0 = _lower_bound(idx_ptr, nnz, base, iters, K)
+        s1 = _lower_bound(idx_ptr, nnz, base + fan, iters, K)
+        tl.store(starts_ptr + row, s0)
+        if row == rows - 1:
+            tl.store(starts_ptr + rows, s1)
+        if row == 0:
+            tl.store(count_ptr, 0)
+        q = tl.arange(0, QP)
+        if COMPUTED:
+            ca, sa, cd, sd, tile_step = _dct_row(o, n, sp, sq, BP, QP, F64)
+            phase = o  # of p = 0: o * (2 * 0 + 1), below 4 N
+        for k in range(0, tl.cdiv(fan, Q), BP):
+            p = k + tl.arange(0, BP)
+            f = p[:, None] * Q + q[None, :]
+            m = (q[None, :] < Q) & (f < fan)
+            if COMPUTED:  # D from its formula: the weight's bytes are written, none read
+                d = _dct_tile(phase, n, ca, sa, cd, sd, F64).to(w_ptr.dtype.element_ty)
+                phase += tile_step
+                phase = tl.where(phase >= 4 * n, phase - 4 * n, phase)
+            else:
+                d = tl.load(d_ptr + base + f, mask=m, other=0.0)
             if not WIDE:
                 d = d.to(tl.float32)
-            tl.store(w_ptr + base + offs, (a * d).to(w_ptr.dtype.element_ty), mask=m)
-        tl.debug_barrier()  # the support's stores below must land after this row's plain ones
-        s0 = tl.load(starts_ptr + row)
-        s1 = tl.load(starts_ptr + row + 1)
+            tl.store(w_ptr + base + f, (a * d).to(w_ptr.dtype.element_ty), mask=m)
+        # the support's entries: W[i] += values[j], as index_add does, after this row's plain
+        # stores (the barrier makes a block's global stores visible to all its threads)
+        tl.debug_barrier()
         for k in range(s0, s1, SBLOCK):
             j, m, i = _entries(idx_ptr, k, s1, SBLOCK)
             v = tl.load(val_ptr + j, mask=m, other=0.0)
-            d = tl.load(d_ptr + i, mask=m, other=0.0)
-            if not WIDE:
-                prod = (a * d.to(tl.float32)).to(w_ptr.dtype.element_ty).to(tl.float32)
-                out = prod + v.to(tl.float32)
+            prod = tl.load(w_ptr + i, mask=m, other=0.0)
+            if WIDE:
+                out = prod + v
             else:
-                out = a * d + v
+                out = prod.to(tl.float32) + v.to(tl.float32)
             tl.store(w_ptr + i, out.to(w_ptr.dtype.element_ty), mask=m)
 
-    @triton.jit(do_not_specialize=["need_alpha", "need_values"])
+    @triton.jit(do_not_specialize=["need_alpha", "need_values", "n", "sp", "sq"])
     def _backward_kernel(
         g_ptr,
         d_ptr,
@@ -178,15 +322,22 @@ if triton is not None:
         dalpha_ptr,
         fan,
         rows,
+        n,
+        sp,
+        sq,
         need_alpha,
         need_values,
         PER_ROW: tl.constexpr,
-        BLOCK: tl.constexpr,
+        COMPUTED: tl.constexpr,
+        Q: tl.constexpr,
+        QP: tl.constexpr,
+        BP: tl.constexpr,
         SBLOCK: tl.constexpr,
         RBLOCK: tl.constexpr,
         ACC64: tl.constexpr,
     ):
         row = tl.program_id(0)
+        o = row.to(tl.int64)
         if need_values != 0:  # runtime flags: one compiled kernel serves every combination
             s0 = tl.load(starts_ptr + row)
             s1 = tl.load(starts_ptr + row + 1)
@@ -194,24 +345,36 @@ if triton is not None:
                 j, m, i = _entries(idx_ptr, k, s1, SBLOCK)
                 tl.store(dval_ptr + j, tl.load(g_ptr + i, mask=m, other=0.0), mask=m)
         if need_alpha != 0:
-            base = row.to(tl.int64) * fan
+            base = o * fan
             if ACC64:
-                acc = tl.zeros([BLOCK], dtype=tl.float64)
+                acc = tl.zeros([BP, QP], dtype=tl.float64)
             else:
-                acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for k in range(0, fan, BLOCK):
-                offs = k + tl.arange(0, BLOCK)
-                m = offs < fan
-                g = tl.load(g_ptr + base + offs, mask=m, other=0.0)
-                d = tl.load(d_ptr + base + offs, mask=m, other=0.0)
+                acc = tl.zeros([BP, QP], dtype=tl.float32)
+            q = tl.arange(0, QP)
+            if COMPUTED:
+                ca, sa, cd, sd, tile_step = _dct_row(o, n, sp, sq, BP, QP, ACC64)
+                phase = o
+            for k in range(0, tl.cdiv(fan, Q), BP):
+                p = k + tl.arange(0, BP)
+                f = p[:, None] * Q + q[None, :]
+                m = (q[None, :] < Q) & (f < fan)
+                g = tl.load(g_ptr + base + f, mask=m, other=0.0)
+                if COMPUTED:  # D from its formula: only dW is read
+                    d = _dct_tile(phase, n, ca, sa, cd, sd, ACC64).to(g_ptr.dtype.element_ty)
+                    d = tl.where(m, d, 0.0)
+                    phase += tile_step
+                    phase = tl.where(phase >= 4 * n, phase - 4 * n, phase)
+                else:
+                    d = tl.load(d_ptr + base + f, mask=m, other=0.0)
                 acc += g.to(acc.dtype) * d.to(acc.dtype)
-            s = tl.sum(acc, axis=0)
+            s = tl.sum(tl.sum(acc, axis=1), axis=0)
             if PER_ROW:
                 tl.store(dalpha_ptr + row, s.to(dalpha_ptr.dtype.element_ty))
             else:
                 # publish the partial, then count (the barrier puts every thread's store before
                 # the counting thread's release); the last program to count adds the partials,
-                # read through L2 by atomics, in row order: the same order whichever is last
+                # read through L2 by atomics, in row order: the same order whichever is last,
+                # and sets the counter back to zero for a second backward (retain_graph)
                 tl.store(part_ptr + row, s)
                 tl.debug_barrier()
                 done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
@@ -222,33 +385,76 @@ if triton is not None:
                         got = tl.atomic_add(part_ptr + r, 0.0, mask=r < rows)
                         total += tl.where(r < rows, got, 0.0)  # masked lanes return garbage
                     tl.store(dalpha_ptr, tl.sum(total, axis=0).to(dalpha_ptr.dtype.element_ty))
+                    tl.atomic_xchg(count_ptr, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DctLayout:
+    """Where the truncated DCT's entries lie in a weight's rows, for kernels that compute ``D``
+    instead of reading it.
+
+    Row ``o`` of ``D = C_N[:out, :fan]`` (:func:`dctps.dct.dct_basis`, ``N = max(out, fan)``),
+    stored as the weight's row, is walked in tiles: row offset ``f = p * Q + q`` holds column
+    ``j = p * sp + q * sq``, so its angle ``pi * o * (2 j + 1) / (2 N)`` splits into a part in
+    ``p`` and a part in ``q``, and ``cos(A + B) = cos A cos B - sin A sin B`` costs two products
+    per entry once a tile's ``p`` and ``q`` parts are known:
+
+    - a ``kh x kw`` conv (``kh * kw > 1``; :func:`dctps.dct.conv_dct_basis` flattens a patch
+      channel fastest) stores ``D[o, c, h, w]`` at ``f = c * Q + (h * kw + w)`` with column
+      ``j = (h * kw + w) * cin + c``: ``Q = kh * kw``, ``sp = 1``, ``sq = cin``;
+    - a Linear or a ``1 x 1`` conv stores column ``j`` at ``f = j``: ``Q = 64``, ``sp = 64``,
+      ``sq = 1``.
+    """
+
+    n: int
+    q: int
+    sp: int
+    sq: int
+
+
+#: the span of a Linear's tiles (any power of two: ``f = p * 64 + q``)
+_LINEAR_Q = 64
+#: beyond this many positions in a conv's kernel window a tile is too wide: ``D`` is read
+_MAX_WINDOW = 1024
+
+
+def dct_layout(weight_shape: tuple[int, ...]) -> DctLayout | None:
+    """The :class:`DctLayout` of a DCTpS Linear (``(out, in)``) or Conv2d (``(out, in/groups,
+    kh, kw)``) weight whose offset is the paper's DCT; ``None`` for another shape or a conv
+    window over ``1024`` positions (the kernels then read ``D``)."""
+    if len(weight_shape) not in (2, 4) or 0 in weight_shape:
+        return None
+    out, cin = weight_shape[0], weight_shape[1]
+    window = math.prod(weight_shape[2:])
+    n = max(out, cin * window)
+    if window == 1:
+        return DctLayout(n=n, q=_LINEAR_Q, sp=_LINEAR_Q, sq=1)
+    if window > _MAX_WINDOW:
+        return None
+    return DctLayout(n=n, q=window, sp=1, sq=cin)
 
 
 class _Workspace:
-    """Per-layer state of the kernels, made by an eager call so that a CUDA graph's capture
-    finds it: the rows' bounds ``r * fan`` (a capture that made them would replay their
-    ``arange``) and whether :func:`warm_up` compiled and loaded the kernels (``warm``).
+    """Per-layer state of the kernels: the layer's :class:`DctLayout` (``None``: the kernels
+    read ``D``) and whether :func:`warm_up` compiled and loaded the kernels (``warm``) on this
+    device and dtype, which a CUDA graph's capture needs (it can launch kernels, not load
+    them). The layer drops it when its device or dtype changes."""
 
-    The layer keeps it until its device or dtype changes: a captured graph reads ``bounds``."""
+    __slots__ = ("layout", "warm")
 
-    __slots__ = ("bounds", "key", "warm")
-
-    def __init__(self) -> None:
-        self.key: tuple[Any, ...] | None = None
-        self.bounds: torch.Tensor | None = None
+    def __init__(self, layout: DctLayout | None = None) -> None:
+        self.layout = layout
         self.warm = False
 
-    def row_starts(self, indices: torch.Tensor, rows: int, fan: int) -> torch.Tensor:
-        """``starts[r]`` = the first ``j`` with ``indices[j] >= r * fan``, ``r = 0..rows``.
 
-        Searched at every call (one small kernel), not cached: a captured graph then follows a
-        support changed in place between replays (RigL's ``indices.copy_``), as the built-in
-        operators' ``index_add`` does."""
-        key = (rows, fan, indices.device, indices.dtype)
-        if self.bounds is None or self.key != key:
-            bounds = torch.arange(rows + 1, device=indices.device, dtype=indices.dtype) * fan
-            self.bounds, self.key = bounds, key
-        return torch.searchsorted(indices, self.bounds)
+def _search_rounds(nnz: int, k: int) -> int:
+    """Rounds of :func:`_lower_bound`'s ``k``-ary search that narrow ``[0, nnz]`` to a point:
+    a round leaves at most ``ceil(s / k) - 1`` of ``s`` candidates."""
+    rounds, s = 0, nnz
+    while s > 0:
+        s = -(-s // k) - 1
+        rounds += 1
+    return rounds
 
 
 def on_device(device: torch.device) -> Any:
@@ -261,49 +467,73 @@ def on_device(device: torch.device) -> Any:
     return contextlib.nullcontext()
 
 
+def _tiles(fan: int, layout: DctLayout | None) -> dict[str, Any]:
+    """The tile constants of both kernels: ``Q`` positions of a row per tile row (padded to
+    ``QP``, a power of two), ``BP`` tile rows, and the layout's runtime numbers."""
+    if layout is None:
+        q, n, sp, sq = _LINEAR_Q, 1, 1, 1
+    else:
+        q, n, sp, sq = layout.q, layout.n, layout.sp, layout.sq
+    qp = triton.next_power_of_2(q)
+    return {
+        "n": n, "sp": sp, "sq": sq,
+        "COMPUTED": layout is not None, "Q": q, "QP": qp, "BP": max(1, _TILE // qp),
+    }  # fmt: skip
+
+
 def _forward(
     d: torch.Tensor, alpha: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
     ws: _Workspace,
-) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
-    """``(W flat, starts)`` by the forward kernel; ``None`` where Triton failed (warned)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """``(W flat, starts, counter)`` by the forward kernel, which also finds each row's range
+    of the support (``starts``, read by the backward) and zeroes the backward's counter;
+    ``None`` where Triton failed (warned)."""
     rows = d.shape[0]
     fan = d.numel() // rows
+    nnz = indices.numel()
+    tiles = _tiles(fan, ws.layout)
     with on_device(d.device):
-        starts = ws.row_starts(indices, rows, fan)
         w = torch.empty(d.numel(), dtype=d.dtype, device=d.device)
+        starts = torch.empty(rows + 1, dtype=indices.dtype, device=d.device)
+        count = torch.empty(1, dtype=torch.int32, device=d.device)
+        n, sp, sq = tiles.pop("n"), tiles.pop("sp"), tiles.pop("sq")
         ok = _launch(
-            _forward_kernel, rows, d.device, d, alpha, indices, values, starts, w, fan,
+            _forward_kernel, rows, d.device,
+            d, alpha, indices, values, starts, count, w,
+            fan, rows, nnz, _search_rounds(nnz, _PROBES), n, sp, sq,
             PER_ROW=alpha.numel() != 1, WIDE=d.dtype in (torch.float32, torch.float64),
-            BLOCK=_BLOCK, SBLOCK=_SBLOCK,
+            F64=d.dtype == torch.float64, K=_PROBES, SBLOCK=_SBLOCK, **tiles,
         )  # fmt: skip
-    return (w, starts) if ok else None
+    return (w, starts, count) if ok else None
 
 
 def _backward(
     g: torch.Tensor, d: torch.Tensor, indices: torch.Tensor, starts: torch.Tensor,
-    alpha_shape: torch.Size, need_alpha: bool, need_values: bool,
+    count: torch.Tensor, alpha_shape: torch.Size, need_alpha: bool, need_values: bool,
+    layout: DctLayout | None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
     """``(d alpha, d values)`` by the backward kernel (each valid where asked for); ``None``
-    where Triton failed (warned)."""
+    where Triton failed (warned). ``count`` is the forward's zeroed counter."""
     rows = d.shape[0]
     fan = d.numel() // rows
     per_row = math.prod(alpha_shape) != 1
     acc = torch.float64 if d.dtype == torch.float64 else torch.float32
+    tiles = _tiles(fan, layout)
     with on_device(d.device):
         dvalues = torch.empty(indices.numel(), dtype=d.dtype, device=d.device)
         dalpha = torch.empty(alpha_shape, dtype=d.dtype, device=d.device)
-        if per_row or not need_alpha:
-            part = count = dalpha  # not read
-        else:  # the rows' partial sums and the last-program counter, fresh each call (two
-            # launches, or two graphs replayed at once, never share them)
-            part = torch.empty(rows, dtype=acc, device=d.device)
-            count = torch.zeros(1, dtype=torch.int32, device=d.device)
+        # the rows' partial sums: fresh each call, so two launches, or two graphs replayed at
+        # once, never share them; made even where d alpha is not asked for (a fixed alpha), so
+        # a capture launches the kernel warm_up compiled, for the same argument types
+        part = dalpha if per_row else torch.empty(rows, dtype=acc, device=d.device)
+        n, sp, sq = tiles.pop("n"), tiles.pop("sp"), tiles.pop("sq")
         ok = _launch(
             _backward_kernel, rows, d.device,
-            g, d, indices, starts, dvalues, part, count, dalpha, fan, rows,
+            g, d, indices, starts, dvalues, part, count, dalpha, fan, rows, n, sp, sq,
             int(need_alpha), int(need_values),
-            PER_ROW=per_row, BLOCK=_BLOCK, SBLOCK=_SBLOCK,
+            PER_ROW=per_row, SBLOCK=_SBLOCK,
             RBLOCK=min(1024, triton.next_power_of_2(rows)), ACC64=acc == torch.float64,
+            **tiles,
         )  # fmt: skip
     return (dalpha, dvalues) if ok else None
 
@@ -338,26 +568,28 @@ class _TritonWeight(torch.autograd.Function):
         if done is None:
             w = torch.mul(d, alpha.view(-1, *[1] * (d.dim() - 1))).reshape(-1)
             w.index_add_(0, indices, values)
-            starts = indices[:0]
+            starts = count = indices[:0]
         else:
-            w, starts = done
+            w, starts, count = done
         ctx.fallback = done is None
-        ctx.save_for_backward(d, indices, starts)
+        ctx.save_for_backward(d, indices, starts, count)
         ctx.alpha_shape = alpha.shape
         ctx.per_row = alpha.numel() != 1
+        ctx.layout = ws.layout
         return w
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        d, indices, starts = ctx.saved_tensors
+        d, indices, starts, count = ctx.saved_tensors
         need_alpha, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_alpha or need_values):
             return None, None, None, None, None
         if torch.is_grad_enabled() or ctx.fallback:
             return _backward_ops(ctx, grad, d, indices, need_alpha, need_values)
         done = _backward(
-            grad.contiguous(), d, indices, starts, ctx.alpha_shape, need_alpha, need_values
-        )
+            grad.contiguous(), d, indices, starts, count, ctx.alpha_shape, need_alpha,
+            need_values, ctx.layout,
+        )  # fmt: skip
         if done is None:
             return _backward_ops(ctx, grad, d, indices, need_alpha, need_values)
         dalpha, dvalues = done
@@ -378,17 +610,17 @@ def warm_up(
     ws: _Workspace,
 ) -> bool:
     """Compile and load both kernels for this layer by launching each once on scratch outputs
-    (a CUDA graph's capture can launch kernels but not load them), and make ``ws``'s state;
+    (a CUDA graph's capture can launch kernels but not load them) and mark ``ws`` warm;
     nothing enters autograd. ``False`` where Triton failed on this device (warned; the layers
     there keep the built-in operators)."""
     with torch.no_grad():
         d = d.contiguous()
         done = _forward(d, alpha.detach(), indices, values.detach(), ws)
         if done is not None:
-            w, starts = done
-            ok = _backward(w, d, indices, starts, alpha.shape, True, True) is not None
-            ws.warm = ok
-            return ok
+            w, starts, count = done
+            ok = _backward(w, d, indices, starts, count, alpha.shape, True, True, ws.layout)
+            ws.warm = ok is not None
+            return ws.warm
     return False
 
 
@@ -401,7 +633,9 @@ def rebuild(
 ) -> torch.Tensor:
     """Flat ``alpha * D + S`` (``D`` of shape ``(rows, ...)``; ``alpha`` one element or
     ``rows``; ``indices`` sorted, distinct flat positions), differentiable in ``alpha`` and
-    ``values``, one kernel each way. ``ws`` is the calling layer's :class:`_Workspace`."""
+    ``values``, one kernel each way. ``ws`` is the calling layer's :class:`_Workspace`; where
+    its layout is set, ``D`` must be the truncated DCT of that layout (the kernels compute its
+    entries and read ``d`` only where they fail)."""
     if not usable(d, alpha, indices, values):
         raise ValueError(
             f"triton_rebuild.rebuild: D {tuple(d.shape)} {d.dtype} on {d.device}, alpha of "
@@ -410,6 +644,7 @@ def rebuild(
     return _TritonWeight.apply(alpha, values.contiguous(), d, indices.contiguous(), ws)
 
 
-def workspace() -> _Workspace:
-    """A fresh :class:`_Workspace` (one per layer and device)."""
-    return _Workspace()
+def workspace(layout: DctLayout | None = None) -> _Workspace:
+    """A fresh :class:`_Workspace` (one per layer and device); ``layout``: the layer's
+    :func:`dct_layout` where its offset is the DCT, so the kernels compute ``D``."""
+    return _Workspace(layout)
