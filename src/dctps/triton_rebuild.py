@@ -23,8 +23,9 @@ entries ``sqrt(2/N) cos(pi o (2 j + 1) / (2 N))`` are computed in the tiles (the
 a tile's column part and a per-row part, summed by ``cos(A + B) = cos A cos B - sin A sin B``,
 each part reduced in integers to ``[0, pi/4]`` before any float work), so the forward only writes
 the weight and the backward only reads ``dW``: half the bytes of reading ``D`` as well, at a
-few roundings of ``D``'s float type from the cached ``D`` (the tests bound it). Other offsets
-are read.
+few roundings of ``D``'s float type from the cached ``D`` (the tests bound it). Only rows long
+enough to repay a row's setup compute it (:func:`computes_dct`); shorter rows, and other
+offsets, read ``D``.
 
 Measured on an H100 (``benchmarks/RESULTS.md``, session 13, before the kernels computed ``D``,
 found the support themselves and zeroed their own counter: two more launches and twice the
@@ -158,41 +159,45 @@ if triton is not None:
         return lo
 
     @triton.jit
-    def _cos_sin(m, n, F64: tl.constexpr):
-        """``cos`` and ``sin`` of ``pi * m / (2 n)`` for integers ``0 <= m < 4 n`` (int64), in
-        float64 if ``F64`` else float32.
+    def _cos_sin(m, n, step, F64: tl.constexpr):
+        """``cos`` and ``sin`` of ``pi * m / (2 n)`` for integers ``0 <= m < 4 n``, in float64 if
+        ``F64`` else float32; ``step`` is ``pi / (2 n)`` in float64.
 
         The angle is reduced in integers (quadrant, then the octant's complement), so the
-        float work is on ``x = pi * r / (2 n)`` in ``[0, pi/4]`` only, by Taylor series to
-        ``x**18`` (remainder under ``1e-19`` there), with ``pi / (2 n)`` rounded once: a
-        rounding or two from exact for any ``n``, where ``cos(pi * k * (2 j + 1) / (2 N))``
-        evaluated directly loses ``1e-16`` of its argument, which grows to ``pi * N``."""
+        float work is on ``x = pi * r / (2 n)`` in ``[0, pi/4]`` only, by Taylor series (to
+        ``x**19`` in float64, remainder under ``1e-19`` there; to ``x**11`` in float32, under
+        ``1e-10``), with ``pi / (2 n)`` rounded once: a rounding or two from exact for any
+        ``n``, where ``cos(pi * k * (2 j + 1) / (2 N))`` evaluated directly loses ``1e-16`` of
+        its argument, which grows to ``pi * N``."""
         quad = (m >= n).to(tl.int32) + (m >= 2 * n).to(tl.int32) + (m >= 3 * n).to(tl.int32)
         rem = m - quad * n  # comparisons, not a division: this runs once per tile
         flip = 2 * rem > n
         r = tl.where(flip, n - rem, rem)
-        step = 3.141592653589793 / (2.0 * n.to(tl.float64))
         if F64:
             x = r.to(tl.float64) * step
         else:
             x = r.to(tl.float32) * step.to(tl.float32)
         x2 = x * x
-        # Horner's rule on the series; the literals are exact reciprocals in x's dtype
-        s = 1.0 - x2 * (1.0 / 342.0)
-        s = 1.0 - x2 * (1.0 / 272.0) * s
-        s = 1.0 - x2 * (1.0 / 210.0) * s
-        s = 1.0 - x2 * (1.0 / 156.0) * s
-        s = 1.0 - x2 * (1.0 / 110.0) * s
+        # Horner's rule; the literals become x's dtype (float64 ones exactly)
+        if F64:
+            s = 1.0 - x2 * (1.0 / 342.0)
+            s = 1.0 - x2 * (1.0 / 272.0) * s
+            s = 1.0 - x2 * (1.0 / 210.0) * s
+            s = 1.0 - x2 * (1.0 / 156.0) * s
+            s = 1.0 - x2 * (1.0 / 110.0) * s
+            c = 1.0 - x2 * (1.0 / 306.0)
+            c = 1.0 - x2 * (1.0 / 240.0) * c
+            c = 1.0 - x2 * (1.0 / 182.0) * c
+            c = 1.0 - x2 * (1.0 / 132.0) * c
+            c = 1.0 - x2 * (1.0 / 90.0) * c
+        else:
+            s = 1.0 - x2 * (1.0 / 110.0)
+            c = 1.0 - x2 * (1.0 / 90.0)
         s = 1.0 - x2 * (1.0 / 72.0) * s
         s = 1.0 - x2 * (1.0 / 42.0) * s
         s = 1.0 - x2 * (1.0 / 20.0) * s
         s = 1.0 - x2 * (1.0 / 6.0) * s
         s = x * s
-        c = 1.0 - x2 * (1.0 / 306.0)
-        c = 1.0 - x2 * (1.0 / 240.0) * c
-        c = 1.0 - x2 * (1.0 / 182.0) * c
-        c = 1.0 - x2 * (1.0 / 132.0) * c
-        c = 1.0 - x2 * (1.0 / 90.0) * c
         c = 1.0 - x2 * (1.0 / 56.0) * c
         c = 1.0 - x2 * (1.0 / 30.0) * c
         c = 1.0 - x2 * (1.0 / 12.0) * c
@@ -203,29 +208,32 @@ if triton is not None:
         return cq, sq
 
     @triton.jit
-    def _dct_row(o, n, sp, sq, BP: tl.constexpr, QP: tl.constexpr, F64: tl.constexpr):
+    def _dct_row(o, n, sp, sq, step, BP: tl.constexpr, QP: tl.constexpr, F64: tl.constexpr):
         """What a row's tiles of the truncated DCT share (:class:`DctLayout`), for row ``o``:
-        the angle's ``q`` part ``2 q sq`` as ``scale * (cos, sin)``, the steps of its ``p`` part
-        ``2 p sp + 1`` across a tile (``i`` of ``BP``: ``i * 2 sp o``, as ``(cos, sin)``) and
-        between tiles (an integer phase, ``pi / (2 N)`` each)."""
-        n4 = 4 * n.to(tl.int64)
+        ``scale * cos`` and ``scale * sin`` of the angle at each position of the first tile
+        (``p = i < BP``, phase ``o * (2 i sp + 2 q sq)``, the odd ``+1`` left to the tiles'
+        own part), and the integer phase from one tile to the next (``pi / (2 N)`` each).
+
+        Tiles of the tile's shape, not a row and a column of it: their products then stay in
+        the tile's register layout (broadcasts of 1-D parts were converted through shared
+        memory, with three barriers, in every tile)."""
+        n4 = 4 * n
         scale = _scale(o, n, F64)
-        q = tl.arange(0, QP).to(tl.int64)
-        ca, sa = _cos_sin((o * (2 * q * sq)) % n4, n, F64)
-        delta = (2 * sp * o) % n4
-        i = tl.arange(0, BP).to(tl.int64)
-        cd, sd = _cos_sin((i * delta) % n4, n, F64)
-        return scale * ca, scale * sa, cd, sd, (BP * delta) % n4
+        # the angle sum once more, here of a column and a row: BP + QP sines, not BP * QP
+        ci, si = _cos_sin((o * (2 * tl.arange(0, BP)[:, None] * sp)) % n4, n, step, F64)
+        cq, sq_ = _cos_sin((o * (2 * tl.arange(0, QP)[None, :] * sq)) % n4, n, step, F64)
+        tcos = scale * (ci * cq - si * sq_)
+        tsin = scale * (si * cq + ci * sq_)
+        return tcos, tsin, (2 * BP * sp * o) % n4
 
     @triton.jit
-    def _dct_tile(phase, n, ca, sa, cd, sd, F64: tl.constexpr):
-        """``D[o, f]`` over a tile (``f = p Q + q``, ``p`` from the tile's first, whose phase
-        ``o * (2 p sp + 1) mod 4 N`` is ``phase``): ``scale * cos(A + B)`` by the angle sum,
-        from :func:`_dct_row`'s parts; a few roundings from exact."""
-        c0, s0 = _cos_sin(phase, n, F64)
-        cb = c0 * cd - s0 * sd
-        sb = s0 * cd + c0 * sd
-        return cb[:, None] * ca[None, :] - sb[:, None] * sa[None, :]
+    def _dct_tile(phase, n, step, tcos, tsin, F64: tl.constexpr):
+        """``D[o, f]`` over a tile whose first position's phase ``o * (2 p sp + 1) mod 4 N`` is
+        ``phase``: ``scale * cos(A + B) = cos A * (scale cos B) - sin A * (scale sin B)`` with
+        ``A`` the tile's angle and ``(tcos, tsin)`` from :func:`_dct_row`; a few roundings
+        from exact."""
+        c0, s0 = _cos_sin(phase, n, step, F64)
+        return c0 * tcos - s0 * tsin
 
     @triton.jit
     def _scale(o, n, F64: tl.constexpr):
@@ -257,6 +265,7 @@ if triton is not None:
         WIDE: tl.constexpr,
         F64: tl.constexpr,
         COMPUTED: tl.constexpr,
+        PH64: tl.constexpr,
         Q: tl.constexpr,
         QP: tl.constexpr,
         BP: tl.constexpr,
@@ -282,16 +291,24 @@ if triton is not None:
             tl.store(count_ptr, 0)
         q = tl.arange(0, QP)
         if COMPUTED:
-            ca, sa, cd, sd, tile_step = _dct_row(o, n, sp, sq, BP, QP, F64)
-            phase = o  # of p = 0: o * (2 * 0 + 1), below 4 N
+            # phases in int32 where 4 N**2 fits (PH64 on the host), else int64
+            if PH64:
+                op = o
+                nn = n.to(tl.int64)
+            else:
+                op = row
+                nn = n
+            step = 3.141592653589793 / (2.0 * n.to(tl.float64))
+            tcos, tsin, tile_step = _dct_row(op, nn, sp, sq, step, BP, QP, F64)
+            phase = op  # of p = 0: o * (2 * 0 + 1), below 4 N
         for k in range(0, tl.cdiv(fan, Q), BP):
             p = k + tl.arange(0, BP)
             f = p[:, None] * Q + q[None, :]
             m = (q[None, :] < Q) & (f < fan)
             if COMPUTED:  # D from its formula: the weight's bytes are written, none read
-                d = _dct_tile(phase, n, ca, sa, cd, sd, F64).to(w_ptr.dtype.element_ty)
+                d = _dct_tile(phase, nn, step, tcos, tsin, F64).to(w_ptr.dtype.element_ty)
                 phase += tile_step
-                phase = tl.where(phase >= 4 * n, phase - 4 * n, phase)
+                phase = tl.where(phase >= 4 * nn, phase - 4 * nn, phase)
             else:
                 d = tl.load(d_ptr + base + f, mask=m, other=0.0)
             if not WIDE:
@@ -329,6 +346,7 @@ if triton is not None:
         need_values,
         PER_ROW: tl.constexpr,
         COMPUTED: tl.constexpr,
+        PH64: tl.constexpr,
         Q: tl.constexpr,
         QP: tl.constexpr,
         BP: tl.constexpr,
@@ -352,18 +370,26 @@ if triton is not None:
                 acc = tl.zeros([BP, QP], dtype=tl.float32)
             q = tl.arange(0, QP)
             if COMPUTED:
-                ca, sa, cd, sd, tile_step = _dct_row(o, n, sp, sq, BP, QP, ACC64)
-                phase = o
+                if PH64:
+                    op = o
+                    nn = n.to(tl.int64)
+                else:
+                    op = row
+                    nn = n
+                step = 3.141592653589793 / (2.0 * n.to(tl.float64))
+                tcos, tsin, tile_step = _dct_row(op, nn, sp, sq, step, BP, QP, ACC64)
+                phase = op
             for k in range(0, tl.cdiv(fan, Q), BP):
                 p = k + tl.arange(0, BP)
                 f = p[:, None] * Q + q[None, :]
                 m = (q[None, :] < Q) & (f < fan)
                 g = tl.load(g_ptr + base + f, mask=m, other=0.0)
                 if COMPUTED:  # D from its formula: only dW is read
-                    d = _dct_tile(phase, n, ca, sa, cd, sd, ACC64).to(g_ptr.dtype.element_ty)
+                    d = _dct_tile(phase, nn, step, tcos, tsin, ACC64)
+                    d = d.to(g_ptr.dtype.element_ty)
                     d = tl.where(m, d, 0.0)
                     phase += tile_step
-                    phase = tl.where(phase >= 4 * n, phase - 4 * n, phase)
+                    phase = tl.where(phase >= 4 * nn, phase - 4 * nn, phase)
                 else:
                     d = tl.load(d_ptr + base + f, mask=m, other=0.0)
                 acc += g.to(acc.dtype) * d.to(acc.dtype)
@@ -427,6 +453,8 @@ def dct_layout(weight_shape: tuple[int, ...]) -> DctLayout | None:
     out, cin = weight_shape[0], weight_shape[1]
     window = math.prod(weight_shape[2:])
     n = max(out, cin * window)
+    if n >= 2**28:  # 4 N, the phases' modulus, would not fit the int32 a kernel argument is
+        return None
     if window == 1:
         return DctLayout(n=n, q=_LINEAR_Q, sp=_LINEAR_Q, sq=1)
     if window > _MAX_WINDOW:
@@ -467,9 +495,31 @@ def on_device(device: torch.device) -> Any:
     return contextlib.nullcontext()
 
 
+def computes_dct(fan: int, layout: DctLayout | None) -> bool:
+    """Whether the kernels compute ``D`` for rows of ``fan`` entries in ``layout`` rather than
+    read it: where a row spans at least :data:`MIN_DCT_TILES` tiles.
+
+    Computing costs a row's setup once (its tile's angles: about 800 instructions per thread
+    compiled for sm_90, against 36 to read) and about as many per tile as reading does, so it
+    saves time only where a row is long enough for the halved bytes to outweigh the setup
+    (``benchmarks/RESULTS.md``, session 14: static instruction counts, not timings)."""
+    if layout is None:
+        return False
+    tile_rows = math.ceil(fan / layout.q)
+    per_tile = max(1, _TILE // triton.next_power_of_2(layout.q))
+    return math.ceil(tile_rows / per_tile) >= MIN_DCT_TILES
+
+
+#: the fewest tiles per row for which the kernels compute the DCT (:func:`computes_dct`)
+MIN_DCT_TILES = 6
+
+
 def _tiles(fan: int, layout: DctLayout | None) -> dict[str, Any]:
     """The tile constants of both kernels: ``Q`` positions of a row per tile row (padded to
-    ``QP``, a power of two), ``BP`` tile rows, and the layout's runtime numbers."""
+    ``QP``, a power of two), ``BP`` tile rows, and the layout's runtime numbers (a layout whose
+    rows are too short to compute ``D`` in is read as no layout)."""
+    if not computes_dct(fan, layout):
+        layout = None
     if layout is None:
         q, n, sp, sq = _LINEAR_Q, 1, 1, 1
     else:
@@ -478,6 +528,9 @@ def _tiles(fan: int, layout: DctLayout | None) -> dict[str, Any]:
     return {
         "n": n, "sp": sp, "sq": sq,
         "COMPUTED": layout is not None, "Q": q, "QP": qp, "BP": max(1, _TILE // qp),
+        # a phase o * (2 j + 1) < 2 N**2 (and a tile's steps, 2048 o at most) in int32 when
+        # 4 N**2 fits: int64 products and remainders cost many instructions on a GPU
+        "PH64": 4 * n * n >= 2**31,
     }  # fmt: skip
 
 
@@ -518,6 +571,8 @@ def _backward(
     fan = d.numel() // rows
     per_row = math.prod(alpha_shape) != 1
     acc = torch.float64 if d.dtype == torch.float64 else torch.float32
+    if g.data_ptr() % 16:  # warm_up compiled for an aligned dW (a fresh tensor, as autograd's
+        g = g.clone()  # are): another alignment is another kernel, which a capture cannot load
     tiles = _tiles(fan, layout)
     with on_device(d.device):
         dvalues = torch.empty(indices.numel(), dtype=d.dtype, device=d.device)
