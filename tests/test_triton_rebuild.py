@@ -323,6 +323,24 @@ def test_a_fixed_alpha_launches_the_backward_warm_up_compiled(dtype, monkeypatch
         assert [(k, _types(a), c) for k, a, c in seen] == warm
 
 
+def test_an_unaligned_gradient_is_copied_for_the_warm_kernel(monkeypatch):
+    """Triton compiles a kernel per pointer alignment (16 bytes or not); warm_up compiled the
+    backward for an aligned dW, so an unaligned one (a view at an offset) is copied first: a
+    capture cannot compile another."""
+    seen = _launch_record(monkeypatch)
+    d, alpha, idx, vals = _case(6, 27, 20, False, torch.float32)
+    w = tr.rebuild(d, alpha, idx, vals, tr.workspace())
+    big = torch.randn(w.numel() + 1, device=DEVICE)
+    g = big[1:]  # 4 bytes past an aligned start
+    assert g.data_ptr() % 16 and g.is_contiguous()
+    da, dv = torch.autograd.grad(w, (alpha, vals), g)
+    ((_, args, _),) = [r for r in seen if r[0] is tr._backward_kernel]
+    assert args[0].data_ptr() % 16 == 0
+    da0, dv0 = torch.autograd.grad(op_rebuild(d, alpha, idx, vals), (alpha, vals), g)
+    torch.testing.assert_close(da, da0)
+    assert torch.equal(dv, dv0)
+
+
 _PTXAS = (
     pathlib.Path(tr.triton.__file__).parent / "backends/nvidia/bin/ptxas"
     if tr.available()
