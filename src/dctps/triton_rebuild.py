@@ -209,32 +209,46 @@ if triton is not None:
         return cq, sq
 
     @triton.jit
-    def _dct_row(o, n, sp, sq, step, BP: tl.constexpr, QP: tl.constexpr, F64: tl.constexpr):
-        """What a row's tiles of the truncated DCT share (:class:`DctLayout`), for row ``o``:
+    def _dct_row(
+        row, n, sp, sq, BP: tl.constexpr, QP: tl.constexpr, F64: tl.constexpr,
+        PH64: tl.constexpr,
+    ):  # fmt: skip
+        """What a row's tiles of the truncated DCT share (:class:`DctLayout`), for row ``row``:
         ``scale * cos`` and ``scale * sin`` of the angle at each position of the first tile
         (``p = i < BP``, phase ``o * (2 i sp + 2 q sq)``, the odd ``+1`` left to the tiles'
-        own part), and the integer phase from one tile to the next (``pi / (2 N)`` each).
+        own part), the integer phase from one tile to the next and the first tile's
+        (``pi / (2 N)`` each), ``N`` in the phases' integer type (int32 where ``4 N**2`` fits:
+        ``PH64`` off), and ``pi / (2 N)`` in float64.
 
         Tiles of the tile's shape, not a row and a column of it: their products then stay in
         the tile's register layout (broadcasts of 1-D parts were converted through shared
         memory, with three barriers, in every tile)."""
-        n4 = 4 * n
-        scale = _scale(o, n, F64)
+        if PH64:
+            o = row.to(tl.int64)
+            nn = n.to(tl.int64)
+        else:
+            o = row
+            nn = n
+        step = 3.141592653589793 / (2.0 * n.to(tl.float64))
+        n4 = 4 * nn
+        scale = _scale(o, nn, F64)
         # the angle sum once more, here of a column and a row: BP + QP sines, not BP * QP
-        ci, si = _cos_sin((o * (2 * tl.arange(0, BP)[:, None] * sp)) % n4, n, step, F64)
-        cq, sq_ = _cos_sin((o * (2 * tl.arange(0, QP)[None, :] * sq)) % n4, n, step, F64)
+        ci, si = _cos_sin((o * (2 * tl.arange(0, BP)[:, None] * sp)) % n4, nn, step, F64)
+        cq, sq_ = _cos_sin((o * (2 * tl.arange(0, QP)[None, :] * sq)) % n4, nn, step, F64)
         tcos = scale * (ci * cq - si * sq_)
         tsin = scale * (si * cq + ci * sq_)
-        return tcos, tsin, (2 * BP * sp * o) % n4
+        # the first tile's phase is o * (2 * 0 + 1) = o, below 4 N
+        return tcos, tsin, (2 * BP * sp * o) % n4, o, nn, step
 
     @triton.jit
-    def _dct_tile(phase, n, step, tcos, tsin, F64: tl.constexpr):
+    def _dct_tile(phase, tile_step, n, step, tcos, tsin, F64: tl.constexpr):
         """``D[o, f]`` over a tile whose first position's phase ``o * (2 p sp + 1) mod 4 N`` is
         ``phase``: ``scale * cos(A + B) = cos A * (scale cos B) - sin A * (scale sin B)`` with
-        ``A`` the tile's angle and ``(tcos, tsin)`` from :func:`_dct_row`; a few roundings
-        from exact."""
+        ``A`` the tile's angle and ``(tcos, tsin)`` from :func:`_dct_row`, a few roundings
+        from exact; and the next tile's phase."""
         c0, s0 = _cos_sin(phase, n, step, F64)
-        return c0 * tcos - s0 * tsin
+        after = phase + tile_step
+        return c0 * tcos - s0 * tsin, tl.where(after >= 4 * n, after - 4 * n, after)
 
     @triton.jit
     def _scale(o, n, F64: tl.constexpr):
@@ -291,24 +305,14 @@ if triton is not None:
             tl.store(count_ptr, 0)
         q = tl.arange(0, QP)
         if COMPUTED:
-            # phases in int32 where 4 N**2 fits (PH64 on the host), else int64
-            if PH64:
-                op = o
-                nn = n.to(tl.int64)
-            else:
-                op = row
-                nn = n
-            step = 3.141592653589793 / (2.0 * n.to(tl.float64))
-            tcos, tsin, tile_step = _dct_row(op, nn, sp, sq, step, BP, QP, F64)
-            phase = op  # of p = 0: o * (2 * 0 + 1), below 4 N
+            tcos, tsin, tile_step, phase, nn, step = _dct_row(row, n, sp, sq, BP, QP, F64, PH64)
         for k in range(0, tl.cdiv(fan, Q), BP):
             p = k + tl.arange(0, BP)
             f = p[:, None] * Q + q[None, :]
             m = (q[None, :] < Q) & (f < fan)
             if COMPUTED:  # D from its formula: the weight's bytes are written, none read
-                d = _dct_tile(phase, nn, step, tcos, tsin, F64).to(w_ptr.dtype.element_ty)
-                phase += tile_step
-                phase = tl.where(phase >= 4 * nn, phase - 4 * nn, phase)
+                d, phase = _dct_tile(phase, tile_step, nn, step, tcos, tsin, F64)
+                d = d.to(w_ptr.dtype.element_ty)
             else:
                 d = tl.load(d_ptr + base + f, mask=m, other=0.0)
             if not WIDE:
@@ -370,26 +374,17 @@ if triton is not None:
                 acc = tl.zeros([BP, QP], dtype=tl.float32)
             q = tl.arange(0, QP)
             if COMPUTED:
-                if PH64:
-                    op = o
-                    nn = n.to(tl.int64)
-                else:
-                    op = row
-                    nn = n
-                step = 3.141592653589793 / (2.0 * n.to(tl.float64))
-                tcos, tsin, tile_step = _dct_row(op, nn, sp, sq, step, BP, QP, ACC64)
-                phase = op
+                tcos, tsin, tile_step, phase, nn, step = _dct_row(
+                    row, n, sp, sq, BP, QP, ACC64, PH64
+                )
             for k in range(0, tl.cdiv(fan, Q), BP):
                 p = k + tl.arange(0, BP)
                 f = p[:, None] * Q + q[None, :]
                 m = (q[None, :] < Q) & (f < fan)
                 g = tl.load(g_ptr + base + f, mask=m, other=0.0)
                 if COMPUTED:  # D from its formula: only dW is read
-                    d = _dct_tile(phase, nn, step, tcos, tsin, ACC64)
-                    d = d.to(g_ptr.dtype.element_ty)
-                    d = tl.where(m, d, 0.0)
-                    phase += tile_step
-                    phase = tl.where(phase >= 4 * nn, phase - 4 * nn, phase)
+                    d, phase = _dct_tile(phase, tile_step, nn, step, tcos, tsin, ACC64)
+                    d = tl.where(m, d.to(g_ptr.dtype.element_ty), 0.0)
                 else:
                     d = tl.load(d_ptr + base + f, mask=m, other=0.0)
                 acc += g.to(acc.dtype) * d.to(acc.dtype)
