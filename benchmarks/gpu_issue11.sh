@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_issue11.sh            # on the GPU machine; logs to $OUT (default gpu-out)
 #   DEVICE=cpu QUICK=--quick bash benchmarks/gpu_issue11.sh   # dry run of the script on a CPU
 #   PARTS="step graph" bash benchmarks/gpu_issue11.sh          # only some parts
+#   PARTS="tests layer conv" bash benchmarks/gpu_issue11.sh    # (b)'s rows: the kernels' tests, a lone
+#                                 conv per rebuild (kernel computing D, kernel-read), the per-layer table
 #
 # Parts, most important first, each under its own time limit so one slow part cannot eat the
 # others (about 7 minutes in all on an H100):
@@ -14,6 +16,7 @@
 #            also in channels_last (cuDNN's layout conversions took 12% of an H100 step)
 #   profile  benchmarks/profile_step.py: wall vs GPU kernel time per step, the costliest kernels
 #   layer    benchmarks/profile_layer.py: a lone conv's latency, loop time and kernels, per rebuild
+#            (kernel: D computed on long rows; kernel-read: D read)
 #   conv     dctps bench conv: the per-layer table of RESULTS.md (b), eager and as CUDA graphs
 #   compile  step_cudagraph.py --compile: dense vs DCTpS under torch.compile (compiling takes minutes)
 #   train    benchmarks/train_throughput.py: images/s of real training epochs
@@ -57,7 +60,7 @@ part step 150 $PY -m dctps.cli bench step --device "$DEVICE" $QUICK
 part graph 150 $PY benchmarks/step_cudagraph.py $GRAPH_ARGS
 part profile 90 $PY benchmarks/profile_step.py $PROF_ARGS
 if [ -n "$QUICK" ]; then LAYER_ARGS="--batch 8 --reps 2 --calls 2"; else LAYER_ARGS=""; fi
-part layer 90 $PY benchmarks/profile_layer.py $LAYER_ARGS
+part layer 150 $PY benchmarks/profile_layer.py $LAYER_ARGS
 part conv 180 $PY -m dctps.cli bench conv --device "$DEVICE" $QUICK
 # torch 2.11's static CUDA launcher failed on an H100 ("CUDA driver error: invalid argument")
 TORCHINDUCTOR_USE_STATIC_CUDA_LAUNCHER=0 part compile 240 $PY benchmarks/step_cudagraph.py $COMPILE_ARGS --compile
