@@ -571,13 +571,19 @@ def test_a_figure_whose_runs_a_flag_changed_is_titled_and_filed_as_such(tmp_path
     assert not any(c.startswith("sparsity.allocation") for c in changes), changes
 
 
-def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(tmp_path):
+def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(
+    tmp_path, monkeypatch
+):
     name = "density-lenet5-cifar10"
     kw = {"quick": True, "datasets": ["digits"], "densities": [0.01], "seeds": 1}
     store = Store(tmp_path)
     for c in F.figure_configs(name, **kw)[:2]:
         record(store, c, 0.5)
+    built = []
+    real = F.figure_setup
+    monkeypatch.setattr(F, "figure_setup", lambda *a, **k: built.append(1) or real(*a, **k))
     data = F.run_figure(name, tmp_path, plot_only=True, echo=lambda s: None, **kw)
+    assert len(built) == 1  # the drawing takes the Setup that named the file
     png = tmp_path / "figures" / "density-lenet5-cifar10-quick-lenet5-digits-density=0.01.png"
     assert data.paths[0] == png and png.is_file()
     assert not (tmp_path / "figures" / "density-lenet5-cifar10-quick.png").exists()

@@ -899,11 +899,17 @@ def _store_rows(store: Any, hashes: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def draw(
-    name: str, store: Any, configs: Sequence[RunConfig], path: str | Path, quick: bool = False
+    name: str,
+    store: Any,
+    configs: Sequence[RunConfig],
+    path: str | Path,
+    quick: bool = False,
+    setup: Setup | None = None,
 ) -> FigureData:
     """Draw training figure ``name`` from the rows of ``store`` whose hash is one of ``configs``'
     (nothing else is read). Returns the data drawn; also writes ``path`` as PNG, PDF and JSON.
-    ``quick``: the runs are the quick figure's (compared with its settings, and noted)."""
+    ``quick``: the runs are the quick figure's (compared with its settings, and noted).
+    ``setup``: ``figure_setup(name, configs, quick=quick)``, where the caller has it."""
     spec = get(name)
     hashes = [c.config_hash() for c in configs]
     rank = {h: i for i, h in enumerate(hashes)}
@@ -916,7 +922,7 @@ def draw(
     if missing:
         notes.append(f"incomplete: {len(missing)} of {len(configs)} runs have no result yet")
     note = "\n".join(notes) or None
-    title = figure_setup(name, configs, quick=quick).title()
+    title = (setup or figure_setup(name, configs, quick=quick)).title()
     data = plot_runs(rows, path, title=title, label=spec.label, panel_order=order, note=note)
     data.missing, data.missing_runs = len(missing), missing
     write_json(data.to_dict(), Path(path).with_suffix(".json"))
@@ -1040,7 +1046,7 @@ def run_figure(
         echo(report.summary())
         errors = report.errors
     db_path = existing_db(db_path, "run the figure without --plot-only")
-    data = draw(name, Store(db_path), configs, fig_path, quick=quick)
+    data = draw(name, Store(db_path), configs, fig_path, quick=quick, setup=setup)
     data.errors = errors
     echo(data.table())
     if data.missing:
