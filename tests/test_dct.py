@@ -23,11 +23,15 @@ def test_dct_basis_is_truncated_c_n(out, inp):
     np.testing.assert_allclose(dct_basis(out, inp, torch.float64).numpy(), ref, atol=1e-12)
 
 
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).eps > 1e-18,
+    reason="numpy's long double is float64 on this platform: no extended-precision reference",
+)
 @pytest.mark.parametrize("out,inp", [(4096, 4096), (40, 30000), (700, 3)])
 def test_dct_basis_entries_are_within_roundings_of_exact(out, inp):
     """Against numpy's extended precision (x86's 80-bit long double): float64 entries within 4
     roundings of the largest. A cosine of the unreduced float64 angle, up to ``pi N``, was off by
-    up to 7776 at 4096 x 4096 (the Triton kernels, which compute the same entries, showed it)."""
+    about 10,000 at 4096 x 4096 (the Triton kernels, which compute the same entries, showed it)."""
     n = max(out, inp)
     k = np.arange(out, dtype=np.int64)[:, None]
     j = np.arange(inp, dtype=np.int64)[None, :]

@@ -177,6 +177,12 @@ def test_what_the_kernels_refuse():
         tr.rebuild(d, torch.ones(3, dtype=d.dtype, device=DEVICE), idx, vals, tr.workspace())
 
 
+_EXTENDED = pytest.mark.skipif(
+    np.finfo(np.longdouble).eps > 1e-18,
+    reason="numpy's long double is float64 on this platform: no extended-precision reference",
+)
+
+
 def _dct_reference(shape):
     """``D`` of a DCTpS weight of ``shape`` in numpy's extended precision (x86's 80-bit long
     double), straight from the definition with the angle reduced in integers: the kernels'
@@ -216,6 +222,7 @@ def _library_dct(shape, dtype):
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@_EXTENDED
 def test_the_kernels_compute_the_dct_within_a_few_roundings(shape, dtype, monkeypatch):
     """Where the offset is the DCT the kernels compute ``D`` instead of reading it: ``W`` for
     ``alpha = 1`` and no support is ``D``, within 4 roundings (of the largest entry) of the
@@ -229,7 +236,8 @@ def test_the_kernels_compute_the_dct_within_a_few_roundings(shape, dtype, monkey
     empty = torch.zeros(0, dtype=torch.int64, device=DEVICE)
     vals = torch.zeros(0, dtype=dtype, device=DEVICE)
     w = tr.rebuild(d, alpha, empty, vals, tr.workspace(layout)).view(shape)
-    # 4 roundings of the largest entry (measured: up to 2.3); bfloat16: one of its own
+    # 4 roundings of the largest entry (measured in the interpreter: up to 2.9); bfloat16: one
+    # of its own
     tol = (1 if dtype == torch.bfloat16 else 4) * torch.finfo(dtype).eps * top
     err = (w.detach().double().cpu() - torch.from_numpy(ref)).abs().max().item()
     assert err <= tol, f"{shape} {dtype}: |W - D| = {err:.3g} > {tol:.3g}"
@@ -247,6 +255,7 @@ def test_the_kernels_compute_the_dct_within_a_few_roundings(shape, dtype, monkey
     assert abs(da.double().item() - exact) <= bound
 
 
+@_EXTENDED
 def test_the_computed_dct_stays_exact_where_the_angle_is_large():
     """``N = 40000``: a direct ``cos(pi k (2 j + 1) / (2 N))`` in float64 loses ``1e-16`` of an
     argument up to ``pi N``; the kernels reduce it in integers first."""

@@ -36,22 +36,22 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 def _cosines(rows: int, cols: int, n: int) -> np.ndarray:
     """``sqrt(2 / n) * cos(pi * k * (2 j + 1) / (2 n))`` for ``k < rows``, ``j < cols``, float64.
 
-    The angle is reduced in integers first, to a multiple ``m`` of ``pi / (2 n)`` below
-    ``2 pi`` (``k (2 j + 1) mod 4 n``), then to its quadrant and to ``[0, pi/4]``, where the
-    float work happens: a float64 angle of up to ``pi n`` carries ``1e-16`` of its size into
-    the cosine (7776 roundings of the largest entry at ``n = 4096``); reduced, each entry is
-    within a rounding or two, as the GPU kernels' (:mod:`dctps.triton_rebuild`), which compute
-    the same entries the same way."""
-    k = np.arange(rows, dtype=np.int64)[:, None]
-    j = np.arange(cols, dtype=np.int64)[None, :]
-    m = (k * (2 * j + 1)) % (4 * n)
-    quad, rem = np.divmod(m, n)
+    The angle is a multiple ``m = k (2 j + 1) mod 4 n`` of ``pi / (2 n)`` below ``2 pi``, so
+    each entry is one of ``4 n`` values: these are computed once, each angle reduced in
+    integers to its quadrant and to ``[0, pi/4]`` before any float work, and gathered. A float64
+    angle of up to ``pi n`` carries ``1e-16`` of its size into the cosine (about 10,000
+    roundings of the largest entry at ``n = 4096``); reduced, each entry is within a rounding
+    or so, as the GPU kernels' (:mod:`dctps.triton_rebuild`), which reduce it the same way."""
+    t = np.arange(4 * n, dtype=np.int64)
+    quad, rem = np.divmod(t, n)
     flip = 2 * rem > n
     x = np.pi / (2 * n) * np.where(flip, n - rem, rem)  # in [0, pi/4]
-    c = np.where(flip, np.sin(x), np.cos(x))  # cos of the quadrant's angle
+    c = np.where(flip, np.sin(x), np.cos(x))  # cos of the angle within its quadrant
     s = np.where(flip, np.cos(x), np.sin(x))
-    c = np.choose(quad, [c, -s, -c, s])  # cos(quad pi/2 + angle)
-    return np.sqrt(2.0 / n) * c
+    table = np.sqrt(2.0 / n) * np.choose(quad, [c, -s, -c, s])  # cos(quad pi/2 + angle)
+    k = np.arange(rows, dtype=np.int64)[:, None]
+    j = np.arange(cols, dtype=np.int64)[None, :]
+    return table[(k * (2 * j + 1)) % (4 * n)]
 
 
 def dct_basis(

@@ -491,8 +491,13 @@ def computes_dct(fan: int, layout: DctLayout | None) -> bool:
     if layout is None:
         return False
     tile_rows = math.ceil(fan / layout.q)
-    per_tile = max(1, _TILE // triton.next_power_of_2(layout.q))
+    per_tile = max(1, _TILE // _pow2(layout.q))
     return math.ceil(tile_rows / per_tile) >= MIN_DCT_TILES
+
+
+def _pow2(q: int) -> int:
+    """The smallest power of two ``>= q`` (Triton's tiles are powers of two)."""
+    return 1 << (q - 1).bit_length()
 
 
 #: the fewest tiles per row for which the kernels compute the DCT (:func:`computes_dct`)
@@ -509,7 +514,7 @@ def _tiles(fan: int, layout: DctLayout | None) -> dict[str, Any]:
         q, n, sp, sq = _LINEAR_Q, 1, 1, 1
     else:
         q, n, sp, sq = layout.q, layout.n, layout.sp, layout.sq
-    qp = triton.next_power_of_2(q)
+    qp = _pow2(q)
     return {
         "n": n, "sp": sp, "sq": sq,
         "COMPUTED": layout is not None, "Q": q, "QP": qp, "BP": max(1, _TILE // qp),
