@@ -461,6 +461,8 @@ class _InitOnlyConv(nn.Conv2d):
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight)
+        if self.bias is not None:  # left to torch.empty, it could hold a NaN (NaN != NaN)
+            nn.init.constant_(self.bias, 0.25)
 
 
 @pytest.mark.parametrize(
