@@ -110,6 +110,29 @@ def test_kernels_in_low_precision_stay_within_rounding(dtype, per_row):
     assert torch.equal(dv, dv0)
 
 
+@pytest.mark.parametrize("nnz", [0, 1, 127, 128, 129, 16385])
+def test_the_forward_finds_each_rows_support_as_searchsorted_does(nnz):
+    """The forward's K-ary search (128 probes a round) against torch.searchsorted, with
+    entries on row boundaries and empty rows among the rows."""
+    rows, fan = 400, 97
+    g = torch.Generator().manual_seed(nnz)
+    bounds = torch.arange(0, rows * fan // 2, fan)
+    edges = torch.cat([bounds, bounds + fan - 1])[: nnz // 2]  # rows' first and last entries
+    pool = torch.randperm(rows * fan // 2, generator=g)  # the first half: the last rows empty
+    rest = pool[~torch.isin(pool, edges)][: nnz - edges.numel()]
+    idx = torch.sort(torch.cat([edges, rest])).values.to(DEVICE)
+    assert idx.numel() == nnz
+    d = torch.zeros(rows, fan, device=DEVICE)
+    done = tr._forward(d, torch.ones((), device=DEVICE), idx, torch.ones(nnz, device=DEVICE),
+                       tr.workspace())  # fmt: skip
+    assert done is not None
+    w, starts, count = done
+    want = torch.searchsorted(idx, torch.arange(rows + 1, device=DEVICE) * fan)
+    assert torch.equal(starts, want)
+    assert count.item() == 0  # zeroed for the backward
+    assert torch.equal(w.nonzero().flatten(), idx)
+
+
 def test_scalar_d_alpha_is_the_same_in_every_run():
     d, alpha, idx, vals = _case(1100, 33, 900, False, torch.float32)
     ws = tr.workspace()

@@ -138,26 +138,31 @@ if triton is not None:
         return j, m, tl.load(idx_ptr + j, mask=m, other=0)
 
     @triton.jit
-    def _lower_bound(idx_ptr, nnz, t, K: tl.constexpr):
-        """The first ``j`` in ``[0, nnz]`` with ``indices[j] >= t`` (``indices`` sorted).
+    def _row_range(idx_ptr, nnz, start, fan, K: tl.constexpr):
+        """``(s0, s1)``: the first ``j`` in ``[0, nnz]`` with ``indices[j] >= start`` and the
+        first with ``indices[j] >= start + fan`` (``indices`` sorted): a row's support.
 
-        A ``K``-ary search: each round loads ``K`` evenly spaced probes of ``[lo, hi)`` at once
-        and keeps the gap where ``t`` falls (``s`` candidates leave at most ``ceil(s / K) - 1``),
-        until the gap is empty: about ``log_K(nnz)`` dependent loads (3 for 236k entries at
-        ``K = 128``), not ``log_2(nnz)``."""
-        lo = tl.program_id(0).to(tl.int64) * 0
+        A ``K``-ary search of both at once: each round loads ``K`` evenly spaced probes of each
+        gap ``[lo, hi)`` and keeps the part where its target falls (``s`` candidates leave at
+        most ``ceil(s / K) - 1``), until both gaps are empty: about ``log_K(nnz)`` dependent
+        loads (3 for 236k entries at ``K = 128``), not ``2 log_2(nnz)``."""
+        which = tl.arange(0, 2).to(tl.int64)
+        t = start + which * fan
+        lo = which * 0
         hi = lo + nnz
         ks = tl.arange(0, K).to(tl.int64)
-        while hi > lo:
-            step = (hi - lo + (K - 1)) // K
-            p = lo + ks * step
-            m = p < hi
+        while tl.max(hi - lo, axis=0) > 0:
+            step = (hi - lo + (K - 1)) // K  # 0 for a search already done: it stays put
+            p = lo[:, None] + ks[None, :] * step[:, None]
+            m = p < hi[:, None]
             v = tl.load(idx_ptr + p, mask=m, other=0)
-            below = tl.sum((m & (v < t)).to(tl.int64), axis=0)  # the probes below t: a prefix
+            below = tl.sum((m & (v < t[:, None])).to(tl.int64), axis=1)  # probes below: a prefix
             new_lo = tl.where(below > 0, lo + (below - 1) * step + 1, lo)
             hi = tl.minimum(lo + below * step, hi)
             lo = new_lo
-        return lo
+        return tl.sum(tl.where(which == 0, lo, 0), axis=0), tl.sum(
+            tl.where(which == 1, lo, 0), axis=0
+        )
 
     @triton.jit
     def _cos_sin(m, n, step, F64: tl.constexpr):
@@ -296,8 +301,7 @@ if triton is not None:
             a = a.to(tl.float32)
         base = o * fan
         # the row's support range, kept for the backward; the d alpha counter zeroed for it
-        s0 = _lower_bound(idx_ptr, nnz, base, K)
-        s1 = _lower_bound(idx_ptr, nnz, base + fan, K)
+        s0, s1 = _row_range(idx_ptr, nnz, base, fan, K)
         tl.store(starts_ptr + row, s0)
         if row == rows - 1:
             tl.store(starts_ptr + rows, s1)
