@@ -9,10 +9,11 @@ import pytest
 import scipy.fft
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dctps import DCTpSConv2d, DctpsError, DCTpSLinear
 from dctps._compat import TORCH_VERSION
-from dctps.layers import draw_indices
+from dctps.layers import DCTpSLayer, draw_indices
 
 
 def scipy_c(n):
@@ -444,6 +445,9 @@ def test_conv_arguments_as_nn_conv2d_takes_them():
         None,
     )
     assert "dilation=(2, 2)" in repr(same) and "dilation" not in repr(layer)
+    # and its other attributes, for code that reads them off any conv
+    for name in ("padding_mode", "transposed", "output_padding"):
+        assert getattr(same, name) == getattr(ref, name), name
     with pytest.raises(
         DctpsError, match="padding_mode='reflect': DCTpS convs support only 'zeros'"
     ):
@@ -565,3 +569,43 @@ def test_unseeded_layers_draw_the_same_supports_on_every_device():
     with torch.device("meta"):
         for a, b in zip(cpu, states(None, expect="meta"), strict=True):
             assert torch.equal(a, b)
+
+
+def test_an_fx_trace_or_a_fake_tensor_pass_leaves_the_layers_as_they_were():
+    """A review: ``torch.fx.symbolic_trace`` failed inside a layer and left a Proxy cached as
+    its ``D``, and a pass under ``FakeTensorMode`` (a memory estimator's) a FakeTensor: every
+    later eager call then failed, or returned fake tensors. The trace is now refused by name,
+    with what works instead, and neither caches anything."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import dctps
+
+    def model():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+        return dctps.sparsify(m, 0.5, seed=0)
+
+    x = torch.randn(2, 8)
+    m = model()
+    with pytest.raises(
+        DctpsError, match=r"symbolic_trace cannot trace into a DCTpS layer.*to_dense"
+    ):
+        torch.fx.symbolic_trace(m)
+    assert m[0]._D is None
+    torch.testing.assert_close(m(x), model()(x))
+
+    class Leaves(torch.fx.Tracer):  # what the message suggests
+        def is_leaf_module(self, module, name):
+            return isinstance(module, DCTpSLayer) or super().is_leaf_module(module, name)
+
+    traced = torch.fx.GraphModule(m, Leaves().trace(m))
+    torch.testing.assert_close(traced(x), m(x))
+    torch.testing.assert_close(torch.fx.symbolic_trace(dctps.to_dense(m))(x), m(x))
+
+    m = model()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = m(torch.randn(2, 8))
+    assert type(fake) is not torch.Tensor and m[0]._D is None
+    y = m(x)
+    assert type(y) is torch.Tensor
+    torch.testing.assert_close(y, model()(x))

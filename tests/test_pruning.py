@@ -658,3 +658,44 @@ def test_half_precision_models_are_scored_in_float32(method, half):
     for a, b in zip(*masks, strict=True):
         assert torch.equal(a, b.float())
     assert model[1].weight_orig.dtype == half  # the caller's model keeps its dtype
+
+
+class _TupleOut(nn.Module):
+    """Logits and an auxiliary output, as aux-head and Hugging-Face-style models return."""
+
+    def __init__(self, outputs: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, outputs))
+
+    def forward(self, x):
+        return self.body(x), x
+
+
+class _OneLogit(_TupleOut):
+    def __init__(self) -> None:
+        super().__init__(outputs=1)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("method", ["snip", "iter_snip", "force", "grasp", "synflow"])
+def test_a_model_that_returns_no_logits_tensor_is_refused_by_name(method):
+    """A review: a tuple output ended in torch's TypeError or AttributeError, a one-output
+    head in an 'all-zero saliency' failure that blamed the method. Both now say what the
+    methods need; SynFlow, which scores without labels, takes a one-output head."""
+    x, y = torch.randn(32, 16), torch.randint(0, 4, (32,))
+    model = _TupleOut()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(
+        DctpsError, match="returns its logits as one tensor; this one returned a tuple"
+    ):
+        prune(model, 0.5, method, [(x, y)] * 4, progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    one = _OneLogit()
+    if method == "synflow":
+        prune(one, 0.5, method, [(x, torch.zeros(32, dtype=torch.long))] * 4, progress=False)
+        assert count(one).nonzeros == round(0.5 * (16 * 16 + 16))
+    else:
+        with pytest.raises(DctpsError, match=r"returns shape \(32, 1\) \(one output"):
+            prune(one, 0.5, method, [(x, torch.zeros(32, dtype=torch.long))] * 4, progress=False)

@@ -622,6 +622,13 @@ class DCTpSLayer(nn.Module):
         """
         d = self._D
         a = self.alpha
+        if isinstance(a, torch.fx.Proxy):
+            raise DctpsError(
+                "torch.fx.symbolic_trace cannot trace into a DCTpS layer (its forward branches "
+                "on its mode and input); trace dctps.to_dense(model), a plain model with the "
+                "same weights, or keep DCTpS layers as leaf modules (a Tracer whose "
+                "is_leaf_module returns True for dctps.layers.DCTpSLayer)"
+            )
         if (
             d is None
             or d.device != a.device
@@ -649,8 +656,13 @@ class DCTpSLayer(nn.Module):
                 build = torch.compiler.disable(_build_basis)
             d = build(self, a.device, a.dtype)
             # torch.export traces with fake tensors, and a torch.func transform wraps what it
-            # makes (a cached wrapper outlived its transform: Triton then could not read it)
-            if not _exporting() and (torch.compiler.is_compiling() or not _functorch_active()):
+            # makes (a cached wrapper outlived its transform: Triton then could not read it);
+            # a FakeTensorMode (a memory estimator's pass) makes a FakeTensor, which every
+            # later eager call would have returned as its output
+            if not _exporting() and (
+                torch.compiler.is_compiling()
+                or (not _functorch_active() and type(d) is torch.Tensor)
+            ):
                 self._D = d
         return d
 
@@ -1132,6 +1144,8 @@ class DCTpSConv2d(DCTpSLayer):
         else:
             self.padding = _pair(padding, "padding", 0)
         self.groups = groups
+        # nn.Conv2d's other attributes, for code that reads them off any conv (a review)
+        self.padding_mode, self.transposed, self.output_padding = "zeros", False, (0, 0)
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._init_sparse(
             nnz, alpha, seed, indices, per_filter, train_alpha, dtype, device,

@@ -331,6 +331,28 @@ def loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     raise unknown_name("loss", name, LOSSES)
 
 
+def logits(net: nn.Module, x: torch.Tensor, classes: bool = True) -> torch.Tensor:
+    """``net(x)``, refused with a :class:`DctpsError` unless it is one tensor (the methods score
+    the model's output, not a tuple or dict of outputs) and, with ``classes``, logits over at
+    least 2 classes (the scoring losses are cross-entropies: over one class the loss is
+    constant, every score 0)."""
+    out = net(x)
+    if not isinstance(out, torch.Tensor):
+        raise DctpsError(
+            f"pruning needs a model whose forward returns its logits as one tensor; this one "
+            f"returned a {type(out).__name__}: wrap it in a module that returns the logits "
+            "(e.g. out[0] or out['logits'])"
+        )
+    if classes and (out.dim() < 2 or out.shape[-1] < 2):
+        raise DctpsError(
+            f"pruning scores a model by the cross-entropy of its logits, shape (batch, classes "
+            f">= 2); this model returns shape {tuple(out.shape)} (one output, as a binary or "
+            "regression head, makes the loss constant and every score 0): give it 2 logits "
+            "for pruning, or use method 'random' or 'synflow', which use no labels"
+        )
+    return out
+
+
 def average_gradients(
     model: nn.Module,
     weights: Sequence[torch.Tensor],
@@ -346,7 +368,7 @@ def average_gradients(
     total: list[torch.Tensor] = [torch.zeros_like(w) for w in weights]
     for _ in range(num_batches):
         x, y = stream.next()
-        out = model(x)
+        out = logits(model, x)
         grads = torch.autograd.grad(loss(out, y), list(weights), allow_unused=True)
         for acc, g in zip(total, grads, strict=True):
             if g is not None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dctps.errors import DctpsError
-from dctps.pruning.common import Context, check_scores, global_masks
+from dctps.pruning.common import Context, check_scores, global_masks, logits
 
 __all__ = ["grasp_masks"]
 
@@ -50,10 +50,10 @@ def grasp_masks(
     # The math attention kernel: the fused ones have no double backward.
     with sdpa_kernel(SDPBackend.MATH):
         for x, y in data:
-            loss = F.cross_entropy(net(x) / temperature, y)
+            loss = F.cross_entropy(logits(net, x) / temperature, y)
             _accumulate(g_s, torch.autograd.grad(loss, weights, allow_unused=True))
         for x, y in data:
-            loss = F.cross_entropy(net(x) / temperature, y)
+            loss = F.cross_entropy(logits(net, x) / temperature, y)
             grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
             z = sum((g * s).sum() for g, s in zip(grads, g_s, strict=True) if g is not None)
             if isinstance(z, torch.Tensor) and z.requires_grad:

@@ -36,6 +36,7 @@ from dctps.pruning.common import (
     check_scores,
     density_of,
     global_masks,
+    logits,
     step_counts,
 )
 
@@ -100,7 +101,7 @@ def synflow_masks(
     reached = 1.0
     ctx.report(0, iterations)
     for t, k_t in enumerate(counts, 1):
-        out = net(x)
+        out = logits(net, x, classes=False)  # SynFlow sums the outputs: no labels
         grads = torch.autograd.grad(out.sum(), weights, allow_unused=True)
         with torch.no_grad():
             scores = [
