@@ -2413,3 +2413,32 @@ def test_a_done_rigl_run_recorded_before_the_schedule_refusal_stays_done(fake_ci
         assert fit(cfg, tmp_path / "elsewhere", store=store, progress=False)["status"] == "done"
     with pytest.raises(DctpsError, match="RigL would never update"):  # elsewhere: refused
         fit(cfg, tmp_path / "fresh", progress=False)
+
+
+def test_flags_over_a_runs_saved_config_derive_as_the_same_flags_alone():
+    """A review: ``--config runs/<hash>/config.yaml --recipe sgd`` was recorded as recipe sgd
+    but trained the saved Adam settings (the saved config is resolved); ``--epochs 10`` kept
+    the old milestones; ``--no-rigl`` was refused for RigL settings nobody typed. A run's
+    resolved config now gives back what resolution derived, so flags over it derive afresh;
+    a hand-written config keeps what it says."""
+    from dctps.train.config import config_from_cli
+
+    def cli(base=None, **flags):
+        return config_from_cli(flags, base).resolve()
+
+    start = {"model": "lenet5", "dataset": "digits", "method": "dctps", "density": 0.1}
+    for recipe in ("adam", "sgd", None):
+        saved = cli(**start, recipe=recipe, epochs=5)
+        for flags in ({"recipe": "sgd"}, {"recipe": "adam"}, {"epochs": 10},
+                      {"method": "random"}, {}):  # fmt: skip
+            got = cli(saved, **flags)
+            fresh = cli(**{**start, "recipe": recipe, "epochs": 5, **flags})
+            assert got == fresh, (recipe, flags)
+    assert cli(cli(**start, recipe="adam"), recipe="sgd").optim.lr == 0.03  # not Adam's 0.001
+    rigl = cli(**start, recipe="sgd", rigl=True, epochs=5)
+    assert cli(rigl, rigl=False).sparsity.rigl_delta_t is None
+    # what a file says explicitly stays: an lr chosen in a hand-written config
+    written = RunConfig.from_dict({"model": {"name": "lenet5"}, "data": {"dataset": "digits"},
+                                   "sparsity": {"method": "dctps", "density": 0.1},
+                                   "optim": {"lr": 0.005}})  # fmt: skip
+    assert cli(written, recipe="sgd").optim.lr == 0.005

@@ -874,9 +874,61 @@ def parse_assignment(
     return key, value
 
 
+def _derivable_paths() -> list[tuple[str, ...]]:
+    """Paths of the fields that :meth:`RunConfig.resolve` fills in when they are ``None`` (their
+    default): the recipe's, the method's and the model's derived settings."""
+    paths: list[tuple[str, ...]] = [
+        (f.name,) for f in dataclasses.fields(RunConfig) if f.default is None
+    ]
+    for name, section in (("model", ModelConfig), ("data", DataConfig),
+                          ("sparsity", SparsityConfig), ("optim", OptimConfig)):  # fmt: skip
+        paths += [(name, f.name) for f in dataclasses.fields(section) if f.default is None]
+    return paths
+
+
+def _as_given(base: RunConfig) -> dict[str, Any]:
+    """``base`` as a dict, with the values its own resolution derives reset to ``None`` where
+    ``base`` is a resolved config (a run's saved ``config.yaml``), so that flags laid over it
+    derive them afresh: ``--recipe sgd`` over an Adam run's config trains SGD at SGD's learning
+    rate, ``--epochs 10`` moves the milestones (a review: they kept the base's, and the run was
+    recorded under the new recipe). A value that resolution would not derive from the rest is
+    the base's own choice and stays. A config that is not resolved (a hand-written file) is
+    taken as written."""
+    d = base.to_dict()
+    try:
+        if base.resolve() != base:
+            return d
+    except DctpsError:
+        return d
+    for path in _derivable_paths():  # one at a time: kept cleared where base still results
+        node = d
+        for part in path[:-1]:
+            node = node[part]
+        value, node[path[-1]] = node[path[-1]], None
+        try:
+            same = RunConfig.from_dict(d).resolve() == base
+        except DctpsError:
+            same = False
+        if not same:
+            node[path[-1]] = value
+    return d
+
+
+def _dig(d: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """``d[path[0]][path[1]]...``"""
+    node: Any = d
+    for part in path:
+        node = node[part]
+    return node
+
+
 def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
-    """Apply CLI flag values (keyed by :attr:`CliField.param`; ``None`` = not given) to ``base``."""
-    d = (base or RunConfig()).to_dict()
+    """Apply CLI flag values (keyed by :attr:`CliField.param`; ``None`` = not given) to ``base``
+    (a run's resolved config is first taken back to what was chosen: :func:`_as_given`)."""
+    given = any(
+        v is not None and not (isinstance(v, (list, tuple)) and not v) for v in values.values()
+    )
+    d = _as_given(base) if base is not None and given else (base or RunConfig()).to_dict()
     for cf in cli_fields():
         v: Any = values.get(cf.param)
         if v is None or (isinstance(v, (list, tuple)) and not v and cf.flag == "option"):
