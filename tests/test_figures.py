@@ -313,6 +313,13 @@ def test_a2_and_c10_allocation_figures(tmp_path):
     title = [t for t in data if t.startswith("FixupResNet110")][0]
     assert "SynFlow failed" in title
     assert (tmp_path / "figures" / "C.10-quick-lenet5+fixup_resnet110-cifar10.png").exists()
+    # another density gets its own file, as a training figure's does (a review: --density 0.05
+    # overwrote the 1% figure's files)
+    F.run_figure("A.2", tmp_path, models=["lenet5"], densities=[0.05], echo=lambda s: None)
+    assert (tmp_path / "figures" / "A.2-lenet5-cifar10-density=0.05.png").exists()
+    # training options have no effect on a figure that trains nothing: refused, not ignored
+    with pytest.raises(DctpsError, match=r"A.2 trains nothing .*--seeds, --epochs would have"):
+        F.run_figure("A.2", tmp_path, models=["lenet5"], seeds=5, epochs=3, echo=lambda s: None)
 
 
 @pytest.mark.parametrize(

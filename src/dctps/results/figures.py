@@ -1003,8 +1003,26 @@ def run_figure(
     spec = get(name)
     out = user_path(out)
     if spec.grid is None:
+        unused = [flag for flag, value, default in (
+            ("--executor", executor, "local"), ("--workers", workers, None),
+            ("--db", db, None), ("--data-root", data_root, None), ("--seeds", seeds, None),
+            ("--epochs", epochs, None), ("--device", device, None), ("--set", tuple(sets), ()),
+            ("--config", config, None), ("--retry-failed", retry_failed, False),
+            ("--slurm", tuple(slurm), ()),
+            ("--threads", threads or 0, 0),
+        ) if value != default]  # fmt: skip
+        if unused:  # a review: they were taken and ignored
+            raise DctpsError(
+                f"figure {name} trains nothing (it draws layer budgets): {', '.join(unused)} "
+                "would have no effect; its options are --model, --dataset, --density, --quick, "
+                "--out and --path"
+            )
         setup = figure_setup(name, pairs=allocation_pairs(name, models, datasets))
-        fig_path = user_path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
+        stem = setup.stem(quick)
+        default = spec.densities[:1] if quick else spec.densities
+        if densities and list(densities) != list(default):  # its own file, as training figures
+            stem += "-density=" + "+".join(f"{d:g}" for d in densities)
+        fig_path = user_path(path) if path else out / "figures" / f"{stem}.png"
         if dry_run:
             echo(f"figure {name} trains nothing; it would draw {fig_path}: {setup.one_line()}")
             return None
