@@ -170,6 +170,13 @@ def test_budgets_plot_into_a_folder_and_refusals(tmp_path):
     assert isinstance(r.exception, DctpsError) and r.output == ""
     assert ".txt is not an image format; give one of" in str(r.exception)
     assert not (tmp_path / "b.txt").exists()
+    # and so is a path under a file (a review: refused only after the table)
+    (tmp_path / "notes.txt").write_text("kept")
+    r = runner.invoke(app, ["budgets", "lenet5", "-d", "0.1", "--plot",
+                            str(tmp_path / "notes.txt" / "b.png")])  # fmt: skip
+    assert isinstance(r.exception, DctpsError) and r.output == ""
+    assert "notes.txt is a file, not a folder" in str(r.exception)
+    assert (tmp_path / "notes.txt").read_text() == "kept"
     r = runner.invoke(app, ["budgets", "lenet5", "-d", "0.1", "--plot", str(tmp_path / "B.PNG")])
     assert r.exit_code == 0, r.output  # a suffix in capitals is still PNG
 

@@ -34,8 +34,18 @@ from dctps.results.variants import named_differences, varying_keys  # noqa: E402
 
 def check_figure_path(path: str | Path) -> None:
     """A :class:`DctpsError` for a figure path whose suffix matplotlib cannot write (``out.txt``,
-    ``results.db``), so a command refuses it before its work and its printed table."""
+    ``results.db``) or under a file (``notes.txt/fig.png``), so a command refuses it before its
+    work and its printed table."""
     from matplotlib.backend_bases import FigureCanvasBase
+
+    for parent in user_path(path).parents:  # the nearest one that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise DctpsError(
+                    f"cannot write figure {path}: {parent} is a file, not a folder; give a path "
+                    "in a folder"
+                )
+            break
 
     suffix = user_path(path).suffix.lower().lstrip(".")
     kinds = FigureCanvasBase.get_supported_filetypes()
