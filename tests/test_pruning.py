@@ -699,3 +699,24 @@ def test_a_model_that_returns_no_logits_tensor_is_refused_by_name(method):
     else:
         with pytest.raises(DctpsError, match=r"returns shape \(32, 1\) \(one output"):
             prune(one, 0.5, method, [(x, torch.zeros(32, dtype=torch.long))] * 4, progress=False)
+
+
+def test_an_option_naming_a_choice_is_checked_before_any_data_is_loaded():
+    """A review: ``options: {loss: foo}`` in a sweep grid was listed by ``--dry-run`` as a
+    run to train, which then failed when the sweep reached it."""
+    from dctps.pruning import canonical_options
+    from dctps.train.config import RunConfig
+
+    assert canonical_options("force", {"loss": "nll_raw", "schedule": "linear"}) == {
+        "loss": "nll_raw", "schedule": "linear"}  # fmt: skip
+    for name, bad, valid in (("loss", "foo", "cross_entropy, nll_raw"),
+                             ("schedule", "lin", "exp, linear"),
+                             ("shortfall", "x", "keep_all, raise")):  # fmt: skip
+        with pytest.raises(DctpsError, match=f"option {name} of pruning method 'force' must be "
+                                             f"one of {valid}, got '{bad}'"):  # fmt: skip
+            canonical_options("force", {name: bad})
+    cfg = RunConfig.from_dict({"model": {"name": "lenet5"}, "data": {"dataset": "digits"},
+                               "sparsity": {"method": "snip", "density": 0.1,
+                                            "options": {"loss": "foo"}}})  # fmt: skip
+    with pytest.raises(DctpsError, match="option loss of pruning method 'snip' must be one of"):
+        cfg.resolve()

@@ -63,6 +63,8 @@ from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
 from dctps.errors import DctpsError, check_density, unknown_name
 from dctps.pruning.common import (
+    LOSSES,
+    SCHEDULES,
     Context,
     apply_masks,
     connect_attention,
@@ -70,7 +72,7 @@ from dctps.pruning.common import (
     targets,
 )
 from dctps.pruning.connectivity import check_connected, input_shape_of
-from dctps.pruning.force import force_masks, iter_snip_masks
+from dctps.pruning.force import SHORTFALL, force_masks, iter_snip_masks
 from dctps.pruning.grasp import grasp_masks
 from dctps.pruning.progress import ProgressFn, PruneBar
 from dctps.pruning.random import random_masks
@@ -139,6 +141,10 @@ def _check_options(method: str, fn: Callable[..., Any], options: Mapping[str, An
 TABLE_E2_BATCHES = ("iter_snip", "force")
 
 
+#: the string options that name one of a few choices
+_CHOICES = {"loss": LOSSES, "schedule": SCHEDULES, "shortfall": SHORTFALL}
+
+
 def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
     """``value`` of option ``name`` as the type ``kind`` of its annotation holds it, or a
     :class:`DctpsError` naming the option, the value and what would be valid."""
@@ -160,6 +166,10 @@ def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise DctpsError(f"{where} must be a string, got {value!r}")
+        choices = _CHOICES.get(name)
+        if choices is not None and value not in choices:  # before any data is loaded: a
+            # sweep's --dry-run lists it as refused, not as a run that fails when it comes
+            raise DctpsError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
         return value
     if kind is torch.dtype:
         dtype = value
