@@ -914,14 +914,6 @@ def _as_given(base: RunConfig) -> dict[str, Any]:
     return d
 
 
-def _dig(d: dict[str, Any], path: tuple[str, ...]) -> Any:
-    """``d[path[0]][path[1]]...``"""
-    node: Any = d
-    for part in path:
-        node = node[part]
-    return node
-
-
 def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
     """Apply CLI flag values (keyed by :attr:`CliField.param`; ``None`` = not given) to ``base``
     (a run's resolved config is first taken back to what was chosen: :func:`_as_given`)."""
