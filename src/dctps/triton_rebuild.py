@@ -508,10 +508,10 @@ def _pow2(q: int) -> int:
 MIN_DCT_TILES = 6
 
 
-def _tiles(fan: int, layout: DctLayout | None) -> dict[str, Any]:
-    """The tile constants of both kernels: ``Q`` positions of a row per tile row (padded to
-    ``QP``, a power of two), ``BP`` tile rows, and the layout's runtime numbers (a layout whose
-    rows are too short to compute ``D`` in is read as no layout)."""
+def _tiles(fan: int, layout: DctLayout | None) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """``((n, sp, sq), constants)`` of both kernels: the layout's runtime numbers, and ``Q``
+    positions of a row per tile row (padded to ``QP``, a power of two), ``BP`` tile rows (a
+    layout whose rows are too short to compute ``D`` in is read as no layout)."""
     if not computes_dct(fan, layout):
         layout = None
     if layout is None:
@@ -519,8 +519,7 @@ def _tiles(fan: int, layout: DctLayout | None) -> dict[str, Any]:
     else:
         q, n, sp, sq = layout.q, layout.n, layout.sp, layout.sq
     qp = _pow2(q)
-    return {
-        "n": n, "sp": sp, "sq": sq,
+    return (n, sp, sq), {
         "COMPUTED": layout is not None, "Q": q, "QP": qp, "BP": max(1, _TILE // qp),
         # a phase o * (2 j + 1) < 2 N**2 (and a tile's steps, 2048 o at most) in int32 when
         # 4 N**2 fits: int64 products and remainders cost many instructions on a GPU
@@ -538,12 +537,11 @@ def _forward(
     rows = d.shape[0]
     fan = d.numel() // rows
     nnz = indices.numel()
-    tiles = _tiles(fan, ws.layout)
+    (n, sp, sq), tiles = _tiles(fan, ws.layout)
     with on_device(d.device):
         w = torch.empty(d.numel(), dtype=d.dtype, device=d.device)
         starts = torch.empty(rows + 1, dtype=indices.dtype, device=d.device)
         count = torch.empty(1, dtype=torch.int32, device=d.device)
-        n, sp, sq = tiles.pop("n"), tiles.pop("sp"), tiles.pop("sq")
         ok = _launch(
             _forward_kernel, rows, d.device,
             d, alpha, indices, values, starts, count, w,
@@ -567,7 +565,7 @@ def _backward(
     acc = torch.float64 if d.dtype == torch.float64 else torch.float32
     if g.data_ptr() % 16:  # warm_up compiled for an aligned dW (a fresh tensor, as autograd's
         g = g.clone()  # are): another alignment is another kernel, which a capture cannot load
-    tiles = _tiles(fan, layout)
+    (n, sp, sq), tiles = _tiles(fan, layout)
     with on_device(d.device):
         dvalues = torch.empty(indices.numel(), dtype=d.dtype, device=d.device)
         dalpha = torch.empty(alpha_shape, dtype=d.dtype, device=d.device)
@@ -575,7 +573,6 @@ def _backward(
         # once, never share them; made even where d alpha is not asked for (a fixed alpha), so
         # a capture launches the kernel warm_up compiled, for the same argument types
         part = dalpha if per_row else torch.empty(rows, dtype=acc, device=d.device)
-        n, sp, sq = tiles.pop("n"), tiles.pop("sp"), tiles.pop("sq")
         ok = _launch(
             _backward_kernel, rows, d.device,
             g, d, indices, starts, dvalues, part, count, dalpha, fan, rows, n, sp, sq,

@@ -943,6 +943,12 @@ def allocation_pairs(
     return list(spec.pairs)
 
 
+def allocation_densities(name: str, quick: bool = False) -> list[float]:
+    """The densities an allocation figure draws by default (the quick figure: the first)."""
+    spec = get(name)
+    return list(spec.densities[:1] if quick else spec.densities)
+
+
 def draw_allocation(
     name: str,
     path: str | Path,
@@ -955,7 +961,7 @@ def draw_allocation(
     spec = get(name)
     assert spec.allocation is not None
     pairs = allocation_pairs(name, models, datasets)
-    dens = list(densities) if densities else list(spec.densities[:1] if quick else spec.densities)
+    dens = list(densities) if densities else allocation_densities(name, quick)
     panels = spec.allocation(pairs, dens, quick)
     title = figure_setup(name, pairs=pairs).title()
     data = plot_allocation_panels(panels, path, suptitle=title)
@@ -1019,9 +1025,8 @@ def run_figure(
             )
         setup = figure_setup(name, pairs=allocation_pairs(name, models, datasets))
         stem = setup.stem(quick)
-        default = spec.densities[:1] if quick else spec.densities
-        if densities and list(densities) != list(default):  # its own file, as training figures
-            stem += "-density=" + "+".join(f"{d:g}" for d in densities)
+        if densities and list(densities) != allocation_densities(name, quick):
+            stem += "-density=" + "+".join(_int_ranges(densities))  # as training figures do
         fig_path = user_path(path) if path else out / "figures" / f"{stem}.png"
         if dry_run:
             echo(f"figure {name} trains nothing; it would draw {fig_path}: {setup.one_line()}")

@@ -914,16 +914,21 @@ def _as_given(base: RunConfig) -> dict[str, Any]:
     return d
 
 
+def _flag_given(cf: CliField, value: Any) -> bool:
+    """Whether a flag was typed: ``None`` is not, nor an empty ``--option`` list."""
+    return value is not None and not (
+        isinstance(value, (list, tuple)) and not value and cf.flag == "option"
+    )
+
+
 def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
     """Apply CLI flag values (keyed by :attr:`CliField.param`; ``None`` = not given) to ``base``
     (a run's resolved config is first taken back to what was chosen: :func:`_as_given`)."""
-    given = any(
-        v is not None and not (isinstance(v, (list, tuple)) and not v) for v in values.values()
-    )
+    given = any(_flag_given(cf, values.get(cf.param)) for cf in cli_fields())
     d = _as_given(base) if base is not None and given else (base or RunConfig()).to_dict()
     for cf in cli_fields():
         v: Any = values.get(cf.param)
-        if v is None or (isinstance(v, (list, tuple)) and not v and cf.flag == "option"):
+        if not _flag_given(cf, v):
             continue
         if cf.invert:
             v = not v
