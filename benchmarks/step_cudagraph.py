@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from dctps import fast as fastmod
 from dctps.batched import batch_rebuild
+from dctps.bench import cuda_graph
 from dctps.models import build
 from dctps.sparsify import sparsify
 
@@ -76,21 +77,14 @@ def make_step(
 
 
 def graphed(eager: Callable[[], None]) -> Callable[[], None]:
-    """Capture ``eager``'s step in a CUDA graph; returns its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # also runs auto's micro-benchmarks, outside the capture
-            eager()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    eager.opt.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
-    with torch.cuda.graph(graph):
-        eager.inner()  # type: ignore[attr-defined]
+    """Capture ``eager``'s step (without its ``zero_grad``) in a CUDA graph; returns its replay."""
+    opt = eager.opt  # type: ignore[attr-defined]
 
-    def replay() -> None:
-        graph.replay()
+    def warmup() -> None:
+        eager()
+        opt.zero_grad(set_to_none=True)
 
+    replay = cuda_graph(eager.inner, warmup)  # type: ignore[attr-defined]
     # the graph does not own its tensors: keep the model, data and optimizer alive with it
     replay.keep = eager  # type: ignore[attr-defined]
     return replay

@@ -116,19 +116,23 @@ def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def cuda_graph(step: Callable[[], None]) -> Callable[[], None]:
+def cuda_graph(
+    step: Callable[[], None], warmup: Callable[[], None] | None = None
+) -> Callable[[], None]:
     """``step`` (a zero-argument forward+backward) captured in a CUDA graph; returns its replay.
 
     PyTorch's recipe: three warm-up calls on a side stream (they also run ``mode='auto'``'s
     micro-benchmark, which synchronises and so cannot be captured), then one captured call. The
     gradients the capture allocates are rewritten by every replay. A replay launches the step's
     kernels without the host's per-operator work, so a ratio of replays is a ratio of GPU time.
+    ``warmup``, when given, runs instead of ``step`` before the capture (a training step warms
+    up with its ``zero_grad`` and then clears the gradients, so the capture allocates them).
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            step()
+            (warmup or step)()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
