@@ -377,6 +377,50 @@ def test_a_compiled_model_saves_and_loads_as_its_plain_model(tmp_path):
     torch._dynamo.reset()  # leave no compiled Sequential.forward to other tests
 
 
+def test_a_data_parallel_model_saves_and_loads_as_its_plain_model(tmp_path):
+    """``dctps.save`` of an ``nn.DataParallel`` wrapper wrote ``module.`` names, which the plain
+    model refused ("has a DCTpS layer 'module.0' that the given Sequential does not have")."""
+    plain = dctps.sparsify(small_cnn(), 0.2, seed=0)
+    dctps.save(nn.DataParallel(plain), tmp_path / "dp.dctps")
+    assert [r.name for r in dctps.inspect(tmp_path / "dp.dctps").rows][0] == "0"
+    other = dctps.sparsify(small_cnn(), 0.2, seed=1)
+    dctps.load(tmp_path / "dp.dctps", model=other)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(other(x), plain(x))
+    wrapped = nn.DataParallel(dctps.sparsify(small_cnn(), 0.2, seed=2))
+    assert dctps.load(tmp_path / "dp.dctps", model=wrapped) is wrapped
+    torch.testing.assert_close(wrapped.module(x), plain(x))
+
+
+def test_to_dense_and_save_of_a_layer_whose_own_tensors_are_pruned(tmp_path):
+    """``torch.nn.utils.prune`` of a DCTpS layer's ``values`` or ``bias``: ``to_dense`` failed on
+    the masked tensors (not deep-copyable), then copied prune's hooks onto the plain layer,
+    which has no masks to read."""
+    torch.manual_seed(0)
+    model = nn.Sequential(dctps.DCTpSLinear(8, 8, nnz=20, seed=0), nn.ReLU(),
+                          dctps.DCTpSLinear(8, 4, nnz=10, seed=1))  # fmt: skip
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.values.normal_()
+            layer.bias.normal_()
+    torch.nn.utils.prune.l1_unstructured(model[0], "values", 0.5)
+    torch.nn.utils.prune.l1_unstructured(model[2], "bias", 0.5)
+    x = torch.randn(3, 8)
+    model(x).sum().backward()  # leaves the masked tensors with a graph
+    dense = dctps.to_dense(model)
+    assert type(dense[0]) is nn.Linear and not dense[0]._forward_pre_hooks
+    torch.testing.assert_close(dense(x), model(x))
+    masked = model[0].values_orig.detach() * model[0].values_mask
+    w = model[0].alpha.detach() * model[0].D.flatten()
+    w[model[0].indices] += masked
+    torch.testing.assert_close(dense[0].weight, w.view(8, 8))
+    assert int((dense[2].bias == 0).sum()) >= 2
+    fresh = nn.Sequential(dctps.DCTpSLinear(8, 8, nnz=20, seed=2), nn.ReLU(),
+                          dctps.DCTpSLinear(8, 4, nnz=10, seed=3))  # fmt: skip
+    loaded = dctps.load(dctps.save(model, tmp_path / "p.dctps"), model=fresh)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
 def test_conv_geometry_round_trips(tmp_path):
     """Every conv hyperparameter comes back from the file (a lost dilation changed the output's
     size unnoticed): the loaded layers are rebuilt from the file into a plain model."""

@@ -563,7 +563,7 @@ def test_the_fast_path_does_not_load_the_compiler():
     reason="needs torch >= 2.6: torch.export of a DCTpS layer fails on torch 2.3 (strict: dynamo "
     "cannot trace its forward in one graph; non-strict: FunctionalTensor error)",
 )
-def test_export_jit_trace_and_a_compiled_inference_call_leave_the_model_trainable():
+def test_export_jit_trace_and_a_compiled_inference_call_leave_the_model_trainable(tmp_path):
     """Three ways a traced D or support stayed behind: ``torch.export`` (non-strict) cached a fake
     D, after which the eager model returned fake tensors and never trained; a compiled first call
     under ``inference_mode`` cached an inference D that training then refused; ``jit.trace`` of a
@@ -602,6 +602,13 @@ def test_export_jit_trace_and_a_compiled_inference_call_leave_the_model_trainabl
         other.values.normal_()
     fast.load_state_dict(other.state_dict())
     torch.testing.assert_close(traced(x), fast(x))  # the trace took the dense path: no constants
+    # ... of built-in operators only: a recorded Python autograd Function cannot be saved
+    torch.jit.save(traced, tmp_path / "trace.pt")
+    loaded = torch.jit.load(tmp_path / "trace.pt")
+    xg = x.clone().requires_grad_()
+    loaded(xg).sum().backward()
+    expected = torch.ones(3, 4) @ fast.dense_weight().detach()
+    torch.testing.assert_close(xg.grad, expected)
     with pytest.raises(DctpsError, match=r"casts integer tensors to torch\.float64.*\.double\(\)"):
         fast.type(torch.float64)
     assert fast.indices.dtype == torch.int64 and fast.alpha.dtype == torch.float32  # untouched

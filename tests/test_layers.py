@@ -170,6 +170,29 @@ def test_load_refuses_a_state_dict_saved_from_another_shape(saved, target, tmp_p
     assert torch.equal(same.indices, src.indices)
 
 
+@pytest.mark.parametrize(
+    ("saved", "target"),
+    [("hadamard", "dct"), ("dct", "hadamard"), ("dct_permuted", "gaussian")],
+)
+def test_load_refuses_a_state_dict_saved_beside_another_offset(saved, target, tmp_path):
+    """S's values were trained beside one offset: loaded beside another the layer computes
+    another W (every key matches, so only the offset in the metadata tells them apart)."""
+    src = DCTpSLinear(8, 8, nnz=5, seed=0, offset=saved)
+    dst = DCTpSLinear(8, 8, nnz=5, seed=0, offset=target)
+    torch.save(torch.nn.Sequential(src).state_dict(), tmp_path / "sd.pt")
+    sd = torch.load(tmp_path / "sd.pt", weights_only=True)
+    if "offset_seed" in str(list(sd)) and "offset_seed" not in str(list(dst.state_dict())):
+        sd = {k: v for k, v in sd.items() if "offset_seed" not in k}
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(DctpsError, match=rf"'0' was saved from a layer with offset '{saved}'"):
+        torch.nn.Sequential(dst).load_state_dict(sd, strict=False)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in before.items())
+    same = DCTpSLinear(8, 8, nnz=5, seed=1, offset=saved)
+    torch.nn.Sequential(same).load_state_dict(sd)
+    assert torch.equal(same.indices, src.indices)
+    assert torch.equal(same.dense_weight(), src.dense_weight())
+
+
 def test_indices_distinct_sorted_and_seeded():
     a = DCTpSLinear(100, 50, nnz=400, seed=5)
     assert a.nnz == 400 and a.indices.unique().numel() == 400
@@ -609,3 +632,40 @@ def test_an_fx_trace_or_a_fake_tensor_pass_leaves_the_layers_as_they_were():
     y = m(x)
     assert type(y) is torch.Tensor
     torch.testing.assert_close(y, model()(x))
+
+
+def test_a_computed_weight_cannot_be_assigned_tied_fused_or_pruned():
+    """``W`` is computed: assigning, tying (``a.weight = b.weight``), fusing a BatchNorm and
+    ``torch.nn.utils.prune`` of ``weight`` failed with PyTorch's "attribute 'weight' already
+    exists" or "cannot assign 'torch.FloatTensor' object to parameter 'weight_orig'"."""
+    layer = DCTpSLinear(4, 4, nnz=3, seed=0)
+    w = layer.dense_weight().detach().clone()
+    attempts = {
+        "weight": [
+            lambda: setattr(layer, "weight", nn.Parameter(torch.ones(4, 4))),
+            lambda: setattr(layer, "weight", torch.ones(4, 4)),
+        ],
+        "weight_orig": [lambda: torch.nn.utils.prune.l1_unstructured(layer, "weight", 0.5)],
+    }
+    for name, calls in attempts.items():
+        for call in calls:
+            with pytest.raises(DctpsError, match=rf"cannot set DCTpSLinear\.{name}: .*to_dense"):
+                call()
+    assert torch.equal(layer.dense_weight(), w) and "weight" not in layer._parameters
+    conv = DCTpSConv2d(3, 4, 3, nnz=5, seed=0).eval()
+    bn = nn.BatchNorm2d(4).eval()
+    with pytest.raises(DctpsError, match=r"cannot set DCTpSConv2d\.weight"):
+        torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+
+
+def test_jit_script_is_refused_with_the_way_out():
+    model = nn.Sequential(DCTpSLinear(4, 4, nnz=3, seed=0), nn.ReLU())
+    with pytest.raises(
+        DctpsError, match=r"torch\.jit\.script cannot compile a DCTpSLinear.*to_dense"
+    ):
+        torch.jit.script(model)
+    import dctps
+
+    scripted = torch.jit.script(dctps.to_dense(model))
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(scripted(x), model(x))

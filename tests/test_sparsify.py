@@ -763,3 +763,16 @@ def test_density_as_a_percent_string_as_the_cli_takes_it():
     assert dctps.sparsify(net(), " 0.5% ", seed=0)[0].nnz == 16
     with pytest.raises(DctpsError, match=r"density must be in \(0, 1\] .*got '150%'"):
         dctps.sparsify(net(), "150%")
+
+
+def test_count_of_a_layer_whose_values_are_pruned():
+    """``torch.nn.utils.prune`` of a DCTpS layer's ``values``: the pruned entries are no longer
+    non-zeros, and ``values_orig`` is not an "other" parameter (it was counted as both)."""
+    model = nn.Sequential(DCTpSLinear(8, 8, nnz=20, seed=0), nn.ReLU(), DCTpSLinear(8, 4, nnz=10))
+    before = dctps.count(model)
+    torch.nn.utils.prune.random_unstructured(model[0], "values", 0.5)
+    torch.nn.utils.prune.random_unstructured(model[0], "alpha", 0.0)
+    after = dctps.count(model)
+    assert (before.nonzeros, after.nonzeros) == (30, 20)
+    assert after.other == before.other == 12
+    assert after.alphas == before.alphas == 2

@@ -39,6 +39,7 @@ from typing import Any, NoReturn
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from dctps import offsets
 from dctps._version import __version__
@@ -219,15 +220,20 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _uncompiled(model: nn.Module) -> nn.Module:
-    """The model a ``torch.compile`` wrapper holds (its state dict names carry ``_orig_mod.``,
-    which a plain model's do not), else ``model``: one checkpoint for both."""
-    inner = model.__dict__.get("_modules", {}).get("_orig_mod")
-    return (
-        inner
-        if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule"
-        else model
-    )
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s, ``DataParallel``'s and ``DistributedDataParallel``'s
+    wrappers, else ``model``: their state dict names carry ``_orig_mod.`` or ``module.``, which
+    the plain model's do not, and one checkpoint serves all of them."""
+    while True:
+        if type(model).__name__ == "OptimizedModule":
+            inner = model.__dict__.get("_modules", {}).get("_orig_mod")
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        else:
+            return model
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> Path:
@@ -242,7 +248,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     """
     if not isinstance(model, nn.Module):
         raise DctpsError(f"save needs an nn.Module, got {type(model).__name__}")
-    model = _uncompiled(model)
+    model = _unwrapped(model)
     arch = arch if arch is not None else getattr(model, "dctps_arch", None)
     if arch is not None:
         if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
@@ -502,7 +508,7 @@ def load(
     elif not isinstance(model, nn.Module):
         raise DctpsError(f"load needs model=None or an nn.Module, got {type(model).__name__}")
     else:
-        model = _uncompiled(model)
+        model = _unwrapped(model)
         mine, saved = getattr(model, "dctps_arch", None), header.get("arch")
         if (
             isinstance(mine, dict)
@@ -818,6 +824,11 @@ def _dense_twin(m: nn.Module) -> nn.Module:
             new.bias.copy_(m.bias)
     new.train(m.training)
     move_hooks(m, new, copy=True)  # "the same outputs": a hook that changes them comes along
+    # ... but not torch.nn.utils.prune's hooks on the layer's own values/alpha/bias: the copied
+    # weight and bias hold their masks already, and the plain layer has no <name>_orig/_mask
+    for key, hook in list(new._forward_pre_hooks.items()):
+        if isinstance(hook, prune.BasePruningMethod):
+            del new._forward_pre_hooks[key]
     return new
 
 

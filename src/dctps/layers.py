@@ -27,7 +27,7 @@ import math
 import operator
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +128,8 @@ UNINITIALISED = "_dctps_uninitialised"
 SUPPORT_FINGERPRINT = "_dctps_support_fingerprint"
 # key of a layer's weight shape in its state dict's per-module metadata
 SHAPE_METADATA = "dctps_weight_shape"
+#: the per-module state-dict metadata key that holds a layer's offset (``'dct'``, ...)
+OFFSET_METADATA = "dctps_offset"
 
 
 @dataclass(frozen=True)
@@ -357,10 +359,12 @@ def _allocates_garbage(fn: Any, device: torch.device) -> bool:
 
 
 def builtin_ops_only() -> bool:
-    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) or forward-mode AD
-    is running: dctps's autograd Functions have no vmap or jvp rules, so every DCTpS weight is
-    then built with built-in differentiable ops (the dense path), which have them."""
-    if _functorch_active():
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...), forward-mode AD
+    or a ``torch.jit.trace`` is running: dctps's autograd Functions have no vmap or jvp rules,
+    and a trace that records one cannot be saved (``torch.jit.save``: "Could not export Python
+    function call"), so every DCTpS weight is then built with built-in differentiable ops (the
+    dense path), which have them."""
+    if _functorch_active() or torch.jit.is_tracing():
         return True
     return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
 
@@ -547,6 +551,15 @@ class DCTpSLayer(nn.Module):
         for key in ("dense_weight", "forward", BATCHED_WEIGHT, KERNEL_STATE):
             state.pop(key, None)
         return state
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this first; TorchScript cannot compile the layer's Python (its
+        # own message is an unrelated "Unknown type annotation")
+        raise DctpsError(
+            f"torch.jit.script cannot compile a {type(self).__name__}: script "
+            "dctps.to_dense(model) for inference, or use torch.jit.trace, torch.export or "
+            "torch.compile, which take the layer as it is"
+        )
 
     def _check_initialised(self) -> None:
         """A :class:`DctpsError` for a layer that ``to_empty()`` left without a support."""
@@ -885,6 +898,17 @@ class DCTpSLayer(nn.Module):
         """The materialised ``W``, so code that reads ``module.weight`` (e.g. attention) works."""
         return self.dense_weight()
 
+    @weight.setter
+    def weight(self, value: Any) -> None:
+        _refuse_weight(self, "weight")
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        # tying (`a.weight = b.weight`), fusing a BatchNorm, torch.nn.utils.prune and
+        # parametrizations of `weight` all register a Parameter under these names
+        if name in ("weight", "weight_orig"):
+            _refuse_weight(self, name)
+        super().register_parameter(name, param)
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
         super()._save_to_state_dict(destination, prefix, keep_vars)
         # The shape rides in the state dict's per-module metadata (beside torch's "version"),
@@ -894,6 +918,8 @@ class DCTpSLayer(nn.Module):
         meta = getattr(destination, "_metadata", None)
         if meta is not None and prefix[:-1] in meta:
             meta[prefix[:-1]][SHAPE_METADATA] = list(self.weight_shape)
+            # the values of S were trained beside this offset: beside another they are wrong
+            meta[prefix[:-1]][OFFSET_METADATA] = self.offset
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):  # type: ignore[override]
         # values/indices may have another length than this layer's freshly drawn support
@@ -908,6 +934,14 @@ class DCTpSLayer(nn.Module):
                     f"{tuple(saved_shape)}, but this layer's is {tuple(self.weight_shape)}; "
                     "load it into a layer of the saved shape"
                 )
+        saved_offset = (local_metadata or {}).get(OFFSET_METADATA)
+        if key_i in state_dict and saved_offset is not None and saved_offset != self.offset:
+            name = repr(prefix[:-1]) if prefix else "the layer"
+            raise DctpsError(
+                f"load_state_dict: {name} was saved from a layer with offset {saved_offset!r}, "
+                f"but this layer's is {self.offset!r}; its values were trained beside the saved "
+                f"offset: build the layer with offset={saved_offset!r}"
+            )
         if key_i in state_dict:
             _check_loaded_support(self, state_dict[key_i], state_dict.get(key_v), prefix)
         if key_v in state_dict and key_i in state_dict:
@@ -935,6 +969,15 @@ class DCTpSLayer(nn.Module):
             self._init_spec = dataclasses.replace(spec, offset_seed=int(buf))
         # a loaded offset_seed may differ from the one D and the fast-path plans were built for
         self._forget_derived()
+
+
+def _refuse_weight(layer: DCTpSLayer, name: str) -> NoReturn:
+    raise DctpsError(
+        f"cannot set {type(layer).__name__}.{name}: its weight is computed (W = alpha*D + S) "
+        "from its offset, values and alpha, so it cannot be assigned, tied, fused, "
+        "reparametrised or pruned as a weight. Tie, fuse or prune before dctps.sparsify (and "
+        "exclude tied layers), prune its 'values', or make it plain with dctps.to_dense(model)"
+    )
 
 
 class DCTpSLinear(DCTpSLayer):

@@ -643,10 +643,12 @@ def count(model: nn.Module) -> Counts:
     for name, module in model.named_modules():
         if isinstance(module, DCTpSLayer):
             weights += math.prod(module.weight_shape)
-            nonzeros += module.nnz
+            nonzeros += _unmasked(module, "values")  # torch.nn.utils.prune may mask S too
             alphas += module.alpha.numel()
             fixed += 0 if module.alpha.requires_grad else module.alpha.numel()
-            seen.update(id(p) for p in (module.alpha, module.values))
+            seen.update(
+                id(getattr(module, f"{p}_orig", getattr(module, p))) for p in ("alpha", "values")
+            )
         elif isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
             w = module.in_proj_weight
             weights += w.numel()

@@ -448,9 +448,10 @@ def detach_pruned_weights(modules: Iterable[nn.Module]) -> None:
     """
     with torch.no_grad():
         for module in modules:
-            for attr in ("weight", "in_proj_weight"):
-                orig = getattr(module, attr + "_orig", None)
-                mask = getattr(module, attr + "_mask", None)
+            # any pruned tensor: weights, biases, a DCTpS layer's values or alpha
+            for name in [n for n in module._parameters if n.endswith("_orig")]:
+                attr = name.removesuffix("_orig")
+                orig, mask = module._parameters[name], module._buffers.get(attr + "_mask")
                 if orig is not None and mask is not None:
                     setattr(module, attr, orig * mask)
 
