@@ -824,3 +824,28 @@ def test_long_figure_file_names_are_compacted_and_capped():
         assert len(stem) == F.MAX_STEM and re.fullmatch(r".*-[0-9a-f]{10}", stem), stem
         stems.add(stem)
     assert len(stems) == 2  # two grids, two files
+
+
+def test_a_figure_path_that_cannot_be_written_is_refused_before_the_sweep(tmp_path):
+    """With ``OUT/figures`` a file, a figure trained its whole sweep (days, for a paper figure)
+    and only then failed to write; a folder at the ``.png`` path said "cannot write figure X:
+    cannot write figure X: that is a folder"."""
+    (tmp_path / "figures").write_text("notes")
+    printed: list[str] = []
+    for dry_run in (True, False):
+        with pytest.raises(DctpsError, match=r"figures is a file, not a folder"):
+            F.run_figure("density-lenet5-cifar10", tmp_path, quick=True, dry_run=dry_run,
+                         echo=printed.append)  # fmt: skip
+        with pytest.raises(DctpsError, match=r"figures is a file, not a folder"):
+            F.run_figure("A.2", tmp_path, models=["lenet5"], dry_run=dry_run, echo=printed.append)
+    assert printed == [] and sorted(p.name for p in tmp_path.iterdir()) == ["figures"]
+    (tmp_path / "figures").unlink()
+    (tmp_path / "fig.png").mkdir()
+    with pytest.raises(DctpsError, match=r"cannot write figure .*fig\.png: that is a folder; give"):
+        F.run_figure("density-lenet5-cifar10", tmp_path, quick=True, path=tmp_path / "fig.png",
+                     echo=printed.append)  # fmt: skip
+    assert not (tmp_path / "results.db").exists()
+    # a dry run of --plot-only lists no runs to train
+    F.run_figure("density-lenet5-cifar10", tmp_path, quick=True, plot_only=True, dry_run=True,
+                 echo=printed.append)  # fmt: skip
+    assert len(printed) == 1 and printed[0].startswith("--plot-only trains nothing; it would draw")

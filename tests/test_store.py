@@ -118,6 +118,28 @@ def test_where_takes_what_the_table_prints_and_a_miss_says_what_is_there(tmp_pat
     assert printed[0].endswith("test_acc holds: 0.25 (fractions, not %)")
 
 
+def test_where_an_empty_cell_among_values_still_matches(tmp_path):
+    """``allocation=-,epl`` ("dense or EPL"): SQL's ``IN`` never matches NULL, so the dense
+    rows (no allocation) were dropped without a word, and so was the dense curve of a plot."""
+    s = Store(tmp_path / "results.db")
+    s.start("d0", {**cfg("dense", 1.0), "sparsity": {"method": "dense", "density": 1.0}})
+    s.start("s0", cfg("dctps", 0.01))
+    s.start("s1", {**cfg("dctps", 0.01, seed=1), "sparsity": {
+        "method": "dctps", "density": 0.01, "allocation": "erk", "rigl": False}})  # fmt: skip
+    assert s.get("d0")["allocation"] is None
+    for where in (["allocation=-,epl"], ["allocation=epl", "allocation=-"]):
+        assert sorted(r["hash"] for r in s.query(parse_where(where))) == ["d0", "s0"]
+    assert [r["hash"] for r in s.query({"allocation": [None]})] == ["d0"]
+    assert s.query({"allocation": []}) == []
+    assert sorted(r["hash"] for r in s.query({"allocation": ["epl", "erk"]})) == ["s0", "s1"]
+
+
+def test_where_refuses_an_integer_sqlite_cannot_hold():
+    with pytest.raises(DctpsError, match=r"--where seed=99999999999999999999 is out of range"):
+        parse_where(["seed=99999999999999999999"])
+    assert parse_where([f"seed={2**63 - 1}"]) == {"seed": 2**63 - 1}
+
+
 def test_a_store_that_cannot_be_written_is_still_read(tmp_path, monkeypatch):
     """An archived results folder on a read-only file system could not even be queried (the
     schema check opens a write transaction); it opens read-only, and a write says why not.
@@ -181,6 +203,9 @@ def test_csv_never_overwrites_a_database(tmp_path):
         assert (tmp_path / other).read_bytes() == b"PK\x03\x04 not a csv"
     (tmp_path / "empty.csv").touch()  # an empty file may be written over
     assert s.to_csv(tmp_path / "empty.csv") == 1
+    for side in ("results.db-wal", "results.db-shm", "x.db-journal"):  # SQLite deletes them
+        with pytest.raises(DctpsError, match=rf"{side} is named like an SQLite database's side"):
+            s.to_csv(tmp_path / side)
     # a folder is not a stream: refused by name (the CLI printed the table first)
     (tmp_path / "out").mkdir()
     with pytest.raises(DctpsError, match=r"CSV target .*out is a folder; give a file path"):

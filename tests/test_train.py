@@ -1656,6 +1656,22 @@ def test_an_out_folder_whose_name_has_a_dot(fake_cifar10, tmp_path):
     assert (out / "results.db").is_file() and (out / "runs" / r["hash"]).is_dir()
 
 
+def test_a_store_shared_by_two_out_folders_trains_a_run_once(fake_cifar10, tmp_path):
+    """Two sweeps with their own --out and one --db trained the same runs at once (each run's
+    lock was in its --out), overwriting each other's rows: a run also locks beside the store."""
+    cfg = small_cfg(fake_cifar10, epochs=1)
+    h, db = cfg.config_hash(), tmp_path / "shared" / "results.db"
+    with loop._run_lock(db.with_name("results.db.locks") / h):  # another sweep trains it
+        with pytest.raises(RunBusy, match=f"run {h} is already being trained"):
+            fit(cfg, tmp_path / "b", store=db, progress=False)
+    assert Store(db).query() == []  # nothing recorded, nothing trained
+    r = fit(cfg, tmp_path / "b", store=db, progress=False)
+    assert r["status"] == "done" and not (db.with_name("results.db.locks") / h).exists()
+    # the store inside --out (the default) takes no second lock: no folder beside it
+    fit(cfg, tmp_path / "c", progress=False)
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".locks")]
+
+
 def test_run_lock_without_fcntl_uses_msvcrt(tmp_path, monkeypatch):
     """Without `fcntl` (Windows) the run lock was skipped: two processes trained one run into
     one folder, each writing its epochs. It takes `msvcrt`'s byte lock there (faked here on

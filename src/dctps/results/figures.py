@@ -40,6 +40,7 @@ import yaml
 from dctps.errors import DctpsError, PruningFailed, check_threads, unknown_name, user_path
 from dctps.results.plots import (
     FigureData,
+    check_figure_path,
     dctps_setting_parts,
     default_label,
     display_name,
@@ -1020,14 +1021,15 @@ def run_figure(
         if unused:  # a review: they were taken and ignored
             raise DctpsError(
                 f"figure {name} trains nothing (it draws layer budgets): {', '.join(unused)} "
-                "would have no effect; its options are --model, --dataset, --density, --quick, "
-                "--out and --path"
+                "would have no effect; its options are --model, --dataset, --density, --quick "
+                "and --out"
             )
         setup = figure_setup(name, pairs=allocation_pairs(name, models, datasets))
         stem = setup.stem(quick)
         if densities and list(densities) != allocation_densities(name, quick):
             stem += "-density=" + "+".join(_int_ranges(densities))  # as training figures do
         fig_path = user_path(path) if path else out / "figures" / f"{stem}.png"
+        check_figure_path(fig_path)
         if dry_run:
             echo(f"figure {name} trains nothing; it would draw {fig_path}: {setup.one_line()}")
             return None
@@ -1047,8 +1049,13 @@ def run_figure(
     )  # fmt: skip
     setup = figure_setup(name, configs, quick=quick)
     fig_path = user_path(path) if path else out / "figures" / f"{setup.stem(quick)}.png"
+    check_figure_path(fig_path)  # before the sweep: not after its training
     db_path = out_db_path(out, db)
     params = slurm_overrides((grid or {}).get("slurm"), slurm, executor)
+    if dry_run and plot_only:
+        echo(f"--plot-only trains nothing; it would draw {fig_path} from the {len(configs)} runs' "
+             f"results in {db_path}: {setup.one_line()}")  # fmt: skip
+        return None
     if dry_run:
         dry_run_report(configs, out, db_path, retry_failed, executor, workers, params, echo,
                        footer=f"it would draw {fig_path}: {setup.one_line()}")  # fmt: skip

@@ -34,10 +34,12 @@ from dctps.results.variants import named_differences, varying_keys  # noqa: E402
 
 def check_figure_path(path: str | Path) -> None:
     """A :class:`DctpsError` for a figure path whose suffix matplotlib cannot write (``out.txt``,
-    ``results.db``) or under a file (``notes.txt/fig.png``), so a command refuses it before its
-    work and its printed table."""
+    ``results.db``), that is a folder, or under a file (``notes.txt/fig.png``), so a command
+    refuses it before its work (a figure's sweep: days of training) and its printed table."""
     from matplotlib.backend_bases import FigureCanvasBase
 
+    if user_path(path).is_dir():
+        raise DctpsError(f"cannot write figure {path}: that is a folder; give a file path in it")
     for parent in user_path(path).parents:  # the nearest one that exists must be a folder
         if parent.exists():
             if not parent.is_dir():

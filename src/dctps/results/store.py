@@ -544,9 +544,13 @@ class Store:
                 if v is None:
                     conds.append(f"{k} IS NULL")
                 elif isinstance(v, (list, tuple, set)):
-                    v = list(v)
-                    conds.append(f"{k} IN ({', '.join('?' for _ in v)})")
-                    args.extend(v)
+                    # IN never matches NULL: an empty cell among the values is its own test
+                    rest = [x for x in v if x is not None]
+                    tests = [f"{k} IN ({', '.join('?' for _ in rest)})"] if rest else []
+                    if len(rest) < len(v):
+                        tests.insert(0, f"{k} IS NULL")
+                    conds.append(f"({' OR '.join(tests)})" if tests else "0")
+                    args.extend(rest)
                 else:
                     conds.append(f"{k} = ?")
                     args.append(v)
@@ -633,6 +637,12 @@ def _check_csv_target(target: Path) -> None:
         raise DctpsError(
             f"CSV target {target} is a folder; give a file path, e.g. {target}/results.csv"
         )
+    if target.name.endswith(("-wal", "-shm", "-journal")):
+        # SQLite owns these: it deletes or rewrites them when the database next closes
+        raise DctpsError(
+            f"CSV target {target} is named like an SQLite database's side file, which SQLite "
+            "deletes or rewrites; give another path, e.g. results.csv"
+        )
     if starts_with(target, b"SQLite format 3\x00"):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
@@ -675,9 +685,12 @@ def _parse_value(raw: str, key: str) -> Any:
         return int(low == "true")
     for conv in (int, float) if kind == "INTEGER" else (float,):
         try:
-            return conv(raw)
+            value = conv(raw)
         except ValueError:
-            pass
+            continue
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:  # SQLite's INTEGER
+            raise DctpsError(f"--where {key}={raw} is out of range: no stored value is that large")
+        return value
     raise DctpsError(f"--where {key} takes a number, got {raw!r}")
 
 

@@ -438,6 +438,20 @@ def _run_lock(folder: Path) -> Iterator[None]:
         f.close()
 
 
+def _shared_store_locks(store: Any, out: Path) -> Path | None:
+    """The folder of run locks beside a results store outside ``out`` (``--db`` elsewhere), or
+    ``None``. Sweeps of other ``--out`` folders sharing that store would otherwise train the
+    same run at once (each run's own lock is in its ``--out``) and overwrite each other's
+    rows; a run takes both locks, so a second one is busy."""
+    path = getattr(store, "path", None)
+    if not isinstance(path, Path):
+        return None
+    with contextlib.suppress(OSError):
+        if path.resolve().parent == out.resolve():
+            return None
+    return path.with_name(path.name + ".locks")
+
+
 def other_data(
     row: dict[str, Any], data: Any, where: str, memo: dict[tuple[Any, ...], str] | None = None
 ) -> str | None:
@@ -643,7 +657,12 @@ def _fit(
     if never_updates is not None:
         raise never_updates
 
-    lock = _run_lock(run_dir) if ctx.is_main else contextlib.nullcontext()
+    lock = contextlib.ExitStack()
+    if ctx.is_main:
+        lock.enter_context(_run_lock(run_dir))
+        shared = _shared_store_locks(store, out)
+        if shared is not None:
+            lock.enter_context(_run_lock(shared / h))
     with lock:
         # done by another process between the first look and the lock (a sweep beside this
         # one): reopening it would mark its row running and test it again
