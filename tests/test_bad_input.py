@@ -68,8 +68,20 @@ def cfg(root: Any, **kw) -> RunConfig:
     )
 
 
+def _huge(optim: dict[str, Any], **sparsity: Any) -> RunConfig:
+    """A run config whose optimiser or alpha values overflow float32 training (a traceback from
+    the optimiser's step, at every resume, before they were refused)."""
+    return RunConfig.from_dict({
+        "model": {"name": "lenet5"}, "data": {"dataset": "cifar10"},
+        "sparsity": {"method": "dctps", "density": 0.1, **sparsity},
+        "optim": {"epochs": 3, **optim},
+    }).resolve()  # fmt: skip
+
+
 YAMLS = {
     "bad.yaml": "model: {name: lenet5\nseed: 0\n",
+    "twice.yaml": "model: {name: lenet5}\nseed: 0\nmodel:\n  name: vgg19\n",
+    "grid_twice.yaml": "methods: [dctps]\ndensities: [0.1]\nbase: {seed: 1, seed: 2}\n",
     "run_unknown.yaml": "model: {name: lenet5}\nsparsity: {method: dctps, density: 0.1, foo: 1}\n",
     "run_list.yaml": "- 1\n- 2\n",
     "run_seed_float.yaml": "seed: 1.5\n",
@@ -332,8 +344,19 @@ CASES = [
       lambda e: load_config(e.y / "run_seed_float.yaml")),
     L("config-yaml-syntax", r"bad\.yaml is not valid YAML: line 2, column 5",
       lambda e: load_config(e.y / "bad.yaml")),
+    L("config-yaml-key-twice",
+      r"twice\.yaml is not valid YAML: line 3, column 1: key 'model' is given twice \(first on "
+      r"line 1\); keep one", lambda e: load_config(e.y / "twice.yaml")),
     L("config-yaml-missing", r"cannot read config .*missing\.yaml",
       lambda e: load_config(e.y / "missing.yaml")),
+    L("config-lr-huge", r"optim\.lr \(--lr\) must be at most 1e\+30 \(float32 training overflows",
+      lambda e: _huge({"lr": 1e300})),
+    L("config-weight-decay-huge", r"weight_decay \(--weight-decay\) must be at most 1e\+30",
+      lambda e: _huge({"weight_decay": 1e39})),
+    L("config-gamma-huge", r"gamma \(--gamma\) 1e\+20 at 2 milestone\(s\) takes the LR 0\.1 to "
+      r"1e\+39, above 1e\+30", lambda e: _huge({"gamma": 1e20, "milestones": [1, 2], "lr": 0.1})),
+    L("config-alpha-init-huge", r"alpha_init \(--alpha-init\) must be at most 1e\+30 .*got 1e\+300",
+      lambda e: _huge({}, alpha_init=-1e300)),
     L("config-density-above-1", r"density must be in .*got 1\.5",
       lambda e: cfg(e.data, density=1.5).resolve()),
     L("config-model-typo", r"unknown model 'lenet'\. Did you mean 'lenet5'\?",
@@ -428,6 +451,8 @@ CASES = [
       *TRAIN_AT, "--batched-rebuild", "yes"),
     C("train-data-root-missing", r"data root .*nope does not exist",
       *TRAIN, "--data-root", "{tmp}/nope", "--out", "{tmp}/out"),
+    C("train-out-empty", r"--out is empty; give a path", *TRAIN_AT, "--out", ""),
+    C("train-config-empty", r"--config is empty; give a path", "train", "--config", " "),
     C("train-out-under-a-file", r"file\.txt is a file, not a folder",
       *TRAIN, "--data-root", "{data}", "--out", "{file}/sub"),
     C("train-config-syntax", r"bad\.yaml is not valid YAML: line 2, column 5", "train",
@@ -486,6 +511,8 @@ CASES = [
       "figure", "density-lenet5-cifar10", "--executor", "slrum", "--dry-run"),
     C("sweep-seeds-strings", r"seeds must be integers, got 'a'", "sweep", "{y}/seeds_bad.yaml"),
     C("sweep-slurm-not-a-mapping", r"slurm must be a mapping", "sweep", "{y}/slurm_bad.yaml"),
+    C("sweep-grid-key-twice", r"grid_twice\.yaml is not valid YAML: line 3, column 17: key 'seed' "
+      r"is given twice", "sweep", "{y}/grid_twice.yaml", "--dry-run"),
     C("sweep-config-missing", r"cannot read sweep config .*nope\.yaml", "sweep",
       "{y}/nope.yaml"),
     C("sweep-config-of-a-figure-missing", r"cannot read sweep config .*A\.1\.yaml: no such file "

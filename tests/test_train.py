@@ -631,6 +631,30 @@ def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, mo
         torch.set_num_threads(before)
 
 
+def test_a_resume_with_other_rounding_settings_warns(fake_cifar10, tmp_path, monkeypatch):
+    """--batched-rebuild and --eval-batch-size are outside a run's identity but change its
+    numbers (the alphas' Adam moments; the validation losses): a resume with them changed went
+    on without a word, as if it were the uninterrupted run."""
+    import dataclasses
+    import warnings
+
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    _interrupted_fit(cfg, tmp_path / "a", monkeypatch, epoch=2)
+    changed = dataclasses.replace(cfg, batched_rebuild="on", eval_batch_size=7)
+    assert changed.config_hash() == cfg.config_hash()
+    with pytest.warns(RuntimeWarning) as seen:
+        fit(changed, tmp_path / "a", progress=False)
+    said = [str(w.message) for w in seen if "resuming after epoch 1" in str(w.message)]
+    assert any("--batched-rebuild on; the checkpoint was written with auto" in m for m in said)
+    assert any("--eval-batch-size 7; the checkpoint was written with 256" in m for m in said)
+    # the same settings (auto is off on the CPU, as off is) resume without a warning
+    _interrupted_fit(cfg, tmp_path / "b", monkeypatch, epoch=2)
+    same = dataclasses.replace(cfg, batched_rebuild="off", eval_batch_size=256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert fit(same, tmp_path / "b", progress=False)["resumed_from"] == 1
+
+
 def test_a_resume_on_another_device_warns_and_not_about_threads(
     fake_cifar10, tmp_path, monkeypatch
 ):
@@ -1670,6 +1694,19 @@ def test_a_store_shared_by_two_out_folders_trains_a_run_once(fake_cifar10, tmp_p
     # the store inside --out (the default) takes no second lock: no folder beside it
     fit(cfg, tmp_path / "c", progress=False)
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".locks")]
+
+
+def test_missing_data_leaves_no_store_or_run_folder(fake_cifar10, tmp_path):
+    """A missing data root (or data set folder in it) left an empty results.db and runs/."""
+    for root in (tmp_path / "nope", tmp_path):  # no root; a root without cifar-10-batches-py
+        with pytest.raises(DctpsError, match="data root|cifar-10-batches-py"):
+            fit(small_cfg(root, epochs=1), tmp_path / "out", progress=False)
+        assert not (tmp_path / "out").exists()
+    db = tmp_path / "store" / "results.db"  # an existing store: no run folder either
+    Store(db).close()
+    with pytest.raises(DctpsError, match="data root"):
+        fit(small_cfg(tmp_path / "nope", epochs=1), tmp_path / "out", store=db, progress=False)
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 def test_run_lock_without_fcntl_uses_msvcrt(tmp_path, monkeypatch):

@@ -255,14 +255,16 @@ class RunConfig:
     eval_batch_size: int | None = _f(
         None,
         "Batch size for validation/test evaluation (default: 1000 on CUDA, 256 on the CPU, "
-        "where 1000 evaluated 40% slower). Not part of the identity.",
+        "where 1000 evaluated 40% slower). Not part of the identity, though it changes the "
+        "validation losses' rounding (a resume with another value warns).",
         identity=False,
     )
     batched_rebuild: str = _f(
         "auto",
         "auto | on | off: rebuild all dense-path DCTpS weights in one batched pass per step "
         "(a fixed number of GPU kernels per step instead of 5 per layer). auto: on for CUDA, "
-        "off on the CPU. Not part of the identity.",
+        "off on the CPU. Not part of the identity, though it changes the rounding of the "
+        "alphas' gradients (a resume with another value warns).",
         identity=False,
     )
 
@@ -667,6 +669,7 @@ def _resolve_offset(s: SparsityConfig) -> None:
                 f"{_named('alpha_init')} must be a finite number or 'kaiming', got {init!r}"
             )
         init = float(init)
+        _not_huge(abs(init), "alpha_init")
     s.alpha_init = init
     if s.alpha == "layer":
         s.charge_alpha = True  # nothing to charge: keep one hash for the same experiment
@@ -675,6 +678,19 @@ def _resolve_offset(s: SparsityConfig) -> None:
         # trainable ones); False also gives these runs another hash than those recorded when
         # fixed per-channel alphas were charged, whose S had out-1 fewer entries per layer
         s.charge_alpha = False
+
+
+#: the largest learning rate, weight decay or alpha a run takes: float32 arithmetic overflows a
+#: little above (an Adam step of 10 x lr fails from about 3.4e37 with "value cannot be converted
+#: to type float without overflow", and every resume failed the same way)
+HUGE = 1e30
+
+
+def _not_huge(v: float, name: str) -> None:
+    if v > HUGE:
+        raise DctpsError(
+            f"{_named(name)} must be at most {HUGE:g} (float32 training overflows above), got {v:g}"
+        )
 
 
 def _resolve_optim(c: RunConfig) -> None:
@@ -722,6 +738,8 @@ def _resolve_optim(c: RunConfig) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise DctpsError(f"{_named(name)} must be a finite number, got {v!r}")
         setattr(o, name, float(v))
+    for name in ("lr", "weight_decay"):
+        _not_huge(getattr(o, name), name)
     if o.lr <= 0:
         raise DctpsError(f"{_named('lr')} must be > 0, got {o.lr}")
     if o.weight_decay < 0:
@@ -741,6 +759,12 @@ def _resolve_optim(c: RunConfig) -> None:
             f"{_named('milestones')} must be positive epoch numbers, got {o.milestones!r}"
         )
     o.milestones = sorted(o.milestones)
+    last = o.lr * o.gamma ** len(o.milestones) if o.gamma > 1 else o.lr
+    if not last <= HUGE:  # an overflow (inf) too
+        raise DctpsError(
+            f"{_named('gamma')} {o.gamma} at {len(o.milestones)} milestone(s) takes the LR "
+            f"{o.lr} to {last:.3g}, above {HUGE:g}: float32 training overflows there"
+        )
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -771,6 +795,36 @@ GRID_KEYS = (
 )  # fmt: skip
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error: the plain loader
+    keeps the last value without a word (``model: {name: lenet5}`` then ``model: {name: vgg19}``
+    trained a VGG19), where every other slip in a config is refused."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key {key!r} is given twice (first on line {first.start_mark.line + 1}); "
+                    "keep one",
+                    key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
+)
+
+
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
     """The parsed YAML file ``path``; an unreadable file or a syntax error is one-line DctpsError
     naming ``what`` (e.g. ``config``, ``sweep config``), the path and the line/column."""
@@ -784,7 +838,7 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
             f"cannot read {what} {p}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise DctpsError(f"{p} is not valid YAML: {yaml_problem(e)}") from None
 

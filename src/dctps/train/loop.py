@@ -316,6 +316,41 @@ def _warn_thread_change(
         )
 
 
+def _warn_setting_change(saved: Any, cfg: RunConfig, device: torch.device, epoch: int) -> None:
+    """Warn when a run resumes with settings outside its identity that change its numbers set
+    otherwise than its checkpoint's config (``saved``, a dict): ``batched_rebuild`` (another
+    order of float operations: the alphas' optimiser moments drift apart) and
+    ``eval_batch_size`` (other sums in the validation loss). The hash is the same, so the
+    resumed run would pass for the uninterrupted one. Compared as they take effect on the
+    resumed ``device`` (``auto`` batches on CUDA only; the device's own default eval batch)."""
+    if not isinstance(saved, dict):
+        return
+
+    def batched(value: Any) -> bool:
+        return value == "on" or (value == "auto" and device.type == "cuda" and dctps_run)
+
+    dctps_run = cfg.sparsity.method == "dctps"
+    then = saved.get("batched_rebuild", "auto")
+    if dctps_run and batched(then) != batched(cfg.batched_rebuild):
+        warnings.warn(
+            f"resuming after epoch {epoch} with --batched-rebuild {cfg.batched_rebuild}; the "
+            f"checkpoint was written with {then}: the run goes on as another trajectory (give "
+            f"--batched-rebuild {then} to resume it bit for bit)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    eval_then = saved.get("eval_batch_size") or eval_batch_size(device)
+    eval_now = cfg.eval_batch_size or eval_batch_size(device)
+    if eval_then != eval_now:
+        warnings.warn(
+            f"resuming after epoch {epoch} with --eval-batch-size {eval_now}; the checkpoint "
+            f"was written with {eval_then}: the validation losses of later epochs round "
+            f"otherwise (give --eval-batch-size {eval_then} to resume it bit for bit)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def _trains_on_one_image(model: nn.Module, info: Any) -> bool:
     """Whether ``model`` (built on the meta device: no memory, no compute) takes a training
     step's forward on a batch of one image of data set ``info``. BatchNorm cannot where a
@@ -646,6 +681,10 @@ def _fit(
         never_updates = e
         if not _store_exists(store_arg, out):
             raise
+    # a missing data root or data set folder: refused before a new store is created (a store
+    # that exists may hold the run done, which needs no data)
+    if not _store_exists(store_arg, out):
+        data_mod.check_root(cfg.data.dataset, cfg.data.root)
     store = _open_store(store_arg, out) if ctx.is_main else None
 
     # ---- already done? (rank 0 decides for everyone)
@@ -656,6 +695,7 @@ def _fit(
         return done
     if never_updates is not None:
         raise never_updates
+    data_mod.check_root(cfg.data.dataset, cfg.data.root)  # before the run folder is created
 
     lock = contextlib.ExitStack()
     if ctx.is_main:
@@ -871,6 +911,7 @@ def _fit(
                     _warn_device_change(ck.get("device"), _device_label(dev), int(ck["epoch"]))
                     _warn_thread_change(ck.get("threads"), dev, int(ck["epoch"]), ck.get("device"))
                     _warn_world_change(ck.get("world_size"), ctx.world_size, int(ck["epoch"]))
+                    _warn_setting_change(ck.get("config"), cfg, dev, int(ck["epoch"]))
                 history = list(ck["history"])
                 best = dict(ck["best"])
                 start_epoch = int(ck["epoch"])
