@@ -194,6 +194,19 @@ def test_a_data_set_missing_under_the_root_stops_the_sweep_first(fake_cifar10, t
     assert not (tmp_path / "out").exists()
 
 
+def test_a_runs_path_that_is_a_file_stops_the_sweep_without_creating_a_store(
+    fake_cifar10, tmp_path
+):
+    """OUT/runs a file: the sweep said "cannot write run folder OUT/runs: File exists" after
+    creating an empty results.db."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "runs").write_text("notes")
+    cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense"]))
+    with pytest.raises(DctpsError, match=r"cannot write run folder .*runs: it is a file, not a "):
+        run_sweep(cfgs, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runs"]
+
+
 def test_a_missing_data_root_stops_the_sweep_before_any_run(tmp_path, monkeypatch):
     """No data root (no --data-root, no DCTPS_DATA) is one error before anything starts, not the
     same error once per run of the grid (17 lines for a quick figure, in review)."""

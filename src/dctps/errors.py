@@ -134,6 +134,8 @@ def cannot_write(what: str, path: str | os.PathLike, e: OSError) -> DctpsError:
     """A one-line error for a failed write of ``path`` (names a parent that is a file, not a folder;
     a full disk; a read-only folder)."""
     p = Path(path)
+    if isinstance(e, FileExistsError) and p.exists() and not p.is_dir():  # a mkdir's target
+        return DctpsError(f"cannot write {what} {p}: it is a file, not a folder")
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():

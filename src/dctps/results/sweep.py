@@ -904,8 +904,8 @@ def run_sweep(
         out_p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise cannot_write("sweep output folder", out_p, e) from None
-    # an unusable database or run folder fails here, once, not in every run
-    Store(db_p).check_writable("Give another --out or --db: a sweep writes a row per run")
+    # an unusable run folder or database fails here, once, not in every run (the folder first:
+    # its failure then leaves no new, empty database behind)
     from dctps.train.loop import RUNS_DIR
 
     runs_dir = out_p / RUNS_DIR
@@ -915,6 +915,7 @@ def run_sweep(
         raise cannot_write("run folder", runs_dir, e) from None
     if not os.access(runs_dir, os.W_OK | os.X_OK):
         raise DctpsError(f"cannot write run folder {runs_dir}: permission denied")
+    Store(db_p).check_writable("Give another --out or --db: a sweep writes a row per run")
     ex = None
     if executor != "local":  # fails here, before any bar, when e.g. SLURM is not available
         ex = _submitit_executor(executor, out_p / "submitit", slurm or {})
