@@ -330,6 +330,19 @@ def test_tiny_imagenet_errors(tmp_path):
     ann.write_text(good_ann.decode() + first + "\n")  # an image twice: counted twice
     with pytest.raises(DctpsError, match=r"annotations\.txt:\d+: 'val_0\.JPEG' is listed again"):
         D.build("tiny_imagenet", tmp_path)
+    lines = good_ann.decode().splitlines(keepends=True)
+    ann.write_text("".join(lines[:-1]))  # cut off at a line: the split shrank without a word
+    with pytest.raises(DctpsError, match=r"annotations\.txt lists 3 images, but .*images holds 4"):
+        D.build("tiny_imagenet", tmp_path)
+    escape = (
+        "../../train/n01000000/images/"
+        + next((folder / "train" / "n01000000" / "images").iterdir()).name
+    )
+    ann.write_text("".join(lines) + f"{escape}\tn01000000\n")  # a training image as validation
+    with pytest.raises(
+        DctpsError, match=r"annotations\.txt:5: '\.\./\.\./train/.* is not a file name"
+    ):
+        D.build("tiny_imagenet", tmp_path)
     ann.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(DctpsError, match=r"cannot read .*val_annotations\.txt as text"):
         D.build("tiny_imagenet", tmp_path)
@@ -354,6 +367,27 @@ def test_tiny_imagenet_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Split
+
+
+def test_loader_refuses_labels_that_are_not_classes():
+    """The Loader cast float labels to int64 (1.9 became class 1) and took labels out of range
+    (10 and -3 for 10 classes), which cross-entropy then failed on or read as other classes."""
+    info = D.get_info("cifar10")
+    x = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    for y, match in (
+        (
+            torch.tensor([0.2, 1.9, 2.5, 3.7]),
+            r"y must hold integer class labels, got torch\.float32",
+        ),
+        (torch.tensor([True, False, True, True]), r"integer class labels, got torch\.bool"),
+        (torch.tensor([0, 1, 10, 2]), r"labels must be in \[0, 10\) for cifar10 .*got 10"),
+        (torch.tensor([0, 1, -3, 2]), r"labels must be in \[0, 10\) .*got -3"),
+    ):
+        with pytest.raises(DctpsError, match=match):
+            D.Loader(x, y, 2, shuffle=False, augment=False, info=info)
+    ok = D.Loader(x, torch.tensor([0, 9, 3, 1], dtype=torch.uint8), 2, shuffle=False,
+                  augment=False, info=info)  # fmt: skip
+    assert ok.y.dtype == torch.int64 and ok.y.tolist() == [0, 9, 3, 1]
 
 
 def test_holdout():
@@ -407,6 +441,11 @@ def test_random_crop_is_a_shifted_window():
     xr = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
     offs = torch.randint(0, 8 + 2 * 3 - 5 + 1, (20, 2))
     assert torch.equal(A.crop_with_offsets(xr, 5, 3, offs), _crop_reference(xr, 5, 3, offs))
+    # a size beyond the padded image, or a negative padding: torch's "random_ expects 'from'
+    # to be less than 'to'" before
+    for size, pad in ((48, 4), (8, -1)):
+        with pytest.raises(DctpsError, match=rf"crop size \({size}, {size}\) with padding {pad} "):
+            A.random_crop(xr, size, pad)
 
 
 def test_random_hflip():

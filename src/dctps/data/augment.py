@@ -73,6 +73,11 @@ def random_crop(
     """
     sh, sw = (size, size) if isinstance(size, int) else size
     n, _, h, w = x.shape
+    if padding < 0 or sh > h + 2 * padding or sw > w + 2 * padding:  # before the offsets' draw
+        raise DctpsError(
+            f"random_crop: crop size {(sh, sw)} with padding {padding} does not fit images of "
+            f"size {(h, w)}: padding must be >= 0 and the size at most the padded image's"
+        )
     dev = _gen_device(generator, x.device)
     top = torch.randint(0, h + 2 * padding - sh + 1, (n,), generator=generator, device=dev)
     left = torch.randint(0, w + 2 * padding - sw + 1, (n,), generator=generator, device=dev)

@@ -72,6 +72,17 @@ class Loader:
             raise DctpsError(
                 f"Loader: y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}"
             )
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            # a cast would cut 1.9 to class 1 (the CIFAR reader refuses such labels too)
+            raise DctpsError(f"Loader: y must hold integer class labels, got {y.dtype}")
+        classes = getattr(info, "num_classes", None)
+        if y.numel() and isinstance(classes, int):
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= classes:
+                raise DctpsError(
+                    f"Loader: labels must be in [0, {classes}) for {getattr(info, 'name', 'data')}"
+                    f" ({classes} classes), got {low if low < 0 else high}"
+                )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DctpsError(f"Loader: batch_size must be a positive integer, got {batch_size!r}")
         if not (isinstance(world_size, int) and world_size >= 1):

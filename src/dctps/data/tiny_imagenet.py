@@ -125,6 +125,8 @@ def load_tiny_imagenet(
         if len(fields) < 2:
             raise DctpsError(f"{ann}:{lineno}: expected '<file>\\t<wnid>\\t...', got {line!r}")
         name, w = fields[0].strip(), fields[1].strip()
+        if "/" in name or "\\" in name or name in (".", ".."):  # must name a file in val/images
+            raise DctpsError(f"{ann}:{lineno}: {name!r} is not a file name in val/images")
         if w not in label_of:
             raise DctpsError(f"{ann}:{lineno}: wnid {w!r} is not listed in wnids.txt")
         if name in first_line:  # a repeated image would count twice in the reported accuracy
@@ -138,6 +140,15 @@ def load_tiny_imagenet(
         val_labels.append(label_of[w])
     if not val_paths:
         raise DctpsError(f"{ann} lists no images; expected layout: {LAYOUT}")
+    on_disk = sum(
+        1 for p in (folder / "val" / "images").iterdir() if p.suffix.lower() in (".jpeg", ".jpg")
+    )
+    if on_disk != len(val_paths):  # a cut-off annotation file shrank the reported split
+        raise DctpsError(
+            f"{ann} lists {len(val_paths)} images, but {folder / 'val' / 'images'} holds "
+            f"{on_disk}: the annotations are incomplete (a cut-off download?); every validation "
+            "image needs its line"
+        )
 
     train_x = _decode_all(train_paths)
     test_x = _decode_all(val_paths)
