@@ -355,6 +355,10 @@ CASES = [
       lambda e: _huge({"weight_decay": 1e39})),
     L("config-gamma-huge", r"gamma \(--gamma\) 1e\+20 at 2 milestone\(s\) takes the LR 0\.1 to "
       r"1e\+39, above 1e\+30", lambda e: _huge({"gamma": 1e20, "milestones": [1, 2], "lr": 0.1})),
+    L("config-gamma-overflow",
+      r"gamma \(--gamma\) 10\.0 at 400 milestone\(s\) takes the LR 0\.1 to inf",
+      lambda e: _huge({"gamma": 10.0, "milestones": list(range(1, 401)), "lr": 0.1,
+                       "epochs": 401})),  # fmt: skip
     L("config-alpha-init-huge", r"alpha_init \(--alpha-init\) must be at most 1e\+30 .*got 1e\+300",
       lambda e: _huge({}, alpha_init=-1e300)),
     L("config-density-above-1", r"density must be in .*got 1\.5",
@@ -621,3 +625,18 @@ def test_table_size():
     assert len(CASES) >= 40 and kinds["proc"] >= 10
     print(f"\nRELIABILITY bad input: {len(CASES)} cases ({kinds['lib']} library, "
           f"{kinds['cli']} CLI in process, {kinds['proc']} CLI processes)")  # fmt: skip
+
+
+def test_yaml_merges_that_override_keys_still_load(tmp_path):
+    """The duplicate-key check must not take a merge's override for a repeat, also where an
+    anchored mapping that merges is merged again (its keys are copied in by then)."""
+    from dctps.train.config import read_yaml
+
+    texts = [
+        "defaults:\n  - &common {optim: {epochs: 1, batch_size: 32}}\n  - &fast\n"
+        "    <<: *common\n    optim: {epochs: 2}\nrun:\n  <<: *fast\n  seed: 3\n",
+        "b: &b {lr: 1}\nx: {<<: *b, lr: 2}\ny: {<<: [*b], lr: 3}\n",
+    ]
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i}.yaml").write_text(text)
+        assert read_yaml(tmp_path / f"{i}.yaml", "config") == yaml.safe_load(text)

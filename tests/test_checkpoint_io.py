@@ -392,6 +392,30 @@ def test_a_data_parallel_model_saves_and_loads_as_its_plain_model(tmp_path):
     torch.testing.assert_close(wrapped.module(x), plain(x))
 
 
+def test_load_into_a_ddp_model_is_refused_with_the_way_out(tmp_path):
+    """DDP registered the model's parameters when it wrapped it: a load that replaced or
+    resized a layer inside it left those layers unsynchronised across ranks (or failed the first
+    backward). Saving a DDP model stores the plain model's names."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        plain = dctps.sparsify(small_cnn(), 0.2, seed=0)
+        dctps.save(nn.parallel.DistributedDataParallel(plain), tmp_path / "d.dctps")
+        assert [r.name for r in dctps.inspect(tmp_path / "d.dctps").rows][0] == "0"
+        target = nn.parallel.DistributedDataParallel(dctps.sparsify(small_cnn(), 0.2, seed=1))
+        before = {k: v.clone() for k, v in target.state_dict().items()}
+        with pytest.raises(DctpsError, match=r"into a DistributedDataParallel model: load it into "
+                           r"the plain model \(model\.module\) first"):  # fmt: skip
+            dctps.load(tmp_path / "d.dctps", model=target)
+        assert all(torch.equal(target.state_dict()[k], v) for k, v in before.items())
+        fresh = dctps.load(tmp_path / "d.dctps", model=small_cnn())
+        x = torch.randn(2, 3, 8, 8)
+        torch.testing.assert_close(fresh(x), plain(x))
+    finally:
+        dist.destroy_process_group()
+
+
 def test_to_dense_and_save_of_a_layer_whose_own_tensors_are_pruned(tmp_path):
     """``torch.nn.utils.prune`` of a DCTpS layer's ``values`` or ``bias``: ``to_dense`` failed on
     the masked tensors (not deep-copyable), then copied prune's hooks onto the plain layer,

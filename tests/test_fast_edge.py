@@ -624,3 +624,32 @@ def test_the_band_cache_is_bounded(monkeypatch):
         assert 1 <= len(fastmod._BANDS) <= 4
     again = fastmod._band(19, 0, 9, torch.device("cpu"), torch.float32)
     assert again is fastmod._band(19, 0, 9, torch.device("cpu"), torch.float32)  # still cached
+
+
+@pytest.mark.parametrize("mode", ["factor", "fast"])
+def test_a_checkpoint_swapped_in_under_inference_mode_is_served(mode):
+    """The fast paths' plans are keyed on the support's version counter, which inference
+    tensors lack: a layer built under inference_mode that loaded a second checkpoint there kept
+    serving the first one's support on the factor path (error 7.5)."""
+    dt = torch.float64
+    with torch.inference_mode():
+        if mode == "factor":
+            a = DCTpSConv2d(4, 6, 3, padding=1, nnz=20, seed=0, dtype=dt, mode=mode)
+            b = DCTpSConv2d(4, 6, 3, padding=1, nnz=20, seed=1, dtype=dt)
+            x = torch.randn(2, 4, 5, 5, dtype=dt)
+        else:
+            a = DCTpSLinear(16, 8, 10, seed=0, dtype=dt, mode=mode)
+            b = DCTpSLinear(16, 8, 10, seed=1, dtype=dt)
+            x = torch.randn(3, 16, dtype=dt)
+        a.values.normal_()
+        b.values.normal_()
+        a(x)  # plans the first support
+        a.load_state_dict(b.state_dict())
+        assert torch.equal(a.indices, b.indices)
+        torch.testing.assert_close(a(x), b._with_weight(x, b.dense_weight()), rtol=0, atol=1e-12)
+        # the documented way after an in-place support change: note_support()
+        a.indices.copy_(
+            torch.sort(torch.randperm(a.indices.numel() * 3)[: a.indices.numel()]).values
+        )
+        a.note_support()
+        torch.testing.assert_close(a(x), a._with_weight(x, a.dense_weight()), rtol=0, atol=1e-12)

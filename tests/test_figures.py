@@ -845,6 +845,12 @@ def test_a_figure_path_that_cannot_be_written_is_refused_before_the_sweep(tmp_pa
         F.run_figure("density-lenet5-cifar10", tmp_path, quick=True, path=tmp_path / "fig.png",
                      echo=printed.append)  # fmt: skip
     assert not (tmp_path / "results.db").exists()
+    # without a suffix the figure is PATH.png + PATH.pdf: a folder named PATH is no obstacle
+    (tmp_path / "plot").mkdir()
+    F.check_figure_path(tmp_path / "plot")
+    (tmp_path / "plot.pdf").mkdir()
+    with pytest.raises(DctpsError, match=r"cannot write figure .*plot\.pdf: that is a folder"):
+        F.check_figure_path(tmp_path / "plot")
     # a dry run of --plot-only lists no runs to train
     F.run_figure("density-lenet5-cifar10", tmp_path, quick=True, plot_only=True, dry_run=True,
                  echo=printed.append)  # fmt: skip

@@ -203,9 +203,10 @@ def test_csv_never_overwrites_a_database(tmp_path):
         assert (tmp_path / other).read_bytes() == b"PK\x03\x04 not a csv"
     (tmp_path / "empty.csv").touch()  # an empty file may be written over
     assert s.to_csv(tmp_path / "empty.csv") == 1
-    for side in ("results.db-wal", "results.db-shm", "x.db-journal"):  # SQLite deletes them
+    for side in ("results.db-wal", "results.db-shm", "results.db-journal"):  # SQLite's own
         with pytest.raises(DctpsError, match=rf"{side} is named like an SQLite database's side"):
             s.to_csv(tmp_path / side)
+    assert s.to_csv(tmp_path / "paper-journal") == 1  # no database "paper" beside it
     # a folder is not a stream: refused by name (the CLI printed the table first)
     (tmp_path / "out").mkdir()
     with pytest.raises(DctpsError, match=r"CSV target .*out is a folder; give a file path"):

@@ -795,7 +795,7 @@ def test_a_run_another_process_trains_is_busy_not_an_error(fake_cifar10, tmp_pat
     assert rep.counts() == {"busy": 1, "done": 1} and rep.errors == []
     assert "busy 1" in sweep_mod._postfix(rep, "x")
     summary = rep.summary()
-    assert "1 run busy: being trained by another process on the same --out" in summary
+    assert "1 run busy: being trained by another process (on the same --out or --db)" in summary
     assert f"busy   {cfgs[0].config_hash()} " in summary and "traceback" not in summary
     assert not (tmp_path / "errors").exists()
     # once the other process is gone, the next sweep trains it

@@ -220,20 +220,25 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def _unwrapped_once(model: nn.Module) -> nn.Module:
+    """The model one ``torch.compile``, ``DataParallel`` or ``DistributedDataParallel`` wrapper
+    holds, else ``model``."""
+    if type(model).__name__ == "OptimizedModule":
+        inner = model.__dict__.get("_modules", {}).get("_orig_mod")
+    elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        inner = model.module
+    else:
+        return model
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def _unwrapped(model: nn.Module) -> nn.Module:
     """The model inside ``torch.compile``'s, ``DataParallel``'s and ``DistributedDataParallel``'s
     wrappers, else ``model``: their state dict names carry ``_orig_mod.`` or ``module.``, which
     the plain model's do not, and one checkpoint serves all of them."""
-    while True:
-        if type(model).__name__ == "OptimizedModule":
-            inner = model.__dict__.get("_modules", {}).get("_orig_mod")
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            inner = model.module
-        else:
-            return model
-        if not isinstance(inner, nn.Module):
-            return model
+    while (inner := _unwrapped_once(model)) is not model:
         model = inner
+    return model
 
 
 def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> Path:
@@ -508,7 +513,19 @@ def load(
     elif not isinstance(model, nn.Module):
         raise DctpsError(f"load needs model=None or an nn.Module, got {type(model).__name__}")
     else:
-        model = _unwrapped(model)
+        inner = model
+        while True:  # DDP registered its parameters when it wrapped the model: a layer the load
+            # replaced or resized would train unsynchronised (or fail its first backward)
+            if isinstance(inner, nn.parallel.DistributedDataParallel):
+                raise DctpsError(
+                    f"cannot load {path} into a DistributedDataParallel model: load it into the "
+                    "plain model (model.module) first, then wrap that in DistributedDataParallel"
+                )
+            nxt = _unwrapped_once(inner)
+            if nxt is inner:
+                break
+            inner = nxt
+        model = inner
         mine, saved = getattr(model, "dctps_arch", None), header.get("arch")
         if (
             isinstance(mine, dict)

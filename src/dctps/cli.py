@@ -409,7 +409,11 @@ def export_cmd(
 @app.command("bench")
 def bench_cmd(
     name: str = typer.Argument("all", help="linear | conv | step | ckpt | memory | all"),
-    quick: bool = typer.Option(False, "--quick", help="Smaller batches, fewer repetitions."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="Smaller batches, fewer repetitions (memory runs its full size: the target's).",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch's default)."),
 ) -> None:

@@ -384,6 +384,11 @@ def _is_accelerator(device: torch.device) -> bool:
     return device.type not in ("cpu", "meta")
 
 
+#: the fast paths' caches derived from the support (:mod:`dctps.fast`): the Linear/transform
+#: path's plan and the conv factor path's
+_SUPPORT_PLANS = ("_dctps_plan", "_dctps_cplan")
+
+
 class DCTpSLayer(nn.Module):
     """Shared state and math of the DCTpS layers; subclasses set the weight shape and the op."""
 
@@ -468,6 +473,10 @@ class DCTpSLayer(nn.Module):
         or ``dctps.save``/``dctps.to_dense`` refuse the layer as one whose ``indices`` were
         averaged (``AveragedModel(use_buffers=True)``) or overwritten."""
         self.__dict__[SUPPORT_FINGERPRINT] = support_fingerprint(self.indices)
+        # the fast paths' plans are keyed on the support's version counter, which an inference
+        # tensor lacks (a layer built under inference_mode and changed in place there)
+        for key in _SUPPORT_PLANS:
+            self.__dict__.pop(key, None)
 
     def _initial_alpha(self) -> torch.Tensor:
         """The alpha this layer starts from (float64 CPU): the ``alpha_init`` number, or the
@@ -695,7 +704,7 @@ class DCTpSLayer(nn.Module):
         """Drop what was derived from the support and the offset (``D``, the fast path's plans),
         after either changed (a state-dict load, :meth:`reset_parameters`)."""
         self._drop_basis()
-        for key in ("_dctps_plan", "_dctps_offset", "_dctps_signs"):
+        for key in (*_SUPPORT_PLANS, "_dctps_offset", "_dctps_signs"):
             self.__dict__.pop(key, None)
 
     def _prebuild_basis(self) -> None:

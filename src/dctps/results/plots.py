@@ -38,8 +38,13 @@ def check_figure_path(path: str | Path) -> None:
     refuses it before its work (a figure's sweep: days of training) and its printed table."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    if user_path(path).is_dir():
-        raise DctpsError(f"cannot write figure {path}: that is a folder; give a file path in it")
+    p = user_path(path)
+    # without a suffix the figure goes to PATH.png and PATH.pdf (save): those must not be folders
+    for target in [p] if p.suffix else [p.with_suffix(".png"), p.with_suffix(".pdf")]:
+        if target.is_dir():
+            raise DctpsError(
+                f"cannot write figure {target}: that is a folder; give a file path in it"
+            )
     for parent in user_path(path).parents:  # the nearest one that exists must be a folder
         if parent.exists():
             if not parent.is_dir():

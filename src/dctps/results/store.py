@@ -637,7 +637,8 @@ def _check_csv_target(target: Path) -> None:
         raise DctpsError(
             f"CSV target {target} is a folder; give a file path, e.g. {target}/results.csv"
         )
-    if target.name.endswith(("-wal", "-shm", "-journal")):
+    side = re.fullmatch(r"(.+)-(wal|shm|journal)", target.name)
+    if side and starts_with(target.with_name(side[1]), b"SQLite format 3\x00"):
         # SQLite owns these: it deletes or rewrites them when the database next closes
         raise DctpsError(
             f"CSV target {target} is named like an SQLite database's side file, which SQLite "

@@ -470,7 +470,7 @@ def run_one(
         if _pool_parent is not None and os.getppid() != _pool_parent:
             os._exit(130)  # the sweep is gone: the run has recorded where it stopped
         raise
-    except RunBusy as e:  # another sweep (or `dctps train`) on the same --out trains it
+    except RunBusy as e:  # another sweep (or `dctps train`) on the same --out or --db trains it
         return {"hash": h, "status": "busy", "reason": str(e)}
     except Exception as e:  # one run's error must not stop the sweep
         tb = traceback.format_exc()
@@ -549,8 +549,8 @@ class SweepReport:
         busy = [h for h, r in self.results.items() if r["status"] == "busy"]
         if busy:
             lines.append(f"  {len(busy)} run{'s' * (len(busy) > 1)} busy: being trained by another "
-                         "process on the same --out, which records them (run the sweep again "
-                         "after it to see them done)")  # fmt: skip
+                         "process (on the same --out or --db), which records them (run the sweep "
+                         "again after it to see them done)")  # fmt: skip
             lines += [f"  busy   {h} {by[h].cfg.summary()}" for h in busy]
         for h, job in self.submitted.items():
             lines.append(f"  submitted {h} {by[h].cfg.summary()}: job {job}")

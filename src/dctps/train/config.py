@@ -759,8 +759,11 @@ def _resolve_optim(c: RunConfig) -> None:
             f"{_named('milestones')} must be positive epoch numbers, got {o.milestones!r}"
         )
     o.milestones = sorted(o.milestones)
-    last = o.lr * o.gamma ** len(o.milestones) if o.gamma > 1 else o.lr
-    if not last <= HUGE:  # an overflow (inf) too
+    try:
+        last = o.lr * o.gamma ** len(o.milestones) if o.gamma > 1 else o.lr
+    except OverflowError:  # Python's float power raises where a product would give inf
+        last = math.inf
+    if not last <= HUGE:
         raise DctpsError(
             f"{_named('gamma')} {o.gamma} at {len(o.milestones)} milestone(s) takes the LR "
             f"{o.lr} to {last:.3g}, above {HUGE:g}: float32 training overflows there"
@@ -798,31 +801,32 @@ GRID_KEYS = (
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but a key given twice in one mapping is an error: the plain loader
     keeps the last value without a word (``model: {name: lenet5}`` then ``model: {name: vgg19}``
-    trained a VGG19), where every other slip in a config is refused."""
+    trained a VGG19), where every other slip in a config is refused. Keys a merge (``<<: *base``)
+    brings in may be overridden, as YAML allows."""
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node)
-            except TypeError:  # an unhashable key: the base class says so
-                break
-            if first is not key_node:
-                raise yaml.constructor.ConstructorError(
-                    None, None,
-                    f"key {key!r} is given twice (first on line {first.start_mark.line + 1}); "
-                    "keep one",
-                    key_node.start_mark,
-                )  # fmt: skip
-        return super().construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
-)
+    def flatten_mapping(self, node: Any) -> None:
+        # checked once per node, before its merges are flattened into it: a node merged again
+        # later (an anchor used twice) already holds the merged keys, which are no repeats
+        checked = self.__dict__.setdefault("_dctps_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class says so
+                    break
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"key {key!r} is given twice (first on line "
+                        f"{first.start_mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )  # fmt: skip
+        super().flatten_mapping(node)
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
