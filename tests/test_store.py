@@ -213,6 +213,46 @@ def test_csv_never_overwrites_a_database(tmp_path):
         s.to_csv(tmp_path / "out")
 
 
+def test_results_json_holds_configs_and_learning_curves(tmp_path, capsys):
+    """`dctps results --json`: every matching run with its config as an object and its
+    per-epoch metrics (what a CSV of final numbers cannot give: learning curves)."""
+    s = Store(tmp_path / "results.db")
+    for i, (method, density) in enumerate([("dctps", 0.01), ("snip", 0.01), ("dctps", 0.001)]):
+        s.start(f"h{i}", cfg(method, density, seed=i))
+        for epoch in (1, 2, 3):
+            s.log_epoch(f"h{i}", epoch, train_loss=3.0 - epoch - i / 10, val_acc=epoch / 10)
+        s.finish(f"h{i}", val_acc=0.3)
+    s.log_epoch("h0", 4, train_loss=float("inf"))  # a diverged epoch
+    printed: list[str] = []
+    print_results(tmp_path, ["method=dctps"], echo=printed.append,
+                  json_path=tmp_path / "out" / "runs.json")  # fmt: skip
+    assert printed[-1].startswith("wrote 2 runs (configs and per-epoch metrics) to ")
+    runs = json.loads((tmp_path / "out" / "runs.json").read_text())
+    assert [r["hash"] for r in runs] == ["h2", "h0"]  # the table's order
+    assert runs[1]["config"] == cfg("dctps", 0.01, seed=0) and "config_json" not in runs[1]
+    assert [e["epoch"] for e in runs[1]["epochs"]] == [1, 2, 3, 4]
+    assert [e["train_loss"] for e in runs[0]["epochs"]] == [1.8, 0.8, -0.2]
+    assert runs[1]["epochs"][3]["train_loss"] == float("inf") and "hash" not in runs[1]["epochs"][0]
+    assert {k for k in runs[0] if k not in ("config", "epochs")} == set(RUN_COLUMNS) - {
+        "config_json"
+    }
+    # standard output: the JSON alone, beside a CSV file
+    capsys.readouterr()
+    print_results(tmp_path, ["seed=1"], tmp_path / "one.csv", json_path="-")
+    assert [r["hash"] for r in json.loads(capsys.readouterr().out)] == ["h1"]
+    assert (tmp_path / "one.csv").read_text().startswith("hash,")
+    # never over a database or a file that is not such a JSON list; not both to stdout
+    for bad, match in (
+        (tmp_path / "results.db", "is an SQLite database"),
+        (tmp_path / "one.csv", "is not a JSON written by `dctps results`"),
+    ):
+        with pytest.raises(DctpsError, match=match):
+            print_results(tmp_path, echo=printed.append, json_path=bad)
+    with pytest.raises(DctpsError, match="cannot both go to standard output"):
+        print_results(tmp_path, [], "-", json_path="/dev/stdout")
+    assert s.to_json(tmp_path / "out" / "runs.json") == 3  # an earlier export is replaced
+
+
 def test_results_command_creates_the_csv_folder(tmp_path):
     """`dctps results --csv DIR/x.csv` creates DIR, as every command does for its outputs (the
     library's Store.to_csv refuses a missing folder, as above); a parent that is a file is named

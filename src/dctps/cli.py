@@ -84,11 +84,17 @@ def results_cmd(
         "--csv",
         help="Also write the rows to this CSV file ('-' or /dev/stdout: print only the CSV).",
     ),
+    json_path: str = typer.Option(
+        None,
+        "--json",
+        help="Also write the runs to this JSON file, each with its config and per-epoch "
+        "metrics (learning curves) ('-' or /dev/stdout: print only the JSON).",
+    ),
 ) -> None:
     """Print the runs in a results database as a table (accuracies in %)."""
     from dctps.results.store import print_results
 
-    print_results(db, where, csv, echo=typer.echo)
+    print_results(db, where, csv, echo=typer.echo, json_path=json_path)
 
 
 @contextlib.contextmanager

@@ -572,6 +572,58 @@ class Store:
 
         return self._retry(fn)
 
+    def runs_with_epochs(
+        self, where: Mapping[str, Any] | str | None = None
+    ) -> list[dict[str, Any]]:
+        """The matching runs as :meth:`query` returns them, with ``config`` (the run's config, a
+        dict, in place of ``config_json``) and ``epochs`` (its per-epoch rows, by epoch, without
+        their ``hash``): what ``dctps results --json`` writes, learning curves included."""
+        rows = self.query(where)
+        by_hash: dict[str, list[dict[str, Any]]] = {r["hash"]: [] for r in rows}
+        hashes = list(by_hash)
+        for i in range(0, len(hashes), 500):  # under SQLite's limit of bound parameters
+            chunk = hashes[i : i + 500]
+
+            def fn(conn: sqlite3.Connection, chunk: list[str] = chunk) -> list[dict[str, Any]]:
+                sql = (
+                    f"SELECT * FROM epochs WHERE hash IN ({', '.join('?' for _ in chunk)}) "
+                    "ORDER BY hash, epoch"
+                )
+                return [dict(r) for r in conn.execute(sql, chunk)]
+
+            for e in self._retry(fn):
+                by_hash[e.pop("hash")].append(e)
+        out = []
+        for r in rows:
+            run = {k: v for k, v in r.items() if k != "config_json"}
+            try:
+                run["config"] = json.loads(r["config_json"]) if r.get("config_json") else None
+            except ValueError:  # a row written by hand: kept as its text
+                run["config"] = r["config_json"]
+            run["epochs"] = by_hash[r["hash"]]
+            out.append(run)
+        return out
+
+    def to_json(self, path: str | os.PathLike, where: Mapping[str, Any] | str | None = None) -> int:
+        """Write the matching runs (:meth:`runs_with_epochs`) to a JSON file, a list with one
+        object per run; return the number of runs. Written atomically, as :meth:`to_csv` is,
+        and never over a database or a file that is not such a JSON list."""
+        target = user_path(path)
+        _check_csv_target(target, "JSON")
+        runs = self.runs_with_epochs(where)
+        try:
+            if str(path) in STDOUT_PATHS:
+                _write_json(sys.stdout, runs)
+            elif _csv_stream(path):
+                with open(target, "a", encoding="utf-8") as f:
+                    _write_json(f, runs)
+            else:
+                with atomic_write(target, "JSON file") as f:
+                    _write_json(f, runs)
+        except OSError as e:
+            raise cannot_write("JSON file", path, e) from None
+        return len(runs)
+
     def to_csv(
         self,
         path: str | os.PathLike,
@@ -604,6 +656,13 @@ class Store:
         return len(rows)
 
 
+def _write_json(f: Any, runs: Sequence[Mapping[str, Any]]) -> None:
+    # SQLite stores a NaN as NULL (null here) but keeps an infinite loss, which Python's json
+    # writes as Infinity (read back by Python and pandas; strict JSON has no such number)
+    json.dump(list(runs), f, indent=1)
+    f.write("\n")
+
+
 def _write_csv(f: Any, rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> None:
     w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -628,31 +687,33 @@ def _csv_stream(path: str | os.PathLike) -> bool:
     return p.exists() and not p.is_file() and not p.is_dir()
 
 
-def _check_csv_target(target: Path) -> None:
-    """Refuse to overwrite an existing file that is not an earlier CSV of this command (a results
-    database, a run checkpoint or config given as the CSV path by mistake)."""
+def _check_csv_target(target: Path, kind: str = "CSV") -> None:
+    """Refuse to overwrite an existing file that is not an earlier CSV (``kind='JSON'``: JSON)
+    of this command (a results database, a run checkpoint or config given as the path by
+    mistake)."""
+    ext, signature = ("json", b"[") if kind == "JSON" else ("csv", b"hash,")
     if _csv_stream(target):
         return
     if target.is_dir():  # refused before the table is printed
         raise DctpsError(
-            f"CSV target {target} is a folder; give a file path, e.g. {target}/results.csv"
+            f"{kind} target {target} is a folder; give a file path, e.g. {target}/results.{ext}"
         )
     side = re.fullmatch(r"(.+)-(wal|shm|journal)", target.name)
     if side and starts_with(target.with_name(side[1]), b"SQLite format 3\x00"):
         # SQLite owns these: it deletes or rewrites them when the database next closes
         raise DctpsError(
-            f"CSV target {target} is named like an SQLite database's side file, which SQLite "
-            "deletes or rewrites; give another path, e.g. results.csv"
+            f"{kind} target {target} is named like an SQLite database's side file, which "
+            f"SQLite deletes or rewrites; give another path, e.g. results.{ext}"
         )
     if starts_with(target, b"SQLite format 3\x00"):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
-            "with CSV. Give another path, e.g. results.csv"
+            f"with {kind}. Give another path, e.g. results.{ext}"
         )
-    if target.is_file() and target.stat().st_size and not starts_with(target, b"hash,"):
+    if target.is_file() and target.stat().st_size and not starts_with(target, signature):
         raise DctpsError(
-            f"{target} exists and is not a CSV written by `dctps results`; refusing to "
-            "overwrite it. Give another path, e.g. results.csv"
+            f"{target} exists and is not a {kind} written by `dctps results`; refusing to "
+            f"overwrite it. Give another path, e.g. results.{ext}"
         )
 
 
@@ -921,18 +982,31 @@ def print_results(
     where: Iterable[str] = (),
     csv_path: str | os.PathLike | None = None,
     echo: Callable[[str], Any] = print,
+    json_path: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """``dctps results``: print the matching runs as a table, optionally write them to CSV."""
+    """``dctps results``: print the matching runs as a table, optionally write them to CSV
+    and/or JSON (the runs' configs and per-epoch metrics too: :meth:`Store.to_json`)."""
     path = existing_db(db)
-    if csv_path is not None:
-        _check_csv_target(Path(csv_path))  # before printing: the table would hide the error
-        if not _csv_stream(csv_path):
-            make_parent(csv_path, "CSV file", "results.csv")  # as every command does
+    exports = [(p, kind) for p, kind in ((csv_path, "CSV"), (json_path, "JSON")) if p is not None]
+    if sum(str(p) in STDOUT_PATHS for p, _ in exports) > 1:
+        raise DctpsError("--csv and --json cannot both go to standard output; give one a file")
+    for target, kind in exports:
+        if not str(target).strip():
+            raise DctpsError(f"--{kind.lower()} is empty; give a path, e.g. results.{kind.lower()}")
+        # before printing: the table would hide the error
+        _check_csv_target(user_path(target), kind)
+        if not _csv_stream(target):
+            make_parent(target, f"{kind} file", f"results.{kind.lower()}")  # as commands do
     store = Store(path)
     filters = parse_where(where)
     rows = store.query(filters)
-    if csv_path is not None and str(csv_path) in STDOUT_PATHS:
-        store.to_csv(csv_path, filters)  # the CSV alone: e.g. for a pipe
+    streamed = [(p, kind) for p, kind in exports if str(p) in STDOUT_PATHS]
+    if streamed:  # that export alone on standard output: e.g. for a pipe
+        for target, kind in exports:
+            if (target, kind) not in streamed:
+                (store.to_csv if kind == "CSV" else store.to_json)(target, filters)
+        target, kind = streamed[0]
+        (store.to_csv if kind == "CSV" else store.to_json)(target, filters)
         return rows
     if rows:
         variants = variant_column(rows)
@@ -947,4 +1021,7 @@ def print_results(
     if csv_path is not None:
         n = store.to_csv(csv_path, filters)
         echo(f"wrote {n} rows to {csv_path}")
+    if json_path is not None:
+        n = store.to_json(json_path, filters)
+        echo(f"wrote {n} runs (configs and per-epoch metrics) to {json_path}")
     return rows
