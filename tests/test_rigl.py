@@ -297,6 +297,33 @@ def test_a_layer_run_only_without_gradients_counts_as_unused():
         rigl.step()
 
 
+@pytest.mark.parametrize("mode", ["dense", "fast"])
+def test_a_dctps_layer_with_a_frozen_s_keeps_its_support(mode):
+    """``values.requires_grad_(False)`` with a trained alpha: W still needs a gradient, and RigL
+    moved the support, dropping trained values and growing entries that could never train (a
+    masked layer with a frozen ``weight_orig`` was already left alone)."""
+    model = dctps.sparsify(_mlp(), 0.2, seed=0)
+    frozen, other = [m for m in model.modules() if isinstance(m, DCTpSLinear)][:2]
+    frozen.mode = mode
+    with torch.no_grad():
+        frozen.values.normal_()
+    frozen.values.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    rigl = RigL(model, opt, total_steps=40, delta_t=3, alpha=0.5)
+    idx, val, other_idx = frozen.indices.clone(), frozen.values.clone(), other.indices.clone()
+    alpha = frozen.alpha.detach().clone()
+    for i in range(3):
+        x, y = _batch(i)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        if rigl.step():
+            opt.step()
+    assert len(rigl.history) == 1 and rigl.history[0][2] > 0  # an update ran on the others
+    assert torch.equal(frozen.indices, idx) and torch.equal(frozen.values, val)
+    assert not torch.equal(other.indices, other_idx)
+    assert not torch.equal(frozen.alpha, alpha)  # its alpha still trains
+
+
 def _ddp_rigl_rank(rank: int, world: int, init: str, out: str) -> None:
     """One DDP rank of the test below: its half of each global batch, RigL every 2 steps."""
     import torch.distributed as dist

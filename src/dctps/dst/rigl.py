@@ -209,7 +209,9 @@ class _DCT(_Sparse):
 
         def dense_weight() -> torch.Tensor:
             w = bound(self.layer)
-            if torch.is_grad_enabled():
+            # a frozen S keeps its support, as a masked layer's frozen weight does (its W may
+            # still need a gradient, for a trained alpha)
+            if torch.is_grad_enabled() and self.layer.values.requires_grad:
                 self.capture(w)
             return w
 
@@ -440,6 +442,7 @@ class RigL:
                 isinstance(layer, _DCT)
                 and layer.grad is None
                 and layer.ran
+                and layer.layer.values.requires_grad
                 and (layer.layer.mode != "dense")
             ):
                 raise DctpsError(
@@ -497,7 +500,9 @@ class RigL:
 
     def state_dict(self) -> dict[str, int]:
         """The schedule position ``{'t': calls so far}`` (masks are in the model, moments in the
-        optimizer)."""
+        optimizer). Save and load it with the model's and the optimizer's state dicts: a DCTpS
+        layer's moments follow its ``values`` slot by slot, so a model loaded without the
+        optimizer state of the same step pairs them with other weight positions."""
         return {"t": self.t}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
