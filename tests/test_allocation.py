@@ -66,13 +66,40 @@ def test_epf_equal_per_filter():
     assert max(per_filter) - min(per_filter) <= 1.0
 
 
-def test_epl_ref_gives_leftover_only_to_last_layer():
+def _authors_epl(caps, d):
+    """IlanPrice/DCTpS ``calculate_layer_densities('equal_per_layer')`` written out with numpy,
+    then each mask's count as ``scipy.sparse.random`` takes it: ``round(density * size)``."""
+    import numpy as np
+
+    full = list(caps)
+    target = d * sum(full)
+    per_layer = [target / len(full) for _ in full]
+    per_layer = [np.minimum(full[i], per_layer[i]) for i in range(len(full))]
+    per_layer[-1] += target - sum(per_layer)
+    densities = np.minimum(np.divide(per_layer, full), 1)
+    return [int(round(float(p) * n)) for p, n in zip(densities, full, strict=True)]
+
+
+def test_epl_ref_is_the_authors_allocation():
+    """The authors' EPL: share d N / L capped per layer, the capped layers' surplus to the last
+    layer only, each rounded on its own; so totals end below d (a capped last layer) or above it
+    (shares rounding up). It had floored round(d N) / L and given the last layer the integer
+    leftover: up to 48 weights off theirs (FixupResNet110 at 0.01%)."""
+    from dctps.models import build
+
     shapes = [(10, 3), (1000, 1000), (1000, 1000), (5, 5)]
+    caps = [math.prod(s) for s in shapes]
     counts = budgets(shapes, 0.01, "epl_ref")
-    share = round(0.01 * sum(math.prod(s) for s in shapes)) // 4
-    assert counts[:3] == [30, share, share]
-    assert counts[3] == 25  # capped: the reference code ends below the requested density
-    assert sum(counts) < round(0.01 * sum(math.prod(s) for s in shapes))
+    assert counts == _authors_epl(caps, 0.01) == [30, 5000, 5000, 25]
+    assert sum(counts) < round(0.01 * sum(caps))  # the capped last layer: below d
+    for name, d in (("fixup_resnet110", 1e-4), ("vgg19", 0.01), ("resnet50", 1e-4)):
+        model_shapes = [tuple(m.weight.shape) for m in build(name).modules()
+                        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]  # fmt: skip
+        model_caps = [math.prod(s) for s in model_shapes]
+        assert budgets(model_shapes, d, "epl_ref") == _authors_epl(model_caps, d)
+    fixup = [tuple(m.weight.shape) for m in build("fixup_resnet110").modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]  # fmt: skip
+    assert sum(budgets(fixup, 1e-4, "epl_ref")) == 220  # above round(d N) = 172
 
 
 def test_filter_counts_even_split():

@@ -16,9 +16,12 @@ epf        ``out_l`` (filters / output neurons)   equal per filter (Appendix A.2
 erk        ``sum(shape_l)``                       Erdos-Renyi-Kernel (Evci et al., 2020)
 =========  =====================================  =========================================
 
-``epl_ref`` reproduces the authors' code: ``floor(T / L)`` per layer capped at ``N_l`` and all the
-leftover given to the last layer only (capped), so some networks end below ``d`` (VGG19 at 1%
-ends near 0.92%). Use it only to reproduce their figures.
+``epl_ref`` reproduces the authors' code (``calculate_layer_densities('equal_per_layer')`` of
+IlanPrice/DCTpS, then ``scipy.sparse.random``'s ``round(density * size)`` per mask): the unrounded
+share ``T / L`` (``T = d N``) per layer capped at ``N_l``, what the capped layers could not take
+added to the last layer only (capped too), each rounded on its own. So some networks end below
+``d`` (VGG19 at 1% ends near 0.92%) and some above (FixupResNet110 at 0.01%: 220 where
+``round(d N)`` is 172). Use it only to reproduce their figures.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ import torch
 from dctps.errors import DctpsError, check_density, unknown_name
 
 __all__ = ["budgets", "names", "filter_counts", "layer_weights"]
+
+#: revision of ``epl_ref``'s counts, in the identity of the runs that use it: 2 since its counts
+#: are the authors' own (revision 1 floored ``round(d N) / L`` per layer and gave the integer
+#: leftover to the last layer, which differed from theirs by up to 48 weights)
+EPL_REF_REVISION = 2
 
 #: each method's water-filling weight ``w_l`` of a layer whose weight has ``shape`` (module
 #: table); ``epl_ref`` shares ``epl``'s weight but rounds its own way (:func:`budgets`)
@@ -147,14 +155,22 @@ def budgets(
     caps = [math.prod(s) for s in shapes]
     if min(caps) < 1:
         raise DctpsError(f"every layer needs at least one weight, got shapes {shapes}")
-    total = round(d * sum(caps))
     if method == "epl_ref":
-        share = total // len(caps)
-        counts = [min(c, share) for c in caps]
-        counts[-1] = min(caps[-1], counts[-1] + total - sum(counts))
-        return counts
+        return _epl_ref(caps, d)
+    total = round(d * sum(caps))
     counts = _water_fill(caps, [layer_weights(s, method) for s in shapes], total)
     return _at_least_one(counts)
+
+
+def _epl_ref(caps: Sequence[int], d: float) -> list[int]:
+    """The authors' EPL counts (module doc): share ``s = d N / L`` per layer, capped at ``N_l``;
+    the last layer also gets ``d N - sum(min(N_l, s))``; each layer's density ``min(n_l / N_l,
+    1)`` drawn as ``round(density * N_l)`` weights (``scipy.sparse.random``), the float
+    arithmetic kept as theirs is."""
+    target = d * sum(caps)
+    share = [min(float(c), target / len(caps)) for c in caps]
+    share[-1] += target - sum(share)
+    return [int(round(min(n / c, 1.0) * c)) for n, c in zip(share, caps, strict=True)]
 
 
 def filter_counts(

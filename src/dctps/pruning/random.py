@@ -3,9 +3,9 @@
 Each layer ``l`` keeps exactly ``n_l`` weights at uniformly random positions, with
 ``n = budgets(shapes, d, allocation)`` from :func:`dctps.allocation.budgets` (default
 ``uniform``: ``n_l ~ d N_l``; also ``epl``, ``epf``, ``erk``, ``epl_ref``), so the total is exactly
-``round(d N)`` (except ``epl_ref``, the authors' EPL, which can fall short). ``epf`` draws the
-same count per output filter, uniform within each filter (Appendix A.2). The DCTpS code draws
-each layer with ``scipy.sparse.random``: the same distribution.
+``round(d N)`` (except ``epl_ref``, the authors' EPL, which can end below or above it). ``epf``
+draws the same count per output filter, uniform within each filter (Appendix A.2). The DCTpS
+code draws each layer with ``scipy.sparse.random``: the same distribution.
 """
 
 from __future__ import annotations

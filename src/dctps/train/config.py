@@ -314,7 +314,8 @@ class RunConfig:
         supports are seeded (:data:`dctps.sparsify.SUPPORT_REVISION`), for runs pruned at
         initialisation that their masks are checked for a path
         (:data:`dctps.pruning.PATH_CHECK`), and the architecture's learning-rate factors where
-        it has any (:func:`dctps.models.lr_factors`)."""
+        it has any (:func:`dctps.models.lr_factors`), and for ``epl_ref`` runs the revision of
+        its counts (:data:`dctps.allocation.EPL_REF_REVISION`)."""
         from dctps.models import REVISIONS, lr_factors
 
         out = _strip_non_identity(self.resolve())
@@ -330,6 +331,10 @@ class RunConfig:
             from dctps.pruning import PATH_CHECK
 
             out["sparsity"]["path_check"] = PATH_CHECK
+        if out["sparsity"].get("allocation") == "epl_ref":  # its counts changed: other runs
+            from dctps.allocation import EPL_REF_REVISION
+
+            out["sparsity"]["epl_ref_revision"] = EPL_REF_REVISION
         factors = lr_factors(self.model.name)
         if factors:  # runs trained before the recipe's factors were applied are other runs
             out["optim"]["lr_factors"] = factors
