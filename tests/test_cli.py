@@ -32,8 +32,16 @@ def test_version():
 
 def test_budgets_totals_equal_count(tmp_path):
     r = runner.invoke(app, ["budgets", "resnet18", "--density", "0.001", "--allocation", "erk",
-                            "--plot", str(tmp_path / "b.png"), "--compare"])  # fmt: skip
+                            "--plot", str(tmp_path / "b.png")])  # fmt: skip
     assert r.exit_code == 0, r.output
+    # --compare draws EPL and EPF: with --allocation erk it drew them under an ERK title
+    bad = runner.invoke(app, ["budgets", "resnet18", "--density", "0.001", "--allocation", "erk",
+                              "--plot", str(tmp_path / "c.png"), "--compare"])  # fmt: skip
+    assert bad.exit_code == 1 and "--allocation erk would not be drawn" in str(bad.exception)
+    assert not (tmp_path / "c.png").exists()
+    cmp = runner.invoke(app, ["budgets", "resnet18", "--density", "0.001",
+                              "--plot", str(tmp_path / "c.png"), "--compare"])  # fmt: skip
+    assert cmp.exit_code == 0 and (tmp_path / "c.png").exists(), cmp.output
     total_line = [ln for ln in r.output.splitlines() if ln.startswith("total")][0]
     weights, nnz = (int(t.replace(",", "")) for t in total_line.split()[1:3])
     model = dctps.sparsify(build("resnet18"), 0.001, allocation="erk")

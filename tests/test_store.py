@@ -98,14 +98,20 @@ def test_where_values_take_their_columns_type():
     }
     with pytest.raises(DctpsError, match="rigl takes yes or no, got 'maybe'"):
         parse_where(["rigl=maybe"])
-    with pytest.raises(DctpsError, match="density takes a number, got 'high'"):
+    with pytest.raises(DctpsError, match=r"density takes a density in \(0, 1\] .*got 'high'"):
         parse_where(["density=high"])
+    for out_of_range in ("2", "nan", "0"):  # matched nothing: "no runs" instead of the mistake
+        with pytest.raises(DctpsError, match=rf"density in \(0, 1\] .*got '{out_of_range}'"):
+            parse_where([f"density={out_of_range}"])
 
 
 def test_where_takes_what_the_table_prints_and_a_miss_says_what_is_there(tmp_path):
     assert parse_where(["density=0.1%", "allocation=-"]) == {"density": 0.001, "allocation": None}
     assert parse_where(["density=0.7%"]) == {"density": 0.007}  # not 0.7 / 100 = 0.006999...
-    with pytest.raises(DctpsError, match="density takes a number or a percentage, got 'x%'"):
+    with pytest.raises(
+        DctpsError,
+        match=r"density takes a density in \(0, 1\] as a number or a percentage .*got 'x%'",
+    ):
         parse_where(["density=x%"])
     s = Store(tmp_path / "results.db")
     s.start("h0", cfg("dctps", 0.01))

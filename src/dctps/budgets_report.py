@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from dctps.allocation import budgets
 from dctps.errors import DctpsError, check_density
 from dctps.sparsify import prunable_layers
@@ -34,7 +36,8 @@ def budget_rows(
     from dctps.models import build
 
     d = check_density(density)
-    layers = list(prunable_layers(build(model_name, num_classes=num_classes)))
+    with torch.device("meta"):  # shapes only: no memory, whatever --classes asks for
+        layers = list(prunable_layers(build(model_name, num_classes=num_classes)))
     counts = budgets([s for _, _, s in layers], d, allocation)
     if sum(counts) == 0:  # as sparsify and train refuse it: a table of zeros is no answer
         total = sum(math.prod(s) for _, _, s in layers)

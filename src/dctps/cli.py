@@ -97,6 +97,13 @@ def results_cmd(
     print_results(db, where, csv, echo=typer.echo, json_path=json_path)
 
 
+def _not_empty(path: str | None, name: str, example: str) -> None:
+    """Refuse an empty path argument (an unset shell variable): it would mean the current
+    folder, or nothing, without a word."""
+    if path is not None and not path.strip():
+        raise DctpsError(f"{name} is empty; give a path, e.g. {example}")
+
+
 @contextlib.contextmanager
 def _resume_hint(command: str) -> Iterator[None]:
     """Ctrl-C or SIGTERM in a sweep: say what is kept and how to go on (typer would exit 130
@@ -261,6 +268,7 @@ def plot_cmd(
     """Accuracy vs density of any subset of a results database (one panel per model/data)."""
     from dctps.results.plots import plot_command
 
+    _not_empty(out, "--out", "plot.png")
     data = plot_command(db, where, out, x, metric, title)
     typer.echo(data.table())
     typer.echo(f"wrote {', '.join(map(str, data.paths))}")
@@ -276,7 +284,7 @@ def budgets_cmd(
         "epl", help=fill_names("How the global density is split over the layers: {allocations}.")
     ),
     classes: int = typer.Option(10, "--classes", help="Number of output classes."),
-    plot: str = typer.Option("", help="Also draw the per-layer bar chart (PNG + PDF) here."),
+    plot: str = typer.Option(None, help="Also draw the per-layer bar chart (PNG + PDF) here."),
     compare: bool = typer.Option(
         False, help="Plot EPL and EPF side by side (Figure A.2); needs --plot."
     ),
@@ -286,8 +294,15 @@ def budgets_cmd(
 
     density = parse_density(density_arg, "--density")
 
+    _not_empty(plot, "--plot", "budgets.png")
+    plot = plot or ""
     if compare and not plot:
         raise DctpsError("--compare draws EPL and EPF side by side: give --plot FILE.png too")
+    if compare and allocation not in ("epl", "epf"):  # it drew EPL and EPF under an ERK title
+        raise DctpsError(
+            f"--compare draws EPL and EPF side by side; --allocation {allocation} would not be "
+            "drawn: leave --allocation out (or give epl or epf)"
+        )
     if plot and (plot.endswith(("/", os.sep)) or os.path.isdir(os.path.expanduser(plot))):
         # a folder, as --out is for train/sweep/figure/plot (it wrote FOLDER.png beside it)
         plot = os.path.join(plot, f"budgets_{model}.png")
@@ -374,6 +389,7 @@ def export_cmd(
     from dctps.checkpoint_io import MAGIC, inspect, save
     from dctps.train.checkpoint import model_from_checkpoint
 
+    _not_empty(out, "OUT", "model.dctps")
     ckpt, out = os.path.expanduser(ckpt), os.path.expanduser(out)
     check_file_target(out, "checkpoint", "model.dctps")
     if Path(out).name in ("best.pt", "last.pt", "prev.pt") or (

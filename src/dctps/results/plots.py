@@ -85,6 +85,8 @@ def save(fig, path: str | Path) -> list[Path]:
                 f.write(image)
     except OSError as e:
         raise cannot_write("figure", path, e) from None
+    except DctpsError:  # atomic_write's own, already naming the figure (a ValueError too)
+        raise
     except ValueError as e:  # e.g. an unknown image format (file suffix)
         raise DctpsError(f"cannot write figure {path}: {e}") from None
     finally:

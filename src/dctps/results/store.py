@@ -726,14 +726,16 @@ def _parse_value(raw: str, key: str) -> Any:
     if low in ("none", "null", "-"):  # "-": how the table prints an empty cell
         return None
     kind = RUN_COLUMNS[key].split()[0]
-    if key == "density" and raw.endswith("%"):  # as --density and sweep grids take it
+    if key == "density":  # as --density and sweep grids take it
         from dctps.errors import parse_density  # exact: 0.7% is 0.007, not 0.006999...
 
         try:
             return parse_density(raw, "--where density")
         except DctpsError:
+            # 2 or nan matched nothing, and `dctps plot` said "no finished or failed runs"
             raise DctpsError(
-                f"--where density takes a number or a percentage, got {raw!r}"
+                f"--where density takes a density in (0, 1] as a number or a percentage "
+                f"(0.001 or 0.1%), got {raw!r}"
             ) from None
     if key == "rigl":
         if low in ("yes", "true", "1"):
