@@ -919,6 +919,7 @@ def run_sweep(
     ex = None
     if executor != "local":  # fails here, before any bar, when e.g. SLURM is not available
         ex = _submitit_executor(executor, out_p / "submitit", slurm or {})
+    group = _join_torchrun_group([p.cfg for p in todo]) if world > 1 else None
     bar = _bar(len(todo), progress)
     try:
         if executor == "local":
@@ -929,7 +930,36 @@ def run_sweep(
     finally:
         if bar is not None:
             bar.close()
+        if group is not None:
+            from dctps.train.distributed import teardown
+
+            teardown(group)
     return report
+
+
+def _join_torchrun_group(cfgs: Sequence[RunConfig]) -> Any:
+    """Under ``torchrun``, join the process group once for the whole sweep (its
+    :class:`~dctps.train.distributed.DistContext`): each run then finds it joined and leaves it
+    be. A run that created and destroyed its own group, one after the other on the same
+    rendezvous, failed the next run's first collective now and then ("Connection reset by
+    peer") or hung. The runs must share one kind of device (one backend: gloo or nccl)."""
+    import torch
+
+    from dctps.train.distributed import setup
+
+    def kind(device: str) -> str:
+        if device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if device.startswith("cuda") else device
+
+    kinds = sorted({kind(c.device) for c in cfgs})
+    if len(kinds) > 1:
+        raise DctpsError(
+            f"a sweep under torchrun joins one process group for all its runs, but its runs ask "
+            f"for devices of {' and '.join(kinds)} (one backend each): give every run the same "
+            "--device (e.g. --set device=cuda)"
+        )
+    return setup(cfgs[0].device)
 
 
 def check_workers(workers: int | None) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, one_line
 
 __all__ = ["DistContext", "setup", "teardown"]
 
@@ -135,7 +135,14 @@ def setup(device: str = "auto") -> DistContext:
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kw: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world, **kw)
+        try:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world, **kw)
+        except (ValueError, RuntimeError) as e:  # e.g. WORLD_SIZE set by hand, no MASTER_ADDR
+            raise DctpsError(
+                f"cannot join the process group of {world} processes as rank {rank} "
+                f"({one_line(e)}); launch the command with torchrun, or unset WORLD_SIZE to "
+                "run one process"
+            ) from None
         owns = True
     return DistContext(rank, world, local, dev, owns)
 

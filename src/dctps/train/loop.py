@@ -671,6 +671,10 @@ def _fit(
     # a DCTpS budget that cannot pay for per-channel alphas, a bad exclude pattern: refused here
     # too, not after an empty store and run folder were created
     su.check_budget_on_meta(shape, cfg)
+    if cfg.optim.batch_size is not None and cfg.optim.batch_size % ctx.world_size:
+        raise DctpsError(  # before any output, as the other refusals of a config are
+            f"batch_size {cfg.optim.batch_size} is not divisible by the {ctx.world_size} processes"
+        )
     # a RigL schedule that never updates, on the official data's step count (never below the
     # loader's): refused before any output too, unless a store holds the run done (recorded
     # before this refusal existed: it stays done); the loader's own count is checked later
