@@ -183,5 +183,6 @@ def test_a_sweep_under_torchrun_trains_run_after_run(fake_cifar10, tmp_path):
         r = _launch(2, "sweep", str(grid), "--out", str(tmp_path / f"s{attempt}"), "-q",
                     "--threads", "1")  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.count("4 runs: 4 done") == 1, r.stdout  # one summary, not one per rank
         rows = Store(tmp_path / f"s{attempt}").query()
         assert len(rows) == 4 and {row["status"] for row in rows} == {"done"}

@@ -1266,5 +1266,8 @@ def sweep_command(
         configs, out, db=db, executor=executor, workers=workers, retry_failed=retry_failed,
         progress=not quiet, slurm=params, wait=wait, threads=threads,
     )  # fmt: skip
-    echo(report.summary())
+    from dctps.train.distributed import reporting_rank
+
+    if reporting_rank():  # under torchrun every rank ran the same sweep: one summary
+        echo(report.summary())
     return report

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any
 
 from dctps.errors import DctpsError, set_threads
@@ -24,6 +23,7 @@ from dctps.train.config import (
     load_config,
     save_config,
 )
+from dctps.train.distributed import reporting_rank
 from dctps.train.loop import describe, evaluate, fit, train_one_epoch
 
 __all__ = [
@@ -63,7 +63,7 @@ def _train(**kw: Any) -> None:
     except KeyboardInterrupt as e:
         # typer would exit 130 without a word; say what survives and how to go on
         term = isinstance(e, Terminated)
-        if os.environ.get("RANK", "0") == "0":
+        if reporting_rank():
             typer.echo(
                 f"\n{'terminated (SIGTERM)' if term else 'interrupted'}: run the same command "
                 "again to resume from the last completed epoch's checkpoint (a run stopped "
@@ -71,7 +71,7 @@ def _train(**kw: Any) -> None:
                 err=True,
             )
         raise typer.Exit(exit_code(e)) from None
-    if os.environ.get("RANK", "0") == "0":
+    if reporting_rank():
         typer.echo(describe(result))
     if result.get("status") == "failed":
         raise typer.Exit(1)

@@ -107,6 +107,15 @@ class DistContext:
                 dist.barrier()
 
 
+def reporting_rank() -> bool:
+    """Whether this process prints a command's result: rank 0 under ``torchrun`` with several
+    processes, else always (a stray ``RANK`` without ``WORLD_SIZE`` is one process, which
+    printed nothing)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return True
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _pick_device(pref: str, local_rank: int) -> torch.device:
     if pref == "cpu":
         return torch.device("cpu")
