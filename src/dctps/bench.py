@@ -48,7 +48,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dctps.atomic import atomic_write, check_file_target, make_parent
-from dctps.errors import DctpsError, cannot_write, one_line, set_threads, unknown_name
+from dctps.errors import (
+    DctpsError,
+    cannot_write,
+    one_line,
+    refuse_empty,
+    set_threads,
+    unknown_name,
+)
 
 __all__ = ["NAMES", "run", "main", "timeit"]
 
@@ -731,8 +738,7 @@ def main(argv: list[str] | None = None, default: str = "all") -> None:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     a = p.parse_args(argv)
     try:
-        if a.json is not None and not a.json.strip():
-            raise DctpsError("--json is empty; give a file path, e.g. rows.json")
+        refuse_empty(a.json, "--json", "rows.json")
         if a.json:  # before the run: a bad path must not cost the whole benchmark's rows
             check_file_target(a.json, "benchmark rows", "rows.json")
             make_parent(a.json, "benchmark rows", "rows.json")

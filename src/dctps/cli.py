@@ -19,7 +19,7 @@ import typer
 
 from dctps._version import __version__
 from dctps.atomic import check_file_target, make_parent, starts_with
-from dctps.errors import DctpsError, parse_density
+from dctps.errors import DctpsError, parse_density, refuse_empty
 from dctps.train.config import fill_names
 
 WHERE_HELP = (
@@ -95,13 +95,6 @@ def results_cmd(
     from dctps.results.store import print_results
 
     print_results(db, where, csv, echo=typer.echo, json_path=json_path)
-
-
-def _not_empty(path: str | None, name: str, example: str) -> None:
-    """Refuse an empty path argument (an unset shell variable): it would mean the current
-    folder, or nothing, without a word."""
-    if path is not None and not path.strip():
-        raise DctpsError(f"{name} is empty; give a path, e.g. {example}")
 
 
 @contextlib.contextmanager
@@ -268,7 +261,7 @@ def plot_cmd(
     """Accuracy vs density of any subset of a results database (one panel per model/data)."""
     from dctps.results.plots import plot_command
 
-    _not_empty(out, "--out", "plot.png")
+    refuse_empty(out, "--out", "plot.png")
     data = plot_command(db, where, out, x, metric, title)
     typer.echo(data.table())
     typer.echo(f"wrote {', '.join(map(str, data.paths))}")
@@ -294,7 +287,7 @@ def budgets_cmd(
 
     density = parse_density(density_arg, "--density")
 
-    _not_empty(plot, "--plot", "budgets.png")
+    refuse_empty(plot, "--plot", "budgets.png")
     plot = plot or ""
     if compare and not plot:
         raise DctpsError("--compare draws EPL and EPF side by side: give --plot FILE.png too")
@@ -389,7 +382,7 @@ def export_cmd(
     from dctps.checkpoint_io import MAGIC, inspect, save
     from dctps.train.checkpoint import model_from_checkpoint
 
-    _not_empty(out, "OUT", "model.dctps")
+    refuse_empty(out, "OUT", "model.dctps")
     ckpt, out = os.path.expanduser(ckpt), os.path.expanduser(out)
     check_file_target(out, "checkpoint", "model.dctps")
     if Path(out).name in ("best.pt", "last.pt", "prev.pt") or (

@@ -100,6 +100,13 @@ def yaml_problem(e: Exception) -> str:
     return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
+def refuse_empty(path: str | os.PathLike | None, name: str, example: str) -> None:
+    """A :class:`DctpsError` for an empty path argument (an unset shell variable): it would
+    mean the current folder, or nothing, without a word. ``None`` (not given) passes."""
+    if path is not None and not str(path).strip():
+        raise DctpsError(f"{name} is empty; give a path, e.g. {example}")
+
+
 def user_path(path: str | os.PathLike) -> Path:
     """``path`` as given by a user, with a leading ``~`` expanded: the shell leaves a quoted
     ``'~/out'`` or ``--out=~/out`` alone, and every path dctps reads or writes (outputs,

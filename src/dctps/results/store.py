@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dctps.atomic import atomic_write, make_parent, starts_with
-from dctps.errors import DctpsError, cannot_write, user_path
+from dctps.errors import DctpsError, cannot_write, refuse_empty, user_path
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
 
@@ -609,7 +609,7 @@ class Store:
         object per run; return the number of runs. Written atomically, as :meth:`to_csv` is,
         and never over a database or a file that is not such a JSON list."""
         target = user_path(path)
-        _check_csv_target(target, "JSON")
+        _check_export_target(target, "JSON")
         runs = self.runs_with_epochs(where)
         try:
             if str(path) in STDOUT_PATHS:
@@ -637,7 +637,7 @@ class Store:
         sibling and renamed, so a failure leaves any previous CSV intact.
         """
         target = user_path(path)
-        _check_csv_target(target)
+        _check_export_target(target)
         rows = self.query(where)
         cols = list(columns or RUN_COLUMNS)
         try:
@@ -687,7 +687,7 @@ def _csv_stream(path: str | os.PathLike) -> bool:
     return p.exists() and not p.is_file() and not p.is_dir()
 
 
-def _check_csv_target(target: Path, kind: str = "CSV") -> None:
+def _check_export_target(target: Path, kind: str = "CSV") -> None:
     """Refuse to overwrite an existing file that is not an earlier CSV (``kind='JSON'``: JSON)
     of this command (a results database, a run checkpoint or config given as the path by
     mistake)."""
@@ -993,10 +993,9 @@ def print_results(
     if sum(str(p) in STDOUT_PATHS for p, _ in exports) > 1:
         raise DctpsError("--csv and --json cannot both go to standard output; give one a file")
     for target, kind in exports:
-        if not str(target).strip():
-            raise DctpsError(f"--{kind.lower()} is empty; give a path, e.g. results.{kind.lower()}")
+        refuse_empty(target, f"--{kind.lower()}", f"results.{kind.lower()}")
         # before printing: the table would hide the error
-        _check_csv_target(user_path(target), kind)
+        _check_export_target(user_path(target), kind)
         if not _csv_stream(target):
             make_parent(target, f"{kind} file", f"results.{kind.lower()}")  # as commands do
     store = Store(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from dctps.errors import DctpsError, set_threads
+from dctps.errors import refuse_empty, set_threads
 from dctps.interrupts import Terminated, exit_code, sigterm_as_interrupt
 from dctps.train.config import (
     RECIPES,
@@ -51,9 +51,9 @@ def _train(**kw: Any) -> None:
 
     config, out, db = kw.pop("config"), kw.pop("out"), kw.pop("db")
     resume, quiet, threads = kw.pop("resume"), kw.pop("quiet"), kw.pop("threads")
-    for flag, value in (("--config", config), ("--out", out), ("--db", db)):
-        if value is not None and not str(value).strip():  # "$UNSET_VARIABLE": not "." or nothing
-            raise DctpsError(f"{flag} is empty; give a path")
+    for flag, value, example in (("--config", config, "run.yaml"), ("--out", out, "results"),
+                                 ("--db", db, "results.db")):  # fmt: skip
+        refuse_empty(value, flag, example)
     set_threads(threads)
     base = load_config(config) if config is not None else None
     cfg = config_from_cli(kw, base)
