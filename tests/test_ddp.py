@@ -186,3 +186,18 @@ def test_a_sweep_under_torchrun_trains_run_after_run(fake_cifar10, tmp_path):
         assert r.stdout.count("4 runs: 4 done") == 1, r.stdout  # one summary, not one per rank
         rows = Store(tmp_path / f"s{attempt}").query()
         assert len(rows) == 4 and {row["status"] for row in rows} == {"done"}
+
+
+def test_a_refusal_on_rank_0_alone_is_every_ranks_one_line(fake_cifar10, tmp_path):
+    """Rank 0 alone opens the store and locks the run: its refusal left rank 1 waiting in a
+    broadcast, which failed with a 60-line gloo traceback that buried rank 0's one line."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database, but notes that must survive\n" * 20)
+    r = _train(tmp_path / "out", fake_cifar10, 2, "--db", str(notes))
+    assert r.returncode != 0
+    for rank in (0, 1):
+        assert f"[rank {rank}] error: " in r.stderr and "not a results database" in r.stderr
+    # torchrun's own report of a failed child follows; no rank fails in gloo
+    assert "gloo" not in r.stderr and "Connection closed" not in r.stderr, r.stderr
+    assert r.stderr.count("not a results database") == 2
+    assert notes.read_text().startswith("not a database")

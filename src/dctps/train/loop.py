@@ -29,10 +29,10 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -473,6 +473,32 @@ def _run_lock(folder: Path) -> Iterator[None]:
         f.close()
 
 
+T = TypeVar("T")
+
+
+def _main_decides(ctx: DistContext, fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 only (its result there, ``None`` on the other ranks), its refusal
+    shared: a :class:`DctpsError` on rank 0 (a busy run, an unusable store) is raised on every
+    rank, which would otherwise fail in their next collective with gloo's traceback beside
+    rank 0's one line."""
+    result, refusal = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except DctpsError as e:
+            refusal = e
+    if ctx.enabled:
+        said = ctx.broadcast(
+            None if refusal is None else (isinstance(refusal, RunBusy), str(refusal))
+        )
+        if said is not None and not ctx.is_main:
+            busy, message = said
+            raise (RunBusy if busy else DctpsError)(message)
+    if refusal is not None:
+        raise refusal
+    return result
+
+
 def _shared_store_locks(store: Any, out: Path) -> Path | None:
     """The folder of run locks beside a results store outside ``out`` (``--db`` elsewhere), or
     ``None``. Sweeps of other ``--out`` folders sharing that store would otherwise train the
@@ -689,7 +715,7 @@ def _fit(
     # that exists may hold the run done, which needs no data)
     if not _store_exists(store_arg, out):
         data_mod.check_root(cfg.data.dataset, cfg.data.root)
-    store = _open_store(store_arg, out) if ctx.is_main else None
+    store = _main_decides(ctx, lambda: _open_store(store_arg, out))
 
     # ---- already done? (rank 0 decides for everyone)
     done = _done_result(store, h, run_dir, ctx, cfg.data)
@@ -702,11 +728,18 @@ def _fit(
     data_mod.check_root(cfg.data.dataset, cfg.data.root)  # before the run folder is created
 
     lock = contextlib.ExitStack()
-    if ctx.is_main:
-        lock.enter_context(_run_lock(run_dir))
-        shared = _shared_store_locks(store, out)
-        if shared is not None:
-            lock.enter_context(_run_lock(shared / h))
+
+    def take_locks() -> None:
+        try:
+            lock.enter_context(_run_lock(run_dir))
+            shared = _shared_store_locks(store, out)
+            if shared is not None:
+                lock.enter_context(_run_lock(shared / h))
+        except BaseException:
+            lock.close()  # the run folder's lock too, when the store's is busy
+            raise
+
+    _main_decides(ctx, take_locks)
     with lock:
         # done by another process between the first look and the lock (a sweep beside this
         # one): reopening it would mark its row running and test it again
