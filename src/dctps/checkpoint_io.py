@@ -232,13 +232,15 @@ def _unwrapped_once(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else model
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The model inside ``torch.compile``'s, ``DataParallel``'s and ``DistributedDataParallel``'s
-    wrappers, else ``model``: their state dict names carry ``_orig_mod.`` or ``module.``, which
-    the plain model's do not, and one checkpoint serves all of them."""
-    while (inner := _unwrapped_once(model)) is not model:
-        model = inner
-    return model
+def _wrappers(model: nn.Module) -> list[nn.Module]:
+    """``model`` and the models inside its ``torch.compile``, ``DataParallel`` and
+    ``DistributedDataParallel`` wrappers, outermost first; the last is the plain model. Their
+    state dict names carry ``_orig_mod.`` or ``module.``, which the plain model's do not, and
+    one checkpoint serves all of them."""
+    chain = [model]
+    while (inner := _unwrapped_once(chain[-1])) is not chain[-1]:
+        chain.append(inner)
+    return chain
 
 
 def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> Path:
@@ -253,7 +255,7 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     """
     if not isinstance(model, nn.Module):
         raise DctpsError(f"save needs an nn.Module, got {type(model).__name__}")
-    model = _unwrapped(model)
+    model = _wrappers(model)[-1]
     arch = arch if arch is not None else getattr(model, "dctps_arch", None)
     if arch is not None:
         if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
@@ -513,19 +515,15 @@ def load(
     elif not isinstance(model, nn.Module):
         raise DctpsError(f"load needs model=None or an nn.Module, got {type(model).__name__}")
     else:
-        inner = model
-        while True:  # DDP registered its parameters when it wrapped the model: a layer the load
-            # replaced or resized would train unsynchronised (or fail its first backward)
-            if isinstance(inner, nn.parallel.DistributedDataParallel):
-                raise DctpsError(
-                    f"cannot load {path} into a DistributedDataParallel model: load it into the "
-                    "plain model (model.module) first, then wrap that in DistributedDataParallel"
-                )
-            nxt = _unwrapped_once(inner)
-            if nxt is inner:
-                break
-            inner = nxt
-        model = inner
+        chain = _wrappers(model)
+        # DDP registered its parameters when it wrapped the model: a layer the load replaced
+        # or resized would train unsynchronised (or fail its first backward)
+        if any(isinstance(m, nn.parallel.DistributedDataParallel) for m in chain):
+            raise DctpsError(
+                f"cannot load {path} into a DistributedDataParallel model: load it into the "
+                "plain model (model.module) first, then wrap that in DistributedDataParallel"
+            )
+        model = chain[-1]
         mine, saved = getattr(model, "dctps_arch", None), header.get("arch")
         if (
             isinstance(mine, dict)

@@ -503,7 +503,9 @@ def main() -> None:
 def _rank_prefix() -> str:
     """``[rank N] `` under ``torchrun`` with several processes (each prints its own error: the
     reader must tell which one failed first), else nothing."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    from dctps.train.distributed import launched_world_size
+
+    if launched_world_size() > 1:
         return f"[rank {os.environ.get('RANK', '?')}] "
     return ""
 

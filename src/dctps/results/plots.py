@@ -45,7 +45,7 @@ def check_figure_path(path: str | Path) -> None:
             raise DctpsError(
                 f"cannot write figure {target}: that is a folder; give a file path in it"
             )
-    for parent in user_path(path).parents:  # the nearest one that exists must be a folder
+    for parent in p.parents:  # the nearest one that exists must be a folder
         if parent.exists():
             if not parent.is_dir():
                 raise DctpsError(
@@ -54,7 +54,7 @@ def check_figure_path(path: str | Path) -> None:
                 )
             break
 
-    suffix = user_path(path).suffix.lower().lstrip(".")
+    suffix = p.suffix.lower().lstrip(".")
     kinds = FigureCanvasBase.get_supported_filetypes()
     if suffix and suffix not in kinds:
         raise DctpsError(

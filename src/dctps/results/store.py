@@ -608,20 +608,9 @@ class Store:
         """Write the matching runs (:meth:`runs_with_epochs`) to a JSON file, a list with one
         object per run; return the number of runs. Written atomically, as :meth:`to_csv` is,
         and never over a database or a file that is not such a JSON list."""
-        target = user_path(path)
-        _check_export_target(target, "JSON")
+        _check_export_target(user_path(path), "JSON")
         runs = self.runs_with_epochs(where)
-        try:
-            if str(path) in STDOUT_PATHS:
-                _write_json(sys.stdout, runs)
-            elif _csv_stream(path):
-                with open(target, "a", encoding="utf-8") as f:
-                    _write_json(f, runs)
-            else:
-                with atomic_write(target, "JSON file") as f:
-                    _write_json(f, runs)
-        except OSError as e:
-            raise cannot_write("JSON file", path, e) from None
+        _export(path, "JSON", lambda f: _write_json(f, runs))
         return len(runs)
 
     def to_csv(
@@ -636,24 +625,33 @@ class Store:
         as the CSV path by mistake would lose every run). The file is written to a temporary
         sibling and renamed, so a failure leaves any previous CSV intact.
         """
-        target = user_path(path)
-        _check_export_target(target)
+        _check_export_target(user_path(path))
         rows = self.query(where)
         cols = list(columns or RUN_COLUMNS)
-        try:
-            if str(path) in STDOUT_PATHS:  # through sys.stdout: appends, as `>>` asks
-                _write_csv(sys.stdout, rows, cols)
-            elif _csv_stream(path):  # another descriptor, a FIFO or a device: never replaced
-                # appended: opening /dev/fd/N or /dev/stderr for writing would truncate a file
-                # that the shell redirected there with >>
-                with open(target, "a", newline="", encoding="utf-8") as f:
-                    _write_csv(f, rows, cols)
-            else:
-                with atomic_write(target, "CSV file", newline="") as f:
-                    _write_csv(f, rows, cols)
-        except OSError as e:
-            raise cannot_write("CSV file", path, e) from None
+        _export(path, "CSV", lambda f: _write_csv(f, rows, cols), newline="")
         return len(rows)
+
+
+def _export(
+    path: str | os.PathLike, kind: str, write: Callable[[Any], None], newline: str | None = None
+) -> None:
+    """Run ``write(f)`` on the export target ``path`` (checked by :func:`_check_export_target`):
+    standard output; another stream (a descriptor, a FIFO, a device), appended to and never
+    replaced (opening ``/dev/fd/N`` or ``/dev/stderr`` for writing would truncate a file the
+    shell redirected there with ``>>``); else a file written atomically, so a failure leaves
+    the previous one whole."""
+    target = user_path(path)
+    try:
+        if str(path) in STDOUT_PATHS:  # through sys.stdout: appends, as `>>` asks
+            write(sys.stdout)
+        elif _csv_stream(path):
+            with open(target, "a", newline=newline, encoding="utf-8") as f:
+                write(f)
+        else:
+            with atomic_write(target, f"{kind} file", newline=newline) as f:
+                write(f)
+    except OSError as e:
+        raise cannot_write(f"{kind} file", path, e) from None
 
 
 def _write_json(f: Any, runs: Sequence[Mapping[str, Any]]) -> None:

@@ -878,7 +878,9 @@ def run_sweep(
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
     threads = check_threads(threads or 0, "threads", here=executor != "slurm") or None
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    from dctps.train.distributed import launched_world_size
+
+    world = launched_world_size()
     if world > 1 and ((workers or 1) > 1 or executor != "local"):
         # each worker or job would join the launcher's process group: runs of different
         # configs met in one DDP group and the sweep hung
@@ -943,16 +945,9 @@ def _join_torchrun_group(cfgs: Sequence[RunConfig]) -> Any:
     be. A run that created and destroyed its own group, one after the other on the same
     rendezvous, failed the next run's first collective now and then ("Connection reset by
     peer") or hung. The runs must share one kind of device (one backend: gloo or nccl)."""
-    import torch
+    from dctps.train.distributed import device_kind, setup
 
-    from dctps.train.distributed import setup
-
-    def kind(device: str) -> str:
-        if device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return "cuda" if device.startswith("cuda") else device
-
-    kinds = sorted({kind(c.device) for c in cfgs})
+    kinds = sorted({device_kind(c.device) for c in cfgs})
     if len(kinds) > 1:
         raise DctpsError(
             f"a sweep under torchrun joins one process group for all its runs, but its runs ask "

@@ -107,11 +107,17 @@ class DistContext:
                 dist.barrier()
 
 
+def launched_world_size() -> int:
+    """The process count ``torchrun`` launched this process among (``WORLD_SIZE``; 1 without
+    it)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def reporting_rank() -> bool:
     """Whether this process prints a command's result: rank 0 under ``torchrun`` with several
     processes, else always (a stray ``RANK`` without ``WORLD_SIZE`` is one process, which
     printed nothing)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if launched_world_size() <= 1:
         return True
     return os.environ.get("RANK", "0") == "0"
 
@@ -126,13 +132,19 @@ def _pick_device(pref: str, local_rank: int) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def device_kind(device: str) -> str:
+    """The kind of device (``'cpu'``, ``'cuda'``) that :func:`setup` picks for ``device``, which
+    decides the process group's backend."""
+    return _pick_device(device, 0).type
+
+
 def setup(device: str = "auto") -> DistContext:
     """Join the ``torchrun`` process group if ``WORLD_SIZE > 1``, else one local process.
 
     ``device`` (``auto | cpu | cuda | cuda:N``) picks the device; under ``torchrun`` CUDA ranks use
     ``cuda:LOCAL_RANK`` and the ``nccl`` backend, CPU ranks ``gloo``.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     if world <= 1:

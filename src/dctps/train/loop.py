@@ -697,10 +697,13 @@ def _fit(
     # a DCTpS budget that cannot pay for per-channel alphas, a bad exclude pattern: refused here
     # too, not after an empty store and run folder were created
     su.check_budget_on_meta(shape, cfg)
-    if cfg.optim.batch_size is not None and cfg.optim.batch_size % ctx.world_size:
-        raise DctpsError(  # before any output, as the other refusals of a config are
-            f"batch_size {cfg.optim.batch_size} is not divisible by the {ctx.world_size} processes"
+    o = cfg.optim  # resolved by fit
+    assert o.batch_size is not None and o.epochs is not None
+    if o.batch_size % ctx.world_size:  # before any output, as the other refusals of a config are
+        raise DctpsError(
+            f"batch_size {o.batch_size} is not divisible by the {ctx.world_size} processes"
         )
+    store_existed = _store_exists(store_arg, out)
     # a RigL schedule that never updates, on the official data's step count (never below the
     # loader's): refused before any output too, unless a store holds the run done (recorded
     # before this refusal existed: it stays done); the loader's own count is checked later
@@ -709,11 +712,11 @@ def _fit(
         su.check_rigl_schedule(cfg, su.train_steps(cfg))
     except DctpsError as e:
         never_updates = e
-        if not _store_exists(store_arg, out):
+        if not store_existed:
             raise
     # a missing data root or data set folder: refused before a new store is created (a store
-    # that exists may hold the run done, which needs no data)
-    if not _store_exists(store_arg, out):
+    # that exists may hold the run done, which needs no data: checked after that look)
+    if not store_existed:
         data_mod.check_root(cfg.data.dataset, cfg.data.root)
     store = _main_decides(ctx, lambda: _open_store(store_arg, out))
 
@@ -725,7 +728,8 @@ def _fit(
         return done
     if never_updates is not None:
         raise never_updates
-    data_mod.check_root(cfg.data.dataset, cfg.data.root)  # before the run folder is created
+    if store_existed:  # before the run folder is created
+        data_mod.check_root(cfg.data.dataset, cfg.data.root)
 
     lock = contextlib.ExitStack()
 
@@ -775,12 +779,6 @@ def _fit(
                 f"fingerprint {ck['data']}, now {data_fp}; the data root is not part of a run's "
                 "identity): resuming would mix the two. Give another --out, or delete the run "
                 "folder to train it again on these data"
-            )
-        o = cfg.optim
-        assert o.batch_size is not None and o.epochs is not None
-        if o.batch_size % ctx.world_size:
-            raise DctpsError(
-                f"batch_size {o.batch_size} is not divisible by the {ctx.world_size} processes"
             )
         per_rank = o.batch_size // ctx.world_size
         dev, rk, ws = ctx.device, ctx.rank, ctx.world_size
