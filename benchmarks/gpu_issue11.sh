@@ -4,13 +4,15 @@
 #   bash benchmarks/gpu_issue11.sh            # on the GPU machine; logs to $OUT (default gpu-out)
 #   DEVICE=cpu QUICK=--quick bash benchmarks/gpu_issue11.sh   # dry run of the script on a CPU
 #   PARTS="step graph" bash benchmarks/gpu_issue11.sh          # only some parts
-#   PARTS="tests layer conv" bash benchmarks/gpu_issue11.sh    # (b)'s rows: the kernels' tests, a lone
-#                                 conv per rebuild (kernel computing D, kernel-read), the per-layer table
+#   PARTS="tests kernels layer conv" bash benchmarks/gpu_issue11.sh    # (b)'s rows: the kernels' tests,
+#                                 the kernels alone, a lone conv per rebuild, the per-layer table
 #
 # Parts, most important first, each under its own time limit so one slow part cannot eat the
 # others (about 7 minutes in all on an H100):
 #   tests    tests/test_cuda.py and tests/test_triton_rebuild.py (numbers on CUDA; the kernels; the batched rebuild never synchronises the host;
 #            a CUDA-graph replay equals eager) and the pruning collapse check on the model's device
+#   kernels  benchmarks/rebuild_kernels.py: the Triton rebuild alone against a copy of the weight's
+#            bytes, as the library chooses and with D always computed / always read, whole rows or split
 #   step     dctps bench step: ResNet18 step, dense vs DCTpS auto vs DCTpS batched, operator counts
 #   graph    benchmarks/step_cudagraph.py: eager vs CUDA graph, dense / auto / dense-mode / batched,
 #            also in channels_last (cuDNN's layout conversions took 12% of an H100 step)
@@ -27,7 +29,7 @@ OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-}
 PY=${PYTHON:-python3}
-PARTS=${PARTS:-tests step graph profile layer conv compile train breakdown linear memory}
+PARTS=${PARTS:-tests kernels step graph profile layer conv compile train breakdown linear memory}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 start=$(date +%s)
@@ -56,6 +58,7 @@ else
 fi
 part tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_triton_rebuild.py \
   tests/test_pruning_collapse.py::test_check_runs_on_the_models_device
+part kernels 150 $PY benchmarks/rebuild_kernels.py --dct auto c r --programs 1 512 --reps 100
 part step 150 $PY -m dctps.cli bench step --device "$DEVICE" $QUICK
 part graph 150 $PY benchmarks/step_cudagraph.py $GRAPH_ARGS
 part profile 90 $PY benchmarks/profile_step.py $PROF_ARGS

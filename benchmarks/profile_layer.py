@@ -4,7 +4,9 @@ For a few conv shapes of ResNet18 at CIFAR sizes this times forward+backward of 
 of ``DCTpSConv2d(mode='dense')`` with each rebuild of ``W = alpha * D + S``:
 
 - ``kernel``: one Triton kernel each way (:mod:`dctps.triton_rebuild`), what CUDA uses while a
-  graph is captured (here in every call), computing the DCT's entries (none of ``D`` read);
+  graph is captured (here in every call), computing the DCT's entries where
+  :func:`dctps.triton_rebuild.computes_dct` says it pays (for none of these convs since
+  session 16: they read ``D`` as ``kernel-read`` does);
 - ``kernel-read``: the same kernels reading ``D``, as they do for the other offsets;
 - ``ops``: built-in differentiable operators, what eager CUDA calls use (after the first, which
   compile the kernels) and other accelerators (:func:`dctps.layers.op_rebuild`);

@@ -67,7 +67,7 @@ def _both(d, alpha, idx, vals, seed=1):
     "rows,fan,nnz",
     [
         (8, 27, 20),  # a 3->8 k3 conv
-        (5, 2100, 300),  # rows longer than a block (1024)
+        (5, 2100, 300),  # rows of 3 tiles (1024 entries each): split in 3 chunks
         (1, 5, 5),  # one row, fully dense S
         (3, 7, 0),  # no support at all
         (1100, 3, 700),  # more rows than one pass of the last program's sum (1024)
@@ -92,6 +92,23 @@ def test_kernels_equal_the_builtin_operators_in_float64(rows, fan, nnz, per_row)
         )
 
 
+@pytest.mark.parametrize("per_row", [False, True])
+def test_whole_rows_give_what_rows_split_in_chunks_give(per_row, monkeypatch):
+    """One program per row, and each row split in 3 (the default for 5 rows of 3 tiles)."""
+    d, alpha, idx, vals = _case(5, 2100, 300, per_row, torch.float64)
+    got = []
+    for programs, split in ((1, 1), (512, 3)):
+        monkeypatch.setattr(tr, "_PROGRAMS", programs)
+        assert tr._plan(5, 2100, None)[2] == split
+        ((w, da, dv), (w0, da0, dv0)), _ = _both(d, alpha, idx, vals)
+        torch.testing.assert_close(w, w0, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(da, da0, rtol=1e-12, atol=1e-12)
+        assert torch.equal(dv, dv0)
+        got.append((w, da))
+    assert torch.equal(got[0][0], got[1][0])  # the same products, whoever writes them
+    torch.testing.assert_close(got[0][1], got[1][1], rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("per_row", [False, True])
 def test_kernels_in_low_precision_stay_within_rounding(dtype, per_row):
@@ -110,27 +127,34 @@ def test_kernels_in_low_precision_stay_within_rounding(dtype, per_row):
     assert torch.equal(dv, dv0)
 
 
-@pytest.mark.parametrize("nnz", [0, 1, 127, 128, 129, 16385])
-def test_the_forward_finds_each_rows_support_as_searchsorted_does(nnz):
-    """The forward's K-ary search (128 probes a round) against torch.searchsorted, with
-    entries on row boundaries and empty rows among the rows."""
-    rows, fan = 400, 97
+@pytest.mark.parametrize(
+    "nnz,rows,fan,programs",
+    [(0, 400, 97, 1024), (1, 400, 97, 1024), (127, 400, 97, 1024), (128, 400, 97, 1024),
+     (129, 400, 97, 1024), (16385, 400, 97, 1024),
+     (5000, 4, 4500, 1024), (5000, 4, 4500, 1)],  # 5 chunks of a row; whole rows
+)  # fmt: skip
+def test_the_forward_places_each_value_once_at_its_index(nnz, rows, fan, programs, monkeypatch):
+    """The forward's K-ary search (128 probes a round) of each chunk's support, with entries
+    on row and chunk boundaries and empty rows among the rows: every value lands at its index,
+    once, and the counter is zeroed for the backward."""
+    monkeypatch.setattr(tr, "_PROGRAMS", programs)
     g = torch.Generator().manual_seed(nnz)
-    bounds = torch.arange(0, rows * fan // 2, fan)
+    # row starts, and (long rows) the chunks' starts: blocks of 1024 entries
+    bounds = torch.arange(0, rows * fan // 2, fan if fan < 1024 else 1024)
     edges = torch.cat([bounds, bounds + fan - 1])[: nnz // 2]  # rows' first and last entries
     pool = torch.randperm(rows * fan // 2, generator=g)  # the first half: the last rows empty
     rest = pool[~torch.isin(pool, edges)][: nnz - edges.numel()]
     idx = torch.sort(torch.cat([edges, rest])).values.to(DEVICE)
     assert idx.numel() == nnz
+    assert tr.chunks(rows, fan, 64, 16) == (1 if programs == 1 else math.ceil(fan / 1024))
     d = torch.zeros(rows, fan, device=DEVICE)
-    done = tr._forward(d, torch.ones((), device=DEVICE), idx, torch.ones(nnz, device=DEVICE),
-                       tr.workspace())  # fmt: skip
+    vals = torch.arange(1, nnz + 1, dtype=torch.float32, device=DEVICE)
+    done = tr._forward(d, torch.ones((), device=DEVICE), idx, vals, tr.workspace())
     assert done is not None
-    w, starts, count = done
-    want = torch.searchsorted(idx, torch.arange(rows + 1, device=DEVICE) * fan)
-    assert torch.equal(starts, want)
+    w, count = done
     assert count.item() == 0  # zeroed for the backward
     assert torch.equal(w.nonzero().flatten(), idx)
+    assert torch.equal(w[idx], vals)  # each added once, at its own index
 
 
 def test_scalar_d_alpha_is_the_same_in_every_run():
@@ -242,6 +266,8 @@ def _library_dct(shape, dtype):
         (130, 70),  # rows past one tile's phase steps, out > fan
         (7, 1),
         (1, 1),
+        (8, 200, 3, 3),  # 4 blocks of 64 channels a row: chunks that start mid-row
+        (5, 3000),  # 3 blocks of 1024 a row
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -250,6 +276,7 @@ def test_the_kernels_compute_the_dct_within_a_few_roundings(shape, dtype, monkey
     """Where the offset is the DCT the kernels compute ``D`` instead of reading it: ``W`` for
     ``alpha = 1`` and no support is ``D``, within 4 roundings (of the largest entry) of the
     extended-precision one, forward and backward."""
+    monkeypatch.setattr(tr, "MIN_DCT_TILES_WINDOW", 0)
     monkeypatch.setattr(tr, "MIN_DCT_TILES", 0)  # these rows are short: computed only so
     layout = tr.dct_layout(shape)
     assert layout is not None and layout.n == max(shape[0], math.prod(shape[1:]))
@@ -279,11 +306,13 @@ def test_the_kernels_compute_the_dct_within_a_few_roundings(shape, dtype, monkey
 
 
 @_EXTENDED
-def test_the_computed_dct_stays_exact_where_the_angle_is_large():
+def test_the_computed_dct_stays_exact_where_the_angle_is_large(monkeypatch):
     """``N = 40000``: a direct ``cos(pi k (2 j + 1) / (2 N))`` in float64 loses ``1e-16`` of an
     argument up to ``pi N``; the kernels reduce it in integers first."""
     shape = (24, 40000)
+    monkeypatch.setattr(tr, "_PROGRAMS", 1)  # whole rows of 40 tiles: D computed
     layout = tr.dct_layout(shape)
+    assert tr.computes_dct(24, 40000, layout)
     ref, top = _dct_reference(shape)
     alpha = torch.ones((), dtype=torch.float64, device=DEVICE)
     empty = torch.zeros(0, dtype=torch.int64, device=DEVICE)
@@ -299,18 +328,42 @@ def test_which_layers_compute_the_dct():
     assert tr.dct_layout((8, 4, 1, 1)) == tr.DctLayout(n=8, q=64, sp=64, sq=1)
     assert tr.dct_layout((8, 1, 33, 33)) is None  # a window too wide for one tile row: read D
     assert tr.dct_layout((8, 4, 3)) is None  # not a Linear or Conv2d weight
-    # computed where a row spans 6 tiles or more, read where the row's setup would cost more
-    for shape, computed in (((512, 512, 3, 3), True), ((256, 256, 3, 3), False),
-                            ((512, 256, 1, 1), False), ((8192, 8192), True),
-                            ((10, 5121), True), ((10, 5120), False)):  # fmt: skip
+    # computed where each program's part of a row spans 8 tiles or more in a Linear's layout,
+    # 128 in a conv window's (where its 9 positions pad to 16 lanes, computing rarely pays)
+    for shape, computed in (
+        ((512, 512, 3, 3), False),
+        ((512, 16384, 3, 3), True),
+        ((128, 8192, 3, 3), False),  # 128 tiles, split in 4 chunks
+        ((512, 256, 1, 1), False),
+        ((8192, 8192), True),
+        ((600, 8192), True),
+        ((600, 7168), False),
+        ((64, 65536), True),
+        ((64, 32768), False),
+    ):  # 8 chunks a row
         fan = math.prod(shape[1:])
-        assert tr.computes_dct(fan, tr.dct_layout(shape)) == computed, shape
-        if shape[0] == 10:  # the kernels read D exactly where they do not compute it
-            alpha = torch.ones((), dtype=torch.float64, device=DEVICE)
-            empty = torch.zeros(0, dtype=torch.int64, device=DEVICE)
-            zeros = torch.zeros(shape, dtype=torch.float64, device=DEVICE)
-            w = tr.rebuild(zeros, alpha, empty, empty.double(), tr.workspace(tr.dct_layout(shape)))
-            assert bool(w.abs().max() > 0) == computed
+        assert tr.computes_dct(shape[0], fan, tr.dct_layout(shape)) == computed, shape
+    # per-channel alphas' backward sums whole rows: 32 tiles a program
+    assert tr.computes_dct(64, 32768, tr.dct_layout((64, 32768)), split=False)
+
+
+@pytest.mark.parametrize("programs,computed", [(512, False), (4, True)])
+def test_the_kernels_read_d_exactly_where_they_do_not_compute_it(programs, computed,
+                                                                 monkeypatch):  # fmt: skip
+    """4 rows of 2 tiles: split in two chunks of 1 tile at 512 programs (below the 2 tiles a
+    program needs to compute D here), whole at 4."""
+    monkeypatch.setattr(tr, "MIN_DCT_TILES", 2)
+    monkeypatch.setattr(tr, "_PROGRAMS", programs)
+    shape = (4, 2048)
+    assert tr._plan(4, 2048, tr.dct_layout(shape))[2] == (2 if programs == 512 else 1)
+    alpha = torch.ones((), dtype=torch.float64, device=DEVICE)
+    empty = torch.zeros(0, dtype=torch.int64, device=DEVICE)
+    zeros = torch.zeros(shape, dtype=torch.float64, device=DEVICE)
+    w = tr.rebuild(zeros, alpha, empty, empty.double(), tr.workspace(tr.dct_layout(shape)))
+    assert bool(w.abs().max() > 0) == computed
+    if computed:
+        d = dct_basis(4, 2048, dtype=torch.float64).to(DEVICE)
+        torch.testing.assert_close(w.view(shape), d, rtol=0, atol=1e-15)
 
 
 def _launch_record(monkeypatch):
@@ -342,6 +395,7 @@ def _types(args):
 def test_a_fixed_alpha_launches_the_backward_warm_up_compiled(dtype, monkeypatch):
     """A capture cannot load a kernel: every backward a capture may launch (d alpha asked for
     or not) must have the argument types of the one :func:`warm_up` compiled."""
+    monkeypatch.setattr(tr, "MIN_DCT_TILES_WINDOW", 0)
     monkeypatch.setattr(tr, "MIN_DCT_TILES", 0)
     seen = _launch_record(monkeypatch)
     d, alpha, idx, vals = _case(6, 27, 20, False, dtype)
@@ -409,6 +463,7 @@ def test_the_kernels_compile_for_gpus(dtype, monkeypatch, tmp_path):
     these shapes makes, with the computed-DCT and the read-D variants, one alpha or one per row,
     is compiled for an A100 and an H100 (no GPU needed: Triton lowers to PTX and runs its
     bundled ptxas)."""
+    monkeypatch.setattr(tr, "MIN_DCT_TILES_WINDOW", 0)
     monkeypatch.setattr(tr, "MIN_DCT_TILES", 0)  # compute D in these short rows too
     seen = _launch_record(monkeypatch)
     for shape in ((64, 32, 3, 3), (10, 300), (3, 24000)):  # the last: int64 phases
@@ -479,6 +534,7 @@ def test_a_layer_on_the_kernels_equals_the_builtin_operators(make, compute, monk
     monkeypatch.undo()
     _kernels_here(monkeypatch, capture=True)
     if compute:  # these layers' rows are short: their D is read unless forced
+        monkeypatch.setattr(tr, "MIN_DCT_TILES_WINDOW", 0)
         monkeypatch.setattr(tr, "MIN_DCT_TILES", 0)
     calls = []
     real = tr.rebuild

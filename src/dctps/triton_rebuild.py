@@ -6,34 +6,35 @@ forward (``mul``, the copy inside ``index_add``, ``index_add``) and 3 backward (
 for ``d alpha``, ``index_select`` for ``d values``), each 2-3 us of an H100's time however small
 the weight: 6-16% of a small conv's GPU time. Here each direction is one kernel:
 
-- forward, one program per row ``r`` of ``W`` viewed as ``(rows, fan)`` (``rows`` the output
-  channels, ``fan`` the rest of ``weight_shape``). It finds the row's range of the sorted support
-  (``starts[r]``, a ``K``-ary search of ``indices``, kept for the backward), writes
-  ``W[r, :] = a_r * D[r, :]``, then, after a block barrier, adds ``values[j]`` at the row's support
-  entries ``i = indices[j]`` (``W[i] += values[j]``, as ``index_add`` does; ``indices`` are
-  distinct, so each is written once). Program 0 also zeroes the backward's counter;
-- backward, one program per row: ``d values[j] = dW[indices[j]]`` for the row's entries, and the
-  row's ``sum(dW[r, :] * D[r, :])``. With per-channel alphas that is ``d a_r``; with one alpha,
-  the rows' partial sums are added by the last program to finish (the forward's counter, counted
-  up atomically, then set back to zero), in row order, so ``d alpha`` is the same in every run
-  (no float atomics).
+- forward: ``W`` viewed as ``(rows, fan)`` (``rows`` the output channels, ``fan`` the rest of
+  ``weight_shape``), one program per row, or per chunk of a row where the weight has fewer rows
+  than a GPU wants programs (:func:`chunks`). A program finds its part's range of the sorted
+  support (a ``K``-ary search of ``indices``), writes ``W[r, f0:f1] = a_r * D[r, f0:f1]``, then,
+  after a block barrier, adds ``values[j]`` at its support entries ``i = indices[j]``
+  (``W[i] += values[j]``, as ``index_add`` does; ``indices`` are distinct, so each is written
+  once). Program ``(0, 0)`` also zeroes the backward's counter;
+- backward, the same programs: ``d values[j] = dW[indices[j]]`` for an even share of the
+  support, and the part's ``sum(dW[r, f0:f1] * D[r, f0:f1])``. With per-channel alphas (rows not
+  split) that is ``d a_r``; with one alpha, the partial sums are added by the last program to
+  finish (the forward's counter, counted up atomically, then set back to zero), in program
+  order, so ``d alpha`` is the same in every run (no float atomics).
 
-Where the offset is the paper's DCT (a :class:`DctLayout`), neither kernel reads ``D``: its
-entries ``sqrt(2/N) cos(pi o (2 j + 1) / (2 N))`` are computed in the tiles (the angle split into
-a tile's column part and a per-row part, summed by ``cos(A + B) = cos A cos B - sin A sin B``,
-each part reduced in integers to ``[0, pi/4]`` before any float work), so the forward only writes
-the weight and the backward only reads ``dW``: half the bytes of reading ``D`` as well, at a
-few roundings of ``D``'s float type from the cached ``D`` (the tests bound it). Only rows long
-enough to repay a row's setup compute it (:func:`computes_dct`); shorter rows, and other
-offsets, read ``D``.
+Where the offset is the paper's DCT (a :class:`DctLayout`), the kernels can compute ``D``'s
+entries ``sqrt(2/N) cos(pi o (2 j + 1) / (2 N))`` in the tiles instead of reading them (the angle
+split into a tile's column part and a per-row part, summed by ``cos(A + B) = cos A cos B - sin A
+sin B``, each part reduced in integers to ``[0, pi/4]`` before any float work), so the forward
+only writes the weight and the backward only reads ``dW``: half the bytes, at a few roundings of
+``D``'s float type from the cached ``D`` (the tests bound it). Each program pays a setup for it,
+so only parts long enough to repay it compute ``D`` (:func:`computes_dct`: measured, long rows
+of a Linear's layout; a 3x3 conv's almost never); the others, and other offsets, read ``D``.
 
-Measured on an H100 (``benchmarks/RESULTS.md``, session 13, before the kernels computed ``D``,
-found the support themselves and zeroed their own counter: two more launches and twice the
-bytes), the kernels take less GPU time than the operators (a lone conv as CUDA graphs:
-1.02-1.12x ``nn.Conv2d``, against 1.04-1.26x), but more host time: a Python autograd Function
-and two Triton launches cost more than six built-in
-operators. So layers use them where host time is not spent per call: while a CUDA graph is
-captured (:meth:`dctps.layers.DCTpSLayer.dense_weight`). Eager calls take the operators; the
+Measured as CUDA graphs (``benchmarks/RESULTS.md``, sessions 13 and 16), the kernels take less
+GPU time than the operators (a lone conv, the kernels reading ``D``: 1.03-1.10x ``nn.Conv2d``,
+against 1.08-1.24x; the rebuild alone, forward and backward, 8-13 us against 13-35 us on
+ResNet18's and VGG19's convs),
+but more host time: a Python autograd Function and two Triton launches cost more than six
+built-in operators. So layers use them where host time is not spent per call: while a CUDA graph
+is captured (:meth:`dctps.layers.DCTpSLayer.dense_weight`). Eager calls take the operators; the
 first of a layer compiles and loads the kernels by launching them once on scratch outputs
 (:func:`warm_up`: a capture can launch kernels but not load them), outside autograd, so what an
 eager call saves for backward never depends on the kernels (a checkpoint's recomputation saves
@@ -69,6 +70,14 @@ __all__ = ["available", "DctLayout", "dct_layout", "rebuild", "usable", "workspa
 _TILE = 1024
 _SBLOCK = 128
 _PROBES = 128
+#: programs a launch aims at: a weight of fewer rows has them split into chunks until about
+#: this many run (:func:`chunks`). Measured on an H200 (``benchmarks/rebuild_kernels.py``,
+#: ``benchmarks/RESULTS.md`` session 16): a 3x3 conv of 128 rows of 73728 entries 113 us
+#: forward+backward unsplit, 62 us at 512; 64 rows of 65536 (1x1) 31.6 us, 21.4 us; a weight of
+#: 512 rows (not split at 512) 18.7 us unsplit, 23.4 us split in two at 1024
+_PROGRAMS = 512
+#: warps per program
+_NUM_WARPS = 4
 #: dtypes the kernels are compiled for (float16/bfloat16 accumulate in float32)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -106,11 +115,13 @@ def _interpreting() -> bool:
 _FAILED: dict[tuple[str, int | None], str] = {}
 
 
-def _launch(kernel: Any, grid: int, device: torch.device, *args: Any, **consts: Any) -> bool:
+def _launch(
+    kernel: Any, grid: tuple[int, int], device: torch.device, *args: Any, **consts: Any
+) -> bool:
     """Launch ``kernel`` over ``grid`` programs; ``False``, with a warning, where Triton fails
     on ``device`` (then the caller computes the same with built-in operators)."""
     try:
-        kernel[(grid,)](*args, **consts)
+        kernel[grid](*args, num_warps=_NUM_WARPS, **consts)
     except Exception as e:  # Triton's compile and launch errors have no common base class
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             raise  # a capture cannot go on; its warm-up ran the kernels, so this is no GPU's
@@ -265,13 +276,23 @@ if triton is not None:
         else:
             return s.to(tl.float32)
 
+    @triton.jit
+    def _chunk(fan, Q: tl.constexpr, BP: tl.constexpr):
+        """Program ``(row, c)``'s tile rows ``[p0, p1)`` and row offsets ``[f0, f1)``: a row's
+        ``cdiv(fan, Q)`` tile rows split into ``num_programs(1)`` chunks of whole ``BP``-blocks
+        (a chunk past the row's end is empty: ``p0 >= p1``, ``f0 == f1 == fan``)."""
+        tiles = tl.cdiv(fan, Q)
+        per = tl.cdiv(tl.cdiv(tiles, BP), tl.num_programs(1)) * BP
+        p0 = tl.program_id(1) * per
+        p1 = tl.minimum(p0 + per, tiles)
+        return p0, p1, tl.minimum(p0 * Q, fan), tl.minimum(p1 * Q, fan)
+
     @triton.jit(do_not_specialize=["nnz", "n", "sp", "sq"])
     def _forward_kernel(
         d_ptr,
         alpha_ptr,
         idx_ptr,
         val_ptr,
-        starts_ptr,
         count_ptr,
         w_ptr,
         fan,
@@ -300,17 +321,17 @@ if triton is not None:
         if not WIDE:  # half types: the products in float32, rounded once
             a = a.to(tl.float32)
         base = o * fan
-        # the row's support range, kept for the backward; the d alpha counter zeroed for it
-        s0, s1 = _row_range(idx_ptr, nnz, base, fan, K)
-        tl.store(starts_ptr + row, s0)
-        if row == rows - 1:
-            tl.store(starts_ptr + rows, s1)
+        p0, p1, f0, f1 = _chunk(fan, Q, BP)
+        # the chunk's support range; the d alpha counter zeroed for the backward
+        s0, s1 = _row_range(idx_ptr, nnz, base + f0, f1 - f0, K)
         if row == 0:
-            tl.store(count_ptr, 0)
+            if tl.program_id(1) == 0:
+                tl.store(count_ptr, 0)
         q = tl.arange(0, QP)
         if COMPUTED:
             tcos, tsin, tile_step, phase, nn, step = _dct_row(row, n, sp, sq, BP, QP, F64, PH64)
-        for k in range(0, tl.cdiv(fan, Q), BP):
+            phase = (phase * (2 * p0 * sp) + phase) % (4 * nn)  # o (2 p0 sp + 1) mod 4 N
+        for k in range(p0, p1, BP):
             p = k + tl.arange(0, BP)
             f = p[:, None] * Q + q[None, :]
             m = (q[None, :] < Q) & (f < fan)
@@ -322,7 +343,7 @@ if triton is not None:
             if not WIDE:
                 d = d.to(tl.float32)
             tl.store(w_ptr + base + f, (a * d).to(w_ptr.dtype.element_ty), mask=m)
-        # the support's entries: W[i] += values[j], as index_add does, after this row's plain
+        # the support's entries: W[i] += values[j], as index_add does, after this chunk's plain
         # stores (the barrier makes a block's global stores visible to all its threads)
         tl.debug_barrier()
         for k in range(s0, s1, SBLOCK):
@@ -335,18 +356,18 @@ if triton is not None:
                 out = prod.to(tl.float32) + v.to(tl.float32)
             tl.store(w_ptr + i, out.to(w_ptr.dtype.element_ty), mask=m)
 
-    @triton.jit(do_not_specialize=["need_alpha", "need_values", "n", "sp", "sq"])
+    @triton.jit(do_not_specialize=["nnz", "need_alpha", "need_values", "n", "sp", "sq"])
     def _backward_kernel(
         g_ptr,
         d_ptr,
         idx_ptr,
-        starts_ptr,
         dval_ptr,
         part_ptr,
         count_ptr,
         dalpha_ptr,
         fan,
         rows,
+        nnz,
         n,
         sp,
         sq,
@@ -364,14 +385,19 @@ if triton is not None:
     ):
         row = tl.program_id(0)
         o = row.to(tl.int64)
+        progs = rows * tl.num_programs(1)
+        pid = row * tl.num_programs(1) + tl.program_id(1)
         if need_values != 0:  # runtime flags: one compiled kernel serves every combination
-            s0 = tl.load(starts_ptr + row)
-            s1 = tl.load(starts_ptr + row + 1)
-            for k in range(s0, s1, SBLOCK):
-                j, m, i = _entries(idx_ptr, k, s1, SBLOCK)
+            # d values[j] = dW[indices[j]]: the support split evenly over all programs
+            e = tl.cdiv(nnz, progs).to(tl.int64)
+            j0 = pid.to(tl.int64) * e
+            j1 = tl.minimum(j0 + e, nnz)
+            for k in range(j0, j1, SBLOCK):
+                j, m, i = _entries(idx_ptr, k, j1, SBLOCK)
                 tl.store(dval_ptr + j, tl.load(g_ptr + i, mask=m, other=0.0), mask=m)
         if need_alpha != 0:
             base = o * fan
+            p0, p1, f0, f1 = _chunk(fan, Q, BP)
             if ACC64:
                 acc = tl.zeros([BP, QP], dtype=tl.float64)
             else:
@@ -381,7 +407,8 @@ if triton is not None:
                 tcos, tsin, tile_step, phase, nn, step = _dct_row(
                     row, n, sp, sq, BP, QP, ACC64, PH64
                 )
-            for k in range(0, tl.cdiv(fan, Q), BP):
+                phase = (phase * (2 * p0 * sp) + phase) % (4 * nn)
+            for k in range(p0, p1, BP):
                 p = k + tl.arange(0, BP)
                 f = p[:, None] * Q + q[None, :]
                 m = (q[None, :] < Q) & (f < fan)
@@ -393,22 +420,22 @@ if triton is not None:
                     d = tl.load(d_ptr + base + f, mask=m, other=0.0)
                 acc += g.to(acc.dtype) * d.to(acc.dtype)
             s = tl.sum(tl.sum(acc, axis=1), axis=0)
-            if PER_ROW:
+            if PER_ROW:  # one chunk per row (_backward)
                 tl.store(dalpha_ptr + row, s.to(dalpha_ptr.dtype.element_ty))
             else:
                 # publish the partial, then count (the barrier puts every thread's store before
                 # the counting thread's release); the last program to count adds the partials,
-                # read through L2 by atomics, in row order: the same order whichever is last,
-                # and sets the counter back to zero for a second backward (retain_graph)
-                tl.store(part_ptr + row, s)
+                # read through L2 by atomics, in program order: the same order whichever is
+                # last, and sets the counter back to zero for a second backward (retain_graph)
+                tl.store(part_ptr + pid, s)
                 tl.debug_barrier()
                 done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
-                if done == rows - 1:
+                if done == progs - 1:
                     total = tl.zeros([RBLOCK], dtype=acc.dtype)
-                    for k in range(0, rows, RBLOCK):
+                    for k in range(0, progs, RBLOCK):
                         r = k + tl.arange(0, RBLOCK)
-                        got = tl.atomic_add(part_ptr + r, 0.0, mask=r < rows)
-                        total += tl.where(r < rows, got, 0.0)  # masked lanes return garbage
+                        got = tl.atomic_add(part_ptr + r, 0.0, mask=r < progs)
+                        total += tl.where(r < progs, got, 0.0)  # masked lanes return garbage
                     tl.store(dalpha_ptr, tl.sum(total, axis=0).to(dalpha_ptr.dtype.element_ty))
                     tl.atomic_xchg(count_ptr, 0)
 
@@ -484,19 +511,27 @@ def on_device(device: torch.device) -> Any:
     return contextlib.nullcontext()
 
 
-def computes_dct(fan: int, layout: DctLayout | None) -> bool:
-    """Whether the kernels compute ``D`` for rows of ``fan`` entries in ``layout`` rather than
-    read it: where a row spans at least :data:`MIN_DCT_TILES` tiles.
+def computes_dct(rows: int, fan: int, layout: DctLayout | None, split: bool = True) -> bool:
+    """Whether the kernels compute ``D`` for ``rows`` rows of ``fan`` entries in ``layout``
+    rather than read it: where each program's part of a row (:func:`chunks`; the whole row
+    where ``split`` is off) spans at least
+    :data:`MIN_DCT_TILES` tiles of a Linear's (or 1x1 conv's) layout, or
+    :data:`MIN_DCT_TILES_WINDOW` of a wider conv window's.
 
-    Computing costs a row's setup once (its tile's angles: about 800 instructions per thread
-    compiled for sm_90, against 36 to read) and about as many per tile as reading does, so it
-    saves time only where a row is long enough for the halved bytes to outweigh the setup
-    (``benchmarks/RESULTS.md``, session 14: static instruction counts, not timings)."""
+    Computing costs each program a setup (its tile's angles: about 800 instructions per thread
+    compiled for sm_90, against 36 to read) and some instructions per tile, against half the
+    bytes; measured on an H200 (``benchmarks/rebuild_kernels.py``, ``benchmarks/RESULTS.md``
+    session 16), forward+backward, computed against read: Linear layout, 8 tiles a program
+    17.9 against 21.4 us, 16 tiles 36.6 against 52.3 us; a 3x3 window, whose tiles pad its 9
+    positions to 16, 8 tiles 18.9 against 13.1 us and 32 tiles 62.4 against 57.2 us, winning
+    only at 128 tiles (113.0 against 121.4 us)."""
     if layout is None:
         return False
-    tile_rows = math.ceil(fan / layout.q)
-    per_tile = max(1, _TILE // _pow2(layout.q))
-    return math.ceil(tile_rows / per_tile) >= MIN_DCT_TILES
+    q, bp = layout.q, max(1, _TILE // _pow2(layout.q))
+    blocks = math.ceil(math.ceil(fan / q) / bp)
+    per_program = math.ceil(blocks / (chunks(rows, fan, q, bp) if split else 1))
+    least = MIN_DCT_TILES if layout.q == _LINEAR_Q else MIN_DCT_TILES_WINDOW
+    return per_program >= least
 
 
 def _pow2(q: int) -> int:
@@ -504,58 +539,71 @@ def _pow2(q: int) -> int:
     return 1 << (q - 1).bit_length()
 
 
-#: the fewest tiles per row for which the kernels compute the DCT (:func:`computes_dct`)
-MIN_DCT_TILES = 6
+#: the fewest tiles per program for which the kernels compute the DCT in a Linear's layout, and
+#: in a conv window's (:func:`computes_dct`)
+MIN_DCT_TILES = 8
+MIN_DCT_TILES_WINDOW = 128
 
 
-def _tiles(fan: int, layout: DctLayout | None) -> tuple[tuple[int, int, int], dict[str, Any]]:
-    """``((n, sp, sq), constants)`` of both kernels: the layout's runtime numbers, and ``Q``
-    positions of a row per tile row (padded to ``QP``, a power of two), ``BP`` tile rows (a
-    layout whose rows are too short to compute ``D`` in is read as no layout)."""
-    if not computes_dct(fan, layout):
+def _plan(
+    rows: int, fan: int, layout: DctLayout | None, split: bool = True
+) -> tuple[tuple[int, int, int], dict[str, Any], int]:
+    """``((n, sp, sq), constants, programs per row)`` of a kernel launch: the layout's runtime
+    numbers; ``Q`` positions of a row per tile row (padded to ``QP``, a power of two), ``BP``
+    tile rows per tile (a layout where computing ``D`` would not pay is read as no layout); and
+    the chunks each row is split into (1 where ``split`` is off)."""
+    if not computes_dct(rows, fan, layout, split):
         layout = None
     if layout is None:
         q, n, sp, sq = _LINEAR_Q, 1, 1, 1
     else:
         q, n, sp, sq = layout.q, layout.n, layout.sp, layout.sq
     qp = _pow2(q)
+    bp = max(1, _TILE // qp)
     return (n, sp, sq), {
-        "COMPUTED": layout is not None, "Q": q, "QP": qp, "BP": max(1, _TILE // qp),
+        "COMPUTED": layout is not None, "Q": q, "QP": qp, "BP": bp,
         # a phase o * (2 j + 1) < 2 N**2 (and a tile's steps, 2048 o at most) in int32 when
         # 4 N**2 fits: int64 products and remainders cost many instructions on a GPU
         "PH64": 4 * n * n >= 2**31,
-    }  # fmt: skip
+    }, chunks(rows, fan, q, bp) if split else 1  # fmt: skip
+
+
+def chunks(rows: int, fan: int, q: int, bp: int) -> int:
+    """Programs per row: a row of ``fan`` entries is ``ceil(fan / q)`` tile rows, in tiles of
+    ``bp``; a weight of fewer than :data:`_PROGRAMS` rows has its rows split into chunks of
+    whole tiles until about that many programs run (a weight of few long rows, the output
+    channels of a deep conv, would otherwise leave most of a GPU idle), with no chunk empty."""
+    blocks = math.ceil(math.ceil(fan / q) / bp)
+    want = max(1, min(blocks, math.ceil(_PROGRAMS / max(rows, 1))))
+    return math.ceil(blocks / math.ceil(blocks / want))
 
 
 def _forward(
     d: torch.Tensor, alpha: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
     ws: _Workspace,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:  # fmt: skip
-    """``(W flat, starts, counter)`` by the forward kernel, which also finds each row's range
-    of the support (``starts``, read by the backward) and zeroes the backward's counter;
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """``(W flat, counter)`` by the forward kernel, which also zeroes the backward's counter;
     ``None`` where Triton failed (warned)."""
     rows = d.shape[0]
     fan = d.numel() // rows
     nnz = indices.numel()
-    (n, sp, sq), tiles = _tiles(fan, ws.layout)
+    (n, sp, sq), tiles, per = _plan(rows, fan, ws.layout)
     with on_device(d.device):
         w = torch.empty(d.numel(), dtype=d.dtype, device=d.device)
-        starts = torch.empty(rows + 1, dtype=indices.dtype, device=d.device)
         count = torch.empty(1, dtype=torch.int32, device=d.device)
         ok = _launch(
-            _forward_kernel, rows, d.device,
-            d, alpha, indices, values, starts, count, w,
+            _forward_kernel, (rows, per), d.device,
+            d, alpha, indices, values, count, w,
             fan, rows, nnz, n, sp, sq,
             PER_ROW=alpha.numel() != 1, WIDE=d.dtype in (torch.float32, torch.float64),
             F64=d.dtype == torch.float64, K=_PROBES, SBLOCK=_SBLOCK, **tiles,
         )  # fmt: skip
-    return (w, starts, count) if ok else None
+    return (w, count) if ok else None
 
 
 def _backward(
-    g: torch.Tensor, d: torch.Tensor, indices: torch.Tensor, starts: torch.Tensor,
-    count: torch.Tensor, alpha_shape: torch.Size, need_alpha: bool, need_values: bool,
-    layout: DctLayout | None,
+    g: torch.Tensor, d: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
+    alpha_shape: torch.Size, need_alpha: bool, need_values: bool, layout: DctLayout | None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
     """``(d alpha, d values)`` by the backward kernel (each valid where asked for); ``None``
     where Triton failed (warned). ``count`` is the forward's zeroed counter."""
@@ -565,20 +613,21 @@ def _backward(
     acc = torch.float64 if d.dtype == torch.float64 else torch.float32
     if g.data_ptr() % 16:  # warm_up compiled for an aligned dW (a fresh tensor, as autograd's
         g = g.clone()  # are): another alignment is another kernel, which a capture cannot load
-    (n, sp, sq), tiles = _tiles(fan, layout)
+    # per-channel alphas sum each row in one program; one alpha adds the chunks' partials
+    (n, sp, sq), tiles, per = _plan(rows, fan, layout, split=not per_row)
     with on_device(d.device):
         dvalues = torch.empty(indices.numel(), dtype=d.dtype, device=d.device)
         dalpha = torch.empty(alpha_shape, dtype=d.dtype, device=d.device)
         # the rows' partial sums: fresh each call, so two launches, or two graphs replayed at
         # once, never share them; made even where d alpha is not asked for (a fixed alpha), so
         # a capture launches the kernel warm_up compiled, for the same argument types
-        part = dalpha if per_row else torch.empty(rows, dtype=acc, device=d.device)
+        part = dalpha if per_row else torch.empty(rows * per, dtype=acc, device=d.device)
         ok = _launch(
-            _backward_kernel, rows, d.device,
-            g, d, indices, starts, dvalues, part, count, dalpha, fan, rows, n, sp, sq,
+            _backward_kernel, (rows, per), d.device,
+            g, d, indices, dvalues, part, count, dalpha, fan, rows, indices.numel(), n, sp, sq,
             int(need_alpha), int(need_values),
             PER_ROW=per_row, SBLOCK=_SBLOCK,
-            RBLOCK=min(1024, triton.next_power_of_2(rows)), ACC64=acc == torch.float64,
+            RBLOCK=min(1024, triton.next_power_of_2(rows * per)), ACC64=acc == torch.float64,
             **tiles,
         )  # fmt: skip
     return (dalpha, dvalues) if ok else None
@@ -614,11 +663,11 @@ class _TritonWeight(torch.autograd.Function):
         if done is None:
             w = torch.mul(d, alpha.view(-1, *[1] * (d.dim() - 1))).reshape(-1)
             w.index_add_(0, indices, values)
-            starts = count = indices[:0]
+            count = indices[:0]
         else:
-            w, starts, count = done
+            w, count = done
         ctx.fallback = done is None
-        ctx.save_for_backward(d, indices, starts, count)
+        ctx.save_for_backward(d, indices, count)
         ctx.alpha_shape = alpha.shape
         ctx.per_row = alpha.numel() != 1
         ctx.layout = ws.layout
@@ -626,15 +675,15 @@ class _TritonWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        d, indices, starts, count = ctx.saved_tensors
+        d, indices, count = ctx.saved_tensors
         need_alpha, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_alpha or need_values):
             return None, None, None, None, None
         if torch.is_grad_enabled() or ctx.fallback:
             return _backward_ops(ctx, grad, d, indices, need_alpha, need_values)
         done = _backward(
-            grad.contiguous(), d, indices, starts, count, ctx.alpha_shape, need_alpha,
-            need_values, ctx.layout,
+            grad.contiguous(), d, indices, count, ctx.alpha_shape, need_alpha, need_values,
+            ctx.layout,
         )  # fmt: skip
         if done is None:
             return _backward_ops(ctx, grad, d, indices, need_alpha, need_values)
@@ -663,8 +712,8 @@ def warm_up(
         d = d.contiguous()
         done = _forward(d, alpha.detach(), indices, values.detach(), ws)
         if done is not None:
-            w, starts, count = done
-            ok = _backward(w, d, indices, starts, count, alpha.shape, True, True, ws.layout)
+            w, count = done
+            ok = _backward(w, d, indices, count, alpha.shape, True, True, ws.layout)
             ws.warm = ok is not None
             return ws.warm
     return False
