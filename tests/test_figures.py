@@ -855,3 +855,47 @@ def test_a_figure_path_that_cannot_be_written_is_refused_before_the_sweep(tmp_pa
     F.run_figure("density-lenet5-cifar10", tmp_path, quick=True, plot_only=True, dry_run=True,
                  echo=printed.append)  # fmt: skip
     assert len(printed) == 1 and printed[0].startswith("--plot-only trains nothing; it would draw")
+
+
+def test_auto_never_averages_one_seeds_test_accuracy_with_anothers_validation(tmp_path):
+    """`--metric auto` chose per run: a point whose seed 0 recorded only val_acc and seed 1
+    both averaged seed 0's validation accuracy with seed 1's test accuracy (a store edited by
+    hand, or mixed from two sources). It picks one accuracy per panel (or per point) now."""
+    store = Store(tmp_path)
+
+    def finish(c, **acc):
+        store.start(c.config_hash(), c.to_dict())
+        store.finish(c.config_hash(), nonzeros=1, **acc)
+
+    finish(cfg("dctps", 0.01, seed=0), val_acc=0.40)
+    finish(cfg("dctps", 0.01, seed=1), val_acc=0.50, test_acc=0.90)
+    (panel,) = aggregate(store.query({}))
+    (pt,) = panel.series["DCTpS"]
+    # validation accuracy of both seeds (was (0.40 + 0.90) / 2 under a test-accuracy label)
+    assert panel.metric == "val_acc" and pt.metric == "val_acc"
+    assert pt.mean == pytest.approx(0.45) and pt.n_ok == 2
+    data = plot_runs(store.query({}), tmp_path / "p.png")
+    assert "LeNet-5, CIFAR-10 (val_acc, " in data.table()
+
+    # no one accuracy covers the panel, each point has its own: the table names each one
+    finish(cfg("dctps", 0.05, seed=0), test_acc=0.70)
+    (panel,) = aggregate(store.query({}))
+    assert panel.metric == "mixed"
+    assert [(p.metric, p.mean) for p in panel.series["DCTpS"]] == [
+        ("val_acc", pytest.approx(0.45)), ("test_acc", pytest.approx(0.70))]  # fmt: skip
+    table = plot_runs(store.query({}), tmp_path / "p.png").table()
+    assert re.search(r"1%.*\(2 seeds\)  val_acc$", table, re.M)
+    assert re.search(r"5%.*\(1 seed\)  test_acc$", table, re.M)
+
+    # a point no one accuracy covers is refused, naming it and the way out
+    finish(cfg("dctps", 0.05, seed=1), val_acc=0.30)
+    with pytest.raises(DctpsError, match=(
+        r"^LeNet-5, CIFAR-10, DCTpS at 5%: no accuracy is recorded by every seed \(test_acc: "
+        r"seeds 0; val_acc: seeds 1\).*give --metric test_acc or --metric val_acc")):  # fmt: skip
+        aggregate(store.query({}))
+    (panel,) = aggregate(store.query({}), metric="test_acc")  # given: the runs that have it
+    assert [(p.density, p.mean, p.n_ok) for p in panel.series["DCTpS"]] == [
+        (0.01, pytest.approx(0.90), 1), (0.05, pytest.approx(0.70), 1)]  # fmt: skip
+    r = runner.invoke(app, ["plot", "--db", str(tmp_path), "--out", str(tmp_path / "q.png")])
+    assert isinstance(r.exception, DctpsError) and not r.output  # refused before any table
+    assert "DCTpS at 5%: no accuracy is recorded by every seed" in str(r.exception)

@@ -251,7 +251,8 @@ def plot_cmd(
     metric: str = typer.Option(
         "auto",
         "--metric",
-        help="auto | test_acc | val_acc (auto: test_acc where recorded, else val_acc).",
+        help="auto | test_acc | val_acc (auto, per panel: test_acc where every run recorded "
+        "it, else val_acc; the table names the one used).",
     ),
     out: str = typer.Option(
         "plot.png", "--out", help="Figure path (PNG + PDF + JSON); a folder: plot.png in it."

@@ -219,6 +219,7 @@ class Point(NamedTuple):
     Figure A.1 does); ``failed`` is True when every seed failed, and then mean = min = max =
     chance (drawn dashed). Accuracies are fractions (the plot shows %). ``x`` is the plotted x
     value: the density, or the mean number of trainable weights for ``x='nonzeros'``.
+    ``metric``: the accuracy averaged, one every seed of the point recorded.
     """
 
     density: float
@@ -229,6 +230,7 @@ class Point(NamedTuple):
     n_ok: int
     n_failed: int
     x: float
+    metric: str = ""  # the accuracy averaged: test_acc | val_acc
 
 
 @dataclass
@@ -239,7 +241,7 @@ class Panel:
     dataset: str
     title: str
     chance: float
-    metric: str  # test_acc | val_acc | mixed
+    metric: str  # test_acc | val_acc | mixed (auto: each point's own, Point.metric)
     series: dict[str, list[Point]] = field(default_factory=dict)
     dense: dict[str, Point] = field(default_factory=dict)
 
@@ -280,10 +282,12 @@ class FigureData:
         for p in self.panels:
             lines.append(f"{p.title} ({p.metric}, chance {100 * p.chance:.2f}%)")
             for label, pt in p.dense.items():
-                lines.append(f"  {label:<34} {'':>8} {_pt(pt)}")
+                lines.append(f"  {label:<34} {'':>8} {_pt(pt)}{_metric_mark(p, pt)}")
             for label, pts in p.series.items():
                 for pt in pts:
-                    lines.append(f"  {label:<34} {_pct(pt.density):>8} {_pt(pt)}")
+                    lines.append(
+                        f"  {label:<34} {_pct(pt.density):>8} {_pt(pt)}{_metric_mark(p, pt)}"
+                    )
         return "\n".join(lines)
 
 
@@ -293,6 +297,11 @@ def _pt(p: Point) -> str:
     extra = f", {p.n_failed} failed" if p.n_failed else ""
     return (f"{100 * p.mean:6.2f}  [{100 * p.min:.2f}, {100 * p.max:.2f}]  "
             f"({p.n_ok} seed{'s' if p.n_ok != 1 else ''}{extra})")  # fmt: skip
+
+
+def _metric_mark(p: Panel, pt: Point) -> str:
+    """``  val_acc``: the accuracy a point of a ``mixed`` panel averaged (its title cannot say)."""
+    return f"  {pt.metric}" if p.metric == "mixed" and pt.metric else ""
 
 
 def _pct(d: float) -> str:
@@ -352,12 +361,50 @@ def dctps_setting_parts(s: Mapping[str, Any], name_init: bool = True) -> list[st
     return parts
 
 
-def _metric(row: Mapping[str, Any], metric: str) -> tuple[float | None, str]:
-    if metric == "auto":
-        if row.get("test_acc") is not None:
-            return row["test_acc"], "test_acc"
-        return row.get("val_acc"), "val_acc"
-    return row.get(metric), metric
+def _recorded(row: Mapping[str, Any], metric: str) -> bool:
+    """Whether ``row`` recorded ``metric`` (``auto``: either accuracy)."""
+    names = ("test_acc", "val_acc") if metric == "auto" else (metric,)
+    return any(row.get(m) is not None for m in names)
+
+
+def _common_metric(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The accuracy every finished row of ``rows`` recorded: ``test_acc`` where all have it,
+    else ``val_acc`` where all have that (``auto``'s order), else ``None``. What ``auto``
+    averages and draws: choosing row by row averaged one seed's validation accuracy with
+    another's test accuracy in one point (a store some of whose runs recorded only one)."""
+    done = [r for r in rows if r.get("status") == "done"]
+    for m in ("test_acc", "val_acc"):
+        if all(r.get(m) is not None for r in done):
+            return m
+    return None
+
+
+def _panel_metric(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
+    """The accuracy a panel of ``rows`` draws: ``metric`` as given; for ``auto`` the one every
+    finished run recorded (:func:`_common_metric`), ``mixed`` (one per point) where none is, or
+    ``auto`` still where no run finished (nothing is averaged)."""
+    if metric != "auto":
+        return metric
+    if not any(r.get("status") == "done" for r in rows):
+        return "auto"
+    return _common_metric(rows) or "mixed"
+
+
+def _point_metric(rows: Sequence[Mapping[str, Any]], where: str) -> str:
+    """:func:`_common_metric` of one point's rows, or a :class:`DctpsError` naming the point
+    (``where``) and which seeds recorded which accuracy."""
+    m = _common_metric(rows)
+    if m is not None:
+        return m
+    have = {k: [str(r.get("seed")) for r in rows if r.get("status") == "done" and
+                r.get(k) is not None] for k in ("test_acc", "val_acc")}  # fmt: skip
+    raise DctpsError(
+        f"{where}: no accuracy is recorded by every seed (test_acc: seeds "
+        f"{', '.join(have['test_acc']) or 'none'}; val_acc: seeds "
+        f"{', '.join(have['val_acc']) or 'none'}), and one point must not average one seed's "
+        "test accuracy with another's validation accuracy; give --metric test_acc or "
+        "--metric val_acc (dctps plot) to draw only the runs that recorded it"
+    )
 
 
 def _chance(dataset: str) -> float:
@@ -399,7 +446,9 @@ def aggregate(
     Within one curve, runs that differ in more than seed and density (e.g. two recipes) are split
     into curves whose labels name the difference. ``metric``: ``auto`` (test accuracy, or
     validation accuracy where there is no test score, e.g. Tiny ImageNet), ``test_acc`` or
-    ``val_acc``. ``x``: ``density`` or ``nonzeros``.
+    ``val_acc``. ``x``: ``density`` or ``nonzeros``. ``auto`` picks one accuracy per panel, the
+    one every finished run of it recorded (``Panel.metric``); where none is, one per point
+    (``mixed``; ``Point.metric`` says which), and a point whose seeds share none is refused.
     """
     if x not in ("density", "nonzeros"):
         raise DctpsError(f"x must be density or nonzeros, got {x!r}")
@@ -407,9 +456,7 @@ def aggregate(
         raise DctpsError(f"metric must be auto, test_acc or val_acc, got {metric!r}")
     usable = []
     for r in rows:
-        if r.get("status") == "failed" or (
-            r.get("status") == "done" and _metric(r, metric)[0] is not None
-        ):
+        if r.get("status") == "failed" or (r.get("status") == "done" and _recorded(r, metric)):
             usable.append(r)
     by_panel: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in usable:
@@ -435,11 +482,11 @@ def aggregate(
                 m = r.get("method")
                 rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
                 order.setdefault(name, (rank, len(order)))  # method, then first appearance
-        used = {_metric(r, metric)[1] for r in prs if r.get("status") == "done"}
-        panel = Panel(model, dataset, panel_title(model, dataset), chance,
-                      used.pop() if len(used) == 1 else ("mixed" if used else metric))  # fmt: skip
+        chosen = _panel_metric(prs, metric)
+        panel = Panel(model, dataset, panel_title(model, dataset), chance, chosen)
         for name in sorted(curves, key=lambda n: order[n]):
-            pts = _points(curves[name], metric, chance, x)
+            where = f"{panel.title}, {name}"
+            pts = _points(curves[name], chosen, chance, x, where)
             if curves[name][0].get("method") == "dense":
                 if pts:
                     panel.dense[name] = pts[0]
@@ -449,23 +496,32 @@ def aggregate(
     return panels
 
 
-def _points(rows: Sequence[Mapping[str, Any]], metric: str, chance: float, x: str) -> list[Point]:
+def _points(
+    rows: Sequence[Mapping[str, Any]], metric: str, chance: float, x: str, where: str = "a curve"
+) -> list[Point]:
+    """One :class:`Point` per density of a curve's ``rows``. ``metric``: a column, or ``mixed``
+    (a panel no one accuracy covers): then each point's own :func:`_point_metric`, named in
+    its ``metric``; ``where`` names the curve in that refusal."""
     by_d: dict[float, list[Mapping[str, Any]]] = {}
     for r in rows:
         by_d.setdefault(float(r["density"]), []).append(r)
     pts = []
     for d in sorted(by_d):
         rs = by_d[d]
-        ok = [float(_metric(r, metric)[0]) for r in rs if r["status"] == "done"]  # type: ignore[arg-type]
+        done = [r for r in rs if r["status"] == "done"]
+        m = metric if metric != "mixed" or not done else _point_metric(rs, f"{where} at {_pct(d)}")
+        ok = [float(r[m]) for r in done]
         n_failed = sum(r["status"] == "failed" for r in rs)
         nnz = [r["nonzeros"] for r in rs if r.get("nonzeros") is not None]
         if not nnz:  # pruning failed: the budget it missed, round(d N) of the N weights
             nnz = [round(d * r["weights"]) for r in rs if r.get("weights") is not None]
         xv = d if x == "density" else (sum(nnz) / len(nnz) if nnz else float("nan"))
         if ok:
-            pts.append(Point(d, sum(ok) / len(ok), min(ok), max(ok), False, len(ok), n_failed, xv))
+            pts.append(
+                Point(d, sum(ok) / len(ok), min(ok), max(ok), False, len(ok), n_failed, xv, m)
+            )
         else:
-            pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv))
+            pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv, ""))
     return pts
 
 
@@ -536,7 +592,8 @@ def plot_accuracy(
             ax.set_xlabel("density (trainable weights, %)")
         else:
             ax.set_xlabel("trainable weights")
-        ax.set_ylabel({"test_acc": "test accuracy (%)", "val_acc": "validation accuracy (%)"}
+        ax.set_ylabel({"test_acc": "test accuracy (%)", "val_acc": "validation accuracy (%)",
+                       "mixed": "test or validation accuracy (%; per point: see the table)"}
                       .get(p.metric, "accuracy (%)"))  # fmt: skip
         ax.set_title(p.title, fontsize=10)
         ax.grid(alpha=0.3)
