@@ -341,10 +341,10 @@ def _ddp_rigl_rank(rank: int, world: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _rigl_supports(world: int, rank: int, wrap=None) -> list[torch.Tensor]:
+def _rigl_supports(world: int, rank: int, wrap=None, rigl_kw=None) -> list[torch.Tensor]:
     model = dctps.sparsify(_mlp(), 0.2, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    rigl = RigL(model, opt, total_steps=40, delta_t=2)
+    rigl = RigL(model, opt, total_steps=40, delta_t=2, **(rigl_kw or {}))
     net = model if wrap is None else wrap(model)
     for i in range(6):
         x, y = _batch(i)  # the global batch of 16; this rank's share of it
@@ -544,3 +544,41 @@ def test_a_discarded_rigl_model_is_freed_without_the_garbage_collector(kind):
         assert [r() for r in refs] == [None, None]
     finally:
         gc.enable()
+
+
+def test_rigl_averages_over_the_process_group_it_is_given(tmp_path, monkeypatch):
+    """RigL reduced over the default group only; a model replicated over a subgroup (its DDP
+    given that group) needs its own. Here a gloo group of world size 1 and a subgroup of it:
+    every collective RigL makes goes to the subgroup, and the supports equal one process's."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    alone = _rigl_supports(1, 0)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        group = dist.new_group([0])
+        seen = []
+        real = dist.all_reduce
+
+        def spy(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+            seen.append(group)
+            return real(tensor, op=op, group=group, async_op=async_op)
+
+        monkeypatch.setattr(dist, "all_reduce", spy)
+        got = _rigl_supports(1, 0, rigl_kw={"process_group": group, "distributed": True})
+        # 3 updates x (the has-gradient flags + 3 layers' gradients), all in the given group
+        assert len(seen) == 12 and all(g is group for g in seen)
+        for a, ref in zip(got, alone, strict=True):
+            assert torch.equal(a, ref)
+        seen.clear()
+        _rigl_supports(1, 0, rigl_kw={"process_group": group})  # auto: one rank, nothing to do
+        assert seen == []
+        with pytest.raises(DctpsError, match=r"distributed=False\) averages over no group"):
+            RigL(dctps.sparsify(_mlp(), 0.2), None, 10, distributed=False, process_group=group)
+        with pytest.raises(DctpsError, match=r"process_group must be a torch.distributed .*got"
+                           r" str"):  # fmt: skip
+            RigL(dctps.sparsify(_mlp(), 0.2), None, 10, process_group="world")
+    finally:
+        dist.destroy_process_group()

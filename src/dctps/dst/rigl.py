@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -70,6 +70,9 @@ from torch import nn
 from dctps.errors import DctpsError
 from dctps.layers import DCTpSLayer
 from dctps.pruning.common import connect_attention, top_k_mask
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["RigL"]
 
@@ -270,6 +273,26 @@ class _DCT(_Sparse):
         return int((~has).sum())
 
 
+def _check_group(process_group: object, distributed: bool | None) -> None:
+    """A :class:`DctpsError` for a ``process_group`` RigL cannot average over: not a
+    ``torch.distributed`` group, or given with ``distributed=False`` (which averages nothing,
+    so one of the two is a mistake)."""
+    if process_group is None:
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
+        raise DctpsError(
+            "process_group must be a torch.distributed process group (e.g. from "
+            f"torch.distributed.new_group) or None, got {type(process_group).__name__}"
+        )
+    if distributed is False:
+        raise DctpsError(
+            "RigL(distributed=False) averages over no group, but a process_group was given: "
+            "leave distributed out (or True) to average over it, or drop process_group"
+        )
+
+
 class RigL:
     """RigL on every sparse layer of ``model`` (module doc, ``docs/BASELINES.md`` §7).
 
@@ -288,8 +311,13 @@ class RigL:
         t_end: stop updating after this fraction of ``total_steps`` (0.75).
         distributed: average the captured gradients over the ranks of ``torch.distributed``
             before each update, as DDP training needs (module doc). ``None`` (default): when a
-            process group of more than one rank is initialised. Pass ``False`` when the ranks
-            train independent models (a group shared for something else).
+            process group of more than one rank is initialised (``process_group``'s, where
+            given). ``True``: always (an error without an initialised one). Pass ``False`` when
+            the ranks train independent models (a group shared for something else).
+        process_group: the ``torch.distributed`` group whose ranks train this model (the one
+            its DDP wrapper was given), which every collective of RigL then uses. ``None``
+            (default): the default group (``WORLD``); a model replicated over a subgroup needs
+            its group here, or the averaging would mix in (or wait for) other models' ranks.
 
     Attributes:
         t: number of :meth:`step` calls so far.
@@ -307,6 +335,7 @@ class RigL:
         alpha: float = 0.3,
         t_end: float = 0.75,
         distributed: bool | None = None,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         for name, v in (("total_steps", total_steps), ("delta_t", delta_t)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -324,7 +353,8 @@ class RigL:
                 f"optimizer must be a torch.optim.Optimizer (or None), got "
                 f"{type(optimizer).__name__}"
             )
-        self.distributed = distributed
+        _check_group(process_group, distributed)
+        self.distributed, self.process_group = distributed, process_group
         self.model, self.optimizer = model, optimizer
         self.total_steps, self.delta_t, self.alpha = total_steps, delta_t, float(alpha)
         self.T_end = int(t_end * total_steps)
@@ -463,11 +493,15 @@ class RigL:
 
         if self.distributed is False:
             return
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        group = self.process_group  # None: the default group, as torch.distributed takes it
+        if not (dist.is_available() and dist.is_initialized()):
             if self.distributed:
                 raise DctpsError(
                     "RigL(distributed=True) needs an initialised torch.distributed process group"
                 )
+            return
+        world = dist.get_world_size(group)
+        if world < 2 and not self.distributed:  # one rank: its own gradient is the average
             return
         layers = self.layers
         ref = next((layer.params[0] for layer in layers), None)
@@ -475,8 +509,8 @@ class RigL:
         has = torch.tensor(
             [int(layer.grad is not None) for layer in layers], dtype=torch.int32, device=ref.device
         )
-        dist.all_reduce(has, op=dist.ReduceOp.MAX)  # a layer unused on one rank: zeros there
-        world = dist.get_world_size()
+        # a layer unused on one rank: zeros there
+        dist.all_reduce(has, op=dist.ReduceOp.MAX, group=group)
         for layer, used in zip(layers, has.tolist(), strict=True):
             if not used:
                 continue
@@ -485,7 +519,7 @@ class RigL:
                     layer.layer.weight_shape if isinstance(layer, _DCT) else layer.params[0].shape
                 )
                 layer.grad = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
-            dist.all_reduce(layer.grad)
+            dist.all_reduce(layer.grad, group=group)
             layer.grad.div_(world)
 
     def _state(self, p: nn.Parameter) -> dict[str, Any]:
