@@ -189,6 +189,35 @@ def test_budgets_plot_into_a_folder_and_refusals(tmp_path):
     assert r.exit_code == 0, r.output  # a suffix in capitals is still PNG
 
 
+def test_budgets_plot_into_a_folder_it_cannot_write_is_refused_before_the_table(
+    tmp_path, monkeypatch
+):
+    """`budgets --plot PATH` whose folder (or the nearest existing one above it) takes no new
+    file printed the whole table and then the error: refused first now, naming the folder."""
+    from dctps.results import plots
+
+    def refuse(path):  # a read-only folder or file system (root ignores permission bits)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(plots, "create_temp", refuse)
+    target = tmp_path / "new" / "b.png"  # its folder does not exist: tmp_path is where it would go
+    r = runner.invoke(app, ["budgets", "lenet5", "-d", "0.1", "--plot", str(target)])
+    assert isinstance(r.exception, DctpsError) and r.output == ""
+    assert str(r.exception) == (
+        f"cannot write figure {target}: cannot create files in {tmp_path} (Permission denied); "
+        "give a path in a folder you can write"
+    )
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    if sys.platform.startswith("linux"):  # a real one: no folder can be created in /proc
+        p = run_cli("budgets", "lenet5", "-d", "0.1", "--plot", "/proc/no-such/b.png")
+        assert p.returncode == 2 and p.stdout == "", p.stdout
+        assert p.stderr == (
+            "error: cannot write figure /proc/no-such/b.png: cannot create files in /proc (No "
+            "such file or directory); give a path in a folder you can write\n"
+        )
+
+
 def test_export_of_a_missing_checkpoint_says_it_does_not_exist(tmp_path):
     """`dctps export nothere.pt` called a missing file "truncated or not one"."""
     r = runner.invoke(app, ["export", str(tmp_path / "nothere.pt"), str(tmp_path / "m.dctps")])

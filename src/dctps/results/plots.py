@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from dctps.atomic import atomic_write  # noqa: E402
+from dctps.atomic import atomic_write, create_temp, unlink_quietly  # noqa: E402
 from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
 from dctps.results.store import flat_identities, row_config  # noqa: E402
 from dctps.results.variants import named_differences, varying_keys  # noqa: E402
@@ -45,13 +45,14 @@ def check_figure_path(path: str | Path) -> None:
             raise DctpsError(
                 f"cannot write figure {target}: that is a folder; give a file path in it"
             )
-    for parent in p.parents:  # the nearest one that exists must be a folder
+    for parent in p.parents:  # the nearest one that exists must be a folder we can write in
         if parent.exists():
             if not parent.is_dir():
                 raise DctpsError(
                     f"cannot write figure {path}: {parent} is a file, not a folder; give a path "
                     "in a folder"
                 )
+            _check_writable(parent, path)
             break
 
     suffix = p.suffix.lower().lstrip(".")
@@ -62,6 +63,22 @@ def check_figure_path(path: str | Path) -> None:
             f"{', '.join('.' + k for k in sorted(kinds))} (e.g. .png; the other of PNG/PDF is "
             "written beside it)"
         )
+
+
+def _check_writable(folder: Path, path: str | Path) -> None:
+    """A :class:`DctpsError` naming ``folder`` when no file can be created in it (where the
+    figure ``path``, or the folders above it, would go): a read-only folder or file system,
+    or one like ``/proc``. Tried with a temporary file, removed at once: permission bits do not
+    tell (root ignores them; a read-only mount ignores them too)."""
+    try:
+        fd, tmp = create_temp(folder / "figure")
+    except OSError as e:
+        raise DctpsError(
+            f"cannot write figure {path}: cannot create files in {folder} "
+            f"({e.strerror or e}); give a path in a folder you can write"
+        ) from None
+    os.close(fd)
+    unlink_quietly(tmp)
 
 
 def save(fig, path: str | Path) -> list[Path]:
