@@ -30,6 +30,33 @@ def test_version():
     assert m.returncode == 0 and dctps.__version__ in m.stdout  # python -m dctps works too
 
 
+def test_ctrl_c_while_the_console_script_imports_is_one_line_and_status_130(tmp_path):
+    """Ctrl-C during the seconds `dctps` spends importing torch raised KeyboardInterrupt in the
+    console script's import of dctps.cli, before main could catch it: a traceback. Simulated by
+    an import hook raising it on dctps.layers, under the entry point pyproject.toml declares."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    module, func = re.search(r'^dctps = "([\w.]+):(\w+)"$', text, re.M).groups()
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'dctps.layers':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['dctps', '--version']\n"
+        f"from {module} import {func}\n"  # what the console script does
+        f"sys.exit({func}())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "interrupted\n"), r.stderr
+    # the same entry point without the interruption runs the command
+    code = f"import sys; sys.argv = ['dctps', '--version']; from {module} import {func}; {func}()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == f"dctps {dctps.__version__}\n", r.stderr
+
+
 def test_budgets_totals_equal_count(tmp_path):
     r = runner.invoke(app, ["budgets", "resnet18", "--density", "0.001", "--allocation", "erk",
                             "--plot", str(tmp_path / "b.png")])  # fmt: skip

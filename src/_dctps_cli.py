@@ -1,0 +1,28 @@
+"""The ``dctps`` console script's entry point, outside the ``dctps`` package on purpose.
+
+Importing anything under ``dctps`` first runs ``dctps/__init__.py``, which imports torch (a second
+or more). With the script pointing at ``dctps.cli:main``, a Ctrl-C in that time raised
+``KeyboardInterrupt`` in the script's own import line, before :func:`dctps.cli.main` could catch
+it: Python's traceback instead of the one line and exit status 130 of a Ctrl-C later in a run.
+This module imports nothing heavy, so the script reaches :func:`main`, which catches it around the
+import. ``python -m dctps.cli`` and ``python -m dctps`` run :func:`dctps.cli.main` directly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """Import the command line and run it (:func:`dctps.cli.main`); a Ctrl-C while importing
+    is one ``interrupted`` line on stderr and exit status 130, as it is later in a command."""
+    try:
+        from dctps.cli import main as run
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    run()
+
+
+if __name__ == "__main__":
+    main()
