@@ -4,6 +4,7 @@ errors for damaged or foreign files."""
 import copy
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -714,3 +715,46 @@ def test_inspect_counts_the_layers_offsets_alpha_scopes_and_fixed_alphas(tmp_pat
     dctps.save(plain, tmp_path / "p.dctps")
     assert dctps.inspect(tmp_path / "p.dctps").settings == {
         "offset": {"dct": 1}, "alpha": {"layer": 1}, "fixed alpha": 0}  # fmt: skip
+
+
+def test_layer_entries_that_disagree_with_their_shape_or_tensors_are_refused_at_load(tmp_path):
+    """A crafted `out_features: 2**40` beside the true `shape` loaded, and the layer's first
+    forward asked for 32 TiB; a `nnz` other than the stored count loaded into a sparsified
+    model unnoticed. The entries are checked against their shape and tensors, naming the layer."""
+    p = tmp_path / "m.dctps"
+
+    def make():
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4, bias=False))
+
+    torch.manual_seed(0)
+    dctps.save(dctps.sparsify(make(), 0.2, seed=0), p)
+    header, _, _ = checkpoint_io._read(p)
+
+    def refused(changes, match):
+        bad = copy.deepcopy(header)
+        bad["layers"][1].update(changes)
+        for model in (make(), dctps.sparsify(make(), 0.2, seed=1)):  # rebuilt, or loaded into
+            with pytest.raises(DctpsError, match=match):
+                dctps.load(_rewrite(p, bad), model=model)
+
+    where = rf"^checkpoint {re.escape(str(tmp_path))}/x\.dctps is corrupt: layer '2' "
+    refused({"out_features": 2**40},
+            where + r"declares weight shape \[4, 16\], but its constructor fields make "
+            r"\[1099511627776, 16\]$")  # fmt: skip
+    refused({"in_features": "16"}, where + r".*make none \(a field is not a count\)$")
+    n = header["layers"][1]["nnz"]
+    refused({"nnz": 5}, where + rf"declares nnz=5 but stores {n} values and {n} indices$")
+    # a smaller weight, consistently declared: its stored positions lie outside it
+    refused({"in_features": 2, "shape": [4, 2]},
+            where + r"stores positions \d+\.\.\d+, outside its declared weight \[4, 2\] "
+            r"\(\[0, 8\)\)$")  # fmt: skip
+
+    # a conv of a model rebuilt from its architecture spec
+    dctps.save(dctps.sparsify(build("lenet5"), 0.1, seed=0), p)
+    header, _, _ = checkpoint_io._read(p)
+    conv = next(c for c in header["layers"] if c["type"] == "DCTpSConv2d")
+    conv["out_channels"] = 2**40
+    match = (rf"layer '{conv['name']}' declares weight shape \[\d+, \d+, 5, 5\], but its "
+             r"constructor fields make \[1099511627776, ")  # fmt: skip
+    with pytest.raises(DctpsError, match=match):
+        dctps.load(_rewrite(p, header))

@@ -543,6 +543,7 @@ def load(
                 f"{type(model).__name__} does not have"
             ) from None
         prefix = f"{name}." if name else ""
+        _check_declared(cfg, state, path)
         _check_compatible(old, cfg, path)
         if isinstance(old, (DCTpSLayer, DCTpSMultiheadAttention)) and _same_structure(old, cfg):
             if isinstance(old, DCTpSLayer) and "mode" in cfg:
@@ -627,6 +628,71 @@ def _same_structure(m: nn.Module, cfg: dict[str, Any]) -> bool:
     return all(
         mine.get(k, _CONFIG_DEFAULTS.get(k)) == cfg.get(k, _CONFIG_DEFAULTS.get(k)) for k in keys
     )
+
+
+def _fields_shape(cfg: dict[str, Any]) -> list[int] | None:
+    """The weight shape a layer entry's constructor fields make (``out_features`` x
+    ``in_features``, ...), which the layer :func:`_build_layer` builds will have; ``None`` where
+    a field is not a count (or the type is unknown: refused later, by its name)."""
+    kind = cfg.get("type")
+    dims: list[Any]
+    if kind == "DCTpSLinear":
+        dims = [cfg.get("out_features"), cfg.get("in_features")]
+    elif kind == "DCTpSConv2d":
+        groups, kernel = cfg.get("groups"), cfg.get("kernel_size")
+        if not (is_count(groups) and groups and is_count(cfg.get("in_channels"))):
+            return None
+        if not (isinstance(kernel, list) and len(kernel) == 2):
+            return None
+        dims = [cfg.get("out_channels"), cfg["in_channels"] // groups, *kernel]
+    elif kind == "DCTpSMultiheadAttention":
+        e: Any = cfg.get("embed_dim")
+        dims = [3 * e if is_count(e) else None, e]
+    else:
+        return None
+    return dims if all(is_count(d) for d in dims) else None
+
+
+def _check_declared(cfg: dict[str, Any], state: dict[str, torch.Tensor], path: Any) -> None:
+    """A :class:`DctpsError` naming the layer where a layer entry disagrees with itself or with
+    its stored tensors: constructor fields that make another shape than its ``shape`` (a crafted
+    ``out_features: 2**40`` loaded, and the first forward asked for 32 TiB), a non-zero count
+    other than its stored values' and indices', or indices outside the declared weight."""
+    if cfg.get("type") not in ("DCTpSLinear", "DCTpSConv2d", "DCTpSMultiheadAttention"):
+        return  # refused by _build_layer, naming the type
+    where = f"checkpoint {path} is corrupt: layer {cfg['name']!r}"
+    shape = _fields_shape(cfg)
+    if shape is None or shape != cfg["shape"]:
+        raise DctpsError(
+            f"{where} declares weight shape {cfg['shape']}, but its constructor fields make "
+            f"{shape if shape is not None else 'none (a field is not a count)'}"
+        )
+    prefix = f"{cfg['name']}." if cfg["name"] else ""
+    if cfg["type"] == "DCTpSMultiheadAttention":
+        e = shape[1]
+        parts = [
+            ("in_proj.", cfg.get("in_nnz"), 3 * e * e),
+            ("out_proj.", cfg.get("out_nnz"), e * e),
+        ]
+    else:
+        parts = [("", cfg.get("nnz"), math.prod(shape))]
+    for sub, nnz, size in parts:
+        values, indices = state.get(prefix + sub + "values"), state.get(prefix + sub + "indices")
+        if values is None or indices is None:
+            continue  # the strict state-dict load names the missing keys
+        if not (is_count(nnz) and values.numel() == indices.numel() == nnz):
+            raise DctpsError(
+                f"{where}{' ' + sub[:-1] if sub else ''} declares nnz={nnz!r} but stores "
+                f"{values.numel()} values and {indices.numel()} indices"
+            )
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise DctpsError(f"{where}: its indices are {indices.dtype}, not integers")
+        if nnz and not (int(indices.min()) >= 0 and int(indices.max()) < size):
+            raise DctpsError(
+                f"{where}{' ' + sub[:-1] if sub else ''} stores positions "
+                f"{int(indices.min())}..{int(indices.max())}, outside its declared weight "
+                f"{shape} ([0, {size}))"
+            )
 
 
 def _check_compatible(old: nn.Module, cfg: dict[str, Any], path: Any) -> None:
