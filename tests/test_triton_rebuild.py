@@ -335,12 +335,14 @@ def test_which_layers_compute_the_dct():
         ((512, 16384, 3, 3), True),
         ((128, 8192, 3, 3), False),  # 128 tiles, split in 4 chunks
         ((512, 256, 1, 1), False),
+        ((512, 256, 8, 8), False),  # a window of 64 positions: 16 tiles, read
+        ((512, 16384, 1, 1), True),  # a 1x1 conv: a Linear's layout
         ((8192, 8192), True),
         ((600, 8192), True),
         ((600, 7168), False),
         ((64, 65536), True),
-        ((64, 32768), False),
-    ):  # 8 chunks a row
+        ((64, 32768), False),  # 8 chunks a row
+    ):
         fan = math.prod(shape[1:])
         assert tr.computes_dct(shape[0], fan, tr.dct_layout(shape)) == computed, shape
     # per-channel alphas' backward sums whole rows: 32 tiles a program

@@ -530,7 +530,9 @@ def computes_dct(rows: int, fan: int, layout: DctLayout | None, split: bool = Tr
     q, bp = layout.q, max(1, _TILE // _pow2(layout.q))
     blocks = math.ceil(math.ceil(fan / q) / bp)
     per_program = math.ceil(blocks / (chunks(rows, fan, q, bp) if split else 1))
-    least = MIN_DCT_TILES if layout.q == _LINEAR_Q else MIN_DCT_TILES_WINDOW
+    # a Linear's layout walks a row 64 columns a tile row (sp = 64); a conv window, one channel
+    # (sp = 1), an 8x8 window too, whose q is 64 as well: not measured, so read as windows are
+    least = MIN_DCT_TILES if layout.sp == _LINEAR_Q else MIN_DCT_TILES_WINDOW
     return per_program >= least
 
 
