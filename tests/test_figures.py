@@ -279,6 +279,33 @@ def test_cli_plot_out_folder_writes_plot_png_inside(tmp_path):
     assert not (tmp_path / "figs.png").exists()
 
 
+def test_a_figure_never_replaces_a_file_it_did_not_write(tmp_path):
+    """`dctps results --json runs.json`, then `dctps plot --out runs.png`: the plot's JSON data
+    replaced the export without a word. A file of another kind at any of the figure's three
+    paths is refused, before anything is written; the figure's own files are replaced."""
+    store = Store(tmp_path)
+    record(store, cfg("dctps", 0.01), 0.4)
+    export = tmp_path / "runs.json"
+    r = runner.invoke(app, ["results", "--db", str(tmp_path), "--json", str(export)])
+    assert r.exit_code == 0, r.output
+    before = export.read_bytes()
+    assert before.startswith(b"[")
+    r = runner.invoke(app, ["plot", "--db", str(tmp_path), "--out", str(tmp_path / "runs.png")])
+    assert isinstance(r.exception, DctpsError), r.output
+    assert f"{export} exists and is not a figure's JSON data" in str(r.exception)
+    assert export.read_bytes() == before
+    assert not (tmp_path / "runs.png").exists() and not (tmp_path / "runs.pdf").exists()
+    # a PDF beside a PNG figure that is no PDF; an empty file, or the figure's own, is replaced
+    (tmp_path / "fig.pdf").write_text("my notes")
+    with pytest.raises(DctpsError, match="fig.pdf exists and is not a PDF"):
+        F.check_figure_path(tmp_path / "fig.png")
+    (tmp_path / "fig.pdf").write_text("")
+    for _ in range(2):
+        r = runner.invoke(app, ["plot", "--db", str(tmp_path), "--out", str(tmp_path / "fig")])
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "fig.pdf").read_bytes().startswith(b"%PDF")
+
+
 def test_cli_plot_where(tmp_path):
     store = Store(tmp_path)
     record(store, cfg("dctps", 0.01), 0.4)

@@ -313,6 +313,23 @@ def test_results_csv_to_standard_output_or_a_pipe(tmp_path, capsys):
     assert not _csv_stream("/dev/shm/results.csv") and not _csv_stream(tmp_path / "r.csv")
 
 
+@pytest.mark.parametrize("flag", ["--csv", "--json"])
+def test_an_export_to_a_reader_that_left_is_no_error(flag, tmp_path):
+    """`dctps results --json - | head -1` printed `error: cannot write JSON file -: Broken pipe`
+    and exited 2 (the plain table, 0): a reader that left has what it wanted. Here the pipe
+    is closed before the command writes at all, so every write fails."""
+    s = Store(tmp_path / "results.db")
+    for i in range(50):
+        s.start(f"h{i}", cfg(seed=i))
+    p = subprocess.Popen([sys.executable, "-m", "dctps.cli", "results", "--db", str(tmp_path),
+                          flag, "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert err == ""
+
+
 WRITER = textwrap.dedent(
     """
     import os, sys, time

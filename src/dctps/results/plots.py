@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from dctps.atomic import atomic_write, create_temp, unlink_quietly  # noqa: E402
+from dctps.atomic import atomic_write, create_temp, starts_with, unlink_quietly  # noqa: E402
 from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
 from dctps.results.store import flat_identities, row_config  # noqa: E402
 from dctps.results.variants import named_differences, varying_keys  # noqa: E402
@@ -63,6 +63,32 @@ def check_figure_path(path: str | Path) -> None:
             f"{', '.join('.' + k for k in sorted(kinds))} (e.g. .png; the other of PNG/PDF is "
             "written beside it)"
         )
+    _check_not_foreign(p, path)
+
+
+#: the first bytes of the files a figure writes (its PNG, PDF and JSON data, a JSON object):
+#: a file at one of their paths that starts otherwise is not a figure's, and is not replaced
+_FIGURE_FILES = {".png": (b"\x89PNG", "PNG image"), ".pdf": (b"%PDF", "PDF"),
+                 ".json": (b"{", "figure's JSON data")}  # fmt: skip
+
+
+def _check_not_foreign(p: Path, path: str | Path) -> None:
+    """A :class:`DctpsError` where a file the figure at ``p`` would replace (``p``, the other of
+    PNG/PDF beside it, ``p.json``) exists, is not empty, and is not of that kind: a figure's
+    JSON beside ``runs.png`` would have replaced ``dctps results --json runs.json``'s export
+    without a word."""
+    main = p if p.suffix else p.with_suffix(".png")
+    twin = main.with_suffix(".pdf" if main.suffix.lower() != ".pdf" else ".png")
+    for f in (main, twin, main.with_suffix(".json")):
+        known = _FIGURE_FILES.get(f.suffix.lower())
+        if known is None or not f.is_file() or not f.stat().st_size:
+            continue
+        if not starts_with(f, known[0]):
+            raise DctpsError(
+                f"cannot write figure {path}: {f} exists and is not a {known[1]} that a figure "
+                f"wrote; refusing to replace it. Give another figure path (the figure writes "
+                f"{main.name}, {twin.name} and {main.with_suffix('.json').name})"
+            )
 
 
 def _check_writable(folder: Path, path: str | Path) -> None:
@@ -692,8 +718,9 @@ def plot_command(
     from dctps.results.store import Store, existing_db, parse_where
 
     path = existing_db(db)
-    rows = Store(path).query(parse_where(where))
     target = user_path(out)
     if str(out).endswith(("/", os.sep)) or target.is_dir():
         target = target / "plot.png"  # a folder, as --out is for train/sweep/figure
+    check_figure_path(target)
+    rows = Store(path).query(parse_where(where))
     return plot_runs(rows, target, title=title, metric=metric, x=x)

@@ -650,8 +650,26 @@ def _export(
         else:
             with atomic_write(target, f"{kind} file", newline=newline) as f:
                 write(f)
+    except BrokenPipeError:
+        if not _csv_stream(path):
+            raise cannot_write(f"{kind} file", path, BrokenPipeError("Broken pipe")) from None
+        _reader_gone(str(path) in STDOUT_PATHS)
     except OSError as e:
         raise cannot_write(f"{kind} file", path, e) from None
+
+
+def _reader_gone(stdout: bool) -> None:
+    """The reader of a stream left before the export's end (``dctps results --json - | head``):
+    it read what it wanted, as for the printed table, so that is no error. Standard output then
+    goes to ``os.devnull``, so that Python's flush of what is still buffered, at exit, does not
+    fail again (the recipe of Python's documentation on SIGPIPE)."""
+    if not stdout:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a descriptor (captured, as in tests)
+        pass
 
 
 def _write_json(f: Any, runs: Sequence[Mapping[str, Any]]) -> None:
