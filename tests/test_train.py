@@ -817,7 +817,7 @@ def _row_after_interrupt_in(owner, name, cfg, out, monkeypatch):
 
 
 def test_an_interrupt_between_the_rows_start_and_the_first_epoch_is_recorded(
-    fake_cifar10, tmp_path, monkeypatch
+    fake_cifar10, tmp_path, monkeypatch, capsys
 ):
     """Ctrl-C after the row was started but before the epochs (building the optimizer, or
     resuming from a checkpoint) left a `running` row with no reason (a parallel sweep's review,
@@ -846,8 +846,13 @@ def test_an_interrupt_between_the_rows_start_and_the_first_epoch_is_recorded(
     row = _row_after_interrupt_in(loop.su, "make_scheduler", cfg, tmp_path, monkeypatch)
     assert row["status"] == "interrupted"
     assert row["reason"] == "interrupted after epoch 1 of 2; run the same command again to resume"
-    r = fit(cfg, tmp_path, progress=False)
+    capsys.readouterr()
+    r = fit(cfg, tmp_path, progress=True)
     assert r["status"] == "done" and r["resumed_from"] == 1
+    # said when it starts (above the progress bar) and in the run's last line: the bar's
+    # first count alone told (a newcomer review)
+    assert f"resuming run {r['hash']} after epoch 1 of 2\n" in capsys.readouterr().err
+    assert loop.describe(r).startswith(f"run {r['hash']} done (resumed after epoch 1): val ")
 
 
 def test_an_interrupt_after_the_last_epoch_says_so_and_the_rerun_finishes(

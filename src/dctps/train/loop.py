@@ -27,6 +27,7 @@ import contextlib
 import importlib
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -968,6 +969,11 @@ def _fit(
                 progress and ctx.is_main,
                 cfg.summary(),
             )
+            if bar is not None and start_epoch:
+                # nothing else says so before the run's last line (describe)
+                bar.write(
+                    f"resuming run {h} after epoch {start_epoch} of {o.epochs}", file=sys.stderr
+                )
             for epoch in range(start_epoch + 1, o.epochs + 1):
                 lr = float(optimizer.param_groups[0]["lr"])
                 if bar is not None:
@@ -1229,6 +1235,8 @@ def describe(result: dict[str, Any]) -> str:
     if result.get("status") == "failed":
         return f"run {result['hash']} failed: {result.get('reason')}"
     pre = "already done" if result.get("skipped") else "done"
+    if result.get("resumed_from"):
+        pre += f" (resumed after epoch {result['resumed_from']})"
     return (
         f"run {result['hash']} {pre}: val {_fmt_acc(result.get('val_acc'))} "
         f"(epoch {result.get('best_epoch')}), test {_fmt_acc(result.get('test_acc'))}, "
