@@ -103,8 +103,8 @@ class DataConfig:
     )
     subset: int | None = _f(
         None,
-        "Use only this many training (and val/test) examples: quick runs. At least the data "
-        "set's size: all of it (the same run as without).",
+        "Use only this many training (and val/test) examples: quick runs. A value at least "
+        "the data set's size uses all of it (the same run, and hash, as without).",
     )
     split_seed: int = _f(0, "Seed of the validation hold-out permutation.")
 
@@ -119,7 +119,8 @@ class SparsityConfig:
     )
     density: float | None = _f(
         None,
-        "Fraction of weights that are trainable, in (0, 1] (e.g. 0.001, or 0.1%).",
+        "Fraction of weights that are trainable, in (0, 1] (e.g. 0.001, or 0.1%); needed by "
+        "every method but dense.",
         coerce=parse_density,
     )
     allocation: str | None = _f(
