@@ -75,9 +75,16 @@ def test_resnet_takes_small_images():
         assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-@pytest.mark.parametrize(("name", "size"), [("lenet5", 28), ("vgg19", 12)])
-def test_small_images_rejected_where_the_architecture_needs_them(name, size):
-    with pytest.raises(DctpsError, match=f"image_size={size}"):
+@pytest.mark.parametrize(
+    ("name", "size", "fits"),
+    [("lenet5", 28, "fixup_resnet110, mobilenetv2, resnet18, resnet50, vgg19"),
+     ("vgg19", 12, "fixup_resnet110, mobilenetv2, resnet18, resnet50")],
+)  # fmt: skip
+def test_small_images_rejected_where_the_architecture_needs_them(name, size, fits):
+    """The refusal names the models that take the size (the digits' 8x8: a newcomer tried
+    LeNet-5 and had to guess)."""
+    with pytest.raises(DctpsError, match=f"image_size={size}; models that take {size}x{size} "
+                       f"inputs: {fits}$"):  # fmt: skip
         build(name, image_size=size)
 
 

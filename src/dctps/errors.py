@@ -25,6 +25,11 @@ class InputDtypeError(DctpsError, RuntimeError):
     the dense path's (and ``nn.Linear``'s) refusal is, so code catching that catches both."""
 
 
+class ImageTooSmall(DctpsError):
+    """An input size an architecture cannot take (its poolings would leave nothing):
+    :func:`dctps.models.build` adds which registered models take it."""
+
+
 class RunBusy(DctpsError):
     """The run is being trained by another process (its run folder's lock is held): a sweep
     leaves it to that process and goes on with its other runs."""

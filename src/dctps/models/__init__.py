@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from dctps.errors import DctpsError, unknown_name
+from dctps.errors import DctpsError, ImageTooSmall, unknown_name
 from dctps.models.fixup_resnet import LR_FACTORS as FIXUP_LR_FACTORS
 from dctps.models.fixup_resnet import ZERO_INIT_ATTR, fixup_resnet110
 from dctps.models.lenet import lenet5
@@ -100,7 +100,13 @@ def build(
     num_classes = _check_int(num_classes, "num_classes", 2)
     in_channels = _check_int(in_channels, "in_channels", 1)
     image_size = _check_int(image_size, "image_size", 1)
-    model = constructor(num_classes, in_channels, image_size)
+    try:
+        model = constructor(num_classes, in_channels, image_size)
+    except ImageTooSmall as e:
+        fits = [n for n in names() if n != name and _takes(n, in_channels, image_size)]
+        raise ImageTooSmall(
+            f"{e}; models that take {image_size}x{image_size} inputs: {', '.join(fits) or 'none'}"
+        ) from None
     # Lets dctps.save record the architecture, so dctps.load can rebuild it without the class.
     arch: dict[str, object] = {
         "name": name, "num_classes": num_classes, "in_channels": in_channels,
@@ -110,6 +116,19 @@ def build(
         arch["revision"] = REVISIONS[name]
     model.dctps_arch = arch  # type: ignore[assignment]
     return model
+
+
+def _takes(name: str, in_channels: int, image_size: int) -> bool:
+    """Whether model ``name`` builds for ``image_size`` inputs (on the meta device: no memory,
+    no initialisation's time)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            _REGISTRY[name](10, in_channels, image_size)
+    except ImageTooSmall:
+        return False
+    return True
 
 
 def check_revision(arch: dict, source: str) -> None:

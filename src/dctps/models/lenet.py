@@ -7,7 +7,7 @@ network has 61,510 weights and no other parameters (450 + 2,400 + 48,000 + 9,840
 On 32x32 inputs the last conv's output is already 1x1. Larger inputs (e.g. 64x64 Tiny ImageNet,
 where the map is 9x9) are averaged to 1x1 by an adaptive average pool after the last conv, so the
 classifier input stays 120 and the weights are identical for every input size. Inputs smaller than
-32x32 would leave nothing for the last 5x5 conv, so they raise :class:`DctpsError`.
+32x32 would leave nothing for the last 5x5 conv, so they raise :class:`~dctps.errors.ImageTooSmall`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dctps.errors import DctpsError
+from dctps.errors import ImageTooSmall
 from dctps.models.resnet import kaiming_init_
 
 
@@ -25,7 +25,9 @@ class LeNet5(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32):
         super().__init__()
         if image_size < 32:
-            raise DctpsError(f"LeNet-5 needs 32x32 inputs or larger, got image_size={image_size}")
+            raise ImageTooSmall(
+                f"LeNet-5 needs 32x32 inputs or larger, got image_size={image_size}"
+            )
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, bias=False),
             nn.ReLU(inplace=True),

@@ -8,9 +8,9 @@ single ``Linear(512, num_classes)`` with bias. This is FORCE's ``VGG`` (``defaul
 the paper uses (Appendix E.2). The classifier bias is what makes the "bias & BN" count exact
 (11,008 BN parameters + 10 biases).
 
-Four 2x2 max-pools need inputs of at least 16x16; smaller sizes raise :class:`DctpsError`. The
-adaptive average pool makes the classifier input 512 at any input size, so the weights do not
-depend on it.
+Four 2x2 max-pools need inputs of at least 16x16; smaller sizes raise
+:class:`~dctps.errors.ImageTooSmall`. The adaptive average pool makes the classifier input 512
+at any input size, so the weights do not depend on it.
 
 Table E.1 (10 classes), weights / other parameters: 20,024,000 / 11,018.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dctps.errors import DctpsError
+from dctps.errors import ImageTooSmall
 from dctps.models.resnet import kaiming_init_
 
 _CFG_19: tuple[int | str, ...] = (
@@ -42,7 +42,7 @@ class VGG(nn.Module):
         super().__init__()
         pools = sum(1 for c in cfg if c == "M")
         if image_size < 2**pools:
-            raise DctpsError(
+            raise ImageTooSmall(
                 f"VGG with {pools} max-pools needs inputs of at least {2**pools}x{2**pools}, "
                 f"got image_size={image_size}"
             )
