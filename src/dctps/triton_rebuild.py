@@ -31,14 +31,13 @@ of a Linear's layout; a 3x3 conv's almost never); the others, and other offsets,
 Measured as CUDA graphs (``benchmarks/RESULTS.md``, sessions 13 and 16), the kernels take less
 GPU time than the operators (a lone conv, the kernels reading ``D``: 1.03-1.10x ``nn.Conv2d``,
 against 1.08-1.24x; the rebuild alone, forward and backward, 8-13 us against 13-35 us on
-ResNet18's and VGG19's convs),
-but more host time: a Python autograd Function and two Triton launches cost more than six
-built-in operators. So layers use them where host time is not spent per call: while a CUDA graph
-is captured (:meth:`dctps.layers.DCTpSLayer.dense_weight`). Eager calls take the operators; the
-first of a layer compiles and loads the kernels by launching them once on scratch outputs
-(:func:`warm_up`: a capture can launch kernels but not load them), outside autograd, so what an
-eager call saves for backward never depends on the kernels (a checkpoint's recomputation saves
-what its forward saved).
+ResNet18's and VGG19's convs), but more host time: a Python autograd Function and two Triton
+launches cost more than six built-in operators. So layers use them where host time is not spent
+per call: while a CUDA graph is captured (:meth:`dctps.layers.DCTpSLayer.dense_weight`). Eager
+calls take the operators; the first of a layer compiles and loads the kernels by launching them
+once on scratch outputs (:func:`warm_up`: a capture can launch kernels but not load them),
+outside autograd, so what an eager call saves for backward never depends on the kernels (a
+checkpoint's recomputation saves what its forward saved).
 
 Triton is optional: without it (a CPU-only torch) :func:`available` is ``False`` and layers keep
 the built-in operators. ``TRITON_INTERPRET=1`` runs these kernels on the CPU, which is how the
@@ -527,9 +526,9 @@ def computes_dct(rows: int, fan: int, layout: DctLayout | None, split: bool = Tr
     only at 128 tiles (113.0 against 121.4 us)."""
     if layout is None:
         return False
-    q, bp = layout.q, max(1, _TILE // _pow2(layout.q))
-    blocks = math.ceil(math.ceil(fan / q) / bp)
-    per_program = math.ceil(blocks / (chunks(rows, fan, q, bp) if split else 1))
+    bp = _tile_rows(layout.q)
+    blocks = _blocks(fan, layout.q, bp)
+    per_program = math.ceil(blocks / (chunks(rows, fan, layout.q, bp) if split else 1))
     # a Linear's layout walks a row 64 columns a tile row (sp = 64); a conv window, one channel
     # (sp = 1), an 8x8 window too, whose q is 64 as well: not measured, so read as windows are
     least = MIN_DCT_TILES if layout.sp == _LINEAR_Q else MIN_DCT_TILES_WINDOW
@@ -539,6 +538,16 @@ def computes_dct(rows: int, fan: int, layout: DctLayout | None, split: bool = Tr
 def _pow2(q: int) -> int:
     """The smallest power of two ``>= q`` (Triton's tiles are powers of two)."""
     return 1 << (q - 1).bit_length()
+
+
+def _tile_rows(q: int) -> int:
+    """``BP``: the tile rows of ``q`` positions (padded to a power of two) in one tile."""
+    return max(1, _TILE // _pow2(q))
+
+
+def _blocks(fan: int, q: int, bp: int) -> int:
+    """The tiles a row of ``fan`` entries spans: ``ceil(fan / q)`` tile rows, ``bp`` a tile."""
+    return math.ceil(math.ceil(fan / q) / bp)
 
 
 #: the fewest tiles per program for which the kernels compute the DCT in a Linear's layout, and
@@ -560,10 +569,9 @@ def _plan(
         q, n, sp, sq = _LINEAR_Q, 1, 1, 1
     else:
         q, n, sp, sq = layout.q, layout.n, layout.sp, layout.sq
-    qp = _pow2(q)
-    bp = max(1, _TILE // qp)
+    bp = _tile_rows(q)
     return (n, sp, sq), {
-        "COMPUTED": layout is not None, "Q": q, "QP": qp, "BP": bp,
+        "COMPUTED": layout is not None, "Q": q, "QP": _pow2(q), "BP": bp,
         # a phase o * (2 j + 1) < 2 N**2 (and a tile's steps, 2048 o at most) in int32 when
         # 4 N**2 fits: int64 products and remainders cost many instructions on a GPU
         "PH64": 4 * n * n >= 2**31,
@@ -575,7 +583,7 @@ def chunks(rows: int, fan: int, q: int, bp: int) -> int:
     ``bp``; a weight of fewer than :data:`_PROGRAMS` rows has its rows split into chunks of
     whole tiles until about that many programs run (a weight of few long rows, the output
     channels of a deep conv, would otherwise leave most of a GPU idle), with no chunk empty."""
-    blocks = math.ceil(math.ceil(fan / q) / bp)
+    blocks = _blocks(fan, q, bp)
     want = max(1, min(blocks, math.ceil(_PROGRAMS / max(rows, 1))))
     return math.ceil(blocks / math.ceil(blocks / want))
 

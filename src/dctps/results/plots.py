@@ -77,8 +77,7 @@ def _check_not_foreign(p: Path, path: str | Path) -> None:
     PNG/PDF beside it, ``p.json``) exists, is not empty, and is not of that kind: a figure's
     JSON beside ``runs.png`` would have replaced ``dctps results --json runs.json``'s export
     without a word."""
-    main = p if p.suffix else p.with_suffix(".png")
-    twin = main.with_suffix(".pdf" if main.suffix.lower() != ".pdf" else ".png")
+    main, twin = _image_paths(p)
     for f in (main, twin, main.with_suffix(".json")):
         known = _FIGURE_FILES.get(f.suffix.lower())
         if known is None or not f.is_file() or not f.stat().st_size:
@@ -107,14 +106,17 @@ def _check_writable(folder: Path, path: str | Path) -> None:
     unlink_quietly(tmp)
 
 
+def _image_paths(path: Path) -> tuple[Path, Path]:
+    """The image a figure ``path`` names (``PATH.png`` without a suffix: matplotlib would add
+    .png itself, and the reported path would not exist) and the other of PNG/PDF beside it."""
+    main = path if path.suffix else path.with_suffix(".png")
+    return main, main.with_suffix(".pdf" if main.suffix.lower() != ".pdf" else ".png")
+
+
 def save(fig, path: str | Path) -> list[Path]:
     """Save ``fig`` at ``path`` and, beside it, the other of PNG/PDF; return both paths."""
-    path = user_path(path)
-    if not path.suffix:  # matplotlib would add .png itself, and the reported path would not exist
-        path = path.with_suffix(".png")
-    out = [path]
-    twin = path.with_suffix(".pdf" if path.suffix.lower() != ".pdf" else ".png")
-    out.append(twin)
+    path, twin = _image_paths(user_path(path))
+    out = [path, twin]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         images = []
