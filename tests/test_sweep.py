@@ -279,6 +279,7 @@ def test_killed_sweep_resumes(fake_cifar10, tmp_path):
     rep = run_sweep(cfgs, out, progress=False)
     assert rep.results[first]["resumed_from"] == 1 and rep.results[second]["resumed_from"] is None
     assert rep.counts() == {"done": 2}
+    assert rep.summary().splitlines()[0] == "2 runs: 2 done (1 resumed from a checkpoint)"
     assert [e["epoch"] for e in Store(out).epochs(first)] == [1, 2]
 
 

@@ -540,7 +540,14 @@ class SweepReport:
         """A few lines: counts, then one line per failed or errored run."""
         by = {p.hash: p for p in self.planned}
         counts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts().items()))
-        lines = [f"{len(self.planned)} runs: {counts}"]
+        # "done" alone hid that a run went on from its checkpoint (a newcomer review)
+        resumed = sum(
+            1
+            for r in self.results.values()
+            if r["status"] == "done" and r.get("resumed_from") and not r.get("skipped")
+        )
+        note = f" ({resumed} resumed from a checkpoint)" if resumed else ""
+        lines = [f"{len(self.planned)} runs: {counts}{note}"]
         for h, r in self.results.items():
             if r["status"] in ("failed", "error"):
                 lines.append(f"  {r['status']:<6} {h} {by[h].cfg.summary()}: {r.get('reason')}")
