@@ -283,3 +283,15 @@ def test_a_dctps_warning_is_one_line_on_the_command_line(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: which process warned
     monkeypatch.setenv("RANK", "1")
     assert fmt("x", RuntimeWarning, loop.__file__, 1) == "[rank 1] warning: x\n"
+
+
+def test_figure_help_states_the_defaults_the_figures_use():
+    """`figure --seeds` and `--epochs` said nothing of their defaults (a newcomer review); the
+    help's numbers are the figures' and the recipes' own."""
+    from dctps.results import figures as F
+    from dctps.train.config import RECIPES
+
+    text = " ".join(runner.invoke(app, ["figure", "--help"], terminal_width=200).output.split())
+    assert f"(default: {len(F.SEEDS)}; --quick: {len(F.QUICK_SEEDS)})" in text
+    assert {n: r.epochs for n, r in RECIPES.items() if r.epochs != 200} == {"lenet": 160}
+    assert "(default: each recipe's, 200; LeNet-5's 160;" in text

@@ -282,6 +282,24 @@ def test_missing_root_errors(tmp_path, monkeypatch):
         D.build("tiny_imagenet", tmp_path)
 
 
+@pytest.mark.parametrize("name,sub", [("cifar10", "cifar-10-batches-py"),
+                                      ("tiny_imagenet", "tiny-imagenet-200")])  # fmt: skip
+def test_a_root_one_level_too_deep_names_its_parent(name, sub, tmp_path):
+    """`--data-root .../cifar-10-batches-py` said `.../cifar-10-batches-py/cifar-10-batches-py`
+    was missing (a newcomer review); the refusal now names the folder to give."""
+    make_fake_cifar10(tmp_path) if name == "cifar10" else make_fake_tiny(tmp_path)
+    deep = tmp_path / sub
+    hint = f"; {deep} is that folder itself: give the folder that holds it, {tmp_path}"
+    for check in (D.check_root, D.build):
+        with pytest.raises(DctpsError) as e:
+            check(name, deep)
+        assert str(e.value).endswith(hint), str(e.value)
+    with pytest.raises(DctpsError) as e:  # another missing folder: no hint
+        D.check_root(name, tmp_path / "elsewhere" / sub)
+    assert "is that folder itself" not in str(e.value)
+    assert len(D.build(name, tmp_path).train_y) > 0  # the parent is the root
+
+
 def test_corrupt_cifar_files(tmp_path):
     make_fake_cifar10(tmp_path)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"

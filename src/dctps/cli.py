@@ -189,8 +189,15 @@ def figure_cmd(
     density: list[str] = typer.Option(
         [], "--density", help="Replace the densities (0.001 or 0.1%; repeatable)."
     ),
-    seeds: int = typer.Option(None, "--seeds", help="Number of seeds (0..N-1)."),
-    epochs: int = typer.Option(None, "--epochs", help="Override the epochs of every run."),
+    seeds: int = typer.Option(
+        None, "--seeds", help="Number of seeds (0..N-1) (default: 3; --quick: 1)."
+    ),
+    epochs: int = typer.Option(
+        None,
+        "--epochs",
+        help="Override the epochs of every run (default: each recipe's, 200; LeNet-5's 160; "
+        "--quick: a few).",
+    ),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N] for every run."),
     sets: list[str] = typer.Option([], "--set", help="Override a field, e.g. optim.lr=0.01."),
     config: str = typer.Option(None, "--config", help="Use this sweep YAML as the grid."),

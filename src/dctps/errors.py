@@ -135,6 +135,19 @@ def not_a_file(path: Path) -> str:
     return f"missing file {path}"
 
 
+def missing_data_folder(root: str | os.PathLike, sub: str, layout: str) -> DctpsError:
+    """The error for a data root without its data set's folder ``sub`` (``cifar-10-batches-py``),
+    naming the parent where ``root`` is that folder itself: a root one level too deep read as
+    ``.../cifar-10-batches-py/cifar-10-batches-py`` missing, and left the user to guess."""
+    root = Path(root)
+    hint = (
+        f"; {root} is that folder itself: give the folder that holds it, {root.parent}"
+        if root.name == sub and root.is_dir()
+        else ""
+    )
+    return DctpsError(f"missing folder {root / sub}; expected layout: {layout}{hint}")
+
+
 def one_line(e: BaseException, empty: str = "") -> str:
     """``Type: first line of the message`` of ``e`` (``Type: empty``, or ``Type`` alone, where
     it has no message): what a one-line error or a store row's reason quotes of a cause."""

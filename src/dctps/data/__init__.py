@@ -34,7 +34,7 @@ from dctps.data.augment import (
 from dctps.data.digits import load_digits
 from dctps.data.loader import Loader
 from dctps.data.split import holdout
-from dctps.errors import DctpsError, unknown_name, user_path
+from dctps.errors import DctpsError, missing_data_folder, unknown_name, user_path
 
 __all__ = [
     "DatasetInfo",
@@ -281,7 +281,7 @@ def check_root(name: str, root: str | os.PathLike | None) -> None:
         return
     path = _resolve_root(name, root)
     if not (path / src.folder).is_dir():  # the loader's own first check, before any run starts
-        raise DctpsError(f"missing folder {path / src.folder}; expected layout: {src.layout}")
+        raise missing_data_folder(path, src.folder, src.layout)
 
 
 def _source(info: DatasetInfo) -> Source:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dctps.errors import DctpsError, not_a_file
+from dctps.errors import DctpsError, missing_data_folder, not_a_file
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
@@ -166,7 +166,7 @@ def _check_meta(path: Path, names_key: str, num_classes: int, layout: str) -> No
 def _folder(root: str | os.PathLike, sub: str, layout: str) -> Path:
     folder = Path(root) / sub
     if not folder.is_dir():
-        raise DctpsError(f"missing folder {folder}; expected layout: {layout}")
+        raise missing_data_folder(root, sub, layout)
     return folder
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dctps.errors import DctpsError, not_a_file
+from dctps.errors import DctpsError, missing_data_folder, not_a_file
 
 TINY_DIR = "tiny-imagenet-200"
 IMAGE_SIZE = 64
@@ -95,7 +95,7 @@ def load_tiny_imagenet(
     """
     folder = Path(root) / TINY_DIR
     if not folder.is_dir():
-        raise DctpsError(f"missing folder {folder}; expected layout: {LAYOUT}")
+        raise missing_data_folder(root, TINY_DIR, LAYOUT)
     wnids = sorted(_read_wnids(folder))
     label_of = {w: i for i, w in enumerate(wnids)}
 
