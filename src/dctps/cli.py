@@ -177,7 +177,11 @@ def figure_cmd(
     name: str = typer.Argument(None, help="Figure name (see --list)."),
     list_: bool = typer.Option(False, "--list", help="List the figures and exit."),
     quick: bool = typer.Option(
-        False, "--quick", help="CPU-minutes run: 1%/0.1%, 1 seed, 1-2 epochs, 256-2,000 images."
+        False,
+        "--quick",
+        help="CPU-minutes run: 1%/0.1%, 1 seed, 1-2 epochs, 256-2,000 images. It checks the "
+        "pipeline, not the paper's accuracies: curves may sit near chance (LeNet-5, without "
+        "BatchNorm, needs many epochs).",
     ),
     executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
     workers: int = typer.Option(None, "--workers", help="Parallel runs (default: 1)."),
