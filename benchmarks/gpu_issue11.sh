@@ -25,12 +25,14 @@
 #   breakdown benchmarks/step_breakdown.py: a training step's time and kernels, phase by phase
 #   linear, memory: dctps bench linear / memory
 set -u
+cd "$(dirname "$0")/.."  # the scripts' paths are the repository's: run from anywhere
 OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-}
 PY=${PYTHON:-python3}
 PARTS=${PARTS:-tests kernels step graph profile layer conv compile train breakdown linear memory}
 mkdir -p "$OUT"
+failed=""
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
@@ -40,7 +42,9 @@ part() {  # part NAME TIMEOUT CMD...: run CMD, log to $OUT/NAME.log, print the l
   want "$name" || return 0
   stamp "$name"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  stamp "$name exit $?"
+  local rc=$?
+  stamp "$name exit $rc"
+  [ "$rc" -eq 0 ] || failed="$failed $name"
   grep -v "^USDT\|^STAGE:" "$OUT/$name.log" | tail -60
 }
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
@@ -73,3 +77,4 @@ part breakdown 90 $PY benchmarks/step_breakdown.py $BD_ARGS
 part linear 120 $PY -m dctps.cli bench linear --device "$DEVICE" $QUICK
 part memory 120 $PY -m dctps.cli bench memory --device "$DEVICE" $QUICK
 stamp "done"
+if [ -n "$failed" ]; then echo "failed parts:$failed"; exit 1; fi

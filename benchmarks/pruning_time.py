@@ -20,7 +20,8 @@ import time
 import torch
 
 import dctps
-from dctps.errors import PruningFailed
+from dctps.bench import bench_device
+from dctps.errors import DctpsError, PruningFailed, unknown_name
 from dctps.models import build
 from dctps.pruning import names, prune
 
@@ -42,10 +43,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--density", type=float, default=1e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=60, help="iter_snip / force steps")
-    p.add_argument("--iterations", type=int, default=100, help="synflow iterations")
-    p.add_argument("--quick", action="store_true", help="--steps 6 --iterations 10 --batch-size 32")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 (--quick: 32)")
+    p.add_argument("--steps", type=int, default=None, help="iter_snip / force steps (60; 6)")
+    p.add_argument("--iterations", type=int, default=None, help="synflow iterations (100; 10)")
+    p.add_argument("--quick", action="store_true",
+                   help="the defaults --steps 6 --iterations 10 --batch-size 32")  # fmt: skip
     p.add_argument("--methods", nargs="*", default=names())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="report the best of this many runs")
@@ -53,9 +55,17 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:
-        args.steps, args.iterations, args.batch_size = 6, 10, 32
-    device = torch.device(args.device)
+    # --quick changes the defaults only: a size given explicitly is kept
+    for key, full, quick in (("steps", 60, 6), ("iterations", 100, 10), ("batch_size", 128, 32)):
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+    unknown = [m for m in args.methods if m not in names()]
+    try:
+        if unknown:
+            raise unknown_name("pruning method", unknown[0], names())
+        device = bench_device(args.device)
+    except DctpsError as e:
+        raise SystemExit(f"error: {e}") from None
     gen = torch.Generator(device=device).manual_seed(args.seed)
 
     def fresh_batches():
@@ -95,7 +105,7 @@ def main() -> None:
             try:
                 prune(net, args.density, method, batches=fresh_batches, **options.get(method, {}))
             except PruningFailed as e:
-                status = f"PruningFailed: {e.reason.split(':')[1].strip()}"
+                status = f"PruningFailed: {e.reason}"
             _sync(device)
             best = min(best, time.perf_counter() - start)
             del net

@@ -23,6 +23,8 @@ import torch
 
 from dctps import batch_rebuild, models, sparsify
 from dctps import data as D
+from dctps.bench import bench_device
+from dctps.errors import DctpsError
 from dctps.train.config import OptimConfig, RunConfig, SparsityConfig
 from dctps.train.loop import train_one_epoch
 from dctps.train.setup import make_optimizer
@@ -91,6 +93,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     a = ap.parse_args()
+    try:  # a CUDA device on a CPU-only torch: one line, not an assertion's traceback
+        bench_device(a.device)
+    except DctpsError as e:
+        raise SystemExit(f"error: {e}") from None
     if a.threads:
         torch.set_num_threads(a.threads)
     resnet_n = a.resnet_images or (45_000 if a.device.startswith("cuda") else 512)

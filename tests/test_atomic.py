@@ -72,6 +72,40 @@ def test_a_folder_is_not_a_file_target(tmp_path):
     assert list((tmp_path / "existing").iterdir()) == []
 
 
+def test_a_write_never_replaces_a_link_a_fifo_a_device_or_a_database(tmp_path, capsys):
+    """`benchmarks/bench_ckpt.py --json X` renamed its file over X: a results database became
+    JSON, a symlink became a plain file (its target untouched), a FIFO a file its reader never
+    saw, and, as root, /dev/null a plain file (a review). A link is now written through; the
+    others are refused, before a benchmark runs and in the write itself."""
+    from dctps import bench
+    from dctps.results import Store
+
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    with atomic_write(link, "rows") as f:
+        f.write("new")
+    assert link.is_symlink() and real.read_text() == "new"
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    Store(tmp_path / "results.db")
+    db = (tmp_path / "results.db").read_bytes()
+    for target, why in ((fifo, "not a regular file"), (tmp_path / "results.db", "SQLite"),
+                        ("/dev/null", "not a regular file")):  # fmt: skip
+        with pytest.raises(DctpsError, match=why):
+            with atomic_write(target, "rows") as f:
+                f.write("x")
+        with pytest.raises(SystemExit) as e:  # refused before the benchmark runs
+            bench.main(["ckpt", "--quick", "--json", str(target)])
+        assert e.value.code == 2
+        assert why in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert (tmp_path / "results.db").read_bytes() == db
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert _leftovers(tmp_path) == []
+
+
 def test_concurrent_writers_of_one_target_do_not_share_a_temporary_file(tmp_path):
     target = tmp_path / "out.txt"
     with atomic_write(target, "test file") as a, atomic_write(target, "test file") as b:

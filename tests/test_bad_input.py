@@ -569,7 +569,7 @@ CASES = [
       "inspect", "{tmp}"),
     C("bench-name-typo", r"unknown benchmark 'lineer'\. Did you mean 'linear'\?", "bench",
       "lineer"),
-    C("bench-device", r"--device must be 'cpu' or 'cuda', got 'tpu'", "bench", "linear",
+    C("bench-device", r"--device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'", "bench", "linear",
       "--device", "tpu"),
     C("bench-threads-negative", r"--threads must be >= 0", "bench", "linear", "--threads", "-1"),
     # ------------------------------------------------------------------ CLI, real processes

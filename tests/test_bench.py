@@ -5,7 +5,12 @@ the benchmarks' own business (benchmarks/RESULTS.md); times are never asserted h
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from dctps import bench
@@ -57,3 +62,26 @@ def test_threads_are_the_callers_again_after_a_run():
     before = torch.get_num_threads()
     bench.run("ckpt", quick=True, echo=lambda s: None, threads=before + 1)
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("pruning_time.py", ["--methods", "bogus", "--quick"],
+         "error: unknown pruning method 'bogus'. Valid: force, grasp, iter_snip, random, snip, "
+         "synflow"),
+        ("pruning_time.py", ["--device", "tpu"],
+         "error: --device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        ("train_throughput.py", ["--device", "cuda:x"],
+         "error: --device must be 'cpu', 'cuda' or 'cuda:N', got 'cuda:x'"),
+    ],
+)  # fmt: skip
+def test_benchmark_scripts_refuse_a_bad_device_or_method_in_one_line(script, args, message):
+    """They ended in tracebacks (an assertion in torch's CUDA init, a generator's RuntimeError);
+    the message is `dctps bench`'s own (:func:`dctps.bench.bench_device`)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args],
+                       capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr == message + "\n"

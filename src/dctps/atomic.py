@@ -63,13 +63,31 @@ def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
 def check_file_target(path: str | os.PathLike, what: str, example: str = "out.bin") -> None:
     """A :class:`DctpsError` when ``path`` names a folder (an existing one, or a path ending in
     a separator) where a file is to be written: ``Path("out/")`` is ``out``, and the write would
-    create a file called ``out`` (or fail on the folder). ``example``: a file name to suggest."""
+    create a file called ``out`` (or fail on the folder). ``example``: a file name to suggest.
+
+    Also where it names something a file written beside it and renamed over it would destroy:
+    a FIFO, a device or a socket (``/dev/null``, as root: replaced by a plain file), or an
+    SQLite database (a results store given by mistake)."""
     text = os.path.expanduser(os.fspath(path))
     if text.endswith(("/", os.sep)) or Path(text).is_dir():
         raise DctpsError(
             f"cannot write {what} {text}: that is a folder; give a file path in it, e.g. "
             f"{Path(text) / example}"
         )
+    if os.path.exists(text) and not os.path.isfile(text):
+        raise DctpsError(
+            f"cannot write {what} {text}: that is not a regular file (a FIFO, a device or a "
+            f"socket), which a write would replace; give a file path, e.g. {example}"
+        )
+    if starts_with(text, SQLITE_MAGIC):
+        raise DctpsError(
+            f"cannot write {what} {text}: that is an SQLite database (a results store?); "
+            f"refusing to replace it. Give another path, e.g. {example}"
+        )
+
+
+#: the first bytes of an SQLite database file
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def make_parent(path: str | os.PathLike, what: str, example: str = "out.bin") -> None:
@@ -125,6 +143,8 @@ def atomic_write(
     """
     check_file_target(path, what)
     target = user_path(path)
+    if target.is_symlink():  # the link stays; the file it names is replaced (not the link)
+        target = Path(os.path.realpath(target))
     remove_stale_temps(target)
     try:
         fd, tmp = create_temp(target)

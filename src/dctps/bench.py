@@ -684,24 +684,32 @@ def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo 
         torch.set_num_threads(before)
 
 
+def bench_device(device: str) -> torch.device:
+    """A benchmark's ``--device`` (``cpu``, ``cuda`` or ``cuda:N``) as a device this machine
+    has, or a :class:`DctpsError` saying what is valid (the scripts' tracebacks said less)."""
+    valid = "'cpu', 'cuda' or 'cuda:N'"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DctpsError(f"--device must be {valid}, got {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # cuda:x, cuda:-1
+        raise DctpsError(f"--device must be {valid}, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DctpsError(f"--device {device} requested but CUDA is not available")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DctpsError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+            f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
+    return dev
+
+
 def _run(name: str, quick: bool, device: str, echo: Echo, threads: int,
          ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     if name != "all" and name not in _BENCHES:
         raise unknown_name("benchmark", name, [*NAMES, "all"])
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise DctpsError(f"--device must be 'cpu' or 'cuda', got {device!r}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:  # cuda:x, cuda:-1
-        raise DctpsError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DctpsError("--device cuda requested but CUDA is not available")
+    dev = bench_device(device)
     if dev.index is not None:
-        if dev.index >= torch.cuda.device_count():
-            raise DctpsError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})"
-            )
         # the memory statistics, synchronisations and graph-capture streams below act on the
         # current device
         torch.cuda.set_device(dev)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dctps.atomic import atomic_write, make_parent, starts_with
+from dctps.atomic import SQLITE_MAGIC, atomic_write, make_parent, starts_with
 from dctps.errors import DctpsError, cannot_write, refuse_empty, user_path
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
@@ -167,7 +167,7 @@ def _check_sqlite_file(path: Path) -> None:
             head = f.read(16)
     except OSError as e:
         raise DctpsError(f"cannot read results database {path}: {e.strerror or e}") from None
-    if head != b"SQLite format 3\x00":
+    if head != SQLITE_MAGIC:
         raise DctpsError(f"{path} is not a results database (not a SQLite file); left untouched")
     try:  # read-only: another program's database must not get our tables (nor WAL mode)
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
@@ -715,13 +715,13 @@ def _check_export_target(target: Path, kind: str = "CSV") -> None:
             f"{kind} target {target} is a folder; give a file path, e.g. {target}/results.{ext}"
         )
     side = re.fullmatch(r"(.+)-(wal|shm|journal)", target.name)
-    if side and starts_with(target.with_name(side[1]), b"SQLite format 3\x00"):
+    if side and starts_with(target.with_name(side[1]), SQLITE_MAGIC):
         # SQLite owns these: it deletes or rewrites them when the database next closes
         raise DctpsError(
             f"{kind} target {target} is named like an SQLite database's side file, which "
             f"SQLite deletes or rewrites; give another path, e.g. results.{ext}"
         )
-    if starts_with(target, b"SQLite format 3\x00"):
+    if starts_with(target, SQLITE_MAGIC):
         raise DctpsError(
             f"{target} is an SQLite database (a results store?); refusing to overwrite it "
             f"with {kind}. Give another path, e.g. results.{ext}"
