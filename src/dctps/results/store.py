@@ -27,7 +27,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dctps.atomic import SQLITE_MAGIC, atomic_write, make_parent, starts_with
+from dctps.atomic import (
+    SQLITE_MAGIC,
+    atomic_write,
+    check_file_target,
+    make_parent,
+    starts_with,
+)
 from dctps.errors import DctpsError, cannot_write, refuse_empty, user_path
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
@@ -721,11 +727,9 @@ def _check_export_target(target: Path, kind: str = "CSV") -> None:
             f"{kind} target {target} is named like an SQLite database's side file, which "
             f"SQLite deletes or rewrites; give another path, e.g. results.{ext}"
         )
-    if starts_with(target, SQLITE_MAGIC):
-        raise DctpsError(
-            f"{target} is an SQLite database (a results store?); refusing to overwrite it "
-            f"with {kind}. Give another path, e.g. results.{ext}"
-        )
+    # an SQLite database (a results store given as the path), a FIFO or a device: every
+    # writer's own refusal, before this command's own signature check
+    check_file_target(target, f"{kind} file", f"results.{ext}")
     if target.is_file() and target.stat().st_size and not starts_with(target, signature):
         raise DctpsError(
             f"{target} exists and is not a {kind} written by `dctps results`; refusing to "
