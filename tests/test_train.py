@@ -1574,7 +1574,10 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
         (["inspect", str(tmp_path / "trunc.pt")], "trunc.pt as a dctps train checkpoint (trunc"),
         (["export", str(out), str(tmp_path / "y.dctps")], "is a sparse checkpoint (dctps.save)"),
         (["export", str(best), str(best)], "would overwrite a run checkpoint"),
-        (["export", str(best), str(tmp_path / "results.db")], "is not a dctps sparse checkpoint"),
+        (
+            ["export", str(best), str(tmp_path / "results.db")],
+            "results.db: that is an SQLite database (a results store?); refusing to replace it",
+        ),
         (["export", str(best), str(run / "config.yaml")], "is not a dctps sparse checkpoint"),
     ):
         res = cli.invoke(app, args)
