@@ -24,7 +24,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cudagraph import make_step  # noqa: E402
+from step_cudagraph import STEP_KINDS, make_step  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--model", default="resnet18", help="a dctps.models name")
-    ap.add_argument("--kinds", nargs="+", default=["dense", "auto", "batched"])
+    ap.add_argument("--kinds", nargs="+", default=["dense", "auto", "batched"], choices=STEP_KINDS)
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

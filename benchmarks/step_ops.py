@@ -33,6 +33,14 @@ from dctps.sparsify import sparsify
 NETS = {"ResNet18": (BasicBlock, (2, 2, 2, 2)), "ResNet50": (Bottleneck, (3, 4, 6, 3))}
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (``--steps 0`` divided by zero)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def make_step(net: str, kind: str, width: int) -> tuple[Callable[[], None], int]:
     """(one SGD step, number of Linear/Conv2d layers) of ``net`` as ``dense``, ``per-layer`` or
     ``batched``."""
@@ -72,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--path", choices=("gpu", "cpu"), default="gpu")
     ap.add_argument("--width", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=100, help="steps per timing round")
+    ap.add_argument("--steps", type=_positive, default=100, help="steps per timing round")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.path == "gpu":
