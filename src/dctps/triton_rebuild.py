@@ -28,16 +28,16 @@ only writes the weight and the backward only reads ``dW``: half the bytes, at a 
 so only parts long enough to repay it compute ``D`` (:func:`computes_dct`: measured, long rows
 of a Linear's layout; a 3x3 conv's almost never); the others, and other offsets, read ``D``.
 
-Measured as CUDA graphs (``benchmarks/RESULTS.md``, sessions 13 and 16), the kernels take less
-GPU time than the operators (a lone conv, the kernels reading ``D``: 1.03-1.10x ``nn.Conv2d``,
-against 1.08-1.24x; the rebuild alone, forward and backward, 8-13 us against 13-35 us on
-ResNet18's and VGG19's convs), but more host time: a Python autograd Function and two Triton
-launches cost more than six built-in operators. So layers use them where host time is not spent
-per call: while a CUDA graph is captured (:meth:`dctps.layers.DCTpSLayer.dense_weight`). Eager
-calls take the operators; the first of a layer compiles and loads the kernels by launching them
-once on scratch outputs (:func:`warm_up`: a capture can launch kernels but not load them),
-outside autograd, so what an eager call saves for backward never depends on the kernels (a
-checkpoint's recomputation saves what its forward saved).
+Measured as CUDA graphs (``benchmarks/RESULTS.md``, sessions 13 and 16), the kernels take less GPU
+time than the operators (every conv shape of ResNet18 and VGG19: 1.02-1.09x ``nn.Conv2d`` in
+``dctps bench conv``, where the operators took up to 1.26x; the rebuild alone, forward and
+backward, 8-13 us against 13-35 us on those convs), but more host time: a Python autograd Function
+and two Triton launches cost more than six built-in operators. So layers use them where host time
+is not spent per call: while a CUDA graph is captured
+(:meth:`dctps.layers.DCTpSLayer.dense_weight`). Eager calls take the operators; the first of a
+layer compiles and loads the kernels by launching them once on scratch outputs (:func:`warm_up`: a
+capture can launch kernels but not load them), outside autograd, so what an eager call saves for
+backward never depends on the kernels (a checkpoint's recomputation saves what its forward saved).
 
 Triton is optional: without it (a CPU-only torch) :func:`available` is ``False`` and layers keep
 the built-in operators. ``TRITON_INTERPRET=1`` runs these kernels on the CPU, which is how the
