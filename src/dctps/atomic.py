@@ -60,6 +60,12 @@ def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
         return False
 
 
+def foreign_file(path: str | os.PathLike, magic: bytes) -> bool:
+    """Whether ``path`` is a non-empty regular file that does not start with ``magic``: not one
+    the writer that asks wrote, so not one it may replace (an empty file holds nothing to lose)."""
+    return os.path.isfile(path) and os.path.getsize(path) > 0 and not starts_with(path, magic)
+
+
 def check_file_target(path: str | os.PathLike, what: str, example: str = "out.bin") -> None:
     """A :class:`DctpsError` when ``path`` names a folder (an existing one, or a path ending in
     a separator) where a file is to be written: ``Path("out/")`` is ``out``, and the write would

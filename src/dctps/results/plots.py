@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from dctps.atomic import atomic_write, create_temp, starts_with, unlink_quietly  # noqa: E402
+from dctps.atomic import atomic_write, create_temp, foreign_file, unlink_quietly  # noqa: E402
 from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
 from dctps.results.store import flat_identities, row_config  # noqa: E402
 from dctps.results.variants import named_differences, varying_keys  # noqa: E402
@@ -80,9 +80,7 @@ def _check_not_foreign(p: Path, path: str | Path) -> None:
     main, twin = _image_paths(p)
     for f in (main, twin, main.with_suffix(".json")):
         known = _FIGURE_FILES.get(f.suffix.lower())
-        if known is None or not f.is_file() or not f.stat().st_size:
-            continue
-        if not starts_with(f, known[0]):
+        if known is not None and foreign_file(f, known[0]):
             raise DctpsError(
                 f"cannot write figure {path}: {f} exists and is not a {known[1]} that a figure "
                 f"wrote; refusing to replace it. Give another figure path (the figure writes "

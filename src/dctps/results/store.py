@@ -31,6 +31,7 @@ from dctps.atomic import (
     SQLITE_MAGIC,
     atomic_write,
     check_file_target,
+    foreign_file,
     make_parent,
     starts_with,
 )
@@ -730,7 +731,7 @@ def _check_export_target(target: Path, kind: str = "CSV") -> None:
     # an SQLite database (a results store given as the path), a FIFO or a device: every
     # writer's own refusal, before this command's own signature check
     check_file_target(target, f"{kind} file", f"results.{ext}")
-    if target.is_file() and target.stat().st_size and not starts_with(target, signature):
+    if foreign_file(target, signature):
         raise DctpsError(
             f"{target} exists and is not a {kind} written by `dctps results`; refusing to "
             f"overwrite it. Give another path, e.g. results.{ext}"
