@@ -17,7 +17,7 @@ from dctps.allocation import budgets
 from dctps.errors import DctpsError, PruningFailed
 from dctps.models import build
 from dctps.pruning import default_batches, names, prune
-from dctps.pruning.common import schedule, top_k_mask
+from dctps.pruning.common import kth_largest, schedule, top_k_mask
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +78,26 @@ def test_top_k_mask_is_exact_and_breaks_ties_by_index():
         s = torch.randint(0, 5, (1000,), generator=g).float()  # many ties
         expected = _expected_top_k([s], k)[0]
         assert torch.equal(top_k_mask(s, k), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_largest_by_select_and_by_topk_agree_with_a_sort(dtype):
+    # the CPU's kthvalue and the topk that other devices use must pick the same threshold, or
+    # masks (and so runs) would differ between a CPU and a GPU
+    g = torch.Generator().manual_seed(1)
+    cases = [
+        torch.randint(0, 4, (1000,), generator=g).to(dtype),  # many ties
+        torch.randn(777, generator=g, dtype=dtype),
+        torch.where(torch.rand(300, generator=g) < 0.5, -math.inf, 1.0).to(dtype),  # RigL's -inf
+    ]
+    for v in cases:
+        ranked = torch.sort(v, descending=True).values
+        for k in (1, 2, v.numel() // 3, v.numel() - 1, v.numel()):
+            want = ranked[k - 1]
+            for select in (True, False):
+                got = kth_largest(v, k, select=select)
+                assert got.dim() == 0 and got.dtype == dtype
+                assert torch.equal(got, want), (k, select, got, want)
 
 
 def test_schedule_exponential_and_linear():

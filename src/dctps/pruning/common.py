@@ -43,6 +43,7 @@ __all__ = [
     "BatchStream",
     "targets",
     "weights_of",
+    "kth_largest",
     "top_k_mask",
     "global_masks",
     "schedule",
@@ -133,12 +134,29 @@ def model_device(model: nn.Module) -> torch.device:
 # --------------------------------------------------------------------------- top-k and schedule
 
 
+def kth_largest(values: torch.Tensor, k: int, *, select: bool | None = None) -> torch.Tensor:
+    """The ``k``-th largest entry of the 1-D ``values`` (``1 <= k <= N``; duplicates counted), a
+    0-d tensor on its device.
+
+    ``select`` (default: on the CPU only): ``kthvalue``, a quickselect on the CPU; otherwise the
+    smallest of ``topk(k)``, the same value. CUDA's ``kthvalue`` gives one slice one thread
+    block: on a ResNet18's 11.2 M float64 SynFlow scores it took 85-105 ms on an H200, 90% of a
+    SynFlow iteration's GPU time, where ``topk`` took 0.6 ms (a sort 1.3 ms); on the CPU,
+    ``kthvalue`` takes 190 ms and ``topk`` 250 ms (``benchmarks/RESULTS.md``, session 17).
+    """
+    if select is None:
+        select = values.device.type == "cpu"
+    if select:
+        return torch.kthvalue(values, values.numel() - k + 1).values
+    return torch.topk(values, k, sorted=False).values.min()
+
+
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the ``k`` largest entries of the 1-D ``scores``, exactly ``k`` of them.
 
     Ties at the threshold are broken by the smaller index, i.e. the result equals taking the first
-    ``k`` of a stable sort by descending score. ``O(N)``: the threshold ``tau`` is the ``k``-th
-    largest value (``kthvalue``), every score ``> tau`` is kept, and the remaining slots go to the
+    ``k`` of a stable sort by descending score. The threshold ``tau`` is the ``k``-th largest
+    value (:func:`kth_largest`), every score ``> tau`` is kept, and the remaining slots go to the
     first entries equal to ``tau``. ``scores`` must be free of NaN (see :func:`check_scores`).
     """
     n = scores.numel()
@@ -146,7 +164,7 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.bool, device=scores.device)
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=scores.device)
-    tau = torch.kthvalue(scores.flatten(), n - k + 1).values
+    tau = kth_largest(scores.flatten(), k)
     mask = scores.flatten() > tau
     need = k - int(mask.sum())
     if need > 0:
