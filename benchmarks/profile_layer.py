@@ -31,7 +31,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from dctps import layers, triton_rebuild
-from dctps.bench import cuda_graph, timeit
+from dctps.bench import cuda_graph, positive_int, timeit
 from dctps.layers import DCTpSConv2d
 
 #: cin, cout, kernel, stride, H: ResNet18's and, last, the two that were slowest as CUDA graphs in
@@ -100,9 +100,22 @@ def kernels(fn: Callable[[], None], n: int, cuda: bool) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument(
+        "--batch", type=positive_int, default=128, help="images per call; default %(default)s"
+    )
+    ap.add_argument(
+        "--reps",
+        type=positive_int,
+        default=10,
+        help="interleaved timings of each variant, the best kept; default %(default)s",
+    )
+    ap.add_argument(
+        "--calls",
+        type=positive_int,
+        default=10,
+        help="back-to-back calls per synchronisation in the loop and graph timings; "
+        "default %(default)s",
+    )
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

@@ -23,17 +23,40 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from dctps.bench import positive_int
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cudagraph import STEP_KINDS, make_step  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--top", type=int, default=12)
-    ap.add_argument("--model", default="resnet18", help="a dctps.models name")
-    ap.add_argument("--kinds", nargs="+", default=["dense", "auto", "batched"], choices=STEP_KINDS)
+    ap.add_argument(
+        "--batch", type=positive_int, default=128, help="images per step; default %(default)s"
+    )
+    ap.add_argument(
+        "--steps",
+        type=positive_int,
+        default=10,
+        help="eager steps profiled per kind (after 3 unprofiled warm-up steps); "
+        "default %(default)s",
+    )
+    ap.add_argument(
+        "--top",
+        type=positive_int,
+        default=12,
+        help="rows of each kind's operator table (the most GPU time first; CPU time without "
+        "CUDA); default %(default)s",
+    )
+    ap.add_argument("--model", default="resnet18", help="a dctps.models name; default %(default)s")
+    ap.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["dense", "auto", "batched"],
+        choices=STEP_KINDS,
+        help="the steps to profile, in this order (see step_cudagraph.py); default: "
+        "dense auto batched",
+    )
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

@@ -20,8 +20,15 @@ import time
 import torch
 
 import dctps
-from dctps.bench import bench_device
-from dctps.errors import DctpsError, PruningFailed, unknown_name
+from dctps.bench import bench_device, positive_int
+from dctps.errors import (
+    DctpsError,
+    PruningFailed,
+    check_density,
+    check_seed,
+    set_threads,
+    unknown_name,
+)
 from dctps.models import build
 from dctps.pruning import names, prune
 
@@ -40,21 +47,62 @@ def _time(fn, device: torch.device) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--density", type=float, default=1e-3)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=None, help="default 128 (--quick: 32)")
-    p.add_argument("--steps", type=int, default=None, help="iter_snip / force steps (60; 6)")
-    p.add_argument("--iterations", type=int, default=None, help="synflow iterations (100; 10)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--density",
+        type=float,
+        default=1e-3,
+        help="fraction of weights kept, for dctps.sparsify and every method; default %(default)g",
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N; default: cuda if torch has CUDA, else cpu",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="images per batch; default 128 (--quick: 32)",
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="iter_snip / force steps; default 60 (--quick: 6)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        help="synflow iterations; default 100 (--quick: 10)",
+    )
     p.add_argument("--quick", action="store_true",
                    help="the defaults --steps 6 --iterations 10 --batch-size 32")  # fmt: skip
-    p.add_argument("--methods", nargs="*", default=names())
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=1, help="report the best of this many runs")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=names(),
+        help=f"pruning methods to time, in this order; default: all ({' '.join(names())})",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the models' initialisation and of the fake batches; default %(default)s",
+    )
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=1,
+        help="runs of each method, the best reported; default %(default)s",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads; default 0: torch's default"
+    )
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     # --quick changes the defaults only: a size given explicitly is kept
     for key, full, quick in (("steps", 60, 6), ("iterations", 100, 10), ("batch_size", 128, 32)):
         if getattr(args, key) is None:
@@ -64,6 +112,9 @@ def main() -> None:
         if unknown:
             raise unknown_name("pruning method", unknown[0], names())
         device = bench_device(args.device)
+        check_density(args.density, "--density")  # a traceback at the warm-up's sparsify
+        check_seed(args.seed, "--seed")
+        set_threads(args.threads)  # a negative count: one line, not torch's traceback
     except DctpsError as e:
         raise SystemExit(f"error: {e}") from None
     gen = torch.Generator(device=device).manual_seed(args.seed)

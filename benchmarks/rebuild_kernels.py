@@ -25,7 +25,7 @@ import itertools
 import torch
 
 from dctps import triton_rebuild as tr
-from dctps.bench import cuda_graph
+from dctps.bench import cuda_graph, positive_int
 from dctps.dct import conv_dct_basis
 from dctps.layers import op_rebuild
 
@@ -53,23 +53,66 @@ def _time(fn, reps: int) -> float:
     return best
 
 
+def _warps(text: str) -> int:
+    """An argparse type: warps per program, a power of two (Triton's ``num_warps``)."""
+    n = positive_int(text)
+    if n & (n - 1):
+        raise argparse.ArgumentTypeError(f"must be a power of two, got {n}")
+    return n
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    """An argparse type: ``OUTxINxK``, three integers of at least 1, as a weight's (out, in, k)."""
+    parts = text.split("x")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        out, cin, k = (positive_int(p) for p in parts)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"must be OUTxINxK, three integers of at least 1 (e.g. 512x2048x3), got {text!r}"
+        ) from None
+    return out, cin, k
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--programs", type=int, nargs="+", default=[1, 512, 1024, 2048, 4096])
-    ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    ap.add_argument(
+        "--programs",
+        type=positive_int,
+        nargs="+",
+        default=[1, 512, 1024, 2048, 4096],
+        help="programs per launch to try, each a variant (1: one program per row, no chunks); "
+        "default: 1 512 1024 2048 4096",
+    )
+    ap.add_argument(
+        "--warps",
+        type=_warps,
+        nargs="+",
+        default=[4, 8],
+        help="warps per program to try, each a variant (powers of two, as Triton requires); "
+        "default: 4 8",
+    )
     ap.add_argument(
         "--dct",
         nargs="+",
         choices=["auto", "c", "r"],
         default=["auto"],
-        help="D as the library chooses (auto), always computed (c), always read (r)",
+        help="D as the library chooses (auto), always computed (c), always read (r); default: auto",
     )
-    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument(
+        "--reps",
+        type=positive_int,
+        default=200,
+        help="CUDA-graph replays per timing (best of 3 timings); default %(default)s",
+    )
     ap.add_argument(
         "--shapes",
         nargs="+",
+        type=_shape,
         metavar="OUTxINxK",
-        help="weights to time instead of ResNet18's and VGG19's, e.g. 512x2048x3",
+        help="weights to time instead of ResNet18's and VGG19's, e.g. 512x2048x3 (out "
+        "channels, in channels, kernel size); default: those of ResNet18 and VGG19",
     )
     args = ap.parse_args()
     if not (torch.cuda.is_available() and tr.available()):
@@ -83,7 +126,7 @@ def main() -> None:
     print(head)
     saved = (tr._PROGRAMS, tr._NUM_WARPS, tr.MIN_DCT_TILES, tr.MIN_DCT_TILES_WINDOW)
     try:
-        shapes = [tuple(map(int, x.split("x"))) for x in args.shapes] if args.shapes else SHAPES
+        shapes = args.shapes or SHAPES
         for out, cin, k in shapes:
             print(" ".join(_row(out, cin, k, variants, args.reps, dev, saved[2:])), flush=True)
     finally:

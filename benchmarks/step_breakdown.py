@@ -28,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from dctps import batch_rebuild, models, sparsify
 from dctps import data as D
+from dctps.bench import positive_int
 from dctps.train.config import OptimConfig, RunConfig, SparsityConfig
 from dctps.train.loop import _grad_max, train_one_epoch
 from dctps.train.setup import make_optimizer
@@ -109,10 +110,26 @@ def gpu(fn: Callable[[], object], cuda: bool, n: int = 5) -> tuple[float, float]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--images", type=int, default=6400, help="images per real epoch")
-    ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    ap.add_argument("--model", default="resnet18", help="a dctps.models name; default %(default)s")
+    ap.add_argument(
+        "--batch",
+        type=positive_int,
+        default=128,
+        help="images per step, also the real epochs' batch size; default %(default)s",
+    )
+    ap.add_argument(
+        "--images",
+        type=positive_int,
+        default=6400,
+        help="random CIFAR-shaped images per real epoch (two epochs each of dense and "
+        "batched); default %(default)s",
+    )
+    ap.add_argument(
+        "--optimizer",
+        choices=("adam", "sgd"),
+        default="adam",
+        help="the recipe's Adam, or SGD (lr 0.1, momentum 0.9); default %(default)s",
+    )
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from dctps import fast as fastmod
 from dctps.batched import batch_rebuild
-from dctps.bench import cuda_graph
+from dctps.bench import cuda_graph, positive_int
 from dctps.models import build
 from dctps.sparsify import sparsify
 
@@ -115,13 +115,31 @@ def per_step(fns: dict[str, Callable[[], None]], reps: int, steps: int, device: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--model", default="resnet18", help="a dctps.models name")
-    ap.add_argument("--compile", action="store_true", help="add a torch.compile row")
     ap.add_argument(
-        "--channels-last", action="store_true", help="add eager and graph rows in channels_last"
+        "--batch", type=positive_int, default=128, help="images per step; default %(default)s"
+    )
+    ap.add_argument(
+        "--reps",
+        type=positive_int,
+        default=5,
+        help="interleaved timings of each step, the best kept; default %(default)s",
+    )
+    ap.add_argument(
+        "--steps",
+        type=positive_int,
+        default=20,
+        help="back-to-back steps per timing (one synchronisation each side); default %(default)s",
+    )
+    ap.add_argument("--model", default="resnet18", help="a dctps.models name; default %(default)s")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="add a row of torch.compile'd models (dense and dctps-dense; off by default)",
+    )
+    ap.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="add eager and graph rows in channels_last (off by default)",
     )
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -26,19 +26,11 @@ from torch import nn
 
 from dctps import layers
 from dctps.batched import batch_rebuild
-from dctps.bench import aten_ops
+from dctps.bench import aten_ops, positive_int
 from dctps.models.resnet import BasicBlock, Bottleneck, ResNet
 from dctps.sparsify import sparsify
 
 NETS = {"ResNet18": (BasicBlock, (2, 2, 2, 2)), "ResNet50": (Bottleneck, (3, 4, 6, 3))}
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an integer of at least 1 (``--steps 0`` divided by zero)."""
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def make_step(net: str, kind: str, width: int) -> tuple[Callable[[], None], int]:
@@ -78,9 +70,26 @@ def best_seconds(steps: dict[str, Callable[[], None]], n: int, rounds: int = 7) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--path", choices=("gpu", "cpu"), default="gpu")
-    ap.add_argument("--width", type=int, default=4)
-    ap.add_argument("--steps", type=_positive, default=100, help="steps per timing round")
+    ap.add_argument(
+        "--path",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="the per-layer DCTpS row's rebuild: the accelerators' operators (gpu) or the "
+        "CPU's fused one (cpu); default %(default)s",
+    )
+    ap.add_argument(
+        "--width",
+        type=positive_int,
+        default=4,
+        help="channels of the networks' first stage (the counts do not depend on it); "
+        "default %(default)s",
+    )
+    ap.add_argument(
+        "--steps",
+        type=positive_int,
+        default=100,
+        help="training steps per timing round (7 rounds, the best kept); default %(default)s",
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.path == "gpu":

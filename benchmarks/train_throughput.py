@@ -23,8 +23,8 @@ import torch
 
 from dctps import batch_rebuild, models, sparsify
 from dctps import data as D
-from dctps.bench import bench_device
-from dctps.errors import DctpsError
+from dctps.bench import bench_device, positive_int
+from dctps.errors import DctpsError, set_threads
 from dctps.train.config import OptimConfig, RunConfig, SparsityConfig
 from dctps.train.loop import train_one_epoch
 from dctps.train.setup import make_optimizer
@@ -85,20 +85,38 @@ def _loader_pass(loader, device: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--lenet-images", type=int, default=10_000)
     ap.add_argument(
-        "--resnet-images", type=int, default=None, help="default: 512 on CPU, 45,000 on CUDA"
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N; default: cuda if torch has CUDA, else cpu",
     )
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument(
+        "--lenet-images",
+        type=positive_int,
+        default=10_000,
+        help="random CIFAR-shaped images in LeNet-5's epoch; default %(default)s",
+    )
+    ap.add_argument(
+        "--resnet-images",
+        type=positive_int,
+        default=None,
+        help="random CIFAR-shaped images in ResNet18's epoch; default: 512 on CPU, 45,000 on CUDA",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=2,
+        help="timed epochs (and loader passes) per model, the best kept; default %(default)s",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads; default 0: torch's default"
+    )
     a = ap.parse_args()
     try:  # a CUDA device on a CPU-only torch: one line, not an assertion's traceback
         bench_device(a.device)
+        set_threads(a.threads)  # a negative count: one line, not torch's traceback
     except DctpsError as e:
         raise SystemExit(f"error: {e}") from None
-    if a.threads:
-        torch.set_num_threads(a.threads)
     resnet_n = a.resnet_images or (45_000 if a.device.startswith("cuda") else 512)
     dev_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU"
     print(

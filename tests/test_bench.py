@@ -4,6 +4,8 @@ the benchmarks' own business (benchmarks/RESULTS.md); times are never asserted h
 
 from __future__ import annotations
 
+import argparse
+import ast
 import math
 import os
 import subprocess
@@ -85,3 +87,49 @@ def test_benchmark_scripts_refuse_a_bad_device_or_method_in_one_line(script, arg
                        capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr == message + "\n"
+
+
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("step_cudagraph.py", ["--reps", "0"], "argument --reps: must be at least 1, got 0"),
+        ("profile_layer.py", ["--calls", "-3"], "argument --calls: must be at least 1, got -3"),
+        ("rebuild_kernels.py", ["--programs", "512", "0"],
+         "argument --programs: must be at least 1, got 0"),
+        ("train_throughput.py", ["--repeats", "two"],
+         "argument --repeats: invalid positive_int value: 'two'"),
+    ],
+)  # fmt: skip
+def test_benchmark_scripts_refuse_a_count_below_one_as_a_usage_error(script, args, message):
+    """`step_cudagraph.py --reps 0` printed inf/nan ratios (a best of no timings), `step_ops.py
+    --steps 0` divided by zero: every count goes through :func:`dctps.bench.positive_int`, and
+    argparse refuses it before anything is built (exit status 2, the option and value named)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args],
+                       capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.splitlines()[-1] == f"{script}: error: {message}"
+
+
+def test_positive_int_takes_counts_from_one():
+    assert bench.positive_int("1") == 1 and bench.positive_int("200") == 200
+    for bad in ("0", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"at least 1, got {bad}$"):
+            bench.positive_int(bad)
+    with pytest.raises(ValueError):
+        bench.positive_int("1.5")
+
+
+def test_every_benchmark_option_has_help_text():
+    """`--help` of every script says what each option is (most printed a bare `--reps REPS`)."""
+    root = Path(__file__).resolve().parents[1]
+    files = [*sorted((root / "benchmarks").glob("*.py")), root / "src" / "dctps" / "bench.py"]
+    bare = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_argument"
+                    and not any(k.arg == "help" for k in node.keywords)):  # fmt: skip
+                bare.append(f"{path.name}:{node.lineno}")
+    assert len(files) > 10 and not bare, bare

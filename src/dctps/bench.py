@@ -297,8 +297,12 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
         "   times in ms; ratios vs nn.Conv2d; '-' = path ruled out by the cost model "
         "(dctps.fast.candidates)"
     )
+    echo(
+        "   'dense' / 'fast' / 'factor' / 'auto': DCTpSConv2d(mode=...), 'auto path' the path "
+        "auto chose; 'two-conv': the reference code's scheme"
+    )
     head = (f"{'model':<9} {'conv':<22} {'H':>3} {'nnz':>6} {'nn.Conv2d':>10} {'two-conv':>9} "
-            f"{'dense':>7} {'fft':>7} {'factor':>7} {'auto':>7} {'auto path':>9}")  # fmt: skip
+            f"{'dense':>7} {'fast':>7} {'factor':>7} {'auto':>7} {'auto path':>9}")  # fmt: skip
     if device.type == "cuda":
         echo(
             f"   each timing: {LOOP_CALLS} back-to-back calls; 'auto sync': auto's ratio with "
@@ -329,7 +333,7 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
         fns = {"conv": _fwd_bwd(conv, x), "two": _fwd_bwd(TwoConv(dense), x),
                "dense": _fwd_bwd(dense, x)}  # fmt: skip
         if "fast" in cands:
-            fns["fft"] = _fwd_bwd(make("fast"), x)
+            fns["fast"] = _fwd_bwd(make("fast"), x)
         if "factor" in cands:
             fns["factor"] = _fwd_bwd(make("factor"), x)
         auto = make("auto")
@@ -352,7 +356,7 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
 
         desc = f"{cin}->{cout} k{k} s{stride}" + (f" g{groups}" if groups > 1 else "")
         echo(f"{name:<9} {desc:<22} {h:>3} {nnz:>6} {_ms(base):>10} {cell('two'):>9} "
-             f"{cell('dense'):>7} {cell('fft'):>7} {cell('factor'):>7} {cell('auto'):>7} "
+             f"{cell('dense'):>7} {cell('fast'):>7} {cell('factor'):>7} {cell('auto'):>7} "
              f"{path:>9}" + ("" if sync_ratio is None else f" {sync_ratio:>10.2f}"
              f" {_ratio(graph.get('auto')):>10} {_ratio(graph.get('two')):>9}"))  # fmt: skip
         rows.append({"model": name, "cin": cin, "cout": cout, "k": k, "stride": stride, "H": h,
@@ -684,6 +688,16 @@ def run(name: str = "all", quick: bool = False, device: str = "cpu", echo: Echo 
         torch.set_num_threads(before)
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts (repetitions, steps, batch sizes, ...): an integer of at
+    least 1 (a 0 divided by zero, or timed nothing and printed ``inf``/``nan``). argparse reports
+    a refusal as ``argument --reps: must be at least 1, got 0`` and exits with status 2."""
+    n = int(text)  # a ValueError: argparse's own "invalid positive_int value: 'x'"
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def bench_device(device: str) -> torch.device:
     """A benchmark's ``--device`` (``cpu``, ``cuda`` or ``cuda:N``) as a device this machine
     has, or a :class:`DctpsError` saying what is valid (the scripts' tracebacks said less)."""
@@ -736,13 +750,17 @@ def main(argv: list[str] | None = None, default: str = "all") -> None:
         print(json.dumps(_memory_child(variant, device, int(batch), int(n), int(threads))))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("name", nargs="?", default=default, help=f"{' | '.join(NAMES)} | all")
+    p.add_argument(
+        "name", nargs="?", default=default, help=f"{' | '.join(NAMES)} | all; default %(default)s"
+    )
     p.add_argument(
         "--quick", action="store_true",
         help="smaller batches / fewer repetitions (memory: the same run, whose size is the target)",
     )  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; default %(default)s")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads; default 0: torch's default"
+    )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     a = p.parse_args(argv)
     try:
