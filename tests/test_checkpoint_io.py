@@ -758,3 +758,16 @@ def test_layer_entries_that_disagree_with_their_shape_or_tensors_are_refused_at_
              r"constructor fields make \[1099511627776, ")  # fmt: skip
     with pytest.raises(DctpsError, match=match):
         dctps.load(_rewrite(p, header))
+
+
+def test_swapped_arguments_are_named(tmp_path):
+    # save takes (model, path) and load (path, model): the swapped call was pathlib's TypeError
+    model = nn.Sequential(nn.Linear(4, 8))
+    dctps.sparsify(model, 0.5)
+    path = dctps.save(model, tmp_path / "m.pt")
+    with pytest.raises(DctpsError, match=r"got Sequential: the path comes first, dctps\.load"):
+        dctps.load(model, path)  # type: ignore[arg-type]
+    with pytest.raises(DctpsError, match="must be a str or os.PathLike, got int"):
+        dctps.inspect(3)  # type: ignore[arg-type]
+    with pytest.raises(DctpsError, match=r"got PosixPath: the model comes first, dctps\.save"):
+        dctps.save(path, model)  # type: ignore[arg-type]

@@ -254,7 +254,10 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
     class. The write is atomic (temp file, rename).
     """
     if not isinstance(model, nn.Module):
-        raise DctpsError(f"save needs an nn.Module, got {type(model).__name__}")
+        raise DctpsError(
+            f"save needs an nn.Module, got {type(model).__name__}: the model comes first, "
+            "dctps.save(model, path)"
+        )
     model = _wrappers(model)[-1]
     arch = arch if arch is not None else getattr(model, "dctps_arch", None)
     if arch is not None:
@@ -341,6 +344,15 @@ def _refuse_magic(path: Path, head: bytes) -> NoReturn:
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
     """Header, payload and file size of a checkpoint, or a DctpsError naming what is wrong."""
+    if not isinstance(path, (str, os.PathLike)):
+        # a model here is the arguments swapped (save takes the model first): pathlib's
+        # TypeError would not say so
+        swapped = (
+            ": the path comes first, dctps.load(path, model)" if isinstance(path, nn.Module) else ""
+        )
+        raise DctpsError(
+            f"a checkpoint path must be a str or os.PathLike, got {type(path).__name__}{swapped}"
+        )
     path = user_path(path)
     try:
         if path.exists() and not path.is_dir() and not path.is_file():
