@@ -740,3 +740,19 @@ def test_an_option_naming_a_choice_is_checked_before_any_data_is_loaded():
                                             "options": {"loss": "foo"}}})  # fmt: skip
     with pytest.raises(DctpsError, match="option loss of pruning method 'snip' must be one of"):
         cfg.resolve()
+
+
+def test_prepare_pruned_structure_refuses_what_is_not_a_matching_state_dict():
+    """A checkpoint path, or a state dict of another architecture, is a DctpsError naming it:
+    the path was iterated character by character (nothing prepared, no word), and another
+    architecture's key was prune.identity's AttributeError."""
+    from dctps.pruning.common import prepare_pruned_structure
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with pytest.raises(DctpsError, match="needs a state dict .* got str"):
+        prepare_pruned_structure(model, "model.pt")  # type: ignore[arg-type]
+    with pytest.raises(DctpsError, match="needs an nn.Module, got str"):
+        prepare_pruned_structure("model", {})  # type: ignore[arg-type]
+    other = {"1.weight_orig": torch.ones(2, 2), "1.weight_mask": torch.ones(2, 2)}
+    with pytest.raises(DctpsError, match=r"'1.weight_orig' but the model's '1' \(ReLU\) has no"):
+        prepare_pruned_structure(model, other)

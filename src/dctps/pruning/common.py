@@ -598,6 +598,14 @@ def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tenso
     ``prune.identity(module, attr)`` (an all-ones mask) unless the module is already pruned, so that
     ``model.load_state_dict(state_dict)`` then restores the real masks. Returns the pruned names.
     """
+    if not isinstance(model, nn.Module):
+        raise DctpsError(f"prepare_pruned_structure needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(state_dict, Mapping):
+        # a checkpoint path would be iterated character by character and prepare nothing
+        raise DctpsError(
+            f"prepare_pruned_structure needs a state dict (a mapping of names to tensors, e.g. "
+            f"torch.load(path)), got {type(state_dict).__name__}"
+        )
     done = []
     for key in state_dict:
         if not key.endswith("_orig"):
@@ -613,6 +621,14 @@ def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tenso
                 f"checkpoint has pruned weight {key!r} but the model has no module {mod_name!r}"
             ) from None
         if not hasattr(module, attr + "_orig"):
+            if not isinstance(getattr(module, attr, None), nn.Parameter):
+                # a state dict of another architecture: prune.identity's AttributeError would
+                # not name the checkpoint's key
+                raise DctpsError(
+                    f"checkpoint has pruned weight {key!r} but the model's {mod_name or 'model'!r} "
+                    f"({type(module).__name__}) has no parameter {attr!r}: the state dict is of "
+                    "another architecture"
+                )
             torch_prune.identity(module, attr)
         done.append(stem)
     if done:
