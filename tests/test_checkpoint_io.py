@@ -771,3 +771,9 @@ def test_swapped_arguments_are_named(tmp_path):
         dctps.inspect(3)  # type: ignore[arg-type]
     with pytest.raises(DctpsError, match=r"got PosixPath: the model comes first, dctps\.save"):
         dctps.save(path, model)  # type: ignore[arg-type]
+
+
+def test_note_supports_refuses_a_non_module():
+    # its siblings (save, load, to_dense) name the wrong type; it raised AttributeError
+    with pytest.raises(DctpsError, match="note_supports needs an nn.Module, got dict"):
+        dctps.note_supports({})  # type: ignore[arg-type]

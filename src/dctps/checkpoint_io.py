@@ -961,6 +961,8 @@ def note_supports(model: nn.Module) -> nn.Module:
     write that brings each support with its own values: DDP's broadcast of rank 0's buffers
     to an unseeded model, an in-place load (``torch.distributed.checkpoint``), a ``copy_`` of
     a state dict. Not for an EMA's copy: its averaged values belong to no one support."""
+    if not isinstance(model, nn.Module):  # as save, load and to_dense: not an AttributeError
+        raise DctpsError(f"note_supports needs an nn.Module, got {type(model).__name__}")
     for layer in model.modules():
         if isinstance(layer, DCTpSLayer):
             layer.note_support()
