@@ -142,7 +142,8 @@ def kth_largest(values: torch.Tensor, k: int, *, select: bool | None = None) -> 
     smallest of ``topk(k)``, the same value. CUDA's ``kthvalue`` gives one slice one thread
     block: on a ResNet18's 11.2 M float64 SynFlow scores it took 85-105 ms on an H200, 90% of a
     SynFlow iteration's GPU time, where ``topk`` took 0.6 ms (a sort 1.3 ms); on the CPU,
-    ``kthvalue`` takes 190 ms and ``topk`` 250 ms (``benchmarks/RESULTS.md``, session 17).
+    ``kthvalue`` takes 200 ms and ``topk`` 225 ms (``benchmarks/threshold_time.py``;
+    ``benchmarks/RESULTS.md``, session 17).
     """
     if select is None:
         select = values.device.type == "cpu"
