@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -217,6 +218,8 @@ def test_csv_never_overwrites_a_database(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(DctpsError, match=r"CSV target .*out is a folder; give a file path"):
         s.to_csv(tmp_path / "out")
+    with pytest.raises(DctpsError, match=r"target / is a folder; .* e\.g\. /results\.csv$"):
+        s.to_csv(Path("/"))  # the example path joins as a path ("//results.csv" before)
 
 
 def test_results_json_holds_configs_and_learning_curves(tmp_path, capsys):

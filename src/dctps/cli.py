@@ -137,7 +137,11 @@ def sweep_cmd(
         "`dctps figure NAME --print-config > grid.yaml`).",
     ),
     out: str = typer.Option("results", "--out", help="Output folder (results.db, runs/)."),
-    db: str = typer.Option(None, "--db", help="Results database (default: OUT/results.db)."),
+    db: str = typer.Option(
+        None,
+        "--db",
+        help="Results database, or a folder for its results.db (default: OUT/results.db).",
+    ),
     workers: int = typer.Option(
         None,
         "--workers",

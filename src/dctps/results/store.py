@@ -718,9 +718,8 @@ def _check_export_target(target: Path, kind: str = "CSV") -> None:
     if _csv_stream(target):
         return
     if target.is_dir():  # refused before the table is printed
-        raise DctpsError(
-            f"{kind} target {target} is a folder; give a file path, e.g. {target}/results.{ext}"
-        )
+        example = target / f"results.{ext}"
+        raise DctpsError(f"{kind} target {target} is a folder; give a file path, e.g. {example}")
     side = re.fullmatch(r"(.+)-(wal|shm|journal)", target.name)
     if side and starts_with(target.with_name(side[1]), SQLITE_MAGIC):
         # SQLite owns these: it deletes or rewrites them when the database next closes

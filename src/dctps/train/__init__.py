@@ -104,7 +104,11 @@ def _make_train_command() -> Any:
         inspect.Parameter(
             "db",
             inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--db", help="Results database (default: OUT/results.db)."),
+            default=typer.Option(
+                None,
+                "--db",
+                help="Results database, or a folder for its results.db (default: OUT/results.db).",
+            ),
             annotation=str | None,
         ),  # noqa: UP045
         inspect.Parameter(
