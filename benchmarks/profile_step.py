@@ -24,6 +24,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from dctps.bench import positive_int
+from dctps.models import names as model_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cudagraph import STEP_KINDS, make_step  # noqa: E402
@@ -48,7 +49,10 @@ def main() -> None:
         help="rows of each kind's operator table (the most GPU time first; CPU time without "
         "CUDA); default %(default)s",
     )
-    ap.add_argument("--model", default="resnet18", help="a dctps.models name; default %(default)s")
+    ap.add_argument(
+        "--model", default="resnet18", choices=model_names(),
+        help="a dctps.models name; default %(default)s",
+    )  # fmt: skip
     ap.add_argument(
         "--kinds",
         nargs="+",

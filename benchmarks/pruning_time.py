@@ -83,7 +83,7 @@ def main() -> None:
                    help="the defaults --steps 6 --iterations 10 --batch-size 32")  # fmt: skip
     p.add_argument(
         "--methods",
-        nargs="*",
+        nargs="+",
         default=names(),
         help=f"pruning methods to time, in this order; default: all ({' '.join(names())})",
     )

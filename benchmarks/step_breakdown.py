@@ -110,7 +110,10 @@ def gpu(fn: Callable[[], object], cuda: bool, n: int = 5) -> tuple[float, float]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="resnet18", help="a dctps.models name; default %(default)s")
+    ap.add_argument(
+        "--model", default="resnet18", choices=models.names(),
+        help="a dctps.models name; default %(default)s",
+    )  # fmt: skip
     ap.add_argument(
         "--batch",
         type=positive_int,

@@ -30,6 +30,7 @@ from dctps import fast as fastmod
 from dctps.batched import batch_rebuild
 from dctps.bench import cuda_graph, positive_int
 from dctps.models import build
+from dctps.models import names as model_names
 from dctps.sparsify import sparsify
 
 #: the steps :func:`make_step` builds
@@ -130,7 +131,10 @@ def main() -> None:
         default=20,
         help="back-to-back steps per timing (one synchronisation each side); default %(default)s",
     )
-    ap.add_argument("--model", default="resnet18", help="a dctps.models name; default %(default)s")
+    ap.add_argument(
+        "--model", default="resnet18", choices=model_names(),
+        help="a dctps.models name; default %(default)s",
+    )  # fmt: skip
     ap.add_argument(
         "--compile",
         action="store_true",

@@ -374,6 +374,14 @@ def test_weight_decay_groups():
     assert id(net[0].alpha) not in ids
 
 
+@pytest.mark.parametrize("bad", [-1e-4, float("nan"), float("inf"), "5e-4", True, None])
+def test_param_groups_refuses_a_weight_decay_that_is_not_a_finite_number_at_least_0(bad):
+    net = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(DctpsError, match=r"weight_decay must be a finite number >= 0, got "):
+        param_groups(net, bad)
+    assert param_groups(net, 0)[0]["weight_decay"] == 0  # zero is no decay, not an error
+
+
 def test_fixup_scalars_train_at_a_tenth_of_the_learning_rate():
     """Fixup's recipe (and the DCTpS authors' optimiser for fixup_resnet*): parameters named
     *bias* or *scale* (the scalar biases and multipliers, the classifier bias) at lr/10; the

@@ -25,6 +25,8 @@ train at a tenth of it, as in Fixup's and the DCTpS authors' code.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -179,7 +181,17 @@ def param_groups(
     factor: a parameter whose full name contains a key of ``lr_factors`` (the first that
     matches) gets ``lr_factor`` = its value (e.g. Fixup's scalars, 0.1), others 1. Groups with
     factor 1 come first (``decay``, then ``no_decay``, both always present); frozen params are
-    skipped."""
+    skipped. A ``DctpsError`` for a ``weight_decay`` that is not a finite number ``>= 0`` (the
+    optimizer would refuse a negative one only when built, naming no group)."""
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, numbers.Real)
+        or not math.isfinite(weight_decay)
+        or weight_decay < 0
+    ):
+        raise DctpsError(
+            f"param_groups: weight_decay must be a finite number >= 0, got {weight_decay!r}"
+        )
     factors = dict(lr_factors or {})
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     seen: set[int] = set()
