@@ -139,16 +139,20 @@ def kth_largest(values: torch.Tensor, k: int, *, select: bool | None = None) -> 
     0-d tensor on its device.
 
     ``select`` (default: on the CPU only): ``kthvalue``, a quickselect on the CPU; otherwise the
-    smallest of ``topk(k)``, the same value. CUDA's ``kthvalue`` gives one slice one thread
+    smallest of ``topk(k)`` (for ``k > N / 2`` the largest of the ``N - k + 1`` smallest: half
+    the memory at most), the same value. CUDA's ``kthvalue`` gives one slice one thread
     block: on a ResNet18's 11.2 M float64 SynFlow scores it took 85-105 ms on an H200, 90% of a
     SynFlow iteration's GPU time, where ``topk`` took 0.6 ms (a sort 1.3 ms); on the CPU,
-    ``kthvalue`` takes 200 ms and ``topk`` 225 ms (``benchmarks/threshold_time.py``;
-    ``benchmarks/RESULTS.md``, session 17).
+    ``kthvalue`` takes 210 ms and ``topk`` 250 ms at ``k = N / 2``
+    (``benchmarks/threshold_time.py``; ``benchmarks/RESULTS.md``, session 17).
     """
     if select is None:
         select = values.device.type == "cpu"
+    n = values.numel()
     if select:
-        return torch.kthvalue(values, values.numel() - k + 1).values
+        return torch.kthvalue(values, n - k + 1).values
+    if k > n // 2:  # the same entry from the shorter side: the largest of the n - k + 1 smallest
+        return torch.topk(values, n - k + 1, largest=False, sorted=False).values.max()
     return torch.topk(values, k, sorted=False).values.min()
 
 
