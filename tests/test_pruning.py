@@ -17,7 +17,13 @@ from dctps.allocation import budgets
 from dctps.errors import DctpsError, PruningFailed
 from dctps.models import build
 from dctps.pruning import default_batches, names, prune
-from dctps.pruning.common import kth_largest, schedule, top_k_mask
+from dctps.pruning.common import (
+    check_scores,
+    density_of,
+    kth_largest,
+    schedule,
+    top_k_mask,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +104,103 @@ def test_kth_largest_by_select_and_by_topk_agree_with_a_sort(dtype):
                 got = kth_largest(v, k, select=select)
                 assert got.dim() == 0 and got.dtype == dtype
                 assert torch.equal(got, want), (k, select, got, want)
+
+
+def _check_scores_per_layer(scores, k, *, method, step, steps, reached, require_positive=True,
+                            final=True):  # fmt: skip
+    """``check_scores`` as it was when it read every flag and count of every layer separately
+    (2-4 host reads, i.e. CUDA synchronisations, per layer)."""
+    where = f"{method}: step {step}/{steps}"
+    if not all(bool(torch.isfinite(s).all()) for s in scores):
+        raise PruningFailed(f"{where}: non-finite saliency scores (NaN/inf)", reached=reached)
+    if not require_positive:
+        if not any(bool((s != 0).any()) for s in scores):
+            raise PruningFailed(f"{where}: all saliency scores are zero", reached=reached)
+        positive = sum(int((s > 0).sum()) for s in scores)
+        nonnegative = sum(int((s >= 0).sum()) for s in scores)
+        if positive < k < nonnegative:
+            nonzero = sum(int((s != 0).sum()) for s in scores)
+            total = sum(s.numel() for s in scores)
+            raise PruningFailed(
+                f"{where}: only {nonzero} of {total} saliency scores are nonzero ({positive} > 0) "
+                f"but {k} weights must be kept: the other {k - positive} would be chosen among "
+                f"the {nonnegative - positive} zero scores by index order, not by saliency",
+                reached=reached,
+            )
+        return True
+    positive = sum(int((s > 0).sum()) for s in scores)
+    if positive >= k:
+        return True
+    if final:
+        total = sum(s.numel() for s in scores)
+        raise PruningFailed(
+            f"{where}: only {positive} of {total} saliency scores are > 0 but {k} weights must "
+            "be kept (all-zero saliency / throughput collapse; the reference would return a "
+            "dense network)",
+            reached=reached,
+        )
+    return False
+
+
+def _outcome(fn, *args, **kw):
+    try:
+        return ("returned", fn(*args, **kw))
+    except PruningFailed as e:
+        return ("raised", str(e), e.reached)
+
+
+def _count_host_reads(monkeypatch) -> list[int]:
+    """Count the reads of tensor data to the host (each one a synchronisation on CUDA)."""
+    n = [0]
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, **kw):
+            n[0] += 1
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return n
+
+
+def test_check_scores_and_density_of_read_the_device_once_with_unchanged_results(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    cases = [
+        [torch.randint(-2, 3, (n,), generator=g).double() for n in (5, 1, 7, 3)]  # ties, zeros
+        for _ in range(30)
+    ]
+    cases += [
+        [torch.zeros(4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)],
+        [
+            torch.tensor([1.0, math.nan], dtype=torch.float64),
+            torch.tensor([2.0], dtype=torch.float64),
+        ],
+        [torch.tensor([3.0, 0.0]), torch.tensor([-math.inf, 1.0])],
+        [torch.tensor([0.0, -1.0, 2.0], dtype=torch.float64), torch.empty(0, dtype=torch.float64)],
+    ]
+    for scores in cases:
+        total = sum(s.numel() for s in scores)
+        for k in range(total + 2):
+            for require_positive in (True, False):
+                for final in (True, False):
+                    kw = {"method": "m", "step": 2, "steps": 3, "reached": 0.5,
+                          "require_positive": require_positive, "final": final}  # fmt: skip
+                    want = _outcome(_check_scores_per_layer, scores, k, **kw)
+                    assert _outcome(check_scores, scores, k, **kw) == want, (scores, k, kw)
+        masks = [s > 0 for s in scores]
+        want_d = sum(int(m.sum()) for m in masks) / total
+        assert density_of(masks) == want_d
+    # one host read each (a synchronisation on CUDA), however many layers
+    reads = _count_host_reads(monkeypatch)
+    scores = [torch.rand(10, generator=g, dtype=torch.float64) + 0.1 for _ in range(8)]
+    for require_positive in (True, False):
+        reads[0] = 0
+        assert check_scores(scores, 5, method="m", step=1, steps=1, reached=1.0,
+                            require_positive=require_positive)  # fmt: skip
+        assert reads[0] == 1
+    reads[0] = 0
+    assert density_of([s > 0.5 for s in scores]) == sum(int((s > 0.5).sum()) for s in scores) / 80
+    assert reads[0] == 1 + 8  # the expected value's own 8 reads
 
 
 def test_schedule_exponential_and_linear():
