@@ -22,6 +22,7 @@ from dctps.pruning.common import (
     density_of,
     kth_largest,
     schedule,
+    step_counts,
     top_k_mask,
 )
 
@@ -201,6 +202,40 @@ def test_check_scores_and_density_of_read_the_device_once_with_unchanged_results
     reads[0] = 0
     assert density_of([s > 0.5 for s in scores]) == sum(int((s > 0.5).sum()) for s in scores) / 80
     assert reads[0] == 1 + 8  # the expected value's own 8 reads
+
+
+def test_iter_snip_equals_a_hand_computed_loop_and_reads_the_minimum_once(monkeypatch):
+    """Iter-SNIP against an independent loop (|W * m * g|, pruned entries set to the global
+    minimum, exact top k by index); the minimum is read once per step, not once per layer and
+    per comparison."""
+    model = _mlp([12, 16, 9, 5])
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 12, generator=g, dtype=torch.float64),
+                torch.randint(0, 5, (8,), generator=g)) for _ in range(3)]  # fmt: skip
+    model = model.double()
+    ref = copy.deepcopy(model)
+    ws = [ref[0].weight, ref[2].weight, ref[4].weight]
+    total = sum(w.numel() for w in ws)
+    density, steps = 0.05, 3
+    masks = [torch.ones_like(w, dtype=torch.bool) for w in ws]
+    for t, k_t in enumerate(step_counts(density, steps, "exp", total, round(density * total))):
+        x, y = batches[t % len(batches)]
+        grads = torch.autograd.grad(F.cross_entropy(ref(x), y), ws)
+        with torch.no_grad():
+            scores = [(w * gr).abs() for w, gr in zip(ws, grads, strict=True)]
+            if t:
+                low = min(s.min() for s in scores)
+                scores = [s.masked_fill(~m, low) for s, m in zip(scores, masks, strict=True)]
+            masks = _expected_top_k(scores, k_t)
+            for w, m in zip(ws, masks, strict=True):
+                w.mul_(m)
+    reads = _count_host_reads(monkeypatch)
+    prune(model, density, "iter_snip", batches=batches, steps=steps)
+    monkeypatch.undo()
+    for layer, want in zip((model[0], model[2], model[4]), masks, strict=True):
+        assert torch.equal(layer.weight_mask.bool(), want)
+    # per step: any_positive, check_scores, top_k_mask, density_of, and the minimum (steps 2-3)
+    assert reads[0] < 8 * steps + 10
 
 
 def test_schedule_exponential_and_linear():

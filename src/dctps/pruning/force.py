@@ -88,7 +88,10 @@ def gradient_saliency_masks(
             )
             if ok:
                 if not reuse_dense and not dense:
-                    low = min(s.min() for s in scores)
+                    # one read of the global minimum: Python's min() over 0-d tensors read
+                    # each comparison (L - 1 syncs on CUDA), and masked_fill_ with a tensor
+                    # value reads it again per layer (CUDA's kernel takes value.item())
+                    low = torch.stack([s.min() for s in scores]).min().item()
                     for s, m in zip(scores, masks, strict=True):
                         s.masked_fill_(~m, low)
                 masks = global_masks(scores, k_t)
