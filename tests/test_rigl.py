@@ -582,3 +582,39 @@ def test_rigl_averages_over_the_process_group_it_is_given(tmp_path, monkeypatch)
             RigL(dctps.sparsify(_mlp(), 0.2), None, 10, process_group="world")
     finally:
         dist.destroy_process_group()
+
+
+def test_an_update_reads_the_device_a_few_times_per_layer_not_more(monkeypatch):
+    """Each host read (``int(t)``, ``bool(t)``, ``.item()``, ``.tolist()``) and each tensor made
+    from host data on the device is a synchronisation on CUDA. An update reads per layer its
+    count, two thresholds' tie counts and the number grown (a tie fill adds one each); the finite
+    checks of all layers are read together, and ``-inf`` is a Python scalar, not a tensor."""
+    model = prune(_mlp(), 0.25, "random", seed=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigl = RigL(model, opt, total_steps=100, delta_t=5, alpha=0.3)
+    _run(model, opt, rigl, 4)
+    x, y = _batch(4)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    reads, made = [0], [0]
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, **kw):
+            reads[0] += 1
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    tensor = torch.tensor
+
+    def counted_tensor(*a, **kw):
+        made[0] += 1
+        return tensor(*a, **kw)
+
+    monkeypatch.setattr(torch, "tensor", counted_tensor)
+    assert rigl.step() is False
+    monkeypatch.undo()
+    layers = len(_linears(model))
+    assert rigl.history and rigl.history[-1][2] > 0
+    assert made[0] == 0
+    assert reads[0] <= 1 + 6 * layers, reads[0]

@@ -69,7 +69,7 @@ from torch import nn
 
 from dctps.errors import DctpsError
 from dctps.layers import DCTpSLayer
-from dctps.pruning.common import connect_attention, top_k_mask
+from dctps.pruning.common import _read, connect_attention, top_k_mask
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -122,15 +122,16 @@ class _Sparse:
 
 
 def _plan(
-    active: torch.Tensor, magnitude: torch.Tensor, grad: torch.Tensor, n_drop: int
+    active: torch.Tensor, magnitude: torch.Tensor, grad: torch.Tensor, n: int, n_drop: int
 ) -> torch.Tensor:
-    """New flat support: keep the ``n - n_drop`` active entries of largest ``magnitude``, add the
-    ``n_drop`` entries of largest ``|grad|`` among the rest (exact counts, ties by index)."""
-    n = int(active.sum())
-    neg = torch.tensor(-math.inf, dtype=magnitude.dtype, device=magnitude.device)
-    keep = top_k_mask(torch.where(active, magnitude, neg), n - n_drop)
+    """New flat support: keep the ``n - n_drop`` of the ``n`` active entries of largest
+    ``magnitude``, add the ``n_drop`` entries of largest ``|grad|`` among the rest (exact counts,
+    ties by index). ``n`` comes from the caller, which has it: counting ``active`` again, and a
+    ``-inf`` made with ``torch.tensor(..., device=...)`` (a host-to-device copy that waits for the
+    queued work), were two CUDA synchronisations per layer and update."""
+    keep = top_k_mask(torch.where(active, magnitude, -math.inf), n - n_drop)
     g = grad.abs().to(magnitude.dtype)
-    grow = top_k_mask(torch.where(keep, neg, g), n_drop)
+    grow = top_k_mask(torch.where(keep, -math.inf, g), n_drop)
     return keep | grow
 
 
@@ -170,12 +171,13 @@ class _Masked(_Sparse):
         assert self.grad is not None
         orig, mask = self.orig, self.mask
         old = mask.detach().flatten() != 0
-        n_drop = math.floor(int(old.sum()) * fraction)
+        n = int(old.sum())
+        n_drop = math.floor(n * fraction)
         if n_drop == 0:
             return 0
         with torch.no_grad():
             magnitude = (orig * mask).abs().flatten()
-            new = _plan(old, magnitude, self.grad.flatten(), n_drop)
+            new = _plan(old, magnitude, self.grad.flatten(), n, n_drop)
             gone = ~(new & old).view_as(orig)
             orig.masked_fill_(gone, 0.0)  # dropped and newly grown entries are exactly +0.0
             mask.copy_(new.view_as(mask).to(mask.dtype))
@@ -251,7 +253,7 @@ class _DCT(_Sparse):
             old[indices] = True
             magnitude = torch.full((numel,), -math.inf, dtype=values.dtype, device=dev)
             magnitude[indices] = values.detach().abs()
-            new = _plan(old, magnitude, self.grad.flatten(), n_drop)
+            new = _plan(old, magnitude, self.grad.flatten(), n, n_drop)  # indices are distinct
             new_idx = torch.nonzero(new).flatten()  # sorted
             slot = torch.full((numel,), -1, dtype=torch.int64, device=dev)
             slot[indices] = torch.arange(n, device=dev)
@@ -433,12 +435,11 @@ class RigL:
                 f"RigL update at step {self.t}: no gradient was captured; call step() once per "
                 "iteration, after loss.backward()"
             )
-        # every layer checked before any moves: a refused update changes nothing
-        bad = [
-            layer.name or "(model)"
-            for layer in self.layers
-            if layer.grad is not None and not bool(torch.isfinite(layer.grad).all())
-        ]
+        # every layer checked before any moves: a refused update changes nothing; the flags
+        # read at once (one CUDA synchronisation, not one per layer)
+        used = [(layer.name, layer.grad) for layer in self.layers if layer.grad is not None]
+        finite = _read([torch.isfinite(g).all() for _, g in used])
+        bad = [name or "(model)" for (name, _), ok in zip(used, finite, strict=True) if not ok]
         if bad:
             if scaler is not None and scaler.is_enabled():
                 # the scaler cannot see this overflow (it checks the optimizer's gradients, and
