@@ -259,11 +259,13 @@ class _DCT(_Sparse):
             slot[indices] = torch.arange(n, device=dev)
             src = slot[new_idx]
             has = src >= 0
+            at = src.clamp(min=0)  # a slot for every entry; where() zeroes the new ones
 
             def moved(t: torch.Tensor) -> torch.Tensor:
-                out = torch.zeros_like(t)
-                out[has] = t[src[has]]
-                return out
+                # a gather and a where: boolean-mask indexing (t[src[has]], out[has] = ...)
+                # counts the mask on the host, a CUDA synchronisation per indexing, two per
+                # tensor moved (values and each optimizer state)
+                return torch.where(has, t[at], 0)
 
             for value in state(values).values():
                 if torch.is_tensor(value) and value.shape == values.shape:
