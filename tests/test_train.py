@@ -2511,3 +2511,33 @@ def test_flags_over_a_runs_saved_config_derive_as_the_same_flags_alone():
                                    "sparsity": {"method": "dctps", "density": 0.1},
                                    "optim": {"lr": 0.005}})  # fmt: skip
     assert cli(written, recipe="sgd").optim.lr == 0.005
+
+
+def test_the_progress_bar_reads_the_loss_only_where_the_checks_were_read(monkeypatch):
+    """On CUDA the loop reads its non-finite flags every 20 steps, so that the host does not wait
+    for each backward; the bar's loss (a read too) was refreshed every 10 steps, which undid it.
+    It is now read at step 1 and where the flags were just read."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = [(torch.randn(4, 12), torch.randint(0, 3, (4,))) for _ in range(45)]
+    checks, shown = [], []
+    real = loop._first_bad
+    monkeypatch.setattr(loop, "_first_bad", lambda f, s, *a: checks.append(s) or real(f, s, *a))
+
+    class Bar:
+        n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+        def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+            shown.append(self.n)
+
+    st = loop.train_one_epoch(model, batches, opt, epoch=1, bar=Bar(), check_every=20)
+    assert st.failed is None
+    assert checks == [20, 40, 45]
+    assert shown == [1, 20, 40]  # each after a check (or the first step), never between
+    shown.clear()
+    loop.train_one_epoch(model, batches[:25], opt, epoch=2, bar=Bar(), check_every=1)
+    assert shown == [1, 10, 20]  # on the CPU (a check every step) every 10 steps, as before

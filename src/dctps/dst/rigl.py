@@ -69,7 +69,7 @@ from torch import nn
 
 from dctps.errors import DctpsError
 from dctps.layers import DCTpSLayer
-from dctps.pruning.common import _read, connect_attention, top_k_mask
+from dctps.pruning.common import connect_attention, read_ints, top_k_mask
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -440,7 +440,7 @@ class RigL:
         # every layer checked before any moves: a refused update changes nothing; the flags
         # read at once (one CUDA synchronisation, not one per layer)
         used = [(layer.name, layer.grad) for layer in self.layers if layer.grad is not None]
-        finite = _read([torch.isfinite(g).all() for _, g in used])
+        finite = read_ints([torch.isfinite(g).all() for _, g in used])
         bad = [name or "(model)" for (name, _), ok in zip(used, finite, strict=True) if not ok]
         if bad:
             if scaler is not None and scaler.is_enabled():

@@ -44,6 +44,7 @@ __all__ = [
     "targets",
     "weights_of",
     "kth_largest",
+    "read_ints",
     "top_k_mask",
     "global_masks",
     "schedule",
@@ -246,11 +247,11 @@ def check_scores(
     where = f"{method}: step {step}/{steps}"
     n = len(scores)
     # every count the checks below may need, read to the host at once: one read per layer and
-    # per count waited for the queued GPU work each time (2-4 per layer per step, see _read)
+    # per count waited for the queued GPU work each time (2-4 per layer per step, see read_ints)
     parts = [torch.isfinite(s).all() for s in scores] + [(s > 0).sum() for s in scores]
     if not require_positive:
         parts += [(s != 0).any() for s in scores] + [(s >= 0).sum() for s in scores]
-    got = _read(parts)
+    got = read_ints(parts)
     finite = all(got[:n])
     if not finite:
         raise PruningFailed(f"{where}: non-finite saliency scores (NaN/inf)", reached=reached)
@@ -260,7 +261,7 @@ def check_scores(
             raise PruningFailed(f"{where}: all saliency scores are zero", reached=reached)
         nonnegative = sum(got[3 * n :])
         if positive < k < nonnegative:  # the k-th largest score is 0, and so are excluded ones
-            nonzero = sum(_read([(s != 0).sum() for s in scores]))
+            nonzero = sum(read_ints([(s != 0).sum() for s in scores]))
             total = sum(s.numel() for s in scores)
             raise PruningFailed(
                 f"{where}: only {nonzero} of {total} saliency scores are nonzero ({positive} > 0) "
@@ -282,7 +283,7 @@ def check_scores(
     return False
 
 
-def _read(parts: Sequence[torch.Tensor]) -> list[int]:
+def read_ints(parts: Sequence[torch.Tensor]) -> list[int]:
     """0-d bool or integer tensors (flags, counts) as Python ints, read with ONE host transfer.
 
     Each ``int(t)`` / ``bool(t)`` of a CUDA tensor is a device-to-host copy that waits for all
@@ -501,7 +502,7 @@ def detach_pruned_weights(modules: Iterable[nn.Module]) -> None:
 def density_of(masks: Sequence[torch.Tensor]) -> float:
     """Fraction of ``True`` entries over all ``masks``."""
     total = sum(m.numel() for m in masks)
-    return sum(_read([m.sum() for m in masks])) / total if total else 0.0
+    return sum(read_ints([m.sum() for m in masks])) / total if total else 0.0
 
 
 def numel(shapes: Iterable[torch.Size | tuple[int, ...]]) -> int:

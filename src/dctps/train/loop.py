@@ -187,7 +187,9 @@ def train_one_epoch(
         n += bs
         if bar is not None:
             bar.update(1)
-            if step % 10 == 0 or step == 1:
+            # the loss is read when the checks were just read (every check_every steps), so
+            # the bar adds no synchronisation of its own on a GPU
+            if step % max(10, check_every) == 0 or step == 1:
                 bar.set_postfix_str(f"loss {loss_sum.item() / n:.3f}", refresh=False)
     if failed is None and flags:
         failed = _first_bad(flags, step, epoch, ctx)
