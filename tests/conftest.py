@@ -61,6 +61,27 @@ def fake_cifar10(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def host_reads(monkeypatch):
+    """``start()``: from then on, count the reads of tensor data to the host (``bool``, ``int``,
+    ``float``, ``index``, ``.item()``, ``.tolist()``) in the one-element list it returns. Each is
+    a synchronisation on CUDA, which tests on the CPU can count this way."""
+
+    def start() -> list[int]:
+        n = [0]
+        for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+            orig = getattr(torch.Tensor, name)
+
+            def counted(self, *a, _orig=orig, **kw):
+                n[0] += 1
+                return _orig(self, *a, **kw)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        return n
+
+    return start
+
+
+@pytest.fixture
 def disk_full_after(monkeypatch):
     """``disk_full_after(n)``: from now on, files that :mod:`dctps.atomic` writes (through
     ``os.fdopen``) take ``n`` bytes or characters, then fail with ENOSPC as a full disk would.

@@ -150,21 +150,7 @@ def _outcome(fn, *args, **kw):
         return ("raised", str(e), e.reached)
 
 
-def _count_host_reads(monkeypatch) -> list[int]:
-    """Count the reads of tensor data to the host (each one a synchronisation on CUDA)."""
-    n = [0]
-    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
-        orig = getattr(torch.Tensor, name)
-
-        def counted(self, *a, _orig=orig, **kw):
-            n[0] += 1
-            return _orig(self, *a, **kw)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    return n
-
-
-def test_check_scores_and_density_of_read_the_device_once_with_unchanged_results(monkeypatch):
+def test_check_scores_and_density_of_read_the_device_once_with_unchanged_results(host_reads):
     g = torch.Generator().manual_seed(2)
     cases = [
         [torch.randint(-2, 3, (n,), generator=g).double() for n in (5, 1, 7, 3)]  # ties, zeros
@@ -192,7 +178,7 @@ def test_check_scores_and_density_of_read_the_device_once_with_unchanged_results
         want_d = sum(int(m.sum()) for m in masks) / total
         assert density_of(masks) == want_d
     # one host read each (a synchronisation on CUDA), however many layers
-    reads = _count_host_reads(monkeypatch)
+    reads = host_reads()
     scores = [torch.rand(10, generator=g, dtype=torch.float64) + 0.1 for _ in range(8)]
     for require_positive in (True, False):
         reads[0] = 0
@@ -204,7 +190,7 @@ def test_check_scores_and_density_of_read_the_device_once_with_unchanged_results
     assert reads[0] == 1 + 8  # the expected value's own 8 reads
 
 
-def test_iter_snip_equals_a_hand_computed_loop_and_reads_the_minimum_once(monkeypatch):
+def test_iter_snip_equals_a_hand_computed_loop_and_reads_the_minimum_once(monkeypatch, host_reads):
     """Iter-SNIP against an independent loop (|W * m * g|, pruned entries set to the global
     minimum, exact top k by index); the minimum is read once per step, not once per layer and
     per comparison."""
@@ -229,7 +215,7 @@ def test_iter_snip_equals_a_hand_computed_loop_and_reads_the_minimum_once(monkey
             masks = _expected_top_k(scores, k_t)
             for w, m in zip(ws, masks, strict=True):
                 w.mul_(m)
-    reads = _count_host_reads(monkeypatch)
+    reads = host_reads()
     prune(model, density, "iter_snip", batches=batches, steps=steps)
     monkeypatch.undo()
     for layer, want in zip((model[0], model[2], model[4]), masks, strict=True):

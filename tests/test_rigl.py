@@ -584,7 +584,7 @@ def test_rigl_averages_over_the_process_group_it_is_given(tmp_path, monkeypatch)
         dist.destroy_process_group()
 
 
-def test_an_update_reads_the_device_a_few_times_per_layer_not_more(monkeypatch):
+def test_an_update_reads_the_device_a_few_times_per_layer_not_more(monkeypatch, host_reads):
     """Each host read (``int(t)``, ``bool(t)``, ``.item()``, ``.tolist()``) and each tensor made
     from host data on the device is a synchronisation on CUDA. An update reads per layer its
     count, two thresholds' tie counts and the number grown (a tie fill adds one each); the finite
@@ -596,15 +596,7 @@ def test_an_update_reads_the_device_a_few_times_per_layer_not_more(monkeypatch):
     x, y = _batch(4)
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
-    reads, made = [0], [0]
-    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
-        orig = getattr(torch.Tensor, name)
-
-        def counted(self, *a, _orig=orig, **kw):
-            reads[0] += 1
-            return _orig(self, *a, **kw)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
+    reads, made = host_reads(), [0]
     tensor = torch.tensor
 
     def counted_tensor(*a, **kw):

@@ -13,17 +13,8 @@ set -u
 PACK=${1:-.devdata/cifar10_24k.npz}
 LIMIT=${2:-420}
 WORKERS=${3:-5}
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-DEVICE=${DEVICE:-cuda}        # DEVICE=cpu EXTRA="--epochs 1" for a dry run without a GPU
-EXTRA=${EXTRA:-}
-RES=${RES:-/tmp/dctps-res}      # the sweep's --out (results.db, runs/)
-DATA=${DATA:-/tmp/dctps-data}   # where the pack is unpacked
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
-$PY scripts/cifar_webp.py unpack "$PACK" "$DATA" || exit 1
+. docs/results/gpu_common.sh
+gpu_setup "$PACK" || exit 1
 # The CUDA tests run beside the sweep (they check numbers, not speed).
 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1 &
 start=$(date +%s)
@@ -38,12 +29,5 @@ timeout "$LIMIT" $PY -m dctps.cli sweep docs/results/offsets-resnet18-gpu.yaml \
 echo "offsets sweep exit $? after $(( $(date +%s) - start )) s"
 wait
 echo "all sweeps ended after $(( $(date +%s) - start )) s"
-$PY -m dctps.cli results --db "$RES" --csv "$OUT/resnet18_cifar10_gpu.csv"
-$PY - "$OUT" "$RES" <<'PYEOF'
-import sqlite3, sys
-src = sqlite3.connect(f"{sys.argv[2]}/results.db")
-dst = sqlite3.connect(f"{sys.argv[1]}/resnet18_cifar10_gpu.db")
-src.backup(dst)
-dst.close()
-PYEOF
+gpu_export resnet18_cifar10_gpu
 tail -3 "$OUT/test_cuda.log"

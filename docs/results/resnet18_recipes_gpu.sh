@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ResNet18 / CIFAR-10 on a lent GPU: the paper's Adam recipe for dense, DCTpS and SynFlow at 1%,
 # 0.1%, 0.01% (docs/results/resnet18_cifar10_gpu_adam.yaml), and DCTpS at 0.1% with SGD at lr 0.1
-# (docs/results/resnet18_cifar10_gpu_sgd01.yaml): 8 runs sharing one GPU, inside one device call.
+# (docs/results/resnet18_cifar10_gpu_sgd01.yaml): 15 runs sharing one GPU (session 17 ran them in
+# two device calls: the second resumed the store the first left on the machine).
 #
 #   bash docs/results/resnet18_recipes_gpu.sh [PACK] [LIMIT_S]
 #
@@ -12,17 +13,8 @@
 set -u
 PACK=${1:-.devdata/cifar10_24k.npz}
 LIMIT=${2:-420}
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-DEVICE=${DEVICE:-cuda}        # DEVICE=cpu EXTRA="--epochs 1" for a dry run without a GPU
-EXTRA=${EXTRA:-}
-RES=${RES:-/tmp/dctps-res}
-DATA=${DATA:-/tmp/dctps-data}
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
-$PY scripts/cifar_webp.py unpack "$PACK" "$DATA" || exit 1
+. docs/results/gpu_common.sh
+gpu_setup "$PACK" || exit 1
 start=$(date +%s)
 timeout "$LIMIT" $PY -m dctps.cli sweep docs/results/resnet18_cifar10_gpu_adam.yaml \
   --data-root "$DATA" --out "$RES" --workers 7 --device "$DEVICE" -q $EXTRA \
@@ -33,12 +25,5 @@ timeout "$LIMIT" $PY -m dctps.cli sweep docs/results/resnet18_cifar10_gpu_sgd01.
 echo "sgd01 sweep exit $? after $(( $(date +%s) - start )) s"
 wait
 echo "all sweeps ended after $(( $(date +%s) - start )) s"
-$PY -m dctps.cli results --db "$RES" --csv "$OUT/resnet18_cifar10_gpu_recipes.csv"
-$PY - "$OUT" "$RES" <<'PYEOF'
-import sqlite3, sys
-src = sqlite3.connect(f"{sys.argv[2]}/results.db")
-dst = sqlite3.connect(f"{sys.argv[1]}/resnet18_cifar10_gpu_recipes.db")
-src.backup(dst)
-dst.close()
-PYEOF
+gpu_export resnet18_cifar10_gpu_recipes
 tail -n 3 "$OUT"/sweep-*.log
