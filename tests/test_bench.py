@@ -133,3 +133,26 @@ def test_every_benchmark_option_has_help_text():
                     and not any(k.arg == "help" for k in node.keywords)):  # fmt: skip
                 bare.append(f"{path.name}:{node.lineno}")
     assert len(files) > 10 and not bare, bare
+
+
+def test_host_overhead_checks_every_path_against_the_layer_before_timing():
+    """`benchmarks/host_overhead.py` times only paths that give the layer's output and
+    gradients: its check passes for the real paths and stops on one that is off by 1e-6."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "host_overhead", root / "benchmarks" / "host_overhead.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from dctps.layers import DCTpSConv2d
+
+    layer = DCTpSConv2d(3, 5, 3, padding=1, nnz=30, seed=0, dtype=torch.float64)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    fns = mod.paths(layer, torch.nn.Conv2d(3, 5, 3, padding=1), x, None)
+    assert set(fns) == {"nn.Conv2d", "layer", "layer, fused", "ops by hand"}
+    mod.check_paths(fns, layer)
+    fns["off"] = lambda: layer(x) * (1 + 1e-6)
+    with pytest.raises(SystemExit, match="path 'off' disagrees"):
+        mod.check_paths(fns, layer)

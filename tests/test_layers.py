@@ -34,6 +34,40 @@ def test_linear_weight_is_alpha_d_plus_s():
     torch.testing.assert_close(layer(x), x @ expected.T + layer.bias.detach())
 
 
+@pytest.mark.parametrize("shape", [(16, 16), (256, 128)])  # below and above the size threshold
+def test_cpu_rebuild_is_chosen_by_size_and_both_give_the_same_weight_and_gradients(
+    shape, monkeypatch
+):
+    """A CPU layer rebuilds ``W`` with built-in operators below ``FUSED_REBUILD_MIN`` weights and
+    with the fused autograd Function from it on; lowering or raising the threshold switches the
+    path and changes neither ``W`` nor any gradient (float64)."""
+    from dctps import layers
+
+    out, fan = shape
+    big = out * fan >= layers.FUSED_REBUILD_MIN
+    layer = DCTpSLinear(fan, out, nnz=out * fan // 20, seed=0, dtype=torch.float64)
+    with torch.no_grad():
+        layer.alpha.fill_(0.7)
+        layer.values.normal_()
+    x = torch.randn(3, fan, dtype=torch.float64)
+    g = torch.randn(3, out, dtype=torch.float64)
+    results = []
+    for threshold in (layers.FUSED_REBUILD_MIN, 1 if not big else 10**12):
+        monkeypatch.setattr(layers, "FUSED_REBUILD_MIN", threshold)
+        layer.zero_grad(set_to_none=True)
+        w = layer.dense_weight()
+        kind = type(w.grad_fn.next_functions[0][0]).__name__  # under the final .view
+        (layer(x) * g).sum().backward()
+        results.append((kind, w.detach(), layer.alpha.grad, layer.values.grad, layer.bias.grad))
+    fused_kind = "_FusedWeightBackward"
+    assert (results[0][0] == fused_kind) == big, results[0][0]
+    assert (results[1][0] == fused_kind) != big, results[1][0]
+    for a, b in zip(results[0][1:], results[1][1:], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    expected = 0.7 * layer.D + layer.sparse_weight().detach()
+    torch.testing.assert_close(results[0][1], expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "cin,cout,k,stride,pad,dil,groups",
     [(3, 8, 3, 1, 1, 1, 1), (4, 6, 5, 2, 2, 1, 1), (16, 4, 1, 1, 0, 1, 1), (6, 9, 3, 1, 1, 2, 3),

@@ -73,6 +73,12 @@ KERNEL_STATE = "_dctps_kernel"
 #: entries of a layer's memo of ``mode='auto'`` decisions (one per exact input shape) before it
 #: is emptied; the decisions themselves stay in :func:`dctps.fast.auto_cache`
 AUTO_MEMO_SIZE = 256
+#: smallest ``D`` (elements) that the CPU rebuilds with :class:`_FusedWeight`: below it the
+#: built-in operators of :func:`op_rebuild` cost less, since a Python autograd Function's
+#: per-call host time (about 16 us) outweighs the passes over ``D`` it saves; at 64k elements
+#: they are about even (forward+backward: operators 0.93x the Function's time on 1 thread, 1.19x
+#: on 2; 0.75x at 8k, 1.8x at 1M; ``benchmarks/host_overhead.py``, RESULTS.md session 18)
+FUSED_REBUILD_MIN = 1 << 16
 
 
 def kaiming_alpha(row_norms: torch.Tensor, scope: str) -> torch.Tensor:
@@ -869,8 +875,9 @@ class DCTpSLayer(nn.Module):
         """``W = alpha * D + S`` as a dense tensor of ``weight_shape`` (differentiable).
 
         On CPU one pass over ``D`` forward (multiply, then add the non-zeros in place) and one
-        backward (``d alpha = <dW, D>``, ``d values = dW[indices]``), via :class:`_FusedWeight`;
-        on accelerators, where the passes are cheap and kernel launches and Python are not, the
+        backward (``d alpha = <dW, D>``, ``d values = dW[indices]``), via :class:`_FusedWeight`
+        (for a ``D`` of :data:`FUSED_REBUILD_MIN` elements or more); on accelerators and for
+        smaller CPU layers, where the passes are cheap and kernel launches and Python are not, the
         same with built-in differentiable ops. On CUDA with Triton, one kernel each way
         (:mod:`dctps.triton_rebuild`) while a CUDA graph is captured; the first eager call
         compiles them. Inside the forward of a model under
@@ -899,7 +906,9 @@ class DCTpSLayer(nn.Module):
                 _triton.warm_up(d, alpha, self.indices, self.values, state)
         # the same ops under CUDA-graph capture: a capture must run what its warm-up ran (the
         # fused backward's cuBLAS dot, first called inside a capture, failed it on an H100)
-        rebuild = cpu_rebuild if d.device.type == "cpu" and not builtin_ops_only() else op_rebuild
+        # the size from weight_shape (Python ints): a jit trace records d.numel()
+        fused = d.device.type == "cpu" and math.prod(self.weight_shape) >= FUSED_REBUILD_MIN
+        rebuild = cpu_rebuild if fused and not builtin_ops_only() else op_rebuild
         return rebuild(d, alpha, self.indices, self.values).view(self.weight_shape)
 
     @property
