@@ -273,6 +273,58 @@ def test_snip_equals_hand_computed_top_k(loss):
     copy.deepcopy(model)  # a freshly pruned model can be copied (e.g. for a best-model snapshot)
 
 
+@pytest.mark.parametrize("when", ["forward", "backward", "loaded"])
+def test_a_pruned_model_can_be_deep_copied_after_a_forward(when, tmp_path):
+    """After a forward, ``module.weight`` is ``weight_orig * weight_mask`` with its autograd
+    history, and ``copy.deepcopy`` refused the model ("Only Tensors created explicitly by the
+    user"), as it does for torch's own ``custom_from_mask``: EMA copies, SWA's ``AveragedModel``
+    and best-model snapshots failed. The copy computes as the original, owns its tensors (a
+    change to one leaves the other), and a loss on its ``weight`` trains its ``weight_orig``."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from dctps.pruning.common import Mask
+
+    model = prune(_mlp([12, 16, 4], bias=True), 0.3, "random")
+    x = torch.randn(5, 12)
+    if when == "loaded":  # a pruned checkpoint loaded into a fresh model (prepare_pruned_structure)
+        path = tmp_path / "pruned.pt"
+        torch.save(model.state_dict(), path)
+        fresh = _mlp([12, 16, 4], bias=True, seed=1)
+        from dctps.pruning.common import prepare_pruned_structure
+
+        prepare_pruned_structure(fresh, torch.load(path))
+        fresh.load_state_dict(torch.load(path))
+        model = fresh
+    out = model(x)
+    if when == "backward":
+        out.sum().backward()
+    assert not model[0].weight.is_leaf  # the case deepcopy refused
+    with pytest.raises(RuntimeError, match="graph leaves"):  # torch's own method still refuses
+        plain = _mlp([12, 16, 4], bias=True)
+        torch_prune.custom_from_mask(plain[0], "weight", torch.ones(16, 12))
+        plain(x)
+        copy.deepcopy(plain)
+
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(twin(x), model(x), rtol=0, atol=0)
+    for layer in (twin[0], twin[2]):
+        (hook,) = layer._forward_pre_hooks.values()
+        assert isinstance(hook, Mask) and hook._owner() is layer
+        assert layer.weight.grad_fn is not None  # weight_orig' * weight_mask', as a forward makes
+        assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)
+    twin.zero_grad(set_to_none=True)
+    twin[0].weight.sum().backward()
+    assert torch.equal(twin[0].weight_orig.grad, twin[0].weight_mask)
+    with torch.no_grad():
+        twin[0].weight_orig.add_(1.0)
+    assert not torch.equal(twin(x), model(x))
+    torch.testing.assert_close(model[0].weight, model[0].weight_orig * model[0].weight_mask)
+    assert torch_prune.is_pruned(twin)
+    AveragedModel(model)  # deep-copies the model
+    torch_prune.remove(twin[0], "weight")
+    assert isinstance(twin[0].weight, nn.Parameter)
+
+
 # ----------------------------------------------------------------------------- GraSP
 
 

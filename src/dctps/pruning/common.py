@@ -15,16 +15,19 @@
   signed scores (GraSP), all-zero scores or a ``k``-th largest score of exactly 0 with zero
   scores left out (the kept set would be chosen by index among the zeros).
 * :func:`average_gradients` is ``g = (1/B) sum_b dL_b/dW`` over ``B`` fresh batches (§3 step 1).
-* :func:`apply_masks` applies the final masks with ``torch.nn.utils.prune.custom_from_mask`` (the
+* :func:`apply_masks` applies the final masks in ``torch.nn.utils.prune``'s convention (the
   module gets ``weight_orig`` and a ``weight_mask`` buffer, ``weight = weight_orig * weight_mask``,
   so the gradient of ``weight_orig`` is masked by the product rule) and zeroes the pruned entries
-  of ``weight_orig``, so they stay exactly 0 under SGD/Adam/weight decay.
+  of ``weight_orig``, so they stay exactly 0 under SGD/Adam/weight decay. Its pruning method,
+  :class:`Mask`, is torch's ``CustomFromMask`` whose model ``copy.deepcopy`` can copy after a
+  forward.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +56,7 @@ __all__ = [
     "any_positive",
     "average_gradients",
     "loss_fn",
+    "Mask",
     "apply_masks",
     "connect_attention",
     "detach_pruned_weights",
@@ -422,6 +426,66 @@ def average_gradients(
 # --------------------------------------------------------------------------- masks
 
 
+class Mask(torch_prune.CustomFromMask):
+    """``torch.nn.utils.prune.custom_from_mask``'s pruning method, plus ``copy.deepcopy``.
+
+    After a forward, a pruned module's ``weight`` is ``weight_orig * weight_mask`` with its
+    autograd history (so a loss on ``module.weight`` trains ``weight_orig``), and
+    ``copy.deepcopy`` refuses such a tensor ("Only Tensors created explicitly by the user"): a
+    model pruned by torch alone cannot be deep-copied after a forward, which EMA copies,
+    ``torch.optim.swa_utils.AveragedModel`` and best-model snapshots do. The method knows its
+    module (a weak reference, set when applied and at every forward), and a model's copy
+    reaches its ``_forward_pre_hooks`` before the ``weight`` attribute, which is set after
+    ``nn.Module.__init__``: this method then gives the copy ``weight_orig' * weight_mask'`` of
+    the copied tensors (with autograd history where grad mode is on), as its next forward would.
+    The state dict, hooks and ``prune.remove``/``prune.is_pruned`` are torch's.
+    """
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        self._owner = weakref.ref(module)
+        super().__call__(module, inputs)
+
+    @classmethod
+    def apply(cls, module: nn.Module, name: str, mask: torch.Tensor) -> Mask:  # type: ignore[override]
+        method = super().apply(module, name, mask=mask)
+        if isinstance(method, Mask):  # not when torch combined it with an earlier pruning
+            method._owner = weakref.ref(module)
+        return method  # type: ignore[return-value]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_owner", None)  # a weak reference cannot be pickled; the next forward sets it
+        return state
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Mask:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        owner = self.__dict__.get("_owner")
+        module = owner() if owner is not None else None
+        if module is not None:
+            name = self._tensor_name
+            w = module.__dict__.get(name)
+            orig = module._parameters.get(name + "_orig")
+            mask = module._buffers.get(name + "_mask")
+            if (
+                isinstance(w, torch.Tensor)
+                and not w.is_leaf
+                and id(w) not in memo
+                and orig is not None
+                and mask is not None
+                and id(orig) in memo
+                and id(mask) in memo
+            ):
+                memo[id(w)] = memo[id(orig)] * memo[id(mask)]
+            copied = memo.get(id(module))
+            if isinstance(copied, nn.Module):
+                new._owner = weakref.ref(copied)
+        for key, value in self.__dict__.items():
+            if key != "_owner":
+                setattr(new, key, copy.deepcopy(value, memo))
+        return new
+
+
 def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> None:
     """Prune each target in ``torch.nn.utils.prune`` convention with its boolean ``mask``.
 
@@ -431,7 +495,7 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
     for t, mask in zip(targets_, masks, strict=True):
         w = t.weight
         m = mask.to(device=w.device, dtype=w.dtype).view_as(w)
-        torch_prune.custom_from_mask(t.module, t.attr, m)
+        Mask.apply(t.module, t.attr, m)
         orig = getattr(t.module, t.attr + "_orig")
         with torch.no_grad():
             # +0.0, not the -0.0 that multiplying a negative weight by 0 leaves: the pruned
@@ -620,7 +684,8 @@ def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tenso
     """Give ``model`` the ``torch.nn.utils.prune`` structure that ``state_dict`` was saved with.
 
     For every ``<module>.<attr>_orig`` key with a matching ``<module>.<attr>_mask`` key, applies
-    ``prune.identity(module, attr)`` (an all-ones mask) unless the module is already pruned, so that
+    an all-ones mask (as ``prune.identity(module, attr)`` does, with :class:`Mask`) unless the
+    module is already pruned, so that
     ``model.load_state_dict(state_dict)`` then restores the real masks. Returns the pruned names.
     """
     if not isinstance(model, nn.Module):
@@ -654,7 +719,8 @@ def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tenso
                     f"({type(module).__name__}) has no parameter {attr!r}: the state dict is of "
                     "another architecture"
                 )
-            torch_prune.identity(module, attr)
+            # an all-ones mask, as prune.identity's, with Mask's deepcopy
+            Mask.apply(module, attr, torch.ones_like(getattr(module, attr)))
         done.append(stem)
     if done:
         connect_attention(model)  # a pruned attention out_proj must follow weight_orig
