@@ -140,6 +140,27 @@ def test_to_dense_multihead_attention():
     torch.testing.assert_close(dense(x), enc(x), atol=1e-5, rtol=1e-5)
 
 
+def test_to_dense_freezes_what_was_frozen():
+    """A dense tensor requires grad as what it was made of does: a fused weight iff its
+    ``alpha`` or ``values`` did, a bias as its bias. A frozen model's export came back with
+    every parameter trainable."""
+    model = dctps.sparsify(small_cnn(), 0.05, seed=3)
+    model.requires_grad_(False)
+    model[9].values.requires_grad_(True)  # one layer's S trains, its alpha and bias do not
+    model[3].bias.requires_grad_(True)  # one bias trains, its weight does not
+    dense = dctps.to_dense(model)
+    trains = {n for n, p in dense.named_parameters() if p.requires_grad}
+    assert trains == {"9.weight", "3.bias"}
+    enc = dctps.sparsify(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 0.1, seed=0)
+    enc.requires_grad_(False)
+    enc.self_attn.out_proj.alpha.requires_grad_(True)
+    trains = {n for n, p in dctps.to_dense(enc).named_parameters() if p.requires_grad}
+    assert trains == {"self_attn.out_proj.weight"}
+    assert all(
+        p.requires_grad for p in dctps.to_dense(dctps.sparsify(small_cnn(), 0.05)).parameters()
+    )
+
+
 def test_multihead_attention_round_trip(tmp_path):
     def fresh():
         torch.manual_seed(0)

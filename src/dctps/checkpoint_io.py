@@ -884,6 +884,30 @@ def inspect(path: str | os.PathLike) -> CheckpointInfo:
 # ------------------------------------------------------------------------------------------------
 
 
+def _trains(layer: DCTpSLayer) -> bool:
+    """Whether ``W = alpha * D + S`` of ``layer`` trains: its ``alpha`` or its ``values`` do."""
+    return layer.alpha.requires_grad or layer.values.requires_grad
+
+
+def _copy_requires_grad(m: nn.Module, new: nn.Module) -> None:
+    """Freeze what was frozen: each dense tensor of ``new`` requires grad as what it was made
+    of does (a frozen model's export came back trainable, and an optimizer built over its
+    ``parameters()`` then trained every fused weight)."""
+    if isinstance(m, DCTpSLayer):
+        new.weight.requires_grad_(_trains(m))
+        if m.bias is not None:
+            new.bias.requires_grad_(m.bias.requires_grad)
+        return
+    assert isinstance(m, DCTpSMultiheadAttention) and isinstance(new, nn.MultiheadAttention)
+    new.in_proj_weight.requires_grad_(_trains(m.in_proj))
+    new.out_proj.weight.requires_grad_(_trains(m.out_proj))
+    pairs = [(m.in_proj.bias, new.in_proj_bias), (m.out_proj.bias, new.out_proj.bias),
+             (m.bias_k, new.bias_k), (m.bias_v, new.bias_v)]  # fmt: skip
+    for src, dst in pairs:
+        if src is not None and dst is not None:
+            dst.requires_grad_(src.requires_grad)
+
+
 def _dense_twin(m: nn.Module) -> nn.Module:
     fac = _factory(m)
     with torch.no_grad():
@@ -915,6 +939,7 @@ def _dense_twin(m: nn.Module) -> nn.Module:
             raise DctpsError(f"not a DCTpS module: {type(m).__name__}")
         if isinstance(m, DCTpSLayer) and m.bias is not None:
             new.bias.copy_(m.bias)
+    _copy_requires_grad(m, new)
     new.train(m.training)
     move_hooks(m, new, copy=True)  # "the same outputs": a hook that changes them comes along
     # ... but not torch.nn.utils.prune's hooks on the layer's own values/alpha/bias: the copied
