@@ -798,3 +798,21 @@ def test_note_supports_refuses_a_non_module():
     # its siblings (save, load, to_dense) name the wrong type; it raised AttributeError
     with pytest.raises(DctpsError, match="note_supports needs an nn.Module, got dict"):
         dctps.note_supports({})  # type: ignore[arg-type]
+
+
+def test_to_dense_keeps_a_pruned_dctps_tensor_trainable():
+    """A DCTpS layer's ``values``/``bias`` pruned with ``torch.nn.utils.prune`` train through
+    ``values_orig``/``bias_orig``; ``to_dense`` recomputes ``values``/``bias`` without grad
+    (``detach_pruned_weights``), and the export froze the fused weight and the bias."""
+    from torch.nn.utils import prune as torch_prune
+
+    model = dctps.sparsify(nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)), 0.2,
+                           seed=0)  # fmt: skip
+    model[0].alpha.requires_grad_(False)  # W of layer 0 trains through its values only
+    torch_prune.l1_unstructured(model[0], "values", amount=0.5)
+    torch_prune.l1_unstructured(model[2], "bias", amount=0.5)
+    model[2].alpha.requires_grad_(False)
+    model[2].values.requires_grad_(False)  # layer 2's W is frozen, its pruned bias trains
+    model(torch.randn(3, 12))
+    trains = {n for n, p in dctps.to_dense(model).named_parameters() if p.requires_grad}
+    assert trains == {"0.weight", "0.bias", "2.bias"}

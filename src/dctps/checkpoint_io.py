@@ -884,9 +884,18 @@ def inspect(path: str | os.PathLike) -> CheckpointInfo:
 # ------------------------------------------------------------------------------------------------
 
 
+def _grads(module: nn.Module, name: str) -> bool:
+    """Whether ``module.<name>`` trains. A tensor pruned with ``torch.nn.utils.prune`` trains
+    as its ``<name>_orig`` Parameter does: ``module.<name>`` is then ``<name>_orig * <name>_mask``,
+    which :func:`to_dense` has just recomputed without grad (``detach_pruned_weights``)."""
+    orig = module._parameters.get(name + "_orig")
+    t = orig if orig is not None else getattr(module, name)
+    return t is not None and t.requires_grad
+
+
 def _trains(layer: DCTpSLayer) -> bool:
     """Whether ``W = alpha * D + S`` of ``layer`` trains: its ``alpha`` or its ``values`` do."""
-    return layer.alpha.requires_grad or layer.values.requires_grad
+    return _grads(layer, "alpha") or _grads(layer, "values")
 
 
 def _copy_requires_grad(m: nn.Module, new: nn.Module) -> None:
@@ -896,16 +905,16 @@ def _copy_requires_grad(m: nn.Module, new: nn.Module) -> None:
     if isinstance(m, DCTpSLayer):
         new.weight.requires_grad_(_trains(m))
         if m.bias is not None:
-            new.bias.requires_grad_(m.bias.requires_grad)
+            new.bias.requires_grad_(_grads(m, "bias"))
         return
     assert isinstance(m, DCTpSMultiheadAttention) and isinstance(new, nn.MultiheadAttention)
     new.in_proj_weight.requires_grad_(_trains(m.in_proj))
     new.out_proj.weight.requires_grad_(_trains(m.out_proj))
-    pairs = [(m.in_proj.bias, new.in_proj_bias), (m.out_proj.bias, new.out_proj.bias),
-             (m.bias_k, new.bias_k), (m.bias_v, new.bias_v)]  # fmt: skip
-    for src, dst in pairs:
-        if src is not None and dst is not None:
-            dst.requires_grad_(src.requires_grad)
+    pairs = [((m.in_proj, "bias"), new.in_proj_bias), ((m.out_proj, "bias"), new.out_proj.bias),
+             ((m, "bias_k"), new.bias_k), ((m, "bias_v"), new.bias_v)]  # fmt: skip
+    for (owner, name), dst in pairs:
+        if getattr(owner, name) is not None and dst is not None:
+            dst.requires_grad_(_grads(owner, name))
 
 
 def _dense_twin(m: nn.Module) -> nn.Module:
