@@ -325,6 +325,32 @@ def test_a_pruned_model_can_be_deep_copied_after_a_forward(when, tmp_path):
     assert isinstance(twin[0].weight, nn.Parameter)
 
 
+def test_a_mask_keeps_no_copy_of_itself_and_deep_copies_on_top_of_torchs_pruning(tmp_path):
+    """Mask (torch's CustomFromMask) kept the mask it applied: a dense copy of every pruned weight
+    beside ``weight_mask``, and for a loaded model (``prepare_pruned_structure``, which used
+    ``prune.identity``, holding nothing) an all-ones one that ``.to(device)`` did not move. And
+    applied on top of torch's own pruning (a PruningContainer), its deepcopy did not work."""
+    from dctps.pruning.common import Mask, prepare_pruned_structure
+
+    model = prune(_mlp([12, 16, 4], bias=True), 0.3, "random")
+    fresh = _mlp([12, 16, 4], bias=True, seed=1)
+    prepare_pruned_structure(fresh, model.state_dict())
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(5, 12)
+    for m in (model, fresh):
+        hooks = [h for layer in m for h in layer._forward_pre_hooks.values()]
+        assert len(hooks) == 2 and all(isinstance(h, Mask) for h in hooks)
+        assert not any(isinstance(v, torch.Tensor) for h in hooks for v in vars(h).values())
+        torch.testing.assert_close(m(x), model(x), rtol=0, atol=0)
+    twice = _mlp([12, 16, 4], bias=True)
+    torch_prune.random_unstructured(twice[0], "weight", amount=0.3)
+    Mask.apply(twice[0], "weight", (torch.rand(16, 12) > 0.5).float())
+    twice(x).sum().backward()
+    twin = copy.deepcopy(twice)
+    assert torch.equal(twin[0].weight, twin[0].weight_orig * twin[0].weight_mask)
+    torch.testing.assert_close(twin(x), twice(x), rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- GraSP
 
 

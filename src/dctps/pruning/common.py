@@ -448,8 +448,16 @@ class Mask(torch_prune.CustomFromMask):
     @classmethod
     def apply(cls, module: nn.Module, name: str, mask: torch.Tensor) -> Mask:  # type: ignore[override]
         method = super().apply(module, name, mask=mask)
-        if isinstance(method, Mask):  # not when torch combined it with an earlier pruning
-            method._owner = weakref.ref(module)
+        # torch combines it with an earlier pruning of the same tensor in a PruningContainer
+        methods = getattr(method, "_pruning_methods", (method,))
+        for m in methods:
+            if isinstance(m, Mask) and m.__dict__.get("mask") is not None:
+                m._owner = weakref.ref(module)
+                # the mask is applied (module.<name>_mask holds it) and never read again (a
+                # later pruning of the tensor computes with its own method only): a copy of it
+                # kept in the hook doubled the memory of every pruned weight, and a loaded
+                # model's all-ones masks were not moved by .to(device)
+                m.mask = None
         return method  # type: ignore[return-value]
 
     def __getstate__(self) -> dict[str, Any]:
