@@ -453,7 +453,12 @@ def test_to_dense_and_save_of_a_layer_whose_own_tensors_are_pruned(tmp_path):
     torch.nn.utils.prune.l1_unstructured(model[2], "bias", 0.5)
     x = torch.randn(3, 8)
     model(x).sum().backward()  # leaves the masked tensors with a graph
+    before = model[0].values, model[2].bias
     dense = dctps.to_dense(model)
+    # the original is untouched: its masked tensors keep their graph (to_dense used to detach
+    # them in place, and a loss on them before the next forward trained nothing)
+    assert model[0].values is before[0] and model[2].bias is before[1]
+    assert before[0].grad_fn is not None and before[1].grad_fn is not None
     assert type(dense[0]) is nn.Linear and not dense[0]._forward_pre_hooks
     torch.testing.assert_close(dense(x), model(x))
     masked = model[0].values_orig.detach() * model[0].values_mask
@@ -802,8 +807,8 @@ def test_note_supports_refuses_a_non_module():
 
 def test_to_dense_keeps_a_pruned_dctps_tensor_trainable():
     """A DCTpS layer's ``values``/``bias`` pruned with ``torch.nn.utils.prune`` train through
-    ``values_orig``/``bias_orig``; ``to_dense`` recomputes ``values``/``bias`` without grad
-    (``detach_pruned_weights``), and the export froze the fused weight and the bias."""
+    ``values_orig``/``bias_orig``; ``to_dense`` copies ``values``/``bias`` without grad, and the
+    export froze the fused weight and the bias."""
     from torch.nn.utils import prune as torch_prune
 
     model = dctps.sparsify(nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)), 0.2,

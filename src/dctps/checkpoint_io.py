@@ -887,7 +887,7 @@ def inspect(path: str | os.PathLike) -> CheckpointInfo:
 def _grads(module: nn.Module, name: str) -> bool:
     """Whether ``module.<name>`` trains. A tensor pruned with ``torch.nn.utils.prune`` trains
     as its ``<name>_orig`` Parameter does: ``module.<name>`` is then ``<name>_orig * <name>_mask``,
-    which :func:`to_dense` has just recomputed without grad (``detach_pruned_weights``)."""
+    which :func:`to_dense` copied without grad (:func:`_pruned_copies`)."""
     orig = module._parameters.get(name + "_orig")
     t = orig if orig is not None else getattr(module, name)
     return t is not None and t.requires_grad
@@ -959,6 +959,22 @@ def _dense_twin(m: nn.Module) -> nn.Module:
     return new
 
 
+def _pruned_copies(model: nn.Module) -> dict[int, Any]:
+    """A ``copy.deepcopy`` memo that copies each pruned ``module.<name>`` of ``model`` (a
+    non-leaf ``<name>_orig * <name>_mask`` after a forward with grad, which deepcopy refuses
+    where torch's own pruning methods applied it) as a graph-free clone; ``model`` itself is
+    not touched (it used to get graph-free weights, and a loss on ``module.weight`` before its
+    next forward then trained nothing)."""
+    memo: dict[int, Any] = {}
+    with torch.no_grad():
+        for module in model.modules():
+            for name in [n for n in module._parameters if n.endswith("_orig")]:
+                t = module.__dict__.get(name.removesuffix("_orig"))
+                if isinstance(t, torch.Tensor) and not t.is_leaf:
+                    memo[id(t)] = t.detach().clone()
+    return memo
+
+
 def to_dense(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in plain PyTorch: every DCTpS layer becomes ``nn.Linear`` /
     ``nn.Conv2d`` holding the fused ``W = alpha * D + S`` (and a DCTpSMultiheadAttention an
@@ -970,11 +986,7 @@ def to_dense(model: nn.Module) -> nn.Module:
         raise DctpsError(f"to_dense needs an nn.Module, got {type(model).__name__}")
     if isinstance(model, (DCTpSLayer, DCTpSMultiheadAttention)):
         return _dense_twin(model)
-    from dctps.pruning.common import detach_pruned_weights
-
-    # a pruned layer's weight is a non-leaf tensor after a forward with grad: not deep-copyable
-    detach_pruned_weights(model.modules())
-    out = copy.deepcopy(model)
+    out = copy.deepcopy(model, _pruned_copies(model))
     strip(out)  # no dctps hook may stay on the plain model
     names = _all_names(out)
     for _, m in _dctps_modules(out):
