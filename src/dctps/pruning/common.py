@@ -59,7 +59,6 @@ __all__ = [
     "Mask",
     "apply_masks",
     "connect_attention",
-    "detach_pruned_weights",
     "density_of",
     "model_device",
     "LOSSES",
@@ -503,13 +502,12 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
     for t, mask in zip(targets_, masks, strict=True):
         w = t.weight
         m = mask.to(device=w.device, dtype=w.dtype).view_as(w)
-        Mask.apply(t.module, t.attr, m)
-        orig = getattr(t.module, t.attr + "_orig")
         with torch.no_grad():
             # +0.0, not the -0.0 that multiplying a negative weight by 0 leaves: the pruned
             # entries then stay +0.0 through training, and a checkpoint stores them as zeros
-            orig.masked_fill_(m == 0, 0.0)
-    detach_pruned_weights(t.module for t in targets_)
+            # (zeroed before the mask is applied, so weight = weight_orig * mask sees them)
+            w.masked_fill_(m == 0, 0.0)
+        Mask.apply(t.module, t.attr, m)
 
 
 #: marks an attention module whose forward runs its out_proj's weight hooks
@@ -552,23 +550,6 @@ def _run_out_proj_hooks(attn: nn.Module, args: Any) -> None:
     for hook in list(out_proj._forward_pre_hooks.values()):
         if _is_weight_hook(hook):
             hook(out_proj, ())
-
-
-def detach_pruned_weights(modules: Iterable[nn.Module]) -> None:
-    """Set each pruned ``module.<attr>`` to a graph-free ``<attr>_orig * <attr>_mask``.
-
-    The prune pre-hook recomputes it (with grad) at every forward; between forwards it is a
-    non-leaf tensor, which ``copy.deepcopy`` refuses. A graph-free value makes the model
-    deep-copyable again and changes nothing else.
-    """
-    with torch.no_grad():
-        for module in modules:
-            # any pruned tensor: weights, biases, a DCTpS layer's values or alpha
-            for name in [n for n in module._parameters if n.endswith("_orig")]:
-                attr = name.removesuffix("_orig")
-                orig, mask = module._parameters[name], module._buffers.get(attr + "_mask")
-                if orig is not None and mask is not None:
-                    setattr(module, attr, orig * mask)
 
 
 def density_of(masks: Sequence[torch.Tensor]) -> float:
