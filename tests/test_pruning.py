@@ -296,7 +296,8 @@ def test_a_pruned_model_can_be_deep_copied_after_a_forward(when, tmp_path):
         fresh.load_state_dict(torch.load(path))
         model = fresh
     # before any forward too, weight is weight_orig * weight_mask with its history, as torch's
-    # hook makes it (a graph-free copy used to stand there: a loss on it trained nothing)
+    # hook makes it (a graph-free copy used to stand there: a loss on it trained nothing), and
+    # after a load_state_dict it is the loaded one's (it was the weights from before the load)
     assert model[0].weight.grad_fn is not None
     assert torch.equal(model[0].weight, model[0].weight_orig * model[0].weight_mask)
     out = model(x)

@@ -425,6 +425,26 @@ def average_gradients(
 # --------------------------------------------------------------------------- masks
 
 
+#: marks a module whose pruned tensors are recomputed after each load_state_dict
+_REFRESHES = "_dctps_refreshes_pruned"
+
+
+def _refresh_pruned(module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: recompute each pruned ``module.<name>`` from the loaded
+    ``<name>_orig`` and ``<name>_mask``. torch's pruning recomputes it only at the next forward,
+    so reading ``module.weight`` right after a load (``dctps.load``, a resume, a plain
+    ``load_state_dict`` after :func:`prepare_pruned_structure`) gave the weights from before it."""
+    for hook in module._forward_pre_hooks.values():
+        name = getattr(hook, "_tensor_name", None)
+        if (
+            isinstance(hook, torch_prune.BasePruningMethod)
+            and name is not None
+            and name + "_orig" in module._parameters
+            and name + "_mask" in module._buffers
+        ):
+            setattr(module, name, hook.apply_mask(module))
+
+
 class Mask(torch_prune.CustomFromMask):
     """``torch.nn.utils.prune.custom_from_mask``'s pruning method, plus ``copy.deepcopy``.
 
@@ -449,6 +469,9 @@ class Mask(torch_prune.CustomFromMask):
         method = super().apply(module, name, mask=mask)
         # torch combines it with an earlier pruning of the same tensor in a PruningContainer
         methods = getattr(method, "_pruning_methods", (method,))
+        if not getattr(module, _REFRESHES, False):
+            module.register_load_state_dict_post_hook(_refresh_pruned)
+            setattr(module, _REFRESHES, True)
         for m in methods:
             if isinstance(m, Mask) and m.__dict__.get("mask") is not None:
                 m._owner = weakref.ref(module)
