@@ -144,6 +144,25 @@ TABLE_E2_BATCHES = ("iter_snip", "force")
 #: the string options that name one of a few choices
 _CHOICES = {"loss": LOSSES, "schedule": SCHEDULES, "shortfall": SHORTFALL}
 
+#: the integer options that count something (steps, SynFlow's iterations, batches per
+#: gradient): at least 1
+_COUNTS = ("steps", "iterations", "num_batches")
+
+
+def _check_range(method: str, name: str, value: Any) -> None:
+    """The range of a numeric option, checked with its own name before any data is loaded (a
+    sweep's --dry-run refuses it; the methods' own checks name SynFlow's ``iterations``
+    ``steps``, and come only after the model and data are built)."""
+    where = f"option {name} of pruning method {method!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # a wrong type: refused by _canonical_value, or by the method when it runs
+    if name in _COUNTS and isinstance(value, int) and value < 1:
+        raise DctpsError(f"{where} must be an integer >= 1, got {value!r}")
+    if name == "temperature" and not value > 0:
+        raise DctpsError(f"{where} must be > 0, got {value!r}")
+    if name == "seed" and isinstance(value, int) and not 0 <= value < 2**63:
+        raise DctpsError(f"{where} must be in [0, 2**63), got {value!r}")
+
 
 def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
     """``value`` of option ``name`` as the type ``kind`` of its annotation holds it, or a
@@ -158,10 +177,12 @@ def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise DctpsError(f"{where} must be an integer, got {value!r}")
+        _check_range(method, name, value)
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DctpsError(f"{where} must be a number, got {value!r}")
+        _check_range(method, name, float(value))
         return float(value)
     if kind is str:
         if not isinstance(value, str):
@@ -178,6 +199,7 @@ def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
         if dtype not in (torch.float32, torch.float64):  # half types: see synflow_masks
             raise DctpsError(f"{where} must name float32 or float64, got {value!r}")
         return str(dtype).removeprefix("torch.")  # a config holds names, not torch objects
+    _check_range(method, name, value)  # random's seed (int | None)
     return value  # e.g. synflow's input_shape: checked by the method when it runs
 
 
@@ -271,6 +293,8 @@ def prune(
     if entry is None:
         raise unknown_name("pruning method", method, names())
     _check_options(method, entry.masks, method_options)
+    for name, value in method_options.items():
+        _check_range(method, name, value)
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise DctpsError(
             f"progress must be True, False, None or a callable(step, steps), got {progress!r}"
