@@ -61,7 +61,7 @@ from torch import nn
 from dctps._compat import OutOfMemoryError
 from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
-from dctps.errors import DctpsError, check_density, unknown_name
+from dctps.errors import DctpsError, check_density, check_seed, unknown_name
 from dctps.pruning.common import (
     LOSSES,
     SCHEDULES,
@@ -160,8 +160,8 @@ def _check_range(method: str, name: str, value: Any) -> None:
         raise DctpsError(f"{where} must be an integer >= 1, got {value!r}")
     if name == "temperature" and not value > 0:
         raise DctpsError(f"{where} must be > 0, got {value!r}")
-    if name == "seed" and isinstance(value, int) and not 0 <= value < 2**63:
-        raise DctpsError(f"{where} must be in [0, 2**63), got {value!r}")
+    if name == "seed" and isinstance(value, int):
+        check_seed(value, where)
 
 
 def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
