@@ -583,6 +583,45 @@ def test_another_programs_sqlite_database_is_left_alone(tmp_path):
     assert path.read_bytes() == before and not (tmp_path / "foreign.sqlite-wal").exists()
 
 
+def test_where_filters_on_what_the_variant_column_shows(tmp_path):
+    """The table showed `variant` values (epochs=2, train_alpha=False, subset=all) that
+    `--where` refused as unknown columns: a config key, dotted or by its last part, now filters
+    `results`, `plot` and the exports on the runs' resolved configs."""
+    from dctps.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+    def run(epochs, train_alpha=True, subset=None):
+        sparsity = SparsityConfig("dctps", 0.01, train_alpha=train_alpha)
+        data = DataConfig("cifar10", subset=subset)
+        return RunConfig(model=ModelConfig("lenet5"), data=data, optim=OptimConfig(epochs=epochs),
+                         sparsity=sparsity)  # fmt: skip
+
+    db = tmp_path / "r.db"
+    s = Store(db)
+    for h, c in {"a": run(2), "b": run(6), "c": run(6, False), "d": run(6, subset=500)}.items():
+        s.start(h, c.to_dict())
+
+    def hashes(*where):
+        return sorted(r["hash"] for r in s.query(parse_where(where)))
+
+    assert hashes("epochs=6") == ["b", "c", "d"]
+    assert hashes("optim.epochs=2") == ["a"]
+    assert hashes("epochs=2,6", "train_alpha=false") == ["c"]
+    assert hashes("subset=all", "epochs=6") == ["b", "c"]
+    assert hashes("data.subset=500", "method=dctps") == ["d"]
+    assert hashes("train_alpha=1") == []  # a flag is true or false, not the number 1
+    out: list[str] = []
+    print_results(db, where=["epochs=3"], echo=out.append)
+    assert out == [f"no runs in {db} match; optim.epochs holds: 2, 6"]
+    csv_path = tmp_path / "e.csv"
+    print_results(db, where=["train_alpha=false"], csv_path=csv_path, echo=out.append)
+    assert len(csv_path.read_text().splitlines()) == 2  # the header and run c
+    with pytest.raises(
+        DctpsError,
+        match=r"unknown column 'epoch' in --where\. Did you mean 'epochs'\? .*optim\.epochs",
+    ):
+        parse_where(["epoch=6"])
+
+
 def test_a_full_data_run_beside_subset_runs_reads_subset_all(tmp_path):
     """Beside `--subset 5000` runs, a full-data run's variant read `subset=None`."""
     from dctps.results.store import print_results

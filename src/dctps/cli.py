@@ -25,7 +25,9 @@ from dctps.train.config import fill_names
 WHERE_HELP = (
     "Filter column=value, exact matches (repeatable; a repeated column or a comma list means any "
     "of its values; '-' or none: an empty cell; rigl: yes/no; density: 0.001 or 0.1%; "
-    "accuracies are stored as fractions, 0.5 not 50)."
+    "accuracies are stored as fractions, 0.5 not 50). A config key filters on the runs' "
+    "configs, as the variant column names it: epochs=6, train_alpha=false, subset=all, or "
+    "dotted: optim.lr=0.1."
 )
 app = typer.Typer(
     help="Dense for the Price of Sparse (DCTpS): sparse-from-the-start networks, their baselines, "

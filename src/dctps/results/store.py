@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from dctps.atomic import (
     SQLITE_MAGIC,
     atomic_write,
@@ -539,15 +541,21 @@ class Store:
         """Run rows matching ``where``.
 
         ``where`` is either a dict of ``column: value`` (equality; a list/tuple value means
-        ``IN``, ``None`` means ``IS NULL``), or a SQL condition string such as
+        ``IN``, ``None`` means ``IS NULL``; a key of :func:`config_keys` such as
+        ``"optim.epochs"`` compares the run's resolved config), or a SQL condition string such as
         ``"density < 0.01 AND status = 'done'"`` (with ``?`` placeholders filled from ``params``).
         """
         sql, args = "SELECT * FROM runs", list(params)
+        by_config: dict[str, Any] = {}
+        if isinstance(where, Mapping):
+            by_config = {k: v for k, v in where.items() if k not in RUN_COLUMNS}
+            for k in by_config:
+                if k not in config_keys():
+                    raise DctpsError(f"unknown column {k!r}; valid: {', '.join(RUN_COLUMNS)}")
+            where = {k: v for k, v in where.items() if k in RUN_COLUMNS}
         if isinstance(where, Mapping) and where:
             conds = []
             for k, v in where.items():
-                if k not in RUN_COLUMNS:
-                    raise DctpsError(f"unknown column {k!r}; valid: {', '.join(RUN_COLUMNS)}")
                 if v is None:
                     conds.append(f"{k} IS NULL")
                 elif isinstance(v, (list, tuple, set)):
@@ -577,7 +585,8 @@ class Store:
                     raise
                 raise DctpsError(f"bad query {sql!r}: {e}") from None
 
-        return self._retry(fn)
+        rows = self._retry(fn)
+        return config_matches(rows, by_config) if by_config else rows
 
     def runs_with_epochs(
         self, where: Mapping[str, Any] | str | None = None
@@ -778,11 +787,83 @@ def _parse_value(raw: str, key: str) -> Any:
     raise DctpsError(f"--where {key} takes a number, got {raw!r}")
 
 
+def config_keys() -> list[str]:
+    """The keys of a run's resolved config as :func:`flat_identities` flattens it
+    (``"optim.epochs"``, ``"sparsity.train_alpha"``, ...): what ``--where`` can filter on
+    besides :data:`RUN_COLUMNS`."""
+    from dctps.results.variants import flatten
+    from dctps.train.config import RunConfig
+
+    return sorted(flatten(RunConfig.from_dict({"sparsity": {"density": 0.5}}, "").identity()))
+
+
+def config_key(name: str) -> str:
+    """The config key ``name`` means: itself, or the one key it ends (``epochs`` ->
+    ``optim.epochs``, as the ``variant`` column names it); else a :class:`DctpsError` listing
+    the columns and the config keys."""
+    keys = config_keys()
+    if name in keys:
+        return name
+    ends = [k for k in keys if k.rsplit(".", 1)[-1] == name]
+    if len(ends) == 1:
+        return ends[0]
+    import difflib
+
+    names = [*RUN_COLUMNS, *keys, *(k.rsplit(".", 1)[-1] for k in keys)]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    extra = sorted({n for n in short if n not in RUN_COLUMNS})
+    raise DctpsError(
+        f"unknown column {name!r} in --where.{hint} Valid: {', '.join(RUN_COLUMNS)}; or a "
+        f"config key: {', '.join(extra)} (or dotted: optim.epochs)"
+    )
+
+
+def _parse_config_value(raw: str, key: str) -> Any:
+    """A ``--where`` value for config ``key`` as the flattened config holds it: YAML's reading
+    (``6``, ``0.1``, ``false``, ``null``), ``all`` for ``data.subset`` the whole split (as the
+    ``variant`` column shows it), lists and mappings as their JSON text."""
+    from dctps.results.variants import flat_value
+
+    if key == "data.subset" and raw.lower() == "all":
+        return None
+    try:
+        value = yaml.safe_load(raw) if raw else raw
+    except yaml.YAMLError:
+        value = raw
+    return flat_value(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as config values: ``True`` is not ``1`` (nor ``False`` ``0``), ``6`` is ``6.0``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def config_matches(
+    rows: Sequence[dict[str, Any]], where: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The ``rows`` whose resolved config (:func:`flat_identities`) has each ``key: value`` of
+    ``where`` (a list value: any of its values)."""
+    keep = []
+    for row, flat in zip(rows, flat_identities(rows), strict=True):
+        if all(
+            any(_same(flat.get(k), w) for w in (v if isinstance(v, list) else [v]))
+            for k, v in where.items()
+        ):
+            keep.append(row)
+    return keep
+
+
 def parse_where(items: Iterable[str]) -> dict[str, Any]:
     """``["method=dctps", "density=0.001"]`` -> ``{"method": "dctps", "density": 0.001}``.
 
     A comma-separated value means any of them (``method=dctps,snip``), and so does a repeated
-    key (``method=dctps``, ``method=snip``).
+    key (``method=dctps``, ``method=snip``). Besides the columns, a key of the runs' configs
+    filters on it (:func:`config_key`: ``optim.epochs=6``, or ``epochs=6`` as the table's
+    ``variant`` column names it).
     """
     out: dict[str, Any] = {}
     for item in items:
@@ -791,8 +872,10 @@ def parse_where(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise DctpsError(f"--where expects key=value, got {item!r}")
         if key not in RUN_COLUMNS:
-            raise DctpsError(f"unknown column {key!r} in --where; valid: {', '.join(RUN_COLUMNS)}")
-        vals = [_parse_value(v.strip(), key) for v in raw.split(",")]
+            key = config_key(key)
+            vals = [_parse_config_value(v.strip(), key) for v in raw.split(",")]
+        else:
+            vals = [_parse_value(v.strip(), key) for v in raw.split(",")]
         if key in out:  # a repeated key means any of its values, as a comma list does
             prev = out[key]
             vals = [*(prev if isinstance(prev, list) else [prev]), *vals]
@@ -971,10 +1054,16 @@ def _what_is_there(store: Store, where: Mapping[str, Any]) -> str:
     if not rows:
         return " (the database holds no runs)"
     notes = []
+    flats = flat_identities(rows) if any(k not in RUN_COLUMNS for k in where) else None
     for key, want in where.items():
         wanted = want if isinstance(want, list) else [want]
-        present = sorted({r.get(key) for r in rows}, key=lambda v: (v is None, str(v)))
-        if not any(w in present for w in wanted):
+        cells = (
+            (f.get(key) for f in flats)
+            if key not in RUN_COLUMNS and flats
+            else (r.get(key) for r in rows)
+        )
+        present = sorted(set(cells), key=lambda v: (v is None, str(v)))
+        if not any(_same(w, p) for w in wanted for p in present):
             # floats in full: an exact filter must match the stored value, not its rounding
             shown = ", ".join(
                 "-" if v is None else repr(v) if isinstance(v, float) else str(v)
