@@ -821,3 +821,22 @@ def test_to_dense_keeps_a_pruned_dctps_tensor_trainable():
     model(torch.randn(3, 12))
     trains = {n for n, p in dctps.to_dense(model).named_parameters() if p.requires_grad}
     assert trains == {"0.weight", "0.bias", "2.bias"}
+
+
+def test_a_folder_given_as_a_checkpoint_names_the_checkpoints_in_it(tmp_path):
+    """`dctps inspect OUT` and `OUT/runs` suggested `OUT/best.pt` and `OUT/runs/best.pt`,
+    which do not exist: a run's checkpoints are at `runs/<hash>/best.pt`."""
+    run = tmp_path / "runs" / "0e1a4e07cc78ba1d"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"x")
+    for folder in (tmp_path, tmp_path / "runs"):
+        with pytest.raises(
+            DctpsError, match=f"is a folder, not a checkpoint: give a file, e.g. {run}/best.pt$"
+        ):
+            dctps.inspect(folder)
+    with pytest.raises(DctpsError, match=rf"give a file, e.g. {run}/best.pt$"):
+        dctps.inspect(run)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DctpsError, match=r"give a file \(a run's runs/<hash>/best\.pt"):
+        dctps.inspect(empty)

@@ -913,7 +913,8 @@ def test_a_network_with_a_constant_output_is_noted_on_its_row(fake_cifar10, tmp_
     assert loop.CONSTANT_NOTE in loop.describe(r)
     no_val = small_cfg(fake_cifar10, method="dense", epochs=1)
     no_val.data.val_fraction = 0.0  # no hold-out: the test set's first batch tells
-    assert fit(no_val, tmp_path / "no_val", progress=False)["reason"] == loop.CONSTANT_NOTE
+    got = fit(no_val, tmp_path / "no_val", progress=False)["reason"]
+    assert got == f"{loop.NO_VAL_NOTE}; {loop.CONSTANT_NOTE}"
     monkeypatch.setattr(loop.su, "build_model", real)
     alive = fit(small_cfg(fake_cifar10, method="dense", epochs=1), tmp_path / "ok", progress=False)
     assert alive["reason"] is None
@@ -2541,3 +2542,16 @@ def test_the_progress_bar_reads_the_loss_only_where_the_checks_were_read(monkeyp
     shown.clear()
     loop.train_one_epoch(model, batches[:25], opt, epoch=2, bar=Bar(), check_every=1)
     assert shown == [1, 10, 20]  # on the CPU (a check every step) every 10 steps, as before
+
+
+def test_a_run_without_a_validation_split_says_its_model_was_not_selected(fake_cifar10, tmp_path):
+    """`--val-fraction 0` printed `done: val - (epoch 2)` with no reason: `val -` read as a
+    failure and the test accuracy as a selected model's. The run's reason says what it is."""
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0))
+    r = fit(cfg, tmp_path, progress=False)
+    assert r["status"] == "done" and r["val_acc"] is None and r["best_epoch"] == 2
+    assert r["reason"] == loop.NO_VAL_NOTE
+    assert loop.NO_VAL_NOTE in loop.describe(r)
+    (row,) = Store(tmp_path / "results.db").query()
+    assert row["reason"] == loop.NO_VAL_NOTE

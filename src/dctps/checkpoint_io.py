@@ -366,10 +366,9 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
     except FileNotFoundError:
         raise DctpsError(f"checkpoint {path} does not exist") from None
     except IsADirectoryError:
-        raise DctpsError(
-            f"{path} is a folder, not a checkpoint: give a file (a run's {path}/best.pt, or a "
-            "dctps.save file)"
-        ) from None
+        from dctps.train.checkpoint import checkpoints_in
+
+        raise DctpsError(f"{path} is a folder, not a checkpoint: {checkpoints_in(path)}") from None
     except OSError as e:
         raise DctpsError(f"cannot read checkpoint {path}: {e}") from None
     size = len(raw)

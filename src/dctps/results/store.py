@@ -1133,5 +1133,5 @@ def print_results(
         echo(f"wrote {n} rows to {csv_path}")
     if json_path is not None:
         n = store.to_json(json_path, filters)
-        echo(f"wrote {n} runs (configs and per-epoch metrics) to {json_path}")
+        echo(f"wrote {n} run{'' if n == 1 else 's'} (configs and per-epoch metrics) to {json_path}")
     return rows

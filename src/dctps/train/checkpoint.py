@@ -353,6 +353,18 @@ def _read(path: Path) -> dict[str, Any]:
     return unpack_sparse(obj, _model_shapes(obj))
 
 
+def checkpoints_in(folder: Path) -> str:
+    """What to give instead of ``folder``: its ``best.pt``, or those of the runs under it (a
+    results folder holds them at ``runs/<hash>/best.pt``), else what a checkpoint is."""
+    found = [folder / "best.pt"] if (folder / "best.pt").is_file() else []
+    if not found:
+        found = sorted(folder.glob("*/best.pt"))[:3] or sorted(folder.glob("runs/*/best.pt"))[:3]
+    if found:
+        more = ", ..." if len(found) == 3 else ""
+        return "give a file, e.g. " + ", ".join(str(p) for p in found) + more
+    return "give a file (a run's runs/<hash>/best.pt, or a dctps.save file)"
+
+
 def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A ``dctps train`` checkpoint (a run's ``best.pt``, ``last.pt`` or ``prev.pt``) as a dict.
 
@@ -365,7 +377,7 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise DctpsError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        raise DctpsError(f"{path} is a folder, not a checkpoint: give a run's {path}/best.pt")
+        raise DctpsError(f"{path} is a folder, not a checkpoint: {checkpoints_in(path)}")
     if not path.is_file():  # a FIFO or a device: reading it would wait or never end
         raise DctpsError(f"{path} is not a regular file, so not a dctps train checkpoint")
     with open(path, "rb") as f:

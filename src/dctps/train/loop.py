@@ -66,6 +66,10 @@ MAX_VAL_NOTE = (
     "that split; no test labels"
 )
 
+# Stored as the ``reason`` of a finished run without a validation split (``--val-fraction 0``):
+# `val -` would otherwise read as a failure, and its test accuracy as a selected model's.
+NO_VAL_NOTE = "no validation split (val_fraction 0): the last epoch's model was tested, unselected"
+
 
 @dataclass
 class EpochStats:
@@ -762,7 +766,10 @@ def _fit(
             if not ctx.is_main:
                 ck = ckpt_io.load_checkpoint(run_dir, h, quarantine=False)
         if resume is True and ck is None:
-            raise DctpsError(f"--resume: no checkpoint in {run_dir} for config {h}")
+            raise DctpsError(
+                f"--resume: no checkpoint in {run_dir} for config {h} (a run is its whole "
+                "config: another --epochs, density or seed than the stopped run's is another run)"
+            )
 
         # ---- data
         splits = data_mod.build(
@@ -838,6 +845,8 @@ def _fit(
         val_loader = eval_loader(splits.val_x, splits.val_y)
         test_loader = eval_loader(splits.test_x, splits.test_y)  # None: no test set
         note = MAX_VAL_NOTE if splits.val_is_official else None
+        if val_loader is None and note is None:
+            note = NO_VAL_NOTE
 
         # ---- model and sparsity
         model = su.build_model(cfg, info).to(dev)
