@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 
@@ -900,6 +901,12 @@ def test_a_figure_path_that_cannot_be_written_is_refused_before_the_sweep(tmp_pa
     (tmp_path / "plot.pdf").mkdir()
     with pytest.raises(DctpsError, match=r"cannot write figure .*plot\.pdf: that is a folder"):
         F.check_figure_path(tmp_path / "plot")
+    # a device or FIFO without a suffix: the figure went to new files beside it (/dev/full.png)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(DctpsError, match=r"pipe: it is not a regular file, .* such as fig\.png$"):
+        F.check_figure_path(fifo)
+    assert not (tmp_path / "pipe.png").exists()
     # a dry run of --plot-only lists no runs to train
     F.run_figure("density-lenet5-cifar10", tmp_path, quick=True, plot_only=True, dry_run=True,
                  echo=printed.append)  # fmt: skip

@@ -39,6 +39,12 @@ def check_figure_path(path: str | Path) -> None:
     from matplotlib.backend_bases import FigureCanvasBase
 
     p = user_path(path)
+    if not p.suffix and p.exists() and not p.is_dir() and not p.is_file():
+        # a device or a FIFO (/dev/full): the figure would go to new files beside it
+        raise DctpsError(
+            f"cannot write figure {path}: it is not a regular file, and a path without a suffix "
+            f"means {p}.png and {p}.pdf; give a file path such as fig.png"
+        )
     # without a suffix the figure goes to PATH.png and PATH.pdf (save): those must not be folders
     for target in [p] if p.suffix else [p.with_suffix(".png"), p.with_suffix(".pdf")]:
         if target.is_dir():
