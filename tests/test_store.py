@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import sqlite3
@@ -609,6 +610,11 @@ def test_where_filters_on_what_the_variant_column_shows(tmp_path):
     assert hashes("subset=all", "epochs=6") == ["b", "c"]
     assert hashes("data.subset=500", "method=dctps") == ["d"]
     assert hashes("train_alpha=1") == []  # a flag is true or false, not the number 1
+    assert hashes("milestones=[]") == ["a", "b", "c", "d"]  # Adam's recipe: none
+    e = dataclasses.replace(run(6), optim=OptimConfig(epochs=6, milestones=[2, 4]))
+    s.start("e", e.to_dict())
+    assert hashes("milestones=[2,4]") == ["e"]  # a list is one value, its commas split nothing
+    assert hashes("milestones=[2, 4]", "epochs=6") == ["e"]
     out: list[str] = []
     print_results(db, where=["epochs=3"], echo=out.append)
     assert out == [f"no runs in {db} match; optim.epochs holds: 2, 6"]

@@ -873,7 +873,9 @@ def parse_where(items: Iterable[str]) -> dict[str, Any]:
             raise DctpsError(f"--where expects key=value, got {item!r}")
         if key not in RUN_COLUMNS:
             key = config_key(key)
-            vals = [_parse_config_value(v.strip(), key) for v in raw.split(",")]
+            # a list or mapping (milestones=[100,150]) is one value: its commas do not split it
+            parts = [raw] if raw.lstrip().startswith(("[", "{")) else raw.split(",")
+            vals = [_parse_config_value(v.strip(), key) for v in parts]
         else:
             vals = [_parse_value(v.strip(), key) for v in raw.split(",")]
         if key in out:  # a repeated key means any of its values, as a comma list does
