@@ -549,8 +549,9 @@ class Store:
         by_config: dict[str, Any] = {}
         if isinstance(where, Mapping):
             by_config = {k: v for k, v in where.items() if k not in RUN_COLUMNS}
+            known = config_keys() if by_config else []
             for k in by_config:
-                if k not in config_keys():
+                if k not in known:
                     raise DctpsError(f"unknown column {k!r}; valid: {', '.join(RUN_COLUMNS)}")
             where = {k: v for k, v in where.items() if k in RUN_COLUMNS}
         if isinstance(where, Mapping) and where:
@@ -804,15 +805,14 @@ def config_key(name: str) -> str:
     keys = config_keys()
     if name in keys:
         return name
-    ends = [k for k in keys if k.rsplit(".", 1)[-1] == name]
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    ends = [k for k, last in zip(keys, short, strict=True) if last == name]
     if len(ends) == 1:
         return ends[0]
     import difflib
 
-    names = [*RUN_COLUMNS, *keys, *(k.rsplit(".", 1)[-1] for k in keys)]
-    close = difflib.get_close_matches(name, names, n=1)
+    close = difflib.get_close_matches(name, [*RUN_COLUMNS, *keys, *short], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    short = [k.rsplit(".", 1)[-1] for k in keys]
     extra = sorted({n for n in short if n not in RUN_COLUMNS})
     raise DctpsError(
         f"unknown column {name!r} in --where.{hint} Valid: {', '.join(RUN_COLUMNS)}; or a "
