@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -963,3 +964,32 @@ def test_prepare_pruned_structure_refuses_what_is_not_a_matching_state_dict():
     other = {"1.weight_orig": torch.ones(2, 2), "1.weight_mask": torch.ones(2, 2)}
     with pytest.raises(DctpsError, match=r"'1.weight_orig' but the model's '1' \(ReLU\) has no"):
         prepare_pruned_structure(model, other)
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm", "old_weight_norm",
+                                  "old_spectral_norm"])  # fmt: skip
+@pytest.mark.parametrize("method", ["random", "snip"])
+def test_a_reparametrised_weight_is_refused_naming_the_call_that_removes_it(wrap, method):
+    """A weight_norm'ed layer gave random a raw TypeError and snip a PruningFailed that blamed
+    the method; the old spectral_norm's advice (prune.remove) failed itself."""
+    model = _mlp([6, 5, 3])
+    first = model[0]
+    undo = {
+        "weight_norm": "remove_parametrizations",
+        "spectral_norm": "remove_parametrizations",
+        "old_weight_norm": "remove_weight_norm",
+        "old_spectral_norm": "remove_spectral_norm",
+    }[wrap]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if wrap.startswith("old_"):
+            getattr(nn.utils, wrap.removeprefix("old_"))(first)
+        else:
+            getattr(nn.utils.parametrizations, wrap)(first)
+    # (spectral_norm's power-iteration buffers move whenever its weight is read in training)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    data = [(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))]
+    with pytest.raises(DctpsError, match=rf"layer '0' has its weight computed by .*{undo}"):
+        prune(model, 0.5, method, batches=data)
+    assert not any(n.endswith("_mask") for n, _ in model.named_buffers())
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())

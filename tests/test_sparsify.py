@@ -776,3 +776,82 @@ def test_count_of_a_layer_whose_values_are_pruned():
     assert (before.nonzeros, after.nonzeros) == (30, 20)
     assert after.other == before.other == 12
     assert after.alphas == before.alphas == 2
+
+
+def test_separate_qkv_attention_weights_are_counted_and_named_by_prune():
+    """count() filed an attention's separate q/k/v weights (kdim/vdim != embed_dim) under
+    'other', and prune() left them dense without a word: a "5%" pruned model trained 56%."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, 8)
+            self.att = nn.MultiheadAttention(8, 2, kdim=4, vdim=4)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            q = self.inp(x)
+            return self.fc(self.att(q, x[..., :4], x[..., :4])[0]).mean(0)
+
+    model = Net()
+    qkv = 8 * 8 + 8 * 4 + 8 * 4
+    weights = 8 * 6 + qkv + 8 * 8 + 3 * 8
+    c = dctps.count(model)
+    assert (c.weights, c.nonzeros) == (weights, weights)
+    assert c.trainable == sum(p.numel() for p in model.parameters())
+    said = r"prune: 1 layer\(s\) stay dense.*att \(MultiheadAttention with separate q/k/v weights"
+    with pytest.warns(UserWarning, match=said + r", 128 weights\)"):
+        dctps.prune(model, 0.05, "random", seed=0)
+    kept = sum(int(m.sum()) for n, m in model.named_buffers() if n.endswith("_mask"))
+    assert kept == round(0.05 * (weights - qkv))
+    c = dctps.count(model)
+    assert (c.weights, c.nonzeros) == (weights, kept + qkv)
+
+
+def test_prune_names_layers_it_leaves_dense():
+    """prune() left a Conv1d dense silently (sparsify warns about it): a 1% audio CNN was 97%."""
+    model = nn.Sequential(
+        nn.Conv1d(1, 16, 9), nn.ReLU(), nn.AdaptiveAvgPool1d(4), nn.Flatten(), nn.Linear(64, 5)
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"prune: 1 layer\(s\) stay dense.*0 \(Conv1d, 144 "
+                      r"weights\).*not counted in the pruned density"):  # fmt: skip
+        dctps.prune(model, 0.1, "random", seed=0)
+    c = dctps.count(model)
+    assert (c.weights, c.nonzeros) == (144 + 320, 144 + 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dctps.prune(mlp(), 0.1, "random", seed=0)  # nothing left dense: no warning
+
+
+@pytest.mark.parametrize("api", ["new", "old"])
+def test_count_of_a_weight_normed_layer_counts_its_weights_once(api):
+    """count() took a weight_norm'ed layer's computed weight as its weights and its direction
+    v again as 'other': 21,210 trainable reported for 11,210 parameters."""
+    model = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old API is deprecated
+        if api == "new":
+            nn.utils.parametrizations.weight_norm(model[0])
+        else:
+            nn.utils.weight_norm(model[0])
+    real = sum(p.numel() for p in model.parameters())
+    c = dctps.count(model)
+    assert (c.weights, c.nonzeros, c.other) == (11000, 11000, 100 + 100 + 10)  # g, biases
+    assert c.trainable == real == 11210
+    dctps.sparsify(model, 0.1, seed=0, exclude=["0"])
+    c = dctps.count(model)
+    assert c.weights == 11000 and c.trainable == sum(p.numel() for p in model.parameters())
+
+
+def test_torchscript_layers_are_named_and_counted_dense():
+    """A scripted submodule stayed dense without a word and count() filed it under 'other'; a
+    wholly scripted model was said to have no Linear layers."""
+    model = nn.Sequential(torch.jit.script(nn.Linear(64, 64)), nn.ReLU(), nn.Linear(64, 2))
+    with pytest.warns(UserWarning, match=r"0 \(TorchScript Linear, 4,096 weights\).*exclude="
+                      r"\['0'\].*sparsify the eager model, then script it"):  # fmt: skip
+        dctps.sparsify(model, 0.01, seed=0)
+    c = dctps.count(model)
+    assert (c.weights, c.nonzeros) == (4096 + 128, 4096 + 1)
+    assert c.trainable == sum(p.numel() for p in model.parameters())
+    with pytest.raises(DctpsError, match="TorchScript module .*sparsify the eager model"):
+        dctps.sparsify(torch.jit.script(mlp()), 0.1)

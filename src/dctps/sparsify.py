@@ -298,6 +298,48 @@ _PLAIN: dict[type, tuple[str, ...]] = {
 }
 
 
+def reparametrisation(module: nn.Module, attr: str = "weight") -> tuple[str, str] | None:
+    """``(what, how to remove it)`` where ``module.<attr>`` is computed from other tensors,
+    ``None`` where it is a plain Parameter: a parametrization (``weight_norm``,
+    ``spectral_norm``, ``orthogonal``, ...), the old ``torch.nn.utils.weight_norm``
+    (``<attr>_g``, ``<attr>_v``), the old ``spectral_norm`` (``<attr>_orig`` without a mask) or
+    ``torch.nn.utils.prune`` (``<attr>_orig`` and ``<attr>_mask``)."""
+    if parametrize.is_parametrized(module, attr):
+        lists: Any = module.parametrizations  # a ModuleDict; typed Tensor | Module
+        plist = lists[attr]
+        kinds = ", ".join(type(p).__name__.lstrip("_") for p in plist)
+        how = f"torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r})"
+        return f"a parametrization ({kinds})", how
+    if hasattr(module, attr + "_g") and hasattr(module, attr + "_v"):
+        return "torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(module)"
+    if hasattr(module, attr + "_orig"):
+        if hasattr(module, attr + "_mask"):
+            return "torch.nn.utils.prune", f"torch.nn.utils.prune.remove(module, {attr!r})"
+        return "torch.nn.utils.spectral_norm", "torch.nn.utils.remove_spectral_norm(module)"
+    return None
+
+
+def weight_sources(module: nn.Module, attr: str = "weight") -> list[torch.Tensor]:
+    """The Parameters that hold the entries of ``module.<attr>``: the weight itself, or, under
+    a :func:`reparametrisation`, the original it is computed from (a parametrization's
+    ``original``, or its last original of the weight's shape: ``weight_norm``'s direction
+    ``v``; ``<attr>_v`` of the old ``weight_norm``; ``<attr>_orig``). Scales beside it
+    (``weight_norm``'s ``g``) are not weights."""
+    if parametrize.is_parametrized(module, attr):
+        lists: Any = module.parametrizations  # a ModuleDict; typed Tensor | Module
+        plist = lists[attr]
+        if hasattr(plist, "original"):
+            return [plist.original]
+        shape = getattr(module, attr).shape
+        same = [p for n, p in plist.named_parameters(recurse=False) if p.shape == shape]
+        return same[-1:]
+    for suffix in ("_v", "_orig"):
+        t = getattr(module, attr + suffix, None)
+        if isinstance(t, nn.Parameter):
+            return [t]
+    return [getattr(module, attr)]
+
+
 def _check_plain(name: str, module: nn.Module, leave_dense: str) -> None:
     """A :class:`DctpsError` for a layer whose replacement would silently compute something
     else: a subclass with its own forward (or one patched on the instance) or with parameters,
@@ -495,6 +537,12 @@ def sparsify(
             f"{type(model).__name__} is already sparsified (its Linear/Conv2d layers are DCTpS "
             "layers): to change its density, sparsify the original dense model"
         )
+    if not layers and isinstance(model, torch.jit.ScriptModule):
+        raise DctpsError(
+            f"the model is a TorchScript module ({type(model).__name__} of "
+            f"{model.original_name}), whose layers are not nn.Linear / nn.Conv2d: sparsify the "
+            "eager model, then torch.jit.script or trace it"
+        )
     if not layers:
         raise DctpsError(
             f"{type(model).__name__} has no nn.Linear / nn.Conv2d layers to sparsify "
@@ -547,23 +595,38 @@ def sparsify(
         move_hooks(module, new)
         new.train(module.training)  # an eval model's attention must not run its dropout
         swaps.append((module, new))
-    left_dense = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, _LEFT_DENSE)
-        and not isinstance(m, nn.Conv2d)
-        and not _matches(name, exclude)
-    ]
+    left_dense = left_dense_layers(model, exclude)
     for old, new in swaps:
         for alias in aliases[id(old)]:
             set_submodule(model, alias, new)
-    _warn_left_dense(left_dense)
+    warn_left_dense(left_dense, "sparsify")
     return model
 
 
 #: layers with weight matrices that sparsify has no DCTpS version of (Conv2d excepted): they stay
-#: dense, and :func:`_warn_left_dense` says so
+#: dense, and :func:`warn_left_dense` says so
 _LEFT_DENSE = (_ConvNd, nn.RNNBase, nn.RNNCellBase, nn.Bilinear, nn.Embedding, nn.EmbeddingBag)
+
+
+def _stays_dense(m: nn.Module) -> bool:
+    """Whether ``m`` holds weight matrices that neither sparsify nor prune converts: a
+    :data:`_LEFT_DENSE` layer other than Conv2d, an attention with separate q/k/v projections
+    (``kdim``/``vdim`` other than ``embed_dim``), or a TorchScript module (``torch.jit.script``
+    or ``trace``), whose layers are not ``nn.Linear`` / ``nn.Conv2d`` any more."""
+    if isinstance(m, _LEFT_DENSE):
+        return not isinstance(m, nn.Conv2d)
+    if isinstance(m, nn.MultiheadAttention):
+        return not m._qkv_same_embed_dim
+    return isinstance(m, torch.jit.ScriptModule) and bool(_weight_matrices(m))
+
+
+def left_dense_layers(model: nn.Module, exclude: Iterable[str] = ()) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of each layer of ``model`` that stays dense (:func:`_stays_dense`),
+    outside the ``exclude`` globs."""
+    exclude = list(exclude)
+    return [
+        (n, m) for n, m in model.named_modules() if _stays_dense(m) and not _matches(n, exclude)
+    ]
 
 
 def _weight_matrices(m: nn.Module) -> list[torch.Tensor]:
@@ -572,11 +635,12 @@ def _weight_matrices(m: nn.Module) -> list[torch.Tensor]:
     return [p for p in m.parameters(recurse=False) if not is_lazy(p) and p.dim() >= 2]
 
 
-def _warn_left_dense(dense: Sequence[tuple[str, nn.Module]]) -> None:
-    """Warn about layers ``sparsify`` has no DCTpS version of (Conv1d, Conv3d, transposed convs,
-    recurrent layers, Bilinear, embeddings): they stay dense and train every weight, which the
-    user may not expect of a "sparse" model (:func:`count` counts them as dense weights).
-    Excluding them silences it."""
+def warn_left_dense(dense: Sequence[tuple[str, nn.Module]], caller: str) -> None:
+    """Warn about layers ``caller`` (``sparsify`` or ``prune``) has no sparse version of
+    (:func:`_stays_dense`: Conv1d, Conv3d, transposed convs, recurrent layers, Bilinear,
+    embeddings, separate-q/k/v attention, TorchScript modules): they stay dense and train every
+    weight, which the user may not expect of a "sparse" model (:func:`count` counts them as
+    dense weights). sparsify's ``exclude`` silences it."""
     if not dense:
         return
 
@@ -585,12 +649,26 @@ def _warn_left_dense(dense: Sequence[tuple[str, nn.Module]]) -> None:
             return "weights not created yet"
         return f"{sum(p.numel() for p in _weight_matrices(m)):,} weights"
 
-    listed = ", ".join(f"{n} ({type(m).__name__}, {size(m)})" for n, m in dense)
+    def kind(m: nn.Module) -> str:
+        if isinstance(m, torch.jit.ScriptModule):
+            return f"TorchScript {m.original_name}"
+        if isinstance(m, nn.MultiheadAttention):
+            return "MultiheadAttention with separate q/k/v weights"
+        return type(m).__name__
+
+    listed = ", ".join(f"{n or '(the model)'} ({kind(m)}, {size(m)})" for n, m in dense)
+    names = [n for n, _ in dense]
+    how = (
+        f"Pass exclude={names!r} to keep them dense without this warning"
+        if caller == "sparsify"
+        else "They are not counted in the pruned density"
+    )
+    scripted = any(isinstance(m, torch.jit.ScriptModule) for _, m in dense)
     warnings.warn(
-        f"sparsify: {len(dense)} layer(s) stay dense (DCTpS layers exist for Linear, Conv2d and "
-        f"attention only): {listed}. They train every weight, and dctps.count counts them as "
-        f"dense weights. Pass exclude={[n for n, _ in dense]!r} to keep them dense without this "
-        "warning",
+        f"{caller}: {len(dense)} layer(s) stay dense (dctps converts nn.Linear, nn.Conv2d and "
+        f"attention with one packed q/k/v projection only): {listed}. They train every "
+        f"weight, and dctps.count counts them as dense weights. {how}"
+        + (f"; {caller} the eager model, then script it" if scripted else ""),
         UserWarning,
         stacklevel=3,
     )
@@ -653,17 +731,19 @@ def count(model: nn.Module) -> Counts:
             w = module.in_proj_weight
             weights += w.numel()
             nonzeros += _unmasked(module, "in_proj_weight")
-            seen.add(id(getattr(module, "in_proj_weight_orig", w)))
+            seen.update(id(p) for p in weight_sources(module, "in_proj_weight"))
         elif isinstance(module, (nn.Linear, _ConvNd)):  # convolutions of any kind
             _check_not_lazy(module, name, "then count")
             weights += module.weight.numel()
             nonzeros += _unmasked(module, "weight")
-            seen.add(id(getattr(module, "weight_orig", module.weight)))
+            # a weight_norm'ed layer's weight is computed: its direction v is what it holds
+            seen.update(id(p) for p in weight_sources(module))
     # weight matrices of the layers sparsify leaves dense with a warning (LSTM, Embedding,
-    # Bilinear): dense weights, so that a "1%" model with a large dense LSTM does not report 1%
+    # Bilinear, separate q/k/v, TorchScript): dense weights, so that a "1%" model with a large
+    # dense LSTM does not report 1%
     matrices = 0
     for module in model.modules():
-        if isinstance(module, _LEFT_DENSE) and not isinstance(module, _ConvNd):
+        if _stays_dense(module) and not isinstance(module, _ConvNd):
             for p in _weight_matrices(module):
                 if id(p) not in seen:
                     matrices += p.numel()

@@ -78,6 +78,7 @@ from dctps.pruning.progress import ProgressFn, PruneBar
 from dctps.pruning.random import random_masks
 from dctps.pruning.snip import snip_masks
 from dctps.pruning.synflow import synflow_masks
+from dctps.sparsify import left_dense_layers, warn_left_dense
 
 __all__ = ["prune", "names", "default_batches", "prepare_pruned_structure", "Context", "Method",
            "PATH_CHECK"]  # fmt: skip
@@ -359,4 +360,5 @@ def prune(
         raise RuntimeError(f"{method} kept {kept} weights, expected {expected}")
     apply_masks(layers, masks)
     connect_attention(model)
+    warn_left_dense(left_dense_layers(model), "prune")
     return model

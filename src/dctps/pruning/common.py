@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from dctps.errors import DctpsError, PruningFailed, unknown_name
-from dctps.sparsify import prunable_layers, tied_weight
+from dctps.sparsify import prunable_layers, reparametrisation, tied_weight
 
 __all__ = [
     "Context",
@@ -86,8 +86,9 @@ class Target:
 def targets(model: nn.Module) -> list[Target]:
     """The prunable weights of ``model`` in module order (see module doc).
 
-    Raises :class:`DctpsError` when there is none, or when one is already pruned (a
-    ``weight_orig`` exists): call ``torch.nn.utils.prune.remove`` first.
+    Raises :class:`DctpsError` when there is none, or when one is already pruned or has a
+    weight computed by a reparametrisation (``weight_norm``, ``spectral_norm``):
+    :func:`~dctps.sparsify.reparametrisation` names the call that removes it.
     """
     from dctps.layers import DCTpSLayer
 
@@ -95,10 +96,17 @@ def targets(model: nn.Module) -> list[Target]:
     layers = list(prunable_layers(model))
     for name, module, _ in layers:
         attr = "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
-        if hasattr(module, attr + "_orig"):
+        found = reparametrisation(module, attr)
+        if found is not None and found[0] == "torch.nn.utils.prune":
             raise DctpsError(
-                f"layer {name!r} is already pruned ({attr}_orig exists); call "
-                "torch.nn.utils.prune.remove(module, name) first"
+                f"layer {name!r} is already pruned ({attr}_orig and {attr}_mask exist); call "
+                f"{found[1]} first"
+            )
+        if found is not None:  # the mask would go on a computed weight, or fail in torch
+            raise DctpsError(
+                f"layer {name!r} has its {attr} computed by {found[0]}; pruning masks a plain "
+                f"weight Parameter. Call {found[1]} first, and apply it again after pruning "
+                "if you need it"
             )
         out.append(Target(name, module, attr))
     if not out:
