@@ -6,6 +6,7 @@ torch.utils.checkpoint and a support that changes size.
 The reference is ``W = alpha * D + S`` materialised with ``D`` from scipy's DCT matrix and run
 through ``F.linear`` / ``F.conv2d`` in float64."""
 
+import copy
 import math
 
 import numpy as np
@@ -614,6 +615,27 @@ def test_export_jit_trace_and_a_compiled_inference_call_leave_the_model_trainabl
     assert fast.indices.dtype == torch.int64 and fast.alpha.dtype == torch.float32  # untouched
 
 
+@pytest.mark.skipif(TORCH_VERSION < (2, 6), reason="as the test above")
+def test_a_compiled_eval_model_validated_under_inference_mode_then_fine_tunes():
+    """Fine-tuning in eval mode (frozen BatchNorm) after a validation under inference_mode: the
+    compiled graph had cached an inference D, and with no train() call to drop it the next
+    compiled training step failed with torch's "Inference tensors cannot be saved for
+    backward"."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(DCTpSLinear(12, 16, 40, seed=0), torch.nn.ReLU(),
+                                DCTpSLinear(16, 4, 20, seed=1)).eval()  # fmt: skip
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(3, 12)
+    with torch.inference_mode():
+        compiled(x)
+    compiled(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    torch._dynamo.reset()
+
+
 def test_the_band_cache_is_bounded(monkeypatch):
     """The transform's bands (tensors on the layers' devices) were cached per shape forever: a
     process building layers of ever new sizes grew it without bound."""
@@ -653,3 +675,41 @@ def test_a_checkpoint_swapped_in_under_inference_mode_is_served(mode):
         )
         a.note_support()
         torch.testing.assert_close(a(x), a._with_weight(x, a.dense_weight()), rtol=0, atol=1e-12)
+
+
+def test_a_complex_layer_runs_dense_in_auto_and_is_refused_by_the_transform_paths():
+    """After ``layer.to(torch.complex64)`` the fast path failed in rfft with torch's raw
+    "rfft expects a real input tensor", and 'auto' with it where it would pick that path."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="Complex modules"):  # torch's own, on .to(complex)
+        linear = DCTpSLinear(512, 512, 300, seed=0).to(torch.complex128)
+        conv = DCTpSConv2d(16, 16, 3, nnz=40, padding=1, seed=0).to(torch.complex128)
+    layers = [linear, conv]
+    inputs = [torch.randn(64, 512, dtype=torch.complex128),
+              torch.randn(4, 16, 8, 8, dtype=torch.complex128)]  # fmt: skip
+    for layer, x in zip(layers, inputs, strict=True):
+        w = layer.dense_weight().detach()
+        is_conv = layer is conv
+        ref = F.conv2d(x, w, layer.bias, padding=1) if is_conv else F.linear(x, w, layer.bias)
+        set_mode(layer, "auto")
+        torch.testing.assert_close(layer(x), ref)
+        for mode in ("fast", "factor") if is_conv else ("fast",):
+            set_mode(layer, mode)
+            with pytest.raises(DctpsError, match=r"real dtypes; this layer is torch\.complex128"):
+                layer(x)
+
+
+@pytest.mark.parametrize("mode", ["fast", "factor"])
+def test_a_support_written_through_data_is_served_after_note_support(mode):
+    """A write through ``.data`` does not bump the version counter the transform paths' plans
+    are keyed on (they went on with the old support); ``note_support()`` is the documented way
+    to tell them."""
+    torch.manual_seed(0)
+    layer = DCTpSConv2d(8, 8, 3, nnz=30, padding=1, seed=0, mode=mode)
+    x = torch.randn(2, 8, 6, 6)
+    layer(x)  # builds and caches the plan
+    new = torch.randperm(8 * 8 * 9)[:30].sort().values
+    layer.indices.data.copy_(new)
+    layer.note_support()
+    expected = F.conv2d(x, layer.dense_weight().detach(), layer.bias, padding=1)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)

@@ -938,6 +938,11 @@ def _precision(layer: Layer, x: torch.Tensor) -> _Precision:
     """The :class:`_Precision` of a fast path on ``x``, or a :class:`DctpsError` where the dense
     path would fail on the dtypes (it never silently casts an input to another precision)."""
     p = layer.alpha.dtype
+    if p.is_complex:  # the transforms are real (rfft); the dense path multiplies any dtype
+        raise DctpsError(
+            f"mode='fast' and 'factor' compute in real dtypes; this layer is {p}: use "
+            "mode='dense' (dctps.set_mode(model, 'dense'))"
+        )
     work = torch.float32 if p in _HALF else p
     cast = autocast_dtype(x) if p != torch.float64 else None
     if cast is not None and x.dtype in (torch.float32, *_HALF):

@@ -132,6 +132,9 @@ def _alpha_settings(alpha: object, alpha_init: object) -> tuple[str, float | str
 UNINITIALISED = "_dctps_uninitialised"
 #: a layer's attribute: :func:`support_fingerprint` of its support where dctps last set it
 SUPPORT_FINGERPRINT = "_dctps_support_fingerprint"
+#: whether grad mode was on when the cached ``D`` was built: a compiled graph cannot ask whether
+#: its ``D`` is an inference tensor, only whether it was built without grad mode
+BASIS_GRAD_MODE = "_dctps_basis_grad"
 # key of a layer's weight shape in its state dict's per-module metadata
 SHAPE_METADATA = "dctps_weight_shape"
 #: the per-module state-dict metadata key that holds a layer's offset (``'dct'``, ...)
@@ -477,7 +480,10 @@ class DCTpSLayer(nn.Module):
         """Record the current support (``indices``) as one dctps set: after a change of the
         support made outside dctps's own constructors, ``load_state_dict`` and RigL, call this,
         or ``dctps.save``/``dctps.to_dense`` refuse the layer as one whose ``indices`` were
-        averaged (``AveragedModel(use_buffers=True)``) or overwritten."""
+        averaged (``AveragedModel(use_buffers=True)``) or overwritten. After a write through
+        ``.data`` (``layer.indices.data.copy_(new)``) it is required: such a write bypasses the
+        version counter that the ``fast``/``factor`` paths' cached plans are keyed on, and they
+        would go on computing with the old support."""
         self.__dict__[SUPPORT_FINGERPRINT] = support_fingerprint(self.indices)
         # the fast paths' plans are keyed on the support's version counter, which an inference
         # tensor lacks (a layer built under inference_mode and changed in place there)
@@ -669,6 +675,15 @@ class DCTpSLayer(nn.Module):
                 and d.is_inference()
                 and not torch.is_inference_mode_enabled()
             )
+            # a D a compiled graph built without grad mode (inference_mode among them) may be an
+            # inference tensor: a graph with grad mode on builds its own (an eval model
+            # validated under inference_mode, then fine-tuned in eval mode, has no train() call
+            # to drop it)
+            or (
+                torch.compiler.is_compiling()
+                and torch.is_grad_enabled()
+                and self.__dict__.get(BASIS_GRAD_MODE) is False
+            )
         ):
             build = _build_basis
             if torch.compiler.is_compiling() and (
@@ -692,6 +707,7 @@ class DCTpSLayer(nn.Module):
                 or (not _functorch_active() and type(d) is torch.Tensor)
             ):
                 self._D = d
+                self.__dict__[BASIS_GRAD_MODE] = torch.is_grad_enabled()
         return d
 
     def train(self, mode: bool = True) -> DCTpSLayer:
@@ -778,9 +794,10 @@ class DCTpSLayer(nn.Module):
         precision), on an empty input (the fast path if it needs no ``D``), and while
         saved-tensor hooks are active (non-reentrant ``torch.utils.checkpoint``,
         ``save_on_cpu``: the measuring passes would run under the user's hooks, and checkpoint's
-        recompute must see the same saved tensors). Under autocast the dense path is always
-        taken; in the other two cases a signature measured before is reused. A torch that does
-        not expose its saved-tensor hooks (2.3 to 2.5 do not) cannot tell: there run one call
+        recompute must see the same saved tensors). Under autocast, and for a complex layer (the
+        transforms are real), the dense path is always taken; in the other two cases a
+        signature measured before is reused. A torch that does not expose its saved-tensor
+        hooks (2.3 to 2.5 do not) cannot tell: there run one call
         outside the checkpoint first, or use ``'dense'`` / ``'fast'`` inside it.
         """
         return self._mode
@@ -809,7 +826,8 @@ class DCTpSLayer(nn.Module):
         ):
             return "dense"
         if mode == "auto":
-            if autocast_dtype(x) is not None:
+            # complex layers: the transforms are real; under autocast the paths differ in precision
+            if autocast_dtype(x) is not None or self.alpha.dtype.is_complex:
                 return "dense"
             # per-layer memo of the global decision (dctps.fast.choose): one dict lookup per call;
             # nnz is in it because a load_state_dict may resize the support (the last entry must
