@@ -848,3 +848,53 @@ def test_yaml_is_utf8_whatever_the_locale(tmp_path):
     assert enc.lower().replace("-", "") != "utf8"  # the locale really is not UTF-8
     assert title == "'a \\u2014 b'"
     assert refused.startswith(f"refused: cannot read sweep config {bad}: not UTF-8 text")
+
+
+def test_a_retried_run_keeps_nothing_of_its_failed_attempt(fake_cifar10, tmp_path, monkeypatch):
+    """``sweep --retry-failed`` (``fit(resume=False)``) started over but left the failed
+    attempt's last.pt/prev.pt and epoch rows: a retry interrupted before its first checkpoint
+    then resumed from the failed attempt's epoch 2 under "start it over", mixing the two."""
+    cfg = small_cfg(fake_cifar10, epochs=3)
+    reference = fit(cfg, tmp_path / "ref", progress=False)
+    _inject(monkeypatch, 3, 1, "loss")
+    failed = fit(cfg, tmp_path, progress=False)
+    assert failed["status"] == "failed"
+    monkeypatch.undo()
+    run_dir, h = tmp_path / "runs" / failed["hash"], failed["hash"]
+    assert ckpt_io.exists(run_dir) and len(Store(tmp_path).epochs(h)) == 2
+
+    real = loop.train_one_epoch
+
+    def interrupted(*a, **kw):  # Ctrl-C in the retry's first epoch
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path, progress=False, resume=False)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    assert not ckpt_io.exists(run_dir) and Store(tmp_path).epochs(h) == []
+    kept = sorted(p.name for p in run_dir.glob("*.before-retry"))
+    assert kept == ["last.pt.before-retry", "prev.pt.before-retry"]  # set aside, not deleted
+    assert Store(tmp_path).get(h)["status"] == "interrupted"
+
+    again = fit(cfg, tmp_path, progress=False)  # "run the same command again to start it over"
+    assert again["resumed_from"] is None and again["status"] == "done"
+    assert measured(again) == measured(reference)
+    assert [e["epoch"] for e in Store(tmp_path).epochs(h)] == [1, 2, 3]
+
+
+def test_a_done_run_without_its_row_and_last_checkpoint_keeps_its_best(fake_cifar10, tmp_path):
+    """A done run whose results database was moved aside (as its "unusable" message says) and
+    whose last.pt was deleted (RELIABILITY.md: safe for a done run) was trained again from
+    scratch, and its best.pt silently replaced."""
+    cfg = small_cfg(fake_cifar10, epochs=1)
+    r = fit(cfg, tmp_path, progress=False)
+    run_dir = tmp_path / "runs" / r["hash"]
+    before = (run_dir / "best.pt").read_bytes()
+    (tmp_path / "results.db").rename(tmp_path / "results.db.aside")
+    (run_dir / "last.pt").unlink()
+    with pytest.raises(DctpsError, match=r"finished before: .*best\.pt holds its model.*move "
+                       r"best\.pt aside to train the run again"):  # fmt: skip
+        fit(cfg, tmp_path, progress=False)
+    assert (run_dir / "best.pt").read_bytes() == before
+    assert not ckpt_io.exists(run_dir)

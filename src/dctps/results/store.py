@@ -364,7 +364,7 @@ class Store:
                 raise DctpsError(
                     f"results database {self.path} is unusable: {e}. Once you move it aside, "
                     "the same `dctps train`/`dctps sweep` commands rebuild it: a done run's rows "
-                    "come back from its run folder's checkpoints without training"
+                    "come back from its run folder's last.pt without training"
                 ) from None
 
     def check_writable(self, why: str = "") -> None:
@@ -490,6 +490,11 @@ class Store:
             return dict(r) if r is not None else None
 
         return self._retry(fn)
+
+    def clear_epochs(self, hash: str) -> None:
+        """Remove run ``hash``'s epoch rows (a run started over: its earlier attempt's
+        learning curve is not this attempt's)."""
+        self._write(lambda conn: conn.execute("DELETE FROM epochs WHERE hash = ?", (hash,)))
 
     def delete(self, hash: str) -> None:
         """Remove run ``hash`` and its epochs."""

@@ -266,6 +266,28 @@ def drop_backup(folder: str | os.PathLike) -> None:
         (Path(folder) / PREV).unlink(missing_ok=True)
 
 
+#: the suffix a retried run's discarded checkpoints get (:func:`set_aside`)
+SET_ASIDE = ".before-retry"
+
+
+def set_aside(folder: str | os.PathLike) -> list[Path]:
+    """Rename ``folder``'s ``last.pt`` and ``prev.pt`` to ``<name>.before-retry`` (replacing
+    those of an earlier retry), and return the new paths: a run started over (``sweep
+    --retry-failed``) must not resume from them later, nor fall back to them, and the failed
+    attempt's files are kept, not deleted."""
+    folder = Path(folder)
+    moved = []
+    for name in (LAST, PREV):
+        src = folder / name
+        if src.exists():
+            dst = folder / (name + SET_ASIDE)
+            os.replace(src, dst)
+            moved.append(dst)
+    if moved:
+        _fsync_dir(folder)
+    return moved
+
+
 def exists(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` holds a ``last.pt`` or ``prev.pt``."""
     folder = Path(folder)

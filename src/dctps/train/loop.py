@@ -563,6 +563,17 @@ def other_data(
     )
 
 
+def _start_over(store: Any, h: str, run_dir: Path) -> None:
+    """Keep nothing of an earlier attempt in a run that starts from its first epoch (``sweep
+    --retry-failed`` passes ``resume=False``): its checkpoints are set aside
+    (:func:`~dctps.train.checkpoint.set_aside`: a later resume took them up, mixing the failed
+    trajectory into the new one) and its epoch rows removed (they stood beside the new
+    attempt's, under a run that failed earlier than they went)."""
+    ckpt_io.set_aside(run_dir)
+    if store is not None and store.epochs(h):
+        store.clear_epochs(h)
+
+
 def _done_result(
     store: Any, h: str, run_dir: Path, ctx: Any, data: Any = None
 ) -> dict[str, Any] | None:
@@ -770,6 +781,15 @@ def _fit(
                 f"--resume: no checkpoint in {run_dir} for config {h} (a run is its whole "
                 "config: another --epochs, density or seed than the stopped run's is another run)"
             )
+        if ck is None and (run_dir / "best.pt").is_file():
+            # best.pt is written when a run ends: its row and last.pt are gone (a results
+            # database moved aside, then last.pt deleted), and training again would replace it
+            raise DctpsError(
+                f"run {h} finished before: {run_dir / 'best.pt'} holds its model, but the "
+                "results store has no row for it and the folder no last.pt to rebuild one "
+                "from. Restore the results database (or last.pt) to keep its results, or move "
+                "best.pt aside to train the run again"
+            )
 
         # ---- data
         splits = data_mod.build(
@@ -857,6 +877,8 @@ def _fit(
             model.to(dev)
             prune_s = ck.get("prune_seconds")
         else:
+            if ctx.is_main:
+                _start_over(store, h, run_dir)
             # only pruning methods read batches; on CUDA a Loader holds its own copy of the
             # training set, so dense and dctps runs do not build one, and it goes after pruning
             prune_batches = None
