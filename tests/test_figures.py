@@ -223,7 +223,9 @@ def test_curves_split_by_what_differs(tmp_path):
     record(store, cfg("dctps", 0.01, train_alpha=False), 0.3)
     record(store, cfg("random", 0.01, rigl=True), 0.2)
     (panel,) = aggregate(store.query({}))
-    expected = {"DCTpS [recipe=lenet]", "DCTpS [recipe=sgd]", "DCTpS, fixed α = 1", "RigL (ERK)"}
+    # a recipe that differs within the panel is named on every curve of it
+    expected = {"DCTpS [recipe=lenet]", "DCTpS [recipe=sgd]", "DCTpS, fixed α = 1 [recipe=lenet]",
+                "RigL (ERK) [recipe=lenet]"}  # fmt: skip
     assert set(panel.series) == expected
 
 
@@ -955,3 +957,118 @@ def test_auto_never_averages_one_seeds_test_accuracy_with_anothers_validation(tm
     r = runner.invoke(app, ["plot", "--db", str(tmp_path), "--out", str(tmp_path / "q.png")])
     assert isinstance(r.exception, DctpsError) and not r.output  # refused before any table
     assert "DCTpS at 5%: no accuracy is recorded by every seed" in str(r.exception)
+
+
+def test_curves_trained_differently_are_labelled_with_what_differs(tmp_path):
+    """A figures review: DCTpS at 40 epochs, SNIP at 2 and dense at 1, all on one recipe, were
+    drawn as plain "DCTpS", "SNIP" and "Dense": a 40-point win that was the epochs'."""
+    store = Store(tmp_path)
+    for seed in (0, 1):
+        record(store, cfg("dctps", 0.01, seed=seed, optim={"epochs": 40}), 0.6)
+        record(store, cfg("snip", 0.01, seed=seed, optim={"epochs": 2}), 0.2)
+    record(store, cfg("dense", optim={"epochs": 1}), 0.3)
+    (panel,) = aggregate(store.query({}))
+    assert set(panel.series) == {"DCTpS [epochs=40]", "SNIP [epochs=2]"}
+    assert list(panel.dense) == ["Dense [epochs=1]"]
+    assert panel.series["DCTpS [epochs=40]"][0].n_ok == 2  # the seeds still average together
+
+
+def test_a_recipes_own_learning_rates_are_not_a_difference(tmp_path):
+    """Under SGD (Table E.3) DCTpS trains at lr 0.03 and the others at 0.1: the paper's
+    setting, not a difference to name. An lr given by hand is."""
+    store = Store(tmp_path)
+    record(store, cfg("dctps", 0.01, optim={"recipe": "sgd"}), 0.5)
+    record(store, cfg("snip", 0.01, optim={"recipe": "sgd"}), 0.4)
+    record(store, cfg("dense", optim={"recipe": "sgd"}), 0.6)
+    (panel,) = aggregate(store.query({}))
+    assert set(panel.series) == {"DCTpS", "SNIP"} and list(panel.dense) == ["Dense"]
+    record(store, cfg("random", 0.01, optim={"recipe": "sgd", "lr": 0.03}), 0.3)
+    (panel,) = aggregate(store.query({}))
+    assert set(panel.series) == {"DCTpS [lr=0.03]", "SNIP [lr=0.1]", "Random [lr=0.03]"}
+
+
+def test_recipe_defaults_are_what_a_config_resolves_to():
+    """variants compares a run's optimiser settings with its recipe's defaults: they must be
+    the ones resolve() fills in, for every recipe and method."""
+    from dctps.results.variants import flatten
+    from dctps.train.config import RECIPES, recipe_defaults
+
+    for recipe in RECIPES:
+        for method in ("dense", "dctps", "snip"):
+            for epochs in (None, 10):
+                c = cfg(method, None if method == "dense" else 0.01,
+                        optim={"recipe": recipe, "epochs": epochs})  # fmt: skip
+                resolved = flatten(c.to_dict()["optim"])
+                want = {
+                    k: flatten({k: v})[k]
+                    for k, v in recipe_defaults(recipe, method, epochs).items()
+                }
+                if epochs is not None:
+                    want["epochs"] = epochs  # given, not the recipe's
+                assert {k: resolved[k] for k in want} == want, (recipe, method, epochs)
+
+
+def test_unfinished_runs_are_counted_on_the_point_the_table_and_the_json(tmp_path):
+    """A figures review: `dctps plot` dropped running and interrupted seeds silently (a point of
+    2 done seeds of 3 looked complete), and its JSON said missing: 0."""
+    store = Store(tmp_path)
+    record(store, cfg("dctps", 0.01, seed=0), 0.4)
+    record(store, cfg("dctps", 0.01, seed=1), 0.5)
+    running = cfg("dctps", 0.01, seed=2)
+    store.start(running.config_hash(), running.to_dict())
+    waiting = cfg("snip", 0.01)  # a curve none of whose runs finished
+    store.start(waiting.config_hash(), waiting.to_dict())
+    data = plot_runs(store.query({}), tmp_path / "p.png")
+    (panel,) = data.panels
+    (pt,) = panel.series["DCTpS"]
+    assert (pt.n_ok, pt.n_open, pt.mean) == (2, 1, pytest.approx(0.45))
+    (none,) = panel.series["SNIP"]
+    assert none.n_ok == 0 and none.n_open == 1 and not none.failed and none.mean != none.mean
+    table = data.table()
+    assert (
+        "(2 seeds, 1 without a result yet)" in table and "no result yet (1 run): not drawn" in table
+    )
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["missing"] == 2 and "incomplete: 2 of 4 runs" in saved["note"]
+    assert len(saved["missing_runs"]) == 2 and all("(running)" in m for m in saved["missing_runs"])
+
+
+def test_a_figure_counts_the_seeds_each_point_lacks_and_names_runs_that_raised(tmp_path):
+    """A figures review: a point of 2 of its 3 seeds looked complete beside one of 3, a method
+    with no run yet was absent from the legend, and runs that raised were "no result yet"."""
+    configs = [cfg("dctps", 0.01, seed=s) for s in range(3)] + [cfg("snip", 0.01)]
+    store = Store(tmp_path)
+    for c in configs[:2]:
+        record(store, c, 0.5)
+    errors = [{"hash": configs[3].config_hash(), "status": "error", "reason": "DctpsError: x"}]
+    data = F.draw("density-lenet5-cifar10", store, configs, tmp_path / "f.png", errors=errors)
+    (panel,) = data.panels
+    (pt,) = panel.series["DCTpS"]
+    assert (pt.n_ok, pt.n_open) == (2, 1)
+    assert panel.series["SNIP"][0].n_open == 1
+    assert data.runs == 2 and data.missing == 2
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert "1 raised an error" in saved["note"]
+    assert saved["errors"] == [{"hash": configs[3].config_hash(), "reason": "DctpsError: x",
+                                "traceback_file": None}]  # fmt: skip
+
+
+def test_a_partly_failed_dense_baseline_says_so_in_its_legend(tmp_path, monkeypatch):
+    """A figures review: a dense baseline of 1 done seed and 2 failed was a plain solid line."""
+    from dctps.results import plots
+
+    store = Store(tmp_path)
+    record(store, cfg("dense", seed=0), 0.6)
+    record(store, cfg("dense", seed=1), reason="loss diverged")
+    record(store, cfg("dense", seed=2), reason="loss diverged")
+    record(store, cfg("dctps", 0.01), 0.5)
+    labels = []
+    real = plots.save
+
+    def keep(fig, path):
+        labels.extend(t.get_text() for leg in fig.legends for t in leg.get_texts())
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    plot_runs(store.query({}), tmp_path / "p.png")
+    assert "Dense (2/3 failed)" in labels

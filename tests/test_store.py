@@ -609,7 +609,11 @@ def test_where_filters_on_what_the_variant_column_shows(tmp_path):
     assert hashes("epochs=2,6", "train_alpha=false") == ["c"]
     assert hashes("subset=all", "epochs=6") == ["b", "c"]
     assert hashes("data.subset=500", "method=dctps") == ["d"]
-    assert hashes("train_alpha=1") == []  # a flag is true or false, not the number 1
+    # values read as --set reads them: a flag's 0/1, an exponent that YAML 1.1 leaves text
+    assert hashes("train_alpha=0") == ["c"] and hashes("train_alpha=1") == ["a", "b", "d"]
+    assert hashes("lr=1e-3") == hashes("lr=0.001") == ["a", "b", "c", "d"]
+    assert hashes("lr=1e-3,0.01") == ["a", "b", "c", "d"]  # the 1e-3 rows were dropped
+    assert hashes("weight_decay=5e-4") == ["a", "b", "c", "d"]
     assert hashes("milestones=[]") == ["a", "b", "c", "d"]  # Adam's recipe: none
     e = dataclasses.replace(run(6), optim=OptimConfig(epochs=6, milestones=[2, 4]))
     s.start("e", e.to_dict())

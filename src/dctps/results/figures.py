@@ -906,28 +906,50 @@ def draw(
     path: str | Path,
     quick: bool = False,
     setup: Setup | None = None,
+    errors: Sequence[Mapping[str, Any]] = (),
 ) -> FigureData:
     """Draw training figure ``name`` from the rows of ``store`` whose hash is one of ``configs``'
     (nothing else is read). Returns the data drawn; also writes ``path`` as PNG, PDF and JSON.
     ``quick``: the runs are the quick figure's (compared with its settings, and noted).
-    ``setup``: ``figure_setup(name, configs, quick=quick)``, where the caller has it."""
+    ``setup``: ``figure_setup(name, configs, quick=quick)``, where the caller has it.
+    ``errors``: the sweep's runs that raised (:attr:`SweepReport.errors`), named in the note
+    and the JSON. A point or curve some of whose runs have no result yet says how many."""
     spec = get(name)
     hashes = [c.config_hash() for c in configs]
     rank = {h: i for i, h in enumerate(hashes)}
     rows = sorted(_store_rows(store, hashes), key=lambda r: rank[r["hash"]])  # grid order
     finished = {r["hash"] for r in rows if r["status"] in ("done", "failed")}
+    stored = {r["hash"] for r in rows}
     order = list(dict.fromkeys((c.model.name, c.data.dataset) for c in configs))
     missing = [c.summary() for c, h in zip(configs, hashes, strict=True) if h not in finished]
-    # a curve or point without its runs must not look complete
+    # a curve or point without its runs must not look complete: runs not started yet take
+    # their place in it as rows without a result
+    planned = [_planned_row(c, h) for c, h in zip(configs, hashes, strict=True) if h not in stored]
     notes = [_quick_note(configs)] if quick else []
+    raised = {e.get("hash") for e in errors} & {h for h in hashes if h not in finished}
     if missing:
-        notes.append(f"incomplete: {len(missing)} of {len(configs)} runs have no result yet")
+        why = f" ({len(raised)} raised an error: see the sweep's errors/ folder)" if raised else ""
+        notes.append(f"incomplete: {len(missing)} of {len(configs)} runs have no result yet{why}")
     note = "\n".join(notes) or None
     title = (setup or figure_setup(name, configs, quick=quick)).title()
-    data = plot_runs(rows, path, title=title, label=spec.label, panel_order=order, note=note)
+    data = plot_runs(
+        rows + planned, path, title=title, label=spec.label, panel_order=order, note=note
+    )
+    data.runs = len(rows)
     data.missing, data.missing_runs = len(missing), missing
+    data.errors = [{k: e.get(k) for k in ("hash", "reason", "traceback_file")} for e in errors]
     write_json(data.to_dict(), Path(path).with_suffix(".json"))
     return data
+
+
+def _planned_row(cfg: RunConfig, h: str) -> dict[str, Any]:
+    """A store-like row for a run of the grid that has none yet (status ``not started``)."""
+    return {
+        "hash": h, "status": "not started", "model": cfg.model.name,
+        "dataset": cfg.data.dataset, "method": cfg.sparsity.method,
+        "density": cfg.sparsity.density, "recipe": cfg.optim.recipe, "seed": cfg.seed,
+        "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
+    }  # fmt: skip
 
 
 def allocation_pairs(
@@ -1076,8 +1098,7 @@ def run_figure(
         echo(report.summary())
         errors = report.errors
     db_path = existing_db(db_path, "run the figure without --plot-only")
-    data = draw(name, Store(db_path), configs, fig_path, quick=quick, setup=setup)
-    data.errors = errors
+    data = draw(name, Store(db_path), configs, fig_path, quick=quick, setup=setup, errors=errors)
     echo(data.table())
     if data.missing:
         echo(f"{data.missing} of {len(configs)} runs have no result yet (noted on the figure):")

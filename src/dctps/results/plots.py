@@ -29,7 +29,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from dctps.atomic import atomic_write, create_temp, foreign_file, unlink_quietly  # noqa: E402
 from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
 from dctps.results.store import flat_identities, row_config  # noqa: E402
-from dctps.results.variants import named_differences, varying_keys  # noqa: E402
+from dctps.results.variants import (  # noqa: E402
+    differing_settings,
+    named_differences,
+    varying_keys,
+)
 
 
 def check_figure_path(path: str | Path) -> None:
@@ -266,8 +270,10 @@ class Point(NamedTuple):
 
     ``mean``/``min``/``max`` are over the successful seeds only (as the supplement's footnote to
     Figure A.1 does); ``failed`` is True when every seed failed, and then mean = min = max =
-    chance (drawn dashed). Accuracies are fractions (the plot shows %). ``x`` is the plotted x
-    value: the density, or the mean number of trainable weights for ``x='nonzeros'``.
+    chance (drawn dashed). ``n_open`` runs have no result yet (not counted in either), and a
+    point of such runs only has NaN accuracies. Accuracies are fractions (the plot shows %).
+    ``x`` is the plotted x value: the density, or the mean number of trainable weights for
+    ``x='nonzeros'``.
     ``metric``: the accuracy averaged, one every seed of the point recorded.
     """
 
@@ -280,6 +286,9 @@ class Point(NamedTuple):
     n_failed: int
     x: float
     metric: str = ""  # the accuracy averaged: test_acc | val_acc
+    #: runs of the point without a result yet (running, interrupted, or a figure's runs not
+    #: started); a point with only such runs has no value (NaN: not drawn)
+    n_open: int = 0
 
 
 @dataclass
@@ -323,6 +332,7 @@ class FigureData:
             "title": self.title, "note": self.note, "panels": [p.to_dict() for p in self.panels],
             "paths": [str(p) for p in self.paths],
             "runs": self.runs, "missing": self.missing, "missing_runs": self.missing_runs,
+            "errors": self.errors,
         }  # fmt: skip
 
     def table(self) -> str:
@@ -341,11 +351,22 @@ class FigureData:
 
 
 def _pt(p: Point) -> str:
+    unfinished = f", {p.n_open} without a result yet" if p.n_open else ""
     if p.failed:
-        return f"failed ({p.n_failed} of {p.n_failed} seeds): drawn at chance"
+        return f"failed ({p.n_failed} of {p.n_failed} seeds{unfinished}): drawn at chance"
+    if not p.n_ok:
+        return f"no result yet ({p.n_open} run{'s' if p.n_open != 1 else ''}): not drawn"
     extra = f", {p.n_failed} failed" if p.n_failed else ""
     return (f"{100 * p.mean:6.2f}  [{100 * p.min:.2f}, {100 * p.max:.2f}]  "
-            f"({p.n_ok} seed{'s' if p.n_ok != 1 else ''}{extra})")  # fmt: skip
+            f"({p.n_ok} seed{'s' if p.n_ok != 1 else ''}{extra}{unfinished})")  # fmt: skip
+
+
+def _shortfall(p: Point) -> str:
+    """``1/3 failed, 1/3 unfinished``: what a drawn point's average leaves out ("" for none)."""
+    n = p.n_ok + p.n_failed + p.n_open
+    parts = [f"{p.n_failed}/{n} failed"] if p.n_failed and not p.failed else []
+    parts += [f"{p.n_open}/{n} unfinished"] if p.n_open else []
+    return ", ".join(parts)
 
 
 def _metric_mark(p: Panel, pt: Point) -> str:
@@ -505,7 +526,10 @@ def aggregate(
         raise DctpsError(f"metric must be auto, test_acc or val_acc, got {metric!r}")
     usable = []
     for r in rows:
-        if r.get("status") == "failed" or (r.get("status") == "done" and _recorded(r, metric)):
+        status = r.get("status")
+        if status == "failed" or (status == "done" and _recorded(r, metric)):
+            usable.append(r)
+        elif status != "done":  # running, interrupted, not started: counted, not averaged
             usable.append(r)
     by_panel: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in usable:
@@ -517,11 +541,14 @@ def aggregate(
         for r in prs:
             cfg = row_config(r)
             groups.setdefault(label(cfg), []).append((r, cfg))
+        # settings in which the panel's curves differ, beyond each method's own and its
+        # recipe's defaults (40 epochs of DCTpS beside 2 of SNIP read as a 40-point win)
+        across = differing_settings(flat_identities(prs))
         curves: dict[str, list[Mapping[str, Any]]] = {}
         order: dict[str, tuple[int, int]] = {}
         for lab, members in groups.items():
             flats = flat_identities([r for r, _ in members])
-            varying = varying_keys(flats)
+            varying = sorted(set(varying_keys(flats)) | set(across))
             for (r, _), f in zip(members, flats, strict=True):
                 name = lab
                 named = named_differences(f, varying)
@@ -531,7 +558,10 @@ def aggregate(
                 m = r.get("method")
                 rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
                 order.setdefault(name, (rank, len(order)))  # method, then first appearance
-        chosen = _panel_metric(prs, metric)
+        finished = [r for r in prs if r.get("status") in ("done", "failed")]
+        if not finished:
+            continue  # a panel of unfinished runs only: the figure's note counts them
+        chosen = _panel_metric(finished, metric)
         panel = Panel(model, dataset, panel_title(model, dataset), chance, chosen)
         for name in sorted(curves, key=lambda n: order[n]):
             where = f"{panel.title}, {name}"
@@ -557,6 +587,8 @@ def _points(
     pts = []
     for d in sorted(by_d):
         rs = by_d[d]
+        n_open = sum(r["status"] not in ("done", "failed") for r in rs)
+        rs = [r for r in rs if r["status"] in ("done", "failed")]
         done = [r for r in rs if r["status"] == "done"]
         m = metric if metric != "mixed" or not done else _point_metric(rs, f"{where} at {_pct(d)}")
         ok = [float(r[m]) for r in done]
@@ -566,11 +598,13 @@ def _points(
             nnz = [round(d * r["weights"]) for r in rs if r.get("weights") is not None]
         xv = d if x == "density" else (sum(nnz) / len(nnz) if nnz else float("nan"))
         if ok:
-            pts.append(
-                Point(d, sum(ok) / len(ok), min(ok), max(ok), False, len(ok), n_failed, xv, m)
-            )
-        else:
-            pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv, ""))
+            mean = sum(ok) / len(ok)
+            pts.append(Point(d, mean, min(ok), max(ok), False, len(ok), n_failed, xv, m, n_open))
+        elif n_failed:
+            pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv, "", n_open))
+        else:  # nothing finished: no value, and not "failed"
+            nan = float("nan")
+            pts.append(Point(d, nan, nan, nan, False, 0, 0, xv, "", n_open))
     return pts
 
 
@@ -607,7 +641,10 @@ def plot_accuracy(
             # the method the figures are about on top: drawn first (METHOD_ORDER), a baseline at
             # the same accuracy (a quick LeNet-5 run's chance) hid it (a newcomer review)
             z = 2.5 if lab.startswith("DCTpS") else 2
-            ax.plot(xs, ok_y, "-o", color=c, ms=4, label=lab, zorder=z)
+            # a curve none of whose runs finished is listed, and says so
+            waiting = not any(pt.n_ok or pt.failed for pt in pts)
+            shown = f"{lab} (no result yet)" if waiting else lab
+            ax.plot(xs, ok_y, "-o", color=c, ms=4, label=shown, zorder=z)
             ax.fill_between(xs, lo, hi, color=c, alpha=0.18, linewidth=0)
             for xv, y, a, b in zip(xs, ok_y, lo, hi, strict=True):
                 if len(xs) == 1 and b > a:  # one density: a band has no width, show the spread
@@ -621,17 +658,21 @@ def plot_accuracy(
                 ax.plot([v * dodge for v in fx], [100 * p.chance] * len(fx), "o", mfc="none",
                         color=c, ms=5)  # fmt: skip
             for xv, y, pt in zip(xs, ys, pts, strict=True):
-                if pt.n_failed and not pt.failed:  # averaged over the seeds that ran: say so
-                    ax.annotate(f"{pt.n_failed}/{pt.n_failed + pt.n_ok} failed", (xv, y),
-                                xytext=(4, 4), textcoords="offset points", fontsize=6,
-                                color=c)  # fmt: skip
+                short = _shortfall(pt)  # averaged over the seeds that ran: say so
+                if short and pt.n_ok:
+                    ax.annotate(short, (xv, y), xytext=(4, 4), textcoords="offset points",
+                                fontsize=6, color=c)  # fmt: skip
         dense_styles = ["-", "-.", (0, (5, 1)), (0, (1, 1))]
         for i, (lab, pt) in enumerate(p.dense.items()):
+            short = _shortfall(pt)
             if pt.failed:  # every seed failed: at chance and dashed, never a solid result line
                 ax.axhline(100 * p.chance, color="k", lw=1.2, ls="--", label=f"{lab} (failed)")
+            elif not pt.n_ok:  # nothing finished: listed, not drawn
+                ax.plot([], [], color="k", lw=1.2, ls=":", label=f"{lab} (no result yet)")
             else:  # several dense curves (variants) must stay apart in the legend
                 style = dense_styles[i % len(dense_styles)]
-                ax.axhline(100 * pt.mean, color="k", lw=1.2, ls=style, label=lab)
+                shown = f"{lab} ({short})" if short else lab  # a partly failed baseline
+                ax.axhline(100 * pt.mean, color="k", lw=1.2, ls=style, label=shown)
             if pt.max > pt.min:
                 ax.axhspan(100 * pt.min, 100 * pt.max, color="k", alpha=0.08, linewidth=0)
         if p.chance == p.chance:  # not NaN
@@ -684,10 +725,29 @@ def plot_runs(
     if panel_order:
         rank = {k: i for i, k in enumerate(panel_order)}
         panels.sort(key=lambda p: rank.get((p.model, p.dataset), len(rank)))
+    waiting = [r for r in rows if r.get("status") not in ("done", "failed")]
+    if waiting and note is None:  # `dctps plot` of a sweep still running, or interrupted
+        note = (
+            f"incomplete: {len(waiting)} of {len(rows)} runs have no result yet (running or "
+            "interrupted)"
+        )
     paths = plot_accuracy(panels, path, title=title, x=x, note=note)
     out = FigureData(panels, paths, runs=len(rows), title=title, note=note)
+    out.missing = len(waiting)
+    out.missing_runs = [_summary(r) for r in waiting]
     out.paths.append(write_json(out.to_dict(), paths[0].with_suffix(".json")))
     return out
+
+
+def _summary(row: Mapping[str, Any]) -> str:
+    """A stored run in one line, as :meth:`~dctps.train.config.RunConfig.summary` writes a
+    config, with its status."""
+    d = row.get("density")
+    dens = f"@{d:g}" if isinstance(d, (int, float)) else ""
+    return (
+        f"{row.get('model')}/{row.get('dataset')} {row.get('method')}{dens} "
+        f"recipe={row.get('recipe')} seed={row.get('seed')} ({row.get('status')})"
+    )
 
 
 def _json_safe(data: Any) -> Any:

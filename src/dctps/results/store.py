@@ -827,9 +827,11 @@ def config_key(name: str) -> str:
 
 def _parse_config_value(raw: str, key: str) -> Any:
     """A ``--where`` value for config ``key`` as the flattened config holds it: YAML's reading
-    (``6``, ``0.1``, ``false``, ``null``), ``all`` for ``data.subset`` the whole split (as the
-    ``variant`` column shows it), lists and mappings as their JSON text."""
+    (``6``, ``0.1``, ``false``, ``null``) converted to the field's type as ``--set`` converts it
+    (``1e-3`` a float), ``all`` for ``data.subset`` the whole split (as the ``variant`` column
+    shows it), lists and mappings as their JSON text."""
     from dctps.results.variants import flat_value
+    from dctps.train.config import coerce_key
 
     if key == "data.subset" and raw.lower() == "all":
         return None
@@ -837,6 +839,10 @@ def _parse_config_value(raw: str, key: str) -> Any:
         value = yaml.safe_load(raw) if raw else raw
     except yaml.YAMLError:
         value = raw
+    if value is None or isinstance(value, (str, int, float, bool)):
+        # as --set reads it: lr=1e-3 is a float, not text; train_alpha=0 is False
+        typed = coerce_key(key, value)
+        value = typed if typed is not value else coerce_key(key, raw)
     return flat_value(value)
 
 
@@ -1032,10 +1038,27 @@ def flat_identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Per row, what tells it apart from the rows that the table's columns show alike: the
     config fields that differ among them, as ``"epochs=6, train_alpha=False"`` (what ``dctps
-    plot`` puts in brackets); ``""`` for a row no other row looks like."""
-    from dctps.results.variants import NOT_A_VARIANT, named_differences, varying_keys
+    plot`` puts in brackets), and the settings in which the rows of its model and data set
+    differ beyond their methods' own (:func:`~dctps.results.variants.differing_settings`);
+    ``""`` for a row no other row looks like."""
+    from dctps.results.variants import (
+        NOT_A_VARIANT,
+        differing_settings,
+        named_differences,
+        varying_keys,
+    )
 
     flats = flat_identities(rows)
+    # what the rows of one model and data set differ in beyond their methods' own settings
+    # and recipe defaults (DCTpS at 40 epochs beside SNIP at 2), as `dctps plot` labels it
+    panels: dict[tuple[Any, Any], list[int]] = {}
+    for i, r in enumerate(rows):
+        panels.setdefault((r.get("model"), r.get("dataset")), []).append(i)
+    across: list[set[str]] = [set()] * len(rows)
+    for members in panels.values():
+        differ = set(differing_settings([flats[i] for i in members])) - set(SHOWN_FIELDS)
+        for i in members:
+            across[i] = differ
     # grouped as `dctps plot` groups curves: across seeds and densities, so that the runs of one
     # setting carry one label whatever their seed (grouped per seed, a seed with a fixed-alpha
     # run said "train_alpha=True" where the other seed's same runs said nothing)
@@ -1046,11 +1069,11 @@ def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         groups.setdefault(shown, []).append(i)
     out = [""] * len(rows)
     for members in groups.values():
-        if len(members) > 1:
-            group = [flats[i] for i in members]
-            varying = varying_keys(group, shown=SHOWN_FIELDS)
-            for i in members:
-                out[i] = ", ".join(named_differences(flats[i], varying))
+        group = [flats[i] for i in members]
+        varying = varying_keys(group, shown=SHOWN_FIELDS) if len(members) > 1 else []
+        for i in members:
+            keys = sorted(set(varying) | across[i])
+            out[i] = ", ".join(named_differences(flats[i], keys))
     return out
 
 

@@ -10,7 +10,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["NOT_A_VARIANT", "flat_value", "flatten", "named_differences", "varying_keys"]
+__all__ = ["NOT_A_VARIANT", "differing_settings", "flat_value", "flatten", "named_differences",
+           "varying_keys"]  # fmt: skip
 
 #: fields that never make a variant: each curve spans them (seed, density) or they do not
 #: change what is computed (where the data lives, the device, the evaluation batch)
@@ -103,3 +104,41 @@ def _named(key: str, value: Any) -> str:
 
 def _shown(key: str, value: Any) -> Any:
     return "all" if key == "data.subset" and value is None else value
+
+
+def _comparable(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a flattened run identity curves compared side by side must share: everything
+    but :data:`NOT_A_VARIANT`, the method's own settings (``sparsity.*``) and the ``optim``
+    values that are its recipe's defaults for its method (SGD trains DCTpS at lr 0.03 and the
+    others at 0.1: not a difference), which read ``"recipe default"``."""
+    from dctps.train.config import RECIPES, recipe_defaults
+
+    recipe, method = flat.get("optim.recipe"), flat.get("sparsity.method")
+    defaults: dict[str, Any] = {}
+    if isinstance(recipe, str) and recipe in RECIPES and isinstance(method, str):
+        epochs = flat.get("optim.epochs")
+        given = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+        defaults = recipe_defaults(recipe, method, given)
+    out = {}
+    for k, v in flat.items():
+        if k in NOT_A_VARIANT or k.startswith("sparsity.") or k == "recorded_by":
+            continue
+        short = k.removeprefix("optim.")
+        if (
+            k.startswith("optim.")
+            and short in defaults
+            and _key({"v": v}, "v") == _key({"v": flat_value(defaults[short])}, "v")
+        ):
+            v = "recipe default"
+        out[k] = v
+    return out
+
+
+def differing_settings(flats: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The keys, sorted, in which runs shown side by side (the curves of one panel, the rows of
+    one model and data set) differ beyond their methods' own settings and their recipes'
+    defaults (:func:`_comparable`): a DCTpS curve of 40 epochs beside a SNIP curve of 2 read
+    as a 40-point win. Every such key is named in every label, with its actual value."""
+    comps = [_comparable(f) for f in flats]
+    keys = sorted({k for c in comps for k in c})
+    return [k for k in keys if len({_key(c, k) for c in comps}) > 1]

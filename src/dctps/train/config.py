@@ -49,6 +49,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "RECIPES",
+    "recipe_defaults",
     "Recipe",
     "RunConfig",
     "SparsityConfig",
@@ -376,6 +377,27 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def coerce_key(key: str, value: Any) -> Any:
+    """``value`` as the run config field at dotted ``key`` (``optim.lr``) holds it, converted
+    as ``--set`` converts it (``"1e-3"``, which YAML 1.1 reads as a string, is the float 0.001;
+    ``0`` is ``False`` for a bool field); ``value`` unchanged where ``key`` names no field or
+    the value does not convert (a filter on it then matches nothing, and says what is there)."""
+    cls: Any = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        tp = _hints(cls).get(part)
+        if tp is None:
+            return value
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(tp):
+                return value
+            cls = tp
+    try:
+        return _coerce(value, tp, key)
+    except DctpsError:
+        return value
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -697,6 +719,27 @@ def _not_huge(v: float, name: str) -> None:
         raise DctpsError(
             f"{_named(name)} must be at most {HUGE:g} (float32 training overflows above), got {v:g}"
         )
+
+
+def recipe_defaults(recipe: str, method: str, epochs: int | None = None) -> dict[str, Any]:
+    """The ``optim`` settings that recipe ``recipe`` gives a run of ``method`` (Table E.3;
+    under SGD, DCTpS's own learning rate), as a resolved config holds them; the milestones
+    those of ``epochs`` (default: the recipe's). What :func:`_resolve_optim` fills in for
+    fields left unset."""
+    r = RECIPES[recipe]
+    e = r.epochs if epochs is None else epochs
+    return {
+        "optimizer": r.optimizer,
+        "lr": float(r.dctps_lr if r.dctps_lr is not None and method == "dctps" else r.lr),
+        "momentum": (r.momentum if r.momentum is not None else 0.9)
+        if r.optimizer == "sgd"
+        else None,
+        "weight_decay": float(r.weight_decay),
+        "batch_size": r.batch_size,
+        "epochs": r.epochs,
+        "milestones": sorted({round(f * e) for f in r.milestone_fractions}),
+        "gamma": float(r.gamma),
+    }
 
 
 def _resolve_optim(c: RunConfig) -> None:
