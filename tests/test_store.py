@@ -84,7 +84,9 @@ def test_query_where_and_csv(tmp_path):
     n = s.to_csv(tmp_path / "o.csv", {"method": "dctps"})
     rows = list(csv.DictReader(open(tmp_path / "o.csv")))
     assert (
-        n == 2 and [r["hash"] for r in rows] == ["h1", "h0"] and list(rows[0]) == list(RUN_COLUMNS)
+        n == 2
+        and [r["hash"] for r in rows] == ["h1", "h0"]
+        and list(rows[0]) == [*RUN_COLUMNS, "variant", "recorded_by"]
     )
     table = format_table(s.query())
     assert "val_acc%" in table and "60.00" in table and len(table.splitlines()) == 4
@@ -243,9 +245,9 @@ def test_results_json_holds_configs_and_learning_curves(tmp_path, capsys):
     assert [e["epoch"] for e in runs[1]["epochs"]] == [1, 2, 3, 4]
     assert [e["train_loss"] for e in runs[0]["epochs"]] == [1.8, 0.8, -0.2]
     assert runs[1]["epochs"][3]["train_loss"] == float("inf") and "hash" not in runs[1]["epochs"][0]
-    assert {k for k in runs[0] if k not in ("config", "epochs")} == set(RUN_COLUMNS) - {
-        "config_json"
-    }
+    assert {k for k in runs[0] if k not in ("config", "epochs")} == (
+        set(RUN_COLUMNS) - {"config_json"} | {"variant", "recorded_by"}
+    )
     # standard output: the JSON alone, beside a CSV file
     capsys.readouterr()
     print_results(tmp_path, ["seed=1"], tmp_path / "one.csv", json_path="-")
@@ -756,3 +758,28 @@ def test_a_database_of_0_1_0_gains_the_new_columns_in_place(tmp_path):
     have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
     conn.close()
     assert {"alphas", "data_root", "data_fingerprint"} <= have
+
+
+def test_exports_carry_the_tables_variant_and_recorded_by_marks(tmp_path):
+    """A figures review: `--csv`/`--json` held only the stored columns, so a group-by over
+    method and density averaged 2-epoch runs with 4-epoch runs, and stale runs with current
+    ones, which the table and the plots keep apart."""
+    from dctps.train.config import ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+    s = Store(tmp_path)
+    for h, epochs in (("a", 2), ("b", 4)):
+        c = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.01),
+                      optim=OptimConfig(epochs=epochs)).resolve()  # fmt: skip
+        s.start(c.config_hash() if h == "a" else "0123456789abcdef", c.to_dict())
+    s.to_csv(tmp_path / "o.csv")
+    rows = {r["hash"]: r for r in csv.DictReader(open(tmp_path / "o.csv"))}
+    old, new = rows.pop("0123456789abcdef"), rows.popitem()[1]  # old: its hash is not today's
+    assert (new["variant"], new["recorded_by"]) == ("epochs=2", "")
+    assert old["variant"] == "epochs=4, recorded_by=an older dctps"
+    assert old["recorded_by"] == "an older dctps"
+    s.to_json(tmp_path / "o.json")
+    runs = json.loads((tmp_path / "o.json").read_text())
+    assert sorted((r["variant"], r["recorded_by"]) for r in runs) == [
+        ("epochs=2", None),
+        ("epochs=4, recorded_by=an older dctps", "an older dctps"),
+    ]

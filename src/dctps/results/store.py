@@ -600,7 +600,7 @@ class Store:
         """The matching runs as :meth:`query` returns them, with ``config`` (the run's config, a
         dict, in place of ``config_json``) and ``epochs`` (its per-epoch rows, by epoch, without
         their ``hash``): what ``dctps results --json`` writes, learning curves included."""
-        rows = self.query(where)
+        rows = with_marks(self.query(where))
         by_hash: dict[str, list[dict[str, Any]]] = {r["hash"]: [] for r in rows}
         hashes = list(by_hash)
         for i in range(0, len(hashes), 500):  # under SQLite's limit of bound parameters
@@ -648,10 +648,27 @@ class Store:
         sibling and renamed, so a failure leaves any previous CSV intact.
         """
         _check_export_target(user_path(path))
-        rows = self.query(where)
-        cols = list(columns or RUN_COLUMNS)
+        rows = with_marks(self.query(where))
+        cols = list(columns or (*RUN_COLUMNS, *MARK_COLUMNS))
         _export(path, "CSV", lambda f: _write_csv(f, rows, cols), newline="")
         return len(rows)
+
+
+#: what ``--csv`` and ``--json`` write beside the stored columns: the table's ``variant``
+#: (:func:`variant_column`) and ``recorded_by`` ("an older dctps" for a run recorded by an
+#: older version of its computation, :func:`run_identity`), so that a group-by over the
+#: export never averages runs the table and the plots keep apart
+MARK_COLUMNS = ("variant", "recorded_by")
+
+
+def with_marks(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with :data:`MARK_COLUMNS` added (``None`` where there is nothing to say)."""
+    flats = flat_identities(rows)
+    variants = variant_column(rows, flats)
+    return [
+        {**r, "variant": v or None, "recorded_by": f.get("recorded_by")}
+        for r, v, f in zip(rows, variants, flats, strict=True)
+    ]
 
 
 def _export(
@@ -1035,12 +1052,15 @@ def flat_identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def variant_column(
+    rows: Sequence[Mapping[str, Any]], flats: Sequence[Mapping[str, Any]] | None = None
+) -> list[str]:
     """Per row, what tells it apart from the rows that the table's columns show alike: the
     config fields that differ among them, as ``"epochs=6, train_alpha=False"`` (what ``dctps
     plot`` puts in brackets), and the settings in which the rows of its model and data set
     differ beyond their methods' own (:func:`~dctps.results.variants.differing_settings`);
-    ``""`` for a row no other row looks like."""
+    ``""`` for a row no other row looks like. ``flats``: :func:`flat_identities` of ``rows``,
+    where the caller has them."""
     from dctps.results.variants import (
         NOT_A_VARIANT,
         differing_settings,
@@ -1048,7 +1068,8 @@ def variant_column(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         varying_keys,
     )
 
-    flats = flat_identities(rows)
+    if flats is None:
+        flats = flat_identities(rows)
     # what the rows of one model and data set differ in beyond their methods' own settings
     # and recipe defaults (DCTpS at 40 epochs beside SNIP at 2), as `dctps plot` labels it
     panels: dict[tuple[Any, Any], list[int]] = {}
