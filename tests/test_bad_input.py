@@ -10,6 +10,7 @@ no case may change a finished run, its checkpoints or its store row (checked aft
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import shutil
@@ -319,6 +320,10 @@ CASES = [
       "demo", "--threads", "100000"),
     L("save-under-a-file", r"cannot write checkpoint .*file\.txt/m\.dctps",
       lambda e: dctps.save(dctps.sparsify(mlp(), 0.5), e.file / "m.dctps")),
+    L("save-to-a-buffer", r"a checkpoint path must be a str or os\.PathLike, got BytesIO",
+      lambda e: dctps.save(dctps.sparsify(mlp(), 0.5), io.BytesIO())),
+    L("results-json-to-a-buffer", r"expected a file path .*got a BytesIO",
+      lambda e: dctps.results.Store(e.tmp / "buf.db").to_json(io.BytesIO())),
     # ------------------------------------------------------------------ run configs
     L("config-gamma-0", r"optim\.gamma \(--gamma\) must be > 0 .*got 0\.0",
       lambda e: RunConfig(sparsity=SparsityConfig("dctps", 0.01),

@@ -75,6 +75,15 @@ def test_budgets_totals_equal_count(tmp_path):
     c = dctps.count(model)
     assert (weights, nnz) == (c.weights, c.nonzeros)
     assert (tmp_path / "b.png").stat().st_size > 0 and (tmp_path / "b.pdf").exists()
+    # --model as `dctps train` takes it (a newcomer review: "No such option: --model")
+    alias = runner.invoke(app, ["budgets", "--model", "resnet18", "--density", "0.001",
+                                "--allocation", "erk"])  # fmt: skip
+    assert alias.exit_code == 0, alias.output
+    assert [ln for ln in alias.output.splitlines() if ln.startswith("total")] == [total_line]
+    both = runner.invoke(app, ["budgets", "lenet5", "--model", "vgg19", "-d", "0.01"])
+    assert both.exit_code == 1 and "two models given" in str(both.exception)
+    none = runner.invoke(app, ["budgets", "-d", "0.01"])
+    assert none.exit_code == 1 and "give an architecture" in str(none.exception)
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,9 @@ def test_config_files_equal_figure_specs(name):
     path = REPO / "configs" / f"{name}.yaml"
     from_file = expand_grid(load_grid(path), str(path))
     assert hashes(from_file) == hashes(F.figure_configs(name))
+    # the README: `dctps figure NAME --print-config > grid.yaml` writes the same file
+    printed = CliRunner().invoke(app, ["figure", name, "--print-config"])
+    assert printed.exit_code == 0 and printed.output == path.read_text(encoding="utf-8")
 
 
 def test_figure_contents():

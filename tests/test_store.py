@@ -783,3 +783,35 @@ def test_exports_carry_the_tables_variant_and_recorded_by_marks(tmp_path):
         ("epochs=2", None),
         ("epochs=4, recorded_by=an older dctps", "an older dctps"),
     ]
+
+
+def test_where_filters_on_settings_an_identity_holds_only_when_not_default(tmp_path):
+    """A newcomer review: --where fused=true, offset=hadamard, alpha=channel or
+    charge_alpha=false was "unknown column", though the variant column names them: an
+    identity leaves those fields out while they hold their default."""
+    from dctps.train.config import ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+    def run(optim=None, **sp):
+        return RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.01, **sp),
+                         optim=OptimConfig(**(optim or {}))).resolve()  # fmt: skip
+
+    s = Store(tmp_path)
+    runs = {"plain": run(), "had": run(offset="hadamard"), "chan": run(alpha="channel"),
+            "fused": run(optim={"fused": True}), "kaim": run(alpha_init="kaiming")}  # fmt: skip
+    for name, c in runs.items():
+        s.start(name, c.to_dict())
+
+    def names(*where):
+        return sorted(r["hash"] for r in s.query(parse_where(where)))
+
+    everyone = sorted(runs)
+    assert names("offset=hadamard") == ["had"]
+    assert names("sparsity.offset=dct") == sorted(set(everyone) - {"had"})  # the default
+    assert names("alpha=channel") == ["chan"] and names("fused=true") == ["fused"]
+    assert names("optim.fused=false") == sorted(set(everyone) - {"fused"})
+    assert names("alpha_init=kaiming") == ["kaim"]
+    assert names("alpha_init=1") == sorted(set(everyone) - {"kaim"})
+    assert names("charge_alpha=true") == everyone
+    printed: list[str] = []
+    print_results(tmp_path, ["offset=dct_permuted"], echo=printed.append)
+    assert "sparsity.offset holds: dct, hadamard" in printed[-1]

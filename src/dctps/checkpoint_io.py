@@ -258,6 +258,11 @@ def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None 
             f"save needs an nn.Module, got {type(model).__name__}: the model comes first, "
             "dctps.save(model, path)"
         )
+    if not isinstance(path, (str, os.PathLike)):  # as load says it, before the model's walk
+        raise DctpsError(
+            f"a checkpoint path must be a str or os.PathLike, got {type(path).__name__}: "
+            "dctps.save writes a file by path (atomically, beside its final name)"
+        )
     model = _wrappers(model)[-1]
     arch = arch if arch is not None else getattr(model, "dctps_arch", None)
     if arch is not None:

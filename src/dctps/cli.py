@@ -253,7 +253,8 @@ def figure_cmd(
                 seeds,
                 config,
                 run_flags=run_flags,
-            )  # fmt: skip
+            ),  # fmt: skip
+            nl=False,  # the YAML ends its own last line: `> grid.yaml` is the configs/ file
         )
         return
     with _resume_hint("figure"):
@@ -295,7 +296,12 @@ def plot_cmd(
 
 @app.command("budgets")
 def budgets_cmd(
-    model: str = typer.Argument(..., help=fill_names("Architecture: {models}.")),
+    model_arg: str = typer.Argument(
+        None, metavar="MODEL", help=fill_names("Architecture: {models}."), show_default=False
+    ),
+    model_opt: str = typer.Option(
+        None, "--model", help="The architecture, as `dctps train --model` takes it."
+    ),
     density_arg: str = typer.Option(
         ..., "--density", "-d", help="Global density in (0, 1]: 0.001 or 0.1%."
     ),
@@ -308,8 +314,17 @@ def budgets_cmd(
         False, help="Plot EPL and EPF side by side (Figure A.2); needs --plot."
     ),
 ) -> None:
-    """Per-layer budget table (layer, shape, weights, non-zeros, density) and totals."""
+    """Per-layer budget table (layer, shape, weights, non-zeros, density) and totals, e.g.
+    `dctps budgets resnet18 -d 1%` (or --model resnet18)."""
     from dctps.budgets_report import budget_rows, format_rows
+
+    if model_arg is not None and model_opt is not None and model_arg != model_opt:
+        raise DctpsError(f"two models given: {model_arg!r} and --model {model_opt!r}; give one")
+    model = model_arg if model_arg is not None else model_opt
+    if model is None:
+        raise DctpsError(
+            fill_names("give an architecture, e.g. `dctps budgets resnet18 -d 1%`: {models}")
+        )
 
     density = parse_density(density_arg, "--density")
 

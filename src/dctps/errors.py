@@ -116,6 +116,11 @@ def user_path(path: str | os.PathLike) -> Path:
     """``path`` as given by a user, with a leading ``~`` expanded: the shell leaves a quoted
     ``'~/out'`` or ``--out=~/out`` alone, and every path dctps reads or writes (outputs,
     databases, configs, data, checkpoints) must mean the same folder."""
+    if not isinstance(path, (str, os.PathLike)):  # a buffer, as torch.save takes: not here
+        raise DctpsError(
+            f"expected a file path (a str or os.PathLike), got a {type(path).__name__}: dctps "
+            "writes and reads files by path (atomically, beside their final name)"
+        )
     return Path(path).expanduser()
 
 

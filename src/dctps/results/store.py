@@ -815,9 +815,12 @@ def config_keys() -> list[str]:
     (``"optim.epochs"``, ``"sparsity.train_alpha"``, ...): what ``--where`` can filter on
     besides :data:`RUN_COLUMNS`."""
     from dctps.results.variants import flatten
-    from dctps.train.config import RunConfig
+    from dctps.train.config import RunConfig, omitted_defaults
 
-    return sorted(flatten(RunConfig.from_dict({"sparsity": {"density": 0.5}}, "").identity()))
+    ident = flatten(RunConfig.from_dict({"sparsity": {"density": 0.5}}, "").identity())
+    # and the fields an identity holds only where they are not their default (offset, alpha,
+    # fused, ...), which the variant column names as any other
+    return sorted({*ident, *omitted_defaults()})
 
 
 def config_key(name: str) -> str:
@@ -875,10 +878,13 @@ def config_matches(
 ) -> list[dict[str, Any]]:
     """The ``rows`` whose resolved config (:func:`flat_identities`) has each ``key: value`` of
     ``where`` (a list value: any of its values)."""
+    from dctps.train.config import omitted_defaults
+
+    defaults = omitted_defaults()  # a key an identity leaves out holds its default
     keep = []
     for row, flat in zip(rows, flat_identities(rows), strict=True):
         if all(
-            any(_same(flat.get(k), w) for w in (v if isinstance(v, list) else [v]))
+            any(_same(flat.get(k, defaults.get(k)), w) for w in (v if isinstance(v, list) else [v]))
             for k, v in where.items()
         ):
             keep.append(row)
@@ -1104,12 +1110,15 @@ def _what_is_there(store: Store, where: Mapping[str, Any]) -> str:
     rows = store.query()
     if not rows:
         return " (the database holds no runs)"
+    from dctps.train.config import omitted_defaults
+
     notes = []
     flats = flat_identities(rows) if any(k not in RUN_COLUMNS for k in where) else None
+    defaults = omitted_defaults()
     for key, want in where.items():
         wanted = want if isinstance(want, list) else [want]
         cells = (
-            (f.get(key) for f in flats)
+            (f.get(key, defaults.get(key)) for f in flats)
             if key not in RUN_COLUMNS and flats
             else (r.get(key) for r in rows)
         )

@@ -494,6 +494,23 @@ def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def omitted_defaults(cls: Any = None, prefix: str = "") -> dict[str, Any]:
+    """``{"sparsity.offset": "dct", ...}``: the dotted keys of the fields an identity leaves
+    out while they hold their default (``omit_default``), with that default, as
+    :func:`dctps.results.variants.flatten` writes it. A run identity without such a key holds
+    its default."""
+    from dctps.results.variants import flat_value
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls or RunConfig):
+        tp = _hints(cls or RunConfig)[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.update(omitted_defaults(tp, f"{prefix}{f.name}."))
+        elif f.metadata.get("omit_default") and f.metadata.get("identity", True):
+            out[prefix + f.name] = flat_value(f.default)
+    return out
+
+
 def _strip_non_identity(cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
