@@ -347,6 +347,7 @@ def test_cli_plot_where(tmp_path):
     r = runner.invoke(app, ["plot", "--db", str(tmp_path), "--where", "method=grasp",
                             "--out", str(out)])  # fmt: skip
     assert isinstance(r.exception, DctpsError) and "nothing to plot" in str(r.exception)
+    assert "method holds: dctps, snip" in str(r.exception)  # what the filter could have said
 
 
 # ----------------------------------------------------------------------------- allocation figures

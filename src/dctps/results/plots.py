@@ -784,12 +784,18 @@ def plot_command(
     title: str | None = None,
 ) -> FigureData:
     """``dctps plot``: draw the matching runs of a results database (accuracy vs density)."""
-    from dctps.results.store import Store, existing_db, parse_where
+    from dctps.results.store import Store, _what_is_there, existing_db, parse_where
 
     path = existing_db(db)
     target = user_path(out)
     if str(out).endswith(("/", os.sep)) or target.is_dir():
         target = target / "plot.png"  # a folder, as --out is for train/sweep/figure
     check_figure_path(target)
-    rows = Store(path).query(parse_where(where))
+    store = Store(path)
+    filters = parse_where(where)
+    rows = store.query(filters)
+    if not rows:  # what the filter could have said instead, as `dctps results` tells it
+        raise DctpsError(
+            f"nothing to plot: no runs in {path} match" + _what_is_there(store, filters)
+        )
     return plot_runs(rows, target, title=title, metric=metric, x=x)
