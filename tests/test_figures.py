@@ -1076,3 +1076,30 @@ def test_a_partly_failed_dense_baseline_says_so_in_its_legend(tmp_path, monkeypa
     monkeypatch.setattr(plots, "save", keep)
     plot_runs(store.query({}), tmp_path / "p.png")
     assert "Dense (2/3 failed)" in labels
+
+
+def test_points_at_one_accuracy_are_dodged_apart(tmp_path, monkeypatch):
+    """A figures review: Random, Iter-SNIP and FORCE at one accuracy lay exactly under the
+    DCTpS dot, listed in the legend but not seen."""
+    from dctps.results import plots
+
+    store = Store(tmp_path)
+    for method in ("dctps", "snip", "random"):
+        record(store, cfg(method, 0.01), 0.25)
+    record(store, cfg("dctps", 0.1), 0.5)
+    record(store, cfg("snip", 0.1), 0.4)
+    xs: dict[str, list[float]] = {}
+    real = plots.save
+
+    def keep(fig, path):
+        for line in fig.axes[0].get_lines():
+            if line.get_marker() == "o" and not line.get_label().startswith("_"):
+                xs[line.get_label()] = list(line.get_xdata())
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    plot_runs(store.query({}), tmp_path / "p.png")
+    at_1 = sorted(v[0] for v in xs.values())
+    assert len(set(at_1)) == 3 and at_1[0] < 1 < at_1[-1]  # apart, around 1%
+    assert at_1[1] == pytest.approx(1.0)
+    assert xs["DCTpS"][1] == xs["SNIP"][1] == pytest.approx(10.0)  # apart already: unmoved
