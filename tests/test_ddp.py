@@ -201,3 +201,33 @@ def test_a_refusal_on_rank_0_alone_is_every_ranks_one_line(fake_cifar10, tmp_pat
     assert "gloo" not in r.stderr and "Connection closed" not in r.stderr, r.stderr
     assert r.stderr.count("not a results database") == 2
     assert notes.read_text().startswith("not a database")
+
+
+def test_a_run_that_raises_in_a_sweep_under_torchrun_stops_it_with_its_own_error(
+    fake_cifar10, tmp_path
+):
+    """A DDP review: rank 0 refused a run's unreadable checkpoint and went on to the next run
+    while rank 1 waited in the old run's barrier: the sweep hung (gloo's 30-minute timeout).
+    Under torchrun a run's error now stops the sweep on every rank, naming it."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"base: {{data: {{dataset: cifar10, root: {fake_cifar10}}}, device: cpu,\n"
+        "       optim: {epochs: 1, batch_size: 32}}\n"
+        "models: [lenet5]\nmethods: [dctps]\ndensities: [0.05]\nseeds: [0, 1]\n"
+    )
+    out = tmp_path / "s"
+    first = _launch(1, "sweep", str(grid), "--out", str(out), "-q", "--threads", "1")
+    assert first.returncode == 0, first.stderr
+    store = Store(out)
+    (row,) = [r for r in store.query() if r["seed"] == 0]
+    run_dir = out / "runs" / row["hash"]
+    store.update(row["hash"], status="interrupted")  # as a killed run leaves it
+    (run_dir / "best.pt").unlink()
+    (run_dir / "prev.pt").unlink(missing_ok=True)
+    last = run_dir / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # torn: no checkpoint to resume from
+    r = _launch(2, "sweep", str(grid), "--out", str(out), "-q", "--threads", "1")
+    assert r.returncode != 0
+    for rank in (0, 1):
+        assert f"[rank {rank}] error: " in r.stderr and "checkpoint" in r.stderr, r.stderr
+    assert "Connection closed" not in r.stderr and "collective mismatch" not in r.stderr

@@ -109,12 +109,15 @@ def _resume_hint(command: str) -> Iterator[None]:
         with sigterm_as_interrupt():
             yield
     except KeyboardInterrupt as e:
+        from dctps.train.distributed import reporting_rank
+
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        typer.echo(
-            f"\n{what}: finished runs are in the results store; run the same `dctps "
-            f"{command}` again to go on (interrupted runs resume from their checkpoints)",
-            err=True,
-        )
+        if reporting_rank():  # under torchrun every rank stops: one hint
+            typer.echo(
+                f"\n{what}: finished runs are in the results store; run the same `dctps "
+                f"{command}` again to go on (interrupted runs resume from their checkpoints)",
+                err=True,
+            )
         raise typer.Exit(exit_code(e)) from None
 
 

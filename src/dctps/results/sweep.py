@@ -444,7 +444,8 @@ def run_one(
     restart: bool = False,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Train one run (in a worker process or job); never raises for a failing run.
+    """Train one run (in a worker process or job); never raises for a failing run, except
+    under ``torchrun`` (several processes), where an error in a run stops the sweep.
 
     Returns ``{hash, status, reason, val_acc, test_acc, resumed_from, skipped, wall_seconds}``
     with ``status`` ``done`` / ``failed`` (recorded in the store by ``fit``) or ``error`` (an
@@ -473,6 +474,13 @@ def run_one(
     except RunBusy as e:  # another sweep (or `dctps train`) on the same --out or --db trains it
         return {"hash": h, "status": "busy", "reason": str(e)}
     except Exception as e:  # one run's error must not stop the sweep
+        from dctps.train.distributed import launched_world_size
+
+        if launched_world_size() > 1:
+            # ... except under torchrun: the other ranks may still be inside this run's
+            # collectives, and one that went on to the next run hung them there (or aborted
+            # on gloo's collective mismatch, hiding this error): stop, as `dctps train` does
+            raise
         tb = traceback.format_exc()
         res = {"hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}",
                "traceback": tb}  # fmt: skip
@@ -878,7 +886,7 @@ def run_sweep(
             for parallel local runs and submitit-local jobs, a SLURM job's ``cpus_per_task``,
             else torch's default). A run's numbers depend on its thread count.
     """
-    from dctps.results.store import Store, out_db_path
+    from dctps.results.store import out_db_path
 
     _check_not_a_worker_import()
     if executor not in EXECUTORS:
@@ -898,25 +906,59 @@ def run_sweep(
         )
     out_p = user_path(out).resolve()
     db_p = out_db_path(out_p, db).resolve()
-    planned = plan(configs, out_p, db_p, retry_failed)
-    report = SweepReport(planned)
-    todo = [p for p in planned if p.runs]
-    if not todo:
-        return report
-    # once, before any run: not the same error from every run of the grid
-    problems = preflight([p.cfg for p in todo], executor, slurm)
-    if problems:
-        raise DctpsError("; ".join(problems))
-    if executor == "slurm":
-        slurm = slurm_parameters([p.cfg for p in todo], slurm or {})
+
+    def prepare() -> list[PlannedRun]:
+        planned = plan(configs, out_p, db_p, retry_failed)
+        todo = [p for p in planned if p.runs]
+        if todo:
+            # once, before any run and any output: not the same error from every run
+            problems = preflight([p.cfg for p in todo], executor, slurm)
+            if problems:
+                raise DctpsError("; ".join(problems))
+            _check_outputs(out_p, db_p)
+        return planned
+
+    # under torchrun rank 0 plans, and every rank takes its plan: ranks that read the store
+    # apart (a sweep beside this one finishing a run between their reads) paired one run's
+    # collectives with another's
+    group = _join_torchrun_group(configs) if world > 1 and configs else None
+    try:
+        if group is None:
+            planned = prepare()
+        else:
+            from dctps.train.loop import _main_decides
+
+            planned = group.broadcast(_main_decides(group, prepare))
+        report = SweepReport(planned)
+        todo = [p for p in planned if p.runs]
+        if not todo:
+            return report
+        if executor == "slurm":
+            slurm = slurm_parameters([p.cfg for p in todo], slurm or {})
+        ex = None
+        if executor != "local":  # fails here, before any bar, when e.g. SLURM is not available
+            ex = _submitit_executor(executor, out_p / "submitit", slurm or {})
+        _run_planned(todo, executor, ex, str(out_p), str(db_p), workers, slurm, wait, report,
+                     progress, poll, threads)  # fmt: skip
+    finally:
+        if group is not None:
+            from dctps.train.distributed import teardown
+
+            teardown(group)
+    return report
+
+
+def _check_outputs(out_p: Path, db_p: Path) -> None:
+    """Create the sweep's output and run folders and check they and the results database can
+    be written: an unusable one fails here, once, not in every run (the folders first: their
+    failure then leaves no new, empty database behind)."""
+    from dctps.results.store import Store
+    from dctps.train.loop import RUNS_DIR
+
     try:
         out_p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise cannot_write("sweep output folder", out_p, e) from None
-    # an unusable run folder or database fails here, once, not in every run (the folder first:
-    # its failure then leaves no new, empty database behind)
-    from dctps.train.loop import RUNS_DIR
-
     runs_dir = out_p / RUNS_DIR
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -925,25 +967,23 @@ def run_sweep(
     if not os.access(runs_dir, os.W_OK | os.X_OK):
         raise DctpsError(f"cannot write run folder {runs_dir}: permission denied")
     Store(db_p).check_writable("Give another --out or --db: a sweep writes a row per run")
-    ex = None
-    if executor != "local":  # fails here, before any bar, when e.g. SLURM is not available
-        ex = _submitit_executor(executor, out_p / "submitit", slurm or {})
-    group = _join_torchrun_group([p.cfg for p in todo]) if world > 1 else None
+
+
+def _run_planned(
+    todo: list[PlannedRun], executor: str, ex: Any, out: str, db: str, workers: int | None,
+    slurm: Any, wait: bool, report: SweepReport, progress: bool, poll: float, threads: int | None,
+) -> None:  # fmt: skip
+    """Train the runs of ``todo`` with ``executor``, recording each outcome in ``report``."""
     bar = _bar(len(todo), progress)
     try:
         if executor == "local":
-            _run_local(todo, str(out_p), str(db_p), workers or 1, report, bar, threads)
+            _run_local(todo, out, db, workers or 1, report, bar, threads)
         else:
-            _run_submitit(ex, executor, todo, str(out_p), str(db_p), workers, slurm or {}, wait,
-                          report, bar, poll, threads)  # fmt: skip
+            _run_submitit(ex, executor, todo, out, db, workers, slurm or {}, wait, report, bar,
+                          poll, threads)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
-        if group is not None:
-            from dctps.train.distributed import teardown
-
-            teardown(group)
-    return report
 
 
 def _join_torchrun_group(cfgs: Sequence[RunConfig]) -> Any:

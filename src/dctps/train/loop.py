@@ -771,9 +771,9 @@ def _fit(
         # ---- checkpoint (rank 0 first: it may quarantine a corrupt last.pt)
         ck = None
         if resume is not False:
-            if ctx.is_main:
-                ck = ckpt_io.load_checkpoint(run_dir, h)
-            ctx.barrier()
+            # its refusal (no readable checkpoint) raised on every rank: the others got gloo's
+            # "Connection closed by peer" traceback beside rank 0's one line
+            ck = _main_decides(ctx, lambda: ckpt_io.load_checkpoint(run_dir, h))
             if not ctx.is_main:
                 ck = ckpt_io.load_checkpoint(run_dir, h, quarantine=False)
         if resume is True and ck is None:
@@ -1228,7 +1228,10 @@ def _stop_cause(e: BaseException, ctx: DistContext) -> str:
     """Why a run stopped, as its row's reason quotes it: ``e`` in one line, or, under DDP, that
     another process stopped (gloo's "Connection closed by peer" is not this rank's error)."""
     if ctx.enabled and _peer_gone(e):
-        return "another process of this DDP run stopped; its own error says why"
+        return (
+            "another process of this DDP run stopped or was killed; its own error (if it "
+            "could say one) says why"
+        )
     return one_line(e)
 
 
