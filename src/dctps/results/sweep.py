@@ -926,9 +926,9 @@ def run_sweep(
         if group is None:
             planned = prepare()
         else:
-            from dctps.train.loop import _main_decides
+            from dctps.train.loop import main_decides
 
-            planned = group.broadcast(_main_decides(group, prepare))
+            planned = group.broadcast(main_decides(group, prepare))
         report = SweepReport(planned)
         todo = [p for p in planned if p.runs]
         if not todo:

@@ -483,7 +483,7 @@ def _run_lock(folder: Path) -> Iterator[None]:
 T = TypeVar("T")
 
 
-def _main_decides(ctx: DistContext, fn: Callable[[], T]) -> T | None:
+def main_decides(ctx: DistContext, fn: Callable[[], T]) -> T | None:
     """``fn()`` on rank 0 only (its result there, ``None`` on the other ranks), its refusal
     shared: a :class:`DctpsError` on rank 0 (a busy run, an unusable store) is raised on every
     rank, which would otherwise fail in their next collective with gloo's traceback beside
@@ -736,7 +736,7 @@ def _fit(
     # that exists may hold the run done, which needs no data: checked after that look)
     if not store_existed:
         data_mod.check_root(cfg.data.dataset, cfg.data.root)
-    store = _main_decides(ctx, lambda: _open_store(store_arg, out))
+    store = main_decides(ctx, lambda: _open_store(store_arg, out))
 
     # ---- already done? (rank 0 decides for everyone)
     done = _done_result(store, h, run_dir, ctx, cfg.data)
@@ -761,7 +761,7 @@ def _fit(
             lock.close()  # the run folder's lock too, when the store's is busy
             raise
 
-    _main_decides(ctx, take_locks)
+    main_decides(ctx, take_locks)
     with lock:
         # done by another process between the first look and the lock (a sweep beside this
         # one): reopening it would mark its row running and test it again
@@ -773,7 +773,7 @@ def _fit(
         if resume is not False:
             # its refusal (no readable checkpoint) raised on every rank: the others got gloo's
             # "Connection closed by peer" traceback beside rank 0's one line
-            ck = _main_decides(ctx, lambda: ckpt_io.load_checkpoint(run_dir, h))
+            ck = main_decides(ctx, lambda: ckpt_io.load_checkpoint(run_dir, h))
             if not ctx.is_main:
                 ck = ckpt_io.load_checkpoint(run_dir, h, quarantine=False)
         if resume is True and ck is None:
