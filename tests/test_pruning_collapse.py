@@ -282,3 +282,26 @@ def test_the_path_check_neither_reads_rng_nor_needs_a_copyable_model():
     locked2.lock = threading.Lock()  # type: ignore[attr-defined]
     with pytest.raises(DctpsError, match="copy.deepcopy failed: TypeError"):
         prune(locked2, 0.3, "snip", loader)
+
+
+def test_a_network_cut_off_behind_a_sigmoid_is_a_failure():
+    """A baselines review: sigmoid(0) = 0.5 let the linearised copy pass a positive value on
+    from a layer that kept no weight, so SNIP's network of constant output (its first layer
+    emptied) passed the path check."""
+    from dctps.errors import PruningFailed
+    from dctps.pruning import prune
+
+    def net(act):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(20, 16, bias=False), act(),
+                                torch.nn.Linear(16, 10, bias=False))  # fmt: skip
+        with torch.no_grad():
+            m[0].weight.mul_(1e-3)  # its scores tiny: SNIP keeps none of them
+        return m
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 20, generator=g), torch.randint(0, 10, (16,), generator=g))]
+    with pytest.raises(PruningFailed, match=r"layer 0 keeps 0 weights"):
+        prune(net(torch.nn.Sigmoid), 0.2, "snip", batches)
+    kept = prune(net(torch.nn.Tanh), 0.2, "snip", batches)  # the same scores: a path is kept
+    assert int(kept[0].weight_mask.sum()) > 0

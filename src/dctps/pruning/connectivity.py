@@ -65,7 +65,7 @@ SAFE_LEAVES: tuple[type[nn.Module], ...] = (
     nn.Hardswish,
     nn.Mish,
     nn.Tanh,
-    nn.Sigmoid,  # sigmoid(0) > 0 can only hide a disconnection, never invent one
+    nn.Sigmoid,  # sigmoid(0) > 0 would hide a disconnection: path_flow runs it as Identity
     nn.MaxPool1d,
     nn.MaxPool2d,
     nn.MaxPool3d,
@@ -156,6 +156,13 @@ def path_flow(
             net = copy.deepcopy(model).to(dtype).eval()
         except Exception:  # e.g. a model holding a lock: no check rather than no pruning
             return None
+        # every activation value here is >= 0, where the safe activations are > 0 exactly
+        # where their input is, except sigmoid (0.5 at 0: a layer that kept no weight passed
+        # a positive value on, and a network cut off behind it passed the check)
+        for parent in list(net.modules()):
+            for cname, child in list(parent.named_children()):
+                if isinstance(child, nn.Sigmoid):
+                    setattr(parent, cname, nn.Identity())
         kept = {id(t.weight): m for t, m in zip(targets(net), masks, strict=True)}
         for module in net.modules():
             for name, p in module.named_parameters(recurse=False):
