@@ -636,6 +636,22 @@ def test_a_compiled_eval_model_validated_under_inference_mode_then_fine_tunes():
     torch._dynamo.reset()
 
 
+@pytest.mark.skipif(TORCH_VERSION < (2, 6), reason="as the test above")
+def test_a_basis_built_eagerly_without_grad_serves_a_fullgraph_compiled_step():
+    """A review of the fix above: a D cached by an eager no_grad forward (a sanity eval) was
+    rebuilt in the next compiled training step, outside the graph for a Hadamard or sign-flip
+    offset: fullgraph=True failed ("Attempted to call function marked as skipped")."""
+    torch.manual_seed(0)
+    layer = DCTpSLinear(16, 8, 20, seed=0, offset="dct_signflip")
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        layer(x)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    compiled(x).sum().backward()
+    assert layer.alpha.grad is not None
+    torch._dynamo.reset()
+
+
 def test_the_band_cache_is_bounded(monkeypatch):
     """The transform's bands (tensors on the layers' devices) were cached per shape forever: a
     process building layers of ever new sizes grew it without bound."""

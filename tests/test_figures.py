@@ -989,6 +989,12 @@ def test_a_recipes_own_learning_rates_are_not_a_difference(tmp_path):
     record(store, cfg("random", 0.01, optim={"recipe": "sgd", "lr": 0.03}), 0.3)
     (panel,) = aggregate(store.query({}))
     assert set(panel.series) == {"DCTpS [lr=0.03]", "SNIP [lr=0.1]", "Random [lr=0.03]"}
+    # lr 0.1 for every run: one method's default and not another's, yet no difference
+    store = Store(tmp_path / "same")
+    for method in ("dctps", "snip"):
+        record(store, cfg(method, 0.01, optim={"recipe": "sgd", "lr": 0.1}), 0.5)
+    (panel,) = aggregate(store.query({}))
+    assert set(panel.series) == {"DCTpS", "SNIP"}
 
 
 def test_recipe_defaults_are_what_a_config_resolves_to():
@@ -1103,3 +1109,12 @@ def test_points_at_one_accuracy_are_dodged_apart(tmp_path, monkeypatch):
     assert len(set(at_1)) == 3 and at_1[0] < 1 < at_1[-1]  # apart, around 1%
     assert at_1[1] == pytest.approx(1.0)
     assert xs["DCTpS"][1] == xs["SNIP"][1] == pytest.approx(10.0)  # apart already: unmoved
+    # a chain of points each within 0.01 of the next is one cluster, whatever their rounding
+    from dctps.results.plots import Panel, Point, _coincident_shifts
+
+    def pt(mean):
+        return Point(0.01, mean, mean, mean, False, 1, 0, 0.01)
+
+    panel = Panel("lenet5", "cifar10", "t", 0.1, "test_acc",
+                  {"A": [pt(0.500040)], "B": [pt(0.500060)], "C": [pt(0.6)]})  # fmt: skip
+    assert set(_coincident_shifts(panel)) == {("A", 0.01), ("B", 0.01)}

@@ -616,6 +616,7 @@ def test_where_filters_on_what_the_variant_column_shows(tmp_path):
     assert hashes("lr=1e-3") == hashes("lr=0.001") == ["a", "b", "c", "d"]
     assert hashes("lr=1e-3,0.01") == ["a", "b", "c", "d"]  # the 1e-3 rows were dropped
     assert hashes("weight_decay=5e-4") == ["a", "b", "c", "d"]
+    assert hashes("subset=null") == hashes("subset=all") == ["a", "b", "c"]  # YAML's null
     assert hashes("milestones=[]") == ["a", "b", "c", "d"]  # Adam's recipe: none
     e = dataclasses.replace(run(6), optim=OptimConfig(epochs=6, milestones=[2, 4]))
     s.start("e", e.to_dict())
@@ -810,7 +811,8 @@ def test_where_filters_on_settings_an_identity_holds_only_when_not_default(tmp_p
     assert names("alpha=channel") == ["chan"] and names("fused=true") == ["fused"]
     assert names("optim.fused=false") == sorted(set(everyone) - {"fused"})
     assert names("alpha_init=kaiming") == ["kaim"]
-    assert names("alpha_init=1") == sorted(set(everyone) - {"kaim"})
+    assert names("alpha_init=1") == names("alpha_init=1.0") == sorted(set(everyone) - {"kaim"})
+    assert names("alpha_init=0.5") == []  # a number of the str | float field, not the text
     assert names("charge_alpha=true") == everyone
     printed: list[str] = []
     print_results(tmp_path, ["offset=dct_permuted"], echo=printed.append)

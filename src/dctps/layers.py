@@ -707,7 +707,12 @@ class DCTpSLayer(nn.Module):
                 or (not _functorch_active() and type(d) is torch.Tensor)
             ):
                 self._D = d
-                self.__dict__[BASIS_GRAD_MODE] = torch.is_grad_enabled()
+                # only a graph's own build can be an inference tensor (an eager build leaves
+                # inference_mode): an eager no_grad build rebuilt in the next compiled graph
+                # broke it (fullgraph failed for offsets built outside graphs)
+                self.__dict__[BASIS_GRAD_MODE] = (
+                    torch.is_grad_enabled() or not torch.compiler.is_compiling()
+                )
         return d
 
     def train(self, mode: bool = True) -> DCTpSLayer:

@@ -512,13 +512,17 @@ def aggregate(
 ) -> list[Panel]:
     """Group store rows into panels (model, data set) and curves (``label`` of the run config).
 
-    Rows other than ``done``/``failed`` (running) and done rows without the metric are ignored.
-    Within one curve, runs that differ in more than seed and density (e.g. two recipes) are split
-    into curves whose labels name the difference. ``metric``: ``auto`` (test accuracy, or
-    validation accuracy where there is no test score, e.g. Tiny ImageNet), ``test_acc`` or
-    ``val_acc``. ``x``: ``density`` or ``nonzeros``. ``auto`` picks one accuracy per panel, the
-    one every finished run of it recorded (``Panel.metric``); where none is, one per point
-    (``mixed``; ``Point.metric`` says which), and a point whose seeds share none is refused.
+    Done rows without the metric are ignored; rows without a result yet (running,
+    interrupted, a figure's runs not started) are counted on their points (``Point.n_open``),
+    not averaged. Within one curve, runs that differ in more than seed and density (e.g. two
+    recipes) are split into curves whose labels name the difference, and the settings in which
+    the panel's curves differ beyond their methods' own and their recipe's defaults
+    (:func:`~dctps.results.variants.differing_settings`) are named on every curve.
+    ``metric``: ``auto`` (test accuracy, or validation accuracy where there is no test score,
+    e.g. Tiny ImageNet), ``test_acc`` or ``val_acc``. ``x``: ``density`` or ``nonzeros``.
+    ``auto`` picks one accuracy per panel, the one every finished run of it recorded
+    (``Panel.metric``); where none is, one per point (``mixed``; ``Point.metric`` says which),
+    and a point whose seeds share none is refused.
     """
     if x not in ("density", "nonzeros"):
         raise DctpsError(f"x must be density or nonzeros, got {x!r}")
@@ -543,11 +547,13 @@ def aggregate(
             groups.setdefault(label(cfg), []).append((r, cfg))
         # settings in which the panel's curves differ, beyond each method's own and its
         # recipe's defaults (40 epochs of DCTpS beside 2 of SNIP read as a 40-point win)
-        across = differing_settings(flat_identities(prs))
+        panel_flats = flat_identities(prs)
+        flat_of = {id(r): f for r, f in zip(prs, panel_flats, strict=True)}
+        across = differing_settings(panel_flats)
         curves: dict[str, list[Mapping[str, Any]]] = {}
         order: dict[str, tuple[int, int]] = {}
         for lab, members in groups.items():
-            flats = flat_identities([r for r, _ in members])
+            flats = [flat_of[id(r)] for r, _ in members]
             varying = sorted(set(varying_keys(flats)) | set(across))
             for (r, _), f in zip(members, flats, strict=True):
                 name = lab
@@ -668,7 +674,9 @@ def plot_accuracy(
         for i, (lab, pt) in enumerate(p.dense.items()):
             short = _shortfall(pt)
             if pt.failed:  # every seed failed: at chance and dashed, never a solid result line
-                ax.axhline(100 * p.chance, color="k", lw=1.2, ls="--", label=f"{lab} (failed)")
+                still = f", {pt.n_open} unfinished" if pt.n_open else ""
+                ax.axhline(100 * p.chance, color="k", lw=1.2, ls="--",
+                           label=f"{lab} (failed{still})")  # fmt: skip
             elif not pt.n_ok:  # nothing finished: listed, not drawn
                 ax.plot([], [], color="k", lw=1.2, ls=":", label=f"{lab} (no result yet)")
             else:  # several dense curves (variants) must stay apart in the legend
@@ -714,16 +722,25 @@ def _coincident_shifts(p: Panel) -> dict[tuple[str, float], float]:
     (same density, mean within 0.01 points): each is drawn at ``x * FAILED_DODGE**(k-(n-1)/2)``
     as failed points are, so that none hides another (a quick figure's Random, Iter-SNIP and
     FORCE at one accuracy lay under the DCTpS dot, listed in the legend but not seen)."""
-    groups: dict[tuple[float, float], list[str]] = {}
+    by_density: dict[float, list[tuple[float, str]]] = {}
     for lab, pts in p.series.items():
         for pt in pts:
             if pt.n_ok and not pt.failed:
-                groups.setdefault((pt.density, round(100 * pt.mean, 2)), []).append(lab)
+                by_density.setdefault(pt.density, []).append((100 * pt.mean, lab))
     out = {}
-    for (density, _), labs in groups.items():
-        for k, lab in enumerate(labs):
-            if len(labs) > 1:
-                out[(lab, density)] = FAILED_DODGE ** (k - (len(labs) - 1) / 2)
+    for density, points in by_density.items():
+        points.sort()
+        cluster: list[str] = []
+        last = None
+        # chains of points each within 0.01 of the one before: one cluster, dodged apart
+        for y, lab in [*points, (math.inf, "")]:
+            if last is not None and y - last > 0.01:
+                for k, name in enumerate(cluster):
+                    if len(cluster) > 1:
+                        out[(name, density)] = FAILED_DODGE ** (k - (len(cluster) - 1) / 2)
+                cluster = []
+            cluster.append(lab)
+            last = y
     return out
 
 

@@ -851,7 +851,7 @@ def _parse_config_value(raw: str, key: str) -> Any:
     (``1e-3`` a float), ``all`` for ``data.subset`` the whole split (as the ``variant`` column
     shows it), lists and mappings as their JSON text."""
     from dctps.results.variants import flat_value
-    from dctps.train.config import coerce_key
+    from dctps.train.config import NOT_CONVERTED, coerce_key
 
     if key == "data.subset" and raw.lower() == "all":
         return None
@@ -860,9 +860,12 @@ def _parse_config_value(raw: str, key: str) -> Any:
     except yaml.YAMLError:
         value = raw
     if value is None or isinstance(value, (str, int, float, bool)):
-        # as --set reads it: lr=1e-3 is a float, not text; train_alpha=0 is False
+        # as --set reads it: lr=1e-3 is a float, not text; train_alpha=0 is False (the text
+        # converts where YAML's reading does not); a value that converts neither way is kept
         typed = coerce_key(key, value)
-        value = typed if typed is not value else coerce_key(key, raw)
+        if typed is NOT_CONVERTED:
+            typed = coerce_key(key, raw)
+        value = value if typed is NOT_CONVERTED else typed
     return flat_value(value)
 
 

@@ -141,4 +141,10 @@ def differing_settings(flats: Sequence[Mapping[str, Any]]) -> list[str]:
     as a 40-point win. Every such key is named in every label, with its actual value."""
     comps = [_comparable(f) for f in flats]
     keys = sorted({k for c in comps for k in c})
-    return [k for k in keys if len({_key(c, k) for c in comps}) > 1]
+    # and whose values differ themselves: lr 0.1 everywhere is no difference, though it is one
+    # method's recipe default and not another's
+    return [
+        k
+        for k in keys
+        if len({_key(c, k) for c in comps}) > 1 and len({_key(f, k) for f in flats}) > 1
+    ]

@@ -377,11 +377,15 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+#: what :func:`coerce_key` returns for a value that does not convert
+NOT_CONVERTED = object()
+
+
 def coerce_key(key: str, value: Any) -> Any:
     """``value`` as the run config field at dotted ``key`` (``optim.lr``) holds it, converted
     as ``--set`` converts it (``"1e-3"``, which YAML 1.1 reads as a string, is the float 0.001;
-    ``0`` is ``False`` for a bool field); ``value`` unchanged where ``key`` names no field or
-    the value does not convert (a filter on it then matches nothing, and says what is there)."""
+    ``"0"`` is ``False`` for a bool field); ``value`` unchanged where ``key`` names no field,
+    and :data:`NOT_CONVERTED` where the value does not convert."""
     cls: Any = RunConfig
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -395,7 +399,7 @@ def coerce_key(key: str, value: Any) -> Any:
     try:
         return _coerce(value, tp, key)
     except DctpsError:
-        return value
+        return NOT_CONVERTED
 
 
 def _type_name(tp: Any) -> str:
@@ -738,6 +742,7 @@ def _not_huge(v: float, name: str) -> None:
         )
 
 
+@functools.cache  # per row of `dctps results` and `dctps plot`: read only
 def recipe_defaults(recipe: str, method: str, epochs: int | None = None) -> dict[str, Any]:
     """The ``optim`` settings that recipe ``recipe`` gives a run of ``method`` (Table E.3;
     under SGD, DCTpS's own learning rate), as a resolved config holds them; the milestones
