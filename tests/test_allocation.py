@@ -151,3 +151,14 @@ def test_budgets_round_by_largest_remainder(method, weight):
     for i in order[:leftover]:
         counts[i] += 1
     assert leftover > 0 and budgets(shapes, density, method) == counts
+
+
+def test_build_is_the_registry_entry():
+    """``build(name)`` (the registries' timm-style entry point) gives ``budgets``' counts, and an
+    unknown name fails at build time, not at the first call."""
+    from dctps.allocation import build, names
+
+    for name in names():
+        assert build(name)(VGGISH, 0.01) == budgets(VGGISH, 0.01, name)
+    with pytest.raises(DctpsError, match="Did you mean 'erk'"):
+        build("erq")

@@ -993,3 +993,24 @@ def test_a_reparametrised_weight_is_refused_naming_the_call_that_removes_it(wrap
         prune(model, 0.5, method, batches=data)
     assert not any(n.endswith("_mask") for n, _ in model.named_buffers())
     assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+def test_build_checks_options_once_and_prunes_as_prune():
+    """``dctps.pruning.build(name, **options)`` refuses a misspelt name, option or range before
+    any model exists, and the pruner it returns keeps the same masks as ``prune`` itself."""
+    from dctps.pruning import build as build_pruner
+
+    with pytest.raises(DctpsError, match="Did you mean 'snip'"):
+        build_pruner("snpi")
+    with pytest.raises(DctpsError, match="steps"):
+        build_pruner("iter_snip", stepz=3)
+    with pytest.raises(DctpsError, match="steps"):
+        build_pruner("iter_snip", steps=0)
+    pruner = build_pruner("iter_snip", steps=3)
+    assert pruner.needs_data and not build_pruner("synflow").needs_data
+    data = [(torch.randn(4, 6), torch.randint(0, 3, (4,)))]
+    a = pruner(_mlp([6, 5, 3]), 0.3, data)
+    b = prune(_mlp([6, 5, 3]), 0.3, "iter_snip", data, steps=3)
+    masks = [(m.weight_mask, n.weight_mask) for m, n in zip(a, b, strict=True)
+             if hasattr(m, "weight_mask")]  # fmt: skip
+    assert masks and all(torch.equal(x, y) for x, y in masks)

@@ -29,12 +29,13 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from dctps.errors import DctpsError, check_density, unknown_name
 
-__all__ = ["budgets", "names", "filter_counts", "layer_weights"]
+__all__ = ["budgets", "build", "names", "filter_counts", "layer_weights", "Allocation"]
 
 #: revision of ``epl_ref``'s counts, in the identity of the runs that use it: 2 since its counts
 #: are the authors' own (revision 1 floored ``round(d N) / L`` per layer and gave the integer
@@ -56,6 +57,26 @@ _METHODS = tuple(_WEIGHTS)
 def names() -> list[str]:
     """The allocation methods :func:`budgets` accepts."""
     return list(_METHODS)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One allocation method: ``allocation(shapes, density)`` is
+    ``budgets(shapes, density, name)``. Made by :func:`build`."""
+
+    name: str
+
+    def __call__(self, weight_shapes: Sequence[Sequence[int]], density: float) -> list[int]:
+        """Per-layer non-zero counts of ``weight_shapes`` at ``density`` (:func:`budgets`)."""
+        return budgets(weight_shapes, density, self.name)
+
+
+def build(name: str) -> Allocation:
+    """The allocation method ``name`` (one of :func:`names`); an unknown name is a
+    :class:`DctpsError` with a did-you-mean."""
+    if name not in _METHODS:
+        raise unknown_name("allocation", name, _METHODS)
+    return Allocation(name)
 
 
 def layer_weights(shape: Sequence[int], method: str) -> float:

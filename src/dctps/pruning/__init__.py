@@ -80,8 +80,8 @@ from dctps.pruning.snip import snip_masks
 from dctps.pruning.synflow import synflow_masks
 from dctps.sparsify import left_dense_layers, warn_left_dense
 
-__all__ = ["prune", "names", "default_batches", "prepare_pruned_structure", "Context", "Method",
-           "PATH_CHECK"]  # fmt: skip
+__all__ = ["prune", "build", "names", "default_batches", "prepare_pruned_structure", "Context",
+           "Method", "Pruner", "PATH_CHECK"]  # fmt: skip
 
 #: Part of a pruned run's identity (:meth:`dctps.train.config.RunConfig.identity`, as
 #: ``sparsity.path_check``): :func:`prune` checks its final masks for an input-output path, so
@@ -115,6 +115,45 @@ _DEFAULT_BATCHES = {"cifar10": 1, "cifar100": 10, "tiny_imagenet": 20}
 def names() -> list[str]:
     """The pruning methods :func:`prune` accepts, sorted."""
     return sorted(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class Pruner:
+    """One pruning method with its options, checked once: ``pruner(model, density, batches)``
+    is ``prune(model, density, name, batches, **options)``. Made by :func:`build`."""
+
+    name: str
+    options: Mapping[str, Any]
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether calling it needs ``batches`` (``snip``, ``iter_snip``, ``force``, ``grasp``)."""
+        return _REGISTRY[self.name].needs_data
+
+    def __call__(
+        self,
+        model: nn.Module,
+        density: float,
+        batches: Iterable[Any] | Callable[[], Iterator[Any]] | None = None,
+        **kwargs: Any,
+    ) -> nn.Module:
+        """Prune ``model`` in place to ``density`` (keyword arguments as :func:`prune`'s:
+        ``allocation``, ``progress``, ``require_path``); return it."""
+        return prune(model, density, self.name, batches, **kwargs, **self.options)
+
+
+def build(name: str, **options: Any) -> Pruner:
+    """The pruning method ``name`` (one of :func:`names`) with its keyword ``options``
+    (``steps=60``, ``num_batches=10``, ...), both checked now rather than at the first call:
+    an unknown name or option is a :class:`DctpsError` with a did-you-mean, a value outside its
+    range one naming the range."""
+    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    if entry is None:
+        raise unknown_name("pruning method", name, names())
+    _check_options(name, entry.masks, options)
+    for key, value in options.items():
+        _check_range(name, key, value)
+    return Pruner(name, dict(options))
 
 
 def default_batches(dataset_name: str) -> int:
