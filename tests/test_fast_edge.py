@@ -220,6 +220,48 @@ def test_conv_kernel_larger_than_input_is_an_error(path):
         conv(torch.randn(1, 2, 3, 8))
 
 
+@pytest.mark.parametrize("mode", ["dense", "fast", "factor", "auto"])
+def test_a_wrong_input_shape_is_a_runtime_error_in_every_mode(mode):
+    """``nn.Conv2d`` and the dense path refuse a wrong shape with a ``RuntimeError``; the transform
+    paths refused it with a ``DctpsError`` (a ``ValueError``) only, so ``except RuntimeError``
+    broke when the mode changed (a fuzzing review)."""
+    conv = DCTpSConv2d(3, 4, 3, nnz=5, seed=0, mode=mode)
+    bad = [torch.randn(1, 2, 5, 5), torch.randn(1, 3, 2, 5), torch.randn(3, 5)]
+    for x in bad:
+        with pytest.raises(RuntimeError):
+            conv(x)
+    if mode != "factor":
+        lin = DCTpSLinear(5, 4, 3, seed=0, mode=mode)
+        for x in (torch.randn(2, 6), torch.tensor(1.0)):
+            with pytest.raises(RuntimeError):
+                lin(x)
+
+
+@pytest.mark.parametrize("mode", ["dense", "fast", "factor"])
+def test_an_empty_support_gets_a_zero_gradient_in_every_mode(mode):
+    """A layer with ``nnz = 0`` (built or loaded so): ``values.grad`` is an empty tensor, not
+    ``None``, whichever path runs; the factor path had left it ``None``, so under ``auto`` its
+    existence depended on the timer's pick."""
+    conv = DCTpSConv2d(2, 3, 3, padding=1, nnz=0, seed=0, mode=mode)
+    conv(torch.randn(1, 2, 4, 4)).sum().backward()
+    assert conv.values.grad is not None and conv.values.grad.shape == (0,)
+    assert conv.alpha.grad is not None and conv.alpha.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["dense", "fast", "factor"])
+def test_a_channels_last_input_gives_a_channels_last_output_as_conv2d_does(mode):
+    conv = DCTpSConv2d(4, 6, 3, padding=1, nnz=10, seed=0, mode=mode).double()
+    x = torch.randn(2, 4, 5, 5, dtype=F64).contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(x, conv.weight.detach(), conv.bias.detach(), padding=1)
+    assert ref.is_contiguous(memory_format=torch.channels_last)
+    y = conv(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref, **TOL)
+    y = conv(x.contiguous())
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, ref, **TOL)
+
+
 @pytest.mark.parametrize("backend", ["csr", "gather"])
 @pytest.mark.parametrize("kind,path", [("linear", "fast"), ("conv", "fast"), ("conv", "factor")])
 def test_float32_layer_refuses_other_input_dtypes(kind, path, backend, monkeypatch):

@@ -98,6 +98,21 @@ def test_transformer_encoder_packed_attention():
         torch.testing.assert_close(enc(x), out.detach(), atol=1e-5, rtol=1e-5)
 
 
+def test_set_mode_warns_that_attention_projections_run_dense():
+    """``F.multi_head_attention_forward`` takes the projections' weights: under ``'fast'`` they
+    still build ``D`` (a fuzzing review found it silent); the feed-forward Linears do not."""
+    enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0)
+    dctps.sparsify(enc, 0.2)
+    with pytest.warns(UserWarning, match=r"projections of 'self_attn' run on their materialised"):
+        dctps.set_mode(enc, "fast")
+    enc(torch.randn(3, 2, 16))
+    assert enc.self_attn.in_proj.basis_built and not enc.linear1.basis_built
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dctps.set_mode(enc, "auto")
+        dctps.set_mode(dctps.sparsify(mlp(), 0.1), "fast")
+
+
 def test_seed_controls_supports():
     a = dctps.sparsify(mlp(), 0.1, seed=1)
     b = dctps.sparsify(mlp(), 0.1, seed=1)

@@ -25,6 +25,12 @@ class InputDtypeError(DctpsError, RuntimeError):
     the dense path's (and ``nn.Linear``'s) refusal is, so code catching that catches both."""
 
 
+class InputShapeError(DctpsError, RuntimeError):
+    """An input whose shape a DCTpS layer cannot take (wrong features or channels, a kernel
+    larger than the input): also a ``RuntimeError``, as ``nn.Conv2d``'s refusal and the dense
+    path's are, so code catching that catches it in every mode."""
+
+
 class ImageTooSmall(DctpsError):
     """An input size an architecture cannot take (its poolings would leave nothing):
     :func:`dctps.models.build` adds which registered models take it."""

@@ -70,7 +70,7 @@ from torch import nn
 
 from dctps import _compat
 from dctps import offsets as _offsets
-from dctps.errors import DctpsError, InputDtypeError
+from dctps.errors import DctpsError, InputDtypeError, InputShapeError
 
 #: ``layer.__dict__`` key marking a ``D`` that a layer built ahead of use on an accelerator
 #: (:meth:`dctps.layers.DCTpSLayer._prebuild_basis`); :func:`choose` frees it when it picks a
@@ -156,9 +156,11 @@ def check_mode(mode: object) -> str:
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
     """Set the forward mode (one of :data:`MODES`) of every DCTpS layer of ``model``.
 
-    Returns ``model``. Switching to ``'fast'`` or ``'factor'`` frees any cached ``D``. A model
-    without DCTpS layers is a :class:`DctpsError` (most likely ``dctps.sparsify`` was not called;
-    setting nothing would hide that).
+    Returns ``model``. Switching to ``'fast'`` or ``'factor'`` frees any cached ``D``; an
+    attention's projections (``DCTpSMultiheadAttention``) keep running on their materialised
+    weight, since ``F.multi_head_attention_forward`` takes weights, not layers: a warning names
+    them. A model without DCTpS layers is a :class:`DctpsError` (most likely ``dctps.sparsify``
+    was not called; setting nothing would hide that).
     """
     check_mode(mode)
     if not isinstance(model, nn.Module):
@@ -175,6 +177,18 @@ def set_mode(model: nn.Module, mode: str) -> nn.Module:
             raise DctpsError(f"layer {name!r}: {e}") from None
     for _, m in layers:
         m.mode = mode  # type: ignore[assignment]  # a DCTpSLayer's mode property
+    dense = [n or type(model).__name__ for n, m in model.named_modules()
+             if getattr(m, "_dctps_runs_dense", False)]  # fmt: skip
+    if dense and mode in ("fast", "factor"):
+        shown = ", ".join(map(repr, dense[:3])) + (
+            f" and {len(dense) - 3} more" if len(dense) > 3 else ""
+        )
+        warnings.warn(
+            f"set_mode({mode!r}): the projections of {shown} run on their materialised weight "
+            "alpha*D + S whatever the mode (F.multi_head_attention_forward takes weights, not "
+            "layers), so their D is built and cached at the next forward",
+            stacklevel=2,
+        )
     if not layers:
         raise DctpsError(
             f"{type(model).__name__} has no DCTpS layers to set to mode {mode!r}: "
@@ -973,28 +987,30 @@ def _params(
 
 
 def check_linear_input(layer: Layer, x: torch.Tensor) -> None:
-    """A :class:`DctpsError` unless ``x`` is ``(..., in_features)`` for the Linear ``layer``."""
+    """An :class:`~dctps.errors.InputShapeError` unless ``x`` is ``(..., in_features)`` for the
+    Linear ``layer``."""
     out, inp = layer.weight_shape
     if x.dim() == 0 or x.shape[-1] != inp:
-        raise DctpsError(
+        raise InputShapeError(
             f"DCTpSLinear(in_features={inp}, out_features={out}) expects an input of shape "
             f"(..., {inp}), got shape {tuple(x.shape)}"
         )
 
 
 def check_conv_input(layer: Layer, x: torch.Tensor) -> None:
-    """A :class:`DctpsError` naming what is wrong with ``x`` for the conv ``layer`` (dimensions,
-    channel count, a kernel larger than the padded input), in the words of ``nn.Conv2d``."""
+    """An :class:`~dctps.errors.InputShapeError` naming what is wrong with ``x`` for the conv
+    ``layer`` (dimensions, channel count, a kernel larger than the padded input), in the words of
+    ``nn.Conv2d``."""
     out, cg, kh, kw = layer.weight_shape
     groups = layer.groups
     cin = cg * groups
     if x.dim() not in (3, 4):
-        raise DctpsError(
+        raise InputShapeError(
             f"DCTpSConv2d expects a 3-D (C, H, W) or 4-D (B, C, H, W) input, got shape "
             f"{tuple(x.shape)}"
         )
     if x.shape[-3] != cin:
-        raise DctpsError(
+        raise InputShapeError(
             f"DCTpSConv2d: given groups={groups}, weight of size {list(layer.weight_shape)}, "
             f"expected input{list(x.shape)} to have {cin} channels, but got {x.shape[-3]} channels"
         )
@@ -1003,7 +1019,7 @@ def check_conv_input(layer: Layer, x: torch.Tensor) -> None:
     dh, dw = layer.dilation
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     if h < eh or w < ew:
-        raise DctpsError(
+        raise InputShapeError(
             f"DCTpSConv2d: the padded input is {h}x{w} but the (dilated) kernel is {eh}x{ew}: "
             "the kernel can't be larger than the input"
         )
@@ -1080,7 +1096,15 @@ def fast_conv2d(layer: Layer, x: torch.Tensor) -> torch.Tensor:
         cols, values = _apply_signs(layer, cols, values)
         y = FastDCTpSFunction.apply(cols, alpha, values, bias, plan)
     y = y.view(x.shape[0], layer.weight_shape[0], ho, wo).to(prec.out)
-    return y.squeeze(0) if unbatched else y
+    return y.squeeze(0) if unbatched else _like_conv2d(y, x)
+
+
+def _like_conv2d(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` in ``x``'s memory format, as ``F.conv2d`` returns it: a channels-last input gives a
+    channels-last output, which the next layer then reads without a re-layout."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return y.contiguous(memory_format=torch.channels_last)
+    return y
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1281,10 +1305,12 @@ def factor_conv2d(layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if layer.nnz:
             plan = _conv_sparse_plan(layer)
             y = y + SparseConv2dFunction.apply(xw, values, layer, plan, ho, wo)
+        elif values.requires_grad:  # an empty S: a zero gradient, as the other paths give
+            y = y + values.sum()
         if bias is not None:
             y = y + bias.view(-1, 1, 1)
     y = y.to(prec.out)
-    return y.squeeze(0) if unbatched else y
+    return y.squeeze(0) if unbatched else _like_conv2d(y, x)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -92,6 +92,10 @@ class DCTpSMultiheadAttention(nn.Module):
         self.add_zero_attn = mha.add_zero_attn
         self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
 
+    #: F.multi_head_attention_forward takes the projections' weights, so they run dense in any
+    #: mode (dctps.set_mode warns of it)
+    _dctps_runs_dense = True
+
     # TransformerEncoderLayer's inference fast path calls this; it only reads shapes and heads.
     merge_masks = nn.MultiheadAttention.merge_masks
 
