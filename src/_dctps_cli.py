@@ -21,7 +21,31 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    run()
+    try:
+        run()
+    finally:
+        _exit_130_on_ctrl_c()
+
+
+def _exit_130_on_ctrl_c() -> None:
+    """From here on the command's work is done (its output written, its exit status chosen):
+    a Ctrl-C while the interpreter shuts down (joining threads, atexit handlers) exits with
+    status 130, as one during the command does, instead of dying by the signal (-2)."""
+    import os
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: signals go to the main thread's handler anyway
+        pass
 
 
 if __name__ == "__main__":

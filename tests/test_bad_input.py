@@ -475,6 +475,8 @@ CASES = [
     C("train-model-typo", r"Did you mean 'lenet5'\?", *TRAIN_AT, "--model", "lenet"),
     C("train-method-typo", r"unknown sparsity method 'dctp'\. Did you mean 'dctps'\?",
       *TRAIN_AT, "--method", "dctp"),
+    C("train-method-rigl", r"'rigl' is not a method but a switch.*--method random --rigl",
+      *TRAIN_AT, "--method", "rigl"),
     C("train-seed-huge", r"seed must be in \[0, 2\*\*63\), got 99999999999999999999",
       *TRAIN_AT, "--seed", "99999999999999999999"),
     C("train-seed-2-63", r"seed must be in \[0, 2\*\*63\), got 9223372036854775808",

@@ -57,6 +57,21 @@ def test_ctrl_c_while_the_console_script_imports_is_one_line_and_status_130(tmp_
     assert r.returncode == 0 and r.stdout == f"dctps {dctps.__version__}\n", r.stderr
 
 
+def test_ctrl_c_after_the_command_finished_exits_130_without_a_traceback():
+    """A Ctrl-C while the interpreter shut down after a finished command (an atexit handler,
+    joining threads) printed Python's traceback or died by the signal (-2). Simulated by an atexit
+    handler that sends SIGINT to its own process, under the console script's entry point."""
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        "sys.argv = ['dctps', '--version']\n"
+        "from _dctps_cli import main\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (130, f"dctps {dctps.__version__}\n", ""), r.stderr
+
+
 def test_budgets_totals_equal_count(tmp_path):
     r = runner.invoke(app, ["budgets", "resnet18", "--density", "0.001", "--allocation", "erk",
                             "--plot", str(tmp_path / "b.png")])  # fmt: skip

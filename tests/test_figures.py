@@ -977,6 +977,25 @@ def test_curves_trained_differently_are_labelled_with_what_differs(tmp_path):
     assert panel.series["DCTpS [epochs=40]"][0].n_ok == 2  # the seeds still average together
 
 
+def test_a_runs_own_method_options_are_always_named(tmp_path):
+    """A paths review: a lone DCTpS run with ``exclude=["classifier"]`` (18% of LeNet-5's
+    weights trainable at "1%") and a SynFlow run of 3 iterations were drawn as plain "DCTpS" and
+    "SynFlow", beside nothing that differed; options left at their defaults are not named."""
+    store = Store(tmp_path)
+    for seed in (0, 1):
+        record(store, cfg("dctps", 0.01, seed=seed, options={"exclude": ["classifier"]}), 0.6)
+        record(store, cfg("synflow", 0.01, seed=seed, options={"iterations": 3}), 0.2)
+        record(store, cfg("snip", 0.01, seed=seed, options={"num_batches": 1}), 0.3)
+    (panel,) = aggregate(store.query({}))
+    assert set(panel.series) == {'DCTpS [exclude=["classifier"]]', "SynFlow [iterations=3]", "SNIP"}
+    assert panel.series['DCTpS [exclude=["classifier"]]'][0].n_ok == 2
+    from dctps.results.store import variant_column
+
+    rows = store.query({})
+    variants = {r["method"]: v for r, v in zip(rows, variant_column(rows), strict=True)}
+    assert variants == {"dctps": 'exclude=["classifier"]', "synflow": "iterations=3", "snip": ""}
+
+
 def test_a_recipes_own_learning_rates_are_not_a_difference(tmp_path):
     """Under SGD (Table E.3) DCTpS trains at lr 0.03 and the others at 0.1: the paper's
     setting, not a difference to name. An lr given by hand is."""

@@ -1573,6 +1573,8 @@ def test_inspect_and_export_a_run_checkpoint(fake_cifar10, tmp_path):
                                str(tmp_path / "x.dctps")])  # fmt: skip
     # not "masked" (a coverage review): a dense run has no masks
     assert "method 'dense'" in str(refused.exception) and "masked" not in str(refused.exception)
+    shown = cli.invoke(app, ["inspect", str(tmp_path / "runs" / d["hash"] / "best.pt")])
+    assert "61,510 of 61,510 weights trainable, " in shown.output and "masks" not in shown.output
     with pytest.raises(DctpsError, match="torch.save file, not a dctps train checkpoint"):
         torch.save({"model": {}}, tmp_path / "other.pt")
         ckpt_io.model_from_checkpoint(tmp_path / "other.pt")

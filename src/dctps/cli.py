@@ -389,11 +389,13 @@ def inspect_cmd(
     method = obj["method"]
     if method != "dctps":
         c = count(model)
+        # a dense run has no masks: all its weights train
+        where = "" if method == "dense" else " (in the masks; some may hold 0.0)"
         typer.echo(
             f"{ckpt}: dctps train checkpoint of run {obj.get('config_hash')} (method {method}), "
             f"epoch {obj.get('epoch')}, {size:,} bytes: {c.nonzeros:,} of {c.weights:,} weights "
-            f"trainable (in the masks; some may hold 0.0), {c.other:,} other parameters. Not a "
-            "DCTpS model: no per-layer table."
+            f"trainable{where}, {c.other:,} other parameters. Not a DCTpS model: no per-layer "
+            "table."
         )
         return
     typer.echo(
@@ -416,10 +418,11 @@ def export_cmd(
     ),
     out: str = typer.Argument(..., help="Where to write the sparse checkpoint (dctps.save)."),
 ) -> None:
-    """Write the model of a `dctps train` checkpoint as a sparse checkpoint (dctps.save).
+    """Write the model of a DCTpS run's checkpoint as a sparse checkpoint (dctps.save).
 
     The result holds only the non-zeros, alphas, biases and BatchNorm; `dctps.load(OUT)` rebuilds
-    the model without the run's config, and `dctps.to_dense` turns it into plain PyTorch.
+    the model without the run's config, and `dctps.to_dense` turns it into plain PyTorch. A
+    pruned or dense run is refused: its weights are in torch.load(CKPT)['model'].
     """
     from pathlib import Path
 

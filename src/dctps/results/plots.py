@@ -32,6 +32,7 @@ from dctps.results.store import flat_identities, row_config  # noqa: E402
 from dctps.results.variants import (  # noqa: E402
     differing_settings,
     named_differences,
+    own_settings,
     varying_keys,
 )
 
@@ -557,7 +558,7 @@ def aggregate(
             varying = sorted(set(varying_keys(flats)) | set(across))
             for (r, _), f in zip(members, flats, strict=True):
                 name = lab
-                named = named_differences(f, varying)
+                named = named_differences(f, sorted(set(varying) | set(own_settings(f))))
                 if named:
                     name += " [" + ", ".join(named) + "]"
                 curves.setdefault(name, []).append(r)

@@ -1089,6 +1089,7 @@ def variant_column(
         NOT_A_VARIANT,
         differing_settings,
         named_differences,
+        own_settings,
         varying_keys,
     )
 
@@ -1117,7 +1118,7 @@ def variant_column(
         group = [flats[i] for i in members]
         varying = varying_keys(group, shown=SHOWN_FIELDS) if len(members) > 1 else []
         for i in members:
-            keys = sorted(set(varying) | across[i])
+            keys = sorted(set(varying) | across[i] | set(own_settings(flats[i])))
             out[i] = ", ".join(named_differences(flats[i], keys))
     return out
 

@@ -602,6 +602,13 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
     allocations = allocation_names()
     valid = list(SCORE_FREE_METHODS) + pruning_methods()
     if s.method not in valid:
+        if isinstance(s.method, str) and s.method.lower() == "rigl":
+            # RigL moves a support that another method set: it is a switch, not a method
+            raise DctpsError(
+                f"{s.method!r} is not a method but a switch on one: RigL moves the support another "
+                "method set. Use --method random --rigl (the paper's RigL; ERK by default), or "
+                "--method dctps --rigl (YAML: rigl: true)"
+            )
         raise unknown_name("sparsity method", s.method, valid)
     if s.method == "dense":
         if s.density is not None and float(s.density) != 1.0:
