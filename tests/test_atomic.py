@@ -185,3 +185,26 @@ def test_atomic_write_removes_a_killed_writers_old_temporary_files(tmp_path):
         f.write("a,b\n")
     assert target.read_text() == "a,b\n"
     assert not old.exists() and fresh.exists() and other.exists()
+
+
+def test_the_temporary_file_is_opened_in_binary_mode_where_the_platform_has_one(
+    tmp_path, monkeypatch
+):
+    """A portability review: on Windows a descriptor from ``os.open`` without ``O_BINARY`` is in
+    text mode, and each b"\\n" of a checkpoint was written as b"\\r\\n" (``dctps.load`` then found
+    the file padded). Here a fake ``O_BINARY`` bit must reach ``os.open``; bytes go out as given."""
+    fake = 1 << 29
+    seen = []
+    real_open = os.open
+
+    def recording_open(path, flags, mode=0o777, **kw):
+        seen.append(flags)
+        return real_open(path, flags & ~fake, mode, **kw)
+
+    monkeypatch.setattr(os, "O_BINARY", fake, raising=False)
+    monkeypatch.setattr(os, "open", recording_open)
+    target = tmp_path / "f.bin"
+    with atomic_write(target, "test file", "wb") as f:
+        f.write(b"a\nb\r\n")
+    assert seen and all(flags & fake for flags in seen)
+    assert target.read_bytes() == b"a\nb\r\n"

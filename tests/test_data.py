@@ -265,6 +265,29 @@ def test_digits():
     assert torch.equal(s.test_x, s2.test_x) and not torch.equal(s.val_y, s2.val_y)
 
 
+def test_digits_are_read_from_sklearns_file_without_importing_it(monkeypatch):
+    """The digits come from the CSV scikit-learn ships, not through its 0.9 s import: the same
+    images and labels as ``sklearn.datasets.load_digits``, and the loader itself where the file
+    is not where it was (another scikit-learn layout)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from dctps.data import digits
+
+    ref = load_digits()
+    images, target = digits._shipped_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+    code = ("import sys; from dctps.data.digits import _shipped_digits; _shipped_digits(); "
+            "print('sklearn' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)
+    images, target = digits._shipped_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 

@@ -445,6 +445,18 @@ def test_synflow_float32_overflows_on_deep_net_float64_does_not():
     assert count(model).nonzeros == round(0.1 * 30 * 64 * 64)
 
 
+def test_synflow_in_float64_on_mps_is_refused_with_the_ways_out():
+    """MPS has no float64: scoring there raised torch's raw TypeError from the model copy's
+    ``.to(float64)`` (a portability review). No MPS here: a context that says so stands in."""
+    import types
+
+    from dctps.pruning.synflow import synflow_masks
+
+    ctx = types.SimpleNamespace(device=torch.device("mps"))
+    with pytest.raises(DctpsError, match=r"MPS does not have: prune the model on the CPU"):
+        synflow_masks(ctx, input_shape=(4,))  # type: ignore[arg-type]
+
+
 def test_layer_collapse_vgg19_snip_empties_a_layer_synflow_does_not():
     """At 0.1% on VGG19 one-shot SNIP prunes whole layers (layer collapse, Tanaka et al. 2020):
     VGG has no shortcut, so no path is left and ``prune`` raises instead of returning the

@@ -817,3 +817,46 @@ def test_where_filters_on_settings_an_identity_holds_only_when_not_default(tmp_p
     printed: list[str] = []
     print_results(tmp_path, ["offset=dct_permuted"], echo=printed.append)
     assert "sparsity.offset holds: dct, hadamard" in printed[-1]
+
+
+MOUNTS = """\
+sysfs /sys sysfs rw 0 0
+/dev/sda1 / ext4 rw,relatime 0 0
+server:/export/home /home nfs4 rw,relatime 0 0
+/dev/sdb1 /home/me/scratch xfs rw 0 0
+mds@tcp:/lfs /lustre lustre rw,flock 0 0
+/dev/sdc1 /mnt/my\\040data ext4 rw 0 0
+"""
+
+
+def test_mount_type_finds_the_innermost_mount():
+    from dctps.results.store import mount_type
+
+    assert mount_type("/home/me/results.db", MOUNTS) == "nfs4"
+    assert mount_type("/home/me/scratch/out/results.db", MOUNTS) == "xfs"  # local, under NFS
+    assert mount_type("/homework/x.db", MOUNTS) == "ext4"  # not under /home
+    assert mount_type("/lustre/proj/results.db", MOUNTS) == "lustre"
+    assert mount_type("/mnt/my data/results.db", MOUNTS) == "ext4"  # an escaped space
+    assert mount_type("/tmp/x.db", "") is None
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("nfs4", "delete"), ("lustre", "delete"),
+                                            ("ext4", "wal"), (None, "wal")])  # fmt: skip
+def test_a_database_on_a_network_file_system_uses_a_rollback_journal(tmp_path, monkeypatch,
+                                                                      kind, mode):  # fmt: skip
+    """A portability review: WAL keeps its index in shared memory, which SLURM jobs on several
+    nodes writing one results.db over NFS or Lustre cannot share (lost commits, corruption).
+    There the store journals as SQLite's rollback mode does, locking through the file system."""
+    from dctps.results import store as store_mod
+
+    monkeypatch.setattr(store_mod, "mount_type", lambda path, mounts=None: kind)
+    s = Store(tmp_path / f"{kind}.db")
+    s.start("h", {"seed": 0})
+    s.finish("h", val_acc=0.5)
+    conn = sqlite3.connect(tmp_path / f"{kind}.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == mode
+        assert conn.execute("SELECT status FROM runs").fetchone()[0] == "done"
+    finally:
+        conn.close()
+    s.close()

@@ -392,8 +392,11 @@ def _session_members(sid: int) -> list[int]:
         (signal.SIGINT, True, 130, "interrupted"),  # a terminal's Ctrl-C
         (signal.SIGTERM, False, 143, "terminated (SIGTERM)"),  # timeout, docker stop, a scheduler
         (signal.SIGKILL, False, -9, ""),  # out of memory: the workers must notice by themselves
+        # Windows: os.getppid() keeps naming a dead parent (a portability review: the workers
+        # trained on, then waited forever); faked with a sitecustomize that freezes it
+        (signal.SIGKILL, "frozen-ppid", -9, ""),
     ],
-    ids=["ctrl-c", "sigterm", "sigkill"],
+    ids=["ctrl-c", "sigterm", "sigkill", "sigkill-windows-ppid"],
 )
 def test_an_interrupt_stops_a_parallel_sweep_without_training_the_queue(
     fake_cifar10, tmp_path, sig, whole_group, code, said
@@ -407,6 +410,16 @@ def test_an_interrupt_stops_a_parallel_sweep_without_training_the_queue(
     gpath.write_text(yaml.safe_dump(grid))
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if whole_group == "frozen-ppid":
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(
+            "import os\n_p = os.getppid()\nos.getppid = lambda: _p\n"
+        )
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+        whole_group = False
     proc = subprocess.Popen(
         [sys.executable, "-m", "dctps.cli", "sweep", str(gpath), "--out", str(out),
          "--workers", "2", "-q"],

@@ -40,10 +40,13 @@ def create_temp(path: Path) -> tuple[int, str]:
     0600: the file reads like the run's other files once it replaces ``path``. The random part of
     the name keeps concurrent writers of the same target apart.
     """
+    # O_BINARY (Windows only): without it a descriptor from os.open is in text mode there, and
+    # the C runtime writes every b"\n" of a checkpoint or figure as b"\r\n" (tempfile sets it too)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:  # pragma: no cover - a 48-bit name collision
             continue
 

@@ -111,6 +111,9 @@ def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]
     check_seed(seed, "--seed")
     set_threads(threads)
     plan = [("dense", 1.0), ("dctps", 0.1), ("random", 0.1), ("dctps", 0.01), ("random", 0.01)]
+    # the first optimizer a process builds imports torch._dynamo (about 1.2 s): not the first
+    # row's training time, which the table would otherwise show as dense's
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     rows = []
     with tqdm(total=epochs * len(plan), desc="demo", unit="epoch") as bar:
         for method, density in plan:

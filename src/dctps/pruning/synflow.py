@@ -88,6 +88,12 @@ def synflow_masks(
             f"synflow_dtype must be float64 (default) or float32 (the reference), got "
             f"{synflow_dtype!r}"
         )
+    if synflow_dtype == torch.float64 and torch.device(ctx.device).type == "mps":
+        raise DctpsError(
+            "synflow scores in float64, which MPS does not have: prune the model on the CPU "
+            "(model.cpu(), then move it back) or pass synflow_dtype=torch.float32 (the "
+            "reference's; it overflows on deep networks, e.g. ResNet50)"
+        )
     shape = _input_shape(ctx, input_shape)
     counts = step_counts(ctx.density, iterations, schedule, ctx.total, ctx.k)
     net, weights = ctx.working_copy(train=train_mode, dtype=synflow_dtype)

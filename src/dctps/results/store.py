@@ -6,8 +6,11 @@ mode with a busy timeout, every write is one short ``BEGIN IMMEDIATE`` transacti
 have passed (then a :class:`DctpsError`, never a raw ``sqlite3.OperationalError``). Each process
 holds one connection per database file.
 
-WAL needs a local file system (or one with working POSIX locks and shared memory); on NFS put
-``results.db`` on a local disk or give each job its own database.
+WAL needs all its processes on one host: its index lives in shared memory. On a network file
+system (NFS, Lustre, GPFS, SMB, ...; read from ``/proc/self/mounts`` on Linux), where SLURM jobs on
+several nodes write one database, the store uses SQLite's rollback journal instead, which locks
+through the file system's POSIX locks (:func:`journal_mode`). Those must work there (NFS with
+lockd); where they do not, give each job its own ``--db``.
 """
 
 from __future__ import annotations
@@ -211,6 +214,42 @@ def _read_only_place(path: Path) -> bool:
     return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 
+#: file systems whose files processes on other hosts share (``/proc/self/mounts`` types)
+NETWORK_FILE_SYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+    "fuse.glusterfs", "fuse.sshfs", "fuse.cephfs", "9p", "afs", "panfs", "ocfs2", "gfs2",
+})  # fmt: skip
+
+
+def mount_type(path: str | os.PathLike, mounts: str | None = None) -> str | None:
+    """The file system type of the mount holding ``path``, from ``mounts`` (the text of
+    ``/proc/self/mounts``, read when ``None``); ``None`` where that is unknown (not Linux)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    target = os.path.abspath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # octal escapes in mount points (a space is \040)
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def journal_mode(path: str | os.PathLike) -> str:
+    """``WAL`` for a database on a local file system, ``DELETE`` (a rollback journal) on a
+    network one (:data:`NETWORK_FILE_SYSTEMS`), whose hosts cannot share WAL's index."""
+    kind = mount_type(Path(path).parent)
+    return "DELETE" if kind in NETWORK_FILE_SYSTEMS else "WAL"
+
+
 def _close_least_recent(keep: tuple[int, str]) -> None:
     """Close this process's least recently used connections beyond :data:`MAX_CONNECTIONS`,
     and any whose file is gone (an ``rmtree`` of its folder: the descriptors kept its disk space
@@ -389,11 +428,9 @@ class Store:
 
         return self._retry(tx)
 
-    @staticmethod
-    def _init_schema(conn: sqlite3.Connection) -> None:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":  # e.g. a read-only or in-memory database
-            pass
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        # an unchanged mode (a read-only database, another connection's WAL) is kept as it is
+        conn.execute(f"PRAGMA journal_mode = {journal_mode(self.path)}").fetchone()
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:

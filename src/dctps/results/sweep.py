@@ -427,10 +427,18 @@ def _watch_parent(parent: int) -> None:
     :data:`WORKER_GRACE_SECONDS`. Without this a worker trained on, started the runs queued to
     it, and then waited forever for work from a parent that was gone (the queue never reports
     EOF: every worker holds its writing end too)."""
+    import multiprocessing
     import signal
 
-    while os.getppid() == parent:
-        time.sleep(1.0)
+    proc = multiprocessing.parent_process()
+    if proc is not None:
+        # its sentinel turns readable when the parent dies, on every platform; on Windows
+        # os.getppid() keeps naming a dead parent, and the workers trained on, then waited forever
+        while proc.is_alive():
+            proc.join()
+    else:  # pragma: no cover - a pool worker always has a multiprocessing parent
+        while os.getppid() == parent:
+            time.sleep(1.0)
     if not _worker_interrupted:
         os.kill(os.getpid(), signal.SIGINT)  # handled by _on_sigint in the main thread
     time.sleep(WORKER_GRACE_SECONDS)

@@ -24,6 +24,7 @@ and ends with exactly the metrics of an uninterrupted run (bit-exact on CPU).
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import math
 import os
@@ -118,6 +119,15 @@ def _grad_max(params: list[nn.Parameter], device: torch.device | None = None) ->
                 parts.append(v.abs().amax())
         else:
             dense.append(g)
+    on_cpu = [g for g in dense if g.device.type == "cpu"]
+    if on_cpu:
+        # one reduction per tensor: _foreach_norm(inf) runs 11x slower on the CPU (ResNet18:
+        # 31.6 ms a step against 2.9 ms; 1.6% of a dense VGG19 step). NaN propagates alike.
+        parts.extend(
+            g.abs().amax() if g.is_complex() else torch.stack(torch.aminmax(g)).abs().amax()
+            for g in on_cpu
+        )
+    dense = [g for g in dense if g.device.type != "cpu"]
     if dense:
         parts.extend(torch._foreach_norm(dense, float("inf")))
     if not parts:
@@ -409,24 +419,32 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
     loader.load_state_dict(state["loader"])
 
 
-def _lock_now(f: Any) -> bool:
+#: the errors of a lock that another process holds (flock: EWOULDBLOCK; msvcrt: EACCES,
+#: EDEADLOCK); any other (ENOSYS on Lustre mounted without flock, ENOLCK on NFS without lockd,
+#: ENOTSUP on SMB) says that the file system has no locks, not that the run is busy
+_HELD = frozenset(
+    getattr(errno, n)
+    for n in ("EWOULDBLOCK", "EAGAIN", "EACCES", "EDEADLK", "EDEADLOCK")
+    if hasattr(errno, n)
+)
+
+
+def _lock_now(f: Any) -> bool | None:
     """Take an exclusive lock on the open file ``f`` without waiting; ``False`` if another
-    process holds it. POSIX: ``flock`` on the whole file; Windows (no ``fcntl``): ``msvcrt``'s
-    lock on its first byte. The system drops either when the process dies."""
+    process holds it, ``None`` if its file system has no locks. POSIX: ``flock`` on the whole
+    file; Windows (no ``fcntl``): ``msvcrt``'s lock on its first byte. The system drops either
+    when the process dies."""
     try:
-        import fcntl
-    except ImportError:
-        msvcrt: Any = importlib.import_module("msvcrt")
-        f.seek(0)
         try:
+            import fcntl
+        except ImportError:
+            msvcrt: Any = importlib.import_module("msvcrt")
+            f.seek(0)
             msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
+        else:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return False if e.errno in _HELD else None
     return True
 
 
@@ -452,7 +470,18 @@ def _run_lock(folder: Path) -> Iterator[None]:
             continue
         except OSError as e:
             raise cannot_write("run lock", path, e) from None
-        if not _lock_now(f):
+        locked = _lock_now(f)
+        if locked is None:
+            warnings.warn(
+                f"the file system of {folder} does not support file locks: run {folder.name} "
+                "trains without one, so nothing stops a second process (another sweep on this "
+                "--out) from training it at the same time; put --out on a file system with locks "
+                "(a local disk, NFS with lockd, Lustre mounted with -o flock) to have them",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            break
+        if not locked:
             f.close()
             raise RunBusy(
                 f"run {folder.name} is already being trained by another process (lock {path})"
@@ -1204,8 +1233,13 @@ CONSTANT_NOTE = (
 )
 
 
+#: inputs of the first batch that :func:`constant_output` runs
+CONSTANT_CHECK_INPUTS = 32
+
+
 def constant_output(model: nn.Module, loader: Any) -> bool:
-    """Whether ``model`` (in eval mode) gives every input of ``loader``'s first batch the same
+    """Whether ``model`` (in eval mode) gives the first :data:`CONSTANT_CHECK_INPUTS` inputs of
+    ``loader``'s first batch the same
     output, to ``1e-6`` of the outputs' scale: a pruned network whose every path runs through a
     dead ReLU (random pruning of LeNet-5 at 1%: a path exists, yet all logits are 0 or 1e-9).
     Such a run never trained, and its chance accuracy must not read as a result of learning.
@@ -1217,7 +1251,9 @@ def constant_output(model: nn.Module, loader: Any) -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(first[0]).float().flatten(1)
+            # 32 inputs tell a constant network (every path dead: exactly one output) from one
+            # that computes; a whole eval batch cost ResNet18 3.6 s of a 25 s quick run on a CPU
+            out = model(first[0][:CONSTANT_CHECK_INPUTS]).float().flatten(1)
     finally:
         model.train(was)
     spread = float((out.amax(0) - out.amin(0)).max())
