@@ -208,3 +208,46 @@ def test_the_temporary_file_is_opened_in_binary_mode_where_the_platform_has_one(
         f.write(b"a\nb\r\n")
     assert seen and all(flags & fake for flags in seen)
     assert target.read_bytes() == b"a\nb\r\n"
+
+
+@pytest.mark.parametrize("platform", ["win32", "linux"])
+def test_a_target_held_open_on_windows_is_replaced_once_it_is_released(
+    tmp_path, monkeypatch, platform
+):
+    """A portability review: on Windows a virus scanner reading a fresh checkpoint makes
+    ``os.replace`` over it fail with PermissionError for a moment, and the run stopped there. It
+    is retried on Windows only (POSIX replaces open files: a PermissionError there is real)."""
+    import sys
+
+    from dctps import atomic
+
+    real = os.replace
+    fails = [2]
+
+    def held(src, dst):
+        if fails[0]:
+            fails[0] -= 1
+            raise PermissionError(13, "The process cannot access the file", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(os, "replace", held)
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+    if platform == "win32":
+        with atomic_write(target, "checkpoint", "wb") as f:
+            f.write(b"new")
+        assert target.read_bytes() == b"new" and fails == [0]
+    else:
+        with pytest.raises(DctpsError, match="checkpoint"):
+            with atomic_write(target, "checkpoint", "wb") as f:
+                f.write(b"new")
+        assert target.read_bytes() == b"old"
+    monkeypatch.setattr(atomic, "REPLACE_RETRY_SECONDS", 0.1)
+    fails[0] = 100  # held for good: the error surfaces after the retries
+    monkeypatch.setattr(sys, "platform", "win32")
+    with pytest.raises(DctpsError, match="checkpoint"):
+        with atomic_write(target, "checkpoint", "wb") as f:
+            f.write(b"newer")
+    assert target.read_bytes() == (b"new" if platform == "win32" else b"old")
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -14,6 +14,7 @@ import contextlib
 import glob
 import os
 import secrets
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ __all__ = [
     "create_temp",
     "make_parent",
     "remove_stale_temps",
+    "replace",
     "starts_with",
     "unlink_quietly",
 ]
@@ -49,6 +51,28 @@ def create_temp(path: Path) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:  # pragma: no cover - a 48-bit name collision
             continue
+
+
+#: seconds :func:`replace` keeps retrying a target that another program holds open (Windows)
+REPLACE_RETRY_SECONDS = 3.0
+
+
+def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace(src, dst)``; on Windows retried for up to :data:`REPLACE_RETRY_SECONDS` while
+    it fails with ``PermissionError``: there a target that another program has open (a virus
+    scanner or indexer reading a fresh checkpoint, a CSV open in a spreadsheet) cannot be
+    replaced, and the run stopped on that moment's refusal. POSIX replaces open files."""
+    delay, waited = 0.05, 0.0
+    while True:
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if sys.platform != "win32" or waited >= REPLACE_RETRY_SECONDS:
+                raise
+        time.sleep(delay)
+        waited += delay
+        delay = min(2 * delay, 0.5)
 
 
 def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
@@ -166,7 +190,7 @@ def atomic_write(
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        replace(tmp, target)
     except BaseException as e:
         unlink_quietly(tmp)
         if isinstance(e, OSError):

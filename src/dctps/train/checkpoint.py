@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dctps.atomic import create_temp, unlink_quietly
+from dctps.atomic import create_temp, replace, unlink_quietly
 from dctps.errors import DctpsError, cannot_write, is_count, one_line
 
 __all__ = [
@@ -123,7 +123,7 @@ def _cause(e: BaseException, kind: type[BaseException]) -> Any:
 
 def _replace(src: str | Path, dst: Path) -> None:
     try:
-        os.replace(src, dst)
+        replace(src, dst)
     except OSError as e:
         raise cannot_write("checkpoint", dst, e) from None
 
@@ -281,7 +281,7 @@ def set_aside(folder: str | os.PathLike) -> list[Path]:
         src = folder / name
         if src.exists():
             dst = folder / (name + SET_ASIDE)
-            os.replace(src, dst)
+            replace(src, dst)
             moved.append(dst)
     if moved:
         _fsync_dir(folder)
