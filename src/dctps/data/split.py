@@ -18,9 +18,12 @@ def holdout(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Ten
     """Split ``range(n)`` into a training and a hold-out part, reproducibly from ``seed``.
 
     A permutation of ``range(n)`` is drawn with a ``torch.Generator`` seeded with ``seed``; its
-    first ``round(fraction * n)`` entries are the hold-out indices and the rest the training indices
-    (the reference code's scheme, there with numpy). Both parts are returned in permutation order,
-    so the first ``k`` training indices are a random subset of the training part.
+    first ``round(fraction * n)`` entries are the hold-out indices and the rest the training
+    indices. Both parts are returned in permutation order, so the first ``k`` training indices are a
+    random subset of the training part. The authors' code shuffled with numpy, seeded with each
+    run's seed, and held out ``floor((1 - 0.9) * n)`` (4,999 of CIFAR's 50,000): their split cannot
+    be reproduced here (nor their file order, which the official batches fix), and one ``seed`` for
+    every run puts all methods and seeds on the same hold-out (README, "Paper-exact vs ...").
 
     Args:
         n: number of examples (>= 0).
