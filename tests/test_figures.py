@@ -1137,3 +1137,69 @@ def test_points_at_one_accuracy_are_dodged_apart(tmp_path, monkeypatch):
     panel = Panel("lenet5", "cifar10", "t", 0.1, "test_acc",
                   {"A": [pt(0.500040)], "B": [pt(0.500060)], "C": [pt(0.6)]})  # fmt: skip
     assert set(_coincident_shifts(panel)) == {("A", 0.01), ("B", 0.01)}
+
+
+def test_one_seed_recorded_by_two_older_versions_counts_once(tmp_path):
+    """A statistics review: a VGG19 DCTpS seed recorded before VGG19's revision 2 and again
+    before support revision 2 (two hashes, neither today's) was averaged as "2 seeds" under the
+    plain label "DCTpS". One seed counts once (its most recent record), and a run an older
+    version computed says so in its label even alone."""
+    import copy
+
+    from dctps.train.config import identity_hash
+
+    store = Store(tmp_path)
+    c = RunConfig(model=ModelConfig("vgg19"), data=DataConfig("cifar10"),
+                  sparsity=SparsityConfig("dctps", 0.01), seed=0).resolve()  # fmt: skip
+    ident = c.identity()
+    v1 = copy.deepcopy(ident)
+    v1["model"].pop("revision")
+    v1["sparsity"].pop("support_revision")
+    v2 = copy.deepcopy(ident)
+    v2["sparsity"].pop("support_revision")
+    for h, acc in ((identity_hash(v1), 0.30), (identity_hash(v2), 0.50)):
+        store.start(h, c.to_dict())
+        store.finish(h, test_acc=acc, val_acc=acc, nonzeros=1)
+    (panel,) = aggregate(store.query({}))
+    ((label, (pt,)),) = panel.series.items()
+    assert label == "DCTpS [recorded_by=an older dctps]"
+    assert pt.n_ok == 1 and pt.mean == pytest.approx(0.50)  # the later record
+    record(store, c, 0.9)  # today's run of the same seed: its own curve
+    (panel,) = aggregate(store.query({}))
+    assert panel.series["DCTpS"][0].mean == pytest.approx(0.9)
+    assert panel.series["DCTpS [recorded_by=an older dctps]"][0].n_ok == 1
+
+
+def test_a_point_whose_seeds_lack_the_chosen_metric_is_not_failed(tmp_path):
+    """A statistics review: with --metric test_acc, two Tiny ImageNet seeds that recorded only a
+    validation accuracy were dropped, the third seed's failure was left, and the point was drawn
+    "failed" at chance (and the 1% point vanished). Nor is a point failed while a seed runs."""
+    store = Store(tmp_path)
+
+    def tiny(density, seed):
+        model, data = ModelConfig("resnet18"), DataConfig("tiny_imagenet")
+        sparsity = SparsityConfig("synflow", density)
+        return RunConfig(model=model, data=data, sparsity=sparsity, seed=seed).resolve()
+
+    for seed in (0, 1):
+        h = record(store, tiny(0.001, seed))
+        store.finish(h, val_acc=0.3 + 0.1 * seed, test_acc=None, nonzeros=1)
+        h = record(store, tiny(0.01, seed))
+        store.finish(h, val_acc=0.5, test_acc=None, nonzeros=1)
+    record(store, tiny(0.001, 2), reason="collapse")
+    (panel,) = aggregate(store.query({}), metric="test_acc")
+    lo, hi = panel.series["SynFlow"]
+    assert not lo.failed and lo.n_ok == 0 and (lo.n_without, lo.n_failed) == (2, 1)
+    assert not hi.failed and hi.n_without == 2
+    table = plot_runs(store.query({}), tmp_path / "p.png", metric="test_acc").table()
+    assert "no result (2 without test_acc, 1 failed): not drawn" in table
+    (panel,) = aggregate(store.query({}))  # auto: validation accuracy, the failure beside it
+    lo, _ = panel.series["SynFlow"]
+    assert (lo.n_ok, lo.n_failed, lo.mean) == (2, 1, pytest.approx(0.35))
+    # one failed seed and one still running: not yet a failed point
+    store2 = Store(tmp_path / "b")
+    record(store2, cfg("snip", 0.01, seed=0), reason="collapse")
+    store2.start(cfg("snip", 0.01, seed=1).config_hash(), cfg("snip", 0.01, seed=1).to_dict())
+    (panel,) = aggregate(store2.query({}))
+    (pt,) = panel.series["SNIP"]
+    assert not pt.failed and (pt.n_failed, pt.n_open) == (1, 1) and pt.mean != pt.mean

@@ -530,22 +530,25 @@ def test_results_table_names_what_tells_otherwise_equal_runs_apart(tmp_path):
         )
 
     s = Store(tmp_path / "r.db")
-    for i, c in enumerate([run(2), run(6), run(6, train_alpha=False), run(6, seed=1)]):
-        s.start(f"h{i}", c.to_dict())
+    h = []  # real hashes: a row whose hash is not its config's reads "recorded_by=an older dctps"
+    for c in [run(2), run(6), run(6, train_alpha=False), run(6, seed=1)]:
+        h.append(c.resolve().config_hash())
+        s.start(h[-1], c.to_dict())
     out: list[str] = []
     print_results(tmp_path / "r.db", echo=out.append)
     lines = out[0].splitlines()
     assert "variant" in lines[0].split()
     rows = {ln.split()[0]: ln for ln in lines[1:]}
-    assert "epochs=2, train_alpha=True" in rows["h0"]
-    assert "epochs=6, train_alpha=False" in rows["h2"]
-    assert "epochs=6, train_alpha=True" in rows["h1"]
+    assert "epochs=2, train_alpha=True" in rows[h[0]]
+    assert "epochs=6, train_alpha=False" in rows[h[2]]
+    assert "epochs=6, train_alpha=True" in rows[h[1]]
     # another seed of h1's setting carries h1's label (grouped per seed, it carried none, and a
     # seed without a fixed-alpha run read differently from one with)
-    assert "epochs=6, train_alpha=True" in rows["h3"]
+    assert "epochs=6, train_alpha=True" in rows[h[3]]
+    assert "older" not in out[0]
     # rows that only the shown columns (here the seed) tell apart get no column
     out.clear()
-    print_results(tmp_path / "r.db", where=["hash=h1", "hash=h3"], echo=out.append)
+    print_results(tmp_path / "r.db", where=[f"hash={h[1]}", f"hash={h[3]}"], echo=out.append)
     assert "variant" not in out[0].splitlines()[0]
 
 

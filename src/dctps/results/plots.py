@@ -273,9 +273,11 @@ class Point(NamedTuple):
     Figure A.1 does); ``failed`` is True when every seed failed, and then mean = min = max =
     chance (drawn dashed). ``n_open`` runs have no result yet (not counted in either), and a
     point of such runs only has NaN accuracies. Accuracies are fractions (the plot shows %).
-    ``x`` is the plotted x value: the density, or the mean number of trainable weights for
+    ``x`` is the plotted x value: the density, or the mean number of non-zero weights for
     ``x='nonzeros'``.
-    ``metric``: the accuracy averaged, one every seed of the point recorded.
+    ``metric``: the accuracy averaged, one every seed of the point recorded. A seed recorded
+    twice (by two older versions of its computation) counts once: its finished, most recently
+    updated row (:func:`_one_per_seed`).
     """
 
     density: float
@@ -290,6 +292,9 @@ class Point(NamedTuple):
     #: runs of the point without a result yet (running, interrupted, or a figure's runs not
     #: started); a point with only such runs has no value (NaN: not drawn)
     n_open: int = 0
+    #: finished runs that did not record the accuracy drawn (``--metric test_acc`` on runs that
+    #: only validated); never averaged, and never a reason to call the point failed
+    n_without: int = 0
 
 
 @dataclass
@@ -340,7 +345,8 @@ class FigureData:
         """Plain text: one line per plotted point (accuracies in %)."""
         lines = []
         for p in self.panels:
-            lines.append(f"{p.title} ({p.metric}, chance {100 * p.chance:.2f}%)")
+            lines.append(f"{p.title} ({p.metric}, chance {100 * p.chance:.2f}%; "
+                         "mean [min, max] over the seeds)")  # fmt: skip
             for label, pt in p.dense.items():
                 lines.append(f"  {label:<34} {'':>8} {_pt(pt)}{_metric_mark(p, pt)}")
             for label, pts in p.series.items():
@@ -353,20 +359,28 @@ class FigureData:
 
 def _pt(p: Point) -> str:
     unfinished = f", {p.n_open} without a result yet" if p.n_open else ""
+    without = f", {p.n_without} without {p.metric or 'it'}" if p.n_without else ""
     if p.failed:
         return f"failed ({p.n_failed} of {p.n_failed} seeds{unfinished}): drawn at chance"
-    if not p.n_ok:
+    if not p.n_ok and not p.n_without and not p.n_failed:
         return f"no result yet ({p.n_open} run{'s' if p.n_open != 1 else ''}): not drawn"
+    if not p.n_ok:
+        parts = [f"{p.n_open} without a result yet"] if p.n_open else []
+        parts += [f"{p.n_without} without {p.metric or 'the accuracy'}"] if p.n_without else []
+        parts += [f"{p.n_failed} failed"] if p.n_failed else []
+        return f"no result ({', '.join(parts) or 'no runs'}): not drawn"
     extra = f", {p.n_failed} failed" if p.n_failed else ""
+    extra += without
     return (f"{100 * p.mean:6.2f}  [{100 * p.min:.2f}, {100 * p.max:.2f}]  "
             f"({p.n_ok} seed{'s' if p.n_ok != 1 else ''}{extra}{unfinished})")  # fmt: skip
 
 
 def _shortfall(p: Point) -> str:
     """``1/3 failed, 1/3 unfinished``: what a drawn point's average leaves out ("" for none)."""
-    n = p.n_ok + p.n_failed + p.n_open
+    n = p.n_ok + p.n_failed + p.n_open + p.n_without
     parts = [f"{p.n_failed}/{n} failed"] if p.n_failed and not p.failed else []
     parts += [f"{p.n_open}/{n} unfinished"] if p.n_open else []
+    parts += [f"{p.n_without}/{n} without {p.metric or 'it'}"] if p.n_without else []
     return ", ".join(parts)
 
 
@@ -529,13 +543,9 @@ def aggregate(
         raise DctpsError(f"x must be density or nonzeros, got {x!r}")
     if metric not in ("auto", "test_acc", "val_acc"):
         raise DctpsError(f"metric must be auto, test_acc or val_acc, got {metric!r}")
-    usable = []
-    for r in rows:
-        status = r.get("status")
-        if status == "failed" or (status == "done" and _recorded(r, metric)):
-            usable.append(r)
-        elif status != "done":  # running, interrupted, not started: counted, not averaged
-            usable.append(r)
+    # every row: a done run without the metric, or one running, is counted on its point, not
+    # averaged (dropped here, a point of 2 such seeds and 1 failed read "failed")
+    usable = list(rows)
     by_panel: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in usable:
         by_panel.setdefault((r["model"], r["dataset"]), []).append(r)
@@ -565,7 +575,8 @@ def aggregate(
                 m = r.get("method")
                 rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
                 order.setdefault(name, (rank, len(order)))  # method, then first appearance
-        finished = [r for r in prs if r.get("status") in ("done", "failed")]
+        finished = [r for r in prs if r.get("status") == "failed" or (
+            r.get("status") == "done" and _recorded(r, metric))]  # fmt: skip
         if not finished:
             continue  # a panel of unfinished runs only: the figure's note counts them
         chosen = _panel_metric(finished, metric)
@@ -593,9 +604,12 @@ def _points(
         by_d.setdefault(float(r["density"]), []).append(r)
     pts = []
     for d in sorted(by_d):
-        rs = by_d[d]
+        rs = _one_per_seed(by_d[d])
         n_open = sum(r["status"] not in ("done", "failed") for r in rs)
         rs = [r for r in rs if r["status"] in ("done", "failed")]
+        recorded = "auto" if metric == "mixed" else metric
+        n_without = sum(r["status"] == "done" and not _recorded(r, recorded) for r in rs)
+        rs = [r for r in rs if r["status"] == "failed" or _recorded(r, recorded)]
         done = [r for r in rs if r["status"] == "done"]
         m = metric if metric != "mixed" or not done else _point_metric(rs, f"{where} at {_pct(d)}")
         ok = [float(r[m]) for r in done]
@@ -604,15 +618,40 @@ def _points(
         if not nnz:  # pruning failed: the budget it missed, round(d N) of the N weights
             nnz = [round(d * r["weights"]) for r in rs if r.get("weights") is not None]
         xv = d if x == "density" else (sum(nnz) / len(nnz) if nnz else float("nan"))
+        shown = m if m in ("test_acc", "val_acc") else ""
         if ok:
             mean = sum(ok) / len(ok)
-            pts.append(Point(d, mean, min(ok), max(ok), False, len(ok), n_failed, xv, m, n_open))
-        elif n_failed:
-            pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv, "", n_open))
-        else:  # nothing finished: no value, and not "failed"
+            pts.append(Point(d, mean, min(ok), max(ok), False, len(ok), n_failed, xv, m, n_open,
+                             n_without))  # fmt: skip
+        elif n_failed and not n_open and not n_without:  # every seed failed
+            pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv, "", 0))
+        else:  # nothing to average yet (runs going, or without the metric): no value, not failed
             nan = float("nan")
-            pts.append(Point(d, nan, nan, nan, False, 0, 0, xv, "", n_open))
+            pts.append(Point(d, nan, nan, nan, False, 0, n_failed, xv, shown, n_open, n_without))
     return pts
+
+
+def _one_per_seed(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``rows`` (one curve at one density) with one row per seed: two rows of one seed are two
+    records of one computation (two older versions of it, each with its own hash), not two
+    samples, and averaging them counted one seed twice. Kept: a finished row before an
+    unfinished one, then the most recently updated. Rows without a seed are all kept."""
+    rank = {"done": 2, "failed": 1}
+    best: dict[Any, Mapping[str, Any]] = {}
+    out: list[Mapping[str, Any]] = []
+    for r in rows:
+        seed = r.get("seed")
+        if seed is None:
+            out.append(r)
+            continue
+        key = (rank.get(r.get("status") or "", 0), str(r.get("updated") or ""))
+        old = best.get(seed)
+        if old is None or key > (
+            rank.get(old.get("status") or "", 0),
+            str(old.get("updated") or ""),
+        ):
+            best[seed] = r
+    return out + list(best.values())
 
 
 def plot_accuracy(
@@ -695,7 +734,8 @@ def plot_accuracy(
             ax.minorticks_off()
             ax.set_xlabel("density (trainable weights, %)")
         else:
-            ax.set_xlabel("trainable weights")
+            # the stored non-zeros: a per-channel alpha run's extra trainable scalars are not in it
+            ax.set_xlabel("non-zero weights (alphas not counted)")
         ax.set_ylabel({"test_acc": "test accuracy (%)", "val_acc": "validation accuracy (%)",
                        "mixed": "test or validation accuracy (%; per point: see the table)"}
                       .get(p.metric, "accuracy (%)"))  # fmt: skip

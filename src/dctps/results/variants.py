@@ -81,13 +81,16 @@ def varying_keys(flats: Sequence[Mapping[str, Any]], shown: Iterable[str] = ()) 
 
 def own_settings(flat: Mapping[str, Any]) -> list[str]:
     """The keys a run is always labelled with, whatever runs stand beside it: its method's
-    options (``sparsity.options``) when it has any. An identity keeps only options that differ
+    options (``sparsity.options``) when it has any, and ``recorded_by`` for a run an older
+    version of its computation recorded. An identity keeps only options that differ
     from their defaults, and they change what a point means: DCTpS with
     ``exclude=["classifier"]`` at "1%" trains 18% of LeNet-5's weights, and SynFlow with
     ``iterations=3`` is not the paper's SynFlow (a review found both drawn under the plain
     method's name)."""
     opts = flat.get("sparsity.options")
-    return ["sparsity.options"] if opts not in (None, "{}", {}) else []
+    keys = ["sparsity.options"] if opts not in (None, "{}", {}) else []
+    # a run an older version computed is never drawn as today's, even alone in its curve
+    return keys + (["recorded_by"] if flat.get("recorded_by") else [])
 
 
 def named_differences(flat: Mapping[str, Any], varying: Sequence[str]) -> list[str]:
