@@ -573,6 +573,10 @@ def _memory_child(
         torch.cuda.set_device(device)  # the peak statistics below read the current device
     torch.manual_seed(0)
     x = torch.randn(batch, n, device=device)
+    # the first optimizer of a process imports torch._dynamo (813 modules, about 70 MB resident):
+    # done before the reset, or both sides' "step" counted it (the fast side's 129 MB was 58 MB
+    # of step and 71 MB of imports, a review found)
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
     how = "cuda"
     if device.type == "cuda":
         torch.cuda.synchronize()
