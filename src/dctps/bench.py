@@ -30,6 +30,7 @@ The scripts in ``benchmarks/`` call :func:`main`.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import io
 import json
@@ -299,10 +300,12 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
     )
     echo(
         "   'dense' / 'fast' / 'factor' / 'auto': DCTpSConv2d(mode=...), 'auto path' the path "
-        "auto chose; 'two-conv': the reference code's scheme"
+        "auto chose; 'two-conv': the reference code's scheme; 'control': a second nn.Conv2d "
+        "like the first, timed beside it (how far from 1.00 noise alone moves a ratio)"
     )
-    head = (f"{'model':<9} {'conv':<22} {'H':>3} {'nnz':>6} {'nn.Conv2d':>10} {'two-conv':>9} "
-            f"{'dense':>7} {'fast':>7} {'factor':>7} {'auto':>7} {'auto path':>9}")  # fmt: skip
+    head = (f"{'model':<9} {'conv':<22} {'H':>3} {'nnz':>6} {'nn.Conv2d':>10} {'control':>8} "
+            f"{'two-conv':>9} {'dense':>7} {'fast':>7} {'factor':>7} {'auto':>7} "
+            f"{'auto path':>9}")  # fmt: skip
     if device.type == "cuda":
         echo(
             f"   each timing: {LOOP_CALLS} back-to-back calls; 'auto sync': auto's ratio with "
@@ -330,8 +333,9 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
 
         dense = make("dense")
         cands = fastmod.candidates(dense)
-        fns = {"conv": _fwd_bwd(conv, x), "two": _fwd_bwd(TwoConv(dense), x),
-               "dense": _fwd_bwd(dense, x)}  # fmt: skip
+        control = copy.deepcopy(conv)
+        fns = {"conv": _fwd_bwd(conv, x), "control": _fwd_bwd(control, x),
+               "two": _fwd_bwd(TwoConv(dense), x), "dense": _fwd_bwd(dense, x)}  # fmt: skip
         if "fast" in cands:
             fns["fast"] = _fwd_bwd(make("fast"), x)
         if "factor" in cands:
@@ -355,7 +359,8 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
             return f"{r[key]:.2f}" if key in r else "-"
 
         desc = f"{cin}->{cout} k{k} s{stride}" + (f" g{groups}" if groups > 1 else "")
-        echo(f"{name:<9} {desc:<22} {h:>3} {nnz:>6} {_ms(base):>10} {cell('two'):>9} "
+        echo(f"{name:<9} {desc:<22} {h:>3} {nnz:>6} {_ms(base):>10} {cell('control'):>8} "
+             f"{cell('two'):>9} "
              f"{cell('dense'):>7} {cell('fast'):>7} {cell('factor'):>7} {cell('auto'):>7} "
              f"{path:>9}" + ("" if sync_ratio is None else f" {sync_ratio:>10.2f}"
              f" {_ratio(graph.get('auto')):>10} {_ratio(graph.get('two')):>9}"))  # fmt: skip
@@ -370,8 +375,10 @@ def bench_conv(device: torch.device, quick: bool, echo: Echo) -> list[dict[str, 
         echo(f"  {row['model']} {row['cin']}->{row['cout']} k{row['k']} s{row['stride']} "
              f"H={row['H']}: {row['auto_path']} at {row['ratios']['auto']:.2f}x nn.Conv2d "
              f"(dense DCTpS {row['ratios']['dense']:.2f}x)")  # fmt: skip
+    controls = [row["ratios"]["control"] for row in rows]
     echo(f"worst auto ratio: {worst['ratios']['auto']:.2f}x ({worst['cin']}->{worst['cout']} "
-         f"k{worst['k']} H={worst['H']}); target <= 1.10x")  # fmt: skip
+         f"k{worst['k']} H={worst['H']}); target <= 1.10x; the control nn.Conv2d read "
+         f"{min(controls):.2f}-{max(controls):.2f}x")  # fmt: skip
     graphed = [row for row in rows if row["graph_ratios"] and "auto" in row["graph_ratios"]]
     if graphed:
         g = max(graphed, key=lambda row: row["graph_ratios"]["auto"])
