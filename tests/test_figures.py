@@ -16,7 +16,7 @@ from dctps.cli import app
 from dctps.errors import DctpsError
 from dctps.results import Store
 from dctps.results import figures as F
-from dctps.results.plots import aggregate, plot_runs
+from dctps.results.plots import _nothing_drawn, aggregate, plot_runs
 from dctps.results.sweep import expand_grid, load_grid
 from dctps.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SparsityConfig
 
@@ -679,8 +679,13 @@ def test_quick_figures_say_so_and_overridden_lists_get_their_own_file(tmp_path):
     assert data.paths[0].name == "density-lenet5-cifar10-quick.png"
     assert data.note == (
         "quick run, not the paper's schedule: LeNet-5 2 epochs on the first 2000 images of "
-        "each split; 1 seed"
+        "each split; 1 seed; pruning shortened: FORCE (published) num_batches=1, steps=5; "
+        "FORCE (paper's) = Iter-SNIP num_batches=1, steps=5; SNIP num_batches=1; SynFlow "
+        "iterations=10"
     )
+    # the shortened schedules are in the note, not in the labels (a diff review: Iter-SNIP's
+    # num_batches=1 stays in the identity only off CIFAR-10, and one method read as two curves)
+    assert not any("[" in label for p in data.panels for label in p.series)
     assert json.loads(data.paths[2].read_text())["note"] == data.note
     kw = {"quick": True, "densities": [0.001], "seeds": 3}
     for c in F.figure_configs(name, **kw):
@@ -688,7 +693,7 @@ def test_quick_figures_say_so_and_overridden_lists_get_their_own_file(tmp_path):
     more = F.run_figure(name, tmp_path, plot_only=True, echo=lambda s: None, **kw)
     assert more.paths[0].name == "density-lenet5-cifar10-quick-density=0.001-seeds=0..2.png"
     assert more.title.endswith("density 1%, 0.1% → 0.1%; seeds 0 → 0..2")
-    assert more.note.endswith("; 3 seeds")
+    assert "; 3 seeds; pruning shortened: " in more.note
 
 
 def test_a_fixed_alpha_label_names_the_value_it_keeps():
@@ -1157,17 +1162,29 @@ def test_one_seed_recorded_by_two_older_versions_counts_once(tmp_path):
     v1["sparsity"].pop("support_revision")
     v2 = copy.deepcopy(ident)
     v2["sparsity"].pop("support_revision")
-    for h, acc in ((identity_hash(v1), 0.30), (identity_hash(v2), 0.50)):
+    import sqlite3
+
+    for h, acc, when in ((identity_hash(v1), 0.30, "2026-01-01T00:00:00+00:00"),
+                         (identity_hash(v2), 0.50, "2026-06-01T00:00:00+00:00")):  # fmt: skip
         store.start(h, c.to_dict())
         store.finish(h, test_acc=acc, val_acc=acc, nonzeros=1)
+        with sqlite3.connect(store.path) as conn:  # months apart, as two versions' records are
+            conn.execute("UPDATE runs SET updated = ? WHERE hash = ?", (when, h))
     (panel,) = aggregate(store.query({}))
     ((label, (pt,)),) = panel.series.items()
     assert label == "DCTpS [recorded_by=an older dctps]"
     assert pt.n_ok == 1 and pt.mean == pytest.approx(0.50)  # the later record
+    rows = store.query({})
+    later = max(rows, key=lambda r: r["updated"])
+    assert later["test_acc"] == pytest.approx(0.50)
+    # a failed record after a done one is the seed's record: the point is failed, not 0.50
+    store.fail(min(rows, key=lambda r: r["updated"])["hash"], "collapse")  # now the later one
+    (panel,) = aggregate(store.query({}))
+    assert panel.series["DCTpS [recorded_by=an older dctps]"][0].failed
     record(store, c, 0.9)  # today's run of the same seed: its own curve
     (panel,) = aggregate(store.query({}))
     assert panel.series["DCTpS"][0].mean == pytest.approx(0.9)
-    assert panel.series["DCTpS [recorded_by=an older dctps]"][0].n_ok == 1
+    assert panel.series["DCTpS [recorded_by=an older dctps]"][0].failed
 
 
 def test_a_point_whose_seeds_lack_the_chosen_metric_is_not_failed(tmp_path):
@@ -1191,8 +1208,9 @@ def test_a_point_whose_seeds_lack_the_chosen_metric_is_not_failed(tmp_path):
     lo, hi = panel.series["SynFlow"]
     assert not lo.failed and lo.n_ok == 0 and (lo.n_without, lo.n_failed) == (2, 1)
     assert not hi.failed and hi.n_without == 2
-    table = plot_runs(store.query({}), tmp_path / "p.png", metric="test_acc").table()
-    assert "no result (2 without test_acc, 1 failed): not drawn" in table
+    data = plot_runs(store.query({}), tmp_path / "p.png", metric="test_acc")
+    assert "no result (2 without test_acc, 1 failed): not drawn" in data.table()
+    assert _nothing_drawn(panel.series["SynFlow"], "test_acc") == "no test_acc"  # the legend's
     (panel,) = aggregate(store.query({}))  # auto: validation accuracy, the failure beside it
     lo, _ = panel.series["SynFlow"]
     assert (lo.n_ok, lo.n_failed, lo.mean) == (2, 1, pytest.approx(0.35))

@@ -52,7 +52,8 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -123,7 +124,7 @@ class Pruner:
     is ``prune(model, density, name, batches, **options)``. Made by :func:`build`."""
 
     name: str
-    options: Mapping[str, Any]
+    options: Mapping[str, Any] = field(hash=False)  # a read-only view, set by build
 
     @property
     def needs_data(self) -> bool:
@@ -139,6 +140,12 @@ class Pruner:
     ) -> nn.Module:
         """Prune ``model`` in place to ``density`` (keyword arguments as :func:`prune`'s:
         ``allocation``, ``progress``, ``require_path``); return it."""
+        again = sorted(set(kwargs) & set(self.options))
+        if again:
+            raise DctpsError(
+                f"this {self.name} pruner was built with {', '.join(again)}: build another "
+                f"(dctps.pruning.build({self.name!r}, ...)) rather than passing it again"
+            )
         return prune(model, density, self.name, batches, **kwargs, **self.options)
 
 
@@ -153,7 +160,7 @@ def build(name: str, **options: Any) -> Pruner:
     _check_options(name, entry.masks, options)
     for key, value in options.items():
         _check_range(name, key, value)
-    return Pruner(name, dict(options))
+    return Pruner(name, MappingProxyType(dict(options)))
 
 
 def default_batches(dataset_name: str) -> int:

@@ -375,6 +375,16 @@ def _pt(p: Point) -> str:
             f"({p.n_ok} seed{'s' if p.n_ok != 1 else ''}{extra}{unfinished})")  # fmt: skip
 
 
+def _nothing_drawn(pts: Sequence[Point], metric: str) -> str:
+    """Why a curve none of whose points is drawn has none: ``no result yet`` while a run has
+    none, else ``no test_acc`` (its runs finished without the accuracy drawn), else ``failed``."""
+    if any(pt.n_open for pt in pts) or not any(pt.n_without or pt.n_failed for pt in pts):
+        return "no result yet"
+    if any(pt.n_without for pt in pts):
+        return f"no {metric if metric in ('test_acc', 'val_acc') else 'accuracy'}"
+    return "failed"
+
+
 def _shortfall(p: Point) -> str:
     """``1/3 failed, 1/3 unfinished``: what a drawn point's average leaves out ("" for none)."""
     n = p.n_ok + p.n_failed + p.n_open + p.n_without
@@ -524,20 +534,23 @@ def aggregate(
     label: Callable[[Mapping[str, Any]], str] = default_label,
     metric: str = "auto",
     x: str = "density",
+    name_options: bool = True,
 ) -> list[Panel]:
     """Group store rows into panels (model, data set) and curves (``label`` of the run config).
 
-    Done rows without the metric are ignored; rows without a result yet (running,
-    interrupted, a figure's runs not started) are counted on their points (``Point.n_open``),
-    not averaged. Within one curve, runs that differ in more than seed and density (e.g. two
-    recipes) are split into curves whose labels name the difference, and the settings in which
-    the panel's curves differ beyond their methods' own and their recipe's defaults
+    Done rows without the metric are counted on their points (``Point.n_without``), and so are rows
+    without a result yet (running, interrupted, a figure's runs not started: ``Point.n_open``);
+    neither is averaged. Within one curve, runs that differ in more than seed and density (e.g. two
+    recipes) are split into curves whose labels name the difference, and the settings in which the
+    panel's curves differ beyond their methods' own and their recipe's defaults
     (:func:`~dctps.results.variants.differing_settings`) are named on every curve.
     ``metric``: ``auto`` (test accuracy, or validation accuracy where there is no test score,
     e.g. Tiny ImageNet), ``test_acc`` or ``val_acc``. ``x``: ``density`` or ``nonzeros``.
     ``auto`` picks one accuracy per panel, the one every finished run of it recorded
     (``Panel.metric``); where none is, one per point (``mixed``; ``Point.metric`` says which),
-    and a point whose seeds share none is refused.
+    and a point whose seeds share none is refused. A run's method options are named in its
+    label (:func:`~dctps.results.variants.own_settings`) unless ``name_options`` is false (a
+    ``--quick`` figure, whose note names its shortened schedules).
     """
     if x not in ("density", "nonzeros"):
         raise DctpsError(f"x must be density or nonzeros, got {x!r}")
@@ -568,7 +581,8 @@ def aggregate(
             varying = sorted(set(varying_keys(flats)) | set(across))
             for (r, _), f in zip(members, flats, strict=True):
                 name = lab
-                named = named_differences(f, sorted(set(varying) | set(own_settings(f))))
+                own = own_settings(f, options=name_options)
+                named = named_differences(f, sorted(set(varying) | set(own)))
                 if named:
                     name += " [" + ", ".join(named) + "]"
                 curves.setdefault(name, []).append(r)
@@ -634,9 +648,10 @@ def _points(
 def _one_per_seed(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """``rows`` (one curve at one density) with one row per seed: two rows of one seed are two
     records of one computation (two older versions of it, each with its own hash), not two
-    samples, and averaging them counted one seed twice. Kept: a finished row before an
-    unfinished one, then the most recently updated. Rows without a seed are all kept."""
-    rank = {"done": 2, "failed": 1}
+    samples, and averaging them counted one seed twice. Kept: a finished row (done or failed)
+    before an unfinished one, then the most recently updated. Rows without a seed are all
+    kept."""
+    rank = {"done": 1, "failed": 1}
     best: dict[Any, Mapping[str, Any]] = {}
     out: list[Mapping[str, Any]] = []
     for r in rows:
@@ -689,9 +704,9 @@ def plot_accuracy(
             # the method the figures are about on top: drawn first (METHOD_ORDER), a baseline at
             # the same accuracy (a quick LeNet-5 run's chance) hid it (a newcomer review)
             z = 2.5 if lab.startswith("DCTpS") else 2
-            # a curve none of whose runs finished is listed, and says so
+            # a curve with nothing to draw is listed, and says why
             waiting = not any(pt.n_ok or pt.failed for pt in pts)
-            shown = f"{lab} (no result yet)" if waiting else lab
+            shown = f"{lab} ({_nothing_drawn(pts, p.metric)})" if waiting else lab
             ax.plot(xs, ok_y, "-o", color=c, ms=4, label=shown, zorder=z)
             ax.fill_between(xs, lo, hi, color=c, alpha=0.18, linewidth=0)
             for xv, y, a, b in zip(xs, ok_y, lo, hi, strict=True):
@@ -714,11 +729,10 @@ def plot_accuracy(
         for i, (lab, pt) in enumerate(p.dense.items()):
             short = _shortfall(pt)
             if pt.failed:  # every seed failed: at chance and dashed, never a solid result line
-                still = f", {pt.n_open} unfinished" if pt.n_open else ""
-                ax.axhline(100 * p.chance, color="k", lw=1.2, ls="--",
-                           label=f"{lab} (failed{still})")  # fmt: skip
-            elif not pt.n_ok:  # nothing finished: listed, not drawn
-                ax.plot([], [], color="k", lw=1.2, ls=":", label=f"{lab} (no result yet)")
+                ax.axhline(100 * p.chance, color="k", lw=1.2, ls="--", label=f"{lab} (failed)")
+            elif not pt.n_ok:  # nothing to draw: listed, not drawn
+                ax.plot([], [], color="k", lw=1.2, ls=":",
+                        label=f"{lab} ({_nothing_drawn([pt], p.metric)})")  # fmt: skip
             else:  # several dense curves (variants) must stay apart in the legend
                 style = dense_styles[i % len(dense_styles)]
                 shown = f"{lab} ({short})" if short else lab  # a partly failed baseline
@@ -734,8 +748,9 @@ def plot_accuracy(
             ax.minorticks_off()
             ax.set_xlabel("density (trainable weights, %)")
         else:
-            # the stored non-zeros: a per-channel alpha run's extra trainable scalars are not in it
-            ax.set_xlabel("non-zero weights (alphas not counted)")
+            # the stored non-zeros: a pruned network's kept weights, DCTpS's entries of S (its W
+            # is dense); a per-channel alpha run's extra trainable scalars are not in it
+            ax.set_xlabel("sparse non-zeros (kept weights or entries of S; alphas not counted)")
         ax.set_ylabel({"test_acc": "test accuracy (%)", "val_acc": "validation accuracy (%)",
                        "mixed": "test or validation accuracy (%; per point: see the table)"}
                       .get(p.metric, "accuracy (%)"))  # fmt: skip
@@ -794,12 +809,13 @@ def plot_runs(
     x: str = "density",
     panel_order: Sequence[tuple[str, str]] | None = None,
     note: str | None = None,
+    name_options: bool = True,
 ) -> FigureData:
     """Aggregate store ``rows`` (:func:`aggregate`) and draw them (:func:`plot_accuracy`).
 
     Returns the :class:`FigureData` drawn, also written as JSON beside the figure.
     """
-    panels = aggregate(rows, label=label, metric=metric, x=x)
+    panels = aggregate(rows, label=label, metric=metric, x=x, name_options=name_options)
     if panel_order:
         rank = {k: i for i, k in enumerate(panel_order)}
         panels.sort(key=lambda p: rank.get((p.model, p.dataset), len(rank)))

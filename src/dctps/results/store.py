@@ -26,6 +26,7 @@ import sqlite3
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -250,6 +251,32 @@ def journal_mode(path: str | os.PathLike) -> str:
     return "DELETE" if kind in NETWORK_FILE_SYSTEMS else "WAL"
 
 
+def _set_journal_mode(conn: sqlite3.Connection, path: Path) -> str:
+    """Put ``conn``'s database in :func:`journal_mode`'s mode where it can; return the mode it
+    is in (lower case). SQLite leaves WAL only when no other connection has the file open, and
+    refuses at once with "database is locked": retried as a busy write, an upgraded store on NFS
+    that an older dctps (or a host that sees the disk as local) held open hung for the store's
+    whole timeout, then failed. The database then stays in WAL, with a warning."""
+    current = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    wanted = journal_mode(path).lower()
+    if current == wanted or current not in ("wal", "delete"):  # memory, read-only, ...
+        return current
+    try:
+        return str(conn.execute(f"PRAGMA journal_mode = {wanted}").fetchone()[0]).lower()
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e) and "busy" not in str(e):
+            raise
+    # once per database and process: Python's default filter drops a repeat of one message
+    warnings.warn(
+        f"results database {path} is on a network file system but stays in WAL mode while "
+        "another process has it open; WAL's index cannot be shared between hosts: stop the "
+        "other processes (or give each host its own --db), and the next command switches it",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return current
+
+
 def _close_least_recent(keep: tuple[int, str]) -> None:
     """Close this process's least recently used connections beyond :data:`MAX_CONNECTIONS`,
     and any whose file is gone (an ``rmtree`` of its folder: the descriptors kept its disk space
@@ -429,9 +456,9 @@ class Store:
         return self._retry(tx)
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
-        # an unchanged mode (a read-only database, another connection's WAL) is kept as it is
-        conn.execute(f"PRAGMA journal_mode = {journal_mode(self.path)}").fetchone()
-        conn.execute("PRAGMA synchronous = NORMAL")
+        mode = _set_journal_mode(conn, self.path)
+        # a rollback journal without a full sync can be corrupted by a power loss (WAL cannot)
+        conn.execute(f"PRAGMA synchronous = {'NORMAL' if mode == 'wal' else 'FULL'}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _SCHEMA:

@@ -79,16 +79,18 @@ def varying_keys(flats: Sequence[Mapping[str, Any]], shown: Iterable[str] = ()) 
     return _explained(flats, [k for k in keys if len({_key(f, k) for f in flats}) > 1])
 
 
-def own_settings(flat: Mapping[str, Any]) -> list[str]:
+def own_settings(flat: Mapping[str, Any], options: bool = True) -> list[str]:
     """The keys a run is always labelled with, whatever runs stand beside it: its method's
     options (``sparsity.options``) when it has any, and ``recorded_by`` for a run an older
     version of its computation recorded. An identity keeps only options that differ
     from their defaults, and they change what a point means: DCTpS with
     ``exclude=["classifier"]`` at "1%" trains 18% of LeNet-5's weights, and SynFlow with
     ``iterations=3`` is not the paper's SynFlow (a review found both drawn under the plain
-    method's name)."""
+    method's name). ``options=False`` leaves the options out: a ``--quick`` figure's shortened
+    schedules, which its note names (Iter-SNIP's ``num_batches=1`` stays in the identity on
+    CIFAR-100 only, where Table E.2's default is 10: named, one method had two labels)."""
     opts = flat.get("sparsity.options")
-    keys = ["sparsity.options"] if opts not in (None, "{}", {}) else []
+    keys = ["sparsity.options"] if options and opts not in (None, "{}", {}) else []
     # a run an older version computed is never drawn as today's, even alone in its curve
     return keys + (["recorded_by"] if flat.get("recorded_by") else [])
 

@@ -1239,11 +1239,10 @@ CONSTANT_CHECK_INPUTS = 32
 
 def constant_output(model: nn.Module, loader: Any) -> bool:
     """Whether ``model`` (in eval mode) gives the first :data:`CONSTANT_CHECK_INPUTS` inputs of
-    ``loader``'s first batch the same
-    output, to ``1e-6`` of the outputs' scale: a pruned network whose every path runs through a
-    dead ReLU (random pruning of LeNet-5 at 1%: a path exists, yet all logits are 0 or 1e-9).
-    Such a run never trained, and its chance accuracy must not read as a result of learning.
-    ``model`` is the unwrapped model (no DDP collectives)."""
+    ``loader``'s first batch the same output, to ``1e-6`` of the outputs' scale: a pruned network
+    whose every path runs through a dead ReLU (random pruning of LeNet-5 at 1%: a path exists, yet
+    all logits are 0 or 1e-9). Such a run never trained, and its chance accuracy must not read as a
+    result of learning. ``model`` is the unwrapped model (no DDP collectives)."""
     first = next(iter(loader), None) if loader is not None else None
     if first is None or first[0].shape[0] < 2:
         return False
