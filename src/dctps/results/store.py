@@ -219,6 +219,7 @@ def _read_only_place(path: Path) -> bool:
 NETWORK_FILE_SYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
     "fuse.glusterfs", "fuse.sshfs", "fuse.cephfs", "9p", "afs", "panfs", "ocfs2", "gfs2",
+    "wekafs", "fuse.s3fs", "fuse.rclone", "fuse.juicefs", "fuse.gcsfuse", "davfs", "fuse.davfs",
 })  # fmt: skip
 
 
