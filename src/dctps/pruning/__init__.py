@@ -154,13 +154,21 @@ def build(name: str, **options: Any) -> Pruner:
     (``steps=60``, ``num_batches=10``, ...), both checked now rather than at the first call:
     an unknown name or option is a :class:`DctpsError` with a did-you-mean, a value outside its
     range one naming the range."""
-    entry = _REGISTRY.get(name) if isinstance(name, str) else None
-    if entry is None:
-        raise unknown_name("pruning method", name, names())
-    _check_options(name, entry.masks, options)
-    for key, value in options.items():
-        _check_range(name, key, value)
+    _checked_entry(name, options)
     return Pruner(name, MappingProxyType(dict(options)))
+
+
+def _checked_entry(method: object, options: Mapping[str, Any]) -> Method:
+    """The registry entry of ``method``, its ``options`` checked (names against the method's
+    keyword options, values against their ranges), or a :class:`DctpsError`."""
+    entry = _REGISTRY.get(method) if isinstance(method, str) else None
+    if entry is None:
+        raise unknown_name("pruning method", method, names())
+    assert isinstance(method, str)
+    _check_options(method, entry.masks, options)
+    for key, value in options.items():
+        _check_range(method, key, value)
+    return entry
 
 
 def default_batches(dataset_name: str) -> int:
@@ -336,12 +344,7 @@ def prune(
     if not isinstance(model, nn.Module):
         raise DctpsError(f"prune needs an nn.Module, got {type(model).__name__}")
     d = check_density(density)
-    entry = _REGISTRY.get(method) if isinstance(method, str) else None
-    if entry is None:
-        raise unknown_name("pruning method", method, names())
-    _check_options(method, entry.masks, method_options)
-    for name, value in method_options.items():
-        _check_range(method, name, value)
+    entry = _checked_entry(method, method_options)
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise DctpsError(
             f"progress must be True, False, None or a callable(step, steps), got {progress!r}"
