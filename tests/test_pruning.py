@@ -1022,6 +1022,9 @@ def test_build_checks_options_once_and_prunes_as_prune():
     assert pruner.needs_data and not build_pruner("synflow").needs_data
     assert pruner == build_pruner("iter_snip", steps=3) and hash(pruner) == hash(
         build_pruner("iter_snip", steps=3))  # fmt: skip
+    import pickle
+
+    assert pickle.loads(pickle.dumps(pruner)) == pruner == copy.deepcopy(pruner)
     with pytest.raises(DctpsError, match="built with steps: build another"):
         pruner(_mlp([6, 5, 3]), 0.3, [(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))], steps=2)
     data = [(torch.randn(4, 6), torch.randint(0, 3, (4,)))]

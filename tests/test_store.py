@@ -900,3 +900,35 @@ def test_a_wal_database_another_process_holds_stays_wal_with_a_warning_not_a_han
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     finally:
         conn.close()
+
+
+def test_a_busy_switch_to_wal_is_retried_not_warned_of(tmp_path, monkeypatch):
+    """A second diff review: the keep-WAL warning also fired for a rollback-journal database
+    switching to WAL on a local disk while a reader held it for a moment, and said that the
+    database was on a network file system and stayed in WAL (both false). That switch waits."""
+    import threading
+    import warnings
+
+    from dctps.results import store as store_mod
+
+    db = tmp_path / "r.db"
+    monkeypatch.setattr(store_mod, "mount_type", lambda path, mounts=None: "nfs4")
+    s = Store(db)
+    s.start("h", {"seed": 0})
+    s.close()
+    reader = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM runs").fetchone()  # holds a shared lock
+    threading.Timer(0.5, lambda: reader.execute("COMMIT")).start()
+    monkeypatch.setattr(store_mod, "mount_type", lambda path, mounts=None: "ext4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = Store(db, timeout=30)
+    assert s.query({})[0]["hash"] == "h"
+    s.close()
+    reader.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()

@@ -126,6 +126,11 @@ class Pruner:
     name: str
     options: Mapping[str, Any] = field(hash=False)  # a read-only view, set by build
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a mappingproxy does not pickle: rebuilt (and re-checked) from a plain dict, so that a
+        # pruner goes to a spawned worker or into a deep-copied config
+        return (_rebuild_pruner, (self.name, dict(self.options)))
+
     @property
     def needs_data(self) -> bool:
         """Whether calling it needs ``batches`` (``snip``, ``iter_snip``, ``force``, ``grasp``)."""
@@ -156,6 +161,10 @@ def build(name: str, **options: Any) -> Pruner:
     range one naming the range."""
     _checked_entry(name, options)
     return Pruner(name, MappingProxyType(dict(options)))
+
+
+def _rebuild_pruner(name: str, options: dict[str, Any]) -> Pruner:
+    return build(name, **options)
 
 
 def _checked_entry(method: object, options: Mapping[str, Any]) -> Method:

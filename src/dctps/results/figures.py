@@ -894,7 +894,7 @@ def _quick_note(configs: Sequence[RunConfig]) -> str:
     # is not the data set's Table E.2 default, and one method read as two curves
     short = "; ".join(
         f"{METHOD_LABELS.get(m, m)} "
-        + ", ".join(f"{k}={v}" for k, v in sorted(QUICK_OPTIONS[m].items()))
+        + ", ".join(f"{opt}={v}" for opt, v in sorted(QUICK_OPTIONS[m].items()))
         for m in methods
     )
     shortened = f"; pruning shortened: {short}" if short else ""

@@ -376,13 +376,12 @@ def _pt(p: Point) -> str:
 
 
 def _nothing_drawn(pts: Sequence[Point], metric: str) -> str:
-    """Why a curve none of whose points is drawn has none: ``no result yet`` while a run has
-    none, else ``no test_acc`` (its runs finished without the accuracy drawn), else ``failed``."""
-    if any(pt.n_open for pt in pts) or not any(pt.n_without or pt.n_failed for pt in pts):
+    """Why a curve none of whose points is drawn (none averaged, none failed) has none:
+    ``no result yet`` while a run has none, else ``no test_acc`` (its runs finished without the
+    accuracy drawn)."""
+    if any(pt.n_open for pt in pts) or not any(pt.n_without for pt in pts):
         return "no result yet"
-    if any(pt.n_without for pt in pts):
-        return f"no {metric if metric in ('test_acc', 'val_acc') else 'accuracy'}"
-    return "failed"
+    return f"no {metric if metric in ('test_acc', 'val_acc') else 'accuracy'}"
 
 
 def _shortfall(p: Point) -> str:

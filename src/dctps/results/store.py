@@ -137,7 +137,9 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # microseconds: which of one seed's records is the latest must not be a tie (plots'
+    # _one_per_seed); a same-second older "...:05+00:00" still sorts before "...:05.1+00:00"
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
@@ -265,9 +267,12 @@ def _set_journal_mode(conn: sqlite3.Connection, path: Path) -> str:
     try:
         return str(conn.execute(f"PRAGMA journal_mode = {wanted}").fetchone()[0]).lower()
     except sqlite3.OperationalError as e:
-        if "locked" not in str(e) and "busy" not in str(e):
+        # only leaving WAL is refused while another connection is open; a busy switch the
+        # other way is retried as any busy write is
+        if current != "wal" or ("locked" not in str(e) and "busy" not in str(e)):
             raise
     # once per database and process: Python's default filter drops a repeat of one message
+    # from one place, so the stack level stops at this module's Store.__init__ on purpose
     warnings.warn(
         f"results database {path} is on a network file system but stays in WAL mode while "
         "another process has it open; WAL's index cannot be shared between hosts: stop the "
