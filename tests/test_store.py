@@ -856,13 +856,18 @@ def test_a_database_on_a_network_file_system_uses_a_rollback_journal(tmp_path, m
     s = Store(tmp_path / f"{kind}.db")
     s.start("h", {"seed": 0})
     s.finish("h", val_acc=0.5)
-    conn = sqlite3.connect(tmp_path / f"{kind}.db")
+    assert _journal_mode_of(tmp_path / f"{kind}.db") == mode
+    assert s.query({})[0]["status"] == "done"
+    s.close()
+
+
+def _journal_mode_of(db: Path) -> str:
+    """The journal mode a fresh connection finds ``db`` in (WAL persists in the file)."""
+    conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == mode
-        assert conn.execute("SELECT status FROM runs").fetchone()[0] == "done"
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
     finally:
         conn.close()
-    s.close()
 
 
 def test_a_wal_database_another_process_holds_stays_wal_with_a_warning_not_a_hang(
@@ -895,11 +900,7 @@ def test_a_wal_database_another_process_holds_stays_wal_with_a_warning_not_a_han
     s = Store(db)
     assert s.query({})[0]["status"] == "done"
     s.close()
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
-    finally:
-        conn.close()
+    assert _journal_mode_of(db) == "delete"
 
 
 def test_a_busy_switch_to_wal_is_retried_not_warned_of(tmp_path, monkeypatch):
@@ -927,8 +928,4 @@ def test_a_busy_switch_to_wal_is_retried_not_warned_of(tmp_path, monkeypatch):
     assert s.query({})[0]["hash"] == "h"
     s.close()
     reader.close()
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        conn.close()
+    assert _journal_mode_of(db) == "wal"
