@@ -679,9 +679,8 @@ def test_quick_figures_say_so_and_overridden_lists_get_their_own_file(tmp_path):
     assert data.paths[0].name == "density-lenet5-cifar10-quick.png"
     assert data.note == (
         "quick run, not the paper's schedule: LeNet-5 2 epochs on the first 2000 images of "
-        "each split; 1 seed; pruning shortened: FORCE (published) num_batches=1, steps=5; "
-        "FORCE (paper's) = Iter-SNIP num_batches=1, steps=5; SNIP num_batches=1; SynFlow "
-        "iterations=10"
+        "each split; 1 seed; pruning shortened: FORCE (published) steps=5; FORCE (paper's) = "
+        "Iter-SNIP steps=5; SynFlow iterations=10"
     )
     # the shortened schedules are in the note, not in the labels (a diff review: Iter-SNIP's
     # num_batches=1 stays in the identity only off CIFAR-10, and one method read as two curves)
@@ -1221,3 +1220,13 @@ def test_a_point_whose_seeds_lack_the_chosen_metric_is_not_failed(tmp_path):
     (panel,) = aggregate(store2.query({}))
     (pt,) = panel.series["SNIP"]
     assert not pt.failed and (pt.n_failed, pt.n_open) == (1, 1) and pt.mean != pt.mean
+
+
+def test_a_quick_note_names_only_the_schedules_it_shortened():
+    """A README review: the note listed SNIP's num_batches=1, CIFAR-10's Table E.2 default, as
+    shortened. Iter-SNIP's num_batches=1 is named where a panel's data set has another default
+    (CIFAR-100: 10), once for the figure."""
+    note = F._quick_note(F.figure_configs("A.4", quick=True))
+    assert note.endswith("pruning shortened: FORCE (paper's) = Iter-SNIP num_batches=1, steps=5")
+    note = F._quick_note(F.figure_configs("density-lenet5-cifar10", quick=True))
+    assert "num_batches" not in note and "SynFlow iterations=10" in note

@@ -27,7 +27,8 @@ WHERE_HELP = (
     "of its values; '-' or none: an empty cell; rigl: yes/no; density: 0.001 or 0.1%; "
     "accuracies are stored as fractions, 0.5 not 50). A config key filters on the runs' "
     "configs, as the variant column names it: epochs=6, train_alpha=false, subset=all, or "
-    "dotted: optim.lr=0.1."
+    'dotted: optim.lr=0.1; a method\'s options as a whole, options={"iterations":3} (the '
+    "column names them one by one, and its recorded_by mark is not a filter)."
 )
 app = typer.Typer(
     help="Dense for the Price of Sparse (DCTpS): sparse-from-the-start networks, their baselines, "
@@ -65,7 +66,7 @@ def demo(
 ) -> None:
     """Train dense, DCTpS and randomly pruned nets on the embedded digits data; print a table.
 
-    Runs in about a minute on a laptop CPU, no download: scikit-learn ships the digits.
+    Runs in well under a minute on a laptop CPU, no download: scikit-learn ships the digits.
     """
     from dctps.demo import run_demo
 

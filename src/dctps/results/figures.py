@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from dctps.errors import DctpsError, PruningFailed, check_threads, unknown_name, user_path
+from dctps.pruning import canonical_options
 from dctps.results.plots import (
     METHOD_LABELS,
     FigureData,
@@ -889,13 +890,19 @@ def _quick_note(configs: Sequence[RunConfig]) -> str:
         for m, e, n in sizes
     )
     k = len({c.seed for c in configs})
-    methods = sorted({c.sparsity.method for c in configs} & set(QUICK_OPTIONS))
     # the labels leave these out: named per run, Iter-SNIP's num_batches=1 stayed only where it
-    # is not the data set's Table E.2 default, and one method read as two curves
+    # is not the data set's Table E.2 default, and one method read as two curves. Named here:
+    # the quick options that differ from the paper's for some data set of the figure
+    changed: dict[str, dict[str, Any]] = {}
+    for c in configs:
+        m = c.sparsity.method
+        if m in QUICK_OPTIONS:
+            own = canonical_options(m, QUICK_OPTIONS[m], c.data.dataset)
+            changed.setdefault(m, {}).update(own)
     short = "; ".join(
-        f"{METHOD_LABELS.get(m, m)} "
-        + ", ".join(f"{opt}={v}" for opt, v in sorted(QUICK_OPTIONS[m].items()))
-        for m in methods
+        f"{METHOD_LABELS.get(m, m)} " + ", ".join(f"{opt}={v}" for opt, v in sorted(opts.items()))
+        for m, opts in sorted(changed.items())
+        if opts
     )
     shortened = f"; pruning shortened: {short}" if short else ""
     return f"quick run, not the paper's schedule: {per}; {k} seed{'s' * (k != 1)}{shortened}"
