@@ -1230,3 +1230,14 @@ def test_a_quick_note_names_only_the_schedules_it_shortened():
     assert note.endswith("pruning shortened: FORCE (paper's) = Iter-SNIP num_batches=1, steps=5")
     note = F._quick_note(F.figure_configs("density-lenet5-cifar10", quick=True))
     assert "num_batches" not in note and "SynFlow iterations=10" in note
+
+
+def test_the_table_keeps_its_columns_under_a_long_label(tmp_path):
+    """A README review: a label past 34 characters (options, an older version's record) pushed
+    its row's density and accuracy out of line with the others."""
+    store = Store(tmp_path)
+    record(store, cfg("synflow", 0.1, options={"iterations": 3, "schedule": "linear"}), 0.3)
+    record(store, cfg("snip", 0.1), 0.2)
+    lines = plot_runs(store.query({}), tmp_path / "p.png").table().splitlines()[1:]
+    assert len(lines) == 2 and len(lines[0].split("[")[0]) > 34
+    assert len({line.index("10%") for line in lines}) == 1

@@ -347,12 +347,14 @@ class FigureData:
         for p in self.panels:
             lines.append(f"{p.title} ({p.metric}, chance {100 * p.chance:.2f}%; "
                          "mean [min, max] over the seeds)")  # fmt: skip
+            # labels naming options or an older version's record run past 34 characters
+            w = max([34, *map(len, p.dense), *map(len, p.series)])
             for label, pt in p.dense.items():
-                lines.append(f"  {label:<34} {'':>8} {_pt(pt)}{_metric_mark(p, pt)}")
+                lines.append(f"  {label:<{w}} {'':>8} {_pt(pt)}{_metric_mark(p, pt)}")
             for label, pts in p.series.items():
                 for pt in pts:
                     lines.append(
-                        f"  {label:<34} {_pct(pt.density):>8} {_pt(pt)}{_metric_mark(p, pt)}"
+                        f"  {label:<{w}} {_pct(pt.density):>8} {_pt(pt)}{_metric_mark(p, pt)}"
                     )
         return "\n".join(lines)
 
