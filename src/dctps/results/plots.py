@@ -559,9 +559,8 @@ def aggregate(
         raise DctpsError(f"metric must be auto, test_acc or val_acc, got {metric!r}")
     # every row: a done run without the metric, or one running, is counted on its point, not
     # averaged (dropped here, a point of 2 such seeds and 1 failed read "failed")
-    usable = list(rows)
     by_panel: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for r in usable:
+    for r in rows:
         by_panel.setdefault((r["model"], r["dataset"]), []).append(r)
     panels = []
     for (model, dataset), prs in by_panel.items():
@@ -652,22 +651,20 @@ def _one_per_seed(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     samples, and averaging them counted one seed twice. Kept: a finished row (done or failed)
     before an unfinished one, then the most recently updated. Rows without a seed are all
     kept."""
-    rank = {"done": 1, "failed": 1}
     best: dict[Any, Mapping[str, Any]] = {}
     out: list[Mapping[str, Any]] = []
     for r in rows:
         seed = r.get("seed")
         if seed is None:
             out.append(r)
-            continue
-        key = (rank.get(r.get("status") or "", 0), str(r.get("updated") or ""))
-        old = best.get(seed)
-        if old is None or key > (
-            rank.get(old.get("status") or "", 0),
-            str(old.get("updated") or ""),
-        ):
+        elif seed not in best or _recency(r) > _recency(best[seed]):
             best[seed] = r
     return out + list(best.values())
+
+
+def _recency(row: Mapping[str, Any]) -> tuple[bool, str]:
+    """How :func:`_one_per_seed` orders one seed's records: finished first, then updated."""
+    return row.get("status") in ("done", "failed"), str(row.get("updated") or "")
 
 
 def plot_accuracy(

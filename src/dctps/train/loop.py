@@ -117,17 +117,14 @@ def _grad_max(params: list[nn.Parameter], device: torch.device | None = None) ->
             v = g.coalesce().values()
             if v.numel():
                 parts.append(v.abs().amax())
+        elif g.device.type == "cpu":
+            # one reduction per tensor: _foreach_norm(inf) runs 11x slower on the CPU (ResNet18:
+            # 31.6 ms a step against 2.9 ms; 1.6% of a dense VGG19 step). NaN propagates alike.
+            parts.append(
+                g.abs().amax() if g.is_complex() else torch.stack(torch.aminmax(g)).abs().amax()
+            )
         else:
             dense.append(g)
-    on_cpu = [g for g in dense if g.device.type == "cpu"]
-    if on_cpu:
-        # one reduction per tensor: _foreach_norm(inf) runs 11x slower on the CPU (ResNet18:
-        # 31.6 ms a step against 2.9 ms; 1.6% of a dense VGG19 step). NaN propagates alike.
-        parts.extend(
-            g.abs().amax() if g.is_complex() else torch.stack(torch.aminmax(g)).abs().amax()
-            for g in on_cpu
-        )
-    dense = [g for g in dense if g.device.type != "cpu"]
     if dense:
         parts.extend(torch._foreach_norm(dense, float("inf")))
     if not parts:
