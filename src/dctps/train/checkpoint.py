@@ -569,7 +569,7 @@ def load_checkpoint(
             where = path
             if quarantine and fallback:
                 with contextlib.suppress(OSError):
-                    os.replace(path, folder / (LAST + ".corrupt"))
+                    replace(path, folder / (LAST + ".corrupt"))
                     where = folder / (LAST + ".corrupt")
             errors.append(f"{where}: {why}")
             moved = f", set aside as {where.name}" if where != path else ""
