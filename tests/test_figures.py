@@ -1023,7 +1023,7 @@ def test_a_recipes_own_learning_rates_are_not_a_difference(tmp_path):
 def test_recipe_defaults_are_what_a_config_resolves_to():
     """variants compares a run's optimiser settings with its recipe's defaults: they must be
     the ones resolve() fills in, for every recipe and method."""
-    from dctps.results.variants import flatten
+    from dctps.results.variants import _as_stored, flatten
     from dctps.train.config import RECIPES, recipe_defaults
 
     for recipe in RECIPES:
@@ -1033,8 +1033,7 @@ def test_recipe_defaults_are_what_a_config_resolves_to():
                         optim={"recipe": recipe, "epochs": epochs})  # fmt: skip
                 resolved = flatten(c.to_dict()["optim"])
                 want = {
-                    k: flatten({k: v})[k]
-                    for k, v in recipe_defaults(recipe, method, epochs).items()
+                    k: _as_stored(v) for k, v in recipe_defaults(recipe, method, epochs).items()
                 }
                 if epochs is not None:
                     want["epochs"] = epochs  # given, not the recipe's

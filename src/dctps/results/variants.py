@@ -143,11 +143,17 @@ def _comparable(flat: Mapping[str, Any]) -> dict[str, Any]:
         if (
             k.startswith("optim.")
             and short in defaults
-            and _key({"v": v}, "v") == _key({"v": flat_value(defaults[short])}, "v")
+            and _key({"v": v}, "v") == _key({"v": _as_stored(defaults[short])}, "v")
         ):
             v = "recipe default"
         out[k] = v
     return out
+
+
+def _as_stored(v: Any) -> Any:
+    """A :func:`recipe_defaults` value as :func:`flatten` stores a config's (its milestones
+    are a tuple there, read only, and a list in a config)."""
+    return flat_value(list(v) if isinstance(v, tuple) else v)
 
 
 def differing_settings(flats: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -753,22 +753,28 @@ def _not_huge(v: float, name: str) -> None:
 def recipe_defaults(recipe: str, method: str, epochs: int | None = None) -> dict[str, Any]:
     """The ``optim`` settings that recipe ``recipe`` gives a run of ``method`` (Table E.3;
     under SGD, DCTpS's own learning rate), as a resolved config holds them; the milestones
-    those of ``epochs`` (default: the recipe's). What :func:`_resolve_optim` fills in for
-    fields left unset."""
+    those of ``epochs`` (default: the recipe's), ``round(f * epochs)`` for each of the recipe's
+    fractions ``f``, once each. :func:`_resolve_optim` fills fields left unset from here, so
+    what `dctps results` calls a recipe default is what a run was given. Read only: cached."""
     r = RECIPES[recipe]
     e = r.epochs if epochs is None else epochs
     return {
         "optimizer": r.optimizer,
         "lr": float(r.dctps_lr if r.dctps_lr is not None and method == "dctps" else r.lr),
-        "momentum": (r.momentum if r.momentum is not None else 0.9)
-        if r.optimizer == "sgd"
-        else None,
+        "momentum": _sgd_momentum(r) if r.optimizer == "sgd" else None,
         "weight_decay": float(r.weight_decay),
         "batch_size": r.batch_size,
         "epochs": r.epochs,
-        "milestones": sorted({round(f * e) for f in r.milestone_fractions}),
+        # with few epochs two fractions may round to one epoch: one decay there
+        "milestones": tuple(sorted({round(f * e) for f in r.milestone_fractions})),
         "gamma": float(r.gamma),
     }
+
+
+def _sgd_momentum(r: Recipe) -> float:
+    """The momentum SGD takes under recipe ``r``: the recipe's, else 0.9 (an Adam recipe run
+    with ``--optimizer sgd`` and its own ``--lr``)."""
+    return r.momentum if r.momentum is not None else 0.9
 
 
 def _resolve_optim(c: RunConfig) -> None:
@@ -789,26 +795,21 @@ def _resolve_optim(c: RunConfig) -> None:
             f"{r.optimizer}) would train {o.optimizer} at that recipe's learning rate: use a "
             f"recipe of {o.optimizer}" + (f" (--recipe {mine})" if mine else "") + ", or give --lr"
         )
-    if o.lr is None:
-        o.lr = r.dctps_lr if (r.dctps_lr is not None and c.sparsity.method == "dctps") else r.lr
-    o.weight_decay = r.weight_decay if o.weight_decay is None else o.weight_decay
-    o.batch_size = _positive_int(
-        r.batch_size if o.batch_size is None else o.batch_size, "batch_size"
-    )
     o.epochs = _positive_int(r.epochs if o.epochs is None else o.epochs, "epochs")
+    defaults = recipe_defaults(o.recipe, c.sparsity.method, o.epochs)
+    for name in ("lr", "weight_decay", "batch_size", "gamma"):
+        if getattr(o, name) is None:
+            setattr(o, name, defaults[name])
+    o.batch_size = _positive_int(o.batch_size, "batch_size")
     if o.milestones is None:
-        # with few epochs two fractions may round to one epoch: one decay there
-        o.milestones = sorted({round(f * o.epochs) for f in r.milestone_fractions})
+        o.milestones = list(defaults["milestones"])
     elif len(set(o.milestones)) != len(o.milestones):
         raise DctpsError(
             f"milestones {o.milestones!r} repeat an epoch (its decay would apply gamma twice): "
             "give distinct epochs"
         )
-    o.gamma = r.gamma if o.gamma is None else o.gamma
     if o.optimizer == "sgd":
-        o.momentum = (
-            (r.momentum if r.momentum is not None else 0.9) if o.momentum is None else o.momentum
-        )
+        o.momentum = _sgd_momentum(r) if o.momentum is None else o.momentum
     elif o.momentum is not None:
         raise DctpsError("momentum applies only to --optimizer sgd (Adam uses its betas)")
     for name in ("lr", "weight_decay", "gamma") + (("momentum",) if o.momentum is not None else ()):
