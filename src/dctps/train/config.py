@@ -797,10 +797,12 @@ def _resolve_optim(c: RunConfig) -> None:
         )
     o.epochs = _positive_int(r.epochs if o.epochs is None else o.epochs, "epochs")
     defaults = recipe_defaults(o.recipe, c.sparsity.method, o.epochs)
-    for name in ("lr", "weight_decay", "batch_size", "gamma"):
-        if getattr(o, name) is None:
-            setattr(o, name, defaults[name])
-    o.batch_size = _positive_int(o.batch_size, "batch_size")
+    o.lr = defaults["lr"] if o.lr is None else o.lr
+    o.weight_decay = defaults["weight_decay"] if o.weight_decay is None else o.weight_decay
+    o.gamma = defaults["gamma"] if o.gamma is None else o.gamma
+    o.batch_size = _positive_int(
+        defaults["batch_size"] if o.batch_size is None else o.batch_size, "batch_size"
+    )
     if o.milestones is None:
         o.milestones = list(defaults["milestones"])
     elif len(set(o.milestones)) != len(o.milestones):
