@@ -125,6 +125,20 @@ def test_to_dense_gives_plain_layers_and_same_outputs():
     assert isinstance(model[0], DCTpSLayer)  # the original is untouched
 
 
+def test_to_dense_of_a_model_with_the_old_weight_norm_names_the_layer():
+    """torch cannot deepcopy a module under the old torch.nn.utils.weight_norm: to_dense gave
+    torch's RuntimeError from deep inside copy.py; it names the layer and the fix."""
+    head = nn.Linear(16, 4)
+    torch.nn.utils.weight_norm(head)
+    model = nn.Sequential(dctps.sparsify(nn.Sequential(nn.Linear(8, 16)), 0.2), nn.ReLU(), head)
+    with pytest.raises(DctpsError, match=r"layer '2'.*old torch.nn.utils.weight_norm.*"
+                                         r"parametrizations.weight_norm"):  # fmt: skip
+        checkpoint_io.to_dense(model)
+    torch.nn.utils.remove_weight_norm(head)  # the fix it names works
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(checkpoint_io.to_dense(model)(x), model(x))
+
+
 def test_to_dense_multihead_attention():
     torch.manual_seed(0)
     enc = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)

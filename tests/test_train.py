@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -553,6 +554,26 @@ def official_val_eval(run_dir: Path, root: Path) -> tuple[float, float]:
     loss, acc = loop.evaluate(model, loader)
     assert loss is not None and acc is not None
     return loss, acc
+
+
+def test_a_reduced_tiny_imagenet_records_its_classes_and_plots_at_its_chance(fake_tiny, tmp_path):
+    """A copy of Tiny ImageNet with fewer classes trains a head of that many (load's fifth
+    value), but its plots drew failed points at 1/200: the run records its classes now."""
+    from dctps.data.tiny_imagenet import load_tiny_imagenet
+    from dctps.results.plots import plot_runs
+
+    *_, k = load_tiny_imagenet(fake_tiny)
+    assert k < 200
+    c = tiny_cfg(fake_tiny)
+    fit(dataclasses.replace(c, optim=dataclasses.replace(c.optim, epochs=1)), tmp_path,
+        progress=False)  # fmt: skip
+    rows = Store(tmp_path).query()
+    assert [row["classes"] for row in rows] == [k]
+    # a failed point of this panel sits at 1/k, a run of the full data set's (no record) at 1/200
+    (panel,) = plot_runs(rows, tmp_path / "p.png").panels
+    assert panel.chance == pytest.approx(1 / k)
+    (panel,) = plot_runs([{**rows[0], "classes": None}], tmp_path / "q.png").panels
+    assert panel.chance == pytest.approx(1 / 200)
 
 
 def test_tiny_imagenet_reports_max_official_val(fake_tiny, tmp_path, monkeypatch):
@@ -1823,9 +1844,13 @@ def test_a_file_system_without_locks_trains_with_a_warning_not_as_busy(tmp_path,
 
     monkeypatch.setattr(fcntl, "flock", flock)
     folder = tmp_path / "runs" / "h"
-    with pytest.warns(RuntimeWarning, match="does not support file locks: run h trains without"):
-        with loop._run_lock(folder):
+    with pytest.warns(
+        RuntimeWarning, match="does not support file locks: run h trains without"
+    ) as got:
+        with contextlib.ExitStack() as stack:  # as fit enters it
+            stack.enter_context(loop._run_lock(folder))
             (folder / "x").write_text("kept")
+    assert [w.filename for w in got] == [__file__]  # this line, not contextlib's
     assert (folder / "x").read_text() == "kept"
 
     def held(fd, op):

@@ -985,12 +985,21 @@ def to_dense(model: nn.Module) -> nn.Module:
     ``nn.MultiheadAttention``), so it runs and exports (ONNX, TorchScript) without dctps and gives
     the same outputs. ``model`` is not modified. A model pruned with ``dctps.pruning.prune``
     keeps its ``torch.nn.utils.prune`` structure (masks and their hooks, including the one that
-    lets an attention recompute its pruned ``out_proj``); ``prune.remove`` makes it plain."""
+    lets an attention recompute its pruned ``out_proj``); ``prune.remove`` makes it plain.
+
+    The fused weights are contiguous: a DCTpS layer holds no 4-D weight, so nothing records
+    that ``model.to(memory_format=torch.channels_last)`` was called on it. Call it again on
+    the result to deploy channels-last."""
     if not isinstance(model, nn.Module):
         raise DctpsError(f"to_dense needs an nn.Module, got {type(model).__name__}")
     if isinstance(model, (DCTpSLayer, DCTpSMultiheadAttention)):
         return _dense_twin(model)
-    out = copy.deepcopy(model, _pruned_copies(model))
+    try:
+        out = copy.deepcopy(model, _pruned_copies(model))
+    except RuntimeError as e:
+        if "deepcopy protocol" not in str(e):
+            raise
+        raise DctpsError(_uncopyable(model)) from None
     strip(out)  # no dctps hook may stay on the plain model
     names = _all_names(out)
     for _, m in _dctps_modules(out):
@@ -999,6 +1008,28 @@ def to_dense(model: nn.Module) -> nn.Module:
         for alias in names[id(m)]:  # a module registered twice stays one module (tied)
             set_submodule(out, alias, twin)
     return out
+
+
+def _uncopyable(model: nn.Module) -> str:
+    """Why ``copy.deepcopy`` refused ``model``: torch copies only leaf tensors, and the old
+    ``torch.nn.utils.weight_norm`` holds its computed weight as a plain attribute."""
+    from dctps.sparsify import reparametrisation
+
+    for name, m in model.named_modules():
+        for attr in ("weight", "in_proj_weight"):
+            found = reparametrisation(m, attr)
+            if found and found[0] == "torch.nn.utils.weight_norm":
+                return (
+                    f"to_dense copies the model, and torch cannot copy layer {name or '(root)'!r}: "
+                    f"its {attr} is computed by the old torch.nn.utils.weight_norm. Use "
+                    "torch.nn.utils.parametrizations.weight_norm instead, or call "
+                    "torch.nn.utils.remove_weight_norm(module) first"
+                )
+    return (
+        "to_dense copies the model, and torch cannot copy it: it holds a tensor that is not a "
+        "graph leaf as an attribute (an old-style weight_norm, or a tensor computed with grad "
+        "and stored on a module); detach it or compute it in forward"
+    )
 
 
 def note_supports(model: nn.Module) -> nn.Module:

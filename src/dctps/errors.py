@@ -10,10 +10,29 @@ import difflib
 import math
 import operator
 import os
+import sys
+import warnings
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+#: the folder of the dctps package, whose frames :func:`warn_at_caller` skips
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside dctps and ``contextlib``: the
+    line of the user's that called in, however deep in dctps (and in ``with`` blocks) the
+    warning was found. A fixed ``stacklevel`` pointed into ``contextlib`` from a context
+    manager entered through an ``ExitStack``."""
+    import contextlib
+
+    skip = (_PACKAGE, os.path.abspath(contextlib.__file__))
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class DctpsError(ValueError):

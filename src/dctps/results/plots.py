@@ -503,9 +503,14 @@ def _point_metric(rows: Sequence[Mapping[str, Any]], where: str) -> str:
     )
 
 
-def _chance(dataset: str) -> float:
+def _chance(dataset: str, rows: Sequence[Mapping[str, Any]] = ()) -> float:
+    """``1 / classes``: the classes the panel's runs recorded (a reduced copy of Tiny ImageNet
+    has fewer than 200; where its runs disagree, the most of them), else the data set's."""
     from dctps import data
 
+    recorded = {r.get("classes") for r in rows} - {None}
+    if recorded:
+        return 1.0 / max(recorded)
     try:
         return 1.0 / data.get_info(dataset).num_classes
     except Exception:  # an unknown data set name in an old store
@@ -564,7 +569,7 @@ def aggregate(
         by_panel.setdefault((r["model"], r["dataset"]), []).append(r)
     panels = []
     for (model, dataset), prs in by_panel.items():
-        chance = _chance(dataset)
+        chance = _chance(dataset, prs)
         groups: dict[str, list[tuple[Mapping[str, Any], dict[str, Any]]]] = {}
         for r in prs:
             cfg = row_config(r)

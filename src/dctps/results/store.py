@@ -77,6 +77,9 @@ RUN_COLUMNS: dict[str, str] = {
     # run is reused for other data only if their fingerprints (Splits.fingerprint) agree
     "data_root": "TEXT",
     "data_fingerprint": "TEXT",
+    # the classes the run's data had: a reduced copy of Tiny ImageNet has fewer than 200, and
+    # its plots' chance line (where failed points are drawn) is 1 / this
+    "classes": "INTEGER",
 }
 EPOCH_COLUMNS: dict[str, str] = {
     "hash": "TEXT NOT NULL",

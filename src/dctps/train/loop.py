@@ -48,6 +48,7 @@ from dctps.errors import (
     cannot_write,
     one_line,
     user_path,
+    warn_at_caller,
 )
 from dctps.models import lr_factors
 from dctps.train import checkpoint as ckpt_io
@@ -469,13 +470,12 @@ def _run_lock(folder: Path) -> Iterator[None]:
             raise cannot_write("run lock", path, e) from None
         locked = _lock_now(f)
         if locked is None:
-            warnings.warn(
+            warn_at_caller(
                 f"the file system of {folder} does not support file locks: run {folder.name} "
                 "trains without one, so nothing stops a second process (another sweep on this "
                 "--out) from training it at the same time; put --out on a file system with locks "
                 "(a local disk, NFS with lockd, Lustre mounted with -o flock) to have them",
                 RuntimeWarning,
-                stacklevel=3,
             )
             break
         if not locked:
@@ -942,7 +942,7 @@ def _fit(
                     store.start(h, cfg.to_dict())
                     store.fail(
                         h, e.reason, weights=count(model).weights, data_root=data_root,
-                        data_fingerprint=data_fp,
+                        data_fingerprint=data_fp, classes=info.num_classes,
                     )  # fmt: skip
                 return {
                     "hash": h,
@@ -973,6 +973,7 @@ def _fit(
                     h,
                     data_root=data_root,
                     data_fingerprint=data_fp,
+                    classes=info.num_classes,
                     weights=counts.weights,
                     nonzeros=counts.nonzeros,
                     alphas=counts.alphas,
