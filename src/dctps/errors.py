@@ -11,6 +11,7 @@ import math
 import operator
 import os
 import sys
+import types
 import warnings
 from collections.abc import Iterable
 from decimal import Decimal
@@ -29,7 +30,8 @@ def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
     import contextlib
 
     skip = (_PACKAGE, os.path.abspath(contextlib.__file__))
-    level, frame = 2, sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

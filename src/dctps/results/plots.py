@@ -508,7 +508,7 @@ def _chance(dataset: str, rows: Sequence[Mapping[str, Any]] = ()) -> float:
     has fewer than 200; where its runs disagree, the most of them), else the data set's."""
     from dctps import data
 
-    recorded = {r.get("classes") for r in rows} - {None}
+    recorded = [int(r["classes"]) for r in rows if r.get("classes")]
     if recorded:
         return 1.0 / max(recorded)
     try:
