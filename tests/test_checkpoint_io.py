@@ -732,6 +732,97 @@ def test_an_architecture_spec_that_does_not_build_is_named(tmp_path):
         dctps.load(_rewrite(p, header))
 
 
+def test_a_crafted_architecture_spec_is_refused_before_its_model_is_allocated(
+    tmp_path, monkeypatch
+):
+    """A safety review: `num_classes: 10**7` in a 5 KB file built a 3.4 GB model before its
+    layers were found not to fit; a spec that is a list, a string or has no name gave an
+    AttributeError or a KeyError. The shapes are built first without allocating (nor
+    importing torch._dynamo, which a plain `with torch.device("meta")` does: 2-7 s)."""
+    from dctps import _compat
+    from dctps.models import build
+
+    p = tmp_path / "m.dctps"
+    dctps.save(dctps.sparsify(build("lenet5"), 0.1, seed=0), p)
+    header, _, _ = checkpoint_io._read(p)
+    allocated = []
+    real_build = dctps.models.build
+
+    def spy(name, **kw):
+        model = real_build(name, **kw)
+        allocated.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(dctps.models, "build", spy)
+    for key, value, said in (
+        ("num_classes", 10**7, r"layer 'classifier.2' has weight shape \[10, 82\] in the file "
+                               r"but \[10000000, 82\] in the LeNet5 its architecture spec builds"),
+        ("in_channels", 300_000, r"layer 'features.0' has weight shape \[6, 3, 5, 5\]"),
+    ):  # fmt: skip
+        bad = copy.deepcopy(header)
+        bad["arch"][key] = value
+        allocated.clear()
+        with pytest.raises(DctpsError, match=said):
+            dctps.load(_rewrite(p, bad))
+        assert allocated == ["meta"]  # never built for real
+    for arch in (["lenet5"], "lenet5", {"num_classes": 10}, {"name": "lenet5", "revision": "x"}):
+        for reader in (dctps.load, checkpoint_io.inspect):
+            with pytest.raises(DctpsError, match="its architecture spec .* is not a mapping with "
+                                                 "a model name and an integral revision"):  # fmt: skip
+                reader(_rewrite(p, {**header, "arch": arch}))
+    allocated.clear()
+    assert isinstance(dctps.load(_rewrite(p, header)), nn.Module)  # a faithful file loads
+    assert allocated == ["meta", "cpu"]
+    # the probe: every architecture's shapes, on meta, as the real model has them
+    for name in dctps.models.names():
+        with _compat.shapes_only():
+            probe = real_build(name)
+        shapes = {k: (t.device.type, tuple(t.shape)) for k, t in probe.state_dict().items()}
+        want = {k: ("meta", tuple(t.shape)) for k, t in real_build(name).state_dict().items()}
+        assert shapes == want, name
+
+
+def test_the_shapes_probe_does_not_import_dynamo():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, dctps.models as M; from dctps import _compat\n"
+        "with _compat.shapes_only(): M.build('fixup_resnet110'); M.build('resnet18')\n"
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_aliases_and_dtypes_a_file_cannot_fit_are_refused(tmp_path):
+    """A safety review: a layer's `aliases` (its other names, for a module registered twice)
+    were set without a check: `training` replaced the model's flag with a layer, an alias of
+    another layer replaced it, new names added modules; int or bool values loaded, cast."""
+    p = tmp_path / "m.dctps"
+
+    def make():
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    dctps.save(dctps.sparsify(make(), 0.2, seed=0), p)
+    header, _, _ = checkpoint_io._read(p)
+    for alias, said in (("training", "'training' is not a module"),
+                        ("2", "'2' is a separate Linear"), ("zzz", "'zzz' is not a module"),
+                        ("", "'' is a separate Sequential")):  # fmt: skip
+        bad = copy.deepcopy(header)
+        bad["layers"][0]["aliases"] = [alias]
+        model = make()
+        with pytest.raises(DctpsError, match=f"layer '0' names {alias!r} as another name of "
+                                             f"itself, but in the Sequential {said}"):  # fmt: skip
+            dctps.load(_rewrite(p, bad), model=model)
+        assert model.training is True and isinstance(model[2], nn.Linear)
+    bad = copy.deepcopy(header)
+    entry = next(e for e in bad["tensors"] if e["key"] == "0.values")
+    entry["dtype"] = "int32"  # same width: the payload's bytes read as integers
+    with pytest.raises(DctpsError, match=r"layer '0': its values are torch.int32, not floating"):
+        dctps.load(_rewrite(p, bad), model=make())
+
+
 def test_inspect_counts_the_layers_offsets_alpha_scopes_and_fixed_alphas(tmp_path):
     """A combinations review: `dctps inspect` showed none of a layer's offset, alpha scope or
     fixed alpha, which `dctps.load` restores from the file."""

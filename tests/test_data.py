@@ -819,6 +819,35 @@ def test_fingerprint_samples_images_across_each_split_and_hashes_name_and_shapes
     assert flat.fingerprint() != a.fingerprint()
 
 
+def test_a_cifar_pickle_that_encodes_with_another_codec_is_refused(tmp_path):
+    """A safety review: `_codecs.encode` was allowed with any codec, and `hex` doubles its
+    input: 30 nested calls in a 395-byte batches.meta asked for 1.8 GB. Only latin-1 (what a
+    protocol-2 pickle writes bytes with) is taken; the official layout still loads."""
+    import struct
+
+    def text(t: str) -> bytes:
+        return b"X" + struct.pack("<I", len(t)) + t.encode()
+
+    inner = b"C\x01A"
+    for _ in range(30):  # encode(inner, 'hex'), nested
+        inner = b"h\x00" + inner + text("hex") + b"\x86R"
+    bomb = b"\x80\x02c_codecs\nencode\nq\x00}" + text("data") + inner + b"s."
+    assert len(bomb) < 500
+    make_fake_cifar10(tmp_path)
+    meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    with open(meta, "rb") as f:
+        obj = pickle.load(f, encoding="latin1")
+    meta.write_bytes(bomb)
+    with pytest.raises(DctpsError, match=r"batches\.meta \(UnpicklingError: it encodes with "
+                                         r"'hex'"):  # fmt: skip
+        D.build("cifar10", tmp_path)
+    # Python 3 writes bytes into a protocol-2 pickle as _codecs.encode(text, 'latin1')
+    blob = pickle.dumps({**obj, "raw": b"\xff\x00"}, protocol=2)
+    assert b"_codecs" in blob and b"latin1" in blob
+    meta.write_bytes(blob)
+    assert D.build("cifar10", tmp_path, val_fraction=0).train_x.shape[0] == 30
+
+
 def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path):
     """CIFAR's pickles were read with `pickle.load`, which calls whatever function a file
     names: a data folder from elsewhere could run code when loaded. Only numpy arrays and

@@ -2431,6 +2431,45 @@ def test_rigl_schedule_boundaries(delta_t, t_end, message):
             setup.check_rigl_schedule(cfg, 9)
 
 
+def test_a_checkpoint_whose_pickle_calls_codecs_or_is_not_a_zip_is_refused(tmp_path):
+    """A safety review: torch's weights_only loader allows `_codecs.encode` with any codec,
+    and nested 'hex' encodings double at each step: a 1.2 KB last.pt asked for 1.8 GB. A dctps
+    checkpoint holds no bytes: a pickle naming _codecs is refused before torch.load runs it,
+    and so is torch's legacy (non-zip) format, which cannot be checked so."""
+    import io
+    import struct
+    import zipfile
+
+    from dctps.train.checkpoint import read_run_checkpoint
+
+    def text(t: str) -> bytes:
+        return b"X" + struct.pack("<I", len(t)) + t.encode()
+
+    inner = b"h\x00" + text("A") + text("latin1") + b"\x86R"
+    for _ in range(40):
+        inner = b"h\x00" + inner + text("hex") + b"\x86R"
+    pkl = b"\x80\x02c_codecs\nencode\nq\x00}" + text("blob") + inner + b"s."
+    src = io.BytesIO()
+    torch.save({"a": 1}, src)
+    run = tmp_path / "run"
+    run.mkdir()
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(run / "last.pt", "w") as zo:
+        for info in zi.infolist():
+            data = zi.read(info.filename)
+            zo.writestr(info.filename, pkl if info.filename.endswith("/data.pkl") else data)
+    with pytest.raises(DctpsError, match="its pickle calls _codecs.encode"):
+        read_run_checkpoint(run / "last.pt")
+    with (
+        pytest.raises(DctpsError, match="calls _codecs.encode"),
+        pytest.warns(RuntimeWarning, match="unreadable"),
+    ):
+        ckpt_io.load_checkpoint(run, None)
+    torch.save({"format": ckpt_io.FORMAT, "model": {}, "config": {}}, tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    with pytest.raises(DctpsError, match=r"not a zip archive \(torch.save's format since"):
+        read_run_checkpoint(tmp_path / "legacy.pt")
+
+
 def test_crafted_train_checkpoints_are_refused_by_name(fake_cifar10, tmp_path):
     """A fuzzing review: a packed entry whose index lies outside its shape gave a raw
     IndexError, one of a huge shape an allocator RuntimeError, and a model state that does not
@@ -2461,6 +2500,13 @@ def test_crafted_train_checkpoints_are_refused_by_name(fake_cifar10, tmp_path):
     with pytest.raises(DctpsError, match=r"packed tensor of shape \[1099511627776\] that no "
                        "tensor of its model has"):  # fmt: skip
         model_from_checkpoint(tmp_path / "huge.pt")
+    # nor may the model state vouch for it with a stride-0 view of one element (a safety
+    # review: a 2 KB file allocated 1.5e9 elements through `model: {w: zeros(1).expand(N)}`)
+    bomb = dict(bad, model={**bad["model"], "w": torch.zeros(1).expand(2**40)})
+    torch.save(bomb, tmp_path / "bomb.pt")
+    assert (tmp_path / "bomb.pt").stat().st_size < 100_000
+    with pytest.raises(DctpsError, match=r"shape \[1099511627776\] that no tensor of its model"):
+        model_from_checkpoint(tmp_path / "bomb.pt")
     (tmp_path / "run").mkdir()
     torch.save(bad, tmp_path / "run" / "last.pt")
     with (

@@ -103,3 +103,27 @@ def load_scheduler_state(scheduler: Any, state: Mapping[str, Any]) -> None:
     ):
         state = {**state, "milestones": Counter(milestones)}
     scheduler.load_state_dict(state)
+
+
+def shapes_only() -> Any:
+    """A context in which modules are built on the meta device without running their
+    initialisers (in-place ops such as ``normal_`` on a meta tensor return it as it is):
+    ``with torch.device("meta")`` runs them through ``torch._refs``, whose first call imports
+    ``torch._dynamo`` (2-7 s to build a LeNet-5's shapes). ``None`` where this torch has no
+    ``torch.utils._device.DeviceContext`` (the private class ``torch.device`` enters)."""
+    try:
+        from torch.utils._device import DeviceContext
+    except ImportError:  # pragma: no cover - every torch from 2.0 has it
+        return None
+
+    class _ShapesOnly(DeviceContext):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            name = getattr(func, "__name__", "")
+            if name.endswith("_") and not name.endswith("__"):
+                tensors = (*args, *(kwargs or {}).values())
+                first = next((a for a in tensors if isinstance(a, torch.Tensor)), None)
+                if first is not None and first.is_meta:
+                    return first
+            return super().__torch_function__(func, types, args, kwargs)
+
+    return _ShapesOnly(torch.device("meta"))

@@ -25,6 +25,7 @@ rows; ``to_dense(model)`` returns a plain PyTorch copy with fused ``W = alpha * 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -33,6 +34,7 @@ import os
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from dctps import offsets
+from dctps import _compat, offsets
 from dctps._version import __version__
 from dctps.atomic import atomic_write
 from dctps.batched import strip
@@ -415,7 +417,23 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
         )
     _check_layout(header, len(payload), path)
     _check_layers(header, path)
+    _check_arch(header, path)
     return header, payload, size
+
+
+def _check_arch(header: dict[str, Any], path: Any) -> None:
+    """A :class:`DctpsError` for an architecture spec that is not ``{"name": str, ...}`` with
+    an integral ``revision``: a list or a string gave an ``AttributeError``, a spec without a
+    name a ``KeyError``."""
+    arch = header.get("arch")
+    if arch is None:
+        return
+    revision = arch.get("revision", 1) if isinstance(arch, dict) else None
+    if not (isinstance(arch, dict) and isinstance(arch.get("name"), str) and is_count(revision)):
+        raise DctpsError(
+            f"checkpoint {path} is corrupt: its architecture spec {str(arch)[:80]} is not a "
+            "mapping with a model name and an integral revision"
+        )
 
 
 def _check_layers(header: dict[str, Any], path: Any) -> None:
@@ -442,6 +460,9 @@ def _check_layers(header: dict[str, Any], path: Any) -> None:
 
 #: the most a checkpoint's header may expand to (a 433 KB file's expanded to 400 MB)
 MAX_HEADER_BYTES = 64 << 20
+#: above any tensor's dimension: an empty tensor declared ``[0, 2**70]`` overflowed torch's
+#: stride computation with a raw ``RuntimeError``
+MAX_DIM = 1 << 40
 
 
 def _check_layout(header: dict[str, Any], payload_bytes: int, path: Any) -> None:
@@ -459,7 +480,7 @@ def _check_layout(header: dict[str, Any], payload_bytes: int, path: Any) -> None
             and is_count(e.get("offset"))
             and is_count(e.get("nbytes"))
             and isinstance(e.get("shape"), list)
-            and all(is_count(n) for n in e["shape"])
+            and all(is_count(n) and n < MAX_DIM for n in e["shape"])
         ):
             raise DctpsError(f"checkpoint {path} is corrupt: malformed tensor entry {str(e)[:80]}")
         if e["offset"] != end:
@@ -514,19 +535,13 @@ def load(
                 f"checkpoint {path} has no architecture spec (it was saved from a model not built "
                 "by dctps.models.build, without arch=...); pass model=<a fresh instance>"
             )
-        from dctps.models import build, check_revision
+        from dctps.models import check_revision
 
         check_revision(arch, f"checkpoint {path}")
-        kwargs = {k: v for k, v in arch.items() if k not in ("name", "revision")}
-        try:
-            model = build(arch["name"], **kwargs)
-        except DctpsError:
-            raise
-        except (TypeError, ValueError, RuntimeError, MemoryError) as e:  # crafted or foreign
-            raise DctpsError(
-                f"checkpoint {path}: its architecture spec {str(arch)[:120]} does not build "
-                f"({one_line(e)})"
-            ) from None
+        probe = _compat.shapes_only()  # the shapes first: a crafted spec allocates nothing
+        if probe is not None:
+            _check_fits(_build_arch(arch, path, probe), header, state, path)
+        model = _build_arch(arch, path)
         model.dctps_arch = dict(arch)  # type: ignore[assignment]
     elif not isinstance(model, nn.Module):
         raise DctpsError(f"load needs model=None or an nn.Module, got {type(model).__name__}")
@@ -561,6 +576,7 @@ def load(
         prefix = f"{name}." if name else ""
         _check_declared(cfg, state, path)
         _check_compatible(old, cfg, path)
+        _check_aliases(model, old, cfg, path)
         if isinstance(old, (DCTpSLayer, DCTpSMultiheadAttention)) and _same_structure(old, cfg):
             if isinstance(old, DCTpSLayer) and "mode" in cfg:
                 old.mode = cfg["mode"]
@@ -601,6 +617,67 @@ def load(
     if map_location is not None:
         model.to(map_location)
     return given if given is not None else model
+
+
+def _build_arch(arch: dict[str, Any], path: Any, within: Any = None) -> nn.Module:
+    """The model of a checkpoint's architecture spec, built in context ``within`` (e.g.
+    :func:`dctps._compat.shapes_only`)."""
+    from dctps.models import build
+
+    kwargs = {k: v for k, v in arch.items() if k not in ("name", "revision")}
+    try:
+        with within if within is not None else contextlib.nullcontext():
+            return build(arch["name"], **kwargs)
+    except DctpsError:
+        raise
+    except (TypeError, ValueError, RuntimeError, MemoryError) as e:  # crafted or foreign
+        raise DctpsError(
+            f"checkpoint {path}: its architecture spec {str(arch)[:120]} does not build "
+            f"({one_line(e)})"
+        ) from None
+
+
+def _check_fits(probe: nn.Module, header: dict[str, Any], state: Mapping[str, Any], path: Any):
+    """A :class:`DctpsError` where the model an architecture spec builds (``probe``, on the
+    meta device) does not take the file's layers and tensors: found before the real model is
+    allocated, which a crafted spec (``num_classes=10**7`` in 5 KB) made 3.4 GB."""
+    layers = header.get("layers", [])
+    for cfg in layers:
+        try:
+            built = f"the {type(probe).__name__} its architecture spec builds"
+            _check_compatible(probe.get_submodule(cfg["name"]), cfg, path, built)
+        except AttributeError:
+            raise DctpsError(
+                f"checkpoint {path} has a DCTpS layer {cfg['name']!r} that the "
+                f"{type(probe).__name__} its architecture spec builds does not have"
+            ) from None
+    own = {f"{n}." if n else "" for cfg in layers for n in [cfg["name"], *cfg.get("aliases", [])]}
+    for key, t in probe.state_dict().items():
+        if any(key.startswith(p) for p in own if p):
+            continue  # a DCTpS layer's: checked above
+        stored = state.get(key, state.get(key + "_orig"))  # or pruned (weight_orig)
+        if stored is not None and tuple(stored.shape) != tuple(t.shape):
+            raise DctpsError(
+                f"checkpoint {path}: {key} has shape {list(stored.shape)} in the file but "
+                f"{list(t.shape)} in the {type(probe).__name__} its architecture spec builds"
+            )
+
+
+def _check_aliases(model: nn.Module, old: nn.Module, cfg: dict[str, Any], path: Any) -> None:
+    """A :class:`DctpsError` unless each of the layer's other names (``aliases``: a module
+    registered twice) names ``old`` itself in ``model``: a crafted alias replaced the model's
+    ``training`` flag, another layer of the model, or added modules."""
+    for alias in cfg.get("aliases", []):
+        try:
+            found = model.get_submodule(alias) if alias else model
+        except AttributeError:
+            found = None
+        if found is not old:
+            raise DctpsError(
+                f"checkpoint {path}: layer {cfg['name']!r} names {alias!r} as another name of "
+                f"itself, but in the {type(model).__name__} {alias!r} is "
+                + ("not a module" if found is None else f"a separate {type(found).__name__}")
+            )
 
 
 def _to_floating(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -703,6 +780,11 @@ def _check_declared(cfg: dict[str, Any], state: dict[str, torch.Tensor], path: A
             )
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise DctpsError(f"{where}: its indices are {indices.dtype}, not integers")
+        alpha = state.get(prefix + sub + "alpha")
+        for what, t in (("values", values), ("alpha", alpha)):
+            if t is not None and not (t.is_floating_point() or t.is_complex()):
+                # an int or bool tensor was cast silently
+                raise DctpsError(f"{where}: its {what} are {t.dtype}, not floating point")
         if nnz and not (int(indices.min()) >= 0 and int(indices.max()) < size):
             raise DctpsError(
                 f"{where}{' ' + sub[:-1] if sub else ''} stores positions "
@@ -711,7 +793,9 @@ def _check_declared(cfg: dict[str, Any], state: dict[str, torch.Tensor], path: A
             )
 
 
-def _check_compatible(old: nn.Module, cfg: dict[str, Any], path: Any) -> None:
+def _check_compatible(
+    old: nn.Module, cfg: dict[str, Any], path: Any, model: str = "the given model"
+) -> None:
     """Refuse to put a layer of another shape where the checkpoint's layer was."""
     shape = cfg.get("shape")
     if isinstance(old, (nn.Linear, nn.Conv2d, DCTpSLayer)):
@@ -721,12 +805,12 @@ def _check_compatible(old: nn.Module, cfg: dict[str, Any], path: Any) -> None:
     else:
         raise DctpsError(
             f"checkpoint {path}: layer {cfg['name']!r} is a {cfg['type']} in the file but a "
-            f"{type(old).__name__} in the given model"
+            f"{type(old).__name__} in {model}"
         )
     if have != shape:
         raise DctpsError(
             f"checkpoint {path}: layer {cfg['name']!r} has weight shape {shape} in the file but "
-            f"{have} in the given model"
+            f"{have} in {model}"
         )
 
 

@@ -23,13 +23,18 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
-    """``warnings.warn`` attributed to the first frame outside dctps and ``contextlib``: the
-    line of the user's that called in, however deep in dctps (and in ``with`` blocks) the
-    warning was found. A fixed ``stacklevel`` pointed into ``contextlib`` from a context
-    manager entered through an ``ExitStack``."""
+    """``warnings.warn`` attributed to the first frame outside dctps, ``contextlib`` and
+    ``torch.nn.Module``'s machinery: the line of the user's that called in, however deep in
+    dctps (in ``with`` blocks, in ``load_state_dict``'s recursion) the warning was found. A
+    fixed ``stacklevel`` pointed into ``contextlib`` from a context manager entered through an
+    ``ExitStack``."""
     import contextlib
 
-    skip = (_PACKAGE, os.path.abspath(contextlib.__file__))
+    import torch.nn.modules.module as torch_module
+
+    skip = tuple(os.path.abspath(f) for f in (contextlib.__file__, torch_module.__file__)) + (
+        _PACKAGE,
+    )
     frame: types.FrameType | None = sys._getframe(1)
     level = 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):

@@ -37,7 +37,7 @@ from dctps import _compat
 from dctps import offsets as _offsets
 from dctps import triton_rebuild as _triton
 from dctps.allocation import filter_counts
-from dctps.errors import DctpsError, check_seed, unknown_name
+from dctps.errors import DctpsError, check_seed, unknown_name, warn_at_caller
 from dctps.fast import (
     PREBUILT,
     auto_generation,
@@ -988,8 +988,17 @@ class DCTpSLayer(nn.Module):
         if key_v in state_dict and key_i in state_dict:
             n = state_dict[key_v].numel()
             if n != self.values.numel():
-                # resized in place: an optimizer built before the load keeps this Parameter
-                # (its old per-parameter state then fails loudly at the next step)
+                # resized in place: an optimizer built before the load keeps this Parameter,
+                # and its old per-parameter state fails at the next step with torch's bare
+                # size mismatch. A gradient says this model trained here: say so now.
+                if self.values.grad is not None:
+                    warn_at_caller(
+                        f"load_state_dict resized {repr(prefix[:-1]) if prefix else 'a layer'}"
+                        f"'s values from {self.values.numel()} to {n} non-zeros (the loaded "
+                        "support): an optimizer built on this model before holds state of the "
+                        "old size, and its next step fails with a size mismatch; load the "
+                        "optimizer's state dict saved with these weights, or build a new one"
+                    )
                 with torch.no_grad():
                     self.values.data = self.values.new_zeros(n)
                 self.values.grad = None  # of the old size: the next backward would fail

@@ -231,7 +231,17 @@ def _model_shapes(obj: Mapping[str, Any]) -> set[tuple[int, ...]]:
     model = obj.get("model")
     if not isinstance(model, Mapping):
         return set()
-    return {tuple(t.shape) for t in model.values() if isinstance(t, torch.Tensor)}
+    return {tuple(t.shape) for t in model.values() if isinstance(t, torch.Tensor) and _stored(t)}
+
+
+def _stored(t: torch.Tensor) -> bool:
+    """Whether the file holds every element of ``t``: a crafted ``model`` entry may be a
+    stride-0 view of one element (``torch.zeros(1).expand(N)``), whose shape would admit a
+    packed entry of N elements (1.5e9 from a 2 KB file). A model's own tensors are stored."""
+    try:
+        return t.untyped_storage().nbytes() >= t.numel() * t.element_size()
+    except (RuntimeError, NotImplementedError):  # no storage (a meta or wrapper tensor)
+        return False
 
 
 def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike) -> Path:
@@ -333,13 +343,19 @@ def _bad_record(z: zipfile.ZipFile) -> str | None:
 def check_archive(path: Path) -> None:
     """A ``ValueError`` for a ``torch.save`` zip archive with a damaged record: ``torch.load``
     does not check the records' CRC-32s, so a flipped byte in a tensor loaded silently (a run
-    resumed from such a ``last.pt`` finished with other accuracies and no warning). A file that
-    is not a zip archive (``torch.save``'s legacy pickle format) is left to ``torch.load``."""
+    resumed from such a ``last.pt`` finished with other accuracies and no warning), nor for
+    a pickle that calls ``_codecs`` (:func:`_calls_codecs`). A file that is not a zip archive
+    is refused: dctps writes checkpoints with ``torch.save``, whose archives are zips since
+    torch 1.6, and the legacy format could not be checked so."""
     if not zipfile.is_zipfile(path):
-        return
+        raise ValueError(
+            "not a zip archive (torch.save's format since torch 1.6, in which dctps writes its "
+            "checkpoints)"
+        )
     try:
         with zipfile.ZipFile(path) as z:
             bad = _bad_record(z)
+            codecs = bad is None and _calls_codecs(z)
     except OSError as e:
         if _system_failure(e):
             raise
@@ -348,6 +364,29 @@ def check_archive(path: Path) -> None:
         raise ValueError(f"a damaged zip archive ({one_line(e)})") from None
     if bad is not None:
         raise ValueError(f"its record {bad} fails its CRC check (the file is damaged)")
+    if codecs:
+        raise ValueError(
+            "its pickle calls _codecs.encode, which a dctps checkpoint never does (it holds no "
+            "bytes objects) and which torch's weights_only loader allows with any codec: a "
+            "chain of 'hex' encodings in a few hundred bytes asks for terabytes"
+        )
+
+
+def _calls_codecs(z: zipfile.ZipFile) -> bool:
+    """Whether the pickle of a ``torch.save`` archive names ``_codecs`` (``GLOBAL`` of
+    protocols 2-3, or the module string of ``STACK_GLOBAL``). Found without unpickling, by
+    :func:`pickletools.genops`; its data (tensors) lie in other records."""
+    import pickletools
+
+    names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    for name in names[:1]:
+        with contextlib.suppress(Exception):  # a malformed pickle: torch.load's to refuse
+            for op, arg, _ in pickletools.genops(z.read(name)):
+                if op.name == "GLOBAL" and isinstance(arg, str) and arg.startswith("_codecs "):
+                    return True
+                if isinstance(arg, str) and arg == "_codecs":
+                    return True
+    return False
 
 
 def _check_version(obj: Mapping[str, Any], path: Path) -> None:
