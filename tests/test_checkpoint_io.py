@@ -767,8 +767,8 @@ def test_a_crafted_architecture_spec_is_refused_before_its_model_is_allocated(
         assert allocated == ["meta"]  # never built for real
     for arch in (["lenet5"], "lenet5", {"num_classes": 10}, {"name": "lenet5", "revision": "x"}):
         for reader in (dctps.load, checkpoint_io.inspect):
-            with pytest.raises(DctpsError, match="its architecture spec .* is not a mapping with "
-                                                 "a model name and an integral revision"):  # fmt: skip
+            said = "its architecture spec .* is not a mapping with a model name and an integral"
+            with pytest.raises(DctpsError, match=said):
                 reader(_rewrite(p, {**header, "arch": arch}))
     allocated.clear()
     assert isinstance(dctps.load(_rewrite(p, header)), nn.Module)  # a faithful file loads
