@@ -493,6 +493,8 @@ CASES = [
     C("train-lr-negative", r"optim\.lr \(--lr\) must be > 0, got -1", *TRAIN_AT, "--lr", "-1"),
     C("train-device-typo", r"device \(--device\) must be auto, cpu, cuda or cuda:N, got 'gpu'",
       *TRAIN_AT, "--device", "gpu"),
+    C("train-device-index", r"device \(--device\) must be auto, cpu, cuda or cuda:N, got "
+      r"'cuda:abc'", *TRAIN_AT, "--device", "cuda:abc"),
     C("train-truncated-cifar", r"data_batch_3 .*truncated or corrupt",
       *TRAIN, "--data-root", "{trunc_cifar}", "--out", "{tmp}/out"),
     C("train-into-good-bad-density", r"density must be in", "train", "--config",
@@ -654,3 +656,63 @@ def test_yaml_merges_that_override_keys_still_load(tmp_path):
     for i, text in enumerate(texts):
         (tmp_path / f"{i}.yaml").write_text(text)
         assert read_yaml(tmp_path / f"{i}.yaml", "config") == yaml.safe_load(text)
+
+
+def test_yaml_aliases_that_expand_beyond_reason_are_refused(tmp_path):
+    """A safety review: PyYAML shares an alias's value, but every reader walks it whole: 354
+    bytes of nested aliases made an error message of 2.3 billion characters (4.7 GB, 114 s).
+    A file expanding to more than MAX_YAML_VALUES is refused as it is read; a bad value that
+    expands less is quoted cut short (the message keeps its advice at the end)."""
+    import time
+
+    from dctps.errors import MAX_MESSAGE
+    from dctps.train.config import MAX_YAML_VALUES, expanded_size, load_config
+
+    def laughs(levels: int) -> str:
+        parts = ["&a [x,x,x,x,x,x,x,x,x]"] + [
+            f"&{'abcdefghijkl'[i]} [" + ",".join([f"*{'abcdefghijkl'[i - 1]}"] * 9) + "]"
+            for i in range(1, levels)
+        ]
+        return ("sparsity:\n  method: dctps\n  density: 0.1\n  options:\n    exclude: ["
+                + ", ".join(parts) + "]\n")  # fmt: skip
+
+    big = tmp_path / "big.yaml"
+    big.write_text(laughs(9))
+    assert big.stat().st_size < 400
+    start = time.perf_counter()
+    with pytest.raises(DctpsError, match=r"big\.yaml expands to more than 1,000,000 values "
+                                         r"through its aliases"):  # fmt: skip
+        load_config(big)
+    assert time.perf_counter() - start < 5
+    small = tmp_path / "small.yaml"
+    small.write_text(laughs(3))  # 9**3 names: read, then refused as a value
+    with pytest.raises(DctpsError) as info:
+        load_config(small).resolve()
+    msg = str(info.value)
+    assert len(msg) <= MAX_MESSAGE and "characters cut" in msg
+    assert msg.startswith("option exclude of method dctps takes layer names")
+    shared: list = [1, 2]
+    assert expanded_size([shared, shared, {"k": shared}]) == 1 + 3 + 3 + (1 + 1 + 3)
+    loop: list = []
+    loop.append(loop)
+    assert expanded_size(loop) > MAX_YAML_VALUES  # a cycle is too big, not endless
+
+
+def test_a_path_with_an_over_long_name_is_named_not_a_traceback(tmp_path):
+    """A safety review: `--out`, `--db` and `export`'s checkpoint with a 300-character name
+    gave Python's "OSError: [Errno 36] File name too long" from the first stat."""
+    from dctps.errors import NAME_MAX, user_path
+
+    long = tmp_path / ("a" * 300)
+    with pytest.raises(DctpsError, match=rf"has a name of 300 bytes .* at most {NAME_MAX} bytes"):
+        user_path(long / "x.db")
+    assert user_path(tmp_path / ("é" * 127)) == tmp_path / ("é" * 127)  # 254 bytes: fine
+    commands = [["results", "--db", str(long / "x.db")],
+                ["export", str(long / "last.pt"), str(tmp_path / "m.dctps")],
+                ["train", "--model", "lenet5", "--method", "dense", "--out", str(long)],
+                ]  # fmt: skip
+    for args in commands:
+        res = runner.invoke(app, args)
+        assert res.exit_code != 0 and isinstance(res.exception, DctpsError), res.output
+        assert "has a name of 300 bytes" in str(res.exception)
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -691,13 +691,19 @@ def test_crafted_or_shifted_headers_are_refused(tmp_path):
     bad = copy.deepcopy(header)
     del bad["tensors"][-1]
     refused(_rewrite(p, bad), r"its tensors take \d+ bytes, its payload has \d+")
-    for field, value in (("name", None), ("aliases", "abc"), ("train_alpha", "no")):
+    # and what inspect reads or load hashes (a safety review: KeyError, ValueError, TypeError)
+    malformed = [("name", None), ("aliases", "abc"), ("train_alpha", "no"), ("nnz", None),
+                 ("nnz", "abc"), ("offset", ["x"]), ("alpha", 1)]  # fmt: skip
+    for field, value in malformed:
         bad = copy.deepcopy(header)
         if value is None:
             del bad["layers"][0][field]
         else:
             bad["layers"][0][field] = value
         refused(_rewrite(p, bad), "malformed layer entry")
+    bad = copy.deepcopy(header)
+    bad["layers"][0]["type"] = "DCTpSMultiheadAttention"  # without embed_dim, in_nnz, out_nnz
+    refused(_rewrite(p, bad), "malformed layer entry")
     assert dctps.load(_rewrite(p, header), model=make()) is not None  # a faithful rewrite
 
 

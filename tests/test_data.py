@@ -225,6 +225,29 @@ def test_tiny_imagenet_fake(tmp_path):
     assert int((s.train_y == 1).sum()) == 4  # n02000000: 3 colour + 1 grayscale image
 
 
+def test_a_tiny_imagenet_image_of_another_size_is_refused_before_it_is_decoded(
+    tmp_path, monkeypatch
+):
+    """A safety review: a 1.3 MB JPEG of 9000x9000 was decoded (1 GB, on each of up to 16
+    threads) before its size was checked; the header's size is checked first."""
+    from PIL import Image
+
+    folder = make_fake_tiny(tmp_path)
+    bad = folder / "val" / "images" / "val_2.JPEG"
+    Image.new("RGB", (3000, 2000), (1, 2, 3)).save(bad)
+    decoded = []
+    real = Image.Image.convert
+
+    def convert(self, *a, **kw):
+        decoded.append(self.size)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    with pytest.raises(DctpsError, match=r"val_2\.JPEG has size 3000x2000, expected 64x64"):
+        D.build("tiny_imagenet", tmp_path)
+    assert (3000, 2000) not in decoded and decoded  # the others were decoded
+
+
 def test_tiny_imagenet_protocol(tmp_path):
     """Appendix E.5: Tiny ImageNet trains on every training image and validates on its official
     val split (no test set); an explicit hold-out makes that split the test set instead. CIFAR

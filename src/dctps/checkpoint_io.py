@@ -453,6 +453,17 @@ def _check_layers(header: dict[str, Any], path: Any) -> None:
             and all(isinstance(a, str) for a in cfg.get("aliases", []))
             and isinstance(cfg.get("train_alpha", True), bool)
             and isinstance(cfg.get("mode", "dense"), str)
+            and isinstance(cfg.get("offset", "dct"), str)
+            and isinstance(cfg.get("alpha", "layer"), str)
+            # the counts inspect reads (a string or a missing one gave a raw error there)
+            and all(
+                is_count(cfg.get(k))
+                for k in (
+                    ("embed_dim", "in_nnz", "out_nnz")
+                    if cfg.get("type") == "DCTpSMultiheadAttention"
+                    else ("nnz",)
+                )
+            )
         )
         if not ok:
             raise DctpsError(f"checkpoint {path} is corrupt: malformed layer entry {str(cfg)[:80]}")

@@ -42,8 +42,20 @@ def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+#: the longest message a :class:`DctpsError` keeps whole: one that quotes a bad value (a list
+#: of 729 names from a YAML file of 156 bytes) is cut in the middle, keeping the advice at its end
+MAX_MESSAGE = 1000
+
+
 class DctpsError(ValueError):
     """A bad input or an unusable file; the message names the bad value and what is valid."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE:
+            m = args[0]
+            cut = len(m) - 900
+            args = (f"{m[:650]} ... [{cut:,} characters cut] ... {m[-250:]}",)
+        super().__init__(*args)
 
 
 class InputDtypeError(DctpsError, RuntimeError):
@@ -153,7 +165,19 @@ def user_path(path: str | os.PathLike) -> Path:
             f"expected a file path (a str or os.PathLike), got a {type(path).__name__}: dctps "
             "writes and reads files by path (atomically, beside their final name)"
         )
-    return Path(path).expanduser()
+    p = Path(path).expanduser()
+    for part in p.parts:
+        n = len(os.fsencode(part))
+        if n > NAME_MAX:  # else a raw "[Errno 36] File name too long" from the first stat
+            raise DctpsError(
+                f"path {str(p)[:80]}... has a name of {n} bytes ({part[:24]}...); file systems "
+                f"take names of at most {NAME_MAX} bytes: give a shorter one"
+            )
+    return p
+
+
+#: the longest file or folder name (bytes) of ext4, XFS, APFS, NTFS (UTF-16 units) and others
+NAME_MAX = 255
 
 
 def is_count(v: object) -> bool:

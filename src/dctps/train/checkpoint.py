@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dctps.atomic import create_temp, replace, unlink_quietly
-from dctps.errors import DctpsError, cannot_write, is_count, one_line
+from dctps.errors import DctpsError, cannot_write, is_count, one_line, user_path
 
 __all__ = [
     "FORMAT",
@@ -434,7 +434,7 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     from dctps.checkpoint_io import MAGIC
 
-    path = Path(path)
+    path = user_path(path)
     if not path.exists():
         raise DctpsError(f"checkpoint {path} does not exist")
     if path.is_dir():

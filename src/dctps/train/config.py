@@ -25,6 +25,7 @@ import inspect
 import json
 import math
 import os
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -303,8 +304,8 @@ class RunConfig:
                 f"got {c.batched_rebuild!r}"
             )
         if not isinstance(c.device, str) or not (
-            c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")
-        ):
+            c.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", c.device)
+        ):  # cuda:abc and cuda:-1 passed, and failed when the run started
             raise DctpsError(
                 f"{_named('device')} must be auto, cpu, cuda or cuda:N, got {c.device!r}"
             )
@@ -923,9 +924,48 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
             f"cannot read {what} {p}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
         ) from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        value = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise DctpsError(f"{p} is not valid YAML: {yaml_problem(e)}") from None
+    n = expanded_size(value)
+    if n > MAX_YAML_VALUES:
+        raise DctpsError(
+            f"{what} {p} expands to more than {MAX_YAML_VALUES:,} values through its aliases "
+            "(*name repeats what &name marks): a config or sweep grid needs far fewer; write "
+            "it without nested aliases"
+        )
+    return value
+
+
+#: the most values a YAML file may expand to through its aliases: PyYAML shares an alias's
+#: value, but every reader walks it whole, and 354 bytes of nested aliases made an error
+#: message of 2.3 billion characters (4.7 GB, 114 s)
+MAX_YAML_VALUES = 1_000_000
+
+
+def expanded_size(value: Any, limit: int = MAX_YAML_VALUES) -> int:
+    """How many values ``value`` holds, counting a shared list or mapping once per place it
+    appears (as a reader walking it sees it): each object's count computed once, so the walk
+    is linear in the distinct objects. Stops counting above ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(v: Any) -> int:
+        if not isinstance(v, (list, dict)):
+            return 1
+        known = sizes.get(id(v))
+        if known is not None:
+            return known
+        sizes[id(v)] = limit + 1  # a cycle (a list holding itself) is too big, not endless
+        items = list(v.values()) + list(v.keys()) if isinstance(v, dict) else v
+        total = 1
+        for item in items:
+            total += size(item)
+            if total > limit:
+                break
+        sizes[id(v)] = total
+        return total
+
+    return size(value)
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
@@ -1010,6 +1050,10 @@ def parse_assignment(
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if expanded_size(value) > MAX_YAML_VALUES:
+        raise DctpsError(
+            f"{flag} {key}= expands to more than {MAX_YAML_VALUES:,} values through YAML aliases"
+        )
     return key, value
 
 
