@@ -794,6 +794,37 @@ def test_a_point_some_seeds_failed_says_so_on_the_figure(tmp_path, monkeypatch):
     assert texts == ["1/2 failed"]
 
 
+def test_many_partly_failed_points_are_counted_not_labelled_and_curves_stay_apart(
+    tmp_path, monkeypatch
+):
+    """A scale review: on a 9,000-run figure 713 points carried a "1/10 failed" label (two
+    thirds of the drawing time, the curves hidden), and 25 curves shared 10 colours with one
+    marker. Past MAX_ANNOTATED_POINTS the panel counts them; a colour's later curves take
+    other markers."""
+    from dctps.results import plots
+
+    store = Store(tmp_path)
+    densities = [10.0 ** (-k / 4) for k in range(1, 12)]
+    for method in ("snip", "grasp", "synflow", "random"):
+        for d in densities:
+            record(store, cfg(method, d), 0.4)
+            record(store, cfg(method, d, seed=1), reason=f"{method}: shortfall")
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or [Path(path)])
+    monkeypatch.setattr(plots, "MAX_ANNOTATED_POINTS", 40)
+    plots.plot_runs(store.query({}), tmp_path / "f.png")
+    texts = [t.get_text() for a in drawn[0].axes for t in a.texts]
+    assert texts == ["44 points over fewer seeds than were run: see the table"]
+    monkeypatch.setattr(plots, "MAX_ANNOTATED_POINTS", 44)
+    plots.plot_runs(store.query({}), tmp_path / "f.png")
+    assert [t.get_text() for a in drawn[1].axes for t in a.texts] == ["1/2 failed"] * 44
+    labels = [f"curve {i}" for i in range(25)]
+    colours = plots.series_colours(labels)
+    markers = plots.series_markers(colours)
+    assert len({(colours[lab], markers[lab]) for lab in labels}) == 25
+    assert len(set(colours.values())) < 25 and markers["curve 0"] == "o"
+
+
 def test_a_single_density_shows_the_seed_spread(tmp_path, monkeypatch):
     """With one density the min-max band has no width: the spread over seeds was invisible."""
     from matplotlib.container import ErrorbarContainer

@@ -1076,3 +1076,34 @@ def test_dry_run_lists_a_rigl_run_that_would_never_update_as_refused(tmp_path):
     # without a subset: CIFAR-10's 45,000 training images after the hold-out, batch 32
     full = [c for c in expand_grid({**g, "base": {**g["base"], "data": {"root": "/x"}}})]
     assert {train_steps(c) for c in full} == {-(-45000 // 32)}
+
+
+def test_the_summary_groups_many_failures_by_reason(fake_cifar10, tmp_path):
+    """A scale review: a sweep whose 255 runs all raised alike printed two lines a run (511
+    lines, 108 KB); beyond SUMMARY_RUNS, failures are one line per reason with a count and an
+    example, and busy or submitted runs are counted past the first few."""
+    from dctps.results.sweep import SUMMARY_RUNS, PlannedRun, SweepReport
+
+    cfgs = expand_grid(small_grid(fake_cifar10, seeds=list(range(30)), methods=["dense"]))
+    planned = [PlannedRun(c, c.config_hash(), "new") for c in cfgs]
+    hashes = [p.hash for p in planned]
+    results = {h: {"hash": h, "status": "error", "reason": "FileNotFoundError: data_batch_1",
+                   "traceback_file": str(tmp_path / "errors" / f"{h}.txt")}
+               for h in hashes[:25]}  # fmt: skip
+    results.update({h: {"hash": h, "status": "failed", "reason": "snip: shortfall"}
+                    for h in hashes[25:]})  # fmt: skip
+    lines = SweepReport(planned, results).summary().splitlines()
+    assert lines[0] == "30 runs: 25 error, 5 failed"
+    assert lines[1:] == [
+        "  25 error: FileNotFoundError: data_batch_1",
+        f"         e.g. {hashes[0]} {cfgs[0].summary()} and 24 more",
+        "  5 failed: snip: shortfall",
+        f"         e.g. {hashes[25]} {cfgs[25].summary()} and 4 more",
+        f"  tracebacks in {tmp_path / 'errors'}",
+    ]
+    few = SweepReport(planned, dict(list(results.items())[:SUMMARY_RUNS])).summary()
+    assert len(few.splitlines()) == 1 + 2 * SUMMARY_RUNS  # each named, with its traceback
+    jobs = SweepReport(planned, submitted={h: str(1000 + i) for i, h in enumerate(hashes)})
+    text = jobs.summary().splitlines()
+    assert len(text) == 1 + SUMMARY_RUNS + 1
+    assert text[-1] == "  ... and 20 more submitted (jobs 1010 to 1029)"

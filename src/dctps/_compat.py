@@ -107,19 +107,20 @@ def load_scheduler_state(scheduler: Any, state: Mapping[str, Any]) -> None:
 
 def shapes_only() -> Any:
     """A context in which modules are built on the meta device without running their
-    initialisers (in-place ops such as ``normal_`` on a meta tensor return it as it is):
-    ``with torch.device("meta")`` runs them through ``torch._refs``, whose first call imports
-    ``torch._dynamo`` (2-7 s to build a LeNet-5's shapes). ``None`` where this torch has no
-    ``torch.utils._device.DeviceContext`` (the private class ``torch.device`` enters)."""
+    initialisers: ``with torch.device("meta")`` runs them through ``torch._refs``, whose first
+    call imports ``torch._dynamo`` (2-7 s to build a LeNet-5's shapes). Only the value-only
+    in-place ops an initialiser uses (:data:`_INIT_OPS`) are skipped on a meta tensor; a
+    shape-changing one (``unsqueeze_``) or ``requires_grad_`` still runs. Where this torch has
+    no ``torch.utils._device.DeviceContext`` (the private class ``torch.device`` enters), plain
+    ``torch.device("meta")``."""
     try:
         from torch.utils._device import DeviceContext
     except ImportError:  # pragma: no cover - every torch from 2.0 has it
-        return None
+        return torch.device("meta")
 
     class _ShapesOnly(DeviceContext):
         def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            name = getattr(func, "__name__", "")
-            if name.endswith("_") and not name.endswith("__"):
+            if getattr(func, "__name__", "") in _INIT_OPS:
                 tensors = (*args, *(kwargs or {}).values())
                 first = next((a for a in tensors if isinstance(a, torch.Tensor)), None)
                 if first is not None and first.is_meta:
@@ -127,3 +128,40 @@ def shapes_only() -> Any:
             return super().__torch_function__(func, types, args, kwargs)
 
     return _ShapesOnly(torch.device("meta"))
+
+
+#: in-place ops that set values and keep the shape: torch.nn.init's initialisers and the
+#: tensor methods they call
+_INIT_OPS = frozenset(
+    {n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")}
+    | {
+        "normal_",
+        "uniform_",
+        "fill_",
+        "zero_",
+        "random_",
+        "bernoulli_",
+        "exponential_",
+        "geometric_",
+        "log_normal_",
+        "cauchy_",
+        "copy_",
+        "mul_",
+        "add_",
+        "sub_",
+        "div_",
+        "clamp_",
+        "clamp_min_",
+        "clamp_max_",
+        "erfinv_",
+        "abs_",
+        "neg_",
+        "sqrt_",
+        "exp_",
+        "log_",
+        "pow_",
+        "sign_",
+        "addcmul_",
+        "addcdiv_",
+    }  # fmt: skip
+)

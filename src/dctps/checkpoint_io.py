@@ -549,9 +549,8 @@ def load(
         from dctps.models import check_revision
 
         check_revision(arch, f"checkpoint {path}")
-        probe = _compat.shapes_only()  # the shapes first: a crafted spec allocates nothing
-        if probe is not None:
-            _check_fits(_build_arch(arch, path, probe), header, state, path)
+        # the shapes first: a crafted spec allocates nothing
+        _check_fits(_build_arch(arch, path, _compat.shapes_only()), header, state, path)
         model = _build_arch(arch, path)
         model.dctps_arch = dict(arch)  # type: ignore[assignment]
     elif not isinstance(model, nn.Module):

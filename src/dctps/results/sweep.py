@@ -564,20 +564,43 @@ class SweepReport:
         )
         note = f" ({resumed} resumed from a checkpoint)" if resumed else ""
         lines = [f"{len(self.planned)} runs: {counts}{note}"]
-        for h, r in self.results.items():
-            if r["status"] in ("failed", "error"):
+        bad = [(h, r) for h, r in self.results.items() if r["status"] in ("failed", "error")]
+        if len(bad) <= SUMMARY_RUNS:
+            for h, r in bad:
                 lines.append(f"  {r['status']:<6} {h} {by[h].cfg.summary()}: {r.get('reason')}")
                 if r.get("traceback_file"):
                     lines.append(f"         traceback: {r['traceback_file']}")
+        else:  # one line per distinct reason: 9,000 runs failing alike printed 18,000 lines
+            groups: dict[tuple[str, str], list[str]] = {}
+            for h, r in bad:
+                groups.setdefault((r["status"], str(r.get("reason"))), []).append(h)
+            for (status, reason), hashes in sorted(groups.items(), key=lambda g: -len(g[1])):
+                lines.append(f"  {len(hashes)} {status}: {reason}")
+                more = f" and {len(hashes) - 1} more" if len(hashes) > 1 else ""
+                lines.append(f"         e.g. {hashes[0]} {by[hashes[0]].cfg.summary()}{more}")
+            tracebacks = sorted({str(Path(r["traceback_file"]).parent) for _, r in bad
+                                 if r.get("traceback_file")})  # fmt: skip
+            lines += [f"  tracebacks in {folder}" for folder in tracebacks]
         busy = [h for h, r in self.results.items() if r["status"] == "busy"]
         if busy:
             lines.append(f"  {len(busy)} run{'s' * (len(busy) > 1)} busy: being trained by another "
                          "process (on the same --out or --db), which records them (run the sweep "
                          "again after it to see them done)")  # fmt: skip
-            lines += [f"  busy   {h} {by[h].cfg.summary()}" for h in busy]
-        for h, job in self.submitted.items():
+            lines += [f"  busy   {h} {by[h].cfg.summary()}" for h in busy[:SUMMARY_RUNS]]
+            if len(busy) > SUMMARY_RUNS:
+                lines.append(f"  ... and {len(busy) - SUMMARY_RUNS} more busy")
+        jobs = list(self.submitted.items())
+        for h, job in jobs[:SUMMARY_RUNS]:
             lines.append(f"  submitted {h} {by[h].cfg.summary()}: job {job}")
+        if len(jobs) > SUMMARY_RUNS:
+            lines.append(f"  ... and {len(jobs) - SUMMARY_RUNS} more submitted (jobs "
+                         f"{jobs[SUMMARY_RUNS][1]} to {jobs[-1][1]})")  # fmt: skip
         return "\n".join(lines)
+
+
+#: the most runs a sweep's summary lists one by one (of those that failed, are busy or were
+#: submitted); beyond, failures are grouped by reason and the rest counted
+SUMMARY_RUNS = 10
 
 
 # ----------------------------------------------------------------------------- executors
@@ -1102,8 +1125,7 @@ def grid_problems(
 ) -> list[str]:
     """Problems of ``configs`` on any host (milliseconds: models are built on the meta device):
     a model that cannot take its data set; with ``slurm``, a misspelt submitit parameter."""
-    import torch
-
+    from dctps import _compat
     from dctps.data import get_info
     from dctps.train.setup import build_model
 
@@ -1113,7 +1135,7 @@ def grid_problems(
         pairs.setdefault((c.model.name, c.data.dataset), []).append(c)
     for (model, dataset), cs in sorted(pairs.items()):
         try:
-            with torch.device("meta"):
+            with _compat.shapes_only():
                 build_model(cs[0], get_info(dataset))
         except DctpsError as e:
             problems.append(f"{e} ({len(cs)} run{'s' * (len(cs) > 1)} of model {model!r} on "
@@ -1230,8 +1252,7 @@ def refusals_before_training(configs: Sequence[RunConfig]) -> dict[str, str]:
 
     A model that cannot take its data set is left to :func:`grid_problems` (it stops the whole
     sweep)."""
-    import torch
-
+    from dctps import _compat
     from dctps.data import get_info
     from dctps.train import setup as su
 
@@ -1254,7 +1275,7 @@ def refusals_before_training(configs: Sequence[RunConfig]) -> dict[str, str]:
             continue
         seen[setting] = None
         try:
-            with torch.device("meta"):
+            with _compat.shapes_only():
                 model = su.build_model(c, get_info(c.data.dataset))
         except Exception:  # left to grid_problems
             continue

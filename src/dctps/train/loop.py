@@ -735,7 +735,7 @@ def _fit(
     # a model that cannot take the data set (LeNet-5 on 8x8 digits) fails here, on the meta
     # device (no memory, milliseconds), before a results store or run folder is created
     info0 = data_mod.get_info(cfg.data.dataset)
-    with torch.device("meta"):
+    with _compat.shapes_only():
         shape = su.build_model(cfg, info0)
     one_image_fails = not _trains_on_one_image(shape, info0)
     # a DCTpS budget that cannot pay for per-channel alphas, a bad exclude pattern: refused here
