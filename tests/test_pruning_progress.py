@@ -27,6 +27,13 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _bars(monkeypatch):
+    """These tests read tqdm's bar: under pytest stderr is no terminal, where the bar is lines
+    (tests/test_progress.py)."""
+    monkeypatch.setenv("DCTPS_PROGRESS", "bar")
+
+
 def _net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))

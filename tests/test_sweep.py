@@ -391,12 +391,15 @@ def _session_members(sid: int) -> list[int]:
     [
         (signal.SIGINT, True, 130, "interrupted"),  # a terminal's Ctrl-C
         (signal.SIGTERM, False, 143, "terminated (SIGTERM)"),  # timeout, docker stop, a scheduler
+        # SLURM's scancel or time limit signals every process of the job: the workers died
+        # outright and their rows stayed `running` (a batch review)
+        (signal.SIGTERM, True, 143, "terminated (SIGTERM)"),
         (signal.SIGKILL, False, -9, ""),  # out of memory: the workers must notice by themselves
         # Windows: os.getppid() keeps naming a dead parent (a portability review: the workers
         # trained on, then waited forever); faked with a sitecustomize that freezes it
         (signal.SIGKILL, "frozen-ppid", -9, ""),
     ],
-    ids=["ctrl-c", "sigterm", "sigkill", "sigkill-windows-ppid"],
+    ids=["ctrl-c", "sigterm", "sigterm-whole-job", "sigkill", "sigkill-windows-ppid"],
 )
 def test_an_interrupt_stops_a_parallel_sweep_without_training_the_queue(
     fake_cifar10, tmp_path, sig, whole_group, code, said
@@ -469,6 +472,7 @@ def test_a_sequential_sweep_bar_names_the_run_in_progress(
     takes minutes) it said nothing about what was running."""
     from dctps.results import sweep as sweep_mod
 
+    monkeypatch.setenv("DCTPS_PROGRESS", "bar")
     cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense", "dctps"]))
     seen = []
 

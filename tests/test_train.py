@@ -2052,8 +2052,10 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(fake_cifar10, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, err
-    assert "terminated (SIGTERM): run the same command again to resume" in err
     (row,) = Store(out).query()
+    # where it stopped, as the row says it (a batch review: the line was the same for all)
+    assert (f"terminated (SIGTERM): run {row['hash']} stopped after epoch 1 of 3; run the same "
+            "command again to resume") in err  # fmt: skip
     assert row["status"] == "interrupted"
     assert row["reason"] == "interrupted after epoch 1 of 3; run the same command again to resume"
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 import dctps
+from dctps import progress
 from dctps.data import build as build_data
 from dctps.data.loader import Loader
 from dctps.errors import check_seed, set_threads
@@ -62,7 +63,7 @@ def _prepare(method: str, density: float, seed: int) -> nn.Module:
     return model
 
 
-def train_one(method: str, density: float, epochs: int, seed: int, bar: tqdm) -> DemoRow:
+def train_one(method: str, density: float, epochs: int, seed: int, bar: Any) -> DemoRow:
     """Train one network and return its row (test accuracy of the best-validation epoch)."""
     data = build_data("digits", split_seed=seed)
     gen = torch.Generator().manual_seed(seed)
@@ -84,8 +85,10 @@ def train_one(method: str, density: float, epochs: int, seed: int, bar: tqdm) ->
         if val_acc > best_val:
             best_val = val_acc
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        bar.set_postfix_str(f"{method} {density:g} ep {epoch + 1} val {val_acc:.3f}")
-        bar.update(1)
+        if bar is not None:
+            bar.set_postfix_str(f"{method} {density:g} ep {epoch + 1} val {val_acc:.3f}")
+            bar.update(1)
+    progress.mark(bar)  # in a log: a line per network, not per epoch
     assert best_state is not None
     model.load_state_dict(best_state)
     c = dctps.count(model)
@@ -115,9 +118,13 @@ def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]
     # row's training time, which the table would otherwise show as dense's
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     rows = []
-    with tqdm(total=epochs * len(plan), desc="demo", unit="epoch") as bar:
+    bar = progress.make_bar(epochs * len(plan), "demo", "epoch")
+    try:
         for method, density in plan:
             rows.append(train_one(method, density, epochs, seed, bar))
+    finally:
+        if bar is not None:
+            bar.close()
     print(format_table(rows))
     by = {(r.method, r.density): r.test_acc for r in rows}
     for d in (0.1, 0.01):

@@ -10,7 +10,7 @@ methods), closed when pruning ends or fails. Nothing here holds global state.
 
 from __future__ import annotations
 
-import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,22 +35,28 @@ class PruneBar:
         self.method = method
         self.density = density
         self._bar: Any = None
+        self._quiet = False
+        self._started = 0.0
 
     def __call__(self, step: int, steps: int) -> None:
         if self._bar is None:
-            from tqdm.auto import tqdm
+            from dctps import progress
 
             one_shot = steps == 1
-            self._bar = tqdm(
-                total=steps,
-                desc=f"pruning {self.method} to density {self.density:g}",
-                unit=UNITS.get(self.method, "step"),
-                file=sys.stderr,
+            self._bar = progress.make_bar(
+                steps,
+                f"pruning {self.method} to density {self.density:g}",
+                UNITS.get(self.method, "step"),
                 dynamic_ncols=True,
                 leave=True,
                 # one shot: a status line ("... 0/1 [elapsed]"), a bar would jump 0 -> 100%
                 bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}{postfix}]" if one_shot else None,
             )
+            if self._bar is None:  # DCTPS_PROGRESS=none
+                self._bar = progress.Lines(steps)
+                self._quiet = True
+            self._started = time.perf_counter()
+            self._mark()  # in a log: that it started (SynFlow's 100 iterations take a while)
         if step > self._bar.n:
             self._bar.update(step - self._bar.n)
 
@@ -61,5 +67,15 @@ class PruneBar:
             return
         if ending:
             self._bar.set_postfix_str(ending, refresh=False)
+        else:
+            self._bar.set_postfix_str(f"done in {time.perf_counter() - self._started:.1f} s",
+                                      refresh=False)  # fmt: skip
+        self._mark()
         self._bar.close()
         self._bar = None
+
+    def _mark(self) -> None:
+        from dctps import progress
+
+        if not self._quiet:
+            progress.mark(self._bar)

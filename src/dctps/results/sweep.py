@@ -415,6 +415,10 @@ def _init_pool_worker(threads: int | None, parent: int | None = None) -> None:
 
     global _pool_parent
     signal.signal(signal.SIGINT, _on_sigint)
+    # SLURM's scancel and time limit, `kill -- -PGID`, docker stop: SIGTERM reaches every
+    # process of the job at once; by default it killed the workers outright, and their rows
+    # stayed `running` with no word of where they stopped (a batch review)
+    signal.signal(signal.SIGTERM, _on_sigint)
     if parent is not None:
         _pool_parent = parent
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
@@ -605,18 +609,20 @@ SUMMARY_RUNS = 10
 
 # ----------------------------------------------------------------------------- executors
 def _bar(total: int, enabled: bool) -> Any:
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
+    """A bar over the runs on a terminal, a line per finished run in a log."""
+    from dctps import progress
 
-    return tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
+    return progress.make_bar(total, "sweep", "run", 0, enabled and total > 0, dynamic_ncols=True)
 
 
 def _tick(bar: Any, report: SweepReport, cfg: RunConfig) -> None:
     if bar is None:
         return
+    from dctps import progress
+
     bar.set_postfix_str(_postfix(report, f"last: {cfg.summary()}"), refresh=False)
     bar.update(1)
+    progress.mark(bar)
 
 
 def _postfix(report: SweepReport, what: str) -> str:
@@ -701,7 +707,10 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
         try:
             for p in todo:
                 if bar is not None:  # a run can take hours (FORCE's pruning alone): say which
+                    from dctps import progress
+
                     bar.set_postfix_str(_postfix(report, f"running: {p.cfg.summary()}"))
+                    progress.mark(bar)
                 report.results[p.hash] = run_one(p.cfg, out, db, p.action == "retry", threads)
                 report.results[p.hash].setdefault("hash", p.hash)
                 _tick(bar, report, p.cfg)

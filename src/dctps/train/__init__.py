@@ -24,7 +24,7 @@ from dctps.train.config import (
     save_config,
 )
 from dctps.train.distributed import reporting_rank
-from dctps.train.loop import describe, evaluate, fit, train_one_epoch
+from dctps.train.loop import STOPPED, describe, evaluate, fit, train_one_epoch
 
 __all__ = [
     "RECIPES",
@@ -63,11 +63,16 @@ def _train(**kw: Any) -> None:
     except KeyboardInterrupt as e:
         # typer would exit 130 without a word; say what survives and how to go on
         term = isinstance(e, Terminated)
+        where = getattr(e, STOPPED, None)  # "run H interrupted after epoch 3 of 200; run ..."
         if reporting_rank():
             typer.echo(
-                f"\n{'terminated (SIGTERM)' if term else 'interrupted'}: run the same command "
-                "again to resume from the last completed epoch's checkpoint (a run stopped "
-                "before its first epoch ended starts over)",
+                f"\n{'terminated (SIGTERM)' if term else 'interrupted'}: "
+                + (
+                    where.replace(" interrupted ", " stopped ", 1)
+                    if where
+                    else "run the same command again to resume from the last completed epoch's "
+                    "checkpoint (a run stopped before its first epoch ended starts over)"
+                ),
                 err=True,
             )
         raise typer.Exit(exit_code(e)) from None

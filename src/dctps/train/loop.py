@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dctps import _compat
+from dctps import progress as progress_mod
 from dctps.errors import (
     DctpsError,
     PruningFailed,
@@ -665,12 +666,9 @@ def _open_store(store: Any, out: Path) -> Any:
 
 
 def _bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=True
+    """A bar of the run's steps on a terminal, a line per epoch in a log (:mod:`dctps.progress`)."""
+    return progress_mod.make_bar(
+        total, desc, "step", initial, enabled, dynamic_ncols=True, leave=True
     )
 
 
@@ -1099,6 +1097,7 @@ def _fit(
                         f"loss {st.loss:.3f} acc {100 * st.acc:.1f}% val {va} "
                         f"{st.images_per_second:.0f} img/s"
                     )
+                    progress_mod.mark(bar)
                 if ctx.is_main:
                     assert store is not None
                     store.log_epoch(h, epoch, **{k: v for k, v in rec.items() if k != "epoch"})
@@ -1287,12 +1286,20 @@ def _say_interrupted(store: Any, h: str, reason: str) -> None:
     reason (the same command resumes it, as it does a ``running`` row). Only a ``running`` row:
     a run interrupted after ``store.finish`` is done, and its row is left alone. Never raises
     (the interrupt goes on)."""
+    stopping = sys.exc_info()[1]
+    if isinstance(stopping, KeyboardInterrupt):  # `dctps train`'s last line says it too
+        setattr(stopping, STOPPED, f"run {h} {reason}")
     if store is None:
         return
     with contextlib.suppress(Exception):
         row = store.get(h)
         if row is not None and row.get("status") == "running":
             store.update(h, status="interrupted", reason=reason)
+
+
+#: the attribute a ``KeyboardInterrupt`` (or SIGTERM's :class:`~dctps.interrupts.Terminated`)
+#: out of :func:`fit` carries: where the run stopped and how to go on, as its row's reason says
+STOPPED = "dctps_stopped"
 
 
 def _fmt_acc(v: float | None) -> str:

@@ -1,0 +1,104 @@
+"""How long work shows its progress: a tqdm bar where someone watches it (a terminal, a
+notebook), plain lines where it goes to a log (a SLURM job's output file, ``| tee``, CI).
+
+A bar redraws itself with carriage returns about ten times a second and ends its line only when
+it closes: in a log file a 200-epoch run was one line of 1.5 MB, and its per-epoch accuracies
+were overwritten fragments of it. In a log each epoch (or sweep run) is one line instead.
+``DCTPS_PROGRESS=bar|lines|none`` chooses for every command; ``-q`` still silences one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from dctps.errors import DctpsError
+
+__all__ = ["ENV", "STYLES", "Lines", "make_bar", "mark", "style"]
+
+#: the environment variable that overrides :func:`style`
+ENV = "DCTPS_PROGRESS"
+STYLES = ("bar", "lines", "none")
+
+
+def style(stream: Any = None) -> str:
+    """``"bar"`` where ``stream`` (default ``sys.stderr``) is a terminal or the process runs in
+    a Jupyter kernel, ``"lines"`` elsewhere (a file, a pipe); :data:`ENV` overrides."""
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced:
+        if forced not in STYLES:
+            raise DctpsError(f"{ENV}={forced!r}: must be one of {', '.join(STYLES)}")
+        return forced
+    stream = sys.stderr if stream is None else stream
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        tty = False
+    return "bar" if tty or _in_notebook() else "lines"
+
+
+def _in_notebook() -> bool:
+    """Whether tqdm.auto draws its notebook widget here (a kernel's stderr is no terminal)."""
+    if "IPython" not in sys.modules:  # not imported: not a kernel (and not worth importing)
+        return False
+    import tqdm.auto  # noqa: F401 - it picks the notebook class in tqdm.autonotebook
+
+    return getattr(sys.modules["tqdm.autonotebook"].tqdm, "__module__", "") == "tqdm.notebook"
+
+
+class Lines:
+    """What a tqdm bar is to the code that drives it (``update``, ``set_postfix_str``,
+    ``set_description``, ``write``, ``close``), written as one line per :func:`mark` on
+    ``sys.stderr``: ``<desc> <n>/<total> <unit>: <postfix>``."""
+
+    def __init__(self, total: int, desc: str = "", unit: str = "it", initial: int = 0) -> None:
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.postfix = ""
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more units (nothing is written)."""
+        self.n += n
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        """The text after the count in the next line."""
+        self.postfix = s
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        """The text before the count in the next line."""
+        self.desc = desc
+
+    def write(self, s: str, file: Any = None) -> None:
+        """Write ``s`` as its own line (``sys.stderr`` unless ``file``), flushed."""
+        print(s, file=sys.stderr if file is None else file, flush=True)
+
+    def line(self) -> str:
+        """``<desc> <n>/<total> <unit>: <postfix>``, as :func:`mark` writes it."""
+        head = f"{self.desc} {self.n}/{self.total} {self.unit}".strip()
+        return f"{head}: {self.postfix}" if self.postfix else head
+
+    def close(self) -> None:
+        """Nothing to close: every line is whole when written."""
+
+
+def make_bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True,
+             **tqdm_options: Any) -> Any:  # fmt: skip
+    """A tqdm bar, a :class:`Lines`, or ``None`` (``enabled`` false, or :data:`ENV` ``none``),
+    as :func:`style` says."""
+    if not enabled:
+        return None
+    how = style()
+    if how == "none":
+        return None
+    if how == "lines":
+        return Lines(total, desc, unit, initial)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
+                **tqdm_options)  # fmt: skip
+
+
+def mark(bar: Any) -> None:
+    """Write ``bar``'s line now if it is a :class:`Lines` (a tqdm bar shows itself)."""
+    if isinstance(bar, Lines):
+        bar.write(bar.line())

@@ -1,0 +1,139 @@
+"""Progress in a log (a batch review): a tqdm bar on a terminal, one line per epoch, sweep run
+or pruning where stderr is a file or a pipe, nothing with DCTPS_PROGRESS=none."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from dctps import progress
+from dctps.errors import DctpsError
+from dctps.pruning import prune
+from dctps.train import fit
+from dctps.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_style_follows_the_stream_and_the_environment(monkeypatch):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    assert progress.style(_Tty()) == "bar"
+    assert progress.style(io.StringIO()) == "lines"  # a file or a pipe
+    monkeypatch.setenv(progress.ENV, "None ")
+    assert progress.style(_Tty()) == "none"
+    monkeypatch.setenv(progress.ENV, "bar")
+    assert progress.style(io.StringIO()) == "bar"
+    monkeypatch.setenv(progress.ENV, "bars")
+    with pytest.raises(DctpsError, match=r"DCTPS_PROGRESS='bars': must be one of bar, lines, none"):
+        progress.style()
+
+
+def _cfg(root, epochs=3, method="dense", **sparsity) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig("lenet5"),
+        data=DataConfig("cifar10", root=str(root)),
+        sparsity=SparsityConfig(method, None if method == "dense" else 0.05, **sparsity),
+        optim=OptimConfig(epochs=epochs, batch_size=32),
+        device="cpu",
+    )
+
+
+def test_a_run_logs_a_line_per_epoch_without_carriage_returns(
+    fake_cifar10, tmp_path, capsys, monkeypatch
+):
+    """A bar in a SLURM log was one line of about 8 KB per epoch (1.5 MB over 200 epochs),
+    its accuracies overwritten fragments; a resumed run said so only in its last line."""
+    monkeypatch.delenv(progress.ENV, raising=False)
+    from dctps.train import loop
+
+    real = loop.train_one_epoch
+    calls = []
+
+    def two_then_stop(*a, **k):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "train_one_epoch", two_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(fake_cifar10, epochs=3), tmp_path, progress=True)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2
+    for k, line in enumerate(epochs, 1):
+        assert re.match(rf"epoch {k}/3 {9 * k}/27 step: loss [\d.]+ acc [\d.]+% val [\d.]+% \d+ "
+                        r"img/s$", line), line  # fmt: skip
+    # resumed: the notice first, then the epoch left, whose accuracy the line gives
+    r = fit(_cfg(fake_cifar10, epochs=3), tmp_path, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"resuming run {r['hash']} after epoch 2 of 3"
+    (last,) = [line for line in lines if line.startswith("epoch ")]
+    assert last.startswith("epoch 3/3 27/27 step: ")
+    assert f"val {100 * r['history'][-1]['val_acc']:.2f}%" in last
+
+
+def test_pruning_logs_its_start_and_its_end(capsys, monkeypatch):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)))]
+    prune(net, 0.3, "synflow", batches, progress=True, iterations=5)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines()[0] == "pruning synflow to density 0.3 0/5 iter"
+    assert re.fullmatch(r"pruning synflow to density 0\.3 5/5 iter: done in [\d.]+ s",
+                        err.splitlines()[1])  # fmt: skip
+    assert len(err.splitlines()) == 2
+    monkeypatch.setenv(progress.ENV, "none")
+    torch.nn.utils.prune.remove(net[1], "weight")
+    torch.nn.utils.prune.remove(net[3], "weight")
+    prune(net, 0.3, "snip", batches, progress=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_sweep_logs_what_runs_and_what_ended(fake_cifar10, tmp_path, capsys, monkeypatch):
+    from dctps.results.sweep import expand_grid, run_sweep
+
+    monkeypatch.delenv(progress.ENV, raising=False)
+    grid = {"base": {"data": {"root": str(fake_cifar10)}, "optim": {"epochs": 1, "batch_size": 32},
+                     "device": "cpu"},
+            "models": ["lenet5"], "datasets": ["cifar10"], "methods": ["dense", "dctps"],
+            "densities": [0.05], "seeds": [0]}  # fmt: skip
+    cfgs = expand_grid(grid)
+    run_sweep(cfgs, tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    sweep = [line for line in err.splitlines() if line.startswith("sweep ")]
+    assert sweep == [
+        f"sweep 0/2 run: done 0 failed 0 error 0 | running: {cfgs[0].summary()}",
+        f"sweep 1/2 run: done 1 failed 0 error 0 | last: {cfgs[0].summary()}",
+        f"sweep 1/2 run: done 1 failed 0 error 0 | running: {cfgs[1].summary()}",
+        f"sweep 2/2 run: done 2 failed 0 error 0 | last: {cfgs[1].summary()}",
+    ]
+
+
+def test_the_demo_logs_a_line_per_network(monkeypatch, capsys):
+    from dctps import demo
+
+    monkeypatch.delenv(progress.ENV, raising=False)
+    seen = []
+    monkeypatch.setattr(demo, "train_one", lambda m, d, e, s, bar: seen.append(bar) or (
+        bar.update(e), bar.set_postfix_str(f"{m} {d:g} ep {e}"), progress.mark(bar),
+        demo.DemoRow(m, d, 1, 0.5, 0.1))[-1])  # fmt: skip
+    demo.run_demo(epochs=2)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines() == [f"demo {2 * k}/10 epoch: {m} {d:g} ep 2" for k, (m, d) in
+                                enumerate([("dense", 1.0), ("dctps", 0.1), ("random", 0.1),
+                                           ("dctps", 0.01), ("random", 0.01)], 1)]  # fmt: skip
+    assert all(isinstance(b, progress.Lines) for b in seen)
