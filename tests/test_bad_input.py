@@ -716,3 +716,15 @@ def test_a_path_with_an_over_long_name_is_named_not_a_traceback(tmp_path):
         assert res.exit_code != 0 and isinstance(res.exception, DctpsError), res.output
         assert "has a name of 300 bytes" in str(res.exception)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_long_messages_keep_their_advice_and_names_are_measured_in_bytes():
+    """A mutation audit: the end a long message keeps, and NAME_MAX counted in characters."""
+    from dctps.errors import user_path
+
+    advice = "give a shorter list; " + "z" * 229
+    text = str(DctpsError("a" * 2000 + advice))
+    assert text.endswith(advice) and "[1,350 characters cut]" in text
+    assert user_path("a" * 255).name == "a" * 255
+    with pytest.raises(DctpsError, match="has a name of 256 bytes"):
+        user_path("é" * 128)  # 128 characters, 256 bytes in UTF-8

@@ -951,3 +951,93 @@ def test_a_folder_given_as_a_checkpoint_names_the_checkpoints_in_it(tmp_path):
     empty.mkdir()
     with pytest.raises(DctpsError, match=r"give a file \(a run's runs/<hash>/best\.pt"):
         dctps.inspect(empty)
+
+
+# ------------------------------------------------------------------ a mutation audit (session 21)
+def _small_saved(tmp_path):
+    def make():
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    p = tmp_path / "m.dctps"
+    torch.manual_seed(0)
+    dctps.save(dctps.sparsify(make(), 0.2, seed=0), p)
+    return p, checkpoint_io._read(p)[0], make
+
+
+def _patched_index(p, entry, value):
+    """A copy of ``p`` with the first stored index of ``entry`` set to ``value``."""
+    import struct
+
+    raw = bytearray(p.read_bytes())
+    _, hlen = checkpoint_io._HEAD.unpack(raw[:16])
+    fmt = {"int32": "<i", "int64": "<q"}[entry["dtype"]]
+    struct.pack_into(fmt, raw, 16 + hlen + entry["offset"], value)
+    q = p.with_name("idx.dctps")
+    q.write_bytes(bytes(raw))
+    return q
+
+
+def test_entries_whose_sizes_disagree_are_refused(tmp_path):
+    """A tensor declaring one element more than its bytes (without the check, an entry of
+    nbytes 0 loaded uninitialised memory), a negative layer shape, an alias that is no string,
+    and indices outside the weight or more of them than values: each named."""
+    p, header, make = _small_saved(tmp_path)
+    bad = copy.deepcopy(header)
+    e = next(e for e in bad["tensors"] if e["key"] == "0.values")
+    e["shape"] = [e["shape"][0] + 1]
+    with pytest.raises(DctpsError, match="bad extent for tensor '0.values'"):
+        dctps.load(_rewrite(p, bad), model=make())
+    bad = copy.deepcopy(header)
+    bad["layers"][0]["shape"] = [-16, -8]
+    with pytest.raises(DctpsError, match="malformed layer entry"):
+        checkpoint_io.inspect(_rewrite(p, bad))
+    bad = copy.deepcopy(header)
+    bad["layers"][0]["aliases"] = [2]
+    with pytest.raises(DctpsError, match="malformed layer entry"):
+        dctps.load(_rewrite(p, bad), model=make())
+    entry = next(e for e in header["tensors"] if e["key"] == "0.indices")
+    for pos in (16 * 8, -1):  # one past the weight's end, and negative
+        q = _patched_index(p, entry, pos)
+        with pytest.raises(DctpsError, match="outside its declared weight"):
+            dctps.load(_rewrite(q, header), model=make())
+    bad = copy.deepcopy(header)  # the same bytes read as twice as many int16 indices
+    e = next(e for e in bad["tensors"] if e["key"] == "0.indices")
+    assert e["dtype"] == "int32"
+    e["dtype"], e["shape"] = "int16", [e["shape"][0] * 2]
+    with pytest.raises(DctpsError, match=r"declares nnz=\d+ but stores \d+ values and \d+ indices"):
+        dctps.load(_rewrite(p, bad), model=make())
+
+
+def test_an_attentions_in_proj_indices_are_bounded_by_its_own_weight(tmp_path):
+    e = 16
+    p = tmp_path / "a.dctps"
+    dctps.save(dctps.sparsify(nn.ModuleDict({"att": nn.MultiheadAttention(e, 2)}), 0.2, seed=0), p)
+    header = checkpoint_io._read(p)[0]
+    entry = next(t for t in header["tensors"] if t["key"] == "att.in_proj.indices")
+    q = _patched_index(p, entry, 3 * e * e)
+    with pytest.raises(DctpsError, match="in_proj stores positions .* outside its declared weight"):
+        dctps.load(_rewrite(q, header), model=nn.ModuleDict({"att": nn.MultiheadAttention(e, 2)}))
+
+
+def test_an_empty_tensor_round_trips(tmp_path):
+    model = dctps.sparsify(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), 0.2)
+    model.register_buffer("empty", torch.empty(0, 3))
+    dctps.save(model, tmp_path / "e.dctps")
+    fresh = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    fresh.register_buffer("empty", torch.ones(0, 3))
+    assert dctps.load(tmp_path / "e.dctps", model=fresh).empty.shape == (0, 3)
+
+
+def test_a_pruned_models_tensors_are_checked_against_its_spec_before_it_is_built(tmp_path):
+    """A pruned model stores `weight_orig`: the spec's check compared only `weight`, and a
+    crafted `num_classes` allocated the model it asked for."""
+    from dctps.pruning import prune
+
+    p = tmp_path / "pruned.dctps"
+    dctps.save(prune(build("lenet5"), 0.2, "random", seed=0), p, arch={"name": "lenet5"})
+    header = checkpoint_io._read(p)[0]
+    bad = copy.deepcopy(header)
+    bad["arch"]["num_classes"] = 10**6
+    with pytest.raises(DctpsError, match=r"weight has shape \[10, \d+\] in the file but "
+                                         r"\[1000000, \d+\] in the LeNet5"):  # fmt: skip
+        dctps.load(_rewrite(p, bad))

@@ -1271,3 +1271,24 @@ def test_the_table_keeps_its_columns_under_a_long_label(tmp_path):
     lines = plot_runs(store.query({}), tmp_path / "p.png").table().splitlines()[1:]
     assert len(lines) == 2 and len(lines[0].split("[")[0]) > 34
     assert len({line.index("10%") for line in lines}) == 1
+
+
+def test_chance_markers_and_one_row_per_seed_at_their_edges():
+    """A mutation audit: a panel whose runs disagree on their classes, a ninth curve of one
+    colour, and two rows of one seed updated at the same moment."""
+    from dctps.results import plots
+
+    assert plots._chance("tiny_imagenet", [{"classes": 200}, {"classes": 100}, {}]) == 1 / 200
+    markers = plots.series_markers({f"c{i}": "#000" for i in range(10)})
+    assert list(markers.values()) == ["o", "s", "^", "D", "v", "P", "X", "*", "o", "s"]
+
+    def row(status, updated, acc=None):
+        return {"seed": 0, "status": status, "updated": updated, "test_acc": acc,
+                "density": 0.1, "weights": 100, "nonzeros": 10}  # fmt: skip
+
+    old = row("done", "2024-01-01T00:00:00.000001+00:00", 0.1)
+    new = row("done", "2024-01-02T00:00:00.000001+00:00", 0.9)
+    running = row("running", "2024-01-03T00:00:00.000001+00:00")
+    assert plots._one_per_seed([old, new, running]) == [new]
+    assert plots._one_per_seed([running, new, old]) == [new]
+    assert plots._one_per_seed([new, dict(new)])[0] is new  # a tie: the first kept

@@ -981,3 +981,25 @@ def test_reading_a_store_does_not_wait_for_a_writers_transaction(tmp_path):
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_a_store_missing_its_index_or_an_epochs_column_is_mended_on_open(tmp_path):
+    """A mutation audit: the schema check read only `runs`; an older `epochs` table (without
+    `seconds`) was never mended, and the first log_epoch failed."""
+    db = tmp_path / "r.db"
+    s = Store(db)
+    s.start("a", {"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"}})
+    s.close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX runs_by_setting")
+    conn.execute("ALTER TABLE epochs DROP COLUMN seconds")
+    conn.commit()
+    conn.close()
+    s = Store(db)
+    s.log_epoch("a", 1, val_acc=0.5, seconds=1.0)
+    s.close()
+    conn = sqlite3.connect(db)
+    assert "seconds" in {r[1] for r in conn.execute("PRAGMA table_info(epochs)")}
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    conn.close()
+    assert "runs_by_setting" in names

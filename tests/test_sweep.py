@@ -1111,3 +1111,39 @@ def test_the_summary_groups_many_failures_by_reason(fake_cifar10, tmp_path):
     text = jobs.summary().splitlines()
     assert len(text) == 1 + SUMMARY_RUNS + 1
     assert text[-1] == "  ... and 20 more submitted (jobs 1010 to 1029)"
+
+
+def test_plan_reads_every_row_of_a_grid_past_its_batches(tmp_path):
+    """A mutation audit: `plan` reads the store 500 hashes at a time, and no test had more
+    than 500 runs (a batch of 499 retrained one finished run in each 500)."""
+    from dctps.results.sweep import PlannedRun, SweepReport
+
+    cfgs = expand_grid({"base": {"optim": {"epochs": 1}, "device": "cpu"}, "models": ["lenet5"],
+                        "datasets": ["cifar10"], "methods": ["dense"], "densities": [1.0],
+                        "seeds": list(range(501))})  # fmt: skip
+    store = Store(tmp_path / "out")
+    for c in cfgs:
+        store.start(c.config_hash(), c.to_dict())
+        store.finish(c.config_hash(), val_acc=0.5, test_acc=0.5)
+    store.close()
+    assert [p.action for p in plan(cfgs, tmp_path / "out")] == ["skip-done"] * 501
+    # a run found done by another process is not one resumed here
+    planned = [PlannedRun(c, c.config_hash(), "resume") for c in cfgs[:2]]
+    results = {planned[0].hash: {"status": "done", "resumed_from": 1, "skipped": True},
+               planned[1].hash: {"status": "done", "resumed_from": 1}}  # fmt: skip
+    first = SweepReport(planned, results).summary().splitlines()[0]
+    assert first == "2 runs: 1 done, 1 done-elsewhere (1 resumed from a checkpoint)"
+
+
+def test_a_failed_run_on_other_data_is_not_skipped_silently(fake_cifar10, tmp_path):
+    from conftest import write_fake_cifar10
+
+    def grid(root):
+        return expand_grid(small_grid(root, methods=["dense"]))
+
+    out = tmp_path / "out"
+    (h,) = run_sweep(grid(fake_cifar10), out, progress=False).results
+    Store(out).fail(h, "snip: shortfall")
+    other = write_fake_cifar10(tmp_path / "other", seed=1)
+    with pytest.raises(DctpsError, match=rf"run {h} \(failed\) .* trained on other data"):
+        plan(grid(other), out)

@@ -2448,7 +2448,7 @@ def test_a_checkpoint_whose_pickle_calls_codecs_or_is_not_a_zip_is_refused(tmp_p
         return b"X" + struct.pack("<I", len(t)) + t.encode()
 
     inner = b"h\x00" + text("A") + text("latin1") + b"\x86R"
-    for _ in range(40):
+    for _ in range(16):  # 64 KB if it ran: a regression fails here, not by OOM
         inner = b"h\x00" + inner + text("hex") + b"\x86R"
     pkl = b"\x80\x02c_codecs\nencode\nq\x00}" + text("blob") + inner + b"s."
     src = io.BytesIO()
@@ -2712,3 +2712,70 @@ def test_a_run_without_a_validation_split_says_its_model_was_not_selected(fake_c
     assert loop.NO_VAL_NOTE in loop.describe(r)
     (row,) = Store(tmp_path / "results.db").query()
     assert row["reason"] == loop.NO_VAL_NOTE
+
+
+# ------------------------------------------------------------------ a mutation audit (session 21)
+def _ckpt_state(model, **extra):
+    return {"format": ckpt_io.FORMAT, "version": 1, "config_hash": "x", "epoch": 1,
+            "config": {}, "model": model, **extra}  # fmt: skip
+
+
+def test_packed_entries_are_vouched_for_only_by_stored_model_tensors(tmp_path):
+    """A float index was taken (truncated); a `model` that is no mapping turned the shape
+    check off; a view storing a quarter of its elements (1024 floats as 4096) vouched for a
+    packed entry of 4096."""
+    from dctps.train.checkpoint import PACKED, read_run_checkpoint, unpack_sparse
+
+    with pytest.raises(ValueError, match="whose entries do not fit it"):
+        unpack_sparse({PACKED: 1, "shape": [10], "index": torch.tensor([1.5]),
+                       "values": torch.tensor([1.0])})  # fmt: skip
+
+    def packed(n):
+        return {PACKED: 1, "shape": [n], "index": torch.tensor([1]), "values": torch.tensor([1.0])}
+
+    torch.save(_ckpt_state([torch.zeros(3)], best=packed(2**20)), tmp_path / "list.pt")
+    with pytest.raises(DctpsError, match="that no tensor of its model has"):
+        read_run_checkpoint(tmp_path / "list.pt")
+    view = torch.zeros(1024).as_strided((4096,), (0,))
+    torch.save(_ckpt_state({"w": view}, best=packed(4096)), tmp_path / "view.pt")
+    with pytest.raises(DctpsError, match=r"shape \[4096\] that no tensor of its model has"):
+        read_run_checkpoint(tmp_path / "view.pt")
+
+
+def test_a_protocol_4_pickle_naming_codecs_is_refused(tmp_path):
+    """Protocol 4 names a global with STACK_GLOBAL, after pushing its module as a string."""
+    import io
+    import zipfile
+
+    from dctps.train.checkpoint import _calls_codecs, read_run_checkpoint
+
+    def text(t: str) -> bytes:  # SHORT_BINUNICODE
+        return b"\x8c" + bytes([len(t)]) + t.encode()
+
+    pkl = b"\x80\x04" + text("_codecs") + text("encode") + b"\x93" + text("A") + text("latin1")
+    pkl += b"\x86R."
+    src = io.BytesIO()
+    torch.save({"a": 1}, src)
+    p = tmp_path / "last.pt"
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(p, "w") as zo:
+        for info in zi.infolist():
+            data = pkl if info.filename.endswith("/data.pkl") else zi.read(info.filename)
+            zo.writestr(info.filename, data)
+    with zipfile.ZipFile(p) as z:
+        assert _calls_codecs(z)
+    with pytest.raises(DctpsError, match="its pickle calls _codecs.encode"):
+        read_run_checkpoint(p)
+
+
+def test_boundary_optimiser_values_are_refused_and_milestones_are_one_run():
+    def cfg(**optim):
+        return RunConfig.from_dict({"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"},
+                                    "sparsity": {"method": "dctps", "density": 0.1},
+                                    "optim": {"epochs": 5, **optim}})  # fmt: skip
+
+    with pytest.raises(DctpsError, match=r"optim\.lr \(--lr\) must be > 0, got 0\.0"):
+        cfg(lr=0.0).resolve()
+    with pytest.raises(DctpsError, match=r"must be in \[0, 1\) .*got 1\.0"):
+        cfg(recipe="sgd", momentum=1.0).resolve()
+    a, b = cfg(milestones=[3, 1]).resolve(), cfg(milestones=[1, 3]).resolve()
+    assert a.optim.milestones == [1, 3] and a.config_hash() == b.config_hash()
