@@ -137,3 +137,17 @@ def test_the_demo_logs_a_line_per_network(monkeypatch, capsys):
                                 enumerate([("dense", 1.0), ("dctps", 0.1), ("random", 0.1),
                                            ("dctps", 0.01), ("random", 0.01)], 1)]  # fmt: skip
     assert all(isinstance(b, progress.Lines) for b in seen)
+
+
+def test_a_bad_setting_is_refused_before_any_work(fake_cifar10, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv(progress.ENV, "bars")
+    with pytest.raises(DctpsError, match="DCTPS_PROGRESS='bars'"):
+        fit(_cfg(fake_cifar10, epochs=1), tmp_path, progress=True)
+    assert not (tmp_path / "results.db").exists()
+    out = subprocess.run([sys.executable, "-m", "dctps.cli", "results", "--db",
+                          str(tmp_path / "x.db")], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: DCTPS_PROGRESS='bars': must be one of bar, lines, none"

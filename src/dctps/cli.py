@@ -524,6 +524,9 @@ def main() -> None:
             from click.exceptions import ClickException  # type: ignore[no-redef]
 
             NoArgsIsHelpError = ()  # type: ignore[misc,assignment]  # noqa: N806
+        from dctps import progress
+
+        progress.style()  # a bad DCTPS_PROGRESS: refused now, not when the first bar is drawn
         try:
             rv = app(standalone_mode=False)
         except NoArgsIsHelpError as e:  # `dctps` alone: the help text, as before

@@ -710,6 +710,8 @@ def fit(
     if not isinstance(cfg, RunConfig):
         raise DctpsError(f"fit needs a RunConfig, got {type(cfg).__name__}")
     cfg = cfg.resolve()
+    if progress:
+        progress_mod.style()  # a bad DCTPS_PROGRESS: refused before the data and the pruning
     ctx = setup(cfg.device)
     try:
         return _fit(cfg, user_path(out_dir), store, progress, resume, ctx)
