@@ -728,3 +728,23 @@ def test_long_messages_keep_their_advice_and_names_are_measured_in_bytes():
     assert user_path("a" * 255).name == "a" * 255
     with pytest.raises(DctpsError, match="has a name of 256 bytes"):
         user_path("é" * 128)  # 128 characters, 256 bytes in UTF-8
+
+
+def test_a_dctps_warning_is_one_line_in_the_cli_wherever_it_is_attributed():
+    """A diff review: under `dctps train` warn_at_caller attributes a warning to typer's
+    frame, and the CLI wrote Python's two-line format for it; dctps marks its warnings."""
+    import warnings
+
+    from dctps.cli import _format_warning
+    from dctps.errors import dctps_warning, warn_at_caller
+
+    marked = dctps_warning(RuntimeWarning)
+    assert issubclass(marked, RuntimeWarning) and dctps_warning(RuntimeWarning) is marked
+    text = _format_warning("no locks here", marked, "/site-packages/typer/main.py", 1445)
+    assert text.endswith("warning: no locks here\n") and "typer" not in text
+    plain = _format_warning("other", RuntimeWarning, "/site-packages/typer/main.py", 1)
+    assert "typer/main.py:1" in plain  # others as Python writes them
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        warn_at_caller("x", RuntimeWarning)
+    assert got[0].category is marked and got[0].filename == __file__

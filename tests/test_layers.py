@@ -133,7 +133,7 @@ def test_load_resizes_support():
     b(torch.randn(2, 10)).sum().backward()  # a gradient of the old size: dropped by the resize
     # a model that trained here may have an optimizer whose state has the old size: said now,
     # not as torch's bare size mismatch at its next step (an interop review)
-    with pytest.warns(UserWarning, match=r"resized a layer's values from 3 to 7 non-zeros.*"
+    with pytest.warns(UserWarning, match=r"resized the values of a layer from 3 to 7 non-zeros.*"
                                          r"optimizer") as got:  # fmt: skip
         b.load_state_dict(a.state_dict())
     assert [w.filename for w in got] == [__file__]  # the caller's line
@@ -158,7 +158,7 @@ def test_a_fresh_model_loads_another_density_without_a_warning():
         b.load_state_dict(a.state_dict())
     assert b[0].nnz == 7
     b(torch.randn(2, 10)).sum().backward()
-    with pytest.warns(UserWarning, match=r"resized '0''s values from 7 to 3"):
+    with pytest.warns(UserWarning, match=r"resized the values of layer '0' from 7 to 3"):
         b.load_state_dict(nn.Sequential(DCTpSLinear(10, 10, nnz=3, seed=1)).state_dict())
 
 

@@ -147,7 +147,11 @@ def test_a_bad_setting_is_refused_before_any_work(fake_cifar10, tmp_path, monkey
     with pytest.raises(DctpsError, match="DCTPS_PROGRESS='bars'"):
         fit(_cfg(fake_cifar10, epochs=1), tmp_path, progress=True)
     assert not (tmp_path / "results.db").exists()
-    out = subprocess.run([sys.executable, "-m", "dctps.cli", "results", "--db",
-                          str(tmp_path / "x.db")], capture_output=True, text=True)  # fmt: skip
-    assert out.returncode == 2
+    out = subprocess.run([sys.executable, "-m", "dctps.cli", "demo", "--epochs", "1"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and out.stdout == ""  # nothing trained
     assert out.stderr.strip() == "error: DCTPS_PROGRESS='bars': must be one of bar, lines, none"
+    # a command that shows no progress is not stopped by it (a diff review: --help failed)
+    out = subprocess.run([sys.executable, "-m", "dctps.cli", "--help"], capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0 and "demo" in out.stdout

@@ -2765,6 +2765,34 @@ def test_a_protocol_4_pickle_naming_codecs_is_refused(tmp_path):
         assert _calls_codecs(z)
     with pytest.raises(DctpsError, match="its pickle calls _codecs.encode"):
         read_run_checkpoint(p)
+    # a diff review: a decoy data.pkl listed first hid the real one, and of two records of one
+    # name zipfile reads the last where torch loads the first
+    src.seek(0)
+    for decoy, extra_name in ((True, "archive/z/data.pkl"), (False, "archive/data.pkl")):
+        q = tmp_path / f"decoy{decoy}.pt"
+        with zipfile.ZipFile(src) as zi, zipfile.ZipFile(q, "w") as zo:
+            infos = zi.infolist()
+            if decoy:
+                zo.writestr(
+                    extra_name, zi.read(next(i for i in infos if i.filename.endswith(".pkl")))
+                )
+            for info in infos:
+                data = pkl if info.filename.endswith("/data.pkl") else zi.read(info.filename)
+                zo.writestr(info.filename, data)
+            if not decoy:
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # zipfile: "Duplicate name"
+                    zo.writestr(extra_name, zi.read(extra_name))
+        with zipfile.ZipFile(q) as z:
+            assert _calls_codecs(z), extra_name
+    # a config value that is the string "_codecs" is no call (it set good checkpoints aside)
+    good = io.BytesIO()
+    torch.save({"config": {"data": {"root": "_codecs"}}, "model": {"w": torch.ones(2)}}, good)
+    good.seek(0)
+    with zipfile.ZipFile(good) as z:
+        assert not _calls_codecs(z)
 
 
 def test_boundary_optimiser_values_are_refused_and_milestones_are_one_run():

@@ -674,19 +674,27 @@ def _check_fits(probe: nn.Module, header: dict[str, Any], state: Mapping[str, An
 
 
 def _check_aliases(model: nn.Module, old: nn.Module, cfg: dict[str, Any], path: Any) -> None:
-    """A :class:`DctpsError` unless each of the layer's other names (``aliases``: a module
-    registered twice) names ``old`` itself in ``model``: a crafted alias replaced the model's
-    ``training`` flag, another layer of the model, or added modules."""
+    """A :class:`DctpsError` for an alias of a layer (another name of a module registered
+    twice) that names something else in ``model``: a crafted alias replaced the model's
+    ``training`` flag, or another layer of it. An alias that names ``old`` itself, or nothing
+    yet (a tie made on a built model, ``model.head = model.fc``, which the load makes again),
+    is taken."""
     for alias in cfg.get("aliases", []):
+        parent_name, _, leaf = alias.rpartition(".")
         try:
-            found = model.get_submodule(alias) if alias else model
+            parent = model.get_submodule(parent_name) if parent_name else model
         except AttributeError:
-            found = None
-        if found is not old:
+            parent = None
+        found = getattr(parent, leaf, None) if parent is not None and leaf else parent
+        if parent is None or not leaf or (found is not None and found is not old):
+            what = (
+                "not a module's attribute"
+                if parent is None or not leaf
+                else f"a separate {type(found).__name__}"
+            )
             raise DctpsError(
                 f"checkpoint {path}: layer {cfg['name']!r} names {alias!r} as another name of "
-                f"itself, but in the {type(model).__name__} {alias!r} is "
-                + ("not a module" if found is None else f"a separate {type(found).__name__}")
+                f"itself, but in the {type(model).__name__} {alias!r} is {what}"
             )
 
 

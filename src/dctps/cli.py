@@ -504,7 +504,7 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
                     ) -> str:  # fmt: skip
     """A dctps warning as ``warning: MESSAGE`` (Python's own format adds the file, line and
     source line of the call: noise to a command-line user); others as Python writes them."""
-    if Path(filename).resolve().is_relative_to(_PACKAGE):
+    if getattr(category, "dctps", False) or Path(filename).resolve().is_relative_to(_PACKAGE):
         return f"{_rank_prefix()}warning: {message}\n"
     return str(_default(message, category, filename, lineno, line))
 
@@ -524,9 +524,6 @@ def main() -> None:
             from click.exceptions import ClickException  # type: ignore[no-redef]
 
             NoArgsIsHelpError = ()  # type: ignore[misc,assignment]  # noqa: N806
-        from dctps import progress
-
-        progress.style()  # a bad DCTPS_PROGRESS: refused now, not when the first bar is drawn
         try:
             rv = app(standalone_mode=False)
         except NoArgsIsHelpError as e:  # `dctps` alone: the help text, as before

@@ -7,6 +7,7 @@ one line and exit non-zero instead of a traceback.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import operator
 import os
@@ -39,7 +40,16 @@ def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
     level = 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    warnings.warn(message, dctps_warning(category), stacklevel=level)  # type: ignore[arg-type]
+
+
+@functools.cache
+def dctps_warning(category: type[Warning]) -> type[Warning]:
+    """``category`` marked as dctps's (a subclass with ``dctps = True``; filters and
+    ``pytest.warns`` of ``category`` still catch it): the command line prints such a warning
+    as one ``warning:`` line wherever :func:`warn_at_caller` attributed it (in ``dctps
+    train``, to typer's frame)."""
+    return type(category.__name__, (category,), {"dctps": True, "__module__": __name__})
 
 
 #: the longest message a :class:`DctpsError` keeps whole: one that quotes a bad value (a list
@@ -166,12 +176,13 @@ def user_path(path: str | os.PathLike) -> Path:
             "writes and reads files by path (atomically, beside their final name)"
         )
     p = Path(path).expanduser()
+    unit = "UTF-16 units" if os.name == "nt" else "bytes"  # NTFS counts UTF-16 code units
     for part in p.parts:
-        n = len(os.fsencode(part))
+        n = len(part.encode("utf-16-le")) // 2 if os.name == "nt" else len(os.fsencode(part))
         if n > NAME_MAX:  # else a raw "[Errno 36] File name too long" from the first stat
             raise DctpsError(
-                f"path {str(p)[:80]}... has a name of {n} bytes ({part[:24]}...); file systems "
-                f"take names of at most {NAME_MAX} bytes: give a shorter one"
+                f"path {str(p)[:80]}... has a name of {n} {unit} ({part[:24]}...); file "
+                f"systems take names of at most {NAME_MAX} {unit}: give a shorter one"
             )
     return p
 

@@ -993,8 +993,9 @@ class DCTpSLayer(nn.Module):
                 # size mismatch. A gradient says this model trained here: say so now.
                 if self.values.grad is not None:
                     warn_at_caller(
-                        f"load_state_dict resized {repr(prefix[:-1]) if prefix else 'a layer'}"
-                        f"'s values from {self.values.numel()} to {n} non-zeros (the loaded "
+                        "load_state_dict resized the values of "
+                        f"{'layer ' + repr(prefix[:-1]) if prefix else 'a layer'} from "
+                        f"{self.values.numel()} to {n} non-zeros (the loaded "
                         "support): an optimizer built on this model before holds state of the "
                         "old size, and its next step fails with a size mismatch; load the "
                         "optimizer's state dict saved with these weights, or build a new one"

@@ -679,7 +679,7 @@ def _stop_workers(pool: Any, grace: float = WORKER_GRACE_SECONDS) -> None:
     """Stop a local pool whose sweep is interrupted: cancel its queued runs and interrupt the
     running ones as Ctrl-C does (a terminal's Ctrl-C reaches them already; a SIGTERM sent to
     the sweep alone does not), so that each records where it stopped; a worker still alive
-    after ``grace`` seconds is terminated. No worker outlives the sweep."""
+    after ``grace`` seconds is killed. No worker outlives the sweep."""
     import signal
 
     procs = list(getattr(pool, "_processes", {}).values())  # the executor's own worker table
@@ -693,7 +693,9 @@ def _stop_workers(pool: Any, grace: float = WORKER_GRACE_SECONDS) -> None:
         with contextlib.suppress(OSError, ValueError):
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
-                proc.terminate()
+                # SIGKILL: the workers take SIGTERM as Ctrl-C, which one stuck in a long C call
+                # (or already interrupted) does not act on
+                proc.kill()
                 proc.join(5)
 
 
@@ -933,6 +935,10 @@ def run_sweep(
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
     threads = check_threads(threads or 0, "threads", here=executor != "slurm") or None
+    if progress:
+        from dctps import progress as progress_mod
+
+        progress_mod.style()  # a bad DCTPS_PROGRESS: refused before any run
     from dctps.train.distributed import launched_world_size
 
     world = launched_world_size()

@@ -366,26 +366,60 @@ def check_archive(path: Path) -> None:
         raise ValueError(f"its record {bad} fails its CRC check (the file is damaged)")
     if codecs:
         raise ValueError(
-            "its pickle calls _codecs.encode, which a dctps checkpoint never does (it holds no "
-            "bytes objects) and which torch's weights_only loader allows with any codec: a "
-            "chain of 'hex' encodings in a few hundred bytes asks for terabytes"
+            "its pickle calls _codecs.encode (or cannot be checked for it), which a dctps "
+            "checkpoint never does (it holds no bytes objects) and which torch's weights_only "
+            "loader allows with any codec: a chain of 'hex' encodings in a few hundred bytes "
+            "asks for terabytes"
         )
 
 
 def _calls_codecs(z: zipfile.ZipFile) -> bool:
-    """Whether the pickle of a ``torch.save`` archive names ``_codecs`` (``GLOBAL`` of
-    protocols 2-3, or the module string of ``STACK_GLOBAL``). Found without unpickling, by
-    :func:`pickletools.genops`; its data (tensors) lie in other records."""
+    """Whether a pickle of a ``torch.save`` archive calls ``_codecs`` (``GLOBAL`` of
+    protocols 2-3, or ``STACK_GLOBAL`` whose module string is ``_codecs``), or cannot be
+    checked (a pickle :func:`pickletools.genops` cannot read, two records of one name: torch
+    reads the first, ``zipfile`` by name the last). Every ``.pkl`` record is read, by its
+    entry: torch loads ``<folder of the first record>/data.pkl``, which a decoy record listed
+    before it could hide from a check of the first name. Found without unpickling."""
+    names = [info.filename for info in z.infolist()]
+    if len(set(names)) != len(names):
+        return True
+    for info in z.infolist():
+        if info.filename.endswith(".pkl"):
+            with z.open(info) as f:
+                if info.CRC == 0:  # torch.serialization.set_crc32_options(False): no CRC to check
+                    f._expected_crc = None  # type: ignore[attr-defined]
+                if _pickle_calls_codecs(f.read()):
+                    return True
+    return False
+
+
+def _pickle_calls_codecs(data: bytes) -> bool:
+    """:func:`_calls_codecs` for one pickle. ``STACK_GLOBAL`` takes its module and name from
+    the stack: the strings pushed last (or fetched from the memo), tracked here; a config value
+    that is the string ``"_codecs"`` is no call."""
     import pickletools
 
-    names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-    for name in names[:1]:
-        with contextlib.suppress(Exception):  # a malformed pickle: torch.load's to refuse
-            for op, arg, _ in pickletools.genops(z.read(name)):
-                if op.name == "GLOBAL" and isinstance(arg, str) and arg.startswith("_codecs "):
+    pushed: list[Any] = []  # what the opcodes pushed, strings as themselves (enough here)
+    memo: dict[int, Any] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name == "GLOBAL" and isinstance(arg, str) and arg.split(" ")[0] == "_codecs":
+                return True
+            if name == "STACK_GLOBAL":
+                if len(pushed) >= 2 and pushed[-2] == "_codecs":
                     return True
-                if isinstance(arg, str) and arg == "_codecs":
-                    return True
+                pushed.append(None)
+            elif name in ("MEMOIZE",):
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = pushed[-1] if pushed else None  # type: ignore[arg-type]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(int(arg)))  # type: ignore[arg-type]
+            else:
+                pushed.append(arg if isinstance(arg, str) else None)
+    except Exception:  # noqa: BLE001 - not a pickle genops reads: not one to load unchecked
+        return True
     return False
 
 
@@ -448,7 +482,8 @@ def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is a sparse checkpoint (dctps.save), not a dctps train checkpoint: "
             "read it with dctps.load or dctps inspect"
         )
-    # torch.save writes a zip file (a pickle before torch 1.6); a text file is neither
+    # torch.save writes a zip file (a pickle before torch 1.6, which check_archive refuses
+    # by name); a text file is neither
     if head and not head.startswith((b"PK\x03\x04", b"\x80")):
         raise DctpsError(
             f"{path} is not a dctps train checkpoint (not a torch.save file): give a run's "
