@@ -748,3 +748,14 @@ def test_a_dctps_warning_is_one_line_in_the_cli_wherever_it_is_attributed():
         warnings.simplefilter("always")
         warn_at_caller("x", RuntimeWarning)
     assert got[0].category is marked and got[0].filename == __file__
+    # found again by name in a fresh process (pytest-xdist's controller crashed on a made
+    # class no module held)
+    import pickle
+    import subprocess
+    import sys
+
+    code = "import pickle, sys; print(repr(pickle.loads(sys.stdin.buffer.read())))"
+    for category in (RuntimeWarning, UserWarning):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                             input=pickle.dumps(dctps_warning(category)("x")))  # fmt: skip
+        assert out.stdout.decode().strip() == f"Dctps{category.__name__}('x')"

@@ -43,13 +43,32 @@ def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
     warnings.warn(message, dctps_warning(category), stacklevel=level)  # type: ignore[arg-type]
 
 
+class DctpsUserWarning(UserWarning):
+    """A ``UserWarning`` of dctps's (:func:`dctps_warning`)."""
+
+    dctps = True
+
+
+class DctpsRuntimeWarning(RuntimeWarning):
+    """A ``RuntimeWarning`` of dctps's (:func:`dctps_warning`)."""
+
+    dctps = True
+
+
 @functools.cache
 def dctps_warning(category: type[Warning]) -> type[Warning]:
-    """``category`` marked as dctps's (a subclass with ``dctps = True``; filters and
-    ``pytest.warns`` of ``category`` still catch it): the command line prints such a warning
-    as one ``warning:`` line wherever :func:`warn_at_caller` attributed it (in ``dctps
-    train``, to typer's frame)."""
-    return type(category.__name__, (category,), {"dctps": True, "__module__": __name__})
+    """``category`` marked as dctps's: ``Dctps<Category>``, a subclass with ``dctps = True``
+    (filters and ``pytest.warns`` of ``category`` still catch it), which the command line
+    prints as one ``warning:`` line wherever :func:`warn_at_caller` attributed it (in ``dctps
+    train``, to typer's frame). Each is a global of this module, so that a warning pickled
+    to another process (pytest-xdist, a sweep's pool) is found again by its name: the two
+    dctps raises are defined here, others made once."""
+    name = f"Dctps{category.__name__}"
+    marked = globals().get(name)
+    if marked is None:
+        marked = type(name, (category,), {"dctps": True, "__module__": __name__})
+        globals()[name] = marked
+    return marked
 
 
 #: the longest message a :class:`DctpsError` keeps whole: one that quotes a bad value (a list
