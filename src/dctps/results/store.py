@@ -145,12 +145,20 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
-def _schema_is_current(conn: sqlite3.Connection) -> bool:
-    """Whether the database has every table, column and index :data:`_SCHEMA` makes."""
+def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """``(table, column, SQL type)`` of every column of :data:`RUN_COLUMNS` and
+    :data:`EPOCH_COLUMNS` the database lacks (all of a missing table's)."""
+    out = []
     for table, columns in (("runs", RUN_COLUMNS), ("epochs", EPOCH_COLUMNS)):
         have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-        if not set(columns) <= have:
-            return False
+        out += [(table, name, sql) for name, sql in columns.items() if name not in have]
+    return out
+
+
+def _schema_is_current(conn: sqlite3.Connection) -> bool:
+    """Whether the database has every table, column and index :data:`_SCHEMA` makes."""
+    if _missing_columns(conn):
+        return False
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     return "runs_by_setting" in indexes
 
@@ -486,11 +494,8 @@ class Store:
         try:
             for stmt in _SCHEMA:
                 conn.execute(stmt)
-            for table, columns in (("runs", RUN_COLUMNS), ("epochs", EPOCH_COLUMNS)):
-                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-                for name, sql_type in columns.items():
-                    if name not in have:  # a database written by an older version
-                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+            for table, name, sql_type in _missing_columns(conn):  # an older version's database
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
         except BaseException:
             _rollback(conn)
             raise

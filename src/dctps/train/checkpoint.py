@@ -410,7 +410,7 @@ def _pickle_calls_codecs(data: bytes) -> bool:
                 if len(pushed) >= 2 and pushed[-2] == "_codecs":
                     return True
                 pushed.append(None)
-            elif name in ("MEMOIZE",):
+            elif name == "MEMOIZE":
                 memo[len(memo)] = pushed[-1] if pushed else None
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
                 memo[int(arg)] = pushed[-1] if pushed else None  # type: ignore[arg-type]
