@@ -35,13 +35,13 @@ class PruneBar:
         self.method = method
         self.density = density
         self._bar: Any = None
-        self._quiet = False
+        self._off = False  # DCTPS_PROGRESS=none
         self._started = 0.0
 
     def __call__(self, step: int, steps: int) -> None:
-        if self._bar is None:
-            from dctps import progress
+        from dctps import progress
 
+        if self._bar is None and not self._off:
             one_shot = steps == 1
             self._bar = progress.make_bar(
                 steps,
@@ -52,30 +52,21 @@ class PruneBar:
                 # one shot: a status line ("... 0/1 [elapsed]"), a bar would jump 0 -> 100%
                 bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}{postfix}]" if one_shot else None,
             )
-            if self._bar is None:  # DCTPS_PROGRESS=none
-                self._bar = progress.Lines(steps)
-                self._quiet = True
+            self._off = self._bar is None
             self._started = time.perf_counter()
-            self._mark()  # in a log: that it started (SynFlow's 100 iterations take a while)
-        if step > self._bar.n:
+            progress.mark(self._bar)  # in a log: that it started (SynFlow's 100 iterations)
+        if self._bar is not None and step > self._bar.n:
             self._bar.update(step - self._bar.n)
 
     def close(self, ending: str | None = None) -> None:
         """Close the bar (if it was ever shown); ``ending`` (e.g. ``"failed"``, ``"interrupted"``):
-        say so on it first."""
-        if self._bar is None:
-            return
-        if ending:
-            self._bar.set_postfix_str(ending, refresh=False)
-        else:
-            self._bar.set_postfix_str(f"done in {time.perf_counter() - self._started:.1f} s",
-                                      refresh=False)  # fmt: skip
-        self._mark()
-        self._bar.close()
-        self._bar = None
-
-    def _mark(self) -> None:
+        say so on it first, else how long the pruning took."""
         from dctps import progress
 
-        if not self._quiet:
-            progress.mark(self._bar)
+        if self._bar is None:
+            return
+        took = f"done in {time.perf_counter() - self._started:.1f} s"
+        self._bar.set_postfix_str(ending or took, refresh=False)
+        progress.mark(self._bar)
+        self._bar.close()
+        self._bar = None
