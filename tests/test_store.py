@@ -244,7 +244,10 @@ def test_results_json_holds_configs_and_learning_curves(tmp_path, capsys):
     assert runs[1]["config"] == cfg("dctps", 0.01, seed=0) and "config_json" not in runs[1]
     assert [e["epoch"] for e in runs[1]["epochs"]] == [1, 2, 3, 4]
     assert [e["train_loss"] for e in runs[0]["epochs"]] == [1.8, 0.8, -0.2]
-    assert runs[1]["epochs"][3]["train_loss"] == float("inf") and "hash" not in runs[1]["epochs"][0]
+    # strict JSON (jq, JavaScript): an infinite loss is null, not a bare Infinity
+    text = (tmp_path / "out" / "runs.json").read_text()
+    assert "Infinity" not in text and json.loads(text, parse_constant=pytest.fail) == runs
+    assert runs[1]["epochs"][3]["train_loss"] is None and "hash" not in runs[1]["epochs"][0]
     assert {k for k in runs[0] if k not in ("config", "epochs")} == (
         set(RUN_COLUMNS) - {"config_json"} | {"variant", "recorded_by"}
     )
@@ -951,10 +954,54 @@ def test_results_json_is_written_in_large_pieces():
             return super().write(s)
 
     f = Counting()
-    _write_json(f, runs)
+    _write_json(f, iter(runs))
     want = json.dumps(runs, indent=1) + "\n"
     assert f.getvalue() == want
     assert Counting.writes <= len(want) // JSON_WRITE_CHARS + 2 < 100
+    for few in ([], runs[:1]):
+        f = Counting()
+        _write_json(f, few)
+        assert f.getvalue() == json.dumps(few, indent=1) + "\n"
+
+
+def test_results_json_reads_the_epochs_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """A scale review: `dctps results --json` built every run with every epoch, and then their
+    whole text, in memory (about 2 GB for 20,000 runs of 200 epochs). It now reads 500 runs'
+    epochs at a time (100 here) and writes them before it reads the next: its peak memory is a
+    fraction of what the whole list takes, and the file is the same."""
+    import sqlite3
+    import tracemalloc
+
+    from dctps.results import store
+
+    monkeypatch.setattr(store, "EPOCHS_READ_RUNS", 100)
+
+    s = Store(tmp_path / "results.db")
+    s.start("h", cfg("dctps", 0.01))  # creates the tables
+    n_runs, n_epochs = 600, 40
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        conn.executemany(
+            "INSERT INTO runs (hash, model, dataset, method, density, seed, status, config_json)"
+            " VALUES (?, 'lenet5', 'mnist', 'dctps', 0.01, ?, 'done', '{}')",
+            [(f"{i:016x}", i) for i in range(n_runs)],
+        )
+        conn.executemany(
+            "INSERT INTO epochs (hash, epoch, train_loss, val_acc) VALUES (?, ?, ?, ?)",
+            [(f"{i:016x}", e, 1.0 / (e + 1), i / n_runs) for i in range(n_runs)
+             for e in range(1, n_epochs + 1)],
+        )  # fmt: skip
+    tracemalloc.start()
+    everything = s.runs_with_epochs()
+    whole = tracemalloc.get_traced_memory()[1]  # the runs alone, without their text
+    del everything
+    tracemalloc.reset_peak()
+    assert s.to_json(tmp_path / "runs.json") == n_runs + 1
+    streamed = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert len(runs) == n_runs + 1 and all(len(r["epochs"]) == n_epochs for r in runs[1:])
+    assert runs == s.runs_with_epochs()
+    assert streamed < 0.5 * whole, (streamed, whole)
 
 
 def test_reading_a_store_does_not_wait_for_a_writers_transaction(tmp_path):

@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dctps.atomic import atomic_write, create_temp, foreign_file, unlink_quietly  # noqa: E402
 from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
-from dctps.results.store import flat_identities, row_config  # noqa: E402
+from dctps.results.store import flat_identities, json_safe, row_config  # noqa: E402
 from dctps.results.variants import (  # noqa: E402
     differing_settings,
     named_differences,
@@ -873,22 +873,10 @@ def _summary(row: Mapping[str, Any]) -> str:
     )
 
 
-def _json_safe(data: Any) -> Any:
-    """``data`` with every NaN or infinite float as ``None`` (JSON has no NaN: ``json.dumps``
-    writes a bare ``NaN`` that strict parsers reject)."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, Mapping):
-        return {k: _json_safe(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_json_safe(v) for v in data]
-    return data
-
-
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON (the numbers behind a figure)."""
     path = user_path(path)
-    text = json.dumps(_json_safe(data), indent=1, default=str, allow_nan=False)
+    text = json.dumps(json_safe(data), indent=1, default=str, allow_nan=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import datetime as _dt
 import json
+import math
 import os
 import random
 import re
@@ -698,30 +699,34 @@ class Store:
         ``marked``: :func:`with_marks` of this query's rows, where the caller has them (each
         row's identity resolved once for the table and every export)."""
         rows = list(marked) if marked is not None else with_marks(self.query(where))
-        by_hash: dict[str, list[dict[str, Any]]] = {r["hash"]: [] for r in rows}
-        hashes = list(by_hash)
-        for i in range(0, len(hashes), 500):  # under SQLite's limit of bound parameters
-            chunk = hashes[i : i + 500]
+        return list(self._with_epochs(rows))
 
-            def fn(conn: sqlite3.Connection, chunk: list[str] = chunk) -> list[dict[str, Any]]:
+    def _with_epochs(self, rows: Sequence[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
+        """:meth:`runs_with_epochs` of ``rows``, a run at a time: their epochs are read
+        :data:`EPOCHS_READ_RUNS` runs at a time, so that an export of 20,000 runs of 200 epochs
+        holds one such chunk, not every epoch of the store."""
+        for i in range(0, len(rows), EPOCHS_READ_RUNS):
+            chunk = rows[i : i + EPOCHS_READ_RUNS]
+            by_hash: dict[str, list[dict[str, Any]]] = {r["hash"]: [] for r in chunk}
+            hashes = list(by_hash)
+
+            def fn(conn: sqlite3.Connection, hashes: list[str] = hashes) -> list[dict[str, Any]]:
                 sql = (
-                    f"SELECT * FROM epochs WHERE hash IN ({', '.join('?' for _ in chunk)}) "
+                    f"SELECT * FROM epochs WHERE hash IN ({', '.join('?' for _ in hashes)}) "
                     "ORDER BY hash, epoch"
                 )
-                return [dict(r) for r in conn.execute(sql, chunk)]
+                return [dict(r) for r in conn.execute(sql, hashes)]
 
             for e in self._retry(fn):
                 by_hash[e.pop("hash")].append(e)
-        out = []
-        for r in rows:
-            run = {k: v for k, v in r.items() if k != "config_json"}
-            try:
-                run["config"] = json.loads(r["config_json"]) if r.get("config_json") else None
-            except ValueError:  # a row written by hand: kept as its text
-                run["config"] = r["config_json"]
-            run["epochs"] = by_hash[r["hash"]]
-            out.append(run)
-        return out
+            for r in chunk:
+                run = {k: v for k, v in r.items() if k != "config_json"}
+                try:
+                    run["config"] = json.loads(r["config_json"]) if r.get("config_json") else None
+                except ValueError:  # a row written by hand: kept as its text
+                    run["config"] = r["config_json"]
+                run["epochs"] = by_hash[r["hash"]]
+                yield run
 
     def to_json(
         self,
@@ -733,11 +738,12 @@ class Store:
         """Write the matching runs (:meth:`runs_with_epochs`) to a JSON file, a list with one
         object per run; return the number of runs. Written atomically, as :meth:`to_csv` is,
         and never over a database or a file that is not such a JSON list. ``marked``: as
-        :meth:`runs_with_epochs` takes it."""
+        :meth:`runs_with_epochs` takes it. Strict JSON: a number that is not finite (an
+        infinite loss; SQLite already stores a NaN as NULL) is written as ``null``."""
         _check_export_target(user_path(path), "JSON")
-        runs = self.runs_with_epochs(where, marked=marked)
-        _export(path, "JSON", lambda f: _write_json(f, runs))
-        return len(runs)
+        rows = list(marked) if marked is not None else with_marks(self.query(where))
+        _export(path, "JSON", lambda f: _write_json(f, self._with_epochs(rows)))
+        return len(rows)
 
     def to_csv(
         self,
@@ -818,22 +824,44 @@ def _reader_gone(stdout: bool) -> None:
         pass
 
 
-def _write_json(f: Any, runs: Sequence[Mapping[str, Any]]) -> None:
-    # SQLite stores a NaN as NULL (null here) but keeps an infinite loss, which Python's json
-    # writes as Infinity (read back by Python and pandas; strict JSON has no such number)
+def _write_json(f: Any, runs: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``runs`` to ``f`` as ``json.dumps(list(runs), indent=1)`` would, with every
+    non-finite float as ``null`` (:func:`json_safe`), a run at a time (an export of 20,000 runs
+    of 200 epochs had built its 2 GB text in memory first)."""
     # in pieces of about 64 KB, not a write per JSON token as json.dump makes: under
     # PYTHONUNBUFFERED=1 (containers, SLURM, CI) each is a system call (5.5 million for 9,180
     # runs: 13 s where 4.5 s is the encoding)
+    encode = json.JSONEncoder(indent=1, allow_nan=False).encode
     pieces: list[str] = []
     size = 0
-    for piece in json.JSONEncoder(indent=1).iterencode(list(runs)):
-        pieces.append(piece)
-        size += len(piece)
+    sep = "[\n "
+    for run in runs:
+        # a run's own lines one level deeper, as inside the list: a JSON string holds no raw
+        # newline, so every newline of the encoding is between tokens
+        pieces.append(sep + encode(json_safe(run)).replace("\n", "\n "))
+        size += len(pieces[-1])
+        sep = ",\n "
         if size >= JSON_WRITE_CHARS:
             f.write("".join(pieces))
             pieces, size = [], 0
-    f.write("".join(pieces) + "\n")
+    f.write("".join(pieces) + ("[]\n" if sep == "[\n " else "\n]\n"))
 
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN or infinite float as ``None``: ``json.dumps`` writes a bare
+    ``NaN`` or ``Infinity``, which strict parsers (``jq``, JavaScript, serde) reject."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+#: how many runs' epochs `dctps results --json` reads at a time (under SQLite's limit of 999
+#: bound parameters)
+EPOCHS_READ_RUNS = 500
 
 #: how much of `dctps results --json` is written at a time (characters)
 JSON_WRITE_CHARS = 1 << 16
