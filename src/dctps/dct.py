@@ -155,7 +155,9 @@ def dct_t(y: torch.Tensor, m: int) -> torch.Tensor:
 
     Zero-pads ``y`` to ``N = max(m, n)``, takes an O(N log N) DCT-III, keeps the first ``m``
     entries.
-    Shape ``(..., n) -> (..., m)``; the adjoint of :func:`dct` (used in its backward pass).
+    Shape ``(..., n) -> (..., m)``; the adjoint of :func:`dct` (whose own backward is
+    autograd's, through ``torch.fft``; the fast layers' backward uses :mod:`dctps.fast`'s banded
+    transforms).
     """
     n = y.shape[-1]
     if y.numel() == 0:

@@ -46,9 +46,10 @@ then differentiates a recompute of the forward from the saved input.
 
 Sparse products: for Linear layers with ``nnz >= N/4``, ``torch.sparse`` CSR matrices (MKL on
 CPU, cuSPARSE on CUDA) built per call from cached index structures (:class:`SparsePlan`); on one
-CPU thread, batch 128, 8192x8192 at 0.1%, ``S x`` took ~1.3 ms this way against ~20 ms for
-gather + ``index_add_``. Elsewhere (convs, where ``nnz`` is small against the patch length) a
-gather of the needed rows and ``index_add_``.
+CPU thread, batch 128, 8192x8192 at 0.1%, ``S x`` took 13 ms this way against 76 ms for a
+gather + ``index_add_`` (the development machine, 2026-11; a 5x gap, as in every earlier
+check). Elsewhere (convs, where ``nnz`` is small against the patch length) a gather of the
+needed rows and ``index_add_``.
 """
 
 from __future__ import annotations
@@ -692,9 +693,8 @@ _BACKEND = {"sparse": "auto"}  # 'auto', 'csr' or 'gather'; the tests force each
 def _csr_ok(plan: SparsePlan, t: torch.Tensor) -> bool:
     """CSR products (MKL / cuSPARSE) for Linear inputs with ``nnz >= N/4``; gathers otherwise.
 
-    On 2 CPU cores, batch 128: 8192^2 at 0.1% (nnz 8N) took ~1.3 ms for ``S x`` with CSR against
-    ~20 ms with gather + index_add; a conv's patch matrix with nnz << N is cheaper to gather than
-    to transpose for CSR.
+    CSR was about 5x faster for 8192^2 at 0.1% (nnz 8N; the module's docstring has the numbers);
+    a conv's patch matrix with nnz << N is cheaper to gather than to transpose for CSR.
     """
     b = _BACKEND["sparse"]
     if t.shape[2] != 1 or b == "gather":

@@ -450,7 +450,8 @@ def sparsify(
     ``W = alpha * D + S`` with ``alpha = 1`` (0 for layers marked ``_dctps_zero_init``, e.g. Fixup's
     zero-initialised convs), ``S = 0`` on a uniformly random support whose size per layer comes from
     ``budgets(shapes, density, allocation)``: the total trainable non-zeros are exactly
-    ``round(density * total_weights)``. Biases are kept (with their values); BN is untouched.
+    ``round(density * total_weights)`` (but for ``allocation='epl_ref'``, which rounds each layer
+    on its own as the authors' code did). Biases are kept (with their values); BN is untouched.
     A layer registered under several names (used twice in a forward) is replaced under all of
     them and counted once. On any error the model is left unchanged.
 
@@ -695,8 +696,9 @@ class Counts:
             embedding).
         fixed_alphas: the alphas that are not trained (``train_alpha=False``).
 
-    The sparse budget of a DCTpS model is ``nonzeros + alphas``, fixed alphas included (the
-    paper's counts, Table E.1).
+    The sparse budget of a DCTpS model is ``nonzeros + alphas``, fixed alphas included: this
+    project's convention (an alpha is a trained or stored number like a non-zero); Table E.1
+    gives only the dense weight totals these are fractions of.
     """
 
     weights: int

@@ -3,12 +3,14 @@
 ``prune(model, density, method, batches=None, allocation=None, **options)`` scores the prunable
 weights (the ``.weight`` of every Conv2d and Linear, first/last layers included; biases and BN are
 never pruned) on a deep copy of ``model``, chooses EXACTLY ``k = round(density * N)`` of the ``N``
-weights globally (ties broken by index), and applies the mask to ``model``'s own initial weights
-in ``torch.nn.utils.prune`` convention (``weight_orig`` + ``weight_mask``; pruned entries of
-``weight_orig`` are zeroed and receive no gradient). It never prints unless asked to: with
-``progress=True`` it shows a tqdm bar of the method's iterations on stderr (a one-line status for
-the one-shot methods), closed when pruning ends or fails; ``progress=callback`` gets
-``callback(step, steps)`` instead (:mod:`dctps.pruning.progress`). Time it from the caller.
+weights globally (ties broken by index; ``allocation='epl_ref'`` rounds each layer on its own, as
+the authors' code did, so its total may differ: :mod:`dctps.allocation`), and applies the mask
+to ``model``'s own initial weights in ``torch.nn.utils.prune`` convention (``weight_orig`` +
+``weight_mask``; pruned entries of ``weight_orig`` are zeroed and receive no gradient). It
+never prints unless asked to: with ``progress=True`` it shows a tqdm bar of the method's
+iterations on stderr (a one-line status for the one-shot methods), closed when pruning ends or
+fails; ``progress=callback`` gets ``callback(step, steps)`` instead
+(:mod:`dctps.pruning.progress`). Time it from the caller.
 
 =============  ====================================================  ==========  =================
 method         score (docs/BASELINES.md section)                     data        defaults
@@ -323,7 +325,8 @@ def prune(
 
     Args:
         model: a dense model (Linear/Conv2d weights not yet pruned).
-        density: fraction of prunable weights kept, in (0, 1]; exactly ``round(density * N)`` are.
+        density: fraction of prunable weights kept, in (0, 1]; exactly ``round(density * N)`` are
+            (but for ``allocation='epl_ref'``, rounded per layer).
         method: one of :func:`names` (see the module table).
         batches: ``(x, y)`` float batches: an iterable (list, DataLoader, ``dctps.data.Loader``)
             or a zero-argument callable returning an iterator. Iterative methods draw fresh
