@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,14 +323,14 @@ def test_dctps_curves_are_drawn_above_the_baselines(tmp_path, monkeypatch):
     for method in ("dctps", "random", "snip"):
         record(store, cfg(method, 0.01), 0.1)
     axes = []
-    real = plots.plt.subplots
+    real = plots._subplots
 
     def subplots(*a, **k):
         fig, ax = real(*a, **k)
         axes.append(ax)
         return fig, ax
 
-    monkeypatch.setattr(plots.plt, "subplots", subplots)
+    monkeypatch.setattr(plots, "_subplots", subplots)
     plot_runs(store.query({}), tmp_path / "f.png")
     z = {ln.get_label(): ln.get_zorder() for ln in axes[0].flat[0].lines}
     assert z["DCTpS"] > max(v for k, v in z.items() if k in ("Random", "SNIP"))
@@ -1292,3 +1294,21 @@ def test_chance_markers_and_one_row_per_seed_at_their_edges():
     assert plots._one_per_seed([old, new, running]) == [new]
     assert plots._one_per_seed([running, new, old]) == [new]
     assert plots._one_per_seed([new, dict(new)])[0] is new  # a tie: the first kept
+
+
+def test_importing_the_plots_leaves_matplotlibs_backend_alone(tmp_path):
+    """`dctps.results.plots` called `matplotlib.use("Agg")` at import: a notebook that imported
+    it (or `dctps.results.figures`) stopped showing its own inline plots (a packaging review).
+    The figures are drawn without pyplot, in a fresh process whose backend is a chosen one."""
+    code = (
+        "import matplotlib; matplotlib.use('pdf'); import dctps.results.figures, sys;"
+        "from dctps.results import plots;"
+        "plots.plot_allocation({'a': [1, 2]}, 't', sys.argv[1]);"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.png")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["pdf", "False"]
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"

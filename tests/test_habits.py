@@ -53,13 +53,28 @@ def test_mypy():
 
 
 def test_changelog_top_version_is_the_package_version():
+    """The package is its latest release, or, while CHANGELOG.md has unreleased changes, a
+    development version after it (``X.Y.Z.devN``): a wheel of later code had the release's
+    version, so pip kept the older install ("already installed with the same version") and
+    checkpoints recorded ``0.1.0`` whatever wrote them (a packaging review)."""
     text = (ROOT / "CHANGELOG.md").read_text()
     versions = re.findall(r"^## \[(\d+\.\d+\.\d+[^\]]*)\]", text, re.M)
     assert versions, "CHANGELOG.md has no '## [X.Y.Z] - DATE' section"
-    assert versions[0] == dctps.__version__, (
-        f"CHANGELOG.md's latest release is {versions[0]}, the package is {dctps.__version__} "
-        "(src/dctps/_version.py): add a changelog section for the new version"
+    unreleased = re.search(r"^## \[Unreleased\]\n(.*?)^## \[", text, re.M | re.S)
+    if unreleased is None or not re.search(r"^- ", unreleased.group(1), re.M):
+        assert versions[0] == dctps.__version__, (
+            f"CHANGELOG.md's latest release is {versions[0]}, the package is "
+            f"{dctps.__version__} (src/dctps/_version.py): add a changelog section for it"
+        )
+        return
+    dev = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)\.dev\d+", dctps.__version__)
+    assert dev, (
+        f"CHANGELOG.md has unreleased changes: the package ({dctps.__version__}, "
+        f"src/dctps/_version.py) must be a development version after {versions[0]}, "
+        "e.g. X.Y.Z.dev0"
     )
+    latest = tuple(int(v) for v in re.findall(r"\d+", versions[0])[:3])
+    assert tuple(int(v) for v in dev.groups()) > latest, (dctps.__version__, versions[0])
 
 
 def test_wheel_builds_and_installs_into_a_fresh_venv(tmp_path: Path):

@@ -519,17 +519,20 @@ def main() -> None:
     warnings.formatwarning = _format_warning
     try:
         try:
-            from typer._click.exceptions import ClickException, NoArgsIsHelpError
+            from typer._click import exceptions as click_errors
         except ImportError:  # typer < 0.22 uses click itself
-            from click.exceptions import ClickException  # type: ignore[no-redef]
-
-            NoArgsIsHelpError = ()  # type: ignore[misc,assignment]  # noqa: N806
+            from click import exceptions as click_errors  # type: ignore[no-redef]
+        # click >= 8.2 raises it for a bare `dctps` (older click prints the help itself); typer
+        # 0.16-0.21 pair with such a click, and the whole help became one `error:` line
+        no_args: Any = getattr(click_errors, "NoArgsIsHelpError", ())
         try:
             rv = app(standalone_mode=False)
-        except NoArgsIsHelpError as e:  # `dctps` alone: the help text, as before
+        except no_args as e:  # `dctps` alone: the help text, as before
             typer.echo(e.format_message(), err=True)
             sys.exit(2)
-        except ClickException as e:  # usage errors: no such option, not a valid float, ...
+        except (
+            click_errors.ClickException
+        ) as e:  # usage errors: no such option, not a valid float, ...
             ctx = getattr(e, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             typer.echo(f"error: {_one_line(e.format_message())}{hint}", err=True)

@@ -17,19 +17,17 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # headless: figures are files, never windows
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from dctps.atomic import atomic_write, create_temp, foreign_file, unlink_quietly  # noqa: E402
-from dctps.errors import DctpsError, cannot_write, user_path  # noqa: E402
-from dctps.results.store import flat_identities, json_safe, row_config  # noqa: E402
-from dctps.results.variants import (  # noqa: E402
+from dctps.atomic import atomic_write, create_temp, foreign_file, unlink_quietly
+from dctps.errors import DctpsError, cannot_write, user_path
+from dctps.results.store import flat_identities, json_safe, row_config
+from dctps.results.variants import (
     differing_settings,
     named_differences,
     own_settings,
@@ -122,7 +120,15 @@ def _image_paths(path: Path) -> tuple[Path, Path]:
     return main, main.with_suffix(".pdf" if main.suffix.lower() != ".pdf" else ".png")
 
 
-def save(fig, path: str | Path) -> list[Path]:
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True,
+              layout: Literal["constrained"] | None = None) -> tuple[Figure, Any]:  # fmt: skip
+    """``pyplot.subplots`` without pyplot: a figure only ever written to files needs no
+    backend, and ``matplotlib.use("Agg")`` at import had switched a notebook's plots off."""
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def save(fig: Figure, path: str | Path) -> list[Path]:
     """Save ``fig`` at ``path`` and, beside it, the other of PNG/PDF; return both paths."""
     path, twin = _image_paths(user_path(path))
     out = [path, twin]
@@ -143,8 +149,6 @@ def save(fig, path: str | Path) -> list[Path]:
         raise
     except ValueError as e:  # e.g. an unknown image format (file suffix)
         raise DctpsError(f"cannot write figure {path}: {e}") from None
-    finally:
-        plt.close(fig)
     return out
 
 
@@ -166,7 +170,7 @@ def plot_allocation(
     series: Mapping[str, Sequence[int]], title: str, path: str | Path, log: bool = True
 ) -> list[Path]:
     """Bar chart of non-zeros per prunable layer, one group of bars per series (e.g. EPL, EPF)."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * max(len(v) for v in series.values())), 3.5))
+    fig, ax = _subplots(figsize=(max(6, 0.3 * max(len(v) for v in series.values())), 3.5))
     k = len(series)
     width = 0.8 / k
     colour = series_colours(list(series))
@@ -197,7 +201,7 @@ def plot_allocation_panels(
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
     width_layers = max(len(v) for _, s in panels for v in s.values())
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         nrows, ncols, figsize=(ncols * max(5.0, 0.12 * width_layers), 3.2 * nrows), squeeze=False
     )
     data: dict[str, dict[str, list[int]]] = {}
@@ -257,7 +261,7 @@ def series_colours(labels: Sequence[str]) -> dict[str, str]:
     """A colour per curve label: a method's own (:data:`METHOD_COLOURS`) where it has one and no
     other label of the plot took it, else the first colour of matplotlib's cycle not yet used
     in the plot (cycling once all are)."""
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     fixed = {lab: cycle[int(c[1:]) % len(cycle)] for lab, c in METHOD_COLOURS.items()}
     out = {lab: fixed[lab] for lab in labels if lab in fixed}
     free = [c for c in cycle if c not in out.values()] or list(cycle)
@@ -707,7 +711,7 @@ def plot_accuracy(
         raise DctpsError("nothing to plot: no finished or failed runs match")
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows + 0.6), squeeze=False, layout="constrained"
     )
     colour = series_colours(list(dict.fromkeys(k for p in panels for k in p.series)))
