@@ -1050,3 +1050,54 @@ def test_a_store_missing_its_index_or_an_epochs_column_is_mended_on_open(tmp_pat
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     conn.close()
     assert "runs_by_setting" in names
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE (ulimit -f) is POSIX")
+def test_a_full_disk_is_named_and_exits_1_not_2(tmp_path):
+    """A fault-injection review: a store that could not grow said only SQLite's `disk I/O
+    error`, and every failed write exited 2, the status of a bad command, though the command
+    was right and runs again once there is room. Under a file-size limit (`ulimit -f`, a full
+    disk's stand-in) the store names the limit, and `dctps results --csv` that cannot write its
+    file exits 1; the rows written before are all there."""
+    code = textwrap.dedent(
+        """
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death by signal
+        from dctps.errors import CannotWrite
+        from dctps.results.store import Store
+        s = Store(sys.argv[1])
+        for i in range(60, -1, -1):  # h0 last: the CSV below is larger than its limit
+            s.start(f"h{i}", {"model": {"name": "lenet5"}, "seed": i})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        try:
+            for e in range(1, 100_000):
+                s.log_epoch("h0", e, train_loss=1.0, val_acc=0.5)
+        except CannotWrite as err:
+            print(e, err)
+        """
+    )
+    db = tmp_path / "results.db"
+    out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    last, msg = out.stdout.split(" ", 1)
+    assert "disk I/O error" in msg or "disk is full" in msg, msg
+    assert "a file-size limit (ulimit -f) of 200,000 bytes" in msg and "same command" in msg
+    epochs = Store(db).runs_with_epochs({"hash": "h0"})[0]["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(1, int(last)))  # each written one kept
+
+    cli = textwrap.dedent(
+        """
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+        sys.argv = ["dctps", "results", "--db", sys.argv[1], "--csv", sys.argv[2]]
+        from dctps.cli import main
+        main()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", cli, str(db), str(tmp_path / "o.csv")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert out.stderr.startswith("error: cannot write CSV file") and "File too large" in out.stderr
+    assert not (tmp_path / "o.csv").exists()

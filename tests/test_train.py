@@ -2807,3 +2807,12 @@ def test_boundary_optimiser_values_are_refused_and_milestones_are_one_run():
         cfg(recipe="sgd", momentum=1.0).resolve()
     a, b = cfg(milestones=[3, 1]).resolve(), cfg(milestones=[1, 3]).resolve()
     assert a.optim.milestones == [1, 3] and a.config_hash() == b.config_hash()
+
+
+def test_a_checkpoint_that_is_a_folder_is_named_so(tmp_path):
+    """A fault-injection review: a `last.pt` that was a folder was "not a zip archive"."""
+    from dctps.train import checkpoint as ckpt_io
+
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(DctpsError, match="last.pt: ValueError: a folder, not a file"):
+        ckpt_io.load_checkpoint(tmp_path, None)

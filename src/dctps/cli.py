@@ -514,7 +514,8 @@ _PACKAGE = Path(__file__).resolve().parent
 
 def main() -> None:
     """Entry point: run the app, turning every DctpsError and every usage error (a bad flag or
-    flag value) into one line on stderr and exit status 2; dctps's own warnings are one
+    flag value) into one line on stderr and exit status 2 (1 for a write the machine refused
+    while the command ran: :class:`dctps.errors.CannotWrite`); dctps's own warnings are one
     ``warning:`` line each."""
     warnings.formatwarning = _format_warning
     try:
@@ -540,7 +541,7 @@ def main() -> None:
         sys.exit(rv if isinstance(rv, int) else 0)
     except DctpsError as e:
         typer.echo(f"{_rank_prefix()}error: {_one_line(str(e))}", err=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

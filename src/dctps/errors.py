@@ -77,7 +77,12 @@ MAX_MESSAGE = 1000
 
 
 class DctpsError(ValueError):
-    """A bad input or an unusable file; the message names the bad value and what is valid."""
+    """A bad input or an unusable file; the message names the bad value and what is valid.
+
+    ``exit_code``: the command line's exit status for it, 2 (the command or its files are
+    wrong: running it again unchanged fails again)."""
+
+    exit_code = 2
 
     def __init__(self, *args: object) -> None:
         if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE:
@@ -85,6 +90,15 @@ class DctpsError(ValueError):
             cut = len(m) - 900
             args = (f"{m[:650]} ... [{cut:,} characters cut] ... {m[-250:]}",)
         super().__init__(*args)
+
+
+class CannotWrite(DctpsError):
+    """A write the machine refused while the command ran (a full disk, a file-size or disk
+    quota limit, a folder made read-only or removed, no permission): the command was valid,
+    so its exit status is 1, that of a failed run, not 2 (a job script can tell "fix the
+    command" from "fix the machine, then run it again": the same command resumes)."""
+
+    exit_code = 1
 
 
 class InputDtypeError(DctpsError, RuntimeError):
@@ -247,8 +261,9 @@ def one_line(e: BaseException, empty: str = "") -> str:
 
 
 def cannot_write(what: str, path: str | os.PathLike, e: OSError) -> DctpsError:
-    """A one-line error for a failed write of ``path`` (names a parent that is a file, not a folder;
-    a full disk; a read-only folder)."""
+    """A one-line error for a failed write of ``path``: a :class:`DctpsError` where the path is
+    wrong (a parent, or the folder to make, is a file), else a :class:`CannotWrite` naming the
+    cause (a full disk, a read-only folder)."""
     p = Path(path)
     if isinstance(e, FileExistsError) and p.exists() and not p.is_dir():  # a mkdir's target
         return DctpsError(f"cannot write {what} {p}: it is a file, not a folder")
@@ -257,7 +272,7 @@ def cannot_write(what: str, path: str | os.PathLike, e: OSError) -> DctpsError:
             if not parent.is_dir():
                 return DctpsError(f"cannot write {what} {p}: {parent} is a file, not a folder")
             break
-    return DctpsError(f"cannot write {what} {p}: {e.strerror or e}")
+    return CannotWrite(f"cannot write {what} {p}: {e.strerror or e}")
 
 
 def parse_density(value: Any, where: str = "density") -> float:

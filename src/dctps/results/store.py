@@ -23,6 +23,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sqlite3
 import sys
 import threading
@@ -42,7 +43,7 @@ from dctps.atomic import (
     make_parent,
     starts_with,
 )
-from dctps.errors import DctpsError, cannot_write, refuse_empty, user_path
+from dctps.errors import CannotWrite, DctpsError, cannot_write, refuse_empty, user_path
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
 
@@ -167,6 +168,37 @@ def _schema_is_current(conn: sqlite3.Connection) -> bool:
 def _is_busy(e: sqlite3.OperationalError) -> bool:
     msg = str(e).lower()
     return "locked" in msg or "busy" in msg
+
+
+def _io_failure(path: Path, e: sqlite3.OperationalError) -> CannotWrite | None:
+    """SQLite's ``disk I/O error`` or ``database or disk is full`` as a :class:`CannotWrite`
+    that says what may have caused it (SQLite gives no errno): the space left on the store's
+    file system and the process's file-size limit (``ulimit -f``), where either is low. A
+    fault-injection review met the bare ``disk I/O error``, with no hint of a full disk."""
+    msg = str(e)
+    if "disk I/O error" not in msg and "disk is full" not in msg:
+        return None
+    name = getattr(e, "sqlite_errorname", None)  # Python 3.11: SQLITE_IOERR_WRITE, ...
+    causes = []
+    try:
+        free = shutil.disk_usage(path.parent).free
+        if free < 1 << 30:
+            causes.append(f"{free / 2**20:.1f} MiB free on its file system")
+    except OSError:
+        pass
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            causes.append(f"a file-size limit (ulimit -f) of {limit:,} bytes")
+    except (ImportError, OSError, ValueError):  # Windows has no `resource`
+        pass
+    why = f"; {' and '.join(causes)}" if causes else ""
+    return CannotWrite(
+        f"results database {path}: {msg}{f' ({name})' if name else ''}{why}. Nothing written "
+        "before is lost: once there is room, the same command goes on"
+    )
 
 
 def resolve_db_path(path: str | os.PathLike | None) -> Path:
@@ -447,7 +479,9 @@ class Store:
                 if "readonly database" in str(e):
                     raise DctpsError(_read_only_message(self.path)) from None
                 if not _is_busy(e):
-                    raise DctpsError(f"results database {self.path}: {e}") from None
+                    raise _io_failure(self.path, e) or DctpsError(
+                        f"results database {self.path}: {e}"
+                    ) from None
                 if time.monotonic() > deadline:
                     raise DctpsError(
                         f"results database {self.path} stayed locked for {self.timeout:.0f} s"

@@ -347,6 +347,8 @@ def check_archive(path: Path) -> None:
     a pickle that calls ``_codecs`` (:func:`_calls_codecs`). A file that is not a zip archive
     is refused: dctps writes checkpoints with ``torch.save``, whose archives are zips since
     torch 1.6, and the legacy format could not be checked so."""
+    if Path(path).is_dir():  # is_zipfile says False: "not a zip archive" hid the cause
+        raise ValueError("a folder, not a file")
     if not zipfile.is_zipfile(path):
         raise ValueError(
             "not a zip archive (torch.save's format since torch 1.6, in which dctps writes its "
