@@ -12,3 +12,22 @@ def test_demo_dctps_beats_random(capsys):
     assert by[("dense", 1.0)].test_acc > 0.9
     out = capsys.readouterr().out
     assert "trainable weights" in out and "vs random pruning" in out
+
+
+def test_demo_leaves_torchs_thread_count_as_it_was(capsys):
+    """A notebook review: `run_demo(threads=2)` left the kernel at 2 threads."""
+    import pytest
+    import torch
+
+    from dctps import DctpsError
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_demo(epochs=1, seed=0, threads=1)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(DctpsError, match=r"--epochs must be an integer >= 1, got 2.5"):
+            run_demo(epochs=2.5)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(before)
+    assert "vs random pruning" in capsys.readouterr().out

@@ -367,3 +367,34 @@ def test_bench_conv_shapes_time_each_model_with_its_own_budget():
     assert len(rows) == len({(r[0], *r[1:8]) for r in rows})  # no geometry twice per model
     vgg_64 = [r for r in rows if r[0] == "vgg19" and r[1:3] == (64, 64)]
     assert vgg_64 and all(r[8] != 532 for r in vgg_64)  # not ResNet18's budget
+
+
+def test_torchs_csr_notes_are_silenced_for_our_calls_only(tmp_path):
+    """A notebook review: `import dctps` put two unqualified "ignore" filters at the front of
+    the process's warning filters, and a user's own `torch.sparse_csr_tensor` then never
+    warned. They now match only calls made from dctps's modules. Each case in a fresh
+    process: torch warns once per process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys, warnings, torch
+        import dctps
+        from dctps.layers import DCTpSLinear
+        with warnings.catch_warnings(record=True) as w:
+            if sys.argv[1] == "user":
+                torch.sparse_csr_tensor(torch.tensor([0, 1]), torch.tensor([0]),
+                                        torch.tensor([1.0]), (1, 1))
+            else:  # the fast Linear's CSR product (nnz >= N/4)
+                layer = DCTpSLinear(512, 512, nnz=2000, mode="fast")
+                layer(torch.randn(4, 512)).sum().backward()
+        print(sum("Sparse CSR tensor support" in str(x.message) for x in w))
+        """
+    )
+    for who, want in (("user", "1"), ("dctps", "0")):
+        out = subprocess.run([sys.executable, "-c", code, who], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == want, (who, out.stdout, out.stderr)

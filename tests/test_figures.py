@@ -1312,3 +1312,19 @@ def test_importing_the_plots_leaves_matplotlibs_backend_alone(tmp_path):
     assert out.stdout.split() == ["pdf", "False"]
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_a_figure_shows_itself_in_a_notebook(tmp_path):
+    """A notebook review: a `FigureData` left as a cell's value printed one line of every
+    point of every panel; the figure itself took `IPython.display.Image(fd.paths[0])`. It
+    now gives IPython its PNG, and a short repr."""
+    store = Store(tmp_path)
+    for method in ("dctps", "snip"):
+        record(store, cfg(method, 0.01), 0.4)
+    fd = plot_runs(store.query({}), tmp_path / "f.png", title="two methods")
+    assert fd._repr_png_() == (tmp_path / "f.png").read_bytes()
+    text = repr(fd)
+    assert text.startswith("FigureData('two methods', 1 panel(s), 2 point(s), paths=[")
+    assert "Point(" not in text and len(text) - sum(len(str(p)) for p in fd.paths) < 150
+    (tmp_path / "f.png").unlink()
+    assert fd._repr_png_() is None  # moved since: the text alone

@@ -680,8 +680,11 @@ def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, mo
         assert ckpt_io.load_checkpoint(tmp_path / "a" / "runs" / h, h)["threads"] == 1
         torch.set_num_threads(2)
         with pytest.warns(RuntimeWarning, match=r"resuming after epoch 1 with 2 torch thread\(s\); "
-                          r"the checkpoint was written with 1.*give --threads 1"):  # fmt: skip
+                          r"the checkpoint was written with 1.*give --threads 1, in Python "
+                          r"torch.set_num_threads\(1\), to resume") as caught:  # fmt: skip
             fit(cfg, tmp_path / "a", progress=False)
+        # at the caller's line (a notebook review: it named loop.py's, and a CLI flag alone)
+        assert [w.filename for w in caught] == [__file__]
         _interrupted_fit(cfg, tmp_path / "b", monkeypatch, epoch=2)  # written with 2
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
@@ -899,8 +902,15 @@ def test_an_interrupt_between_the_rows_start_and_the_first_epoch_is_recorded(
         return real(*a, **k)
 
     monkeypatch.setattr(loop, "train_one_epoch", one_then_stop)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         fit(cfg, tmp_path, progress=False)
+    # a notebook review: a kernel interrupt showed a bare KeyboardInterrupt; its note says
+    # where the run stopped and how to go on, under the traceback
+    if sys.version_info >= (3, 11):
+        (note,) = stopped.value.__notes__
+        assert re.fullmatch(r"dctps: run [0-9a-f]{16} interrupted after epoch 1 of 2; run the "
+                            r"same command again to resume \(in Python: call fit again with the "
+                            r"same config and out\)", note)  # fmt: skip
     monkeypatch.undo()
     row = _row_after_interrupt_in(loop.su, "make_scheduler", cfg, tmp_path, monkeypatch)
     assert row["status"] == "interrupted"
@@ -2816,3 +2826,14 @@ def test_a_checkpoint_that_is_a_folder_is_named_so(tmp_path):
     (tmp_path / "last.pt").mkdir()
     with pytest.raises(DctpsError, match="last.pt: ValueError: a folder, not a file"):
         ckpt_io.load_checkpoint(tmp_path, None)
+
+
+def test_a_configs_summary_names_the_recipe_its_model_gives():
+    """A notebook review: a sweep of configs built in Python showed `recipe=None` on its bar
+    (and summary), where `fit`'s bar said `recipe=lenet` for the same config."""
+    from dctps.train.config import ModelConfig, RunConfig, SparsityConfig
+
+    c = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.05), seed=3)
+    assert c.summary() == c.resolve().summary() == "lenet5/cifar10 dctps@0.05 recipe=lenet seed=3"
+    assert c.optim.recipe is None  # the config itself is left as it was
+    assert "recipe=None" in RunConfig(model=ModelConfig("no_such_model")).summary()  # no raise

@@ -108,11 +108,20 @@ def format_table(rows: list[DemoRow]) -> str:
 
 
 def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]:
-    """Train the five networks, print the table and a one-line verdict; return the rows."""
-    if epochs < 1:
-        raise dctps.DctpsError(f"--epochs must be >= 1, got {epochs}")
+    """Train the five networks, print the table and a one-line verdict; return the rows.
+    ``threads``: torch's threads while it runs (0: as they are); restored after it."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise dctps.DctpsError(f"--epochs must be an integer >= 1, got {epochs!r}")
     check_seed(seed, "--seed")
+    before = torch.get_num_threads()  # a notebook's kernel kept the demo's count
     set_threads(threads)
+    try:
+        return _run(epochs, seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(epochs: int, seed: int) -> list[DemoRow]:
     plan = [("dense", 1.0), ("dctps", 0.1), ("random", 0.1), ("dctps", 0.01), ("random", 0.01)]
     # the first optimizer a process builds imports torch._dynamo (about 1.2 s): not the first
     # row's training time, which the table would otherwise show as dense's

@@ -136,8 +136,13 @@ def _outside_inference(fn: Callable) -> Callable:
 #: ``Any`` because :mod:`dctps.layers` imports this module, and the paths read subclass attributes.
 Layer = Any
 
-warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta state.*")
-warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
+# torch's notes on its CSR tensors, for the calls made here only (``module``: the module of the
+# Python frame that called torch): unqualified, they silenced the user's own CSR code too
+for _note in (
+    "Sparse CSR tensor support is in beta state",
+    "Sparse invariant checks are implicitly",
+):
+    warnings.filterwarnings("ignore", message=f".*{_note}.*", module=r"dctps\.")
 
 
 def version(t: torch.Tensor) -> int:

@@ -343,9 +343,10 @@ class Panel:
         }  # fmt: skip
 
 
-@dataclass
+@dataclass(repr=False)
 class FigureData:
-    """What a figure function drew (``panels``) and where it wrote it (``paths``)."""
+    """What a figure function drew (``panels``) and where it wrote it (``paths``). In a
+    notebook, a ``FigureData`` left as a cell's value shows the PNG it wrote."""
 
     panels: list[Panel]
     paths: list[Path]
@@ -364,6 +365,22 @@ class FigureData:
             "runs": self.runs, "missing": self.missing, "missing_runs": self.missing_runs,
             "errors": self.errors,
         }  # fmt: skip
+
+    def __repr__(self) -> str:
+        # the dataclass's repr was one line of every panel's every point (a notebook review)
+        points = sum(len(v) for p in self.panels for v in p.series.values())
+        return (
+            f"FigureData({self.title!r}, {len(self.panels)} panel(s), {points} point(s), "
+            f"paths={[str(p) for p in self.paths]}; .table() lists the points)"
+        )
+
+    def _repr_png_(self) -> bytes | None:
+        """The PNG it wrote (IPython's display hook: the figure, inline)."""
+        png = next((p for p in self.paths if p.suffix.lower() == ".png"), None)
+        try:
+            return png.read_bytes() if png is not None else None
+        except OSError:  # moved or deleted since: the text repr only
+            return None
 
     def table(self) -> str:
         """Plain text: one line per plotted point (accuracies in %)."""

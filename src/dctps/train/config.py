@@ -17,6 +17,7 @@ the supplement) and the sparsity method; any field given explicitly overrides th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -348,7 +349,14 @@ class RunConfig:
         return identity_hash(self.identity())
 
     def summary(self) -> str:
-        """One line: model/dataset/method@density, recipe, seed."""
+        """One line: model/dataset/method@density, recipe, seed; of the resolved config where
+        this one leaves the recipe to its model (a sweep built in Python showed ``recipe=None``)."""
+        if self.optim.recipe is None:
+            resolved = None
+            with contextlib.suppress(DctpsError):  # a config that cannot resolve: as it is
+                resolved = self.resolve()
+            if resolved is not None and resolved.optim.recipe is not None:
+                return resolved.summary()
         s, o = self.sparsity, self.optim
         dens = "" if s.density is None else f"@{s.density:g}"
         extra = " +rigl" if s.rigl else ""

@@ -30,7 +30,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,12 +301,11 @@ def _warn_device_change(saved: str | None, now: str, epoch: int) -> None:
     arithmetic differs (cuDNN's algorithms, TF32, reduction orders), so it goes on as another
     trajectory than the uninterrupted run, under the same run identity."""
     if saved is not None and saved != now:
-        warnings.warn(
+        warn_at_caller(
             f"resuming after epoch {epoch} on {now}; the checkpoint was written on {saved}: "
-            f"the run goes on as another trajectory than on {saved} (give --device to resume "
-            "it where it was trained)",
+            f"the run goes on as another trajectory than on {saved} (give --device, in "
+            "Python the config's device, to resume it where it was trained)",
             RuntimeWarning,
-            stacklevel=2,
         )
 
 
@@ -323,12 +321,12 @@ def _warn_thread_change(
     if saved_device not in (None, "cpu"):
         return
     if device.type == "cpu" and saved is not None and saved != now:
-        warnings.warn(
+        warn_at_caller(
             f"resuming after epoch {epoch} with {now} torch thread(s); the checkpoint was "
             f"written with {saved}: the run goes on as another trajectory than with {saved} "
-            f"(give --threads {saved} to resume it bit for bit)",
+            f"(give --threads {saved}, in Python torch.set_num_threads({saved}), to resume it bit "
+            "for bit)",
             RuntimeWarning,
-            stacklevel=2,
         )
 
 
@@ -348,22 +346,22 @@ def _warn_setting_change(saved: Any, cfg: RunConfig, device: torch.device, epoch
     dctps_run = cfg.sparsity.method == "dctps"
     then = saved.get("batched_rebuild", "auto")
     if dctps_run and batched(then) != batched(cfg.batched_rebuild):
-        warnings.warn(
+        warn_at_caller(
             f"resuming after epoch {epoch} with --batched-rebuild {cfg.batched_rebuild}; the "
             f"checkpoint was written with {then}: the run goes on as another trajectory (give "
-            f"--batched-rebuild {then} to resume it bit for bit)",
+            f"--batched-rebuild {then}, in Python batched_rebuild={then!r}, to resume it bit for "
+            "bit)",
             RuntimeWarning,
-            stacklevel=2,
         )
     eval_then = saved.get("eval_batch_size") or eval_batch_size(device)
     eval_now = cfg.eval_batch_size or eval_batch_size(device)
     if eval_then != eval_now:
-        warnings.warn(
+        warn_at_caller(
             f"resuming after epoch {epoch} with --eval-batch-size {eval_now}; the checkpoint "
             f"was written with {eval_then}: the validation losses of later epochs round "
-            f"otherwise (give --eval-batch-size {eval_then} to resume it bit for bit)",
+            f"otherwise (give --eval-batch-size {eval_then}, in Python "
+            f"eval_batch_size={eval_then}, to resume it bit for bit)",
             RuntimeWarning,
-            stacklevel=2,
         )
 
 
@@ -393,13 +391,12 @@ def _warn_world_change(saved: int | None, now: int, epoch: int) -> None:
     dropped) and BatchNorm other statistics, so the result mixes two kinds of run (a review:
     a 2-process run resumed in one process ended 21 points above the 2-process result)."""
     if saved is not None and saved != now:
-        warnings.warn(
+        warn_at_caller(
             f"resuming after epoch {epoch} with {now} process(es); the checkpoint was written "
             f"by {saved}: the run goes on as another run than with {saved} (launch it with "
             f"{'torchrun --nproc_per_node ' + str(saved) if saved > 1 else 'one process'} to "
             "resume it as it was)",
             RuntimeWarning,
-            stacklevel=2,
         )
 
 
@@ -1291,6 +1288,11 @@ def _say_interrupted(store: Any, h: str, reason: str) -> None:
     stopping = sys.exc_info()[1]
     if isinstance(stopping, KeyboardInterrupt):  # `dctps train`'s last line says it too
         setattr(stopping, STOPPED, f"run {h} {reason}")
+        if hasattr(stopping, "add_note"):  # Python 3.11: under the traceback, as a notebook
+            # or a script shows it, where the attribute was seen by `dctps train` alone
+            stopping.add_note(
+                f"dctps: run {h} {reason} (in Python: call fit again with the same config and out)"
+            )
     if store is None:
         return
     with contextlib.suppress(Exception):
