@@ -384,7 +384,7 @@ CASES = [
       lambda e: fit(cfg(e.data), e.file / "out", progress=False)),
     L("fit-foreign-checkpoint", r"last\.pt belongs to config [0-9a-f]{16}, not [0-9a-f]{16}",
       lambda e: fit(e.other_cfg, e.tmp / "foreign", progress=False)),
-    L("fit-resume-without-checkpoint", r"--resume: no checkpoint",
+    L("fit-resume-without-checkpoint", r"--resume \(resume=True\): no checkpoint",
       lambda e: fit(cfg(e.data, seed=3), e.good, progress=False, resume=True)),
     # ------------------------------------------------------------------ sweeps and the store
     L("grid-unknown-key", r"g\.yaml: unknown key 'modles'",
@@ -428,8 +428,8 @@ CASES = [
       "budgets", "lenet5", "--density", "0.1", "--plot", "{tmp}/b.xyz"),
     C("train-density-nan", r"density must be in .*got 'nan'", *TRAIN_AT, "--density", "nan"),
     C("train-density-0", r"density must be in \(0, 1\].*got '0'", *TRAIN_AT, "--density", "0"),
-    C("train-rigl-flag-without-rigl", r"--rigl-t-end applies only with --rigl \(got "
-      r"rigl_t_end=0\.5\)", *TRAIN_AT, "--rigl-t-end", "0.5"),
+    C("train-rigl-flag-without-rigl", r"sparsity\.rigl_t_end \(--rigl-t-end\) applies only with "
+      r"sparsity\.rigl=True \(--rigl\) \(got rigl_t_end=0\.5\)", *TRAIN_AT, "--rigl-t-end", "0.5"),
     C("train-no-charge-alpha-without-channel", r"--no-charge-alpha applies only with --alpha "
       r"channel .*got alpha 'layer'", *TRAIN_AT, "--method", "dctps", "--no-charge-alpha"),
     C("train-milestone-past-the-end", r"--milestones 50 is not below the run's epochs \(1\)",
@@ -444,13 +444,14 @@ CASES = [
       *TRAIN_AT, "--method", "synflow", "--option", "steps=2", "--option", "steps=3"),
     C("train-momentum-2", r"optim\.momentum \(--momentum\) must be in \[0, 1\) .*got 2\.0",
       *TRAIN_AT, "--recipe", "sgd", "--lr", "0.1", "--momentum", "2"),
-    C("train-rigl-t-end-above-1", r"--rigl-t-end \(the fraction of training after which the "
-      r"supports stay fixed\) must be in \(0, 1\], got 1\.5",
+    C("train-rigl-t-end-above-1", r"sparsity\.rigl_t_end \(--rigl-t-end\) \(the fraction of "
+      r"training after which the supports stay fixed\) must be in \(0, 1\], got 1\.5",
       *TRAIN_AT, "--method", "dctps", "--rigl", "--rigl-t-end", "1.5"),
     C("train-gamma-without-milestones", r"--gamma applies at milestones, and this run has none",
       *TRAIN_AT, "--gamma", "0.5"),
     C("train-optimizer-of-another-recipe", r"optimizer 'sgd' with recipe 'lenet' \(whose "
-      r"optimizer is adam\) .*\(--recipe sgd\), or give --lr", *TRAIN_AT, "--optimizer", "sgd"),
+      r"optimizer is adam\) .*\(--recipe sgd\), or give optim\.lr \(--lr\)",
+      *TRAIN_AT, "--optimizer", "sgd"),
     C("train-split-seed-negative", r"split_seed must be in \[0, 2\*\*63\), got -1",
       *TRAIN_AT, "--split-seed", "-1"),
     L("sparsify-fixup-fixed-alpha", r"zero-initialises some layers \(Fixup\).*Train alpha",
@@ -499,8 +500,8 @@ CASES = [
       *TRAIN, "--data-root", "{trunc_cifar}", "--out", "{tmp}/out"),
     C("train-into-good-bad-density", r"density must be in", "train", "--config",
       "{y}/good.yaml", "--out", "{good}", "--density", "0"),
-    C("train-into-good-resume-other", r"--resume: no checkpoint", "train", "--config",
-      "{y}/good.yaml", "--out", "{good}", "--seed", "5", "--resume", "-q"),
+    C("train-into-good-resume-other", r"--resume \(resume=True\): no checkpoint", "train",
+      "--config", "{y}/good.yaml", "--out", "{good}", "--seed", "5", "--resume", "-q"),
     C("results-not-a-database", r"notes\.txt is not a results database",
       "results", "--db", "{notdb}"),
     C("results-missing-db", r"no results database at .*none\.db", "results", "--db",

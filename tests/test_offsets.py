@@ -425,7 +425,11 @@ def test_config_fields_keep_old_hashes_and_reach_sparsify():
     assert (
         config_from_cli({"density": 0.01, "alpha_init": "0.5"}).resolve().sparsity.alpha_init == 0.5
     )
-    with pytest.raises(DctpsError, match="applies only to --method dctps"):
+    with pytest.raises(
+        DctpsError,
+        match=r"^sparsity\.offset='hadamard' \(--offset hadamard\) "
+        "applies only to method dctps$",
+    ):
         RunConfig.from_dict({"sparsity": {"method": "random", "density": 0.01,
                                           "offset": "hadamard"}}).resolve()  # fmt: skip
     from dctps.train.setup import apply_sparsity

@@ -649,7 +649,7 @@ def test_disk_full_best_and_cli_are_one_line(fake_cifar10, tmp_path, monkeypatch
     row = Store(tmp_path).get(cfg.config_hash())
     assert row["status"] == "interrupted"
     assert row["reason"].startswith("stopped after its last epoch (1 of 1) by an error "
-                                    "(DctpsError: cannot write checkpoint")  # fmt: skip
+                                    "(CannotWrite: cannot write checkpoint")  # fmt: skip
     assert row["reason"].endswith("before its result was recorded; run the same command again "
                                   "to finish")  # fmt: skip
     r = fit(cfg, tmp_path, progress=False)
@@ -662,6 +662,7 @@ def test_disk_full_best_and_cli_are_one_line(fake_cifar10, tmp_path, monkeypatch
     res = CliRunner().invoke(app, args)
     assert isinstance(res.exception, DctpsError), res.output
     assert "No space left on device" in str(res.exception) and "\n" not in str(res.exception)
+    assert res.exception.exit_code == 1  # the machine's failure, not a bad command (2)
 
 
 def test_disk_full_store_write_keeps_rows(tmp_path):

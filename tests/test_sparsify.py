@@ -870,3 +870,51 @@ def test_torchscript_layers_are_named_and_counted_dense():
     assert c.trainable == sum(p.numel() for p in model.parameters())
     with pytest.raises(DctpsError, match="TorchScript module .*sparsify the eager model"):
         dctps.sparsify(torch.jit.script(mlp()), 0.1)
+
+
+class _HeadWithMethod(nn.Linear):
+    def logits_scale(self) -> float:
+        return 2.0
+
+
+class _ScaledInit(nn.Linear):
+    tag = "head"  # a class attribute
+
+    def __init__(self, i: int, o: int) -> None:
+        super().__init__(i, o)
+        self.scale = 2.0
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+
+
+def test_a_layers_own_attributes_come_along_and_its_own_methods_are_refused():
+    """An API review: a Linear subclass's extra method passed the plain-layer check (only
+    forward was compared), and the model's next call failed with an AttributeError; a flag
+    set on a layer (`m.is_residual = True`) vanished, and code reading it took its default."""
+    model = nn.Sequential(nn.Linear(6, 8), _HeadWithMethod(8, 4))
+    with pytest.raises(
+        DctpsError,
+        match=r"'1' is a test_sparsify\._HeadWithMethod, a subclass "
+        r"of Linear with its own logits_scale, which the DCTpS layer would drop",
+    ):
+        dctps.sparsify(model, 0.3)
+    assert type(model[1]) is _HeadWithMethod  # left as it was
+    model = nn.Sequential(nn.Linear(6, 8), _ScaledInit(8, 4))
+    model[0].is_residual = True
+    dctps.sparsify(model, 0.3)
+    assert isinstance(model[0], DCTpSLinear) and isinstance(model[1], DCTpSLinear)
+    assert (model[0].is_residual, model[1].scale, model[1].tag) == (True, 2.0, "head")
+    assert not hasattr(model[1], "is_residual")  # each layer its own
+    plain = dctps.to_dense(model)  # and back
+    assert type(plain[0]) is nn.Linear and (plain[0].is_residual, plain[1].scale) == (True, 2.0)
+    # a name the DCTpS layer uses itself would be shadowed or lost: refused, nothing replaced
+    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4))
+    model[1].nnz = 3
+    with pytest.raises(
+        DctpsError,
+        match=r"'1' has attribute\(s\) nnz, which a DCTpS layer has "
+        r"too .*exclude=\['1'\]",
+    ):
+        dctps.sparsify(model, 0.3)
+    assert type(model[0]) is nn.Linear

@@ -133,7 +133,17 @@ def test_method_defaults_and_validation():
         (dict(method="dctps", density=0.0), "density"),
         (dict(method="dense", density=0.5), "dense"),
         (dict(method="dense", density=None, rigl=True), "RigL"),
-        (dict(method="snip", density=0.1, train_alpha=False), "fixed-alpha"),
+        # the Python field and the flag (a notebook review: the flag alone named a setting
+        # its Python API calls train_alpha)
+        (
+            dict(method="snip", density=0.1, train_alpha=False),
+            r"^sparsity\.train_alpha=False \(--fixed-alpha\) applies only to method dctps$",
+        ),
+        (
+            dict(method="snip", density=0.1, charge_alpha=False),  # its flag is --no-charge-alpha
+            r"^sparsity\.charge_alpha=False \(--no-charge-alpha\) applies only to method dctps$",
+        ),
+        (dict(method="snip", density=None), r"needs a density: sparsity\.density \(--density\)"),
         (dict(method="sniip", density=0.1), "snip"),
         (dict(method="dctps", density=0.1, allocation="epx"), "allocation"),
         (dict(method="dctps", density=0.1, options={"steps": 3}), "option"),
@@ -2166,7 +2176,7 @@ def test_fused_optimizer_without_a_kernel_is_a_clear_error(recipe):
     from dctps.train import setup as su
 
     cfg = RunConfig(sparsity=SparsityConfig("dense"), optim=OptimConfig(recipe=recipe, fused=True))
-    with pytest.raises(DctpsError, match="leave out --fused"):
+    with pytest.raises(DctpsError, match=r"leave out optim\.fused \(--fused\)$"):
         su.make_optimizer(nn.Linear(4, 2), cfg.resolve().optim)
 
 
@@ -2385,7 +2395,7 @@ def test_rigl_that_would_never_update_is_refused(fake_cifar10, tmp_path):
     cfg = small_cfg(fake_cifar10, epochs=1, sparsity={"rigl": True})  # 9 steps, T_end 6
     with pytest.raises(DctpsError, match=r"RigL would never update the supports: it updates "
                        r"every 100 steps until step 6 \(0\.75 of this run's 9 steps\); give "
-                       r"--rigl-delta-t below 6"):  # fmt: skip
+                       r"sparsity\.rigl_delta_t \(--rigl-delta-t\) below 6"):  # fmt: skip
         fit(cfg, tmp_path, progress=False)
     # refused before anything is recorded (it left an `interrupted` row saying "run the same
     # command again", which failed the same way), and without advice no value can follow
@@ -2393,7 +2403,8 @@ def test_rigl_that_would_never_update_is_refused(fake_cifar10, tmp_path):
     tiny = small_cfg(fake_cifar10, epochs=1,
                      sparsity={"rigl": True, "rigl_delta_t": 1, "rigl_t_end": 0.1})  # fmt: skip
     with pytest.raises(DctpsError, match=r"until step 0 .*; RigL needs more epochs or data \(or "
-                       r"a larger --rigl-t-end\) than this run's 9 step\(s\)$"):  # fmt: skip
+                       r"a larger sparsity\.rigl_t_end \(--rigl-t-end\)\) than this run's 9 "
+                       r"step\(s\)$"):  # fmt: skip
         fit(tiny, tmp_path, progress=False)
     assert Store(tmp_path).query() == []
     ok = small_cfg(fake_cifar10, epochs=1, sparsity={"rigl": True, "rigl_delta_t": 3})
@@ -2423,7 +2434,11 @@ def test_small_helpers_of_the_loop_that_cpu_runs_do_not_reach():
 @pytest.mark.parametrize(
     "delta_t, t_end, message",
     [
-        (6, 0.75, r"until step 6 .*give --rigl-delta-t below 6"),  # delta_t == T_end: never
+        (
+            6,
+            0.75,
+            r"until step 6 .*give sparsity\.rigl_delta_t \(--rigl-delta-t\) below 6",
+        ),  # delta_t == T_end: never
         (1, 0.15, r"until step 1 .*RigL needs more epochs or data"),  # T_end 1: nothing to give
         (5, 0.75, None),  # updates at step 5 < T_end 6
     ],

@@ -49,7 +49,7 @@ from dctps.atomic import atomic_write
 from dctps.batched import strip
 from dctps.errors import DctpsError, is_count, one_line, unknown_name, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
-from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, set_submodule
+from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, own_attributes, set_submodule
 
 __all__ = ["save", "load", "inspect", "to_dense", "note_supports", "CheckpointInfo", "LayerRow",
            "FORMAT"]  # fmt: skip
@@ -1054,6 +1054,9 @@ def _dense_twin(m: nn.Module) -> nn.Module:
             raise DctpsError(f"not a DCTpS module: {type(m).__name__}")
         if isinstance(m, DCTpSLayer) and m.bias is not None:
             new.bias.copy_(m.bias)
+    if isinstance(m, DCTpSLayer):  # `is_residual`, a subclass's `scale`: as sparsify kept them
+        for k, v in own_attributes(m).items():
+            setattr(new, k, copy.deepcopy(v))
     _copy_requires_grad(m, new)
     new.train(m.training)
     move_hooks(m, new, copy=True)  # "the same outputs": a hook that changes them comes along

@@ -9,6 +9,7 @@ replaces each layer in place by a :class:`~dctps.layers.DCTpSLinear` /
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -193,6 +194,8 @@ def _replace(module: nn.Module, nnz: int, seed: int | None, **kw) -> DCTpSLayer:
     else:
         raise DctpsError(f"cannot make a DCTpS layer from {type(module).__name__}")
     _take_bias(new, module.bias)
+    for k, v in extra_attributes(module).items():  # checked not to clash by _check_plain
+        setattr(new, k, v)
     return new
 
 
@@ -294,6 +297,73 @@ def _check_convertible(
         )
 
 
+def _subclass_methods(cls: type, base: type) -> list[str]:
+    """The methods and properties ``cls`` (a subclass of ``base``) defines beyond it, but for
+    its constructor, ``reset_parameters`` and ``extra_repr``, which describe how the dense
+    layer was made and shown, not what it computes."""
+    out: list[str] = []
+    for klass in cls.__mro__:
+        if klass is base or not issubclass(klass, base):
+            break
+        for k, v in vars(klass).items():
+            if k.startswith("__") or k in ("reset_parameters", "extra_repr") or k in out:
+                continue
+            if callable(v) or isinstance(v, (property, staticmethod, classmethod)):
+                out.append(k)
+    return out
+
+
+def extra_attributes(module: nn.Module) -> dict[str, Any]:
+    """The public attributes of a dense layer that a plain one of its base class does not
+    have (``m.is_residual = True``, a subclass's ``self.scale = 2.0``, a class attribute
+    ``tag = "head"``): :func:`sparsify` gives them to its DCTpS layer, which had dropped them
+    silently (code reading them later took their default)."""
+    base = next(b for b in type(module).__mro__ if b in _PLAIN)
+    plain = _plain_names(base)
+    out: dict[str, Any] = {}
+    for klass in type(module).__mro__:
+        if klass is base or not issubclass(klass, base):
+            break
+        for k, v in vars(klass).items():
+            if not k.startswith("_") and not callable(v) and not isinstance(v, property):
+                out.setdefault(k, v)
+    out.update({
+        k: v for k, v in vars(module).items()
+        if not k.startswith("_") and k not in plain and not isinstance(v, torch.Tensor)
+    })  # fmt: skip
+    return out
+
+
+@functools.cache
+def _plain_names(base: type) -> frozenset[str]:
+    """The attribute names of a plain ``base`` layer (``in_features``, ``training``, ...)."""
+    make: Any = base
+    tiny = make(1, 1, 1) if issubclass(base, nn.Conv2d) else make(1, 1)
+    return frozenset(vars(tiny)) | frozenset(dir(base))
+
+
+def own_attributes(layer: DCTpSLayer) -> dict[str, Any]:
+    """The public attributes a DCTpS layer holds beyond its own (those :func:`sparsify` gave it
+    from its dense layer, or a user set): :func:`dctps.to_dense` gives them back."""
+    names = _dctps_names()
+    return {
+        k: v
+        for k, v in vars(layer).items()
+        # a tensor held as a plain attribute is torch.nn.utils.prune's recomputed `bias`
+        if not k.startswith("_") and k not in names and not isinstance(v, torch.Tensor)
+    }
+
+
+@functools.cache
+def _dctps_names() -> frozenset[str]:
+    """The names a DCTpS layer uses itself, which a dense layer's own attribute would shadow."""
+    names: set[str] = set()
+    for layer in (DCTpSLinear(1, 1, 1), DCTpSConv2d(1, 1, 1, nnz=1)):
+        names |= set(vars(layer)) | set(dir(type(layer)))
+        names |= {n for n, _ in layer.named_parameters()} | {n for n, _ in layer.named_buffers()}
+    return frozenset(names)
+
+
 # the classes sparsify replaces, with the methods that define what they compute
 _PLAIN: dict[type, tuple[str, ...]] = {
     nn.Linear: ("forward",),
@@ -356,6 +426,11 @@ def _check_plain(name: str, module: nn.Module, leave_dense: str) -> None:
     methods = ("forward",) if mha else _PLAIN[base]
     own = [m for m in methods if getattr(type(module), m) is not getattr(base, m)]
     own += [m for m in methods if m in module.__dict__ and m not in own]  # patched on the object
+    if not mha:
+        # other methods of a subclass (`def logits_scale(self)`): the DCTpS layer has none of
+        # them, and the model's next call failed with an AttributeError (an API review)
+        own += [m for m in _subclass_methods(type(module), base) if m not in own]
+    clash = [] if mha else sorted(set(extra_attributes(module)) & _dctps_names())
     extra: list[str] = []
     if not mha:  # an attention's own tensors and out_proj are what DCTpSMultiheadAttention takes
         extra += [
@@ -383,6 +458,12 @@ def _check_plain(name: str, module: nn.Module, leave_dense: str) -> None:
             else "has"
         )
         why = f"{kind} {what}, which the DCTpS layer would drop"
+    elif clash:
+        raise DctpsError(
+            f"layer {name!r} has attribute(s) {', '.join(clash)}, which a DCTpS layer has too "
+            f"(as its own): they would be lost. Rename them, or leave it dense with "
+            f"exclude=[{leave_dense!r}]"
+        )
     elif weight is not None and not weight.requires_grad:
         why = (
             "has a frozen weight (requires_grad=False); its DCTpS layer would draw a new "

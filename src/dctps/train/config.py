@@ -564,6 +564,17 @@ def _named(field: str) -> str:
     return f"{'.'.join(found.path)} (--{found.flag})" if found else field
 
 
+def _setting(field: str, value: Any) -> str:
+    """``field=value`` as its config key and the flag that sets it, for errors that a Python
+    caller reads as well as a command-line one: ``sparsity.train_alpha=False (--fixed-alpha)``
+    (a notebook review met ``--fixed-alpha`` for ``train_alpha=False``, a name its Python API
+    has nowhere)."""
+    found = next((f for f in cli_fields() if f.path[-1] == field), None)
+    if found is None:
+        return f"{field}={value!r}"
+    return f"{'.'.join(found.path)}={value!r} ({found.flag_for(value)})"
+
+
 def _positive_int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise DctpsError(f"{_named(name)} must be a positive integer, got {v!r}")
@@ -615,8 +626,8 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
             # RigL moves a support that another method set: it is a switch, not a method
             raise DctpsError(
                 f"{s.method!r} is not a method but a switch on one: RigL moves the support another "
-                "method set. Use --method random --rigl (the paper's RigL; ERK by default), or "
-                "--method dctps --rigl (YAML: rigl: true)"
+                "method set. Use method random with rigl=True (--method random --rigl: the "
+                "paper's RigL; ERK by default), or method dctps with rigl=True (YAML: rigl: true)"
             )
         raise unknown_name("sparsity method", s.method, valid)
     if s.method == "dense":
@@ -626,10 +637,11 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
             )
         if s.rigl:
             raise DctpsError(
-                "RigL needs a sparse network: use --method dctps, random or another pruning method"
+                "RigL needs a sparse network: use method (--method) dctps, random or another "
+                "pruning method"
             )
         if not s.train_alpha:
-            raise DctpsError("--fixed-alpha applies only to --method dctps")
+            raise DctpsError(f"{_setting('train_alpha', False)} applies only to method dctps")
         if s.options:
             raise DctpsError(f"method dense takes no options, got {sorted(s.options)}")
         _dctps_only(s)
@@ -637,7 +649,7 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
         s.density, s.allocation = 1.0, None
     else:
         if s.density is None:
-            raise DctpsError(f"method {s.method} needs a density (--density, e.g. 0.001)")
+            raise DctpsError(f"method {s.method} needs a density: {_named('density')}, e.g. 0.001")
         if isinstance(s.density, str):  # "0.1%", as in a sweep grid
             s.density = parse_density(s.density)
         s.density = check_density(s.density)
@@ -664,7 +676,7 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
                 s.allocation = None
         _check_allocation_name(s.allocation, allocations)
         if s.method != "dctps" and not s.train_alpha:
-            raise DctpsError("--fixed-alpha applies only to --method dctps")
+            raise DctpsError(f"{_setting('train_alpha', False)} applies only to method dctps")
         if s.method == "dctps":
             _resolve_offset(s)
         else:
@@ -683,16 +695,17 @@ def _resolve_sparsity(s: SparsityConfig, dataset: str) -> None:
                     if name == "rigl_alpha"
                     else "the fraction of training after which the supports stay fixed"
                 )
-                raise DctpsError(f"--{name.replace('_', '-')} ({what}) must be in (0, 1], got {v}")
+                raise DctpsError(f"{_named(name)} ({what}) must be in (0, 1], got {v}")
     else:
         given = [
             n for n in ("rigl_delta_t", "rigl_alpha", "rigl_t_end") if getattr(s, n) is not None
         ]
         if given:
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            flags = ", ".join(_named(n) for n in given)
             verb = "applies" if len(given) == 1 else "apply"
             raise DctpsError(
-                f"{flags} {verb} only with --rigl (got {given[0]}={getattr(s, given[0])!r})"
+                f"{flags} {verb} only with {_setting('rigl', True)} (got "
+                f"{given[0]}={getattr(s, given[0])!r})"
             )
 
 
@@ -706,8 +719,7 @@ def _dctps_only(s: SparsityConfig) -> None:
     for name in ("offset", "alpha", "alpha_init", "charge_alpha"):
         f = SparsityConfig.__dataclass_fields__[name]
         if getattr(s, name) != f.default:
-            flag = "--" + name.replace("_", "-")
-            raise DctpsError(f"{flag} applies only to --method dctps (got {getattr(s, name)!r})")
+            raise DctpsError(f"{_setting(name, getattr(s, name))} applies only to method dctps")
 
 
 def _resolve_offset(s: SparsityConfig) -> None:
@@ -802,7 +814,9 @@ def _resolve_optim(c: RunConfig) -> None:
         raise DctpsError(
             f"optimizer {o.optimizer!r} with recipe {o.recipe!r} (whose optimizer is "
             f"{r.optimizer}) would train {o.optimizer} at that recipe's learning rate: use a "
-            f"recipe of {o.optimizer}" + (f" (--recipe {mine})" if mine else "") + ", or give --lr"
+            f"recipe of {o.optimizer}"
+            + (f" (--recipe {mine})" if mine else "")
+            + f", or give {_named('lr')}"
         )
     o.epochs = _positive_int(r.epochs if o.epochs is None else o.epochs, "epochs")
     defaults = recipe_defaults(o.recipe, c.sparsity.method, o.epochs)
@@ -822,7 +836,10 @@ def _resolve_optim(c: RunConfig) -> None:
     if o.optimizer == "sgd":
         o.momentum = _sgd_momentum(r) if o.momentum is None else o.momentum
     elif o.momentum is not None:
-        raise DctpsError("momentum applies only to --optimizer sgd (Adam uses its betas)")
+        raise DctpsError(
+            f"{_named('momentum')} applies only to optimizer sgd (--optimizer sgd; Adam uses "
+            "its betas)"
+        )
     for name in ("lr", "weight_decay", "gamma") + (("momentum",) if o.momentum is not None else ()):
         v = getattr(o, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -995,6 +1012,19 @@ class CliField:
     invert: bool = False
     default: Any = None  # the dataclass default (None: none, or a factory's)
     coerce: bool = False  # the flag takes a string the field's own parser reads ("0.1%")
+
+    @property
+    def negative(self) -> str:
+        """A boolean flag's other name: ``no-FLAG``, or the field's own for an inverted one
+        (``--fixed-alpha/--train-alpha``)."""
+        return self.path[-1].replace("_", "-") if self.invert else f"no-{self.flag}"
+
+    def flag_for(self, value: Any) -> str:
+        """The flag that gives the field ``value``: ``--fixed-alpha`` for ``train_alpha=False``,
+        ``--no-charge-alpha`` for ``charge_alpha=False``, ``--lr 0.1`` for ``lr=0.1``."""
+        if isinstance(value, bool):
+            return f"--{self.flag if value != self.invert else self.negative}"
+        return f"--{self.flag} {value}"
 
     @property
     def param(self) -> str:
@@ -1194,12 +1224,10 @@ def cli_parameters() -> list[inspect.Parameter]:
         if cf.default is not None and "default" not in cf.help:
             value = cf.default
             if base is bool:
-                neg = "train-alpha" if cf.flag == "fixed-alpha" else f"no-{cf.flag}"
-                value = f"--{neg}" if bool(cf.default) == cf.invert else f"--{cf.flag}"
+                value = cf.flag_for(bool(cf.default))
             shown = f"{cf.help} (default: {value})"
         if base is bool:
-            neg = "train-alpha" if cf.flag == "fixed-alpha" else f"no-{cf.flag}"
-            opt = typer.Option(None, f"--{cf.flag}/--{neg}", help=shown)
+            opt = typer.Option(None, f"--{cf.flag}/--{cf.negative}", help=shown)
             ann: Any = bool | None
         elif cf.flag == "option":
             opt = typer.Option(None, "--option", help=shown)

@@ -53,7 +53,7 @@ from dctps.errors import (
 from dctps.models import lr_factors
 from dctps.train import checkpoint as ckpt_io
 from dctps.train import setup as su
-from dctps.train.config import RunConfig, save_config
+from dctps.train.config import RunConfig, _named, save_config
 from dctps.train.distributed import DistContext, setup, teardown
 
 __all__ = ["MAX_VAL_NOTE", "EpochStats", "evaluate", "fit", "train_one_epoch"]
@@ -581,7 +581,8 @@ def other_data(
         f"run {row['hash']} ({row.get('status')}) in {where} was trained on other data than "
         f"{data.dataset} at {root} (data fingerprint {recorded} from {row.get('data_root')}, "
         f"now {memo[key]}). The data root is not part of a run's identity, so its result "
-        "would stand for these data: give another --out (or --db) for them, or remove the run "
+        "would stand for these data: give another --out (or --db; fit's out_dir, store) for "
+        "them, or remove the run "
         f"(its row: Store(db).delete('{row['hash']}'), and its folder runs/{row['hash']}) to "
         "train it again"
     )
@@ -801,8 +802,9 @@ def _fit(
                 ck = ckpt_io.load_checkpoint(run_dir, h, quarantine=False)
         if resume is True and ck is None:
             raise DctpsError(
-                f"--resume: no checkpoint in {run_dir} for config {h} (a run is its whole "
-                "config: another --epochs, density or seed than the stopped run's is another run)"
+                f"--resume (resume=True): no checkpoint in {run_dir} for config {h} (a run is its "
+                "whole config: other epochs, density or seed than the stopped run's make another "
+                "run)"
             )
         if ck is None and (run_dir / "best.pt").is_file():
             # best.pt is written when a run ends: its row and last.pt are gone (a results
@@ -830,7 +832,8 @@ def _fit(
                 f"the checkpoint of run {h} in {run_dir} was trained on other data than "
                 f"{cfg.data.dataset} at {cfg.data.root or 'DCTPS_DATA'} gives now (data "
                 f"fingerprint {ck['data']}, now {data_fp}; the data root is not part of a run's "
-                "identity): resuming would mix the two. Give another --out, or delete the run "
+                "identity): resuming would mix the two. Give another --out (fit's out_dir), or "
+                "delete the run "
                 "folder to train it again on these data"
             )
         per_rank = o.batch_size // ctx.world_size
@@ -856,15 +859,15 @@ def _fit(
         if one_image_fails and per_rank == 1:
             raise DctpsError(
                 f"a batch of 1 image per process (batch size {o.batch_size} over "
-                f"{ctx.world_size} process(es)): {why_one}; give a larger --batch-size"
+                f"{ctx.world_size} process(es)): {why_one}; give a larger {_named('batch_size')}"
             )
         if one_image_fails and not ctx.enabled and n_train % per_rank == 1:
             # found here, not by torch's "Expected more than 1 value per channel" at the end
             # of the first epoch (the run left `running`, and every resume failed the same way)
             raise DctpsError(
                 f"the training set ({n_train} images) leaves a last batch of 1 image per epoch "
-                f"at batch size {per_rank}, and {why_one}: choose a batch size or --subset "
-                "that leaves no such batch"
+                f"at batch size {per_rank}, and {why_one}: choose a {_named('batch_size')} or "
+                f"{_named('subset')} that leaves no such batch"
             )
 
         # before the row is recorded (a refusal from make_rigl left an `interrupted` row)

@@ -37,7 +37,7 @@ from torch import nn
 from dctps.errors import DctpsError
 from dctps.layers import DCTpSLayer
 from dctps.pruning.common import prepare_pruned_structure
-from dctps.train.config import OptimConfig, RunConfig
+from dctps.train.config import OptimConfig, RunConfig, _named
 
 __all__ = [
     "apply_sparsity",
@@ -251,7 +251,8 @@ def make_optimizer(
         where = f"torch {torch.__version__}, device {_params_device(groups)}"
         why = str(e).strip().split(". ")[0].rstrip(".")  # not its kernel list
         raise DctpsError(
-            f"fused {o.optimizer} is not available here ({where}): {why}; leave out --fused"
+            f"fused {o.optimizer} is not available here ({where}): {why}; leave out "
+            f"{_named('fused')}"
         ) from None
 
 
@@ -350,11 +351,11 @@ def check_rigl_schedule(cfg: RunConfig, total_steps: int) -> None:
         return
     if t_end <= 1:
         fix = (
-            f"RigL needs more epochs or data (or a larger --rigl-t-end) than this run's "
+            f"RigL needs more epochs or data (or a larger {_named('rigl_t_end')}) than this run's "
             f"{total_steps} step(s)"
         )
     else:
-        fix = f"give --rigl-delta-t below {t_end}, or more epochs or data"
+        fix = f"give {_named('rigl_delta_t')} below {t_end}, or more epochs or data"
     raise DctpsError(
         f"RigL would never update the supports: it updates every {s.rigl_delta_t} steps "
         f"until step {t_end} ({s.rigl_t_end:g} of this run's {total_steps} steps); {fix}"
