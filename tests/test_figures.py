@@ -525,7 +525,9 @@ def test_overriding_what_the_title_names_beyond_model_and_data_set():
     and file name; A.1's title names its data set."""
     a4 = F.figure_setup("A.4")
     assert a4.title() == "Figure A.4: SGD with momentum, ResNet50 and VGG19" and a4.is_paper
-    with pytest.raises(DctpsError, match="optimizer 'adam' with recipe 'sgd'.*give --lr"):
+    with pytest.raises(
+        DctpsError, match=r"optimizer 'adam' with recipe 'sgd'.*give optim\.lr \(--lr\)"
+    ):
         F.figure_configs("A.4", {"optim": {"optimizer": "adam"}})  # SGD's lr for Adam: refused
     adam = F.figure_setup(
         "A.4", F.figure_configs("A.4", {"optim": {"optimizer": "adam", "lr": 0.001}})

@@ -52,7 +52,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -66,16 +68,16 @@ from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
 from dctps.errors import DctpsError, check_density, check_seed, unknown_name
 from dctps.pruning.common import (
-    LOSSES,
-    SCHEDULES,
+    Bound,
     Context,
+    SeedOption,
     apply_masks,
     connect_attention,
     prepare_pruned_structure,
     targets,
 )
 from dctps.pruning.connectivity import check_connected, input_shape_of
-from dctps.pruning.force import SHORTFALL, force_masks, iter_snip_masks
+from dctps.pruning.force import force_masks, iter_snip_masks
 from dctps.pruning.grasp import grasp_masks
 from dctps.pruning.progress import ProgressFn, PruneBar
 from dctps.pruning.random import random_masks
@@ -96,10 +98,17 @@ PATH_CHECK = 1
 
 @dataclass(frozen=True)
 class Method:
-    """A registry entry: ``masks(ctx, **options)``; ``needs_data``: ``batches`` is required."""
+    """A registry entry: ``masks(ctx, **options)``; ``needs_data``: ``batches`` is required.
+
+    ``revision``: raise it when a change makes the method choose other masks for the same
+    options (a new default, a fixed bug): options equal to their default are left out of a
+    run's identity, so without it a sweep would take runs recorded before for today's (above
+    1 it enters the identity as ``sparsity.method_revision``; 1 leaves every hash as it was).
+    """
 
     masks: Callable[..., list[torch.Tensor]]
     needs_data: bool
+    revision: int = 1
 
 
 _REGISTRY: dict[str, Method] = {
@@ -118,6 +127,13 @@ _DEFAULT_BATCHES = {"cifar10": 1, "cifar100": 10, "tiny_imagenet": 20}
 def names() -> list[str]:
     """The pruning methods :func:`prune` accepts, sorted."""
     return sorted(_REGISTRY)
+
+
+def revision(name: str) -> int:
+    """The :attr:`Method.revision` of pruning method ``name``."""
+    if name not in _REGISTRY:
+        raise unknown_name("pruning method", name, names())
+    return _REGISTRY[name].revision
 
 
 @dataclass(frozen=True)
@@ -177,9 +193,25 @@ def _checked_entry(method: object, options: Mapping[str, Any]) -> Method:
         raise unknown_name("pruning method", method, names())
     assert isinstance(method, str)
     _check_options(method, entry.masks, options)
+    params = _signature(entry.masks).parameters
     for key, value in options.items():
-        _check_range(method, key, value)
+        # the checks a run's config makes, on the values given here (a torch.dtype, a tuple)
+        _canonical_value(method, key, value, params[key].annotation)
     return entry
+
+
+def _raised_by_torch_nn(e: BaseException) -> bool:
+    """Whether ``e`` came out of a module's forward or ``torch.nn.functional`` (a loss): the
+    model or its labels refused the batches, which is the caller's to fix. Elsewhere it is a
+    bug in the method's own tensor code, reported as such (an extensibility review: a new
+    method's bug read as "could not run the model on the batches", a bad input)."""
+    nn_dir = os.path.dirname(os.path.abspath(nn.__file__)) + os.sep
+    tb = e.__traceback__
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(nn_dir):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def default_batches(dataset_name: str) -> int:
@@ -207,33 +239,37 @@ def _check_options(method: str, fn: Callable[..., Any], options: Mapping[str, An
 TABLE_E2_BATCHES = ("iter_snip", "force")
 
 
-#: the string options that name one of a few choices
-_CHOICES = {"loss": LOSSES, "schedule": SCHEDULES, "shortfall": SHORTFALL}
+def _unwrap(kind: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+    """An option's annotation as ``(type, choices, checks)``: ``Literal["exp", "linear"]`` is
+    ``(str, ("exp", "linear"), ())``, ``Annotated[int, Bound(ge=1)]`` is ``(int, (), (Bound,))``."""
+    checks: tuple[Any, ...] = ()
+    if typing.get_origin(kind) is typing.Annotated:
+        kind, *rest = typing.get_args(kind)
+        checks = tuple(rest)
+    if typing.get_origin(kind) is typing.Literal:
+        choices = typing.get_args(kind)
+        return type(choices[0]), choices, checks
+    return kind, (), checks
 
-#: the integer options that count something (steps, SynFlow's iterations, batches per
-#: gradient): at least 1
-_COUNTS = ("steps", "iterations", "num_batches")
 
-
-def _check_range(method: str, name: str, value: Any) -> None:
-    """The range of a numeric option, checked with its own name before any data is loaded (a
-    sweep's --dry-run refuses it; the methods' own checks name SynFlow's ``iterations``
-    ``steps``, and come only after the model and data are built)."""
-    where = f"option {name} of pruning method {method!r}"
+def _check_declared(where: str, value: Any, checks: tuple[Any, ...]) -> None:
+    """The checks an option's annotation declares (:class:`Bound`, :class:`SeedOption`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return  # a wrong type: refused by _canonical_value, or by the method when it runs
-    if name in _COUNTS and isinstance(value, int) and value < 1:
-        raise DctpsError(f"{where} must be an integer >= 1, got {value!r}")
-    if name == "temperature" and not value > 0:
-        raise DctpsError(f"{where} must be > 0, got {value!r}")
-    if name == "seed" and isinstance(value, int):
-        check_seed(value, where)
+        return  # None (a seed left to the global generator), or a type refused elsewhere
+    for check in checks:
+        if isinstance(check, Bound):
+            check.check(where, value)
+        elif check is SeedOption and isinstance(value, int):
+            check_seed(value, where)
 
 
-def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
-    """``value`` of option ``name`` as the type ``kind`` of its annotation holds it, or a
-    :class:`DctpsError` naming the option, the value and what would be valid."""
+def _canonical_value(method: str, name: str, value: Any, annotation: Any) -> Any:
+    """``value`` of option ``name`` as the type of its annotation holds it, or a
+    :class:`DctpsError` naming the option, the value and what would be valid: the choices of
+    a ``Literal``, the range of a :class:`Bound` (checked before any data is loaded: a sweep's
+    ``--dry-run`` lists such a run as refused, not as one that fails when it comes)."""
     where = f"option {name} of pruning method {method!r}"
+    kind, choices, checks = _unwrap(annotation)
     if kind is bool:
         if not isinstance(value, bool):
             raise DctpsError(f"{where} must be true or false, got {value!r}")
@@ -243,19 +279,17 @@ def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise DctpsError(f"{where} must be an integer, got {value!r}")
-        _check_range(method, name, value)
+        _check_declared(where, value, checks)
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DctpsError(f"{where} must be a number, got {value!r}")
-        _check_range(method, name, float(value))
+        _check_declared(where, float(value), checks)
         return float(value)
     if kind is str:
         if not isinstance(value, str):
             raise DctpsError(f"{where} must be a string, got {value!r}")
-        choices = _CHOICES.get(name)
-        if choices is not None and value not in choices:  # before any data is loaded: a
-            # sweep's --dry-run lists it as refused, not as a run that fails when it comes
+        if choices and value not in choices:
             raise DctpsError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
         return value
     if kind is torch.dtype:
@@ -265,7 +299,7 @@ def _canonical_value(method: str, name: str, value: Any, kind: Any) -> Any:
         if dtype not in (torch.float32, torch.float64):  # half types: see synflow_masks
             raise DctpsError(f"{where} must name float32 or float64, got {value!r}")
         return str(dtype).removeprefix("torch.")  # a config holds names, not torch objects
-    _check_range(method, name, value)  # random's seed (int | None)
+    _check_declared(where, value, checks)  # random's seed (int | None), as it was given
     return value  # e.g. synflow's input_shape: checked by the method when it runs
 
 
@@ -397,7 +431,10 @@ def prune(
             ok = True
         except OutOfMemoryError:
             raise  # a resource problem, not bad input: keep torch's own error
-        except (RuntimeError, IndexError) as e:  # the model cannot run on the given batches
+        except (RuntimeError, IndexError) as e:
+            if not _raised_by_torch_nn(e):  # a bug in the method's own code: its traceback
+                raise
+            # the model cannot run on the given batches (or its loss on their labels)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
             hint = (

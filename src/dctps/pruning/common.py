@@ -30,7 +30,7 @@ import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -63,10 +63,53 @@ __all__ = [
     "model_device",
     "LOSSES",
     "SCHEDULES",
+    "Bound",
+    "Count",
+    "Loss",
+    "Positive",
+    "Schedule",
+    "Seed",
+    "SeedOption",
 ]
 
-SCHEDULES = ("exp", "linear")
-LOSSES = ("cross_entropy", "nll_raw")
+#: an option naming one of a few choices is a ``Literal`` (checked, with its choices, when a
+#: run's config resolves); one that counts or must be positive is ``Annotated`` with its
+#: :class:`Bound`: a method declares its own, and no other method's option of the same name
+#: is held to them
+Schedule = Literal["exp", "linear"]
+Loss = Literal["cross_entropy", "nll_raw"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+LOSSES: tuple[str, ...] = get_args(Loss)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range of a numeric method option, in its annotation (``Annotated[int, Bound(ge=1)]``):
+    checked with the option's name when the options are (by :func:`dctps.pruning.build`,
+    ``prune`` and a run's config, before any data is loaded)."""
+
+    ge: float | None = None
+    gt: float | None = None
+
+    def check(self, where: str, value: float) -> None:
+        """A :class:`DctpsError` naming ``where`` if ``value`` is outside the range."""
+        if self.ge is not None and not value >= self.ge:
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise DctpsError(f"{where} must be {kind} >= {self.ge:g}, got {value!r}")
+        if self.gt is not None and not value > self.gt:
+            raise DctpsError(f"{where} must be > {self.gt:g}, got {value!r}")
+
+
+class SeedOption:
+    """An option that seeds a generator (``Annotated[int | None, SeedOption]``): checked to lie
+    in ``[0, 2**63)``, as every seed of a run."""
+
+
+#: steps, iterations, batches per gradient: at least 1
+Count = Annotated[int, Bound(ge=1)]
+#: a temperature, a scale: above 0
+Positive = Annotated[float, Bound(gt=0)]
+Seed = Annotated[int | None, SeedOption]
 
 
 @dataclass(frozen=True)

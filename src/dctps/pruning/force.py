@@ -31,11 +31,16 @@ Reference quirk, kept as an option: the code's loss is ``F.nll_loss`` on RAW log
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from dctps.errors import unknown_name
 from dctps.pruning.common import (
     Context,
+    Count,
+    Loss,
+    Schedule,
     any_positive,
     average_gradients,
     check_scores,
@@ -47,7 +52,8 @@ from dctps.pruning.common import (
 
 __all__ = ["gradient_saliency_masks", "iter_snip_masks", "force_masks", "SHORTFALL"]
 
-SHORTFALL = ("keep_all", "raise")
+Shortfall = Literal["keep_all", "raise"]
+SHORTFALL: tuple[str, ...] = get_args(Shortfall)
 
 
 def gradient_saliency_masks(
@@ -111,12 +117,12 @@ def gradient_saliency_masks(
 def iter_snip_masks(
     ctx: Context,
     *,
-    steps: int = 60,
-    schedule: str = "exp",
-    num_batches: int = 1,
-    loss: str = "cross_entropy",
+    steps: Count = 60,
+    schedule: Schedule = "exp",
+    num_batches: Count = 1,
+    loss: Loss = "cross_entropy",
     train_mode: bool = True,
-    shortfall: str = "keep_all",
+    shortfall: Shortfall = "keep_all",
 ) -> list[torch.Tensor]:
     """Iter-SNIP, ``docs/BASELINES.md`` §3 (what the DCTpS paper calls FORCE).
 
@@ -142,12 +148,12 @@ def iter_snip_masks(
 def force_masks(
     ctx: Context,
     *,
-    steps: int = 60,
-    schedule: str = "exp",
-    num_batches: int = 1,
-    loss: str = "cross_entropy",
+    steps: Count = 60,
+    schedule: Schedule = "exp",
+    num_batches: Count = 1,
+    loss: Loss = "cross_entropy",
     train_mode: bool = True,
-    shortfall: str = "keep_all",
+    shortfall: Shortfall = "keep_all",
 ) -> list[torch.Tensor]:
     """FORCE as published (ICLR 2021), ``docs/BASELINES.md`` §4: ``s = |W0 * dL/dW (W0 * m)|``.
 

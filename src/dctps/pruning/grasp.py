@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dctps.errors import DctpsError
-from dctps.pruning.common import Context, check_scores, global_masks, logits
+from dctps.pruning.common import Context, Count, Positive, check_scores, global_masks, logits
 
 __all__ = ["grasp_masks"]
 
@@ -32,8 +32,8 @@ def _accumulate(into: list[torch.Tensor], grads: tuple[torch.Tensor | None, ...]
 def grasp_masks(
     ctx: Context,
     *,
-    num_batches: int = 1,
-    temperature: float = 200.0,
+    num_batches: Count = 1,
+    temperature: Positive = 200.0,
     train_mode: bool = False,
 ) -> list[torch.Tensor]:
     """GraSP masks. ``train_mode=False``: eval mode, as the SynFlow repository prunes."""

@@ -16,12 +16,12 @@ import torch
 
 from dctps.allocation import budgets
 from dctps.layers import draw_indices, make_generator
-from dctps.pruning.common import Context
+from dctps.pruning.common import Context, Seed
 
 __all__ = ["random_masks"]
 
 
-def random_masks(ctx: Context, *, seed: int | None = None) -> list[torch.Tensor]:
+def random_masks(ctx: Context, *, seed: Seed = None) -> list[torch.Tensor]:
     """Masks with ``budgets(shapes, d, allocation)`` uniformly random non-zeros per layer.
 
     Args:

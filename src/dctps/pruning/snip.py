@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from dctps.pruning.common import Context
+from dctps.pruning.common import Context, Count, Loss
 from dctps.pruning.force import gradient_saliency_masks
 
 __all__ = ["snip_masks"]
@@ -18,8 +18,8 @@ __all__ = ["snip_masks"]
 def snip_masks(
     ctx: Context,
     *,
-    num_batches: int = 1,
-    loss: str = "cross_entropy",
+    num_batches: Count = 1,
+    loss: Loss = "cross_entropy",
     train_mode: bool = True,
 ) -> list[torch.Tensor]:
     """SNIP masks. ``loss``: ``cross_entropy`` or ``nll_raw`` (nll on raw logits, the FORCE

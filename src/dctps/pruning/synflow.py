@@ -32,6 +32,8 @@ import torch
 from dctps.errors import DctpsError
 from dctps.pruning.common import (
     Context,
+    Count,
+    Schedule,
     any_positive,
     check_scores,
     density_of,
@@ -62,8 +64,8 @@ def _input_shape(ctx: Context, input_shape: Sequence[int] | None) -> tuple[int, 
 def synflow_masks(
     ctx: Context,
     *,
-    iterations: int = 100,
-    schedule: str = "exp",
+    iterations: Count = 100,
+    schedule: Schedule = "exp",
     input_shape: Sequence[int] | None = None,
     synflow_dtype: torch.dtype = torch.float64,
     train_mode: bool = False,

@@ -317,7 +317,8 @@ class RunConfig:
         revision where it is above 1 (:data:`dctps.models.REVISIONS`), for DCTpS runs how their
         supports are seeded (:data:`dctps.sparsify.SUPPORT_REVISION`), for runs pruned at
         initialisation that their masks are checked for a path
-        (:data:`dctps.pruning.PATH_CHECK`), and the architecture's learning-rate factors where
+        (:data:`dctps.pruning.PATH_CHECK`) and their method's revision where it is above 1
+        (:attr:`dctps.pruning.Method.revision`), the architecture's learning-rate factors where
         it has any (:func:`dctps.models.lr_factors`), and for ``epl_ref`` runs the revision of
         its counts (:data:`dctps.allocation.EPL_REF_REVISION`)."""
         from dctps.models import REVISIONS, lr_factors
@@ -335,6 +336,11 @@ class RunConfig:
             from dctps.pruning import PATH_CHECK
 
             out["sparsity"]["path_check"] = PATH_CHECK
+        if s.method not in SCORE_FREE_METHODS:
+            from dctps.pruning import revision as method_revision
+
+            if method_revision(s.method) > 1:  # the method changed its masks since
+                out["sparsity"]["method_revision"] = method_revision(s.method)
         if out["sparsity"].get("allocation") == "epl_ref":  # its counts changed: other runs
             from dctps.allocation import EPL_REF_REVISION
 
