@@ -166,6 +166,8 @@ def test_a_failed_figure_write_leaves_the_previous_figure_whole(tmp_path, monkey
     with pytest.raises(DctpsError, match=r"cannot write figure data .*p\.json: No space left"):
         plots.write_json({"v": "new"}, tmp_path / "p.json")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # a pyplot figure given to save is closed, written or not (pyplot keeps it until then)
+    assert plt.get_fignums() == []
 
 
 def test_atomic_write_removes_a_killed_writers_old_temporary_files(tmp_path):

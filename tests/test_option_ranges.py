@@ -4,6 +4,8 @@ run time (and SynFlow's error named its ``iterations`` ``steps``)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 import yaml
@@ -58,7 +60,8 @@ def test_sweep_dry_run_refuses_a_zero_count(tmp_path):
     assert "option iterations of pruning method 'synflow'" in str(r.exception)
 
 
-def _cyclic_masks(ctx, *, schedule: str = "cosine", power: Positive = 1.0, steps: int = 0):
+def _cyclic_masks(ctx, *, schedule: str = "cosine", power: Positive = 1.0, steps: int = 0,
+                  width: Literal[1, 2, 4] | None = None):  # fmt: skip
     return []  # never called: the options are what is tested
 
 
@@ -80,6 +83,10 @@ def test_each_method_declares_its_own_option_checks(monkeypatch):
             with pytest.raises(DctpsError, match=r"option power of pruning method 'cyclic' "
                                r"must be > 0, got "):  # fmt: skip
                 check()
+        # choices that are not strings, an optional one
+        assert canonical_options("cyclic", {"width": 2.0, "power": 2}) == {"width": 2, "power": 2.0}
+        with pytest.raises(DctpsError, match=r"option width .* must be one of 1, 2, 4, got 3"):
+            canonical_options("cyclic", {"width": 3})
         # and FORCE keeps its own
         with pytest.raises(DctpsError, match=r"schedule of pruning method 'force' must be one "
                            r"of exp, linear, got 'step'"):  # fmt: skip
@@ -123,3 +130,24 @@ def test_a_bug_in_a_methods_own_code_is_not_reported_as_bad_batches(monkeypatch)
     with pytest.raises(RuntimeError, match="cannot be multiplied") as e:
         prune(model, 0.5, "buggy")
     assert not isinstance(e.value, DctpsError)
+
+    # what the model, autograd or the caller's batches raise stays the caller's to fix
+    class NoGrad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            with torch.no_grad():
+                return self.fc(x)
+
+    batch = (torch.randn(8, 4), torch.randint(0, 2, (8,)))
+
+    def dying():
+        yield batch
+        raise RuntimeError("a DataLoader worker died")
+
+    for net, method, batches, why in ((NoGrad(), "snip", [batch], "does not require grad"),
+                                      (model, "iter_snip", dying, "worker died")):  # fmt: skip
+        with pytest.raises(DctpsError, match=f"could not run the model on the batches: .*{why}"):
+            prune(net, 0.5, method, batches, **({"steps": 3} if method == "iter_snip" else {}))

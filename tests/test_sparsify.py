@@ -1,6 +1,7 @@
 """sparsify() on arbitrary models and on the paper's architectures."""
 
 import copy
+import functools
 import math
 import warnings
 
@@ -877,8 +878,15 @@ class _HeadWithMethod(nn.Linear):
         return 2.0
 
 
+class _CachedFan(nn.Linear):
+    @functools.cached_property
+    def fan(self) -> int:  # a descriptor: copied, it read as the descriptor object itself
+        return self.in_features
+
+
 class _ScaledInit(nn.Linear):
     tag = "head"  # a class attribute
+    act = nn.ReLU  # a class held as a value (callable, yet no method)
 
     def __init__(self, i: int, o: int) -> None:
         super().__init__(i, o)
@@ -900,11 +908,14 @@ def test_a_layers_own_attributes_come_along_and_its_own_methods_are_refused():
     ):
         dctps.sparsify(model, 0.3)
     assert type(model[1]) is _HeadWithMethod  # left as it was
+    with pytest.raises(DctpsError, match=r"_CachedFan, a subclass of Linear with its own fan"):
+        dctps.sparsify(nn.Sequential(nn.Linear(6, 8), _CachedFan(8, 4)), 0.3)
     model = nn.Sequential(nn.Linear(6, 8), _ScaledInit(8, 4))
     model[0].is_residual = True
     dctps.sparsify(model, 0.3)
     assert isinstance(model[0], DCTpSLinear) and isinstance(model[1], DCTpSLinear)
     assert (model[0].is_residual, model[1].scale, model[1].tag) == (True, 2.0, "head")
+    assert model[1].act is nn.ReLU
     assert not hasattr(model[1], "is_residual")  # each layer its own
     plain = dctps.to_dense(model)  # and back
     assert type(plain[0]) is nn.Linear and (plain[0].is_residual, plain[1].scale) == (True, 2.0)

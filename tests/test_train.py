@@ -919,8 +919,8 @@ def test_an_interrupt_between_the_rows_start_and_the_first_epoch_is_recorded(
     if sys.version_info >= (3, 11):
         (note,) = stopped.value.__notes__
         assert re.fullmatch(r"dctps: run [0-9a-f]{16} interrupted after epoch 1 of 2; run the "
-                            r"same command again to resume \(in Python: call fit again with the "
-                            r"same config and out\)", note)  # fmt: skip
+                            r"same command again to resume \(in Python: call fit, or run_sweep, "
+                            r"again with the same configs and out\)", note)  # fmt: skip
     monkeypatch.undo()
     row = _row_after_interrupt_in(loop.su, "make_scheduler", cfg, tmp_path, monkeypatch)
     assert row["status"] == "interrupted"
@@ -2852,3 +2852,65 @@ def test_a_configs_summary_names_the_recipe_its_model_gives():
     assert c.summary() == c.resolve().summary() == "lenet5/cifar10 dctps@0.05 recipe=lenet seed=3"
     assert c.optim.recipe is None  # the config itself is left as it was
     assert "recipe=None" in RunConfig(model=ModelConfig("no_such_model")).summary()  # no raise
+
+
+def test_fit_warns_of_milestones_at_or_past_the_last_epoch(tmp_path):
+    """An API review: `dctps train --milestones 10 --epochs 5` is refused, but the same config
+    built in Python trained at a learning rate that never decayed, without a word."""
+    from dctps.train.config import ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+    cfg = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.05),
+                    optim=OptimConfig(epochs=5, milestones=[3, 5, 10], gamma=0.5))  # fmt: skip
+    (tmp_path / "file").write_text("not a folder")
+    with (
+        pytest.warns(RuntimeWarning, match=r"optim\.milestones \[5, 10\] are not below the run's "
+                     r"5 epochs: the learning rate never decays there") as caught,
+        pytest.raises(DctpsError),  # stopped right after, at its output folder
+    ):  # fmt: skip
+        fit(cfg, tmp_path / "file" / "out", progress=False)
+    assert caught[0].filename == __file__
+
+
+def test_fit_does_not_warn_of_a_recipes_own_milestones(tmp_path):
+    """The warning above is of milestones the caller gave: the sgd recipe's own, rounded from
+    60% and 80% of a run of 1 or 2 epochs, fall on its last epoch (a quick figure's runs)."""
+    import warnings
+
+    from dctps.train.config import ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+    (tmp_path / "file").write_text("not a folder")
+    for epochs in (1, 2):
+        cfg = RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig("dctps", 0.05),
+                        optim=OptimConfig(recipe="sgd", epochs=epochs))  # fmt: skip
+        assert cfg.resolve().optim.milestones[-1] == epochs
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with pytest.raises(DctpsError):  # stopped at its data or its folder
+                fit(cfg, tmp_path / "file" / "out", progress=False)
+
+
+def test_every_rank_raises_the_kind_of_refusal_rank_0_met():
+    """A session-diff review: rank 0's CannotWrite (exit 1) reached the other torchrun ranks
+    as a plain DctpsError (exit 2). `main_decides` shares the kind with the message."""
+    from types import SimpleNamespace
+
+    from dctps.errors import CannotWrite, RunBusy
+    from dctps.train.loop import main_decides
+
+    sent = []
+
+    def refuse(kind):
+        def fn():
+            raise kind("no room")
+
+        return fn
+
+    for kind in (CannotWrite, RunBusy, DctpsError):
+        main = SimpleNamespace(enabled=True, is_main=True, broadcast=lambda x: sent.append(x) or x)
+        with pytest.raises(kind):
+            main_decides(main, refuse(kind))
+        other = SimpleNamespace(enabled=True, is_main=False, broadcast=lambda x: sent[-1])
+        with pytest.raises(DctpsError) as e:
+            main_decides(other, refuse(kind))
+        assert type(e.value) is kind and str(e.value) == "no room"
+        assert e.value.exit_code == (1 if kind is CannotWrite else 2)

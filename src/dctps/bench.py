@@ -792,7 +792,7 @@ def main(argv: list[str] | None = None, default: str = "all") -> None:
                 raise cannot_write("benchmark rows", a.json, e) from None
     except DctpsError as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":

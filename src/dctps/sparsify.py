@@ -308,9 +308,16 @@ def _subclass_methods(cls: type, base: type) -> list[str]:
         for k, v in vars(klass).items():
             if k.startswith("__") or k in ("reset_parameters", "extra_repr") or k in out:
                 continue
-            if callable(v) or isinstance(v, (property, staticmethod, classmethod)):
+            if _binds(v):
                 out.append(k)
     return out
+
+
+def _binds(v: Any) -> bool:
+    """Whether class attribute ``v`` computes on the instance: a function, ``property``,
+    ``functools.cached_property``, any descriptor (a class, such as ``Act = nn.ReLU``, is a
+    value: it is carried over)."""
+    return not isinstance(v, type) and hasattr(type(v), "__get__")
 
 
 def extra_attributes(module: nn.Module) -> dict[str, Any]:
@@ -325,7 +332,7 @@ def extra_attributes(module: nn.Module) -> dict[str, Any]:
         if klass is base or not issubclass(klass, base):
             break
         for k, v in vars(klass).items():
-            if not k.startswith("_") and not callable(v) and not isinstance(v, property):
+            if not k.startswith("_") and not _binds(v):
                 out.setdefault(k, v)
     out.update({
         k: v for k, v in vars(module).items()

@@ -200,18 +200,21 @@ def _checked_entry(method: object, options: Mapping[str, Any]) -> Method:
     return entry
 
 
-def _raised_by_torch_nn(e: BaseException) -> bool:
-    """Whether ``e`` came out of a module's forward or ``torch.nn.functional`` (a loss): the
-    model or its labels refused the batches, which is the caller's to fix. Elsewhere it is a
-    bug in the method's own tensor code, reported as such (an extensibility review: a new
-    method's bug read as "could not run the model on the batches", a bad input)."""
-    nn_dir = os.path.dirname(os.path.abspath(nn.__file__)) + os.sep
+def _raised_in(e: BaseException, masks: Callable[..., Any]) -> bool:
+    """Whether ``e`` was raised in dctps's and the method's own code alone: by a torch operator
+    they called, with no frame of the model's forward, a loss, autograd or the caller's
+    batches (all outside dctps) on its way. Then it is a bug of the method, reported as such
+    (an extensibility review: a new method's own failed matmul read as "could not run the
+    model on the batches", a bad input); otherwise the model or the batches refused."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    own = os.path.abspath(getattr(getattr(masks, "__code__", None), "co_filename", package))
     tb = e.__traceback__
     while tb is not None:
-        if os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(nn_dir):
-            return True
+        path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if not path.startswith(package) and path != own:
+            return False
         tb = tb.tb_next
-    return False
+    return True
 
 
 def default_batches(dataset_name: str) -> int:
@@ -239,17 +242,47 @@ def _check_options(method: str, fn: Callable[..., Any], options: Mapping[str, An
 TABLE_E2_BATCHES = ("iter_snip", "force")
 
 
-def _unwrap(kind: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
-    """An option's annotation as ``(type, choices, checks)``: ``Literal["exp", "linear"]`` is
-    ``(str, ("exp", "linear"), ())``, ``Annotated[int, Bound(ge=1)]`` is ``(int, (), (Bound,))``."""
+def _typed(where: str, value: Any, kind: type) -> Any:
+    """``value`` as option type ``kind`` (``bool``, ``int``, ``float``, ``str``) holds it:
+    ``60.0`` as an int is ``60``, ``200`` as a float ``200.0``; another type is refused."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise DctpsError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DctpsError(f"{where} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DctpsError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise DctpsError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def _unwrap(kind: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...], bool]:
+    """An option's annotation as ``(type, choices, checks, optional)``: ``Literal["exp",
+    "linear"]`` is ``(str, ("exp", "linear"), (), False)``, ``Annotated[int, Bound(ge=1)]`` is
+    ``(int, (), (Bound,), False)``, ``Literal[1, 2] | None`` is ``(int, (1, 2), (), True)``."""
     checks: tuple[Any, ...] = ()
     if typing.get_origin(kind) is typing.Annotated:
-        kind, *rest = typing.get_args(kind)
-        checks = tuple(rest)
+        kind, *declared = typing.get_args(kind)
+        checks = tuple(declared)
+    args = typing.get_args(kind)
+    optional = type(None) in args and len(args) == 2
+    other = next((a for a in args if a is not type(None)), None)
+    if optional and typing.get_origin(other) in (typing.Literal, typing.Annotated):
+        # an optional choice or range: its own checks, None allowed
+        inner, choices, more, _ = _unwrap(other)
+        return inner, choices, checks + more, True
     if typing.get_origin(kind) is typing.Literal:
         choices = typing.get_args(kind)
-        return type(choices[0]), choices, checks
-    return kind, (), checks
+        return type(choices[0]), choices, checks, False
+    return kind, (), checks, optional
 
 
 def _check_declared(where: str, value: Any, checks: tuple[Any, ...]) -> None:
@@ -269,28 +302,15 @@ def _canonical_value(method: str, name: str, value: Any, annotation: Any) -> Any
     a ``Literal``, the range of a :class:`Bound` (checked before any data is loaded: a sweep's
     ``--dry-run`` lists such a run as refused, not as one that fails when it comes)."""
     where = f"option {name} of pruning method {method!r}"
-    kind, choices, checks = _unwrap(annotation)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise DctpsError(f"{where} must be true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DctpsError(f"{where} must be an integer, got {value!r}")
-        _check_declared(where, value, checks)
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DctpsError(f"{where} must be a number, got {value!r}")
-        _check_declared(where, float(value), checks)
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise DctpsError(f"{where} must be a string, got {value!r}")
+    kind, choices, checks, optional = _unwrap(annotation)
+    if value is None and optional:
+        return None
+    if kind in (bool, int, float, str):
+        value = _typed(where, value, kind)
         if choices and value not in choices:
-            raise DctpsError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
+            shown = ", ".join(map(str, choices))
+            raise DctpsError(f"{where} must be one of {shown}, got {value!r}")
+        _check_declared(where, value, checks)
         return value
     if kind is torch.dtype:
         dtype = value
@@ -432,7 +452,7 @@ def prune(
         except OutOfMemoryError:
             raise  # a resource problem, not bad input: keep torch's own error
         except (RuntimeError, IndexError) as e:
-            if not _raised_by_torch_nn(e):  # a bug in the method's own code: its traceback
+            if _raised_in(e, entry.masks):  # a bug in the method's own code: its traceback
                 raise
             # the model cannot run on the given batches (or its loss on their labels)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]

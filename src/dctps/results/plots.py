@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,17 @@ def save(fig: Figure, path: str | Path) -> list[Path]:
         raise
     except ValueError as e:  # e.g. an unknown image format (file suffix)
         raise DctpsError(f"cannot write figure {path}: {e}") from None
+    finally:
+        _close_if_pyplots(fig)
     return out
+
+
+def _close_if_pyplots(fig: Any) -> None:
+    """Close a figure a caller made with pyplot (which keeps every figure until closed); those
+    drawn here are plain ``Figure`` objects that pyplot never held."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None and getattr(fig.canvas, "manager", None) is not None:
+        pyplot.close(fig)
 
 
 def _mark_empty(ax: Any, xs: Sequence[float], counts: Sequence[int], bars: Any, label: str) -> None:

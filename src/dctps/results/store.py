@@ -195,9 +195,10 @@ def _io_failure(path: Path, e: sqlite3.OperationalError) -> CannotWrite | None:
     except (ImportError, OSError, ValueError):  # Windows has no `resource`
         pass
     why = f"; {' and '.join(causes)}" if causes else ""
+    then = ": once there is room, the same command goes on" if causes else ""
     return CannotWrite(
         f"results database {path}: {msg}{f' ({name})' if name else ''}{why}. Nothing written "
-        "before is lost: once there is room, the same command goes on"
+        f"before is lost{then}"
     )
 
 
@@ -773,7 +774,9 @@ class Store:
         object per run; return the number of runs. Written atomically, as :meth:`to_csv` is,
         and never over a database or a file that is not such a JSON list. ``marked``: as
         :meth:`runs_with_epochs` takes it. Strict JSON: a number that is not finite (an
-        infinite loss; SQLite already stores a NaN as NULL) is written as ``null``."""
+        infinite loss; SQLite already stores a NaN as NULL) is written as ``null``. The epochs
+        are read while the text is written (500 runs at a time): a read that fails midway
+        leaves a file as it was, but a stream (``-``, a pipe) has had the runs before it."""
         _check_export_target(user_path(path), "JSON")
         rows = list(marked) if marked is not None else with_marks(self.query(where))
         _export(path, "JSON", lambda f: _write_json(f, self._with_epochs(rows)))

@@ -42,6 +42,7 @@ from torch import nn
 from dctps import _compat
 from dctps import progress as progress_mod
 from dctps.errors import (
+    CannotWrite,
     DctpsError,
     PruningFailed,
     RunBusy,
@@ -519,12 +520,15 @@ def main_decides(ctx: DistContext, fn: Callable[[], T]) -> T | None:
         except DctpsError as e:
             refusal = e
     if ctx.enabled:
+        kinds = (RunBusy, CannotWrite, DctpsError)  # each rank exits as rank 0 (1 or 2)
         said = ctx.broadcast(
-            None if refusal is None else (isinstance(refusal, RunBusy), str(refusal))
+            None
+            if refusal is None
+            else (next(i for i, k in enumerate(kinds) if isinstance(refusal, k)), str(refusal))
         )
         if said is not None and not ctx.is_main:
-            busy, message = said
-            raise (RunBusy if busy else DctpsError)(message)
+            kind, message = said
+            raise kinds[kind](message)
     if refusal is not None:
         raise refusal
     return result
@@ -707,7 +711,16 @@ def fit(
     """
     if not isinstance(cfg, RunConfig):
         raise DctpsError(f"fit needs a RunConfig, got {type(cfg).__name__}")
+    given = cfg.optim.milestones  # the caller's own: a recipe's fit any length (sgd, 1 epoch: [1])
     cfg = cfg.resolve()
+    o = cfg.optim
+    late = [m for m in given or [] if m >= (o.epochs or 0)]
+    if late:  # `dctps train --milestones` refuses it; a config built in Python passed quietly
+        warn_at_caller(
+            f"optim.milestones {late} are not below the run's {o.epochs} epochs: the learning "
+            "rate never decays there (give milestones in 1..epochs-1)",
+            RuntimeWarning,
+        )
     if progress:
         progress_mod.style()  # a bad DCTPS_PROGRESS: refused before the data and the pruning
     ctx = setup(cfg.device)
@@ -1294,7 +1307,8 @@ def _say_interrupted(store: Any, h: str, reason: str) -> None:
         if hasattr(stopping, "add_note"):  # Python 3.11: under the traceback, as a notebook
             # or a script shows it, where the attribute was seen by `dctps train` alone
             stopping.add_note(
-                f"dctps: run {h} {reason} (in Python: call fit again with the same config and out)"
+                f"dctps: run {h} {reason} (in Python: call fit, or run_sweep, again with the "
+                "same configs and out)"
             )
     if store is None:
         return
