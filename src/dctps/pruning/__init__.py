@@ -264,6 +264,7 @@ def _typed(where: str, value: Any, kind: type) -> Any:
     return value
 
 
+@functools.cache  # once per annotation: `dctps results` canonicalises every row's options
 def _unwrap(kind: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...], bool]:
     """An option's annotation as ``(type, choices, checks, optional)``: ``Literal["exp",
     "linear"]`` is ``(str, ("exp", "linear"), (), False)``, ``Annotated[int, Bound(ge=1)]`` is
