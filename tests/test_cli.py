@@ -198,6 +198,30 @@ def test_train_threads_sets_torchs_threads(monkeypatch):
     assert "--threads must be >= 0 (0 = torch's default), got -1" in str(r.exception)
 
 
+def test_budgets_for_a_data_set_build_the_model_as_train_does():
+    """An extensibility review: `dctps budgets` always built a 3x32x32, 10-class model, so its
+    table was not the one a run on digits (1 channel) or Tiny ImageNet (200 classes) trains.
+    `--dataset` builds it as `dctps train` does; its totals equal `count` of that model."""
+    from dctps.data import get_info
+
+    for dataset in ("digits", "tiny_imagenet"):
+        r = runner.invoke(app, ["budgets", "resnet18", "-d", "1%", "--dataset", dataset])
+        assert r.exit_code == 0, r.output
+        info = get_info(dataset)
+        assert r.output.startswith(f"resnet18, {info.in_channels}x{info.image_size}x"
+                                   f"{info.image_size} inputs ({dataset}), "
+                                   f"{info.num_classes} classes")  # fmt: skip
+        total = [ln for ln in r.output.splitlines() if ln.startswith("total")][0]
+        weights, nnz = (int(t.replace(",", "")) for t in total.split()[1:3])
+        model = build("resnet18", info.num_classes, info.in_channels, info.image_size)
+        c = dctps.count(dctps.sparsify(model, 0.01))
+        assert (weights, nnz) == (c.weights, c.nonzeros)
+    plain = runner.invoke(app, ["budgets", "resnet18", "-d", "1%"]).output
+    assert plain.startswith("resnet18, 3x32x32 inputs, 10 classes") and plain != r.output
+    small = runner.invoke(app, ["budgets", "lenet5", "-d", "1%", "--dataset", "digits"])
+    assert small.exit_code == 1 and "LeNet-5 needs 32x32" in str(small.exception)
+
+
 def test_figure_and_budgets_take_densities_in_percent():
     """`dctps train --density 0.1%` worked, but `figure` and `budgets` refused percentages."""
     pct = runner.invoke(app, ["budgets", "lenet5", "-d", "1%"])

@@ -30,14 +30,22 @@ class BudgetRow:
 
 
 def budget_rows(
-    model_name: str, density: float, allocation: str = "epl", num_classes: int = 10
+    model_name: str,
+    density: float,
+    allocation: str = "epl",
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
 ) -> list[BudgetRow]:
-    """One row per prunable layer of ``dctps.models.build(model_name, num_classes)``."""
+    """One row per prunable layer of ``dctps.models.build(model_name, num_classes,
+    in_channels, image_size)`` (a data set's input changes the first layer's weights, and
+    those of an architecture without a global pooling)."""
     from dctps.models import build
 
     d = check_density(density)
     with torch.device("meta"):  # shapes only: no memory, whatever --classes asks for
-        layers = list(prunable_layers(build(model_name, num_classes=num_classes)))
+        model = build(model_name, num_classes, in_channels, image_size)
+        layers = list(prunable_layers(model))
     counts = budgets([s for _, _, s in layers], d, allocation)
     if sum(counts) == 0:  # as sparsify and train refuse it: a table of zeros is no answer
         total = sum(math.prod(s) for _, _, s in layers)

@@ -312,7 +312,21 @@ def budgets_cmd(
     allocation: str = typer.Option(
         "epl", help=fill_names("How the global density is split over the layers: {allocations}.")
     ),
-    classes: int = typer.Option(10, "--classes", help="Number of output classes."),
+    classes: int = typer.Option(
+        None,
+        "--classes",
+        help="Number of output classes (default: the data set's; 10).",
+        show_default=False,
+    ),
+    dataset: str = typer.Option(
+        None,
+        "--dataset",
+        show_default=False,
+        help=fill_names(
+            "Build the model for this data set's images and classes, as `dctps "
+            "train` does: {datasets} (default: CIFAR-10's 3x32x32, 10 classes)."
+        ),
+    ),
     plot: str = typer.Option(None, help="Also draw the per-layer bar chart (PNG + PDF) here."),
     compare: bool = typer.Option(
         False, help="Plot EPL and EPF side by side (Figure A.2); needs --plot."
@@ -348,15 +362,24 @@ def budgets_cmd(
         from dctps.results.plots import check_figure_path
 
         check_figure_path(plot)  # before the table: it would hide the refusal
-    rows = budget_rows(model, density, allocation, classes)
-    typer.echo(f"{model}, {classes} classes, density {density:g}, allocation {allocation}")
+    shape = (3, 32)
+    if dataset is not None:
+        from dctps.data import get_info
+
+        info = get_info(dataset)
+        shape = (info.in_channels, info.image_size)
+        classes = classes if classes is not None else info.num_classes
+    classes = classes if classes is not None else 10
+    rows = budget_rows(model, density, allocation, classes, *shape)
+    size = f"{shape[0]}x{shape[1]}x{shape[1]} inputs" + (f" ({dataset})" if dataset else "")
+    typer.echo(f"{model}, {size}, {classes} classes, density {density:g}, allocation {allocation}")
     typer.echo(format_rows(rows))
     if plot:
         from dctps.results.plots import plot_allocation
 
         series = {allocation: [r.nonzeros for r in rows]}
         if compare:
-            series = {a: [r.nonzeros for r in budget_rows(model, density, a, classes)]
+            series = {a: [r.nonzeros for r in budget_rows(model, density, a, classes, *shape)]
                       for a in ("epl", "epf")}  # fmt: skip
         paths = plot_allocation(series, f"{model}, density {density:g}", plot)
         typer.echo("wrote " + ", ".join(map(str, paths)))
