@@ -754,7 +754,10 @@ def test_preflight_finds_each_problem_once_for_the_grid(tmp_path, monkeypatch):
     assert [m for m in found.group(1).split(", ") if m in paper] == [
         "fixup_resnet110", "mobilenetv2", "resnet18", "resnet50"]  # fmt: skip
     assert "cifar10" in problems[1] and "the sweep checks every data set" in problems[1]
-    assert "device 'cuda' requested but CUDA is not available on this host" in problems[2]
+    assert problems[2].endswith(
+        "device 'cuda' requested but CUDA is not available on this host "
+        "(give device cpu or auto: --device, or the grid's device)"
+    )
     # on SLURM the nodes may have the data and the GPUs: only what no host could run, and typos
     problems = preflight(cfgs, "slurm", {"slurm_partiton": "gpu", "mem_gb": 8})
     assert len(problems) == 2 and "lenet5" in problems[0], problems
@@ -952,7 +955,8 @@ def test_a_sweep_under_torchrun_refuses_parallel_workers(monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "1")
     for kw in ({"workers": 2}, {"executor": "submitit-local"}):
         with pytest.raises(DctpsError, match=r"a sweep under torchrun \(2 processes\) trains its "
-                           r"runs one after the other"):  # fmt: skip
+                           r"runs one after the other, each with DDP: give workers=1 and "
+                           r"executor local \(--workers 1 --executor local; got "):  # fmt: skip
             run_sweep([], tmp_path / "s", **kw)
     assert run_sweep([], tmp_path / "s", workers=1).counts() == {}
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}

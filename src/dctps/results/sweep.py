@@ -947,8 +947,8 @@ def run_sweep(
         # configs met in one DDP group and the sweep hung
         raise DctpsError(
             f"a sweep under torchrun ({world} processes) trains its runs one after the other, "
-            f"each with DDP: give --workers 1 and --executor local (got --workers {workers}, "
-            f"--executor {executor}); or run the sweep without torchrun"
+            f"each with DDP: give workers=1 and executor local (--workers 1 --executor local; "
+            f"got {workers}, {executor}); or run the sweep without torchrun"
         )
     out_p = user_path(out).resolve()
     db_p = out_db_path(out_p, db).resolve()
@@ -1045,7 +1045,7 @@ def _join_torchrun_group(cfgs: Sequence[RunConfig]) -> Any:
         raise DctpsError(
             f"a sweep under torchrun joins one process group for all its runs, but its runs ask "
             f"for devices of {' and '.join(kinds)} (one backend each): give every run the same "
-            "--device (e.g. --set device=cuda)"
+            "device (--device; --set device=cuda)"
         )
     return setup(cfgs[0].device)
 
@@ -1177,7 +1177,8 @@ def host_problems(configs: Sequence[RunConfig]) -> list[str]:
     cuda = sorted({c.device for c in configs if c.device.startswith("cuda")})
     if cuda and not torch.cuda.is_available():
         problems.append(f"device {', '.join(map(repr, cuda))} requested but CUDA is not "
-                        "available on this host (give --device cpu or auto)")  # fmt: skip
+                        "available on this host (give device cpu or auto: --device, or the "
+                        "grid's device)")  # fmt: skip
     return problems
 
 
