@@ -13,6 +13,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import COMPILE_NEEDS_PLAIN_TMPDIR
 from torch import nn
 
 import dctps
@@ -280,6 +281,7 @@ def test_no_grad_evaluation_and_gradient_checkpointing():
             torch.testing.assert_close(p.grad, g_r[name], **TOL, msg=name)
 
 
+@COMPILE_NEEDS_PLAIN_TMPDIR
 def test_torch_compile_of_a_batched_model_matches_eager():
     torch.manual_seed(0)
     model = _randomise(Net())

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import COMPILE_NEEDS_PLAIN_TMPDIR
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -212,6 +213,7 @@ def test_auto_cost_model_skips_hopeless_layers():
     assert "factor" not in fastmod.candidates(DCTpSConv2d(64, 128, 1, nnz=10))
 
 
+@COMPILE_NEEDS_PLAIN_TMPDIR
 def test_compile_with_auto_and_fast_modes_uses_dense_path():
     torch.manual_seed(0)
     model = nn.Sequential(

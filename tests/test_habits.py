@@ -110,9 +110,9 @@ def test_wheel_builds_and_installs_into_a_fresh_venv(tmp_path: Path):
     _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheels[0])],
          env=env)  # fmt: skip
 
-    where = _run([str(py), "-c", "import dctps; print(dctps.__file__, dctps.__version__)"],
+    where = _run([str(py), "-c", "import dctps; print(dctps.__file__); print(dctps.__version__)"],
                  cwd=tmp_path, env=env)  # fmt: skip
-    path, version = where.split()[-2:]
+    path, version = where.splitlines()[-2:]  # a path may hold spaces (TMPDIR)
     assert Path(path).resolve().is_relative_to(target.resolve()), f"imported from {path}"
     assert version == dctps.__version__
     out = _run([str(bindir / "dctps"), "demo", "--help"], cwd=tmp_path, env=env)

@@ -9,6 +9,7 @@ import pytest
 import scipy.fft
 import torch
 import torch.nn.functional as F
+from conftest import COMPILE_NEEDS_PLAIN_TMPDIR
 from torch import nn
 
 from dctps import DCTpSConv2d, DctpsError, DCTpSLinear
@@ -292,6 +293,7 @@ def test_bad_groups():
         DCTpSConv2d(3, 8, 3, groups=2, nnz=1)
 
 
+@COMPILE_NEEDS_PLAIN_TMPDIR
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
