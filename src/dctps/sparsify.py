@@ -302,15 +302,21 @@ def _subclass_methods(cls: type, base: type) -> list[str]:
     its constructor, ``reset_parameters`` and ``extra_repr``, which describe how the dense
     layer was made and shown, not what it computes."""
     out: list[str] = []
-    for klass in cls.__mro__:
-        if klass is base or not issubclass(klass, base):
-            break
+    for klass in _subclasses_of(cls, base):
         for k, v in vars(klass).items():
             if k.startswith("__") or k in ("reset_parameters", "extra_repr") or k in out:
                 continue
             if _binds(v):
                 out.append(k)
     return out
+
+
+def _subclasses_of(cls: type, base: type) -> Iterator[type]:
+    """The classes of ``cls``'s MRO before ``base``: what a subclass adds to it."""
+    for klass in cls.__mro__:
+        if klass is base or not issubclass(klass, base):
+            return
+        yield klass
 
 
 def _binds(v: Any) -> bool:
@@ -328,9 +334,7 @@ def extra_attributes(module: nn.Module) -> dict[str, Any]:
     base = next(b for b in type(module).__mro__ if b in _PLAIN)
     plain = _plain_names(base)
     out: dict[str, Any] = {}
-    for klass in type(module).__mro__:
-        if klass is base or not issubclass(klass, base):
-            break
+    for klass in _subclasses_of(type(module), base):
         for k, v in vars(klass).items():
             if not k.startswith("_") and not _binds(v):
                 out.setdefault(k, v)
