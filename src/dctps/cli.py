@@ -2,7 +2,8 @@
 inspect | export | bench``.
 
 Each command is a thin wrapper over a library function; bad input raises :class:`DctpsError`, which
-:func:`main` prints as one line (no traceback) with exit status 2.
+:func:`main` prints as one line (no traceback) with exit status 2 (1 for a write the machine
+refused while the command ran, :class:`dctps.errors.CannotWrite`).
 """
 
 from __future__ import annotations
