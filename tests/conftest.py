@@ -123,6 +123,25 @@ def disk_full_after(monkeypatch):
     return start
 
 
+def interrupted_fit(cfg, out, monkeypatch, epoch: int, progress: bool = False) -> BaseException:
+    """``fit`` interrupted by Ctrl-C at the start of ``epoch`` (the previous one checkpointed),
+    the real epoch function back in place afterwards; returns the ``KeyboardInterrupt``."""
+    from dctps.train import fit, loop
+
+    real = loop.train_one_epoch
+
+    def interrupt(*a, **kw):
+        if kw["epoch"] == epoch:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train_one_epoch", interrupt)
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            fit(cfg, out, progress=progress)
+    return stopped.value
+
+
 def train_with_ema(model, use_buffers: bool, steps: int = 3):
     """``steps`` SGD steps of ``model`` on random 3x8x8 images, each followed by an update of
     an EMA (``AveragedModel``, decay 0.9) made before the first step; returns the EMA."""

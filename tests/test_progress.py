@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from conftest import interrupted_fit
 from torch import nn
 
 from dctps import progress
@@ -51,21 +52,7 @@ def test_a_run_logs_a_line_per_epoch_without_carriage_returns(
     """A bar in a SLURM log was one line of about 8 KB per epoch (1.5 MB over 200 epochs),
     its accuracies overwritten fragments; a resumed run said so only in its last line."""
     monkeypatch.delenv(progress.ENV, raising=False)
-    from dctps.train import loop
-
-    real = loop.train_one_epoch
-    calls = []
-
-    def two_then_stop(*a, **k):
-        calls.append(1)
-        if len(calls) > 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(loop, "train_one_epoch", two_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        fit(_cfg(fake_cifar10, epochs=3), tmp_path, progress=True)
-    monkeypatch.setattr(loop, "train_one_epoch", real)
+    interrupted_fit(_cfg(fake_cifar10, epochs=3), tmp_path, monkeypatch, epoch=3, progress=True)
     err = capsys.readouterr().err
     assert "\r" not in err
     epochs = [line for line in err.splitlines() if line.startswith("epoch ")]

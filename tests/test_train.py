@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import interrupted_fit
 from torch import nn
 
 import dctps.data
@@ -659,22 +660,6 @@ def test_tiny_imagenet_with_a_hold_out_tests_on_official_val(fake_tiny, tmp_path
     assert Store(tmp_path).get(r["hash"])["test_acc"] == acc
 
 
-def _interrupted_fit(cfg, out, monkeypatch, epoch: int) -> None:
-    """``fit`` interrupted by Ctrl-C at the start of ``epoch`` (the previous one checkpointed);
-    the real epoch function is back in place afterwards."""
-    real = loop.train_one_epoch
-
-    def interrupt(*a, **kw):
-        if kw["epoch"] == epoch:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "train_one_epoch", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            fit(cfg, out, progress=False)
-
-
 def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, monkeypatch):
     """A CPU run resumed with another torch thread count goes on as another trajectory (its sums
     split differently; a reproducibility review measured 0.1-0.2 points of accuracy): the
@@ -685,7 +670,7 @@ def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, mo
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        _interrupted_fit(cfg, tmp_path / "a", monkeypatch, epoch=2)
+        interrupted_fit(cfg, tmp_path / "a", monkeypatch, epoch=2)
         h = cfg.resolve().config_hash()
         assert ckpt_io.load_checkpoint(tmp_path / "a" / "runs" / h, h)["threads"] == 1
         torch.set_num_threads(2)
@@ -695,7 +680,7 @@ def test_a_cpu_resume_with_another_thread_count_warns(fake_cifar10, tmp_path, mo
             fit(cfg, tmp_path / "a", progress=False)
         # at the caller's line (a notebook review: it named loop.py's, and a CLI flag alone)
         assert [w.filename for w in caught] == [__file__]
-        _interrupted_fit(cfg, tmp_path / "b", monkeypatch, epoch=2)  # written with 2
+        interrupted_fit(cfg, tmp_path / "b", monkeypatch, epoch=2)  # written with 2
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
             assert fit(cfg, tmp_path / "b", progress=False)["resumed_from"] == 1
@@ -711,7 +696,7 @@ def test_a_resume_with_other_rounding_settings_warns(fake_cifar10, tmp_path, mon
     import warnings
 
     cfg = small_cfg(fake_cifar10, epochs=2)
-    _interrupted_fit(cfg, tmp_path / "a", monkeypatch, epoch=2)
+    interrupted_fit(cfg, tmp_path / "a", monkeypatch, epoch=2)
     changed = dataclasses.replace(cfg, batched_rebuild="on", eval_batch_size=7)
     assert changed.config_hash() == cfg.config_hash()
     with pytest.warns(RuntimeWarning) as seen:
@@ -720,7 +705,7 @@ def test_a_resume_with_other_rounding_settings_warns(fake_cifar10, tmp_path, mon
     assert any("--batched-rebuild on; the checkpoint was written with auto" in m for m in said)
     assert any("--eval-batch-size 7; the checkpoint was written with 256" in m for m in said)
     # the same settings (auto is off on the CPU, as off is) resume without a warning
-    _interrupted_fit(cfg, tmp_path / "b", monkeypatch, epoch=2)
+    interrupted_fit(cfg, tmp_path / "b", monkeypatch, epoch=2)
     same = dataclasses.replace(cfg, batched_rebuild="off", eval_batch_size=256)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -739,7 +724,7 @@ def test_a_resume_on_another_device_warns_and_not_about_threads(
         torch.set_num_threads(1)
         with monkeypatch.context() as m:
             m.setattr(loop, "_device_label", lambda dev: "cuda (Fake GPU)")
-            _interrupted_fit(cfg, tmp_path, monkeypatch, epoch=2)
+            interrupted_fit(cfg, tmp_path, monkeypatch, epoch=2)
         h = cfg.resolve().config_hash()
         assert ckpt_io.load_checkpoint(tmp_path / "runs" / h, h)["device"] == "cuda (Fake GPU)"
         torch.set_num_threads(2)
@@ -791,7 +776,7 @@ def test_a_run_is_not_resumed_on_other_data(fake_cifar10, tmp_path, monkeypatch)
     from conftest import write_fake_cifar10
 
     cfg = small_cfg(fake_cifar10, epochs=2)
-    _interrupted_fit(cfg, tmp_path / "out", monkeypatch, epoch=2)
+    interrupted_fit(cfg, tmp_path / "out", monkeypatch, epoch=2)
     other = write_fake_cifar10(tmp_path / "other", seed=1)  # same layout, other pixels
     moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(other)))
     assert moved.config_hash() == cfg.config_hash()
@@ -902,22 +887,11 @@ def test_an_interrupt_between_the_rows_start_and_the_first_epoch_is_recorded(
         "to start it over"
     )
     # after one epoch's checkpoint, an interrupt while resuming keeps saying where to resume
-    real = loop.train_one_epoch
-    calls = []
-
-    def one_then_stop(*a, **k):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(loop, "train_one_epoch", one_then_stop)
-    with pytest.raises(KeyboardInterrupt) as stopped:
-        fit(cfg, tmp_path, progress=False)
+    stopped = interrupted_fit(cfg, tmp_path, monkeypatch, epoch=2)
     # a notebook review: a kernel interrupt showed a bare KeyboardInterrupt; its note says
     # where the run stopped and how to go on, under the traceback
     if sys.version_info >= (3, 11):
-        (note,) = stopped.value.__notes__
+        (note,) = stopped.__notes__
         assert re.fullmatch(r"dctps: run [0-9a-f]{16} interrupted after epoch 1 of 2; run the "
                             r"same command again to resume \(in Python: call fit, or run_sweep, "
                             r"again with the same configs and out\)", note)  # fmt: skip
@@ -994,7 +968,7 @@ def test_a_network_with_a_constant_output_is_noted_on_its_row(fake_cifar10, tmp_
 def test_tiny_imagenet_run_resumes_exactly(fake_tiny, tmp_path, monkeypatch):
     cfg = tiny_cfg(fake_tiny)
     ref = fit(cfg, tmp_path / "ref", progress=False)
-    _interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=3)
+    interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=3)
     r = fit(cfg, tmp_path / "run", progress=False)
     assert r["resumed_from"] == 2 and metrics(r) == metrics(ref)
     assert r["reason"] == loop.MAX_VAL_NOTE
@@ -1145,7 +1119,7 @@ def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monke
     ref = fit(cfg, tmp_path / "ref", progress=False)
     assert ref["status"] == "done" and ref["nonzeros"] == round(0.1 * 61510)
     assert ref["prune_seconds"] is not None and ref["prune_seconds"] >= 0
-    _interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=2)
+    interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=2)
     row = Store(tmp_path / "run").get(ref["hash"])
     # 'interrupted' (the same command resumes it), saying why it stopped
     assert row["status"] == "interrupted"
@@ -1181,7 +1155,7 @@ def test_dctps_rigl_run_resumes_exactly(fake_cifar10, tmp_path, monkeypatch, bat
     cfg = dataclasses.replace(cfg, batched_rebuild=batched)
     ref = fit(cfg, tmp_path / "ref", progress=False)
     assert ref["status"] == "done"
-    _interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=3)
+    interrupted_fit(cfg, tmp_path / "run", monkeypatch, epoch=3)
     ck = torch.load(tmp_path / "run" / "runs" / ref["hash"] / "last.pt", weights_only=True)
     assert ck["epoch"] == 2 and ck["rigl"] == {"t": 18}
     r = fit(cfg, tmp_path / "run", progress=False)
