@@ -430,14 +430,16 @@ CASES = [
     C("train-density-0", r"density must be in \(0, 1\].*got '0'", *TRAIN_AT, "--density", "0"),
     C("train-rigl-flag-without-rigl", r"sparsity\.rigl_t_end \(--rigl-t-end\) applies only with "
       r"sparsity\.rigl=True \(--rigl\) \(got rigl_t_end=0\.5\)", *TRAIN_AT, "--rigl-t-end", "0.5"),
-    C("train-no-charge-alpha-without-channel", r"--no-charge-alpha applies only with --alpha "
-      r"channel .*got alpha 'layer'", *TRAIN_AT, "--method", "dctps", "--no-charge-alpha"),
+    C("train-no-charge-alpha-without-channel", r"charge_alpha=False \(--no-charge-alpha\) "
+      r"applies only with sparsity\.alpha='channel' \(--alpha channel\) .*got alpha 'layer'",
+      *TRAIN_AT, "--method", "dctps", "--no-charge-alpha"),
     C("train-milestone-past-the-end", r"--milestones 50 is not below the run's epochs \(1\)",
       *TRAIN_AT, "--milestones", "50"),
     C("train-milestones-repeated", r"milestones \[1, 1\] repeat an epoch .*give distinct",
       *TRAIN_AT, "--epochs", "3", "--milestones", "1,1"),
-    C("train-allocation-for-a-score-method", r"--allocation applies only to --method dctps "
-      r"and random: snip chooses its own", *TRAIN_AT, "--method", "snip", "--allocation", "erk"),
+    C("train-allocation-for-a-score-method", r"allocation='erk' \(--allocation erk\) applies "
+      r"only to methods dctps and random: snip chooses its own",
+      *TRAIN_AT, "--method", "snip", "--allocation", "erk"),
     C("train-allocation-typo-for-a-score-method", r"unknown allocation 'ekr'.*Did you mean "
       r"'erk'\?", *TRAIN_AT, "--method", "snip", "--allocation", "ekr"),
     C("train-option-twice", r"--option steps given twice \(2 and 3\): give it once",
@@ -447,7 +449,8 @@ CASES = [
     C("train-rigl-t-end-above-1", r"sparsity\.rigl_t_end \(--rigl-t-end\) \(the fraction of "
       r"training after which the supports stay fixed\) must be in \(0, 1\], got 1\.5",
       *TRAIN_AT, "--method", "dctps", "--rigl", "--rigl-t-end", "1.5"),
-    C("train-gamma-without-milestones", r"--gamma applies at milestones, and this run has none",
+    C("train-gamma-without-milestones",
+      r"gamma=0\.5 \(--gamma 0\.5\) applies at milestones, and this run has none",
       *TRAIN_AT, "--gamma", "0.5"),
     C("train-optimizer-of-another-recipe", r"optimizer 'sgd' with recipe 'lenet' \(whose "
       r"optimizer is adam\) .*\(--recipe sgd\), or give optim\.lr \(--lr\)",
@@ -457,8 +460,9 @@ CASES = [
     L("sparsify-fixup-fixed-alpha", r"zero-initialises some layers \(Fixup\).*Train alpha",
       lambda e: dctps.sparsify(dctps.models.build("fixup_resnet110", num_classes=10), 0.01,
                                train_alpha=False)),
-    C("train-batched-rebuild-on-dense", r"--batched-rebuild on applies only to --method dctps "
-      r".*got --method dense", "train", "--model", "lenet5", "--dataset", "cifar10", "--method",
+    C("train-batched-rebuild-on-dense", r"batched_rebuild='on' \(--batched-rebuild on\) "
+      r"applies only to method dctps .*got method 'dense'", "train", "--model", "lenet5",
+      "--dataset", "cifar10", "--method",
       "dense", "--batched-rebuild", "on", "--data-root", "{data}", "--out", "{tmp}/out"),
     C("train-batched-rebuild",
       r"batched_rebuild \(--batched-rebuild\) must be one of auto, on, off, got 'yes'",

@@ -125,6 +125,29 @@ def test_to_dense_gives_plain_layers_and_same_outputs():
     assert isinstance(model[0], DCTpSLayer)  # the original is untouched
 
 
+def test_to_dense_and_load_leave_the_callers_random_stream_alone(tmp_path):
+    """A hygiene review: each `to_dense` (a plain layer's initialisation, then overwritten) and
+    each `load` into a dense model (a DCTpS layer's bias draw, then overwritten) advanced torch's
+    global generator: a loop that exported a model each epoch changed its own dropout masks."""
+    enc = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    model = nn.Sequential(small_cnn(), nn.Flatten())
+    for m in (enc, model):
+        dctps.sparsify(m, 0.1, seed=0)
+    checkpoint_io.save(model, tmp_path / "m.pt")
+    target = nn.Sequential(small_cnn(), nn.Flatten())  # built (and drawn) before the watch
+    torch.manual_seed(5)
+    rng = torch.get_rng_state()
+    dense = dctps.to_dense(model)
+    dense_enc = dctps.to_dense(enc)
+    loaded = dctps.load(tmp_path / "m.pt", model=target)
+    assert torch.equal(torch.get_rng_state(), rng)
+    q = torch.randn(2, 5, 16)
+    torch.testing.assert_close(dense_enc(q), enc(q), atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(loaded(x), model(x))
+    torch.testing.assert_close(dense(x), model(x), atol=1e-5, rtol=1e-5)
+
+
 def test_to_dense_of_a_model_with_the_old_weight_norm_names_the_layer():
     """torch cannot deepcopy a module under the old torch.nn.utils.weight_norm: to_dense gave
     torch's RuntimeError from deep inside copy.py; it names the layer and the fix."""

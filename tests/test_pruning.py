@@ -497,6 +497,12 @@ COLLAPSES = {
     ("resnet18", "force", 1e-3),
     ("resnet18", "snip", 1e-3),
 }
+# ... of which some sit on the edge: the CPU's kernels decide. ResNet18's 10-step FORCE at 0.1%
+# collapses with torch's default kernels (ATEN_CPU_CAPABILITY=default, and on the machine CI
+# ran on until session 22) and keeps 173-253 weights in each conv of features.8 with AVX-512 or
+# AVX2 kernels (whose float rounding differs from the first initialisation on). Either outcome
+# is checked in full: the failure as above, or the exact counts.
+ON_THE_EDGE = {("resnet18", "force", 1e-3)}
 
 
 def _fast(method: str, density: float) -> dict:
@@ -558,7 +564,15 @@ def test_resnet18_every_method_exact_count(method, density):
     batches = _batches(2, b=4)
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     stats = bn.running_var.clone(), int(bn.num_batches_tracked)
-    if ("resnet18", method, density) in COLLAPSES:
+    if ("resnet18", method, density) in ON_THE_EDGE:
+        try:
+            prune(model, density, method, batches=batches, **_fast(method, density))
+        except PruningFailed as e:  # as _collapses checks it
+            assert f"{method}: the pruned network has no path" in str(e) and e.reached == density
+            assert not torch_prune.is_pruned(model)
+        else:
+            _check_pruned(model, round(density * 11_164_352))
+    elif ("resnet18", method, density) in COLLAPSES:
         _collapses(model, density, method, batches)
     else:
         prune(model, density, method, batches=batches, **_fast(method, density))
@@ -1036,3 +1050,35 @@ def test_build_checks_options_once_and_prunes_as_prune():
     masks = [(m.weight_mask, n.weight_mask) for m, n in zip(a, b, strict=True)
              if hasattr(m, "weight_mask")]  # fmt: skip
     assert masks and all(torch.equal(x, y) for x, y in masks)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupt_while_the_masks_are_applied_leaves_the_model_as_it_was(monkeypatch, stop):
+    """A hygiene review: a Ctrl-C on the second layer's mask left the first pruned and the
+    second's weight zeroed with no mask, and a second `prune` refused the model."""
+    from dctps.pruning import common
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 4))  # fmt: skip
+    params = dict(model.named_parameters())
+    before = {k: v.detach().clone() for k, v in params.items()}
+    real, calls = common.Mask.apply.__func__, []  # type: ignore[attr-defined]
+
+    def second_fails(cls, module, name, mask):
+        calls.append(module)
+        if len(calls) == 2:
+            raise stop("stopped")
+        return real(cls, module, name, mask)
+
+    monkeypatch.setattr(common.Mask, "apply", classmethod(second_fails))
+    with pytest.raises(stop, match="stopped"):
+        prune(model, 0.2, "random", seed=0)
+    # the same Parameters under their names, with their values (to the sign of each zero)
+    assert {k: id(v) for k, v in model.named_parameters()} == {k: id(v) for k, v in params.items()}
+    for k, v in params.items():
+        assert torch.equal(v, before[k]) and torch.equal(v.signbit(), before[k].signbit()), k
+    assert not list(model.buffers()) and not any(m._forward_pre_hooks for m in model)
+    monkeypatch.undo()
+    prune(model, 0.2, "random", seed=0)  # the model prunes as a fresh one does
+    assert len(_masked(model)) == 3

@@ -3,6 +3,7 @@
 import copy
 import functools
 import math
+import re
 import warnings
 
 import pytest
@@ -144,11 +145,20 @@ def test_a_seeded_sparsify_leaves_the_global_rng_alone():
     """With an explicit seed nothing is drawn from torch's global RNG (each new layer drew a
     bias, then overwritten by the dense one's): a dense and a DCTpS run started from the same
     torch.manual_seed see the same data order and later initialisations."""
+    from dctps.sparsify import _dctps_names, _plain_names
+
+    # as in a fresh process (a hygiene review: this test held only after another had filled
+    # these caches; their first call built real layers, which drew from the global RNG)
+    _plain_names.cache_clear()
+    _dctps_names.cache_clear()
     torch.manual_seed(0)
     model = mlp()  # has biases
+    model[0].is_input = True  # a plain attribute: sparsify's first call fills both caches
     dense_biases = [m.bias.detach().clone() for m in model if isinstance(m, nn.Linear)]
     state = torch.get_rng_state()
     sparse = dctps.sparsify(model, 0.1, seed=3)
+    assert _plain_names.cache_info().currsize and _dctps_names.cache_info().currsize
+    assert dctps.to_dense(sparse)[0].is_input  # and to_dense's reads _dctps_names
     assert torch.equal(torch.get_rng_state(), state)
     new = [m.bias for m in sparse if isinstance(m, DCTpSLinear)]
     assert len(new) == 3 and all(map(torch.equal, new, dense_biases))
@@ -245,6 +255,25 @@ def test_a_layer_registered_twice_is_replaced_under_both_names_and_counted_once(
     w = model[0].dense_weight()
     expected = F.linear(F.relu(F.linear(x, w, model[0].bias)), w, model[0].bias)
     torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize("hook", ["register_hook", "register_post_accumulate_grad_hook"])
+@pytest.mark.parametrize("where", ["2.weight", "2.bias", "0.in_proj_weight", "0.in_proj_bias"])
+def test_a_tensor_hook_on_a_weight_or_bias_is_refused_before_anything_changes(hook, where):
+    """A hygiene review: a gradient-clipping hook on a layer's weight or bias never ran again
+    after sparsify (new Parameters), without a word; module hooks are carried over."""
+    model = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Flatten(), nn.Linear(8, 4))
+    owner, _, attr = where.rpartition(".")
+    getattr(getattr(model.get_submodule(owner), attr), hook)(lambda t: None)
+    leave = "0" if owner == "0" else "2"
+    expect = (rf"^{re.escape(where)} has a tensor hook .*Remove the hook and register it after "
+              rf"sparsify .*exclude=\['{leave}'\]$")  # fmt: skip
+    with pytest.raises(DctpsError, match=expect):
+        dctps.sparsify(model, 0.3)
+    assert type(model[0]) is nn.MultiheadAttention and type(model[2]) is nn.Linear
+    out = dctps.sparsify(model, 0.3, exclude=[leave])  # the hooked layer left dense
+    plain = (nn.MultiheadAttention, nn.Linear)
+    assert type(out[int(leave)]) in plain and type(out[2 - int(leave)]) not in plain
 
 
 def test_tied_weights_are_refused_before_anything_changes():

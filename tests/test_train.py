@@ -1202,11 +1202,30 @@ def test_batched_rebuild_trains_the_same_run(fake_cifar10, tmp_path, monkeypatch
         DctpsError, match=r"batched_rebuild \(--batched-rebuild\) must be one of auto, on, off"
     ):
         dataclasses.replace(off, batched_rebuild="yes").resolve()
-    # a config file or grid may carry `on` for every method: only the CLI flag is refused
+    # a config file or grid may carry `on` for every method: the CLI flag is refused, and fit
+    # warns and trains
     random_on = dataclasses.replace(small_cfg(fake_cifar10, method="random", epochs=1),
                                     batched_rebuild="on")  # fmt: skip
-    assert fit(random_on, tmp_path / "random", progress=False)["status"] == "done"
+    with pytest.warns(RuntimeWarning, match="applies only to method dctps"):
+        assert fit(random_on, tmp_path / "random", progress=False)["status"] == "done"
     assert len(calls) == 1  # nothing to batch
+
+
+def test_fit_and_a_sweeps_checks_leave_the_callers_random_stream_alone(fake_cifar10, tmp_path):
+    """A hygiene review: after `fit` (even of a run already done, which trains nothing) torch's
+    global generator was seeded with the run's seed, and a sweep's planning reseeded it with
+    its configs': what a script drew after them followed the runs' seeds, not its own."""
+    from dctps.results.sweep import grid_problems, refusals_before_training
+
+    cfg = small_cfg(fake_cifar10, epochs=1, seed=4)
+    for _ in range(2):  # trained, then skipped as done
+        torch.manual_seed(123)
+        rng = torch.get_rng_state()
+        r = fit(cfg, tmp_path, progress=False)
+        assert torch.equal(torch.get_rng_state(), rng), r["skipped"]
+    assert r["skipped"]
+    assert not grid_problems([cfg]) and not refusals_before_training([cfg])
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_resume_flag_needs_checkpoint(fake_cifar10, tmp_path):
@@ -2096,6 +2115,15 @@ def test_evaluate_matches_an_independent_computation():
     assert 0 < acc < 1  # the check above could not pass by accident
     assert loop.evaluate(model, []) == (None, None)
 
+    def stops(_):  # a hygiene review: a loader's error left the caller's model in eval mode
+        yield batches[0]
+        raise KeyboardInterrupt
+
+    assert model.training
+    with pytest.raises(KeyboardInterrupt):
+        loop.evaluate(model, stops(None))
+    assert model.training
+
 
 def test_recipes_build_the_optimizers_of_table_e3():
     """The SGD recipe's momentum was checked in the resolved config, not in the optimizer."""
@@ -2861,6 +2889,68 @@ def test_fit_does_not_warn_of_a_recipes_own_milestones(tmp_path):
             warnings.simplefilter("error", RuntimeWarning)
             with pytest.raises(DctpsError):  # stopped at its data or its folder
                 fit(cfg, tmp_path / "file" / "out", progress=False)
+
+
+@pytest.mark.parametrize(
+    "sparsity, top, expect",
+    [
+        (dict(method="snip", density=0.05, allocation="erk"), {},
+         r"^sparsity\.allocation='erk' \(--allocation erk\) applies only to methods dctps and "
+         r"random: snip chooses its own per-layer budgets \(from its scores\), so leave the "
+         r"allocation out; it is ignored$"),
+        (dict(method="dctps", density=0.05, charge_alpha=False), {},
+         r"^sparsity\.charge_alpha=False \(--no-charge-alpha\) applies only with "
+         r"sparsity\.alpha='channel'"),
+        (dict(method="random", density=0.05), {"batched_rebuild": "on"},
+         r"^batched_rebuild='on' \(--batched-rebuild on\) applies only to method dctps"),
+        (dict(method="dctps", density=0.05), {"optim": {"gamma": 0.5}},
+         r"^optim\.gamma=0\.5 \(--gamma 0\.5\) applies at milestones, and this run has none"),
+    ],
+)  # fmt: skip
+def test_fit_warns_of_a_setting_the_run_ignores(tmp_path, sparsity, top, expect):
+    """A Python API review: `dctps train --method snip --allocation erk` is refused, but the
+    same config built in Python trained SNIP's own allocation without a word."""
+    from dctps.train.config import RunConfig
+
+    cfg = RunConfig.from_dict({"model": {"name": "lenet5"}, "sparsity": sparsity, **top})
+    (tmp_path / "file").write_text("not a folder")
+    with (
+        pytest.warns(RuntimeWarning, match=expect) as caught,
+        pytest.raises(DctpsError),  # stopped right after, at its output folder
+    ):
+        fit(cfg, tmp_path / "file" / "out", progress=False)
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_fit_and_a_sweep_are_quiet_about_settings_in_their_defaults_or_for_other_runs(tmp_path):
+    """No warning where the setting takes effect or is left at its default, nor from a sweep,
+    whose base may carry an allocation for its dctps runs beside its SNIP runs."""
+    import warnings
+
+    from dctps.results.sweep import run_one
+    from dctps.train.config import RunConfig
+
+    (tmp_path / "file").write_text("not a folder")
+    quiet = [
+        {"method": "snip", "density": 0.05},
+        {"method": "random", "density": 0.05, "allocation": "erk"},
+        {"method": "dctps", "density": 0.05, "alpha": "channel", "charge_alpha": False},
+    ]
+    for sparsity in quiet:
+        cfg = RunConfig.from_dict({"model": {"name": "lenet5"}, "sparsity": sparsity})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with pytest.raises(DctpsError):
+                fit(cfg, tmp_path / "file" / "out", progress=False)
+    cfg = RunConfig.from_dict(
+        {"model": {"name": "lenet5"}, "sparsity": {"method": "snip", "density": 0.05,
+                                                    "allocation": "epl"}}
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run_one(cfg, str(tmp_path / "file" / "out"))
+    assert r["status"] == "error"  # stopped at its data or its folder, after fit's warnings
+    assert not [w for w in caught if "applies only" in str(w.message)]
 
 
 def test_every_rank_raises_the_kind_of_refusal_rank_0_met():

@@ -37,11 +37,11 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import prune, skip_init
 
 from dctps import _compat, offsets
 from dctps._version import __version__
@@ -197,12 +197,13 @@ def _build_layer(cfg: dict[str, Any], old: nn.Module | None, state: dict[str, to
             mode=cfg.get("mode", "dense"), **off, **fac,
         )  # fmt: skip
     if kind == "DCTpSMultiheadAttention":
-        if not isinstance(old, nn.MultiheadAttention):
-            old = nn.MultiheadAttention(
+        if not isinstance(old, nn.MultiheadAttention):  # its values: the stored ones
+            old = cast(nn.MultiheadAttention, skip_init(
+                nn.MultiheadAttention,
                 cfg["embed_dim"], cfg["num_heads"], cfg["dropout"], bias=cfg["bias"],
                 add_bias_kv=cfg["add_bias_kv"], add_zero_attn=cfg["add_zero_attn"],
                 batch_first=cfg["batch_first"], **fac,
-            )  # fmt: skip
+            ))  # fmt: skip
         return DCTpSMultiheadAttention(
             old, cfg["in_nnz"], cfg["out_nnz"], seed=0, train_alpha=cfg.get("train_alpha", True),
             **off,
@@ -597,7 +598,10 @@ def load(
             continue
         if not name:
             raise DctpsError(f"checkpoint {path}: cannot replace the root module")
-        new = _build_layer(cfg, old, state, prefix)
+        # the new layer's bias, drawn from the global CPU generator (layers._draw_bias), is
+        # overwritten by the file's: leave the caller's random stream where it was
+        with torch.random.fork_rng(devices=[]):
+            new = _build_layer(cfg, old, state, prefix)
         move_hooks(old, new)  # as sparsify does: the model's hooks keep working
         new.train(old.training)
         for n in [name, *cfg.get("aliases", [])]:
@@ -1027,18 +1031,23 @@ def _dense_twin(m: nn.Module) -> nn.Module:
     fac = _factory(m)
     with torch.no_grad():
         if isinstance(m, DCTpSLinear):
-            new: Any = nn.Linear(m.in_features, m.out_features, m.bias is not None, **fac)
+            # skip_init: every value is copied below, and initialising them first advanced the
+            # caller's global RNG (on the layer's device) at each to_dense
+            new: Any = skip_init(
+                nn.Linear, m.in_features, m.out_features, m.bias is not None, **fac
+            )
             new.weight.copy_(m.dense_weight())
         elif isinstance(m, DCTpSConv2d):
-            new = nn.Conv2d(
-                m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                m.groups, m.bias is not None, **fac,
+            new = skip_init(
+                nn.Conv2d, m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                m.dilation, m.groups, m.bias is not None, **fac,
             )  # fmt: skip
             new.weight.copy_(m.dense_weight())
         elif isinstance(m, DCTpSMultiheadAttention):
-            new = nn.MultiheadAttention(
-                m.embed_dim, m.num_heads, m.dropout, bias=m.in_proj.bias is not None,
-                add_bias_kv=m.bias_k is not None, add_zero_attn=m.add_zero_attn,
+            new = skip_init(
+                nn.MultiheadAttention, m.embed_dim, m.num_heads, m.dropout,
+                bias=m.in_proj.bias is not None, add_bias_kv=m.bias_k is not None,
+                add_zero_attn=m.add_zero_attn,
                 batch_first=m.batch_first, **fac,
             )  # fmt: skip
             new.in_proj_weight.copy_(m.in_proj.dense_weight())

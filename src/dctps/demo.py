@@ -109,14 +109,16 @@ def format_table(rows: list[DemoRow]) -> str:
 
 def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]:
     """Train the five networks, print the table and a one-line verdict; return the rows.
-    ``threads``: torch's threads while it runs (0: as they are); restored after it."""
+    ``threads``: torch's threads while it runs (0: as they are); restored after it, as torch's
+    global random generator, which each network's seed sets."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise dctps.DctpsError(f"--epochs must be an integer >= 1, got {epochs!r}")
     check_seed(seed, "--seed")
     before = torch.get_num_threads()  # a notebook's kernel kept the demo's count
     set_threads(threads)
     try:
-        return _run(epochs, seed)
+        with torch.random.fork_rng(devices=[]):  # the demo trains on the CPU
+            return _run(epochs, seed)
     finally:
         torch.set_num_threads(before)
 

@@ -287,6 +287,7 @@ def _check_convertible(
         parent = model.get_submodule(owner) if owner else model
         in_attention = leaf in ("in_proj", "out_proj") and isinstance(parent, nn.MultiheadAttention)
         _check_plain(name, module, owner if in_attention else name)
+        _check_no_tensor_hooks(name, module, owner if in_attention else name)
     tied = tied_weight(model, layers, aliases)
     if tied is not None:
         layer, other = tied
@@ -295,6 +296,29 @@ def _check_convertible(
             f"the two their own offsets and supports and silently untie them. Untie them, or "
             f"leave them dense with exclude=[{layer!r}, {other.rsplit('.', 1)[0]!r}]"
         )
+
+
+def _check_no_tensor_hooks(name: str, module: nn.Module, leave: str) -> None:
+    """Refuse a hook registered on a layer's weight or bias tensor (``register_hook``,
+    ``register_post_accumulate_grad_hook``): the DCTpS layer holds new Parameters (``values``,
+    ``alpha``, a bias copy), so the hook would never run again (a gradient clip or mask lost
+    without a word). Module hooks are carried over (:func:`move_hooks`). ``leave``: what
+    ``exclude`` would name to leave the layer dense (an attention for its ``in_proj``)."""
+    # an attention's in_proj entry is the attention itself, whose tensors are in_proj_*
+    where = name.rpartition(".")[0] if isinstance(module, nn.MultiheadAttention) else name
+    for attr in ("weight", "bias", "in_proj_weight", "in_proj_bias"):
+        p = getattr(module, attr, None)
+        if isinstance(p, torch.Tensor) and (
+            p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None)
+        ):
+            tensor = f"{where}.{attr}" if where else attr
+            raise DctpsError(
+                f"{tensor} has a tensor hook (register_hook or "
+                "register_post_accumulate_grad_hook), which sparsify cannot carry: the DCTpS "
+                f"layer trains new parameters (values, alpha, a copy of the bias). Remove the "
+                f"hook and register it after sparsify (on {name}.values or {name}.bias), or "
+                f"leave the layer dense with exclude=[{leave!r}]"
+            )
 
 
 def _subclass_methods(cls: type, base: type) -> list[str]:
@@ -349,7 +373,10 @@ def extra_attributes(module: nn.Module) -> dict[str, Any]:
 def _plain_names(base: type) -> frozenset[str]:
     """The attribute names of a plain ``base`` layer (``in_features``, ``training``, ...)."""
     make: Any = base
-    tiny = make(1, 1, 1) if issubclass(base, nn.Conv2d) else make(1, 1)
+    # on meta: a real layer's initialisation advanced the caller's global RNG on the first call
+    tiny = (
+        make(1, 1, 1, device="meta") if issubclass(base, nn.Conv2d) else make(1, 1, device="meta")
+    )
     return frozenset(vars(tiny)) | frozenset(dir(base))
 
 
@@ -369,7 +396,8 @@ def own_attributes(layer: DCTpSLayer) -> dict[str, Any]:
 def _dctps_names() -> frozenset[str]:
     """The names a DCTpS layer uses itself, which a dense layer's own attribute would shadow."""
     names: set[str] = set()
-    for layer in (DCTpSLinear(1, 1, 1), DCTpSConv2d(1, 1, 1, nnz=1)):
+    # seeded: an unseeded layer draws its bias from the caller's global RNG
+    for layer in (DCTpSLinear(1, 1, 1, seed=0), DCTpSConv2d(1, 1, 1, nnz=1, seed=0)):
         names |= set(vars(layer)) | set(dir(type(layer)))
         names |= {n for n, _ in layer.named_parameters()} | {n for n, _ in layer.named_buffers()}
     return frozenset(names)

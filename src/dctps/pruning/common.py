@@ -572,16 +572,32 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
 
     After this, ``module.weight_orig`` is the Parameter (pruned entries set to exactly 0),
     ``module.weight_mask`` the float buffer and ``module.weight = weight_orig * weight_mask``.
+
+    All or nothing: an error or a Ctrl-C part way through removes the masks applied so far and
+    gives their weights back their values, so that the model is as it was.
     """
-    for t, mask in zip(targets_, masks, strict=True):
-        w = t.weight
-        m = mask.to(device=w.device, dtype=w.dtype).view_as(w)
-        with torch.no_grad():
-            # +0.0, not the -0.0 that multiplying a negative weight by 0 leaves: the pruned
-            # entries then stay +0.0 through training, and a checkpoint stores them as zeros
-            # (zeroed before the mask is applied, so weight = weight_orig * mask sees them)
-            w.masked_fill_(m == 0, 0.0)
-        Mask.apply(t.module, t.attr, m)
+    ms = [
+        mask.to(device=t.weight.device, dtype=t.weight.dtype).view_as(t.weight)
+        for t, mask in zip(targets_, masks, strict=True)
+    ]
+    done: list[tuple[Target, torch.Tensor]] = []
+    try:
+        for t, m in zip(targets_, ms, strict=True):
+            w = t.weight
+            done.append((t, w.detach().clone()))
+            with torch.no_grad():
+                # +0.0, not the -0.0 that multiplying a negative weight by 0 leaves: the pruned
+                # entries then stay +0.0 through training, and a checkpoint stores them as zeros
+                # (zeroed before the mask is applied, so weight = weight_orig * mask sees them)
+                w.masked_fill_(m == 0, 0.0)
+            Mask.apply(t.module, t.attr, m)
+    except BaseException:
+        for t, saved in reversed(done):
+            if hasattr(t.module, t.attr + "_mask"):
+                torch_prune.remove(t.module, t.attr)  # the same Parameter back under its name
+            with torch.no_grad():
+                getattr(t.module, t.attr).copy_(saved)
+        raise
 
 
 #: marks an attention module whose forward runs its out_proj's weight hooks

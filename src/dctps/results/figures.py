@@ -228,9 +228,10 @@ def synflow_allocation(
     from dctps.sparsify import prunable_layers
 
     info = _info(dataset)
-    torch.manual_seed(seed)
-    net = models.build(model, num_classes=info.num_classes, in_channels=info.in_channels,
-                       image_size=info.image_size)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):  # seeded, and the caller's stream left alone
+        torch.random.default_generator.manual_seed(seed)
+        net = models.build(model, num_classes=info.num_classes, in_channels=info.in_channels,
+                           image_size=info.image_size)  # fmt: skip
     layers = list(prunable_layers(net))
     epl = budgets([s for _, _, s in layers], density, "epl")
     out: dict[str, Any] = {"layers": [n for n, _, _ in layers], "EPL": [int(c) for c in epl],

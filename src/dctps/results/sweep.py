@@ -476,7 +476,9 @@ def run_one(
         _init_worker(check_threads(threads or 0, "threads") or None)
         _in_run = True
         try:
-            r = fit(c, out, store=db, progress=False, resume=False if restart else None)
+            r = fit(
+                c, out, db, progress=False, resume=False if restart else None, warn_unused=False
+            )
         finally:
             _in_run = False
     except KeyboardInterrupt:
@@ -1140,9 +1142,8 @@ def grid_problems(
 ) -> list[str]:
     """Problems of ``configs`` on any host (milliseconds: models are built on the meta device):
     a model that cannot take its data set; with ``slurm``, a misspelt submitit parameter."""
-    from dctps import _compat
     from dctps.data import get_info
-    from dctps.train.setup import build_model
+    from dctps.train.setup import model_shape
 
     problems: list[str] = []
     pairs: dict[tuple[str, str], list[RunConfig]] = {}
@@ -1150,8 +1151,7 @@ def grid_problems(
         pairs.setdefault((c.model.name, c.data.dataset), []).append(c)
     for (model, dataset), cs in sorted(pairs.items()):
         try:
-            with _compat.shapes_only():
-                build_model(cs[0], get_info(dataset))
+            model_shape(cs[0], get_info(dataset))
         except DctpsError as e:
             problems.append(f"{e} ({len(cs)} run{'s' * (len(cs) > 1)} of model {model!r} on "
                             f"{dataset!r})")  # fmt: skip
@@ -1268,7 +1268,6 @@ def refusals_before_training(configs: Sequence[RunConfig]) -> dict[str, str]:
 
     A model that cannot take its data set is left to :func:`grid_problems` (it stops the whole
     sweep)."""
-    from dctps import _compat
     from dctps.data import get_info
     from dctps.train import setup as su
 
@@ -1291,8 +1290,7 @@ def refusals_before_training(configs: Sequence[RunConfig]) -> dict[str, str]:
             continue
         seen[setting] = None
         try:
-            with _compat.shapes_only():
-                model = su.build_model(c, get_info(c.data.dataset))
+            model = su.model_shape(c, get_info(c.data.dataset))
         except Exception:  # left to grid_problems
             continue
         try:

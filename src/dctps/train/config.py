@@ -28,7 +28,7 @@ import math
 import os
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1183,28 +1183,10 @@ def config_from_cli(values: dict[str, Any], base: RunConfig | None = None) -> Ru
 def _check_cli_flags(values: dict[str, Any], cfg: RunConfig) -> None:
     """Refuse flags typed on the command line that would have no effect (a config file or
     sweep may carry them for other runs; the resolved config then ignores them quietly)."""
-    if values.get("charge_alpha") is False and cfg.sparsity.alpha != "channel":
-        raise DctpsError(
-            "--no-charge-alpha applies only with --alpha channel (with one alpha per layer there "
-            f"are no extra alphas to charge; got alpha {cfg.sparsity.alpha!r})"
-        )
-    if values.get("batched_rebuild") == "on" and cfg.sparsity.method != "dctps":
-        raise DctpsError(
-            "--batched-rebuild on applies only to --method dctps (it batches the rebuild of "
-            f"each layer's W = alpha*D + S; got --method {cfg.sparsity.method})"
-        )
-    if values.get("gamma") is not None and not cfg.resolve().optim.milestones:
-        raise DctpsError(
-            "--gamma applies at milestones, and this run has none (the adam and lenet recipes "
-            "keep a constant learning rate): give --milestones too, or leave --gamma out"
-        )
-    if values.get("allocation") is not None and cfg.resolve().sparsity.allocation is None:
-        why = ("keeps every weight" if cfg.sparsity.method == "dense"
-               else "chooses its own per-layer budgets (from its scores)")  # fmt: skip
-        raise DctpsError(
-            f"--allocation applies only to --method dctps and random: {cfg.sparsity.method} "
-            f"{why}, so leave --allocation out"
-        )
+    typed = [f for f in UNUSED_CHECKED if values.get(f) is not None]
+    unused = unused_settings(cfg, typed)
+    if unused:
+        raise DctpsError(unused[0])
     given = values.get("milestones")
     if given:
         epochs = cfg.resolve().optim.epochs
@@ -1214,6 +1196,63 @@ def _check_cli_flags(values: dict[str, Any], cfg: RunConfig) -> None:
                 f"--milestones {late[0]} is not below the run's epochs ({epochs}): the learning "
                 "rate would never decay there. Give milestones in 1..epochs-1"
             )
+
+
+#: the settings :func:`unused_settings` checks: each has effect only beside another setting
+UNUSED_CHECKED = ("charge_alpha", "batched_rebuild", "gamma", "allocation")
+
+
+def _non_default(cfg: RunConfig, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (fields of any section, by their last name) that ``cfg`` sets away
+    from their defaults: what a Python caller gave, as a flag is what a command line gave."""
+    out = []
+    for cf in cli_fields():
+        if cf.path[-1] in names:
+            section: Any = cfg
+            for part in cf.path[:-1]:
+                section = getattr(section, part)
+            field = type(section).__dataclass_fields__[cf.path[-1]]
+            if getattr(section, cf.path[-1]) != field.default:
+                out.append(cf.path[-1])
+    return out
+
+
+def unused_settings(cfg: RunConfig, given: Iterable[str]) -> list[str]:
+    """Why each setting named in ``given`` (of :data:`UNUSED_CHECKED`) has no effect on the run
+    ``cfg``, one sentence each; empty where all take effect. ``dctps train`` refuses such flags
+    and :func:`dctps.fit` warns of them, while a sweep's base or a config file may carry them
+    for some of its runs, where :meth:`RunConfig.resolve` drops them quietly."""
+    s, out = cfg.sparsity, []
+    given = set(given)
+    if "charge_alpha" in given and s.charge_alpha is False and s.alpha != "channel":
+        out.append(
+            f"{_setting('charge_alpha', False)} applies only with {_setting('alpha', 'channel')}"
+            f" (with one alpha per layer there are no extra alphas to charge; got alpha "
+            f"{s.alpha!r})"
+        )
+    if "batched_rebuild" in given and cfg.batched_rebuild == "on" and s.method != "dctps":
+        out.append(
+            f"{_setting('batched_rebuild', 'on')} applies only to method dctps (it batches the "
+            f"rebuild of each layer's W = alpha*D + S; got method {s.method!r})"
+        )
+    if "gamma" in given and cfg.optim.gamma is not None and not cfg.resolve().optim.milestones:
+        out.append(
+            f"{_setting('gamma', cfg.optim.gamma)} applies at milestones, and this run has none "
+            f"(the adam and lenet recipes keep a constant learning rate): give "
+            f"{_named('milestones')} too, or leave gamma out"
+        )
+    if (
+        "allocation" in given
+        and s.allocation is not None
+        and cfg.resolve().sparsity.allocation is None
+    ):
+        why = ("keeps every weight" if s.method == "dense"
+               else "chooses its own per-layer budgets (from its scores)")  # fmt: skip
+        out.append(
+            f"{_setting('allocation', s.allocation)} applies only to methods dctps and random: "
+            f"{s.method} {why}, so leave the allocation out"
+        )
+    return out
 
 
 def cli_parameters() -> list[inspect.Parameter]:

@@ -54,7 +54,14 @@ from dctps.errors import (
 from dctps.models import lr_factors
 from dctps.train import checkpoint as ckpt_io
 from dctps.train import setup as su
-from dctps.train.config import RunConfig, _named, save_config
+from dctps.train.config import (
+    UNUSED_CHECKED,
+    RunConfig,
+    _named,
+    _non_default,
+    save_config,
+    unused_settings,
+)
 from dctps.train.distributed import DistContext, setup, teardown
 
 __all__ = ["MAX_VAL_NOTE", "EpochStats", "evaluate", "fit", "train_one_epoch"]
@@ -260,12 +267,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
-    for x, y in loader:
-        out = model(x)
-        sums[0] += F.cross_entropy(out, y, reduction="sum").double()
-        sums[1] += (out.argmax(1) == y).sum()
-        sums[2] += y.shape[0]
-    model.train(was_training)
+    try:
+        for x, y in loader:
+            out = model(x)
+            sums[0] += F.cross_entropy(out, y, reduction="sum").double()
+            sums[1] += (out.argmax(1) == y).sum()
+            sums[2] += y.shape[0]
+    finally:  # a loader's error or a Ctrl-C: the caller's model keeps its mode
+        model.train(was_training)
     ctx.all_reduce_sum(sums)
     if sums[2] == 0:
         return None, None
@@ -681,8 +690,13 @@ def fit(
     store: Any = None,
     progress: bool = True,
     resume: bool | None = None,
+    *,
+    warn_unused: bool = True,
 ) -> dict[str, Any]:
     """Train the run ``cfg`` into ``out_dir`` and record it in the results store.
+
+    The run seeds torch's global random generators (``cfg.seed``); they are restored for the
+    caller when fit returns or raises (the CPU one, and the run's CUDA device's).
 
     Args:
         cfg: the run config (resolved here: recipe defaults, validation).
@@ -693,6 +707,10 @@ def fit(
             the training steps.
         resume: ``None``: resume from a checkpoint if one exists; ``True``: a checkpoint must
             exist (else :class:`DctpsError`); ``False``: ignore checkpoints and start over.
+        warn_unused: warn of settings this run ignores, as ``dctps train`` refuses them (an
+            allocation for SNIP, gamma without milestones: :func:`unused_settings`).
+            :func:`dctps.run_sweep` passes ``False``: a grid's base may carry them for some of
+            its runs.
 
     Returns:
         A dict with ``hash``, ``status`` (``done`` / ``failed``), ``reason`` (why a run failed; for
@@ -711,6 +729,9 @@ def fit(
     """
     if not isinstance(cfg, RunConfig):
         raise DctpsError(f"fit needs a RunConfig, got {type(cfg).__name__}")
+    if warn_unused:
+        for why in unused_settings(cfg, _non_default(cfg, UNUSED_CHECKED)):
+            warn_at_caller(f"{why}; it is ignored", RuntimeWarning)
     given = cfg.optim.milestones  # the caller's own: a recipe's fit any length (sgd, 1 epoch: [1])
     cfg = cfg.resolve()
     o = cfg.optim
@@ -725,7 +746,11 @@ def fit(
         progress_mod.style()  # a bad DCTPS_PROGRESS: refused before the data and the pruning
     ctx = setup(cfg.device)
     try:
-        return _fit(cfg, user_path(out_dir), store, progress, resume, ctx)
+        # the run seeds torch's global generators (its model's initialisation, dropout): the
+        # caller's draws after fit follow their own seed, not the run's
+        cuda = [ctx.device] if ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            return _fit(cfg, user_path(out_dir), store, progress, resume, ctx)
     finally:
         teardown(ctx)
 
@@ -746,8 +771,7 @@ def _fit(
     # a model that cannot take the data set (LeNet-5 on 8x8 digits) fails here, on the meta
     # device (no memory, milliseconds), before a results store or run folder is created
     info0 = data_mod.get_info(cfg.data.dataset)
-    with _compat.shapes_only():
-        shape = su.build_model(cfg, info0)
+    shape = su.model_shape(cfg, info0)
     one_image_fails = not _trains_on_one_image(shape, info0)
     # a DCTpS budget that cannot pay for per-channel alphas, a bad exclude pattern: refused here
     # too, not after an empty store and run folder were created

@@ -42,6 +42,7 @@ from dctps.train.config import OptimConfig, RunConfig, _named
 __all__ = [
     "apply_sparsity",
     "build_model",
+    "model_shape",
     "make_optimizer",
     "make_rigl",
     "make_scheduler",
@@ -53,10 +54,25 @@ __all__ = [
 
 
 def build_model(cfg: RunConfig, info: Any) -> nn.Module:
-    """The dense model of ``cfg`` for data set ``info``, initialised under ``torch.manual_seed``."""
+    """The dense model of ``cfg`` for data set ``info``, initialised under ``torch.manual_seed``
+    (which :func:`dctps.train.fit` restores for its caller when it returns)."""
+    torch.manual_seed(cfg.seed)
+    return _build(cfg, info)
+
+
+def model_shape(cfg: RunConfig, info: Any) -> nn.Module:
+    """The model of ``cfg`` on the meta device, uninitialised (:func:`_compat.shapes_only`),
+    for checks before a run: it leaves torch's global generators as they were (a check that
+    seeded them changed what a caller drew after a sweep's planning)."""
+    from dctps import _compat
+
+    with _compat.shapes_only(), torch.random.fork_rng(devices=[]):
+        return _build(cfg, info)
+
+
+def _build(cfg: RunConfig, info: Any) -> nn.Module:
     from dctps import models
 
-    torch.manual_seed(cfg.seed)
     return models.build(
         cfg.model.name,
         num_classes=info.num_classes,
