@@ -1082,3 +1082,28 @@ def test_an_interrupt_while_the_masks_are_applied_leaves_the_model_as_it_was(mon
     monkeypatch.undo()
     prune(model, 0.2, "random", seed=0)  # the model prunes as a fresh one does
     assert len(_masked(model)) == 3
+
+
+def test_a_failure_on_the_batches_is_named_with_the_cause_it_has():
+    """A hygiene review: every error on the batches read "check the input shape and that labels
+    lie in 0..classes-1", a loader's own `disk read error` and inference mode included."""
+    batch = (torch.randn(2, 3, 2, 2), torch.tensor([0, 1]))
+
+    def model():
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+
+    def fails_after_one():
+        yield batch
+        raise RuntimeError("disk read error")
+
+    with pytest.raises(DctpsError, match=r"could not run the model on the batches: disk read "
+                       r"error$"):  # fmt: skip
+        prune(model(), 0.5, "iter_snip", batches=fails_after_one, steps=2)
+    forbids = r"\(prune computes gradients, which torch.inference_mode\(\) forbids"
+    with torch.inference_mode(), pytest.raises(DctpsError, match=forbids):
+        prune(model(), 0.5, "snip", batches=[batch])
+    for bad in ((torch.randn(2, 3, 3, 3), batch[1]), (batch[0], torch.tensor([0, 7]))):
+        with pytest.raises(DctpsError, match=r"\(check the input shape and that labels lie in "):
+            prune(model(), 0.5, "snip", batches=[bad])
+    with torch.no_grad():  # grad mode alone is not inference mode: prune turns it on
+        assert torch_prune.is_pruned(prune(model(), 0.5, "snip", batches=[batch]))

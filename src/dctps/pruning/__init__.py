@@ -217,6 +217,24 @@ def _raised_in(e: BaseException, masks: Callable[..., Any]) -> bool:
     return True
 
 
+#: words of torch's errors for an input of the wrong shape or a label out of range
+_SHAPE_WORDS = ("shape", "size", "dimension", "dim ", "out of bounds", "index", "target")
+
+
+def _hint(first: str, dtype: torch.dtype | None) -> str:
+    """What to check, in parentheses, for torch's error ``first`` from the model on the batches;
+    nothing where no cause is known (a loader's own error: its message says it)."""
+    low = first.lower()
+    if torch.is_inference_mode_enabled():
+        return (" (prune computes gradients, which torch.inference_mode() forbids: call it "
+                "outside the inference_mode block)")  # fmt: skip
+    if "dtype" in low or "scalar type" in low:
+        return f" (batches must have the model's dtype, {dtype})"
+    if any(w in low for w in _SHAPE_WORDS):
+        return " (check the input shape and that labels lie in 0..classes-1)"
+    return ""
+
+
 def default_batches(dataset_name: str) -> int:
     """Batches per gradient for ``iter_snip``/``force`` (Table E.2): CIFAR-10 1, CIFAR-100 10,
     Tiny ImageNet 20; any other registered data set (``digits``, one a user adds), 1 as CIFAR-10."""
@@ -458,14 +476,9 @@ def prune(
             # the model cannot run on the given batches (or its loss on their labels)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-            hint = (
-                f"batches must have the model's dtype, {dtype}"
-                if "dtype" in first.lower() or "scalar type" in first.lower()
-                else "check the input shape and that labels lie in 0..classes-1"
-            )
             raise DctpsError(
-                f"pruning method {method!r} could not run the model on the batches: {first} "
-                f"({hint})"
+                f"pruning method {method!r} could not run the model on the batches: {first}"
+                + _hint(first, dtype)
             ) from e
         finally:
             if bar is not None:
