@@ -92,3 +92,25 @@ def test_the_readme_names_every_registered_entry(heading: str, registry: str):
     section = readme[start : readme.find("\n#", start + len(heading))]
     missing = [n for n in importlib.import_module(registry).names() if f"`{n}`" not in section]
     assert not missing, f"README.md's {heading!r} section does not name {missing}"
+
+
+def test_the_subpackages_the_readme_names_are_attributes_of_the_package():
+    """A typing review: the README's `dctps.train.fit`, `dctps.results.Store` and RigL's
+    `dctps.dst` raised AttributeError after `import dctps` (and `dctps.pruning` worked only
+    because another module imported it); the heavy ones are still imported on first use."""
+    code = (
+        "import sys, dctps\n"
+        "lazy = [m for m in ('dctps.train', 'dctps.results', 'dctps.dst') if m in sys.modules]\n"
+        "assert not lazy, lazy\n"
+        "assert {'train', 'results', 'dst', 'pruning', 'allocation'} <= set(dir(dctps))\n"
+        "print(dctps.train.fit.__name__, dctps.results.Store.__name__, dctps.dst.RigL.__name__,"
+        " dctps.pruning.build.__name__, dctps.allocation.build.__name__)\n"
+        "try:\n    dctps.no_such_name\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == [
+        "fit Store RigL build build",
+        "module 'dctps' has no attribute 'no_such_name'",
+    ]

@@ -1120,6 +1120,27 @@ def test_a_figure_counts_the_seeds_each_point_lacks_and_names_runs_that_raised(t
                                 "traceback_file": None}]  # fmt: skip
 
 
+def test_a_figure_says_which_missing_runs_an_older_dctps_recorded(tmp_path):
+    """An upgrade review: `dctps figure --plot-only` over a store of 0.1.0 said 14 of 17 runs
+    had "no result yet", though the store held them, recorded under their old identities."""
+    import sqlite3
+
+    configs = [cfg("dctps", 0.01, seed=s) for s in range(3)]
+    store = Store(tmp_path)
+    for c in configs:
+        record(store, c, 0.5)
+    with sqlite3.connect(tmp_path / "results.db") as db:  # as an older dctps hashed it
+        db.execute("UPDATE runs SET hash = 'feedfacefeedface' WHERE hash = ?",
+                   (configs[2].config_hash(),))  # fmt: skip
+    data = F.draw("density-lenet5-cifar10", store, configs, tmp_path / "f.png")
+    assert (data.runs, data.missing, data.older) == (2, 1, 1)
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert saved["older"] == 1 and (
+        "incomplete: 1 of 3 runs have no result yet (1 recorded by an older dctps only, not "
+        "drawn: a computation of theirs changed since)" in saved["note"]
+    )
+
+
 def test_a_partly_failed_dense_baseline_says_so_in_its_legend(tmp_path, monkeypatch):
     """A figures review: a dense baseline of 1 done seed and 2 failed was a plain solid line."""
     from dctps.results import plots

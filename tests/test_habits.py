@@ -52,6 +52,47 @@ def test_mypy():
     _run([sys.executable, "-m", "mypy", "src/dctps"])
 
 
+USER_SCRIPT = """
+import torch
+from torch import nn
+
+import dctps
+from dctps.pruning import build
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(x)
+        return out
+
+
+a: Net = dctps.sparsify(Net(), 0.5)
+b: Net = dctps.prune(Net(), 0.5, "random")
+c: Net = dctps.set_mode(a, "fast")
+d: Net = dctps.load("m.pt", Net())
+e: nn.Module = dctps.load("m.pt")
+f: Net = build("random")(Net(), 0.5)
+g: Net = dctps.note_supports(a)
+x: torch.Tensor = a.features(torch.zeros(1, 4))
+"""
+
+
+def test_a_users_script_keeps_its_models_type(tmp_path):
+    """A typing review: `sparsify`, `prune`, `set_mode`, `load(path, model)` returned
+    `nn.Module`, and `model.features(x)` of the user's own class failed type checking ("Tensor
+    not callable") for the object it passed in and got back."""
+    _need("mypy")
+    script = tmp_path / "user.py"
+    script.write_text(USER_SCRIPT)
+    env = {**os.environ, "MYPYPATH": str(ROOT / "src")}
+    _run([sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
+          str(script)], env=env)  # fmt: skip
+
+
 def test_changelog_top_version_is_the_package_version():
     """The package is its latest release, or, while CHANGELOG.md has unreleased changes, a
     development version after it (``X.Y.Z.devN``): a wheel of later code had the release's

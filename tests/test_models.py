@@ -111,6 +111,32 @@ def test_vgg19_is_forces_four_pools_then_an_average(size):
         assert not isinstance(model.features[-1], nn.MaxPool2d)
 
 
+def test_a_vgg_state_dict_of_dctps_0_1_loads_with_a_warning():
+    """An upgrade review: a 0.1.0 VGG19's state dict (five max-pools) loaded into today's
+    without a word, and the model computed another function. Its shapes are the same; torch's
+    state-dict version tells the two apart."""
+    import warnings
+
+    import dctps
+
+    sd = dctps.sparsify(build("vgg19"), 0.01, seed=0).state_dict()
+    assert sd._metadata[""]["version"] == 2  # type: ignore[attr-defined]
+    model = dctps.sparsify(build("vgg19"), 0.01, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.load_state_dict(sd)  # today's: no warning
+    sd._metadata[""]["version"] = 1  # type: ignore[attr-defined]  # as 0.1.0 saved it
+    with pytest.warns(RuntimeWarning, match=r"this state dict of a VGG is of version 1: saved by "
+                      r"dctps 0.1, whose VGG has a fifth max-pool") as seen:  # fmt: skip
+        model.load_state_dict(sd)
+    assert seen[0].filename == __file__
+    wrapped = nn.Sequential(build("vgg19"))
+    wrapped_sd = wrapped.state_dict()
+    wrapped_sd._metadata["0"]["version"] = 1  # type: ignore[attr-defined]
+    with pytest.warns(RuntimeWarning, match=r"a VGG at 0 is of version 1"):
+        wrapped.load_state_dict(wrapped_sd)
+
+
 def test_dense_init_is_kaiming_fan_in():
     torch.manual_seed(0)
     model = build("resnet18")

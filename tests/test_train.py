@@ -710,6 +710,22 @@ def test_a_resume_with_other_rounding_settings_warns(fake_cifar10, tmp_path, mon
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert fit(same, tmp_path / "b", progress=False)["resumed_from"] == 1
+    # an upgrade review: a run written with an evaluation batch resumes with it where the
+    # caller gives none (every resume of a 0.1.0 CPU run, written with 1000, warned)
+    interrupted_fit(dataclasses.replace(cfg, eval_batch_size=1000), tmp_path / "c",
+                    monkeypatch, epoch=2)  # fmt: skip
+    used = []
+
+    class Seen(dctps.data.Loader):
+        def __init__(self, x, y, batch_size, **kw):
+            used.append(batch_size)
+            super().__init__(x, y, batch_size, **kw)
+
+    monkeypatch.setattr(dctps.data, "Loader", Seen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert fit(cfg, tmp_path / "c", progress=False)["resumed_from"] == 1
+    assert 1000 in used and 256 not in used
 
 
 def test_a_resume_on_another_device_warns_and_not_about_threads(
@@ -793,6 +809,27 @@ def test_a_run_is_not_resumed_on_other_data(fake_cifar10, tmp_path, monkeypatch)
     assert r["resumed_from"] == 1 and r["status"] == "done"
     best = torch.load(tmp_path / "out" / "runs" / h / "best.pt", weights_only=True)
     assert best["data"] == ckpt_io.load_checkpoint(tmp_path / "out" / "runs" / h, h)["data"]
+
+
+def test_resuming_a_checkpoint_without_a_data_fingerprint_says_the_data_are_unchecked(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """An upgrade review: a checkpoint of 0.1.0 (no fingerprint) resumed on other data than it
+    trained on without a word, and its row then named the new data as the run's."""
+    from conftest import interrupted_fit
+
+    cfg = small_cfg(fake_cifar10, epochs=2)
+    interrupted_fit(cfg, tmp_path, monkeypatch, epoch=2)
+    h = cfg.config_hash()
+    last = tmp_path / "runs" / h / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["data"]  # as 0.1.0 wrote it
+    torch.save(state, last)
+    with pytest.warns(RuntimeWarning, match=rf"the checkpoint of run {h} in .* holds no data "
+                      r"fingerprint \(an older dctps wrote it\), so whether it trained on the data "
+                      r"it now resumes on, cifar10 at .*, cannot be checked"):  # fmt: skip
+        r = fit(cfg, tmp_path, progress=False)
+    assert r["resumed_from"] == 1 and r["status"] == "done"
 
 
 def test_a_done_run_does_not_stand_for_other_data(fake_cifar10, tmp_path, monkeypatch):
@@ -1226,6 +1263,55 @@ def test_fit_and_a_sweeps_checks_leave_the_callers_random_stream_alone(fake_cifa
     assert r["skipped"]
     assert not grid_problems([cfg]) and not refusals_before_training([cfg])
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_config_an_older_dctps_recorded_is_named_where_it_is_trained_anew(fake_cifar10, tmp_path):
+    """An upgrade review: a run of 0.1.0 whose identity changed since (DCTpS supports seeded
+    per layer) was trained anew without a word, `--resume` said "no checkpoint" with no mention
+    of the stopped run, and a sweep's plan listed it as plain `new`."""
+    import sqlite3
+
+    from dctps.results.store import Store, older_records
+    from dctps.results.sweep import describe_plan, plan
+
+    cfg = small_cfg(fake_cifar10, epochs=1)
+    h = fit(cfg, tmp_path, progress=False)["hash"]
+    other = small_cfg(fake_cifar10, epochs=1, seed=9)  # not of the same config
+    h_other = fit(other, tmp_path, progress=False)["hash"]
+    # what an older dctps leaves: the same config, under the hash its identity had then
+    with sqlite3.connect(tmp_path / "results.db") as db:
+        for table in ("runs", "epochs"):
+            db.execute(f"UPDATE {table} SET hash = 'feedfacefeedface' WHERE hash = ?", (h,))
+    (tmp_path / "runs" / h).rename(tmp_path / "runs" / "feedfacefeedface")
+    store = Store(tmp_path / "results.db")
+    assert {k: r["hash"] for k, r in older_records(store, [cfg, other]).items()} == {
+        h: "feedfacefeedface"
+    }
+    with pytest.raises(DctpsError, match=r"no checkpoint for config \w+\. The results store "
+                       r"holds this config as run feedfacefeedface \(recorded by an older "
+                       r"dctps, done\), but a computation of it changed since"):  # fmt: skip
+        fit(cfg, tmp_path, progress=False, resume=True)
+    planned = plan([cfg, other], tmp_path)
+    assert [(p.action, p.older) for p in planned] == [("new", "feedfacefeedface"),
+                                                      ("skip-done", None)]  # fmt: skip
+    listing = describe_plan(planned)
+    assert "    re-runs feedfacefeedface, recorded by an older dctps" in listing
+    assert "2 runs, 1 to train, 1 skipped (1 re-run configs an older dctps recorded" in listing
+    with pytest.warns(RuntimeWarning, match=rf"^run {h} is trained anew: the results store "
+                      r"holds this config as run feedfacefeedface \(recorded by an older dctps, "
+                      r"done\)"):  # fmt: skip
+        assert fit(cfg, tmp_path, progress=False)["status"] == "done"
+    assert older_records(store, [cfg]) == {}  # the store holds it now under today's hash
+    assert store.query({"hash": h_other})[0]["status"] == "done"
+
+
+def test_a_store_of_another_type_is_refused_before_training(fake_cifar10, tmp_path):
+    """A typing review: `fit(cfg, out, store=42)` trained, then failed at the store with an
+    AttributeError."""
+    with pytest.raises(DctpsError, match=r"^store must be a dctps\.results\.Store, a path to a "
+                       r"results database or None .*got int$"):  # fmt: skip
+        fit(small_cfg(fake_cifar10), tmp_path, store=42, progress=False)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
 
 
 def test_resume_flag_needs_checkpoint(fake_cifar10, tmp_path):

@@ -4,7 +4,14 @@ Every Linear/Conv2d weight becomes ``W = alpha * D + S``: ``D`` a fixed truncate
 and trainable on a random support, ``alpha`` a trainable scalar. Start with :func:`sparsify`.
 """
 
-from dctps import data, models  # so dctps.models.build / dctps.data.build work after `import dctps`
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# so that dctps.models.build, dctps.pruning.build, ... work after `import dctps` (and type
+# checkers see them)
+from dctps import allocation, data, models, pruning
 from dctps._version import __version__
 from dctps.allocation import budgets
 from dctps.batched import batch_rebuild
@@ -17,8 +24,10 @@ from dctps.sparsify import Counts, count, sparsify
 
 __all__ = [
     "__version__",
+    "allocation",
     "data",
     "models",
+    "pruning",
     "DctpsError",
     "PruningFailed",
     "DCTpSLinear",
@@ -36,3 +45,22 @@ __all__ = [
     "to_dense",
     "note_supports",
 ]
+
+if TYPE_CHECKING:
+    from dctps import dst as dst
+    from dctps import results as results
+    from dctps import train as train
+
+#: subpackages imported on first use (`dctps.train.fit` after `import dctps`): the training
+#: loop, the results store and plots, and RigL import more than a model's conversion needs
+_LAZY = ("dst", "results", "train")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"dctps.{name}")
+    raise AttributeError(f"module 'dctps' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -57,7 +57,7 @@ def create_temp(path: Path) -> tuple[int, str]:
 REPLACE_RETRY_SECONDS = 3.0
 
 
-def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """``os.replace(src, dst)``; on Windows retried for up to :data:`REPLACE_RETRY_SECONDS` while
     it fails with ``PermissionError``: there a target that another program has open (a virus
     scanner or indexer reading a fresh checkpoint, a CSV open in a spreadsheet) cannot be
@@ -75,7 +75,7 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         delay = min(2 * delay, 0.5)
 
 
-def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
+def starts_with(path: str | os.PathLike[str], magic: bytes) -> bool:
     """Whether ``path`` is a readable file whose first bytes are ``magic`` (even if it is
     truncated after them): what a writer checks before replacing a file it may not own."""
     if not os.path.isfile(path):  # a FIFO or a terminal would block the read
@@ -87,13 +87,13 @@ def starts_with(path: str | os.PathLike, magic: bytes) -> bool:
         return False
 
 
-def foreign_file(path: str | os.PathLike, magic: bytes) -> bool:
+def foreign_file(path: str | os.PathLike[str], magic: bytes) -> bool:
     """Whether ``path`` is a non-empty regular file that does not start with ``magic``: not one
     the writer that asks wrote, so not one it may replace (an empty file holds nothing to lose)."""
     return os.path.isfile(path) and os.path.getsize(path) > 0 and not starts_with(path, magic)
 
 
-def check_file_target(path: str | os.PathLike, what: str, example: str = "out.bin") -> None:
+def check_file_target(path: str | os.PathLike[str], what: str, example: str = "out.bin") -> None:
     """A :class:`DctpsError` when ``path`` names a folder (an existing one, or a path ending in
     a separator) where a file is to be written: ``Path("out/")`` is ``out``, and the write would
     create a file called ``out`` (or fail on the folder). ``example``: a file name to suggest.
@@ -123,7 +123,7 @@ def check_file_target(path: str | os.PathLike, what: str, example: str = "out.bi
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def make_parent(path: str | os.PathLike, what: str, example: str = "out.bin") -> None:
+def make_parent(path: str | os.PathLike[str], what: str, example: str = "out.bin") -> None:
     """Create the folder that will hold ``path`` (and its parents), as every ``dctps`` command
     does for its outputs; a failure (a parent that is a file, a read-only folder) becomes a
     :class:`DctpsError` naming ``what`` and ``path``. The library's own writers
@@ -137,7 +137,7 @@ def make_parent(path: str | os.PathLike, what: str, example: str = "out.bin") ->
         raise cannot_write(what, path, e) from None
 
 
-def unlink_quietly(path: str | os.PathLike) -> None:
+def unlink_quietly(path: str | os.PathLike[str]) -> None:
     """Remove a temporary file that a failed write leaves, hiding nothing but its own failure."""
     try:
         os.unlink(path)
@@ -165,7 +165,7 @@ def remove_stale_temps(path: Path, min_age: float = STALE_TEMP_SECONDS) -> None:
 
 @contextmanager
 def atomic_write(
-    path: str | os.PathLike, what: str, mode: str = "w", **open_kw: Any
+    path: str | os.PathLike[str], what: str, mode: str = "w", **open_kw: Any
 ) -> Iterator[IO]:
     """Open a temporary file beside ``path`` (``mode``: ``"w"`` or ``"wb"``; ``open_kw`` as for
     :func:`open`, e.g. ``newline=""``) whose contents replace ``path`` when the block ends.

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast, overload
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ from dctps.batched import strip
 from dctps.errors import DctpsError, is_count, one_line, unknown_name, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, own_attributes, set_submodule
+
+#: a model passed in and returned, the same object: its own type is kept for type checkers
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 __all__ = ["save", "load", "inspect", "to_dense", "note_supports", "CheckpointInfo", "LayerRow",
            "FORMAT"]  # fmt: skip
@@ -246,7 +249,9 @@ def _wrappers(model: nn.Module) -> list[nn.Module]:
     return chain
 
 
-def save(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None) -> Path:
+def save(
+    model: nn.Module, path: str | os.PathLike[str], arch: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` to ``path`` as a sparse DCTpS checkpoint; return the path.
 
     Stored: every ``state_dict`` entry, with each DCTpS layer's ``indices`` as int32 (int64 only
@@ -350,7 +355,7 @@ def _refuse_magic(path: Path, head: bytes) -> NoReturn:
     raise DctpsError(f"{path} is not a dctps checkpoint: bad magic bytes{hint}")
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, Any], memoryview, int]:
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview, int]:
     """Header, payload and file size of a checkpoint, or a DctpsError naming what is wrong."""
     if not isinstance(path, (str, os.PathLike)):
         # a model here is the arguments swapped (save takes the model first): pathlib's
@@ -524,8 +529,18 @@ def _tensors(header: dict[str, Any], payload: memoryview, path: Any) -> dict[str
     return out
 
 
+@overload
 def load(
-    path: str | os.PathLike, model: nn.Module | None = None, map_location: Any = None
+    path: str | os.PathLike[str], model: None = None, map_location: Any = None
+) -> nn.Module: ...
+
+
+@overload
+def load(path: str | os.PathLike[str], model: ModuleT, map_location: Any = None) -> ModuleT: ...
+
+
+def load(
+    path: str | os.PathLike[str], model: nn.Module | None = None, map_location: Any = None
 ) -> nn.Module:
     """Load a checkpoint written by :func:`save`; return the model (``model`` itself if given).
 
@@ -943,7 +958,7 @@ class CheckpointInfo:
         return "\n".join(lines)
 
 
-def inspect(path: str | os.PathLike) -> CheckpointInfo:
+def inspect(path: str | os.PathLike[str]) -> CheckpointInfo:
     """Read a checkpoint's header (no model needed): per-layer non-zeros, shapes and sizes."""
     header, _, size = _read(path)
     by_key = {e["key"]: e for e in header["tensors"]}
@@ -1146,7 +1161,7 @@ def _uncopyable(model: nn.Module) -> str:
     )
 
 
-def note_supports(model: nn.Module) -> nn.Module:
+def note_supports(model: ModuleT) -> ModuleT:
     """Record the current support of every DCTpS layer of ``model`` as one dctps set
     (:meth:`~dctps.layers.DCTpSLayer.note_support`), and return ``model``.
 

@@ -192,14 +192,14 @@ def yaml_problem(e: Exception) -> str:
     return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
-def refuse_empty(path: str | os.PathLike | None, name: str, example: str) -> None:
+def refuse_empty(path: str | os.PathLike[str] | None, name: str, example: str) -> None:
     """A :class:`DctpsError` for an empty path argument (an unset shell variable): it would
     mean the current folder, or nothing, without a word. ``None`` (not given) passes."""
     if path is not None and not str(path).strip():
         raise DctpsError(f"{name} is empty; give a path, e.g. {example}")
 
 
-def user_path(path: str | os.PathLike) -> Path:
+def user_path(path: str | os.PathLike[str]) -> Path:
     """``path`` as given by a user, with a leading ``~`` expanded: the shell leaves a quoted
     ``'~/out'`` or ``--out=~/out`` alone, and every path dctps reads or writes (outputs,
     databases, configs, data, checkpoints) must mean the same folder."""
@@ -240,7 +240,7 @@ def not_a_file(path: Path) -> str:
     return f"missing file {path}"
 
 
-def missing_data_folder(root: str | os.PathLike, sub: str, layout: str) -> DctpsError:
+def missing_data_folder(root: str | os.PathLike[str], sub: str, layout: str) -> DctpsError:
     """The error for a data root without its data set's folder ``sub`` (``cifar-10-batches-py``),
     naming the parent where ``root`` is that folder itself: a root one level too deep read as
     ``.../cifar-10-batches-py/cifar-10-batches-py`` missing, and left the user to guess."""
@@ -260,7 +260,7 @@ def one_line(e: BaseException, empty: str = "") -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def cannot_write(what: str, path: str | os.PathLike, e: OSError) -> DctpsError:
+def cannot_write(what: str, path: str | os.PathLike[str], e: OSError) -> DctpsError:
     """A one-line error for a failed write of ``path``: a :class:`DctpsError` where the path is
     wrong (a parent, or the folder to make, is a file), else a :class:`CannotWrite` naming the
     cause (a full disk, a read-only folder)."""

@@ -63,7 +63,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,9 @@ from dctps.errors import DctpsError, InputDtypeError, InputShapeError
 #: (:meth:`dctps.layers.DCTpSLayer._prebuild_basis`); :func:`choose` frees it when it picks a
 #: path without ``D``, as it frees one built only for its timing
 PREBUILT = "_dctps_prebuilt_basis"
+
+#: a model passed in and returned, the same object: its own type is kept for type checkers
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 __all__ = [
     "MODES",
@@ -159,7 +162,7 @@ def check_mode(mode: object) -> str:
     return str(mode)
 
 
-def set_mode(model: nn.Module, mode: str) -> nn.Module:
+def set_mode(model: ModuleT, mode: str) -> ModuleT:
     """Set the forward mode (one of :data:`MODES`) of every DCTpS layer of ``model``.
 
     Returns ``model``. Switching to ``'fast'`` or ``'factor'`` frees any cached ``D``; an

@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from dctps.allocation import budgets
 from dctps.errors import DctpsError, check_density, check_seed
 from dctps.layers import ALPHA_SCOPES, DCTpSConv2d, DCTpSLayer, DCTpSLinear, _alpha_settings
 from dctps.offsets import check_offset
+
+#: a model passed in and returned, the same object: its own type is kept for type checkers
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 __all__ = [
     "sparsify",
@@ -553,7 +556,7 @@ def _aliases(model: nn.Module) -> dict[int, list[str]]:
 
 
 def sparsify(
-    model: nn.Module,
+    model: ModuleT,
     density: float,
     allocation: str = "epl",
     seed: int | None = 0,
@@ -564,7 +567,7 @@ def sparsify(
     alpha: str = "layer",
     alpha_init: float | str = 1.0,
     charge_alpha: bool = True,
-) -> nn.Module:
+) -> ModuleT:
     """Replace every Linear/Conv2d of ``model`` in place by a DCTpS layer; return ``model``.
 
     ``W = alpha * D + S`` with ``alpha = 1`` (0 for layers marked ``_dctps_zero_init``, e.g. Fixup's

@@ -251,7 +251,7 @@ def get_info(name: str) -> DatasetInfo:
     return _INFOS[name]
 
 
-def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
+def _resolve_root(name: str, root: str | os.PathLike[str] | None) -> Path:
     if root is None:
         env = os.environ.get(DATA_ENV)
         if not env:
@@ -266,7 +266,7 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> Path:
     return path
 
 
-def root_of(name: str, root: str | os.PathLike | None) -> str | None:
+def root_of(name: str, root: str | os.PathLike[str] | None) -> str | None:
     """The absolute folder :func:`build` reads ``name`` from (``root``, else ``DCTPS_DATA``), or
     ``None`` for embedded data (``digits``). A :class:`DctpsError` where there is none."""
     if _source(get_info(name)).folder is None:
@@ -274,7 +274,7 @@ def root_of(name: str, root: str | os.PathLike | None) -> str | None:
     return str(_resolve_root(name, root).resolve())
 
 
-def check_root(name: str, root: str | os.PathLike | None) -> None:
+def check_root(name: str, root: str | os.PathLike[str] | None) -> None:
     """Raise the :class:`DctpsError` :func:`build` would raise for a missing data root of
     ``name`` (none given and no ``DCTPS_DATA``, or not a folder) or a root without the data
     set's folder (e.g. ``cifar-10-batches-py``), without reading any data; the embedded
@@ -306,7 +306,7 @@ def _check_subset(subset: object) -> int | None:
 
 def build(
     name: str,
-    root: str | os.PathLike | None = None,
+    root: str | os.PathLike[str] | None = None,
     *,
     val_fraction: float | None = None,
     split_seed: int = 0,

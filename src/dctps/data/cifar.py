@@ -180,7 +180,7 @@ def _check_meta(path: Path, names_key: str, num_classes: int, layout: str) -> No
         )
 
 
-def _folder(root: str | os.PathLike, sub: str, layout: str) -> Path:
+def _folder(root: str | os.PathLike[str], sub: str, layout: str) -> Path:
     folder = Path(root) / sub
     if not folder.is_dir():
         raise missing_data_folder(root, sub, layout)
@@ -188,7 +188,7 @@ def _folder(root: str | os.PathLike, sub: str, layout: str) -> Path:
 
 
 def load_cifar10(
-    root: str | os.PathLike,
+    root: str | os.PathLike[str],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Load CIFAR-10 from ``<root>/cifar-10-batches-py``.
 
@@ -209,7 +209,7 @@ def load_cifar10(
 
 
 def load_cifar100(
-    root: str | os.PathLike,
+    root: str | os.PathLike[str],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Load CIFAR-100 (fine labels) from ``<root>/cifar-100-python``.
 

@@ -90,7 +90,7 @@ def _read_wnids(folder: Path) -> list[str]:
 
 
 def load_tiny_imagenet(
-    root: str | os.PathLike,
+    root: str | os.PathLike[str],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Load Tiny ImageNet from ``<root>/tiny-imagenet-200``.
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dctps.errors import ImageTooSmall
+from dctps.errors import ImageTooSmall, warn_at_caller
 from dctps.models.resnet import kaiming_init_
 
 _CFG_19: tuple[int | str, ...] = (
@@ -31,6 +31,11 @@ _CFG_19: tuple[int | str, ...] = (
 
 class VGG(nn.Module):
     """VGG with BN from a layer configuration (ints are conv widths, ``"M"`` a 2x2 max-pool)."""
+
+    #: the state-dict version (torch's ``_version``): 2 since the fifth max-pool was dropped
+    #: (``dctps.models.REVISIONS``); the weights' shapes did not change, so a state dict of
+    #: version 1 loads, and is warned of
+    _version = 2
 
     def __init__(
         self,
@@ -63,6 +68,18 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes)
         kaiming_init_(self)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if local_metadata.get("version") == 1:
+            warn_at_caller(
+                f"this state dict of a VGG{' at ' + prefix.rstrip('.') if prefix else ''} is of "
+                "version 1: saved by dctps 0.1, whose VGG has a fifth max-pool, or by a "
+                "development version before 0.2 marked it. Its weights load, but if they are "
+                "dctps 0.1's they compute another function here (four max-pools, as FORCE's "
+                "VGG: dctps.models.REVISIONS)",
+                RuntimeWarning,
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` (``H, W >= 16``) -> logits ``(B, num_classes)``."""

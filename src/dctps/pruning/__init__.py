@@ -58,7 +58,7 @@ import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -84,6 +84,9 @@ from dctps.pruning.random import random_masks
 from dctps.pruning.snip import snip_masks
 from dctps.pruning.synflow import synflow_masks
 from dctps.sparsify import left_dense_layers, warn_left_dense
+
+#: a model passed in and returned, the same object: its own type is kept for type checkers
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 __all__ = ["prune", "build", "names", "default_batches", "prepare_pruned_structure", "Context",
            "Method", "Pruner", "PATH_CHECK"]  # fmt: skip
@@ -156,11 +159,11 @@ class Pruner:
 
     def __call__(
         self,
-        model: nn.Module,
+        model: ModuleT,
         density: float,
         batches: Iterable[Any] | Callable[[], Iterator[Any]] | None = None,
         **kwargs: Any,
-    ) -> nn.Module:
+    ) -> ModuleT:
         """Prune ``model`` in place to ``density`` (keyword arguments as :func:`prune`'s:
         ``allocation``, ``progress``, ``require_path``); return it."""
         again = sorted(set(kwargs) & set(self.options))
@@ -384,7 +387,7 @@ def canonical_options(
 
 
 def prune(
-    model: nn.Module,
+    model: ModuleT,
     density: float,
     method: str,
     batches: Iterable[Any] | Callable[[], Iterator[Any]] | None = None,
@@ -393,7 +396,7 @@ def prune(
     progress: bool | ProgressFn | None = None,
     require_path: bool = True,
     **method_options: Any,
-) -> nn.Module:
+) -> ModuleT:
     """Prune ``model`` in place at initialisation to ``density``; return ``model``.
 
     Args:

@@ -52,6 +52,7 @@ from dctps.results.plots import (
     plot_runs,
     write_json,
 )
+from dctps.results.store import older_records
 from dctps.results.sweep import (
     EXECUTORS,
     _merge,
@@ -945,8 +946,13 @@ def draw(
     planned = [_planned_row(c, h) for c, h in zip(configs, hashes, strict=True) if h not in stored]
     notes = [_quick_note(configs)] if quick else []
     raised = {e.get("hash") for e in errors} & {h for h in hashes if h not in finished}
+    unstored = [(c, h) for c, h in zip(configs, hashes, strict=True) if h not in stored]
+    older = older_records(store, [c for c, _ in unstored], [h for _, h in unstored])
     if missing:
         why = f" ({len(raised)} raised an error: see the sweep's errors/ folder)" if raised else ""
+        if older:
+            why += (f" ({len(older)} recorded by an older dctps only, not drawn: a computation "
+                    "of theirs changed since)")  # fmt: skip
         notes.append(f"incomplete: {len(missing)} of {len(configs)} runs have no result yet{why}")
     note = "\n".join(notes) or None
     title = (setup or figure_setup(name, configs, quick=quick)).title()
@@ -960,7 +966,7 @@ def draw(
         name_options=not quick,  # the quick note names the shortened schedules
     )
     data.runs = len(rows)
-    data.missing, data.missing_runs = len(missing), missing
+    data.missing, data.missing_runs, data.older = len(missing), missing, len(older)
     data.errors = [{k: e.get(k) for k in ("hash", "reason", "traceback_file")} for e in errors]
     write_json(data.to_dict(), Path(path).with_suffix(".json"))
     return data
@@ -1126,6 +1132,12 @@ def run_figure(
     echo(data.table())
     if data.missing:
         echo(f"{data.missing} of {len(configs)} runs have no result yet (noted on the figure):")
+        if data.older:
+            echo(f"  ({data.older} of them have a result an older dctps recorded, not drawn: a "
+                 "computation of theirs changed since, CHANGELOG.md. `dctps plot --db "
+                 f"{db_path}` draws those rows; `dctps figure {name}{' --quick' * quick}` "
+                 "without --plot-only "
+                 "trains them anew)")  # fmt: skip
         for summary in data.missing_runs[:10]:
             echo(f"  {summary}")
         if data.missing > 10:

@@ -364,6 +364,9 @@ class FigureData:
     runs: int = 0  # store rows read
     missing: int = 0  # runs of the grid with no finished row yet
     missing_runs: list[str] = field(default_factory=list)  # their summaries
+    #: of the missing runs, those whose config an older dctps recorded (not drawn: a
+    #: computation of theirs changed since; dctps.results.store.older_records)
+    older: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)  # runs that raised (dctps figure)
     title: str | None = None  # the figure's title (what ran; see dctps.results.figures.Setup)
     note: str | None = None  # drawn under the title (a quick run's sizes, missing runs)
@@ -374,7 +377,7 @@ class FigureData:
             "title": self.title, "note": self.note, "panels": [p.to_dict() for p in self.panels],
             "paths": [str(p) for p in self.paths],
             "runs": self.runs, "missing": self.missing, "missing_runs": self.missing_runs,
-            "errors": self.errors,
+            "older": self.older, "errors": self.errors,
         }  # fmt: skip
 
     def __repr__(self) -> str:

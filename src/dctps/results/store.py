@@ -202,7 +202,7 @@ def _io_failure(path: Path, e: sqlite3.OperationalError) -> CannotWrite | None:
     )
 
 
-def resolve_db_path(path: str | os.PathLike | None) -> Path:
+def resolve_db_path(path: str | os.PathLike[str] | None) -> Path:
     """``path`` itself, or ``path/results.db`` when it is a folder (``None``: ./results.db)."""
     p = user_path(path if path is not None else DB_NAME)
     if p.is_dir() or (not p.suffix and not p.exists()):
@@ -210,7 +210,7 @@ def resolve_db_path(path: str | os.PathLike | None) -> Path:
     return p
 
 
-def out_db_path(out: str | os.PathLike, db: str | os.PathLike | None = None) -> Path:
+def out_db_path(out: str | os.PathLike[str], db: str | os.PathLike[str] | None = None) -> Path:
     """The results database of an ``--out`` folder: ``db`` when given (see
     :func:`resolve_db_path`), else ``out/results.db``. ``out`` is always a folder, also before it
     exists and when its name has a dot (``exp.v2``)."""
@@ -280,7 +280,7 @@ NETWORK_FILE_SYSTEMS = frozenset({
 })  # fmt: skip
 
 
-def mount_type(path: str | os.PathLike, mounts: str | None = None) -> str | None:
+def mount_type(path: str | os.PathLike[str], mounts: str | None = None) -> str | None:
     """The file system type of the mount holding ``path``, from ``mounts`` (the text of
     ``/proc/self/mounts``, read when ``None``); ``None`` where that is unknown (not Linux)."""
     if mounts is None:
@@ -302,7 +302,7 @@ def mount_type(path: str | os.PathLike, mounts: str | None = None) -> str | None
     return kind
 
 
-def journal_mode(path: str | os.PathLike) -> str:
+def journal_mode(path: str | os.PathLike[str]) -> str:
     """``WAL`` for a database on a local file system, ``DELETE`` (a rollback journal) on a
     network one (:data:`NETWORK_FILE_SYSTEMS`), whose hosts cannot share WAL's index."""
     kind = mount_type(Path(path).parent)
@@ -369,7 +369,7 @@ class Store:
     Run rows have the columns of :data:`RUN_COLUMNS`; epoch rows those of :data:`EPOCH_COLUMNS`.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, timeout: float = 600.0):
+    def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float = 600.0):
         self.path = resolve_db_path(path).resolve()
         self.timeout = float(timeout)
         try:
@@ -765,7 +765,7 @@ class Store:
 
     def to_json(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         where: Mapping[str, Any] | str | None = None,
         *,
         marked: Sequence[Mapping[str, Any]] | None = None,
@@ -784,7 +784,7 @@ class Store:
 
     def to_csv(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         where: Mapping[str, Any] | str | None = None,
         columns: Sequence[str] | None = None,
         *,
@@ -822,7 +822,10 @@ def with_marks(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _export(
-    path: str | os.PathLike, kind: str, write: Callable[[Any], None], newline: str | None = None
+    path: str | os.PathLike[str],
+    kind: str,
+    write: Callable[[Any], None],
+    newline: str | None = None,
 ) -> None:
     """Run ``write(f)`` on the export target ``path`` (checked by :func:`_check_export_target`):
     standard output; another stream (a descriptor, a FIFO, a device), appended to and never
@@ -915,7 +918,7 @@ _FD_PATH = re.compile(r"/(dev|proc/self)/fd/\d+")
 STDOUT_PATHS = ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
 
 
-def _csv_stream(path: str | os.PathLike) -> bool:
+def _csv_stream(path: str | os.PathLike[str]) -> bool:
     """Whether a CSV target is a stream rather than a file to replace: ``-`` or another name of
     a file descriptor (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``), or
     an existing file that is not a regular one (a FIFO, a device). Streams are written
@@ -1208,15 +1211,20 @@ def _older(ident: dict[str, Any], row: Mapping[str, Any]) -> bool:
 
 
 def flat_identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``flatten(run_identity(row))`` of each row (:func:`dctps.results.variants.flatten`),
-    resolving each config once for all its seeds: a config's identity holds its seed as given
-    and nothing derived from it. (``dctps results`` spent about 2 ms a row resolving 10,000 rows
-    of 10 settings one by one.)"""
-    from dctps.errors import check_seed
+    """``flatten(run_identity(row))`` of each row (:func:`dctps.results.variants.flatten`)."""
     from dctps.results.variants import flatten
+
+    return [flatten(ident) for ident in identities(rows)]
+
+
+def identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`run_identity` of each row, resolving each config once for all its seeds: a
+    config's identity holds its seed as given and nothing derived from it. (``dctps results``
+    spent about 2 ms a row resolving 10,000 rows of 10 settings one by one.)"""
+    from dctps.errors import check_seed
     from dctps.train.config import RunConfig
 
-    memo: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {}
+    memo: dict[str, dict[str, Any] | None] = {}
     out: list[dict[str, Any]] = []
     for r in rows:
         try:
@@ -1227,24 +1235,67 @@ def flat_identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             check_seed(seed)
             key = json.dumps({**cfg, "seed": 0}, sort_keys=True, default=str)
         except (DctpsError, TypeError, ValueError, RecursionError):
-            out.append(flatten(run_identity(r)))  # resolved alone: fails, or compared as stored
+            out.append(run_identity(r))  # resolved alone: fails, or compared as stored
             continue
         if key not in memo:
             try:
-                base = RunConfig.from_dict({**cfg, "seed": 0}, "results store").identity()
-                memo[key] = (base, flatten(base))
+                memo[key] = RunConfig.from_dict({**cfg, "seed": 0}, "results store").identity()
             except Exception:  # an older or foreign config
                 memo[key] = None
-        known = memo[key]
-        if known is None:  # compared as stored, as run_identity does
-            out.append(flatten(cfg))
+        base = memo[key]
+        if base is None:  # compared as stored, as run_identity does
+            out.append(cfg)
             continue
-        base, flat = known
-        ident = {**flat, "seed": seed}
-        if _older({**base, "seed": seed}, r):
+        ident = {**base, "seed": seed}
+        if _older(ident, r):
             ident["recorded_by"] = "an older dctps"
         out.append(ident)
     return out
+
+
+def older_records(
+    store: Store, configs: Sequence[Any], hashes: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """For each config (a :class:`~dctps.train.config.RunConfig`) whose run the store does not
+    hold under its hash: the latest row of the same config recorded by an older dctps (its
+    hash that of the identity then; today's identity of its config hashes to the config's), as
+    ``hash -> row``. Such a run cannot be reused or resumed: a computation of it changed since
+    (:func:`run_identity`), so it is trained anew, and the old row stays beside it, marked
+    ``recorded_by``. Rows read: those of the configs' models, data sets, methods, densities
+    and seeds. ``hashes``: the configs' hashes, where the caller has them."""
+    from dctps.train.config import identity_hash
+
+    want = set(hashes if hashes is not None else (c.config_hash() for c in configs))
+    if not want:
+        return {}
+    resolved = [c.resolve() for c in configs]
+    rows = store.query({
+        "model": sorted({c.model.name for c in resolved}),
+        "dataset": sorted({c.data.dataset for c in resolved}),
+        "method": sorted({c.sparsity.method for c in resolved}),
+        "density": sorted({c.sparsity.density for c in resolved}),
+        "seed": sorted({c.seed for c in resolved}),
+    }, order_by="")  # fmt: skip
+    held = {r["hash"] for r in rows}
+    rows = [r for r in rows if r["hash"] not in want]
+    out: dict[str, dict[str, Any]] = {}
+    for r, ident in zip(rows, identities(rows), strict=True):
+        if ident.get("recorded_by") is None:
+            continue
+        h = identity_hash({k: v for k, v in ident.items() if k != "recorded_by"})
+        if (
+            h in want
+            and h not in held
+            and str(r.get("updated") or "") >= str((out.get(h) or {}).get("updated") or "")
+        ):
+            out[h] = r
+    return out
+
+
+def describe_older(row: Mapping[str, Any]) -> str:
+    """One phrase for a row :func:`older_records` found: ``run 5feeddc4e59e97ed (recorded by an
+    older dctps, done)``."""
+    return f"run {row.get('hash')} (recorded by an older dctps, {row.get('status') or 'no status'})"
 
 
 def variant_column(
@@ -1325,7 +1376,7 @@ def _what_is_there(store: Store, where: Mapping[str, Any]) -> str:
     return "; " + "; ".join(notes) if notes else ""
 
 
-def existing_db(db: str | os.PathLike | None, hint: str = "") -> Path:
+def existing_db(db: str | os.PathLike[str] | None, hint: str = "") -> Path:
     """The results database that a reading command (``results``, ``plot``, a figure's
     ``--plot-only``) opens: :func:`resolve_db_path` of ``db``, which must be a non-empty file
     (SQLite would make an empty one a database, changing a file the command only reads)."""
@@ -1339,11 +1390,11 @@ def existing_db(db: str | os.PathLike | None, hint: str = "") -> Path:
 
 
 def print_results(
-    db: str | os.PathLike | None,
+    db: str | os.PathLike[str] | None,
     where: Iterable[str] = (),
-    csv_path: str | os.PathLike | None = None,
+    csv_path: str | os.PathLike[str] | None = None,
     echo: Callable[[str], Any] = print,
-    json_path: str | os.PathLike | None = None,
+    json_path: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """``dctps results``: print the matching runs as a table, optionally write them to CSV
     and/or JSON (the runs' configs and per-epoch metrics too: :meth:`Store.to_json`)."""

@@ -150,7 +150,7 @@ def _method_entry(entry: Any, where: str) -> tuple[dict[str, Any], list[float] |
     return fields, dens
 
 
-def load_grid(path: str | os.PathLike) -> dict[str, Any]:
+def load_grid(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a grid YAML file (checked by :func:`expand_grid`); unknown top-level keys raise."""
     p = user_path(path)
     if not p.exists():  # the repository's configs/ are not in the package: say how to get one
@@ -325,6 +325,9 @@ class PlannedRun:
     hash: str
     action: str
     status: str | None = None  # the store's status before the sweep
+    #: for a ``new`` run: the row of its config that an older dctps recorded, which it cannot
+    #: reuse (:func:`dctps.results.store.older_records`), as its hash
+    older: str | None = None
 
     @property
     def runs(self) -> bool:
@@ -334,15 +337,15 @@ class PlannedRun:
 
 def plan(
     configs: Sequence[RunConfig],
-    out: str | os.PathLike,
-    db: str | os.PathLike | None = None,
+    out: str | os.PathLike[str],
+    db: str | os.PathLike[str] | None = None,
     retry_failed: bool = False,
 ) -> list[PlannedRun]:
     """What :func:`run_sweep` would do with each config (reads the store, runs nothing).
 
     A :class:`DctpsError` where a finished run it would skip was trained on other data than
     its config now reads (:func:`dctps.train.loop.other_data`)."""
-    from dctps.results.store import Store, out_db_path
+    from dctps.results.store import Store, older_records, out_db_path
     from dctps.train import checkpoint as ckpt_io
     from dctps.train.loop import RUNS_DIR, other_data
 
@@ -375,6 +378,11 @@ def plan(
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DctpsError(problems[0] + more)
+    new = [p for p in planned if p.action == "new"]
+    if new and path.is_file():
+        older = older_records(Store(path), [p.cfg for p in new], [p.hash for p in new])
+        for p in new:
+            p.older = older[p.hash]["hash"] if p.hash in older else None
     return planned
 
 
@@ -476,9 +484,7 @@ def run_one(
         _init_worker(check_threads(threads or 0, "threads") or None)
         _in_run = True
         try:
-            r = fit(
-                c, out, db, progress=False, resume=False if restart else None, warn_unused=False
-            )
+            r = fit(c, out, db, progress=False, resume=False if restart else None, warn=False)
         finally:
             _in_run = False
     except KeyboardInterrupt:
@@ -569,6 +575,9 @@ class SweepReport:
             if r["status"] == "done" and r.get("resumed_from") and not r.get("skipped")
         )
         note = f" ({resumed} resumed from a checkpoint)" if resumed else ""
+        again = sum(1 for p in self.planned if p.older and p.hash in self.results)
+        if again:
+            note += f" ({again} {_OLDER_NOTE})"
         lines = [f"{len(self.planned)} runs: {counts}{note}"]
         bad = [(h, r) for h, r in self.results.items() if r["status"] in ("failed", "error")]
         if len(bad) <= SUMMARY_RUNS:
@@ -896,9 +905,9 @@ def _stop_jobs(jobs: Sequence[Any], grace: float | None = None) -> None:
 
 def run_sweep(
     configs: Sequence[RunConfig],
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
-    db: str | os.PathLike | None = None,
+    db: str | os.PathLike[str] | None = None,
     executor: str = "local",
     workers: int | None = None,
     retry_failed: bool = False,
@@ -1200,7 +1209,7 @@ def slurm_overrides(
 
 
 def dry_run_report(
-    configs: Sequence[RunConfig], out: str | os.PathLike, db: str | os.PathLike | None,
+    configs: Sequence[RunConfig], out: str | os.PathLike[str], db: str | os.PathLike[str] | None,
     retry_failed: bool, executor: str, workers: int | None, slurm: Mapping[str, Any],
     echo: Callable[[str], Any] = print, footer: str = "",
 ) -> None:  # fmt: skip
@@ -1227,6 +1236,13 @@ def dry_run_report(
         raise DctpsError("the sweep would stop before its first run: " + "; ".join(problems))
 
 
+#: how a sweep counts its runs that re-run an older dctps's record (PlannedRun.older)
+_OLDER_NOTE = (
+    "re-run configs an older dctps recorded: a computation of theirs changed since, see "
+    "CHANGELOG.md; the old rows stay, marked recorded_by"
+)
+
+
 def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | None = None) -> str:
     """The dry-run listing: one line per run (hash, action, summary) and a count line. A run in
     ``refusals`` (hash -> reason, :func:`refusals_before_training`) is listed as ``refused``,
@@ -1245,9 +1261,14 @@ def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | N
                      + extra)  # fmt: skip
         if why is not None:
             lines.append(f"    {why}")
+        elif p.older:
+            lines.append(f"    re-runs {p.older}, recorded by an older dctps")
     n = sum(p.runs for p in planned)
     r = sum(1 for p in planned if p.runs and p.hash in refusals)
     count = f"{len(planned)} runs, {n - r} to train, {len(planned) - n} skipped"
+    again = sum(1 for p in planned if p.older and p.hash not in refusals)
+    if again:
+        count += f" ({again} {_OLDER_NOTE})"
     if r:
         how = "them as errors" if r > 1 else "it as an error"
         count += f", {r} refused (the sweep would report {how})"

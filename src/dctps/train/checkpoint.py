@@ -128,7 +128,7 @@ def _replace(src: str | Path, dst: Path) -> None:
         raise cannot_write("checkpoint", dst, e) from None
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save(obj, path)`` through a temporary file in the same folder + fsync + replace.
 
     ``path`` holds either its old content or the complete new one at every moment; a failed
@@ -244,7 +244,7 @@ def _stored(t: torch.Tensor) -> bool:
         return False
 
 
-def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike) -> Path:
+def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike[str]) -> Path:
     """Write ``state`` as ``folder/last.pt``, keeping the previous ``last.pt`` as ``prev.pt``.
 
     The new checkpoint is written completely (temp file + fsync) before anything is rotated, so
@@ -268,7 +268,7 @@ def save_checkpoint(state: dict[str, Any], folder: str | os.PathLike) -> Path:
     return last
 
 
-def drop_backup(folder: str | os.PathLike) -> None:
+def drop_backup(folder: str | os.PathLike[str]) -> None:
     """Remove ``folder/prev.pt`` of a finished run: it only guards against a torn ``last.pt``
     while the run still resumes, and a done run never resumes (a third of its checkpoint bytes:
     about 200 MB for a pruned ResNet18). Never raises: the run is done either way."""
@@ -280,7 +280,7 @@ def drop_backup(folder: str | os.PathLike) -> None:
 SET_ASIDE = ".before-retry"
 
 
-def set_aside(folder: str | os.PathLike) -> list[Path]:
+def set_aside(folder: str | os.PathLike[str]) -> list[Path]:
     """Rename ``folder``'s ``last.pt`` and ``prev.pt`` to ``<name>.before-retry`` (replacing
     those of an earlier retry), and return the new paths: a run started over (``sweep
     --retry-failed``) must not resume from them later, nor fall back to them, and the failed
@@ -298,7 +298,7 @@ def set_aside(folder: str | os.PathLike) -> list[Path]:
     return moved
 
 
-def exists(folder: str | os.PathLike) -> bool:
+def exists(folder: str | os.PathLike[str]) -> bool:
     """Whether ``folder`` holds a ``last.pt`` or ``prev.pt``."""
     folder = Path(folder)
     return (folder / LAST).exists() or (folder / PREV).exists()
@@ -462,7 +462,7 @@ def checkpoints_in(folder: Path) -> str:
     return "give a file (a run's runs/<hash>/best.pt, or a dctps.save file)"
 
 
-def read_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A ``dctps train`` checkpoint (a run's ``best.pt``, ``last.pt`` or ``prev.pt``) as a dict.
 
     Raises:
@@ -561,7 +561,7 @@ def _training_only_hashes(cfg: Any, stored: Mapping[str, Any]) -> set[str]:
     return out
 
 
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """The model saved in a ``dctps train`` checkpoint, rebuilt from the run config it holds
     (the architecture, then its DCTpS layers or pruning masks), with the saved state loaded; and
     the checkpoint dict, with the run's sparsity ``method`` added. Needs no data: only the data
@@ -604,7 +604,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 
 
 def load_checkpoint(
-    folder: str | os.PathLike, config_hash: str | None, quarantine: bool = True
+    folder: str | os.PathLike[str], config_hash: str | None, quarantine: bool = True
 ) -> dict[str, Any] | None:
     """The newest readable checkpoint in ``folder`` (``None`` if there is none).
 

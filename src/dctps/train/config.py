@@ -884,7 +884,7 @@ def _resolve_optim(c: RunConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- YAML
-def load_config(path: str | os.PathLike) -> RunConfig:
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read a YAML run config; unknown keys or ill-typed values raise :class:`DctpsError`."""
     p = user_path(path)
     raw = read_yaml(p, "config")
@@ -942,7 +942,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         super().flatten_mapping(node)
 
 
-def read_yaml(path: str | os.PathLike, what: str) -> Any:
+def read_yaml(path: str | os.PathLike[str], what: str) -> Any:
     """The parsed YAML file ``path``; an unreadable file or a syntax error is one-line DctpsError
     naming ``what`` (e.g. ``config``, ``sweep config``), the path and the line/column."""
     p = user_path(path)
@@ -999,7 +999,7 @@ def expanded_size(value: Any, limit: int = MAX_YAML_VALUES) -> int:
     return size(value)
 
 
-def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
     """Write ``cfg`` as YAML (the format :func:`load_config` reads), atomically: a temporary file
     beside ``path`` replaces it, so a failure (a full disk) leaves the old file whole."""
     with atomic_write(path, "run config") as f:

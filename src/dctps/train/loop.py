@@ -24,6 +24,7 @@ and ends with exactly the metrics of an uninterrupted run (bit-exact on CPU).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import importlib
 import math
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,9 @@ from dctps.train.config import (
     save_config,
     unused_settings,
 )
+
+if TYPE_CHECKING:
+    from dctps.results.store import Store
 from dctps.train.distributed import DistContext, setup, teardown
 
 __all__ = ["MAX_VAL_NOTE", "EpochStats", "evaluate", "fit", "train_one_epoch"]
@@ -686,12 +690,12 @@ def _bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
 # ----------------------------------------------------------------------------- fit
 def fit(
     cfg: RunConfig,
-    out_dir: str | os.PathLike,
-    store: Any = None,
+    out_dir: str | os.PathLike[str],
+    store: Store | str | os.PathLike[str] | None = None,
     progress: bool = True,
     resume: bool | None = None,
     *,
-    warn_unused: bool = True,
+    warn: bool = True,
 ) -> dict[str, Any]:
     """Train the run ``cfg`` into ``out_dir`` and record it in the results store.
 
@@ -707,10 +711,12 @@ def fit(
             the training steps.
         resume: ``None``: resume from a checkpoint if one exists; ``True``: a checkpoint must
             exist (else :class:`DctpsError`); ``False``: ignore checkpoints and start over.
-        warn_unused: warn of settings this run ignores, as ``dctps train`` refuses them (an
-            allocation for SNIP, gamma without milestones: :func:`unused_settings`).
-            :func:`dctps.run_sweep` passes ``False``: a grid's base may carry them for some of
-            its runs.
+        warn: warn of settings this run ignores, as ``dctps train`` refuses them (an
+            allocation for SNIP, gamma without milestones: :func:`unused_settings`), and of a
+            record of this config by an older dctps, which cannot be reused or resumed
+            (:func:`dctps.results.store.older_records`): the run is trained anew.
+            :func:`dctps.run_sweep` passes ``False``: a grid's base may carry such settings
+            for some of its runs, and its plan names the older records.
 
     Returns:
         A dict with ``hash``, ``status`` (``done`` / ``failed``), ``reason`` (why a run failed; for
@@ -729,7 +735,15 @@ def fit(
     """
     if not isinstance(cfg, RunConfig):
         raise DctpsError(f"fit needs a RunConfig, got {type(cfg).__name__}")
-    if warn_unused:
+    from dctps.results import store as store_mod
+
+    if not (store is None or isinstance(store, (str, os.PathLike, store_mod.Store))):
+        # it reached the store's first use, after the training, as an AttributeError
+        raise DctpsError(
+            f"store must be a dctps.results.Store, a path to a results database or None (the "
+            f"out folder's results.db), got {type(store).__name__}"
+        )
+    if warn:
         for why in unused_settings(cfg, _non_default(cfg, UNUSED_CHECKED)):
             warn_at_caller(f"{why}; it is ignored", RuntimeWarning)
     given = cfg.optim.milestones  # the caller's own: a recipe's fit any length (sgd, 1 epoch: [1])
@@ -750,7 +764,7 @@ def fit(
         # caller's draws after fit follow their own seed, not the run's
         cuda = [ctx.device] if ctx.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            return _fit(cfg, user_path(out_dir), store, progress, resume, ctx)
+            return _fit(cfg, user_path(out_dir), store, progress, resume, ctx, warn)
     finally:
         teardown(ctx)
 
@@ -762,8 +776,10 @@ def _fit(
     progress: bool,
     resume: bool | None,
     ctx: DistContext,
+    warn: bool = True,
 ) -> dict[str, Any]:
     from dctps import data as data_mod
+    from dctps.results.store import describe_older, older_records
     from dctps.sparsify import count
 
     h = cfg.config_hash()
@@ -837,11 +853,28 @@ def _fit(
             ck = main_decides(ctx, lambda: ckpt_io.load_checkpoint(run_dir, h))
             if not ctx.is_main:
                 ck = ckpt_io.load_checkpoint(run_dir, h, quarantine=False)
+        older = None
+        if ck is None and store is not None and (resume is True or (warn and ctx.is_main)):
+            older = next(iter(older_records(store, [cfg]).values()), None)
         if resume is True and ck is None:
+            if older is not None:
+                raise DctpsError(
+                    f"--resume (resume=True): no checkpoint for config {h}. The results store "
+                    f"holds this config as {describe_older(older)}, but a computation of it "
+                    "changed since (CHANGELOG.md), so that run cannot be resumed: leave --resume "
+                    "out to train it anew (the old row stays, marked recorded_by)"
+                )
             raise DctpsError(
                 f"--resume (resume=True): no checkpoint in {run_dir} for config {h} (a run is its "
                 "whole config: other epochs, density or seed than the stopped run's make another "
                 "run)"
+            )
+        if older is not None:
+            warn_at_caller(
+                f"run {h} is trained anew: the results store holds this config as "
+                f"{describe_older(older)}, but a computation of it changed since (CHANGELOG.md), "
+                "so that run cannot be reused or resumed. Its row stays, marked recorded_by",
+                RuntimeWarning,
             )
         if ck is None and (run_dir / "best.pt").is_file():
             # best.pt is written when a run ends: its row and last.pt are gone (a results
@@ -872,6 +905,19 @@ def _fit(
                 "identity): resuming would mix the two. Give another --out (fit's out_dir), or "
                 "delete the run "
                 "folder to train it again on these data"
+            )
+        saved_eval = ((ck or {}).get("config") or {}).get("eval_batch_size")
+        if cfg.eval_batch_size is None and isinstance(saved_eval, int) and saved_eval > 0:
+            # a run resumes with the evaluation batch it was written with, where the caller
+            # gives none: the CPU's default changed from 1000 to 256, and every resume of an
+            # older run warned of a setting its user never chose
+            cfg = dataclasses.replace(cfg, eval_batch_size=saved_eval)
+        if ck is not None and ck.get("data") is None and ctx.is_main:
+            warn_at_caller(
+                f"the checkpoint of run {h} in {run_dir} holds no data fingerprint (an older "
+                f"dctps wrote it), so whether it trained on the data it now resumes on, "
+                f"{cfg.data.dataset} at {data_root}, cannot be checked",
+                RuntimeWarning,
             )
         per_rank = o.batch_size // ctx.world_size
         dev, rk, ws = ctx.device, ctx.rank, ctx.world_size
