@@ -1142,6 +1142,13 @@ def test_pruning_failure_recorded_without_training(fake_cifar10, tmp_path, monke
 
     dense = dctps.count(build_model("lenet5", num_classes=10))
     assert row["weights"] == dense.weights and row["nonzeros"] is None
+    # the keys of a done run's result (a typing review: `r["nonzeros"]` raised KeyError)
+    monkeypatch.undo()
+    done = fit(small_cfg(fake_cifar10, method="random", epochs=1), tmp_path, progress=False)
+    assert done["status"] == "done" and r.keys() == done.keys()
+    again = fit(small_cfg(fake_cifar10, method="random", epochs=1), tmp_path, progress=False)
+    assert again["skipped"] and again.keys() == done.keys()
+    assert r["weights"] == dense.weights and r["nonzeros"] is None and r["trainable"] is None
 
 
 def test_random_pruning_run_and_interrupted_resume(fake_cifar10, tmp_path, monkeypatch):
@@ -1269,10 +1276,12 @@ def test_a_config_an_older_dctps_recorded_is_named_where_it_is_trained_anew(fake
     """An upgrade review: a run of 0.1.0 whose identity changed since (DCTpS supports seeded
     per layer) was trained anew without a word, `--resume` said "no checkpoint" with no mention
     of the stopped run, and a sweep's plan listed it as plain `new`."""
+    import shutil
     import sqlite3
+    import warnings
 
     from dctps.results.store import Store, older_records
-    from dctps.results.sweep import describe_plan, plan
+    from dctps.results.sweep import describe_plan, plan, run_sweep
 
     cfg = small_cfg(fake_cifar10, epochs=1)
     h = fit(cfg, tmp_path, progress=False)["hash"]
@@ -1296,7 +1305,17 @@ def test_a_config_an_older_dctps_recorded_is_named_where_it_is_trained_anew(fake
                                                       ("skip-done", None)]  # fmt: skip
     listing = describe_plan(planned)
     assert "    re-runs feedfacefeedface, recorded by an older dctps" in listing
-    assert "2 runs, 1 to train, 1 skipped (1 re-run configs an older dctps recorded" in listing
+    assert "2 runs, 1 to train, 1 skipped (1 of them re-runs a config an older dctps" in listing
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = run_sweep([cfg, other], tmp_path, progress=False)
+    assert report.counts() == {"done": 1, "skip-done": 1}
+    assert "(1 of them re-runs a config an older dctps recorded" in report.summary()
+    assert not [w for w in seen if "trained anew" in str(w.message)]  # its plan said it
+    with sqlite3.connect(tmp_path / "results.db") as db:  # trained again by fit, below
+        for table in ("runs", "epochs"):
+            db.execute(f"DELETE FROM {table} WHERE hash = ?", (h,))
+    shutil.rmtree(tmp_path / "runs" / h)
     with pytest.warns(RuntimeWarning, match=rf"^run {h} is trained anew: the results store "
                       r"holds this config as run feedfacefeedface \(recorded by an older dctps, "
                       r"done\)"):  # fmt: skip
@@ -3022,8 +3041,14 @@ def test_fit_and_a_sweep_are_quiet_about_settings_in_their_defaults_or_for_other
         {"method": "random", "density": 0.05, "allocation": "erk"},
         {"method": "dctps", "density": 0.05, "alpha": "channel", "charge_alpha": False},
     ]
-    for sparsity in quiet:
-        cfg = RunConfig.from_dict({"model": {"name": "lenet5"}, "sparsity": sparsity})
+    configs = [RunConfig.from_dict({"model": {"name": "lenet5"}, "sparsity": s}) for s in quiet]
+    # and a resolved config (a run's own config.yaml) holds its recipe's gamma and milestones,
+    # which no caller chose (a session-diff review: fit warned of "optim.gamma=0.1 (--gamma 0.1)")
+    sgd = RunConfig.from_dict({"model": {"name": "resnet18"}, "sparsity": quiet[0],
+                               "optim": {"recipe": "sgd", "epochs": 1}})  # fmt: skip
+    configs += [c.resolve() for c in (*configs, sgd)]
+    assert configs[-1].optim.milestones == [1] and configs[0].resolve().optim.gamma == 0.1
+    for cfg in configs:
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
             with pytest.raises(DctpsError):

@@ -37,22 +37,20 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast, overload
+from typing import Any, NoReturn, cast, overload
 
 import torch
 from torch import nn
 from torch.nn.utils import prune, skip_init
 
 from dctps import _compat, offsets
+from dctps._types import ModuleT
 from dctps._version import __version__
 from dctps.atomic import atomic_write
 from dctps.batched import strip
 from dctps.errors import DctpsError, is_count, one_line, unknown_name, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, own_attributes, set_submodule
-
-#: a model passed in and returned, the same object: its own type is kept for type checkers
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 __all__ = ["save", "load", "inspect", "to_dense", "note_supports", "CheckpointInfo", "LayerRow",
            "FORMAT"]  # fmt: skip
@@ -567,7 +565,8 @@ def load(
         check_revision(arch, f"checkpoint {path}")
         # the shapes first: a crafted spec allocates nothing
         _check_fits(_build_arch(arch, path, _compat.shapes_only()), header, state, path)
-        model = _build_arch(arch, path)
+        with torch.random.fork_rng(devices=[]):  # initialised, then overwritten by the file
+            model = _build_arch(arch, path)
         model.dctps_arch = dict(arch)  # type: ignore[assignment]
     elif not isinstance(model, nn.Module):
         raise DctpsError(f"load needs model=None or an nn.Module, got {type(model).__name__}")

@@ -63,7 +63,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,7 @@ from torch import nn
 
 from dctps import _compat
 from dctps import offsets as _offsets
+from dctps._types import ModuleT
 from dctps.errors import DctpsError, InputDtypeError, InputShapeError
 
 #: ``layer.__dict__`` key marking a ``D`` that a layer built ahead of use on an accelerator
@@ -78,8 +79,6 @@ from dctps.errors import DctpsError, InputDtypeError, InputShapeError
 #: path without ``D``, as it frees one built only for its timing
 PREBUILT = "_dctps_prebuilt_basis"
 
-#: a model passed in and returned, the same object: its own type is kept for type checkers
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 __all__ = [
     "MODES",

@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,13 +25,11 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
+from dctps._types import ModuleT
 from dctps.allocation import budgets
 from dctps.errors import DctpsError, check_density, check_seed
 from dctps.layers import ALPHA_SCOPES, DCTpSConv2d, DCTpSLayer, DCTpSLinear, _alpha_settings
 from dctps.offsets import check_offset
-
-#: a model passed in and returned, the same object: its own type is kept for type checkers
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 __all__ = [
     "sparsify",

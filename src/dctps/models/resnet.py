@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dctps._types import ModuleT
 from dctps.errors import DctpsError
 
 
-def kaiming_init_(model: nn.Module) -> nn.Module:
+def kaiming_init_(model: ModuleT) -> ModuleT:
     """The paper's dense-baseline init: Kaiming-normal (fan_in, relu) weights, zero biases, BN 1/0.
 
     Applied in place to every Conv2d / Linear / BatchNorm2d of ``model``; returns ``model``.

@@ -76,7 +76,7 @@ class VGG(nn.Module):
                 "version 1: saved by dctps 0.1, whose VGG has a fifth max-pool, or by a "
                 "development version before 0.2 marked it. Its weights load, but if they are "
                 "dctps 0.1's they compute another function here (four max-pools, as FORCE's "
-                "VGG: dctps.models.REVISIONS)",
+                "VGG: dctps.models.REVISIONS). Read such weights with dctps 0.1, or train anew",
                 RuntimeWarning,
             )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)

@@ -58,12 +58,13 @@ import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from dctps._compat import OutOfMemoryError
+from dctps._types import ModuleT
 from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
 from dctps.errors import DctpsError, check_density, check_seed, unknown_name
@@ -84,9 +85,6 @@ from dctps.pruning.random import random_masks
 from dctps.pruning.snip import snip_masks
 from dctps.pruning.synflow import synflow_masks
 from dctps.sparsify import left_dense_layers, warn_left_dense
-
-#: a model passed in and returned, the same object: its own type is kept for type checkers
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 __all__ = ["prune", "build", "names", "default_batches", "prepare_pruned_structure", "Context",
            "Method", "Pruner", "PATH_CHECK"]  # fmt: skip
@@ -220,8 +218,12 @@ def _raised_in(e: BaseException, masks: Callable[..., Any]) -> bool:
     return True
 
 
-#: words of torch's errors for an input of the wrong shape or a label out of range
-_SHAPE_WORDS = ("shape", "size", "dimension", "dim ", "out of bounds", "index", "target")
+#: phrases of torch's errors for an input of the wrong shape or a label out of range (not a
+#: loader's own "list index out of range" or "shared memory size")
+_SHAPE_WORDS = (
+    "shape", "size mismatch", "sizes of tensors", "must match the size", "input size",
+    "dimension", "dim ", "expected input", "channels", "out of bounds", "target",
+)  # fmt: skip
 
 
 def _hint(first: str, dtype: torch.dtype | None) -> str:

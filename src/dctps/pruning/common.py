@@ -584,7 +584,7 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
     try:
         for t, m in zip(targets_, ms, strict=True):
             w = t.weight
-            done.append((t, w.detach().clone()))
+            done.append((t, w.detach().to("cpu", copy=True)))  # on the host: no GPU memory
             with torch.no_grad():
                 # +0.0, not the -0.0 that multiplying a negative weight by 0 leaves: the pruned
                 # entries then stay +0.0 through training, and a checkpoint stores them as zeros
@@ -593,11 +593,24 @@ def apply_masks(targets_: Sequence[Target], masks: Sequence[torch.Tensor]) -> No
             Mask.apply(t.module, t.attr, m)
     except BaseException:
         for t, saved in reversed(done):
-            if hasattr(t.module, t.attr + "_mask"):
-                torch_prune.remove(t.module, t.attr)  # the same Parameter back under its name
+            _unmask(t.module, t.attr)
             with torch.no_grad():
-                getattr(t.module, t.attr).copy_(saved)
+                t.module._parameters[t.attr].copy_(saved)  # type: ignore[union-attr]
         raise
+
+
+def _unmask(module: nn.Module, attr: str) -> None:
+    """Undo :meth:`Mask.apply` on ``module.<attr>`` from whatever step it reached: torch's
+    ``prune`` undoes its own steps on an ``Exception`` only, so a Ctrl-C inside it left a
+    ``weight_orig`` without a ``weight``, or a mask without its hook."""
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if isinstance(hook, torch_prune.BasePruningMethod) and hook._tensor_name == attr:
+            del module._forward_pre_hooks[key]
+    module._buffers.pop(attr + "_mask", None)
+    orig = module._parameters.pop(attr + "_orig", None)
+    if orig is not None:
+        module.__dict__.pop(attr, None)  # weight_orig * mask, which torch sets as a plain value
+        module._parameters[attr] = orig  # the same Parameter back under its name
 
 
 #: marks an attention module whose forward runs its out_proj's weight hooks

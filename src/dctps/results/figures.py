@@ -1134,7 +1134,7 @@ def run_figure(
         echo(f"{data.missing} of {len(configs)} runs have no result yet (noted on the figure):")
         if data.older:
             echo(f"  ({data.older} of them have a result an older dctps recorded, not drawn: a "
-                 "computation of theirs changed since, CHANGELOG.md. `dctps plot --db "
+                 "computation of theirs changed since (see the CHANGELOG). `dctps plot --db "
                  f"{db_path}` draws those rows; `dctps figure {name}{' --quick' * quick}` "
                  "without --plot-only "
                  "trains them anew)")  # fmt: skip

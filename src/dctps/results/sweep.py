@@ -577,7 +577,7 @@ class SweepReport:
         note = f" ({resumed} resumed from a checkpoint)" if resumed else ""
         again = sum(1 for p in self.planned if p.older and p.hash in self.results)
         if again:
-            note += f" ({again} {_OLDER_NOTE})"
+            note += f" ({_older_note(again)})"
         lines = [f"{len(self.planned)} runs: {counts}{note}"]
         bad = [(h, r) for h, r in self.results.items() if r["status"] in ("failed", "error")]
         if len(bad) <= SUMMARY_RUNS:
@@ -1236,11 +1236,12 @@ def dry_run_report(
         raise DctpsError("the sweep would stop before its first run: " + "; ".join(problems))
 
 
-#: how a sweep counts its runs that re-run an older dctps's record (PlannedRun.older)
-_OLDER_NOTE = (
-    "re-run configs an older dctps recorded: a computation of theirs changed since, see "
-    "CHANGELOG.md; the old rows stay, marked recorded_by"
-)
+def _older_note(n: int) -> str:
+    """How a sweep counts its ``n`` runs that re-run an older dctps's record
+    (:attr:`PlannedRun.older`)."""
+    what = "re-runs a config" if n == 1 else "re-run configs"
+    return (f"{n} of them {what} an older dctps recorded under another hash: a computation "
+            "changed since (see the CHANGELOG); the old rows stay, marked recorded_by")  # fmt: skip
 
 
 def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | None = None) -> str:
@@ -1268,7 +1269,7 @@ def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | N
     count = f"{len(planned)} runs, {n - r} to train, {len(planned) - n} skipped"
     again = sum(1 for p in planned if p.older and p.hash not in refusals)
     if again:
-        count += f" ({again} {_OLDER_NOTE})"
+        count += f" ({_older_note(again)})"
     if r:
         how = "them as errors" if r > 1 else "it as an error"
         count += f", {r} refused (the sweep would report {how})"

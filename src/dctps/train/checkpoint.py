@@ -569,7 +569,7 @@ def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
     from dctps import data
     from dctps.models import REVISIONS
     from dctps.train.config import RunConfig
-    from dctps.train.setup import build_model, restore_structure
+    from dctps.train.setup import model_to_load, restore_structure
 
     obj = read_run_checkpoint(path)
     cfg = RunConfig.from_dict(obj["config"], source=str(path)).resolve()
@@ -590,8 +590,9 @@ def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
             "revision. Use the dctps version that wrote it"
         )
     obj["method"] = cfg.sparsity.method
-    model = build_model(cfg, data.get_info(cfg.data.dataset))
-    restore_structure(model, cfg, obj["model"])
+    model = model_to_load(cfg, data.get_info(cfg.data.dataset))
+    with torch.random.fork_rng(devices=[]):  # a pruned structure's masks are drawn, then loaded
+        restore_structure(model, cfg, obj["model"])
     try:
         model.load_state_dict(obj["model"])
     except (RuntimeError, TypeError, AttributeError) as e:

@@ -724,7 +724,9 @@ def fit(
         Tiny ImageNet without a hold-out, the paper's maximum over epochs on its official val
         split), ``test_acc`` (of the best-val model; ``None`` without a test set, e.g. Tiny
         ImageNet without a hold-out), ``best_epoch``, ``weights``, ``nonzeros``,
-        ``trainable``, ``prune_seconds``, ``wall_seconds``, ``history`` (per-epoch dicts),
+        ``trainable``, ``alphas`` and ``fixed_alphas`` (:class:`dctps.Counts`; ``None`` but
+        ``weights`` for a run whose pruning failed), ``prune_seconds``, ``wall_seconds``,
+        ``history`` (per-epoch dicts),
         ``epochs``, ``run_dir``, ``resumed_from`` (epoch or ``None``) and ``skipped`` (the run was
         already done).
 
@@ -743,22 +745,24 @@ def fit(
             f"store must be a dctps.results.Store, a path to a results database or None (the "
             f"out folder's results.db), got {type(store).__name__}"
         )
-    if warn:
-        for why in unused_settings(cfg, _non_default(cfg, UNUSED_CHECKED)):
-            warn_at_caller(f"{why}; it is ignored", RuntimeWarning)
-    given = cfg.optim.milestones  # the caller's own: a recipe's fit any length (sgd, 1 epoch: [1])
+    chosen, given = _caller_choices(cfg)
+    unused = unused_settings(cfg, chosen) if warn else []
     cfg = cfg.resolve()
     o = cfg.optim
+    # `dctps train --milestones` refuses it; a config built in Python passed quietly
     late = [m for m in given or [] if m >= (o.epochs or 0)]
-    if late:  # `dctps train --milestones` refuses it; a config built in Python passed quietly
-        warn_at_caller(
-            f"optim.milestones {late} are not below the run's {o.epochs} epochs: the learning "
-            "rate never decays there (give milestones in 1..epochs-1)",
-            RuntimeWarning,
-        )
     if progress:
         progress_mod.style()  # a bad DCTPS_PROGRESS: refused before the data and the pruning
     ctx = setup(cfg.device)
+    if ctx.is_main:  # once, not from every torchrun rank
+        for why in unused:
+            warn_at_caller(f"{why}; it is ignored", RuntimeWarning)
+        if late:
+            warn_at_caller(
+                f"optim.milestones {late} are not below the run's {o.epochs} epochs: the "
+                "learning rate never decays there (give milestones in 1..epochs-1)",
+                RuntimeWarning,
+            )
     try:
         # the run seeds torch's global generators (its model's initialisation, dropout): the
         # caller's draws after fit follow their own seed, not the run's
@@ -767,6 +771,24 @@ def fit(
             return _fit(cfg, user_path(out_dir), store, progress, resume, ctx, warn)
     finally:
         teardown(ctx)
+
+
+def _caller_choices(cfg: RunConfig) -> tuple[list[str], list[int] | None]:
+    """Which of :data:`UNUSED_CHECKED` the caller set in ``cfg``, and the milestones it gave:
+    those away from their defaults, less what :meth:`RunConfig.resolve` would give them anyway
+    (a resolved config, a run's own ``config.yaml``, holds its recipe's gamma and milestones,
+    which no caller chose: the sgd recipe's milestones for 1 epoch are ``[1]``)."""
+    from dctps.train.config import recipe_defaults
+
+    chosen = _non_default(cfg, UNUSED_CHECKED)
+    given = cfg.optim.milestones
+    r = cfg.resolve()
+    own = recipe_defaults(r.optim.recipe or "", r.sparsity.method, r.optim.epochs)
+    if cfg.optim.gamma == own["gamma"] and "gamma" in chosen:
+        chosen.remove("gamma")
+    if given is not None and tuple(given) == own["milestones"]:
+        given = None
+    return chosen, given
 
 
 def _fit(
@@ -854,26 +876,32 @@ def _fit(
             if not ctx.is_main:
                 ck = ckpt_io.load_checkpoint(run_dir, h, quarantine=False)
         older = None
-        if ck is None and store is not None and (resume is True or (warn and ctx.is_main)):
+        if ck is None and ctx.is_main and store is not None and (resume is True or warn):
             older = next(iter(older_records(store, [cfg]).values()), None)
         if resume is True and ck is None:
-            if older is not None:
+
+            def refuse() -> None:
+                if older is not None:
+                    raise DctpsError(
+                        f"--resume (resume=True): no checkpoint for config {h}. The results "
+                        f"store holds this config as {describe_older(older)}, but a "
+                        "computation of it changed since (see the CHANGELOG), so that run "
+                        "cannot be resumed: leave --resume out to train it anew (the old row "
+                        "stays, marked recorded_by)"
+                    )
                 raise DctpsError(
-                    f"--resume (resume=True): no checkpoint for config {h}. The results store "
-                    f"holds this config as {describe_older(older)}, but a computation of it "
-                    "changed since (CHANGELOG.md), so that run cannot be resumed: leave --resume "
-                    "out to train it anew (the old row stays, marked recorded_by)"
+                    f"--resume (resume=True): no checkpoint in {run_dir} for config {h} (a run "
+                    "is its whole config: other epochs, density or seed than the stopped run's "
+                    "make another run)"
                 )
-            raise DctpsError(
-                f"--resume (resume=True): no checkpoint in {run_dir} for config {h} (a run is its "
-                "whole config: other epochs, density or seed than the stopped run's make another "
-                "run)"
-            )
+
+            main_decides(ctx, refuse)  # every rank raises rank 0's reason
         if older is not None:
             warn_at_caller(
                 f"run {h} is trained anew: the results store holds this config as "
-                f"{describe_older(older)}, but a computation of it changed since (CHANGELOG.md), "
-                "so that run cannot be reused or resumed. Its row stays, marked recorded_by",
+                f"{describe_older(older)}, but a computation of it changed since (see the "
+                "CHANGELOG), so that run cannot be reused or resumed. Its row stays, marked "
+                "recorded_by",
                 RuntimeWarning,
             )
         if ck is None and (run_dir / "best.pt").is_file():
@@ -916,7 +944,8 @@ def _fit(
             warn_at_caller(
                 f"the checkpoint of run {h} in {run_dir} holds no data fingerprint (an older "
                 f"dctps wrote it), so whether it trained on the data it now resumes on, "
-                f"{cfg.data.dataset} at {data_root}, cannot be checked",
+                f"{cfg.data.dataset} at {data_root}, cannot be checked. If they are not, "
+                f"delete {run_dir} to train the run anew on them",
                 RuntimeWarning,
             )
         per_rank = o.batch_size // ctx.world_size
@@ -1027,6 +1056,8 @@ def _fit(
                         h, e.reason, weights=count(model).weights, data_root=data_root,
                         data_fingerprint=data_fp, classes=info.num_classes,
                     )  # fmt: skip
+                # the keys of every other result, unknown counts None (a typing review: a
+                # failed result had no `nonzeros`, a KeyError where the others had one)
                 return {
                     "hash": h,
                     "status": "failed",
@@ -1040,6 +1071,11 @@ def _fit(
                     "resumed_from": None,
                     "skipped": False,
                     "prune_seconds": None,
+                    "weights": count(model).weights,
+                    "nonzeros": None,
+                    "alphas": None,
+                    "fixed_alphas": None,
+                    "trainable": None,
                     "wall_seconds": None,
                 }
             del prune_batches

@@ -43,6 +43,7 @@ __all__ = [
     "apply_sparsity",
     "build_model",
     "model_shape",
+    "model_to_load",
     "make_optimizer",
     "make_rigl",
     "make_scheduler",
@@ -67,6 +68,15 @@ def model_shape(cfg: RunConfig, info: Any) -> nn.Module:
     from dctps import _compat
 
     with _compat.shapes_only(), torch.random.fork_rng(devices=[]):
+        return _build(cfg, info)
+
+
+def model_to_load(cfg: RunConfig, info: Any) -> nn.Module:
+    """The model of ``cfg`` for values a checkpoint holds: initialised as :func:`build_model`
+    does (the load overwrites it), but with torch's global generators left as they were (a
+    notebook's draws after reading a checkpoint followed the run's seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(cfg.seed)
         return _build(cfg, info)
 
 
