@@ -94,6 +94,8 @@ YAMLS = {
     "str_density.yaml": "methods: [dctps]\ndensities: [ten]\n",
     "slurm_bad.yaml": "methods: [dctps]\ndensities: [0.1]\nslurm: 5\n",
     "seeds_bad.yaml": "methods: [dctps]\ndensities: [0.1]\nseeds: [a]\n",
+    "seeds_huge.yaml": "methods: [dctps]\ndensities: [0.1]\nseeds: 100000000000\n",
+    "model_blank.yaml": "model:\n  # name: vgg19\nsparsity: {method: dctps, density: 0.1}\n",
 }
 
 
@@ -457,6 +459,12 @@ CASES = [
       *TRAIN_AT, "--optimizer", "sgd"),
     C("train-split-seed-negative", r"split_seed must be in \[0, 2\*\*63\), got -1",
       *TRAIN_AT, "--split-seed", "-1"),
+    L("prune-synflow-input-shape-text", r"synflow's input_shape must be positive integer sizes "
+      r"\(C, H, W\), e\.g\. \[3, 32, 32\], got 'abc'",
+      lambda e: dctps.prune(dctps.models.build("lenet5"), 0.5, "synflow", input_shape="abc")),
+    L("prune-synflow-input-shape-float", r"input_shape must be positive integer sizes .*got "
+      r"\[3\.5, 32, 32\]", lambda e: dctps.prune(dctps.models.build("lenet5"), 0.5, "synflow",
+                                                 input_shape=[3.5, 32, 32])),
     L("sparsify-fixup-fixed-alpha", r"zero-initialises some layers \(Fixup\).*Train alpha",
       lambda e: dctps.sparsify(dctps.models.build("fixup_resnet110", num_classes=10), 0.01,
                                train_alpha=False)),
@@ -553,6 +561,15 @@ CASES = [
     C("sweep-set-batch-size-0", r"optim\.batch_size \(--batch-size\) must be a positive "
       r"integer, got 0", "sweep", "{y}/good_grid.yaml", "--set", "optim.batch_size=0",
       "--dry-run"),
+    C("sweep-seeds-huge", r"seeds: 100,000,000,000 seeds is more than 10,000: give a count up "
+      r"to it, or a list of seeds such as \[0, 1, 2\]", "sweep", "{y}/seeds_huge.yaml",
+      "--dry-run"),
+    C("sweep-set-empty-value", r"--set optim\.epochs= has no value: give one "
+      r"\(optim\.epochs=VALUE\), or optim\.epochs=null for the default", "sweep",
+      "{y}/good_grid.yaml", "--set", "optim.epochs=", "--dry-run"),
+    C("train-config-empty-section", r"model is an empty section: give its settings \(model: "
+      r"\{name: \.\.\.\}\), or leave the key out", "train", "--config", "{y}/model_blank.yaml",
+      "--out", "{tmp}/out"),
     C("sweep-set-unknown-key", r"overrides: unknown key 'optim\.foo'", "sweep",
       "{y}/good_grid.yaml", "--set", "optim.foo=1", "--dry-run"),
     C("sweep-into-good-bad-density", r"density must be in .*got 2", "sweep",

@@ -361,3 +361,20 @@ def test_figure_help_states_the_defaults_the_figures_use():
     assert f"(default: {len(F.SEEDS)}; --quick: {len(F.QUICK_SEEDS)})" in text
     assert {n: r.epochs for n, r in RECIPES.items() if r.epochs != 200} == {"lenet": 160}
     assert "(default: each recipe's, 200; LeNet-5's 160;" in text
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_standard_output_that_refuses_writes_is_one_error_line():
+    """An error review: `dctps budgets ... > file` on a full disk (a SLURM log) ended in a
+    traceback; a pipe closed early (`| head`) is no error of the command's to report."""
+    cmd = [sys.executable, "-m", "dctps", "budgets", "lenet5", "--density", "0.1"]
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr == "error: cannot write to standard output: No space left on device\n"
+    head = subprocess.Popen(cmd[:4] + ["resnet50", "--density", "0.1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert head.stdout is not None and head.stdout.readline().startswith("resnet50")
+    head.stdout.close()  # as `| head -1` does
+    _, err = head.communicate(timeout=120)
+    assert head.returncode in (0, 1) and "Traceback" not in err and "Exception" not in err

@@ -569,11 +569,45 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as e:
+        if not _stdout_refused(e):
+            raise
+        # `dctps results > file` on a full disk gave a traceback; `| head` closing the pipe is
+        # no error of the command's
+        if not isinstance(e, BrokenPipeError):
+            typer.echo(f"error: cannot write to standard output: {e.strerror or e}", err=True)
+        _drop_stdout()
+        sys.exit(1)
     except Exception as e:
         if type(e).__name__ != "Abort":
             raise
         typer.echo("aborted", err=True)
         sys.exit(1)
+
+
+def _stdout_refused(e: OSError) -> bool:
+    """Whether ``e`` is standard output refusing a write (a full disk, a closed pipe): raised
+    by an echo to it, or left in its buffer."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_locals.get("file") is sys.stdout:  # click's echo(..., file=...)
+            return True
+        tb = tb.tb_next
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _drop_stdout() -> None:
+    """Point standard output at the null device: Python's own flush at exit would fail again,
+    with an "Exception ignored" message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (a notebook's stream)
+        pass
 
 
 def _rank_prefix() -> str:

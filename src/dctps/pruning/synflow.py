@@ -25,6 +25,7 @@ or fewer than ``k`` positive scores at the last step raise :class:`~dctps.errors
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -47,9 +48,22 @@ __all__ = ["synflow_masks"]
 
 def _input_shape(ctx: Context, input_shape: Sequence[int] | None) -> tuple[int, ...]:
     if input_shape is not None:
+        # a string ("abc") or a float (3.5, cut to 3) failed in int() with a traceback, or passed
+        ok = (
+            isinstance(input_shape, Sequence)
+            and not isinstance(input_shape, (str, bytes))
+            and len(input_shape) > 0
+            and all(
+                isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
+                for s in input_shape
+            )
+        )
+        if not ok:
+            raise DctpsError(
+                "synflow's input_shape must be positive integer sizes (C, H, W), e.g. "
+                f"[3, 32, 32], got {input_shape!r}"
+            )
         shape = tuple(int(s) for s in input_shape)
-        if not shape or min(shape) < 1:
-            raise DctpsError(f"input_shape must be positive sizes (C, H, W), got {input_shape!r}")
         ctx.input_shape = shape
         return shape
     if ctx.batches is None:

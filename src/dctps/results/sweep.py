@@ -117,10 +117,19 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the most seeds a grid's count (``seeds: N``) stands for
+MAX_SEEDS = 10_000
+
+
 def _seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise DctpsError(f"{where}: the number of seeds must be >= 1, got {value}")
+        if value > MAX_SEEDS:  # a count of 1e11 (a bracket left out: `seeds: 30000`) ran
+            raise DctpsError(  # out of memory listing them
+                f"{where}: {value:,} seeds is more than {MAX_SEEDS:,}: give a count up to it, or "
+                "a list of seeds such as [0, 1, 2]"
+            )
         return list(range(value))
     out = []
     for s in _as_list(value, where):

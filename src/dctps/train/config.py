@@ -503,9 +503,13 @@ def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
     for name, value in d.items():
         tp = hints[name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            kwargs[name] = _from_dict(
-                tp, value if value is not None else {}, source, f"{prefix}{name}."
-            )
+            if value is None:  # `model:` with its name commented out trained ResNet18
+                raise DctpsError(
+                    f"{source}: {prefix}{name} is an empty section: give its settings "
+                    f"({prefix}{name}: {{{next(iter(dataclasses.fields(tp))).name}: ...}}), or "
+                    "leave the key out for the defaults"
+                )
+            kwargs[name] = _from_dict(tp, value, source, f"{prefix}{name}.")
         elif value is not None and "coerce" in fields[name].metadata:  # e.g. density "0.1%"
             kwargs[name] = fields[name].metadata["coerce"](value, f"{source}: {prefix}{name}")
         else:
@@ -1090,6 +1094,10 @@ def parse_assignment(
     key = key.strip()
     if not sep or not key:
         raise DctpsError(f"{flag} expects {expect}, got {item!r}")
+    if not raw.strip():  # an unset shell variable ($EPOCHS): it fell back to the default
+        raise DctpsError(
+            f"{flag} {key}= has no value: give one ({key}=VALUE), or {key}=null for the default"
+        )
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
