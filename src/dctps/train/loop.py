@@ -63,10 +63,10 @@ from dctps.train.config import (
     save_config,
     unused_settings,
 )
+from dctps.train.distributed import DistContext, setup, teardown
 
 if TYPE_CHECKING:
     from dctps.results.store import Store
-from dctps.train.distributed import DistContext, setup, teardown
 
 __all__ = ["MAX_VAL_NOTE", "EpochStats", "evaluate", "fit", "train_one_epoch"]
 
@@ -740,7 +740,7 @@ def fit(
     from dctps.results import store as store_mod
 
     if not (store is None or isinstance(store, (str, os.PathLike, store_mod.Store))):
-        # it reached the store's first use, after the training, as an AttributeError
+        # it failed at the store's first use, with an AttributeError
         raise DctpsError(
             f"store must be a dctps.results.Store, a path to a results database or None (the "
             f"out folder's results.db), got {type(store).__name__}"
