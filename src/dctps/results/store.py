@@ -1212,21 +1212,50 @@ def _older(ident: dict[str, Any], row: Mapping[str, Any]) -> bool:
 
 
 def flat_identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``flatten(run_identity(row))`` of each row (:func:`dctps.results.variants.flatten`)."""
+    """``flatten(run_identity(row))`` of each row (:func:`dctps.results.variants.flatten`),
+    each config's identity flattened once for all its seeds."""
     from dctps.results.variants import flatten
 
-    return [flatten(ident) for ident in identities(rows)]
+    flats: dict[int, dict[str, Any]] = {}  # id(base) -> its flattened form
+    out = []
+    for base, seed, older in _identity_parts(rows):
+        if seed is None:
+            out.append(flatten(base))
+            continue
+        if id(base) not in flats:
+            flats[id(base)] = flatten(base)
+        out.append(_seeded(flats[id(base)], seed, older))
+    return out
 
 
 def identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """:func:`run_identity` of each row, resolving each config once for all its seeds: a
-    config's identity holds its seed as given and nothing derived from it. (``dctps results``
-    spent about 2 ms a row resolving 10,000 rows of 10 settings one by one.)"""
+    """:func:`run_identity` of each row, resolving each config once for all its seeds."""
+    return [
+        base if seed is None else _seeded(base, seed, older)
+        for base, seed, older in _identity_parts(rows)
+    ]
+
+
+def _seeded(base: dict[str, Any], seed: int, older: bool) -> dict[str, Any]:
+    ident = {**base, "seed": seed}
+    if older:
+        ident["recorded_by"] = "an older dctps"
+    return ident
+
+
+def _identity_parts(
+    rows: Sequence[Mapping[str, Any]],
+) -> list[tuple[dict[str, Any], int | None, bool]]:
+    """Per row, ``(identity of its config at seed 0, its seed, recorded by an older dctps)``,
+    the first shared by the rows of one config: a config's identity holds its seed as given and
+    nothing derived from it, so each is resolved once for all its seeds. (``dctps results``
+    spent about 2 ms a row resolving 10,000 rows of 10 settings one by one.) A row whose config
+    cannot be read so is ``(run_identity(row), None, False)``, resolved alone or as stored."""
     from dctps.errors import check_seed
     from dctps.train.config import RunConfig
 
     memo: dict[str, dict[str, Any] | None] = {}
-    out: list[dict[str, Any]] = []
+    out: list[tuple[dict[str, Any], int | None, bool]] = []
     for r in rows:
         try:
             cfg = row_config(r)
@@ -1236,7 +1265,7 @@ def identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             check_seed(seed)
             key = json.dumps({**cfg, "seed": 0}, sort_keys=True, default=str)
         except (DctpsError, TypeError, ValueError, RecursionError):
-            out.append(run_identity(r))  # resolved alone: fails, or compared as stored
+            out.append((run_identity(r), None, False))  # resolved alone, or as stored
             continue
         if key not in memo:
             try:
@@ -1245,12 +1274,9 @@ def identities(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 memo[key] = None
         base = memo[key]
         if base is None:  # compared as stored, as run_identity does
-            out.append(cfg)
+            out.append((cfg, None, False))
             continue
-        ident = {**base, "seed": seed}
-        if _older(ident, r):
-            ident["recorded_by"] = "an older dctps"
-        out.append(ident)
+        out.append((base, seed, _older({**base, "seed": seed}, r)))
     return out
 
 

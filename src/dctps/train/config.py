@@ -1232,6 +1232,8 @@ def unused_settings(cfg: RunConfig, given: Iterable[str]) -> list[str]:
     for some of its runs, where :meth:`RunConfig.resolve` drops them quietly."""
     s, out = cfg.sparsity, []
     given = set(given)
+    # resolved once, where a check needs it: the milestones and allocation a run ends up with
+    resolved = cfg.resolve() if given & {"gamma", "allocation"} else cfg
     if "charge_alpha" in given and s.charge_alpha is False and s.alpha != "channel":
         out.append(
             f"{_setting('charge_alpha', False)} applies only with {_setting('alpha', 'channel')}"
@@ -1243,17 +1245,13 @@ def unused_settings(cfg: RunConfig, given: Iterable[str]) -> list[str]:
             f"{_setting('batched_rebuild', 'on')} applies only to method dctps (it batches the "
             f"rebuild of each layer's W = alpha*D + S; got method {s.method!r})"
         )
-    if "gamma" in given and cfg.optim.gamma is not None and not cfg.resolve().optim.milestones:
+    if "gamma" in given and cfg.optim.gamma is not None and not resolved.optim.milestones:
         out.append(
             f"{_setting('gamma', cfg.optim.gamma)} applies at milestones, and this run has none "
             f"(the adam and lenet recipes keep a constant learning rate): give "
             f"{_named('milestones')} too, or leave gamma out"
         )
-    if (
-        "allocation" in given
-        and s.allocation is not None
-        and cfg.resolve().sparsity.allocation is None
-    ):
+    if "allocation" in given and s.allocation is not None and resolved.sparsity.allocation is None:
         why = ("keeps every weight" if s.method == "dense"
                else "chooses its own per-layer budgets (from its scores)")  # fmt: skip
         out.append(
