@@ -114,6 +114,31 @@ def test_resnet18_round_trip_without_the_model_class(tmp_path):
     assert torch.equal(dctps.load(path2).eval()(x), ref)
 
 
+@pytest.mark.parametrize(
+    ("arch", "why"),
+    [
+        ({"name": "resnet18", "num_classes": 100}, r"'classifier' has weight shape \[10, 512\] "
+         r"in the file but \[100, 512\]"),
+        ({"name": "resnet18", "bogus": 1}, r"unexpected keyword argument 'bogus'"),
+        ({"name": "vgg19"}, r"DCTpS layer 'features.0.0' that the VGG .* does not have"),
+    ],
+)  # fmt: skip
+def test_save_refuses_an_arch_that_does_not_build_the_model(tmp_path, arch, why):
+    """save checked only arch's name: a wrong num_classes or keyword was written, and the
+    file failed to load later, far from the slip. Nothing is written."""
+    model = dctps.sparsify(build("resnet18"), 0.01, seed=0)
+    with pytest.raises(
+        DctpsError,
+        match=r"^arch=\{\"name\": .* does not describe the model "
+        r"being saved, so load could not rebuild it from the file: .*" + why,
+    ):
+        dctps.save(model, tmp_path / "m.dctps", arch=arch)
+    assert list(tmp_path.iterdir()) == []
+    model.dctps_arch = arch  # carried by the model (then edited): checked alike
+    with pytest.raises(DctpsError, match="does not describe the model being saved"):
+        dctps.save(model, tmp_path / "m.dctps")
+
+
 def test_to_dense_gives_plain_layers_and_same_outputs():
     x = torch.randn(4, 3, 8, 8)
     model = trained(dctps.sparsify(small_cnn(), 0.05, seed=3), x)

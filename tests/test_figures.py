@@ -659,6 +659,35 @@ def test_a_drawn_figure_with_an_overridden_data_set_is_titled_and_filed_as_such(
     assert [p["title"] for p in saved["panels"]] == ["LeNet-5, digits"]
 
 
+def test_plot_only_with_nothing_to_draw_names_the_settings_that_differ(tmp_path):
+    """`figure --plot-only` over a store whose runs were trained with other settings said only
+    "no finished or failed runs match"; it now names the nearest run and how it differs."""
+    name = "density-lenet5-cifar10"
+    kw = {"quick": True, "datasets": ["digits"], "densities": [0.01], "seeds": 1}
+    store = Store(tmp_path)
+    c = F.figure_configs(name, **kw)[0]
+    record(store, c, 0.5)
+    with pytest.raises(DctpsError) as e:
+        F.run_figure(name, tmp_path, quick=True, plot_only=True, echo=lambda s: None)
+    msg = str(e.value)
+    assert msg.startswith("nothing to plot: none of the figure's 17 runs has a result in "), msg
+    assert (f". Its nearest run, {c.config_hash()}, differs from the figure's runs in "
+            "dataset=digits (the figure's: cifar10), ") in msg  # fmt: skip
+    assert msg.endswith("or run the figure without --plot-only to train them") and len(msg) < 600
+    assert not (tmp_path / "figures").exists()
+    with pytest.raises(DctpsError, match=r"It holds no finished run of vgg19: run the figure"):
+        F.run_figure("density-vgg19-cifar10", tmp_path, quick=True, plot_only=True,
+                     echo=lambda s: None)  # fmt: skip
+
+
+def test_nearest_difference_finds_the_closest_pair_and_orders_its_keys():
+    have = [{"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 5, "c": 3, "data.dataset": "x"}]
+    want = [{"a": 9, "b": 9, "c": 9}, {"a": 1, "b": 5, "c": 4, "data.dataset": "y"}]
+    assert F.nearest_difference(have, want) == (1, 1, ["data.dataset", "c"])
+    assert F.nearest_difference(have, want, shown=1) == (1, 1, ["data.dataset"])
+    assert F.nearest_difference([{"k": 1}], [{"j": 1}])[2] == ["j", "k"]  # a key one lacks
+
+
 def test_a_quick_grid_of_mixed_quick_sizes_is_not_printed():
     """offsets mixes LeNet-5 and ResNet18, whose quick sizes differ: the printed YAML had an
     empty base, so its sweep trained every run at full size. Refused, with what to do."""

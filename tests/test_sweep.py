@@ -326,6 +326,24 @@ def test_cli_sweep_dry_run_then_run_then_noop(fake_cifar10, tmp_path):
     assert r.output.strip().splitlines()[-1] == "3 runs, 3 to train, 0 skipped"
 
 
+def test_the_plan_names_what_tells_two_otherwise_alike_runs_apart(tmp_path):
+    """Two RigL entries that differ in rigl_alpha (or variants of another lr) were listed as
+    the same line twice; each line now names the setting, and only where runs share a line."""
+    from dctps.results.sweep import describe_plan
+
+    grid = {"models": ["resnet18"], "base": {"data": {"dataset": "digits"}}, "densities": [0.1],
+            "methods": ["snip", {"method": "random", "rigl": True},
+                        {"method": "random", "rigl": True, "rigl_alpha": 0.5}]}  # fmt: skip
+    text = describe_plan(plan(expand_grid(grid), tmp_path))
+    lines = text.splitlines()
+    assert lines[0].endswith("snip@0.1 recipe=adam seed=0 epochs=200"), text  # alone: as before
+    assert lines[1].endswith("+rigl recipe=adam seed=0 epochs=200 allocation=erk rigl_alpha=0.3")
+    assert lines[2].endswith("+rigl recipe=adam seed=0 epochs=200 allocation=erk rigl_alpha=0.5")
+    varied = {**grid, "methods": ["snip"], "variants": [{}, {"optim": {"lr": 0.01}}]}
+    lines = describe_plan(plan(expand_grid(varied), tmp_path)).splitlines()
+    assert lines[0].endswith("epochs=200 lr=0.001") and lines[1].endswith("epochs=200 lr=0.01")
+
+
 def test_cli_sweep_bad_config_is_one_line(tmp_path):
     gpath = tmp_path / "bad.yaml"
     gpath.write_text("models: [lenet5]\nseeds: [0]\nnope: 1\n")
@@ -508,6 +526,29 @@ def test_variants_and_sets_that_would_collapse_an_axis_are_refused():
     assert {c.data.dataset for c in runs} == {"cifar100"} and len(runs) == 2
     runs = expand_grid({**grid, "variants": [{}, {"sparsity": {"allocation": "epf"}}]})
     assert sorted(c.sparsity.allocation for c in runs) == ["epf", "epf", "epl", "epl"]
+
+
+def test_a_method_setting_in_base_or_set_points_to_the_method_entries():
+    """`--set sparsity.rigl_alpha=0.5` on a grid of RigL and static runs was refused with no
+    way out: the error now says where such a setting goes, and that place works."""
+    grid = {"models": ["lenet5"], "densities": [0.05],
+            "methods": ["dctps", "snip", {"method": "random", "rigl": True}]}  # fmt: skip
+    with pytest.raises(DctpsError) as e:
+        expand_grid(grid, overrides=apply_sets(["sparsity.rigl_alpha=0.5"]))
+    assert str(e.value).endswith(
+        "--set reaches every run: give sparsity.rigl_alpha in the entries of the methods it "
+        "applies to, e.g. methods: [{method: ..., rigl_alpha: 0.5}]"
+    ), e.value
+    with pytest.raises(DctpsError, match=r"base reaches every run: .*train_alpha: false\}\]$"):
+        expand_grid({**grid, "base": {"sparsity": {"train_alpha": False}}})
+    rigl = {"method": "random", "rigl": True, "rigl_alpha": 0.5}
+    scoped = {**grid, "methods": [{"method": "dctps", "train_alpha": False}, "snip", rigl]}
+    runs = {c.sparsity.method: c.sparsity for c in expand_grid(scoped)}
+    assert runs["dctps"].train_alpha is False and runs["random"].rigl_alpha == 0.5
+    assert runs["snip"].train_alpha is True and runs["snip"].rigl_alpha is None
+    # one method: the setting does not apply to it at all, and no entry would help
+    with pytest.raises(DctpsError, match=r"applies only to method dctps$"):
+        expand_grid({**grid, "methods": ["snip"]}, overrides=apply_sets(["sparsity.alpha=channel"]))
 
 
 def test_a_read_only_database_or_run_folder_stops_the_sweep_first(

@@ -48,7 +48,7 @@ from dctps._types import ModuleT
 from dctps._version import __version__
 from dctps.atomic import atomic_write
 from dctps.batched import strip
-from dctps.errors import DctpsError, is_count, one_line, unknown_name, user_path
+from dctps.errors import DctpsError, is_count, one_line, unknown_name, user_device, user_path
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, own_attributes, set_submodule
 
@@ -296,6 +296,8 @@ def save(
         subs = [""] if isinstance(m, DCTpSLayer) else ["in_proj.", "out_proj."]
         prefix = f"{name}." if name else ""
         index_keys.update(prefix + s + "indices" for s in subs)
+    if arch is not None:
+        _check_arch_describes(arch, layers, model)
     tensors = []
     chunks: list[bytes] = []
     offset = 0
@@ -329,7 +331,7 @@ def save(
     payload = b"".join(chunks)
     crc = zlib.crc32(payload, zlib.crc32(head))
     total = _HEAD.size + len(head) + len(payload) + _TRAILER.size
-    path = user_path(path)
+    path = user_path(path, "the checkpoint path")
     with atomic_write(path, "checkpoint", "wb") as f:
         f.write(_HEAD.pack(MAGIC, len(head)))
         f.write(head)
@@ -364,7 +366,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview, int
         raise DctpsError(
             f"a checkpoint path must be a str or os.PathLike, got {type(path).__name__}{swapped}"
         )
-    path = user_path(path)
+    path = user_path(path, "the checkpoint path")
     try:
         if path.exists() and not path.is_dir() and not path.is_file():
             # a FIFO or a device: reading it would wait or never end (/dev/zero)
@@ -550,6 +552,13 @@ def load(
     module. ``map_location``: device to move the result to (default: the model's
     device, CPU for a rebuilt model).
     """
+    if map_location is not None:
+        map_location = user_device(map_location, "map_location")
+    if model is not None and not isinstance(model, nn.Module):
+        raise DctpsError(
+            f"load's model must be an nn.Module (a fresh instance of the saved architecture), got "
+            f"a {type(model).__name__}: dctps.load(path) or dctps.load(path, model)"
+        )
     header, payload, _ = _read(path)
     state = _tensors(header, payload, path)
     given = model  # returned as given: a torch.compile wrapper too
@@ -662,6 +671,21 @@ def _build_arch(arch: dict[str, Any], path: Any, within: Any = None) -> nn.Modul
         raise DctpsError(
             f"checkpoint {path}: its architecture spec {str(arch)[:120]} does not build "
             f"({one_line(e)})"
+        ) from None
+
+
+def _check_arch_describes(arch: dict[str, Any], layers: list[Any], model: nn.Module) -> None:
+    """A :class:`DctpsError` where the architecture spec ``arch`` does not build ``model``'s
+    shapes (``num_classes`` of another data set, a keyword ``build`` does not take): it was
+    saved, and :func:`load` failed on the file later, far from the slip."""
+    try:
+        probe = _build_arch(arch, "(being saved)", _compat.shapes_only())
+        _check_fits(probe, {"layers": layers}, model.state_dict(), "(being saved)")
+    except DctpsError as e:
+        raise DctpsError(
+            f"arch={json.dumps(arch)[:120]} does not describe the model being saved, so load "
+            f"could not rebuild it from the file: {e}. Give the keyword arguments the model "
+            "was built with (dctps.models.build(name, **kwargs)), or no arch"
         ) from None
 
 

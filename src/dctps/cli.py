@@ -50,6 +50,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _path(example: str) -> Any:
+    """A typer callback refusing an empty path (``--out "$UNSET"``): ``Path("")`` is the
+    current folder, where a run, database or figure would land without a word."""
+
+    def check(ctx: typer.Context, param: Any, value: Any) -> Any:
+        flag = next((o for o in param.opts if o.startswith("--")), str(param.name).upper())
+        refuse_empty(value, flag, example)
+        return value
+
+    return check
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(
@@ -81,16 +93,20 @@ app.command("train")(_train_command)
 
 @app.command("results")
 def results_cmd(
-    db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
+    db: str = typer.Option(
+        "results", "--db", help="Results database, or a --out folder.", callback=_path("results")
+    ),
     where: list[str] = typer.Option([], "--where", help=WHERE_HELP),
     csv: str = typer.Option(
         None,
         "--csv",
+        callback=_path("rows.csv"),
         help="Also write the rows to this CSV file ('-' or /dev/stdout: print only the CSV).",
     ),
     json_path: str = typer.Option(
         None,
         "--json",
+        callback=_path("runs.json"),
         help="Also write the runs to this JSON file, each with its config and per-epoch "
         "metrics (learning curves) ('-' or /dev/stdout: print only the JSON).",
     ),
@@ -140,13 +156,17 @@ SWEEP_THREADS_HELP = (
 def sweep_cmd(
     config: str = typer.Argument(
         ...,
+        callback=_path("configs/A.1.yaml"),
         help="Sweep YAML: base + grid lists (the repository's configs/, or write one with "
         "`dctps figure NAME --print-config > grid.yaml`).",
     ),
-    out: str = typer.Option("results", "--out", help="Output folder (results.db, runs/)."),
+    out: str = typer.Option(
+        "results", "--out", help="Output folder (results.db, runs/).", callback=_path("results")
+    ),
     db: str = typer.Option(
         None,
         "--db",
+        callback=_path("results.db"),
         help="Results database, or a folder for its results.db (default: OUT/results.db).",
     ),
     workers: int = typer.Option(
@@ -164,7 +184,9 @@ def sweep_cmd(
         help="Re-run failed runs from scratch (their old checkpoints are kept as *.before-retry).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded runs and exit."),
-    data_root: str = typer.Option(None, "--data-root", help="Data root for every run."),
+    data_root: str = typer.Option(
+        None, "--data-root", help="Data root for every run.", callback=_path("~/data")
+    ),
     epochs: int = typer.Option(None, "--epochs", help="Override the epochs of every run."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N] for every run."),
     sets: list[str] = typer.Option([], "--set", help="Override a field, e.g. optim.lr=0.01."),
@@ -201,8 +223,12 @@ def figure_cmd(
     executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
     workers: int = typer.Option(None, "--workers", help="Parallel runs (default: 1)."),
     threads: int = typer.Option(0, "--threads", help=SWEEP_THREADS_HELP),
-    out: str = typer.Option("results", "--out", help="Output folder (results.db, figures/)."),
-    data_root: str = typer.Option(None, "--data-root", help="Data root for every run."),
+    out: str = typer.Option(
+        "results", "--out", help="Output folder (results.db, figures/).", callback=_path("results")
+    ),
+    data_root: str = typer.Option(
+        None, "--data-root", help="Data root for every run.", callback=_path("~/data")
+    ),
     model: list[str] = typer.Option([], "--model", help="Replace the figure's models."),
     dataset: list[str] = typer.Option([], "--dataset", help="Replace the figure's data sets."),
     density: list[str] = typer.Option(
@@ -219,7 +245,9 @@ def figure_cmd(
     ),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N] for every run."),
     sets: list[str] = typer.Option([], "--set", help="Override a field, e.g. optim.lr=0.01."),
-    config: str = typer.Option(None, "--config", help="Use this sweep YAML as the grid."),
+    config: str = typer.Option(
+        None, "--config", help="Use this sweep YAML as the grid.", callback=_path("grid.yaml")
+    ),
     retry_failed: bool = typer.Option(
         False,
         "--retry-failed",
@@ -276,7 +304,9 @@ def figure_cmd(
 
 @app.command("plot")
 def plot_cmd(
-    db: str = typer.Option("results", "--db", help="Results database, or a --out folder."),
+    db: str = typer.Option(
+        "results", "--db", help="Results database, or a --out folder.", callback=_path("results")
+    ),
     where: list[str] = typer.Option([], "--where", help=WHERE_HELP),
     x: str = typer.Option("density", "--x", help="density | nonzeros."),
     metric: str = typer.Option(
@@ -389,7 +419,9 @@ def budgets_cmd(
 @app.command("inspect")
 def inspect_cmd(
     ckpt: str = typer.Argument(
-        ..., help="A file written by dctps.save / dctps export, or a run's best.pt / last.pt."
+        ...,
+        help="A file written by dctps.save / dctps export, or a run's best.pt / last.pt.",
+        callback=_path("model.dctps"),
     ),
 ) -> None:
     """Print a sparse checkpoint's per-layer non-zeros, shapes, density and the file size.
@@ -438,6 +470,7 @@ def inspect_cmd(
 def export_cmd(
     ckpt: str = typer.Argument(
         ...,
+        callback=_path("results/runs/HASH/best.pt"),
         help="A dctps train checkpoint: a run's best.pt (the model of its best validation "
         "epoch, whose accuracies `dctps results` reports) or last.pt (its last finished epoch).",
     ),
@@ -519,6 +552,23 @@ def bench_cmd(
     run(name, quick=quick, device=device, echo=typer.echo, threads=threads)
 
 
+def _given(e: Exception, msg: str, argv: list[str]) -> str:
+    """``, got '1.5'`` for a flag value click refused without repeating it (typer >= 0.22:
+    "Input should be a valid integer, unable to parse string as an integer"), taken from the
+    command line; nothing where the message already shows it or the flag is not found."""
+    opts = [o for o in getattr(getattr(e, "param", None), "opts", None) or () if o.startswith("-")]
+    value = None
+    for i, arg in enumerate(argv):
+        for o in opts:
+            if arg == o and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif o.startswith("--") and arg.startswith(o + "="):
+                value = arg[len(o) + 1 :]
+    if value is None or repr(value) in msg or f'"{value}"' in msg:
+        return ""
+    return f", got {value!r}"
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -560,7 +610,8 @@ def main() -> None:
         ) as e:  # usage errors: no such option, not a valid float, ...
             ctx = getattr(e, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            typer.echo(f"error: {_one_line(e.format_message())}{hint}", err=True)
+            msg = _one_line(e.format_message())
+            typer.echo(f"error: {msg}{_given(e, msg, sys.argv[1:])}{hint}", err=True)
             sys.exit(e.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
     except DctpsError as e:

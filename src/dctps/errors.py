@@ -155,12 +155,22 @@ def check_density(density: object, name: str = "density") -> float:
     return d
 
 
-def unknown_name(kind: str, name: object, valid: Iterable[str]) -> DctpsError:
-    """An error for an unknown registry name, with a did-you-mean suggestion and the valid names."""
+def unknown_name(
+    kind: str, name: object, valid: Iterable[str], limit: int | None = None
+) -> DctpsError:
+    """An error for an unknown registry name, with a did-you-mean suggestion and the valid names:
+    all of them, or, beyond ``limit``, the ``limit`` nearest to ``name`` and how many more (a
+    list of 41 SLURM parameters made a 770-character line)."""
     valid = sorted(valid)
     lower = {v.lower(): v for v in valid}  # case-insensitive: 'a.1' -> 'A.1'
     hint = difflib.get_close_matches(str(name).lower(), list(lower), n=1)
     guess = f" Did you mean {lower[hint[0]]!r}?" if hint else ""
+    if limit is not None and len(valid) > limit:
+        near = difflib.get_close_matches(str(name).lower(), list(lower), n=limit, cutoff=0.0)
+        shown = ", ".join(sorted(lower[n] for n in near))
+        return DctpsError(
+            f"unknown {kind} {name!r}.{guess} Valid: {len(valid)} names, among them {shown}"
+        )
     return DctpsError(f"unknown {kind} {name!r}.{guess} Valid: {', '.join(valid)}")
 
 
@@ -199,14 +209,21 @@ def refuse_empty(path: str | os.PathLike[str] | None, name: str, example: str) -
         raise DctpsError(f"{name} is empty; give a path, e.g. {example}")
 
 
-def user_path(path: str | os.PathLike[str]) -> Path:
+def user_path(path: str | os.PathLike[str], name: str = "the path") -> Path:
     """``path`` as given by a user, with a leading ``~`` expanded: the shell leaves a quoted
     ``'~/out'`` or ``--out=~/out`` alone, and every path dctps reads or writes (outputs,
-    databases, configs, data, checkpoints) must mean the same folder."""
+    databases, configs, data, checkpoints) must mean the same folder. An empty ``path`` (an
+    unset variable in ``fit(cfg, os.environ.get("OUT", ""))``) is refused, naming ``name``:
+    ``Path("")`` is the current folder, which would be written to without a word."""
     if not isinstance(path, (str, os.PathLike)):  # a buffer, as torch.save takes: not here
         raise DctpsError(
             f"expected a file path (a str or os.PathLike), got a {type(path).__name__}: dctps "
             "writes and reads files by path (atomically, beside their final name)"
+        )
+    if not os.fspath(path).strip():
+        raise DctpsError(
+            f"{name} is empty ({os.fspath(path)!r}): it would mean the current folder; give a "
+            'path ("." for the current folder)'
         )
     p = Path(path).expanduser()
     unit = "UTF-16 units" if os.name == "nt" else "bytes"  # NTFS counts UTF-16 code units
@@ -218,6 +235,21 @@ def user_path(path: str | os.PathLike[str]) -> Path:
                 f"systems take names of at most {NAME_MAX} {unit}: give a shorter one"
             )
     return p
+
+
+def user_device(value: object, name: str) -> Any:
+    """``torch.device(value)``, or a :class:`DctpsError` naming ``name`` and ``value`` (torch's
+    own "Expected one of cpu, cuda, ipu, xpu, ... device type at start of device string: gpu"
+    listed 20 types and named no argument)."""
+    import torch
+
+    try:
+        return torch.device(value)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError, ValueError):
+        raise DctpsError(
+            f"{name} must be a device, got {value!r}: give 'cpu', 'cuda', 'cuda:N', 'mps' or a "
+            "torch.device"
+        ) from None
 
 
 #: the longest file or folder name (bytes) of ext4, XFS, APFS, NTFS (UTF-16 units) and others

@@ -260,7 +260,7 @@ def _resolve_root(name: str, root: str | os.PathLike[str] | None) -> Path:
                 f"the environment variable {DATA_ENV}"
             )
         root = env
-    path = user_path(root)
+    path = user_path(root, "the data root (--data-root, data.root, root=)")
     if not path.is_dir():
         raise DctpsError(f"data root {path} does not exist or is not a folder")
     return path

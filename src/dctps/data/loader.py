@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dctps.data.augment import crop_with_offsets, hflip_with_mask, normalize
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, user_device
 
 
 class Loader:
@@ -85,13 +85,19 @@ class Loader:
                 )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DctpsError(f"Loader: batch_size must be a positive integer, got {batch_size!r}")
+        lacks = [a for a in ("mean", "std", "crop_padding", "hflip") if not hasattr(info, a)]
+        if lacks:  # else an AttributeError from the first batch's normalisation
+            raise DctpsError(
+                f"Loader: info must be a DatasetInfo (dctps.data.get_info(name), or a Split's "
+                f".info), got {type(info).__name__}, which has no {', '.join(lacks)}"
+            )
         if not (isinstance(world_size, int) and world_size >= 1):
             raise DctpsError(f"Loader: world_size must be a positive integer, got {world_size!r}")
         if not (isinstance(rank, int) and 0 <= rank < world_size):
             raise DctpsError(f"Loader: rank must be in [0, {world_size}), got {rank!r}")
         if generator is not None and generator.device.type != "cpu":
             raise DctpsError("Loader: generator must be a CPU torch.Generator")
-        self.device = torch.device(device)
+        self.device = user_device(device, "Loader: device")
         self.x = x.to(self.device)
         self.y = y.to(device=self.device, dtype=torch.int64)
         self.batch_size = batch_size

@@ -65,7 +65,7 @@ from dctps.results.sweep import (
     set_dotted,
     slurm_overrides,
 )
-from dctps.results.variants import flat_value, flatten
+from dctps.results.variants import flat_value, flatten, named_differences
 from dctps.train.config import ModelConfig, RunConfig
 
 __all__ = [
@@ -954,6 +954,8 @@ def draw(
             why += (f" ({len(older)} recorded by an older dctps only, not drawn: a computation "
                     "of theirs changed since)")  # fmt: skip
         notes.append(f"incomplete: {len(missing)} of {len(configs)} runs have no result yet{why}")
+    if not finished and not raised:
+        raise DctpsError(_nothing_drawn(store, configs, len(older)))
     note = "\n".join(notes) or None
     title = (setup or figure_setup(name, configs, quick=quick)).title()
     data = plot_runs(
@@ -970,6 +972,56 @@ def draw(
     data.errors = [{k: e.get(k) for k in ("hash", "reason", "traceback_file")} for e in errors]
     write_json(data.to_dict(), Path(path).with_suffix(".json"))
     return data
+
+
+def _nothing_drawn(store: Any, configs: Sequence[RunConfig], older: int) -> str:
+    """Why a figure has no point to draw (``--plot-only`` on another store, or on runs trained
+    with other settings), naming the settings in which the store's nearest run differs from
+    the figure's nearest: "no finished or failed runs match" left the reader to guess."""
+    from dctps.results.store import flat_identities
+
+    where = getattr(store, "path", "the store")
+    text = (f"nothing to plot: none of the figure's {len(configs)} runs has a result in "
+            f"{where}")  # fmt: skip
+    if older:
+        text += f" ({older} recorded by an older dctps, which `dctps plot --db` draws)"
+    models = sorted({c.model.name for c in configs})
+    rows = store.query({"model": models, "status": ["done", "failed"]})[-2000:]
+    if rows:
+        have = flat_identities(rows)
+        want = [flatten(c.identity()) for c in configs]
+        i, j, keys = nearest_difference(have, want)
+        theirs = ", ".join(
+            f"{n} (the figure's: {m.split('=', 1)[1]})"
+            for n, m in zip(
+                named_differences(have[i], keys), named_differences(want[j], keys), strict=False
+            )
+        )
+        text += (f". Its nearest run, {rows[i]['hash']}, differs from the figure's runs in "
+                 f"{theirs or 'keys it lacks'}: give the figure those settings (--epochs, --set, "
+                 "--model, --dataset, --density, --quick), or")  # fmt: skip
+    else:
+        text += f". It holds no finished run of {', '.join(models)}:"
+    return text + " run the figure without --plot-only to train them"
+
+
+def nearest_difference(
+    have: Sequence[Mapping[str, Any]], want: Sequence[Mapping[str, Any]], shown: int = 4
+) -> tuple[int, int, list[str]]:
+    """``(i, j, keys)``: the pair of flattened identities ``have[i]``, ``want[j]`` that differ
+    in the fewest keys, and those keys (at most ``shown``; the data set, model and method
+    first, then sorted). Both sequences must be non-empty."""
+    first = ("data.dataset", "model.name", "sparsity.method")
+    best: tuple[int, int, list[str]] | None = None
+    for i, h in enumerate(have):
+        for j, w in enumerate(want):
+            diff = [k for k in {*h, *w} if h.get(k) != w.get(k)]
+            if best is None or len(diff) < len(best[2]):
+                best = (i, j, diff)
+    assert best is not None
+    i, j, diff = best
+    diff.sort(key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
+    return i, j, diff[:shown]
 
 
 def _planned_row(cfg: RunConfig, h: str) -> dict[str, Any]:
@@ -1060,7 +1112,7 @@ def run_figure(
     from dctps.results.store import Store, existing_db, out_db_path
 
     spec = get(name)
-    out = user_path(out)
+    out = user_path(out, "the output folder (out, --out)")
     if spec.grid is None:
         unused = [flag for flag, value, default in (
             ("--executor", executor, "local"), ("--workers", workers, None),

@@ -42,7 +42,7 @@ def check_figure_path(path: str | Path) -> None:
     refuses it before its work (a figure's sweep: days of training) and its printed table."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    p = user_path(path)
+    p = user_path(path, "the figure path")
     if not p.suffix and p.exists() and not p.is_dir() and not p.is_file():
         # a device or a FIFO (/dev/full): the figure would go to new files beside it
         raise DctpsError(
@@ -131,7 +131,7 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], s
 
 def save(fig: Figure, path: str | Path) -> list[Path]:
     """Save ``fig`` at ``path`` and, beside it, the other of PNG/PDF; return both paths."""
-    path, twin = _image_paths(user_path(path))
+    path, twin = _image_paths(user_path(path, "the figure path"))
     out = [path, twin]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -910,7 +910,7 @@ def _summary(row: Mapping[str, Any]) -> str:
 
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON (the numbers behind a figure)."""
-    path = user_path(path)
+    path = user_path(path, "the JSON path")
     text = json.dumps(json_safe(data), indent=1, default=str, allow_nan=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -205,7 +205,7 @@ def _io_failure(path: Path, e: sqlite3.OperationalError) -> CannotWrite | None:
 
 def resolve_db_path(path: str | os.PathLike[str] | None) -> Path:
     """``path`` itself, or ``path/results.db`` when it is a folder (``None``: ./results.db)."""
-    p = user_path(path if path is not None else DB_NAME)
+    p = user_path(path if path is not None else DB_NAME, "the results database path (db, --db)")
     if p.is_dir() or (not p.suffix and not p.exists()):
         p = p / DB_NAME
     return p
@@ -215,7 +215,11 @@ def out_db_path(out: str | os.PathLike[str], db: str | os.PathLike[str] | None =
     """The results database of an ``--out`` folder: ``db`` when given (see
     :func:`resolve_db_path`), else ``out/results.db``. ``out`` is always a folder, also before it
     exists and when its name has a dot (``exp.v2``)."""
-    return resolve_db_path(db) if db is not None else user_path(out) / DB_NAME
+    return (
+        resolve_db_path(db)
+        if db is not None
+        else user_path(out, "the output folder (out, --out)") / DB_NAME
+    )
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -778,7 +782,7 @@ class Store:
         infinite loss; SQLite already stores a NaN as NULL) is written as ``null``. The epochs
         are read while the text is written (500 runs at a time): a read that fails midway
         leaves a file as it was, but a stream (``-``, a pipe) has had the runs before it."""
-        _check_export_target(user_path(path), "JSON")
+        _check_export_target(user_path(path, "the JSON path"), "JSON")
         rows = list(marked) if marked is not None else with_marks(self.query(where))
         _export(path, "JSON", lambda f: _write_json(f, self._with_epochs(rows)))
         return len(rows)
@@ -798,7 +802,7 @@ class Store:
         sibling and renamed, so a failure leaves any previous CSV intact. ``marked``: as
         :meth:`runs_with_epochs` takes it.
         """
-        _check_export_target(user_path(path))
+        _check_export_target(user_path(path, "the CSV path"))
         rows = list(marked) if marked is not None else with_marks(self.query(where))
         cols = list(columns or (*RUN_COLUMNS, *MARK_COLUMNS))
         _export(path, "CSV", lambda f: _write_csv(f, rows, cols), newline="")
@@ -833,7 +837,7 @@ def _export(
     replaced (opening ``/dev/fd/N`` or ``/dev/stderr`` for writing would truncate a file the
     shell redirected there with ``>>``); else a file written atomically, so a failure leaves
     the previous one whole."""
-    target = user_path(path)
+    target = user_path(path, "the export path")
     try:
         if str(path) in STDOUT_PATHS:  # through sys.stdout: appends, as `>>` asks
             write(sys.stdout)
@@ -996,6 +1000,10 @@ def _parse_value(raw: str, key: str) -> Any:
             continue
         if isinstance(value, int) and not -(2**63) <= value < 2**63:  # SQLite's INTEGER
             raise DctpsError(f"--where {key}={raw} is out of range: no stored value is that large")
+        if not math.isfinite(value):  # SQLite stores a NaN as NULL: it matched nothing, silently
+            raise DctpsError(
+                f"--where {key} takes a finite number, got {raw!r} (none for an empty cell)"
+            )
         return value
     raise DctpsError(f"--where {key} takes a number, got {raw!r}")
 
@@ -1030,8 +1038,8 @@ def config_key(name: str) -> str:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     extra = sorted({n for n in short if n not in RUN_COLUMNS})
     raise DctpsError(
-        f"unknown column {name!r} in --where.{hint} Valid: {', '.join(RUN_COLUMNS)}; or a "
-        f"config key: {', '.join(extra)} (or dotted: optim.epochs)"
+        f"unknown column {name!r} in --where.{hint} Columns: {', '.join(RUN_COLUMNS)}; config "
+        f"keys: {', '.join(extra)} (or dotted: optim.epochs)"
     )
 
 

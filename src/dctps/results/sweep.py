@@ -159,9 +159,30 @@ def _method_entry(entry: Any, where: str) -> tuple[dict[str, Any], list[float] |
     return fields, dens
 
 
+def _entry_hint(
+    message: str, base: Mapping[str, Any], overrides: Mapping[str, Any] | None, n_methods: int
+) -> str:
+    """How to scope a setting of ``base`` or ``--set`` that one of a grid's methods refuses
+    (``sparsity.alpha`` on its SNIP runs): in the entries of the methods it applies to. Both
+    reach every run, and ``--set sparsity.rigl_alpha=0.5`` on a grid of RigL and static runs
+    had no way out. Empty where the grid has one method or the message names no such key."""
+    if n_methods < 2:
+        return ""
+    for where, given in (("--set", overrides or {}), ("base", base)):
+        sparsity = given.get("sparsity")
+        for key, value in sparsity.items() if isinstance(sparsity, Mapping) else ():
+            if key in METHOD_KEYS and key != "method" and f"sparsity.{key}" in message:
+                shown = str(value).lower() if isinstance(value, bool) else value  # as YAML
+                return (
+                    f". {where} reaches every run: give sparsity.{key} in the entries of the "
+                    f"methods it applies to, e.g. methods: [{{method: ..., {key}: {shown}}}]"
+                )
+    return ""
+
+
 def load_grid(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a grid YAML file (checked by :func:`expand_grid`); unknown top-level keys raise."""
-    p = user_path(path)
+    p = user_path(path, "the sweep config path")
     if not p.exists():  # the repository's configs/ are not in the package: say how to get one
         from dctps.results.figures import names as figure_names
 
@@ -312,7 +333,8 @@ def expand_grid(
                             except DctpsError as e:
                                 if str(e).startswith(source):
                                     raise
-                                raise DctpsError(f"{where}: {e}") from None
+                                hint = _entry_hint(str(e), base, overrides, len(methods))
+                                raise DctpsError(f"{where}: {e}{hint}") from None
                             h = cfg.config_hash()
                             if h not in seen:
                                 seen.add(h)
@@ -358,7 +380,7 @@ def plan(
     from dctps.train import checkpoint as ckpt_io
     from dctps.train.loop import RUNS_DIR, other_data
 
-    out = user_path(out)
+    out = user_path(out, "the output folder (out, --out)")
     path = out_db_path(out, db)
     hashes = [c.config_hash() for c in configs]
     rows: dict[str, dict[str, Any]] = {}
@@ -951,6 +973,17 @@ def run_sweep(
     from dctps.results.store import out_db_path
 
     _check_not_a_worker_import()
+    if not isinstance(configs, (str, os.PathLike, Mapping)):
+        configs = list(configs)  # a generator too, walked once here
+    if isinstance(configs, (str, os.PathLike, Mapping)) or not all(
+        isinstance(c, RunConfig) for c in configs
+    ):  # a YAML path, or its parsed grid: an AttributeError on 'config_hash' said nothing
+        what = "a grid" if isinstance(configs, Mapping) else "not only RunConfigs"
+        what = "a path" if isinstance(configs, (str, os.PathLike)) else what
+        raise DctpsError(
+            f"run_sweep takes a list of RunConfig, got {what} ({str(configs)[:80]}): expand a "
+            "grid file with expand_grid(load_grid(path)), or run it with `dctps sweep PATH`"
+        )
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
@@ -970,7 +1003,7 @@ def run_sweep(
             f"each with DDP: give workers=1 and executor local (--workers 1 --executor local; "
             f"got {workers}, {executor}); or run the sweep without torchrun"
         )
-    out_p = user_path(out).resolve()
+    out_p = user_path(out, "the output folder (out, --out)").resolve()
     db_p = out_db_path(out_p, db).resolve()
 
     def prepare() -> list[PlannedRun]:
@@ -1135,7 +1168,7 @@ def submitit_parameter_problems(params: Mapping[str, Any]) -> list[str]:
         valid |= {"slurm_" + k for k in SlurmExecutor._valid_parameters()}
     except Exception:  # pragma: no cover - submitit's private API moved: it checks at submission
         return problems
-    return [str(unknown_name("SLURM (submitit) parameter", k, valid)) for k in params
+    return [str(unknown_name("SLURM (submitit) parameter", k, valid, limit=12)) for k in params
             if k not in valid] + problems  # fmt: skip
 
 
@@ -1253,18 +1286,41 @@ def _older_note(n: int) -> str:
             "changed since (see the CHANGELOG); the old rows stay, marked recorded_by")  # fmt: skip
 
 
+#: the identity keys each line of :func:`describe_plan` shows anyway
+_PLAN_SHOWN = (
+    "model.name", "data.dataset", "sparsity.method", "sparsity.density", "sparsity.rigl",
+    "sparsity.offset", "sparsity.alpha", "sparsity.alpha_init", "sparsity.charge_alpha",
+    "sparsity.allocation", "sparsity.options", "sparsity.train_alpha", "optim.recipe", "seed",
+    "optim.epochs", "data.subset",
+)  # fmt: skip
+
+
 def describe_plan(planned: Sequence[PlannedRun], refusals: Mapping[str, str] | None = None) -> str:
     """The dry-run listing: one line per run (hash, action, summary) and a count line. A run in
     ``refusals`` (hash -> reason, :func:`refusals_before_training`) is listed as ``refused``,
     its reason on the next line: the sweep would report it as an error, with that reason."""
+    from dctps.results.variants import NOT_A_VARIANT, flatten, named_differences, varying_keys
+
     refusals = refusals or {}
     lines = []
-    for p in planned:
+    # and the settings that tell apart runs whose lines would otherwise read alike but for
+    # their seed and density (a variant's lr): grouped as `dctps results` groups its rows
+    flats = [flatten(p.cfg.identity()) for p in planned]
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(flats):
+        key = json.dumps([f.get(k) for k in _PLAN_SHOWN if k not in NOT_A_VARIANT], default=str)
+        groups.setdefault(key, []).append(i)
+    varying: dict[int, list[str]] = {}
+    for members in groups.values():
+        keys = varying_keys([flats[i] for i in members], shown=_PLAN_SHOWN)
+        varying.update(dict.fromkeys(members, keys))
+    for i, p in enumerate(planned):
         s = p.cfg.sparsity
         extra = f" allocation={s.allocation}" if s.allocation else ""
         extra += f" options={s.options}" if s.options else ""
         extra += "" if s.train_alpha else " fixed-alpha"
         extra += f" subset={p.cfg.data.subset}" if p.cfg.data.subset else ""
+        extra += "".join(f" {d}" for d in named_differences(flats[i], varying[i]))
         why = refusals.get(p.hash) if p.runs else None
         action = "refused" if why is not None else p.action
         lines.append(f"{p.hash}  {action:<11} {p.cfg.summary()} epochs={p.cfg.optim.epochs}"

@@ -470,7 +470,7 @@ def read_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     from dctps.checkpoint_io import MAGIC
 
-    path = user_path(path)
+    path = user_path(path, "the checkpoint path")
     if not path.exists():
         raise DctpsError(f"checkpoint {path} does not exist")
     if path.is_dir():

@@ -473,8 +473,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise bad
     if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.replace(" ", "").split(",") if v]
+        if isinstance(value, str):  # "120,160" from a flag or --set
+            parts = [v.strip() for v in value.split(",")]
+            if "" in parts:  # an unset variable, or a typo: "1,,2" would drop an entry
+                what = "is empty" if parts == [""] else "has an empty entry"
+                raise DctpsError(
+                    f"{key} {what} ({value!r}): give comma-separated values, e.g. 120,160"
+                    + (" (a YAML [] for none)" if parts == [""] else "")
+                )
+            value = parts
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
@@ -600,6 +607,11 @@ def _resolve_model_data(c: RunConfig) -> None:
         raise unknown_name("model", c.model.name, _models.names())
     if c.data.dataset not in _data.names():
         raise unknown_name("dataset", c.data.dataset, _data.names())
+    if isinstance(c.data.root, str) and not c.data.root.strip():
+        raise DctpsError(  # an unset shell variable: the current folder, without a word
+            f"{_named('root')} is empty ({c.data.root!r}); give a folder, or leave it out for "
+            "the environment variable DCTPS_DATA"
+        )
     vf = c.data.val_fraction
     if vf is None:  # the paper's protocol for this data set (Appendix E.5); enters the hash
         vf = _data.get_info(c.data.dataset).val_fraction
@@ -890,7 +902,7 @@ def _resolve_optim(c: RunConfig) -> None:
 # ----------------------------------------------------------------------------- YAML
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read a YAML run config; unknown keys or ill-typed values raise :class:`DctpsError`."""
-    p = user_path(path)
+    p = user_path(path, "the config path")
     raw = read_yaml(p, "config")
     run_keys = {f.name for f in dataclasses.fields(RunConfig)}
     if (
@@ -949,7 +961,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: str | os.PathLike[str], what: str) -> Any:
     """The parsed YAML file ``path``; an unreadable file or a syntax error is one-line DctpsError
     naming ``what`` (e.g. ``config``, ``sweep config``), the path and the line/column."""
-    p = user_path(path)
+    p = user_path(path, f"the {what} path")
     try:
         text = p.read_text(encoding="utf-8")  # as dctps writes them, whatever the locale
     except OSError as e:

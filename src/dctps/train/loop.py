@@ -768,7 +768,7 @@ def fit(
         # caller's draws after fit follow their own seed, not the run's
         cuda = [ctx.device] if ctx.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            return _fit(cfg, user_path(out_dir), store, progress, resume, ctx, warn)
+            return _fit(cfg, user_path(out_dir, "out_dir"), store, progress, resume, ctx, warn)
     finally:
         teardown(ctx)
 
