@@ -78,6 +78,10 @@ e: nn.Module = dctps.load("m.pt")
 f: Net = build("random")(Net(), 0.5)
 g: Net = dctps.note_supports(a)
 x: torch.Tensor = a.features(torch.zeros(1, 4))
+h: Net = dctps.to_dense(a)
+i: nn.Linear = dctps.to_dense(dctps.DCTpSLinear(4, 4, nnz=8))
+j: nn.Conv2d = dctps.to_dense(dctps.DCTpSConv2d(3, 4, 3, nnz=8))
+k: int = dctps.to_dense(dctps.DCTpSLinear(4, 4, nnz=8)).in_features
 """
 
 

@@ -765,6 +765,13 @@ def test_a_database_of_0_1_0_gains_the_new_columns_in_place(tmp_path):
     have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
     conn.close()
     assert {"alphas", "data_root", "data_fingerprint", "classes"} <= have
+    # such a row has no classes: `--where classes=10` reads its data set's count, as plots do
+    s = Store(db)
+    s.start("b", {"model": {"name": "lenet5"}, "data": {"dataset": "cifar100"}})
+    s.finish("b", val_acc=0.5, test_acc=0.25)
+    assert [r["hash"] for r in s.query({"classes": 10})] == ["a"]
+    assert [r["hash"] for r in s.query({"classes": [100, 7]})] == ["b"]
+    assert s.query({"classes": 200}) == [] and s.query(parse_where(["classes=10,100"]))
 
 
 def test_exports_carry_the_tables_variant_and_recorded_by_marks(tmp_path):

@@ -21,8 +21,8 @@ import torch
 import dctps
 from dctps import models
 from dctps.results.figures import _offset_label
-from dctps.results.plots import plot_runs, row_config
-from dctps.results.store import Store, resolve_db_path
+from dctps.results.plots import plot_runs
+from dctps.results.store import Store, resolve_db_path, row_config
 from dctps.results.sweep import expand_grid, load_grid
 
 

@@ -1131,6 +1131,14 @@ def _pruned_copies(model: nn.Module) -> dict[int, Any]:
     return memo
 
 
+@overload
+def to_dense(model: DCTpSLinear) -> nn.Linear: ...  # type: ignore[overload-overlap]
+@overload
+def to_dense(model: DCTpSConv2d) -> nn.Conv2d: ...  # type: ignore[overload-overlap]
+@overload
+def to_dense(model: DCTpSMultiheadAttention) -> nn.MultiheadAttention: ...  # type: ignore[overload-overlap]
+@overload
+def to_dense(model: ModuleT) -> ModuleT: ...
 def to_dense(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in plain PyTorch: every DCTpS layer becomes ``nn.Linear`` /
     ``nn.Conv2d`` holding the fused ``W = alpha * D + S`` (and a DCTpSMultiheadAttention an

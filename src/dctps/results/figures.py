@@ -955,7 +955,7 @@ def draw(
                     "of theirs changed since)")  # fmt: skip
         notes.append(f"incomplete: {len(missing)} of {len(configs)} runs have no result yet{why}")
     if not finished and not raised:
-        raise DctpsError(_nothing_drawn(store, configs, len(older)))
+        raise DctpsError(_why_nothing_drawn(store, configs, len(older)))
     note = "\n".join(notes) or None
     title = (setup or figure_setup(name, configs, quick=quick)).title()
     data = plot_runs(
@@ -974,7 +974,7 @@ def draw(
     return data
 
 
-def _nothing_drawn(store: Any, configs: Sequence[RunConfig], older: int) -> str:
+def _why_nothing_drawn(store: Any, configs: Sequence[RunConfig], older: int) -> str:
     """Why a figure has no point to draw (``--plot-only`` on another store, or on runs trained
     with other settings), naming the settings in which the store's nearest run differs from
     the figure's nearest: "no finished or failed runs match" left the reader to guess."""

@@ -35,6 +35,13 @@ from dctps.results.variants import (
     varying_keys,
 )
 
+__all__ = [
+    "METHOD_LABELS", "METHOD_ORDER", "FigureData", "Panel", "Point", "aggregate",
+    "check_figure_path", "default_label", "display_name", "panel_title", "plot_accuracy",
+    "plot_allocation", "plot_allocation_panels", "plot_command", "plot_runs", "save",
+    "write_json",
+]  # fmt: skip
+
 
 def check_figure_path(path: str | Path) -> None:
     """A :class:`DctpsError` for a figure path whose suffix matplotlib cannot write (``out.txt``,

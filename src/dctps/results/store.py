@@ -695,6 +695,9 @@ class Store:
         if isinstance(where, Mapping) and where:
             conds = []
             for k, v in where.items():
+                if k == "classes":  # a row of dctps 0.1 has none: its data set's count
+                    k, pairs = _classes_expr()
+                    args.extend(pairs)
                 if v is None:
                     conds.append(f"{k} IS NULL")
                 elif isinstance(v, (list, tuple, set)):
@@ -1006,6 +1009,17 @@ def _parse_value(raw: str, key: str) -> Any:
             )
         return value
     raise DctpsError(f"--where {key} takes a number, got {raw!r}")
+
+
+def _classes_expr() -> tuple[str, list[Any]]:
+    """The SQL value of a row's ``classes`` with its placeholders' values: the column, or for a
+    row recorded before it (dctps 0.1) its data set's class count, as the plots read it (a
+    ``--where classes=10`` missed every such row)."""
+    from dctps import data
+
+    pairs = [(n, data.get_info(n).num_classes) for n in data.names()]
+    case = " ".join("WHEN ? THEN ?" for _ in pairs)
+    return f"COALESCE(classes, CASE dataset {case} END)", [x for p in pairs for x in p]
 
 
 def config_keys() -> list[str]:
