@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 import dctps
 import dctps.data
 import dctps.models
+import dctps.results.sweep
 from dctps.cli import app
 from dctps.errors import DctpsError
 from dctps.pruning import prune
@@ -324,7 +325,7 @@ CASES = [
       lambda e: dctps.save(dctps.sparsify(mlp(), 0.5), e.file / "m.dctps")),
     L("save-to-a-buffer", r"a checkpoint path must be a str or os\.PathLike, got BytesIO",
       lambda e: dctps.save(dctps.sparsify(mlp(), 0.5), io.BytesIO())),
-    L("results-json-to-a-buffer", r"expected a file path .*got a BytesIO",
+    L("results-json-to-a-buffer", r"the JSON path must be a file path .*got a BytesIO:",
       lambda e: dctps.results.Store(e.tmp / "buf.db").to_json(io.BytesIO())),
     # ------------------------------------------------------------------ run configs
     L("config-gamma-0", r"optim\.gamma \(--gamma\) must be > 0 .*got 0\.0",
@@ -339,7 +340,7 @@ CASES = [
       lambda e: dctps.DCTpSLinear(4, 4, nnz=2, offset="dct", offset_seed=3)),
     L("layer-same-padding-strided", r"padding='same' needs stride 1 .*got stride=\(1, 2\)",
       lambda e: dctps.DCTpSConv2d(3, 4, 3, nnz=5, padding="same", stride=(1, 2))),
-    L("rigl-alpha-above-1", r"alpha must be in \[0, 1\], got 1\.5",
+    L("rigl-alpha-above-1", r"alpha must be a number in \[0, 1\], got 1\.5",
       lambda e: _rigl_alpha(1.5)),
     L("config-unknown-key", r"unknown key 'optim\.lrr'\. Did you mean 'optim\.lr'\? Valid: optim\.",
       lambda e: RunConfig.from_dict({"optim": {"lrr": 0.1}})),
@@ -389,7 +390,7 @@ CASES = [
     L("load-path-empty", r"the checkpoint path is empty", lambda e: dctps.load(" ")),
     L("run-sweep-out-empty", r"the output folder \(out, --out\) is empty",
       lambda e: run_sweep([], "")),
-    L("run-sweep-a-path", r"run_sweep takes a list of RunConfig, got a path \(g\.yaml\): "
+    L("run-sweep-a-path", r"run_sweep takes a list of RunConfig, got a path \('g\.yaml'\): "
       r"expand a grid file with expand_grid\(load_grid\(path\)\)",
       lambda e: run_sweep("g.yaml", e.tmp / "s")),
     L("run-sweep-a-grid", r"run_sweep takes a list of RunConfig, got a grid",
@@ -402,6 +403,52 @@ CASES = [
       r"mean, std", lambda e: dctps.data.Loader(torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
                                                 torch.zeros(2, dtype=torch.long), 2,
                                                 shuffle=False, augment=False, info=None)),
+    # ---- a fuzz of the Python API's arguments (session 24): each was a raw error or a repr
+    L("python-config-section-a-string", r"^RunConfig: model must be a mapping, got str",
+      lambda e: fit(RunConfig(model="lenet5"), e.tmp / "o_py", progress=False)),  # type: ignore
+    L("python-config-options-none", r"^RunConfig: sparsity\.options: expected dict, got None",
+      lambda e: RunConfig(sparsity=SparsityConfig("dctps", 0.1, options=None)).resolve()),
+    L("python-config-milestones-int", r"optim\.milestones: expected list, got 5",
+      lambda e: RunConfig(sparsity=SparsityConfig("dctps", 0.1),
+                          optim=OptimConfig(milestones=5)).resolve()),  # type: ignore
+    L("sparsify-swapped-arguments", r"^density must be a number in \(0, 1\], got a Sequential "
+      r"\(an nn\.Module\)$", lambda e: dctps.sparsify(0.01, mlp())),
+    L("set-mode-swapped-arguments", r"^mode must be one of .*, got a LeNet5 \(an nn\.Module\)$",
+      lambda e: dctps.set_mode("fast", dctps.models.build("lenet5"))),
+    L("fit-out-none", r"^out_dir must be a file path \(a str or os\.PathLike\), got None",
+      lambda e: fit(cfg(e.data), None, progress=False)),
+    L("layer-device-typo", r"^device must be a device, got 'gpu': give 'cpu', 'cuda'",
+      lambda e: dctps.DCTpSLinear(4, 4, nnz=4, device="gpu")),
+    L("layer-dtype-string", r"^dtype must be a floating torch\.dtype .*got 'float32'",
+      lambda e: dctps.DCTpSConv2d(3, 4, 3, nnz=4, dtype="float32")),  # type: ignore
+    L("layer-per-filter-tensor", r"^per_filter must be True or False, got a tensor of shape "
+      r"\[\] \(int64\)", lambda e: dctps.DCTpSLinear(4, 4, nnz=4, per_filter=torch.tensor(1))),
+    L("fit-resume-number", r"^resume must be None .*True .*or False .*got 1$",
+      lambda e: fit(cfg(e.data), e.tmp / "o_resume", progress=False, resume=1)),  # type: ignore
+    L("rigl-alpha-bool", r"^alpha must be a number in \[0, 1\], got True",
+      lambda e: dctps.dst.RigL(dctps.sparsify(mlp(), 0.5), None, 10, alpha=True)),
+    L("store-timeout-nan", r"^timeout must be a number of seconds >= 0 .*got nan",
+      lambda e: Store(e.tmp / "t.db", timeout=math.nan)),
+    L("data-split-seed-negative", r"^split_seed must be in \[0, 2\*\*63\), got -1",
+      lambda e: dctps.data.build("digits", split_seed=-1)),
+    L("plan-of-dicts", r"^plan takes a list of RunConfig, got not only RunConfigs",
+      lambda e: dctps.results.sweep.plan([{"seed": 1}], e.tmp / "s")),
+    L("loader-numpy-x", r"Loader: x must be a torch\.Tensor, got a numpy array of shape "
+      r"\[2, 3, 8, 8\] \(uint8\) \(torch\.from_numpy", lambda e: dctps.data.Loader(
+          torch.zeros(2, 3, 8, 8, dtype=torch.uint8).numpy(), torch.zeros(2, dtype=torch.long),
+          2, shuffle=False, augment=False, info=dctps.data.get_info("cifar10"))),
+    L("loader-channels-last", r"Loader: x has shape \(2, 32, 32, 3\), images with channels "
+      r"last .*x\.permute\(0, 3, 1, 2\)", lambda e: dctps.data.Loader(
+          torch.zeros(2, 32, 32, 3, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 2,
+          shuffle=False, augment=False, info=dctps.data.get_info("cifar10"))),
+    L("loader-generator-seed", r"Loader: generator must be a CPU torch\.Generator, got 0 \(for "
+      r"a seed", lambda e: dctps.data.Loader(
+          torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 2,
+          shuffle=True, augment=False, info=dctps.data.get_info("digits"), generator=0)),
+    L("loader-shuffle-word", r"Loader: shuffle must be True or False, got 'no'",
+      lambda e: dctps.data.Loader(
+          torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 2,
+          shuffle="no", augment=False, info=dctps.data.get_info("digits"))),
     L("store-path-empty", r"the results database path \(db, --db\) is empty",
       lambda e: Store("")),
     L("data-root-empty", r"the data root \(--data-root, data\.root, root=\) is empty",
@@ -802,9 +849,9 @@ def test_long_messages_keep_their_advice_and_names_are_measured_in_bytes():
     """A mutation audit: the end a long message keeps, and NAME_MAX counted in characters."""
     from dctps.errors import user_path
 
-    advice = "give a shorter list; " + "z" * 229
+    advice = "give a shorter list; " + "z" * 219
     text = str(DctpsError("a" * 2000 + advice))
-    assert text.endswith(advice) and "[1,350 characters cut]" in text
+    assert text.endswith(advice) and "[1,690 characters cut]" in text and len(text) <= 590
     assert user_path("a" * 255).name == "a" * 255
     with pytest.raises(DctpsError, match="has a name of 256 bytes"):
         user_path("é" * 128)  # 128 characters, 256 bytes in UTF-8
@@ -839,3 +886,26 @@ def test_a_dctps_warning_is_one_line_in_the_cli_wherever_it_is_attributed():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
                              input=pickle.dumps(dctps_warning(category)("x")))  # fmt: skip
         assert out.stdout.decode().strip() == f"Dctps{category.__name__}('x')"
+
+
+def test_python_arguments_a_user_would_give_do_what_they_say(tmp_path):
+    """An API fuzz: a bool given as a word was read as True (`rigl="false"` trained with
+    RigL), one name as a string was split into letters (`models="lenet5"` asked for model
+    'l'), one config or None for "none" raised a TypeError. Each now means what it says."""
+    from dctps.results import figures
+    from dctps.results.store import parse_where
+    from dctps.results.sweep import apply_sets, plan, slurm_overrides
+
+    c = RunConfig(sparsity=SparsityConfig("dctps", 0.05, rigl="false"),  # type: ignore[arg-type]
+                  optim=OptimConfig(fused="no"))  # type: ignore[arg-type]  # fmt: skip
+    r = c.resolve()
+    assert r.sparsity.rigl is False and r.optim.fused is False
+    assert r.config_hash() == RunConfig(sparsity=SparsityConfig("dctps", 0.05)).config_hash()
+    g = figures.figure_grid("density-lenet5-cifar10", quick=True, models="lenet5",
+                            datasets="digits", densities=0.01)  # fmt: skip
+    assert (g["models"], g["datasets"], g["densities"]) == (["lenet5"], ["digits"], [0.01])
+    one = RunConfig(sparsity=SparsityConfig("dctps", 0.05))
+    assert [p.hash for p in plan(one, tmp_path)] == [one.config_hash()]
+    assert apply_sets(None) == {} and parse_where(None) == {} and slurm_overrides(None, None) == {}
+    assert apply_sets("optim.lr=0.5") == {"optim": {"lr": 0.5}}
+    assert parse_where("seed=1") == {"seed": 1}

@@ -1108,3 +1108,28 @@ def test_a_full_disk_is_named_and_exits_1_not_2(tmp_path):
     assert out.returncode == 1, (out.returncode, out.stderr)
     assert out.stderr.startswith("error: cannot write CSV file") and "File too large" in out.stderr
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_running_row_whose_process_is_gone_reads_dead(tmp_path):
+    """A concurrency review: a run killed by SIGKILL (out of memory, a preempted job) stayed
+    `running` in `dctps results`, read as a live one. The table marks it dead where its
+    process ran on this host and is gone; a live one, or one elsewhere, stays running."""
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    s = Store(tmp_path / "r.db")
+    for h, owner in (("live", None), ("gone", f"{socket.gethostname()}:{gone.pid}"),
+                     ("away", f"another-host-{os.getpid()}:{gone.pid}")):  # fmt: skip
+        s.start(h, {"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"}, "seed": 0})
+        if owner is not None:
+            s._update(h, {"owner": owner})
+    assert s.get("live")["owner"] == f"{socket.gethostname()}:{os.getpid()}"
+    lines: list[str] = []
+    print_results(tmp_path / "r.db", echo=lines.append)
+    status = {ln.split()[0]: ln.split()[9] for ln in lines[0].splitlines()[1:]}
+    assert status == {"live": "running", "gone": "dead", "away": "running"}, lines[0]
+    assert lines[1].startswith("1 run is dead: recorded running, but the process that trained "
+                               "it on this host is gone")  # fmt: skip
+    assert Store(tmp_path / "r.db").get("gone")["status"] == "running"  # stored as it was

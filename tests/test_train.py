@@ -1901,9 +1901,35 @@ def test_a_store_shared_by_two_out_folders_trains_a_run_once(fake_cifar10, tmp_p
     assert Store(db).query() == []  # nothing recorded, nothing trained
     r = fit(cfg, tmp_path / "b", store=db, progress=False)
     assert r["status"] == "done" and not (db.with_name("results.db.locks") / h).exists()
-    # the store inside --out (the default) takes no second lock: no folder beside it
-    fit(cfg, tmp_path / "c", progress=False)
-    assert not [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".locks")]
+    # the store inside --out (the default) takes the store's lock too, and leaves no folder
+    # of locks behind: a second process with `--db c/results.db` and its own --out trained the
+    # run again beside it and cleared its learning curve (a concurrency review)
+    c = tmp_path / "c"
+    with loop._run_lock(c / "results.db.locks" / h):  # `--out other --db c/results.db`
+        with pytest.raises(RunBusy, match=f"run {h} is already being trained"):
+            fit(cfg, c, progress=False)
+    fit(cfg, c, progress=False)
+    assert Store(c).get(h)["status"] == "done"
+    assert not [p for p in c.iterdir() if p.name.endswith(".locks")]
+    with loop._run_lock(c / "results.db.locks" / "other", prune_parent=True):  # kept meanwhile
+        fit(small_cfg(fake_cifar10, epochs=1, seed=5), c, progress=False)
+        assert (c / "results.db.locks" / "other" / ".lock").is_file()
+    assert not (c / "results.db.locks").exists()
+
+
+def test_dctps_train_of_a_busy_run_exits_75_not_2(fake_cifar10, tmp_path):
+    """A busy run is no bad input: `dctps train` exited 2, so a SLURM array of trains marked
+    the job whose run another had taken failed, as a typo (a concurrency review)."""
+    cfg = small_cfg(fake_cifar10, epochs=1)
+    with loop._run_lock(tmp_path / "out" / "runs" / cfg.config_hash()):
+        p = subprocess.run(
+            [sys.executable, "-m", "dctps.cli", "train", "--model", "lenet5", "--density", "0.05",
+             "--data-root", str(fake_cifar10), "--epochs", "1", "--batch-size", "32",
+             "--device", "cpu", "--out", str(tmp_path / "out"), "-q"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert p.returncode == 75, p.stderr
+    assert p.stderr.startswith(f"error: run {cfg.config_hash()} is already being trained"), p.stderr
 
 
 def test_missing_data_leaves_no_store_or_run_folder(fake_cifar10, tmp_path):
@@ -3088,4 +3114,4 @@ def test_every_rank_raises_the_kind_of_refusal_rank_0_met():
         with pytest.raises(DctpsError) as e:
             main_decides(other, refuse(kind))
         assert type(e.value) is kind and str(e.value) == "no room"
-        assert e.value.exit_code == (1 if kind is CannotWrite else 2)
+        assert e.value.exit_code == {CannotWrite: 1, RunBusy: 75}.get(kind, 2)

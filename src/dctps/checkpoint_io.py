@@ -554,12 +554,12 @@ def load(
     """
     if map_location is not None:
         map_location = user_device(map_location, "map_location")
+    header, payload, _ = _read(path)  # first: a swapped call is named by its path
     if model is not None and not isinstance(model, nn.Module):
         raise DctpsError(
             f"load's model must be an nn.Module (a fresh instance of the saved architecture), got "
             f"a {type(model).__name__}: dctps.load(path) or dctps.load(path, model)"
         )
-    header, payload, _ = _read(path)
     state = _tensors(header, payload, path)
     given = model  # returned as given: a torch.compile wrapper too
     if model is None:

@@ -72,8 +72,9 @@ def dctps_warning(category: type[Warning]) -> type[Warning]:
 
 
 #: the longest message a :class:`DctpsError` keeps whole: one that quotes a bad value (a list
-#: of 729 names from a YAML file of 156 bytes) is cut in the middle, keeping the advice at its end
-MAX_MESSAGE = 1000
+#: of 729 names from a YAML file of 156 bytes) is cut in the middle, keeping the advice at its
+#: end. With the command line's ``error: `` it stays under 600 characters.
+MAX_MESSAGE = 590
 
 
 class DctpsError(ValueError):
@@ -85,10 +86,12 @@ class DctpsError(ValueError):
     exit_code = 2
 
     def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and "\n" in args[0]:
+            args = (" ".join(args[0].split()),)  # a quoted repr's lines: one line, as printed
         if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE:
             m = args[0]
-            cut = len(m) - 900
-            args = (f"{m[:650]} ... [{cut:,} characters cut] ... {m[-250:]}",)
+            cut = len(m) - 550
+            args = (f"{m[:310]} ... [{cut:,} characters cut] ... {m[-240:]}",)
         super().__init__(*args)
 
 
@@ -119,7 +122,11 @@ class ImageTooSmall(DctpsError):
 
 class RunBusy(DctpsError):
     """The run is being trained by another process (its run folder's lock is held): a sweep
-    leaves it to that process and goes on with its other runs."""
+    leaves it to that process and goes on with its other runs. ``dctps train`` exits with 75
+    (``EX_TEMPFAIL``): nothing is wrong with the command, which a job script can tell from a
+    bad input's 2 (a SLURM array of trains marked such a job failed, as a typo)."""
+
+    exit_code = 75
 
 
 class PruningFailed(DctpsError):
@@ -137,6 +144,44 @@ class PruningFailed(DctpsError):
         super().__init__(msg)
 
 
+def show(value: object, limit: int = 80) -> str:
+    """``value`` as an error message quotes it: a model, tensor, array or optimizer by its type
+    (and shape), anything else as its one-line ``repr`` cut to ``limit`` characters. A swapped
+    argument (``sparsify(0.01, model)``) quoted a whole ResNet's repr, 900 characters over
+    many lines."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(value, torch.Tensor):
+            return f"a tensor of shape {list(value.shape)} ({str(value.dtype)[6:]})"
+        if isinstance(value, torch.nn.Module):
+            return f"a {type(value).__name__} (an nn.Module)"
+        if isinstance(value, torch.optim.Optimizer):
+            return f"a {type(value).__name__} optimizer"
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        return f"a numpy array of shape {list(value.shape)} ({value.dtype})"
+    text = " ".join(repr(value).split())
+    if text.startswith("<") and " at 0x" in text:  # object's default repr: an address
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def as_items(value: object, name: str) -> list[Any]:
+    """A list argument of strings (``sets``, ``where``, ``slurm``): ``None`` is none, one
+    string is one item (iterated, ``"optim.lr=0.1"`` was 12 one-letter settings), any other
+    iterable its items; else a :class:`DctpsError` naming ``name``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise DctpsError(
+            f"{name} must be a list of strings, got {show(value)}: e.g. [{name[:-1]}1, ...]"
+        ) from None
+
+
 def check_density(density: object, name: str = "density") -> float:
     """``density`` (a number, or a string: ``"0.001"``, ``"0.1%"``) as a float in (0, 1], or a
     :class:`DctpsError` naming the bad value."""
@@ -148,7 +193,7 @@ def check_density(density: object, name: str = "density") -> float:
         try:
             density = float(density)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise DctpsError(f"{name} must be a number in (0, 1], got {density!r}") from None
+            raise DctpsError(f"{name} must be a number in (0, 1], got {show(density)}") from None
     d = float(density)
     if math.isnan(d) or not (0.0 < d <= 1.0):
         raise DctpsError(f"{name} must be in (0, 1] (e.g. 0.01 for 1%), got {density!r}")
@@ -169,9 +214,9 @@ def unknown_name(
         near = difflib.get_close_matches(str(name).lower(), list(lower), n=limit, cutoff=0.0)
         shown = ", ".join(sorted(lower[n] for n in near))
         return DctpsError(
-            f"unknown {kind} {name!r}.{guess} Valid: {len(valid)} names, among them {shown}"
+            f"unknown {kind} {show(name)}.{guess} Valid: {len(valid)} names, among them {shown}"
         )
-    return DctpsError(f"unknown {kind} {name!r}.{guess} Valid: {', '.join(valid)}")
+    return DctpsError(f"unknown {kind} {show(name)}.{guess} Valid: {', '.join(valid)}")
 
 
 def check_seed(seed: object, name: str = "seed") -> int | None:
@@ -217,7 +262,7 @@ def user_path(path: str | os.PathLike[str], name: str = "the path") -> Path:
     ``Path("")`` is the current folder, which would be written to without a word."""
     if not isinstance(path, (str, os.PathLike)):  # a buffer, as torch.save takes: not here
         raise DctpsError(
-            f"expected a file path (a str or os.PathLike), got a {type(path).__name__}: dctps "
+            f"{name} must be a file path (a str or os.PathLike), got {show(path)}: dctps "
             "writes and reads files by path (atomically, beside their final name)"
         )
     if not os.fspath(path).strip():
@@ -247,7 +292,7 @@ def user_device(value: object, name: str) -> Any:
         return torch.device(value)  # type: ignore[call-overload]
     except (RuntimeError, TypeError, ValueError):
         raise DctpsError(
-            f"{name} must be a device, got {value!r}: give 'cpu', 'cuda', 'cuda:N', 'mps' or a "
+            f"{name} must be a device, got {show(value)}: give 'cpu', 'cuda', 'cuda:N', 'mps' or a "
             "torch.device"
         ) from None
 

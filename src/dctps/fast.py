@@ -72,7 +72,7 @@ from torch import nn
 from dctps import _compat
 from dctps import offsets as _offsets
 from dctps._types import ModuleT
-from dctps.errors import DctpsError, InputDtypeError, InputShapeError
+from dctps.errors import DctpsError, InputDtypeError, InputShapeError, show
 
 #: ``layer.__dict__`` key marking a ``D`` that a layer built ahead of use on an accelerator
 #: (:meth:`dctps.layers.DCTpSLayer._prebuild_basis`); :func:`choose` frees it when it picks a
@@ -157,7 +157,7 @@ def version(t: torch.Tensor) -> int:
 def check_mode(mode: object) -> str:
     """Return ``mode`` if it is one of :data:`MODES`, else raise :class:`DctpsError`."""
     if mode not in MODES:
-        raise DctpsError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        raise DctpsError(f"mode must be one of {', '.join(map(repr, MODES))}, got {show(mode)}")
     return str(mode)
 
 

@@ -37,7 +37,7 @@ from dctps import _compat
 from dctps import offsets as _offsets
 from dctps import triton_rebuild as _triton
 from dctps.allocation import filter_counts
-from dctps.errors import DctpsError, check_seed, unknown_name, warn_at_caller
+from dctps.errors import DctpsError, check_seed, show, unknown_name, user_device, warn_at_caller
 from dctps.fast import (
     PREBUILT,
     auto_generation,
@@ -425,6 +425,15 @@ class DCTpSLayer(nn.Module):
         if device is None:  # torch's default device (set_default_device, `with torch.device`)
             # for every tensor of the layer: given indices elsewhere are moved, not left apart
             device = torch.empty(0).device
+        device = user_device(device, "device")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise DctpsError(
+                f"dtype must be a floating torch.dtype (torch.float32, torch.float64, ...), got "
+                f"{show(dtype)}"
+            )
+        for name, flag in (("train_alpha", train_alpha), ("per_filter", per_filter)):
+            if not isinstance(flag, bool):  # a tensor's truth, or None, failed deep in torch
+                raise DctpsError(f"{name} must be True or False, got {show(flag)}")
         self.offset = _offsets.check_offset(offset)
         self.alpha_scope, init = _alpha_settings(alpha, alpha_init)
         offset_seed = check_seed(offset_seed, "offset_seed")
@@ -1143,7 +1152,7 @@ def _positive_int(v: object, name: str) -> int:
     :class:`DctpsError` naming it."""
     n = _int(v)
     if n is None or n < 1:
-        raise DctpsError(f"{name} must be a positive integer, got {v!r}")
+        raise DctpsError(f"{name} must be a positive integer, got {show(v)}")
     return n
 
 

@@ -34,7 +34,7 @@ from dctps.data.augment import (
 from dctps.data.digits import load_digits
 from dctps.data.loader import Loader
 from dctps.data.split import holdout
-from dctps.errors import DctpsError, missing_data_folder, unknown_name, user_path
+from dctps.errors import DctpsError, check_seed, missing_data_folder, unknown_name, user_path
 
 __all__ = [
     "DatasetInfo",
@@ -340,6 +340,7 @@ def build(
     """
     info = get_info(name)
     subset = _check_subset(subset)
+    check_seed(split_seed, "split_seed")  # -1 seeded a generator that run configs refuse
     if val_fraction is None:
         val_fraction = info.val_fraction
     src = _source(info)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dctps.data.augment import crop_with_offsets, hflip_with_mask, normalize
-from dctps.errors import DctpsError, user_device
+from dctps.errors import DctpsError, show, user_device
 
 
 class Loader:
@@ -64,9 +64,21 @@ class Loader:
         rank: int = 0,
         world_size: int = 1,
     ):
+        for arg, t in (("x", x), ("y", y)):
+            if not isinstance(t, torch.Tensor):  # a numpy array: torch.from_numpy(a)
+                raise DctpsError(
+                    f"Loader: {arg} must be a torch.Tensor, got {show(t)} (torch.from_numpy "
+                    "converts a numpy array without a copy)"
+                )
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise DctpsError(
                 f"Loader: x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}"
+            )
+        channels = len(getattr(info, "mean", ()) or ())
+        if channels and x.shape[1] != channels and x.shape[3] == channels:
+            raise DctpsError(  # else "normalize: 32 channels but 3 means" at the first batch
+                f"Loader: x has shape {tuple(x.shape)}, images with channels last (N, H, W, C); "
+                f"it takes (N, C, H, W): x.permute(0, 3, 1, 2)"
             )
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise DctpsError(
@@ -84,7 +96,9 @@ class Loader:
                     f" ({classes} classes), got {low if low < 0 else high}"
                 )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DctpsError(f"Loader: batch_size must be a positive integer, got {batch_size!r}")
+            raise DctpsError(
+                f"Loader: batch_size must be a positive integer, got {show(batch_size)}"
+            )
         lacks = [a for a in ("mean", "std", "crop_padding", "hflip") if not hasattr(info, a)]
         if lacks:  # else an AttributeError from the first batch's normalisation
             raise DctpsError(
@@ -92,12 +106,27 @@ class Loader:
                 f".info), got {type(info).__name__}, which has no {', '.join(lacks)}"
             )
         if not (isinstance(world_size, int) and world_size >= 1):
-            raise DctpsError(f"Loader: world_size must be a positive integer, got {world_size!r}")
+            raise DctpsError(
+                f"Loader: world_size must be a positive integer, got {show(world_size)}"
+            )
         if not (isinstance(rank, int) and 0 <= rank < world_size):
-            raise DctpsError(f"Loader: rank must be in [0, {world_size}), got {rank!r}")
-        if generator is not None and generator.device.type != "cpu":
-            raise DctpsError("Loader: generator must be a CPU torch.Generator")
+            raise DctpsError(f"Loader: rank must be in [0, {world_size}), got {show(rank)}")
+        if generator is not None and (
+            not isinstance(generator, torch.Generator) or generator.device.type != "cpu"
+        ):
+            raise DctpsError(
+                f"Loader: generator must be a CPU torch.Generator, got {show(generator)} (for "
+                "a seed: g = torch.Generator(); g.manual_seed(seed))"
+            )
+        for arg, flag in (("shuffle", shuffle), ("augment", augment), ("drop_last", drop_last)):
+            if not isinstance(flag, bool):  # "no" read as True
+                raise DctpsError(f"Loader: {arg} must be True or False, got {show(flag)}")
         self.device = user_device(device, "Loader: device")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DctpsError(
+                f"Loader: device {device!r} requested but CUDA is not available on this host "
+                "(give device='cpu')"
+            )
         self.x = x.to(self.device)
         self.y = y.to(device=self.device, dtype=torch.int64)
         self.batch_size = batch_size

@@ -344,10 +344,9 @@ class RigL:
         for name, v in (("total_steps", total_steps), ("delta_t", delta_t)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DctpsError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise DctpsError(f"alpha must be in [0, 1], got {alpha!r}")
-        if not isinstance(t_end, (int, float)) or not 0.0 <= t_end <= 1.0:
-            raise DctpsError(f"t_end must be in [0, 1], got {t_end!r}")
+        for name, f in (("alpha", alpha), ("t_end", t_end)):  # True was taken as 1.0
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+                raise DctpsError(f"{name} must be a number in [0, 1], got {f!r}")
         if distributed is not None and not isinstance(distributed, bool):
             raise DctpsError(f"distributed must be True, False or None, got {distributed!r}")
         if not isinstance(model, nn.Module):

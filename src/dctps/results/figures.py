@@ -471,6 +471,9 @@ def figure_grid(
         raise DctpsError(f"figure {name} trains nothing (it draws per-layer budgets)")
     g: dict[str, Any] = {"name": name, "description": spec.description}
     g.update({k: copy.deepcopy(v) for k, v in (grid or spec.grid).items() if k not in g})
+    # one name given as a string is a list of one: list("lenet5") asked for model 'l'
+    models, datasets = _one_is_a_list(models), _one_is_a_list(datasets)
+    densities = _one_is_a_list(densities)
     if models:
         g["models"] = list(models)
     if datasets:
@@ -484,6 +487,12 @@ def figure_grid(
     if seeds is not None:
         g["seeds"] = seeds if isinstance(seeds, int) else list(seeds)
     return g
+
+
+def _one_is_a_list(value: Any) -> Any:
+    """``[value]`` for a single string or number, else ``value`` as it is."""
+    one = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    return [value] if one else value
 
 
 def figure_configs(name: str, overrides: Mapping[str, Any] | None = None, **kw: Any

@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import sqlite3
 import sys
 import threading
@@ -44,7 +45,7 @@ from dctps.atomic import (
     make_parent,
     starts_with,
 )
-from dctps.errors import CannotWrite, DctpsError, cannot_write, refuse_empty, user_path
+from dctps.errors import CannotWrite, DctpsError, as_items, cannot_write, refuse_empty, user_path
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
 
@@ -83,6 +84,9 @@ RUN_COLUMNS: dict[str, str] = {
     # the classes the run's data had: a reduced copy of Tiny ImageNet has fewer than 200, and
     # its plots' chance line (where failed points are drawn) is 1 / this
     "classes": "INTEGER",
+    # "host:pid" of the process that started (or resumed) the run: a `running` row whose
+    # process is gone (SIGKILL, out of memory, a preempted job) reads as a live run otherwise
+    "owner": "TEXT",
 }
 EPOCH_COLUMNS: dict[str, str] = {
     "hash": "TEXT NOT NULL",
@@ -376,6 +380,11 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float = 600.0):
         self.path = resolve_db_path(path).resolve()
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise DctpsError(
+                f"timeout must be a number of seconds >= 0 (how long a locked database is "
+                f"retried), got {timeout!r}"
+            )
         self.timeout = float(timeout)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -574,6 +583,7 @@ class Store:
             "reason": None,
             "created": _now(),
             "updated": _now(),
+            "owner": owner_id(),
         }
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
@@ -683,7 +693,7 @@ class Store:
         ``"optim.epochs"`` compares the run's resolved config), or a SQL condition string such as
         ``"density < 0.01 AND status = 'done'"`` (with ``?`` placeholders filled from ``params``).
         """
-        sql, args = "SELECT * FROM runs", list(params)
+        sql, args = "SELECT * FROM runs", as_items(params, "params")
         by_config: dict[str, Any] = {}
         if isinstance(where, Mapping):
             by_config = {k: v for k, v in where.items() if k not in RUN_COLUMNS}
@@ -817,6 +827,29 @@ class Store:
 #: older version of its computation, :func:`run_identity`), so that a group-by over the
 #: export never averages runs the table and the plots keep apart
 MARK_COLUMNS = ("variant", "recorded_by")
+
+
+def owner_id() -> str:
+    """``host:pid`` of this process, as :meth:`Store.start` records a run's owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_gone(owner: object) -> bool:
+    """Whether the process of ``owner`` (``host:pid``, :func:`owner_id`) is known to be gone:
+    it ran on this host and no process has its pid now. ``False`` where that cannot be told
+    (another host, no owner recorded, not POSIX), and for a pid a later process took."""
+    if not isinstance(owner, str) or os.name != "posix":
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):  # another user's: alive
+        return False
+    return False
 
 
 def with_marks(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -1051,8 +1084,9 @@ def config_key(name: str) -> str:
     close = difflib.get_close_matches(name, [*RUN_COLUMNS, *keys, *short], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     extra = sorted({n for n in short if n not in RUN_COLUMNS})
+    listed = [c for c in RUN_COLUMNS if c not in ("config_json", "owner")]  # valid, not for this
     raise DctpsError(
-        f"unknown column {name!r} in --where.{hint} Columns: {', '.join(RUN_COLUMNS)}; config "
+        f"unknown column {name!r} in --where.{hint} Columns: {', '.join(listed)}; config "
         f"keys: {', '.join(extra)} (or dotted: optim.epochs)"
     )
 
@@ -1115,7 +1149,7 @@ def parse_where(items: Iterable[str]) -> dict[str, Any]:
     ``variant`` column names it).
     """
     out: dict[str, Any] = {}
-    for item in items:
+    for item in as_items(items, "where"):
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
@@ -1496,7 +1530,17 @@ def print_results(
         if any(r["variant"] for r in marked):  # runs the other columns cannot tell apart
             i = TABLE_COLUMNS.index("seed") + 1
             columns = (*TABLE_COLUMNS[:i], "variant", *TABLE_COLUMNS[i:])
-        echo(format_table(marked, columns))
+        # a `running` row whose process is gone read as a live run (the exports keep the
+        # stored status and the owner column)
+        dead = [r["status"] == "running" and process_gone(r.get("owner")) for r in marked]
+        shown = [{**r, "status": "dead"} if d else r for r, d in zip(marked, dead, strict=True)]
+        echo(format_table(shown, columns))
+        if any(dead):
+            n = sum(dead)
+            echo(f"{n} run{' is' if n == 1 else 's are'} dead: recorded running, but the "
+                 f"process that trained {'it' if n == 1 else 'them'} on this host is gone "
+                 "(killed, out of memory); the same `dctps train`/`sweep` command resumes "
+                 f"{'it' if n == 1 else 'each'} from its last checkpoint")  # fmt: skip
     else:
         echo(f"no runs in {path} match" + _what_is_there(store, filters))
     if csv_path is not None:

@@ -55,9 +55,11 @@ from typing import Any
 from dctps.errors import (
     DctpsError,
     RunBusy,
+    as_items,
     cannot_write,
     check_threads,
     parse_density,
+    show,
     unknown_name,
     user_path,
 )
@@ -261,7 +263,7 @@ def set_dotted(target: dict[str, Any], key: str, value: Any) -> bool:
 def apply_sets(items: Iterable[str]) -> dict[str, Any]:
     """``["optim.epochs=20", "data.subset=2000"]`` -> a nested override dict (YAML values)."""
     out: dict[str, Any] = {}
-    for item in items:
+    for item in as_items(items, "sets"):
         key, value = parse_assignment(item, "--set", "section.field=value")
         if not set_dotted(out, key, value):
             raise DctpsError(f"--set {item!r} conflicts with another --set")
@@ -380,6 +382,7 @@ def plan(
     from dctps.train import checkpoint as ckpt_io
     from dctps.train.loop import RUNS_DIR, other_data
 
+    configs = run_list(configs, "plan")
     out = user_path(out, "the output folder (out, --out)")
     path = out_db_path(out, db)
     hashes = [c.config_hash() for c in configs]
@@ -934,6 +937,25 @@ def _stop_jobs(jobs: Sequence[Any], grace: float | None = None) -> None:
         time.sleep(0.2)
 
 
+def run_list(configs: Any, who: str) -> list[RunConfig]:
+    """``configs`` as a list of :class:`RunConfig` (one config: a list of it; a generator: walked
+    once), or a :class:`DctpsError` for a grid file's path, a grid mapping or other items: an
+    AttributeError on 'config_hash' said nothing."""
+    if isinstance(configs, RunConfig):
+        return [configs]
+    if not isinstance(configs, (str, os.PathLike, Mapping)):
+        with contextlib.suppress(TypeError):
+            configs = list(configs)
+    if not isinstance(configs, list) or not all(isinstance(c, RunConfig) for c in configs):
+        what = "a grid" if isinstance(configs, Mapping) else "not only RunConfigs"
+        what = "a path" if isinstance(configs, (str, os.PathLike)) else what
+        raise DctpsError(
+            f"{who} takes a list of RunConfig, got {what} ({show(configs)}): expand a grid file "
+            "with expand_grid(load_grid(path)), or run it with `dctps sweep PATH`"
+        )
+    return configs
+
+
 def run_sweep(
     configs: Sequence[RunConfig],
     out: str | os.PathLike[str],
@@ -973,17 +995,7 @@ def run_sweep(
     from dctps.results.store import out_db_path
 
     _check_not_a_worker_import()
-    if not isinstance(configs, (str, os.PathLike, Mapping)):
-        configs = list(configs)  # a generator too, walked once here
-    if isinstance(configs, (str, os.PathLike, Mapping)) or not all(
-        isinstance(c, RunConfig) for c in configs
-    ):  # a YAML path, or its parsed grid: an AttributeError on 'config_hash' said nothing
-        what = "a grid" if isinstance(configs, Mapping) else "not only RunConfigs"
-        what = "a path" if isinstance(configs, (str, os.PathLike)) else what
-        raise DctpsError(
-            f"run_sweep takes a list of RunConfig, got {what} ({str(configs)[:80]}): expand a "
-            "grid file with expand_grid(load_grid(path)), or run it with `dctps sweep PATH`"
-        )
+    configs = run_list(configs, "run_sweep")
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
@@ -1238,7 +1250,7 @@ def slurm_overrides(
 ) -> dict[str, Any]:
     """The grid's ``slurm:`` mapping with ``--slurm KEY=VALUE`` items (YAML values) over it;
     ``--slurm`` with another ``executor`` is refused (it would be ignored, typos and all)."""
-    items = list(items)
+    items = as_items(items, "slurm")
     if items and executor != "slurm":
         raise DctpsError(
             f"--slurm sets the SLURM jobs' parameters: it needs --executor slurm, not {executor!r}"

@@ -40,6 +40,7 @@ from dctps.errors import (
     check_density,
     check_seed,
     parse_density,
+    show,
     unknown_name,
     user_path,
     yaml_problem,
@@ -290,7 +291,9 @@ class RunConfig:
         apply to the method (allocation of score methods, RigL settings without RigL) become
         ``None`` so they do not split the config hash.
         """
-        c = copy.deepcopy(self)
+        # a config built in Python is checked as a YAML one is: its bools and sections were
+        # not (rigl="false" trained with RigL, model="lenet5" an AttributeError)
+        c = RunConfig.from_dict(_as_plain(self), source="RunConfig")
         _resolve_model_data(c)
         _resolve_sparsity(c.sparsity, c.data.dataset)
         _resolve_optim(c)
@@ -524,6 +527,14 @@ def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _as_plain(cfg: Any) -> Any:
+    """A config as :meth:`RunConfig.from_dict` takes it: its dataclasses as dicts, whatever
+    else as it is (a section given as a string, to be refused by name). A deep copy."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: _as_plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    return copy.deepcopy(cfg)
+
+
 def omitted_defaults(cls: Any = None, prefix: str = "") -> dict[str, Any]:
     """``{"sparsity.offset": "dct", ...}``: the dotted keys of the fields an identity leaves
     out while they hold their default (``omit_default``), with that default, as
@@ -594,7 +605,7 @@ def _setting(field: str, value: Any) -> str:
 
 def _positive_int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise DctpsError(f"{_named(name)} must be a positive integer, got {v!r}")
+        raise DctpsError(f"{_named(name)} must be a positive integer, got {show(v)}")
     return v
 
 

@@ -49,6 +49,7 @@ from dctps.errors import (
     RunBusy,
     cannot_write,
     one_line,
+    show,
     user_path,
     warn_at_caller,
 )
@@ -459,13 +460,14 @@ def _lock_now(f: Any) -> bool | None:
 
 
 @contextlib.contextmanager
-def _run_lock(folder: Path) -> Iterator[None]:
+def _run_lock(folder: Path, prune_parent: bool = False) -> Iterator[None]:
     """An exclusive lock on ``folder/.lock`` (released when the process dies, even by SIGKILL).
 
     A run that writes nothing leaves no folder behind: on exit, a folder holding only ``.lock`` is
-    removed, while the lock is still held. Another process may have opened that ``.lock`` just
-    before; so after locking, a process checks that the path still names the file it locked (same
-    inode), and starts over if not.
+    removed, while the lock is still held (and with ``prune_parent`` its parent, when that is
+    left empty). Another process may have opened that ``.lock`` just before; so after locking, a
+    process checks that the path still names the file it locked (same inode), and starts over if
+    not; one that finds the folder gone between its ``mkdir`` and its ``open`` makes it again.
     """
     path = folder / ".lock"
     f = None
@@ -512,6 +514,8 @@ def _run_lock(folder: Path) -> Iterator[None]:
                 if [p.name for p in folder.iterdir()] == [".lock"]:
                     path.unlink()
                     folder.rmdir()
+                    if prune_parent:
+                        folder.parent.rmdir()  # fails, as it should, while another run has one
             except OSError:
                 pass
     finally:
@@ -533,7 +537,7 @@ def main_decides(ctx: DistContext, fn: Callable[[], T]) -> T | None:
         except DctpsError as e:
             refusal = e
     if ctx.enabled:
-        kinds = (RunBusy, CannotWrite, DctpsError)  # each rank exits as rank 0 (1 or 2)
+        kinds = (RunBusy, CannotWrite, DctpsError)  # each rank exits as rank 0 (75, 1 or 2)
         said = ctx.broadcast(
             None
             if refusal is None
@@ -547,18 +551,15 @@ def main_decides(ctx: DistContext, fn: Callable[[], T]) -> T | None:
     return result
 
 
-def _shared_store_locks(store: Any, out: Path) -> Path | None:
-    """The folder of run locks beside a results store outside ``out`` (``--db`` elsewhere), or
-    ``None``. Sweeps of other ``--out`` folders sharing that store would otherwise train the
-    same run at once (each run's own lock is in its ``--out``) and overwrite each other's
-    rows; a run takes both locks, so a second one is busy."""
+def _shared_store_locks(store: Any) -> Path | None:
+    """The folder of run locks beside a results store (``DB.locks``), or ``None`` for a store
+    without a path. Runs of other ``--out`` folders sharing that store would otherwise train
+    the same run at once (each run's own lock is in its ``--out``) and overwrite each other's
+    rows; a run takes both locks, so a second one is busy. Taken also where the store is in
+    the run's own ``--out``: a second process with ``--db OUT/results.db`` beside it trained
+    the run again and cleared its learning curve. Removed again when empty."""
     path = getattr(store, "path", None)
-    if not isinstance(path, Path):
-        return None
-    with contextlib.suppress(OSError):
-        if path.resolve().parent == out.resolve():
-            return None
-    return path.with_name(path.name + ".locks")
+    return path.with_name(path.name + ".locks") if isinstance(path, Path) else None
 
 
 def other_data(
@@ -745,6 +746,11 @@ def fit(
             f"store must be a dctps.results.Store, a path to a results database or None (the "
             f"out folder's results.db), got {type(store).__name__}"
         )
+    if resume is not None and not isinstance(resume, bool):  # resume=1 ran as resume=None
+        raise DctpsError(
+            f"resume must be None (resume a checkpoint if there is one), True (one must exist) "
+            f"or False (start afresh), got {show(resume)}"
+        )
     chosen, given = _caller_choices(cfg)
     unused = unused_settings(cfg, chosen) if warn else []
     cfg = cfg.resolve()
@@ -853,9 +859,9 @@ def _fit(
     def take_locks() -> None:
         try:
             lock.enter_context(_run_lock(run_dir))
-            shared = _shared_store_locks(store, out)
+            shared = _shared_store_locks(store)
             if shared is not None:
-                lock.enter_context(_run_lock(shared / h))
+                lock.enter_context(_run_lock(shared / h, prune_parent=True))
         except BaseException:
             lock.close()  # the run folder's lock too, when the store's is busy
             raise
