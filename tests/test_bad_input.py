@@ -431,6 +431,8 @@ CASES = [
       lambda e: Store(e.tmp / "t.db", timeout=math.nan)),
     L("data-split-seed-negative", r"^split_seed must be in \[0, 2\*\*63\), got -1",
       lambda e: dctps.data.build("digits", split_seed=-1)),
+    L("evaluate-no-model", r"^evaluate needs the model \(an nn\.Module\) first, got None",
+      lambda e: dctps.train.evaluate(None, batch())),  # type: ignore[arg-type]
     L("plan-of-dicts", r"^plan takes a list of RunConfig, got not only RunConfigs",
       lambda e: dctps.results.sweep.plan([{"seed": 1}], e.tmp / "s")),
     L("loader-numpy-x", r"Loader: x must be a torch\.Tensor, got a numpy array of shape "
@@ -909,3 +911,20 @@ def test_python_arguments_a_user_would_give_do_what_they_say(tmp_path):
     assert apply_sets(None) == {} and parse_where(None) == {} and slurm_overrides(None, None) == {}
     assert apply_sets("optim.lr=0.5") == {"optim": {"lr": 0.5}}
     assert parse_where("seed=1") == {"seed": 1}
+    # and numbers and paths as numpy and pathlib give them (a diff review: a Path root and a
+    # float32 density were refused once Python configs were checked as YAML ones)
+    import numpy as np
+
+    typed = RunConfig(
+        data=DataConfig("digits", root=tmp_path),  # type: ignore[arg-type]
+        sparsity=SparsityConfig("dctps", np.float64(0.05)),  # type: ignore
+        seed=np.int64(3),
+        optim=OptimConfig(epochs=np.int64(2)),
+    )  # type: ignore
+    plain = RunConfig(
+        data=DataConfig("digits", root=str(tmp_path)),
+        sparsity=SparsityConfig("dctps", 0.05),
+        seed=3,
+        optim=OptimConfig(epochs=2),
+    )
+    assert typed.resolve() == plain.resolve() and typed.config_hash() == plain.config_hash()

@@ -670,14 +670,27 @@ def test_plot_only_with_nothing_to_draw_names_the_settings_that_differ(tmp_path)
     with pytest.raises(DctpsError) as e:
         F.run_figure(name, tmp_path, quick=True, plot_only=True, echo=lambda s: None)
     msg = str(e.value)
-    assert msg.startswith("nothing to plot: none of the figure's 17 runs has a result in "), msg
-    assert (f". Its nearest run, {c.config_hash()}, differs from the figure's runs in "
-            "dataset=digits (the figure's: cifar10), ") in msg  # fmt: skip
-    assert msg.endswith("or run the figure without --plot-only to train them") and len(msg) < 600
+    assert msg.startswith(
+        f"nothing to plot: none of the figure's 17 runs has a result. The store's nearest run, "
+        f"{c.config_hash()}, differs from them in dataset=digits (the figure's: cifar10), "
+        "subset=all (the figure's: 2000): give the figure those settings"
+    ), msg
+    assert msg.endswith(f"or run the figure without --plot-only to train them (store: "
+                        f"{tmp_path / 'results.db'})") and len(msg) < 600  # fmt: skip
     assert not (tmp_path / "figures").exists()
-    with pytest.raises(DctpsError, match=r"It holds no finished run of vgg19: run the figure"):
+    with pytest.raises(DctpsError, match=r"The store holds no finished run of vgg19: run the"):
         F.run_figure("density-vgg19-cifar10", tmp_path, quick=True, plot_only=True,
                      echo=lambda s: None)  # fmt: skip
+    # a setting the figure leaves at its default (offset dct, left out of its identity), and a
+    # method's options, are compared too (a diff review: the first was dropped, the second's
+    # "no options" raised an IndexError)
+    store = Store(tmp_path / "b")
+    near = F.figure_configs(name, quick=True, seeds=1)
+    record(store, dataclasses.replace(near[1], sparsity=dataclasses.replace(
+        near[1].sparsity, offset="hadamard")), 0.5)  # fmt: skip
+    with pytest.raises(DctpsError, match=r"differs from them in offset=hadamard \(the figure's: "
+                       r"dct\): give"):  # fmt: skip
+        F.run_figure(name, tmp_path / "b", quick=True, plot_only=True, echo=lambda s: None)
 
 
 def test_nearest_difference_finds_the_closest_pair_and_orders_its_keys():

@@ -1120,16 +1120,22 @@ def test_a_running_row_whose_process_is_gone_reads_dead(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     s = Store(tmp_path / "r.db")
-    for h, owner in (("live", None), ("gone", f"{socket.gethostname()}:{gone.pid}"),
-                     ("away", f"another-host-{os.getpid()}:{gone.pid}")):  # fmt: skip
+    here = socket.gethostname()
+    for h, owner in (("live", None), ("gone", f"{here}:{gone.pid}"),
+                     ("away", f"another-host-{os.getpid()}:{gone.pid}"),
+                     ("hidden", f"{here}:{gone.pid}")):  # fmt: skip
         s.start(h, {"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"}, "seed": 0})
         if owner is not None:
             s._update(h, {"owner": owner})
-    assert s.get("live")["owner"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert s.get("live")["owner"] == f"{here}:{os.getpid()}"
     lines: list[str] = []
-    print_results(tmp_path / "r.db", echo=lines.append)
+    from dctps.train.loop import _run_lock
+
+    # "hidden" holds its lock beside the store: alive in another PID namespace of this host
+    with _run_lock(tmp_path / "r.db.locks" / "hidden", prune_parent=True):
+        print_results(tmp_path / "r.db", echo=lines.append)
     status = {ln.split()[0]: ln.split()[9] for ln in lines[0].splitlines()[1:]}
-    assert status == {"live": "running", "gone": "dead", "away": "running"}, lines[0]
+    assert status == {"live": "running", "gone": "dead", "away": "running", "hidden": "running"}
     assert lines[1].startswith("1 run is dead: recorded running, but the process that trained "
                                "it on this host is gone")  # fmt: skip
     assert Store(tmp_path / "r.db").get("gone")["status"] == "running"  # stored as it was

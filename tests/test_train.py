@@ -1917,6 +1917,29 @@ def test_a_store_shared_by_two_out_folders_trains_a_run_once(fake_cifar10, tmp_p
     assert not (c / "results.db.locks").exists()
 
 
+def test_run_lock_makes_its_folder_again_when_a_neighbour_removed_it(tmp_path, monkeypatch):
+    """A diff review: another run's exit removes the empty `results.db.locks` (prune_parent)
+    while this one's mkdir makes it; the FileNotFoundError was a CannotWrite for a run that
+    could be written (about 25 in 8,000 takes under 4 processes). It tries again."""
+    real, failures = Path.mkdir, []
+
+    def flaky(self, *a, **k):
+        if len(failures) < 2:  # the race, twice: the parent vanished, then the folder
+            failures.append(self)
+            raise (FileNotFoundError if len(failures) == 1 else FileExistsError)(str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", flaky)
+    with loop._run_lock(tmp_path / "results.db.locks" / "h", prune_parent=True):
+        assert (tmp_path / "results.db.locks" / "h" / ".lock").is_file()
+    assert len(failures) == 2 and not (tmp_path / "results.db.locks").exists()
+    (tmp_path / "file").write_text("x")  # a real refusal stays one: a folder under a file
+    failures += [None, None]
+    with pytest.raises(DctpsError, match="file"):
+        with loop._run_lock(tmp_path / "file" / "h"):
+            pass
+
+
 def test_dctps_train_of_a_busy_run_exits_75_not_2(fake_cifar10, tmp_path):
     """A busy run is no bad input: `dctps train` exited 2, so a SLURM array of trains marked
     the job whose run another had taken failed, as a typo (a concurrency review)."""

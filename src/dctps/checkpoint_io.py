@@ -48,7 +48,15 @@ from dctps._types import ModuleT
 from dctps._version import __version__
 from dctps.atomic import atomic_write
 from dctps.batched import strip
-from dctps.errors import DctpsError, is_count, one_line, unknown_name, user_device, user_path
+from dctps.errors import (
+    DctpsError,
+    is_count,
+    one_line,
+    unknown_name,
+    user_device,
+    user_path,
+    warn_at_caller,
+)
 from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.sparsify import DCTpSMultiheadAttention, move_hooks, own_attributes, set_submodule
 
@@ -270,6 +278,7 @@ def save(
             "dctps.save writes a file by path (atomically, beside its final name)"
         )
     model = _wrappers(model)[-1]
+    given_arch = arch is not None
     arch = arch if arch is not None else getattr(model, "dctps_arch", None)
     if arch is not None:
         if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
@@ -297,7 +306,24 @@ def save(
         prefix = f"{name}." if name else ""
         index_keys.update(prefix + s + "indices" for s in subs)
     if arch is not None:
-        _check_arch_describes(arch, layers, model)
+        problem = _arch_problem(arch, layers, model)
+        if problem is not None and given_arch:
+            raise DctpsError(
+                f"arch={json.dumps(arch)[:120]} does not describe the model being saved, so "
+                f"load could not rebuild it from the file: {problem}. Give the keyword arguments "
+                "the model was built with (dctps.models.build(name, **kwargs)), or no arch "
+                "(then dctps.load(path, model))"
+            )
+        if problem is not None:
+            # the model's own spec (dctps.models.build), from before its head was replaced for
+            # fine-tuning: saved without it, as before the check, for load(path, model)
+            warn_at_caller(
+                f"saving without the model's dctps_arch {json.dumps(arch)[:100]}, which no "
+                f"longer describes it ({problem[:200]}): load the file with dctps.load(path, "
+                "model), or give save(..., arch={...}) that builds the model as it is now",
+                UserWarning,
+            )
+            arch = None
     tensors = []
     chunks: list[bytes] = []
     offset = 0
@@ -674,19 +700,16 @@ def _build_arch(arch: dict[str, Any], path: Any, within: Any = None) -> nn.Modul
         ) from None
 
 
-def _check_arch_describes(arch: dict[str, Any], layers: list[Any], model: nn.Module) -> None:
-    """A :class:`DctpsError` where the architecture spec ``arch`` does not build ``model``'s
-    shapes (``num_classes`` of another data set, a keyword ``build`` does not take): it was
-    saved, and :func:`load` failed on the file later, far from the slip."""
+def _arch_problem(arch: dict[str, Any], layers: list[Any], model: nn.Module) -> str | None:
+    """Why the architecture spec ``arch`` does not build ``model``'s shapes (``num_classes`` of
+    another data set, a keyword ``build`` does not take), or ``None``: such a spec was saved,
+    and :func:`load` failed on the file later, far from the slip."""
     try:
         probe = _build_arch(arch, "(being saved)", _compat.shapes_only())
         _check_fits(probe, {"layers": layers}, model.state_dict(), "(being saved)")
     except DctpsError as e:
-        raise DctpsError(
-            f"arch={json.dumps(arch)[:120]} does not describe the model being saved, so load "
-            f"could not rebuild it from the file: {e}. Give the keyword arguments the model "
-            "was built with (dctps.models.build(name, **kwargs)), or no arch"
-        ) from None
+        return str(e)
+    return None
 
 
 def _check_fits(probe: nn.Module, header: dict[str, Any], state: Mapping[str, Any], path: Any):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import numbers
 import operator
 import os
 import sys
@@ -363,8 +364,8 @@ def parse_density(value: Any, where: str = "density") -> float:
             value = float(Decimal(s[:-1]).scaleb(-2)) if s.endswith("%") else float(s)
         except (ValueError, ArithmeticError):
             raise DctpsError(f"{where}: not a density: {raw!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DctpsError(f"{where}: not a density: {raw!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's floats too
+        raise DctpsError(f"{where}: not a density: {show(raw)}")
     if not 0.0 < float(value) <= 1.0:
         raise DctpsError(f"{where}: density must be in (0, 1] (0.01 = 1%), got {raw!r}")
     return float(value)

@@ -65,7 +65,7 @@ from dctps.results.sweep import (
     set_dotted,
     slurm_overrides,
 )
-from dctps.results.variants import flat_value, flatten, named_differences
+from dctps.results.variants import flat_value, flatten
 from dctps.train.config import ModelConfig, RunConfig
 
 __all__ = [
@@ -935,9 +935,12 @@ def draw(
     quick: bool = False,
     setup: Setup | None = None,
     errors: Sequence[Mapping[str, Any]] = (),
+    plot_only: bool = True,
 ) -> FigureData:
     """Draw training figure ``name`` from the rows of ``store`` whose hash is one of ``configs``'
     (nothing else is read). Returns the data drawn; also writes ``path`` as PNG, PDF and JSON.
+    ``plot_only``: whether the caller trained nothing before (what a figure with no point to
+    draw advises).
     ``quick``: the runs are the quick figure's (compared with its settings, and noted).
     ``setup``: ``figure_setup(name, configs, quick=quick)``, where the caller has it.
     ``errors``: the sweep's runs that raised (:attr:`SweepReport.errors`), named in the note
@@ -964,7 +967,7 @@ def draw(
                     "of theirs changed since)")  # fmt: skip
         notes.append(f"incomplete: {len(missing)} of {len(configs)} runs have no result yet{why}")
     if not finished and not raised:
-        raise DctpsError(_why_nothing_drawn(store, configs, len(older)))
+        raise DctpsError(_why_nothing_drawn(store, configs, len(older), plot_only))
     note = "\n".join(notes) or None
     title = (setup or figure_setup(name, configs, quick=quick)).title()
     data = plot_runs(
@@ -983,35 +986,52 @@ def draw(
     return data
 
 
-def _why_nothing_drawn(store: Any, configs: Sequence[RunConfig], older: int) -> str:
+def _why_nothing_drawn(
+    store: Any, configs: Sequence[RunConfig], older: int, plot_only: bool = True
+) -> str:
     """Why a figure has no point to draw (``--plot-only`` on another store, or on runs trained
     with other settings), naming the settings in which the store's nearest run differs from
-    the figure's nearest: "no finished or failed runs match" left the reader to guess."""
+    the figure's nearest: "no finished or failed runs match" left the reader to guess. The
+    differences come first: a long message is cut in its middle, and a path can be long."""
     from dctps.results.store import flat_identities
+    from dctps.train.config import omitted_defaults
 
-    where = getattr(store, "path", "the store")
-    text = (f"nothing to plot: none of the figure's {len(configs)} runs has a result in "
-            f"{where}")  # fmt: skip
-    if older:
-        text += f" ({older} recorded by an older dctps, which `dctps plot --db` draws)"
+    text = f"nothing to plot: none of the figure's {len(configs)} runs has a result"
     models = sorted({c.model.name for c in configs})
     rows = store.query({"model": models, "status": ["done", "failed"]})[-2000:]
     if rows:
-        have = flat_identities(rows)
-        want = [flatten(c.identity()) for c in configs]
+        # a key an identity leaves out holds its default (offset dct): compared as such
+        defaults = omitted_defaults()
+        have = [{**defaults, **f} for f in flat_identities(rows)]
+        want = [{**defaults, **flatten(c.identity())} for c in configs]
+        for f in have:
+            f.pop("recorded_by", None)  # a mark of the row, not a setting
         i, j, keys = nearest_difference(have, want)
         theirs = ", ".join(
-            f"{n} (the figure's: {m.split('=', 1)[1]})"
-            for n, m in zip(
-                named_differences(have[i], keys), named_differences(want[j], keys), strict=False
-            )
+            f"{k.rsplit('.', 1)[-1]}={_setting_text(k, have[i].get(k))} (the figure's: "
+            f"{_setting_text(k, want[j].get(k))})"
+            for k in keys
         )
-        text += (f". Its nearest run, {rows[i]['hash']}, differs from the figure's runs in "
-                 f"{theirs or 'keys it lacks'}: give the figure those settings (--epochs, --set, "
-                 "--model, --dataset, --density, --quick), or")  # fmt: skip
+        text += (f". The store's nearest run, {rows[i]['hash']}, differs from them in "
+                 f"{theirs}: give the figure those settings (--epochs, --set, --model, "
+                 "--dataset, --density, --quick), or")  # fmt: skip
     else:
-        text += f". It holds no finished run of {', '.join(models)}:"
-    return text + " run the figure without --plot-only to train them"
+        text += f". The store holds no finished run of {', '.join(models)}:"
+    if plot_only:
+        text += " run the figure without --plot-only to train them"
+    else:  # all of them busy (another process trains them), or raised: said above
+        text += " see the sweep's summary above: rerun the figure once its runs are done"
+    if older:
+        text += f" ({older} recorded by an older dctps, which `dctps plot --db` draws)"
+    return text + f" (store: {getattr(store, 'path', 'the store')})"
+
+
+def _setting_text(key: str, value: Any) -> str:
+    """A flattened setting as a message shows it: ``all`` for an unset subset, ``none`` for
+    another unset value, else as it is."""
+    if value is None:
+        return "all" if key == "data.subset" else "none"
+    return str(value)
 
 
 def nearest_difference(
@@ -1189,7 +1209,8 @@ def run_figure(
         echo(report.summary())
         errors = report.errors
     db_path = existing_db(db_path, "run the figure without --plot-only")
-    data = draw(name, Store(db_path), configs, fig_path, quick=quick, setup=setup, errors=errors)
+    data = draw(name, Store(db_path), configs, fig_path, quick=quick, setup=setup, errors=errors,
+                plot_only=plot_only)  # fmt: skip
     echo(data.table())
     if data.missing:
         echo(f"{data.missing} of {len(configs)} runs have no result yet (noted on the figure):")

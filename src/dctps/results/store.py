@@ -852,6 +852,32 @@ def process_gone(owner: object) -> bool:
     return False
 
 
+def lock_held(path: Path) -> bool | None:
+    """Whether a process holds the run lock ``path`` (``DB.locks/<hash>/.lock``, which every
+    run of a store with a path takes): ``False`` where the file is gone or free, ``None`` where
+    that cannot be told (no ``fcntl``, a file system without locks). A free lock is taken
+    shared for an instant."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
+
+
 def with_marks(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` with :data:`MARK_COLUMNS` added (``None`` where there is nothing to say)."""
     flats = flat_identities(rows)
@@ -1085,9 +1111,13 @@ def config_key(name: str) -> str:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     extra = sorted({n for n in short if n not in RUN_COLUMNS})
     listed = [c for c in RUN_COLUMNS if c not in ("config_json", "owner")]  # valid, not for this
+    # the config keys nearest the name: all of them made a line over 590 characters, cut in
+    # its middle
+    near = sorted(difflib.get_close_matches(name, extra, n=8, cutoff=0.0))
     raise DctpsError(
-        f"unknown column {name!r} in --where.{hint} Columns: {', '.join(listed)}; config "
-        f"keys: {', '.join(extra)} (or dotted: optim.epochs)"
+        f"unknown column {name!r} in --where.{hint} Columns: {', '.join(listed)}; or one of "
+        f"{len(extra)} config keys, e.g. {', '.join(near)} (or dotted: optim.epochs; "
+        "`dctps results --json -` shows a run's config)"
     )
 
 
@@ -1532,7 +1562,14 @@ def print_results(
             columns = (*TABLE_COLUMNS[:i], "variant", *TABLE_COLUMNS[i:])
         # a `running` row whose process is gone read as a live run (the exports keep the
         # stored status and the owner column)
-        dead = [r["status"] == "running" and process_gone(r.get("owner")) for r in marked]
+        locks = path.with_name(path.name + ".locks")
+        dead = [
+            r["status"] == "running"
+            and process_gone(r.get("owner"))
+            # its lock held: alive in another PID namespace on a host of the same name
+            and lock_held(locks / str(r["hash"]) / ".lock") is not True
+            for r in marked
+        ]
         shown = [{**r, "status": "dead"} if d else r for r, d in zip(marked, dead, strict=True)]
         echo(format_table(shown, columns))
         if any(dead):

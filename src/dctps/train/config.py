@@ -25,6 +25,7 @@ import hashlib
 import inspect
 import json
 import math
+import numbers
 import os
 import re
 import typing
@@ -98,6 +99,7 @@ class DataConfig:
         "that the data are the same.",
         flag="data-root",
         identity=False,
+        coerce=lambda v, where: _path_text(v, where),
     )
     val_fraction: float | None = _f(
         None,
@@ -420,6 +422,13 @@ def coerce_key(key: str, value: Any) -> Any:
         return NOT_CONVERTED
 
 
+def _path_text(value: Any, where: str) -> str:
+    """A path setting (``data.root``) as text: a ``pathlib.Path`` given in Python too."""
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)  # type: ignore[return-value]
+    raise DctpsError(f"{where}: expected a path (a str or os.PathLike), got {show(value)}")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -450,8 +459,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise bad
-        if isinstance(value, int):
-            return value
+        if isinstance(value, numbers.Integral):  # numpy's integers too
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
@@ -463,7 +472,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise bad
-        if isinstance(value, (int, float)):
+        if isinstance(value, numbers.Real):  # numpy's numbers too
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:

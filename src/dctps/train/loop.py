@@ -146,6 +146,11 @@ def _grad_max(params: list[nn.Parameter], device: torch.device | None = None) ->
     return torch.stack(parts).amax()
 
 
+def _check_model(model: object, who: str) -> None:
+    if not isinstance(model, nn.Module):  # an AttributeError on 'parameters' said nothing
+        raise DctpsError(f"{who} needs the model (an nn.Module) first, got {show(model)}")
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Any,
@@ -164,6 +169,7 @@ def train_one_epoch(
     step on CPU, every 20 on CUDA, to avoid a sync per step) sets how often flags are read; with
     ``rigl`` they are also read before each of its update steps.
     """
+    _check_model(model, "train_one_epoch")
     if ctx is None:  # one process, on the model's device
         p0 = next(model.parameters(), None)
         ctx = DistContext(device=p0.device if p0 is not None else torch.device("cpu"))
@@ -263,6 +269,7 @@ def evaluate(
     Under DDP every rank first takes rank 0's buffers (BatchNorm running statistics), so the
     numbers are those of rank 0's model: the one :func:`fit` saves.
     """
+    _check_model(model, "evaluate")
     if loader is None:
         return None, None
     if ctx is None:
@@ -474,6 +481,12 @@ def _run_lock(folder: Path, prune_parent: bool = False) -> Iterator[None]:
     for _ in range(100):
         try:
             folder.mkdir(parents=True, exist_ok=True)
+        except (FileNotFoundError, FileExistsError) as e:
+            # another run's exit removed the empty parent (prune_parent) while this mkdir made
+            # it, or this folder between its mkdir and its check: make them again
+            if not any(p.is_file() for p in (folder, *folder.parents)):
+                continue
+            raise cannot_write("run folder", folder, e) from None
         except OSError as e:  # --out under a file, read-only, ... (with --db elsewhere)
             raise cannot_write("run folder", folder, e) from None
         try:
