@@ -546,6 +546,11 @@ def test_a_method_setting_in_base_or_set_points_to_the_method_entries():
     runs = {c.sparsity.method: c.sparsity for c in expand_grid(scoped)}
     assert runs["dctps"].train_alpha is False and runs["random"].rigl_alpha == 0.5
     assert runs["snip"].train_alpha is True and runs["snip"].rigl_alpha is None
+    with pytest.raises(DctpsError, match=r"give sparsity\.options in the entries of the methods "
+                       r"it applies to, e\.g\. methods: \[\{method: \.\.\., options: "
+                       r"\{\"iterations\": 3\}\}\]$"):  # fmt: skip
+        expand_grid({**grid, "methods": ["dense", "synflow"]},
+                    overrides=apply_sets(["sparsity.options.iterations=3"]))  # fmt: skip
     # one method: the setting does not apply to it at all, and no entry would help
     with pytest.raises(DctpsError, match=r"applies only to method dctps$"):
         expand_grid({**grid, "methods": ["snip"]}, overrides=apply_sets(["sparsity.alpha=channel"]))

@@ -74,8 +74,8 @@ def dctps_warning(category: type[Warning]) -> type[Warning]:
 
 #: the longest message a :class:`DctpsError` keeps whole: one that quotes a bad value (a list
 #: of 729 names from a YAML file of 156 bytes) is cut in the middle, keeping the advice at its
-#: end. With the command line's ``error: `` it stays under 600 characters.
-MAX_MESSAGE = 590
+#: end. Not lower: a message naming two files under a long cluster path lost their names.
+MAX_MESSAGE = 1000
 
 
 class DctpsError(ValueError):
@@ -91,8 +91,8 @@ class DctpsError(ValueError):
             args = (" ".join(args[0].split()),)  # a quoted repr's lines: one line, as printed
         if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE:
             m = args[0]
-            cut = len(m) - 550
-            args = (f"{m[:310]} ... [{cut:,} characters cut] ... {m[-240:]}",)
+            cut = len(m) - 900
+            args = (f"{m[:650]} ... [{cut:,} characters cut] ... {m[-250:]}",)
         super().__init__(*args)
 
 

@@ -173,8 +173,10 @@ def _entry_hint(
     for where, given in (("--set", overrides or {}), ("base", base)):
         sparsity = given.get("sparsity")
         for key, value in sparsity.items() if isinstance(sparsity, Mapping) else ():
-            if key in METHOD_KEYS and key != "method" and f"sparsity.{key}" in message:
+            named = f"sparsity.{key}" in message or (key == "options" and "option" in message)
+            if key in METHOD_KEYS and key != "method" and named:
                 shown = str(value).lower() if isinstance(value, bool) else value  # as YAML
+                shown = json.dumps(value) if isinstance(value, dict) else shown
                 return (
                     f". {where} reaches every run: give sparsity.{key} in the entries of the "
                     f"methods it applies to, e.g. methods: [{{method: ..., {key}: {shown}}}]"
