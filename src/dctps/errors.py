@@ -178,9 +178,7 @@ def as_items(value: object, name: str) -> list[Any]:
     try:
         return list(value)  # type: ignore[call-overload]
     except TypeError:
-        raise DctpsError(
-            f"{name} must be a list of strings, got {show(value)}: e.g. [{name[:-1]}1, ...]"
-        ) from None
+        raise DctpsError(f"{name} must be a list of strings, got {show(value)}") from None
 
 
 def check_density(density: object, name: str = "density") -> float:

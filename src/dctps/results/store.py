@@ -847,9 +847,15 @@ def process_gone(owner: object) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, OverflowError, OSError):  # another user's: alive
+    except (OverflowError, OSError):  # PermissionError: another user's process, alive
         return False
     return False
+
+
+def locks_folder(db: Path) -> Path:
+    """The folder of run locks beside results database ``db`` (``DB.locks``): each run of that
+    store holds ``<hash>/.lock`` in it while it trains (:func:`dctps.train.loop.fit`)."""
+    return db.with_name(db.name + ".locks")
 
 
 def lock_held(path: Path) -> bool | None:
@@ -1111,8 +1117,7 @@ def config_key(name: str) -> str:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     extra = sorted({n for n in short if n not in RUN_COLUMNS})
     listed = [c for c in RUN_COLUMNS if c not in ("config_json", "owner")]  # valid, not for this
-    # the config keys nearest the name: all of them made a line over 590 characters, cut in
-    # its middle
+    # the config keys nearest the name: all of them made a line of about 600 characters
     near = sorted(difflib.get_close_matches(name, extra, n=8, cutoff=0.0))
     raise DctpsError(
         f"unknown column {name!r} in --where.{hint} Columns: {', '.join(listed)}; or one of "
@@ -1562,7 +1567,7 @@ def print_results(
             columns = (*TABLE_COLUMNS[:i], "variant", *TABLE_COLUMNS[i:])
         # a `running` row whose process is gone read as a live run (the exports keep the
         # stored status and the owner column)
-        locks = path.with_name(path.name + ".locks")
+        locks = locks_folder(path)
         dead = [
             r["status"] == "running"
             and process_gone(r.get("owner"))

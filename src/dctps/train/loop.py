@@ -571,8 +571,10 @@ def _shared_store_locks(store: Any) -> Path | None:
     rows; a run takes both locks, so a second one is busy. Taken also where the store is in
     the run's own ``--out``: a second process with ``--db OUT/results.db`` beside it trained
     the run again and cleared its learning curve. Removed again when empty."""
+    from dctps.results.store import locks_folder
+
     path = getattr(store, "path", None)
-    return path.with_name(path.name + ".locks") if isinstance(path, Path) else None
+    return locks_folder(path) if isinstance(path, Path) else None
 
 
 def other_data(
