@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 import dctps
 import dctps.data
 import dctps.models
+import dctps.results.plots
 import dctps.results.sweep
 from dctps.cli import app
 from dctps.errors import DctpsError
@@ -433,6 +434,12 @@ CASES = [
       lambda e: dctps.data.build("digits", split_seed=-1)),
     L("evaluate-no-model", r"^evaluate needs the model \(an nn\.Module\) first, got None",
       lambda e: dctps.train.evaluate(None, batch())),  # type: ignore[arg-type]
+    L("save-config-of-a-dict", r"^save_config takes a RunConfig \(RunConfig\.from_dict\(d\) "
+      r"builds one from a dict\), got \{'seed': 1\}",
+      lambda e: save_config({"seed": 1}, e.tmp / "c.yaml")),  # type: ignore[arg-type]
+    L("plot-allocation-empty", r"^series must map each allocation's name to its per-layer "
+      r"non-zero counts .*got \{\}", lambda e: dctps.results.plots.plot_allocation(
+          {}, "t", e.tmp / "a.png")),
     L("plan-of-dicts", r"^plan takes a list of RunConfig, got not only RunConfigs",
       lambda e: dctps.results.sweep.plan([{"seed": 1}], e.tmp / "s")),
     L("loader-numpy-x", r"Loader: x must be a torch\.Tensor, got a numpy array of shape "

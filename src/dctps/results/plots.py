@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from dctps.atomic import atomic_write, create_temp, foreign_file, unlink_quietly
-from dctps.errors import DctpsError, cannot_write, user_path
+from dctps.errors import DctpsError, cannot_write, show, user_path
 from dctps.results.store import flat_identities, json_safe, row_config
 from dctps.results.variants import (
     differing_settings,
@@ -188,6 +189,7 @@ def plot_allocation(
     series: Mapping[str, Sequence[int]], title: str, path: str | Path, log: bool = True
 ) -> list[Path]:
     """Bar chart of non-zeros per prunable layer, one group of bars per series (e.g. EPL, EPF)."""
+    _check_series(series)
     fig, ax = _subplots(figsize=(max(6, 0.3 * max(len(v) for v in series.values())), 3.5))
     k = len(series)
     width = 0.8 / k
@@ -207,6 +209,21 @@ def plot_allocation(
     return save(fig, path)
 
 
+def _check_series(series: object) -> None:
+    """A :class:`DctpsError` unless ``series`` maps names to non-empty lists of counts (``{}``
+    raised "max() arg is an empty sequence", a word a ValueError from matplotlib)."""
+    ok = isinstance(series, Mapping) and series and all(
+        isinstance(v, Sequence) and not isinstance(v, str) and v
+        and all(isinstance(c, numbers.Real) and not isinstance(c, bool) for c in v)
+        for v in series.values()
+    )  # fmt: skip
+    if not ok:
+        raise DctpsError(
+            "series must map each allocation's name to its per-layer non-zero counts (e.g. "
+            f"{{'epl': [120, 64, 10]}}), got {show(series)}"
+        )
+
+
 def plot_allocation_panels(
     panels: Sequence[tuple[str, Mapping[str, Sequence[int]]]],
     path: str | Path,
@@ -216,6 +233,11 @@ def plot_allocation_panels(
     """One bar chart per panel (``(title, {label: counts per layer})``), side by side groups of
     bars per layer; returns ``{title: {label: counts}}``, the data drawn. Writes PNG and PDF."""
     panels = list(panels)
+    if not panels:  # a ZeroDivisionError from the layout
+        raise DctpsError("nothing to plot: no panels given (a list of (title, series) pairs)")
+    for _, series in panels:
+        if series:
+            _check_series(series)
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
     width_layers = max(len(v) for _, s in panels for v in s.values())

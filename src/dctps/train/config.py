@@ -1041,6 +1041,12 @@ def expanded_size(value: Any, limit: int = MAX_YAML_VALUES) -> int:
 def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
     """Write ``cfg`` as YAML (the format :func:`load_config` reads), atomically: a temporary file
     beside ``path`` replaces it, so a failure (a full disk) leaves the old file whole."""
+    if not isinstance(cfg, RunConfig):  # a dict had no to_dict, after the file was opened
+        raise DctpsError(
+            f"save_config takes a RunConfig (RunConfig.from_dict(d) builds one from a dict), got "
+            f"{show(cfg)}"
+        )
+    path = user_path(path, "the config path")
     with atomic_write(path, "run config") as f:
         f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
