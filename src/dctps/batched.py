@@ -54,7 +54,7 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.hooks import RemovableHandle
 
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, check_module
 from dctps.fast import auto_generation
 from dctps.fast import version as fast_version
 from dctps.layers import BATCHED_WEIGHT, DCTpSLayer, builtin_ops_only
@@ -425,8 +425,7 @@ def batch_rebuild(model: nn.Module, segmented: bool | None = None) -> BatchedReb
     Returns the :class:`BatchedRebuild`; call its ``remove()`` to undo. Calling it again on the
     same model returns the existing one.
     """
-    if not isinstance(model, nn.Module):
-        raise DctpsError(f"batch_rebuild needs an nn.Module, got {type(model).__name__}")
+    check_module(model, "batch_rebuild")
     existing = _owners(model)
     if existing:
         return existing[0]

@@ -50,6 +50,7 @@ from dctps.atomic import atomic_write
 from dctps.batched import strip
 from dctps.errors import (
     DctpsError,
+    check_module,
     is_count,
     one_line,
     unknown_name,
@@ -1173,8 +1174,7 @@ def to_dense(model: nn.Module) -> nn.Module:
     The fused weights are contiguous: a DCTpS layer holds no 4-D weight, so nothing records
     that ``model.to(memory_format=torch.channels_last)`` was called on it. Call it again on
     the result to deploy channels-last."""
-    if not isinstance(model, nn.Module):
-        raise DctpsError(f"to_dense needs an nn.Module, got {type(model).__name__}")
+    check_module(model, "to_dense")
     if isinstance(model, (DCTpSLayer, DCTpSMultiheadAttention)):
         return _dense_twin(model)
     try:
@@ -1225,8 +1225,7 @@ def note_supports(model: ModuleT) -> ModuleT:
     write that brings each support with its own values: DDP's broadcast of rank 0's buffers
     to an unseeded model, an in-place load (``torch.distributed.checkpoint``), a ``copy_`` of
     a state dict. Not for an EMA's copy: its averaged values belong to no one support."""
-    if not isinstance(model, nn.Module):  # as save, load and to_dense: not an AttributeError
-        raise DctpsError(f"note_supports needs an nn.Module, got {type(model).__name__}")
+    check_module(model, "note_supports")
     for layer in model.modules():
         if isinstance(layer, DCTpSLayer):
             layer.note_support()

@@ -167,6 +167,22 @@ def show(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_module(model: object, who: str) -> None:
+    """A :class:`DctpsError` unless ``model`` is an ``nn.Module``: ``who`` (a function's name)
+    needs one, where the first use of another object raised an AttributeError."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise DctpsError(f"{who} needs an nn.Module, got {type(model).__name__}")
+
+
+def check_flag(value: object, name: str) -> None:
+    """A :class:`DctpsError` unless ``value`` is ``True`` or ``False``: a word ("no"), ``None`` or
+    a tensor was read by its truth, or failed deep in torch."""
+    if not isinstance(value, bool):
+        raise DctpsError(f"{name} must be True or False, got {show(value)}")
+
+
 def as_items(value: object, name: str) -> list[Any]:
     """A list argument of strings (``sets``, ``where``, ``slurm``): ``None`` is none, one
     string is one item (iterated, ``"optim.lr=0.1"`` was 12 one-letter settings), any other

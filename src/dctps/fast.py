@@ -72,7 +72,7 @@ from torch import nn
 from dctps import _compat
 from dctps import offsets as _offsets
 from dctps._types import ModuleT
-from dctps.errors import DctpsError, InputDtypeError, InputShapeError, show
+from dctps.errors import DctpsError, InputDtypeError, InputShapeError, check_module, show
 
 #: ``layer.__dict__`` key marking a ``D`` that a layer built ahead of use on an accelerator
 #: (:meth:`dctps.layers.DCTpSLayer._prebuild_basis`); :func:`choose` frees it when it picks a
@@ -171,8 +171,7 @@ def set_mode(model: ModuleT, mode: str) -> ModuleT:
     was not called; setting nothing would hide that).
     """
     check_mode(mode)
-    if not isinstance(model, nn.Module):
-        raise DctpsError(f"set_mode needs an nn.Module, got {type(model).__name__}")
+    check_module(model, "set_mode")
     layers = [
         (name, m)
         for name, m in model.named_modules()

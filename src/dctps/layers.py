@@ -37,7 +37,15 @@ from dctps import _compat
 from dctps import offsets as _offsets
 from dctps import triton_rebuild as _triton
 from dctps.allocation import filter_counts
-from dctps.errors import DctpsError, check_seed, show, unknown_name, user_device, warn_at_caller
+from dctps.errors import (
+    DctpsError,
+    check_flag,
+    check_seed,
+    show,
+    unknown_name,
+    user_device,
+    warn_at_caller,
+)
 from dctps.fast import (
     PREBUILT,
     auto_generation,
@@ -432,8 +440,7 @@ class DCTpSLayer(nn.Module):
                 f"{show(dtype)}"
             )
         for name, flag in (("train_alpha", train_alpha), ("per_filter", per_filter)):
-            if not isinstance(flag, bool):  # a tensor's truth, or None, failed deep in torch
-                raise DctpsError(f"{name} must be True or False, got {show(flag)}")
+            check_flag(flag, name)
         self.offset = _offsets.check_offset(offset)
         self.alpha_scope, init = _alpha_settings(alpha, alpha_init)
         offset_seed = check_seed(offset_seed, "offset_seed")

@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 
 from dctps._types import ModuleT
 from dctps.allocation import budgets
-from dctps.errors import DctpsError, check_density, check_seed
+from dctps.errors import DctpsError, check_density, check_flag, check_module, check_seed
 from dctps.layers import ALPHA_SCOPES, DCTpSConv2d, DCTpSLayer, DCTpSLinear, _alpha_settings
 from dctps.offsets import check_offset
 
@@ -609,11 +609,9 @@ def sparsify(
         raise DctpsError(f"alpha must be 'layer' or 'channel' in sparsify, got {alpha!r}")
     _alpha_settings(alpha, alpha_init)
     for flag, value in (("train_alpha", train_alpha), ("charge_alpha", charge_alpha)):
-        if not isinstance(value, bool):
-            raise DctpsError(f"{flag} must be True or False, got {value!r}")
+        check_flag(value, flag)
     kw: dict[str, Any] = {"offset": offset, "alpha": alpha, "alpha_init": alpha_init}
-    if not isinstance(model, nn.Module):
-        raise DctpsError(f"sparsify needs an nn.Module, got {type(model).__name__}")
+    check_module(model, "sparsify")
     seed = check_seed(seed)
     if isinstance(exclude, str):
         exclude = [exclude]
@@ -841,8 +839,7 @@ class Counts:
 
 def count(model: nn.Module) -> Counts:
     """Count weights, trainable non-zeros, alphas and other parameters of ``model`` (see Counts)."""
-    if not isinstance(model, nn.Module):
-        raise DctpsError(f"count needs an nn.Module, got {type(model).__name__}")
+    check_module(model, "count")
     weights = nonzeros = alphas = fixed = 0
     seen: set[int] = set()
     for name, module in model.named_modules():

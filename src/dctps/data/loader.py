@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dctps.data.augment import crop_with_offsets, hflip_with_mask, normalize
-from dctps.errors import DctpsError, show, user_device
+from dctps.errors import DctpsError, check_flag, show, user_device
 
 
 class Loader:
@@ -119,8 +119,7 @@ class Loader:
                 "a seed: g = torch.Generator(); g.manual_seed(seed))"
             )
         for arg, flag in (("shuffle", shuffle), ("augment", augment), ("drop_last", drop_last)):
-            if not isinstance(flag, bool):  # "no" read as True
-                raise DctpsError(f"Loader: {arg} must be True or False, got {show(flag)}")
+            check_flag(flag, f"Loader: {arg}")
         self.device = user_device(device, "Loader: device")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DctpsError(

@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, check_module
 from dctps.layers import DCTpSLayer
 from dctps.pruning.common import connect_attention, read_ints, top_k_mask
 
@@ -349,8 +349,7 @@ class RigL:
                 raise DctpsError(f"{name} must be a number in [0, 1], got {f!r}")
         if distributed is not None and not isinstance(distributed, bool):
             raise DctpsError(f"distributed must be True, False or None, got {distributed!r}")
-        if not isinstance(model, nn.Module):
-            raise DctpsError(f"RigL needs an nn.Module, got {type(model).__name__}")
+        check_module(model, "RigL")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise DctpsError(
                 f"optimizer must be a torch.optim.Optimizer (or None), got "

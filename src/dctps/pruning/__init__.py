@@ -61,13 +61,12 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from torch import nn
 
 from dctps._compat import OutOfMemoryError
 from dctps._types import ModuleT
 from dctps.allocation import budgets
 from dctps.allocation import names as allocation_names
-from dctps.errors import DctpsError, check_density, check_seed, unknown_name
+from dctps.errors import DctpsError, check_density, check_module, check_seed, unknown_name
 from dctps.pruning.common import (
     Bound,
     Context,
@@ -431,8 +430,7 @@ def prune(
         PruningFailed: the method cannot reach the density, or its masks leave no path from
             input to output (``model`` is left unchanged).
     """
-    if not isinstance(model, nn.Module):
-        raise DctpsError(f"prune needs an nn.Module, got {type(model).__name__}")
+    check_module(model, "prune")
     d = check_density(density)
     entry = _checked_entry(method, method_options)
     if not (progress is None or isinstance(progress, bool) or callable(progress)):

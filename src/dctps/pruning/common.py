@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from dctps.errors import DctpsError, PruningFailed, unknown_name
+from dctps.errors import DctpsError, PruningFailed, check_module, unknown_name
 from dctps.sparsify import prunable_layers, reparametrisation, tied_weight
 
 __all__ = [
@@ -780,8 +780,7 @@ def prepare_pruned_structure(model: nn.Module, state_dict: dict[str, torch.Tenso
     module is already pruned, so that
     ``model.load_state_dict(state_dict)`` then restores the real masks. Returns the pruned names.
     """
-    if not isinstance(model, nn.Module):
-        raise DctpsError(f"prepare_pruned_structure needs an nn.Module, got {type(model).__name__}")
+    check_module(model, "prepare_pruned_structure")
     if not isinstance(state_dict, Mapping):
         # a checkpoint path would be iterated character by character and prepare nothing
         raise DctpsError(
