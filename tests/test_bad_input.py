@@ -29,14 +29,16 @@ from torch import nn
 from typer.testing import CliRunner
 
 import dctps
+import dctps.allocation
 import dctps.data
 import dctps.models
 import dctps.results.plots
 import dctps.results.sweep
 from dctps.cli import app
+from dctps.data import augment
 from dctps.errors import DctpsError
 from dctps.pruning import prune
-from dctps.results import Store
+from dctps.results import Store, plots
 from dctps.results.sweep import expand_grid, run_sweep
 from dctps.train import fit
 from dctps.train.config import (
@@ -308,6 +310,34 @@ CASES = [
     L("budgets-shapes-none", r"weight_shapes must be a list .*got None",
       lambda e: dctps.budgets(None, 0.1)),
     L("count-not-a-module", r"count needs an nn\.Module, got str", lambda e: dctps.count("x")),
+    L("layer-weights-shape-none", r"layer_weights: shape must be a non-empty tuple .*got None",
+      lambda e: dctps.allocation.layer_weights(None, "erk")),
+    L("filter-counts-nnz-float", r"filter_counts: nnz must be an integer in \[0, 12\] .*got 1\.5",
+      lambda e: dctps.allocation.filter_counts((4, 3), 1.5)),
+    L("filter-counts-seed", r"filter_counts: generator must be a CPU torch\.Generator or None, "
+      r"got 5 \(for a seed", lambda e: dctps.allocation.filter_counts((4, 3), 2, 5)),
+    # ------------------------------------------------------------------ augmentation primitives
+    L("hflip-one-image", r"random_hflip: x must be a \(N, C, H, W\) tensor, got a tensor of "
+      r"shape \[3, 8, 8\] .*x\[None\]", lambda e: augment.random_hflip(torch.zeros(3, 8, 8))),
+    L("crop-size-float", r"random_crop: size must be a positive integer or a pair .*got 8\.0",
+      lambda e: augment.random_crop(torch.zeros(2, 3, 8, 8), 8.0, 4)),
+    L("crop-padding-negative", r"random_crop: padding must be a non-negative integer, got -1",
+      lambda e: augment.random_crop(torch.zeros(2, 3, 8, 8), 8, -1)),
+    L("crop-offsets-float", r"crop_with_offsets: offsets must be an integer \(2, 2\) tensor",
+      lambda e: augment.crop_with_offsets(torch.zeros(2, 3, 8, 8), 8, 4, torch.zeros(2, 2))),
+    L("hflip-mask-length", r"hflip_with_mask: mask must be a \(2,\) tensor, one flag per image",
+      lambda e: augment.hflip_with_mask(torch.zeros(2, 3, 8, 8), torch.ones(3))),
+    L("normalize-mean-none", r"normalize: mean must be 3 numbers, one per channel of x, got None",
+      lambda e: augment.normalize(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), None, (0.5,) * 3)),
+    L("default-augment-none", r"default_augment: info must be a DatasetInfo .*got None",
+      lambda e: augment.default_augment(None)),
+    # ------------------------------------------------------------------ results.plots helpers
+    L("aggregate-empty-row", r"rows\[0\] must be a store row \(Store\.query\(\)\) with model "
+      r"and dataset, got \{\}", lambda e: plots.aggregate([{}])),
+    L("aggregate-not-rows", r"rows must be a list of store rows .*got None",
+      lambda e: plots.aggregate(None)),
+    L("default-label-none", r"default_label needs a run config as a dict .*got None",
+      lambda e: plots.default_label(None)),
     # ------------------------------------------------------------------ sparse checkpoints
     L("load-truncated", r"trunc\.dctps is truncated or corrupt", lambda e: dctps.load(e.trunc_ck)),
     L("load-torch-save-file", r"state\.pt is not a dctps checkpoint.*torch\.save zip",
@@ -450,8 +480,8 @@ CASES = [
       r"last .*x\.permute\(0, 3, 1, 2\)", lambda e: dctps.data.Loader(
           torch.zeros(2, 32, 32, 3, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 2,
           shuffle=False, augment=False, info=dctps.data.get_info("cifar10"))),
-    L("loader-generator-seed", r"Loader: generator must be a CPU torch\.Generator, got 0 \(for "
-      r"a seed", lambda e: dctps.data.Loader(
+    L("loader-generator-seed", r"Loader: generator must be a CPU torch\.Generator or None, "
+      r"got 0 \(for a seed", lambda e: dctps.data.Loader(
           torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 2,
           shuffle=True, augment=False, info=dctps.data.get_info("digits"), generator=0)),
     L("loader-shuffle-word", r"Loader: shuffle must be True or False, got 'no'",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dctps.errors import DctpsError, check_density, unknown_name
+from dctps.errors import DctpsError, check_density, check_generator, is_count, show, unknown_name
 
 __all__ = ["budgets", "build", "names", "filter_counts", "layer_weights", "Allocation"]
 
@@ -81,9 +81,9 @@ def build(name: str) -> Allocation:
 
 def layer_weights(shape: Sequence[int], method: str) -> float:
     """The water-filling weight ``w_l`` of a layer whose weight has ``shape`` (see module doc)."""
-    if method not in _WEIGHTS:
+    if not isinstance(method, str) or method not in _WEIGHTS:
         raise unknown_name("allocation", method, _METHODS)
-    return _WEIGHTS[method](shape)
+    return _WEIGHTS[method](_check_shape(shape, "layer_weights: shape"))
 
 
 def _water_fill(caps: Sequence[int], weights: Sequence[float], total: int) -> list[int]:
@@ -130,6 +130,18 @@ def _at_least_one(counts: list[int]) -> list[int]:
     return counts
 
 
+def _check_shape(shape: object, what: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, or a DctpsError naming it as ``what``."""
+    if isinstance(shape, (tuple, list, torch.Size)) and len(shape) > 0:
+        try:
+            return tuple(operator.index(s) for s in shape)
+        except TypeError:
+            pass
+    raise DctpsError(
+        f"{what} must be a non-empty tuple of integers such as (64, 3, 3, 3), got {show(shape)}"
+    )
+
+
 def _check_shapes(weight_shapes: object) -> list[tuple[int, ...]]:
     """``weight_shapes`` as tuples of ints, or a DctpsError naming the first bad shape."""
     if isinstance(weight_shapes, (str, bytes)) or not hasattr(weight_shapes, "__iter__"):
@@ -137,21 +149,7 @@ def _check_shapes(weight_shapes: object) -> list[tuple[int, ...]]:
             f"weight_shapes must be a list of weight shapes such as [(64, 3, 3, 3), (10, 512)], "
             f"got {weight_shapes!r}"
         )
-    shapes = []
-    for i, shape in enumerate(weight_shapes):  # type: ignore[attr-defined]
-        ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) > 0
-        if ok:
-            try:
-                dims = tuple(operator.index(s) for s in shape)
-            except TypeError:
-                ok = False
-        if not ok:
-            raise DctpsError(
-                f"weight shape {i} must be a non-empty tuple of integers such as (64, 3, 3, 3), "
-                f"got {shape!r}"
-            )
-        shapes.append(dims)
-    return shapes
+    return [_check_shape(s, f"weight shape {i}") for i, s in enumerate(weight_shapes)]  # type: ignore[attr-defined]
 
 
 def budgets(
@@ -206,9 +204,14 @@ def filter_counts(
     the first ones would put every seed's extra weights, and at densities under one weight per
     filter all of them, on the same filters (in a DCTpS layer, the lowest DCT frequencies).
     """
-    out, fan = int(shape[0]), math.prod(shape[1:])
-    if not 0 <= nnz <= out * fan:
-        raise DctpsError(f"nnz={nnz} does not fit a layer of shape {tuple(shape)}")
+    dims = _check_shape(shape, "filter_counts: shape")
+    check_generator(generator, "filter_counts: generator")
+    out, fan = dims[0], math.prod(dims[1:])
+    if not is_count(nnz) or nnz > out * fan:
+        raise DctpsError(
+            f"filter_counts: nnz must be an integer in [0, {out * fan}] to fit a layer of "
+            f"shape {dims}, got {show(nnz)}"
+        )
     base, extra = divmod(nnz, out)
     counts = torch.full((out,), base, dtype=torch.int64, device="cpu")
     if extra:

@@ -183,6 +183,21 @@ def check_flag(value: object, name: str) -> None:
         raise DctpsError(f"{name} must be True or False, got {show(value)}")
 
 
+def check_generator(generator: object, name: str) -> None:
+    """A :class:`DctpsError` unless ``generator`` is ``None`` or a CPU ``torch.Generator``: a
+    seed given in its place failed deep in torch ("randperm() received an invalid combination
+    of arguments")."""
+    from torch import Generator
+
+    if generator is not None and (
+        not isinstance(generator, Generator) or generator.device.type != "cpu"
+    ):
+        raise DctpsError(
+            f"{name} must be a CPU torch.Generator or None, got {show(generator)} (for a "
+            "seed: g = torch.Generator(); g.manual_seed(seed))"
+        )
+
+
 def as_items(value: object, name: str) -> list[Any]:
     """A list argument of strings (``sets``, ``where``, ``slurm``): ``None`` is none, one
     string is one item (iterated, ``"optim.lr=0.1"`` was 12 one-letter settings), any other

@@ -14,7 +14,36 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dctps.errors import DctpsError
+from dctps.errors import DctpsError, check_generator, is_count, show
+
+__all__ = [
+    "crop_with_offsets", "default_augment", "hflip_with_mask", "normalize", "random_crop",
+    "random_hflip",
+]  # fmt: skip
+
+
+def _check_images(x: object, who: str, dims: tuple[int, ...] = (4,)) -> None:
+    """A :class:`DctpsError` unless ``x`` is a tensor of one of ``dims`` dimensions: one image
+    ``(C, H, W)`` given for a batch was read as ``C`` images of ``H`` rows (a flip came back
+    with an added dimension), or failed deep in torch."""
+    if not isinstance(x, torch.Tensor) or x.dim() not in dims:
+        shapes = " or ".join({3: "(C, H, W)", 4: "(N, C, H, W)"}[d] for d in dims)
+        hint = " (one image: x[None])" if isinstance(x, torch.Tensor) and x.dim() == 3 else ""
+        raise DctpsError(f"{who}: x must be a {shapes} tensor, got {show(x)}{hint}")
+
+
+def _check_window(size: object, padding: object, who: str) -> tuple[int, int]:
+    """``size`` as ``(sh, sw)`` of positive ints, and ``padding`` a non-negative int, or a
+    :class:`DctpsError` naming the bad one."""
+    pair = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+    if len(pair) != 2 or not all(is_count(v) and v > 0 for v in pair):  # type: ignore[operator]
+        raise DctpsError(
+            f"{who}: size must be a positive integer or a pair (height, width) of them, got "
+            f"{show(size)}"
+        )
+    if not is_count(padding):
+        raise DctpsError(f"{who}: padding must be a non-negative integer, got {show(padding)}")
+    return pair  # type: ignore[return-value]
 
 
 def _gen_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
@@ -37,8 +66,18 @@ def crop_with_offsets(
     Returns:
         ``(N, C, sh, sw)`` tensor with ``out[n] = padded[n, :, top:top+sh, left:left+sw]``.
     """
-    sh, sw = (size, size) if isinstance(size, int) else size
+    _check_images(x, "crop_with_offsets")
+    sh, sw = _check_window(size, padding, "crop_with_offsets")
     n, c, h, w = x.shape
+    if (
+        not isinstance(offsets, torch.Tensor)
+        or offsets.shape != (n, 2)
+        or offsets.is_floating_point()
+    ):
+        raise DctpsError(
+            f"crop_with_offsets: offsets must be an integer ({n}, 2) tensor of (top, left), "
+            f"got {show(offsets)}"
+        )
     hp, wp = h + 2 * padding, w + 2 * padding
     if sh > hp or sw > wp:
         raise DctpsError(f"crop size {(sh, sw)} exceeds padded image size {(hp, wp)}")
@@ -71,12 +110,14 @@ def random_crop(
     Returns:
         ``(N, C, sh, sw)`` tensor of ``x``'s dtype on ``x``'s device.
     """
-    sh, sw = (size, size) if isinstance(size, int) else size
+    _check_images(x, "random_crop")
+    sh, sw = _check_window(size, padding, "random_crop")
+    check_generator(generator, "random_crop: generator")
     n, _, h, w = x.shape
-    if padding < 0 or sh > h + 2 * padding or sw > w + 2 * padding:  # before the offsets' draw
+    if sh > h + 2 * padding or sw > w + 2 * padding:  # before the offsets' draw
         raise DctpsError(
             f"random_crop: crop size {(sh, sw)} with padding {padding} does not fit images of "
-            f"size {(h, w)}: padding must be >= 0 and the size at most the padded image's"
+            f"size {(h, w)}: the size must be at most the padded image's"
         )
     dev = _gen_device(generator, x.device)
     top = torch.randint(0, h + 2 * padding - sh + 1, (n,), generator=generator, device=dev)
@@ -86,12 +127,20 @@ def random_crop(
 
 def hflip_with_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Flip left-right each image of ``x`` ``(N, C, H, W)`` whose bool ``mask`` ``(N,)`` is set."""
+    _check_images(x, "hflip_with_mask")
+    if not isinstance(mask, torch.Tensor) or mask.shape != (x.shape[0],):
+        raise DctpsError(
+            f"hflip_with_mask: mask must be a ({x.shape[0]},) tensor, one flag per image, got "
+            f"{show(mask)}"
+        )
     mask = mask.to(device=x.device, dtype=torch.bool)
     return torch.where(mask[:, None, None, None], x.flip(-1), x)
 
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of ``x`` (``(N, C, H, W)``) left-right with probability 0.5."""
+    _check_images(x, "random_hflip")
+    check_generator(generator, "random_hflip: generator")
     dev = _gen_device(generator, x.device)
     mask = torch.rand(x.shape[0], generator=generator, device=dev) < 0.5
     return hflip_with_mask(x, mask)
@@ -107,16 +156,29 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     Returns:
         float32 tensor of ``x``'s shape on ``x``'s device.
     """
+    _check_images(x, "normalize", dims=(3, 4))
     if x.dtype != torch.uint8:  # float pixels in [0, 1] would be divided by 255 once more
         raise DctpsError(
             f"normalize: expected uint8 pixels in 0..255, got {x.dtype}; pass the images as "
             "uint8 (e.g. (x * 255).round().to(torch.uint8) for floats in [0, 1])"
         )
     c = x.shape[-3]
-    if len(mean) != c or len(std) != c:
-        raise DctpsError(f"normalize: {c} channels but {len(mean)} means and {len(std)} stds")
-    m, s = _channel_constants(tuple(map(float, mean)), tuple(map(float, std)), x.device)
+    m, s = _channel_constants(_per_channel(mean, "mean", c), _per_channel(std, "std", c), x.device)
     return (x.to(torch.float32) / 255.0 - m) / s
+
+
+def _per_channel(values: object, name: str, channels: int) -> tuple[float, ...]:
+    """``values`` as ``channels`` floats, or a :class:`DctpsError` naming ``name``."""
+    try:
+        out = tuple(float(v) for v in values) if not isinstance(values, str) else None  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        out = None
+    if out is None or len(out) != channels:
+        raise DctpsError(
+            f"normalize: {name} must be {channels} numbers, one per channel of x, got "
+            f"{show(values)}"
+        )
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -134,4 +196,9 @@ def _channel_constants(
 
 def default_augment(info: Any) -> bool:
     """Whether ``info`` (a ``DatasetInfo``) asks for any training augmentation (crop or flip)."""
+    if not (hasattr(info, "crop_padding") and hasattr(info, "hflip")):
+        raise DctpsError(
+            f"default_augment: info must be a DatasetInfo (dctps.data.get_info(name)), got "
+            f"{show(info)}"
+        )
     return bool(info.crop_padding > 0 or info.hflip)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dctps.data.augment import crop_with_offsets, hflip_with_mask, normalize
-from dctps.errors import DctpsError, check_flag, show, user_device
+from dctps.errors import DctpsError, check_flag, check_generator, show, user_device
 
 
 class Loader:
@@ -111,13 +111,7 @@ class Loader:
             )
         if not (isinstance(rank, int) and 0 <= rank < world_size):
             raise DctpsError(f"Loader: rank must be in [0, {world_size}), got {show(rank)}")
-        if generator is not None and (
-            not isinstance(generator, torch.Generator) or generator.device.type != "cpu"
-        ):
-            raise DctpsError(
-                f"Loader: generator must be a CPU torch.Generator, got {show(generator)} (for "
-                "a seed: g = torch.Generator(); g.manual_seed(seed))"
-            )
+        check_generator(generator, "Loader: generator")
         for arg, flag in (("shuffle", shuffle), ("augment", augment), ("drop_last", drop_last)):
             check_flag(flag, f"Loader: {arg}")
         self.device = user_device(device, "Loader: device")

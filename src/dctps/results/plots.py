@@ -502,6 +502,11 @@ def fixed_alpha_label(init: Any) -> str:
 
 def default_label(cfg: Mapping[str, Any]) -> str:
     """A curve label for a run config: the method, plus what differs from its defaults."""
+    if not isinstance(cfg, Mapping):
+        raise DctpsError(
+            f"default_label needs a run config as a dict (row_config(row) of a store row), got "
+            f"{show(cfg)}"
+        )
     s = cfg.get("sparsity", {})
     m = s.get("method")
     alloc = s.get("allocation")
@@ -619,6 +624,22 @@ def panel_title(model: str, dataset: str) -> str:
     return f"{display_name(model)}, {display_name(dataset)}"
 
 
+def _check_rows(rows: object) -> list[Mapping[str, Any]]:
+    """``rows`` as a list of store rows (mappings with a model and a data set, as
+    :meth:`Store.query` returns them), or a :class:`DctpsError` naming the first bad one."""
+    if isinstance(rows, (str, bytes, Mapping)) or not hasattr(rows, "__iter__"):
+        raise DctpsError(f"rows must be a list of store rows (Store.query()), got {show(rows)}")
+    out = list(rows)  # type: ignore[call-overload]
+    for i, r in enumerate(out):
+        lacks = [k for k in ("model", "dataset") if not isinstance(r, Mapping) or k not in r]
+        if lacks:
+            raise DctpsError(
+                f"rows[{i}] must be a store row (Store.query()) with {' and '.join(lacks)}, got "
+                f"{show(r)}"
+            )
+    return out
+
+
 def aggregate(
     rows: Sequence[Mapping[str, Any]],
     label: Callable[[Mapping[str, Any]], str] = default_label,
@@ -642,6 +663,9 @@ def aggregate(
     label (:func:`~dctps.results.variants.own_settings`) unless ``name_options`` is false (a
     ``--quick`` figure, whose note names its shortened schedules).
     """
+    rows = _check_rows(rows)
+    if not callable(label):
+        raise DctpsError(f"label must be a function of a run config, got {show(label)}")
     if x not in ("density", "nonzeros"):
         raise DctpsError(f"x must be density or nonzeros, got {x!r}")
     if metric not in ("auto", "test_acc", "val_acc"):
