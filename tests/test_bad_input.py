@@ -884,6 +884,31 @@ def test_a_path_with_an_over_long_name_is_named_not_a_traceback(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_cuda_asked_for_where_there_is_none_says_so_and_what_to_give(env):
+    """The four places a CUDA device is checked share one message, each with its own advice."""
+    from dctps.bench import bench_device
+    from dctps.train.distributed import device_kind
+
+    x, y = torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
+    cases = [
+        (lambda: bench_device("cuda"), r"--device cuda requested .* \(give --device cpu\)$"),
+        (lambda: device_kind("cuda:0"), r"device 'cuda:0' requested .*\(give device cpu or "
+         r"auto\)$"),
+        (lambda: dctps.data.Loader(x, y, 2, shuffle=False, augment=False, device="cuda",
+                                   info=dctps.data.get_info("digits")),
+         r"Loader: device 'cuda' requested .*\(give device='cpu'\)$"),
+    ]  # fmt: skip
+    for call, needle in cases:
+        with pytest.raises(DctpsError, match=needle) as info:
+            call()
+        assert "CUDA is not available on this host" in str(info.value)
+    res = runner.invoke(app, [*TRAIN_AT[:-4], "--device", "cuda", "--data-root",
+                              str(env.data), "--out", str(env.tmp / "cuda")])  # fmt: skip
+    assert res.exit_code != 0 and isinstance(res.exception, DctpsError), res.output
+    assert "CUDA is not available on this host (give device cpu or auto)" in str(res.exception)
+
+
 def test_long_messages_keep_their_advice_and_names_are_measured_in_bytes():
     """A mutation audit: the end a long message keeps, and NAME_MAX counted in characters."""
     from dctps.errors import user_path

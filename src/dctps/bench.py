@@ -52,6 +52,7 @@ from dctps.atomic import atomic_write, check_file_target, make_parent
 from dctps.errors import (
     DctpsError,
     cannot_write,
+    no_cuda,
     one_line,
     refuse_empty,
     set_threads,
@@ -724,7 +725,7 @@ def bench_device(device: str) -> torch.device:
     except RuntimeError:  # cuda:x, cuda:-1
         raise DctpsError(f"--device must be {valid}, got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DctpsError(f"--device {device} requested but CUDA is not available")
+        raise DctpsError(no_cuda(f"--device {device}", "give --device cpu"))
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DctpsError(
             f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "

@@ -331,6 +331,12 @@ def user_device(value: object, name: str) -> Any:
 NAME_MAX = 255
 
 
+def no_cuda(what: str, advice: str) -> str:
+    """The message for a CUDA device asked for (``what``: the flag or argument and its value) on
+    a host without one, with ``advice`` on what to give instead."""
+    return f"{what} requested but CUDA is not available on this host ({advice})"
+
+
 def is_count(v: object) -> bool:
     """Whether ``v`` is a non-negative ``int`` (not a ``bool``): a size, offset or dimension
     read from a file, checked before it is used."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dctps.data.augment import crop_with_offsets, hflip_with_mask, normalize
-from dctps.errors import DctpsError, check_flag, check_generator, show, user_device
+from dctps.errors import DctpsError, check_flag, check_generator, no_cuda, show, user_device
 
 
 class Loader:
@@ -116,10 +116,7 @@ class Loader:
             check_flag(flag, f"Loader: {arg}")
         self.device = user_device(device, "Loader: device")
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DctpsError(
-                f"Loader: device {device!r} requested but CUDA is not available on this host "
-                "(give device='cpu')"
-            )
+            raise DctpsError(no_cuda(f"Loader: device {device!r}", "give device='cpu'"))
         self.x = x.to(self.device)
         self.y = y.to(device=self.device, dtype=torch.int64)
         self.batch_size = batch_size

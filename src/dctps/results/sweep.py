@@ -58,6 +58,7 @@ from dctps.errors import (
     as_items,
     cannot_write,
     check_threads,
+    no_cuda,
     parse_density,
     show,
     unknown_name,
@@ -1241,9 +1242,12 @@ def host_problems(configs: Sequence[RunConfig]) -> list[str]:
                             f"provide it, or leave data set {name!r} out of the grid)")  # fmt: skip
     cuda = sorted({c.device for c in configs if c.device.startswith("cuda")})
     if cuda and not torch.cuda.is_available():
-        problems.append(f"device {', '.join(map(repr, cuda))} requested but CUDA is not "
-                        "available on this host (give device cpu or auto: --device, or the "
-                        "grid's device)")  # fmt: skip
+        problems.append(
+            no_cuda(
+                f"device {', '.join(map(repr, cuda))}",
+                "give device cpu or auto: --device, or the grid's device",
+            )
+        )
     return problems
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dctps.errors import DctpsError, one_line
+from dctps.errors import DctpsError, no_cuda, one_line
 
 __all__ = ["DistContext", "setup", "teardown"]
 
@@ -127,7 +127,7 @@ def _pick_device(pref: str, local_rank: int) -> torch.device:
         return torch.device("cpu")
     if pref.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DctpsError(f"device {pref!r} requested but CUDA is not available")
+            raise DctpsError(no_cuda(f"device {pref!r}", "give device cpu or auto"))
         return torch.device(pref if ":" in pref else f"cuda:{local_rank}")
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
