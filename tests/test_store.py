@@ -1139,3 +1139,11 @@ def test_a_running_row_whose_process_is_gone_reads_dead(tmp_path):
     assert lines[1].startswith("1 run is dead: recorded running, but the process that trained "
                                "it on this host is gone")  # fmt: skip
     assert Store(tmp_path / "r.db").get("gone")["status"] == "running"  # stored as it was
+    # `--where status=dead` lists the dead runs; with another status, those runs too
+    s.start("done", {"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"}, "seed": 1})
+    s.finish("done", val_acc=0.5)
+    with _run_lock(tmp_path / "r.db.locks" / "hidden", prune_parent=True):
+        picked = {w: {r["hash"] for r in print_results(tmp_path / "r.db", where=[w], echo=print)}
+                  for w in ("status=dead", "status=dead,done", "status=running")}  # fmt: skip
+    assert picked == {"status=dead": {"gone"}, "status=dead,done": {"gone", "done"},
+                      "status=running": {"live", "gone", "away", "hidden"}}  # fmt: skip

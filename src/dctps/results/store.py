@@ -852,6 +852,17 @@ def process_gone(owner: object) -> bool:
     return False
 
 
+def _is_dead(row: Mapping[str, Any], locks: Path) -> bool:
+    """Whether ``row`` is a dead run: recorded ``running``, but its process on this host is
+    gone (:func:`process_gone`) and its lock in ``locks`` (:func:`locks_folder`) is free."""
+    return (
+        row.get("status") == "running"
+        and process_gone(row.get("owner"))
+        # its lock held: alive in another PID namespace on a host of the same name
+        and lock_held(locks / str(row["hash"]) / ".lock") is not True
+    )
+
+
 def locks_folder(db: Path) -> Path:
     """The folder of run locks beside results database ``db`` (``DB.locks``): each run of that
     store holds ``<hash>/.lock`` in it while it trains (:func:`dctps.train.loop.fit`)."""
@@ -1548,7 +1559,15 @@ def print_results(
             make_parent(target, f"{kind} file", f"results.{kind.lower()}")  # as commands do
     store = Store(path)
     filters = parse_where(where)
+    locks = locks_folder(path)
+    statuses = filters.get("status")
+    statuses = statuses if isinstance(statuses, list) else [statuses]
+    if "dead" in statuses:  # stored as running: narrowed to the dead ones below
+        others = [v for v in statuses if v != "dead"]
+        filters["status"] = [*others, "running"]
     rows = store.query(filters)
+    if "dead" in statuses:
+        rows = [r for r in rows if r["status"] in others or _is_dead(r, locks)]
     # the variant column, resolved once for the table and every export (it resolves each
     # row's config: 1.4 s at 10,000 rows, once per export before)
     marked = with_marks(rows)
@@ -1567,14 +1586,7 @@ def print_results(
             columns = (*TABLE_COLUMNS[:i], "variant", *TABLE_COLUMNS[i:])
         # a `running` row whose process is gone read as a live run (the exports keep the
         # stored status and the owner column)
-        locks = locks_folder(path)
-        dead = [
-            r["status"] == "running"
-            and process_gone(r.get("owner"))
-            # its lock held: alive in another PID namespace on a host of the same name
-            and lock_held(locks / str(r["hash"]) / ".lock") is not True
-            for r in marked
-        ]
+        dead = [_is_dead(r, locks) for r in marked]
         shown = [{**r, "status": "dead"} if d else r for r, d in zip(marked, dead, strict=True)]
         echo(format_table(shown, columns))
         if any(dead):
