@@ -378,3 +378,65 @@ def test_a_standard_output_that_refuses_writes_is_one_error_line():
     head.stdout.close()  # as `| head -1` does
     _, err = head.communicate(timeout=120)
     assert head.returncode in (0, 1) and "Traceback" not in err and "Exception" not in err
+    # the demo printed its table with print(), whose refusal read as a bug: a traceback
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([*cmd[:3], "demo", "--epochs", "1", "--threads", "1"], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.endswith("error: cannot write to standard output: No space left on device\n")
+
+
+def _cli_bytes(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "dctps.cli", *args], capture_output=True,
+                          timeout=120, env={**os.environ, **(env or {})}, **kw)  # fmt: skip
+
+
+def test_a_latin1_stdout_gets_escapes_to_read_and_utf8_data_to_read_back(tmp_path):
+    """A locale review: under a Latin-1 or cp1252 locale (Windows, output redirected) `figure
+    --list`, `plot` and a quick figure's note died on "α" and "—" with a traceback; `figure
+    NAME --print-config > grid.yaml` left a cut file; `results --csv -` died on a non-ASCII
+    data root, and a data root whose name is not UTF-8 could not be stored at all."""
+    import csv
+    import io
+
+    import yaml
+
+    from dctps.results import Store
+
+    latin1 = {"PYTHONIOENCODING": "latin-1"}
+    r = _cli_bytes("figure", "--list", env=latin1)
+    assert r.returncode == 0 and b"\\u03b1 per channel" in r.stdout, r.stderr
+    r = _cli_bytes("figure", "offsets", "--print-config", env=latin1)
+    assert r.returncode == 0, r.stderr
+    grid = r.stdout.decode("utf-8")  # the bytes a file of it holds, whatever the locale
+    assert "α per channel" in grid and yaml.safe_load(grid)["name"] == "offsets"
+    s = Store(tmp_path / "r.db")
+    roots = {"a": "/d/é 中", "b": "/d/lat\udce9"}  # \udce9: the byte 0xe9 of a Latin-1 name
+    for h, root in roots.items():
+        s.start(h, {"model": {"name": "lenet5"}, "data": {"dataset": "cifar10"}, "seed": 0})
+        s.update(h, data_root=root)
+    assert [r["hash"] for r in s.query({"data_root": roots["b"]})] == ["b"]
+    r = _cli_bytes("results", "--db", str(tmp_path / "r.db"), "--csv", "-", env=latin1)
+    assert r.returncode == 0, r.stderr
+    rows = csv.DictReader(io.StringIO(r.stdout.decode("utf-8"), newline=""))
+    assert {row["hash"]: row["data_root"] for row in rows} == {"a": "/d/é 中", "b": "/d/lat\\xe9"}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="closes descriptor 1 (POSIX)")
+def test_an_export_to_a_closed_stdout_is_one_line_not_a_traceback(tmp_path):
+    """`dctps results --csv - >&-` raised a TypeError (sys.stdout is None), --json an
+    AttributeError."""
+    import os
+
+    from dctps.results import Store
+
+    Store(tmp_path / "r.db").start("a", {"model": {"name": "lenet5"}, "seed": 0})
+    for kind in ("--csv", "--json"):
+        r = _cli_bytes("results", "--db", str(tmp_path / "r.db"), kind, "-",
+                       preexec_fn=lambda: os.close(1))  # fmt: skip
+        assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr
+        assert r.stderr.decode().strip() == (
+            f"error: cannot write {kind[2:].upper()} file -: standard output is closed"
+        )

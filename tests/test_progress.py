@@ -142,3 +142,43 @@ def test_a_bad_setting_is_refused_before_any_work(fake_cifar10, tmp_path, monkey
     out = subprocess.run([sys.executable, "-m", "dctps.cli", "--help"], capture_output=True,
                          text=True)  # fmt: skip
     assert out.returncode == 0 and "demo" in out.stdout
+
+
+class _Full(io.StringIO):
+    """A log that refuses every write, as stderr redirected to a full disk does."""
+
+    def write(self, s: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_log_that_cannot_be_written_ends_the_progress_lines_not_the_run(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    """A locale review: `dctps train 2>/dev/full` (a SLURM log on a full $HOME), or a log piped
+    to a reader that left, stopped the run at its first progress line, and every resume again.
+    The lines are best effort; with stderr closed (None) they are dropped, not sent to stdout."""
+    monkeypatch.setenv(progress.ENV, "lines")
+    monkeypatch.setattr("sys.stderr", _Full())
+    r = fit(_cfg(fake_cifar10, epochs=2), tmp_path, progress=True)
+    assert r["status"] == "done" and len(r["history"]) == 2
+    lines = progress.Lines(3, "x")
+    lines.write("a")
+    assert lines.lost
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", None)
+    monkeypatch.setattr("sys.stdout", out)
+    progress.Lines(3, "y").write("b")
+    assert out.getvalue() == ""
+
+
+def test_a_bar_keeps_a_line_per_epoch_above_itself(fake_cifar10, tmp_path, capsys, monkeypatch):
+    """A locale review: on a terminal an epoch's validation accuracy was in the bar's text only
+    until the next epoch's loss replaced it, and an 80-column terminal cut it to "val 8"."""
+    monkeypatch.setenv(progress.ENV, "bar")
+    r = fit(_cfg(fake_cifar10, epochs=2), tmp_path, progress=True)
+    err = capsys.readouterr().err
+    kept = re.findall(r"^epoch (\d)/2 (\d+)/18 step: loss [\d.]+ acc [\d.]+% val ([\d.]+)% \d+ "
+                      r"img/s$", err.replace("\r", "\n"), flags=re.M)  # fmt: skip
+    assert kept == [(str(k), str(9 * k), f"{100 * h['val_acc']:.2f}")
+                    for k, h in enumerate(r["history"], 1)]  # fmt: skip
+    assert "\r" in err  # and the bar itself

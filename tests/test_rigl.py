@@ -610,3 +610,24 @@ def test_an_update_reads_the_device_a_few_times_per_layer_not_more(monkeypatch, 
     assert rigl.history and rigl.history[-1][2] > 0
     assert made[0] == 0
     assert reads[0] <= 1 + 6 * layers, reads[0]
+
+
+def test_a_rigl_built_again_on_a_pruned_model_replaces_the_one_before():
+    """A leak review: RigL built again on the same pruned model without remove() (a notebook
+    cell run again) stacked one more hook per layer each time, and each stale one armed at the
+    time kept a dense gradient per layer alive at every backward. The newest one captures."""
+    model = prune(_mlp(), 0.3, "random", seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigls = [RigL(model, opt, total_steps=100, delta_t=1) for _ in range(5)]  # armed at once
+    from dctps.dst.rigl import _Masked
+
+    for m in _linears(model):
+        ours = [h for h in m._forward_pre_hooks.values()
+                if isinstance(getattr(h, "__self__", None), _Masked)]  # fmt: skip
+        assert len(ours) == 1 and ours[0].__self__ in rigls[-1].layers
+    x, y = _batch(0)
+    F.cross_entropy(model(x), y).backward()
+    assert all(s.grad is None for r in rigls[:-1] for s in r.layers)
+    assert all(s.grad is not None for s in rigls[-1].layers)
+    assert not rigls[-1].step()  # an update step (delta_t=1): it moved the supports
+    assert len(rigls[-1].history) == 1 and rigls[-1].history[0][2] > 0

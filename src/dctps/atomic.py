@@ -11,7 +11,9 @@ may own a fresh one; :mod:`dctps.train.checkpoint` at once, under its run lock).
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import io
 import os
 import secrets
 import sys
@@ -32,6 +34,7 @@ __all__ = [
     "replace",
     "starts_with",
     "unlink_quietly",
+    "utf8_stdout",
 ]
 
 
@@ -196,3 +199,26 @@ def atomic_write(
         if isinstance(e, OSError):
             raise cannot_write(what, target, e) from None
         raise
+
+
+@contextmanager
+def utf8_stdout(newline: str | None = None) -> Iterator[IO[str]]:
+    """Standard output as a UTF-8 text stream, for data written there to be read back (``dctps
+    results --csv -``, ``dctps figure --print-config``): the same bytes as the file would hold.
+    Under a Latin-1 or cp1252 locale (Windows, whenever output is redirected) the stream's own
+    encoding failed on a run's non-ASCII data root or a label's "α". An ``OSError`` (EBADF)
+    where standard output is closed (``>&-``)."""
+    out = sys.stdout
+    if out is None:
+        raise OSError(errno.EBADF, "standard output is closed")
+    buffer = getattr(out, "buffer", None)
+    if buffer is None or (out.encoding or "").lower().replace("-", "") == "utf8":
+        yield out
+        return
+    out.flush()  # what was printed before comes first
+    f = io.TextIOWrapper(buffer, encoding="utf-8", newline=newline, write_through=True)
+    try:
+        yield f
+        f.flush()
+    finally:
+        f.detach()  # leaves the buffer (and standard output) open

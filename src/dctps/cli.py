@@ -19,7 +19,7 @@ from typing import Any
 import typer
 
 from dctps._version import __version__
-from dctps.atomic import check_file_target, make_parent, starts_with
+from dctps.atomic import check_file_target, make_parent, starts_with, utf8_stdout
 from dctps.errors import DctpsError, parse_density, refuse_empty
 from dctps.train.config import fill_names
 
@@ -83,7 +83,8 @@ def demo(
     """
     from dctps.demo import run_demo
 
-    run_demo(epochs=epochs, seed=seed, threads=threads)
+    # typer.echo: a refused write (stdout on a full disk) is one error line, not a traceback
+    run_demo(epochs=epochs, seed=seed, threads=threads, echo=typer.echo)
 
 
 from dctps.train import train_command as _train_command  # noqa: E402
@@ -276,8 +277,8 @@ def figure_cmd(
                      *(["--epochs", str(epochs)] if epochs is not None else []),
                      *(["--device", device] if device else []),
                      *(f for s in sets for f in ("--set", s))]  # fmt: skip
-        typer.echo(
-            figures.grid_yaml(
+        with utf8_stdout() as f:  # a grid to read back: UTF-8, whatever the locale
+            f.write(figures.grid_yaml(
                 name,
                 quick,
                 model or None,
@@ -286,9 +287,7 @@ def figure_cmd(
                 seeds,
                 config,
                 run_flags=run_flags,
-            ),  # fmt: skip
-            nl=False,  # the YAML ends its own last line: `> grid.yaml` is the configs/ file
-        )
+            ))  # fmt: skip
         return
     with _resume_hint("figure"):
         data = figures.run_figure(
@@ -322,9 +321,11 @@ def plot_cmd(
 ) -> None:
     """Accuracy vs density of any subset of a results database (one panel per model/data)."""
     from dctps.results.plots import plot_command
+    from dctps.results.store import sqlite_text
 
     refuse_empty(out, "--out", "plot.png")
-    data = plot_command(db, where, out, x, metric, title)
+    # bytes that are not UTF-8 (a Latin-1 terminal) as \xe9: matplotlib raised a TypeError
+    data = plot_command(db, where, out, x, metric, sqlite_text(title))
     typer.echo(data.table())
     typer.echo(f"wrote {', '.join(map(str, data.paths))}")
 
@@ -592,6 +593,11 @@ def main() -> None:
     while the command ran: :class:`dctps.errors.CannotWrite`); dctps's own warnings are one
     ``warning:`` line each."""
     warnings.formatwarning = _format_warning
+    for stream in (sys.stdout, sys.stderr):
+        # a Latin-1 or cp1252 locale (Windows, output redirected) cannot encode a label's "α"
+        # or a note's "—": escaped, not a traceback; data read back is UTF-8 (utf8_stdout)
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         try:
             from typer._click import exceptions as click_errors

@@ -9,6 +9,7 @@ with Adam; the best-validation epoch is evaluated on the held-out test set.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,10 +108,12 @@ def format_table(rows: list[DemoRow]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]:
-    """Train the five networks, print the table and a one-line verdict; return the rows.
-    ``threads``: torch's threads while it runs (0: as they are); restored after it, as torch's
-    global random generator, which each network's seed sets."""
+def run_demo(
+    epochs: int = 20, seed: int = 0, threads: int = 0, echo: Callable[[str], Any] = print
+) -> list[DemoRow]:
+    """Train the five networks, print the table and a one-line verdict (through ``echo``);
+    return the rows. ``threads``: torch's threads while it runs (0: as they are); restored
+    after it, as torch's global random generator, which each network's seed sets."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise dctps.DctpsError(f"--epochs must be an integer >= 1, got {epochs!r}")
     check_seed(seed, "--seed")
@@ -118,12 +121,12 @@ def run_demo(epochs: int = 20, seed: int = 0, threads: int = 0) -> list[DemoRow]
     set_threads(threads)
     try:
         with torch.random.fork_rng(devices=[]):  # the demo trains on the CPU
-            return _run(epochs, seed)
+            return _run(epochs, seed, echo)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(epochs: int, seed: int) -> list[DemoRow]:
+def _run(epochs: int, seed: int, echo: Callable[[str], Any]) -> list[DemoRow]:
     plan = [("dense", 1.0), ("dctps", 0.1), ("random", 0.1), ("dctps", 0.01), ("random", 0.01)]
     # the first optimizer a process builds imports torch._dynamo (about 1.2 s): not the first
     # row's training time, which the table would otherwise show as dense's
@@ -136,9 +139,9 @@ def _run(epochs: int, seed: int) -> list[DemoRow]:
     finally:
         if bar is not None:
             bar.close()
-    print(format_table(rows))
+    echo(format_table(rows))
     by = {(r.method, r.density): r.test_acc for r in rows}
     for d in (0.1, 0.01):
         gap = by[("dctps", d)] - by[("random", d)]
-        print(f"at {d:.0%} density DCTpS is {gap * 100:+.1f} points vs random pruning")
+        echo(f"at {d:.0%} density DCTpS is {gap * 100:+.1f} points vs random pruning")
     return rows

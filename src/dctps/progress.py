@@ -55,6 +55,7 @@ class Lines:
     def __init__(self, total: int, desc: str = "", unit: str = "it", initial: int = 0) -> None:
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.postfix = ""
+        self.lost = False  # a write failed: progress stops, the work goes on
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units (nothing is written)."""
@@ -69,8 +70,17 @@ class Lines:
         self.desc = desc
 
     def write(self, s: str, file: Any = None) -> None:
-        """Write ``s`` as its own line (``sys.stderr`` unless ``file``), flushed."""
-        print(s, file=sys.stderr if file is None else file, flush=True)
+        """Write ``s`` as its own line (``sys.stderr`` unless ``file``), flushed. Best effort: a
+        log that cannot be written (a SLURM log on a full disk, a pipe whose reader left, a
+        closed stderr) ends the progress lines, not the run; every resume had stopped again on
+        its first line."""
+        out = sys.stderr if file is None else file
+        if self.lost or out is None:  # print(file=None) would write to stdout
+            return
+        try:
+            print(s, file=out, flush=True)
+        except (OSError, ValueError):  # ValueError: a closed file
+            self.lost = True
 
     def line(self) -> str:
         """``<desc> <n>/<total> <unit>: <postfix>``, as :func:`mark` writes it."""
@@ -98,7 +108,14 @@ def make_bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool =
                 **tqdm_options)  # fmt: skip
 
 
-def mark(bar: Any) -> None:
-    """Write ``bar``'s line now if it is a :class:`Lines` (a tqdm bar shows itself)."""
+def mark(bar: Any, keep: bool = False) -> None:
+    """Write ``bar``'s line now if it is a :class:`Lines` (a tqdm bar shows itself). With
+    ``keep``, a tqdm bar prints it too, above itself, where it stays: a run's epochs, whose
+    accuracies the bar's text held only until the next epoch's loss replaced them (and an
+    80-column terminal cut to "val 8")."""
     if isinstance(bar, Lines):
         bar.write(bar.line())
+    elif keep and bar is not None:
+        desc = bar.desc[:-2] if bar.desc.endswith(": ") else bar.desc  # tqdm adds ": "
+        head = f"{desc} {bar.n}/{bar.total} {bar.unit}".strip()
+        bar.write(f"{head}: {bar.postfix}" if bar.postfix else head, file=sys.stderr)

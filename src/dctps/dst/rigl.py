@@ -145,6 +145,12 @@ class _Masked(_Sparse):
     def __init__(self, name: str, module: nn.Module, attr: str):
         super().__init__(name, module)
         self.attr = attr
+        # a RigL built before on this model and never remove()d (a notebook cell run again):
+        # its hook goes, and the newest RigL captures, as on a DCTpS layer. Each stale hook had
+        # stayed, and one armed kept a dense gradient per layer alive at every backward.
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(getattr(hook, "__self__", None), _Masked):
+                del module._forward_pre_hooks[key]
         # Runs after torch.prune's pre-hook (registered earlier), which recomputes the weight.
         self.handle = module.register_forward_pre_hook(self._pre_hook)
 

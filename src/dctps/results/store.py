@@ -44,6 +44,7 @@ from dctps.atomic import (
     foreign_file,
     make_parent,
     starts_with,
+    utf8_stdout,
 )
 from dctps.errors import CannotWrite, DctpsError, as_items, cannot_write, refuse_empty, user_path
 
@@ -585,6 +586,7 @@ class Store:
             "updated": _now(),
             "owner": owner_id(),
         }
+        row = {k: sqlite_text(v) for k, v in row.items()}
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         keep = ("hash", "created")
@@ -603,7 +605,7 @@ class Store:
         bad = [k for k in values if k not in RUN_COLUMNS or k == "hash"]
         if bad:
             raise DctpsError(f"unknown run column(s) {bad}; valid: {', '.join(RUN_COLUMNS)}")
-        values = {**values, "updated": _now()}
+        values = {**{k: sqlite_text(v) for k, v in values.items()}, "updated": _now()}
         sets = ", ".join(f"{k} = ?" for k in values)
 
         def fn(conn: sqlite3.Connection) -> None:
@@ -693,7 +695,7 @@ class Store:
         ``"optim.epochs"`` compares the run's resolved config), or a SQL condition string such as
         ``"density < 0.01 AND status = 'done'"`` (with ``?`` placeholders filled from ``params``).
         """
-        sql, args = "SELECT * FROM runs", as_items(params, "params")
+        sql, args = "SELECT * FROM runs", [sqlite_text(a) for a in as_items(params, "params")]
         by_config: dict[str, Any] = {}
         if isinstance(where, Mapping):
             by_config = {k: v for k, v in where.items() if k not in RUN_COLUMNS}
@@ -717,10 +719,10 @@ class Store:
                     if len(rest) < len(v):
                         tests.insert(0, f"{k} IS NULL")
                     conds.append(f"({' OR '.join(tests)})" if tests else "0")
-                    args.extend(rest)
+                    args.extend(map(sqlite_text, rest))
                 else:
                     conds.append(f"{k} = ?")
-                    args.append(v)
+                    args.append(sqlite_text(v))
             sql += " WHERE " + " AND ".join(conds)
         elif isinstance(where, str) and where.strip():
             sql += f" WHERE {where}"
@@ -829,6 +831,24 @@ class Store:
 MARK_COLUMNS = ("variant", "recorded_by")
 
 
+def sqlite_text(value: Any) -> Any:
+    """``value``, a string as SQLite can store it: the bytes of a file name that are not UTF-8
+    (a Latin-1 folder name, held by Python as lone surrogates, ``\\udce9``) as ``\\xe9``
+    escapes. SQLite refused them, and a run under such a data root failed at every resume;
+    stored and queried alike, a ``--where`` on that text still matches."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+    return value
+
+
 def owner_id() -> str:
     """``host:pid`` of this process, as :meth:`Store.start` records a run's owner."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -919,7 +939,8 @@ def _export(
     target = user_path(path, "the export path")
     try:
         if str(path) in STDOUT_PATHS:  # through sys.stdout: appends, as `>>` asks
-            write(sys.stdout)
+            with utf8_stdout(newline) as f:
+                write(f)
         elif _csv_stream(path):
             with open(target, "a", newline=newline, encoding="utf-8") as f:
                 write(f)

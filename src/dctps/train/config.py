@@ -1048,7 +1048,7 @@ def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
         )
     path = user_path(path, "the config path")
     with atomic_write(path, "run config") as f:
-        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 # ----------------------------------------------------------------------------- CLI schema

@@ -591,6 +591,7 @@ def other_data(
     compare), are reused as before.
     """
     from dctps import data as data_mod
+    from dctps.results.store import sqlite_text
 
     recorded = row.get("data_fingerprint")
     if not recorded:
@@ -599,7 +600,7 @@ def other_data(
         root = data_mod.root_of(data.dataset, data.root)
     except DctpsError:
         return None
-    if root == row.get("data_root"):
+    if sqlite_text(root) == row.get("data_root"):  # as stored: a Latin-1 name escaped
         return None
     key = (data.dataset, root, data.val_fraction, data.split_seed, data.subset)
     memo = {} if memo is None else memo
@@ -1239,7 +1240,7 @@ def _fit(
                         f"loss {st.loss:.3f} acc {100 * st.acc:.1f}% val {va} "
                         f"{st.images_per_second:.0f} img/s"
                     )
-                    progress_mod.mark(bar)
+                    progress_mod.mark(bar, keep=True)
                 if ctx.is_main:
                     assert store is not None
                     store.log_epoch(h, epoch, **{k: v for k, v in rec.items() if k != "epoch"})
