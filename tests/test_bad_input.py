@@ -707,6 +707,8 @@ CASES = [
     C("plot-out-empty", r"--out is empty; give a path, e.g\. plot\.png", "plot", "--db",
       "{good}", "--out", ""),
     C("export-out-empty", r"OUT is empty; give a path", "export", "{tmp}/nope.pt", ""),
+    C("plot-out-dash", r"a figure is written to files .*not to standard output: give a path",
+      "plot", "--db", "{good}", "--out", "-"),
     # an unset shell variable: each meant the current folder (or the default) without a word
     C("export-ckpt-empty", r"CKPT is empty; give a path", "export", "", "{tmp}/x.dctps"),
     C("inspect-empty", r"CKPT is empty; give a path", "inspect", " "),
@@ -745,6 +747,10 @@ CASES = [
       "--device", "tpu"),
     C("bench-threads-negative", r"--threads must be >= 0", "bench", "linear", "--threads", "-1"),
     # ------------------------------------------------------------------ CLI, real processes
+    P("proc-path-with-a-dash", r"No such option: -m \(a path that starts with '-': write "
+      r"\./-m\.dctps, or put -- before it\)$", "export", "{ck}", "-m.dctps"),
+    P("proc-unknown-short-flag", r"No such option: -x \(see `dctps results --help`\)$",
+      "results", "--db", "{good}", "-x"),
     P("proc-float-flag-not-a-number", r"Invalid value for '--lr': .*, got 'abc'", "train",
       "--lr", "abc"),
     P("proc-int-flag-not-an-int", r"Invalid value for '--epochs': .*, got '1\.5' \(see", "demo",

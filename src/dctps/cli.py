@@ -570,6 +570,15 @@ def _given(e: Exception, msg: str, argv: list[str]) -> str:
     return f", got {value!r}"
 
 
+def _dash_path_hint(option: str, argv: list[str]) -> str:
+    """Advice for a file name that starts with a dash, which click read as an unknown option
+    (``dctps export CKPT -m.dctps``: "No such option: -m"); nothing for other unknown flags."""
+    for arg in argv:
+        if arg.startswith(option) and any(c in arg for c in "./") and not arg.startswith("--"):
+            return f" (a path that starts with '-': write ./{arg}, or put -- before it)"
+    return ""
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -617,6 +626,8 @@ def main() -> None:
             ctx = getattr(e, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             msg = _one_line(e.format_message())
+            if isinstance(e, click_errors.NoSuchOption):
+                hint = _dash_path_hint(e.option_name, sys.argv[1:]) or hint
             typer.echo(f"error: {msg}{_given(e, msg, sys.argv[1:])}{hint}", err=True)
             sys.exit(e.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -51,6 +51,11 @@ def check_figure_path(path: str | Path) -> None:
     from matplotlib.backend_bases import FigureCanvasBase
 
     p = user_path(path, "the figure path")
+    if str(path) == "-":  # as --csv - means standard output; it meant a file -.png
+        raise DctpsError(
+            "a figure is written to files (PNG and PDF, and its JSON), not to standard output: "
+            "give a path such as plot.png"
+        )
     if not p.suffix and p.exists() and not p.is_dir() and not p.is_file():
         # a device or a FIFO (/dev/full): the figure would go to new files beside it
         raise DctpsError(
