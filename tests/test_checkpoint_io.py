@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import re
+import warnings
 import zlib
 from pathlib import Path
 
@@ -586,6 +587,15 @@ def test_a_support_averaged_by_ema_is_refused_on_save_and_export(tmp_path):
     ema = train_with_ema(m, use_buffers=True)
     assert not torch.equal(ema.module[0].indices, m[0].indices)  # the averaging broke it
     _refused_by_save_and_export(ema.module, tmp_path / "ema.dctps", "not a support any more")
+    # and the EMA model's own evaluation, which computed wrong outputs without a word
+    x = torch.randn(2, 3, 8, 8)
+    ema(x)  # a training-mode forward (update_bn's) is not checked
+    ema.eval()
+    with pytest.raises(DctpsError, match=r"DCTpSConv2d with weight shape \(8, 3, 3, 3\): its "
+                       r"support \(indices\) was written in place and holds positions that are "
+                       r"not sorted, distinct ones in \[0, 216\)\. An AveragedModel\("
+                       r"use_buffers=True\)"):  # fmt: skip
+        ema(x)
 
 
 def test_an_averaged_support_that_is_still_sorted_is_refused_too(tmp_path):
@@ -605,7 +615,20 @@ def test_an_averaged_support_that_is_still_sorted_is_refused_too(tmp_path):
     idx = ema.module[0].indices
     assert bool((idx.diff() > 0).all()) and not torch.equal(idx, m[0].indices)  # passes as one
     _refused_by_save_and_export(ema.module, tmp_path / "ema.dctps", "not the one dctps set")
-    dctps.note_supports(ema.module)  # set on purpose
+    ema.eval()
+    x = torch.randn(2, 64)
+    with pytest.warns(
+        UserWarning,
+        match=r"DCTpSLinear with weight shape \(32, 64\): its "
+        r"support \(indices\) was written in place since dctps set it",
+    ):
+        ema(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ema(x)  # once per write
+        dctps.note_supports(ema.module)  # set on purpose
+        ema.update_parameters(moved)  # the same support again: nothing to say
+        ema(x)
     dctps.save(ema.module, tmp_path / "ema.dctps")
     back = dctps.load(tmp_path / "ema.dctps", model=nn.Sequential(nn.Linear(64, 32)))
     assert torch.equal(back[0].indices, idx)  # a loaded support is one dctps set

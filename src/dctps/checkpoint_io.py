@@ -1169,7 +1169,9 @@ def to_dense(model: nn.Module) -> nn.Module:
     ``nn.MultiheadAttention``), so it runs and exports (ONNX, TorchScript) without dctps and gives
     the same outputs. ``model`` is not modified. A model pruned with ``dctps.pruning.prune``
     keeps its ``torch.nn.utils.prune`` structure (masks and their hooks, including the one that
-    lets an attention recompute its pruned ``out_proj``); ``prune.remove`` makes it plain.
+    lets an attention recompute its pruned ``out_proj``); ``prune.remove`` makes it plain, and
+    ``torch.jit.script`` needs that first (it fails on any ``torch.nn.utils.prune`` model with
+    "'Mask' object has no attribute '__name__'"; tracing, ``torch.export`` and ONNX do not).
 
     The fused weights are contiguous: a DCTpS layer holds no 4-D weight, so nothing records
     that ``model.to(memory_format=torch.channels_last)`` was called on it. Call it again on

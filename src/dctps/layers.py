@@ -140,6 +140,10 @@ def _alpha_settings(alpha: object, alpha_init: object) -> tuple[str, float | str
 UNINITIALISED = "_dctps_uninitialised"
 #: a layer's attribute: :func:`support_fingerprint` of its support where dctps last set it
 SUPPORT_FINGERPRINT = "_dctps_support_fingerprint"
+#: ``(id, version)`` of the ``indices`` tensor when its support was last known to be one dctps
+#: set (:meth:`DCTpSLayer.note_support`, a move, a copy): an eval forward after an in-place
+#: write checks the written support against :data:`SUPPORT_FINGERPRINT`
+SUPPORT_SEEN = "_dctps_support_seen"
 #: whether grad mode was on when the cached ``D`` was built: a compiled graph cannot ask whether
 #: its ``D`` is an inference tensor, only whether it was built without grad mode
 BASIS_GRAD_MODE = "_dctps_basis_grad"
@@ -404,6 +408,8 @@ def _is_accelerator(device: torch.device) -> bool:
 #: the fast paths' caches derived from the support (:mod:`dctps.fast`): the Linear/transform
 #: path's plan and the conv factor path's
 _SUPPORT_PLANS = ("_dctps_plan", "_dctps_cplan")
+#: other caches a layer derives from its shape, offset and device (:meth:`__getstate__`)
+_DERIVED = ("_dctps_offset", "_dctps_signs", "_dctps_factors", "_dctps_auto")
 
 
 class DCTpSLayer(nn.Module):
@@ -501,6 +507,7 @@ class DCTpSLayer(nn.Module):
         version counter that the ``fast``/``factor`` paths' cached plans are keyed on, and they
         would go on computing with the old support."""
         self.__dict__[SUPPORT_FINGERPRINT] = support_fingerprint(self.indices)
+        self._see_support()
         # the fast paths' plans are keyed on the support's version counter, which an inference
         # tensor lacks (a layer built under inference_mode and changed in place there)
         for key in _SUPPORT_PLANS:
@@ -587,7 +594,69 @@ class DCTpSLayer(nn.Module):
         state = dict(super().__getstate__())  # nn.Module's drops a compiled call, for one
         for key in ("dense_weight", "forward", BATCHED_WEIGHT, KERNEL_STATE):
             state.pop(key, None)
+        # nor what is rebuilt from the shape and the support where it is needed: the dense D,
+        # the fast paths' plans and offsets, auto's timings (of this machine). A whole-module
+        # torch.save(model) of a ResNet18 at 0.1% held 45 MB after one step, as much as the
+        # dense network's, against 0.28 MB before it
+        for key in (*_DERIVED, *_SUPPORT_PLANS, PREBUILT, BASIS_GRAD_MODE):
+            state.pop(key, None)
+        state["_D"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._see_support()  # the copy's own indices tensor, with the original's support
+        self._prebuild_basis()  # on an accelerator, before a torch.compile traces the copy
+
+    def _see_support(self) -> None:
+        """Record the ``indices`` tensor and its version counter now (:data:`SUPPORT_SEEN`)."""
+        idx = self._buffers.get("indices")
+        if idx is None or idx.is_inference():  # an inference tensor has no version counter
+            self.__dict__.pop(SUPPORT_SEEN, None)
+        else:
+            self.__dict__[SUPPORT_SEEN] = (id(idx), idx._version)
+
+    def _check_support_seen(self) -> None:
+        """Check ``indices`` after a write in place since :meth:`_see_support`: a
+        :class:`DctpsError` where they are no support (unsorted, repeated or out-of-range
+        positions), a warning where they are another support than the one dctps set. An
+        ``AveragedModel(use_buffers=True)`` (torchvision's EMA recipe) averages the int64
+        positions in floating point and truncates them: even a support that never moved came
+        back with a third of its positions one lower, and the EMA model evaluated wrong
+        accuracies without a word. Another valid support may be one set on purpose (a DDP
+        broadcast of rank 0's model, values and all), hence a warning, once. Eager eval
+        forwards only: one integer compare per call, and reads of the device only after a
+        write."""
+        if _functorch_active() or torch.jit.is_tracing():
+            return
+        idx = self.indices
+        ident, version = self.__dict__[SUPPORT_SEEN]
+        if ident != id(idx) or idx.is_inference() or idx._version == version:
+            return  # another tensor in its place (functional_call) is the caller's to vouch for
+        recorded = self.__dict__.get(SUPPORT_FINGERPRINT)
+        self._see_support()  # one report per write
+        if recorded is None or support_fingerprint(idx) == recorded:
+            return
+        layer = f"{type(self).__name__} with weight shape {tuple(self.weight_shape)}"
+        cause = (
+            "An AveragedModel(use_buffers=True) averages indices so: average with "
+            "use_buffers=False (and torch.optim.swa_utils.update_bn for BatchNorm)"
+        )
+        numel = math.prod(self.weight_shape)
+        if idx.numel() and (
+            bool(idx.min() < 0)
+            or bool(idx.max() >= numel)
+            or (idx.numel() > 1 and not bool((idx.diff() > 0).all()))
+        ):
+            raise DctpsError(
+                f"{layer}: its support (indices) was written in place and holds positions "
+                f"that are not sorted, distinct ones in [0, {numel}). {cause}"
+            )
+        warn_at_caller(
+            f"{layer}: its support (indices) was written in place since dctps set it, and its "
+            f"values may belong to other positions. {cause}; after a change of your own (a DDP "
+            "broadcast of rank 0's model), call dctps.note_supports(model)"
+        )
 
     def __prepare_scriptable__(self) -> nn.Module:
         # torch.jit.script calls this first; TorchScript cannot compile the layer's Python (its
@@ -792,6 +861,8 @@ class DCTpSLayer(nn.Module):
             # moved or cast: rebuilt from the shape where it is next needed (a converted D
             # would carry the old dtype's rounding: .half().float() keeps fp16's)
             self._D = None
+        if SUPPORT_SEEN in self.__dict__:
+            self._see_support()  # a moved support is a new tensor, with the same positions
         self._prebuild_basis()
         return res
 
@@ -889,6 +960,12 @@ class DCTpSLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if UNINITIALISED in self.__dict__:
             self._check_initialised()
+        if (
+            not self.training
+            and SUPPORT_SEEN in self.__dict__
+            and not torch.compiler.is_compiling()
+        ):
+            self._check_support_seen()
         if BATCHED_WEIGHT in self.__dict__:
             # dctps.batched built this forward's weight (only dense-path layers get one);
             # dense_weight() returns it, through RigL's capture when that is armed
