@@ -687,6 +687,9 @@ CASES = [
     C("train-config-empty-section", r"model is an empty section: give its settings \(model: "
       r"\{name: \.\.\.\}\), or leave the key out", "train", "--config", "{y}/model_blank.yaml",
       "--out", "{tmp}/out"),
+    C("sweep-set-short-key", r"overrides: unknown key 'epochs': it is a setting of optim, "
+      r"written optim\.epochs \(in YAML: optim: \{epochs: \.\.\.\}\)$", "sweep",
+      "{y}/good_grid.yaml", "--set", "epochs=3", "--dry-run"),
     C("sweep-set-unknown-key", r"overrides: unknown key 'optim\.foo'", "sweep",
       "{y}/good_grid.yaml", "--set", "optim.foo=1", "--dry-run"),
     C("sweep-into-good-bad-density", r"density must be in .*got 2", "sweep",

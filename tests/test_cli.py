@@ -440,3 +440,16 @@ def test_an_export_to_a_closed_stdout_is_one_line_not_a_traceback(tmp_path):
         assert r.stderr.decode().strip() == (
             f"error: cannot write {kind[2:].upper()} file -: standard output is closed"
         )
+
+
+def test_the_help_gives_the_exit_statuses_the_errors_carry():
+    """A consistency review: only the README gave the exit statuses; `dctps --help` does."""
+    from dctps.errors import CannotWrite, DctpsError, RunBusy
+
+    text = " ".join(runner.invoke(app, ["--help"], terminal_width=200).output.split())
+    tail = text[text.index("Exit status:") :]
+    for code, what in ((0, "done"), (CannotWrite.exit_code, "a write was refused"),
+                       (DctpsError.exit_code, "bad input"),
+                       (RunBusy.exit_code, "training in another process"),
+                       (130, "Ctrl-C"), (143, "SIGTERM")):  # fmt: skip
+        assert re.search(rf"\b{code} [^;]*{what}", tail), (code, tail)

@@ -628,6 +628,13 @@ def test_where_filters_on_what_the_variant_column_shows(tmp_path):
     s.start("e", e.to_dict())
     assert hashes("milestones=[2,4]") == ["e"]  # a list is one value, its commas split nothing
     assert hashes("milestones=[2, 4]", "epochs=6") == ["e"]
+    # Store.query takes what --where takes (a consistency review: {"density": "1%"} and
+    # {"rigl": "no"} matched nothing, {"epochs": 6} was an unknown column)
+    py = {"list": ["epochs=2,6", "train_alpha=false"], "epochs": {"epochs": 6, "subset": 500},
+          "percent": {"density": "1%", "rigl": "no", "epochs": 2},
+          "texts": {"density": ["1%", "0.5"], "optim.epochs": 2}}  # fmt: skip
+    got = {k: sorted(r["hash"] for r in s.query(w)) for k, w in py.items()}
+    assert got == {"list": ["c"], "epochs": ["d"], "percent": ["a"], "texts": ["a"]}
     out: list[str] = []
     print_results(db, where=["epochs=3"], echo=out.append)
     assert out == [f"no runs in {db} match; optim.epochs holds: 2, 6"]

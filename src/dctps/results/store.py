@@ -692,17 +692,20 @@ class Store:
 
         ``where`` is either a dict of ``column: value`` (equality; a list/tuple value means
         ``IN``, ``None`` means ``IS NULL``; a key of :func:`config_keys` such as
-        ``"optim.epochs"`` compares the run's resolved config), or a SQL condition string such as
-        ``"density < 0.01 AND status = 'done'"`` (with ``?`` placeholders filled from ``params``).
+        ``"optim.epochs"``, or its last part ``"epochs"``, compares the run's resolved config;
+        a text value of a typed column reads as ``--where`` reads it: ``"1%"``, ``"no"``), a
+        list of ``--where`` items (``["method=dctps,snip", "epochs=1"]``, as
+        :func:`parse_where` reads them), or a SQL condition string such as ``"density < 0.01
+        AND status = 'done'"`` (with ``?`` placeholders filled from ``params``).
         """
         sql, args = "SELECT * FROM runs", [sqlite_text(a) for a in as_items(params, "params")]
         by_config: dict[str, Any] = {}
+        if isinstance(where, (list, tuple)):
+            where = parse_where(where)
         if isinstance(where, Mapping):
+            where = {k if k in RUN_COLUMNS else config_key(k): _typed(k, v)
+                     for k, v in where.items()}  # fmt: skip
             by_config = {k: v for k, v in where.items() if k not in RUN_COLUMNS}
-            known = config_keys() if by_config else []
-            for k in by_config:
-                if k not in known:
-                    raise DctpsError(f"unknown column {k!r}; valid: {', '.join(RUN_COLUMNS)}")
             where = {k: v for k, v in where.items() if k in RUN_COLUMNS}
         if isinstance(where, Mapping) and where:
             conds = []
@@ -1064,6 +1067,19 @@ def _check_export_target(target: Path, kind: str = "CSV") -> None:
 
 
 # ----------------------------------------------------------------------------- CLI helpers
+def _typed(key: str, value: Any) -> Any:
+    """A ``Store.query`` dict value for column ``key``: text (or a list of texts) in a typed
+    column read as ``--where`` reads it (``density: "1%"``, ``rigl: "no"``), which matched
+    nothing before; anything else as given."""
+    if key not in RUN_COLUMNS or RUN_COLUMNS[key].split()[0] == "TEXT":
+        return value
+    if isinstance(value, str):
+        return _parse_value(value, key)
+    if isinstance(value, (list, tuple, set)):
+        return [_parse_value(v, key) if isinstance(v, str) else v for v in value]
+    return value
+
+
 def _parse_value(raw: str, key: str) -> Any:
     """A ``--where`` value converted to the type of column ``key`` (:data:`RUN_COLUMNS`): TEXT
     stays text (a hash like ``0123456789012345`` is not a number), ``rigl`` takes the table's

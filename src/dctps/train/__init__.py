@@ -157,8 +157,9 @@ def _make_train_command() -> Any:
     train.__doc__ = (
         "Train one run (model x dataset x sparsity x recipe); record it in the results store.\n\n"
         "Recipes follow Table E.3 (adam, sgd, lenet); any flag overrides the recipe. A finished "
-        "config is not re-run; an interrupted one resumes from its last checkpoint. Under "
-        "`torchrun --nproc_per_node N` it trains with DDP."
+        "config is not re-run; an interrupted one resumes from its last checkpoint; a failed "
+        "one (recorded `failed`) is tried again, from its last checkpoint if it has one (a "
+        "sweep skips it unless given --retry-failed). Under `torchrun --nproc_per_node N` it trains with DDP."
     )
     return train
 

@@ -519,7 +519,20 @@ def _from_dict(cls: type, d: Any, source: str, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in d if k not in fields]
     if unknown:
-        err = unknown_name("key", prefix + str(unknown[0]), [prefix + k for k in fields])
+        key = str(unknown[0])
+        # a section's setting given at this level (`epochs: 1`, `--set epochs=3`), as the
+        # results' variant column and --where name it
+        owners = [n for n in fields if isinstance(hints[n], type)
+                  and dataclasses.is_dataclass(hints[n])
+                  and key in {f.name for f in dataclasses.fields(hints[n])}]  # fmt: skip
+        if owners:
+            full = " or ".join(f"{prefix}{n}.{key}" for n in owners)
+            raise DctpsError(
+                f"{source}: unknown key {prefix + key!r}: it is a setting of "
+                f"{' or '.join(prefix + n for n in owners)}, written {full} (in YAML: "
+                f"{owners[0]}: {{{key}: ...}})"
+            )
+        err = unknown_name("key", prefix + key, [prefix + k for k in fields])
         raise DctpsError(f"{source}: {err}")
     kwargs: dict[str, Any] = {}
     for name, value in d.items():
