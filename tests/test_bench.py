@@ -73,9 +73,9 @@ def test_threads_are_the_callers_again_after_a_run():
         ("pruning_time.py", ["--methods", "bogus", "--quick"],
          "error: unknown pruning method 'bogus'. Valid: " + ", ".join(pruning_names())),
         ("pruning_time.py", ["--device", "tpu"],
-         "error: --device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+         "error: --device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'"),
         ("train_throughput.py", ["--device", "cuda:x"],
-         "error: --device must be 'cpu', 'cuda' or 'cuda:N', got 'cuda:x'"),
+         "error: --device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'cuda:x'"),
     ],
 )  # fmt: skip
 def test_benchmark_scripts_refuse_a_bad_device_or_method_in_one_line(script, args, message):
@@ -156,3 +156,12 @@ def test_host_overhead_checks_every_path_against_the_layer_before_timing():
     fns["off"] = lambda: layer(x) * (1 + 1e-6)
     with pytest.raises(SystemExit, match="path 'off' disagrees"):
         mod.check_paths(fns, layer)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="picks CUDA where there is one")
+def test_bench_takes_auto_as_the_other_commands_do():
+    """A consistency review: `bench --device auto` was refused, where train, sweep and figure
+    take it."""
+    from dctps.bench import bench_device
+
+    assert bench_device("auto") == torch.device("cpu")

@@ -453,3 +453,15 @@ def test_the_help_gives_the_exit_statuses_the_errors_carry():
                        (RunBusy.exit_code, "training in another process"),
                        (130, "Ctrl-C"), (143, "SIGTERM")):  # fmt: skip
         assert re.search(rf"\b{code} [^;]*{what}", tail), (code, tail)
+
+
+def test_figure_takes_comma_lists_as_where_does(tmp_path):
+    """A consistency review: `--where method=dctps,snip` took a comma list, `figure --density
+    1%,0.1%` said "not a density" and `--model lenet5,resnet18` "unknown model"."""
+    res = runner.invoke(app, ["figure", "A.1", "--quick", "--density", "1%,0.1%", "--model",
+                              "lenet5,resnet18", "--dry-run", "--out", str(tmp_path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    runs = [ln for ln in res.output.splitlines() if " new " in f" {ln} "]
+    assert {m for ln in runs for m in ("lenet5", "resnet18") if f" {m}/" in ln} == {
+        "lenet5", "resnet18"}  # fmt: skip
+    assert {d for ln in runs for d in ("@0.01 ", "@0.001 ") if d in ln} == {"@0.01 ", "@0.001 "}

@@ -10,8 +10,10 @@ import pytest
 import torch
 from conftest import interrupted_fit
 from torch import nn
+from typer.testing import CliRunner
 
 from dctps import progress
+from dctps.cli import app
 from dctps.errors import DctpsError
 from dctps.pruning import prune
 from dctps.train import fit
@@ -124,6 +126,11 @@ def test_the_demo_logs_a_line_per_network(monkeypatch, capsys):
                                 enumerate([("dense", 1.0), ("dctps", 0.1), ("random", 0.1),
                                            ("dctps", 0.01), ("random", 0.01)], 1)]  # fmt: skip
     assert all(isinstance(b, progress.Lines) for b in seen)
+    # `dctps demo -q` (a consistency review: the only command without it)
+    monkeypatch.setattr(demo, "train_one", lambda m, d, e, s, bar: seen.append(bar) or
+                        demo.DemoRow(m, d, 1, 0.5, 0.1))  # fmt: skip
+    res = CliRunner().invoke(app, ["demo", "--epochs", "1", "-q"])
+    assert res.exit_code == 0 and seen[-5:] == [None] * 5 and "dctps" in res.stdout
 
 
 def test_a_bad_setting_is_refused_before_any_work(fake_cifar10, tmp_path, monkeypatch):

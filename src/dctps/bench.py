@@ -717,7 +717,9 @@ def positive_int(text: str) -> int:
 def bench_device(device: str) -> torch.device:
     """A benchmark's ``--device`` (``cpu``, ``cuda`` or ``cuda:N``) as a device this machine
     has, or a :class:`DctpsError` saying what is valid (the scripts' tracebacks said less)."""
-    valid = "'cpu', 'cuda' or 'cuda:N'"
+    valid = "'cpu', 'cuda', 'cuda:N' or 'auto'"
+    if device == "auto":  # as train, sweep and figure take it
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise DctpsError(f"--device must be {valid}, got {device!r}")
     try:

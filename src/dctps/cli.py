@@ -79,6 +79,7 @@ def demo(
     epochs: int = typer.Option(20, help="Training epochs per network."),
     seed: int = typer.Option(0, help="Seed for data split, initialisation and supports."),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train dense, DCTpS and randomly pruned nets on the embedded digits data; print a table.
 
@@ -87,7 +88,7 @@ def demo(
     from dctps.demo import run_demo
 
     # typer.echo: a refused write (stdout on a full disk) is one error line, not a traceback
-    run_demo(epochs=epochs, seed=seed, threads=threads, echo=typer.echo)
+    run_demo(epochs=epochs, seed=seed, threads=threads, echo=typer.echo, progress=not quiet)
 
 
 from dctps.train import train_command as _train_command  # noqa: E402
@@ -225,18 +226,29 @@ def figure_cmd(
         "BatchNorm, needs many epochs).",
     ),
     executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
-    workers: int = typer.Option(None, "--workers", help="Parallel runs (default: 1)."),
+    workers: int = typer.Option(None, "--workers", help="Parallel runs (default: 1; slurm: all)."),
     threads: int = typer.Option(0, "--threads", help=SWEEP_THREADS_HELP),
     out: str = typer.Option(
         "results", "--out", help="Output folder (results.db, figures/).", callback=_path("results")
     ),
+    db: str = typer.Option(
+        None,
+        "--db",
+        callback=_path("results.db"),
+        help="Results database, or a folder for its results.db (default: OUT/results.db): a "
+        "sweep's --db, to draw its runs.",
+    ),
     data_root: str = typer.Option(
         None, "--data-root", help="Data root for every run.", callback=_path("~/data")
     ),
-    model: list[str] = typer.Option([], "--model", help="Replace the figure's models."),
-    dataset: list[str] = typer.Option([], "--dataset", help="Replace the figure's data sets."),
+    model: list[str] = typer.Option(
+        [], "--model", help="Replace the figure's models (repeatable, or a comma list)."
+    ),
+    dataset: list[str] = typer.Option(
+        [], "--dataset", help="Replace the figure's data sets (repeatable, or a comma list)."
+    ),
     density: list[str] = typer.Option(
-        [], "--density", help="Replace the densities (0.001 or 0.1%; repeatable)."
+        [], "--density", help="Replace the densities (0.001 or 0.1%; repeatable, or a comma list)."
     ),
     seeds: int = typer.Option(
         None, "--seeds", help="Number of seeds (0..N-1) (default: 3; --quick: 1)."
@@ -270,7 +282,9 @@ def figure_cmd(
     """Run (or resume) the sweep behind a paper figure, then draw it (PNG + PDF + JSON)."""
     from dctps.results import figures
 
-    densities = [parse_density(d, "--density") for d in density] or None
+    # a comma list, as --where takes one, or the flag repeated
+    model, dataset = _items(model, "--model"), _items(dataset, "--dataset")
+    densities = [parse_density(d, "--density") for d in _items(density, "--density")] or None
     if list_ or not name:
         typer.echo(figures.list_figures())
         return
@@ -294,7 +308,8 @@ def figure_cmd(
         return
     with _resume_hint("figure"):
         data = figures.run_figure(
-            name, out, quick=quick, executor=executor, workers=workers, data_root=data_root,
+            name, out, quick=quick, executor=executor, workers=workers, db=db,
+            data_root=data_root,
             models=model or None, datasets=dataset or None, densities=densities,
             seeds=seeds, epochs=epochs, device=device, sets=sets, config=config,
             retry_failed=retry_failed, plot_only=plot_only,
@@ -538,7 +553,9 @@ def bench_cmd(
         "--quick",
         help="Smaller batches, fewer repetitions (memory runs its full size: the target's).",
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option(
+        "cpu", "--device", help="cpu | cuda[:N] | auto (CUDA where there is one)."
+    ),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch's default)."),
 ) -> None:
     """Benchmark the DCTpS fast paths, checkpoints and memory against dense (prints ratios).
@@ -571,6 +588,18 @@ def _given(e: Exception, msg: str, argv: list[str]) -> str:
     if value is None or repr(value) in msg or f'"{value}"' in msg:
         return ""
     return f", got {value!r}"
+
+
+def _items(values: list[str], flag: str) -> list[str]:
+    """A repeatable flag's values with comma lists split (``--density 1%,0.1%``); an empty
+    item (``1%,,0.1%``, a trailing comma) is refused, not dropped."""
+    out = []
+    for value in values:
+        parts = [p.strip() for p in value.split(",")]
+        if not all(parts):
+            raise DctpsError(f"{flag} {value!r} has an empty item between its commas")
+        out += parts
+    return out
 
 
 def _dash_path_hint(option: str, argv: list[str]) -> str:

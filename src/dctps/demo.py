@@ -21,7 +21,7 @@ import dctps
 from dctps import progress
 from dctps.data import build as build_data
 from dctps.data.loader import Loader
-from dctps.errors import check_seed, set_threads
+from dctps.errors import check_flag, check_seed, set_threads
 
 
 @dataclass
@@ -87,7 +87,8 @@ def train_one(method: str, density: float, epochs: int, seed: int, bar: Any) -> 
             best_val = val_acc
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         if bar is not None:
-            bar.set_postfix_str(f"{method} {density:g} ep {epoch + 1} val {val_acc:.3f}")
+            # in percent, as the table and dctps train's lines give them
+            bar.set_postfix_str(f"{method} {density:.0%} ep {epoch + 1} val {val_acc:.2%}")
             bar.update(1)
     progress.mark(bar)  # in a log: a line per network, not per epoch
     assert best_state is not None
@@ -109,30 +110,38 @@ def format_table(rows: list[DemoRow]) -> str:
 
 
 def run_demo(
-    epochs: int = 20, seed: int = 0, threads: int = 0, echo: Callable[[str], Any] = print
+    epochs: int = 20,
+    seed: int = 0,
+    threads: int = 0,
+    echo: Callable[[str], Any] = print,
+    progress: bool = True,
 ) -> list[DemoRow]:
     """Train the five networks, print the table and a one-line verdict (through ``echo``);
     return the rows. ``threads``: torch's threads while it runs (0: as they are); restored
-    after it, as torch's global random generator, which each network's seed sets."""
+    after it, as torch's global random generator, which each network's seed sets.
+    ``progress``: a bar on stderr (a line per network in a log)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise dctps.DctpsError(f"--epochs must be an integer >= 1, got {epochs!r}")
     check_seed(seed, "--seed")
+    check_flag(progress, "progress")
     before = torch.get_num_threads()  # a notebook's kernel kept the demo's count
     set_threads(threads)
     try:
         with torch.random.fork_rng(devices=[]):  # the demo trains on the CPU
-            return _run(epochs, seed, echo)
+            return _run(epochs, seed, echo, progress)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(epochs: int, seed: int, echo: Callable[[str], Any]) -> list[DemoRow]:
+def _run(
+    epochs: int, seed: int, echo: Callable[[str], Any], progress_on: bool = True
+) -> list[DemoRow]:
     plan = [("dense", 1.0), ("dctps", 0.1), ("random", 0.1), ("dctps", 0.01), ("random", 0.01)]
     # the first optimizer a process builds imports torch._dynamo (about 1.2 s): not the first
     # row's training time, which the table would otherwise show as dense's
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     rows = []
-    bar = progress.make_bar(epochs * len(plan), "demo", "epoch")
+    bar = progress.make_bar(epochs * len(plan), "demo", "epoch", enabled=progress_on)
     try:
         for method, density in plan:
             rows.append(train_one(method, density, epochs, seed, bar))

@@ -159,7 +159,8 @@ def _make_train_command() -> Any:
         "Recipes follow Table E.3 (adam, sgd, lenet); any flag overrides the recipe. A finished "
         "config is not re-run; an interrupted one resumes from its last checkpoint; a failed "
         "one (recorded `failed`) is tried again, from its last checkpoint if it has one (a "
-        "sweep skips it unless given --retry-failed). Under `torchrun --nproc_per_node N` it trains with DDP."
+        "sweep skips it unless given --retry-failed). Under `torchrun --nproc_per_node N` it "
+        "trains with DDP."
     )
     return train
 
