@@ -317,7 +317,7 @@ CASES = [
     L("filter-counts-seed", r"filter_counts: generator must be a CPU torch\.Generator or None, "
       r"got 5 \(for a seed", lambda e: dctps.allocation.filter_counts((4, 3), 2, 5)),
     # ------------------------------------------------------------------ augmentation primitives
-    L("hflip-one-image", r"random_hflip: x must be a \(N, C, H, W\) tensor, got a tensor of "
+    L("hflip-one-image", r"random_hflip: x must be an \(N, C, H, W\) tensor, got a tensor of "
       r"shape \[3, 8, 8\] .*x\[None\]", lambda e: augment.random_hflip(torch.zeros(3, 8, 8))),
     L("crop-size-float", r"random_crop: size must be a positive integer or a pair .*got 8\.0",
       lambda e: augment.random_crop(torch.zeros(2, 3, 8, 8), 8.0, 4)),

@@ -596,6 +596,10 @@ def test_a_support_averaged_by_ema_is_refused_on_save_and_export(tmp_path):
                        r"not sorted, distinct ones in \[0, 216\)\. An AveragedModel\("
                        r"use_buffers=True\)"):  # fmt: skip
         ema(x)
+    # every time (a notebook cell run again), and after a move or a copy of the model
+    for model in (ema, ema.to("cpu"), copy.deepcopy(ema), ema.float()):
+        with pytest.raises(DctpsError, match=r"written in place and holds positions"):
+            model(x)
 
 
 def test_an_averaged_support_that_is_still_sorted_is_refused_too(tmp_path):

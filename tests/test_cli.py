@@ -465,3 +465,20 @@ def test_figure_takes_comma_lists_as_where_does(tmp_path):
     assert {m for ln in runs for m in ("lenet5", "resnet18") if f" {m}/" in ln} == {
         "lenet5", "resnet18"}  # fmt: skip
     assert {d for ln in runs for d in ("@0.01 ", "@0.001 ") if d in ln} == {"@0.01 ", "@0.001 "}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names are bytes")
+def test_a_file_name_that_is_not_utf8_is_printed_with_its_own_bytes(tmp_path):
+    """A diff review: escaping what stdout cannot encode (for a Latin-1 locale) had replaced
+    Python's surrogateescape, so `wrote ... to caf\\xe9/o.csv` printed the text `\\udce9`, a
+    path no script could open."""
+    import os
+
+    from dctps.results import Store
+
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    Store(folder).start("a", {"model": {"name": "lenet5"}, "seed": 0})
+    env = {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:surrogateescape"}
+    r = _cli_bytes("results", "--db", str(folder), "--csv", str(folder / "o.csv"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert os.fsencode(folder / "o.csv") in r.stdout and b"\\udce9" not in r.stdout

@@ -511,6 +511,9 @@ def test_random_crop_is_a_shifted_window():
         A.random_crop(xr, 48, 4)
     with pytest.raises(DctpsError, match=r"padding must be a non-negative integer, got -1"):
         A.random_crop(xr, 8, -1)
+    # numpy integers, as before these checks (a diff review)
+    np_off = A.crop_with_offsets(xr, np.array([5, 5]), np.int64(3), offs.to(torch.int32))
+    assert torch.equal(np_off, _crop_reference(xr, 5, 3, offs))
 
 
 def test_random_hflip():

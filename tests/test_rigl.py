@@ -631,3 +631,26 @@ def test_a_rigl_built_again_on_a_pruned_model_replaces_the_one_before():
     assert all(s.grad is not None for s in rigls[-1].layers)
     assert not rigls[-1].step()  # an update step (delta_t=1): it moved the supports
     assert len(rigls[-1].history) == 1 and rigls[-1].history[0][2] > 0
+
+
+def test_one_rigl_keeps_the_hooks_of_a_module_with_two_pruned_weights():
+    """A diff review: removing a stale RigL's hooks removed this RigL's own hook for another
+    pruned attribute of the same module, whose gradient was then never captured."""
+    import torch.nn.utils.prune as torch_prune
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 8))
+            self.in_proj_weight = nn.Parameter(torch.randn(8, 8))  # the two RigL looks for
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.weight.T + x @ self.in_proj_weight.T
+
+    torch.manual_seed(0)
+    m = Two()
+    for name in ("weight", "in_proj_weight"):
+        torch_prune.random_unstructured(m, name, amount=0.5)
+    rigl = RigL(m, torch.optim.SGD(m.parameters(), lr=0.1), total_steps=100, delta_t=1)
+    m(torch.randn(4, 8)).square().sum().backward()
+    assert sorted(s.attr for s in rigl.layers if s.grad is not None) == ["in_proj_weight", "weight"]

@@ -632,9 +632,14 @@ def test_where_filters_on_what_the_variant_column_shows(tmp_path):
     # {"rigl": "no"} matched nothing, {"epochs": 6} was an unknown column)
     py = {"list": ["epochs=2,6", "train_alpha=false"], "epochs": {"epochs": 6, "subset": 500},
           "percent": {"density": "1%", "rigl": "no", "epochs": 2},
-          "texts": {"density": ["1%", "0.5"], "optim.epochs": 2}}  # fmt: skip
+          "texts": {"density": ["1%", "0.5"], "optim.epochs": 2},
+          "config texts": {"epochs": "6", "lr": "1e-3", "subset": "all"}}  # fmt: skip
     got = {k: sorted(r["hash"] for r in s.query(w)) for k, w in py.items()}
-    assert got == {"list": ["c"], "epochs": ["d"], "percent": ["a"], "texts": ["a"]}
+    assert got == {"list": ["c"], "epochs": ["d"], "percent": ["a"], "texts": ["a"],
+                   "config texts": ["b", "c", "e"]}  # fmt: skip
+    with pytest.raises(DctpsError, match=r"where gives 'optim\.epochs' twice \(as 'optim\.epochs' "
+                       r"too\); give it once"):  # fmt: skip
+        s.query({"epochs": 2, "optim.epochs": 6})
     out: list[str] = []
     print_results(db, where=["epochs=3"], echo=out.append)
     assert out == [f"no runs in {db} match; optim.epochs holds: 2, 6"]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dctps.errors import DctpsError, check_density, check_generator, is_count, show, unknown_name
+from dctps.errors import DctpsError, check_density, check_generator, show, unknown_name
 
 __all__ = ["budgets", "build", "names", "filter_counts", "layer_weights", "Allocation"]
 
@@ -132,9 +132,11 @@ def _at_least_one(counts: list[int]) -> list[int]:
 
 def _check_shape(shape: object, what: str) -> tuple[int, ...]:
     """``shape`` as a tuple of ints, or a DctpsError naming it as ``what``."""
-    if isinstance(shape, (tuple, list, torch.Size)) and len(shape) > 0:
-        try:
-            return tuple(operator.index(s) for s in shape)
+    if not isinstance(shape, (str, bytes)):
+        try:  # a tuple, list, torch.Size or numpy array of integers
+            dims = tuple(operator.index(s) for s in shape)  # type: ignore[attr-defined]
+            if dims and not any(isinstance(s, bool) for s in shape):  # type: ignore[attr-defined]
+                return dims
         except TypeError:
             pass
     raise DctpsError(
@@ -207,12 +209,16 @@ def filter_counts(
     dims = _check_shape(shape, "filter_counts: shape")
     check_generator(generator, "filter_counts: generator")
     out, fan = dims[0], math.prod(dims[1:])
-    if not is_count(nnz) or nnz > out * fan:
+    try:
+        count = -1 if isinstance(nnz, bool) else operator.index(nnz)  # numpy integers too
+    except TypeError:
+        count = -1
+    if count < 0 or count > out * fan:
         raise DctpsError(
             f"filter_counts: nnz must be an integer in [0, {out * fan}] to fit a layer of "
             f"shape {dims}, got {show(nnz)}"
         )
-    base, extra = divmod(nnz, out)
+    base, extra = divmod(count, out)
     counts = torch.full((out,), base, dtype=torch.int64, device="cpu")
     if extra:
         counts[torch.randperm(out, generator=generator, device="cpu")[:extra]] += 1

@@ -637,8 +637,9 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         # a Latin-1 or cp1252 locale (Windows, output redirected) cannot encode a label's "α"
         # or a note's "—": escaped, not a traceback; data read back is UTF-8 (utf8_stdout)
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        if getattr(stream, "errors", None) == "strict":  # surrogateescape keeps a path's bytes
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         try:
             from typer._click import exceptions as click_errors

@@ -183,18 +183,18 @@ def check_flag(value: object, name: str) -> None:
         raise DctpsError(f"{name} must be True or False, got {show(value)}")
 
 
-def check_generator(generator: object, name: str) -> None:
-    """A :class:`DctpsError` unless ``generator`` is ``None`` or a CPU ``torch.Generator``: a
-    seed given in its place failed deep in torch ("randperm() received an invalid combination
-    of arguments")."""
+def check_generator(generator: object, name: str, cpu: bool = True) -> None:
+    """A :class:`DctpsError` unless ``generator`` is ``None`` or a ``torch.Generator`` (on the
+    CPU where ``cpu``): a seed given in its place failed deep in torch ("randperm() received
+    an invalid combination of arguments")."""
     from torch import Generator
 
     if generator is not None and (
-        not isinstance(generator, Generator) or generator.device.type != "cpu"
+        not isinstance(generator, Generator) or (cpu and generator.device.type != "cpu")
     ):
         raise DctpsError(
-            f"{name} must be a CPU torch.Generator or None, got {show(generator)} (for a "
-            "seed: g = torch.Generator(); g.manual_seed(seed))"
+            f"{name} must be a {'CPU ' if cpu else ''}torch.Generator or None, got "
+            f"{show(generator)} (for a seed: g = torch.Generator(); g.manual_seed(seed))"
         )
 
 

@@ -601,20 +601,34 @@ class DCTpSLayer(nn.Module):
         for key in (*_DERIVED, *_SUPPORT_PLANS, PREBUILT, BASIS_GRAD_MODE):
             state.pop(key, None)
         state["_D"] = None
+        state[SUPPORT_SEEN] = self._support_dirty()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        dirty = state.get(SUPPORT_SEEN) is True
         super().__setstate__(state)
-        self._see_support()  # the copy's own indices tensor, with the original's support
+        self._see_support(dirty)  # the copy's own indices tensor, with the original's support
         self._prebuild_basis()  # on an accelerator, before a torch.compile traces the copy
 
-    def _see_support(self) -> None:
-        """Record the ``indices`` tensor and its version counter now (:data:`SUPPORT_SEEN`)."""
+    def _see_support(self, dirty: bool = False) -> None:
+        """Record the ``indices`` tensor and its version counter now (:data:`SUPPORT_SEEN`);
+        ``dirty``: a version that forces the next eval forward to check it."""
         idx = self._buffers.get("indices")
         if idx is None or idx.is_inference():  # an inference tensor has no version counter
             self.__dict__.pop(SUPPORT_SEEN, None)
         else:
-            self.__dict__[SUPPORT_SEEN] = (id(idx), idx._version)
+            self.__dict__[SUPPORT_SEEN] = (id(idx), -1 if dirty else idx._version)
+
+    def _support_dirty(self) -> bool:
+        seen, idx = self.__dict__.get(SUPPORT_SEEN), self._buffers.get("indices")
+        return (
+            seen is not None
+            and idx is not None
+            and (
+                seen[1] == -1
+                or (seen[0] == id(idx) and not idx.is_inference() and idx._version != seen[1])
+            )
+        )
 
     def _check_support_seen(self) -> None:
         """Check ``indices`` after a write in place since :meth:`_see_support`: a
@@ -634,8 +648,8 @@ class DCTpSLayer(nn.Module):
         if ident != id(idx) or idx.is_inference() or idx._version == version:
             return  # another tensor in its place (functional_call) is the caller's to vouch for
         recorded = self.__dict__.get(SUPPORT_FINGERPRINT)
-        self._see_support()  # one report per write
         if recorded is None or support_fingerprint(idx) == recorded:
+            self._see_support()
             return
         layer = f"{type(self).__name__} with weight shape {tuple(self.weight_shape)}"
         cause = (
@@ -652,6 +666,7 @@ class DCTpSLayer(nn.Module):
                 f"{layer}: its support (indices) was written in place and holds positions "
                 f"that are not sorted, distinct ones in [0, {numel}). {cause}"
             )
+        self._see_support()  # one warning per write
         warn_at_caller(
             f"{layer}: its support (indices) was written in place since dctps set it, and its "
             f"values may belong to other positions. {cause}; after a change of your own (a DDP "
@@ -840,6 +855,7 @@ class DCTpSLayer(nn.Module):
             self.__dict__[PREBUILT] = True
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:  # type: ignore[override]
+        dirty = self._support_dirty()
         was_meta = self.indices.device.type == "meta"
         # probed first: a cast of integer tensors is refused before it touches the indices
         garbage = not was_meta and _allocates_garbage(fn, self.indices.device)
@@ -862,7 +878,7 @@ class DCTpSLayer(nn.Module):
             # would carry the old dtype's rounding: .half().float() keeps fp16's)
             self._D = None
         if SUPPORT_SEEN in self.__dict__:
-            self._see_support()  # a moved support is a new tensor, with the same positions
+            self._see_support(dirty)  # a moved support is a new tensor, with the same positions
         self._prebuild_basis()
         return res
 

@@ -8,13 +8,14 @@ so the zero padding is a black pixel, as in torchvision's ``RandomCrop(padding=4
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from dctps.errors import DctpsError, check_generator, is_count, show
+from dctps.errors import DctpsError, check_generator, show
 
 __all__ = [
     "crop_with_offsets", "default_augment", "hflip_with_mask", "normalize", "random_crop",
@@ -22,28 +23,47 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _check_images(x: object, who: str, dims: tuple[int, ...] = (4,)) -> None:
-    """A :class:`DctpsError` unless ``x`` is a tensor of one of ``dims`` dimensions: one image
-    ``(C, H, W)`` given for a batch was read as ``C`` images of ``H`` rows (a flip came back
-    with an added dimension), or failed deep in torch."""
-    if not isinstance(x, torch.Tensor) or x.dim() not in dims:
-        shapes = " or ".join({3: "(C, H, W)", 4: "(N, C, H, W)"}[d] for d in dims)
+def _check_images(x: object, who: str, batch: bool = True) -> None:
+    """A :class:`DctpsError` unless ``x`` is a batch tensor ``(N, C, H, W)`` (``batch``), or
+    any tensor ``(..., C, H, W)``: one image ``(C, H, W)`` given for a batch was read as ``C``
+    images of ``H`` rows (a flip came back with an added dimension), or failed deep in torch."""
+    if not isinstance(x, torch.Tensor) or (x.dim() != 4 if batch else x.dim() < 3):
+        shapes = "an (N, C, H, W)" if batch else "a (..., C, H, W)"
         hint = " (one image: x[None])" if isinstance(x, torch.Tensor) and x.dim() == 3 else ""
-        raise DctpsError(f"{who}: x must be a {shapes} tensor, got {show(x)}{hint}")
+        raise DctpsError(f"{who}: x must be {shapes} tensor, got {show(x)}{hint}")
 
 
-def _check_window(size: object, padding: object, who: str) -> tuple[int, int]:
-    """``size`` as ``(sh, sw)`` of positive ints, and ``padding`` a non-negative int, or a
-    :class:`DctpsError` naming the bad one."""
-    pair = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
-    if len(pair) != 2 or not all(is_count(v) and v > 0 for v in pair):  # type: ignore[operator]
+def _index(v: object) -> int | None:
+    """``v`` as an int (a numpy integer too, not a bool or a float), else ``None``."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _check_window(size: object, padding: object, who: str) -> tuple[int, int, int]:
+    """``size`` as ``(sh, sw)`` of positive ints, and ``padding`` as a non-negative int (numpy
+    integers too), or a :class:`DctpsError` naming the bad one."""
+    one = _index(size)
+    pair: list[int | None]
+    if one is not None:
+        pair = [one, one]
+    else:
+        try:
+            pair = [_index(v) for v in size]  # type: ignore[attr-defined]
+        except TypeError:
+            pair = []
+    if len(pair) != 2 or not all(v is not None and v > 0 for v in pair):
         raise DctpsError(
             f"{who}: size must be a positive integer or a pair (height, width) of them, got "
             f"{show(size)}"
         )
-    if not is_count(padding):
+    pad = _index(padding)
+    if pad is None or pad < 0:
         raise DctpsError(f"{who}: padding must be a non-negative integer, got {show(padding)}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1], pad  # type: ignore[return-value]
 
 
 def _gen_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
@@ -67,7 +87,7 @@ def crop_with_offsets(
         ``(N, C, sh, sw)`` tensor with ``out[n] = padded[n, :, top:top+sh, left:left+sw]``.
     """
     _check_images(x, "crop_with_offsets")
-    sh, sw = _check_window(size, padding, "crop_with_offsets")
+    sh, sw, padding = _check_window(size, padding, "crop_with_offsets")
     n, c, h, w = x.shape
     if (
         not isinstance(offsets, torch.Tensor)
@@ -111,8 +131,8 @@ def random_crop(
         ``(N, C, sh, sw)`` tensor of ``x``'s dtype on ``x``'s device.
     """
     _check_images(x, "random_crop")
-    sh, sw = _check_window(size, padding, "random_crop")
-    check_generator(generator, "random_crop: generator")
+    sh, sw, padding = _check_window(size, padding, "random_crop")
+    check_generator(generator, "random_crop: generator", cpu=False)
     n, _, h, w = x.shape
     if sh > h + 2 * padding or sw > w + 2 * padding:  # before the offsets' draw
         raise DctpsError(
@@ -140,7 +160,7 @@ def hflip_with_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of ``x`` (``(N, C, H, W)``) left-right with probability 0.5."""
     _check_images(x, "random_hflip")
-    check_generator(generator, "random_hflip: generator")
+    check_generator(generator, "random_hflip: generator", cpu=False)
     dev = _gen_device(generator, x.device)
     mask = torch.rand(x.shape[0], generator=generator, device=dev) < 0.5
     return hflip_with_mask(x, mask)
@@ -156,7 +176,7 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     Returns:
         float32 tensor of ``x``'s shape on ``x``'s device.
     """
-    _check_images(x, "normalize", dims=(3, 4))
+    _check_images(x, "normalize", batch=False)
     if x.dtype != torch.uint8:  # float pixels in [0, 1] would be divided by 255 once more
         raise DctpsError(
             f"normalize: expected uint8 pixels in 0..255, got {x.dtype}; pass the images as "

@@ -149,7 +149,8 @@ class _Masked(_Sparse):
         # its hook goes, and the newest RigL captures, as on a DCTpS layer. Each stale hook had
         # stayed, and one armed kept a dense gradient per layer alive at every backward.
         for key, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(getattr(hook, "__self__", None), _Masked):
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, _Masked) and owner.attr == attr:
                 del module._forward_pre_hooks[key]
         # Runs after torch.prune's pre-hook (registered earlier), which recomputes the weight.
         self.handle = module.register_forward_pre_hook(self._pre_hook)

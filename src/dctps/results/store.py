@@ -703,8 +703,13 @@ class Store:
         if isinstance(where, (list, tuple)):
             where = parse_where(where)
         if isinstance(where, Mapping):
-            where = {k if k in RUN_COLUMNS else config_key(k): _typed(k, v)
-                     for k, v in where.items()}  # fmt: skip
+            named: dict[str, Any] = {}
+            for k, v in where.items():
+                full = k if k in RUN_COLUMNS else config_key(k)
+                if full in named:  # {"epochs": 2, "optim.epochs": 6} kept the last one
+                    raise DctpsError(f"where gives {full!r} twice (as {k!r} too); give it once")
+                named[full] = _typed(full, v)
+            where = named
             by_config = {k: v for k, v in where.items() if k not in RUN_COLUMNS}
             where = {k: v for k, v in where.items() if k in RUN_COLUMNS}
         if isinstance(where, Mapping) and where:
@@ -1068,15 +1073,19 @@ def _check_export_target(target: Path, kind: str = "CSV") -> None:
 
 # ----------------------------------------------------------------------------- CLI helpers
 def _typed(key: str, value: Any) -> Any:
-    """A ``Store.query`` dict value for column ``key``: text (or a list of texts) in a typed
-    column read as ``--where`` reads it (``density: "1%"``, ``rigl: "no"``), which matched
-    nothing before; anything else as given."""
-    if key not in RUN_COLUMNS or RUN_COLUMNS[key].split()[0] == "TEXT":
-        return value
+    """A ``Store.query`` dict value for column or config key ``key``: text (or a list of
+    texts) in a typed column or a config key read as ``--where`` reads it (``density: "1%"``,
+    ``rigl: "no"``, ``epochs: "2"``), which matched nothing before; anything else as given."""
+    if key in RUN_COLUMNS:
+        if RUN_COLUMNS[key].split()[0] == "TEXT":
+            return value
+        parse = _parse_value
+    else:  # a config key: "2" for optim.epochs, "1e-3" for optim.lr, "all" for data.subset
+        parse = _parse_config_value
     if isinstance(value, str):
-        return _parse_value(value, key)
+        return parse(value, key)
     if isinstance(value, (list, tuple, set)):
-        return [_parse_value(v, key) if isinstance(v, str) else v for v in value]
+        return [parse(v, key) if isinstance(v, str) else v for v in value]
     return value
 
 
