@@ -1157,5 +1157,6 @@ def test_a_running_row_whose_process_is_gone_reads_dead(tmp_path):
     with _run_lock(tmp_path / "r.db.locks" / "hidden", prune_parent=True):
         picked = {w: {r["hash"] for r in print_results(tmp_path / "r.db", where=[w], echo=print)}
                   for w in ("status=dead", "status=dead,done", "status=running")}  # fmt: skip
+        assert [r["hash"] for r in s.query({"status": "dead"})] == ["gone"]  # Python too
     assert picked == {"status=dead": {"gone"}, "status=dead,done": {"gone", "done"},
                       "status=running": {"live", "gone", "away", "hidden"}}  # fmt: skip

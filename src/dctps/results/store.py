@@ -695,7 +695,8 @@ class Store:
         ``"optim.epochs"``, or its last part ``"epochs"``, compares the run's resolved config;
         a text value of a typed column reads as ``--where`` reads it: ``"1%"``, ``"no"``), a
         list of ``--where`` items (``["method=dctps,snip", "epochs=1"]``, as
-        :func:`parse_where` reads them), or a SQL condition string such as ``"density < 0.01
+        :func:`parse_where` reads them; ``status`` ``dead``: a ``running`` row whose process on
+        this host is gone, as ``dctps results`` shows it), or a SQL condition string such as ``"density < 0.01
         AND status = 'done'"`` (with ``?`` placeholders filled from ``params``).
         """
         sql, args = "SELECT * FROM runs", [sqlite_text(a) for a in as_items(params, "params")]
@@ -712,6 +713,15 @@ class Store:
             where = named
             by_config = {k: v for k, v in where.items() if k not in RUN_COLUMNS}
             where = {k: v for k, v in where.items() if k in RUN_COLUMNS}
+            statuses = where.get("status")
+            statuses = list(statuses) if isinstance(statuses, (list, tuple, set)) else [statuses]
+            if "dead" in statuses:  # stored running: narrowed to the dead ones after the read
+                others = [v for v in statuses if v != "dead"]
+                where["status"] = [*others, "running"]
+                locks = locks_folder(self.path)
+                rows = self.query(where, params, order_by)
+                rows = [r for r in rows if r["status"] in others or _is_dead(r, locks)]
+                return config_matches(rows, by_config) if by_config else rows
         if isinstance(where, Mapping) and where:
             conds = []
             for k, v in where.items():
@@ -1606,14 +1616,7 @@ def print_results(
     store = Store(path)
     filters = parse_where(where)
     locks = locks_folder(path)
-    statuses = filters.get("status")
-    statuses = statuses if isinstance(statuses, list) else [statuses]
-    if "dead" in statuses:  # stored as running: narrowed to the dead ones below
-        others = [v for v in statuses if v != "dead"]
-        filters["status"] = [*others, "running"]
     rows = store.query(filters)
-    if "dead" in statuses:
-        rows = [r for r in rows if r["status"] in others or _is_dead(r, locks)]
     # the variant column, resolved once for the table and every export (it resolves each
     # row's config: 1.4 s at 10,000 rows, once per export before)
     marked = with_marks(rows)
