@@ -641,12 +641,13 @@ class DCTpSLayer(nn.Module):
         broadcast of rank 0's model, values and all), hence a warning, once. Eager eval
         forwards only: one integer compare per call, and reads of the device only after a
         write."""
+        idx = self._buffers["indices"]
+        ident, version = self.__dict__[SUPPORT_SEEN]
+        # the recorded tensor is no inference tensor (_see_support): it has a version counter
+        if ident != id(idx) or idx._version == version:
+            return  # another tensor in its place (functional_call) is the caller's to vouch for
         if _functorch_active() or torch.jit.is_tracing():
             return
-        idx = self.indices
-        ident, version = self.__dict__[SUPPORT_SEEN]
-        if ident != id(idx) or idx.is_inference() or idx._version == version:
-            return  # another tensor in its place (functional_call) is the caller's to vouch for
         recorded = self.__dict__.get(SUPPORT_FINGERPRINT)
         if recorded is None or support_fingerprint(idx) == recorded:
             self._see_support()
