@@ -696,8 +696,9 @@ class Store:
         a text value of a typed column reads as ``--where`` reads it: ``"1%"``, ``"no"``), a
         list of ``--where`` items (``["method=dctps,snip", "epochs=1"]``, as
         :func:`parse_where` reads them; ``status`` ``dead``: a ``running`` row whose process on
-        this host is gone, as ``dctps results`` shows it), or a SQL condition string such as ``"density < 0.01
-        AND status = 'done'"`` (with ``?`` placeholders filled from ``params``).
+        this host is gone, as ``dctps results`` shows it), or a SQL condition string such as
+        ``"density < 0.01 AND status = 'done'"`` (with ``?`` placeholders filled from
+        ``params``).
         """
         sql, args = "SELECT * FROM runs", [sqlite_text(a) for a in as_items(params, "params")]
         by_config: dict[str, Any] = {}
