@@ -641,7 +641,7 @@ class DCTpSLayer(nn.Module):
         broadcast of rank 0's model, values and all), hence a warning, once. Eager eval
         forwards only: one integer compare per call, and reads of the device only after a
         write."""
-        idx = self._buffers["indices"]
+        idx: torch.Tensor = self._buffers["indices"]  # type: ignore[assignment]
         ident, version = self.__dict__[SUPPORT_SEEN]
         # the recorded tensor is no inference tensor (_see_support): it has a version counter
         if ident != id(idx) or idx._version == version:
