@@ -748,8 +748,9 @@ CASES = [
       "lineer"),
     C("bench-device", r"--device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'", "bench",
       "linear", "--device", "tpu"),
-    C("figure-density-empty-item", r"--density '1%,,0\.1%' has an empty item between its "
-      r"commas", "figure", "A.1", "--density", "1%,,0.1%", "--dry-run", "--out", "{tmp}/fq"),
+    C("figure-density-empty-item", r"--density '1%,,0\.1%' is empty or has an empty item "
+      r"between commas", "figure", "A.1", "--density", "1%,,0.1%", "--dry-run", "--out",
+      "{tmp}/fq"),
     C("figure-db-missing", r"no results database at .*elsewhere\.db", "figure", "A.1",
       "--plot-only", "--out", "{tmp}/empty", "--db", "{tmp}/elsewhere.db"),
     C("bench-threads-negative", r"--threads must be >= 0", "bench", "linear", "--threads", "-1"),

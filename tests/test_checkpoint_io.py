@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import dctps
 from dctps import DctpsError, checkpoint_io
 from dctps.cli import app
-from dctps.layers import DCTpSConv2d, DCTpSLayer
+from dctps.layers import DCTpSConv2d, DCTpSLayer, DCTpSLinear
 from dctps.models import build
 
 
@@ -637,6 +637,23 @@ def test_an_averaged_support_that_is_still_sorted_is_refused_too(tmp_path):
     back = dctps.load(tmp_path / "ema.dctps", model=nn.Sequential(nn.Linear(64, 32)))
     assert torch.equal(back[0].indices, idx)  # a loaded support is one dctps set
     dctps.to_dense(back)
+
+
+def test_an_attention_checks_a_support_written_in_place_too():
+    """A second diff review: an attention reads its projections' weights without their forward,
+    where the check was, so an EMA of an attention model evaluated wrong outputs silently (in
+    its own forward and in a TransformerEncoderLayer's fast path alike)."""
+    torch.manual_seed(0)
+    for make in (lambda: nn.MultiheadAttention(16, 2, batch_first=True),
+                 lambda: nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)):  # fmt: skip
+        m = dctps.sparsify(nn.ModuleDict({"a": make()}), 0.2, seed=0)["a"]
+        layer = next(x for x in m.modules() if isinstance(x, DCTpSLinear))
+        with torch.no_grad():
+            layer.indices[1] = layer.indices[0]  # as an EMA's truncation leaves it
+        m.eval()
+        x = torch.randn(2, 5, 16)
+        with torch.no_grad(), pytest.raises(DctpsError, match=r"written in place and holds"):
+            m(x) if isinstance(m, nn.TransformerEncoderLayer) else m(x, x, x)
 
 
 def test_supports_dctps_sets_pass_and_a_write_in_place_needs_note_supports(tmp_path):

@@ -478,7 +478,8 @@ def test_a_file_name_that_is_not_utf8_is_printed_with_its_own_bytes(tmp_path):
 
     folder = tmp_path / os.fsdecode(b"caf\xe9")
     Store(folder).start("a", {"model": {"name": "lenet5"}, "seed": 0})
-    env = {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:surrogateescape"}
-    r = _cli_bytes("results", "--db", str(folder), "--csv", str(folder / "o.csv"), env=env)
-    assert r.returncode == 0, r.stderr
-    assert os.fsencode(folder / "o.csv") in r.stdout and b"\\udce9" not in r.stdout
+    for io_encoding in ("utf-8:surrogateescape", "utf-8"):  # C.UTF-8's, and en_US.UTF-8's
+        env = {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": io_encoding}
+        r = _cli_bytes("results", "--db", str(folder), "--csv", str(folder / "o.csv"), env=env)
+        assert r.returncode == 0, r.stderr
+        assert os.fsencode(folder / "o.csv") in r.stdout and b"\\udce9" not in r.stdout

@@ -189,3 +189,16 @@ def test_a_bar_keeps_a_line_per_epoch_above_itself(fake_cifar10, tmp_path, capsy
     assert kept == [(str(k), str(9 * k), f"{100 * h['val_acc']:.2f}")
                     for k, h in enumerate(r["history"], 1)]  # fmt: skip
     assert "\r" in err  # and the bar itself
+
+
+def test_a_kept_line_to_a_terminal_gone_ends_no_run(monkeypatch):
+    """A second diff review: a run `disown`ed in an SSH session stopped at its next epoch line
+    once the terminal closed (EIO), where tqdm's own writes swallow it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=4, file=io.StringIO(), desc="epoch 1/2")
+    bar.update(2)
+    monkeypatch.setattr("sys.stderr", _Full())
+    progress.mark(bar, keep=True)  # raised OSError: [Errno 28] before
+    progress.keep_line(bar, "resuming run x after epoch 1 of 2")
+    bar.close()

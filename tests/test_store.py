@@ -637,6 +637,10 @@ def test_where_filters_on_what_the_variant_column_shows(tmp_path):
     got = {k: sorted(r["hash"] for r in s.query(w)) for k, w in py.items()}
     assert got == {"list": ["c"], "epochs": ["d"], "percent": ["a"], "texts": ["a"],
                    "config texts": ["b", "c", "e"]}  # fmt: skip
+    assert sorted(r["hash"] for r in s.query(["sparsity.density=1%", "epochs=2"])) == ["a"]
+    with pytest.raises(DctpsError, match=r"where items must be key=value strings such as "
+                       r"'method=dctps', got \('method', 'dctps'\)"):  # fmt: skip
+        s.query([("method", "dctps")])
     with pytest.raises(DctpsError, match=r"where gives 'optim\.epochs' twice \(as 'optim\.epochs' "
                        r"too\); give it once"):  # fmt: skip
         s.query({"epochs": 2, "optim.epochs": 6})

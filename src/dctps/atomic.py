@@ -216,7 +216,10 @@ def utf8_stdout(newline: str | None = None) -> Iterator[IO[str]]:
         yield out
         return
     out.flush()  # what was printed before comes first
-    f = io.TextIOWrapper(buffer, encoding="utf-8", newline=newline, write_through=True)
+    # surrogateescape: a file name's undecodable bytes (a Latin-1 data root) as those bytes
+    f = io.TextIOWrapper(
+        buffer, encoding="utf-8", errors="surrogateescape", newline=newline, write_through=True
+    )
     try:
         yield f
         f.flush()

@@ -291,6 +291,7 @@ def figure_cmd(
     if print_config:
         # flags that apply on top of every run, not part of the grid: repeated in its comments
         run_flags = [*(["--data-root", data_root] if data_root else []),
+                     *(["--db", db] if db else []),
                      *(["--epochs", str(epochs)] if epochs is not None else []),
                      *(["--device", device] if device else []),
                      *(f for s in sets for f in ("--set", s))]  # fmt: skip
@@ -597,7 +598,7 @@ def _items(values: list[str], flag: str) -> list[str]:
     for value in values:
         parts = [p.strip() for p in value.split(",")]
         if not all(parts):
-            raise DctpsError(f"{flag} {value!r} has an empty item between its commas")
+            raise DctpsError(f"{flag} {value!r} is empty or has an empty item between commas")
         out += parts
     return out
 
@@ -637,9 +638,14 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         # a Latin-1 or cp1252 locale (Windows, output redirected) cannot encode a label's "α"
         # or a note's "—": escaped, not a traceback; data read back is UTF-8 (utf8_stdout)
-        if getattr(stream, "errors", None) == "strict":  # surrogateescape keeps a path's bytes
+        if getattr(stream, "errors", None) == "strict":
+            utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
+            # UTF-8 encodes every character but a file name's undecodable bytes (surrogates),
+            # which surrogateescape writes back as those bytes; another encoding escapes
             with contextlib.suppress(AttributeError, ValueError):
-                stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+                stream.reconfigure(  # type: ignore[union-attr]
+                    errors="surrogateescape" if utf8 else "backslashreplace"
+                )
     try:
         try:
             from typer._click import exceptions as click_errors

@@ -1021,6 +1021,12 @@ class DCTpSLayer(nn.Module):
             return w
         if UNINITIALISED in self.__dict__:  # also for readers of .weight (attention, to_dense)
             self._check_initialised()
+        if (  # an attention (and a TransformerEncoderLayer's fast path) reads it, no forward
+            not self.training
+            and SUPPORT_SEEN in self.__dict__
+            and not torch.compiler.is_compiling()
+        ):
+            self._check_support_seen()
         d = self.D
         alpha = self.alpha_view()
         if kernel_rebuild_usable(d, alpha, self.indices, self.values):

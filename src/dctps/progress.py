@@ -118,4 +118,14 @@ def mark(bar: Any, keep: bool = False) -> None:
     elif keep and bar is not None:
         desc = bar.desc[:-2] if bar.desc.endswith(": ") else bar.desc  # tqdm adds ": "
         head = f"{desc} {bar.n}/{bar.total} {bar.unit}".strip()
-        bar.write(f"{head}: {bar.postfix}" if bar.postfix else head, file=sys.stderr)
+        keep_line(bar, f"{head}: {bar.postfix}" if bar.postfix else head)
+
+
+def keep_line(bar: Any, text: str) -> None:
+    """Write ``text`` above a tqdm ``bar`` (or as a :class:`Lines`' line), best effort: a
+    terminal gone (an SSH session closed under a `disown`ed run: EIO) ends no run; tqdm's own
+    writes already swallow it."""
+    try:
+        bar.write(text, file=sys.stderr)
+    except (OSError, ValueError):
+        pass

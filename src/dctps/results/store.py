@@ -46,7 +46,15 @@ from dctps.atomic import (
     starts_with,
     utf8_stdout,
 )
-from dctps.errors import CannotWrite, DctpsError, as_items, cannot_write, refuse_empty, user_path
+from dctps.errors import (
+    CannotWrite,
+    DctpsError,
+    as_items,
+    cannot_write,
+    refuse_empty,
+    show,
+    user_path,
+)
 
 __all__ = ["RUN_COLUMNS", "EPOCH_COLUMNS", "Store", "format_table", "parse_where", "print_results"]
 
@@ -746,7 +754,10 @@ class Store:
         elif isinstance(where, str) and where.strip():
             sql += f" WHERE {where}"
         elif where is not None and not isinstance(where, (Mapping, str)):
-            raise DctpsError(f"where must be a dict or a SQL string, got {type(where).__name__}")
+            raise DctpsError(
+                f"where must be a dict, a list of key=value items or a SQL string, got "
+                f"{type(where).__name__}"
+            )
         if order_by:
             sql += f" ORDER BY {order_by}"
 
@@ -1204,6 +1215,13 @@ def _parse_config_value(raw: str, key: str) -> Any:
 
     if key == "data.subset" and raw.lower() == "all":
         return None
+    if key == "sparsity.density":  # as the density column and every flag read it: 1%, 0.7%
+        from dctps.errors import parse_density
+
+        try:
+            return parse_density(raw, "--where sparsity.density")
+        except DctpsError:
+            pass  # none, null: as YAML reads them below
     try:
         value = yaml.safe_load(raw) if raw else raw
     except yaml.YAMLError:
@@ -1253,6 +1271,11 @@ def parse_where(items: Iterable[str]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for item in as_items(items, "where"):
+        if not isinstance(item, str):  # a pair or a dict in the list: partition raised
+            raise DctpsError(
+                f"where items must be key=value strings such as 'method=dctps', got {show(item)} "
+                "(or give where as one dict)"
+            )
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:

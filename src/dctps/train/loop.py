@@ -1172,8 +1172,8 @@ def _fit(
             )
             if bar is not None and start_epoch:
                 # nothing else says so before the run's last line (describe)
-                bar.write(
-                    f"resuming run {h} after epoch {start_epoch} of {o.epochs}", file=sys.stderr
+                progress_mod.keep_line(
+                    bar, f"resuming run {h} after epoch {start_epoch} of {o.epochs}"
                 )
             for epoch in range(start_epoch + 1, o.epochs + 1):
                 lr = float(optimizer.param_groups[0]["lr"])
