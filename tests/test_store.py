@@ -1162,5 +1162,9 @@ def test_a_running_row_whose_process_is_gone_reads_dead(tmp_path):
         picked = {w: {r["hash"] for r in print_results(tmp_path / "r.db", where=[w], echo=print)}
                   for w in ("status=dead", "status=dead,done", "status=running")}  # fmt: skip
         assert [r["hash"] for r in s.query({"status": "dead"})] == ["gone"]  # Python too
+    out: list[str] = []
+    print_results(tmp_path / "r.db", where=["status=dead", "seed=1"], echo=out.append)
+    assert out[-1].endswith("status holds: done, running (dead: a running row whose process on "
+                            "this host is gone)")  # fmt: skip
     assert picked == {"status=dead": {"gone"}, "status=dead,done": {"gone", "done"},
                       "status=running": {"live", "gone", "away", "hidden"}}  # fmt: skip

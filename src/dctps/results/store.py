@@ -1601,6 +1601,8 @@ def _what_is_there(store: Store, where: Mapping[str, Any]) -> str:
             )
             more = f", ... ({len(present)} values)" if len(present) > 12 else ""
             unit = " (fractions, not %)" if key in ("val_acc", "test_acc") else ""
+            if key == "status" and "dead" in wanted:  # never stored: what the table shows
+                unit += " (dead: a running row whose process on this host is gone)"
             notes.append(f"{key} holds: {shown}{more}{unit}")
     return "; " + "; ".join(notes) if notes else ""
 
