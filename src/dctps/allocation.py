@@ -27,13 +27,12 @@ added to the last layer only (capped too), each rounded on its own. So some netw
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from dctps.errors import DctpsError, check_density, check_generator, show, unknown_name
+from dctps.errors import DctpsError, as_int, check_density, check_generator, show, unknown_name
 
 __all__ = ["budgets", "build", "names", "filter_counts", "layer_weights", "Allocation"]
 
@@ -134,11 +133,11 @@ def _check_shape(shape: object, what: str) -> tuple[int, ...]:
     """``shape`` as a tuple of ints, or a DctpsError naming it as ``what``."""
     if not isinstance(shape, (str, bytes)):
         try:  # a tuple, list, torch.Size or numpy array of integers
-            dims = tuple(operator.index(s) for s in shape)  # type: ignore[attr-defined]
-            if dims and not any(isinstance(s, bool) for s in shape):  # type: ignore[attr-defined]
-                return dims
-        except TypeError:
-            pass
+            dims = [as_int(s) for s in shape]  # type: ignore[attr-defined]
+        except TypeError:  # not iterable
+            dims = []
+        if dims and None not in dims:
+            return tuple(dims)  # type: ignore[arg-type]
     raise DctpsError(
         f"{what} must be a non-empty tuple of integers such as (64, 3, 3, 3), got {show(shape)}"
     )
@@ -209,11 +208,8 @@ def filter_counts(
     dims = _check_shape(shape, "filter_counts: shape")
     check_generator(generator, "filter_counts: generator")
     out, fan = dims[0], math.prod(dims[1:])
-    try:
-        count = -1 if isinstance(nnz, bool) else operator.index(nnz)  # numpy integers too
-    except TypeError:
-        count = -1
-    if count < 0 or count > out * fan:
+    count = as_int(nnz)  # numpy integers too
+    if count is None or count < 0 or count > out * fan:
         raise DctpsError(
             f"filter_counts: nnz must be an integer in [0, {out * fan}] to fit a layer of "
             f"shape {dims}, got {show(nnz)}"

@@ -249,16 +249,24 @@ def unknown_name(
     return DctpsError(f"unknown {kind} {show(name)}.{guess} Valid: {', '.join(valid)}")
 
 
+def as_int(v: object) -> int | None:
+    """``v`` as an ``int`` if it is an integer (Python, numpy or 0-d torch; not a bool, not a
+    float), else ``None``."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def check_seed(seed: object, name: str = "seed") -> int | None:
     """Return ``seed`` as an ``int`` (``None`` stays ``None``), or raise naming the bad value."""
     if seed is None:
         return None
-    if isinstance(seed, bool):
+    value = as_int(seed)
+    if value is None:
         raise DctpsError(f"{name} must be an integer or None, got {seed!r}")
-    try:
-        value = operator.index(seed)  # type: ignore[arg-type]  # ints, numpy/torch ints
-    except TypeError:
-        raise DctpsError(f"{name} must be an integer or None, got {seed!r}") from None
     if not 0 <= value < SEED_LIMIT:  # torch's generators and SQLite take 64-bit integers
         raise DctpsError(f"{name} must be in [0, 2**63), got {seed!r}")
     return value

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 import os
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -39,6 +38,7 @@ from dctps import triton_rebuild as _triton
 from dctps.allocation import filter_counts
 from dctps.errors import (
     DctpsError,
+    as_int,
     check_flag,
     check_seed,
     show,
@@ -463,7 +463,7 @@ class DCTpSLayer(nn.Module):
         elif offset_seed is not None:
             raise DctpsError(f"offset {self.offset!r} is not random: it takes no offset_seed")
         numel = math.prod(self.weight_shape)
-        n = _int(nnz)
+        n = as_int(nnz)
         if n is None or not 0 <= n <= numel:
             raise DctpsError(
                 f"nnz must be an integer in [0, {numel}] for a weight of shape "
@@ -1244,20 +1244,10 @@ def _extra(layer: DCTpSLayer) -> str:
     return out
 
 
-def _int(v: object) -> int | None:
-    """``v`` as an int if it is an integer (Python, numpy or 0-d torch; not a bool), else None."""
-    if isinstance(v, bool):
-        return None
-    try:
-        return operator.index(v)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
 def _positive_int(v: object, name: str) -> int:
     """``v`` as an int if it is an integer >= 1 (Python, numpy or 0-d torch), else a
     :class:`DctpsError` naming it."""
-    n = _int(v)
+    n = as_int(v)
     if n is None or n < 1:
         raise DctpsError(f"{name} must be a positive integer, got {show(v)}")
     return n
@@ -1267,9 +1257,9 @@ def _pair(v: object, name: str, low: int) -> tuple[int, int]:
     """``v`` (an int or a pair of ints, each ``>= low``) as a pair, as ``nn.Conv2d`` takes it, or a
     :class:`DctpsError` naming the bad value (a longer tuple is not silently cut to two)."""
     if isinstance(v, (tuple, list, torch.Size)):
-        h, w = (_int(v[0]), _int(v[1])) if len(v) == 2 else (None, None)
+        h, w = (as_int(v[0]), as_int(v[1])) if len(v) == 2 else (None, None)
     else:
-        h = w = _int(v)
+        h = w = as_int(v)
     if h is None or w is None or h < low or w < low:
         raise DctpsError(
             f"{name} must be an integer >= {low} or a pair of them (height, width), got {v!r}"

@@ -8,14 +8,13 @@ so the zero padding is a black pixel, as in torchvision's ``RandomCrop(padding=4
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from dctps.errors import DctpsError, check_generator, show
+from dctps.errors import DctpsError, as_int, check_generator, show
 
 __all__ = [
     "crop_with_offsets", "default_augment", "hflip_with_mask", "normalize", "random_crop",
@@ -33,26 +32,16 @@ def _check_images(x: object, who: str, batch: bool = True) -> None:
         raise DctpsError(f"{who}: x must be {shapes} tensor, got {show(x)}{hint}")
 
 
-def _index(v: object) -> int | None:
-    """``v`` as an int (a numpy integer too, not a bool or a float), else ``None``."""
-    if isinstance(v, bool):
-        return None
-    try:
-        return operator.index(v)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
 def _check_window(size: object, padding: object, who: str) -> tuple[int, int, int]:
     """``size`` as ``(sh, sw)`` of positive ints, and ``padding`` as a non-negative int (numpy
     integers too), or a :class:`DctpsError` naming the bad one."""
-    one = _index(size)
+    one = as_int(size)
     pair: list[int | None]
     if one is not None:
         pair = [one, one]
     else:
         try:
-            pair = [_index(v) for v in size]  # type: ignore[attr-defined]
+            pair = [as_int(v) for v in size]  # type: ignore[attr-defined]
         except TypeError:
             pair = []
     if len(pair) != 2 or not all(v is not None and v > 0 for v in pair):
@@ -60,7 +49,7 @@ def _check_window(size: object, padding: object, who: str) -> tuple[int, int, in
             f"{who}: size must be a positive integer or a pair (height, width) of them, got "
             f"{show(size)}"
         )
-    pad = _index(padding)
+    pad = as_int(padding)
     if pad is None or pad < 0:
         raise DctpsError(f"{who}: padding must be a non-negative integer, got {show(padding)}")
     return pair[0], pair[1], pad  # type: ignore[return-value]
