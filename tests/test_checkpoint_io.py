@@ -656,6 +656,20 @@ def test_an_attention_checks_a_support_written_in_place_too():
             m(x) if isinstance(m, nn.TransformerEncoderLayer) else m(x, x, x)
 
 
+def test_note_supports_refuses_a_support_that_is_none():
+    """A second diff review: `note_supports` recorded a support with repeated positions, after
+    which the eval forward ran on it silently (save and to_dense still refused it)."""
+    m = dctps.sparsify(nn.Sequential(nn.Linear(32, 16), nn.Linear(16, 4)), 0.2, seed=0)
+    with torch.no_grad():
+        m[1].indices[1] = m[1].indices[0]
+    with pytest.raises(DctpsError, match=r"^note_supports: 1\.indices must be sorted, distinct "
+                       r"positions"):  # fmt: skip
+        dctps.note_supports(m)
+    m.eval()
+    with pytest.raises(DctpsError, match=r"written in place and holds positions"):
+        m(torch.randn(2, 32))
+
+
 def test_supports_dctps_sets_pass_and_a_write_in_place_needs_note_supports(tmp_path):
     """A diff review's mutants: a load of another support and an unseeded reset are supports
     dctps set, so save and export take them; a support written in place (here one with the

@@ -641,6 +641,9 @@ def test_where_filters_on_what_the_variant_column_shows(tmp_path):
     with pytest.raises(DctpsError, match=r"where items must be key=value strings such as "
                        r"'method=dctps', got \('method', 'dctps'\)"):  # fmt: skip
         s.query([("method", "dctps")])
+    with pytest.raises(DctpsError, match=r"bad query .* with params \['x', 'dctps'\]: "
+                       r"Incorrect number of bindings"):  # fmt: skip
+        s.query({"method": "dctps"}, params=("x",))  # not "the database is unusable"
     with pytest.raises(DctpsError, match=r"where gives 'optim\.epochs' twice \(as 'optim\.epochs' "
                        r"too\); give it once"):  # fmt: skip
         s.query({"epochs": 2, "optim.epochs": 6})

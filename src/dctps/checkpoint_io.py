@@ -1226,10 +1226,18 @@ def note_supports(model: ModuleT) -> ModuleT:
     RigL), as an EMA writes it into positions its values do not belong to. Call this after a
     write that brings each support with its own values: DDP's broadcast of rank 0's buffers
     to an unseeded model, an in-place load (``torch.distributed.checkpoint``), a ``copy_`` of
-    a state dict. Not for an EMA's copy: its averaged values belong to no one support."""
+    a state dict. Not for an EMA's copy: its averaged values belong to no one support. A
+    support that is none (positions unsorted, repeated or out of range) is refused, naming
+    the layer; the layers before it are recorded."""
+    from dctps.layers import UNINITIALISED, _check_loaded_support
+
     check_module(model, "note_supports")
-    for layer in model.modules():
+    for name, layer in model.named_modules():
         if isinstance(layer, DCTpSLayer):
+            if UNINITIALISED not in layer.__dict__:  # to_empty() garbage: reset_parameters()
+                # accepted as is before, then run silently in an eval forward
+                prefix = f"{name}." if name else ""
+                _check_loaded_support(layer, layer.indices, layer.values, prefix, "note_supports")
             layer.note_support()
     return model
 

@@ -309,14 +309,16 @@ def capturing(device: torch.device) -> bool:
         return torch.cuda.is_current_stream_capturing()
 
 
-def _check_loaded_support(layer: DCTpSLayer, indices: Any, values: Any, prefix: str) -> None:
+def _check_loaded_support(
+    layer: DCTpSLayer, indices: Any, values: Any, prefix: str, who: str = "load_state_dict"
+) -> None:
     """A :class:`DctpsError` for a state dict whose support cannot belong to ``layer``: indices
     that are not sorted, distinct flat positions in ``[0, prod(weight_shape))`` (a checkpoint of
     a larger layer, or a hand-made one), or a ``values`` of another length. Checked before
     anything is copied, so a refused load leaves the layer as it was; the fast path would read
-    out of bounds with such indices."""
+    out of bounds with such indices. ``who``: the caller the message names."""
     numel = math.prod(layer.weight_shape)
-    where = f"load_state_dict: {prefix}indices"
+    where = f"{who}: {prefix}indices"
     if (
         not isinstance(indices, torch.Tensor)
         or indices.dtype.is_floating_point

@@ -768,6 +768,8 @@ class Store:
                 if _is_busy(e):
                     raise
                 raise DctpsError(f"bad query {sql!r}: {e}") from None
+            except sqlite3.ProgrammingError as e:  # params that do not fit: not a bad database
+                raise DctpsError(f"bad query {sql!r} with params {args!r}: {e}") from None
 
         rows = self._retry(fn)
         return config_matches(rows, by_config) if by_config else rows
