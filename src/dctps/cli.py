@@ -151,6 +151,8 @@ SLURM_HELP = (
 )
 
 
+#: ``--db`` of the commands that write runs into ``--out`` (sweep, figure)
+OUT_DB_HELP = "Results database, or a folder for its results.db (default: OUT/results.db)"
 SWEEP_THREADS_HELP = (
     "torch CPU threads of each run (0: CPUs // --workers for parallel runs, a SLURM job's "
     "cpus_per_task, else torch's default). Give the count of the runs you compare with."
@@ -172,7 +174,7 @@ def sweep_cmd(
         None,
         "--db",
         callback=_path("results.db"),
-        help="Results database, or a folder for its results.db (default: OUT/results.db).",
+        help=f"{OUT_DB_HELP}.",
     ),
     workers: int = typer.Option(
         None,
@@ -235,8 +237,7 @@ def figure_cmd(
         None,
         "--db",
         callback=_path("results.db"),
-        help="Results database, or a folder for its results.db (default: OUT/results.db): a "
-        "sweep's --db, to draw its runs.",
+        help=f"{OUT_DB_HELP}: a sweep's --db, to draw its runs.",
     ),
     data_root: str = typer.Option(
         None, "--data-root", help="Data root for every run.", callback=_path("~/data")

@@ -643,6 +643,8 @@ class DCTpSLayer(nn.Module):
         broadcast of rank 0's model, values and all), hence a warning, once. Eager eval
         forwards only: one integer compare per call, and reads of the device only after a
         write."""
+        if torch.compiler.is_compiling():  # a traced graph reads no version counter
+            return
         idx: torch.Tensor = self._buffers["indices"]  # type: ignore[assignment]
         ident, version = self.__dict__[SUPPORT_SEEN]
         # the recorded tensor is no inference tensor (_see_support): it has a version counter
@@ -979,11 +981,7 @@ class DCTpSLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if UNINITIALISED in self.__dict__:
             self._check_initialised()
-        if (
-            not self.training
-            and SUPPORT_SEEN in self.__dict__
-            and not torch.compiler.is_compiling()
-        ):
+        if not self.training and SUPPORT_SEEN in self.__dict__:
             self._check_support_seen()
         if BATCHED_WEIGHT in self.__dict__:
             # dctps.batched built this forward's weight (only dense-path layers get one);
@@ -1023,11 +1021,8 @@ class DCTpSLayer(nn.Module):
             return w
         if UNINITIALISED in self.__dict__:  # also for readers of .weight (attention, to_dense)
             self._check_initialised()
-        if (  # an attention (and a TransformerEncoderLayer's fast path) reads it, no forward
-            not self.training
-            and SUPPORT_SEEN in self.__dict__
-            and not torch.compiler.is_compiling()
-        ):
+        if not self.training and SUPPORT_SEEN in self.__dict__:
+            # an attention (and a TransformerEncoderLayer's fast path) reads it, no forward
             self._check_support_seen()
         d = self.D
         alpha = self.alpha_view()
