@@ -703,10 +703,17 @@ CASES = [
       "--dry-run"),
     C("figure-plot-only-no-db", r"no results database at .*empty", "figure", "A.1",
       "--plot-only", "--out", "{tmp}/empty"),
-    C("plot-x", r"x must be density or nonzeros, got 'foo'", "plot", "--db", "{good}", "--x",
-      "foo"),
-    C("plot-metric", r"metric must be auto, test_acc or val_acc, got 'foo'", "plot", "--db",
-      "{good}", "--metric", "foo"),
+    C("plot-x", r"--x must be density, nonzeros or epoch, got 'foo'", "plot", "--db", "{good}",
+      "--x", "foo"),
+    C("plot-metric", r"--metric must be auto, test_acc or val_acc for --x density, got 'foo'$",
+      "plot", "--db", "{good}", "--metric", "foo"),
+    C("plot-metric-per-epoch", r"got 'train_loss' \(a per-epoch metric: draw learning curves "
+      r"with --x epoch\)", "plot", "--db", "{good}", "--metric", "train_loss"),
+    C("plot-epoch-test-acc", r"a learning curve's metric must be auto or one of val_acc, "
+      r"train_acc, .*got 'test_acc' \(test_acc is recorded once per run, after training, not per "
+      r"epoch\)", "plot", "--db", "{good}", "--x", "epoch", "--metric", "test_acc"),
+    C("plot-epoch-no-match", r"nothing to plot: no runs in .* match", "plot", "--db", "{good}",
+      "--x", "epoch", "--where", "model=vgg19"),
     C("plot-out-empty", r"--out is empty; give a path, e.g\. plot\.png", "plot", "--db",
       "{good}", "--out", ""),
     C("export-out-empty", r"OUT is empty; give a path", "export", "{tmp}/nope.pt", ""),

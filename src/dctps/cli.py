@@ -327,19 +327,26 @@ def plot_cmd(
         "results", "--db", help="Results database, or a --out folder.", callback=_path("results")
     ),
     where: list[str] = typer.Option([], "--where", help=WHERE_HELP),
-    x: str = typer.Option("density", "--x", help="density | nonzeros."),
+    x: str = typer.Option(
+        "density",
+        "--x",
+        help="density | nonzeros | epoch (learning curves: one panel per model, data set and "
+        "density, the mean over seeds by epoch).",
+    ),
     metric: str = typer.Option(
         "auto",
         "--metric",
         help="auto | test_acc | val_acc (auto, per panel: test_acc where every run recorded "
-        "it, else val_acc; the table names the one used).",
+        "it, else val_acc; the table names the one used). With --x epoch: auto (val_acc, "
+        "else train_acc) | val_acc | train_acc | val_loss | train_loss | lr | seconds.",
     ),
     out: str = typer.Option(
         "plot.png", "--out", help="Figure path (PNG + PDF + JSON); a folder: plot.png in it."
     ),
     title: str = typer.Option(None, "--title", help="Figure title."),
 ) -> None:
-    """Accuracy vs density of any subset of a results database (one panel per model/data)."""
+    """Accuracy vs density of any subset of a results database (one panel per model/data), or
+    its learning curves (--x epoch)."""
     from dctps.results.plots import plot_command
     from dctps.results.store import sqlite_text
 

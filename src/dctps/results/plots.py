@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -36,11 +36,14 @@ from dctps.results.variants import (
     varying_keys,
 )
 
+if TYPE_CHECKING:
+    from dctps.results.curves import CurvesData
+
 __all__ = [
     "METHOD_LABELS", "METHOD_ORDER", "FigureData", "Panel", "Point", "aggregate",
-    "check_figure_path", "default_label", "display_name", "panel_title", "plot_accuracy",
-    "plot_allocation", "plot_allocation_panels", "plot_command", "plot_runs", "save",
-    "write_json",
+    "check_figure_path", "curve_groups", "default_label", "display_name", "figure_target",
+    "panel_title", "plot_accuracy", "plot_allocation", "plot_allocation_panels", "plot_command",
+    "plot_runs", "save", "write_json",
 ]  # fmt: skip
 
 
@@ -683,37 +686,14 @@ def aggregate(
     panels = []
     for (model, dataset), prs in by_panel.items():
         chance = _chance(dataset, prs)
-        groups: dict[str, list[tuple[Mapping[str, Any], dict[str, Any]]]] = {}
-        for r in prs:
-            cfg = row_config(r)
-            groups.setdefault(label(cfg), []).append((r, cfg))
-        # settings in which the panel's curves differ, beyond each method's own and its
-        # recipe's defaults (40 epochs of DCTpS beside 2 of SNIP read as a 40-point win)
-        panel_flats = flat_identities(prs)
-        flat_of = {id(r): f for r, f in zip(prs, panel_flats, strict=True)}
-        across = differing_settings(panel_flats)
-        curves: dict[str, list[Mapping[str, Any]]] = {}
-        order: dict[str, tuple[int, int]] = {}
-        for lab, members in groups.items():
-            flats = [flat_of[id(r)] for r, _ in members]
-            varying = sorted(set(varying_keys(flats)) | set(across))
-            for (r, _), f in zip(members, flats, strict=True):
-                name = lab
-                own = own_settings(f, options=name_options)
-                named = named_differences(f, sorted(set(varying) | set(own)))
-                if named:
-                    name += " [" + ", ".join(named) + "]"
-                curves.setdefault(name, []).append(r)
-                m = r.get("method")
-                rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
-                order.setdefault(name, (rank, len(order)))  # method, then first appearance
+        curves = curve_groups(prs, label, name_options)
         finished = [r for r in prs if r.get("status") == "failed" or (
             r.get("status") == "done" and _recorded(r, metric))]  # fmt: skip
         if not finished:
             continue  # a panel of unfinished runs only: the figure's note counts them
         chosen = _panel_metric(finished, metric)
         panel = Panel(model, dataset, panel_title(model, dataset), chance, chosen)
-        for name in sorted(curves, key=lambda n: order[n]):
+        for name in curves:
             where = f"{panel.title}, {name}"
             pts = _points(curves[name], chosen, chance, x, where)
             if curves[name][0].get("method") == "dense":
@@ -723,6 +703,48 @@ def aggregate(
                 panel.series[name] = pts
         panels.append(panel)
     return panels
+
+
+def curve_groups(
+    rows: Sequence[Mapping[str, Any]],
+    label: Callable[[Mapping[str, Any]], str] = default_label,
+    name_options: bool = True,
+) -> dict[str, list[Mapping[str, Any]]]:
+    """The curves of one panel's store ``rows`` (one model on one data set): ``{name: rows}``,
+    methods in :data:`METHOD_ORDER`, then in order of first appearance.
+
+    A curve is the runs of one ``label`` of their config. Runs of one label that differ in more
+    than seed and density (e.g. two recipes) are split into curves whose names add the
+    difference, and the settings in which the panel's curves differ beyond their methods' own
+    and their recipe's defaults (:func:`~dctps.results.variants.differing_settings`) are named
+    on every curve; a run's method options are named unless ``name_options`` is false. Shared
+    by the accuracy plots (:func:`aggregate`) and the learning curves
+    (:mod:`dctps.results.curves`), so that one setting reads alike in both."""
+    groups: dict[str, list[tuple[Mapping[str, Any], dict[str, Any]]]] = {}
+    for r in rows:
+        cfg = row_config(r)
+        groups.setdefault(label(cfg), []).append((r, cfg))
+    # settings in which the panel's curves differ, beyond each method's own and its
+    # recipe's defaults (40 epochs of DCTpS beside 2 of SNIP read as a 40-point win)
+    panel_flats = flat_identities(rows)
+    flat_of = {id(r): f for r, f in zip(rows, panel_flats, strict=True)}
+    across = differing_settings(panel_flats)
+    curves: dict[str, list[Mapping[str, Any]]] = {}
+    order: dict[str, tuple[int, int]] = {}
+    for lab, members in groups.items():
+        flats = [flat_of[id(r)] for r, _ in members]
+        varying = sorted(set(varying_keys(flats)) | set(across))
+        for (r, _), f in zip(members, flats, strict=True):
+            name = lab
+            own = own_settings(f, options=name_options)
+            named = named_differences(f, sorted(set(varying) | set(own)))
+            if named:
+                name += " [" + ", ".join(named) + "]"
+            curves.setdefault(name, []).append(r)
+            m = r.get("method")
+            rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
+            order.setdefault(name, (rank, len(order)))  # method, then first appearance
+    return {name: curves[name] for name in sorted(curves, key=lambda n: order[n])}
 
 
 def _points(
@@ -979,6 +1001,15 @@ def write_json(data: Any, path: str | Path) -> Path:
     return path
 
 
+def figure_target(out: str | Path) -> Path:
+    """The figure path ``--out`` names: ``plot.png`` inside it where it is a folder (as
+    ``--out`` is for train/sweep/figure), else itself."""
+    target = user_path(out)
+    if str(out).endswith(("/", os.sep)) or target.is_dir():
+        target = target / "plot.png"
+    return target
+
+
 def plot_command(
     db: str,
     where: Sequence[str] = (),
@@ -986,14 +1017,28 @@ def plot_command(
     x: str = "density",
     metric: str = "auto",
     title: str | None = None,
-) -> FigureData:
-    """``dctps plot``: draw the matching runs of a results database (accuracy vs density)."""
+) -> FigureData | CurvesData:
+    """``dctps plot``: draw the matching runs of a results database (accuracy vs density or
+    non-zeros; with ``x='epoch'`` their learning curves,
+    :func:`dctps.results.curves.curves_command`)."""
     from dctps.results.store import Store, _what_is_there, existing_db, parse_where
 
+    if x == "epoch":
+        from dctps.results.curves import curves_command
+
+        return curves_command(db, where, out, metric, title)
+    if x not in ("density", "nonzeros"):
+        raise DctpsError(f"--x must be density, nonzeros or epoch, got {show(x)}")
+    if metric not in ("auto", "test_acc", "val_acc"):
+        from dctps.results.curves import EPOCH_METRICS
+
+        hint = " (a per-epoch metric: draw learning curves with --x epoch)" if metric in (
+            EPOCH_METRICS) else ""  # fmt: skip
+        raise DctpsError(
+            f"--metric must be auto, test_acc or val_acc for --x {x}, got {show(metric)}{hint}"
+        )
     path = existing_db(db)
-    target = user_path(out)
-    if str(out).endswith(("/", os.sep)) or target.is_dir():
-        target = target / "plot.png"  # a folder, as --out is for train/sweep/figure
+    target = figure_target(out)
     check_figure_path(target)
     store = Store(path)
     filters = parse_where(where)
