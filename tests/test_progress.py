@@ -60,8 +60,10 @@ def test_a_run_logs_a_line_per_epoch_without_carriage_returns(
     epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2
     for k, line in enumerate(epochs, 1):
+        # a log has no bar: each line says how long the run took so far and has to go
+        left = r", \d+:\d\d left" if k < 3 else ""
         assert re.match(rf"epoch {k}/3 {9 * k}/27 step: loss [\d.]+ acc [\d.]+% val [\d.]+% \d+ "
-                        r"img/s$", line), line  # fmt: skip
+                        rf"img/s \[\d+:\d\d elapsed{left}\]$", line), line  # fmt: skip
     # resumed: the notice first, then the epoch left, whose accuracy the line gives
     r = fit(_cfg(fake_cifar10, epochs=3), tmp_path, progress=True)
     lines = capsys.readouterr().err.splitlines()
@@ -103,12 +105,32 @@ def test_a_sweep_logs_what_runs_and_what_ended(fake_cifar10, tmp_path, capsys, m
     err = capsys.readouterr().err
     assert "\r" not in err
     sweep = [line for line in err.splitlines() if line.startswith("sweep ")]
-    assert sweep == [
+    assert [re.sub(r" \[\d+:\d\d elapsed(, \d+:\d\d left)?\]$", "", s) for s in sweep] == [
         f"sweep 0/2 run: done 0 failed 0 error 0 | running: {cfgs[0].summary()}",
         f"sweep 1/2 run: done 1 failed 0 error 0 | last: {cfgs[0].summary()}",
         f"sweep 1/2 run: done 1 failed 0 error 0 | running: {cfgs[1].summary()}",
         f"sweep 2/2 run: done 2 failed 0 error 0 | last: {cfgs[1].summary()}",
     ]
+    # the time left once a run is done and while one remains
+    assert [", " in s[s.rindex("[") :] for s in sweep] == [False, True, True, False]
+
+
+def test_lines_say_how_long_the_work_took_and_has_left(monkeypatch):
+    """A log has no bar, whose [elapsed<left] told a watcher how long a run had to go: the
+    time left is the units to do at the mean rate of those done since the lines began."""
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    lines = progress.Lines(10, "epoch 3/5", "step", initial=2)  # resumed after 2 steps
+    assert lines.line() == "epoch 3/5 2/10 step [0:00 elapsed]"
+    now[0] = 130.0
+    lines.update(3)
+    lines.set_postfix_str("loss 1.0")
+    # 3 steps in 30 s: the 5 left take 50 s (the 2 of an earlier session are not counted)
+    assert lines.line() == "epoch 3/5 5/10 step: loss 1.0 [0:30 elapsed, 0:50 left]"
+    now[0] = 100.0 + 3725
+    lines.update(5)
+    assert lines.line() == "epoch 3/5 10/10 step: loss 1.0 [1:02:05 elapsed]"
+    assert progress.Lines(3, "x", timed=False).line() == "x 0/3 it"
 
 
 def test_the_demo_logs_a_line_per_network(monkeypatch, capsys):
@@ -122,7 +144,8 @@ def test_the_demo_logs_a_line_per_network(monkeypatch, capsys):
     demo.run_demo(epochs=2)
     err = capsys.readouterr().err
     assert "\r" not in err
-    assert err.splitlines() == [f"demo {2 * k}/10 epoch: {m} {d:g} ep 2" for k, (m, d) in
+    untimed = [re.sub(r" \[\d+:\d\d elapsed(, \d+:\d\d left)?\]$", "", s) for s in err.splitlines()]
+    assert untimed == [f"demo {2 * k}/10 epoch: {m} {d:g} ep 2" for k, (m, d) in
                                 enumerate([("dense", 1.0), ("dctps", 0.1), ("random", 0.1),
                                            ("dctps", 0.01), ("random", 0.01)], 1)]  # fmt: skip
     assert all(isinstance(b, progress.Lines) for b in seen)

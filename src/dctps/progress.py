@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 from dctps.errors import DctpsError
 
-__all__ = ["ENV", "STYLES", "Lines", "make_bar", "mark", "style"]
+__all__ = ["ENV", "STYLES", "Lines", "clock", "make_bar", "mark", "style"]
 
 #: the environment variable that overrides :func:`style`
 ENV = "DCTPS_PROGRESS"
@@ -47,15 +48,29 @@ def _in_notebook() -> bool:
     return getattr(sys.modules["tqdm.autonotebook"].tqdm, "__module__", "") == "tqdm.notebook"
 
 
+def clock(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on (tqdm's format)."""
+    s = max(0, int(seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 class Lines:
     """What a tqdm bar is to the code that drives it (``update``, ``set_postfix_str``,
     ``set_description``, ``write``, ``close``), written as one line per :func:`mark` on
-    ``sys.stderr``: ``<desc> <n>/<total> <unit>: <postfix>``."""
+    ``sys.stderr``: ``<desc> <n>/<total> <unit>: <postfix> [<elapsed> elapsed, <left> left]``.
+    The time left is tqdm's estimate: the units still to do at the mean rate of those done
+    since the lines began (a resumed run's earlier units do not count)."""
 
-    def __init__(self, total: int, desc: str = "", unit: str = "it", initial: int = 0) -> None:
+    def __init__(
+        self, total: int, desc: str = "", unit: str = "it", initial: int = 0, timed: bool = True
+    ) -> None:
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.initial, self.timed = initial, timed
         self.postfix = ""
         self.lost = False  # a write failed: progress stops, the work goes on
+        self.start = time.monotonic()
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units (nothing is written)."""
@@ -83,25 +98,37 @@ class Lines:
             self.lost = True
 
     def line(self) -> str:
-        """``<desc> <n>/<total> <unit>: <postfix>``, as :func:`mark` writes it."""
+        """``<desc> <n>/<total> <unit>: <postfix> [<elapsed> elapsed, <left> left]``, as
+        :func:`mark` writes it: a log has no bar to tell how long a run has to go."""
         head = f"{self.desc} {self.n}/{self.total} {self.unit}".strip()
-        return f"{head}: {self.postfix}" if self.postfix else head
+        text = f"{head}: {self.postfix}" if self.postfix else head
+        return f"{text} [{self.timing()}]" if self.timed else text
+
+    def timing(self) -> str:
+        """``1:02 elapsed, 39:40 left`` (``left`` once a unit is done and while some remain)."""
+        elapsed = time.monotonic() - self.start
+        out = f"{clock(elapsed)} elapsed"
+        done = self.n - self.initial
+        if done > 0 and self.total and self.n < self.total:
+            out += f", {clock(elapsed / done * (self.total - self.n))} left"
+        return out
 
     def close(self) -> None:
         """Nothing to close: every line is whole when written."""
 
 
 def make_bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True,
-             **tqdm_options: Any) -> Any:  # fmt: skip
+             timed: bool = True, **tqdm_options: Any) -> Any:  # fmt: skip
     """A tqdm bar, a :class:`Lines`, or ``None`` (``enabled`` false, or :data:`ENV` ``none``),
-    as :func:`style` says."""
+    as :func:`style` says. ``timed``: lines end with the time elapsed and left (work whose
+    last line says how long it took, as pruning's does, leaves it out)."""
     if not enabled:
         return None
     how = style()
     if how == "none":
         return None
     if how == "lines":
-        return Lines(total, desc, unit, initial)
+        return Lines(total, desc, unit, initial, timed)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,

@@ -47,6 +47,7 @@ class PruneBar:
                 steps,
                 f"pruning {self.method} to density {self.density:g}",
                 UNITS.get(self.method, "step"),
+                timed=False,  # its two lines: that it started, then how long it took
                 dynamic_ncols=True,
                 leave=True,
                 # one shot: a status line ("... 0/1 [elapsed]"), a bar would jump 0 -> 100%
