@@ -712,6 +712,10 @@ CASES = [
     C("plot-epoch-test-acc", r"a learning curve's metric must be auto or one of val_acc, "
       r"train_acc, .*got 'test_acc' \(test_acc is recorded once per run, after training, not per "
       r"epoch\)", "plot", "--db", "{good}", "--x", "epoch", "--metric", "test_acc"),
+    C("results-metric-without-summary", r"--metric val_acc chooses the accuracy that "
+      r"--summary averages; add --summary", "results", "--db", "{good}", "--metric", "val_acc"),
+    C("results-summary-metric", r"--metric must be auto, test_acc or val_acc, got 'loss'",
+      "results", "--db", "{good}", "--summary", "--metric", "loss"),
     C("plot-epoch-no-match", r"nothing to plot: no runs in .* match", "plot", "--db", "{good}",
       "--x", "epoch", "--where", "model=vgg19"),
     C("plot-out-empty", r"--out is empty; give a path, e.g\. plot\.png", "plot", "--db",

@@ -115,11 +115,28 @@ def results_cmd(
         help="Also write the runs to this JSON file, each with its config and per-epoch "
         "metrics (learning curves) ('-' or /dev/stdout: print only the JSON).",
     ),
+    summary: bool = typer.Option(
+        False,
+        "--summary",
+        help="Print the accuracy over seeds instead: per model and data set a Markdown table, "
+        "a row per setting, a column per density, cells mean [min, max] in % (what `dctps "
+        "plot` draws); --csv/--json then hold a row per setting and density, with the "
+        "standard deviation.",
+    ),
+    metric: str = typer.Option(
+        None,
+        "--metric",
+        help="With --summary: auto | test_acc | val_acc (auto: test_acc where every run of a "
+        "table recorded it, else val_acc).",
+        show_default=False,
+    ),
 ) -> None:
-    """Print the runs in a results database as a table (accuracies in %)."""
+    """Print the runs in a results database as a table (accuracies in %), or their accuracy
+    over seeds (--summary)."""
     from dctps.results.store import print_results
 
-    print_results(db, where, csv, echo=typer.echo, json_path=json_path)
+    print_results(db, where, csv, echo=typer.echo, json_path=json_path, summary=summary,
+                  metric=metric)  # fmt: skip
 
 
 @contextlib.contextmanager

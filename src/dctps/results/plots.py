@@ -15,6 +15,7 @@ import json
 import math
 import numbers
 import os
+import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -367,6 +368,8 @@ class Point(NamedTuple):
     #: finished runs that did not record the accuracy drawn (``--metric test_acc`` on runs that
     #: only validated); never averaged, and never a reason to call the point failed
     n_without: int = 0
+    #: the sample standard deviation over the successful seeds (NaN below two)
+    std: float = float("nan")
 
 
 @dataclass
@@ -775,8 +778,9 @@ def _points(
         shown = m if m in ("test_acc", "val_acc") else ""
         if ok:
             mean = sum(ok) / len(ok)
+            std = statistics.stdev(ok) if len(ok) > 1 else float("nan")
             pts.append(Point(d, mean, min(ok), max(ok), False, len(ok), n_failed, xv, m, n_open,
-                             n_without))  # fmt: skip
+                             n_without, std))  # fmt: skip
         elif n_failed and not n_open and not n_without:  # every seed failed
             pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv, "", 0))
         else:  # nothing to average yet (runs going, or without the metric): no value, not failed

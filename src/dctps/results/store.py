@@ -1068,11 +1068,15 @@ def _csv_stream(path: str | os.PathLike[str]) -> bool:
     return p.exists() and not p.is_file() and not p.is_dir()
 
 
+#: how each CSV that `dctps results` writes begins: its runs, or its --summary
+CSV_SIGNATURES = (b"hash,", b"model,dataset,setting,")
+
+
 def _check_export_target(target: Path, kind: str = "CSV") -> None:
     """Refuse to overwrite an existing file that is not an earlier CSV (``kind='JSON'``: JSON)
     of this command (a results database, a run checkpoint or config given as the path by
     mistake)."""
-    ext, signature = ("json", b"[") if kind == "JSON" else ("csv", b"hash,")
+    ext, signatures = ("json", (b"[",)) if kind == "JSON" else ("csv", CSV_SIGNATURES)
     if _csv_stream(target):
         return
     if target.is_dir():  # refused before the table is printed
@@ -1088,7 +1092,7 @@ def _check_export_target(target: Path, kind: str = "CSV") -> None:
     # an SQLite database (a results store given as the path), a FIFO or a device: every
     # writer's own refusal, before this command's own signature check
     check_file_target(target, f"{kind} file", f"results.{ext}")
-    if foreign_file(target, signature):
+    if all(foreign_file(target, signature) for signature in signatures):
         raise DctpsError(
             f"{target} exists and is not a {kind} written by `dctps results`; refusing to "
             f"overwrite it. Give another path, e.g. results.{ext}"
@@ -1628,9 +1632,21 @@ def print_results(
     csv_path: str | os.PathLike[str] | None = None,
     echo: Callable[[str], Any] = print,
     json_path: str | os.PathLike[str] | None = None,
+    summary: bool = False,
+    metric: str | None = None,
 ) -> list[dict[str, Any]]:
     """``dctps results``: print the matching runs as a table, optionally write them to CSV
-    and/or JSON (the runs' configs and per-epoch metrics too: :meth:`Store.to_json`)."""
+    and/or JSON (the runs' configs and per-epoch metrics too: :meth:`Store.to_json`). With
+    ``summary``, their accuracy over seeds instead (:mod:`dctps.results.summary`: a table per
+    model and data set; the CSV and JSON hold a row per setting and density), of ``metric``
+    (auto, test_acc or val_acc, as ``dctps plot`` takes it)."""
+    if metric is not None and not summary:
+        raise DctpsError(
+            f"--metric {metric} chooses the accuracy that --summary averages; add --summary"
+        )
+    metric = "auto" if metric is None else metric
+    if metric not in ("auto", "test_acc", "val_acc"):
+        raise DctpsError(f"--metric must be auto, test_acc or val_acc, got {metric!r}")
     path = existing_db(db)
     exports = [(p, kind) for p, kind in ((csv_path, "CSV"), (json_path, "JSON")) if p is not None]
     if sum(str(p) in STDOUT_PATHS for p, _ in exports) > 1:
@@ -1645,6 +1661,10 @@ def print_results(
     filters = parse_where(where)
     locks = locks_folder(path)
     rows = store.query(filters)
+    if summary:
+        _print_summary(rows, exports, echo, metric, f"no runs in {path} match" + (
+            "" if rows else _what_is_there(store, filters)))  # fmt: skip
+        return rows
     # the variant column, resolved once for the table and every export (it resolves each
     # row's config: 1.4 s at 10,000 rows, once per export before)
     marked = with_marks(rows)
@@ -1681,3 +1701,41 @@ def print_results(
         n = store.to_json(json_path, marked=marked)
         echo(f"wrote {n} run{'' if n == 1 else 's'} (configs and per-epoch metrics) to {json_path}")
     return rows
+
+
+def _print_summary(
+    rows: Sequence[Mapping[str, Any]],
+    exports: Sequence[tuple[str | os.PathLike[str], str]],
+    echo: Callable[[str], Any],
+    metric: str,
+    nothing: str,
+) -> None:
+    """``dctps results --summary``: the tables, and the rows of the summary to each export
+    (alone on standard output where one goes there)."""
+    from dctps.results.summary import SUMMARY_COLUMNS, format_summary, summarise, summary_rows
+
+    panels = summarise(rows, metric) if rows else []
+    long = summary_rows(panels)
+
+    def write(target: str | os.PathLike[str], kind: str) -> None:
+        if kind == "CSV":
+            _export(target, "CSV", lambda f: _write_csv(f, long, SUMMARY_COLUMNS), newline="")
+        else:
+            _export(target, "JSON", lambda f: _write_json(f, long))
+
+    streamed = [(p, kind) for p, kind in exports if str(p) in STDOUT_PATHS]
+    if streamed:
+        for target, kind in exports:
+            if (target, kind) not in streamed:
+                write(target, kind)
+        write(*streamed[0])
+        return
+    if not rows:
+        echo(nothing)
+    elif not panels:
+        echo("no run has a result yet (each is running or interrupted)")
+    else:
+        echo(format_summary(panels))
+    for target, kind in exports:
+        write(target, kind)
+        echo(f"wrote {len(long)} summary row{'' if len(long) == 1 else 's'} to {target}")

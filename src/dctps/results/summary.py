@@ -1,0 +1,114 @@
+"""Accuracy over seeds, as tables: ``dctps results --summary``.
+
+The numbers ``dctps plot`` draws (:func:`dctps.results.plots.aggregate`: a curve per setting, a
+point per density, one run per seed, failed seeds counted and not averaged), written as a paper's
+table: per model and data set one Markdown table, a row per setting, a column per density (dense
+runs under 100%), each cell ``mean [min, max]`` over the seeds in %. :func:`summary_rows` gives
+the long form, one row per setting and density with the sample standard deviation, for a CSV or
+a JSON file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dctps.results.plots import Panel, Point, _pct, aggregate
+
+__all__ = ["SUMMARY_COLUMNS", "format_summary", "summarise", "summary_rows"]
+
+#: the columns of :func:`summary_rows` (accuracies as fractions, as the store keeps them)
+SUMMARY_COLUMNS = (
+    "model", "dataset", "setting", "density", "metric", "mean", "std", "min", "max", "seeds",
+    "failed", "open", "without",
+)  # fmt: skip
+_METRIC_NAMES = {"test_acc": "test accuracy", "val_acc": "validation accuracy",
+                 "mixed": "test or validation accuracy"}  # fmt: skip
+
+
+def summarise(rows: Sequence[Mapping[str, Any]], metric: str = "auto") -> list[Panel]:
+    """The panels of store ``rows`` (:meth:`Store.query`) as ``dctps plot`` aggregates them
+    (:func:`dctps.results.plots.aggregate`; ``metric``: auto, test_acc or val_acc)."""
+    return aggregate(rows, metric=metric)
+
+
+def _points(p: Panel) -> list[tuple[str, Point]]:
+    """``(setting, point)`` of a panel: dense first, then each curve's densities."""
+    out = [(label, pt) for label, pt in p.dense.items()]
+    out += [(label, pt) for label, pts in p.series.items() for pt in pts]
+    return out
+
+
+def _cell(pt: Point) -> str:
+    """``61.23 [60.10, 62.00]``, with what the seeds did beside it: ``1 of 3 failed``; a point
+    every seed of which failed reads ``failed (3 of 3)``, one without a value says why."""
+    seeds = pt.n_ok + pt.n_failed + pt.n_open + pt.n_without
+    notes = []
+    if pt.failed:
+        return f"failed ({pt.n_failed} of {pt.n_failed})"
+    if pt.n_failed:
+        notes.append(f"{pt.n_failed} of {seeds} failed")
+    if pt.n_open:
+        notes.append(f"{pt.n_open} without a result yet")
+    if pt.n_without:
+        notes.append(f"{pt.n_without} without {pt.metric or 'it'}")
+    if not pt.n_ok:
+        return "no result (" + ", ".join(notes) + ")" if notes else "no result"
+    text = f"{100 * pt.mean:.2f} [{100 * pt.min:.2f}, {100 * pt.max:.2f}]"
+    if pt.n_ok == 1:
+        notes.insert(0, "1 seed")
+    return text + (", " + ", ".join(notes) if notes else "")
+
+
+def format_summary(panels: Sequence[Panel]) -> str:
+    """Per panel a heading and a Markdown table: a row per setting, a column per density
+    (highest first; dense runs under 100%), each cell :func:`_cell` of its point."""
+    blocks = []
+    for p in panels:
+        pts = _points(p)
+        densities = sorted({pt.density for _, pt in pts}, reverse=True)
+        settings = list(dict.fromkeys(label for label, _ in pts))
+        cells = {(label, pt.density): _cell(pt) for label, pt in pts}
+        metric = _METRIC_NAMES.get(p.metric, p.metric)
+        head = ["setting", *(_pct(d) for d in densities)]
+        body = [[s, *(cells.get((s, d), "") for d in densities)] for s in settings]
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+
+        def line(cols: list[str], widths: list[int] = widths) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |"
+
+        blocks.append("\n".join([
+            f"{p.title}: {metric} in %, mean [min, max] over the seeds",
+            "",
+            line(head),
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+            *(line(r) for r in body),
+        ]))  # fmt: skip
+    return "\n\n".join(blocks)
+
+
+def _fraction(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def summary_rows(panels: Sequence[Panel]) -> list[dict[str, Any]]:
+    """One row per setting and density (:data:`SUMMARY_COLUMNS`): ``mean``/``std``/``min``/
+    ``max`` of the accuracy ``metric`` over the seeds that finished (fractions; ``None`` where
+    no seed did, and ``std`` below two), ``seeds`` the seeds averaged, ``failed``, ``open``
+    (without a result yet) and ``without`` (finished without the metric)."""
+    out = []
+    for p in panels:
+        for label, pt in _points(p):
+            failed = pt.failed
+            out.append({
+                "model": p.model, "dataset": p.dataset, "setting": label, "density": pt.density,
+                "metric": pt.metric or (p.metric if p.metric != "mixed" else ""),
+                "mean": None if failed else _fraction(pt.mean),
+                "std": None if failed else _fraction(pt.std),
+                "min": None if failed else _fraction(pt.min),
+                "max": None if failed else _fraction(pt.max),
+                "seeds": pt.n_ok, "failed": pt.n_failed, "open": pt.n_open,
+                "without": pt.n_without,
+            })  # fmt: skip
+    return out

@@ -1,0 +1,135 @@
+"""`dctps results --summary` (dctps.results.summary): accuracy over seeds as tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+
+import pytest
+from typer.testing import CliRunner
+
+from dctps.cli import app
+from dctps.errors import DctpsError
+from dctps.results import Store
+from dctps.results.store import print_results
+from dctps.results.summary import SUMMARY_COLUMNS, format_summary, summarise, summary_rows
+from dctps.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SparsityConfig
+
+runner = CliRunner()
+
+
+def cfg(method, density=None, seed=0):
+    return RunConfig(
+        model=ModelConfig("lenet5"),
+        data=DataConfig("cifar10"),
+        sparsity=SparsityConfig(method, density),
+        optim=OptimConfig(),
+        seed=seed,
+    ).resolve()
+
+
+def record(store, c, acc=None, reason=None, running=False):
+    h = c.config_hash()
+    store.start(h, c.to_dict())
+    if running:
+        return
+    if reason:
+        store.fail(h, reason)
+    else:
+        store.finish(h, test_acc=acc, val_acc=acc / 2, nonzeros=1)
+
+
+DCTPS = [0.31, 0.35, 0.30]
+
+
+@pytest.fixture
+def db(tmp_path):
+    s = Store(tmp_path / "db")
+    record(s, cfg("dense", seed=0), 0.6)
+    record(s, cfg("dense", seed=1), 0.7)
+    for seed, acc in enumerate(DCTPS):
+        record(s, cfg("dctps", 0.01, seed), acc)
+    record(s, cfg("dctps", 0.001, 0), 0.2)
+    record(s, cfg("dctps", 0.001, 1), reason="non-finite loss")
+    record(s, cfg("dctps", 0.001, 2), running=True)
+    for seed in range(2):
+        record(s, cfg("snip", 0.001, seed), reason="snip: layer collapse")
+    return tmp_path / "db"
+
+
+def test_a_table_per_model_a_row_per_setting_a_column_per_density(db):
+    panels = summarise(Store(db).query({}))
+    text = format_summary(panels)
+    lines = text.splitlines()
+    assert lines[0] == "LeNet-5, CIFAR-10: test accuracy in %, mean [min, max] over the seeds"
+    head = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert head == ["setting", "100%", "1%", "0.1%"]
+    table = {r[0]: r[1:] for r in
+             ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[4:])}  # fmt: skip
+    assert table["Dense"] == ["65.00 [60.00, 70.00]", "", ""]
+    mean = 100 * sum(DCTPS) / 3
+    assert table["DCTpS"] == [
+        "",
+        f"{mean:.2f} [30.00, 35.00]",
+        "20.00 [20.00, 20.00], 1 seed, 1 of 3 failed, 1 without a result yet",
+    ]
+    assert table["SNIP"] == ["", "", "failed (2 of 2)"]
+
+
+def test_the_long_form_has_the_standard_deviation_and_the_counts(db):
+    rows = {(r["setting"], r["density"]): r for r in summary_rows(summarise(Store(db).query({})))}
+    d = rows[("DCTpS", 0.01)]
+    assert (d["mean"], d["std"], d["min"], d["max"]) == pytest.approx(
+        (statistics.mean(DCTPS), statistics.stdev(DCTPS), 0.30, 0.35)
+    )
+    assert (d["seeds"], d["failed"], d["open"], d["metric"]) == (3, 0, 0, "test_acc")
+    one = rows[("DCTpS", 0.001)]
+    assert (one["seeds"], one["failed"], one["open"], one["std"]) == (1, 1, 1, None)
+    snip = rows[("SNIP", 0.001)]  # every seed failed: no accuracy (not chance), counted
+    assert (snip["mean"], snip["failed"], snip["seeds"]) == (None, 2, 0)
+    assert set(d) == set(SUMMARY_COLUMNS)
+
+
+def test_validation_accuracy_on_request(db):
+    (p,) = summarise(Store(db).query({}), metric="val_acc")
+    assert p.dense["Dense"].mean == pytest.approx(0.325)
+
+
+def test_cli_summary_csv_and_json(db, tmp_path):
+    out = tmp_path / "sum.csv"
+    args = ["results", "--db", str(db), "--summary", "--csv", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "| DCTpS" in r.output and f"wrote 4 summary rows to {out}" in r.output
+    got = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [k for k in got[0]] == list(SUMMARY_COLUMNS)
+    assert float(next(g for g in got if g["setting"] == "Dense")["mean"]) == pytest.approx(0.65)
+    # a second summary replaces the first; a run CSV there may be replaced by a summary too
+    assert runner.invoke(app, args).exit_code == 0
+    runs = tmp_path / "runs.csv"
+    assert runner.invoke(app, ["results", "--db", str(db), "--csv", str(runs)]).exit_code == 0
+    assert runner.invoke(app, [*args[:-1], str(runs)]).exit_code == 0
+    assert runs.read_text().startswith("model,dataset,setting,")
+    # standard output: the JSON alone
+    r = runner.invoke(app, ["results", "--db", str(db), "--summary", "--json", "-"])
+    assert r.exit_code == 0
+    data = json.loads(r.stdout)
+    assert {d["setting"] for d in data} == {"Dense", "DCTpS", "SNIP"}
+
+
+def test_summary_refusals(db, tmp_path):
+    with pytest.raises(DctpsError, match="--metric val_acc chooses the accuracy that --summary "
+                                         "averages; add --summary"):  # fmt: skip
+        print_results(db, metric="val_acc")
+    with pytest.raises(DctpsError, match="--metric must be auto, test_acc or val_acc, got 'x'"):
+        print_results(db, summary=True, metric="x")
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,own\n")
+    with pytest.raises(DctpsError, match="is not a CSV written by `dctps results`"):
+        print_results(db, summary=True, csv_path=notes)
+    assert notes.read_text() == "my,own\n"
+    said = []
+    print_results(db, ["method=grasp"], summary=True, echo=said.append)
+    assert said and said[0].startswith("no runs in ") and "method" in said[0]
