@@ -86,7 +86,8 @@ def test_curves_average_each_epoch_over_the_seeds_that_recorded_it(store, tmp_pa
     assert (snip.done, snip.failed, sorted(snip.failed_at)) == (0, 2, [0, 2])
     assert [(p.epoch, p.mean, p.n) for p in snip.points] == [(1, 0.15, 1), (2, 0.12, 1)]
     assert snip.reasons == ["non-finite loss at epoch 3", "snip: layer collapse"]
-    assert snip.status() == "2 seeds, 2 failed (1 before training, 1 after epoch 2)"
+    # (0: no epoch recorded, e.g. pruning failed, or the first epoch's loss diverged)
+    assert snip.status() == "2 seeds, 2 failed (1 before recording an epoch, 1 after epoch 2)"
     # the JSON beside the figure holds the same numbers
     written = json.loads((tmp_path / "c.json").read_text())
     assert written["panels"] == json.loads(json.dumps(data.to_dict()))["panels"]
@@ -166,3 +167,64 @@ def test_cli_plot_x_epoch(store, tmp_path):
     # a folder as --out: plot.png in it, as the accuracy plot does
     r = runner.invoke(app, ["plot", "--db", db, "--x", "epoch", "--out", str(tmp_path / "figs")])
     assert r.exit_code == 0 and (tmp_path / "figs" / "plot.json").exists()
+
+
+def test_a_mean_over_fewer_seeds_says_so_and_is_drawn_dotted(tmp_path, monkeypatch):
+    """A seed that stops (failed, or still running) makes the mean jump: the table says how
+    many seeds each number covers, and the plot draws those segments dotted and the failure
+    with an x, dense curves too."""
+    s = Store(tmp_path)
+    record(s, cfg("dense", seed=0), [{"val_acc": v} for v in (0.2, 0.4, 0.6)])
+    record(s, cfg("dense", seed=1), [{"val_acc": 0.3}, {"val_acc": 0.5}], fail="non-finite loss")
+    record(s, cfg("dctps", 0.01, 0), [{"val_acc": v} for v in (0.1, 0.2, 0.3)])
+    c = cfg("dctps", 0.01, 1)  # still running, after one epoch
+    s.start(c.config_hash(), c.to_dict())
+    s.log_epoch(c.config_hash(), 1, val_acc=0.3)
+    drawn = []
+    from matplotlib.axes import Axes
+
+    real = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda ax, *a, **k: drawn.append((a, k)) or real(ax, *a, **k))
+    data = cv.plot_curves(s.runs_with_epochs(), tmp_path / "c.png")
+    (p,) = data.panels
+    dense, dctps = p.curves
+    assert [pt.n for pt in dense.points] == [2, 2, 1] and dense.failed_at == [2]
+    assert dctps.status() == "2 seeds, 1 running"
+    table = data.table()
+    assert "epoch 3: 60.00% [60.00%, 60.00%] over 1 of 2 seeds" in table
+    assert "epoch 3: 30.00% [30.00%, 30.00%] over 1 of 2 seeds (2 seeds, 1 running)" in table
+    dotted = [a for a, k in drawn if len(a) > 2 and a[2] == ":"]
+    # DCTpS: 2 seeds at epoch 1 only, so 1-2 and 2-3; dense: 2-3
+    assert sorted(a[0] for a in dotted) == [(1, 2), (2, 3), (2, 3)]
+    crosses = [(a[0], k["color"]) for a, k in drawn if len(a) > 2 and a[2] == "x"]
+    assert crosses == [([2], "k")]  # the dense seed that failed after epoch 2
+
+
+def test_segments_split_the_line_where_fewer_seeds_are_averaged():
+    solid, thin = cv._segments([1, 2, 3, 4], [1.0, 2.0, 3.0, 4.0], [True, True, False, True])
+    assert solid[:2] == [1.0, 2.0] and math.isnan(solid[2]) and solid[3] == 4.0
+    assert thin == [[(2, 2.0), (3, 3.0)], [(3, 3.0), (4, 4.0)]]
+    solid, _ = cv._segments([1, 2], [1.0, 2.0], [True, False])  # one full point: marked alone
+    assert all(math.isnan(v) for v in solid)
+
+
+def test_epochs_without_the_metric_are_not_called_no_epochs(tmp_path):
+    s = Store(tmp_path)
+    record(s, cfg("dctps", 0.01), [{"val_acc": 0.2}])
+    c = cfg("dctps", 0.01, optim={"epochs": 3})
+    record(s, c, [{"train_acc": 0.1}] * 3)  # trained without validation: epochs, no val_acc
+    (p,) = cv.aggregate_curves(s.runs_with_epochs())
+    text = cv.CurvesData([p], []).table()
+    assert "no val_acc in its 3 recorded epochs (1 seed)" in text
+
+
+def test_too_many_panels_suggest_a_density_that_keeps_the_dense_runs(tmp_path):
+    s = Store(tmp_path)
+    record(s, cfg("dense"), [{"val_acc": 0.5}])
+    for i in range(cv.MAX_PANELS + 1):
+        record(s, cfg("dctps", 0.5 / (i + 1)), [{"val_acc": 0.1}])
+    with pytest.raises(DctpsError) as info:
+        cv.aggregate_curves(s.runs_with_epochs())
+    msg = str(info.value)
+    assert "--where density=50%,100%" in msg and "the dense runs" in msg
+    assert "model=" not in msg  # one model: that filter would cut nothing

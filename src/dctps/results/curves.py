@@ -69,9 +69,11 @@ class EpochPoint(NamedTuple):
 @dataclass
 class Curve:
     """One line of a panel: its ``label``, its points by epoch, and what became of its runs
-    (one per seed: ``done``, ``failed``, and ``open``, running or interrupted). ``failed_at``:
-    per failed seed, the last epoch it recorded (0: it failed before training, e.g. pruning),
-    and ``reasons`` the distinct reasons they gave."""
+    (one per seed: ``done``, ``failed``, and ``open``, running or ``interrupted``). ``failed_at``:
+    per failed seed, the last epoch it recorded (0: none, e.g. pruning failed, or the first
+    epoch's loss diverged), and ``reasons`` the distinct reasons they gave. ``recorded``: the
+    most epochs one of its runs recorded, whatever metrics they hold (a run without validation
+    has epochs, but no ``val_acc``)."""
 
     label: str
     dense: bool
@@ -81,17 +83,24 @@ class Curve:
     open: int = 0
     failed_at: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    interrupted: int = 0
+    recorded: int = 0
+
+    @property
+    def seeds(self) -> int:
+        """Its runs, one per seed, whatever became of them."""
+        return self.done + self.failed + self.open
 
     def status(self) -> str:
         """``3 seeds``, ``2 seeds, 1 failed after epoch 4``, ``1 running``: what the legend
         and the table add to the label."""
-        seeds = self.done + self.failed + self.open
+        seeds = self.seeds
         parts = [f"{seeds} seed{'s' if seeds != 1 else ''}"]
         if self.failed:
             at: dict[int, int] = {}
             for e in self.failed_at:
                 at[e] = at.get(e, 0) + 1
-            when = {e: "before training" if e == 0 else f"after epoch {e}" for e in at}
+            when = {e: "before recording an epoch" if e == 0 else f"after epoch {e}" for e in at}
             if len(at) == 1 and sum(at.values()) == self.failed:
                 parts.append(f"{self.failed} failed {when[next(iter(at))]}")
             elif at:
@@ -99,8 +108,11 @@ class Curve:
                 parts.append(f"{self.failed} failed ({where})")
             else:  # their epochs were not read (aggregate_curves' epochs= left them out)
                 parts.append(f"{self.failed} failed")
-        if self.open:
-            parts.append(f"{self.open} without a result yet")
+        running = self.open - self.interrupted
+        if running:
+            parts.append(f"{running} running")
+        if self.interrupted:
+            parts.append(f"{self.interrupted} interrupted")
         return ", ".join(parts)
 
 
@@ -122,7 +134,8 @@ class CurvePanel:
             "title": self.title, "metric": self.metric,
             "curves": [
                 {"label": c.label, "dense": c.dense, "done": c.done, "failed": c.failed,
-                 "open": c.open, "failed_at": c.failed_at, "reasons": c.reasons,
+                 "open": c.open, "interrupted": c.interrupted, "failed_at": c.failed_at,
+                 "reasons": c.reasons, "recorded": c.recorded,
                  "points": [p._asdict() for p in c.points]}
                 for c in self.curves
             ],
@@ -182,6 +195,9 @@ def _summary(c: Curve, metric: str) -> str:
         if c.failed and not c.done and not c.open:
             more = len(c.reasons) - 1
             why = c.reasons[0] + (f" (and {more} other reason{'s' * (more > 1)})" if more else "")
+        if c.recorded:  # epochs, without this metric (a run without validation)
+            n = c.recorded
+            return f"no {metric} in its {n} recorded epoch{'s' if n != 1 else ''} ({c.status()})"
         return f"no epoch recorded ({c.status()}{': ' + why if why else ''})"
     last = c.points[-1]
     # the best epoch: highest accuracy, lowest loss (lr and seconds: no best, the last only)
@@ -195,8 +211,12 @@ def _summary(c: Curve, metric: str) -> str:
         f"epoch {last.epoch}: {_value(metric, last.mean)} [{_value(metric, last.min)}, "
         f"{_value(metric, last.max)}]"
     )
+    if last.n < c.seeds:  # a seed stopped before it (failed, or still running)
+        text += f" over {last.n} of {c.seeds} seeds"
     if best is not None and best.mean != last.mean:  # a tie: the last epoch says it
         text += f"; best at epoch {best.epoch}: {_value(metric, best.mean)}"
+        if best.n < c.seeds:
+            text += f" over {best.n} of {c.seeds} seeds"
     return f"{text} ({c.status()})"
 
 
@@ -208,8 +228,8 @@ def _check_metric(metric: object) -> str:
             else ""
         )
         raise DctpsError(
-            f"a learning curve's metric must be auto or one of {', '.join(EPOCH_METRICS)}, got "
-            f"{show(metric)}{extra}"
+            f"a learning curve's metric (--metric with --x epoch) must be auto or one of "
+            f"{', '.join(EPOCH_METRICS)}, got {show(metric)}{extra}"
         )
     return str(metric)
 
@@ -305,6 +325,7 @@ def aggregate_curves(
                                 c.reasons.append(reason)
                         else:
                             c.open += 1
+                            c.interrupted += status == "interrupted"
                         targets.setdefault(r["hash"], []).append(c)
     if len(panels) > MAX_PANELS:
         raise DctpsError(_too_many(panels))
@@ -320,6 +341,7 @@ def aggregate_curves(
         recs = run.get("epochs") or []
         last = max((int(e["epoch"]) for e in recs), default=0)
         for cv in targets[h]:
+            cv.recorded = max(cv.recorded, len(recs))
             if status_of.get(h) == "failed":
                 cv.failed_at.append(last)
             per = values.setdefault(id(cv), {})
@@ -351,17 +373,45 @@ def aggregate_curves(
     return out
 
 
-def _too_many(panels: Mapping[tuple[str, str, float | None], Any]) -> str:
+def _too_many(panels: Mapping[tuple[str, str, float | None], Mapping[str, Curve]]) -> str:
+    """The refusal of more than :data:`MAX_PANELS` panels, with the filters that cut them:
+    a density (with 100%, which keeps the dense reference), a model or a data set where
+    there are several."""
     models = sorted({k[0] for k in panels})
     datasets = sorted({k[1] for k in panels})
-    densities = sorted({k[2] for k in panels if k[2] is not None})
+    densities = sorted({k[2] for k in panels if k[2] is not None}, reverse=True)
+    dense = any(c.dense for curves in panels.values() for c in curves.values())
+    ways = []
+    if densities:
+        ways.append(f"--where density={_pct(densities[0])}" + (",100%" if dense else ""))
+    if len(models) > 1:
+        ways.append(f"--where model={models[0]}")
+    if len(datasets) > 1:
+        ways.append(f"--where dataset={datasets[0]}")
     return (
         f"{len(panels)} learning-curve panels (one per model, data set and density: "
         f"{len(models)} model(s), {len(datasets)} data set(s), {len(densities)} density(ies)) "
         f"is more than one figure draws ({MAX_PANELS}); filter with --where, e.g. "
-        f"--where density={_pct(densities[0]) if densities else '1%'} or "
-        f"--where model={models[0]}"
+        + " or ".join(ways)
+        + (" (100%: the dense runs, the reference curves)" if dense and densities else "")
     )
+
+
+def _segments(
+    xs: Sequence[float], ys: Sequence[float], full: Sequence[bool]
+) -> tuple[list[float], list[list[tuple[float, float]]]]:
+    """The solid line (``ys`` with NaN where a segment's end is not ``full``) and the
+    segments that touch a point that is not (drawn dotted): ``(solid_ys, [[(x, y), (x, y)],
+    ...])``."""
+    solid = [y if f else math.nan for y, f in zip(ys, full, strict=True)]
+    if sum(full) == 1:  # a lone full point: no solid segment would show it
+        solid = [math.nan] * len(ys)
+    thin = [
+        [(xs[i], ys[i]), (xs[i + 1], ys[i + 1])]
+        for i in range(len(xs) - 1)
+        if not (full[i] and full[i + 1])
+    ]
+    return solid, thin
 
 
 def plot_curves(
@@ -374,9 +424,11 @@ def plot_curves(
 ) -> CurvesData:
     """Draw learning curves (:func:`aggregate_curves` of ``rows``): one panel per model, data
     set and density, epoch on the x axis, per curve the mean over its seeds with a min-max
-    band, dense runs in black, a seed's failure marked with an x at its last epoch, curves
-    with no epoch named on their panel. Writes PNG
-    and PDF at ``path`` and the data as JSON beside them; returns what it drew."""
+    band, dense runs in black. Where the mean covers fewer seeds than the curve's best-covered
+    epoch (a seed failed or is still running), its line is dotted; a seed's failure is marked
+    with an x at its last epoch; curves with nothing to draw, and seeds that failed before
+    recording an epoch, are named under their panel. Writes PNG and PDF at ``path`` and the
+    data as JSON beside them; returns what it drew."""
     panels = aggregate_curves(rows, metric, label=label, epochs=epochs)
     if not any(c.points for p in panels for c in p.curves):
         raise DctpsError(
@@ -386,55 +438,65 @@ def plot_curves(
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = _subplots(
-        nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows + 0.6), squeeze=False, layout="constrained"
+        nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows + 0.6), squeeze=False, layout="constrained"
     )
     sparse = list(dict.fromkeys(c.label for p in panels for c in p.curves if not c.dense))
-    colour = series_colours(sparse)
-    # a marker per curve: learning curves of one panel often coincide (a quick run's methods
-    # all at a constant output), and one colour's line hid the other's
+    dense = list(dict.fromkeys(c.label for p in panels for c in p.curves if c.dense))
+    colour = series_colours(sparse) | {lab: "k" for lab in dense}
+    # a marker per curve: curves of one panel often coincide (a quick run's methods all at a
+    # constant output), and past ten curves the colours repeat
     marker = {lab: SERIES_MARKERS[i % len(SERIES_MARKERS)] for i, lab in enumerate(sparse)}
-    crossed = False
-    dense_styles = ["-", "-.", (0, (5, 1)), (0, (1, 1))]
+    marker |= {lab: ("", "s", "^", "D")[i % 4] for i, lab in enumerate(dense)}
+    crossed = dotted = False
     for ax, p in zip(axes.flat, panels, strict=False):
         scale = 100.0 if p.metric in _PERCENT else 1.0
-        n_dense = 0
-        missing = []
+        notes = []
         for c in p.curves:
-            shown = c.label  # the same in every panel; each panel's seeds are in the table
-            if not c.points:  # failed before training, or not started: said on the panel
-                missing.append(f"{c.label}: {c.status()}, no epoch recorded")
+            if not c.points:  # nothing to draw: said under the panel
+                what = f"no {p.metric} recorded" if c.recorded else "no epoch recorded"
+                notes.append(f"{c.label}: {c.status()}, {what}")
                 continue
             early = c.failed_at.count(0)
-            if early:  # seeds that failed before training are in no point: said on the panel
-                seeds = c.done + c.failed + c.open
-                missing.append(f"{c.label}: {early} of {seeds} seeds failed before training")
+            if early:  # seeds in no point
+                notes.append(
+                    f"{c.label}: {early} of {c.seeds} seeds failed before recording an epoch"
+                )
+            col = colour[c.label]
             xs = [pt.epoch for pt in c.points]
             ys = [scale * pt.mean for pt in c.points]
+            most = max(pt.n for pt in c.points)
+            full = [pt.n == most for pt in c.points]
+            solid, thin = _segments(xs, ys, full)
+            z = 2.5 if c.label.startswith("DCTpS") else 2
+            # steps for the learning rate: it changes at epochs, not between them
+            steps = {"drawstyle": "steps-post"} if p.metric == "lr" else {}
+            every = max(1, len(xs) // 12)  # markers on 200 epochs hid the line
+            ax.plot(xs, solid, "-", color=col, lw=1.4 if c.dense else 1.5, marker=marker[c.label],
+                    markevery=every, ms=3.5, label=c.label, zorder=z, **steps)  # fmt: skip
+            for seg in thin:
+                dotted = True
+                ax.plot(*zip(*seg, strict=True), ":", color=col, lw=1.5, zorder=z, **steps)
+            if sum(full) == 1:  # no solid segment: its one best-covered point, marked
+                k = full.index(True)
+                ax.plot([xs[k]], [ys[k]], marker[c.label] or "o", color=col, ms=3.5, zorder=z)
             lo = [scale * pt.min for pt in c.points]
             hi = [scale * pt.max for pt in c.points]
-            if c.dense:
-                style: Any = dense_styles[n_dense % len(dense_styles)]
-                n_dense += 1
-                ax.plot(xs, ys, color="k", lw=1.2, ls=style, label=shown, zorder=2)
-                ax.fill_between(xs, lo, hi, color="k", alpha=0.08, linewidth=0)
-                continue
-            col = colour[c.label]
-            few = len(xs) <= 30  # markers on short runs only: 200 epochs of them hid the line
-            ax.plot(xs, ys, "-", marker=marker[c.label] if few else None, ms=3, color=col,
-                    label=shown, zorder=2.5 if c.label.startswith("DCTpS") else 2)  # fmt: skip
-            ax.fill_between(xs, lo, hi, color=col, alpha=0.18, linewidth=0)
-            by_epoch = {pt.epoch: scale * pt.mean for pt in c.points}
+            ax.fill_between(xs, lo, hi, color=col, alpha=0.08 if c.dense else 0.16, linewidth=0,
+                            **({"step": "post"} if steps else {}))  # fmt: skip
+            by_epoch = dict(zip(xs, ys, strict=True))
             stops = [e for e in c.failed_at if e in by_epoch]
             if stops:  # where a seed's run failed: an x on the curve
                 crossed = True
-                ax.plot(stops, [by_epoch[e] for e in stops], "x", color=col, ms=7, mew=1.5)
-        if missing:
-            ax.text(0.01, 0.01, "; ".join(missing), transform=ax.transAxes,
-                    fontsize=6, color="0.3", wrap=True)  # fmt: skip
+                ax.plot(stops, [by_epoch[e] for e in stops], "x", color=col, ms=7, mew=1.5,
+                        zorder=z + 0.1)  # fmt: skip
+        if notes:  # under the axes: a collapsed curve sits at the bottom of them
+            ax.annotate("\n".join(notes), xy=(0, 0), xycoords="axes fraction",
+                        xytext=(0, -30), textcoords="offset points", va="top", fontsize=6,
+                        color="0.25", annotation_clip=False)  # fmt: skip
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(_LABELS.get(p.metric, p.metric))
-        if p.metric in ("lr",) and all(pt.min > 0 for c in p.curves for pt in c.points):
+        if p.metric == "lr" and all(pt.min > 0 for c in p.curves for pt in c.points):
             ax.set_yscale("log")  # step schedules divide by 10: equal steps on a log axis
         ax.set_title(p.title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -446,9 +508,12 @@ def plot_curves(
             if lab not in labs:
                 handles.append(h)
                 labs.append(lab)
-    if crossed:
-        from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D
 
+    if dotted:
+        handles.append(Line2D([], [], color="0.3", ls=":"))
+        labs.append("dotted: a mean over fewer seeds (one failed, or is still running)")
+    if crossed:
         handles.append(Line2D([], [], color="0.3", ls="none", marker="x", mew=1.5))
         labs.append("x: a seed's run failed after this epoch")
     fig.legend(handles, labs, loc="outside lower center", ncol=min(3, len(labs)), fontsize=7)
