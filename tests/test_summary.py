@@ -133,3 +133,42 @@ def test_summary_refusals(db, tmp_path):
     said = []
     print_results(db, ["method=grasp"], summary=True, echo=said.append)
     assert said and said[0].startswith("no runs in ") and "method" in said[0]
+
+
+def test_a_mixed_table_tags_each_cell_and_a_missing_one_says_why(tmp_path):
+    s = Store(tmp_path / "db")
+    d, c = cfg("dense"), cfg("dctps", 0.01)
+    s.start(d.config_hash(), d.to_dict())
+    s.finish(d.config_hash(), test_acc=0.6)  # test accuracy only
+    s.start(c.config_hash(), c.to_dict())
+    s.finish(c.config_hash(), val_acc=0.3)  # validation accuracy only
+    other = RunConfig(model=ModelConfig("lenet5"), data=DataConfig("cifar100"),
+                      sparsity=SparsityConfig("dctps", 0.01)).resolve()  # fmt: skip
+    s.start(other.config_hash(), other.to_dict())  # running: no table for CIFAR-100
+    said = []
+    print_results(tmp_path / "db", summary=True, echo=said.append)
+    text = "\n".join(said)
+    assert "test or validation accuracy" in text
+    assert "60.00 [60.00, 60.00] (test)" in text and "30.00 [30.00, 30.00] (val)" in text
+    assert "LeNet-5, CIFAR-100: no table (1 without a result yet)" in text
+    said.clear()
+    print_results(tmp_path / "db", ["dataset=cifar100"], summary=True, echo=said.append)
+    assert said == ["LeNet-5, CIFAR-100: no table (1 without a result yet)"]
+
+
+def test_rows_follow_their_values_and_labels_cannot_break_the_table(tmp_path):
+    s = Store(tmp_path)
+    for lr in (0.01, 0.0024, 0.1, 0.001):  # stored in this order
+        c = RunConfig(
+            model=ModelConfig("lenet5"),
+            data=DataConfig("cifar10"),
+            sparsity=SparsityConfig("dctps", 0.01),
+            optim=OptimConfig(lr=lr),
+        )
+        record(s, c.resolve(), 0.5)
+    text = format_summary(summarise(s.query({})))
+    lrs = [float(ln.split("lr=")[1].split("]")[0]) for ln in text.splitlines() if "lr=" in ln]
+    assert lrs == [0.001, 0.0024, 0.01, 0.1]
+    from dctps.results.summary import _md
+
+    assert _md("a|b\nc") == "a\\|b c"

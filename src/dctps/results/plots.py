@@ -15,6 +15,7 @@ import json
 import math
 import numbers
 import os
+import re
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -599,7 +600,7 @@ def _point_metric(rows: Sequence[Mapping[str, Any]], where: str) -> str:
         f"{', '.join(have['test_acc']) or 'none'}; val_acc: seeds "
         f"{', '.join(have['val_acc']) or 'none'}), and one point must not average one seed's "
         "test accuracy with another's validation accuracy; give --metric test_acc or "
-        "--metric val_acc (dctps plot) to draw only the runs that recorded it"
+        "--metric val_acc to use only the runs that recorded it"
     )
 
 
@@ -747,7 +748,21 @@ def curve_groups(
             m = r.get("method")
             rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
             order.setdefault(name, (rank, len(order)))  # method, then first appearance
-    return {name: curves[name] for name in sorted(curves, key=lambda n: order[n])}
+    # a method's variants in the order of their values (lr=0.0024 before lr=0.01), not of
+    # the store's row order, which changed with each filter
+    return {
+        name: curves[name] for name in sorted(curves, key=lambda n: (order[n][0], natural_key(n)))
+    }
+
+
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+
+
+def natural_key(text: str) -> list[Any]:
+    """``text`` as a sort key whose numbers compare as numbers: ``lr=0.0024`` before
+    ``lr=0.01``, ``epochs=5`` before ``epochs=40``."""
+    parts = _NUMBER.split(text)
+    return [float(x) if i % 2 else x for i, x in enumerate(parts)]
 
 
 def _points(
@@ -777,7 +792,7 @@ def _points(
         xv = d if x == "density" else (sum(nnz) / len(nnz) if nnz else float("nan"))
         shown = m if m in ("test_acc", "val_acc") else ""
         if ok:
-            mean = sum(ok) / len(ok)
+            mean = statistics.fmean(ok)  # exact sum: 0.102, not 0.10200000000000001
             std = statistics.stdev(ok) if len(ok) > 1 else float("nan")
             pts.append(Point(d, mean, min(ok), max(ok), False, len(ok), n_failed, xv, m, n_open,
                              n_without, std))  # fmt: skip

@@ -1730,12 +1730,23 @@ def _print_summary(
                 write(target, kind)
         write(*streamed[0])
         return
+    from dctps.results.plots import panel_title
+
+    shown = {(p.model, p.dataset) for p in panels}
+    left: dict[tuple[str, str], list[int]] = {}
+    for r in rows:  # panels aggregate() leaves out: say why, not nothing
+        if (r["model"], r["dataset"]) not in shown:
+            n = left.setdefault((r["model"], r["dataset"]), [0, 0])
+            n[r.get("status") == "done"] += 1
     if not rows:
         echo(nothing)
-    elif not panels:
-        echo("no run has a result yet (each is running or interrupted)")
-    else:
+    elif panels:
         echo(format_summary(panels))
+    for (model, dataset), (n_open, n_done) in left.items():
+        why = [f"{n_open} without a result yet"] if n_open else []
+        if n_done:
+            why.append(f"{n_done} done without " + ("an accuracy" if metric == "auto" else metric))
+        echo(f"{panel_title(model, dataset)}: no table ({', '.join(why)})")
     for target, kind in exports:
         write(target, kind)
         echo(f"wrote {len(long)} summary row{'' if len(long) == 1 else 's'} to {target}")

@@ -40,7 +40,12 @@ def _points(p: Panel) -> list[tuple[str, Point]]:
     return out
 
 
-def _cell(pt: Point) -> str:
+def _md(text: str) -> str:
+    """``text`` safe in a Markdown table cell: pipes escaped, line breaks as spaces."""
+    return " ".join(text.replace("|", "\\|").split("\n"))
+
+
+def _cell(pt: Point, mixed: bool = False) -> str:
     """``61.23 [60.10, 62.00]``, with what the seeds did beside it: ``1 of 3 failed``; a point
     every seed of which failed reads ``failed (3 of 3)``, one without a value says why."""
     seeds = pt.n_ok + pt.n_failed + pt.n_open + pt.n_without
@@ -52,10 +57,12 @@ def _cell(pt: Point) -> str:
     if pt.n_open:
         notes.append(f"{pt.n_open} without a result yet")
     if pt.n_without:
-        notes.append(f"{pt.n_without} without {pt.metric or 'it'}")
+        notes.append(f"{pt.n_without} without {pt.metric or 'an accuracy'}")
     if not pt.n_ok:
         return "no result (" + ", ".join(notes) + ")" if notes else "no result"
     text = f"{100 * pt.mean:.2f} [{100 * pt.min:.2f}, {100 * pt.max:.2f}]"
+    if mixed:  # a panel no one accuracy covers: say which this cell is
+        text += {"test_acc": " (test)", "val_acc": " (val)"}.get(pt.metric, "")
     if pt.n_ok == 1:
         notes.insert(0, "1 seed")
     return text + (", " + ", ".join(notes) if notes else "")
@@ -69,10 +76,10 @@ def format_summary(panels: Sequence[Panel]) -> str:
         pts = _points(p)
         densities = sorted({pt.density for _, pt in pts}, reverse=True)
         settings = list(dict.fromkeys(label for label, _ in pts))
-        cells = {(label, pt.density): _cell(pt) for label, pt in pts}
+        cells = {(label, pt.density): _cell(pt, p.metric == "mixed") for label, pt in pts}
         metric = _METRIC_NAMES.get(p.metric, p.metric)
         head = ["setting", *(_pct(d) for d in densities)]
-        body = [[s, *(cells.get((s, d), "") for d in densities)] for s in settings]
+        body = [[_md(s), *(cells.get((s, d), "") for d in densities)] for s in settings]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
 
         def line(cols: list[str], widths: list[int] = widths) -> str:
@@ -99,7 +106,10 @@ def summary_rows(panels: Sequence[Panel]) -> list[dict[str, Any]]:
     (without a result yet) and ``without`` (finished without the metric)."""
     out = []
     for p in panels:
-        for label, pt in _points(p):
+        pts = _points(p)
+        rank = {label: i for i, label in enumerate(dict.fromkeys(lab for lab, _ in pts))}
+        # as the tables read: a setting's densities highest first
+        for label, pt in sorted(pts, key=lambda lp: (rank[lp[0]], -lp[1].density)):
             failed = pt.failed
             out.append({
                 "model": p.model, "dataset": p.dataset, "setting": label, "density": pt.density,
