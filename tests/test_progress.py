@@ -133,6 +133,23 @@ def test_lines_say_how_long_the_work_took_and_has_left(monkeypatch):
     assert progress.Lines(3, "x", timed=False).line() == "x 0/3 it"
 
 
+def test_a_submitit_job_logs_its_epochs_and_a_local_worker_does_not(
+    fake_cifar10, tmp_path, capsys, monkeypatch
+):
+    """A SLURM job's log said nothing between the start and the end of a 200-epoch run."""
+    from dctps.results.sweep import run_one
+
+    monkeypatch.delenv(progress.ENV, raising=False)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    r = run_one(_cfg(fake_cifar10, epochs=2).to_dict(), str(tmp_path / "a"))
+    assert r["status"] == "done" and "epoch " not in capsys.readouterr().err
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    r = run_one(_cfg(fake_cifar10, epochs=2).to_dict(), str(tmp_path / "b"))
+    epochs = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert r["status"] == "done" and len(epochs) == 2
+    assert re.search(r"\[\d+:\d\d elapsed, \d+:\d\d left\]$", epochs[0]), epochs[0]
+
+
 def test_the_demo_logs_a_line_per_network(monkeypatch, capsys):
     from dctps import demo
 

@@ -521,7 +521,10 @@ def run_one(
         _init_worker(check_threads(threads or 0, "threads") or None)
         _in_run = True
         try:
-            r = fit(c, out, db, progress=False, resume=False if restart else None, warn=False)
+            # a submitit job (SLURM, submitit-local) has a log of its own: its epochs go there,
+            # one line each with the time left; a local worker's would cut into the sweep's
+            logged = bool(os.environ.get("SUBMITIT_EXECUTOR"))
+            r = fit(c, out, db, progress=logged, resume=False if restart else None, warn=False)
         finally:
             _in_run = False
     except KeyboardInterrupt:
