@@ -709,9 +709,10 @@ CASES = [
       "plot", "--db", "{good}", "--metric", "foo"),
     C("plot-metric-per-epoch", r"got 'train_loss' \(a per-epoch metric: draw learning curves "
       r"with --x epoch\)", "plot", "--db", "{good}", "--metric", "train_loss"),
-    C("plot-epoch-test-acc", r"a learning curve's metric must be auto or one of val_acc, "
-      r"train_acc, .*got 'test_acc' \(test_acc is recorded once per run, after training, not per "
-      r"epoch\)", "plot", "--db", "{good}", "--x", "epoch", "--metric", "test_acc"),
+    C("plot-epoch-test-acc", r"a learning curve's metric \(--metric with --x epoch\) must be "
+      r"auto or one of val_acc, train_acc, .*got 'test_acc' \(test_acc is recorded once per "
+      r"run, after training, not per epoch\)", "plot", "--db", "{good}", "--x", "epoch",
+      "--metric", "test_acc"),
     C("results-metric-without-summary", r"--metric val_acc chooses the accuracy that "
       r"--summary averages; add --summary", "results", "--db", "{good}", "--metric", "val_acc"),
     C("results-summary-metric", r"--metric must be auto, test_acc or val_acc, got 'loss'",

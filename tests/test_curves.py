@@ -228,3 +228,38 @@ def test_too_many_panels_suggest_a_density_that_keeps_the_dense_runs(tmp_path):
     msg = str(info.value)
     assert "--where density=50%,100%" in msg and "the dense runs" in msg
     assert "model=" not in msg  # one model: that filter would cut nothing
+
+
+def test_variants_keep_the_accuracy_plots_colours_and_order_across_densities(tmp_path, monkeypatch):
+    """Panels are drawn lowest density first: a variant run only at the lower density took
+    the first colour there, and the accuracy plot gave it the second."""
+    from dctps.results import plots
+
+    s = Store(tmp_path)
+    for seed in (0, 1):
+        record(s, cfg("dctps", 0.01, seed, optim={"lr": 0.0024}), [{"val_acc": 0.3}])
+        record(s, cfg("dctps", 0.001, seed, optim={"lr": 0.01}), [{"val_acc": 0.2}])
+    asked = []
+    real = plots.series_colours
+    monkeypatch.setattr(cv, "series_colours", lambda labels: asked.append(list(labels)) or
+                        real(labels))  # fmt: skip
+    monkeypatch.setattr(plots, "series_colours", lambda labels: asked.append(list(labels)) or
+                        real(labels))  # fmt: skip
+    plots.plot_runs(s.query({}), tmp_path / "a.png")
+    cv.plot_curves(s.runs_with_epochs(), tmp_path / "c.png")
+    assert asked[0] == asked[1] == ["DCTpS [lr=0.0024]", "DCTpS [lr=0.01]"]
+
+
+def test_a_dead_run_is_not_called_running_and_generators_are_counted(tmp_path):
+    s = Store(tmp_path)
+    record(s, cfg("dctps", 0.01), [{"val_acc": 0.3}])
+    c = cfg("dctps", 0.01, seed=1)
+    s.start(c.config_hash(), c.to_dict())
+    s.log_epoch(c.config_hash(), 1, val_acc=0.2)
+    # its owner: a process of this host that is gone (as a killed run leaves it)
+    s.update(c.config_hash(), owner=f"{__import__('socket').gethostname()}:999999999")
+    data = cv.curves_command(str(tmp_path), out=str(tmp_path / "c.png"))
+    (curve,) = data.panels[0].curves
+    assert curve.status() == "2 seeds, 1 dead"
+    gen = cv.plot_curves((r for r in s.runs_with_epochs()), tmp_path / "g.png")
+    assert gen.runs == 2

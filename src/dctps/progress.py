@@ -49,7 +49,7 @@ def _in_notebook() -> bool:
 
 
 def clock(seconds: float) -> str:
-    """``m:ss``, or ``h:mm:ss`` from an hour on (tqdm's format)."""
+    """``m:ss``, or ``h:mm:ss`` from an hour on (tqdm's ``mm:ss`` without its leading zero)."""
     s = max(0, int(seconds))
     h, rest = divmod(s, 3600)
     m, s = divmod(rest, 60)
@@ -60,8 +60,9 @@ class Lines:
     """What a tqdm bar is to the code that drives it (``update``, ``set_postfix_str``,
     ``set_description``, ``write``, ``close``), written as one line per :func:`mark` on
     ``sys.stderr``: ``<desc> <n>/<total> <unit>: <postfix> [<elapsed> elapsed, <left> left]``.
-    The time left is tqdm's estimate: the units still to do at the mean rate of those done
-    since the lines began (a resumed run's earlier units do not count)."""
+    The time left is the units still to do at the mean rate of those done since the lines
+    began (a resumed run's earlier units do not count; tqdm smooths its rate instead, which a
+    line a minute or an hour apart has no use for)."""
 
     def __init__(
         self, total: int, desc: str = "", unit: str = "it", initial: int = 0, timed: bool = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,10 @@ class Curve:
     failed_at: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     interrupted: int = 0
+    dead: int = 0
     recorded: int = 0
+    #: its place in :func:`~dctps.results.plots.curve_groups`' order (method, then values)
+    rank: int = 0
 
     @property
     def seeds(self) -> int:
@@ -108,11 +112,13 @@ class Curve:
                 parts.append(f"{self.failed} failed ({where})")
             else:  # their epochs were not read (aggregate_curves' epochs= left them out)
                 parts.append(f"{self.failed} failed")
-        running = self.open - self.interrupted
+        running = self.open - self.interrupted - self.dead
         if running:
             parts.append(f"{running} running")
         if self.interrupted:
             parts.append(f"{self.interrupted} interrupted")
+        if self.dead:  # recorded running, but its process is gone (dctps results: dead)
+            parts.append(f"{self.dead} dead")
         return ", ".join(parts)
 
 
@@ -134,7 +140,8 @@ class CurvePanel:
             "title": self.title, "metric": self.metric,
             "curves": [
                 {"label": c.label, "dense": c.dense, "done": c.done, "failed": c.failed,
-                 "open": c.open, "interrupted": c.interrupted, "failed_at": c.failed_at,
+                 "open": c.open, "interrupted": c.interrupted, "dead": c.dead,
+                 "failed_at": c.failed_at,
                  "reasons": c.reasons, "recorded": c.recorded,
                  "points": [p._asdict() for p in c.points]}
                 for c in self.curves
@@ -304,7 +311,7 @@ def aggregate_curves(
         keys: list[tuple[str, str, float | None]] = [(model, dataset, None)]
         if sparse_densities:
             keys = [(model, dataset, d) for d in sparse_densities]
-        for name, crows in groups.items():
+        for rank, (name, crows) in enumerate(groups.items()):
             dense = crows[0].get("method") == "dense"
             by_d: dict[float | None, list[Mapping[str, Any]]] = {}
             for r in crows:
@@ -313,7 +320,7 @@ def aggregate_curves(
             for d, drows in by_d.items():
                 kept = _one_per_seed(drows)
                 for key in keys if dense else [(model, dataset, d)]:
-                    c = panels.setdefault(key, {}).setdefault(name, Curve(name, dense))
+                    c = panels.setdefault(key, {}).setdefault(name, Curve(name, dense, rank=rank))
                     for r in kept:
                         status = r.get("status")
                         if status == "done":
@@ -326,6 +333,7 @@ def aggregate_curves(
                         else:
                             c.open += 1
                             c.interrupted += status == "interrupted"
+                            c.dead += status == "dead"
                         targets.setdefault(r["hash"], []).append(c)
     if len(panels) > MAX_PANELS:
         raise DctpsError(_too_many(panels))
@@ -363,7 +371,7 @@ def aggregate_curves(
         for c in curves:
             per_epoch = values.get(id(c), {}).get(chosen, {})
             c.points = [
-                EpochPoint(ep, sum(vs) / len(vs), min(vs), max(vs), len(vs))
+                EpochPoint(ep, statistics.fmean(vs), min(vs), max(vs), len(vs))
                 for ep, vs in sorted(per_epoch.items())
             ]
         title = panel_title(model, dataset) + (f", density {_pct(d)}" if d is not None else "")
@@ -429,6 +437,7 @@ def plot_curves(
     with an x at its last epoch; curves with nothing to draw, and seeds that failed before
     recording an epoch, are named under their panel. Writes PNG and PDF at ``path`` and the
     data as JSON beside them; returns what it drew."""
+    rows = _check_rows(rows)  # a generator: aggregate_curves would use it up before it is counted
     panels = aggregate_curves(rows, metric, label=label, epochs=epochs)
     if not any(c.points for p in panels for c in p.curves):
         raise DctpsError(
@@ -440,7 +449,9 @@ def plot_curves(
     fig, axes = _subplots(
         nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows + 0.6), squeeze=False, layout="constrained"
     )
-    sparse = list(dict.fromkeys(c.label for p in panels for c in p.curves if not c.dense))
+    # in curve_groups' order, as the accuracy plot's legend and colours (not by density panel)
+    ranked = sorted((c.rank, c.label) for p in panels for c in p.curves if not c.dense)
+    sparse = list(dict.fromkeys(lab for _, lab in ranked))
     dense = list(dict.fromkeys(c.label for p in panels for c in p.curves if c.dense))
     colour = series_colours(sparse) | {lab: "k" for lab in dense}
     # a marker per curve: curves of one panel often coincide (a quick run's methods all at a
@@ -508,11 +519,16 @@ def plot_curves(
             if lab not in labs:
                 handles.append(h)
                 labs.append(lab)
+    # dense first, then curve_groups' order, as the accuracy plot's legend (panels are drawn
+    # lowest density first, and a variant of one density only came first)
+    place = {c.label: (not c.dense, c.rank) for p in panels for c in p.curves}
+    pairs = sorted(zip(handles, labs, strict=True), key=lambda hl: place[hl[1]])
+    handles, labs = [h for h, _ in pairs], [lab for _, lab in pairs]
     from matplotlib.lines import Line2D
 
     if dotted:
         handles.append(Line2D([], [], color="0.3", ls=":"))
-        labs.append("dotted: a mean over fewer seeds (one failed, or is still running)")
+        labs.append("dotted: a mean over fewer seeds (one failed, or stopped before)")
     if crossed:
         handles.append(Line2D([], [], color="0.3", ls="none", marker="x", mew=1.5))
         labs.append("x: a seed's run failed after this epoch")
@@ -533,19 +549,13 @@ def curves_command(
     title: str | None = None,
 ) -> CurvesData:
     """``dctps plot --x epoch``: the learning curves of the matching runs of a results database.
-    The runs' epochs are read a chunk of runs at a time, after the panels are counted."""
-    from dctps.results.plots import check_figure_path, figure_target
-    from dctps.results.store import Store, _what_is_there, existing_db, parse_where
+    The runs' epochs are read a chunk of runs at a time, after the panels are counted. A run
+    recorded running whose process is gone reads ``dead``, as in ``dctps results``."""
+    from dctps.results.plots import plot_inputs
+    from dctps.results.store import _is_dead, locks_folder
 
     metric = _check_metric(metric)
-    path = existing_db(db)
-    target = figure_target(out)
-    check_figure_path(target)
-    store = Store(path)
-    filters = parse_where(where)
-    rows = store.query(filters)
-    if not rows:
-        raise DctpsError(
-            f"nothing to plot: no runs in {path} match" + _what_is_there(store, filters)
-        )
+    store, rows, target = plot_inputs(db, where, out)
+    locks = locks_folder(store.path)
+    rows = [{**r, "status": "dead"} if _is_dead(r, locks) else r for r in rows]
     return plot_curves(rows, target, metric, title, epochs=store._with_epochs(rows))

@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "METHOD_LABELS", "METHOD_ORDER", "FigureData", "Panel", "Point", "aggregate",
     "check_figure_path", "curve_groups", "default_label", "display_name", "figure_target",
-    "panel_title", "plot_accuracy", "plot_allocation", "plot_allocation_panels", "plot_command",
-    "plot_runs", "save", "write_json",
+    "natural_key", "panel_title", "plot_accuracy", "plot_allocation", "plot_allocation_panels",
+    "plot_command", "plot_runs", "save", "write_json",
 ]  # fmt: skip
 
 
@@ -600,7 +600,8 @@ def _point_metric(rows: Sequence[Mapping[str, Any]], where: str) -> str:
         f"{', '.join(have['test_acc']) or 'none'}; val_acc: seeds "
         f"{', '.join(have['val_acc']) or 'none'}), and one point must not average one seed's "
         "test accuracy with another's validation accuracy; give --metric test_acc or "
-        "--metric val_acc to use only the runs that recorded it"
+        "--metric val_acc (dctps plot, dctps results --summary) to use only the runs that "
+        "recorded it"
     )
 
 
@@ -715,7 +716,8 @@ def curve_groups(
     name_options: bool = True,
 ) -> dict[str, list[Mapping[str, Any]]]:
     """The curves of one panel's store ``rows`` (one model on one data set): ``{name: rows}``,
-    methods in :data:`METHOD_ORDER`, then in order of first appearance.
+    methods in :data:`METHOD_ORDER`, a method's curves by name with their numbers compared
+    as numbers (:func:`natural_key`: ``lr=0.0024`` before ``lr=0.01``).
 
     A curve is the runs of one ``label`` of their config. Runs of one label that differ in more
     than seed and density (e.g. two recipes) are split into curves whose names add the
@@ -734,7 +736,7 @@ def curve_groups(
     flat_of = {id(r): f for r, f in zip(rows, panel_flats, strict=True)}
     across = differing_settings(panel_flats)
     curves: dict[str, list[Mapping[str, Any]]] = {}
-    order: dict[str, tuple[int, int]] = {}
+    rank_of: dict[str, int] = {}
     for lab, members in groups.items():
         flats = [flat_of[id(r)] for r, _ in members]
         varying = sorted(set(varying_keys(flats)) | set(across))
@@ -746,16 +748,16 @@ def curve_groups(
                 name += " [" + ", ".join(named) + "]"
             curves.setdefault(name, []).append(r)
             m = r.get("method")
-            rank = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
-            order.setdefault(name, (rank, len(order)))  # method, then first appearance
+            rank_of[name] = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
     # a method's variants in the order of their values (lr=0.0024 before lr=0.01), not of
     # the store's row order, which changed with each filter
     return {
-        name: curves[name] for name in sorted(curves, key=lambda n: (order[n][0], natural_key(n)))
+        name: curves[name] for name in sorted(curves, key=lambda n: (rank_of[n], natural_key(n)))
     }
 
 
-_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+# a number, with its minus sign where one stands after no word character (x=-1, not a-1)
+_NUMBER = re.compile(r"((?:(?<![\w.])-)?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 
 
 def natural_key(text: str) -> list[Any]:
@@ -978,6 +980,7 @@ def plot_runs(
 
     Returns the :class:`FigureData` drawn, also written as JSON beside the figure.
     """
+    rows = _check_rows(rows)  # a generator: aggregate would use it up before it is counted
     panels = aggregate(rows, label=label, metric=metric, x=x, name_options=name_options)
     if panel_order:
         rank = {k: i for i, k in enumerate(panel_order)}
@@ -1040,8 +1043,6 @@ def plot_command(
     """``dctps plot``: draw the matching runs of a results database (accuracy vs density or
     non-zeros; with ``x='epoch'`` their learning curves,
     :func:`dctps.results.curves.curves_command`)."""
-    from dctps.results.store import Store, _what_is_there, existing_db, parse_where
-
     if x == "epoch":
         from dctps.results.curves import curves_command
 
@@ -1056,14 +1057,27 @@ def plot_command(
         raise DctpsError(
             f"--metric must be auto, test_acc or val_acc for --x {x}, got {show(metric)}{hint}"
         )
+    store, rows, target = plot_inputs(db, where, out)
+    return plot_runs(rows, target, title=title, metric=metric, x=x)
+
+
+def plot_inputs(
+    db: str, where: Sequence[str], out: str | Path
+) -> tuple[Any, list[dict[str, Any]], Path]:
+    """What ``dctps plot`` draws from: the store at ``db`` (which must exist), its rows that
+    match ``where`` (a :class:`DctpsError` naming what the filter could have said where none
+    does, as ``dctps results`` tells it) and the figure path ``out`` names, checked before
+    anything is drawn."""
+    from dctps.results.store import Store, _what_is_there, existing_db, parse_where
+
     path = existing_db(db)
     target = figure_target(out)
     check_figure_path(target)
     store = Store(path)
     filters = parse_where(where)
     rows = store.query(filters)
-    if not rows:  # what the filter could have said instead, as `dctps results` tells it
+    if not rows:
         raise DctpsError(
             f"nothing to plot: no runs in {path} match" + _what_is_there(store, filters)
         )
-    return plot_runs(rows, target, title=title, metric=metric, x=x)
+    return store, rows, target

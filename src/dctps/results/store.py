@@ -1646,7 +1646,7 @@ def print_results(
         )
     metric = "auto" if metric is None else metric
     if metric not in ("auto", "test_acc", "val_acc"):
-        raise DctpsError(f"--metric must be auto, test_acc or val_acc, got {metric!r}")
+        raise DctpsError(f"--metric must be auto, test_acc or val_acc, got {show(metric)}")
     path = existing_db(db)
     exports = [(p, kind) for p, kind in ((csv_path, "CSV"), (json_path, "JSON")) if p is not None]
     if sum(str(p) in STDOUT_PATHS for p, _ in exports) > 1:
