@@ -41,7 +41,8 @@ app = typer.Typer(
     # phrases with an ellipsis (and tagged every flag <bool>)
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 done; 1 a run failed or raised, or a write was refused (a full "
+    epilog="Exit status: 0 done; 1 the run of `train` failed, a run raised (train, sweep, "
+    "figure: a sweep's failed runs are results, exit 0) or a write was refused (a full "
     "disk); 2 bad input (one `error:` line); 75 the run is training in another process; 130 "
     "Ctrl-C and 143 SIGTERM, which record where a run stopped (the same command resumes it).",
 )
