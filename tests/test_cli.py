@@ -483,3 +483,12 @@ def test_a_file_name_that_is_not_utf8_is_printed_with_its_own_bytes(tmp_path):
         r = _cli_bytes("results", "--db", str(folder), "--csv", str(folder / "o.csv"), env=env)
         assert r.returncode == 0, r.stderr
         assert os.fsencode(folder / "o.csv") in r.stdout and b"\\udce9" not in r.stdout
+
+
+def test_the_command_list_reads_whole_at_80_columns():
+    """A documentation audit: `dctps --help` cut every command's summary with an ellipsis."""
+    out = runner.invoke(app, ["--help"], terminal_width=80).output
+    block = out[out.index("Commands:") :].split("\n\n")[0].splitlines()[1:]
+    names = [ln.split()[0] for ln in block if ln.strip()]
+    assert set(names) >= {"demo", "train", "results", "sweep", "figure", "plot", "bench"}
+    assert not any(ln.rstrip().endswith(("...", "…")) for ln in block), block

@@ -75,7 +75,7 @@ def _root(
     """DCTpS: W = alpha * D + S in every Linear/Conv2d layer."""
 
 
-@app.command()
+@app.command(short_help="Dense vs DCTpS vs random pruning on embedded digits.")
 def demo(
     epochs: int = typer.Option(20, help="Training epochs per network."),
     seed: int = typer.Option(0, help="Seed for data split, initialisation and supports."),
@@ -94,10 +94,10 @@ def demo(
 
 from dctps.train import train_command as _train_command  # noqa: E402
 
-app.command("train")(_train_command)
+app.command("train", short_help="Train one run and record it (resumes).")(_train_command)
 
 
-@app.command("results")
+@app.command("results", short_help="The runs of a results database, or --summary.")
 def results_cmd(
     db: str = typer.Option(
         "results", "--db", help="Results database, or a --out folder.", callback=_path("results")
@@ -177,7 +177,7 @@ SWEEP_THREADS_HELP = (
 )
 
 
-@app.command("sweep")
+@app.command("sweep", short_help="Train a YAML grid of runs (local or SLURM).")
 def sweep_cmd(
     config: str = typer.Argument(
         ...,
@@ -234,7 +234,7 @@ def sweep_cmd(
         raise typer.Exit(1)
 
 
-@app.command("figure")
+@app.command("figure", short_help="Run and draw a paper figure (--list).")
 def figure_cmd(
     name: str = typer.Argument(None, help="Figure name (see --list)."),
     list_: bool = typer.Option(False, "--list", help="List the figures and exit."),
@@ -339,7 +339,7 @@ def figure_cmd(
         raise typer.Exit(1)  # some runs raised (listed above); the figure shows the rest
 
 
-@app.command("plot")
+@app.command("plot", short_help="Accuracy vs density, or --x epoch curves.")
 def plot_cmd(
     db: str = typer.Option(
         "results", "--db", help="Results database, or a --out folder.", callback=_path("results")
@@ -375,7 +375,7 @@ def plot_cmd(
     typer.echo(f"wrote {', '.join(map(str, data.paths))}")
 
 
-@app.command("budgets")
+@app.command("budgets", short_help="Per-layer non-zero budgets of a model.")
 def budgets_cmd(
     model_arg: str = typer.Argument(
         None, metavar="MODEL", help=fill_names("Architecture: {models}."), show_default=False
@@ -462,7 +462,7 @@ def budgets_cmd(
         typer.echo("wrote " + ", ".join(map(str, paths)))
 
 
-@app.command("inspect")
+@app.command("inspect", short_help="Per-layer non-zeros and size of a checkpoint.")
 def inspect_cmd(
     ckpt: str = typer.Argument(
         ...,
@@ -512,7 +512,7 @@ def inspect_cmd(
         typer.echo(inspect(out).table())
 
 
-@app.command("export")
+@app.command("export", short_help="A run's model as a sparse checkpoint.")
 def export_cmd(
     ckpt: str = typer.Argument(
         ...,
@@ -572,7 +572,7 @@ def export_cmd(
     )
 
 
-@app.command("bench")
+@app.command("bench", short_help="Speed, size and memory vs dense (ratios).")
 def bench_cmd(
     name: str = typer.Argument("all", help="linear | conv | step | ckpt | memory | all"),
     quick: bool = typer.Option(
