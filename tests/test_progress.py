@@ -4,6 +4,7 @@ or pruning where stderr is a file or a pipe, nothing with DCTPS_PROGRESS=none.""
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import pytest
@@ -148,6 +149,12 @@ def test_a_submitit_job_logs_its_epochs_and_a_local_worker_does_not(
     epochs = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
     assert r["status"] == "done" and len(epochs) == 2
     assert re.search(r"\[\d+:\d\d elapsed, \d+:\d\d left\]$", epochs[0]), epochs[0]
+    # a local sweep's pool worker inside a submitit job: its lines would interleave
+    from dctps.results import sweep
+
+    monkeypatch.setattr(sweep, "_pool_parent", os.getppid())
+    r = run_one(_cfg(fake_cifar10, epochs=2).to_dict(), str(tmp_path / "c"))
+    assert r["status"] == "done" and "epoch " not in capsys.readouterr().err
 
 
 def test_the_demo_logs_a_line_per_network(monkeypatch, capsys):

@@ -522,8 +522,9 @@ def run_one(
         _in_run = True
         try:
             # a submitit job (SLURM, submitit-local) has a log of its own: its epochs go there,
-            # one line each with the time left; a local worker's would cut into the sweep's
-            logged = bool(os.environ.get("SUBMITIT_EXECUTOR"))
+            # one line each with the time left; a local pool worker's would cut into the
+            # sweep's (also where a local sweep itself runs inside a submitit job)
+            logged = bool(os.environ.get("SUBMITIT_EXECUTOR")) and _pool_parent is None
             r = fit(c, out, db, progress=logged, resume=False if restart else None, warn=False)
         finally:
             _in_run = False
