@@ -32,10 +32,12 @@ from dctps.results.plots import (
     _subplots,
     curve_groups,
     default_label,
+    legend_entries,
     panel_title,
     save,
     series_colours,
     write_json,
+    written_png,
 )
 
 __all__ = [
@@ -172,11 +174,8 @@ class CurvesData:
         )
 
     def _repr_png_(self) -> bytes | None:
-        png = next((p for p in self.paths if p.suffix.lower() == ".png"), None)
-        try:
-            return png.read_bytes() if png is not None else None
-        except OSError:
-            return None
+        """The PNG it wrote (IPython's display hook: the figure, inline)."""
+        return written_png(self.paths)
 
     def table(self) -> str:
         """Plain text: per panel, one line per curve, its last epoch and its best epoch (mean
@@ -511,14 +510,7 @@ def plot_curves(
             ax.set_yscale("log")  # step schedules divide by 10: equal steps on a log axis
         ax.set_title(p.title, fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    handles, labs = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labs:
-                handles.append(h)
-                labs.append(lab)
+    handles, labs = legend_entries(axes, len(panels))
     # dense first, then curve_groups' order, as the accuracy plot's legend (panels are drawn
     # lowest density first, and a variant of one density only came first)
     place = {c.label: (not c.dense, c.rank) for p in panels for c in p.curves}

@@ -395,6 +395,16 @@ class Panel:
         }  # fmt: skip
 
 
+def written_png(paths: Sequence[Path]) -> bytes | None:
+    """The bytes of the first PNG among ``paths`` (what a figure's data shows in a notebook),
+    or ``None`` where there is none, or it was moved or deleted since (the text repr only)."""
+    png = next((p for p in paths if p.suffix.lower() == ".png"), None)
+    try:
+        return png.read_bytes() if png is not None else None
+    except OSError:
+        return None
+
+
 @dataclass(repr=False)
 class FigureData:
     """What a figure function drew (``panels``) and where it wrote it (``paths``). In a
@@ -431,11 +441,7 @@ class FigureData:
 
     def _repr_png_(self) -> bytes | None:
         """The PNG it wrote (IPython's display hook: the figure, inline)."""
-        png = next((p for p in self.paths if p.suffix.lower() == ".png"), None)
-        try:
-            return png.read_bytes() if png is not None else None
-        except OSError:  # moved or deleted since: the text repr only
-            return None
+        return written_png(self.paths)
 
     def table(self) -> str:
         """Plain text: one line per plotted point (accuracies in %)."""
@@ -921,14 +927,7 @@ def plot_accuracy(
                       .get(p.metric, "accuracy (%)"))  # fmt: skip
         ax.set_title(p.title, fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    handles, labs = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labs:
-                handles.append(h)
-                labs.append(lab)
+    handles, labs = legend_entries(axes, len(panels))
     if any(pt.failed for p in panels for pts in p.series.values() for pt in pts):
         handles.append(Line2D([], [], color="0.3", ls="--", marker="o", mfc="none"))
         labs.append("failed: drawn at chance")
@@ -936,6 +935,22 @@ def plot_accuracy(
     if title or note:
         fig.suptitle("\n".join(t for t in (title, note) if t))
     return save(fig, path)
+
+
+def legend_entries(axes: Any, used: int) -> tuple[list[Any], list[str]]:
+    """Hide the panels of a grid ``axes`` past the first ``used``, and return the handles and
+    labels of every panel's legend entries, each label once, in the order first drawn: one
+    legend for the whole figure."""
+    for ax in list(axes.flat)[used:]:
+        ax.set_visible(False)
+    handles: list[Any] = []
+    labs: list[str] = []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labs:
+                handles.append(h)
+                labs.append(lab)
+    return handles, labs
 
 
 def _coincident_shifts(p: Panel) -> dict[tuple[str, float], float]:
