@@ -73,9 +73,9 @@ def test_a_table_per_model_a_row_per_setting_a_column_per_density(db):
     assert table["DCTpS"] == [
         "",
         f"{mean:.2f} [30.00, 35.00]",
-        "20.00 [20.00, 20.00], 1 seed, 1 of 3 failed, 1 without a result yet",
+        "20.00 [20.00, 20.00], 1 seed, 1 of 3 failed (seed 1), 1 without a result yet",
     ]
-    assert table["SNIP"] == ["", "", "failed (2 of 2)"]
+    assert table["SNIP"] == ["", "", "failed (2 of 2, seeds 0, 1)"]
 
 
 def test_the_long_form_has_the_standard_deviation_and_the_counts(db):
@@ -89,6 +89,7 @@ def test_the_long_form_has_the_standard_deviation_and_the_counts(db):
     assert (one["seeds"], one["failed"], one["open"], one["std"]) == (1, 1, 1, None)
     snip = rows[("SNIP", 0.001)]  # every seed failed: no accuracy (not chance), counted
     assert (snip["mean"], snip["failed"], snip["seeds"]) == (None, 2, 0)
+    assert snip["failed_seeds"] == [0, 1]
     assert set(d) == set(SUMMARY_COLUMNS)
 
 
@@ -106,6 +107,7 @@ def test_cli_summary_csv_and_json(db, tmp_path):
     got = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [k for k in got[0]] == list(SUMMARY_COLUMNS)
     assert float(next(g for g in got if g["setting"] == "Dense")["mean"]) == pytest.approx(0.65)
+    assert next(g for g in got if g["setting"] == "SNIP")["failed_seeds"] == "0 1"
     # a second summary replaces the first; a run CSV there may be replaced by a summary too
     assert runner.invoke(app, args).exit_code == 0
     runs = tmp_path / "runs.csv"

@@ -1719,7 +1719,8 @@ def _print_summary(
 
     def write(target: str | os.PathLike[str], kind: str) -> None:
         if kind == "CSV":
-            _export(target, "CSV", lambda f: _write_csv(f, long, SUMMARY_COLUMNS), newline="")
+            flat = [{**r, "failed_seeds": " ".join(map(str, r["failed_seeds"]))} for r in long]
+            _export(target, "CSV", lambda f: _write_csv(f, flat, SUMMARY_COLUMNS), newline="")
         else:
             _export(target, "JSON", lambda f: _write_json(f, long))
 

@@ -21,7 +21,7 @@ __all__ = ["SUMMARY_COLUMNS", "format_summary", "summarise", "summary_rows"]
 #: the columns of :func:`summary_rows` (accuracies as fractions, as the store keeps them)
 SUMMARY_COLUMNS = (
     "model", "dataset", "setting", "density", "metric", "mean", "std", "min", "max", "seeds",
-    "failed", "open", "without",
+    "failed", "open", "without", "failed_seeds",
 )  # fmt: skip
 _METRIC_NAMES = {"test_acc": "test accuracy", "val_acc": "validation accuracy",
                  "mixed": "test or validation accuracy"}  # fmt: skip
@@ -45,15 +45,23 @@ def _md(text: str) -> str:
     return " ".join(text.replace("|", "\\|").split("\n"))
 
 
+def _seeds(seeds: Sequence[int]) -> str:
+    """``seed 2`` / ``seeds 0, 2``: which seeds a cell's failures were (``""``: none known)."""
+    if not seeds:
+        return ""
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def _cell(pt: Point, mixed: bool = False) -> str:
     """``61.23 [60.10, 62.00]``, with what the seeds did beside it: ``1 of 3 failed``; a point
     every seed of which failed reads ``failed (3 of 3)``, one without a value says why."""
     seeds = pt.n_ok + pt.n_failed + pt.n_open + pt.n_without
     notes = []
+    which = _seeds(pt.failed_seeds)
     if pt.failed:
-        return f"failed ({pt.n_failed} of {pt.n_failed})"
+        return f"failed ({pt.n_failed} of {pt.n_failed}{', ' + which if which else ''})"
     if pt.n_failed:
-        notes.append(f"{pt.n_failed} of {seeds} failed")
+        notes.append(f"{pt.n_failed} of {seeds} failed" + (f" ({which})" if which else ""))
     if pt.n_open:
         notes.append(f"{pt.n_open} without a result yet")
     if pt.n_without:
@@ -120,5 +128,6 @@ def summary_rows(panels: Sequence[Panel]) -> list[dict[str, Any]]:
                 "max": None if failed else _fraction(pt.max),
                 "seeds": pt.n_ok, "failed": pt.n_failed, "open": pt.n_open,
                 "without": pt.n_without,
+                "failed_seeds": list(pt.failed_seeds),  # a CSV writes "0 2"
             })  # fmt: skip
     return out
