@@ -232,22 +232,45 @@ def test_too_many_panels_suggest_a_density_that_keeps_the_dense_runs(tmp_path):
 
 def test_variants_keep_the_accuracy_plots_colours_and_order_across_densities(tmp_path, monkeypatch):
     """Panels are drawn lowest density first: a variant run only at the lower density took
-    the first colour there, and the accuracy plot gave it the second."""
+    the first colour there, and the accuracy plot gave it the second; with two models, each
+    model's variants in turn, as the accuracy plot takes them."""
+    from matplotlib.figure import Figure
+
     from dctps.results import plots
 
     s = Store(tmp_path)
     for seed in (0, 1):
-        record(s, cfg("dctps", 0.01, seed, optim={"lr": 0.0024}), [{"val_acc": 0.3}])
+        record(s, cfg("dctps", 0.01, seed, optim={"lr": 0.05}), [{"val_acc": 0.3}])
         record(s, cfg("dctps", 0.001, seed, optim={"lr": 0.01}), [{"val_acc": 0.2}])
-    asked = []
-    real = plots.series_colours
+        record(s, cfg("dctps", 0.01, seed, "vgg19", optim={"lr": 0.0024}), [{"val_acc": 0.3}])
+        record(s, cfg("dctps", 0.01, seed, "vgg19", optim={"lr": 0.01}), [{"val_acc": 0.3}])
+    asked, legends = [], []
+    real, legend = plots.series_colours, Figure.legend
     monkeypatch.setattr(cv, "series_colours", lambda labels: asked.append(list(labels)) or
                         real(labels))  # fmt: skip
     monkeypatch.setattr(plots, "series_colours", lambda labels: asked.append(list(labels)) or
                         real(labels))  # fmt: skip
+    monkeypatch.setattr(Figure, "legend", lambda fig, h, labs, **k: legends.append(list(labs))
+                        or legend(fig, h, labs, **k))  # fmt: skip
     plots.plot_runs(s.query({}), tmp_path / "a.png")
     cv.plot_curves(s.runs_with_epochs(), tmp_path / "c.png")
-    assert asked[0] == asked[1] == ["DCTpS [lr=0.0024]", "DCTpS [lr=0.01]"]
+    first = s.query({})[0]["model"]  # the accuracy plot's first panel: the rows' order
+    # its model's variants by value, then the other's new one (lenet5: 0.01, 0.05; vgg19:
+    # 0.0024, 0.01): a sort by rank alone across models read 0.0024, 0.01, 0.05 either way
+    assert asked[0] == (["DCTpS [lr=0.01]", "DCTpS [lr=0.05]", "DCTpS [lr=0.0024]"]
+                        if first == "lenet5" else
+                        ["DCTpS [lr=0.0024]", "DCTpS [lr=0.01]", "DCTpS [lr=0.05]"])  # fmt: skip
+    assert asked[1] == asked[0]
+    # the legends list the variants alike
+    assert [x for x in legends[1] if x.startswith("DCTpS")] == asked[0]
+    assert [x for x in legends[0] if x.startswith("DCTpS")] == asked[0]
+
+
+def test_numbers_sort_as_numbers_signs_included():
+    from dctps.results.plots import natural_key
+
+    names = ["x=1", "x=-2", "x=0.5", "x=-1", "a-1", "x=1e-3"]
+    assert sorted(names, key=natural_key) == ["a-1", "x=-2", "x=-1", "x=1e-3", "x=0.5", "x=1"]
 
 
 def test_a_dead_run_is_not_called_running_and_generators_are_counted(tmp_path):

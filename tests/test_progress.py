@@ -4,7 +4,6 @@ or pruning where stderr is a file or a pipe, nothing with DCTPS_PROGRESS=none.""
 from __future__ import annotations
 
 import io
-import os
 import re
 
 import pytest
@@ -137,24 +136,32 @@ def test_lines_say_how_long_the_work_took_and_has_left(monkeypatch):
 def test_a_submitit_job_logs_its_epochs_and_a_local_worker_does_not(
     fake_cifar10, tmp_path, capsys, monkeypatch
 ):
-    """A SLURM job's log said nothing between the start and the end of a 200-epoch run."""
-    from dctps.results.sweep import run_one
+    """A SLURM job's log said nothing between the start and the end of a 200-epoch run. A local
+    sweep's runs stay quiet, also inside a submitit job (whose environment they inherit)."""
+    from dctps.results import sweep
+    from dctps.results.sweep import expand_grid, run_one, run_sweep
 
     monkeypatch.delenv(progress.ENV, raising=False)
-    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     r = run_one(_cfg(fake_cifar10, epochs=2).to_dict(), str(tmp_path / "a"))
     assert r["status"] == "done" and "epoch " not in capsys.readouterr().err
-    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
-    r = run_one(_cfg(fake_cifar10, epochs=2).to_dict(), str(tmp_path / "b"))
+    r = run_one(_cfg(fake_cifar10, epochs=2).to_dict(), str(tmp_path / "b"), progress=True)
     epochs = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
     assert r["status"] == "done" and len(epochs) == 2
     assert re.search(r"\[\d+:\d\d elapsed, \d+:\d\d left\]$", epochs[0]), epochs[0]
-    # a local sweep's pool worker inside a submitit job: its lines would interleave
-    from dctps.results import sweep
-
-    monkeypatch.setattr(sweep, "_pool_parent", os.getppid())
-    r = run_one(_cfg(fake_cifar10, epochs=2).to_dict(), str(tmp_path / "c"))
-    assert r["status"] == "done" and "epoch " not in capsys.readouterr().err
+    # a submitit job is given progress=True; a local sweep's runs are not
+    asked = []
+    monkeypatch.setattr(sweep, "run_one", lambda *a, **k: asked.append(a) or {
+        "hash": None, "status": "done"})  # fmt: skip
+    grid = {"base": {"data": {"root": str(fake_cifar10)}, "optim": {"epochs": 1},
+                     "device": "cpu"}, "models": ["lenet5"], "datasets": ["cifar10"],
+            "methods": ["dense"], "seeds": [0]}  # fmt: skip
+    run_sweep(expand_grid(grid), tmp_path / "c", progress=False)
+    assert len(asked) == 1 and len(asked[0]) == 5  # no progress argument: False
+    # a bad DCTPS_PROGRESS is refused up front, even with the sweep's own progress off
+    monkeypatch.setenv(progress.ENV, "lnes")
+    with pytest.raises(DctpsError, match="DCTPS_PROGRESS='lnes'"):
+        run_sweep(expand_grid(grid), tmp_path / "d", progress=False)
 
 
 def test_the_demo_logs_a_line_per_network(monkeypatch, capsys):

@@ -293,6 +293,9 @@ def test_submitit_local_executor_completes_two_runs(fake_cifar10, tmp_path):
     assert sorted(r["hash"] for r in rows) == sorted(c.config_hash() for c in cfgs)
     assert all(r["status"] == "done" and r["test_acc"] is not None for r in rows)
     assert any((tmp_path / "submitit").rglob("*_log.out"))
+    # each job's own log has its run's epochs, with the time left
+    logs = [p.read_text() for p in (tmp_path / "submitit").rglob("*_log.err")]
+    assert sum("epoch 1/" in text and " elapsed" in text for text in logs) == 2, logs
 
 
 def test_bad_executor_and_workers(tmp_path):
@@ -634,7 +637,8 @@ def test_threads_sets_each_runs_torch_threads_and_leaves_the_callers(
         calls.clear()
         sw._run_submitit(Executor(), "submitit-local", todo, str(tmp_path), "r.db", 2, params,
                          True, sw.SweepReport(todo), None, 0.0, threads)  # fmt: skip
-        assert {c[-1] for c in calls} == {expect}, (params, threads)
+        assert {c[4] for c in calls} == {expect}, (params, threads)
+        assert {c[5] for c in calls} == {True}  # progress: a job logs its run's epochs
 
     import concurrent.futures
 

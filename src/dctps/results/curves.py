@@ -91,6 +91,8 @@ class Curve:
     recorded: int = 0
     #: its place in :func:`~dctps.results.plots.curve_groups`' order (method, then values)
     rank: int = 0
+    #: its model and data set's place among the rows' (the accuracy plot's panel order)
+    group: int = 0
 
     @property
     def seeds(self) -> int:
@@ -301,7 +303,7 @@ def aggregate_curves(
     # pass 1: every row's panels and curve; one row per seed of a curve at a density
     panels: dict[tuple[str, str, float | None], dict[str, Curve]] = {}
     targets: dict[str, list[Curve]] = {}  # hash -> the curves its epochs go to
-    for (model, dataset), mrows in by_model.items():
+    for group, ((model, dataset), mrows) in enumerate(by_model.items()):
         groups = curve_groups(mrows, label, name_options)
         sparse_densities: list[float] = sorted(
             {float(r["density"]) for r in mrows
@@ -319,7 +321,9 @@ def aggregate_curves(
             for d, drows in by_d.items():
                 kept = _one_per_seed(drows)
                 for key in keys if dense else [(model, dataset, d)]:
-                    c = panels.setdefault(key, {}).setdefault(name, Curve(name, dense, rank=rank))
+                    c = panels.setdefault(key, {}).setdefault(
+                        name, Curve(name, dense, rank=rank, group=group)
+                    )
                     for r in kept:
                         status = r.get("status")
                         if status == "done":
@@ -435,7 +439,9 @@ def plot_curves(
     epoch (a seed failed or is still running), its line is dotted; a seed's failure is marked
     with an x at its last epoch; curves with nothing to draw, and seeds that failed before
     recording an epoch, are named under their panel. Writes PNG and PDF at ``path`` and the
-    data as JSON beside them; returns what it drew."""
+    data as JSON beside them; returns what it drew. A run recorded running whose process is
+    gone reads ``running`` here (rows as the store has them); :func:`curves_command` (``dctps
+    plot --x epoch``) reads it ``dead``, as ``dctps results`` does."""
     rows = _check_rows(rows)  # a generator: aggregate_curves would use it up before it is counted
     panels = aggregate_curves(rows, metric, label=label, epochs=epochs)
     if not any(c.points for p in panels for c in p.curves):
@@ -449,8 +455,10 @@ def plot_curves(
         nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows + 0.6), squeeze=False, layout="constrained"
     )
     # in curve_groups' order, as the accuracy plot's legend and colours (not by density panel)
-    ranked = sorted((c.rank, c.label) for p in panels for c in p.curves if not c.dense)
-    sparse = list(dict.fromkeys(lab for _, lab in ranked))
+    # (panels are drawn by model, data set and density; the accuracy plot takes each model and
+    # data set's curves in turn, in the rows' order)
+    ranked = sorted((c.group, c.rank, c.label) for p in panels for c in p.curves if not c.dense)
+    sparse = list(dict.fromkeys(lab for *_, lab in ranked))
     dense = list(dict.fromkeys(c.label for p in panels for c in p.curves if c.dense))
     colour = series_colours(sparse) | {lab: "k" for lab in dense}
     # a marker per curve: curves of one panel often coincide (a quick run's methods all at a
@@ -513,7 +521,11 @@ def plot_curves(
     handles, labs = legend_entries(axes, len(panels))
     # dense first, then curve_groups' order, as the accuracy plot's legend (panels are drawn
     # lowest density first, and a variant of one density only came first)
-    place = {c.label: (not c.dense, c.rank) for p in panels for c in p.curves}
+    place: dict[str, tuple[bool, int, int]] = {}
+    for p in panels:
+        for c in p.curves:
+            key = (not c.dense, c.group, c.rank)
+            place[c.label] = min(place.get(c.label, key), key)
     pairs = sorted(zip(handles, labs, strict=True), key=lambda hl: place[hl[1]])
     handles, labs = [h for h, _ in pairs], [lab for _, lab in pairs]
     from matplotlib.lines import Line2D

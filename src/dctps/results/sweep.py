@@ -500,9 +500,12 @@ def run_one(
     db: str | None = None,
     restart: bool = False,
     threads: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train one run (in a worker process or job); never raises for a failing run, except
     under ``torchrun`` (several processes), where an error in a run stops the sweep.
+    ``progress``: log the run's epochs (a submitit job, whose log is its own; a local
+    worker's lines would cut into the sweep's).
 
     Returns ``{hash, status, reason, val_acc, test_acc, resumed_from, skipped, wall_seconds}``
     with ``status`` ``done`` / ``failed`` (recorded in the store by ``fit``) or ``error`` (an
@@ -521,11 +524,7 @@ def run_one(
         _init_worker(check_threads(threads or 0, "threads") or None)
         _in_run = True
         try:
-            # a submitit job (SLURM, submitit-local) has a log of its own: its epochs go there,
-            # one line each with the time left; a local pool worker's would cut into the
-            # sweep's (also where a local sweep itself runs inside a submitit job)
-            logged = bool(os.environ.get("SUBMITIT_EXECUTOR")) and _pool_parent is None
-            r = fit(c, out, db, progress=logged, resume=False if restart else None, warn=False)
+            r = fit(c, out, db, progress=progress, resume=False if restart else None, warn=False)
         finally:
             _in_run = False
     except KeyboardInterrupt:
@@ -889,7 +888,8 @@ def _run_submitit(
         or params.get("cpus_per_task")
         or (_threads(workers or 1) if kind != "slurm" else None)
     )
-    args = [(p.cfg.to_dict(), out, db, p.action == "retry", threads) for p in todo]
+    # a job's log is its own: its run's epochs go there, one line each with the time left
+    args = [(p.cfg.to_dict(), out, db, p.action == "retry", threads, True) for p in todo]
     by = {p.hash: p for p in todo}
     if kind == "slurm":
         if workers:
@@ -1007,10 +1007,11 @@ def run_sweep(
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
     threads = check_threads(threads or 0, "threads", here=executor != "slurm") or None
-    if progress:
-        from dctps import progress as progress_mod
+    from dctps import progress as progress_mod
 
-        progress_mod.style()  # a bad DCTPS_PROGRESS: refused before any run
+    # a bad DCTPS_PROGRESS: refused before any run, even with progress off here (a submitit
+    # job logs its epochs: each had failed on it)
+    progress_mod.style()
     from dctps.train.distributed import launched_world_size
 
     world = launched_world_size()
