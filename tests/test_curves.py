@@ -286,3 +286,20 @@ def test_a_dead_run_is_not_called_running_and_generators_are_counted(tmp_path):
     assert curve.status() == "2 seeds, 1 dead"
     gen = cv.plot_curves((r for r in s.runs_with_epochs()), tmp_path / "g.png")
     assert gen.runs == 2
+
+
+def test_curves_with_nothing_to_draw_are_named_under_their_panel(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    s = Store(tmp_path)
+    record(s, cfg("dense"), [{"val_acc": 0.5}])
+    record(s, cfg("snip", 0.001), [], fail="snip: layer collapse")
+    c = cfg("dctps", 0.001)
+    s.start(c.config_hash(), c.to_dict())  # running, no epoch yet
+    notes = []
+    real = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda ax, text, *a, **k: notes.append(text) or
+                        real(ax, text, *a, **k))  # fmt: skip
+    cv.plot_curves(s.runs_with_epochs(), tmp_path / "c.png")
+    assert notes == ["DCTpS: 1 seed, 1 running, no epoch recorded\n"
+                     "SNIP: 1 seed, 1 failed before recording an epoch"]  # fmt: skip

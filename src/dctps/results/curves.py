@@ -471,8 +471,12 @@ def plot_curves(
         notes = []
         for c in p.curves:
             if not c.points:  # nothing to draw: said under the panel
-                what = f"no {p.metric} recorded" if c.recorded else "no epoch recorded"
-                notes.append(f"{c.label}: {c.status()}, {what}")
+                status = c.status()
+                if c.recorded:
+                    status += f", no {p.metric} recorded"
+                elif "before recording an epoch" not in status:  # it says so already
+                    status += ", no epoch recorded"
+                notes.append(f"{c.label}: {status}")
                 continue
             early = c.failed_at.count(0)
             if early:  # seeds in no point
