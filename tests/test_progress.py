@@ -105,6 +105,10 @@ def test_a_sweep_logs_what_runs_and_what_ended(fake_cifar10, tmp_path, capsys, m
     err = capsys.readouterr().err
     assert "\r" not in err
     sweep = [line for line in err.splitlines() if line.startswith("sweep ")]
+    # in a log, each run's epoch line comes between its sweep lines (one process, one run at
+    # a time: a SLURM job running a whole sweep)
+    lines = [ln.split()[0] for ln in err.splitlines() if ln.startswith(("sweep ", "epoch "))]
+    assert lines == ["sweep", "epoch", "sweep", "sweep", "epoch", "sweep"]
     assert [re.sub(r" \[\d+:\d\d elapsed(, \d+:\d\d left)?\]$", "", s) for s in sweep] == [
         f"sweep 0/2 run: done 0 failed 0 error 0 | running: {cfgs[0].summary()}",
         f"sweep 1/2 run: done 1 failed 0 error 0 | last: {cfgs[0].summary()}",
@@ -151,13 +155,14 @@ def test_a_submitit_job_logs_its_epochs_and_a_local_worker_does_not(
     assert re.search(r"\[\d+:\d\d elapsed, \d+:\d\d left\]$", epochs[0]), epochs[0]
     # a submitit job is given progress=True; a local sweep's runs are not
     asked = []
-    monkeypatch.setattr(sweep, "run_one", lambda *a, **k: asked.append(a) or {
+    monkeypatch.setattr(sweep, "run_one", lambda *a, **k: asked.append((a, k)) or {
         "hash": None, "status": "done"})  # fmt: skip
     grid = {"base": {"data": {"root": str(fake_cifar10)}, "optim": {"epochs": 1},
                      "device": "cpu"}, "models": ["lenet5"], "datasets": ["cifar10"],
             "methods": ["dense"], "seeds": [0]}  # fmt: skip
     run_sweep(expand_grid(grid), tmp_path / "c", progress=False)
-    assert len(asked) == 1 and len(asked[0]) == 5  # no progress argument: False
+    ((args, kw),) = asked
+    assert len(args) == 5 and kw == {"progress": False}  # no sweep lines: no epoch lines
     # a bad DCTPS_PROGRESS is refused up front, even with the sweep's own progress off
     monkeypatch.setenv(progress.ENV, "lnes")
     with pytest.raises(DctpsError, match="DCTPS_PROGRESS='lnes'"):

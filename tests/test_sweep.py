@@ -499,7 +499,8 @@ def test_a_sequential_sweep_bar_names_the_run_in_progress(
     cfgs = expand_grid(small_grid(fake_cifar10, methods=["dense", "dctps"]))
     seen = []
 
-    def fake_run_one(cfg, out, db, restart=False, threads=None):
+    def fake_run_one(cfg, out, db, restart=False, threads=None, progress=False):
+        assert progress is False  # a terminal's bar stays alone: no run's own bar under it
         seen.append(capsys.readouterr().err)
         return {"hash": cfg.config_hash(), "status": "done"}
 

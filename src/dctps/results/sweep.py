@@ -756,15 +756,20 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
     if workers <= 1:
         import torch
 
+        from dctps import progress
+
+        # the runs train here, one after another: in a log (a SLURM job running a whole sweep)
+        # each run's epochs come between its sweep lines; a terminal's bar stays alone
+        logged = isinstance(bar, progress.Lines)
         before = torch.get_num_threads()  # the runs train in this process: leave it as it was
         try:
             for p in todo:
                 if bar is not None:  # a run can take hours (FORCE's pruning alone): say which
-                    from dctps import progress
-
                     bar.set_postfix_str(_postfix(report, f"running: {p.cfg.summary()}"))
                     progress.mark(bar)
-                report.results[p.hash] = run_one(p.cfg, out, db, p.action == "retry", threads)
+                report.results[p.hash] = run_one(
+                    p.cfg, out, db, p.action == "retry", threads, progress=logged
+                )
                 report.results[p.hash].setdefault("hash", p.hash)
                 _tick(bar, report, p.cfg)
         finally:
