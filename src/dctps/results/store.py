@@ -1668,13 +1668,12 @@ def print_results(
     # the variant column, resolved once for the table and every export (it resolves each
     # row's config: 1.4 s at 10,000 rows, once per export before)
     marked = with_marks(rows)
-    streamed = [(p, kind) for p, kind in exports if str(p) in STDOUT_PATHS]
-    if streamed:  # that export alone on standard output: e.g. for a pipe
-        for target, kind in exports:
-            if (target, kind) not in streamed:
-                (store.to_csv if kind == "CSV" else store.to_json)(target, marked=marked)
-        target, kind = streamed[0]
-        (store.to_csv if kind == "CSV" else store.to_json)(target, marked=marked)
+    if _streamed(
+        exports,
+        lambda target, kind: (store.to_csv if kind == "CSV" else store.to_json)(
+            target, marked=marked
+        ),
+    ):
         return rows
     if rows:
         columns: Sequence[str] = TABLE_COLUMNS
@@ -1703,6 +1702,23 @@ def print_results(
     return rows
 
 
+def _streamed(
+    exports: Sequence[tuple[str | os.PathLike[str], str]],
+    write: Callable[[str | os.PathLike[str], str], Any],
+) -> bool:
+    """Where one of ``exports`` (``(target, "CSV" | "JSON")``) goes to standard output, it is
+    the command's only output (e.g. for a pipe): write the others, then it, and return
+    ``True``; else write nothing and return ``False`` (the caller prints, then exports)."""
+    streamed = [(p, kind) for p, kind in exports if str(p) in STDOUT_PATHS]
+    if not streamed:
+        return False
+    for target, kind in exports:
+        if (target, kind) not in streamed:
+            write(target, kind)
+    write(*streamed[0])
+    return True
+
+
 def _print_summary(
     rows: Sequence[Mapping[str, Any]],
     exports: Sequence[tuple[str | os.PathLike[str], str]],
@@ -1724,12 +1740,7 @@ def _print_summary(
         else:
             _export(target, "JSON", lambda f: _write_json(f, long))
 
-    streamed = [(p, kind) for p, kind in exports if str(p) in STDOUT_PATHS]
-    if streamed:
-        for target, kind in exports:
-            if (target, kind) not in streamed:
-                write(target, kind)
-        write(*streamed[0])
+    if _streamed(exports, write):
         return
     from dctps.results.plots import panel_title
 
