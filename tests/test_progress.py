@@ -261,3 +261,33 @@ def test_a_kept_line_to_a_terminal_gone_ends_no_run(monkeypatch):
     progress.mark(bar, keep=True)  # raised OSError: [Errno 28] before
     progress.keep_line(bar, "resuming run x after epoch 1 of 2")
     bar.close()
+
+
+def test_tagged_lines_name_their_writer_and_the_stream_comes_back(capsys, monkeypatch):
+    """A parallel sweep's runs share one log: each line a run writes starts with its tag, a
+    line written in parts is tagged once, and ``sys.stderr`` is restored even after an error."""
+    import sys
+    import warnings
+
+    monkeypatch.setenv(progress.ENV, "lines")
+    before = sys.stderr
+    with pytest.raises(RuntimeError), progress.tagged("resnet18/cifar10 dctps@0.01 seed=1"):
+        bar = progress.make_bar(2, "epoch 1/1", "step", timed=False)
+        assert isinstance(bar, progress.Lines) and progress.style() == "lines"
+        bar.update(2)
+        progress.mark(bar)
+        print(
+            warnings.formatwarning("lr too high", UserWarning, "run.py", 7), end="", file=sys.stderr
+        )  # as warnings.warn does, where pytest does not catch it
+        sys.stderr.write("two parts, ")
+        sys.stderr.write("one line\nand a line left open")
+        raise RuntimeError("the run stops")
+    assert sys.stderr is before
+    err = capsys.readouterr().err.splitlines()
+    tag = "[resnet18/cifar10 dctps@0.01 seed=1] "
+    assert err[0] == tag + "epoch 1/1 2/2 step"
+    assert err[1] == tag + "run.py:7: UserWarning: lr too high"
+    assert err[-2:] == [tag + "two parts, one line", tag + "and a line left open"]
+    assert all(ln.startswith(tag) for ln in err), err
+    print("after", file=sys.stderr)
+    assert capsys.readouterr().err == "after\n"

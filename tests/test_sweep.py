@@ -127,8 +127,10 @@ def test_load_grid_rejects_unknown_key_and_parses_helpers(tmp_path):
 
 
 # ----------------------------------------------------------------------------- running
-def test_sweep_skips_done_and_failed_and_retries(fake_cifar10, tmp_path):
+def test_sweep_skips_done_and_failed_and_retries(fake_cifar10, tmp_path, capfd, monkeypatch):
     """SynFlow cannot prune FixupResNet110 (App. D.2): that run fails, the LeNet one trains."""
+    from dctps import progress
+
     grid = small_grid(
         fake_cifar10,
         models=["lenet5", "fixup_resnet110"],
@@ -136,8 +138,18 @@ def test_sweep_skips_done_and_failed_and_retries(fake_cifar10, tmp_path):
     )
     cfgs = expand_grid(grid)
     out = tmp_path / "out"
-    rep = run_sweep(cfgs, out, workers=2, progress=False)
+    monkeypatch.setenv(progress.ENV, "lines")  # a log (a SLURM job's): the workers inherit it
+    rep = run_sweep(cfgs, out, workers=2, progress=True)
     assert rep.counts() == {"done": 1, "failed": 1}, rep.summary()
+    # the parallel runs share the sweep's log: each line a run writes names the run
+    err = capfd.readouterr().err.splitlines()
+    tags = {f"[{c.summary()}] " for c in cfgs}
+    own = [ln for ln in err if not ln.startswith("sweep ") and ln.startswith("[")]
+    assert {ln[: ln.index("] ") + 2] for ln in own} == tags, err
+    lenet = next(t for t in tags if "lenet5" in t)
+    assert sum(ln.startswith(lenet + "epoch 1/1 ") for ln in own) == 1, err
+    assert any(ln.startswith(lenet + "pruning synflow") for ln in own), err
+    assert all(ln.startswith(("sweep ", "[", "2 runs")) for ln in err if ln.strip()), err
     store = Store(out)
     rows = {r["model"]: r for r in store.query({})}
     assert rows["lenet5"]["status"] == "done" and rows["lenet5"]["test_acc"] is not None

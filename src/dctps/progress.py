@@ -9,14 +9,17 @@ were overwritten fragments of it. In a log each epoch (or sweep run) is one line
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from dctps.errors import DctpsError
 
-__all__ = ["ENV", "STYLES", "Lines", "clock", "make_bar", "mark", "style"]
+__all__ = ["ENV", "STYLES", "Lines", "clock", "make_bar", "mark", "style", "tagged"]
 
 #: the environment variable that overrides :func:`style`
 ENV = "DCTPS_PROGRESS"
@@ -157,3 +160,57 @@ def keep_line(bar: Any, text: str) -> None:
         bar.write(text, file=sys.stderr)
     except (OSError, ValueError):
         pass
+
+
+class _Prefixed(io.TextIOBase):
+    """A text stream writing each whole line of its own to ``stream`` as ``prefix + line``
+    (flushed, so lines from parallel processes sharing one log do not cut into each other); a
+    line not yet ended waits for its end, or for :meth:`finish`."""
+
+    def __init__(self, stream: Any, prefix: str) -> None:
+        super().__init__()
+        self.stream, self.prefix, self.pending = stream, prefix, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:  # what style() asks: the same answer as the stream underneath
+        try:
+            return bool(self.stream.isatty())
+        except (AttributeError, ValueError):
+            return False
+
+    def write(self, s: str) -> int:
+        *whole, self.pending = (self.pending + s).split("\n")
+        if whole:
+            self.stream.write("".join(f"{self.prefix}{line}\n" for line in whole))
+            self.stream.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """Write a line left unended."""
+        if self.pending:
+            self.write("\n")
+
+
+@contextlib.contextmanager
+def tagged(tag: str) -> Iterator[None]:
+    """Within the block, every line written to ``sys.stderr`` (progress lines, warnings)
+    starts with ``[tag] ``: a sweep's parallel local runs share one log, and their lines must
+    say which run wrote them. For a process of its own (a sweep worker), as it swaps
+    ``sys.stderr``; a stream that is gone (``None``) stays so."""
+    old = sys.stderr
+    if old is None:
+        yield
+        return
+    stream = _Prefixed(old, f"[{tag}] ")
+    sys.stderr = stream
+    try:
+        yield
+    finally:
+        sys.stderr = old
+        with contextlib.suppress(OSError, ValueError):  # a log gone: the run's result still counts
+            stream.finish()

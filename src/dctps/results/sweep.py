@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dctps import progress as progress_mod
 from dctps.errors import (
     DctpsError,
     RunBusy,
@@ -501,11 +502,14 @@ def run_one(
     restart: bool = False,
     threads: int | None = None,
     progress: bool = False,
+    tag: bool = False,
 ) -> dict[str, Any]:
     """Train one run (in a worker process or job); never raises for a failing run, except
     under ``torchrun`` (several processes), where an error in a run stops the sweep.
-    ``progress``: log the run's epochs (a submitit job, whose log is its own; a local
-    worker's lines would cut into the sweep's).
+    ``progress``: log the run's epochs (a submitit job, whose log is its own, or a local
+    sweep whose progress is a log). ``tag``: start each line the run writes to ``stderr`` with
+    ``[<its summary>]`` (:func:`dctps.progress.tagged`; a parallel local worker, whose lines
+    share the sweep's log with the other runs').
 
     Returns ``{hash, status, reason, val_acc, test_acc, resumed_from, skipped, wall_seconds}``
     with ``status`` ``done`` / ``failed`` (recorded in the store by ``fit``) or ``error`` (an
@@ -524,7 +528,10 @@ def run_one(
         _init_worker(check_threads(threads or 0, "threads") or None)
         _in_run = True
         try:
-            r = fit(c, out, db, progress=progress, resume=False if restart else None, warn=False)
+            with progress_mod.tagged(c.summary()) if tag else contextlib.nullcontext():
+                r = fit(
+                    c, out, db, progress=progress, resume=False if restart else None, warn=False
+                )
         finally:
             _in_run = False
     except KeyboardInterrupt:
@@ -661,19 +668,17 @@ SUMMARY_RUNS = 10
 # ----------------------------------------------------------------------------- executors
 def _bar(total: int, enabled: bool) -> Any:
     """A bar over the runs on a terminal, a line per finished run in a log."""
-    from dctps import progress
-
-    return progress.make_bar(total, "sweep", "run", 0, enabled and total > 0, dynamic_ncols=True)
+    return progress_mod.make_bar(
+        total, "sweep", "run", 0, enabled and total > 0, dynamic_ncols=True
+    )
 
 
 def _tick(bar: Any, report: SweepReport, cfg: RunConfig) -> None:
     if bar is None:
         return
-    from dctps import progress
-
     bar.set_postfix_str(_postfix(report, f"last: {cfg.summary()}"), refresh=False)
     bar.update(1)
-    progress.mark(bar)
+    progress_mod.mark(bar)
 
 
 def _postfix(report: SweepReport, what: str) -> str:
@@ -756,17 +761,15 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
     if workers <= 1:
         import torch
 
-        from dctps import progress
-
         # the runs train here, one after another: in a log (a SLURM job running a whole sweep)
         # each run's epochs come between its sweep lines; a terminal's bar stays alone
-        logged = isinstance(bar, progress.Lines)
+        logged = isinstance(bar, progress_mod.Lines)
         before = torch.get_num_threads()  # the runs train in this process: leave it as it was
         try:
             for p in todo:
                 if bar is not None:  # a run can take hours (FORCE's pruning alone): say which
                     bar.set_postfix_str(_postfix(report, f"running: {p.cfg.summary()}"))
-                    progress.mark(bar)
+                    progress_mod.mark(bar)
                 report.results[p.hash] = run_one(
                     p.cfg, out, db, p.action == "retry", threads, progress=logged
                 )
@@ -787,8 +790,13 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
             initializer=_init_pool_worker,
             initargs=(threads or _threads(workers), os.getpid()),
         ) as pool:  # fmt: skip
+            # in a log, each run's epochs too, each line tagged with its run; a terminal's bar
+            # stays alone
+            logged = isinstance(bar, progress_mod.Lines)
             futs = {
-                pool.submit(run_one, p.cfg.to_dict(), out, db, p.action == "retry"): p.hash
+                pool.submit(
+                    run_one, p.cfg.to_dict(), out, db, p.action == "retry", None, logged, logged
+                ): p.hash
                 for p in pending
             }
             try:
@@ -1012,8 +1020,6 @@ def run_sweep(
         raise unknown_name("executor", executor, EXECUTORS)
     check_workers(workers)
     threads = check_threads(threads or 0, "threads", here=executor != "slurm") or None
-    from dctps import progress as progress_mod
-
     # a bad DCTPS_PROGRESS: refused before any run, even with progress off here (a submitit
     # job logs its epochs: each had failed on it)
     progress_mod.style()
