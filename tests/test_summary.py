@@ -76,6 +76,33 @@ def test_a_table_per_model_a_row_per_setting_a_column_per_density(db):
         "20.00 [20.00, 20.00], 1 seed, 1 of 3 failed (seed 1), 1 without a result yet",
     ]
     assert table["SNIP"] == ["", "", "failed (2 of 2, seeds 0, 1)"]
+    # below the table, why: a line per setting, density and reason, the seeds failing alike
+    # sharing one, in the table's order
+    assert text.endswith("\n\nFailed seeds:\n- DCTpS at 0.1%, seed 1: non-finite loss\n"
+                         "- SNIP at 0.1%, seeds 0, 1: snip: layer collapse")  # fmt: skip
+
+
+def test_seeds_failing_for_different_reasons_are_told_apart(tmp_path):
+    s = Store(tmp_path / "db")
+    record(s, cfg("force", 0.001, 2), reason="force: all-zero saliency\nat step 60/60")
+    record(s, cfg("force", 0.001, 0), reason="force: all-zero saliency at step 52/60")
+    record(s, cfg("force", 0.001, 1), 0.1)
+    (p,) = summarise(s.query({}))
+    (pt,) = p.series["FORCE (published)"]
+    assert pt.failed_seeds == (0, 2)  # in seed order, each reason beside its seed
+    assert pt.failed_reasons == ("force: all-zero saliency at step 52/60",
+                                 "force: all-zero saliency\nat step 60/60")  # fmt: skip
+    assert format_summary([p]).splitlines()[-3:] == [
+        "Failed seeds:",  # a reason of two lines on one
+        "- FORCE (published) at 0.1%, seed 0: force: all-zero saliency at step 52/60",
+        "- FORCE (published) at 0.1%, seed 2: force: all-zero saliency at step 60/60",
+    ]
+    (row,) = summary_rows([p])
+    assert row["failed_reasons"] == list(pt.failed_reasons)
+    # a table without failures ends with its last row
+    record(s, cfg("dense", None, 0), 0.5)
+    (p,) = summarise(s.query({"method": "dense"}))
+    assert format_summary([p]).splitlines()[-1].startswith("| Dense ")
 
 
 def test_the_long_form_has_the_standard_deviation_and_the_counts(db):
@@ -107,7 +134,9 @@ def test_cli_summary_csv_and_json(db, tmp_path):
     got = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [k for k in got[0]] == list(SUMMARY_COLUMNS)
     assert float(next(g for g in got if g["setting"] == "Dense")["mean"]) == pytest.approx(0.65)
-    assert next(g for g in got if g["setting"] == "SNIP")["failed_seeds"] == "0 1"
+    snip = next(g for g in got if g["setting"] == "SNIP")
+    assert snip["failed_seeds"] == "0 1"
+    assert snip["failed_reasons"] == "snip: layer collapse | snip: layer collapse"
     # a second summary replaces the first; a run CSV there may be replaced by a summary too
     assert runner.invoke(app, args).exit_code == 0
     runs = tmp_path / "runs.csv"

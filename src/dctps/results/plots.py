@@ -371,9 +371,10 @@ class Point(NamedTuple):
     n_without: int = 0
     #: the sample standard deviation over the successful seeds (NaN below two)
     std: float = float("nan")
-    #: the seeds of the failed runs, in order (``dctps results --where status=failed`` gives
-    #: their reasons)
+    #: the seeds of the failed runs, in order
     failed_seeds: tuple[int, ...] = ()
+    #: why each seed of ``failed_seeds`` failed (the store's ``reason``), in the same order
+    failed_reasons: tuple[str, ...] = ()
 
 
 @dataclass
@@ -797,8 +798,11 @@ def _points(
         m = metric if metric != "mixed" or not done else _point_metric(rs, f"{where} at {_pct(d)}")
         ok = [float(r[m]) for r in done]
         n_failed = sum(r["status"] == "failed" for r in rs)
-        failed_seeds = tuple(sorted(int(r["seed"]) for r in rs if r["status"] == "failed"
-                                    and isinstance(r.get("seed"), int)))  # fmt: skip
+        failures = sorted((int(r["seed"]), str(r.get("reason") or "no reason recorded"))
+                          for r in rs if r["status"] == "failed"
+                          and isinstance(r.get("seed"), int))  # fmt: skip
+        failed_seeds = tuple(seed for seed, _ in failures)
+        reasons = tuple(reason for _, reason in failures)
         nnz = [r["nonzeros"] for r in rs if r.get("nonzeros") is not None]
         if not nnz:  # pruning failed: the budget it missed, round(d N) of the N weights
             nnz = [round(d * r["weights"]) for r in rs if r.get("weights") is not None]
@@ -808,14 +812,14 @@ def _points(
             mean = statistics.fmean(ok)  # exact sum: 0.102, not 0.10200000000000001
             std = statistics.stdev(ok) if len(ok) > 1 else float("nan")
             pts.append(Point(d, mean, min(ok), max(ok), False, len(ok), n_failed, xv, m, n_open,
-                             n_without, std, failed_seeds))  # fmt: skip
+                             n_without, std, failed_seeds, reasons))  # fmt: skip
         elif n_failed and not n_open and not n_without:  # every seed failed
             pts.append(Point(d, chance, chance, chance, True, 0, n_failed, xv, "", 0,
-                             failed_seeds=failed_seeds))  # fmt: skip
+                             failed_seeds=failed_seeds, failed_reasons=reasons))  # fmt: skip
         else:  # nothing to average yet (runs going, or without the metric): no value, not failed
             nan = float("nan")
             pts.append(Point(d, nan, nan, nan, False, 0, n_failed, xv, shown, n_open, n_without,
-                             failed_seeds=failed_seeds))  # fmt: skip
+                             failed_seeds=failed_seeds, failed_reasons=reasons))  # fmt: skip
     return pts
 
 

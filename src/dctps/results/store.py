@@ -1735,7 +1735,8 @@ def _print_summary(
 
     def write(target: str | os.PathLike[str], kind: str) -> None:
         if kind == "CSV":
-            flat = [{**r, "failed_seeds": " ".join(map(str, r["failed_seeds"]))} for r in long]
+            flat = [{**r, "failed_seeds": " ".join(map(str, r["failed_seeds"])),
+                     "failed_reasons": " | ".join(r["failed_reasons"])} for r in long]  # fmt: skip
             _export(target, "CSV", lambda f: _write_csv(f, flat, SUMMARY_COLUMNS), newline="")
         else:
             _export(target, "JSON", lambda f: _write_json(f, long))

@@ -21,7 +21,7 @@ __all__ = ["SUMMARY_COLUMNS", "format_summary", "summarise", "summary_rows"]
 #: the columns of :func:`summary_rows` (accuracies as fractions, as the store keeps them)
 SUMMARY_COLUMNS = (
     "model", "dataset", "setting", "density", "metric", "mean", "std", "min", "max", "seeds",
-    "failed", "open", "without", "failed_seeds",
+    "failed", "open", "without", "failed_seeds", "failed_reasons",
 )  # fmt: skip
 _METRIC_NAMES = {"test_acc": "test accuracy", "val_acc": "validation accuracy",
                  "mixed": "test or validation accuracy"}  # fmt: skip
@@ -38,6 +38,12 @@ def _points(p: Panel) -> list[tuple[str, Point]]:
     out = [(label, pt) for label, pt in p.dense.items()]
     out += [(label, pt) for label, pts in p.series.items() for pt in pts]
     return out
+
+
+def _table_order(pts: list[tuple[str, Point]]) -> list[tuple[str, Point]]:
+    """``pts`` as the tables read them: by setting (first seen first), densities highest first."""
+    rank = {label: i for i, label in enumerate(dict.fromkeys(lab for lab, _ in pts))}
+    return sorted(pts, key=lambda lp: (rank[lp[0]], -lp[1].density))
 
 
 def _md(text: str) -> str:
@@ -76,9 +82,23 @@ def _cell(pt: Point, mixed: bool = False) -> str:
     return text + (", " + ", ".join(notes) if notes else "")
 
 
+def _failures(pts: Sequence[tuple[str, Point]]) -> list[str]:
+    """A Markdown list item per setting, density and reason of the failed seeds:
+    ``- SNIP at 0.1%, seeds 0, 2: snip: layer collapse`` (seeds failing alike share one)."""
+    out = []
+    for label, pt in pts:
+        by_reason: dict[str, list[int]] = {}
+        for seed, reason in zip(pt.failed_seeds, pt.failed_reasons, strict=True):
+            by_reason.setdefault(" ".join(reason.split()), []).append(seed)
+        out += [f"- {label} at {_pct(pt.density)}, {_seeds(seeds)}: {reason}"
+                for reason, seeds in by_reason.items()]  # fmt: skip
+    return out
+
+
 def format_summary(panels: Sequence[Panel]) -> str:
     """Per panel a heading and a Markdown table: a row per setting, a column per density
-    (highest first; dense runs under 100%), each cell :func:`_cell` of its point."""
+    (highest first; dense runs under 100%), each cell :func:`_cell` of its point; below it, why
+    each failed seed failed (:func:`_failures`)."""
     blocks = []
     for p in panels:
         pts = _points(p)
@@ -93,12 +113,14 @@ def format_summary(panels: Sequence[Panel]) -> str:
         def line(cols: list[str], widths: list[int] = widths) -> str:
             return "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |"
 
+        failures = _failures(_table_order(pts))
         blocks.append("\n".join([
             f"{p.title}: {metric} in %, mean [min, max] over the seeds",
             "",
             line(head),
             "|" + "|".join("-" * (w + 2) for w in widths) + "|",
             *(line(r) for r in body),
+            *(["", "Failed seeds:", *failures] if failures else []),
         ]))  # fmt: skip
     return "\n\n".join(blocks)
 
@@ -111,13 +133,11 @@ def summary_rows(panels: Sequence[Panel]) -> list[dict[str, Any]]:
     """One row per setting and density (:data:`SUMMARY_COLUMNS`): ``mean``/``std``/``min``/
     ``max`` of the accuracy ``metric`` over the seeds that finished (fractions; ``None`` where
     no seed did, and ``std`` below two), ``seeds`` the seeds averaged, ``failed``, ``open``
-    (without a result yet) and ``without`` (finished without the metric)."""
+    (without a result yet), ``without`` (finished without the metric), and the failed runs'
+    ``failed_seeds`` and ``failed_reasons`` (lists in one order)."""
     out = []
     for p in panels:
-        pts = _points(p)
-        rank = {label: i for i, label in enumerate(dict.fromkeys(lab for lab, _ in pts))}
-        # as the tables read: a setting's densities highest first
-        for label, pt in sorted(pts, key=lambda lp: (rank[lp[0]], -lp[1].density)):
+        for label, pt in _table_order(_points(p)):
             failed = pt.failed
             out.append({
                 "model": p.model, "dataset": p.dataset, "setting": label, "density": pt.density,
@@ -129,5 +149,6 @@ def summary_rows(panels: Sequence[Panel]) -> list[dict[str, Any]]:
                 "seeds": pt.n_ok, "failed": pt.n_failed, "open": pt.n_open,
                 "without": pt.n_without,
                 "failed_seeds": list(pt.failed_seeds),  # a CSV writes "0 2"
+                "failed_reasons": list(pt.failed_reasons),  # in that order; a CSV joins " | "
             })  # fmt: skip
     return out
