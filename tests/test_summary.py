@@ -203,3 +203,24 @@ def test_rows_follow_their_values_and_labels_cannot_break_the_table(tmp_path):
     from dctps.results.summary import _md
 
     assert _md("a|b\nc") == "a\\|b c"
+
+
+def test_float_noise_in_a_density_is_one_column_and_one_point(tmp_path):
+    """A config built in Python may hold 0.1 * 0.1 = 0.010000000000000002: the same 1% as
+    0.01 to every reader, and one column (one point, one curve panel), not two headed "1%"."""
+    from dctps.results.curves import aggregate_curves
+
+    noisy = 0.1 * 0.1
+    assert noisy != 0.01
+    s = Store(tmp_path / "db")
+    record(s, cfg("dctps", 0.01, 0), 0.3)
+    record(s, cfg("dctps", noisy, 1), 0.4)
+    record(s, cfg("dctps", 0.0100001, 2), 0.5)  # a density of its own (7 digits)
+    (p,) = summarise(s.query({}))
+    assert [(pt.density, pt.n_ok) for pt in p.series["DCTpS"]] == [(0.01, 2), (0.0100001, 1)]
+    head = [c.strip() for c in format_summary([p]).splitlines()[2].strip("|").split("|")]
+    assert head == ["setting", "1.00001%", "1%"]
+    rows = s.runs_with_epochs()
+    for r in rows:
+        r["epochs"] = [{"epoch": 1, "val_acc": r["test_acc"]}]
+    assert [cp.density for cp in aggregate_curves(rows)] == [0.01, 0.0100001]

@@ -32,6 +32,7 @@ from dctps.results.plots import (
     _subplots,
     curve_groups,
     default_label,
+    density_of,
     legend_entries,
     panel_title,
     save,
@@ -306,7 +307,7 @@ def aggregate_curves(
     for group, ((model, dataset), mrows) in enumerate(by_model.items()):
         groups = curve_groups(mrows, label, name_options)
         sparse_densities: list[float] = sorted(
-            {float(r["density"]) for r in mrows
+            {density_of(r) for r in mrows
              if r.get("method") != "dense" and r.get("density") is not None}
         )  # fmt: skip
         keys: list[tuple[str, str, float | None]] = [(model, dataset, None)]
@@ -316,7 +317,7 @@ def aggregate_curves(
             dense = crows[0].get("method") == "dense"
             by_d: dict[float | None, list[Mapping[str, Any]]] = {}
             for r in crows:
-                d = None if dense or r.get("density") is None else float(r["density"])
+                d = None if dense or r.get("density") is None else density_of(r)
                 by_d.setdefault(d, []).append(r)
             for d, drows in by_d.items():
                 kept = _one_per_seed(drows)

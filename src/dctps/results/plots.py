@@ -510,6 +510,13 @@ def _pct(d: float) -> str:
     return f"{100 * d:g}%"
 
 
+def density_of(row: Mapping[str, Any]) -> float:
+    """A run's density as the plots and tables group it: to 10 significant digits, so float
+    noise (``0.1 * 0.1 = 0.010000000000000002``, a config built in Python) is one point and one
+    ``1%`` column with ``0.01``, not two."""
+    return float(f"{float(row['density']):.10g}")
+
+
 def fixed_alpha_label(init: Any) -> str:
     """``fixed α = 1`` / ``fixed α = Kaiming`` / ``fixed α = 0.5``: a fixed alpha keeps its
     ``alpha_init``."""
@@ -785,7 +792,7 @@ def _points(
     its ``metric``; ``where`` names the curve in that refusal."""
     by_d: dict[float, list[Mapping[str, Any]]] = {}
     for r in rows:
-        by_d.setdefault(float(r["density"]), []).append(r)
+        by_d.setdefault(density_of(r), []).append(r)
     pts = []
     for d in sorted(by_d):
         rs = _one_per_seed(by_d[d])
