@@ -1393,3 +1393,21 @@ def test_a_figure_shows_itself_in_a_notebook(tmp_path):
     assert "Point(" not in text and len(text) - sum(len(str(p)) for p in fd.paths) < 150
     (tmp_path / "f.png").unlink()
     assert fd._repr_png_() is None  # moved since: the text alone
+
+
+@pytest.mark.parametrize("name", ["A.6", "A.7", "offsets"])
+def test_a_figures_curves_keep_its_grids_order(tmp_path, name):
+    """A figure's legend (and so its colours, after the methods' own) follows its grid:
+    uniform, EPL, EPF, ERK in A.7, trainable before fixed alpha in A.6, as the paper lists
+    them; sorting the names had put EPF first and fixed alpha before trainable."""
+    configs = F.figure_configs(name, quick=True)
+    store = Store(tmp_path)
+    for c in configs:
+        record(store, c, 0.5)
+    spec = F.get(name)
+    expected = list(dict.fromkeys(spec.label(c.to_dict()) for c in configs
+                                  if c.sparsity.method != "dense"))  # fmt: skip
+    assert len(expected) >= 2 and expected != sorted(expected)  # a test that could fail
+    data = F.draw(name, store, configs, tmp_path / "f.png", quick=True)
+    for panel in data.panels:
+        assert [k.split(" [")[0] for k in panel.series] == expected

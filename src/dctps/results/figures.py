@@ -978,6 +978,7 @@ def draw(
         panel_order=order,
         note=note,
         name_options=not quick,  # the quick note names the shortened schedules
+        keep_order=True,  # the grid's order: uniform, EPL, EPF, ERK; trainable before fixed
     )
     data.runs = len(rows)
     data.missing, data.missing_runs, data.older = len(missing), missing, len(older)

@@ -676,6 +676,7 @@ def aggregate(
     metric: str = "auto",
     x: str = "density",
     name_options: bool = True,
+    keep_order: bool = False,
 ) -> list[Panel]:
     """Group store rows into panels (model, data set) and curves (``label`` of the run config).
 
@@ -691,7 +692,9 @@ def aggregate(
     (``Panel.metric``); where none is, one per point (``mixed``; ``Point.metric`` says which),
     and a point whose seeds share none is refused. A run's method options are named in its
     label (:func:`~dctps.results.variants.own_settings`) unless ``name_options`` is false (a
-    ``--quick`` figure, whose note names its shortened schedules).
+    ``--quick`` figure, whose note names its shortened schedules). ``keep_order``: a method's
+    curves in the order of ``rows`` (a figure's, in its grid's order), not of their values
+    (:func:`curve_groups`).
     """
     rows = _check_rows(rows)
     if not callable(label):
@@ -708,7 +711,7 @@ def aggregate(
     panels = []
     for (model, dataset), prs in by_panel.items():
         chance = _chance(dataset, prs)
-        curves = curve_groups(prs, label, name_options)
+        curves = curve_groups(prs, label, name_options, keep_order)
         finished = [r for r in prs if r.get("status") == "failed" or (
             r.get("status") == "done" and _recorded(r, metric))]  # fmt: skip
         if not finished:
@@ -731,10 +734,13 @@ def curve_groups(
     rows: Sequence[Mapping[str, Any]],
     label: Callable[[Mapping[str, Any]], str] = default_label,
     name_options: bool = True,
+    keep_order: bool = False,
 ) -> dict[str, list[Mapping[str, Any]]]:
     """The curves of one panel's store ``rows`` (one model on one data set): ``{name: rows}``,
     methods in :data:`METHOD_ORDER`, a method's curves by name with their numbers compared
-    as numbers (:func:`natural_key`: ``lr=0.0024`` before ``lr=0.01``).
+    as numbers (:func:`natural_key`: ``lr=0.0024`` before ``lr=0.01``), or with
+    ``keep_order`` in the order of their first rows (a figure's rows come in its grid's order:
+    uniform, EPL, EPF, ERK, not alphabetically).
 
     A curve is the runs of one ``label`` of their config. Runs of one label that differ in more
     than seed and density (e.g. two recipes) are split into curves whose names add the
@@ -766,11 +772,13 @@ def curve_groups(
             curves.setdefault(name, []).append(r)
             m = r.get("method")
             rank_of[name] = METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
+
     # a method's variants in the order of their values (lr=0.0024 before lr=0.01), not of
     # the store's row order, which changed with each filter
-    return {
-        name: curves[name] for name in sorted(curves, key=lambda n: (rank_of[n], natural_key(n)))
-    }
+    def key(n: str) -> tuple[int, Any]:
+        return rank_of[n], 0 if keep_order else natural_key(n)  # sorted() keeps ties in order
+
+    return {name: curves[name] for name in sorted(curves, key=key)}
 
 
 # a number, with its minus sign where one stands after no word character (x=-1, not a-1)
@@ -1008,13 +1016,17 @@ def plot_runs(
     panel_order: Sequence[tuple[str, str]] | None = None,
     note: str | None = None,
     name_options: bool = True,
+    keep_order: bool = False,
 ) -> FigureData:
-    """Aggregate store ``rows`` (:func:`aggregate`) and draw them (:func:`plot_accuracy`).
+    """Aggregate store ``rows`` (:func:`aggregate`; ``keep_order``: its curves in the order of
+    ``rows``) and draw them (:func:`plot_accuracy`).
 
     Returns the :class:`FigureData` drawn, also written as JSON beside the figure.
     """
     rows = _check_rows(rows)  # a generator: aggregate would use it up before it is counted
-    panels = aggregate(rows, label=label, metric=metric, x=x, name_options=name_options)
+    panels = aggregate(
+        rows, label=label, metric=metric, x=x, name_options=name_options, keep_order=keep_order
+    )
     if panel_order:
         rank = {k: i for i, k in enumerate(panel_order)}
         panels.sort(key=lambda p: rank.get((p.model, p.dataset), len(rank)))
