@@ -224,3 +224,19 @@ def test_float_noise_in_a_density_is_one_column_and_one_point(tmp_path):
     for r in rows:
         r["epochs"] = [{"epoch": 1, "val_acc": r["test_acc"]}]
     assert [cp.density for cp in aggregate_curves(rows)] == [0.01, 0.0100001]
+
+
+def test_a_mean_stays_within_its_seeds_and_a_table_without_results_names_no_auto(tmp_path):
+    s = Store(tmp_path / "db")
+    for seed in range(3):  # fmean of three 0.09 is 0.09000000000000001 > 0.09
+        record(s, cfg("dctps", 0.01, seed), 0.09)
+    (row,) = summary_rows(summarise(s.query({})))
+    assert row["min"] <= row["mean"] <= row["max"] == 0.09
+    # every run of the table failed: no accuracy was chosen, and none is named
+    t = Store(tmp_path / "t")
+    record(t, cfg("snip", 0.001, 0), reason="snip: layer collapse")
+    (p,) = summarise(t.query({}))
+    assert format_summary([p]).splitlines()[0] == (
+        "LeNet-5, CIFAR-10: accuracy in %, mean [min, max] over the seeds"
+    )
+    assert summary_rows([p])[0]["metric"] == ""

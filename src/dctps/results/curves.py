@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from dctps.results.plots import (
     _one_per_seed,
     _pct,
     _subplots,
+    bounded_mean,
     curve_groups,
     default_label,
     density_of,
@@ -375,7 +375,7 @@ def aggregate_curves(
         for c in curves:
             per_epoch = values.get(id(c), {}).get(chosen, {})
             c.points = [
-                EpochPoint(ep, statistics.fmean(vs), min(vs), max(vs), len(vs))
+                EpochPoint(ep, bounded_mean(vs), min(vs), max(vs), len(vs))
                 for ep, vs in sorted(per_epoch.items())
             ]
         title = panel_title(model, dataset) + (f", density {_pct(d)}" if d is not None else "")

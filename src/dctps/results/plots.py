@@ -510,6 +510,13 @@ def _pct(d: float) -> str:
     return f"{100 * d:g}%"
 
 
+def bounded_mean(values: Sequence[float]) -> float:
+    """The mean of ``values`` (an exact sum, ``statistics.fmean``: 0.102, not
+    0.10200000000000001), within ``[min, max]``: three seeds at 0.09 still averaged to
+    0.09000000000000001, above their max in a CSV that a reader checks."""
+    return min(max(statistics.fmean(values), min(values)), max(values))
+
+
 def density_of(row: Mapping[str, Any]) -> float:
     """A run's density as the plots and tables group it: to 10 significant digits, so float
     noise (``0.1 * 0.1 = 0.010000000000000002``, a config built in Python) is one point and one
@@ -824,7 +831,7 @@ def _points(
         xv = d if x == "density" else (sum(nnz) / len(nnz) if nnz else float("nan"))
         shown = m if m in ("test_acc", "val_acc") else ""
         if ok:
-            mean = statistics.fmean(ok)  # exact sum: 0.102, not 0.10200000000000001
+            mean = bounded_mean(ok)
             std = statistics.stdev(ok) if len(ok) > 1 else float("nan")
             pts.append(Point(d, mean, min(ok), max(ok), False, len(ok), n_failed, xv, m, n_open,
                              n_without, std, failed_seeds, reasons))  # fmt: skip

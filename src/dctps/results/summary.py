@@ -24,7 +24,8 @@ SUMMARY_COLUMNS = (
     "failed", "open", "without", "failed_seeds", "failed_reasons",
 )  # fmt: skip
 _METRIC_NAMES = {"test_acc": "test accuracy", "val_acc": "validation accuracy",
-                 "mixed": "test or validation accuracy"}  # fmt: skip
+                 "mixed": "test or validation accuracy",
+                 "auto": "accuracy"}  # fmt: skip  # auto: no run of the table has one
 
 
 def summarise(rows: Sequence[Mapping[str, Any]], metric: str = "auto") -> list[Panel]:
@@ -141,7 +142,7 @@ def summary_rows(panels: Sequence[Panel]) -> list[dict[str, Any]]:
             failed = pt.failed
             out.append({
                 "model": p.model, "dataset": p.dataset, "setting": label, "density": pt.density,
-                "metric": pt.metric or (p.metric if p.metric != "mixed" else ""),
+                "metric": pt.metric or (p.metric if p.metric not in ("mixed", "auto") else ""),
                 "mean": None if failed else _fraction(pt.mean),
                 "std": None if failed else _fraction(pt.std),
                 "min": None if failed else _fraction(pt.min),
