@@ -244,6 +244,12 @@ def test_variants_keep_the_accuracy_plots_colours_and_order_across_densities(tmp
         record(s, cfg("dctps", 0.001, seed, optim={"lr": 0.01}), [{"val_acc": 0.2}])
         record(s, cfg("dctps", 0.01, seed, "vgg19", optim={"lr": 0.0024}), [{"val_acc": 0.3}])
         record(s, cfg("dctps", 0.01, seed, "vgg19", optim={"lr": 0.01}), [{"val_acc": 0.3}])
+        record(s, cfg("dense", None, seed), [{"val_acc": 0.5}])
+        # a model whose runs are all still running: no panel in the accuracy plot, so its
+        # variants must not take the first colours in the curves' plot either
+        h = cfg("dctps", 0.01, seed, "resnet18", optim={"lr": 0.5}).config_hash()
+        s.start(h, cfg("dctps", 0.01, seed, "resnet18", optim={"lr": 0.5}).to_dict())
+        s.log_epoch(h, 1, val_acc=0.1)
     asked, legends = [], []
     real, legend = plots.series_colours, Figure.legend
     monkeypatch.setattr(cv, "series_colours", lambda labels: asked.append(list(labels)) or
@@ -260,10 +266,14 @@ def test_variants_keep_the_accuracy_plots_colours_and_order_across_densities(tmp
     assert asked[0] == (["DCTpS [lr=0.01]", "DCTpS [lr=0.05]", "DCTpS [lr=0.0024]"]
                         if first == "lenet5" else
                         ["DCTpS [lr=0.0024]", "DCTpS [lr=0.01]", "DCTpS [lr=0.05]"])  # fmt: skip
-    assert asked[1] == asked[0]
-    # the legends list the variants alike
-    assert [x for x in legends[1] if x.startswith("DCTpS")] == asked[0]
+    # (resnet18 has one setting: its curve is named DCTpS alone)
+    assert asked[1][: len(asked[0])] == asked[0] and asked[1][len(asked[0]) :] == ["DCTpS"]
+    # the legends list the variants alike, and dense after them
+    assert [x for x in legends[1] if x.startswith("DCTpS")] == asked[1]
     assert [x for x in legends[0] if x.startswith("DCTpS")] == asked[0]
+    # sparse curves first, dense after them, as each panel of the accuracy plot lists them
+    dense = [i for i, x in enumerate(legends[1]) if x.startswith("Dense")]
+    assert dense == [len(asked[1])], legends[1]
 
 
 def test_numbers_sort_as_numbers_signs_included():

@@ -458,7 +458,10 @@ def plot_curves(
     # in curve_groups' order, as the accuracy plot's legend and colours (not by density panel)
     # (panels are drawn by model, data set and density; the accuracy plot takes each model and
     # data set's curves in turn, in the rows' order)
-    ranked = sorted((c.group, c.rank, c.label) for p in panels for c in p.curves if not c.dense)
+    # a model and data set without a finished run has no panel there: its curves come last
+    finished = {c.group for p in panels for c in p.curves if c.done or c.failed}
+    ranked = sorted((c.group not in finished, c.group, c.rank, c.label)
+                    for p in panels for c in p.curves if not c.dense)  # fmt: skip
     sparse = list(dict.fromkeys(lab for *_, lab in ranked))
     dense = list(dict.fromkeys(c.label for p in panels for c in p.curves if c.dense))
     colour = series_colours(sparse) | {lab: "k" for lab in dense}
@@ -524,13 +527,10 @@ def plot_curves(
         ax.set_title(p.title, fontsize=10)
         ax.grid(alpha=0.3)
     handles, labs = legend_entries(axes, len(panels))
-    # dense first, then curve_groups' order, as the accuracy plot's legend (panels are drawn
-    # lowest density first, and a variant of one density only came first)
-    place: dict[str, tuple[bool, int, int]] = {}
-    for p in panels:
-        for c in p.curves:
-            key = (not c.dense, c.group, c.rank)
-            place[c.label] = min(place.get(c.label, key), key)
+    # as the accuracy plot's legend: the sparse curves in their colours' order, then dense
+    # (panels are drawn lowest density first, and a variant of one density only came first)
+    place = {lab: (False, i) for i, lab in enumerate(sparse)}
+    place |= {lab: (True, i) for i, lab in enumerate(dense)}
     pairs = sorted(zip(handles, labs, strict=True), key=lambda hl: place[hl[1]])
     handles, labs = [h for h, _ in pairs], [lab for _, lab in pairs]
     from matplotlib.lines import Line2D
