@@ -295,10 +295,13 @@ def test_killed_sweep_resumes(fake_cifar10, tmp_path):
     assert [e["epoch"] for e in Store(out).epochs(first)] == [1, 2]
 
 
-def test_submitit_local_executor_completes_two_runs(fake_cifar10, tmp_path):
+def test_submitit_local_executor_completes_two_runs(fake_cifar10, tmp_path, monkeypatch):
+    from dctps import progress
+
+    monkeypatch.setenv(progress.ENV, "lines")
     cfgs = expand_grid(small_grid(fake_cifar10))
     assert len(cfgs) == 2
-    rep = run_sweep(cfgs, tmp_path, executor="submitit-local", workers=2, progress=False,
+    rep = run_sweep(cfgs, tmp_path, executor="submitit-local", workers=2, progress=True,
                     poll=0.2)  # fmt: skip
     assert rep.counts() == {"done": 2}, rep.summary()
     rows = Store(tmp_path).query({})
@@ -308,6 +311,37 @@ def test_submitit_local_executor_completes_two_runs(fake_cifar10, tmp_path):
     # each job's own log has its run's epochs, with the time left
     logs = [p.read_text() for p in (tmp_path / "submitit").rglob("*_log.err")]
     assert sum("epoch 1/" in text and " elapsed" in text for text in logs) == 2, logs
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_quiet_sweep_asks_its_jobs_for_no_epoch_lines(tmp_path, quiet, monkeypatch):
+    """-q silences the whole command: a submitit job's own log too (it had logged its epochs
+    whatever -q said)."""
+    from dctps import progress
+    from dctps.results import sweep
+
+    monkeypatch.setenv(progress.ENV, "lines")
+    asked = []
+
+    class Job:
+        def done(self):
+            return True
+
+        def result(self):
+            return {"hash": None, "status": "done"}
+
+    class Executor:
+        def submit(self, fn, *args):
+            asked.append(args)
+            return Job()
+
+    cfgs = expand_grid(small_grid(tmp_path))
+    todo = sweep.plan(cfgs, tmp_path / "out")
+    report = sweep.SweepReport(todo)
+    bar = sweep._bar(len(todo), not quiet)
+    sweep._run_submitit(Executor(), "submitit-local", todo, str(tmp_path), "", 1, {}, True,
+                        report, bar, 0.0)  # fmt: skip
+    assert [a[5] for a in asked] == [not quiet] * len(cfgs)
 
 
 def test_bad_executor_and_workers(tmp_path):

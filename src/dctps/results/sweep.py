@@ -902,7 +902,9 @@ def _run_submitit(
         or (_threads(workers or 1) if kind != "slurm" else None)
     )
     # a job's log is its own: its run's epochs go there, one line each with the time left
-    args = [(p.cfg.to_dict(), out, db, p.action == "retry", threads, True) for p in todo]
+    # (unless the sweep is quiet: -q silences the whole command, its jobs too)
+    logged = bar is not None
+    args = [(p.cfg.to_dict(), out, db, p.action == "retry", threads, logged) for p in todo]
     by = {p.hash: p for p in todo}
     if kind == "slurm":
         if workers:
