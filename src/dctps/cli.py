@@ -162,6 +162,7 @@ def _resume_hint(command: str) -> Iterator[None]:
         raise typer.Exit(exit_code(e)) from None
 
 
+QUIET_SWEEP_HELP = "No progress: no bar or lines here, no epoch lines in a job's own log."
 SLURM_HELP = (
     "slurm: a submitit job parameter KEY=VALUE over the grid's `slurm:` (repeatable), e.g. "
     "slurm_partition=gpu, cpus_per_task=8, mem_gb=32. Default: timeout_min=4320 and, unless "
@@ -221,7 +222,7 @@ def sweep_cmd(
         "--slurm",
         help=SLURM_HELP,
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_SWEEP_HELP),
 ) -> None:
     """Expand a YAML grid to runs; train those not done yet (crashed ones resume)."""
     from dctps.results.sweep import sweep_command
@@ -296,7 +297,7 @@ def figure_cmd(
         "--slurm",
         help=SLURM_HELP,
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_SWEEP_HELP),
 ) -> None:
     """Run (or resume) the sweep behind a paper figure, then draw it (PNG + PDF + JSON)."""
     from dctps.results import figures
