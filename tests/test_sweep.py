@@ -685,7 +685,7 @@ def test_threads_sets_each_runs_torch_threads_and_leaves_the_callers(
         sw._run_submitit(Executor(), "submitit-local", todo, str(tmp_path), "r.db", 2, params,
                          True, sw.SweepReport(todo), None, 0.0, threads)  # fmt: skip
         assert {c[4] for c in calls} == {expect}, (params, threads)
-        assert {c[5] for c in calls} == {True}  # progress: a job logs its run's epochs
+        assert {c[5] for c in calls} == {False}  # no bar (-q): its jobs are quiet too
 
     import concurrent.futures
 
