@@ -215,9 +215,16 @@ def test_float_noise_in_a_density_is_one_column_and_one_point(tmp_path):
     s = Store(tmp_path / "db")
     record(s, cfg("dctps", 0.01, 0), 0.3)
     record(s, cfg("dctps", noisy, 1), 0.4)
-    record(s, cfg("dctps", 0.0100001, 2), 0.5)  # a density of its own (7 digits)
+    record(s, cfg("dctps", 0.010000001, 3), 0.6)  # past the 6 digits a label shows: 1% too
+    record(s, cfg("dctps", 0.0100001, 2), 0.5)  # a density of its own (1.00001%)
     (p,) = summarise(s.query({}))
-    assert [(pt.density, pt.n_ok) for pt in p.series["DCTpS"]] == [(0.01, 2), (0.0100001, 1)]
+    assert [(pt.density, pt.n_ok) for pt in p.series["DCTpS"]] == [(0.01, 3), (0.0100001, 1)]
+    # and --where density=1% picks what the 1% column holds
+    assert sorted(r["seed"] for r in s.query({"density": 0.01})) == [0, 1, 3]
+    assert sorted(r["seed"] for r in s.query({"density": [0.0100001, None]})) == [2]
+    r = runner.invoke(app, ["results", "--db", str(tmp_path / "db"), "--where", "density=1%",
+                            "--summary"])  # fmt: skip
+    assert r.exit_code == 0 and "| DCTpS   | 43.33 [30.00, 60.00] |" in r.output, r.output
     head = [c.strip() for c in format_summary([p]).splitlines()[2].strip("|").split("|")]
     assert head == ["setting", "1.00001%", "1%"]
     rows = s.runs_with_epochs()

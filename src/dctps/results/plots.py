@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from dctps.atomic import atomic_write, create_temp, foreign_file, unlink_quietly
 from dctps.errors import DctpsError, cannot_write, show, user_path
-from dctps.results.store import flat_identities, json_safe, row_config
+from dctps.results.store import density_key, flat_identities, json_safe, row_config
 from dctps.results.variants import (
     differing_settings,
     named_differences,
@@ -518,10 +518,10 @@ def bounded_mean(values: Sequence[float]) -> float:
 
 
 def density_of(row: Mapping[str, Any]) -> float:
-    """A run's density as the plots and tables group it: to 10 significant digits, so float
-    noise (``0.1 * 0.1 = 0.010000000000000002``, a config built in Python) is one point and one
-    ``1%`` column with ``0.01``, not two."""
-    return float(f"{float(row['density']):.10g}")
+    """A run's density as the plots and tables group it (:func:`~dctps.results.store.density_key`:
+    to the 6 significant digits its label shows), so float noise (``0.1 * 0.1 =
+    0.010000000000000002``) is one point and one ``1%`` column with ``0.01``, not two."""
+    return density_key(row["density"])
 
 
 def fixed_alpha_label(init: Any) -> str:

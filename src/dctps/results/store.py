@@ -477,6 +477,7 @@ class Store:
                     raise DctpsError(f"cannot open results database {self.path}: {e}") from None
                 conn.row_factory = sqlite3.Row
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+                conn.create_function("dctps_density", 1, _sql_density, deterministic=True)
                 entry = (conn, threading.RLock())
                 _CONNECTIONS[key] = entry
                 _close_least_recent(keep=key)
@@ -734,6 +735,7 @@ class Store:
         if isinstance(where, Mapping) and where:
             conds = []
             for k, v in where.items():
+                before = len(args)
                 if k == "classes":  # a row of dctps 0.1 has none: its data set's count
                     k, pairs = _classes_expr()
                     args.extend(pairs)
@@ -750,6 +752,9 @@ class Store:
                 else:
                     conds.append(f"{k} = ?")
                     args.append(sqlite_text(v))
+                if k == "density":  # as the plots and tables group densities: 0.1 * 0.1 is 1%
+                    conds[-1] = conds[-1].replace("density ", "dctps_density(density) ")
+                    args[before:] = [_sql_density(a) for a in args[before:]]
             sql += " WHERE " + " AND ".join(conds)
         elif isinstance(where, str) and where.strip():
             sql += f" WHERE {where}"
@@ -913,6 +918,19 @@ def _is_dead(row: Mapping[str, Any], locks: Path) -> bool:
         # its lock held: alive in another PID namespace on a host of the same name
         and lock_held(locks / str(row["hash"]) / ".lock") is not True
     )
+
+
+def density_key(d: float) -> float:
+    """A density as runs are grouped and filtered by it: to the 6 significant digits that a
+    label (``1%``) shows, so float noise (``0.1 * 0.1 = 0.010000000000000002``, a config
+    built in Python) is the same point, column and ``--where density=1%`` as ``0.01``."""
+    return float(f"{float(d):.6g}")
+
+
+def _sql_density(d: Any) -> float | None:
+    """:func:`density_key` in SQL (``dctps_density``); an empty or non-numeric cell stays as it
+    is, so that it matches nothing, as it did before."""
+    return density_key(d) if isinstance(d, (int, float)) and not isinstance(d, bool) else d
 
 
 def locks_folder(db: Path) -> Path:
