@@ -274,6 +274,8 @@ def test_tagged_lines_name_their_writer_and_the_stream_comes_back(capsys, monkey
     with pytest.raises(RuntimeError), progress.tagged("resnet18/cifar10 dctps@0.01 seed=1"):
         bar = progress.make_bar(2, "epoch 1/1", "step", timed=False)
         assert isinstance(bar, progress.Lines) and progress.style() == "lines"
+        # tagged lines are for a log: never a bar's redraws, even where fd 2 is a terminal
+        assert sys.stderr.isatty() is False
         bar.update(2)
         progress.mark(bar)
         print(

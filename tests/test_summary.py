@@ -136,7 +136,8 @@ def test_cli_summary_csv_and_json(db, tmp_path):
     assert float(next(g for g in got if g["setting"] == "Dense")["mean"]) == pytest.approx(0.65)
     snip = next(g for g in got if g["setting"] == "SNIP")
     assert snip["failed_seeds"] == "0 1"
-    assert snip["failed_reasons"] == "snip: layer collapse | snip: layer collapse"
+    assert json.loads(snip["failed_reasons"]) == ["snip: layer collapse"] * 2
+    assert next(g for g in got if g["setting"] == "Dense")["failed_reasons"] == ""
     # a second summary replaces the first; a run CSV there may be replaced by a summary too
     assert runner.invoke(app, args).exit_code == 0
     runs = tmp_path / "runs.csv"

@@ -143,7 +143,7 @@ def test_sweep_skips_done_and_failed_and_retries(fake_cifar10, tmp_path, capfd, 
     assert rep.counts() == {"done": 1, "failed": 1}, rep.summary()
     # the parallel runs share the sweep's log: each line a run writes names the run
     err = capfd.readouterr().err.splitlines()
-    tags = {f"[{c.summary()}] " for c in cfgs}
+    tags = {f"[{c.config_hash()[:8]} {c.summary()}] " for c in cfgs}
     own = [ln for ln in err if not ln.startswith("sweep ") and ln.startswith("[")]
     assert {ln[: ln.index("] ") + 2] for ln in own} == tags, err
     lenet = next(t for t in tags if "lenet5" in t)

@@ -52,7 +52,9 @@ def main() -> None:
     cfgs = [c for g in a.grids for c in expand_grid(load_grid(g), g)]
     hashes = {c.config_hash() for c in cfgs}
     store = Store(resolve_db_path(a.out))
-    rows = [r for r in store.query() if r["hash"] in hashes]
+    rank = {c.config_hash(): i for i, c in enumerate(cfgs)}
+    # in grid order, as the figure's curves and colours follow it (keep_order below)
+    rows = sorted((r for r in store.query() if r["hash"] in hashes), key=lambda r: rank[r["hash"]])
     done = [r for r in rows if r["status"] == "done" and r.get("test_acc") is not None]
     groups: dict[tuple[str, str, float], list[float]] = {}
     counts: dict[tuple[str, str, float], tuple[int, int]] = {}
@@ -97,7 +99,7 @@ def main() -> None:
                 print(f"| {lab} | " + " | ".join(cells) + " |")
     if a.png:
         data = plot_runs(rows, a.png, title="Offsets and α scalings (CPU probe)",
-                         label=_offset_label)  # fmt: skip
+                         label=_offset_label, keep_order=True)  # fmt: skip
         print(f"\nwrote {Path(a.png)} ({data.runs} runs)")
 
 

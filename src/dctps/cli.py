@@ -121,8 +121,8 @@ def results_cmd(
         "--summary",
         help="Print the accuracy over seeds instead: per model and data set a Markdown table, "
         "a row per setting, a column per density, cells mean [min, max] in % (what `dctps "
-        "plot` draws); --csv/--json then hold a row per setting and density, with the "
-        "standard deviation.",
+        "plot` draws), and below it why each failed seed failed; --csv/--json then hold a row "
+        "per setting and density, with the standard deviation and the failed seeds' reasons.",
     ),
     metric: str = typer.Option(
         None,

@@ -174,11 +174,10 @@ class _Prefixed(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def isatty(self) -> bool:  # what style() asks: the same answer as the stream underneath
-        try:
-            return bool(self.stream.isatty())
-        except (AttributeError, ValueError):
-            return False
+    def isatty(self) -> bool:
+        # what style() asks: lines are tagged for a log, so the run's progress is lines even
+        # where only the sweep's sys.stderr was a file and fd 2, the workers', a terminal
+        return False
 
     def write(self, s: str) -> int:
         *whole, self.pending = (self.pending + s).split("\n")

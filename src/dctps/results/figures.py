@@ -971,7 +971,7 @@ def draw(
     note = "\n".join(notes) or None
     title = (setup or figure_setup(name, configs, quick=quick)).title()
     data = plot_runs(
-        rows + planned,
+        sorted(rows + planned, key=lambda r: rank[r["hash"]]),  # grid order: curves, colours
         path,
         title=title,
         label=spec.label,

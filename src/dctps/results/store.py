@@ -1754,7 +1754,9 @@ def _print_summary(
     def write(target: str | os.PathLike[str], kind: str) -> None:
         if kind == "CSV":
             flat = [{**r, "failed_seeds": " ".join(map(str, r["failed_seeds"])),
-                     "failed_reasons": " | ".join(r["failed_reasons"])} for r in long]  # fmt: skip
+                     # a JSON list: a reason is an exception's text, and may hold any separator
+                     "failed_reasons": json.dumps(r["failed_reasons"]) if r["failed_reasons"]
+                     else ""} for r in long]  # fmt: skip
             _export(target, "CSV", lambda f: _write_csv(f, flat, SUMMARY_COLUMNS), newline="")
         else:
             _export(target, "JSON", lambda f: _write_json(f, long))

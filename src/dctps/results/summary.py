@@ -150,6 +150,6 @@ def summary_rows(panels: Sequence[Panel]) -> list[dict[str, Any]]:
                 "seeds": pt.n_ok, "failed": pt.n_failed, "open": pt.n_open,
                 "without": pt.n_without,
                 "failed_seeds": list(pt.failed_seeds),  # a CSV writes "0 2"
-                "failed_reasons": list(pt.failed_reasons),  # in that order; a CSV joins " | "
+                "failed_reasons": list(pt.failed_reasons),  # in that order; a CSV: JSON text
             })  # fmt: skip
     return out

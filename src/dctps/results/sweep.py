@@ -508,8 +508,8 @@ def run_one(
     under ``torchrun`` (several processes), where an error in a run stops the sweep.
     ``progress``: log the run's epochs (a submitit job, whose log is its own, or a local
     sweep whose progress is a log). ``tag``: start each line the run writes to ``stderr`` with
-    ``[<its summary>]`` (:func:`dctps.progress.tagged`; a parallel local worker, whose lines
-    share the sweep's log with the other runs').
+    ``[<its hash's first 8 characters> <its summary>]`` (:func:`dctps.progress.tagged`; a
+    parallel local worker, whose lines share the sweep's log with the other runs').
 
     Returns ``{hash, status, reason, val_acc, test_acc, resumed_from, skipped, wall_seconds}``
     with ``status`` ``done`` / ``failed`` (recorded in the store by ``fit``) or ``error`` (an
@@ -528,7 +528,10 @@ def run_one(
         _init_worker(check_threads(threads or 0, "threads") or None)
         _in_run = True
         try:
-            with progress_mod.tagged(c.summary()) if tag else contextlib.nullcontext():
+            # the hash: runs that differ beyond the summary (an allocation, a learning rate)
+            # share it, and their lines must still be told apart
+            label = f"{h[:8]} {c.summary()}"
+            with progress_mod.tagged(label) if tag else contextlib.nullcontext():
                 r = fit(
                     c, out, db, progress=progress, resume=False if restart else None, warn=False
                 )
@@ -1005,7 +1008,9 @@ def run_sweep(
             are spawned processes, which import the main script: a script must call
             ``run_sweep`` under ``if __name__ == "__main__":`` (else :class:`DctpsError`).
         retry_failed: run ``failed`` runs again (from scratch).
-        progress: an overall tqdm bar over the runs to train.
+        progress: an overall bar over the runs to train (a line per run where stderr is a
+            log, and then also each run's epoch lines, tagged with the run where local workers
+            run in parallel); ``False`` silences the runs too, a submitit job's own log included.
         slurm: submitit parameters (``timeout_min``, ``gpus_per_node``, ``cpus_per_task``,
             ``mem_gb``, ``slurm_partition``, ...), merged over the executor's defaults.
         wait: slurm only: wait for the jobs (``False``: submit and return their ids).
