@@ -3010,6 +3010,30 @@ def test_a_configs_summary_names_the_recipe_its_model_gives():
     assert "recipe=None" in RunConfig(model=ModelConfig("no_such_model")).summary()  # no raise
 
 
+def test_a_configs_summary_tells_apart_budgets_and_fixed_alphas():
+    """A session-27 review: the runs of figure A.7 (four allocations) and A.6 (fixed alpha)
+    read alike in a sweep's lines."""
+    from dctps.train.config import ModelConfig, RunConfig, SparsityConfig
+
+    def summary(method, **sp):
+        return RunConfig(model=ModelConfig("lenet5"), sparsity=SparsityConfig(method, 0.05, **sp),
+                         seed=3).summary()  # fmt: skip
+
+    names = {summary("dctps", allocation=a) for a in ("uniform", "epl", "epf", "erk")}
+    assert len(names) == 4 and summary("dctps") in names  # epl: DCTpS's own, not named
+    assert summary("dctps", allocation="erk") == (
+        "lenet5/cifar10 dctps@0.05 allocation=erk recipe=lenet seed=3"
+    )
+    assert summary("dctps", train_alpha=False) == (
+        "lenet5/cifar10 dctps@0.05 train_alpha=False recipe=lenet seed=3"
+    )
+    assert (
+        summary("random")
+        == summary("random", allocation="uniform")
+        != summary("random", allocation="epl")
+    )
+
+
 def test_fit_warns_of_milestones_at_or_past_the_last_epoch(tmp_path):
     """An API review: `dctps train --milestones 10 --epochs 5` is refused, but the same config
     built in Python trained at a learning rate that never decayed, without a word."""

@@ -360,8 +360,9 @@ class RunConfig:
         return identity_hash(self.identity())
 
     def summary(self) -> str:
-        """One line: model/dataset/method@density, recipe, seed; of the resolved config where
-        this one leaves the recipe to its model (a sweep built in Python showed ``recipe=None``)."""
+        """One line: model/dataset/method@density, the sparsity settings other than the
+        method's defaults, recipe, seed; of the resolved config where this one leaves the
+        recipe to its model (a sweep built in Python showed ``recipe=None``)."""
         if self.optim.recipe is None:
             resolved = None
             with contextlib.suppress(DctpsError):  # a config that cannot resolve: as it is
@@ -371,6 +372,13 @@ class RunConfig:
         s, o = self.sparsity, self.optim
         dens = "" if s.density is None else f"@{s.density:g}"
         extra = " +rigl" if s.rigl else ""
+        # a budget or fixed alpha other than the method's own (figures A.6, A.7): a sweep's
+        # lines named such runs alike
+        own = {"dctps": "epl", "random": "erk" if s.rigl else "uniform"}.get(s.method)
+        if s.allocation is not None and s.allocation != own:
+            extra += f" allocation={s.allocation}"
+        if not s.train_alpha and s.method == "dctps":
+            extra += " train_alpha=False"
         for name in ("offset", "alpha", "alpha_init", "charge_alpha"):  # non-default only
             v = getattr(s, name)
             if name == "charge_alpha" and not s.train_alpha:
