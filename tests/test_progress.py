@@ -105,15 +105,16 @@ def test_a_sweep_logs_what_runs_and_what_ended(fake_cifar10, tmp_path, capsys, m
     err = capsys.readouterr().err
     assert "\r" not in err
     sweep = [line for line in err.splitlines() if line.startswith("sweep ")]
+    named = [f"{c.config_hash()[:8]} {c.summary()}" for c in cfgs]  # the hash: see the tags
     # in a log, each run's epoch line comes between its sweep lines (one process, one run at
     # a time: a SLURM job running a whole sweep)
     lines = [ln.split()[0] for ln in err.splitlines() if ln.startswith(("sweep ", "epoch "))]
     assert lines == ["sweep", "epoch", "sweep", "sweep", "epoch", "sweep"]
     assert [re.sub(r" \[\d+:\d\d elapsed(, \d+:\d\d left)?\]$", "", s) for s in sweep] == [
-        f"sweep 0/2 run: done 0 failed 0 error 0 | running: {cfgs[0].summary()}",
-        f"sweep 1/2 run: done 1 failed 0 error 0 | last: {cfgs[0].summary()}",
-        f"sweep 1/2 run: done 1 failed 0 error 0 | running: {cfgs[1].summary()}",
-        f"sweep 2/2 run: done 2 failed 0 error 0 | last: {cfgs[1].summary()}",
+        f"sweep 0/2 run: done 0 failed 0 error 0 | running: {named[0]}",
+        f"sweep 1/2 run: done 1 failed 0 error 0 | last: {named[0]}",
+        f"sweep 1/2 run: done 1 failed 0 error 0 | running: {named[1]}",
+        f"sweep 2/2 run: done 2 failed 0 error 0 | last: {named[1]}",
     ]
     # the time left once a run is done and while one remains
     assert [", " in s[s.rindex("[") :] for s in sweep] == [False, True, True, False]

@@ -554,7 +554,7 @@ def test_a_sequential_sweep_bar_names_the_run_in_progress(
     run_sweep(cfgs, tmp_path, progress=True)
     assert len(seen) == 2
     for text, cfg in zip(seen, cfgs, strict=True):
-        assert f"running: {cfg.summary()}" in text
+        assert f"running: {cfg.config_hash()[:8]} {cfg.summary()}" in text
 
 
 def test_variants_and_sets_that_would_collapse_an_axis_are_refused():

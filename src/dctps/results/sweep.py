@@ -530,7 +530,7 @@ def run_one(
         try:
             # the hash: runs that differ beyond the summary (an allocation, a learning rate)
             # share it, and their lines must still be told apart
-            label = f"{h[:8]} {c.summary()}"
+            label = f"{h[:8]} {c.summary()}"  # as _named(): the sweep's own lines
             with progress_mod.tagged(label) if tag else contextlib.nullcontext():
                 r = fit(
                     c, out, db, progress=progress, resume=False if restart else None, warn=False
@@ -676,10 +676,17 @@ def _bar(total: int, enabled: bool) -> Any:
     )
 
 
-def _tick(bar: Any, report: SweepReport, cfg: RunConfig) -> None:
+def _named(p: PlannedRun) -> str:
+    """``2d01ae85 lenet5/cifar10 dctps@0.01 recipe=lenet seed=0``: a run as the sweep's lines
+    name it, the hash telling apart runs whose summaries match (a learning-rate variant), as
+    the tags of its parallel workers' lines do."""
+    return f"{p.hash[:8]} {p.cfg.summary()}"
+
+
+def _tick(bar: Any, report: SweepReport, p: PlannedRun) -> None:
     if bar is None:
         return
-    bar.set_postfix_str(_postfix(report, f"last: {cfg.summary()}"), refresh=False)
+    bar.set_postfix_str(_postfix(report, f"last: {_named(p)}"), refresh=False)
     bar.update(1)
     progress_mod.mark(bar)
 
@@ -731,7 +738,7 @@ def _collect(futs: dict[Any, str], by: dict[str, PlannedRun], report: SweepRepor
             res = {"hash": h, "status": "error", "reason": f"{type(e).__name__}: {e}"}
         res["hash"] = h
         report.results[h] = res
-        _tick(bar, report, by[h].cfg)
+        _tick(bar, report, by[h])
 
 
 def _stop_workers(pool: Any, grace: float = WORKER_GRACE_SECONDS) -> None:
@@ -771,13 +778,13 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
         try:
             for p in todo:
                 if bar is not None:  # a run can take hours (FORCE's pruning alone): say which
-                    bar.set_postfix_str(_postfix(report, f"running: {p.cfg.summary()}"))
+                    bar.set_postfix_str(_postfix(report, f"running: {_named(p)}"))
                     progress_mod.mark(bar)
                 report.results[p.hash] = run_one(
                     p.cfg, out, db, p.action == "retry", threads, progress=logged
                 )
                 report.results[p.hash].setdefault("hash", p.hash)
-                _tick(bar, report, p.cfg)
+                _tick(bar, report, p)
         finally:
             torch.set_num_threads(before)
         return
@@ -818,7 +825,7 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
                     "reason": "the worker process died (killed or out of memory) twice"
                     + _unguarded_script_hint(),
                 }  # fmt: skip
-                _tick(bar, report, p.cfg)
+                _tick(bar, report, p)
             else:
                 pending.append(p)
 
@@ -937,7 +944,7 @@ def _run_submitit(
             for j in finished:
                 h = inflight.pop(j)
                 report.results[h] = _job_result(j, h)
-                _tick(bar, report, by[h].cfg)
+                _tick(bar, report, by[h])
     except KeyboardInterrupt:
         if kind != "slurm":  # local jobs are this sweep's children: they stop with it
             _stop_jobs(list(inflight))
