@@ -735,10 +735,12 @@ class Store:
         if isinstance(where, Mapping) and where:
             conds = []
             for k, v in where.items():
-                before = len(args)
+                value: Callable[[Any], Any] = sqlite_text
                 if k == "classes":  # a row of dctps 0.1 has none: its data set's count
                     k, pairs = _classes_expr()
                     args.extend(pairs)
+                elif k == "density":  # as the plots and tables group densities: 0.1 * 0.1 is 1%
+                    k, value = "dctps_density(density)", _sql_density
                 if v is None:
                     conds.append(f"{k} IS NULL")
                 elif isinstance(v, (list, tuple, set)):
@@ -748,13 +750,10 @@ class Store:
                     if len(rest) < len(v):
                         tests.insert(0, f"{k} IS NULL")
                     conds.append(f"({' OR '.join(tests)})" if tests else "0")
-                    args.extend(map(sqlite_text, rest))
+                    args.extend(map(value, rest))
                 else:
                     conds.append(f"{k} = ?")
-                    args.append(sqlite_text(v))
-                if k == "density":  # as the plots and tables group densities: 0.1 * 0.1 is 1%
-                    conds[-1] = conds[-1].replace("density ", "dctps_density(density) ")
-                    args[before:] = [_sql_density(a) for a in args[before:]]
+                    args.append(value(v))
             sql += " WHERE " + " AND ".join(conds)
         elif isinstance(where, str) and where.strip():
             sql += f" WHERE {where}"

@@ -528,10 +528,7 @@ def run_one(
         _init_worker(check_threads(threads or 0, "threads") or None)
         _in_run = True
         try:
-            # the hash: runs that differ beyond the summary (an allocation, a learning rate)
-            # share it, and their lines must still be told apart
-            label = f"{h[:8]} {c.summary()}"  # as _named(): the sweep's own lines
-            with progress_mod.tagged(label) if tag else contextlib.nullcontext():
+            with progress_mod.tagged(_named(h, c)) if tag else contextlib.nullcontext():
                 r = fit(
                     c, out, db, progress=progress, resume=False if restart else None, warn=False
                 )
@@ -676,17 +673,17 @@ def _bar(total: int, enabled: bool) -> Any:
     )
 
 
-def _named(p: PlannedRun) -> str:
-    """``2d01ae85 lenet5/cifar10 dctps@0.01 recipe=lenet seed=0``: a run as the sweep's lines
-    name it, the hash telling apart runs whose summaries match (a learning-rate variant), as
-    the tags of its parallel workers' lines do."""
-    return f"{p.hash[:8]} {p.cfg.summary()}"
+def _named(h: str, cfg: RunConfig) -> str:
+    """``2d01ae85 lenet5/cifar10 dctps@0.01 recipe=lenet seed=0``: run ``h`` of config ``cfg``
+    as the sweep's lines and its parallel workers' tags name it; the hash tells apart runs
+    whose summaries match (a learning-rate variant)."""
+    return f"{h[:8]} {cfg.summary()}"
 
 
 def _tick(bar: Any, report: SweepReport, p: PlannedRun) -> None:
     if bar is None:
         return
-    bar.set_postfix_str(_postfix(report, f"last: {_named(p)}"), refresh=False)
+    bar.set_postfix_str(_postfix(report, f"last: {_named(p.hash, p.cfg)}"), refresh=False)
     bar.update(1)
     progress_mod.mark(bar)
 
@@ -768,17 +765,18 @@ def _stop_workers(pool: Any, grace: float = WORKER_GRACE_SECONDS) -> None:
 def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: SweepReport,
                bar: Any, threads: int | None = None) -> None:  # fmt: skip
     by = {p.hash: p for p in todo}
+    # in a log (a SLURM job running a whole sweep) each run's epochs too: one after another
+    # between the sweep's lines, or, from parallel workers, tagged with their runs; a
+    # terminal's bar stays alone
+    logged = isinstance(bar, progress_mod.Lines)
     if workers <= 1:
         import torch
 
-        # the runs train here, one after another: in a log (a SLURM job running a whole sweep)
-        # each run's epochs come between its sweep lines; a terminal's bar stays alone
-        logged = isinstance(bar, progress_mod.Lines)
         before = torch.get_num_threads()  # the runs train in this process: leave it as it was
         try:
             for p in todo:
                 if bar is not None:  # a run can take hours (FORCE's pruning alone): say which
-                    bar.set_postfix_str(_postfix(report, f"running: {_named(p)}"))
+                    bar.set_postfix_str(_postfix(report, f"running: {_named(p.hash, p.cfg)}"))
                     progress_mod.mark(bar)
                 report.results[p.hash] = run_one(
                     p.cfg, out, db, p.action == "retry", threads, progress=logged
@@ -800,9 +798,6 @@ def _run_local(todo: list[PlannedRun], out: str, db: str, workers: int, report: 
             initializer=_init_pool_worker,
             initargs=(threads or _threads(workers), os.getpid()),
         ) as pool:  # fmt: skip
-            # in a log, each run's epochs too, each line tagged with its run; a terminal's bar
-            # stays alone
-            logged = isinstance(bar, progress_mod.Lines)
             futs = {
                 pool.submit(
                     run_one, p.cfg.to_dict(), out, db, p.action == "retry", None, logged, logged
