@@ -561,10 +561,9 @@ def curves_command(
     The runs' epochs are read a chunk of runs at a time, after the panels are counted. A run
     recorded running whose process is gone reads ``dead``, as in ``dctps results``."""
     from dctps.results.plots import plot_inputs
-    from dctps.results.store import _is_dead, locks_folder
+    from dctps.results.store import locks_folder, reading_dead
 
     metric = _check_metric(metric)
-    store, rows, target = plot_inputs(db, where, out)
-    locks = locks_folder(store.path)
-    rows = [{**r, "status": "dead"} if _is_dead(r, locks) else r for r in rows]
+    store, stored, target = plot_inputs(db, where, out)
+    rows = reading_dead(stored, locks_folder(store.path))
     return plot_curves(rows, target, metric, title, epochs=store._with_epochs(rows))

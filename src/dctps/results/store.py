@@ -919,6 +919,13 @@ def _is_dead(row: Mapping[str, Any], locks: Path) -> bool:
     )
 
 
+def reading_dead(rows: Sequence[Mapping[str, Any]], locks: Path) -> list[Mapping[str, Any]]:
+    """``rows`` with each dead run (:func:`_is_dead`, locks in ``locks``) as a copy whose
+    ``status`` reads ``dead``; the other rows are the same objects. What ``dctps results``
+    and ``dctps plot --x epoch`` show (the exports keep the stored status)."""
+    return [{**r, "status": "dead"} if _is_dead(r, locks) else r for r in rows]
+
+
 def density_key(d: float) -> float:
     """A density as runs are grouped and filtered by it: to the 6 significant digits that a
     label (``1%``) shows, so float noise (``0.1 * 0.1 = 0.010000000000000002``, a config
@@ -1699,11 +1706,10 @@ def print_results(
             columns = (*TABLE_COLUMNS[:i], "variant", *TABLE_COLUMNS[i:])
         # a `running` row whose process is gone read as a live run (the exports keep the
         # stored status and the owner column)
-        dead = [_is_dead(r, locks) for r in marked]
-        shown = [{**r, "status": "dead"} if d else r for r, d in zip(marked, dead, strict=True)]
+        shown = reading_dead(marked, locks)
         echo(format_table(shown, columns))
-        if any(dead):
-            n = sum(dead)
+        n = sum(r["status"] == "dead" for r in shown)
+        if n:
             echo(f"{n} run{' is' if n == 1 else 's are'} dead: recorded running, but the "
                  f"process that trained {'it' if n == 1 else 'them'} on this host is gone "
                  "(killed, out of memory); the same `dctps train`/`sweep` command resumes "
